@@ -1,0 +1,199 @@
+# sluice: one Makefile for the three programs, their tests and benchmarks.
+#
+#   make            build bin/sluice-controller, bin/sluice-worker, bin/sluice-gateway
+#   make test       install what is missing, build, run every test that needs no GPU
+#   make asan       the same build and tests under AddressSanitizer and UBSan (build/asan/)
+#   make run        start controller, a worker and the gateway on a default model
+#   make test-gpu   GPU tests (on a machine with a GPU)
+#   make bench      benchmarks
+#
+# Sources are found by folder, so a new .c file needs no edit here: common/ builds
+# libsluice_common.a, each program folder a library plus its main.c, tests/unit/test_*.c
+# one Criterion binary each.
+
+PREFIX   ?= /usr/local
+CC       ?= gcc
+NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_ARCH ?= sm_90
+PYTHON   ?= python3
+SANITIZE ?= 0
+
+ifeq ($(SANITIZE),1)
+BUILD    ?= build/asan
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT      := -O1
+else
+BUILD    ?= build
+SANFLAGS :=
+OPT      := -O2
+endif
+# The default build puts binaries in bin/ as users expect; any other build keeps its own.
+BINDIR   := $(if $(filter build,$(BUILD)),bin,$(BUILD)/bin)
+
+LLHTTP_DIR     := /usr/share/llhttp
+LLHTTP_INCLUDE := /usr/share/include/llhttp
+
+CPPFLAGS += -I. -I$(LLHTTP_INCLUDE) -D_GNU_SOURCE
+CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -g $(OPT) -MMD -MP -pthread $(SANFLAGS)
+LDFLAGS  += -pthread $(SANFLAGS)
+LDLIBS   += -luv -lcurl -ljansson -lpcre2-8 -lm
+
+# --- CUDA: built whenever nvcc is present, so CI compiles and links it -----------------
+ifneq ($(strip $(NVCC)),)
+CUDA_HOME   ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+HAVE_CUDA   := 1
+CPPFLAGS    += -DSLUICE_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+NVCCFLAGS   ?= -O3 -std=c++17 -arch=$(CUDA_ARCH) -lineinfo -Xcompiler -fPIC,-Wall -I.
+CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart_static -ldl -lrt -lstdc++
+else
+HAVE_CUDA   := 0
+CUDA_LDLIBS :=
+endif
+
+# --- sources --------------------------------------------------------------------------
+# Each folder is one static library; a program or test links the libraries of its area, so
+# that work in progress in one folder never breaks the build of another's tests.
+LLHTTP_SRC := $(wildcard $(LLHTTP_DIR)/*.c)
+src_of = $(filter-out %/main.c,$(sort $(wildcard $(1)/*.c)))
+SRC_common     := $(call src_of,common)
+SRC_controller := $(call src_of,controller)
+SRC_gateway    := $(call src_of,gateway)
+SRC_model      := $(call src_of,worker/model)
+SRC_tokenizer  := $(call src_of,worker/tokenizer)
+SRC_engine     := $(call src_of,worker/engine)
+SRC_api        := $(call src_of,worker)
+# worker/backend/cuda/ is C that calls the CUDA runtime: built only with nvcc; otherwise
+# worker/backend/nocuda/ says clearly that this build has no CUDA.
+ifeq ($(HAVE_CUDA),1)
+SRC_backend    := $(call src_of,worker/backend) $(call src_of,worker/backend/cuda)
+CU_kernels     := $(sort $(wildcard kernels/*.cu))
+else
+SRC_backend    := $(call src_of,worker/backend) $(call src_of,worker/backend/nocuda)
+CU_kernels     :=
+endif
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+lib = $(BUILD)/lib/libsluice_$(1).a
+
+LIB_LLHTTP := $(BUILD)/lib/libllhttp.a
+$(LIB_LLHTTP): $(patsubst $(LLHTTP_DIR)/%.c,$(BUILD)/obj/llhttp/%.o,$(LLHTTP_SRC))
+$(foreach a,common controller gateway model tokenizer engine backend api,$(eval $(call lib,$(a)): $(call obj,$(SRC_$(a)))))
+$(call lib,kernels): $(patsubst %.cu,$(BUILD)/obj/%.o,$(CU_kernels))
+
+# What each area links, most dependent first (static archives pull in only what is used).
+KERNELS_LIB     := $(if $(CU_kernels),kernels)
+AREA_common     := common
+AREA_controller := controller common
+AREA_gateway    := gateway common
+AREA_model      := model common
+AREA_tokenizer  := tokenizer model common
+AREA_backend    := backend $(KERNELS_LIB) engine model common
+AREA_engine     := engine backend $(KERNELS_LIB) tokenizer model common
+AREA_worker     := api engine backend $(KERNELS_LIB) tokenizer model common
+area_libs = $(foreach a,$(AREA_$(1)),$(call lib,$(a))) $(LIB_LLHTTP)
+area_ldlibs = $(if $(filter backend engine worker,$(1)),$(CUDA_LDLIBS))
+
+UNIT_AREAS := $(notdir $(wildcard tests/unit/*))
+UNIT_BINS  := $(foreach a,$(UNIT_AREAS),$(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/$(a)/test_*.c)))
+GPU_BINS   := $(if $(filter 1,$(HAVE_CUDA)),$(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/test_*.c)))
+BENCH_BINS := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*_bench.c))
+BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BINDIR)/sluice-$(p)))
+
+.PHONY: all deps test test-unit test-integration asan clean install run test-gpu bench \
+        bench-controller bench-worker bench-gateway bench-tokenizer pyenv
+all: $(BINS) $(UNIT_BINS) $(GPU_BINS) $(BENCH_BINS)
+
+# --- compiling ------------------------------------------------------------------------
+$(BUILD)/obj/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O2 -fPIC $(SANFLAGS) -I$(LLHTTP_INCLUDE) -c $< -o $@
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+$(BUILD)/obj/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+$(BUILD)/lib/%.a:
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+# --- programs -------------------------------------------------------------------------
+$(BINDIR)/sluice-%: $(BUILD)/obj/%/main.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< -Wl,--start-group $(call area_libs,$*) -Wl,--end-group $(LDLIBS) $(call area_ldlibs,$*) -o $@
+$(BINDIR)/sluice-controller: $(call area_libs,controller)
+$(BINDIR)/sluice-gateway: $(call area_libs,gateway)
+$(BINDIR)/sluice-worker: $(call area_libs,worker)
+
+# --- tests and benchmarks -------------------------------------------------------------
+# tests/unit/<area>/test_*.c: one Criterion binary each, linked with <area>'s libraries.
+define unit_test_rule
+$(BUILD)/tests/$(1)/%: $(BUILD)/obj/tests/unit/$(1)/%.o $(call area_libs,$(1))
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(LDFLAGS) $$< -Wl,--start-group $(call area_libs,$(1)) -Wl,--end-group $$(LDLIBS) $(call area_ldlibs,$(1)) -lcriterion -o $$@
+endef
+$(foreach a,$(UNIT_AREAS),$(eval $(call unit_test_rule,$(a))))
+$(BUILD)/tests/gpu/%: $(BUILD)/obj/tests/gpu/%.o $(call area_libs,worker)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< -Wl,--start-group $(call area_libs,worker) -Wl,--end-group $(LDLIBS) $(CUDA_LDLIBS) -o $@
+$(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< -Wl,--start-group $(sort $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway)) -Wl,--end-group $(LDLIBS) $(CUDA_LDLIBS) -o $@
+
+# --- dependencies ---------------------------------------------------------------------
+DEB_PACKAGES := libuv1-dev libcurl4-openssl-dev libjansson-dev libpcre2-dev libcriterion-dev \
+                node-llhttp pkg-config python3-venv wrk curl
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The Python side of the tests (pytest, the openai client, the tokenizers oracle) lives in
+# .venv, made from tests/requirements.txt and remade when that file changes.
+VENV := .venv
+$(VENV)/.stamp: tests/requirements.txt
+	$(PYTHON) -m venv $(VENV) || $(PYTHON) -m venv --without-pip $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+	@touch $@
+pyenv: $(VENV)/.stamp
+
+# --- tests ----------------------------------------------------------------------------
+SLUICE_TEST_DATA ?= $(abspath ../shared)
+export SLUICE_TEST_DATA
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory pyenv
+	@$(MAKE) --no-print-directory test-unit test-integration
+
+test-unit: $(UNIT_BINS)
+	@fail=0; for t in $(UNIT_BINS); do \
+	  echo "== $$t"; $$t --jobs 2 || fail=1; \
+	done; exit $$fail
+
+test-integration: $(BINS) pyenv
+	SLUICE_BIN=$(abspath $(BINDIR)) $(VENV)/bin/python -m pytest -q -x --timeout=300 tests/integration
+
+asan:
+	@$(MAKE) --no-print-directory SANITIZE=1 test
+
+test-gpu: $(BINS) $(GPU_BINS)
+	@fail=0; for t in $(GPU_BINS); do echo "== $$t"; $$t || fail=1; done; \
+	if [ -d tests/gpu ] && ls tests/gpu/test_*.py >/dev/null 2>&1; then \
+	  SLUICE_BIN=$(abspath $(BINDIR)) $(PYTHON) -m pytest -q tests/gpu || fail=1; fi; exit $$fail
+
+bench: bench-controller bench-worker bench-gateway
+
+clean:
+	rm -rf build bin
+
+install: $(BINS)
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

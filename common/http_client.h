@@ -1,0 +1,63 @@
+/* HTTP client on libcurl's multi interface, driven by the caller's libuv loop
+ * (curl_multi_socket_action with uv_poll_t per socket and one uv_timer_t), so outgoing calls
+ * never block the loop and need no thread.
+ *
+ * A call either buffers the whole response body (on_data NULL) and hands it to on_done, or
+ * streams it through on_data as bytes arrive. Every call has bounded connect and total
+ * timeouts. All functions run on the loop thread only. */
+#ifndef SLUICE_COMMON_HTTP_CLIENT_H
+#define SLUICE_COMMON_HTTP_CLIENT_H
+
+#include <stddef.h>
+#include <uv.h>
+
+typedef struct http_client http_client;
+typedef struct http_call http_call;
+
+enum http_call_error {
+    HTTP_CALL_OK = 0,
+    HTTP_CALL_CONNECT = -1,  /* refused, unreachable, DNS: nothing was sent */
+    HTTP_CALL_TIMEOUT = -2,  /* connect or total timeout */
+    HTTP_CALL_IO = -3,       /* connection broke after sending (peer died mid-response) */
+    HTTP_CALL_ABORTED = -4,  /* on_data asked to stop */
+    HTTP_CALL_INTERNAL = -5,
+};
+
+struct http_call_result {
+    int error;              /* enum http_call_error */
+    const char *error_text; /* curl's message, "" when ok */
+    long status;            /* HTTP status, 0 when none was received */
+    const char *body;       /* buffered body (NUL-terminated) when on_data was NULL */
+    size_t body_len;
+};
+
+struct http_call_opts {
+    const char *method;          /* "GET" (default when body NULL) or "POST" */
+    const char *url;
+    const char *body;            /* copied; may be NULL */
+    size_t body_len;
+    const char *content_type;    /* default "application/json" when body is set */
+    const char *const *headers;  /* NULL-terminated "Name: value" strings, copied */
+    long connect_timeout_ms;     /* default 2000 */
+    long timeout_ms;             /* whole call; 0 = no total limit (streams); default 10000 */
+    /* Streaming: called with each piece of the body as it arrives; http_call_status() tells
+     * the status inside it. Return non-zero to abort the call (on_done then gets
+     * HTTP_CALL_ABORTED). */
+    int (*on_data)(http_call *call, const char *data, size_t len, void *user);
+    /* Called exactly once when the call ends, unless it was cancelled. */
+    void (*on_done)(http_call *call, const struct http_call_result *result, void *user);
+    void *user;
+};
+
+int http_client_init(http_client **out, uv_loop_t *loop);
+/* Cancels every call in flight (no callbacks) and frees the client once its handles close. */
+void http_client_free(http_client *client);
+
+/* Starts a call. Returns 0 and sets *out (may be NULL) or a negative error. */
+int http_client_request(http_client *client, const struct http_call_opts *opts, http_call **out);
+/* Stops a call in flight; none of its callbacks run afterwards. Safe inside its callbacks. */
+void http_call_cancel(http_call *call);
+long http_call_status(const http_call *call);
+unsigned http_client_active(const http_client *client);
+
+#endif

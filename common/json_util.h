@@ -1,0 +1,54 @@
+/* Reading and validating JSON request fields (over jansson), and OpenAI-shaped error bodies.
+ *
+ * Every getter takes the object, the key and whether the field is required, and on failure
+ * fills a json_field_error naming the field and what was wrong, so that a server can answer
+ * 400 with a message a user can act on ("'max_tokens' must be an integer >= 1"). A missing
+ * optional field leaves *out untouched and returns 0; JSON null counts as missing. */
+#ifndef SLUICE_COMMON_JSON_UTIL_H
+#define SLUICE_COMMON_JSON_UTIL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct json_field_error {
+    char param[96];    /* the field's name, for OpenAI's "param" */
+    char message[256]; /* a sentence naming the field */
+};
+
+enum { JSON_FIELD_OK = 0, JSON_FIELD_MISSING = 1, JSON_FIELD_INVALID = -1 };
+
+/* Each returns JSON_FIELD_OK when the field was present and valid (and *out was set),
+ * JSON_FIELD_MISSING when it was absent or null (an error only when required: then the
+ * return is JSON_FIELD_INVALID with err filled), JSON_FIELD_INVALID when present and wrong. */
+int json_get_string(const json_t *obj, const char *key, bool required, const char **out,
+                    struct json_field_error *err);
+int json_get_int(const json_t *obj, const char *key, bool required, int64_t min, int64_t max,
+                 int64_t *out, struct json_field_error *err);
+int json_get_number(const json_t *obj, const char *key, bool required, double min, double max,
+                    double *out, struct json_field_error *err);
+int json_get_bool(const json_t *obj, const char *key, bool required, bool *out,
+                  struct json_field_error *err);
+/* Objects and arrays are returned borrowed (no new reference). */
+int json_get_object(const json_t *obj, const char *key, bool required, json_t **out,
+                    struct json_field_error *err);
+int json_get_array(const json_t *obj, const char *key, bool required, json_t **out,
+                   struct json_field_error *err);
+
+/* Parses a request body that must be one JSON object. On failure fills err (param "") and
+ * returns NULL. */
+json_t *json_parse_object(const char *body, size_t len, struct json_field_error *err);
+
+/* {"error":{"message":..,"type":..,"param":..,"code":..}}; param and code may be NULL (JSON
+ * null). Returns a malloc'd compact string. */
+char *openai_error_body(const char *message, const char *type, const char *param, const char *code);
+
+/* The error "type" OpenAI uses for an HTTP status: 400 invalid_request_error,
+ * 401 authentication_error, 404 not_found_error, 429 rate_limit_exceeded, 5xx server_error... */
+const char *openai_error_type_for_status(int status);
+
+/* json_dumps with the flags every program uses (compact, keys in insertion order). */
+char *json_dump_compact(const json_t *value);
+
+#endif

@@ -1,0 +1,113 @@
+/* The backend interface: what the engine asks of a device (CPU or CUDA) each step.
+ *
+ * The engine (scheduler, KV block manager, stops) is the same for every backend. Each step it
+ * hands the backend one ragged batch: for each sequence, the new tokens of this step (a
+ * prefill chunk or one decode token), the position of the first of them, the sequence's
+ * block table into the paged KV cache, and whether to sample a next token after the step.
+ * The backend writes the new tokens' K and V into the blocks, runs the model, and samples
+ * where the logits are (on the GPU for CUDA), returning only sampled ids and logprobs. */
+#ifndef SLUICE_WORKER_BACKEND_H
+#define SLUICE_WORKER_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "worker/model/model.h"
+
+#define KV_BLOCK_SIZE 16
+#define SAMPLER_MAX_TOP_LOGPROBS 20
+
+struct sampling_params {
+    float temperature;        /* 0: greedy (argmax, ties to the lowest id) */
+    float top_p;              /* 1: off */
+    int top_k;                /* 0 or -1: off */
+    float min_p;              /* 0: off */
+    float repetition_penalty; /* 1: off; over prompt and output tokens, as Hugging Face */
+    float presence_penalty;   /* 0: off; over output tokens, as OpenAI */
+    float frequency_penalty;  /* 0: off; over output tokens */
+    uint64_t seed;            /* the engine fills one in when the request gave none */
+    int logprobs;             /* -1: none; 0..20: the sampled token's logprob plus that many top */
+};
+
+struct batch_seq {
+    int32_t n_new;                 /* tokens of this step in batch.tokens, in order */
+    int32_t start_pos;             /* position of the first of them = tokens already in KV */
+    const int32_t *block_table;    /* physical block ids covering start_pos + n_new tokens */
+    int32_t n_blocks;
+    bool sample;                   /* sample a token after the last new token */
+    const struct sampling_params *sampling; /* when sample */
+    /* The sampler's draw for the k-th generated token depends only on (seed, k), so a seeded
+     * request gives the same output whatever else shares its batch. */
+    uint64_t n_generated;
+    /* For penalties: all prompt+output tokens, of which the last n_output are output. */
+    const int32_t *history;
+    int32_t n_history;
+    int32_t n_output;
+};
+
+struct batch {
+    int32_t n_seqs;
+    const struct batch_seq *seqs;
+    int32_t n_tokens;              /* sum of n_new */
+    const int32_t *tokens;
+    /* Tests only: when non-NULL, the logits of each sampled row (vocab floats each, in
+     * sequence order, before any penalty) are copied here. */
+    float *logits_out;
+};
+
+struct sample_result {
+    int32_t token;
+    float logprob;                 /* log-softmax of the raw logits at token */
+    int32_t n_top;
+    int32_t top_ids[SAMPLER_MAX_TOP_LOGPROBS];
+    float top_logprobs[SAMPLER_MAX_TOP_LOGPROBS];
+};
+
+struct backend;
+
+struct backend_ops {
+    /* Runs one step. results has one entry per sequence with sample set, in order. Returns 0
+     * or negative with b->error filled (a device error: the worker reports it and stops
+     * serving, see /health). */
+    int (*forward)(struct backend *b, const struct batch *batch, struct sample_result *results);
+    void (*free)(struct backend *b);
+};
+
+struct backend {
+    const struct backend_ops *ops;
+    const char *name;             /* "cpu", "cuda" */
+    struct model_config config;
+    int32_t num_kv_blocks;        /* set by the backend at creation */
+    int32_t max_batch_tokens;     /* the largest n_tokens a step may carry */
+    int32_t max_batch_seqs;
+    char error[512];
+};
+
+struct backend_options {
+    int32_t kv_blocks;            /* 0: size automatically (CUDA: gpu_memory_utilization) */
+    double gpu_memory_utilization;
+    int32_t max_batch_tokens;     /* --max-num-batched-tokens */
+    int32_t max_batch_seqs;       /* --max-num-seqs */
+    int32_t n_threads;            /* CPU: 0 = number of cores */
+    int32_t device;               /* CUDA device ordinal */
+};
+
+int backend_cpu_create(struct backend **out, const struct model *m,
+                       const struct backend_options *opt, char *err, size_t errlen);
+/* In a build without CUDA, and on a machine with no visible GPU, this fails with a message
+ * saying so. */
+int backend_cuda_create(struct backend **out, const struct model *m,
+                        const struct backend_options *opt, char *err, size_t errlen);
+
+static inline int backend_forward(struct backend *b, const struct batch *batch,
+                                  struct sample_result *results)
+{
+    return b->ops->forward(b, batch, results);
+}
+static inline void backend_free(struct backend *b)
+{
+    if (b) b->ops->free(b);
+}
+
+#endif

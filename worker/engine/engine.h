@@ -1,0 +1,100 @@
+/* The engine: one thread per backend that runs continuous batching over a paged KV cache.
+ *
+ * The loop thread submits requests and aborts (thread-safe, never blocking on a step); the
+ * engine thread schedules a ragged batch each step, runs the backend, applies stops, and
+ * hands events back to the loop through a queue and uv_async_send, so on_event always runs
+ * on the loop thread. */
+#ifndef SLUICE_WORKER_ENGINE_H
+#define SLUICE_WORKER_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "worker/engine/backend.h"
+#include "worker/tokenizer/tokenizer.h"
+
+#define ENGINE_MAX_STOPS 16
+
+enum finish_reason {
+    FINISH_NONE = 0,
+    FINISH_STOP,     /* EOS or a stop string / stop token */
+    FINISH_LENGTH,   /* max_tokens or the context length */
+    FINISH_ABORT,    /* aborted by the caller */
+    FINISH_ERROR,    /* backend failure; see the event's error */
+};
+const char *finish_reason_name(enum finish_reason r); /* "stop", "length", "abort", "error" */
+
+struct engine_request {
+    uint64_t id;                  /* chosen by the caller, unique among live requests */
+    int32_t *prompt;              /* malloc'd; the engine takes ownership */
+    int32_t n_prompt;
+    struct sampling_params sampling;
+    bool has_seed;                /* false: the engine draws a seed */
+    int32_t max_tokens;           /* >= 1; clipped to the context length */
+    bool ignore_eos;
+    int32_t n_stop;
+    char *stop[ENGINE_MAX_STOPS]; /* malloc'd strings; ownership moves */
+    int32_t n_stop_ids;
+    int32_t stop_ids[ENGINE_MAX_STOPS];
+    bool skip_special;            /* in the streamed text (default true) */
+};
+
+struct engine_token {
+    int32_t id;
+    float logprob;
+    int32_t n_top;
+    int32_t top_ids[SAMPLER_MAX_TOP_LOGPROBS];
+    float top_logprobs[SAMPLER_MAX_TOP_LOGPROBS];
+};
+
+/* One event per request per step at most, plus the final one. Pointers are valid during the
+ * callback only. */
+struct engine_event {
+    uint64_t id;
+    int32_t n_tokens;                 /* tokens generated this step (usually 1) */
+    const struct engine_token *tokens;
+    const char *text;                 /* new final text (stop strings never appear) */
+    size_t text_len;
+    enum finish_reason finish;        /* FINISH_NONE until the last event */
+    const char *error;                /* FINISH_ERROR: what went wrong */
+    int32_t prompt_tokens;            /* usage, on every event */
+    int32_t completion_tokens;
+    double first_token_ms;            /* from submit to the first token, on the last event */
+};
+
+typedef void (*engine_event_fn)(const struct engine_event *ev, void *user);
+
+struct engine_options {
+    int32_t max_num_seqs;           /* running sequences at most */
+    int32_t max_num_batched_tokens; /* tokens per step at most (prefill is chunked to fit) */
+    int32_t max_model_len;          /* context length */
+    uint64_t seed;                  /* seeds requests that bring none */
+};
+
+struct engine_stats {
+    int32_t waiting, running;       /* sequences */
+    int32_t kv_blocks_total, kv_blocks_free;
+    uint64_t steps, preemptions, tokens_generated, prompt_tokens;
+    bool failed;                    /* the backend reported an error; no more steps */
+    char error[512];
+};
+
+/* Starts the engine thread. The engine uses but does not own backend and tokenizer. */
+int engine_create(struct engine **out, struct backend *backend, const struct tokenizer *tok,
+                  const struct engine_options *opt, uv_loop_t *loop, engine_event_fn on_event,
+                  void *user);
+/* Takes ownership of req (and frees it when done). Returns 0, or negative when the engine has
+ * failed or is stopping (req is freed). */
+int engine_submit(struct engine *e, struct engine_request *req);
+/* The request ends with FINISH_ABORT and its KV blocks are freed at the next step. */
+void engine_abort(struct engine *e, uint64_t id);
+void engine_get_stats(struct engine *e, struct engine_stats *out);
+/* Stops the thread (in-flight requests end with FINISH_ABORT events that are not delivered)
+ * and frees the engine. */
+void engine_free(struct engine *e);
+
+void engine_request_free(struct engine_request *req);
+
+#endif

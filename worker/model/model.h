@@ -1,0 +1,116 @@
+/* A model as the engine sees it: its configuration and its weights, whatever file it came
+ * from (Hugging Face directory, GGUF file, or random weights for a config.json).
+ *
+ * Weights stay in their source dtype (mmap'd when the file allows it, dequantized into owned
+ * buffers for GGUF block quantizations); each backend converts them to what it computes in
+ * (the CPU backend float32, the CUDA backend bf16). Every matrix is stored row-major as
+ * [out_features, in_features], Hugging Face's nn.Linear layout. */
+#ifndef SLUICE_WORKER_MODEL_H
+#define SLUICE_WORKER_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum model_arch { MODEL_ARCH_LLAMA = 0, MODEL_ARCH_QWEN2, MODEL_ARCH_QWEN3 };
+
+enum dtype { DTYPE_F32 = 0, DTYPE_F16, DTYPE_BF16 };
+
+enum rope_scaling_type { ROPE_SCALING_NONE = 0, ROPE_SCALING_LLAMA3, ROPE_SCALING_LINEAR };
+
+#define MODEL_MAX_EOS 8
+
+struct model_config {
+    enum model_arch arch;
+    char arch_name[64];       /* "LlamaForCausalLM", "Qwen3ForCausalLM", GGUF "llama" ... */
+    int hidden_size;
+    int intermediate_size;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;             /* hidden_size / n_heads unless config.json says otherwise */
+    int vocab_size;
+    int max_position;         /* context length */
+    float rms_eps;
+    float rope_theta;
+    struct {
+        enum rope_scaling_type type;
+        float factor;
+        float low_freq_factor;           /* llama3 */
+        float high_freq_factor;          /* llama3 */
+        int original_max_position;       /* llama3 */
+    } rope_scaling;
+    /* true when q/k weights as loaded rotate adjacent pairs (x0,x1),(x2,x3)... as Meta's and
+     * GGUF's llama layout does; false for Hugging Face's rotate-half layout (x_i, x_{i+d/2}). */
+    bool rope_interleaved;
+    bool tie_embeddings;      /* lm_head shares tok_embed */
+    bool qkv_bias;            /* Qwen2 */
+    bool qk_norm;             /* Qwen3: RMSNorm over each head of q and k before rope */
+    int bos_id;               /* -1 when none */
+    int eos_ids[MODEL_MAX_EOS];
+    int n_eos;
+    enum dtype dtype;         /* the checkpoint's (or the dummy's) dtype */
+};
+
+/* A tensor of the checkpoint. data is NULL for --load-format dummy: backends fill such a
+ * tensor with model_dummy_value() so that every backend sees the same random weights. */
+struct tensor {
+    enum dtype dtype;
+    int ndim;
+    int64_t shape[2];         /* [rows, cols] for matrices, [n] for vectors */
+    const void *data;
+    uint64_t dummy_id;        /* distinct per tensor, seeds model_dummy_value() */
+};
+
+struct layer_weights {
+    struct tensor attn_norm;                  /* [hidden] */
+    struct tensor wq, wk, wv, wo;             /* [n_heads*hd, hidden], [n_kv*hd, hidden] x2, [hidden, n_heads*hd] */
+    struct tensor bq, bk, bv;                 /* Qwen2 biases; data NULL and ndim 0 when absent */
+    struct tensor q_norm, k_norm;             /* Qwen3: [head_dim]; ndim 0 when absent */
+    struct tensor ffn_norm;                   /* [hidden] */
+    struct tensor w_gate, w_up;               /* [intermediate, hidden] */
+    struct tensor w_down;                     /* [hidden, intermediate] */
+};
+
+struct model {
+    struct model_config config;
+    struct tensor tok_embed;                  /* [vocab, hidden] */
+    struct tensor final_norm;                 /* [hidden] */
+    struct tensor lm_head;                    /* [vocab, hidden]; same data as tok_embed when tied */
+    struct layer_weights *layers;             /* n_layers */
+    bool dummy;
+    uint64_t dummy_seed;
+    /* Where the tokenizer and chat template come from: the model directory or the GGUF file. */
+    char path[4096];
+    bool is_gguf;
+    void *source;                             /* loader-private: mmaps, owned buffers */
+};
+
+enum model_load_format { MODEL_LOAD_AUTO = 0, MODEL_LOAD_DUMMY };
+
+/* Loads a model directory (config.json + safetensors) or a .gguf file. With
+ * MODEL_LOAD_DUMMY, path is a directory holding config.json or a config.json itself, and no
+ * weight file is read. On failure returns a negative value and writes a message naming the
+ * file and the field into err. Reads weights by mmap: no copy for F32/F16/BF16 tensors. */
+int model_load(struct model **out, const char *path, enum model_load_format format,
+               char *err, size_t errlen);
+void model_free(struct model *m);
+
+/* Fills a config from a config.json object (Hugging Face); exposed for tests. */
+int model_config_from_json(struct model_config *cfg, const char *json_path, char *err, size_t errlen);
+
+/* The dummy weights' values: uniform in [-scale, scale) from a hash of (seed, id, index), so
+ * any backend can fill any part of any tensor and agree with every other. Norm weights are
+ * filled with 1.0 + that value instead, so activations stay well scaled. */
+float model_dummy_value(uint64_t seed, uint64_t id, uint64_t index);
+#define MODEL_DUMMY_SCALE 0.02f
+
+/* Converts one element of a tensor to float32 (dummy tensors through model_dummy_value). */
+float tensor_get_f32(const struct tensor *t, uint64_t seed, bool is_norm, uint64_t index);
+/* Converts a whole tensor (rows*cols or n elements) into dst. */
+void tensor_to_f32(const struct tensor *t, uint64_t seed, bool is_norm, float *dst);
+int64_t tensor_numel(const struct tensor *t);
+
+const char *dtype_name(enum dtype d);
+
+#endif
