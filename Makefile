@@ -36,7 +36,7 @@ LLHTTP_INCLUDE := /usr/share/include/llhttp
 CPPFLAGS += -I. -I$(LLHTTP_INCLUDE) -D_GNU_SOURCE
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -g $(OPT) -MMD -MP -pthread $(SANFLAGS)
 LDFLAGS  += -pthread $(SANFLAGS)
-LDLIBS   += -luv -lcurl -ljansson -lpcre2-8 -lm
+LDLIBS   += -l:libuv_a.a -ldl -lcurl -ljansson -lpcre2-8 -lm
 
 # --- CUDA: built whenever nvcc is present, so CI compiles and links it -----------------
 ifneq ($(strip $(NVCC)),)

@@ -1,0 +1,12 @@
+/* Entry points of sluice-worker's subcommands; worker/main.c picks one by argv[1]. */
+#ifndef SLUICE_WORKER_CLI_H
+#define SLUICE_WORKER_CLI_H
+
+/* `sluice-worker [flags]`: serve a model (worker/serve.c). */
+int worker_serve_main(int argc, char **argv);
+/* `sluice-worker tokenize|detokenize --tokenizer PATH`: one JSON value per stdin line in,
+ * one per stdout line out (worker/cli_tokenize.c). argv[0] is the subcommand. */
+int cli_tokenize_main(int argc, char **argv);
+int cli_detokenize_main(int argc, char **argv);
+
+#endif
