@@ -17,6 +17,8 @@
 
 #define ENGINE_MAX_STOPS 16
 
+struct engine;
+
 enum finish_reason {
     FINISH_NONE = 0,
     FINISH_STOP,     /* EOS or a stop string / stop token */

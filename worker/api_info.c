@@ -1,0 +1,175 @@
+/* The worker's small endpoints: status for the controller, token counting, model details,
+ * tokenize/detokenize, health and metrics. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/request_parse.h"
+#include "worker/worker.h"
+
+json_t *worker_status_json(struct worker *w)
+{
+    json_t *names = json_array();
+    for (int i = 0; i < w->n_model_names; i++) json_array_append_new(names, json_string(w->model_names[i]));
+    return json_pack("{s:o, s:f, s:i}", "model_names", names, "speed", w->opt.speed, "queue_length",
+                     w->active);
+}
+
+void api_worker_get_status(struct worker *w, http_request *req)
+{
+    http_respond_json(req, 200, worker_status_json(w));
+}
+
+static json_t *parse_body(http_request *req)
+{
+    size_t len;
+    const char *body = http_request_body(req, &len);
+    struct json_field_error err;
+    json_t *root = json_parse_object(body, len, &err);
+    if (!root) http_respond_error(req, 400, err.param, "%s", err.message);
+    return root;
+}
+
+void api_count_token(struct worker *w, http_request *req)
+{
+    json_t *root = parse_body(req);
+    if (!root) return;
+    struct json_field_error err;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    char *text = NULL;
+    int status = worker_tokenize_prompt(w, root, &ids, &n, &text, &err);
+    json_decref(root);
+    if (status) {
+        http_respond_error(req, status, err.param, "%s", err.message);
+        return;
+    }
+    free(ids);
+    free(text);
+    http_respond_json(req, 200, json_pack("{s:i, s:i}", "count", (int)n, "error_code", 0));
+}
+
+void api_model_details(struct worker *w, http_request *req)
+{
+    http_respond_json(req, 200, json_pack("{s:i}", "context_length", w->max_model_len));
+}
+
+/* FastChat asks this to build prompts itself; we describe our chat format in its terms. */
+void api_conv_template(struct worker *w, http_request *req)
+{
+    const struct chat_format *f = &w->chat;
+    json_t *conv = json_pack(
+        "{s:s, s:s, s:s, s:[s,s], s:[], s:i, s:s, s:s, s:o, s:[]}", "name", f->name,
+        "system_template", "{system_message}", "system_message", "", "roles", f->prefix[CHAT_ROLE_USER],
+        f->prefix[CHAT_ROLE_ASSISTANT], "messages", "offset", 0, "sep", f->suffix[CHAT_ROLE_USER],
+        "sep2", f->suffix[CHAT_ROLE_ASSISTANT], "stop_str", json_null(), "stop_token_ids");
+    const char *tmpl = tok_chat_template(w->tok);
+    json_object_set_new(conv, "chat_template", tmpl ? json_string(tmpl) : json_null());
+    http_respond_json(req, 200, json_pack("{s:o}", "conv", conv));
+}
+
+void api_tokenize(struct worker *w, http_request *req)
+{
+    json_t *root = parse_body(req);
+    if (!root) return;
+    struct json_field_error err;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    char *text = NULL;
+    int status = worker_tokenize_prompt(w, root, &ids, &n, &text, &err);
+    json_decref(root);
+    if (status) {
+        http_respond_error(req, status, err.param, "%s", err.message);
+        return;
+    }
+    json_t *tokens = json_array();
+    for (size_t i = 0; i < n; i++) json_array_append_new(tokens, json_integer(ids[i]));
+    free(ids);
+    free(text);
+    http_respond_json(req, 200, json_pack("{s:o, s:i, s:i}", "tokens", tokens, "count", (int)n,
+                                          "max_model_len", w->max_model_len));
+}
+
+void api_detokenize(struct worker *w, http_request *req)
+{
+    json_t *root = parse_body(req);
+    if (!root) return;
+    struct json_field_error err;
+    json_t *tokens = NULL;
+    if (json_get_array(root, "tokens", true, &tokens, &err) != JSON_FIELD_OK) {
+        json_decref(root);
+        http_respond_error(req, 400, err.param, "%s", err.message);
+        return;
+    }
+    size_t n = json_array_size(tokens);
+    int32_t *ids = malloc((n ? n : 1) * sizeof *ids);
+    int vocab = w->model->config.vocab_size;
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(tokens, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= vocab) {
+            free(ids);
+            json_decref(root);
+            http_respond_error(req, 400, "tokens", "'tokens' must hold integers in [0, %d)", vocab);
+            return;
+        }
+        ids[i] = (int32_t)json_integer_value(v);
+    }
+    json_decref(root);
+    char *text = NULL;
+    size_t len = 0;
+    tok_decode(w->tok, ids, n, false, &text, &len);
+    free(ids);
+    http_respond_json(req, 200, json_pack("{s:s%}", "prompt", text ? text : "", len));
+    free(text);
+}
+
+void api_health(struct worker *w, http_request *req)
+{
+    struct engine_stats st;
+    engine_get_stats(w->engine, &st);
+    if (st.failed) {
+        http_respond_json(req, 503, json_pack("{s:s, s:s}", "status", "error", "error", st.error));
+        return;
+    }
+    http_respond_json(req, 200, json_pack("{s:s, s:s, s:i, s:i}", "status", "ok", "device",
+                                          w->backend->name, "running", st.running, "waiting", st.waiting));
+}
+
+void api_metrics(struct worker *w, http_request *req)
+{
+    struct engine_stats st;
+    engine_get_stats(w->engine, &st);
+    char buf[4096];
+    int n = snprintf(
+        buf, sizeof buf,
+        "# HELP sluice_worker_requests_running Sequences the engine is generating.\n"
+        "# TYPE sluice_worker_requests_running gauge\nsluice_worker_requests_running %d\n"
+        "# HELP sluice_worker_requests_waiting Sequences waiting for admission.\n"
+        "# TYPE sluice_worker_requests_waiting gauge\nsluice_worker_requests_waiting %d\n"
+        "# HELP sluice_worker_requests_active Requests accepted and not finished.\n"
+        "# TYPE sluice_worker_requests_active gauge\nsluice_worker_requests_active %d\n"
+        "# HELP sluice_worker_kv_blocks_total KV cache blocks.\n"
+        "# TYPE sluice_worker_kv_blocks_total gauge\nsluice_worker_kv_blocks_total %d\n"
+        "# HELP sluice_worker_kv_blocks_free KV cache blocks free.\n"
+        "# TYPE sluice_worker_kv_blocks_free gauge\nsluice_worker_kv_blocks_free %d\n"
+        "# HELP sluice_worker_requests_total Generation requests accepted.\n"
+        "# TYPE sluice_worker_requests_total counter\nsluice_worker_requests_total %llu\n"
+        "# HELP sluice_worker_requests_rejected_total Generation requests rejected.\n"
+        "# TYPE sluice_worker_requests_rejected_total counter\nsluice_worker_requests_rejected_total %llu\n"
+        "# HELP sluice_worker_requests_aborted_total Requests whose client went away.\n"
+        "# TYPE sluice_worker_requests_aborted_total counter\nsluice_worker_requests_aborted_total %llu\n"
+        "# HELP sluice_worker_prompt_tokens_total Prompt tokens accepted.\n"
+        "# TYPE sluice_worker_prompt_tokens_total counter\nsluice_worker_prompt_tokens_total %llu\n"
+        "# HELP sluice_worker_generation_tokens_total Tokens generated.\n"
+        "# TYPE sluice_worker_generation_tokens_total counter\nsluice_worker_generation_tokens_total %llu\n"
+        "# HELP sluice_worker_engine_steps_total Engine steps.\n"
+        "# TYPE sluice_worker_engine_steps_total counter\nsluice_worker_engine_steps_total %llu\n"
+        "# HELP sluice_worker_preemptions_total Sequences preempted for KV space.\n"
+        "# TYPE sluice_worker_preemptions_total counter\nsluice_worker_preemptions_total %llu\n",
+        st.running, st.waiting, w->active, st.kv_blocks_total, st.kv_blocks_free,
+        (unsigned long long)w->requests_total, (unsigned long long)w->requests_rejected,
+        (unsigned long long)w->requests_aborted, (unsigned long long)w->prompt_tokens_total,
+        (unsigned long long)w->generation_tokens_total, (unsigned long long)st.steps,
+        (unsigned long long)st.preemptions);
+    http_respond(req, 200, "text/plain; version=0.0.4", buf, (size_t)n);
+}

@@ -1,0 +1,194 @@
+#include "worker/chat_format.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const role_names[CHAT_ROLE_COUNT] = {"system", "user", "assistant", "tool"};
+
+static int has_token(const struct tokenizer *tok, const char *text)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int found = tok && tok_encode(tok, text, strlen(text), false, &ids, &n) == 0 && n == 1 &&
+                tok_is_special(tok, ids[0]);
+    free(ids);
+    return found;
+}
+
+static void set_builtin(struct chat_format *f, const char *name, const char *bos,
+                        const char *const prefix[CHAT_ROLE_COUNT], const char *suffix,
+                        const char *generation_prompt, bool add_special)
+{
+    f->name = strdup(name);
+    f->bos = strdup(bos);
+    for (int r = 0; r < CHAT_ROLE_COUNT; r++) {
+        f->prefix[r] = strdup(prefix[r]);
+        f->suffix[r] = strdup(suffix);
+    }
+    f->generation_prompt = strdup(generation_prompt);
+    f->add_special_tokens = add_special;
+}
+
+static int load_file(struct chat_format *f, const char *file, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *root = json_load_file(file, 0, &jerr);
+    if (!root || !json_is_object(root)) {
+        snprintf(err, errlen, "%s: not a JSON chat format (%s, line %d)", file,
+                 root ? "expected an object" : jerr.text, jerr.line);
+        json_decref(root);
+        return -1;
+    }
+    const char *s;
+    f->name = strdup(json_get_string(root, "name", false, &s, NULL) == JSON_FIELD_OK ? s : file);
+    f->bos = strdup(json_get_string(root, "bos", false, &s, NULL) == JSON_FIELD_OK ? s : "");
+    f->generation_prompt = strdup(
+        json_get_string(root, "generation_prompt", false, &s, NULL) == JSON_FIELD_OK ? s : "");
+    bool add = false;
+    json_get_bool(root, "add_special_tokens", false, &add, NULL);
+    f->add_special_tokens = add;
+    for (int r = 0; r < CHAT_ROLE_COUNT; r++) {
+        json_t *role = json_object_get(root, role_names[r]);
+        const char *prefix = "", *suffix = "";
+        if (role && !json_is_object(role)) {
+            snprintf(err, errlen, "%s: field '%s' must be an object with prefix and suffix", file,
+                     role_names[r]);
+            json_decref(root);
+            return -1;
+        }
+        json_get_string(role, "prefix", false, &prefix, NULL);
+        json_get_string(role, "suffix", false, &suffix, NULL);
+        f->prefix[r] = strdup(prefix);
+        f->suffix[r] = strdup(suffix);
+    }
+    json_decref(root);
+    return 0;
+}
+
+int chat_format_init(struct chat_format *f, const struct tokenizer *tok, const char *file,
+                     char *err, size_t errlen)
+{
+    memset(f, 0, sizeof *f);
+    if (file && *file) return load_file(f, file, err, errlen);
+    if (has_token(tok, "<|im_start|>")) {
+        static const char *const p[] = {"<|im_start|>system\n", "<|im_start|>user\n",
+                                        "<|im_start|>assistant\n", "<|im_start|>tool\n"};
+        set_builtin(f, "chatml", "", p, "<|im_end|>\n", "<|im_start|>assistant\n", false);
+    } else if (has_token(tok, "<|start_header_id|>")) {
+        static const char *const p[] = {
+            "<|start_header_id|>system<|end_header_id|>\n\n",
+            "<|start_header_id|>user<|end_header_id|>\n\n",
+            "<|start_header_id|>assistant<|end_header_id|>\n\n",
+            "<|start_header_id|>ipython<|end_header_id|>\n\n"};
+        set_builtin(f, "llama3", "<|begin_of_text|>", p, "<|eot_id|>",
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n", false);
+    } else {
+        static const char *const p[] = {"System: ", "User: ", "Assistant: ", "Tool: "};
+        set_builtin(f, "plain", "", p, "\n", "Assistant:", true);
+    }
+    return 0;
+}
+
+void chat_format_free(struct chat_format *f)
+{
+    free(f->name);
+    free(f->bos);
+    free(f->generation_prompt);
+    for (int r = 0; r < CHAT_ROLE_COUNT; r++) {
+        free(f->prefix[r]);
+        free(f->suffix[r]);
+    }
+    memset(f, 0, sizeof *f);
+}
+
+/* Appends to a growing buffer; returns -1 when out of memory. */
+static int append(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t ncap = (*cap ? *cap * 2 : 256);
+        while (ncap < *len + n + 1) ncap *= 2;
+        char *nb = realloc(*buf, ncap);
+        if (!nb) return -1;
+        *buf = nb;
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, s, n);
+    *len += n;
+    (*buf)[*len] = '\0';
+    return 0;
+}
+
+static int fail(struct json_field_error *err, const char *param, const char *msg)
+{
+    snprintf(err->param, sizeof err->param, "%s", param);
+    snprintf(err->message, sizeof err->message, "%s", msg);
+    return JSON_FIELD_INVALID;
+}
+
+/* Message content: a string, or a list of parts of which the text ones are joined. */
+static int append_content(char **buf, size_t *len, size_t *cap, const json_t *content,
+                          struct json_field_error *err)
+{
+    if (json_is_string(content))
+        return append(buf, len, cap, json_string_value(content), json_string_length(content));
+    if (json_is_null(content) || !content) return 0;
+    if (!json_is_array(content))
+        return fail(err, "messages", "'content' must be a string or an array of content parts");
+    size_t i;
+    json_t *part;
+    json_array_foreach(content, i, part) {
+        const char *type = NULL;
+        if (json_get_string(part, "type", true, &type, err) != JSON_FIELD_OK) return JSON_FIELD_INVALID;
+        if (strcmp(type, "text") != 0)
+            return fail(err, "messages", "only content parts of type 'text' are supported");
+        json_t *text = json_object_get(part, "text");
+        if (!json_is_string(text)) return fail(err, "messages", "a text content part needs a 'text' string");
+        if (append(buf, len, cap, json_string_value(text), json_string_length(text)) < 0) return -1;
+    }
+    return 0;
+}
+
+int chat_format_render(const struct chat_format *f, const json_t *messages,
+                       bool add_generation_prompt, char **out, struct json_field_error *err)
+{
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    if (!json_is_array(messages) || json_array_size(messages) == 0)
+        return fail(err, "messages", "'messages' must be a non-empty array");
+    if (append(&buf, &len, &cap, f->bos, strlen(f->bos)) < 0) goto oom;
+    size_t i;
+    json_t *msg;
+    json_array_foreach(messages, i, msg) {
+        const char *role = NULL;
+        if (!json_is_object(msg)) {
+            free(buf);
+            return fail(err, "messages", "each message must be an object with 'role' and 'content'");
+        }
+        if (json_get_string(msg, "role", true, &role, err) != JSON_FIELD_OK) goto invalid;
+        int r = -1;
+        for (int k = 0; k < CHAT_ROLE_COUNT; k++)
+            if (!strcmp(role, role_names[k])) r = k;
+        if (!strcmp(role, "developer")) r = CHAT_ROLE_SYSTEM; /* OpenAI's newer name for system */
+        if (r < 0) {
+            free(buf);
+            return fail(err, "messages", "a message's 'role' must be system, developer, user, assistant or tool");
+        }
+        if (append(&buf, &len, &cap, f->prefix[r], strlen(f->prefix[r])) < 0) goto oom;
+        int rc = append_content(&buf, &len, &cap, json_object_get(msg, "content"), err);
+        if (rc == JSON_FIELD_INVALID) goto invalid;
+        if (rc < 0) goto oom;
+        if (append(&buf, &len, &cap, f->suffix[r], strlen(f->suffix[r])) < 0) goto oom;
+    }
+    if (add_generation_prompt &&
+        append(&buf, &len, &cap, f->generation_prompt, strlen(f->generation_prompt)) < 0)
+        goto oom;
+    *out = buf;
+    return 0;
+invalid:
+    free(buf);
+    return JSON_FIELD_INVALID;
+oom:
+    free(buf);
+    return fail(err, "messages", "out of memory rendering the messages");
+}

@@ -1,0 +1,273 @@
+/* sluice-worker: loads a model onto a device, runs the engine on its own thread, and serves
+ * FastChat's worker API plus the native stream on one libuv loop. */
+#include <libgen.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/flags.h"
+#include "common/log.h"
+#include "worker/cli.h"
+#include "worker/worker.h"
+
+static void route(http_request *req, void *user)
+{
+    struct worker *w = user;
+    const char *path = http_request_path(req);
+    bool post = strcmp(http_request_method(req), "POST") == 0;
+    bool get = strcmp(http_request_method(req), "GET") == 0;
+    static const struct {
+        const char *path;
+        bool get_ok;
+        void (*fn)(struct worker *, http_request *);
+    } routes[] = {
+        {"/worker_get_status", true, api_worker_get_status},
+        {"/count_token", false, api_count_token},
+        {"/model_details", true, api_model_details},
+        {"/worker_get_conv_template", true, api_conv_template},
+        {"/tokenize", false, api_tokenize},
+        {"/detokenize", false, api_detokenize},
+    };
+    if (!strcmp(path, "/generate") || !strcmp(path, "/worker_generate_stream") ||
+        !strcmp(path, "/worker_generate")) {
+        if (!post) goto method;
+        api_generate(w, req,
+                     !strcmp(path, "/generate")                  ? GEN_MODE_NATIVE
+                     : !strcmp(path, "/worker_generate_stream") ? GEN_MODE_FASTCHAT_STREAM
+                                                                 : GEN_MODE_FASTCHAT_BLOCKING);
+        return;
+    }
+    if (!strcmp(path, "/health")) {
+        if (!get) goto method;
+        api_health(w, req);
+        return;
+    }
+    if (!strcmp(path, "/metrics")) {
+        if (!get) goto method;
+        api_metrics(w, req);
+        return;
+    }
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        if (strcmp(path, routes[i].path) != 0) continue;
+        if (!post && !(get && routes[i].get_ok)) goto method;
+        routes[i].fn(w, req);
+        return;
+    }
+    http_respond_error(req, 404, NULL, "no such endpoint: %s", path);
+    return;
+method:
+    http_response_header(req, "Allow", "POST");
+    http_respond_error(req, 405, NULL, "method %s is not allowed on %s", http_request_method(req), path);
+}
+
+static void set_model_names(struct worker *w)
+{
+    if (w->opt.model_names && *w->opt.model_names) {
+        char *copy = strdup(w->opt.model_names), *save = NULL;
+        for (char *t = strtok_r(copy, ",", &save); t && w->n_model_names < 16; t = strtok_r(NULL, ",", &save))
+            if (*t) snprintf(w->model_names[w->n_model_names++], sizeof w->model_names[0], "%s", t);
+        free(copy);
+        if (w->n_model_names) return;
+    }
+    char *copy = strdup(w->opt.model_path);
+    size_t n = strlen(copy);
+    while (n > 1 && copy[n - 1] == '/') copy[--n] = '\0';
+    char *base = basename(copy);
+    char *dot = strstr(base, ".gguf");
+    if (dot && dot[5] == '\0') *dot = '\0';
+    snprintf(w->model_names[w->n_model_names++], sizeof w->model_names[0], "%s", base);
+    free(copy);
+}
+
+static struct worker *g_worker;
+
+static void on_closed(void *arg)
+{
+    (void)arg;
+}
+
+static void on_signal(uv_signal_t *sig, int signum)
+{
+    struct worker *w = sig->data;
+    log_info("signal %d: shutting down", signum);
+    controller_client_stop(w);
+    if (w->server) http_server_close(w->server, on_closed, NULL);
+    w->server = NULL;
+    uv_stop(w->loop);
+}
+
+static int load_everything(struct worker *w)
+{
+    char err[1024] = "";
+    enum model_load_format fmt = MODEL_LOAD_AUTO;
+    if (!strcmp(w->opt.load_format, "dummy")) {
+        fmt = MODEL_LOAD_DUMMY;
+    } else if (strcmp(w->opt.load_format, "auto") != 0) {
+        log_error("--load-format must be auto or dummy, not '%s'", w->opt.load_format);
+        return -1;
+    }
+    if (model_load(&w->model, w->opt.model_path, fmt, err, sizeof err) != 0) {
+        log_error("cannot load the model: %s", err);
+        return -1;
+    }
+    if (tok_load(&w->tok, w->opt.model_path, err, sizeof err) != 0) {
+        log_error("cannot load the tokenizer: %s", err);
+        return -1;
+    }
+    if (chat_format_init(&w->chat, w->tok, w->opt.chat_template, err, sizeof err) != 0) {
+        log_error("--chat-template: %s", err);
+        return -1;
+    }
+    struct backend_options bo = {
+        .kv_blocks = 0,
+        .gpu_memory_utilization = w->opt.gpu_memory_utilization,
+        .max_batch_tokens = (int32_t)w->opt.max_num_batched_tokens,
+        .max_batch_seqs = (int32_t)w->opt.max_num_seqs,
+        .n_threads = (int32_t)w->opt.threads,
+    };
+    int rc;
+    if (!strcmp(w->opt.device, "cpu")) {
+        bo.kv_blocks = (int32_t)((w->opt.kv_cache_tokens + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE);
+        rc = backend_cpu_create(&w->backend, w->model, &bo, err, sizeof err);
+    } else if (!strcmp(w->opt.device, "cuda")) {
+        rc = backend_cuda_create(&w->backend, w->model, &bo, err, sizeof err);
+    } else {
+        log_error("--device must be cpu or cuda, not '%s'", w->opt.device);
+        return -1;
+    }
+    if (rc != 0) {
+        log_error("cannot start the %s backend: %s", w->opt.device, err);
+        return -1;
+    }
+    int ctx = w->model->config.max_position;
+    if (w->opt.max_model_len > 0 && w->opt.max_model_len < ctx) ctx = (int)w->opt.max_model_len;
+    long kv_tokens = (long)w->backend->num_kv_blocks * KV_BLOCK_SIZE;
+    if (kv_tokens < ctx) {
+        log_warn("the KV cache holds %ld tokens, fewer than the context length %d: limiting the context to it",
+                 kv_tokens, ctx);
+        ctx = (int)kv_tokens;
+    }
+    w->max_model_len = ctx;
+    struct engine_options eo = {
+        .max_num_seqs = (int32_t)w->opt.max_num_seqs,
+        .max_num_batched_tokens = (int32_t)w->opt.max_num_batched_tokens,
+        .max_model_len = ctx,
+        .seed = (uint64_t)w->opt.seed,
+    };
+    if (engine_create(&w->engine, w->backend, w->tok, &eo, w->loop, api_on_engine_event, w) != 0) {
+        log_error("cannot start the engine");
+        return -1;
+    }
+    log_info("model %s (%s, %d layers, vocab %d) on %s: context %d tokens, KV cache %ld tokens",
+             w->model_names[0], w->model->config.arch_name, w->model->config.n_layers,
+             w->model->config.vocab_size, w->backend->name, ctx, kv_tokens);
+    return 0;
+}
+
+int worker_serve_main(int argc, char **argv)
+{
+    static struct worker worker;
+    struct worker *w = &worker;
+    g_worker = w;
+    struct worker_options *o = &w->opt;
+    *o = (struct worker_options){
+        .controller_address = "http://127.0.0.1:21001",
+        .host = "127.0.0.1",
+        .port = 21002,
+        .limit_worker_concurrency = 1024,
+        .device = "cuda",
+        .stream_interval = 2,
+        .load_format = "auto",
+        .max_num_seqs = 256,
+        .max_num_batched_tokens = 4096,
+        .kv_cache_tokens = 16384,
+        .gpu_memory_utilization = 0.9,
+        .heartbeat_interval = 10,
+        .speed = 1,
+        .log_level = "info",
+    };
+    const struct flag_spec specs[] = {
+        {"model-path", FLAG_STRING, &o->model_path, NULL, "PATH", "model directory (Hugging Face) or .gguf file", 0, 0},
+        {"model-names", FLAG_STRING, &o->model_names, NULL, "A,B", "names to serve the model under (default: the folder's name)", 0, 0},
+        {"controller-address", FLAG_STRING, &o->controller_address, "SLUICE_CONTROLLER_ADDRESS", "URL", "the controller to register with", 0, 0},
+        {"worker-address", FLAG_STRING, &o->worker_address, NULL, "URL", "address the controller and gateway reach this worker at (default http://HOST:PORT)", 0, 0},
+        {"host", FLAG_STRING, &o->host, NULL, "ADDR", "address to listen on", 0, 0},
+        {"port", FLAG_INT, &o->port, NULL, "PORT", "port to listen on", 0, 65535},
+        {"limit-worker-concurrency", FLAG_INT, &o->limit_worker_concurrency, NULL, "N", "requests in flight at most; more get 503", 1, 1e7},
+        {"no-register", FLAG_BOOL, &o->no_register, NULL, NULL, "do not register with the controller", 0, 0},
+        {"device", FLAG_STRING, &o->device, NULL, "cpu|cuda", "where to run the model", 0, 0},
+        {"seed", FLAG_INT, &o->seed, NULL, "N", "seed for requests that bring none", 0, 0},
+        {"stream-interval", FLAG_INT, &o->stream_interval, NULL, "N", "FastChat stream: a frame every N tokens", 1, 1e6},
+        {"load-format", FLAG_STRING, &o->load_format, NULL, "auto|dummy", "dummy: random weights for the config.json", 0, 0},
+        {"chat-template", FLAG_STRING, &o->chat_template, NULL, "FILE", "chat format as JSON (see docs)", 0, 0},
+        {"max-num-seqs", FLAG_INT, &o->max_num_seqs, NULL, "N", "sequences running at once at most", 1, 65536},
+        {"max-num-batched-tokens", FLAG_INT, &o->max_num_batched_tokens, NULL, "N", "tokens per engine step at most (prefill is chunked)", 16, 1 << 20},
+        {"max-model-len", FLAG_INT, &o->max_model_len, NULL, "N", "context length (default: the model's)", 0, 1 << 24},
+        {"kv-cache-tokens", FLAG_INT, &o->kv_cache_tokens, NULL, "N", "CPU: KV cache size in tokens", 16, 1 << 26},
+        {"gpu-memory-utilization", FLAG_DOUBLE, &o->gpu_memory_utilization, NULL, "F", "CUDA: share of GPU memory to use", 0.05, 1.0},
+        {"threads", FLAG_INT, &o->threads, NULL, "N", "CPU: threads (0: all cores)", 0, 1024},
+        {"heartbeat-interval", FLAG_DOUBLE, &o->heartbeat_interval, "SLUICE_HEARTBEAT_INTERVAL", "SECONDS", "seconds between heartbeats", 0.05, 3600},
+        {"speed", FLAG_DOUBLE, &o->speed, NULL, "F", "relative speed reported to the controller", 0.001, 1e6},
+        {"internal-token", FLAG_STRING, &o->internal_token, "SLUICE_INTERNAL_TOKEN", "TOKEN", "bearer token the controller requires", 0, 0},
+        {"log-level", FLAG_STRING, &o->log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn or error", 0, 0},
+        {0},
+    };
+    int rc = flags_parse("sluice-worker",
+                         "Serves one model on one device (or: sluice-worker tokenize|detokenize --help).",
+                         specs, argc, argv, 1, NULL, 0, NULL);
+    if (rc == FLAGS_HELP) return 0;
+    if (rc != FLAGS_OK) return 2;
+    log_init("worker");
+    int level = log_level_parse(o->log_level);
+    if (level < 0) {
+        fprintf(stderr, "sluice-worker: --log-level must be debug, info, warn or error\n");
+        return 2;
+    }
+    log_set_level((enum log_level)level);
+    if (!o->model_path) {
+        fprintf(stderr, "sluice-worker: --model-path is required (see --help)\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    w->loop = uv_default_loop();
+    set_model_names(w);
+    if (load_everything(w) != 0) return 1;
+
+    struct http_server_config sc = {.host = o->host, .port = (int)o->port, .max_body_bytes = 64u << 20};
+    if (http_server_init(&w->server, w->loop, &sc, route, w) != 0) {
+        log_error("cannot listen on %s:%ld", o->host, o->port);
+        return 1;
+    }
+    if (o->worker_address && *o->worker_address)
+        snprintf(w->address, sizeof w->address, "%s", o->worker_address);
+    else
+        snprintf(w->address, sizeof w->address, "http://%s:%d", o->host, http_server_port(w->server));
+    if (http_client_init(&w->client, w->loop) != 0) {
+        log_error("cannot start the HTTP client");
+        return 1;
+    }
+    controller_client_start(w);
+    log_info("serving %s at %s", w->model_names[0], w->address);
+
+    uv_signal_t sigint, sigterm;
+    uv_signal_init(w->loop, &sigint);
+    uv_signal_init(w->loop, &sigterm);
+    sigint.data = sigterm.data = w;
+    uv_signal_start(&sigint, on_signal, SIGINT);
+    uv_signal_start(&sigterm, on_signal, SIGTERM);
+
+    uv_run(w->loop, UV_RUN_DEFAULT);
+
+    /* Orderly teardown: the engine thread first (it may still post events), then the rest. */
+    engine_free(w->engine);
+    http_client_free(w->client);
+    uv_close((uv_handle_t *)&sigint, NULL);
+    uv_close((uv_handle_t *)&sigterm, NULL);
+    uv_run(w->loop, UV_RUN_NOWAIT);
+    backend_free(w->backend);
+    chat_format_free(&w->chat);
+    tok_free(w->tok);
+    model_free(w->model);
+    return 0;
+}

@@ -1,0 +1,99 @@
+/* State shared by the worker's HTTP side: the files worker/api_*.c, worker/serve.c and
+ * worker/controller_client.c. Everything here lives on the loop thread, except the engine,
+ * which has its own thread and is reached only through engine.h's thread-safe calls. */
+#ifndef SLUICE_WORKER_WORKER_H
+#define SLUICE_WORKER_WORKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "common/http_client.h"
+#include "common/http_server.h"
+#include "worker/chat_format.h"
+#include "worker/engine/engine.h"
+#include "worker/model/model.h"
+#include "worker/tokenizer/tokenizer.h"
+
+struct gen_stream;
+
+struct worker_options {
+    const char *model_path;
+    const char *model_names;        /* comma-separated; default: the model folder's name */
+    const char *controller_address;
+    const char *worker_address;     /* how the controller reaches us */
+    const char *host;
+    long port;
+    long limit_worker_concurrency;
+    bool no_register;
+    const char *device;             /* "cpu" | "cuda" */
+    long seed;
+    long stream_interval;           /* FastChat frames every N tokens */
+    const char *load_format;        /* "auto" | "dummy" */
+    const char *chat_template;      /* FILE */
+    long max_num_seqs;
+    long max_num_batched_tokens;
+    long max_model_len;             /* 0: the model's */
+    long kv_cache_tokens;           /* CPU: KV cache size in tokens */
+    double gpu_memory_utilization;
+    long threads;
+    double heartbeat_interval;      /* seconds */
+    double speed;
+    const char *internal_token;
+    const char *log_level;
+};
+
+struct worker {
+    struct worker_options opt;
+    uv_loop_t *loop;
+    http_server *server;
+    http_client *client;
+    struct model *model;
+    struct tokenizer *tok;
+    struct backend *backend;
+    struct engine *engine;
+    struct chat_format chat;
+    char model_names[16][128];
+    int n_model_names;
+    char address[256];
+    int max_model_len;
+
+    /* Live generations by engine request id: a small open-addressing table would do, but
+     * the count is bounded by limit_worker_concurrency, so a linked list is enough. */
+    struct gen_stream *streams;
+    uint64_t next_request_id;
+    int active;                     /* requests accepted and not yet finished */
+
+    /* Controller registration. */
+    uv_timer_t heartbeat_timer;
+    bool registered;
+    bool register_in_flight;
+    bool heartbeat_in_flight;
+
+    /* Counters for /metrics. */
+    uint64_t requests_total, requests_rejected, requests_aborted;
+    uint64_t prompt_tokens_total, generation_tokens_total;
+    double started_at;
+};
+
+/* worker/api_generate.c */
+void api_generate(struct worker *w, http_request *req, int mode);
+enum { GEN_MODE_NATIVE = 0, GEN_MODE_FASTCHAT_STREAM, GEN_MODE_FASTCHAT_BLOCKING };
+void api_on_engine_event(const struct engine_event *ev, void *user);
+
+/* worker/api_info.c */
+void api_worker_get_status(struct worker *w, http_request *req);
+void api_count_token(struct worker *w, http_request *req);
+void api_model_details(struct worker *w, http_request *req);
+void api_conv_template(struct worker *w, http_request *req);
+void api_tokenize(struct worker *w, http_request *req);
+void api_detokenize(struct worker *w, http_request *req);
+void api_health(struct worker *w, http_request *req);
+void api_metrics(struct worker *w, http_request *req);
+json_t *worker_status_json(struct worker *w);
+
+/* worker/controller_client.c */
+int controller_client_start(struct worker *w);
+void controller_client_stop(struct worker *w);
+
+#endif
