@@ -189,6 +189,11 @@ test-gpu: $(BINS) $(GPU_BINS)
 
 bench: bench-controller bench-worker bench-gateway
 
+# Controller, a worker and the gateway on MODEL (a directory or .gguf), else a tiny dummy model.
+run: deps
+	@$(MAKE) --no-print-directory $(BINS)
+	@SLUICE_BIN=$(abspath $(BINDIR)) MODEL=$(MODEL) DEVICE=$(DEVICE) examples/run_trio.sh
+
 clean:
 	rm -rf build bin
 

@@ -1,6 +1,5 @@
 #include "worker/request_parse.h"
 
-#include <float.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,12 +124,14 @@ int gen_params_parse(struct worker *w, const json_t *body, struct gen_params *ou
 #define NUM(key, lo, hi, dst) \
     if (json_get_number(body, key, false, lo, hi, &dst, err) == JSON_FIELD_INVALID) return 400
     NUM("temperature", 0.0, 2.0, temperature);
-    NUM("top_p", DBL_MIN, 1.0, top_p);
+    NUM("top_p", 0.0, 1.0, top_p);
     NUM("min_p", 0.0, 1.0, min_p);
-    NUM("repetition_penalty", DBL_MIN, 2.0, rep);
+    NUM("repetition_penalty", 0.0, 2.0, rep);
     NUM("presence_penalty", -2.0, 2.0, presence);
     NUM("frequency_penalty", -2.0, 2.0, frequency);
 #undef NUM
+    if (top_p <= 0.0) return invalid(err, "top_p", "'top_p' must be in (0, 1], got 0");
+    if (rep <= 0.0) return invalid(err, "repetition_penalty", "'repetition_penalty' must be in (0, 2], got 0");
     if (json_get_int(body, "top_k", false, -1, 1 << 20, &top_k, err) == JSON_FIELD_INVALID) return 400;
     /* FastChat's name first, then OpenAI's: whichever the caller used. */
     if (json_get_int(body, "max_new_tokens", false, 1, INT32_MAX, &max_tokens, err) == JSON_FIELD_INVALID)

@@ -1,0 +1,235 @@
+"""The real sluice-worker on stories260K (CPU): Hugging Face's greedy outputs, FastChat's
+stream format, batch invariance (also under preemption), aborts, seeds, stops and errors."""
+import json
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import binary, free_port, need_stories, reference, start_controller, start_worker
+
+
+def generate(worker, **body):
+    """POST /generate and collect the ndjson frames."""
+    r = requests.post(worker.url + "/generate", json=body, stream=True, timeout=60)
+    if r.status_code != 200:
+        return r.status_code, r.json(), []
+    frames = [json.loads(line) for line in r.iter_lines() if line]
+    return 200, None, frames
+
+
+def joined(frames):
+    ids = [i for f in frames for i in f["token_ids"]]
+    return ids, "".join(f["text"] for f in frames), frames[-1]["finish_reason"]
+
+
+@pytest.fixture(scope="module")
+def shared_worker():
+    """One worker for the read-only tests of this module."""
+    from conftest import Proc
+    port = free_port()
+    p = Proc([binary("sluice-worker"), "--model-path", str(need_stories() / "hf"), "--device", "cpu",
+              "--port", str(port), "--no-register", "--threads", "2", "--model-names", "stories"],
+             port, "worker-shared")
+    try:
+        yield p.wait_http("/health", timeout=60)
+    finally:
+        p.kill()
+
+
+@pytest.mark.parametrize("model", ["hf", "stories260K.gguf"])
+def test_greedy_equals_hugging_face(procs, model):
+    ref = reference()["prompts"]
+    w = start_worker(procs, need_stories() / model)
+    for prompt, expected in ref.items():
+        status, err, frames = generate(w, prompt=prompt, max_tokens=64, temperature=0)
+        assert status == 200, err
+        ids, text, finish = joined(frames)
+        assert ids == expected["greedy_ids"], prompt
+        assert text == expected["greedy_text"], prompt
+        assert finish == "length"
+        assert frames[-1]["usage"] == {"prompt_tokens": len(expected["prompt_ids"]),
+                                       "completion_tokens": 64,
+                                       "total_tokens": len(expected["prompt_ids"]) + 64}
+
+
+def test_prompt_token_ids_and_tokenize(shared_worker):
+    ref = reference()["prompts"]["Once upon a time"]
+    r = requests.post(shared_worker.url + "/tokenize", json={"prompt": "Once upon a time"}, timeout=10)
+    assert r.json()["tokens"] == ref["prompt_ids"]
+    status, _, frames = generate(shared_worker, prompt_token_ids=ref["prompt_ids"], max_tokens=8, temperature=0)
+    assert joined(frames)[0] == ref["greedy_ids"][:8]
+    r = requests.post(shared_worker.url + "/detokenize", json={"tokens": ref["greedy_ids"]}, timeout=10)
+    assert r.json()["prompt"].strip() == ref["greedy_text"].strip()
+
+
+def test_fastchat_stream_and_blocking(shared_worker):
+    ref = reference()["prompts"]["The cat"]
+    r = requests.post(shared_worker.url + "/worker_generate_stream",
+                      json={"prompt": "The cat", "temperature": 0, "max_new_tokens": 16, "echo": False},
+                      stream=True, timeout=30)
+    assert r.status_code == 200
+    raw = r.content
+    frames = [json.loads(x) for x in raw.split(b"\0") if x]
+    assert len(frames) >= 2
+    texts = [f["text"] for f in frames]
+    for a, b in zip(texts, texts[1:]):
+        assert b.startswith(a), "FastChat frames carry cumulative text"
+    assert all(f["error_code"] == 0 for f in frames)
+    assert frames[-1]["finish_reason"] == "length"
+    assert frames[-1]["usage"]["completion_tokens"] == 16
+    assert ref["greedy_text"].startswith(frames[-1]["text"])
+    r = requests.post(shared_worker.url + "/worker_generate",
+                      json={"prompt": "The cat", "temperature": 0, "max_new_tokens": 16}, timeout=30)
+    assert r.json()["text"] == frames[-1]["text"]
+    assert requests.post(shared_worker.url + "/worker_get_status", timeout=5).json()["model_names"] == ["stories"]
+    assert requests.post(shared_worker.url + "/count_token", json={"prompt": "The cat"}, timeout=5).json()["count"] == 3
+    assert requests.post(shared_worker.url + "/model_details", timeout=5).json()["context_length"] == 512
+
+
+PROMPTS = ["Once upon a time", "The cat", "Lily and Tom went to the park", "A big dog",
+           "One day", "Tim had a red ball", "The sun was", "Sue liked to", "There was a bird",
+           "Mom said", "The little boy", "In the garden", "Ben and Mia", "The old tree", "A girl", "Max ran"]
+
+
+def run_concurrently(url, prompts, max_tokens):
+    results = [None] * len(prompts)
+
+    def one(i):
+        r = requests.post(url + "/generate", json={"prompt": prompts[i], "max_tokens": max_tokens,
+                                                   "temperature": 0, "ignore_eos": True}, stream=True, timeout=120)
+        frames = [json.loads(l) for l in r.iter_lines() if l]
+        results[i] = joined(frames)[0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    return results
+
+
+@pytest.mark.parametrize("kv_tokens", [16384, 320])
+def test_batch_invariance(procs, kv_tokens):
+    """16 concurrent greedy requests give exactly the outputs of 16 sequential ones; with a
+    KV cache of 320 tokens (20 blocks) they cannot all fit, so some are preempted."""
+    w = start_worker(procs, None, "--kv-cache-tokens", str(kv_tokens), "--threads", "2")
+    sequential = []
+    for p in PROMPTS:
+        _, _, frames = generate(w, prompt=p, max_tokens=40, temperature=0, ignore_eos=True)
+        sequential.append(joined(frames)[0])
+    concurrent = run_concurrently(w.url, PROMPTS, 40)
+    assert concurrent == sequential
+    metrics = requests.get(w.url + "/metrics", timeout=5).text
+    preemptions = int(next(l.split()[1] for l in metrics.splitlines() if l.startswith("sluice_worker_preemptions_total")))
+    if kv_tokens == 320:
+        assert preemptions > 0, "the small cache should have forced preemption"
+
+
+def metric(url, name):
+    text = requests.get(url + "/metrics", timeout=5).text
+    return float(next(l.split()[1] for l in text.splitlines() if l.startswith(name + " ")))
+
+
+def test_client_disconnect_frees_blocks(shared_worker):
+    total = metric(shared_worker.url, "sluice_worker_kv_blocks_total")
+    s = socket.create_connection(("127.0.0.1", shared_worker.port), timeout=10)
+    body = json.dumps({"prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True, "temperature": 0})
+    s.sendall(f"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+    assert b"200" in s.recv(4096)
+    time.sleep(0.2)
+    assert metric(shared_worker.url, "sluice_worker_requests_running") >= 1
+    s.close()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if (metric(shared_worker.url, "sluice_worker_requests_running") == 0 and
+                metric(shared_worker.url, "sluice_worker_kv_blocks_free") == total):
+            break
+        time.sleep(0.05)
+    assert metric(shared_worker.url, "sluice_worker_requests_running") == 0
+    assert metric(shared_worker.url, "sluice_worker_kv_blocks_free") == total
+
+
+def test_seed_and_stop(shared_worker):
+    a = joined(generate(shared_worker, prompt="The cat", max_tokens=24, temperature=1.0, seed=7)[2])
+    b = joined(generate(shared_worker, prompt="The cat", max_tokens=24, temperature=1.0, seed=7)[2])
+    c = joined(generate(shared_worker, prompt="The cat", max_tokens=24, temperature=1.0, seed=8)[2])
+    assert a == b
+    assert a[0] != c[0]
+    full = reference()["prompts"]["Once upon a time"]["greedy_text"]
+    stop = "little girl"
+    _, text, finish = joined(generate(shared_worker, prompt="Once upon a time", max_tokens=64,
+                                      temperature=0, stop=[stop])[2])
+    assert finish == "stop"
+    assert text == full[:full.index(stop)]
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
+    ({"prompt": "x", "temperature": 3}, "temperature"),
+    ({"prompt": "x", "top_p": 0}, "top_p"),
+    ({"prompt": 5}, "prompt"),
+    ({}, "prompt"),
+    ({"prompt": "x", "stop": [1]}, "stop"),
+])
+def test_bad_requests(shared_worker, body, param):
+    r = requests.post(shared_worker.url + "/generate", json=body, timeout=10)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == param
+    assert param in err["message"]
+
+
+def test_prompt_over_context(shared_worker):
+    prompt = "hello " * 600
+    count = requests.post(shared_worker.url + "/tokenize", json={"prompt": prompt}, timeout=10).json()["count"]
+    r = requests.post(shared_worker.url + "/generate", json={"prompt": prompt}, timeout=10)
+    assert r.status_code == 400
+    msg = r.json()["error"]["message"]
+    assert "512" in msg and str(count) in msg
+
+
+def test_malformed_and_unknown(shared_worker):
+    r = requests.post(shared_worker.url + "/generate", data=b"{not json", timeout=10)
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    assert requests.get(shared_worker.url + "/nope", timeout=5).status_code == 404
+    assert requests.get(shared_worker.url + "/generate", timeout=5).status_code == 405
+
+
+def run_worker_expecting_failure(path, *extra):
+    p = subprocess.run([binary("sluice-worker"), "--model-path", str(path), "--device", "cpu", "--no-register",
+                        "--port", str(free_port()), *extra], capture_output=True, timeout=30)
+    assert p.returncode != 0
+    return p.stderr.decode(errors="replace")
+
+
+def test_bad_model_files(tmp_path):
+    stories = need_stories()
+    gguf = (stories / "stories260K.gguf").read_bytes()
+    (tmp_path / "trunc.gguf").write_bytes(gguf[: len(gguf) // 3])
+    (tmp_path / "magic.gguf").write_bytes(b"XXXX" + gguf[4:])
+    assert "trunc.gguf" in run_worker_expecting_failure(tmp_path / "trunc.gguf")
+    assert "magic.gguf" in run_worker_expecting_failure(tmp_path / "magic.gguf")
+    assert "missing" in run_worker_expecting_failure(tmp_path / "missing")
+    assert "--device" in run_worker_expecting_failure(stories / "hf", "--device", "tpu")
+
+
+def test_registers_and_heartbeats(procs):
+    ctl = start_controller(procs, "--heartbeat-expiration", "2")
+    w = start_worker(procs, None, "--model-names", "stories,tiny", "--heartbeat-interval", "0.3", controller=ctl.url)
+    deadline = time.time() + 10
+    models = []
+    while time.time() < deadline:
+        models = requests.post(ctl.url + "/list_models", timeout=5).json()["models"]
+        if models:
+            break
+        time.sleep(0.1)
+    assert sorted(models) == ["stories", "tiny"]
+    # Alive past the expiration: heartbeats keep it registered.
+    time.sleep(2.5)
+    addr = requests.post(ctl.url + "/get_worker_address", json={"model": "tiny"}, timeout=5).json()["address"]
+    assert addr == w.url
