@@ -8,5 +8,7 @@ int worker_serve_main(int argc, char **argv);
  * one per stdout line out (worker/cli_tokenize.c). argv[0] is the subcommand. */
 int cli_tokenize_main(int argc, char **argv);
 int cli_detokenize_main(int argc, char **argv);
+/* `sluice-worker bench`: the engine alone, batch x input x output (worker/cli_bench.c). */
+int cli_bench_main(int argc, char **argv);
 
 #endif

@@ -1,0 +1,48 @@
+/* Validation of OpenAI request bodies into what the gateway sends upstream.
+ *
+ * A validated request holds the model, the streaming options, how many choices to run and,
+ * for each choice, everything needed to build the worker's POST /generate body. Bad input
+ * returns 400 with err naming the field, so the handler answers in OpenAI's shape. */
+#ifndef SLUICE_GATEWAY_VALIDATE_H
+#define SLUICE_GATEWAY_VALIDATE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/json_util.h"
+
+enum gw_api { GW_API_CHAT = 0, GW_API_COMPLETION = 1 };
+
+enum { GW_MAX_N = 128, GW_MAX_STOPS = 4, GW_MAX_LOGPROBS = 20 };
+
+struct gw_params {
+    enum gw_api api;
+    char *model;
+    bool stream;
+    bool include_usage;  /* stream_options.include_usage */
+    int n;               /* choices per prompt */
+    size_t n_prompts;    /* 1 for chat; completions may carry a list of prompts */
+    json_t *prompts;     /* completions: array of prompts (string or token-id array) */
+    json_t *base;        /* the /generate fields shared by every choice (chat: with messages) */
+    bool has_seed;
+    int64_t seed;
+    int logprobs;        /* -1: none; otherwise alternatives per token */
+    bool echo;           /* completions */
+};
+
+/* Both return 0, or 400 with err filled. On error *out is left freed. */
+int gw_validate_chat(const json_t *body, struct gw_params *out, struct json_field_error *err);
+int gw_validate_completion(const json_t *body, struct gw_params *out, struct json_field_error *err);
+void gw_params_free(struct gw_params *p);
+
+/* Fields shared by both APIs (sampling, stop, stream options); used by the two above. */
+int gw_validate_common(const json_t *body, struct gw_params *out, struct json_field_error *err);
+
+size_t gw_params_choice_count(const struct gw_params *p);
+/* The POST /generate body for choice i (index = prompt * n + j): base fields, the prompt,
+ * and seed + j when seeded. A new reference. */
+json_t *gw_params_upstream_body(const struct gw_params *p, size_t choice);
+
+#endif
