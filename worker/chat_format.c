@@ -55,6 +55,7 @@ static int load_file(struct chat_format *f, const char *file, char *err, size_t 
             snprintf(err, errlen, "%s: field '%s' must be an object with prefix and suffix", file,
                      role_names[r]);
             json_decref(root);
+            chat_format_free(f);
             return -1;
         }
         json_get_string(role, "prefix", false, &prefix, NULL);

@@ -1,0 +1,70 @@
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "worker/chat_format.h"
+
+static json_t *msgs(const char *s)
+{
+    json_error_t e;
+    json_t *v = json_loads(s, 0, &e);
+    cr_assert_not_null(v, "%s", e.text);
+    return v;
+}
+
+Test(chat_format, plain_transcript_without_tokenizer)
+{
+    struct chat_format f;
+    char err[256];
+    cr_assert_eq(chat_format_init(&f, NULL, NULL, err, sizeof err), 0);
+    json_t *m = msgs("[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+                     "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Hi\"}]}]");
+    char *out = NULL;
+    struct json_field_error fe;
+    cr_assert_eq(chat_format_render(&f, m, true, &out, &fe), 0);
+    cr_assert_str_eq(out, "System: Be brief.\nUser: Hi\nAssistant:");
+    cr_assert(f.add_special_tokens);
+    free(out);
+    json_decref(m);
+    chat_format_free(&f);
+}
+
+Test(chat_format, file_format_and_errors)
+{
+    char path[] = "/tmp/sluice-chat-XXXXXX";
+    int fd = mkstemp(path);
+    const char *spec = "{\"name\":\"t\",\"bos\":\"<s>\",\"user\":{\"prefix\":\"[U]\",\"suffix\":\"|\"},"
+                       "\"assistant\":{\"prefix\":\"[A]\",\"suffix\":\"</s>\"},\"generation_prompt\":\"[A]\"}";
+    cr_assert_eq(write(fd, spec, strlen(spec)), (ssize_t)strlen(spec));
+    close(fd);
+    struct chat_format f;
+    char err[256];
+    cr_assert_eq(chat_format_init(&f, NULL, path, err, sizeof err), 0, "%s", err);
+    json_t *m = msgs("[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"assistant\",\"content\":\"b\"},"
+                     "{\"role\":\"user\",\"content\":\"c\"}]");
+    char *out = NULL;
+    struct json_field_error fe;
+    cr_assert_eq(chat_format_render(&f, m, false, &out, &fe), 0);
+    cr_assert_str_eq(out, "<s>[U]a|[A]b</s>[U]c|");
+    free(out);
+    json_decref(m);
+
+    m = msgs("[{\"role\":\"wizard\",\"content\":\"a\"}]");
+    cr_assert_eq(chat_format_render(&f, m, true, &out, &fe), JSON_FIELD_INVALID);
+    cr_assert_str_eq(fe.param, "messages");
+    json_decref(m);
+    m = msgs("[{\"content\":\"a\"}]");
+    cr_assert_eq(chat_format_render(&f, m, true, &out, &fe), JSON_FIELD_INVALID);
+    cr_assert_not_null(strstr(fe.message, "role"));
+    json_decref(m);
+    m = msgs("[]");
+    cr_assert_eq(chat_format_render(&f, m, true, &out, &fe), JSON_FIELD_INVALID);
+    json_decref(m);
+    chat_format_free(&f);
+    unlink(path);
+
+    cr_assert_neq(chat_format_init(&f, NULL, "/nonexistent/chat.json", err, sizeof err), 0);
+    cr_assert_not_null(strstr(err, "/nonexistent/chat.json"));
+}
