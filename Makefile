@@ -202,3 +202,17 @@ install: $(BINS)
 	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# Gateway: latency it adds (with the controller) over calling a worker directly, and 1,000
+# concurrent streams through it with no failure.
+bench-gateway: $(BINDIR)/sluice-controller $(BINDIR)/sluice-gateway pyenv
+	SLUICE_BIN=$(abspath $(BINDIR)) $(VENV)/bin/python tests/bench/bench_gateway.py
+
+# Worker: the engine alone on this machine's CPU: stories260K at batch 1 and 32, and a
+# random-weight Llama-3.2-1B shape at batch 1.
+bench-worker: $(BINDIR)/sluice-worker
+	$(BINDIR)/sluice-worker bench --device cpu --model-path $(SLUICE_TEST_DATA)/models/stories260K/hf \
+	  --batch-sizes 1,32 --input-len 32 --output-len 128
+	$(BINDIR)/sluice-worker bench --device cpu --model-path tests/bench/configs/llama-3.2-1b \
+	  --load-format dummy --tokenizer $(SLUICE_TEST_DATA)/tokenizers/llama3_1 \
+	  --batch-sizes 1 --input-len 16 --output-len 16

@@ -57,12 +57,13 @@ static uint32_t rng_next(void)
 
 int cli_bench_main(int argc, char **argv)
 {
-    const char *model_path = NULL, *device = "cuda", *load_format = "auto", *batches = "1,8,64",
+    const char *model_path = NULL, *tokenizer = NULL, *device = "cuda", *load_format = "auto", *batches = "1,8,64",
                *log_level = "warn";
     long input_len = 128, output_len = 128, kv_tokens = 0, threads = 0, max_batched = 8192;
     double gpu_util = 0.9;
     const struct flag_spec specs[] = {
         {"model-path", FLAG_STRING, &model_path, NULL, "PATH", "model directory, .gguf, or config.json folder with --load-format dummy", 0, 0},
+        {"tokenizer", FLAG_STRING, &tokenizer, NULL, "PATH", "tokenizer (default: the model's)", 0, 0},
         {"device", FLAG_STRING, &device, NULL, "cpu|cuda", "backend", 0, 0},
         {"load-format", FLAG_STRING, &load_format, NULL, "auto|dummy", "dummy: random weights", 0, 0},
         {"batch-sizes", FLAG_STRING, &batches, NULL, "B,B,..", "batch sizes to time", 0, 0},
@@ -110,7 +111,7 @@ int cli_bench_main(int argc, char **argv)
         fprintf(stderr, "sluice-worker bench: %s\n", err);
         goto out;
     }
-    if (tok_load(&tok, model_path, err, sizeof err) != 0) {
+    if (tok_load(&tok, tokenizer ? tokenizer : model_path, err, sizeof err) != 0) {
         fprintf(stderr, "sluice-worker bench: %s\n", err);
         goto out;
     }

@@ -111,7 +111,8 @@ static int load_everything(struct worker *w)
         log_error("cannot load the model: %s", err);
         return -1;
     }
-    if (tok_load(&w->tok, w->opt.model_path, err, sizeof err) != 0) {
+    const char *tok_path = w->opt.tokenizer && *w->opt.tokenizer ? w->opt.tokenizer : w->opt.model_path;
+    if (tok_load(&w->tok, tok_path, err, sizeof err) != 0) {
         log_error("cannot load the tokenizer: %s", err);
         return -1;
     }
@@ -200,6 +201,7 @@ int worker_serve_main(int argc, char **argv)
         {"seed", FLAG_INT, &o->seed, NULL, "N", "seed for requests that bring none", 0, 0},
         {"stream-interval", FLAG_INT, &o->stream_interval, NULL, "N", "FastChat stream: a frame every N tokens", 1, 1e6},
         {"load-format", FLAG_STRING, &o->load_format, NULL, "auto|dummy", "dummy: random weights for the config.json", 0, 0},
+        {"tokenizer", FLAG_STRING, &o->tokenizer, NULL, "PATH", "tokenizer directory, tokenizer.json or .gguf (default: the model's)", 0, 0},
         {"chat-template", FLAG_STRING, &o->chat_template, NULL, "FILE", "chat format as JSON (see docs)", 0, 0},
         {"max-num-seqs", FLAG_INT, &o->max_num_seqs, NULL, "N", "sequences running at once at most", 1, 65536},
         {"max-num-batched-tokens", FLAG_INT, &o->max_num_batched_tokens, NULL, "N", "tokens per engine step at most (prefill is chunked)", 16, 1 << 20},

@@ -31,6 +31,7 @@ struct worker_options {
     long stream_interval;           /* FastChat frames every N tokens */
     const char *load_format;        /* "auto" | "dummy" */
     const char *chat_template;      /* FILE */
+    const char *tokenizer;          /* default: model_path */
     long max_num_seqs;
     long max_num_batched_tokens;
     long max_model_len;             /* 0: the model's */
