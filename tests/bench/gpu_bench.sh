@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# GPU benchmarks on Llama-3-8B's shape (random bf16 weights), all in one run on one GPU:
+#   1. the references: copy bandwidth, the batch-1 roofline, Hugging Face generate();
+#   2. sluice's engine alone: decode tokens/s at batch 1, 8, 64, 256;
+#   3. the serving benchmark through the whole trio: 1024 in / 128 out, 500 prompts, rate inf.
+# Needs: bin/ built with nvcc, python3 with torch + transformers, and a Llama 3 tokenizer
+# (TOKENIZER, default .models/llama3_1, copied from the shared test data).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin="${SLUICE_BIN:-bin}"
+cfg=tests/bench/configs/llama-3-8b
+tok="${TOKENIZER:-.models/llama3_1}"
+out="${OUT:-/tmp}"
+batches="${BATCHES:-1,8,64,256}"
+export PYTHONUNBUFFERED=1
+
+echo "== references (Hugging Face generate, roofline)"
+python3 tests/bench/hf_baseline.py --config "$cfg" --batch-sizes "$batches" --json "$out/hf.json"
+
+echo "== sluice engine alone"
+"$bin/sluice-worker" bench --device cuda --model-path "$cfg" --load-format dummy --tokenizer "$tok" \
+  --batch-sizes "$batches" --input-len 128 --output-len 128 | tee "$out/sluice_engine.txt"
+
+if [ "${SERVING:-1}" = 1 ]; then
+  echo "== serving through controller + worker + gateway"
+  pids=()
+  trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+  "$bin/sluice-controller" --port 21001 & pids+=($!)
+  "$bin/sluice-worker" --model-path "$cfg" --load-format dummy --tokenizer "$tok" --device cuda \
+    --model-names llama-3-8b --port 21002 --heartbeat-interval 2 --log-level warn & pids+=($!)
+  "$bin/sluice-gateway" --port 8000 --log-level warn & pids+=($!)
+  for _ in $(seq 1 600); do
+    curl -s http://127.0.0.1:8000/v1/models | grep -q llama-3-8b && break; sleep 0.2
+  done
+  python3 tests/bench/serve_bench.py --model llama-3-8b --input-len 1024 --output-len 128 \
+    --num-prompts "${NUM_PROMPTS:-500}" --request-rate inf --vocab-size 128256 --json "$out/serving.json"
+fi
