@@ -61,6 +61,7 @@ SRC_gateway    := $(call src_of,gateway)
 SRC_model      := $(call src_of,worker/model)
 SRC_tokenizer  := $(call src_of,worker/tokenizer)
 SRC_engine     := $(call src_of,worker/engine)
+SRC_template   := $(call src_of,worker/template)
 SRC_api        := $(call src_of,worker)
 # worker/backend/cuda/ is C that calls the CUDA runtime: built only with nvcc; otherwise
 # worker/backend/nocuda/ says clearly that this build has no CUDA.
@@ -77,7 +78,7 @@ lib = $(BUILD)/lib/libsluice_$(1).a
 
 LIB_LLHTTP := $(BUILD)/lib/libllhttp.a
 $(LIB_LLHTTP): $(patsubst $(LLHTTP_DIR)/%.c,$(BUILD)/obj/llhttp/%.o,$(LLHTTP_SRC))
-$(foreach a,common controller gateway model tokenizer engine backend api,$(eval $(call lib,$(a)): $(call obj,$(SRC_$(a)))))
+$(foreach a,common controller gateway model tokenizer template engine backend api,$(eval $(call lib,$(a)): $(call obj,$(SRC_$(a)))))
 $(call lib,kernels): $(patsubst %.cu,$(BUILD)/obj/%.o,$(CU_kernels))
 
 # What each area links, most dependent first (static archives pull in only what is used).
@@ -87,9 +88,10 @@ AREA_controller := controller common
 AREA_gateway    := gateway common
 AREA_model      := model common
 AREA_tokenizer  := tokenizer model common
+AREA_template   := template common
 AREA_backend    := backend $(KERNELS_LIB) engine model common
 AREA_engine     := engine backend $(KERNELS_LIB) tokenizer model common
-AREA_worker     := api engine backend $(KERNELS_LIB) tokenizer model common
+AREA_worker     := api engine backend $(KERNELS_LIB) template tokenizer model common
 area_libs = $(foreach a,$(AREA_$(1)),$(call lib,$(a))) $(LIB_LLHTTP)
 area_ldlibs = $(if $(filter backend engine worker,$(1)),$(CUDA_LDLIBS))
 
@@ -171,9 +173,12 @@ test: deps
 	@$(MAKE) --no-print-directory pyenv
 	@$(MAKE) --no-print-directory test-unit test-integration
 
+# Criterion counts a test that LeakSanitizer or UBSan complained about as passed, so their
+# reports in the output fail the run.
 test-unit: $(UNIT_BINS)
 	@fail=0; for t in $(UNIT_BINS); do \
-	  echo "== $$t"; $$t --jobs 2 || fail=1; \
+	  echo "== $$t"; $$t --jobs 2 >$$t.log 2>&1 || fail=1; cat $$t.log; \
+	  if grep -qE "ERROR: (Leak|Address)Sanitizer|runtime error:" $$t.log; then echo "sanitizer report in $$t"; fail=1; fi; \
 	done; exit $$fail
 
 test-integration: $(BINS) pyenv
@@ -216,3 +221,7 @@ bench-worker: $(BINDIR)/sluice-worker
 	$(BINDIR)/sluice-worker bench --device cpu --model-path tests/bench/configs/llama-3.2-1b \
 	  --load-format dummy --tokenizer $(SLUICE_TEST_DATA)/tokenizers/llama3_1 \
 	  --batch-sizes 1 --input-len 16 --output-len 16
+
+# POST /get_worker_address throughput with 100 workers (wrk, controller pinned to one core).
+bench-controller: $(BINDIR)/sluice-controller
+	SLUICE_BIN=$(abspath $(BINDIR)) tests/bench/bench_controller.sh
