@@ -1,0 +1,89 @@
+#include "controller/dispatch.h"
+
+#include <string.h>
+
+int ctl_dispatch_method_parse(const char *name)
+{
+    if (!name) return -1;
+    if (strcmp(name, "shortest_queue") == 0) return CTL_DISPATCH_SHORTEST_QUEUE;
+    if (strcmp(name, "lottery") == 0) return CTL_DISPATCH_LOTTERY;
+    return -1;
+}
+
+const char *ctl_dispatch_method_name(enum ctl_dispatch_method m)
+{
+    return m == CTL_DISPATCH_LOTTERY ? "lottery" : "shortest_queue";
+}
+
+void ctl_rng_seed(struct ctl_rng *rng, uint64_t seed)
+{
+    rng->state = seed;
+}
+
+uint64_t ctl_rng_next(struct ctl_rng *rng)
+{
+    uint64_t z = (rng->state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+double ctl_rng_uniform(struct ctl_rng *rng)
+{
+    return (double)(ctl_rng_next(rng) >> 11) * 0x1.0p-53;
+}
+
+static struct ctl_worker *pick_lottery(const ctl_registry *r, struct ctl_worker *const *ws, size_t n,
+                                       double now, struct ctl_rng *rng)
+{
+    double total = 0;
+    struct ctl_worker *last = NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (!ctl_registry_is_live(r, ws[i], now)) continue;
+        total += ws[i]->speed;
+        last = ws[i];
+    }
+    if (!last) return NULL;
+    double x = ctl_rng_uniform(rng) * total;
+    for (size_t i = 0; i < n; i++) {
+        if (!ctl_registry_is_live(r, ws[i], now)) continue;
+        if (x < ws[i]->speed) return ws[i];
+        x -= ws[i]->speed;
+    }
+    return last; /* rounding left x just above the last slice */
+}
+
+static struct ctl_worker *pick_shortest_queue(const ctl_registry *r, struct ctl_worker *const *ws,
+                                              size_t n, double now, struct ctl_rng *rng)
+{
+    struct ctl_worker *best = NULL;
+    double best_score = 0;
+    uint64_t ties = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct ctl_worker *w = ws[i];
+        if (!ctl_registry_is_live(r, w, now)) continue;
+        double score = (double)w->queue_length / w->speed;
+        if (!best || score < best_score) {
+            best = w;
+            best_score = score;
+            ties = 1;
+        } else if (score == best_score) {
+            /* Reservoir sampling: each of k tied workers ends up chosen with probability 1/k. */
+            ties++;
+            if (ctl_rng_next(rng) % ties == 0) best = w;
+        }
+    }
+    if (best) best->queue_length++;
+    return best;
+}
+
+struct ctl_worker *ctl_dispatch_pick(ctl_registry *r, const char *model, enum ctl_dispatch_method m,
+                                     struct ctl_rng *rng)
+{
+    struct ctl_worker *const *ws;
+    size_t n = ctl_registry_model_workers(r, model, &ws);
+    if (n == 0) return NULL;
+    double now = ctl_registry_now(r);
+    if (m == CTL_DISPATCH_LOTTERY) return pick_lottery(r, ws, n, now, rng);
+    return pick_shortest_queue(r, ws, n, now, rng);
+}

@@ -1,0 +1,32 @@
+/* Choosing a worker for a model, as FastChat's controller does.
+ *
+ * lottery: worker i with probability speed_i / sum(speed) over the model's live workers.
+ * shortest_queue: the live worker with the least queue_length / speed, ties broken uniformly
+ * at random; the chosen worker's queue_length grows by one until its next heartbeat reports
+ * the truth, so a burst of requests between heartbeats spreads instead of piling on one. */
+#ifndef SLUICE_CONTROLLER_DISPATCH_H
+#define SLUICE_CONTROLLER_DISPATCH_H
+
+#include <stdint.h>
+
+#include "controller/registry.h"
+
+enum ctl_dispatch_method { CTL_DISPATCH_SHORTEST_QUEUE = 0, CTL_DISPATCH_LOTTERY = 1 };
+
+/* Returns the method, or -1 for an unknown name. */
+int ctl_dispatch_method_parse(const char *name);
+const char *ctl_dispatch_method_name(enum ctl_dispatch_method m);
+
+/* splitmix64: small, fast, and good enough to draw workers; seeded for reproducible tests. */
+struct ctl_rng {
+    uint64_t state;
+};
+void ctl_rng_seed(struct ctl_rng *rng, uint64_t seed);
+uint64_t ctl_rng_next(struct ctl_rng *rng);
+double ctl_rng_uniform(struct ctl_rng *rng); /* [0, 1) */
+
+/* The chosen live worker, or NULL when none serves the model. */
+struct ctl_worker *ctl_dispatch_pick(ctl_registry *r, const char *model, enum ctl_dispatch_method m,
+                                     struct ctl_rng *rng);
+
+#endif

@@ -1,0 +1,117 @@
+#include "controller/payload.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(struct json_field_error *err, const char *param, const char *msg)
+{
+    snprintf(err->param, sizeof err->param, "%s", param);
+    snprintf(err->message, sizeof err->message, "%s", msg);
+    return -1;
+}
+
+/* json_util names the bare key; nested fields are reported with their path ("worker_status.speed"). */
+static int prefixed(int rc, const char *prefix, struct json_field_error *err)
+{
+    if (rc != JSON_FIELD_INVALID || !prefix) return rc;
+    char bare[sizeof err->param];
+    snprintf(bare, sizeof bare, "%s", err->param);
+    snprintf(err->param, sizeof err->param, "%.40s.%.50s", prefix, bare);
+    return rc;
+}
+
+/* The worker's name is the base URL the controller and gateways call. */
+static int check_worker_name(const char *name, struct json_field_error *err)
+{
+    size_t len = strlen(name);
+    if (len == 0 || len > CTL_MAX_NAME)
+        return fail(err, "worker_name", "'worker_name' must be a non-empty URL of at most 2048 characters");
+    if (strncmp(name, "http://", 7) != 0 && strncmp(name, "https://", 8) != 0)
+        return fail(err, "worker_name", "'worker_name' must be the worker's base URL, starting with http:// or https://");
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        if (*p <= ' ' || *p == 0x7f)
+            return fail(err, "worker_name", "'worker_name' must not contain spaces or control characters");
+    return 0;
+}
+
+void ctl_worker_status_clear(struct ctl_worker_status *st)
+{
+    free(st->model_names);
+    st->model_names = NULL;
+    st->n_models = 0;
+}
+
+int ctl_payload_status(const json_t *obj, const char *prefix, struct ctl_worker_status *st,
+                       struct json_field_error *err)
+{
+    memset(st, 0, sizeof *st);
+    char param[96];
+    json_t *arr;
+    if (prefixed(json_get_array(obj, "model_names", true, &arr, err), prefix, err) != JSON_FIELD_OK) return -1;
+    snprintf(param, sizeof param, "%s%smodel_names", prefix ? prefix : "", prefix ? "." : "");
+    size_t n = json_array_size(arr);
+    if (n == 0 || n > CTL_MAX_MODELS)
+        return fail(err, param, "'model_names' must list between 1 and 256 model names");
+    st->model_names = calloc(n, sizeof *st->model_names);
+    if (!st->model_names) return fail(err, param, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > CTL_MAX_MODEL_NAME ||
+            strlen(json_string_value(v)) != json_string_length(v)) {
+            ctl_worker_status_clear(st);
+            return fail(err, param, "'model_names' must be an array of non-empty strings (at most 512 bytes each)");
+        }
+        st->model_names[i] = json_string_value(v);
+    }
+    st->n_models = n;
+    double speed = 1;
+    int rc = prefixed(json_get_number(obj, "speed", false, 0, 1e12, &speed, err), prefix, err);
+    if (rc == JSON_FIELD_INVALID) goto fail;
+    if (!(speed > 0)) {
+        snprintf(param, sizeof param, "%s%sspeed", prefix ? prefix : "", prefix ? "." : "");
+        fail(err, param, "'speed' must be a number > 0");
+        goto fail;
+    }
+    st->speed = speed;
+    int64_t q = 0;
+    if (prefixed(json_get_int(obj, "queue_length", false, 0, INT32_MAX, &q, err), prefix, err) == JSON_FIELD_INVALID)
+        goto fail;
+    st->queue_length = q;
+    return 0;
+fail:
+    ctl_worker_status_clear(st);
+    return -1;
+}
+
+int ctl_payload_register(const json_t *body, struct ctl_register_req *req, struct json_field_error *err)
+{
+    memset(req, 0, sizeof *req);
+    req->check_heart_beat = true;
+    if (json_get_string(body, "worker_name", true, &req->worker_name, err) != JSON_FIELD_OK) return -1;
+    if (check_worker_name(req->worker_name, err) != 0) return -1;
+    if (json_get_bool(body, "check_heart_beat", false, &req->check_heart_beat, err) == JSON_FIELD_INVALID) return -1;
+    if (json_get_bool(body, "multimodal", false, &req->multimodal, err) == JSON_FIELD_INVALID) return -1;
+    json_t *status = NULL;
+    int rc = json_get_object(body, "worker_status", false, &status, err);
+    if (rc == JSON_FIELD_INVALID) return -1;
+    if (rc == JSON_FIELD_OK) {
+        if (ctl_payload_status(status, "worker_status", &req->status, err) != 0) return -1;
+        req->has_status = true;
+    }
+    return 0;
+}
+
+int ctl_payload_heartbeat(const json_t *body, const char **worker_name, int64_t *queue_length,
+                          struct json_field_error *err)
+{
+    if (json_get_string(body, "worker_name", true, worker_name, err) != JSON_FIELD_OK) return -1;
+    *queue_length = 0;
+    if (json_get_int(body, "queue_length", true, 0, INT32_MAX, queue_length, err) != JSON_FIELD_OK) return -1;
+    return 0;
+}
+
+int ctl_payload_model(const json_t *body, const char **model, struct json_field_error *err)
+{
+    return json_get_string(body, "model", true, model, err) == JSON_FIELD_OK ? 0 : -1;
+}

@@ -1,0 +1,36 @@
+/* Reading the controller's request bodies (FastChat's payloads) into plain structs, with a
+ * 400-ready error naming the field when something is missing or has the wrong type. */
+#ifndef SLUICE_CONTROLLER_PAYLOAD_H
+#define SLUICE_CONTROLLER_PAYLOAD_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "common/json_util.h"
+#include "controller/registry.h"
+
+enum { CTL_MAX_NAME = 2048, CTL_MAX_MODELS = 256, CTL_MAX_MODEL_NAME = 512 };
+
+/* POST /register_worker. Strings are borrowed from the JSON. */
+struct ctl_register_req {
+    const char *worker_name;
+    bool check_heart_beat; /* default true */
+    bool multimodal;       /* default false */
+    bool has_status;       /* worker_status was an object, not null or absent */
+    struct ctl_worker_status status;
+};
+
+/* A worker's status object ({"model_names","speed","queue_length"}), from /register_worker's
+ * worker_status (prefix "worker_status") or a worker's /worker_get_status answer (prefix NULL).
+ * Fills st->model_names with a malloc'd array: release it with ctl_worker_status_clear. */
+int ctl_payload_status(const json_t *obj, const char *prefix, struct ctl_worker_status *st,
+                       struct json_field_error *err);
+void ctl_worker_status_clear(struct ctl_worker_status *st);
+
+/* Release with ctl_worker_status_clear(&req->status). */
+int ctl_payload_register(const json_t *body, struct ctl_register_req *req, struct json_field_error *err);
+int ctl_payload_heartbeat(const json_t *body, const char **worker_name, int64_t *queue_length,
+                          struct json_field_error *err);
+int ctl_payload_model(const json_t *body, const char **model, struct json_field_error *err);
+
+#endif
