@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from conftest import binary, free_port, need_stories, reference, start_controller, start_worker
+from conftest import REPO, binary, free_port, need_stories, reference, start_controller, start_worker
 
 
 def generate(worker, **body):
@@ -86,7 +86,7 @@ def test_fastchat_stream_and_blocking(shared_worker):
                       json={"prompt": "The cat", "temperature": 0, "max_new_tokens": 16}, timeout=30)
     assert r.json()["text"] == frames[-1]["text"]
     assert requests.post(shared_worker.url + "/worker_get_status", timeout=5).json()["model_names"] == ["stories"]
-    assert requests.post(shared_worker.url + "/count_token", json={"prompt": "The cat"}, timeout=5).json()["count"] == 3
+    assert requests.post(shared_worker.url + "/count_token", json={"prompt": "The cat"}, timeout=5).json()["count"] == len(ref["prompt_ids"])
     assert requests.post(shared_worker.url + "/model_details", timeout=5).json()["context_length"] == 512
 
 
@@ -134,24 +134,45 @@ def metric(url, name):
     return float(next(l.split()[1] for l in text.splitlines() if l.startswith(name + " ")))
 
 
-def test_client_disconnect_frees_blocks(shared_worker):
-    total = metric(shared_worker.url, "sluice_worker_kv_blocks_total")
-    s = socket.create_connection(("127.0.0.1", shared_worker.port), timeout=10)
-    body = json.dumps({"prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True, "temperature": 0})
+def slow_dummy_model(tmp_path):
+    """A random-weight model wide enough that a long generation is still running when the
+    client goes away (stories260K would finish 500 tokens before we could look)."""
+    import shutil
+    d = tmp_path / "slow-dummy"
+    d.mkdir()
+    tiny = REPO / "examples" / "models" / "tiny-dummy"
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny / f, d / f)
+    cfg = json.loads((tiny / "config.json").read_text())
+    cfg.update(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_attention_heads=8,
+               num_key_value_heads=8)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def test_client_disconnect_frees_blocks(procs, tmp_path):
+    w = start_worker(procs, slow_dummy_model(tmp_path), "--load-format", "dummy")
+    total = metric(w.url, "sluice_worker_kv_blocks_total")
+    s = socket.create_connection(("127.0.0.1", w.port), timeout=10)
+    body = json.dumps({"prompt": "Once upon a time", "max_tokens": 900, "ignore_eos": True, "temperature": 0})
     s.sendall(f"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
     assert b"200" in s.recv(4096)
-    time.sleep(0.2)
-    assert metric(shared_worker.url, "sluice_worker_requests_running") >= 1
+    deadline = time.time() + 5
+    while metric(w.url, "sluice_worker_requests_running") < 1 and time.time() < deadline:
+        time.sleep(0.02)
+    assert metric(w.url, "sluice_worker_requests_running") == 1
+    assert metric(w.url, "sluice_worker_kv_blocks_free") < total
     s.close()
     deadline = time.time() + 10
     while time.time() < deadline:
-        if (metric(shared_worker.url, "sluice_worker_requests_running") == 0 and
-                metric(shared_worker.url, "sluice_worker_kv_blocks_free") == total):
+        if (metric(w.url, "sluice_worker_requests_running") == 0 and
+                metric(w.url, "sluice_worker_kv_blocks_free") == total):
             break
         time.sleep(0.05)
-    assert metric(shared_worker.url, "sluice_worker_requests_running") == 0
-    assert metric(shared_worker.url, "sluice_worker_kv_blocks_free") == total
+    assert metric(w.url, "sluice_worker_requests_running") == 0
+    assert metric(w.url, "sluice_worker_kv_blocks_free") == total
+    assert metric(w.url, "sluice_worker_requests_aborted_total") == 1
 
 
 def test_seed_and_stop(shared_worker):
