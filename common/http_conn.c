@@ -1,0 +1,717 @@
+/* One HTTP connection: reading, strict parsing with llhttp, limits and timeouts, handing
+ * complete requests to the handler one at a time, writing, and closing. */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/http_internal.h"
+#include "common/json_util.h"
+#include "common/log.h"
+
+enum {
+    HTTP_IN_INITIAL = 16 * 1024, /* input buffer of a new connection */
+    HTTP_IN_MIN_FREE = 4 * 1024, /* room offered to each read */
+    HTTP_LINGER_MS = 2000,       /* how long a closing connection waits for the client's EOF */
+    HTTP_BODY_PREALLOC = 256 * 1024, /* a Content-Length body's buffer before bytes arrive */
+};
+
+/* Bytes of a write the socket could not take at once, with their libuv request. */
+struct http_write {
+    uv_write_t req;
+    size_t len;
+    char data[];
+};
+
+static void conn_process(struct http_conn *c);
+static void conn_fail(struct http_conn *c, int status, const char *message);
+
+/* --- lifetime -------------------------------------------------------------------------- */
+
+static void conn_free(struct http_conn *c)
+{
+    http_server *srv = c->srv;
+    if (c->prev) c->prev->next = c->next;
+    else srv->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    srv->n_conns--;
+    free(c->in);
+    free(c->hbuf);
+    free(c->req.headers);
+    free(c->req.body);
+    free(c->req.extra);
+    free(c);
+    http_server_maybe_finish(srv);
+}
+
+static void conn_ref(struct http_conn *c)
+{
+    c->refs++;
+}
+
+static void conn_unref(struct http_conn *c)
+{
+    if (--c->refs == 0 && c->handles_open == 0) conn_free(c);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct http_conn *c = h->data;
+    if (--c->handles_open > 0) return;
+    /* The request was not answered: its owner learns now, and must not touch it after. */
+    http_request *req = &c->req;
+    conn_ref(c);
+    if (req->state != HTTP_REQ_NONE) {
+        void (*cb)(http_request *, void *) = req->on_close;
+        void *arg = req->on_close_arg;
+        req->on_close = NULL;
+        if (cb) cb(req, arg);
+        http_request_reset(req);
+    }
+    conn_unref(c);
+}
+
+void http_conn_close(struct http_conn *c)
+{
+    if (c->closing) return;
+    c->closing = true;
+    c->reading = false;
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+/* --- timers ---------------------------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t)
+{
+    struct http_conn *c = t->data;
+    switch (c->timer_kind) {
+    case HTTP_TIMER_IDLE:
+    case HTTP_TIMER_LINGER:
+        http_conn_close(c);
+        break;
+    case HTTP_TIMER_HEADERS:
+        conn_fail(c, 408, "the request headers were not received in time");
+        break;
+    case HTTP_TIMER_BODY:
+        conn_fail(c, 408, "the request body was not received in time");
+        break;
+    case HTTP_TIMER_RESUME:
+        conn_process(c);
+        break;
+    }
+}
+
+static void conn_timer(struct http_conn *c, enum http_timer_kind kind, unsigned ms)
+{
+    if (c->closing) return;
+    c->timer_kind = kind;
+    uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+/* --- writing --------------------------------------------------------------------------- */
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct http_write *w = (struct http_write *)req;
+    struct http_conn *c = req->handle->data;
+    free(w);
+    if (status < 0 && status != UV_ECANCELED) {
+        log_debug("http: write to a client failed: %s", uv_strerror(status));
+        http_conn_close(c);
+    }
+}
+
+size_t http_conn_queued(const struct http_conn *c)
+{
+    return c->closing ? 0 : uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
+}
+
+int http_conn_send(struct http_conn *c, const uv_buf_t *bufs, unsigned nbufs)
+{
+    if (c->closing) return -1;
+    size_t total = 0;
+    for (unsigned i = 0; i < nbufs; i++) total += bufs[i].len;
+    size_t skip = 0;
+    /* Most answers fit the socket buffer: then nothing is copied or allocated. libuv refuses
+     * the direct write while earlier writes are queued, which keeps the order. */
+    int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
+    if (n >= 0) {
+        skip = (size_t)n;
+        if (skip == total) return 0;
+    } else if (n != UV_EAGAIN) {
+        log_debug("http: write to a client failed: %s", uv_strerror(n));
+        http_conn_close(c);
+        return -1;
+    }
+    struct http_write *w = malloc(sizeof *w + (total - skip));
+    if (!w) {
+        http_conn_close(c);
+        return -1;
+    }
+    w->len = 0;
+    for (unsigned i = 0; i < nbufs; i++) {
+        size_t len = bufs[i].len;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        memcpy(w->data + w->len, bufs[i].base + skip, len - skip);
+        w->len += len - skip;
+        skip = 0;
+    }
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (rc < 0) {
+        free(w);
+        http_conn_close(c);
+        return -1;
+    }
+    return 0;
+}
+
+/* --- closing gracefully ---------------------------------------------------------------- */
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    struct http_conn *c = req->data;
+    if (c->closing) return;
+    if (status < 0) {
+        http_conn_close(c);
+        return;
+    }
+    conn_timer(c, HTTP_TIMER_LINGER, HTTP_LINGER_MS);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void conn_read_start(struct http_conn *c)
+{
+    if (c->reading || c->closing) return;
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = true;
+}
+
+/* Closing right after the last write would reset the connection if the client's unread bytes
+ * are still in flight, and the client could lose the answer: so send FIN once the output is
+ * flushed and read (discarding) until the client closes too, for a bounded time. */
+static void conn_linger(struct http_conn *c)
+{
+    if (c->closing || c->phase == HTTP_PHASE_LINGER) return;
+    c->phase = HTTP_PHASE_LINGER;
+    c->in_off = c->in_len = 0;
+    /* Bounds the time the client may take to read what is still queued. */
+    conn_timer(c, HTTP_TIMER_LINGER, c->srv->cfg.idle_timeout_ms);
+    c->shutdown.data = c;
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+        http_conn_close(c);
+        return;
+    }
+    conn_read_start(c);
+}
+
+/* Answers an error the handler never saw (bad request, limits, timeouts) and closes. */
+static void conn_fail(struct http_conn *c, int status, const char *message)
+{
+    if (c->closing || c->phase == HTTP_PHASE_LINGER) return;
+    log_debug("http: answering %d to %s: %s", status, http_request_peer(&c->req), message);
+    char *body = openai_error_body(message, openai_error_type_for_status(status), NULL, NULL);
+    size_t blen = body ? strlen(body) : 0;
+    char framing[48], head[512];
+    snprintf(framing, sizeof framing, "Content-Length: %zu\r\n", blen);
+    size_t hlen = http_head_format(head, sizeof head, status, "application/json", framing, false,
+                                   NULL, 0);
+    uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)hlen), uv_buf_init(body, (unsigned)blen)};
+    if (hlen <= sizeof head) http_conn_send(c, bufs, body ? 2 : 1);
+    free(body);
+    conn_linger(c);
+}
+
+/* --- reading --------------------------------------------------------------------------- */
+
+/* Bytes buffered beyond which reading stops while a request is with the handler. */
+static size_t conn_in_limit(const struct http_conn *c)
+{
+    return c->srv->cfg.max_header_bytes + c->srv->cfg.max_body_bytes;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    struct http_conn *c = h->data;
+    if (c->in_off > 0 && c->in_cap - c->in_len < HTTP_IN_MIN_FREE) {
+        memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+        c->in_len -= c->in_off;
+        c->in_off = 0;
+    }
+    if (c->in_cap - c->in_len < HTTP_IN_MIN_FREE) {
+        size_t cap = c->in_cap * 2;
+        char *p = realloc(c->in, cap);
+        if (!p) {
+            *buf = uv_buf_init(NULL, 0);
+            return;
+        }
+        c->in = p;
+        c->in_cap = cap;
+    }
+    *buf = uv_buf_init(c->in + c->in_len, (unsigned)(c->in_cap - c->in_len));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    struct http_conn *c = s->data;
+    if (nread == 0 || c->closing) return;
+    if (nread < 0) {
+        /* EOF or an error: the client is gone, and an unanswered request with it. */
+        http_conn_close(c);
+        return;
+    }
+    if (c->phase == HTTP_PHASE_LINGER) return; /* discarded: in_len stays */
+    c->in_len += (size_t)nread;
+    if (c->phase == HTTP_PHASE_BUSY) {
+        /* Keep reading to notice a disconnect, but bound what waits for its turn. */
+        if (c->in_len - c->in_off >= conn_in_limit(c)) {
+            uv_read_stop(s);
+            c->reading = false;
+        }
+        return;
+    }
+    conn_process(c);
+}
+
+/* --- parsing --------------------------------------------------------------------------- */
+
+static struct http_conn *conn_of(llhttp_t *p)
+{
+    return p->data;
+}
+
+/* Counts request line and header bytes as they are parsed, so a client cannot make the
+ * server read (or buffer) more than max_header_bytes before the headers end. */
+static int count_head(struct http_conn *c, const char *at, size_t len)
+{
+    if (c->phase != HTTP_PHASE_HEADERS) {
+        c->trailer_bytes += len;
+        if (c->trailer_bytes > c->srv->cfg.max_header_bytes) {
+            c->err_status = 431;
+            return -1;
+        }
+        return 0;
+    }
+    if (!c->hdr_mark) c->hdr_mark = at;
+    if (c->hdr_bytes + (size_t)(at + len - c->hdr_mark) > c->srv->cfg.max_header_bytes) {
+        c->err_status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int hbuf_append(struct http_conn *c, const char *at, size_t len)
+{
+    if (c->hbuf_len + len + 1 > c->hbuf_cap) {
+        size_t cap = c->hbuf_cap ? c->hbuf_cap : 1024;
+        while (cap < c->hbuf_len + len + 1) cap *= 2;
+        char *p = realloc(c->hbuf, cap);
+        if (!p) {
+            c->err_status = 503;
+            return -1;
+        }
+        c->hbuf = p;
+        c->hbuf_cap = cap;
+    }
+    memcpy(c->hbuf + c->hbuf_len, at, len);
+    c->hbuf_len += len;
+    return 0;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    struct http_conn *c = conn_of(p);
+    c->phase = HTTP_PHASE_HEADERS;
+    c->hbuf_len = 0;
+    c->hdr_bytes = 0;
+    c->hdr_mark = NULL;
+    c->trailer_bytes = 0;
+    c->in_field = false;
+    c->req.n_headers = 0;
+    c->req.body_len = 0;
+    c->body_expected = 0;
+    conn_timer(c, HTTP_TIMER_HEADERS, c->srv->cfg.header_timeout_ms);
+    return 0;
+}
+
+static int on_count(llhttp_t *p, const char *at, size_t len)
+{
+    return count_head(conn_of(p), at, len) ? HPE_USER : 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_conn *c = conn_of(p);
+    if (count_head(c, at, len) || hbuf_append(c, at, len)) return HPE_USER;
+    return 0;
+}
+
+static int on_url_complete(llhttp_t *p)
+{
+    struct http_conn *c = conn_of(p);
+    if (hbuf_append(c, "", 1)) return HPE_USER;
+    char *q = memchr(c->hbuf, '?', c->hbuf_len);
+    c->req.path = 0;
+    c->req.query = UINT32_MAX;
+    if (q) {
+        *q = '\0';
+        c->req.query = (uint32_t)(q + 1 - c->hbuf);
+    }
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_conn *c = conn_of(p);
+    if (count_head(c, at, len)) return HPE_USER;
+    if (c->phase != HTTP_PHASE_HEADERS) return 0; /* trailers are counted, not kept */
+    if (!c->in_field) {
+        c->in_field = true;
+        c->field_start = (uint32_t)c->hbuf_len;
+    }
+    return hbuf_append(c, at, len) ? HPE_USER : 0;
+}
+
+/* RFC 9110 token characters, for header names. */
+static bool is_tchar(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    struct http_conn *c = conn_of(p);
+    if (c->phase != HTTP_PHASE_HEADERS) return 0;
+    if (!c->in_field) c->field_start = (uint32_t)c->hbuf_len;
+    c->in_field = false;
+    /* llhttp lets "Bad Header: x" through; a proxy in front could read it differently. */
+    if (c->field_start == c->hbuf_len) goto bad;
+    for (size_t i = c->field_start; i < c->hbuf_len; i++)
+        if (!is_tchar((unsigned char)c->hbuf[i])) goto bad;
+    if (hbuf_append(c, "", 1)) return HPE_USER;
+    c->value_start = (uint32_t)c->hbuf_len;
+    return 0;
+bad:
+    c->err_status = 400;
+    llhttp_set_error_reason(p, "Invalid header field name");
+    return HPE_USER;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_conn *c = conn_of(p);
+    if (count_head(c, at, len)) return HPE_USER;
+    if (c->phase != HTTP_PHASE_HEADERS) return 0;
+    return hbuf_append(c, at, len) ? HPE_USER : 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    struct http_conn *c = conn_of(p);
+    if (c->phase != HTTP_PHASE_HEADERS) return 0;
+    while (c->hbuf_len > c->value_start &&
+           (c->hbuf[c->hbuf_len - 1] == ' ' || c->hbuf[c->hbuf_len - 1] == '\t'))
+        c->hbuf_len--;
+    if (hbuf_append(c, "", 1)) return HPE_USER;
+    http_request *r = &c->req;
+    if (r->n_headers == r->cap_headers) {
+        size_t cap = r->cap_headers ? r->cap_headers * 2 : 16;
+        struct http_header_ref *h = realloc(r->headers, cap * sizeof *h);
+        if (!h) {
+            c->err_status = 503;
+            return HPE_USER;
+        }
+        r->headers = h;
+        r->cap_headers = cap;
+    }
+    r->headers[r->n_headers++] = (struct http_header_ref){c->field_start, c->value_start};
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct http_conn *c = conn_of(p);
+    http_request *r = &c->req;
+    bool chunked = p->flags & F_CHUNKED;
+    if ((p->flags & F_CONTENT_LENGTH) && (p->flags & F_TRANSFER_ENCODING)) {
+        c->err_status = 400;
+        llhttp_set_error_reason(p, "Content-Length can't be present with Transfer-Encoding");
+        return -1;
+    }
+    if (!chunked && p->content_length > c->srv->cfg.max_body_bytes) {
+        c->err_status = 413;
+        return -1;
+    }
+    c->phase = HTTP_PHASE_BODY;
+    if (!chunked && p->content_length == 0) return 0; /* complete: no timer needed */
+    /* Room for the announced body, but only up to a point until the bytes really come. */
+    c->body_expected = chunked ? 0 : p->content_length;
+    size_t want = (c->body_expected < HTTP_BODY_PREALLOC ? c->body_expected : HTTP_BODY_PREALLOC) + 1;
+    if (!chunked && want > r->body_cap) {
+        char *b = realloc(r->body, want);
+        if (!b) {
+            c->err_status = 503;
+            return -1;
+        }
+        r->body = b;
+        r->body_cap = want;
+    }
+    const char *expect = http_request_header(r, "Expect");
+    if (expect && !strcasecmp(expect, "100-continue") && p->http_major == 1 && p->http_minor >= 1) {
+        static char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        uv_buf_t b = uv_buf_init(cont, sizeof cont - 1);
+        http_conn_send(c, &b, 1);
+    }
+    conn_timer(c, HTTP_TIMER_BODY, c->srv->cfg.body_timeout_ms);
+    return 0;
+}
+
+static int on_chunk_header(llhttp_t *p)
+{
+    struct http_conn *c = conn_of(p);
+    if (p->content_length > c->srv->cfg.max_body_bytes - c->req.body_len) {
+        c->err_status = 413;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_conn *c = conn_of(p);
+    http_request *r = &c->req;
+    if (len > c->srv->cfg.max_body_bytes - r->body_len) {
+        c->err_status = 413;
+        return HPE_USER;
+    }
+    if (r->body_len + len + 1 > r->body_cap) {
+        size_t cap = r->body_cap ? r->body_cap : 1024;
+        while (cap < r->body_len + len + 1) cap *= 2;
+        if (c->body_expected && cap > c->body_expected + 1) cap = c->body_expected + 1;
+        char *b = realloc(r->body, cap);
+        if (!b) {
+            c->err_status = 503;
+            return HPE_USER;
+        }
+        r->body = b;
+        r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, at, len);
+    r->body_len += len;
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    struct http_conn *c = conn_of(p);
+    http_request *r = &c->req;
+    uv_timer_stop(&c->timer);
+    if (r->body) r->body[r->body_len] = '\0';
+    r->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
+    r->no_body = p->method == HTTP_HEAD;
+    r->chunked = p->http_major == 1 && p->http_minor >= 1;
+    c->phase = HTTP_PHASE_BUSY;
+    /* Stop here: the bytes after this request wait until it has been answered. */
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t http_settings = {
+    .on_message_begin = on_message_begin,
+    .on_method = on_count,
+    .on_version = on_count,
+    .on_url = on_url,
+    .on_url_complete = on_url_complete,
+    .on_header_field = on_header_field,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_chunk_header = on_chunk_header,
+    .on_chunk_extension_name = on_count,
+    .on_chunk_extension_value = on_count,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* Parses buffered bytes and hands each complete request to the handler, one at a time: the
+ * loop stops while a request is unanswered and goes on when it is answered in the handler.
+ * An answer given later resumes parsing from a timer, never from inside the caller. */
+static void conn_process(struct http_conn *c)
+{
+    if (c->processing) return;
+    c->processing = true;
+    conn_ref(c);
+    http_server *srv = c->srv;
+    while (!c->closing && c->phase != HTTP_PHASE_BUSY && c->phase != HTTP_PHASE_LINGER &&
+           c->in_off < c->in_len) {
+        const char *data = c->in + c->in_off;
+        size_t n = c->in_len - c->in_off;
+        c->hdr_mark = c->phase == HTTP_PHASE_HEADERS ? data : NULL;
+        enum llhttp_errno err = llhttp_execute(&c->parser, data, n);
+        if (err == HPE_OK) {
+            c->in_off = c->in_len;
+            if (c->phase == HTTP_PHASE_HEADERS) {
+                c->hdr_bytes += (size_t)(data + n - (c->hdr_mark ? c->hdr_mark : data));
+                if (c->hdr_bytes > srv->cfg.max_header_bytes) {
+                    conn_fail(c, 431, "the request line and headers are too large");
+                    break;
+                }
+            }
+            break;
+        }
+        if (err == HPE_PAUSED && c->phase == HTTP_PHASE_BUSY) {
+            c->in_off += (size_t)(llhttp_get_error_pos(&c->parser) - data);
+            llhttp_resume(&c->parser);
+            c->req.state = HTTP_REQ_PENDING;
+            srv->handler(&c->req, srv->user);
+            continue;
+        }
+        int status = c->err_status ? c->err_status : 400;
+        const char *message;
+        char reason[200];
+        switch (status) {
+        case 413: message = "the request body is too large"; break;
+        case 431: message = "the request line and headers are too large"; break;
+        case 503: message = "out of memory reading the request"; break;
+        default:
+            snprintf(reason, sizeof reason, "malformed HTTP request: %s",
+                     llhttp_get_error_reason(&c->parser) ? llhttp_get_error_reason(&c->parser)
+                                                         : llhttp_errno_name(err));
+            message = reason;
+        }
+        conn_fail(c, status, message);
+        break;
+    }
+    if (c->in_off == c->in_len) c->in_off = c->in_len = 0;
+    c->processing = false;
+    if (!c->closing && c->phase == HTTP_PHASE_IDLE)
+        conn_timer(c, HTTP_TIMER_IDLE, srv->cfg.idle_timeout_ms);
+    if (!c->closing && c->phase != HTTP_PHASE_BUSY && c->in_len - c->in_off < conn_in_limit(c))
+        conn_read_start(c);
+    conn_unref(c);
+}
+
+void http_conn_request_done(struct http_conn *c, bool keep_alive)
+{
+    http_request_reset(&c->req);
+    if (c->closing) return;
+    if (!keep_alive) {
+        conn_linger(c);
+        return;
+    }
+    c->phase = HTTP_PHASE_IDLE;
+    if (c->processing) return; /* the parsing loop goes on by itself */
+    if (c->in_off < c->in_len)
+        conn_timer(c, HTTP_TIMER_RESUME, 0);
+    else
+        conn_timer(c, HTTP_TIMER_IDLE, c->srv->cfg.idle_timeout_ms);
+    conn_read_start(c);
+}
+
+/* --- accepting ------------------------------------------------------------------------- */
+
+static void on_reject_closed(uv_handle_t *h)
+{
+    http_server *srv = h->data;
+    free(h);
+    srv->n_rejects--;
+    http_server_maybe_finish(srv);
+}
+
+/* Over max_connections: take the connection off the backlog, say so, and close it. */
+static void conn_reject(http_server *srv)
+{
+    uv_tcp_t *t = malloc(sizeof *t);
+    if (!t) return;
+    uv_tcp_init(srv->loop, t);
+    t->data = srv;
+    srv->n_rejects++;
+    if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)t) == 0) {
+        static char body[] = "{\"error\":{\"message\":\"too many connections\",\"type\":"
+                             "\"service_unavailable\",\"param\":null,\"code\":null}}";
+        char framing[48], head[512];
+        snprintf(framing, sizeof framing, "Content-Length: %zu\r\n", sizeof body - 1);
+        size_t hlen = http_head_format(head, sizeof head, 503, "application/json", framing,
+                                       false, NULL, 0);
+        uv_buf_t b[2] = {uv_buf_init(head, (unsigned)hlen), uv_buf_init(body, sizeof body - 1)};
+        if (hlen <= sizeof head) uv_try_write((uv_stream_t *)t, b, 2);
+    }
+    uv_close((uv_handle_t *)t, on_reject_closed);
+}
+
+void http_conn_accept(http_server *srv)
+{
+    if (srv->n_conns >= srv->cfg.max_connections) {
+        conn_reject(srv);
+        return;
+    }
+    struct http_conn *c = calloc(1, sizeof *c);
+    char *in = malloc(HTTP_IN_INITIAL);
+    if (!c || !in) {
+        free(c);
+        free(in);
+        conn_reject(srv);
+        return;
+    }
+    c->srv = srv;
+    c->in = in;
+    c->in_cap = HTTP_IN_INITIAL;
+    c->req.conn = c;
+    c->req.query = UINT32_MAX;
+    uv_tcp_init(srv->loop, &c->tcp);
+    uv_timer_init(srv->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->handles_open = 2;
+    c->next = srv->conns;
+    if (srv->conns) srv->conns->prev = c;
+    srv->conns = c;
+    srv->n_conns++;
+    if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&c->tcp) != 0) {
+        http_conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    llhttp_init(&c->parser, HTTP_REQUEST, &http_settings);
+    c->parser.data = c;
+    c->phase = HTTP_PHASE_IDLE;
+    /* A new connection must start its first request as soon as headers would have to end. */
+    conn_timer(c, HTTP_TIMER_IDLE, srv->cfg.header_timeout_ms);
+    conn_read_start(c);
+    if (!c->reading) http_conn_close(c);
+}
+
+/* Peer address, formatted on first use: most handlers never ask. */
+const char *http_request_peer(const http_request *req)
+{
+    struct http_conn *c = req->conn;
+    if (!c->peer_known) {
+        struct sockaddr_storage ss;
+        int len = sizeof ss;
+        c->peer_known = true;
+        snprintf(c->peer, sizeof c->peer, "?");
+        if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+            char ip[INET6_ADDRSTRLEN] = "";
+            if (ss.ss_family == AF_INET) {
+                const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+                uv_ip4_name(a, ip, sizeof ip);
+                snprintf(c->peer, sizeof c->peer, "%s:%u", ip, ntohs(a->sin_port));
+            } else if (ss.ss_family == AF_INET6) {
+                const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+                uv_ip6_name(a, ip, sizeof ip);
+                snprintf(c->peer, sizeof c->peer, "[%s]:%u", ip, ntohs(a->sin6_port));
+            }
+        }
+    }
+    return c->peer;
+}
