@@ -52,7 +52,7 @@ static void on_client_gone(http_request *req, void *arg)
     (void)req;
     struct gen_stream *s = arg;
     s->req = NULL;
-    s->w->requests_aborted++;
+    metrics_series_add(s->w->metrics.aborted, 1);
     log_debug("request %llu: client disconnected, aborting", (unsigned long long)s->id);
     engine_abort(s->w->engine, s->id);
 }
@@ -148,7 +148,7 @@ void api_on_engine_event(const struct engine_event *ev, void *user)
     struct worker *w = user;
     struct gen_stream *s = *stream_slot(w, ev->id);
     if (!s) return;
-    w->generation_tokens_total += (uint64_t)ev->n_tokens;
+    metrics_series_add(w->metrics.generation_tokens, ev->n_tokens);
     if (s->req) {
         if (s->mode == GEN_MODE_NATIVE) {
             send_native_frame(s, ev);
@@ -198,7 +198,7 @@ void api_generate(struct worker *w, http_request *req, int mode)
         return;
     }
     if (w->active >= w->opt.limit_worker_concurrency) {
-        w->requests_rejected++;
+        metrics_series_add(w->metrics.rejected, 1);
         http_response_header(req, "Retry-After", "1");
         http_respond_error(req, 503, NULL, "this worker is at its limit of %ld concurrent requests",
                            w->opt.limit_worker_concurrency);
@@ -213,7 +213,7 @@ void api_generate(struct worker *w, http_request *req, int mode)
     int status = gen_params_parse(w, root, &p, &err);
     json_decref(root);
     if (status) {
-        w->requests_rejected++;
+        metrics_series_add(w->metrics.rejected, 1);
         if (mode == GEN_MODE_NATIVE) {
             http_respond_error(req, status, err.param, "%s", err.message);
         } else {
@@ -249,8 +249,8 @@ void api_generate(struct worker *w, http_request *req, int mode)
     s->next = w->streams;
     w->streams = s;
     w->active++;
-    w->requests_total++;
-    w->prompt_tokens_total += (uint64_t)p.req->n_prompt;
+    metrics_series_add(w->metrics.requests, 1);
+    metrics_series_add(w->metrics.prompt_tokens, p.req->n_prompt);
 
     http_request_on_close(req, on_client_gone, s);
     if (mode == GEN_MODE_NATIVE)

@@ -139,37 +139,12 @@ void api_metrics(struct worker *w, http_request *req)
 {
     struct engine_stats st;
     engine_get_stats(w->engine, &st);
-    char buf[4096];
-    int n = snprintf(
-        buf, sizeof buf,
-        "# HELP sluice_worker_requests_running Sequences the engine is generating.\n"
-        "# TYPE sluice_worker_requests_running gauge\nsluice_worker_requests_running %d\n"
-        "# HELP sluice_worker_requests_waiting Sequences waiting for admission.\n"
-        "# TYPE sluice_worker_requests_waiting gauge\nsluice_worker_requests_waiting %d\n"
-        "# HELP sluice_worker_requests_active Requests accepted and not finished.\n"
-        "# TYPE sluice_worker_requests_active gauge\nsluice_worker_requests_active %d\n"
-        "# HELP sluice_worker_kv_blocks_total KV cache blocks.\n"
-        "# TYPE sluice_worker_kv_blocks_total gauge\nsluice_worker_kv_blocks_total %d\n"
-        "# HELP sluice_worker_kv_blocks_free KV cache blocks free.\n"
-        "# TYPE sluice_worker_kv_blocks_free gauge\nsluice_worker_kv_blocks_free %d\n"
-        "# HELP sluice_worker_requests_total Generation requests accepted.\n"
-        "# TYPE sluice_worker_requests_total counter\nsluice_worker_requests_total %llu\n"
-        "# HELP sluice_worker_requests_rejected_total Generation requests rejected.\n"
-        "# TYPE sluice_worker_requests_rejected_total counter\nsluice_worker_requests_rejected_total %llu\n"
-        "# HELP sluice_worker_requests_aborted_total Requests whose client went away.\n"
-        "# TYPE sluice_worker_requests_aborted_total counter\nsluice_worker_requests_aborted_total %llu\n"
-        "# HELP sluice_worker_prompt_tokens_total Prompt tokens accepted.\n"
-        "# TYPE sluice_worker_prompt_tokens_total counter\nsluice_worker_prompt_tokens_total %llu\n"
-        "# HELP sluice_worker_generation_tokens_total Tokens generated.\n"
-        "# TYPE sluice_worker_generation_tokens_total counter\nsluice_worker_generation_tokens_total %llu\n"
-        "# HELP sluice_worker_engine_steps_total Engine steps.\n"
-        "# TYPE sluice_worker_engine_steps_total counter\nsluice_worker_engine_steps_total %llu\n"
-        "# HELP sluice_worker_preemptions_total Sequences preempted for KV space.\n"
-        "# TYPE sluice_worker_preemptions_total counter\nsluice_worker_preemptions_total %llu\n",
-        st.running, st.waiting, w->active, st.kv_blocks_total, st.kv_blocks_free,
-        (unsigned long long)w->requests_total, (unsigned long long)w->requests_rejected,
-        (unsigned long long)w->requests_aborted, (unsigned long long)w->prompt_tokens_total,
-        (unsigned long long)w->generation_tokens_total, (unsigned long long)st.steps,
-        (unsigned long long)st.preemptions);
-    http_respond(req, 200, "text/plain; version=0.0.4", buf, (size_t)n);
+    size_t len = 0;
+    char *text = worker_metrics_render(&w->metrics, &st, w->active, &len);
+    if (!text) {
+        http_respond_error(req, 500, NULL, "out of memory rendering metrics");
+        return;
+    }
+    http_respond(req, 200, "text/plain; version=0.0.4", text, len);
+    free(text);
 }

@@ -234,9 +234,9 @@ int worker_serve_main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     w->loop = uv_default_loop();
     set_model_names(w);
-    if (load_everything(w) != 0) return 1;
+    if (worker_metrics_init(&w->metrics) != 0 || load_everything(w) != 0) return 1;
 
-    struct http_server_config sc = {.host = o->host, .port = (int)o->port, .max_body_bytes = 64u << 20};
+    struct http_server_config sc = {.host = o->host, .port = (int)o->port, .max_body_bytes = 16u << 20};
     if (http_server_init(&w->server, w->loop, &sc, route, w) != 0) {
         log_error("cannot listen on %s:%ld", o->host, o->port);
         return 1;
@@ -271,5 +271,6 @@ int worker_serve_main(int argc, char **argv)
     chat_format_free(&w->chat);
     tok_free(w->tok);
     model_free(w->model);
+    worker_metrics_free(&w->metrics);
     return 0;
 }

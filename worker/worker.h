@@ -14,6 +14,7 @@
 #include "worker/engine/engine.h"
 #include "worker/model/model.h"
 #include "worker/tokenizer/tokenizer.h"
+#include "worker/worker_metrics.h"
 
 struct gen_stream;
 
@@ -71,10 +72,7 @@ struct worker {
     bool register_in_flight;
     bool heartbeat_in_flight;
 
-    /* Counters for /metrics. */
-    uint64_t requests_total, requests_rejected, requests_aborted;
-    uint64_t prompt_tokens_total, generation_tokens_total;
-    double started_at;
+    struct worker_metrics metrics;
 };
 
 /* worker/api_generate.c */
