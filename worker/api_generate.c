@@ -27,7 +27,14 @@ struct gen_stream {
     size_t text_len, text_cap;
     int tokens_since_frame;
     json_t *logprob_items; /* FastChat blocking: accumulated logprobs */
+    uint64_t accepted_ns;  /* for the latency histograms */
+    bool got_first_token;
 };
+
+static double seconds_since(uint64_t ns)
+{
+    return (double)(uv_hrtime() - ns) / 1e9;
+}
 
 static struct gen_stream **stream_slot(struct worker *w, uint64_t id)
 {
@@ -149,6 +156,10 @@ void api_on_engine_event(const struct engine_event *ev, void *user)
     struct gen_stream *s = *stream_slot(w, ev->id);
     if (!s) return;
     metrics_series_add(w->metrics.generation_tokens, ev->n_tokens);
+    if (ev->n_tokens > 0 && !s->got_first_token) {
+        s->got_first_token = true;
+        metrics_series_observe(w->metrics.time_to_first_token, seconds_since(s->accepted_ns));
+    }
     if (s->req) {
         if (s->mode == GEN_MODE_NATIVE) {
             send_native_frame(s, ev);
@@ -175,6 +186,7 @@ void api_on_engine_event(const struct engine_event *ev, void *user)
     }
     if (ev->finish == FINISH_NONE) return;
 
+    metrics_series_observe(w->metrics.request_latency, seconds_since(s->accepted_ns));
     if (s->req) {
         if (s->mode == GEN_MODE_FASTCHAT_BLOCKING) {
             http_respond_json(s->req, 200, fastchat_frame(s, ev));
@@ -239,6 +251,7 @@ void api_generate(struct worker *w, http_request *req, int mode)
     s->id = ++w->next_request_id;
     s->req = req;
     s->mode = mode;
+    s->accepted_ns = uv_hrtime();
     s->echo = p.echo;
     s->logprobs = p.logprobs;
     if (p.echo && mode != GEN_MODE_NATIVE) text_append(s, p.prompt_text, strlen(p.prompt_text));
