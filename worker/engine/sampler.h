@@ -19,7 +19,8 @@
  *     - top_p (< 1): of those, keep the shortest ranked prefix whose weight reaches
  *       top_p * (sum of the kept weights): token r is kept when the sum of the weights ranked
  *       before it is < top_p * total; the first is always kept;
- *     - min_p (> 0): also drop tokens with w < min_p (relative to the top weight, which is 1).
+ *     - min_p (> 0): also drop tokens with w < min_p (relative to the top weight, which is 1);
+ *     - tokens with w == 0 (a -inf logit, or underflow) are never drawn.
  *  5. Draw: u = sampler_uniform(seed, n_generated) in [0, 1); S = sum of kept weights taken in
  *     ascending id order (double); the token is the lowest kept id whose running sum (same
  *     order, double) exceeds u * S; rounding fallback: the highest kept id.
@@ -49,6 +50,10 @@ float sampler_uniform(uint64_t seed, uint64_t n_generated);
 /* Floats of scratch that sampler_sample needs for a vocabulary of this size (2 * vocab). The
  * scratch must come from malloc/calloc (part of it is used as int32_t), one per thread. */
 size_t sampler_scratch_floats(int vocab);
+
+/* Step 2 alone, for tests and as the CUDA kernel's reference: writes the penalized logits
+ * into scratch[0 .. vocab) (scratch as for sampler_sample). */
+void sampler_penalize(const float *logits, int vocab, const struct batch_seq *seq, float *scratch);
 
 /* Samples one token from logits (vocab floats, not modified) for seq (its sampling params,
  * n_generated and history). Returns 0, or negative when vocab < 1 or seq->sampling is NULL. */

@@ -1,0 +1,432 @@
+/* The engine end to end over a deterministic toy backend.
+ *
+ * The toy keeps, per KV cell, the token and position written there, and computes each
+ * sampled row's logits from a hash of the sequence's whole history READ BACK THROUGH ITS BLOCK
+ * TABLE. So any mistake in block tables, positions, chunking or preemption changes the output,
+ * and batch invariance (concurrent == sequential) checks the whole engine. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/engine/engine.h"
+#include "worker/engine/sampler.h"
+
+/* ---- the toy backend ------------------------------------------------------------------- */
+
+struct toy {
+    struct backend b;
+    int vocab;
+    int32_t *cell_tok, *cell_pos;
+    bool *banned; /* tokens whose text alone is not valid UTF-8: never produced */
+    float *logits, *scratch;
+    int fail_at_step; /* -1: never */
+    int steps;
+    int max_seqs_seen, max_tokens_seen;
+};
+
+static int toy_fail(struct toy *t, const char *msg)
+{
+    snprintf(t->b.error, sizeof t->b.error, "%s", msg);
+    return -1;
+}
+
+static int toy_forward(struct backend *b, const struct batch *batch, struct sample_result *results)
+{
+    struct toy *t = (struct toy *)b;
+    if (t->fail_at_step >= 0 && t->steps >= t->fail_at_step) return toy_fail(t, "toy device lost");
+    t->steps++;
+    if (batch->n_seqs > t->max_seqs_seen) t->max_seqs_seen = batch->n_seqs;
+    if (batch->n_tokens > t->max_tokens_seen) t->max_tokens_seen = batch->n_tokens;
+    int32_t off = 0, r = 0;
+    for (int32_t s = 0; s < batch->n_seqs; s++) {
+        const struct batch_seq *q = &batch->seqs[s];
+        int32_t end = q->start_pos + q->n_new;
+        if (q->n_blocks * KV_BLOCK_SIZE < end) return toy_fail(t, "block table too short");
+        for (int32_t j = 0; j < q->n_new; j++) {
+            int32_t pos = q->start_pos + j;
+            int32_t blk = q->block_table[pos / KV_BLOCK_SIZE];
+            if (blk < 0 || blk >= b->num_kv_blocks) return toy_fail(t, "bad block id");
+            int32_t cell = blk * KV_BLOCK_SIZE + pos % KV_BLOCK_SIZE;
+            t->cell_tok[cell] = batch->tokens[off + j];
+            t->cell_pos[cell] = pos;
+        }
+        off += q->n_new;
+        if (!q->sample) continue;
+        uint64_t h = 0x1234;
+        for (int32_t pos = 0; pos < end; pos++) {
+            int32_t cell = q->block_table[pos / KV_BLOCK_SIZE] * KV_BLOCK_SIZE + pos % KV_BLOCK_SIZE;
+            if (t->cell_pos[cell] != pos) return toy_fail(t, "a KV cell holds another position");
+            h = sampler_mix64(h ^ ((uint64_t)(uint32_t)t->cell_tok[cell] * 0x100000001b3ull + (uint64_t)pos));
+        }
+        for (int v = 0; v < t->vocab; v++)
+            t->logits[v] = t->banned[v] ? -INFINITY : (float)(sampler_mix64(h + (uint64_t)v) >> 40) * 0x1p-24f * 6.0f;
+        if (sampler_sample(t->logits, t->vocab, q, t->scratch, &results[r++]) != 0)
+            return toy_fail(t, "sampler failed");
+    }
+    if (off != batch->n_tokens) return toy_fail(t, "n_tokens disagrees with the sequences");
+    return 0;
+}
+
+static void toy_free(struct backend *b)
+{
+    struct toy *t = (struct toy *)b;
+    free(t->cell_tok);
+    free(t->cell_pos);
+    free(t->logits);
+    free(t->scratch);
+    free(t->banned);
+    free(t);
+}
+
+static const struct backend_ops toy_ops = {.forward = toy_forward, .free = toy_free};
+
+/* Random byte tokens would make invalid UTF-8, for which streamed and decoded text may
+ * legitimately differ; the toy model never produces them. */
+static struct toy *toy_new(const struct tokenizer *tok, int32_t num_blocks)
+{
+    int vocab = tok_vocab_size(tok);
+    struct toy *t = calloc(1, sizeof *t);
+    t->b.ops = &toy_ops;
+    t->b.name = "toy";
+    t->b.config.vocab_size = vocab;
+    t->b.config.max_position = 4096;
+    t->b.config.eos_ids[0] = 2;
+    t->b.config.n_eos = 1;
+    t->b.num_kv_blocks = num_blocks;
+    t->vocab = vocab;
+    t->fail_at_step = -1;
+    t->cell_tok = calloc((size_t)num_blocks * KV_BLOCK_SIZE, sizeof *t->cell_tok);
+    t->cell_pos = malloc((size_t)num_blocks * KV_BLOCK_SIZE * sizeof *t->cell_pos);
+    memset(t->cell_pos, 0xff, (size_t)num_blocks * KV_BLOCK_SIZE * sizeof *t->cell_pos);
+    t->logits = malloc((size_t)vocab * sizeof *t->logits);
+    t->scratch = malloc(sampler_scratch_floats(vocab) * sizeof(float));
+    t->banned = calloc((size_t)vocab, sizeof *t->banned);
+    for (int32_t v = 0; v < vocab; v++) {
+        char *text = NULL;
+        size_t len = 0;
+        cr_assert_eq(tok_decode(tok, &v, 1, true, &text, &len), 0);
+        t->banned[v] = memmem(text, len, "\xEF\xBF\xBD", 3) != NULL;
+        free(text);
+    }
+    return t;
+}
+
+/* ---- the harness ------------------------------------------------------------------------- */
+
+#define MAX_REQ 32
+
+struct result {
+    int32_t tokens[1024];
+    int32_t n_tokens;
+    char text[8192];
+    size_t text_len;
+    enum finish_reason finish;
+    char error[256];
+    int events;
+    int32_t completion_tokens;
+    double first_token_ms;
+};
+
+struct harness {
+    uv_loop_t loop;
+    uv_timer_t timer;
+    struct tokenizer *tok;
+    struct toy *toy;
+    struct engine *eng;
+    struct result res[MAX_REQ];
+    int n_done;
+    bool timed_out;
+    bool abort_on_first; /* abort each request at its first event */
+};
+
+static void on_event(const struct engine_event *ev, void *user)
+{
+    struct harness *h = user;
+    cr_assert_lt(ev->id, MAX_REQ);
+    struct result *r = &h->res[ev->id];
+    cr_assert_eq(r->finish, FINISH_NONE, "no event after the last");
+    r->events++;
+    for (int32_t i = 0; i < ev->n_tokens && r->n_tokens < 1024; i++) r->tokens[r->n_tokens++] = ev->tokens[i].id;
+    cr_assert_lt(r->text_len + ev->text_len, sizeof r->text);
+    memcpy(r->text + r->text_len, ev->text, ev->text_len);
+    r->text_len += ev->text_len;
+    r->completion_tokens = ev->completion_tokens;
+    r->finish = ev->finish;
+    if (ev->error) snprintf(r->error, sizeof r->error, "%s", ev->error);
+    if (ev->finish != FINISH_NONE) {
+        r->first_token_ms = ev->first_token_ms;
+        h->n_done++;
+    } else if (h->abort_on_first) {
+        engine_abort(h->eng, ev->id);
+    }
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    struct harness *h = t->data;
+    h->timed_out = true;
+}
+
+static bool setup(struct harness *h, int32_t num_blocks, const struct engine_options *eo)
+{
+    memset(h, 0, sizeof *h);
+    const char *data = getenv("SLUICE_TEST_DATA");
+    char path[1024], err[256];
+    snprintf(path, sizeof path, "%s/models/stories260K/hf", data && *data ? data : "../shared");
+    if (tok_load(&h->tok, path, err, sizeof err) != 0) return false;
+    cr_assert_eq(uv_loop_init(&h->loop), 0);
+    uv_timer_init(&h->loop, &h->timer);
+    h->timer.data = h;
+    h->toy = toy_new(h->tok, num_blocks);
+    cr_assert_eq(engine_create(&h->eng, &h->toy->b, h->tok, eo, &h->loop, on_event, h), 0);
+    return true;
+}
+
+/* Runs the loop until n requests have finished (bounded). */
+static void wait_done(struct harness *h, int n)
+{
+    h->timed_out = false;
+    uv_timer_start(&h->timer, on_timeout, 30000, 0);
+    while (h->n_done < n && !h->timed_out) uv_run(&h->loop, UV_RUN_ONCE);
+    uv_timer_stop(&h->timer);
+    cr_assert_not(h->timed_out, "timed out with %d of %d requests done", h->n_done, n);
+}
+
+static void teardown(struct harness *h)
+{
+    engine_free(h->eng);
+    uv_close((uv_handle_t *)&h->timer, NULL);
+    uv_run(&h->loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&h->loop), 0, "the engine left a handle open");
+    backend_free(&h->toy->b);
+    tok_free(h->tok);
+}
+
+/* Request i: a prompt of 5..52 tokens and varied sampling. */
+static struct engine_request *make_request(int i, int32_t max_tokens)
+{
+    struct engine_request *r = calloc(1, sizeof *r);
+    r->id = (uint64_t)i;
+    r->n_prompt = 5 + (i * 13) % 48;
+    r->prompt = malloc((size_t)r->n_prompt * sizeof *r->prompt);
+    r->prompt[0] = 1;
+    for (int32_t j = 1; j < r->n_prompt; j++) r->prompt[j] = 3 + (i * 31 + j * 7) % 400;
+    r->max_tokens = max_tokens;
+    r->skip_special = true;
+    r->ignore_eos = i % 4 == 3;
+    struct sampling_params *s = &r->sampling;
+    *s = (struct sampling_params){.temperature = 1.0f, .top_p = 1.0f, .top_k = -1, .repetition_penalty = 1.0f,
+                                  .logprobs = -1};
+    switch (i % 4) {
+    case 0: s->temperature = 0.0f; break;
+    case 1: s->temperature = 0.8f; s->top_k = 20; s->repetition_penalty = 1.3f; break;
+    case 2: s->top_p = 0.9f; s->min_p = 0.05f; s->presence_penalty = 0.5f; s->frequency_penalty = 0.3f; break;
+    case 3: s->temperature = 1.2f; s->logprobs = 2; break;
+    }
+    r->has_seed = i % 5 != 4; /* the rest get engine seeds, in submit order */
+    s->seed = 1000u + (uint64_t)i;
+    return r;
+}
+
+static void check_text_matches_tokens(struct harness *h, const struct result *r)
+{
+    /* The streamed text is the decode of the tokens minus a final EOS (ignore_eos aside). */
+    int32_t n = r->n_tokens;
+    if (r->finish == FINISH_STOP && n > 0 && r->tokens[n - 1] == 2) n--;
+    char *text = NULL;
+    size_t len = 0;
+    cr_assert_eq(tok_decode(h->tok, r->tokens, (size_t)n, true, &text, &len), 0);
+    cr_assert_eq(r->text_len, len, "streamed \"%.*s\" (%zu) != decoded \"%s\" (%zu)", (int)r->text_len, r->text,
+                 r->text_len, text, len);
+    cr_assert(memcmp(r->text, text, len) == 0, "streamed \"%.*s\" != decoded \"%s\"", (int)r->text_len, r->text, text);
+    free(text);
+}
+
+static void run_batch_invariance(int32_t num_blocks, int32_t max_batched, bool expect_preemption)
+{
+    enum { N = 16 };
+    struct engine_options eo = {.max_num_seqs = 16, .max_num_batched_tokens = max_batched, .max_model_len = 0, .seed = 77};
+    static struct harness seq_h, par_h;
+    if (!setup(&seq_h, 256, &eo)) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(engine_submit(seq_h.eng, make_request(i, 40)), 0);
+        wait_done(&seq_h, i + 1);
+    }
+    cr_assert(setup(&par_h, num_blocks, &eo));
+    for (int i = 0; i < N; i++) cr_assert_eq(engine_submit(par_h.eng, make_request(i, 40)), 0);
+    wait_done(&par_h, N);
+
+    int lengths = 0, stops = 0;
+    for (int i = 0; i < N; i++) {
+        const struct result *a = &seq_h.res[i], *b = &par_h.res[i];
+        cr_assert_eq(a->finish, b->finish, "request %d: finish %d vs %d (%s)", i, a->finish, b->finish, b->error);
+        cr_assert(a->finish == FINISH_LENGTH || a->finish == FINISH_STOP, "request %d: %s", i, a->error);
+        lengths += a->finish == FINISH_LENGTH;
+        stops += a->finish == FINISH_STOP;
+        cr_assert_eq(a->n_tokens, b->n_tokens, "request %d", i);
+        cr_assert(memcmp(a->tokens, b->tokens, (size_t)a->n_tokens * sizeof a->tokens[0]) == 0,
+                  "request %d: tokens differ between sequential and concurrent runs", i);
+        cr_assert_eq(a->text_len, b->text_len);
+        cr_assert(memcmp(a->text, b->text, a->text_len) == 0);
+        cr_assert_eq(b->completion_tokens, b->n_tokens);
+        if (a->finish == FINISH_LENGTH) cr_assert_eq(a->n_tokens, 40);
+        check_text_matches_tokens(&par_h, b);
+        cr_assert_geq(b->first_token_ms, 0.0);
+    }
+    cr_assert_gt(lengths, 0);
+    /* Different prompts and seeds: the outputs are not all the same. */
+    cr_assert(memcmp(seq_h.res[0].tokens, seq_h.res[4].tokens, 10 * sizeof(int32_t)) != 0);
+
+    struct engine_stats st;
+    engine_get_stats(par_h.eng, &st);
+    cr_assert_eq(st.kv_blocks_free, num_blocks, "every block is back");
+    cr_assert_eq(st.running + st.waiting, 0);
+    cr_assert_not(st.failed);
+    if (expect_preemption) cr_assert_gt(st.preemptions, 0, "the cache was meant to force preemption");
+    cr_assert_gt(par_h.toy->max_seqs_seen, 1, "requests were batched together");
+    cr_assert_leq(par_h.toy->max_tokens_seen, max_batched);
+    teardown(&seq_h);
+    teardown(&par_h);
+    (void)stops;
+}
+
+Test(engine, concurrent_equals_sequential)
+{
+    run_batch_invariance(256, 64, false);
+}
+
+Test(engine, concurrent_equals_sequential_under_preemption)
+{
+    /* 10 blocks = 160 tokens for 16 requests of up to 52 + 40 tokens. */
+    run_batch_invariance(10, 32, true);
+}
+
+Test(engine, stop_string_cuts_the_text)
+{
+    struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .seed = 5};
+    static struct harness h;
+    if (!setup(&h, 64, &eo)) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
+    struct engine_request *r = make_request(3, 60); /* ignore_eos: a full 60 tokens */
+    cr_assert_eq(engine_submit(h.eng, r), 0);
+    wait_done(&h, 1);
+    struct result full = h.res[3];
+    cr_assert_eq(full.finish, FINISH_LENGTH);
+    cr_assert_gt(full.text_len, 40);
+    /* A stop string from the middle of that output: the rerun ends just before it. */
+    char stop[8];
+    size_t at = full.text_len / 2;
+    while (at > 0 && ((unsigned char)full.text[at] & 0xC0) == 0x80) at--;
+    size_t sl = 3;
+    while (at + sl < full.text_len && ((unsigned char)full.text[at + sl] & 0xC0) == 0x80) sl++;
+    memcpy(stop, full.text + at, sl);
+    stop[sl] = '\0';
+    const char *first = memmem(full.text, full.text_len, stop, sl);
+    size_t want_len = (size_t)(first - full.text);
+
+    memset(&h.res[3], 0, sizeof h.res[3]);
+    h.n_done = 0;
+    r = make_request(3, 60);
+    r->n_stop = 2;
+    r->stop[0] = strdup("\x01never");
+    r->stop[1] = strdup(stop);
+    cr_assert_eq(engine_submit(h.eng, r), 0);
+    wait_done(&h, 1);
+    const struct result *s = &h.res[3];
+    cr_assert_eq(s->finish, FINISH_STOP);
+    cr_assert_eq(s->text_len, want_len, "stop \"%s\": got %zu bytes, expected %zu", stop, s->text_len, want_len);
+    cr_assert(memcmp(s->text, full.text, want_len) == 0);
+    cr_assert_lt(s->n_tokens, full.n_tokens);
+    cr_assert(memcmp(s->tokens, full.tokens, (size_t)s->n_tokens * sizeof s->tokens[0]) == 0);
+
+    /* Stop token id: the first token of the full run that is not the first one. */
+    memset(&h.res[3], 0, sizeof h.res[3]);
+    h.n_done = 0;
+    r = make_request(3, 60);
+    r->n_stop_ids = 1;
+    r->stop_ids[0] = full.tokens[5];
+    int32_t k = 0;
+    while (full.tokens[k] != full.tokens[5]) k++;
+    cr_assert_eq(engine_submit(h.eng, r), 0);
+    wait_done(&h, 1);
+    cr_assert_eq(h.res[3].finish, FINISH_STOP);
+    cr_assert_eq(h.res[3].n_tokens, k + 1, "the stop token is generated and ends the request");
+    teardown(&h);
+}
+
+Test(engine, aborts_free_blocks)
+{
+    struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .seed = 5};
+    static struct harness h;
+    if (!setup(&h, 128, &eo)) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
+    h.abort_on_first = true;
+    for (int i = 0; i < 6; i++) {
+        struct engine_request *r = make_request(i, 100000);
+        r->ignore_eos = true;
+        cr_assert_eq(engine_submit(h.eng, r), 0);
+    }
+    wait_done(&h, 6);
+    for (int i = 0; i < 6; i++) cr_assert_eq(h.res[i].finish, FINISH_ABORT, "request %d", i);
+    struct engine_stats st;
+    engine_get_stats(h.eng, &st);
+    cr_assert_eq(st.kv_blocks_free, 128);
+    cr_assert_eq(st.running + st.waiting, 0);
+    /* An abort for an unknown id is harmless. */
+    engine_abort(h.eng, 12345);
+    teardown(&h);
+}
+
+Test(engine, backend_failure_ends_everything)
+{
+    struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .seed = 5};
+    static struct harness h;
+    if (!setup(&h, 128, &eo)) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
+    h.toy->fail_at_step = 5;
+    for (int i = 0; i < 4; i++) {
+        struct engine_request *r = make_request(i, 1000);
+        r->ignore_eos = true;
+        cr_assert_eq(engine_submit(h.eng, r), 0);
+    }
+    wait_done(&h, 4);
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(h.res[i].finish, FINISH_ERROR);
+        cr_assert(strstr(h.res[i].error, "toy device lost"), "error \"%s\"", h.res[i].error);
+    }
+    struct engine_stats st;
+    engine_get_stats(h.eng, &st);
+    cr_assert(st.failed);
+    cr_assert(strstr(st.error, "toy device lost"));
+    cr_assert_lt(engine_submit(h.eng, make_request(9, 10)), 0, "a failed engine refuses work");
+    teardown(&h);
+}
+
+Test(engine, bad_requests_get_errors_and_free_stops_in_flight)
+{
+    struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .max_model_len = 40, .seed = 5};
+    static struct harness h;
+    if (!setup(&h, 128, &eo)) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
+    struct engine_request *r = make_request(1, 10);
+    r->n_prompt = 0;
+    cr_assert_eq(engine_submit(h.eng, r), 0);
+    r = make_request(2, 10); /* 31 tokens: fits */
+    cr_assert_eq(engine_submit(h.eng, r), 0);
+    r = make_request(6, 10); /* 35 tokens + 10 > 40: ends at the context length */
+    cr_assert_eq(engine_submit(h.eng, r), 0);
+    r = make_request(3, 10); /* 44 tokens >= 40 */
+    cr_assert_eq(engine_submit(h.eng, r), 0);
+    wait_done(&h, 4);
+    cr_assert_eq(h.res[1].finish, FINISH_ERROR);
+    cr_assert_eq(h.res[3].finish, FINISH_ERROR);
+    cr_assert(strstr(h.res[3].error, "context"), "%s", h.res[3].error);
+    cr_assert_neq(h.res[2].finish, FINISH_ERROR);
+    cr_assert_neq(h.res[6].finish, FINISH_ERROR);
+    if (h.res[6].finish == FINISH_LENGTH) cr_assert_eq(h.res[6].n_tokens, 40 - 35);
+    /* Work in flight when the engine is freed ends quietly, without leaks. */
+    for (int i = 10; i < 14; i++) {
+        struct engine_request *q = make_request(i, 20);
+        q->n_prompt = 8;
+        cr_assert_eq(engine_submit(h.eng, q), 0);
+    }
+    teardown(&h);
+}

@@ -1,0 +1,658 @@
+/* The engine thread: drains submits and aborts, schedules one ragged batch per step, runs the
+ * backend, applies stops and detokenizes, and hands events to the loop thread. */
+#include "worker/engine/engine.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "worker/engine/scheduler.h"
+#include "worker/engine/stop.h"
+
+enum in_kind { IN_SUBMIT, IN_ABORT };
+
+struct in_item {
+    struct in_item *next;
+    enum in_kind kind;
+    struct engine_request *req;
+    uint64_t id;
+    double t_submit_ms;
+};
+
+struct out_item {
+    struct out_item *next;
+    struct engine_event ev;
+    struct engine_token *tokens;
+    char *text;
+    char *error;
+};
+
+/* A request the engine thread is serving. */
+struct live_req {
+    struct live_req *prev, *next;
+    struct engine_request *req;
+    struct sched_seq *seq;
+    struct sampling_params sp;
+    struct tok_stream *ts;
+    struct stop_state stop;
+    double t_submit_ms;
+    double first_token_ms;         /* < 0 until the first token */
+    /* This step's output. */
+    struct engine_token step_tok;
+    bool has_step_tok;
+    char *step_text;
+    size_t step_text_len, step_text_cap;
+    enum finish_reason finish;
+};
+
+struct engine {
+    struct backend *backend;
+    const struct tokenizer *tok;
+    struct engine_options opt;
+    engine_event_fn on_event;
+    void *user;
+    uv_async_t *async;
+    pthread_t thread;
+
+    pthread_mutex_t in_mu;
+    pthread_cond_t in_cv;
+    struct in_item *in_head, *in_tail;
+    bool stopping;
+    bool refusing;                 /* failed: submits are refused */
+
+    pthread_mutex_t out_mu;
+    struct out_item *out_head, *out_tail;
+
+    pthread_mutex_t stats_mu;
+    struct engine_stats stats;
+
+    /* Engine thread only from here on. */
+    struct scheduler sched;
+    struct live_req *live;
+    uint64_t seed_counter;
+    int32_t ctx;
+    int32_t max_tokens_per_step, max_seqs_per_step;
+    struct batch_seq *bseqs;
+    int32_t *btokens;
+    struct sample_result *results;
+    bool failed;
+    char error[512];
+    uint64_t tokens_generated, prompt_tokens, steps;
+};
+
+const char *finish_reason_name(enum finish_reason r)
+{
+    switch (r) {
+    case FINISH_STOP: return "stop";
+    case FINISH_LENGTH: return "length";
+    case FINISH_ABORT: return "abort";
+    case FINISH_ERROR: return "error";
+    default: return NULL;
+    }
+}
+
+void engine_request_free(struct engine_request *req)
+{
+    if (!req) return;
+    free(req->prompt);
+    for (int i = 0; i < req->n_stop && i < ENGINE_MAX_STOPS; i++) free(req->stop[i]);
+    free(req);
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* ---- the output queue (engine thread -> loop thread) ------------------------------------ */
+
+static void out_items_free(struct out_item *it)
+{
+    while (it) {
+        struct out_item *next = it->next;
+        free(it->tokens);
+        free(it->text);
+        free(it->error);
+        free(it);
+        it = next;
+    }
+}
+
+static void on_async(uv_async_t *h)
+{
+    struct engine *e = h->data;
+    if (!e) return;
+    pthread_mutex_lock(&e->out_mu);
+    struct out_item *list = e->out_head;
+    e->out_head = e->out_tail = NULL;
+    pthread_mutex_unlock(&e->out_mu);
+    for (struct out_item *it = list; it; it = it->next) e->on_event(&it->ev, e->user);
+    out_items_free(list);
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Queues an event for lr. Takes text (malloc'd or NULL). */
+static void post_event(struct engine *e, const struct live_req *lr, uint64_t id, int32_t n_prompt,
+                       int32_t n_completion, char *text, size_t text_len, enum finish_reason finish,
+                       const char *error)
+{
+    struct out_item *it = calloc(1, sizeof *it);
+    if (!it) {
+        free(text);
+        log_error("engine: out of memory queueing an event for request %llu", (unsigned long long)id);
+        return;
+    }
+    if (lr && lr->has_step_tok) {
+        it->tokens = malloc(sizeof *it->tokens);
+        if (it->tokens) {
+            *it->tokens = lr->step_tok;
+            it->ev.n_tokens = 1;
+        }
+    }
+    it->text = text ? text : strdup("");
+    if (error) it->error = strdup(error);
+    it->ev.id = id;
+    it->ev.tokens = it->tokens;
+    it->ev.text = it->text ? it->text : "";
+    it->ev.text_len = it->text ? (text ? text_len : 0) : 0;
+    it->ev.finish = finish;
+    it->ev.error = it->error ? it->error : (error ? "error" : NULL);
+    it->ev.prompt_tokens = n_prompt;
+    it->ev.completion_tokens = n_completion;
+    it->ev.first_token_ms = lr && lr->first_token_ms >= 0 ? lr->first_token_ms : 0.0;
+    pthread_mutex_lock(&e->out_mu);
+    if (e->out_tail) e->out_tail->next = it;
+    else e->out_head = it;
+    e->out_tail = it;
+    pthread_mutex_unlock(&e->out_mu);
+}
+
+/* ---- live requests ----------------------------------------------------------------------- */
+
+static void live_unlink(struct engine *e, struct live_req *lr)
+{
+    if (lr->prev) lr->prev->next = lr->next;
+    else e->live = lr->next;
+    if (lr->next) lr->next->prev = lr->prev;
+}
+
+static void live_destroy(struct engine *e, struct live_req *lr)
+{
+    live_unlink(e, lr);
+    if (lr->seq) sched_seq_remove(&e->sched, lr->seq);
+    if (lr->ts) tok_stream_free(lr->ts);
+    stop_free(&lr->stop);
+    engine_request_free(lr->req);
+    free(lr->step_text);
+    free(lr);
+}
+
+static int32_t live_generated(const struct live_req *lr)
+{
+    return lr->seq ? sched_seq_generated(lr->seq) : 0;
+}
+
+/* Ends lr with an event (no text beyond what the caller passes) and frees it. */
+static void live_end(struct engine *e, struct live_req *lr, enum finish_reason finish, const char *error)
+{
+    post_event(e, lr, lr->req->id, lr->req->n_prompt, live_generated(lr), NULL, 0, finish, error);
+    live_destroy(e, lr);
+}
+
+static void step_text_append(struct live_req *lr, const char *t, size_t n)
+{
+    if (n == 0) return;
+    if (lr->step_text_len + n + 1 > lr->step_text_cap) {
+        size_t cap = lr->step_text_cap ? lr->step_text_cap : 64;
+        while (cap < lr->step_text_len + n + 1) cap *= 2;
+        char *nt = realloc(lr->step_text, cap);
+        if (!nt) return;
+        lr->step_text = nt;
+        lr->step_text_cap = cap;
+    }
+    memcpy(lr->step_text + lr->step_text_len, t, n);
+    lr->step_text_len += n;
+    lr->step_text[lr->step_text_len] = '\0';
+}
+
+/* Passes detokenized text through the stop matcher into this step's output. Returns true on
+ * a stop string match. */
+static bool push_text(struct live_req *lr, const char *text, size_t len)
+{
+    char *out = NULL;
+    size_t out_len = 0;
+    int rc = stop_push_text(&lr->stop, text, len, &out, &out_len);
+    if (rc >= 0) step_text_append(lr, out, out_len);
+    free(out);
+    return rc == 1;
+}
+
+static void handle_token(struct engine *e, struct live_req *lr, const struct sample_result *res)
+{
+    struct sched_seq *seq = lr->seq;
+    if (lr->first_token_ms < 0) lr->first_token_ms = now_ms() - lr->t_submit_ms;
+    if (sched_seq_append(seq, res->token) != 0) {
+        lr->finish = FINISH_ERROR;
+        return;
+    }
+    e->tokens_generated++;
+    struct engine_token *t = &lr->step_tok;
+    memset(t, 0, sizeof *t);
+    t->id = res->token;
+    t->logprob = res->logprob;
+    if (lr->sp.logprobs > 0) {
+        t->n_top = res->n_top < lr->sp.logprobs ? res->n_top : lr->sp.logprobs;
+        if (t->n_top > SAMPLER_MAX_TOP_LOGPROBS) t->n_top = SAMPLER_MAX_TOP_LOGPROBS;
+        if (t->n_top < 0) t->n_top = 0;
+        memcpy(t->top_ids, res->top_ids, (size_t)t->n_top * sizeof *t->top_ids);
+        memcpy(t->top_logprobs, res->top_logprobs, (size_t)t->n_top * sizeof *t->top_logprobs);
+    }
+    lr->has_step_tok = true;
+
+    bool emit;
+    enum finish_reason finish = stop_check_token(&lr->stop, res->token, sched_seq_generated(seq),
+                                                 seq->n_tokens, &emit);
+    bool matched = false;
+    char *piece = NULL;
+    size_t len = 0;
+    if (emit && lr->ts && tok_stream_push(lr->ts, res->token, &piece, &len) == 0) {
+        matched = push_text(lr, piece, len);
+    }
+    free(piece);
+    piece = NULL;
+    if (matched) {
+        finish = FINISH_STOP;
+    } else if (finish != FINISH_NONE) {
+        /* Ending for another reason: what the detokenizer and the stop matcher still hold
+         * becomes final (a stop string can still complete in the detokenizer's tail). */
+        if (lr->ts && tok_stream_flush(lr->ts, &piece, &len) == 0 && push_text(lr, piece, len)) {
+            finish = FINISH_STOP;
+        }
+        free(piece);
+        char *rest = NULL;
+        size_t rest_len = 0;
+        if (stop_flush_text(&lr->stop, &rest, &rest_len) == 0) step_text_append(lr, rest, rest_len);
+        free(rest);
+    }
+    lr->finish = finish;
+}
+
+/* ---- inputs -------------------------------------------------------------------------------- */
+
+static void reject(struct engine *e, struct engine_request *req, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void reject(struct engine *e, struct engine_request *req, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    post_event(e, NULL, req->id, req->n_prompt, 0, NULL, 0, FINISH_ERROR, msg);
+    engine_request_free(req);
+}
+
+static void accept_request(struct engine *e, struct engine_request *req, double t_submit_ms)
+{
+    if (e->failed) {
+        reject(e, req, "the engine has failed: %s", e->error);
+        return;
+    }
+    if (!req->prompt || req->n_prompt < 1) {
+        reject(e, req, "the prompt is empty");
+        return;
+    }
+    if (req->n_prompt >= e->ctx) {
+        reject(e, req, "the prompt has %d tokens, which leaves no room for the completion in a context of %d",
+               req->n_prompt, e->ctx);
+        return;
+    }
+    struct live_req *lr = calloc(1, sizeof *lr);
+    if (!lr) {
+        reject(e, req, "out of memory");
+        return;
+    }
+    lr->req = req;
+    lr->sp = req->sampling;
+    if (!req->has_seed) lr->sp.seed = e->opt.seed + e->seed_counter++;
+    lr->t_submit_ms = t_submit_ms;
+    lr->first_token_ms = -1.0;
+    int rc = SCHED_ERR_NOMEM;
+    if (e->tok) {
+        lr->ts = tok_stream_new(e->tok, req->skip_special);
+        if (!lr->ts) goto fail;
+    }
+    const struct model_config *cfg = &e->backend->config;
+    int32_t n_stops = req->n_stop < ENGINE_MAX_STOPS ? req->n_stop : ENGINE_MAX_STOPS;
+    int32_t n_stop_ids = req->n_stop_ids < ENGINE_MAX_STOPS ? req->n_stop_ids : ENGINE_MAX_STOPS;
+    stop_init(&lr->stop, req->ignore_eos ? NULL : cfg->eos_ids, req->ignore_eos ? 0 : cfg->n_eos,
+              req->stop_ids, n_stop_ids, req->stop, n_stops, req->max_tokens, e->ctx);
+    rc = sched_add(&e->sched, req->id, req->prompt, req->n_prompt, lr, &lr->seq);
+    if (rc != 0) goto fail;
+    req->prompt = NULL; /* the scheduler owns it now */
+    lr->next = e->live;
+    if (e->live) e->live->prev = lr;
+    e->live = lr;
+    e->prompt_tokens += (uint64_t)req->n_prompt;
+    return;
+
+fail:
+    if (lr->ts) tok_stream_free(lr->ts);
+    stop_free(&lr->stop);
+    free(lr);
+    if (rc == SCHED_ERR_TOO_LONG)
+        reject(e, req, "the prompt has %d tokens, more than the KV cache holds (%d blocks of %d)",
+               req->n_prompt, e->sched.kv.num_blocks, KV_BLOCK_SIZE);
+    else
+        reject(e, req, "out of memory");
+}
+
+static void handle_abort(struct engine *e, uint64_t id)
+{
+    for (struct live_req *lr = e->live; lr; lr = lr->next) {
+        if (lr->req->id == id) {
+            live_end(e, lr, FINISH_ABORT, NULL);
+            return;
+        }
+    }
+}
+
+static void fail_all(struct engine *e, const char *why)
+{
+    e->failed = true;
+    snprintf(e->error, sizeof e->error, "%s", why && *why ? why : "the backend failed");
+    log_error("engine: backend %s failed: %s; ending every request", e->backend->name, e->error);
+    pthread_mutex_lock(&e->in_mu);
+    e->refusing = true;
+    pthread_mutex_unlock(&e->in_mu);
+    while (e->live) live_end(e, e->live, FINISH_ERROR, e->error);
+}
+
+/* ---- one step ------------------------------------------------------------------------------ */
+
+/* Runs one step; returns how many sequences it carried. */
+static int32_t run_step(struct engine *e)
+{
+    const struct sched_entry *ent;
+    int32_t n_ent;
+    if (sched_schedule(&e->sched, &ent, &n_ent) != 0) {
+        fail_all(e, "out of memory while scheduling");
+        return 0;
+    }
+    if (n_ent == 0) return 0;
+
+    int32_t n_tok = 0;
+    for (int32_t i = 0; i < n_ent; i++) {
+        const struct sched_entry *en = &ent[i];
+        struct sched_seq *q = en->seq;
+        struct live_req *lr = q->user;
+        struct batch_seq *bs = &e->bseqs[i];
+        bs->n_new = en->n_new;
+        bs->start_pos = en->start_pos;
+        bs->block_table = q->table.blocks;
+        bs->n_blocks = q->table.n_blocks;
+        bs->sample = en->sample;
+        bs->sampling = &lr->sp;
+        bs->n_generated = (uint64_t)sched_seq_generated(q);
+        bs->history = q->tokens;
+        bs->n_history = q->n_tokens;
+        bs->n_output = sched_seq_generated(q);
+        memcpy(e->btokens + n_tok, q->tokens + en->start_pos, (size_t)en->n_new * sizeof *e->btokens);
+        n_tok += en->n_new;
+    }
+    struct batch batch = {
+        .n_seqs = n_ent, .seqs = e->bseqs, .n_tokens = n_tok, .tokens = e->btokens, .logits_out = NULL,
+    };
+    e->backend->error[0] = '\0';
+    int rc = backend_forward(e->backend, &batch, e->results);
+    e->steps++;
+    if (rc != 0) {
+        fail_all(e, e->backend->error);
+        return n_ent;
+    }
+
+    /* Collect first (sampling appends to the sequences the entries point into), then post. */
+    struct live_req *touched[n_ent > 0 ? n_ent : 1];
+    int32_t n_touched = 0, r = 0;
+    for (int32_t i = 0; i < n_ent; i++) {
+        if (!ent[i].sample) continue;
+        struct live_req *lr = ent[i].seq->user;
+        handle_token(e, lr, &e->results[r++]);
+        touched[n_touched++] = lr;
+    }
+    for (int32_t i = 0; i < n_touched; i++) {
+        struct live_req *lr = touched[i];
+        char *text = lr->step_text;
+        size_t len = lr->step_text_len;
+        lr->step_text = NULL;
+        lr->step_text_len = lr->step_text_cap = 0;
+        post_event(e, lr, lr->req->id, lr->req->n_prompt, live_generated(lr), text, len, lr->finish,
+                   lr->finish == FINISH_ERROR ? "out of memory" : NULL);
+        lr->has_step_tok = false;
+        if (lr->finish != FINISH_NONE) live_destroy(e, lr);
+    }
+    return n_ent;
+}
+
+static void publish_stats(struct engine *e)
+{
+    pthread_mutex_lock(&e->stats_mu);
+    e->stats.waiting = e->sched.waiting.count;
+    e->stats.running = e->sched.running.count;
+    e->stats.kv_blocks_total = e->sched.kv.num_blocks;
+    e->stats.kv_blocks_free = kv_cache_num_free(&e->sched.kv);
+    e->stats.steps = e->steps;
+    e->stats.preemptions = e->sched.preemptions;
+    e->stats.tokens_generated = e->tokens_generated;
+    e->stats.prompt_tokens = e->prompt_tokens;
+    if (e->failed && !e->stats.failed) {
+        e->stats.failed = true;
+        snprintf(e->stats.error, sizeof e->stats.error, "%s", e->error);
+    }
+    pthread_mutex_unlock(&e->stats_mu);
+}
+
+static void *engine_main(void *arg)
+{
+    struct engine *e = arg;
+    /* Set when the scheduler had work but could run none of it; only new input (an abort
+     * freeing blocks) can change that, so the thread sleeps instead of spinning. */
+    bool stalled = false;
+    for (;;) {
+        pthread_mutex_lock(&e->in_mu);
+        while (!e->stopping && !e->in_head && (e->failed || stalled || sched_idle(&e->sched)))
+            pthread_cond_wait(&e->in_cv, &e->in_mu);
+        struct in_item *items = e->in_head;
+        e->in_head = e->in_tail = NULL;
+        bool stopping = e->stopping;
+        pthread_mutex_unlock(&e->in_mu);
+
+        if (stopping) {
+            while (items) {
+                struct in_item *next = items->next;
+                engine_request_free(items->req);
+                free(items);
+                items = next;
+            }
+            break;
+        }
+        while (items) {
+            struct in_item *next = items->next;
+            if (items->kind == IN_SUBMIT) accept_request(e, items->req, items->t_submit_ms);
+            else handle_abort(e, items->id);
+            free(items);
+            items = next;
+        }
+        uint64_t preemptions = e->sched.preemptions;
+        stalled = !e->failed && run_step(e) == 0 && !sched_idle(&e->sched) &&
+                  e->sched.preemptions == preemptions;
+        if (stalled) log_warn("engine: %d sequences wait but none can be scheduled", e->sched.waiting.count);
+        publish_stats(e);
+        pthread_mutex_lock(&e->out_mu);
+        bool any = e->out_head != NULL;
+        pthread_mutex_unlock(&e->out_mu);
+        if (any) uv_async_send(e->async);
+    }
+    /* Stopping: in-flight requests end without events. */
+    while (e->live) live_destroy(e, e->live);
+    publish_stats(e);
+    return NULL;
+}
+
+/* ---- public API ------------------------------------------------------------------------------ */
+
+int engine_create(struct engine **out, struct backend *backend, const struct tokenizer *tok,
+                  const struct engine_options *opt, uv_loop_t *loop, engine_event_fn on_event,
+                  void *user)
+{
+    *out = NULL;
+    if (!backend || !opt || !loop || !on_event || backend->num_kv_blocks < 1) return -EINVAL;
+    struct engine *e = calloc(1, sizeof *e);
+    if (!e) return -ENOMEM;
+    e->backend = backend;
+    e->tok = tok;
+    e->opt = *opt;
+    e->on_event = on_event;
+    e->user = user;
+
+    int32_t max_tok = opt->max_num_batched_tokens > 0 ? opt->max_num_batched_tokens : 2048;
+    if (backend->max_batch_tokens > 0 && backend->max_batch_tokens < max_tok) max_tok = backend->max_batch_tokens;
+    int32_t max_seqs = opt->max_num_seqs > 0 ? opt->max_num_seqs : 256;
+    if (backend->max_batch_seqs > 0 && backend->max_batch_seqs < max_seqs) max_seqs = backend->max_batch_seqs;
+    e->max_tokens_per_step = max_tok;
+    e->max_seqs_per_step = max_seqs;
+
+    int64_t cap_tokens = (int64_t)backend->num_kv_blocks * KV_BLOCK_SIZE;
+    int64_t ctx = opt->max_model_len > 0 ? opt->max_model_len : backend->config.max_position;
+    if (ctx <= 0 || ctx > cap_tokens) ctx = cap_tokens;
+    e->ctx = (int32_t)ctx;
+
+    int rc = -ENOMEM;
+    struct sched_options so = {.max_num_seqs = max_seqs, .max_num_batched_tokens = max_tok};
+    if (sched_init(&e->sched, backend->num_kv_blocks, &so) != 0) goto fail_sched;
+    e->bseqs = calloc((size_t)max_seqs, sizeof *e->bseqs);
+    e->btokens = calloc((size_t)max_tok, sizeof *e->btokens);
+    e->results = calloc((size_t)max_seqs, sizeof *e->results);
+    e->async = calloc(1, sizeof *e->async);
+    if (!e->bseqs || !e->btokens || !e->results || !e->async) goto fail_mem;
+    pthread_mutex_init(&e->in_mu, NULL);
+    pthread_cond_init(&e->in_cv, NULL);
+    pthread_mutex_init(&e->out_mu, NULL);
+    pthread_mutex_init(&e->stats_mu, NULL);
+    e->stats.kv_blocks_total = e->stats.kv_blocks_free = backend->num_kv_blocks;
+    if (uv_async_init(loop, e->async, on_async) != 0) {
+        rc = -EIO;
+        goto fail_sync;
+    }
+    e->async->data = e;
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        rc = -EAGAIN;
+        e->async->data = NULL;
+        uv_close((uv_handle_t *)e->async, on_async_closed);
+        e->async = NULL;
+        goto fail_sync;
+    }
+    *out = e;
+    return 0;
+
+fail_sync:
+    pthread_mutex_destroy(&e->in_mu);
+    pthread_cond_destroy(&e->in_cv);
+    pthread_mutex_destroy(&e->out_mu);
+    pthread_mutex_destroy(&e->stats_mu);
+fail_mem:
+    sched_free(&e->sched);
+fail_sched:
+    free(e->bseqs);
+    free(e->btokens);
+    free(e->results);
+    free(e->async);
+    free(e);
+    return rc;
+}
+
+static int push_input(struct engine *e, struct in_item *it)
+{
+    pthread_mutex_lock(&e->in_mu);
+    if (e->stopping || (it->kind == IN_SUBMIT && e->refusing)) {
+        pthread_mutex_unlock(&e->in_mu);
+        return -1;
+    }
+    if (e->in_tail) e->in_tail->next = it;
+    else e->in_head = it;
+    e->in_tail = it;
+    pthread_cond_signal(&e->in_cv);
+    pthread_mutex_unlock(&e->in_mu);
+    return 0;
+}
+
+int engine_submit(struct engine *e, struct engine_request *req)
+{
+    struct in_item *it = calloc(1, sizeof *it);
+    if (!it) {
+        engine_request_free(req);
+        return -ENOMEM;
+    }
+    it->kind = IN_SUBMIT;
+    it->req = req;
+    it->id = req->id;
+    it->t_submit_ms = now_ms();
+    if (push_input(e, it) != 0) {
+        engine_request_free(req);
+        free(it);
+        return -EPIPE;
+    }
+    return 0;
+}
+
+void engine_abort(struct engine *e, uint64_t id)
+{
+    struct in_item *it = calloc(1, sizeof *it);
+    if (!it) return;
+    it->kind = IN_ABORT;
+    it->id = id;
+    if (push_input(e, it) != 0) free(it);
+}
+
+void engine_get_stats(struct engine *e, struct engine_stats *out)
+{
+    pthread_mutex_lock(&e->stats_mu);
+    *out = e->stats;
+    pthread_mutex_unlock(&e->stats_mu);
+}
+
+void engine_free(struct engine *e)
+{
+    if (!e) return;
+    pthread_mutex_lock(&e->in_mu);
+    e->stopping = true;
+    pthread_cond_signal(&e->in_cv);
+    pthread_mutex_unlock(&e->in_mu);
+    pthread_join(e->thread, NULL);
+
+    /* Undelivered events are dropped; the handle is freed by libuv's close callback, since
+     * the loop may still hold it until its next iteration. */
+    e->async->data = NULL;
+    uv_close((uv_handle_t *)e->async, on_async_closed);
+    out_items_free(e->out_head);
+    sched_free(&e->sched);
+    pthread_mutex_destroy(&e->in_mu);
+    pthread_cond_destroy(&e->in_cv);
+    pthread_mutex_destroy(&e->out_mu);
+    pthread_mutex_destroy(&e->stats_mu);
+    free(e->bseqs);
+    free(e->btokens);
+    free(e->results);
+    free(e);
+}

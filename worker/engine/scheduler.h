@@ -1,0 +1,92 @@
+/* The scheduler: which sequences run in the next step and with how many tokens each. Pure
+ * bookkeeping over the KV block allocator, no threads and no backend, so it can be tested alone.
+ *
+ * A sequence holds all its tokens (prompt, then generated) and counts how many of them are in
+ * the KV cache (n_computed). Each step a running sequence contributes its tokens not yet in the
+ * cache: one for a decode, or the next chunk of a prefill. It is sampled only in the step that
+ * brings n_computed up to n_tokens. Preemption is by recompute: the sequence's blocks are freed,
+ * n_computed drops to 0 and it goes back to the front of the queue; when admitted again it
+ * prefills prompt and generated tokens together and sampling carries on where it stopped. */
+#ifndef SLUICE_WORKER_SCHEDULER_H
+#define SLUICE_WORKER_SCHEDULER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "worker/engine/kv_cache.h"
+
+#define SCHED_ERR_NOMEM (-2)
+#define SCHED_ERR_TOO_LONG (-3) /* the prompt alone needs more blocks than the cache holds */
+
+enum sched_state { SCHED_WAITING, SCHED_RUNNING };
+
+struct sched_seq {
+    uint64_t id;
+    enum sched_state state;
+    int32_t *tokens;       /* prompt then generated tokens */
+    int32_t n_tokens, cap;
+    int32_t n_prompt;      /* the original prompt; n_tokens - n_prompt were generated */
+    int32_t n_computed;    /* tokens whose K/V are in the cache */
+    struct kv_table table;
+    void *user;            /* the caller's per-sequence state */
+    struct sched_seq *prev, *next;
+};
+
+struct sched_list {
+    struct sched_seq *head, *tail;
+    int32_t count;
+};
+
+/* One sequence's share of a step: tokens[start_pos .. start_pos + n_new) of seq. */
+struct sched_entry {
+    struct sched_seq *seq;
+    int32_t start_pos;
+    int32_t n_new;
+    bool sample;
+};
+
+struct sched_options {
+    int32_t max_num_seqs;           /* running sequences at most */
+    int32_t max_num_batched_tokens; /* tokens per step at most */
+};
+
+struct scheduler {
+    struct kv_cache kv;
+    struct sched_options opt;
+    struct sched_list waiting;      /* FCFS; preempted sequences go back to the front */
+    struct sched_list running;      /* in admission order: the tail is the newest */
+    struct sched_entry *entries;
+    uint64_t preemptions;
+};
+
+int sched_init(struct scheduler *s, int32_t num_blocks, const struct sched_options *opt);
+/* Frees every sequence still held (their user pointers are the caller's business). */
+void sched_free(struct scheduler *s);
+
+/* Queues a new sequence. On success takes ownership of prompt (malloc'd) and returns 0; on
+ * failure returns SCHED_ERR_* and prompt stays the caller's. */
+int sched_add(struct scheduler *s, uint64_t id, int32_t *prompt, int32_t n_prompt, void *user,
+              struct sched_seq **out);
+
+/* Plans the next step: *entries (valid until the next call) lists the sequences in batch
+ * order; *n_entries may be 0 when there is nothing to do. Reserves the blocks the step
+ * writes and advances n_computed, so the caller must run the step (or fail every sequence).
+ * Returns 0 or SCHED_ERR_NOMEM. */
+int sched_schedule(struct scheduler *s, const struct sched_entry **entries, int32_t *n_entries);
+
+/* Appends a sampled token to a sequence (it enters the cache in the next step). */
+int sched_seq_append(struct sched_seq *seq, int32_t token);
+static inline int32_t sched_seq_generated(const struct sched_seq *seq)
+{
+    return seq->n_tokens - seq->n_prompt;
+}
+
+/* Removes a finished or aborted sequence: frees its blocks and the sequence. */
+void sched_seq_remove(struct scheduler *s, struct sched_seq *seq);
+
+static inline bool sched_idle(const struct scheduler *s)
+{
+    return s->waiting.count == 0 && s->running.count == 0;
+}
+
+#endif
