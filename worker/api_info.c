@@ -30,22 +30,26 @@ static json_t *parse_body(http_request *req)
     return root;
 }
 
-void api_count_token(struct worker *w, http_request *req)
+/* Parses the body and tokenizes its prompt, answering the error itself; true when ids are set. */
+static bool tokenize_body(struct worker *w, http_request *req, int32_t **ids, size_t *n)
 {
     json_t *root = parse_body(req);
-    if (!root) return;
+    if (!root) return false;
     struct json_field_error err;
+    char *text = NULL;
+    int status = worker_tokenize_prompt(w, root, ids, n, &text, &err);
+    json_decref(root);
+    free(text);
+    if (status) http_respond_error(req, status, err.param, "%s", err.message);
+    return status == 0;
+}
+
+void api_count_token(struct worker *w, http_request *req)
+{
     int32_t *ids = NULL;
     size_t n = 0;
-    char *text = NULL;
-    int status = worker_tokenize_prompt(w, root, &ids, &n, &text, &err);
-    json_decref(root);
-    if (status) {
-        http_respond_error(req, status, err.param, "%s", err.message);
-        return;
-    }
+    if (!tokenize_body(w, req, &ids, &n)) return;
     free(ids);
-    free(text);
     http_respond_json(req, 200, json_pack("{s:i, s:i}", "count", (int)n, "error_code", 0));
 }
 
@@ -70,22 +74,12 @@ void api_conv_template(struct worker *w, http_request *req)
 
 void api_tokenize(struct worker *w, http_request *req)
 {
-    json_t *root = parse_body(req);
-    if (!root) return;
-    struct json_field_error err;
     int32_t *ids = NULL;
     size_t n = 0;
-    char *text = NULL;
-    int status = worker_tokenize_prompt(w, root, &ids, &n, &text, &err);
-    json_decref(root);
-    if (status) {
-        http_respond_error(req, status, err.param, "%s", err.message);
-        return;
-    }
+    if (!tokenize_body(w, req, &ids, &n)) return;
     json_t *tokens = json_array();
     for (size_t i = 0; i < n; i++) json_array_append_new(tokens, json_integer(ids[i]));
     free(ids);
-    free(text);
     http_respond_json(req, 200, json_pack("{s:o, s:i, s:i}", "tokens", tokens, "count", (int)n,
                                           "max_model_len", w->max_model_len));
 }
