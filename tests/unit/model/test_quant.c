@@ -1,0 +1,345 @@
+/* Block dequantization on hand-made blocks, half/bfloat conversion, and a small GGUF file
+ * written here with quantized, F16 and BF16 tensors, loaded end to end. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "worker/model/gguf.h"
+#include "worker/model/model.h"
+#include "worker/model/model_internal.h"
+
+Test(quant, half_and_bfloat)
+{
+    cr_expect_eq(model_f16_to_f32(0x3c00), 1.0f);
+    cr_expect_eq(model_f16_to_f32(0xc000), -2.0f);
+    cr_expect_eq(model_f16_to_f32(0x3800), 0.5f);
+    cr_expect_eq(model_f16_to_f32(0x7bff), 65504.0f);
+    cr_expect_eq(model_f16_to_f32(0x0001), 1.0f / 16777216.0f, "smallest subnormal");
+    cr_expect_eq(model_f16_to_f32(0x03ff), 1023.0f / 16777216.0f, "largest subnormal");
+    cr_expect_eq(model_f16_to_f32(0x8000), -0.0f);
+    cr_expect(model_f16_to_f32(0x7c00) > 3e38f, "infinity");
+    cr_expect(model_f16_to_f32(0x7e00) != model_f16_to_f32(0x7e00), "NaN");
+    cr_expect_eq(model_bf16_to_f32(0x3f80), 1.0f);
+    cr_expect_eq(model_bf16_to_f32(0xc040), -3.0f);
+}
+
+Test(quant, q8_0_block)
+{
+    unsigned char b[2 * 34];
+    uint16_t d0 = 0x3800, d1 = 0xc000; /* 0.5 and -2 */
+    memcpy(b, &d0, 2);
+    memcpy(b + 34, &d1, 2);
+    for (int i = 0; i < 32; i++) {
+        b[2 + i] = (unsigned char)(int8_t)(i * 8 - 128);
+        b[36 + i] = (unsigned char)(int8_t)(i - 16);
+    }
+    float out[64];
+    model_dequant_q8_0(b, out, 64);
+    for (int i = 0; i < 32; i++) {
+        cr_expect_eq(out[i], (float)(i * 8 - 128) * 0.5f, "element %d", i);
+        cr_expect_eq(out[32 + i], (float)(i - 16) * -2.0f, "element %d", 32 + i);
+    }
+}
+
+Test(quant, q4_0_block)
+{
+    unsigned char b[18];
+    uint16_t d = 0x4000; /* 2 */
+    memcpy(b, &d, 2);
+    /* Low nibble i, high nibble 15 - i. */
+    for (int i = 0; i < 16; i++) b[2 + i] = (unsigned char)(i | ((15 - i) << 4));
+    float out[32];
+    model_dequant_q4_0(b, out, 32);
+    for (int i = 0; i < 16; i++) {
+        cr_expect_eq(out[i], (float)(i - 8) * 2.0f, "element %d", i);
+        cr_expect_eq(out[16 + i], (float)(15 - i - 8) * 2.0f, "element %d", 16 + i);
+    }
+}
+
+Test(quant, q4_1_block)
+{
+    unsigned char b[20];
+    uint16_t d = 0x3400, m = 0xbc00; /* 0.25 and -1 */
+    memcpy(b, &d, 2);
+    memcpy(b + 2, &m, 2);
+    for (int i = 0; i < 16; i++) b[4 + i] = (unsigned char)((15 - i) | (i << 4));
+    float out[32];
+    model_dequant_q4_1(b, out, 32);
+    for (int i = 0; i < 16; i++) {
+        cr_expect_eq(out[i], (float)(15 - i) * 0.25f - 1.0f, "element %d", i);
+        cr_expect_eq(out[16 + i], (float)i * 0.25f - 1.0f, "element %d", 16 + i);
+    }
+}
+
+/* --- a small GGUF file, written here ----------------------------------------------------- */
+
+struct writer {
+    unsigned char *buf;
+    size_t len, cap;
+};
+
+static void put(struct writer *w, const void *p, size_t n)
+{
+    if (w->len + n > w->cap) {
+        w->cap = (w->len + n) * 2;
+        w->buf = realloc(w->buf, w->cap);
+    }
+    memcpy(w->buf + w->len, p, n);
+    w->len += n;
+}
+static void put_u32(struct writer *w, uint32_t v) { put(w, &v, 4); }
+static void put_u64(struct writer *w, uint64_t v) { put(w, &v, 8); }
+static void put_str(struct writer *w, const char *s)
+{
+    put_u64(w, strlen(s));
+    put(w, s, strlen(s));
+}
+static void kv_u32(struct writer *w, const char *k, uint32_t v)
+{
+    put_str(w, k);
+    put_u32(w, GGUF_TYPE_UINT32);
+    put_u32(w, v);
+}
+static void kv_f32(struct writer *w, const char *k, float v)
+{
+    put_str(w, k);
+    put_u32(w, GGUF_TYPE_FLOAT32);
+    put(w, &v, 4);
+}
+
+struct tspec {
+    const char *name;
+    uint64_t d0, d1; /* ggml dims; d1 = 0 for vectors */
+    uint32_t type;
+};
+
+static size_t tbytes(const struct tspec *t)
+{
+    uint64_t n = t->d0 * (t->d1 ? t->d1 : 1);
+    switch (t->type) {
+    case GGML_TYPE_F32: return n * 4;
+    case GGML_TYPE_F16: case GGML_TYPE_BF16: return n * 2;
+    case GGML_TYPE_Q8_0: return n / 32 * 34;
+    case GGML_TYPE_Q4_0: return n / 32 * 18;
+    default: return n / 32 * 20;
+    }
+}
+
+/* Plausible bytes for a tensor: finite scales in the quantized blocks. */
+static void fill(const struct tspec *t, unsigned char *p, unsigned seed)
+{
+    size_t n = tbytes(t);
+    for (size_t i = 0; i < n; i++) p[i] = (unsigned char)((i * 131 + seed * 7919 + (i >> 5)) % 251);
+    size_t bb = t->type == GGML_TYPE_Q8_0 ? 34 : t->type == GGML_TYPE_Q4_0 ? 18 : t->type == GGML_TYPE_Q4_1 ? 20 : 0;
+    uint16_t scale = 0x2000 + (uint16_t)seed, minv = 0xa000;
+    for (size_t b = 0; bb && b < n; b += bb) {
+        memcpy(p + b, &scale, 2);
+        if (t->type == GGML_TYPE_Q4_1) memcpy(p + b + 2, &minv, 2);
+    }
+    if (t->type == GGML_TYPE_F16 || t->type == GGML_TYPE_BF16)
+        for (size_t i = 0; i < n; i += 2) {
+            uint16_t h = t->type == GGML_TYPE_F16 ? (uint16_t)(0x2000 + (i * 37 % 0x1000)) : (uint16_t)(0x3c00 + (i * 37 % 0x100));
+            memcpy(p + i, &h, 2);
+        }
+    if (t->type == GGML_TYPE_F32)
+        for (size_t i = 0; i < n; i += 4) {
+            float f = 1.0f + 0.01f * (float)(i % 17);
+            memcpy(p + i, &f, 4);
+        }
+}
+
+static const struct tspec tiny[] = {
+    {"token_embd.weight", 32, 40, GGML_TYPE_Q8_0},
+    {"output_norm.weight", 32, 0, GGML_TYPE_F32},
+    {"output.weight", 32, 40, GGML_TYPE_Q4_1},
+    {"blk.0.attn_norm.weight", 32, 0, GGML_TYPE_F32},
+    {"blk.0.attn_q.weight", 32, 32, GGML_TYPE_Q4_0},
+    {"blk.0.attn_k.weight", 32, 16, GGML_TYPE_Q8_0},
+    {"blk.0.attn_v.weight", 32, 16, GGML_TYPE_F16},
+    {"blk.0.attn_output.weight", 32, 32, GGML_TYPE_BF16},
+    {"blk.0.ffn_norm.weight", 32, 0, GGML_TYPE_F32},
+    {"blk.0.ffn_gate.weight", 32, 64, GGML_TYPE_Q4_0},
+    {"blk.0.ffn_up.weight", 32, 64, GGML_TYPE_Q4_1},
+    {"blk.0.ffn_down.weight", 64, 32, GGML_TYPE_Q8_0},
+};
+#define N_TINY (sizeof tiny / sizeof *tiny)
+
+/* With rope_freqs: 2 heads of 16 and llama3 factors (factor 8, low 1, high 8, original context 32768) for rope_theta 500000,
+ * as llama.cpp's converter writes them; r_override replaces them when non-NULL. */
+static void write_tiny(const char *path, unsigned char **data_out, bool rope_freqs, const float *r_override)
+{
+    struct writer w = {0};
+    put_u32(&w, 0x46554747);
+    put_u32(&w, 3);
+    put_u64(&w, N_TINY + (rope_freqs ? 1 : 0));
+    put_u64(&w, 11);
+    put_str(&w, "general.architecture");
+    put_u32(&w, GGUF_TYPE_STRING);
+    put_str(&w, "llama");
+    kv_u32(&w, "general.alignment", 64);
+    kv_u32(&w, "llama.embedding_length", 32);
+    kv_u32(&w, "llama.block_count", 1);
+    kv_u32(&w, "llama.feed_forward_length", 64);
+    kv_u32(&w, "llama.attention.head_count", rope_freqs ? 2 : 4);
+    kv_u32(&w, "llama.attention.head_count_kv", rope_freqs ? 1 : 2);
+    kv_f32(&w, "llama.attention.layer_norm_rms_epsilon", 1e-6f);
+    kv_f32(&w, "llama.rope.freq_base", 500000.0f);
+    kv_u32(&w, "tokenizer.ggml.eos_token_id", 7);
+    put_str(&w, "tokenizer.ggml.tokens");
+    put_u32(&w, GGUF_TYPE_ARRAY);
+    put_u32(&w, GGUF_TYPE_STRING);
+    put_u64(&w, 40);
+    for (int i = 0; i < 40; i++) {
+        char s[16];
+        snprintf(s, sizeof s, "t%d", i);
+        put_str(&w, s);
+    }
+    uint64_t off = 0;
+    for (size_t i = 0; i < N_TINY; i++) {
+        put_str(&w, tiny[i].name);
+        put_u32(&w, tiny[i].d1 ? 2 : 1);
+        put_u64(&w, tiny[i].d0);
+        if (tiny[i].d1) put_u64(&w, tiny[i].d1);
+        put_u32(&w, tiny[i].type);
+        put_u64(&w, off);
+        off += (tbytes(&tiny[i]) + 63) / 64 * 64;
+    }
+    if (rope_freqs) {
+        put_str(&w, "rope_freqs.weight");
+        put_u32(&w, 1);
+        put_u64(&w, 8);
+        put_u32(&w, GGML_TYPE_F32);
+        put_u64(&w, off);
+    }
+    while (w.len % 64) put(&w, "", 1);
+    size_t data_start = w.len;
+    unsigned char *zeros = calloc(1, off + 64);
+    put(&w, zeros, off + 64);
+    free(zeros);
+    off = 0;
+    for (size_t i = 0; i < N_TINY; i++) {
+        fill(&tiny[i], w.buf + data_start + off, (unsigned)i);
+        off += (tbytes(&tiny[i]) + 63) / 64 * 64;
+    }
+    if (rope_freqs) {
+        float r[8];
+        for (int i = 0; i < 8; i++) {
+            double f = 1.0 / pow(500000.0, 2.0 * i / 16), wavelen = 2 * M_PI / f;
+            if (wavelen < 32768.0 / 8) r[i] = 1.0f;
+            else if (wavelen > 32768.0 / 1) r[i] = 8.0f;
+            else {
+                double sm = (32768.0 / wavelen - 1) / (8 - 1);
+                r[i] = (float)(1.0 / ((1 - sm) / 8 + sm));
+            }
+        }
+        memcpy(w.buf + data_start + off, r_override ? r_override : r, sizeof r);
+    }
+    FILE *f = fopen(path, "wb");
+    cr_assert(f);
+    cr_assert_eq(fwrite(w.buf, 1, w.len, f), w.len);
+    fclose(f);
+    *data_out = w.buf;
+    (void)data_start;
+}
+
+Test(quant, gguf_with_quantized_tensors_loads)
+{
+    char dir[] = "/tmp/sluice-quant-XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof path, "%s/tiny.gguf", dir);
+    unsigned char *file;
+    write_tiny(path, &file, false, NULL);
+
+    struct model *m = NULL;
+    char err[1024] = "";
+    cr_assert_eq(model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(m->config.hidden_size, 32);
+    cr_expect_eq(m->config.vocab_size, 40);
+    cr_expect_eq(m->config.head_dim, 8);
+    cr_expect_eq(m->config.max_position, 2048, "default context length");
+    cr_expect_float_eq(m->config.rope_theta, 500000.0f, 1e-2f);
+    cr_expect_eq(m->config.n_eos, 1);
+    cr_expect_eq(m->config.eos_ids[0], 7);
+    cr_expect_eq(m->config.bos_id, -1);
+    cr_expect_not(m->config.tie_embeddings);
+    cr_expect(m->config.rope_interleaved);
+
+    struct gguf_file *g = NULL;
+    cr_assert_eq(gguf_open(&g, path, err, sizeof err), 0, "%s", err);
+    const struct tensor *mine[N_TINY] = {&m->tok_embed, &m->final_norm, &m->lm_head, &m->layers[0].attn_norm,
+                                         &m->layers[0].wq, &m->layers[0].wk, &m->layers[0].wv, &m->layers[0].wo,
+                                         &m->layers[0].ffn_norm, &m->layers[0].w_gate, &m->layers[0].w_up,
+                                         &m->layers[0].w_down};
+    for (size_t i = 0; i < N_TINY; i++) {
+        const struct gguf_tensor_info *ti = gguf_find_tensor(g, tiny[i].name);
+        cr_assert(ti, "%s", tiny[i].name);
+        cr_expect_eq(ti->size, tbytes(&tiny[i]), "%s", tiny[i].name);
+        int64_t n = tensor_numel(mine[i]);
+        cr_assert_eq(n, (int64_t)(tiny[i].d0 * (tiny[i].d1 ? tiny[i].d1 : 1)), "%s", tiny[i].name);
+        if (tiny[i].d1) {
+            cr_expect_eq(mine[i]->shape[0], (int64_t)tiny[i].d1, "%s rows", tiny[i].name);
+            cr_expect_eq(mine[i]->shape[1], (int64_t)tiny[i].d0, "%s cols", tiny[i].name);
+        }
+        float *want = malloc((size_t)n * sizeof(float));
+        switch (tiny[i].type) {
+        case GGML_TYPE_Q8_0: model_dequant_q8_0(ti->data, want, n); break;
+        case GGML_TYPE_Q4_0: model_dequant_q4_0(ti->data, want, n); break;
+        case GGML_TYPE_Q4_1: model_dequant_q4_1(ti->data, want, n); break;
+        default: {
+            struct tensor t = {.dtype = tiny[i].type == GGML_TYPE_F32 ? DTYPE_F32 :
+                                        tiny[i].type == GGML_TYPE_F16 ? DTYPE_F16 : DTYPE_BF16,
+                               .ndim = 1, .shape = {n, 0}, .data = ti->data};
+            tensor_to_f32(&t, 0, false, want);
+        }
+        }
+        bool quantized = tiny[i].type != GGML_TYPE_F32 && tiny[i].type != GGML_TYPE_F16 && tiny[i].type != GGML_TYPE_BF16;
+        cr_expect_eq(mine[i]->dtype, quantized ? DTYPE_F32 : (tiny[i].type == GGML_TYPE_F16 ? DTYPE_F16 :
+                                                              tiny[i].type == GGML_TYPE_BF16 ? DTYPE_BF16 : DTYPE_F32));
+        for (int64_t k = 0; k < n; k++) {
+            float v = tensor_get_f32(mine[i], 0, false, (uint64_t)k);
+            cr_assert_eq(v, want[k], "%s element %lld", tiny[i].name, (long long)k);
+            cr_assert(v == v && v > -1e4f && v < 1e4f, "%s element %lld = %g", tiny[i].name, (long long)k, (double)v);
+        }
+        free(want);
+    }
+    gguf_close(g);
+    model_free(m);
+    free(file);
+    unlink(path);
+    rmdir(dir);
+}
+
+Test(quant, gguf_rope_freqs_become_llama3_scaling)
+{
+    char dir[] = "/tmp/sluice-ropef-XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof path, "%s/tiny.gguf", dir);
+    unsigned char *file;
+    write_tiny(path, &file, true, NULL);
+    free(file);
+    struct model *m = NULL;
+    char err[1024] = "";
+    cr_assert_eq(model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(m->config.head_dim, 16);
+    cr_expect_eq(m->config.rope_scaling.type, ROPE_SCALING_LLAMA3);
+    cr_expect_float_eq(m->config.rope_scaling.factor, 8.0f, 1e-6f);
+    cr_expect_float_eq(m->config.rope_scaling.low_freq_factor, 1.0f, 1e-6f);
+    cr_expect_float_eq(m->config.rope_scaling.high_freq_factor, 8.0f, 1e-3f);
+    cr_expect_eq(m->config.rope_scaling.original_max_position, 32768);
+    model_free(m);
+
+    /* Factors that follow no llama3 curve are refused, not silently dropped. */
+    float odd[8] = {1, 1, 1, 3, 1, 2, 8, 8};
+    write_tiny(path, &file, true, odd);
+    free(file);
+    m = NULL;
+    cr_expect_lt(model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err), 0);
+    cr_expect(strstr(err, "rope_freqs.weight") != NULL, "%s", err);
+    unlink(path);
+    rmdir(dir);
+}

@@ -1,0 +1,45 @@
+/* Loader-private parts of worker/model: what model->source points to, and the helpers the
+ * safetensors and GGUF loaders share. Not for use outside worker/model/ and its tests. */
+#ifndef SLUICE_WORKER_MODEL_INTERNAL_H
+#define SLUICE_WORKER_MODEL_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "worker/model/gguf.h"
+#include "worker/model/model.h"
+
+struct model_source {
+    struct { void *addr; size_t len; } *maps;
+    int n_maps, cap_maps;
+    void **owned;
+    int n_owned, cap_owned;
+    struct gguf_file *gguf;
+};
+
+int model_source_add_map(struct model_source *src, void *addr, size_t len);
+/* Takes ownership of buf (malloc'd): freed with the model. */
+int model_source_add_owned(struct model_source *src, void *buf);
+void model_source_free(struct model_source *src);
+
+size_t dtype_size(enum dtype d);
+float model_f16_to_f32(uint16_t h);
+float model_bf16_to_f32(uint16_t h);
+
+/* Checks the config's numbers make sense together (positive sizes, heads divide, even
+ * head_dim); origin names the file in the message. */
+int model_config_validate(const struct model_config *cfg, const char *origin, char *err, size_t errlen);
+
+/* Allocates m->layers and fills tensor shapes for cfg, leaving data NULL: the loaders then
+ * fill data, and dummy loading keeps NULL. */
+int model_alloc_layers(struct model *m, char *err, size_t errlen);
+
+int model_load_safetensors(struct model *m, const char *dir, char *err, size_t errlen);
+int model_load_gguf(struct model *m, const char *path, char *err, size_t errlen);
+
+/* Block dequantization (ggml formats), n a multiple of 32: dst gets n floats. */
+void model_dequant_q8_0(const void *src, float *dst, int64_t n);
+void model_dequant_q4_0(const void *src, float *dst, int64_t n);
+void model_dequant_q4_1(const void *src, float *dst, int64_t n);
+
+#endif
