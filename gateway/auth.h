@@ -1,0 +1,21 @@
+/* API keys: --api-keys k1,k2 and/or --api-key-file (one key per line). With none set, every
+ * request is allowed. Keys are compared in constant time so that response timing does not
+ * reveal how much of a guessed key was right. */
+#ifndef SLUICE_GATEWAY_AUTH_H
+#define SLUICE_GATEWAY_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct gw_auth gw_auth;
+
+/* keys_csv and key_file may be NULL. Fails (negative) when the file cannot be read. */
+int gw_auth_init(gw_auth **out, const char *keys_csv, const char *key_file);
+void gw_auth_free(gw_auth *auth);
+size_t gw_auth_key_count(const gw_auth *auth);
+/* The Authorization header's value (may be NULL): true when allowed. */
+bool gw_auth_check(const gw_auth *auth, const char *authorization);
+/* Equality whose running time depends only on the lengths, not on where bytes differ. */
+bool gw_auth_equal(const char *a, size_t a_len, const char *b, size_t b_len);
+
+#endif

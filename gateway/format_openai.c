@@ -1,0 +1,150 @@
+#include "gateway/format_openai.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+
+void gw_format_id(enum gw_api api, char *out, size_t cap)
+{
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    unsigned char raw[24];
+    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
+        /* getrandom only fails before the pool is seeded; uniqueness still matters more than
+         * unpredictability for ids. */
+        static unsigned counter;
+        for (size_t i = 0; i < sizeof raw; i++) raw[i] = (unsigned char)(++counter * 131u + i);
+    }
+    char tail[sizeof raw + 1];
+    for (size_t i = 0; i < sizeof raw; i++) tail[i] = alphabet[raw[i] % (sizeof alphabet - 1)];
+    tail[sizeof raw] = '\0';
+    snprintf(out, cap, "%s%s", api == GW_API_CHAT ? "chatcmpl-" : "cmpl-", tail);
+}
+
+json_t *gw_chunk_new(enum gw_api api, const char *id, int64_t created, const char *model,
+                     int with_usage)
+{
+    json_t *c = json_pack("{s:s, s:s, s:I, s:s, s:[]}", "id", id, "object",
+                          api == GW_API_CHAT ? "chat.completion.chunk" : "text_completion", "created",
+                          (json_int_t)created, "model", model, "choices");
+    if (api == GW_API_CHAT) json_object_set_new(c, "system_fingerprint", json_null());
+    if (with_usage) json_object_set_new(c, "usage", json_null());
+    return c;
+}
+
+json_t *gw_chunk_choice(enum gw_api api, size_t index, const char *role, const char *text,
+                        size_t text_len, json_t *logprobs, const char *finish)
+{
+    json_t *choice = json_pack("{s:I}", "index", (json_int_t)index);
+    if (api == GW_API_CHAT) {
+        json_t *delta = json_object();
+        if (role) json_object_set_new(delta, "role", json_string(role));
+        if (text) json_object_set_new(delta, "content", json_stringn(text, text_len));
+        json_object_set_new(choice, "delta", delta);
+    } else {
+        json_object_set_new(choice, "text", json_stringn(text ? text : "", text ? text_len : 0));
+    }
+    json_object_set_new(choice, "logprobs", logprobs ? logprobs : json_null());
+    json_object_set_new(choice, "finish_reason", finish ? json_string(finish) : json_null());
+    return choice;
+}
+
+json_t *gw_usage_json(int64_t prompt_tokens, int64_t completion_tokens)
+{
+    return json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)prompt_tokens,
+                     "completion_tokens", (json_int_t)completion_tokens, "total_tokens",
+                     (json_int_t)(prompt_tokens + completion_tokens));
+}
+
+static json_t *utf8_bytes(const char *s)
+{
+    json_t *arr = json_array();
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        json_array_append_new(arr, json_integer(*p));
+    return arr;
+}
+
+static json_t *chat_token(const json_t *item)
+{
+    const char *token = json_string_value(json_object_get(item, "token"));
+    if (!token) token = "";
+    return json_pack("{s:s, s:f, s:o}", "token", token, "logprob",
+                     json_number_value(json_object_get(item, "logprob")), "bytes", utf8_bytes(token));
+}
+
+json_t *gw_chat_logprobs(const json_t *frame_logprobs)
+{
+    json_t *content = json_array();
+    size_t i, k;
+    json_t *item, *alt;
+    json_array_foreach(frame_logprobs, i, item) {
+        json_t *entry = chat_token(item);
+        json_t *top = json_array();
+        json_array_foreach(json_object_get(item, "top_logprobs"), k, alt)
+            json_array_append_new(top, chat_token(alt));
+        json_object_set_new(entry, "top_logprobs", top);
+        json_array_append_new(content, entry);
+    }
+    return json_pack("{s:o, s:n}", "content", content, "refusal");
+}
+
+json_t *gw_completion_logprobs_new(void)
+{
+    return json_pack("{s:[], s:[], s:[], s:[]}", "tokens", "token_logprobs", "top_logprobs",
+                     "text_offset");
+}
+
+int64_t gw_utf8_length(const char *s, size_t len)
+{
+    int64_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        if (((unsigned char)s[i] & 0xC0) != 0x80) n++;
+    return n;
+}
+
+void gw_completion_logprobs_append(json_t *acc, const json_t *frame_logprobs, int64_t *offset)
+{
+    size_t i, k;
+    json_t *item, *alt;
+    json_array_foreach(frame_logprobs, i, item) {
+        const char *token = json_string_value(json_object_get(item, "token"));
+        if (!token) token = "";
+        json_t *lp = json_object_get(item, "logprob");
+        json_array_append_new(json_object_get(acc, "tokens"), json_string(token));
+        json_array_append_new(json_object_get(acc, "token_logprobs"), json_real(json_number_value(lp)));
+        json_t *top = json_object();
+        json_array_foreach(json_object_get(item, "top_logprobs"), k, alt) {
+            const char *t = json_string_value(json_object_get(alt, "token"));
+            json_object_set_new(top, t ? t : "", json_real(json_number_value(json_object_get(alt, "logprob"))));
+        }
+        /* With logprobs=0 the dict still names the sampled token, as vLLM does. */
+        if (json_object_size(top) == 0) json_object_set_new(top, token, json_real(json_number_value(lp)));
+        json_array_append_new(json_object_get(acc, "top_logprobs"), top);
+        json_array_append_new(json_object_get(acc, "text_offset"), json_integer(*offset));
+        *offset += gw_utf8_length(token, strlen(token));
+    }
+}
+
+json_t *gw_response_new(enum gw_api api, const char *id, int64_t created, const char *model)
+{
+    json_t *r = json_pack("{s:s, s:s, s:I, s:s, s:[]}", "id", id, "object",
+                          api == GW_API_CHAT ? "chat.completion" : "text_completion", "created",
+                          (json_int_t)created, "model", model, "choices");
+    if (api == GW_API_CHAT) json_object_set_new(r, "system_fingerprint", json_null());
+    return r;
+}
+
+json_t *gw_response_choice(enum gw_api api, size_t index, const char *text, size_t text_len,
+                           json_t *logprobs, const char *finish)
+{
+    json_t *choice = json_pack("{s:I}", "index", (json_int_t)index);
+    json_t *t = json_stringn(text ? text : "", text ? text_len : 0);
+    if (api == GW_API_CHAT) {
+        json_object_set_new(choice, "message", json_pack("{s:s, s:o, s:n}", "role", "assistant",
+                                                         "content", t, "refusal"));
+    } else {
+        json_object_set_new(choice, "text", t);
+    }
+    json_object_set_new(choice, "logprobs", logprobs ? logprobs : json_null());
+    json_object_set_new(choice, "finish_reason", json_string(finish ? finish : "stop"));
+    return choice;
+}

@@ -1,0 +1,56 @@
+/* The gateway instance: configuration and the shared objects every request handler uses.
+ * One instance per process, living on one libuv loop. */
+#ifndef SLUICE_GATEWAY_GATEWAY_H
+#define SLUICE_GATEWAY_GATEWAY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "common/http_client.h"
+#include "common/http_server.h"
+#include "gateway/auth.h"
+#include "gateway/metrics_gw.h"
+#include "gateway/models_cache.h"
+
+struct gw_config {
+    const char *host;
+    long port;
+    const char *controller_address;
+    const char *api_keys;
+    const char *api_key_file;
+    long max_body_bytes;
+    long max_concurrent_requests; /* 0: no limit */
+    long controller_timeout_ms;
+    long worker_connect_timeout_ms;
+    long max_stream_buffer;
+    long models_cache_ms;
+};
+
+struct gw {
+    struct gw_config cfg;
+    uv_loop_t *loop;
+    http_server *server;
+    http_client *client;
+    gw_auth *auth;
+    gw_models *models;
+    gw_metrics *metrics;
+    unsigned active;  /* generation requests in flight */
+    int64_t started;  /* unix seconds */
+};
+
+/* The HTTP handler (http_handler_fn) with user = struct gw *. */
+void gw_handle(http_request *req, void *user);
+
+/* Answers and counts the request in the metrics. */
+void gw_respond_error(struct gw *g, http_request *req, const char *route, int status,
+                      const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+void gw_respond_json(struct gw *g, http_request *req, const char *route, int status, json_t *body);
+
+/* POST /v1/chat/completions and /v1/completions (proxy.c). */
+void gw_generate(struct gw *g, http_request *req, const char *route, int api);
+
+/* Seconds on a monotonic clock. */
+double gw_now(void);
+
+#endif

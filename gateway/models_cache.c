@@ -1,0 +1,180 @@
+#include "gateway/models_cache.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "common/log.h"
+
+struct gw_models_wait {
+    struct gw_models_wait *next;
+    gw_models_cb cb;
+    void *user;
+};
+
+struct gw_models {
+    http_client *client;
+    char *url;
+    long timeout_ms, ttl_ms;
+    json_t *names;        /* cached list, NULL when none */
+    uint64_t fetched_ms;  /* uv_hrtime of the cached list */
+    json_t *first_seen;   /* name -> unix time */
+    http_call *call;      /* the refresh in flight */
+    gw_models_wait *waiters;
+    uint64_t fetches;
+};
+
+static uint64_t now_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+int gw_models_init(gw_models **out, http_client *client, const char *controller_url,
+                   long timeout_ms, long ttl_ms)
+{
+    gw_models *m = calloc(1, sizeof *m);
+    m->client = client;
+    size_t n = strlen(controller_url) + sizeof "/list_models";
+    m->url = malloc(n);
+    snprintf(m->url, n, "%s/list_models", controller_url);
+    m->timeout_ms = timeout_ms;
+    m->ttl_ms = ttl_ms;
+    m->first_seen = json_object();
+    *out = m;
+    return 0;
+}
+
+void gw_models_free(gw_models *m)
+{
+    if (!m) return;
+    if (m->call) http_call_cancel(m->call);
+    while (m->waiters) {
+        gw_models_wait *w = m->waiters;
+        m->waiters = w->next;
+        free(w);
+    }
+    json_decref(m->names);
+    json_decref(m->first_seen);
+    free(m->url);
+    free(m);
+}
+
+static json_t *parse_names(const struct http_call_result *res)
+{
+    if (res->error != HTTP_CALL_OK || res->status != 200) return NULL;
+    json_t *root = json_loadb(res->body, res->body_len, 0, NULL);
+    json_t *models = json_object_get(root, "models");
+    json_t *names = NULL;
+    if (json_is_array(models)) {
+        names = json_array();
+        size_t i;
+        json_t *v;
+        json_array_foreach(models, i, v) {
+            if (json_is_string(v)) json_array_append(names, v);
+        }
+    }
+    json_decref(root);
+    return names;
+}
+
+static void on_list_done(http_call *call, const struct http_call_result *res, void *user)
+{
+    (void)call;
+    gw_models *m = user;
+    m->call = NULL;
+    json_t *names = parse_names(res);
+    if (names) {
+        json_decref(m->names);
+        m->names = names;
+        m->fetched_ms = now_ms();
+        size_t i;
+        json_t *v;
+        json_array_foreach(names, i, v) {
+            if (!json_object_get(m->first_seen, json_string_value(v)))
+                json_object_set_new(m->first_seen, json_string_value(v), json_integer(time(NULL)));
+        }
+    } else {
+        log_warn("controller %s: list_models failed: %s (status %ld)", m->url,
+                 res->error ? res->error_text : "bad answer", res->status);
+    }
+    /* Waiters are detached first: a callback may start a new get. */
+    gw_models_wait *w = m->waiters;
+    m->waiters = NULL;
+    json_t *hold = json_incref(m->names);
+    while (w) {
+        gw_models_wait *next = w->next;
+        w->cb(names ? 0 : -1, names ? hold : NULL, w->user);
+        free(w);
+        w = next;
+    }
+    json_decref(hold);
+}
+
+void gw_models_get(gw_models *m, gw_models_cb cb, void *user, gw_models_wait **wait)
+{
+    *wait = NULL;
+    if (m->names && now_ms() - m->fetched_ms < (uint64_t)m->ttl_ms) {
+        cb(0, m->names, user);
+        return;
+    }
+    gw_models_wait *w = calloc(1, sizeof *w);
+    w->cb = cb;
+    w->user = user;
+    w->next = m->waiters;
+    m->waiters = w;
+    *wait = w;
+    if (m->call) return;
+    struct http_call_opts opts = {
+        .method = "POST",
+        .url = m->url,
+        .body = "{}",
+        .body_len = 2,
+        .connect_timeout_ms = m->timeout_ms,
+        .timeout_ms = m->timeout_ms,
+        .on_done = on_list_done,
+        .user = m,
+    };
+    m->fetches++;
+    if (http_client_request(m->client, &opts, &m->call) != 0) {
+        m->call = NULL;
+        struct http_call_result res = {.error = HTTP_CALL_INTERNAL, .error_text = "cannot start call"};
+        *wait = NULL; /* answered below, before returning */
+        on_list_done(NULL, &res, m);
+    }
+}
+
+void gw_models_wait_cancel(gw_models *m, gw_models_wait *wait)
+{
+    for (gw_models_wait **p = &m->waiters; *p; p = &(*p)->next) {
+        if (*p == wait) {
+            *p = wait->next;
+            free(wait);
+            return;
+        }
+    }
+}
+
+void gw_models_invalidate(gw_models *m)
+{
+    m->fetched_ms = 0;
+    json_decref(m->names);
+    m->names = NULL;
+}
+
+bool gw_models_ever_seen(const gw_models *m, const char *name)
+{
+    return json_object_get(m->first_seen, name) != NULL;
+}
+
+int64_t gw_models_created(const gw_models *m, const char *name)
+{
+    json_t *t = json_object_get(m->first_seen, name);
+    return t ? (int64_t)json_integer_value(t) : (int64_t)time(NULL);
+}
+
+uint64_t gw_models_fetches(const gw_models *m)
+{
+    return m->fetches;
+}

@@ -1,0 +1,394 @@
+/* A generation request's life: validate, ask the controller once, run one upstream
+ * POST /generate per choice on the shared loop, retry a choice once on another worker when
+ * it failed before its first frame, and tear everything down when the client leaves. */
+#include "gateway/proxy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/json_util.h"
+#include "common/log.h"
+#include "gateway/format_openai.h"
+
+enum { MAX_ERR_BODY = 64 * 1024, MAX_LINE = 16 * 1024 * 1024, MAX_RETRY_ASKS = 3 };
+
+static void choice_start(struct gw_choice *c, const char *address);
+
+static void gen_destroy(struct gw_gen *gen)
+{
+    for (size_t i = 0; i < gen->n_choices; i++) {
+        struct gw_choice *c = &gen->choices[i];
+        free(c->address);
+        free(c->line);
+        free(c->err_body);
+        free(c->early_error);
+        free(c->text);
+        json_decref(c->logprobs);
+    }
+    free(gen->choices);
+    free(gen->retry_address);
+    free(gen->failed_address);
+    gw_params_free(&gen->p);
+    gen->g->active--;
+    free(gen);
+}
+
+static void gen_enter(struct gw_gen *gen)
+{
+    gen->depth++;
+}
+
+/* Returns true when the gen was freed. */
+static bool gen_leave(struct gw_gen *gen)
+{
+    /* A request still open is answered (or its on_close runs) later: wait for that. */
+    if (--gen->depth > 0 || !gen->ended || gen->req) return false;
+    gen_destroy(gen);
+    return true;
+}
+
+void gw_gen_stop(struct gw_gen *gen)
+{
+    gen->ended = true;
+    if (gen->lookup) gw_route_cancel(gen->lookup);
+    gen->lookup = NULL;
+    if (gen->models_wait) gw_models_wait_cancel(gen->g->models, gen->models_wait);
+    gen->models_wait = NULL;
+    for (size_t i = 0; i < gen->n_choices; i++) {
+        struct gw_choice *c = &gen->choices[i];
+        /* Closing the worker's connection is what makes it abort the sequence. */
+        if (c->call) http_call_cancel(c->call);
+        c->call = NULL;
+    }
+}
+
+static void on_client_gone(http_request *req, void *arg)
+{
+    (void)req;
+    struct gw_gen *gen = arg;
+    gen_enter(gen);
+    gen->req = NULL;
+    if (!gen->ended) log_debug("%s: client gone, cancelling upstream", gen->id);
+    /* A stream was counted when it began; 499 is nginx's "client closed request". */
+    if (!gen->ended && !gen->streaming) gw_metrics_request(gen->g->metrics, gen->route, 499);
+    gw_gen_stop(gen);
+    gen_leave(gen);
+}
+
+/* --- retries --------------------------------------------------------------------------- */
+
+static void on_retry_route(int rc, const char *address, void *user);
+
+static void retry_lookup(struct gw_gen *gen)
+{
+    gen->retry_asks++;
+    struct gw *g = gen->g;
+    if (gw_route_start(g->client, g->cfg.controller_address, g->cfg.controller_timeout_ms,
+                       gen->p.model, gen->failed_address, on_retry_route, gen, &gen->lookup) != 0) {
+        gen->lookup = NULL;
+        gw_emit_error(gen, 503, NULL, "the controller could not be asked for another worker", "1");
+    }
+}
+
+static void on_retry_route(int rc, const char *address, void *user)
+{
+    struct gw_gen *gen = user;
+    gen_enter(gen);
+    gen->lookup = NULL;
+    if (rc < 0) {
+        gw_emit_error(gen, 503, NULL, "the worker failed and the controller could not be reached", "1");
+    } else if (!*address) {
+        gw_emit_error(gen, 503, "model", "the worker failed and no other worker serves this model", "1");
+    } else if (gen->failed_address && !strcmp(address, gen->failed_address) &&
+               gen->retry_asks < MAX_RETRY_ASKS) {
+        /* The controller may not know yet that the worker is gone: ask again. */
+        retry_lookup(gen);
+    } else {
+        gen->retry_address = strdup(address);
+        for (size_t i = 0; i < gen->n_choices && !gen->ended; i++) {
+            struct gw_choice *c = &gen->choices[i];
+            if (c->waiting_route) {
+                c->waiting_route = false;
+                choice_start(c, address);
+            }
+        }
+    }
+    gen_leave(gen);
+}
+
+/* The choice failed before sending anything: try it once more elsewhere. */
+static void choice_retry(struct gw_choice *c)
+{
+    struct gw_gen *gen = c->gen;
+    gw_metrics_retry(gen->g->metrics);
+    log_info("%s: choice %zu failed on %s before its first token%s%s; retrying on another worker",
+             gen->id, c->index, c->address ? c->address : "?", c->early_error ? ": " : "",
+             c->early_error ? c->early_error : "");
+    c->line_len = 0;
+    c->err_len = 0;
+    c->bad_frame = false;
+    free(c->early_error);
+    c->early_error = NULL;
+    if (gen->retry_address) {
+        choice_start(c, gen->retry_address);
+        return;
+    }
+    c->waiting_route = true;
+    if (!gen->failed_address && c->address) gen->failed_address = strdup(c->address);
+    if (!gen->lookup) retry_lookup(gen);
+}
+
+/* --- upstream calls ------------------------------------------------------------------------ */
+
+static void error_from_body(const struct gw_choice *c, char *msg, size_t cap, char *param, size_t pcap)
+{
+    json_t *root = c->err_body ? json_loadb(c->err_body, c->err_len, 0, NULL) : NULL;
+    json_t *err = json_object_get(root, "error");
+    const char *m = json_string_value(json_object_get(err, "message"));
+    const char *p = json_string_value(json_object_get(err, "param"));
+    snprintf(msg, cap, "%s", m ? m : "the worker rejected the request");
+    snprintf(param, pcap, "%s", p ? p : "");
+    json_decref(root);
+}
+
+static int process_line(struct gw_choice *c, const char *line, size_t len)
+{
+    if (len == 0) return 0;
+    json_t *frame = json_loadb(line, len, 0, NULL);
+    if (!json_is_object(frame)) {
+        json_decref(frame);
+        c->bad_frame = true;
+        return -1;
+    }
+    if (!c->got_frame && c->attempts < 2 &&
+        !strcmp(json_string_value(json_object_get(frame, "finish_reason")) ?: "", "error")) {
+        /* The worker failed before producing anything: as good as a 5xx, so try elsewhere. */
+        const char *m = json_string_value(json_object_get(json_object_get(frame, "error"), "message"));
+        free(c->early_error);
+        c->early_error = strdup(m ? m : "unknown error");
+        json_decref(frame);
+        return -1;
+    }
+    c->got_frame = true;
+    gw_emit_frame(c->gen, c, frame);
+    json_decref(frame);
+    return 0;
+}
+
+static int on_upstream_data(http_call *call, const char *data, size_t len, void *user)
+{
+    struct gw_choice *c = user;
+    struct gw_gen *gen = c->gen;
+    if (http_call_status(call) != 200) {
+        size_t room = MAX_ERR_BODY - c->err_len;
+        size_t n = len < room ? len : room;
+        c->err_body = realloc(c->err_body, c->err_len + n + 1);
+        memcpy(c->err_body + c->err_len, data, n);
+        c->err_len += n;
+        c->err_body[c->err_len] = '\0';
+        return 0;
+    }
+    gen_enter(gen);
+    int stop = 0;
+    while (len && !gen->ended && !stop) {
+        const char *nl = memchr(data, '\n', len);
+        size_t take = nl ? (size_t)(nl - data) : len;
+        if (c->line_len == 0 && nl) {
+            /* The whole line is in this piece: no copy. */
+            stop = process_line(c, data, take) != 0;
+        } else {
+            if (c->line_len + take + 1 > c->line_cap) {
+                c->line_cap = (c->line_len + take + 1) * 2;
+                c->line = realloc(c->line, c->line_cap);
+            }
+            memcpy(c->line + c->line_len, data, take);
+            c->line_len += take;
+            if (c->line_len > MAX_LINE) {
+                c->bad_frame = true;
+                stop = 1;
+            } else if (nl) {
+                stop = process_line(c, c->line, c->line_len) != 0;
+                c->line_len = 0;
+            }
+        }
+        data += nl ? take + 1 : take;
+        len -= nl ? take + 1 : take;
+    }
+    bool abort = gen->ended || stop;
+    gen_leave(gen);
+    return abort ? 1 : 0;
+}
+
+static void on_upstream_done(http_call *call, const struct http_call_result *res, void *user)
+{
+    (void)call;
+    struct gw_choice *c = user;
+    struct gw_gen *gen = c->gen;
+    gen_enter(gen);
+    c->call = NULL;
+    if (gen->ended) goto out;
+
+    if (res->error == HTTP_CALL_OK && res->status != 200 && res->status != 0) {
+        if (res->status >= 500 && c->attempts < 2) {
+            choice_retry(c);
+        } else {
+            char msg[512], param[96];
+            error_from_body(c, msg, sizeof msg, param, sizeof param);
+            int status = (int)res->status;
+            gw_emit_error(gen, status, param, msg, status == 503 || status == 429 ? "1" : NULL);
+        }
+        goto out;
+    }
+    if (res->error == HTTP_CALL_OK && c->finished && !c->bad_frame) {
+        c->complete = true;
+        if (++gen->n_complete == gen->n_choices) gw_emit_success(gen);
+        goto out;
+    }
+    /* Connect error, timeout, broken stream, garbage, or a stream that ended unfinished. */
+    if (!c->got_frame && c->attempts < 2) {
+        choice_retry(c);
+    } else if (!c->got_frame) {
+        bool unreachable = res->error == HTTP_CALL_CONNECT || res->error == HTTP_CALL_TIMEOUT;
+        gw_emit_error(gen, unreachable ? 503 : 502, NULL,
+                      unreachable ? "no worker for this model could be reached"
+                                  : "the worker failed before answering",
+                      unreachable ? "1" : NULL);
+    } else {
+        char msg[256];
+        snprintf(msg, sizeof msg, "the worker failed in the middle of the answer (%s)",
+                 c->bad_frame ? "malformed frame" : res->error ? res->error_text : "stream ended early");
+        gw_emit_error(gen, 502, NULL, msg, NULL);
+    }
+out:
+    gen_leave(gen);
+}
+
+static void choice_start(struct gw_choice *c, const char *address)
+{
+    struct gw_gen *gen = c->gen;
+    struct gw *g = gen->g;
+    free(c->address);
+    c->address = strdup(address);
+    c->attempts++;
+    c->got_frame = false;
+    c->finished = false;
+    json_t *body = gw_params_upstream_body(&gen->p, c->index);
+    json_object_set_new(body, "request_id", json_string(gen->id));
+    char *text = json_dump_compact(body);
+    json_decref(body);
+    size_t n = strlen(address) + sizeof "/generate";
+    char *url = malloc(n);
+    snprintf(url, n, "%s/generate", address);
+    struct http_call_opts opts = {
+        .method = "POST",
+        .url = url,
+        .body = text,
+        .body_len = strlen(text),
+        .connect_timeout_ms = g->cfg.worker_connect_timeout_ms,
+        .timeout_ms = 0,
+        .on_data = on_upstream_data,
+        .on_done = on_upstream_done,
+        .user = c,
+    };
+    int rc = http_client_request(g->client, &opts, &c->call);
+    free(url);
+    free(text);
+    if (rc != 0) {
+        c->call = NULL;
+        struct http_call_result res = {.error = HTTP_CALL_INTERNAL, .error_text = "cannot start call"};
+        on_upstream_done(NULL, &res, c);
+    }
+}
+
+/* --- the first lookup ---------------------------------------------------------------------- */
+
+static void on_models_for_404(int rc, const json_t *names, void *user)
+{
+    struct gw_gen *gen = user;
+    gen_enter(gen);
+    gen->models_wait = NULL;
+    bool listed = false;
+    size_t i;
+    json_t *v;
+    json_array_foreach(names, i, v) {
+        if (!strcmp(json_string_value(v), gen->p.model)) listed = true;
+    }
+    if (rc < 0) {
+        gw_emit_error(gen, 503, NULL, "the controller could not be reached", "1");
+    } else if (listed || gw_models_ever_seen(gen->g->models, gen->p.model)) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "no worker is serving the model '%.128s' right now", gen->p.model);
+        gw_emit_error(gen, 503, "model", msg, "1");
+    } else {
+        char msg[256];
+        snprintf(msg, sizeof msg, "The model '%.128s' does not exist", gen->p.model);
+        gw_emit_error(gen, 404, "model", msg, NULL);
+    }
+    gen_leave(gen);
+}
+
+static void on_first_route(int rc, const char *address, void *user)
+{
+    struct gw_gen *gen = user;
+    gen_enter(gen);
+    gen->lookup = NULL;
+    if (rc < 0) {
+        gw_emit_error(gen, 503, NULL, "the controller could not be reached", "1");
+    } else if (!*address) {
+        /* Only this path costs a second controller call: 404 and 503 need the model list. */
+        gw_models_get(gen->g->models, on_models_for_404, gen, &gen->models_wait);
+    } else {
+        for (size_t i = 0; i < gen->n_choices && !gen->ended; i++) choice_start(&gen->choices[i], address);
+    }
+    gen_leave(gen);
+}
+
+void gw_generate(struct gw *g, http_request *req, const char *route, int api)
+{
+    if (g->cfg.max_concurrent_requests > 0 && g->active >= (unsigned long)g->cfg.max_concurrent_requests) {
+        http_response_header(req, "Retry-After", "1");
+        gw_respond_error(g, req, route, 429, NULL,
+                         "the gateway is at its limit of %ld concurrent requests; retry later",
+                         g->cfg.max_concurrent_requests);
+        return;
+    }
+    struct json_field_error err = {{0}, {0}};
+    size_t len;
+    const char *body = http_request_body(req, &len);
+    json_t *root = json_parse_object(body, len, &err);
+    struct gw_params p;
+    int status = 400;
+    if (root) status = api == GW_API_CHAT ? gw_validate_chat(root, &p, &err) : gw_validate_completion(root, &p, &err);
+    json_decref(root);
+    if (status) {
+        gw_respond_error(g, req, route, 400, err.param, "%s", err.message);
+        return;
+    }
+
+    struct gw_gen *gen = calloc(1, sizeof *gen);
+    gen->g = g;
+    gen->req = req;
+    gen->route = route;
+    gen->p = p;
+    gen->created = (int64_t)time(NULL);
+    gen->start_ns = uv_hrtime();
+    gw_format_id((enum gw_api)api, gen->id, sizeof gen->id);
+    gen->n_choices = gw_params_choice_count(&p);
+    gen->choices = calloc(gen->n_choices, sizeof *gen->choices);
+    for (size_t i = 0; i < gen->n_choices; i++) {
+        gen->choices[i].gen = gen;
+        gen->choices[i].index = i;
+    }
+    g->active++;
+    http_request_on_close(req, on_client_gone, gen);
+
+    gen_enter(gen);
+    if (gw_route_start(g->client, g->cfg.controller_address, g->cfg.controller_timeout_ms, p.model,
+                       NULL, on_first_route, gen, &gen->lookup) != 0) {
+        gen->lookup = NULL;
+        gw_emit_error(gen, 503, NULL, "the controller could not be reached", "1");
+    }
+    gen_leave(gen);
+}

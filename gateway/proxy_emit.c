@@ -1,0 +1,230 @@
+/* What the client sees: SSE chunks as frames arrive, or one response once every choice has
+ * finished; and errors in OpenAI's shape either way. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/json_util.h"
+#include "common/log.h"
+#include "gateway/format_openai.h"
+#include "gateway/proxy.h"
+
+static double since(uint64_t ns)
+{
+    return (double)(uv_hrtime() - ns) / 1e9;
+}
+
+static void text_append(struct gw_choice *c, const char *s, size_t n)
+{
+    if (c->text_len + n + 1 > c->text_cap) {
+        c->text_cap = (c->text_len + n + 1) * 2;
+        c->text = realloc(c->text, c->text_cap);
+    }
+    memcpy(c->text + c->text_len, s, n);
+    c->text_len += n;
+    c->text[c->text_len] = '\0';
+}
+
+static void stream_begin(struct gw_gen *gen)
+{
+    if (gen->streaming) return;
+    gen->streaming = true;
+    http_response_header(gen->req, "Cache-Control", "no-cache");
+    http_stream_begin(gen->req, 200, "text/event-stream");
+    gw_metrics_request(gen->g->metrics, gen->route, 200);
+}
+
+/* A write the client cannot take drops the stream: cancelling upstream closes the worker's
+ * connection, which aborts the sequence; the server calls on_close next. */
+static void stream_send(struct gw_gen *gen, json_t *payload)
+{
+    char *text = json_dump_compact(payload);
+    json_decref(payload);
+    int rc = http_stream_sse(gen->req, text, strlen(text));
+    free(text);
+    if (rc != HTTP_STREAM_OK) {
+        log_warn("%s: client %s, dropping the stream", gen->id, rc == HTTP_STREAM_SLOW ? "too slow" : "gone");
+        gw_gen_stop(gen);
+    }
+}
+
+static void send_choice(struct gw_gen *gen, json_t *choice)
+{
+    if (gen->ended) {
+        json_decref(choice);
+        return;
+    }
+    json_t *chunk = gw_chunk_new(gen->p.api, gen->id, gen->created, gen->p.model, gen->p.include_usage);
+    json_array_append_new(json_object_get(chunk, "choices"), choice);
+    stream_send(gen, chunk);
+}
+
+static void stream_frame(struct gw_gen *gen, struct gw_choice *c, const char *text, size_t len,
+                         const json_t *lps, const char *prompt_text, const char *finish)
+{
+    enum gw_api api = gen->p.api;
+    bool want_lp = gen->p.logprobs >= 0 && json_array_size(lps) > 0;
+    if (api == GW_API_CHAT && !c->role_sent) {
+        c->role_sent = true;
+        send_choice(gen, gw_chunk_choice(api, c->index, "assistant", "", 0, NULL, NULL));
+    }
+    if (api == GW_API_COMPLETION && prompt_text) {
+        size_t n = strlen(prompt_text);
+        c->offset += gw_utf8_length(prompt_text, n);
+        send_choice(gen, gw_chunk_choice(api, c->index, NULL, prompt_text, n, NULL, NULL));
+    }
+    if (len > 0 || want_lp) {
+        json_t *lp = NULL;
+        if (want_lp && api == GW_API_CHAT) {
+            lp = gw_chat_logprobs(lps);
+        } else if (want_lp) {
+            lp = gw_completion_logprobs_new();
+            gw_completion_logprobs_append(lp, lps, &c->offset);
+        }
+        if (!want_lp || api == GW_API_CHAT) c->offset += gw_utf8_length(text, len);
+        send_choice(gen, gw_chunk_choice(api, c->index, NULL, text, len, lp, NULL));
+    }
+    if (finish) send_choice(gen, gw_chunk_choice(api, c->index, NULL, NULL, 0, NULL, finish));
+}
+
+static void collect_frame(struct gw_gen *gen, struct gw_choice *c, const char *text, size_t len,
+                          const json_t *lps, const char *prompt_text)
+{
+    if (prompt_text) {
+        size_t n = strlen(prompt_text);
+        text_append(c, prompt_text, n);
+        c->offset += gw_utf8_length(prompt_text, n);
+    }
+    text_append(c, text, len);
+    if (gen->p.logprobs < 0 || !json_is_array(lps)) return;
+    if (gen->p.api == GW_API_CHAT) {
+        if (!c->logprobs) c->logprobs = json_array();
+        json_t *lp = gw_chat_logprobs(lps);
+        json_array_extend(c->logprobs, json_object_get(lp, "content"));
+        json_decref(lp);
+    } else {
+        if (!c->logprobs) c->logprobs = gw_completion_logprobs_new();
+        gw_completion_logprobs_append(c->logprobs, lps, &c->offset);
+    }
+}
+
+static void observe_tokens(struct gw_gen *gen, struct gw_choice *c, size_t n_tokens)
+{
+    if (n_tokens == 0) return;
+    uint64_t now = uv_hrtime();
+    if (!gen->first_token) {
+        gen->first_token = true;
+        gw_metrics_ttft(gen->g->metrics, (double)(now - gen->start_ns) / 1e9);
+    }
+    if (c->last_token_ns) {
+        double per = (double)(now - c->last_token_ns) / 1e9 / (double)n_tokens;
+        for (size_t i = 0; i < n_tokens; i++) gw_metrics_itl(gen->g->metrics, per);
+    }
+    c->last_token_ns = now;
+}
+
+void gw_emit_frame(struct gw_gen *gen, struct gw_choice *c, const json_t *frame)
+{
+    if (gen->ended) return;
+    json_t *t = json_object_get(frame, "text");
+    const char *text = json_is_string(t) ? json_string_value(t) : "";
+    size_t len = json_is_string(t) ? json_string_length(t) : 0;
+    const char *finish = json_string_value(json_object_get(frame, "finish_reason"));
+    const char *prompt_text = json_string_value(json_object_get(frame, "prompt_text"));
+    const json_t *lps = json_object_get(frame, "logprobs");
+    json_t *usage = json_object_get(frame, "usage");
+    if (json_is_object(usage)) {
+        c->prompt_tokens = json_integer_value(json_object_get(usage, "prompt_tokens"));
+        c->completion_tokens = json_integer_value(json_object_get(usage, "completion_tokens"));
+    }
+    observe_tokens(gen, c, json_array_size(json_object_get(frame, "token_ids")));
+
+    if (finish && !strcmp(finish, "error")) {
+        const char *m = json_string_value(json_object_get(json_object_get(frame, "error"), "message"));
+        char msg[512];
+        snprintf(msg, sizeof msg, "the worker failed while generating: %s", m ? m : "unknown error");
+        gw_emit_error(gen, 500, NULL, msg, NULL);
+        return;
+    }
+    if (gen->p.stream) {
+        stream_begin(gen);
+        stream_frame(gen, c, text, len, lps, prompt_text, finish);
+    } else {
+        collect_frame(gen, c, text, len, lps, prompt_text);
+    }
+    if (finish) {
+        snprintf(c->finish, sizeof c->finish, "%s", finish);
+        c->finished = true;
+    }
+}
+
+static void totals(const struct gw_gen *gen, int64_t *prompt, int64_t *completion)
+{
+    *prompt = *completion = 0;
+    for (size_t i = 0; i < gen->n_choices; i++) {
+        /* Choices of one prompt share it: count it once. */
+        if (i % (size_t)gen->p.n == 0) *prompt += gen->choices[i].prompt_tokens;
+        *completion += gen->choices[i].completion_tokens;
+    }
+}
+
+void gw_emit_success(struct gw_gen *gen)
+{
+    if (gen->ended) return;
+    int64_t prompt, completion;
+    totals(gen, &prompt, &completion);
+    gw_metrics_tokens(gen->g->metrics, prompt, completion);
+    if (gen->p.stream) {
+        if (gen->p.include_usage) {
+            json_t *chunk = gw_chunk_new(gen->p.api, gen->id, gen->created, gen->p.model, 0);
+            json_object_set_new(chunk, "usage", gw_usage_json(prompt, completion));
+            stream_send(gen, chunk);
+        }
+        if (!gen->ended) {
+            http_stream_sse(gen->req, "[DONE]", 6);
+            http_stream_end(gen->req);
+            gen->req = NULL;
+        }
+    } else {
+        json_t *r = gw_response_new(gen->p.api, gen->id, gen->created, gen->p.model);
+        json_t *choices = json_object_get(r, "choices");
+        for (size_t i = 0; i < gen->n_choices; i++) {
+            struct gw_choice *c = &gen->choices[i];
+            json_t *lp = NULL;
+            if (c->logprobs && gen->p.api == GW_API_CHAT)
+                lp = json_pack("{s:O, s:n}", "content", c->logprobs, "refusal");
+            else if (c->logprobs)
+                lp = json_incref(c->logprobs);
+            json_array_append_new(choices, gw_response_choice(gen->p.api, c->index, c->text,
+                                                              c->text_len, lp, c->finish));
+        }
+        json_object_set_new(r, "usage", gw_usage_json(prompt, completion));
+        gw_respond_json(gen->g, gen->req, gen->route, 200, r);
+        gen->req = NULL;
+    }
+    if (!gen->ended) gw_metrics_e2e(gen->g->metrics, since(gen->start_ns));
+    gw_gen_stop(gen);
+}
+
+void gw_emit_error(struct gw_gen *gen, int status, const char *param, const char *message,
+                   const char *retry_after)
+{
+    if (gen->ended) return;
+    log_info("%s: answering %d: %s", gen->id, status, message);
+    if (gen->streaming) {
+        char *body = openai_error_body(message, openai_error_type_for_status(status), param,
+                                       NULL);
+        int rc = http_stream_sse(gen->req, body, strlen(body));
+        free(body);
+        if (rc == HTTP_STREAM_OK) {
+            http_stream_sse(gen->req, "[DONE]", 6);
+            http_stream_end(gen->req);
+            gen->req = NULL;
+        }
+    } else {
+        if (retry_after) http_response_header(gen->req, "Retry-After", retry_after);
+        gw_respond_error(gen->g, gen->req, gen->route, status, param, "%s", message);
+        gen->req = NULL;
+    }
+    gw_gen_stop(gen);
+}

@@ -1,0 +1,82 @@
+#include "gateway/route.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/json_util.h"
+#include "common/log.h"
+
+struct gw_route {
+    http_call *call;
+    gw_route_cb cb;
+    void *user;
+};
+
+static void on_route_done(http_call *call, const struct http_call_result *res, void *user)
+{
+    (void)call;
+    gw_route *r = user;
+    int rc = -1;
+    char *address = NULL;
+    if (res->error == HTTP_CALL_OK && res->status == 200) {
+        json_t *root = json_loadb(res->body, res->body_len, 0, NULL);
+        const char *a = json_string_value(json_object_get(root, "address"));
+        if (a) {
+            address = strdup(a);
+            size_t n = strlen(address);
+            while (n && address[n - 1] == '/') address[--n] = '\0';
+            rc = 0;
+        }
+        json_decref(root);
+    }
+    if (rc) log_warn("controller: get_worker_address failed: %s (status %ld)",
+                     res->error ? res->error_text : "bad answer", res->status);
+    r->cb(rc, address ? address : "", r->user);
+    free(address);
+    free(r);
+}
+
+int gw_route_start(http_client *client, const char *controller_url, long timeout_ms,
+                   const char *model, const char *exclude, gw_route_cb cb, void *user,
+                   gw_route **out)
+{
+    gw_route *r = calloc(1, sizeof *r);
+    r->cb = cb;
+    r->user = user;
+    json_t *body = json_pack("{s:s}", "model", model);
+    if (exclude && *exclude) json_object_set_new(body, "exclude", json_pack("[s]", exclude));
+    char *text = json_dump_compact(body);
+    json_decref(body);
+    size_t n = strlen(controller_url) + sizeof "/get_worker_address";
+    char *url = malloc(n);
+    snprintf(url, n, "%s/get_worker_address", controller_url);
+    struct http_call_opts opts = {
+        .method = "POST",
+        .url = url,
+        .body = text,
+        .body_len = strlen(text),
+        .connect_timeout_ms = timeout_ms,
+        .timeout_ms = timeout_ms,
+        .on_done = on_route_done,
+        .user = r,
+    };
+    int rc = http_client_request(client, &opts, &r->call);
+    free(url);
+    free(text);
+    if (rc != 0) {
+        free(r);
+        *out = NULL;
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+void gw_route_cancel(gw_route *r)
+{
+    if (!r) return;
+    http_call_cancel(r->call);
+    free(r);
+}

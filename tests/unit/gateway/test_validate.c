@@ -1,0 +1,240 @@
+/* Request validation: every bad input answers 400 naming the field; good input becomes the
+ * right upstream bodies. */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "gateway/validate.h"
+
+static int chat(const char *body, struct gw_params *p, struct json_field_error *err)
+{
+    json_t *root = json_loads(body, 0, NULL);
+    cr_assert(root, "test body is not JSON: %s", body);
+    int rc = gw_validate_chat(root, p, err);
+    json_decref(root);
+    return rc;
+}
+
+static int cmpl(const char *body, struct gw_params *p, struct json_field_error *err)
+{
+    json_t *root = json_loads(body, 0, NULL);
+    cr_assert(root, "test body is not JSON: %s", body);
+    int rc = gw_validate_completion(root, p, err);
+    json_decref(root);
+    return rc;
+}
+
+#define MSGS "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]"
+
+struct bad_case {
+    const char *body;
+    const char *param;
+};
+
+static void expect_bad(int (*fn)(const char *, struct gw_params *, struct json_field_error *),
+                       const struct bad_case *cases, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct gw_params p;
+        struct json_field_error err = {{0}, {0}};
+        int rc = fn(cases[i].body, &p, &err);
+        cr_expect_eq(rc, 400, "accepted: %s", cases[i].body);
+        cr_expect_str_eq(err.param, cases[i].param, "param for %s: '%s' (%s)", cases[i].body,
+                         err.param, err.message);
+        cr_expect(strlen(err.message) > 0, "no message for %s", cases[i].body);
+        if (rc == 0) gw_params_free(&p);
+    }
+}
+
+Test(validate, chat_rejects_every_bad_field)
+{
+    static const struct bad_case cases[] = {
+        {"{" MSGS "}", "model"},
+        {"{\"model\":5," MSGS "}", "model"},
+        {"{\"model\":\"\"," MSGS "}", "model"},
+        {"{\"model\":\"m\"}", "messages"},
+        {"{\"model\":\"m\",\"messages\":[]}", "messages"},
+        {"{\"model\":\"m\",\"messages\":\"hi\"}", "messages"},
+        {"{\"model\":\"m\",\"messages\":[5]}", "messages"},
+        {"{\"model\":\"m\",\"messages\":[{\"content\":\"x\"}]}", "messages"},
+        {"{\"model\":\"m\",\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}]}", "messages"},
+        {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\"}]}", "messages"},
+        {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":7}]}", "messages"},
+        {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}", "messages"},
+        {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\"}]}]}", "messages"},
+        {"{\"model\":\"m\"," MSGS ",\"temperature\":2.5}", "temperature"},
+        {"{\"model\":\"m\"," MSGS ",\"temperature\":-0.1}", "temperature"},
+        {"{\"model\":\"m\"," MSGS ",\"temperature\":\"hot\"}", "temperature"},
+        {"{\"model\":\"m\"," MSGS ",\"top_p\":0}", "top_p"},
+        {"{\"model\":\"m\"," MSGS ",\"top_p\":1.01}", "top_p"},
+        {"{\"model\":\"m\"," MSGS ",\"n\":0}", "n"},
+        {"{\"model\":\"m\"," MSGS ",\"n\":129}", "n"},
+        {"{\"model\":\"m\"," MSGS ",\"n\":1.5}", "n"},
+        {"{\"model\":\"m\"," MSGS ",\"max_tokens\":0}", "max_tokens"},
+        {"{\"model\":\"m\"," MSGS ",\"max_tokens\":\"10\"}", "max_tokens"},
+        {"{\"model\":\"m\"," MSGS ",\"max_completion_tokens\":-1}", "max_completion_tokens"},
+        {"{\"model\":\"m\"," MSGS ",\"presence_penalty\":2.1}", "presence_penalty"},
+        {"{\"model\":\"m\"," MSGS ",\"frequency_penalty\":-3}", "frequency_penalty"},
+        {"{\"model\":\"m\"," MSGS ",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", "stop"},
+        {"{\"model\":\"m\"," MSGS ",\"stop\":[1]}", "stop"},
+        {"{\"model\":\"m\"," MSGS ",\"stop\":5}", "stop"},
+        {"{\"model\":\"m\"," MSGS ",\"seed\":\"x\"}", "seed"},
+        {"{\"model\":\"m\"," MSGS ",\"stream\":\"yes\"}", "stream"},
+        {"{\"model\":\"m\"," MSGS ",\"stream_options\":{\"include_usage\":true}}", "stream_options"},
+        {"{\"model\":\"m\"," MSGS ",\"stream\":true,\"stream_options\":{\"include_usage\":1}}",
+         "stream_options.include_usage"},
+        {"{\"model\":\"m\"," MSGS ",\"logprobs\":3}", "logprobs"},
+        {"{\"model\":\"m\"," MSGS ",\"top_logprobs\":2}", "top_logprobs"},
+        {"{\"model\":\"m\"," MSGS ",\"logprobs\":true,\"top_logprobs\":21}", "top_logprobs"},
+        {"{\"model\":\"m\"," MSGS ",\"top_k\":-2}", "top_k"},
+        {"{\"model\":\"m\"," MSGS ",\"min_p\":1.5}", "min_p"},
+        {"{\"model\":\"m\"," MSGS ",\"repetition_penalty\":0}", "repetition_penalty"},
+        {"{\"model\":\"m\"," MSGS ",\"ignore_eos\":1}", "ignore_eos"},
+        {"{\"model\":\"m\"," MSGS ",\"user\":5}", "user"},
+    };
+    expect_bad(chat, cases, sizeof cases / sizeof cases[0]);
+}
+
+Test(validate, completion_rejects_every_bad_prompt_and_field)
+{
+    static const struct bad_case cases[] = {
+        {"{\"model\":\"m\"}", "prompt"},
+        {"{\"model\":\"m\",\"prompt\":5}", "prompt"},
+        {"{\"model\":\"m\",\"prompt\":[]}", "prompt"},
+        {"{\"model\":\"m\",\"prompt\":[1,\"a\"]}", "prompt"},
+        {"{\"model\":\"m\",\"prompt\":[1,-2]}", "prompt"},
+        {"{\"model\":\"m\",\"prompt\":[\"a\",[1]]}", "prompt"},
+        {"{\"model\":\"m\",\"prompt\":[[1],[]]}", "prompt"},
+        {"{\"model\":\"m\",\"prompt\":[{}]}", "prompt"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"logprobs\":21}", "logprobs"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"logprobs\":-1}", "logprobs"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"echo\":\"y\"}", "echo"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"suffix\":\"tail\"}", "suffix"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"best_of\":3}", "best_of"},
+        {"{\"model\":\"m\",\"prompt\":[\"a\",\"b\"],\"n\":100}", "n"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"max_tokens\":0}", "max_tokens"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"stop\":[\"1\",\"2\",\"3\",\"4\",\"5\"]}", "stop"},
+    };
+    expect_bad(cmpl, cases, sizeof cases / sizeof cases[0]);
+}
+
+Test(validate, chat_builds_upstream_body)
+{
+    struct gw_params p;
+    struct json_field_error err = {{0}, {0}};
+    cr_assert_eq(chat("{\"model\":\"m\"," MSGS ",\"max_tokens\":5,\"max_completion_tokens\":7,"
+                      "\"temperature\":0,\"top_p\":0.5,\"stop\":\"x\",\"seed\":41,\"n\":3,"
+                      "\"logprobs\":true,\"top_logprobs\":2,\"stream\":true,"
+                      "\"stream_options\":{\"include_usage\":true},\"top_k\":4,\"ignore_eos\":true,"
+                      "\"user\":\"u\",\"frequency_penalty\":0.5}",
+                      &p, &err),
+                 0, "%s", err.message);
+    cr_expect_str_eq(p.model, "m");
+    cr_expect(p.stream && p.include_usage);
+    cr_expect_eq(p.n, 3);
+    cr_expect_eq(gw_params_choice_count(&p), 3);
+    cr_expect_eq(p.logprobs, 2);
+    json_t *b = gw_params_upstream_body(&p, 2);
+    cr_expect_eq(json_integer_value(json_object_get(b, "max_tokens")), 7);
+    cr_expect_eq(json_integer_value(json_object_get(b, "seed")), 43, "seed + choice index");
+    cr_expect_eq(json_integer_value(json_object_get(b, "logprobs")), 2);
+    cr_expect_eq(json_integer_value(json_object_get(b, "top_k")), 4);
+    cr_expect(json_is_true(json_object_get(b, "ignore_eos")));
+    cr_expect_eq(json_real_value(json_object_get(b, "temperature")), 0.0);
+    cr_expect_str_eq(json_string_value(json_object_get(b, "stop")), "x");
+    cr_expect(json_is_array(json_object_get(b, "messages")));
+    cr_expect_null(json_object_get(b, "model"), "the worker needs no model name");
+    cr_expect_null(json_object_get(b, "user"));
+    json_decref(b);
+    gw_params_free(&p);
+}
+
+Test(validate, completion_prompt_shapes_make_choices)
+{
+    struct gw_params p;
+    struct json_field_error err = {{0}, {0}};
+    cr_assert_eq(cmpl("{\"model\":\"m\",\"prompt\":[[1,2],[3]],\"n\":2,\"logprobs\":0,\"echo\":true}",
+                      &p, &err), 0, "%s", err.message);
+    cr_expect_eq(p.n_prompts, 2);
+    cr_expect_eq(gw_params_choice_count(&p), 4);
+    cr_expect_eq(p.logprobs, 0);
+    cr_expect(p.echo);
+    json_t *b = gw_params_upstream_body(&p, 3); /* prompt 1, second choice */
+    json_t *ids = json_object_get(b, "prompt_token_ids");
+    cr_expect_eq(json_array_size(ids), 1);
+    cr_expect_eq(json_integer_value(json_array_get(ids, 0)), 3);
+    cr_expect_null(json_object_get(b, "seed"), "no seed unless asked");
+    cr_expect(json_is_true(json_object_get(b, "echo")));
+    json_decref(b);
+    gw_params_free(&p);
+
+    cr_assert_eq(cmpl("{\"model\":\"m\",\"prompt\":[\"a\",\"b\",\"c\"],\"seed\":7}", &p, &err), 0);
+    cr_expect_eq(gw_params_choice_count(&p), 3);
+    b = gw_params_upstream_body(&p, 2);
+    cr_expect_str_eq(json_string_value(json_object_get(b, "prompt")), "c");
+    cr_expect_eq(json_integer_value(json_object_get(b, "seed")), 7, "each prompt's first choice keeps the seed");
+    json_decref(b);
+    gw_params_free(&p);
+
+    cr_assert_eq(cmpl("{\"model\":\"m\",\"prompt\":[5,6,7],\"logprobs\":null}", &p, &err), 0);
+    cr_expect_eq(p.n_prompts, 1);
+    cr_expect_eq(p.logprobs, -1);
+    b = gw_params_upstream_body(&p, 0);
+    cr_expect_eq(json_array_size(json_object_get(b, "prompt_token_ids")), 3);
+    cr_expect_null(json_object_get(b, "logprobs"));
+    json_decref(b);
+    gw_params_free(&p);
+
+    cr_assert_eq(cmpl("{\"model\":\"m\",\"prompt\":\"once\",\"logprobs\":false,\"best_of\":1}", &p, &err), 0);
+    cr_expect_eq(p.logprobs, -1);
+    gw_params_free(&p);
+}
+
+Test(validate, chat_accepts_text_parts_and_assistant_null)
+{
+    struct gw_params p;
+    struct json_field_error err = {{0}, {0}};
+    cr_assert_eq(chat("{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"s\"},"
+                      "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"}]},"
+                      "{\"role\":\"assistant\",\"content\":null},{\"role\":\"user\",\"content\":\"b\"}],"
+                      "\"stop\":[\"x\",\"y\",\"z\",\"w\"],\"logprobs\":false}",
+                      &p, &err),
+                 0, "%s", err.message);
+    cr_expect_eq(p.logprobs, -1);
+    cr_expect(!p.stream);
+    gw_params_free(&p);
+}
+
+Test(validate, boundaries_are_accepted)
+{
+    static const char *const ok[] = {
+        "{\"model\":\"m\"," MSGS ",\"temperature\":0}",
+        "{\"model\":\"m\"," MSGS ",\"temperature\":2}",
+        "{\"model\":\"m\"," MSGS ",\"top_p\":1}",
+        "{\"model\":\"m\"," MSGS ",\"top_p\":0.001}",
+        "{\"model\":\"m\"," MSGS ",\"n\":128}",
+        "{\"model\":\"m\"," MSGS ",\"n\":2.0}",
+        "{\"model\":\"m\"," MSGS ",\"max_tokens\":1}",
+        "{\"model\":\"m\"," MSGS ",\"presence_penalty\":-2,\"frequency_penalty\":2}",
+        "{\"model\":\"m\"," MSGS ",\"stop\":[\"a\",\"b\",\"c\",\"d\"]}",
+        "{\"model\":\"m\"," MSGS ",\"stop\":[]}",
+        "{\"model\":\"m\"," MSGS ",\"stop\":null,\"max_tokens\":null,\"seed\":null}",
+        "{\"model\":\"m\"," MSGS ",\"logprobs\":true,\"top_logprobs\":20}",
+        "{\"model\":\"m\"," MSGS ",\"logprobs\":true,\"top_logprobs\":0}",
+        "{\"model\":\"m\"," MSGS ",\"seed\":-1}",
+        "{\"model\":\"m\"," MSGS ",\"top_k\":-1,\"min_p\":0,\"repetition_penalty\":2}",
+        "{\"model\":\"m\"," MSGS ",\"stream\":false}",
+        "{\"model\":\"m\"," MSGS ",\"stream\":true,\"stream_options\":{}}",
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        struct gw_params p;
+        struct json_field_error err = {{0}, {0}};
+        cr_expect_eq(chat(ok[i], &p, &err), 0, "rejected %s: %s", ok[i], err.message);
+        gw_params_free(&p);
+    }
+    struct gw_params p;
+    struct json_field_error err = {{0}, {0}};
+    cr_expect_eq(cmpl("{\"model\":\"m\",\"prompt\":\"x\",\"logprobs\":20,\"n\":128}", &p, &err), 0, "%s", err.message);
+    gw_params_free(&p);
+    cr_expect_eq(cmpl("{\"model\":\"m\",\"prompt\":[\"a\",\"b\"],\"n\":64}", &p, &err), 0, "%s", err.message);
+    gw_params_free(&p);
+}
