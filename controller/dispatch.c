@@ -1,5 +1,6 @@
 #include "controller/dispatch.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 int ctl_dispatch_method_parse(const char *name)
@@ -33,35 +34,51 @@ double ctl_rng_uniform(struct ctl_rng *rng)
     return (double)(ctl_rng_next(rng) >> 11) * 0x1.0p-53;
 }
 
-static struct ctl_worker *pick_lottery(const ctl_registry *r, struct ctl_worker *const *ws, size_t n,
-                                       double now, struct ctl_rng *rng)
+/* What the pickers may choose from: live workers the caller did not exclude. */
+struct pick_filter {
+    const ctl_registry *reg;
+    double now;
+    const char *const *exclude;
+    size_t n_exclude;
+};
+
+static bool eligible(const struct pick_filter *f, const struct ctl_worker *w)
+{
+    if (!ctl_registry_is_live(f->reg, w, f->now)) return false;
+    for (size_t i = 0; i < f->n_exclude; i++)
+        if (strcmp(w->name, f->exclude[i]) == 0) return false;
+    return true;
+}
+
+static struct ctl_worker *pick_lottery(const struct pick_filter *f, struct ctl_worker *const *ws,
+                                       size_t n, struct ctl_rng *rng)
 {
     double total = 0;
     struct ctl_worker *last = NULL;
     for (size_t i = 0; i < n; i++) {
-        if (!ctl_registry_is_live(r, ws[i], now)) continue;
+        if (!eligible(f, ws[i])) continue;
         total += ws[i]->speed;
         last = ws[i];
     }
     if (!last) return NULL;
     double x = ctl_rng_uniform(rng) * total;
     for (size_t i = 0; i < n; i++) {
-        if (!ctl_registry_is_live(r, ws[i], now)) continue;
+        if (!eligible(f, ws[i])) continue;
         if (x < ws[i]->speed) return ws[i];
         x -= ws[i]->speed;
     }
     return last; /* rounding left x just above the last slice */
 }
 
-static struct ctl_worker *pick_shortest_queue(const ctl_registry *r, struct ctl_worker *const *ws,
-                                              size_t n, double now, struct ctl_rng *rng)
+static struct ctl_worker *pick_shortest_queue(const struct pick_filter *f, struct ctl_worker *const *ws,
+                                              size_t n, struct ctl_rng *rng)
 {
     struct ctl_worker *best = NULL;
     double best_score = 0;
     uint64_t ties = 0;
     for (size_t i = 0; i < n; i++) {
         struct ctl_worker *w = ws[i];
-        if (!ctl_registry_is_live(r, w, now)) continue;
+        if (!eligible(f, w)) continue;
         double score = (double)w->queue_length / w->speed;
         if (!best || score < best_score) {
             best = w;
@@ -77,13 +94,20 @@ static struct ctl_worker *pick_shortest_queue(const ctl_registry *r, struct ctl_
     return best;
 }
 
-struct ctl_worker *ctl_dispatch_pick(ctl_registry *r, const char *model, enum ctl_dispatch_method m,
-                                     struct ctl_rng *rng)
+struct ctl_worker *ctl_dispatch_pick_excluding(ctl_registry *r, const char *model,
+                                               enum ctl_dispatch_method m, struct ctl_rng *rng,
+                                               const char *const *exclude, size_t n_exclude)
 {
     struct ctl_worker *const *ws;
     size_t n = ctl_registry_model_workers(r, model, &ws);
     if (n == 0) return NULL;
-    double now = ctl_registry_now(r);
-    if (m == CTL_DISPATCH_LOTTERY) return pick_lottery(r, ws, n, now, rng);
-    return pick_shortest_queue(r, ws, n, now, rng);
+    struct pick_filter f = {.reg = r, .now = ctl_registry_now(r), .exclude = exclude, .n_exclude = n_exclude};
+    if (m == CTL_DISPATCH_LOTTERY) return pick_lottery(&f, ws, n, rng);
+    return pick_shortest_queue(&f, ws, n, rng);
+}
+
+struct ctl_worker *ctl_dispatch_pick(ctl_registry *r, const char *model, enum ctl_dispatch_method m,
+                                     struct ctl_rng *rng)
+{
+    return ctl_dispatch_pick_excluding(r, model, m, rng, NULL, 0);
 }

@@ -7,6 +7,7 @@
 #ifndef SLUICE_CONTROLLER_DISPATCH_H
 #define SLUICE_CONTROLLER_DISPATCH_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "controller/registry.h"
@@ -26,6 +27,11 @@ uint64_t ctl_rng_next(struct ctl_rng *rng);
 double ctl_rng_uniform(struct ctl_rng *rng); /* [0, 1) */
 
 /* The chosen live worker, or NULL when none serves the model. */
+/* The same, never choosing a worker named in exclude (the gateway retrying elsewhere after a
+ * worker failed it); NULL when every live worker is excluded. */
+struct ctl_worker *ctl_dispatch_pick_excluding(ctl_registry *r, const char *model,
+                                               enum ctl_dispatch_method m, struct ctl_rng *rng,
+                                               const char *const *exclude, size_t n_exclude);
 struct ctl_worker *ctl_dispatch_pick(ctl_registry *r, const char *model, enum ctl_dispatch_method m,
                                      struct ctl_rng *rng);
 

@@ -115,3 +115,29 @@ int ctl_payload_model(const json_t *body, const char **model, struct json_field_
 {
     return json_get_string(body, "model", true, model, err) == JSON_FIELD_OK ? 0 : -1;
 }
+
+int ctl_payload_exclude(const json_t *body, const char *names[CTL_MAX_EXCLUDE], size_t *n,
+                        struct json_field_error *err)
+{
+    json_t *list = NULL;
+    *n = 0;
+    int rc = json_get_array(body, "exclude", false, &list, err);
+    if (rc == JSON_FIELD_MISSING) return 0;
+    if (rc != JSON_FIELD_OK) return -1;
+    if (json_array_size(list) > CTL_MAX_EXCLUDE) {
+        snprintf(err->param, sizeof err->param, "exclude");
+        snprintf(err->message, sizeof err->message, "'exclude' may name at most %d workers", CTL_MAX_EXCLUDE);
+        return -1;
+    }
+    size_t i;
+    json_t *v;
+    json_array_foreach(list, i, v) {
+        if (!json_is_string(v)) {
+            snprintf(err->param, sizeof err->param, "exclude");
+            snprintf(err->message, sizeof err->message, "'exclude' must be an array of worker addresses");
+            return -1;
+        }
+        names[(*n)++] = json_string_value(v);
+    }
+    return 0;
+}

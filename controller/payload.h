@@ -32,5 +32,10 @@ int ctl_payload_register(const json_t *body, struct ctl_register_req *req, struc
 int ctl_payload_heartbeat(const json_t *body, const char **worker_name, int64_t *queue_length,
                           struct json_field_error *err);
 int ctl_payload_model(const json_t *body, const char **model, struct json_field_error *err);
+/* /get_worker_address's optional "exclude": addresses of workers not to choose (a gateway
+ * retrying after one failed). At most CTL_MAX_EXCLUDE; the strings are borrowed from body. */
+#define CTL_MAX_EXCLUDE 8
+int ctl_payload_exclude(const json_t *body, const char *names[CTL_MAX_EXCLUDE], size_t *n,
+                        struct json_field_error *err);
 
 #endif

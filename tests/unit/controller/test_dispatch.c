@@ -157,6 +157,22 @@ Test(dispatch, shortest_queue_skips_expired)
     cr_assert_str_eq(ctl_dispatch_pick(reg, "m", CTL_DISPATCH_SHORTEST_QUEUE, &rng)->name, "http://b:1");
 }
 
+Test(dispatch, exclude_skips_named_workers)
+{
+    add("http://a:1", "m", 1, 0);
+    add("http://b:1", "m", 1, 5);
+    const char *ex[] = {"http://a:1"};
+    for (int k = 0; k < 50; k++) {
+        cr_assert_str_eq(ctl_dispatch_pick_excluding(reg, "m", CTL_DISPATCH_SHORTEST_QUEUE, &rng, ex, 1)->name,
+                         "http://b:1");
+        cr_assert_str_eq(ctl_dispatch_pick_excluding(reg, "m", CTL_DISPATCH_LOTTERY, &rng, ex, 1)->name,
+                         "http://b:1");
+    }
+    const char *both[] = {"http://b:1", "http://a:1"};
+    cr_assert_null(ctl_dispatch_pick_excluding(reg, "m", CTL_DISPATCH_LOTTERY, &rng, both, 2));
+    cr_assert_null(ctl_dispatch_pick_excluding(reg, "m", CTL_DISPATCH_SHORTEST_QUEUE, &rng, both, 2));
+}
+
 Test(dispatch, rng_is_seeded_and_uniform)
 {
     struct ctl_rng a, b;
