@@ -1,0 +1,229 @@
+// Per-token layers: weight conversion, embedding, residual add + RMSNorm, SiLU-and-mul, and the
+// QKV epilogue (bias, q/k norm, rotary, KV cache write).
+#include "kernels/sluice_kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace
+{
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Block-wide sum for blockDim.x a multiple of 32 (at most 1024); every thread gets the total.
+__device__ float block_sum(float v, float *sh)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+__global__ void convert_kernel(__nv_bfloat16 *dst, const void *src, int dtype, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float v;
+        if (dtype == SK_F32)
+            v = ((const float *)src)[i];
+        else if (dtype == SK_F16)
+            v = __half2float(((const __half *)src)[i]);
+        else
+            v = __bfloat162float(((const __nv_bfloat16 *)src)[i]);
+        dst[i] = __float2bfloat16_rn(v);
+    }
+}
+
+__global__ void iota_rows_kernel(int32_t *dst, int rows, int n)
+{
+    int64_t total = (int64_t)rows * n;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = (int32_t)(i % n);
+}
+
+__global__ void row_offsets_kernel(int32_t *off, int rows, int n)
+{
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r <= rows) off[r] = r * n;
+}
+
+__global__ void embed_kernel(float *x, const __nv_bfloat16 *table, const int32_t *tokens, int hidden)
+{
+    int t = blockIdx.x;
+    const __nv_bfloat16 *row = table + (int64_t)tokens[t] * hidden;
+    float *o = x + (int64_t)t * hidden;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = __bfloat162float(row[i]);
+}
+
+__global__ void add_rmsnorm_kernel(float *x, const float *delta, const int32_t *rows, const float *w, __nv_bfloat16 *y,
+                                   int hidden, float eps)
+{
+    __shared__ float sh[32];
+    int r = blockIdx.x;
+    int64_t t = rows ? rows[r] : r;
+    float *xr = x + t * hidden;
+    const float *dr = delta ? delta + t * hidden : nullptr;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        float v = xr[i] + (dr ? dr[i] : 0.0f);
+        if (!rows) xr[i] = v;
+        ss += v * v;
+    }
+    ss = block_sum(ss, sh);
+    float inv = rsqrtf(ss / (float)hidden + eps);
+    __nv_bfloat16 *yr = y + (int64_t)r * hidden;
+    // Each thread rereads only the elements it wrote itself, so no barrier is needed here.
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        float v = rows ? xr[i] + (dr ? dr[i] : 0.0f) : xr[i];
+        yr[i] = __float2bfloat16_rn(w[i] * (v * inv));
+    }
+}
+
+__global__ void silu_mul_kernel(__nv_bfloat16 *out, const float *gu, int inter, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t t = i / inter, j = i % inter;
+        float g = gu[t * 2 * inter + j], u = gu[t * 2 * inter + inter + j];
+        out[i] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
+    }
+}
+
+// One warp per head of one token: q heads, then k heads, then v heads.
+__global__ void qkv_post_kernel(const float *qkv, const float *bias, const float *q_norm, const float *k_norm,
+                                const float *inv_freq, const int32_t *pos, const int32_t *slot, float *q_out,
+                                __nv_bfloat16 *k_cache, __nv_bfloat16 *v_cache, sk_qkv_params p)
+{
+    int t = blockIdx.x;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int d = p.head_dim, half = d / 2;
+    int n_all = p.n_heads + 2 * p.n_kv_heads;
+    const float *row = qkv + (int64_t)t * n_all * d;
+    float fpos = (float)pos[t];
+    int64_t sl = slot[t];
+    int64_t blk = sl / SK_KV_BLOCK, off = sl % SK_KV_BLOCK;
+    for (int h = warp; h < n_all; h += nw) {
+        const float *src = row + (int64_t)h * d;
+        const float *b = bias ? bias + (int64_t)h * d : nullptr;
+        bool is_q = h < p.n_heads, is_k = !is_q && h < p.n_heads + p.n_kv_heads;
+        if (!is_q && !is_k) {
+            int kvh = h - p.n_heads - p.n_kv_heads;
+            __nv_bfloat16 *dst = v_cache + ((blk * p.n_kv_heads + kvh) * SK_KV_BLOCK + off) * d;
+            for (int i = lane; i < d; i += 32) dst[i] = __float2bfloat16_rn(src[i] + (b ? b[i] : 0.0f));
+            continue;
+        }
+        const float *nw_ = is_q ? q_norm : k_norm;
+        float inv = 1.0f;
+        if (nw_) {
+            float ss = 0.0f;
+            for (int i = lane; i < d; i += 32) {
+                float v = src[i] + (b ? b[i] : 0.0f);
+                ss += v * v;
+            }
+            ss = warp_sum(ss);
+            inv = rsqrtf(ss / (float)d + p.eps);
+        }
+        float *qdst = nullptr;
+        __nv_bfloat16 *kdst = nullptr;
+        if (is_q)
+            qdst = q_out + ((int64_t)t * p.n_heads + h) * d;
+        else
+            kdst = k_cache + ((blk * p.n_kv_heads + (h - p.n_heads)) * SK_KV_BLOCK + off) * d;
+        for (int i = lane; i < half; i += 32) {
+            int i0 = p.interleaved ? 2 * i : i, i1 = p.interleaved ? 2 * i + 1 : i + half;
+            float x0 = src[i0] + (b ? b[i0] : 0.0f), x1 = src[i1] + (b ? b[i1] : 0.0f);
+            if (nw_) {
+                x0 = nw_[i0] * (x0 * inv);
+                x1 = nw_[i1] * (x1 * inv);
+            }
+            float sn, cs;
+            sincosf(fpos * inv_freq[i], &sn, &cs);
+            float y0 = x0 * cs - x1 * sn, y1 = x1 * cs + x0 * sn;
+            if (qdst) {
+                qdst[i0] = y0;
+                qdst[i1] = y1;
+            } else {
+                kdst[i0] = __float2bfloat16_rn(y0);
+                kdst[i1] = __float2bfloat16_rn(y1);
+            }
+        }
+    }
+}
+
+int grid_for(int64_t n, int threads)
+{
+    int64_t g = (n + threads - 1) / threads;
+    if (g > 65535 * 16) g = 65535 * 16;
+    return g < 1 ? 1 : (int)g;
+}
+
+int threads_for_row(int n)
+{
+    int t = (n + 31) / 32 * 32;
+    return t > 1024 ? 1024 : (t < 32 ? 32 : t);
+}
+
+} // namespace
+
+extern "C" cudaError_t sk_convert_to_bf16(uint16_t *dst, const void *src, int src_dtype, int64_t n, cudaStream_t s)
+{
+    if (n <= 0) return cudaSuccess;
+    convert_kernel<<<grid_for(n, 256), 256, 0, s>>>((__nv_bfloat16 *)dst, src, src_dtype, n);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_fill_iota_rows(int32_t *dst, int rows, int n, cudaStream_t s)
+{
+    if ((int64_t)rows * n <= 0) return cudaSuccess;
+    iota_rows_kernel<<<grid_for((int64_t)rows * n, 256), 256, 0, s>>>(dst, rows, n);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_fill_row_offsets(int32_t *offsets, int rows, int n, cudaStream_t s)
+{
+    row_offsets_kernel<<<(rows + 1 + 255) / 256, 256, 0, s>>>(offsets, rows, n);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_embed(float *x, const uint16_t *table, const int32_t *tokens, int n_tokens, int hidden,
+                                cudaStream_t s)
+{
+    if (n_tokens <= 0) return cudaSuccess;
+    embed_kernel<<<n_tokens, threads_for_row(hidden), 0, s>>>(x, (const __nv_bfloat16 *)table, tokens, hidden);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_add_rmsnorm(float *x, const float *delta, const int32_t *rows, const float *w, uint16_t *y,
+                                      int n_rows, int hidden, float eps, cudaStream_t s)
+{
+    if (n_rows <= 0) return cudaSuccess;
+    add_rmsnorm_kernel<<<n_rows, threads_for_row(hidden), 0, s>>>(x, delta, rows, w, (__nv_bfloat16 *)y, hidden, eps);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_silu_mul(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s)
+{
+    int64_t n = (int64_t)n_tokens * inter;
+    if (n <= 0) return cudaSuccess;
+    silu_mul_kernel<<<grid_for(n, 256), 256, 0, s>>>((__nv_bfloat16 *)out, gu, inter, n);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_qkv_post(const float *qkv, const float *bias, const float *q_norm, const float *k_norm,
+                                   const float *inv_freq, const int32_t *pos, const int32_t *slot, float *q_out,
+                                   uint16_t *k_cache, uint16_t *v_cache, struct sk_qkv_params p, cudaStream_t s)
+{
+    if (p.n_tokens <= 0) return cudaSuccess;
+    if (p.head_dim < 2 || p.head_dim % 2) return cudaErrorInvalidValue;
+    int n_all = p.n_heads + 2 * p.n_kv_heads;
+    int warps = n_all < 8 ? n_all : 8;
+    qkv_post_kernel<<<p.n_tokens, 32 * warps, 0, s>>>(qkv, bias, q_norm, k_norm, inv_freq, pos, slot, q_out,
+                                                      (__nv_bfloat16 *)k_cache, (__nv_bfloat16 *)v_cache, p);
+    return cudaGetLastError();
+}

@@ -1,0 +1,327 @@
+// Sampling on the GPU, following worker/engine/sampler.h step by step, one block per row.
+#include "kernels/sluice_kernels.h"
+
+#include <cub/cub.cuh>
+#include <math.h>
+
+namespace
+{
+
+constexpr int kThreads = 1024;
+
+struct ArgBest {
+    float v;
+    int32_t id;
+};
+
+// Ranks higher value first, the lower id among equals; id -1 ranks last.
+__device__ __forceinline__ bool better(const ArgBest &a, const ArgBest &b)
+{
+    if (a.id < 0) return false;
+    if (b.id < 0) return true;
+    return a.v > b.v || (a.v == b.v && a.id < b.id);
+}
+
+struct ArgBestOp {
+    __device__ __forceinline__ ArgBest operator()(const ArgBest &a, const ArgBest &b) const
+    {
+        return better(a, b) ? a : b;
+    }
+};
+
+struct MaxOp {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+struct MinIntOp {
+    __device__ __forceinline__ int operator()(int a, int b) const { return a < b ? a : b; }
+};
+struct MaxIntOp {
+    __device__ __forceinline__ int operator()(int a, int b) const { return a > b ? a : b; }
+};
+
+typedef cub::BlockReduce<float, kThreads> ReduceF;
+typedef cub::BlockReduce<double, kThreads> ReduceD;
+typedef cub::BlockReduce<ArgBest, kThreads> ReduceArg;
+typedef cub::BlockReduce<int, kThreads> ReduceI;
+typedef cub::BlockScan<double, kThreads> ScanD;
+
+union TempStorage {
+    typename ReduceF::TempStorage f;
+    typename ReduceD::TempStorage d;
+    typename ReduceArg::TempStorage a;
+    typename ReduceI::TempStorage i;
+    typename ScanD::TempStorage s;
+};
+
+__device__ __forceinline__ uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ float uniform(uint64_t seed, uint64_t n)
+{
+    const uint64_t g = 0x9E3779B97F4A7C15ull;
+    uint64_t h = mix64(mix64(seed + g) + (n + 1) * g);
+    return __fmul_rn((float)(h >> 40), 0x1p-24f);
+}
+
+__device__ __forceinline__ bool is_greedy(const sk_sample_row &r)
+{
+    return r.temperature <= 1e-5f;
+}
+
+// Broadcasts a value computed by thread 0 (cub's reductions leave the result there only).
+template <typename T> __device__ T bcast(T v, T *slot)
+{
+    if (threadIdx.x == 0) *slot = v;
+    __syncthreads();
+    T r = *slot;
+    __syncthreads();
+    return r;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    prepare_kernel(const float *logits, const sk_sample_row *rows, const int32_t *history, float *work_all,
+                   int32_t *counts_all, sk_sample_out *outs, int vocab)
+{
+    __shared__ TempStorage tmp;
+    __shared__ float sf;
+    __shared__ double sd;
+    __shared__ ArgBest sa;
+    const int r = blockIdx.x;
+    const sk_sample_row sp = rows[r];
+    const float *l = logits + (int64_t)r * vocab;
+    float *work = work_all + (int64_t)r * vocab;
+    int32_t *counts = counts_all + (int64_t)r * vocab;
+    sk_sample_out *out = outs + r;
+
+    // 1. Logprobs from the raw logits.
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < vocab; i += kThreads) mx = fmaxf(mx, l[i]);
+    mx = bcast(ReduceF(tmp.f).Reduce(mx, MaxOp()), &sf);
+    double sum = 0.0;
+    for (int i = threadIdx.x; i < vocab; i += kThreads) sum += exp((double)l[i] - (double)mx);
+    sum = bcast(ReduceD(tmp.d).Sum(sum), &sd);
+    const double lse = (double)mx + log(sum);
+    int n_top = sp.n_logprobs < 0 ? 0 : (sp.n_logprobs > SK_MAX_TOP ? SK_MAX_TOP : sp.n_logprobs);
+    if (n_top > vocab) n_top = vocab;
+    ArgBest prev = {INFINITY, -1};
+    for (int k = 0; k < n_top; k++) {
+        ArgBest best = {0.0f, -1};
+        for (int i = threadIdx.x; i < vocab; i += kThreads) {
+            ArgBest c = {l[i], i};
+            bool after = prev.id < 0 || c.v < prev.v || (c.v == prev.v && i > prev.id);
+            if (after && better(c, best)) best = c;
+        }
+        best = bcast(ReduceArg(tmp.a).Reduce(best, ArgBestOp()), &sa);
+        if (best.id < 0) {
+            n_top = k;
+            break;
+        }
+        if (threadIdx.x == 0) {
+            out->top_ids[k] = best.id;
+            out->top_logprobs[k] = (float)((double)best.v - lse);
+        }
+        prev = best;
+    }
+    if (threadIdx.x == 0) {
+        out->n_top = n_top;
+        out->lse = (float)lse;
+    }
+
+    // 2. Penalties on a copy.
+    for (int i = threadIdx.x; i < vocab; i += kThreads) work[i] = l[i];
+    __syncthreads();
+    const int32_t *hist = history ? history + sp.hist_off : nullptr;
+    if (hist && sp.n_history > 0) {
+        float rep = sp.rep_penalty;
+        if (rep > 0.0f && rep != 1.0f) {
+            // Every thread writing one token computes the same value from the raw logit.
+            for (int i = threadIdx.x; i < sp.n_history; i += kThreads) {
+                int t = hist[i];
+                if (t < 0 || t >= vocab) continue;
+                float v = l[t];
+                work[t] = v > 0.0f ? __fdiv_rn(v, rep) : __fmul_rn(v, rep);
+            }
+        }
+        int n_out = sp.n_output < sp.n_history ? sp.n_output : sp.n_history;
+        if ((sp.presence != 0.0f || sp.frequency != 0.0f) && n_out > 0) {
+            const int32_t *op = hist + (sp.n_history - n_out);
+            __syncthreads();
+            for (int i = threadIdx.x; i < n_out; i += kThreads)
+                if (op[i] >= 0 && op[i] < vocab) counts[op[i]] = 0;
+            __syncthreads();
+            for (int i = threadIdx.x; i < n_out; i += kThreads)
+                if (op[i] >= 0 && op[i] < vocab) atomicAdd(&counts[op[i]], 1);
+            __syncthreads();
+            for (int i = threadIdx.x; i < n_out; i += kThreads) {
+                int t = op[i];
+                if (t < 0 || t >= vocab) continue;
+                int c = atomicExch(&counts[t], 0);
+                if (c > 0) work[t] = __fsub_rn(work[t], __fadd_rn(__fmul_rn((float)c, sp.frequency), sp.presence));
+            }
+        }
+    }
+    __syncthreads();
+
+    // 3. Greedy: argmax of the penalized logits, ties to the lowest id.
+    if (is_greedy(sp)) {
+        ArgBest best = {0.0f, -1};
+        for (int i = threadIdx.x; i < vocab; i += kThreads) {
+            ArgBest c = {work[i], i};
+            if (better(c, best)) best = c;
+        }
+        best = ReduceArg(tmp.a).Reduce(best, ArgBestOp());
+        if (threadIdx.x == 0) {
+            int tok = best.id < 0 ? 0 : best.id;
+            out->token = tok;
+            out->logprob = (float)((double)l[tok] - lse);
+        }
+        return;
+    }
+
+    // 4. Weights w = expf(l / T - max).
+    const float inv_t = __fdiv_rn(1.0f, sp.temperature);
+    float wm = -INFINITY;
+    for (int i = threadIdx.x; i < vocab; i += kThreads) {
+        float v = __fmul_rn(work[i], inv_t);
+        work[i] = v;
+        wm = fmaxf(wm, v);
+    }
+    wm = bcast(ReduceF(tmp.f).Reduce(wm, MaxOp()), &sf);
+    for (int i = threadIdx.x; i < vocab; i += kThreads) work[i] = expf(__fsub_rn(work[i], wm));
+}
+
+__device__ __forceinline__ bool needs_cut(const sk_sample_row &sp, int vocab)
+{
+    return (sp.top_k > 0 && sp.top_k < vocab) || (sp.top_p > 0.0f && sp.top_p < 1.0f);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    finish_kernel(const float *logits, const float *work_all, const float *sorted_w_all, const int32_t *sorted_ids_all,
+                  int sorted, const sk_sample_row *rows, sk_sample_out *outs, int vocab)
+{
+    __shared__ TempStorage tmp;
+    __shared__ double sd;
+    __shared__ int si;
+    const int r = blockIdx.x;
+    const sk_sample_row sp = rows[r];
+    if (is_greedy(sp)) return;
+    const float *w = work_all + (int64_t)r * vocab;
+    sk_sample_out *out = outs + r;
+
+    int cut = -1;
+    if (needs_cut(sp, vocab)) {
+        if (!sorted) {
+            if (threadIdx.x == 0) out->token = -1;
+            return;
+        }
+        const float *sw = sorted_w_all + (int64_t)r * vocab;
+        const int32_t *sid = sorted_ids_all + (int64_t)r * vocab;
+        const int limit = sp.top_k > 0 && sp.top_k < vocab ? sp.top_k : vocab;
+        const bool use_p = sp.top_p > 0.0f && sp.top_p < 1.0f;
+        int cut_rank = limit - 1;
+        if (use_p) {
+            double tot = 0.0;
+            for (int i = threadIdx.x; i < limit; i += kThreads) tot += sw[i];
+            tot = bcast(ReduceD(tmp.d).Sum(tot), &sd);
+            const double thr = (double)sp.top_p * tot;
+            // The first rank whose inclusive running sum reaches thr, scanning in rank order.
+            double carry = 0.0;
+            int found = INT_MAX;
+            for (int base = 0; base < limit && found == INT_MAX; base += kThreads) {
+                int i = base + threadIdx.x;
+                double v = i < limit ? (double)sw[i] : 0.0, incl, agg;
+                ScanD(tmp.s).InclusiveSum(v, incl, agg);
+                __syncthreads();
+                int cand = (i < limit && carry + incl >= thr) ? i : INT_MAX;
+                found = bcast(ReduceI(tmp.i).Reduce(cand, MinIntOp()), &si);
+                carry += agg;
+            }
+            if (found != INT_MAX) cut_rank = found;
+        }
+        cut = sid[cut_rank];
+    }
+    const float cut_w = cut >= 0 ? w[cut] : 0.0f;
+    const float min_w = sp.min_p > 0.0f ? sp.min_p : 0.0f;
+#define KEPT(i) ((cut < 0 || w[i] > cut_w || (w[i] == cut_w && (i) <= cut)) && w[i] >= min_w)
+
+    // 5. Draw over kept weights in ascending id order: each thread owns a contiguous range.
+    const int seg = (vocab + kThreads - 1) / kThreads;
+    const int lo = threadIdx.x * seg, hi = min(vocab, lo + seg);
+    double mine = 0.0;
+    int last = -1;
+    for (int i = lo; i < hi; i++)
+        if (KEPT(i)) {
+            mine += w[i];
+            last = i;
+        }
+    double before, total;
+    ScanD(tmp.s).ExclusiveSum(mine, before, total);
+    __syncthreads();
+    const double target = (double)uniform(sp.seed, sp.n_generated) * total;
+    int pick = INT_MAX;
+    if (before + mine > target) {
+        double acc = before;
+        for (int i = lo; i < hi; i++)
+            if (KEPT(i)) {
+                acc += w[i];
+                if (acc > target) {
+                    pick = i;
+                    break;
+                }
+            }
+    }
+#undef KEPT
+    pick = bcast(ReduceI(tmp.i).Reduce(pick, MinIntOp()), &si);
+    last = ReduceI(tmp.i).Reduce(last, MaxIntOp());
+    if (threadIdx.x == 0) {
+        int tok = pick != INT_MAX ? pick : (last >= 0 ? last : 0);
+        out->token = tok;
+        out->logprob = (float)((double)logits[(int64_t)r * vocab + tok] - (double)out->lse);
+    }
+}
+
+} // namespace
+
+extern "C" cudaError_t sk_sample_prepare(const float *logits, const struct sk_sample_row *rows, const int32_t *history,
+                                         float *work, int32_t *counts, struct sk_sample_out *out, int n_rows, int vocab,
+                                         cudaStream_t s)
+{
+    if (n_rows <= 0) return cudaSuccess;
+    prepare_kernel<<<n_rows, kThreads, 0, s>>>(logits, rows, history, work, counts, out, vocab);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_sort_temp_bytes(int max_rows, int vocab, size_t *bytes)
+{
+    *bytes = 0;
+    return cub::DeviceSegmentedRadixSort::SortPairsDescending(
+        nullptr, *bytes, (const float *)nullptr, (float *)nullptr, (const int32_t *)nullptr, (int32_t *)nullptr,
+        (int64_t)max_rows * vocab, max_rows, (const int32_t *)nullptr, (const int32_t *)nullptr + 1);
+}
+
+extern "C" cudaError_t sk_sample_sort(void *temp, size_t temp_bytes, const float *work, const int32_t *ids_in,
+                                      const int32_t *offsets, float *sorted_w, int32_t *sorted_ids, int n_rows,
+                                      int vocab, cudaStream_t s)
+{
+    if (n_rows <= 0) return cudaSuccess;
+    size_t bytes = temp_bytes;
+    cudaError_t e = cub::DeviceSegmentedRadixSort::SortPairsDescending(temp, bytes, work, sorted_w, ids_in, sorted_ids,
+                                                                       (int64_t)n_rows * vocab, n_rows, offsets,
+                                                                       offsets + 1, 0, (int)(sizeof(float) * 8), s);
+    if (e != cudaSuccess) return e;
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_sample_finish(const float *logits, const float *work, const float *sorted_w,
+                                        const int32_t *sorted_ids, int sorted, const struct sk_sample_row *rows,
+                                        struct sk_sample_out *out, int n_rows, int vocab, cudaStream_t s)
+{
+    if (n_rows <= 0) return cudaSuccess;
+    finish_kernel<<<n_rows, kThreads, 0, s>>>(logits, work, sorted_w, sorted_ids, sorted, rows, out, vocab);
+    return cudaGetLastError();
+}

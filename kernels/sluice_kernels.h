@@ -1,0 +1,143 @@
+/* sluice's CUDA kernels behind plain C launchers. Each launcher enqueues its work on the given
+ * stream and returns the launch's cudaError_t (cudaGetLastError right after the launch), so the
+ * caller checks every launch. bf16 data travel as uint16_t (the raw bits) on the C side.
+ *
+ * Paged KV cache layout, per layer and for K and V alike: [block][kv_head][KV_BLOCK_SIZE][head_dim]
+ * bf16, so one block of one head is a contiguous run that a warp reads in one sweep. A token's
+ * slot is block_id * 16 + (position % 16). */
+#ifndef SLUICE_KERNELS_H
+#define SLUICE_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SK_KV_BLOCK 16
+#define SK_MAX_HEAD_DIM 256
+#define SK_MAX_TOP 20
+
+/* Source dtypes, the same numbering as enum dtype in worker/model/model.h. */
+enum { SK_F32 = 0, SK_F16 = 1, SK_BF16 = 2 };
+
+/* --- weights ------------------------------------------------------------------------ */
+cudaError_t sk_convert_to_bf16(uint16_t *dst, const void *src, int src_dtype, int64_t n, cudaStream_t s);
+/* model_dummy_value(seed, id, index0 + i) for i < n (plus 1 when is_norm), as bf16. */
+cudaError_t sk_fill_dummy_bf16(uint16_t *dst, uint64_t seed, uint64_t id, uint64_t index0, int64_t n, int is_norm,
+                               cudaStream_t s);
+cudaError_t sk_fill_dummy_f32(float *dst, uint64_t seed, uint64_t id, uint64_t index0, int64_t n, int is_norm,
+                              cudaStream_t s);
+cudaError_t sk_fill_iota_rows(int32_t *dst, int rows, int n, cudaStream_t s);
+/* offsets[r] = r * n for r <= rows: the segment bounds of rows packed n apart. */
+cudaError_t sk_fill_row_offsets(int32_t *offsets, int rows, int n, cudaStream_t s);
+
+/* --- per-token layers ------------------------------------------------------------------ */
+/* x[t, :] = float(table[tokens[t], :]) */
+cudaError_t sk_embed(float *x, const uint16_t *table, const int32_t *tokens, int n_tokens, int hidden, cudaStream_t s);
+/* For each output row r (source row t = rows ? rows[r] : r): v = x[t] + (delta ? delta[t] : 0);
+ * when rows is NULL x[t] = v is stored back (the residual stream); y[r] = bf16(w * v *
+ * rsqrt(mean(v^2) + eps)). */
+cudaError_t sk_add_rmsnorm(float *x, const float *delta, const int32_t *rows, const float *w, uint16_t *y, int n_rows,
+                           int hidden, float eps, cudaStream_t s);
+/* out[t, i] = bf16(silu(gu[t, i]) * gu[t, inter + i]) for gu = [gate | up] rows of 2*inter. */
+cudaError_t sk_silu_mul(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s);
+
+struct sk_qkv_params {
+    int n_tokens;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    float eps;       /* q/k norm */
+    int interleaved; /* rope pairs (2i, 2i+1) instead of (i, i + d/2) */
+};
+/* qkv: [T, (n_heads + 2 n_kv) * head_dim] fp32 (q heads, then k, then v). Adds bias (if not
+ * NULL), applies the per-head RMSNorm of q and k (if q_norm/k_norm not NULL), rotates q and k
+ * by pos[t] * inv_freq[i] (head_dim/2 frequencies), writes q to q_out [T, n_heads, head_dim]
+ * fp32 and k, v as bf16 into the caches at slot[t]. */
+cudaError_t sk_qkv_post(const float *qkv, const float *bias, const float *q_norm, const float *k_norm,
+                        const float *inv_freq, const int32_t *pos, const int32_t *slot, float *q_out, uint16_t *k_cache,
+                        uint16_t *v_cache, struct sk_qkv_params p, cudaStream_t s);
+
+/* --- small-batch matrix-vector products --------------------------------------------- */
+/* y[m, n] = sum_k x[m, k] * w[n, k] for m < rows: bf16 operands, fp32 accumulation and output.
+ * For decode, where cuBLAS's general kernels leave bandwidth unused: one warp per output
+ * feature, 16-byte streaming loads of w, several in flight. Needs rows <= SK_GEMV_MAX_ROWS,
+ * k_in % 8 == 0 and 16-byte aligned w and x; returns cudaErrorInvalidValue otherwise. */
+#define SK_GEMV_MAX_ROWS 8
+cudaError_t sk_gemv(const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in, cudaStream_t s);
+
+/* --- attention ------------------------------------------------------------------------ */
+struct sk_attn_params {
+    int n_tokens;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;  /* 1..SK_MAX_HEAD_DIM; 8, 16, 32, 64, 128, 256 take vector paths */
+    int bt_stride; /* ints per row of block_tables */
+    float scale;
+    int n_splits;              /* >= 1: keys split into n_splits ranges, merged after */
+    int split_len;             /* > 0: ranges of this many keys (a multiple of SK_KV_BLOCK); 0: each
+                           token's keys cut into n_splits equal ranges (rounded to 16) */
+    const int32_t *token_list; /* NULL: tokens 0..n_tokens-1; else the n_tokens query tokens */
+};
+/* Causal attention of each query token t (sequence token_seq[t], position pos[t]) over keys
+ * 0..pos[t] of its sequence, read from the paged cache through block_tables[seq]. The current
+ * chunk's keys must already be in the cache (sk_qkv_post puts them there). q: [T, n_heads, d]
+ * fp32; out: [T, n_heads * d] bf16. part_o (T * n_heads * n_splits * d floats) and part_ml
+ * (T * n_heads * n_splits * 2 floats) are scratch used when n_splits > 1. */
+cudaError_t sk_attention(const float *q, const uint16_t *k_cache, const uint16_t *v_cache, const int32_t *block_tables,
+                         const int32_t *token_seq, const int32_t *pos, float *part_o, float *part_ml, uint16_t *out,
+                         struct sk_attn_params p, cudaStream_t s);
+
+/* Prefill attention on the tensor cores (WMMA bf16, fp32 accumulation), flash-style: a block
+ * takes 64 consecutive query tokens of one sequence for one head and walks 64-key tiles of the
+ * paged cache up to the causal limit with an online softmax. tiles holds n_tiles triples
+ * (first token, count <= 64, sequence); other parameters as for sk_attention (n_splits and
+ * token_list unused). head_dim 64 or 128 only: cudaErrorInvalidValue otherwise. */
+#define SK_PREFILL_TILE 64
+cudaError_t sk_attention_prefill(const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
+                                 const int32_t *block_tables, const int32_t *tiles, int n_tiles, const int32_t *pos,
+                                 uint16_t *out, struct sk_attn_params p, cudaStream_t s);
+
+/* --- sampling ------------------------------------------------------------------------- */
+/* One sampled row's parameters, as worker/engine/sampler.h defines them. */
+struct sk_sample_row {
+    float temperature, top_p, min_p;
+    float rep_penalty, presence, frequency;
+    int32_t top_k, n_logprobs;
+    uint64_t seed, n_generated;
+    int32_t hist_off, n_history, n_output, pad;
+};
+struct sk_sample_out {
+    int32_t token;
+    float logprob;
+    float lse; /* log-sum-exp of the raw logits, kept for sk_sample_finish */
+    int32_t n_top;
+    int32_t top_ids[SK_MAX_TOP];
+    float top_logprobs[SK_MAX_TOP];
+};
+/* Step 1 of sampling for rows rows of logits [rows, vocab]: logprobs and top logprobs from the
+ * raw logits, penalties into work, then greedy rows get their token; other rows get
+ * work = expf(l/T - max) (the weights). counts: rows*vocab ints of scratch. */
+cudaError_t sk_sample_prepare(const float *logits, const struct sk_sample_row *rows, const int32_t *history,
+                              float *work, int32_t *counts, struct sk_sample_out *out, int n_rows, int vocab,
+                              cudaStream_t s);
+/* Sorts each row of work (descending, stable: equal weights keep ascending ids) into sorted_w and
+ * sorted_ids, for top-k/top-p. ids_in: iota rows; offsets: n_rows + 1 row starts. */
+cudaError_t sk_sort_temp_bytes(int max_rows, int vocab, size_t *bytes);
+cudaError_t sk_sample_sort(void *temp, size_t temp_bytes, const float *work, const int32_t *ids_in,
+                           const int32_t *offsets, float *sorted_w, int32_t *sorted_ids, int n_rows, int vocab,
+                           cudaStream_t s);
+/* Step 2: for non-greedy rows, top-k/top-p (through sorted_w/sorted_ids when sorted != 0), min-p
+ * and the seeded draw; fills out->token and out->logprob. */
+cudaError_t sk_sample_finish(const float *logits, const float *work, const float *sorted_w, const int32_t *sorted_ids,
+                             int sorted, const struct sk_sample_row *rows, struct sk_sample_out *out, int n_rows,
+                             int vocab, cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

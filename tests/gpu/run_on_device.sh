@@ -1,0 +1,36 @@
+#!/bin/bash
+# Runs the GPU tests on the device machine in one go and prints a short table last.
+# Build here first (no GPU needed):  make BUILD=build/cuda -j2 build/cuda/tests/gpu/test_kernels \
+#   build/cuda/tests/gpu/test_backend build/cuda/tests/gpu/test_decode_speed
+# and carry build/cuda and .models (stories260K copied to .models/models/stories260K).
+# Usage: tests/gpu/run_on_device.sh [BUILD_DIR]   (logs go to $OUT when set)
+BUILD=${1:-build/cuda}
+OUTDIR=${OUT:-/tmp/sluice_gpu_out}
+mkdir -p "$OUTDIR"
+export SLUICE_TEST_DATA=${SLUICE_TEST_DATA:-$PWD/.models}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
+if ldd "$BUILD/tests/gpu/test_kernels" | grep -q "not found"; then
+    # The toolkit's libraries may live only in the Python wheels there.
+    for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os
+print(" ".join(os.path.join(p, "cublas/lib") for p in nvidia.__path__))' 2>/dev/null); do
+        [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH}"
+    done
+    ldd "$BUILD/tests/gpu/test_kernels" | grep "not found"
+fi
+summary=()
+for t in test_kernels test_backend test_decode_speed; do
+    bin="$BUILD/tests/gpu/$t"
+    [ -x "$bin" ] || { summary+=("$t: not built"); continue; }
+    echo "== $t"
+    start=$(date +%s)
+    SLUICE_GPU_BENCH=1 timeout 240 "$bin" 2>&1 | tee "$OUTDIR/$t.log"
+    rc=${PIPESTATUS[0]}
+    secs=$(($(date +%s) - start))
+    last=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUTDIR/$t.log" | tail -1)
+    summary+=("$t: rc=$rc ${last:-no summary} (${secs}s)")
+done
+echo
+echo "==== summary"
+grep -h "FAIL" "$OUTDIR"/*.log | head -40
+grep -h "bench\|tok/s\|stories260K greedy\|rel err vs" "$OUTDIR"/*.log | head -40
+printf '%s\n' "${summary[@]}"

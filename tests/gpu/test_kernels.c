@@ -1,0 +1,848 @@
+/* Each kernel against a CPU reference on random inputs, outputs poisoned first. bf16 outputs
+ * pass at ||out - ref|| / ||ref|| < 1e-2 (METHOD.md's bound for bf16 operands); exact kernels
+ * (gathers, conversions, dummy weights, the sampler's choices) must match exactly. */
+#include "tests/gpu/gpu_test.h"
+
+#include "kernels/sluice_kernels.h"
+#include "worker/backend/cuda/cuda_internal.h"
+#include "worker/engine/sampler.h"
+#include "worker/model/model.h"
+
+#define BF_TOL 1e-2
+
+static void test_convert_and_dummy(void)
+{
+    printf("convert / dummy\n");
+    const int64_t n = 100003;
+    float *src = malloc(n * 4);
+    uint16_t *out = malloc(n * 2), *half = malloc(n * 2);
+    for (int64_t i = 0; i < n; i++) src[i] = gt_normal() * 3.0f;
+    void *dsrc = gt_up(src, n * 4);
+    uint16_t *dout = gt_dev(n * 2);
+    GT_CUDA(sk_convert_to_bf16(dout, dsrc, SK_F32, n, 0));
+    gt_down(out, dout, n * 2);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += out[i] != gt_f2bf(src[i]);
+    GT_CHECK(bad == 0, "f32 -> bf16 rounds to nearest even (%lld mismatches of %lld)", (long long)bad, (long long)n);
+
+    /* F16 source: values exactly representable in f16 and bf16 (small integers / 8). */
+    for (int64_t i = 0; i < n; i++) {
+        float v = (float)(gt_int(512) - 256) / 8.0f;
+        src[i] = v;
+        /* f16 bits of v by hand: sign, exponent, 10-bit mantissa. */
+        uint16_t h = 0;
+        if (v != 0.0f) {
+            float a = fabsf(v);
+            int e = (int)floorf(log2f(a));
+            int m = (int)((a / ldexpf(1.0f, e) - 1.0f) * 1024.0f + 0.5f);
+            h = (uint16_t)(((v < 0) << 15) | ((e + 15) << 10) | m);
+        }
+        half[i] = h;
+    }
+    void *dhalf = gt_up(half, n * 2);
+    GT_CUDA(cudaMemset(dout, 0xff, n * 2));
+    GT_CUDA(sk_convert_to_bf16(dout, dhalf, SK_F16, n, 0));
+    gt_down(out, dout, n * 2);
+    bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += out[i] != gt_f2bf(src[i]);
+    GT_CHECK(bad == 0, "f16 -> bf16 (%lld mismatches)", (long long)bad);
+
+    const uint64_t seed = 0xfeedbeefull, id = 17;
+    float *f = malloc(n * 4);
+    float *df = gt_dev(n * 4);
+    for (int is_norm = 0; is_norm < 2; is_norm++) {
+        GT_CUDA(sk_fill_dummy_f32(df, seed, id, 5, n, is_norm, 0));
+        gt_down(f, df, n * 4);
+        bad = 0;
+        for (int64_t i = 0; i < n; i++) {
+            float want = model_dummy_value(seed, id, 5 + (uint64_t)i) + (is_norm ? 1.0f : 0.0f);
+            bad += memcmp(&f[i], &want, 4) != 0;
+        }
+        GT_CHECK(bad == 0, "dummy f32 (norm %d) equals model_dummy_value bit for bit (%lld mismatches)", is_norm,
+                 (long long)bad);
+    }
+    GT_CUDA(cudaMemset(dout, 0xff, n * 2));
+    GT_CUDA(sk_fill_dummy_bf16(dout, seed, id, 0, n, 0, 0));
+    gt_down(out, dout, n * 2);
+    bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += out[i] != gt_f2bf(model_dummy_value(seed, id, (uint64_t)i));
+    GT_CHECK(bad == 0, "dummy bf16 (%lld mismatches)", (long long)bad);
+    cudaFree(dsrc);
+    cudaFree(dhalf);
+    cudaFree(dout);
+    cudaFree(df);
+    free(src);
+    free(out);
+    free(half);
+    free(f);
+}
+
+static void test_embed_norm_silu(void)
+{
+    printf("embed / add_rmsnorm / silu_mul\n");
+    const int V = 1000, H = 4096, T = 37, I = 11008;
+    uint16_t *table = malloc((size_t)V * H * 2);
+    for (size_t i = 0; i < (size_t)V * H; i++) table[i] = gt_f2bf(gt_normal());
+    int32_t tok[T];
+    for (int t = 0; t < T; t++) tok[t] = gt_int(V);
+    uint16_t *dtable = gt_up(table, (size_t)V * H * 2);
+    int32_t *dtok = gt_up(tok, sizeof tok);
+    float *dx = gt_dev((size_t)T * H * 4), *x = malloc((size_t)T * H * 4);
+    GT_CUDA(sk_embed(dx, dtable, dtok, T, H, 0));
+    gt_down(x, dx, (size_t)T * H * 4);
+    long bad = 0;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < H; i++) bad += x[(size_t)t * H + i] != gt_bf2f(table[(size_t)tok[t] * H + i]);
+    GT_CHECK(bad == 0, "embedding gather exact (%ld mismatches)", bad);
+
+    float *delta = malloc((size_t)T * H * 4), *w = malloc(H * 4);
+    for (size_t i = 0; i < (size_t)T * H; i++) delta[i] = gt_normal();
+    for (int i = 0; i < H; i++) w[i] = 1.0f + 0.1f * gt_normal();
+    float *ddelta = gt_up(delta, (size_t)T * H * 4), *dw = gt_up(w, H * 4);
+    uint16_t *dy = gt_dev((size_t)T * H * 2), *y = malloc((size_t)T * H * 2);
+    const float eps = 1e-5f;
+    GT_CUDA(sk_add_rmsnorm(dx, ddelta, NULL, dw, dy, T, H, eps, 0));
+    float *xo = malloc((size_t)T * H * 4);
+    gt_down(xo, dx, (size_t)T * H * 4);
+    gt_down(y, dy, (size_t)T * H * 2);
+    double *ref = malloc((size_t)T * H * sizeof(double));
+    float *yf = malloc((size_t)T * H * 4);
+    bad = 0;
+    for (int t = 0; t < T; t++) {
+        double ss = 0;
+        for (int i = 0; i < H; i++) {
+            float v = x[(size_t)t * H + i] + delta[(size_t)t * H + i];
+            bad += xo[(size_t)t * H + i] != v;
+            ss += (double)v * v;
+        }
+        double inv = 1.0 / sqrt(ss / H + eps);
+        for (int i = 0; i < H; i++) {
+            ref[(size_t)t * H + i] = w[i] * ((double)x[(size_t)t * H + i] + delta[(size_t)t * H + i]) * inv;
+            yf[(size_t)t * H + i] = gt_bf2f(y[(size_t)t * H + i]);
+        }
+    }
+    double e = gt_rel_err(yf, ref, (size_t)T * H);
+    GT_CHECK(bad == 0, "residual add stored back exactly (%ld mismatches)", bad);
+    GT_CHECK(e < BF_TOL, "rmsnorm rel err %.2e (T=%d H=%d)", e, T, H);
+
+    /* Gathered rows, as for the sampled rows before lm_head. */
+    int32_t rows[3] = {36, 0, 17};
+    int32_t *drows = gt_up(rows, sizeof rows);
+    GT_CUDA(cudaMemset(dy, 0xff, (size_t)T * H * 2));
+    GT_CUDA(sk_add_rmsnorm(dx, ddelta, drows, dw, dy, 3, H, eps, 0));
+    gt_down(y, dy, (size_t)3 * H * 2);
+    for (int r = 0; r < 3; r++) {
+        int t = rows[r];
+        double ss = 0;
+        for (int i = 0; i < H; i++) {
+            double v = (double)(xo[(size_t)t * H + i] + delta[(size_t)t * H + i]);
+            ss += v * v;
+        }
+        double inv = 1.0 / sqrt(ss / H + eps);
+        for (int i = 0; i < H; i++) {
+            ref[(size_t)r * H + i] = w[i] * (double)(xo[(size_t)t * H + i] + delta[(size_t)t * H + i]) * inv;
+            yf[(size_t)r * H + i] = gt_bf2f(y[(size_t)r * H + i]);
+        }
+    }
+    e = gt_rel_err(yf, ref, (size_t)3 * H);
+    GT_CHECK(e < BF_TOL, "rmsnorm over gathered rows rel err %.2e", e);
+
+    float *gu = malloc((size_t)T * 2 * I * 4);
+    for (size_t i = 0; i < (size_t)T * 2 * I; i++) gu[i] = gt_normal() * 2.0f;
+    float *dgu = gt_up(gu, (size_t)T * 2 * I * 4);
+    uint16_t *dh = gt_dev((size_t)T * I * 2), *hh = malloc((size_t)T * I * 2);
+    GT_CUDA(sk_silu_mul(dh, dgu, T, I, 0));
+    gt_down(hh, dh, (size_t)T * I * 2);
+    double *href = malloc((size_t)T * I * sizeof(double));
+    float *hf = malloc((size_t)T * I * 4);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < I; i++) {
+            double g = gu[(size_t)t * 2 * I + i], u = gu[(size_t)t * 2 * I + I + i];
+            href[(size_t)t * I + i] = g / (1.0 + exp(-g)) * u;
+            hf[(size_t)t * I + i] = gt_bf2f(hh[(size_t)t * I + i]);
+        }
+    e = gt_rel_err(hf, href, (size_t)T * I);
+    GT_CHECK(e < BF_TOL, "silu_mul rel err %.2e", e);
+
+    cudaFree(dtable);
+    cudaFree(dtok);
+    cudaFree(dx);
+    cudaFree(ddelta);
+    cudaFree(dw);
+    cudaFree(dy);
+    cudaFree(drows);
+    cudaFree(dgu);
+    cudaFree(dh);
+    free(table);
+    free(x);
+    free(delta);
+    free(w);
+    free(y);
+    free(xo);
+    free(ref);
+    free(yf);
+    free(gu);
+    free(hh);
+    free(href);
+    free(hf);
+}
+
+/* qkv epilogue: bias, q/k norm, rope (both layouts), cache writes at scattered slots. */
+static void test_qkv_post_case(int nh, int nkv, int D, int interleaved, int bias, int qknorm)
+{
+    const int T = 21, nall = nh + 2 * nkv, nblocks = 8;
+    const float eps = 1e-6f;
+    size_t qkvn = (size_t)T * nall * D;
+    float *qkv = malloc(qkvn * 4), *b = malloc((size_t)nall * D * 4), *qn = malloc(D * 4), *kn = malloc(D * 4);
+    float *inv = malloc(D / 2 * 4);
+    int32_t pos[T], slot[T];
+    for (size_t i = 0; i < qkvn; i++) qkv[i] = gt_normal();
+    for (int i = 0; i < nall * D; i++) b[i] = 0.5f * gt_normal();
+    for (int i = 0; i < D; i++) {
+        qn[i] = 1.0f + 0.2f * gt_normal();
+        kn[i] = 1.0f + 0.2f * gt_normal();
+    }
+    for (int i = 0; i < D / 2; i++) inv[i] = (float)(1.0 / pow(500000.0, 2.0 * i / D));
+    /* Distinct slots in a permuted order. */
+    int perm[8 * 16];
+    for (int i = 0; i < nblocks * 16; i++) perm[i] = i;
+    for (int i = nblocks * 16 - 1; i > 0; i--) {
+        int j = gt_int(i + 1), tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    for (int t = 0; t < T; t++) {
+        pos[t] = gt_int(40000);
+        slot[t] = perm[t];
+    }
+    float *dqkv = gt_up(qkv, qkvn * 4), *db = gt_up(b, (size_t)nall * D * 4), *dqn = gt_up(qn, D * 4),
+          *dkn = gt_up(kn, D * 4), *dinv = gt_up(inv, D / 2 * 4);
+    int32_t *dpos = gt_up(pos, sizeof pos), *dslot = gt_up(slot, sizeof slot);
+    size_t cache_n = (size_t)nblocks * nkv * 16 * D;
+    float *dq = gt_dev((size_t)T * nh * D * 4);
+    uint16_t *dk = gt_dev(cache_n * 2), *dv = gt_dev(cache_n * 2);
+    struct sk_qkv_params p = {T, nh, nkv, D, eps, interleaved};
+    GT_CUDA(sk_qkv_post(dqkv, bias ? db : NULL, qknorm ? dqn : NULL, qknorm ? dkn : NULL, dinv, dpos, dslot, dq, dk, dv,
+                        p, 0));
+    float *q = malloc((size_t)T * nh * D * 4);
+    uint16_t *k = malloc(cache_n * 2), *v = malloc(cache_n * 2);
+    gt_down(q, dq, (size_t)T * nh * D * 4);
+    gt_down(k, dk, cache_n * 2);
+    gt_down(v, dv, cache_n * 2);
+
+    size_t nq = (size_t)T * nh * D, nk = (size_t)T * nkv * D;
+    double *rq = malloc(nq * 8), *rk = malloc(nk * 8), *rv = malloc(nk * 8);
+    float *gk = malloc(nk * 4), *gv = malloc(nk * 4);
+    double *tmp = malloc(D * 8);
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < nall; h++) {
+            const float *src = qkv + ((size_t)t * nall + h) * D;
+            for (int i = 0; i < D; i++) tmp[i] = (double)src[i] + (bias ? b[h * D + i] : 0.0);
+            int is_v = h >= nh + nkv;
+            int64_t blk = slot[t] / 16, off = slot[t] % 16;
+            if (is_v) {
+                int kvh = h - nh - nkv;
+                size_t at = ((size_t)(blk * nkv + kvh) * 16 + off) * D;
+                for (int i = 0; i < D; i++) {
+                    rv[((size_t)t * nkv + kvh) * D + i] = tmp[i];
+                    gv[((size_t)t * nkv + kvh) * D + i] = gt_bf2f(v[at + i]);
+                }
+                continue;
+            }
+            if (qknorm) {
+                double ss = 0;
+                for (int i = 0; i < D; i++) ss += tmp[i] * tmp[i];
+                double r = 1.0 / sqrt(ss / D + eps);
+                const float *nw = h < nh ? qn : kn;
+                for (int i = 0; i < D; i++) tmp[i] = nw[i] * tmp[i] * r;
+            }
+            double outv[SK_MAX_HEAD_DIM];
+            for (int i = 0; i < D / 2; i++) {
+                int i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + D / 2;
+                double a = (double)pos[t] * (double)inv[i];
+                outv[i0] = tmp[i0] * cos(a) - tmp[i1] * sin(a);
+                outv[i1] = tmp[i1] * cos(a) + tmp[i0] * sin(a);
+            }
+            if (h < nh) {
+                for (int i = 0; i < D; i++) rq[((size_t)t * nh + h) * D + i] = outv[i];
+            } else {
+                int kvh = h - nh;
+                size_t at = ((size_t)(blk * nkv + kvh) * 16 + off) * D;
+                for (int i = 0; i < D; i++) {
+                    rk[((size_t)t * nkv + kvh) * D + i] = outv[i];
+                    gk[((size_t)t * nkv + kvh) * D + i] = gt_bf2f(k[at + i]);
+                }
+            }
+        }
+    }
+    double eq = gt_rel_err(q, rq, nq), ek = gt_rel_err(gk, rk, nk), ev = gt_rel_err(gv, rv, nk);
+    /* q stays fp32; positions up to 40000 make the angle's own fp32 rounding the limit. */
+    GT_CHECK(eq < 1e-3 && ek < BF_TOL && ev < BF_TOL,
+             "qkv_post nh=%d nkv=%d D=%d interleaved=%d bias=%d qknorm=%d: q %.2e k %.2e v %.2e", nh, nkv, D,
+             interleaved, bias, qknorm, eq, ek, ev);
+    cudaFree(dqkv);
+    cudaFree(db);
+    cudaFree(dqn);
+    cudaFree(dkn);
+    cudaFree(dinv);
+    cudaFree(dpos);
+    cudaFree(dslot);
+    cudaFree(dq);
+    cudaFree(dk);
+    cudaFree(dv);
+    free(qkv);
+    free(b);
+    free(qn);
+    free(kn);
+    free(inv);
+    free(q);
+    free(k);
+    free(v);
+    free(rq);
+    free(rk);
+    free(rv);
+    free(gk);
+    free(gv);
+    free(tmp);
+}
+
+struct attn_seq {
+    int start, n_new;
+};
+
+/* mixed: as the backend does with tensor-core prefill, sequences of 2+ new tokens go to
+ * sk_attention_prefill in 64-token tiles and single tokens to sk_attention through a list. */
+static void test_attention_case_m(int nh, int nkv, int D, int n_splits, int split_len, int mixed)
+{
+    const struct attn_seq seqs[] = {{0, 37}, {100, 1}, {700, 1}, {50, 20}, {0, 1}, {255, 3}, {130, 150}, {0, 64}};
+    const int S = sizeof seqs / sizeof seqs[0];
+    int T = 0, max_ctx = 0;
+    for (int s = 0; s < S; s++) {
+        T += seqs[s].n_new;
+        if (seqs[s].start + seqs[s].n_new > max_ctx) max_ctx = seqs[s].start + seqs[s].n_new;
+    }
+    const int stride = (max_ctx + 15) / 16, nblocks = S * stride + 3;
+    int32_t *bt = malloc((size_t)S * stride * 4), *tseq = malloc(T * 4), *tpos = malloc(T * 4);
+    int *perm = malloc(nblocks * sizeof *perm);
+    for (int i = 0; i < nblocks; i++) perm[i] = i;
+    for (int i = nblocks - 1; i > 0; i--) {
+        int j = gt_int(i + 1), tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    for (int i = 0; i < S * stride; i++) bt[i] = perm[i];
+    for (int s = 0, t = 0; s < S; s++)
+        for (int i = 0; i < seqs[s].n_new; i++, t++) {
+            tseq[t] = s;
+            tpos[t] = seqs[s].start + i;
+        }
+    size_t cache_n = (size_t)nblocks * nkv * 16 * D;
+    uint16_t *k = malloc(cache_n * 2), *v = malloc(cache_n * 2);
+    for (size_t i = 0; i < cache_n; i++) {
+        k[i] = gt_f2bf(gt_normal());
+        v[i] = gt_f2bf(gt_normal());
+    }
+    size_t qn = (size_t)T * nh * D;
+    float *q = malloc(qn * 4);
+    for (size_t i = 0; i < qn; i++) q[i] = gt_normal();
+    float scale = 1.0f / sqrtf((float)D);
+
+    uint16_t *dk = gt_up(k, cache_n * 2), *dv = gt_up(v, cache_n * 2), *dout = gt_dev(qn * 2);
+    float *dq = gt_up(q, qn * 4);
+    int32_t *dbt = gt_up(bt, (size_t)S * stride * 4), *dseq = gt_up(tseq, T * 4), *dpos = gt_up(tpos, T * 4);
+    float *dpo = gt_dev((size_t)T * nh * n_splits * D * 4), *dml = gt_dev((size_t)T * nh * n_splits * 2 * 4);
+    struct sk_attn_params p = {T, nh, nkv, D, stride, scale, n_splits, split_len, NULL};
+    int32_t *dtiles = NULL, *dlist = NULL;
+    if (mixed) {
+        int32_t tiles[64 * 3], list[64];
+        int nt = 0, nl = 0;
+        for (int s = 0, t = 0; s < S; t += seqs[s].n_new, s++) {
+            if (seqs[s].n_new >= 2) {
+                for (int i = 0; i < seqs[s].n_new; i += SK_PREFILL_TILE, nt++) {
+                    tiles[3 * nt] = t + i;
+                    tiles[3 * nt + 1] = seqs[s].n_new - i < SK_PREFILL_TILE ? seqs[s].n_new - i : SK_PREFILL_TILE;
+                    tiles[3 * nt + 2] = s;
+                }
+            } else {
+                list[nl++] = t;
+            }
+        }
+        dtiles = gt_up(tiles, sizeof tiles);
+        dlist = gt_up(list, sizeof list);
+        p.n_tokens = nl;
+        p.token_list = dlist;
+        GT_CUDA(sk_attention_prefill(dq, dk, dv, dbt, dtiles, nt, dpos, dout, p, 0));
+    }
+    GT_CUDA(sk_attention(dq, dk, dv, dbt, dseq, dpos, dpo, dml, dout, p, 0));
+    uint16_t *out = malloc(qn * 2);
+    gt_down(out, dout, qn * 2);
+
+    double *ref = malloc(qn * 8), *sc = malloc((size_t)(max_ctx + 1) * 8);
+    float *outf = malloc(qn * 4);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nh; h++) {
+            int kvh = h / (nh / nkv), n = tpos[t] + 1;
+            const int32_t *tb = bt + (size_t)tseq[t] * stride;
+            double mx = -INFINITY;
+            for (int j = 0; j < n; j++) {
+                size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
+                double s = 0;
+                for (int i = 0; i < D; i++) s += (double)q[((size_t)t * nh + h) * D + i] * gt_bf2f(k[at + i]);
+                sc[j] = s * scale;
+                if (sc[j] > mx) mx = sc[j];
+            }
+            double sum = 0;
+            for (int j = 0; j < n; j++) sum += (sc[j] = exp(sc[j] - mx));
+            for (int i = 0; i < D; i++) {
+                double o = 0;
+                for (int j = 0; j < n; j++) {
+                    size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
+                    o += sc[j] * gt_bf2f(v[at + i]);
+                }
+                ref[((size_t)t * nh + h) * D + i] = o / sum;
+            }
+        }
+    for (size_t i = 0; i < qn; i++) outf[i] = gt_bf2f(out[i]);
+    double e = gt_rel_err(outf, ref, qn);
+    GT_CHECK(e < BF_TOL, "attention%s nh=%d nkv=%d D=%d splits=%d (T=%d, contexts to %d): rel err %.2e",
+             mixed ? " (tensor-core prefill + listed decode tokens)" : "", nh, nkv, D, n_splits, T, max_ctx, e);
+    cudaFree(dtiles);
+    cudaFree(dlist);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dout);
+    cudaFree(dq);
+    cudaFree(dbt);
+    cudaFree(dseq);
+    cudaFree(dpos);
+    cudaFree(dpo);
+    cudaFree(dml);
+    free(bt);
+    free(tseq);
+    free(tpos);
+    free(perm);
+    free(k);
+    free(v);
+    free(q);
+    free(out);
+    free(ref);
+    free(sc);
+    free(outf);
+}
+
+static void test_attention_case(int nh, int nkv, int D, int n_splits, int split_len)
+{
+    test_attention_case_m(nh, nkv, D, n_splits, split_len, 0);
+}
+
+/* Times prefill attention over one sequence of n tokens: tensor-core tiles against the general
+ * kernel. */
+static void bench_prefill_attention(int nh, int nkv, int D, int n)
+{
+    const int nblocks = (n + 15) / 16;
+    size_t cache_n = (size_t)nblocks * nkv * 16 * D, qn = (size_t)n * nh * D;
+    uint16_t *dk = gt_dev(cache_n * 2), *dv = gt_dev(cache_n * 2), *dout = gt_dev(qn * 2);
+    float *dq = gt_dev(qn * 4);
+    GT_CUDA(sk_fill_dummy_bf16(dk, 1, 1, 0, (int64_t)cache_n, 0, 0));
+    GT_CUDA(sk_fill_dummy_bf16(dv, 1, 2, 0, (int64_t)cache_n, 0, 0));
+    GT_CUDA(sk_fill_dummy_f32(dq, 1, 3, 0, (int64_t)qn, 0, 0));
+    int32_t *bt = malloc(nblocks * 4), *pos = malloc(n * 4), *seq = calloc(n, 4), *tiles = malloc((n / 64 + 1) * 12);
+    for (int i = 0; i < nblocks; i++) bt[i] = i;
+    for (int i = 0; i < n; i++) pos[i] = i;
+    int nt = 0;
+    for (int i = 0; i < n; i += 64, nt++) {
+        tiles[3 * nt] = i;
+        tiles[3 * nt + 1] = n - i < 64 ? n - i : 64;
+        tiles[3 * nt + 2] = 0;
+    }
+    int32_t *dbt = gt_up(bt, nblocks * 4), *dpos = gt_up(pos, n * 4), *dseq = gt_up(seq, n * 4),
+            *dtiles = gt_up(tiles, nt * 12);
+    struct sk_attn_params p = {n, nh, nkv, D, nblocks, 0.08f, 1, 0, NULL};
+    cudaEvent_t a, b;
+    GT_CUDA(cudaEventCreate(&a));
+    GT_CUDA(cudaEventCreate(&b));
+    float ms[2];
+    for (int v = 0; v < 2; v++) {
+        for (int i = 0; i < 4; i++) {
+            if (i == 1) GT_CUDA(cudaEventRecord(a, 0));
+            if (v == 0)
+                GT_CUDA(sk_attention_prefill(dq, dk, dv, dbt, dtiles, nt, dpos, dout, p, 0));
+            else
+                GT_CUDA(sk_attention(dq, dk, dv, dbt, dseq, dpos, NULL, NULL, dout, p, 0));
+        }
+        GT_CUDA(cudaEventRecord(b, 0));
+        GT_CUDA(cudaEventSynchronize(b));
+        GT_CUDA(cudaEventElapsedTime(&ms[v], a, b));
+        ms[v] /= 3;
+    }
+    double flop = 4.0 * n * (n + 1) / 2.0 * D * nh;
+    printf("  bench prefill attention nh=%d nkv=%d D=%d n=%d: tensor cores %.2f ms (%.0f TFLOP/s), general %.2f ms\n",
+           nh, nkv, D, n, ms[0], flop / (ms[0] * 1e9), ms[1]);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dout);
+    cudaFree(dq);
+    cudaFree(dbt);
+    cudaFree(dpos);
+    cudaFree(dseq);
+    cudaFree(dtiles);
+    free(bt);
+    free(pos);
+    free(seq);
+    free(tiles);
+}
+
+/* Times decode attention at batch 1 over a long context: bytes of K and V read per call. */
+static void bench_decode_attention(int nh, int nkv, int D, int ctx, int n_splits)
+{
+    const int nblocks = (ctx + 15) / 16;
+    size_t cache_n = (size_t)nblocks * nkv * 16 * D;
+    uint16_t *dk = gt_dev(cache_n * 2), *dv = gt_dev(cache_n * 2);
+    GT_CUDA(sk_fill_dummy_bf16(dk, 1, 1, 0, (int64_t)cache_n, 0, 0));
+    GT_CUDA(sk_fill_dummy_bf16(dv, 1, 2, 0, (int64_t)cache_n, 0, 0));
+    int32_t *bt = malloc(nblocks * 4), pos = ctx - 1, seq = 0;
+    for (int i = 0; i < nblocks; i++) bt[i] = i;
+    int32_t *dbt = gt_up(bt, nblocks * 4), *dpos = gt_up(&pos, 4), *dseq = gt_up(&seq, 4);
+    float *dq = gt_dev((size_t)nh * D * 4);
+    GT_CUDA(sk_fill_dummy_f32(dq, 1, 3, 0, nh * D, 0, 0));
+    uint16_t *dout = gt_dev((size_t)nh * D * 2);
+    float *dpo = gt_dev((size_t)nh * n_splits * D * 4), *dml = gt_dev((size_t)nh * n_splits * 8);
+    int len = ((ctx + n_splits - 1) / n_splits + 15) / 16 * 16;
+    struct sk_attn_params p = {1, nh, nkv, D, nblocks, 0.1f, n_splits, len, NULL};
+    cudaEvent_t a, b;
+    GT_CUDA(cudaEventCreate(&a));
+    GT_CUDA(cudaEventCreate(&b));
+    for (int i = 0; i < 5; i++) GT_CUDA(sk_attention(dq, dk, dv, dbt, dseq, dpos, dpo, dml, dout, p, 0));
+    GT_CUDA(cudaEventRecord(a, 0));
+    const int iters = 50;
+    for (int i = 0; i < iters; i++) GT_CUDA(sk_attention(dq, dk, dv, dbt, dseq, dpos, dpo, dml, dout, p, 0));
+    GT_CUDA(cudaEventRecord(b, 0));
+    GT_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    GT_CUDA(cudaEventElapsedTime(&ms, a, b));
+    double us = ms * 1000.0 / iters, gbs = (double)cache_n * 4 / (us * 1e3);
+    printf("  bench decode attention nh=%d nkv=%d D=%d ctx=%d splits=%d: %.1f us, %.0f GB/s of K+V\n", nh, nkv, D, ctx,
+           n_splits, us, gbs);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dbt);
+    cudaFree(dpos);
+    cudaFree(dseq);
+    cudaFree(dq);
+    cudaFree(dout);
+    cudaFree(dpo);
+    cudaFree(dml);
+    free(bt);
+}
+
+/* cuda_gemm: bf16 operands, fp32 accumulation, against a double reference. */
+static void test_gemm_case(struct cuda_backend *b, int M, int N, int K)
+{
+    uint16_t *w = malloc((size_t)N * K * 2), *x = malloc((size_t)M * K * 2);
+    for (size_t i = 0; i < (size_t)N * K; i++) w[i] = gt_f2bf(gt_normal());
+    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = gt_f2bf(gt_normal());
+    uint16_t *dw = gt_up(w, (size_t)N * K * 2), *dx = gt_up(x, (size_t)M * K * 2);
+    float *dy = gt_dev((size_t)M * N * 4), *y = malloc((size_t)M * N * 4);
+    int rc = b->use_gemv && M > 1 && M <= SK_GEMV_MAX_ROWS && K % 8 == 0
+                 ? (sk_gemv(dw, dx, dy, M, N, K, b->stream) == cudaSuccess ? 0 : -1)
+                 : cuda_gemm(b, dw, dx, dy, M, N, K);
+    gt_down(y, dy, (size_t)M * N * 4);
+    double *ref = malloc((size_t)M * N * 8);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += (double)gt_bf2f(x[(size_t)m * K + k]) * gt_bf2f(w[(size_t)n * K + k]);
+            ref[(size_t)m * N + n] = s;
+        }
+    double e = gt_rel_err(y, ref, (size_t)M * N);
+    /* Operands are exact bf16; only fp32 accumulation rounding remains. */
+    GT_CHECK(rc == 0 && e < 1e-4, "gemm M=%d N=%d K=%d rel err %.2e %s", M, N, K, e, rc ? b->base.error : "");
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+    free(w);
+    free(x);
+    free(y);
+    free(ref);
+}
+
+/* Times one product over rotating weight copies (more than L2) and prints GB/s of weights. */
+static void bench_gemm(struct cuda_backend *b, int rows, int N, int K)
+{
+    const int copies = 4, iters = 20;
+    size_t wn = (size_t)N * K;
+    uint16_t *dw = gt_dev(wn * 2 * copies), *dx = gt_dev((size_t)rows * K * 2);
+    float *dy = gt_dev((size_t)rows * N * 4);
+    GT_CUDA(sk_fill_dummy_bf16(dw, 1, 9, 0, (int64_t)(wn * copies), 0, 0));
+    GT_CUDA(sk_fill_dummy_bf16(dx, 1, 10, 0, (int64_t)rows * K, 0, 0));
+    cudaEvent_t e0, e1;
+    GT_CUDA(cudaEventCreate(&e0));
+    GT_CUDA(cudaEventCreate(&e1));
+    float ms[2] = {0, 0};
+    for (int v = 0; v < 2; v++) {
+        b->use_gemv = false;
+        for (int i = 0; i < iters + 4; i++) {
+            if (i == 4) GT_CUDA(cudaEventRecord(e0, b->stream));
+            if (v == 1)
+                GT_CUDA(sk_gemv(dw + (i % copies) * wn, dx, dy, rows, N, K, b->stream));
+            else
+                cuda_gemm(b, dw + (i % copies) * wn, dx, dy, rows, N, K);
+        }
+        GT_CUDA(cudaEventRecord(e1, b->stream));
+        GT_CUDA(cudaEventSynchronize(e1));
+        GT_CUDA(cudaEventElapsedTime(&ms[v], e0, e1));
+        ms[v] /= iters;
+    }
+    printf("  bench gemm rows=%d N=%d K=%d: cublas %.1f us (%.0f GB/s), gemv %.1f us (%.0f GB/s)\n", rows, N, K,
+           ms[0] * 1e3, wn * 2 / (ms[0] * 1e6), ms[1] * 1e3, wn * 2 / (ms[1] * 1e6));
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+    b->use_gemv = true;
+}
+
+static void test_gemm(void)
+{
+    printf("gemm (cuBLAS bf16, fp32 compute)\n");
+    struct cuda_backend b;
+    memset(&b, 0, sizeof b);
+    GT_CUDA(cudaStreamCreate(&b.stream));
+    if (cublasCreate(&b.cublas) != CUBLAS_STATUS_SUCCESS) {
+        GT_CHECK(0, "cublasCreate");
+        return;
+    }
+    cublasSetStream(b.cublas, b.stream);
+    test_gemm_case(&b, 1, 4096, 4096);
+    test_gemm_case(&b, 37, 1000, 768);
+    test_gemm_case(&b, 5, 172, 64);
+    test_gemm_case(&b, 130, 344, 8);
+    printf("gemv (own kernel, rows <= 8)\n");
+    b.use_gemv = true;
+    for (int m = 1; m <= 8; m++) test_gemm_case(&b, m, m < 4 ? 4096 : 1000, m < 4 ? 4096 : 768);
+    test_gemm_case(&b, 3, 6144, 4096);
+    test_gemm_case(&b, 2, 5, 64);
+    test_gemm_case(&b, 1, 344, 8);
+    /* Shapes it does not take go to cuBLAS. */
+    test_gemm_case(&b, 2, 172, 172);
+    test_gemm_case(&b, 9, 100, 64);
+    GT_CHECK(sk_gemv(NULL, NULL, NULL, 9, 10, 64, 0) == cudaErrorInvalidValue, "gemv refuses 9 rows");
+    (void)cudaGetLastError();
+    printf("bench gemm at decode shapes (Llama-3-8B), cuBLAS vs own gemv\n");
+    int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}, {128256, 4096}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (int rows = 1; rows <= 8; rows *= 8) bench_gemm(&b, rows, shapes[i][0], shapes[i][1]);
+    cublasDestroy(b.cublas);
+    cudaStreamDestroy(b.stream);
+}
+
+/* Sampling: the GPU kernels against sampler_sample (the CPU reference) row by row. */
+static void test_sampling(int V)
+{
+    printf("sampling V=%d\n", V);
+    struct sampling_params sps[] = {
+        {.temperature = 0.0f, .top_p = 1, .top_k = 0, .repetition_penalty = 1, .logprobs = 5},
+        {.temperature = 0.0f,
+         .top_p = 1,
+         .top_k = 0,
+         .repetition_penalty = 1.3f,
+         .presence_penalty = 0.5f,
+         .frequency_penalty = 0.7f,
+         .logprobs = 20},
+        {.temperature = 1.0f, .top_p = 1, .top_k = 0, .repetition_penalty = 1, .seed = 1, .logprobs = -1},
+        {.temperature = 0.7f, .top_p = 0.9f, .top_k = 0, .repetition_penalty = 1, .seed = 2, .logprobs = 0},
+        {.temperature = 1.3f, .top_p = 1, .top_k = 40, .repetition_penalty = 1, .seed = 3, .logprobs = 3},
+        {.temperature = 0.9f,
+         .top_p = 0.5f,
+         .top_k = 100,
+         .min_p = 0.05f,
+         .repetition_penalty = 1.1f,
+         .seed = 4,
+         .logprobs = 1},
+        {.temperature = 1.0f,
+         .top_p = 1,
+         .top_k = 0,
+         .min_p = 0.1f,
+         .repetition_penalty = 1,
+         .presence_penalty = -0.5f,
+         .seed = 5,
+         .logprobs = -1},
+        {.temperature = 2.0f,
+         .top_p = 0.99f,
+         .top_k = 0,
+         .repetition_penalty = 0.8f,
+         .frequency_penalty = 1.0f,
+         .seed = 6,
+         .logprobs = 2},
+        {.temperature = 1.0f, .top_p = 0.95f, .top_k = 1, .repetition_penalty = 1, .seed = 7, .logprobs = -1},
+    };
+    const int R0 = sizeof sps / sizeof sps[0], rounds = 8, R = R0 * rounds;
+    float *logits = malloc((size_t)R * V * 4);
+    for (size_t i = 0; i < (size_t)R * V; i++) logits[i] = gt_normal() * 3.0f;
+    /* Ties: a few rows with repeated maxima. */
+    for (int r = 0; r < R; r += 5) {
+        logits[(size_t)r * V + 7] = 20.0f;
+        logits[(size_t)r * V + 3] = 20.0f;
+    }
+    const int NH = 300;
+    int32_t *hist = malloc((size_t)R * NH * 4);
+    for (int i = 0; i < R * NH; i++) hist[i] = gt_int(V < 50 ? V : 50) * (V / 50 > 0 ? V / 50 : 1);
+    struct sk_sample_row *rows = calloc(R, sizeof *rows);
+    struct batch_seq *seqs = calloc(R, sizeof *seqs);
+    struct sampling_params *rsp = calloc(R, sizeof *rsp);
+    for (int r = 0; r < R; r++) {
+        rsp[r] = sps[r % R0];
+        rsp[r].seed = rsp[r].seed * 1000003ull + (uint64_t)r;
+        struct sk_sample_row *w = &rows[r];
+        w->temperature = rsp[r].temperature;
+        w->top_p = rsp[r].top_p;
+        w->min_p = rsp[r].min_p;
+        w->rep_penalty = rsp[r].repetition_penalty;
+        w->presence = rsp[r].presence_penalty;
+        w->frequency = rsp[r].frequency_penalty;
+        w->top_k = rsp[r].top_k;
+        w->n_logprobs = rsp[r].logprobs;
+        w->seed = rsp[r].seed;
+        w->n_generated = (uint64_t)r * 3;
+        w->hist_off = r * NH;
+        w->n_history = NH - r % 7;
+        w->n_output = 100 + r % 50;
+        seqs[r].sample = true;
+        seqs[r].sampling = &rsp[r];
+        seqs[r].n_generated = w->n_generated;
+        seqs[r].history = hist + r * NH;
+        seqs[r].n_history = w->n_history;
+        seqs[r].n_output = w->n_output;
+    }
+    float *dlog = gt_up(logits, (size_t)R * V * 4), *dwork = gt_dev((size_t)R * V * 4),
+          *dsw = gt_dev((size_t)R * V * 4);
+    int32_t *dhist = gt_up(hist, (size_t)R * NH * 4), *dcounts = gt_dev((size_t)R * V * 4),
+            *dids = gt_dev((size_t)R * V * 4), *dsid = gt_dev((size_t)R * V * 4), *doff = gt_dev((R + 1) * 4);
+    struct sk_sample_row *drows = gt_up(rows, R * sizeof *rows);
+    struct sk_sample_out *dout = gt_dev(R * sizeof *dout), *out = malloc(R * sizeof *out);
+    size_t tb = 0;
+    GT_CUDA(sk_sort_temp_bytes(R, V, &tb));
+    void *dtemp = gt_dev(tb);
+    GT_CUDA(sk_fill_iota_rows(dids, R, V, 0));
+    GT_CUDA(sk_fill_row_offsets(doff, R, V, 0));
+    GT_CUDA(sk_sample_prepare(dlog, drows, dhist, dwork, dcounts, dout, R, V, 0));
+    GT_CUDA(sk_sample_sort(dtemp, tb, dwork, dids, doff, dsw, dsid, R, V, 0));
+    GT_CUDA(sk_sample_finish(dlog, dwork, dsw, dsid, 1, drows, dout, R, V, 0));
+    gt_down(out, dout, R * sizeof *out);
+
+    /* Penalized logits (greedy rows keep them in work) against sampler_penalize. */
+    float *work = malloc((size_t)R * V * 4), *scratch = malloc(sampler_scratch_floats(V) * 4);
+    gt_down(work, dwork, (size_t)R * V * 4);
+    long pen_bad = 0;
+    for (int r = 0; r < R; r++) {
+        if (rsp[r].temperature > SAMPLER_GREEDY_EPS) continue;
+        sampler_penalize(logits + (size_t)r * V, V, &seqs[r], scratch);
+        pen_bad += memcmp(scratch, work + (size_t)r * V, (size_t)V * 4) != 0;
+    }
+    GT_CHECK(pen_bad == 0, "penalties match sampler_penalize bit for bit (%ld rows differ)", pen_bad);
+
+    int tok_bad = 0, top_bad = 0;
+    double lp_err = 0;
+    for (int r = 0; r < R; r++) {
+        struct sample_result ref;
+        memset(&ref, 0, sizeof ref);
+        sampler_sample(logits + (size_t)r * V, V, &seqs[r], scratch, &ref);
+        if (ref.token != out[r].token) {
+            tok_bad++;
+            printf("    row %d (T=%.2f p=%.2f k=%d minp=%.2f): cpu %d gpu %d\n", r, rsp[r].temperature, rsp[r].top_p,
+                   rsp[r].top_k, rsp[r].min_p, ref.token, out[r].token);
+        }
+        double d = fabs((double)ref.logprob - out[r].logprob);
+        if (d > lp_err) lp_err = d;
+        if (ref.n_top != out[r].n_top) top_bad++;
+        for (int k = 0; k < ref.n_top && k < out[r].n_top; k++) {
+            if (ref.top_ids[k] != out[r].top_ids[k]) top_bad++;
+            d = fabs((double)ref.top_logprobs[k] - out[r].top_logprobs[k]);
+            if (d > lp_err) lp_err = d;
+        }
+    }
+    GT_CHECK(tok_bad == 0, "sampled tokens equal the CPU sampler's (%d of %d rows differ)", tok_bad, R);
+    GT_CHECK(top_bad == 0, "top logprob ids equal (%d differences)", top_bad);
+    GT_CHECK(lp_err < 1e-4, "logprobs within 1e-4 (max diff %.2e)", lp_err);
+
+    cudaFree(dlog);
+    cudaFree(dwork);
+    cudaFree(dsw);
+    cudaFree(dhist);
+    cudaFree(dcounts);
+    cudaFree(dids);
+    cudaFree(dsid);
+    cudaFree(doff);
+    cudaFree(drows);
+    cudaFree(dout);
+    cudaFree(dtemp);
+    free(logits);
+    free(hist);
+    free(rows);
+    free(seqs);
+    free(rsp);
+    free(out);
+    free(work);
+    free(scratch);
+}
+
+int main(void)
+{
+    if (!gt_have_gpu()) return 0;
+    test_convert_and_dummy();
+    test_embed_norm_silu();
+    printf("qkv_post\n");
+    test_qkv_post_case(32, 8, 128, 0, 0, 0);
+    test_qkv_post_case(16, 4, 64, 1, 1, 0);
+    test_qkv_post_case(8, 8, 128, 0, 1, 1);
+    test_qkv_post_case(8, 4, 8, 0, 0, 1);
+    test_qkv_post_case(6, 2, 80, 1, 0, 1);
+    printf("attention\n");
+    int dims[] = {8, 16, 32, 64, 128, 256, 80, 96, 24, 40, 160};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
+        test_attention_case(8, 2, dims[i], 1, 0);
+        test_attention_case(8, 2, dims[i], 4, 208);
+    }
+    test_attention_case(32, 8, 128, 1, 0);
+    test_attention_case(32, 8, 128, 11, 64);
+    test_attention_case(4, 4, 64, 3, 240);
+    /* Per-token equal ranges (split_len 0), as the backend uses them. */
+    test_attention_case(8, 2, 128, 5, 0);
+    test_attention_case(32, 8, 128, 16, 0);
+    test_attention_case(8, 2, 80, 3, 0);
+    test_attention_case(8, 2, 8, 7, 0);
+    test_attention_case(8, 2, 64, 2, 0);
+    /* Tensor-core prefill tiles with listed decode tokens, as the backend runs them. */
+    test_attention_case_m(8, 2, 64, 1, 0, 1);
+    test_attention_case_m(8, 2, 128, 1, 0, 1);
+    test_attention_case_m(32, 8, 128, 4, 0, 1);
+    test_attention_case_m(12, 12, 64, 3, 0, 1);
+    test_attention_case_m(28, 4, 128, 1, 0, 1);
+    /* GQA groups of 16 and 7. */
+    test_attention_case(16, 1, 128, 1, 0);
+    test_attention_case(16, 1, 64, 9, 0);
+    test_attention_case(28, 4, 128, 1, 0);
+    test_attention_case(28, 4, 96, 32, 0);
+    test_gemm();
+    test_sampling(1000);
+    test_sampling(32000);
+    test_sampling(151936);
+    printf("bench\n");
+    bench_prefill_attention(32, 8, 128, 2048);
+    bench_prefill_attention(32, 8, 128, 8192);
+    bench_prefill_attention(32, 8, 64, 2048);
+    bench_decode_attention(32, 8, 128, 4096, 1);
+    bench_decode_attention(32, 8, 128, 4096, 8);
+    bench_decode_attention(32, 8, 128, 4096, 32);
+    bench_decode_attention(32, 8, 128, 32768, 16);
+    bench_decode_attention(32, 8, 128, 32768, 32);
+    bench_decode_attention(32, 8, 128, 2048, 8);
+    bench_decode_attention(32, 8, 128, 2048, 17);
+    bench_decode_attention(32, 8, 64, 8192, 32);
+    return gt_finish();
+}

@@ -1,0 +1,357 @@
+/* One step of the CUDA backend: the ragged batch's metadata goes over in one copy, the layers
+ * run as kernels and cuBLAS products on one stream, sampling runs on the device, and the host
+ * waits once, for the sampled tokens. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/backend/cuda/cuda_internal.h"
+
+#define MAX_SPLITS 32
+
+struct step_meta {
+    struct sk_sample_row *rows;
+    int32_t *tokens, *pos, *seq, *slot, *sample_tok, *bt;
+    int32_t *tiles; /* prefill tiles: (first token, count, sequence) */
+    int32_t *dec;   /* tokens for the general attention kernel */
+};
+
+static size_t align16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
+
+/* Lays the step's arrays out in base (host or device) for T tokens, S sequences, R sampled rows. */
+static size_t meta_layout(unsigned char *base, int T, int S, int R, int bt_stride, int n_tiles, int n_dec,
+                          struct step_meta *m)
+{
+    size_t at = 0;
+    m->rows = (struct sk_sample_row *)(base + at);
+    at = align16(at + (size_t)R * sizeof(struct sk_sample_row));
+    m->tokens = (int32_t *)(base + at);
+    at = align16(at + (size_t)T * 4);
+    m->pos = (int32_t *)(base + at);
+    at = align16(at + (size_t)T * 4);
+    m->seq = (int32_t *)(base + at);
+    at = align16(at + (size_t)T * 4);
+    m->slot = (int32_t *)(base + at);
+    at = align16(at + (size_t)T * 4);
+    m->sample_tok = (int32_t *)(base + at);
+    at = align16(at + (size_t)R * 4);
+    m->bt = (int32_t *)(base + at);
+    at = align16(at + (size_t)S * bt_stride * 4);
+    m->tiles = (int32_t *)(base + at);
+    at = align16(at + (size_t)n_tiles * 3 * 4);
+    m->dec = (int32_t *)(base + at);
+    at = align16(at + (size_t)n_dec * 4);
+    return at;
+}
+
+static bool wants_penalty(const struct sampling_params *sp)
+{
+    return (sp->repetition_penalty > 0.0f && sp->repetition_penalty != 1.0f) || sp->presence_penalty != 0.0f ||
+           sp->frequency_penalty != 0.0f;
+}
+
+static int ensure_history(struct cuda_backend *b, size_t n)
+{
+    int rc = 0;
+    if (n <= b->hist_cap) return 0;
+    size_t cap = b->hist_cap ? b->hist_cap : 4096;
+    while (cap < n) cap *= 2;
+    if (b->hist_dev) cudaFree(b->hist_dev);
+    if (b->hist_host) cudaFreeHost(b->hist_host);
+    b->hist_dev = NULL;
+    b->hist_host = NULL;
+    b->hist_cap = 0;
+    CUDA_CHECK(b, cudaMalloc((void **)&b->hist_dev, cap * 4));
+    CUDA_CHECK(b, cudaHostAlloc((void **)&b->hist_host, cap * 4, cudaHostAllocDefault));
+    b->hist_cap = cap;
+fail:
+    return rc;
+}
+
+struct step_args {
+    int T, R, n_tiles;
+    struct step_meta dm;
+    struct sk_attn_params ap;
+    struct sk_qkv_params qp;
+    bool any_cut;
+    float *logits_out;
+};
+
+/* Enqueues the model and the sampler for one step on b->stream (also while capturing a graph). */
+static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
+{
+    const struct model_config *c = &b->base.config;
+    const int H = c->hidden_size, I = c->intermediate_size, D = c->head_dim, V = c->vocab_size;
+    const int nh = c->n_heads, nkv = c->n_kv_heads, qd = nh * D, qkvd = (nh + 2 * nkv) * D;
+    int rc = 0;
+    CUDA_CHECK(b, sk_embed(b->x, b->tok_embed, a->dm.tokens, a->T, H, b->stream));
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct cuda_layer *w = &b->layers[l];
+        uint16_t *kc = b->kv + (size_t)l * 2 * b->kv_layer_elems, *vc = kc + b->kv_layer_elems;
+        CUDA_CHECK(b,
+                   sk_add_rmsnorm(b->x, l ? b->delta : NULL, NULL, w->attn_norm, b->y, a->T, H, c->rms_eps, b->stream));
+        if ((rc = cuda_gemm(b, w->wqkv, b->y, b->big, a->T, qkvd, H)) < 0) goto fail;
+        CUDA_CHECK(b, sk_qkv_post(b->big, w->bqkv, w->q_norm, w->k_norm, b->inv_freq, a->dm.pos, a->dm.slot, b->q, kc,
+                                  vc, a->qp, b->stream));
+        if (a->n_tiles)
+            CUDA_CHECK(b, sk_attention_prefill(b->q, kc, vc, a->dm.bt, a->dm.tiles, a->n_tiles, a->dm.pos, b->y, a->ap,
+                                               b->stream));
+        if (a->ap.n_tokens)
+            CUDA_CHECK(b, sk_attention(b->q, kc, vc, a->dm.bt, a->dm.seq, a->dm.pos, b->part_o, b->part_ml, b->y, a->ap,
+                                       b->stream));
+        if ((rc = cuda_gemm(b, w->wo, b->y, b->delta, a->T, H, qd)) < 0) goto fail;
+        CUDA_CHECK(b, sk_add_rmsnorm(b->x, b->delta, NULL, w->ffn_norm, b->y, a->T, H, c->rms_eps, b->stream));
+        if ((rc = cuda_gemm(b, w->wgu, b->y, b->big, a->T, 2 * I, H)) < 0) goto fail;
+        CUDA_CHECK(b, sk_silu_mul(b->y, b->big, a->T, I, b->stream));
+        if ((rc = cuda_gemm(b, w->wd, b->y, b->delta, a->T, H, I)) < 0) goto fail;
+    }
+    if (a->R > 0) {
+        CUDA_CHECK(
+            b, sk_add_rmsnorm(b->x, b->delta, a->dm.sample_tok, b->final_norm, b->y, a->R, H, c->rms_eps, b->stream));
+        if ((rc = cuda_gemm(b, b->lm_head, b->y, b->logits, a->R, V, H)) < 0) goto fail;
+        if (a->logits_out)
+            CUDA_CHECK(
+                b, cudaMemcpyAsync(a->logits_out, b->logits, (size_t)a->R * V * 4, cudaMemcpyDeviceToHost, b->stream));
+        CUDA_CHECK(b, sk_sample_prepare(b->logits, a->dm.rows, b->hist_dev, b->work, b->counts, b->out_dev, a->R, V,
+                                        b->stream));
+        if (a->any_cut)
+            CUDA_CHECK(b, sk_sample_sort(b->sort_temp, b->sort_temp_bytes, b->work, b->ids_in, b->offsets, b->sorted_w,
+                                         b->sorted_ids, a->R, V, b->stream));
+        CUDA_CHECK(b, sk_sample_finish(b->logits, b->work, b->sorted_w, b->sorted_ids, a->any_cut, a->dm.rows,
+                                       b->out_dev, a->R, V, b->stream));
+        CUDA_CHECK(b, cudaMemcpyAsync(b->out_host, b->out_dev, (size_t)a->R * sizeof *b->out_host,
+                                      cudaMemcpyDeviceToHost, b->stream));
+    }
+fail:
+    return rc;
+}
+
+/* Replays the captured step for this batch shape, capturing it first when new. */
+static int run_graph(struct cuda_backend *b, const struct step_args *a, int n_seqs, int bt_stride)
+{
+    int rc = 0;
+    struct cuda_graph_entry *g = NULL;
+    cudaGraph_t graph = NULL;
+    bool capturing = false;
+    for (int i = 0; i < b->n_graphs; i++) {
+        struct cuda_graph_entry *e = &b->graphs[i];
+        if (e->n_seqs == n_seqs && e->bt_stride == bt_stride && e->any_cut == a->any_cut && e->hist == b->hist_dev) {
+            g = e;
+            break;
+        }
+    }
+    if (!g) {
+        if (b->n_graphs < CUDA_GRAPH_CACHE) {
+            g = &b->graphs[b->n_graphs++];
+        } else {
+            g = &b->graphs[0];
+            for (int i = 1; i < b->n_graphs; i++)
+                if (b->graphs[i].last_used < g->last_used) g = &b->graphs[i];
+            cudaGraphExecDestroy(g->exec);
+        }
+        memset(g, 0, sizeof *g);
+        CUDA_CHECK(b, cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal));
+        capturing = true;
+        rc = enqueue_step(b, a);
+        capturing = false;
+        cudaError_t e = cudaStreamEndCapture(b->stream, &graph);
+        if (rc < 0) goto fail;
+        CUDA_CHECK(b, e);
+        CUDA_CHECK(b, cudaGraphInstantiate(&g->exec, graph, 0));
+        g->n_seqs = n_seqs;
+        g->bt_stride = bt_stride;
+        g->any_cut = a->any_cut;
+        g->hist = b->hist_dev;
+        b->graph_captures++;
+    }
+    g->last_used = ++b->graph_clock;
+    CUDA_CHECK(b, cudaGraphLaunch(g->exec, b->stream));
+    b->graph_replays++;
+fail:
+    if (capturing) {
+        cudaGraph_t dropped = NULL;
+        cudaStreamEndCapture(b->stream, &dropped);
+        if (dropped) cudaGraphDestroy(dropped);
+    }
+    if (graph) cudaGraphDestroy(graph);
+    if (rc < 0 && g && !g->exec) {
+        /* Drop the half-made entry: move the last one into its place. */
+        *g = b->graphs[--b->n_graphs];
+    }
+    return rc;
+}
+
+int cuda_forward(struct backend *base, const struct batch *batch, struct sample_result *results)
+{
+    struct cuda_backend *b = (struct cuda_backend *)base;
+    const struct model_config *c = &base->config;
+    const int T = batch->n_tokens, S = batch->n_seqs;
+    const int D = c->head_dim, V = c->vocab_size, nh = c->n_heads, nkv = c->n_kv_heads;
+    int rc = 0, R = 0, bt_stride = 1, max_ctx = 0, n_tiles = 0, n_dec = 0;
+    bool any_cut = false;
+    size_t n_hist = 0;
+    struct step_meta hm, dm;
+
+    if (S < 0 || S > base->max_batch_seqs || T < 0 || T > base->max_batch_tokens)
+        CUDA_FAIL(b, "cuda: batch of %d tokens / %d sequences exceeds %d / %d", T, S, base->max_batch_tokens,
+                  base->max_batch_seqs);
+    if (T == 0) return 0;
+    CUDA_CHECK(b, cudaSetDevice(b->device));
+
+    /* Check the batch and size its parts. */
+    int total = 0;
+    for (int s = 0; s < S; s++) {
+        const struct batch_seq *q = &batch->seqs[s];
+        int ctx = q->start_pos + q->n_new;
+        int need = (ctx + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE;
+        if (q->n_new < 0 || q->start_pos < 0 || need > q->n_blocks || need > b->bt_cap || (q->sample && !q->sampling) ||
+            (q->sample && q->n_new < 1))
+            CUDA_FAIL(b, "cuda: sequence %d of the batch is inconsistent (start %d, %d new, %d blocks)", s,
+                      q->start_pos, q->n_new, q->n_blocks);
+        for (int i = 0; i < need; i++)
+            if (q->block_table[i] < 0 || q->block_table[i] >= base->num_kv_blocks)
+                CUDA_FAIL(b, "cuda: block id %d out of range (%d blocks)", q->block_table[i], base->num_kv_blocks);
+        if (need > bt_stride) bt_stride = need;
+        if (ctx > max_ctx) max_ctx = ctx;
+        if (b->use_prefill_mma && q->n_new >= 2)
+            n_tiles += (q->n_new + SK_PREFILL_TILE - 1) / SK_PREFILL_TILE;
+        else
+            n_dec += q->n_new;
+        total += q->n_new;
+        if (q->sample) {
+            R++;
+            if (wants_penalty(q->sampling) && q->history && q->n_history > 0) n_hist += (size_t)q->n_history;
+        }
+    }
+    if (total != T) CUDA_FAIL(b, "cuda: sequences carry %d tokens, batch says %d", total, T);
+    for (int t = 0; t < T; t++)
+        if (batch->tokens[t] < 0 || batch->tokens[t] >= V)
+            CUDA_FAIL(b, "cuda: token id %d out of range (vocab %d)", batch->tokens[t], V);
+    if ((rc = ensure_history(b, n_hist)) < 0) goto fail;
+
+    /* A pure decode step (one token per sequence, every one sampled) of a shape seen before is
+     * replayed from a CUDA graph; its block-table width is rounded up to a power of two so the
+     * shape changes rarely as contexts grow. */
+    bool graphable = b->use_graphs && T == S && R == S && !batch->logits_out;
+    if (graphable) {
+        int w = 4;
+        while (w < bt_stride) w *= 2;
+        bt_stride = w < b->bt_cap ? w : b->bt_cap;
+    }
+
+    /* The previous step's metadata copy must be done before its pinned buffer is rewritten. */
+    CUDA_CHECK(b, cudaEventSynchronize(b->meta_sent));
+    /* The general kernel takes every token unless tiles took some (then it gets a list). */
+    const bool all_dec = n_dec == T;
+    size_t bytes = meta_layout(b->meta_host, T, S, R, bt_stride, n_tiles, all_dec ? 0 : n_dec, &hm);
+    if (bytes > b->meta_bytes) CUDA_FAIL(b, "cuda: step metadata of %zu bytes exceeds %zu", bytes, b->meta_bytes);
+    meta_layout(b->meta_dev, T, S, R, bt_stride, n_tiles, all_dec ? 0 : n_dec, &dm);
+    int tile_at = 0, dec_at = 0;
+    memcpy(hm.tokens, batch->tokens, (size_t)T * 4);
+    size_t hist_at = 0;
+    for (int s = 0, t = 0, r = 0; s < S; s++) {
+        const struct batch_seq *q = &batch->seqs[s];
+        int need = (q->start_pos + q->n_new + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE;
+        memcpy(hm.bt + (size_t)s * bt_stride, q->block_table, (size_t)need * 4);
+        if (b->use_prefill_mma && q->n_new >= 2) {
+            for (int i = 0; i < q->n_new; i += SK_PREFILL_TILE, tile_at++) {
+                hm.tiles[3 * tile_at] = t + i;
+                hm.tiles[3 * tile_at + 1] = q->n_new - i < SK_PREFILL_TILE ? q->n_new - i : SK_PREFILL_TILE;
+                hm.tiles[3 * tile_at + 2] = s;
+            }
+        } else if (!all_dec) {
+            for (int i = 0; i < q->n_new; i++) hm.dec[dec_at++] = t + i;
+        }
+        for (int i = 0; i < q->n_new; i++, t++) {
+            int p = q->start_pos + i;
+            hm.pos[t] = p;
+            hm.seq[t] = s;
+            hm.slot[t] = q->block_table[p / KV_BLOCK_SIZE] * KV_BLOCK_SIZE + p % KV_BLOCK_SIZE;
+        }
+        if (!q->sample) continue;
+        const struct sampling_params *sp = q->sampling;
+        struct sk_sample_row *row = &hm.rows[r];
+        memset(row, 0, sizeof *row);
+        row->temperature = sp->temperature;
+        row->top_p = sp->top_p;
+        row->min_p = sp->min_p;
+        row->rep_penalty = sp->repetition_penalty;
+        row->presence = sp->presence_penalty;
+        row->frequency = sp->frequency_penalty;
+        row->top_k = sp->top_k;
+        row->n_logprobs = sp->logprobs;
+        row->seed = sp->seed;
+        row->n_generated = q->n_generated;
+        if (wants_penalty(sp) && q->history && q->n_history > 0) {
+            memcpy(b->hist_host + hist_at, q->history, (size_t)q->n_history * 4);
+            row->hist_off = (int32_t)hist_at;
+            row->n_history = q->n_history;
+            row->n_output = q->n_output;
+            hist_at += (size_t)q->n_history;
+        }
+        if (sp->temperature > 1e-5f && ((sp->top_k > 0 && sp->top_k < V) || (sp->top_p > 0.0f && sp->top_p < 1.0f)))
+            any_cut = true;
+        hm.sample_tok[r++] = t - 1;
+    }
+    CUDA_CHECK(b, cudaMemcpyAsync(b->meta_dev, b->meta_host, bytes, cudaMemcpyHostToDevice, b->stream));
+    if (hist_at)
+        CUDA_CHECK(b, cudaMemcpyAsync(b->hist_dev, b->hist_host, hist_at * 4, cudaMemcpyHostToDevice, b->stream));
+    CUDA_CHECK(b, cudaEventRecord(b->meta_sent, b->stream));
+
+    struct step_args sa = {
+        .T = T, .R = R, .n_tiles = n_tiles, .dm = dm, .any_cut = any_cut, .logits_out = batch->logits_out};
+    /* Long contexts split their keys (flash-decoding) so that a few queries still fill the GPU:
+     * each token's keys are cut into n_splits equal ranges of at least ~128 keys. The bound
+     * comes from the block-table width, so a captured step keeps its grid while the width holds. */
+    sa.ap = (struct sk_attn_params){.n_tokens = n_dec,
+                                    .n_heads = nh,
+                                    .n_kv_heads = nkv,
+                                    .head_dim = D,
+                                    .bt_stride = bt_stride,
+                                    .scale = 1.0f / sqrtf((float)D),
+                                    .n_splits = 1,
+                                    .split_len = 0,
+                                    .token_list = all_dec ? NULL : dm.dec};
+    int64_t ctx_bound = graphable ? (int64_t)bt_stride * KV_BLOCK_SIZE : max_ctx;
+    if (ctx_bound >= 256 && n_dec > 0) {
+        /* Enough blocks to fill the GPU, and ranges of ~256 keys on the longest context so that
+         * it does not become the tail of the step; never ranges under ~128 keys. */
+        int64_t blocks = (int64_t)n_dec * nh;
+        int64_t fill = (8 * (int64_t)b->n_sms + blocks - 1) / blocks, by_256 = (ctx_bound + 255) / 256;
+        int64_t n = fill > by_256 ? fill : by_256, by_128 = (ctx_bound + 127) / 128;
+        int64_t cap = b->part_rows / blocks;
+        if (n > by_128) n = by_128;
+        if (n > cap) n = cap;
+        if (n > MAX_SPLITS) n = MAX_SPLITS;
+        if (n > 1) sa.ap.n_splits = (int)n;
+    }
+    sa.qp = (struct sk_qkv_params){.n_tokens = T,
+                                   .n_heads = nh,
+                                   .n_kv_heads = nkv,
+                                   .head_dim = D,
+                                   .eps = c->rms_eps,
+                                   .interleaved = c->rope_interleaved};
+    if (graphable) {
+        if ((rc = run_graph(b, &sa, S, bt_stride)) < 0) goto fail;
+    } else {
+        if ((rc = enqueue_step(b, &sa)) < 0) goto fail;
+    }
+    CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
+    for (int r = 0; r < R; r++) {
+        const struct sk_sample_out *o = &b->out_host[r];
+        struct sample_result *res = &results[r];
+        if (o->token < 0 || o->token >= V) CUDA_FAIL(b, "cuda: sampler returned token %d", o->token);
+        res->token = o->token;
+        res->logprob = o->logprob;
+        res->n_top = o->n_top;
+        for (int k = 0; k < o->n_top && k < SAMPLER_MAX_TOP_LOGPROBS; k++) {
+            res->top_ids[k] = o->top_ids[k];
+            res->top_logprobs[k] = o->top_logprobs[k];
+        }
+    }
+fail:
+    return rc;
+}

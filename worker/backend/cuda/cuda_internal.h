@@ -1,0 +1,114 @@
+/* Private parts of the CUDA backend: its state, and the checking macros that turn every failed
+ * CUDA or cuBLAS call into a message (statement, file, line) in b->base.error and a jump to the
+ * function's one cleanup label, `fail`, with rc set negative. */
+#ifndef SLUICE_BACKEND_CUDA_INTERNAL_H
+#define SLUICE_BACKEND_CUDA_INTERNAL_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "kernels/sluice_kernels.h"
+#include "worker/engine/backend.h"
+
+struct cuda_layer {
+    uint16_t *wqkv, *wo, *wgu, *wd; /* bf16, fused [q;k;v] and [gate;up] rows */
+    float *attn_norm, *ffn_norm;
+    float *q_norm, *k_norm; /* NULL unless Qwen3 */
+    float *bqkv;            /* NULL unless Qwen2 */
+};
+
+/* A captured decode step, replayed while the batch keeps its shape. */
+#define CUDA_GRAPH_CACHE 32
+struct cuda_graph_entry {
+    int n_seqs, bt_stride;
+    bool any_cut;
+    const void *hist;
+    cudaGraphExec_t exec;
+    uint64_t last_used;
+};
+
+struct cuda_backend {
+    struct backend base;
+    int device;
+    int n_sms;
+    bool use_gemv;        /* own kernel for one-row products */
+    bool use_prefill_mma; /* tensor-core prefill attention (head_dim 64, 128) */
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    void *cublas_ws;
+
+    uint16_t *tok_embed, *lm_head; /* lm_head == tok_embed when tied */
+    float *final_norm;
+    float *inv_freq; /* head_dim / 2 rotary frequencies, scaling applied */
+    struct cuda_layer *layers;
+    size_t weight_bytes;
+
+    uint16_t *kv; /* per layer: K then V, each kv_layer_elems */
+    size_t kv_layer_elems;
+
+    /* Activations for up to max_batch_tokens tokens and max_batch_seqs sampled rows. */
+    float *x, *delta, *big, *q, *part_o, *part_ml, *logits, *work, *sorted_w;
+    uint16_t *y;
+    int32_t *counts, *ids_in, *offsets, *sorted_ids;
+    void *sort_temp;
+    size_t sort_temp_bytes;
+    int64_t part_rows; /* (token, head, split) rows part_o holds */
+    size_t workspace_bytes;
+
+    /* Per-step metadata: built in pinned memory, sent in one copy. */
+    int bt_cap; /* block-table ints per sequence */
+    size_t meta_bytes;
+    unsigned char *meta_host, *meta_dev;
+    cudaEvent_t meta_sent;
+    int32_t *hist_host, *hist_dev;
+    size_t hist_cap;
+    struct sk_sample_out *out_host, *out_dev;
+
+    bool use_graphs; /* SLUICE_CUDA_GRAPHS=0 turns them off */
+    struct cuda_graph_entry graphs[CUDA_GRAPH_CACHE];
+    int n_graphs;
+    uint64_t graph_clock;
+    uint64_t graph_captures, graph_replays;
+};
+
+void cuda_report(struct cuda_backend *b, const char *what, const char *msg, const char *file, int line);
+
+#define CUDA_CHECK(b, stmt)                                                                                            \
+    do {                                                                                                               \
+        cudaError_t e_ = (stmt);                                                                                       \
+        if (e_ != cudaSuccess) {                                                                                       \
+            cuda_report((b), #stmt, cudaGetErrorString(e_), __FILE__, __LINE__);                                       \
+            rc = -1;                                                                                                   \
+            goto fail;                                                                                                 \
+        }                                                                                                              \
+    } while (0)
+
+#define CUBLAS_CHECK(b, stmt)                                                                                          \
+    do {                                                                                                               \
+        cublasStatus_t s_ = (stmt);                                                                                    \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                                             \
+            cuda_report((b), #stmt, cublasGetStatusString(s_), __FILE__, __LINE__);                                    \
+            rc = -1;                                                                                                   \
+            goto fail;                                                                                                 \
+        }                                                                                                              \
+    } while (0)
+
+/* Fails with a message (not a CUDA error): bad input or a size that does not fit. */
+#define CUDA_FAIL(b, ...)                                                                                              \
+    do {                                                                                                               \
+        snprintf((b)->base.error, sizeof(b)->base.error, __VA_ARGS__);                                                 \
+        rc = -1;                                                                                                       \
+        goto fail;                                                                                                     \
+    } while (0)
+
+int cuda_weights_load(struct cuda_backend *b, const struct model *m);
+void cuda_weights_free(struct cuda_backend *b);
+/* y[rows, n_out] (fp32) = x[rows, k_in] (bf16) * w[n_out, k_in]^T (bf16), fp32 accumulation. */
+int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in);
+int cuda_forward(struct backend *base, const struct batch *batch, struct sample_result *results);
+
+#endif

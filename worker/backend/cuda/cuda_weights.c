@@ -1,0 +1,189 @@
+/* Weights onto the GPU: matrices as bf16 (F32/F16 converted on the device, dummy tensors filled
+ * there with model_dummy_value's arithmetic), norms, biases and rotary frequencies as fp32. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/backend/cuda/cuda_internal.h"
+
+#define STAGING_BYTES ((size_t)64 << 20)
+
+struct loader {
+    struct cuda_backend *b;
+    const struct model *m;
+    void *staging;
+};
+
+static int alloc_dev(struct cuda_backend *b, void **p, size_t bytes)
+{
+    int rc = 0;
+    CUDA_CHECK(b, cudaMalloc(p, bytes));
+    b->weight_bytes += bytes;
+fail:
+    return rc;
+}
+
+/* Writes tensor t (numel elements expected) as bf16 at dst. */
+static int put_matrix(struct loader *ld, uint16_t *dst, const struct tensor *t, int64_t numel, const char *name)
+{
+    struct cuda_backend *b = ld->b;
+    int rc = 0;
+    if (tensor_numel(t) != numel)
+        CUDA_FAIL(b, "cuda: tensor %s has %lld elements, expected %lld", name, (long long)tensor_numel(t),
+                  (long long)numel);
+    if (!t->data) {
+        CUDA_CHECK(b, sk_fill_dummy_bf16(dst, ld->m->dummy_seed, t->dummy_id, 0, numel, 0, b->stream));
+    } else if (t->dtype == DTYPE_BF16) {
+        CUDA_CHECK(b, cudaMemcpyAsync(dst, t->data, (size_t)numel * 2, cudaMemcpyHostToDevice, b->stream));
+    } else {
+        size_t esz = t->dtype == DTYPE_F32 ? 4 : 2;
+        int64_t per = (int64_t)(STAGING_BYTES / esz);
+        for (int64_t at = 0; at < numel; at += per) {
+            int64_t n = numel - at < per ? numel - at : per;
+            CUDA_CHECK(b, cudaMemcpyAsync(ld->staging, (const unsigned char *)t->data + (size_t)at * esz,
+                                          (size_t)n * esz, cudaMemcpyHostToDevice, b->stream));
+            CUDA_CHECK(
+                b, sk_convert_to_bf16(dst + at, ld->staging, t->dtype == DTYPE_F32 ? SK_F32 : SK_F16, n, b->stream));
+            /* The staging buffer is reused by the next chunk. */
+            CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
+        }
+    }
+    /* Pageable sources: the copy must end before the mmap can go away. */
+    CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
+fail:
+    return rc;
+}
+
+/* Writes vector t (n floats) as fp32 at dst on the device. */
+static int put_vector_at(struct loader *ld, float *dst, const struct tensor *t, int64_t n, bool is_norm,
+                         const char *name)
+{
+    struct cuda_backend *b = ld->b;
+    int rc = 0;
+    float *host = NULL;
+    if (tensor_numel(t) != n)
+        CUDA_FAIL(b, "cuda: tensor %s has %lld elements, expected %lld", name, (long long)tensor_numel(t),
+                  (long long)n);
+    host = malloc((size_t)n * sizeof *host);
+    if (!host) CUDA_FAIL(b, "cuda: out of host memory for %s", name);
+    tensor_to_f32(t, ld->m->dummy_seed, is_norm, host);
+    CUDA_CHECK(b, cudaMemcpy(dst, host, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+fail:
+    free(host);
+    return rc;
+}
+
+static int put_vector(struct loader *ld, float **dst, const struct tensor *t, int64_t n, bool is_norm, const char *name)
+{
+    int rc = alloc_dev(ld->b, (void **)dst, (size_t)n * sizeof(float));
+    return rc < 0 ? rc : put_vector_at(ld, *dst, t, n, is_norm, name);
+}
+
+/* Hugging Face's rotary frequencies, including llama3 and linear scaling. */
+static void rope_frequencies(const struct model_config *c, float *out)
+{
+    int d = c->head_dim;
+    for (int i = 0; i < d / 2; i++) {
+        double f = 1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)d);
+        if (c->rope_scaling.type == ROPE_SCALING_LINEAR && c->rope_scaling.factor > 0) {
+            f /= c->rope_scaling.factor;
+        } else if (c->rope_scaling.type == ROPE_SCALING_LLAMA3) {
+            double factor = c->rope_scaling.factor, lo = c->rope_scaling.low_freq_factor,
+                   hi = c->rope_scaling.high_freq_factor, old = c->rope_scaling.original_max_position;
+            double lo_wl = old / lo, hi_wl = old / hi, wl = 2.0 * M_PI / f;
+            if (wl > lo_wl) {
+                f /= factor;
+            } else if (wl >= hi_wl) {
+                double smooth = (old / wl - lo) / (hi - lo);
+                f = (1.0 - smooth) * f / factor + smooth * f;
+            }
+        }
+        out[i] = (float)f;
+    }
+}
+
+int cuda_weights_load(struct cuda_backend *b, const struct model *m)
+{
+    const struct model_config *c = &m->config;
+    struct loader ld = {.b = b, .m = m, .staging = NULL};
+    int rc = 0;
+    const int64_t H = c->hidden_size, I = c->intermediate_size, D = c->head_dim;
+    const int64_t qd = (int64_t)c->n_heads * D, kvd = (int64_t)c->n_kv_heads * D, V = c->vocab_size;
+    float inv_freq[SK_MAX_HEAD_DIM / 2];
+
+    CUDA_CHECK(b, cudaMalloc(&ld.staging, STAGING_BYTES));
+    if ((rc = alloc_dev(b, (void **)&b->tok_embed, (size_t)(V * H) * 2)) < 0) goto fail;
+    if ((rc = put_matrix(&ld, b->tok_embed, &m->tok_embed, V * H, "tok_embed")) < 0) goto fail;
+    bool tied = c->tie_embeddings || (m->lm_head.data && m->lm_head.data == m->tok_embed.data) ||
+                tensor_numel(&m->lm_head) == 0;
+    if (tied) {
+        b->lm_head = b->tok_embed;
+    } else {
+        if ((rc = alloc_dev(b, (void **)&b->lm_head, (size_t)(V * H) * 2)) < 0) goto fail;
+        if ((rc = put_matrix(&ld, b->lm_head, &m->lm_head, V * H, "lm_head")) < 0) goto fail;
+    }
+    if ((rc = put_vector(&ld, &b->final_norm, &m->final_norm, H, true, "final_norm")) < 0) goto fail;
+
+    b->layers = calloc((size_t)c->n_layers, sizeof *b->layers);
+    if (!b->layers) CUDA_FAIL(b, "cuda: out of host memory");
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct layer_weights *lw = &m->layers[l];
+        struct cuda_layer *cl = &b->layers[l];
+        char name[64];
+        snprintf(name, sizeof name, "layer %d", l);
+        if ((rc = alloc_dev(b, (void **)&cl->wqkv, (size_t)((qd + 2 * kvd) * H) * 2)) < 0) goto fail;
+        if ((rc = put_matrix(&ld, cl->wqkv, &lw->wq, qd * H, name)) < 0) goto fail;
+        if ((rc = put_matrix(&ld, cl->wqkv + qd * H, &lw->wk, kvd * H, name)) < 0) goto fail;
+        if ((rc = put_matrix(&ld, cl->wqkv + (qd + kvd) * H, &lw->wv, kvd * H, name)) < 0) goto fail;
+        if ((rc = alloc_dev(b, (void **)&cl->wo, (size_t)(H * qd) * 2)) < 0) goto fail;
+        if ((rc = put_matrix(&ld, cl->wo, &lw->wo, H * qd, name)) < 0) goto fail;
+        if ((rc = alloc_dev(b, (void **)&cl->wgu, (size_t)(2 * I * H) * 2)) < 0) goto fail;
+        if ((rc = put_matrix(&ld, cl->wgu, &lw->w_gate, I * H, name)) < 0) goto fail;
+        if ((rc = put_matrix(&ld, cl->wgu + I * H, &lw->w_up, I * H, name)) < 0) goto fail;
+        if ((rc = alloc_dev(b, (void **)&cl->wd, (size_t)(H * I) * 2)) < 0) goto fail;
+        if ((rc = put_matrix(&ld, cl->wd, &lw->w_down, H * I, name)) < 0) goto fail;
+        if ((rc = put_vector(&ld, &cl->attn_norm, &lw->attn_norm, H, true, name)) < 0) goto fail;
+        if ((rc = put_vector(&ld, &cl->ffn_norm, &lw->ffn_norm, H, true, name)) < 0) goto fail;
+        if (c->qk_norm) {
+            if ((rc = put_vector(&ld, &cl->q_norm, &lw->q_norm, D, true, name)) < 0) goto fail;
+            if ((rc = put_vector(&ld, &cl->k_norm, &lw->k_norm, D, true, name)) < 0) goto fail;
+        }
+        if (c->qkv_bias) {
+            if ((rc = alloc_dev(b, (void **)&cl->bqkv, (size_t)(qd + 2 * kvd) * sizeof(float))) < 0) goto fail;
+            if ((rc = put_vector_at(&ld, cl->bqkv, &lw->bq, qd, false, name)) < 0) goto fail;
+            if ((rc = put_vector_at(&ld, cl->bqkv + qd, &lw->bk, kvd, false, name)) < 0) goto fail;
+            if ((rc = put_vector_at(&ld, cl->bqkv + qd + kvd, &lw->bv, kvd, false, name)) < 0) goto fail;
+        }
+    }
+    rope_frequencies(c, inv_freq);
+    if ((rc = alloc_dev(b, (void **)&b->inv_freq, (size_t)(D / 2) * sizeof(float))) < 0) goto fail;
+    CUDA_CHECK(b, cudaMemcpy(b->inv_freq, inv_freq, (size_t)(D / 2) * sizeof(float), cudaMemcpyHostToDevice));
+    CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
+fail:
+    if (ld.staging) cudaFree(ld.staging);
+    return rc;
+}
+
+void cuda_weights_free(struct cuda_backend *b)
+{
+    if (b->lm_head && b->lm_head != b->tok_embed) cudaFree(b->lm_head);
+    cudaFree(b->tok_embed);
+    cudaFree(b->final_norm);
+    cudaFree(b->inv_freq);
+    if (b->layers) {
+        for (int l = 0; l < b->base.config.n_layers; l++) {
+            struct cuda_layer *cl = &b->layers[l];
+            cudaFree(cl->wqkv);
+            cudaFree(cl->wo);
+            cudaFree(cl->wgu);
+            cudaFree(cl->wd);
+            cudaFree(cl->attn_norm);
+            cudaFree(cl->ffn_norm);
+            cudaFree(cl->q_norm);
+            cudaFree(cl->k_norm);
+            cudaFree(cl->bqkv);
+        }
+        free(b->layers);
+    }
+    b->layers = NULL;
+}
