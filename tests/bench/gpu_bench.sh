@@ -13,6 +13,13 @@ tok="${TOKENIZER:-.models/llama3_1}"
 out="${OUT:-/tmp}"
 batches="${BATCHES:-1,8,64,256}"
 export PYTHONUNBUFFERED=1
+# cuBLAS may live only in the Python wheels on a machine without the full toolkit.
+if ldd "$bin/sluice-worker" | grep -q "not found"; then
+  for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os
+print(" ".join(os.path.join(p, "cublas/lib") for p in nvidia.__path__))' 2>/dev/null); do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+  done
+fi
 
 echo "== references (Hugging Face generate, roofline)"
 python3 tests/bench/hf_baseline.py --config "$cfg" --batch-sizes "$batches" --json "$out/hf.json"
