@@ -98,12 +98,14 @@ area_ldlibs = $(if $(filter backend engine worker,$(1)),$(CUDA_LDLIBS))
 UNIT_AREAS := $(notdir $(wildcard tests/unit/*))
 UNIT_BINS  := $(foreach a,$(UNIT_AREAS),$(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/$(a)/test_*.c)))
 GPU_BINS   := $(if $(filter 1,$(HAVE_CUDA)),$(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/test_*.c)))
+# Helpers the GPU pytest files drive (tests/gpu/test_hf_parity.py runs parity_tool).
+GPU_TOOLS  := $(if $(filter 1,$(HAVE_CUDA)),$(BUILD)/tests/gpu/parity_tool)
 BENCH_BINS := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*_bench.c))
 BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BINDIR)/sluice-$(p)))
 
 .PHONY: all deps test test-unit test-integration asan clean install run test-gpu bench \
         bench-controller bench-worker bench-gateway bench-tokenizer pyenv
-all: $(BINS) $(UNIT_BINS) $(GPU_BINS) $(BENCH_BINS)
+all: $(BINS) $(UNIT_BINS) $(GPU_BINS) $(GPU_TOOLS) $(BENCH_BINS)
 
 # --- compiling ------------------------------------------------------------------------
 $(BUILD)/obj/llhttp/%.o: $(LLHTTP_DIR)/%.c
@@ -187,10 +189,11 @@ test-integration: $(BINS) pyenv
 asan:
 	@$(MAKE) --no-print-directory SANITIZE=1 test
 
-test-gpu: $(BINS) $(GPU_BINS)
+test-gpu: $(BINS) $(GPU_BINS) $(GPU_TOOLS)
 	@fail=0; for t in $(GPU_BINS); do echo "== $$t"; $$t || fail=1; done; \
 	if [ -d tests/gpu ] && ls tests/gpu/test_*.py >/dev/null 2>&1; then \
-	  SLUICE_BIN=$(abspath $(BINDIR)) $(PYTHON) -m pytest -q tests/gpu || fail=1; fi; exit $$fail
+	  SLUICE_BIN=$(abspath $(BINDIR)) SLUICE_PARITY_TOOL=$(abspath $(BUILD)/tests/gpu/parity_tool) \
+	  $(PYTHON) -m pytest -q tests/gpu || fail=1; fi; exit $$fail
 
 bench: bench-controller bench-worker bench-gateway
 

@@ -3,22 +3,29 @@
 # Build here first (no GPU needed):  make BUILD=build/cuda -j2 build/cuda/tests/gpu/test_kernels \
 #   build/cuda/tests/gpu/test_backend build/cuda/tests/gpu/test_decode_speed
 # and carry build/cuda and .models (stories260K copied to .models/models/stories260K).
+# test_hf_parity.py also needs build/cuda/tests/gpu/parity_tool (same make line).
 # Usage: tests/gpu/run_on_device.sh [BUILD_DIR]   (logs go to $OUT when set)
+#        SLUICE_GPU_TESTS="test_hf_parity" tests/gpu/run_on_device.sh [BUILD_DIR]   (a subset)
 BUILD=${1:-build/cuda}
 OUTDIR=${OUT:-/tmp/sluice_gpu_out}
 mkdir -p "$OUTDIR"
 export SLUICE_TEST_DATA=${SLUICE_TEST_DATA:-$PWD/.models}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
-if ldd "$BUILD/tests/gpu/test_kernels" | grep -q "not found"; then
+probe="$BUILD/tests/gpu/test_kernels"
+[ -x "$probe" ] || probe="$BUILD/tests/gpu/parity_tool"
+if ldd "$probe" | grep -q "not found"; then
     # The toolkit's libraries may live only in the Python wheels there.
     for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os
 print(" ".join(os.path.join(p, "cublas/lib") for p in nvidia.__path__))' 2>/dev/null); do
         [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH}"
     done
-    ldd "$BUILD/tests/gpu/test_kernels" | grep "not found"
+    ldd "$probe" | grep "not found"
 fi
 summary=()
-for t in test_kernels test_backend test_decode_speed; do
+# SLUICE_GPU_TESTS picks a subset, e.g. "test_hf_parity" for the transformers parity test alone.
+TESTS=${SLUICE_GPU_TESTS:-"test_kernels test_backend test_decode_speed test_hf_parity"}
+for t in $TESTS; do
+    [ "$t" = test_hf_parity ] && continue
     bin="$BUILD/tests/gpu/$t"
     [ -x "$bin" ] || { summary+=("$t: not built"); continue; }
     echo "== $t"
@@ -29,8 +36,20 @@ for t in test_kernels test_backend test_decode_speed; do
     last=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUTDIR/$t.log" | tail -1)
     summary+=("$t: rc=$rc ${last:-no summary} (${secs}s)")
 done
+# Random-weight models of real widths against transformers in float32 (python3 there has torch,
+# transformers and safetensors): needs parity_tool from the same build.
+if [[ " $TESTS " == *" test_hf_parity "* ]]; then
+    echo "== test_hf_parity.py"
+    start=$(date +%s)
+    SLUICE_PARITY_TOOL="$PWD/$BUILD/tests/gpu/parity_tool" PYTHONUNBUFFERED=1 timeout 420 \
+        python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_hf_parity.py 2>&1 | tee "$OUTDIR/test_hf_parity.log"
+    rc=${PIPESTATUS[0]}
+    last=$(grep -E '[0-9]+ (passed|failed|skipped)' "$OUTDIR/test_hf_parity.log" | tail -1)
+    summary+=("test_hf_parity.py: rc=$rc ${last:-no summary} ($(($(date +%s) - start))s)")
+fi
 echo
 echo "==== summary"
 grep -h "FAIL" "$OUTDIR"/*.log | head -40
 grep -h "bench\|tok/s\|stories260K greedy\|rel err vs" "$OUTDIR"/*.log | head -40
+grep -h "^hf parity" "$OUTDIR"/*.log | cut -c1-400 | head -12
 printf '%s\n' "${summary[@]}"
