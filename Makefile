@@ -195,7 +195,7 @@ test-gpu: $(BINS) $(GPU_BINS) $(GPU_TOOLS)
 	  SLUICE_BIN=$(abspath $(BINDIR)) SLUICE_PARITY_TOOL=$(abspath $(BUILD)/tests/gpu/parity_tool) \
 	  $(PYTHON) -m pytest -q tests/gpu || fail=1; fi; exit $$fail
 
-bench: bench-controller bench-worker bench-gateway
+bench: bench-controller bench-worker bench-gateway bench-tokenizer
 
 # Controller, a worker and the gateway on MODEL (a directory or .gguf), else a tiny dummy model.
 run: deps
@@ -228,3 +228,8 @@ bench-worker: $(BINDIR)/sluice-worker
 # POST /get_worker_address throughput with 100 workers (wrk, controller pinned to one core).
 bench-controller: $(BINDIR)/sluice-controller
 	SLUICE_BIN=$(abspath $(BINDIR)) tests/bench/bench_controller.sh
+
+# GPU: Llama-3-8B's shape on the GPU against Hugging Face and the roofline, then serving
+# through the trio (tests/bench/gpu_bench.sh; needs a GPU, torch and transformers).
+bench-gpu: $(BINS)
+	SLUICE_BIN=$(abspath $(BINDIR)) tests/bench/gpu_bench.sh

@@ -102,10 +102,17 @@ async def main_async(args):
     sem = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
     results, done = [], 0
 
+    tty = sys.stderr.isatty()
+    step = max(1, args.num_prompts // 10)
+
     def progress():
+        # A bar redrawn in place on a terminal; a line per tenth in a log.
+        if not tty and done % step and done != args.num_prompts:
+            return
         width = 40
         filled = int(width * done / args.num_prompts)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{args.num_prompts}")
+        end = "" if tty else "\n"
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{args.num_prompts}{end}")
         sys.stderr.flush()
 
     async def one(prompt):
