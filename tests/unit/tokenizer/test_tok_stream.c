@@ -158,3 +158,33 @@ Test(tok_stream, invalid_bytes_are_not_held_forever)
     tok_stream_free(s);
     tok_free(tok);
 }
+
+/* Byte tokens that turn out not to be valid UTF-8 make the full decode rewrite text already
+ * streamed (into U+FFFD); the stream must carry on with the words after them, not stall. */
+Test(tok_stream, invalid_bytes_do_not_stall_the_stream)
+{
+    struct tokenizer *tok = tt_load("models/stories260K/hf");
+    int32_t *tail = NULL;
+    size_t n_tail = 0;
+    const char *words = " and the cat sat on the mat";
+    cr_assert_eq(tok_encode(tok, words, strlen(words), false, &tail, &n_tail), 0);
+    /* 'y' (0x79), then a lone continuation byte 0xBF, then 'Q' (0x51): as byte tokens. */
+    int32_t ids[64] = {124, 194, 84};
+    size_t n = 3;
+    for (size_t i = 0; i < n_tail && n < 64; i++) ids[n++] = tail[i];
+    struct tok_stream *s = tok_stream_new(tok, true);
+    size_t total = 0, after_bytes = 0;
+    for (size_t i = 0; i < n; i++) {
+        char *piece = NULL;
+        size_t len = 0;
+        cr_assert_eq(tok_stream_push(s, ids[i], &piece, &len), 0);
+        total += len;
+        if (i >= 3) after_bytes += len;
+        free(piece);
+    }
+    cr_assert_gt(after_bytes, strlen(words) / 2, "the words after the bad bytes were not streamed");
+    cr_assert_gt(total, 0);
+    tok_stream_free(s);
+    free(tail);
+    tok_free(tok);
+}
