@@ -105,6 +105,9 @@ BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BIN
 
 .PHONY: all deps test test-unit test-integration asan clean install run test-gpu bench \
         bench-controller bench-worker bench-gateway bench-tokenizer pyenv
+# Objects of test and bench programs are intermediates to make; keep them between runs.
+.SECONDARY:
+
 all: $(BINS) $(UNIT_BINS) $(GPU_BINS) $(GPU_TOOLS) $(BENCH_BINS)
 
 # --- compiling ------------------------------------------------------------------------
@@ -233,3 +236,7 @@ bench-controller: $(BINDIR)/sluice-controller
 # through the trio (tests/bench/gpu_bench.sh; needs a GPU, torch and transformers).
 bench-gpu: $(BINS)
 	SLUICE_BIN=$(abspath $(BINDIR)) tests/bench/gpu_bench.sh
+
+# Tokenizer: encode tokens/s against the tokenizers package, one thread each, same text.
+bench-tokenizer: $(BUILD)/bench/tokenizer_bench pyenv
+	$(VENV)/bin/python tests/bench/bench_tokenizer.py --tool $(abspath $(BUILD)/bench/tokenizer_bench)
