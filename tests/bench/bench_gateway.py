@@ -53,7 +53,7 @@ async def worker_conn(reader, writer, tokens, token_delay, model):
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                              % (len(data), data))
                 continue
-            n = min(body.get("max_tokens") or tokens, tokens)
+            n = body.get("max_tokens") or tokens
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n")
             for i in range(n):
                 frame = json.dumps({"text": " tok", "token_ids": [7], "finish_reason": "length" if i == n - 1 else None,
@@ -168,6 +168,32 @@ async def concurrent_streams(port, n, tokens):
     return elapsed, failures, peak
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def chunk_rate(port, gateway_pid, streams, tokens):
+    """Streams as fast as the stand-in worker writes; returns (chunks, wall s, gateway CPU s).
+    Chunks over the gateway's own CPU seconds is what one gateway core carries, whatever the
+    Python stand-ins on the other side of it cost."""
+    body = {"model": MODEL, "prompt": "x", "max_tokens": tokens, "stream": True}
+    counts = []
+
+    async def one():
+        conn = Conn(port)
+        try:
+            status, chunks = await conn.request("/v1/completions", body)
+            counts.append(sum(c.count(b"data: ") for _, c in chunks) if status == 200 else 0)
+        finally:
+            conn.close()
+
+    cpu0, t0 = cpu_seconds(gateway_pid), time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(streams)))
+    return sum(counts), time.perf_counter() - t0, cpu_seconds(gateway_pid) - cpu0
+
+
 async def get(conn, path):
     if conn.writer is None:
         conn.reader, conn.writer = await asyncio.open_connection("127.0.0.1", conn.port)
@@ -240,6 +266,10 @@ async def main(args):
                   f"{len(failures)} failed")
             for f in failures[:5]:
                 print("  failure:", f)
+            chunks, wall, cpu = await chunk_rate(gport, procs[-1].pid, args.rate_streams, args.rate_tokens)
+            print(f"chunk rate: {chunks} SSE chunks over {args.rate_streams} streams in {wall:.2f} s "
+                  f"({chunks / wall:,.0f}/s wall); gateway CPU {cpu:.2f} s -> "
+                  f"{chunks / max(cpu, 1e-9):,.0f} chunks per gateway CPU second")
             return 1 if failures else 0
     finally:
         for p in procs:
@@ -252,6 +282,8 @@ if __name__ == "__main__":
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--streams", type=int, default=1000)
     ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--rate-streams", type=int, default=100)
+    ap.add_argument("--rate-tokens", type=int, default=500)
     ap.add_argument("--token-delay", type=float, default=0.05,
                     help="seconds between tokens in the concurrent-streams run")
     sys.exit(asyncio.run(main(ap.parse_args())))
