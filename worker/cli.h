@@ -10,5 +10,8 @@ int cli_tokenize_main(int argc, char **argv);
 int cli_detokenize_main(int argc, char **argv);
 /* `sluice-worker bench`: the engine alone, batch x input x output (worker/cli_bench.c). */
 int cli_bench_main(int argc, char **argv);
+/* `sluice-worker chat-template --tokenizer PATH`: one JSON request per stdin line in, the
+ * rendered prompt as one JSON string per stdout line out (worker/cli_chat_template.c). */
+int cli_chat_template_main(int argc, char **argv);
 
 #endif
