@@ -1,8 +1,12 @@
 #include "worker/chat_format.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "worker/template/chat_template.h"
+#include "worker/template/chat_template_source.h"
 
 static const char *const role_names[CHAT_ROLE_COUNT] = {"system", "user", "assistant", "tool"};
 
@@ -67,11 +71,49 @@ static int load_file(struct chat_format *f, const char *file, char *err, size_t 
     return 0;
 }
 
-int chat_format_init(struct chat_format *f, const struct tokenizer *tok, const char *file,
-                     char *err, size_t errlen)
+/* bos and eos: the token texts the template sees; NULL takes the tokenizer's. */
+static int compile_jinja(struct chat_format *f, const struct tokenizer *tok, const char *source,
+                         const char *bos, const char *eos, const char *origin, char *err, size_t errlen)
+{
+    char terr[512];
+    if (chat_template_compile(&f->jinja, source, terr, sizeof terr) != 0) {
+        snprintf(err, errlen, "%s: the chat template does not compile: %s", origin, terr);
+        return -1;
+    }
+    f->name = strdup("jinja");
+    f->bos_token = strdup(bos ? bos : tok ? tok_bos_text(tok) : "");
+    f->eos_token = strdup(eos ? eos : tok ? tok_eos_text(tok) : "");
+    return 0;
+}
+
+int chat_format_init(struct chat_format *f, const struct tokenizer *tok, const char *tokenizer_path,
+                     const char *file, char *err, size_t errlen)
 {
     memset(f, 0, sizeof *f);
-    if (file && *file) return load_file(f, file, err, errlen);
+    if (file && *file) {
+        char *text = chat_template_read_file(file);
+        if (!text) {
+            snprintf(err, errlen, "%s: cannot read the chat template", file);
+            return -1;
+        }
+        /* A JSON object is a simple format; anything else is Jinja source. */
+        const char *p = text;
+        while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
+        int rc = *p == '{' && p[1] != '%' && p[1] != '{' && p[1] != '#'
+                     ? load_file(f, file, err, errlen)
+                     : compile_jinja(f, tok, text, NULL, NULL, file, err, errlen);
+        free(text);
+        return rc;
+    }
+    /* The model's own template: tokenizer_config.json, chat_template.jinja, or GGUF. */
+    struct chat_template_source src = {0};
+    char serr[256];
+    if (tokenizer_path && chat_template_source_load(&src, tokenizer_path, serr, sizeof serr) == 0) {
+        int rc = compile_jinja(f, tok, src.source, src.bos_token, src.eos_token, tokenizer_path, err, errlen);
+        chat_template_source_free(&src);
+        return rc;
+    }
+    chat_template_source_free(&src);
     if (has_token(tok, "<|im_start|>")) {
         static const char *const p[] = {"<|im_start|>system\n", "<|im_start|>user\n",
                                         "<|im_start|>assistant\n", "<|im_start|>tool\n"};
@@ -93,6 +135,9 @@ int chat_format_init(struct chat_format *f, const struct tokenizer *tok, const c
 
 void chat_format_free(struct chat_format *f)
 {
+    chat_template_free(f->jinja);
+    free(f->bos_token);
+    free(f->eos_token);
     free(f->name);
     free(f->bos);
     free(f->generation_prompt);
@@ -150,13 +195,29 @@ static int append_content(char **buf, size_t *len, size_t *cap, const json_t *co
     return 0;
 }
 
-int chat_format_render(const struct chat_format *f, const json_t *messages,
-                       bool add_generation_prompt, char **out, struct json_field_error *err)
+static int render_jinja(const struct chat_format *f, const json_t *messages, const json_t *tools,
+                        const json_t *kwargs, bool add_generation_prompt, char **out,
+                        struct json_field_error *err)
+{
+    char terr[200]; /* leaves room for the sentence around it in err->message */
+    int rc = chat_template_render(f->jinja, messages, tools, add_generation_prompt, f->bos_token,
+                                  f->eos_token, kwargs, out, NULL, terr, sizeof terr);
+    if (rc == 0) return 0;
+    snprintf(err->param, sizeof err->param, "messages");
+    if (rc == CHAT_TEMPLATE_ERAISED || rc == CHAT_TEMPLATE_EARG) {
+        snprintf(err->message, sizeof err->message, "the chat template rejected the messages: %s", terr);
+        return 400;
+    }
+    snprintf(err->message, sizeof err->message, "the chat template could not be rendered: %s", terr);
+    return 500;
+}
+
+/* A simple format: prefixes and suffixes. Returns 0 or JSON_FIELD_INVALID. */
+static int render_simple(const struct chat_format *f, const json_t *messages,
+                         bool add_generation_prompt, char **out, struct json_field_error *err)
 {
     char *buf = NULL;
     size_t len = 0, cap = 0;
-    if (!json_is_array(messages) || json_array_size(messages) == 0)
-        return fail(err, "messages", "'messages' must be a non-empty array");
     if (append(&buf, &len, &cap, f->bos, strlen(f->bos)) < 0) goto oom;
     size_t i;
     json_t *msg;
@@ -192,4 +253,34 @@ invalid:
 oom:
     free(buf);
     return fail(err, "messages", "out of memory rendering the messages");
+}
+
+/* What every template may rely on: each message an object with a string role, and content a
+ * string, an array of parts, or (for an assistant turn that only calls tools) null. */
+static int check_messages(const json_t *messages, struct json_field_error *err)
+{
+    if (!json_is_array(messages) || json_array_size(messages) == 0)
+        return fail(err, "messages", "'messages' must be a non-empty array");
+    size_t i;
+    json_t *msg;
+    json_array_foreach(messages, i, msg) {
+        json_t *role = json_object_get(msg, "role");
+        if (!json_is_object(msg) || !json_is_string(role))
+            return fail(err, "messages", "each message must be an object with a string 'role'");
+        json_t *content = json_object_get(msg, "content");
+        bool may_be_null = !strcmp(json_string_value(role), "assistant");
+        if (!(json_is_string(content) || json_is_array(content) ||
+              (may_be_null && (!content || json_is_null(content)))))
+            return fail(err, "messages", "each message needs 'content': a string or an array of content parts");
+    }
+    return 0;
+}
+
+int chat_format_render(const struct chat_format *f, const json_t *messages, const json_t *tools,
+                       const json_t *template_kwargs, bool add_generation_prompt, char **out,
+                       struct json_field_error *err)
+{
+    if (check_messages(messages, err) != 0) return 400;
+    if (f->jinja) return render_jinja(f, messages, tools, template_kwargs, add_generation_prompt, out, err);
+    return render_simple(f, messages, add_generation_prompt, out, err) == 0 ? 0 : 400;
 }

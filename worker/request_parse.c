@@ -59,7 +59,15 @@ int worker_tokenize_prompt(struct worker *w, const json_t *body, int32_t **ids, 
         if (json_get_bool(body, "add_generation_prompt", false, &add_generation_prompt, err) ==
             JSON_FIELD_INVALID)
             return 400;
-        if (chat_format_render(&w->chat, messages, add_generation_prompt, &text, err) != 0) return 400;
+        json_t *tools = json_object_get(body, "tools");
+        json_t *kwargs = json_object_get(body, "chat_template_kwargs");
+        if (tools && !json_is_null(tools) && !json_is_array(tools))
+            return invalid(err, "tools", "'tools' must be an array");
+        if (kwargs && !json_is_null(kwargs) && !json_is_object(kwargs))
+            return invalid(err, "chat_template_kwargs", "'chat_template_kwargs' must be an object");
+        int rc = chat_format_render(&w->chat, messages, json_is_array(tools) ? tools : NULL,
+                                    json_is_object(kwargs) ? kwargs : NULL, add_generation_prompt, &text, err);
+        if (rc != 0) return rc;
         add_special = w->chat.add_special_tokens;
     } else {
         if (!json_is_string(prompt)) return invalid(err, "prompt", "'prompt' must be a string");

@@ -116,7 +116,7 @@ static int load_everything(struct worker *w)
         log_error("cannot load the tokenizer: %s", err);
         return -1;
     }
-    if (chat_format_init(&w->chat, w->tok, w->opt.chat_template, err, sizeof err) != 0) {
+    if (chat_format_init(&w->chat, w->tok, tok_path, w->opt.chat_template, err, sizeof err) != 0) {
         log_error("--chat-template: %s", err);
         return -1;
     }

@@ -18,12 +18,12 @@ Test(chat_format, plain_transcript_without_tokenizer)
 {
     struct chat_format f;
     char err[256];
-    cr_assert_eq(chat_format_init(&f, NULL, NULL, err, sizeof err), 0);
+    cr_assert_eq(chat_format_init(&f, NULL, NULL, NULL, err, sizeof err), 0);
     json_t *m = msgs("[{\"role\":\"system\",\"content\":\"Be brief.\"},"
                      "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Hi\"}]}]");
     char *out = NULL;
     struct json_field_error fe;
-    cr_assert_eq(chat_format_render(&f, m, true, &out, &fe), 0);
+    cr_assert_eq(chat_format_render(&f, m, NULL, NULL, true, &out, &fe), 0);
     cr_assert_str_eq(out, "System: Be brief.\nUser: Hi\nAssistant:");
     cr_assert(f.add_special_tokens);
     free(out);
@@ -41,30 +41,69 @@ Test(chat_format, file_format_and_errors)
     close(fd);
     struct chat_format f;
     char err[256];
-    cr_assert_eq(chat_format_init(&f, NULL, path, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(chat_format_init(&f, NULL, NULL, path, err, sizeof err), 0, "%s", err);
     json_t *m = msgs("[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"assistant\",\"content\":\"b\"},"
                      "{\"role\":\"user\",\"content\":\"c\"}]");
     char *out = NULL;
     struct json_field_error fe;
-    cr_assert_eq(chat_format_render(&f, m, false, &out, &fe), 0);
+    cr_assert_eq(chat_format_render(&f, m, NULL, NULL, false, &out, &fe), 0);
     cr_assert_str_eq(out, "<s>[U]a|[A]b</s>[U]c|");
     free(out);
     json_decref(m);
 
     m = msgs("[{\"role\":\"wizard\",\"content\":\"a\"}]");
-    cr_assert_eq(chat_format_render(&f, m, true, &out, &fe), JSON_FIELD_INVALID);
+    cr_assert_eq(chat_format_render(&f, m, NULL, NULL, true, &out, &fe), 400);
     cr_assert_str_eq(fe.param, "messages");
     json_decref(m);
     m = msgs("[{\"content\":\"a\"}]");
-    cr_assert_eq(chat_format_render(&f, m, true, &out, &fe), JSON_FIELD_INVALID);
+    cr_assert_eq(chat_format_render(&f, m, NULL, NULL, true, &out, &fe), 400);
     cr_assert_not_null(strstr(fe.message, "role"));
     json_decref(m);
     m = msgs("[]");
-    cr_assert_eq(chat_format_render(&f, m, true, &out, &fe), JSON_FIELD_INVALID);
+    cr_assert_eq(chat_format_render(&f, m, NULL, NULL, true, &out, &fe), 400);
     json_decref(m);
     chat_format_free(&f);
     unlink(path);
 
-    cr_assert_neq(chat_format_init(&f, NULL, "/nonexistent/chat.json", err, sizeof err), 0);
+    cr_assert_neq(chat_format_init(&f, NULL, NULL, "/nonexistent/chat.json", err, sizeof err), 0);
     cr_assert_not_null(strstr(err, "/nonexistent/chat.json"));
+}
+
+static char *write_temp(const char *text)
+{
+    static char path[64];
+    snprintf(path, sizeof path, "/tmp/sluice-chat-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+Test(chat_format, jinja_file_renders_and_errors)
+{
+    const char *path = write_temp(
+        "{%- for m in messages %}<|{{ m.role }}|>{{ m.content | trim }}\n{% endfor %}"
+        "{%- if messages[0].role == 'wizard' %}{{ raise_exception('no wizards') }}{% endif %}"
+        "{%- if add_generation_prompt %}<|assistant|>{% endif %}");
+    struct chat_format f;
+    char err[256];
+    cr_assert_eq(chat_format_init(&f, NULL, NULL, path, err, sizeof err), 0, "%s", err);
+    json_t *m = msgs("[{\"role\":\"user\",\"content\":\" hi \"}]");
+    char *out = NULL;
+    struct json_field_error fe;
+    cr_assert_eq(chat_format_render(&f, m, NULL, NULL, true, &out, &fe), 0, "%s", fe.message);
+    cr_assert_str_eq(out, "<|user|>hi\n<|assistant|>");
+    free(out);
+    json_decref(m);
+    m = msgs("[{\"role\":\"wizard\",\"content\":\"x\"}]");
+    cr_assert_eq(chat_format_render(&f, m, NULL, NULL, true, &out, &fe), 400);
+    cr_assert_not_null(strstr(fe.message, "no wizards"));
+    json_decref(m);
+    chat_format_free(&f);
+    unlink(path);
+
+    path = write_temp("{% for m in messages %}{{ m | nosuchfilter }}{% endfor %}");
+    cr_assert_neq(chat_format_init(&f, NULL, NULL, path, err, sizeof err), 0);
+    cr_assert_not_null(strstr(err, "nosuchfilter"), "%s", err);
+    unlink(path);
 }
