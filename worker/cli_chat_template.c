@@ -15,17 +15,9 @@
 
 #include "common/flags.h"
 #include "worker/cli.h"
+#include "worker/cli_lines.h"
 #include "worker/template/chat_template.h"
 #include "worker/template/chat_template_source.h"
-
-static void print_error(const char *msg)
-{
-    json_t *o = json_pack("{s:s}", "error", msg);
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    printf("%s\n", s ? s : "{\"error\":\"out of memory\"}");
-    free(s);
-    json_decref(o);
-}
 
 static void render_line(const struct chat_template *t, const struct chat_template_source *src, const char *line, size_t len)
 {
@@ -36,14 +28,14 @@ static void render_line(const struct chat_template *t, const struct chat_templat
     json_t *req = json_loadb(line, len, 0, &je);
     json_t *extra = NULL;
     if (!req || !json_is_object(req)) {
-        print_error(req ? "expected a JSON object" : je.text);
+        cli_print_error(req ? "expected a JSON object" : je.text);
         goto done;
     }
     const json_t *messages = json_object_get(req, "messages");
     const json_t *tools = json_object_get(req, "tools");
     const json_t *agp = json_object_get(req, "add_generation_prompt");
     if (agp && !json_is_boolean(agp)) {
-        print_error("add_generation_prompt must be a boolean");
+        cli_print_error("add_generation_prompt must be a boolean");
         goto done;
     }
     extra = json_object();
@@ -57,19 +49,25 @@ static void render_line(const struct chat_template *t, const struct chat_templat
     int rc = chat_template_render(t, messages, tools, agp && json_is_true(agp), src->bos_token, src->eos_token, extra, &out,
                                   &out_len, err, sizeof(err));
     if (rc != 0) {
-        print_error(err);
+        cli_print_error(err);
         goto done;
     }
-    json_t *s = json_stringn(out, out_len);
-    char *text = s ? json_dumps(s, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    if (text) printf("%s\n", text);
-    else print_error("rendered prompt is not valid UTF-8");
-    free(text);
-    json_decref(s);
+    cli_print_string(out, out_len);
 done:
     free(out);
     json_decref(extra);
     json_decref(req);
+}
+
+struct line_job {
+    const struct chat_template *t;
+    const struct chat_template_source *src;
+};
+
+static void on_line(const char *line, size_t len, void *arg)
+{
+    const struct line_job *job = arg;
+    if (len > 0) render_line(job->t, job->src, line, len); /* blank lines are skipped */
 }
 
 int cli_chat_template_main(int argc, char **argv)
@@ -119,17 +117,8 @@ int cli_chat_template_main(int argc, char **argv)
         chat_template_source_free(&src);
         return 1;
     }
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
-    while ((n = getline(&line, &cap, stdin)) >= 0) {
-        size_t len = (size_t)n;
-        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) len--;
-        if (len == 0) continue;
-        render_line(t, &src, line, len);
-        fflush(stdout);
-    }
-    free(line);
+    struct line_job job = {.t = t, .src = &src};
+    cli_for_each_line(on_line, &job);
     chat_template_free(t);
     chat_template_source_free(&src);
     return 0;

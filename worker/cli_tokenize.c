@@ -8,16 +8,8 @@
 
 #include "common/flags.h"
 #include "worker/cli.h"
+#include "worker/cli_lines.h"
 #include "worker/tokenizer/tokenizer.h"
-
-static void print_error(const char *msg)
-{
-    json_t *o = json_pack("{s:s}", "error", msg);
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    printf("%s\n", s ? s : "{\"error\":\"out of memory\"}");
-    free(s);
-    json_decref(o);
-}
 
 static void tokenize_line(const struct tokenizer *tok, const char *line, size_t len, bool add_special)
 {
@@ -26,9 +18,9 @@ static void tokenize_line(const struct tokenizer *tok, const char *line, size_t 
     int32_t *ids = NULL;
     size_t n = 0;
     if (!v || !json_is_string(v)) {
-        print_error(v ? "expected a JSON string" : je.text);
+        cli_print_error(v ? "expected a JSON string" : je.text);
     } else if (tok_encode(tok, json_string_value(v), json_string_length(v), add_special, &ids, &n) != 0) {
-        print_error("tokenization failed");
+        cli_print_error("tokenization failed");
     } else {
         fputc('[', stdout);
         for (size_t i = 0; i < n; i++) printf(i ? ",%d" : "%d", ids[i]);
@@ -46,12 +38,12 @@ static void detokenize_line(const struct tokenizer *tok, const char *line, size_
     char *text = NULL;
     size_t text_len = 0;
     if (!v || !json_is_array(v)) {
-        print_error(v ? "expected a JSON array of token ids" : je.text);
+        cli_print_error(v ? "expected a JSON array of token ids" : je.text);
         goto done;
     }
     ids = malloc((json_array_size(v) + 1) * sizeof(*ids));
     if (!ids) {
-        print_error("out of memory");
+        cli_print_error("out of memory");
         goto done;
     }
     for (size_t i = 0; i < json_array_size(v); i++) {
@@ -60,25 +52,33 @@ static void detokenize_line(const struct tokenizer *tok, const char *line, size_
         if (!json_is_integer(e) || id < 0 || id >= tok_vocab_size(tok)) {
             char msg[96];
             snprintf(msg, sizeof(msg), "element %zu is not a token id in [0, %d)", i, tok_vocab_size(tok));
-            print_error(msg);
+            cli_print_error(msg);
             goto done;
         }
         ids[i] = (int32_t)id;
     }
     if (tok_decode(tok, ids, json_array_size(v), skip_special, &text, &text_len) != 0) {
-        print_error("detokenization failed");
+        cli_print_error("detokenization failed");
         goto done;
     }
-    json_t *s = json_stringn(text, text_len);
-    char *out = s ? json_dumps(s, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    if (out) printf("%s\n", out);
-    else print_error("output is not valid UTF-8");
-    free(out);
-    json_decref(s);
+    cli_print_string(text, text_len);
 done:
     free(text);
     free(ids);
     json_decref(v);
+}
+
+struct line_job {
+    const struct tokenizer *tok;
+    bool encode;
+    bool flag; /* add special tokens (encode) or skip them (decode) */
+};
+
+static void on_line(const char *line, size_t len, void *arg)
+{
+    const struct line_job *job = arg;
+    if (job->encode) tokenize_line(job->tok, line, len, job->flag);
+    else detokenize_line(job->tok, line, len, job->flag);
 }
 
 static int run(int argc, char **argv, bool encode)
@@ -107,17 +107,8 @@ static int run(int argc, char **argv, bool encode)
         fprintf(stderr, "%s: cannot load tokenizer: %s\n", prog, err);
         return 1;
     }
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
-    while ((n = getline(&line, &cap, stdin)) >= 0) {
-        size_t len = (size_t)n;
-        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) len--;
-        if (encode) tokenize_line(tok, line, len, flag);
-        else detokenize_line(tok, line, len, flag);
-        fflush(stdout);
-    }
-    free(line);
+    struct line_job job = {.tok = tok, .encode = encode, .flag = flag};
+    cli_for_each_line(on_line, &job);
     tok_free(tok);
     return 0;
 }
