@@ -222,7 +222,8 @@ def test_malformed_and_unknown(shared_worker):
 
 
 def run_worker_expecting_failure(path, *extra):
-    p = subprocess.run([binary("sluice-worker"), "--model-path", str(path), "--device", "cpu", "--no-register",
+    device = [] if "--device" in extra else ["--device", "cpu"]
+    p = subprocess.run([binary("sluice-worker"), "--model-path", str(path), *device, "--no-register",
                         "--port", str(free_port()), *extra], capture_output=True, timeout=30)
     assert p.returncode != 0
     return p.stderr.decode(errors="replace")
@@ -254,3 +255,11 @@ def test_registers_and_heartbeats(procs):
     time.sleep(2.5)
     addr = requests.post(ctl.url + "/get_worker_address", json={"model": "tiny"}, timeout=5).json()["address"]
     assert addr == w.url
+
+
+def test_cuda_without_a_gpu_is_refused_clearly():
+    import shutil
+    if shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0:
+        pytest.skip("this machine has a GPU")
+    err = run_worker_expecting_failure(need_stories() / "hf", "--device", "cuda")
+    assert "GPU" in err or "CUDA" in err, err
