@@ -98,12 +98,57 @@ __global__ void __launch_bounds__(kThreads)
     int32_t *counts = counts_all + (int64_t)r * vocab;
     sk_sample_out *out = outs + r;
 
-    // 1. Logprobs from the raw logits.
+    // 1. Logprobs from the raw logits. Greedy rows also take the raw argmax on the way: it is
+    // their token unless a penalty changes work. Rows of a multiple of 4 floats are read as
+    // float4 (the rows then start 16-byte aligned).
+    const bool greedy = is_greedy(sp), vec = (vocab & 3) == 0;
+    const int32_t *hist = history ? history + sp.hist_off : nullptr;
+    const int n_out_pen = sp.n_output < sp.n_history ? sp.n_output : sp.n_history;
+    const bool penalized = hist && sp.n_history > 0 &&
+                           ((sp.rep_penalty > 0.0f && sp.rep_penalty != 1.0f) ||
+                            ((sp.presence != 0.0f || sp.frequency != 0.0f) && n_out_pen > 0));
     float mx = -INFINITY;
-    for (int i = threadIdx.x; i < vocab; i += kThreads) mx = fmaxf(mx, l[i]);
+    ArgBest raw_best = {0.0f, -1};
+    if (vec) {
+        const float4 *l4 = reinterpret_cast<const float4 *>(l);
+        for (int i = threadIdx.x; i < vocab / 4; i += kThreads) {
+            float4 v = l4[i];
+            mx = fmaxf(fmaxf(mx, fmaxf(v.x, v.y)), fmaxf(v.z, v.w));
+            if (greedy) {
+                ArgBest c0 = {v.x, 4 * i}, c1 = {v.y, 4 * i + 1}, c2 = {v.z, 4 * i + 2}, c3 = {v.w, 4 * i + 3};
+                if (better(c0, raw_best)) raw_best = c0;
+                if (better(c1, raw_best)) raw_best = c1;
+                if (better(c2, raw_best)) raw_best = c2;
+                if (better(c3, raw_best)) raw_best = c3;
+            }
+        }
+    } else {
+        for (int i = threadIdx.x; i < vocab; i += kThreads) {
+            mx = fmaxf(mx, l[i]);
+            ArgBest c = {l[i], i};
+            if (greedy && better(c, raw_best)) raw_best = c;
+        }
+    }
     mx = bcast(ReduceF(tmp.f).Reduce(mx, MaxOp()), &sf);
+    if (greedy && !penalized) raw_best = bcast(ReduceArg(tmp.a).Reduce(raw_best, ArgBestOp()), &sa);
+    // The sum of exponentials, copying the logits into work (for the penalties) on the way.
     double sum = 0.0;
-    for (int i = threadIdx.x; i < vocab; i += kThreads) sum += exp((double)l[i] - (double)mx);
+    if (vec) {
+        const float4 *l4 = reinterpret_cast<const float4 *>(l);
+        float4 *w4 = reinterpret_cast<float4 *>(work);
+        for (int i = threadIdx.x; i < vocab / 4; i += kThreads) {
+            float4 v = l4[i];
+            w4[i] = v;
+            sum += exp((double)v.x - (double)mx) + exp((double)v.y - (double)mx) + exp((double)v.z - (double)mx) +
+                   exp((double)v.w - (double)mx);
+        }
+    } else {
+        for (int i = threadIdx.x; i < vocab; i += kThreads) {
+            float v = l[i];
+            work[i] = v;
+            sum += exp((double)v - (double)mx);
+        }
+    }
     sum = bcast(ReduceD(tmp.d).Sum(sum), &sd);
     const double lse = (double)mx + log(sum);
     int n_top = sp.n_logprobs < 0 ? 0 : (sp.n_logprobs > SK_MAX_TOP ? SK_MAX_TOP : sp.n_logprobs);
@@ -132,11 +177,9 @@ __global__ void __launch_bounds__(kThreads)
         out->lse = (float)lse;
     }
 
-    // 2. Penalties on a copy.
-    for (int i = threadIdx.x; i < vocab; i += kThreads) work[i] = l[i];
+    // 2. Penalties on the copy.
     __syncthreads();
-    const int32_t *hist = history ? history + sp.hist_off : nullptr;
-    if (hist && sp.n_history > 0) {
+    if (penalized) {
         float rep = sp.rep_penalty;
         if (rep > 0.0f && rep != 1.0f) {
             // Every thread writing one token computes the same value from the raw logit.
@@ -168,7 +211,15 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
 
     // 3. Greedy: argmax of the penalized logits, ties to the lowest id.
-    if (is_greedy(sp)) {
+    if (greedy && !penalized) {
+        if (threadIdx.x == 0) {
+            int tok = raw_best.id < 0 ? 0 : raw_best.id;
+            out->token = tok;
+            out->logprob = (float)((double)l[tok] - lse);
+        }
+        return;
+    }
+    if (greedy) {
         ArgBest best = {0.0f, -1};
         for (int i = threadIdx.x; i < vocab; i += kThreads) {
             ArgBest c = {work[i], i};

@@ -87,9 +87,22 @@ struct sk_attn_params {
  * chunk's keys must already be in the cache (sk_qkv_post puts them there). q: [T, n_heads, d]
  * fp32; out: [T, n_heads * d] bf16. part_o (T * n_heads * n_splits * d floats) and part_ml
  * (T * n_heads * n_splits * 2 floats) are scratch used when n_splits > 1. */
+/* Whether sk_attention takes the grouped-query kernel for p (head_dim 64 or 128, 1, 2, 4 or 8
+ * query heads per kv head): one block per kv head serves its query heads, so keys and values are
+ * read once per token. */
+int sk_attention_gqa_fits(const struct sk_attn_params *p);
 cudaError_t sk_attention(const float *q, const uint16_t *k_cache, const uint16_t *v_cache, const int32_t *block_tables,
                          const int32_t *token_seq, const int32_t *pos, float *part_o, float *part_ml, uint16_t *out,
                          struct sk_attn_params p, cudaStream_t s);
+/* sk_attention with the grouped-query kernel's variant chosen: use_gqa 0 never takes it; 1 (two
+ * keys per lane group and step), 2 (1 with the block table staged in shared memory), 3 (2 with four
+ * keys per step). sk_attention uses sk_attention_default_gqa(): SLUICE_CUDA_ATTN_GQA if set (0-3),
+ * else SK_GQA_DEFAULT. */
+#define SK_GQA_DEFAULT 1
+int sk_attention_default_gqa(void);
+cudaError_t sk_attention_mode(const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
+                              const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos, float *part_o,
+                              float *part_ml, uint16_t *out, struct sk_attn_params p, int use_gqa, cudaStream_t s);
 
 /* Prefill attention on the tensor cores (WMMA bf16, fp32 accumulation), flash-style: a block
  * takes 64 consecutive query tokens of one sequence for one head and walks 64-key tiles of the

@@ -90,8 +90,8 @@ int main(void)
         GT_CHECK(rc == 0, "[mma %d] prefill %d tokens: %.1f ms (%.0f tok/s) %s", mma, prompt, pre * 1e3, prompt / pre,
                  rc ? b->error : "");
 
-        /* Decode at batch 1 and 32 after the prompt. */
-        int bs_list[] = {1, 4, 8, 32};
+        /* Decode at batch 1 to 64 after the prompt. */
+        int bs_list[] = {1, 4, 8, 32, 64};
         for (size_t k = 0; k < sizeof bs_list / sizeof bs_list[0] && rc == 0; k++) {
             int bs = bs_list[k];
             struct batch_seq seqs[64];

@@ -3,36 +3,23 @@
  *
  * Environment switches, read at creation, for comparing paths (all on by default):
  * SLUICE_CUDA_GRAPHS=0 (no CUDA graphs for decode steps), SLUICE_CUDA_GEMV=0 (cuBLAS for
- * one-row products too), SLUICE_CUDA_PREFILL_MMA=0 (prefill attention on the general kernel). */
+ * one-row products too), SLUICE_CUDA_PREFILL_MMA=0 (prefill attention on the general kernel),
+ * SLUICE_CUDA_ATTN_GQA=0 (decode attention one block per query head, never per kv head; 1-3 pick
+ * the grouped kernel's variant, see sk_attention_mode). Off by default: SLUICE_CUDA_LT=1 (decode
+ * products through cublasLt, tuned per shape: measured no faster than cublasGemmEx on an H200),
+ * SLUICE_CUDA_PROFILE=1 (per-phase device times of each step shape, printed when the backend is
+ * freed; turns graphs off), SLUICE_CUDA_GEMM_LOG=1 (print each tuned candidate's time). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/log.h"
 #include "worker/backend/cuda/cuda_internal.h"
 
-#define CUBLAS_WS_BYTES ((size_t)32 << 20)
 #define MAX_SPLITS 32
 
 void cuda_report(struct cuda_backend *b, const char *what, const char *msg, const char *file, int line)
 {
     snprintf(b->base.error, sizeof b->base.error, "cuda: %s failed: %s (%s:%d)", what, msg, file, line);
-}
-
-int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in)
-{
-    int rc = 0;
-    const float one = 1.0f, zero = 0.0f;
-    /* Measured on an H200: the own kernel beats cuBLAS by 5-15% for one row, loses beyond. */
-    if (b->use_gemv && rows == 1 && k_in % 8 == 0) {
-        CUDA_CHECK(b, sk_gemv(w, x, y, rows, n_out, k_in, b->stream));
-        return 0;
-    }
-    /* Row-major y = x w^T is column-major y^T = w^T(op) x^T: w read as [k_in, n_out] col-major. */
-    CUBLAS_CHECK(b,
-                 cublasGemmEx(b->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, rows, k_in, &one, w, CUDA_R_16BF, k_in, x,
-                              CUDA_R_16BF, k_in, &zero, y, CUDA_R_32F, n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-fail:
-    return rc;
 }
 
 static void cuda_free(struct backend *base)
@@ -42,6 +29,13 @@ static void cuda_free(struct backend *base)
     cudaSetDevice(b->device);
     if (b->stream) cudaStreamSynchronize(b->stream);
     for (int i = 0; i < b->n_graphs; i++) cudaGraphExecDestroy(b->graphs[i].exec);
+    if (b->prof) {
+        cuda_prof_report(b);
+        for (int i = 0; i < CUDA_PROF_EVENTS; i++)
+            if (b->prof->ev[i]) cudaEventDestroy(b->prof->ev[i]);
+        free(b->prof);
+    }
+    cuda_gemm_plans_free(b);
     cuda_weights_free(b);
     void *devs[] = {b->kv,         b->x,         b->delta,    b->big,      b->q,       b->part_o,   b->part_ml,
                     b->logits,     b->work,      b->sorted_w, b->y,        b->counts,  b->ids_in,   b->offsets,
@@ -204,6 +198,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     b->use_gemv = !gemv || strcmp(gemv, "0");
     const char *mma = getenv("SLUICE_CUDA_PREFILL_MMA");
     b->use_prefill_mma = (!mma || strcmp(mma, "0")) && (c->head_dim == 64 || c->head_dim == 128);
+    b->gqa_mode = sk_attention_default_gqa();
     const char *graphs = getenv("SLUICE_CUDA_GRAPHS");
     b->use_graphs = !graphs || strcmp(graphs, "0");
     CUDA_CHECK(b, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
@@ -213,6 +208,15 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     CUDA_CHECK(b, cudaMalloc(&b->cublas_ws, CUBLAS_WS_BYTES));
     CUBLAS_CHECK(b, cublasSetWorkspace(b->cublas, b->cublas_ws, CUBLAS_WS_BYTES));
     CUBLAS_CHECK(b, cublasSetMathMode(b->cublas, CUBLAS_DEFAULT_MATH));
+    if ((rc = cuda_gemm_init(b)) < 0) goto fail;
+    const char *prof = getenv("SLUICE_CUDA_PROFILE");
+    if (prof && !strcmp(prof, "1")) {
+        /* Timing each phase needs eager steps: graphs off. */
+        b->use_graphs = false;
+        b->prof = calloc(1, sizeof *b->prof);
+        if (!b->prof) CUDA_FAIL(b, "cuda: out of host memory");
+        for (int i = 0; i < CUDA_PROF_EVENTS; i++) CUDA_CHECK(b, cudaEventCreate(&b->prof->ev[i]));
+    }
     log_info("cuda: %s (%d SMs, %.1f GiB), loading %s weights as bf16", prop.name, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1 << 30), dtype_name(c->dtype));
 

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "worker/backend/cuda/cuda_internal.h"
 
@@ -71,12 +72,71 @@ fail:
     return rc;
 }
 
+static double prof_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+enum { P_EMBED, P_NORM, P_QKV, P_QKV_POST, P_ATTN, P_O, P_GU, P_SILU, P_DOWN, P_LM_HEAD, P_SAMPLE, P_COPY };
+static const char *const prof_names[CUDA_PROF_CATS] = {
+    "embed", "norm", "gemm qkv", "qkv post", "attention", "gemm o", "gemm gate/up", "silu", "gemm down", "lm_head",
+    "sample", "copies"};
+
+/* Marks the end of a phase of category cat on the stream (profiling only). */
+static void prof_mark(struct cuda_backend *b, int cat)
+{
+    struct cuda_prof *p = b->prof;
+    if (!p || p->n_ev >= CUDA_PROF_EVENTS) return;
+    if (cudaEventRecord(p->ev[p->n_ev], b->stream) == cudaSuccess) p->cat[p->n_ev++] = cat;
+}
+
+/* After the step's synchronization: adds each phase's time to the step's shape. */
+static void prof_collect(struct cuda_backend *b, int shape, double wall_ms)
+{
+    struct cuda_prof *p = b->prof;
+    int k = 0;
+    while (k < p->n_shapes && p->shape[k] != shape) k++;
+    if (k == p->n_shapes) {
+        if (k == CUDA_PROF_SHAPES) goto done;
+        p->shape[k] = shape;
+        p->n_shapes++;
+    }
+    for (int i = 1; i < p->n_ev; i++) {
+        float ms = 0.0f;
+        if (cudaEventElapsedTime(&ms, p->ev[i - 1], p->ev[i]) == cudaSuccess) p->ms[k][p->cat[i]] += ms;
+    }
+    p->steps[k]++;
+    p->wall_ms[k] += wall_ms;
+done:
+    p->n_ev = 0;
+}
+
+void cuda_prof_report(struct cuda_backend *b)
+{
+    struct cuda_prof *p = b->prof;
+    for (int k = 0; k < p->n_shapes; k++) {
+        if (!p->steps[k]) continue;
+        char line[1024];
+        int at = 0;
+        double tot = 0;
+        for (int c = 0; c < CUDA_PROF_CATS; c++) tot += p->ms[k][c];
+        for (int c = 0; c < CUDA_PROF_CATS && at < (int)sizeof line - 64; c++)
+            at += snprintf(line + at, sizeof line - at, " %s %.3f", prof_names[c], p->ms[k][c] / p->steps[k]);
+        fprintf(stderr, "cuda profile: %s %d, %d steps: device %.3f ms/step, host wall %.3f ms/step; ms/step:%s\n",
+                p->shape[k] > 0 ? "decode batch" : "tokens", p->shape[k] > 0 ? p->shape[k] : -p->shape[k], p->steps[k],
+                tot / p->steps[k], p->wall_ms[k] / p->steps[k], line);
+    }
+}
+
 struct step_args {
     int T, R, n_tiles;
     struct step_meta dm;
     struct sk_attn_params ap;
     struct sk_qkv_params qp;
     bool any_cut;
+    int gqa_mode; /* decode attention variant for sk_attention_mode */
     float *logits_out;
 };
 
@@ -88,30 +148,42 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
     const int nh = c->n_heads, nkv = c->n_kv_heads, qd = nh * D, qkvd = (nh + 2 * nkv) * D;
     int rc = 0;
     CUDA_CHECK(b, sk_embed(b->x, b->tok_embed, a->dm.tokens, a->T, H, b->stream));
+    prof_mark(b, P_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
         const struct cuda_layer *w = &b->layers[l];
         uint16_t *kc = b->kv + (size_t)l * 2 * b->kv_layer_elems, *vc = kc + b->kv_layer_elems;
         CUDA_CHECK(b,
                    sk_add_rmsnorm(b->x, l ? b->delta : NULL, NULL, w->attn_norm, b->y, a->T, H, c->rms_eps, b->stream));
+        prof_mark(b, P_NORM);
         if ((rc = cuda_gemm(b, w->wqkv, b->y, b->big, a->T, qkvd, H)) < 0) goto fail;
+        prof_mark(b, P_QKV);
         CUDA_CHECK(b, sk_qkv_post(b->big, w->bqkv, w->q_norm, w->k_norm, b->inv_freq, a->dm.pos, a->dm.slot, b->q, kc,
                                   vc, a->qp, b->stream));
+        prof_mark(b, P_QKV_POST);
         if (a->n_tiles)
             CUDA_CHECK(b, sk_attention_prefill(b->q, kc, vc, a->dm.bt, a->dm.tiles, a->n_tiles, a->dm.pos, b->y, a->ap,
                                                b->stream));
         if (a->ap.n_tokens)
-            CUDA_CHECK(b, sk_attention(b->q, kc, vc, a->dm.bt, a->dm.seq, a->dm.pos, b->part_o, b->part_ml, b->y, a->ap,
-                                       b->stream));
+            CUDA_CHECK(b, sk_attention_mode(b->q, kc, vc, a->dm.bt, a->dm.seq, a->dm.pos, b->part_o, b->part_ml, b->y,
+                                            a->ap, a->gqa_mode, b->stream));
+        prof_mark(b, P_ATTN);
         if ((rc = cuda_gemm(b, w->wo, b->y, b->delta, a->T, H, qd)) < 0) goto fail;
+        prof_mark(b, P_O);
         CUDA_CHECK(b, sk_add_rmsnorm(b->x, b->delta, NULL, w->ffn_norm, b->y, a->T, H, c->rms_eps, b->stream));
+        prof_mark(b, P_NORM);
         if ((rc = cuda_gemm(b, w->wgu, b->y, b->big, a->T, 2 * I, H)) < 0) goto fail;
+        prof_mark(b, P_GU);
         CUDA_CHECK(b, sk_silu_mul(b->y, b->big, a->T, I, b->stream));
+        prof_mark(b, P_SILU);
         if ((rc = cuda_gemm(b, w->wd, b->y, b->delta, a->T, H, I)) < 0) goto fail;
+        prof_mark(b, P_DOWN);
     }
     if (a->R > 0) {
         CUDA_CHECK(
             b, sk_add_rmsnorm(b->x, b->delta, a->dm.sample_tok, b->final_norm, b->y, a->R, H, c->rms_eps, b->stream));
+        prof_mark(b, P_NORM);
         if ((rc = cuda_gemm(b, b->lm_head, b->y, b->logits, a->R, V, H)) < 0) goto fail;
+        prof_mark(b, P_LM_HEAD);
         if (a->logits_out)
             CUDA_CHECK(
                 b, cudaMemcpyAsync(a->logits_out, b->logits, (size_t)a->R * V * 4, cudaMemcpyDeviceToHost, b->stream));
@@ -122,8 +194,10 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
                                          b->sorted_ids, a->R, V, b->stream));
         CUDA_CHECK(b, sk_sample_finish(b->logits, b->work, b->sorted_w, b->sorted_ids, a->any_cut, a->dm.rows,
                                        b->out_dev, a->R, V, b->stream));
+        prof_mark(b, P_SAMPLE);
         CUDA_CHECK(b, cudaMemcpyAsync(b->out_host, b->out_dev, (size_t)a->R * sizeof *b->out_host,
                                       cudaMemcpyDeviceToHost, b->stream));
+        prof_mark(b, P_COPY);
     }
 fail:
     return rc;
@@ -153,6 +227,10 @@ static int run_graph(struct cuda_backend *b, const struct step_args *a, int n_se
             cudaGraphExecDestroy(g->exec);
         }
         memset(g, 0, sizeof *g);
+        /* Once eagerly first: products met for the first time are timed and tuned then, which
+         * cannot happen inside a capture. Running the step twice is harmless: it rewrites the
+         * same cache slots with the same values and overwrites every output. */
+        if (b->use_lt && (rc = enqueue_step(b, a)) < 0) goto fail;
         CUDA_CHECK(b, cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal));
         capturing = true;
         rc = enqueue_step(b, a);
@@ -199,6 +277,7 @@ int cuda_forward(struct backend *base, const struct batch *batch, struct sample_
         CUDA_FAIL(b, "cuda: batch of %d tokens / %d sequences exceeds %d / %d", T, S, base->max_batch_tokens,
                   base->max_batch_seqs);
     if (T == 0) return 0;
+    const double t_start = b->prof ? prof_now() : 0.0;
     CUDA_CHECK(b, cudaSetDevice(b->device));
 
     /* Check the batch and size its parts. */
@@ -296,10 +375,15 @@ int cuda_forward(struct backend *base, const struct batch *batch, struct sample_
             any_cut = true;
         hm.sample_tok[r++] = t - 1;
     }
+    if (b->prof) {
+        b->prof->n_ev = 0;
+        prof_mark(b, P_COPY);
+    }
     CUDA_CHECK(b, cudaMemcpyAsync(b->meta_dev, b->meta_host, bytes, cudaMemcpyHostToDevice, b->stream));
     if (hist_at)
         CUDA_CHECK(b, cudaMemcpyAsync(b->hist_dev, b->hist_host, hist_at * 4, cudaMemcpyHostToDevice, b->stream));
     CUDA_CHECK(b, cudaEventRecord(b->meta_sent, b->stream));
+    prof_mark(b, P_COPY);
 
     struct step_args sa = {
         .T = T, .R = R, .n_tiles = n_tiles, .dm = dm, .any_cut = any_cut, .logits_out = batch->logits_out};
@@ -315,14 +399,18 @@ int cuda_forward(struct backend *base, const struct batch *batch, struct sample_
                                     .n_splits = 1,
                                     .split_len = 0,
                                     .token_list = all_dec ? NULL : dm.dec};
+    /* The grouped-query kernel (one block per kv head) when that alone fills the GPU: with fewer
+     * tokens its few blocks leave SMs idle, and the per-query-head kernel is faster. */
+    const bool gqa = b->gqa_mode > 0 && sk_attention_gqa_fits(&sa.ap) && (int64_t)n_dec * nkv >= b->n_sms;
+    sa.gqa_mode = gqa ? b->gqa_mode : 0;
     int64_t ctx_bound = graphable ? (int64_t)bt_stride * KV_BLOCK_SIZE : max_ctx;
     if (ctx_bound >= 256 && n_dec > 0) {
         /* Enough blocks to fill the GPU, and ranges of ~256 keys on the longest context so that
          * it does not become the tail of the step; never ranges under ~128 keys. */
-        int64_t blocks = (int64_t)n_dec * nh;
+        int64_t blocks = (int64_t)n_dec * (gqa ? nkv : nh);
         int64_t fill = (8 * (int64_t)b->n_sms + blocks - 1) / blocks, by_256 = (ctx_bound + 255) / 256;
         int64_t n = fill > by_256 ? fill : by_256, by_128 = (ctx_bound + 127) / 128;
-        int64_t cap = b->part_rows / blocks;
+        int64_t cap = b->part_rows / ((int64_t)n_dec * nh); /* part_o holds rows per query head */
         if (n > by_128) n = by_128;
         if (n > cap) n = cap;
         if (n > MAX_SPLITS) n = MAX_SPLITS;
@@ -334,12 +422,14 @@ int cuda_forward(struct backend *base, const struct batch *batch, struct sample_
                                    .head_dim = D,
                                    .eps = c->rms_eps,
                                    .interleaved = c->rope_interleaved};
+    b->decode_step = T == S;
     if (graphable) {
         if ((rc = run_graph(b, &sa, S, bt_stride)) < 0) goto fail;
     } else {
         if ((rc = enqueue_step(b, &sa)) < 0) goto fail;
     }
     CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
+    if (b->prof) prof_collect(b, T == S ? S : -T, 1e3 * (prof_now() - t_start));
     for (int r = 0; r < R; r++) {
         const struct sk_sample_out *o = &b->out_host[r];
         struct sample_result *res = &results[r];

@@ -4,6 +4,7 @@
 #ifndef SLUICE_BACKEND_CUDA_INTERNAL_H
 #define SLUICE_BACKEND_CUDA_INTERNAL_H
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdbool.h>
@@ -31,15 +32,42 @@ struct cuda_graph_entry {
     uint64_t last_used;
 };
 
+#define CUBLAS_WS_BYTES ((size_t)32 << 20)
+#define CUDA_GEMM_PLANS 1024
+struct cuda_gemm_plan;
+
+/* SLUICE_CUDA_PROFILE=1: per-phase device times of eager (graph-free) steps, logged at exit. */
+#define CUDA_PROF_EVENTS 640
+#define CUDA_PROF_CATS 12
+#define CUDA_PROF_SHAPES 8
+struct cuda_prof {
+    cudaEvent_t ev[CUDA_PROF_EVENTS];
+    int cat[CUDA_PROF_EVENTS];
+    int n_ev;
+    int shape[CUDA_PROF_SHAPES]; /* decode batch size; -T for other steps */
+    int steps[CUDA_PROF_SHAPES];
+    double ms[CUDA_PROF_SHAPES][CUDA_PROF_CATS];
+    double wall_ms[CUDA_PROF_SHAPES];
+    int n_shapes;
+};
+
 struct cuda_backend {
     struct backend base;
     int device;
     int n_sms;
     bool use_gemv;        /* own kernel for one-row products */
     bool use_prefill_mma; /* tensor-core prefill attention (head_dim 64, 128) */
+    int gqa_mode;         /* grouped-query attention variant, 0 = off (sk_attention_mode) */
     cudaStream_t stream;
     cublasHandle_t cublas;
     void *cublas_ws;
+    bool use_lt;   /* SLUICE_CUDA_LT=1: tuned cublasLt products in decode steps */
+    bool gemm_log; /* SLUICE_CUDA_GEMM_LOG=1: log each tuned candidate's time */
+    bool decode_step; /* the step being enqueued is pure decode (one token per sequence) */
+    cublasLtHandle_t lt;
+    struct cuda_gemm_plan *plans;
+    int n_plans;
+    struct cuda_prof *prof; /* NULL unless SLUICE_CUDA_PROFILE=1 */
 
     uint16_t *tok_embed, *lm_head; /* lm_head == tok_embed when tied */
     float *final_norm;
@@ -107,8 +135,11 @@ void cuda_report(struct cuda_backend *b, const char *what, const char *msg, cons
 
 int cuda_weights_load(struct cuda_backend *b, const struct model *m);
 void cuda_weights_free(struct cuda_backend *b);
+int cuda_gemm_init(struct cuda_backend *b);
+void cuda_gemm_plans_free(struct cuda_backend *b);
 /* y[rows, n_out] (fp32) = x[rows, k_in] (bf16) * w[n_out, k_in]^T (bf16), fp32 accumulation. */
 int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in);
 int cuda_forward(struct backend *base, const struct batch *batch, struct sample_result *results);
+void cuda_prof_report(struct cuda_backend *b);
 
 #endif
