@@ -67,8 +67,12 @@ static json_t *chat_token(const json_t *item)
 {
     const char *token = json_string_value(json_object_get(item, "token"));
     if (!token) token = "";
+    /* The worker sends a token's exact bytes, which differ from its text when the token is
+     * part of a character; older workers send only the text. */
+    json_t *bytes = json_object_get(item, "bytes");
     return json_pack("{s:s, s:f, s:o}", "token", token, "logprob",
-                     json_number_value(json_object_get(item, "logprob")), "bytes", utf8_bytes(token));
+                     json_number_value(json_object_get(item, "logprob")), "bytes",
+                     json_is_array(bytes) ? json_incref(bytes) : utf8_bytes(token));
 }
 
 json_t *gw_chat_logprobs(const json_t *frame_logprobs)

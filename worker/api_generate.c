@@ -11,7 +11,13 @@
 #include "worker/worker.h"
 
 /* FastChat's error codes (fastchat/constants.py), so its clients read our errors. */
-enum { FASTCHAT_OK = 0, FASTCHAT_CONTEXT_OVERFLOW = 40303, FASTCHAT_INTERNAL_ERROR = 50001 };
+enum {
+    FASTCHAT_OK = 0,
+    FASTCHAT_VALIDATION_ERROR = 40001,
+    FASTCHAT_CONTEXT_OVERFLOW = 40303,
+    FASTCHAT_ENGINE_OVERLOADED = 42903,
+    FASTCHAT_INTERNAL_ERROR = 50001,
+};
 
 struct gen_stream {
     struct gen_stream *next;
@@ -77,12 +83,45 @@ static void text_append(struct gen_stream *s, const char *t, size_t n)
     s->text[s->text_len] = '\0';
 }
 
+/* The UTF-8 sequence starting at s[0] (at most n bytes): sets *len to the bytes it covers and
+ * returns whether it is a whole character. An incomplete character covers its lead byte and
+ * the continuation bytes that follow, so that it becomes one U+FFFD, as Python's and Rust's
+ * lossy decoders make it. */
+static bool utf8_sequence(const unsigned char *s, size_t n, size_t *len)
+{
+    size_t want = s[0] < 0x80 ? 1 : (s[0] & 0xE0) == 0xC0 ? 2 : (s[0] & 0xF0) == 0xE0 ? 3
+                : (s[0] & 0xF8) == 0xF0 ? 4 : 0;
+    size_t k = 1;
+    while (want > 1 && k < want && k < n && (s[k] & 0xC0) == 0x80) k++;
+    *len = k;
+    return want > 0 && k == want;
+}
+
+/* A token's text for logprobs. One character often spans several byte tokens, so a piece may
+ * not be valid UTF-8 alone: "token" carries it with U+FFFD for such bytes (as OpenAI does),
+ * and "bytes" the exact bytes. */
 static json_t *token_logprob_json(struct worker *w, int32_t id, float logprob)
 {
-    char piece[256];
-    size_t n = tok_token_piece(w->tok, id, piece, sizeof piece);
-    if (n >= sizeof piece) n = sizeof piece - 1;
-    return json_pack("{s:i, s:s%, s:f}", "token_id", id, "token", piece, n, "logprob", (double)logprob);
+    unsigned char piece[256];
+    size_t n = tok_token_piece(w->tok, id, (char *)piece, sizeof piece);
+    if (n > sizeof piece) n = sizeof piece;
+    char text[3 * sizeof piece + 1];
+    size_t len = 0;
+    json_t *bytes = json_array();
+    for (size_t i = 0; i < n;) {
+        size_t k;
+        if (utf8_sequence(piece + i, n - i, &k)) {
+            memcpy(text + len, piece + i, k);
+            len += k;
+        } else {
+            memcpy(text + len, "\xEF\xBF\xBD", 3);
+            len += 3;
+        }
+        for (size_t j = i; j < i + k; j++) json_array_append_new(bytes, json_integer(piece[j]));
+        i += k;
+    }
+    return json_pack("{s:i, s:s%, s:f, s:o}", "token_id", id, "token", text, len, "logprob",
+                     (double)logprob, "bytes", bytes);
 }
 
 static json_t *logprobs_json(struct worker *w, const struct engine_event *ev)
@@ -128,8 +167,12 @@ static void send_native_frame(struct gen_stream *s, const struct engine_event *e
     if (ev->finish == FINISH_ERROR)
         json_object_set_new(frame, "error", json_pack("{s:s, s:i}", "message",
                                                       ev->error ? ev->error : "generation failed", "code", 500));
-    char *line = json_dump_compact(frame);
+    char *line = frame ? json_dump_compact(frame) : NULL;
     json_decref(frame);
+    if (!line) {
+        log_error("request %llu: could not encode a frame", (unsigned long long)s->id);
+        return;
+    }
     size_t n = strlen(line);
     line[n] = '\n'; /* replaces the NUL: the frame is a line of ndjson */
     http_stream_write(s->req, line, n + 1);
@@ -176,10 +219,10 @@ void api_on_engine_event(const struct engine_event *ev, void *user)
                 (ev->finish != FINISH_NONE || s->tokens_since_frame >= w->opt.stream_interval)) {
                 s->tokens_since_frame = 0;
                 json_t *frame = fastchat_frame(s, ev);
-                char *body = json_dump_compact(frame);
+                char *body = frame ? json_dump_compact(frame) : NULL;
                 json_decref(frame);
                 /* FastChat frames end in a NUL byte, the string's own terminator. */
-                http_stream_write(s->req, body, strlen(body) + 1);
+                if (body) http_stream_write(s->req, body, strlen(body) + 1);
                 free(body);
             }
         }
@@ -197,73 +240,75 @@ void api_on_engine_event(const struct engine_event *ev, void *user)
     stream_free(s);
 }
 
-void api_generate(struct worker *w, http_request *req, int mode)
+/* An error before generation. FastChat's clients split the body on NUL bytes and read
+ * error_code without looking at the status, so they get a 200 frame; ours get the status and
+ * an OpenAI error body. */
+static void reject(http_request *req, int mode, int status, const char *param, const char *message,
+                   int fastchat_code)
 {
-    struct json_field_error err = {{0}, {0}};
-    size_t len;
-    const char *body = http_request_body(req, &len);
-    struct engine_stats st;
-    engine_get_stats(w->engine, &st);
-    if (st.failed) {
-        http_response_header(req, "Retry-After", "5");
-        http_respond_error(req, 503, NULL, "this worker's engine has failed: %s", st.error);
+    if (mode == GEN_MODE_NATIVE) {
+        if (status == 503) http_response_header(req, "Retry-After", "1");
+        http_respond_error(req, status, param, "%s", message);
         return;
     }
-    if (w->active >= w->opt.limit_worker_concurrency) {
-        metrics_series_add(w->metrics.rejected, 1);
-        http_response_header(req, "Retry-After", "1");
-        http_respond_error(req, 503, NULL, "this worker is at its limit of %ld concurrent requests",
-                           w->opt.limit_worker_concurrency);
+    json_t *frame = json_pack("{s:s, s:i}", "text", message, "error_code", fastchat_code);
+    if (mode == GEN_MODE_FASTCHAT_BLOCKING) {
+        http_respond_json(req, 200, frame);
         return;
     }
-    json_t *root = json_parse_object(body, len, &err);
-    if (!root) {
-        http_respond_error(req, 400, err.param, "%s", err.message);
-        return;
-    }
-    struct gen_params p;
-    int status = gen_params_parse(w, root, &p, &err);
-    json_decref(root);
-    if (status) {
-        metrics_series_add(w->metrics.rejected, 1);
-        if (mode == GEN_MODE_NATIVE) {
-            http_respond_error(req, status, err.param, "%s", err.message);
-        } else {
-            /* FastChat's clients read error_code in a 200 frame. */
-            bool overflow = strstr(err.message, "context length") != NULL;
-            json_t *frame = json_pack("{s:s, s:i}", "text", err.message, "error_code",
-                                      overflow ? FASTCHAT_CONTEXT_OVERFLOW : 40001);
-            if (mode == GEN_MODE_FASTCHAT_BLOCKING) {
-                http_respond_json(req, 200, frame);
-            } else {
-                char *s = json_dump_compact(frame);
-                json_decref(frame);
-                http_respond(req, 200, "application/octet-stream", s, strlen(s) + 1);
-                free(s);
-            }
-        }
-        gen_params_free(&p);
-        return;
-    }
+    char *text = frame ? json_dump_compact(frame) : NULL;
+    json_decref(frame);
+    if (text) http_respond(req, 200, "application/octet-stream", text, strlen(text) + 1);
+    else http_respond_error(req, 500, NULL, "out of memory");
+    free(text);
+}
 
+/* Tokenizing a long prompt, or rendering a chat template, takes long enough (about 0.1 s per
+ * MiB) to stall every other stream, so it runs on libuv's thread pool; the loop picks the
+ * request up again when it is parsed. Everything it reads (the tokenizer, the compiled chat
+ * template, the model config) is read-only, and the body is the job's alone. */
+struct gen_job {
+    uv_work_t work;
+    struct worker *w;
+    http_request *req; /* NULL once the client is gone */
+    int mode;
+    json_t *body;
+    struct gen_params params;
+    struct json_field_error err;
+    int status;
+};
+
+static void job_client_gone(http_request *req, void *arg)
+{
+    (void)req;
+    ((struct gen_job *)arg)->req = NULL;
+}
+
+static void job_parse(uv_work_t *work)
+{
+    struct gen_job *job = work->data;
+    job->status = gen_params_parse(job->w, job->body, &job->params, &job->err);
+}
+
+static void start_stream(struct worker *w, http_request *req, int mode, struct gen_params *p)
+{
     struct gen_stream *s = calloc(1, sizeof *s);
     s->w = w;
     s->id = ++w->next_request_id;
     s->req = req;
     s->mode = mode;
     s->accepted_ns = uv_hrtime();
-    s->echo = p.echo;
-    s->logprobs = p.logprobs;
-    if (p.echo && mode != GEN_MODE_NATIVE) text_append(s, p.prompt_text, strlen(p.prompt_text));
-    s->prompt_text = p.echo ? p.prompt_text : NULL;
-    if (!p.echo) free(p.prompt_text);
-    p.prompt_text = NULL;
-    p.req->id = s->id;
+    s->echo = p->echo;
+    s->logprobs = p->logprobs;
+    if (p->echo && mode != GEN_MODE_NATIVE) text_append(s, p->prompt_text, strlen(p->prompt_text));
+    s->prompt_text = p->echo ? p->prompt_text : NULL;
+    if (!p->echo) free(p->prompt_text);
+    p->prompt_text = NULL;
+    p->req->id = s->id;
     s->next = w->streams;
     w->streams = s;
-    w->active++;
     metrics_series_add(w->metrics.requests, 1);
-    metrics_series_add(w->metrics.prompt_tokens, p.req->n_prompt);
+    metrics_series_add(w->metrics.prompt_tokens, p->req->n_prompt);
 
     http_request_on_close(req, on_client_gone, s);
     if (mode == GEN_MODE_NATIVE)
@@ -271,11 +316,80 @@ void api_generate(struct worker *w, http_request *req, int mode)
     else if (mode == GEN_MODE_FASTCHAT_STREAM)
         http_stream_begin(req, 200, "application/octet-stream");
 
-    struct engine_request *er = p.req;
-    p.req = NULL;
+    struct engine_request *er = p->req;
+    p->req = NULL;
     if (engine_submit(w->engine, er) != 0) {
         /* The engine failed between our check and now: end the stream with an error. */
         struct engine_event ev = {.id = s->id, .finish = FINISH_ERROR, .error = "the engine is not accepting requests"};
         api_on_engine_event(&ev, w);
+    }
+}
+
+static void job_parsed(uv_work_t *work, int cancelled)
+{
+    struct gen_job *job = work->data;
+    struct worker *w = job->w;
+    json_decref(job->body);
+    if (!job->req || cancelled) {
+        /* The client left while we parsed (or the loop is closing): nothing was started. */
+        w->active--;
+    } else if (job->status) {
+        w->active--;
+        metrics_series_add(w->metrics.rejected, 1);
+        bool overflow = strstr(job->err.message, "context length") != NULL;
+        reject(job->req, job->mode, job->status, job->err.param, job->err.message,
+               overflow ? FASTCHAT_CONTEXT_OVERFLOW : FASTCHAT_VALIDATION_ERROR);
+    } else {
+        http_request_on_close(job->req, NULL, NULL);
+        start_stream(w, job->req, job->mode, &job->params);
+    }
+    gen_params_free(&job->params);
+    free(job);
+}
+
+void api_generate(struct worker *w, http_request *req, int mode)
+{
+    struct json_field_error err = {{0}, {0}};
+    char message[600];
+    struct engine_stats st;
+    engine_get_stats(w->engine, &st);
+    if (st.failed) {
+        snprintf(message, sizeof message, "this worker's engine has failed: %s", st.error);
+        reject(req, mode, 503, NULL, message, FASTCHAT_INTERNAL_ERROR);
+        return;
+    }
+    if (w->active >= w->opt.limit_worker_concurrency) {
+        metrics_series_add(w->metrics.rejected, 1);
+        snprintf(message, sizeof message, "this worker is at its limit of %ld concurrent requests",
+                 w->opt.limit_worker_concurrency);
+        reject(req, mode, 503, NULL, message, FASTCHAT_ENGINE_OVERLOADED);
+        return;
+    }
+    size_t len;
+    const char *body = http_request_body(req, &len);
+    json_t *root = json_parse_object(body, len, &err);
+    if (!root) {
+        reject(req, mode, 400, err.param, err.message, FASTCHAT_VALIDATION_ERROR);
+        return;
+    }
+    struct gen_job *job = calloc(1, sizeof *job);
+    if (!job) {
+        json_decref(root);
+        reject(req, mode, 500, NULL, "out of memory", FASTCHAT_INTERNAL_ERROR);
+        return;
+    }
+    job->w = w;
+    job->req = req;
+    job->mode = mode;
+    job->body = root;
+    job->work.data = job;
+    w->active++; /* counts against the limit from now on, parsed or not */
+    http_request_on_close(req, job_client_gone, job);
+    if (uv_queue_work(w->loop, &job->work, job_parse, job_parsed) != 0) {
+        http_request_on_close(req, NULL, NULL);
+        w->active--;
+        json_decref(root);
+        free(job);
+        reject(req, mode, 500, NULL, "could not queue the request", FASTCHAT_INTERNAL_ERROR);
     }
 }

@@ -84,6 +84,13 @@ static void on_heartbeat(http_call *call, const struct http_call_result *res, vo
 static void on_tick(uv_timer_t *t)
 {
     struct worker *w = t->data;
+    struct engine_stats st;
+    engine_get_stats(w->engine, &st);
+    if (st.failed) {
+        /* A worker that can only answer 503 must stop attracting requests: falling silent
+         * lets the controller expire it. */
+        return;
+    }
     if (!w->registered) {
         send_register(w);
         return;

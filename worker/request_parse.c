@@ -127,7 +127,6 @@ int gen_params_parse(struct worker *w, const json_t *body, struct gen_params *ou
     struct sampling_params *s = &r->sampling;
     double temperature = 1.0, top_p = 1.0, min_p = 0.0, rep = 1.0, presence = 0.0, frequency = 0.0;
     int64_t top_k = -1, max_tokens = -1, seed = 0, logprobs = -1;
-    bool b;
 
 #define NUM(key, lo, hi, dst) \
     if (json_get_number(body, key, false, lo, hi, &dst, err) == JSON_FIELD_INVALID) return 400
@@ -151,8 +150,7 @@ int gen_params_parse(struct worker *w, const json_t *body, struct gen_params *ou
     r->has_seed = rc == JSON_FIELD_OK;
     if (json_get_int(body, "logprobs", false, 0, SAMPLER_MAX_TOP_LOGPROBS, &logprobs, err) == JSON_FIELD_INVALID)
         return 400;
-    if (json_get_bool(body, "ignore_eos", false, &b, err) == JSON_FIELD_INVALID) return 400;
-    else if (json_object_get(body, "ignore_eos")) r->ignore_eos = b;
+    if (json_get_bool(body, "ignore_eos", false, &r->ignore_eos, err) == JSON_FIELD_INVALID) return 400;
     if (json_get_bool(body, "echo", false, &out->echo, err) == JSON_FIELD_INVALID) return 400;
     if (json_get_bool(body, "skip_special_tokens", false, &r->skip_special, err) == JSON_FIELD_INVALID)
         return 400;
@@ -173,9 +171,13 @@ int gen_params_parse(struct worker *w, const json_t *body, struct gen_params *ou
     int status = worker_tokenize_prompt(w, body, &r->prompt, &n, &out->prompt_text, err);
     if (status) return status;
     r->n_prompt = (int32_t)n;
+    const char *prompt_param = json_object_get(body, "messages") ? "messages"
+                             : json_object_get(body, "prompt_token_ids") ? "prompt_token_ids" : "prompt";
+    if (r->n_prompt < 1)
+        return invalid(err, prompt_param, "the prompt is empty: it must hold at least one token");
     int ctx = w->max_model_len;
     if (r->n_prompt >= ctx) {
-        snprintf(err->param, sizeof err->param, "messages");
+        snprintf(err->param, sizeof err->param, "%s", prompt_param);
         snprintf(err->message, sizeof err->message,
                  "This model's maximum context length is %d tokens. However, your prompt has %d "
                  "tokens, which leaves no room for the completion. Please shorten the prompt.",

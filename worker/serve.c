@@ -17,6 +17,7 @@ static void route(http_request *req, void *user)
     const char *path = http_request_path(req);
     bool post = strcmp(http_request_method(req), "POST") == 0;
     bool get = strcmp(http_request_method(req), "GET") == 0;
+    const char *allow = "POST";
     static const struct {
         const char *path;
         bool get_ok;
@@ -38,18 +39,17 @@ static void route(http_request *req, void *user)
                                                                  : GEN_MODE_FASTCHAT_BLOCKING);
         return;
     }
-    if (!strcmp(path, "/health")) {
-        if (!get) goto method;
-        api_health(w, req);
-        return;
-    }
-    if (!strcmp(path, "/metrics")) {
-        if (!get) goto method;
-        api_metrics(w, req);
+    if (!strcmp(path, "/health") || !strcmp(path, "/metrics")) {
+        if (!get) {
+            allow = "GET";
+            goto method;
+        }
+        (path[1] == 'h' ? api_health : api_metrics)(w, req);
         return;
     }
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         if (strcmp(path, routes[i].path) != 0) continue;
+        if (routes[i].get_ok) allow = "GET, POST";
         if (!post && !(get && routes[i].get_ok)) goto method;
         routes[i].fn(w, req);
         return;
@@ -57,7 +57,7 @@ static void route(http_request *req, void *user)
     http_respond_error(req, 404, NULL, "no such endpoint: %s", path);
     return;
 method:
-    http_response_header(req, "Allow", "POST");
+    http_response_header(req, "Allow", allow);
     http_respond_error(req, 405, NULL, "method %s is not allowed on %s", http_request_method(req), path);
 }
 
@@ -79,8 +79,6 @@ static void set_model_names(struct worker *w)
     snprintf(w->model_names[w->n_model_names++], sizeof w->model_names[0], "%s", base);
     free(copy);
 }
-
-static struct worker *g_worker;
 
 static void on_closed(void *arg)
 {
@@ -170,7 +168,6 @@ int worker_serve_main(int argc, char **argv)
 {
     static struct worker worker;
     struct worker *w = &worker;
-    g_worker = w;
     struct worker_options *o = &w->opt;
     *o = (struct worker_options){
         .controller_address = "http://127.0.0.1:21001",
@@ -231,7 +228,6 @@ int worker_serve_main(int argc, char **argv)
         fprintf(stderr, "sluice-worker: --model-path is required (see --help)\n");
         return 2;
     }
-    signal(SIGPIPE, SIG_IGN);
     w->loop = uv_default_loop();
     set_model_names(w);
     if (worker_metrics_init(&w->metrics) != 0 || load_everything(w) != 0) return 1;

@@ -196,6 +196,8 @@ def test_seed_and_stop(shared_worker):
     ({"prompt": 5}, "prompt"),
     ({}, "prompt"),
     ({"prompt": "x", "stop": [1]}, "stop"),
+    ({"prompt": "", "add_special_tokens": False}, "prompt"),
+    ({"prompt": "x", "ignore_eos": "yes"}, "ignore_eos"),
 ])
 def test_bad_requests(shared_worker, body, param):
     r = requests.post(shared_worker.url + "/generate", json=body, timeout=10)
@@ -263,3 +265,26 @@ def test_cuda_without_a_gpu_is_refused_clearly():
         pytest.skip("this machine has a GPU")
     err = run_worker_expecting_failure(need_stories() / "hf", "--device", "cuda")
     assert "GPU" in err or "CUDA" in err, err
+
+
+def test_fastchat_errors_are_frames(procs):
+    """FastChat's clients read error_code from NUL-delimited frames and ignore the status."""
+    w = start_worker(procs, None, "--limit-worker-concurrency", "1")
+    s = socket.create_connection(("127.0.0.1", w.port), timeout=10)
+    body = json.dumps({"prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True})
+    s.sendall(f"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+    assert b"200" in s.recv(4096)
+    r = requests.post(w.url + "/worker_generate_stream", json={"prompt": "x", "max_new_tokens": 4}, timeout=10)
+    frame = json.loads(r.content.split(b"\0")[0])
+    assert r.status_code == 200 and frame["error_code"] == 42903 and "limit" in frame["text"]
+    r = requests.post(w.url + "/generate", json={"prompt": "x"}, timeout=10)
+    assert r.status_code == 503 and r.headers.get("Retry-After")
+    s.close()
+    deadline = time.time() + 10
+    while metric(w.url, "sluice_worker_requests_active") > 0 and time.time() < deadline:
+        time.sleep(0.02)
+    r = requests.post(w.url + "/worker_generate", json={"prompt": "hello " * 600}, timeout=10)
+    assert r.status_code == 200 and r.json()["error_code"] == 40303
+    r = requests.post(w.url + "/health", timeout=5)
+    assert r.status_code == 405 and r.headers["Allow"] == "GET"

@@ -73,3 +73,25 @@ def test_chat_generation_and_errors(qwen3_worker):
     r = requests.post(worker.url + "/generate", json={"messages": [{"role": "user"}], "max_tokens": 4}, timeout=30)
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "messages"
+
+
+def test_logprobs_carry_exact_bytes(qwen3_worker):
+    """Every generated token has a logprob entry, also tokens holding part of a character
+    (common in a byte-level vocabulary): their text shows U+FFFD, "bytes" the exact bytes."""
+    worker, _ = qwen3_worker
+    r = requests.post(worker.url + "/generate", json={
+        "prompt": "Hello", "max_tokens": 32, "temperature": 1.0, "seed": 1, "logprobs": 20,
+        "ignore_eos": True}, timeout=60)
+    frames = [json.loads(l) for l in r.text.splitlines() if l]
+    partial = 0
+    for f in frames:
+        assert len(f["logprobs"]) == len(f["token_ids"])
+        for entry in f["logprobs"]:
+            for e in [entry] + entry["top_logprobs"]:
+                raw = bytes(e["bytes"])
+                assert raw.decode("utf-8", errors="replace") == e["token"]
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    partial += 1
+    assert partial > 0, "expected some partial-character tokens among the alternatives"
