@@ -7,10 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int field_fail(struct json_field_error *err, const char *key, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int field_fail(struct json_field_error *err, const char *key, const char *fmt, ...)
+int json_field_fail(struct json_field_error *err, const char *key, const char *fmt, ...)
 {
     if (err) {
         snprintf(err->param, sizeof err->param, "%s", key ? key : "");
@@ -28,7 +25,7 @@ static int field_lookup(const json_t *obj, const char *key, bool required, json_
 {
     *value = json_is_object(obj) ? json_object_get(obj, key) : NULL;
     if (*value && !json_is_null(*value)) return JSON_FIELD_OK;
-    if (required) return field_fail(err, key, "'%s' is a required field", key);
+    if (required) return json_field_fail(err, key, "'%s' is a required field", key);
     return JSON_FIELD_MISSING;
 }
 
@@ -38,7 +35,7 @@ int json_get_string(const json_t *obj, const char *key, bool required, const cha
     json_t *v;
     int rc = field_lookup(obj, key, required, &v, err);
     if (rc != JSON_FIELD_OK) return rc;
-    if (!json_is_string(v)) return field_fail(err, key, "'%s' must be a string", key);
+    if (!json_is_string(v)) return json_field_fail(err, key, "'%s' must be a string", key);
     *out = json_string_value(v);
     return JSON_FIELD_OK;
 }
@@ -57,13 +54,13 @@ int json_get_int(const json_t *obj, const char *key, bool required, int64_t min,
         /* 16.0 is an integer to JavaScript clients; accept it as Python servers do. */
         n = (int64_t)json_real_value(v);
     } else {
-        return field_fail(err, key, "'%s' must be an integer", key);
+        return json_field_fail(err, key, "'%s' must be an integer", key);
     }
     if (n < min || n > max) {
         if (max == INT64_MAX)
-            return field_fail(err, key, "'%s' must be an integer >= %" PRId64 ", got %" PRId64, key,
+            return json_field_fail(err, key, "'%s' must be an integer >= %" PRId64 ", got %" PRId64, key,
                               min, n);
-        return field_fail(err, key, "'%s' must be an integer in [%" PRId64 ", %" PRId64 "], got %" PRId64,
+        return json_field_fail(err, key, "'%s' must be an integer in [%" PRId64 ", %" PRId64 "], got %" PRId64,
                           key, min, max, n);
     }
     *out = n;
@@ -76,10 +73,10 @@ int json_get_number(const json_t *obj, const char *key, bool required, double mi
     json_t *v;
     int rc = field_lookup(obj, key, required, &v, err);
     if (rc != JSON_FIELD_OK) return rc;
-    if (!json_is_number(v)) return field_fail(err, key, "'%s' must be a number", key);
+    if (!json_is_number(v)) return json_field_fail(err, key, "'%s' must be a number", key);
     double d = json_number_value(v);
     if (!(d >= min && d <= max))
-        return field_fail(err, key, "'%s' must be a number in [%g, %g], got %g", key, min, max, d);
+        return json_field_fail(err, key, "'%s' must be a number in [%g, %g], got %g", key, min, max, d);
     *out = d;
     return JSON_FIELD_OK;
 }
@@ -90,7 +87,7 @@ int json_get_bool(const json_t *obj, const char *key, bool required, bool *out,
     json_t *v;
     int rc = field_lookup(obj, key, required, &v, err);
     if (rc != JSON_FIELD_OK) return rc;
-    if (!json_is_boolean(v)) return field_fail(err, key, "'%s' must be a boolean", key);
+    if (!json_is_boolean(v)) return json_field_fail(err, key, "'%s' must be a boolean", key);
     *out = json_is_true(v);
     return JSON_FIELD_OK;
 }
@@ -101,7 +98,7 @@ int json_get_object(const json_t *obj, const char *key, bool required, json_t **
     json_t *v;
     int rc = field_lookup(obj, key, required, &v, err);
     if (rc != JSON_FIELD_OK) return rc;
-    if (!json_is_object(v)) return field_fail(err, key, "'%s' must be an object", key);
+    if (!json_is_object(v)) return json_field_fail(err, key, "'%s' must be an object", key);
     *out = v;
     return JSON_FIELD_OK;
 }
@@ -112,7 +109,7 @@ int json_get_array(const json_t *obj, const char *key, bool required, json_t **o
     json_t *v;
     int rc = field_lookup(obj, key, required, &v, err);
     if (rc != JSON_FIELD_OK) return rc;
-    if (!json_is_array(v)) return field_fail(err, key, "'%s' must be an array", key);
+    if (!json_is_array(v)) return json_field_fail(err, key, "'%s' must be an array", key);
     *out = v;
     return JSON_FIELD_OK;
 }
@@ -121,18 +118,18 @@ json_t *json_parse_object(const char *body, size_t len, struct json_field_error 
 {
     json_error_t jerr;
     if (!body || len == 0) {
-        field_fail(err, "", "the request body is empty; expected a JSON object");
+        json_field_fail(err, "", "the request body is empty; expected a JSON object");
         return NULL;
     }
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        field_fail(err, "", "the request body is not valid JSON: %s (line %d, column %d)", jerr.text,
+        json_field_fail(err, "", "the request body is not valid JSON: %s (line %d, column %d)", jerr.text,
                    jerr.line, jerr.column);
         return NULL;
     }
     if (!json_is_object(root)) {
         json_decref(root);
-        field_fail(err, "", "the request body must be a JSON object");
+        json_field_fail(err, "", "the request body must be a JSON object");
         return NULL;
     }
     return root;

@@ -19,6 +19,11 @@ struct json_field_error {
 
 enum { JSON_FIELD_OK = 0, JSON_FIELD_MISSING = 1, JSON_FIELD_INVALID = -1 };
 
+/* Fills err with the field's name and a printf-style sentence; returns JSON_FIELD_INVALID.
+ * Every validator in the project reports through this. */
+int json_field_fail(struct json_field_error *err, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Each returns JSON_FIELD_OK when the field was present and valid (and *out was set),
  * JSON_FIELD_MISSING when it was absent or null (an error only when required: then the
  * return is JSON_FIELD_INVALID with err filled), JSON_FIELD_INVALID when present and wrong. */

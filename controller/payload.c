@@ -4,13 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(struct json_field_error *err, const char *param, const char *msg)
-{
-    snprintf(err->param, sizeof err->param, "%s", param);
-    snprintf(err->message, sizeof err->message, "%s", msg);
-    return -1;
-}
-
 /* json_util names the bare key; nested fields are reported with their path ("worker_status.speed"). */
 static int prefixed(int rc, const char *prefix, struct json_field_error *err)
 {
@@ -26,12 +19,12 @@ static int check_worker_name(const char *name, struct json_field_error *err)
 {
     size_t len = strlen(name);
     if (len == 0 || len > CTL_MAX_NAME)
-        return fail(err, "worker_name", "'worker_name' must be a non-empty URL of at most 2048 characters");
+        return json_field_fail(err, "worker_name", "'worker_name' must be a non-empty URL of at most 2048 characters");
     if (strncmp(name, "http://", 7) != 0 && strncmp(name, "https://", 8) != 0)
-        return fail(err, "worker_name", "'worker_name' must be the worker's base URL, starting with http:// or https://");
+        return json_field_fail(err, "worker_name", "'worker_name' must be the worker's base URL, starting with http:// or https://");
     for (const unsigned char *p = (const unsigned char *)name; *p; p++)
         if (*p <= ' ' || *p == 0x7f)
-            return fail(err, "worker_name", "'worker_name' must not contain spaces or control characters");
+            return json_field_fail(err, "worker_name", "'worker_name' must not contain spaces or control characters");
     return 0;
 }
 
@@ -52,15 +45,15 @@ int ctl_payload_status(const json_t *obj, const char *prefix, struct ctl_worker_
     snprintf(param, sizeof param, "%s%smodel_names", prefix ? prefix : "", prefix ? "." : "");
     size_t n = json_array_size(arr);
     if (n == 0 || n > CTL_MAX_MODELS)
-        return fail(err, param, "'model_names' must list between 1 and 256 model names");
+        return json_field_fail(err, param, "'model_names' must list between 1 and 256 model names");
     st->model_names = calloc(n, sizeof *st->model_names);
-    if (!st->model_names) return fail(err, param, "out of memory");
+    if (!st->model_names) return json_field_fail(err, param, "out of memory");
     for (size_t i = 0; i < n; i++) {
         json_t *v = json_array_get(arr, i);
         if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > CTL_MAX_MODEL_NAME ||
             strlen(json_string_value(v)) != json_string_length(v)) {
             ctl_worker_status_clear(st);
-            return fail(err, param, "'model_names' must be an array of non-empty strings (at most 512 bytes each)");
+            return json_field_fail(err, param, "'model_names' must be an array of non-empty strings (at most 512 bytes each)");
         }
         st->model_names[i] = json_string_value(v);
     }
@@ -70,7 +63,7 @@ int ctl_payload_status(const json_t *obj, const char *prefix, struct ctl_worker_
     if (rc == JSON_FIELD_INVALID) goto fail;
     if (!(speed > 0)) {
         snprintf(param, sizeof param, "%s%sspeed", prefix ? prefix : "", prefix ? "." : "");
-        fail(err, param, "'speed' must be a number > 0");
+        json_field_fail(err, param, "'speed' must be a number > 0");
         goto fail;
     }
     st->speed = speed;
@@ -125,16 +118,14 @@ int ctl_payload_exclude(const json_t *body, const char *names[CTL_MAX_EXCLUDE], 
     if (rc == JSON_FIELD_MISSING) return 0;
     if (rc != JSON_FIELD_OK) return -1;
     if (json_array_size(list) > CTL_MAX_EXCLUDE) {
-        snprintf(err->param, sizeof err->param, "exclude");
-        snprintf(err->message, sizeof err->message, "'exclude' may name at most %d workers", CTL_MAX_EXCLUDE);
+        json_field_fail(err, "exclude", "'exclude' may name at most %d workers", CTL_MAX_EXCLUDE);
         return -1;
     }
     size_t i;
     json_t *v;
     json_array_foreach(list, i, v) {
         if (!json_is_string(v)) {
-            snprintf(err->param, sizeof err->param, "exclude");
-            snprintf(err->message, sizeof err->message, "'exclude' must be an array of worker addresses");
+            json_field_fail(err, "exclude", "'exclude' must be an array of worker addresses");
             return -1;
         }
         names[(*n)++] = json_string_value(v);

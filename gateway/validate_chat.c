@@ -4,10 +4,10 @@
 
 #include "gateway/validate.h"
 
+/* A 400 naming the field. */
 static int bad(struct json_field_error *err, const char *param, const char *msg)
 {
-    snprintf(err->param, sizeof err->param, "%s", param);
-    snprintf(err->message, sizeof err->message, "%s", msg);
+    json_field_fail(err, param, "%s", msg);
     return 400;
 }
 
@@ -52,8 +52,7 @@ static int check_messages(const json_t *body, json_t *base, struct json_field_er
         const char *role = json_string_value(json_object_get(msg, "role"));
         if (!role) return bad(err, "messages", "each message needs a 'role' string");
         if (!role_known(role)) {
-            snprintf(err->param, sizeof err->param, "messages");
-            snprintf(err->message, sizeof err->message, "unknown message role '%.64s'", role);
+            json_field_fail(err, "messages", "unknown message role '%.64s'", role);
             return 400;
         }
         /* An assistant turn that only called tools has null content. */

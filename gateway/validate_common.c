@@ -5,10 +5,10 @@
 
 #include "gateway/validate.h"
 
+/* A 400 naming the field. */
 static int bad(struct json_field_error *err, const char *param, const char *msg)
 {
-    snprintf(err->param, sizeof err->param, "%s", param);
-    snprintf(err->message, sizeof err->message, "%s", msg);
+    json_field_fail(err, param, "%s", msg);
     return 400;
 }
 
@@ -26,8 +26,7 @@ static int check_number(const json_t *body, const char *key, double lo, double h
     int rc = json_get_number(body, key, false, lo, hi, &d, err);
     if (rc == JSON_FIELD_INVALID) return 400;
     if (rc == JSON_FIELD_OK && open_lo && d <= lo) {
-        snprintf(err->param, sizeof err->param, "%s", key);
-        snprintf(err->message, sizeof err->message, "'%s' must be a number in (%g, %g], got %g",
+        json_field_fail(err, key, "'%s' must be a number in (%g, %g], got %g",
                  key, lo, hi, d);
         return 400;
     }

@@ -4,10 +4,10 @@
 
 #include "gateway/validate.h"
 
+/* A 400 about the prompt. */
 static int bad(struct json_field_error *err, const char *msg)
 {
-    snprintf(err->param, sizeof err->param, "prompt");
-    snprintf(err->message, sizeof err->message, "%s", msg);
+    json_field_fail(err, "prompt", "%s", msg);
     return 400;
 }
 
@@ -58,9 +58,7 @@ static int check_prompt(const json_t *body, struct gw_params *out, struct json_f
     }
     out->n_prompts = json_array_size(out->prompts);
     if (out->n_prompts * (size_t)out->n > GW_MAX_N) {
-        snprintf(err->param, sizeof err->param, "n");
-        snprintf(err->message, sizeof err->message,
-                 "%zu prompts times n=%d makes more than %d choices", out->n_prompts, out->n, GW_MAX_N);
+        json_field_fail(err, "n", "%zu prompts times n=%d makes more than %d choices", out->n_prompts, out->n, GW_MAX_N);
         return 400;
     }
     return 0;
@@ -85,16 +83,14 @@ static int check_extras(const json_t *body, struct gw_params *out, struct json_f
     int rc = json_get_string(body, "suffix", false, &suffix, err);
     if (rc == JSON_FIELD_INVALID) return 400;
     if (rc == JSON_FIELD_OK && *suffix) {
-        snprintf(err->param, sizeof err->param, "suffix");
-        snprintf(err->message, sizeof err->message, "'suffix' is not supported");
+        json_field_fail(err, "suffix", "'suffix' is not supported");
         return 400;
     }
     int64_t best_of = 0;
     rc = json_get_int(body, "best_of", false, 1, GW_MAX_N, &best_of, err);
     if (rc == JSON_FIELD_INVALID) return 400;
     if (rc == JSON_FIELD_OK && best_of != out->n) {
-        snprintf(err->param, sizeof err->param, "best_of");
-        snprintf(err->message, sizeof err->message, "'best_of' other than n is not supported");
+        json_field_fail(err, "best_of", "'best_of' other than n is not supported");
         return 400;
     }
     return 0;

@@ -165,13 +165,6 @@ static int append(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
     return 0;
 }
 
-static int fail(struct json_field_error *err, const char *param, const char *msg)
-{
-    snprintf(err->param, sizeof err->param, "%s", param);
-    snprintf(err->message, sizeof err->message, "%s", msg);
-    return JSON_FIELD_INVALID;
-}
-
 /* Message content: a string, or a list of parts of which the text ones are joined. */
 static int append_content(char **buf, size_t *len, size_t *cap, const json_t *content,
                           struct json_field_error *err)
@@ -180,16 +173,16 @@ static int append_content(char **buf, size_t *len, size_t *cap, const json_t *co
         return append(buf, len, cap, json_string_value(content), json_string_length(content));
     if (json_is_null(content) || !content) return 0;
     if (!json_is_array(content))
-        return fail(err, "messages", "'content' must be a string or an array of content parts");
+        return json_field_fail(err, "messages", "'content' must be a string or an array of content parts");
     size_t i;
     json_t *part;
     json_array_foreach(content, i, part) {
         const char *type = NULL;
         if (json_get_string(part, "type", true, &type, err) != JSON_FIELD_OK) return JSON_FIELD_INVALID;
         if (strcmp(type, "text") != 0)
-            return fail(err, "messages", "only content parts of type 'text' are supported");
+            return json_field_fail(err, "messages", "only content parts of type 'text' are supported");
         json_t *text = json_object_get(part, "text");
-        if (!json_is_string(text)) return fail(err, "messages", "a text content part needs a 'text' string");
+        if (!json_is_string(text)) return json_field_fail(err, "messages", "a text content part needs a 'text' string");
         if (append(buf, len, cap, json_string_value(text), json_string_length(text)) < 0) return -1;
     }
     return 0;
@@ -225,7 +218,7 @@ static int render_simple(const struct chat_format *f, const json_t *messages,
         const char *role = NULL;
         if (!json_is_object(msg)) {
             free(buf);
-            return fail(err, "messages", "each message must be an object with 'role' and 'content'");
+            return json_field_fail(err, "messages", "each message must be an object with 'role' and 'content'");
         }
         if (json_get_string(msg, "role", true, &role, err) != JSON_FIELD_OK) goto invalid;
         int r = -1;
@@ -234,7 +227,7 @@ static int render_simple(const struct chat_format *f, const json_t *messages,
         if (!strcmp(role, "developer")) r = CHAT_ROLE_SYSTEM; /* OpenAI's newer name for system */
         if (r < 0) {
             free(buf);
-            return fail(err, "messages", "a message's 'role' must be system, developer, user, assistant or tool");
+            return json_field_fail(err, "messages", "a message's 'role' must be system, developer, user, assistant or tool");
         }
         if (append(&buf, &len, &cap, f->prefix[r], strlen(f->prefix[r])) < 0) goto oom;
         int rc = append_content(&buf, &len, &cap, json_object_get(msg, "content"), err);
@@ -252,7 +245,7 @@ invalid:
     return JSON_FIELD_INVALID;
 oom:
     free(buf);
-    return fail(err, "messages", "out of memory rendering the messages");
+    return json_field_fail(err, "messages", "out of memory rendering the messages");
 }
 
 /* What every template may rely on: each message an object with a string role, and content a
@@ -260,18 +253,18 @@ oom:
 static int check_messages(const json_t *messages, struct json_field_error *err)
 {
     if (!json_is_array(messages) || json_array_size(messages) == 0)
-        return fail(err, "messages", "'messages' must be a non-empty array");
+        return json_field_fail(err, "messages", "'messages' must be a non-empty array");
     size_t i;
     json_t *msg;
     json_array_foreach(messages, i, msg) {
         json_t *role = json_object_get(msg, "role");
         if (!json_is_object(msg) || !json_is_string(role))
-            return fail(err, "messages", "each message must be an object with a string 'role'");
+            return json_field_fail(err, "messages", "each message must be an object with a string 'role'");
         json_t *content = json_object_get(msg, "content");
         bool may_be_null = !strcmp(json_string_value(role), "assistant");
         if (!(json_is_string(content) || json_is_array(content) ||
               (may_be_null && (!content || json_is_null(content)))))
-            return fail(err, "messages", "each message needs 'content': a string or an array of content parts");
+            return json_field_fail(err, "messages", "each message needs 'content': a string or an array of content parts");
     }
     return 0;
 }

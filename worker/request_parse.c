@@ -6,10 +6,10 @@
 
 #include "worker/worker.h"
 
+/* A 400 naming the field. */
 static int invalid(struct json_field_error *err, const char *param, const char *msg)
 {
-    snprintf(err->param, sizeof err->param, "%s", param);
-    snprintf(err->message, sizeof err->message, "%s", msg);
+    json_field_fail(err, param, "%s", msg);
     return 400;
 }
 
@@ -36,9 +36,7 @@ int worker_tokenize_prompt(struct worker *w, const json_t *body, int32_t **ids, 
             json_t *v = json_array_get(token_ids, i);
             if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= vocab) {
                 free(out);
-                snprintf(err->param, sizeof err->param, "prompt_token_ids");
-                snprintf(err->message, sizeof err->message,
-                         "'prompt_token_ids' must hold integers in [0, %d)", vocab);
+                json_field_fail(err, "prompt_token_ids", "'prompt_token_ids' must hold integers in [0, %d)", vocab);
                 return 400;
             }
             out[i] = (int32_t)json_integer_value(v);
@@ -177,9 +175,7 @@ int gen_params_parse(struct worker *w, const json_t *body, struct gen_params *ou
         return invalid(err, prompt_param, "the prompt is empty: it must hold at least one token");
     int ctx = w->max_model_len;
     if (r->n_prompt >= ctx) {
-        snprintf(err->param, sizeof err->param, "%s", prompt_param);
-        snprintf(err->message, sizeof err->message,
-                 "This model's maximum context length is %d tokens. However, your prompt has %d "
+        json_field_fail(err, prompt_param, "This model's maximum context length is %d tokens. However, your prompt has %d "
                  "tokens, which leaves no room for the completion. Please shorten the prompt.",
                  ctx, r->n_prompt);
         return 400;
@@ -187,9 +183,7 @@ int gen_params_parse(struct worker *w, const json_t *body, struct gen_params *ou
     if (max_tokens < 0) {
         max_tokens = ctx - r->n_prompt;
     } else if (r->n_prompt + max_tokens > ctx) {
-        snprintf(err->param, sizeof err->param, "max_tokens");
-        snprintf(err->message, sizeof err->message,
-                 "This model's maximum context length is %d tokens. However, you requested %lld "
+        json_field_fail(err, "max_tokens", "This model's maximum context length is %d tokens. However, you requested %lld "
                  "tokens (%d in the prompt, %lld for the completion). Please reduce the prompt "
                  "or max_tokens.",
                  ctx, (long long)(r->n_prompt + max_tokens), r->n_prompt, (long long)max_tokens);
