@@ -637,6 +637,7 @@ static void conn_reject(http_server *srv)
     t->data = srv;
     srv->n_rejects++;
     if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)t) == 0) {
+        /* openai_error_body's output, spelled out: shedding load should not allocate. */
         static char body[] = "{\"error\":{\"message\":\"too many connections\",\"type\":"
                              "\"service_unavailable\",\"param\":null,\"code\":null}}";
         char framing[48], head[512];
