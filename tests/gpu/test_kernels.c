@@ -641,6 +641,152 @@ static void test_gemm(void)
     cudaStreamDestroy(b.stream);
 }
 
+/* sk_skinny_gemm (own tensor-core kernel, 2..64 rows) against a double reference, every output
+ * poisoned first; with split-K twice, to check the partial sums are added in a fixed order. */
+#define SKINNY_WS_FLOATS ((size_t)8 << 20)
+#define SKINNY_COUNTERS 4096
+static void test_skinny_case(float *ws, int *cnt, int M, int N, int K, int splits)
+{
+    uint16_t *w = malloc((size_t)N * K * 2), *x = malloc((size_t)M * K * 2);
+    for (size_t i = 0; i < (size_t)N * K; i++) w[i] = gt_f2bf(gt_normal());
+    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = gt_f2bf(gt_normal());
+    uint16_t *dw = gt_up(w, (size_t)N * K * 2), *dx = gt_up(x, (size_t)M * K * 2);
+    float *dy = gt_dev((size_t)M * N * 4), *y = malloc((size_t)M * N * 4), *y2 = malloc((size_t)M * N * 4);
+    double *ref = malloc((size_t)M * N * 8);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double acc = 0;
+            for (int k = 0; k < K; k++) acc += (double)gt_bf2f(x[(size_t)m * K + k]) * gt_bf2f(w[(size_t)n * K + k]);
+            ref[(size_t)m * N + n] = acc;
+        }
+    /* Every warp layout, each on a poisoned output; operands are exact bf16, so only fp32
+     * accumulation rounding remains. */
+    double worst = 0, evs[5] = {0, 0, 0, 0, 0};
+    cudaError_t err = cudaSuccess;
+    for (int v = 1; v <= 4; v++) {
+        GT_CUDA(cudaMemset(dy, 0xff, (size_t)M * N * 4));
+        cudaError_t e = sk_skinny_gemm_variant(dw, dx, dy, M, N, K, splits, ws, SKINNY_WS_FLOATS, cnt, SKINNY_COUNTERS,
+                                               v, 0);
+        if (e != cudaSuccess) err = e;
+        gt_down(y, dy, (size_t)M * N * 4);
+        double ev = gt_rel_err(y, ref, (size_t)M * N);
+        evs[v] = ev;
+        if (!(ev <= worst)) worst = ev;
+    }
+    /* The default layout twice: the same bits (split sums added in a fixed order). */
+    GT_CUDA(cudaMemset(dy, 0xff, (size_t)M * N * 4));
+    cudaError_t e1 = sk_skinny_gemm(dw, dx, dy, M, N, K, splits, ws, SKINNY_WS_FLOATS, cnt, SKINNY_COUNTERS, 0);
+    gt_down(y, dy, (size_t)M * N * 4);
+    GT_CUDA(cudaMemset(dy, 0xff, (size_t)M * N * 4));
+    cudaError_t e2 = sk_skinny_gemm(dw, dx, dy, M, N, K, splits, ws, SKINNY_WS_FLOATS, cnt, SKINNY_COUNTERS, 0);
+    gt_down(y2, dy, (size_t)M * N * 4);
+    double e = gt_rel_err(y, ref, (size_t)M * N);
+    if (!(e <= worst)) worst = e;
+    const int same = !memcmp(y, y2, (size_t)M * N * 4);
+    GT_CHECK(err == cudaSuccess && e1 == cudaSuccess && e2 == cudaSuccess && worst < 1e-4 && same,
+             "skinny M=%d N=%d K=%d splits=%d rel err v1-v4 %.1e %.1e %.1e %.1e, default %.1e, repeat %s (%s)", M, N,
+             K, splits, evs[1], evs[2], evs[3], evs[4], e, same ? "identical" : "differs",
+             cudaGetErrorString(err != cudaSuccess ? err : e1));
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+    free(w);
+    free(x);
+    free(y);
+    free(y2);
+    free(ref);
+}
+
+/* Times cuBLAS and the skinny kernel over rotating weight copies (more than L2). */
+static void bench_skinny(struct cuda_backend *b, float *ws, int *cnt, int n_sms, int rows, int N, int K)
+{
+    const int copies = 4, iters = 20;
+    size_t wn = (size_t)N * K;
+    uint16_t *dw = gt_dev(wn * 2 * copies), *dx = gt_dev((size_t)rows * K * 2);
+    float *dy = gt_dev((size_t)rows * N * 4);
+    GT_CUDA(sk_fill_dummy_bf16(dw, 1, 9, 0, (int64_t)(wn * copies), 0, 0));
+    GT_CUDA(sk_fill_dummy_bf16(dx, 1, 10, 0, (int64_t)rows * K, 0, 0));
+    const int splits = sk_skinny_splits(rows, N, K, n_sms, SKINNY_WS_FLOATS, SKINNY_COUNTERS);
+    cudaEvent_t e0, e1;
+    GT_CUDA(cudaEventCreate(&e0));
+    GT_CUDA(cudaEventCreate(&e1));
+    float ms[5] = {0, 0, 0, 0, 0};
+    for (int v = 0; v < 5; v++) {
+        for (int i = 0; i < iters + 4; i++) {
+            if (i == 4) GT_CUDA(cudaEventRecord(e0, b->stream));
+            if (v > 0)
+                GT_CUDA(sk_skinny_gemm_variant(dw + (i % copies) * wn, dx, dy, rows, N, K, splits, ws, SKINNY_WS_FLOATS,
+                                               cnt, SKINNY_COUNTERS, v, b->stream));
+            else
+                cuda_gemm(b, dw + (i % copies) * wn, dx, dy, rows, N, K);
+        }
+        GT_CUDA(cudaEventRecord(e1, b->stream));
+        GT_CUDA(cudaEventSynchronize(e1));
+        GT_CUDA(cudaEventElapsedTime(&ms[v], e0, e1));
+        ms[v] /= iters;
+    }
+    printf("  bench skinny rows=%d N=%d K=%d splits=%d: GB/s cublas %.0f, v1 %.0f, v2 %.0f, v3 %.0f, v4 %.0f "
+           "(cublas %.1f us)\n",
+           rows, N, K, splits, wn * 2 / (ms[0] * 1e6), wn * 2 / (ms[1] * 1e6), wn * 2 / (ms[2] * 1e6),
+           wn * 2 / (ms[3] * 1e6), wn * 2 / (ms[4] * 1e6), ms[0] * 1e3);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+}
+
+static void test_skinny(void)
+{
+    printf("skinny gemm (own tensor-core kernel, rows <= %d)\n", SK_SKINNY_MAX_ROWS);
+    float *ws = gt_dev(SKINNY_WS_FLOATS * 4);
+    int *cnt = gt_dev(SKINNY_COUNTERS * 4);
+    GT_CUDA(cudaMemset(cnt, 0, SKINNY_COUNTERS * 4));
+    test_skinny_case(ws, cnt, 64, 512, 1024, 1);
+    test_skinny_case(ws, cnt, 64, 512, 1024, 4);
+    test_skinny_case(ws, cnt, 2, 256, 512, 1);
+    test_skinny_case(ws, cnt, 7, 300, 520, 3);
+    test_skinny_case(ws, cnt, 16, 128, 64, 1);
+    test_skinny_case(ws, cnt, 17, 1000, 768, 2);
+    test_skinny_case(ws, cnt, 33, 172, 64, 1);
+    test_skinny_case(ws, cnt, 48, 64, 176, 1);
+    test_skinny_case(ws, cnt, 63, 200, 2048, 5);
+    test_skinny_case(ws, cnt, 64, 130, 8, 1);
+    test_skinny_case(ws, cnt, 40, 96, 4104, 7);
+    int n_sms = 0;
+    GT_CUDA(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, 0));
+    /* The split count the backend picks, at a Llama-3-8B-like shape. */
+    int sp = sk_skinny_splits(64, 4096, 4096, n_sms, SKINNY_WS_FLOATS, SKINNY_COUNTERS);
+    test_skinny_case(ws, cnt, 64, 4096, 4096, sp);
+    GT_CHECK(sk_skinny_gemm(NULL, NULL, NULL, 65, 10, 64, 1, ws, SKINNY_WS_FLOATS, cnt, SKINNY_COUNTERS, 0) ==
+                 cudaErrorInvalidValue,
+             "skinny refuses 65 rows");
+    GT_CHECK(sk_skinny_gemm((const uint16_t *)ws, (const uint16_t *)ws, ws, 8, 64, 172, 1, ws, SKINNY_WS_FLOATS, cnt,
+                            SKINNY_COUNTERS, 0) == cudaErrorInvalidValue,
+             "skinny refuses K %% 8 != 0");
+    GT_CHECK(sk_skinny_gemm((const uint16_t *)ws, (const uint16_t *)ws, ws, 8, 4096, 4096, 8, ws, 1024, cnt, SKINNY_COUNTERS, 0) == cudaErrorInvalidValue,
+             "skinny refuses a workspace too small");
+    (void)cudaGetLastError();
+    printf("bench skinny at decode shapes (Llama-3-8B), cuBLAS vs own kernel\n");
+    struct cuda_backend b;
+    memset(&b, 0, sizeof b);
+    GT_CUDA(cudaStreamCreate(&b.stream));
+    if (cublasCreate(&b.cublas) != CUBLAS_STATUS_SUCCESS) {
+        GT_CHECK(0, "cublasCreate");
+        return;
+    }
+    cublasSetStream(b.cublas, b.stream);
+    int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}, {128256, 4096}};
+    int rows[] = {2, 8, 16, 32, 64};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++)
+            bench_skinny(&b, ws, cnt, n_sms, rows[r], shapes[i][0], shapes[i][1]);
+    cublasDestroy(b.cublas);
+    cudaStreamDestroy(b.stream);
+    cudaFree(ws);
+    cudaFree(cnt);
+}
+
 /* Sampling: the GPU kernels against sampler_sample (the CPU reference) row by row. */
 static void test_sampling(int V)
 {
@@ -829,6 +975,7 @@ int main(void)
     test_attention_case(28, 4, 128, 1, 0);
     test_attention_case(28, 4, 96, 32, 0);
     test_gemm();
+    test_skinny();
     test_sampling(1000);
     test_sampling(32000);
     test_sampling(151936);

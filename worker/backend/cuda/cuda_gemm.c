@@ -42,6 +42,10 @@ void cuda_gemm_plans_free(struct cuda_backend *b)
     b->n_plans = 0;
     if (b->lt) cublasLtDestroy(b->lt);
     b->lt = NULL;
+    if (b->skinny_ws) cudaFree(b->skinny_ws);
+    if (b->skinny_cnt) cudaFree(b->skinny_cnt);
+    b->skinny_ws = NULL;
+    b->skinny_cnt = NULL;
 }
 
 static int run_plan(struct cuda_backend *b, const struct cuda_gemm_plan *p, const cublasLtMatmulAlgo_t *algo,
@@ -189,12 +193,29 @@ int cuda_gemm_init(struct cuda_backend *b)
     b->use_lt = lt && !strcmp(lt, "1");
     const char *lg = getenv("SLUICE_CUDA_GEMM_LOG");
     b->gemm_log = lg && !strcmp(lg, "1");
+    /* SLUICE_CUDA_SKINNY=1: decode products of 2..64 rows on the own kernel (off by default);
+     * SLUICE_CUDA_SKINNY_VARIANT=1..4 picks its tile shape (sk_skinny_gemm_variant). */
+    const char *sk = getenv("SLUICE_CUDA_SKINNY"), *skv = getenv("SLUICE_CUDA_SKINNY_VARIANT");
+    b->skinny_mode = sk && !strcmp(sk, "1") ? 1 : 0;
+    b->skinny_variant = skv && skv[0] >= '1' && skv[0] <= '4' && !skv[1] ? skv[0] - '0' : SK_SKINNY_DEFAULT_VARIANT;
+    if (b->skinny_mode) {
+        CUDA_CHECK(b, cudaMalloc((void **)&b->skinny_ws, CUDA_SKINNY_WS_FLOATS * sizeof(float)));
+        CUDA_CHECK(b, cudaMalloc((void **)&b->skinny_cnt, CUDA_SKINNY_COUNTERS * sizeof(int)));
+        CUDA_CHECK(b, cudaMemset(b->skinny_cnt, 0, CUDA_SKINNY_COUNTERS * sizeof(int)));
+    }
     if (!b->use_lt) return 0;
     CUBLAS_CHECK(b, cublasLtCreate(&b->lt));
     b->plans = calloc(CUDA_GEMM_PLANS, sizeof *b->plans);
     if (!b->plans) CUDA_FAIL(b, "cuda: out of host memory");
 fail:
     return rc;
+}
+
+/* Whether the own tensor-core kernel takes this product: only with SLUICE_CUDA_SKINNY=1, since it
+ * was slower than cuBLAS at every Llama-3-8B decode shape on an H200 (PERF_NOTES.md). */
+static bool skinny_wanted(const struct cuda_backend *b, int rows, int k_in)
+{
+    return b->skinny_mode > 0 && b->skinny_ws && rows >= 2 && rows <= SK_SKINNY_MAX_ROWS && k_in % 8 == 0;
 }
 
 int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in)
@@ -204,6 +225,12 @@ int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, floa
     /* Measured on an H200: the own kernel beats cuBLAS by 5-15% for one row, loses beyond. */
     if (b->use_gemv && rows == 1 && k_in % 8 == 0) {
         CUDA_CHECK(b, sk_gemv(w, x, y, rows, n_out, k_in, b->stream));
+        return 0;
+    }
+    if (skinny_wanted(b, rows, k_in)) {
+        const int splits = sk_skinny_splits(rows, n_out, k_in, b->n_sms, CUDA_SKINNY_WS_FLOATS, CUDA_SKINNY_COUNTERS);
+        CUDA_CHECK(b, sk_skinny_gemm_variant(w, x, y, rows, n_out, k_in, splits, b->skinny_ws, CUDA_SKINNY_WS_FLOATS,
+                                             b->skinny_cnt, CUDA_SKINNY_COUNTERS, b->skinny_variant, b->stream));
         return 0;
     }
     if (b->use_lt && b->decode_step && rows <= GEMM_TUNE_MAX_ROWS) {

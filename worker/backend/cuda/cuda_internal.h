@@ -33,6 +33,8 @@ struct cuda_graph_entry {
 };
 
 #define CUBLAS_WS_BYTES ((size_t)32 << 20)
+#define CUDA_SKINNY_WS_FLOATS ((size_t)8 << 20)
+#define CUDA_SKINNY_COUNTERS 4096
 #define CUDA_GEMM_PLANS 1024
 struct cuda_gemm_plan;
 
@@ -56,6 +58,10 @@ struct cuda_backend {
     int device;
     int n_sms;
     bool use_gemv;        /* own kernel for one-row products */
+    int skinny_mode;      /* SLUICE_CUDA_SKINNY=1: own tensor-core kernel for 2..64-row products */
+    int skinny_variant;   /* its tile shape, 1..4 (sk_skinny_gemm_variant) */
+    float *skinny_ws;     /* its split-K partial sums (CUDA_SKINNY_WS_FLOATS) */
+    int *skinny_cnt;      /* its per-tile counters (CUDA_SKINNY_COUNTERS), zero between launches */
     bool use_prefill_mma; /* tensor-core prefill attention (head_dim 64, 128) */
     int gqa_mode;         /* grouped-query attention variant, 0 = off (sk_attention_mode) */
     cudaStream_t stream;
