@@ -60,6 +60,34 @@ static inline int64_t mm_row_block(int64_t n_in)
     return rows > 0 ? rows : 1;
 }
 
+typedef void dot_rows_fn(const float *const *x, int nx, const float *w, int64_t n, float *out);
+
+/* Output rows [begin, end) of one matmul: weight rows in cache-sized blocks, token rows in
+ * tiles of MM_TILE. Inlined into each caller with its dot product, so that constant row counts
+ * keep the accumulators in registers and the AVX2 twin is compiled for AVX2. */
+static inline __attribute__((always_inline)) void matmul_rows(const struct matmul_job *j, int64_t begin,
+                                                              int64_t end, dot_rows_fn *dot)
+{
+    int64_t ob = mm_row_block(j->n_in);
+    for (int64_t o0 = begin; o0 < end; o0 += ob) {
+        int64_t o1 = o0 + ob < end ? o0 + ob : end;
+        for (int64_t t0 = 0; t0 < j->n_rows; t0 += MM_TILE) {
+            int nx = j->n_rows - t0 < MM_TILE ? (int)(j->n_rows - t0) : MM_TILE;
+            const float *xs[MM_TILE];
+            for (int k = 0; k < nx; k++) xs[k] = j->x + (t0 + k) * j->n_in;
+            for (int64_t o = o0; o < o1; o++) {
+                const float *w = j->w + o * j->n_in;
+                float r[MM_TILE];
+                if (nx == MM_TILE) dot(xs, MM_TILE, w, j->n_in, r);
+                else
+                    for (int k = 0; k < nx; k++) dot(xs + k, 1, w, j->n_in, r + k);
+                for (int k = 0; k < nx; k++)
+                    j->out[(t0 + k) * j->n_out + o] = j->bias ? r[k] + j->bias[o] : r[k];
+            }
+        }
+    }
+}
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 
@@ -97,49 +125,14 @@ static inline __attribute__((always_inline, target("avx2,fma"))) void dot_rows_a
 __attribute__((target("avx2,fma"))) static void matmul_range_avx2(void *arg, int64_t begin, int64_t end, int tid)
 {
     (void)tid;
-    const struct matmul_job *j = arg;
-    int64_t ob = mm_row_block(j->n_in);
-    for (int64_t o0 = begin; o0 < end; o0 += ob) {
-    int64_t o1 = o0 + ob < end ? o0 + ob : end;
-    for (int64_t t0 = 0; t0 < j->n_rows; t0 += MM_TILE) {
-        int nx = j->n_rows - t0 < MM_TILE ? (int)(j->n_rows - t0) : MM_TILE;
-        const float *xs[MM_TILE];
-        for (int k = 0; k < nx; k++) xs[k] = j->x + (t0 + k) * j->n_in;
-        for (int64_t o = o0; o < o1; o++) {
-            const float *w = j->w + o * j->n_in;
-            float r[MM_TILE];
-            if (nx == MM_TILE) dot_rows_avx2(xs, MM_TILE, w, j->n_in, r);
-            else
-                for (int k = 0; k < nx; k++) dot_rows_avx2(xs + k, 1, w, j->n_in, r + k);
-            for (int k = 0; k < nx; k++) j->out[(t0 + k) * j->n_out + o] = j->bias ? r[k] + j->bias[o] : r[k];
-        }
-    }
-    }
+    matmul_rows(arg, begin, end, dot_rows_avx2);
 }
 #endif
 
 static void matmul_range(void *arg, int64_t begin, int64_t end, int tid)
 {
     (void)tid;
-    const struct matmul_job *j = arg;
-    int64_t ob = mm_row_block(j->n_in);
-    for (int64_t o0 = begin; o0 < end; o0 += ob) {
-    int64_t o1 = o0 + ob < end ? o0 + ob : end;
-    for (int64_t t0 = 0; t0 < j->n_rows; t0 += MM_TILE) {
-        int nx = j->n_rows - t0 < MM_TILE ? (int)(j->n_rows - t0) : MM_TILE;
-        const float *xs[MM_TILE];
-        for (int k = 0; k < nx; k++) xs[k] = j->x + (t0 + k) * j->n_in;
-        for (int64_t o = o0; o < o1; o++) {
-            const float *w = j->w + o * j->n_in;
-            float r[MM_TILE];
-            /* Constant row counts keep the accumulators in registers. */
-            if (nx == MM_TILE) dot_rows(xs, MM_TILE, w, j->n_in, r);
-            else
-                for (int k = 0; k < nx; k++) dot_rows(xs + k, 1, w, j->n_in, r + k);
-            for (int k = 0; k < nx; k++) j->out[(t0 + k) * j->n_out + o] = j->bias ? r[k] + j->bias[o] : r[k];
-        }
-    }
-    }
+    matmul_rows(arg, begin, end, dot_rows);
 }
 
 static cpu_pool_fn matmul_kernel(void)
