@@ -471,6 +471,11 @@ static int call_setup(http_call *call, const struct http_call_opts *o)
     if (total_ms < 0) total_ms = 0;
     rc |= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
     rc |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, total_ms);
+    if (o->idle_timeout_ms > 0) {
+        /* curl's low-speed check: under 1 byte/s for the whole window is silence. */
+        rc |= curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        rc |= curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (o->idle_timeout_ms + 999) / 1000);
+    }
 
     if (strcmp(method, "GET") == 0 && !o->body) {
         rc |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);

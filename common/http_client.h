@@ -40,6 +40,11 @@ struct http_call_opts {
     const char *const *headers;  /* NULL-terminated "Name: value" strings, copied */
     long connect_timeout_ms;     /* default 2000 */
     long timeout_ms;             /* whole call; 0 = no total limit (streams); default 10000 */
+    /* Ends the call with HTTP_CALL_TIMEOUT when no byte arrives for this long (0: never);
+     * for streams, which have no total limit, so a peer that hangs cannot hold a call open
+     * for ever. curl averages the rate over 5 s, so a stream that goes silent after sending
+     * ends up to 5 s later than this. */
+    long idle_timeout_ms;
     /* Streaming: called with each piece of the body as it arrives; http_call_status() tells
      * the status inside it. Return non-zero to abort the call (on_done then gets
      * HTTP_CALL_ABORTED). */

@@ -23,6 +23,7 @@ struct gw_config {
     long max_concurrent_requests; /* 0: no limit */
     long controller_timeout_ms;
     long worker_connect_timeout_ms;
+    long worker_idle_timeout_ms;  /* a stream silent this long is a failed worker */
     long max_stream_buffer;
     long models_cache_ms;
 };

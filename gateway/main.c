@@ -50,6 +50,7 @@ int main(int argc, char **argv)
     c->max_concurrent_requests = 0;
     c->controller_timeout_ms = 2000;
     c->worker_connect_timeout_ms = 2000;
+    c->worker_idle_timeout_ms = 600000;
     c->max_stream_buffer = 4 << 20;
     c->models_cache_ms = 1500;
     const char *log_level = "info";
@@ -69,6 +70,8 @@ int main(int argc, char **argv)
          "generation requests in flight before 429 (0: no limit)", 0, 1e9},
         {"controller-timeout-ms", FLAG_INT, &c->controller_timeout_ms, "SLUICE_CONTROLLER_TIMEOUT_MS", "MS",
          "bound on one controller call (503 beyond)", 1, 600000},
+        {"worker-idle-timeout-ms", FLAG_INT, &c->worker_idle_timeout_ms, NULL, "MS",
+         "a worker stream that sends nothing for this long is failed (a hung worker), 0: never", 0, 86400000},
         {"worker-connect-timeout-ms", FLAG_INT, &c->worker_connect_timeout_ms, NULL, "MS",
          "bound on connecting to a worker", 1, 600000},
         {"max-stream-buffer", FLAG_INT, &c->max_stream_buffer, NULL, "BYTES",

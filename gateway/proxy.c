@@ -288,6 +288,7 @@ static void choice_start(struct gw_choice *c, const char *address)
         .body_len = strlen(text),
         .connect_timeout_ms = g->cfg.worker_connect_timeout_ms,
         .timeout_ms = 0,
+        .idle_timeout_ms = g->cfg.worker_idle_timeout_ms,
         .on_data = on_upstream_data,
         .on_done = on_upstream_done,
         .user = c,

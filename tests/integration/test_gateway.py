@@ -117,6 +117,14 @@ class FakeWorker:
                     time.sleep(0.05)
                     self._chunk(h, b"\n")  # an empty ndjson line: harmless keep-busy bytes
                 return
+            if mode == "hang_mid":
+                # Two tokens, then silence with the connection open: a hung worker.
+                for i, t in enumerate(toks[:2]):
+                    self._frame(h, self._frame_for([t], i + 1, prompt_tokens, None, None, body))
+                deadline = time.time() + 15
+                while time.time() < deadline and not self.disconnected.is_set():
+                    time.sleep(0.05)
+                return
             if mode == "flood":
                 # Large frames as fast as the gateway takes them, until it hangs up.
                 big = self._frame_for(["x" * 16384], 1, prompt_tokens, None, None, body)
@@ -520,6 +528,22 @@ def test_worker_dies_mid_stream(procs, workers):
     with pytest.raises(openai.InternalServerError) as e:
         client(gw).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert e.value.status_code == 502
+
+
+def test_hung_worker_hits_the_idle_timeout(procs, workers):
+    """A worker that goes silent mid-stream (a hung GPU) is failed after
+    --worker-idle-timeout-ms: the client gets an error event and [DONE], not a hang."""
+    ctl = start_controller(procs)
+    workers(mode="hang_mid").register(ctl.url)
+    gw = start_gateway(procs, ctl.url, "--worker-idle-timeout-ms", "1000")
+    t0 = time.time()
+    r = requests.post(gw.url + "/v1/completions", stream=True, timeout=10,
+                      json={"model": MODEL, "prompt": "x", "stream": True})
+    events = sse_events(r)
+    assert time.time() - t0 < 10  # 1 s of silence, as curl measures it over a 5 s window
+    assert events[-1] == "[DONE]"
+    assert "error" in json.loads(events[-2])
+    assert any(json.loads(e).get("choices") and json.loads(e)["choices"][0].get("text") for e in events[:-2])
 
 
 def test_worker_error_frame(procs, workers):

@@ -610,6 +610,24 @@ Test(http_client, silent_server_times_out)
     ctx_free(&t);
 }
 
+Test(http_client, silent_stream_hits_the_idle_timeout)
+{
+    struct ctx t;
+    ctx_init(&t);
+    char url[128];
+    url_of(&t, url, sizeof url, "/hang");
+    struct http_call_opts o = {.url = url, .on_data = on_data, .idle_timeout_ms = 1000};
+    struct res r = {0};
+    uint64_t t0 = now_ms();
+    cr_assert_eq(start(&t, &r, &o), 0);
+    cr_assert(run_until(&t, is_done, &r, 5000), "a silent stream must end at the idle timeout");
+    uint64_t took = now_ms() - t0;
+    cr_assert_eq(r.error, HTTP_CALL_TIMEOUT, "error %d", r.error);
+    cr_assert(took >= 900 && took < 3500, "took %llu ms", (unsigned long long)took);
+    res_clear(&r);
+    ctx_free(&t);
+}
+
 Test(http_client, peer_closing_mid_body_is_io_error)
 {
     struct ctx t;
