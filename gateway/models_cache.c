@@ -23,7 +23,6 @@ struct gw_models {
     json_t *first_seen;   /* name -> unix time */
     http_call *call;      /* the refresh in flight */
     gw_models_wait *waiters;
-    uint64_t fetches;
 };
 
 static uint64_t now_ms(void)
@@ -136,7 +135,6 @@ void gw_models_get(gw_models *m, gw_models_cb cb, void *user, gw_models_wait **w
         .on_done = on_list_done,
         .user = m,
     };
-    m->fetches++;
     if (http_client_request(m->client, &opts, &m->call) != 0) {
         m->call = NULL;
         struct http_call_result res = {.error = HTTP_CALL_INTERNAL, .error_text = "cannot start call"};
@@ -156,13 +154,6 @@ void gw_models_wait_cancel(gw_models *m, gw_models_wait *wait)
     }
 }
 
-void gw_models_invalidate(gw_models *m)
-{
-    m->fetched_ms = 0;
-    json_decref(m->names);
-    m->names = NULL;
-}
-
 bool gw_models_ever_seen(const gw_models *m, const char *name)
 {
     return json_object_get(m->first_seen, name) != NULL;
@@ -172,9 +163,4 @@ int64_t gw_models_created(const gw_models *m, const char *name)
 {
     json_t *t = json_object_get(m->first_seen, name);
     return t ? (int64_t)json_integer_value(t) : (int64_t)time(NULL);
-}
-
-uint64_t gw_models_fetches(const gw_models *m)
-{
-    return m->fetches;
 }

@@ -26,12 +26,8 @@ void gw_models_free(gw_models *m);
  * caller waits and *wait is the handle to stop waiting with. */
 void gw_models_get(gw_models *m, gw_models_cb cb, void *user, gw_models_wait **wait);
 void gw_models_wait_cancel(gw_models *m, gw_models_wait *wait);
-/* Forgets the cached list, so the next get asks the controller. */
-void gw_models_invalidate(gw_models *m);
 bool gw_models_ever_seen(const gw_models *m, const char *name);
 /* Unix time the name was first listed; now when never. */
 int64_t gw_models_created(const gw_models *m, const char *name);
-/* Controller round trips made so far (for tests and metrics). */
-uint64_t gw_models_fetches(const gw_models *m);
 
 #endif

@@ -242,7 +242,6 @@ static void on_upstream_done(http_call *call, const struct http_call_result *res
         goto out;
     }
     if (res->error == HTTP_CALL_OK && c->finished && !c->bad_frame) {
-        c->complete = true;
         if (++gen->n_complete == gen->n_choices) gw_emit_success(gen);
         goto out;
     }

@@ -22,7 +22,6 @@ struct gw_choice {
     int attempts;
     bool got_frame;       /* this attempt delivered a frame: it can no longer be retried */
     bool finished;        /* a frame with finish_reason arrived */
-    bool complete;        /* ... and the upstream call ended cleanly */
     bool waiting_route;   /* waiting for the retry lookup */
     bool bad_frame;       /* the worker sent something that is not an ndjson frame */
     char *early_error;    /* an error frame that came before any token: retried elsewhere */
