@@ -24,7 +24,7 @@ static void gen_destroy(struct gw_gen *gen)
         free(c->line);
         free(c->err_body);
         free(c->early_error);
-        free(c->text);
+        strbuf_free(&c->text);
         json_decref(c->logprobs);
     }
     free(gen->choices);

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/strbuf.h"
 #include "gateway/gateway.h"
 #include "gateway/route.h"
 #include "gateway/validate.h"
@@ -30,8 +31,7 @@ struct gw_choice {
     char *err_body;       /* body of a non-200 answer */
     size_t err_len;
     /* What the choice produced (non-streamed answers keep the text). */
-    char *text;
-    size_t text_len, text_cap;
+    struct strbuf text;
     json_t *logprobs;     /* chat: content items; completions: the logprobs object */
     int64_t offset;       /* completions' text_offset so far */
     char finish[16];

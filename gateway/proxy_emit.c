@@ -14,17 +14,6 @@ static double since(uint64_t ns)
     return (double)(uv_hrtime() - ns) / 1e9;
 }
 
-static void text_append(struct gw_choice *c, const char *s, size_t n)
-{
-    if (c->text_len + n + 1 > c->text_cap) {
-        c->text_cap = (c->text_len + n + 1) * 2;
-        c->text = realloc(c->text, c->text_cap);
-    }
-    memcpy(c->text + c->text_len, s, n);
-    c->text_len += n;
-    c->text[c->text_len] = '\0';
-}
-
 static void stream_begin(struct gw_gen *gen)
 {
     if (gen->streaming) return;
@@ -92,10 +81,10 @@ static void collect_frame(struct gw_gen *gen, struct gw_choice *c, const char *t
 {
     if (prompt_text) {
         size_t n = strlen(prompt_text);
-        text_append(c, prompt_text, n);
+        strbuf_append(&c->text, prompt_text, n);
         c->offset += gw_utf8_length(prompt_text, n);
     }
-    text_append(c, text, len);
+    strbuf_append(&c->text, text, len);
     if (gen->p.logprobs < 0 || !json_is_array(lps)) return;
     if (gen->p.api == GW_API_CHAT) {
         if (!c->logprobs) c->logprobs = json_array();
@@ -195,8 +184,8 @@ void gw_emit_success(struct gw_gen *gen)
                 lp = json_pack("{s:O, s:n}", "content", c->logprobs, "refusal");
             else if (c->logprobs)
                 lp = json_incref(c->logprobs);
-            json_array_append_new(choices, gw_response_choice(gen->p.api, c->index, c->text,
-                                                              c->text_len, lp, c->finish));
+            json_array_append_new(choices, gw_response_choice(gen->p.api, c->index, strbuf_str(&c->text),
+                                                              c->text.len, lp, c->finish));
         }
         json_object_set_new(r, "usage", gw_usage_json(prompt, completion));
         gw_respond_json(gen->g, gen->req, gen->route, 200, r);

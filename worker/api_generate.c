@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/strbuf.h"
 #include "worker/request_parse.h"
 #include "worker/worker.h"
 
@@ -29,8 +30,7 @@ struct gen_stream {
     int logprobs;
     char *prompt_text;
     /* FastChat modes send cumulative text: keep all of it. */
-    char *text;
-    size_t text_len, text_cap;
+    struct strbuf text;
     int tokens_since_frame;
     json_t *logprob_items; /* FastChat blocking: accumulated logprobs */
     uint64_t accepted_ns;  /* for the latency histograms */
@@ -55,7 +55,7 @@ static void stream_free(struct gen_stream *s)
     if (*p) *p = s->next;
     s->w->active--;
     free(s->prompt_text);
-    free(s->text);
+    strbuf_free(&s->text);
     json_decref(s->logprob_items);
     free(s);
 }
@@ -68,19 +68,6 @@ static void on_client_gone(http_request *req, void *arg)
     metrics_series_add(s->w->metrics.aborted, 1);
     log_debug("request %llu: client disconnected, aborting", (unsigned long long)s->id);
     engine_abort(s->w->engine, s->id);
-}
-
-static void text_append(struct gen_stream *s, const char *t, size_t n)
-{
-    if (s->text_len + n + 1 > s->text_cap) {
-        size_t cap = s->text_cap ? s->text_cap * 2 : 256;
-        while (cap < s->text_len + n + 1) cap *= 2;
-        s->text = realloc(s->text, cap);
-        s->text_cap = cap;
-    }
-    memcpy(s->text + s->text_len, t, n);
-    s->text_len += n;
-    s->text[s->text_len] = '\0';
 }
 
 /* The UTF-8 sequence starting at s[0] (at most n bytes): sets *len to the bytes it covers and
@@ -184,8 +171,8 @@ static json_t *fastchat_frame(struct gen_stream *s, const struct engine_event *e
     const char *finish = finish_text(ev->finish);
     bool failed = ev->finish == FINISH_ERROR;
     json_t *frame = json_pack("{s:s%, s:i, s:o, s:o}", "text",
-                              failed ? (ev->error ? ev->error : "generation failed") : s->text,
-                              failed ? strlen(ev->error ? ev->error : "generation failed") : s->text_len,
+                              failed ? (ev->error ? ev->error : "generation failed") : strbuf_str(&s->text),
+                              failed ? strlen(ev->error ? ev->error : "generation failed") : s->text.len,
                               "error_code", failed ? FASTCHAT_INTERNAL_ERROR : FASTCHAT_OK, "usage",
                               usage_json(ev), "finish_reason",
                               finish && !failed ? json_string(finish) : json_null());
@@ -207,7 +194,7 @@ void api_on_engine_event(const struct engine_event *ev, void *user)
         if (s->mode == GEN_MODE_NATIVE) {
             send_native_frame(s, ev);
         } else {
-            text_append(s, ev->text ? ev->text : "", ev->text_len);
+            strbuf_append(&s->text, ev->text ? ev->text : "", ev->text_len);
             if (s->logprobs >= 0) {
                 json_t *items = logprobs_json(w, ev);
                 if (!s->logprob_items) s->logprob_items = json_array();
@@ -300,7 +287,7 @@ static void start_stream(struct worker *w, http_request *req, int mode, struct g
     s->accepted_ns = uv_hrtime();
     s->echo = p->echo;
     s->logprobs = p->logprobs;
-    if (p->echo && mode != GEN_MODE_NATIVE) text_append(s, p->prompt_text, strlen(p->prompt_text));
+    if (p->echo && mode != GEN_MODE_NATIVE) strbuf_append(&s->text, p->prompt_text, strlen(p->prompt_text));
     s->prompt_text = p->echo ? p->prompt_text : NULL;
     if (!p->echo) free(p->prompt_text);
     p->prompt_text = NULL;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/strbuf.h"
 #include "worker/template/chat_template.h"
 #include "worker/template/chat_template_source.h"
 
@@ -148,30 +149,16 @@ void chat_format_free(struct chat_format *f)
     memset(f, 0, sizeof *f);
 }
 
-/* Appends to a growing buffer; returns -1 when out of memory. */
-static int append(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
+/* Message content: a string, or a list of parts of which the text ones are joined. Returns 0
+ * or JSON_FIELD_INVALID with err filled. */
+static int append_content(struct strbuf *b, const json_t *content, struct json_field_error *err)
 {
-    if (*len + n + 1 > *cap) {
-        size_t ncap = (*cap ? *cap * 2 : 256);
-        while (ncap < *len + n + 1) ncap *= 2;
-        char *nb = realloc(*buf, ncap);
-        if (!nb) return -1;
-        *buf = nb;
-        *cap = ncap;
+    if (!content || json_is_null(content)) return 0;
+    if (json_is_string(content)) {
+        if (strbuf_append(b, json_string_value(content), json_string_length(content)) < 0)
+            return json_field_fail(err, "messages", "out of memory rendering the messages");
+        return 0;
     }
-    memcpy(*buf + *len, s, n);
-    *len += n;
-    (*buf)[*len] = '\0';
-    return 0;
-}
-
-/* Message content: a string, or a list of parts of which the text ones are joined. */
-static int append_content(char **buf, size_t *len, size_t *cap, const json_t *content,
-                          struct json_field_error *err)
-{
-    if (json_is_string(content))
-        return append(buf, len, cap, json_string_value(content), json_string_length(content));
-    if (json_is_null(content) || !content) return 0;
     if (!json_is_array(content))
         return json_field_fail(err, "messages", "'content' must be a string or an array of content parts");
     size_t i;
@@ -183,7 +170,8 @@ static int append_content(char **buf, size_t *len, size_t *cap, const json_t *co
             return json_field_fail(err, "messages", "only content parts of type 'text' are supported");
         json_t *text = json_object_get(part, "text");
         if (!json_is_string(text)) return json_field_fail(err, "messages", "a text content part needs a 'text' string");
-        if (append(buf, len, cap, json_string_value(text), json_string_length(text)) < 0) return -1;
+        if (strbuf_append(b, json_string_value(text), json_string_length(text)) < 0)
+            return json_field_fail(err, "messages", "out of memory rendering the messages");
     }
     return 0;
 }
@@ -209,42 +197,33 @@ static int render_jinja(const struct chat_format *f, const json_t *messages, con
 static int render_simple(const struct chat_format *f, const json_t *messages,
                          bool add_generation_prompt, char **out, struct json_field_error *err)
 {
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    if (append(&buf, &len, &cap, f->bos, strlen(f->bos)) < 0) goto oom;
+    struct strbuf b = {0};
+    if (strbuf_append(&b, f->bos, strlen(f->bos)) < 0) goto oom;
     size_t i;
     json_t *msg;
     json_array_foreach(messages, i, msg) {
-        const char *role = NULL;
-        if (!json_is_object(msg)) {
-            free(buf);
-            return json_field_fail(err, "messages", "each message must be an object with 'role' and 'content'");
-        }
-        if (json_get_string(msg, "role", true, &role, err) != JSON_FIELD_OK) goto invalid;
+        const char *role = json_string_value(json_object_get(msg, "role"));
         int r = -1;
         for (int k = 0; k < CHAT_ROLE_COUNT; k++)
             if (!strcmp(role, role_names[k])) r = k;
         if (!strcmp(role, "developer")) r = CHAT_ROLE_SYSTEM; /* OpenAI's newer name for system */
         if (r < 0) {
-            free(buf);
+            strbuf_free(&b);
             return json_field_fail(err, "messages", "a message's 'role' must be system, developer, user, assistant or tool");
         }
-        if (append(&buf, &len, &cap, f->prefix[r], strlen(f->prefix[r])) < 0) goto oom;
-        int rc = append_content(&buf, &len, &cap, json_object_get(msg, "content"), err);
-        if (rc == JSON_FIELD_INVALID) goto invalid;
-        if (rc < 0) goto oom;
-        if (append(&buf, &len, &cap, f->suffix[r], strlen(f->suffix[r])) < 0) goto oom;
+        if (strbuf_append(&b, f->prefix[r], strlen(f->prefix[r])) < 0) goto oom;
+        if (append_content(&b, json_object_get(msg, "content"), err) != 0) {
+            strbuf_free(&b);
+            return JSON_FIELD_INVALID;
+        }
+        if (strbuf_append(&b, f->suffix[r], strlen(f->suffix[r])) < 0) goto oom;
     }
-    if (add_generation_prompt &&
-        append(&buf, &len, &cap, f->generation_prompt, strlen(f->generation_prompt)) < 0)
+    if (add_generation_prompt && strbuf_append(&b, f->generation_prompt, strlen(f->generation_prompt)) < 0)
         goto oom;
-    *out = buf;
+    *out = b.p;
     return 0;
-invalid:
-    free(buf);
-    return JSON_FIELD_INVALID;
 oom:
-    free(buf);
+    strbuf_free(&b);
     return json_field_fail(err, "messages", "out of memory rendering the messages");
 }
 

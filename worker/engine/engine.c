@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "common/strbuf.h"
 #include "worker/engine/scheduler.h"
 #include "worker/engine/stop.h"
 
@@ -45,8 +46,7 @@ struct live_req {
     /* This step's output. */
     struct engine_token step_tok;
     bool has_step_tok;
-    char *step_text;
-    size_t step_text_len, step_text_cap;
+    struct strbuf step_text; /* this step's new text, handed to the event */
     enum finish_reason finish;
 };
 
@@ -194,7 +194,7 @@ static void live_destroy(struct engine *e, struct live_req *lr)
     if (lr->ts) tok_stream_free(lr->ts);
     stop_free(&lr->stop);
     engine_request_free(lr->req);
-    free(lr->step_text);
+    strbuf_free(&lr->step_text);
     free(lr);
 }
 
@@ -212,18 +212,8 @@ static void live_end(struct engine *e, struct live_req *lr, enum finish_reason f
 
 static void step_text_append(struct live_req *lr, const char *t, size_t n)
 {
-    if (n == 0) return;
-    if (lr->step_text_len + n + 1 > lr->step_text_cap) {
-        size_t cap = lr->step_text_cap ? lr->step_text_cap : 64;
-        while (cap < lr->step_text_len + n + 1) cap *= 2;
-        char *nt = realloc(lr->step_text, cap);
-        if (!nt) return;
-        lr->step_text = nt;
-        lr->step_text_cap = cap;
-    }
-    memcpy(lr->step_text + lr->step_text_len, t, n);
-    lr->step_text_len += n;
-    lr->step_text[lr->step_text_len] = '\0';
+    /* Out of memory loses this piece of text, not the request: the tokens still count. */
+    if (n) strbuf_append(&lr->step_text, t, n);
 }
 
 /* Passes detokenized text through the stop matcher into this step's output. Returns true on
@@ -433,10 +423,9 @@ static int32_t run_step(struct engine *e)
     }
     for (int32_t i = 0; i < n_touched; i++) {
         struct live_req *lr = touched[i];
-        char *text = lr->step_text;
-        size_t len = lr->step_text_len;
-        lr->step_text = NULL;
-        lr->step_text_len = lr->step_text_cap = 0;
+        char *text = lr->step_text.p; /* the event takes the buffer */
+        size_t len = lr->step_text.len;
+        lr->step_text = (struct strbuf){0};
         post_event(e, lr, lr->req->id, lr->req->n_prompt, live_generated(lr), text, len, lr->finish,
                    lr->finish == FINISH_ERROR ? "out of memory" : NULL);
         lr->has_step_tok = false;
