@@ -11,8 +11,14 @@ struct strbuf {
     size_t cap;
 };
 
+/* Makes room for extra more bytes (and the NUL); returns 0 or -1 when out of memory. */
+int strbuf_reserve(struct strbuf *b, size_t extra);
 /* Appends n bytes; returns 0, or -1 when out of memory (the buffer is then unchanged). */
-int strbuf_append(struct strbuf *b, const char *s, size_t n);
+int strbuf_append(struct strbuf *b, const void *data, size_t n);
+static inline int strbuf_putc(struct strbuf *b, char c)
+{
+    return strbuf_append(b, &c, 1);
+}
 /* The text, "" while empty. */
 static inline const char *strbuf_str(const struct strbuf *b)
 {

@@ -93,17 +93,25 @@ static void on_heartbeat(struct ctl *c, http_request *req)
     json_decref(body);
 }
 
-static void list_models_of(struct ctl *c, http_request *req, int which)
+/* The registry's model-name list (n < 0: it ran out of memory) as a JSON array, freeing the
+ * list; NULL when out of memory. */
+static json_t *names_json(const char **names, long n)
 {
-    const char **names;
-    long n = ctl_registry_live_models_of(c->reg, which, &names);
-    if (n < 0) {
-        http_respond_error(req, 500, NULL, "out of memory");
-        return;
-    }
+    if (n < 0) return NULL;
     json_t *arr = json_array();
     for (long i = 0; i < n; i++) json_array_append_new(arr, json_string(names[i]));
     free(names);
+    return arr;
+}
+
+static void list_models_of(struct ctl *c, http_request *req, int which)
+{
+    const char **names;
+    json_t *arr = names_json(names, ctl_registry_live_models_of(c->reg, which, &names));
+    if (!arr) {
+        http_respond_error(req, 500, NULL, "out of memory");
+        return;
+    }
     http_respond_json(req, 200, json_pack("{s:o}", "models", arr));
 }
 
@@ -161,14 +169,11 @@ static void on_refresh_all(struct ctl *c, http_request *req)
 static void on_worker_get_status(struct ctl *c, http_request *req)
 {
     const char **names;
-    long n = ctl_registry_live_models(c->reg, &names);
-    if (n < 0) {
+    json_t *arr = names_json(names, ctl_registry_live_models(c->reg, &names));
+    if (!arr) {
         http_respond_error(req, 500, NULL, "out of memory");
         return;
     }
-    json_t *arr = json_array();
-    for (long i = 0; i < n; i++) json_array_append_new(arr, json_string(names[i]));
-    free(names);
     double speed = 0, now = ctl_registry_now(c->reg);
     json_int_t queue = 0;
     for (size_t i = 0; i < ctl_registry_count(c->reg); i++) {

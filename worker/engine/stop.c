@@ -20,9 +20,7 @@ void stop_init(struct stop_state *st, const int *eos, int n_eos, const int32_t *
 
 void stop_free(struct stop_state *st)
 {
-    free(st->held);
-    st->held = NULL;
-    st->held_len = st->held_cap = 0;
+    strbuf_free(&st->held);
 }
 
 enum finish_reason stop_check_token(const struct stop_state *st, int32_t token, int32_t n_generated,
@@ -44,22 +42,6 @@ enum finish_reason stop_check_token(const struct stop_state *st, int32_t token, 
     if (st->max_tokens > 0 && n_generated >= st->max_tokens) return FINISH_LENGTH;
     if (st->max_total > 0 && n_total >= st->max_total) return FINISH_LENGTH;
     return FINISH_NONE;
-}
-
-static int held_append(struct stop_state *st, const char *text, size_t len)
-{
-    if (st->held_len + len + 1 > st->held_cap) {
-        size_t cap = st->held_cap ? st->held_cap : 64;
-        while (cap < st->held_len + len + 1) cap *= 2;
-        char *nh = realloc(st->held, cap);
-        if (!nh) return -1;
-        st->held = nh;
-        st->held_cap = cap;
-    }
-    if (len) memcpy(st->held + st->held_len, text, len);
-    st->held_len += len;
-    st->held[st->held_len] = '\0';
-    return 0;
 }
 
 static int emit(const char *text, size_t len, char **out, size_t *out_len)
@@ -109,26 +91,26 @@ int stop_push_text(struct stop_state *st, const char *text, size_t len, char **o
 {
     if (st->matched) return emit("", 0, out, out_len) ? -1 : 1;
     if (st->n_stops == 0) return emit(text, len, out, out_len);
-    if (held_append(st, text, len)) return -1;
-    long at = find_stop(st, st->held, st->held_len);
+    if (strbuf_append(&st->held, text, len)) return -1;
+    long at = find_stop(st, st->held.p, st->held.len);
     if (at >= 0) {
         st->matched = true;
-        int rc = emit(st->held, (size_t)at, out, out_len);
-        st->held_len = 0;
+        int rc = emit(st->held.p, (size_t)at, out, out_len);
+        st->held.len = 0;
         return rc ? -1 : 1;
     }
-    size_t keep = partial_suffix(st, st->held, st->held_len);
-    size_t n_out = st->held_len - keep;
-    if (emit(st->held, n_out, out, out_len)) return -1;
-    memmove(st->held, st->held + n_out, keep);
-    st->held_len = keep;
-    st->held[keep] = '\0';
+    size_t keep = partial_suffix(st, st->held.p, st->held.len);
+    size_t n_out = st->held.len - keep;
+    if (emit(st->held.p, n_out, out, out_len)) return -1;
+    memmove(st->held.p, st->held.p + n_out, keep);
+    st->held.len = keep;
+    st->held.p[keep] = '\0';
     return 0;
 }
 
 int stop_flush_text(struct stop_state *st, char **out, size_t *out_len)
 {
-    int rc = emit(st->held ? st->held : "", st->matched ? 0 : st->held_len, out, out_len);
-    st->held_len = 0;
+    int rc = emit(strbuf_str(&st->held), st->matched ? 0 : st->held.len, out, out_len);
+    st->held.len = 0;
     return rc;
 }

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/strbuf.h"
+
 #include "worker/engine/engine.h"
 
 #define STOP_MAX_EOS 8
@@ -29,8 +31,7 @@ struct stop_state {
     /* stop strings (borrowed) and the text held back */
     char *const *stops;
     int32_t n_stops;
-    char *held;
-    size_t held_len, held_cap;
+    struct strbuf held;
     bool matched;
 };
 

@@ -27,26 +27,26 @@ static int byte_token(const char *s, size_t n)
 static int replace_all(struct tok_pieces *out, const char *s, size_t n, const char *pat, size_t plen,
                        const char *rep, size_t rlen)
 {
-    struct tok_buf b = {0};
+    struct strbuf b = {0};
     int rc = -1;
     size_t i = 0, run = 0;
-    if (tok_buf_reserve(&b, n) < 0) goto done;
+    if (strbuf_reserve(&b, n) < 0) goto done;
     while (plen && i + plen <= n) {
         if (memcmp(s + i, pat, plen) == 0) {
-            if (tok_buf_put(&b, s + run, i - run) < 0 || tok_buf_put(&b, rep, rlen) < 0) goto done;
+            if (strbuf_append(&b, s + run, i - run) < 0 || strbuf_append(&b, rep, rlen) < 0) goto done;
             i += plen;
             run = i;
         } else
             i++;
     }
-    if (tok_buf_put(&b, s + run, n - run) < 0) goto done;
+    if (strbuf_append(&b, s + run, n - run) < 0) goto done;
     rc = tok_pieces_add(out, b.p, b.len, false);
 done:
-    tok_buf_free(&b);
+    strbuf_free(&b);
     return rc;
 }
 
-static int flush_bytes(struct tok_pieces *out, struct tok_buf *bytes, bool raw)
+static int flush_bytes(struct tok_pieces *out, struct strbuf *bytes, bool raw)
 {
     if (bytes->len == 0) return 0;
     int rc;
@@ -54,11 +54,11 @@ static int flush_bytes(struct tok_pieces *out, struct tok_buf *bytes, bool raw)
         rc = tok_pieces_add(out, bytes->p, bytes->len, false);
     } else {
         /* Hugging Face's ByteFallback: one U+FFFD per byte of an invalid group. */
-        struct tok_buf f = {0};
+        struct strbuf f = {0};
         rc = 0;
-        for (size_t i = 0; i < bytes->len && rc == 0; i++) rc = tok_buf_put(&f, FFFD, 3);
+        for (size_t i = 0; i < bytes->len && rc == 0; i++) rc = strbuf_append(&f, FFFD, 3);
         if (rc == 0) rc = tok_pieces_add(out, f.p ? f.p : "", f.len, false);
-        tok_buf_free(&f);
+        strbuf_free(&f);
     }
     bytes->len = 0;
     return rc;
@@ -74,19 +74,19 @@ static int dec_step(const struct tok_dec *st, const struct tok_pieces *in, struc
                 return -1;
         return 0;
     case TOK_DEC_BYTEFALLBACK: {
-        struct tok_buf bytes = {0};
+        struct strbuf bytes = {0};
         int rc = 0;
         for (size_t i = 0; i < in->n && rc == 0; i++) {
             int b = byte_token(tok_piece_str(in, i), in->v[i].len);
             if (b >= 0) {
-                rc = tok_buf_putc(&bytes, (char)b);
+                rc = strbuf_putc(&bytes, (char)b);
                 continue;
             }
             rc = flush_bytes(out, &bytes, raw);
             if (rc == 0) rc = tok_pieces_add(out, tok_piece_str(in, i), in->v[i].len, false);
         }
         if (rc == 0) rc = flush_bytes(out, &bytes, raw);
-        tok_buf_free(&bytes);
+        strbuf_free(&bytes);
         return rc;
     }
     case TOK_DEC_FUSE:
@@ -111,7 +111,7 @@ static int dec_step(const struct tok_dec *st, const struct tok_pieces *in, struc
         }
         return 0;
     case TOK_DEC_BYTELEVEL: {
-        struct tok_buf b = {0};
+        struct strbuf b = {0};
         int rc = 0;
         for (size_t i = 0; i < in->n && rc == 0; i++) {
             const unsigned char *s = (const unsigned char *)tok_piece_str(in, i);
@@ -122,26 +122,26 @@ static int dec_step(const struct tok_dec *st, const struct tok_pieces *in, struc
                 int k = tok_utf8_decode(s + j, n - j, &cp);
                 int byte = k > 0 ? tok_bytelevel_byte(cp) : -1;
                 if (byte < 0) ok = false;
-                else if ((rc = tok_buf_putc(&b, (char)byte)) < 0) break;
+                else if ((rc = strbuf_putc(&b, (char)byte)) < 0) break;
                 j += (size_t)(k > 0 ? k : 1);
             }
             if (rc == 0 && !ok) {
                 b.len = start; /* not a byte-level string: keep the token's own text */
-                rc = tok_buf_put(&b, s, n);
+                rc = strbuf_append(&b, s, n);
             }
         }
         if (rc == 0) {
             if (raw) {
                 rc = tok_pieces_add(out, b.p ? b.p : "", b.len, false);
             } else {
-                struct tok_buf v = {0};
+                struct strbuf v = {0};
                 rc = tok_utf8_lossy_append(&v, b.p ? b.p : "", b.len);
                 if (rc == 0) rc = tok_pieces_add(out, v.p ? v.p : "", v.len, false);
-                tok_buf_free(&v);
+                strbuf_free(&v);
             }
         }
         *fused = true;
-        tok_buf_free(&b);
+        strbuf_free(&b);
         return rc;
     }
     case TOK_DEC_METASPACE:
@@ -157,12 +157,12 @@ static int dec_step(const struct tok_dec *st, const struct tok_pieces *in, struc
 }
 
 int tok_decode_ex(const struct tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
-                  bool at_start, bool raw, struct tok_buf *out)
+                  bool at_start, bool raw, struct strbuf *out)
 {
     struct tok_pieces a = {0}, b = {0};
     int rc = -1;
     out->len = 0;
-    if (tok_buf_reserve(out, 0) < 0) return -1;
+    if (strbuf_reserve(out, 0) < 0) return -1;
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || id >= t->n_vocab || !t->text[id]) continue;
@@ -179,7 +179,7 @@ int tok_decode_ex(const struct tokenizer *t, const int32_t *ids, size_t n, bool 
         b = sw;
     }
     if (raw) {
-        if (tok_buf_put(out, a.arena.p ? a.arena.p : "", a.arena.len) < 0) goto done;
+        if (strbuf_append(out, a.arena.p ? a.arena.p : "", a.arena.len) < 0) goto done;
     } else if (tok_utf8_lossy_append(out, a.arena.p ? a.arena.p : "", a.arena.len) < 0)
         goto done;
     rc = 0;
@@ -192,9 +192,9 @@ done:
 int tok_decode(const struct tokenizer *tok, const int32_t *ids, size_t n_ids, bool skip_special,
                char **text, size_t *len)
 {
-    struct tok_buf out = {0};
+    struct strbuf out = {0};
     if (tok_decode_ex(tok, ids, n_ids, skip_special, true, false, &out) < 0) {
-        tok_buf_free(&out);
+        strbuf_free(&out);
         return -1;
     }
     *text = out.p;
@@ -227,7 +227,7 @@ struct tok_stream {
     int32_t *ids;
     size_t n, cap;
     size_t prefix_off, read_off;
-    struct tok_buf a, b;
+    struct strbuf a, b;
 };
 
 struct tok_stream *tok_stream_new(const struct tokenizer *tok, bool skip_special)
@@ -243,8 +243,8 @@ void tok_stream_free(struct tok_stream *s)
 {
     if (!s) return;
     free(s->ids);
-    tok_buf_free(&s->a);
-    tok_buf_free(&s->b);
+    strbuf_free(&s->a);
+    strbuf_free(&s->b);
     free(s);
 }
 

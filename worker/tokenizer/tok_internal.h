@@ -15,15 +15,11 @@
 
 #include "worker/tokenizer/tokenizer.h"
 
-/* ---- growable byte buffer ---------------------------------------------------------------- */
-struct tok_buf {
-    char *p;
-    size_t len, cap;
-};
-int tok_buf_reserve(struct tok_buf *b, size_t extra);
-int tok_buf_put(struct tok_buf *b, const void *data, size_t n);
-int tok_buf_putc(struct tok_buf *b, char c);
-void tok_buf_free(struct tok_buf *b);
+/* Strings are built in common/strbuf.h's growable buffer. */
+#include "common/strbuf.h"
+
+/* A NUL-terminated copy of n bytes (which may hold NULs, as GGUF strings can). */
+char *tok_strndup(const char *s, size_t n);
 
 /* A list of strings kept in one arena: pre-tokenized pieces, or tokens being decoded. */
 struct tok_piece {
@@ -32,7 +28,7 @@ struct tok_piece {
     bool at_origin; /* starts at offset 0 of the input (Metaspace's prepend_scheme "first") */
 };
 struct tok_pieces {
-    struct tok_buf arena;
+    struct strbuf arena;
     struct tok_piece *v;
     size_t n, cap;
 };
@@ -83,15 +79,15 @@ int tok_utf8_encode(uint32_t cp, char *out);
 bool tok_utf8_is_valid(const char *s, size_t n);
 /* Appends s with invalid sequences replaced by U+FFFD, one per maximal invalid subpart, as
  * Rust's String::from_utf8_lossy does. */
-int tok_utf8_lossy_append(struct tok_buf *out, const char *s, size_t n);
+int tok_utf8_lossy_append(struct strbuf *out, const char *s, size_t n);
 /* Rust's char::is_whitespace (the White_Space property). */
 bool tok_is_space_cp(uint32_t c);
 /* Canonical composition (NFC) of valid UTF-8 text, appended to out. */
-int tok_nfc_append(struct tok_buf *out, const char *s, size_t n);
+int tok_nfc_append(struct strbuf *out, const char *s, size_t n);
 enum tok_unorm { TOK_NFC, TOK_NFD, TOK_NFKC, TOK_NFKD };
-int tok_unorm_append(struct tok_buf *out, const char *s, size_t n, enum tok_unorm form);
+int tok_unorm_append(struct strbuf *out, const char *s, size_t n, enum tok_unorm form);
 /* Per-character lowercase (strip_accents false) or removal of combining marks (true). */
-int tok_case_append(struct tok_buf *out, const char *s, size_t n, bool strip_accents);
+int tok_case_append(struct strbuf *out, const char *s, size_t n, bool strip_accents);
 
 /* GPT-2's byte to printable-character table used by ByteLevel. */
 extern const uint16_t tok_bytelevel_char[256];
@@ -208,13 +204,13 @@ pcre2_code *tok_regex_compile(const char *pattern, size_t len, bool literal, cha
                               size_t msglen);
 
 /* Pipeline stages. */
-int tok_normalize(const struct tokenizer *t, const char *s, size_t n, struct tok_buf *out);
+int tok_normalize(const struct tokenizer *t, const char *s, size_t n, struct strbuf *out);
 int tok_pretokenize(const struct tokenizer *t, struct tok_pieces *io, struct tok_pieces *tmp);
 int tok_bpe_encode(const struct tokenizer *t, const char *s, size_t n, int32_t **ids,
                    size_t *n_ids, size_t *cap);
 /* Decodes ids[0..n). at_start: the ids begin the sequence (leading-space rules apply).
  * raw: stop before turning bytes into valid UTF-8 (for single-token pieces). */
 int tok_decode_ex(const struct tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
-                  bool at_start, bool raw, struct tok_buf *out);
+                  bool at_start, bool raw, struct strbuf *out);
 
 #endif

@@ -15,16 +15,6 @@ enum { GGUF_TOK_NORMAL = 1, GGUF_TOK_UNKNOWN = 2, GGUF_TOK_CONTROL = 3, GGUF_TOK
 
 static const char SPACE_MARK[] = "\xE2\x96\x81"; /* U+2581 */
 
-static char *dupn(const char *s, size_t n)
-{
-    char *p = malloc(n + 1);
-    if (p) {
-        memcpy(p, s, n);
-        p[n] = '\0';
-    }
-    return p;
-}
-
 struct by_score {
     float score;
     int32_t id;
@@ -45,16 +35,16 @@ static int setup_pipeline(struct tokenizer *t, bool add_space_prefix)
     if (!t->norm || !t->dec) return -1;
     size_t k = 0;
     if (add_space_prefix)
-        t->norm[k++] = (struct tok_norm){.kind = TOK_NORM_PREPEND, .a = dupn(SPACE_MARK, 3), .a_len = 3};
-    t->norm[k++] = (struct tok_norm){.kind = TOK_NORM_REPLACE, .a = dupn(" ", 1), .a_len = 1,
-                                     .b = dupn(SPACE_MARK, 3), .b_len = 3};
+        t->norm[k++] = (struct tok_norm){.kind = TOK_NORM_PREPEND, .a = tok_strndup(SPACE_MARK, 3), .a_len = 3};
+    t->norm[k++] = (struct tok_norm){.kind = TOK_NORM_REPLACE, .a = tok_strndup(" ", 1), .a_len = 1,
+                                     .b = tok_strndup(SPACE_MARK, 3), .b_len = 3};
     t->n_norm = k;
     t->has_decoder = true;
-    t->dec[0] = (struct tok_dec){.kind = TOK_DEC_REPLACE, .a = dupn(SPACE_MARK, 3), .a_len = 3, .b = dupn(" ", 1), .b_len = 1};
+    t->dec[0] = (struct tok_dec){.kind = TOK_DEC_REPLACE, .a = tok_strndup(SPACE_MARK, 3), .a_len = 3, .b = tok_strndup(" ", 1), .b_len = 1};
     t->dec[1] = (struct tok_dec){.kind = TOK_DEC_BYTEFALLBACK};
     t->dec[2] = (struct tok_dec){.kind = TOK_DEC_FUSE};
     t->n_dec = 3;
-    if (add_space_prefix) t->dec[t->n_dec++] = (struct tok_dec){.kind = TOK_DEC_STRIP, .a = dupn(" ", 1), .a_len = 1, .start = 1};
+    if (add_space_prefix) t->dec[t->n_dec++] = (struct tok_dec){.kind = TOK_DEC_STRIP, .a = tok_strndup(" ", 1), .a_len = 1, .start = 1};
     for (size_t i = 0; i < t->n_norm; i++)
         if (!t->norm[i].a || (t->norm[i].kind == TOK_NORM_REPLACE && !t->norm[i].b)) return -1;
     for (size_t i = 0; i < t->n_dec; i++)
@@ -253,8 +243,8 @@ int tok_load_gguf(struct tokenizer *t, const char *path, char *err, size_t errle
     t->eos_id = gguf_get_int(f, "tokenizer.ggml.eos_token_id", &v) == 0 && v >= 0 && v < (int64_t)n_tok ? (int32_t)v : -1;
     t->byte_fallback = spm;
     t->fuse_unk = spm;
-    if (t->bos_id >= 0) t->bos_text = dupn(t->text[t->bos_id], t->text_len[t->bos_id]);
-    if (t->eos_id >= 0) t->eos_text = dupn(t->text[t->eos_id], t->text_len[t->eos_id]);
+    if (t->bos_id >= 0) t->bos_text = tok_strndup(t->text[t->bos_id], t->text_len[t->bos_id]);
+    if (t->eos_id >= 0) t->eos_text = tok_strndup(t->text[t->eos_id], t->text_len[t->eos_id]);
 
     bool add_bos = spm, add_eos = false, add_space = true;
     gguf_get_bool(f, "tokenizer.ggml.add_bos_token", &add_bos);
@@ -272,7 +262,7 @@ int tok_load_gguf(struct tokenizer *t, const char *path, char *err, size_t errle
     }
     const char *tmpl;
     size_t tmpl_len;
-    if (gguf_get_string(f, "tokenizer.chat_template", &tmpl, &tmpl_len) == 0 && !(t->chat_template = dupn(tmpl, tmpl_len)))
+    if (gguf_get_string(f, "tokenizer.chat_template", &tmpl, &tmpl_len) == 0 && !(t->chat_template = tok_strndup(tmpl, tmpl_len)))
         goto oom;
 
     /* Control, unknown and user-defined tokens are matched in raw text, as Hugging Face's
@@ -283,7 +273,7 @@ int tok_load_gguf(struct tokenizer *t, const char *path, char *err, size_t errle
         if (t->text_len[i] == 0) continue;
         struct tok_added *ad = &t->added[t->n_added++];
         ad->len = t->text_len[i];
-        ad->content = dupn(t->text[i], ad->len);
+        ad->content = tok_strndup(t->text[i], ad->len);
         ad->id = (int32_t)i;
         ad->special = types[i] != GGUF_TOK_USER;
         if (!ad->content) goto oom;

@@ -28,16 +28,6 @@ __attribute__((format(printf, 3, 4))) static int fail(struct jctx *c, const char
     return -1;
 }
 
-static char *dupn(const char *s, size_t n)
-{
-    char *p = malloc(n + 1);
-    if (p) {
-        memcpy(p, s, n);
-        p[n] = '\0';
-    }
-    return p;
-}
-
 static const char *jstr(json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);
@@ -105,7 +95,7 @@ static int parse_normalizer(struct jctx *c, json_t *node, const char *field)
         const char *p = jstr(node, "prepend");
         if (!p) return fail(c, field, "Prepend needs a \"prepend\" string");
         st->kind = TOK_NORM_PREPEND;
-        st->a = dupn(p, strlen(p));
+        st->a = tok_strndup(p, strlen(p));
         st->a_len = strlen(p);
     } else if (strcmp(type, "Replace") == 0) {
         const char *p, *content = jstr(node, "content");
@@ -115,9 +105,9 @@ static int parse_normalizer(struct jctx *c, json_t *node, const char *field)
         if (parse_pattern(c, json_object_get(node, "pattern"), sub, &p, &plen, &is_re) < 0) return -1;
         if (!content) return fail(c, field, "Replace needs a \"content\" string");
         st->kind = TOK_NORM_REPLACE;
-        st->a = dupn(p, plen);
+        st->a = tok_strndup(p, plen);
         st->a_len = plen;
-        st->b = dupn(content, strlen(content));
+        st->b = tok_strndup(content, strlen(content));
         st->b_len = strlen(content);
         if (is_re && !(st->re = compile(c, sub, p, plen, false))) return -1;
     } else if (strcmp(type, "NFC") == 0) {
@@ -292,9 +282,9 @@ static int parse_decoder(struct jctx *c, json_t *node, const char *field)
         if (is_re) return fail(c, sub, "a Regex pattern in a Replace decoder is not supported");
         if (!content) return fail(c, field, "Replace needs a \"content\" string");
         st->kind = TOK_DEC_REPLACE;
-        st->a = dupn(p, plen);
+        st->a = tok_strndup(p, plen);
         st->a_len = plen;
-        st->b = dupn(content, strlen(content));
+        st->b = tok_strndup(content, strlen(content));
         st->b_len = strlen(content);
     } else if (strcmp(type, "ByteFallback") == 0) {
         st->kind = TOK_DEC_BYTEFALLBACK;
@@ -304,7 +294,7 @@ static int parse_decoder(struct jctx *c, json_t *node, const char *field)
         const char *content = jstr(node, "content");
         if (!content) return fail(c, field, "Strip needs a \"content\" string");
         st->kind = TOK_DEC_STRIP;
-        st->a = dupn(content, strlen(content));
+        st->a = tok_strndup(content, strlen(content));
         st->a_len = strlen(content);
         st->start = (int)json_integer_value(json_object_get(node, "start"));
         st->stop = (int)json_integer_value(json_object_get(node, "stop"));
@@ -314,7 +304,7 @@ static int parse_decoder(struct jctx *c, json_t *node, const char *field)
         const char *r = jstr(node, "replacement");
         if (!r) return fail(c, field, "Metaspace needs a \"replacement\"");
         st->kind = TOK_DEC_METASPACE;
-        st->a = dupn(r, strlen(r));
+        st->a = tok_strndup(r, strlen(r));
         st->a_len = strlen(r);
         snprintf(sub, sizeof(sub), "%s.prepend_scheme", field);
         if (parse_prepend_scheme(node, &st->prepend_scheme) < 0) return fail(c, sub, "unknown scheme");
@@ -458,12 +448,12 @@ static int parse_model(struct jctx *c, json_t *model, json_t *added)
     t->ignore_merges = jbool(model, "ignore_merges", false);
     const char *cp = jstr(model, "continuing_subword_prefix");
     if (cp && *cp) {
-        t->cont_prefix = dupn(cp, strlen(cp));
+        t->cont_prefix = tok_strndup(cp, strlen(cp));
         t->cont_prefix_len = strlen(cp);
     }
 
     if (tok_pairmap_init(&t->merges, json_array_size(merges)) < 0) return fail(c, "model.merges", "out of memory");
-    struct tok_buf joined = {0};
+    struct strbuf joined = {0};
     for (size_t i = 0; i < json_array_size(merges); i++) {
         json_t *m = json_array_get(merges, i);
         const char *a, *b;
@@ -473,7 +463,7 @@ static int parse_model(struct jctx *c, json_t *model, json_t *added)
             a = json_string_value(m);
             const char *sp = strchr(a, ' ');
             if (!sp || strchr(sp + 1, ' ')) {
-                tok_buf_free(&joined);
+                strbuf_free(&joined);
                 return fail(c, sub, "expected \"left right\"");
             }
             alen = (size_t)(sp - a);
@@ -486,7 +476,7 @@ static int parse_model(struct jctx *c, json_t *model, json_t *added)
             b = json_string_value(json_array_get(m, 1));
             blen = json_string_length(json_array_get(m, 1));
         } else {
-            tok_buf_free(&joined);
+            strbuf_free(&joined);
             return fail(c, sub, "expected \"left right\" or [\"left\", \"right\"]");
         }
         int32_t ia = tok_strmap_get(&t->vocab, a, alen), ib = tok_strmap_get(&t->vocab, b, blen);
@@ -497,23 +487,23 @@ static int parse_model(struct jctx *c, json_t *model, json_t *added)
             bslen -= t->cont_prefix_len;
         }
         joined.len = 0;
-        if (tok_buf_put(&joined, a, alen) < 0 || tok_buf_put(&joined, bs, bslen) < 0) {
-            tok_buf_free(&joined);
+        if (strbuf_append(&joined, a, alen) < 0 || strbuf_append(&joined, bs, bslen) < 0) {
+            strbuf_free(&joined);
             return fail(c, sub, "out of memory");
         }
         int32_t im = tok_strmap_get(&t->vocab, joined.p, joined.len);
         if (ia < 0 || ib < 0 || im < 0) {
             int r = fail(c, sub, "token \"%.*s\" is not in the vocabulary", (int)(ia < 0 ? alen : ib < 0 ? blen : joined.len),
                          ia < 0 ? a : ib < 0 ? b : joined.p);
-            tok_buf_free(&joined);
+            strbuf_free(&joined);
             return r;
         }
         if (tok_pairmap_put(&t->merges, ia, ib, (int32_t)i, im) < 0) {
-            tok_buf_free(&joined);
+            strbuf_free(&joined);
             return fail(c, sub, "out of memory");
         }
     }
-    tok_buf_free(&joined);
+    strbuf_free(&joined);
 
     t->added = calloc(json_array_size(added) + 1, sizeof(*t->added));
     if (!t->added) return fail(c, "added_tokens", "out of memory");
@@ -522,7 +512,7 @@ static int parse_model(struct jctx *c, json_t *model, json_t *added)
         const char *content = jstr(a, "content");
         struct tok_added *ad = &t->added[t->n_added++];
         ad->len = strlen(content);
-        ad->content = dupn(content, ad->len);
+        ad->content = tok_strndup(content, ad->len);
         /* As Hugging Face does, a content already in the model's vocabulary keeps that id. */
         int32_t in_vocab = tok_strmap_get(&t->vocab, content, strlen(content));
         ad->id = in_vocab >= 0 ? in_vocab : (int32_t)json_integer_value(json_object_get(a, "id"));
@@ -549,11 +539,11 @@ static int apply_config(struct jctx *c, json_t *cfg)
 {
     struct tokenizer *t = c->t;
     const char *bos = config_token(cfg, "bos_token"), *eos = config_token(cfg, "eos_token");
-    if (bos && (t->bos_id = find_token(t, bos)) >= 0) t->bos_text = dupn(bos, strlen(bos));
-    if (eos && (t->eos_id = find_token(t, eos)) >= 0) t->eos_text = dupn(eos, strlen(eos));
+    if (bos && (t->bos_id = find_token(t, bos)) >= 0) t->bos_text = tok_strndup(bos, strlen(bos));
+    if (eos && (t->eos_id = find_token(t, eos)) >= 0) t->eos_text = tok_strndup(eos, strlen(eos));
     json_t *tmpl = json_object_get(cfg, "chat_template");
     if (json_is_string(tmpl)) {
-        t->chat_template = dupn(json_string_value(tmpl), json_string_length(tmpl));
+        t->chat_template = tok_strndup(json_string_value(tmpl), json_string_length(tmpl));
     } else if (json_is_array(tmpl)) {
         /* Named templates: take "default", else the first. */
         for (size_t i = 0; i < json_array_size(tmpl); i++) {
@@ -561,7 +551,7 @@ static int apply_config(struct jctx *c, json_t *cfg)
             const char *name = jstr(e, "name"), *src = jstr(e, "template");
             if (src && (!t->chat_template || (name && strcmp(name, "default") == 0))) {
                 free(t->chat_template);
-                t->chat_template = dupn(src, strlen(src));
+                t->chat_template = tok_strndup(src, strlen(src));
             }
         }
     }
@@ -624,7 +614,7 @@ int tok_load_json(struct tokenizer *t, const char *json_path, const char *config
             goto done;
         }
     }
-    if (t->bos_id >= 0 && !t->bos_text && t->text[t->bos_id]) t->bos_text = dupn(t->text[t->bos_id], t->text_len[t->bos_id]);
+    if (t->bos_id >= 0 && !t->bos_text && t->text[t->bos_id]) t->bos_text = tok_strndup(t->text[t->bos_id], t->text_len[t->bos_id]);
     rc = 0;
 done:
     json_decref(root);

@@ -198,19 +198,19 @@ static void canonical_compose(struct cps *c)
     c->n = w;
 }
 
-static int put_cps(struct tok_buf *out, const struct cps *c)
+static int put_cps(struct strbuf *out, const struct cps *c)
 {
-    if (tok_buf_reserve(out, c->n * 4) < 0) return -1;
+    if (strbuf_reserve(out, c->n * 4) < 0) return -1;
     for (size_t j = 0; j < c->n; j++) out->len += (size_t)tok_utf8_encode(c->v[j], out->p + out->len);
     out->p[out->len] = '\0';
     return 0;
 }
 
-int tok_unorm_append(struct tok_buf *out, const char *s, size_t n, enum tok_unorm form)
+int tok_unorm_append(struct strbuf *out, const char *s, size_t n, enum tok_unorm form)
 {
     size_t i = 0;
     while (i < n && (unsigned char)s[i] < 0x80) i++;
-    if (i == n || (form == TOK_NFC && !maybe_changes(s, n))) return tok_buf_put(out, s, n);
+    if (i == n || (form == TOK_NFC && !maybe_changes(s, n))) return strbuf_append(out, s, n);
 
     struct cps c = {0};
     int rc = -1;
@@ -234,21 +234,21 @@ done:
     return rc;
 }
 
-int tok_nfc_append(struct tok_buf *out, const char *s, size_t n)
+int tok_nfc_append(struct strbuf *out, const char *s, size_t n)
 {
     return tok_unorm_append(out, s, n, TOK_NFC);
 }
 
 /* Lowercase (one character at a time, as Rust's char::to_lowercase) or StripAccents (drops
  * every combining mark: Mn, Mc and Me). */
-int tok_case_append(struct tok_buf *out, const char *s, size_t n, bool strip_accents)
+int tok_case_append(struct strbuf *out, const char *s, size_t n, bool strip_accents)
 {
     const unsigned char *u = (const unsigned char *)s;
     char enc[4];
     for (size_t i = 0; i < n;) {
         if (u[i] < 0x80) {
             char ch = (char)(!strip_accents && u[i] >= 'A' && u[i] <= 'Z' ? u[i] + 32 : u[i]);
-            if (tok_buf_putc(out, ch) < 0) return -1;
+            if (strbuf_putc(out, ch) < 0) return -1;
             i++;
             continue;
         }
@@ -267,14 +267,14 @@ int tok_case_append(struct tok_buf *out, const char *s, size_t n, bool strip_acc
                 else if (cp > tok_mn_ranges[mid][1]) lo = mid + 1;
                 else mn = true;
             }
-            if (!mn && tok_buf_put(out, enc, (size_t)tok_utf8_encode(cp, enc)) < 0) return -1;
+            if (!mn && strbuf_append(out, enc, (size_t)tok_utf8_encode(cp, enc)) < 0) return -1;
         } else {
             const uint32_t *m = map_find(tok_lower_map, tok_lower_map_n, cp);
             if (!m) {
-                if (tok_buf_put(out, enc, (size_t)tok_utf8_encode(cp, enc)) < 0) return -1;
+                if (strbuf_append(out, enc, (size_t)tok_utf8_encode(cp, enc)) < 0) return -1;
             } else {
                 for (uint32_t j = 0; j < m[2]; j++)
-                    if (tok_buf_put(out, enc, (size_t)tok_utf8_encode(tok_lower_cps[m[1] + j], enc)) < 0) return -1;
+                    if (strbuf_append(out, enc, (size_t)tok_utf8_encode(tok_lower_cps[m[1] + j], enc)) < 0) return -1;
             }
         }
         i += (size_t)k;

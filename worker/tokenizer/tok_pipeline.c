@@ -7,20 +7,20 @@
 
 #define is_space_cp tok_is_space_cp
 
-static int replace_str(struct tok_buf *out, const char *s, size_t n, const char *pat, size_t plen,
+static int replace_str(struct strbuf *out, const char *s, size_t n, const char *pat, size_t plen,
                        const char *rep, size_t rlen)
 {
-    if (plen == 0) return tok_buf_put(out, s, n);
+    if (plen == 0) return strbuf_append(out, s, n);
     size_t i = 0, run = 0;
     while (i + plen <= n) {
         if (s[i] == pat[0] && memcmp(s + i, pat, plen) == 0) {
-            if (tok_buf_put(out, s + run, i - run) < 0 || tok_buf_put(out, rep, rlen) < 0) return -1;
+            if (strbuf_append(out, s + run, i - run) < 0 || strbuf_append(out, rep, rlen) < 0) return -1;
             i += plen;
             run = i;
         } else
             i++;
     }
-    return tok_buf_put(out, s + run, n - run);
+    return strbuf_append(out, s + run, n - run);
 }
 
 /* Calls fn for each non-empty match of re in s[0..n), left to right, as Rust's find_iter. */
@@ -54,7 +54,7 @@ static int regex_each(const pcre2_code *re, const char *s, size_t n, match_fn fn
 }
 
 struct replace_ctx {
-    struct tok_buf *out;
+    struct strbuf *out;
     const char *s;
     size_t run;
     const char *rep;
@@ -64,24 +64,24 @@ struct replace_ctx {
 static int replace_cb(void *vctx, size_t a, size_t b)
 {
     struct replace_ctx *c = vctx;
-    if (tok_buf_put(c->out, c->s + c->run, a - c->run) < 0 || tok_buf_put(c->out, c->rep, c->rlen) < 0)
+    if (strbuf_append(c->out, c->s + c->run, a - c->run) < 0 || strbuf_append(c->out, c->rep, c->rlen) < 0)
         return -1;
     c->run = b;
     return 0;
 }
 
-static int norm_step(const struct tok_norm *st, const char *s, size_t n, struct tok_buf *out)
+static int norm_step(const struct tok_norm *st, const char *s, size_t n, struct strbuf *out)
 {
     switch (st->kind) {
     case TOK_NORM_PREPEND:
         if (n == 0) return 0;
-        if (tok_buf_put(out, st->a, st->a_len) < 0) return -1;
-        return tok_buf_put(out, s, n);
+        if (strbuf_append(out, st->a, st->a_len) < 0) return -1;
+        return strbuf_append(out, s, n);
     case TOK_NORM_REPLACE:
         if (st->re) {
             struct replace_ctx c = {.out = out, .s = s, .run = 0, .rep = st->b, .rlen = st->b_len};
             if (regex_each(st->re, s, n, replace_cb, &c) < 0) return -1;
-            return tok_buf_put(out, s + c.run, n - c.run);
+            return strbuf_append(out, s + c.run, n - c.run);
         }
         return replace_str(out, s, n, st->a, st->a_len, st->b, st->b_len);
     case TOK_NORM_NFC:
@@ -109,30 +109,30 @@ static int norm_step(const struct tok_norm *st, const char *s, size_t n, struct 
             if (tok_utf8_decode((const unsigned char *)s + j, b - j, &cp) <= 0 || !is_space_cp(cp)) break;
             b = j;
         }
-        return tok_buf_put(out, s + a, b - a);
+        return strbuf_append(out, s + a, b - a);
     }
     }
     return -1;
 }
 
-int tok_normalize(const struct tokenizer *t, const char *s, size_t n, struct tok_buf *out)
+int tok_normalize(const struct tokenizer *t, const char *s, size_t n, struct strbuf *out)
 {
     out->len = 0;
-    if (t->n_norm == 0) return tok_buf_put(out, s, n);
-    struct tok_buf tmp = {0};
+    if (t->n_norm == 0) return strbuf_append(out, s, n);
+    struct strbuf tmp = {0};
     int rc = -1;
-    if (tok_buf_put(&tmp, s, n) < 0) goto done;
+    if (strbuf_append(&tmp, s, n) < 0) goto done;
     for (size_t i = 0; i < t->n_norm; i++) {
         out->len = 0;
-        if (tok_buf_reserve(out, 0) < 0 || norm_step(&t->norm[i], tmp.p, tmp.len, out) < 0) goto done;
+        if (strbuf_reserve(out, 0) < 0 || norm_step(&t->norm[i], tmp.p, tmp.len, out) < 0) goto done;
         if (i + 1 < t->n_norm) {
             tmp.len = 0;
-            if (tok_buf_put(&tmp, out->p, out->len) < 0) goto done;
+            if (strbuf_append(&tmp, out->p, out->len) < 0) goto done;
         }
     }
     rc = 0;
 done:
-    tok_buf_free(&tmp);
+    strbuf_free(&tmp);
     return rc;
 }
 
@@ -287,24 +287,24 @@ static void gpt2_compile(void)
 static int bytelevel_map(const char *s, size_t n, bool at_origin, struct tok_pieces *out)
 {
     char tmp[256];
-    struct tok_buf b = {0};
+    struct strbuf b = {0};
     const char *src;
     size_t len = 0;
     if (n * 2 <= sizeof(tmp)) {
         for (size_t i = 0; i < n; i++) len += (size_t)tok_utf8_encode(tok_bytelevel_char[(unsigned char)s[i]], tmp + len);
         src = tmp;
     } else {
-        if (tok_buf_reserve(&b, n * 2) < 0) return -1;
+        if (strbuf_reserve(&b, n * 2) < 0) return -1;
         for (size_t i = 0; i < n; i++) len += (size_t)tok_utf8_encode(tok_bytelevel_char[(unsigned char)s[i]], b.p + len);
         src = b.p;
     }
     int rc = tok_pieces_add(out, src, len, at_origin);
-    tok_buf_free(&b);
+    strbuf_free(&b);
     return rc;
 }
 
 static int pre_step(const struct tok_pre *st, const struct tok_pieces *in, struct tok_pieces *out,
-                    struct spans *sp, struct tok_buf *scratch)
+                    struct spans *sp, struct strbuf *scratch)
 {
     for (size_t i = 0; i < in->n; i++) {
         const char *s = tok_piece_str(in, i);
@@ -325,7 +325,7 @@ static int pre_step(const struct tok_pre *st, const struct tok_pieces *in, struc
                        (st->prepend_scheme == TOK_PREPEND_FIRST && origin);
             if (pre && !(n >= 1 && s[0] == ' ') &&
                 !(n >= st->replacement_len && memcmp(s, st->replacement, st->replacement_len) == 0) &&
-                tok_buf_put(scratch, st->replacement, st->replacement_len) < 0)
+                strbuf_append(scratch, st->replacement, st->replacement_len) < 0)
                 return -1;
             if (replace_str(scratch, s, n, " ", 1, st->replacement, st->replacement_len) < 0) return -1;
             if (!st->split) {
@@ -346,8 +346,8 @@ static int pre_step(const struct tok_pre *st, const struct tok_pieces *in, struc
         }
         case TOK_PRE_BYTELEVEL: {
             scratch->len = 0;
-            if (st->add_prefix_space && !(n >= 1 && s[0] == ' ') && tok_buf_putc(scratch, ' ') < 0) return -1;
-            if (tok_buf_put(scratch, s, n) < 0) return -1;
+            if (st->add_prefix_space && !(n >= 1 && s[0] == ' ') && strbuf_putc(scratch, ' ') < 0) return -1;
+            if (strbuf_append(scratch, s, n) < 0) return -1;
             if (!st->use_regex) {
                 if (bytelevel_map(scratch->p, scratch->len, origin, out) < 0) return -1;
                 break;
@@ -368,7 +368,7 @@ static int pre_step(const struct tok_pre *st, const struct tok_pieces *in, struc
 int tok_pretokenize(const struct tokenizer *t, struct tok_pieces *io, struct tok_pieces *tmp)
 {
     struct spans sp = {0};
-    struct tok_buf scratch = {0};
+    struct strbuf scratch = {0};
     int rc = 0;
     for (size_t i = 0; i < t->n_pre && rc == 0; i++) {
         tok_pieces_clear(tmp);
@@ -378,6 +378,6 @@ int tok_pretokenize(const struct tokenizer *t, struct tok_pieces *io, struct tok
         *tmp = swap;
     }
     free(sp.v);
-    tok_buf_free(&scratch);
+    strbuf_free(&scratch);
     return rc;
 }

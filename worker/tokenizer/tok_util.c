@@ -5,37 +5,14 @@
 
 #include "worker/tokenizer/tok_internal.h"
 
-int tok_buf_reserve(struct tok_buf *b, size_t extra)
+char *tok_strndup(const char *s, size_t n)
 {
-    if (b->len + extra + 1 <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + extra + 1) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) return -1;
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-int tok_buf_put(struct tok_buf *b, const void *data, size_t n)
-{
-    if (tok_buf_reserve(b, n) < 0) return -1;
-    if (n) memcpy(b->p + b->len, data, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
-
-int tok_buf_putc(struct tok_buf *b, char c)
-{
-    return tok_buf_put(b, &c, 1);
-}
-
-void tok_buf_free(struct tok_buf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
+    char *p = malloc(n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
 }
 
 int tok_pieces_add(struct tok_pieces *p, const char *s, size_t len, bool at_origin)
@@ -48,7 +25,7 @@ int tok_pieces_add(struct tok_pieces *p, const char *s, size_t len, bool at_orig
         p->cap = cap;
     }
     size_t off = p->arena.len;
-    if (tok_buf_put(&p->arena, s, len) < 0) return -1;
+    if (strbuf_append(&p->arena, s, len) < 0) return -1;
     p->v[p->n++] = (struct tok_piece){.off = off, .len = len, .at_origin = at_origin};
     return 0;
 }
@@ -61,7 +38,7 @@ void tok_pieces_clear(struct tok_pieces *p)
 
 void tok_pieces_free(struct tok_pieces *p)
 {
-    tok_buf_free(&p->arena);
+    strbuf_free(&p->arena);
     free(p->v);
     p->v = NULL;
     p->n = p->cap = 0;
@@ -298,7 +275,7 @@ bool tok_utf8_is_valid(const char *s, size_t n)
     return true;
 }
 
-int tok_utf8_lossy_append(struct tok_buf *out, const char *s, size_t n)
+int tok_utf8_lossy_append(struct strbuf *out, const char *s, size_t n)
 {
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0, run = 0;
@@ -308,11 +285,11 @@ int tok_utf8_lossy_append(struct tok_buf *out, const char *s, size_t n)
             i += (size_t)k;
             continue;
         }
-        if (tok_buf_put(out, s + run, i - run) < 0 || tok_buf_put(out, "\xEF\xBF\xBD", 3) < 0) return -1;
+        if (strbuf_append(out, s + run, i - run) < 0 || strbuf_append(out, "\xEF\xBF\xBD", 3) < 0) return -1;
         i += (size_t)(-k);
         run = i;
     }
-    return tok_buf_put(out, s + run, n - run);
+    return strbuf_append(out, s + run, n - run);
 }
 
 bool tok_is_space_cp(uint32_t c)
@@ -361,7 +338,7 @@ int tok_bytelevel_byte(uint32_t cp)
  * White_Space property and whose \\w is Alphabetic, marks, decimal digits, connector
  * punctuation and the joiners. PCRE2's differ at the edges (its \\s takes U+180E), so the
  * classes are spelled out as properties before compiling. */
-static int translate_classes(const char *p, size_t n, struct tok_buf *out)
+static int translate_classes(const char *p, size_t n, struct strbuf *out)
 {
     static const char word[] = "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}";
     bool in_class = false;
@@ -372,20 +349,20 @@ static int translate_classes(const char *p, size_t n, struct tok_buf *out)
         if (c == '\\' && i + 1 < n) {
             char e = p[i + 1];
             i++;
-            if (e == 's') rc = tok_buf_put(out, "\\p{White_Space}", 15);
-            else if (e == 'S') rc = tok_buf_put(out, "\\P{White_Space}", 15);
-            else if (e == 'w' && in_class) rc = tok_buf_put(out, word, sizeof(word) - 1);
+            if (e == 's') rc = strbuf_append(out, "\\p{White_Space}", 15);
+            else if (e == 'S') rc = strbuf_append(out, "\\P{White_Space}", 15);
+            else if (e == 'w' && in_class) rc = strbuf_append(out, word, sizeof(word) - 1);
             else if (e == 'w') {
-                rc = tok_buf_putc(out, '[');
-                if (rc == 0) rc = tok_buf_put(out, word, sizeof(word) - 1);
-                if (rc == 0) rc = tok_buf_putc(out, ']');
+                rc = strbuf_putc(out, '[');
+                if (rc == 0) rc = strbuf_append(out, word, sizeof(word) - 1);
+                if (rc == 0) rc = strbuf_putc(out, ']');
             } else if (e == 'W' && !in_class) {
-                rc = tok_buf_put(out, "[^", 2);
-                if (rc == 0) rc = tok_buf_put(out, word, sizeof(word) - 1);
-                if (rc == 0) rc = tok_buf_putc(out, ']');
+                rc = strbuf_append(out, "[^", 2);
+                if (rc == 0) rc = strbuf_append(out, word, sizeof(word) - 1);
+                if (rc == 0) rc = strbuf_putc(out, ']');
             } else {
-                rc = tok_buf_putc(out, '\\');
-                if (rc == 0) rc = tok_buf_putc(out, e);
+                rc = strbuf_putc(out, '\\');
+                if (rc == 0) rc = strbuf_putc(out, e);
             }
             continue;
         }
@@ -396,7 +373,7 @@ static int translate_classes(const char *p, size_t n, struct tok_buf *out)
         } else if (in_class && c == ']' && i > class_start) {
             in_class = false;
         }
-        rc = tok_buf_putc(out, c);
+        rc = strbuf_putc(out, c);
     }
     return rc;
 }
@@ -406,12 +383,12 @@ pcre2_code *tok_regex_compile(const char *pattern, size_t len, bool literal, cha
     int errcode;
     PCRE2_SIZE erroff;
     uint32_t opts = PCRE2_UTF | PCRE2_UCP;
-    struct tok_buf tr = {0};
+    struct strbuf tr = {0};
     if (literal) {
         opts = PCRE2_UTF | PCRE2_LITERAL;
     } else {
-        if (translate_classes(pattern, len, &tr) < 0 || tok_buf_reserve(&tr, 0) < 0) {
-            tok_buf_free(&tr);
+        if (translate_classes(pattern, len, &tr) < 0 || strbuf_reserve(&tr, 0) < 0) {
+            strbuf_free(&tr);
             if (msg) snprintf(msg, msglen, "out of memory");
             return NULL;
         }
@@ -419,7 +396,7 @@ pcre2_code *tok_regex_compile(const char *pattern, size_t len, bool literal, cha
         len = tr.len;
     }
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &errcode, &erroff, NULL);
-    tok_buf_free(&tr);
+    strbuf_free(&tr);
     if (!re) {
         PCRE2_UCHAR buf[160];
         pcre2_get_error_message(errcode, buf, sizeof(buf));

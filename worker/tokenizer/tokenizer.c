@@ -54,9 +54,9 @@ int tok_finish(struct tokenizer *t, char *err, size_t errlen)
         struct tok_added *ad = &t->added[i];
         if (ad->normalized) t->has_normalized_added = true;
         if (!ad->normalized || t->n_norm == 0) continue;
-        struct tok_buf nb = {0};
+        struct strbuf nb = {0};
         if (tok_normalize(t, ad->content, ad->len, &nb) < 0) {
-            tok_buf_free(&nb);
+            strbuf_free(&nb);
             return -1;
         }
         free(ad->content);
@@ -83,7 +83,7 @@ int tok_finish(struct tokenizer *t, char *err, size_t errlen)
         int32_t id = t->added[i].id;
         t->attr[id] |= TOK_ATTR_ADDED | (t->added[i].special ? TOK_ATTR_SPECIAL : 0);
     }
-    struct tok_buf b = {0};
+    struct strbuf b = {0};
     for (int32_t id = 0; id < t->n_vocab; id++) {
         if (!t->text[id]) continue;
         if (tok_decode_ex(t, &id, 1, false, false, true, &b) < 0) goto fail;
@@ -92,10 +92,10 @@ int tok_finish(struct tokenizer *t, char *err, size_t errlen)
         memcpy(t->piece[id], b.p, b.len + 1);
         t->piece_len[id] = (uint32_t)b.len;
     }
-    tok_buf_free(&b);
+    strbuf_free(&b);
     return 0;
 fail:
-    tok_buf_free(&b);
+    strbuf_free(&b);
     return -1;
 }
 
@@ -288,7 +288,7 @@ static int encode_normalized(struct encoder *e, const char *s, size_t n, bool at
 static int split_added(struct encoder *e, const char *s, size_t n, bool normalized, bool at_origin)
 {
     size_t run = 0, i = 0;
-    struct tok_buf norm = {0};
+    struct strbuf norm = {0};
     int rc = -1;
     while (i <= n) {
         long k = -1;
@@ -316,10 +316,10 @@ static int split_added(struct encoder *e, const char *s, size_t n, bool normaliz
             } else {
                 if (tok_normalize(e->t, s + run, a - run, &norm) < 0) goto done;
                 if (e->t->has_normalized_added) {
-                    struct tok_buf keep = norm;
-                    norm = (struct tok_buf){0};
+                    struct strbuf keep = norm;
+                    norm = (struct strbuf){0};
                     int r = split_added(e, keep.p, keep.len, true, at_origin && run == 0);
-                    tok_buf_free(&keep);
+                    strbuf_free(&keep);
                     if (r < 0) goto done;
                 } else if (encode_normalized(e, norm.p, norm.len, at_origin && run == 0) < 0)
                     goto done;
@@ -331,7 +331,7 @@ static int split_added(struct encoder *e, const char *s, size_t n, bool normaliz
     }
     rc = 0;
 done:
-    tok_buf_free(&norm);
+    strbuf_free(&norm);
     return rc;
 }
 
@@ -340,7 +340,7 @@ int tok_encode(const struct tokenizer *tok, const char *text, size_t len, bool a
 {
     struct ids out = {0};
     struct encoder e = {.t = tok, .out = &out};
-    struct tok_buf clean = {0};
+    struct strbuf clean = {0};
     int rc = -1;
     *ids = NULL;
     *n_ids = 0;
@@ -363,7 +363,7 @@ int tok_encode(const struct tokenizer *tok, const char *text, size_t len, bool a
     rc = 0;
 done:
     free(out.v);
-    tok_buf_free(&clean);
+    strbuf_free(&clean);
     tok_pieces_free(&e.p);
     tok_pieces_free(&e.q);
     return rc;
