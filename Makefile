@@ -15,6 +15,7 @@ PREFIX   ?= /usr/local
 CC       ?= gcc
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 CUDA_ARCH ?= sm_90
+comma := ,
 PYTHON   ?= python3
 SANITIZE ?= 0
 
@@ -43,7 +44,11 @@ ifneq ($(strip $(NVCC)),)
 CUDA_HOME   ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 HAVE_CUDA   := 1
 CPPFLAGS    += -DSLUICE_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-NVCCFLAGS   ?= -O3 -std=c++17 -arch=$(CUDA_ARCH) -lineinfo -Xcompiler -fPIC,-Wall -I.
+NVCCFLAGS   ?= -O3 -std=c++17 -lineinfo -Xcompiler -fPIC,-Wall -I.
+NVCC_ARCH   := -arch=$(CUDA_ARCH)
+# Hopper's own kernels (wgmma) need the sm_90a target; built for it when CUDA_ARCH is sm_90, and
+# as empty stubs that refuse at run time for any other target.
+NVCC_ARCH_HOPPER := $(if $(filter sm_90,$(CUDA_ARCH)),-gencode=arch=compute_90a$(comma)code=sm_90a -DSK_HOPPER_BUILT=1,$(NVCC_ARCH))
 CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart_static -ldl -lrt -lstdc++
 else
 HAVE_CUDA   := 0
@@ -119,7 +124,8 @@ $(BUILD)/obj/%.o: %.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 $(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+	$(NVCC) $(NVCC_ARCH) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+$(BUILD)/obj/kernels/hopper_%.o: NVCC_ARCH = $(NVCC_ARCH_HOPPER)
 $(BUILD)/lib/%.a:
 	@mkdir -p $(dir $@)
 	@rm -f $@

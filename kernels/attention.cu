@@ -377,16 +377,39 @@ cudaError_t launch_gqa_d(const float *q, const uint16_t *k, const uint16_t *v, c
 
 } // namespace
 
+// The streaming decode kernels (kernels/attention_decode_gqa.cu): head_dim 64 or 128 with 1, 2, 4
+// or 8 query heads per kv head (8 on the SIMT kernel only at head_dim 64); stages (2 or 3) is each
+// warp's ring depth, pdl launches it as a programmatic dependent of the previous kernel in the
+// stream, mma picks the tensor-core kernel over the SIMT one.
+bool attention_decode_fits(const sk_attn_params &p, bool mma);
+cudaError_t attention_decode_launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt,
+                                    const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
+                                    const sk_attn_params &p, int stages, bool pdl, bool mma, cudaStream_t s);
+
+// Grouped-query variants (SLUICE_CUDA_ATTN_GQA): 0 off, 1-3 attention_gqa_kernel (see
+// launch_gqa_d); the SIMT streaming kernel with 2 slots per warp launched as a programmatic
+// dependent (4), the same launched plainly (5), 3 slots plainly (6) and as a dependent (7); the
+// tensor-core streaming kernel with 2 (8) or 3 (9) slots, as a dependent. Variants 4-9 take shapes
+// attention_decode_fits refuses to attention_gqa_kernel variant 1.
+constexpr int kGqaDefault = 9, kGqaMax = 9;
+
 extern "C" int sk_attention_default_gqa(void)
 {
-    // Read once: SLUICE_CUDA_ATTN_GQA picks the variant (0 turns the grouped kernel off).
+    // Read once: SLUICE_CUDA_ATTN_GQA picks the variant (0 turns the grouped kernels off).
     static int mode = -1;
     if (mode < 0) {
         const char *e = getenv("SLUICE_CUDA_ATTN_GQA");
-        int m = e && *e ? atoi(e) : SK_GQA_DEFAULT;
-        mode = m < 0 || m > 3 ? SK_GQA_DEFAULT : m;
+        int m = e && *e ? atoi(e) : kGqaDefault;
+        mode = m < 0 || m > kGqaMax ? kGqaDefault : m;
     }
     return mode;
+}
+
+// Whether the default variant runs a streaming kernel (4-9) for p.
+extern "C" int sk_attention_decode_fits(const struct sk_attn_params *p)
+{
+    const int mode = sk_attention_default_gqa();
+    return mode >= 4 && attention_decode_fits(*p, mode >= 8) ? 1 : 0;
 }
 
 extern "C" int sk_attention_gqa_fits(const struct sk_attn_params *p)
@@ -415,6 +438,14 @@ extern "C" cudaError_t sk_attention_mode(const float *q, const uint16_t *k_cache
         (p.n_splits > 1 && (p.split_len < 0 || !part_o || !part_ml)))
         return cudaErrorInvalidValue;
     cudaError_t e;
+    if (use_gqa >= 4 && attention_decode_fits(p, use_gqa >= 8)) {
+        const bool mma = use_gqa >= 8;
+        const int stages = use_gqa == 6 || use_gqa == 7 || use_gqa == 9 ? 3 : 2;
+        e = attention_decode_launch(q, k_cache, v_cache, block_tables, token_seq, pos, part_o, part_ml, out, p,
+                                    stages, use_gqa != 5 && use_gqa != 6, mma, s);
+        goto merge;
+    }
+    if (use_gqa >= 4) use_gqa = 1;
     if (use_gqa && sk_attention_gqa_fits(&p)) {
         if (p.head_dim == 64)
             e = launch_gqa_d<8>(q, k_cache, v_cache, block_tables, token_seq, pos, part_o, part_ml, out, p, use_gqa, s);

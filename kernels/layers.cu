@@ -62,9 +62,20 @@ __global__ void embed_kernel(float *x, const __nv_bfloat16 *table, const int32_t
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = __bfloat162float(row[i]);
 }
 
+// A kernel whose successor may be a programmatic dependent launch (the Hopper products, whose
+// blocks then stream their weights while this kernel runs): let it start launching now. It
+// still reads this kernel's output only after this kernel has completed.
+__device__ __forceinline__ void let_dependents_launch()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __global__ void add_rmsnorm_kernel(float *x, const float *delta, const int32_t *rows, const float *w, __nv_bfloat16 *y,
                                    int hidden, float eps)
 {
+    let_dependents_launch();
     __shared__ float sh[32];
     int r = blockIdx.x;
     int64_t t = rows ? rows[r] : r;
@@ -86,11 +97,16 @@ __global__ void add_rmsnorm_kernel(float *x, const float *delta, const int32_t *
     }
 }
 
-__global__ void silu_mul_kernel(__nv_bfloat16 *out, const float *gu, int inter, int64_t n)
+// INTERLEAVED: a row holds gate and up in alternating blocks of SK_GATE_UP_BLOCK, else gate then up.
+template <bool INTERLEAVED> __global__ void silu_mul_kernel(__nv_bfloat16 *out, const float *gu, int inter, int64_t n)
 {
+    let_dependents_launch();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t t = i / inter, j = i % inter;
-        float g = gu[t * 2 * inter + j], u = gu[t * 2 * inter + inter + j];
+        const float *row = gu + t * 2 * inter;
+        int64_t gi = INTERLEAVED ? 2 * (j / SK_GATE_UP_BLOCK) * SK_GATE_UP_BLOCK + j % SK_GATE_UP_BLOCK : j;
+        int64_t ui = INTERLEAVED ? gi + SK_GATE_UP_BLOCK : inter + j;
+        float g = row[gi], u = row[ui];
         out[i] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
     }
 }
@@ -100,6 +116,8 @@ __global__ void qkv_post_kernel(const float *qkv, const float *bias, const float
                                 const float *inv_freq, const int32_t *pos, const int32_t *slot, float *q_out,
                                 __nv_bfloat16 *k_cache, __nv_bfloat16 *v_cache, sk_qkv_params p)
 {
+    // The decode attention that follows waits for this kernel's output before reading it.
+    let_dependents_launch();
     int t = blockIdx.x;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     int d = p.head_dim, half = d / 2;
@@ -108,7 +126,9 @@ __global__ void qkv_post_kernel(const float *qkv, const float *bias, const float
     float fpos = (float)pos[t];
     int64_t sl = slot[t];
     int64_t blk = sl / SK_KV_BLOCK, off = sl % SK_KV_BLOCK;
-    for (int h = warp; h < n_all; h += nw) {
+    // Blocks (t, y) take heads y*nw + warp, y*nw + warp + nw*gridDim.y, ...: enough blocks for a
+    // decode batch to fill the GPU.
+    for (int h = blockIdx.y * nw + warp; h < n_all; h += nw * gridDim.y) {
         const float *src = row + (int64_t)h * d;
         const float *b = bias ? bias + (int64_t)h * d : nullptr;
         bool is_q = h < p.n_heads, is_k = !is_q && h < p.n_heads + p.n_kv_heads;
@@ -211,8 +231,28 @@ extern "C" cudaError_t sk_silu_mul(uint16_t *out, const float *gu, int n_tokens,
 {
     int64_t n = (int64_t)n_tokens * inter;
     if (n <= 0) return cudaSuccess;
-    silu_mul_kernel<<<grid_for(n, 256), 256, 0, s>>>((__nv_bfloat16 *)out, gu, inter, n);
+    silu_mul_kernel<false><<<grid_for(n, 256), 256, 0, s>>>((__nv_bfloat16 *)out, gu, inter, n);
     return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_silu_mul_interleaved(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s)
+{
+    int64_t n = (int64_t)n_tokens * inter;
+    if (inter % SK_GATE_UP_BLOCK) return cudaErrorInvalidValue;
+    if (n <= 0) return cudaSuccess;
+    silu_mul_kernel<true><<<grid_for(n, 256), 256, 0, s>>>((__nv_bfloat16 *)out, gu, inter, n);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_gate_up_interleave(uint16_t *dst, const uint16_t *src, int inter, int k_in, cudaStream_t s)
+{
+    if (inter % SK_GATE_UP_BLOCK || k_in < 1) return cudaErrorInvalidValue;
+    // Block j of gate goes to rows 2j*B.., block j of up to rows (2j+1)*B..: two strided copies.
+    const size_t block = (size_t)SK_GATE_UP_BLOCK * k_in * 2, n_blocks = (size_t)inter / SK_GATE_UP_BLOCK;
+    cudaError_t e = cudaMemcpy2DAsync(dst, 2 * block, src, block, block, n_blocks, cudaMemcpyDeviceToDevice, s);
+    if (e != cudaSuccess) return e;
+    return cudaMemcpy2DAsync((unsigned char *)dst + block, 2 * block, (const unsigned char *)src + n_blocks * block,
+                             block, block, n_blocks, cudaMemcpyDeviceToDevice, s);
 }
 
 extern "C" cudaError_t sk_qkv_post(const float *qkv, const float *bias, const float *q_norm, const float *k_norm,
@@ -223,7 +263,8 @@ extern "C" cudaError_t sk_qkv_post(const float *qkv, const float *bias, const fl
     if (p.head_dim < 2 || p.head_dim % 2) return cudaErrorInvalidValue;
     int n_all = p.n_heads + 2 * p.n_kv_heads;
     int warps = n_all < 8 ? n_all : 8;
-    qkv_post_kernel<<<p.n_tokens, 32 * warps, 0, s>>>(qkv, bias, q_norm, k_norm, inv_freq, pos, slot, q_out,
+    dim3 grid(p.n_tokens, (n_all + warps - 1) / warps);
+    qkv_post_kernel<<<grid, 32 * warps, 0, s>>>(qkv, bias, q_norm, k_norm, inv_freq, pos, slot, q_out,
                                                       (__nv_bfloat16 *)k_cache, (__nv_bfloat16 *)v_cache, p);
     return cudaGetLastError();
 }

@@ -44,6 +44,13 @@ cudaError_t sk_add_rmsnorm(float *x, const float *delta, const int32_t *rows, co
                            int hidden, float eps, cudaStream_t s);
 /* out[t, i] = bf16(silu(gu[t, i]) * gu[t, inter + i]) for gu = [gate | up] rows of 2*inter. */
 cudaError_t sk_silu_mul(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s);
+/* The same over rows of gate and up interleaved in blocks of 64 (the layout of a gate/up weight
+ * pair made by sk_gate_up_interleave, for sk_hopper_gemm_swiglu): needs inter % 64 == 0. */
+#define SK_GATE_UP_BLOCK 64
+cudaError_t sk_silu_mul_interleaved(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s);
+/* Rearranges a [gate; up] bf16 weight pair (2 * inter rows of k_in) from src into dst (not
+ * overlapping) in blocks of SK_GATE_UP_BLOCK rows: gate block j, then up block j. */
+cudaError_t sk_gate_up_interleave(uint16_t *dst, const uint16_t *src, int inter, int k_in, cudaStream_t s);
 
 struct sk_qkv_params {
     int n_tokens;
@@ -93,6 +100,29 @@ cudaError_t sk_skinny_gemm_variant(const uint16_t *w, const uint16_t *x, float *
                                    int splits, float *ws, size_t ws_floats, int *counters, int n_counters, int variant,
                                    cudaStream_t s);
 
+/* Decode products of 2..SK_HOPPER_MAX_ROWS rows on Hopper's own path (kernels/hopper_gemm.cu):
+ * y[m, n] = sum_k x[m, k] * w[n, k], bf16 operands, fp32 accumulation and output, weights
+ * streamed once through the bulk tensor copy engine into wgmma, split-K partial sums added
+ * within a thread block cluster. The handle caches tensor maps keyed by pointer and shape; it is
+ * not thread-safe. sk_hopper_gemm_create answers cudaErrorNotSupported unless the build has
+ * sm_90a code and the current device is compute capability 9.0. splits <= 0 picks the split
+ * count for the shape (sk_hopper_gemm_splits, which depends on n_out and k_in only, so a row's
+ * result does not depend on the batch size). Needs k_in % 8 == 0, 16-byte aligned w and x and
+ * splits <= SK_HOPPER_MAX_SPLITS; returns cudaErrorInvalidValue otherwise. */
+#define SK_HOPPER_MAX_ROWS 128
+#define SK_HOPPER_MAX_SPLITS 8
+struct sk_hopper_gemm;
+cudaError_t sk_hopper_gemm_create(struct sk_hopper_gemm **out);
+void sk_hopper_gemm_destroy(struct sk_hopper_gemm *h);
+int sk_hopper_gemm_splits(const struct sk_hopper_gemm *h, int n_out, int k_in);
+cudaError_t sk_hopper_gemm(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, int rows,
+                           int n_out, int k_in, int splits, cudaStream_t s);
+/* The MLP's first half in one launch: w is [gate; up] interleaved in blocks of 64 rows
+ * (sk_gate_up_interleave's layout, 2 * inter rows), and act[m, j] = silu(gate_j) * up_j in bf16.
+ * Needs inter % 64 == 0 besides sk_hopper_gemm's conditions. */
+cudaError_t sk_hopper_gemm_swiglu(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, uint16_t *act,
+                                  int rows, int inter, int k_in, cudaStream_t s);
+
 /* --- attention ------------------------------------------------------------------------ */
 struct sk_attn_params {
     int n_tokens;
@@ -118,12 +148,16 @@ int sk_attention_gqa_fits(const struct sk_attn_params *p);
 cudaError_t sk_attention(const float *q, const uint16_t *k_cache, const uint16_t *v_cache, const int32_t *block_tables,
                          const int32_t *token_seq, const int32_t *pos, float *part_o, float *part_ml, uint16_t *out,
                          struct sk_attn_params p, cudaStream_t s);
-/* sk_attention with the grouped-query kernel's variant chosen: use_gqa 0 never takes it; 1 (two
- * keys per lane group and step), 2 (1 with the block table staged in shared memory), 3 (2 with four
- * keys per step). sk_attention uses sk_attention_default_gqa(): SLUICE_CUDA_ATTN_GQA if set (0-3),
- * else SK_GQA_DEFAULT. */
-#define SK_GQA_DEFAULT 1
+/* sk_attention with the grouped-query kernel's variant chosen: use_gqa 0 never takes it; 1-3 the
+ * register kernel (1: two keys per lane group and step, 2: 1 with the block table staged in
+ * shared memory, 3: 2 with four keys per step); 4-7 the streaming SIMT kernel and 8-9 the
+ * streaming tensor-core kernel (kernels/attention_decode_gqa.cu), which pull each warp's keys
+ * through a shared-memory ring. sk_attention uses sk_attention_default_gqa(): SLUICE_CUDA_ATTN_GQA
+ * if set (0-9), else 9. */
 int sk_attention_default_gqa(void);
+/* Whether the default variant runs a streaming kernel (4-9) for p: then one block per kv head and
+ * token already fills the GPU at moderate batches, and splitting keys pays only for long contexts. */
+int sk_attention_decode_fits(const struct sk_attn_params *p);
 cudaError_t sk_attention_mode(const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
                               const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos, float *part_o,
                               float *part_ml, uint16_t *out, struct sk_attn_params p, int use_gqa, cudaStream_t s);

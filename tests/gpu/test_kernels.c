@@ -310,12 +310,20 @@ struct attn_seq {
     int start, n_new;
 };
 
-/* mixed: as the backend does with tensor-core prefill, sequences of 2+ new tokens go to
+/* Decode-attention variants each case runs (sk_attention_mode's use_gqa): the per-query-head
+ * kernel (0), attention_gqa_kernel (1-3), the SIMT streaming kernel (4-7) and the tensor-core
+ * streaming kernel (8, 9). */
+static const int attn_modes[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+#define N_ATTN_MODES ((int)(sizeof attn_modes / sizeof attn_modes[0]))
+
+/* Runs every variant over the sequences seqs[0..S) (start = cached tokens before, n_new = tokens
+ * now) against a double reference. Outputs are poisoned before each run; unless mixed, the cache
+ * slots past each sequence's last token hold NaN, as unwritten slots of a live cache may.
+ * mixed: as the backend does with tensor-core prefill, sequences of 2+ new tokens go to
  * sk_attention_prefill in 64-token tiles and single tokens to sk_attention through a list. */
-static void test_attention_case_m(int nh, int nkv, int D, int n_splits, int split_len, int mixed)
+static void test_attention_seqs(const struct attn_seq *seqs, int S, int nh, int nkv, int D, int n_splits,
+                                int split_len, int mixed)
 {
-    const struct attn_seq seqs[] = {{0, 37}, {100, 1}, {700, 1}, {50, 20}, {0, 1}, {255, 3}, {130, 150}, {0, 64}};
-    const int S = sizeof seqs / sizeof seqs[0];
     int T = 0, max_ctx = 0;
     for (int s = 0; s < S; s++) {
         T += seqs[s].n_new;
@@ -342,6 +350,16 @@ static void test_attention_case_m(int nh, int nkv, int D, int n_splits, int spli
         k[i] = gt_f2bf(gt_normal());
         v[i] = gt_f2bf(gt_normal());
     }
+    if (!mixed)
+        for (int s = 0; s < S; s++) {
+            int end = seqs[s].start + seqs[s].n_new;
+            for (int j = end; j < (end + 15) / 16 * 16; j++)
+                for (int h = 0; h < nkv; h++)
+                    for (int i = 0; i < D; i++) {
+                        size_t at = ((size_t)(bt[(size_t)s * stride + j / 16] * nkv + h) * 16 + j % 16) * D + i;
+                        k[at] = v[at] = 0x7fc0;
+                    }
+        }
     size_t qn = (size_t)T * nh * D;
     float *q = malloc(qn * 4);
     for (size_t i = 0; i < qn; i++) q[i] = gt_normal();
@@ -353,9 +371,10 @@ static void test_attention_case_m(int nh, int nkv, int D, int n_splits, int spli
     float *dpo = gt_dev((size_t)T * nh * n_splits * D * 4), *dml = gt_dev((size_t)T * nh * n_splits * 2 * 4);
     struct sk_attn_params p = {T, nh, nkv, D, stride, scale, n_splits, split_len, NULL};
     int32_t *dtiles = NULL, *dlist = NULL;
+    int nt = 0;
     if (mixed) {
-        int32_t tiles[64 * 3], list[64];
-        int nt = 0, nl = 0;
+        int32_t *tiles = malloc((size_t)(T / SK_PREFILL_TILE + S) * 12), *list = malloc((size_t)T * 4);
+        int nl = 0;
         for (int s = 0, t = 0; s < S; t += seqs[s].n_new, s++) {
             if (seqs[s].n_new >= 2) {
                 for (int i = 0; i < seqs[s].n_new; i += SK_PREFILL_TILE, nt++) {
@@ -367,18 +386,15 @@ static void test_attention_case_m(int nh, int nkv, int D, int n_splits, int spli
                 list[nl++] = t;
             }
         }
-        dtiles = gt_up(tiles, sizeof tiles);
-        dlist = gt_up(list, sizeof list);
+        dtiles = gt_up(tiles, (size_t)(nt ? nt : 1) * 12);
+        dlist = gt_up(list, (size_t)(nl ? nl : 1) * 4);
         p.n_tokens = nl;
         p.token_list = dlist;
-        GT_CUDA(sk_attention_prefill(dq, dk, dv, dbt, dtiles, nt, dpos, dout, p, 0));
+        free(tiles);
+        free(list);
     }
-    GT_CUDA(sk_attention(dq, dk, dv, dbt, dseq, dpos, dpo, dml, dout, p, 0));
-    uint16_t *out = malloc(qn * 2);
-    gt_down(out, dout, qn * 2);
 
     double *ref = malloc(qn * 8), *sc = malloc((size_t)(max_ctx + 1) * 8);
-    float *outf = malloc(qn * 4);
     for (int t = 0; t < T; t++)
         for (int h = 0; h < nh; h++) {
             int kvh = h / (nh / nkv), n = tpos[t] + 1;
@@ -402,10 +418,29 @@ static void test_attention_case_m(int nh, int nkv, int D, int n_splits, int spli
                 ref[((size_t)t * nh + h) * D + i] = o / sum;
             }
         }
-    for (size_t i = 0; i < qn; i++) outf[i] = gt_bf2f(out[i]);
-    double e = gt_rel_err(outf, ref, qn);
-    GT_CHECK(e < BF_TOL, "attention%s nh=%d nkv=%d D=%d splits=%d (T=%d, contexts to %d): rel err %.2e",
-             mixed ? " (tensor-core prefill + listed decode tokens)" : "", nh, nkv, D, n_splits, T, max_ctx, e);
+
+    uint16_t *out = malloc(qn * 2);
+    float *outf = malloc(qn * 4);
+    double errs[N_ATTN_MODES], worst = 0;
+    for (int mi = 0; mi < N_ATTN_MODES; mi++) {
+        GT_CUDA(cudaMemset(dout, 0xff, qn * 2));
+        GT_CUDA(cudaMemset(dpo, 0xff, (size_t)T * nh * n_splits * D * 4));
+        GT_CUDA(cudaMemset(dml, 0xff, (size_t)T * nh * n_splits * 2 * 4));
+        if (mixed) GT_CUDA(sk_attention_prefill(dq, dk, dv, dbt, dtiles, nt, dpos, dout, p, 0));
+        GT_CUDA(sk_attention_mode(dq, dk, dv, dbt, dseq, dpos, dpo, dml, dout, p, attn_modes[mi], 0));
+        GT_CUDA(cudaGetLastError());
+        gt_down(out, dout, qn * 2);
+        for (size_t i = 0; i < qn; i++) outf[i] = gt_bf2f(out[i]);
+        errs[mi] = gt_rel_err(outf, ref, qn);
+        if (!(errs[mi] < worst)) worst = errs[mi];
+    }
+    char line[256];
+    int at = 0;
+    for (int mi = 0; mi < N_ATTN_MODES; mi++)
+        at += snprintf(line + at, sizeof line - at, " %d:%.1e", attn_modes[mi], errs[mi]);
+    GT_CHECK(worst < BF_TOL, "attention%s nh=%d nkv=%d D=%d splits=%d/%d (S=%d, T=%d, contexts to %d): rel err by mode%s",
+             mixed ? " (tensor-core prefill + listed decode)" : "", nh, nkv, D, n_splits, split_len, S, T, max_ctx,
+             line);
     cudaFree(dtiles);
     cudaFree(dlist);
     cudaFree(dk);
@@ -428,6 +463,12 @@ static void test_attention_case_m(int nh, int nkv, int D, int n_splits, int spli
     free(ref);
     free(sc);
     free(outf);
+}
+
+static void test_attention_case_m(int nh, int nkv, int D, int n_splits, int split_len, int mixed)
+{
+    const struct attn_seq seqs[] = {{0, 37}, {100, 1}, {700, 1}, {50, 20}, {0, 1}, {255, 3}, {130, 150}, {0, 64}};
+    test_attention_seqs(seqs, (int)(sizeof seqs / sizeof seqs[0]), nh, nkv, D, n_splits, split_len, mixed);
 }
 
 static void test_attention_case(int nh, int nkv, int D, int n_splits, int split_len)
@@ -494,39 +535,103 @@ static void bench_prefill_attention(int nh, int nkv, int D, int n)
     free(tiles);
 }
 
-/* Times decode attention at batch 1 over a long context: bytes of K and V read per call. */
-static void bench_decode_attention(int nh, int nkv, int D, int ctx, int n_splits)
+/* A decode batch: one new token per sequence, contexts of random lengths plus the edges of the
+ * copy-engine kernel's 8-key chunks and 16-key blocks. */
+static void test_attention_decode_batch(int nh, int nkv, int D, int n_splits)
 {
-    const int nblocks = (ctx + 15) / 16;
-    size_t cache_n = (size_t)nblocks * nkv * 16 * D;
-    uint16_t *dk = gt_dev(cache_n * 2), *dv = gt_dev(cache_n * 2);
-    GT_CUDA(sk_fill_dummy_bf16(dk, 1, 1, 0, (int64_t)cache_n, 0, 0));
-    GT_CUDA(sk_fill_dummy_bf16(dv, 1, 2, 0, (int64_t)cache_n, 0, 0));
-    int32_t *bt = malloc(nblocks * 4), pos = ctx - 1, seq = 0;
+    enum { S = 40 };
+    struct attn_seq seqs[S];
+    const int edges[] = {0, 1, 7, 8, 15, 16, 31, 32, 33, 63, 127, 128, 191, 255, 256, 383};
+    for (int s = 0; s < S; s++) {
+        seqs[s].start = s < (int)(sizeof edges / sizeof edges[0]) ? edges[s] : gt_int(600);
+        seqs[s].n_new = 1;
+    }
+    test_attention_seqs(seqs, S, nh, nkv, D, n_splits, 0, 0);
+}
+
+/* Times decode attention over a batch of sequences that each hold ctx keys (one new token each):
+ * enough layers' caches to exceed L2 are cycled, block tables are shuffled as in a live cache,
+ * and each variant's median over 9 samples of 4 passes over the layers is reported in
+ * microseconds per layer and GB/s of K+V read. */
+/* SLUICE_ATTN_PROFILE=1: each bench row launches each variant once, eagerly, for a profiler. */
+static int attn_profile;
+
+static void bench_decode_batch(int nh, int nkv, int D, int batch, int ctx, int n_splits, const int *modes,
+                               int n_modes)
+{
+    const int nb = (ctx + 15) / 16, nblocks = batch * nb;
+    const size_t layer_n = (size_t)nblocks * nkv * 16 * D;
+    int layers = (int)((size_t)256 * 1024 * 1024 / (layer_n * 4)) + 1;
+    if (layers < 2) layers = 2;
+    if (layers > 64) layers = 64;
+    uint16_t *dk = gt_dev(layer_n * layers * 2), *dv = gt_dev(layer_n * layers * 2);
+    GT_CUDA(sk_fill_dummy_bf16(dk, 1, 1, 0, (int64_t)(layer_n * layers), 0, 0));
+    GT_CUDA(sk_fill_dummy_bf16(dv, 1, 2, 0, (int64_t)(layer_n * layers), 0, 0));
+    int32_t *bt = malloc((size_t)nblocks * 4), *pos = malloc((size_t)batch * 4), *seq = malloc((size_t)batch * 4);
     for (int i = 0; i < nblocks; i++) bt[i] = i;
-    int32_t *dbt = gt_up(bt, nblocks * 4), *dpos = gt_up(&pos, 4), *dseq = gt_up(&seq, 4);
-    float *dq = gt_dev((size_t)nh * D * 4);
-    GT_CUDA(sk_fill_dummy_f32(dq, 1, 3, 0, nh * D, 0, 0));
-    uint16_t *dout = gt_dev((size_t)nh * D * 2);
-    float *dpo = gt_dev((size_t)nh * n_splits * D * 4), *dml = gt_dev((size_t)nh * n_splits * 8);
-    int len = ((ctx + n_splits - 1) / n_splits + 15) / 16 * 16;
-    struct sk_attn_params p = {1, nh, nkv, D, nblocks, 0.1f, n_splits, len, NULL};
+    for (int i = nblocks - 1; i > 0; i--) {
+        int j = gt_int(i + 1), tmp = bt[i];
+        bt[i] = bt[j];
+        bt[j] = tmp;
+    }
+    for (int i = 0; i < batch; i++) {
+        pos[i] = ctx - 1;
+        seq[i] = i;
+    }
+    int32_t *dbt = gt_up(bt, (size_t)nblocks * 4), *dpos = gt_up(pos, (size_t)batch * 4),
+            *dseq = gt_up(seq, (size_t)batch * 4);
+    const size_t qn = (size_t)batch * nh * D;
+    float *dq = gt_dev(qn * 4);
+    GT_CUDA(sk_fill_dummy_f32(dq, 1, 3, 0, (int64_t)qn, 0, 0));
+    uint16_t *dout = gt_dev(qn * 2);
+    float *dpo = gt_dev(qn * n_splits * 4), *dml = gt_dev((size_t)batch * nh * n_splits * 8);
+    struct sk_attn_params p = {batch, nh, nkv, D, nb, 1.0f / sqrtf((float)D), n_splits, 0, NULL};
     cudaEvent_t a, b;
+    cudaStream_t st;
     GT_CUDA(cudaEventCreate(&a));
     GT_CUDA(cudaEventCreate(&b));
-    for (int i = 0; i < 5; i++) GT_CUDA(sk_attention(dq, dk, dv, dbt, dseq, dpos, dpo, dml, dout, p, 0));
-    GT_CUDA(cudaEventRecord(a, 0));
-    const int iters = 50;
-    for (int i = 0; i < iters; i++) GT_CUDA(sk_attention(dq, dk, dv, dbt, dseq, dpos, dpo, dml, dout, p, 0));
-    GT_CUDA(cudaEventRecord(b, 0));
-    GT_CUDA(cudaEventSynchronize(b));
-    float ms = 0;
-    GT_CUDA(cudaEventElapsedTime(&ms, a, b));
-    double us = ms * 1000.0 / iters, gbs = (double)cache_n * 4 / (us * 1e3);
-    printf("  bench decode attention nh=%d nkv=%d D=%d ctx=%d splits=%d: %.1f us, %.0f GB/s of K+V\n", nh, nkv, D, ctx,
-           n_splits, us, gbs);
+    GT_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    const double kv_bytes = (double)batch * ctx * nkv * D * 4;
+    printf("  bench decode nh=%d nkv=%d D=%d batch=%d ctx=%d splits=%d (%.1f MB K+V, %d layers):", nh, nkv, D, batch,
+           ctx, n_splits, kv_bytes / 1e6, layers);
+    for (int mi = 0; mi < n_modes; mi++) {
+        /* One graph of 4 passes over the layers, replayed: launch gaps as in the backend's graphs. */
+        GT_CUDA(sk_attention_mode(dq, dk, dv, dbt, dseq, dpos, dpo, dml, dout, p, modes[mi], st));
+        GT_CUDA(cudaStreamSynchronize(st));
+        if (attn_profile) continue;
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        GT_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < 4 * layers; i++) {
+            size_t off = (size_t)(i % layers) * layer_n;
+            GT_CUDA(sk_attention_mode(dq, dk + off, dv + off, dbt, dseq, dpos, dpo, dml, dout, p, modes[mi], st));
+        }
+        GT_CUDA(cudaStreamEndCapture(st, &g));
+        GT_CUDA(cudaGraphInstantiate(&ge, g, 0));
+        float samples[9];
+        for (int r = -1; r < 9; r++) {
+            GT_CUDA(cudaEventRecord(a, st));
+            GT_CUDA(cudaGraphLaunch(ge, st));
+            GT_CUDA(cudaEventRecord(b, st));
+            GT_CUDA(cudaEventSynchronize(b));
+            if (r >= 0) GT_CUDA(cudaEventElapsedTime(&samples[r], a, b));
+        }
+        GT_CUDA(cudaGraphExecDestroy(ge));
+        GT_CUDA(cudaGraphDestroy(g));
+        for (int i = 1; i < 9; i++)
+            for (int j = i; j > 0 && samples[j] < samples[j - 1]; j--) {
+                float tmp = samples[j];
+                samples[j] = samples[j - 1];
+                samples[j - 1] = tmp;
+            }
+        const double us = samples[4] * 1000.0 / (4 * layers);
+        printf(" | mode %d %.1f us %.0f GB/s", modes[mi], us, kv_bytes / (us * 1e3));
+    }
+    printf("\n");
+    fflush(stdout);
     cudaEventDestroy(a);
     cudaEventDestroy(b);
+    cudaStreamDestroy(st);
     cudaFree(dk);
     cudaFree(dv);
     cudaFree(dbt);
@@ -537,6 +642,97 @@ static void bench_decode_attention(int nh, int nkv, int D, int ctx, int n_splits
     cudaFree(dpo);
     cudaFree(dml);
     free(bt);
+    free(pos);
+    free(seq);
+}
+
+static void test_attention(void)
+{
+    printf("attention\n");
+    int dims[] = {8, 16, 32, 64, 128, 256, 80, 96, 24, 40, 160};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
+        test_attention_case(8, 2, dims[i], 1, 0);
+        test_attention_case(8, 2, dims[i], 4, 208);
+    }
+    test_attention_case(32, 8, 128, 1, 0);
+    test_attention_case(32, 8, 128, 11, 64);
+    test_attention_case(4, 4, 64, 3, 240);
+    /* Per-token equal ranges (split_len 0), as the backend uses them. */
+    test_attention_case(8, 2, 128, 5, 0);
+    test_attention_case(32, 8, 128, 16, 0);
+    test_attention_case(8, 2, 80, 3, 0);
+    test_attention_case(8, 2, 8, 7, 0);
+    test_attention_case(8, 2, 64, 2, 0);
+    /* Tensor-core prefill tiles with listed decode tokens, as the backend runs them. */
+    test_attention_case_m(8, 2, 64, 1, 0, 1);
+    test_attention_case_m(8, 2, 128, 1, 0, 1);
+    test_attention_case_m(32, 8, 128, 4, 0, 1);
+    test_attention_case_m(12, 12, 64, 3, 0, 1);
+    test_attention_case_m(28, 4, 128, 1, 0, 1);
+    /* GQA groups of 16 and 7. */
+    test_attention_case(16, 1, 128, 1, 0);
+    test_attention_case(16, 1, 64, 9, 0);
+    test_attention_case(28, 4, 128, 1, 0);
+    test_attention_case(28, 4, 96, 32, 0);
+    /* Decode batches at every group size the copy-engine kernel takes (and 8 at head_dim 128,
+     * which falls back), with and without splits. */
+    test_attention_decode_batch(32, 8, 128, 1);
+    test_attention_decode_batch(32, 8, 128, 2);
+    test_attention_decode_batch(32, 8, 128, 5);
+    test_attention_decode_batch(16, 8, 128, 1);
+    test_attention_decode_batch(8, 8, 128, 3);
+    test_attention_decode_batch(16, 2, 128, 2);
+    test_attention_decode_batch(64, 8, 128, 2);
+    test_attention_decode_batch(16, 2, 64, 1);
+    test_attention_decode_batch(16, 4, 64, 4);
+    test_attention_decode_batch(8, 4, 64, 1);
+    test_attention_decode_batch(4, 4, 64, 2);
+    /* A range past the 1024 block-table entries the copy-engine kernel stages. */
+    const struct attn_seq longs[] = {{16500, 1}, {3000, 1}};
+    test_attention_seqs(longs, 2, 8, 2, 128, 1, 0, 0);
+    test_attention_seqs(longs, 2, 8, 2, 64, 2, 0, 0);
+}
+
+#define BENCH_DECODE(nh, nkv, D, batch, ctx, splits, ...)                                                          \
+    do {                                                                                                               \
+        const int modes_[] = {__VA_ARGS__};                                                                            \
+        bench_decode_batch(nh, nkv, D, batch, ctx, splits, modes_, (int)(sizeof modes_ / sizeof modes_[0]));          \
+    } while (0)
+
+static void bench_attention(void)
+{
+    printf("bench decode attention, graph replays (mode: 0 per query head, 1 attention_gqa_kernel (old default), "
+           "SIMT streaming: 4 2 slots/warp + PDL, 5 2 slots, 6 3 slots, 7 3 slots + PDL; tensor-core streaming: "
+           "8 2 slots + PDL, 9 3 slots + PDL)\n");
+    /* Llama-3-8B at batch 64 over the bench's contexts (128 in + 128 out): the forward picks 2
+     * splits for contexts 129..256 today. */
+    BENCH_DECODE(32, 8, 128, 64, 192, 2, 1, 4, 8);
+    BENCH_DECODE(32, 8, 128, 64, 192, 1, 1, 4, 5, 8, 9);
+    BENCH_DECODE(32, 8, 128, 64, 192, 1, 1, 4, 8); /* run-to-run spread */
+    BENCH_DECODE(32, 8, 128, 64, 16, 1, 1, 4, 8);  /* fixed cost: one 16-key block per kv head */
+    BENCH_DECODE(32, 8, 128, 64, 128, 1, 1, 4, 8);
+    BENCH_DECODE(32, 8, 128, 64, 256, 2, 1, 4, 8);
+    BENCH_DECODE(32, 8, 128, 64, 256, 1, 1, 4, 8);
+    BENCH_DECODE(32, 8, 128, 256, 192, 1, 1, 4, 8, 9);
+    BENCH_DECODE(32, 8, 128, 256, 256, 1, 1, 4, 8);
+    BENCH_DECODE(32, 8, 64, 64, 192, 1, 1, 4, 8);
+    BENCH_DECODE(32, 32, 128, 64, 192, 1, 0, 1, 4, 8); /* no grouping (32 kv heads) */
+    BENCH_DECODE(64, 8, 128, 64, 192, 1, 0, 1, 8);     /* 8 query heads per kv head */
+    /* Split choices at longer contexts (the forward picks 4 for batch 64 x 1024). */
+    BENCH_DECODE(32, 8, 128, 64, 1024, 4, 1, 4, 8);
+    BENCH_DECODE(32, 8, 128, 64, 1024, 2, 4, 8);
+    BENCH_DECODE(32, 8, 128, 64, 1024, 1, 4, 8);
+    /* Small batches: the forward takes the per-query-head kernel (mode 0) below 17 sequences. */
+    BENCH_DECODE(32, 8, 128, 1, 256, 2, 0, 4, 8);
+    BENCH_DECODE(32, 8, 128, 1, 256, 8, 4, 8);
+    BENCH_DECODE(32, 8, 128, 8, 256, 2, 0, 4, 8);
+    BENCH_DECODE(32, 8, 128, 8, 256, 4, 4, 8);
+    BENCH_DECODE(32, 8, 128, 16, 192, 2, 0, 4, 8);
+    BENCH_DECODE(32, 8, 128, 8, 4096, 16, 0, 1, 4, 8);
+    BENCH_DECODE(32, 8, 128, 8, 4096, 8, 4, 8);
+    BENCH_DECODE(32, 8, 128, 8, 4096, 4, 4, 8);
+    BENCH_DECODE(32, 8, 128, 1, 16384, 32, 0, 1, 4, 8, 9);
+    BENCH_DECODE(32, 8, 128, 1, 4096, 32, 0, 4, 8);
 }
 
 /* cuda_gemm: bf16 operands, fp32 accumulation, against a double reference. */
@@ -940,56 +1136,40 @@ static void test_sampling(int V)
 int main(void)
 {
     if (!gt_have_gpu()) return 0;
-    test_convert_and_dummy();
-    test_embed_norm_silu();
-    printf("qkv_post\n");
-    test_qkv_post_case(32, 8, 128, 0, 0, 0);
-    test_qkv_post_case(16, 4, 64, 1, 1, 0);
-    test_qkv_post_case(8, 8, 128, 0, 1, 1);
-    test_qkv_post_case(8, 4, 8, 0, 0, 1);
-    test_qkv_post_case(6, 2, 80, 1, 0, 1);
-    printf("attention\n");
-    int dims[] = {8, 16, 32, 64, 128, 256, 80, 96, 24, 40, 160};
-    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
-        test_attention_case(8, 2, dims[i], 1, 0);
-        test_attention_case(8, 2, dims[i], 4, 208);
+    /* SLUICE_GPU_ONLY=attention: the attention tests and decode-attention benches alone. */
+    const char *only = getenv("SLUICE_GPU_ONLY");
+    const int all = !(only && !strcmp(only, "attention"));
+    const char *prof = getenv("SLUICE_ATTN_PROFILE");
+    if (prof && *prof && *prof != '0') {
+        attn_profile = 1;
+        BENCH_DECODE(32, 8, 128, 64, 192, 1, 1, 4, 8);
+        BENCH_DECODE(32, 8, 128, 1, 16384, 32, 4, 8);
+        return gt_finish();
     }
-    test_attention_case(32, 8, 128, 1, 0);
-    test_attention_case(32, 8, 128, 11, 64);
-    test_attention_case(4, 4, 64, 3, 240);
-    /* Per-token equal ranges (split_len 0), as the backend uses them. */
-    test_attention_case(8, 2, 128, 5, 0);
-    test_attention_case(32, 8, 128, 16, 0);
-    test_attention_case(8, 2, 80, 3, 0);
-    test_attention_case(8, 2, 8, 7, 0);
-    test_attention_case(8, 2, 64, 2, 0);
-    /* Tensor-core prefill tiles with listed decode tokens, as the backend runs them. */
-    test_attention_case_m(8, 2, 64, 1, 0, 1);
-    test_attention_case_m(8, 2, 128, 1, 0, 1);
-    test_attention_case_m(32, 8, 128, 4, 0, 1);
-    test_attention_case_m(12, 12, 64, 3, 0, 1);
-    test_attention_case_m(28, 4, 128, 1, 0, 1);
-    /* GQA groups of 16 and 7. */
-    test_attention_case(16, 1, 128, 1, 0);
-    test_attention_case(16, 1, 64, 9, 0);
-    test_attention_case(28, 4, 128, 1, 0);
-    test_attention_case(28, 4, 96, 32, 0);
-    test_gemm();
-    test_skinny();
-    test_sampling(1000);
-    test_sampling(32000);
-    test_sampling(151936);
+    if (all) {
+        test_convert_and_dummy();
+        test_embed_norm_silu();
+        printf("qkv_post\n");
+        test_qkv_post_case(32, 8, 128, 0, 0, 0);
+        test_qkv_post_case(16, 4, 64, 1, 1, 0);
+        test_qkv_post_case(8, 8, 128, 0, 1, 1);
+        test_qkv_post_case(8, 4, 8, 0, 0, 1);
+        test_qkv_post_case(6, 2, 80, 1, 0, 1);
+    }
+    test_attention();
+    if (all) {
+        test_gemm();
+        test_skinny();
+        test_sampling(1000);
+        test_sampling(32000);
+        test_sampling(151936);
+    }
     printf("bench\n");
-    bench_prefill_attention(32, 8, 128, 2048);
-    bench_prefill_attention(32, 8, 128, 8192);
-    bench_prefill_attention(32, 8, 64, 2048);
-    bench_decode_attention(32, 8, 128, 4096, 1);
-    bench_decode_attention(32, 8, 128, 4096, 8);
-    bench_decode_attention(32, 8, 128, 4096, 32);
-    bench_decode_attention(32, 8, 128, 32768, 16);
-    bench_decode_attention(32, 8, 128, 32768, 32);
-    bench_decode_attention(32, 8, 128, 2048, 8);
-    bench_decode_attention(32, 8, 128, 2048, 17);
-    bench_decode_attention(32, 8, 64, 8192, 32);
+    if (all) {
+        bench_prefill_attention(32, 8, 128, 2048);
+        bench_prefill_attention(32, 8, 128, 8192);
+        bench_prefill_attention(32, 8, 64, 2048);
+    }
+    if (!getenv("SLUICE_ATTN_NOBENCH")) bench_attention(); /* e.g. under compute-sanitizer */
     return gt_finish();
 }

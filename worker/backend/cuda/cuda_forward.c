@@ -171,11 +171,22 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
         prof_mark(b, P_O);
         CUDA_CHECK(b, sk_add_rmsnorm(b->x, b->delta, NULL, w->ffn_norm, b->y, a->T, H, c->rms_eps, b->stream));
         prof_mark(b, P_NORM);
-        if ((rc = cuda_gemm(b, w->wgu, b->y, b->big, a->T, 2 * I, H)) < 0) goto fail;
-        prof_mark(b, P_GU);
-        CUDA_CHECK(b, sk_silu_mul(b->y, b->big, a->T, I, b->stream));
-        prof_mark(b, P_SILU);
-        if ((rc = cuda_gemm(b, w->wd, b->y, b->delta, a->T, H, I)) < 0) goto fail;
+        const uint16_t *act = b->y;
+        if (b->gu_interleaved && cuda_gemm_on_hopper(b, a->T)) {
+            /* One launch for gate/up and the activation, into big's (now idle) memory as bf16. */
+            act = (const uint16_t *)b->big;
+            CUDA_CHECK(b, sk_hopper_gemm_swiglu(b->hopper, w->wgu, b->y, (uint16_t *)b->big, a->T, I, H, b->stream));
+            prof_mark(b, P_GU);
+        } else {
+            if ((rc = cuda_gemm(b, w->wgu, b->y, b->big, a->T, 2 * I, H)) < 0) goto fail;
+            prof_mark(b, P_GU);
+            if (b->gu_interleaved)
+                CUDA_CHECK(b, sk_silu_mul_interleaved(b->y, b->big, a->T, I, b->stream));
+            else
+                CUDA_CHECK(b, sk_silu_mul(b->y, b->big, a->T, I, b->stream));
+            prof_mark(b, P_SILU);
+        }
+        if ((rc = cuda_gemm(b, w->wd, act, b->delta, a->T, H, I)) < 0) goto fail;
         prof_mark(b, P_DOWN);
     }
     if (a->R > 0) {
@@ -399,17 +410,30 @@ int cuda_forward(struct backend *base, const struct batch *batch, struct sample_
                                     .n_splits = 1,
                                     .split_len = 0,
                                     .token_list = all_dec ? NULL : dm.dec};
-    /* The grouped-query kernel (one block per kv head) when that alone fills the GPU: with fewer
-     * tokens its few blocks leave SMs idle, and the per-query-head kernel is faster. */
-    const bool gqa = b->gqa_mode > 0 && sk_attention_gqa_fits(&sa.ap) && (int64_t)n_dec * nkv >= b->n_sms;
+    /* The streaming grouped-query kernels (one block per kv head and token, SLUICE_CUDA_ATTN_GQA
+     * 4-9) beat the per-query-head kernel at every batch measured (1-256); the register one (1-3)
+     * only when it alone fills the GPU. */
+    const bool stream = b->gqa_mode >= 4 && sk_attention_decode_fits(&sa.ap);
+    const bool gqa =
+        b->gqa_mode > 0 && sk_attention_gqa_fits(&sa.ap) && (stream || (int64_t)n_dec * nkv >= b->n_sms);
     sa.gqa_mode = gqa ? b->gqa_mode : 0;
     int64_t ctx_bound = graphable ? (int64_t)bt_stride * KV_BLOCK_SIZE : max_ctx;
     if (ctx_bound >= 256 && n_dec > 0) {
-        /* Enough blocks to fill the GPU, and ranges of ~256 keys on the longest context so that
-         * it does not become the tail of the step; never ranges under ~128 keys. */
-        int64_t blocks = (int64_t)n_dec * (gqa ? nkv : nh);
-        int64_t fill = (8 * (int64_t)b->n_sms + blocks - 1) / blocks, by_256 = (ctx_bound + 255) / 256;
-        int64_t n = fill > by_256 ? fill : by_256, by_128 = (ctx_bound + 127) / 128;
+        int64_t blocks = (int64_t)n_dec * (gqa ? nkv : nh), n;
+        if (stream) {
+            /* About 4 of its blocks are resident per SM: split only up to one full wave (a second
+             * wave plus the merge costs more than it saves: batch 64 x 192 keys took 23.8 us per
+             * layer with 2 splits and 15.8 with 1 on an H200), and keep ranges under ~1024 keys
+             * so that one long context does not become the step's tail. */
+            int64_t fill = 4 * (int64_t)b->n_sms / blocks, by_1024 = (ctx_bound + 1023) / 1024;
+            n = fill > by_1024 ? fill : by_1024;
+        } else {
+            /* Enough blocks to fill the GPU, and ranges of ~256 keys on the longest context. */
+            int64_t fill = (8 * (int64_t)b->n_sms + blocks - 1) / blocks, by_256 = (ctx_bound + 255) / 256;
+            n = fill > by_256 ? fill : by_256;
+        }
+        /* Never ranges under ~128 keys. */
+        int64_t by_128 = (ctx_bound + 127) / 128;
         int64_t cap = b->part_rows / ((int64_t)n_dec * nh); /* part_o holds rows per query head */
         if (n > by_128) n = by_128;
         if (n > cap) n = cap;

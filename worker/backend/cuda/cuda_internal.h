@@ -36,6 +36,9 @@ struct cuda_graph_entry {
 #define CUDA_SKINNY_WS_FLOATS ((size_t)8 << 20)
 #define CUDA_SKINNY_COUNTERS 4096
 #define CUDA_GEMM_PLANS 1024
+/* Products of up to this many rows go to the Hopper kernel: measured on an H200 at Llama-3-8B's
+ * shapes, it beats cuBLAS through 64 rows and loses at 128 on the narrow products. */
+#define CUDA_HOPPER_MAX_ROWS 64
 struct cuda_gemm_plan;
 
 /* SLUICE_CUDA_PROFILE=1: per-phase device times of eager (graph-free) steps, logged at exit. */
@@ -62,6 +65,9 @@ struct cuda_backend {
     int skinny_variant;   /* its tile shape, 1..4 (sk_skinny_gemm_variant) */
     float *skinny_ws;     /* its split-K partial sums (CUDA_SKINNY_WS_FLOATS) */
     int *skinny_cnt;      /* its per-tile counters (CUDA_SKINNY_COUNTERS), zero between launches */
+    struct sk_hopper_gemm *hopper; /* TMA + wgmma products of 2..CUDA_HOPPER_MAX_ROWS rows; NULL off
+                                      Hopper or with SLUICE_CUDA_HOPPER=0 */
+    bool gu_interleaved;           /* wgu rows in sk_gate_up_interleave's layout (with hopper) */
     bool use_prefill_mma; /* tensor-core prefill attention (head_dim 64, 128) */
     int gqa_mode;         /* grouped-query attention variant, 0 = off (sk_attention_mode) */
     cudaStream_t stream;
@@ -143,6 +149,9 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m);
 void cuda_weights_free(struct cuda_backend *b);
 int cuda_gemm_init(struct cuda_backend *b);
 void cuda_gemm_plans_free(struct cuda_backend *b);
+/* Whether a product of this many rows runs on the Hopper kernel (and the MLP's gate/up product
+ * with its activation fused, when the weights are interleaved for it). */
+bool cuda_gemm_on_hopper(const struct cuda_backend *b, int rows);
 /* y[rows, n_out] (fp32) = x[rows, k_in] (bf16) * w[n_out, k_in]^T (bf16), fp32 accumulation. */
 int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in);
 int cuda_forward(struct backend *base, const struct batch *batch, struct sample_result *results);

@@ -110,8 +110,13 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
     const int64_t H = c->hidden_size, I = c->intermediate_size, D = c->head_dim;
     const int64_t qd = (int64_t)c->n_heads * D, kvd = (int64_t)c->n_kv_heads * D, V = c->vocab_size;
     float inv_freq[SK_MAX_HEAD_DIM / 2];
+    uint16_t *gu_plain = NULL;
 
     CUDA_CHECK(b, cudaMalloc(&ld.staging, STAGING_BYTES));
+    /* With the Hopper products, each layer's [gate; up] pair is loaded plain, then interleaved in
+     * blocks of 64 rows so that one launch yields silu(gate) * up (sk_hopper_gemm_swiglu). */
+    b->gu_interleaved = b->hopper && I % SK_GATE_UP_BLOCK == 0;
+    if (b->gu_interleaved) CUDA_CHECK(b, cudaMalloc((void **)&gu_plain, (size_t)(2 * I * H) * 2));
     if ((rc = alloc_dev(b, (void **)&b->tok_embed, (size_t)(V * H) * 2)) < 0) goto fail;
     if ((rc = put_matrix(&ld, b->tok_embed, &m->tok_embed, V * H, "tok_embed")) < 0) goto fail;
     bool tied = c->tie_embeddings || (m->lm_head.data && m->lm_head.data == m->tok_embed.data) ||
@@ -138,8 +143,10 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
         if ((rc = alloc_dev(b, (void **)&cl->wo, (size_t)(H * qd) * 2)) < 0) goto fail;
         if ((rc = put_matrix(&ld, cl->wo, &lw->wo, H * qd, name)) < 0) goto fail;
         if ((rc = alloc_dev(b, (void **)&cl->wgu, (size_t)(2 * I * H) * 2)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, cl->wgu, &lw->w_gate, I * H, name)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, cl->wgu + I * H, &lw->w_up, I * H, name)) < 0) goto fail;
+        uint16_t *gu = b->gu_interleaved ? gu_plain : cl->wgu;
+        if ((rc = put_matrix(&ld, gu, &lw->w_gate, I * H, name)) < 0) goto fail;
+        if ((rc = put_matrix(&ld, gu + I * H, &lw->w_up, I * H, name)) < 0) goto fail;
+        if (b->gu_interleaved) CUDA_CHECK(b, sk_gate_up_interleave(cl->wgu, gu_plain, (int)I, (int)H, b->stream));
         if ((rc = alloc_dev(b, (void **)&cl->wd, (size_t)(H * I) * 2)) < 0) goto fail;
         if ((rc = put_matrix(&ld, cl->wd, &lw->w_down, H * I, name)) < 0) goto fail;
         if ((rc = put_vector(&ld, &cl->attn_norm, &lw->attn_norm, H, true, name)) < 0) goto fail;
@@ -161,6 +168,7 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
     CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
 fail:
     if (ld.staging) cudaFree(ld.staging);
+    if (gu_plain) cudaFree(gu_plain);
     return rc;
 }
 

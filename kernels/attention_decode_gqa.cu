@@ -1,0 +1,666 @@
+// Decode attention for grouped-query models, streamed through shared memory.
+//
+// One block of 4 warps per (kv head, query token, key split) serves the QG query heads that share
+// the kv head. The block's key range is cut into chunks of 8 keys; in the paged cache a chunk of
+// one kv head is a contiguous run (8 * D bf16 for K, the same for V). Warp w takes chunks w, w + 4,
+// ... through its own ring of NS slots, so each warp keeps NS chunks (NS * 4 KB at D = 128) in
+// flight and never waits for the other warps until the final merge. Softmax is online per warp
+// (log2 domain); the 4 warps' partial results are merged in shared memory at the end, or written
+// as split partials for merge_splits_kernel (attention.cu).
+//
+// Two kernels share that schedule (sk_attention_mode variants, see attention.cu):
+// - attention_decode_mma_kernel (default): tensor cores, cp.async copies, described above it;
+// - attention_decode_kernel: SIMT, one cp.async.bulk per chunk completing on an mbarrier. 8 lanes
+//   share a key for the scores and every lane owns D / 32 output dimensions per query head. At
+//   ~700 instructions per chunk and warp it is bound by issue and latency, not by memory (ncu at
+//   batch 64: 0.55 issued instructions per scheduler cycle, DRAM 53%); kept for comparison.
+#include "kernels/sluice_kernels.h"
+
+#include <cuda_bf16.h>
+#include <math.h>
+
+namespace
+{
+
+constexpr int kWarps = 4;
+constexpr int kChunk = 8;       // keys per bulk copy and per warp step
+constexpr int kBtCap = 1024;    // block-table entries staged in shared memory (16384 keys)
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t *bar, uint32_t count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_tx(uint64_t *bar, uint32_t bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity)
+{
+    asm volatile("{\n\t.reg .pred done;\n"
+                 "WAIT_%=:\n\t"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
+                 "@!done bra WAIT_%=;\n}" ::"r"(smem_addr(bar)),
+                 "r"(parity)
+                 : "memory");
+}
+
+__device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
+{
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     smem_addr(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_addr(bar))
+                 : "memory");
+}
+
+__device__ __forceinline__ void bf16x2_to_f32(uint32_t w, float &lo, float &hi)
+{
+    lo = __uint_as_float(w << 16);
+    hi = __uint_as_float(w & 0xffff0000u);
+}
+
+template <int D, int QG, int NS> struct DecodeSmem {
+    static constexpr int chunk_bytes = kChunk * D * 2;          // one chunk of K (or V)
+    static constexpr int ring_bytes = NS * 2 * chunk_bytes;     // one warp's ring of K+V slots
+    static constexpr int bars_at = kWarps * ring_bytes;         // kWarps * NS mbarriers
+    static constexpr int probs_at = bars_at + kWarps * NS * 8;  // per warp kChunk * QG floats
+    static constexpr int bt_at = probs_at + kWarps * kChunk * QG * 4;
+    static constexpr int bytes = bt_at + kBtCap * 4;
+    static_assert(QG * (D + 2) * 4 <= ring_bytes, "a warp's merge record must fit in its ring");
+};
+
+template <int D, int QG, int NS>
+__global__ void __launch_bounds__(kWarps * 32)
+    attention_decode_kernel(const float *q, const __nv_bfloat16 *k_cache, const __nv_bfloat16 *v_cache,
+                            const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos,
+                            float *part_o, float *part_ml, __nv_bfloat16 *out, sk_attn_params p)
+{
+    using L = DecodeSmem<D, QG, NS>;
+    constexpr int PIECES = D / 64; // 16-byte pieces of a key per lane (8 lanes per key)
+    constexpr int DL = PIECES * 8; // key elements per lane
+    constexpr int DV = D / 32;     // output elements per lane and query head
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = lane >> 3, dp = lane & 7;
+    const int kvh = blockIdx.x, ti = blockIdx.y, split = blockIdx.z;
+    const int t = p.token_list ? p.token_list[ti] : ti;
+    const int n_keys = pos[t] + 1;
+    int k_begin = 0, k_end = n_keys;
+    if (p.n_splits > 1) {
+        int len = p.split_len > 0
+                      ? p.split_len
+                      : ((n_keys + p.n_splits - 1) / p.n_splits + SK_KV_BLOCK - 1) / SK_KV_BLOCK * SK_KV_BLOCK;
+        k_begin = split * len;
+        k_end = min(k_begin + len, n_keys);
+    }
+    unsigned char *ring = smem + warp * L::ring_bytes;
+    uint64_t *bars = reinterpret_cast<uint64_t *>(smem + L::bars_at) + warp * NS;
+    float *probs = reinterpret_cast<float *>(smem + L::probs_at) + warp * kChunk * QG;
+    int32_t *sbt = reinterpret_cast<int32_t *>(smem + L::bt_at);
+
+    const int32_t *bt = block_tables + (int64_t)token_seq[t] * p.bt_stride;
+    const int blk0 = k_begin / SK_KV_BLOCK;
+    const int n_blk = k_end > k_begin ? (k_end - 1) / SK_KV_BLOCK + 1 - blk0 : 0;
+    const bool staged = n_blk <= kBtCap;
+    if (staged)
+        for (int i = threadIdx.x; i < n_blk; i += blockDim.x) sbt[i] = bt[blk0 + i];
+    if (lane == 0) {
+        for (int s = 0; s < NS; s++) mbar_init(&bars[s], 1);
+        // The copy engine (async proxy) must see the initialised barriers.
+        asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
+    }
+
+    const int n_chunks = k_end > k_begin ? (k_end - k_begin + kChunk - 1) / kChunk : 0;
+    const int n_mine = n_chunks > warp ? (n_chunks - warp + kWarps - 1) / kWarps : 0;
+    const int64_t head_stride = (int64_t)SK_KV_BLOCK * D;
+    // Lane 0 starts the copy of the warp's it-th chunk into slot it % NS.
+    auto issue = [&](int it) {
+        const int j0 = k_begin + (warp + kWarps * it) * kChunk;
+        const int b = j0 / SK_KV_BLOCK - blk0;
+        const int64_t blk = staged ? sbt[b] : bt[blk0 + b];
+        const int64_t off = (blk * p.n_kv_heads + kvh) * head_stride + (int64_t)(j0 % SK_KV_BLOCK) * D;
+        unsigned char *slot = ring + (it % NS) * 2 * L::chunk_bytes;
+        uint64_t *bar = &bars[it % NS];
+        mbar_expect_tx(bar, 2 * L::chunk_bytes);
+        bulk_load(slot, k_cache + off, L::chunk_bytes, bar);
+        bulk_load(slot + L::chunk_bytes, v_cache + off, L::chunk_bytes, bar);
+    };
+    __syncthreads();
+    // Launched as a programmatic dependent (PDL), the block gets here while the previous kernel
+    // may still run: q and this step's keys (written by it) are read only after the wait.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (lane == 0)
+        for (int it = 0; it < NS && it < n_mine; it++) issue(it);
+    // The query rows, pre-scaled so that scores come out in log2 units (exp2 below).
+    float qv[QG][DL];
+    const float qs = p.scale * kLog2e;
+#pragma unroll
+    for (int h = 0; h < QG; h++) {
+        const float *qrow = q + ((int64_t)t * p.n_heads + kvh * QG + h) * D;
+#pragma unroll
+        for (int i = 0; i < PIECES; i++) {
+            const float4 *src = reinterpret_cast<const float4 *>(qrow + (dp + 8 * i) * 8);
+            float4 a = src[0], b = src[1];
+            qv[h][i * 8 + 0] = a.x * qs;
+            qv[h][i * 8 + 1] = a.y * qs;
+            qv[h][i * 8 + 2] = a.z * qs;
+            qv[h][i * 8 + 3] = a.w * qs;
+            qv[h][i * 8 + 4] = b.x * qs;
+            qv[h][i * 8 + 5] = b.y * qs;
+            qv[h][i * 8 + 6] = b.z * qs;
+            qv[h][i * 8 + 7] = b.w * qs;
+        }
+    }
+
+    float m[QG], lsum[QG], acc[QG][DV];
+#pragma unroll
+    for (int h = 0; h < QG; h++) {
+        m[h] = -INFINITY;
+        lsum[h] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < DV; e++) acc[h][e] = 0.0f;
+    }
+
+    for (int it = 0; it < n_mine; it++) {
+        const int j0 = k_begin + (warp + kWarps * it) * kChunk;
+        mbar_wait(&bars[it % NS], (it / NS) & 1);
+        const unsigned char *ks = ring + (it % NS) * 2 * L::chunk_bytes;
+        const unsigned char *vs = ks + L::chunk_bytes;
+
+        // Scores of keys grp and grp + 4: 8 lanes each take 16-byte pieces dp, dp + 8, ... of the
+        // key (a quarter warp reads 128 contiguous bytes: no bank conflicts).
+        float s[2][QG];
+#pragma unroll
+        for (int sub = 0; sub < 2; sub++) {
+            const int kc = grp + 4 * sub;
+#pragma unroll
+            for (int h = 0; h < QG; h++) s[sub][h] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < PIECES; i++) {
+                uint4 raw = *reinterpret_cast<const uint4 *>(ks + kc * D * 2 + (dp + 8 * i) * 16);
+                float kf[8];
+                bf16x2_to_f32(raw.x, kf[0], kf[1]);
+                bf16x2_to_f32(raw.y, kf[2], kf[3]);
+                bf16x2_to_f32(raw.z, kf[4], kf[5]);
+                bf16x2_to_f32(raw.w, kf[6], kf[7]);
+#pragma unroll
+                for (int h = 0; h < QG; h++)
+#pragma unroll
+                    for (int e = 0; e < 8; e++) s[sub][h] = fmaf(qv[h][i * 8 + e], kf[e], s[sub][h]);
+            }
+#pragma unroll
+            for (int o = 1; o < 8; o <<= 1)
+#pragma unroll
+                for (int h = 0; h < QG; h++) s[sub][h] += __shfl_xor_sync(0xffffffffu, s[sub][h], o);
+            if (j0 + kc >= k_end)
+#pragma unroll
+                for (int h = 0; h < QG; h++) s[sub][h] = -INFINITY;
+        }
+
+        // Online softmax over the chunk: the warp's running max moves to the chunk's max.
+        float corr[QG];
+#pragma unroll
+        for (int h = 0; h < QG; h++) {
+            float cm = fmaxf(s[0][h], s[1][h]);
+            cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 8));
+            cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 16));
+            const float mn = fmaxf(m[h], cm);
+            corr[h] = exp2f(m[h] - mn);
+            m[h] = mn;
+            s[0][h] = exp2f(s[0][h] - mn);
+            s[1][h] = exp2f(s[1][h] - mn);
+            lsum[h] = lsum[h] * corr[h] + s[0][h] + s[1][h]; // this lane group's keys only
+        }
+        if (dp == 0)
+#pragma unroll
+            for (int h = 0; h < QG; h++) {
+                probs[grp * QG + h] = s[0][h];
+                probs[(grp + 4) * QG + h] = s[1][h];
+            }
+        __syncwarp();
+
+#pragma unroll
+        for (int h = 0; h < QG; h++)
+#pragma unroll
+            for (int e = 0; e < DV; e++) acc[h][e] *= corr[h];
+        const int n_valid = k_end - j0;
+#pragma unroll
+        for (int kc = 0; kc < kChunk; kc++) {
+            if (kc < n_valid) { // a chunk's tail past the range may hold anything (NaN included)
+                float vf[DV];
+                if constexpr (DV == 4) {
+                    uint2 raw = *reinterpret_cast<const uint2 *>(vs + (kc * D + lane * DV) * 2);
+                    bf16x2_to_f32(raw.x, vf[0], vf[1]);
+                    bf16x2_to_f32(raw.y, vf[2], vf[3]);
+                } else {
+                    static_assert(DV == 2, "head_dim 64 or 128");
+                    uint32_t raw = *reinterpret_cast<const uint32_t *>(vs + (kc * D + lane * DV) * 2);
+                    bf16x2_to_f32(raw, vf[0], vf[1]);
+                }
+                float pk[QG];
+#pragma unroll
+                for (int h = 0; h < QG; h++) pk[h] = probs[kc * QG + h];
+#pragma unroll
+                for (int h = 0; h < QG; h++)
+#pragma unroll
+                    for (int e = 0; e < DV; e++) acc[h][e] = fmaf(pk[h], vf[e], acc[h][e]);
+            }
+        }
+        // Every lane is done with the slot and the probabilities: refill the slot.
+        __syncwarp();
+        if (lane == 0 && it + NS < n_mine) issue(it + NS);
+    }
+
+    // All of this block's loads are done: the next kernel in the stream may start launching.
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    // Merge the warps: each writes (m, l, o) per query head into its own (drained) ring.
+    float *rec = reinterpret_cast<float *>(ring);
+    constexpr int stride = D + 2;
+#pragma unroll
+    for (int h = 0; h < QG; h++) {
+        float l = lsum[h] + __shfl_xor_sync(0xffffffffu, lsum[h], 8);
+        l += __shfl_xor_sync(0xffffffffu, l, 16);
+        if (lane == 0) {
+            rec[h * stride] = m[h];
+            rec[h * stride + 1] = l;
+        }
+#pragma unroll
+        for (int e = 0; e < DV; e++) rec[h * stride + 2 + lane * DV + e] = acc[h][e];
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < QG * D; idx += blockDim.x) {
+        const int h = idx / D, di = idx % D;
+        float mw[kWarps], mx = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) {
+            mw[w] = reinterpret_cast<const float *>(smem + w * L::ring_bytes)[h * stride];
+            mx = fmaxf(mx, mw[w]);
+        }
+        float lt = 0.0f, o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) {
+            if (mw[w] != -INFINITY) {
+                const float *r = reinterpret_cast<const float *>(smem + w * L::ring_bytes) + h * stride;
+                const float c = exp2f(mw[w] - mx);
+                lt += r[1] * c;
+                o += r[2 + di] * c;
+            }
+        }
+        const int qh = kvh * QG + h;
+        if (p.n_splits == 1) {
+            out[((int64_t)t * p.n_heads + qh) * D + di] = __float2bfloat16_rn(o / lt);
+        } else {
+            const int64_t row = ((int64_t)ti * p.n_heads + qh) * p.n_splits + split;
+            part_o[row * D + di] = o;
+            if (di == 0) {
+                part_ml[row * 2] = mx * kLn2; // merge_splits_kernel works in natural-log units
+                part_ml[row * 2 + 1] = lt;
+            }
+        }
+    }
+}
+
+// Tensor-core variant of the same schedule. The SIMT kernel above issues ~700 instructions per
+// 8-key chunk and warp and is bound by issue and latency, not by memory; here a chunk costs ~120:
+//   S[16 x 8 keys] = Q K^T with mma.m16n8k16: rows 0-7 hold the query heads' bf16 high parts,
+//     rows 8-15 their low parts (q - bf16(q)), so fp32-accurate scores come out of one product
+//     (row g + row g + 8) and no row of the m16 tile is wasted on padding;
+//   O^T[D x 8] += V^T P^T with mma.m16n8k8: columns 0..QG-1 take P's bf16 high parts and, when
+//     2 * QG <= 8, columns QG..2QG-1 its low parts, summed at the end.
+// The scores land in exactly the layout P^T needs as the second operand, so no shuffles move them.
+// Chunks are brought in with cp.async 16-byte copies into an XOR-swizzled layout (16-byte piece c
+// of key row r at c ^ r) so that ldmatrix reads of 8 keys at once are free of bank conflicts.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+__device__ __forceinline__ void cp_async16(void *dst, const void *src)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4(const void *p, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(const void *p, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void mma_k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_k8(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t b0)
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
+}
+
+template <int D, int NS> struct MmaSmem {
+    static constexpr int row_bytes = D * 2;
+    static constexpr int chunk_bytes = kChunk * row_bytes;      // one chunk of K (or V)
+    static constexpr int ring_bytes = NS * 2 * chunk_bytes;     // one warp's ring
+    static constexpr int bt_at = kWarps * ring_bytes;
+    static constexpr int bytes = bt_at + kBtCap * 4;
+    // A warp's merge record: O^T columns [8][D], then m[8], l[8].
+    static_assert((8 * D + 16) * 4 <= ring_bytes, "a warp's merge record must fit in its ring");
+};
+
+template <int D, int QG, int NS>
+__global__ void __launch_bounds__(kWarps * 32)
+    attention_decode_mma_kernel(const float *q, const __nv_bfloat16 *k_cache, const __nv_bfloat16 *v_cache,
+                                const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos,
+                                float *part_o, float *part_ml, __nv_bfloat16 *out, sk_attn_params p)
+{
+    static_assert(QG == 1 || QG == 2 || QG == 4 || QG == 8, "1 to 8 query heads per kv head");
+    using L = MmaSmem<D, NS>;
+    constexpr int KS = D / 16;     // k-steps of the score product, m-tiles of the output
+    constexpr int PIECES = D / 8;  // 16-byte pieces per key row
+    constexpr bool LO = 2 * QG <= 8; // P's low parts get their own output columns
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, tq = lane & 3; // mma fragment coordinates
+    const int kvh = blockIdx.x, ti = blockIdx.y, split = blockIdx.z;
+    const int t = p.token_list ? p.token_list[ti] : ti;
+    const int n_keys = pos[t] + 1;
+    int k_begin = 0, k_end = n_keys;
+    if (p.n_splits > 1) {
+        int len = p.split_len > 0
+                      ? p.split_len
+                      : ((n_keys + p.n_splits - 1) / p.n_splits + SK_KV_BLOCK - 1) / SK_KV_BLOCK * SK_KV_BLOCK;
+        k_begin = split * len;
+        k_end = min(k_begin + len, n_keys);
+    }
+    unsigned char *ring = smem + warp * L::ring_bytes;
+    int32_t *sbt = reinterpret_cast<int32_t *>(smem + L::bt_at);
+    const int32_t *bt = block_tables + (int64_t)token_seq[t] * p.bt_stride;
+    const int blk0 = k_begin / SK_KV_BLOCK;
+    const int n_blk = k_end > k_begin ? (k_end - 1) / SK_KV_BLOCK + 1 - blk0 : 0;
+    const bool staged = n_blk <= kBtCap;
+    if (staged)
+        for (int i = threadIdx.x; i < n_blk; i += blockDim.x) sbt[i] = bt[blk0 + i];
+    const int n_chunks = k_end > k_begin ? (k_end - k_begin + kChunk - 1) / kChunk : 0;
+    const int n_mine = n_chunks > warp ? (n_chunks - warp + kWarps - 1) / kWarps : 0;
+    const int64_t head_stride = (int64_t)SK_KV_BLOCK * D;
+    // Every lane copies its share of the warp's it-th chunk (K and V) into slot it % NS.
+    auto issue = [&](int it) {
+        const int j0 = k_begin + (warp + kWarps * it) * kChunk;
+        const int b = j0 / SK_KV_BLOCK - blk0;
+        const int64_t blk = staged ? sbt[b] : bt[blk0 + b];
+        const int64_t off = (blk * p.n_kv_heads + kvh) * head_stride + (int64_t)(j0 % SK_KV_BLOCK) * D;
+        unsigned char *slot = ring + (it % NS) * 2 * L::chunk_bytes;
+#pragma unroll
+        for (int i = 0; i < kChunk * PIECES / 32; i++) {
+            const int pc = lane + 32 * i, r = pc / PIECES, c = pc % PIECES;
+            const int at = r * L::row_bytes + ((c ^ r) << 4);
+            cp_async16(slot + at, k_cache + off + r * D + c * 8);
+            cp_async16(slot + L::chunk_bytes + at, v_cache + off + r * D + c * 8);
+        }
+    };
+    __syncthreads();
+    asm volatile("griddepcontrol.wait;" ::: "memory"); // see attention_decode_kernel
+#pragma unroll
+    for (int it = 0; it < NS; it++) {
+        if (it < n_mine) issue(it);
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+
+    // Q fragments (rows g: bf16 high parts, rows g + 8: low parts), pre-scaled to log2 units.
+    uint32_t qa[KS][4];
+    {
+        const float qs = p.scale * kLog2e;
+        const float *qrow = q + ((int64_t)t * p.n_heads + kvh * QG + (g < QG ? g : 0)) * D;
+#pragma unroll
+        for (int s = 0; s < KS; s++) {
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                float2 v = *reinterpret_cast<const float2 *>(qrow + 16 * s + 8 * half + 2 * tq);
+                v.x = g < QG ? v.x * qs : 0.0f;
+                v.y = g < QG ? v.y * qs : 0.0f;
+                const uint32_t hi = pack_bf16(v.x, v.y);
+                const __nv_bfloat162 h2 = *reinterpret_cast<const __nv_bfloat162 *>(&hi);
+                const uint32_t lo = pack_bf16(v.x - __low2float(h2), v.y - __high2float(h2));
+                qa[s][2 * half] = hi;
+                qa[s][2 * half + 1] = lo;
+            }
+        }
+    }
+
+    float m = -INFINITY, lsum = 0.0f; // head g's running max and this lane's share of the sum
+    float acc[KS][4];                  // O^T m-tile i: dims 16i + g (+8), columns 2tq, 2tq + 1
+#pragma unroll
+    for (int i = 0; i < KS; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    const int r8 = lane & 7, mat = lane >> 3; // this lane's ldmatrix row address: key r8, matrix mat
+
+    for (int it = 0; it < n_mine; it++) {
+        const int j0 = k_begin + (warp + kWarps * it) * kChunk;
+        asm volatile("cp.async.wait_group %0;" ::"n"(NS - 1) : "memory");
+        __syncwarp();
+        const unsigned char *ks = ring + (it % NS) * 2 * L::chunk_bytes;
+        const unsigned char *vs = ks + L::chunk_bytes;
+
+        // Scores: 8 keys (columns) for head g (rows g and g + 8).
+        float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int j = 0; j < KS / 2; j++) {
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4(ks + r8 * L::row_bytes + (((4 * j + mat) ^ r8) << 4), b0, b1, b2, b3);
+            mma_k16(sc, qa[2 * j], b0, b1);
+            mma_k16(sc, qa[2 * j + 1], b2, b3);
+        }
+        const int n_valid = k_end - j0;
+        float s0 = 2 * tq < n_valid ? sc[0] + sc[2] : -INFINITY;
+        float s1 = 2 * tq + 1 < n_valid ? sc[1] + sc[3] : -INFINITY;
+
+        // Online softmax of head g over the chunk (the quad's 4 lanes hold its 8 keys).
+        float cm = fmaxf(s0, s1);
+        cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 1));
+        cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 2));
+        const float mn = fmaxf(m, cm);
+        const float corr = exp2f(m - mn);
+        m = mn;
+        const float p0 = exp2f(s0 - mn), p1 = exp2f(s1 - mn);
+        lsum = lsum * corr + p0 + p1;
+        const uint32_t phi = pack_bf16(p0, p1);
+        const __nv_bfloat162 ph2 = *reinterpret_cast<const __nv_bfloat162 *>(&phi);
+        const uint32_t plo = pack_bf16(p0 - __low2float(ph2), p1 - __high2float(ph2));
+        // Column g of P^T: head g's high parts, or head g - QG's low parts, or nothing.
+        const uint32_t plo_from = __shfl_sync(0xffffffffu, plo, g >= QG ? lane - 4 * QG : lane);
+        const uint32_t pb = g < QG ? phi : (LO && g < 2 * QG ? plo_from : 0u);
+        // This lane's output columns 2tq, 2tq + 1 belong to heads (2tq) % QG and (2tq + 1) % QG.
+        const float corr0 = __shfl_sync(0xffffffffu, corr, 4 * ((2 * tq) % QG));
+        const float corr1 = __shfl_sync(0xffffffffu, corr, 4 * ((2 * tq + 1) % QG));
+#pragma unroll
+        for (int i = 0; i < KS; i++) {
+            acc[i][0] *= corr0;
+            acc[i][1] *= corr1;
+            acc[i][2] *= corr0;
+            acc[i][3] *= corr1;
+        }
+
+        // O^T += V^T P^T: V^T fragments by transposed ldmatrix (keys 2tq, 2tq + 1 in each register).
+        // Keys past the range may hold anything (NaN included): their halves are zeroed.
+        const uint32_t vmask =
+            (2 * tq < n_valid ? 0x0000ffffu : 0u) | (2 * tq + 1 < n_valid ? 0xffff0000u : 0u);
+#pragma unroll
+        for (int j = 0; j < KS / 2; j++) {
+            uint32_t a0, a1, a2, a3;
+            ldsm_x4_t(vs + r8 * L::row_bytes + (((4 * j + mat) ^ r8) << 4), a0, a1, a2, a3);
+            mma_k8(acc[2 * j], a0 & vmask, a1 & vmask, pb);
+            mma_k8(acc[2 * j + 1], a2 & vmask, a3 & vmask, pb);
+        }
+        __syncwarp();
+        if (it + NS < n_mine) issue(it + NS);
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    __syncwarp();
+
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    // Merge the warps through their drained rings: O^T columns [8][D], then m[8], l[8].
+    float *rec = reinterpret_cast<float *>(ring);
+#pragma unroll
+    for (int i = 0; i < KS; i++) {
+        rec[(2 * tq) * D + 16 * i + g] = acc[i][0];
+        rec[(2 * tq + 1) * D + 16 * i + g] = acc[i][1];
+        rec[(2 * tq) * D + 16 * i + g + 8] = acc[i][2];
+        rec[(2 * tq + 1) * D + 16 * i + g + 8] = acc[i][3];
+    }
+    float l = lsum + __shfl_xor_sync(0xffffffffu, lsum, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (tq == 0) {
+        rec[8 * D + g] = m;
+        rec[8 * D + 8 + g] = l;
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < QG * D; idx += blockDim.x) {
+        const int h = idx / D, di = idx % D;
+        float mw[kWarps], mx = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) {
+            mw[w] = reinterpret_cast<const float *>(smem + w * L::ring_bytes)[8 * D + h];
+            mx = fmaxf(mx, mw[w]);
+        }
+        float lt = 0.0f, o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) {
+            if (mw[w] != -INFINITY) {
+                const float *r = reinterpret_cast<const float *>(smem + w * L::ring_bytes);
+                const float c = exp2f(mw[w] - mx);
+                lt += r[8 * D + 8 + h] * c;
+                o += (r[h * D + di] + (LO ? r[(h + QG) * D + di] : 0.0f)) * c;
+            }
+        }
+        const int qh = kvh * QG + h;
+        if (p.n_splits == 1) {
+            out[((int64_t)t * p.n_heads + qh) * D + di] = __float2bfloat16_rn(o / lt);
+        } else {
+            const int64_t row = ((int64_t)ti * p.n_heads + qh) * p.n_splits + split;
+            part_o[row * D + di] = o;
+            if (di == 0) {
+                part_ml[row * 2] = mx * kLn2;
+                part_ml[row * 2 + 1] = lt;
+            }
+        }
+    }
+}
+
+template <int D, int QG, int NS, bool MMA> constexpr auto kernel_of()
+{
+    if constexpr (MMA)
+        return attention_decode_mma_kernel<D, QG, NS>;
+    else
+        return attention_decode_kernel<D, QG, NS>;
+}
+
+template <int D, int QG, int NS, bool MMA> constexpr int kernel_smem()
+{
+    if constexpr (MMA)
+        return MmaSmem<D, NS>::bytes;
+    else
+        return DecodeSmem<D, QG, NS>::bytes;
+}
+
+template <int D, int QG, int NS, bool MMA>
+cudaError_t launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *ts,
+                   const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p, bool pdl,
+                   cudaStream_t s)
+{
+    // The shared-memory limit is raised once per instantiation and device, before its first launch.
+    static unsigned long long attr_set = 0;
+    constexpr int sh = kernel_smem<D, QG, NS, MMA>();
+    constexpr auto kernel = kernel_of<D, QG, NS, MMA>();
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    const unsigned long long bit = 1ull << (dev & 63);
+    if (!(__atomic_load_n(&attr_set, __ATOMIC_ACQUIRE) & bit)) {
+        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sh);
+        if (e != cudaSuccess) return e;
+        __atomic_fetch_or(&attr_set, bit, __ATOMIC_RELEASE);
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(p.n_kv_heads, p.n_tokens, p.n_splits);
+    cfg.blockDim = dim3(kWarps * 32);
+    cfg.dynamicSmemBytes = sh;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, q, (const __nv_bfloat16 *)k,
+                              (const __nv_bfloat16 *)v, bt, ts, pos, po, pml, (__nv_bfloat16 *)out, p);
+}
+
+template <int D, int NS, bool MMA>
+cudaError_t launch_q(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *ts,
+                     const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p, bool pdl,
+                     cudaStream_t s)
+{
+    switch (p.n_heads / p.n_kv_heads) {
+    case 1: return launch<D, 1, NS, MMA>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+    case 2: return launch<D, 2, NS, MMA>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+    case 4: return launch<D, 4, NS, MMA>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+    case 8:
+        if constexpr (MMA || D == 64) return launch<D, 8, NS, MMA>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+        return cudaErrorInvalidValue;
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+} // namespace
+
+// Declared in attention.cu (no public header: sk_attention_mode is the entry point).
+bool attention_decode_fits(const sk_attn_params &p, bool mma)
+{
+    if (p.n_kv_heads < 1 || p.n_heads % p.n_kv_heads) return false;
+    const int qg = p.n_heads / p.n_kv_heads;
+    if (p.head_dim != 64 && p.head_dim != 128) return false;
+    // The SIMT kernel keeps QG * D / 8 query floats per lane: 8 heads only at head_dim 64.
+    return qg == 1 || qg == 2 || qg == 4 || (qg == 8 && (mma || p.head_dim == 64));
+}
+
+cudaError_t attention_decode_launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt,
+                                    const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
+                                    const sk_attn_params &p, int stages, bool pdl, bool mma, cudaStream_t s)
+{
+    if (mma) {
+        if (p.head_dim == 64) {
+            if (stages == 3) return launch_q<64, 3, true>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+            return launch_q<64, 2, true>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+        }
+        if (stages == 3) return launch_q<128, 3, true>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+        return launch_q<128, 2, true>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+    }
+    if (p.head_dim == 64) {
+        if (stages == 3) return launch_q<64, 3, false>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+        return launch_q<64, 2, false>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+    }
+    if (stages == 3) return launch_q<128, 3, false>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+    return launch_q<128, 2, false>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+}

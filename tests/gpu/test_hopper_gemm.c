@@ -1,0 +1,297 @@
+/* sk_hopper_gemm (TMA + wgmma decode products, split-K within a cluster) against a double reference on random bf16 inputs
+ * with poisoned outputs: ragged shapes (rows, features and K not multiples of the tiles), forced
+ * and chosen split counts, the same bits on a repeat and at every batch size, refusals; then,
+ * with SLUICE_GPU_BENCH=1, weight-streaming rates against cuBLAS at Llama-3-8B's decode shapes. */
+#include "tests/gpu/gpu_test.h"
+
+#include "kernels/sluice_kernels.h"
+#include "worker/backend/cuda/cuda_internal.h"
+
+#define BF_TOL 1e-2
+
+
+static void reference(const uint16_t *x, const uint16_t *w, double *ref, int M, int N, int K)
+{
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double acc = 0;
+            for (int k = 0; k < K; k++) acc += (double)gt_bf2f(x[(size_t)m * K + k]) * gt_bf2f(w[(size_t)n * K + k]);
+            ref[(size_t)m * N + n] = acc;
+        }
+}
+
+static void test_case(struct sk_hopper_gemm *h, int M, int N, int K, int splits)
+{
+    uint16_t *w = malloc((size_t)N * K * 2), *x = malloc((size_t)M * K * 2);
+    for (size_t i = 0; i < (size_t)N * K; i++) w[i] = gt_f2bf(gt_normal());
+    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = gt_f2bf(gt_normal());
+    uint16_t *dw = gt_up(w, (size_t)N * K * 2), *dx = gt_up(x, (size_t)M * K * 2);
+    float *dy = gt_dev((size_t)M * N * 4), *y = malloc((size_t)M * N * 4), *y2 = malloc((size_t)M * N * 4);
+    double *ref = malloc((size_t)M * N * 8);
+    reference(x, w, ref, M, N, K);
+    cudaError_t e1 = sk_hopper_gemm(h, dw, dx, dy, M, N, K, splits, 0);
+    gt_down(y, dy, (size_t)M * N * 4);
+    GT_CUDA(cudaMemset(dy, 0xff, (size_t)M * N * 4));
+    cudaError_t e2 = sk_hopper_gemm(h, dw, dx, dy, M, N, K, splits, 0);
+    gt_down(y2, dy, (size_t)M * N * 4);
+    /* Operands are exact bf16, so only fp32 accumulation rounding remains. */
+    const double e = gt_rel_err(y, ref, (size_t)M * N);
+    const int same = !memcmp(y, y2, (size_t)M * N * 4);
+    GT_CHECK(e1 == cudaSuccess && e2 == cudaSuccess && e < 1e-5 && same,
+             "hopper M=%d N=%d K=%d splits=%d: rel err %.1e, repeat %s (%s)", M, N, K,
+             splits > 0 ? splits : sk_hopper_gemm_splits(h, N, K), e, same ? "identical" : "differs",
+             cudaGetErrorString(e1 != cudaSuccess ? e1 : e2));
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+    free(w);
+    free(x);
+    free(y);
+    free(y2);
+    free(ref);
+}
+
+/* A row's result must not depend on how many rows share the launch (the split count depends on
+ * the shape alone and each token is its own wgmma column), so that a sequence's greedy output is
+ * the same whatever else is in the batch. */
+static void test_batch_invariance(struct sk_hopper_gemm *h, int N, int K)
+{
+    const int M = SK_HOPPER_MAX_ROWS, sizes[] = {2, 5, 16, 17, 33, 64, 100, 128};
+    uint16_t *w = malloc((size_t)N * K * 2), *x = malloc((size_t)M * K * 2);
+    for (size_t i = 0; i < (size_t)N * K; i++) w[i] = gt_f2bf(gt_normal());
+    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = gt_f2bf(gt_normal());
+    uint16_t *dw = gt_up(w, (size_t)N * K * 2), *dx = gt_up(x, (size_t)M * K * 2);
+    float *dy = gt_dev((size_t)M * N * 4), *full = malloc((size_t)M * N * 4), *part = malloc((size_t)M * N * 4);
+    cudaError_t err = sk_hopper_gemm(h, dw, dx, dy, M, N, K, 0, 0);
+    gt_down(full, dy, (size_t)M * N * 4);
+    int bad = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        GT_CUDA(cudaMemset(dy, 0xff, (size_t)M * N * 4));
+        cudaError_t e = sk_hopper_gemm(h, dw, dx, dy, sizes[i], N, K, 0, 0);
+        if (e != cudaSuccess) err = e;
+        gt_down(part, dy, (size_t)sizes[i] * N * 4);
+        bad += memcmp(part, full, (size_t)sizes[i] * N * 4) != 0;
+    }
+    GT_CHECK(err == cudaSuccess && bad == 0,
+             "hopper N=%d K=%d: rows 2..128 give the same bits as the full batch (%d sizes differ)", N, K, bad);
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+    free(w);
+    free(x);
+    free(full);
+    free(part);
+}
+
+/* The fused MLP input: a [gate; up] pair interleaved on the device by sk_gate_up_interleave, then
+ * sk_hopper_gemm_swiglu (bf16 silu(gate) * up) and, for the other products' path, cuBLAS-style fp32
+ * gate/up rows through sk_silu_mul_interleaved, both against a double reference. */
+static void test_swiglu(struct sk_hopper_gemm *h, int M, int I, int K)
+{
+    const size_t wn = (size_t)2 * I * K;
+    uint16_t *w = malloc(wn * 2), *x = malloc((size_t)M * K * 2), *act = malloc((size_t)M * I * 2);
+    uint16_t *wi = malloc(wn * 2);
+    for (size_t i = 0; i < wn; i++) w[i] = gt_f2bf(gt_normal() * 0.05f);
+    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = gt_f2bf(gt_normal());
+    uint16_t *dw = gt_up(w, wn * 2), *dwi = gt_dev(wn * 2), *dx = gt_up(x, (size_t)M * K * 2);
+    uint16_t *dact = gt_dev((size_t)M * I * 2);
+    GT_CUDA(sk_gate_up_interleave(dwi, dw, I, K, 0));
+    gt_down(wi, dwi, wn * 2);
+    int moved = 0;
+    for (int j = 0; j < I; j++) {
+        const int blk = j / SK_GATE_UP_BLOCK, off = j % SK_GATE_UP_BLOCK;
+        const size_t g = (size_t)(2 * blk * SK_GATE_UP_BLOCK + off), u = g + SK_GATE_UP_BLOCK;
+        moved += memcmp(wi + g * K, w + (size_t)j * K, (size_t)K * 2) != 0;
+        moved += memcmp(wi + u * K, w + ((size_t)I + j) * K, (size_t)K * 2) != 0;
+    }
+    GT_CHECK(moved == 0, "gate/up interleave I=%d K=%d puts every row in its block (%d misplaced)", I, K, moved);
+
+    double *ref = malloc((size_t)M * I * 8);
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < I; j++) {
+            double g = 0, u = 0;
+            for (int k = 0; k < K; k++) {
+                const double xv = gt_bf2f(x[(size_t)m * K + k]);
+                g += xv * gt_bf2f(w[(size_t)j * K + k]);
+                u += xv * gt_bf2f(w[((size_t)I + j) * K + k]);
+            }
+            ref[(size_t)m * I + j] = g / (1.0 + exp(-g)) * u;
+        }
+    cudaError_t e = sk_hopper_gemm_swiglu(h, dwi, dx, dact, M, I, K, 0);
+    gt_down(act, dact, (size_t)M * I * 2);
+    float *out = malloc((size_t)M * I * 4);
+    for (size_t i = 0; i < (size_t)M * I; i++) out[i] = gt_bf2f(act[i]);
+    double err = gt_rel_err(out, ref, (size_t)M * I);
+    GT_CHECK(e == cudaSuccess && err < BF_TOL, "hopper swiglu M=%d I=%d K=%d: rel err %.1e (%s)", M, I, K, err,
+             cudaGetErrorString(e));
+
+    /* The same from fp32 interleaved gate/up rows (what a cuBLAS product on dwi gives). */
+    float *gu = malloc((size_t)M * 2 * I * 4);
+    for (int m = 0; m < M; m++)
+        for (int r = 0; r < 2 * I; r++) {
+            double acc = 0;
+            for (int k = 0; k < K; k++) acc += (double)gt_bf2f(x[(size_t)m * K + k]) * gt_bf2f(wi[(size_t)r * K + k]);
+            gu[(size_t)m * 2 * I + r] = (float)acc;
+        }
+    float *dgu = gt_up(gu, (size_t)M * 2 * I * 4);
+    GT_CUDA(cudaMemset(dact, 0xff, (size_t)M * I * 2));
+    e = sk_silu_mul_interleaved(dact, dgu, M, I, 0);
+    gt_down(act, dact, (size_t)M * I * 2);
+    for (size_t i = 0; i < (size_t)M * I; i++) out[i] = gt_bf2f(act[i]);
+    err = gt_rel_err(out, ref, (size_t)M * I);
+    GT_CHECK(e == cudaSuccess && err < BF_TOL, "silu_mul interleaved M=%d I=%d: rel err %.1e", M, I, err);
+    GT_CHECK(sk_hopper_gemm_swiglu(h, dwi, dx, dact, M, I + 32, K, 0) == cudaErrorInvalidValue &&
+                 sk_silu_mul_interleaved(dact, dgu, M, I + 32, 0) == cudaErrorInvalidValue,
+             "swiglu paths refuse an intermediate size that is not a multiple of %d", SK_GATE_UP_BLOCK);
+    cudaFree(dw);
+    cudaFree(dwi);
+    cudaFree(dx);
+    cudaFree(dact);
+    cudaFree(dgu);
+    free(w);
+    free(wi);
+    free(x);
+    free(act);
+    free(ref);
+    free(out);
+    free(gu);
+}
+
+/* Weight-streaming rate of cuBLAS (the backend's default product) and of sk_hopper_gemm over
+ * rotating weight copies (more than L2), so the weights come from memory as in a step. */
+static float time_hopper(struct sk_hopper_gemm *h, cudaStream_t st, const uint16_t *dw, size_t wn, int copies,
+                         const uint16_t *dx, float *dy, int rows, int N, int K, int splits)
+{
+    const int iters = 40;
+    cudaEvent_t e0, e1;
+    GT_CUDA(cudaEventCreate(&e0));
+    GT_CUDA(cudaEventCreate(&e1));
+    for (int i = 0; i < iters + 4; i++) {
+        if (i == 4) GT_CUDA(cudaEventRecord(e0, st));
+        GT_CUDA(sk_hopper_gemm(h, dw + (i % copies) * wn, dx, dy, rows, N, K, splits, st));
+    }
+    GT_CUDA(cudaEventRecord(e1, st));
+    GT_CUDA(cudaEventSynchronize(e1));
+    float ms = 0;
+    GT_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return ms / iters;
+}
+
+static void bench_case(struct cuda_backend *b, struct sk_hopper_gemm *h, int rows, int N, int K)
+{
+    const int copies = 4, iters = 40;
+    size_t wn = (size_t)N * K;
+    uint16_t *dw = gt_dev(wn * 2 * copies), *dx = gt_dev((size_t)rows * K * 2);
+    float *dy = gt_dev((size_t)rows * N * 4);
+    GT_CUDA(sk_fill_dummy_bf16(dw, 1, 9, 0, (int64_t)(wn * copies), 0, 0));
+    GT_CUDA(sk_fill_dummy_bf16(dx, 1, 10, 0, (int64_t)rows * K, 0, 0));
+    cudaEvent_t e0, e1;
+    GT_CUDA(cudaEventCreate(&e0));
+    GT_CUDA(cudaEventCreate(&e1));
+    float ms[2] = {0, 0};
+    for (int v = 0; v < 2; v++) {
+        for (int i = 0; i < iters + 4; i++) {
+            if (i == 4) GT_CUDA(cudaEventRecord(e0, b->stream));
+            if (v)
+                GT_CUDA(sk_hopper_gemm(h, dw + (i % copies) * wn, dx, dy, rows, N, K, 0, b->stream));
+            else
+                cuda_gemm(b, dw + (i % copies) * wn, dx, dy, rows, N, K);
+        }
+        GT_CUDA(cudaEventRecord(e1, b->stream));
+        GT_CUDA(cudaEventSynchronize(e1));
+        GT_CUDA(cudaEventElapsedTime(&ms[v], e0, e1));
+        ms[v] /= iters;
+    }
+    printf("  bench hopper rows=%3d N=%6d K=%5d splits=%2d: cublas %7.1f us %5.0f GB/s | hopper %7.1f us %5.0f GB/s "
+           "(%.2fx)\n",
+           rows, N, K, sk_hopper_gemm_splits(h, N, K), ms[0] * 1e3, wn * 2 / (ms[0] * 1e6), ms[1] * 1e3,
+           wn * 2 / (ms[1] * 1e6), ms[0] / ms[1]);
+    const char *sweep = getenv("SLUICE_HOPPER_SWEEP");
+    if (sweep && !strcmp(sweep, "1") && N <= 8192 && (rows == 16 || rows == 64)) {
+        printf("    splits sweep (GB/s):");
+        const int sp[] = {1, 2, 3, 4, 5, 6, 7, 8};
+        for (size_t i = 0; i < sizeof sp / sizeof sp[0]; i++)
+            printf(" %d:%.0f", sp[i], wn * 2 / (time_hopper(h, b->stream, dw, wn, copies, dx, dy, rows, N, K, sp[i]) * 1e6));
+        printf("\n");
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+}
+
+static void bench(struct sk_hopper_gemm *h)
+{
+    printf("bench at decode shapes (Llama-3-8B): cuBLAS vs hopper\n");
+    struct cuda_backend b;
+    memset(&b, 0, sizeof b);
+    GT_CUDA(cudaStreamCreate(&b.stream));
+    if (cublasCreate(&b.cublas) != CUBLAS_STATUS_SUCCESS) {
+        GT_CHECK(0, "cublasCreate");
+        return;
+    }
+    cublasSetStream(b.cublas, b.stream);
+    const int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}, {128256, 4096}};
+    const int rows[] = {2, 16, 32, 64, 128};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) bench_case(&b, h, rows[r], shapes[i][0], shapes[i][1]);
+    cublasDestroy(b.cublas);
+    cudaStreamDestroy(b.stream);
+}
+
+int main(void)
+{
+    if (!gt_have_gpu()) return 0;
+    int major = 0, minor = 0;
+    GT_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+    GT_CUDA(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0));
+    struct sk_hopper_gemm *h = NULL;
+    cudaError_t ce = sk_hopper_gemm_create(&h);
+    if (major != 9 || minor != 0) {
+        GT_CHECK(ce == cudaErrorNotSupported && !h, "hopper refused on compute capability %d.%d", major, minor);
+        return gt_finish();
+    }
+    GT_CHECK(ce == cudaSuccess && h, "hopper handle on compute capability 9.0 (%s)", cudaGetErrorString(ce));
+    if (!h) return gt_finish();
+    printf("hopper gemm (TMA + wgmma, rows <= %d)\n", SK_HOPPER_MAX_ROWS);
+    test_case(h, 64, 512, 1024, 1);
+    test_case(h, 64, 512, 1024, 4);
+    test_case(h, 2, 256, 512, 1);
+    test_case(h, 7, 300, 520, 3);
+    test_case(h, 16, 128, 64, 1);
+    test_case(h, 17, 1000, 768, 2);
+    test_case(h, 33, 172, 64, 1);
+    test_case(h, 48, 64, 176, 1);
+    test_case(h, 63, 200, 2048, 5);
+    test_case(h, 64, 130, 8, 1);
+    test_case(h, 40, 96, 4104, 7);
+    test_case(h, 65, 257, 4104, 8);
+    test_case(h, 100, 384, 1024, 0);
+    test_case(h, 128, 1000, 1024, 3);
+    test_case(h, 128, 4096, 4096, 0);
+    test_case(h, 64, 4096, 14336, 0);
+    test_swiglu(h, 5, 192, 256);
+    test_swiglu(h, 64, 640, 520);
+    test_swiglu(h, 100, 128, 1024);
+    test_batch_invariance(h, 4096, 4096);
+    test_batch_invariance(h, 1000, 2056);
+    uint16_t *d = gt_dev(1 << 20);
+    float *f = gt_dev(1 << 20);
+    GT_CHECK(sk_hopper_gemm(h, d, d, f, SK_HOPPER_MAX_ROWS + 1, 64, 64, 0, 0) == cudaErrorInvalidValue,
+             "hopper refuses %d rows", SK_HOPPER_MAX_ROWS + 1);
+    GT_CHECK(sk_hopper_gemm(h, d, d, f, 8, 64, 172, 0, 0) == cudaErrorInvalidValue, "hopper refuses K %% 8 != 0");
+    GT_CHECK(sk_hopper_gemm(h, d + 1, d, f, 8, 64, 64, 0, 0) == cudaErrorInvalidValue,
+             "hopper refuses unaligned weights");
+    GT_CHECK(sk_hopper_gemm(h, d, d, f, 8, 64, 1024, SK_HOPPER_MAX_SPLITS + 1, 0) == cudaErrorInvalidValue,
+             "hopper refuses %d splits", SK_HOPPER_MAX_SPLITS + 1);
+    (void)cudaGetLastError();
+    cudaFree(d);
+    cudaFree(f);
+    const char *be = getenv("SLUICE_GPU_BENCH");
+    if (be && !strcmp(be, "1")) bench(h);
+    sk_hopper_gemm_destroy(h);
+    return gt_finish();
+}
