@@ -63,16 +63,22 @@ static json_t *utf8_bytes(const char *s)
     return arr;
 }
 
+/* A frame's "token" string (kept whole, U+0000 included), or "" when absent. */
+static json_t *token_string(const json_t *item)
+{
+    json_t *t = json_object_get(item, "token");
+    return json_is_string(t) ? json_incref(t) : json_string("");
+}
+
 static json_t *chat_token(const json_t *item)
 {
-    const char *token = json_string_value(json_object_get(item, "token"));
-    if (!token) token = "";
+    json_t *token = token_string(item);
     /* The worker sends a token's exact bytes, which differ from its text when the token is
      * part of a character; older workers send only the text. */
     json_t *bytes = json_object_get(item, "bytes");
-    return json_pack("{s:s, s:f, s:o}", "token", token, "logprob",
+    return json_pack("{s:o, s:f, s:o}", "token", token, "logprob",
                      json_number_value(json_object_get(item, "logprob")), "bytes",
-                     json_is_array(bytes) ? json_incref(bytes) : utf8_bytes(token));
+                     json_is_array(bytes) ? json_incref(bytes) : utf8_bytes(json_string_value(token)));
 }
 
 json_t *gw_chat_logprobs(const json_t *frame_logprobs)
@@ -110,10 +116,10 @@ void gw_completion_logprobs_append(json_t *acc, const json_t *frame_logprobs, in
     size_t i, k;
     json_t *item, *alt;
     json_array_foreach(frame_logprobs, i, item) {
-        const char *token = json_string_value(json_object_get(item, "token"));
-        if (!token) token = "";
+        json_t *tok = token_string(item);
+        const char *token = json_string_value(tok);
         json_t *lp = json_object_get(item, "logprob");
-        json_array_append_new(json_object_get(acc, "tokens"), json_string(token));
+        json_array_append(json_object_get(acc, "tokens"), tok);
         json_array_append_new(json_object_get(acc, "token_logprobs"), json_real(json_number_value(lp)));
         json_t *top = json_object();
         json_array_foreach(json_object_get(item, "top_logprobs"), k, alt) {
@@ -124,7 +130,8 @@ void gw_completion_logprobs_append(json_t *acc, const json_t *frame_logprobs, in
         if (json_object_size(top) == 0) json_object_set_new(top, token, json_real(json_number_value(lp)));
         json_array_append_new(json_object_get(acc, "top_logprobs"), top);
         json_array_append_new(json_object_get(acc, "text_offset"), json_integer(*offset));
-        *offset += gw_utf8_length(token, strlen(token));
+        *offset += gw_utf8_length(token, json_string_length(tok));
+        json_decref(tok);
     }
 }
 

@@ -156,7 +156,9 @@ static void error_from_body(const struct gw_choice *c, char *msg, size_t cap, ch
 static int process_line(struct gw_choice *c, const char *line, size_t len)
 {
     if (len == 0) return 0;
-    json_t *frame = json_loadb(line, len, 0, NULL);
+    /* Text may hold U+0000 (a byte-level vocabulary has a token for byte 0): allowed, and kept
+     * through by lengths, never by strlen. */
+    json_t *frame = json_loadb(line, len, JSON_ALLOW_NUL, NULL);
     if (!json_is_object(frame)) {
         json_decref(frame);
         c->bad_frame = true;

@@ -104,7 +104,7 @@ class FakeWorker:
             self.failed += 1
             h.wfile.flush()
             return self._drop(h)
-        toks = reply_tokens(body)
+        toks = reply_tokens(body) if mode != "nul" else ["a\x00b", "c"]
         max_tokens = body.get("max_tokens") or len(toks)
         lp = body.get("logprobs")
         prompt_tokens = 5
@@ -392,6 +392,27 @@ def test_chat_logprobs(stack):
     streamed = [t.token for ch in chunks for choice in ch.choices if choice.logprobs
                 for t in choice.logprobs.content]
     assert streamed == ["Hi", " there"]
+
+
+def test_nul_characters_pass_through(procs, workers):
+    """A byte-level vocabulary has a token for byte 0 (random weights pick it): the worker sends
+    it as \u0000 and the client must get it back, not a 'malformed frame' error."""
+    ctl = start_controller(procs)
+    workers(mode="nul").register(ctl.url)
+    gw = start_gateway(procs, ctl.url)
+    c = client(gw)
+    r = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == "a\x00bc"
+    chunks = list(c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                            stream=True, logprobs=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "a\x00bc"
+    streamed = [t.token for ch in chunks for choice in ch.choices if choice.logprobs
+                for t in choice.logprobs.content]
+    assert streamed == ["a\x00b", "c"]
+    r = c.completions.create(model=MODEL, prompt="x", logprobs=0)
+    assert r.choices[0].text == "a\x00bc"
+    assert r.choices[0].logprobs.tokens == ["a\x00b", "c"]
+    assert r.choices[0].logprobs.text_offset == [0, 3]
 
 
 def test_health_and_metrics(stack):
