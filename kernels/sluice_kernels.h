@@ -76,30 +76,6 @@ cudaError_t sk_qkv_post(const float *qkv, const float *bias, const float *q_norm
 #define SK_GEMV_MAX_ROWS 8
 cudaError_t sk_gemv(const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in, cudaStream_t s);
 
-/* The same product for decode batches of up to SK_SKINNY_MAX_ROWS rows on the tensor cores
- * (mma.sync bf16, fp32 accumulation), weights streamed once through a cp.async pipeline: blocks
- * of 128 output features, K split over `splits` blocks when there are few feature tiles. With
- * splits > 1, ws (ws_floats floats) holds the partial sums and counters (n_counters ints, zero
- * before the first launch; each launch leaves them zero) elect the block that adds them, in
- * split order, so the result does not depend on timing. Needs k_in % 8 == 0 and 16-byte aligned
- * w and x; returns cudaErrorInvalidValue otherwise or when ws or counters are too small.
- * Launches on one stream must not overlap (they share ws and counters). On an H200 it reached
- * 1.3-3.7 TB/s against cuBLAS's 2.3-4.4 at Llama-3-8B decode shapes, so the backend takes it only
- * with SLUICE_CUDA_SKINNY=1 (worker/backend/cuda/PERF_NOTES.md). */
-#define SK_SKINNY_MAX_ROWS 64
-cudaError_t sk_skinny_gemm(const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in, int splits,
-                           float *ws, size_t ws_floats, int *counters, int n_counters, cudaStream_t s);
-/* The split count sk_skinny_gemm works best with for this shape on n_sms multiprocessors, within
- * a workspace of ws_floats floats and n_counters counters (1 = no split); 0 when rows is out of range. */
-int sk_skinny_splits(int rows, int n_out, int k_in, int n_sms, size_t ws_floats, int n_counters);
-/* sk_skinny_gemm with the tile shape chosen, for benchmarks (8 warps each): variant 1 (128 features
- * x 64 columns per tile, warps along the features), 2 (the same tile, warps 4 x 2 along features
- * and K), 3 (64 x 128, 4 x 2), 4 (64 x 256, 2 x 4); sk_skinny_gemm uses SK_SKINNY_DEFAULT_VARIANT. */
-#define SK_SKINNY_DEFAULT_VARIANT 2
-cudaError_t sk_skinny_gemm_variant(const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in,
-                                   int splits, float *ws, size_t ws_floats, int *counters, int n_counters, int variant,
-                                   cudaStream_t s);
-
 /* Decode products of 2..SK_HOPPER_MAX_ROWS rows on Hopper's own path (kernels/hopper_gemm.cu):
  * y[m, n] = sum_k x[m, k] * w[n, k], bf16 operands, fp32 accumulation and output, weights
  * streamed once through the bulk tensor copy engine into wgmma, split-K partial sums added

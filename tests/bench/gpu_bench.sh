@@ -11,7 +11,7 @@ bin="${SLUICE_BIN:-bin}"
 cfg=tests/bench/configs/llama-3-8b
 tok="${TOKENIZER:-.models/llama3_1}"
 out="${OUT:-/tmp}"
-batches="${BATCHES:-1,8,64,256}"
+batches="${BATCHES:-1,8,64,128,256}"
 export PYTHONUNBUFFERED=1
 # cuBLAS may live only in the Python wheels on a machine without the full toolkit.
 if ldd "$bin/sluice-worker" | grep -q "not found"; then

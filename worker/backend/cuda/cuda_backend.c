@@ -4,11 +4,11 @@
  * Environment switches, read at creation, for comparing paths (all on by default):
  * SLUICE_CUDA_GRAPHS=0 (no CUDA graphs for decode steps), SLUICE_CUDA_GEMV=0 (cuBLAS for
  * one-row products too), SLUICE_CUDA_PREFILL_MMA=0 (prefill attention on the general kernel),
- * SLUICE_CUDA_ATTN_GQA=0 (decode attention one block per query head, never per kv head; 1-3 pick
- * the grouped kernel's variant, see sk_attention_mode). Off by default: SLUICE_CUDA_LT=1 (decode
- * products through cublasLt, tuned per shape: measured no faster than cublasGemmEx on an H200),
+ * SLUICE_CUDA_ATTN_GQA=0 (decode attention one block per query head, never per kv head; 1-9 pick
+ * the grouped kernel's variant, see sk_attention_mode), SLUICE_CUDA_HOPPER=0 (cuBLAS for the
+ * decode products on Hopper too, and gate/up not fused with the activation). Off by default:
  * SLUICE_CUDA_PROFILE=1 (per-phase device times of each step shape, printed when the backend is
- * freed; turns graphs off), SLUICE_CUDA_GEMM_LOG=1 (print each tuned candidate's time). */
+ * freed; turns graphs off). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,7 +35,7 @@ static void cuda_free(struct backend *base)
             if (b->prof->ev[i]) cudaEventDestroy(b->prof->ev[i]);
         free(b->prof);
     }
-    cuda_gemm_plans_free(b);
+    cuda_gemm_free(b);
     cuda_weights_free(b);
     void *devs[] = {b->kv,         b->x,         b->delta,    b->big,      b->q,       b->part_o,   b->part_ml,
                     b->logits,     b->work,      b->sorted_w, b->y,        b->counts,  b->ids_in,   b->offsets,

@@ -238,10 +238,6 @@ static int run_graph(struct cuda_backend *b, const struct step_args *a, int n_se
             cudaGraphExecDestroy(g->exec);
         }
         memset(g, 0, sizeof *g);
-        /* Once eagerly first: products met for the first time are timed and tuned then, which
-         * cannot happen inside a capture. Running the step twice is harmless: it rewrites the
-         * same cache slots with the same values and overwrites every output. */
-        if (b->use_lt && (rc = enqueue_step(b, a)) < 0) goto fail;
         CUDA_CHECK(b, cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal));
         capturing = true;
         rc = enqueue_step(b, a);
@@ -446,7 +442,6 @@ int cuda_forward(struct backend *base, const struct batch *batch, struct sample_
                                    .head_dim = D,
                                    .eps = c->rms_eps,
                                    .interleaved = c->rope_interleaved};
-    b->decode_step = T == S;
     if (graphable) {
         if ((rc = run_graph(b, &sa, S, bt_stride)) < 0) goto fail;
     } else {

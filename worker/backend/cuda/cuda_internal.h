@@ -4,7 +4,6 @@
 #ifndef SLUICE_BACKEND_CUDA_INTERNAL_H
 #define SLUICE_BACKEND_CUDA_INTERNAL_H
 
-#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdbool.h>
@@ -33,13 +32,9 @@ struct cuda_graph_entry {
 };
 
 #define CUBLAS_WS_BYTES ((size_t)32 << 20)
-#define CUDA_SKINNY_WS_FLOATS ((size_t)8 << 20)
-#define CUDA_SKINNY_COUNTERS 4096
-#define CUDA_GEMM_PLANS 1024
 /* Products of up to this many rows go to the Hopper kernel: measured on an H200 at Llama-3-8B's
  * shapes, it beats cuBLAS through 64 rows and loses at 128 on the narrow products. */
 #define CUDA_HOPPER_MAX_ROWS 64
-struct cuda_gemm_plan;
 
 /* SLUICE_CUDA_PROFILE=1: per-phase device times of eager (graph-free) steps, logged at exit. */
 #define CUDA_PROF_EVENTS 640
@@ -61,10 +56,6 @@ struct cuda_backend {
     int device;
     int n_sms;
     bool use_gemv;        /* own kernel for one-row products */
-    int skinny_mode;      /* SLUICE_CUDA_SKINNY=1: own tensor-core kernel for 2..64-row products */
-    int skinny_variant;   /* its tile shape, 1..4 (sk_skinny_gemm_variant) */
-    float *skinny_ws;     /* its split-K partial sums (CUDA_SKINNY_WS_FLOATS) */
-    int *skinny_cnt;      /* its per-tile counters (CUDA_SKINNY_COUNTERS), zero between launches */
     struct sk_hopper_gemm *hopper; /* TMA + wgmma products of 2..CUDA_HOPPER_MAX_ROWS rows; NULL off
                                       Hopper or with SLUICE_CUDA_HOPPER=0 */
     bool gu_interleaved;           /* wgu rows in sk_gate_up_interleave's layout (with hopper) */
@@ -73,12 +64,6 @@ struct cuda_backend {
     cudaStream_t stream;
     cublasHandle_t cublas;
     void *cublas_ws;
-    bool use_lt;   /* SLUICE_CUDA_LT=1: tuned cublasLt products in decode steps */
-    bool gemm_log; /* SLUICE_CUDA_GEMM_LOG=1: log each tuned candidate's time */
-    bool decode_step; /* the step being enqueued is pure decode (one token per sequence) */
-    cublasLtHandle_t lt;
-    struct cuda_gemm_plan *plans;
-    int n_plans;
     struct cuda_prof *prof; /* NULL unless SLUICE_CUDA_PROFILE=1 */
 
     uint16_t *tok_embed, *lm_head; /* lm_head == tok_embed when tied */
@@ -148,7 +133,7 @@ void cuda_report(struct cuda_backend *b, const char *what, const char *msg, cons
 int cuda_weights_load(struct cuda_backend *b, const struct model *m);
 void cuda_weights_free(struct cuda_backend *b);
 int cuda_gemm_init(struct cuda_backend *b);
-void cuda_gemm_plans_free(struct cuda_backend *b);
+void cuda_gemm_free(struct cuda_backend *b);
 /* Whether a product of this many rows runs on the Hopper kernel (and the MLP's gate/up product
  * with its activation fused, when the weights are interleaved for it). */
 bool cuda_gemm_on_hopper(const struct cuda_backend *b, int rows);
