@@ -371,7 +371,6 @@ struct map_slot {
 
 struct sk_hopper_gemm {
     PFN_cuTensorMapEncodeTiled_v12000 encode;
-    int n_sms;
     int clusters[SK_HOPPER_MAX_SPLITS + 1]; // clusters of s blocks resident at once, by s
     map_slot *maps;
 };
@@ -456,12 +455,11 @@ extern "C" cudaError_t sk_hopper_gemm_create(struct sk_hopper_gemm **out)
 #ifndef SK_HOPPER_BUILT
     return cudaErrorNotSupported;
 #else
-    int dev = 0, major = 0, minor = 0, sms = 0;
+    int dev = 0, major = 0, minor = 0;
     cudaError_t e;
     if ((e = cudaGetDevice(&dev)) != cudaSuccess) return e;
     if ((e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess) return e;
     if ((e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev)) != cudaSuccess) return e;
-    if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess) return e;
     if (major != 9 || minor != 0) return cudaErrorNotSupported; // sm_90a code runs on sm_90 only
     void *fn = NULL;
     cudaDriverEntryPointQueryResult q;
@@ -475,7 +473,6 @@ extern "C" cudaError_t sk_hopper_gemm_create(struct sk_hopper_gemm **out)
     struct sk_hopper_gemm *h = (struct sk_hopper_gemm *)calloc(1, sizeof *h);
     if (!h) return cudaErrorMemoryAllocation;
     h->encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
-    h->n_sms = sms;
     h->maps = (map_slot *)calloc(kMapSlots, sizeof *h->maps);
     if (!h->maps) {
         free(h);
