@@ -419,6 +419,16 @@ static void client_teardown(http_client *c)
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 }
 
+char *http_url_join(const char *base, const char *path)
+{
+    size_t nb = strlen(base), np = strlen(path);
+    char *url = malloc(nb + np + 1);
+    if (!url) return NULL;
+    memcpy(url, base, nb);
+    memcpy(url + nb, path, np + 1);
+    return url;
+}
+
 void http_client_free(http_client *client)
 {
     if (!client || client->closing) return;

@@ -58,6 +58,9 @@ int http_client_init(http_client **out, uv_loop_t *loop);
 /* Cancels every call in flight (no callbacks) and frees the client once its handles close. */
 void http_client_free(http_client *client);
 
+/* base followed by path ("http://host:port" + "/generate"), malloc'd; NULL when out of memory. */
+char *http_url_join(const char *base, const char *path);
+
 /* Starts a call. Returns 0 and sets *out (may be NULL) or a negative error. */
 int http_client_request(http_client *client, const struct http_call_opts *opts, http_call **out);
 /* Stops a call in flight; none of its callbacks run afterwards. Safe inside its callbacks. */

@@ -142,12 +142,9 @@ static void op_start(struct ctl_op *op)
     op->pending += op->n_fetch;
     for (size_t i = 0; i < op->n_fetch; i++) {
         struct ctl_fetch *f = &op->fetch[i];
-        size_t len = strlen(f->name);
-        char *url = malloc(len + sizeof "/worker_get_status");
+        char *url = http_url_join(f->name, "/worker_get_status");
         int rc = -1;
         if (url) {
-            memcpy(url, f->name, len);
-            memcpy(url + len, "/worker_get_status", sizeof "/worker_get_status");
             struct http_call_opts o = {
                 .method = "POST",
                 .url = url,

@@ -35,9 +35,7 @@ int gw_models_init(gw_models **out, http_client *client, const char *controller_
 {
     gw_models *m = calloc(1, sizeof *m);
     m->client = client;
-    size_t n = strlen(controller_url) + sizeof "/list_models";
-    m->url = malloc(n);
-    snprintf(m->url, n, "%s/list_models", controller_url);
+    m->url = http_url_join(controller_url, "/list_models");
     m->timeout_ms = timeout_ms;
     m->ttl_ms = ttl_ms;
     m->first_seen = json_object();

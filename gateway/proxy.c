@@ -279,9 +279,7 @@ static void choice_start(struct gw_choice *c, const char *address)
     json_object_set_new(body, "request_id", json_string(gen->id));
     char *text = json_dump_compact(body);
     json_decref(body);
-    size_t n = strlen(address) + sizeof "/generate";
-    char *url = malloc(n);
-    snprintf(url, n, "%s/generate", address);
+    char *url = http_url_join(address, "/generate");
     struct http_call_opts opts = {
         .method = "POST",
         .url = url,

@@ -49,9 +49,7 @@ int gw_route_start(http_client *client, const char *controller_url, long timeout
     if (exclude && *exclude) json_object_set_new(body, "exclude", json_pack("[s]", exclude));
     char *text = json_dump_compact(body);
     json_decref(body);
-    size_t n = strlen(controller_url) + sizeof "/get_worker_address";
-    char *url = malloc(n);
-    snprintf(url, n, "%s/get_worker_address", controller_url);
+    char *url = http_url_join(controller_url, "/get_worker_address");
     struct http_call_opts opts = {
         .method = "POST",
         .url = url,

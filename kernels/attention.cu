@@ -6,7 +6,7 @@
 // its own online softmax (running max m, sum l, unnormalized output); the groups are merged in
 // shared memory at the end. With n_splits > 1 (long contexts, few queries: flash-decoding) each
 // split writes its partial (o, m, l) and a second kernel merges the splits.
-#include "kernels/sluice_kernels.h"
+#include "kernels/attention_common.cuh"
 
 #include <cuda_bf16.h>
 #include <math.h>
@@ -45,15 +45,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int g = lane % G, grp = lane / G;
     const int kvh = h / (p.n_heads / p.n_kv_heads);
     const int n_keys = pos[t] + 1;
-    int k_begin = 0, k_end = n_keys;
-    if (p.n_splits > 1) {
-        // Fixed ranges, or each token's own keys cut into n_splits equal, block-aligned ranges.
-        int len = p.split_len > 0
-                      ? p.split_len
-                      : ((n_keys + p.n_splits - 1) / p.n_splits + SK_KV_BLOCK - 1) / SK_KV_BLOCK * SK_KV_BLOCK;
-        k_begin = split * len;
-        k_end = min(k_begin + len, n_keys);
-    }
+    int k_begin, k_end;
+    attn_split_range(p, n_keys, split, k_begin, k_end);
     const int32_t *bt = block_tables + (int64_t)token_seq[t] * p.bt_stride;
 
     float qv[E], acc[E];
@@ -138,16 +131,7 @@ __global__ void __launch_bounds__(kWarps * 32)
             float mk = smem[k * stride];
             if (mk != -INFINITY) o += smem[k * stride + 2 + di] * __expf(mk - mx);
         }
-        if (p.n_splits == 1) {
-            out[((int64_t)t * p.n_heads + h) * d + di] = __float2bfloat16_rn(o / lt);
-        } else {
-            part_o[(((int64_t)ti * p.n_heads + h) * p.n_splits + split) * d + di] = o;
-        }
-    }
-    if (p.n_splits > 1 && threadIdx.x == 0) {
-        float *ml = part_ml + (((int64_t)ti * p.n_heads + h) * p.n_splits + split) * 2;
-        ml[0] = mx;
-        ml[1] = lt;
+        attn_store_head(p, out, part_o, part_ml, t, ti, h, split, di, o, mx, lt);
     }
 }
 
@@ -174,21 +158,13 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane % GS, grp = lane / GS;
     const int n_keys = pos[t] + 1;
-    int k_begin = 0, k_end = n_keys;
-    if (p.n_splits > 1) {
-        int len = p.split_len > 0
-                      ? p.split_len
-                      : ((n_keys + p.n_splits - 1) / p.n_splits + SK_KV_BLOCK - 1) / SK_KV_BLOCK * SK_KV_BLOCK;
-        k_begin = split * len;
-        k_end = min(k_begin + len, n_keys);
-    }
-    const int32_t *bt = block_tables + (int64_t)token_seq[t] * p.bt_stride;
+    int k_begin, k_end;
+    attn_split_range(p, n_keys, split, k_begin, k_end);
     constexpr int stride = D + 2;
-    int32_t *sbt = reinterpret_cast<int32_t *>(smem + NG * QG * stride);
-    const int blk0 = k_begin / SK_KV_BLOCK, n_blk = (k_end + SK_KV_BLOCK - 1) / SK_KV_BLOCK - blk0;
-    const bool staged = STAGE && n_blk <= kBtCache;
-    if (staged)
-        for (int i = threadIdx.x; i < n_blk; i += blockDim.x) sbt[i] = bt[blk0 + i];
+    const AttnRangeTable table =
+        attn_stage_table(block_tables + (int64_t)token_seq[t] * p.bt_stride,
+                         STAGE ? reinterpret_cast<int32_t *>(smem + NG * QG * stride) : nullptr, kBtCache, k_begin,
+                         k_end);
     __syncthreads();
 
     float qv[QG][E], acc[QG][E], m[QG], l[QG];
@@ -219,7 +195,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         for (int u = 0; u < U; u++) {
             int j = base + u * NG + grp;
             if (j < k_end) {
-                int64_t blk = staged ? sbt[j / SK_KV_BLOCK - blk0] : bt[j / SK_KV_BLOCK];
+                int64_t blk = table.block_of(j);
                 int64_t off = (blk * p.n_kv_heads + kvh) * head_stride + (int64_t)(j % SK_KV_BLOCK) * D + g * E;
                 load8(k_cache + off, kf[u]);
                 load8(v_cache + off, vf[u]);
@@ -281,17 +257,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                 o += gk[2 + di] * c;
             }
         }
-        const int qh = kvh * QG + h;
-        if (p.n_splits == 1) {
-            out[((int64_t)t * p.n_heads + qh) * D + di] = __float2bfloat16_rn(o / lt);
-        } else {
-            const int64_t row = ((int64_t)ti * p.n_heads + qh) * p.n_splits + split;
-            part_o[row * D + di] = o;
-            if (di == 0) {
-                part_ml[row * 2] = mx;
-                part_ml[row * 2 + 1] = lt;
-            }
-        }
+        attn_store_head(p, out, part_o, part_ml, t, ti, kvh * QG + h, split, di, o, mx, lt);
     }
 }
 
@@ -376,15 +342,6 @@ cudaError_t launch_gqa_d(const float *q, const uint16_t *k, const uint16_t *v, c
 }
 
 } // namespace
-
-// The streaming decode kernels (kernels/attention_decode_gqa.cu): head_dim 64 or 128 with 1, 2, 4
-// or 8 query heads per kv head (8 on the SIMT kernel only at head_dim 64); stages (2 or 3) is each
-// warp's ring depth, pdl launches it as a programmatic dependent of the previous kernel in the
-// stream, mma picks the tensor-core kernel over the SIMT one.
-bool attention_decode_fits(const sk_attn_params &p, bool mma);
-cudaError_t attention_decode_launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt,
-                                    const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
-                                    const sk_attn_params &p, int stages, bool pdl, bool mma, cudaStream_t s);
 
 // Grouped-query variants (SLUICE_CUDA_ATTN_GQA): 0 off, 1-3 attention_gqa_kernel (see
 // launch_gqa_d); the SIMT streaming kernel with 2 slots per warp launched as a programmatic

@@ -14,7 +14,8 @@
 //   share a key for the scores and every lane owns D / 32 output dimensions per query head. At
 //   ~700 instructions per chunk and warp it is bound by issue and latency, not by memory (ncu at
 //   batch 64: 0.55 issued instructions per scheduler cycle, DRAM 53%); kept for comparison.
-#include "kernels/sluice_kernels.h"
+#include "kernels/attention_common.cuh"
+#include "kernels/mbarrier.cuh"
 
 #include <cuda_bf16.h>
 #include <math.h>
@@ -28,37 +29,11 @@ constexpr int kBtCap = 1024;    // block-table entries staged in shared memory (
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-__device__ __forceinline__ uint32_t smem_addr(const void *p)
-{
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void mbar_init(uint64_t *bar, uint32_t count)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void mbar_expect_tx(uint64_t *bar, uint32_t bytes)
-{
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
-                 : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity)
-{
-    asm volatile("{\n\t.reg .pred done;\n"
-                 "WAIT_%=:\n\t"
-                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
-                 "@!done bra WAIT_%=;\n}" ::"r"(smem_addr(bar)),
-                 "r"(parity)
-                 : "memory");
-}
-
 __device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
 {
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                     smem_addr(dst)),
-                 "l"(src), "r"(bytes), "r"(smem_addr(bar))
+                     smem_u32(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
                  : "memory");
 }
 
@@ -94,27 +69,15 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int kvh = blockIdx.x, ti = blockIdx.y, split = blockIdx.z;
     const int t = p.token_list ? p.token_list[ti] : ti;
     const int n_keys = pos[t] + 1;
-    int k_begin = 0, k_end = n_keys;
-    if (p.n_splits > 1) {
-        int len = p.split_len > 0
-                      ? p.split_len
-                      : ((n_keys + p.n_splits - 1) / p.n_splits + SK_KV_BLOCK - 1) / SK_KV_BLOCK * SK_KV_BLOCK;
-        k_begin = split * len;
-        k_end = min(k_begin + len, n_keys);
-    }
+    int k_begin, k_end;
+    attn_split_range(p, n_keys, split, k_begin, k_end);
     unsigned char *ring = smem + warp * L::ring_bytes;
     uint64_t *bars = reinterpret_cast<uint64_t *>(smem + L::bars_at) + warp * NS;
     float *probs = reinterpret_cast<float *>(smem + L::probs_at) + warp * kChunk * QG;
-    int32_t *sbt = reinterpret_cast<int32_t *>(smem + L::bt_at);
-
-    const int32_t *bt = block_tables + (int64_t)token_seq[t] * p.bt_stride;
-    const int blk0 = k_begin / SK_KV_BLOCK;
-    const int n_blk = k_end > k_begin ? (k_end - 1) / SK_KV_BLOCK + 1 - blk0 : 0;
-    const bool staged = n_blk <= kBtCap;
-    if (staged)
-        for (int i = threadIdx.x; i < n_blk; i += blockDim.x) sbt[i] = bt[blk0 + i];
+    const AttnRangeTable table = attn_stage_table(block_tables + (int64_t)token_seq[t] * p.bt_stride,
+                                                  reinterpret_cast<int32_t *>(smem + L::bt_at), kBtCap, k_begin, k_end);
     if (lane == 0) {
-        for (int s = 0; s < NS; s++) mbar_init(&bars[s], 1);
+        for (int s = 0; s < NS; s++) mbar_init(smem_u32(&bars[s]), 1);
         // The copy engine (async proxy) must see the initialised barriers.
         asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
     }
@@ -125,12 +88,11 @@ __global__ void __launch_bounds__(kWarps * 32)
     // Lane 0 starts the copy of the warp's it-th chunk into slot it % NS.
     auto issue = [&](int it) {
         const int j0 = k_begin + (warp + kWarps * it) * kChunk;
-        const int b = j0 / SK_KV_BLOCK - blk0;
-        const int64_t blk = staged ? sbt[b] : bt[blk0 + b];
-        const int64_t off = (blk * p.n_kv_heads + kvh) * head_stride + (int64_t)(j0 % SK_KV_BLOCK) * D;
+        const int64_t off =
+            (table.block_of(j0) * p.n_kv_heads + kvh) * head_stride + (int64_t)(j0 % SK_KV_BLOCK) * D;
         unsigned char *slot = ring + (it % NS) * 2 * L::chunk_bytes;
         uint64_t *bar = &bars[it % NS];
-        mbar_expect_tx(bar, 2 * L::chunk_bytes);
+        mbar_expect_tx(smem_u32(bar), 2 * L::chunk_bytes);
         bulk_load(slot, k_cache + off, L::chunk_bytes, bar);
         bulk_load(slot + L::chunk_bytes, v_cache + off, L::chunk_bytes, bar);
     };
@@ -172,7 +134,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 
     for (int it = 0; it < n_mine; it++) {
         const int j0 = k_begin + (warp + kWarps * it) * kChunk;
-        mbar_wait(&bars[it % NS], (it / NS) & 1);
+        mbar_wait(smem_u32(&bars[it % NS]), (it / NS) & 1);
         const unsigned char *ks = ring + (it % NS) * 2 * L::chunk_bytes;
         const unsigned char *vs = ks + L::chunk_bytes;
 
@@ -295,17 +257,8 @@ __global__ void __launch_bounds__(kWarps * 32)
                 o += r[2 + di] * c;
             }
         }
-        const int qh = kvh * QG + h;
-        if (p.n_splits == 1) {
-            out[((int64_t)t * p.n_heads + qh) * D + di] = __float2bfloat16_rn(o / lt);
-        } else {
-            const int64_t row = ((int64_t)ti * p.n_heads + qh) * p.n_splits + split;
-            part_o[row * D + di] = o;
-            if (di == 0) {
-                part_ml[row * 2] = mx * kLn2; // merge_splits_kernel works in natural-log units
-                part_ml[row * 2 + 1] = lt;
-            }
-        }
+        // The running maxima are in log2 units; merge_splits_kernel works in natural-log ones.
+        attn_store_head(p, out, part_o, part_ml, t, ti, kvh * QG + h, split, di, o, mx * kLn2, lt);
     }
 }
 
@@ -327,21 +280,21 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 
 __device__ __forceinline__ void cp_async16(void *dst, const void *src)
 {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(dst)), "l"(src) : "memory");
 }
 
 __device__ __forceinline__ void ldsm_x4(const void *p, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3)
 {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(smem_addr(p)));
+                 : "r"(smem_u32(p)));
 }
 
 __device__ __forceinline__ void ldsm_x4_t(const void *p, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3)
 {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(smem_addr(p)));
+                 : "r"(smem_u32(p)));
 }
 
 __device__ __forceinline__ void mma_k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
@@ -387,31 +340,19 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int kvh = blockIdx.x, ti = blockIdx.y, split = blockIdx.z;
     const int t = p.token_list ? p.token_list[ti] : ti;
     const int n_keys = pos[t] + 1;
-    int k_begin = 0, k_end = n_keys;
-    if (p.n_splits > 1) {
-        int len = p.split_len > 0
-                      ? p.split_len
-                      : ((n_keys + p.n_splits - 1) / p.n_splits + SK_KV_BLOCK - 1) / SK_KV_BLOCK * SK_KV_BLOCK;
-        k_begin = split * len;
-        k_end = min(k_begin + len, n_keys);
-    }
+    int k_begin, k_end;
+    attn_split_range(p, n_keys, split, k_begin, k_end);
     unsigned char *ring = smem + warp * L::ring_bytes;
-    int32_t *sbt = reinterpret_cast<int32_t *>(smem + L::bt_at);
-    const int32_t *bt = block_tables + (int64_t)token_seq[t] * p.bt_stride;
-    const int blk0 = k_begin / SK_KV_BLOCK;
-    const int n_blk = k_end > k_begin ? (k_end - 1) / SK_KV_BLOCK + 1 - blk0 : 0;
-    const bool staged = n_blk <= kBtCap;
-    if (staged)
-        for (int i = threadIdx.x; i < n_blk; i += blockDim.x) sbt[i] = bt[blk0 + i];
+    const AttnRangeTable table = attn_stage_table(block_tables + (int64_t)token_seq[t] * p.bt_stride,
+                                                  reinterpret_cast<int32_t *>(smem + L::bt_at), kBtCap, k_begin, k_end);
     const int n_chunks = k_end > k_begin ? (k_end - k_begin + kChunk - 1) / kChunk : 0;
     const int n_mine = n_chunks > warp ? (n_chunks - warp + kWarps - 1) / kWarps : 0;
     const int64_t head_stride = (int64_t)SK_KV_BLOCK * D;
     // Every lane copies its share of the warp's it-th chunk (K and V) into slot it % NS.
     auto issue = [&](int it) {
         const int j0 = k_begin + (warp + kWarps * it) * kChunk;
-        const int b = j0 / SK_KV_BLOCK - blk0;
-        const int64_t blk = staged ? sbt[b] : bt[blk0 + b];
-        const int64_t off = (blk * p.n_kv_heads + kvh) * head_stride + (int64_t)(j0 % SK_KV_BLOCK) * D;
+        const int64_t off =
+            (table.block_of(j0) * p.n_kv_heads + kvh) * head_stride + (int64_t)(j0 % SK_KV_BLOCK) * D;
         unsigned char *slot = ring + (it % NS) * 2 * L::chunk_bytes;
 #pragma unroll
         for (int i = 0; i < kChunk * PIECES / 32; i++) {
@@ -555,17 +496,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                 o += (r[h * D + di] + (LO ? r[(h + QG) * D + di] : 0.0f)) * c;
             }
         }
-        const int qh = kvh * QG + h;
-        if (p.n_splits == 1) {
-            out[((int64_t)t * p.n_heads + qh) * D + di] = __float2bfloat16_rn(o / lt);
-        } else {
-            const int64_t row = ((int64_t)ti * p.n_heads + qh) * p.n_splits + split;
-            part_o[row * D + di] = o;
-            if (di == 0) {
-                part_ml[row * 2] = mx * kLn2;
-                part_ml[row * 2 + 1] = lt;
-            }
-        }
+        attn_store_head(p, out, part_o, part_ml, t, ti, kvh * QG + h, split, di, o, mx * kLn2, lt);
     }
 }
 
@@ -635,7 +566,6 @@ cudaError_t launch_q(const float *q, const uint16_t *k, const uint16_t *v, const
 
 } // namespace
 
-// Declared in attention.cu (no public header: sk_attention_mode is the entry point).
 bool attention_decode_fits(const sk_attn_params &p, bool mma)
 {
     if (p.n_kv_heads < 1 || p.n_heads % p.n_kv_heads) return false;

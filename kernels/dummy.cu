@@ -1,29 +1,19 @@
-// Random weights for --load-format dummy, computed on the GPU with the exact arithmetic of
-// model_dummy_value() in worker/model/model.c, so CPU and CUDA backends see the same model.
+// Random weights for --load-format dummy, computed on the GPU from the hash in
+// worker/model/dummy_hash.h with the exact arithmetic of model_dummy_value() (worker/model/model.c),
+// so CPU and CUDA backends see the same model.
 #include "kernels/sluice_kernels.h"
+#include "worker/model/dummy_hash.h"
 
 #include <cuda_bf16.h>
 
 namespace
 {
 
-__device__ __forceinline__ uint64_t mix64(uint64_t z)
-{
-    z ^= z >> 30;
-    z *= 0xBF58476D1CE4E5B9ull;
-    z ^= z >> 27;
-    z *= 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return z;
-}
-
 __device__ __forceinline__ float dummy_value(uint64_t seed, uint64_t id, uint64_t index, int is_norm)
 {
-    const uint64_t g = 0x9E3779B97F4A7C15ull;
-    uint64_t h = mix64(mix64(mix64(seed + g) + (id + 1) * g) + (index + 1) * g);
-    float u = __fmul_rn((float)(h >> 40), 1.0f / 16777216.0f);
+    float u = __fmul_rn((float)(dummy_hash(seed, id, index) >> 40), 1.0f / 16777216.0f);
     // Rounded separately, never fused, to match the C code bit for bit.
-    float v = __fmul_rn(__fsub_rn(__fmul_rn(2.0f, u), 1.0f), 0.02f);
+    float v = __fmul_rn(__fsub_rn(__fmul_rn(2.0f, u), 1.0f), MODEL_DUMMY_SCALE);
     return is_norm ? __fadd_rn(1.0f, v) : v;
 }
 

@@ -19,6 +19,7 @@
 // wgmma and setmaxnreg need the sm_90a target: the Makefile builds this file for it (with
 // SK_HOPPER_BUILT defined) when CUDA_ARCH is sm_90; otherwise sk_hopper_gemm_create answers
 // cudaErrorNotSupported and the backend keeps cuBLAS.
+#include "kernels/mbarrier.cuh"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda.h>
@@ -42,9 +43,10 @@ constexpr int kSmemBudget = 110 * 1024;
 template <int NT> __host__ __device__ constexpr int x_bytes() { return NT * BK * 2; }
 // x comes from L2 (every feature tile reads it), so a few stages of it suffice; the rest of the
 // budget holds weight stages, which come from device memory and need many bytes in flight.
+__host__ __device__ constexpr int clamp_int(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 template <int NT> __host__ __device__ constexpr int x_stages()
 {
-    return 24 * 1024 / x_bytes<NT>() < 2 ? 2 : 24 * 1024 / x_bytes<NT>() > 4 ? 4 : 24 * 1024 / x_bytes<NT>();
+    return clamp_int(24 * 1024 / x_bytes<NT>(), 2, 4); // about 24 KB of x
 }
 template <int NT> __host__ __device__ constexpr int w_stages()
 {
@@ -57,34 +59,6 @@ template <int NT> __host__ __device__ constexpr size_t smem_bytes()
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ uint32_t smem_u32(const void *p)
-{
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
-}
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes)
-{
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar)
-{
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity)
-{
-    uint32_t done = 0;
-    do {
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
-                     : "=r"(done)
-                     : "r"(bar), "r"(parity)
-                     : "memory");
-    } while (!done);
-}
-
 // A 2-D tile (c0 along the contiguous dimension, c1 along rows) into shared memory, completing on bar.
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar,
                                             uint64_t policy)
@@ -442,9 +416,22 @@ template <int NT> cudaError_t allow_smem()
     return e;
 }
 
-int pad_rows(int rows)
+// The launch for the token tile that holds `rows` (16, 32, 64 or 128 wide).
+template <bool SWIGLU>
+cudaError_t launch_rows(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, uint16_t *act,
+                        int rows, int n_out, int k_in, int splits, cudaStream_t s)
 {
-    return rows <= 16 ? 16 : rows <= 32 ? 32 : rows <= 64 ? 64 : 128;
+    if (rows <= 16) return launch<16, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, s);
+    if (rows <= 32) return launch<32, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, s);
+    if (rows <= 64) return launch<64, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, s);
+    return launch<128, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, s);
+}
+
+// Conditions every launch needs: the TMA maps want 16-byte aligned rows and bases.
+bool shape_ok(const struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, int rows, int k_in)
+{
+    return h && rows >= 1 && rows <= SK_HOPPER_MAX_ROWS && k_in >= 8 && k_in % 8 == 0 && !((uintptr_t)w & 15) &&
+           !((uintptr_t)x & 15);
 }
 
 } // namespace
@@ -536,31 +523,17 @@ extern "C" int sk_hopper_gemm_splits(const struct sk_hopper_gemm *h, int n_out, 
 extern "C" cudaError_t sk_hopper_gemm(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, int rows,
                                       int n_out, int k_in, int splits, cudaStream_t s)
 {
-    if (!h || rows < 1 || rows > SK_HOPPER_MAX_ROWS || n_out < 1 || k_in < 8 || k_in % 8 || ((uintptr_t)w & 15) ||
-        ((uintptr_t)x & 15))
-        return cudaErrorInvalidValue;
+    if (!shape_ok(h, w, x, rows, k_in) || n_out < 1) return cudaErrorInvalidValue;
     if (splits <= 0) splits = sk_hopper_gemm_splits(h, n_out, k_in);
     const int k_blocks = (k_in + BK - 1) / BK;
     if (splits > k_blocks) splits = k_blocks;
     if (splits > SK_HOPPER_MAX_SPLITS) return cudaErrorInvalidValue;
-    switch (pad_rows(rows)) {
-    case 16: return launch<16, false>(h, w, x, y, NULL, rows, n_out, k_in, splits, s);
-    case 32: return launch<32, false>(h, w, x, y, NULL, rows, n_out, k_in, splits, s);
-    case 64: return launch<64, false>(h, w, x, y, NULL, rows, n_out, k_in, splits, s);
-    default: return launch<128, false>(h, w, x, y, NULL, rows, n_out, k_in, splits, s);
-    }
+    return launch_rows<false>(h, w, x, y, NULL, rows, n_out, k_in, splits, s);
 }
 
 extern "C" cudaError_t sk_hopper_gemm_swiglu(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x,
                                              uint16_t *act, int rows, int inter, int k_in, cudaStream_t s)
 {
-    if (!h || rows < 1 || rows > SK_HOPPER_MAX_ROWS || inter < 64 || inter % 64 || k_in < 8 || k_in % 8 ||
-        ((uintptr_t)w & 15) || ((uintptr_t)x & 15))
-        return cudaErrorInvalidValue;
-    switch (pad_rows(rows)) {
-    case 16: return launch<16, true>(h, w, x, NULL, act, rows, 2 * inter, k_in, 1, s);
-    case 32: return launch<32, true>(h, w, x, NULL, act, rows, 2 * inter, k_in, 1, s);
-    case 64: return launch<64, true>(h, w, x, NULL, act, rows, 2 * inter, k_in, 1, s);
-    default: return launch<128, true>(h, w, x, NULL, act, rows, 2 * inter, k_in, 1, s);
-    }
+    if (!shape_ok(h, w, x, rows, k_in) || inter < 64 || inter % 64) return cudaErrorInvalidValue;
+    return launch_rows<true>(h, w, x, NULL, act, rows, 2 * inter, k_in, 1, s);
 }

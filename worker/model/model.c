@@ -69,25 +69,9 @@ int64_t tensor_numel(const struct tensor *t)
     return n;
 }
 
-/* The dummy weights' hash, so that the CUDA backend can reproduce it bit for bit:
- *   mix = the splitmix64 finalizer, G = 0x9E3779B97F4A7C15 (arithmetic modulo 2^64),
- *   h = mix(mix(mix(seed + G) + (id + 1) * G) + (index + 1) * G),
- *   u = (float)(h >> 40) * 2^-24 in [0, 1), value = (2u - 1) * MODEL_DUMMY_SCALE. */
-static uint64_t dummy_mix(uint64_t z)
-{
-    z ^= z >> 30;
-    z *= 0xBF58476D1CE4E5B9ull;
-    z ^= z >> 27;
-    z *= 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return z;
-}
-
 float model_dummy_value(uint64_t seed, uint64_t id, uint64_t index)
 {
-    const uint64_t g = 0x9E3779B97F4A7C15ull;
-    uint64_t h = dummy_mix(dummy_mix(dummy_mix(seed + g) + (id + 1) * g) + (index + 1) * g);
-    float u = (float)(h >> 40) * (1.0f / 16777216.0f);
+    float u = (float)(dummy_hash(seed, id, index) >> 40) * (1.0f / 16777216.0f);
     return (2.0f * u - 1.0f) * MODEL_DUMMY_SCALE;
 }
 

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "worker/model/dummy_hash.h"
+
 enum model_arch { MODEL_ARCH_LLAMA = 0, MODEL_ARCH_QWEN2, MODEL_ARCH_QWEN3 };
 
 enum dtype { DTYPE_F32 = 0, DTYPE_F16, DTYPE_BF16 };
@@ -103,7 +105,6 @@ int model_config_from_json(struct model_config *cfg, const char *json_path, char
  * any backend can fill any part of any tensor and agree with every other. Norm weights are
  * filled with 1.0 + that value instead, so activations stay well scaled. */
 float model_dummy_value(uint64_t seed, uint64_t id, uint64_t index);
-#define MODEL_DUMMY_SCALE 0.02f
 
 /* Converts one element of a tensor to float32 (dummy tensors through model_dummy_value). */
 float tensor_get_f32(const struct tensor *t, uint64_t seed, bool is_norm, uint64_t index);

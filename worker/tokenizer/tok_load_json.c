@@ -71,6 +71,22 @@ static pcre2_code *compile(struct jctx *c, const char *field, const char *s, siz
     return re;
 }
 
+/* A component's parser: normalizer, pre-tokenizer, decoder or post-processor. */
+typedef int (*component_parser)(struct jctx *c, json_t *node, const char *field);
+
+/* A "Sequence" component: each item of its `key` array, in order, through parse. */
+static int parse_sequence(struct jctx *c, json_t *node, const char *field, const char *key, component_parser parse)
+{
+    char sub[256];
+    json_t *arr = json_object_get(node, key);
+    if (!json_is_array(arr)) return fail(c, field, "Sequence needs a \"%s\" array", key);
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        snprintf(sub, sizeof(sub), "%s.%s[%zu]", field, key, i);
+        if (parse(c, json_array_get(arr, i), sub) < 0) return -1;
+    }
+    return 0;
+}
+
 static int parse_normalizer(struct jctx *c, json_t *node, const char *field)
 {
     struct tokenizer *t = c->t;
@@ -78,15 +94,7 @@ static int parse_normalizer(struct jctx *c, json_t *node, const char *field)
     if (json_is_null(node)) return 0;
     const char *type = json_is_object(node) ? jstr(node, "type") : NULL;
     if (!type) return fail(c, field, "expected an object with a \"type\"");
-    if (strcmp(type, "Sequence") == 0) {
-        json_t *arr = json_object_get(node, "normalizers");
-        if (!json_is_array(arr)) return fail(c, field, "Sequence needs a \"normalizers\" array");
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof(sub), "%s.normalizers[%zu]", field, i);
-            if (parse_normalizer(c, json_array_get(arr, i), sub) < 0) return -1;
-        }
-        return 0;
-    }
+    if (strcmp(type, "Sequence") == 0) return parse_sequence(c, node, field, "normalizers", parse_normalizer);
     struct tok_norm *v = grow(t->norm, &t->n_norm, sizeof(*v));
     if (!v) return fail(c, field, "out of memory");
     t->norm = v;
@@ -168,15 +176,7 @@ static int parse_pre(struct jctx *c, json_t *node, const char *field)
     if (json_is_null(node)) return 0;
     const char *type = json_is_object(node) ? jstr(node, "type") : NULL;
     if (!type) return fail(c, field, "expected an object with a \"type\"");
-    if (strcmp(type, "Sequence") == 0) {
-        json_t *arr = json_object_get(node, "pretokenizers");
-        if (!json_is_array(arr)) return fail(c, field, "Sequence needs a \"pretokenizers\" array");
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof(sub), "%s.pretokenizers[%zu]", field, i);
-            if (parse_pre(c, json_array_get(arr, i), sub) < 0) return -1;
-        }
-        return 0;
-    }
+    if (strcmp(type, "Sequence") == 0) return parse_sequence(c, node, field, "pretokenizers", parse_pre);
     struct tok_pre *v = grow(t->pre, &t->n_pre, sizeof(*v));
     if (!v) return fail(c, field, "out of memory");
     t->pre = v;
@@ -260,15 +260,7 @@ static int parse_decoder(struct jctx *c, json_t *node, const char *field)
     const char *type = json_is_object(node) ? jstr(node, "type") : NULL;
     if (!type) return fail(c, field, "expected an object with a \"type\"");
     t->has_decoder = true;
-    if (strcmp(type, "Sequence") == 0) {
-        json_t *arr = json_object_get(node, "decoders");
-        if (!json_is_array(arr)) return fail(c, field, "Sequence needs a \"decoders\" array");
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof(sub), "%s.decoders[%zu]", field, i);
-            if (parse_decoder(c, json_array_get(arr, i), sub) < 0) return -1;
-        }
-        return 0;
-    }
+    if (strcmp(type, "Sequence") == 0) return parse_sequence(c, node, field, "decoders", parse_decoder);
     struct tok_dec *v = grow(t->dec, &t->n_dec, sizeof(*v));
     if (!v) return fail(c, field, "out of memory");
     t->dec = v;
@@ -332,15 +324,7 @@ static int parse_post(struct jctx *c, json_t *node, const char *field)
     if (json_is_null(node)) return 0;
     const char *type = json_is_object(node) ? jstr(node, "type") : NULL;
     if (!type) return fail(c, field, "expected an object with a \"type\"");
-    if (strcmp(type, "Sequence") == 0) {
-        json_t *arr = json_object_get(node, "processors");
-        if (!json_is_array(arr)) return fail(c, field, "Sequence needs a \"processors\" array");
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof(sub), "%s.processors[%zu]", field, i);
-            if (parse_post(c, json_array_get(arr, i), sub) < 0) return -1;
-        }
-        return 0;
-    }
+    if (strcmp(type, "Sequence") == 0) return parse_sequence(c, node, field, "processors", parse_post);
     if (strcmp(type, "ByteLevel") == 0) return 0; /* offsets only */
     if (strcmp(type, "TemplateProcessing") == 0) {
         json_t *single = json_object_get(node, "single"), *specials = json_object_get(node, "special_tokens");

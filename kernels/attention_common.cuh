@@ -1,0 +1,86 @@
+// Pieces every paged decode-attention kernel shares (attention.cu, attention_decode_gqa.cu): the
+// key range of a block's split, its block-table entries (staged in shared memory when they fit),
+// and where a query head's result goes (normalized output, or a split's partial for
+// merge_splits_kernel). Internal to kernels/: the public entry points are in sluice_kernels.h.
+#ifndef SLUICE_KERNELS_ATTENTION_COMMON_CUH
+#define SLUICE_KERNELS_ATTENTION_COMMON_CUH
+
+#include "kernels/sluice_kernels.h"
+
+#include <cuda_bf16.h>
+
+// Keys [begin, end) of split `split` for a token with n_keys keys: all of them without splits;
+// else fixed ranges (split_len), or the token's keys cut into n_splits equal block-aligned ranges.
+__device__ __forceinline__ void attn_split_range(const sk_attn_params &p, int n_keys, int split, int &begin, int &end)
+{
+    begin = 0;
+    end = n_keys;
+    if (p.n_splits > 1) {
+        const int len = p.split_len > 0 ? p.split_len
+                                        : ((n_keys + p.n_splits - 1) / p.n_splits + SK_KV_BLOCK - 1) / SK_KV_BLOCK *
+                                              SK_KV_BLOCK;
+        begin = split * len;
+        end = min(begin + len, n_keys);
+    }
+}
+
+// The block-table entries of a key range, read through shared memory when the block staged them
+// there (so that a key's load does not wait on a table load) and from the table otherwise.
+struct AttnRangeTable {
+    const int32_t *bt;  // the sequence's block table
+    const int32_t *sbt; // its entries blk0.. in shared memory, when staged
+    int blk0;
+    bool staged;
+    // The cache block holding key j of the range.
+    __device__ __forceinline__ int64_t block_of(int j) const
+    {
+        return staged ? sbt[j / SK_KV_BLOCK - blk0] : bt[j / SK_KV_BLOCK];
+    }
+};
+
+// Stages the entries of keys [begin, end) into sbt (room for cap entries) when they fit; every
+// thread of the block takes part, and the caller synchronizes before reading them.
+__device__ __forceinline__ AttnRangeTable attn_stage_table(const int32_t *bt, int32_t *sbt, int cap, int begin,
+                                                           int end)
+{
+    AttnRangeTable r;
+    r.bt = bt;
+    r.sbt = sbt;
+    r.blk0 = begin / SK_KV_BLOCK;
+    const int n_blk = end > begin ? (end - 1) / SK_KV_BLOCK + 1 - r.blk0 : 0;
+    r.staged = sbt && n_blk <= cap;
+    if (r.staged)
+        for (int i = threadIdx.x; i < n_blk; i += blockDim.x) sbt[i] = bt[r.blk0 + i];
+    return r;
+}
+
+// Query head qh of token t (index ti in the launch), dimension di: o / l as bf16 without splits;
+// else the split's unnormalized o, and (m, l) from the thread with di == 0. m is in natural-log
+// units, as merge_splits_kernel expects.
+__device__ __forceinline__ void attn_store_head(const sk_attn_params &p, __nv_bfloat16 *out, float *part_o,
+                                                float *part_ml, int t, int ti, int qh, int split, int di, float o,
+                                                float m, float l)
+{
+    const int d = p.head_dim;
+    if (p.n_splits == 1) {
+        out[((int64_t)t * p.n_heads + qh) * d + di] = __float2bfloat16_rn(o / l);
+        return;
+    }
+    const int64_t row = ((int64_t)ti * p.n_heads + qh) * p.n_splits + split;
+    part_o[row * d + di] = o;
+    if (di == 0) {
+        part_ml[row * 2] = m;
+        part_ml[row * 2 + 1] = l;
+    }
+}
+
+// The streaming decode kernels (attention_decode_gqa.cu), reached through sk_attention_mode:
+// head_dim 64 or 128 with 1, 2, 4 or 8 query heads per kv head (8 on the SIMT kernel only at
+// head_dim 64); stages (2 or 3) is each warp's ring depth, pdl launches it as a programmatic
+// dependent of the previous kernel in the stream, mma picks the tensor-core kernel over the SIMT one.
+bool attention_decode_fits(const sk_attn_params &p, bool mma);
+cudaError_t attention_decode_launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt,
+                                    const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
+                                    const sk_attn_params &p, int stages, bool pdl, bool mma, cudaStream_t s);
+
+#endif
