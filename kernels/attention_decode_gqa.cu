@@ -16,6 +16,7 @@
 //   batch 64: 0.55 issued instructions per scheduler cycle, DRAM 53%); kept for comparison.
 #include "kernels/attention_common.cuh"
 #include "kernels/mbarrier.cuh"
+#include "kernels/pdl.cuh"
 
 #include <cuda_bf16.h>
 #include <math.h>
@@ -99,7 +100,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     __syncthreads();
     // Launched as a programmatic dependent (PDL), the block gets here while the previous kernel
     // may still run: q and this step's keys (written by it) are read only after the wait.
-    asm volatile("griddepcontrol.wait;" ::: "memory");
+    pdl_wait();
     if (lane == 0)
         for (int it = 0; it < NS && it < n_mine; it++) issue(it);
     // The query rows, pre-scaled so that scores come out in log2 units (exp2 below).
@@ -223,7 +224,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
 
     // All of this block's loads are done: the next kernel in the stream may start launching.
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    pdl_let_dependents_launch();
     // Merge the warps: each writes (m, l, o) per query head into its own (drained) ring.
     float *rec = reinterpret_cast<float *>(ring);
     constexpr int stride = D + 2;
@@ -363,7 +364,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
     };
     __syncthreads();
-    asm volatile("griddepcontrol.wait;" ::: "memory"); // see attention_decode_kernel
+    pdl_wait(); // see attention_decode_kernel
 #pragma unroll
     for (int it = 0; it < NS; it++) {
         if (it < n_mine) issue(it);
@@ -461,7 +462,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     asm volatile("cp.async.wait_group 0;" ::: "memory");
     __syncwarp();
 
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    pdl_let_dependents_launch();
     // Merge the warps through their drained rings: O^T columns [8][D], then m[8], l[8].
     float *rec = reinterpret_cast<float *>(ring);
 #pragma unroll

@@ -20,6 +20,7 @@
 // SK_HOPPER_BUILT defined) when CUDA_ARCH is sm_90; otherwise sk_hopper_gemm_create answers
 // cudaErrorNotSupported and the backend keeps cuBLAS.
 #include "kernels/mbarrier.cuh"
+#include "kernels/pdl.cuh"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda.h>
@@ -191,7 +192,7 @@ __global__ void __launch_bounds__(kThreads) hopper_gemm_kernel(const __grid_cons
             // Launched as a programmatic dependent (PDL), the block may start while the kernel
             // before it still runs: the weights do not depend on it, so their first stages are
             // on the way already; x is its output, read only after the wait.
-            if (!weights) asm volatile("griddepcontrol.wait;" ::: "memory");
+            if (!weights) pdl_wait();
             for (int i = 0; i < n_kb; i++) {
                 const int s = i % S;
                 if (i >= S) mbar_wait(empty + 8 * s, (i / S - 1) & 1);

@@ -1,5 +1,6 @@
 // Per-token layers: weight conversion, embedding, residual add + RMSNorm, SiLU-and-mul, and the
 // QKV epilogue (bias, q/k norm, rotary, KV cache write).
+#include "kernels/pdl.cuh"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda_bf16.h>
@@ -62,20 +63,15 @@ __global__ void embed_kernel(float *x, const __nv_bfloat16 *table, const int32_t
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = __bfloat162float(row[i]);
 }
 
-// A kernel whose successor may be a programmatic dependent launch (the Hopper products, whose
-// blocks then stream their weights while this kernel runs): let it start launching now. It
-// still reads this kernel's output only after this kernel has completed.
-__device__ __forceinline__ void let_dependents_launch()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
+// Residual add and RMSNorm of one row per block. Any hidden size; add_rmsnorm_vec_kernel takes
+// the common ones faster.
 __global__ void add_rmsnorm_kernel(float *x, const float *delta, const int32_t *rows, const float *w, __nv_bfloat16 *y,
                                    int hidden, float eps)
 {
-    let_dependents_launch();
+    // The next kernel may start launching now (a Hopper product then streams its weights while
+    // this one runs); it still waits for this kernel's completion before reading its output.
+    pdl_let_dependents_launch();
+    pdl_wait();
     __shared__ float sh[32];
     int r = blockIdx.x;
     int64_t t = rows ? rows[r] : r;
@@ -97,10 +93,73 @@ __global__ void add_rmsnorm_kernel(float *x, const float *delta, const int32_t *
     }
 }
 
+// The same for hidden % 4 == 0 and at most kNormVec * 4 * 1024 columns: each thread holds its
+// kNormVec float4 of the row in registers, so x and delta take one trip to memory with all the
+// loads in flight at once, and the output needs no second read. During a decode step that trip
+// goes to L2 while the next product's weight stream loads it fully, so trips are slow; on an
+// H200 at batch 64 this kernel made the whole step ~2% shorter than add_rmsnorm_kernel.
+constexpr int kNormVec = 4;
+
+__global__ void __launch_bounds__(1024) add_rmsnorm_vec_kernel(float *__restrict__ x, const float *__restrict__ delta,
+                                                               const int32_t *__restrict__ rows,
+                                                               const float *__restrict__ w,
+                                                               __nv_bfloat16 *__restrict__ y, int hidden, float eps)
+{
+    __shared__ float sh[32];
+    const int n4 = hidden / 4;
+    // The norm's weights do not come from the previous kernel: fetch them before waiting.
+    float4 wv[kNormVec];
+#pragma unroll
+    for (int j = 0; j < kNormVec; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        wv[j] = i < n4 ? reinterpret_cast<const float4 *>(w)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    const int r = blockIdx.x;
+    const int64_t t = rows ? rows[r] : r;
+    pdl_let_dependents_launch(); // as in add_rmsnorm_kernel
+    pdl_wait();
+    float4 *xr = reinterpret_cast<float4 *>(x + t * hidden);
+    const float4 *dr = delta ? reinterpret_cast<const float4 *>(delta + t * hidden) : nullptr;
+    float4 v[kNormVec];
+#pragma unroll
+    for (int j = 0; j < kNormVec; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        v[j] = i < n4 ? xr[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (dr && i < n4) {
+            const float4 d = dr[i];
+            v[j].x += d.x;
+            v[j].y += d.y;
+            v[j].z += d.z;
+            v[j].w += d.w;
+        }
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kNormVec; j++) {
+        ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+        const int i = threadIdx.x + j * blockDim.x;
+        if (!rows && i < n4) xr[i] = v[j];
+    }
+    ss = block_sum(ss, sh);
+    const float inv = rsqrtf(ss / (float)hidden + eps);
+    uint2 *yr = reinterpret_cast<uint2 *>(y + (int64_t)r * hidden);
+#pragma unroll
+    for (int j = 0; j < kNormVec; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i >= n4) continue;
+        __nv_bfloat162 lo = __floats2bfloat162_rn(wv[j].x * (v[j].x * inv), wv[j].y * (v[j].y * inv));
+        __nv_bfloat162 hi = __floats2bfloat162_rn(wv[j].z * (v[j].z * inv), wv[j].w * (v[j].w * inv));
+        uint2 packed;
+        packed.x = *reinterpret_cast<uint32_t *>(&lo);
+        packed.y = *reinterpret_cast<uint32_t *>(&hi);
+        yr[i] = packed;
+    }
+}
+
 // INTERLEAVED: a row holds gate and up in alternating blocks of SK_GATE_UP_BLOCK, else gate then up.
 template <bool INTERLEAVED> __global__ void silu_mul_kernel(__nv_bfloat16 *out, const float *gu, int inter, int64_t n)
 {
-    let_dependents_launch();
+    pdl_let_dependents_launch();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t t = i / inter, j = i % inter;
         const float *row = gu + t * 2 * inter;
@@ -116,15 +175,17 @@ __global__ void qkv_post_kernel(const float *qkv, const float *bias, const float
                                 const float *inv_freq, const int32_t *pos, const int32_t *slot, float *q_out,
                                 __nv_bfloat16 *k_cache, __nv_bfloat16 *v_cache, sk_qkv_params p)
 {
-    // The decode attention that follows waits for this kernel's output before reading it.
-    let_dependents_launch();
     int t = blockIdx.x;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     int d = p.head_dim, half = d / 2;
     int n_all = p.n_heads + 2 * p.n_kv_heads;
     const float *row = qkv + (int64_t)t * n_all * d;
+    // Positions and slots are the step's inputs, not the product's output: read before the wait.
     float fpos = (float)pos[t];
     int64_t sl = slot[t];
+    // The decode attention that follows waits for this kernel's output before reading it.
+    pdl_let_dependents_launch();
+    pdl_wait();
     int64_t blk = sl / SK_KV_BLOCK, off = sl % SK_KV_BLOCK;
     // Blocks (t, y) take heads y*nw + warp, y*nw + warp + nw*gridDim.y, ...: enough blocks for a
     // decode batch to fill the GPU.
@@ -223,8 +284,14 @@ extern "C" cudaError_t sk_add_rmsnorm(float *x, const float *delta, const int32_
                                       int n_rows, int hidden, float eps, cudaStream_t s)
 {
     if (n_rows <= 0) return cudaSuccess;
-    add_rmsnorm_kernel<<<n_rows, threads_for_row(hidden), 0, s>>>(x, delta, rows, w, (__nv_bfloat16 *)y, hidden, eps);
-    return cudaGetLastError();
+    const int n4 = hidden / 4;
+    if (hidden % 4 == 0 && n4 <= kNormVec * 1024) {
+        const int threads = ((n4 + kNormVec - 1) / kNormVec + 31) / 32 * 32;
+        return launch_pdl(add_rmsnorm_vec_kernel, dim3(n_rows), dim3(threads), 0, s, x, delta, rows, w,
+                          (__nv_bfloat16 *)y, hidden, eps);
+    }
+    return launch_pdl(add_rmsnorm_kernel, dim3(n_rows), dim3(threads_for_row(hidden)), 0, s, x, delta, rows, w,
+                      (__nv_bfloat16 *)y, hidden, eps);
 }
 
 extern "C" cudaError_t sk_silu_mul(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s)
@@ -264,7 +331,6 @@ extern "C" cudaError_t sk_qkv_post(const float *qkv, const float *bias, const fl
     int n_all = p.n_heads + 2 * p.n_kv_heads;
     int warps = n_all < 8 ? n_all : 8;
     dim3 grid(p.n_tokens, (n_all + warps - 1) / warps);
-    qkv_post_kernel<<<grid, 32 * warps, 0, s>>>(qkv, bias, q_norm, k_norm, inv_freq, pos, slot, q_out,
-                                                      (__nv_bfloat16 *)k_cache, (__nv_bfloat16 *)v_cache, p);
-    return cudaGetLastError();
+    return launch_pdl(qkv_post_kernel, grid, dim3(32 * warps), 0, s, qkv, bias, q_norm, k_norm, inv_freq, pos, slot,
+                      q_out, (__nv_bfloat16 *)k_cache, (__nv_bfloat16 *)v_cache, p);
 }

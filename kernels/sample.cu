@@ -107,48 +107,44 @@ __global__ void __launch_bounds__(kThreads)
     const bool penalized = hist && sp.n_history > 0 &&
                            ((sp.rep_penalty > 0.0f && sp.rep_penalty != 1.0f) ||
                             ((sp.presence != 0.0f || sp.frequency != 0.0f) && n_out_pen > 0));
-    float mx = -INFINITY;
+    // One pass over the row: the running maximum, the sum of exponentials relative to it (an
+    // online softmax: the sum is rescaled when the maximum grows), the greedy argmax, and the
+    // copy into work (for the penalties). Single precision per thread is exact enough for
+    // logprobs (the test allows 1e-4); the threads' partial sums are combined in double.
+    float mx = -INFINITY, part = 0.0f;
     ArgBest raw_best = {0.0f, -1};
-    if (vec) {
-        const float4 *l4 = reinterpret_cast<const float4 *>(l);
-        for (int i = threadIdx.x; i < vocab / 4; i += kThreads) {
-            float4 v = l4[i];
-            mx = fmaxf(fmaxf(mx, fmaxf(v.x, v.y)), fmaxf(v.z, v.w));
-            if (greedy) {
-                ArgBest c0 = {v.x, 4 * i}, c1 = {v.y, 4 * i + 1}, c2 = {v.z, 4 * i + 2}, c3 = {v.w, 4 * i + 3};
-                if (better(c0, raw_best)) raw_best = c0;
-                if (better(c1, raw_best)) raw_best = c1;
-                if (better(c2, raw_best)) raw_best = c2;
-                if (better(c3, raw_best)) raw_best = c3;
-            }
+    auto take = [&](float v, int id) {
+        if (v > mx) {
+            part = (mx == -INFINITY ? 0.0f : part * expf(mx - v)) + 1.0f;
+            mx = v;
+        } else if (mx != -INFINITY) {
+            part += expf(v - mx);
         }
-    } else {
-        for (int i = threadIdx.x; i < vocab; i += kThreads) {
-            mx = fmaxf(mx, l[i]);
-            ArgBest c = {l[i], i};
-            if (greedy && better(c, raw_best)) raw_best = c;
-        }
-    }
-    mx = bcast(ReduceF(tmp.f).Reduce(mx, MaxOp()), &sf);
-    if (greedy && !penalized) raw_best = bcast(ReduceArg(tmp.a).Reduce(raw_best, ArgBestOp()), &sa);
-    // The sum of exponentials, copying the logits into work (for the penalties) on the way.
-    double sum = 0.0;
+        ArgBest c = {v, id};
+        if (greedy && better(c, raw_best)) raw_best = c;
+    };
     if (vec) {
         const float4 *l4 = reinterpret_cast<const float4 *>(l);
         float4 *w4 = reinterpret_cast<float4 *>(work);
         for (int i = threadIdx.x; i < vocab / 4; i += kThreads) {
             float4 v = l4[i];
             w4[i] = v;
-            sum += exp((double)v.x - (double)mx) + exp((double)v.y - (double)mx) + exp((double)v.z - (double)mx) +
-                   exp((double)v.w - (double)mx);
+            take(v.x, 4 * i);
+            take(v.y, 4 * i + 1);
+            take(v.z, 4 * i + 2);
+            take(v.w, 4 * i + 3);
         }
     } else {
         for (int i = threadIdx.x; i < vocab; i += kThreads) {
             float v = l[i];
             work[i] = v;
-            sum += exp((double)v - (double)mx);
+            take(v, i);
         }
     }
+    const float thread_mx = mx;
+    mx = bcast(ReduceF(tmp.f).Reduce(mx, MaxOp()), &sf);
+    if (greedy && !penalized) raw_best = bcast(ReduceArg(tmp.a).Reduce(raw_best, ArgBestOp()), &sa);
+    double sum = thread_mx == -INFINITY ? 0.0 : (double)part * exp((double)thread_mx - (double)mx);
     sum = bcast(ReduceD(tmp.d).Sum(sum), &sd);
     const double lse = (double)mx + log(sum);
     int n_top = sp.n_logprobs < 0 ? 0 : (sp.n_logprobs > SK_MAX_TOP ? SK_MAX_TOP : sp.n_logprobs);

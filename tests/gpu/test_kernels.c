@@ -187,6 +187,73 @@ static void test_embed_norm_silu(void)
     free(hf);
 }
 
+/* RMSNorm at the widths that take each path: the register-held rows (hidden % 4 == 0, up to
+ * 16384), the generic loop beyond or otherwise, with and without a residual, all rows or
+ * gathered ones. The output rows are poisoned first. */
+static void test_rmsnorm_widths(void)
+{
+    printf("add_rmsnorm widths\n");
+    const int widths[] = {4, 6, 64, 896, 4098, 5120, 16384, 16388};
+    const int T = 5;
+    const float eps = 1e-6f;
+    for (size_t c = 0; c < sizeof widths / sizeof *widths; c++) {
+        const int H = widths[c];
+        const size_t n = (size_t)T * H;
+        float *x = malloc(n * 4), *delta = malloc(n * 4), *w = malloc(H * 4), *xo = malloc(n * 4), *yf = malloc(n * 4);
+        uint16_t *y = malloc(n * 2);
+        double *ref = malloc(n * sizeof(double));
+        for (size_t i = 0; i < n; i++) {
+            x[i] = gt_normal();
+            delta[i] = gt_normal();
+        }
+        for (int i = 0; i < H; i++) w[i] = 1.0f + 0.1f * gt_normal();
+        float *dx = gt_up(x, n * 4), *ddelta = gt_up(delta, n * 4), *dw = gt_up(w, H * 4);
+        uint16_t *dy = gt_dev(n * 2);
+        int32_t rows[2] = {T - 1, 1};
+        int32_t *drows = gt_up(rows, sizeof rows);
+        for (int mode = 0; mode < 3; mode++) {
+            /* 0: residual added and stored; 1: no residual; 2: gathered rows, residual not stored. */
+            const int nr = mode == 2 ? 2 : T;
+            GT_CUDA(cudaMemcpy(dx, x, n * 4, cudaMemcpyHostToDevice));
+            GT_CUDA(cudaMemset(dy, 0xff, n * 2));
+            GT_CUDA(sk_add_rmsnorm(dx, mode == 1 ? NULL : ddelta, mode == 2 ? drows : NULL, dw, dy, nr, H, eps, 0));
+            GT_CUDA(cudaDeviceSynchronize());
+            gt_down(xo, dx, n * 4);
+            gt_down(y, dy, (size_t)nr * H * 2);
+            long bad = 0;
+            for (int r = 0; r < nr; r++) {
+                const int t = mode == 2 ? rows[r] : r;
+                double ss = 0;
+                for (int i = 0; i < H; i++) {
+                    const float v = mode == 1 ? x[(size_t)t * H + i] : x[(size_t)t * H + i] + delta[(size_t)t * H + i];
+                    bad += xo[(size_t)t * H + i] != (mode == 0 ? v : x[(size_t)t * H + i]);
+                    ss += (double)v * v;
+                }
+                const double inv = 1.0 / sqrt(ss / H + eps);
+                for (int i = 0; i < H; i++) {
+                    const float v = mode == 1 ? x[(size_t)t * H + i] : x[(size_t)t * H + i] + delta[(size_t)t * H + i];
+                    ref[(size_t)r * H + i] = w[i] * (double)v * inv;
+                    yf[(size_t)r * H + i] = gt_bf2f(y[(size_t)r * H + i]);
+                }
+            }
+            const double e = gt_rel_err(yf, ref, (size_t)nr * H);
+            GT_CHECK(bad == 0 && e < BF_TOL, "H=%d mode %d: rel err %.2e, %ld residual mismatches", H, mode, e, bad);
+        }
+        cudaFree(dx);
+        cudaFree(ddelta);
+        cudaFree(dw);
+        cudaFree(dy);
+        cudaFree(drows);
+        free(x);
+        free(delta);
+        free(w);
+        free(xo);
+        free(yf);
+        free(y);
+        free(ref);
+    }
+}
+
 /* qkv epilogue: bias, q/k norm, rope (both layouts), cache writes at scattered slots. */
 static void test_qkv_post_case(int nh, int nkv, int D, int interleaved, int bias, int qknorm)
 {
@@ -1003,6 +1070,7 @@ int main(void)
     if (all) {
         test_convert_and_dummy();
         test_embed_norm_silu();
+        test_rmsnorm_widths();
         printf("qkv_post\n");
         test_qkv_post_case(32, 8, 128, 0, 0, 0);
         test_qkv_post_case(16, 4, 64, 1, 1, 0);
@@ -1013,7 +1081,8 @@ int main(void)
     test_attention();
     if (all) {
         test_gemm();
-            test_sampling(1000);
+        test_sampling(1000);
+        test_sampling(1001); /* rows not a multiple of 4 floats: the scalar loop */
         test_sampling(32000);
         test_sampling(151936);
     }
