@@ -53,6 +53,16 @@ template <int NT> __host__ __device__ constexpr int w_stages()
 {
     return (kSmemBudget - 1024 - x_stages<NT>() * x_bytes<NT>()) / W_BYTES;
 }
+// The epilogue stages a tile in the ring: token rows of 128 fp32 results or 64 bf16 activations,
+// padded by 16 bytes so that the fragments' stores spread over all banks.
+constexpr int kOutStride = BM + 4;
+constexpr int kActStride = 64 + 8;
+template <int NT> __host__ __device__ constexpr bool epilogue_fits()
+{
+    return NT * kOutStride * 4 <= w_stages<NT>() * W_BYTES + x_stages<NT>() * x_bytes<NT>();
+}
+static_assert(epilogue_fits<16>() && epilogue_fits<32>() && epilogue_fits<64>() && epilogue_fits<128>(),
+              "the epilogue's tile must fit in the ring");
 template <int NT> __host__ __device__ constexpr size_t smem_bytes()
 {
     return 1024 /* alignment slack */ + (size_t)w_stages<NT>() * W_BYTES + (size_t)x_stages<NT>() * x_bytes<NT>() +
@@ -131,6 +141,19 @@ template <> struct wgmma_op<128> {
                      : "l"(a), "l"(b), "r"(1));
     }
 };
+
+// Outputs f..f+3 of one token row: one 16-byte store when the row allows it.
+__device__ __forceinline__ void store_out4(float *row, int f, int n_out, bool vec, float4 v)
+{
+    if (vec && f + 3 < n_out) {
+        *reinterpret_cast<float4 *>(row + f) = v;
+        return;
+    }
+    const float e[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+        if (f + q < n_out) row[f + q] = e[q];
+}
 
 __device__ __forceinline__ void cluster_sync()
 {
@@ -237,67 +260,77 @@ __global__ void __launch_bounds__(kThreads) hopper_gemm_kernel(const __grid_cons
         fence_regs<R>(acc[1]);
     }
 
-    // Value e = h*R + r of consumer thread c: feature h*64 + 16*(c/32) + (c%32)/4 + 8*((r/2)%2),
-    // token 8*(r/4) + 2*(c%4) + r%2.
+    // The results leave through shared memory (the ring, idle now), so that device memory gets
+    // whole 16-byte pieces of token rows. Stored straight from the wgmma fragments, every store
+    // instruction touched 4 token rows with 8 to 32 bytes each, and at 64 rows those scattered
+    // stores (and, split, a reduction over all NT padded rows) added ~3 us to the end of every
+    // product (H200), when nothing else streams.
+    // Fragment value (h, r) of consumer thread c: feature h*64 + 16*(c/32) + (c%32)/4 +
+    // 8*((r/2)%2), token 8*(r/4) + 2*(c%4) + r%2.
+    const int f_frag = 16 * warp + lane / 4, t_frag = 2 * (lane % 4);
+    unsigned char *stage = smem_raw + (base - smem_u32(smem_raw));
+    if (warp < 4) asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory"); // the ring is read
     if (SWIGLU) {
-        const int inter = n_out / 2, f0 = tile * 64 + 16 * warp + lane / 4, t0 = 2 * (lane % 4);
+        __nv_bfloat16 *sa = reinterpret_cast<__nv_bfloat16 *>(stage);
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            const int f = f0 + 8 * ((r / 2) % 2), t = t0 + 8 * (r / 4) + r % 2;
             const float g = acc[0][r], u = acc[1][r];
-            if (f < inter && t < rows) act[(size_t)t * inter + f] = __float2bfloat16_rn(g / (1.0f + __expf(-g)) * u);
+            sa[(t_frag + 8 * (r / 4) + r % 2) * kActStride + f_frag + 8 * ((r / 2) % 2)] =
+                __float2bfloat16_rn(g / (1.0f + __expf(-g)) * u);
+        }
+        asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory");
+        // Tile j holds outputs 64j..64j+63 of every token: 8 pieces of 16 bytes per token row.
+        const int inter = n_out / 2;
+        for (int i = threadIdx.x; i < rows * 8; i += kConsumers) {
+            const int t = i / 8, q = i % 8;
+            *reinterpret_cast<uint4 *>(act + (size_t)t * inter + tile * 64 + q * 8) =
+                *reinterpret_cast<const uint4 *>(sa + t * kActStride + q * 8);
         }
         return;
     }
-    if (splits == 1) {
-        const int f0 = tile * BM + 16 * warp + lane / 4, t0 = 2 * (lane % 4);
-#pragma unroll
-        for (int h = 0; h < 2; h++)
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                const int f = f0 + h * 64 + 8 * ((r / 2) % 2), t = t0 + 8 * (r / 4) + r % 2;
-                if (f < n_out && t < rows) y[(size_t)t * n_out + f] = acc[h][r];
-            }
-        return;
-    }
-    // Split-K: every consumer is done reading the stages before they hold this block's partial
-    // sums, value-major (float e * 128 + c), so that a warp's accesses are contiguous.
+    float *sy = reinterpret_cast<float *>(stage);
     if (warp < 4) {
-        asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory");
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
             for (int r = 0; r < R; r++)
-                asm volatile("st.shared.f32 [%0], %1;" ::"r"(base + 4 * (kConsumers * (h * R + r) + threadIdx.x)),
-                             "f"(acc[h][r])
-                             : "memory");
+                sy[(t_frag + 8 * (r / 4) + r % 2) * kOutStride + h * 64 + f_frag + 8 * ((r / 2) % 2)] = acc[h][r];
     }
+    const bool vec = n_out % 4 == 0 && !(reinterpret_cast<uintptr_t>(y) & 15);
+    if (splits == 1) {
+        asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory");
+        for (int i = threadIdx.x; i < rows * 32; i += kConsumers)
+            store_out4(y + (size_t)(i / 32) * n_out, tile * BM + 4 * (i % 32), n_out, vec,
+                       *reinterpret_cast<const float4 *>(sy + (i / 32) * kOutStride + 4 * (i % 32)));
+        return;
+    }
+    // Split-K: block `split` adds its share of the tile's real rows over the cluster's blocks
+    // (distributed shared memory), in split order, with every block's loads in flight at once.
     cluster_sync();
     if (warp < 4) {
-        // Block `split` adds its share of the tile's floats over the cluster's blocks, in split
-        // order, four floats per thread at a time, with every block's loads in flight at once.
-        constexpr int F = NT * kConsumers, U = 2;
-        const int chunk = (F / splits + 4 * kConsumers - 1) / (4 * kConsumers) * (4 * kConsumers);
-        const int lo = split * chunk, hi = min(F, lo + chunk);
+        constexpr int U = 2;
+        const int n4 = rows * 32, chunk = (n4 + splits - 1) / splits;
+        const int lo = split * chunk, hi = min(n4, lo + chunk);
         uint32_t remote[SK_HOPPER_MAX_SPLITS];
 #pragma unroll
         for (int j = 0; j < SK_HOPPER_MAX_SPLITS; j++)
             if (j < splits) asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote[j]) : "r"(base), "r"(j));
-        for (int i0 = lo + 4 * threadIdx.x; i0 < hi; i0 += 4 * kConsumers * U) {
+        for (int i0 = lo + threadIdx.x; i0 < hi; i0 += kConsumers * U) {
             float4 v[U][SK_HOPPER_MAX_SPLITS];
 #pragma unroll
             for (int u = 0; u < U; u++)
 #pragma unroll
                 for (int j = 0; j < SK_HOPPER_MAX_SPLITS; j++) {
-                    const int i = i0 + u * 4 * kConsumers;
+                    const int i = i0 + u * kConsumers;
+                    const uint32_t at = remote[j] + 4 * ((i / 32) * kOutStride + 4 * (i % 32));
                     if (j < splits && i < hi)
                         asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
                                      : "=f"(v[u][j].x), "=f"(v[u][j].y), "=f"(v[u][j].z), "=f"(v[u][j].w)
-                                     : "r"(remote[j] + 4 * i));
+                                     : "r"(at));
                 }
 #pragma unroll
             for (int u = 0; u < U; u++) {
-                const int i = i0 + u * 4 * kConsumers;
+                const int i = i0 + u * kConsumers;
                 if (i >= hi) break;
                 float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
@@ -308,17 +341,7 @@ __global__ void __launch_bounds__(kThreads) hopper_gemm_kernel(const __grid_cons
                         sum.z += v[u][j].z;
                         sum.w += v[u][j].w;
                     }
-                // Floats i..i+3: value e of consumers c..c+3 (c a multiple of 4): one feature,
-                // tokens 2 apart.
-                const int e = i / kConsumers, c = i % kConsumers, h = e / R, r = e % R;
-                const int f = tile * BM + h * 64 + 16 * (c / 32) + (c % 32) / 4 + 8 * ((r / 2) % 2);
-                const int t = 8 * (r / 4) + r % 2;
-                if (f < n_out) {
-                    const float s4[4] = {sum.x, sum.y, sum.z, sum.w};
-#pragma unroll
-                    for (int q = 0; q < 4; q++)
-                        if (t + 2 * q < rows) y[(size_t)(t + 2 * q) * n_out + f] = s4[q];
-                }
+                store_out4(y + (size_t)(i / 32) * n_out, tile * BM + 4 * (i % 32), n_out, vec, sum);
             }
         }
     }
