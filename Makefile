@@ -106,6 +106,9 @@ GPU_BINS   := $(if $(filter 1,$(HAVE_CUDA)),$(patsubst tests/gpu/%.c,$(BUILD)/te
 # Helpers the GPU pytest files drive (tests/gpu/test_hf_parity.py runs parity_tool).
 GPU_TOOLS  := $(if $(filter 1,$(HAVE_CUDA)),$(BUILD)/tests/gpu/parity_tool)
 BENCH_BINS := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*_bench.c))
+# The kernel timeline of CUDA graph replays (tests/bench/kernel_trace.c), where the toolkit has CUPTI.
+CUPTI_LIB  := $(if $(filter 1,$(HAVE_CUDA)),$(firstword $(wildcard $(CUDA_HOME)/lib64/libcupti.so $(CUDA_HOME)/lib/libcupti.so $(CUDA_HOME)/extras/CUPTI/lib64/libcupti.so)))
+TRACE_LIB  := $(if $(CUPTI_LIB),$(BUILD)/lib/libsluice_kernel_trace.so)
 BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BINDIR)/sluice-$(p)))
 
 .PHONY: all deps test test-unit test-integration asan clean install run test-gpu bench \
@@ -113,7 +116,7 @@ BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BIN
 # Objects of test and bench programs are intermediates to make; keep them between runs.
 .SECONDARY:
 
-all: $(BINS) $(UNIT_BINS) $(GPU_BINS) $(GPU_TOOLS) $(BENCH_BINS)
+all: $(BINS) $(UNIT_BINS) $(GPU_BINS) $(GPU_TOOLS) $(BENCH_BINS) $(TRACE_LIB)
 
 # --- compiling ------------------------------------------------------------------------
 $(BUILD)/obj/llhttp/%.o: $(LLHTTP_DIR)/%.c
@@ -153,6 +156,11 @@ $(BUILD)/tests/gpu/%: $(BUILD)/obj/tests/gpu/%.o $(call area_libs,worker)
 $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< -Wl,--start-group $(sort $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway)) -Wl,--end-group $(LDLIBS) $(CUDA_LDLIBS) -o $@
+
+$(BUILD)/lib/libsluice_kernel_trace.so: tests/bench/kernel_trace.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -shared -fPIC -I$(CUDA_HOME)/include $< \
+	  -L$(dir $(CUPTI_LIB)) -Wl,-rpath,$(dir $(CUPTI_LIB)) -lcupti -lstdc++ -o $@
 
 # --- dependencies ---------------------------------------------------------------------
 DEB_PACKAGES := libuv1-dev libcurl4-openssl-dev libjansson-dev libpcre2-dev libcriterion-dev \
@@ -240,8 +248,8 @@ bench-controller: $(BINDIR)/sluice-controller
 
 # GPU: Llama-3-8B's shape on the GPU against Hugging Face and the roofline, then serving
 # through the trio (tests/bench/gpu_bench.sh; needs a GPU, torch and transformers).
-bench-gpu: $(BINS)
-	SLUICE_BIN=$(abspath $(BINDIR)) tests/bench/gpu_bench.sh
+bench-gpu: $(BINS) $(TRACE_LIB)
+	SLUICE_BIN=$(abspath $(BINDIR)) $(if $(TRACE_LIB),TRACE_LIB=$(TRACE_LIB)) tests/bench/gpu_bench.sh
 
 # Tokenizer: encode tokens/s against the tokenizers package, one thread each, same text.
 bench-tokenizer: $(BUILD)/bench/tokenizer_bench pyenv

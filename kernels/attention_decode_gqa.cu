@@ -535,18 +535,9 @@ cudaError_t launch(const float *q, const uint16_t *k, const uint16_t *v, const i
         if (e != cudaSuccess) return e;
         __atomic_fetch_or(&attr_set, bit, __ATOMIC_RELEASE);
     }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(p.n_kv_heads, p.n_tokens, p.n_splits);
-    cfg.blockDim = dim3(kWarps * 32);
-    cfg.dynamicSmemBytes = sh;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kernel, q, (const __nv_bfloat16 *)k,
-                              (const __nv_bfloat16 *)v, bt, ts, pos, po, pml, (__nv_bfloat16 *)out, p);
+    return launch_maybe_pdl(pdl, kernel, dim3(p.n_kv_heads, p.n_tokens, p.n_splits), dim3(kWarps * 32), sh, s, q,
+                            (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, bt, ts, pos, po, pml,
+                            (__nv_bfloat16 *)out, p);
 }
 
 template <int D, int NS, bool MMA>

@@ -261,10 +261,10 @@ __global__ void __launch_bounds__(kThreads) hopper_gemm_kernel(const __grid_cons
     }
 
     // The results leave through shared memory (the ring, idle now), so that device memory gets
-    // whole 16-byte pieces of token rows. Stored straight from the wgmma fragments, every store
-    // instruction touched 4 token rows with 8 to 32 bytes each, and at 64 rows those scattered
-    // stores (and, split, a reduction over all NT padded rows) added ~3 us to the end of every
-    // product (H200), when nothing else streams.
+    // whole 16-byte pieces of token rows, where a store straight from the wgmma fragments touches
+    // 4 token rows with 8 to 32 bytes each; split, the reduction covers only the real rows. At
+    // 64 rows that made each product 0.5-1 us shorter (H200): the epilogue is a tail during which
+    // nothing streams (PERF_NOTES.md).
     // Fragment value (h, r) of consumer thread c: feature h*64 + 16*(c/32) + (c%32)/4 +
     // 8*((r/2)%2), token 8*(r/4) + 2*(c%4) + r%2.
     const int f_frag = 16 * warp + lane / 4, t_frag = 2 * (lane % 4);
@@ -558,6 +558,6 @@ extern "C" cudaError_t sk_hopper_gemm(struct sk_hopper_gemm *h, const uint16_t *
 extern "C" cudaError_t sk_hopper_gemm_swiglu(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x,
                                              uint16_t *act, int rows, int inter, int k_in, cudaStream_t s)
 {
-    if (!shape_ok(h, w, x, rows, k_in) || inter < 64 || inter % 64) return cudaErrorInvalidValue;
+    if (!shape_ok(h, w, x, rows, k_in) || inter < 64 || inter % 64 || ((uintptr_t)act & 15)) return cudaErrorInvalidValue;
     return launch_rows<true>(h, w, x, NULL, act, rows, 2 * inter, k_in, 1, s);
 }

@@ -95,7 +95,7 @@ cudaError_t sk_hopper_gemm(struct sk_hopper_gemm *h, const uint16_t *w, const ui
                            int n_out, int k_in, int splits, cudaStream_t s);
 /* The MLP's first half in one launch: w is [gate; up] interleaved in blocks of 64 rows
  * (sk_gate_up_interleave's layout, 2 * inter rows), and act[m, j] = silu(gate_j) * up_j in bf16.
- * Needs inter % 64 == 0 besides sk_hopper_gemm's conditions. */
+ * Needs inter % 64 == 0 and a 16-byte aligned act besides sk_hopper_gemm's conditions. */
 cudaError_t sk_hopper_gemm_swiglu(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, uint16_t *act,
                                   int rows, int inter, int k_in, cudaStream_t s);
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU benchmarks on Llama-3-8B's shape (random bf16 weights), all in one run on one GPU:
 #   1. the references: copy bandwidth, the batch-1 roofline, Hugging Face generate();
-#   2. sluice's engine alone: decode tokens/s at batch 1, 8, 64, 256;
+#   2. sluice's engine alone: decode tokens/s at batch 1, 8, 64, 256 (and, with TRACE_LIB, the
+#      kernel timeline of a batch-64 step);
 #   3. the serving benchmark through the whole trio: 1024 in / 128 out, 500 prompts, rate inf.
 # Needs: bin/ built with nvcc, python3 with torch + transformers, and a Llama 3 tokenizer
 # (TOKENIZER, default .models/llama3_1, copied from the shared test data).
@@ -27,6 +28,16 @@ python3 tests/bench/hf_baseline.py --config "$cfg" --batch-sizes "$batches" --js
 echo "== sluice engine alone"
 "$bin/sluice-worker" bench --device cuda --model-path "$cfg" --load-format dummy --tokenizer "$tok" \
   --batch-sizes "$batches" --input-len 128 --output-len 128 | tee "$out/sluice_engine.txt"
+
+# Where a batch-64 decode step goes, kernel by kernel, inside the CUDA graph: TRACE_LIB names
+# build/lib/libsluice_kernel_trace.so (make builds it where the toolkit has CUPTI; a machine
+# without the toolkit needs libcupti.so.13 on LD_LIBRARY_PATH).
+if [ -n "${TRACE_LIB:-}" ]; then
+  echo "== kernel timeline of batch-64 decode steps (CUPTI; tracing makes steps ~4% slower)"
+  CUDA_INJECTION64_PATH="$(realpath "$TRACE_LIB")" "$bin/sluice-worker" bench --device cuda --model-path "$cfg" \
+    --load-format dummy --tokenizer "$tok" --batch-sizes 64 --input-len 128 --output-len 128 2>&1 |
+    grep "kernel trace" | tee "$out/kernel_trace.txt"
+fi
 
 if [ "${SERVING:-1}" = 1 ]; then
   echo "== serving through controller + worker + gateway"

@@ -143,6 +143,8 @@ static void test_swiglu(struct sk_hopper_gemm *h, int M, int I, int K)
     GT_CHECK(sk_hopper_gemm_swiglu(h, dwi, dx, dact, M, I + 32, K, 0) == cudaErrorInvalidValue &&
                  sk_silu_mul_interleaved(dact, dgu, M, I + 32, 0) == cudaErrorInvalidValue,
              "swiglu paths refuse an intermediate size that is not a multiple of %d", SK_GATE_UP_BLOCK);
+    GT_CHECK(sk_hopper_gemm_swiglu(h, dwi, dx, dact + 1, M, I, K, 0) == cudaErrorInvalidValue,
+             "hopper swiglu refuses an output that is not 16-byte aligned");
     cudaFree(dw);
     cudaFree(dwi);
     cudaFree(dx);
