@@ -10,16 +10,17 @@
  * time goes with the overlap that programmatic dependent launches buy already taken out, which
  * per-kernel events (SLUICE_CUDA_PROFILE=1, eager) cannot show.
  *
- * Why CUPTI and not Nsight Systems: the toolkit ships libcupti, the lent GPU machine has no
- * Nsight, and this is all the timeline we need. */
+ * Why CUPTI and not Nsight Systems: the toolkit ships libcupti, the lent GPU machine has Nsight
+ * Compute but not Nsight Systems, and this is all the timeline we need. */
 #include <cupti.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define TRACE_BUF_BYTES (8u << 20)
-#define TRACE_MAX_RECORDS (8u << 20)
+#define TRACE_MAX_RECORDS (4u << 20) /* 128 MB reserved, touched only as records come */
 #define TRACE_MAX_NAMES 256
 
 struct trace_rec {
@@ -28,6 +29,8 @@ struct trace_rec {
     int name; /* index into names */
 };
 
+/* CUPTI may hand buffers over from its own thread. */
+static pthread_mutex_t recs_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct trace_rec *recs;
 static size_t n_recs, n_dropped;
 static char *names[TRACE_MAX_NAMES], *raw_names[TRACE_MAX_NAMES];
@@ -75,6 +78,7 @@ static void CUPTIAPI buffer_completed(CUcontext ctx, uint32_t stream, uint8_t *b
     (void)stream;
     (void)size;
     CUpti_Activity *a = NULL;
+    pthread_mutex_lock(&recs_lock);
     while (cuptiActivityGetNextRecord(buf, valid, &a) == CUPTI_SUCCESS) {
         if (a->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) continue;
         const CUpti_ActivityKernel10 *k = (const CUpti_ActivityKernel10 *)a;
@@ -84,6 +88,7 @@ static void CUPTIAPI buffer_completed(CUcontext ctx, uint32_t stream, uint8_t *b
         }
         recs[n_recs++] = (struct trace_rec){k->start, k->end, k->graphId, k->correlationId, name_index(k->name)};
     }
+    pthread_mutex_unlock(&recs_lock);
     free(buf);
 }
 
@@ -140,6 +145,7 @@ static void report_graph(size_t lo, size_t hi, long replays)
 static void report(void)
 {
     cuptiActivityFlushAll(1);
+    pthread_mutex_lock(&recs_lock);
     const char *env = getenv("SLUICE_TRACE_MIN_REPLAYS");
     const long min_replays = env ? atol(env) : 20;
     qsort(recs, n_recs, sizeof *recs, by_graph_corr_start);
@@ -154,6 +160,7 @@ static void report(void)
         i = j;
     }
     if (n_dropped) fprintf(stderr, "kernel trace: %zu records dropped (buffer full)\n", n_dropped);
+    pthread_mutex_unlock(&recs_lock);
 }
 
 /* Called by the CUDA driver when CUDA_INJECTION64_PATH names this library. */
