@@ -22,6 +22,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/json_util.h"
 #include "common/log.h"
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 2000
@@ -455,14 +456,18 @@ static int slist_add(struct curl_slist **list, const char *line)
     return 0;
 }
 
-static int call_setup(http_call *call, const struct http_call_opts *o)
+static int call_setup(http_call *call, const struct http_call_opts *o, const char *body, size_t body_len)
 {
     CURL *e = call->easy;
-    const char *method = o->method ? o->method : (o->body ? "POST" : "GET");
-    bool sends_body = o->body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0;
+    const char *method = o->method ? o->method : (body ? "POST" : "GET");
+    bool sends_body = body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0;
     int rc = 0;
 
-    rc |= curl_easy_setopt(e, CURLOPT_URL, o->url);
+    /* curl copies the URL. */
+    char *joined = o->path ? http_url_join(o->url, o->path) : NULL;
+    if (o->path && !joined) return -1;
+    rc |= curl_easy_setopt(e, CURLOPT_URL, joined ? joined : o->url);
+    free(joined);
     rc |= curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)call);
     rc |= curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     rc |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
@@ -487,7 +492,7 @@ static int call_setup(http_call *call, const struct http_call_opts *o)
         rc |= curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (o->idle_timeout_ms + 999) / 1000);
     }
 
-    if (strcmp(method, "GET") == 0 && !o->body) {
+    if (strcmp(method, "GET") == 0 && !body) {
         rc |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     } else if (strcmp(method, "HEAD") == 0) {
         rc |= curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
@@ -495,10 +500,10 @@ static int call_setup(http_call *call, const struct http_call_opts *o)
         if (strcmp(method, "POST") != 0) rc |= curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
     }
     if (sends_body) {
-        size_t len = o->body ? o->body_len : 0;
+        size_t len = body ? body_len : 0;
         call->body = malloc(len + 1);
         if (!call->body) return -1;
-        if (len) memcpy(call->body, o->body, len);
+        if (len) memcpy(call->body, body, len);
         call->body[len] = '\0';
         rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
         rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body);
@@ -528,8 +533,15 @@ int http_client_request(http_client *client, const struct http_call_opts *opts, 
     call->on_data = opts->on_data;
     call->on_done = opts->on_done;
     call->user = opts->user;
+    /* A JSON body is serialized here, so that callers need not. */
+    char *dumped = NULL;
+    if (!opts->body && opts->json && !(dumped = json_dump_compact(opts->json))) goto fail;
     call->easy = curl_easy_init();
-    if (!call->easy || call_setup(call, opts) != 0) goto fail;
+    const int setup = call->easy ? call_setup(call, opts, dumped ? dumped : opts->body,
+                                              dumped ? strlen(dumped) : opts->body_len)
+                                 : -1;
+    free(dumped);
+    if (setup != 0) goto fail;
     if (client->in_curl) {
         call->link = client->pending;
         client->pending = call;

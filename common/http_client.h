@@ -8,6 +8,7 @@
 #ifndef SLUICE_COMMON_HTTP_CLIENT_H
 #define SLUICE_COMMON_HTTP_CLIENT_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <uv.h>
 
@@ -34,8 +35,10 @@ struct http_call_result {
 struct http_call_opts {
     const char *method;          /* "GET" (default when body NULL) or "POST" */
     const char *url;
+    const char *path;            /* when set, appended to url (http_url_join) */
     const char *body;            /* copied; may be NULL */
     size_t body_len;
+    const json_t *json;          /* when set and body is NULL: the body, serialized compactly */
     const char *content_type;    /* default "application/json" when body is set */
     const char *const *headers;  /* NULL-terminated "Name: value" strings, copied */
     long connect_timeout_ms;     /* default 2000 */

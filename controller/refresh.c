@@ -142,24 +142,20 @@ static void op_start(struct ctl_op *op)
     op->pending += op->n_fetch;
     for (size_t i = 0; i < op->n_fetch; i++) {
         struct ctl_fetch *f = &op->fetch[i];
-        char *url = http_url_join(f->name, "/worker_get_status");
-        int rc = -1;
-        if (url) {
-            struct http_call_opts o = {
-                .method = "POST",
-                .url = url,
-                .body = "{}",
-                .body_len = 2,
-                .connect_timeout_ms = c->cfg.status_timeout_ms,
-                .timeout_ms = c->cfg.status_timeout_ms,
-                .on_done = on_call_done,
-                .user = f,
-            };
-            http_call *call = NULL;
-            rc = http_client_request(c->client, &o, &call);
-            if (rc == 0 && !f->done) f->call = call;
-            free(url);
-        }
+        struct http_call_opts o = {
+            .method = "POST",
+            .url = f->name,
+            .path = "/worker_get_status",
+            .body = "{}",
+            .body_len = 2,
+            .connect_timeout_ms = c->cfg.status_timeout_ms,
+            .timeout_ms = c->cfg.status_timeout_ms,
+            .on_done = on_call_done,
+            .user = f,
+        };
+        http_call *call = NULL;
+        int rc = http_client_request(c->client, &o, &call);
+        if (rc == 0 && !f->done) f->call = call;
         if (rc != 0) fetch_done(f, NULL);
     }
     /* Drop the starting guard: with every call already done (or none), answer now. */

@@ -277,14 +277,11 @@ static void choice_start(struct gw_choice *c, const char *address)
     c->finished = false;
     json_t *body = gw_params_upstream_body(&gen->p, c->index);
     json_object_set_new(body, "request_id", json_string(gen->id));
-    char *text = json_dump_compact(body);
-    json_decref(body);
-    char *url = http_url_join(address, "/generate");
     struct http_call_opts opts = {
         .method = "POST",
-        .url = url,
-        .body = text,
-        .body_len = strlen(text),
+        .url = address,
+        .path = "/generate",
+        .json = body,
         .connect_timeout_ms = g->cfg.worker_connect_timeout_ms,
         .timeout_ms = 0,
         .idle_timeout_ms = g->cfg.worker_idle_timeout_ms,
@@ -293,8 +290,7 @@ static void choice_start(struct gw_choice *c, const char *address)
         .user = c,
     };
     int rc = http_client_request(g->client, &opts, &c->call);
-    free(url);
-    free(text);
+    json_decref(body);
     if (rc != 0) {
         c->call = NULL;
         struct http_call_result res = {.error = HTTP_CALL_INTERNAL, .error_text = "cannot start call"};

@@ -47,22 +47,18 @@ int gw_route_start(http_client *client, const char *controller_url, long timeout
     r->user = user;
     json_t *body = json_pack("{s:s}", "model", model);
     if (exclude && *exclude) json_object_set_new(body, "exclude", json_pack("[s]", exclude));
-    char *text = json_dump_compact(body);
-    json_decref(body);
-    char *url = http_url_join(controller_url, "/get_worker_address");
     struct http_call_opts opts = {
         .method = "POST",
-        .url = url,
-        .body = text,
-        .body_len = strlen(text),
+        .url = controller_url,
+        .path = "/get_worker_address",
+        .json = body,
         .connect_timeout_ms = timeout_ms,
         .timeout_ms = timeout_ms,
         .on_done = on_route_done,
         .user = r,
     };
     int rc = http_client_request(client, &opts, &r->call);
-    free(url);
-    free(text);
+    json_decref(body);
     if (rc != 0) {
         free(r);
         *out = NULL;

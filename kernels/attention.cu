@@ -7,6 +7,7 @@
 // shared memory at the end. With n_splits > 1 (long contexts, few queries: flash-decoding) each
 // split writes its partial (o, m, l) and a second kernel merges the splits.
 #include "kernels/attention_common.cuh"
+#include "kernels/bf16.cuh"
 
 #include <cuda_bf16.h>
 #include <math.h>
@@ -20,14 +21,7 @@ constexpr int kUnroll = 1; // 4 measured no faster for decode and 40% slower for
 
 __device__ __forceinline__ void load8(const __nv_bfloat16 *p, float *out)
 {
-    uint4 raw = *reinterpret_cast<const uint4 *>(p);
-    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 f = __bfloat1622float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-    }
+    bf16x8_to_f32(*reinterpret_cast<const uint4 *>(p), out);
 }
 
 template <int E, int G, bool VEC>

@@ -15,6 +15,7 @@
 //   ~700 instructions per chunk and warp it is bound by issue and latency, not by memory (ncu at
 //   batch 64: 0.55 issued instructions per scheduler cycle, DRAM 53%); kept for comparison.
 #include "kernels/attention_common.cuh"
+#include "kernels/bf16.cuh"
 #include "kernels/mbarrier.cuh"
 #include "kernels/pdl.cuh"
 
@@ -38,11 +39,22 @@ __device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t b
                  : "memory");
 }
 
-__device__ __forceinline__ void bf16x2_to_f32(uint32_t w, float &lo, float &hi)
-{
-    lo = __uint_as_float(w << 16);
-    hi = __uint_as_float(w & 0xffff0000u);
-}
+// A block's keys [k_begin, k_end) go to its warps in chunks of kChunk, in turn: chunk `it` of
+// `warp` starts at key k_begin + (warp + kWarps * it) * kChunk.
+struct WarpChunks {
+    int k_begin, warp, count;
+    __device__ WarpChunks(int k_begin_, int k_end, int warp_) : k_begin(k_begin_), warp(warp_)
+    {
+        const int n = k_end > k_begin ? (k_end - k_begin + kChunk - 1) / kChunk : 0;
+        count = n > warp ? (n - warp + kWarps - 1) / kWarps : 0;
+    }
+    __device__ int first_key(int it) const { return k_begin + (warp + kWarps * it) * kChunk; }
+    // The offset of key j's row of kv head kvh in the K (or V) cache.
+    __device__ static int64_t cache_offset(const AttnRangeTable &table, int j, int kvh, int n_kv_heads, int d)
+    {
+        return (table.block_of(j) * n_kv_heads + kvh) * ((int64_t)SK_KV_BLOCK * d) + (int64_t)(j % SK_KV_BLOCK) * d;
+    }
+};
 
 template <int D, int QG, int NS> struct DecodeSmem {
     static constexpr int chunk_bytes = kChunk * D * 2;          // one chunk of K (or V)
@@ -83,14 +95,10 @@ __global__ void __launch_bounds__(kWarps * 32)
         asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
     }
 
-    const int n_chunks = k_end > k_begin ? (k_end - k_begin + kChunk - 1) / kChunk : 0;
-    const int n_mine = n_chunks > warp ? (n_chunks - warp + kWarps - 1) / kWarps : 0;
-    const int64_t head_stride = (int64_t)SK_KV_BLOCK * D;
+    const WarpChunks chunks(k_begin, k_end, warp);
     // Lane 0 starts the copy of the warp's it-th chunk into slot it % NS.
     auto issue = [&](int it) {
-        const int j0 = k_begin + (warp + kWarps * it) * kChunk;
-        const int64_t off =
-            (table.block_of(j0) * p.n_kv_heads + kvh) * head_stride + (int64_t)(j0 % SK_KV_BLOCK) * D;
+        const int64_t off = WarpChunks::cache_offset(table, chunks.first_key(it), kvh, p.n_kv_heads, D);
         unsigned char *slot = ring + (it % NS) * 2 * L::chunk_bytes;
         uint64_t *bar = &bars[it % NS];
         mbar_expect_tx(smem_u32(bar), 2 * L::chunk_bytes);
@@ -102,7 +110,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     // may still run: q and this step's keys (written by it) are read only after the wait.
     pdl_wait();
     if (lane == 0)
-        for (int it = 0; it < NS && it < n_mine; it++) issue(it);
+        for (int it = 0; it < NS && it < chunks.count; it++) issue(it);
     // The query rows, pre-scaled so that scores come out in log2 units (exp2 below).
     float qv[QG][DL];
     const float qs = p.scale * kLog2e;
@@ -133,8 +141,8 @@ __global__ void __launch_bounds__(kWarps * 32)
         for (int e = 0; e < DV; e++) acc[h][e] = 0.0f;
     }
 
-    for (int it = 0; it < n_mine; it++) {
-        const int j0 = k_begin + (warp + kWarps * it) * kChunk;
+    for (int it = 0; it < chunks.count; it++) {
+        const int j0 = chunks.first_key(it);
         mbar_wait(smem_u32(&bars[it % NS]), (it / NS) & 1);
         const unsigned char *ks = ring + (it % NS) * 2 * L::chunk_bytes;
         const unsigned char *vs = ks + L::chunk_bytes;
@@ -151,10 +159,7 @@ __global__ void __launch_bounds__(kWarps * 32)
             for (int i = 0; i < PIECES; i++) {
                 uint4 raw = *reinterpret_cast<const uint4 *>(ks + kc * D * 2 + (dp + 8 * i) * 16);
                 float kf[8];
-                bf16x2_to_f32(raw.x, kf[0], kf[1]);
-                bf16x2_to_f32(raw.y, kf[2], kf[3]);
-                bf16x2_to_f32(raw.z, kf[4], kf[5]);
-                bf16x2_to_f32(raw.w, kf[6], kf[7]);
+                bf16x8_to_f32(raw, kf);
 #pragma unroll
                 for (int h = 0; h < QG; h++)
 #pragma unroll
@@ -220,7 +225,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
         // Every lane is done with the slot and the probabilities: refill the slot.
         __syncwarp();
-        if (lane == 0 && it + NS < n_mine) issue(it + NS);
+        if (lane == 0 && it + NS < chunks.count) issue(it + NS);
     }
 
     // All of this block's loads are done: the next kernel in the stream may start launching.
@@ -346,14 +351,10 @@ __global__ void __launch_bounds__(kWarps * 32)
     unsigned char *ring = smem + warp * L::ring_bytes;
     const AttnRangeTable table = attn_stage_table(block_tables + (int64_t)token_seq[t] * p.bt_stride,
                                                   reinterpret_cast<int32_t *>(smem + L::bt_at), kBtCap, k_begin, k_end);
-    const int n_chunks = k_end > k_begin ? (k_end - k_begin + kChunk - 1) / kChunk : 0;
-    const int n_mine = n_chunks > warp ? (n_chunks - warp + kWarps - 1) / kWarps : 0;
-    const int64_t head_stride = (int64_t)SK_KV_BLOCK * D;
+    const WarpChunks chunks(k_begin, k_end, warp);
     // Every lane copies its share of the warp's it-th chunk (K and V) into slot it % NS.
     auto issue = [&](int it) {
-        const int j0 = k_begin + (warp + kWarps * it) * kChunk;
-        const int64_t off =
-            (table.block_of(j0) * p.n_kv_heads + kvh) * head_stride + (int64_t)(j0 % SK_KV_BLOCK) * D;
+        const int64_t off = WarpChunks::cache_offset(table, chunks.first_key(it), kvh, p.n_kv_heads, D);
         unsigned char *slot = ring + (it % NS) * 2 * L::chunk_bytes;
 #pragma unroll
         for (int i = 0; i < kChunk * PIECES / 32; i++) {
@@ -367,7 +368,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     pdl_wait(); // see attention_decode_kernel
 #pragma unroll
     for (int it = 0; it < NS; it++) {
-        if (it < n_mine) issue(it);
+        if (it < chunks.count) issue(it);
         asm volatile("cp.async.commit_group;" ::: "memory");
     }
 
@@ -398,8 +399,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int i = 0; i < KS; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
     const int r8 = lane & 7, mat = lane >> 3; // this lane's ldmatrix row address: key r8, matrix mat
 
-    for (int it = 0; it < n_mine; it++) {
-        const int j0 = k_begin + (warp + kWarps * it) * kChunk;
+    for (int it = 0; it < chunks.count; it++) {
+        const int j0 = chunks.first_key(it);
         asm volatile("cp.async.wait_group %0;" ::"n"(NS - 1) : "memory");
         __syncwarp();
         const unsigned char *ks = ring + (it % NS) * 2 * L::chunk_bytes;
@@ -456,7 +457,7 @@ __global__ void __launch_bounds__(kWarps * 32)
             mma_k8(acc[2 * j + 1], a2 & vmask, a3 & vmask, pb);
         }
         __syncwarp();
-        if (it + NS < n_mine) issue(it + NS);
+        if (it + NS < chunks.count) issue(it + NS);
         asm volatile("cp.async.commit_group;" ::: "memory");
     }
     asm volatile("cp.async.wait_group 0;" ::: "memory");

@@ -1,6 +1,7 @@
 // Matrix-vector products for decode batches of up to 8 rows: the weights stream through once at
 // close to the memory rate. One warp per output feature; each lane keeps kUnroll 16-byte loads
 // of the weight row in flight before using them.
+#include "kernels/bf16.cuh"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda_bf16.h>
@@ -18,17 +19,6 @@ __device__ __forceinline__ uint4 load_stream(const uint4 *p)
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p));
     return v;
-}
-
-__device__ __forceinline__ void unpack8(const uint4 &raw, float *out)
-{
-    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 f = __bfloat1622float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-    }
 }
 
 template <int M>
@@ -55,11 +45,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
             int i = base + u * 32;
             if (i >= nvec) break;
             float wf[8];
-            unpack8(wv[u], wf);
+            bf16x8_to_f32(wv[u], wf);
 #pragma unroll
             for (int m = 0; m < M; m++) {
                 float xf[8];
-                unpack8(__ldg(reinterpret_cast<const uint4 *>(x + (size_t)m * k_in) + i), xf);
+                bf16x8_to_f32(__ldg(reinterpret_cast<const uint4 *>(x + (size_t)m * k_in) + i), xf);
 #pragma unroll
                 for (int j = 0; j < 8; j++) acc[m] += wf[j] * xf[j];
             }

@@ -13,24 +13,21 @@ static void send_register(struct worker *w);
 static void post(struct worker *w, const char *path, json_t *body,
                  void (*on_done)(http_call *, const struct http_call_result *, void *))
 {
-    char url[512], auth[300];
-    snprintf(url, sizeof url, "%s%s", w->opt.controller_address, path);
+    char auth[300];
     const char *headers[2] = {NULL, NULL};
     if (w->opt.internal_token && *w->opt.internal_token) {
         snprintf(auth, sizeof auth, "Authorization: Bearer %s", w->opt.internal_token);
         headers[0] = auth;
     }
-    char *text = json_dump_compact(body);
-    json_decref(body);
     struct http_call_opts opts = {
-        .method = "POST", .url = url, .body = text, .body_len = strlen(text), .headers = headers,
+        .method = "POST", .url = w->opt.controller_address, .path = path, .json = body, .headers = headers,
         .connect_timeout_ms = 1000, .timeout_ms = 3000, .on_done = on_done, .user = w,
     };
     if (http_client_request(w->client, &opts, NULL) != 0) {
-        log_warn("could not start a request to the controller at %s", url);
+        log_warn("could not start a request to the controller at %s%s", w->opt.controller_address, path);
         w->register_in_flight = w->heartbeat_in_flight = false;
     }
-    free(text);
+    json_decref(body);
 }
 
 static void on_registered(http_call *call, const struct http_call_result *res, void *user)

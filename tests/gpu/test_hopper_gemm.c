@@ -3,6 +3,7 @@
  * and chosen split counts, the same bits on a repeat and at every batch size, refusals; then,
  * with SLUICE_GPU_BENCH=1, weight-streaming rates against cuBLAS at Llama-3-8B's decode shapes. */
 #include "tests/gpu/gpu_test.h"
+#include "tests/gpu/product_bench.h"
 
 #include "kernels/sluice_kernels.h"
 #include "worker/backend/cuda/cuda_internal.h"
@@ -161,51 +162,34 @@ static void test_swiglu(struct sk_hopper_gemm *h, int M, int I, int K)
 
 /* Weight-streaming rate of cuBLAS (the backend's default product) and of sk_hopper_gemm over
  * rotating weight copies (more than L2), so the weights come from memory as in a step. */
-static float time_hopper(struct sk_hopper_gemm *h, cudaStream_t st, const uint16_t *dw, size_t wn, int copies,
-                         const uint16_t *dx, float *dy, int rows, int N, int K, int splits)
+struct bench_ctx {
+    struct cuda_backend *b;
+    struct sk_hopper_gemm *h;
+    int splits; /* for sk_hopper_gemm; 0 picks */
+};
+
+static void run_cuda_gemm(const struct product_bench *pb, int i, void *p)
 {
-    const int iters = 40;
-    cudaEvent_t e0, e1;
-    GT_CUDA(cudaEventCreate(&e0));
-    GT_CUDA(cudaEventCreate(&e1));
-    for (int i = 0; i < iters + 4; i++) {
-        if (i == 4) GT_CUDA(cudaEventRecord(e0, st));
-        GT_CUDA(sk_hopper_gemm(h, dw + (i % copies) * wn, dx, dy, rows, N, K, splits, st));
-    }
-    GT_CUDA(cudaEventRecord(e1, st));
-    GT_CUDA(cudaEventSynchronize(e1));
-    float ms = 0;
-    GT_CUDA(cudaEventElapsedTime(&ms, e0, e1));
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    return ms / iters;
+    struct bench_ctx *c = p;
+    cuda_gemm(c->b, product_bench_w(pb, i), pb->x, pb->y, pb->rows, pb->n_out, pb->k_in);
+}
+
+static void run_hopper(const struct product_bench *pb, int i, void *p)
+{
+    struct bench_ctx *c = p;
+    GT_CUDA(sk_hopper_gemm(c->h, product_bench_w(pb, i), pb->x, pb->y, pb->rows, pb->n_out, pb->k_in, c->splits,
+                           c->b->stream));
 }
 
 static void bench_case(struct cuda_backend *b, struct sk_hopper_gemm *h, int rows, int N, int K)
 {
-    const int copies = 4, iters = 40;
-    size_t wn = (size_t)N * K;
-    uint16_t *dw = gt_dev(wn * 2 * copies), *dx = gt_dev((size_t)rows * K * 2);
-    float *dy = gt_dev((size_t)rows * N * 4);
-    GT_CUDA(sk_fill_dummy_bf16(dw, 1, 9, 0, (int64_t)(wn * copies), 0, 0));
-    GT_CUDA(sk_fill_dummy_bf16(dx, 1, 10, 0, (int64_t)rows * K, 0, 0));
-    cudaEvent_t e0, e1;
-    GT_CUDA(cudaEventCreate(&e0));
-    GT_CUDA(cudaEventCreate(&e1));
-    float ms[2] = {0, 0};
-    for (int v = 0; v < 2; v++) {
-        for (int i = 0; i < iters + 4; i++) {
-            if (i == 4) GT_CUDA(cudaEventRecord(e0, b->stream));
-            if (v)
-                GT_CUDA(sk_hopper_gemm(h, dw + (i % copies) * wn, dx, dy, rows, N, K, 0, b->stream));
-            else
-                cuda_gemm(b, dw + (i % copies) * wn, dx, dy, rows, N, K);
-        }
-        GT_CUDA(cudaEventRecord(e1, b->stream));
-        GT_CUDA(cudaEventSynchronize(e1));
-        GT_CUDA(cudaEventElapsedTime(&ms[v], e0, e1));
-        ms[v] /= iters;
-    }
+    const int iters = 40;
+    struct product_bench pb;
+    product_bench_init(&pb, rows, N, K);
+    struct bench_ctx c = {b, h, 0};
+    const float ms[2] = {product_bench_ms(&pb, b->stream, iters, run_cuda_gemm, &c),
+                         product_bench_ms(&pb, b->stream, iters, run_hopper, &c)};
+    const size_t wn = pb.wn;
     printf("  bench hopper rows=%3d N=%6d K=%5d splits=%2d: cublas %7.1f us %5.0f GB/s | hopper %7.1f us %5.0f GB/s "
            "(%.2fx)\n",
            rows, N, K, sk_hopper_gemm_splits(h, N, K), ms[0] * 1e3, wn * 2 / (ms[0] * 1e6), ms[1] * 1e3,
@@ -213,16 +197,11 @@ static void bench_case(struct cuda_backend *b, struct sk_hopper_gemm *h, int row
     const char *sweep = getenv("SLUICE_HOPPER_SWEEP");
     if (sweep && !strcmp(sweep, "1") && N <= 8192 && (rows == 16 || rows == 64)) {
         printf("    splits sweep (GB/s):");
-        const int sp[] = {1, 2, 3, 4, 5, 6, 7, 8};
-        for (size_t i = 0; i < sizeof sp / sizeof sp[0]; i++)
-            printf(" %d:%.0f", sp[i], wn * 2 / (time_hopper(h, b->stream, dw, wn, copies, dx, dy, rows, N, K, sp[i]) * 1e6));
+        for (c.splits = 1; c.splits <= SK_HOPPER_MAX_SPLITS; c.splits++)
+            printf(" %d:%.0f", c.splits, wn * 2 / (product_bench_ms(&pb, b->stream, iters, run_hopper, &c) * 1e6));
         printf("\n");
     }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    cudaFree(dw);
-    cudaFree(dx);
-    cudaFree(dy);
+    product_bench_free(&pb);
 }
 
 static void bench(struct sk_hopper_gemm *h)

@@ -2,6 +2,7 @@
  * pass at ||out - ref|| / ||ref|| < 1e-2 (METHOD.md's bound for bf16 operands); exact kernels
  * (gathers, conversions, dummy weights, the sampler's choices) must match exactly. */
 #include "tests/gpu/gpu_test.h"
+#include "tests/gpu/product_bench.h"
 
 #include "kernels/sluice_kernels.h"
 #include "worker/backend/cuda/cuda_internal.h"
@@ -834,40 +835,30 @@ static void test_gemm_case(struct cuda_backend *b, int M, int N, int K)
 }
 
 /* Times one product over rotating weight copies (more than L2) and prints GB/s of weights. */
+static void run_cuda_gemm(const struct product_bench *pb, int i, void *b)
+{
+    cuda_gemm(b, product_bench_w(pb, i), pb->x, pb->y, pb->rows, pb->n_out, pb->k_in);
+}
+
+static void run_gemv(const struct product_bench *pb, int i, void *b)
+{
+    GT_CUDA(sk_gemv(product_bench_w(pb, i), pb->x, pb->y, pb->rows, pb->n_out, pb->k_in,
+                    ((struct cuda_backend *)b)->stream));
+}
+
 static void bench_gemm(struct cuda_backend *b, int rows, int N, int K)
 {
-    const int copies = 4, iters = 20;
-    size_t wn = (size_t)N * K;
-    uint16_t *dw = gt_dev(wn * 2 * copies), *dx = gt_dev((size_t)rows * K * 2);
-    float *dy = gt_dev((size_t)rows * N * 4);
-    GT_CUDA(sk_fill_dummy_bf16(dw, 1, 9, 0, (int64_t)(wn * copies), 0, 0));
-    GT_CUDA(sk_fill_dummy_bf16(dx, 1, 10, 0, (int64_t)rows * K, 0, 0));
-    cudaEvent_t e0, e1;
-    GT_CUDA(cudaEventCreate(&e0));
-    GT_CUDA(cudaEventCreate(&e1));
-    float ms[2] = {0, 0};
-    for (int v = 0; v < 2; v++) {
-        b->use_gemv = false;
-        for (int i = 0; i < iters + 4; i++) {
-            if (i == 4) GT_CUDA(cudaEventRecord(e0, b->stream));
-            if (v == 1)
-                GT_CUDA(sk_gemv(dw + (i % copies) * wn, dx, dy, rows, N, K, b->stream));
-            else
-                cuda_gemm(b, dw + (i % copies) * wn, dx, dy, rows, N, K);
-        }
-        GT_CUDA(cudaEventRecord(e1, b->stream));
-        GT_CUDA(cudaEventSynchronize(e1));
-        GT_CUDA(cudaEventElapsedTime(&ms[v], e0, e1));
-        ms[v] /= iters;
-    }
+    const int iters = 20;
+    struct product_bench pb;
+    product_bench_init(&pb, rows, N, K);
+    b->use_gemv = false;
+    const float ms[2] = {product_bench_ms(&pb, b->stream, iters, run_cuda_gemm, b),
+                         product_bench_ms(&pb, b->stream, iters, run_gemv, b)};
+    b->use_gemv = true;
+    const size_t wn = pb.wn;
     printf("  bench gemm rows=%d N=%d K=%d: cublas %.1f us (%.0f GB/s), gemv %.1f us (%.0f GB/s)\n", rows, N, K,
            ms[0] * 1e3, wn * 2 / (ms[0] * 1e6), ms[1] * 1e3, wn * 2 / (ms[1] * 1e6));
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    cudaFree(dw);
-    cudaFree(dx);
-    cudaFree(dy);
-    b->use_gemv = true;
+    product_bench_free(&pb);
 }
 
 static void test_gemm(void)

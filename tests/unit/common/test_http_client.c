@@ -535,6 +535,26 @@ Test(http_client, post_sends_body_and_headers)
     ctx_free(&t);
 }
 
+Test(http_client, json_body_and_path_joined_by_the_client)
+{
+    struct ctx t;
+    ctx_init(&t);
+    char base[128];
+    url_of(&t, base, sizeof base, "");
+    json_t *body = json_pack("{s:i}", "a", 1);
+    struct http_call_opts o = {.method = "POST", .url = base, .path = "/echo", .json = body};
+    struct res r = {0};
+    cr_assert_eq(start(&t, &r, &o), 0);
+    json_decref(body); /* the client serialized it */
+    cr_assert(run_until(&t, is_done, &r, 5000));
+    cr_assert_eq(r.error, HTTP_CALL_OK);
+    cr_assert(strncmp(r.body, "POST /echo HTTP/1.1\r\n", 21) == 0, "%s", r.body);
+    cr_assert_not_null(strstr(r.body, "\r\nContent-Type: application/json\r\n"), "%s", r.body);
+    cr_assert(r.body_len > 7 && memcmp(r.body + r.body_len - 7, "{\"a\":1}", 7) == 0, "%s", r.body);
+    res_clear(&r);
+    ctx_free(&t);
+}
+
 Test(http_client, streams_in_pieces)
 {
     struct ctx t;
