@@ -55,10 +55,12 @@ __global__ void row_offsets_kernel(int32_t *off, int rows, int n)
     if (r <= rows) off[r] = r * n;
 }
 
-__global__ void embed_kernel(float *x, const __nv_bfloat16 *table, const int32_t *tokens, int hidden)
+__global__ void embed_kernel(float *x, const __nv_bfloat16 *table, const int32_t *tokens,
+                             const sk_sample_out *prev, int hidden)
 {
     int t = blockIdx.x;
-    const __nv_bfloat16 *row = table + (int64_t)tokens[t] * hidden;
+    const int32_t id = tokens[t] < 0 ? prev[-1 - tokens[t]].token : tokens[t];
+    const __nv_bfloat16 *row = table + (int64_t)id * hidden;
     float *o = x + (int64_t)t * hidden;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = __bfloat162float(row[i]);
 }
@@ -272,11 +274,11 @@ extern "C" cudaError_t sk_fill_row_offsets(int32_t *offsets, int rows, int n, cu
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t sk_embed(float *x, const uint16_t *table, const int32_t *tokens, int n_tokens, int hidden,
-                                cudaStream_t s)
+extern "C" cudaError_t sk_embed(float *x, const uint16_t *table, const int32_t *tokens, const sk_sample_out *prev,
+                                int n_tokens, int hidden, cudaStream_t s)
 {
     if (n_tokens <= 0) return cudaSuccess;
-    embed_kernel<<<n_tokens, threads_for_row(hidden), 0, s>>>(x, (const __nv_bfloat16 *)table, tokens, hidden);
+    embed_kernel<<<n_tokens, threads_for_row(hidden), 0, s>>>(x, (const __nv_bfloat16 *)table, tokens, prev, hidden);
     return cudaGetLastError();
 }
 

@@ -35,8 +35,12 @@ cudaError_t sk_fill_iota_rows(int32_t *dst, int rows, int n, cudaStream_t s);
 cudaError_t sk_fill_row_offsets(int32_t *offsets, int rows, int n, cudaStream_t s);
 
 /* --- per-token layers ------------------------------------------------------------------ */
-/* x[t, :] = float(table[tokens[t], :]) */
-cudaError_t sk_embed(float *x, const uint16_t *table, const int32_t *tokens, int n_tokens, int hidden, cudaStream_t s);
+struct sk_sample_out;
+/* x[t, :] = float(table[id, :]) for id = tokens[t], or, where tokens[t] < 0, the token the
+ * previous step sampled for row -1 - tokens[t]: prev[-1 - tokens[t]].token (the engine queues a
+ * decode step before its input tokens reach the host; prev may be NULL when none is < 0). */
+cudaError_t sk_embed(float *x, const uint16_t *table, const int32_t *tokens, const struct sk_sample_out *prev,
+                     int n_tokens, int hidden, cudaStream_t s);
 /* For each output row r (source row t = rows ? rows[r] : r): v = x[t] + (delta ? delta[t] : 0);
  * when rows is NULL x[t] = v is stored back (the residual stream); y[r] = bf16(w * v *
  * rsqrt(mean(v^2) + eps)). */

@@ -22,6 +22,7 @@
 #define TRACE_BUF_BYTES (8u << 20)
 #define TRACE_MAX_RECORDS (4u << 20) /* 128 MB reserved, touched only as records come */
 #define TRACE_MAX_NAMES 256
+#define TRACE_BETWEEN_MAX_NS 2000000ull /* longer: not the next step of the same run */
 
 struct trace_rec {
     uint64_t start, end;
@@ -109,11 +110,18 @@ struct kernel_sum {
 static void report_graph(size_t lo, size_t hi, long replays)
 {
     struct kernel_sum sum[TRACE_MAX_NAMES] = {{0}};
-    double span_ns = 0, gap_ns = 0;
-    long kernels = 0;
+    double span_ns = 0, gap_ns = 0, between_ns = 0;
+    long kernels = 0, n_between = 0;
+    uint64_t prev_end = 0;
     for (size_t i = lo; i < hi;) {
         size_t j = i;
         uint64_t max_end = recs[i].start;
+        /* From the previous replay's last kernel to this one's first: the host's part of a step
+         * (results, scheduling, the next launch) when replays follow each other. */
+        if (prev_end && recs[i].start > prev_end && recs[i].start - prev_end < TRACE_BETWEEN_MAX_NS) {
+            between_ns += (double)(recs[i].start - prev_end);
+            n_between++;
+        }
         while (j < hi && recs[j].corr == recs[i].corr) {
             const struct trace_rec *r = &recs[j];
             if (r->start > max_end) gap_ns += (double)(r->start - max_end);
@@ -126,10 +134,14 @@ static void report_graph(size_t lo, size_t hi, long replays)
         }
         span_ns += (double)(max_end - recs[i].start);
         kernels += (long)(j - i);
+        prev_end = max_end;
         i = j;
     }
     fprintf(stderr, "kernel trace: graph %u, %ld replays, %.1f kernels each: span %.1f us/replay, idle %.1f us\n",
             recs[lo].graph, replays, (double)kernels / replays, span_ns / replays / 1e3, gap_ns / replays / 1e3);
+    if (n_between)
+        fprintf(stderr, "kernel trace: between consecutive replays %.1f us (mean of %ld)\n", between_ns / n_between / 1e3,
+                n_between);
     fprintf(stderr, "kernel trace:   %10s %10s %8s  kernel\n", "own us", "run us", "count");
     for (;;) {
         int best = -1;

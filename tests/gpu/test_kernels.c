@@ -84,17 +84,27 @@ static void test_embed_norm_silu(void)
     const int V = 1000, H = 4096, T = 37, I = 11008;
     uint16_t *table = malloc((size_t)V * H * 2);
     for (size_t i = 0; i < (size_t)V * H; i++) table[i] = gt_f2bf(gt_normal());
-    int32_t tok[T];
-    for (int t = 0; t < T; t++) tok[t] = gt_int(V);
+    /* Every third token is a row of the previous step's sampler output, as a queued decode step
+     * gives them. */
+    struct sk_sample_out prev[5];
+    memset(prev, 0, sizeof prev);
+    for (int r = 0; r < 5; r++) prev[r].token = gt_int(V);
+    int32_t tok[T], id[T];
+    for (int t = 0; t < T; t++) {
+        id[t] = t % 3 ? gt_int(V) : prev[t % 5].token;
+        tok[t] = t % 3 ? id[t] : -1 - t % 5;
+    }
     uint16_t *dtable = gt_up(table, (size_t)V * H * 2);
     int32_t *dtok = gt_up(tok, sizeof tok);
+    struct sk_sample_out *dprev = gt_up(prev, sizeof prev);
     float *dx = gt_dev((size_t)T * H * 4), *x = malloc((size_t)T * H * 4);
-    GT_CUDA(sk_embed(dx, dtable, dtok, T, H, 0));
+    GT_CUDA(sk_embed(dx, dtable, dtok, dprev, T, H, 0));
     gt_down(x, dx, (size_t)T * H * 4);
     long bad = 0;
     for (int t = 0; t < T; t++)
-        for (int i = 0; i < H; i++) bad += x[(size_t)t * H + i] != gt_bf2f(table[(size_t)tok[t] * H + i]);
-    GT_CHECK(bad == 0, "embedding gather exact (%ld mismatches)", bad);
+        for (int i = 0; i < H; i++) bad += x[(size_t)t * H + i] != gt_bf2f(table[(size_t)id[t] * H + i]);
+    GT_CHECK(bad == 0, "embedding gather exact, previous step's tokens included (%ld mismatches)", bad);
+    cudaFree(dprev);
 
     float *delta = malloc((size_t)T * H * 4), *w = malloc(H * 4);
     for (size_t i = 0; i < (size_t)T * H; i++) delta[i] = gt_normal();

@@ -30,6 +30,13 @@ struct sampling_params {
     int logprobs;             /* -1: none; 0..20: the sampled token's logprob plus that many top */
 };
 
+/* Whether sampling reads the sequence's tokens (penalties): then they must all be on the host. */
+static inline bool sampling_uses_history(const struct sampling_params *sp)
+{
+    return (sp->repetition_penalty > 0.0f && sp->repetition_penalty != 1.0f) || sp->presence_penalty != 0.0f ||
+           sp->frequency_penalty != 0.0f;
+}
+
 struct batch_seq {
     int32_t n_new;                 /* tokens of this step in batch.tokens, in order */
     int32_t start_pos;             /* position of the first of them = tokens already in KV */
@@ -65,12 +72,23 @@ struct sample_result {
 };
 
 struct backend;
+struct backend_stash;
+
+/* A token of batch->tokens that the host does not know yet: the one sampled for row r (the
+ * r-th sequence with sample set) of the step submitted just before this one. The engine
+ * queues the next decode step with these before it has taken the last step's tokens. */
+#define BACKEND_TOKEN_FROM_PREV(r) (-1 - (int32_t)(r))
+#define BACKEND_TOKEN_PREV_ROW(tok) (-1 - (tok))
 
 struct backend_ops {
     /* Runs one step. results has one entry per sequence with sample set, in order. Returns 0
      * or negative with b->error filled (a device error: the worker reports it and stops
-     * serving, see /health). */
+     * serving, see /health). Used when submit is NULL. */
     int (*forward)(struct backend *b, const struct batch *batch, struct sample_result *results);
+    /* Optional, both or neither: a step in two halves (see backend_submit). submit queues the
+     * step on the device and returns; collect waits for the oldest queued step. */
+    int (*submit)(struct backend *b, const struct batch *batch);
+    int (*collect)(struct backend *b, struct sample_result *results);
     void (*free)(struct backend *b);
 };
 
@@ -82,6 +100,7 @@ struct backend {
     int32_t max_batch_tokens;     /* the largest n_tokens a step may carry */
     int32_t max_batch_seqs;
     char error[512];
+    struct backend_stash *stash;  /* backend_submit's, for a backend without its own submit */
 };
 
 struct backend_options {
@@ -100,14 +119,18 @@ int backend_cpu_create(struct backend **out, const struct model *m,
 int backend_cuda_create(struct backend **out, const struct model *m,
                         const struct backend_options *opt, char *err, size_t errlen);
 
-static inline int backend_forward(struct backend *b, const struct batch *batch,
-                                  struct sample_result *results)
-{
-    return b->ops->forward(b, batch, results);
-}
-static inline void backend_free(struct backend *b)
-{
-    if (b) b->ops->free(b);
-}
+/* A step in two halves, so that the next step can be queued while this one runs: the device
+ * then does not wait for the host between steps. backend_submit queues a step; batch and
+ * everything it points to may change once it returns. backend_collect waits for the oldest
+ * step queued and not collected yet and writes its results (one per sequence with sample
+ * set). At most two steps are queued at once. Where the backend has no submit of its own,
+ * backend_submit runs the step to the end and keeps its results for backend_collect. */
+int backend_submit(struct backend *b, const struct batch *batch);
+int backend_collect(struct backend *b, struct sample_result *results);
+/* Whether backend_submit returns before the step has run (only then does overlapping pay). */
+bool backend_submit_returns_early(const struct backend *b);
+/* One step to the end: submit, then collect. */
+int backend_forward(struct backend *b, const struct batch *batch, struct sample_result *results);
+void backend_free(struct backend *b);
 
 #endif

@@ -48,6 +48,17 @@ struct live_req {
     bool has_step_tok;
     struct strbuf step_text; /* this step's new text, handed to the event */
     enum finish_reason finish;
+    /* Tokens of the sequence still BACKEND_TOKEN_FROM_PREV placeholders: sampled by a step
+     * whose results the engine has not taken yet (at most the last two). */
+    int32_t n_placeholders;
+};
+
+/* The sampled rows of a submitted step, kept until its tokens are taken. */
+struct step_rows {
+    int32_t n;
+    struct live_req **lr; /* per row, in the step's order; NULL once the request ended */
+    int32_t *pos;         /* where the row's token goes in its sequence */
+    bool *placed;         /* a placeholder holds that position already */
 };
 
 struct engine {
@@ -80,9 +91,14 @@ struct engine {
     struct batch_seq *bseqs;
     int32_t *btokens;
     struct sample_result *results;
+    /* Submitted steps whose tokens are not taken yet, oldest first from flight_head: at most
+     * the one just submitted and the one before it. */
+    struct step_rows flight[2];
+    int flight_head, n_flight;
+    bool overlap;                  /* backend_submit returns early, or the options ask for it */
     bool failed;
     char error[512];
-    uint64_t tokens_generated, prompt_tokens, steps;
+    uint64_t tokens_generated, prompt_tokens, steps, overlapped_steps;
 };
 
 const char *finish_reason_name(enum finish_reason r)
@@ -190,6 +206,13 @@ static void live_unlink(struct engine *e, struct live_req *lr)
 static void live_destroy(struct engine *e, struct live_req *lr)
 {
     live_unlink(e, lr);
+    /* A queued step may still carry it: its row is skipped when the step's tokens come. The
+     * blocks can go back now: every later step is queued behind that one on the device. */
+    for (int i = 0; i < e->n_flight; i++) {
+        struct step_rows *sr = &e->flight[(e->flight_head + i) % 2];
+        for (int32_t r = 0; r < sr->n; r++)
+            if (sr->lr[r] == lr) sr->lr[r] = NULL;
+    }
     if (lr->seq) sched_seq_remove(&e->sched, lr->seq);
     if (lr->ts) tok_stream_free(lr->ts);
     stop_free(&lr->stop);
@@ -198,9 +221,10 @@ static void live_destroy(struct engine *e, struct live_req *lr)
     free(lr);
 }
 
+/* Generated tokens the engine knows (placeholders are not known yet). */
 static int32_t live_generated(const struct live_req *lr)
 {
-    return lr->seq ? sched_seq_generated(lr->seq) : 0;
+    return lr->seq ? sched_seq_generated(lr->seq) - lr->n_placeholders : 0;
 }
 
 /* Ends lr with an event (no text beyond what the caller passes) and frees it. */
@@ -228,11 +252,17 @@ static bool push_text(struct live_req *lr, const char *text, size_t len)
     return rc == 1;
 }
 
-static void handle_token(struct engine *e, struct live_req *lr, const struct sample_result *res)
+/* Takes the token sampled for lr, which goes at position pos of its sequence: into the
+ * placeholder there (placed), or appended. */
+static void handle_token(struct engine *e, struct live_req *lr, const struct sample_result *res, int32_t pos,
+                         bool placed)
 {
     struct sched_seq *seq = lr->seq;
     if (lr->first_token_ms < 0) lr->first_token_ms = now_ms() - lr->t_submit_ms;
-    if (sched_seq_append(seq, res->token) != 0) {
+    if (placed) {
+        seq->tokens[pos] = res->token;
+        lr->n_placeholders--;
+    } else if (sched_seq_append(seq, res->token) != 0) {
         lr->finish = FINISH_ERROR;
         return;
     }
@@ -251,8 +281,7 @@ static void handle_token(struct engine *e, struct live_req *lr, const struct sam
     lr->has_step_tok = true;
 
     bool emit;
-    enum finish_reason finish = stop_check_token(&lr->stop, res->token, sched_seq_generated(seq),
-                                                 seq->n_tokens, &emit);
+    enum finish_reason finish = stop_check_token(&lr->stop, res->token, pos + 1 - seq->n_prompt, pos + 1, &emit);
     bool matched = false;
     char *piece = NULL;
     size_t len = 0;
@@ -367,58 +396,59 @@ static void fail_all(struct engine *e, const char *why)
     e->refusing = true;
     pthread_mutex_unlock(&e->in_mu);
     while (e->live) live_end(e, e->live, FINISH_ERROR, e->error);
+    e->n_flight = 0; /* the backend failed: their tokens will not come */
 }
 
 /* ---- one step ------------------------------------------------------------------------------ */
 
-/* Runs one step; returns how many sequences it carried. */
-static int32_t run_step(struct engine *e)
+/* Whether the token the sequence samples next is certainly its last by length: then no step
+ * is queued after it on a guess. */
+static bool next_token_ends_by_length(const struct live_req *lr)
 {
-    const struct sched_entry *ent;
-    int32_t n_ent;
-    if (sched_schedule(&e->sched, &ent, &n_ent) != 0) {
-        fail_all(e, "out of memory while scheduling");
-        return 0;
-    }
-    if (n_ent == 0) return 0;
+    const struct sched_seq *q = lr->seq;
+    return (lr->stop.max_tokens > 0 && sched_seq_generated(q) + 1 >= lr->stop.max_tokens) ||
+           (lr->stop.max_total > 0 && q->n_tokens + 1 >= lr->stop.max_total);
+}
 
-    int32_t n_tok = 0;
-    for (int32_t i = 0; i < n_ent; i++) {
-        const struct sched_entry *en = &ent[i];
-        struct sched_seq *q = en->seq;
-        struct live_req *lr = q->user;
-        struct batch_seq *bs = &e->bseqs[i];
-        bs->n_new = en->n_new;
-        bs->start_pos = en->start_pos;
-        bs->block_table = q->table.blocks;
-        bs->n_blocks = q->table.n_blocks;
-        bs->sample = en->sample;
-        bs->sampling = &lr->sp;
-        bs->n_generated = (uint64_t)sched_seq_generated(q);
-        bs->history = q->tokens;
-        bs->n_history = q->n_tokens;
-        bs->n_output = sched_seq_generated(q);
-        memcpy(e->btokens + n_tok, q->tokens + en->start_pos, (size_t)en->n_new * sizeof *e->btokens);
-        n_tok += en->n_new;
-    }
-    struct batch batch = {
-        .n_seqs = n_ent, .seqs = e->bseqs, .n_tokens = n_tok, .tokens = e->btokens, .logits_out = NULL,
-    };
-    e->backend->error[0] = '\0';
-    int rc = backend_forward(e->backend, &batch, e->results);
-    e->steps++;
-    if (rc != 0) {
-        fail_all(e, e->backend->error);
-        return n_ent;
-    }
-
-    /* Collect first (sampling appends to the sequences the entries point into), then post. */
-    struct live_req *touched[n_ent > 0 ? n_ent : 1];
-    int32_t n_touched = 0, r = 0;
+/* Records the sampled rows of the step just submitted. With overlap, each sequence gets a
+ * placeholder for its token, so that the next step can be scheduled (and queued) with the
+ * sequence one token longer before that token is on the host. */
+static void record_step(struct engine *e, const struct sched_entry *ent, int32_t n_ent, bool overlap)
+{
+    struct step_rows *sr = &e->flight[(e->flight_head + e->n_flight) % 2];
+    e->n_flight++;
+    sr->n = 0;
     for (int32_t i = 0; i < n_ent; i++) {
         if (!ent[i].sample) continue;
-        struct live_req *lr = ent[i].seq->user;
-        handle_token(e, lr, &e->results[r++]);
+        struct sched_seq *q = ent[i].seq;
+        struct live_req *lr = q->user;
+        const int32_t r = sr->n++;
+        sr->lr[r] = lr;
+        sr->pos[r] = q->n_tokens;
+        sr->placed[r] = overlap && !next_token_ends_by_length(lr) &&
+                        sched_seq_append(q, BACKEND_TOKEN_FROM_PREV(r)) == 0;
+        lr->n_placeholders += sr->placed[r];
+    }
+}
+
+/* Takes the tokens of the oldest queued step: stops, text, events. Returns its row count. */
+static int32_t collect_step(struct engine *e)
+{
+    struct step_rows *sr = &e->flight[e->flight_head];
+    e->flight_head = (e->flight_head + 1) % 2;
+    e->n_flight--;
+    e->backend->error[0] = '\0';
+    if (backend_collect(e->backend, e->results) != 0) {
+        fail_all(e, e->backend->error);
+        return sr->n;
+    }
+    /* Collect first (sampling appends to the sequences), then post. */
+    struct live_req *touched[sr->n > 0 ? sr->n : 1];
+    int32_t n_touched = 0;
+    for (int32_t r = 0; r < sr->n; r++) {
+        struct live_req *lr = sr->lr[r];
+        if (!lr) continue; /* ended while the step ran */
+        handle_token(e, lr, &e->results[r], sr->pos[r], sr->placed[r]);
         touched[n_touched++] = lr;
     }
     for (int32_t i = 0; i < n_touched; i++) {
@@ -431,7 +461,63 @@ static int32_t run_step(struct engine *e)
         lr->has_step_tok = false;
         if (lr->finish != FINISH_NONE) live_destroy(e, lr);
     }
-    return n_ent;
+    return sr->n;
+}
+
+/* Runs one step: schedules and submits the next one, then takes the tokens of every step
+ * before it, and of this one too unless it overlaps the next (the device then goes on to the
+ * next step while the host detokenizes this one's tokens). Returns how many sequences it
+ * carried or finished taking, 0 when there was nothing to do. */
+static int32_t run_step(struct engine *e)
+{
+    const struct sched_entry *ent;
+    int32_t n_ent;
+    if (sched_schedule(&e->sched, &ent, &n_ent) != 0) {
+        fail_all(e, "out of memory while scheduling");
+        return 0;
+    }
+    int32_t done = n_ent, keep = 0;
+    if (n_ent > 0) {
+        int32_t n_tok = 0;
+        bool history = false;
+        for (int32_t i = 0; i < n_ent; i++) {
+            const struct sched_entry *en = &ent[i];
+            struct sched_seq *q = en->seq;
+            struct live_req *lr = q->user;
+            struct batch_seq *bs = &e->bseqs[i];
+            bs->n_new = en->n_new;
+            bs->start_pos = en->start_pos;
+            bs->block_table = q->table.blocks;
+            bs->n_blocks = q->table.n_blocks;
+            bs->sample = en->sample;
+            bs->sampling = &lr->sp;
+            bs->n_generated = (uint64_t)sched_seq_generated(q);
+            bs->history = q->tokens;
+            bs->n_history = q->n_tokens;
+            bs->n_output = sched_seq_generated(q);
+            history |= en->sample && sampling_uses_history(&lr->sp);
+            /* Placeholders among these are the previous step's tokens (BACKEND_TOKEN_FROM_PREV). */
+            memcpy(e->btokens + n_tok, q->tokens + en->start_pos, (size_t)en->n_new * sizeof *e->btokens);
+            n_tok += en->n_new;
+        }
+        struct batch batch = {
+            .n_seqs = n_ent, .seqs = e->bseqs, .n_tokens = n_tok, .tokens = e->btokens, .logits_out = NULL,
+        };
+        e->backend->error[0] = '\0';
+        int rc = backend_submit(e->backend, &batch);
+        e->steps++;
+        if (rc != 0) {
+            fail_all(e, e->backend->error);
+            return n_ent;
+        }
+        /* Penalties read every token of the sequence on the host: no guessing ahead for them. */
+        const bool overlap = e->overlap && !history;
+        record_step(e, ent, n_ent, overlap);
+        keep = overlap;
+        e->overlapped_steps += overlap && e->n_flight == 2;
+    }
+    while (e->n_flight > keep && !e->failed) done += collect_step(e);
+    return done;
 }
 
 static void publish_stats(struct engine *e)
@@ -442,6 +528,7 @@ static void publish_stats(struct engine *e)
     e->stats.kv_blocks_total = e->sched.kv.num_blocks;
     e->stats.kv_blocks_free = kv_cache_num_free(&e->sched.kv);
     e->stats.steps = e->steps;
+    e->stats.overlapped_steps = e->overlapped_steps;
     e->stats.preemptions = e->sched.preemptions;
     e->stats.tokens_generated = e->tokens_generated;
     e->stats.prompt_tokens = e->prompt_tokens;
@@ -460,7 +547,8 @@ static void *engine_main(void *arg)
     bool stalled = false;
     for (;;) {
         pthread_mutex_lock(&e->in_mu);
-        while (!e->stopping && !e->in_head && (e->failed || stalled || sched_idle(&e->sched)))
+        while (!e->stopping && !e->in_head &&
+               (e->failed || (e->n_flight == 0 && (stalled || sched_idle(&e->sched)))))
             pthread_cond_wait(&e->in_cv, &e->in_mu);
         struct in_item *items = e->in_head;
         e->in_head = e->in_tail = NULL;
@@ -501,6 +589,15 @@ static void *engine_main(void *arg)
 
 /* ---- public API ------------------------------------------------------------------------------ */
 
+static void step_rows_free(struct engine *e)
+{
+    for (int i = 0; i < 2; i++) {
+        free(e->flight[i].lr);
+        free(e->flight[i].pos);
+        free(e->flight[i].placed);
+    }
+}
+
 int engine_create(struct engine **out, struct backend *backend, const struct tokenizer *tok,
                   const struct engine_options *opt, uv_loop_t *loop, engine_event_fn on_event,
                   void *user)
@@ -535,6 +632,16 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
     e->results = calloc((size_t)max_seqs, sizeof *e->results);
     e->async = calloc(1, sizeof *e->async);
     if (!e->bseqs || !e->btokens || !e->results || !e->async) goto fail_mem;
+    for (int i = 0; i < 2; i++) {
+        struct step_rows *sr = &e->flight[i];
+        sr->lr = calloc((size_t)max_seqs, sizeof *sr->lr);
+        sr->pos = calloc((size_t)max_seqs, sizeof *sr->pos);
+        sr->placed = calloc((size_t)max_seqs, sizeof *sr->placed);
+        if (!sr->lr || !sr->pos || !sr->placed) goto fail_mem;
+    }
+    /* SLUICE_OVERLAP_STEPS=0 turns overlapping off (to measure what it buys, or to rule it out). */
+    const char *ov = getenv("SLUICE_OVERLAP_STEPS");
+    e->overlap = opt->overlap_always || (backend_submit_returns_early(backend) && !(ov && !strcmp(ov, "0")));
     pthread_mutex_init(&e->in_mu, NULL);
     pthread_cond_init(&e->in_cv, NULL);
     pthread_mutex_init(&e->out_mu, NULL);
@@ -563,6 +670,7 @@ fail_sync:
 fail_mem:
     sched_free(&e->sched);
 fail_sched:
+    step_rows_free(e);
     free(e->bseqs);
     free(e->btokens);
     free(e->results);
@@ -640,6 +748,7 @@ void engine_free(struct engine *e)
     pthread_cond_destroy(&e->in_cv);
     pthread_mutex_destroy(&e->out_mu);
     pthread_mutex_destroy(&e->stats_mu);
+    step_rows_free(e);
     free(e->bseqs);
     free(e->btokens);
     free(e->results);

@@ -73,12 +73,17 @@ struct engine_options {
     int32_t max_num_batched_tokens; /* tokens per step at most (prefill is chunked to fit) */
     int32_t max_model_len;          /* context length */
     uint64_t seed;                  /* seeds requests that bring none */
+    /* Steps overlap (the next one is queued before the last one's tokens are taken) where the
+     * backend's submit returns before the step has run. Tests set this to overlap them over
+     * any backend. */
+    bool overlap_always;
 };
 
 struct engine_stats {
     int32_t waiting, running;       /* sequences */
     int32_t kv_blocks_total, kv_blocks_free;
     uint64_t steps, preemptions, tokens_generated, prompt_tokens;
+    uint64_t overlapped_steps;      /* steps queued before the host took the previous one's tokens */
     bool failed;                    /* the backend reported an error; no more steps */
     char error[512];
 };

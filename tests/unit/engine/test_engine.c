@@ -230,6 +230,16 @@ static struct engine_request *make_request(int i, int32_t max_tokens)
     return r;
 }
 
+/* With overlapped steps a step with penalties is not overlapped (they read every token on the
+ * host): requests without them let every step overlap. */
+static struct engine_request *without_penalties(struct engine_request *r)
+{
+    r->sampling.repetition_penalty = 1.0f;
+    r->sampling.presence_penalty = 0.0f;
+    r->sampling.frequency_penalty = 0.0f;
+    return r;
+}
+
 static void check_text_matches_tokens(struct harness *h, const struct result *r)
 {
     /* The streamed text is the decode of the tokens minus a final EOS (ignore_eos aside). */
@@ -244,18 +254,40 @@ static void check_text_matches_tokens(struct harness *h, const struct result *r)
     free(text);
 }
 
-static void run_batch_invariance(int32_t num_blocks, int32_t max_batched, bool expect_preemption)
+/* Request i of the batch-invariance runs. Overlapped, the requests with penalties (whose steps
+ * are not overlapped) end early, so that most steps overlap. */
+static int32_t invariance_max_tokens(int i, bool overlap)
+{
+    return overlap && (i % 4 == 1 || i % 4 == 2) ? 8 : 40;
+}
+
+static struct engine_request *invariance_request(int i, bool overlap)
+{
+    struct engine_request *r = make_request(i, invariance_max_tokens(i, overlap));
+    if (i % 4 == 0) {
+        /* Ends at a stop string within a few tokens: the step after it is queued already. */
+        r->n_stop = 1;
+        r->stop[0] = strdup("e");
+    }
+    return r;
+}
+
+/* The same requests one at a time (steps not overlapped) and all at once (overlapped when
+ * asked): every token, text and finish must agree. */
+static void run_batch_invariance(int32_t num_blocks, int32_t max_batched, bool expect_preemption, bool overlap)
 {
     enum { N = 16 };
     struct engine_options eo = {.max_num_seqs = 16, .max_num_batched_tokens = max_batched, .max_model_len = 0, .seed = 77};
     static struct harness seq_h, par_h;
     if (!setup(&seq_h, 256, &eo)) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
     for (int i = 0; i < N; i++) {
-        cr_assert_eq(engine_submit(seq_h.eng, make_request(i, 40)), 0);
+        cr_assert_eq(engine_submit(seq_h.eng, invariance_request(i, overlap)), 0);
         wait_done(&seq_h, i + 1);
     }
+    eo.overlap_always = overlap;
     cr_assert(setup(&par_h, num_blocks, &eo));
-    for (int i = 0; i < N; i++) cr_assert_eq(engine_submit(par_h.eng, make_request(i, 40)), 0);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(engine_submit(par_h.eng, invariance_request(i, overlap)), 0);
     wait_done(&par_h, N);
 
     int lengths = 0, stops = 0;
@@ -271,8 +303,8 @@ static void run_batch_invariance(int32_t num_blocks, int32_t max_batched, bool e
         cr_assert_eq(a->text_len, b->text_len);
         cr_assert(memcmp(a->text, b->text, a->text_len) == 0);
         cr_assert_eq(b->completion_tokens, b->n_tokens);
-        if (a->finish == FINISH_LENGTH) cr_assert_eq(a->n_tokens, 40);
-        check_text_matches_tokens(&par_h, b);
+        if (a->finish == FINISH_LENGTH) cr_assert_eq(a->n_tokens, invariance_max_tokens(i, overlap));
+        if (i % 4 != 0) check_text_matches_tokens(&par_h, b); /* a stop string cuts the text */
         cr_assert_geq(b->first_token_ms, 0.0);
     }
     cr_assert_gt(lengths, 0);
@@ -285,27 +317,43 @@ static void run_batch_invariance(int32_t num_blocks, int32_t max_batched, bool e
     cr_assert_eq(st.running + st.waiting, 0);
     cr_assert_not(st.failed);
     if (expect_preemption) cr_assert_gt(st.preemptions, 0, "the cache was meant to force preemption");
+    if (overlap)
+        cr_assert_gt(st.overlapped_steps, st.steps / 2, "%llu of %llu steps overlapped",
+                     (unsigned long long)st.overlapped_steps, (unsigned long long)st.steps);
+    else
+        cr_assert_eq(st.overlapped_steps, 0);
     cr_assert_gt(par_h.toy->max_seqs_seen, 1, "requests were batched together");
     cr_assert_leq(par_h.toy->max_tokens_seen, max_batched);
     teardown(&seq_h);
     teardown(&par_h);
-    (void)stops;
+    cr_assert_geq(stops, N / 4, "stop strings and EOS end some requests while later steps are queued");
 }
 
 Test(engine, concurrent_equals_sequential)
 {
-    run_batch_invariance(256, 64, false);
+    run_batch_invariance(256, 64, false, false);
 }
 
 Test(engine, concurrent_equals_sequential_under_preemption)
 {
     /* 10 blocks = 160 tokens for 16 requests of up to 52 + 40 tokens. */
-    run_batch_invariance(10, 32, true);
+    run_batch_invariance(10, 32, true, false);
 }
 
-Test(engine, stop_string_cuts_the_text)
+/* Each step queued before the last one's tokens are on the host, read through placeholders. */
+Test(engine, overlapped_steps_equal_sequential)
 {
-    struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .seed = 5};
+    run_batch_invariance(256, 64, false, true);
+}
+
+Test(engine, overlapped_steps_equal_sequential_under_preemption)
+{
+    run_batch_invariance(10, 32, true, true);
+}
+
+static void check_stops(bool overlap)
+{
+    struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .seed = 5, .overlap_always = overlap};
     static struct harness h;
     if (!setup(&h, 64, &eo)) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
     struct engine_request *r = make_request(3, 60); /* ignore_eos: a full 60 tokens */
@@ -352,17 +400,32 @@ Test(engine, stop_string_cuts_the_text)
     wait_done(&h, 1);
     cr_assert_eq(h.res[3].finish, FINISH_STOP);
     cr_assert_eq(h.res[3].n_tokens, k + 1, "the stop token is generated and ends the request");
+    struct engine_stats st;
+    engine_get_stats(h.eng, &st);
+    if (overlap) cr_assert_gt(st.overlapped_steps, 0);
+    cr_assert_eq(st.kv_blocks_free, 64, "every block is back");
     teardown(&h);
 }
 
-Test(engine, aborts_free_blocks)
+Test(engine, stop_string_cuts_the_text)
 {
-    struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .seed = 5};
+    check_stops(false);
+}
+
+Test(engine, stop_string_cuts_the_text_overlapped)
+{
+    check_stops(true);
+}
+
+static void check_aborts(bool overlap)
+{
+    struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .seed = 5, .overlap_always = overlap};
     static struct harness h;
     if (!setup(&h, 128, &eo)) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
     h.abort_on_first = true;
     for (int i = 0; i < 6; i++) {
         struct engine_request *r = make_request(i, 100000);
+        if (overlap) without_penalties(r);
         r->ignore_eos = true;
         cr_assert_eq(engine_submit(h.eng, r), 0);
     }
@@ -377,14 +440,25 @@ Test(engine, aborts_free_blocks)
     teardown(&h);
 }
 
-Test(engine, backend_failure_ends_everything)
+Test(engine, aborts_free_blocks)
 {
-    struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .seed = 5};
+    check_aborts(false);
+}
+
+Test(engine, aborts_free_blocks_overlapped)
+{
+    check_aborts(true);
+}
+
+static void check_backend_failure(bool overlap)
+{
+    struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .seed = 5, .overlap_always = overlap};
     static struct harness h;
     if (!setup(&h, 128, &eo)) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
     h.toy->fail_at_step = 5;
     for (int i = 0; i < 4; i++) {
         struct engine_request *r = make_request(i, 1000);
+        if (overlap) without_penalties(r);
         r->ignore_eos = true;
         cr_assert_eq(engine_submit(h.eng, r), 0);
     }
@@ -401,9 +475,20 @@ Test(engine, backend_failure_ends_everything)
     teardown(&h);
 }
 
-Test(engine, bad_requests_get_errors_and_free_stops_in_flight)
+Test(engine, backend_failure_ends_everything)
 {
-    struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .max_model_len = 40, .seed = 5};
+    check_backend_failure(false);
+}
+
+Test(engine, backend_failure_ends_everything_overlapped)
+{
+    check_backend_failure(true);
+}
+
+static void check_bad_requests(bool overlap)
+{
+    struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .max_model_len = 40, .seed = 5,
+                                .overlap_always = overlap};
     static struct harness h;
     if (!setup(&h, 128, &eo)) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
     struct engine_request *r = make_request(1, 10);
@@ -429,4 +514,14 @@ Test(engine, bad_requests_get_errors_and_free_stops_in_flight)
         cr_assert_eq(engine_submit(h.eng, q), 0);
     }
     teardown(&h);
+}
+
+Test(engine, bad_requests_get_errors_and_free_stops_in_flight)
+{
+    check_bad_requests(false);
+}
+
+Test(engine, bad_requests_get_errors_and_free_stops_in_flight_overlapped)
+{
+    check_bad_requests(true);
 }

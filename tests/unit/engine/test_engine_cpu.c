@@ -74,7 +74,7 @@ static struct engine_request *request(const struct tokenizer *tok, int i)
 }
 
 static void serve(struct run *r, const struct model *m, const struct tokenizer *tok, int32_t kv_blocks,
-                  int32_t max_batched, bool one_at_a_time, uint64_t *preemptions)
+                  int32_t max_batched, bool one_at_a_time, bool overlap, uint64_t *preemptions)
 {
     char err[256];
     struct backend *b = NULL;
@@ -85,7 +85,8 @@ static void serve(struct run *r, const struct model *m, const struct tokenizer *
     cr_assert_eq(uv_loop_init(&r->loop), 0);
     uv_timer_init(&r->loop, &r->timer);
     r->timer.data = r;
-    struct engine_options eo = {.max_num_seqs = N_REQ, .max_num_batched_tokens = max_batched, .seed = 1};
+    struct engine_options eo = {
+        .max_num_seqs = N_REQ, .max_num_batched_tokens = max_batched, .seed = 1, .overlap_always = overlap};
     cr_assert_eq(engine_create(&r->eng, b, tok, &eo, &r->loop, on_event, r), 0);
     for (int i = 0; i < N_REQ; i++) {
         cr_assert_eq(engine_submit(r->eng, request(tok, i)), 0);
@@ -95,6 +96,7 @@ static void serve(struct run *r, const struct model *m, const struct tokenizer *
     struct engine_stats st;
     engine_get_stats(r->eng, &st);
     *preemptions = st.preemptions;
+    if (overlap) cr_assert_gt(st.overlapped_steps, st.steps / 2);
     cr_assert_eq(st.kv_blocks_free, st.kv_blocks_total);
     engine_free(r->eng);
     uv_close((uv_handle_t *)&r->timer, NULL);
@@ -113,19 +115,25 @@ Test(engine_cpu, continuous_batching_matches_one_at_a_time)
     if (model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err) != 0) cr_skip_test("stories260K: %s", err);
     cr_assert_eq(tok_load(&tok, path, err, sizeof err), 0, "%s", err);
 
-    static struct run seq, par;
-    uint64_t pre_seq, pre_par;
-    serve(&seq, m, tok, 64, 64, true, &pre_seq);
+    static struct run seq, par, over;
+    uint64_t pre_seq, pre_par, pre_over;
+    serve(&seq, m, tok, 64, 64, true, false, &pre_seq);
     /* 8 blocks (128 tokens) for 8 requests of up to ~70 tokens: preemption; 16-token steps:
-     * chunked prefill. */
-    serve(&par, m, tok, 8, 16, false, &pre_par);
+     * chunked prefill. Then the same with each step queued before the last one's tokens are
+     * taken (as over a GPU). */
+    serve(&par, m, tok, 8, 16, false, false, &pre_par);
+    serve(&over, m, tok, 8, 16, false, true, &pre_over);
     cr_assert_gt(pre_par, 0, "the small cache was meant to force preemption");
+    cr_assert_gt(pre_over, 0, "the small cache was meant to force preemption");
     for (int i = 0; i < N_REQ; i++) {
         cr_assert(seq.res[i].finish == FINISH_LENGTH || seq.res[i].finish == FINISH_STOP, "%d: %s", i, seq.res[i].error);
-        cr_assert_eq(seq.res[i].finish, par.res[i].finish, "request %d", i);
-        cr_assert_eq(seq.res[i].n, par.res[i].n, "request %d", i);
-        cr_assert(memcmp(seq.res[i].tokens, par.res[i].tokens, (size_t)seq.res[i].n * sizeof(int32_t)) == 0,
-                  "request %d: tokens differ", i);
+        const struct out *runs[2] = {&par.res[i], &over.res[i]};
+        for (int k = 0; k < 2; k++) {
+            cr_assert_eq(seq.res[i].finish, runs[k]->finish, "request %d, run %d", i, k);
+            cr_assert_eq(seq.res[i].n, runs[k]->n, "request %d, run %d", i, k);
+            cr_assert(memcmp(seq.res[i].tokens, runs[k]->tokens, (size_t)seq.res[i].n * sizeof(int32_t)) == 0,
+                      "request %d, run %d: tokens differ", i, k);
+        }
     }
     tok_free(tok);
     model_free(m);

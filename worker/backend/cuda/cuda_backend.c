@@ -46,12 +46,14 @@ static void cuda_free(struct backend *base)
     if (b->hist_host) cudaFreeHost(b->hist_host);
     if (b->out_host) cudaFreeHost(b->out_host);
     if (b->meta_sent) cudaEventDestroy(b->meta_sent);
+    for (int i = 0; i < 2; i++)
+        if (b->step_done[i]) cudaEventDestroy(b->step_done[i]);
     if (b->cublas) cublasDestroy(b->cublas);
     if (b->stream) cudaStreamDestroy(b->stream);
     free(b);
 }
 
-static const struct backend_ops cuda_ops = {.forward = cuda_forward, .free = cuda_free};
+static const struct backend_ops cuda_ops = {.submit = cuda_submit, .collect = cuda_collect, .free = cuda_free};
 
 static int alloc_ws(struct cuda_backend *b, void **p, size_t bytes)
 {
@@ -106,8 +108,9 @@ static int workspace_alloc(struct cuda_backend *b)
     if ((rc = alloc_ws(b, (void **)&b->meta_dev, b->meta_bytes)) < 0) goto fail;
     CUDA_CHECK(b, cudaHostAlloc((void **)&b->meta_host, b->meta_bytes, cudaHostAllocDefault));
     if ((rc = alloc_ws(b, (void **)&b->out_dev, S * sizeof(struct sk_sample_out))) < 0) goto fail;
-    CUDA_CHECK(b, cudaHostAlloc((void **)&b->out_host, S * sizeof(struct sk_sample_out), cudaHostAllocDefault));
+    CUDA_CHECK(b, cudaHostAlloc((void **)&b->out_host, 2 * S * sizeof(struct sk_sample_out), cudaHostAllocDefault));
     CUDA_CHECK(b, cudaEventCreateWithFlags(&b->meta_sent, cudaEventDisableTiming));
+    for (int i = 0; i < 2; i++) CUDA_CHECK(b, cudaEventCreateWithFlags(&b->step_done[i], cudaEventDisableTiming));
     CUDA_CHECK(b, cudaEventRecord(b->meta_sent, b->stream));
     CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
 fail:

@@ -1,6 +1,7 @@
 /* One step of the CUDA backend: the ragged batch's metadata goes over in one copy, the layers
  * run as kernels and cuBLAS products on one stream, sampling runs on the device, and the host
- * waits once, for the sampled tokens. */
+ * waits once, for the sampled tokens, when it collects the step: by then the next step may be
+ * queued behind it (backend_submit), so the GPU does not wait for the host in between. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,12 +47,6 @@ static size_t meta_layout(unsigned char *base, int T, int S, int R, int bt_strid
     m->dec = (int32_t *)(base + at);
     at = align16(at + (size_t)n_dec * 4);
     return at;
-}
-
-static bool wants_penalty(const struct sampling_params *sp)
-{
-    return (sp->repetition_penalty > 0.0f && sp->repetition_penalty != 1.0f) || sp->presence_penalty != 0.0f ||
-           sp->frequency_penalty != 0.0f;
 }
 
 static int ensure_history(struct cuda_backend *b, size_t n)
@@ -147,7 +142,7 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
     const int H = c->hidden_size, I = c->intermediate_size, D = c->head_dim, V = c->vocab_size;
     const int nh = c->n_heads, nkv = c->n_kv_heads, qd = nh * D, qkvd = (nh + 2 * nkv) * D;
     int rc = 0;
-    CUDA_CHECK(b, sk_embed(b->x, b->tok_embed, a->dm.tokens, a->T, H, b->stream));
+    CUDA_CHECK(b, sk_embed(b->x, b->tok_embed, a->dm.tokens, b->out_dev, a->T, H, b->stream));
     prof_mark(b, P_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
         const struct cuda_layer *w = &b->layers[l];
@@ -206,9 +201,6 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
         CUDA_CHECK(b, sk_sample_finish(b->logits, b->work, b->sorted_w, b->sorted_ids, a->any_cut, a->dm.rows,
                                        b->out_dev, a->R, V, b->stream));
         prof_mark(b, P_SAMPLE);
-        CUDA_CHECK(b, cudaMemcpyAsync(b->out_host, b->out_dev, (size_t)a->R * sizeof *b->out_host,
-                                      cudaMemcpyDeviceToHost, b->stream));
-        prof_mark(b, P_COPY);
     }
 fail:
     return rc;
@@ -269,7 +261,10 @@ fail:
     return rc;
 }
 
-int cuda_forward(struct backend *base, const struct batch *batch, struct sample_result *results)
+/* Queues one step (backend_submit): its metadata goes over, then the model, the sampler and
+ * the copy of the sampled tokens into this step's half of out_host. Tokens given as the previous
+ * step's rows are read on the device from what its sampler left in out_dev. */
+int cuda_submit(struct backend *base, const struct batch *batch)
 {
     struct cuda_backend *b = (struct cuda_backend *)base;
     const struct model_config *c = &base->config;
@@ -283,7 +278,6 @@ int cuda_forward(struct backend *base, const struct batch *batch, struct sample_
     if (S < 0 || S > base->max_batch_seqs || T < 0 || T > base->max_batch_tokens)
         CUDA_FAIL(b, "cuda: batch of %d tokens / %d sequences exceeds %d / %d", T, S, base->max_batch_tokens,
                   base->max_batch_seqs);
-    if (T == 0) return 0;
     const double t_start = b->prof ? prof_now() : 0.0;
     CUDA_CHECK(b, cudaSetDevice(b->device));
 
@@ -309,19 +303,23 @@ int cuda_forward(struct backend *base, const struct batch *batch, struct sample_
         total += q->n_new;
         if (q->sample) {
             R++;
-            if (wants_penalty(q->sampling) && q->history && q->n_history > 0) n_hist += (size_t)q->n_history;
+            if (sampling_uses_history(q->sampling) && q->history && q->n_history > 0) n_hist += (size_t)q->n_history;
         }
     }
     if (total != T) CUDA_FAIL(b, "cuda: sequences carry %d tokens, batch says %d", total, T);
-    for (int t = 0; t < T; t++)
-        if (batch->tokens[t] < 0 || batch->tokens[t] >= V)
-            CUDA_FAIL(b, "cuda: token id %d out of range (vocab %d)", batch->tokens[t], V);
+    if (b->submitted - b->collected >= 2) CUDA_FAIL(b, "cuda: two steps are queued already");
+    for (int t = 0; t < T; t++) {
+        const int32_t tok = batch->tokens[t];
+        if (tok >= V || (tok < 0 && BACKEND_TOKEN_PREV_ROW(tok) >= b->prev_rows))
+            CUDA_FAIL(b, "cuda: token %d at row %d is neither in the vocabulary (%d) nor one of the %d rows the "
+                         "previous step sampled", tok, t, V, b->prev_rows);
+    }
     if ((rc = ensure_history(b, n_hist)) < 0) goto fail;
 
     /* A pure decode step (one token per sequence, every one sampled) of a shape seen before is
      * replayed from a CUDA graph; its block-table width is rounded up to a power of two so the
      * shape changes rarely as contexts grow. */
-    bool graphable = b->use_graphs && T == S && R == S && !batch->logits_out;
+    bool graphable = b->use_graphs && T > 0 && T == S && R == S && !batch->logits_out;
     if (graphable) {
         int w = 4;
         while (w < bt_stride) w *= 2;
@@ -371,7 +369,7 @@ int cuda_forward(struct backend *base, const struct batch *batch, struct sample_
         row->n_logprobs = sp->logprobs;
         row->seed = sp->seed;
         row->n_generated = q->n_generated;
-        if (wants_penalty(sp) && q->history && q->n_history > 0) {
+        if (sampling_uses_history(sp) && q->history && q->n_history > 0) {
             memcpy(b->hist_host + hist_at, q->history, (size_t)q->n_history * 4);
             row->hist_off = (int32_t)hist_at;
             row->n_history = q->n_history;
@@ -444,13 +442,39 @@ int cuda_forward(struct backend *base, const struct batch *batch, struct sample_
                                    .interleaved = c->rope_interleaved};
     if (graphable) {
         if ((rc = run_graph(b, &sa, S, bt_stride)) < 0) goto fail;
-    } else {
+    } else if (T > 0) {
         if ((rc = enqueue_step(b, &sa)) < 0) goto fail;
     }
-    CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
-    if (b->prof) prof_collect(b, T == S ? S : -T, 1e3 * (prof_now() - t_start));
-    for (int r = 0; r < R; r++) {
-        const struct sk_sample_out *o = &b->out_host[r];
+    const int slot = (int)(b->submitted % 2);
+    if (R > 0)
+        CUDA_CHECK(b, cudaMemcpyAsync(b->out_host + (size_t)slot * base->max_batch_seqs, b->out_dev,
+                                      (size_t)R * sizeof *b->out_host, cudaMemcpyDeviceToHost, b->stream));
+    CUDA_CHECK(b, cudaEventRecord(b->step_done[slot], b->stream));
+    b->slot_rows[slot] = R;
+    b->prev_rows = R;
+    b->submitted++;
+    /* The profile's events, and logits the caller reads, are only good once the step is done. */
+    if (b->prof || batch->logits_out) {
+        CUDA_CHECK(b, cudaEventSynchronize(b->step_done[slot]));
+        if (b->prof) prof_collect(b, T == S ? S : -T, 1e3 * (prof_now() - t_start));
+    }
+fail:
+    return rc;
+}
+
+/* Waits for the oldest queued step (backend_collect) and hands over its sampled tokens. */
+int cuda_collect(struct backend *base, struct sample_result *results)
+{
+    struct cuda_backend *b = (struct cuda_backend *)base;
+    const int V = base->config.vocab_size;
+    int rc = 0;
+    if (b->collected == b->submitted) CUDA_FAIL(b, "cuda: no step is queued");
+    const int slot = (int)(b->collected % 2);
+    b->collected++;
+    CUDA_CHECK(b, cudaEventSynchronize(b->step_done[slot]));
+    const struct sk_sample_out *out = b->out_host + (size_t)slot * base->max_batch_seqs;
+    for (int r = 0; r < b->slot_rows[slot]; r++) {
+        const struct sk_sample_out *o = &out[r];
         struct sample_result *res = &results[r];
         if (o->token < 0 || o->token >= V) CUDA_FAIL(b, "cuda: sampler returned token %d", o->token);
         res->token = o->token;

@@ -91,7 +91,14 @@ struct cuda_backend {
     cudaEvent_t meta_sent;
     int32_t *hist_host, *hist_dev;
     size_t hist_cap;
-    struct sk_sample_out *out_host, *out_dev;
+    struct sk_sample_out *out_dev;
+    /* Two steps may be queued (backend_submit): each copies its sampled tokens into its half of
+     * out_host (max_batch_seqs rows each, by submit count modulo 2) and marks step_done. */
+    struct sk_sample_out *out_host;
+    cudaEvent_t step_done[2];
+    int slot_rows[2];
+    int prev_rows; /* rows the last submitted step sampled: what BACKEND_TOKEN_FROM_PREV may name */
+    uint64_t submitted, collected;
 
     bool use_graphs; /* SLUICE_CUDA_GRAPHS=0 turns them off */
     struct cuda_graph_entry graphs[CUDA_GRAPH_CACHE];
@@ -139,7 +146,8 @@ void cuda_gemm_free(struct cuda_backend *b);
 bool cuda_gemm_on_hopper(const struct cuda_backend *b, int rows);
 /* y[rows, n_out] (fp32) = x[rows, k_in] (bf16) * w[n_out, k_in]^T (bf16), fp32 accumulation. */
 int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in);
-int cuda_forward(struct backend *base, const struct batch *batch, struct sample_result *results);
+int cuda_submit(struct backend *base, const struct batch *batch);
+int cuda_collect(struct backend *base, struct sample_result *results);
 void cuda_prof_report(struct cuda_backend *b);
 
 #endif
