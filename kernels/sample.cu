@@ -113,6 +113,9 @@ __global__ void __launch_bounds__(kThreads)
     // logprobs (the test allows 1e-4); the threads' partial sums are combined in double.
     float mx = -INFINITY, part = 0.0f;
     ArgBest raw_best = {0.0f, -1};
+    // A greedy row without penalties takes the raw argmax: it never reads work, so the copy
+    // (as many bytes written as the row has) is skipped.
+    const bool copy = !greedy || penalized;
     auto take = [&](float v, int id) {
         if (v > mx) {
             part = (mx == -INFINITY ? 0.0f : part * expf(mx - v)) + 1.0f;
@@ -132,7 +135,7 @@ __global__ void __launch_bounds__(kThreads)
         float4 *w4 = reinterpret_cast<float4 *>(work);
         const int n4 = vocab / 4;
         auto take4 = [&](float4 v, int i) {
-            w4[i] = v;
+            if (copy) w4[i] = v;
             take(v.x, 4 * i);
             take(v.y, 4 * i + 1);
             take(v.z, 4 * i + 2);
@@ -150,7 +153,7 @@ __global__ void __launch_bounds__(kThreads)
     } else {
         for (int i = threadIdx.x; i < vocab; i += kThreads) {
             float v = l[i];
-            work[i] = v;
+            if (copy) work[i] = v;
             take(v, i);
         }
     }
