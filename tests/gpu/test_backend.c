@@ -350,6 +350,29 @@ static void test_stories(const char *data)
     }
     backend_free(b);
 
+    /* A step that does not finish in time (here: a limit far below a step's time) is a device
+     * error, not a wait without end; the backend is then freed without touching the device. */
+    {
+        setenv("SLUICE_CUDA_STEP_TIMEOUT_S", "1e-9", 1);
+        struct backend *bs = NULL;
+        int rc = backend_cuda_create(&bs, m, &bo, err, sizeof err);
+        unsetenv("SLUICE_CUDA_STEP_TIMEOUT_S");
+        int timed_out = 0;
+        for (int attempt = 0; rc == 0 && attempt < 10 && !timed_out; attempt++) {
+            struct gen_seq g;
+            memset(&g, 0, sizeof g);
+            g.prompt = prompt_ids[0];
+            g.n_prompt = n_ids[0];
+            g.n_gen = 4;
+            assign_blocks(&g, 1, 4 * BLOCKS_PER_SEQ);
+            timed_out = run_batch(bs, &g, 1, 512, &greedy) < 0 && strstr(bs->error, "did not finish") != NULL;
+        }
+        GT_CHECK(rc == 0 && timed_out, "a step past SLUICE_CUDA_STEP_TIMEOUT_S is reported: %s",
+                 rc == 0 ? bs->error : err);
+        backend_free(bs);
+        GT_CUDA(cudaDeviceSynchronize());
+    }
+
     /* Automatic KV sizing from --gpu-memory-utilization. */
     bo.kv_blocks = 0;
     bo.gpu_memory_utilization = 0.3;

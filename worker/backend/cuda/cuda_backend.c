@@ -26,6 +26,13 @@ static void cuda_free(struct backend *base)
 {
     struct cuda_backend *b = (struct cuda_backend *)base;
     if (!b) return;
+    if (b->stuck) {
+        /* Every call that waits for the device would wait forever: the process's exit frees the rest. */
+        free(b->prof);
+        free(b->layers);
+        free(b);
+        return;
+    }
     cudaSetDevice(b->device);
     if (b->stream) cudaStreamSynchronize(b->stream);
     for (int i = 0; i < b->n_graphs; i++) cudaGraphExecDestroy(b->graphs[i].exec);
@@ -204,6 +211,9 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     b->gqa_mode = sk_attention_default_gqa();
     const char *graphs = getenv("SLUICE_CUDA_GRAPHS");
     b->use_graphs = !graphs || strcmp(graphs, "0");
+    const char *limit = getenv("SLUICE_CUDA_STEP_TIMEOUT_S");
+    b->step_timeout_s = limit && *limit ? atof(limit) : 60.0;
+    if (!(b->step_timeout_s > 0.0)) b->step_timeout_s = 60.0;
     CUDA_CHECK(b, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     CUBLAS_CHECK(b, cublasCreate(&b->cublas));
     CUBLAS_CHECK(b, cublasSetStream(b->cublas, b->stream));

@@ -125,6 +125,33 @@ void cuda_prof_report(struct cuda_backend *b)
     }
 }
 
+/* Waits for ev, at most b->step_timeout_s: a GPU that never finishes a step (a kernel that
+ * hangs) then becomes a device error that the worker reports (its requests end with it, /health
+ * answers 503) instead of a worker that waits forever. Spins on the event as
+ * cudaEventSynchronize does, looking at the clock every few hundred queries. */
+static int wait_step(struct cuda_backend *b, cudaEvent_t ev)
+{
+    int rc = 0;
+    double t0 = -1.0;
+    for (unsigned n = 0;; n++) {
+        const cudaError_t e = cudaEventQuery(ev);
+        if (e == cudaSuccess) return 0;
+        if (e != cudaErrorNotReady) CUDA_CHECK(b, e);
+        if (n % 256 == 0) {
+            const double t = prof_now();
+            if (t0 < 0) {
+                t0 = t;
+            } else if (t - t0 > b->step_timeout_s) {
+                b->stuck = true;
+                CUDA_FAIL(b, "cuda: a step did not finish within %g s: the GPU is stuck; restart the worker",
+                          b->step_timeout_s);
+            }
+        }
+    }
+fail:
+    return rc;
+}
+
 struct step_args {
     int T, R, n_tiles;
     struct step_meta dm;
@@ -455,7 +482,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     b->submitted++;
     /* The profile's events, and logits the caller reads, are only good once the step is done. */
     if (b->prof || batch->logits_out) {
-        CUDA_CHECK(b, cudaEventSynchronize(b->step_done[slot]));
+        if ((rc = wait_step(b, b->step_done[slot])) < 0) goto fail;
         if (b->prof) prof_collect(b, T == S ? S : -T, 1e3 * (prof_now() - t_start));
     }
 fail:
@@ -471,7 +498,7 @@ int cuda_collect(struct backend *base, struct sample_result *results)
     if (b->collected == b->submitted) CUDA_FAIL(b, "cuda: no step is queued");
     const int slot = (int)(b->collected % 2);
     b->collected++;
-    CUDA_CHECK(b, cudaEventSynchronize(b->step_done[slot]));
+    if ((rc = wait_step(b, b->step_done[slot])) < 0) goto fail;
     const struct sk_sample_out *out = b->out_host + (size_t)slot * base->max_batch_seqs;
     for (int r = 0; r < b->slot_rows[slot]; r++) {
         const struct sk_sample_out *o = &out[r];

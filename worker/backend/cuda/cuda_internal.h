@@ -99,6 +99,9 @@ struct cuda_backend {
     int slot_rows[2];
     int prev_rows; /* rows the last submitted step sampled: what BACKEND_TOKEN_FROM_PREV may name */
     uint64_t submitted, collected;
+    /* A step not done after this long is a stuck GPU (SLUICE_CUDA_STEP_TIMEOUT_S, default 60). */
+    double step_timeout_s;
+    bool stuck; /* then nothing more is asked of the device, not even at cleanup */
 
     bool use_graphs; /* SLUICE_CUDA_GRAPHS=0 turns them off */
     struct cuda_graph_entry graphs[CUDA_GRAPH_CACHE];
