@@ -371,20 +371,28 @@ struct sk_hopper_gemm {
     PFN_cuTensorMapEncodeTiled_v12000 encode;
     int clusters[SK_HOPPER_MAX_SPLITS + 1]; // clusters of s blocks resident at once, by s
     map_slot *maps;
+    int n_slots; // kMapSlots, or fewer in tests (sk_hopper_gemm_set_map_slots)
 };
 
 namespace
 {
 
 // The tensor map of a row-major bf16 matrix [outer][inner] read in boxes of 64 x box_rows,
-// cached: the weights' maps are made once, x's once per batch size.
-const CUtensorMap *tensor_map(struct sk_hopper_gemm *h, const void *ptr, uint64_t inner, uint64_t outer, uint32_t box_rows)
+// cached: the weights' maps are made once, x's once per batch size. The map is copied out:
+// the weights' and x's maps of one launch may hash to the same slot, and a pointer into the
+// cache would then give the kernel x's map for the weights too (its weight stages would wait
+// forever for bytes that never come: the GPU hangs).
+bool tensor_map(struct sk_hopper_gemm *h, const void *ptr, uint64_t inner, uint64_t outer, uint32_t box_rows,
+                CUtensorMap *out)
 {
     uint64_t key = (uint64_t)(uintptr_t)ptr ^ (inner * 0x9E3779B97F4A7C15ull) ^ (outer * 0xBF58476D1CE4E5B9ull) ^
                    ((uint64_t)box_rows << 40);
     key ^= key >> 29;
-    map_slot *e = &h->maps[key % kMapSlots];
-    if (e->used && e->ptr == ptr && e->inner == inner && e->outer == outer && e->box_rows == box_rows) return &e->map;
+    map_slot *e = &h->maps[key % (uint64_t)h->n_slots];
+    if (e->used && e->ptr == ptr && e->inner == inner && e->outer == outer && e->box_rows == box_rows) {
+        *out = e->map;
+        return true;
+    }
     const cuuint64_t dims[2] = {inner, outer}, strides[1] = {inner * 2};
     const cuuint32_t box[2] = {BK, box_rows}, elem[2] = {1, 1};
     CUresult r = h->encode(&e->map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void *>(ptr), dims, strides, box,
@@ -392,23 +400,25 @@ const CUtensorMap *tensor_map(struct sk_hopper_gemm *h, const void *ptr, uint64_
                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS) {
         e->used = false;
-        return NULL;
+        return false;
     }
     e->ptr = ptr;
     e->inner = inner;
     e->outer = outer;
     e->box_rows = box_rows;
     e->used = true;
-    return &e->map;
+    *out = e->map;
+    return true;
 }
 
 template <int NT, bool SWIGLU>
 cudaError_t launch(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, uint16_t *act, int rows,
                    int n_out, int k_in, int splits, cudaStream_t s)
 {
-    const CUtensorMap *mw = tensor_map(h, w, (uint64_t)k_in, (uint64_t)n_out, BM);
-    const CUtensorMap *mx = tensor_map(h, x, (uint64_t)k_in, (uint64_t)rows, NT);
-    if (!mw || !mx) return cudaErrorInvalidValue;
+    CUtensorMap mw, mx;
+    if (!tensor_map(h, w, (uint64_t)k_in, (uint64_t)n_out, BM, &mw) ||
+        !tensor_map(h, x, (uint64_t)k_in, (uint64_t)rows, NT, &mx))
+        return cudaErrorInvalidValue;
     const int k_blocks = (k_in + BK - 1) / BK, per = (k_blocks + splits - 1) / splits;
     splits = (k_blocks + per - 1) / per;
     cudaLaunchConfig_t cfg = {};
@@ -425,7 +435,7 @@ cudaError_t launch(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *
     attrs[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attrs;
     cfg.numAttrs = pdl_allowed(true) ? 2 : 1;
-    cudaError_t e = cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<NT, SWIGLU>, *mw, *mx, y, (__nv_bfloat16 *)act, rows, n_out,
+    cudaError_t e = cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<NT, SWIGLU>, mw, mx, y, (__nv_bfloat16 *)act, rows, n_out,
                                        k_blocks, per);
     return e != cudaSuccess ? e : cudaGetLastError();
 }
@@ -485,6 +495,7 @@ extern "C" cudaError_t sk_hopper_gemm_create(struct sk_hopper_gemm **out)
     if (!h) return cudaErrorMemoryAllocation;
     h->encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
     h->maps = (map_slot *)calloc(kMapSlots, sizeof *h->maps);
+    h->n_slots = kMapSlots;
     if (!h->maps) {
         free(h);
         return cudaErrorMemoryAllocation;
@@ -521,6 +532,12 @@ extern "C" void sk_hopper_gemm_destroy(struct sk_hopper_gemm *h)
     if (!h) return;
     free(h->maps);
     free(h);
+}
+
+extern "C" void sk_hopper_gemm_set_map_slots(struct sk_hopper_gemm *h, int n)
+{
+    h->n_slots = n < 1 ? 1 : n > kMapSlots ? kMapSlots : n;
+    for (int i = 0; i < kMapSlots; i++) h->maps[i].used = false;
 }
 
 extern "C" int sk_hopper_gemm_splits(const struct sk_hopper_gemm *h, int n_out, int k_in)

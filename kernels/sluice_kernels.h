@@ -95,6 +95,8 @@ struct sk_hopper_gemm;
 cudaError_t sk_hopper_gemm_create(struct sk_hopper_gemm **out);
 void sk_hopper_gemm_destroy(struct sk_hopper_gemm *h);
 int sk_hopper_gemm_splits(const struct sk_hopper_gemm *h, int n_out, int k_in);
+/* Tests: the tensor-map cache's size (1: every lookup evicts the map before it). */
+void sk_hopper_gemm_set_map_slots(struct sk_hopper_gemm *h, int n);
 cudaError_t sk_hopper_gemm(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, int rows,
                            int n_out, int k_in, int splits, cudaStream_t s);
 /* The MLP's first half in one launch: w is [gate; up] interleaved in blocks of 64 rows
