@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Serving runs of shrinking batches, one after another on one trio (controller, CUDA worker,
+# gateway) over Llama-3-8B's shape: RUNS runs of serve_bench.py with 67, 74, ... prompts of
+# 261, 322, ... tokens, each bounded to 25 s. A stall (a run past its bound) prints the worker's
+# step counter twice and the GPU's use, then stops. This reproduced the Hopper products' hang
+# (worker/backend/cuda/PERF_NOTES.md, fourth session) in 1 run of 2 to 11.
+# Env: SLUICE_BIN (bin), TOKENIZER (.models/llama3_1), RUNS (14), OUT (/tmp), and any SLUICE_*
+# switch for the worker (SLUICE_CUDA_HOPPER=0, SLUICE_CUDA_PDL=0, SLUICE_OVERLAP_STEPS=0, ...).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+bin="${SLUICE_BIN:-bin}"
+cfg=tests/bench/configs/llama-3-8b
+tok="${TOKENIZER:-.models/llama3_1}"
+out="${OUT:-/tmp}"
+if ldd "$bin/sluice-worker" | grep -q "not found"; then
+  for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os
+print(" ".join(os.path.join(p, "cublas/lib") for p in nvidia.__path__))' 2>/dev/null); do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+  done
+fi
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+"$bin/sluice-controller" --port 21001 --log-level warn & pids+=($!)
+"$bin/sluice-worker" --model-path "$cfg" --load-format dummy --tokenizer "$tok" --device cuda \
+  --model-names llama-3-8b --port 21002 --heartbeat-interval 2 --log-level warn > "$out/stress_worker.log" 2>&1 & pids+=($!)
+"$bin/sluice-gateway" --port 8000 --log-level warn > "$out/stress_gateway.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 600); do curl -s http://127.0.0.1:8000/v1/models | grep -q llama-3-8b && break; sleep 0.2; done
+steps() {
+  curl -s -m 2 http://127.0.0.1:21002/metrics | grep -E "^sluice_worker_(engine_steps_total|requests_running)" | tr '\n' ' '
+  echo
+}
+for i in $(seq 1 "${RUNS:-14}"); do
+  n=$((60 + 7 * i))
+  timeout 25 python3 tests/bench/serve_bench.py --model llama-3-8b --input-len $((200 + 61 * i)) \
+    --output-len $((64 + 9 * i)) --num-prompts $n --request-rate inf --vocab-size 128256 --seed "$i" \
+    > "$out/stress_$i.txt" 2>&1
+  rc=$?
+  echo "run $i ($n prompts): rc=$rc $(grep -E 'successful|failed' "$out/stress_$i.txt" | tr -s ' ' | tr '\n' ' ')"
+  if [ $rc != 0 ]; then
+    echo "stalled: $(steps)"; sleep 2; echo "2 s later: $(steps)"
+    nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader
+    exit 1
+  fi
+done
+echo "all ${RUNS:-14} runs finished"
