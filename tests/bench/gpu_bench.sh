@@ -14,13 +14,8 @@ tok="${TOKENIZER:-.models/llama3_1}"
 out="${OUT:-/tmp}"
 batches="${BATCHES:-1,8,64,128,256}"
 export PYTHONUNBUFFERED=1
-# cuBLAS may live only in the Python wheels on a machine without the full toolkit.
-if ldd "$bin/sluice-worker" | grep -q "not found"; then
-  for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os
-print(" ".join(os.path.join(p, "cublas/lib") for p in nvidia.__path__))' 2>/dev/null); do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-  done
-fi
+. tests/bench/cuda_trio.sh
+cuda_lib_path "$bin/sluice-worker"
 
 echo "== references (Hugging Face generate, roofline)"
 python3 tests/bench/hf_baseline.py --config "$cfg" --batch-sizes "$batches" --json "$out/hf.json"
@@ -44,13 +39,7 @@ if [ "${SERVING:-1}" = 1 ]; then
   echo "== serving through controller + worker + gateway"
   pids=()
   trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-  "$bin/sluice-controller" --port 21001 & pids+=($!)
-  "$bin/sluice-worker" --model-path "$cfg" --load-format dummy --tokenizer "$tok" --device cuda \
-    --model-names llama-3-8b --port 21002 --heartbeat-interval 2 --log-level warn & pids+=($!)
-  "$bin/sluice-gateway" --port 8000 --log-level warn & pids+=($!)
-  for _ in $(seq 1 600); do
-    curl -s http://127.0.0.1:8000/v1/models | grep -q llama-3-8b && break; sleep 0.2
-  done
+  start_trio "$bin" "$cfg" "$tok"
   python3 tests/bench/serve_bench.py --model llama-3-8b --input-len 1024 --output-len 128 \
     --num-prompts "${NUM_PROMPTS:-500}" --request-rate inf --vocab-size 128256 --json "$out/serving.json"
 fi

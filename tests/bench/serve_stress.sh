@@ -12,19 +12,11 @@ bin="${SLUICE_BIN:-bin}"
 cfg=tests/bench/configs/llama-3-8b
 tok="${TOKENIZER:-.models/llama3_1}"
 out="${OUT:-/tmp}"
-if ldd "$bin/sluice-worker" | grep -q "not found"; then
-  for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os
-print(" ".join(os.path.join(p, "cublas/lib") for p in nvidia.__path__))' 2>/dev/null); do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-  done
-fi
+. tests/bench/cuda_trio.sh
+cuda_lib_path "$bin/sluice-worker"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-"$bin/sluice-controller" --port 21001 --log-level warn & pids+=($!)
-"$bin/sluice-worker" --model-path "$cfg" --load-format dummy --tokenizer "$tok" --device cuda \
-  --model-names llama-3-8b --port 21002 --heartbeat-interval 2 --log-level warn > "$out/stress_worker.log" 2>&1 & pids+=($!)
-"$bin/sluice-gateway" --port 8000 --log-level warn > "$out/stress_gateway.log" 2>&1 & pids+=($!)
-for _ in $(seq 1 600); do curl -s http://127.0.0.1:8000/v1/models | grep -q llama-3-8b && break; sleep 0.2; done
+start_trio "$bin" "$cfg" "$tok" "$out"
 steps() {
   curl -s -m 2 http://127.0.0.1:21002/metrics | grep -E "^sluice_worker_(engine_steps_total|requests_running)" | tr '\n' ' '
   echo

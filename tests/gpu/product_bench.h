@@ -1,11 +1,33 @@
 /* Timing matrix products in the GPU tests' benchmarks: `copies` rotating copies of a [n_out,
  * k_in] bf16 weight matrix (more than L2 together, so the weights stream from memory as in a
- * decode step), an x of `rows` rows and y, and one timing loop for any product. */
+ * decode step), an x of `rows` rows and y, and one timing loop for any product; and a bare
+ * backend to run cuda_gemm with. */
 #ifndef SLUICE_TESTS_GPU_PRODUCT_BENCH_H
 #define SLUICE_TESTS_GPU_PRODUCT_BENCH_H
 
 #include "kernels/sluice_kernels.h"
 #include "tests/gpu/gpu_test.h"
+#include "worker/backend/cuda/cuda_internal.h"
+
+/* A backend of a stream and a cuBLAS handle only, all that cuda_gemm needs (with b->use_gemv or
+ * b->hopper set where the test wants those paths). False, with the check failed, without cuBLAS. */
+static inline bool bare_backend_open(struct cuda_backend *b)
+{
+    memset(b, 0, sizeof *b);
+    GT_CUDA(cudaStreamCreate(&b->stream));
+    if (cublasCreate(&b->cublas) != CUBLAS_STATUS_SUCCESS) {
+        GT_CHECK(0, "cublasCreate");
+        return false;
+    }
+    cublasSetStream(b->cublas, b->stream);
+    return true;
+}
+
+static inline void bare_backend_close(struct cuda_backend *b)
+{
+    cublasDestroy(b->cublas);
+    cudaStreamDestroy(b->stream);
+}
 
 struct product_bench {
     uint16_t *w, *x;

@@ -13,14 +13,8 @@ export SLUICE_TEST_DATA=${SLUICE_TEST_DATA:-$PWD/.models}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
 probe="$BUILD/tests/gpu/test_kernels"
 [ -x "$probe" ] || probe="$BUILD/tests/gpu/parity_tool"
-if ldd "$probe" | grep -q "not found"; then
-    # The toolkit's libraries may live only in the Python wheels there.
-    for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os
-print(" ".join(os.path.join(p, "cublas/lib") for p in nvidia.__path__))' 2>/dev/null); do
-        [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH}"
-    done
-    ldd "$probe" | grep "not found"
-fi
+. "$(dirname "$0")/../bench/cuda_trio.sh"
+cuda_lib_path "$probe"
 summary=()
 # SLUICE_GPU_TESTS picks a subset, e.g. "test_hf_parity" for the transformers parity test alone.
 TESTS=${SLUICE_GPU_TESTS:-"test_kernels test_backend test_decode_speed test_hf_parity"}

@@ -208,19 +208,12 @@ static void bench(struct sk_hopper_gemm *h)
 {
     printf("bench at decode shapes (Llama-3-8B): cuBLAS vs hopper\n");
     struct cuda_backend b;
-    memset(&b, 0, sizeof b);
-    GT_CUDA(cudaStreamCreate(&b.stream));
-    if (cublasCreate(&b.cublas) != CUBLAS_STATUS_SUCCESS) {
-        GT_CHECK(0, "cublasCreate");
-        return;
-    }
-    cublasSetStream(b.cublas, b.stream);
+    if (!bare_backend_open(&b)) return;
     const int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}, {128256, 4096}};
     const int rows[] = {2, 16, 32, 64, 128};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) bench_case(&b, h, rows[r], shapes[i][0], shapes[i][1]);
-    cublasDestroy(b.cublas);
-    cudaStreamDestroy(b.stream);
+    bare_backend_close(&b);
 }
 
 int main(void)

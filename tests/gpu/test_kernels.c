@@ -875,13 +875,7 @@ static void test_gemm(void)
 {
     printf("gemm (cuBLAS bf16, fp32 compute)\n");
     struct cuda_backend b;
-    memset(&b, 0, sizeof b);
-    GT_CUDA(cudaStreamCreate(&b.stream));
-    if (cublasCreate(&b.cublas) != CUBLAS_STATUS_SUCCESS) {
-        GT_CHECK(0, "cublasCreate");
-        return;
-    }
-    cublasSetStream(b.cublas, b.stream);
+    if (!bare_backend_open(&b)) return;
     test_gemm_case(&b, 1, 4096, 4096);
     test_gemm_case(&b, 37, 1000, 768);
     test_gemm_case(&b, 5, 172, 64);
@@ -901,8 +895,7 @@ static void test_gemm(void)
     int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}, {128256, 4096}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         for (int rows = 1; rows <= 8; rows *= 8) bench_gemm(&b, rows, shapes[i][0], shapes[i][1]);
-    cublasDestroy(b.cublas);
-    cudaStreamDestroy(b.stream);
+    bare_backend_close(&b);
 }
 
 /* Sampling: the GPU kernels against sampler_sample (the CPU reference) row by row. */

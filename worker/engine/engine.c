@@ -48,17 +48,13 @@ struct live_req {
     bool has_step_tok;
     struct strbuf step_text; /* this step's new text, handed to the event */
     enum finish_reason finish;
-    /* Tokens of the sequence still BACKEND_TOKEN_FROM_PREV placeholders: sampled by a step
-     * whose results the engine has not taken yet (at most the last two). */
-    int32_t n_placeholders;
 };
 
 /* The sampled rows of a submitted step, kept until its tokens are taken. */
 struct step_rows {
     int32_t n;
     struct live_req **lr; /* per row, in the step's order; NULL once the request ended */
-    int32_t *pos;         /* where the row's token goes in its sequence */
-    bool *placed;         /* a placeholder holds that position already */
+    int32_t *pos;         /* where the row's token goes: a placeholder's place, or the end */
 };
 
 struct engine {
@@ -221,10 +217,19 @@ static void live_destroy(struct engine *e, struct live_req *lr)
     free(lr);
 }
 
-/* Generated tokens the engine knows (placeholders are not known yet). */
+/* The BACKEND_TOKEN_FROM_PREV placeholders that end a sequence: tokens sampled by steps whose
+ * results the engine has not taken yet (at most the last two). */
+static int32_t placeholders(const struct sched_seq *q)
+{
+    int32_t k = 0;
+    while (k < sched_seq_generated(q) && q->tokens[q->n_tokens - 1 - k] < 0) k++;
+    return k;
+}
+
+/* Generated tokens the engine knows. */
 static int32_t live_generated(const struct live_req *lr)
 {
-    return lr->seq ? sched_seq_generated(lr->seq) - lr->n_placeholders : 0;
+    return lr->seq ? sched_seq_generated(lr->seq) - placeholders(lr->seq) : 0;
 }
 
 /* Ends lr with an event (no text beyond what the caller passes) and frees it. */
@@ -253,15 +258,13 @@ static bool push_text(struct live_req *lr, const char *text, size_t len)
 }
 
 /* Takes the token sampled for lr, which goes at position pos of its sequence: into the
- * placeholder there (placed), or appended. */
-static void handle_token(struct engine *e, struct live_req *lr, const struct sample_result *res, int32_t pos,
-                         bool placed)
+ * placeholder there, or appended when pos is the end. */
+static void handle_token(struct engine *e, struct live_req *lr, const struct sample_result *res, int32_t pos)
 {
     struct sched_seq *seq = lr->seq;
     if (lr->first_token_ms < 0) lr->first_token_ms = now_ms() - lr->t_submit_ms;
-    if (placed) {
+    if (pos < seq->n_tokens) {
         seq->tokens[pos] = res->token;
-        lr->n_placeholders--;
     } else if (sched_seq_append(seq, res->token) != 0) {
         lr->finish = FINISH_ERROR;
         return;
@@ -425,9 +428,8 @@ static void record_step(struct engine *e, const struct sched_entry *ent, int32_t
         const int32_t r = sr->n++;
         sr->lr[r] = lr;
         sr->pos[r] = q->n_tokens;
-        sr->placed[r] = overlap && !next_token_ends_by_length(lr) &&
-                        sched_seq_append(q, BACKEND_TOKEN_FROM_PREV(r)) == 0;
-        lr->n_placeholders += sr->placed[r];
+        /* Without it (a failed append too) the token is appended when it comes. */
+        if (overlap && !next_token_ends_by_length(lr)) (void)sched_seq_append(q, BACKEND_TOKEN_FROM_PREV(r));
     }
 }
 
@@ -448,7 +450,7 @@ static int32_t collect_step(struct engine *e)
     for (int32_t r = 0; r < sr->n; r++) {
         struct live_req *lr = sr->lr[r];
         if (!lr) continue; /* ended while the step ran */
-        handle_token(e, lr, &e->results[r], sr->pos[r], sr->placed[r]);
+        handle_token(e, lr, &e->results[r], sr->pos[r]);
         touched[n_touched++] = lr;
     }
     for (int32_t i = 0; i < n_touched; i++) {
@@ -594,7 +596,6 @@ static void step_rows_free(struct engine *e)
     for (int i = 0; i < 2; i++) {
         free(e->flight[i].lr);
         free(e->flight[i].pos);
-        free(e->flight[i].placed);
     }
 }
 
@@ -636,8 +637,7 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
         struct step_rows *sr = &e->flight[i];
         sr->lr = calloc((size_t)max_seqs, sizeof *sr->lr);
         sr->pos = calloc((size_t)max_seqs, sizeof *sr->pos);
-        sr->placed = calloc((size_t)max_seqs, sizeof *sr->placed);
-        if (!sr->lr || !sr->pos || !sr->placed) goto fail_mem;
+        if (!sr->lr || !sr->pos) goto fail_mem;
     }
     /* SLUICE_OVERLAP_STEPS=0 turns overlapping off (to measure what it buys, or to rule it out);
      * =1 turns it on over any backend (tests of the real worker over the CPU backend). */

@@ -204,13 +204,10 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     CUDA_CHECK(b, cudaSetDevice(b->device));
     CUDA_CHECK(b, cudaGetDeviceProperties(&prop, b->device));
     b->n_sms = prop.multiProcessorCount;
-    const char *gemv = getenv("SLUICE_CUDA_GEMV");
-    b->use_gemv = !gemv || strcmp(gemv, "0");
-    const char *mma = getenv("SLUICE_CUDA_PREFILL_MMA");
-    b->use_prefill_mma = (!mma || strcmp(mma, "0")) && (c->head_dim == 64 || c->head_dim == 128);
+    b->use_gemv = !cuda_env_is("SLUICE_CUDA_GEMV", "0");
+    b->use_prefill_mma = !cuda_env_is("SLUICE_CUDA_PREFILL_MMA", "0") && (c->head_dim == 64 || c->head_dim == 128);
     b->gqa_mode = sk_attention_default_gqa();
-    const char *graphs = getenv("SLUICE_CUDA_GRAPHS");
-    b->use_graphs = !graphs || strcmp(graphs, "0");
+    b->use_graphs = !cuda_env_is("SLUICE_CUDA_GRAPHS", "0");
     const char *limit = getenv("SLUICE_CUDA_STEP_TIMEOUT_S");
     b->step_timeout_s = limit && *limit ? atof(limit) : 60.0;
     if (!(b->step_timeout_s > 0.0)) b->step_timeout_s = 60.0;
@@ -222,8 +219,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     CUBLAS_CHECK(b, cublasSetWorkspace(b->cublas, b->cublas_ws, CUBLAS_WS_BYTES));
     CUBLAS_CHECK(b, cublasSetMathMode(b->cublas, CUBLAS_DEFAULT_MATH));
     if ((rc = cuda_gemm_init(b)) < 0) goto fail;
-    const char *prof = getenv("SLUICE_CUDA_PROFILE");
-    if (prof && !strcmp(prof, "1")) {
+    if (cuda_env_is("SLUICE_CUDA_PROFILE", "1")) {
         /* Timing each phase needs eager steps: graphs off. */
         b->use_graphs = false;
         b->prof = calloc(1, sizeof *b->prof);

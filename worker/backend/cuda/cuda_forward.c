@@ -67,7 +67,7 @@ fail:
     return rc;
 }
 
-static double prof_now(void)
+static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -138,7 +138,7 @@ static int wait_step(struct cuda_backend *b, cudaEvent_t ev)
         if (e == cudaSuccess) return 0;
         if (e != cudaErrorNotReady) CUDA_CHECK(b, e);
         if (n % 256 == 0) {
-            const double t = prof_now();
+            const double t = now_s();
             if (t0 < 0) {
                 t0 = t;
             } else if (t - t0 > b->step_timeout_s) {
@@ -305,7 +305,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     if (S < 0 || S > base->max_batch_seqs || T < 0 || T > base->max_batch_tokens)
         CUDA_FAIL(b, "cuda: batch of %d tokens / %d sequences exceeds %d / %d", T, S, base->max_batch_tokens,
                   base->max_batch_seqs);
-    const double t_start = b->prof ? prof_now() : 0.0;
+    const double t_start = b->prof ? now_s() : 0.0;
     CUDA_CHECK(b, cudaSetDevice(b->device));
 
     /* Check the batch and size its parts. */
@@ -335,11 +335,13 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     }
     if (total != T) CUDA_FAIL(b, "cuda: sequences carry %d tokens, batch says %d", total, T);
     if (b->submitted - b->collected >= 2) CUDA_FAIL(b, "cuda: two steps are queued already");
+    /* What BACKEND_TOKEN_FROM_PREV may name: the rows the last submitted step sampled. */
+    const int prev_rows = b->submitted ? b->slot_rows[(b->submitted - 1) % 2] : 0;
     for (int t = 0; t < T; t++) {
         const int32_t tok = batch->tokens[t];
-        if (tok >= V || (tok < 0 && BACKEND_TOKEN_PREV_ROW(tok) >= b->prev_rows))
+        if (tok >= V || (tok < 0 && BACKEND_TOKEN_PREV_ROW(tok) >= prev_rows))
             CUDA_FAIL(b, "cuda: token %d at row %d is neither in the vocabulary (%d) nor one of the %d rows the "
-                         "previous step sampled", tok, t, V, b->prev_rows);
+                         "previous step sampled", tok, t, V, prev_rows);
     }
     if ((rc = ensure_history(b, n_hist)) < 0) goto fail;
 
@@ -478,12 +480,11 @@ int cuda_submit(struct backend *base, const struct batch *batch)
                                       (size_t)R * sizeof *b->out_host, cudaMemcpyDeviceToHost, b->stream));
     CUDA_CHECK(b, cudaEventRecord(b->step_done[slot], b->stream));
     b->slot_rows[slot] = R;
-    b->prev_rows = R;
     b->submitted++;
     /* The profile's events, and logits the caller reads, are only good once the step is done. */
     if (b->prof || batch->logits_out) {
         if ((rc = wait_step(b, b->step_done[slot])) < 0) goto fail;
-        if (b->prof) prof_collect(b, T == S ? S : -T, 1e3 * (prof_now() - t_start));
+        if (b->prof) prof_collect(b, T == S ? S : -T, 1e3 * (now_s() - t_start));
     }
 fail:
     return rc;

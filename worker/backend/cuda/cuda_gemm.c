@@ -17,8 +17,7 @@ int cuda_gemm_init(struct cuda_backend *b)
     int rc = 0;
     /* Hopper's own products unless SLUICE_CUDA_HOPPER=0; elsewhere the handle is refused and
      * cuBLAS takes every product. */
-    const char *hop = getenv("SLUICE_CUDA_HOPPER");
-    if (!hop || strcmp(hop, "0")) {
+    if (!cuda_env_is("SLUICE_CUDA_HOPPER", "0")) {
         cudaError_t e = sk_hopper_gemm_create(&b->hopper);
         if (e == cudaErrorNotSupported) {
             (void)cudaGetLastError();

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "kernels/sluice_kernels.h"
 #include "worker/engine/backend.h"
@@ -97,7 +99,6 @@ struct cuda_backend {
     struct sk_sample_out *out_host;
     cudaEvent_t step_done[2];
     int slot_rows[2];
-    int prev_rows; /* rows the last submitted step sampled: what BACKEND_TOKEN_FROM_PREV may name */
     uint64_t submitted, collected;
     /* A step not done after this long is a stuck GPU (SLUICE_CUDA_STEP_TIMEOUT_S, default 60). */
     double step_timeout_s;
@@ -111,6 +112,13 @@ struct cuda_backend {
 };
 
 void cuda_report(struct cuda_backend *b, const char *what, const char *msg, const char *file, int line);
+
+/* Whether the environment variable name is set to value (the SLUICE_CUDA_* switches). */
+static inline bool cuda_env_is(const char *name, const char *value)
+{
+    const char *v = getenv(name);
+    return v && !strcmp(v, value);
+}
 
 #define CUDA_CHECK(b, stmt)                                                                                            \
     do {                                                                                                               \
