@@ -33,14 +33,12 @@ __global__ void __launch_bounds__(kWarps * 32)
     constexpr int KPW = 32 / G;
     extern __shared__ float smem[]; // kWarps * KPW groups of (m, l, o[d])
     const int h = blockIdx.x, ti = blockIdx.y, split = blockIdx.z;
-    const int t = p.token_list ? p.token_list[ti] : ti;
+    const AttnBlockKeys keys = attn_block_keys(p, pos, ti, split);
+    const int t = keys.t, k_begin = keys.k_begin, k_end = keys.k_end;
     const int d = p.head_dim;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane % G, grp = lane / G;
     const int kvh = h / (p.n_heads / p.n_kv_heads);
-    const int n_keys = pos[t] + 1;
-    int k_begin, k_end;
-    attn_split_range(p, n_keys, split, k_begin, k_end);
     const int32_t *bt = block_tables + (int64_t)token_seq[t] * p.bt_stride;
 
     float qv[E], acc[E];
@@ -148,12 +146,10 @@ __global__ void __launch_bounds__(kWarps * 32)
     constexpr int E = 8, D = GS * E, KPW = 32 / GS, NG = kWarps * KPW;
     extern __shared__ float smem[]; // NG groups of QG * (m, l, o[D]), then kBtCache table entries
     const int kvh = blockIdx.x, ti = blockIdx.y, split = blockIdx.z;
-    const int t = p.token_list ? p.token_list[ti] : ti;
+    const AttnBlockKeys keys = attn_block_keys(p, pos, ti, split);
+    const int t = keys.t, k_begin = keys.k_begin, k_end = keys.k_end;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane % GS, grp = lane / GS;
-    const int n_keys = pos[t] + 1;
-    int k_begin, k_end;
-    attn_split_range(p, n_keys, split, k_begin, k_end);
     constexpr int stride = D + 2;
     const AttnRangeTable table =
         attn_stage_table(block_tables + (int64_t)token_seq[t] * p.bt_stride,

@@ -9,19 +9,28 @@
 
 #include <cuda_bf16.h>
 
-// Keys [begin, end) of split `split` for a token with n_keys keys: all of them without splits;
-// else fixed ranges (split_len), or the token's keys cut into n_splits equal block-aligned ranges.
-__device__ __forceinline__ void attn_split_range(const sk_attn_params &p, int n_keys, int split, int &begin, int &end)
+// What one block of a decode-attention launch works on: token t (launch index ti, or the ti-th
+// listed token) and keys [k_begin, k_end) of split `split`: all of the token's keys without
+// splits; else fixed ranges (split_len), or its keys cut into n_splits equal block-aligned ranges.
+struct AttnBlockKeys {
+    int t, k_begin, k_end;
+};
+
+__device__ __forceinline__ AttnBlockKeys attn_block_keys(const sk_attn_params &p, const int32_t *pos, int ti, int split)
 {
-    begin = 0;
-    end = n_keys;
+    AttnBlockKeys r;
+    r.t = p.token_list ? p.token_list[ti] : ti;
+    const int n_keys = pos[r.t] + 1;
+    r.k_begin = 0;
+    r.k_end = n_keys;
     if (p.n_splits > 1) {
         const int len = p.split_len > 0 ? p.split_len
                                         : ((n_keys + p.n_splits - 1) / p.n_splits + SK_KV_BLOCK - 1) / SK_KV_BLOCK *
                                               SK_KV_BLOCK;
-        begin = split * len;
-        end = min(begin + len, n_keys);
+        r.k_begin = split * len;
+        r.k_end = min(r.k_begin + len, n_keys);
     }
+    return r;
 }
 
 // The block-table entries of a key range, read through shared memory when the block staged them

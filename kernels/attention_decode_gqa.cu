@@ -80,10 +80,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = lane >> 3, dp = lane & 7;
     const int kvh = blockIdx.x, ti = blockIdx.y, split = blockIdx.z;
-    const int t = p.token_list ? p.token_list[ti] : ti;
-    const int n_keys = pos[t] + 1;
-    int k_begin, k_end;
-    attn_split_range(p, n_keys, split, k_begin, k_end);
+    const AttnBlockKeys keys = attn_block_keys(p, pos, ti, split);
+    const int t = keys.t, k_begin = keys.k_begin, k_end = keys.k_end;
     unsigned char *ring = smem + warp * L::ring_bytes;
     uint64_t *bars = reinterpret_cast<uint64_t *>(smem + L::bars_at) + warp * NS;
     float *probs = reinterpret_cast<float *>(smem + L::probs_at) + warp * kChunk * QG;
@@ -344,10 +342,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, tq = lane & 3; // mma fragment coordinates
     const int kvh = blockIdx.x, ti = blockIdx.y, split = blockIdx.z;
-    const int t = p.token_list ? p.token_list[ti] : ti;
-    const int n_keys = pos[t] + 1;
-    int k_begin, k_end;
-    attn_split_range(p, n_keys, split, k_begin, k_end);
+    const AttnBlockKeys keys = attn_block_keys(p, pos, ti, split);
+    const int t = keys.t, k_begin = keys.k_begin, k_end = keys.k_end;
     unsigned char *ring = smem + warp * L::ring_bytes;
     const AttnRangeTable table = attn_stage_table(block_tables + (int64_t)token_seq[t] * p.bt_stride,
                                                   reinterpret_cast<int32_t *>(smem + L::bt_at), kBtCap, k_begin, k_end);

@@ -1,12 +1,13 @@
 #!/bin/bash
 # Runs the GPU tests on the device machine in one go and prints a short table last.
-# Build here first (no GPU needed):  make BUILD=build/cuda -j2 build/cuda/tests/gpu/test_kernels \
-#   build/cuda/tests/gpu/test_backend build/cuda/tests/gpu/test_decode_speed
-# and carry build/cuda and .models (stories260K copied to .models/models/stories260K).
-# test_hf_parity.py also needs build/cuda/tests/gpu/parity_tool (same make line).
+# Build here first (no GPU needed): make -j2 all, which builds build/tests/gpu/*; carry build
+# (or stripped copies of its tests/gpu binaries under another folder, passed as BUILD_DIR) and
+# .models (stories260K copied to .models/models/stories260K).
+# test_hf_parity.py also needs BUILD_DIR/tests/gpu/parity_tool.
 # Usage: tests/gpu/run_on_device.sh [BUILD_DIR]   (logs go to $OUT when set)
 #        SLUICE_GPU_TESTS="test_hf_parity" tests/gpu/run_on_device.sh [BUILD_DIR]   (a subset)
-BUILD=${1:-build/cuda}
+# test_decode_speed (an older speed run, ~17 GB of GPU memory) runs only when named there.
+BUILD=${1:-build}
 OUTDIR=${OUT:-/tmp/sluice_gpu_out}
 mkdir -p "$OUTDIR"
 export SLUICE_TEST_DATA=${SLUICE_TEST_DATA:-$PWD/.models}
@@ -17,7 +18,7 @@ probe="$BUILD/tests/gpu/test_kernels"
 cuda_lib_path "$probe"
 summary=()
 # SLUICE_GPU_TESTS picks a subset, e.g. "test_hf_parity" for the transformers parity test alone.
-TESTS=${SLUICE_GPU_TESTS:-"test_kernels test_backend test_decode_speed test_hf_parity"}
+TESTS=${SLUICE_GPU_TESTS:-"test_kernels test_hopper_gemm test_backend test_hf_parity"}
 for t in $TESTS; do
     [ "$t" = test_hf_parity ] && continue
     bin="$BUILD/tests/gpu/$t"

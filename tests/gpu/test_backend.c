@@ -3,6 +3,7 @@
  * small dummy models of each family (Llama GQA with llama3 rope scaling, Qwen2 with QKV bias,
  * Qwen3 with q/k norm) against the CPU backend, and the on-device sampler against
  * sampler_sample on the logits the GPU produced. */
+#include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
 #include <jansson.h>
@@ -389,23 +390,9 @@ static void test_stories(const char *data)
 static void test_dummy_vs_cpu(const char *name, const char *config_json)
 {
     printf("dummy %s: CUDA vs CPU backend\n", name);
-    char dir[] = "/tmp/sluice_gpu_XXXXXX", path[256], err[512];
-    if (!mkdtemp(dir)) {
-        GT_CHECK(0, "mkdtemp");
-        return;
-    }
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *f = fopen(path, "w");
-    fputs(config_json, f);
-    fclose(f);
-    struct model *m = NULL;
-    int rc = model_load(&m, dir, MODEL_LOAD_DUMMY, err, sizeof err);
-    unlink(path);
-    rmdir(dir);
-    if (rc < 0) {
-        GT_CHECK(0, "model_load dummy: %s", err);
-        return;
-    }
+    struct model *m = gt_dummy_model(config_json);
+    if (!m) return;
+    char err[512];
     const int V = m->config.vocab_size;
     struct backend_options bo = {.kv_blocks = 4 * BLOCKS_PER_SEQ,
                                  .max_batch_tokens = 512,

@@ -253,10 +253,12 @@ int main(void)
     /* With one cache slot the weights' and x's maps of every launch share it: each launch must
      * still get both (a shared map made the weight stages wait forever: the serving hang). */
     sk_hopper_gemm_set_map_slots(h, 1);
+    printf("hopper gemm through a one-slot tensor-map cache\n");
     test_case(h, 17, 1000, 768, 2);
     test_case(h, 64, 4096, 4096, 0);
     test_swiglu(h, 5, 192, 256);
     sk_hopper_gemm_set_map_slots(h, 4096);
+    printf("hopper gemm batch invariance and refusals\n");
     test_batch_invariance(h, 4096, 4096);
     test_batch_invariance(h, 1000, 2056);
     uint16_t *d = gt_dev(1 << 20);
