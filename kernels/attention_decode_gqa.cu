@@ -17,6 +17,7 @@
 #include "kernels/attention_common.cuh"
 #include "kernels/bf16.cuh"
 #include "kernels/mbarrier.cuh"
+#include "kernels/mma.cuh"
 #include "kernels/pdl.cuh"
 
 #include <cuda_bf16.h>
@@ -276,47 +277,6 @@ __global__ void __launch_bounds__(kWarps * 32)
 // The scores land in exactly the layout P^T needs as the second operand, so no shuffles move them.
 // Chunks are brought in with cp.async 16-byte copies into an XOR-swizzled layout (16-byte piece c
 // of key row r at c ^ r) so that ldmatrix reads of 8 keys at once are free of bank conflicts.
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&v);
-}
-
-__device__ __forceinline__ void cp_async16(void *dst, const void *src)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(dst)), "l"(src) : "memory");
-}
-
-__device__ __forceinline__ void ldsm_x4(const void *p, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(smem_u32(p)));
-}
-
-__device__ __forceinline__ void ldsm_x4_t(const void *p, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(smem_u32(p)));
-}
-
-__device__ __forceinline__ void mma_k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-                 "{%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void mma_k8(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t b0)
-{
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
-                 "{%0, %1, %2, %3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(b0));
-}
-
 template <int D, int NS> struct MmaSmem {
     static constexpr int row_bytes = D * 2;
     static constexpr int chunk_bytes = kChunk * row_bytes;      // one chunk of K (or V)
@@ -365,7 +325,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int it = 0; it < NS; it++) {
         if (it < chunks.count) issue(it);
-        asm volatile("cp.async.commit_group;" ::: "memory");
+        cp_async_commit();
     }
 
     // Q fragments (rows g: bf16 high parts, rows g + 8: low parts), pre-scaled to log2 units.
@@ -397,7 +357,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 
     for (int it = 0; it < chunks.count; it++) {
         const int j0 = chunks.first_key(it);
-        asm volatile("cp.async.wait_group %0;" ::"n"(NS - 1) : "memory");
+        cp_async_wait<NS - 1>();
         __syncwarp();
         const unsigned char *ks = ring + (it % NS) * 2 * L::chunk_bytes;
         const unsigned char *vs = ks + L::chunk_bytes;
@@ -454,9 +414,9 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
         __syncwarp();
         if (it + NS < chunks.count) issue(it + NS);
-        asm volatile("cp.async.commit_group;" ::: "memory");
+        cp_async_commit();
     }
-    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    cp_async_wait<0>();
     __syncwarp();
 
     pdl_let_dependents_launch();

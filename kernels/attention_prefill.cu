@@ -1,17 +1,24 @@
-// Prefill attention on the tensor cores: flash-style tiles of 64 queries x 64 keys with WMMA
-// (bf16 operands, fp32 accumulation). A block of 4 warps owns one head and 64 consecutive query
-// tokens of one sequence; each warp owns 16 query rows. Per key tile: K and V rows are gathered
-// from the paged cache into shared memory, S = Q K^T on the tensor cores, the online softmax
-// runs on S in shared memory (two lanes per row), then P V on the tensor cores is folded into
-// the fp32 output kept in shared memory (WMMA fragments hide their row layout, so the per-row
-// rescale happens there).
+// Prefill attention on the tensor cores, in the manner of FlashAttention-2. A block of 4 warps
+// owns one query head and one tile of up to 64 consecutive query tokens of one sequence; warp w
+// owns query rows 16w..16w+15 and keeps all of their state in registers: Q as mma A fragments,
+// the scores of one 64-key tile, the running maxima and sums, and the output accumulators.
+// K and V tiles of 64 keys are gathered from the paged cache with cp.async into two stages of
+// shared memory, the next tile in flight while this one is used. Per key tile and warp:
+//   S = Q K^T with mma.m16n8k16 (K fragments by ldmatrix);
+//   the causal mask where the tile reaches past the warp's first query;
+//   the online softmax in the log2 domain (log2(e) is folded into Q's scale), row maxima shared
+//     by the 4 lanes of a row through shuffles;
+//   P rounded to bf16 straight from the score accumulators, which are laid out as the A
+//     fragments of P V need (no trip through shared memory);
+//   O += P V with mma.m16n8k16 (V fragments by transposed ldmatrix).
+// The previous version (WMMA, with S, P and O kept in shared memory and plain loads) ran a
+// 4096-token chunk of Llama-3-8B at ~20 TFLOPS; PERF_NOTES.md has the comparison.
+#include "kernels/bf16.cuh"
+#include "kernels/mma.cuh"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda_bf16.h>
 #include <math.h>
-#include <mma.h>
-
-using namespace nvcuda;
 
 namespace
 {
@@ -19,51 +26,15 @@ namespace
 constexpr int kBQ = SK_PREFILL_TILE; // query rows per block
 constexpr int kBK = 64;              // keys per tile
 constexpr int kWarps = 4;
+static_assert(kBQ == 16 * kWarps, "each warp owns 16 query rows");
 
-struct Layout {
-    int ldh; // bf16 row stride of Q, K, V tiles
-    int lds; // float row stride of S
-    int ldp; // bf16 row stride of P
-    int ldo; // float row stride of O and the P V product
-    size_t q, k, v, s, pb, o, t, m, l, c, total;
+template <int D> struct PrefillSmem {
+    // Rows of D bf16 padded by 16 bytes: the 8 row addresses of an ldmatrix then fall on 8
+    // different 4-bank groups.
+    static constexpr int ld = D + 8;
+    static constexpr int tile = kBK * ld; // elements of one K (or V) tile
+    static constexpr int bytes = 2 * 2 * tile * 2; // two stages of K and V
 };
-
-__host__ __device__ inline size_t align128(size_t n)
-{
-    return (n + 127) & ~(size_t)127;
-}
-
-__host__ __device__ inline Layout layout_for(int d)
-{
-    Layout L;
-    L.ldh = d + 8;
-    L.lds = kBK + 4;
-    L.ldp = kBK + 8;
-    L.ldo = d + 4;
-    size_t at = 0;
-    L.q = at;
-    at = align128(at + (size_t)kBQ * L.ldh * 2);
-    L.k = at;
-    at = align128(at + (size_t)kBK * L.ldh * 2);
-    L.v = at;
-    at = align128(at + (size_t)kBK * L.ldh * 2);
-    L.s = at;
-    at = align128(at + (size_t)kBQ * L.lds * 4);
-    L.pb = at;
-    at = align128(at + (size_t)kBQ * L.ldp * 2);
-    L.o = at;
-    at = align128(at + (size_t)kBQ * L.ldo * 4);
-    L.t = at;
-    at = align128(at + (size_t)kBQ * L.ldo * 4);
-    L.m = at;
-    at = align128(at + kBQ * 4);
-    L.l = at;
-    at = align128(at + kBQ * 4);
-    L.c = at;
-    at = align128(at + kBQ * 4);
-    L.total = at;
-    return L;
-}
 
 template <int D>
 __global__ void __launch_bounds__(kWarps * 32)
@@ -71,135 +42,178 @@ __global__ void __launch_bounds__(kWarps * 32)
                    const int32_t *block_tables, const int32_t *tiles, const int32_t *pos, __nv_bfloat16 *out,
                    sk_attn_params p)
 {
+    using L = PrefillSmem<D>;
+    constexpr int KS = D / 16;  // k-steps of Q K^T
+    constexpr int NT = kBK / 8; // 8-key column tiles of S
+    constexpr int OT = D / 8;   // 8-wide column tiles of O
+    constexpr int VPR = D / 8;  // 16-byte pieces per K or V row
     extern __shared__ __align__(128) unsigned char smem[];
-    const Layout L = layout_for(D);
-    __nv_bfloat16 *Qs = (__nv_bfloat16 *)(smem + L.q), *Ks = (__nv_bfloat16 *)(smem + L.k),
-                  *Vs = (__nv_bfloat16 *)(smem + L.v), *Pb = (__nv_bfloat16 *)(smem + L.pb);
-    float *Sf = (float *)(smem + L.s), *Of = (float *)(smem + L.o), *Tf = (float *)(smem + L.t);
-    float *Ms = (float *)(smem + L.m), *Ls = (float *)(smem + L.l), *Cs = (float *)(smem + L.c);
+    __nv_bfloat16 *stages = reinterpret_cast<__nv_bfloat16 *>(smem); // stage s: K, then V
 
     const int h = blockIdx.x, tile = blockIdx.y;
     const int t0 = tiles[3 * tile], n = tiles[3 * tile + 1], seq = tiles[3 * tile + 2];
     const int kvh = h / (p.n_heads / p.n_kv_heads);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, tq = lane & 3; // mma fragment coordinates
     const int p0 = pos[t0];
-    const int n_keys = p0 + n; // keys 0 .. last query's position
+    const int n_keys = p0 + n; // keys 0 .. the last query's position
     const int32_t *bt = block_tables + (int64_t)seq * p.bt_stride;
     const int64_t head_stride = (int64_t)SK_KV_BLOCK * D;
 
-    for (int i = threadIdx.x; i < kBQ * D; i += blockDim.x) {
-        int r = i / D, c = i % D;
-        float v = r < n ? q[((int64_t)(t0 + r) * p.n_heads + h) * D + c] * p.scale : 0.0f;
-        Qs[r * L.ldh + c] = __float2bfloat16_rn(v);
-    }
-    for (int i = threadIdx.x; i < kBQ * L.ldo; i += blockDim.x) Of[i] = 0.0f;
-    for (int i = threadIdx.x; i < kBQ; i += blockDim.x) {
-        Ms[i] = -INFINITY;
-        Ls[i] = 0.0f;
+    // Keys past n_keys are zero-filled: their cache slots may hold anything, NaN included, and
+    // P V multiplies them (by zero weights, which NaN would survive).
+    auto load_tile = [&](int kt, int stage) {
+        __nv_bfloat16 *ks = stages + 2 * stage * L::tile, *vs = ks + L::tile;
+        for (int i = threadIdx.x; i < kBK * VPR; i += kWarps * 32) {
+            const int r = i / VPR, c = (i % VPR) * 8, j = kt + r;
+            const bool live = j < n_keys;
+            const int64_t off = live ? ((int64_t)bt[j / SK_KV_BLOCK] * p.n_kv_heads + kvh) * head_stride +
+                                           (int64_t)(j % SK_KV_BLOCK) * D + c
+                                     : 0;
+            cp_async16_or_zero(ks + r * L::ld + c, k_cache + off, live);
+            cp_async16_or_zero(vs + r * L::ld + c, v_cache + off, live);
+        }
+        cp_async_commit();
+    };
+    const int n_tiles = (n_keys + kBK - 1) / kBK;
+    load_tile(0, 0);
+
+    // This lane's two query rows; rows past n repeat the last one (computed, never written).
+    const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
+    const int qpos_lo = p0 + min(r_lo, n - 1), qpos_hi = p0 + min(r_hi, n - 1);
+    const bool warp_live = warp * 16 < n;
+    const int warp_first = p0 + warp * 16, warp_last = p0 + min(warp * 16 + 15, n - 1);
+    uint32_t qa[KS][4];
+    {
+        const float qs = p.scale * 1.4426950408889634f; // scores in log2 units
+        const float *qlo = q + ((int64_t)(t0 + min(r_lo, n - 1)) * p.n_heads + h) * D;
+        const float *qhi = q + ((int64_t)(t0 + min(r_hi, n - 1)) * p.n_heads + h) * D;
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+            const int c = ks * 16 + 2 * tq;
+            const float2 a = *reinterpret_cast<const float2 *>(qlo + c), b = *reinterpret_cast<const float2 *>(qhi + c);
+            const float2 e = *reinterpret_cast<const float2 *>(qlo + c + 8),
+                         f = *reinterpret_cast<const float2 *>(qhi + c + 8);
+            qa[ks][0] = pack_bf16(a.x * qs, a.y * qs);
+            qa[ks][1] = pack_bf16(b.x * qs, b.y * qs);
+            qa[ks][2] = pack_bf16(e.x * qs, e.y * qs);
+            qa[ks][3] = pack_bf16(f.x * qs, f.y * qs);
+        }
     }
 
-    const int row0 = warp * 16;
-    for (int kt = 0; kt < n_keys; kt += kBK) {
-        __syncthreads();           // previous tile's K, V no longer in use; Q, O initialised
-        constexpr int VPR = D / 8; // 16-byte vectors per row
-        for (int i = threadIdx.x; i < kBK * VPR; i += blockDim.x) {
-            int r = i / VPR, c = (i % VPR) * 8, j = kt + r;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (j < n_keys) {
-                int64_t off = ((int64_t)bt[j / SK_KV_BLOCK] * p.n_kv_heads + kvh) * head_stride +
-                              (int64_t)(j % SK_KV_BLOCK) * D + c;
-                kv = *reinterpret_cast<const uint4 *>(k_cache + off);
-                vv = *reinterpret_cast<const uint4 *>(v_cache + off);
-            }
-            *reinterpret_cast<uint4 *>(Ks + r * L.ldh + c) = kv;
-            *reinterpret_cast<uint4 *>(Vs + r * L.ldh + c) = vv;
-        }
+    float o[OT][4];
+#pragma unroll
+    for (int i = 0; i < OT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    // Running maxima (log2 units) and this lane's share of the row sums (the 4 lanes of a row
+    // add theirs at the end; they apply the same corrections, so the shares stay consistent).
+    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
+
+    for (int it = 0; it < n_tiles; it++) {
+        const int kt = it * kBK;
+        if (it + 1 < n_tiles)
+            load_tile(kt + kBK, (it + 1) & 1);
+        else
+            cp_async_commit(); // an empty group keeps "all but the newest" meaning this tile
+        cp_async_wait<1>();
         __syncthreads();
-
-        // S = Q K^T for this warp's 16 rows.
+        const __nv_bfloat16 *ks = stages + 2 * (it & 1) * L::tile, *vs = ks + L::tile;
+        // A tile wholly past the warp's last query adds nothing to its rows.
+        if (warp_live && kt <= warp_last) {
+            float s[NT][4];
 #pragma unroll
-        for (int nt = 0; nt < kBK / 16; nt++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::fill_fragment(acc, 0.0f);
+            for (int nt = 0; nt < NT; nt++) {
+                s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
-                wmma::load_matrix_sync(a, Qs + row0 * L.ldh + kk * 16, L.ldh);
-                wmma::load_matrix_sync(b, Ks + nt * 16 * L.ldh + kk * 16, L.ldh);
-                wmma::mma_sync(acc, a, b, acc);
-            }
-            wmma::store_matrix_sync(Sf + row0 * L.lds + nt * 16, acc, L.lds, wmma::mem_row_major);
-        }
-        __syncwarp();
-
-        // Online softmax: lanes 2r and 2r+1 share row r, 32 columns each.
-        {
-            const int r = row0 + (lane >> 1), half = lane & 1;
-            const int qpos = p0 + r;
-            const bool row_ok = r < n;
-            float sv[32];
-            float mx = -INFINITY;
-#pragma unroll
-            for (int c = 0; c < 32; c++) {
-                int col = half * 32 + c, j = kt + col;
-                float v = (row_ok && j <= qpos) ? Sf[r * L.lds + col] : -INFINITY;
-                sv[c] = v;
-                mx = fmaxf(mx, v);
-            }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            const float m_old = Ms[r];
-            const float m_new = fmaxf(m_old, mx);
-            float corr, sum = 0.0f;
-            if (m_new == -INFINITY) {
-                corr = 1.0f;
-#pragma unroll
-                for (int c = 0; c < 32; c++) Pb[r * L.ldp + half * 32 + c] = __float2bfloat16_rn(0.0f);
-            } else {
-                corr = __expf(m_old - m_new);
-#pragma unroll
-                for (int c = 0; c < 32; c++) {
-                    float pv = __expf(sv[c] - m_new);
-                    // The sum uses the rounded weight, the same one P V multiplies.
-                    __nv_bfloat16 pb = __float2bfloat16_rn(pv);
-                    Pb[r * L.ldp + half * 32 + c] = pb;
-                    sum += __bfloat162float(pb);
+                for (int k2 = 0; k2 < KS; k2 += 2) {
+                    uint32_t b0, b1, b2, b3;
+                    ldsm_x4(ks + (nt * 8 + (lane & 7)) * L::ld + k2 * 16 + (lane >> 3) * 8, b0, b1, b2, b3);
+                    mma_k16(s[nt], qa[k2], b0, b1);
+                    mma_k16(s[nt], qa[k2 + 1], b2, b3);
                 }
             }
-            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-            if (half == 0) {
-                Ms[r] = m_new;
-                Ls[r] = Ls[r] * corr + sum;
-                Cs[r] = corr;
+            // Keys past a row's position (the causal limit; zero-filled keys lie past every row).
+            if (kt + kBK - 1 > warp_first) {
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const int j = kt + nt * 8 + 2 * tq;
+                    if (j > qpos_lo) s[nt][0] = -INFINITY;
+                    if (j + 1 > qpos_lo) s[nt][1] = -INFINITY;
+                    if (j > qpos_hi) s[nt][2] = -INFINITY;
+                    if (j + 1 > qpos_hi) s[nt][3] = -INFINITY;
+                }
+            }
+            // Key 0 is in the first tile and no row's limit is below it, so the maxima are
+            // finite from the first tile on.
+            float mx_lo = m_lo, mx_hi = m_hi;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
+                mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
+            }
+#pragma unroll
+            for (int x = 1; x <= 2; x <<= 1) {
+                mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, x));
+                mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, x));
+            }
+            const float corr_lo = exp2f(m_lo - mx_lo), corr_hi = exp2f(m_hi - mx_hi);
+            m_lo = mx_lo;
+            m_hi = mx_hi;
+            // P as bf16 A fragments: k-step kk covers column tiles 2kk (a0, a1) and 2kk + 1 (a2, a3).
+            // The sums add the rounded weights, the ones P V multiplies.
+            uint32_t pa[NT / 2][4];
+            float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const uint32_t lo = pack_bf16(exp2f(s[nt][0] - m_lo), exp2f(s[nt][1] - m_lo));
+                const uint32_t hi = pack_bf16(exp2f(s[nt][2] - m_hi), exp2f(s[nt][3] - m_hi));
+                float a, b;
+                bf16x2_to_f32(lo, a, b);
+                sum_lo += a + b;
+                bf16x2_to_f32(hi, a, b);
+                sum_hi += a + b;
+                pa[nt / 2][(nt & 1) * 2] = lo;
+                pa[nt / 2][(nt & 1) * 2 + 1] = hi;
+            }
+            l_lo = l_lo * corr_lo + sum_lo;
+            l_hi = l_hi * corr_hi + sum_hi;
+#pragma unroll
+            for (int od = 0; od < OT; od++) {
+                o[od][0] *= corr_lo;
+                o[od][1] *= corr_lo;
+                o[od][2] *= corr_hi;
+                o[od][3] *= corr_hi;
+            }
+            // O += P V: one transposed ldmatrix gives the B fragments of two 8-wide column tiles
+            // for 16 keys (matrices: keys 0-7 and 8-15 of columns od, then of od + 1).
+#pragma unroll
+            for (int kk = 0; kk < NT / 2; kk++) {
+#pragma unroll
+                for (int od = 0; od < OT; od += 2) {
+                    uint32_t b0, b1, b2, b3;
+                    ldsm_x4_t(vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * L::ld + od * 8 + (lane >> 4) * 8,
+                              b0, b1, b2, b3);
+                    mma_k16(o[od], pa[kk], b0, b1);
+                    mma_k16(o[od + 1], pa[kk], b2, b3);
+                }
             }
         }
-        __syncwarp();
-
-        // T = P V, then O = O * corr + T.
-#pragma unroll
-        for (int dt = 0; dt < D / 16; dt++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::fill_fragment(acc, 0.0f);
-#pragma unroll
-            for (int kk = 0; kk < kBK / 16; kk++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
-                wmma::load_matrix_sync(a, Pb + row0 * L.ldp + kk * 16, L.ldp);
-                wmma::load_matrix_sync(b, Vs + kk * 16 * L.ldh + dt * 16, L.ldh);
-                wmma::mma_sync(acc, a, b, acc);
-            }
-            wmma::store_matrix_sync(Tf + row0 * L.ldo + dt * 16, acc, L.ldo, wmma::mem_row_major);
-        }
-        __syncwarp();
-        for (int i = lane; i < 16 * D; i += 32) {
-            int r = row0 + i / D, c = i % D;
-            Of[r * L.ldo + c] = Of[r * L.ldo + c] * Cs[r] + Tf[r * L.ldo + c];
-        }
+        __syncthreads(); // the next iteration's copy overwrites this stage
     }
-    __syncwarp();
-    for (int i = lane; i < 16 * D; i += 32) {
-        int r = row0 + i / D, c = i % D;
-        if (r < n) out[((int64_t)(t0 + r) * p.n_heads + h) * D + c] = __float2bfloat16_rn(Of[r * L.ldo + c] / Ls[r]);
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int x = 1; x <= 2; x <<= 1) {
+        l_lo += __shfl_xor_sync(0xffffffffu, l_lo, x);
+        l_hi += __shfl_xor_sync(0xffffffffu, l_hi, x);
+    }
+    const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
+    __nv_bfloat16 *olo = out + ((int64_t)(t0 + r_lo) * p.n_heads + h) * D;
+    __nv_bfloat16 *ohi = out + ((int64_t)(t0 + r_hi) * p.n_heads + h) * D;
+#pragma unroll
+    for (int od = 0; od < OT; od++) {
+        const int c = od * 8 + 2 * tq;
+        if (r_lo < n) *reinterpret_cast<uint32_t *>(olo + c) = pack_bf16(o[od][0] * inv_lo, o[od][1] * inv_lo);
+        if (r_hi < n) *reinterpret_cast<uint32_t *>(ohi + c) = pack_bf16(o[od][2] * inv_hi, o[od][3] * inv_hi);
     }
 }
 
@@ -207,12 +221,12 @@ template <int D>
 cudaError_t launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *tiles,
                    int n_tiles, const int32_t *pos, uint16_t *out, const sk_attn_params &p, cudaStream_t s)
 {
-    const Layout L = layout_for(D);
-    cudaError_t e = cudaFuncSetAttribute(prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L.total);
+    using L = PrefillSmem<D>;
+    cudaError_t e = cudaFuncSetAttribute(prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, L::bytes);
     if (e != cudaSuccess) return e;
     dim3 grid(p.n_heads, n_tiles);
-    prefill_kernel<D><<<grid, kWarps * 32, L.total, s>>>(q, (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, bt,
-                                                         tiles, pos, (__nv_bfloat16 *)out, p);
+    prefill_kernel<D><<<grid, kWarps * 32, L::bytes, s>>>(q, (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, bt,
+                                                          tiles, pos, (__nv_bfloat16 *)out, p);
     return cudaGetLastError();
 }
 

@@ -144,9 +144,9 @@ cudaError_t sk_attention_mode(const float *q, const uint16_t *k_cache, const uin
                               const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos, float *part_o,
                               float *part_ml, uint16_t *out, struct sk_attn_params p, int use_gqa, cudaStream_t s);
 
-/* Prefill attention on the tensor cores (WMMA bf16, fp32 accumulation), flash-style: a block
- * takes 64 consecutive query tokens of one sequence for one head and walks 64-key tiles of the
- * paged cache up to the causal limit with an online softmax. tiles holds n_tiles triples
+/* Prefill attention on the tensor cores (mma.sync bf16, fp32 accumulation), FlashAttention-2
+ * style: a block takes 64 consecutive query tokens of one sequence for one head and walks 64-key
+ * tiles of the paged cache up to the causal limit with an online softmax. tiles holds n_tiles triples
  * (first token, count <= 64, sequence); other parameters as for sk_attention (n_splits and
  * token_list unused). head_dim 64 or 128 only: cudaErrorInvalidValue otherwise. */
 #define SK_PREFILL_TILE 64

@@ -70,7 +70,8 @@ def main():
     roofline = bw / wbytes
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s; weight bytes per step {wbytes / 1e9:.2f} GB; "
           f"batch-1 roofline {roofline:.1f} tok/s")
-    results = {"bandwidth_Bps": bw, "weight_bytes": wbytes, "roofline_tok_s": roofline, "hf": {}}
+    results = {"bandwidth_Bps": bw, "weight_bytes": wbytes, "roofline_tok_s": roofline, "hf": {},
+               "hf_prefill_s": {}}
     for b in [int(x) for x in args.batch_sizes.split(",")]:
         ids = torch.randint(3, cfg.vocab_size, (b, args.input_len), device="cuda")
         kw = dict(do_sample=False, max_new_tokens=args.output_len, min_new_tokens=args.output_len,
@@ -94,6 +95,7 @@ def main():
         gen = out.shape[1] - args.input_len
         decode_tok_s = b * (gen - 1) / max(total - prefill, 1e-9)
         results["hf"][b] = decode_tok_s
+        results["hf_prefill_s"][b] = prefill
         print(f"hf batch {b:4d}: decode {decode_tok_s:9.1f} tok/s  (prefill {prefill:.3f} s, total {total:.2f} s)")
     if args.json:
         with open(args.json, "w") as f:
