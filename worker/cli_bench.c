@@ -58,10 +58,11 @@ static uint32_t rng_next(void)
     return (uint32_t)rng_state;
 }
 
+static uint64_t next_request_id = 1;
+
 /* One round: B requests of input_len random ids and output_len tokens each, submitted at once;
  * returns when all are done (*run has the times) or -1 after printing why some failed. The
  * engine's events land in the bench_run it was created with, which is *run. */
-static uint64_t next_request_id = 1;
 static int bench_round(struct engine *e, struct bench_run *run, int B, long input_len, long output_len, int vocab)
 {
     memset(run, 0, sizeof *run);
@@ -175,9 +176,9 @@ int cli_bench_main(int argc, char **argv)
     }
     printf("%-6s %-6s %-6s %12s %14s %14s %12s\n", "batch", "input", "output", "prefill_s",
            "decode_tok/s", "step_ms", "total_s");
+    struct bench_run *run = &run_state;
     for (int si = 0; si < n_sizes; si++) {
         const int B = sizes[si];
-        struct bench_run *run = &run_state;
         for (long w = 0; w < warmup; w++)
             if (bench_round(e, run, B, input_len, output_len < 2 ? output_len : 2, m->config.vocab_size) != 0)
                 goto out;
