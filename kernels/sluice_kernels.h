@@ -52,6 +52,9 @@ cudaError_t sk_silu_mul(uint16_t *out, const float *gu, int n_tokens, int inter,
  * pair made by sk_gate_up_interleave, for sk_hopper_gemm_swiglu): needs inter % 64 == 0. */
 #define SK_GATE_UP_BLOCK 64
 cudaError_t sk_silu_mul_interleaved(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s);
+/* Either of the two from bf16 gate/up rows (a product written in bf16, as prefill's is). */
+cudaError_t sk_silu_mul_bf16(uint16_t *out, const uint16_t *gu, int n_tokens, int inter, int interleaved,
+                             cudaStream_t s);
 /* Rearranges a [gate; up] bf16 weight pair (2 * inter rows of k_in) from src into dst (not
  * overlapping) in blocks of SK_GATE_UP_BLOCK rows: gate block j, then up block j. */
 cudaError_t sk_gate_up_interleave(uint16_t *dst, const uint16_t *src, int inter, int k_in, cudaStream_t s);

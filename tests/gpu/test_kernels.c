@@ -201,6 +201,53 @@ static void test_embed_norm_silu(void)
 /* RMSNorm at the widths that take each path: the register-held rows (hidden % 4 == 0, up to
  * 16384), the generic loop beyond or otherwise, with and without a residual, all rows or
  * gathered ones. The output rows are poisoned first. */
+/* SiLU-and-multiply over every input kind and layout: fp32 or bf16 gate/up rows (bf16: what
+ * prefill's cuBLAS product writes), gate then up or interleaved in blocks of SK_GATE_UP_BLOCK,
+ * and widths that take the 8-wide path (I % 8 == 0) or the one-at-a-time one. */
+static void test_silu_variants(int T, int I)
+{
+    const size_t n = (size_t)T * 2 * I;
+    float *gu = malloc(n * 4);
+    uint16_t *gub = malloc(n * 2), *out = malloc((size_t)T * I * 2);
+    for (size_t i = 0; i < n; i++) {
+        gub[i] = gt_f2bf(gt_normal() * 2.0f);
+        gu[i] = gt_bf2f(gub[i]); /* the same values in both kinds, so one reference serves */
+    }
+    double *ref = malloc((size_t)T * I * 8);
+    float *got = malloc((size_t)T * I * 4);
+    for (int layout = 0; layout < 2; layout++) {
+        if (layout && I % SK_GATE_UP_BLOCK) continue;
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < I; j++) {
+                const size_t gi = layout ? (size_t)2 * (j / SK_GATE_UP_BLOCK) * SK_GATE_UP_BLOCK + j % SK_GATE_UP_BLOCK
+                                         : (size_t)j;
+                const size_t ui = layout ? gi + SK_GATE_UP_BLOCK : (size_t)I + j;
+                const double g = gu[(size_t)t * 2 * I + gi], u = gu[(size_t)t * 2 * I + ui];
+                ref[(size_t)t * I + j] = g / (1.0 + exp(-g)) * u;
+            }
+        float *dgu = gt_up(gu, n * 4);
+        uint16_t *dgub = gt_up(gub, n * 2), *dout = gt_dev((size_t)T * I * 2);
+        for (int kind = 0; kind < 2; kind++) {
+            GT_CUDA(cudaMemset(dout, 0xff, (size_t)T * I * 2));
+            cudaError_t e = kind ? sk_silu_mul_bf16(dout, dgub, T, I, layout, 0)
+                                 : layout ? sk_silu_mul_interleaved(dout, dgu, T, I, 0) : sk_silu_mul(dout, dgu, T, I, 0);
+            gt_down(out, dout, (size_t)T * I * 2);
+            for (size_t i = 0; i < (size_t)T * I; i++) got[i] = gt_bf2f(out[i]);
+            const double err = gt_rel_err(got, ref, (size_t)T * I);
+            GT_CHECK(e == cudaSuccess && err < BF_TOL, "silu_mul %s %s T=%d I=%d: rel err %.2e (%s)",
+                     kind ? "bf16" : "fp32", layout ? "interleaved" : "gate|up", T, I, err, cudaGetErrorString(e));
+        }
+        cudaFree(dgu);
+        cudaFree(dgub);
+        cudaFree(dout);
+    }
+    free(gu);
+    free(gub);
+    free(out);
+    free(ref);
+    free(got);
+}
+
 static void test_rmsnorm_widths(void)
 {
     printf("add_rmsnorm widths\n");
@@ -1068,6 +1115,10 @@ int main(void)
         test_convert_and_dummy();
         test_embed_norm_silu();
         test_rmsnorm_widths();
+        printf("silu_mul\n");
+        test_silu_variants(37, 11008);
+        test_silu_variants(5, 172);
+        test_silu_variants(3, 640);
         printf("qkv_post\n");
         test_qkv_post_case(32, 8, 128, 0, 0, 0);
         test_qkv_post_case(16, 4, 64, 1, 1, 0);

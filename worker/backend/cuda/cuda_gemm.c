@@ -1,5 +1,5 @@
 /* The backend's matrix products, y[rows, n_out] = x[rows, k_in] w[n_out, k_in]^T in bf16 with fp32
- * accumulation and output. One-row products go to the own gemv kernel; products of a decode
+ * accumulation and output (bf16 output for prefill's gate/up). One-row products go to the own gemv kernel; products of a decode
  * batch, on a Hopper GPU, to the own TMA + wgmma kernel (kernels/hopper_gemm.cu); the rest, and
  * everything elsewhere, to cublasGemmEx's default algorithm.
  *
@@ -36,6 +36,19 @@ void cuda_gemm_free(struct cuda_backend *b)
     b->hopper = NULL;
 }
 
+/* cuBLAS's product with y in y_type. Row-major y = x w^T is column-major y^T = w^T(op) x^T: w
+ * read as [k_in, n_out] col-major. */
+static int cublas_product(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, void *y, cudaDataType_t y_type,
+                          int rows, int n_out, int k_in)
+{
+    int rc = 0;
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(b, cublasGemmEx(b->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, rows, k_in, &one, w, CUDA_R_16BF, k_in, x,
+                                 CUDA_R_16BF, k_in, &zero, y, y_type, n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+fail:
+    return rc;
+}
+
 bool cuda_gemm_on_hopper(const struct cuda_backend *b, int rows)
 {
     return b->hopper && rows >= 2 && rows <= CUDA_HOPPER_MAX_ROWS;
@@ -44,7 +57,6 @@ bool cuda_gemm_on_hopper(const struct cuda_backend *b, int rows)
 int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in)
 {
     int rc = 0;
-    const float one = 1.0f, zero = 0.0f;
     /* Measured on an H200: the own kernel beats cuBLAS by 5-15% for one row, loses beyond. */
     if (b->use_gemv && rows == 1 && k_in % 8 == 0) {
         CUDA_CHECK(b, sk_gemv(w, x, y, rows, n_out, k_in, b->stream));
@@ -57,10 +69,13 @@ int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, floa
         CUDA_CHECK(b, sk_hopper_gemm(b->hopper, w, x, y, rows, n_out, k_in, 0, b->stream));
         return 0;
     }
-    /* Row-major y = x w^T is column-major y^T = w^T(op) x^T: w read as [k_in, n_out] col-major. */
-    CUBLAS_CHECK(b,
-                 cublasGemmEx(b->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, rows, k_in, &one, w, CUDA_R_16BF, k_in, x,
-                              CUDA_R_16BF, k_in, &zero, y, CUDA_R_32F, n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return cublas_product(b, w, x, y, CUDA_R_32F, rows, n_out, k_in);
 fail:
     return rc;
+}
+
+int cuda_gemm_bf16(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, uint16_t *y, int rows, int n_out,
+                   int k_in)
+{
+    return cublas_product(b, w, x, y, CUDA_R_16BF, rows, n_out, k_in);
 }

@@ -157,6 +157,10 @@ void cuda_gemm_free(struct cuda_backend *b);
 bool cuda_gemm_on_hopper(const struct cuda_backend *b, int rows);
 /* y[rows, n_out] (fp32) = x[rows, k_in] (bf16) * w[n_out, k_in]^T (bf16), fp32 accumulation. */
 int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in);
+/* The same product written in bf16, always by cuBLAS: for prefill's gate/up, whose fp32 rows
+ * (2 x intermediate wide) would cost SiLU twice the reads. */
+int cuda_gemm_bf16(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, uint16_t *y, int rows, int n_out,
+                   int k_in);
 int cuda_submit(struct backend *base, const struct batch *batch);
 int cuda_collect(struct backend *base, struct sample_result *results);
 void cuda_prof_report(struct cuda_backend *b);
