@@ -355,9 +355,11 @@ static void test_stories(const char *data)
      * error, not a wait without end; the backend is then freed without touching the device. */
     {
         setenv("SLUICE_CUDA_STEP_TIMEOUT_S", "1e-9", 1);
+        setenv("SLUICE_CUDA_WARMUP", "0", 1); /* the steps below, not the start's, are to time out */
         struct backend *bs = NULL;
         int rc = backend_cuda_create(&bs, m, &bo, err, sizeof err);
         unsetenv("SLUICE_CUDA_STEP_TIMEOUT_S");
+        unsetenv("SLUICE_CUDA_WARMUP");
         int timed_out = 0;
         for (int attempt = 0; rc == 0 && attempt < 10 && !timed_out; attempt++) {
             struct gen_seq g;
@@ -372,6 +374,22 @@ static void test_stories(const char *data)
                  rc == 0 ? bs->error : err);
         backend_free(bs);
         GT_CUDA(cudaDeviceSynchronize());
+    }
+
+    /* The warm-up at start: one prefill and one decode step (its graph captured), or none. */
+    for (int off = 0; off < 2; off++) {
+        if (off) setenv("SLUICE_CUDA_WARMUP", "0", 1);
+        struct backend *bw = NULL;
+        int rc = backend_cuda_create(&bw, m, &bo, err, sizeof err);
+        unsetenv("SLUICE_CUDA_WARMUP");
+        const struct cuda_backend *cw = (const struct cuda_backend *)bw;
+        const unsigned long long want_steps = off ? 0 : 2, want_graphs = off ? 0 : 1;
+        GT_CHECK(rc == 0 && cw->submitted == want_steps && cw->collected == want_steps &&
+                     cw->graph_captures == want_graphs,
+                 "warm-up %s: %llu steps, %llu graphs at start %s", off ? "off" : "on",
+                 rc == 0 ? (unsigned long long)cw->submitted : 0ULL,
+                 rc == 0 ? (unsigned long long)cw->graph_captures : 0ULL, rc ? err : "");
+        backend_free(bw);
     }
 
     /* Automatic KV sizing from --gpu-memory-utilization. */
