@@ -456,9 +456,13 @@ static int slist_add(struct curl_slist **list, const char *line)
     return 0;
 }
 
-static int call_setup(http_call *call, const struct http_call_opts *o, const char *body, size_t body_len)
+/* call->body, when already set, is the serialized opts->json that the call owns; otherwise
+ * opts->body (if any) is copied into it. */
+static int call_setup(http_call *call, const struct http_call_opts *o)
 {
     CURL *e = call->easy;
+    const char *body = call->body ? call->body : o->body;
+    const size_t body_len = call->body ? strlen(call->body) : o->body_len;
     const char *method = o->method ? o->method : (body ? "POST" : "GET");
     bool sends_body = body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0;
     int rc = 0;
@@ -501,10 +505,12 @@ static int call_setup(http_call *call, const struct http_call_opts *o, const cha
     }
     if (sends_body) {
         size_t len = body ? body_len : 0;
-        call->body = malloc(len + 1);
-        if (!call->body) return -1;
-        if (len) memcpy(call->body, body, len);
-        call->body[len] = '\0';
+        if (!call->body) {
+            call->body = malloc(len + 1);
+            if (!call->body) return -1;
+            if (len) memcpy(call->body, body, len);
+            call->body[len] = '\0';
+        }
         rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
         rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body);
         if (!has_header(o->headers, "Content-Type")) {
@@ -533,15 +539,11 @@ int http_client_request(http_client *client, const struct http_call_opts *opts, 
     call->on_data = opts->on_data;
     call->on_done = opts->on_done;
     call->user = opts->user;
-    /* A JSON body is serialized here, so that callers need not. */
-    char *dumped = NULL;
-    if (!opts->body && opts->json && !(dumped = json_dump_compact(opts->json))) goto fail;
+    /* A JSON body is serialized here, so that callers need not, straight into the call's own
+     * copy of its body. */
+    if (!opts->body && opts->json && !(call->body = json_dump_compact(opts->json))) goto fail;
     call->easy = curl_easy_init();
-    const int setup = call->easy ? call_setup(call, opts, dumped ? dumped : opts->body,
-                                              dumped ? strlen(dumped) : opts->body_len)
-                                 : -1;
-    free(dumped);
-    if (setup != 0) goto fail;
+    if (!call->easy || call_setup(call, opts) != 0) goto fail;
     if (client->in_curl) {
         call->link = client->pending;
         client->pending = call;

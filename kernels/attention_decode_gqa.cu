@@ -19,6 +19,7 @@
 #include "kernels/mbarrier.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/pdl.cuh"
+#include "kernels/smem_limit.cuh"
 
 #include <cuda_bf16.h>
 #include <math.h>
@@ -479,19 +480,10 @@ cudaError_t launch(const float *q, const uint16_t *k, const uint16_t *v, const i
                    const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p, bool pdl,
                    cudaStream_t s)
 {
-    // The shared-memory limit is raised once per instantiation and device, before its first launch.
-    static unsigned long long attr_set = 0;
     constexpr int sh = kernel_smem<D, QG, NS, MMA>();
     constexpr auto kernel = kernel_of<D, QG, NS, MMA>();
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
+    const cudaError_t e = raise_smem_limit_once<kernel>(sh);
     if (e != cudaSuccess) return e;
-    const unsigned long long bit = 1ull << (dev & 63);
-    if (!(__atomic_load_n(&attr_set, __ATOMIC_ACQUIRE) & bit)) {
-        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sh);
-        if (e != cudaSuccess) return e;
-        __atomic_fetch_or(&attr_set, bit, __ATOMIC_RELEASE);
-    }
     return launch_maybe_pdl(pdl, kernel, dim3(p.n_kv_heads, p.n_tokens, p.n_splits), dim3(kWarps * 32), sh, s, q,
                             (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, bt, ts, pos, po, pml,
                             (__nv_bfloat16 *)out, p);

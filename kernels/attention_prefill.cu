@@ -15,6 +15,7 @@
 // 4096-token chunk of Llama-3-8B at ~20 TFLOPS; PERF_NOTES.md has the comparison.
 #include "kernels/bf16.cuh"
 #include "kernels/mma.cuh"
+#include "kernels/smem_limit.cuh"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda_bf16.h>
@@ -226,7 +227,7 @@ cudaError_t launch(const float *q, const uint16_t *k, const uint16_t *v, const i
                    int n_tiles, const int32_t *pos, uint16_t *out, const sk_attn_params &p, cudaStream_t s)
 {
     using L = PrefillSmem<D>;
-    cudaError_t e = cudaFuncSetAttribute(prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, L::bytes);
+    const cudaError_t e = raise_smem_limit_once<prefill_kernel<D>>(L::bytes);
     if (e != cudaSuccess) return e;
     dim3 grid(p.n_heads, n_tiles);
     prefill_kernel<D><<<grid, kWarps * 32, L::bytes, s>>>(q, (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, bt,

@@ -13,6 +13,18 @@ print(" ".join(os.path.join(p, "cublas/lib") for p in nvidia.__path__))' 2>/dev/
   ldd "$1" | grep "not found" || true
 }
 
+# bench_env: the GPU scripts' settings from the environment, as variables of the caller: bin
+# (SLUICE_BIN, default bin), cfg (Llama-3-8B's config), tok (TOKENIZER, default
+# .models/llama3_1) and out (OUT, default /tmp); and bin's worker able to find its CUDA libraries.
+# Call from the repository root.
+bench_env() {
+  bin="${SLUICE_BIN:-bin}"
+  cfg=tests/bench/configs/llama-3-8b
+  tok="${TOKENIZER:-.models/llama3_1}"
+  out="${OUT:-/tmp}"
+  cuda_lib_path "$bin/sluice-worker"
+}
+
 # trio_bg LOGS NAME COMMAND...: runs COMMAND in the background, its output into LOGS/NAME.log
 # when LOGS is set, and appends its pid to the caller's `pids`.
 trio_bg() {

@@ -8,14 +8,10 @@
 # (TOKENIZER, default .models/llama3_1, copied from the shared test data).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bin="${SLUICE_BIN:-bin}"
-cfg=tests/bench/configs/llama-3-8b
-tok="${TOKENIZER:-.models/llama3_1}"
-out="${OUT:-/tmp}"
+. tests/bench/cuda_trio.sh
+bench_env
 batches="${BATCHES:-1,8,64,128,256}"
 export PYTHONUNBUFFERED=1
-. tests/bench/cuda_trio.sh
-cuda_lib_path "$bin/sluice-worker"
 
 echo "== references (Hugging Face generate, roofline)"
 python3 tests/bench/hf_baseline.py --config "$cfg" --batch-sizes "$batches" --json "$out/hf.json"

@@ -8,12 +8,8 @@
 # switch for the worker (SLUICE_CUDA_HOPPER=0, SLUICE_CUDA_PDL=0, SLUICE_OVERLAP_STEPS=0, ...).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-bin="${SLUICE_BIN:-bin}"
-cfg=tests/bench/configs/llama-3-8b
-tok="${TOKENIZER:-.models/llama3_1}"
-out="${OUT:-/tmp}"
 . tests/bench/cuda_trio.sh
-cuda_lib_path "$bin/sluice-worker"
+bench_env
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 start_trio "$bin" "$cfg" "$tok" "$out"

@@ -8,7 +8,6 @@
 
 #include <jansson.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "worker/backend/cuda/cuda_internal.h"
 #include "worker/engine/backend.h"

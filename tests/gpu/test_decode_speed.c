@@ -5,9 +5,7 @@
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "worker/engine/backend.h"
 #include "worker/model/model.h"
