@@ -37,7 +37,7 @@ trio_bg() {
 # start_trio BIN CONFIG TOKENIZER [LOGDIR]: the controller on :21001, a CUDA worker serving
 # CONFIG's shape with random weights as llama-3-8b on :21002 and the gateway on :8000 (their
 # logs into LOGDIR when given), their pids appended to the caller's `pids`; returns once the
-# gateway lists the model (at most 2 minutes).
+# gateway lists the model, or fails after 2 minutes.
 start_trio() {
   local bin=$1 cfg=$2 tok=$3 logs=${4:-} _
   trio_bg "$logs" controller "$bin/sluice-controller" --port 21001 --log-level warn
@@ -48,4 +48,6 @@ start_trio() {
     curl -s http://127.0.0.1:8000/v1/models | grep -q llama-3-8b && return 0
     sleep 0.2
   done
+  echo "start_trio: the gateway does not list llama-3-8b after 2 minutes" >&2
+  return 1
 }

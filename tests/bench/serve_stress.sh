@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 bench_env
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-start_trio "$bin" "$cfg" "$tok" "$out"
+start_trio "$bin" "$cfg" "$tok" "$out" || exit 1
 steps() {
   curl -s -m 2 http://127.0.0.1:21002/metrics | grep -E "^sluice_worker_(engine_steps_total|requests_running)" | tr '\n' ' '
   echo
