@@ -12,9 +12,12 @@
 // The blocks that split one tile's K form a thread block cluster: each leaves its partial sums in
 // its own shared memory, and after a cluster barrier every block adds a share of the tile's
 // values over all the blocks' memories (distributed shared memory), in split order. No partial
-// sum touches device memory, and the result does not depend on block timing. The split count
-// depends on the shape alone, not on the number of rows, so a row's result is the same at every
-// batch size this kernel takes.
+// sum touches device memory, and the result does not depend on block timing. Or, where the next
+// kernel can add them (sk_hopper_gemm_parts: an RMSNorm reading the product as its residual
+// delta), each split writes its partial sums as a part of its own and the blocks need no cluster,
+// no barrier across blocks and no reduction before they exit. The split count depends on the
+// shape alone, not on the number of rows, and the parts are added in split order either way, so
+// a row's result is the same at every batch size and on both paths.
 //
 // wgmma and setmaxnreg need the sm_90a target: the Makefile builds this file for it (with
 // SK_HOPPER_BUILT defined) when CUDA_ARCH is sm_90; otherwise sk_hopper_gemm_create answers
@@ -167,7 +170,7 @@ template <int NT, bool SWIGLU>
 __global__ void __launch_bounds__(kThreads) hopper_gemm_kernel(const __grid_constant__ CUtensorMap tw,
                                                                const __grid_constant__ CUtensorMap tx, float *y,
                                                                __nv_bfloat16 *act, int rows, int n_out, int k_blocks,
-                                                               int per_split)
+                                                               int per_split, int64_t part_stride)
 {
     constexpr int SW = w_stages<NT>(), SX = x_stages<NT>(), XB = x_bytes<NT>(), R = NT / 2;
     extern __shared__ unsigned char smem_raw[];
@@ -175,8 +178,10 @@ __global__ void __launch_bounds__(kThreads) hopper_gemm_kernel(const __grid_cons
     const uint32_t base = (smem_u32(smem_raw) + 1023) & ~1023u;
     const uint32_t sw = base, sx = base + SW * W_BYTES, bars = sx + SX * XB;
     const uint32_t full_w = bars, empty_w = full_w + 8 * SW, full_x = empty_w + 8 * SW, empty_x = full_x + 8 * SX;
-    // Split-K: the cluster is the blocks of this tile, one per split, rank = split.
+    // Split-K: the cluster is the blocks of this tile, one per split, rank = split; with
+    // part_stride, split s writes part s at y + s * part_stride instead, and there is no cluster.
     const int tile = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+    const bool reduce_in_cluster = splits > 1 && part_stride == 0;
     const int kb0 = split * per_split, kb1 = min(kb0 + per_split, k_blocks), n_kb = kb1 - kb0;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
@@ -225,7 +230,7 @@ __global__ void __launch_bounds__(kThreads) hopper_gemm_kernel(const __grid_cons
             }
         }
         __syncwarp();
-        if (splits == 1) return;
+        if (!reduce_in_cluster) return;
     } else {
         // Consumers: acc[h] holds features h*64 + 16*warp + lane/4 (+8) of this tile, every token.
 #pragma unroll
@@ -297,10 +302,11 @@ __global__ void __launch_bounds__(kThreads) hopper_gemm_kernel(const __grid_cons
                 sy[(t_frag + 8 * (r / 4) + r % 2) * kOutStride + h * 64 + f_frag + 8 * ((r / 2) % 2)] = acc[h][r];
     }
     const bool vec = n_out % 4 == 0 && !(reinterpret_cast<uintptr_t>(y) & 15);
-    if (splits == 1) {
+    if (!reduce_in_cluster) {
+        float *out = y + split * part_stride;
         asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory");
         for (int i = threadIdx.x; i < rows * 32; i += kConsumers)
-            store_out4(y + (size_t)(i / 32) * n_out, tile * BM + 4 * (i % 32), n_out, vec,
+            store_out4(out + (size_t)(i / 32) * n_out, tile * BM + 4 * (i % 32), n_out, vec,
                        *reinterpret_cast<const float4 *>(sy + (i / 32) * kOutStride + 4 * (i % 32)));
         return;
     }
@@ -352,7 +358,7 @@ __global__ void __launch_bounds__(kThreads) hopper_gemm_kernel(const __grid_cons
 // Built without sm_90a: never launched (sk_hopper_gemm_create refuses).
 template <int NT, bool SWIGLU>
 __global__ void hopper_gemm_kernel(const __grid_constant__ CUtensorMap, const __grid_constant__ CUtensorMap, float *,
-                                   __nv_bfloat16 *, int, int, int, int)
+                                   __nv_bfloat16 *, int, int, int, int, int64_t)
 {
 }
 #endif
@@ -411,9 +417,10 @@ bool tensor_map(struct sk_hopper_gemm *h, const void *ptr, uint64_t inner, uint6
     return true;
 }
 
+// part_stride 0: split-K sums added within clusters; else part s of the sums at y + s * part_stride.
 template <int NT, bool SWIGLU>
 cudaError_t launch(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, uint16_t *act, int rows,
-                   int n_out, int k_in, int splits, cudaStream_t s)
+                   int n_out, int k_in, int splits, int64_t part_stride, cudaStream_t s)
 {
     CUtensorMap mw, mx;
     if (!tensor_map(h, w, (uint64_t)k_in, (uint64_t)n_out, BM, &mw) ||
@@ -429,14 +436,14 @@ cudaError_t launch(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *
     cudaLaunchAttribute attrs[2];
     attrs[0].id = cudaLaunchAttributeClusterDimension;
     attrs[0].val.clusterDim.x = 1;
-    attrs[0].val.clusterDim.y = splits;
+    attrs[0].val.clusterDim.y = part_stride ? 1 : splits;
     attrs[0].val.clusterDim.z = 1;
     attrs[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attrs[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attrs;
     cfg.numAttrs = pdl_allowed(true) ? 2 : 1;
     cudaError_t e = cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<NT, SWIGLU>, mw, mx, y, (__nv_bfloat16 *)act, rows, n_out,
-                                       k_blocks, per);
+                                       k_blocks, per, part_stride);
     return e != cudaSuccess ? e : cudaGetLastError();
 }
 
@@ -453,12 +460,12 @@ template <int NT> cudaError_t allow_smem()
 // The launch for the token tile that holds `rows` (16, 32, 64 or 128 wide).
 template <bool SWIGLU>
 cudaError_t launch_rows(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, uint16_t *act,
-                        int rows, int n_out, int k_in, int splits, cudaStream_t s)
+                        int rows, int n_out, int k_in, int splits, int64_t part_stride, cudaStream_t s)
 {
-    if (rows <= 16) return launch<16, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, s);
-    if (rows <= 32) return launch<32, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, s);
-    if (rows <= 64) return launch<64, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, s);
-    return launch<128, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, s);
+    if (rows <= 16) return launch<16, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, part_stride, s);
+    if (rows <= 32) return launch<32, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, part_stride, s);
+    if (rows <= 64) return launch<64, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, part_stride, s);
+    return launch<128, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, part_stride, s);
 }
 
 // Conditions every launch needs: the TMA maps want 16-byte aligned rows and bases.
@@ -569,12 +576,25 @@ extern "C" cudaError_t sk_hopper_gemm(struct sk_hopper_gemm *h, const uint16_t *
     const int k_blocks = (k_in + BK - 1) / BK;
     if (splits > k_blocks) splits = k_blocks;
     if (splits > SK_HOPPER_MAX_SPLITS) return cudaErrorInvalidValue;
-    return launch_rows<false>(h, w, x, y, NULL, rows, n_out, k_in, splits, s);
+    return launch_rows<false>(h, w, x, y, NULL, rows, n_out, k_in, splits, 0, s);
+}
+
+extern "C" cudaError_t sk_hopper_gemm_parts(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y,
+                                            int rows, int n_out, int k_in, int *n_parts, cudaStream_t s)
+{
+    *n_parts = 0;
+    if (!shape_ok(h, w, x, rows, k_in) || n_out < 1) return cudaErrorInvalidValue;
+    // The split count of sk_hopper_gemm, so that both paths add the same partial sums.
+    const int k_blocks = (k_in + BK - 1) / BK, want = sk_hopper_gemm_splits(h, n_out, k_in);
+    const int per = (k_blocks + want - 1) / want, splits = (k_blocks + per - 1) / per;
+    cudaError_t e = launch_rows<false>(h, w, x, y, NULL, rows, n_out, k_in, splits, (int64_t)rows * n_out, s);
+    if (e == cudaSuccess) *n_parts = splits;
+    return e;
 }
 
 extern "C" cudaError_t sk_hopper_gemm_swiglu(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x,
                                              uint16_t *act, int rows, int inter, int k_in, cudaStream_t s)
 {
     if (!shape_ok(h, w, x, rows, k_in) || inter < 64 || inter % 64 || ((uintptr_t)act & 15)) return cudaErrorInvalidValue;
-    return launch_rows<true>(h, w, x, NULL, act, rows, 2 * inter, k_in, 1, s);
+    return launch_rows<true>(h, w, x, NULL, act, rows, 2 * inter, k_in, 1, 0, s);
 }

@@ -66,10 +66,21 @@ __global__ void embed_kernel(float *x, const __nv_bfloat16 *table, const int32_t
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = __bfloat162float(row[i]);
 }
 
+// The residual delta of one element: its only part, or its parts added in split order starting
+// from zero, exactly as the Hopper product's cluster reduction adds them (sk_hopper_gemm_parts),
+// so that both paths give the same bits.
+__device__ __forceinline__ float delta_at(const float *d, int n_parts, int64_t part_stride, int64_t i)
+{
+    if (n_parts == 1) return d[i];
+    float sum = 0.0f;
+    for (int j = 0; j < n_parts; j++) sum += d[j * part_stride + i];
+    return sum;
+}
+
 // Residual add and RMSNorm of one row per block. Any hidden size; add_rmsnorm_vec_kernel takes
 // the common ones faster.
-__global__ void add_rmsnorm_kernel(float *x, const float *delta, const int32_t *rows, const float *w, __nv_bfloat16 *y,
-                                   int hidden, float eps)
+__global__ void add_rmsnorm_kernel(float *x, const float *delta, int n_parts, int64_t part_stride, const int32_t *rows,
+                                   const float *w, __nv_bfloat16 *y, int hidden, float eps)
 {
     // The next kernel may start launching now (a Hopper product then streams its weights while
     // this one runs); it still waits for this kernel's completion before reading its output.
@@ -82,7 +93,7 @@ __global__ void add_rmsnorm_kernel(float *x, const float *delta, const int32_t *
     const float *dr = delta ? delta + t * hidden : nullptr;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float v = xr[i] + (dr ? dr[i] : 0.0f);
+        float v = xr[i] + (dr ? delta_at(dr, n_parts, part_stride, i) : 0.0f);
         if (!rows) xr[i] = v;
         ss += v * v;
     }
@@ -91,7 +102,7 @@ __global__ void add_rmsnorm_kernel(float *x, const float *delta, const int32_t *
     __nv_bfloat16 *yr = y + (int64_t)r * hidden;
     // Each thread rereads only the elements it wrote itself, so no barrier is needed here.
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float v = rows ? xr[i] + (dr ? dr[i] : 0.0f) : xr[i];
+        float v = rows ? xr[i] + (dr ? delta_at(dr, n_parts, part_stride, i) : 0.0f) : xr[i];
         yr[i] = __float2bfloat16_rn(w[i] * (v * inv));
     }
 }
@@ -103,7 +114,20 @@ __global__ void add_rmsnorm_kernel(float *x, const float *delta, const int32_t *
 // H200 at batch 64 this kernel made the whole step ~2% shorter than add_rmsnorm_kernel.
 constexpr int kNormVec = 4;
 
-__global__ void __launch_bounds__(1024) add_rmsnorm_vec_kernel(float *__restrict__ x, const float *__restrict__ delta,
+__device__ __forceinline__ void add4(float4 &a, const float4 b)
+{
+    a.x += b.x;
+    a.y += b.y;
+    a.z += b.z;
+    a.w += b.w;
+}
+
+// PARTS: delta in n_parts (<= SK_HOPPER_MAX_SPLITS) parts, added as delta_at adds them, with every
+// part's loads in flight at once; the registers that takes allow at most kPartsThreads threads.
+constexpr int kPartsThreads = 256;
+template <bool PARTS>
+__global__ void __launch_bounds__(PARTS ? kPartsThreads : 1024) add_rmsnorm_vec_kernel(float *__restrict__ x, const float *__restrict__ delta,
+                                                               int n_parts, int64_t part_stride,
                                                                const int32_t *__restrict__ rows,
                                                                const float *__restrict__ w,
                                                                __nv_bfloat16 *__restrict__ y, int hidden, float eps)
@@ -128,12 +152,26 @@ __global__ void __launch_bounds__(1024) add_rmsnorm_vec_kernel(float *__restrict
     for (int j = 0; j < kNormVec; j++) {
         const int i = threadIdx.x + j * blockDim.x;
         v[j] = i < n4 ? xr[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (dr && i < n4) {
-            const float4 d = dr[i];
-            v[j].x += d.x;
-            v[j].y += d.y;
-            v[j].z += d.z;
-            v[j].w += d.w;
+        if (!PARTS && dr && i < n4) add4(v[j], dr[i]);
+    }
+    if (PARTS && dr) {
+        float4 part[SK_HOPPER_MAX_SPLITS][kNormVec];
+#pragma unroll
+        for (int p = 0; p < SK_HOPPER_MAX_SPLITS; p++)
+#pragma unroll
+            for (int j = 0; j < kNormVec; j++) {
+                const int i = threadIdx.x + j * blockDim.x;
+                if (p < n_parts && i < n4) part[p][j] = dr[p * (part_stride / 4) + i];
+            }
+#pragma unroll
+        for (int j = 0; j < kNormVec; j++) {
+            // Past the row, v stays zero: it must not add to the sum of squares.
+            if (threadIdx.x + j * blockDim.x >= n4) continue;
+            float4 d = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+            for (int p = 0; p < SK_HOPPER_MAX_SPLITS; p++)
+                if (p < n_parts) add4(d, part[p][j]);
+            add4(v[j], d);
         }
     }
     float ss = 0.0f;
@@ -320,18 +358,28 @@ extern "C" cudaError_t sk_embed(float *x, const uint16_t *table, const int32_t *
     return cudaGetLastError();
 }
 
+extern "C" cudaError_t sk_add_rmsnorm_parts(float *x, const float *delta, int n_parts, int64_t part_stride,
+                                            const int32_t *rows, const float *w, uint16_t *y, int n_rows, int hidden,
+                                            float eps, cudaStream_t s)
+{
+    if (n_rows <= 0) return cudaSuccess;
+    if (!delta) n_parts = 1;
+    if (n_parts < 1 || n_parts > SK_HOPPER_MAX_SPLITS || (n_parts > 1 && part_stride < (int64_t)hidden))
+        return cudaErrorInvalidValue;
+    const int n4 = hidden / 4, threads = ((n4 + kNormVec - 1) / kNormVec + 31) / 32 * 32;
+    if (hidden % 4 == 0 && threads <= (n_parts > 1 ? kPartsThreads : 1024) && part_stride % 4 == 0) {
+        return launch_pdl(n_parts > 1 ? add_rmsnorm_vec_kernel<true> : add_rmsnorm_vec_kernel<false>, dim3(n_rows),
+                          dim3(threads), 0, s, x, delta, n_parts, part_stride, rows, w, (__nv_bfloat16 *)y, hidden,
+                          eps);
+    }
+    return launch_pdl(add_rmsnorm_kernel, dim3(n_rows), dim3(threads_for_row(hidden)), 0, s, x, delta, n_parts,
+                      part_stride, rows, w, (__nv_bfloat16 *)y, hidden, eps);
+}
+
 extern "C" cudaError_t sk_add_rmsnorm(float *x, const float *delta, const int32_t *rows, const float *w, uint16_t *y,
                                       int n_rows, int hidden, float eps, cudaStream_t s)
 {
-    if (n_rows <= 0) return cudaSuccess;
-    const int n4 = hidden / 4;
-    if (hidden % 4 == 0 && n4 <= kNormVec * 1024) {
-        const int threads = ((n4 + kNormVec - 1) / kNormVec + 31) / 32 * 32;
-        return launch_pdl(add_rmsnorm_vec_kernel, dim3(n_rows), dim3(threads), 0, s, x, delta, rows, w,
-                          (__nv_bfloat16 *)y, hidden, eps);
-    }
-    return launch_pdl(add_rmsnorm_kernel, dim3(n_rows), dim3(threads_for_row(hidden)), 0, s, x, delta, rows, w,
-                      (__nv_bfloat16 *)y, hidden, eps);
+    return sk_add_rmsnorm_parts(x, delta, 1, 0, rows, w, y, n_rows, hidden, eps, s);
 }
 
 namespace

@@ -46,6 +46,10 @@ cudaError_t sk_embed(float *x, const uint16_t *table, const int32_t *tokens, con
  * rsqrt(mean(v^2) + eps)). */
 cudaError_t sk_add_rmsnorm(float *x, const float *delta, const int32_t *rows, const float *w, uint16_t *y, int n_rows,
                            int hidden, float eps, cudaStream_t s);
+/* The same with delta in n_parts parts (part j of row t at delta + j * part_stride + t * hidden),
+ * added in order j = 0, 1, ... before the residual: a split product's sums (sk_hopper_gemm_parts). */
+cudaError_t sk_add_rmsnorm_parts(float *x, const float *delta, int n_parts, int64_t part_stride, const int32_t *rows,
+                                 const float *w, uint16_t *y, int n_rows, int hidden, float eps, cudaStream_t s);
 /* out[t, i] = bf16(silu(gu[t, i]) * gu[t, inter + i]) for gu = [gate | up] rows of 2*inter. */
 cudaError_t sk_silu_mul(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s);
 /* The same over rows of gate and up interleaved in blocks of 64 (the layout of a gate/up weight
@@ -102,6 +106,12 @@ int sk_hopper_gemm_splits(const struct sk_hopper_gemm *h, int n_out, int k_in);
 void sk_hopper_gemm_set_map_slots(struct sk_hopper_gemm *h, int n);
 cudaError_t sk_hopper_gemm(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, int rows,
                            int n_out, int k_in, int splits, cudaStream_t s);
+/* The same product with the split count of sk_hopper_gemm_splits, whose partial sums are not
+ * added: part s (of *n_parts) is written to y + s * rows * n_out, for a next kernel that adds
+ * them in split order (sk_add_rmsnorm_parts); their sum is sk_hopper_gemm's y bit for bit. y
+ * must hold SK_HOPPER_MAX_SPLITS * rows * n_out floats. */
+cudaError_t sk_hopper_gemm_parts(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, int rows,
+                                 int n_out, int k_in, int *n_parts, cudaStream_t s);
 /* The MLP's first half in one launch: w is [gate; up] interleaved in blocks of 64 rows
  * (sk_gate_up_interleave's layout, 2 * inter rows), and act[m, j] = silu(gate_j) * up_j in bf16.
  * Needs inter % 64 == 0 and a 16-byte aligned act besides sk_hopper_gemm's conditions. */

@@ -428,6 +428,19 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
         model_free(m);
         return;
     }
+    /* The same device with the Hopper products adding their split-K sums themselves, instead of
+     * leaving parts to the norm: the logits must not change by a bit. */
+    struct backend *gpu_sum = NULL;
+    setenv("SLUICE_CUDA_SPLIT_PARTS", "0", 1);
+    int sum_rc = backend_cuda_create(&gpu_sum, m, &bo, err, sizeof err);
+    unsetenv("SLUICE_CUDA_SPLIT_PARTS");
+    if (sum_rc < 0) {
+        GT_CHECK(0, "backend_cuda_create with SLUICE_CUDA_SPLIT_PARTS=0: %s", err);
+        backend_free(gpu);
+        backend_free(cpu);
+        model_free(m);
+        return;
+    }
     /* Two prompts (one long enough for several blocks), prefill in chunks, then decode steps;
      * the CPU backend is fed the CUDA backend's tokens so both see the same sequence. */
     int32_t p0[300], p1[7];
@@ -454,8 +467,8 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
     }
     /* Step by step: both backends get the same batch. */
     double worst = 0;
-    int sampler_bad = 0, steps = 0;
-    float *lg = malloc((size_t)2 * V * 4), *lc = malloc((size_t)2 * V * 4);
+    int sampler_bad = 0, steps = 0, split_bad = 0;
+    float *lg = malloc((size_t)2 * V * 4), *lc = malloc((size_t)2 * V * 4), *ls = malloc((size_t)2 * V * 4);
     float *scratch = malloc(sampler_scratch_floats(V) * 4);
     for (;;) {
         struct batch_seq seqs[2];
@@ -492,14 +505,20 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
         }
         if (S == 0) break;
         struct batch bg = {.n_seqs = S, .seqs = seqs, .n_tokens = T, .tokens = tokens, .logits_out = lg};
-        struct batch bc = bg;
+        struct batch bc = bg, bs = bg;
         bc.logits_out = lc;
-        struct sample_result rg[2], rcpu[2];
-        if (backend_forward(gpu, &bg, rg) < 0 || backend_forward(cpu, &bc, rcpu) < 0) {
-            GT_CHECK(0, "forward: gpu '%s' cpu '%s'", gpu->error, cpu->error);
+        bs.logits_out = ls;
+        struct sample_result rg[2], rcpu[2], rsum[2];
+        if (backend_forward(gpu, &bg, rg) < 0 || backend_forward(cpu, &bc, rcpu) < 0 ||
+            backend_forward(gpu_sum, &bs, rsum) < 0) {
+            GT_CHECK(0, "forward: gpu '%s' cpu '%s' gpu without split parts '%s'", gpu->error, cpu->error,
+                     gpu_sum->error);
             break;
         }
         steps++;
+        int rows = 0;
+        for (int s = 0; s < S; s++) rows += seqs[s].sample;
+        split_bad += memcmp(lg, ls, (size_t)rows * V * 4) != 0;
         for (int s = 0, r = 0; s < S; s++) {
             int gi = map[s];
             if (!seqs[s].sample) continue;
@@ -524,9 +543,15 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
              worst);
     GT_CHECK(sampler_bad == 0, "%s: device sampling equals sampler_sample on the same logits (%d differ)", name,
              sampler_bad);
+    GT_CHECK(split_bad == 0,
+             "%s: split-K parts added by the norm (%s) give the logits of the products' own sums bit for bit "
+             "(%d of %d steps differ)",
+             name, ((struct cuda_backend *)gpu)->split_parts ? "on" : "off: no Hopper products", split_bad, steps);
     free(lg);
     free(lc);
+    free(ls);
     free(scratch);
+    backend_free(gpu_sum);
     backend_free(gpu);
     backend_free(cpu);
     model_free(m);

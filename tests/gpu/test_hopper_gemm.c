@@ -1,6 +1,7 @@
 /* sk_hopper_gemm (TMA + wgmma decode products, split-K within a cluster) against a double reference on random bf16 inputs
  * with poisoned outputs: ragged shapes (rows, features and K not multiples of the tiles), forced
- * and chosen split counts, the same bits on a repeat and at every batch size, refusals; then,
+ * and chosen split counts, the same bits on a repeat and at every batch size, split parts left
+ * to the next kernel (sk_hopper_gemm_parts) adding up to the same bits, refusals; then,
  * with SLUICE_GPU_BENCH=1, weight-streaming rates against cuBLAS at Llama-3-8B's decode shapes. */
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/product_bench.h"
@@ -50,6 +51,42 @@ static void test_case(struct sk_hopper_gemm *h, int M, int N, int K, int splits)
     free(y);
     free(y2);
     free(ref);
+}
+
+/* sk_hopper_gemm_parts: as many parts as sk_hopper_gemm's splits, whose sum in split order from
+ * zero (one part: the part itself) is sk_hopper_gemm's result bit for bit. */
+static void test_parts(struct sk_hopper_gemm *h, int M, int N, int K)
+{
+    const size_t n = (size_t)M * N, cap = n * SK_HOPPER_MAX_SPLITS;
+    uint16_t *w = malloc((size_t)N * K * 2), *x = malloc((size_t)M * K * 2);
+    for (size_t i = 0; i < (size_t)N * K; i++) w[i] = gt_f2bf(gt_normal());
+    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = gt_f2bf(gt_normal());
+    uint16_t *dw = gt_up(w, (size_t)N * K * 2), *dx = gt_up(x, (size_t)M * K * 2);
+    float *dy = gt_dev(n * 4), *dp = gt_dev(cap * 4), *y = malloc(n * 4), *parts = malloc(cap * 4), *sum = malloc(n * 4);
+    GT_CUDA(cudaMemset(dp, 0xff, cap * 4));
+    int n_parts = -1;
+    cudaError_t e1 = sk_hopper_gemm(h, dw, dx, dy, M, N, K, 0, 0);
+    cudaError_t e2 = sk_hopper_gemm_parts(h, dw, dx, dp, M, N, K, &n_parts, 0);
+    gt_down(y, dy, n * 4);
+    gt_down(parts, dp, cap * 4);
+    const int P = n_parts;
+    for (size_t i = 0; i < n && P >= 1; i++) {
+        float v = P == 1 ? parts[i] : 0.0f;
+        for (int j = 0; j < P && P > 1; j++) v += parts[j * n + i];
+        sum[i] = v;
+    }
+    GT_CHECK(e1 == cudaSuccess && e2 == cudaSuccess && P == sk_hopper_gemm_splits(h, N, K) && !memcmp(sum, y, n * 4),
+             "hopper parts M=%d N=%d K=%d: %d parts, their sum equals the cluster's result bit for bit (%s)", M, N, K,
+             P, cudaGetErrorString(e1 != cudaSuccess ? e1 : e2));
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+    cudaFree(dp);
+    free(w);
+    free(x);
+    free(y);
+    free(parts);
+    free(sum);
 }
 
 /* A row's result must not depend on how many rows share the launch (the split count depends on
@@ -247,6 +284,10 @@ int main(void)
     test_case(h, 128, 1000, 1024, 3);
     test_case(h, 128, 4096, 4096, 0);
     test_case(h, 64, 4096, 14336, 0);
+    test_parts(h, 64, 4096, 14336);
+    test_parts(h, 64, 4096, 4096);
+    test_parts(h, 17, 1000, 768);
+    test_parts(h, 5, 2048, 64);
     test_swiglu(h, 5, 192, 256);
     test_swiglu(h, 64, 640, 520);
     test_swiglu(h, 100, 128, 1024);

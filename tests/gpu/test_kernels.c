@@ -312,6 +312,79 @@ static void test_rmsnorm_widths(void)
     }
 }
 
+/* A split product's parts (sk_hopper_gemm_parts) added by the norm: the same bits, residual and
+ * output, as the norm over the parts summed beforehand in split order from zero (as the product's
+ * cluster reduction sums them). Widths on the vector kernel and, past its thread limit for parts
+ * (5120) or off its shape (4098), on the general one. */
+static void test_rmsnorm_parts(void)
+{
+    printf("add_rmsnorm over split parts\n");
+    const int widths[] = {64, 4096, 4098, 5120}, counts[] = {1, 3, 8};
+    const int T = 6;
+    const float eps = 1e-6f;
+    for (size_t c = 0; c < sizeof widths / sizeof *widths; c++)
+        for (size_t k = 0; k < sizeof counts / sizeof *counts; k++) {
+            const int H = widths[c], P = counts[k];
+            const size_t n = (size_t)T * H;
+            float *x = malloc(n * 4), *parts = malloc(n * P * 4), *sum = malloc(n * 4), *w = malloc(H * 4);
+            float *xa = malloc(n * 4), *xb = malloc(n * 4);
+            uint16_t *ya = malloc(n * 2), *yb = malloc(n * 2);
+            for (size_t i = 0; i < n; i++) x[i] = gt_normal();
+            for (size_t i = 0; i < n * P; i++) parts[i] = gt_normal();
+            for (size_t i = 0; i < n; i++) {
+                float v = P == 1 ? parts[i] : 0.0f;
+                for (int j = 0; j < P && P > 1; j++) v += parts[j * n + i];
+                sum[i] = v;
+            }
+            for (int i = 0; i < H; i++) w[i] = 1.0f + 0.1f * gt_normal();
+            float *dx = gt_dev(n * 4), *dparts = gt_up(parts, n * P * 4), *dsum = gt_up(sum, n * 4);
+            float *dw = gt_up(w, H * 4);
+            uint16_t *dy = gt_dev(n * 2);
+            int32_t rows[3] = {T - 1, 0, 2};
+            int32_t *drows = gt_up(rows, sizeof rows);
+            for (int gathered = 0; gathered < 2; gathered++) {
+                const int nr = gathered ? 3 : T;
+                const int32_t *rr = gathered ? drows : NULL;
+                GT_CUDA(cudaMemcpy(dx, x, n * 4, cudaMemcpyHostToDevice));
+                GT_CUDA(cudaMemset(dy, 0xff, n * 2));
+                GT_CUDA(sk_add_rmsnorm_parts(dx, dparts, P, (int64_t)n, rr, dw, dy, nr, H, eps, 0));
+                gt_down(xa, dx, n * 4);
+                gt_down(ya, dy, (size_t)nr * H * 2);
+                GT_CUDA(cudaMemcpy(dx, x, n * 4, cudaMemcpyHostToDevice));
+                GT_CUDA(cudaMemset(dy, 0xff, n * 2));
+                GT_CUDA(sk_add_rmsnorm(dx, dsum, rr, dw, dy, nr, H, eps, 0));
+                gt_down(xb, dx, n * 4);
+                gt_down(yb, dy, (size_t)nr * H * 2);
+                const int same = !memcmp(xa, xb, n * 4) && !memcmp(ya, yb, (size_t)nr * H * 2);
+                GT_CHECK(same, "H=%d, %d parts%s: residual and output equal the pre-summed delta's bit for bit", H, P,
+                         gathered ? ", gathered rows" : "");
+            }
+            cudaFree(dx);
+            cudaFree(dparts);
+            cudaFree(dsum);
+            cudaFree(dw);
+            cudaFree(dy);
+            cudaFree(drows);
+            free(x);
+            free(parts);
+            free(sum);
+            free(w);
+            free(xa);
+            free(xb);
+            free(ya);
+            free(yb);
+        }
+    float *d = gt_dev(1 << 16);
+    uint16_t *dy = gt_dev(1 << 16);
+    GT_CHECK(sk_add_rmsnorm_parts(d, d, 0, 64, NULL, d, dy, 2, 64, 1e-6f, 0) == cudaErrorInvalidValue &&
+                 sk_add_rmsnorm_parts(d, d, SK_HOPPER_MAX_SPLITS + 1, 64, NULL, d, dy, 2, 64, 1e-6f, 0) ==
+                     cudaErrorInvalidValue &&
+                 sk_add_rmsnorm_parts(d, d, 2, 32, NULL, d, dy, 2, 64, 1e-6f, 0) == cudaErrorInvalidValue,
+             "add_rmsnorm_parts refuses 0 or %d parts and parts that overlap a row", SK_HOPPER_MAX_SPLITS + 1);
+    cudaFree(d);
+    cudaFree(dy);
+}
+
 /* qkv epilogue: bias, q/k norm, rope (both layouts), cache writes at scattered slots. */
 static void test_qkv_post_case(int nh, int nkv, int D, int interleaved, int bias, int qknorm)
 {
@@ -1115,6 +1188,7 @@ int main(void)
         test_convert_and_dummy();
         test_embed_norm_silu();
         test_rmsnorm_widths();
+        test_rmsnorm_parts();
         printf("silu_mul\n");
         test_silu_variants(37, 11008);
         test_silu_variants(5, 172);

@@ -168,14 +168,18 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
     const struct model_config *c = &b->base.config;
     const int H = c->hidden_size, I = c->intermediate_size, D = c->head_dim, V = c->vocab_size;
     const int nh = c->n_heads, nkv = c->n_kv_heads, qd = nh * D, qkvd = (nh + 2 * nkv) * D;
+    /* delta, the residual's next addend, is left by the o and down products in delta_parts parts
+     * of T rows each (cuda_gemm_parts), which the norm after them adds. */
+    const int64_t part_stride = (int64_t)a->T * H;
+    int delta_parts = 1;
     int rc = 0;
     CUDA_CHECK(b, sk_embed(b->x, b->tok_embed, a->dm.tokens, b->out_dev, a->T, H, b->stream));
     prof_mark(b, P_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
         const struct cuda_layer *w = &b->layers[l];
         uint16_t *kc = b->kv + (size_t)l * 2 * b->kv_layer_elems, *vc = kc + b->kv_layer_elems;
-        CUDA_CHECK(b,
-                   sk_add_rmsnorm(b->x, l ? b->delta : NULL, NULL, w->attn_norm, b->y, a->T, H, c->rms_eps, b->stream));
+        CUDA_CHECK(b, sk_add_rmsnorm_parts(b->x, l ? b->delta : NULL, delta_parts, part_stride, NULL, w->attn_norm, b->y,
+                                           a->T, H, c->rms_eps, b->stream));
         prof_mark(b, P_NORM);
         if ((rc = cuda_gemm(b, w->wqkv, b->y, b->big, a->T, qkvd, H)) < 0) goto fail;
         prof_mark(b, P_QKV);
@@ -189,9 +193,10 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
             CUDA_CHECK(b, sk_attention_mode(b->q, kc, vc, a->dm.bt, a->dm.seq, a->dm.pos, b->part_o, b->part_ml, b->y,
                                             a->ap, a->gqa_mode, b->stream));
         prof_mark(b, P_ATTN);
-        if ((rc = cuda_gemm(b, w->wo, b->y, b->delta, a->T, H, qd)) < 0) goto fail;
+        if ((rc = cuda_gemm_parts(b, w->wo, b->y, b->delta, a->T, H, qd, &delta_parts)) < 0) goto fail;
         prof_mark(b, P_O);
-        CUDA_CHECK(b, sk_add_rmsnorm(b->x, b->delta, NULL, w->ffn_norm, b->y, a->T, H, c->rms_eps, b->stream));
+        CUDA_CHECK(b, sk_add_rmsnorm_parts(b->x, b->delta, delta_parts, part_stride, NULL, w->ffn_norm, b->y, a->T, H,
+                                           c->rms_eps, b->stream));
         prof_mark(b, P_NORM);
         const uint16_t *act = b->y;
         if (b->gu_interleaved && cuda_gemm_on_hopper(b, a->T)) {
@@ -215,12 +220,12 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
                 CUDA_CHECK(b, sk_silu_mul(b->y, b->big, a->T, I, b->stream));
             prof_mark(b, P_SILU);
         }
-        if ((rc = cuda_gemm(b, w->wd, act, b->delta, a->T, H, I)) < 0) goto fail;
+        if ((rc = cuda_gemm_parts(b, w->wd, act, b->delta, a->T, H, I, &delta_parts)) < 0) goto fail;
         prof_mark(b, P_DOWN);
     }
     if (a->R > 0) {
-        CUDA_CHECK(
-            b, sk_add_rmsnorm(b->x, b->delta, a->dm.sample_tok, b->final_norm, b->y, a->R, H, c->rms_eps, b->stream));
+        CUDA_CHECK(b, sk_add_rmsnorm_parts(b->x, b->delta, delta_parts, part_stride, a->dm.sample_tok, b->final_norm,
+                                           b->y, a->R, H, c->rms_eps, b->stream));
         prof_mark(b, P_NORM);
         if ((rc = cuda_gemm(b, b->lm_head, b->y, b->logits, a->R, V, H)) < 0) goto fail;
         prof_mark(b, P_LM_HEAD);

@@ -26,6 +26,7 @@ int cuda_gemm_init(struct cuda_backend *b)
             CUDA_CHECK(b, e);
         }
     }
+    b->split_parts = b->hopper && !cuda_env_is("SLUICE_CUDA_SPLIT_PARTS", "0");
 fail:
     return rc;
 }
@@ -54,6 +55,15 @@ bool cuda_gemm_on_hopper(const struct cuda_backend *b, int rows)
     return b->hopper && rows >= 2 && rows <= CUDA_HOPPER_MAX_ROWS;
 }
 
+/* Whether the Hopper kernel takes a product of more than one row. */
+static bool hopper_takes(const struct cuda_backend *b, int rows, int n_out, int k_in)
+{
+    /* At 33-64 rows the narrow products (under ~48M weights: Llama-3-8B's qkv and o) ran 4-14%
+     * slower on the Hopper kernel than on cuBLAS (H200); everything else ran as fast or faster. */
+    const bool narrow = rows > 32 && (int64_t)n_out * k_in < ((int64_t)48 << 20);
+    return cuda_gemm_on_hopper(b, rows) && k_in % 8 == 0 && !narrow;
+}
+
 int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in)
 {
     int rc = 0;
@@ -62,14 +72,25 @@ int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, floa
         CUDA_CHECK(b, sk_gemv(w, x, y, rows, n_out, k_in, b->stream));
         return 0;
     }
-    /* At 33-64 rows the narrow products (under ~48M weights: Llama-3-8B's qkv and o) ran 4-14%
-     * slower on the Hopper kernel than on cuBLAS (H200); everything else ran as fast or faster. */
-    const bool narrow = rows > 32 && (int64_t)n_out * k_in < ((int64_t)48 << 20);
-    if (cuda_gemm_on_hopper(b, rows) && k_in % 8 == 0 && !narrow) {
+    if (hopper_takes(b, rows, n_out, k_in)) {
         CUDA_CHECK(b, sk_hopper_gemm(b->hopper, w, x, y, rows, n_out, k_in, 0, b->stream));
         return 0;
     }
     return cublas_product(b, w, x, y, CUDA_R_32F, rows, n_out, k_in);
+fail:
+    return rc;
+}
+
+int cuda_gemm_parts(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out,
+                    int k_in, int *n_parts)
+{
+    int rc = 0;
+    *n_parts = 1;
+    if (b->split_parts && hopper_takes(b, rows, n_out, k_in)) {
+        CUDA_CHECK(b, sk_hopper_gemm_parts(b->hopper, w, x, y, rows, n_out, k_in, n_parts, b->stream));
+        return 0;
+    }
+    return cuda_gemm(b, w, x, y, rows, n_out, k_in);
 fail:
     return rc;
 }
