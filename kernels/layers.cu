@@ -66,14 +66,20 @@ __global__ void embed_kernel(float *x, const __nv_bfloat16 *table, const int32_t
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = __bfloat162float(row[i]);
 }
 
-// The residual delta of one element: its only part, or its parts added in split order starting
-// from zero, exactly as the Hopper product's cluster reduction adds them (sk_hopper_gemm_parts),
-// so that both paths give the same bits.
-__device__ __forceinline__ float delta_at(const float *d, int n_parts, int64_t part_stride, int64_t i)
+// One element of a product left in parts: its only part, or its parts added in split order
+// starting from zero, exactly as the Hopper product's cluster reduction adds them
+// (sk_hopper_gemm_parts), so that both paths give the same bits. All loads in flight at once.
+__device__ __forceinline__ float sum_parts_at(const float *d, int n_parts, int64_t part_stride, int64_t i)
 {
     if (n_parts == 1) return d[i];
+    float v[SK_HOPPER_MAX_SPLITS];
+#pragma unroll
+    for (int j = 0; j < SK_HOPPER_MAX_SPLITS; j++)
+        if (j < n_parts) v[j] = d[j * part_stride + i];
     float sum = 0.0f;
-    for (int j = 0; j < n_parts; j++) sum += d[j * part_stride + i];
+#pragma unroll
+    for (int j = 0; j < SK_HOPPER_MAX_SPLITS; j++)
+        if (j < n_parts) sum += v[j];
     return sum;
 }
 
@@ -93,7 +99,7 @@ __global__ void add_rmsnorm_kernel(float *x, const float *delta, int n_parts, in
     const float *dr = delta ? delta + t * hidden : nullptr;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float v = xr[i] + (dr ? delta_at(dr, n_parts, part_stride, i) : 0.0f);
+        float v = xr[i] + (dr ? sum_parts_at(dr, n_parts, part_stride, i) : 0.0f);
         if (!rows) xr[i] = v;
         ss += v * v;
     }
@@ -102,7 +108,7 @@ __global__ void add_rmsnorm_kernel(float *x, const float *delta, int n_parts, in
     __nv_bfloat16 *yr = y + (int64_t)r * hidden;
     // Each thread rereads only the elements it wrote itself, so no barrier is needed here.
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float v = rows ? xr[i] + (dr ? delta_at(dr, n_parts, part_stride, i) : 0.0f) : xr[i];
+        float v = rows ? xr[i] + (dr ? sum_parts_at(dr, n_parts, part_stride, i) : 0.0f) : xr[i];
         yr[i] = __float2bfloat16_rn(w[i] * (v * inv));
     }
 }
@@ -122,7 +128,7 @@ __device__ __forceinline__ void add4(float4 &a, const float4 b)
     a.w += b.w;
 }
 
-// PARTS: delta in n_parts (<= SK_HOPPER_MAX_SPLITS) parts, added as delta_at adds them, with every
+// PARTS: delta in n_parts (<= SK_HOPPER_MAX_SPLITS) parts, added as sum_parts_at adds them, with every
 // part's loads in flight at once; the registers that takes allow at most kPartsThreads threads.
 constexpr int kPartsThreads = 256;
 template <bool PARTS>
@@ -248,10 +254,12 @@ __global__ void silu_mul_kernel(__nv_bfloat16 *out, const Tin *gu, int inter, in
     }
 }
 
-// One warp per head of one token: q heads, then k heads, then v heads.
-__global__ void qkv_post_kernel(const float *qkv, const float *bias, const float *q_norm, const float *k_norm,
-                                const float *inv_freq, const int32_t *pos, const int32_t *slot, float *q_out,
-                                __nv_bfloat16 *k_cache, __nv_bfloat16 *v_cache, sk_qkv_params p)
+// One warp per head of one token: q heads, then k heads, then v heads. qkv may be in n_parts
+// parts (sk_qkv_post_parts).
+__global__ void qkv_post_kernel(const float *qkv, int n_parts, int64_t part_stride, const float *bias,
+                                const float *q_norm, const float *k_norm, const float *inv_freq, const int32_t *pos,
+                                const int32_t *slot, float *q_out, __nv_bfloat16 *k_cache, __nv_bfloat16 *v_cache,
+                                sk_qkv_params p)
 {
     int t = blockIdx.x;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
@@ -274,7 +282,8 @@ __global__ void qkv_post_kernel(const float *qkv, const float *bias, const float
         if (!is_q && !is_k) {
             int kvh = h - p.n_heads - p.n_kv_heads;
             __nv_bfloat16 *dst = v_cache + ((blk * p.n_kv_heads + kvh) * SK_KV_BLOCK + off) * d;
-            for (int i = lane; i < d; i += 32) dst[i] = __float2bfloat16_rn(src[i] + (b ? b[i] : 0.0f));
+            for (int i = lane; i < d; i += 32)
+                dst[i] = __float2bfloat16_rn(sum_parts_at(src, n_parts, part_stride, i) + (b ? b[i] : 0.0f));
             continue;
         }
         const float *nw_ = is_q ? q_norm : k_norm;
@@ -282,7 +291,7 @@ __global__ void qkv_post_kernel(const float *qkv, const float *bias, const float
         if (nw_) {
             float ss = 0.0f;
             for (int i = lane; i < d; i += 32) {
-                float v = src[i] + (b ? b[i] : 0.0f);
+                float v = sum_parts_at(src, n_parts, part_stride, i) + (b ? b[i] : 0.0f);
                 ss += v * v;
             }
             ss = warp_sum(ss);
@@ -296,7 +305,8 @@ __global__ void qkv_post_kernel(const float *qkv, const float *bias, const float
             kdst = k_cache + ((blk * p.n_kv_heads + (h - p.n_heads)) * SK_KV_BLOCK + off) * d;
         for (int i = lane; i < half; i += 32) {
             int i0 = p.interleaved ? 2 * i : i, i1 = p.interleaved ? 2 * i + 1 : i + half;
-            float x0 = src[i0] + (b ? b[i0] : 0.0f), x1 = src[i1] + (b ? b[i1] : 0.0f);
+            float x0 = sum_parts_at(src, n_parts, part_stride, i0) + (b ? b[i0] : 0.0f);
+            float x1 = sum_parts_at(src, n_parts, part_stride, i1) + (b ? b[i1] : 0.0f);
             if (nw_) {
                 x0 = nw_[i0] * (x0 * inv);
                 x1 = nw_[i1] * (x1 * inv);
@@ -432,15 +442,25 @@ extern "C" cudaError_t sk_gate_up_interleave(uint16_t *dst, const uint16_t *src,
                              block, block, n_blocks, cudaMemcpyDeviceToDevice, s);
 }
 
-extern "C" cudaError_t sk_qkv_post(const float *qkv, const float *bias, const float *q_norm, const float *k_norm,
-                                   const float *inv_freq, const int32_t *pos, const int32_t *slot, float *q_out,
-                                   uint16_t *k_cache, uint16_t *v_cache, struct sk_qkv_params p, cudaStream_t s)
+extern "C" cudaError_t sk_qkv_post_parts(const float *qkv, int n_parts, int64_t part_stride, const float *bias,
+                                         const float *q_norm, const float *k_norm, const float *inv_freq,
+                                         const int32_t *pos, const int32_t *slot, float *q_out, uint16_t *k_cache,
+                                         uint16_t *v_cache, struct sk_qkv_params p, cudaStream_t s)
 {
     if (p.n_tokens <= 0) return cudaSuccess;
     if (p.head_dim < 2 || p.head_dim % 2) return cudaErrorInvalidValue;
     int n_all = p.n_heads + 2 * p.n_kv_heads;
+    if (n_parts < 1 || n_parts > SK_HOPPER_MAX_SPLITS || (n_parts > 1 && part_stride < (int64_t)n_all * p.head_dim))
+        return cudaErrorInvalidValue;
     int warps = n_all < 8 ? n_all : 8;
     dim3 grid(p.n_tokens, (n_all + warps - 1) / warps);
-    return launch_pdl(qkv_post_kernel, grid, dim3(32 * warps), 0, s, qkv, bias, q_norm, k_norm, inv_freq, pos, slot,
-                      q_out, (__nv_bfloat16 *)k_cache, (__nv_bfloat16 *)v_cache, p);
+    return launch_pdl(qkv_post_kernel, grid, dim3(32 * warps), 0, s, qkv, n_parts, part_stride, bias, q_norm, k_norm,
+                      inv_freq, pos, slot, q_out, (__nv_bfloat16 *)k_cache, (__nv_bfloat16 *)v_cache, p);
+}
+
+extern "C" cudaError_t sk_qkv_post(const float *qkv, const float *bias, const float *q_norm, const float *k_norm,
+                                   const float *inv_freq, const int32_t *pos, const int32_t *slot, float *q_out,
+                                   uint16_t *k_cache, uint16_t *v_cache, struct sk_qkv_params p, cudaStream_t s)
+{
+    return sk_qkv_post_parts(qkv, 1, 0, bias, q_norm, k_norm, inv_freq, pos, slot, q_out, k_cache, v_cache, p, s);
 }

@@ -47,7 +47,8 @@ cudaError_t sk_embed(float *x, const uint16_t *table, const int32_t *tokens, con
 cudaError_t sk_add_rmsnorm(float *x, const float *delta, const int32_t *rows, const float *w, uint16_t *y, int n_rows,
                            int hidden, float eps, cudaStream_t s);
 /* The same with delta in n_parts parts (part j of row t at delta + j * part_stride + t * hidden),
- * added in order j = 0, 1, ... before the residual: a split product's sums (sk_hopper_gemm_parts). */
+ * added in order j = 0, 1, ... before the residual: a split product's sums (sk_hopper_gemm_parts).
+ * part_stride: at least n_rows * hidden, or (gathered rows) the source's rows * hidden. */
 cudaError_t sk_add_rmsnorm_parts(float *x, const float *delta, int n_parts, int64_t part_stride, const int32_t *rows,
                                  const float *w, uint16_t *y, int n_rows, int hidden, float eps, cudaStream_t s);
 /* out[t, i] = bf16(silu(gu[t, i]) * gu[t, inter + i]) for gu = [gate | up] rows of 2*inter. */
@@ -78,6 +79,12 @@ struct sk_qkv_params {
 cudaError_t sk_qkv_post(const float *qkv, const float *bias, const float *q_norm, const float *k_norm,
                         const float *inv_freq, const int32_t *pos, const int32_t *slot, float *q_out, uint16_t *k_cache,
                         uint16_t *v_cache, struct sk_qkv_params p, cudaStream_t s);
+/* The same with qkv in n_parts parts (part j of token t at qkv + j * part_stride + t * width),
+ * added in order j = 0, 1, ...: the qkv product's split-K sums (sk_hopper_gemm_parts). */
+cudaError_t sk_qkv_post_parts(const float *qkv, int n_parts, int64_t part_stride, const float *bias,
+                              const float *q_norm, const float *k_norm, const float *inv_freq, const int32_t *pos,
+                              const int32_t *slot, float *q_out, uint16_t *k_cache, uint16_t *v_cache,
+                              struct sk_qkv_params p, cudaStream_t s);
 
 /* --- small-batch matrix-vector products --------------------------------------------- */
 /* y[m, n] = sum_k x[m, k] * w[n, k] for m < rows: bf16 operands, fp32 accumulation and output.

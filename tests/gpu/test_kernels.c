@@ -385,16 +385,24 @@ static void test_rmsnorm_parts(void)
     cudaFree(dy);
 }
 
-/* qkv epilogue: bias, q/k norm, rope (both layouts), cache writes at scattered slots. */
+/* qkv epilogue: bias, q/k norm, rope (both layouts), cache writes at scattered slots; and the
+ * same from qkv in split parts (sk_qkv_post_parts), bit for bit. */
 static void test_qkv_post_case(int nh, int nkv, int D, int interleaved, int bias, int qknorm)
 {
-    const int T = 21, nall = nh + 2 * nkv, nblocks = 8;
+    const int T = 21, nall = nh + 2 * nkv, nblocks = 8, P = 3;
     const float eps = 1e-6f;
     size_t qkvn = (size_t)T * nall * D;
     float *qkv = malloc(qkvn * 4), *b = malloc((size_t)nall * D * 4), *qn = malloc(D * 4), *kn = malloc(D * 4);
+    float *parts = malloc(qkvn * P * 4);
     float *inv = malloc(D / 2 * 4);
     int32_t pos[T], slot[T];
-    for (size_t i = 0; i < qkvn; i++) qkv[i] = gt_normal();
+    /* qkv is its parts' sum in split order from zero, as a split product's reader adds them. */
+    for (size_t i = 0; i < qkvn * P; i++) parts[i] = gt_normal();
+    for (size_t i = 0; i < qkvn; i++) {
+        float v = 0.0f;
+        for (int j = 0; j < P; j++) v += parts[j * qkvn + i];
+        qkv[i] = v;
+    }
     for (int i = 0; i < nall * D; i++) b[i] = 0.5f * gt_normal();
     for (int i = 0; i < D; i++) {
         qn[i] = 1.0f + 0.2f * gt_normal();
@@ -420,13 +428,32 @@ static void test_qkv_post_case(int nh, int nkv, int D, int interleaved, int bias
     float *dq = gt_dev((size_t)T * nh * D * 4);
     uint16_t *dk = gt_dev(cache_n * 2), *dv = gt_dev(cache_n * 2);
     struct sk_qkv_params p = {T, nh, nkv, D, eps, interleaved};
+    GT_CUDA(cudaMemset(dk, 0, cache_n * 2));
+    GT_CUDA(cudaMemset(dv, 0, cache_n * 2));
     GT_CUDA(sk_qkv_post(dqkv, bias ? db : NULL, qknorm ? dqn : NULL, qknorm ? dkn : NULL, dinv, dpos, dslot, dq, dk, dv,
                         p, 0));
-    float *q = malloc((size_t)T * nh * D * 4);
-    uint16_t *k = malloc(cache_n * 2), *v = malloc(cache_n * 2);
+    float *q = malloc((size_t)T * nh * D * 4), *q2 = malloc((size_t)T * nh * D * 4);
+    uint16_t *k = malloc(cache_n * 2), *v = malloc(cache_n * 2), *k2 = malloc(cache_n * 2), *v2 = malloc(cache_n * 2);
     gt_down(q, dq, (size_t)T * nh * D * 4);
     gt_down(k, dk, cache_n * 2);
     gt_down(v, dv, cache_n * 2);
+    float *dparts = gt_up(parts, qkvn * P * 4);
+    GT_CUDA(cudaMemset(dk, 0, cache_n * 2));
+    GT_CUDA(cudaMemset(dv, 0, cache_n * 2));
+    GT_CUDA(cudaMemset(dq, 0xff, (size_t)T * nh * D * 4));
+    GT_CUDA(sk_qkv_post_parts(dparts, P, (int64_t)qkvn, bias ? db : NULL, qknorm ? dqn : NULL, qknorm ? dkn : NULL,
+                              dinv, dpos, dslot, dq, dk, dv, p, 0));
+    gt_down(q2, dq, (size_t)T * nh * D * 4);
+    gt_down(k2, dk, cache_n * 2);
+    gt_down(v2, dv, cache_n * 2);
+    GT_CHECK(!memcmp(q, q2, (size_t)T * nh * D * 4) && !memcmp(k, k2, cache_n * 2) && !memcmp(v, v2, cache_n * 2),
+             "qkv_post nh=%d nkv=%d D=%d from %d split parts: q, k and v equal the summed input's bit for bit", nh, nkv,
+             D, P);
+    cudaFree(dparts);
+    free(parts);
+    free(q2);
+    free(k2);
+    free(v2);
 
     size_t nq = (size_t)T * nh * D, nk = (size_t)T * nkv * D;
     double *rq = malloc(nq * 8), *rk = malloc(nk * 8), *rv = malloc(nk * 8);
@@ -1199,6 +1226,18 @@ int main(void)
         test_qkv_post_case(8, 8, 128, 0, 1, 1);
         test_qkv_post_case(8, 4, 8, 0, 0, 1);
         test_qkv_post_case(6, 2, 80, 1, 0, 1);
+        {
+            struct sk_qkv_params p = {1, 2, 1, 8, 1e-6f, 0};
+            float *d = gt_dev(1 << 12);
+            GT_CHECK(sk_qkv_post_parts(d, 0, 32, NULL, NULL, NULL, d, NULL, NULL, d, NULL, NULL, p, 0) ==
+                             cudaErrorInvalidValue &&
+                         sk_qkv_post_parts(d, SK_HOPPER_MAX_SPLITS + 1, 32, NULL, NULL, NULL, d, NULL, NULL, d, NULL,
+                                           NULL, p, 0) == cudaErrorInvalidValue &&
+                         sk_qkv_post_parts(d, 2, 31, NULL, NULL, NULL, d, NULL, NULL, d, NULL, NULL, p, 0) ==
+                             cudaErrorInvalidValue,
+                     "qkv_post_parts refuses 0 or %d parts and parts that overlap a token", SK_HOPPER_MAX_SPLITS + 1);
+            cudaFree(d);
+        }
     }
     test_attention();
     if (all) {

@@ -92,8 +92,10 @@ static int workspace_alloc(struct cuda_backend *b)
     size_t bigw = qkvd > 2 * I ? qkvd : 2 * I;
 
     if ((rc = alloc_ws(b, (void **)&b->x, T * H * 4)) < 0) goto fail;
-    if ((rc = alloc_ws(b, (void **)&b->delta, (T > CUDA_PARTS_ROWS ? T : CUDA_PARTS_ROWS) * H * 4)) < 0) goto fail;
-    if ((rc = alloc_ws(b, (void **)&b->big, T * bigw * 4)) < 0) goto fail;
+    /* delta and big also hold the split parts of a decode batch's products (cuda_gemm_parts). */
+    const size_t T_parts = T > CUDA_PARTS_ROWS ? T : CUDA_PARTS_ROWS;
+    if ((rc = alloc_ws(b, (void **)&b->delta, T_parts * H * 4)) < 0) goto fail;
+    if ((rc = alloc_ws(b, (void **)&b->big, T_parts * bigw * 4)) < 0) goto fail;
     if ((rc = alloc_ws(b, (void **)&b->q, T * qd * 4)) < 0) goto fail;
     if ((rc = alloc_ws(b, (void **)&b->y, T * ywidth * 2)) < 0) goto fail;
     b->part_rows = (int64_t)S * c->n_heads * MAX_SPLITS;

@@ -169,9 +169,10 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
     const int H = c->hidden_size, I = c->intermediate_size, D = c->head_dim, V = c->vocab_size;
     const int nh = c->n_heads, nkv = c->n_kv_heads, qd = nh * D, qkvd = (nh + 2 * nkv) * D;
     /* delta, the residual's next addend, is left by the o and down products in delta_parts parts
-     * of T rows each (cuda_gemm_parts), which the norm after them adds. */
+     * of T rows each (cuda_gemm_parts), which the norm after them adds; qkv in qkv_parts, which
+     * qkv_post adds. */
     const int64_t part_stride = (int64_t)a->T * H;
-    int delta_parts = 1;
+    int delta_parts = 1, qkv_parts = 1;
     int rc = 0;
     CUDA_CHECK(b, sk_embed(b->x, b->tok_embed, a->dm.tokens, b->out_dev, a->T, H, b->stream));
     prof_mark(b, P_EMBED);
@@ -181,10 +182,10 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
         CUDA_CHECK(b, sk_add_rmsnorm_parts(b->x, l ? b->delta : NULL, delta_parts, part_stride, NULL, w->attn_norm, b->y,
                                            a->T, H, c->rms_eps, b->stream));
         prof_mark(b, P_NORM);
-        if ((rc = cuda_gemm(b, w->wqkv, b->y, b->big, a->T, qkvd, H)) < 0) goto fail;
+        if ((rc = cuda_gemm_parts(b, w->wqkv, b->y, b->big, a->T, qkvd, H, &qkv_parts)) < 0) goto fail;
         prof_mark(b, P_QKV);
-        CUDA_CHECK(b, sk_qkv_post(b->big, w->bqkv, w->q_norm, w->k_norm, b->inv_freq, a->dm.pos, a->dm.slot, b->q, kc,
-                                  vc, a->qp, b->stream));
+        CUDA_CHECK(b, sk_qkv_post_parts(b->big, qkv_parts, (int64_t)a->T * qkvd, w->bqkv, w->q_norm, w->k_norm,
+                                        b->inv_freq, a->dm.pos, a->dm.slot, b->q, kc, vc, a->qp, b->stream));
         prof_mark(b, P_QKV_POST);
         if (a->n_tiles)
             CUDA_CHECK(b, sk_attention_prefill(b->q, kc, vc, a->dm.bt, a->dm.tiles, a->n_tiles, a->dm.pos, b->y, a->ap,

@@ -63,7 +63,7 @@ struct cuda_backend {
     struct sk_hopper_gemm *hopper; /* TMA + wgmma products of 2..CUDA_HOPPER_MAX_ROWS rows; NULL off
                                       Hopper or with SLUICE_CUDA_HOPPER=0 */
     bool gu_interleaved;           /* wgu rows in sk_gate_up_interleave's layout (with hopper) */
-    bool split_parts;              /* o and down leave split-K parts to the norm (cuda_gemm_parts);
+    bool split_parts;              /* qkv, o and down leave split-K parts to their reader (cuda_gemm_parts);
                                       SLUICE_CUDA_SPLIT_PARTS=0 adds them in the product */
     bool use_prefill_mma; /* tensor-core prefill attention (head_dim 64, 128) */
     int gqa_mode;         /* grouped-query attention variant, 0 = off (sk_attention_mode) */
@@ -161,9 +161,9 @@ void cuda_gemm_free(struct cuda_backend *b);
 bool cuda_gemm_on_hopper(const struct cuda_backend *b, int rows);
 /* y[rows, n_out] (fp32) = x[rows, k_in] (bf16) * w[n_out, k_in]^T (bf16), fp32 accumulation. */
 int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in);
-/* The same for a product that only the next RMSNorm reads (o, down): its output may be left in
- * *n_parts parts of rows * n_out floats, which sk_add_rmsnorm_parts adds (on the Hopper kernel,
- * the split-K sums; see sk_hopper_gemm_parts). y holds CUDA_PARTS_ROWS rows of n_out. */
+/* The same for a product whose one reader adds parts (o and down: the next RMSNorm; qkv:
+ * qkv_post): its output may be left in *n_parts parts of rows * n_out floats (on the Hopper
+ * kernel, the split-K sums; see sk_hopper_gemm_parts). y holds CUDA_PARTS_ROWS rows of n_out. */
 int cuda_gemm_parts(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out,
                     int k_in, int *n_parts);
 /* The same product written in bf16, always by cuBLAS: for prefill's gate/up, whose fp32 rows
