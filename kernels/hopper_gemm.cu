@@ -12,12 +12,12 @@
 // The blocks that split one tile's K form a thread block cluster: each leaves its partial sums in
 // its own shared memory, and after a cluster barrier every block adds a share of the tile's
 // values over all the blocks' memories (distributed shared memory), in split order. No partial
-// sum touches device memory, and the result does not depend on block timing. Or, where the next
-// kernel can add them (sk_hopper_gemm_parts: an RMSNorm reading the product as its residual
-// delta), each split writes its partial sums as a part of its own and the blocks need no cluster,
-// no barrier across blocks and no reduction before they exit. The split count depends on the
-// shape alone, not on the number of rows, and the parts are added in split order either way, so
-// a row's result is the same at every batch size and on both paths.
+// sum touches device memory, and the result does not depend on block timing. Or, where the one
+// kernel that reads the product can add them (sk_hopper_gemm_parts: the RMSNorm after the o and
+// down products, qkv_post after qkv), each split writes its partial sums as a part of its own,
+// and the blocks need no cluster, no barrier across blocks and no reduction before they exit.
+// The split count depends on the shape alone, not on the number of rows, and the parts are added
+// in split order either way, so a row's result is the same at every batch size and on both paths.
 //
 // wgmma and setmaxnreg need the sm_90a target: the Makefile builds this file for it (with
 // SK_HOPPER_BUILT defined) when CUDA_ARCH is sm_90; otherwise sk_hopper_gemm_create answers

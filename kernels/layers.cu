@@ -128,15 +128,15 @@ __device__ __forceinline__ void add4(float4 &a, const float4 b)
     a.w += b.w;
 }
 
-// PARTS: delta in n_parts (<= SK_HOPPER_MAX_SPLITS) parts, added as sum_parts_at adds them, with every
-// part's loads in flight at once; the registers that takes allow at most kPartsThreads threads.
+// PARTS: delta in n_parts (<= SK_HOPPER_MAX_SPLITS) parts, added as sum_parts_at adds them, with
+// every part's loads in flight at once; the registers that takes allow at most kPartsThreads
+// threads (rows up to 4096 wide).
 constexpr int kPartsThreads = 256;
 template <bool PARTS>
-__global__ void __launch_bounds__(PARTS ? kPartsThreads : 1024) add_rmsnorm_vec_kernel(float *__restrict__ x, const float *__restrict__ delta,
-                                                               int n_parts, int64_t part_stride,
-                                                               const int32_t *__restrict__ rows,
-                                                               const float *__restrict__ w,
-                                                               __nv_bfloat16 *__restrict__ y, int hidden, float eps)
+__global__ void __launch_bounds__(PARTS ? kPartsThreads : 1024)
+    add_rmsnorm_vec_kernel(float *__restrict__ x, const float *__restrict__ delta, int n_parts, int64_t part_stride,
+                           const int32_t *__restrict__ rows, const float *__restrict__ w, __nv_bfloat16 *__restrict__ y,
+                           int hidden, float eps)
 {
     __shared__ float sh[32];
     const int n4 = hidden / 4;

@@ -62,7 +62,8 @@ static void test_parts(struct sk_hopper_gemm *h, int M, int N, int K)
     for (size_t i = 0; i < (size_t)N * K; i++) w[i] = gt_f2bf(gt_normal());
     for (size_t i = 0; i < (size_t)M * K; i++) x[i] = gt_f2bf(gt_normal());
     uint16_t *dw = gt_up(w, (size_t)N * K * 2), *dx = gt_up(x, (size_t)M * K * 2);
-    float *dy = gt_dev(n * 4), *dp = gt_dev(cap * 4), *y = malloc(n * 4), *parts = malloc(cap * 4), *sum = malloc(n * 4);
+    float *dy = gt_dev(n * 4), *dp = gt_dev(cap * 4);
+    float *y = malloc(n * 4), *parts = malloc(cap * 4), *sum = malloc(n * 4);
     GT_CUDA(cudaMemset(dp, 0xff, cap * 4));
     int n_parts = -1;
     cudaError_t e1 = sk_hopper_gemm(h, dw, dx, dy, M, N, K, 0, 0);

@@ -179,8 +179,8 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
     for (int l = 0; l < c->n_layers; l++) {
         const struct cuda_layer *w = &b->layers[l];
         uint16_t *kc = b->kv + (size_t)l * 2 * b->kv_layer_elems, *vc = kc + b->kv_layer_elems;
-        CUDA_CHECK(b, sk_add_rmsnorm_parts(b->x, l ? b->delta : NULL, delta_parts, part_stride, NULL, w->attn_norm, b->y,
-                                           a->T, H, c->rms_eps, b->stream));
+        CUDA_CHECK(b, sk_add_rmsnorm_parts(b->x, l ? b->delta : NULL, delta_parts, part_stride, NULL, w->attn_norm,
+                                           b->y, a->T, H, c->rms_eps, b->stream));
         prof_mark(b, P_NORM);
         if ((rc = cuda_gemm_parts(b, w->wqkv, b->y, b->big, a->T, qkvd, H, &qkv_parts)) < 0) goto fail;
         prof_mark(b, P_QKV);
