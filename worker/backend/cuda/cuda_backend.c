@@ -6,8 +6,9 @@
  * one-row products too), SLUICE_CUDA_PREFILL_MMA=0 (prefill attention on the general kernel),
  * SLUICE_CUDA_ATTN_GQA=0 (decode attention one block per query head, never per kv head; 1-9 pick
  * the grouped kernel's variant, see sk_attention_mode), SLUICE_CUDA_HOPPER=0 (cuBLAS for the
- * decode products on Hopper too, and gate/up not fused with the activation), SLUICE_CUDA_SPLIT_PARTS=0
- * (the Hopper products add their split-K sums themselves, see cuda_gemm_parts). Off by default:
+ * decode products on Hopper too, and gate/up not fused with the activation),
+ * SLUICE_CUDA_SPLIT_PARTS=0 (the Hopper products add their split-K sums themselves, see
+ * cuda_gemm_parts). Off by default:
  * SLUICE_CUDA_PROFILE=1 (per-phase device times of each step shape, printed when the backend is
  * freed; turns graphs off). */
 #include <stdlib.h>

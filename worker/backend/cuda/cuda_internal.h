@@ -37,7 +37,7 @@ struct cuda_graph_entry {
 /* Products of up to this many rows go to the Hopper kernel: measured on an H200 at Llama-3-8B's
  * shapes, it beats cuBLAS through 64 rows and loses at 128 on the narrow products. */
 #define CUDA_HOPPER_MAX_ROWS 64
-/* Rows that delta holds at least: every split part of a Hopper product (cuda_gemm_parts). */
+/* Rows that delta and big hold at least: every split part of a decode product (cuda_gemm_parts). */
 #define CUDA_PARTS_ROWS (SK_HOPPER_MAX_SPLITS * CUDA_HOPPER_MAX_ROWS)
 
 /* SLUICE_CUDA_PROFILE=1: per-phase device times of eager (graph-free) steps, logged at exit. */
@@ -63,8 +63,8 @@ struct cuda_backend {
     struct sk_hopper_gemm *hopper; /* TMA + wgmma products of 2..CUDA_HOPPER_MAX_ROWS rows; NULL off
                                       Hopper or with SLUICE_CUDA_HOPPER=0 */
     bool gu_interleaved;           /* wgu rows in sk_gate_up_interleave's layout (with hopper) */
-    bool split_parts;              /* qkv, o and down leave split-K parts to their reader (cuda_gemm_parts);
-                                      SLUICE_CUDA_SPLIT_PARTS=0 adds them in the product */
+    bool split_parts;              /* qkv, o and down leave split-K parts to their reader
+                                      (cuda_gemm_parts); SLUICE_CUDA_SPLIT_PARTS=0: not */
     bool use_prefill_mma; /* tensor-core prefill attention (head_dim 64, 128) */
     int gqa_mode;         /* grouped-query attention variant, 0 = off (sk_attention_mode) */
     cudaStream_t stream;
