@@ -584,9 +584,9 @@ extern "C" cudaError_t sk_hopper_gemm_parts(struct sk_hopper_gemm *h, const uint
 {
     *n_parts = 0;
     if (!shape_ok(h, w, x, rows, k_in) || n_out < 1) return cudaErrorInvalidValue;
-    // The split count of sk_hopper_gemm, so that both paths add the same partial sums.
-    const int k_blocks = (k_in + BK - 1) / BK, want = sk_hopper_gemm_splits(h, n_out, k_in);
-    const int per = (k_blocks + want - 1) / want, splits = (k_blocks + per - 1) / per;
+    // The split count of sk_hopper_gemm, so that both paths add the same partial sums (it
+    // answers only counts that K divides into exactly).
+    const int splits = sk_hopper_gemm_splits(h, n_out, k_in);
     cudaError_t e = launch_rows<false>(h, w, x, y, NULL, rows, n_out, k_in, splits, (int64_t)rows * n_out, s);
     if (e == cudaSuccess) *n_parts = splits;
     return e;

@@ -167,29 +167,28 @@ int cli_bench_main(int argc, char **argv)
         fprintf(stderr, "sluice-worker bench: %s\n", err);
         goto out;
     }
-    struct bench_run run_state;
+    struct bench_run run;
     struct engine_options eo = {.max_num_seqs = max_b, .max_num_batched_tokens = (int32_t)max_batched,
                                 .max_model_len = (int32_t)(seq_tokens + 1), .seed = 1};
-    if (engine_create(&e, b, tok, &eo, uv_default_loop(), on_event, &run_state) != 0) {
+    if (engine_create(&e, b, tok, &eo, uv_default_loop(), on_event, &run) != 0) {
         fprintf(stderr, "sluice-worker bench: cannot start the engine\n");
         goto out;
     }
     printf("%-6s %-6s %-6s %12s %14s %14s %12s\n", "batch", "input", "output", "prefill_s",
            "decode_tok/s", "step_ms", "total_s");
-    struct bench_run *run = &run_state;
     for (int si = 0; si < n_sizes; si++) {
         const int B = sizes[si];
         for (long w = 0; w < warmup; w++)
-            if (bench_round(e, run, B, input_len, output_len < 2 ? output_len : 2, m->config.vocab_size) != 0)
+            if (bench_round(e, &run, B, input_len, output_len < 2 ? output_len : 2, m->config.vocab_size) != 0)
                 goto out;
-        if (bench_round(e, run, B, input_len, output_len, m->config.vocab_size) != 0) goto out;
-        double prefill = run->t_first_all - run->t_start;
-        double decode = run->t_end - run->t_first_all;
+        if (bench_round(e, &run, B, input_len, output_len, m->config.vocab_size) != 0) goto out;
+        double prefill = run.t_first_all - run.t_start;
+        double decode = run.t_end - run.t_first_all;
         long decode_tokens = (long)B * (output_len - 1);
         /* Seconds to the microsecond: a tiny model prefills a short batch in well under a millisecond. */
         printf("%-6d %-6ld %-6ld %12.6f %14.1f %14.3f %12.6f\n", B, input_len, output_len, prefill,
                decode > 0 ? decode_tokens / decode : 0.0,
-               output_len > 1 ? 1000.0 * decode / (double)(output_len - 1) : 0.0, run->t_end - run->t_start);
+               output_len > 1 ? 1000.0 * decode / (double)(output_len - 1) : 0.0, run.t_end - run.t_start);
         fflush(stdout);
     }
     status = 0;
