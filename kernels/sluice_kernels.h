@@ -113,12 +113,22 @@ int sk_hopper_gemm_splits(const struct sk_hopper_gemm *h, int n_out, int k_in);
 void sk_hopper_gemm_set_map_slots(struct sk_hopper_gemm *h, int n);
 cudaError_t sk_hopper_gemm(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, int rows,
                            int n_out, int k_in, int splits, cudaStream_t s);
-/* The same product with the split count of sk_hopper_gemm_splits, whose partial sums are not
- * added: part s (of *n_parts) is written to y + s * rows * n_out, for a next kernel that adds
- * them in split order (sk_add_rmsnorm_parts); their sum is sk_hopper_gemm's y bit for bit. y
- * must hold SK_HOPPER_MAX_SPLITS * rows * n_out floats. */
+/* The same product whose partial sums are not added: part s (of *n_parts) is written to
+ * y + s * rows * n_out, for a next kernel that adds them in split order (sk_add_rmsnorm_parts);
+ * their sum is sk_hopper_gemm's y with the same splits bit for bit (splits <= 0: the count of
+ * sk_hopper_gemm_splits). y must hold SK_HOPPER_MAX_SPLITS * rows * n_out floats. */
 cudaError_t sk_hopper_gemm_parts(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, int rows,
-                                 int n_out, int k_in, int *n_parts, cudaStream_t s);
+                                 int n_out, int k_in, int splits, int *n_parts, cudaStream_t s);
+/* The whole MLP of a decode batch in one launch: act = silu(gate) * up as sk_hopper_gemm_swiglu
+ * (w_gu interleaved, 2 * inter rows of hidden), then the down product of act (w_down: hidden rows
+ * of inter) left in *n_parts split parts in y as sk_hopper_gemm_parts; act and y hold the same bits
+ * as those two launches give. Down's blocks start while gate/up's still run, each waiting only for
+ * the activations of its K range. Needs both halves' conditions. Launches on one handle must be
+ * stream-ordered (the handle's counters, SK_HOPPER_MLP_SYNC ints per launch, alternate between two
+ * sets, each left zeroed by the launch that used it). */
+#define SK_HOPPER_MLP_SYNC (2 + SK_HOPPER_MAX_SPLITS)
+cudaError_t sk_hopper_mlp(struct sk_hopper_gemm *h, const uint16_t *w_gu, const uint16_t *w_down, const uint16_t *x,
+                          uint16_t *act, float *y, int rows, int hidden, int inter, int *n_parts, cudaStream_t s);
 /* The MLP's first half in one launch: w is [gate; up] interleaved in blocks of 64 rows
  * (sk_gate_up_interleave's layout, 2 * inter rows), and act[m, j] = silu(gate_j) * up_j in bf16.
  * Needs inter % 64 == 0 and a 16-byte aligned act besides sk_hopper_gemm's conditions. */

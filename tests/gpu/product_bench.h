@@ -45,7 +45,7 @@ static inline void product_bench_init(struct product_bench *pb, int rows, int n_
     pb->wn = (size_t)n_out * k_in;
     pb->w = gt_dev(pb->wn * 2 * pb->copies);
     pb->x = gt_dev((size_t)rows * k_in * 2);
-    pb->y = gt_dev((size_t)rows * n_out * 4);
+    pb->y = gt_dev((size_t)rows * n_out * 4 * SK_HOPPER_MAX_SPLITS); /* room for every split part */
     GT_CUDA(sk_fill_dummy_bf16(pb->w, 1, 9, 0, (int64_t)(pb->wn * pb->copies), 0, 0));
     GT_CUDA(sk_fill_dummy_bf16(pb->x, 1, 10, 0, (int64_t)rows * k_in, 0, 0));
 }

@@ -429,7 +429,8 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
         return;
     }
     /* The same device with the Hopper products adding their split-K sums themselves, instead of
-     * leaving parts to their readers (norm, qkv_post): the logits must not change by a bit. */
+     * leaving parts to their readers (norm, qkv_post), and so with the MLP in two launches
+     * instead of one (sk_hopper_mlp): the logits must not change by a bit. */
     struct backend *gpu_sum = NULL;
     setenv("SLUICE_CUDA_SPLIT_PARTS", "0", 1);
     int sum_rc = backend_cuda_create(&gpu_sum, m, &bo, err, sizeof err);
@@ -544,9 +545,10 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
     GT_CHECK(sampler_bad == 0, "%s: device sampling equals sampler_sample on the same logits (%d differ)", name,
              sampler_bad);
     GT_CHECK(split_bad == 0,
-             "%s: split-K parts added by their readers (%s) give the logits of the products' own sums bit for bit "
-             "(%d of %d steps differ)",
-             name, ((struct cuda_backend *)gpu)->split_parts ? "on" : "off: no Hopper products", split_bad, steps);
+             "%s: split-K parts added by their readers (%s) and the fused MLP (%s) give the logits of the products' "
+             "own sums bit for bit (%d of %d steps differ)",
+             name, ((struct cuda_backend *)gpu)->split_parts ? "on" : "off: no Hopper products",
+             ((struct cuda_backend *)gpu)->fused_mlp ? "on" : "off", split_bad, steps);
     free(lg);
     free(lc);
     free(ls);

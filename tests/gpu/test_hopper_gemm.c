@@ -1,7 +1,8 @@
 /* sk_hopper_gemm (TMA + wgmma decode products, split-K within a cluster) against a double reference on random bf16 inputs
  * with poisoned outputs: ragged shapes (rows, features and K not multiples of the tiles), forced
  * and chosen split counts, the same bits on a repeat and at every batch size, split parts left
- * to the next kernel (sk_hopper_gemm_parts) adding up to the same bits, refusals; then,
+ * to the next kernel (sk_hopper_gemm_parts) adding up to the same bits, the fused MLP
+ * (sk_hopper_mlp) equal to its two halves, refusals; then,
  * with SLUICE_GPU_BENCH=1, weight-streaming rates against cuBLAS at Llama-3-8B's decode shapes. */
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/product_bench.h"
@@ -67,7 +68,7 @@ static void test_parts(struct sk_hopper_gemm *h, int M, int N, int K)
     GT_CUDA(cudaMemset(dp, 0xff, cap * 4));
     int n_parts = -1;
     cudaError_t e1 = sk_hopper_gemm(h, dw, dx, dy, M, N, K, 0, 0);
-    cudaError_t e2 = sk_hopper_gemm_parts(h, dw, dx, dp, M, N, K, &n_parts, 0);
+    cudaError_t e2 = sk_hopper_gemm_parts(h, dw, dx, dp, M, N, K, 0, &n_parts, 0);
     gt_down(y, dy, n * 4);
     gt_down(parts, dp, cap * 4);
     const int P = n_parts;
@@ -198,6 +199,57 @@ static void test_swiglu(struct sk_hopper_gemm *h, int M, int I, int K)
     free(gu);
 }
 
+/* sk_hopper_mlp against its two halves launched apart (sk_hopper_gemm_swiglu, then
+ * sk_hopper_gemm_parts on the activation): act and every part bit for bit, on each of `repeats`
+ * launches in a row (the counters each launch leaves for the next must be zero again). */
+static void test_mlp(struct sk_hopper_gemm *h, int M, int H, int I, int repeats)
+{
+    const size_t wn = (size_t)2 * I * H, dn = (size_t)H * I, an = (size_t)M * I, pn = (size_t)M * H * SK_HOPPER_MAX_SPLITS;
+    uint16_t *w = malloc(wn * 2), *wd = malloc(dn * 2), *x = malloc((size_t)M * H * 2);
+    for (size_t i = 0; i < wn; i++) w[i] = gt_f2bf(gt_normal() * 0.05f);
+    for (size_t i = 0; i < dn; i++) wd[i] = gt_f2bf(gt_normal() * 0.05f);
+    for (size_t i = 0; i < (size_t)M * H; i++) x[i] = gt_f2bf(gt_normal());
+    uint16_t *dw = gt_up(w, wn * 2), *dwd = gt_up(wd, dn * 2), *dx = gt_up(x, (size_t)M * H * 2);
+    uint16_t *act_ref = gt_dev(an * 2), *act = gt_dev(an * 2);
+    float *parts_ref = gt_dev(pn * 4), *parts = gt_dev(pn * 4);
+    uint16_t *ha = malloc(an * 2), *ha_ref = malloc(an * 2);
+    float *hp = malloc(pn * 4), *hp_ref = malloc(pn * 4);
+    GT_CUDA(cudaMemset(parts_ref, 0xff, pn * 4));
+    int n_ref = -1;
+    cudaError_t e = sk_hopper_gemm_swiglu(h, dw, dx, act_ref, M, I, H, 0);
+    if (e == cudaSuccess) e = sk_hopper_gemm_parts(h, dwd, act_ref, parts_ref, M, H, I, 0, &n_ref, 0);
+    gt_down(ha_ref, act_ref, an * 2);
+    gt_down(hp_ref, parts_ref, pn * 4);
+    int bad = 0, n_parts = -1;
+    for (int r = 0; r < repeats; r++) {
+        GT_CUDA(cudaMemset(act, 0xff, an * 2));
+        GT_CUDA(cudaMemset(parts, 0xff, pn * 4));
+        cudaError_t er = sk_hopper_mlp(h, dw, dwd, dx, act, parts, M, H, I, &n_parts, 0);
+        if (er != cudaSuccess) e = er;
+        gt_down(ha, act, an * 2);
+        gt_down(hp, parts, pn * 4);
+        bad += n_parts != n_ref || memcmp(ha, ha_ref, an * 2) || memcmp(hp, hp_ref, (size_t)n_ref * M * H * 4);
+    }
+    GT_CHECK(e == cudaSuccess && n_ref >= 1 && bad == 0,
+             "hopper mlp M=%d H=%d I=%d: activation and %d down parts equal the two launches' bit for bit "
+             "(%d of %d launches differ; %s)",
+             M, H, I, n_ref, bad, repeats, cudaGetErrorString(e));
+    cudaFree(dw);
+    cudaFree(dwd);
+    cudaFree(dx);
+    cudaFree(act_ref);
+    cudaFree(act);
+    cudaFree(parts_ref);
+    cudaFree(parts);
+    free(w);
+    free(wd);
+    free(x);
+    free(ha);
+    free(ha_ref);
+    free(hp);
+    free(hp_ref);
+}
+
 /* Weight-streaming rate of cuBLAS (the backend's default product) and of sk_hopper_gemm over
  * rotating weight copies (more than L2), so the weights come from memory as in a step. */
 struct bench_ctx {
@@ -219,6 +271,14 @@ static void run_hopper(const struct product_bench *pb, int i, void *p)
                            c->b->stream));
 }
 
+static void run_hopper_parts(const struct product_bench *pb, int i, void *p)
+{
+    struct bench_ctx *c = p;
+    int n_parts;
+    GT_CUDA(sk_hopper_gemm_parts(c->h, product_bench_w(pb, i), pb->x, pb->y, pb->rows, pb->n_out, pb->k_in, c->splits,
+                                 &n_parts, c->b->stream));
+}
+
 static void bench_case(struct cuda_backend *b, struct sk_hopper_gemm *h, int rows, int N, int K)
 {
     const int iters = 40;
@@ -233,10 +293,14 @@ static void bench_case(struct cuda_backend *b, struct sk_hopper_gemm *h, int row
            rows, N, K, sk_hopper_gemm_splits(h, N, K), ms[0] * 1e3, wn * 2 / (ms[0] * 1e6), ms[1] * 1e3,
            wn * 2 / (ms[1] * 1e6), ms[0] / ms[1]);
     const char *sweep = getenv("SLUICE_HOPPER_SWEEP");
-    if (sweep && !strcmp(sweep, "1") && N <= 8192 && (rows == 16 || rows == 64)) {
-        printf("    splits sweep (GB/s):");
+    if (sweep && !strcmp(sweep, "1") && N <= 8192 && rows >= 16 && rows <= 64) {
+        printf("    splits sweep (GB/s), sums in clusters:");
         for (c.splits = 1; c.splits <= SK_HOPPER_MAX_SPLITS; c.splits++)
             printf(" %d:%.0f", c.splits, wn * 2 / (product_bench_ms(&pb, b->stream, iters, run_hopper, &c) * 1e6));
+        printf("\n    splits sweep (GB/s), parts left:     ");
+        for (c.splits = 1; c.splits <= SK_HOPPER_MAX_SPLITS; c.splits++)
+            printf(" %d:%.0f", c.splits,
+                   wn * 2 / (product_bench_ms(&pb, b->stream, iters, run_hopper_parts, &c) * 1e6));
         printf("\n");
     }
     product_bench_free(&pb);
@@ -292,6 +356,13 @@ int main(void)
     test_swiglu(h, 5, 192, 256);
     test_swiglu(h, 64, 640, 520);
     test_swiglu(h, 100, 128, 1024);
+    printf("hopper fused mlp (gate/up + SwiGLU, then down, one launch)\n");
+    test_mlp(h, 64, 4096, 14336, 3);
+    test_mlp(h, 2, 4096, 14336, 1);
+    test_mlp(h, 17, 1000, 640, 2);
+    test_mlp(h, 33, 256, 1344, 1);
+    test_mlp(h, 128, 512, 128, 2);
+    test_mlp(h, 5, 64, 64, 1);
     /* With one cache slot the weights' and x's maps of every launch share it: each launch must
      * still get both (a shared map made the weight stages wait forever: the serving hang). */
     sk_hopper_gemm_set_map_slots(h, 1);
@@ -299,6 +370,7 @@ int main(void)
     test_case(h, 17, 1000, 768, 2);
     test_case(h, 64, 4096, 4096, 0);
     test_swiglu(h, 5, 192, 256);
+    test_mlp(h, 17, 1000, 640, 2);
     sk_hopper_gemm_set_map_slots(h, 4096);
     printf("hopper gemm batch invariance and refusals\n");
     test_batch_invariance(h, 4096, 4096);
@@ -312,6 +384,11 @@ int main(void)
              "hopper refuses unaligned weights");
     GT_CHECK(sk_hopper_gemm(h, d, d, f, 8, 64, 1024, SK_HOPPER_MAX_SPLITS + 1, 0) == cudaErrorInvalidValue,
              "hopper refuses %d splits", SK_HOPPER_MAX_SPLITS + 1);
+    int n_parts = -1;
+    GT_CHECK(sk_hopper_mlp(h, d, d, d, d, f, 8, 64, 96, &n_parts, 0) == cudaErrorInvalidValue && n_parts == 0,
+             "hopper mlp refuses an intermediate size that is not a multiple of 64");
+    GT_CHECK(sk_hopper_mlp(h, d, d, d, d + 1, f, 8, 64, 128, &n_parts, 0) == cudaErrorInvalidValue,
+             "hopper mlp refuses an activation that is not 16-byte aligned");
     (void)cudaGetLastError();
     cudaFree(d);
     cudaFree(f);

@@ -8,7 +8,8 @@
  * the grouped kernel's variant, see sk_attention_mode), SLUICE_CUDA_HOPPER=0 (cuBLAS for the
  * decode products on Hopper too, and gate/up not fused with the activation),
  * SLUICE_CUDA_SPLIT_PARTS=0 (the Hopper products add their split-K sums themselves, see
- * cuda_gemm_parts). Off by default:
+ * cuda_gemm_parts; also turns the next one off), SLUICE_CUDA_FUSED_MLP=0 (a decode batch's MLP in
+ * two launches, gate/up then down, see cuda_mlp_fused). Off by default:
  * SLUICE_CUDA_PROFILE=1 (per-phase device times of each step shape, printed when the backend is
  * freed; turns graphs off). */
 #include <stdlib.h>

@@ -74,10 +74,10 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-enum { P_EMBED, P_NORM, P_QKV, P_QKV_POST, P_ATTN, P_O, P_GU, P_SILU, P_DOWN, P_LM_HEAD, P_SAMPLE, P_COPY };
+enum { P_EMBED, P_NORM, P_QKV, P_QKV_POST, P_ATTN, P_O, P_GU, P_SILU, P_DOWN, P_MLP, P_LM_HEAD, P_SAMPLE, P_COPY };
 static const char *const prof_names[CUDA_PROF_CATS] = {
-    "embed", "norm", "gemm qkv", "qkv post", "attention", "gemm o", "gemm gate/up", "silu", "gemm down", "lm_head",
-    "sample", "copies"};
+    "embed", "norm", "gemm qkv", "qkv post", "attention", "gemm o", "gemm gate/up", "silu", "gemm down",
+    "mlp (fused)", "lm_head", "sample", "copies"};
 
 /* Marks the end of a phase of category cat on the stream (profiling only). */
 static void prof_mark(struct cuda_backend *b, int cat)
@@ -200,6 +200,13 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
                                            c->rms_eps, b->stream));
         prof_mark(b, P_NORM);
         const uint16_t *act = b->y;
+        if (cuda_mlp_fused(b, a->T, H, I)) {
+            /* Gate/up, the activation (in big's idle memory) and down's parts, in one launch. */
+            CUDA_CHECK(b, sk_hopper_mlp(b->hopper, w->wgu, w->wd, b->y, (uint16_t *)b->big, b->delta, a->T, H, I,
+                                        &delta_parts, b->stream));
+            prof_mark(b, P_MLP);
+            continue;
+        }
         if (b->gu_interleaved && cuda_gemm_on_hopper(b, a->T)) {
             /* One launch for gate/up and the activation, into big's (now idle) memory as bf16. */
             act = (const uint16_t *)b->big;

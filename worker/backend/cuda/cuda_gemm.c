@@ -27,6 +27,7 @@ int cuda_gemm_init(struct cuda_backend *b)
         }
     }
     b->split_parts = b->hopper && !cuda_env_is("SLUICE_CUDA_SPLIT_PARTS", "0");
+    b->fused_mlp = b->split_parts && !cuda_env_is("SLUICE_CUDA_FUSED_MLP", "0");
 fail:
     return rc;
 }
@@ -87,12 +88,21 @@ int cuda_gemm_parts(struct cuda_backend *b, const uint16_t *w, const uint16_t *x
     int rc = 0;
     *n_parts = 1;
     if (b->split_parts && hopper_takes(b, rows, n_out, k_in)) {
-        CUDA_CHECK(b, sk_hopper_gemm_parts(b->hopper, w, x, y, rows, n_out, k_in, n_parts, b->stream));
+        CUDA_CHECK(b, sk_hopper_gemm_parts(b->hopper, w, x, y, rows, n_out, k_in, 0, n_parts, b->stream));
         return 0;
     }
     return cuda_gemm(b, w, x, y, rows, n_out, k_in);
 fail:
     return rc;
+}
+
+bool cuda_mlp_fused(const struct cuda_backend *b, int rows, int hidden, int inter)
+{
+    /* Measured on an H200 at Llama-3-8B's shape, ms a step fused / two launches: batch 16
+     * 4.62 / 4.69, 32 4.79 / 4.91, but 64 5.19-5.21 / 5.13-5.16. At 64 rows the down work itself
+     * ran ~2 us a layer slower inside the fused kernel, even with gate/up's blocks left idle
+     * (kernel trace, PERF_NOTES.md), so batches of 33-64 keep two launches. */
+    return b->fused_mlp && b->gu_interleaved && rows <= 32 && hopper_takes(b, rows, hidden, inter);
 }
 
 int cuda_gemm_bf16(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, uint16_t *y, int rows, int n_out,

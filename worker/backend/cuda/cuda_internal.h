@@ -42,7 +42,7 @@ struct cuda_graph_entry {
 
 /* SLUICE_CUDA_PROFILE=1: per-phase device times of eager (graph-free) steps, logged at exit. */
 #define CUDA_PROF_EVENTS 640
-#define CUDA_PROF_CATS 12
+#define CUDA_PROF_CATS 13
 #define CUDA_PROF_SHAPES 8
 struct cuda_prof {
     cudaEvent_t ev[CUDA_PROF_EVENTS];
@@ -65,6 +65,8 @@ struct cuda_backend {
     bool gu_interleaved;           /* wgu rows in sk_gate_up_interleave's layout (with hopper) */
     bool split_parts;              /* qkv, o and down leave split-K parts to their reader
                                       (cuda_gemm_parts); SLUICE_CUDA_SPLIT_PARTS=0: not */
+    bool fused_mlp;                /* with split_parts, a decode batch's MLP in one launch
+                                      (cuda_mlp_fused); SLUICE_CUDA_FUSED_MLP=0: not */
     bool use_prefill_mma; /* tensor-core prefill attention (head_dim 64, 128) */
     int gqa_mode;         /* grouped-query attention variant, 0 = off (sk_attention_mode) */
     cudaStream_t stream;
@@ -166,6 +168,9 @@ int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, floa
  * kernel, the split-K sums; see sk_hopper_gemm_parts). y holds CUDA_PARTS_ROWS rows of n_out. */
 int cuda_gemm_parts(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out,
                     int k_in, int *n_parts);
+/* Whether a batch of rows takes its whole MLP in one launch (sk_hopper_mlp: gate/up with the
+ * activation, then down's split parts, which the norm after it adds). */
+bool cuda_mlp_fused(const struct cuda_backend *b, int rows, int hidden, int inter);
 /* The same product written in bf16, always by cuBLAS: for prefill's gate/up, whose fp32 rows
  * (2 x intermediate wide) would cost SiLU twice the reads. */
 int cuda_gemm_bf16(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, uint16_t *y, int rows, int n_out,
