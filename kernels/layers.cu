@@ -257,9 +257,93 @@ __global__ void silu_mul_kernel(__nv_bfloat16 *out, const Tin *gu, int inter, in
     }
 }
 
+// Elements i..i+3 of a row in n_parts parts (16-byte aligned), added as sum_parts_at adds them:
+// in split order from zero, four parts' loads in flight at a time (all eight would cost the
+// kernel its occupancy in prefill, where there is one part).
+__device__ __forceinline__ float4 sum_parts_at4(const float *d, int n_parts, int64_t part_stride, int64_t i)
+{
+    if (n_parts == 1) return *reinterpret_cast<const float4 *>(d + i);
+    float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int j0 = 0; j0 < n_parts; j0 += 4) {
+        float4 v[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            if (j0 + j < n_parts) v[j] = *reinterpret_cast<const float4 *>(d + (j0 + j) * part_stride + i);
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            if (j0 + j < n_parts) {
+                s.x += v[j].x;
+                s.y += v[j].y;
+                s.z += v[j].z;
+                s.w += v[j].w;
+            }
+    }
+    return s;
+}
+
+// One head of head_dim 128 (most models) by one warp: lane l holds elements 4l..4l+3, one 16-byte
+// load per part, and writes them with one store. The general loop below takes elements lane,
+// lane + 32, ... one pair at a time, its next loads issued only after the last pair's math: at
+// 8192 prefill tokens of Llama-3-8B's shape it ran at ~30% of the copy rate (PERF_NOTES.md).
+// Element by element the arithmetic is the loop's; only the q/k norm's sum of squares is taken in
+// another order (its last bit may differ). Rotate-half pairs element i of lane l < 16 with i + 64
+// of lane l + 16 (one shuffle); interleaved pairs sit in the lane.
+__device__ __forceinline__ void qkv_head128(const float *src, int n_parts, int64_t part_stride, const float *b,
+                                            const float *nw_, float eps, bool interleaved, const float *inv_freq,
+                                            float fpos, float *qdst, __nv_bfloat16 *kdst, __nv_bfloat16 *vdst, int lane)
+{
+    const int i = 4 * lane;
+    const float4 s = sum_parts_at4(src, n_parts, part_stride, i);
+    const float4 bb = b ? *reinterpret_cast<const float4 *>(b + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float e[4] = {s.x + bb.x, s.y + bb.y, s.z + bb.z, s.w + bb.w};
+    __nv_bfloat16 *bf_dst = vdst ? vdst : kdst;
+    if (!vdst) {
+        if (nw_) {
+            float ss = e[0] * e[0] + e[1] * e[1] + e[2] * e[2] + e[3] * e[3];
+            ss = warp_sum(ss);
+            const float inv = rsqrtf(ss / 128.0f + eps);
+            const float4 w = *reinterpret_cast<const float4 *>(nw_ + i);
+            e[0] = w.x * (e[0] * inv);
+            e[1] = w.y * (e[1] * inv);
+            e[2] = w.z * (e[2] * inv);
+            e[3] = w.w * (e[3] * inv);
+        }
+        float y[4];
+        if (interleaved) {
+#pragma unroll
+            for (int c = 0; c < 4; c += 2) {
+                float sn, cs;
+                sincosf(fpos * inv_freq[(i + c) / 2], &sn, &cs);
+                y[c] = e[c] * cs - e[c + 1] * sn;
+                y[c + 1] = e[c + 1] * cs + e[c] * sn;
+            }
+        } else {
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                const float o = __shfl_xor_sync(0xffffffffu, e[c], 16);
+                float sn, cs;
+                sincosf(fpos * inv_freq[(i + c) & 63], &sn, &cs);
+                y[c] = lane < 16 ? e[c] * cs - o * sn : e[c] * cs + o * sn;
+            }
+        }
+        if (qdst) {
+            *reinterpret_cast<float4 *>(qdst + i) = make_float4(y[0], y[1], y[2], y[3]);
+            return;
+        }
+#pragma unroll
+        for (int c = 0; c < 4; c++) e[c] = y[c];
+    }
+    __nv_bfloat162 lo = __floats2bfloat162_rn(e[0], e[1]), hi = __floats2bfloat162_rn(e[2], e[3]);
+    uint2 packed;
+    packed.x = *reinterpret_cast<uint32_t *>(&lo);
+    packed.y = *reinterpret_cast<uint32_t *>(&hi);
+    *reinterpret_cast<uint2 *>(bf_dst + i) = packed;
+}
+
 // One warp per head of one token: q heads, then k heads, then v heads. qkv may be in n_parts
-// parts (sk_qkv_post_parts).
-__global__ void qkv_post_kernel(const float *qkv, int n_parts, int64_t part_stride, const float *bias,
+// parts (sk_qkv_post_parts). At most 64 registers, so that four blocks of 8 warps share an SM
+// (latency, not arithmetic, bounds this kernel).
+__global__ void __launch_bounds__(256, 4) qkv_post_kernel(const float *qkv, int n_parts, int64_t part_stride, const float *bias,
                                 const float *q_norm, const float *k_norm, const float *inv_freq, const int32_t *pos,
                                 const int32_t *slot, float *q_out, __nv_bfloat16 *k_cache, __nv_bfloat16 *v_cache,
                                 sk_qkv_params p)
@@ -282,6 +366,14 @@ __global__ void qkv_post_kernel(const float *qkv, int n_parts, int64_t part_stri
         const float *src = row + (int64_t)h * d;
         const float *b = bias ? bias + (int64_t)h * d : nullptr;
         bool is_q = h < p.n_heads, is_k = !is_q && h < p.n_heads + p.n_kv_heads;
+        if (d == 128) {
+            const int kvh = is_q ? 0 : is_k ? h - p.n_heads : h - p.n_heads - p.n_kv_heads;
+            const int64_t at = ((blk * p.n_kv_heads + kvh) * SK_KV_BLOCK + off) * d;
+            qkv_head128(src, n_parts, part_stride, b, is_q ? q_norm : is_k ? k_norm : nullptr, p.eps, p.interleaved,
+                        inv_freq, fpos, is_q ? q_out + ((int64_t)t * p.n_heads + h) * d : nullptr,
+                        is_k ? k_cache + at : nullptr, !is_q && !is_k ? v_cache + at : nullptr, lane);
+            continue;
+        }
         if (!is_q && !is_k) {
             int kvh = h - p.n_heads - p.n_kv_heads;
             __nv_bfloat16 *dst = v_cache + ((blk * p.n_kv_heads + kvh) * SK_KV_BLOCK + off) * d;

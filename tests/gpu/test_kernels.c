@@ -1226,6 +1226,7 @@ int main(void)
         test_qkv_post_case(8, 8, 128, 0, 1, 1);
         test_qkv_post_case(8, 4, 8, 0, 0, 1);
         test_qkv_post_case(6, 2, 80, 1, 0, 1);
+        test_qkv_post_case(4, 2, 128, 1, 1, 1);
         {
             struct sk_qkv_params p = {1, 2, 1, 8, 1e-6f, 0};
             float *d = gt_dev(1 << 12);
