@@ -343,10 +343,10 @@ __device__ __forceinline__ void qkv_head128(const float *src, int n_parts, int64
 // One warp per head of one token: q heads, then k heads, then v heads. qkv may be in n_parts
 // parts (sk_qkv_post_parts). At most 64 registers, so that four blocks of 8 warps share an SM
 // (latency, not arithmetic, bounds this kernel).
-__global__ void __launch_bounds__(256, 4) qkv_post_kernel(const float *qkv, int n_parts, int64_t part_stride, const float *bias,
-                                const float *q_norm, const float *k_norm, const float *inv_freq, const int32_t *pos,
-                                const int32_t *slot, float *q_out, __nv_bfloat16 *k_cache, __nv_bfloat16 *v_cache,
-                                sk_qkv_params p)
+__global__ void __launch_bounds__(256, 4)
+    qkv_post_kernel(const float *qkv, int n_parts, int64_t part_stride, const float *bias, const float *q_norm,
+                    const float *k_norm, const float *inv_freq, const int32_t *pos, const int32_t *slot, float *q_out,
+                    __nv_bfloat16 *k_cache, __nv_bfloat16 *v_cache, sk_qkv_params p, bool vec128)
 {
     int t = blockIdx.x;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
@@ -366,7 +366,7 @@ __global__ void __launch_bounds__(256, 4) qkv_post_kernel(const float *qkv, int 
         const float *src = row + (int64_t)h * d;
         const float *b = bias ? bias + (int64_t)h * d : nullptr;
         bool is_q = h < p.n_heads, is_k = !is_q && h < p.n_heads + p.n_kv_heads;
-        if (d == 128) {
+        if (vec128) {
             const int kvh = is_q ? 0 : is_k ? h - p.n_heads : h - p.n_heads - p.n_kv_heads;
             const int64_t at = ((blk * p.n_kv_heads + kvh) * SK_KV_BLOCK + off) * d;
             qkv_head128(src, n_parts, part_stride, b, is_q ? q_norm : is_k ? k_norm : nullptr, p.eps, p.interleaved,
@@ -549,8 +549,12 @@ extern "C" cudaError_t sk_qkv_post_parts(const float *qkv, int n_parts, int64_t 
         return cudaErrorInvalidValue;
     int warps = n_all < 8 ? n_all : 8;
     dim3 grid(p.n_tokens, (n_all + warps - 1) / warps);
+    // head_dim 128 takes 16-byte accesses where every row they touch starts 16-byte aligned.
+    const uintptr_t at = (uintptr_t)qkv | (uintptr_t)bias | (uintptr_t)q_norm | (uintptr_t)k_norm | (uintptr_t)q_out |
+                         (uintptr_t)k_cache | (uintptr_t)v_cache;
+    const bool vec128 = p.head_dim == 128 && !(at & 15) && (n_parts == 1 || part_stride % 4 == 0);
     return launch_pdl(qkv_post_kernel, grid, dim3(32 * warps), 0, s, qkv, n_parts, part_stride, bias, q_norm, k_norm,
-                      inv_freq, pos, slot, q_out, (__nv_bfloat16 *)k_cache, (__nv_bfloat16 *)v_cache, p);
+                      inv_freq, pos, slot, q_out, (__nv_bfloat16 *)k_cache, (__nv_bfloat16 *)v_cache, p, vec128);
 }
 
 extern "C" cudaError_t sk_qkv_post(const float *qkv, const float *bias, const float *q_norm, const float *k_norm,
