@@ -21,8 +21,8 @@ struct toy {
     int32_t *cell_tok, *cell_pos;
     bool *banned; /* tokens whose text alone is not valid UTF-8: never produced */
     float *logits, *scratch;
-    int fail_at_step; /* -1: never */
-    int steps;
+    int fail_at_step; /* -1: never; written by the test thread (toy_fail_after) */
+    int steps;        /* read by the test thread */
     int max_seqs_seen, max_tokens_seen;
 };
 
@@ -32,11 +32,21 @@ static int toy_fail(struct toy *t, const char *msg)
     return -1;
 }
 
+/* Makes the toy fail from the n-th step after now on. Armed once the requests are in: armed
+ * before, a slow run (ASan on a loaded machine) could reach the failure while the test still
+ * submits, and the failed engine would refuse the rest. The engine thread steps the toy while
+ * the test thread arms it, hence the atomics. */
+static void toy_fail_after(struct toy *t, int n)
+{
+    __atomic_store_n(&t->fail_at_step, __atomic_load_n(&t->steps, __ATOMIC_ACQUIRE) + n, __ATOMIC_RELEASE);
+}
+
 static int toy_forward(struct backend *b, const struct batch *batch, struct sample_result *results)
 {
     struct toy *t = (struct toy *)b;
-    if (t->fail_at_step >= 0 && t->steps >= t->fail_at_step) return toy_fail(t, "toy device lost");
-    t->steps++;
+    const int fail_at = __atomic_load_n(&t->fail_at_step, __ATOMIC_ACQUIRE);
+    if (fail_at >= 0 && t->steps >= fail_at) return toy_fail(t, "toy device lost");
+    __atomic_store_n(&t->steps, t->steps + 1, __ATOMIC_RELEASE);
     if (batch->n_seqs > t->max_seqs_seen) t->max_seqs_seen = batch->n_seqs;
     if (batch->n_tokens > t->max_tokens_seen) t->max_tokens_seen = batch->n_tokens;
     int32_t off = 0, r = 0;
@@ -455,13 +465,13 @@ static void check_backend_failure(bool overlap)
     struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .seed = 5, .overlap_always = overlap};
     static struct harness h;
     if (!setup(&h, 128, &eo)) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
-    h.toy->fail_at_step = 5;
     for (int i = 0; i < 4; i++) {
         struct engine_request *r = make_request(i, 1000);
         if (overlap) without_penalties(r);
         r->ignore_eos = true;
         cr_assert_eq(engine_submit(h.eng, r), 0);
     }
+    toy_fail_after(h.toy, 5);
     wait_done(&h, 4);
     for (int i = 0; i < 4; i++) {
         cr_assert_eq(h.res[i].finish, FINISH_ERROR);
