@@ -1,4 +1,5 @@
-// Unpacking bf16 values loaded as raw words into floats (a bf16 is the high half of a float).
+// bf16 values as raw words: unpacking loaded words into floats (a bf16 is the high half of a
+// float), and packing two floats, rounded to nearest even, into one word to store.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +9,13 @@ __device__ __forceinline__ void bf16x2_to_f32(uint32_t w, float &lo, float &hi)
 {
     lo = __uint_as_float(w << 16);
     hi = __uint_as_float(w & 0xffff0000u);
+}
+
+// bf16(lo) in the low half, bf16(hi) in the high half.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
 }
 
 // Eight bf16 values from one 16-byte load.

@@ -52,9 +52,8 @@ __global__ void __launch_bounds__(kThreads) hopper_gemm_kernel(const __grid_cons
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
     if (threadIdx.x == kConsumers) {
-        // The tensor maps live in parameter memory: fetch them while the barriers are set up.
-        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tw)) : "memory");
-        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tx)) : "memory");
+        prefetch_tensormap(tw);
+        prefetch_tensormap(tx);
     }
     __syncthreads();
 
@@ -269,7 +268,7 @@ extern "C" cudaError_t sk_hopper_gemm_create(struct sk_hopper_gemm **out)
         return cudaErrorMemoryAllocation;
     }
     // The fused MLP's counters start at zero, and each launch leaves its set at zero.
-    const size_t sync_bytes = 2 * SK_HOPPER_MLP_SYNC * sizeof(int);
+    const size_t sync_bytes = 2 * kMlpSync * sizeof(int);
     if ((e = cudaMalloc(&h->mlp_sync, sync_bytes)) != cudaSuccess ||
         (e = cudaMemset(h->mlp_sync, 0, sync_bytes)) != cudaSuccess) {
         sk_hopper_gemm_destroy(h);

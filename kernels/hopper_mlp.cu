@@ -13,7 +13,7 @@
 // order. The tiles, their K ranges and their arithmetic are those of the two separate launches,
 // so act and the parts are the same bits.
 //
-// The counters (SK_HOPPER_MLP_SYNC ints: ticket, blocks done, one count per split) are zero
+// The counters (kMlpSync ints: ticket, blocks done, one count per split) are zero
 // before a launch; the block that finishes last zeroes them again. Consecutive launches take the
 // handle's two sets in turn, so a launch never meets counters its predecessor still uses.
 #include "kernels/hopper_stream.cuh"
@@ -25,7 +25,7 @@ namespace
 {
 
 enum { SYNC_TICKET, SYNC_DONE, SYNC_SPLIT0 };
-static_assert(SK_HOPPER_MLP_SYNC >= SYNC_SPLIT0 + SK_HOPPER_MAX_SPLITS, "a count for every split");
+static_assert(kMlpSync >= SYNC_SPLIT0 + SK_HOPPER_MAX_SPLITS, "a count for every split");
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // Waits (one thread) until *count reaches n, then orders what the counted blocks wrote before the
@@ -53,10 +53,10 @@ __global__ void __launch_bounds__(kThreads) hopper_mlp_kernel(
     const ring g = ring_init<NT>(smem_raw);
     if (threadIdx.x == 0) ticket = atomicAdd(sync + SYNC_TICKET, 1);
     if (threadIdx.x == kConsumers) {
-        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&t_gu)) : "memory");
-        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&t_x)) : "memory");
-        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&t_down)) : "memory");
-        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&t_act)) : "memory");
+        prefetch_tensormap(t_gu);
+        prefetch_tensormap(t_x);
+        prefetch_tensormap(t_down);
+        prefetch_tensormap(t_act);
     }
     __syncthreads();
 
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) hopper_mlp_kernel(
     if (threadIdx.x == 0) {
         __threadfence();
         if (atomicAdd(sync + SYNC_DONE, 1) == (int)gridDim.x - 1)
-            for (int i = 0; i < SK_HOPPER_MLP_SYNC; i++) sync[i] = 0; // the next launch of this set starts clean
+            for (int i = 0; i < kMlpSync; i++) sync[i] = 0; // the next launch of this set starts clean
     }
 }
 #else
@@ -125,20 +125,11 @@ cudaError_t launch_mlp(struct sk_hopper_gemm *h, const uint16_t *w_gu, const uin
         !tensor_map(h, act, (uint64_t)inter, (uint64_t)rows, NT, &m_act))
         return cudaErrorInvalidValue;
     const int k_blocks = inter / BK, per = (k_blocks + splits - 1) / splits; // as launch() in hopper_gemm.cu
-    int *sync = h->mlp_sync + (h->mlp_launches++ % 2) * SK_HOPPER_MLP_SYNC;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(2 * inter / BM + (hidden + BM - 1) / BM * splits);
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = smem_bytes<NT>();
-    cfg.stream = s;
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = pdl_allowed(true) ? 1 : 0;
-    cudaError_t e = cudaLaunchKernelEx(&cfg, hopper_mlp_kernel<NT>, m_gu, m_x, m_down, m_act, (__nv_bfloat16 *)act, y,
-                                       sync, rows, hidden, inter, per, (int64_t)rows * hidden);
-    return e != cudaSuccess ? e : cudaGetLastError();
+    int *sync = h->mlp_sync + (h->mlp_launches++ % 2) * kMlpSync;
+    const dim3 grid(2 * inter / BM + (hidden + BM - 1) / BM * splits);
+    return launch_maybe_pdl(pdl_allowed(true), hopper_mlp_kernel<NT>, grid, dim3(kThreads), smem_bytes<NT>(), s, m_gu,
+                            m_x, m_down, m_act, (__nv_bfloat16 *)act, y, sync, rows, hidden, inter, per,
+                            (int64_t)rows * hidden);
 }
 
 template <int NT> cudaError_t allow_smem_mlp()

@@ -146,6 +146,13 @@ __device__ __forceinline__ void store_out4(float *row, int f, int n_out, bool ve
 }
 
 
+// A kernel's tensor maps live in parameter memory: one thread fetches each while the block sets
+// up its barriers.
+__device__ __forceinline__ void prefetch_tensormap(const CUtensorMap &map)
+{
+    asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&map)) : "memory");
+}
+
 // The ring in shared memory: weight stages, x stages, and each stage's full and empty barriers.
 struct ring {
     unsigned char *stage; // the ring's first byte, generic address (the epilogue's tile)
@@ -314,6 +321,9 @@ struct map_slot {
 bool tensor_map(struct sk_hopper_gemm *h, const void *ptr, uint64_t inner, uint64_t outer, uint32_t box_rows,
                 CUtensorMap *out);
 
+// The fused MLP's counters per launch (hopper_mlp.cu): ticket, blocks done, one count per split.
+constexpr int kMlpSync = 2 + SK_HOPPER_MAX_SPLITS;
+
 // Lets the fused MLP's kernels use the ring's shared memory (hopper_mlp.cu).
 cudaError_t mlp_allow_smem();
 
@@ -331,7 +341,7 @@ struct sk_hopper_gemm {
     int clusters[SK_HOPPER_MAX_SPLITS + 1]; // clusters of s blocks resident at once, by s
     hopper::map_slot *maps;
     int n_slots;      // kMapSlots, or fewer in tests (sk_hopper_gemm_set_map_slots)
-    int *mlp_sync;    // two sets of SK_HOPPER_MLP_SYNC counters for the fused MLP (hopper_mlp.cu)
+    int *mlp_sync;    // two sets of kMlpSync counters for the fused MLP (hopper_mlp.cu)
     unsigned mlp_launches;
 };
 

@@ -197,12 +197,8 @@ __global__ void __launch_bounds__(PARTS ? kPartsThreads : 1024)
     for (int j = 0; j < kNormVec; j++) {
         const int i = threadIdx.x + j * blockDim.x;
         if (i >= n4) continue;
-        __nv_bfloat162 lo = __floats2bfloat162_rn(wv[j].x * (v[j].x * inv), wv[j].y * (v[j].y * inv));
-        __nv_bfloat162 hi = __floats2bfloat162_rn(wv[j].z * (v[j].z * inv), wv[j].w * (v[j].w * inv));
-        uint2 packed;
-        packed.x = *reinterpret_cast<uint32_t *>(&lo);
-        packed.y = *reinterpret_cast<uint32_t *>(&hi);
-        yr[i] = packed;
+        yr[i] = make_uint2(pack_bf16(wv[j].x * (v[j].x * inv), wv[j].y * (v[j].y * inv)),
+                           pack_bf16(wv[j].z * (v[j].z * inv), wv[j].w * (v[j].w * inv)));
     }
 }
 
@@ -243,14 +239,11 @@ __global__ void silu_mul_kernel(__nv_bfloat16 *out, const Tin *gu, int inter, in
         load_run<V>(row + gi, g);
         load_run<V>(row + ui, u);
         if constexpr (V == 8) {
-            uint4 packed;
-            uint32_t *w = reinterpret_cast<uint32_t *>(&packed);
-            for (int k = 0; k < 4; k++) {
-                __nv_bfloat162 h = __floats2bfloat162_rn(g[2 * k] / (1.0f + expf(-g[2 * k])) * u[2 * k],
-                                                         g[2 * k + 1] / (1.0f + expf(-g[2 * k + 1])) * u[2 * k + 1]);
-                w[k] = *reinterpret_cast<uint32_t *>(&h);
-            }
-            *reinterpret_cast<uint4 *>(out + e) = packed;
+            uint32_t w[4];
+            for (int k = 0; k < 4; k++)
+                w[k] = pack_bf16(g[2 * k] / (1.0f + expf(-g[2 * k])) * u[2 * k],
+                                 g[2 * k + 1] / (1.0f + expf(-g[2 * k + 1])) * u[2 * k + 1]);
+            *reinterpret_cast<uint4 *>(out + e) = make_uint4(w[0], w[1], w[2], w[3]);
         } else {
             for (int k = 0; k < V; k++) out[e + k] = __float2bfloat16_rn(g[k] / (1.0f + expf(-g[k])) * u[k]);
         }
@@ -271,12 +264,7 @@ __device__ __forceinline__ float4 sum_parts_at4(const float *d, int n_parts, int
             if (j0 + j < n_parts) v[j] = *reinterpret_cast<const float4 *>(d + (j0 + j) * part_stride + i);
 #pragma unroll
         for (int j = 0; j < 4; j++)
-            if (j0 + j < n_parts) {
-                s.x += v[j].x;
-                s.y += v[j].y;
-                s.z += v[j].z;
-                s.w += v[j].w;
-            }
+            if (j0 + j < n_parts) add4(s, v[j]);
     }
     return s;
 }
@@ -333,11 +321,7 @@ __device__ __forceinline__ void qkv_head128(const float *src, int n_parts, int64
 #pragma unroll
         for (int c = 0; c < 4; c++) e[c] = y[c];
     }
-    __nv_bfloat162 lo = __floats2bfloat162_rn(e[0], e[1]), hi = __floats2bfloat162_rn(e[2], e[3]);
-    uint2 packed;
-    packed.x = *reinterpret_cast<uint32_t *>(&lo);
-    packed.y = *reinterpret_cast<uint32_t *>(&hi);
-    *reinterpret_cast<uint2 *>(bf_dst + i) = packed;
+    *reinterpret_cast<uint2 *>(bf_dst + i) = make_uint2(pack_bf16(e[0], e[1]), pack_bf16(e[2], e[3]));
 }
 
 // One warp per head of one token: q heads, then k heads, then v heads. qkv may be in n_parts

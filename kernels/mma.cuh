@@ -1,5 +1,5 @@
 // Warp-level tensor-core pieces shared by the attention kernels (attention_decode_gqa.cu,
-// attention_prefill.cu): bf16 packing, 16-byte cp.async copies, ldmatrix loads and the
+// attention_prefill.cu): 16-byte cp.async copies, ldmatrix loads and the
 // mma.sync products, with the fragment layouts of the PTX ISA (lane = 4 * g + t):
 //   A (m16 x k16, row-major): a0 = (row g, k 2t..2t+1), a1 = (row g + 8, same), a2 = (row g,
 //     k 2t+8..2t+9), a3 = (row g + 8, same);
@@ -7,16 +7,11 @@
 //   C (m16 x n8, fp32): c0, c1 = (row g, cols 2t, 2t+1), c2, c3 = (row g + 8, same).
 #pragma once
 
+#include "kernels/bf16.cuh"
 #include "kernels/mbarrier.cuh"
 
 #include <cstdint>
 #include <cuda_bf16.h>
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&v);
-}
 
 __device__ __forceinline__ void cp_async16(void *dst, const void *src)
 {

@@ -124,9 +124,7 @@ cudaError_t sk_hopper_gemm_parts(struct sk_hopper_gemm *h, const uint16_t *w, co
  * of inter) left in *n_parts split parts in y as sk_hopper_gemm_parts; act and y hold the same bits
  * as those two launches give. Down's blocks start while gate/up's still run, each waiting only for
  * the activations of its K range. Needs both halves' conditions. Launches on one handle must be
- * stream-ordered (the handle's counters, SK_HOPPER_MLP_SYNC ints per launch, alternate between two
- * sets, each left zeroed by the launch that used it). */
-#define SK_HOPPER_MLP_SYNC (2 + SK_HOPPER_MAX_SPLITS)
+ * stream-ordered (they share the handle's counters, two sets taken in turn). */
 cudaError_t sk_hopper_mlp(struct sk_hopper_gemm *h, const uint16_t *w_gu, const uint16_t *w_down, const uint16_t *x,
                           uint16_t *act, float *y, int rows, int hidden, int inter, int *n_parts, cudaStream_t s);
 /* The MLP's first half in one launch: w is [gate; up] interleaved in blocks of 64 rows

@@ -162,11 +162,52 @@ struct step_args {
     float *logits_out;
 };
 
+/* The MLP of layer w over the T rows of b->y (its input, normalized): delta, the residual's next
+ * addend, is left in *delta_parts parts. big's memory is idle by then and holds gate/up. */
+static int enqueue_mlp(struct cuda_backend *b, const struct cuda_layer *w, int T, int *delta_parts)
+{
+    const int H = b->base.config.hidden_size, I = b->base.config.intermediate_size;
+    int rc = 0;
+    if (cuda_mlp_fused(b, T, H, I)) {
+        /* Gate/up, the activation and down's parts, in one launch. */
+        CUDA_CHECK(b, sk_hopper_mlp(b->hopper, w->wgu, w->wd, b->y, (uint16_t *)b->big, b->delta, T, H, I, delta_parts,
+                                    b->stream));
+        prof_mark(b, P_MLP);
+        return 0;
+    }
+    const uint16_t *act = b->y;
+    if (b->gu_interleaved && cuda_gemm_on_hopper(b, T)) {
+        /* One launch for gate/up and the activation, as bf16. */
+        act = (const uint16_t *)b->big;
+        CUDA_CHECK(b, sk_hopper_gemm_swiglu(b->hopper, w->wgu, b->y, (uint16_t *)b->big, T, I, H, b->stream));
+        prof_mark(b, P_GU);
+    } else if (T >= 2) {
+        /* Prefill (and batches off Hopper): gate/up in bf16, as transformers keeps it, so SiLU
+         * reads half the bytes (at 4096 tokens its fp32 rows were 470 MB a layer). */
+        if ((rc = cuda_gemm_bf16(b, w->wgu, b->y, (uint16_t *)b->big, T, 2 * I, H)) < 0) goto fail;
+        prof_mark(b, P_GU);
+        CUDA_CHECK(b, sk_silu_mul_bf16(b->y, (const uint16_t *)b->big, T, I, b->gu_interleaved, b->stream));
+        prof_mark(b, P_SILU);
+    } else {
+        if ((rc = cuda_gemm(b, w->wgu, b->y, b->big, T, 2 * I, H)) < 0) goto fail;
+        prof_mark(b, P_GU);
+        if (b->gu_interleaved)
+            CUDA_CHECK(b, sk_silu_mul_interleaved(b->y, b->big, T, I, b->stream));
+        else
+            CUDA_CHECK(b, sk_silu_mul(b->y, b->big, T, I, b->stream));
+        prof_mark(b, P_SILU);
+    }
+    if ((rc = cuda_gemm_parts(b, w->wd, act, b->delta, T, H, I, delta_parts)) < 0) goto fail;
+    prof_mark(b, P_DOWN);
+fail:
+    return rc;
+}
+
 /* Enqueues the model and the sampler for one step on b->stream (also while capturing a graph). */
 static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
 {
     const struct model_config *c = &b->base.config;
-    const int H = c->hidden_size, I = c->intermediate_size, D = c->head_dim, V = c->vocab_size;
+    const int H = c->hidden_size, D = c->head_dim, V = c->vocab_size;
     const int nh = c->n_heads, nkv = c->n_kv_heads, qd = nh * D, qkvd = (nh + 2 * nkv) * D;
     /* delta, the residual's next addend, is left by the o and down products in delta_parts parts
      * of T rows each (cuda_gemm_parts), which the norm after them adds; qkv in qkv_parts, which
@@ -199,37 +240,7 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
         CUDA_CHECK(b, sk_add_rmsnorm_parts(b->x, b->delta, delta_parts, part_stride, NULL, w->ffn_norm, b->y, a->T, H,
                                            c->rms_eps, b->stream));
         prof_mark(b, P_NORM);
-        const uint16_t *act = b->y;
-        if (cuda_mlp_fused(b, a->T, H, I)) {
-            /* Gate/up, the activation (in big's idle memory) and down's parts, in one launch. */
-            CUDA_CHECK(b, sk_hopper_mlp(b->hopper, w->wgu, w->wd, b->y, (uint16_t *)b->big, b->delta, a->T, H, I,
-                                        &delta_parts, b->stream));
-            prof_mark(b, P_MLP);
-            continue;
-        }
-        if (b->gu_interleaved && cuda_gemm_on_hopper(b, a->T)) {
-            /* One launch for gate/up and the activation, into big's (now idle) memory as bf16. */
-            act = (const uint16_t *)b->big;
-            CUDA_CHECK(b, sk_hopper_gemm_swiglu(b->hopper, w->wgu, b->y, (uint16_t *)b->big, a->T, I, H, b->stream));
-            prof_mark(b, P_GU);
-        } else if (a->T >= 2) {
-            /* Prefill (and batches off Hopper): gate/up in bf16, as transformers keeps it, so SiLU
-             * reads half the bytes (at 4096 tokens its fp32 rows were 470 MB a layer). */
-            if ((rc = cuda_gemm_bf16(b, w->wgu, b->y, (uint16_t *)b->big, a->T, 2 * I, H)) < 0) goto fail;
-            prof_mark(b, P_GU);
-            CUDA_CHECK(b, sk_silu_mul_bf16(b->y, (const uint16_t *)b->big, a->T, I, b->gu_interleaved, b->stream));
-            prof_mark(b, P_SILU);
-        } else {
-            if ((rc = cuda_gemm(b, w->wgu, b->y, b->big, a->T, 2 * I, H)) < 0) goto fail;
-            prof_mark(b, P_GU);
-            if (b->gu_interleaved)
-                CUDA_CHECK(b, sk_silu_mul_interleaved(b->y, b->big, a->T, I, b->stream));
-            else
-                CUDA_CHECK(b, sk_silu_mul(b->y, b->big, a->T, I, b->stream));
-            prof_mark(b, P_SILU);
-        }
-        if ((rc = cuda_gemm_parts(b, w->wd, act, b->delta, a->T, H, I, &delta_parts)) < 0) goto fail;
-        prof_mark(b, P_DOWN);
+        if ((rc = enqueue_mlp(b, w, a->T, &delta_parts)) < 0) goto fail;
     }
     if (a->R > 0) {
         CUDA_CHECK(b, sk_add_rmsnorm_parts(b->x, b->delta, delta_parts, part_stride, a->dm.sample_tok, b->final_norm,
