@@ -322,9 +322,21 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
     };
     __syncthreads();
+    // Keys before the token's own were written by earlier steps (settled_keys): their first
+    // chunks are on the way while the previous kernel (qkv_post) still runs. The chunk holding
+    // the token's own key, which that kernel writes, waits for it. Chunks go out in order, one
+    // commit group each, either way.
+    const int own_key = pos[t];
+    int it0 = 0;
+    if (p.settled_keys)
+        for (; it0 < NS && it0 < chunks.count && chunks.first_key(it0) + kChunk <= own_key; it0++) {
+            issue(it0);
+            cp_async_commit();
+        }
     pdl_wait(); // see attention_decode_kernel
 #pragma unroll
     for (int it = 0; it < NS; it++) {
+        if (it < it0) continue;
         if (it < chunks.count) issue(it);
         cp_async_commit();
     }

@@ -46,8 +46,11 @@ template <int NT>
 __global__ void __launch_bounds__(kThreads) hopper_mlp_kernel(
     const __grid_constant__ CUtensorMap t_gu, const __grid_constant__ CUtensorMap t_x,
     const __grid_constant__ CUtensorMap t_down, const __grid_constant__ CUtensorMap t_act, __nv_bfloat16 *act,
-    float *y, int *sync, int rows, int hidden, int inter, int down_per, int64_t part_stride)
+    float *y, int *sync, int rows, int hidden, int inter, int down_per, int64_t part_stride, int trigger)
 {
+    // The norm after it launches once every block runs and reads its weights meanwhile (its own
+    // early trigger then brings qkv's weight stream): batch 8-32 steps 0.3-0.5% shorter (H200).
+    if (trigger) pdl_let_dependents_launch();
     extern __shared__ unsigned char smem_raw[];
     __shared__ int ticket;
     const ring g = ring_init<NT>(smem_raw);
@@ -109,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) hopper_mlp_kernel(
 template <int NT>
 __global__ void hopper_mlp_kernel(const __grid_constant__ CUtensorMap, const __grid_constant__ CUtensorMap,
                                   const __grid_constant__ CUtensorMap, const __grid_constant__ CUtensorMap,
-                                  __nv_bfloat16 *, float *, int *, int, int, int, int, int64_t)
+                                  __nv_bfloat16 *, float *, int *, int, int, int, int, int64_t, int)
 {
 }
 #endif
@@ -129,7 +132,7 @@ cudaError_t launch_mlp(struct sk_hopper_gemm *h, const uint16_t *w_gu, const uin
     const dim3 grid(2 * inter / BM + (hidden + BM - 1) / BM * splits);
     return launch_maybe_pdl(pdl_allowed(true), hopper_mlp_kernel<NT>, grid, dim3(kThreads), smem_bytes<NT>(), s, m_gu,
                             m_x, m_down, m_act, (__nv_bfloat16 *)act, y, sync, rows, hidden, inter, per,
-                            (int64_t)rows * hidden);
+                            (int64_t)rows * hidden, early_trigger_allowed() ? 1 : 0);
 }
 
 template <int NT> cudaError_t allow_smem_mlp()

@@ -116,9 +116,12 @@ cudaError_t sk_hopper_gemm(struct sk_hopper_gemm *h, const uint16_t *w, const ui
 /* The same product whose partial sums are not added: part s (of *n_parts) is written to
  * y + s * rows * n_out, for a next kernel that adds them in split order (sk_add_rmsnorm_parts);
  * their sum is sk_hopper_gemm's y with the same splits bit for bit (splits <= 0: the count of
- * sk_hopper_gemm_splits). y must hold SK_HOPPER_MAX_SPLITS * rows * n_out floats. */
+ * sk_hopper_gemm_splits). y must hold SK_HOPPER_MAX_SPLITS * rows * n_out floats. early_dependents:
+ * the next kernel on s, if launched as a programmatic dependent, may launch once all of this
+ * one's blocks run (not when they end), to do what precedes its wait meanwhile (kernels/pdl.cuh). */
 cudaError_t sk_hopper_gemm_parts(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, int rows,
-                                 int n_out, int k_in, int splits, int *n_parts, cudaStream_t s);
+                                 int n_out, int k_in, int splits, int *n_parts, int early_dependents,
+                                 cudaStream_t s);
 /* The whole MLP of a decode batch in one launch: act = silu(gate) * up as sk_hopper_gemm_swiglu
  * (w_gu interleaved, 2 * inter rows of hidden), then the down product of act (w_down: hidden rows
  * of inter) left in *n_parts split parts in y as sk_hopper_gemm_parts; act and y hold the same bits
@@ -145,6 +148,10 @@ struct sk_attn_params {
     int split_len;             /* > 0: ranges of this many keys (a multiple of SK_KV_BLOCK); 0: each
                            token's keys cut into n_splits equal ranges (rounded to 16) */
     const int32_t *token_list; /* NULL: tokens 0..n_tokens-1; else the n_tokens query tokens */
+    int settled_keys;          /* 1: no kernel of this step writes a query token's keys before its own
+                                  position (every token is its sequence's only one in the step), so a
+                                  kernel launched as a programmatic dependent may read them before
+                                  the previous kernel ends */
 };
 /* Causal attention of each query token t (sequence token_seq[t], position pos[t]) over keys
  * 0..pos[t] of its sequence, read from the paged cache through block_tables[seq]. The current
@@ -216,6 +223,11 @@ cudaError_t sk_sample_sort(void *temp, size_t temp_bytes, const float *work, con
 cudaError_t sk_sample_finish(const float *logits, const float *work, const float *sorted_w, const int32_t *sorted_ids,
                              int sorted, const struct sk_sample_row *rows, struct sk_sample_out *out, int n_rows,
                              int vocab, cudaStream_t s);
+
+/* --- test hooks ------------------------------------------------------------------------ */
+/* For tests only: copies bytes from src to dst delay_us after it starts, while letting the next
+ * kernel on s, when launched as a programmatic dependent, start at once (kernels/test_hooks.cu). */
+cudaError_t sk_test_late_copy(void *dst, const void *src, size_t bytes, int delay_us, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -68,7 +68,7 @@ static void test_parts(struct sk_hopper_gemm *h, int M, int N, int K)
     GT_CUDA(cudaMemset(dp, 0xff, cap * 4));
     int n_parts = -1;
     cudaError_t e1 = sk_hopper_gemm(h, dw, dx, dy, M, N, K, 0, 0);
-    cudaError_t e2 = sk_hopper_gemm_parts(h, dw, dx, dp, M, N, K, 0, &n_parts, 0);
+    cudaError_t e2 = sk_hopper_gemm_parts(h, dw, dx, dp, M, N, K, 0, &n_parts, 0, 0);
     gt_down(y, dy, n * 4);
     gt_down(parts, dp, cap * 4);
     const int P = n_parts;
@@ -217,7 +217,7 @@ static void test_mlp(struct sk_hopper_gemm *h, int M, int H, int I, int repeats)
     GT_CUDA(cudaMemset(parts_ref, 0xff, pn * 4));
     int n_ref = -1;
     cudaError_t e = sk_hopper_gemm_swiglu(h, dw, dx, act_ref, M, I, H, 0);
-    if (e == cudaSuccess) e = sk_hopper_gemm_parts(h, dwd, act_ref, parts_ref, M, H, I, 0, &n_ref, 0);
+    if (e == cudaSuccess) e = sk_hopper_gemm_parts(h, dwd, act_ref, parts_ref, M, H, I, 0, &n_ref, 0, 0);
     gt_down(ha_ref, act_ref, an * 2);
     gt_down(hp_ref, parts_ref, pn * 4);
     int bad = 0, n_parts = -1;
@@ -276,7 +276,7 @@ static void run_hopper_parts(const struct product_bench *pb, int i, void *p)
     struct bench_ctx *c = p;
     int n_parts;
     GT_CUDA(sk_hopper_gemm_parts(c->h, product_bench_w(pb, i), pb->x, pb->y, pb->rows, pb->n_out, pb->k_in, c->splits,
-                                 &n_parts, c->b->stream));
+                                 &n_parts, 0, c->b->stream));
 }
 
 static void bench_case(struct cuda_backend *b, struct sk_hopper_gemm *h, int rows, int N, int K)

@@ -541,6 +541,42 @@ struct attn_seq {
 static const int attn_modes[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
 #define N_ATTN_MODES ((int)(sizeof attn_modes / sizeof attn_modes[0]))
 
+/* Causal attention in double over the paged cache (16-key blocks), as every decode kernel
+ * computes it: token t (sequence tseq[t]) attends to keys 0..tpos[t]. */
+static void attention_ref(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, int stride,
+                          const int32_t *tseq, const int32_t *tpos, int T, int nh, int nkv, int D, float scale,
+                          double *ref)
+{
+    int max_ctx = 0;
+    for (int t = 0; t < T; t++)
+        if (tpos[t] + 1 > max_ctx) max_ctx = tpos[t] + 1;
+    double *sc = malloc((size_t)max_ctx * 8);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nh; h++) {
+            int kvh = h / (nh / nkv), n = tpos[t] + 1;
+            const int32_t *tb = bt + (size_t)tseq[t] * stride;
+            double mx = -INFINITY;
+            for (int j = 0; j < n; j++) {
+                size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
+                double s = 0;
+                for (int i = 0; i < D; i++) s += (double)q[((size_t)t * nh + h) * D + i] * gt_bf2f(k[at + i]);
+                sc[j] = s * scale;
+                if (sc[j] > mx) mx = sc[j];
+            }
+            double sum = 0;
+            for (int j = 0; j < n; j++) sum += (sc[j] = exp(sc[j] - mx));
+            for (int i = 0; i < D; i++) {
+                double o = 0;
+                for (int j = 0; j < n; j++) {
+                    size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
+                    o += sc[j] * gt_bf2f(v[at + i]);
+                }
+                ref[((size_t)t * nh + h) * D + i] = o / sum;
+            }
+        }
+    free(sc);
+}
+
 /* Runs every variant over the sequences seqs[0..S) (start = cached tokens before, n_new = tokens
  * now) against a double reference. Outputs are poisoned before each run; unless mixed, the cache
  * slots past each sequence's last token hold NaN, as unwritten slots of a live cache may.
@@ -594,7 +630,7 @@ static void test_attention_seqs(const struct attn_seq *seqs, int S, int nh, int 
     float *dq = gt_up(q, qn * 4);
     int32_t *dbt = gt_up(bt, (size_t)S * stride * 4), *dseq = gt_up(tseq, T * 4), *dpos = gt_up(tpos, T * 4);
     float *dpo = gt_dev((size_t)T * nh * n_splits * D * 4), *dml = gt_dev((size_t)T * nh * n_splits * 2 * 4);
-    struct sk_attn_params p = {T, nh, nkv, D, stride, scale, n_splits, split_len, NULL};
+    struct sk_attn_params p = {T, nh, nkv, D, stride, scale, n_splits, split_len, NULL, 0};
     int32_t *dtiles = NULL, *dlist = NULL;
     int nt = 0;
     if (mixed) {
@@ -619,30 +655,8 @@ static void test_attention_seqs(const struct attn_seq *seqs, int S, int nh, int 
         free(list);
     }
 
-    double *ref = malloc(qn * 8), *sc = malloc((size_t)(max_ctx + 1) * 8);
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < nh; h++) {
-            int kvh = h / (nh / nkv), n = tpos[t] + 1;
-            const int32_t *tb = bt + (size_t)tseq[t] * stride;
-            double mx = -INFINITY;
-            for (int j = 0; j < n; j++) {
-                size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
-                double s = 0;
-                for (int i = 0; i < D; i++) s += (double)q[((size_t)t * nh + h) * D + i] * gt_bf2f(k[at + i]);
-                sc[j] = s * scale;
-                if (sc[j] > mx) mx = sc[j];
-            }
-            double sum = 0;
-            for (int j = 0; j < n; j++) sum += (sc[j] = exp(sc[j] - mx));
-            for (int i = 0; i < D; i++) {
-                double o = 0;
-                for (int j = 0; j < n; j++) {
-                    size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
-                    o += sc[j] * gt_bf2f(v[at + i]);
-                }
-                ref[((size_t)t * nh + h) * D + i] = o / sum;
-            }
-        }
+    double *ref = malloc(qn * 8);
+    attention_ref(q, k, v, bt, stride, tseq, tpos, T, nh, nkv, D, scale, ref);
 
     uint16_t *out = malloc(qn * 2);
     float *outf = malloc(qn * 4);
@@ -686,7 +700,6 @@ static void test_attention_seqs(const struct attn_seq *seqs, int S, int nh, int 
     free(q);
     free(out);
     free(ref);
-    free(sc);
     free(outf);
 }
 
@@ -723,7 +736,7 @@ static void bench_prefill_attention(int nh, int nkv, int D, int n)
     }
     int32_t *dbt = gt_up(bt, nblocks * 4), *dpos = gt_up(pos, n * 4), *dseq = gt_up(seq, n * 4),
             *dtiles = gt_up(tiles, nt * 12);
-    struct sk_attn_params p = {n, nh, nkv, D, nblocks, 0.08f, 1, 0, NULL};
+    struct sk_attn_params p = {n, nh, nkv, D, nblocks, 0.08f, 1, 0, NULL, 0};
     cudaEvent_t a, b;
     GT_CUDA(cudaEventCreate(&a));
     GT_CUDA(cudaEventCreate(&b));
@@ -810,7 +823,7 @@ static void bench_decode_batch(int nh, int nkv, int D, int batch, int ctx, int n
     GT_CUDA(sk_fill_dummy_f32(dq, 1, 3, 0, (int64_t)qn, 0, 0));
     uint16_t *dout = gt_dev(qn * 2);
     float *dpo = gt_dev(qn * n_splits * 4), *dml = gt_dev((size_t)batch * nh * n_splits * 8);
-    struct sk_attn_params p = {batch, nh, nkv, D, nb, 1.0f / sqrtf((float)D), n_splits, 0, NULL};
+    struct sk_attn_params p = {batch, nh, nkv, D, nb, 1.0f / sqrtf((float)D), n_splits, 0, NULL, 0};
     cudaEvent_t a, b;
     cudaStream_t st;
     GT_CUDA(cudaEventCreate(&a));
@@ -871,6 +884,98 @@ static void bench_decode_batch(int nh, int nkv, int D, int batch, int ctx, int n
     free(seq);
 }
 
+/* Decode attention launched as a programmatic dependent of a kernel that writes the cache late
+ * (sk_test_late_copy, 300 us after it starts), as qkv_post writes each token's own key. With
+ * settled_keys, the tensor-core kernel reads the keys before each token's own before its wait.
+ * own: the late kernel rewrites each token's own key and value, which every variant must see
+ * new. !own: it rewrites key 3 of each sequence, a settled one: with settled_keys the
+ * tensor-core kernel (PDL modes 8, 9) must have read it early (old values: the early reads
+ * happen), everything else must see it new. The rewritten values weigh enough that old and new
+ * results differ far beyond the tolerance. */
+static void test_attention_settled(int nh, int nkv, int D, int n_splits, int own)
+{
+    enum { S = 24 };
+    const int stride = 4, nblocks = S * stride + 3;
+    int32_t bt[S * stride], tseq[S], tpos[S];
+    for (int i = 0; i < S * stride; i++) bt[i] = i + 3;
+    for (int i = S * stride - 1; i > 0; i--) {
+        int j = gt_int(i + 1), tmp = bt[i];
+        bt[i] = bt[j];
+        bt[j] = tmp;
+    }
+    const int edges[] = {8, 9, 15, 16, 23, 24, 31, 32, 63};
+    for (int s = 0; s < S; s++) {
+        tseq[s] = s;
+        tpos[s] = s < (int)(sizeof edges / sizeof edges[0]) ? edges[s] : 8 + gt_int(56);
+    }
+    const size_t cache_n = (size_t)nblocks * nkv * 16 * D;
+    uint16_t *kv_old = malloc(cache_n * 4), *kv_new = malloc(cache_n * 4);
+    for (size_t i = 0; i < 2 * cache_n; i++) kv_old[i] = kv_new[i] = gt_f2bf(gt_normal());
+    for (int s = 0; s < S; s++) {
+        const int j = own ? tpos[s] : 3;
+        for (int h = 0; h < nkv; h++) {
+            const size_t at = ((size_t)(bt[s * stride + j / 16] * nkv + h) * 16 + j % 16) * D;
+            for (int i = 0; i < D; i++) {
+                kv_new[at + i] = gt_f2bf(gt_normal());
+                kv_new[cache_n + at + i] = gt_f2bf(8.0f);
+            }
+        }
+    }
+    const size_t qn = (size_t)S * nh * D;
+    float *q = malloc(qn * 4), *outf = malloc(qn * 4);
+    for (size_t i = 0; i < qn; i++) q[i] = gt_normal();
+    const float scale = 1.0f / sqrtf((float)D);
+    double *ref_old = malloc(qn * 8), *ref_new = malloc(qn * 8);
+    attention_ref(q, kv_old, kv_old + cache_n, bt, stride, tseq, tpos, S, nh, nkv, D, scale, ref_old);
+    attention_ref(q, kv_new, kv_new + cache_n, bt, stride, tseq, tpos, S, nh, nkv, D, scale, ref_new);
+
+    uint16_t *dkv = gt_dev(cache_n * 4), *dkv_new = gt_up(kv_new, cache_n * 4), *dout = gt_dev(qn * 2);
+    float *dq = gt_up(q, qn * 4), *dpo = gt_dev(qn * n_splits * 4), *dml = gt_dev((size_t)S * nh * n_splits * 8);
+    int32_t *dbt = gt_up(bt, sizeof bt), *dseq = gt_up(tseq, sizeof tseq), *dpos = gt_up(tpos, sizeof tpos);
+    uint16_t *out = malloc(qn * 2);
+    cudaStream_t st;
+    GT_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    const int modes[] = {4, 8, 9};
+    const char *pdl_env = getenv("SLUICE_CUDA_PDL"); /* "0": no kernel starts early */
+    const int pdl_on = !pdl_env || strcmp(pdl_env, "0");
+    for (int settled = 0; settled < 2; settled++)
+        for (int mi = 0; mi < 3; mi++) {
+            struct sk_attn_params p = {S, nh, nkv, D, stride, scale, n_splits, 0, NULL, settled};
+            GT_CUDA(cudaMemcpy(dkv, kv_old, cache_n * 4, cudaMemcpyHostToDevice));
+            GT_CUDA(cudaMemset(dout, 0xff, qn * 2));
+            GT_CUDA(sk_test_late_copy(dkv, dkv_new, cache_n * 4, 300, st));
+            GT_CUDA(sk_attention_mode(dq, dkv, dkv + cache_n, dbt, dseq, dpos, dpo, dml, dout, p, modes[mi], st));
+            GT_CUDA(cudaStreamSynchronize(st));
+            gt_down(out, dout, qn * 2);
+            for (size_t i = 0; i < qn; i++) outf[i] = gt_bf2f(out[i]);
+            const int early = !own && settled && modes[mi] >= 8 && pdl_on;
+            const double err = gt_rel_err(outf, early ? ref_old : ref_new, qn);
+            const double other = gt_rel_err(outf, early ? ref_new : ref_old, qn);
+            GT_CHECK(err < BF_TOL && other > 10 * BF_TOL,
+                     "attention after a late cache write (%s rewritten), mode %d, settled_keys %d, nh=%d nkv=%d "
+                     "D=%d splits=%d: sees the %s values (rel err %.1e, against the %s ones %.1e)",
+                     own ? "own keys" : "key 3", modes[mi], settled, nh, nkv, D, n_splits, early ? "old" : "new", err,
+                     early ? "new" : "old", other);
+        }
+    GT_CUDA(cudaStreamDestroy(st));
+    cudaFree(dkv);
+    cudaFree(dkv_new);
+    cudaFree(dout);
+    cudaFree(dq);
+    cudaFree(dpo);
+    cudaFree(dml);
+    cudaFree(dbt);
+    cudaFree(dseq);
+    cudaFree(dpos);
+    free(kv_old);
+    free(kv_new);
+    free(q);
+    free(outf);
+    free(out);
+    free(ref_old);
+    free(ref_new);
+}
+
 static void test_attention(void)
 {
     printf("attention\n");
@@ -916,6 +1021,12 @@ static void test_attention(void)
     const struct attn_seq longs[] = {{16500, 1}, {3000, 1}};
     test_attention_seqs(longs, 2, 8, 2, 128, 1, 0, 0);
     test_attention_seqs(longs, 2, 8, 2, 64, 2, 0, 0);
+    /* Keys read before the previous kernel ends (settled_keys). */
+    test_attention_settled(32, 8, 128, 1, 1);
+    test_attention_settled(32, 8, 128, 1, 0);
+    test_attention_settled(32, 8, 128, 2, 1);
+    test_attention_settled(16, 8, 64, 1, 1);
+    test_attention_settled(16, 8, 64, 2, 0);
 }
 
 #define BENCH_DECODE(nh, nkv, D, batch, ctx, splits, ...)                                                          \

@@ -9,7 +9,8 @@
  * decode products on Hopper too, and gate/up not fused with the activation),
  * SLUICE_CUDA_SPLIT_PARTS=0 (the Hopper products add their split-K sums themselves, see
  * cuda_gemm_parts; also turns the next one off), SLUICE_CUDA_FUSED_MLP=0 (a decode batch's MLP in
- * two launches, gate/up then down, see cuda_mlp_fused). Off by default:
+ * two launches, gate/up then down, see cuda_mlp_fused), SLUICE_CUDA_ATTN_EARLY=0 (decode attention
+ * reads no keys before qkv_post ends, see sk_attn_params.settled_keys). Off by default:
  * SLUICE_CUDA_PROFILE=1 (per-phase device times of each step shape, printed when the backend is
  * freed; turns graphs off). */
 #include <stdlib.h>
@@ -253,6 +254,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     b->use_gemv = !cuda_env_is("SLUICE_CUDA_GEMV", "0");
     b->use_prefill_mma = !cuda_env_is("SLUICE_CUDA_PREFILL_MMA", "0") && (c->head_dim == 64 || c->head_dim == 128);
     b->gqa_mode = sk_attention_default_gqa();
+    b->attn_early = !cuda_env_is("SLUICE_CUDA_ATTN_EARLY", "0");
     b->use_graphs = !cuda_env_is("SLUICE_CUDA_GRAPHS", "0");
     const char *limit = getenv("SLUICE_CUDA_STEP_TIMEOUT_S");
     b->step_timeout_s = limit && *limit ? atof(limit) : 60.0;

@@ -83,12 +83,12 @@ fail:
 }
 
 int cuda_gemm_parts(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out,
-                    int k_in, int *n_parts)
+                    int k_in, int *n_parts, bool early_dependents)
 {
     int rc = 0;
     *n_parts = 1;
     if (b->split_parts && hopper_takes(b, rows, n_out, k_in)) {
-        CUDA_CHECK(b, sk_hopper_gemm_parts(b->hopper, w, x, y, rows, n_out, k_in, 0, n_parts, b->stream));
+        CUDA_CHECK(b, sk_hopper_gemm_parts(b->hopper, w, x, y, rows, n_out, k_in, 0, n_parts, early_dependents, b->stream));
         return 0;
     }
     return cuda_gemm(b, w, x, y, rows, n_out, k_in);

@@ -69,6 +69,7 @@ struct cuda_backend {
                                       (cuda_mlp_fused); SLUICE_CUDA_FUSED_MLP=0: not */
     bool use_prefill_mma; /* tensor-core prefill attention (head_dim 64, 128) */
     int gqa_mode;         /* grouped-query attention variant, 0 = off (sk_attention_mode) */
+    bool attn_early;      /* decode attention may read settled keys before qkv_post ends */
     cudaStream_t stream;
     cublasHandle_t cublas;
     void *cublas_ws;
@@ -165,9 +166,10 @@ bool cuda_gemm_on_hopper(const struct cuda_backend *b, int rows);
 int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in);
 /* The same for a product whose one reader adds parts (o and down: the next RMSNorm; qkv:
  * qkv_post): its output may be left in *n_parts parts of rows * n_out floats (on the Hopper
- * kernel, the split-K sums; see sk_hopper_gemm_parts). y holds CUDA_PARTS_ROWS rows of n_out. */
+ * kernel, the split-K sums; see sk_hopper_gemm_parts). y holds CUDA_PARTS_ROWS rows of n_out.
+ * early_dependents: the next kernel may launch while this one runs (on the Hopper kernel). */
 int cuda_gemm_parts(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out,
-                    int k_in, int *n_parts);
+                    int k_in, int *n_parts, bool early_dependents);
 /* Whether a batch of rows takes its whole MLP in one launch (sk_hopper_mlp: gate/up with the
  * activation, then down's split parts, which the norm after it adds). */
 bool cuda_mlp_fused(const struct cuda_backend *b, int rows, int hidden, int inter);
