@@ -28,6 +28,8 @@ int cuda_gemm_init(struct cuda_backend *b)
     }
     b->split_parts = b->hopper && !cuda_env_is("SLUICE_CUDA_SPLIT_PARTS", "0");
     b->fused_mlp = b->split_parts && !cuda_env_is("SLUICE_CUDA_FUSED_MLP", "0");
+    /* Read again by the kernels (kernels/pdl.cuh); here for which products take the Hopper kernel. */
+    b->early_trigger = !cuda_env_is("SLUICE_CUDA_EARLY_TRIGGER", "0");
 fail:
     return rc;
 }
@@ -56,12 +58,16 @@ bool cuda_gemm_on_hopper(const struct cuda_backend *b, int rows)
     return b->hopper && rows >= 2 && rows <= CUDA_HOPPER_MAX_ROWS;
 }
 
-/* Whether the Hopper kernel takes a product of more than one row. */
-static bool hopper_takes(const struct cuda_backend *b, int rows, int n_out, int k_in)
+/* Whether the Hopper kernel takes a product of more than one row; early: the product lets its
+ * dependents launch early (sk_hopper_gemm_parts). */
+static bool hopper_takes(const struct cuda_backend *b, int rows, int n_out, int k_in, bool early)
 {
     /* At 33-64 rows the narrow products (under ~48M weights: Llama-3-8B's qkv and o) ran 4-14%
-     * slower on the Hopper kernel than on cuBLAS (H200); everything else ran as fast or faster. */
-    const bool narrow = rows > 32 && (int64_t)n_out * k_in < ((int64_t)48 << 20);
+     * slower on the Hopper kernel than on cuBLAS (H200); everything else ran as fast or faster.
+     * But qkv letting qkv_post and the decode attention launch early (cuBLAS cannot) made whole
+     * steps shorter than cuBLAS's qkv: same run, batch 40 / 48 / 64 5.03 / 5.14 / 5.20 ms
+     * against 5.15 / 5.23 / 5.17-5.22 (without the early launch 5.11 / 5.23 / 5.25). */
+    const bool narrow = rows > 32 && (int64_t)n_out * k_in < ((int64_t)48 << 20) && !early;
     return cuda_gemm_on_hopper(b, rows) && k_in % 8 == 0 && !narrow;
 }
 
@@ -73,7 +79,7 @@ int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, floa
         CUDA_CHECK(b, sk_gemv(w, x, y, rows, n_out, k_in, b->stream));
         return 0;
     }
-    if (hopper_takes(b, rows, n_out, k_in)) {
+    if (hopper_takes(b, rows, n_out, k_in, false)) {
         CUDA_CHECK(b, sk_hopper_gemm(b->hopper, w, x, y, rows, n_out, k_in, 0, b->stream));
         return 0;
     }
@@ -87,7 +93,7 @@ int cuda_gemm_parts(struct cuda_backend *b, const uint16_t *w, const uint16_t *x
 {
     int rc = 0;
     *n_parts = 1;
-    if (b->split_parts && hopper_takes(b, rows, n_out, k_in)) {
+    if (b->split_parts && hopper_takes(b, rows, n_out, k_in, early_dependents && b->early_trigger)) {
         CUDA_CHECK(b, sk_hopper_gemm_parts(b->hopper, w, x, y, rows, n_out, k_in, 0, n_parts, early_dependents, b->stream));
         return 0;
     }
@@ -101,8 +107,9 @@ bool cuda_mlp_fused(const struct cuda_backend *b, int rows, int hidden, int inte
     /* Measured on an H200 at Llama-3-8B's shape, ms a step fused / two launches: batch 16
      * 4.62 / 4.69, 32 4.79 / 4.91, but 64 5.19-5.21 / 5.13-5.16. At 64 rows the down work itself
      * ran ~2 us a layer slower inside the fused kernel, even with gate/up's blocks left idle
-     * (kernel trace, PERF_NOTES.md), so batches of 33-64 keep two launches. */
-    return b->fused_mlp && b->gu_interleaved && rows <= 32 && hopper_takes(b, rows, hidden, inter);
+     * (kernel trace, PERF_NOTES.md), so batches of 33-64 keep two launches. Rechecked with the
+     * early triggers (kernels/pdl.cuh): 40 and 48 rows even, 64 5.33-5.36 against 5.20 ms. */
+    return b->fused_mlp && b->gu_interleaved && rows <= 32 && hopper_takes(b, rows, hidden, inter, false);
 }
 
 int cuda_gemm_bf16(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, uint16_t *y, int rows, int n_out,
