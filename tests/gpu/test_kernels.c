@@ -936,8 +936,13 @@ static void test_attention_settled(int nh, int nkv, int D, int n_splits, int own
     cudaStream_t st;
     GT_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     const int modes[] = {4, 8, 9};
-    const char *pdl_env = getenv("SLUICE_CUDA_PDL"); /* "0": no kernel starts early */
-    const int pdl_on = !pdl_env || strcmp(pdl_env, "0");
+    /* Kernels start early only as programmatic dependents: sm_90 and later, unless
+     * SLUICE_CUDA_PDL=0. */
+    const char *pdl_env = getenv("SLUICE_CUDA_PDL");
+    int dev = 0, major = 0;
+    GT_CUDA(cudaGetDevice(&dev));
+    GT_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    const int pdl_on = major >= 9 && (!pdl_env || strcmp(pdl_env, "0"));
     for (int settled = 0; settled < 2; settled++)
         for (int mi = 0; mi < 3; mi++) {
             struct sk_attn_params p = {S, nh, nkv, D, stride, scale, n_splits, 0, NULL, settled};
