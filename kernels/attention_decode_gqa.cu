@@ -334,9 +334,7 @@ __global__ void __launch_bounds__(kWarps * 32)
             cp_async_commit();
         }
     pdl_wait(); // see attention_decode_kernel
-#pragma unroll
-    for (int it = 0; it < NS; it++) {
-        if (it < it0) continue;
+    for (int it = it0; it < NS; it++) {
         if (it < chunks.count) issue(it);
         cp_async_commit();
     }

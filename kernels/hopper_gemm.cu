@@ -214,7 +214,7 @@ cudaError_t launch(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *
     cfg.attrs = attrs;
     cfg.numAttrs = pdl_allowed(true) ? 2 : 1;
     cudaError_t e = cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<NT, SWIGLU>, mw, mx, y, (__nv_bfloat16 *)act, rows, n_out,
-                                       k_blocks, per, part_stride, trigger && early_trigger_allowed() ? 1 : 0);
+                                       k_blocks, per, part_stride, trigger ? 1 : 0);
     return e != cudaSuccess ? e : cudaGetLastError();
 }
 
@@ -372,10 +372,9 @@ extern "C" cudaError_t sk_hopper_gemm_parts(struct sk_hopper_gemm *h, const uint
 }
 
 extern "C" cudaError_t sk_hopper_gemm_swiglu(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x,
-                                             uint16_t *act, int rows, int inter, int k_in, cudaStream_t s)
+                                             uint16_t *act, int rows, int inter, int k_in, int early_dependents,
+                                             cudaStream_t s)
 {
     if (!shape_ok(h, w, x, rows, k_in) || inter < 64 || inter % 64 || ((uintptr_t)act & 15)) return cudaErrorInvalidValue;
-    // Its only reader, the down product, streams its weights early: a batch-64 step took
-    // 5.18-5.19 ms against 5.21-5.25 with the trigger at exit (H200, same runs).
-    return launch_rows<true>(h, w, x, NULL, act, rows, 2 * inter, k_in, 1, 0, true, s);
+    return launch_rows<true>(h, w, x, NULL, act, rows, 2 * inter, k_in, 1, 0, early_dependents != 0, s);
 }

@@ -48,9 +48,7 @@ __global__ void __launch_bounds__(kThreads) hopper_mlp_kernel(
     const __grid_constant__ CUtensorMap t_down, const __grid_constant__ CUtensorMap t_act, __nv_bfloat16 *act,
     float *y, int *sync, int rows, int hidden, int inter, int down_per, int64_t part_stride, int trigger)
 {
-    // The norm after it launches once every block runs and reads its weights meanwhile (its own
-    // early trigger then brings qkv's weight stream): batch 8-32 steps 0.3-0.5% shorter (H200).
-    if (trigger) pdl_let_dependents_launch();
+    if (trigger) pdl_let_dependents_launch(); // see hopper_gemm_kernel
     extern __shared__ unsigned char smem_raw[];
     __shared__ int ticket;
     const ring g = ring_init<NT>(smem_raw);
@@ -119,7 +117,8 @@ __global__ void hopper_mlp_kernel(const __grid_constant__ CUtensorMap, const __g
 
 template <int NT>
 cudaError_t launch_mlp(struct sk_hopper_gemm *h, const uint16_t *w_gu, const uint16_t *w_down, const uint16_t *x,
-                       uint16_t *act, float *y, int rows, int hidden, int inter, int splits, cudaStream_t s)
+                       uint16_t *act, float *y, int rows, int hidden, int inter, int splits, bool trigger,
+                       cudaStream_t s)
 {
     CUtensorMap m_gu, m_x, m_down, m_act;
     if (!tensor_map(h, w_gu, (uint64_t)hidden, (uint64_t)2 * inter, BM, &m_gu) ||
@@ -132,7 +131,7 @@ cudaError_t launch_mlp(struct sk_hopper_gemm *h, const uint16_t *w_gu, const uin
     const dim3 grid(2 * inter / BM + (hidden + BM - 1) / BM * splits);
     return launch_maybe_pdl(pdl_allowed(true), hopper_mlp_kernel<NT>, grid, dim3(kThreads), smem_bytes<NT>(), s, m_gu,
                             m_x, m_down, m_act, (__nv_bfloat16 *)act, y, sync, rows, hidden, inter, per,
-                            (int64_t)rows * hidden, early_trigger_allowed() ? 1 : 0);
+                            (int64_t)rows * hidden, trigger ? 1 : 0);
 }
 
 template <int NT> cudaError_t allow_smem_mlp()
@@ -154,7 +153,7 @@ cudaError_t hopper::mlp_allow_smem()
 
 extern "C" cudaError_t sk_hopper_mlp(struct sk_hopper_gemm *h, const uint16_t *w_gu, const uint16_t *w_down,
                                      const uint16_t *x, uint16_t *act, float *y, int rows, int hidden, int inter,
-                                     int *n_parts, cudaStream_t s)
+                                     int *n_parts, int early_dependents, cudaStream_t s)
 {
     *n_parts = 0;
     if (!shape_ok(h, w_gu, x, rows, hidden) || !shape_ok(h, w_down, act, rows, inter) || inter < 64 || inter % 64)
@@ -162,13 +161,13 @@ extern "C" cudaError_t sk_hopper_mlp(struct sk_hopper_gemm *h, const uint16_t *w
     const int splits = sk_hopper_gemm_splits(h, hidden, inter);
     cudaError_t e;
     if (rows <= 16)
-        e = launch_mlp<16>(h, w_gu, w_down, x, act, y, rows, hidden, inter, splits, s);
+        e = launch_mlp<16>(h, w_gu, w_down, x, act, y, rows, hidden, inter, splits, early_dependents != 0, s);
     else if (rows <= 32)
-        e = launch_mlp<32>(h, w_gu, w_down, x, act, y, rows, hidden, inter, splits, s);
+        e = launch_mlp<32>(h, w_gu, w_down, x, act, y, rows, hidden, inter, splits, early_dependents != 0, s);
     else if (rows <= 64)
-        e = launch_mlp<64>(h, w_gu, w_down, x, act, y, rows, hidden, inter, splits, s);
+        e = launch_mlp<64>(h, w_gu, w_down, x, act, y, rows, hidden, inter, splits, early_dependents != 0, s);
     else
-        e = launch_mlp<128>(h, w_gu, w_down, x, act, y, rows, hidden, inter, splits, s);
+        e = launch_mlp<128>(h, w_gu, w_down, x, act, y, rows, hidden, inter, splits, early_dependents != 0, s);
     if (e == cudaSuccess) *n_parts = splits;
     return e;
 }

@@ -39,19 +39,6 @@ inline bool pdl_allowed(bool product)
     return mode == 1 || (mode == 2 && !product);
 }
 
-// Whether the products that let their dependents launch at their start (pdl_let_dependents_launch
-// before their main loop: gate/up, the fused MLP, qkv where the caller asks) may do so;
-// SLUICE_CUDA_EARLY_TRIGGER=0 keeps every trigger at the blocks' exit, for comparisons.
-inline bool early_trigger_allowed()
-{
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("SLUICE_CUDA_EARLY_TRIGGER");
-        on = !(e && !strcmp(e, "0"));
-    }
-    return on == 1;
-}
-
 // Launches kernel<<<grid, block, smem, s>>>(args...), as a programmatic dependent when pdl.
 template <typename... Params, typename... Args>
 cudaError_t launch_maybe_pdl(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,

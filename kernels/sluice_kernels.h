@@ -127,14 +127,17 @@ cudaError_t sk_hopper_gemm_parts(struct sk_hopper_gemm *h, const uint16_t *w, co
  * of inter) left in *n_parts split parts in y as sk_hopper_gemm_parts; act and y hold the same bits
  * as those two launches give. Down's blocks start while gate/up's still run, each waiting only for
  * the activations of its K range. Needs both halves' conditions. Launches on one handle must be
- * stream-ordered (they share the handle's counters, two sets taken in turn). */
+ * stream-ordered (they share the handle's counters, two sets taken in turn). early_dependents as
+ * for sk_hopper_gemm_parts. */
 cudaError_t sk_hopper_mlp(struct sk_hopper_gemm *h, const uint16_t *w_gu, const uint16_t *w_down, const uint16_t *x,
-                          uint16_t *act, float *y, int rows, int hidden, int inter, int *n_parts, cudaStream_t s);
+                          uint16_t *act, float *y, int rows, int hidden, int inter, int *n_parts, int early_dependents,
+                          cudaStream_t s);
 /* The MLP's first half in one launch: w is [gate; up] interleaved in blocks of 64 rows
  * (sk_gate_up_interleave's layout, 2 * inter rows), and act[m, j] = silu(gate_j) * up_j in bf16.
- * Needs inter % 64 == 0 and a 16-byte aligned act besides sk_hopper_gemm's conditions. */
+ * Needs inter % 64 == 0 and a 16-byte aligned act besides sk_hopper_gemm's conditions.
+ * early_dependents as for sk_hopper_gemm_parts. */
 cudaError_t sk_hopper_gemm_swiglu(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, uint16_t *act,
-                                  int rows, int inter, int k_in, cudaStream_t s);
+                                  int rows, int inter, int k_in, int early_dependents, cudaStream_t s);
 
 /* --- attention ------------------------------------------------------------------------ */
 struct sk_attn_params {

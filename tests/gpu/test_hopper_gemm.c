@@ -157,7 +157,7 @@ static void test_swiglu(struct sk_hopper_gemm *h, int M, int I, int K)
             }
             ref[(size_t)m * I + j] = g / (1.0 + exp(-g)) * u;
         }
-    cudaError_t e = sk_hopper_gemm_swiglu(h, dwi, dx, dact, M, I, K, 0);
+    cudaError_t e = sk_hopper_gemm_swiglu(h, dwi, dx, dact, M, I, K, 0, 0);
     gt_down(act, dact, (size_t)M * I * 2);
     float *out = malloc((size_t)M * I * 4);
     for (size_t i = 0; i < (size_t)M * I; i++) out[i] = gt_bf2f(act[i]);
@@ -180,10 +180,10 @@ static void test_swiglu(struct sk_hopper_gemm *h, int M, int I, int K)
     for (size_t i = 0; i < (size_t)M * I; i++) out[i] = gt_bf2f(act[i]);
     err = gt_rel_err(out, ref, (size_t)M * I);
     GT_CHECK(e == cudaSuccess && err < BF_TOL, "silu_mul interleaved M=%d I=%d: rel err %.1e", M, I, err);
-    GT_CHECK(sk_hopper_gemm_swiglu(h, dwi, dx, dact, M, I + 32, K, 0) == cudaErrorInvalidValue &&
+    GT_CHECK(sk_hopper_gemm_swiglu(h, dwi, dx, dact, M, I + 32, K, 0, 0) == cudaErrorInvalidValue &&
                  sk_silu_mul_interleaved(dact, dgu, M, I + 32, 0) == cudaErrorInvalidValue,
              "swiglu paths refuse an intermediate size that is not a multiple of %d", SK_GATE_UP_BLOCK);
-    GT_CHECK(sk_hopper_gemm_swiglu(h, dwi, dx, dact + 1, M, I, K, 0) == cudaErrorInvalidValue,
+    GT_CHECK(sk_hopper_gemm_swiglu(h, dwi, dx, dact + 1, M, I, K, 0, 0) == cudaErrorInvalidValue,
              "hopper swiglu refuses an output that is not 16-byte aligned");
     cudaFree(dw);
     cudaFree(dwi);
@@ -216,7 +216,7 @@ static void test_mlp(struct sk_hopper_gemm *h, int M, int H, int I, int repeats)
     float *hp = malloc(pn * 4), *hp_ref = malloc(pn * 4);
     GT_CUDA(cudaMemset(parts_ref, 0xff, pn * 4));
     int n_ref = -1;
-    cudaError_t e = sk_hopper_gemm_swiglu(h, dw, dx, act_ref, M, I, H, 0);
+    cudaError_t e = sk_hopper_gemm_swiglu(h, dw, dx, act_ref, M, I, H, 0, 0);
     if (e == cudaSuccess) e = sk_hopper_gemm_parts(h, dwd, act_ref, parts_ref, M, H, I, 0, &n_ref, 0, 0);
     gt_down(ha_ref, act_ref, an * 2);
     gt_down(hp_ref, parts_ref, pn * 4);
@@ -224,7 +224,7 @@ static void test_mlp(struct sk_hopper_gemm *h, int M, int H, int I, int repeats)
     for (int r = 0; r < repeats; r++) {
         GT_CUDA(cudaMemset(act, 0xff, an * 2));
         GT_CUDA(cudaMemset(parts, 0xff, pn * 4));
-        cudaError_t er = sk_hopper_mlp(h, dw, dwd, dx, act, parts, M, H, I, &n_parts, 0);
+        cudaError_t er = sk_hopper_mlp(h, dw, dwd, dx, act, parts, M, H, I, &n_parts, 0, 0);
         if (er != cudaSuccess) e = er;
         gt_down(ha, act, an * 2);
         gt_down(hp, parts, pn * 4);
@@ -385,9 +385,9 @@ int main(void)
     GT_CHECK(sk_hopper_gemm(h, d, d, f, 8, 64, 1024, SK_HOPPER_MAX_SPLITS + 1, 0) == cudaErrorInvalidValue,
              "hopper refuses %d splits", SK_HOPPER_MAX_SPLITS + 1);
     int n_parts = -1;
-    GT_CHECK(sk_hopper_mlp(h, d, d, d, d, f, 8, 64, 96, &n_parts, 0) == cudaErrorInvalidValue && n_parts == 0,
+    GT_CHECK(sk_hopper_mlp(h, d, d, d, d, f, 8, 64, 96, &n_parts, 0, 0) == cudaErrorInvalidValue && n_parts == 0,
              "hopper mlp refuses an intermediate size that is not a multiple of 64");
-    GT_CHECK(sk_hopper_mlp(h, d, d, d, d + 1, f, 8, 64, 128, &n_parts, 0) == cudaErrorInvalidValue,
+    GT_CHECK(sk_hopper_mlp(h, d, d, d, d + 1, f, 8, 64, 128, &n_parts, 0, 0) == cudaErrorInvalidValue,
              "hopper mlp refuses an activation that is not 16-byte aligned");
     (void)cudaGetLastError();
     cudaFree(d);

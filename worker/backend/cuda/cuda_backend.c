@@ -11,8 +11,8 @@
  * cuda_gemm_parts; also turns the next one off), SLUICE_CUDA_FUSED_MLP=0 (a decode batch's MLP in
  * two launches, gate/up then down, see cuda_mlp_fused), SLUICE_CUDA_ATTN_EARLY=0 (decode attention
  * reads no keys before qkv_post ends, see sk_attn_params.settled_keys), SLUICE_CUDA_EARLY_TRIGGER=0
- * (no product lets the next kernel launch before its blocks end, see kernels/pdl.cuh; qkv of 33-64
- * rows then goes back to cuBLAS). Off by default:
+ * (no product lets the next kernel launch before its blocks end, see cuda_gemm_parts and
+ * enqueue_mlp; qkv of 33-64 rows then goes back to cuBLAS). Off by default:
  * SLUICE_CUDA_PROFILE=1 (per-phase device times of each step shape, printed when the backend is
  * freed; turns graphs off). */
 #include <stdlib.h>

@@ -169,17 +169,22 @@ static int enqueue_mlp(struct cuda_backend *b, const struct cuda_layer *w, int T
     const int H = b->base.config.hidden_size, I = b->base.config.intermediate_size;
     int rc = 0;
     if (cuda_mlp_fused(b, T, H, I)) {
-        /* Gate/up, the activation and down's parts, in one launch. */
+        /* Gate/up, the activation and down's parts, in one launch. The norm after it launches
+         * early and reads its weights meanwhile (its own early trigger then brings qkv's weight
+         * stream): batch 8-32 steps 0.3-0.5% shorter on an H200. */
         CUDA_CHECK(b, sk_hopper_mlp(b->hopper, w->wgu, w->wd, b->y, (uint16_t *)b->big, b->delta, T, H, I, delta_parts,
-                                    b->stream));
+                                    b->early_trigger, b->stream));
         prof_mark(b, P_MLP);
         return 0;
     }
     const uint16_t *act = b->y;
     if (b->gu_interleaved && cuda_gemm_on_hopper(b, T)) {
-        /* One launch for gate/up and the activation, as bf16. */
+        /* One launch for gate/up and the activation, as bf16. Its only reader, the down product,
+         * streams its weights while it runs: a batch-64 step took 5.18-5.19 ms against 5.21-5.25
+         * with the trigger at exit (H200, same runs). */
         act = (const uint16_t *)b->big;
-        CUDA_CHECK(b, sk_hopper_gemm_swiglu(b->hopper, w->wgu, b->y, (uint16_t *)b->big, T, I, H, b->stream));
+        CUDA_CHECK(b, sk_hopper_gemm_swiglu(b->hopper, w->wgu, b->y, (uint16_t *)b->big, T, I, H, b->early_trigger,
+                                            b->stream));
         prof_mark(b, P_GU);
     } else if (T >= 2) {
         /* Prefill (and batches off Hopper): gate/up in bf16, as transformers keeps it, so SiLU

@@ -28,7 +28,6 @@ int cuda_gemm_init(struct cuda_backend *b)
     }
     b->split_parts = b->hopper && !cuda_env_is("SLUICE_CUDA_SPLIT_PARTS", "0");
     b->fused_mlp = b->split_parts && !cuda_env_is("SLUICE_CUDA_FUSED_MLP", "0");
-    /* Read again by the kernels (kernels/pdl.cuh); here for which products take the Hopper kernel. */
     b->early_trigger = !cuda_env_is("SLUICE_CUDA_EARLY_TRIGGER", "0");
 fail:
     return rc;
@@ -92,9 +91,10 @@ int cuda_gemm_parts(struct cuda_backend *b, const uint16_t *w, const uint16_t *x
                     int k_in, int *n_parts, bool early_dependents)
 {
     int rc = 0;
+    const bool early = early_dependents && b->early_trigger;
     *n_parts = 1;
-    if (b->split_parts && hopper_takes(b, rows, n_out, k_in, early_dependents && b->early_trigger)) {
-        CUDA_CHECK(b, sk_hopper_gemm_parts(b->hopper, w, x, y, rows, n_out, k_in, 0, n_parts, early_dependents, b->stream));
+    if (b->split_parts && hopper_takes(b, rows, n_out, k_in, early)) {
+        CUDA_CHECK(b, sk_hopper_gemm_parts(b->hopper, w, x, y, rows, n_out, k_in, 0, n_parts, early, b->stream));
         return 0;
     }
     return cuda_gemm(b, w, x, y, rows, n_out, k_in);

@@ -67,8 +67,8 @@ struct cuda_backend {
                                       (cuda_gemm_parts); SLUICE_CUDA_SPLIT_PARTS=0: not */
     bool fused_mlp;                /* with split_parts, a decode batch's MLP in one launch
                                       (cuda_mlp_fused); SLUICE_CUDA_FUSED_MLP=0: not */
-    bool early_trigger;            /* products may let their dependents launch at their start
-                                      (kernels/pdl.cuh); SLUICE_CUDA_EARLY_TRIGGER=0: not */
+    bool early_trigger;            /* gate/up, the fused MLP and qkv let their dependents launch
+                                      at their start; SLUICE_CUDA_EARLY_TRIGGER=0: not */
     bool use_prefill_mma; /* tensor-core prefill attention (head_dim 64, 128) */
     int gqa_mode;         /* grouped-query attention variant, 0 = off (sk_attention_mode) */
     bool attn_early;      /* decode attention may read settled keys before qkv_post ends */
