@@ -359,6 +359,17 @@ extern "C" int sk_attention_decode_fits(const struct sk_attn_params *p)
     return mode >= 4 && attention_decode_fits(*p, mode >= 8) ? 1 : 0;
 }
 
+// With n_splits > 1, the splits' partial results into out (merge_splits_kernel).
+static cudaError_t merge_splits(const float *part_o, const float *part_ml, uint16_t *out, const sk_attn_params &p,
+                                cudaStream_t s)
+{
+    if (p.n_splits == 1) return cudaSuccess;
+    dim3 grid(p.n_heads, p.n_tokens);
+    int threads = p.head_dim < 32 ? 32 : (p.head_dim + 31) / 32 * 32;
+    merge_splits_kernel<<<grid, threads, 0, s>>>(part_o, part_ml, (__nv_bfloat16 *)out, p);
+    return cudaGetLastError();
+}
+
 extern "C" int sk_attention_gqa_fits(const struct sk_attn_params *p)
 {
     const int qg = p->n_kv_heads > 0 ? p->n_heads / p->n_kv_heads : 0;
@@ -432,9 +443,26 @@ extern "C" cudaError_t sk_attention_mode(const float *q, const uint16_t *k_cache
             e = launch<8, 32, false>(q, k_cache, v_cache, block_tables, token_seq, pos, part_o, part_ml, out, p, s);
     }
 merge:
-    if (e != cudaSuccess || p.n_splits == 1) return e;
-    dim3 grid(p.n_heads, p.n_tokens);
-    int threads = p.head_dim < 32 ? 32 : (p.head_dim + 31) / 32 * 32;
-    merge_splits_kernel<<<grid, threads, 0, s>>>(part_o, part_ml, (__nv_bfloat16 *)out, p);
-    return cudaGetLastError();
+    return e != cudaSuccess ? e : merge_splits(part_o, part_ml, out, p, s);
+}
+
+extern "C" int sk_attention_decode_qkv_fits(const struct sk_attn_params *p)
+{
+    return p->head_dim == 128 && p->settled_keys && sk_attention_default_gqa() >= 8 && attention_decode_fits(*p, true)
+               ? 1
+               : 0;
+}
+
+extern "C" cudaError_t sk_attention_decode_qkv(const struct sk_qkv_src *src, uint16_t *k_cache, uint16_t *v_cache,
+                                               const int32_t *block_tables, const int32_t *token_seq,
+                                               const int32_t *pos, float *part_o, float *part_ml, uint16_t *out,
+                                               struct sk_attn_params p, cudaStream_t s)
+{
+    if (p.n_tokens <= 0) return cudaSuccess;
+    if (!sk_attention_decode_qkv_fits(&p) || p.n_tokens > 65535 || p.n_splits < 1 || p.n_splits > 65535 ||
+        (p.n_splits > 1 && (p.split_len < 0 || !part_o || !part_ml)))
+        return cudaErrorInvalidValue;
+    const cudaError_t e = attention_decode_qkv_launch(*src, k_cache, v_cache, block_tables, token_seq, pos, part_o,
+                                                      part_ml, out, p, s);
+    return e != cudaSuccess ? e : merge_splits(part_o, part_ml, out, p, s);
 }

@@ -19,6 +19,7 @@
 #include "kernels/mbarrier.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/pdl.cuh"
+#include "kernels/qkv_head.cuh"
 #include "kernels/smem_limit.cuh"
 
 #include <cuda_bf16.h>
@@ -278,24 +279,114 @@ __global__ void __launch_bounds__(kWarps * 32)
 // The scores land in exactly the layout P^T needs as the second operand, so no shuffles move them.
 // Chunks are brought in with cp.async 16-byte copies into an XOR-swizzled layout (16-byte piece c
 // of key row r at c ^ r) so that ldmatrix reads of 8 keys at once are free of bank conflicts.
-template <int D, int NS> struct MmaSmem {
+//
+// FUSED (sk_attention_decode_qkv): the block also does qkv_post's work for its token. Its warps
+// make the QG query heads from the qkv product's parts into shared memory, and the block whose
+// range ends at the token's own key makes that key's k and v, writes them to the cache and merges
+// them in as a fifth record (score q.k, weight 1, value v) beside the warps' four. So no key the
+// block reads from the cache is written in this step, and every chunk may go out before the wait.
+template <int D, int QG, int NS, bool FUSED> struct MmaSmem {
     static constexpr int row_bytes = D * 2;
     static constexpr int chunk_bytes = kChunk * row_bytes;      // one chunk of K (or V)
     static constexpr int ring_bytes = NS * 2 * chunk_bytes;     // one warp's ring
     static constexpr int bt_at = kWarps * ring_bytes;
-    static constexpr int bytes = bt_at + kBtCap * 4;
+    // FUSED: q[QG][D], the own key's k[D] and v[D] (as the cache holds them), its scores[8].
+    static constexpr int own_at = bt_at + kBtCap * 4;
+    static constexpr int own_q = 0, own_k = QG * D, own_v = own_k + D, own_s = own_v + D; // floats
+    static constexpr int bytes = own_at + (FUSED ? (own_s + 8) * 4 : 0);
     // A warp's merge record: O^T columns [8][D], then m[8], l[8].
     static_assert((8 * D + 16) * 4 <= ring_bytes, "a warp's merge record must fit in its ring");
 };
 
-template <int D, int QG, int NS>
+// What a FUSED kernel reads of the qkv product, and the caches it writes the own keys to.
+struct OwnQkv {
+    sk_qkv_src src;
+    __nv_bfloat16 *k_cache, *v_cache;
+};
+
+// A FUSED block's share of qkv_post: heads item = warp, warp + kWarps, ... of its QG query heads,
+// then (when it holds the token's own key) its kv head's k and v. What does not come from the
+// product is fetched before the wait (load_inputs), the parts of every head of the warp after it,
+// all in flight at once (make).
+template <int D, int QG, int NS> struct OwnHeads {
+    using L = MmaSmem<D, QG, NS, true>;
+    static constexpr int kMaxItems = (QG + 2 + kWarps - 1) / kWarps;
+    int n_items, head[kMaxItems];
+    float4 bias[kMaxItems], norm_w[kMaxItems];
+    Rope128 rope;
+
+    __device__ __forceinline__ void load_inputs(const OwnQkv &own, int kvh, int own_key, bool has_own,
+                                                const sk_attn_params &p)
+    {
+        static_assert(D == 128, "qkv_head128 takes head_dim 128");
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const sk_qkv_src &src = own.src;
+        n_items = 0;
+#pragma unroll
+        for (int j = 0; j < kMaxItems; j++) {
+            const int item = warp + j * kWarps;
+            if (item >= QG + (has_own ? 2 : 0)) break;
+            n_items++;
+            head[j] = item < QG ? kvh * QG + item : item == QG ? p.n_heads + kvh : p.n_heads + p.n_kv_heads + kvh;
+            bias[j] = head128_at(src.bias ? src.bias + (int64_t)head[j] * D : nullptr, lane);
+            norm_w[j] = head128_at(item < QG ? src.q_norm : item == QG ? src.k_norm : nullptr, lane);
+        }
+        rope = qkv_rope128(src.inv_freq, (float)own_key, src.interleaved, lane);
+    }
+
+    // After the wait: q into shared memory, k and v into the caches and shared memory (as the
+    // cache holds them), then the own key's scores in log2 units.
+    __device__ __forceinline__ void make(const OwnQkv &own, float *sh, int t, int kvh, bool has_own,
+                                         const sk_attn_params &p)
+    {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const sk_qkv_src &src = own.src;
+        const float *row = src.qkv + (int64_t)t * (p.n_heads + 2 * p.n_kv_heads) * D;
+        float4 e[kMaxItems];
+#pragma unroll
+        for (int j = 0; j < kMaxItems; j++)
+            if (j < n_items) e[j] = qkv_head128_sum(row + (int64_t)head[j] * D, src.n_parts, src.part_stride, bias[j], lane);
+#pragma unroll
+        for (int j = 0; j < kMaxItems; j++) {
+            if (j >= n_items) break;
+            const int item = warp + j * kWarps;
+            if (item < QG) {
+                reinterpret_cast<float4 *>(sh + L::own_q + item * D)[lane] =
+                    qkv_head128_rotate(e[j], src.q_norm != nullptr, norm_w[j], src.eps, src.interleaved, rope, lane);
+                continue;
+            }
+            const bool is_k = item == QG;
+            const float4 y = is_k ? qkv_head128_rotate(e[j], src.k_norm != nullptr, norm_w[j], src.eps,
+                                                       src.interleaved, rope, lane)
+                                  : e[j];
+            const uint2 w = make_uint2(pack_bf16(y.x, y.y), pack_bf16(y.z, y.w));
+            const int64_t sl = src.slot[t];
+            const int64_t at = ((sl / SK_KV_BLOCK * p.n_kv_heads + kvh) * SK_KV_BLOCK + sl % SK_KV_BLOCK) * D;
+            reinterpret_cast<uint2 *>((is_k ? own.k_cache : own.v_cache) + at)[lane] = w;
+            float4 c;
+            bf16x2_to_f32(w.x, c.x, c.y);
+            bf16x2_to_f32(w.y, c.z, c.w);
+            reinterpret_cast<float4 *>(sh + (is_k ? L::own_k : L::own_v))[lane] = c;
+        }
+        __syncthreads();
+        if (!has_own) return;
+        for (int h = warp; h < QG; h += kWarps) {
+            const float4 a = reinterpret_cast<const float4 *>(sh + L::own_q + h * D)[lane];
+            const float4 b = reinterpret_cast<const float4 *>(sh + L::own_k)[lane];
+            const float dot = warp_sum(a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w);
+            if (lane == 0) sh[L::own_s + h] = dot * (p.scale * kLog2e); // read in the merge, after its barrier
+        }
+    }
+};
+
+template <int D, int QG, int NS, bool FUSED>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_decode_mma_kernel(const float *q, const __nv_bfloat16 *k_cache, const __nv_bfloat16 *v_cache,
                                 const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos,
-                                float *part_o, float *part_ml, __nv_bfloat16 *out, sk_attn_params p)
+                                float *part_o, float *part_ml, __nv_bfloat16 *out, sk_attn_params p, OwnQkv own)
 {
     static_assert(QG == 1 || QG == 2 || QG == 4 || QG == 8, "1 to 8 query heads per kv head");
-    using L = MmaSmem<D, NS>;
+    using L = MmaSmem<D, QG, NS, FUSED>;
     constexpr int KS = D / 16;     // k-steps of the score product, m-tiles of the output
     constexpr int PIECES = D / 8;  // 16-byte pieces per key row
     constexpr bool LO = 2 * QG <= 8; // P's low parts get their own output columns
@@ -304,8 +395,12 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int g = lane >> 2, tq = lane & 3; // mma fragment coordinates
     const int kvh = blockIdx.x, ti = blockIdx.y, split = blockIdx.z;
     const AttnBlockKeys keys = attn_block_keys(p, pos, ti, split);
-    const int t = keys.t, k_begin = keys.k_begin, k_end = keys.k_end;
+    const int t = keys.t, k_begin = keys.k_begin, own_key = pos[t];
+    // FUSED: the own key is merged from shared memory, so the chunks stop before it.
+    const bool has_own = FUSED && k_begin <= own_key && own_key < keys.k_end;
+    const int k_end = has_own ? own_key : keys.k_end;
     unsigned char *ring = smem + warp * L::ring_bytes;
+    float *own_sh = reinterpret_cast<float *>(smem + L::own_at);
     const AttnRangeTable table = attn_stage_table(block_tables + (int64_t)token_seq[t] * p.bt_stride,
                                                   reinterpret_cast<int32_t *>(smem + L::bt_at), kBtCap, k_begin, k_end);
     const WarpChunks chunks(k_begin, k_end, warp);
@@ -324,16 +419,18 @@ __global__ void __launch_bounds__(kWarps * 32)
     __syncthreads();
     // Keys before the token's own were written by earlier steps (settled_keys): their first
     // chunks are on the way while the previous kernel (qkv_post) still runs. The chunk holding
-    // the token's own key, which that kernel writes, waits for it. Chunks go out in order, one
-    // commit group each, either way.
-    const int own_key = pos[t];
+    // the token's own key, which that kernel writes, waits for it (FUSED: there is no such chunk).
+    // Chunks go out in order, one commit group each, either way.
     int it0 = 0;
-    if (p.settled_keys)
-        for (; it0 < NS && it0 < chunks.count && chunks.first_key(it0) + kChunk <= own_key; it0++) {
+    if (FUSED || p.settled_keys)
+        for (; it0 < NS && it0 < chunks.count && (FUSED || chunks.first_key(it0) + kChunk <= own_key); it0++) {
             issue(it0);
             cp_async_commit();
         }
+    [[maybe_unused]] OwnHeads<D, QG, NS> heads;
+    if constexpr (FUSED) heads.load_inputs(own, kvh, own_key, has_own, p);
     pdl_wait(); // see attention_decode_kernel
+    if constexpr (FUSED) heads.make(own, own_sh, t, kvh, has_own, p);
     for (int it = it0; it < NS; it++) {
         if (it < chunks.count) issue(it);
         cp_async_commit();
@@ -343,7 +440,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     uint32_t qa[KS][4];
     {
         const float qs = p.scale * kLog2e;
-        const float *qrow = q + ((int64_t)t * p.n_heads + kvh * QG + (g < QG ? g : 0)) * D;
+        const float *qrow = FUSED ? own_sh + L::own_q + (g < QG ? g : 0) * D
+                                  : q + ((int64_t)t * p.n_heads + kvh * QG + (g < QG ? g : 0)) * D;
 #pragma unroll
         for (int s = 0; s < KS; s++) {
 #pragma unroll
@@ -455,6 +553,8 @@ __global__ void __launch_bounds__(kWarps * 32)
             mw[w] = reinterpret_cast<const float *>(smem + w * L::ring_bytes)[8 * D + h];
             mx = fmaxf(mx, mw[w]);
         }
+        const float s_own = has_own ? own_sh[L::own_s + h] : -INFINITY;
+        mx = fmaxf(mx, s_own);
         float lt = 0.0f, o = 0.0f;
 #pragma unroll
         for (int w = 0; w < kWarps; w++) {
@@ -465,51 +565,57 @@ __global__ void __launch_bounds__(kWarps * 32)
                 o += (r[h * D + di] + (LO ? r[(h + QG) * D + di] : 0.0f)) * c;
             }
         }
+        if (has_own) {
+            const float c = exp2f(s_own - mx);
+            lt += c;
+            o += own_sh[L::own_v + di] * c;
+        }
         attn_store_head(p, out, part_o, part_ml, t, ti, kvh * QG + h, split, di, o, mx * kLn2, lt);
     }
 }
 
-template <int D, int QG, int NS, bool MMA> constexpr auto kernel_of()
-{
-    if constexpr (MMA)
-        return attention_decode_mma_kernel<D, QG, NS>;
-    else
-        return attention_decode_kernel<D, QG, NS>;
-}
+// The kernel a launch takes: the SIMT one, the tensor-core one, or the tensor-core one doing
+// qkv_post's work for its token (FUSED, head_dim 128 only).
+enum class Variant { simt, mma, mma_qkv };
 
-template <int D, int QG, int NS, bool MMA> constexpr int kernel_smem()
-{
-    if constexpr (MMA)
-        return MmaSmem<D, NS>::bytes;
-    else
-        return DecodeSmem<D, QG, NS>::bytes;
-}
-
-template <int D, int QG, int NS, bool MMA>
+template <int D, int QG, int NS, Variant V>
 cudaError_t launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *ts,
-                   const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p, bool pdl,
-                   cudaStream_t s)
+                   const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p, const OwnQkv &own,
+                   bool pdl, cudaStream_t s)
 {
-    constexpr int sh = kernel_smem<D, QG, NS, MMA>();
-    constexpr auto kernel = kernel_of<D, QG, NS, MMA>();
-    const cudaError_t e = raise_smem_limit_once<kernel>(sh);
-    if (e != cudaSuccess) return e;
-    return launch_maybe_pdl(pdl, kernel, dim3(p.n_kv_heads, p.n_tokens, p.n_splits), dim3(kWarps * 32), sh, s, q,
-                            (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, bt, ts, pos, po, pml,
-                            (__nv_bfloat16 *)out, p);
+    const dim3 grid(p.n_kv_heads, p.n_tokens, p.n_splits), block(kWarps * 32);
+    const auto kc = (const __nv_bfloat16 *)k, vc = (const __nv_bfloat16 *)v;
+    const auto o = (__nv_bfloat16 *)out;
+    if constexpr (V == Variant::simt) {
+        constexpr int sh = DecodeSmem<D, QG, NS>::bytes;
+        constexpr auto kernel = attention_decode_kernel<D, QG, NS>;
+        const cudaError_t e = raise_smem_limit_once<kernel>(sh);
+        if (e != cudaSuccess) return e;
+        return launch_maybe_pdl(pdl, kernel, grid, block, sh, s, q, kc, vc, bt, ts, pos, po, pml, o, p);
+    } else if constexpr (V == Variant::mma_qkv && D != 128) {
+        return cudaErrorInvalidValue;
+    } else {
+        constexpr bool fused = V == Variant::mma_qkv;
+        constexpr int sh = MmaSmem<D, QG, NS, fused>::bytes;
+        constexpr auto kernel = attention_decode_mma_kernel<D, QG, NS, fused>;
+        const cudaError_t e = raise_smem_limit_once<kernel>(sh);
+        if (e != cudaSuccess) return e;
+        return launch_maybe_pdl(pdl, kernel, grid, block, sh, s, q, kc, vc, bt, ts, pos, po, pml, o, p, own);
+    }
 }
 
-template <int D, int NS, bool MMA>
+template <int D, int NS, Variant V>
 cudaError_t launch_q(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *ts,
-                     const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p, bool pdl,
-                     cudaStream_t s)
+                     const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p,
+                     const OwnQkv &own, bool pdl, cudaStream_t s)
 {
     switch (p.n_heads / p.n_kv_heads) {
-    case 1: return launch<D, 1, NS, MMA>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
-    case 2: return launch<D, 2, NS, MMA>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
-    case 4: return launch<D, 4, NS, MMA>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+    case 1: return launch<D, 1, NS, V>(q, k, v, bt, ts, pos, po, pml, out, p, own, pdl, s);
+    case 2: return launch<D, 2, NS, V>(q, k, v, bt, ts, pos, po, pml, out, p, own, pdl, s);
+    case 4: return launch<D, 4, NS, V>(q, k, v, bt, ts, pos, po, pml, out, p, own, pdl, s);
     case 8:
-        if constexpr (MMA || D == 64) return launch<D, 8, NS, MMA>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+        if constexpr (V != Variant::simt || D == 64)
+            return launch<D, 8, NS, V>(q, k, v, bt, ts, pos, po, pml, out, p, own, pdl, s);
         return cudaErrorInvalidValue;
     default: return cudaErrorInvalidValue;
     }
@@ -530,18 +636,35 @@ cudaError_t attention_decode_launch(const float *q, const uint16_t *k, const uin
                                     const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
                                     const sk_attn_params &p, int stages, bool pdl, bool mma, cudaStream_t s)
 {
+    const OwnQkv none = {};
     if (mma) {
         if (p.head_dim == 64) {
-            if (stages == 3) return launch_q<64, 3, true>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
-            return launch_q<64, 2, true>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+            if (stages == 3) return launch_q<64, 3, Variant::mma>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
+            return launch_q<64, 2, Variant::mma>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
         }
-        if (stages == 3) return launch_q<128, 3, true>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
-        return launch_q<128, 2, true>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+        if (stages == 3) return launch_q<128, 3, Variant::mma>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
+        return launch_q<128, 2, Variant::mma>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
     }
     if (p.head_dim == 64) {
-        if (stages == 3) return launch_q<64, 3, false>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
-        return launch_q<64, 2, false>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+        if (stages == 3) return launch_q<64, 3, Variant::simt>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
+        return launch_q<64, 2, Variant::simt>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
     }
-    if (stages == 3) return launch_q<128, 3, false>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
-    return launch_q<128, 2, false>(q, k, v, bt, ts, pos, po, pml, out, p, pdl, s);
+    if (stages == 3) return launch_q<128, 3, Variant::simt>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
+    return launch_q<128, 2, Variant::simt>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
+}
+
+cudaError_t attention_decode_qkv_launch(const sk_qkv_src &src, uint16_t *k, uint16_t *v, const int32_t *bt,
+                                        const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
+                                        const sk_attn_params &p, cudaStream_t s)
+{
+    if (p.head_dim != 128 || !p.settled_keys || !attention_decode_fits(p, true)) return cudaErrorInvalidValue;
+    if (!src.qkv || !src.slot || !src.inv_freq || src.n_parts < 1 || src.n_parts > SK_HOPPER_MAX_SPLITS)
+        return cudaErrorInvalidValue;
+    // qkv_head128's 16-byte accesses.
+    const int64_t width = (int64_t)(p.n_heads + 2 * p.n_kv_heads) * p.head_dim;
+    const uintptr_t at = (uintptr_t)src.qkv | (uintptr_t)src.bias | (uintptr_t)src.q_norm | (uintptr_t)src.k_norm;
+    if ((at & 15) || (src.n_parts > 1 && (src.part_stride % 4 || src.part_stride < width)))
+        return cudaErrorInvalidValue;
+    const OwnQkv own = {src, (__nv_bfloat16 *)k, (__nv_bfloat16 *)v};
+    return launch_q<128, 3, Variant::mma_qkv>(nullptr, k, v, bt, ts, pos, po, pml, out, p, own, true, s);
 }

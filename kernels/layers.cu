@@ -2,6 +2,7 @@
 // QKV epilogue (bias, q/k norm, rotary, KV cache write).
 #include "kernels/bf16.cuh"
 #include "kernels/pdl.cuh"
+#include "kernels/qkv_head.cuh"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda_bf16.h>
@@ -9,13 +10,6 @@
 
 namespace
 {
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // Block-wide sum for blockDim.x a multiple of 32 (at most 1024); every thread gets the total.
 __device__ float block_sum(float v, float *sh)
@@ -119,14 +113,6 @@ __global__ void add_rmsnorm_kernel(float *x, const float *delta, int n_parts, in
 // goes to L2 while the next product's weight stream loads it fully, so trips are slow; on an
 // H200 at batch 64 this kernel made the whole step ~2% shorter than add_rmsnorm_kernel.
 constexpr int kNormVec = 4;
-
-__device__ __forceinline__ void add4(float4 &a, const float4 b)
-{
-    a.x += b.x;
-    a.y += b.y;
-    a.z += b.z;
-    a.w += b.w;
-}
 
 // PARTS: delta in n_parts (<= SK_HOPPER_MAX_SPLITS) parts, added as sum_parts_at adds them, with
 // every part's loads in flight at once; the registers that takes allow at most kPartsThreads
@@ -250,80 +236,6 @@ __global__ void silu_mul_kernel(__nv_bfloat16 *out, const Tin *gu, int inter, in
     }
 }
 
-// Elements i..i+3 of a row in n_parts parts (16-byte aligned), added as sum_parts_at adds them:
-// in split order from zero, four parts' loads in flight at a time (all eight would cost the
-// kernel its occupancy in prefill, where there is one part).
-__device__ __forceinline__ float4 sum_parts_at4(const float *d, int n_parts, int64_t part_stride, int64_t i)
-{
-    if (n_parts == 1) return *reinterpret_cast<const float4 *>(d + i);
-    float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int j0 = 0; j0 < n_parts; j0 += 4) {
-        float4 v[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            if (j0 + j < n_parts) v[j] = *reinterpret_cast<const float4 *>(d + (j0 + j) * part_stride + i);
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            if (j0 + j < n_parts) add4(s, v[j]);
-    }
-    return s;
-}
-
-// One head of head_dim 128 (most models) by one warp: lane l holds elements 4l..4l+3, one 16-byte
-// load per part, and writes them with one store. The general loop below takes elements lane,
-// lane + 32, ... one pair at a time, its next loads issued only after the last pair's math: at
-// 8192 prefill tokens of Llama-3-8B's shape it ran at ~30% of the copy rate (PERF_NOTES.md).
-// Element by element the arithmetic is the loop's; only the q/k norm's sum of squares is taken in
-// another order (its last bit may differ). Rotate-half pairs element i of lane l < 16 with i + 64
-// of lane l + 16 (one shuffle); interleaved pairs sit in the lane.
-__device__ __forceinline__ void qkv_head128(const float *src, int n_parts, int64_t part_stride, const float *b,
-                                            const float *nw_, float eps, bool interleaved, const float *inv_freq,
-                                            float fpos, float *qdst, __nv_bfloat16 *kdst, __nv_bfloat16 *vdst, int lane)
-{
-    const int i = 4 * lane;
-    const float4 s = sum_parts_at4(src, n_parts, part_stride, i);
-    const float4 bb = b ? *reinterpret_cast<const float4 *>(b + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float e[4] = {s.x + bb.x, s.y + bb.y, s.z + bb.z, s.w + bb.w};
-    __nv_bfloat16 *bf_dst = vdst ? vdst : kdst;
-    if (!vdst) {
-        if (nw_) {
-            float ss = e[0] * e[0] + e[1] * e[1] + e[2] * e[2] + e[3] * e[3];
-            ss = warp_sum(ss);
-            const float inv = rsqrtf(ss / 128.0f + eps);
-            const float4 w = *reinterpret_cast<const float4 *>(nw_ + i);
-            e[0] = w.x * (e[0] * inv);
-            e[1] = w.y * (e[1] * inv);
-            e[2] = w.z * (e[2] * inv);
-            e[3] = w.w * (e[3] * inv);
-        }
-        float y[4];
-        if (interleaved) {
-#pragma unroll
-            for (int c = 0; c < 4; c += 2) {
-                float sn, cs;
-                sincosf(fpos * inv_freq[(i + c) / 2], &sn, &cs);
-                y[c] = e[c] * cs - e[c + 1] * sn;
-                y[c + 1] = e[c + 1] * cs + e[c] * sn;
-            }
-        } else {
-#pragma unroll
-            for (int c = 0; c < 4; c++) {
-                const float o = __shfl_xor_sync(0xffffffffu, e[c], 16);
-                float sn, cs;
-                sincosf(fpos * inv_freq[(i + c) & 63], &sn, &cs);
-                y[c] = lane < 16 ? e[c] * cs - o * sn : e[c] * cs + o * sn;
-            }
-        }
-        if (qdst) {
-            *reinterpret_cast<float4 *>(qdst + i) = make_float4(y[0], y[1], y[2], y[3]);
-            return;
-        }
-#pragma unroll
-        for (int c = 0; c < 4; c++) e[c] = y[c];
-    }
-    *reinterpret_cast<uint2 *>(bf_dst + i) = make_uint2(pack_bf16(e[0], e[1]), pack_bf16(e[2], e[3]));
-}
-
 // One warp per head of one token: q heads, then k heads, then v heads. qkv may be in n_parts
 // parts (sk_qkv_post_parts). At most 64 registers, so that four blocks of 8 warps share an SM
 // (latency, not arithmetic, bounds this kernel).
@@ -353,9 +265,13 @@ __global__ void __launch_bounds__(256, 4)
         if (vec128) {
             const int kvh = is_q ? 0 : is_k ? h - p.n_heads : h - p.n_heads - p.n_kv_heads;
             const int64_t at = ((blk * p.n_kv_heads + kvh) * SK_KV_BLOCK + off) * d;
-            qkv_head128(src, n_parts, part_stride, b, is_q ? q_norm : is_k ? k_norm : nullptr, p.eps, p.interleaved,
-                        inv_freq, fpos, is_q ? q_out + ((int64_t)t * p.n_heads + h) * d : nullptr,
-                        is_k ? k_cache + at : nullptr, !is_q && !is_k ? v_cache + at : nullptr, lane);
+            const float4 y = qkv_head128(src, n_parts, part_stride, b, is_q || is_k, is_q ? q_norm : k_norm, p.eps,
+                                         p.interleaved, inv_freq, fpos, lane);
+            if (is_q)
+                reinterpret_cast<float4 *>(q_out + ((int64_t)t * p.n_heads + h) * d)[lane] = y;
+            else
+                reinterpret_cast<uint2 *>((is_k ? k_cache : v_cache) + at)[lane] =
+                    make_uint2(pack_bf16(y.x, y.y), pack_bf16(y.z, y.w));
             continue;
         }
         if (!is_q && !is_k) {

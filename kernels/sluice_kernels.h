@@ -182,6 +182,31 @@ cudaError_t sk_attention_mode(const float *q, const uint16_t *k_cache, const uin
                               const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos, float *part_o,
                               float *part_ml, uint16_t *out, struct sk_attn_params p, int use_gqa, cudaStream_t s);
 
+/* sk_qkv_post_parts' inputs, for the decode attention that does its work. */
+struct sk_qkv_src {
+    const float *qkv; /* the qkv product in n_parts parts, as sk_qkv_post_parts takes it */
+    int n_parts;
+    int64_t part_stride;
+    const float *bias, *q_norm, *k_norm, *inv_freq; /* as for sk_qkv_post (NULL: none) */
+    const int32_t *slot;                            /* each token's cache slot */
+    float eps;
+    int interleaved;
+};
+/* Whether sk_attention_decode_qkv takes p: the default variant is the tensor-core streaming
+ * kernel (8 or 9), head_dim is 128, and p.settled_keys is set. */
+int sk_attention_decode_qkv_fits(const struct sk_attn_params *p);
+/* sk_qkv_post_parts and sk_attention in one kernel, for query tokens that are each their
+ * sequence's only one in the step (settled_keys): each block computes its query heads from the
+ * qkv parts (row t of the product for token t), and the block holding the token's own key also
+ * its k and v, which it writes to the caches at src->slot[t] and adds to its result itself
+ * instead of reading them back. Every other key comes from the cache, and all of those may be
+ * read before the previous kernel (the qkv product) ends. Only the listed tokens' k and v are
+ * written. cudaErrorInvalidValue where sk_attention_decode_qkv_fits refuses p. */
+cudaError_t sk_attention_decode_qkv(const struct sk_qkv_src *src, uint16_t *k_cache, uint16_t *v_cache,
+                                    const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos,
+                                    float *part_o, float *part_ml, uint16_t *out, struct sk_attn_params p,
+                                    cudaStream_t s);
+
 /* Prefill attention on the tensor cores (mma.sync bf16, fp32 accumulation), FlashAttention-2
  * style: a block takes 64 consecutive query tokens of one sequence for one head and walks 64-key
  * tiles of the paged cache up to the causal limit with an online softmax. tiles holds n_tiles triples

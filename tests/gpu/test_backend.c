@@ -403,6 +403,18 @@ static void test_stories(const char *data)
     model_free(m);
 }
 
+/* ||a - ref|| / ||ref|| over n logits (infinite when a is not finite). */
+static double logits_rel_err(const float *a, const float *ref, int n)
+{
+    double num = 0, den = 0;
+    for (int i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return isfinite(num) ? sqrt(num / den) : INFINITY;
+}
+
 /* A dummy model of one family, CUDA against CPU. */
 static void test_dummy_vs_cpu(const char *name, const char *config_json)
 {
@@ -442,6 +454,20 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
         model_free(m);
         return;
     }
+    /* And with the decode attention doing qkv_post's work at every batch size, not only over 32
+     * rows (head_dim 128 only): against the CPU as the others. */
+    struct backend *gpu_fq = NULL;
+    setenv("SLUICE_CUDA_FUSED_QKV", "all", 1);
+    int fq_rc = backend_cuda_create(&gpu_fq, m, &bo, err, sizeof err);
+    unsetenv("SLUICE_CUDA_FUSED_QKV");
+    if (fq_rc < 0) {
+        GT_CHECK(0, "backend_cuda_create with SLUICE_CUDA_FUSED_QKV=all: %s", err);
+        backend_free(gpu_sum);
+        backend_free(gpu);
+        backend_free(cpu);
+        model_free(m);
+        return;
+    }
     /* Two prompts (one long enough for several blocks), prefill in chunks, then decode steps;
      * the CPU backend is fed the CUDA backend's tokens so both see the same sequence. */
     int32_t p0[300], p1[7];
@@ -467,9 +493,10 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
         for (int i = 0; i < BLOCKS_PER_SEQ; i++) g[s].blocks[i] = (BLOCKS_PER_SEQ - 1 - i) + s * BLOCKS_PER_SEQ;
     }
     /* Step by step: both backends get the same batch. */
-    double worst = 0;
+    double worst = 0, worst_fq = 0;
     int sampler_bad = 0, steps = 0, split_bad = 0;
-    float *lg = malloc((size_t)2 * V * 4), *lc = malloc((size_t)2 * V * 4), *ls = malloc((size_t)2 * V * 4);
+    float *lg = malloc((size_t)2 * V * 4), *lc = malloc((size_t)2 * V * 4), *ls = malloc((size_t)2 * V * 4),
+          *lf = malloc((size_t)2 * V * 4);
     float *scratch = malloc(sampler_scratch_floats(V) * 4);
     for (;;) {
         struct batch_seq seqs[2];
@@ -506,14 +533,15 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
         }
         if (S == 0) break;
         struct batch bg = {.n_seqs = S, .seqs = seqs, .n_tokens = T, .tokens = tokens, .logits_out = lg};
-        struct batch bc = bg, bs = bg;
+        struct batch bc = bg, bs = bg, bf = bg;
         bc.logits_out = lc;
         bs.logits_out = ls;
-        struct sample_result rg[2], rcpu[2], rsum[2];
+        bf.logits_out = lf;
+        struct sample_result rg[2], rcpu[2], rsum[2], rfq[2];
         if (backend_forward(gpu, &bg, rg) < 0 || backend_forward(cpu, &bc, rcpu) < 0 ||
-            backend_forward(gpu_sum, &bs, rsum) < 0) {
-            GT_CHECK(0, "forward: gpu '%s' cpu '%s' gpu without split parts '%s'", gpu->error, cpu->error,
-                     gpu_sum->error);
+            backend_forward(gpu_sum, &bs, rsum) < 0 || backend_forward(gpu_fq, &bf, rfq) < 0) {
+            GT_CHECK(0, "forward: gpu '%s' cpu '%s' gpu without split parts '%s' gpu with qkv in attention '%s'",
+                     gpu->error, cpu->error, gpu_sum->error, gpu_fq->error);
             break;
         }
         steps++;
@@ -523,14 +551,10 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
         for (int s = 0, r = 0; s < S; s++) {
             int gi = map[s];
             if (!seqs[s].sample) continue;
-            double num = 0, den = 0;
-            for (int i = 0; i < V; i++) {
-                double d = (double)lg[(size_t)r * V + i] - lc[(size_t)r * V + i];
-                num += d * d;
-                den += (double)lc[(size_t)r * V + i] * lc[(size_t)r * V + i];
-            }
-            double e = isfinite(num) ? sqrt(num / den) : INFINITY;
+            double e = logits_rel_err(lg + (size_t)r * V, lc + (size_t)r * V, V);
             if (e > worst) worst = e;
+            e = logits_rel_err(lf + (size_t)r * V, lc + (size_t)r * V, V);
+            if (e > worst_fq) worst_fq = e;
             /* The device sampler against the CPU sampler on the device's own logits. */
             struct sample_result ref;
             sampler_sample(lg + (size_t)r * V, V, &seqs[s], scratch, &ref);
@@ -542,6 +566,12 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
     }
     GT_CHECK(worst < 3e-2, "%s: logits rel err vs CPU fp32 over %d steps: worst %.2e (bf16 weights)", name, steps,
              worst);
+    const uint64_t fq_steps = ((struct cuda_backend *)gpu_fq)->fused_qkv_steps;
+    const int fq_expected = m->config.head_dim == 128;
+    GT_CHECK(worst_fq < 3e-2 && (fq_steps > 0) == fq_expected,
+             "%s: with the decode attention doing qkv_post's work (SLUICE_CUDA_FUSED_QKV=all, %llu steps, expected %s): "
+             "logits rel err vs CPU fp32 worst %.2e",
+             name, (unsigned long long)fq_steps, fq_expected ? "some" : "none at head_dim != 128", worst_fq);
     GT_CHECK(sampler_bad == 0, "%s: device sampling equals sampler_sample on the same logits (%d differ)", name,
              sampler_bad);
     GT_CHECK(split_bad == 0,
@@ -552,7 +582,9 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
     free(lg);
     free(lc);
     free(ls);
+    free(lf);
     free(scratch);
+    backend_free(gpu_fq);
     backend_free(gpu_sum);
     backend_free(gpu);
     backend_free(cpu);
@@ -584,6 +616,13 @@ int main(void)
         "{\"architectures\":[\"Qwen3ForCausalLM\"],\"hidden_size\":256,\"intermediate_size\":512,"
         "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"num_key_value_heads\":2,\"head_dim\":96,"
         "\"vocab_size\":1100,\"max_position_embeddings\":4096,\"rms_norm_eps\":1e-6,\"rope_theta\":1000000.0,"
+        "\"tie_word_embeddings\":false,\"bos_token_id\":1,\"eos_token_id\":2,\"torch_dtype\":\"bfloat16\"}");
+    /* head_dim 128: decode steps take sk_attention_decode_qkv (q/k norm here, bias in qwen2). */
+    test_dummy_vs_cpu(
+        "qwen3-qknorm-128",
+        "{\"architectures\":[\"Qwen3ForCausalLM\"],\"hidden_size\":512,\"intermediate_size\":768,"
+        "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"num_key_value_heads\":1,\"head_dim\":128,"
+        "\"vocab_size\":900,\"max_position_embeddings\":4096,\"rms_norm_eps\":1e-6,\"rope_theta\":1000000.0,"
         "\"tie_word_embeddings\":false,\"bos_token_id\":1,\"eos_token_id\":2,\"torch_dtype\":\"bfloat16\"}");
     return gt_finish();
 }

@@ -981,6 +981,118 @@ static void test_attention_settled(int nh, int nkv, int D, int n_splits, int own
     free(ref_new);
 }
 
+/* sk_attention_decode_qkv against sk_qkv_post_parts followed by sk_attention_mode's tensor-core
+ * kernel (9): one decode token per sequence, contexts across chunk, block and split edges, the
+ * qkv product in n_parts parts. The caches must come out bit for bit as qkv_post leaves them (the
+ * same arithmetic, and no other slot written), and the output within bf16 bounds of the double
+ * reference over those caches. The own slots start as NaN, so a kernel that read its own key
+ * from the cache instead of merging it itself would fail; the parts arrive through
+ * sk_test_late_copy 300 us after the kernel may start, so one that read them before its wait
+ * would see zeros. */
+static void test_attention_decode_qkv(int nh, int nkv, int n_splits, int n_parts, int bias, int qknorm,
+                                      int interleaved)
+{
+    enum { S = 40, D = 128 };
+    const int nall = nh + 2 * nkv, stride = 40, nblocks = S * stride + 3;
+    const int edges[] = {0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 127, 128, 191, 255, 256, 383};
+    int32_t *bt = malloc((size_t)S * stride * 4), tseq[S], tpos[S], slot[S];
+    for (int i = 0; i < S * stride; i++) bt[i] = i + 3;
+    for (int i = S * stride - 1; i > 0; i--) {
+        int j = gt_int(i + 1), tmp = bt[i];
+        bt[i] = bt[j];
+        bt[j] = tmp;
+    }
+    for (int s = 0; s < S; s++) {
+        tseq[s] = s;
+        tpos[s] = s < (int)(sizeof edges / sizeof edges[0]) ? edges[s] : gt_int(stride * 16);
+        slot[s] = bt[s * stride + tpos[s] / 16] * 16 + tpos[s] % 16;
+    }
+    const size_t cache_n = (size_t)nblocks * nkv * 16 * D;
+    uint16_t *kv = malloc(cache_n * 4);
+    for (size_t i = 0; i < 2 * cache_n; i++) kv[i] = gt_f2bf(gt_normal());
+    /* Own slots and everything after them: NaN, as in a live cache. */
+    for (int s = 0; s < S; s++)
+        for (int j = tpos[s]; j < (tpos[s] + 16) / 16 * 16; j++)
+            for (int h = 0; h < nkv; h++) {
+                const size_t at = ((size_t)(bt[s * stride + j / 16] * nkv + h) * 16 + j % 16) * D;
+                for (int i = 0; i < D; i++) kv[at + i] = kv[cache_n + at + i] = 0x7fc0;
+            }
+    const int64_t width = (int64_t)nall * D, part_stride = S * width + 64;
+    const size_t parts_n = (size_t)part_stride * n_parts;
+    float *parts = malloc(parts_n * 4), *b = malloc((size_t)width * 4), *qn = malloc(D * 4), *kn = malloc(D * 4),
+          *inv = malloc(D / 2 * 4);
+    for (size_t i = 0; i < parts_n; i++) parts[i] = gt_normal();
+    for (int i = 0; i < width; i++) b[i] = 0.5f * gt_normal();
+    for (int i = 0; i < D; i++) {
+        qn[i] = 1.0f + 0.2f * gt_normal();
+        kn[i] = 1.0f + 0.2f * gt_normal();
+    }
+    for (int i = 0; i < D / 2; i++) inv[i] = (float)(1.0 / pow(500000.0, 2.0 * i / D));
+    float *dparts = gt_up(parts, parts_n * 4), *dlive = gt_dev(parts_n * 4), *db = gt_up(b, (size_t)width * 4),
+          *dqn = gt_up(qn, D * 4), *dkn = gt_up(kn, D * 4), *dinv = gt_up(inv, D / 2 * 4);
+    int32_t *dbt = gt_up(bt, (size_t)S * stride * 4), *dseq = gt_up(tseq, sizeof tseq),
+            *dpos = gt_up(tpos, sizeof tpos), *dslot = gt_up(slot, sizeof slot);
+    const size_t qsz = (size_t)S * nh * D;
+    uint16_t *dkv = gt_up(kv, cache_n * 4), *dout = gt_dev(qsz * 2);
+    float *dq = gt_dev(qsz * 4), *dpo = gt_dev(qsz * n_splits * 4), *dml = gt_dev((size_t)S * nh * n_splits * 8);
+    const float scale = 1.0f / sqrtf((float)D);
+    struct sk_attn_params p = {S, nh, nkv, D, stride, scale, n_splits, 0, NULL, 1};
+    GT_CHECK(sk_attention_decode_qkv_fits(&p), "sk_attention_decode_qkv takes nh=%d nkv=%d D=128 settled", nh, nkv);
+
+    /* qkv_post, then the tensor-core decode attention. */
+    const struct sk_qkv_params qp = {S, nh, nkv, D, 1e-6f, interleaved};
+    GT_CUDA(sk_qkv_post_parts(dparts, n_parts, part_stride, bias ? db : NULL, qknorm ? dqn : NULL, qknorm ? dkn : NULL,
+                              dinv, dpos, dslot, dq, dkv, dkv + cache_n, qp, 0));
+    GT_CUDA(cudaMemset(dout, 0xff, qsz * 2));
+    GT_CUDA(sk_attention_mode(dq, dkv, dkv + cache_n, dbt, dseq, dpos, dpo, dml, dout, p, 9, 0));
+    uint16_t *kv_a = malloc(cache_n * 4), *out = malloc(qsz * 2);
+    float *q = malloc(qsz * 4), *out_a = malloc(qsz * 4), *out_b = malloc(qsz * 4);
+    gt_down(kv_a, dkv, cache_n * 4);
+    gt_down(q, dq, qsz * 4);
+    gt_down(out, dout, qsz * 2);
+    for (size_t i = 0; i < qsz; i++) out_a[i] = gt_bf2f(out[i]);
+
+    /* The same in one kernel, its parts arriving late. */
+    cudaStream_t st;
+    GT_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    GT_CUDA(cudaMemcpy(dkv, kv, cache_n * 4, cudaMemcpyHostToDevice));
+    GT_CUDA(cudaMemset(dlive, 0, parts_n * 4));
+    GT_CUDA(cudaMemset(dout, 0xff, qsz * 2));
+    GT_CUDA(sk_test_late_copy(dlive, dparts, parts_n * 4, 300, st));
+    const struct sk_qkv_src src = {dlive,   n_parts, part_stride,   bias ? db : NULL, qknorm ? dqn : NULL,
+                                   qknorm ? dkn : NULL, dinv, dslot, 1e-6f, interleaved};
+    GT_CUDA(sk_attention_decode_qkv(&src, dkv, dkv + cache_n, dbt, dseq, dpos, dpo, dml, dout, p, st));
+    GT_CUDA(cudaStreamSynchronize(st));
+    uint16_t *kv_b = malloc(cache_n * 4);
+    gt_down(kv_b, dkv, cache_n * 4);
+    gt_down(out, dout, qsz * 2);
+    for (size_t i = 0; i < qsz; i++) out_b[i] = gt_bf2f(out[i]);
+
+    double *ref = malloc(qsz * 8);
+    attention_ref(q, kv_a, kv_a + cache_n, bt, stride, tseq, tpos, S, nh, nkv, D, scale, ref);
+    const double ea = gt_rel_err(out_a, ref, qsz), eb = gt_rel_err(out_b, ref, qsz);
+    GT_CHECK(!memcmp(kv_a, kv_b, cache_n * 4) && eb < BF_TOL && ea < BF_TOL,
+             "attention with qkv_post's work nh=%d nkv=%d splits=%d parts=%d bias=%d qknorm=%d interleaved=%d: caches "
+             "%s qkv_post's, rel err %.1e (qkv_post + attention %.1e)",
+             nh, nkv, n_splits, n_parts, bias, qknorm, interleaved, memcmp(kv_a, kv_b, cache_n * 4) ? "differ from" : "equal",
+             eb, ea);
+    /* Refusals: head_dim 64, keys not settled. */
+    struct sk_attn_params p64 = p, unsettled = p;
+    p64.head_dim = 64;
+    unsettled.settled_keys = 0;
+    GT_CHECK(!sk_attention_decode_qkv_fits(&p64) &&
+                 sk_attention_decode_qkv(&src, dkv, dkv + cache_n, dbt, dseq, dpos, dpo, dml, dout, p64, st) ==
+                     cudaErrorInvalidValue &&
+                 sk_attention_decode_qkv(&src, dkv, dkv + cache_n, dbt, dseq, dpos, dpo, dml, dout, unsettled, st) ==
+                     cudaErrorInvalidValue,
+             "sk_attention_decode_qkv refuses head_dim 64 and unsettled keys");
+    GT_CUDA(cudaStreamDestroy(st));
+    void *dev[] = {dparts, dlive, db, dqn, dkn, dinv, dbt, dseq, dpos, dslot, dkv, dout, dq, dpo, dml};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
+    void *host[] = {bt, kv, parts, b, qn, kn, inv, kv_a, kv_b, out, q, out_a, out_b, ref};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+}
+
 static void test_attention(void)
 {
     printf("attention\n");
@@ -1032,6 +1144,13 @@ static void test_attention(void)
     test_attention_settled(32, 8, 128, 2, 1);
     test_attention_settled(16, 8, 64, 1, 1);
     test_attention_settled(16, 8, 64, 2, 0);
+    /* qkv_post's work inside the decode attention. */
+    test_attention_decode_qkv(32, 8, 1, 3, 0, 0, 0);
+    test_attention_decode_qkv(32, 8, 2, 1, 1, 0, 0);
+    test_attention_decode_qkv(16, 8, 1, 7, 0, 1, 1);
+    test_attention_decode_qkv(64, 8, 3, 2, 1, 1, 0);
+    test_attention_decode_qkv(8, 8, 1, 1, 0, 0, 1);
+    test_attention_decode_qkv(16, 2, 2, 4, 1, 0, 1);
 }
 
 #define BENCH_DECODE(nh, nkv, D, batch, ctx, splits, ...)                                                          \

@@ -257,6 +257,9 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     b->use_prefill_mma = !cuda_env_is("SLUICE_CUDA_PREFILL_MMA", "0") && (c->head_dim == 64 || c->head_dim == 128);
     b->gqa_mode = sk_attention_default_gqa();
     b->attn_early = !cuda_env_is("SLUICE_CUDA_ATTN_EARLY", "0");
+    b->fused_qkv_rows = !b->attn_early || cuda_env_is("SLUICE_CUDA_FUSED_QKV", "0") ? -1
+                        : cuda_env_is("SLUICE_CUDA_FUSED_QKV", "all")                 ? 0
+                                                                                      : 32;
     b->use_graphs = !cuda_env_is("SLUICE_CUDA_GRAPHS", "0");
     const char *limit = getenv("SLUICE_CUDA_STEP_TIMEOUT_S");
     b->step_timeout_s = limit && *limit ? atof(limit) : 60.0;

@@ -159,6 +159,7 @@ struct step_args {
     struct sk_qkv_params qp;
     bool any_cut;
     int gqa_mode; /* decode attention variant for sk_attention_mode */
+    bool fused_qkv; /* the decode attention does qkv_post's work (sk_attention_decode_qkv) */
     float *logits_out;
 };
 
@@ -233,15 +234,30 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
          * 4.54 / 4.69 ms against 4.60 / 4.78; batch 8 lost 0.5% (4.45 against 4.43). */
         if ((rc = cuda_gemm_parts(b, w->wqkv, b->y, b->big, a->T, qkvd, H, &qkv_parts, a->T > 8)) < 0) goto fail;
         prof_mark(b, P_QKV);
-        CUDA_CHECK(b, sk_qkv_post_parts(b->big, qkv_parts, (int64_t)a->T * qkvd, w->bqkv, w->q_norm, w->k_norm,
-                                        b->inv_freq, a->dm.pos, a->dm.slot, b->q, kc, vc, a->qp, b->stream));
-        prof_mark(b, P_QKV_POST);
-        if (a->n_tiles)
-            CUDA_CHECK(b, sk_attention_prefill(b->q, kc, vc, a->dm.bt, a->dm.tiles, a->n_tiles, a->dm.pos, b->y, a->ap,
-                                               b->stream));
-        if (a->ap.n_tokens)
-            CUDA_CHECK(b, sk_attention_mode(b->q, kc, vc, a->dm.bt, a->dm.seq, a->dm.pos, b->part_o, b->part_ml, b->y,
-                                            a->ap, a->gqa_mode, b->stream));
+        if (a->fused_qkv) {
+            const struct sk_qkv_src src = {.qkv = b->big,
+                                           .n_parts = qkv_parts,
+                                           .part_stride = (int64_t)a->T * qkvd,
+                                           .bias = w->bqkv,
+                                           .q_norm = w->q_norm,
+                                           .k_norm = w->k_norm,
+                                           .inv_freq = b->inv_freq,
+                                           .slot = a->dm.slot,
+                                           .eps = a->qp.eps,
+                                           .interleaved = a->qp.interleaved};
+            CUDA_CHECK(b, sk_attention_decode_qkv(&src, kc, vc, a->dm.bt, a->dm.seq, a->dm.pos, b->part_o, b->part_ml,
+                                                  b->y, a->ap, b->stream));
+        } else {
+            CUDA_CHECK(b, sk_qkv_post_parts(b->big, qkv_parts, (int64_t)a->T * qkvd, w->bqkv, w->q_norm, w->k_norm,
+                                            b->inv_freq, a->dm.pos, a->dm.slot, b->q, kc, vc, a->qp, b->stream));
+            prof_mark(b, P_QKV_POST);
+            if (a->n_tiles)
+                CUDA_CHECK(b, sk_attention_prefill(b->q, kc, vc, a->dm.bt, a->dm.tiles, a->n_tiles, a->dm.pos, b->y,
+                                                   a->ap, b->stream));
+            if (a->ap.n_tokens)
+                CUDA_CHECK(b, sk_attention_mode(b->q, kc, vc, a->dm.bt, a->dm.seq, a->dm.pos, b->part_o, b->part_ml,
+                                                b->y, a->ap, a->gqa_mode, b->stream));
+        }
         prof_mark(b, P_ATTN);
         if ((rc = cuda_gemm_parts(b, w->wo, b->y, b->delta, a->T, H, qd, &delta_parts, false)) < 0) goto fail;
         prof_mark(b, P_O);
@@ -484,6 +500,15 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     const bool gqa =
         b->gqa_mode > 0 && sk_attention_gqa_fits(&sa.ap) && (stream || (int64_t)n_dec * nkv >= b->n_sms);
     sa.gqa_mode = gqa ? b->gqa_mode : 0;
+    /* Every token a decode token, its sequence's only one, and more than 32 of them
+     * (fused_qkv_rows): no qkv_post, the decode attention does its work (a graph's batch size
+     * decides, so graphs need no key for it). Same runs on an H200, ms per step against
+     * SLUICE_CUDA_FUSED_QKV=0: batch 40 / 48 / 64 5.02 / 5.13 / 5.17 against 5.05 / 5.16 / 5.24,
+     * 128 even; but batch 1 / 8 / 16 4.36 / 4.48 / 4.56 against 4.33 / 4.45 / 4.55, where the
+     * attention's start no longer hides behind qkv_post's work, and 32 even. */
+    sa.fused_qkv = b->fused_qkv_rows >= 0 && n_dec > b->fused_qkv_rows && all_dec && stream &&
+                   sk_attention_decode_qkv_fits(&sa.ap);
+    if (sa.fused_qkv) b->fused_qkv_steps++;
     int64_t ctx_bound = graphable ? (int64_t)bt_stride * KV_BLOCK_SIZE : max_ctx;
     if (ctx_bound >= 256 && n_dec > 0) {
         int64_t blocks = (int64_t)n_dec * (gqa ? nkv : nh), n;

@@ -72,6 +72,10 @@ struct cuda_backend {
     bool use_prefill_mma; /* tensor-core prefill attention (head_dim 64, 128) */
     int gqa_mode;         /* grouped-query attention variant, 0 = off (sk_attention_mode) */
     bool attn_early;      /* decode attention may read settled keys before qkv_post ends */
+    int fused_qkv_rows;   /* decode-only steps of more tokens than this: the decode attention
+                             does qkv_post's work (sk_attention_decode_qkv); -1 never.
+                             SLUICE_CUDA_FUSED_QKV=0: -1, =all: 0 (tests), else 32 */
+    uint64_t fused_qkv_steps; /* steps submitted that way */
     cudaStream_t stream;
     cublasHandle_t cublas;
     void *cublas_ws;
