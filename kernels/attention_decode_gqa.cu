@@ -418,9 +418,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     };
     __syncthreads();
     // Keys before the token's own were written by earlier steps (settled_keys): their first
-    // chunks are on the way while the previous kernel (qkv_post) still runs. The chunk holding
-    // the token's own key, which that kernel writes, waits for it (FUSED: there is no such chunk).
-    // Chunks go out in order, one commit group each, either way.
+    // chunks are on the way while the previous kernel (qkv_post; FUSED: qkv) still runs. The chunk
+    // holding the token's own key, which qkv_post writes, waits for it (FUSED: the chunks end
+    // before that key). Chunks go out in order, one commit group each, either way.
     int it0 = 0;
     if (FUSED || p.settled_keys)
         for (; it0 < NS && it0 < chunks.count && (FUSED || chunks.first_key(it0) + kChunk <= own_key); it0++) {
