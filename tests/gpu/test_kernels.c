@@ -1093,6 +1093,17 @@ static void test_attention_decode_qkv(int nh, int nkv, int n_splits, int n_parts
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
 }
 
+/* qkv_post's work inside the decode attention. */
+static void test_attention_decode_qkv_shapes(void)
+{
+    test_attention_decode_qkv(32, 8, 1, 3, 0, 0, 0);
+    test_attention_decode_qkv(32, 8, 2, 1, 1, 0, 0);
+    test_attention_decode_qkv(16, 8, 1, 7, 0, 1, 1);
+    test_attention_decode_qkv(64, 8, 3, 2, 1, 1, 0);
+    test_attention_decode_qkv(8, 8, 1, 1, 0, 0, 1);
+    test_attention_decode_qkv(16, 2, 2, 4, 1, 0, 1);
+}
+
 static void test_attention(void)
 {
     printf("attention\n");
@@ -1144,13 +1155,7 @@ static void test_attention(void)
     test_attention_settled(32, 8, 128, 2, 1);
     test_attention_settled(16, 8, 64, 1, 1);
     test_attention_settled(16, 8, 64, 2, 0);
-    /* qkv_post's work inside the decode attention. */
-    test_attention_decode_qkv(32, 8, 1, 3, 0, 0, 0);
-    test_attention_decode_qkv(32, 8, 2, 1, 1, 0, 0);
-    test_attention_decode_qkv(16, 8, 1, 7, 0, 1, 1);
-    test_attention_decode_qkv(64, 8, 3, 2, 1, 1, 0);
-    test_attention_decode_qkv(8, 8, 1, 1, 0, 0, 1);
-    test_attention_decode_qkv(16, 2, 2, 4, 1, 0, 1);
+    test_attention_decode_qkv_shapes();
 }
 
 #define BENCH_DECODE(nh, nkv, D, batch, ctx, splits, ...)                                                          \
@@ -1436,9 +1441,14 @@ static void test_sampling(int V)
 int main(void)
 {
     if (!gt_have_gpu()) return 0;
-    /* SLUICE_GPU_ONLY=attention: the attention tests and decode-attention benches alone. */
+    /* SLUICE_GPU_ONLY=attention: the attention tests and decode-attention benches alone;
+     * =attention_qkv: sk_attention_decode_qkv's tests alone (e.g. under compute-sanitizer). */
     const char *only = getenv("SLUICE_GPU_ONLY");
     const int all = !(only && !strcmp(only, "attention"));
+    if (only && !strcmp(only, "attention_qkv")) {
+        test_attention_decode_qkv_shapes();
+        return gt_finish();
+    }
     const char *prof = getenv("SLUICE_ATTN_PROFILE");
     if (prof && *prof && *prof != '0') {
         attn_profile = 1;
