@@ -314,8 +314,9 @@ template <int D, int QG, int NS> struct OwnHeads {
     int n_items, head[kMaxItems];
     float4 bias[kMaxItems], norm_w[kMaxItems];
     Rope128 rope;
+    int64_t cache_at; // the own key's row in the K (and V) cache, when has_own
 
-    __device__ __forceinline__ void load_inputs(const OwnQkv &own, int kvh, int own_key, bool has_own,
+    __device__ __forceinline__ void load_inputs(const OwnQkv &own, int t, int kvh, int own_key, bool has_own,
                                                 const sk_attn_params &p)
     {
         static_assert(D == 128, "qkv_head128 takes head_dim 128");
@@ -332,12 +333,15 @@ template <int D, int QG, int NS> struct OwnHeads {
             norm_w[j] = head128_at(item < QG ? src.q_norm : item == QG ? src.k_norm : nullptr, lane);
         }
         rope = qkv_rope128(src.inv_freq, (float)own_key, src.interleaved, lane);
+        if (has_own) {
+            const int64_t sl = src.slot[t];
+            cache_at = ((sl / SK_KV_BLOCK * p.n_kv_heads + kvh) * SK_KV_BLOCK + sl % SK_KV_BLOCK) * D;
+        }
     }
 
     // After the wait: q into shared memory, k and v into the caches and shared memory (as the
     // cache holds them), then the own key's scores in log2 units.
-    __device__ __forceinline__ void make(const OwnQkv &own, float *sh, int t, int kvh, bool has_own,
-                                         const sk_attn_params &p)
+    __device__ __forceinline__ void make(const OwnQkv &own, float *sh, int t, bool has_own, const sk_attn_params &p)
     {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
         const sk_qkv_src &src = own.src;
@@ -360,9 +364,7 @@ template <int D, int QG, int NS> struct OwnHeads {
                                                        src.interleaved, rope, lane)
                                   : e[j];
             const uint2 w = make_uint2(pack_bf16(y.x, y.y), pack_bf16(y.z, y.w));
-            const int64_t sl = src.slot[t];
-            const int64_t at = ((sl / SK_KV_BLOCK * p.n_kv_heads + kvh) * SK_KV_BLOCK + sl % SK_KV_BLOCK) * D;
-            reinterpret_cast<uint2 *>((is_k ? own.k_cache : own.v_cache) + at)[lane] = w;
+            reinterpret_cast<uint2 *>((is_k ? own.k_cache : own.v_cache) + cache_at)[lane] = w;
             float4 c;
             bf16x2_to_f32(w.x, c.x, c.y);
             bf16x2_to_f32(w.y, c.z, c.w);
@@ -428,9 +430,9 @@ __global__ void __launch_bounds__(kWarps * 32)
             cp_async_commit();
         }
     [[maybe_unused]] OwnHeads<D, QG, NS> heads;
-    if constexpr (FUSED) heads.load_inputs(own, kvh, own_key, has_own, p);
+    if constexpr (FUSED) heads.load_inputs(own, t, kvh, own_key, has_own, p);
     pdl_wait(); // see attention_decode_kernel
-    if constexpr (FUSED) heads.make(own, own_sh, t, kvh, has_own, p);
+    if constexpr (FUSED) heads.make(own, own_sh, t, has_own, p);
     for (int it = it0; it < NS; it++) {
         if (it < chunks.count) issue(it);
         cp_async_commit();
@@ -657,7 +659,6 @@ cudaError_t attention_decode_qkv_launch(const sk_qkv_src &src, uint16_t *k, uint
                                         const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
                                         const sk_attn_params &p, cudaStream_t s)
 {
-    if (p.head_dim != 128 || !p.settled_keys || !attention_decode_fits(p, true)) return cudaErrorInvalidValue;
     if (!src.qkv || !src.slot || !src.inv_freq || src.n_parts < 1 || src.n_parts > SK_HOPPER_MAX_SPLITS)
         return cudaErrorInvalidValue;
     // qkv_head128's 16-byte accesses.

@@ -73,7 +73,14 @@ __device__ __forceinline__ Rope128 qkv_rope128(const float *inv_freq, float fpos
     Rope128 r;
     const int i = 4 * lane;
 #pragma unroll
-    for (int c = 0; c < 4; c++) sincosf(fpos * inv_freq[interleaved ? (i + c) / 2 : (i + c) & 63], &r.sn[c], &r.cs[c]);
+    for (int c = 0; c < 4; c++) {
+        if (interleaved && (c & 1)) { // the pair's angle, taken for element c - 1
+            r.sn[c] = r.sn[c - 1];
+            r.cs[c] = r.cs[c - 1];
+            continue;
+        }
+        sincosf(fpos * inv_freq[interleaved ? (i + c) / 2 : (i + c) & 63], &r.sn[c], &r.cs[c]);
+    }
     return r;
 }
 

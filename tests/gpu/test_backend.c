@@ -415,6 +415,24 @@ static double logits_rel_err(const float *a, const float *ref, int n)
     return isfinite(num) ? sqrt(num / den) : INFINITY;
 }
 
+/* A CUDA backend for m created with var=value in the environment (none when var is NULL); NULL,
+ * reported, when it cannot be made. */
+static struct backend *cuda_backend_with(const struct model *m, const struct backend_options *bo, const char *var,
+                                         const char *value)
+{
+    char err[512];
+    struct backend *b = NULL;
+    if (var) setenv(var, value, 1);
+    const int rc = backend_cuda_create(&b, m, bo, err, sizeof err);
+    if (var) unsetenv(var);
+    if (rc < 0) {
+        GT_CHECK(0, "backend_cuda_create%s%s%s%s: %s", var ? " with " : "", var ? var : "", var ? "=" : "",
+                 var ? value : "", err);
+        return NULL;
+    }
+    return b;
+}
+
 /* A dummy model of one family, CUDA against CPU. */
 static void test_dummy_vs_cpu(const char *name, const char *config_json)
 {
@@ -428,40 +446,18 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
                                  .max_batch_seqs = 8,
                                  .n_threads = 4,
                                  .gpu_memory_utilization = 0.9};
-    struct backend *gpu = NULL, *cpu = NULL;
-    if (backend_cuda_create(&gpu, m, &bo, err, sizeof err) < 0) {
-        GT_CHECK(0, "backend_cuda_create: %s", err);
-        model_free(m);
-        return;
-    }
-    if (backend_cpu_create(&cpu, m, &bo, err, sizeof err) < 0) {
-        GT_CHECK(0, "backend_cpu_create: %s", err);
-        backend_free(gpu);
-        model_free(m);
-        return;
-    }
+    struct backend *cpu = NULL;
+    if (backend_cpu_create(&cpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "backend_cpu_create: %s", err);
+    struct backend *gpu = cuda_backend_with(m, &bo, NULL, NULL);
     /* The same device with the Hopper products adding their split-K sums themselves, instead of
      * leaving parts to their readers (norm, qkv_post), and so with the MLP in two launches
      * instead of one (sk_hopper_mlp): the logits must not change by a bit. */
-    struct backend *gpu_sum = NULL;
-    setenv("SLUICE_CUDA_SPLIT_PARTS", "0", 1);
-    int sum_rc = backend_cuda_create(&gpu_sum, m, &bo, err, sizeof err);
-    unsetenv("SLUICE_CUDA_SPLIT_PARTS");
-    if (sum_rc < 0) {
-        GT_CHECK(0, "backend_cuda_create with SLUICE_CUDA_SPLIT_PARTS=0: %s", err);
-        backend_free(gpu);
-        backend_free(cpu);
-        model_free(m);
-        return;
-    }
+    struct backend *gpu_sum = cuda_backend_with(m, &bo, "SLUICE_CUDA_SPLIT_PARTS", "0");
     /* And with the decode attention doing qkv_post's work at every batch size, not only over 32
      * rows (head_dim 128 only): against the CPU as the others. */
-    struct backend *gpu_fq = NULL;
-    setenv("SLUICE_CUDA_FUSED_QKV", "all", 1);
-    int fq_rc = backend_cuda_create(&gpu_fq, m, &bo, err, sizeof err);
-    unsetenv("SLUICE_CUDA_FUSED_QKV");
-    if (fq_rc < 0) {
-        GT_CHECK(0, "backend_cuda_create with SLUICE_CUDA_FUSED_QKV=all: %s", err);
+    struct backend *gpu_fq = cuda_backend_with(m, &bo, "SLUICE_CUDA_FUSED_QKV", "all");
+    if (!cpu || !gpu || !gpu_sum || !gpu_fq) {
+        backend_free(gpu_fq);
         backend_free(gpu_sum);
         backend_free(gpu);
         backend_free(cpu);

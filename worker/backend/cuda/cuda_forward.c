@@ -506,7 +506,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
      * SLUICE_CUDA_FUSED_QKV=0: batch 40 / 48 / 64 5.02 / 5.13 / 5.17 against 5.05 / 5.16 / 5.24,
      * 128 even; but batch 1 / 8 / 16 4.36 / 4.48 / 4.56 against 4.33 / 4.45 / 4.55, where the
      * attention's start no longer hides behind qkv_post's work, and 32 even. */
-    sa.fused_qkv = b->fused_qkv_rows >= 0 && n_dec > b->fused_qkv_rows && all_dec && stream &&
+    sa.fused_qkv = b->fused_qkv_rows >= 0 && n_dec > b->fused_qkv_rows && all_dec &&
                    sk_attention_decode_qkv_fits(&sa.ap);
     if (sa.fused_qkv) b->fused_qkv_steps++;
     int64_t ctx_bound = graphable ? (int64_t)bt_stride * KV_BLOCK_SIZE : max_ctx;
