@@ -462,6 +462,12 @@ extern "C" cudaError_t sk_attention_decode_qkv(const struct sk_qkv_src *src, uin
     if (!sk_attention_decode_qkv_fits(&p) || p.n_tokens > 65535 || p.n_splits < 1 || p.n_splits > 65535 ||
         (p.n_splits > 1 && (p.split_len < 0 || !part_o || !part_ml)))
         return cudaErrorInvalidValue;
+    // The qkv product's rows as qkv_head128 reads them: 16-byte accesses, parts of whole rows.
+    const int64_t width = (int64_t)(p.n_heads + 2 * p.n_kv_heads) * p.head_dim;
+    if (!src || !src->qkv || !src->slot || !src->inv_freq || src->n_parts < 1 || src->n_parts > SK_HOPPER_MAX_SPLITS ||
+        (((uintptr_t)src->qkv | (uintptr_t)src->bias | (uintptr_t)src->q_norm | (uintptr_t)src->k_norm) & 15) ||
+        (src->n_parts > 1 && (src->part_stride % 4 || src->part_stride < width)))
+        return cudaErrorInvalidValue;
     const cudaError_t e = attention_decode_qkv_launch(*src, k_cache, v_cache, block_tables, token_seq, pos, part_o,
                                                       part_ml, out, p, s);
     return e != cudaSuccess ? e : merge_splits(part_o, part_ml, out, p, s);

@@ -92,7 +92,7 @@ cudaError_t attention_decode_launch(const float *q, const uint16_t *k, const uin
                                     const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
                                     const sk_attn_params &p, int stages, bool pdl, bool mma, cudaStream_t s);
 // The tensor-core kernel doing qkv_post's work for its token (sk_attention_decode_qkv, which
-// checks p): 3 stages, as a programmatic dependent.
+// checks src and p): 3 stages, as a programmatic dependent.
 cudaError_t attention_decode_qkv_launch(const sk_qkv_src &src, uint16_t *k, uint16_t *v, const int32_t *bt,
                                         const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
                                         const sk_attn_params &p, cudaStream_t s);

@@ -659,13 +659,6 @@ cudaError_t attention_decode_qkv_launch(const sk_qkv_src &src, uint16_t *k, uint
                                         const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
                                         const sk_attn_params &p, cudaStream_t s)
 {
-    if (!src.qkv || !src.slot || !src.inv_freq || src.n_parts < 1 || src.n_parts > SK_HOPPER_MAX_SPLITS)
-        return cudaErrorInvalidValue;
-    // qkv_head128's 16-byte accesses.
-    const int64_t width = (int64_t)(p.n_heads + 2 * p.n_kv_heads) * p.head_dim;
-    const uintptr_t at = (uintptr_t)src.qkv | (uintptr_t)src.bias | (uintptr_t)src.q_norm | (uintptr_t)src.k_norm;
-    if ((at & 15) || (src.n_parts > 1 && (src.part_stride % 4 || src.part_stride < width)))
-        return cudaErrorInvalidValue;
     const OwnQkv own = {src, (__nv_bfloat16 *)k, (__nv_bfloat16 *)v};
     return launch_q<128, 3, Variant::mma_qkv>(nullptr, k, v, bt, ts, pos, po, pml, out, p, own, true, s);
 }

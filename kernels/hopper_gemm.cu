@@ -187,8 +187,9 @@ bool tensor_map(struct sk_hopper_gemm *h, const void *ptr, uint64_t inner, uint6
 namespace
 {
 
-// part_stride 0: split-K sums added within clusters; else part s of the sums at y + s * part_stride.
-// trigger: let the next kernel launch early (see hopper_gemm_kernel).
+// splits: as launch_splits gives it. part_stride 0: split-K sums added within clusters; else part s
+// of the sums at y + s * part_stride. trigger: let the next kernel launch early (see
+// hopper_gemm_kernel).
 template <int NT, bool SWIGLU>
 cudaError_t launch(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, uint16_t *act, int rows,
                    int n_out, int k_in, int splits, int64_t part_stride, bool trigger, cudaStream_t s)
@@ -198,7 +199,6 @@ cudaError_t launch(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *
         !tensor_map(h, x, (uint64_t)k_in, (uint64_t)rows, NT, &mx))
         return cudaErrorInvalidValue;
     const int k_blocks = (k_in + BK - 1) / BK, per = (k_blocks + splits - 1) / splits;
-    splits = (k_blocks + per - 1) / per;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((n_out + BM - 1) / BM, splits);
     cfg.blockDim = dim3(kThreads);
@@ -226,6 +226,20 @@ template <int NT> cudaError_t allow_smem()
         e = cudaFuncSetAttribute(hopper_gemm_kernel<NT, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)smem_bytes<NT>());
     return e;
+}
+
+// The splits a launch makes of a requested count (<= 0: sk_hopper_gemm_splits's): at most one per K
+// block, none left empty (a count whose even ranges would leave the last one empty shrinks); 0 when
+// over SK_HOPPER_MAX_SPLITS. sk_hopper_gemm and sk_hopper_gemm_parts both take it, so that their
+// partial sums are the same.
+int launch_splits(const struct sk_hopper_gemm *h, int n_out, int k_in, int splits)
+{
+    if (splits <= 0) splits = sk_hopper_gemm_splits(h, n_out, k_in);
+    const int k_blocks = (k_in + BK - 1) / BK;
+    if (splits > k_blocks) splits = k_blocks;
+    if (splits > SK_HOPPER_MAX_SPLITS) return 0;
+    const int per = (k_blocks + splits - 1) / splits;
+    return (k_blocks + per - 1) / per;
 }
 
 // The launch for the token tile that holds `rows` (16, 32, 64 or 128 wide).
@@ -345,10 +359,7 @@ extern "C" cudaError_t sk_hopper_gemm(struct sk_hopper_gemm *h, const uint16_t *
                                       int n_out, int k_in, int splits, cudaStream_t s)
 {
     if (!shape_ok(h, w, x, rows, k_in) || n_out < 1) return cudaErrorInvalidValue;
-    if (splits <= 0) splits = sk_hopper_gemm_splits(h, n_out, k_in);
-    const int k_blocks = (k_in + BK - 1) / BK;
-    if (splits > k_blocks) splits = k_blocks;
-    if (splits > SK_HOPPER_MAX_SPLITS) return cudaErrorInvalidValue;
+    if (!(splits = launch_splits(h, n_out, k_in, splits))) return cudaErrorInvalidValue;
     return launch_rows<false>(h, w, x, y, NULL, rows, n_out, k_in, splits, 0, false, s);
 }
 
@@ -358,13 +369,7 @@ extern "C" cudaError_t sk_hopper_gemm_parts(struct sk_hopper_gemm *h, const uint
 {
     *n_parts = 0;
     if (!shape_ok(h, w, x, rows, k_in) || n_out < 1) return cudaErrorInvalidValue;
-    // The split count of sk_hopper_gemm, so that both paths add the same partial sums.
-    if (splits <= 0) splits = sk_hopper_gemm_splits(h, n_out, k_in);
-    const int k_blocks = (k_in + BK - 1) / BK;
-    if (splits > k_blocks) splits = k_blocks;
-    if (splits > SK_HOPPER_MAX_SPLITS) return cudaErrorInvalidValue;
-    const int per = (k_blocks + splits - 1) / splits;
-    splits = (k_blocks + per - 1) / per; // the splits launch() makes: none left empty
+    if (!(splits = launch_splits(h, n_out, k_in, splits))) return cudaErrorInvalidValue;
     cudaError_t e = launch_rows<false>(h, w, x, y, NULL, rows, n_out, k_in, splits, (int64_t)rows * n_out,
                                        early_dependents != 0, s);
     if (e == cudaSuccess) *n_parts = splits;

@@ -385,6 +385,18 @@ static void test_rmsnorm_parts(void)
     cudaFree(dy);
 }
 
+/* a[0..n) = first, first + 1, ... in a random order (Fisher-Yates): cache slots and blocks as a
+ * live cache scatters them. */
+static void shuffled_ids(int32_t *a, int n, int first)
+{
+    for (int i = 0; i < n; i++) a[i] = first + i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = gt_int(i + 1), tmp = a[i];
+        a[i] = a[j];
+        a[j] = tmp;
+    }
+}
+
 /* qkv epilogue: bias, q/k norm, rope (both layouts), cache writes at scattered slots; and the
  * same from qkv in split parts (sk_qkv_post_parts), bit for bit. */
 static void test_qkv_post_case(int nh, int nkv, int D, int interleaved, int bias, int qknorm)
@@ -410,13 +422,8 @@ static void test_qkv_post_case(int nh, int nkv, int D, int interleaved, int bias
     }
     for (int i = 0; i < D / 2; i++) inv[i] = (float)(1.0 / pow(500000.0, 2.0 * i / D));
     /* Distinct slots in a permuted order. */
-    int perm[8 * 16];
-    for (int i = 0; i < nblocks * 16; i++) perm[i] = i;
-    for (int i = nblocks * 16 - 1; i > 0; i--) {
-        int j = gt_int(i + 1), tmp = perm[i];
-        perm[i] = perm[j];
-        perm[j] = tmp;
-    }
+    int32_t perm[8 * 16];
+    shuffled_ids(perm, nblocks * 16, 0);
     for (int t = 0; t < T; t++) {
         pos[t] = gt_int(40000);
         slot[t] = perm[t];
@@ -592,13 +599,8 @@ static void test_attention_seqs(const struct attn_seq *seqs, int S, int nh, int 
     }
     const int stride = (max_ctx + 15) / 16, nblocks = S * stride + 3;
     int32_t *bt = malloc((size_t)S * stride * 4), *tseq = malloc(T * 4), *tpos = malloc(T * 4);
-    int *perm = malloc(nblocks * sizeof *perm);
-    for (int i = 0; i < nblocks; i++) perm[i] = i;
-    for (int i = nblocks - 1; i > 0; i--) {
-        int j = gt_int(i + 1), tmp = perm[i];
-        perm[i] = perm[j];
-        perm[j] = tmp;
-    }
+    int32_t *perm = malloc(nblocks * sizeof *perm);
+    shuffled_ids(perm, nblocks, 0);
     for (int i = 0; i < S * stride; i++) bt[i] = perm[i];
     for (int s = 0, t = 0; s < S; s++)
         for (int i = 0; i < seqs[s].n_new; i++, t++) {
@@ -806,12 +808,7 @@ static void bench_decode_batch(int nh, int nkv, int D, int batch, int ctx, int n
     GT_CUDA(sk_fill_dummy_bf16(dk, 1, 1, 0, (int64_t)(layer_n * layers), 0, 0));
     GT_CUDA(sk_fill_dummy_bf16(dv, 1, 2, 0, (int64_t)(layer_n * layers), 0, 0));
     int32_t *bt = malloc((size_t)nblocks * 4), *pos = malloc((size_t)batch * 4), *seq = malloc((size_t)batch * 4);
-    for (int i = 0; i < nblocks; i++) bt[i] = i;
-    for (int i = nblocks - 1; i > 0; i--) {
-        int j = gt_int(i + 1), tmp = bt[i];
-        bt[i] = bt[j];
-        bt[j] = tmp;
-    }
+    shuffled_ids(bt, nblocks, 0);
     for (int i = 0; i < batch; i++) {
         pos[i] = ctx - 1;
         seq[i] = i;
@@ -897,12 +894,7 @@ static void test_attention_settled(int nh, int nkv, int D, int n_splits, int own
     enum { S = 24 };
     const int stride = 4, nblocks = S * stride + 3;
     int32_t bt[S * stride], tseq[S], tpos[S];
-    for (int i = 0; i < S * stride; i++) bt[i] = i + 3;
-    for (int i = S * stride - 1; i > 0; i--) {
-        int j = gt_int(i + 1), tmp = bt[i];
-        bt[i] = bt[j];
-        bt[j] = tmp;
-    }
+    shuffled_ids(bt, S * stride, 3);
     const int edges[] = {8, 9, 15, 16, 23, 24, 31, 32, 63};
     for (int s = 0; s < S; s++) {
         tseq[s] = s;
@@ -996,12 +988,7 @@ static void test_attention_decode_qkv(int nh, int nkv, int n_splits, int n_parts
     const int nall = nh + 2 * nkv, stride = 40, nblocks = S * stride + 3;
     const int edges[] = {0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 127, 128, 191, 255, 256, 383};
     int32_t *bt = malloc((size_t)S * stride * 4), tseq[S], tpos[S], slot[S];
-    for (int i = 0; i < S * stride; i++) bt[i] = i + 3;
-    for (int i = S * stride - 1; i > 0; i--) {
-        int j = gt_int(i + 1), tmp = bt[i];
-        bt[i] = bt[j];
-        bt[j] = tmp;
-    }
+    shuffled_ids(bt, S * stride, 3);
     for (int s = 0; s < S; s++) {
         tseq[s] = s;
         tpos[s] = s < (int)(sizeof edges / sizeof edges[0]) ? edges[s] : gt_int(stride * 16);

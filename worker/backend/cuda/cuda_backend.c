@@ -10,7 +10,9 @@
  * SLUICE_CUDA_SPLIT_PARTS=0 (the Hopper products add their split-K sums themselves, see
  * cuda_gemm_parts; also turns the next one off), SLUICE_CUDA_FUSED_MLP=0 (a decode batch's MLP in
  * two launches, gate/up then down, see cuda_mlp_fused), SLUICE_CUDA_ATTN_EARLY=0 (decode attention
- * reads no keys before qkv_post ends, see sk_attn_params.settled_keys), SLUICE_CUDA_EARLY_TRIGGER=0
+ * reads no keys before qkv_post ends, see sk_attn_params.settled_keys; also turns the next one
+ * off), SLUICE_CUDA_FUSED_QKV=0 (qkv_post always its own kernel; =all: the decode attention does its
+ * work at every decode batch size, for tests; see cuda_submit), SLUICE_CUDA_EARLY_TRIGGER=0
  * (no product lets the next kernel launch before its blocks end, see cuda_gemm_parts and
  * enqueue_mlp; qkv of 33-64 rows then goes back to cuBLAS). Off by default:
  * SLUICE_CUDA_PROFILE=1 (per-phase device times of each step shape, printed when the backend is
@@ -257,9 +259,10 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     b->use_prefill_mma = !cuda_env_is("SLUICE_CUDA_PREFILL_MMA", "0") && (c->head_dim == 64 || c->head_dim == 128);
     b->gqa_mode = sk_attention_default_gqa();
     b->attn_early = !cuda_env_is("SLUICE_CUDA_ATTN_EARLY", "0");
-    b->fused_qkv_rows = !b->attn_early || cuda_env_is("SLUICE_CUDA_FUSED_QKV", "0") ? -1
-                        : cuda_env_is("SLUICE_CUDA_FUSED_QKV", "all")                 ? 0
-                                                                                      : 32;
+    /* Without attn_early no step's keys are settled, which the fused kernel needs too. */
+    b->fused_qkv_rows = cuda_env_is("SLUICE_CUDA_FUSED_QKV", "0")     ? -1
+                        : cuda_env_is("SLUICE_CUDA_FUSED_QKV", "all") ? 0
+                                                                      : 32;
     b->use_graphs = !cuda_env_is("SLUICE_CUDA_GRAPHS", "0");
     const char *limit = getenv("SLUICE_CUDA_STEP_TIMEOUT_S");
     b->step_timeout_s = limit && *limit ? atof(limit) : 60.0;

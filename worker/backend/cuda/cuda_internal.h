@@ -74,7 +74,8 @@ struct cuda_backend {
     bool attn_early;      /* decode attention may read settled keys before qkv_post ends */
     int fused_qkv_rows;   /* decode-only steps of more tokens than this: the decode attention
                              does qkv_post's work (sk_attention_decode_qkv); -1 never.
-                             SLUICE_CUDA_FUSED_QKV=0: -1, =all: 0 (tests), else 32 */
+                             SLUICE_CUDA_FUSED_QKV=0: -1, =all: 0 (tests), else 32; it
+                             needs settled keys, so never without attn_early */
     uint64_t fused_qkv_steps; /* steps submitted that way */
     cudaStream_t stream;
     cublasHandle_t cublas;
