@@ -96,6 +96,7 @@ int cli_bench_main(int argc, char **argv)
                *log_level = "warn";
     long input_len = 128, output_len = 128, kv_tokens = 0, threads = 0, max_batched = 8192, warmup = 1;
     double gpu_util = 0.9;
+    bool deterministic = false;
     const struct flag_spec specs[] = {
         {"model-path", FLAG_STRING, &model_path, NULL, "PATH", "model directory, .gguf, or config.json folder with --load-format dummy", 0, 0},
         {"tokenizer", FLAG_STRING, &tokenizer, NULL, "PATH", "tokenizer (default: the model's)", 0, 0},
@@ -109,6 +110,7 @@ int cli_bench_main(int argc, char **argv)
         {"warmup", FLAG_INT, &warmup, NULL, "N", "untimed rounds of 2 output tokens before each batch size", 0, 100},
         {"gpu-memory-utilization", FLAG_DOUBLE, &gpu_util, NULL, "F", "CUDA memory share", 0.05, 1},
         {"threads", FLAG_INT, &threads, NULL, "N", "CPU threads", 0, 1024},
+        {"deterministic", FLAG_BOOL, &deterministic, NULL, NULL, "CUDA: batch-invariant arithmetic (see the worker's flag)", 0, 0},
         {"log-level", FLAG_STRING, &log_level, NULL, "LEVEL", "log level", 0, 0},
         {0},
     };
@@ -157,6 +159,7 @@ int cli_bench_main(int argc, char **argv)
         .max_batch_tokens = (int32_t)max_batched,
         .max_batch_seqs = max_b,
         .n_threads = (int32_t)threads,
+        .deterministic = deterministic,
         .kv_blocks = !strcmp(device, "cpu")
                          ? (int32_t)((kv_tokens ? kv_tokens : max_b * (seq_tokens + KV_BLOCK_SIZE)) / KV_BLOCK_SIZE + 1)
                          : 0,

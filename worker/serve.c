@@ -124,6 +124,7 @@ static int load_everything(struct worker *w)
         .max_batch_tokens = (int32_t)w->opt.max_num_batched_tokens,
         .max_batch_seqs = (int32_t)w->opt.max_num_seqs,
         .n_threads = (int32_t)w->opt.threads,
+        .deterministic = w->opt.deterministic,
     };
     int rc;
     if (!strcmp(w->opt.device, "cpu")) {
@@ -206,6 +207,7 @@ int worker_serve_main(int argc, char **argv)
         {"kv-cache-tokens", FLAG_INT, &o->kv_cache_tokens, NULL, "N", "CPU: KV cache size in tokens", 16, 1 << 26},
         {"gpu-memory-utilization", FLAG_DOUBLE, &o->gpu_memory_utilization, NULL, "F", "CUDA: share of GPU memory to use", 0.05, 1.0},
         {"threads", FLAG_INT, &o->threads, NULL, "N", "CPU: threads (0: all cores)", 0, 1024},
+        {"deterministic", FLAG_BOOL, &o->deterministic, NULL, NULL, "CUDA: a request's output does not depend on what shares its batch (greedy equals the request alone); slower prefill and large batches (README)", 0, 0},
         {"heartbeat-interval", FLAG_DOUBLE, &o->heartbeat_interval, "SLUICE_HEARTBEAT_INTERVAL", "SECONDS", "seconds between heartbeats", 0.05, 3600},
         {"speed", FLAG_DOUBLE, &o->speed, NULL, "F", "relative speed reported to the controller", 0.001, 1e6},
         {"internal-token", FLAG_STRING, &o->internal_token, "SLUICE_INTERNAL_TOKEN", "TOKEN", "bearer token the controller requires", 0, 0},

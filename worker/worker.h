@@ -38,6 +38,7 @@ struct worker_options {
     long max_model_len;             /* 0: the model's */
     long kv_cache_tokens;           /* CPU: KV cache size in tokens */
     double gpu_memory_utilization;
+    bool deterministic;             /* CUDA: batch-invariant arithmetic */
     long threads;
     double heartbeat_interval;      /* seconds */
     double speed;

@@ -43,6 +43,10 @@ struct batch_seq {
     const int32_t *block_table;    /* physical block ids covering start_pos + n_new tokens */
     int32_t n_blocks;
     bool sample;                   /* sample a token after the last new token */
+    /* The new tokens are (or begin with) prompt tokens: a prefill chunk, whatever its length.
+     * A backend computes prompt tokens one way and generated tokens another, so that a
+     * prompt's last token cut into a chunk of its own is computed as in a whole prefill. */
+    bool prompt;
     const struct sampling_params *sampling; /* when sample */
     /* The sampler's draw for the k-th generated token depends only on (seed, k), so a seeded
      * request gives the same output whatever else shares its batch. */
@@ -110,6 +114,9 @@ struct backend_options {
     int32_t max_batch_seqs;       /* --max-num-seqs */
     int32_t n_threads;            /* CPU: 0 = number of cores */
     int32_t device;               /* CUDA device ordinal */
+    /* --deterministic: a sequence's arithmetic does not depend on what else shares its steps
+     * (batch size, chunking), so greedy output equals the sequence's output alone. */
+    bool deterministic;
 };
 
 int backend_cpu_create(struct backend **out, const struct model *m,

@@ -492,6 +492,7 @@ static int32_t run_step(struct engine *e)
             bs->block_table = q->table.blocks;
             bs->n_blocks = q->table.n_blocks;
             bs->sample = en->sample;
+            bs->prompt = en->start_pos < q->n_prompt;
             bs->sampling = &lr->sp;
             bs->n_generated = (uint64_t)sched_seq_generated(q);
             bs->history = q->tokens;

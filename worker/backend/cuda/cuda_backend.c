@@ -23,7 +23,6 @@
 #include "common/log.h"
 #include "worker/backend/cuda/cuda_internal.h"
 
-#define MAX_SPLITS 32
 
 void cuda_report(struct cuda_backend *b, const char *what, const char *msg, const char *file, int line)
 {
@@ -105,7 +104,7 @@ static int workspace_alloc(struct cuda_backend *b)
     if ((rc = alloc_ws(b, (void **)&b->big, T_parts * bigw * 4)) < 0) goto fail;
     if ((rc = alloc_ws(b, (void **)&b->q, T * qd * 4)) < 0) goto fail;
     if ((rc = alloc_ws(b, (void **)&b->y, T * ywidth * 2)) < 0) goto fail;
-    b->part_rows = (int64_t)S * c->n_heads * MAX_SPLITS;
+    b->part_rows = (int64_t)S * c->n_heads * CUDA_MAX_SPLITS;
     if ((rc = alloc_ws(b, (void **)&b->part_o, (size_t)b->part_rows * D * 4)) < 0) goto fail;
     if ((rc = alloc_ws(b, (void **)&b->part_ml, (size_t)b->part_rows * 2 * 4)) < 0) goto fail;
     if ((rc = alloc_ws(b, (void **)&b->logits, S * V * 4)) < 0) goto fail;
@@ -264,6 +263,17 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
                         : cuda_env_is("SLUICE_CUDA_FUSED_QKV", "all") ? 0
                                                                       : 32;
     b->use_graphs = !cuda_env_is("SLUICE_CUDA_GRAPHS", "0");
+    b->deterministic = opt->deterministic;
+    if (b->deterministic) {
+        /* The fused decode attention takes only pure decode steps: a token in a mixed step would
+         * take the other path, whose sums are not the same bits. */
+        b->fused_qkv_rows = -1;
+        /* Ranges of a fixed length, so a token's split depends on its own position alone; long
+         * enough that the longest context needs at most CUDA_MAX_SPLITS of them (part_o's rows). */
+        const int ctx = b->bt_cap * KV_BLOCK_SIZE; /* the longest block table a step may carry */
+        const int len = (ctx + CUDA_MAX_SPLITS - 1) / CUDA_MAX_SPLITS;
+        b->det_split_len = len < 256 ? 256 : (len + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE * KV_BLOCK_SIZE;
+    }
     const char *limit = getenv("SLUICE_CUDA_STEP_TIMEOUT_S");
     b->step_timeout_s = limit && *limit ? atof(limit) : 60.0;
     if (!(b->step_timeout_s > 0.0)) b->step_timeout_s = 60.0;
@@ -274,7 +284,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     CUDA_CHECK(b, cudaMalloc(&b->cublas_ws, CUBLAS_WS_BYTES));
     CUBLAS_CHECK(b, cublasSetWorkspace(b->cublas, b->cublas_ws, CUBLAS_WS_BYTES));
     CUBLAS_CHECK(b, cublasSetMathMode(b->cublas, CUBLAS_DEFAULT_MATH));
-    if ((rc = cuda_gemm_init(b)) < 0) goto fail;
+    if ((rc = cuda_gemm_init(b, c)) < 0) goto fail;
     if (cuda_env_is("SLUICE_CUDA_PROFILE", "1")) {
         /* Timing each phase needs eager steps: graphs off. */
         b->use_graphs = false;

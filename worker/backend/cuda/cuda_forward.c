@@ -9,7 +9,6 @@
 
 #include "worker/backend/cuda/cuda_internal.h"
 
-#define MAX_SPLITS 32
 
 struct step_meta {
     struct sk_sample_row *rows;
@@ -184,10 +183,9 @@ static int enqueue_mlp(struct cuda_backend *b, const struct cuda_layer *w, int T
          * streams its weights while it runs: a batch-64 step took 5.18-5.19 ms against 5.21-5.25
          * with the trigger at exit (H200, same runs). */
         act = (const uint16_t *)b->big;
-        CUDA_CHECK(b, sk_hopper_gemm_swiglu(b->hopper, w->wgu, b->y, (uint16_t *)b->big, T, I, H, b->early_trigger,
-                                            b->stream));
+        if ((rc = cuda_gemm_swiglu(b, w->wgu, b->y, (uint16_t *)b->big, T, I, H, true)) < 0) goto fail;
         prof_mark(b, P_GU);
-    } else if (T >= 2) {
+    } else if (T >= 2 && !b->deterministic) {
         /* Prefill (and batches off Hopper): gate/up in bf16, as transformers keeps it, so SiLU
          * reads half the bytes (at 4096 tokens its fp32 rows were 470 MB a layer). */
         if ((rc = cuda_gemm_bf16(b, w->wgu, b->y, (uint16_t *)b->big, T, 2 * I, H)) < 0) goto fail;
@@ -288,6 +286,14 @@ fail:
     return rc;
 }
 
+/* Whether a sequence's new tokens go to the prefill attention (tiles of SK_PREFILL_TILE queries)
+ * rather than the decode attention: every chunk of two or more, and a prompt's chunk of one, so
+ * that a prompt token is computed the same way however the prompt was cut into chunks. */
+static bool takes_tiles(const struct cuda_backend *b, const struct batch_seq *q)
+{
+    return b->use_prefill_mma && (q->n_new >= 2 || (q->prompt && q->n_new == 1));
+}
+
 /* Replays the captured step for this batch shape, capturing it first when new. */
 static int run_graph(struct cuda_backend *b, const struct step_args *a, int n_seqs, int bt_stride)
 {
@@ -378,7 +384,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
                 CUDA_FAIL(b, "cuda: block id %d out of range (%d blocks)", q->block_table[i], base->num_kv_blocks);
         if (need > bt_stride) bt_stride = need;
         if (ctx > max_ctx) max_ctx = ctx;
-        if (b->use_prefill_mma && q->n_new >= 2)
+        if (takes_tiles(b, q))
             n_tiles += (q->n_new + SK_PREFILL_TILE - 1) / SK_PREFILL_TILE;
         else {
             n_dec += q->n_new;
@@ -405,7 +411,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     /* A pure decode step (one token per sequence, every one sampled) of a shape seen before is
      * replayed from a CUDA graph; its block-table width is rounded up to a power of two so the
      * shape changes rarely as contexts grow. */
-    bool graphable = b->use_graphs && T > 0 && T == S && R == S && !batch->logits_out;
+    bool graphable = b->use_graphs && T > 0 && T == S && R == S && n_tiles == 0 && !batch->logits_out;
     if (graphable) {
         int w = 4;
         while (w < bt_stride) w *= 2;
@@ -426,7 +432,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
         const struct batch_seq *q = &batch->seqs[s];
         int need = (q->start_pos + q->n_new + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE;
         memcpy(hm.bt + (size_t)s * bt_stride, q->block_table, (size_t)need * 4);
-        if (b->use_prefill_mma && q->n_new >= 2) {
+        if (takes_tiles(b, q)) {
             for (int i = 0; i < q->n_new; i += SK_PREFILL_TILE, tile_at++) {
                 hm.tiles[3 * tile_at] = t + i;
                 hm.tiles[3 * tile_at + 1] = q->n_new - i < SK_PREFILL_TILE ? q->n_new - i : SK_PREFILL_TILE;
@@ -497,8 +503,8 @@ int cuda_submit(struct backend *base, const struct batch *batch)
      * 4-9) beat the per-query-head kernel at every batch measured (1-256); the register one (1-3)
      * only when it alone fills the GPU. */
     const bool stream = b->gqa_mode >= 4 && sk_attention_decode_fits(&sa.ap);
-    const bool gqa =
-        b->gqa_mode > 0 && sk_attention_gqa_fits(&sa.ap) && (stream || (int64_t)n_dec * nkv >= b->n_sms);
+    const bool gqa = b->gqa_mode > 0 && sk_attention_gqa_fits(&sa.ap) &&
+                     (stream || b->deterministic || (int64_t)n_dec * nkv >= b->n_sms);
     sa.gqa_mode = gqa ? b->gqa_mode : 0;
     /* Every token a decode token, its sequence's only one, and more than 32 of them
      * (fused_qkv_rows): no qkv_post, the decode attention does its work (a graph's batch size
@@ -510,7 +516,21 @@ int cuda_submit(struct backend *base, const struct batch *batch)
                    sk_attention_decode_qkv_fits(&sa.ap);
     if (sa.fused_qkv) b->fused_qkv_steps++;
     int64_t ctx_bound = graphable ? (int64_t)bt_stride * KV_BLOCK_SIZE : max_ctx;
-    if (ctx_bound >= 256 && n_dec > 0) {
+    if (b->deterministic && n_dec > 0) {
+        /* Ranges of det_split_len keys, so that a token's ranges follow from its own position,
+         * and always the merge, even where one range holds every key: the unsplit kernel's
+         * normalization is not the merge's, and which one a token got would depend on its batch. */
+        const int64_t cap = b->part_rows / ((int64_t)n_dec * nh);
+        int64_t n = (ctx_bound + b->det_split_len - 1) / b->det_split_len;
+        sa.ap.split_len = b->det_split_len;
+        if (n > cap) {
+            /* Only a prefill through the decode attention (head_dim not 64 or 128) of more
+             * tokens than --max-num-seqs gets here; its ranges then follow the batch. */
+            n = cap;
+            sa.ap.split_len = (int)((ctx_bound + n - 1) / n + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE * KV_BLOCK_SIZE;
+        }
+        sa.ap.n_splits = n >= 2 ? (int)n : cap >= 2 ? 2 : 1;
+    } else if (ctx_bound >= 256 && n_dec > 0) {
         int64_t blocks = (int64_t)n_dec * (gqa ? nkv : nh), n;
         if (stream) {
             /* About 4 of its blocks are resident per SM: split only up to one full wave (a second
@@ -529,7 +549,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
         int64_t cap = b->part_rows / ((int64_t)n_dec * nh); /* part_o holds rows per query head */
         if (n > by_128) n = by_128;
         if (n > cap) n = cap;
-        if (n > MAX_SPLITS) n = MAX_SPLITS;
+        if (n > CUDA_MAX_SPLITS) n = CUDA_MAX_SPLITS;
         if (n > 1) sa.ap.n_splits = (int)n;
     }
     sa.qp = (struct sk_qkv_params){.n_tokens = T,

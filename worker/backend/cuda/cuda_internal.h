@@ -37,6 +37,9 @@ struct cuda_graph_entry {
 /* Products of up to this many rows go to the Hopper kernel: measured on an H200 at Llama-3-8B's
  * shapes, it beats cuBLAS through 64 rows and loses at 128 on the narrow products. */
 #define CUDA_HOPPER_MAX_ROWS 64
+/* Key ranges a decode attention splits a token's keys into at most (part_o holds that many rows
+ * per query head and sampled row). */
+#define CUDA_MAX_SPLITS 32
 /* Rows that delta and big hold at least: every split part of a decode product (cuda_gemm_parts). */
 #define CUDA_PARTS_ROWS (SK_HOPPER_MAX_SPLITS * CUDA_HOPPER_MAX_ROWS)
 
@@ -77,6 +80,11 @@ struct cuda_backend {
                              SLUICE_CUDA_FUSED_QKV=0: -1, =all: 0 (tests), else 32; it
                              needs settled keys, so never without attn_early */
     uint64_t fused_qkv_steps; /* steps submitted that way */
+    /* --deterministic (backend_options): every product on the Hopper kernel whatever its rows,
+     * the fused decode attention off, and decode attention split into ranges of a fixed
+     * det_split_len keys, merged even when one range holds them all (cuda_forward.c). */
+    bool deterministic;
+    int det_split_len;
     cudaStream_t stream;
     cublasHandle_t cublas;
     void *cublas_ws;
@@ -164,13 +172,18 @@ static inline bool cuda_env_is(const char *name, const char *value)
 
 int cuda_weights_load(struct cuda_backend *b, const struct model *m);
 void cuda_weights_free(struct cuda_backend *b);
-int cuda_gemm_init(struct cuda_backend *b);
+int cuda_gemm_init(struct cuda_backend *b, const struct model_config *c);
 void cuda_gemm_free(struct cuda_backend *b);
 /* Whether a product of this many rows runs on the Hopper kernel (and the MLP's gate/up product
  * with its activation fused, when the weights are interleaved for it). */
 bool cuda_gemm_on_hopper(const struct cuda_backend *b, int rows);
 /* y[rows, n_out] (fp32) = x[rows, k_in] (bf16) * w[n_out, k_in]^T (bf16), fp32 accumulation. */
 int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in);
+/* Gate/up with the activation fused, act[rows, inter] in bf16 (sk_hopper_gemm_swiglu), on the
+ * Hopper kernel in slices of its rows at most: for every batch the Hopper path takes
+ * (cuda_gemm_on_hopper) when the weights are interleaved (gu_interleaved). */
+int cuda_gemm_swiglu(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, uint16_t *act, int rows, int inter,
+                     int k_in, bool early_dependents);
 /* The same for a product whose one reader adds parts (o and down: the next RMSNorm; qkv:
  * qkv_post): its output may be left in *n_parts parts of rows * n_out floats (on the Hopper
  * kernel, the split-K sums; see sk_hopper_gemm_parts). y holds CUDA_PARTS_ROWS rows of n_out.
