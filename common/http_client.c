@@ -74,6 +74,8 @@ struct http_client {
     unsigned depth;     /* inside one of our libuv callbacks */
     unsigned open_handles;
     bool closing;       /* http_client_free was called */
+    char *default_header; /* http_client_set_default_header's line, or NULL */
+    char *default_name;   /* its name, before the ':' */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -407,6 +409,9 @@ static void client_teardown(http_client *c)
         call_destroy(call);
     }
     c->pending = NULL; /* every pending call is on `live` too */
+    free(c->default_header);
+    free(c->default_name);
+    c->default_header = c->default_name = NULL;
     while (c->live) {
         http_call *call = c->live;
         live_unlink(c, call);
@@ -428,6 +433,26 @@ char *http_url_join(const char *base, const char *path)
     memcpy(url, base, nb);
     memcpy(url + nb, path, np + 1);
     return url;
+}
+
+int http_client_set_default_header(http_client *client, const char *line)
+{
+    char *copy = NULL, *name = NULL;
+    if (line) {
+        const char *colon = strchr(line, ':');
+        copy = strdup(line);
+        name = strndup(line, colon ? (size_t)(colon - line) : strlen(line));
+        if (!copy || !name) {
+            free(copy);
+            free(name);
+            return -1;
+        }
+    }
+    free(client->default_header);
+    free(client->default_name);
+    client->default_header = copy;
+    client->default_name = name;
+    return 0;
 }
 
 void http_client_free(http_client *client)
@@ -525,6 +550,10 @@ static int call_setup(http_call *call, const struct http_call_opts *o)
     for (size_t i = 0; o->headers && o->headers[i]; i++) {
         if (slist_add(&call->headers, o->headers[i]) != 0) return -1;
     }
+    http_client *c = call->client;
+    if (c->default_header && !has_header(o->headers, c->default_name) &&
+        slist_add(&call->headers, c->default_header) != 0)
+        return -1;
     if (call->headers) rc |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->headers);
     return rc == 0 ? 0 : -1;
 }

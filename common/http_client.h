@@ -61,6 +61,11 @@ int http_client_init(http_client **out, uv_loop_t *loop);
 /* Cancels every call in flight (no callbacks) and frees the client once its handles close. */
 void http_client_free(http_client *client);
 
+/* A header line ("Authorization: Bearer T") sent with every later call of this client, unless
+ * the call names the same header itself: the programs' clients call only internal endpoints,
+ * which all need the internal token. Copied; NULL removes it. Returns 0 or -1 (out of memory). */
+int http_client_set_default_header(http_client *client, const char *line);
+
 /* base followed by path ("http://host:port" + "/generate"), malloc'd; NULL when out of memory. */
 char *http_url_join(const char *base, const char *path);
 

@@ -3,9 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/auth.h"
 #include "common/json_util.h"
 #include "common/log.h"
-#include "controller/auth.h"
 #include "controller/controller.h"
 #include "controller/payload.h"
 
@@ -77,10 +77,10 @@ static void on_heartbeat(struct ctl *c, http_request *req)
 {
     json_t *body = body_object(req);
     if (!body) return;
-    const char *name;
+    char name[NET_BASE_URL_MAX];
     int64_t q;
     struct json_field_error err = {{0}, {0}};
-    if (ctl_payload_heartbeat(body, &name, &q, &err) != 0) {
+    if (ctl_payload_heartbeat(body, name, &q, &err) != 0) {
         respond_bad(req, &err);
     } else if (ctl_registry_heartbeat(c->reg, name, q)) {
         c->heartbeats++;
@@ -234,21 +234,22 @@ struct route {
     const char *path;
     const char *method;
     route_fn fn;
-    bool needs_token;
+    bool internal; /* needs the internal token, or a loopback caller when there is none */
 };
 
 static const struct route routes[] = {
-    {"/get_worker_address", "POST", on_get_worker_address, false},
+    {"/get_worker_address", "POST", on_get_worker_address, true},
     {"/receive_heart_beat", "POST", on_heartbeat, true},
     {"/register_worker", "POST", on_register, true},
-    {"/list_models", "POST", on_list_models, false},
-    {"/list_language_models", "POST", on_list_language_models, false},
-    {"/list_multimodal_models", "POST", on_list_multimodal_models, false},
-    {"/refresh_all_workers", "POST", on_refresh_all, false},
-    {"/worker_get_status", "POST", on_worker_get_status, false},
+    {"/list_models", "POST", on_list_models, true},
+    {"/list_language_models", "POST", on_list_language_models, true},
+    {"/list_multimodal_models", "POST", on_list_multimodal_models, true},
+    {"/refresh_all_workers", "POST", on_refresh_all, true},
+    {"/worker_get_status", "POST", on_worker_get_status, true},
+    {"/workers", "GET", on_workers, true},
+    /* Liveness and metrics stay open for probes and scrapers: they name no worker address. */
     {"/test_connection", "GET", on_test_connection, false},
     {"/health", "GET", on_health, false},
-    {"/workers", "GET", on_workers, false},
     {"/metrics", "GET", on_metrics, false},
 };
 
@@ -265,11 +266,11 @@ void ctl_handle(http_request *req, void *user)
             http_respond_error(req, 405, NULL, "%s %s is not allowed; use %s", method, path, r->method);
             return;
         }
-        if (r->needs_token && !ctl_auth_bearer_ok(http_request_header(req, "Authorization"), c->cfg.internal_token)) {
+        struct auth_internal a = {.token = c->cfg.internal_token,
+                                  .allow_unauthenticated = c->cfg.allow_unauthenticated_workers,
+                                  .program = "sluice-controller"};
+        if (r->internal && auth_internal_check(req, &a) != AUTH_OK) {
             c->unauthorized++;
-            log_warn("%s from %s without a valid internal token", path, http_request_peer(req));
-            http_response_header(req, "WWW-Authenticate", "Bearer");
-            http_respond_error(req, 401, NULL, "%s needs 'Authorization: Bearer <internal token>'", path);
             return;
         }
         r->fn(c, req);

@@ -18,7 +18,8 @@ struct ctl_config {
     long port;
     enum ctl_dispatch_method method;
     double heartbeat_expiration; /* seconds */
-    const char *internal_token;  /* NULL or "": no auth */
+    const char *internal_token;  /* NULL or "": no token (internal endpoints serve loopback only) */
+    bool allow_unauthenticated_workers; /* no token: serve every caller, as FastChat does */
     long status_timeout_ms;      /* bound on one worker's /worker_get_status */
     uint64_t seed;               /* for the dispatch draws */
 };

@@ -7,6 +7,7 @@
 #include <time.h>
 #include <uv.h>
 
+#include "common/auth.h"
 #include "common/flags.h"
 #include "common/log.h"
 #include "controller/controller.h"
@@ -37,15 +38,22 @@ int main(int argc, char **argv)
     const char *host = "127.0.0.1", *method = "shortest_queue", *token = NULL, *log_level = "info";
     long port = 21001, status_timeout_ms = 3000;
     double expiration = 30;
+    bool allow_unauthenticated = false;
     const struct flag_spec specs[] = {
-        {"host", FLAG_STRING, &host, "SLUICE_CONTROLLER_HOST", "HOST", "address to listen on", 0, 0},
+        {"host", FLAG_STRING, &host, "SLUICE_CONTROLLER_HOST", "HOST",
+         "address to listen on (one other than loopback needs --internal-token or --allow-unauthenticated-workers)", 0, 0},
         {"port", FLAG_INT, &port, "SLUICE_CONTROLLER_PORT", "PORT", "port to listen on (0 picks one)", 0, 65535},
         {"dispatch-method", FLAG_STRING, &method, "SLUICE_DISPATCH_METHOD", "METHOD",
          "shortest_queue (least queue_length/speed) or lottery (chance in proportion to speed)", 0, 0},
         {"heartbeat-expiration", FLAG_DOUBLE, &expiration, "SLUICE_HEARTBEAT_EXPIRATION", "SECONDS",
          "a worker not heard from for this long is no longer dispatched to, and dropped", 0.05, 86400},
         {"internal-token", FLAG_STRING, &token, "SLUICE_INTERNAL_TOKEN", "TOKEN",
-         "when set, /register_worker and /receive_heart_beat need 'Authorization: Bearer TOKEN'", 0, 0},
+         "when set, every internal endpoint (all but /health, /test_connection, /metrics) needs "
+         "'Authorization: Bearer TOKEN'; give workers and gateways the same token", 0, 0},
+        {"allow-unauthenticated-workers", FLAG_BOOL, &allow_unauthenticated, "SLUICE_ALLOW_UNAUTHENTICATED_WORKERS",
+         NULL,
+         "without --internal-token, serve internal endpoints (worker registration included) to any caller, "
+         "not only loopback, and allow a non-loopback --host (FastChat's behaviour; insecure)", 0, 0},
         {"worker-status-timeout-ms", FLAG_INT, &status_timeout_ms, "SLUICE_WORKER_STATUS_TIMEOUT_MS", "MS",
          "bound on one worker's /worker_get_status during register and refresh", 10, 600000},
         {"log-level", FLAG_STRING, &log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn, error", 0, 0},
@@ -67,6 +75,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice-controller: unknown --dispatch-method '%s' (shortest_queue or lottery)\n", method);
         return 2;
     }
+    struct auth_internal policy = {.token = token, .allow_unauthenticated = allow_unauthenticated,
+                                   .program = "sluice-controller"};
+    if (auth_listen_check(&policy, host) != 0) return 2;
     signal(SIGPIPE, SIG_IGN);
 
     struct ctl_config cfg = {
@@ -75,6 +86,7 @@ int main(int argc, char **argv)
         .method = (enum ctl_dispatch_method)m,
         .heartbeat_expiration = expiration,
         .internal_token = token && *token ? token : NULL,
+        .allow_unauthenticated_workers = allow_unauthenticated,
         .status_timeout_ms = status_timeout_ms,
         .seed = random_seed(),
     };
@@ -91,7 +103,7 @@ int main(int argc, char **argv)
     /* Tests read this line to learn the port when they pass --port 0. */
     log_info("listening on http://%s:%d (dispatch %s, heartbeat expiration %g s, internal token %s)", host,
              http_server_port(c.server), ctl_dispatch_method_name(cfg.method), expiration,
-             cfg.internal_token ? "on" : "off");
+             cfg.internal_token ? "on" : allow_unauthenticated ? "off, every caller served" : "off, loopback callers only");
     uv_run(loop, UV_RUN_DEFAULT);
     status = 0;
 out:

@@ -66,7 +66,7 @@ char *ctl_metrics_render(struct ctl *c, size_t *len)
                "# HELP sluice_controller_workers_refresh_removed_total Workers dropped because their status request failed.\n"
                "# TYPE sluice_controller_workers_refresh_removed_total counter\n"
                "sluice_controller_workers_refresh_removed_total %llu\n"
-               "# HELP sluice_controller_unauthorized_total Requests refused for a missing or wrong internal token.\n"
+               "# HELP sluice_controller_unauthorized_total Internal requests refused: a missing or wrong internal token (401), or a non-loopback caller without one (403).\n"
                "# TYPE sluice_controller_unauthorized_total counter\n"
                "sluice_controller_unauthorized_total %llu\n",
             (unsigned long long)c->registrations, (unsigned long long)c->heartbeats,

@@ -14,18 +14,14 @@ static int prefixed(int rc, const char *prefix, struct json_field_error *err)
     return rc;
 }
 
-/* The worker's name is the base URL the controller and gateways call. */
-static int check_worker_name(const char *name, struct json_field_error *err)
+/* The worker's name is the base URL the controller and gateways call: nothing but
+ * scheme://host:port, so that a registration cannot point them at another URL. */
+static int check_worker_name(const char *name, char out[NET_BASE_URL_MAX], struct json_field_error *err)
 {
-    size_t len = strlen(name);
-    if (len == 0 || len > CTL_MAX_NAME)
-        return json_field_fail(err, "worker_name", "'worker_name' must be a non-empty URL of at most 2048 characters");
-    if (strncmp(name, "http://", 7) != 0 && strncmp(name, "https://", 8) != 0)
-        return json_field_fail(err, "worker_name", "'worker_name' must be the worker's base URL, starting with http:// or https://");
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-        if (*p <= ' ' || *p == 0x7f)
-            return json_field_fail(err, "worker_name", "'worker_name' must not contain spaces or control characters");
-    return 0;
+    const char *why = "";
+    if (net_base_url_parse(name, out, NET_BASE_URL_MAX, &why) == 0) return 0;
+    return json_field_fail(err, "worker_name", "'worker_name' must be the worker's base URL, http://host:port or "
+                           "https://host:port: %s", why);
 }
 
 void ctl_worker_status_clear(struct ctl_worker_status *st)
@@ -81,8 +77,10 @@ int ctl_payload_register(const json_t *body, struct ctl_register_req *req, struc
 {
     memset(req, 0, sizeof *req);
     req->check_heart_beat = true;
-    if (json_get_string(body, "worker_name", true, &req->worker_name, err) != JSON_FIELD_OK) return -1;
-    if (check_worker_name(req->worker_name, err) != 0) return -1;
+    const char *name;
+    if (json_get_string(body, "worker_name", true, &name, err) != JSON_FIELD_OK) return -1;
+    if (check_worker_name(name, req->name, err) != 0) return -1;
+    req->worker_name = req->name;
     if (json_get_bool(body, "check_heart_beat", false, &req->check_heart_beat, err) == JSON_FIELD_INVALID) return -1;
     if (json_get_bool(body, "multimodal", false, &req->multimodal, err) == JSON_FIELD_INVALID) return -1;
     json_t *status = NULL;
@@ -95,10 +93,12 @@ int ctl_payload_register(const json_t *body, struct ctl_register_req *req, struc
     return 0;
 }
 
-int ctl_payload_heartbeat(const json_t *body, const char **worker_name, int64_t *queue_length,
+int ctl_payload_heartbeat(const json_t *body, char worker_name[NET_BASE_URL_MAX], int64_t *queue_length,
                           struct json_field_error *err)
 {
-    if (json_get_string(body, "worker_name", true, worker_name, err) != JSON_FIELD_OK) return -1;
+    const char *name;
+    if (json_get_string(body, "worker_name", true, &name, err) != JSON_FIELD_OK) return -1;
+    if (check_worker_name(name, worker_name, err) != 0) return -1;
     *queue_length = 0;
     if (json_get_int(body, "queue_length", true, 0, INT32_MAX, queue_length, err) != JSON_FIELD_OK) return -1;
     return 0;

@@ -7,13 +7,16 @@
 #include <stdbool.h>
 
 #include "common/json_util.h"
+#include "common/net_addr.h"
 #include "controller/registry.h"
 
-enum { CTL_MAX_NAME = 2048, CTL_MAX_MODELS = 256, CTL_MAX_MODEL_NAME = 512 };
+enum { CTL_MAX_MODELS = 256, CTL_MAX_MODEL_NAME = 512 };
 
-/* POST /register_worker. Strings are borrowed from the JSON. */
+/* POST /register_worker. Strings are borrowed from the JSON, but for worker_name: the
+ * normalised address (net_base_url_parse) in name. */
 struct ctl_register_req {
-    const char *worker_name;
+    const char *worker_name; /* = name */
+    char name[NET_BASE_URL_MAX];
     bool check_heart_beat; /* default true */
     bool multimodal;       /* default false */
     bool has_status;       /* worker_status was an object, not null or absent */
@@ -29,7 +32,8 @@ void ctl_worker_status_clear(struct ctl_worker_status *st);
 
 /* Release with ctl_worker_status_clear(&req->status). */
 int ctl_payload_register(const json_t *body, struct ctl_register_req *req, struct json_field_error *err);
-int ctl_payload_heartbeat(const json_t *body, const char **worker_name, int64_t *queue_length,
+/* worker_name receives the normalised address, as registered. */
+int ctl_payload_heartbeat(const json_t *body, char worker_name[NET_BASE_URL_MAX], int64_t *queue_length,
                           struct json_field_error *err);
 int ctl_payload_model(const json_t *body, const char **model, struct json_field_error *err);
 /* /get_worker_address's optional "exclude": addresses of workers not to choose (a gateway

@@ -6,6 +6,7 @@
 
 #include "common/json_util.h"
 #include "common/log.h"
+#include "common/net_addr.h"
 #include "controller/controller.h"
 #include "controller/payload.h"
 
@@ -142,9 +143,18 @@ static void op_start(struct ctl_op *op)
     op->pending += op->n_fetch;
     for (size_t i = 0; i < op->n_fetch; i++) {
         struct ctl_fetch *f = &op->fetch[i];
+        /* Registration admits only base URLs; checked again here so that no path through the
+         * registry can make the controller fetch anything else. */
+        char url[NET_BASE_URL_MAX];
+        const char *why = "";
+        if (net_base_url_parse(f->name, url, sizeof url, &why) != 0) {
+            log_warn("not asking %s for its status: not a worker address: %s", f->name, why);
+            fetch_done(f, NULL);
+            continue;
+        }
         struct http_call_opts o = {
             .method = "POST",
-            .url = f->name,
+            .url = url,
             .path = "/worker_get_status",
             .body = "{}",
             .body_len = 2,

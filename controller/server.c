@@ -1,6 +1,7 @@
 /* Starting and stopping the controller: registry, HTTP server and client, sweep timer. */
 #include <stdlib.h>
 
+#include "common/auth.h"
 #include "common/log.h"
 #include "controller/controller.h"
 
@@ -35,6 +36,8 @@ int ctl_start(struct ctl *c, uv_loop_t *loop, const struct ctl_config *cfg)
         log_error("cannot start the HTTP client");
         goto fail;
     }
+    /* The client only asks workers for /worker_get_status, which needs the token too. */
+    if (auth_client_token(c->client, cfg->internal_token) != 0) goto fail;
     struct http_server_config scfg = {.host = cfg->host, .port = (int)cfg->port};
     if (http_server_init(&c->server, loop, &scfg, ctl_handle, c) != 0) {
         log_error("cannot listen on %s:%ld", cfg->host, cfg->port);

@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
+#include "common/auth.h"
 #include "common/log.h"
 
 struct gw_auth {
@@ -84,27 +84,14 @@ size_t gw_auth_key_count(const gw_auth *a)
     return a ? a->n : 0;
 }
 
-bool gw_auth_equal(const char *a, size_t a_len, const char *b, size_t b_len)
-{
-    /* Walk the whole candidate whatever the lengths; a length mismatch only sets a bit. */
-    volatile unsigned char diff = (unsigned char)(a_len != b_len);
-    for (size_t i = 0; i < a_len; i++) {
-        unsigned char cb = b_len ? (unsigned char)b[i % b_len] : 0;
-        diff |= (unsigned char)a[i] ^ cb;
-    }
-    return diff == 0;
-}
-
 bool gw_auth_check(const gw_auth *a, const char *authorization)
 {
     if (!a || a->n == 0) return true;
-    if (!authorization || strncasecmp(authorization, "Bearer ", 7) != 0) return false;
-    const char *key = authorization + 7;
-    while (*key == ' ') key++;
-    size_t len = strlen(key);
-    while (len && key[len - 1] == ' ') len--;
+    size_t len = 0;
+    const char *key = auth_bearer_credential(authorization, &len);
+    if (!key) return false;
     bool ok = false;
     /* Every key is compared, so timing does not tell which one (or whether any) matched. */
-    for (size_t i = 0; i < a->n; i++) ok |= gw_auth_equal(key, len, a->keys[i], a->lens[i]);
+    for (size_t i = 0; i < a->n; i++) ok |= auth_equal(key, len, a->keys[i], a->lens[i]);
     return ok;
 }

@@ -1,6 +1,6 @@
 /* API keys: --api-keys k1,k2 and/or --api-key-file (one key per line). With none set, every
  * request is allowed. Keys are compared in constant time so that response timing does not
- * reveal how much of a guessed key was right. */
+ * reveal how much of a guessed key was right (common/auth.h). */
 #ifndef SLUICE_GATEWAY_AUTH_H
 #define SLUICE_GATEWAY_AUTH_H
 
@@ -15,7 +15,5 @@ void gw_auth_free(gw_auth *auth);
 size_t gw_auth_key_count(const gw_auth *auth);
 /* The Authorization header's value (may be NULL): true when allowed. */
 bool gw_auth_check(const gw_auth *auth, const char *authorization);
-/* Equality whose running time depends only on the lengths, not on where bytes differ. */
-bool gw_auth_equal(const char *a, size_t a_len, const char *b, size_t b_len);
 
 #endif

@@ -7,6 +7,7 @@
 #include <time.h>
 #include <uv.h>
 
+#include "common/auth.h"
 #include "common/flags.h"
 #include "common/log.h"
 #include "gateway/gateway.h"
@@ -53,7 +54,7 @@ int main(int argc, char **argv)
     c->worker_idle_timeout_ms = 600000;
     c->max_stream_buffer = 4 << 20;
     c->models_cache_ms = 1500;
-    const char *log_level = "info";
+    const char *log_level = "info", *internal_token = NULL;
     const struct flag_spec specs[] = {
         {"host", FLAG_STRING, &c->host, "SLUICE_GATEWAY_HOST", "HOST", "address to listen on", 0, 0},
         {"port", FLAG_INT, &c->port, "SLUICE_GATEWAY_PORT", "PORT", "port to listen on (0 picks one)", 0, 65535},
@@ -63,6 +64,9 @@ int main(int argc, char **argv)
          "comma-separated keys clients must send as 'Authorization: Bearer <key>'", 0, 0},
         {"api-key-file", FLAG_STRING, &c->api_key_file, "SLUICE_API_KEY_FILE", "PATH",
          "file with one API key per line", 0, 0},
+        {"internal-token", FLAG_STRING, &internal_token, "SLUICE_INTERNAL_TOKEN", "TOKEN",
+         "sent as 'Authorization: Bearer TOKEN' to the controller and workers (the token they were started with)",
+         0, 0},
         {"max-body-bytes", FLAG_INT, &c->max_body_bytes, "SLUICE_GATEWAY_MAX_BODY_BYTES", "BYTES",
          "largest request body accepted (413 above)", 1024, 1 << 30},
         {"max-concurrent-requests", FLAG_INT, &c->max_concurrent_requests,
@@ -110,6 +114,8 @@ int main(int argc, char **argv)
         log_error("cannot start the HTTP client");
         goto out;
     }
+    /* The client calls only the controller and workers, whose endpoints need the token. */
+    if (auth_client_token(g.client, internal_token) != 0) goto out;
     gw_models_init(&g.models, g.client, controller, c->controller_timeout_ms, c->models_cache_ms);
     struct http_server_config scfg = {
         .host = c->host,
@@ -127,8 +133,9 @@ int main(int argc, char **argv)
     uv_signal_start(&sigint, on_signal, SIGINT);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     /* Tests read this line to learn the port when they pass --port 0. */
-    log_info("listening on http://%s:%d (controller %s, %zu API keys)", c->host,
-             http_server_port(g.server), controller, gw_auth_key_count(g.auth));
+    log_info("listening on http://%s:%d (controller %s, %zu API keys, internal token %s)", c->host,
+             http_server_port(g.server), controller, gw_auth_key_count(g.auth),
+             internal_token && *internal_token ? "on" : "off");
     uv_run(loop, UV_RUN_DEFAULT);
 
     /* Requests still open are closed first: their on_close callbacks cancel upstream calls,

@@ -10,7 +10,9 @@
 
 #include "common/json_util.h"
 #include "common/log.h"
+#include "common/net_addr.h"
 #include "gateway/format_openai.h"
+#include "gateway/proxy_frame.h"
 
 enum { MAX_ERR_BODY = 64 * 1024, MAX_LINE = 16 * 1024 * 1024, MAX_RETRY_ASKS = 3 };
 
@@ -164,6 +166,19 @@ static int process_line(struct gw_choice *c, const char *line, size_t len)
         c->bad_frame = true;
         return -1;
     }
+    char why[256];
+    if (gw_frame_check(frame, why, sizeof why) != 0) {
+        /* Numbers no real worker sends: the worker is broken (or hostile), and what it said
+         * is not passed on. Not retried: it answered, wrongly. */
+        struct gw_gen *gen = c->gen;
+        log_warn("%s: worker %s sent an invalid frame: %s", gen->id, c->address ? c->address : "?", why);
+        char msg[320];
+        snprintf(msg, sizeof msg, "the worker sent an invalid answer: %s", why);
+        json_decref(frame);
+        c->bad_frame = true;
+        gw_emit_error(gen, 502, NULL, msg, NULL);
+        return -1;
+    }
     if (!c->got_frame && c->attempts < 2 &&
         !strcmp(json_string_value(json_object_get(frame, "finish_reason")) ?: "", "error")) {
         /* The worker failed before producing anything: as good as a 5xx, so try elsewhere. */
@@ -238,7 +253,10 @@ static void on_upstream_done(http_call *call, const struct http_call_result *res
         } else {
             char msg[512], param[96];
             error_from_body(c, msg, sizeof msg, param, sizeof param);
-            int status = (int)res->status;
+            int status = gw_frame_error_status(res->status);
+            if (status != res->status)
+                log_warn("%s: worker %s answered HTTP %ld: passing it on as %d", gen->id, c->address, res->status,
+                         status);
             gw_emit_error(gen, status, param, msg, status == 503 || status == 429 ? "1" : NULL);
         }
         goto out;
@@ -270,16 +288,28 @@ static void choice_start(struct gw_choice *c, const char *address)
 {
     struct gw_gen *gen = c->gen;
     struct gw *g = gen->g;
+    /* Only scheme://host:port is fetched, whatever the controller says: an address with a
+     * path, query or credentials would let whoever registered it aim the gateway elsewhere. */
+    char url[NET_BASE_URL_MAX];
+    const char *why = "";
+    bool valid = net_base_url_parse(address, url, sizeof url, &why) == 0;
     free(c->address);
-    c->address = strdup(address);
+    c->address = strdup(valid ? url : address);
     c->attempts++;
     c->got_frame = false;
     c->finished = false;
+    if (!valid) {
+        log_warn("%s: the controller named '%.300s' for model %s, which is not a worker address (%s): not sending to it",
+                 gen->id, address, gen->p.model, why);
+        struct http_call_result res = {.error = HTTP_CALL_INTERNAL, .error_text = "not a worker address"};
+        on_upstream_done(NULL, &res, c);
+        return;
+    }
     json_t *body = gw_params_upstream_body(&gen->p, c->index);
     json_object_set_new(body, "request_id", json_string(gen->id));
     struct http_call_opts opts = {
         .method = "POST",
-        .url = address,
+        .url = url,
         .path = "/generate",
         .json = body,
         .connect_timeout_ms = g->cfg.worker_connect_timeout_ms,

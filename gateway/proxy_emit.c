@@ -8,6 +8,7 @@
 #include "common/log.h"
 #include "gateway/format_openai.h"
 #include "gateway/proxy.h"
+#include "gateway/proxy_frame.h"
 
 static double since(uint64_t ns)
 {
@@ -121,6 +122,7 @@ void gw_emit_frame(struct gw_gen *gen, struct gw_choice *c, const json_t *frame)
     const char *finish = json_string_value(json_object_get(frame, "finish_reason"));
     const char *prompt_text = json_string_value(json_object_get(frame, "prompt_text"));
     const json_t *lps = json_object_get(frame, "logprobs");
+    /* Frames reach here checked (gw_frame_check): counts are integers in 0..INT32_MAX. */
     json_t *usage = json_object_get(frame, "usage");
     if (json_is_object(usage)) {
         c->prompt_tokens = json_integer_value(json_object_get(usage, "prompt_tokens"));
@@ -162,6 +164,14 @@ void gw_emit_success(struct gw_gen *gen)
     if (gen->ended) return;
     int64_t prompt, completion;
     totals(gen, &prompt, &completion);
+    /* Each count is at most INT32_MAX, so these int64 sums cannot overflow; a total that
+     * would not fit a 32-bit int is still no real answer's. */
+    if (prompt + completion > GW_FRAME_MAX_COUNT) {
+        log_warn("%s: the workers reported %lld prompt and %lld completion tokens", gen->id, (long long)prompt,
+                 (long long)completion);
+        gw_emit_error(gen, 502, NULL, "the workers reported more tokens than any answer can have", NULL);
+        return;
+    }
     gw_metrics_tokens(gen->g->metrics, prompt, completion);
     if (gen->p.stream) {
         if (gen->p.include_usage) {

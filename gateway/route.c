@@ -23,16 +23,19 @@ static void on_route_done(http_call *call, const struct http_call_result *res, v
     if (res->error == HTTP_CALL_OK && res->status == 200) {
         json_t *root = json_loadb(res->body, res->body_len, 0, NULL);
         const char *a = json_string_value(json_object_get(root, "address"));
+        /* Checked and normalised where it is used (proxy.c's choice_start). */
         if (a) {
             address = strdup(a);
-            size_t n = strlen(address);
-            while (n && address[n - 1] == '/') address[--n] = '\0';
             rc = 0;
         }
         json_decref(root);
     }
-    if (rc) log_warn("controller: get_worker_address failed: %s (status %ld)",
-                     res->error ? res->error_text : "bad answer", res->status);
+    if (rc && (res->status == 401 || res->status == 403))
+        log_error("controller: get_worker_address refused (HTTP %ld): start the gateway with the controller's "
+                  "--internal-token", res->status);
+    else if (rc)
+        log_warn("controller: get_worker_address failed: %s (status %ld)", res->error ? res->error_text : "bad answer",
+                 res->status);
     r->cb(rc, address ? address : "", r->user);
     free(address);
     free(r);

@@ -13,14 +13,9 @@ static void send_register(struct worker *w);
 static void post(struct worker *w, const char *path, json_t *body,
                  void (*on_done)(http_call *, const struct http_call_result *, void *))
 {
-    char auth[300];
-    const char *headers[2] = {NULL, NULL};
-    if (w->opt.internal_token && *w->opt.internal_token) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", w->opt.internal_token);
-        headers[0] = auth;
-    }
+    /* The client sends the internal token on every call (auth_client_token in serve.c). */
     struct http_call_opts opts = {
-        .method = "POST", .url = w->opt.controller_address, .path = path, .json = body, .headers = headers,
+        .method = "POST", .url = w->opt.controller_address, .path = path, .json = body,
         .connect_timeout_ms = 1000, .timeout_ms = 3000, .on_done = on_done, .user = w,
     };
     if (http_client_request(w->client, &opts, NULL) != 0) {
@@ -42,6 +37,11 @@ static void on_registered(http_call *call, const struct http_call_result *res, v
     }
     if (res->status == 401)
         log_error("the controller refused registration (401): check --internal-token");
+    else if (res->status == 403)
+        log_error("the controller refused registration (403): it has no internal token and serves loopback callers "
+                  "only; give both --internal-token");
+    else if (res->status == 400)
+        log_error("the controller refused registration (400): %.*s", (int)res->body_len, res->body ? res->body : "");
     else
         log_warn("registration with %s failed (%s%ld); retrying every %.0f s",
                  w->opt.controller_address, res->error ? res->error_text : "HTTP ", res->error ? 0 : res->status,

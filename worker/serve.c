@@ -6,8 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/auth.h"
 #include "common/flags.h"
 #include "common/log.h"
+#include "common/net_addr.h"
 #include "worker/cli.h"
 #include "worker/worker.h"
 
@@ -18,6 +20,10 @@ static void route(http_request *req, void *user)
     bool post = strcmp(http_request_method(req), "POST") == 0;
     bool get = strcmp(http_request_method(req), "GET") == 0;
     const char *allow = "POST";
+    /* Every endpoint but the probes is internal (docs/PROTOCOL.md, "Authentication"). */
+    struct auth_internal a = {.token = w->opt.internal_token, .allow_unauthenticated = w->opt.allow_unauthenticated,
+                              .program = "sluice-worker"};
+    if (strcmp(path, "/health") && strcmp(path, "/metrics") && auth_internal_check(req, &a) != AUTH_OK) return;
     static const struct {
         const char *path;
         bool get_ok;
@@ -191,7 +197,7 @@ int worker_serve_main(int argc, char **argv)
         {"model-names", FLAG_STRING, &o->model_names, NULL, "A,B", "names to serve the model under (default: the folder's name)", 0, 0},
         {"controller-address", FLAG_STRING, &o->controller_address, "SLUICE_CONTROLLER_ADDRESS", "URL", "the controller to register with", 0, 0},
         {"worker-address", FLAG_STRING, &o->worker_address, NULL, "URL", "address the controller and gateway reach this worker at (default http://HOST:PORT)", 0, 0},
-        {"host", FLAG_STRING, &o->host, NULL, "ADDR", "address to listen on", 0, 0},
+        {"host", FLAG_STRING, &o->host, NULL, "ADDR", "address to listen on (one other than loopback needs --internal-token or --allow-unauthenticated-workers)", 0, 0},
         {"port", FLAG_INT, &o->port, NULL, "PORT", "port to listen on", 0, 65535},
         {"limit-worker-concurrency", FLAG_INT, &o->limit_worker_concurrency, NULL, "N", "requests in flight at most; more get 503", 1, 1e7},
         {"no-register", FLAG_BOOL, &o->no_register, NULL, NULL, "do not register with the controller", 0, 0},
@@ -210,7 +216,8 @@ int worker_serve_main(int argc, char **argv)
         {"deterministic", FLAG_BOOL, &o->deterministic, NULL, NULL, "CUDA: a request's output does not depend on what shares its batch (greedy equals the request alone); slower prefill and large batches (README)", 0, 0},
         {"heartbeat-interval", FLAG_DOUBLE, &o->heartbeat_interval, "SLUICE_HEARTBEAT_INTERVAL", "SECONDS", "seconds between heartbeats", 0.05, 3600},
         {"speed", FLAG_DOUBLE, &o->speed, NULL, "F", "relative speed reported to the controller", 0.001, 1e6},
-        {"internal-token", FLAG_STRING, &o->internal_token, "SLUICE_INTERNAL_TOKEN", "TOKEN", "bearer token the controller requires", 0, 0},
+        {"internal-token", FLAG_STRING, &o->internal_token, "SLUICE_INTERNAL_TOKEN", "TOKEN", "bearer token sent to the controller and required on every endpoint but /health and /metrics", 0, 0},
+        {"allow-unauthenticated-workers", FLAG_BOOL, &o->allow_unauthenticated, "SLUICE_ALLOW_UNAUTHENTICATED_WORKERS", NULL, "without --internal-token, serve generation and the other internal endpoints to any caller, not only loopback, and allow a non-loopback --host (FastChat's behaviour; insecure)", 0, 0},
         {"log-level", FLAG_STRING, &o->log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn or error", 0, 0},
         {0},
     };
@@ -230,6 +237,16 @@ int worker_serve_main(int argc, char **argv)
         fprintf(stderr, "sluice-worker: --model-path is required (see --help)\n");
         return 2;
     }
+    struct auth_internal policy = {.token = o->internal_token, .allow_unauthenticated = o->allow_unauthenticated,
+                                   .program = "sluice-worker"};
+    if (auth_listen_check(&policy, o->host) != 0) return 2;
+    if (o->worker_address && *o->worker_address) {
+        const char *why = "";
+        if (net_base_url_parse(o->worker_address, w->address, sizeof w->address, &why) != 0) {
+            fprintf(stderr, "sluice-worker: --worker-address '%s' is not http://host:port: %s\n", o->worker_address, why);
+            return 2;
+        }
+    }
     w->loop = uv_default_loop();
     set_model_names(w);
     if (worker_metrics_init(&w->metrics) != 0 || load_everything(w) != 0) return 1;
@@ -239,11 +256,10 @@ int worker_serve_main(int argc, char **argv)
         log_error("cannot listen on %s:%ld", o->host, o->port);
         return 1;
     }
-    if (o->worker_address && *o->worker_address)
-        snprintf(w->address, sizeof w->address, "%s", o->worker_address);
-    else
-        snprintf(w->address, sizeof w->address, "http://%s:%d", o->host, http_server_port(w->server));
-    if (http_client_init(&w->client, w->loop) != 0) {
+    if (!(o->worker_address && *o->worker_address))
+        snprintf(w->address, sizeof w->address, strchr(o->host, ':') ? "http://[%s]:%d" : "http://%s:%d", o->host,
+                 http_server_port(w->server));
+    if (http_client_init(&w->client, w->loop) != 0 || auth_client_token(w->client, o->internal_token) != 0) {
         log_error("cannot start the HTTP client");
         return 1;
     }

@@ -10,6 +10,7 @@
 
 #include "common/http_client.h"
 #include "common/http_server.h"
+#include "common/net_addr.h"
 #include "worker/chat_format.h"
 #include "worker/engine/engine.h"
 #include "worker/model/model.h"
@@ -43,6 +44,7 @@ struct worker_options {
     double heartbeat_interval;      /* seconds */
     double speed;
     const char *internal_token;
+    bool allow_unauthenticated;     /* no token: serve any caller, and allow a non-loopback --host */
     const char *log_level;
 };
 
@@ -58,7 +60,7 @@ struct worker {
     struct chat_format chat;
     char model_names[16][128];
     int n_model_names;
-    char address[256];
+    char address[NET_BASE_URL_MAX]; /* how the controller and gateways reach us */
     int max_model_len;
 
     /* Live generations by engine request id: a small open-addressing table would do, but

@@ -30,8 +30,8 @@ def register(ctl, name, models, speed=1, queue_length=0, check_heart_beat=True, 
     return r
 
 
-def address(ctl, model):
-    r = post(ctl, "/get_worker_address", {"model": model})
+def address(ctl, model, token=None):
+    r = post(ctl, "/get_worker_address", {"model": model}, token=token)
     assert r.status_code == 200, r.text
     return r.json()["address"]
 
@@ -282,13 +282,14 @@ def test_internal_token(controller):
         assert r.json()["error"]["type"] == "authentication_error"
         r = post(ctl, "/receive_heart_beat", {"worker_name": "http://127.0.0.1:1", "queue_length": 0}, token=token)
         assert r.status_code == 401
-    assert address(ctl, "m") == ""
+    assert address(ctl, "m", token="s3cret") == ""
     assert post(ctl, "/register_worker", body, token="s3cret").status_code == 200
     r = post(ctl, "/receive_heart_beat", {"worker_name": "http://127.0.0.1:1", "queue_length": 0}, token="s3cret")
     assert r.status_code == 200 and r.json() == {"exist": True}
-    # Reading endpoints need no token.
-    assert address(ctl, "m") == "http://127.0.0.1:1"
-    assert "sluice_controller_unauthorized_total 8\n" in requests.get(ctl.url + "/metrics", timeout=5).text
+    # Reading endpoints need it too (test_security.py goes through every one).
+    assert post(ctl, "/get_worker_address", {"model": "m"}).status_code == 401
+    assert address(ctl, "m", token="s3cret") == "http://127.0.0.1:1"
+    assert "sluice_controller_unauthorized_total 9\n" in requests.get(ctl.url + "/metrics", timeout=5).text
 
 
 def test_internal_token_from_env(controller):

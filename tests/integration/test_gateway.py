@@ -38,6 +38,7 @@ class FakeWorker:
         self.failed = 0
         self.disconnected = threading.Event()  # a stalled stream saw its client go
         self.frame_delay = 0.0
+        self.craft = None         # when set, frame -> frame: rewrites every frame sent (test_security.py)
         worker = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -178,6 +179,8 @@ class FakeWorker:
         return frame
 
     def _frame(self, h, frame):
+        if self.craft:
+            frame = self.craft(frame)
         self._chunk(h, (json.dumps(frame) + "\n").encode())
 
     @staticmethod

@@ -535,6 +535,41 @@ Test(http_client, post_sends_body_and_headers)
     ctx_free(&t);
 }
 
+Test(http_client, default_header_on_every_call_unless_the_call_sets_it)
+{
+    struct ctx t;
+    ctx_init(&t);
+    char url[128];
+    url_of(&t, url, sizeof url, "/echo");
+    cr_assert_eq(http_client_set_default_header(t.client, "Authorization: Bearer internal"), 0);
+    struct http_call_opts o = {.method = "POST", .url = url, .body = "{}", .body_len = 2};
+    struct res r = {0};
+    cr_assert_eq(start(&t, &r, &o), 0);
+    cr_assert(run_until(&t, is_done, &r, 5000));
+    cr_assert_not_null(strstr(r.body, "\r\nAuthorization: Bearer internal\r\n"), "%s", r.body);
+    res_clear(&r);
+
+    /* A call's own header of the same name wins, sent once. */
+    const char *headers[] = {"authorization: Bearer mine", NULL};
+    struct http_call_opts o2 = {.method = "POST", .url = url, .body = "{}", .body_len = 2, .headers = headers};
+    struct res r2 = {0};
+    cr_assert_eq(start(&t, &r2, &o2), 0);
+    cr_assert(run_until(&t, is_done, &r2, 5000));
+    cr_assert_not_null(strstr(r2.body, "\r\nauthorization: Bearer mine\r\n"), "%s", r2.body);
+    cr_assert_null(strstr(r2.body, "internal"), "%s", r2.body);
+    res_clear(&r2);
+
+    cr_assert_eq(http_client_set_default_header(t.client, NULL), 0);
+    struct res r3 = {0};
+    cr_assert_eq(start(&t, &r3, &o), 0);
+    cr_assert(run_until(&t, is_done, &r3, 5000));
+    cr_assert_null(strcasestr(r3.body, "\r\nAuthorization:"), "%s", r3.body);
+    res_clear(&r3);
+    /* Freed by the client at teardown (the leak check in ctx_free sees it). */
+    cr_assert_eq(http_client_set_default_header(t.client, "Authorization: Bearer again"), 0);
+    ctx_free(&t);
+}
+
 Test(http_client, json_body_and_path_joined_by_the_client)
 {
     struct ctx t;
