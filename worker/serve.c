@@ -1,10 +1,13 @@
 /* sluice-worker: loads a model onto a device, runs the engine on its own thread, and serves
  * FastChat's worker API plus the native stream on one libuv loop. */
+#include <errno.h>
 #include <libgen.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "common/flags.h"
 #include "common/log.h"
@@ -44,6 +47,11 @@ static void route(http_request *req, void *user)
             allow = "GET";
             goto method;
         }
+        if (path[1] == 'h' && w->draining) {
+            /* Alive, finishing what it has, taking nothing new: a readiness probe says no. */
+            http_respond_json(req, 503, json_pack("{s:s, s:i}", "status", "draining", "running", w->active));
+            return;
+        }
         (path[1] == 'h' ? api_health : api_metrics)(w, req);
         return;
     }
@@ -80,19 +88,33 @@ static void set_model_names(struct worker *w)
     free(copy);
 }
 
-static void on_closed(void *arg)
+static void on_server_closed(void *arg)
 {
-    (void)arg;
+    *(bool *)arg = true;
 }
 
-static void on_signal(uv_signal_t *sig, int signum)
+static void close_walk(uv_handle_t *h, void *arg)
 {
-    struct worker *w = sig->data;
-    log_info("signal %d: shutting down", signum);
-    controller_client_stop(w);
-    if (w->server) http_server_close(w->server, on_closed, NULL);
-    w->server = NULL;
-    uv_stop(w->loop);
+    (void)arg;
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+/* --seed: "none" draws the default seed from the kernel, so that requests without a seed
+ * differ from one worker (and one run) to the next; a number makes them reproducible. The
+ * engine gives each unseeded request that base plus its own count, which the sampler mixes. */
+static int parse_seed(const char *text, uint64_t *out)
+{
+    if (!text || !strcmp(text, "none")) {
+        if (getrandom(out, sizeof *out, 0) == (ssize_t)sizeof *out) return 0;
+        *out = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
+        return 0;
+    }
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || end == text || *end) return -1;
+    *out = (uint64_t)v;
+    return 0;
 }
 
 static int load_everything(struct worker *w)
@@ -152,7 +174,7 @@ static int load_everything(struct worker *w)
         .max_num_seqs = (int32_t)w->opt.max_num_seqs,
         .max_num_batched_tokens = (int32_t)w->opt.max_num_batched_tokens,
         .max_model_len = ctx,
-        .seed = (uint64_t)w->opt.seed,
+        .seed = w->default_seed,
     };
     if (engine_create(&w->engine, w->backend, w->tok, &eo, w->loop, api_on_engine_event, w) != 0) {
         log_error("cannot start the engine");
@@ -175,6 +197,7 @@ int worker_serve_main(int argc, char **argv)
         .port = 21002,
         .limit_worker_concurrency = 1024,
         .device = "cuda",
+        .seed = "none",
         .stream_interval = 2,
         .load_format = "auto",
         .max_num_seqs = 256,
@@ -184,6 +207,7 @@ int worker_serve_main(int argc, char **argv)
         .heartbeat_interval = 10,
         .speed = 1,
         .log_level = "info",
+        .drain_timeout = 30,
     };
     const struct flag_spec specs[] = {
         {"model-path", FLAG_STRING, &o->model_path, NULL, "PATH", "model directory (Hugging Face) or .gguf file", 0, 0},
@@ -195,7 +219,7 @@ int worker_serve_main(int argc, char **argv)
         {"limit-worker-concurrency", FLAG_INT, &o->limit_worker_concurrency, NULL, "N", "requests in flight at most; more get 503", 1, 1e7},
         {"no-register", FLAG_BOOL, &o->no_register, NULL, NULL, "do not register with the controller", 0, 0},
         {"device", FLAG_STRING, &o->device, NULL, "cpu|cuda", "where to run the model", 0, 0},
-        {"seed", FLAG_INT, &o->seed, NULL, "N", "seed for requests that bring none", 0, 0},
+        {"seed", FLAG_STRING, &o->seed, NULL, "N|none", "default seed of requests that bring none (none: random, so they differ; N: reproducible)", 0, 0},
         {"stream-interval", FLAG_INT, &o->stream_interval, NULL, "N", "FastChat stream: a frame every N tokens", 1, 1e6},
         {"load-format", FLAG_STRING, &o->load_format, NULL, "auto|dummy", "dummy: random weights for the config.json", 0, 0},
         {"tokenizer", FLAG_STRING, &o->tokenizer, NULL, "PATH", "tokenizer directory, tokenizer.json or .gguf (default: the model's)", 0, 0},
@@ -209,6 +233,7 @@ int worker_serve_main(int argc, char **argv)
         {"heartbeat-interval", FLAG_DOUBLE, &o->heartbeat_interval, "SLUICE_HEARTBEAT_INTERVAL", "SECONDS", "seconds between heartbeats", 0.05, 3600},
         {"speed", FLAG_DOUBLE, &o->speed, NULL, "F", "relative speed reported to the controller", 0.001, 1e6},
         {"internal-token", FLAG_STRING, &o->internal_token, "SLUICE_INTERNAL_TOKEN", "TOKEN", "bearer token the controller requires", 0, 0},
+        {"drain-timeout", FLAG_DOUBLE, &o->drain_timeout, "SLUICE_DRAIN_TIMEOUT", "SECONDS", "on SIGTERM/SIGINT, how long generations in flight may take to finish before they are ended", 0, 86400},
         {"log-level", FLAG_STRING, &o->log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn or error", 0, 0},
         {0},
     };
@@ -226,6 +251,10 @@ int worker_serve_main(int argc, char **argv)
     log_set_level((enum log_level)level);
     if (!o->model_path) {
         fprintf(stderr, "sluice-worker: --model-path is required (see --help)\n");
+        return 2;
+    }
+    if (parse_seed(o->seed, &w->default_seed) != 0) {
+        fprintf(stderr, "sluice-worker: --seed must be an integer or none, not '%s'\n", o->seed);
         return 2;
     }
     w->loop = uv_default_loop();
@@ -247,22 +276,28 @@ int worker_serve_main(int argc, char **argv)
     }
     controller_client_start(w);
     log_info("serving %s at %s", w->model_names[0], w->address);
-
-    uv_signal_t sigint, sigterm;
-    uv_signal_init(w->loop, &sigint);
-    uv_signal_init(w->loop, &sigterm);
-    sigint.data = sigterm.data = w;
-    uv_signal_start(&sigint, on_signal, SIGINT);
-    uv_signal_start(&sigterm, on_signal, SIGTERM);
+    if (worker_shutdown_watch(w) != 0) {
+        log_error("cannot watch SIGINT and SIGTERM");
+        return 1;
+    }
 
     uv_run(w->loop, UV_RUN_DEFAULT);
 
-    /* Orderly teardown: the engine thread first (it may still post events), then the rest. */
+    /* Here after a drain (worker/shutdown.c), the one way out. A signal now takes its default
+     * action: what follows is short. Requests still open (only when the drain ran out of time)
+     * are closed first: their on_close callbacks abort their sequences, which needs the
+     * engine; the engine thread stops next (its undelivered events are dropped), then the
+     * rest closes. */
+    worker_shutdown_close(w);
+    controller_client_stop(w);
+    bool server_closed = false;
+    http_server_close(w->server, on_server_closed, &server_closed);
+    w->server = NULL;
+    while (!server_closed) uv_run(w->loop, UV_RUN_ONCE);
     engine_free(w->engine);
     http_client_free(w->client);
-    uv_close((uv_handle_t *)&sigint, NULL);
-    uv_close((uv_handle_t *)&sigterm, NULL);
-    uv_run(w->loop, UV_RUN_NOWAIT);
+    uv_walk(w->loop, close_walk, NULL);
+    uv_run(w->loop, UV_RUN_DEFAULT);
     backend_free(w->backend);
     chat_format_free(&w->chat);
     tok_free(w->tok);
