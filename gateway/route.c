@@ -27,11 +27,11 @@ static void on_route_done(http_call *call, const struct http_call_result *res, v
             address = strdup(a);
             size_t n = strlen(address);
             while (n && address[n - 1] == '/') address[--n] = '\0';
-            rc = 0;
+            rc = !*address && json_is_true(json_object_get(root, "recently_served")) ? GW_ROUTE_RECENT : 0;
         }
         json_decref(root);
     }
-    if (rc) log_warn("controller: get_worker_address failed: %s (status %ld)",
+    if (rc < 0) log_warn("controller: get_worker_address failed: %s (status %ld)",
                      res->error ? res->error_text : "bad answer", res->status);
     r->cb(rc, address ? address : "", r->user);
     free(address);
