@@ -93,6 +93,7 @@ struct http_server {
     unsigned n_rejects; /* handles of refused connections still closing */
     int port;
     bool closing, listener_closed;
+    bool draining; /* http_server_drain: answers close their connections */
     void (*on_closed)(void *arg);
     void *on_closed_arg;
 };

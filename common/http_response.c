@@ -170,7 +170,7 @@ static int send_head(struct http_conn *c, int status, const char *content_type,
 
 static bool keep_alive_for(const http_request *req)
 {
-    return req->keep_alive && !req->conn->srv->closing;
+    return req->keep_alive && !req->conn->srv->closing && !req->conn->srv->draining;
 }
 
 /* --- answering at once ----------------------------------------------------------------- */

@@ -123,6 +123,23 @@ void http_server_close(http_server *srv, void (*on_closed)(void *arg), void *arg
     srv->closing = true;
     srv->on_closed = on_closed;
     srv->on_closed_arg = arg;
-    uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+    /* http_server_drain may have closed the listener already: a handle is closed once. */
+    if (!uv_is_closing((uv_handle_t *)&srv->listener)) uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
     for (struct http_conn *c = srv->conns; c; c = c->next) http_conn_close(c);
+    http_server_maybe_finish(srv); /* when nothing was left open, this is the end */
+}
+
+void http_server_drain(http_server *srv, bool stop_listening)
+{
+    if (!srv || srv->closing) return;
+    srv->draining = true;
+    if (stop_listening && !uv_is_closing((uv_handle_t *)&srv->listener))
+        uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+}
+
+size_t http_server_queued_bytes(const http_server *srv)
+{
+    size_t n = 0;
+    for (const struct http_conn *c = srv->conns; c; c = c->next) n += http_conn_queued(c);
+    return n;
 }

@@ -48,6 +48,13 @@ int http_server_port(const http_server *srv);
 /* Stops listening, closes every connection (their requests' on_close callbacks run), and
  * calls on_closed once all handles are closed; the server is freed then. */
 void http_server_close(http_server *srv, void (*on_closed)(void *arg), void *arg);
+/* The first step of a graceful stop: every answer from now on says "Connection: close", and
+ * with stop_listening the listener closes too (new connections are refused). Requests in
+ * progress go on; http_server_close still ends it all. */
+void http_server_drain(http_server *srv, bool stop_listening);
+/* Bytes answered but still waiting for the sockets, over every connection: a graceful stop
+ * waits for 0 before http_server_close, which would drop them. */
+size_t http_server_queued_bytes(const http_server *srv);
 unsigned http_server_connection_count(const http_server *srv);
 
 /* --- the request ------------------------------------------------------------------- */

@@ -81,6 +81,53 @@ int json_get_number(const json_t *obj, const char *key, bool required, double mi
     return JSON_FIELD_OK;
 }
 
+int json_check_token_ids(const json_t *obj, const char *key, size_t max, int64_t vocab,
+                         struct json_field_error *err)
+{
+    json_t *v;
+    int rc = field_lookup(obj, key, false, &v, err);
+    if (rc != JSON_FIELD_OK) return rc;
+    if (!json_is_array(v) || json_array_size(v) > max)
+        return json_field_fail(err, key, "'%s' must be an array of at most %zu token ids", key, max);
+    size_t i;
+    json_t *id;
+    json_array_foreach(v, i, id) {
+        json_int_t n = json_is_integer(id) ? json_integer_value(id) : -1;
+        if (n < 0) return json_field_fail(err, key, "'%s' must hold token ids: integers >= 0", key);
+        if (vocab > 0 && n >= vocab)
+            return json_field_fail(err, key, "'%s' holds %" PRId64 ", which is not a token id of this model "
+                                   "(its vocabulary has %" PRId64 " tokens)", key, (int64_t)n, vocab);
+    }
+    return JSON_FIELD_OK;
+}
+
+int json_check_logit_bias(const json_t *obj, const char *key, int64_t vocab, struct json_field_error *err)
+{
+    json_t *v;
+    int rc = field_lookup(obj, key, false, &v, err);
+    if (rc != JSON_FIELD_OK) return rc;
+    if (!json_is_object(v))
+        return json_field_fail(err, key, "'%s' must be an object mapping token ids to biases", key);
+    const char *k;
+    json_t *bias;
+    json_object_foreach(v, k, bias) {
+        /* Digits only: no sign, no spaces, no exponent; ten digits bound the value. */
+        size_t len = strlen(k);
+        bool digits = len > 0 && len <= 10 && strspn(k, "0123456789") == len;
+        int64_t id = digits ? strtoll(k, NULL, 10) : -1;
+        if (!digits || id > INT32_MAX)
+            return json_field_fail(err, key, "'%s' keys must be token ids written as integers >= 0, not '%.32s'",
+                                   key, k);
+        if (vocab > 0 && id >= vocab)
+            return json_field_fail(err, key, "'%s' names token %" PRId64 ", which is not a token id of this "
+                                   "model (its vocabulary has %" PRId64 " tokens)", key, id, vocab);
+        double d = json_is_number(bias) ? json_number_value(bias) : NAN;
+        if (!(d >= -100.0 && d <= 100.0))
+            return json_field_fail(err, key, "'%s' values must be numbers in [-100, 100] (token %s)", key, k);
+    }
+    return JSON_FIELD_OK;
+}
+
 int json_get_bool(const json_t *obj, const char *key, bool required, bool *out,
                   struct json_field_error *err)
 {

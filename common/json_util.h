@@ -41,6 +41,16 @@ int json_get_object(const json_t *obj, const char *key, bool required, json_t **
 int json_get_array(const json_t *obj, const char *key, bool required, json_t **out,
                    struct json_field_error *err);
 
+/* Token-id fields of the sampling APIs. vocab > 0 also bounds each id (< vocab); 0 leaves the
+ * bound to whoever knows the vocabulary (the gateway does not, the worker does).
+ *
+ * key: an array of at most max ids, each an integer >= 0 (vLLM's stop_token_ids). */
+int json_check_token_ids(const json_t *obj, const char *key, size_t max, int64_t vocab,
+                         struct json_field_error *err);
+/* key: an object mapping token ids, written as decimal strings, to numbers in [-100, 100]
+ * (OpenAI's logit_bias). */
+int json_check_logit_bias(const json_t *obj, const char *key, int64_t vocab, struct json_field_error *err);
+
 /* Parses a request body that must be one JSON object. On failure fills err (param "") and
  * returns NULL. */
 json_t *json_parse_object(const char *body, size_t len, struct json_field_error *err);

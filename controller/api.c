@@ -93,6 +93,24 @@ static void on_heartbeat(struct ctl *c, http_request *req)
     json_decref(body);
 }
 
+/* A worker that stops on purpose (sluice-worker's drain on SIGTERM) leaves at once instead of
+ * being dispatched to until its heartbeats expire. FastChat's workers never call this. */
+static void on_unregister(struct ctl *c, http_request *req)
+{
+    json_t *body = body_object(req);
+    if (!body) return;
+    const char *name;
+    struct json_field_error err = {{0}, {0}};
+    if (json_get_string(body, "worker_name", true, &name, &err) != JSON_FIELD_OK) {
+        respond_bad(req, &err);
+    } else {
+        bool removed = ctl_registry_remove(c->reg, name);
+        if (removed) log_info("worker %s unregistered", name);
+        http_respond_json(req, 200, json_pack("{s:b}", "removed", removed));
+    }
+    json_decref(body);
+}
+
 /* The registry's model-name list (n < 0: it ran out of memory) as a JSON array, freeing the
  * list; NULL when out of memory. */
 static json_t *names_json(const char **names, long n)
@@ -153,7 +171,9 @@ static void on_get_worker_address(struct ctl *c, http_request *req)
     } else {
         dc->no_worker++;
         log_debug("dispatch %s: no live worker", model);
-        respond_const(req, "{\"address\":\"\"}");
+        /* recently_served tells a gateway "retry soon" (503) from "no such model" (404). */
+        respond_const(req, ctl_registry_recently_served(c->reg, model) ? "{\"address\":\"\",\"recently_served\":true}"
+                                                                       : "{\"address\":\"\"}");
     }
     json_decref(body);
 }
@@ -241,6 +261,7 @@ static const struct route routes[] = {
     {"/get_worker_address", "POST", on_get_worker_address, true},
     {"/receive_heart_beat", "POST", on_heartbeat, true},
     {"/register_worker", "POST", on_register, true},
+    {"/unregister_worker", "POST", on_unregister, true},
     {"/list_models", "POST", on_list_models, true},
     {"/list_language_models", "POST", on_list_language_models, true},
     {"/list_multimodal_models", "POST", on_list_multimodal_models, true},

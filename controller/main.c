@@ -10,12 +10,15 @@
 #include "common/auth.h"
 #include "common/flags.h"
 #include "common/log.h"
+#include "common/signals.h"
 #include "controller/controller.h"
 
-static void on_signal(uv_signal_t *h, int signum)
+/* The controller holds nothing worth draining (workers re-register with a restarted one), so
+ * the first signal leaves the loop at once; the teardown below is the only shutdown path. */
+static void on_first_signal(void *arg, int signum)
 {
-    log_info("signal %d: shutting down", signum);
-    uv_stop(h->loop);
+    (void)signum;
+    uv_stop(arg);
 }
 
 static void close_walk(uv_handle_t *h, void *arg)
@@ -94,12 +97,12 @@ int main(int argc, char **argv)
     struct ctl c;
     memset(&c, 0, sizeof c);
     int status = 1;
+    struct signals_watch signals = {0};
     if (ctl_start(&c, loop, &cfg) != 0) goto out;
-    uv_signal_t sigint, sigterm;
-    uv_signal_init(loop, &sigint);
-    uv_signal_init(loop, &sigterm);
-    uv_signal_start(&sigint, on_signal, SIGINT);
-    uv_signal_start(&sigterm, on_signal, SIGTERM);
+    if (signals_watch_start(&signals, loop, on_first_signal, NULL, loop) != 0) {
+        log_error("cannot watch SIGINT and SIGTERM");
+        goto out;
+    }
     /* Tests read this line to learn the port when they pass --port 0. */
     log_info("listening on http://%s:%d (dispatch %s, heartbeat expiration %g s, internal token %s)", host,
              http_server_port(c.server), ctl_dispatch_method_name(cfg.method), expiration,
@@ -107,6 +110,7 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
     status = 0;
 out:
+    signals_watch_close(&signals);
     ctl_stop(&c);
     uv_walk(loop, close_walk, NULL);
     uv_run(loop, UV_RUN_DEFAULT);

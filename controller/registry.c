@@ -23,6 +23,7 @@ struct ctl_registry {
     size_t n_workers, cap_workers;
     ctl_map *by_name;  /* name -> struct ctl_worker */
     ctl_map *by_model; /* model -> struct ctl_model */
+    ctl_map *gone;     /* model whose last worker left -> double * (clock seconds when) */
     uint64_t expired;  /* workers removed for missing heartbeats, ever */
 };
 
@@ -41,7 +42,7 @@ int ctl_registry_init(ctl_registry **out, double expiration_s, ctl_clock_fn cloc
     r->expiration = expiration_s;
     r->clock = clock ? clock : ctl_clock_monotonic;
     r->clock_arg = clock_arg;
-    if (ctl_map_init(&r->by_name) != 0 || ctl_map_init(&r->by_model) != 0) {
+    if (ctl_map_init(&r->by_name) != 0 || ctl_map_init(&r->by_model) != 0 || ctl_map_init(&r->gone) != 0) {
         ctl_registry_free(r);
         return -1;
     }
@@ -68,6 +69,69 @@ static void model_free_cb(const char *key, void *value, void *arg)
     free(m);
 }
 
+static void free_value_cb(const char *key, void *value, void *arg)
+{
+    (void)key;
+    (void)arg;
+    free(value);
+}
+
+/* --- models whose workers left recently -------------------------------------------------- */
+
+struct gone_scan {
+    double now, oldest_t;
+    const char *oldest;
+    const char *stale[64]; /* expired entries found by this scan (removed afterwards) */
+    size_t n_stale;
+};
+
+static void gone_scan_cb(const char *key, void *value, void *arg)
+{
+    struct gone_scan *g = arg;
+    double t = *(double *)value;
+    if (g->now - t > CTL_RECENT_MODEL_S && g->n_stale < sizeof g->stale / sizeof g->stale[0])
+        g->stale[g->n_stale++] = key;
+    if (!g->oldest || t < g->oldest_t) {
+        g->oldest = key;
+        g->oldest_t = t;
+    }
+}
+
+static void gone_drop(ctl_registry *r, const char *model)
+{
+    free(ctl_map_remove(r->gone, model));
+}
+
+/* Remembers that the model's last worker left now. The memory stays bounded: expired entries
+ * go first, then the oldest. Out of memory only loses the memory, which is a hint. */
+static void gone_note(ctl_registry *r, const char *model)
+{
+    double now = ctl_registry_now(r);
+    double *t = ctl_map_get(r->gone, model);
+    if (t) {
+        *t = now;
+        return;
+    }
+    if (ctl_map_count(r->gone) >= CTL_RECENT_MODEL_MAX) {
+        struct gone_scan g = {.now = now};
+        ctl_map_each(r->gone, gone_scan_cb, &g);
+        /* Keys are removed after the walk: the map must not change during it. The oldest is
+         * copied first since removing the stale ones may free it. */
+        char *oldest = g.n_stale == 0 && g.oldest ? strdup(g.oldest) : NULL;
+        for (size_t i = 0; i < g.n_stale; i++) {
+            char *k = strdup(g.stale[i]);
+            if (k) gone_drop(r, k);
+            free(k);
+        }
+        if (oldest) gone_drop(r, oldest);
+        free(oldest);
+    }
+    t = malloc(sizeof *t);
+    if (!t) return;
+    *t = now;
+    if (ctl_map_put(r->gone, model, t) != 0) free(t);
+}
+
 void ctl_registry_free(ctl_registry *r)
 {
     if (!r) return;
@@ -76,6 +140,8 @@ void ctl_registry_free(ctl_registry *r)
     if (r->by_model) ctl_map_each(r->by_model, model_free_cb, NULL);
     ctl_map_free(r->by_model);
     ctl_map_free(r->by_name);
+    if (r->gone) ctl_map_each(r->gone, free_value_cb, NULL);
+    ctl_map_free(r->gone);
     free(r);
 }
 
@@ -124,6 +190,7 @@ static void worker_unlink(ctl_registry *r, struct ctl_worker *w)
             ctl_map_remove(r->by_model, w->models[i]);
             free(m->workers);
             free(m);
+            gone_note(r, w->models[i]);
         }
     }
     ctl_map_remove(r->by_name, w->name);
@@ -183,6 +250,7 @@ int ctl_registry_register(ctl_registry *r, const char *name, bool check_heart_be
     }
     r->workers[r->n_workers++] = w;
     for (size_t i = 0; i < w->n_models; i++) {
+        gone_drop(r, w->models[i]);
         struct ctl_model *m = ctl_map_get(r->by_model, w->models[i]);
         if (!m) {
             m = calloc(1, sizeof *m);
@@ -209,6 +277,17 @@ bool ctl_registry_remove(ctl_registry *r, const char *name)
     if (!w) return false;
     worker_unlink(r, w);
     return true;
+}
+
+bool ctl_registry_recently_served(ctl_registry *r, const char *model)
+{
+    struct ctl_model *m = ctl_map_get(r->by_model, model);
+    if (m && m->n > 0) return true;
+    double *t = ctl_map_get(r->gone, model);
+    if (!t) return false;
+    if (ctl_registry_now(r) - *t <= CTL_RECENT_MODEL_S) return true;
+    gone_drop(r, model);
+    return false;
 }
 
 bool ctl_registry_heartbeat(ctl_registry *r, const char *name, int64_t queue_length)

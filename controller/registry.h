@@ -40,6 +40,12 @@ struct ctl_worker {
     size_t address_body_len;
 };
 
+/* How long, and for how many names at most, the registry remembers a model whose last worker
+ * went (expired, unregistered, replaced): a gateway then answers 503 "try again" for it, not
+ * 404 "no such model", while its workers restart. */
+#define CTL_RECENT_MODEL_S 600.0
+#define CTL_RECENT_MODEL_MAX 1024
+
 /* clock NULL uses ctl_clock_monotonic. */
 int ctl_registry_init(ctl_registry **out, double expiration_s, ctl_clock_fn clock, void *clock_arg);
 void ctl_registry_free(ctl_registry *r);
@@ -51,6 +57,9 @@ int ctl_registry_register(ctl_registry *r, const char *name, bool check_heart_be
                           const struct ctl_worker_status *st);
 /* Returns true when the worker was known. */
 bool ctl_registry_remove(ctl_registry *r, const char *name);
+/* Whether a worker serves the model now (live or not yet expired and swept), or the last one
+ * left within CTL_RECENT_MODEL_S. */
+bool ctl_registry_recently_served(ctl_registry *r, const char *model);
 /* Records a heartbeat. Returns false for an unknown worker, and for an expired one (which is
  * removed), so that the worker registers again with fresh status. */
 bool ctl_registry_heartbeat(ctl_registry *r, const char *name, int64_t queue_length);

@@ -9,6 +9,7 @@
 
 #include "common/http_client.h"
 #include "common/http_server.h"
+#include "common/signals.h"
 #include "gateway/auth.h"
 #include "gateway/metrics_gw.h"
 #include "gateway/models_cache.h"
@@ -26,7 +27,10 @@ struct gw_config {
     long worker_idle_timeout_ms;  /* a stream silent this long is a failed worker */
     long max_stream_buffer;
     long models_cache_ms;
+    double drain_timeout_s;       /* SIGTERM: how long open requests may take to finish */
 };
+
+struct gw_gen;
 
 struct gw {
     struct gw_config cfg;
@@ -37,7 +41,16 @@ struct gw {
     gw_models *models;
     gw_metrics *metrics;
     unsigned active;  /* generation requests in flight */
+    struct gw_gen *gens; /* those requests (proxy.c) */
     int64_t started;  /* unix seconds */
+
+    /* The graceful stop (shutdown.c): from the first SIGTERM or SIGINT on, no new connections,
+     * 503 for new requests, open ones finish (bounded by drain_timeout_s), then the loop ends. */
+    struct signals_watch signals;
+    bool draining;
+    uv_timer_t drain_timer;
+    bool drain_timer_open;
+    uint64_t drain_started_ns, drain_aborted_ns; /* uv_hrtime; aborted 0 until the timeout */
 };
 
 /* The HTTP handler (http_handler_fn) with user = struct gw *. */
@@ -50,6 +63,15 @@ void gw_respond_json(struct gw *g, http_request *req, const char *route, int sta
 
 /* POST /v1/chat/completions and /v1/completions (proxy.c). */
 void gw_generate(struct gw *g, http_request *req, const char *route, int api);
+
+/* Ends every generation request in flight with an error (an SSE error event then [DONE] on a
+ * stream, else a 503 answer). */
+void gw_generate_abort_all(struct gw *g, const char *message);
+
+/* shutdown.c: starts watching SIGINT and SIGTERM; closes that watch and the drain timer
+ * (once, however often called). */
+int gw_shutdown_watch(struct gw *g);
+void gw_shutdown_close(struct gw *g);
 
 /* Seconds on a monotonic clock. */
 double gw_now(void);

@@ -122,7 +122,9 @@ void gw_handle(http_request *req, void *user)
     bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
 
     if (!strcmp(route, "/health")) {
-        gw_respond_json(g, req, route, 200, json_pack("{s:s}", "status", "ok"));
+        /* A draining gateway is alive but must not be sent more work. */
+        gw_respond_json(g, req, route, g->draining ? 503 : 200,
+                        json_pack("{s:s}", "status", g->draining ? "draining" : "ok"));
         return;
     }
     if (get && (!strcmp(path, "/") || !strcmp(path, "/chat"))) {
@@ -143,6 +145,13 @@ void gw_handle(http_request *req, void *user)
         http_response_header(req, "WWW-Authenticate", "Bearer");
         gw_respond_error(g, req, route, 401, NULL,
                          "Incorrect or missing API key: send 'Authorization: Bearer <key>'");
+        return;
+    }
+    if (g->draining && !strncmp(path, "/v1/", 4)) {
+        /* Only requests that came before the signal are served now; a client retries
+         * elsewhere (the listener is closed, so its next connection goes to another gateway). */
+        http_response_header(req, "Retry-After", "1");
+        gw_respond_error(g, req, route, 503, NULL, "the gateway is shutting down; retry the request");
         return;
     }
     if (!strcmp(route, "/v1/models")) {

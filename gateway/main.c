@@ -12,12 +12,6 @@
 #include "common/log.h"
 #include "gateway/gateway.h"
 
-static void on_signal(uv_signal_t *h, int signum)
-{
-    log_info("signal %d: shutting down", signum);
-    uv_stop(h->loop);
-}
-
 static void on_server_closed(void *arg)
 {
     *(bool *)arg = true;
@@ -54,6 +48,7 @@ int main(int argc, char **argv)
     c->worker_idle_timeout_ms = 600000;
     c->max_stream_buffer = 4 << 20;
     c->models_cache_ms = 1500;
+    c->drain_timeout_s = 30;
     const char *log_level = "info", *internal_token = NULL;
     const struct flag_spec specs[] = {
         {"host", FLAG_STRING, &c->host, "SLUICE_GATEWAY_HOST", "HOST", "address to listen on", 0, 0},
@@ -82,6 +77,8 @@ int main(int argc, char **argv)
          "bytes queued on a slow client before its stream is dropped", 4096, 1 << 30},
         {"models-cache-ms", FLAG_INT, &c->models_cache_ms, NULL, "MS",
          "how long the controller's model list is reused", 0, 60000},
+        {"drain-timeout", FLAG_DOUBLE, &c->drain_timeout_s, "SLUICE_DRAIN_TIMEOUT", "SECONDS",
+         "on SIGTERM/SIGINT, how long open requests may take to finish before they are ended", 0, 86400},
         {"log-level", FLAG_STRING, &log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn, error", 0, 0},
         {0},
     };
@@ -127,19 +124,20 @@ int main(int argc, char **argv)
         log_error("cannot listen on %s:%ld", c->host, c->port);
         goto out;
     }
-    uv_signal_t sigint, sigterm;
-    uv_signal_init(loop, &sigint);
-    uv_signal_init(loop, &sigterm);
-    uv_signal_start(&sigint, on_signal, SIGINT);
-    uv_signal_start(&sigterm, on_signal, SIGTERM);
+    if (gw_shutdown_watch(&g) != 0) {
+        log_error("cannot watch SIGINT and SIGTERM");
+        goto out;
+    }
     /* Tests read this line to learn the port when they pass --port 0. */
     log_info("listening on http://%s:%d (controller %s, %zu API keys, internal token %s)", c->host,
              http_server_port(g.server), controller, gw_auth_key_count(g.auth),
              internal_token && *internal_token ? "on" : "off");
     uv_run(loop, UV_RUN_DEFAULT);
 
-    /* Requests still open are closed first: their on_close callbacks cancel upstream calls,
-     * which needs the client still alive. */
+    /* From here on a signal takes its default action: the teardown is short. Requests still
+     * open (only past the drain timeout) are closed first: their on_close callbacks cancel
+     * upstream calls, which needs the client still alive. */
+    gw_shutdown_close(&g);
     bool server_closed = false;
     http_server_close(g.server, on_server_closed, &server_closed);
     g.server = NULL;
@@ -152,6 +150,7 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
     status = 0;
 out:
+    gw_shutdown_close(&g);
     gw_models_free(g.models);
     if (g.client) http_client_free(g.client);
     gw_metrics_free(g.metrics);

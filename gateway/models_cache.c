@@ -20,7 +20,7 @@ struct gw_models {
     long timeout_ms, ttl_ms;
     json_t *names;        /* cached list, NULL when none */
     uint64_t fetched_ms;  /* uv_hrtime of the cached list */
-    json_t *first_seen;   /* name -> unix time */
+    json_t *seen;         /* name -> [unix time first seen, uv_hrtime ms last seen] */
     http_call *call;      /* the refresh in flight */
     gw_models_wait *waiters;
 };
@@ -38,7 +38,7 @@ int gw_models_init(gw_models **out, http_client *client, const char *controller_
     m->url = http_url_join(controller_url, "/list_models");
     m->timeout_ms = timeout_ms;
     m->ttl_ms = ttl_ms;
-    m->first_seen = json_object();
+    m->seen = json_object();
     *out = m;
     return 0;
 }
@@ -53,7 +53,7 @@ void gw_models_free(gw_models *m)
         free(w);
     }
     json_decref(m->names);
-    json_decref(m->first_seen);
+    json_decref(m->seen);
     free(m->url);
     free(m);
 }
@@ -88,10 +88,7 @@ static void on_list_done(http_call *call, const struct http_call_result *res, vo
         m->fetched_ms = now_ms();
         size_t i;
         json_t *v;
-        json_array_foreach(names, i, v) {
-            if (!json_object_get(m->first_seen, json_string_value(v)))
-                json_object_set_new(m->first_seen, json_string_value(v), json_integer(time(NULL)));
-        }
+        json_array_foreach(names, i, v) gw_models_note_served(m, json_string_value(v));
     } else {
         log_warn("controller %s: list_models failed: %s (status %ld)", m->url,
                  res->error ? res->error_text : "bad answer", res->status);
@@ -152,13 +149,48 @@ void gw_models_wait_cancel(gw_models *m, gw_models_wait *wait)
     }
 }
 
-bool gw_models_ever_seen(const gw_models *m, const char *name)
+/* Makes room for one more name: names past the window go, and when none has, the one seen
+ * longest ago. Each pass is linear, but it runs only when GW_MODELS_RECENT_MAX names are
+ * remembered and a new one comes. */
+static void seen_make_room(gw_models *m, uint64_t now)
 {
-    return json_object_get(m->first_seen, name) != NULL;
+    if (json_object_size(m->seen) < GW_MODELS_RECENT_MAX) return;
+    const char *key, *oldest = NULL;
+    uint64_t oldest_ms = UINT64_MAX;
+    json_t *v;
+    void *tmp;
+    json_object_foreach_safe(m->seen, tmp, key, v) {
+        uint64_t last = (uint64_t)json_integer_value(json_array_get(v, 1));
+        if (now - last > GW_MODELS_RECENT_S * 1000ull) {
+            json_object_del(m->seen, key);
+        } else if (last < oldest_ms) {
+            oldest_ms = last;
+            oldest = key;
+        }
+    }
+    if (json_object_size(m->seen) >= GW_MODELS_RECENT_MAX && oldest) json_object_del(m->seen, oldest);
+}
+
+void gw_models_note_served(gw_models *m, const char *name)
+{
+    uint64_t now = now_ms();
+    json_t *v = json_object_get(m->seen, name);
+    if (v) {
+        json_array_set_new(v, 1, json_integer((json_int_t)now));
+        return;
+    }
+    seen_make_room(m, now);
+    json_object_set_new(m->seen, name, json_pack("[I, I]", (json_int_t)time(NULL), (json_int_t)now));
+}
+
+bool gw_models_recently_served(const gw_models *m, const char *name)
+{
+    json_t *v = json_object_get(m->seen, name);
+    return v && now_ms() - (uint64_t)json_integer_value(json_array_get(v, 1)) <= GW_MODELS_RECENT_S * 1000ull;
 }
 
 int64_t gw_models_created(const gw_models *m, const char *name)
 {
-    json_t *t = json_object_get(m->first_seen, name);
-    return t ? (int64_t)json_integer_value(t) : (int64_t)time(NULL);
+    json_t *v = json_object_get(m->seen, name);
+    return v ? (int64_t)json_integer_value(json_array_get(v, 0)) : (int64_t)time(NULL);
 }

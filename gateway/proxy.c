@@ -20,6 +20,9 @@ static void choice_start(struct gw_choice *c, const char *address);
 
 static void gen_destroy(struct gw_gen *gen)
 {
+    if (gen->prev) gen->prev->next = gen->next;
+    else gen->g->gens = gen->next;
+    if (gen->next) gen->next->prev = gen->prev;
     for (size_t i = 0; i < gen->n_choices; i++) {
         struct gw_choice *c = &gen->choices[i];
         free(c->address);
@@ -330,6 +333,14 @@ static void choice_start(struct gw_choice *c, const char *address)
 
 /* --- the first lookup ---------------------------------------------------------------------- */
 
+/* The model was served lately and will be again (its workers or the controller restart). */
+static void no_worker_now(struct gw_gen *gen)
+{
+    char msg[256];
+    snprintf(msg, sizeof msg, "no worker is serving the model '%.128s' right now; retry shortly", gen->p.model);
+    gw_emit_error(gen, 503, "model", msg, "1");
+}
+
 static void on_models_for_404(int rc, const json_t *names, void *user)
 {
     struct gw_gen *gen = user;
@@ -343,10 +354,8 @@ static void on_models_for_404(int rc, const json_t *names, void *user)
     }
     if (rc < 0) {
         gw_emit_error(gen, 503, NULL, "the controller could not be reached", "1");
-    } else if (listed || gw_models_ever_seen(gen->g->models, gen->p.model)) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "no worker is serving the model '%.128s' right now", gen->p.model);
-        gw_emit_error(gen, 503, "model", msg, "1");
+    } else if (listed || gw_models_recently_served(gen->g->models, gen->p.model)) {
+        no_worker_now(gen);
     } else {
         char msg[256];
         snprintf(msg, sizeof msg, "The model '%.128s' does not exist", gen->p.model);
@@ -362,10 +371,13 @@ static void on_first_route(int rc, const char *address, void *user)
     gen->lookup = NULL;
     if (rc < 0) {
         gw_emit_error(gen, 503, NULL, "the controller could not be reached", "1");
+    } else if (rc == GW_ROUTE_RECENT) {
+        no_worker_now(gen);
     } else if (!*address) {
         /* Only this path costs a second controller call: 404 and 503 need the model list. */
         gw_models_get(gen->g->models, on_models_for_404, gen, &gen->models_wait);
     } else {
+        gw_models_note_served(gen->g->models, gen->p.model);
         for (size_t i = 0; i < gen->n_choices && !gen->ended; i++) choice_start(&gen->choices[i], address);
     }
     gen_leave(gen);
@@ -408,6 +420,9 @@ void gw_generate(struct gw *g, http_request *req, const char *route, int api)
         gen->choices[i].index = i;
     }
     g->active++;
+    gen->next = g->gens;
+    if (g->gens) g->gens->prev = gen;
+    g->gens = gen;
     http_request_on_close(req, on_client_gone, gen);
 
     gen_enter(gen);
@@ -417,4 +432,16 @@ void gw_generate(struct gw *g, http_request *req, const char *route, int api)
         gw_emit_error(gen, 503, NULL, "the controller could not be reached", "1");
     }
     gen_leave(gen);
+}
+
+void gw_generate_abort_all(struct gw *g, const char *message)
+{
+    struct gw_gen *gen = g->gens;
+    while (gen) {
+        gen_enter(gen);
+        gw_emit_error(gen, 503, NULL, message, "1");
+        struct gw_gen *next = gen->next; /* read before gen_leave, which may free gen */
+        gen_leave(gen);
+        gen = next;
+    }
 }

@@ -41,6 +41,7 @@ struct gw_choice {
 };
 
 struct gw_gen {
+    struct gw_gen *prev, *next; /* g->gens */
     struct gw *g;
     http_request *req;    /* NULL once answered or gone */
     const char *route;

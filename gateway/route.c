@@ -26,14 +26,14 @@ static void on_route_done(http_call *call, const struct http_call_result *res, v
         /* Checked and normalised where it is used (proxy.c's choice_start). */
         if (a) {
             address = strdup(a);
-            rc = 0;
+            rc = !*address && json_is_true(json_object_get(root, "recently_served")) ? GW_ROUTE_RECENT : 0;
         }
         json_decref(root);
     }
-    if (rc && (res->status == 401 || res->status == 403))
+    if (rc < 0 && (res->status == 401 || res->status == 403))
         log_error("controller: get_worker_address refused (HTTP %ld): start the gateway with the controller's "
                   "--internal-token", res->status);
-    else if (rc)
+    else if (rc < 0)
         log_warn("controller: get_worker_address failed: %s (status %ld)", res->error ? res->error_text : "bad answer",
                  res->status);
     r->cb(rc, address ? address : "", r->user);

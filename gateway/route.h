@@ -8,7 +8,10 @@
 typedef struct gw_route gw_route;
 
 /* rc 0: address is the worker's base URL, "" when no live worker serves the model;
+ * rc GW_ROUTE_RECENT: address is "", but the controller says a worker served the model
+ * lately (it is restarting: a 503, not a 404);
  * rc < 0: the controller could not be reached in time or answered badly. */
+enum { GW_ROUTE_RECENT = 1 };
 typedef void (*gw_route_cb)(int rc, const char *address, void *user);
 
 /* Starts the lookup. exclude (may be NULL) names a worker that just failed: it is sent as an

@@ -15,7 +15,7 @@
 
 enum gw_api { GW_API_CHAT = 0, GW_API_COMPLETION = 1 };
 
-enum { GW_MAX_N = 128, GW_MAX_STOPS = 4, GW_MAX_LOGPROBS = 20 };
+enum { GW_MAX_N = 128, GW_MAX_STOPS = 4, GW_MAX_LOGPROBS = 20, GW_MAX_STOP_TOKEN_IDS = 16 };
 
 struct gw_params {
     enum gw_api api;

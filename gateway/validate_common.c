@@ -1,4 +1,5 @@
 /* Fields both OpenAI endpoints share: model, sampling, stop, n, seed, streaming options. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,14 +24,14 @@ static int check_number(const json_t *body, const char *key, double lo, double h
                         json_t *base, struct json_field_error *err)
 {
     double d = 0;
-    int rc = json_get_number(body, key, false, lo, hi, &d, err);
+    int rc = json_get_number(body, key, false, -INFINITY, INFINITY, &d, err);
     if (rc == JSON_FIELD_INVALID) return 400;
-    if (rc == JSON_FIELD_OK && open_lo && d <= lo) {
-        json_field_fail(err, key, "'%s' must be a number in (%g, %g], got %g",
-                 key, lo, hi, d);
+    if (rc != JSON_FIELD_OK) return 0;
+    if (open_lo ? !(d > lo && d <= hi) : !(d >= lo && d <= hi)) {
+        json_field_fail(err, key, "'%s' must be a number in %c%g, %g], got %g", key, open_lo ? '(' : '[', lo, hi, d);
         return 400;
     }
-    if (rc == JSON_FIELD_OK) pass(base, body, key, NULL);
+    pass(base, body, key, NULL);
     return 0;
 }
 
@@ -114,6 +115,14 @@ int gw_validate_common(const json_t *body, struct gw_params *out, struct json_fi
     if (json_get_string(body, "user", false, &user, err) == JSON_FIELD_INVALID) return 400;
 
     if (check_stop(body, base, err)) return 400;
+    /* Token ids: the shape and sign here; whether an id is in the model's vocabulary only the
+     * worker knows, and its 400 (naming the same field) comes back to the client as is. */
+    rc = json_check_token_ids(body, "stop_token_ids", GW_MAX_STOP_TOKEN_IDS, 0, err);
+    if (rc == JSON_FIELD_INVALID) return 400;
+    if (rc == JSON_FIELD_OK) pass(base, body, "stop_token_ids", NULL);
+    rc = json_check_logit_bias(body, "logit_bias", 0, err);
+    if (rc == JSON_FIELD_INVALID) return 400;
+    if (rc == JSON_FIELD_OK) pass(base, body, "logit_bias", NULL);
     if (check_stream(body, out, err)) return 400;
     return 0;
 }

@@ -338,6 +338,11 @@ void api_generate(struct worker *w, http_request *req, int mode)
 {
     struct json_field_error err = {{0}, {0}};
     char message[600];
+    if (w->draining) {
+        /* worker/shutdown.c: what is running finishes, nothing new starts. */
+        reject(req, mode, 503, NULL, "this worker is shutting down; retry on another worker", FASTCHAT_ENGINE_OVERLOADED);
+        return;
+    }
     struct engine_stats st;
     engine_get_stats(w->engine, &st);
     if (st.failed) {

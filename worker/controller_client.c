@@ -20,16 +20,23 @@ static void post(struct worker *w, const char *path, json_t *body,
     };
     if (http_client_request(w->client, &opts, NULL) != 0) {
         log_warn("could not start a request to the controller at %s%s", w->opt.controller_address, path);
-        w->register_in_flight = w->heartbeat_in_flight = false;
+        w->register_in_flight = w->heartbeat_in_flight = w->unregister_in_flight = false;
     }
     json_decref(body);
 }
+
+static void send_unregister(struct worker *w);
 
 static void on_registered(http_call *call, const struct http_call_result *res, void *user)
 {
     (void)call;
     struct worker *w = user;
     w->register_in_flight = false;
+    if (w->unregister_in_flight) {
+        /* The drain began while this was on its way: now the unregister cannot overtake it. */
+        send_unregister(w);
+        return;
+    }
     if (res->error == HTTP_CALL_OK && res->status == 200) {
         if (!w->registered) log_info("registered with the controller at %s as %s", w->opt.controller_address, w->address);
         w->registered = true;
@@ -50,7 +57,7 @@ static void on_registered(http_call *call, const struct http_call_result *res, v
 
 static void send_register(struct worker *w)
 {
-    if (w->register_in_flight) return;
+    if (w->register_in_flight || w->draining) return;
     w->register_in_flight = true;
     json_t *body = json_pack("{s:s, s:b, s:o}", "worker_name", w->address, "check_heart_beat", 1,
                              "worker_status", worker_status_json(w));
@@ -69,7 +76,7 @@ static void on_heartbeat(http_call *call, const struct http_call_result *res, vo
     }
     json_t *root = json_loadb(res->body, res->body_len, 0, NULL);
     json_t *exist = root ? json_object_get(root, "exist") : NULL;
-    if (json_is_false(exist)) {
+    if (json_is_false(exist) && !w->draining) {
         /* The controller forgot us (it restarted, or expired us): register again now. */
         log_info("the controller does not know this worker; registering again");
         w->registered = false;
@@ -102,6 +109,7 @@ int controller_client_start(struct worker *w)
 {
     if (w->opt.no_register) return 0;
     uv_timer_init(w->loop, &w->heartbeat_timer);
+    w->heartbeat_timer_open = true;
     w->heartbeat_timer.data = w;
     uint64_t every = (uint64_t)(w->opt.heartbeat_interval * 1000.0);
     if (every < 50) every = 50;
@@ -111,7 +119,36 @@ int controller_client_start(struct worker *w)
 
 void controller_client_stop(struct worker *w)
 {
-    if (w->opt.no_register) return;
+    if (!w->heartbeat_timer_open) return;
+    w->heartbeat_timer_open = false;
     uv_timer_stop(&w->heartbeat_timer);
     uv_close((uv_handle_t *)&w->heartbeat_timer, NULL);
+}
+
+static void on_unregistered(http_call *call, const struct http_call_result *res, void *user)
+{
+    (void)call;
+    struct worker *w = user;
+    w->unregister_in_flight = false;
+    if (res->error == HTTP_CALL_OK && res->status == 200)
+        log_info("unregistered from the controller at %s", w->opt.controller_address);
+    else
+        /* An older controller has no such endpoint (404): it expires us by heartbeat instead. */
+        log_warn("could not unregister from %s (%s%ld): it stops dispatching here once the heartbeats expire",
+                 w->opt.controller_address, res->error ? res->error_text : "HTTP ", res->error ? 0 : res->status);
+}
+
+static void send_unregister(struct worker *w)
+{
+    post(w, "/unregister_worker", json_pack("{s:s}", "worker_name", w->address), on_unregistered);
+}
+
+void controller_client_unregister(struct worker *w)
+{
+    if (w->opt.no_register || w->unregister_in_flight) return;
+    w->unregister_in_flight = true;
+    w->registered = false;
+    /* A registration still on its way could arrive after the unregister and undo it: then the
+     * unregister goes when its answer comes (on_registered). */
+    if (!w->register_in_flight) send_unregister(w);
 }

@@ -1,5 +1,6 @@
 #include "worker/request_parse.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,22 @@ static int invalid(struct json_field_error *err, const char *param, const char *
 {
     json_field_fail(err, param, "%s", msg);
     return 400;
+}
+
+/* A number in [lo, hi], or (lo, hi] with open_lo; returns 0 or 400. */
+static int get_number(const json_t *body, const char *key, double lo, double hi, bool open_lo, double *out,
+                      struct json_field_error *err)
+{
+    double d = *out;
+    int rc = json_get_number(body, key, false, -INFINITY, INFINITY, &d, err);
+    if (rc == JSON_FIELD_INVALID) return 400;
+    if (rc != JSON_FIELD_OK) return 0;
+    if (open_lo ? !(d > lo && d <= hi) : !(d >= lo && d <= hi)) {
+        json_field_fail(err, key, "'%s' must be a number in %c%g, %g], got %g", key, open_lo ? '(' : '[', lo, hi, d);
+        return 400;
+    }
+    *out = d;
+    return 0;
 }
 
 /* Exactly one of prompt, prompt_token_ids or messages. */
@@ -83,7 +100,7 @@ int worker_tokenize_prompt(struct worker *w, const json_t *body, int32_t **ids, 
     return 0;
 }
 
-static int parse_stops(const json_t *body, struct engine_request *r, struct json_field_error *err)
+static int parse_stops(const json_t *body, int64_t vocab, struct engine_request *r, struct json_field_error *err)
 {
     json_t *stop = json_object_get(body, "stop");
     if (stop && json_is_string(stop)) {
@@ -100,16 +117,15 @@ static int parse_stops(const json_t *body, struct engine_request *r, struct json
     } else if (stop && !json_is_null(stop)) {
         return invalid(err, "stop", "'stop' must be a string or an array of strings");
     }
-    json_t *ids = json_object_get(body, "stop_token_ids");
-    if (ids && !json_is_null(ids)) {
-        if (!json_is_array(ids) || json_array_size(ids) > ENGINE_MAX_STOPS)
-            return invalid(err, "stop_token_ids", "'stop_token_ids' must be an array of at most 16 token ids");
+    /* An id outside the vocabulary can never be sampled: a caller who sent one made a
+     * mistake worth telling, not a stop that silently never fires. */
+    int rc = json_check_token_ids(body, "stop_token_ids", ENGINE_MAX_STOPS, vocab, err);
+    if (rc == JSON_FIELD_INVALID) return 400;
+    if (rc == JSON_FIELD_OK) {
         size_t i;
         json_t *v;
-        json_array_foreach(ids, i, v) {
-            if (!json_is_integer(v)) return invalid(err, "stop_token_ids", "'stop_token_ids' must hold integers");
+        json_array_foreach(json_object_get(body, "stop_token_ids"), i, v)
             r->stop_ids[r->n_stop_ids++] = (int32_t)json_integer_value(v);
-        }
     }
     return 0;
 }
@@ -126,17 +142,15 @@ int gen_params_parse(struct worker *w, const json_t *body, struct gen_params *ou
     double temperature = 1.0, top_p = 1.0, min_p = 0.0, rep = 1.0, presence = 0.0, frequency = 0.0;
     int64_t top_k = -1, max_tokens = -1, seed = 0, logprobs = -1;
 
-#define NUM(key, lo, hi, dst) \
-    if (json_get_number(body, key, false, lo, hi, &dst, err) == JSON_FIELD_INVALID) return 400
-    NUM("temperature", 0.0, 2.0, temperature);
-    NUM("top_p", 0.0, 1.0, top_p);
-    NUM("min_p", 0.0, 1.0, min_p);
-    NUM("repetition_penalty", 0.0, 2.0, rep);
-    NUM("presence_penalty", -2.0, 2.0, presence);
-    NUM("frequency_penalty", -2.0, 2.0, frequency);
+#define NUM(key, lo, hi, open_lo, dst) \
+    if (get_number(body, key, lo, hi, open_lo, &dst, err)) return 400
+    NUM("temperature", 0.0, 2.0, false, temperature);
+    NUM("top_p", 0.0, 1.0, true, top_p);
+    NUM("min_p", 0.0, 1.0, false, min_p);
+    NUM("repetition_penalty", 0.0, 2.0, true, rep);
+    NUM("presence_penalty", -2.0, 2.0, false, presence);
+    NUM("frequency_penalty", -2.0, 2.0, false, frequency);
 #undef NUM
-    if (top_p <= 0.0) return invalid(err, "top_p", "'top_p' must be in (0, 1], got 0");
-    if (rep <= 0.0) return invalid(err, "repetition_penalty", "'repetition_penalty' must be in (0, 2], got 0");
     if (json_get_int(body, "top_k", false, -1, 1 << 20, &top_k, err) == JSON_FIELD_INVALID) return 400;
     /* FastChat's name first, then OpenAI's: whichever the caller used. */
     if (json_get_int(body, "max_new_tokens", false, 1, INT32_MAX, &max_tokens, err) == JSON_FIELD_INVALID)
@@ -152,7 +166,11 @@ int gen_params_parse(struct worker *w, const json_t *body, struct gen_params *ou
     if (json_get_bool(body, "echo", false, &out->echo, err) == JSON_FIELD_INVALID) return 400;
     if (json_get_bool(body, "skip_special_tokens", false, &r->skip_special, err) == JSON_FIELD_INVALID)
         return 400;
-    if (parse_stops(body, r, err)) return 400;
+    int64_t vocab = w->model->config.vocab_size;
+    if (parse_stops(body, vocab, r, err)) return 400;
+    /* logit_bias is checked (ids in the vocabulary, biases in [-100, 100]) so that a bad one
+     * is refused as OpenAI refuses it, but the sampler does not apply biases yet. */
+    if (json_check_logit_bias(body, "logit_bias", vocab, err) == JSON_FIELD_INVALID) return 400;
 
     s->temperature = (float)temperature;
     s->top_p = (float)top_p;

@@ -1,10 +1,13 @@
 /* sluice-worker: loads a model onto a device, runs the engine on its own thread, and serves
  * FastChat's worker API plus the native stream on one libuv loop. */
+#include <errno.h>
 #include <libgen.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "common/auth.h"
 #include "common/flags.h"
@@ -50,6 +53,11 @@ static void route(http_request *req, void *user)
             allow = "GET";
             goto method;
         }
+        if (path[1] == 'h' && w->draining) {
+            /* Alive, finishing what it has, taking nothing new: a readiness probe says no. */
+            http_respond_json(req, 503, json_pack("{s:s, s:i}", "status", "draining", "running", w->active));
+            return;
+        }
         (path[1] == 'h' ? api_health : api_metrics)(w, req);
         return;
     }
@@ -86,19 +94,33 @@ static void set_model_names(struct worker *w)
     free(copy);
 }
 
-static void on_closed(void *arg)
+static void on_server_closed(void *arg)
 {
-    (void)arg;
+    *(bool *)arg = true;
 }
 
-static void on_signal(uv_signal_t *sig, int signum)
+static void close_walk(uv_handle_t *h, void *arg)
 {
-    struct worker *w = sig->data;
-    log_info("signal %d: shutting down", signum);
-    controller_client_stop(w);
-    if (w->server) http_server_close(w->server, on_closed, NULL);
-    w->server = NULL;
-    uv_stop(w->loop);
+    (void)arg;
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+/* --seed: "none" draws the default seed from the kernel, so that requests without a seed
+ * differ from one worker (and one run) to the next; a number makes them reproducible. The
+ * engine gives each unseeded request that base plus its own count, which the sampler mixes. */
+static int parse_seed(const char *text, uint64_t *out)
+{
+    if (!text || !strcmp(text, "none")) {
+        if (getrandom(out, sizeof *out, 0) == (ssize_t)sizeof *out) return 0;
+        *out = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
+        return 0;
+    }
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || end == text || *end) return -1;
+    *out = (uint64_t)v;
+    return 0;
 }
 
 static int load_everything(struct worker *w)
@@ -159,7 +181,7 @@ static int load_everything(struct worker *w)
         .max_num_seqs = (int32_t)w->opt.max_num_seqs,
         .max_num_batched_tokens = (int32_t)w->opt.max_num_batched_tokens,
         .max_model_len = ctx,
-        .seed = (uint64_t)w->opt.seed,
+        .seed = w->default_seed,
     };
     if (engine_create(&w->engine, w->backend, w->tok, &eo, w->loop, api_on_engine_event, w) != 0) {
         log_error("cannot start the engine");
@@ -182,6 +204,7 @@ int worker_serve_main(int argc, char **argv)
         .port = 21002,
         .limit_worker_concurrency = 1024,
         .device = "cuda",
+        .seed = "none",
         .stream_interval = 2,
         .load_format = "auto",
         .max_num_seqs = 256,
@@ -191,6 +214,7 @@ int worker_serve_main(int argc, char **argv)
         .heartbeat_interval = 10,
         .speed = 1,
         .log_level = "info",
+        .drain_timeout = 30,
     };
     const struct flag_spec specs[] = {
         {"model-path", FLAG_STRING, &o->model_path, NULL, "PATH", "model directory (Hugging Face) or .gguf file", 0, 0},
@@ -202,7 +226,7 @@ int worker_serve_main(int argc, char **argv)
         {"limit-worker-concurrency", FLAG_INT, &o->limit_worker_concurrency, NULL, "N", "requests in flight at most; more get 503", 1, 1e7},
         {"no-register", FLAG_BOOL, &o->no_register, NULL, NULL, "do not register with the controller", 0, 0},
         {"device", FLAG_STRING, &o->device, NULL, "cpu|cuda", "where to run the model", 0, 0},
-        {"seed", FLAG_INT, &o->seed, NULL, "N", "seed for requests that bring none", 0, 0},
+        {"seed", FLAG_STRING, &o->seed, NULL, "N|none", "default seed of requests that bring none (none: random, so they differ; N: reproducible)", 0, 0},
         {"stream-interval", FLAG_INT, &o->stream_interval, NULL, "N", "FastChat stream: a frame every N tokens", 1, 1e6},
         {"load-format", FLAG_STRING, &o->load_format, NULL, "auto|dummy", "dummy: random weights for the config.json", 0, 0},
         {"tokenizer", FLAG_STRING, &o->tokenizer, NULL, "PATH", "tokenizer directory, tokenizer.json or .gguf (default: the model's)", 0, 0},
@@ -218,6 +242,7 @@ int worker_serve_main(int argc, char **argv)
         {"speed", FLAG_DOUBLE, &o->speed, NULL, "F", "relative speed reported to the controller", 0.001, 1e6},
         {"internal-token", FLAG_STRING, &o->internal_token, "SLUICE_INTERNAL_TOKEN", "TOKEN", "bearer token sent to the controller and required on every endpoint but /health and /metrics", 0, 0},
         {"allow-unauthenticated-workers", FLAG_BOOL, &o->allow_unauthenticated, "SLUICE_ALLOW_UNAUTHENTICATED_WORKERS", NULL, "without --internal-token, serve generation and the other internal endpoints to any caller, not only loopback, and allow a non-loopback --host (FastChat's behaviour; insecure)", 0, 0},
+        {"drain-timeout", FLAG_DOUBLE, &o->drain_timeout, "SLUICE_DRAIN_TIMEOUT", "SECONDS", "on SIGTERM/SIGINT, how long generations in flight may take to finish before they are ended", 0, 86400},
         {"log-level", FLAG_STRING, &o->log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn or error", 0, 0},
         {0},
     };
@@ -247,6 +272,10 @@ int worker_serve_main(int argc, char **argv)
             return 2;
         }
     }
+    if (parse_seed(o->seed, &w->default_seed) != 0) {
+        fprintf(stderr, "sluice-worker: --seed must be an integer or none, not '%s'\n", o->seed);
+        return 2;
+    }
     w->loop = uv_default_loop();
     set_model_names(w);
     if (worker_metrics_init(&w->metrics) != 0 || load_everything(w) != 0) return 1;
@@ -265,22 +294,28 @@ int worker_serve_main(int argc, char **argv)
     }
     controller_client_start(w);
     log_info("serving %s at %s", w->model_names[0], w->address);
-
-    uv_signal_t sigint, sigterm;
-    uv_signal_init(w->loop, &sigint);
-    uv_signal_init(w->loop, &sigterm);
-    sigint.data = sigterm.data = w;
-    uv_signal_start(&sigint, on_signal, SIGINT);
-    uv_signal_start(&sigterm, on_signal, SIGTERM);
+    if (worker_shutdown_watch(w) != 0) {
+        log_error("cannot watch SIGINT and SIGTERM");
+        return 1;
+    }
 
     uv_run(w->loop, UV_RUN_DEFAULT);
 
-    /* Orderly teardown: the engine thread first (it may still post events), then the rest. */
+    /* Here after a drain (worker/shutdown.c), the one way out. A signal now takes its default
+     * action: what follows is short. Requests still open (only when the drain ran out of time)
+     * are closed first: their on_close callbacks abort their sequences, which needs the
+     * engine; the engine thread stops next (its undelivered events are dropped), then the
+     * rest closes. */
+    worker_shutdown_close(w);
+    controller_client_stop(w);
+    bool server_closed = false;
+    http_server_close(w->server, on_server_closed, &server_closed);
+    w->server = NULL;
+    while (!server_closed) uv_run(w->loop, UV_RUN_ONCE);
     engine_free(w->engine);
     http_client_free(w->client);
-    uv_close((uv_handle_t *)&sigint, NULL);
-    uv_close((uv_handle_t *)&sigterm, NULL);
-    uv_run(w->loop, UV_RUN_NOWAIT);
+    uv_walk(w->loop, close_walk, NULL);
+    uv_run(w->loop, UV_RUN_DEFAULT);
     backend_free(w->backend);
     chat_format_free(&w->chat);
     tok_free(w->tok);

@@ -11,6 +11,7 @@
 #include "common/http_client.h"
 #include "common/http_server.h"
 #include "common/net_addr.h"
+#include "common/signals.h"
 #include "worker/chat_format.h"
 #include "worker/engine/engine.h"
 #include "worker/model/model.h"
@@ -29,7 +30,7 @@ struct worker_options {
     long limit_worker_concurrency;
     bool no_register;
     const char *device;             /* "cpu" | "cuda" */
-    long seed;
+    const char *seed;               /* "none" (a random seed per process) or an integer */
     long stream_interval;           /* FastChat frames every N tokens */
     const char *load_format;        /* "auto" | "dummy" */
     const char *chat_template;      /* FILE */
@@ -46,6 +47,7 @@ struct worker_options {
     const char *internal_token;
     bool allow_unauthenticated;     /* no token: serve any caller, and allow a non-loopback --host */
     const char *log_level;
+    double drain_timeout;           /* seconds generations may take to finish on SIGTERM */
 };
 
 struct worker {
@@ -62,6 +64,7 @@ struct worker {
     int n_model_names;
     char address[NET_BASE_URL_MAX]; /* how the controller and gateways reach us */
     int max_model_len;
+    uint64_t default_seed;          /* from --seed: unseeded requests get it plus their count */
 
     /* Live generations by engine request id: a small open-addressing table would do, but
      * the count is bounded by limit_worker_concurrency, so a linked list is enough. */
@@ -71,9 +74,18 @@ struct worker {
 
     /* Controller registration. */
     uv_timer_t heartbeat_timer;
+    bool heartbeat_timer_open;
     bool registered;
     bool register_in_flight;
     bool heartbeat_in_flight;
+    bool unregister_in_flight;
+
+    /* The graceful stop (worker/shutdown.c): from the first SIGTERM or SIGINT on. */
+    struct signals_watch signals;
+    bool draining;
+    uv_timer_t drain_timer;
+    bool drain_timer_open;
+    uint64_t drain_started_ns, drain_aborted_ns; /* uv_hrtime; aborted 0 until the timeout */
 
     struct worker_metrics metrics;
 };
@@ -96,6 +108,15 @@ json_t *worker_status_json(struct worker *w);
 
 /* worker/controller_client.c */
 int controller_client_start(struct worker *w);
+/* Stops the heartbeats (once, however often called). */
 void controller_client_stop(struct worker *w);
+/* Asks the controller to forget this worker now (POST /unregister_worker); the answer clears
+ * w->unregister_in_flight. */
+void controller_client_unregister(struct worker *w);
+
+/* worker/shutdown.c: starts watching SIGINT and SIGTERM; closes that watch and the drain
+ * timer (once, however often called). */
+int worker_shutdown_watch(struct worker *w);
+void worker_shutdown_close(struct worker *w);
 
 #endif

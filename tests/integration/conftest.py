@@ -105,6 +105,19 @@ def start_controller(procs, *extra, env=None):
                        port, "controller", env).wait_http("/health")
 
 
+def slow_model(dir_path):
+    """A model that takes milliseconds per token on one CPU thread, so that a generation is
+    still running when a test acts on it: stories260K's config at larger widths with random
+    weights (--load-format dummy) and its tokenizer. Greedy output is deterministic. Returns
+    the extra worker flags."""
+    config = json.loads((need_stories() / "hf" / "config.json").read_text())
+    config.update(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+                  num_key_value_heads=8, head_dim=64, max_position_embeddings=4096)
+    dir_path.mkdir(parents=True, exist_ok=True)
+    (dir_path / "config.json").write_text(json.dumps(config))
+    return ["--load-format", "dummy", "--tokenizer", str(need_stories() / "hf")]
+
+
 def start_worker(procs, model_path=None, *extra, controller=None, env=None, wait=True):
     port = free_port()
     args = [binary("sluice-worker"), "--model-path", str(model_path or need_stories() / "hf"),
@@ -112,3 +125,10 @@ def start_worker(procs, model_path=None, *extra, controller=None, env=None, wait
     args += ["--controller-address", controller] if controller else ["--no-register"]
     p = procs.start(args + list(extra), port, "worker", env)
     return p.wait_http("/health", timeout=60) if wait else p
+
+
+def start_gateway(procs, controller_url, *extra):
+    port = free_port()
+    args = [binary("sluice-gateway"), "--host", "127.0.0.1", "--port", str(port),
+            "--controller-address", controller_url, "--controller-timeout-ms", "500", *extra]
+    return procs.start(args, port, "gateway").wait_http("/health")

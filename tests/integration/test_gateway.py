@@ -16,7 +16,7 @@ import openai
 import pytest
 import requests
 
-from conftest import binary, free_port, start_controller
+from conftest import binary, free_port, start_controller, start_gateway
 
 TOKENS = ["Hi", " there", ",", " friend", "!", " How", " are", " you", "?"]
 
@@ -216,13 +216,6 @@ def workers():
     yield make
     for w in made:
         w.close()
-
-
-def start_gateway(procs, controller_url, *extra):
-    port = free_port()
-    args = [binary("sluice-gateway"), "--host", "127.0.0.1", "--port", str(port),
-            "--controller-address", controller_url, "--controller-timeout-ms", "500", *extra]
-    return procs.start(args, port, "gateway").wait_http("/health")
 
 
 @pytest.fixture
@@ -439,12 +432,18 @@ def test_bad_requests_are_400(stack):
     gw, w, _ = stack
     c = client(gw)
     msgs = [{"role": "user", "content": "hi"}]
-    for kwargs in [dict(temperature=2.5), dict(top_p=0), dict(n=0), dict(n=129), dict(max_tokens=0),
-                   dict(presence_penalty=-3), dict(stop=["a", "b", "c", "d", "e"]),
-                   dict(top_logprobs=3)]:
+    for kwargs in [dict(temperature=2.5), dict(top_p=0), dict(top_p=1.5), dict(top_p=-1), dict(n=0),
+                   dict(n=129), dict(max_tokens=0), dict(presence_penalty=-3), dict(frequency_penalty=2.5),
+                   dict(stop=["a", "b", "c", "d", "e"]), dict(top_logprobs=3), dict(seed=1.5),
+                   dict(logit_bias={"abc": 5}), dict(logit_bias={"-1": 5}), dict(logit_bias={"5": 500}),
+                   dict(logit_bias={"5": -100.5}), dict(logit_bias={"5": "1"})]:
         with pytest.raises(openai.BadRequestError) as e:
             c.chat.completions.create(model=MODEL, messages=msgs, **kwargs)
         assert e.value.body["param"] == next(iter(kwargs)), kwargs
+    for ids in [[-1], [1.5], "3", list(range(17))]:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model=MODEL, prompt="x", extra_body={"stop_token_ids": ids})
+        assert e.value.body["param"] == "stop_token_ids", ids
     with pytest.raises(openai.BadRequestError):
         c.chat.completions.create(model=MODEL, messages=[])
     with pytest.raises(openai.BadRequestError):
@@ -455,6 +454,16 @@ def test_bad_requests_are_400(stack):
     r = requests.post(gw.url + "/v1/chat/completions", json={"model": MODEL, "messages": "hi"}, timeout=5)
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     assert w.requests == [], "nothing invalid reaches a worker"
+
+
+def test_token_id_fields_pass_through(stack):
+    """stop_token_ids and logit_bias reach the worker as given: it alone knows the vocabulary
+    (and applies the stops)."""
+    gw, w, _ = stack
+    client(gw).completions.create(model=MODEL, prompt="x", max_tokens=2, logit_bias={"7": -100, "9": 2.5},
+                                  extra_body={"stop_token_ids": [2, 99999]})
+    assert w.requests[-1]["stop_token_ids"] == [2, 99999]
+    assert w.requests[-1]["logit_bias"] == {"7": -100, "9": 2.5}
 
 
 def test_prompt_too_long_forwarded(procs, workers):
@@ -678,16 +687,22 @@ def test_client_disconnect_cancels_upstream(procs, workers):
 
 
 def test_sigterm_with_streams_in_flight(procs, workers):
-    """SIGTERM closes open streams, cancels their upstream calls and exits cleanly (under
-    SANITIZE=1 this also checks that nothing leaks)."""
+    """SIGTERM waits for open streams up to --drain-timeout, then ends them with an error event
+    and [DONE], cancels their upstream calls and exits cleanly (under SANITIZE=1 this also
+    checks that nothing leaks)."""
     ctl = start_controller(procs)
     w = workers(mode="stall").register(ctl.url)
-    gw = start_gateway(procs, ctl.url)
+    gw = start_gateway(procs, ctl.url, "--drain-timeout", "0.5")
     held = requests.post(gw.url + "/v1/chat/completions", stream=True, timeout=10,
                          json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True})
     lines = held.iter_lines()
     next(lines)
+    t0 = time.time()
     gw.p.send_signal(signal.SIGTERM)
+    rest = [line[6:].decode() for line in lines if line.startswith(b"data: ")]
+    assert time.time() - t0 >= 0.4, "the stream was cut before the drain timeout"
+    assert rest[-1] == "[DONE]"
+    assert "shutting down" in json.loads(rest[-2])["error"]["message"]
     assert gw.p.wait(timeout=10) == 0, gw.output()
     assert w.disconnected.wait(5)
 

@@ -134,3 +134,20 @@ def test_client_disconnect_aborts_on_worker(trio):
     while aborted() == before:
         assert time.time() < deadline, "the worker never saw the client go"
         time.sleep(0.05)
+
+
+def test_token_ids_checked_and_applied_by_the_worker(trio):
+    """The gateway checks shape and sign; the worker knows the vocabulary: its 400 comes back
+    naming the field. Valid stop_token_ids reach the worker and end the generation."""
+    gw, _ = trio
+    c = client(gw)
+    for extra, param in [({"stop_token_ids": [512]}, "stop_token_ids"), ({"logit_bias": {"600": 1}}, "logit_bias")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, extra_body=extra)
+        assert e.value.body["param"] == param and "512" in e.value.message
+    ref = reference()["prompts"][PROMPT]
+    stop_id = ref["greedy_ids"][5]
+    r = c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=64, temperature=0,
+                             extra_body={"stop_token_ids": [stop_id]})
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == ref["greedy_ids"].index(stop_id) + 1

@@ -189,6 +189,33 @@ def test_seed_and_stop(shared_worker):
     assert text == full[:full.index(stop)]
 
 
+def test_unseeded_requests_differ_and_seeds_reproduce(procs):
+    """Without --seed each worker draws its own default seed: the same unseeded request differs
+    from worker to worker (and from request to request). A request's seed, or --seed N for the
+    defaults, makes the output reproducible."""
+    body = dict(prompt="Once upon a time", max_tokens=40, temperature=1.0)
+    a, b = start_worker(procs), start_worker(procs)
+    first_a = joined(generate(a, **body)[2])[0]
+    assert first_a != joined(generate(b, **body)[2])[0], "two fresh workers sampled the same text"
+    assert first_a != joined(generate(a, **body)[2])[0]
+    assert joined(generate(a, seed=11, **body)[2]) == joined(generate(b, seed=11, **body)[2])
+    c, d = start_worker(procs, None, "--seed", "5"), start_worker(procs, None, "--seed", "5")
+    assert joined(generate(c, **body)[2]) == joined(generate(d, **body)[2])
+    assert "--seed" in run_worker_expecting_failure(need_stories() / "hf", "--seed", "often")
+
+
+def test_valid_token_id_fields_accepted(shared_worker):
+    """In-vocabulary stop_token_ids stop the generation; a valid logit_bias is accepted (the
+    sampler does not apply biases yet)."""
+    ref = reference()["prompts"]["Once upon a time"]
+    stop_id = ref["greedy_ids"][5]
+    status, err, frames = generate(shared_worker, prompt="Once upon a time", max_tokens=64, temperature=0,
+                                   stop_token_ids=[stop_id, 511], logit_bias={"0": -100, "511": 100})
+    assert status == 200, err
+    ids, _, finish = joined(frames)
+    assert finish == "stop" and ids == ref["greedy_ids"][:ref["greedy_ids"].index(stop_id) + 1]
+
+
 @pytest.mark.parametrize("body,param", [
     ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
     ({"prompt": "x", "temperature": 3}, "temperature"),
@@ -198,6 +225,14 @@ def test_seed_and_stop(shared_worker):
     ({"prompt": "x", "stop": [1]}, "stop"),
     ({"prompt": "", "add_special_tokens": False}, "prompt"),
     ({"prompt": "x", "ignore_eos": "yes"}, "ignore_eos"),
+    ({"prompt": "x", "top_p": 1.5}, "top_p"),
+    ({"prompt": "x", "top_p": -0.5}, "top_p"),
+    ({"prompt": "x", "stop_token_ids": [-1]}, "stop_token_ids"),
+    ({"prompt": "x", "stop_token_ids": [512]}, "stop_token_ids"),
+    ({"prompt": "x", "stop_token_ids": [3, "4"]}, "stop_token_ids"),
+    ({"prompt": "x", "logit_bias": {"512": 1}}, "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"x": 1}}, "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"5": 101}}, "logit_bias"),
 ])
 def test_bad_requests(shared_worker, body, param):
     r = requests.post(shared_worker.url + "/generate", json=body, timeout=10)

@@ -15,13 +15,14 @@
 #include "worker/engine/scheduler.h"
 #include "worker/engine/stop.h"
 
-enum in_kind { IN_SUBMIT, IN_ABORT };
+enum in_kind { IN_SUBMIT, IN_ABORT, IN_ABORT_ALL };
 
 struct in_item {
     struct in_item *next;
     enum in_kind kind;
     struct engine_request *req;
     uint64_t id;
+    char *message;                 /* IN_ABORT_ALL */
     double t_submit_ms;
 };
 
@@ -562,6 +563,7 @@ static void *engine_main(void *arg)
             while (items) {
                 struct in_item *next = items->next;
                 engine_request_free(items->req);
+                free(items->message);
                 free(items);
                 items = next;
             }
@@ -570,7 +572,9 @@ static void *engine_main(void *arg)
         while (items) {
             struct in_item *next = items->next;
             if (items->kind == IN_SUBMIT) accept_request(e, items->req, items->t_submit_ms);
-            else handle_abort(e, items->id);
+            else if (items->kind == IN_ABORT) handle_abort(e, items->id);
+            else while (e->live) live_end(e, e->live, FINISH_ERROR, items->message);
+            free(items->message);
             free(items);
             items = next;
         }
@@ -723,6 +727,28 @@ void engine_abort(struct engine *e, uint64_t id)
     it->kind = IN_ABORT;
     it->id = id;
     if (push_input(e, it) != 0) free(it);
+}
+
+void engine_abort_all(struct engine *e, const char *message)
+{
+    struct in_item *it = calloc(1, sizeof *it);
+    char *msg = strdup(message ? message : "aborted");
+    pthread_mutex_lock(&e->in_mu);
+    /* Refused from now on whether or not the item could be queued. */
+    e->refusing = true;
+    if (it && msg && !e->stopping) {
+        it->kind = IN_ABORT_ALL;
+        it->message = msg;
+        if (e->in_tail) e->in_tail->next = it;
+        else e->in_head = it;
+        e->in_tail = it;
+        pthread_cond_signal(&e->in_cv);
+        it = NULL;
+        msg = NULL;
+    }
+    pthread_mutex_unlock(&e->in_mu);
+    free(it);
+    free(msg);
 }
 
 void engine_get_stats(struct engine *e, struct engine_stats *out)

@@ -97,6 +97,10 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
 int engine_submit(struct engine *e, struct engine_request *req);
 /* The request ends with FINISH_ABORT and its KV blocks are freed at the next step. */
 void engine_abort(struct engine *e, uint64_t id);
+/* Ends every request (those submitted before this call included) with FINISH_ERROR and
+ * message as the event's error, and refuses later submits: a worker whose drain ran out of
+ * time ends what is left with an answer saying why. */
+void engine_abort_all(struct engine *e, const char *message);
 void engine_get_stats(struct engine *e, struct engine_stats *out);
 /* Stops the thread (in-flight requests end with FINISH_ABORT events that are not delivered)
  * and frees the engine. */

@@ -180,6 +180,12 @@ static void handler(http_request *req, void *user)
         http_response_header(req, "Retry-After", "1");
         http_response_header(req, "Bad\r\nHeader", "x");
         http_respond_error(req, 429, "model", "slow down %d", 5);
+    } else if (!strcmp(path, "/drain")) {
+        http_server_drain(T.srv, true);
+        size_t queued = http_server_queued_bytes(T.srv);
+        char body[32];
+        int n = snprintf(body, sizeof body, "queued %zu", queued);
+        http_respond(req, 200, "text/plain", body, (size_t)n);
     } else if (!strcmp(path, "/peer")) {
         const char *peer = http_request_peer(req);
         http_respond(req, 200, "text/plain", peer, strlen(peer));
@@ -879,6 +885,39 @@ Test(http_server, server_close_ends_streams)
     cr_assert(client_sees_close(idle));
     client_close(c);
     client_close(idle);
+}
+
+/* A graceful stop: after http_server_drain new connections are refused, answers in progress
+ * still come (saying Connection: close), and http_server_close afterwards closes the listener
+ * only once and still reports the end. */
+Test(http_server, drain_then_close)
+{
+    start_server(NULL);
+    struct client *waiting = client_open();
+    client_sends(waiting, "GET /delay?ms=150&tag=late HTTP/1.1\r\nHost: t\r\n\r\n");
+    struct client *c = client_open();
+    struct resp *r = roundtrip(c, "GET /drain HTTP/1.1\r\nHost: t\r\n\r\n");
+    cr_assert_eq(r->status, 200);
+    cr_assert_str_eq(r->body, "queued 0");
+    cr_assert_str_eq(hdr(r, "Connection"), "close");
+    resp_free(r);
+    cr_assert(client_sees_close(c));
+    client_close(c);
+
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)T.port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_neq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "a draining server accepted a connection");
+    close(fd);
+
+    r = read_resp(waiting);
+    cr_assert_not_null(r);
+    cr_assert_str_eq(r->body, "delayed late");
+    cr_assert_str_eq(hdr(r, "Connection"), "close");
+    resp_free(r);
+    cr_assert(client_sees_close(waiting));
+    client_close(waiting);
+    stop_server();
 }
 
 Test(http_server, slow_client_dropped)

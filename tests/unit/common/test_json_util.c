@@ -71,3 +71,61 @@ Test(json_util, openai_error_shape)
     free(s);
     json_decref(o);
 }
+
+Test(json_util, token_ids_and_logit_bias)
+{
+    struct json_field_error err;
+    static const struct {
+        const char *body;
+        int64_t vocab;
+        int want;
+    } ids[] = {
+        {"{}", 0, JSON_FIELD_MISSING},
+        {"{\"t\": null}", 0, JSON_FIELD_MISSING},
+        {"{\"t\": []}", 0, JSON_FIELD_OK},
+        {"{\"t\": [0, 2, 7]}", 8, JSON_FIELD_OK},
+        {"{\"t\": [0, 2, 8]}", 8, JSON_FIELD_INVALID},
+        {"{\"t\": [99999]}", 0, JSON_FIELD_OK},
+        {"{\"t\": [-1]}", 0, JSON_FIELD_INVALID},
+        {"{\"t\": [1.5]}", 0, JSON_FIELD_INVALID},
+        {"{\"t\": [\"3\"]}", 0, JSON_FIELD_INVALID},
+        {"{\"t\": 3}", 0, JSON_FIELD_INVALID},
+        {"{\"t\": [1,2,3,4,5]}", 0, JSON_FIELD_INVALID}, /* more than max */
+    };
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        json_t *o = parse(ids[i].body);
+        memset(&err, 0, sizeof err);
+        cr_expect_eq(json_check_token_ids(o, "t", 4, ids[i].vocab, &err), ids[i].want, "%s", ids[i].body);
+        if (ids[i].want == JSON_FIELD_INVALID) cr_expect_str_eq(err.param, "t", "%s", ids[i].body);
+        json_decref(o);
+    }
+    static const struct {
+        const char *body;
+        int64_t vocab;
+        int want;
+    } lb[] = {
+        {"{}", 0, JSON_FIELD_MISSING},
+        {"{\"b\": {}}", 0, JSON_FIELD_OK},
+        {"{\"b\": {\"0\": -100, \"511\": 100, \"7\": 0.5}}", 512, JSON_FIELD_OK},
+        {"{\"b\": {\"512\": 1}}", 512, JSON_FIELD_INVALID},
+        {"{\"b\": {\"4294967296\": 1}}", 0, JSON_FIELD_INVALID},
+        {"{\"b\": {\"99999\": 1}}", 0, JSON_FIELD_OK},
+        {"{\"b\": {\"abc\": 1}}", 0, JSON_FIELD_INVALID},
+        {"{\"b\": {\"-1\": 1}}", 0, JSON_FIELD_INVALID},
+        {"{\"b\": {\"1.5\": 1}}", 0, JSON_FIELD_INVALID},
+        {"{\"b\": {\"\": 1}}", 0, JSON_FIELD_INVALID},
+        {"{\"b\": {\" 1\": 1}}", 0, JSON_FIELD_INVALID},
+        {"{\"b\": {\"1\": 100.5}}", 0, JSON_FIELD_INVALID},
+        {"{\"b\": {\"1\": -101}}", 0, JSON_FIELD_INVALID},
+        {"{\"b\": {\"1\": \"5\"}}", 0, JSON_FIELD_INVALID},
+        {"{\"b\": {\"1\": null}}", 0, JSON_FIELD_INVALID},
+        {"{\"b\": [1]}", 0, JSON_FIELD_INVALID},
+    };
+    for (size_t i = 0; i < sizeof lb / sizeof lb[0]; i++) {
+        json_t *o = parse(lb[i].body);
+        memset(&err, 0, sizeof err);
+        cr_expect_eq(json_check_logit_bias(o, "b", lb[i].vocab, &err), lb[i].want, "%s", lb[i].body);
+        if (lb[i].want == JSON_FIELD_INVALID) cr_expect_str_eq(err.param, "b", "%s", lb[i].body);
+        json_decref(o);
+    }
+}

@@ -200,3 +200,52 @@ Test(registry, models_by_modality)
     cr_assert_eq(ctl_registry_live_models(reg, &names), 3);
     free(names);
 }
+
+/* A model whose workers all left (expired, removed, replaced by a registration without it) is
+ * remembered for CTL_RECENT_MODEL_S so a gateway can answer 503 rather than 404 meanwhile. */
+Test(registry, remembers_models_served_recently)
+{
+    cr_assert_not(ctl_registry_recently_served(reg, "m1"));
+    add("http://a:1", true, 1, 0, "m1", NULL);
+    add("http://b:1", true, 1, 0, "m2", NULL);
+    cr_assert(ctl_registry_recently_served(reg, "m1"));
+
+    cr_assert(ctl_registry_remove(reg, "http://a:1"));
+    cr_assert(ctl_registry_recently_served(reg, "m1"));
+    cr_assert_not(ctl_registry_recently_served(reg, "never"));
+
+    /* Expired and swept: still remembered; then forgotten after the window. */
+    fake_now += 31;
+    cr_assert_eq(ctl_registry_sweep(reg), 1);
+    cr_assert(ctl_registry_recently_served(reg, "m2"));
+    fake_now += CTL_RECENT_MODEL_S + 1;
+    cr_assert_not(ctl_registry_recently_served(reg, "m1"));
+    cr_assert_not(ctl_registry_recently_served(reg, "m2"));
+
+    /* A re-registration that drops a model leaves it remembered; registering it again makes it
+     * served, not merely remembered. */
+    add("http://a:1", true, 1, 0, "m1", "m3");
+    add("http://a:1", true, 1, 0, "m1", NULL);
+    cr_assert(ctl_registry_recently_served(reg, "m3"));
+    add("http://a:1", true, 1, 0, "m3", NULL);
+    struct ctl_worker *const *ws;
+    cr_assert_eq(ctl_registry_model_workers(reg, "m3", &ws), 1);
+    cr_assert(ctl_registry_recently_served(reg, "m3"));
+}
+
+Test(registry, recent_model_memory_is_bounded)
+{
+    char name[64];
+    for (int i = 0; i < CTL_RECENT_MODEL_MAX + 50; i++) {
+        snprintf(name, sizeof name, "model-%d", i);
+        add("http://a:1", false, 1, 0, name, NULL);
+        fake_now += 0.001;
+    }
+    /* The worker now serves only the last one; every earlier one went through the memory,
+     * which kept the newest CTL_RECENT_MODEL_MAX. */
+    cr_assert_not(ctl_registry_recently_served(reg, "model-0"));
+    snprintf(name, sizeof name, "model-%d", CTL_RECENT_MODEL_MAX + 48);
+    cr_assert(ctl_registry_recently_served(reg, name));
+    snprintf(name, sizeof name, "model-%d", 60);
+    cr_assert(ctl_registry_recently_served(reg, name));
+}

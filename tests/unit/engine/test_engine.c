@@ -495,6 +495,44 @@ Test(engine, backend_failure_ends_everything_overlapped)
     check_backend_failure(true);
 }
 
+/* The worker's drain, past its timeout: every request ends with an error saying why (also
+ * one submitted just before the call), blocks come back, and later submits are refused. */
+static void check_abort_all(bool overlap)
+{
+    struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .seed = 5, .overlap_always = overlap};
+    static struct harness h;
+    if (!setup(&h, 128, &eo)) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
+    for (int i = 0; i < 5; i++) {
+        struct engine_request *r = make_request(i, 100000);
+        if (overlap) without_penalties(r);
+        r->ignore_eos = true;
+        cr_assert_eq(engine_submit(h.eng, r), 0);
+    }
+    engine_abort_all(h.eng, "shutting down: drain timeout");
+    wait_done(&h, 5);
+    for (int i = 0; i < 5; i++) {
+        cr_assert_eq(h.res[i].finish, FINISH_ERROR, "request %d", i);
+        cr_assert_str_eq(h.res[i].error, "shutting down: drain timeout");
+    }
+    cr_assert_lt(engine_submit(h.eng, make_request(9, 10)), 0, "submits after abort_all are refused");
+    struct engine_stats st;
+    engine_get_stats(h.eng, &st);
+    cr_assert_eq(st.kv_blocks_free, 128);
+    cr_assert_eq(st.running + st.waiting, 0);
+    cr_assert_not(st.failed, "an abort is not a backend failure");
+    teardown(&h);
+}
+
+Test(engine, abort_all_ends_everything_with_the_message)
+{
+    check_abort_all(false);
+}
+
+Test(engine, abort_all_ends_everything_with_the_message_overlapped)
+{
+    check_abort_all(true);
+}
+
 static void check_bad_requests(bool overlap)
 {
     struct engine_options eo = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .max_model_len = 40, .seed = 5,

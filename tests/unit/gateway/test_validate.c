@@ -90,6 +90,18 @@ Test(validate, chat_rejects_every_bad_field)
         {"{\"model\":\"m\"," MSGS ",\"repetition_penalty\":0}", "repetition_penalty"},
         {"{\"model\":\"m\"," MSGS ",\"ignore_eos\":1}", "ignore_eos"},
         {"{\"model\":\"m\"," MSGS ",\"user\":5}", "user"},
+        {"{\"model\":\"m\"," MSGS ",\"stop_token_ids\":[-1]}", "stop_token_ids"},
+        {"{\"model\":\"m\"," MSGS ",\"stop_token_ids\":[1.5]}", "stop_token_ids"},
+        {"{\"model\":\"m\"," MSGS ",\"stop_token_ids\":7}", "stop_token_ids"},
+        {"{\"model\":\"m\"," MSGS ",\"stop_token_ids\":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]}", "stop_token_ids"},
+        {"{\"model\":\"m\"," MSGS ",\"logit_bias\":{\"abc\":5}}", "logit_bias"},
+        {"{\"model\":\"m\"," MSGS ",\"logit_bias\":{\"-3\":5}}", "logit_bias"},
+        {"{\"model\":\"m\"," MSGS ",\"logit_bias\":{\"5\":500}}", "logit_bias"},
+        {"{\"model\":\"m\"," MSGS ",\"logit_bias\":{\"5\":-100.5}}", "logit_bias"},
+        {"{\"model\":\"m\"," MSGS ",\"logit_bias\":{\"5\":\"1\"}}", "logit_bias"},
+        {"{\"model\":\"m\"," MSGS ",\"logit_bias\":[1]}", "logit_bias"},
+        {"{\"model\":\"m\"," MSGS ",\"top_p\":-0.5}", "top_p"},
+        {"{\"model\":\"m\"," MSGS ",\"seed\":1.5}", "seed"},
     };
     expect_bad(chat, cases, sizeof cases / sizeof cases[0]);
 }
@@ -113,6 +125,10 @@ Test(validate, completion_rejects_every_bad_prompt_and_field)
         {"{\"model\":\"m\",\"prompt\":[\"a\",\"b\"],\"n\":100}", "n"},
         {"{\"model\":\"m\",\"prompt\":\"x\",\"max_tokens\":0}", "max_tokens"},
         {"{\"model\":\"m\",\"prompt\":\"x\",\"stop\":[\"1\",\"2\",\"3\",\"4\",\"5\"]}", "stop"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"stop_token_ids\":[3,-7]}", "stop_token_ids"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"logit_bias\":{\"1\":101}}", "logit_bias"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"top_p\":1.5}", "top_p"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"temperature\":-1}", "temperature"},
     };
     expect_bad(cmpl, cases, sizeof cases / sizeof cases[0]);
 }
@@ -144,6 +160,18 @@ Test(validate, chat_builds_upstream_body)
     cr_expect(json_is_array(json_object_get(b, "messages")));
     cr_expect_null(json_object_get(b, "model"), "the worker needs no model name");
     cr_expect_null(json_object_get(b, "user"));
+    json_decref(b);
+    gw_params_free(&p);
+
+    /* Token-id fields pass through as given; the worker bounds them by its vocabulary. */
+    cr_assert_eq(chat("{\"model\":\"m\"," MSGS ",\"stop_token_ids\":[2,99999],"
+                      "\"logit_bias\":{\"5\":-100,\"7\":2.5}}", &p, &err),
+                 0, "%s", err.message);
+    b = gw_params_upstream_body(&p, 0);
+    json_t *ids = json_object_get(b, "stop_token_ids");
+    cr_expect_eq(json_array_size(ids), 2);
+    cr_expect_eq(json_integer_value(json_array_get(ids, 1)), 99999);
+    cr_expect_eq(json_number_value(json_object_get(json_object_get(b, "logit_bias"), "7")), 2.5);
     json_decref(b);
     gw_params_free(&p);
 }
