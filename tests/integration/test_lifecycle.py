@@ -28,8 +28,9 @@ def wait_until(cond, timeout, what):
         time.sleep(0.02)
 
 
-def listed(ctl):
-    return [w["name"] for w in requests.get(ctl.url + "/workers", timeout=5).json()["workers"]]
+def listed(ctl, token=None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return [w["name"] for w in requests.get(ctl.url + "/workers", headers=headers, timeout=5).json()["workers"]]
 
 
 def log_of(proc):
@@ -289,10 +290,11 @@ def test_unregister_worker_endpoint(procs):
     r = requests.post(ctl.url + "/unregister_worker", headers=auth, timeout=5,
                       json={"worker_name": "http://127.0.0.1:9"})
     assert r.status_code == 200 and r.json() == {"removed": True}
-    assert listed(ctl) == []
-    a = requests.post(ctl.url + "/get_worker_address", json={"model": "m"}, timeout=5).json()
+    assert listed(ctl, "t0k") == []
+    a = requests.post(ctl.url + "/get_worker_address", headers=auth, json={"model": "m"}, timeout=5).json()
     assert a == {"address": "", "recently_served": True}
-    assert requests.post(ctl.url + "/get_worker_address", json={"model": "x"}, timeout=5).json() == {"address": ""}
+    a = requests.post(ctl.url + "/get_worker_address", headers=auth, json={"model": "x"}, timeout=5).json()
+    assert a == {"address": ""}
     r = requests.post(ctl.url + "/unregister_worker", headers=auth, timeout=5,
                       json={"worker_name": "http://127.0.0.1:9"})
     assert r.status_code == 200 and r.json() == {"removed": False}
