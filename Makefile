@@ -11,6 +11,9 @@
 # libsluice_common.a, each program folder a library plus its main.c, tests/unit/test_*.c
 # one Criterion binary each.
 
+# Rules for libraries come before `all` below; a bare `make` still builds everything.
+.DEFAULT_GOAL := all
+
 PREFIX   ?= /usr/local
 CC       ?= gcc
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)

@@ -2,7 +2,8 @@
  *
  * The model's own Jinja chat template (tokenizer_config.json or GGUF) is used when it has one,
  * rendered as transformers' apply_chat_template does (worker/template/). --chat-template FILE
- * overrides it with a Jinja file, or with a simple format given as JSON. A model without any
+ * overrides it with a Jinja file (any name; *.jinja whatever it holds), or with a simple
+ * format given as a JSON object (*.json, or any file that parses as one). A model without any
  * template gets a built-in simple format chosen from its vocabulary (ChatML when it has
  * <|im_start|>, Llama 3 when it has <|start_header_id|>, a plain "User: ..." transcript
  * otherwise).

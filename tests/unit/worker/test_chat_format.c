@@ -107,3 +107,47 @@ Test(chat_format, jinja_file_renders_and_errors)
     cr_assert_not_null(strstr(err, "nosuchfilter"), "%s", err);
     unlink(path);
 }
+
+static char *render(const struct chat_format *f, const char *messages, bool gen)
+{
+    json_t *m = msgs(messages);
+    char *out = NULL;
+    struct json_field_error fe;
+    cr_assert_eq(chat_format_render(f, m, NULL, NULL, gen, &out, &fe), 0, "%s", fe.message);
+    json_decref(m);
+    return out;
+}
+
+/* --chat-template takes a Jinja file as vLLM does: a *.jinja file is Jinja whatever it starts
+ * with (here a literal '{'), and so is any other file that is not a JSON object; a byte order
+ * mark is not part of the template. */
+Test(chat_format, jinja_files_of_any_shape)
+{
+    char path[] = "/tmp/sluice-chat-XXXXXX.jinja";
+    int fd = mkstemps(path, 6);
+    const char *src = "{\"turns\": {{ messages | length }}}{% if add_generation_prompt %}>{% endif %}";
+    cr_assert_eq(write(fd, src, strlen(src)), (ssize_t)strlen(src));
+    close(fd);
+    struct chat_format f;
+    char err[256];
+    cr_assert_eq(chat_format_init(&f, NULL, NULL, path, err, sizeof err), 0, "%s", err);
+    char *out = render(&f, "[{\"role\":\"user\",\"content\":\"a\"}]", true);
+    cr_assert_str_eq(out, "{\"turns\": 1}>");
+    free(out);
+    chat_format_free(&f);
+    unlink(path);
+
+    const char *bom = write_temp("\xEF\xBB\xBF{% for m in messages %}[{{ m.content }}]{% endfor %}");
+    cr_assert_eq(chat_format_init(&f, NULL, NULL, bom, err, sizeof err), 0, "%s", err);
+    out = render(&f, "[{\"role\":\"user\",\"content\":\"a\"}]", false);
+    cr_assert_str_eq(out, "[a]");
+    free(out);
+    chat_format_free(&f);
+    unlink(bom);
+
+    /* Neither JSON nor any Jinja markup: broken JSON, said so. */
+    const char *broken = write_temp("{\"name\": \"x\", ");
+    cr_assert_neq(chat_format_init(&f, NULL, NULL, broken, err, sizeof err), 0);
+    cr_assert_not_null(strstr(err, "JSON"), "%s", err);
+    unlink(broken);
+}
