@@ -223,10 +223,12 @@ test-gpu: $(BINS) $(GPU_BINS) $(GPU_TOOLS)
 
 bench: bench-controller bench-worker bench-gateway bench-tokenizer
 
-# Controller, a worker and the gateway on MODEL (a directory or .gguf), else a tiny dummy model.
+# Controller, a worker and the gateway on MODEL (a directory or .gguf), else a tiny dummy model
+# (examples/models/tiny-dummy), on DEVICE, at PORT (gateway), CONTROLLER_PORT and WORKER_PORT.
 run: deps
 	@$(MAKE) --no-print-directory $(BINS)
-	@SLUICE_BIN=$(abspath $(BINDIR)) MODEL=$(MODEL) DEVICE=$(DEVICE) examples/run_trio.sh
+	@SLUICE_BIN=$(abspath $(BINDIR)) MODEL=$(MODEL) DEVICE=$(DEVICE) PORT=$(PORT) \
+	  CONTROLLER_PORT=$(CONTROLLER_PORT) WORKER_PORT=$(WORKER_PORT) examples/run_trio.sh
 
 clean:
 	rm -rf build bin
