@@ -2,6 +2,7 @@
 #
 #   make            build bin/sluice-controller, bin/sluice-worker, bin/sluice-gateway
 #   make test       install what is missing, build, run every test that needs no GPU
+#                   (unit, integration, and interop: FastChat's own API server against ours)
 #   make asan       the same build and tests under AddressSanitizer and UBSan (build/asan/)
 #   make run        start controller, a worker and the gateway on a default model
 #   make test-gpu   GPU tests (on a machine with a GPU)
@@ -10,6 +11,9 @@
 # Sources are found by folder, so a new .c file needs no edit here: common/ builds
 # libsluice_common.a, each program folder a library plus its main.c, tests/unit/test_*.c
 # one Criterion binary each.
+
+# Rules for libraries come before `all` below; a bare `make` still builds everything.
+.DEFAULT_GOAL := all
 
 PREFIX   ?= /usr/local
 CC       ?= gcc
@@ -111,7 +115,7 @@ CUPTI_LIB  := $(if $(filter 1,$(HAVE_CUDA)),$(firstword $(wildcard $(CUDA_HOME)/
 TRACE_LIB  := $(if $(CUPTI_LIB),$(BUILD)/lib/libsluice_kernel_trace.so)
 BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BINDIR)/sluice-$(p)))
 
-.PHONY: all deps test test-unit test-integration asan clean install run test-gpu bench \
+.PHONY: all deps test test-unit test-integration test-interop asan clean install run test-gpu bench \
         bench-controller bench-worker bench-gateway bench-tokenizer pyenv
 # Objects of test and bench programs are intermediates to make; keep them between runs.
 .SECONDARY:
@@ -175,12 +179,13 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The Python side of the tests (pytest, the openai client, the tokenizers oracle) lives in
-# .venv, made from tests/requirements.txt and remade when that file changes.
+# The Python side of the tests (pytest, the openai client, the tokenizers oracle, FastChat)
+# lives in .venv, made from tests/requirements*.txt and remade when they change.
 VENV := .venv
-$(VENV)/.stamp: tests/requirements.txt
+$(VENV)/.stamp: tests/requirements.txt tests/requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV) || $(PYTHON) -m venv --without-pip $(VENV)
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -r tests/requirements-nodeps.txt
 	@touch $@
 pyenv: $(VENV)/.stamp
 
@@ -190,7 +195,7 @@ export SLUICE_TEST_DATA
 test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory pyenv
-	@$(MAKE) --no-print-directory test-unit test-integration
+	@$(MAKE) --no-print-directory test-unit test-integration test-interop
 
 # Criterion counts a test that LeakSanitizer or UBSan complained about as passed, so their
 # reports in the output fail the run.
@@ -203,6 +208,10 @@ test-unit: $(UNIT_BINS)
 test-integration: $(BINS) pyenv
 	SLUICE_BIN=$(abspath $(BINDIR)) $(VENV)/bin/python -m pytest -q -x --timeout=300 tests/integration
 
+# Other projects' programs against ours: FastChat's openai_api_server on our controller and worker.
+test-interop: $(BINS) pyenv
+	SLUICE_BIN=$(abspath $(BINDIR)) $(VENV)/bin/python -m pytest -q -x --timeout=300 tests/interop
+
 asan:
 	@$(MAKE) --no-print-directory SANITIZE=1 test
 
@@ -214,10 +223,12 @@ test-gpu: $(BINS) $(GPU_BINS) $(GPU_TOOLS)
 
 bench: bench-controller bench-worker bench-gateway bench-tokenizer
 
-# Controller, a worker and the gateway on MODEL (a directory or .gguf), else a tiny dummy model.
+# Controller, a worker and the gateway on MODEL (a directory or .gguf), else a tiny dummy model
+# (examples/models/tiny-dummy), on DEVICE, at PORT (gateway), CONTROLLER_PORT and WORKER_PORT.
 run: deps
 	@$(MAKE) --no-print-directory $(BINS)
-	@SLUICE_BIN=$(abspath $(BINDIR)) MODEL=$(MODEL) DEVICE=$(DEVICE) examples/run_trio.sh
+	@SLUICE_BIN=$(abspath $(BINDIR)) MODEL=$(MODEL) DEVICE=$(DEVICE) PORT=$(PORT) \
+	  CONTROLLER_PORT=$(CONTROLLER_PORT) WORKER_PORT=$(WORKER_PORT) examples/run_trio.sh
 
 clean:
 	rm -rf build bin

@@ -54,6 +54,18 @@ static int flag_set(const char *prog, const struct flag_spec *f, const char *val
     return -1;
 }
 
+static void print_default(const struct flag_spec *f)
+{
+    switch (f->type) {
+    case FLAG_STRING:
+        if (*(const char **)f->dest) printf(" (default: %s)", *(const char **)f->dest);
+        break;
+    case FLAG_INT: printf(" (default: %ld)", *(long *)f->dest); break;
+    case FLAG_DOUBLE: printf(" (default: %g)", *(double *)f->dest); break;
+    case FLAG_BOOL: break;
+    }
+}
+
 void flags_print_help(const char *prog, const char *summary, const struct flag_spec *specs)
 {
     printf("usage: %s [flags]\n\n%s\n\nflags:\n", prog, summary);
@@ -64,14 +76,9 @@ void flags_print_help(const char *prog, const char *summary, const struct flag_s
         else
             snprintf(left, sizeof left, "--%s %s", f->name, f->metavar ? f->metavar : "VALUE");
         printf("  %-34s %s", left, f->help ? f->help : "");
-        switch (f->type) {
-        case FLAG_STRING:
-            if (*(const char **)f->dest) printf(" (default: %s)", *(const char **)f->dest);
-            break;
-        case FLAG_INT: printf(" (default: %ld)", *(long *)f->dest); break;
-        case FLAG_DOUBLE: printf(" (default: %g)", *(double *)f->dest); break;
-        case FLAG_BOOL: break;
-        }
+        /* A help text that names its default itself ("(default: the model's)") knows better
+         * than the stored value, which is then only a sentinel such as 0. */
+        if (!f->help || !strstr(f->help, "(default")) print_default(f);
         if (f->env) printf(" [env %s]", f->env);
         printf("\n");
     }

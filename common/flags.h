@@ -22,7 +22,7 @@ struct flag_spec {
     void *dest;
     const char *env;     /* environment variable that overrides the default, or NULL */
     const char *metavar; /* shown in --help: "PORT" */
-    const char *help;
+    const char *help;    /* --help appends "(default: X)" from dest unless help says "(default" */
     double min, max;     /* bounds for FLAG_INT and FLAG_DOUBLE; ignored when min == max */
 };
 

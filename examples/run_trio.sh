@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts controller, one worker and the gateway, the way a user does from a shell, and stops
 # all three on Ctrl-C. Used by `make run`.
-#   MODEL=/path/to/model-dir-or.gguf  (default: a tiny random-weight model)
+#   MODEL=/path/to/model-dir-or.gguf  (default: examples/models/tiny-dummy, random weights)
+#                                      served under its folder's (or file's) name: "tiny-dummy"
 #   DEVICE=cuda|cpu                    (default: cuda when nvidia-smi sees a GPU)
 #   PORT=8000 CONTROLLER_PORT=21001 WORKER_PORT=21002
 set -euo pipefail

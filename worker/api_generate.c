@@ -32,7 +32,11 @@ struct gen_stream {
     /* FastChat modes send cumulative text: keep all of it. */
     struct strbuf text;
     int tokens_since_frame;
-    json_t *logprob_items; /* FastChat blocking: accumulated logprobs */
+    /* FastChat modes: every token's logprob so far, as FastChat's own worker sends them
+     * (fastchat/serve/inference.py): {"text_offset", "tokens", "token_logprobs",
+     * "top_logprobs"}, offsets in characters of the cumulative text. */
+    json_t *fastchat_logprobs;
+    int64_t fastchat_offset;
     uint64_t accepted_ns;  /* for the latency histograms */
     bool got_first_token;
 };
@@ -56,7 +60,7 @@ static void stream_free(struct gen_stream *s)
     s->w->active--;
     free(s->prompt_text);
     strbuf_free(&s->text);
-    json_decref(s->logprob_items);
+    json_decref(s->fastchat_logprobs);
     free(s);
 }
 
@@ -176,8 +180,48 @@ static json_t *fastchat_frame(struct gen_stream *s, const struct engine_event *e
                               "error_code", failed ? FASTCHAT_INTERNAL_ERROR : FASTCHAT_OK, "usage",
                               usage_json(ev), "finish_reason",
                               finish && !failed ? json_string(finish) : json_null());
-    if (s->logprob_items) json_object_set(frame, "logprobs", s->logprob_items);
+    if (s->fastchat_logprobs) json_object_set(frame, "logprobs", s->fastchat_logprobs);
     return frame;
+}
+
+static int64_t utf8_chars(const char *s, size_t len)
+{
+    int64_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        if (((unsigned char)s[i] & 0xC0) != 0x80) n++;
+    return n;
+}
+
+/* Adds the event's tokens to the stream's FastChat logprobs. The first call starts them after
+ * the text already there (the prompt, when echoed), so the offsets index the frames' text. */
+static void fastchat_logprobs_add(struct gen_stream *s, const struct engine_event *ev)
+{
+    if (!s->fastchat_logprobs) {
+        s->fastchat_logprobs = json_pack("{s:[], s:[], s:[], s:[]}", "text_offset", "tokens",
+                                         "token_logprobs", "top_logprobs");
+        s->fastchat_offset = utf8_chars(strbuf_str(&s->text), s->text.len);
+    }
+    json_t *offsets = json_object_get(s->fastchat_logprobs, "text_offset");
+    json_t *tokens = json_object_get(s->fastchat_logprobs, "tokens");
+    json_t *lps = json_object_get(s->fastchat_logprobs, "token_logprobs");
+    json_t *tops = json_object_get(s->fastchat_logprobs, "top_logprobs");
+    json_t *items = logprobs_json(s->w, ev);
+    size_t i, k;
+    json_t *item, *alt;
+    json_array_foreach(items, i, item) {
+        json_t *token = json_object_get(item, "token");
+        json_t *top = json_object();
+        json_array_foreach(json_object_get(item, "top_logprobs"), k, alt)
+            json_object_set(top, json_string_value(json_object_get(alt, "token")), json_object_get(alt, "logprob"));
+        /* With logprobs=0 the dict still names the sampled token, as vLLM's does. */
+        if (json_object_size(top) == 0) json_object_set(top, json_string_value(token), json_object_get(item, "logprob"));
+        json_array_append_new(offsets, json_integer(s->fastchat_offset));
+        json_array_append(tokens, token);
+        json_array_append(lps, json_object_get(item, "logprob"));
+        json_array_append_new(tops, top);
+        s->fastchat_offset += utf8_chars(json_string_value(token), json_string_length(token));
+    }
+    json_decref(items);
 }
 
 void api_on_engine_event(const struct engine_event *ev, void *user)
@@ -194,13 +238,8 @@ void api_on_engine_event(const struct engine_event *ev, void *user)
         if (s->mode == GEN_MODE_NATIVE) {
             send_native_frame(s, ev);
         } else {
+            if (s->logprobs >= 0) fastchat_logprobs_add(s, ev);
             strbuf_append(&s->text, ev->text ? ev->text : "", ev->text_len);
-            if (s->logprobs >= 0) {
-                json_t *items = logprobs_json(w, ev);
-                if (!s->logprob_items) s->logprob_items = json_array();
-                json_array_extend(s->logprob_items, items);
-                json_decref(items);
-            }
             s->tokens_since_frame += ev->n_tokens;
             if (s->mode == GEN_MODE_FASTCHAT_STREAM &&
                 (ev->finish != FINISH_NONE || s->tokens_since_frame >= w->opt.stream_interval)) {

@@ -58,15 +58,15 @@ void api_model_details(struct worker *w, http_request *req)
     http_respond_json(req, 200, json_pack("{s:i}", "context_length", w->max_model_len));
 }
 
-/* FastChat asks this to build prompts itself; we describe our chat format in its terms. */
+/* FastChat's openai_api_server asks this and builds prompts itself with the conversation;
+ * chat_template (not FastChat's) carries the Jinja source for clients that can use it. */
 void api_conv_template(struct worker *w, http_request *req)
 {
-    const struct chat_format *f = &w->chat;
-    json_t *conv = json_pack(
-        "{s:s, s:s, s:s, s:[s,s], s:[], s:i, s:s, s:s, s:o, s:[]}", "name", f->name,
-        "system_template", "{system_message}", "system_message", "", "roles", f->prefix[CHAT_ROLE_USER],
-        f->prefix[CHAT_ROLE_ASSISTANT], "messages", "offset", 0, "sep", f->suffix[CHAT_ROLE_USER],
-        "sep2", f->suffix[CHAT_ROLE_ASSISTANT], "stop_str", json_null(), "stop_token_ids");
+    json_t *conv = chat_format_fastchat_conv(&w->chat, w->tok);
+    if (!conv) {
+        http_respond_error(req, 500, NULL, "the chat template could not be described as a FastChat conversation");
+        return;
+    }
     const char *tmpl = tok_chat_template(w->tok);
     json_object_set_new(conv, "chat_template", tmpl ? json_string(tmpl) : json_null());
     http_respond_json(req, 200, json_pack("{s:o}", "conv", conv));

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/strbuf.h"
 #include "worker/template/chat_template.h"
@@ -35,16 +36,9 @@ static void set_builtin(struct chat_format *f, const char *name, const char *bos
     f->add_special_tokens = add_special;
 }
 
-static int load_file(struct chat_format *f, const char *file, char *err, size_t errlen)
+/* A simple format from its JSON object (root is borrowed). */
+static int load_simple(struct chat_format *f, const json_t *root, const char *file, char *err, size_t errlen)
 {
-    json_error_t jerr;
-    json_t *root = json_load_file(file, 0, &jerr);
-    if (!root || !json_is_object(root)) {
-        snprintf(err, errlen, "%s: not a JSON chat format (%s, line %d)", file,
-                 root ? "expected an object" : jerr.text, jerr.line);
-        json_decref(root);
-        return -1;
-    }
     const char *s;
     f->name = strdup(json_get_string(root, "name", false, &s, NULL) == JSON_FIELD_OK ? s : file);
     f->bos = strdup(json_get_string(root, "bos", false, &s, NULL) == JSON_FIELD_OK ? s : "");
@@ -59,7 +53,6 @@ static int load_file(struct chat_format *f, const char *file, char *err, size_t 
         if (role && !json_is_object(role)) {
             snprintf(err, errlen, "%s: field '%s' must be an object with prefix and suffix", file,
                      role_names[r]);
-            json_decref(root);
             chat_format_free(f);
             return -1;
         }
@@ -68,7 +61,6 @@ static int load_file(struct chat_format *f, const char *file, char *err, size_t 
         f->prefix[r] = strdup(prefix);
         f->suffix[r] = strdup(suffix);
     }
-    json_decref(root);
     return 0;
 }
 
@@ -87,25 +79,51 @@ static int compile_jinja(struct chat_format *f, const struct tokenizer *tok, con
     return 0;
 }
 
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcasecmp(s + n - k, suffix) == 0;
+}
+
+/* --chat-template FILE, as vLLM's takes it: a Jinja template of any name, or our simple format
+ * as a JSON object. A *.json file must be the JSON format and a *.jinja (or *.j2) file is
+ * Jinja whatever it starts with (a template may well open with a literal '{'); any other file
+ * is the JSON format when it parses as a JSON object and Jinja otherwise. A text with no Jinja
+ * markup at all cannot place the messages anywhere, so it is taken for broken JSON and its
+ * JSON error reported. A UTF-8 byte order mark, which some editors write, belongs to neither. */
+static int load_file(struct chat_format *f, const struct tokenizer *tok, const char *file, char *err,
+                     size_t errlen)
+{
+    char *text = chat_template_read_file(file);
+    if (!text) {
+        snprintf(err, errlen, "%s: cannot read the chat template", file);
+        return -1;
+    }
+    const char *body = strncmp(text, "\xEF\xBB\xBF", 3) == 0 ? text + 3 : text;
+    bool jinja_name = ends_with(file, ".jinja") || ends_with(file, ".j2");
+    bool has_markup = strstr(body, "{{") || strstr(body, "{%");
+    json_error_t jerr = {0};
+    json_t *root = jinja_name ? NULL : json_loads(body, JSON_REJECT_DUPLICATES, &jerr);
+    int rc;
+    if (json_is_object(root)) {
+        rc = load_simple(f, root, file, err, errlen);
+    } else if (!jinja_name && (ends_with(file, ".json") || !has_markup)) {
+        snprintf(err, errlen, "%s: not a JSON chat format (%s, line %d) nor a Jinja template", file,
+                 root ? "expected an object" : jerr.text, jerr.line);
+        rc = -1;
+    } else {
+        rc = compile_jinja(f, tok, body, NULL, NULL, file, err, errlen);
+    }
+    json_decref(root);
+    free(text);
+    return rc;
+}
+
 int chat_format_init(struct chat_format *f, const struct tokenizer *tok, const char *tokenizer_path,
                      const char *file, char *err, size_t errlen)
 {
     memset(f, 0, sizeof *f);
-    if (file && *file) {
-        char *text = chat_template_read_file(file);
-        if (!text) {
-            snprintf(err, errlen, "%s: cannot read the chat template", file);
-            return -1;
-        }
-        /* A JSON object is a simple format; anything else is Jinja source. */
-        const char *p = text;
-        while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
-        int rc = *p == '{' && p[1] != '%' && p[1] != '{' && p[1] != '#'
-                     ? load_file(f, file, err, errlen)
-                     : compile_jinja(f, tok, text, NULL, NULL, file, err, errlen);
-        free(text);
-        return rc;
-    }
+    if (file && *file) return load_file(f, tok, file, err, errlen);
     /* The model's own template: tokenizer_config.json, chat_template.jinja, or GGUF. */
     struct chat_template_source src = {0};
     char serr[256];

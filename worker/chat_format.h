@@ -2,7 +2,8 @@
  *
  * The model's own Jinja chat template (tokenizer_config.json or GGUF) is used when it has one,
  * rendered as transformers' apply_chat_template does (worker/template/). --chat-template FILE
- * overrides it with a Jinja file, or with a simple format given as JSON. A model without any
+ * overrides it with a Jinja file (any name; *.jinja whatever it holds), or with a simple
+ * format given as a JSON object (*.json, or any file that parses as one). A model without any
  * template gets a built-in simple format chosen from its vocabulary (ChatML when it has
  * <|im_start|>, Llama 3 when it has <|start_header_id|>, a plain "User: ..." transcript
  * otherwise).
@@ -48,5 +49,12 @@ void chat_format_free(struct chat_format *f);
 int chat_format_render(const struct chat_format *f, const json_t *messages, const json_t *tools,
                        const json_t *template_kwargs, bool add_generation_prompt, char **out,
                        struct json_field_error *err);
+
+/* The format as FastChat's Conversation (fastchat/conversation.py), for FastChat's
+ * openai_api_server, which builds prompts itself from /worker_get_conv_template: a new JSON
+ * object with every field of the dataclass (sep_style as its int value). tok (may be NULL)
+ * decides whether the template's BOS text stays and which tokens end a turn. Defined in
+ * worker/chat_format_fastchat.c, which says how close the result comes. */
+json_t *chat_format_fastchat_conv(const struct chat_format *f, const struct tokenizer *tok);
 
 #endif

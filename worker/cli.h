@@ -1,6 +1,12 @@
-/* Entry points of sluice-worker's subcommands; worker/main.c picks one by argv[1]. */
+/* Entry points of sluice-worker's subcommands; cli_main picks one by argv[1]. */
 #ifndef SLUICE_WORKER_CLI_H
 #define SLUICE_WORKER_CLI_H
+
+/* `sluice-worker [COMMAND] ...`: runs the subcommand argv[1] names, or serves a model
+ * (worker/cli_commands.c). */
+int cli_main(int argc, char **argv);
+/* The summary serve's --help prints: what it does and every subcommand, one line each. */
+const char *cli_serve_summary(void);
 
 /* `sluice-worker [flags]`: serve a model (worker/serve.c). */
 int worker_serve_main(int argc, char **argv);

@@ -220,7 +220,7 @@ int worker_serve_main(int argc, char **argv)
         {"model-path", FLAG_STRING, &o->model_path, NULL, "PATH", "model directory (Hugging Face) or .gguf file", 0, 0},
         {"model-names", FLAG_STRING, &o->model_names, NULL, "A,B", "names to serve the model under (default: the folder's name)", 0, 0},
         {"controller-address", FLAG_STRING, &o->controller_address, "SLUICE_CONTROLLER_ADDRESS", "URL", "the controller to register with", 0, 0},
-        {"worker-address", FLAG_STRING, &o->worker_address, NULL, "URL", "address the controller and gateway reach this worker at (default http://HOST:PORT)", 0, 0},
+        {"worker-address", FLAG_STRING, &o->worker_address, NULL, "URL", "address the controller and gateway reach this worker at (default: http://HOST:PORT)", 0, 0},
         {"host", FLAG_STRING, &o->host, NULL, "ADDR", "address to listen on (one other than loopback needs --internal-token or --allow-unauthenticated-workers)", 0, 0},
         {"port", FLAG_INT, &o->port, NULL, "PORT", "port to listen on", 0, 65535},
         {"limit-worker-concurrency", FLAG_INT, &o->limit_worker_concurrency, NULL, "N", "requests in flight at most; more get 503", 1, 1e7},
@@ -230,7 +230,7 @@ int worker_serve_main(int argc, char **argv)
         {"stream-interval", FLAG_INT, &o->stream_interval, NULL, "N", "FastChat stream: a frame every N tokens", 1, 1e6},
         {"load-format", FLAG_STRING, &o->load_format, NULL, "auto|dummy", "dummy: random weights for the config.json", 0, 0},
         {"tokenizer", FLAG_STRING, &o->tokenizer, NULL, "PATH", "tokenizer directory, tokenizer.json or .gguf (default: the model's)", 0, 0},
-        {"chat-template", FLAG_STRING, &o->chat_template, NULL, "FILE", "chat format as JSON (see docs)", 0, 0},
+        {"chat-template", FLAG_STRING, &o->chat_template, NULL, "FILE", "chat template: a Jinja file, as vLLM's, or a simple format as JSON (default: the model's own)", 0, 0},
         {"max-num-seqs", FLAG_INT, &o->max_num_seqs, NULL, "N", "sequences running at once at most", 1, 65536},
         {"max-num-batched-tokens", FLAG_INT, &o->max_num_batched_tokens, NULL, "N", "tokens per engine step at most (prefill is chunked)", 16, 1 << 20},
         {"max-model-len", FLAG_INT, &o->max_model_len, NULL, "N", "context length (default: the model's)", 0, 1 << 24},
@@ -246,9 +246,7 @@ int worker_serve_main(int argc, char **argv)
         {"log-level", FLAG_STRING, &o->log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn or error", 0, 0},
         {0},
     };
-    int rc = flags_parse("sluice-worker",
-                         "Serves one model on one device (or: sluice-worker tokenize|detokenize --help).",
-                         specs, argc, argv, 1, NULL, 0, NULL);
+    int rc = flags_parse("sluice-worker", cli_serve_summary(), specs, argc, argv, 1, NULL, 0, NULL);
     if (rc == FLAGS_HELP) return 0;
     if (rc != FLAGS_OK) return 2;
     log_init("worker");

@@ -9,7 +9,7 @@ import pytest
 import requests
 from tokenizers import Tokenizer
 
-from conftest import DATA, start_worker
+from conftest import DATA, need_stories, start_worker
 from test_chat_template_conformance import oracle
 
 QWEN3 = DATA / "tokenizers" / "qwen3"
@@ -95,3 +95,33 @@ def test_logprobs_carry_exact_bytes(qwen3_worker):
                 except UnicodeDecodeError:
                     partial += 1
     assert partial > 0, "expected some partial-character tokens among the alternatives"
+
+
+# --chat-template takes a Jinja file as vLLM's does, whatever it starts with: the second
+# template opens with a literal brace, which a *.jinja file may well do.
+JINJA_TEMPLATES = {
+    "zephyr.jinja": "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}{{ eos_token }}\n"
+                    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}",
+    "braces.jinja": "{turns: {% for m in messages %}{{ m.role }}={{ m.content }}; {% endfor %}}"
+                    "{% if add_generation_prompt %} assistant={% endif %}",
+    "no-extension": "{% for m in messages %}[{{ m.role | upper }}] {{ m.content }}\n{% endfor %}"
+                    "{% if add_generation_prompt %}[ASSISTANT]{% endif %}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(JINJA_TEMPLATES))
+def test_chat_template_flag_takes_jinja_files(procs, tmp_path, name):
+    source = JINJA_TEMPLATES[name]
+    path = tmp_path / name
+    path.write_text(source)
+    model = need_stories() / "hf"
+    worker = start_worker(procs, model, "--chat-template", str(path))
+    cfg = json.loads((model / "tokenizer_config.json").read_text())
+    tok = Tokenizer.from_file(str(model / "tokenizer.json"))
+    for conv in CONVERSATIONS[:2]:
+        request = {"messages": conv["messages"], "add_generation_prompt": True}
+        text = oracle(source, request, bos=cfg["bos_token"], eos=cfg["eos_token"])
+        assert isinstance(text, str), text
+        r = requests.post(worker.url + "/tokenize", json=conv, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["tokens"] == tok.encode(text, add_special_tokens=False).ids, text

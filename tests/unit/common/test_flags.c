@@ -139,3 +139,27 @@ Test(flags, help_returns_help_and_lists_flags)
     cr_assert(strstr(text, "--verbose"), "%s", text);
     cr_assert(strstr(text, "--help"), "%s", text);
 }
+
+/* A help text that names its default itself keeps it, without the stored value (often a
+ * sentinel such as 0) appended as a second one; other flags still get theirs. */
+Test(flags, help_says_each_default_once)
+{
+    static long max_len, threads;
+    const struct flag_spec own[] = {
+        {"max-len", FLAG_INT, &max_len, NULL, "N", "context length (default: the model's)", 0, 100},
+        {"threads", FLAG_INT, &threads, NULL, "N", "threads", 0, 100},
+        {NULL, 0, NULL, NULL, NULL, NULL, 0, 0},
+    };
+    max_len = 0;
+    threads = 4;
+    cr_redirect_stdout();
+    flags_print_help("prog", "s", own);
+    fflush(stdout);
+    FILE *out = cr_get_redirected_stdout();
+    char text[4096];
+    size_t n = fread(text, 1, sizeof text - 1, out);
+    text[n] = '\0';
+    cr_assert(strstr(text, "context length (default: the model's)\n"), "%s", text);
+    cr_assert(!strstr(text, "(default: 0)"), "%s", text);
+    cr_assert(strstr(text, "threads (default: 4)\n"), "%s", text);
+}
