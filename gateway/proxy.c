@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "common/json_util.h"
+#include "common/utf8.h"
 #include "common/log.h"
 #include "gateway/format_openai.h"
 
@@ -148,8 +149,8 @@ static void error_from_body(const struct gw_choice *c, char *msg, size_t cap, ch
     json_t *err = json_object_get(root, "error");
     const char *m = json_string_value(json_object_get(err, "message"));
     const char *p = json_string_value(json_object_get(err, "param"));
-    snprintf(msg, cap, "%s", m ? m : "the worker rejected the request");
-    snprintf(param, pcap, "%s", p ? p : "");
+    utf8_snprintf(msg, cap, "%s", m ? m : "the worker rejected the request");
+    utf8_snprintf(param, pcap, "%s", p ? p : "");
     json_decref(root);
 }
 
@@ -259,7 +260,8 @@ static void on_upstream_done(http_call *call, const struct http_call_result *res
     } else {
         char msg[256];
         snprintf(msg, sizeof msg, "the worker failed in the middle of the answer (%s)",
-                 c->bad_frame ? "malformed frame" : res->error ? res->error_text : "stream ended early");
+                 c->bad_frame ? "it sent a malformed frame"
+                 : res->error ? http_call_error_describe(res->error) : "its stream ended early");
         gw_emit_error(gen, 502, NULL, msg, NULL);
     }
 out:
@@ -313,14 +315,16 @@ static void on_models_for_404(int rc, const json_t *names, void *user)
     }
     if (rc < 0) {
         gw_emit_error(gen, 503, NULL, "the controller could not be reached", "1");
-    } else if (listed || gw_models_ever_seen(gen->g->models, gen->p.model)) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "no worker is serving the model '%.128s' right now", gen->p.model);
-        gw_emit_error(gen, 503, "model", msg, "1");
     } else {
-        char msg[256];
-        snprintf(msg, sizeof msg, "The model '%.128s' does not exist", gen->p.model);
-        gw_emit_error(gen, 404, "model", msg, NULL);
+        char msg[256], model[160];
+        utf8_clip(model, sizeof model, gen->p.model, strlen(gen->p.model));
+        if (listed || gw_models_ever_seen(gen->g->models, gen->p.model)) {
+            snprintf(msg, sizeof msg, "no worker is serving the model '%s' right now", model);
+            gw_emit_error(gen, 503, "model", msg, "1");
+        } else {
+            snprintf(msg, sizeof msg, "The model '%s' does not exist", model);
+            gw_emit_error(gen, 404, "model", msg, NULL);
+        }
     }
     gen_leave(gen);
 }

@@ -203,7 +203,8 @@ void gw_emit_error(struct gw_gen *gen, int status, const char *param, const char
     if (gen->streaming) {
         char *body = openai_error_body(message, openai_error_type_for_status(status), param,
                                        NULL);
-        int rc = http_stream_sse(gen->req, body, strlen(body));
+        const char *text = body ? body : openai_error_body_oom;
+        int rc = http_stream_sse(gen->req, text, strlen(text));
         free(body);
         if (rc == HTTP_STREAM_OK) {
             http_stream_sse(gen->req, "[DONE]", 6);

@@ -238,7 +238,7 @@ static void reject(http_request *req, int mode, int status, const char *param, c
         http_respond_error(req, status, param, "%s", message);
         return;
     }
-    json_t *frame = json_pack("{s:s, s:i}", "text", message, "error_code", fastchat_code);
+    json_t *frame = json_pack("{s:o, s:i}", "text", json_string_clean(message), "error_code", fastchat_code);
     if (mode == GEN_MODE_FASTCHAT_BLOCKING) {
         http_respond_json(req, 200, frame);
         return;

@@ -8,6 +8,7 @@
 
 #include "common/flags.h"
 #include "common/log.h"
+#include "common/utf8.h"
 #include "worker/cli.h"
 #include "worker/worker.h"
 
@@ -18,6 +19,7 @@ static void route(http_request *req, void *user)
     bool post = strcmp(http_request_method(req), "POST") == 0;
     bool get = strcmp(http_request_method(req), "GET") == 0;
     const char *allow = "POST";
+    char shown[200]; /* the path as messages quote it: a client's bytes, cleaned and shortened */
     static const struct {
         const char *path;
         bool get_ok;
@@ -54,11 +56,12 @@ static void route(http_request *req, void *user)
         routes[i].fn(w, req);
         return;
     }
-    http_respond_error(req, 404, NULL, "no such endpoint: %s", path);
+    http_respond_error(req, 404, NULL, "no such endpoint: %s", utf8_clip(shown, sizeof shown, path, strlen(path)));
     return;
 method:
     http_response_header(req, "Allow", allow);
-    http_respond_error(req, 405, NULL, "method %s is not allowed on %s", http_request_method(req), path);
+    http_respond_error(req, 405, NULL, "method %s is not allowed on %s", http_request_method(req),
+                       utf8_clip(shown, sizeof shown, path, strlen(path)));
 }
 
 static void set_model_names(struct worker *w)
