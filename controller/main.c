@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "common/flags.h"
+#include "common/http_flags.h"
 #include "common/log.h"
 #include "controller/controller.h"
 
@@ -37,6 +38,7 @@ int main(int argc, char **argv)
     const char *host = "127.0.0.1", *method = "shortest_queue", *token = NULL, *log_level = "info";
     long port = 21001, status_timeout_ms = 3000;
     double expiration = 30;
+    struct http_server_flags http = HTTP_SERVER_FLAGS_DEFAULT;
     const struct flag_spec specs[] = {
         {"host", FLAG_STRING, &host, "SLUICE_CONTROLLER_HOST", "HOST", "address to listen on", 0, 0},
         {"port", FLAG_INT, &port, "SLUICE_CONTROLLER_PORT", "PORT", "port to listen on (0 picks one)", 0, 65535},
@@ -48,6 +50,7 @@ int main(int argc, char **argv)
          "when set, /register_worker and /receive_heart_beat need 'Authorization: Bearer TOKEN'", 0, 0},
         {"worker-status-timeout-ms", FLAG_INT, &status_timeout_ms, "SLUICE_WORKER_STATUS_TIMEOUT_MS", "MS",
          "bound on one worker's /worker_get_status during register and refresh", 10, 600000},
+        HTTP_SERVER_FLAG_SPECS(&http),
         {"log-level", FLAG_STRING, &log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn, error", 0, 0},
         {0},
     };
@@ -77,6 +80,7 @@ int main(int argc, char **argv)
         .internal_token = token && *token ? token : NULL,
         .status_timeout_ms = status_timeout_ms,
         .seed = random_seed(),
+        .http = http,
     };
     uv_loop_t *loop = uv_default_loop();
     struct ctl c;

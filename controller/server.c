@@ -36,6 +36,7 @@ int ctl_start(struct ctl *c, uv_loop_t *loop, const struct ctl_config *cfg)
         goto fail;
     }
     struct http_server_config scfg = {.host = cfg->host, .port = (int)cfg->port};
+    http_server_flags_apply(&cfg->http, &scfg);
     if (http_server_init(&c->server, loop, &scfg, ctl_handle, c) != 0) {
         log_error("cannot listen on %s:%ld", cfg->host, cfg->port);
         goto fail;

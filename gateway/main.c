@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "common/flags.h"
+#include "common/http_flags.h"
 #include "common/log.h"
 #include "gateway/gateway.h"
 
@@ -54,6 +55,7 @@ int main(int argc, char **argv)
     c->max_stream_buffer = 4 << 20;
     c->models_cache_ms = 1500;
     const char *log_level = "info";
+    struct http_server_flags http = HTTP_SERVER_FLAGS_DEFAULT;
     const struct flag_spec specs[] = {
         {"host", FLAG_STRING, &c->host, "SLUICE_GATEWAY_HOST", "HOST", "address to listen on", 0, 0},
         {"port", FLAG_INT, &c->port, "SLUICE_GATEWAY_PORT", "PORT", "port to listen on (0 picks one)", 0, 65535},
@@ -78,6 +80,7 @@ int main(int argc, char **argv)
          "bytes queued on a slow client before its stream is dropped", 4096, 1 << 30},
         {"models-cache-ms", FLAG_INT, &c->models_cache_ms, NULL, "MS",
          "how long the controller's model list is reused", 0, 60000},
+        HTTP_SERVER_FLAG_SPECS(&http),
         {"log-level", FLAG_STRING, &log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn, error", 0, 0},
         {0},
     };
@@ -117,6 +120,7 @@ int main(int argc, char **argv)
         .max_body_bytes = (size_t)c->max_body_bytes,
         .max_stream_buffer = (size_t)c->max_stream_buffer,
     };
+    http_server_flags_apply(&http, &scfg);
     if (http_server_init(&g.server, loop, &scfg, gw_handle, &g) != 0) {
         log_error("cannot listen on %s:%ld", c->host, c->port);
         goto out;

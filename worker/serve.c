@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/flags.h"
+#include "common/http_flags.h"
 #include "common/log.h"
 #include "common/utf8.h"
 #include "worker/cli.h"
@@ -188,6 +189,7 @@ int worker_serve_main(int argc, char **argv)
         .speed = 1,
         .log_level = "info",
     };
+    struct http_server_flags http = HTTP_SERVER_FLAGS_DEFAULT;
     const struct flag_spec specs[] = {
         {"model-path", FLAG_STRING, &o->model_path, NULL, "PATH", "model directory (Hugging Face) or .gguf file", 0, 0},
         {"model-names", FLAG_STRING, &o->model_names, NULL, "A,B", "names to serve the model under (default: the folder's name)", 0, 0},
@@ -212,6 +214,7 @@ int worker_serve_main(int argc, char **argv)
         {"heartbeat-interval", FLAG_DOUBLE, &o->heartbeat_interval, "SLUICE_HEARTBEAT_INTERVAL", "SECONDS", "seconds between heartbeats", 0.05, 3600},
         {"speed", FLAG_DOUBLE, &o->speed, NULL, "F", "relative speed reported to the controller", 0.001, 1e6},
         {"internal-token", FLAG_STRING, &o->internal_token, "SLUICE_INTERNAL_TOKEN", "TOKEN", "bearer token the controller requires", 0, 0},
+        HTTP_SERVER_FLAG_SPECS(&http),
         {"log-level", FLAG_STRING, &o->log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn or error", 0, 0},
         {0},
     };
@@ -236,6 +239,7 @@ int worker_serve_main(int argc, char **argv)
     if (worker_metrics_init(&w->metrics) != 0 || load_everything(w) != 0) return 1;
 
     struct http_server_config sc = {.host = o->host, .port = (int)o->port, .max_body_bytes = 16u << 20};
+    http_server_flags_apply(&http, &sc);
     if (http_server_init(&w->server, w->loop, &sc, route, w) != 0) {
         log_error("cannot listen on %s:%ld", o->host, o->port);
         return 1;
