@@ -2,10 +2,10 @@
  * complete requests to the handler one at a time, writing, and closing. */
 #include <arpa/inet.h>
 #include <stdio.h>
-#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include "common/http_internal.h"
 #include "common/json_util.h"

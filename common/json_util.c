@@ -137,8 +137,15 @@ static void describe_json_error(const json_error_t *jerr, struct json_field_erro
         break;
     }
     /* "invalid token near 'tru'": the quote may be cut short, without its closing mark. */
-    char what[JSON_ERROR_TEXT_LENGTH], near[64] = "";
-    snprintf(what, sizeof what, "%s", jerr->text);
+    char what[JSON_ERROR_TEXT_LENGTH + 32], near[64] = "";
+    static const char eof_expected[] = "end of file expected";
+    /* jansson's "end of file expected" means that something follows the value. */
+    if (json_error_code(jerr) == json_error_end_of_input_expected &&
+        !strncmp(jerr->text, eof_expected, sizeof eof_expected - 1))
+        utf8_snprintf(what, sizeof what, "unexpected data after the JSON value%s",
+                      jerr->text + sizeof eof_expected - 1);
+    else
+        utf8_snprintf(what, sizeof what, "%s", jerr->text);
     char *at = strstr(what, " near '");
     if (at) {
         *at = '\0';
@@ -151,7 +158,7 @@ static void describe_json_error(const json_error_t *jerr, struct json_field_erro
         *at = '\0';
         snprintf(near, sizeof near, " at the end of the body");
     }
-    char clean[JSON_ERROR_TEXT_LENGTH];
+    char clean[sizeof what];
     json_field_fail(err, "", "the request body is not valid JSON: %s%s (at line %d column %d)",
                     utf8_clip(clean, sizeof clean, what, strlen(what)), near, jerr->line, jerr->column);
 }

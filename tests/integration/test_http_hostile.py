@@ -258,6 +258,13 @@ def test_error_bodies_are_json_for_any_bytes(procs, program):
     openai_error(resp, 404)
     err = openai_error(exchange(p.port, b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"), 400)
     assert "header" in err["message"], err
+    # Raw NUL bytes: in a header, in the URL, in a JSON string and after the JSON value.
+    openai_error(exchange(p.port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Nul: a\x00b\r\n\r\n"), 400)
+    openai_error(exchange(p.port, b"GET /he\x00alth HTTP/1.1\r\nHost: x\r\n\r\n"), 400)
+    err = openai_error(post_raw(p.port, json_endpoint(program), b'{"model": "a\x00b"}'), 400)
+    assert "control character" in err["message"], err
+    err = openai_error(post_raw(p.port, json_endpoint(program), b'{"model": "m"}\x00'), 400)
+    assert "after the JSON value" in err["message"], err
 
 
 NUL_BODIES = {

@@ -125,6 +125,8 @@ Test(json_util, parse_errors_in_user_terms)
         {"{\"a\\u0000b\":1}", 14, "the request body has an object key with a NUL character (\\u0000), which is "
                                   "not supported (at line 1 column 11)"},
         {"{\"a\":1,\"a\":2}", 13, "the request body is not valid JSON: duplicate object key near '\"a\"' (at line 1 column 10)"},
+        {"{\"a\":1}x", 8, "the request body is not valid JSON: unexpected data after the JSON value near 'x' (at line 1 column 8)"},
+        {"{\"a\":1}\0", 8, "the request body is not valid JSON: unexpected data after the JSON value at the end of the body (at line 1 column 8)"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct json_field_error err;
