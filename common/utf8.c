@@ -8,7 +8,7 @@
 static const char replacement[] = "\xEF\xBF\xBD"; /* U+FFFD */
 enum { REPLACEMENT_LEN = 3 };
 
-size_t utf8_sequence(const unsigned char *s, size_t len, size_t *skip)
+size_t utf8_char_len(const unsigned char *s, size_t len, size_t *skip)
 {
     unsigned char c = s[0];
     size_t need;
@@ -45,7 +45,7 @@ bool utf8_is_clean(const char *s, size_t len)
     const unsigned char *p = (const unsigned char *)s;
     for (size_t i = 0; i < len;) {
         size_t skip;
-        if (p[i] == 0 || utf8_sequence(p + i, len - i, &skip) == 0) return false;
+        if (p[i] == 0 || utf8_char_len(p + i, len - i, &skip) == 0) return false;
         i += skip;
     }
     return true;
@@ -72,7 +72,7 @@ static size_t clean_write(char *dst, size_t limit, const char *src, size_t len, 
     const unsigned char *p = (const unsigned char *)src;
     size_t in = 0, out = 0;
     while (in < len) {
-        size_t skip, n = p[in] ? utf8_sequence(p + in, len - in, &skip) : 0;
+        size_t skip, n = p[in] ? utf8_char_len(p + in, len - in, &skip) : 0;
         if (!p[in]) skip = 1;
         const char *piece = n ? src + in : replacement;
         size_t plen = n ? n : REPLACEMENT_LEN;

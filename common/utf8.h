@@ -16,7 +16,7 @@
 
 /* Length of the well-formed sequence at s[0..len), or 0 when s starts an ill-formed one;
  * *skip gets how many bytes the ill-formed subpart spans (at least 1). */
-size_t utf8_sequence(const unsigned char *s, size_t len, size_t *skip);
+size_t utf8_char_len(const unsigned char *s, size_t len, size_t *skip);
 
 /* True when s[0..len) is well-formed UTF-8 with no NUL. */
 bool utf8_is_clean(const char *s, size_t len);

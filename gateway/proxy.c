@@ -9,8 +9,8 @@
 #include <time.h>
 
 #include "common/json_util.h"
-#include "common/utf8.h"
 #include "common/log.h"
+#include "common/utf8.h"
 #include "gateway/format_openai.h"
 
 enum { MAX_ERR_BODY = 64 * 1024, MAX_LINE = 16 * 1024 * 1024, MAX_RETRY_ASKS = 3 };

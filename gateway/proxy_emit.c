@@ -6,6 +6,7 @@
 
 #include "common/json_util.h"
 #include "common/log.h"
+#include "common/utf8.h"
 #include "gateway/format_openai.h"
 #include "gateway/proxy.h"
 
@@ -131,7 +132,7 @@ void gw_emit_frame(struct gw_gen *gen, struct gw_choice *c, const json_t *frame)
     if (finish && !strcmp(finish, "error")) {
         const char *m = json_string_value(json_object_get(json_object_get(frame, "error"), "message"));
         char msg[512];
-        snprintf(msg, sizeof msg, "the worker failed while generating: %s", m ? m : "unknown error");
+        utf8_snprintf(msg, sizeof msg, "the worker failed while generating: %s", m ? m : "unknown error");
         gw_emit_error(gen, 500, NULL, msg, NULL);
         return;
     }

@@ -8,6 +8,7 @@
 
 #include "common/log.h"
 #include "common/strbuf.h"
+#include "common/utf8.h"
 #include "worker/request_parse.h"
 #include "worker/worker.h"
 
@@ -341,7 +342,7 @@ void api_generate(struct worker *w, http_request *req, int mode)
     struct engine_stats st;
     engine_get_stats(w->engine, &st);
     if (st.failed) {
-        snprintf(message, sizeof message, "this worker's engine has failed: %s", st.error);
+        utf8_snprintf(message, sizeof message, "this worker's engine has failed: %s", st.error);
         reject(req, mode, 503, NULL, message, FASTCHAT_INTERNAL_ERROR);
         return;
     }

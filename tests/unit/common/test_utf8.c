@@ -38,7 +38,7 @@ Test(utf8, sequence_lengths_follow_unicode_table_3_7)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t skip = 0;
-        size_t n = utf8_sequence((const unsigned char *)cases[i].bytes, cases[i].len, &skip);
+        size_t n = utf8_char_len((const unsigned char *)cases[i].bytes, cases[i].len, &skip);
         cr_assert_eq(n, cases[i].want, "case %zu: length %zu", i, n);
         cr_assert_eq(skip, cases[i].skip, "case %zu: skip %zu", i, skip);
     }
