@@ -236,6 +236,18 @@ static int map_error(const http_call *call, CURLcode rc)
     }
 }
 
+const char *http_call_error_describe(int error)
+{
+    switch (error) {
+    case HTTP_CALL_OK: return "no error";
+    case HTTP_CALL_CONNECT: return "the connection could not be made";
+    case HTTP_CALL_TIMEOUT: return "it timed out";
+    case HTTP_CALL_IO: return "the connection broke";
+    case HTTP_CALL_ABORTED: return "it was stopped";
+    default: return "an internal error";
+    }
+}
+
 static void call_complete(http_client *c, http_call *call, CURLcode rc)
 {
     long status = 0;

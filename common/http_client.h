@@ -26,7 +26,7 @@ enum http_call_error {
 
 struct http_call_result {
     int error;              /* enum http_call_error */
-    const char *error_text; /* curl's message, "" when ok */
+    const char *error_text; /* curl's message, "" when ok: for logs, not for clients */
     long status;            /* HTTP status, 0 when none was received */
     const char *body;       /* buffered body (NUL-terminated) when on_data was NULL */
     size_t body_len;
@@ -56,6 +56,10 @@ struct http_call_opts {
     void (*on_done)(http_call *call, const struct http_call_result *result, void *user);
     void *user;
 };
+
+/* What went wrong, in words fit for a client's error message (error_text is curl's, for logs:
+ * "transfer closed with outstanding read data remaining" tells a user nothing). */
+const char *http_call_error_describe(int error);
 
 int http_client_init(http_client **out, uv_loop_t *loop);
 /* Cancels every call in flight (no callbacks) and frees the client once its handles close. */

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include "common/http_internal.h"
 #include "common/json_util.h"
@@ -15,6 +16,7 @@ enum {
     HTTP_IN_MIN_FREE = 4 * 1024, /* room offered to each read */
     HTTP_LINGER_MS = 2000,       /* how long a closing connection waits for the client's EOF */
     HTTP_BODY_PREALLOC = 256 * 1024, /* a Content-Length body's buffer before bytes arrive */
+    HTTP_REFUSAL_LOG_MS = 10 * 1000, /* refused connections are logged at most this often */
 };
 
 /* Bytes of a write the socket could not take at once, with their libuv request. */
@@ -26,6 +28,38 @@ struct http_write {
 
 static void conn_process(struct http_conn *c);
 static void conn_fail(struct http_conn *c, int status, const char *message);
+
+/* --- the per-address count ------------------------------------------------------------- */
+
+static unsigned peer_cap(const http_server *srv, const struct http_peer_addr *a)
+{
+    return http_peer_addr_is_loopback(a) ? srv->cfg.max_connections_per_loopback
+                                         : srv->cfg.max_connections_per_ip;
+}
+
+/* The connection has no request in flight (new, or idle after an answer). */
+static void conn_count(struct http_conn *c)
+{
+    if (c->counted || !c->has_addr) return;
+    /* Out of memory only loses this connection's share of the count. */
+    c->counted = http_peers_add(c->srv->peers, &c->addr) == 0;
+}
+
+static void conn_uncount(struct http_conn *c)
+{
+    if (!c->counted) return;
+    c->counted = false;
+    http_peers_remove(c->srv->peers, &c->addr);
+}
+
+bool http_conn_may_keep_alive(const struct http_conn *c)
+{
+    const http_server *srv = c->srv;
+    if (srv->closing) return false;
+    if (!c->has_addr) return true;
+    unsigned cap = peer_cap(srv, &c->addr);
+    return cap == HTTP_NO_LIMIT || http_peers_count(srv->peers, &c->addr) < cap;
+}
 
 /* --- lifetime -------------------------------------------------------------------------- */
 
@@ -77,6 +111,7 @@ void http_conn_close(struct http_conn *c)
     if (c->closing) return;
     c->closing = true;
     c->reading = false;
+    conn_uncount(c);
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
@@ -104,11 +139,20 @@ static void on_timer(uv_timer_t *t)
     }
 }
 
-static void conn_timer(struct http_conn *c, enum http_timer_kind kind, unsigned ms)
+static void conn_timer(struct http_conn *c, enum http_timer_kind kind, uint64_t ms)
 {
     if (c->closing) return;
     c->timer_kind = kind;
     uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+/* Waits for a request until a fixed deadline: nothing that arrives before the request's
+ * first byte (empty lines, which RFC 9112 lets a client send first) moves it. */
+static void conn_idle_until(struct http_conn *c, uint64_t deadline)
+{
+    uint64_t now = uv_now(c->srv->loop);
+    c->idle_deadline = deadline;
+    conn_timer(c, HTTP_TIMER_IDLE, deadline > now ? deadline - now : 0);
 }
 
 /* --- writing --------------------------------------------------------------------------- */
@@ -201,6 +245,7 @@ static void conn_linger(struct http_conn *c)
 {
     if (c->closing || c->phase == HTTP_PHASE_LINGER) return;
     c->phase = HTTP_PHASE_LINGER;
+    conn_uncount(c);
     c->in_off = c->in_len = 0;
     /* Bounds the time the client may take to read what is still queued. */
     conn_timer(c, HTTP_TIMER_LINGER, c->srv->cfg.idle_timeout_ms);
@@ -218,13 +263,15 @@ static void conn_fail(struct http_conn *c, int status, const char *message)
     if (c->closing || c->phase == HTTP_PHASE_LINGER) return;
     log_debug("http: answering %d to %s: %s", status, http_request_peer(&c->req), message);
     char *body = openai_error_body(message, openai_error_type_for_status(status), NULL, NULL);
-    size_t blen = body ? strlen(body) : 0;
+    if (!body) status = 500;
+    const char *text = body ? body : openai_error_body_oom;
+    size_t blen = strlen(text);
     char framing[48], head[512];
     snprintf(framing, sizeof framing, "Content-Length: %zu\r\n", blen);
     size_t hlen = http_head_format(head, sizeof head, status, "application/json", framing, false,
                                    NULL, 0);
-    uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)hlen), uv_buf_init(body, (unsigned)blen)};
-    if (hlen <= sizeof head) http_conn_send(c, bufs, body ? 2 : 1);
+    uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)hlen), uv_buf_init((char *)text, (unsigned)blen)};
+    if (hlen <= sizeof head) http_conn_send(c, bufs, 2);
     free(body);
     conn_linger(c);
 }
@@ -339,7 +386,13 @@ static int on_message_begin(llhttp_t *p)
     c->req.n_headers = 0;
     c->req.body_len = 0;
     c->body_expected = 0;
-    conn_timer(c, HTTP_TIMER_HEADERS, c->srv->cfg.header_timeout_ms);
+    c->err_message = NULL;
+    /* The first request's headers are due header_timeout_ms after the accept, already running;
+     * a later one's after its own first byte (the idle timeout bounded the wait for it). */
+    if (c->served == 0 && uv_is_active((uv_handle_t *)&c->timer))
+        c->timer_kind = HTTP_TIMER_HEADERS;
+    else
+        conn_timer(c, HTTP_TIMER_HEADERS, c->srv->cfg.header_timeout_ms);
     return 0;
 }
 
@@ -403,7 +456,7 @@ static int on_header_field_complete(llhttp_t *p)
     return 0;
 bad:
     c->err_status = 400;
-    llhttp_set_error_reason(p, "Invalid header field name");
+    c->err_message = "malformed HTTP request: a header name is empty or has a character not allowed in one";
     return HPE_USER;
 }
 
@@ -445,7 +498,7 @@ static int on_headers_complete(llhttp_t *p)
     bool chunked = p->flags & F_CHUNKED;
     if ((p->flags & F_CONTENT_LENGTH) && (p->flags & F_TRANSFER_ENCODING)) {
         c->err_status = 400;
-        llhttp_set_error_reason(p, "Content-Length can't be present with Transfer-Encoding");
+        c->err_message = "malformed HTTP request: Content-Length may not be sent with Transfer-Encoding";
         return -1;
     }
     if (!chunked && p->content_length > c->srv->cfg.max_body_bytes) {
@@ -516,6 +569,7 @@ static int on_message_complete(llhttp_t *p)
     struct http_conn *c = conn_of(p);
     http_request *r = &c->req;
     uv_timer_stop(&c->timer);
+    conn_uncount(c);
     if (r->body) r->body[r->body_len] = '\0';
     r->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
     r->no_body = p->method == HTTP_HEAD;
@@ -523,6 +577,31 @@ static int on_message_complete(llhttp_t *p)
     c->phase = HTTP_PHASE_BUSY;
     /* Stop here: the bytes after this request wait until it has been answered. */
     return HPE_PAUSED;
+}
+
+/* What llhttp found wrong, in the terms of someone writing a request: llhttp's own reasons
+ * name its callbacks and states ("Span callback error in on_url"). */
+static const char *parse_error_message(enum llhttp_errno err)
+{
+    switch (err) {
+    case HPE_INVALID_METHOD: return "malformed HTTP request: the method is not valid";
+    case HPE_INVALID_URL: return "malformed HTTP request: the request target (URL) is not valid";
+    case HPE_INVALID_VERSION: return "malformed HTTP request: the HTTP version is not supported (use HTTP/1.1)";
+    case HPE_INVALID_HEADER_TOKEN: return "malformed HTTP request: a header has a character not allowed there";
+    case HPE_INVALID_CONTENT_LENGTH: return "malformed HTTP request: Content-Length is not a number";
+    case HPE_UNEXPECTED_CONTENT_LENGTH:
+        return "malformed HTTP request: Content-Length may be sent once, and not with Transfer-Encoding";
+    case HPE_INVALID_TRANSFER_ENCODING:
+        return "malformed HTTP request: the only Transfer-Encoding accepted is chunked, last";
+    case HPE_INVALID_CHUNK_SIZE: return "malformed HTTP request: a chunk size is not valid";
+    case HPE_CR_EXPECTED:
+    case HPE_LF_EXPECTED: return "malformed HTTP request: a line does not end in CRLF";
+    case HPE_UNEXPECTED_SPACE: return "malformed HTTP request: a space where none is allowed";
+    case HPE_CLOSED_CONNECTION: return "malformed HTTP request: data after a request that closed the connection";
+    case HPE_PAUSED_UPGRADE:
+    case HPE_PAUSED_H2_UPGRADE: return "protocol upgrades are not supported";
+    default: return "malformed HTTP request: not valid HTTP/1.1";
+    }
 }
 
 static const llhttp_settings_t http_settings = {
@@ -577,25 +656,27 @@ static void conn_process(struct http_conn *c)
             continue;
         }
         int status = c->err_status ? c->err_status : 400;
-        const char *message;
-        char reason[200];
-        switch (status) {
-        case 413: message = "the request body is too large"; break;
-        case 431: message = "the request line and headers are too large"; break;
-        case 503: message = "out of memory reading the request"; break;
-        default:
-            snprintf(reason, sizeof reason, "malformed HTTP request: %s",
-                     llhttp_get_error_reason(&c->parser) ? llhttp_get_error_reason(&c->parser)
-                                                         : llhttp_errno_name(err));
-            message = reason;
+        const char *message = c->err_message;
+        if (!message) {
+            switch (status) {
+            case 413: message = "the request body is too large"; break;
+            case 431: message = "the request line and headers are too large"; break;
+            case 503: message = "out of memory reading the request"; break;
+            default: message = parse_error_message(err);
+            }
         }
+        log_debug("http: bad request from %s: %s (%s)", http_request_peer(&c->req), message,
+                  llhttp_get_error_reason(&c->parser) ? llhttp_get_error_reason(&c->parser)
+                                                      : llhttp_errno_name(err));
         conn_fail(c, status, message);
         break;
     }
     if (c->in_off == c->in_len) c->in_off = c->in_len = 0;
     c->processing = false;
-    if (!c->closing && c->phase == HTTP_PHASE_IDLE)
-        conn_timer(c, HTTP_TIMER_IDLE, srv->cfg.idle_timeout_ms);
+    /* Only a RESUME timer can have ended while idle: the deadline set when the connection went
+     * idle still holds, whatever was read meanwhile. */
+    if (!c->closing && c->phase == HTTP_PHASE_IDLE && !uv_is_active((uv_handle_t *)&c->timer))
+        conn_idle_until(c, c->idle_deadline);
     if (!c->closing && c->phase != HTTP_PHASE_BUSY && c->in_len - c->in_off < conn_in_limit(c))
         conn_read_start(c);
     conn_unref(c);
@@ -605,16 +686,16 @@ void http_conn_request_done(struct http_conn *c, bool keep_alive)
 {
     http_request_reset(&c->req);
     if (c->closing) return;
+    c->served++;
     if (!keep_alive) {
         conn_linger(c);
         return;
     }
     c->phase = HTTP_PHASE_IDLE;
+    conn_count(c);
+    conn_idle_until(c, uv_now(c->srv->loop) + c->srv->cfg.idle_timeout_ms);
     if (c->processing) return; /* the parsing loop goes on by itself */
-    if (c->in_off < c->in_len)
-        conn_timer(c, HTTP_TIMER_RESUME, 0);
-    else
-        conn_timer(c, HTTP_TIMER_IDLE, c->srv->cfg.idle_timeout_ms);
+    if (c->in_off < c->in_len) conn_timer(c, HTTP_TIMER_RESUME, 0);
     conn_read_start(c);
 }
 
@@ -628,6 +709,37 @@ static void on_reject_closed(uv_handle_t *h)
     http_server_maybe_finish(srv);
 }
 
+/* Writes a refusal to a connection just accepted, for the caller to close at once. Refusing
+ * must cost the server nothing lasting (no buffer, no lingering slot), yet closing a socket
+ * with unread input resets it, and the reset can destroy the answer before the client reads
+ * it: so the input that already came (typically the request) is read and dropped first, after
+ * the answer and a FIN have gone out. */
+static void send_refusal(uv_tcp_t *t, int status, const char *extra, const char *body, size_t len)
+{
+    char framing[48], head[512];
+    snprintf(framing, sizeof framing, "Content-Length: %zu\r\n", len);
+    size_t hlen = http_head_format(head, sizeof head, status, "application/json", framing, false,
+                                   extra, extra ? strlen(extra) : 0);
+    if (hlen > sizeof head) return;
+    uv_buf_t b[2] = {uv_buf_init(head, (unsigned)hlen), uv_buf_init((char *)body, (unsigned)len)};
+    uv_try_write((uv_stream_t *)t, b, 2);
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)t, &fd) != 0) return;
+    shutdown(fd, SHUT_WR);
+    char sink[4096];
+    for (int i = 0; i < 16 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {}
+}
+
+static void log_refusal(http_server *srv, struct http_log_gate *gate, const char *what)
+{
+    unsigned long held = 0;
+    if (!http_log_gate_pass(gate, uv_now(srv->loop), HTTP_REFUSAL_LOG_MS, &held)) return;
+    if (held)
+        log_warn("http: %s (and %lu more refused since the last message)", what, held);
+    else
+        log_warn("http: %s", what);
+}
+
 /* Over max_connections: take the connection off the backlog, say so, and close it. */
 static void conn_reject(http_server *srv)
 {
@@ -638,16 +750,43 @@ static void conn_reject(http_server *srv)
     srv->n_rejects++;
     if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)t) == 0) {
         /* openai_error_body's output, spelled out: shedding load should not allocate. */
-        static char body[] = "{\"error\":{\"message\":\"too many connections\",\"type\":"
-                             "\"service_unavailable\",\"param\":null,\"code\":null}}";
-        char framing[48], head[512];
-        snprintf(framing, sizeof framing, "Content-Length: %zu\r\n", sizeof body - 1);
-        size_t hlen = http_head_format(head, sizeof head, 503, "application/json", framing,
-                                       false, NULL, 0);
-        uv_buf_t b[2] = {uv_buf_init(head, (unsigned)hlen), uv_buf_init(body, sizeof body - 1)};
-        if (hlen <= sizeof head) uv_try_write((uv_stream_t *)t, b, 2);
+        static const char body[] = "{\"error\":{\"message\":\"too many connections\",\"type\":"
+                                   "\"service_unavailable\",\"param\":null,\"code\":null}}";
+        send_refusal(t, 503, "Retry-After: 1\r\n", body, sizeof body - 1);
+        char what[96];
+        snprintf(what, sizeof what, "refusing connections: %u open, the most allowed", srv->n_conns);
+        log_refusal(srv, &srv->full_log, what);
     }
     uv_close((uv_handle_t *)t, on_reject_closed);
+}
+
+/* Reads the peer's address and counts the connection as waiting for a request; false when its
+ * address is over the cap, after the refusal was sent. */
+static bool conn_admit(struct http_conn *c)
+{
+    http_server *srv = c->srv;
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0 ||
+        http_peer_addr_from_sockaddr((struct sockaddr *)&ss, &c->addr) != 0)
+        return true; /* not an IP peer: nothing to count by */
+    c->has_addr = true;
+    unsigned cap = peer_cap(srv, &c->addr);
+    if (cap == HTTP_NO_LIMIT || http_peers_count(srv->peers, &c->addr) < cap) {
+        conn_count(c);
+        return true;
+    }
+    char body[320], addr[64], what[160];
+    int n = snprintf(body, sizeof body,
+                     "{\"error\":{\"message\":\"too many connections from your address: at most %u may "
+                     "wait for a request at once; reuse or close idle connections, or retry later\","
+                     "\"type\":\"rate_limit_exceeded\",\"param\":null,\"code\":null}}", cap);
+    send_refusal(&c->tcp, 429, "Retry-After: 1\r\n", body, (size_t)n);
+    http_peer_addr_format(&c->addr, addr, sizeof addr);
+    snprintf(what, sizeof what, "refusing connections from %s: %u already wait for a request, its cap",
+             addr, cap);
+    log_refusal(srv, &srv->peer_log, what);
+    return false;
 }
 
 void http_conn_accept(http_server *srv)
@@ -678,7 +817,7 @@ void http_conn_accept(http_server *srv)
     if (srv->conns) srv->conns->prev = c;
     srv->conns = c;
     srv->n_conns++;
-    if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&c->tcp) != 0) {
+    if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&c->tcp) != 0 || !conn_admit(c)) {
         http_conn_close(c);
         return;
     }
@@ -686,8 +825,8 @@ void http_conn_accept(http_server *srv)
     llhttp_init(&c->parser, HTTP_REQUEST, &http_settings);
     c->parser.data = c;
     c->phase = HTTP_PHASE_IDLE;
-    /* A new connection must start its first request as soon as headers would have to end. */
-    conn_timer(c, HTTP_TIMER_IDLE, srv->cfg.header_timeout_ms);
+    /* The first request's headers must end header_timeout_ms after the accept. */
+    conn_idle_until(c, uv_now(srv->loop) + srv->cfg.header_timeout_ms);
     conn_read_start(c);
     if (!c->reading) http_conn_close(c);
 }

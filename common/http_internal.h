@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "common/http_peers.h"
 #include "common/http_server.h"
 
 enum http_req_state {
@@ -66,7 +67,12 @@ struct http_conn {
     enum http_conn_phase phase;
     enum http_timer_kind timer_kind;
     bool closing, reading, processing, in_field, peer_known;
+    bool has_addr;        /* addr is known (the peer's address could be read at accept) */
+    bool counted;         /* in srv->peers: no request in flight (see the per-address cap) */
+    unsigned long served; /* requests answered on this connection */
+    uint64_t idle_deadline; /* loop time at which an IDLE connection is closed */
     int err_status; /* set by a parser callback that fails the request (413, 431) */
+    const char *err_message; /* what to tell the client with err_status, when set */
     /* Received bytes not parsed yet: in[in_off..in_len). */
     char *in;
     size_t in_off, in_len, in_cap;
@@ -79,6 +85,7 @@ struct http_conn {
     size_t body_expected; /* Content-Length of the current request, 0 when chunked */
     uint32_t field_start, value_start;
     char peer[64];
+    struct http_peer_addr addr;
     http_request req;
 };
 
@@ -91,6 +98,8 @@ struct http_server {
     struct http_conn *conns; /* doubly linked */
     unsigned n_conns;
     unsigned n_rejects; /* handles of refused connections still closing */
+    http_peers *peers;  /* connections with no request in flight, per client address */
+    struct http_log_gate full_log, peer_log; /* refusals are logged at most every few seconds */
     int port;
     bool closing, listener_closed;
     bool draining; /* http_server_drain: answers close their connections */
@@ -105,6 +114,9 @@ void http_conn_close(struct http_conn *c);
 int http_conn_send(struct http_conn *c, const uv_buf_t *bufs, unsigned nbufs);
 /* The current request was answered: go on with the next one, or close when !keep_alive. */
 void http_conn_request_done(struct http_conn *c, bool keep_alive);
+/* Whether the connection may stay open after its answer: false when the server is closing,
+ * or when its address already has as many idle connections as the cap allows. */
+bool http_conn_may_keep_alive(const struct http_conn *c);
 size_t http_conn_queued(const struct http_conn *c);
 /* http_server.c: frees the server once it is closing and its last handle has closed. */
 void http_server_maybe_finish(http_server *srv);

@@ -9,6 +9,7 @@
 #include "common/http_internal.h"
 #include "common/json_util.h"
 #include "common/log.h"
+#include "common/utf8.h"
 
 /* --- the request ----------------------------------------------------------------------- */
 
@@ -170,7 +171,7 @@ static int send_head(struct http_conn *c, int status, const char *content_type,
 
 static bool keep_alive_for(const http_request *req)
 {
-    return req->keep_alive && !req->conn->srv->closing && !req->conn->srv->draining;
+    return req->keep_alive && !req->conn->srv->draining && http_conn_may_keep_alive(req->conn);
 }
 
 /* --- answering at once ----------------------------------------------------------------- */
@@ -221,7 +222,7 @@ int http_respond_error(http_request *req, int status, const char *param, const c
     char *message = small;
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(small, sizeof small, fmt, ap);
+    int n = utf8_vsnprintf(small, sizeof small, fmt, ap);
     va_end(ap);
     if (n >= (int)sizeof small) {
         message = malloc((size_t)n + 1);
@@ -235,13 +236,10 @@ int http_respond_error(http_request *req, int status, const char *param, const c
     }
     char *body = openai_error_body(message, openai_error_type_for_status(status), param, NULL);
     if (message != small) free(message);
-    int rc;
-    if (body) {
-        rc = http_respond(req, status, "application/json", body, strlen(body));
-        free(body);
-    } else {
-        rc = http_respond(req, status, "text/plain", "error\n", 6);
-    }
+    if (!body) return http_respond(req, 500, "application/json", openai_error_body_oom,
+                                   strlen(openai_error_body_oom));
+    int rc = http_respond(req, status, "application/json", body, strlen(body));
+    free(body);
     return rc;
 }
 
@@ -257,9 +255,11 @@ int http_stream_begin(http_request *req, int status, const char *content_type)
     if (c->closing) return HTTP_STREAM_CLOSED;
     /* An HTTP/1.0 client cannot read chunks: its stream ends when the connection closes. */
     if (!req->chunked) req->keep_alive = false;
+    /* Decided now, since the head says it: the stream's end keeps to it (see http_stream_end). */
+    req->keep_alive = keep_alive_for(req);
     const char *framing = req->chunked ? "Transfer-Encoding: chunked\r\n" : NULL;
     req->state = HTTP_REQ_STREAMING;
-    if (send_head(c, status, content_type, framing, keep_alive_for(req), NULL, 0) < 0)
+    if (send_head(c, status, content_type, framing, req->keep_alive, NULL, 0) < 0)
         return HTTP_STREAM_CLOSED;
     return HTTP_STREAM_OK;
 }
@@ -348,7 +348,9 @@ int http_stream_end(http_request *req)
     struct http_conn *c = req->conn;
     /* Ending a stream never begun still answers the request (with an empty body). */
     if (req->state == HTTP_REQ_PENDING && !c->closing) http_stream_begin(req, 200, NULL);
-    bool keep = keep_alive_for(req);
+    /* What the head promised, unless the server is closing: a connection closed right after a
+     * stream its head called keep-alive races with the client's next request. */
+    bool keep = req->keep_alive && !c->srv->closing;
     int rc = HTTP_STREAM_CLOSED;
     if (!c->closing) {
         rc = HTTP_STREAM_OK;

@@ -16,6 +16,8 @@ static void config_defaults(struct http_server_config *c)
     if (!c->body_timeout_ms) c->body_timeout_ms = 30 * 1000;
     if (!c->idle_timeout_ms) c->idle_timeout_ms = 60 * 1000;
     if (!c->max_connections) c->max_connections = 4096;
+    if (!c->max_connections_per_ip) c->max_connections_per_ip = 256;
+    if (!c->max_connections_per_loopback) c->max_connections_per_loopback = 2048;
     if (!c->max_stream_buffer) c->max_stream_buffer = 4 * 1024 * 1024;
 }
 
@@ -42,6 +44,7 @@ void http_server_maybe_finish(http_server *srv)
     if (!srv->closing || !srv->listener_closed || srv->n_conns || srv->n_rejects) return;
     void (*cb)(void *) = srv->on_closed;
     void *arg = srv->on_closed_arg;
+    http_peers_free(srv->peers);
     free(srv);
     if (cb) cb(arg);
 }
@@ -68,6 +71,10 @@ int http_server_init(http_server **out, uv_loop_t *loop, const struct http_serve
     config_defaults(&srv->cfg);
     srv->handler = handler;
     srv->user = user;
+    if (http_peers_init(&srv->peers) != 0) {
+        free(srv);
+        return -1;
+    }
 
     struct sockaddr_storage addr;
     if (strchr(srv->cfg.host, ':'))
@@ -76,11 +83,13 @@ int http_server_init(http_server **out, uv_loop_t *loop, const struct http_serve
         rc = uv_ip4_addr(srv->cfg.host, srv->cfg.port, (struct sockaddr_in *)&addr);
     if (rc < 0) {
         log_error("http: invalid listen address '%s': %s", srv->cfg.host, uv_strerror(rc));
+        http_peers_free(srv->peers);
         free(srv);
         return -1;
     }
     rc = uv_tcp_init(loop, &srv->listener);
     if (rc < 0) {
+        http_peers_free(srv->peers);
         free(srv);
         return -1;
     }

@@ -7,16 +7,37 @@
  *
  * Limits answer with the right status and close: a request line or headers over
  * max_header_bytes get 431, a body over max_body_bytes 413 (seen from Content-Length or while
- * reading chunks, never buffered first), a request not fully read within header_timeout_ms or
- * body_timeout_ms 408; connections over max_connections are closed at accept. Strict parsing:
- * Content-Length with Transfer-Encoding, duplicate Content-Length, bad chunk sizes and every
- * other llhttp error get 400 and a closed connection.
+ * reading chunks, never buffered first), a request not fully read within its timeouts 408;
+ * connections over max_connections get 503 at accept, and those over the per-address cap 429.
+ * Strict parsing: Content-Length with Transfer-Encoding, duplicate Content-Length, bad chunk
+ * sizes and every other malformed request get 400 and a closed connection. Every error body
+ * is JSON in OpenAI's shape.
+ *
+ * Timeouts (nginx's client_header_timeout, client_body_timeout and keepalive_timeout):
+ * - a new connection has header_timeout_ms from its accept to the end of its first request's
+ *   headers, however the bytes trickle in (a client that sent nothing is closed quietly;
+ *   one that sent part of a request gets 408);
+ * - a keep-alive connection has idle_timeout_ms from the end of a response to the first byte
+ *   of the next request, then header_timeout_ms from that byte to the end of its headers;
+ * - body_timeout_ms from the end of the headers to the end of the body.
+ * Bytes that are not part of a request (the empty lines RFC 9112 lets a client send before a
+ * request line) move none of these deadlines.
+ *
+ * The per-address cap counts, for each client address (IPv6: each /64), the connections
+ * with no request in flight: new ones, idle keep-alive ones, and ones still sending their
+ * request. Those are what a slow or idle client holds without doing work; a connection whose
+ * request is being answered (a long stream from a gateway or a proxy) is bounded by the
+ * program's own request limits and by max_connections instead, so that one gateway can hold
+ * a thousand streams to a worker. A connection that would go over the cap is refused at accept
+ * with 429; an answer that would leave its connection idle over the cap says
+ * "Connection: close" and closes it.
  *
  * All functions run on the loop thread only. */
 #ifndef SLUICE_COMMON_HTTP_SERVER_H
 #define SLUICE_COMMON_HTTP_SERVER_H
 
 #include <jansson.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <uv.h>
@@ -24,15 +45,23 @@
 typedef struct http_server http_server;
 typedef struct http_request http_request;
 
+#define HTTP_NO_LIMIT UINT_MAX /* for a count limit of http_server_config: none */
+
 struct http_server_config {
     const char *host;           /* "127.0.0.1" (default), "0.0.0.0", "::" */
     int port;                   /* 0 picks a free port: see http_server_port() */
     size_t max_header_bytes;    /* request line + headers; default 16 KiB */
     size_t max_body_bytes;      /* default 1 MiB */
-    unsigned header_timeout_ms; /* from first byte of a request to end of headers; default 10 s */
+    unsigned header_timeout_ms; /* see above; default 10 s */
     unsigned body_timeout_ms;   /* from end of headers to end of body; default 30 s */
     unsigned idle_timeout_ms;   /* keep-alive connection with no request in flight; default 60 s */
     unsigned max_connections;   /* default 4096 */
+    /* Connections with no request in flight from one client address; default 256.
+     * Loopback addresses (127.0.0.0/8, ::1) have their own cap, default 2048: a reverse proxy
+     * or sidecar on the same host brings every client from 127.0.0.1, and the benchmarks open
+     * a thousand streams at once from there. HTTP_NO_LIMIT: no cap. */
+    unsigned max_connections_per_ip;
+    unsigned max_connections_per_loopback;
     size_t max_stream_buffer;   /* bytes queued on a slow client before the stream is dropped
                                    (http_stream_write returns HTTP_STREAM_SLOW); default 4 MiB */
 };

@@ -7,13 +7,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/utf8.h"
+
 int json_field_fail(struct json_field_error *err, const char *key, const char *fmt, ...)
 {
     if (err) {
         snprintf(err->param, sizeof err->param, "%s", key ? key : "");
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(err->message, sizeof err->message, fmt, ap);
+        utf8_vsnprintf(err->message, sizeof err->message, fmt, ap);
         va_end(ap);
     }
     return JSON_FIELD_INVALID;
@@ -161,6 +163,89 @@ int json_get_array(const json_t *obj, const char *key, bool required, json_t **o
     return JSON_FIELD_OK;
 }
 
+/* What jansson's error says, in the terms of someone writing a request: its message with the
+ * text it stopped at quoted (cleaned and shortened: it is the client's own bytes), and never
+ * its option names. */
+static void describe_json_error(const json_error_t *jerr, struct json_field_error *err)
+{
+    switch (json_error_code(jerr)) {
+    case json_error_invalid_utf8:
+        json_field_fail(err, "", "the request body is not valid UTF-8 (at line %d column %d)", jerr->line,
+                        jerr->column);
+        return;
+    case json_error_null_byte_in_key:
+        json_field_fail(err, "", "the request body has an object key with a NUL character (\\u0000), which "
+                        "is not supported (at line %d column %d)", jerr->line, jerr->column);
+        return;
+    case json_error_out_of_memory:
+        json_field_fail(err, "", "the request body is too large to parse");
+        return;
+    default:
+        break;
+    }
+    /* "invalid token near 'tru'": the quote may be cut short, without its closing mark. */
+    char what[JSON_ERROR_TEXT_LENGTH + 32], near[64] = "";
+    static const char eof_expected[] = "end of file expected";
+    /* jansson's "end of file expected" means that something follows the value. */
+    if (json_error_code(jerr) == json_error_end_of_input_expected &&
+        !strncmp(jerr->text, eof_expected, sizeof eof_expected - 1))
+        utf8_snprintf(what, sizeof what, "unexpected data after the JSON value%s",
+                      jerr->text + sizeof eof_expected - 1);
+    else
+        utf8_snprintf(what, sizeof what, "%s", jerr->text);
+    char *at = strstr(what, " near '");
+    if (at) {
+        *at = '\0';
+        const char *q = at + 7;
+        size_t qlen = strlen(q);
+        if (qlen && q[qlen - 1] == '\'') qlen--;
+        char clipped[48];
+        snprintf(near, sizeof near, " near '%s'", utf8_clip(clipped, sizeof clipped, q, qlen));
+    } else if ((at = strstr(what, " near end of file"))) {
+        *at = '\0';
+        snprintf(near, sizeof near, " at the end of the body");
+    }
+    char clean[sizeof what];
+    json_field_fail(err, "", "the request body is not valid JSON: %s%s (at line %d column %d)",
+                    utf8_clip(clean, sizeof clean, what, strlen(what)), near, jerr->line, jerr->column);
+}
+
+/* Appends ".key" or "[i]" to a field path, cut at a character boundary when it is long. */
+static void path_push(char *path, size_t cap, size_t len, const char *key, size_t key_len, size_t index)
+{
+    char piece[64];
+    if (key)
+        utf8_snprintf(path + len, cap - len, "%s%s", len ? "." : "", utf8_clip(piece, sizeof piece, key, key_len));
+    else
+        utf8_snprintf(path + len, cap - len, "[%zu]", index);
+}
+
+/* Finds the first string (or key) holding a NUL character; writes its path ("messages[0].content")
+ * and returns true. */
+static bool find_nul(const json_t *v, char *path, size_t cap, size_t len)
+{
+    if (json_is_string(v)) return memchr(json_string_value(v), '\0', json_string_length(v)) != NULL;
+    if (json_is_object(v)) {
+        const char *key;
+        size_t key_len;
+        json_t *item;
+        json_object_keylen_foreach((json_t *)v, key, key_len, item) {
+            path_push(path, cap, len, key, key_len, 0);
+            if (find_nul(item, path, cap, strlen(path))) return true;
+            path[len] = '\0';
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *item;
+        json_array_foreach(v, i, item) {
+            path_push(path, cap, len, NULL, 0, i);
+            if (find_nul(item, path, cap, strlen(path))) return true;
+            path[len] = '\0';
+        }
+    }
+    return false;
+}
+
 json_t *json_parse_object(const char *body, size_t len, struct json_field_error *err)
 {
     json_error_t jerr;
@@ -168,10 +253,11 @@ json_t *json_parse_object(const char *body, size_t len, struct json_field_error 
         json_field_fail(err, "", "the request body is empty; expected a JSON object");
         return NULL;
     }
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    /* \u0000 is valid JSON, so it is decoded and then refused by name below: a C string would
+     * end at it, and a prompt cut short or a model name "m\u0000x" read as "m" must not pass. */
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
     if (!root) {
-        json_field_fail(err, "", "the request body is not valid JSON: %s (line %d, column %d)", jerr.text,
-                   jerr.line, jerr.column);
+        describe_json_error(&jerr, err);
         return NULL;
     }
     if (!json_is_object(root)) {
@@ -179,17 +265,37 @@ json_t *json_parse_object(const char *body, size_t len, struct json_field_error 
         json_field_fail(err, "", "the request body must be a JSON object");
         return NULL;
     }
+    char path[sizeof err->param] = "";
+    if (find_nul(root, path, sizeof path, 0)) {
+        json_decref(root);
+        json_field_fail(err, path, "'%s' contains a NUL character (\\u0000); text with NUL characters is "
+                        "not supported", path);
+        return NULL;
+    }
     return root;
+}
+
+const char openai_error_body_oom[] =
+    "{\"error\":{\"message\":\"the server ran out of memory\",\"type\":\"server_error\",\"param\":null,"
+    "\"code\":null}}";
+
+json_t *json_string_clean(const char *text)
+{
+    size_t len = strlen(text);
+    if (utf8_is_clean(text, len)) return json_stringn_nocheck(text, len);
+    char *clean = utf8_clean_dup(text, len);
+    json_t *s = clean ? json_string_nocheck(clean) : NULL;
+    free(clean);
+    return s;
 }
 
 char *openai_error_body(const char *message, const char *type, const char *param, const char *code)
 {
-    json_t *inner = json_pack("{s:s, s:s, s:o, s:o}", "message", message ? message : "", "type",
-                              type ? type : "invalid_request_error", "param",
-                              param && *param ? json_string(param) : json_null(), "code",
-                              code && *code ? json_string(code) : json_null());
-    json_t *root = json_pack("{s:o}", "error", inner);
-    char *s = json_dump_compact(root);
+    json_t *root = json_pack("{s:{s:o, s:s, s:o, s:o}}", "error", "message", json_string_clean(message ? message : ""),
+                             "type", type ? type : "invalid_request_error", "param",
+                             param && *param ? json_string_clean(param) : json_null(), "code",
+                             code && *code ? json_string_clean(code) : json_null());
+    char *s = root ? json_dump_compact(root) : NULL;
     json_decref(root);
     return s;
 }

@@ -51,13 +51,24 @@ int json_check_token_ids(const json_t *obj, const char *key, size_t max, int64_t
  * (OpenAI's logit_bias). */
 int json_check_logit_bias(const json_t *obj, const char *key, int64_t vocab, struct json_field_error *err);
 
-/* Parses a request body that must be one JSON object. On failure fills err (param "") and
- * returns NULL. */
+/* Parses a request body that must be one JSON object. On failure fills err and returns NULL:
+ * param "" for a body that is not JSON (the message says what is wrong and where, in a
+ * client's terms), or the path of a string holding a NUL character ("messages[0].content"):
+ * \u0000 is valid JSON but every program here reads strings as C strings, so it is refused
+ * by name rather than cut short. */
 json_t *json_parse_object(const char *body, size_t len, struct json_field_error *err);
 
 /* {"error":{"message":..,"type":..,"param":..,"code":..}}; param and code may be NULL (JSON
- * null). Returns a malloc'd compact string. */
+ * null). Any bytes are accepted: what is not valid UTF-8 (a client's raw bytes quoted in the
+ * message) becomes U+FFFD. Returns a malloc'd compact string, NULL only when out of memory:
+ * then send openai_error_body_oom, which needs no memory. */
 char *openai_error_body(const char *message, const char *type, const char *param, const char *code);
+extern const char openai_error_body_oom[];
+
+/* A JSON string of any text: what is not valid UTF-8 becomes U+FFFD (json_string refuses such
+ * text, and a message quoting a client's bytes must still go out). NULL only when out of
+ * memory. */
+json_t *json_string_clean(const char *text);
 
 /* The error "type" OpenAI uses for an HTTP status: 400 invalid_request_error,
  * 401 authentication_error, 404 not_found_error, 429 rate_limit_exceeded, 5xx server_error... */

@@ -6,6 +6,7 @@
 #include "common/auth.h"
 #include "common/json_util.h"
 #include "common/log.h"
+#include "common/utf8.h"
 #include "controller/controller.h"
 #include "controller/payload.h"
 
@@ -47,6 +48,7 @@ static void on_register(struct ctl *c, http_request *req)
     if (!body) return;
     struct ctl_register_req r;
     struct json_field_error err = {{0}, {0}};
+    char shown[200]; /* a name as messages quote it: cleaned and shortened */
     if (ctl_payload_register(body, &r, &err) != 0) {
         respond_bad(req, &err);
         goto out;
@@ -54,12 +56,14 @@ static void on_register(struct ctl *c, http_request *req)
     if (!r.has_status) {
         /* FastChat asks the worker itself; the answer waits for that call. */
         if (ctl_refresh_register(c, req, r.worker_name, r.check_heart_beat, r.multimodal) != 0)
-            http_respond_error(req, 500, NULL, "could not start a status request to %s", r.worker_name);
+            http_respond_error(req, 500, NULL, "could not start a status request to %s",
+                               utf8_clip(shown, sizeof shown, r.worker_name, strlen(r.worker_name)));
         goto out;
     }
     bool known = ctl_registry_find(c->reg, r.worker_name) != NULL;
     if (ctl_registry_register(c->reg, r.worker_name, r.check_heart_beat, r.multimodal, &r.status) != 0) {
-        http_respond_error(req, 500, NULL, "out of memory registering %s", r.worker_name);
+        http_respond_error(req, 500, NULL, "out of memory registering %s",
+                           utf8_clip(shown, sizeof shown, r.worker_name, strlen(r.worker_name)));
         goto out;
     }
     ctl_count_models(c, &r.status);
@@ -279,12 +283,14 @@ void ctl_handle(http_request *req, void *user)
     struct ctl *c = user;
     const char *path = http_request_path(req);
     const char *method = http_request_method(req);
+    char shown[200]; /* the path as messages quote it: a client's bytes, cleaned and shortened */
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         const struct route *r = &routes[i];
         if (strcmp(path, r->path) != 0) continue;
         if (strcmp(method, r->method) != 0) {
             http_response_header(req, "Allow", r->method);
-            http_respond_error(req, 405, NULL, "%s %s is not allowed; use %s", method, path, r->method);
+            http_respond_error(req, 405, NULL, "%s %s is not allowed; use %s", method,
+                               utf8_clip(shown, sizeof shown, path, strlen(path)), r->method);
             return;
         }
         struct auth_internal a = {.token = c->cfg.internal_token,
@@ -297,5 +303,5 @@ void ctl_handle(http_request *req, void *user)
         r->fn(c, req);
         return;
     }
-    http_respond_error(req, 404, NULL, "no route for %s %s", method, path);
+    http_respond_error(req, 404, NULL, "no route for %s %s", method, utf8_clip(shown, sizeof shown, path, strlen(path)));
 }

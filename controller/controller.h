@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "common/http_client.h"
+#include "common/http_flags.h"
 #include "common/http_server.h"
 #include "controller/dispatch.h"
 #include "controller/registry.h"
@@ -22,6 +23,7 @@ struct ctl_config {
     bool allow_unauthenticated_workers; /* no token: serve every caller, as FastChat does */
     long status_timeout_ms;      /* bound on one worker's /worker_get_status */
     uint64_t seed;               /* for the dispatch draws */
+    struct http_server_flags http; /* the server's timeouts and per-address cap */
 };
 
 struct ctl_dispatch_counts {

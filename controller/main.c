@@ -9,6 +9,7 @@
 
 #include "common/auth.h"
 #include "common/flags.h"
+#include "common/http_flags.h"
 #include "common/log.h"
 #include "common/signals.h"
 #include "controller/controller.h"
@@ -42,6 +43,7 @@ int main(int argc, char **argv)
     long port = 21001, status_timeout_ms = 3000;
     double expiration = 30;
     bool allow_unauthenticated = false;
+    struct http_server_flags http = HTTP_SERVER_FLAGS_DEFAULT;
     const struct flag_spec specs[] = {
         {"host", FLAG_STRING, &host, "SLUICE_CONTROLLER_HOST", "HOST",
          "address to listen on (one other than loopback needs --internal-token or --allow-unauthenticated-workers)", 0, 0},
@@ -59,6 +61,7 @@ int main(int argc, char **argv)
          "not only loopback, and allow a non-loopback --host (FastChat's behaviour; insecure)", 0, 0},
         {"worker-status-timeout-ms", FLAG_INT, &status_timeout_ms, "SLUICE_WORKER_STATUS_TIMEOUT_MS", "MS",
          "bound on one worker's /worker_get_status during register and refresh", 10, 600000},
+        HTTP_SERVER_FLAG_SPECS(&http),
         {"log-level", FLAG_STRING, &log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn, error", 0, 0},
         {0},
     };
@@ -92,6 +95,7 @@ int main(int argc, char **argv)
         .allow_unauthenticated_workers = allow_unauthenticated,
         .status_timeout_ms = status_timeout_ms,
         .seed = random_seed(),
+        .http = http,
     };
     uv_loop_t *loop = uv_default_loop();
     struct ctl c;

@@ -39,6 +39,7 @@ int ctl_start(struct ctl *c, uv_loop_t *loop, const struct ctl_config *cfg)
     /* The client only asks workers for /worker_get_status, which needs the token too. */
     if (auth_client_token(c->client, cfg->internal_token) != 0) goto fail;
     struct http_server_config scfg = {.host = cfg->host, .port = (int)cfg->port};
+    http_server_flags_apply(&cfg->http, &scfg);
     if (http_server_init(&c->server, loop, &scfg, ctl_handle, c) != 0) {
         log_error("cannot listen on %s:%ld", cfg->host, cfg->port);
         goto fail;

@@ -6,6 +6,7 @@
 
 #include "common/json_util.h"
 #include "common/log.h"
+#include "common/utf8.h"
 #include "gateway/chat_page.h"
 #include "gateway/gateway.h"
 #include "gateway/validate.h"
@@ -21,7 +22,7 @@ void gw_respond_error(struct gw *g, http_request *req, const char *route, int st
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    utf8_vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     gw_metrics_request(g->metrics, route, status);
     http_respond_error(req, status, param && *param ? param : NULL, "%s", msg);
@@ -64,8 +65,11 @@ static void on_models(int rc, const json_t *names, void *user)
         }
         if (found)
             gw_respond_json(g, m->req, "/v1/models", 200, found);
-        else
-            gw_respond_error(g, m->req, "/v1/models", 404, "model", "The model '%.200s' does not exist", m->id);
+        else {
+            char id[200];
+            gw_respond_error(g, m->req, "/v1/models", 404, "model", "The model '%s' does not exist",
+                             utf8_clip(id, sizeof id, m->id, strlen(m->id)));
+        }
     } else {
         json_t *data = json_array();
         size_t i;
@@ -120,6 +124,7 @@ void gw_handle(http_request *req, void *user)
     const char *path = http_request_path(req);
     const char *route = route_name(path);
     bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
+    char shown[200]; /* the path as messages quote it: a client's bytes, cleaned and shortened */
 
     if (!strcmp(route, "/health")) {
         /* A draining gateway is alive but must not be sent more work. */
@@ -157,9 +162,9 @@ void gw_handle(http_request *req, void *user)
     if (!strcmp(route, "/v1/models")) {
         const char *id = path[10] == '/' && path[11] ? path + 11 : NULL;
         if (path[10] && !id) {
-            gw_respond_error(g, req, route, 404, NULL, "no route for %.200s", path);
+            gw_respond_error(g, req, route, 404, NULL, "no route for %s", utf8_clip(shown, sizeof shown, path, strlen(path)));
         } else if (!get) {
-            gw_respond_error(g, req, route, 405, NULL, "use GET for %.200s", path);
+            gw_respond_error(g, req, route, 405, NULL, "use GET for %s", utf8_clip(shown, sizeof shown, path, strlen(path)));
         } else {
             handle_models(g, req, id);
         }
@@ -173,5 +178,5 @@ void gw_handle(http_request *req, void *user)
         gw_generate(g, req, route, !strcmp(route, "/v1/chat/completions") ? GW_API_CHAT : GW_API_COMPLETION);
         return;
     }
-    gw_respond_error(g, req, route, 404, NULL, "no route for %.200s", path);
+    gw_respond_error(g, req, route, 404, NULL, "no route for %s", utf8_clip(shown, sizeof shown, path, strlen(path)));
 }

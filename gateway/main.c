@@ -9,6 +9,7 @@
 
 #include "common/auth.h"
 #include "common/flags.h"
+#include "common/http_flags.h"
 #include "common/log.h"
 #include "gateway/gateway.h"
 
@@ -50,6 +51,7 @@ int main(int argc, char **argv)
     c->models_cache_ms = 1500;
     c->drain_timeout_s = 30;
     const char *log_level = "info", *internal_token = NULL;
+    struct http_server_flags http = HTTP_SERVER_FLAGS_DEFAULT;
     const struct flag_spec specs[] = {
         {"host", FLAG_STRING, &c->host, "SLUICE_GATEWAY_HOST", "HOST", "address to listen on", 0, 0},
         {"port", FLAG_INT, &c->port, "SLUICE_GATEWAY_PORT", "PORT", "port to listen on (0 picks one)", 0, 65535},
@@ -79,6 +81,7 @@ int main(int argc, char **argv)
          "how long the controller's model list is reused", 0, 60000},
         {"drain-timeout", FLAG_DOUBLE, &c->drain_timeout_s, "SLUICE_DRAIN_TIMEOUT", "SECONDS",
          "on SIGTERM/SIGINT, how long open requests may take to finish before they are ended", 0, 86400},
+        HTTP_SERVER_FLAG_SPECS(&http),
         {"log-level", FLAG_STRING, &log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn, error", 0, 0},
         {0},
     };
@@ -120,6 +123,7 @@ int main(int argc, char **argv)
         .max_body_bytes = (size_t)c->max_body_bytes,
         .max_stream_buffer = (size_t)c->max_stream_buffer,
     };
+    http_server_flags_apply(&http, &scfg);
     if (http_server_init(&g.server, loop, &scfg, gw_handle, &g) != 0) {
         log_error("cannot listen on %s:%ld", c->host, c->port);
         goto out;

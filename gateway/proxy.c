@@ -11,6 +11,7 @@
 #include "common/json_util.h"
 #include "common/log.h"
 #include "common/net_addr.h"
+#include "common/utf8.h"
 #include "gateway/format_openai.h"
 #include "gateway/proxy_frame.h"
 
@@ -153,8 +154,8 @@ static void error_from_body(const struct gw_choice *c, char *msg, size_t cap, ch
     json_t *err = json_object_get(root, "error");
     const char *m = json_string_value(json_object_get(err, "message"));
     const char *p = json_string_value(json_object_get(err, "param"));
-    snprintf(msg, cap, "%s", m ? m : "the worker rejected the request");
-    snprintf(param, pcap, "%s", p ? p : "");
+    utf8_snprintf(msg, cap, "%s", m ? m : "the worker rejected the request");
+    utf8_snprintf(param, pcap, "%s", p ? p : "");
     json_decref(root);
 }
 
@@ -280,7 +281,8 @@ static void on_upstream_done(http_call *call, const struct http_call_result *res
     } else {
         char msg[256];
         snprintf(msg, sizeof msg, "the worker failed in the middle of the answer (%s)",
-                 c->bad_frame ? "malformed frame" : res->error ? res->error_text : "stream ended early");
+                 c->bad_frame ? "it sent a malformed frame"
+                 : res->error ? http_call_error_describe(res->error) : "its stream ended early");
         gw_emit_error(gen, 502, NULL, msg, NULL);
     }
 out:
@@ -336,8 +338,9 @@ static void choice_start(struct gw_choice *c, const char *address)
 /* The model was served lately and will be again (its workers or the controller restart). */
 static void no_worker_now(struct gw_gen *gen)
 {
-    char msg[256];
-    snprintf(msg, sizeof msg, "no worker is serving the model '%.128s' right now; retry shortly", gen->p.model);
+    char msg[256], model[160];
+    utf8_clip(model, sizeof model, gen->p.model, strlen(gen->p.model));
+    snprintf(msg, sizeof msg, "no worker is serving the model '%s' right now; retry shortly", model);
     gw_emit_error(gen, 503, "model", msg, "1");
 }
 
@@ -357,8 +360,9 @@ static void on_models_for_404(int rc, const json_t *names, void *user)
     } else if (listed || gw_models_recently_served(gen->g->models, gen->p.model)) {
         no_worker_now(gen);
     } else {
-        char msg[256];
-        snprintf(msg, sizeof msg, "The model '%.128s' does not exist", gen->p.model);
+        char msg[256], model[160];
+        utf8_clip(model, sizeof model, gen->p.model, strlen(gen->p.model));
+        snprintf(msg, sizeof msg, "The model '%s' does not exist", model);
         gw_emit_error(gen, 404, "model", msg, NULL);
     }
     gen_leave(gen);

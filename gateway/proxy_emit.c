@@ -6,6 +6,7 @@
 
 #include "common/json_util.h"
 #include "common/log.h"
+#include "common/utf8.h"
 #include "gateway/format_openai.h"
 #include "gateway/proxy.h"
 #include "gateway/proxy_frame.h"
@@ -133,7 +134,7 @@ void gw_emit_frame(struct gw_gen *gen, struct gw_choice *c, const json_t *frame)
     if (finish && !strcmp(finish, "error")) {
         const char *m = json_string_value(json_object_get(json_object_get(frame, "error"), "message"));
         char msg[512];
-        snprintf(msg, sizeof msg, "the worker failed while generating: %s", m ? m : "unknown error");
+        utf8_snprintf(msg, sizeof msg, "the worker failed while generating: %s", m ? m : "unknown error");
         gw_emit_error(gen, 500, NULL, msg, NULL);
         return;
     }
@@ -213,7 +214,8 @@ void gw_emit_error(struct gw_gen *gen, int status, const char *param, const char
     if (gen->streaming) {
         char *body = openai_error_body(message, openai_error_type_for_status(status), param,
                                        NULL);
-        int rc = http_stream_sse(gen->req, body, strlen(body));
+        const char *text = body ? body : openai_error_body_oom;
+        int rc = http_stream_sse(gen->req, text, strlen(text));
         free(body);
         if (rc == HTTP_STREAM_OK) {
             http_stream_sse(gen->req, "[DONE]", 6);

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/utf8.h"
 #include "gateway/validate.h"
 
 /* A 400 naming the field. */
@@ -52,7 +53,9 @@ static int check_messages(const json_t *body, json_t *base, struct json_field_er
         const char *role = json_string_value(json_object_get(msg, "role"));
         if (!role) return bad(err, "messages", "each message needs a 'role' string");
         if (!role_known(role)) {
-            json_field_fail(err, "messages", "unknown message role '%.64s'", role);
+            char shown[64];
+            json_field_fail(err, "messages", "unknown message role '%s'",
+                            utf8_clip(shown, sizeof shown, role, json_string_length(json_object_get(msg, "role"))));
             return 400;
         }
         /* An assistant turn that only called tools has null content. */

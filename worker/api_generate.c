@@ -8,6 +8,7 @@
 
 #include "common/log.h"
 #include "common/strbuf.h"
+#include "common/utf8.h"
 #include "worker/request_parse.h"
 #include "worker/worker.h"
 
@@ -277,7 +278,7 @@ static void reject(http_request *req, int mode, int status, const char *param, c
         http_respond_error(req, status, param, "%s", message);
         return;
     }
-    json_t *frame = json_pack("{s:s, s:i}", "text", message, "error_code", fastchat_code);
+    json_t *frame = json_pack("{s:o, s:i}", "text", json_string_clean(message), "error_code", fastchat_code);
     if (mode == GEN_MODE_FASTCHAT_BLOCKING) {
         http_respond_json(req, 200, frame);
         return;
@@ -385,7 +386,7 @@ void api_generate(struct worker *w, http_request *req, int mode)
     struct engine_stats st;
     engine_get_stats(w->engine, &st);
     if (st.failed) {
-        snprintf(message, sizeof message, "this worker's engine has failed: %s", st.error);
+        utf8_snprintf(message, sizeof message, "this worker's engine has failed: %s", st.error);
         reject(req, mode, 503, NULL, message, FASTCHAT_INTERNAL_ERROR);
         return;
     }

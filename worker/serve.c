@@ -11,8 +11,10 @@
 
 #include "common/auth.h"
 #include "common/flags.h"
+#include "common/http_flags.h"
 #include "common/log.h"
 #include "common/net_addr.h"
+#include "common/utf8.h"
 #include "worker/cli.h"
 #include "worker/worker.h"
 
@@ -23,6 +25,7 @@ static void route(http_request *req, void *user)
     bool post = strcmp(http_request_method(req), "POST") == 0;
     bool get = strcmp(http_request_method(req), "GET") == 0;
     const char *allow = "POST";
+    char shown[200]; /* the path as messages quote it: a client's bytes, cleaned and shortened */
     /* Every endpoint but the probes is internal (docs/PROTOCOL.md, "Authentication"). */
     struct auth_internal a = {.token = w->opt.internal_token, .allow_unauthenticated = w->opt.allow_unauthenticated,
                               .program = "sluice-worker"};
@@ -68,11 +71,12 @@ static void route(http_request *req, void *user)
         routes[i].fn(w, req);
         return;
     }
-    http_respond_error(req, 404, NULL, "no such endpoint: %s", path);
+    http_respond_error(req, 404, NULL, "no such endpoint: %s", utf8_clip(shown, sizeof shown, path, strlen(path)));
     return;
 method:
     http_response_header(req, "Allow", allow);
-    http_respond_error(req, 405, NULL, "method %s is not allowed on %s", http_request_method(req), path);
+    http_respond_error(req, 405, NULL, "method %s is not allowed on %s", http_request_method(req),
+                       utf8_clip(shown, sizeof shown, path, strlen(path)));
 }
 
 static void set_model_names(struct worker *w)
@@ -216,6 +220,7 @@ int worker_serve_main(int argc, char **argv)
         .log_level = "info",
         .drain_timeout = 30,
     };
+    struct http_server_flags http = HTTP_SERVER_FLAGS_DEFAULT;
     const struct flag_spec specs[] = {
         {"model-path", FLAG_STRING, &o->model_path, NULL, "PATH", "model directory (Hugging Face) or .gguf file", 0, 0},
         {"model-names", FLAG_STRING, &o->model_names, NULL, "A,B", "names to serve the model under (default: the folder's name)", 0, 0},
@@ -243,6 +248,7 @@ int worker_serve_main(int argc, char **argv)
         {"internal-token", FLAG_STRING, &o->internal_token, "SLUICE_INTERNAL_TOKEN", "TOKEN", "bearer token sent to the controller and required on every endpoint but /health and /metrics", 0, 0},
         {"allow-unauthenticated-workers", FLAG_BOOL, &o->allow_unauthenticated, "SLUICE_ALLOW_UNAUTHENTICATED_WORKERS", NULL, "without --internal-token, serve generation and the other internal endpoints to any caller, not only loopback, and allow a non-loopback --host (FastChat's behaviour; insecure)", 0, 0},
         {"drain-timeout", FLAG_DOUBLE, &o->drain_timeout, "SLUICE_DRAIN_TIMEOUT", "SECONDS", "on SIGTERM/SIGINT, how long generations in flight may take to finish before they are ended", 0, 86400},
+        HTTP_SERVER_FLAG_SPECS(&http),
         {"log-level", FLAG_STRING, &o->log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn or error", 0, 0},
         {0},
     };
@@ -279,6 +285,7 @@ int worker_serve_main(int argc, char **argv)
     if (worker_metrics_init(&w->metrics) != 0 || load_everything(w) != 0) return 1;
 
     struct http_server_config sc = {.host = o->host, .port = (int)o->port, .max_body_bytes = 16u << 20};
+    http_server_flags_apply(&http, &sc);
     if (http_server_init(&w->server, w->loop, &sc, route, w) != 0) {
         log_error("cannot listen on %s:%ld", o->host, o->port);
         return 1;

@@ -1031,3 +1031,214 @@ Test(http_server, init_fails_cleanly_on_bad_address_and_busy_port)
     cr_assert_eq(uv_loop_close(&loop), 0);
     stop_server();
 }
+
+/* --- hostile clients ------------------------------------------------------------------- */
+
+/* True once the server has closed fd (EOF or reset); never blocks. */
+static bool closed_now(int fd)
+{
+    char b[4096];
+    for (;;) {
+        ssize_t n = recv(fd, b, sizeof b, MSG_DONTWAIT);
+        if (n == 0) return true;
+        if (n < 0) return errno == ECONNRESET;
+    }
+}
+
+/* Empty lines before a request line are allowed, but they are not a request: connections
+ * sending only those are closed when the first request's headers are due, and a normal
+ * client is served meanwhile. */
+Test(http_server, empty_lines_do_not_hold_a_connection_open)
+{
+    struct http_server_config cfg = {.header_timeout_ms = 400, .idle_timeout_ms = 10000};
+    start_server(&cfg);
+    enum { N = 20 };
+    struct client *c[N];
+    long closed_at[N];
+    long t0 = now_ms();
+    for (int i = 0; i < N; i++) {
+        c[i] = client_open();
+        closed_at[i] = -1;
+    }
+    struct client *ok = client_open();
+    struct resp *r = roundtrip(ok, "GET /echo HTTP/1.1\r\nHost: t\r\n\r\n");
+    cr_assert_eq(r->status, 200);
+    resp_free(r);
+    client_close(ok);
+    int open = N;
+    while (open && now_ms() - t0 < 2500) {
+        for (int i = 0; i < N; i++) {
+            if (closed_at[i] >= 0) continue;
+            if (closed_now(c[i]->fd) || send(c[i]->fd, "\r\n", 2, MSG_NOSIGNAL) < 0) {
+                closed_at[i] = now_ms() - t0;
+                open--;
+            }
+        }
+        usleep(30000);
+    }
+    for (int i = 0; i < N; i++) {
+        cr_assert_geq(closed_at[i], 0, "connection %d still open after 2.5 s of empty lines", i);
+        cr_assert(closed_at[i] >= 350 && closed_at[i] < 1000, "connection %d closed after %ld ms", i,
+                  closed_at[i]);
+        client_close(c[i]);
+    }
+    cr_assert_eq(atomic_load(&T.requests), 1);
+    stop_server();
+}
+
+/* The first request's headers are due header_timeout_ms after the connection, however late
+ * they start and however slowly they trickle. */
+Test(http_server, header_deadline_counts_from_the_connection)
+{
+    struct http_server_config cfg = {.header_timeout_ms = 600};
+    start_server(&cfg);
+    struct client *c = client_open();
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    long t0 = now_ms();
+    usleep(400000);
+    const char *req = "GET /echo HTTP/1.1\r\nHost: t\r\nX-Test: slowly\r\n\r\n";
+    long took = -1;
+    for (const char *p = req; *p; p++) {
+        if (send(c->fd, p, 1, MSG_NOSIGNAL) < 0) break;
+        usleep(50000);
+        char b;
+        if (recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0) {
+            took = now_ms() - t0;
+            break;
+        }
+    }
+    cr_assert_geq(took, 0, "the trickled request was never cut off");
+    cr_assert(took >= 550 && took < 900, "408 after %ld ms, for a 600 ms deadline", took);
+    assert_error_and_close(c, 408);
+    client_close(c);
+    cr_assert_eq(atomic_load(&T.requests), 0);
+    stop_server();
+}
+
+/* After an answer, the keep-alive idle timeout runs from the answer: empty lines do not
+ * restart it. */
+Test(http_server, idle_deadline_not_moved_by_empty_lines)
+{
+    struct http_server_config cfg = {.idle_timeout_ms = 400, .header_timeout_ms = 10000};
+    start_server(&cfg);
+    struct client *c = client_open();
+    resp_free(roundtrip(c, "GET /echo HTTP/1.1\r\nHost: t\r\n\r\n"));
+    long t0 = now_ms(), took = -1;
+    while (now_ms() - t0 < 2500) {
+        if (closed_now(c->fd) || send(c->fd, "\r\n", 2, MSG_NOSIGNAL) < 0) {
+            took = now_ms() - t0;
+            break;
+        }
+        usleep(30000);
+    }
+    cr_assert_geq(took, 0, "empty lines kept an idle connection open");
+    cr_assert(took >= 350 && took < 900, "closed after %ld ms for a 400 ms idle timeout", took);
+    client_close(c);
+    stop_server();
+}
+
+/* Connections with no request in flight are capped per address: the next one gets 429 in
+ * JSON; a connection whose request is being answered does not count; an answer that would
+ * leave its connection idle over the cap closes it. */
+Test(http_server, per_address_cap)
+{
+    struct http_server_config cfg = {.max_connections_per_ip = 2, .max_connections_per_loopback = 2};
+    start_server(&cfg);
+    struct client *a = client_open(), *b = client_open();
+    struct client *x = client_open();
+    struct resp *r = read_resp(x);
+    cr_assert_not_null(r, "the third idle connection was not refused");
+    cr_assert_eq(r->status, 429);
+    cr_assert_str_eq(hdr(r, "Content-Type"), "application/json");
+    cr_assert_str_eq(hdr(r, "Retry-After"), "1");
+    json_t *o = body_json(r);
+    json_t *err = json_object_get(o, "error");
+    assert_json_str(err, "type", "rate_limit_exceeded");
+    cr_assert_not_null(strstr(json_string_value(json_object_get(err, "message")), "at most 2"));
+    json_decref(o);
+    resp_free(r);
+    cr_assert(client_sees_close(x));
+    client_close(x);
+
+    /* a's request is in flight: a no longer counts, so d is let in. */
+    client_sends(a, "GET /delay?ms=400&tag=a HTTP/1.1\r\nHost: t\r\n\r\n");
+    cr_assert(wait_for(&T.requests, 1, 2000));
+    struct client *d = client_open();
+    r = roundtrip(d, "GET /echo HTTP/1.1\r\nHost: t\r\n\r\n");
+    cr_assert_eq(r->status, 200);
+    cr_assert_str_eq(hdr(r, "Connection"), "keep-alive");
+    resp_free(r);
+    /* b and d are idle now: a's answer would make three, so it closes a. */
+    r = read_resp(a);
+    cr_assert_not_null(r);
+    cr_assert_str_eq(r->body, "delayed a");
+    cr_assert_str_eq(hdr(r, "Connection"), "close");
+    resp_free(r);
+    cr_assert(client_sees_close(a));
+    client_close(a);
+
+    /* A slot frees when a client leaves. */
+    client_close(b);
+    bool served = false;
+    for (long end = now_ms() + 2000; !served && now_ms() < end;) {
+        struct client *y = client_open();
+        client_sends(y, "GET /echo HTTP/1.1\r\nHost: t\r\n\r\n");
+        r = read_resp(y);
+        served = r && r->status == 200;
+        if (r) resp_free(r);
+        client_close(y);
+        if (!served) usleep(10000);
+    }
+    cr_assert(served, "no connection let in after one closed");
+    client_close(d);
+    stop_server();
+}
+
+/* What a malformed request is told names no parser internals. */
+Test(http_server, malformed_request_messages_in_user_terms)
+{
+    start_server(NULL);
+    static const struct {
+        const char *request, *says;
+    } cases[] = {
+        {"GET /echo HTTP/1.1\r\nBad Header: x\r\n\r\n", "header name"},
+        {"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "Transfer-Encoding"},
+        {"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1x\r\n\r\nabc", "Content-Length"},
+        {"GET /echo HTTP/9.9\r\n\r\n", "version"},
+        {"G@T /echo HTTP/1.1\r\n\r\n", "method"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct client *c = client_open();
+        client_sends(c, cases[i].request);
+        struct resp *r = read_resp(c);
+        cr_assert_not_null(r);
+        cr_assert_eq(r->status, 400);
+        json_t *o = body_json(r);
+        const char *msg = json_string_value(json_object_get(json_object_get(o, "error"), "message"));
+        cr_assert_not_null(strstr(msg, cases[i].says), "case %zu: %s", i, msg);
+        for (const char *bad = "callback\0HPE_\0Span\0llhttp\0"; *bad; bad += strlen(bad) + 1)
+            cr_assert_null(strstr(msg, bad), "case %zu names '%s': %s", i, bad, msg);
+        json_decref(o);
+        resp_free(r);
+        client_close(c);
+    }
+    stop_server();
+}
+
+/* Raw bytes 0x80-0xFF in a URL reach the handler; its error quoting the path is still JSON. */
+Test(http_server, error_quoting_raw_url_bytes_is_json)
+{
+    start_server(NULL);
+    struct client *c = client_open();
+    struct resp *r = roundtrip(c, "GET /\x80\xff\xc3 HTTP/1.1\r\nHost: t\r\n\r\n");
+    cr_assert_eq(r->status, 404);
+    cr_assert_str_eq(hdr(r, "Content-Type"), "application/json");
+    json_t *o = body_json(r);
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(o, "error"), "message")),
+                     "no route /\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+    json_decref(o);
+    resp_free(r);
+    client_close(c);
+    stop_server();
+}

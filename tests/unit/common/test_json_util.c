@@ -129,3 +129,96 @@ Test(json_util, token_ids_and_logit_bias)
         json_decref(o);
     }
 }
+
+/* A message quoting a client's raw bytes (a URL with 0x80-0xFF, a name cut mid-character)
+ * still makes a JSON error body, with U+FFFD where the bytes were not UTF-8. */
+Test(json_util, openai_error_body_takes_any_bytes)
+{
+    char *s = openai_error_body("no route for /\x80\xff/caf\xC3", "not_found_error", "a\xE4\xB8", NULL);
+    cr_assert_not_null(s, "no body for a message with invalid UTF-8");
+    json_t *o = parse(s);
+    json_t *e = json_object_get(o, "error");
+    cr_assert_str_eq(json_string_value(json_object_get(e, "message")),
+                     "no route for /\xEF\xBF\xBD\xEF\xBF\xBD/caf\xEF\xBF\xBD");
+    cr_assert_str_eq(json_string_value(json_object_get(e, "param")), "a\xEF\xBF\xBD");
+    free(s);
+    json_decref(o);
+    json_t *str = json_string_clean("ok\xC0");
+    cr_assert_str_eq(json_string_value(str), "ok\xEF\xBF\xBD");
+    json_decref(str);
+    o = parse(openai_error_body_oom);
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(o, "error"), "type")), "server_error");
+    json_decref(o);
+}
+
+/* A long message made from user text is cut between characters, not inside one. */
+Test(json_util, field_fail_cuts_at_a_character_boundary)
+{
+    char name[301 * 3];
+    for (int i = 0; i < 300; i++) memcpy(name + 3 * i, "\xE4\xB8\xAD", 3);
+    name[900] = '\0';
+    struct json_field_error err;
+    /* "x" shifts the text by one byte, so a byte-wise cut would split a character. */
+    json_field_fail(&err, "model", "x%s", name);
+    size_t len = strlen(err.message);
+    cr_assert_geq(len, sizeof err.message - 4);
+    cr_assert_eq((len - 1) % 3, 0, "cut inside a character: %zu bytes", len);
+    json_t *v = json_string(err.message);
+    cr_assert_not_null(v, "the message is not valid UTF-8");
+    json_decref(v);
+}
+
+/* Messages say what is wrong in a client's terms: where, and the text near it, but never
+ * jansson's option names (its NUL message names JSON_ALLOW_NUL). */
+Test(json_util, parse_errors_in_user_terms)
+{
+    static const struct {
+        const char *body;
+        size_t len;
+        const char *want;
+    } cases[] = {
+        {"{\"a\":tru}", 9, "the request body is not valid JSON: invalid token near 'tru' (at line 1 column 8)"},
+        {"{\"a\":1", 6, "the request body is not valid JSON: '}' expected at the end of the body (at line 1 column 6)"},
+        {"{\"a\":\"\x80\"}", 9, "the request body is not valid UTF-8 (at line 1 column 6)"},
+        {"{\"a\\u0000b\":1}", 14, "the request body has an object key with a NUL character (\\u0000), which is "
+                                  "not supported (at line 1 column 11)"},
+        {"{\"a\":1,\"a\":2}", 13, "the request body is not valid JSON: duplicate object key near '\"a\"' (at line 1 column 10)"},
+        {"{\"a\":1}x", 8, "the request body is not valid JSON: unexpected data after the JSON value near 'x' (at line 1 column 8)"},
+        {"{\"a\":1}\0", 8, "the request body is not valid JSON: unexpected data after the JSON value at the end of the body (at line 1 column 8)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct json_field_error err;
+        cr_assert_null(json_parse_object(cases[i].body, cases[i].len, &err));
+        cr_assert_str_eq(err.message, cases[i].want, "case %zu", i);
+        cr_assert_str_eq(err.param, "");
+    }
+    /* The quoted text is the client's: invalid bytes in it are cleaned. */
+    struct json_field_error err;
+    cr_assert_null(json_parse_object("{\"a\":\"x\"\xff}", 10, &err));
+    json_t *v = json_string(err.message);
+    cr_assert_not_null(v, "not UTF-8: %s", err.message);
+    json_decref(v);
+}
+
+/* \u0000 is valid JSON, but every consumer reads C strings: refused by the field's path. */
+Test(json_util, nul_characters_refused_by_field)
+{
+    static const struct {
+        const char *body, *param;
+    } cases[] = {
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]}", "messages[0].content"},
+        {"{\"prompt\":\"\\u0000\"}", "prompt"},
+        {"{\"model\":\"m\",\"prompt\":[\"ok\",\"x\\u0000\"]}", "prompt[1]"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"\\u0000\"}]}]}",
+         "messages[0].content[0].text"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct json_field_error err;
+        cr_assert_null(json_parse_object(cases[i].body, strlen(cases[i].body), &err), "case %zu", i);
+        cr_assert_str_eq(err.param, cases[i].param);
+        cr_assert_not_null(strstr(err.message, "NUL"), "%s", err.message);
+        cr_assert_null(strstr(err.message, "JSON_"), "%s", err.message);
+    }
+    json_t *o = parse("{\"prompt\":\"\\u00e9 fine\"}");
+    json_decref(o);
+}
