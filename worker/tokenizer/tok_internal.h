@@ -202,6 +202,10 @@ void tok_release(struct tokenizer *t);
 int tok_load_json(struct tokenizer *t, const char *json_path, const char *config_path,
                   char *err, size_t errlen);
 int tok_load_gguf(struct tokenizer *t, const char *path, char *err, size_t errlen);
+/* tokenizer_config.json's class (tok_load_class.c): whether transformers builds a Llama
+ * pipeline of its own for it (model_type from config.json, or NULL), and building it. */
+bool tok_class_is_llama(const char *cls, const char *model_type);
+int tok_llama_pipeline(struct tokenizer *t, bool add_prefix_space, bool legacy);
 
 pcre2_code *tok_regex_compile(const char *pattern, size_t len, bool literal, char *msg,
                               size_t msglen);
