@@ -36,7 +36,8 @@ struct stage {
     int left;             /* Strip: leading copies that may still go */
     bool decided;         /* ByteFallback: the open run is invalid, or the one string is no byte
                            * token; ByteLevel: the one string is not byte-level */
-    size_t checked;       /* ByteLevel: bytes of held known to be in the byte table */
+    size_t checked;       /* bytes of held known to be whole characters (ByteFallback's run)
+                           * or in the byte table (ByteLevel) */
     struct strbuf pend;   /* ByteLevel: bytes waiting on the rest of a character */
 };
 
@@ -148,23 +149,28 @@ static int bytefallback_elem(struct tok_stream *s, size_t k, const char *p, size
     if (byte >= 0) {
         if (st->decided) return stage_push(s, k + 1, FFFD, 3);
         if (strbuf_putc(&st->held, (char)byte) < 0) return -1;
-        size_t tail = tok_utf8_incomplete_tail(st->held.p, st->held.len);
-        if (tok_utf8_is_valid(st->held.p, st->held.len - tail)) return 0;
+        const unsigned char *h = (const unsigned char *)st->held.p;
+        size_t hn = st->held.len, whole = st->checked;
+        for (int c; whole < hn && (c = tok_utf8_valid_len(h + whole, hn - whole)) > 0;) whole += (size_t)c;
+        st->checked = whole; /* the run is whole characters up to here */
+        if (whole == hn || tok_utf8_incomplete_tail(st->held.p + whole, hn - whole) == hn - whole) return 0;
         /* No continuation makes the run valid: one U+FFFD per byte, whatever follows. */
         st->decided = true;
-        for (size_t i = 0; i < st->held.len; i++)
+        for (size_t i = 0; i < hn; i++)
             if (stage_push(s, k + 1, FFFD, 3) < 0) return -1;
         st->held.len = 0;
+        st->checked = 0;
         return 0;
     }
     /* Any other token, or the end, closes the run. */
     int rc = 0;
-    if (st->held.len && tok_utf8_is_valid(st->held.p, st->held.len)) {
+    if (st->held.len && st->checked == st->held.len) {
         rc = stage_push(s, k + 1, st->held.p, st->held.len);
     } else {
         for (size_t i = 0; i < st->held.len && rc == 0; i++) rc = stage_push(s, k + 1, FFFD, 3);
     }
     st->held.len = 0;
+    st->checked = 0;
     st->decided = false;
     return rc == 0 && !end ? stage_push(s, k + 1, p, n) : rc;
 }
