@@ -226,6 +226,13 @@ struct pools {
     int32_t vocab;
 };
 
+static bool all_space(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\n') return false;
+    return true;
+}
+
 static void pools_build(const struct tokenizer *tok, struct pools *p)
 {
     memset(p, 0, sizeof(*p));
@@ -237,7 +244,7 @@ static void pools_build(const struct tokenizer *tok, struct pools *p)
         if (tok_is_special(tok, id)) pool_add(&p->special, id);
         else if (n == 1) pool_add(&p->bytes, id);
         else if (n > 0 && !valid_utf8(buf, k)) pool_add(&p->partial, id);
-        else if (n > 0 && strspn(buf, " \t\n") == k) pool_add(&p->space, id);
+        else if (n > 0 && n == k && all_space(buf, k)) pool_add(&p->space, id);
     }
     cr_assert_gt(p->bytes.n + p->partial.n, 0, "no byte or partial-character tokens found");
 }
