@@ -22,8 +22,8 @@ SEEDS = range(30)
 def trio(procs):
     gw_bin = binary("sluice-gateway")
     ctl = start_controller(procs)
-    start_worker(procs, REPO / "examples" / "models" / "tiny-dummy", "--load-format", "dummy",
-                 "--model-names", MODEL, controller=ctl.url)
+    worker = start_worker(procs, REPO / "examples" / "models" / "tiny-dummy", "--load-format", "dummy",
+                          "--model-names", MODEL, controller=ctl.url)
     port = free_port()
     gw = procs.start([gw_bin, "--host", "127.0.0.1", "--port", str(port), "--controller-address", ctl.url],
                      port, "gateway").wait_http("/health")
@@ -31,7 +31,7 @@ def trio(procs):
         if any(m["id"] == MODEL for m in requests.get(gw.url + "/v1/models", timeout=5).json()["data"]):
             break
         time.sleep(0.05)
-    return gw
+    return gw, worker
 
 
 def body(seed, stream):
@@ -65,7 +65,7 @@ def streamed(gw, path, req):
 
 
 def test_sampled_answers_stream_whole_and_equal(trio):
-    gw = trio
+    gw, _ = trio
     failures, odd = [], 0
     for seed in SEEDS:
         path, req = body(seed, False)
@@ -85,3 +85,20 @@ def test_sampled_answers_stream_whole_and_equal(trio):
             failures.append((seed, "differ", "".join(pieces), whole, finish, choice["finish_reason"]))
     assert not failures, failures
     assert odd > len(SEEDS) // 2, "the answers hardly used byte tokens: this test checks nothing"
+
+
+def test_fastchat_frames_whole_and_equal(trio):
+    """FastChat's stream carries the whole text so far in every frame: a frame lost to bad
+    UTF-8 used to take every later one with it."""
+    _, worker = trio
+    for seed in range(10):
+        req = {"prompt": f"Once upon a time {seed}", "temperature": 1.0, "max_new_tokens": 64, "seed": seed}
+        r = requests.post(worker.url + "/worker_generate_stream", json=req, timeout=60)
+        assert r.status_code == 200
+        frames = [json.loads(x.decode("utf-8")) for x in r.content.split(b"\0") if x]
+        assert frames and all(f["error_code"] == 0 for f in frames), frames[-1:]
+        texts = [f["text"] for f in frames]
+        assert all(b.startswith(a) for a, b in zip(texts, texts[1:])), "frames carry cumulative text"
+        assert frames[-1]["finish_reason"] in ("stop", "length")
+        whole = requests.post(worker.url + "/worker_generate", json=req, timeout=60).json()
+        assert whole["error_code"] == 0 and whole["text"] == texts[-1], seed
