@@ -539,9 +539,9 @@ static int apply_config(struct jctx *c, json_t *cfg, bool byte_level, const char
             }
         }
     }
-    /* transformers 5 builds a Llama tokenizer's pipeline from this file, not from
-     * tokenizer.json (tok_load_class.c); it reads add_bos_token and add_eos_token only where
-     * there is no tokenizer.json, so those are not followed. */
+    /* transformers 5 builds a Llama tokenizer's pipeline from its class and the flags here,
+     * not from tokenizer.json (tok_load_class.c). It reads add_bos_token and add_eos_token
+     * only where there is no tokenizer.json, so they are not followed. */
     const char *cls = jstr(cfg, "tokenizer_class");
     if (!byte_level && tok_class_is_llama(cls, model_type)) {
         json_t *aps = json_object_get(cfg, "add_prefix_space");
@@ -559,9 +559,13 @@ static bool mentions_byte_level(json_t *node)
     json_t *v;
     size_t i;
     if (json_is_object(node)) {
-        json_object_foreach(node, key, v) if (mentions_byte_level(v)) return true;
+        json_object_foreach(node, key, v) {
+            if (mentions_byte_level(v)) return true;
+        }
     } else if (json_is_array(node)) {
-        json_array_foreach(node, i, v) if (mentions_byte_level(v)) return true;
+        json_array_foreach(node, i, v) {
+            if (mentions_byte_level(v)) return true;
+        }
     }
     return false;
 }
