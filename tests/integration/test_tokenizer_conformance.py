@@ -157,8 +157,8 @@ def test_decode_random_ids_matches_reference(case):
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_fuzz_round_trip(case):
     """Byte fallback and byte-level BPE lose nothing: decode(encode(x)) == x (NFC for Qwen3).
-    transformers' Llama class gives text that starts with a space no "▁" of its own, so the
-    decoder's Strip takes that space: x without it, as transformers has it too."""
+    transformers' Llama class puts no "▁" of its own before text that starts with a space,
+    so the decoder's Strip takes that space away: x without it, as transformers gives too."""
     path, _ = paths(case)
     texts = random_strings(zlib.crc32(case[0].encode()), 300, with_specials=False)
     texts += [" a", "  two", " "]
