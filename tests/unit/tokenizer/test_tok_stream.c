@@ -325,11 +325,40 @@ static void check_random(const struct tokenizer *tok, const char *name, uint64_t
     pools_free(&p);
 }
 
-Test(tok_stream, random_ids_stories260k_hf) { struct tokenizer *t = tt_load("models/stories260K/hf"); check_random(t, "stories260K", 1, 800); tok_free(t); }
-Test(tok_stream, random_ids_stories260k_gguf) { struct tokenizer *t = tt_load("models/stories260K/stories260K.gguf"); check_random(t, "stories260K.gguf", 2, 800); tok_free(t); }
-Test(tok_stream, random_ids_llama2) { struct tokenizer *t = tt_load("tokenizers/llama2"); check_random(t, "llama2", 3, 800); tok_free(t); }
-Test(tok_stream, random_ids_llama3_1) { struct tokenizer *t = tt_load("tokenizers/llama3_1"); check_random(t, "llama3_1", 4, 800); tok_free(t); }
-Test(tok_stream, random_ids_qwen3) { struct tokenizer *t = tt_load("tokenizers/qwen3"); check_random(t, "qwen3", 5, 800); tok_free(t); }
+Test(tok_stream, random_ids_stories260k_hf)
+{
+    struct tokenizer *t = tt_load("models/stories260K/hf");
+    check_random(t, "stories260K", 1, 800);
+    tok_free(t);
+}
+
+Test(tok_stream, random_ids_stories260k_gguf)
+{
+    struct tokenizer *t = tt_load("models/stories260K/stories260K.gguf");
+    check_random(t, "stories260K.gguf", 2, 800);
+    tok_free(t);
+}
+
+Test(tok_stream, random_ids_llama2)
+{
+    struct tokenizer *t = tt_load("tokenizers/llama2");
+    check_random(t, "llama2", 3, 800);
+    tok_free(t);
+}
+
+Test(tok_stream, random_ids_llama3_1)
+{
+    struct tokenizer *t = tt_load("tokenizers/llama3_1");
+    check_random(t, "llama3_1", 4, 800);
+    tok_free(t);
+}
+
+Test(tok_stream, random_ids_qwen3)
+{
+    struct tokenizer *t = tt_load("tokenizers/qwen3");
+    check_random(t, "qwen3", 5, 800);
+    tok_free(t);
+}
 
 Test(tok_stream, random_ids_tiny_dummy)
 {
