@@ -142,6 +142,34 @@ static const char *finish_text(enum finish_reason r)
     return r == FINISH_NONE ? NULL : finish_reason_name(r);
 }
 
+/* A frame that cannot be built or encoded is a bug (all text is whole UTF-8), so it is not
+ * dropped in silence, which left the client a stream that just stopped: it is logged and the
+ * request ends with an error frame, which always encodes, and its sequence is aborted (the
+ * engine's last event for it then finds no client). */
+static void fail_frame(struct gen_stream *s, const struct engine_event *ev)
+{
+    static const char msg[] = "the worker could not encode the next part of this answer (a bug); generation was stopped";
+    log_error("request %llu: could not build or encode a %s frame; ending the request with an error",
+              (unsigned long long)s->id, s->mode == GEN_MODE_NATIVE ? "native" : "FastChat");
+    char frame[512];
+    int n;
+    if (s->mode == GEN_MODE_NATIVE)
+        n = snprintf(frame, sizeof frame,
+                     "{\"text\":\"\",\"token_ids\":[],\"finish_reason\":\"error\",\"usage\":{\"prompt_tokens\":%d,"
+                     "\"completion_tokens\":%d,\"total_tokens\":%d},\"error\":{\"message\":\"%s\",\"code\":500}}\n",
+                     ev->prompt_tokens, ev->completion_tokens, ev->prompt_tokens + ev->completion_tokens, msg);
+    else
+        n = snprintf(frame, sizeof frame, "{\"text\":\"%s\",\"error_code\":%d}", msg, FASTCHAT_INTERNAL_ERROR) + 1;
+    if (s->mode == GEN_MODE_FASTCHAT_BLOCKING) {
+        http_respond(s->req, 200, "application/json", frame, strlen(frame));
+    } else {
+        http_stream_write(s->req, frame, (size_t)n); /* a FastChat frame ends in its NUL */
+        http_stream_end(s->req);
+    }
+    s->req = NULL;
+    if (ev->finish == FINISH_NONE) engine_abort(s->w->engine, s->id);
+}
+
 static void send_native_frame(struct gen_stream *s, const struct engine_event *ev)
 {
     json_t *ids = json_array();
@@ -162,7 +190,7 @@ static void send_native_frame(struct gen_stream *s, const struct engine_event *e
     char *line = frame ? json_dump_compact(frame) : NULL;
     json_decref(frame);
     if (!line) {
-        log_error("request %llu: could not encode a frame", (unsigned long long)s->id);
+        fail_frame(s, ev);
         return;
     }
     size_t n = strlen(line);
@@ -250,6 +278,7 @@ void api_on_engine_event(const struct engine_event *ev, void *user)
                 json_decref(frame);
                 /* FastChat frames end in a NUL byte, the string's own terminator. */
                 if (body) http_stream_write(s->req, body, strlen(body) + 1);
+                else fail_frame(s, ev);
                 free(body);
             }
         }
@@ -259,7 +288,12 @@ void api_on_engine_event(const struct engine_event *ev, void *user)
     metrics_series_observe(w->metrics.request_latency, seconds_since(s->accepted_ns));
     if (s->req) {
         if (s->mode == GEN_MODE_FASTCHAT_BLOCKING) {
-            http_respond_json(s->req, 200, fastchat_frame(s, ev));
+            json_t *frame = fastchat_frame(s, ev);
+            char *body = frame ? json_dump_compact(frame) : NULL;
+            json_decref(frame);
+            if (body) http_respond(s->req, 200, "application/json", body, strlen(body));
+            else fail_frame(s, ev);
+            free(body);
         } else {
             http_stream_end(s->req);
         }

@@ -1,6 +1,6 @@
 /* Decoding: ids to token texts, the decoder's steps over that list of strings (as Hugging
- * Face's decode_chain does), then the result made valid UTF-8. Also the incremental
- * detokenizer used for streaming. */
+ * Face's decode_chain does), then the result made valid UTF-8. The incremental detokenizer
+ * (tok_stream.c) is held to give exactly this text. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,8 +16,7 @@ static int hexval(char c)
     return -1;
 }
 
-/* "<0xNN>" to NN, else -1. */
-static int byte_token(const char *s, size_t n)
+int tok_byte_token(const char *s, size_t n)
 {
     if (n != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>') return -1;
     int hi = hexval(s[3]), lo = hexval(s[4]);
@@ -29,19 +28,8 @@ static int replace_all(struct tok_pieces *out, const char *s, size_t n, const ch
 {
     struct strbuf b = {0};
     int rc = -1;
-    size_t i = 0, run = 0;
-    if (strbuf_reserve(&b, n) < 0) goto done;
-    while (plen && i + plen <= n) {
-        if (memcmp(s + i, pat, plen) == 0) {
-            if (strbuf_append(&b, s + run, i - run) < 0 || strbuf_append(&b, rep, rlen) < 0) goto done;
-            i += plen;
-            run = i;
-        } else
-            i++;
-    }
-    if (strbuf_append(&b, s + run, n - run) < 0) goto done;
-    rc = tok_pieces_add(out, b.p, b.len, false);
-done:
+    if (strbuf_reserve(&b, n) == 0 && tok_replace_append(&b, s, n, pat, plen, rep, rlen) == 0)
+        rc = tok_pieces_add(out, b.p, b.len, false);
     strbuf_free(&b);
     return rc;
 }
@@ -49,19 +37,48 @@ done:
 static int flush_bytes(struct tok_pieces *out, struct strbuf *bytes, bool raw)
 {
     if (bytes->len == 0) return 0;
-    int rc;
+    int rc = 0;
     if (raw || tok_utf8_is_valid(bytes->p, bytes->len)) {
         rc = tok_pieces_add(out, bytes->p, bytes->len, false);
     } else {
-        /* Hugging Face's ByteFallback: one U+FFFD per byte of an invalid group. */
-        struct strbuf f = {0};
-        rc = 0;
-        for (size_t i = 0; i < bytes->len && rc == 0; i++) rc = strbuf_append(&f, FFFD, 3);
-        if (rc == 0) rc = tok_pieces_add(out, f.p ? f.p : "", f.len, false);
-        strbuf_free(&f);
+        /* Hugging Face's ByteFallback: an invalid group becomes one U+FFFD token per byte. */
+        for (size_t i = 0; i < bytes->len && rc == 0; i++) rc = tok_pieces_add(out, FFFD, 3, false);
     }
     bytes->len = 0;
     return rc;
+}
+
+int tok_bytelevel_unmap(struct strbuf *out, const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t start = out->len;
+    for (size_t j = 0; j < n;) {
+        uint32_t cp;
+        int k = tok_utf8_decode(s + j, n - j, &cp);
+        int byte = k > 0 ? tok_bytelevel_byte(cp) : -1;
+        if (byte < 0) {
+            out->len = start; /* not a byte-level string: keep the token's own text */
+            return strbuf_append(out, str, n);
+        }
+        if (strbuf_putc(out, (char)byte) < 0) return -1;
+        j += (size_t)k;
+    }
+    return 0;
+}
+
+void tok_strip_range(const struct tok_dec *st, const char *s, size_t n, bool strip_start, size_t *a_out,
+                     size_t *b_out)
+{
+    size_t a = 0, b = n;
+    for (int k = 0; strip_start && k < st->start && b - a >= st->a_len && st->a_len &&
+                    memcmp(s + a, st->a, st->a_len) == 0;
+         k++)
+        a += st->a_len;
+    for (int k = 0; k < st->stop && b - a >= st->a_len && st->a_len && memcmp(s + b - st->a_len, st->a, st->a_len) == 0;
+         k++)
+        b -= st->a_len;
+    *a_out = a;
+    *b_out = b;
 }
 
 static int dec_step(const struct tok_dec *st, const struct tok_pieces *in, struct tok_pieces *out,
@@ -77,7 +94,7 @@ static int dec_step(const struct tok_dec *st, const struct tok_pieces *in, struc
         struct strbuf bytes = {0};
         int rc = 0;
         for (size_t i = 0; i < in->n && rc == 0; i++) {
-            int b = byte_token(tok_piece_str(in, i), in->v[i].len);
+            int b = tok_byte_token(tok_piece_str(in, i), in->v[i].len);
             if (b >= 0) {
                 rc = strbuf_putc(&bytes, (char)b);
                 continue;
@@ -94,42 +111,17 @@ static int dec_step(const struct tok_dec *st, const struct tok_pieces *in, struc
         return tok_pieces_add(out, in->arena.p ? in->arena.p : "", in->arena.len, false);
     case TOK_DEC_STRIP:
         for (size_t i = 0; i < in->n; i++) {
-            const char *s = tok_piece_str(in, i);
-            size_t a = 0, b = in->v[i].len;
+            size_t a, b;
             /* After a Fuse the single string is the whole sequence, so its start is the
              * sequence's start only when this window begins the sequence. */
-            bool strip_start = at_start || !*fused;
-            for (int k = 0; strip_start && k < st->start && b - a >= st->a_len && st->a_len &&
-                            memcmp(s + a, st->a, st->a_len) == 0;
-                 k++)
-                a += st->a_len;
-            for (int k = 0; k < st->stop && b - a >= st->a_len && st->a_len &&
-                            memcmp(s + b - st->a_len, st->a, st->a_len) == 0;
-                 k++)
-                b -= st->a_len;
-            if (tok_pieces_add(out, s + a, b - a, false) < 0) return -1;
+            tok_strip_range(st, tok_piece_str(in, i), in->v[i].len, at_start || !*fused, &a, &b);
+            if (tok_pieces_add(out, tok_piece_str(in, i) + a, b - a, false) < 0) return -1;
         }
         return 0;
     case TOK_DEC_BYTELEVEL: {
         struct strbuf b = {0};
         int rc = 0;
-        for (size_t i = 0; i < in->n && rc == 0; i++) {
-            const unsigned char *s = (const unsigned char *)tok_piece_str(in, i);
-            size_t n = in->v[i].len, start = b.len;
-            bool ok = true;
-            for (size_t j = 0; j < n && ok;) {
-                uint32_t cp;
-                int k = tok_utf8_decode(s + j, n - j, &cp);
-                int byte = k > 0 ? tok_bytelevel_byte(cp) : -1;
-                if (byte < 0) ok = false;
-                else if ((rc = strbuf_putc(&b, (char)byte)) < 0) break;
-                j += (size_t)(k > 0 ? k : 1);
-            }
-            if (rc == 0 && !ok) {
-                b.len = start; /* not a byte-level string: keep the token's own text */
-                rc = strbuf_append(&b, s, n);
-            }
-        }
+        for (size_t i = 0; i < in->n && rc == 0; i++) rc = tok_bytelevel_unmap(&b, tok_piece_str(in, i), in->v[i].len);
         if (rc == 0) {
             if (raw) {
                 rc = tok_pieces_add(out, b.p ? b.p : "", b.len, false);
@@ -215,89 +207,4 @@ size_t tok_token_piece(const struct tokenizer *tok, int32_t id, char *buf, size_
         if (c < cap) buf[c] = '\0';
     }
     return n;
-}
-
-/* ---- incremental detokenizer -------------------------------------------------------------- */
-/* Decodes a short window of recent ids twice (up to the last emitted id, and up to now) and
- * emits the difference once it no longer ends in an incomplete character, as vLLM and TGI do.
- * The window starts where the last emitted text ended, so every decode stays small. */
-struct tok_stream {
-    const struct tokenizer *tok;
-    bool skip_special;
-    int32_t *ids;
-    size_t n, cap;
-    size_t prefix_off, read_off;
-    struct strbuf a, b;
-};
-
-struct tok_stream *tok_stream_new(const struct tokenizer *tok, bool skip_special)
-{
-    struct tok_stream *s = calloc(1, sizeof(*s));
-    if (!s) return NULL;
-    s->tok = tok;
-    s->skip_special = skip_special;
-    return s;
-}
-
-void tok_stream_free(struct tok_stream *s)
-{
-    if (!s) return;
-    free(s->ids);
-    strbuf_free(&s->a);
-    strbuf_free(&s->b);
-    free(s);
-}
-
-static int stream_emit(struct tok_stream *s, bool final, char **out, size_t *len)
-{
-    *out = NULL;
-    *len = 0;
-    bool at_start = s->prefix_off == 0;
-    if (tok_decode_ex(s->tok, s->ids + s->prefix_off, s->read_off - s->prefix_off, s->skip_special,
-                      at_start, false, &s->a) < 0 ||
-        tok_decode_ex(s->tok, s->ids + s->prefix_off, s->n - s->prefix_off, s->skip_special, at_start,
-                      false, &s->b) < 0)
-        return -1;
-    size_t pl = s->a.len;
-    /* Compare lengths only, as vLLM does: when a run of byte tokens turns out not to be valid
-     * UTF-8, the full decode rewrites text already streamed (into U+FFFD), and requiring a
-     * common prefix would then stall the stream for good. */
-    bool grew = s->b.len > pl;
-    bool partial = s->b.len >= 3 && memcmp(s->b.p + s->b.len - 3, FFFD, 3) == 0;
-    const char *src = "";
-    size_t n = 0;
-    /* A UTF-8 character spans at most 4 tokens; text that still ends in U+FFFD after more is
-     * a real replacement character (or invalid bytes), so stop holding it back. */
-    bool stale = s->n - s->read_off > 8;
-    if (grew && (!partial || final || stale)) {
-        src = s->b.p + pl;
-        n = s->b.len - pl;
-        s->prefix_off = s->read_off;
-        s->read_off = s->n;
-    }
-    char *p = malloc(n + 1);
-    if (!p) return -1;
-    memcpy(p, src, n);
-    p[n] = '\0';
-    *out = p;
-    *len = n;
-    return 0;
-}
-
-int tok_stream_push(struct tok_stream *s, int32_t id, char **out, size_t *len)
-{
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 64;
-        int32_t *v = realloc(s->ids, cap * sizeof(*v));
-        if (!v) return -1;
-        s->ids = v;
-        s->cap = cap;
-    }
-    s->ids[s->n++] = id;
-    return stream_emit(s, false, out, len);
-}
-
-int tok_stream_flush(struct tok_stream *s, char **out, size_t *len)
-{
-    return stream_emit(s, true, out, len);
 }

@@ -80,6 +80,9 @@ bool tok_utf8_is_valid(const char *s, size_t n);
 /* Appends s with invalid sequences replaced by U+FFFD, one per maximal invalid subpart, as
  * Rust's String::from_utf8_lossy does. */
 int tok_utf8_lossy_append(struct strbuf *out, const char *s, size_t n);
+/* Length (0..3) of the tail of s that is the start of a valid character still missing bytes:
+ * what a lossy decoder must wait on before it may decide. */
+size_t tok_utf8_incomplete_tail(const char *s, size_t n);
 /* Rust's char::is_whitespace (the White_Space property). */
 bool tok_is_space_cp(uint32_t c);
 /* Canonical composition (NFC) of valid UTF-8 text, appended to out. */
@@ -199,6 +202,10 @@ void tok_release(struct tokenizer *t);
 int tok_load_json(struct tokenizer *t, const char *json_path, const char *config_path,
                   char *err, size_t errlen);
 int tok_load_gguf(struct tokenizer *t, const char *path, char *err, size_t errlen);
+/* tokenizer_config.json's class (tok_load_class.c): whether transformers builds a Llama
+ * pipeline of its own for it (model_type from config.json, or NULL), and building it. */
+bool tok_class_is_llama(const char *cls, const char *model_type);
+int tok_llama_pipeline(struct tokenizer *t, bool add_prefix_space, bool legacy);
 
 pcre2_code *tok_regex_compile(const char *pattern, size_t len, bool literal, char *msg,
                               size_t msglen);
@@ -208,6 +215,19 @@ int tok_normalize(const struct tokenizer *t, const char *s, size_t n, struct str
 int tok_pretokenize(const struct tokenizer *t, struct tok_pieces *io, struct tok_pieces *tmp);
 int tok_bpe_encode(const struct tokenizer *t, const char *s, size_t n, int32_t **ids,
                    size_t *n_ids, size_t *cap);
+/* Every occurrence of pat in s (left to right, not overlapping) replaced by rep, appended
+ * to out; an empty pattern copies s. */
+int tok_replace_append(struct strbuf *out, const char *s, size_t n, const char *pat, size_t plen, const char *rep,
+                       size_t rlen);
+
+/* Decoder steps on one token string, shared by the one-shot decoder and the stream. */
+int tok_byte_token(const char *s, size_t n); /* "<0xNN>" to NN, else -1 */
+/* The bytes a ByteLevel token stands for, or its own text when some character is not in
+ * the byte table, appended to out. */
+int tok_bytelevel_unmap(struct strbuf *out, const char *s, size_t n);
+/* The part [*a, *b) of s that a Strip step keeps; strip_start false leaves the start alone. */
+void tok_strip_range(const struct tok_dec *st, const char *s, size_t n, bool strip_start, size_t *a, size_t *b);
+
 /* Decodes ids[0..n). at_start: the ids begin the sequence (leading-space rules apply).
  * raw: stop before turning bytes into valid UTF-8 (for single-token pieces). */
 int tok_decode_ex(const struct tokenizer *t, const int32_t *ids, size_t n, bool skip_special,

@@ -519,7 +519,7 @@ static const char *config_token(json_t *cfg, const char *key)
     return NULL;
 }
 
-static int apply_config(struct jctx *c, json_t *cfg)
+static int apply_config(struct jctx *c, json_t *cfg, bool byte_level, const char *model_type)
 {
     struct tokenizer *t = c->t;
     const char *bos = config_token(cfg, "bos_token"), *eos = config_token(cfg, "eos_token");
@@ -539,33 +539,59 @@ static int apply_config(struct jctx *c, json_t *cfg)
             }
         }
     }
-    /* Llama-style tokenizer classes rebuild their post-processor from add_bos_token and
-     * add_eos_token (transformers does this on load), so follow those flags there. */
+    /* transformers 5 builds a Llama tokenizer's pipeline from its class and the flags here,
+     * not from tokenizer.json (tok_load_class.c). It reads add_bos_token and add_eos_token
+     * only where there is no tokenizer.json, so they are not followed. */
     const char *cls = jstr(cfg, "tokenizer_class");
-    bool llama_like = cls && (strstr(cls, "Llama") || strstr(cls, "Gemma"));
-    if (llama_like) {
-        json_t *ab = json_object_get(cfg, "add_bos_token"), *ae = json_object_get(cfg, "add_eos_token");
-        if (json_is_boolean(ab) && t->bos_id >= 0) {
-            free(t->prefix_ids);
-            t->prefix_ids = NULL;
-            t->n_prefix = 0;
-            if (json_is_true(ab) && push_id(&t->prefix_ids, &t->n_prefix, t->bos_id) < 0) return -1;
+    if (!byte_level && tok_class_is_llama(cls, model_type)) {
+        json_t *aps = json_object_get(cfg, "add_prefix_space");
+        if (tok_llama_pipeline(t, !json_is_false(aps), json_is_true(json_object_get(cfg, "legacy"))) < 0) return -1;
+    }
+    return 0;
+}
+
+/* Whether a component mentions a ByteLevel step anywhere (transformers 5 then takes
+ * tokenizer.json as it is, whatever tokenizer class is named). */
+static bool mentions_byte_level(json_t *node)
+{
+    if (json_is_string(node)) return strcmp(json_string_value(node), "ByteLevel") == 0;
+    const char *key;
+    json_t *v;
+    size_t i;
+    if (json_is_object(node)) {
+        json_object_foreach(node, key, v) {
+            if (mentions_byte_level(v)) return true;
         }
-        if (json_is_boolean(ae) && t->eos_id >= 0) {
-            free(t->suffix_ids);
-            t->suffix_ids = NULL;
-            t->n_suffix = 0;
-            if (json_is_true(ae) && push_id(&t->suffix_ids, &t->n_suffix, t->eos_id) < 0) return -1;
+    } else if (json_is_array(node)) {
+        json_array_foreach(node, i, v) {
+            if (mentions_byte_level(v)) return true;
         }
     }
-    (void)c;
-    return 0;
+    return false;
+}
+
+/* model_type from the config.json beside tokenizer_config.json, malloc'd, or NULL. */
+static char *model_type_beside(const char *config_path)
+{
+    const char *slash = strrchr(config_path, '/');
+    size_t dir = slash ? (size_t)(slash - config_path) + 1 : 0;
+    char *path = malloc(dir + sizeof("config.json"));
+    if (!path) return NULL;
+    memcpy(path, config_path, dir);
+    memcpy(path + dir, "config.json", sizeof("config.json"));
+    json_t *root = json_load_file(path, 0, NULL);
+    free(path);
+    const char *mt = json_is_object(root) ? jstr(root, "model_type") : NULL;
+    char *out = mt ? tok_strndup(mt, strlen(mt)) : NULL;
+    json_decref(root);
+    return out;
 }
 
 int tok_load_json(struct tokenizer *t, const char *json_path, const char *config_path, char *err, size_t errlen)
 {
     json_error_t je;
     json_t *root = json_load_file(json_path, 0, &je), *cfg = NULL;
+    char *model_type = NULL;
     struct jctx c = {.t = t, .file = json_path, .err = err, .errlen = errlen};
     int rc = -1;
     if (!root) {
@@ -593,7 +619,11 @@ int tok_load_json(struct tokenizer *t, const char *json_path, const char *config
             fail(&c, "(root)", "expected a JSON object");
             goto done;
         }
-        if (apply_config(&c, cfg) < 0) {
+        static const char *const parts[] = {"normalizer", "pre_tokenizer", "post_processor", "decoder"};
+        bool byte_level = false;
+        for (size_t i = 0; i < 4; i++) byte_level = byte_level || mentions_byte_level(json_object_get(root, parts[i]));
+        model_type = model_type_beside(config_path);
+        if (apply_config(&c, cfg, byte_level, model_type) < 0) {
             fail(&c, "(root)", "out of memory");
             goto done;
         }
@@ -603,5 +633,6 @@ int tok_load_json(struct tokenizer *t, const char *json_path, const char *config
 done:
     json_decref(root);
     json_decref(cfg);
+    free(model_type);
     return rc;
 }

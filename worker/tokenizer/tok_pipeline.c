@@ -7,8 +7,8 @@
 
 #define is_space_cp tok_is_space_cp
 
-static int replace_str(struct strbuf *out, const char *s, size_t n, const char *pat, size_t plen,
-                       const char *rep, size_t rlen)
+int tok_replace_append(struct strbuf *out, const char *s, size_t n, const char *pat, size_t plen, const char *rep,
+                       size_t rlen)
 {
     if (plen == 0) return strbuf_append(out, s, n);
     size_t i = 0, run = 0;
@@ -83,7 +83,7 @@ static int norm_step(const struct tok_norm *st, const char *s, size_t n, struct 
             if (regex_each(st->re, s, n, replace_cb, &c) < 0) return -1;
             return strbuf_append(out, s + c.run, n - c.run);
         }
-        return replace_str(out, s, n, st->a, st->a_len, st->b, st->b_len);
+        return tok_replace_append(out, s, n, st->a, st->a_len, st->b, st->b_len);
     case TOK_NORM_NFC:
         return tok_nfc_append(out, s, n);
     case TOK_NORM_NFD:
@@ -327,7 +327,7 @@ static int pre_step(const struct tok_pre *st, const struct tok_pieces *in, struc
                 !(n >= st->replacement_len && memcmp(s, st->replacement, st->replacement_len) == 0) &&
                 strbuf_append(scratch, st->replacement, st->replacement_len) < 0)
                 return -1;
-            if (replace_str(scratch, s, n, " ", 1, st->replacement, st->replacement_len) < 0) return -1;
+            if (tok_replace_append(scratch, s, n, " ", 1, st->replacement, st->replacement_len) < 0) return -1;
             if (!st->split) {
                 if (tok_pieces_add(out, scratch->p, scratch->len, origin) < 0) return -1;
                 break;

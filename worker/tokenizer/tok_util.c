@@ -275,6 +275,22 @@ bool tok_utf8_is_valid(const char *s, size_t n)
     return true;
 }
 
+size_t tok_utf8_incomplete_tail(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    /* A lead byte always starts a new unit of the forward scan (a maximal invalid subpart
+     * never takes one in past its first byte), so looking back from the end is enough. */
+    for (size_t k = 1; k <= 3 && k <= n; k++) {
+        unsigned char c = u[n - k];
+        if (c < 0x80) return 0;
+        if (c < 0xC0) continue;
+        if (c < 0xC2 || c > 0xF4) return 0; /* never starts a character */
+        int r = utf8_scan(u + n - k, k);
+        return r == -(int)k ? k : 0; /* ran out of bytes with every byte so far allowed */
+    }
+    return 0;
+}
+
 int tok_utf8_lossy_append(struct strbuf *out, const char *s, size_t n)
 {
     const unsigned char *u = (const unsigned char *)s;

@@ -40,14 +40,15 @@ const char *tok_bos_text(const struct tokenizer *tok); /* "<s>", or "" */
 const char *tok_eos_text(const struct tokenizer *tok);
 
 /* Incremental detokenization for streaming. Push ids one at a time; each push returns the
- * text that became final: never half a UTF-8 character, and with the leading-space rules of
- * the tokenizer applied as a full decode would (the concatenation of all returned pieces
- * equals tok_decode of all ids, for valid UTF-8). */
+ * text that became final, which no later id can change (tok_stream.c says when that is):
+ * always whole UTF-8, and the concatenation of all pieces and the flush is tok_decode of all
+ * the ids, byte for byte. */
 struct tok_stream;
 struct tok_stream *tok_stream_new(const struct tokenizer *tok, bool skip_special);
 /* Appends the new text to *out (malloc'd, NUL-terminated, may be empty) and its length. */
 int tok_stream_push(struct tok_stream *s, int32_t id, char **out, size_t *len);
-/* Whatever is still held back (an incomplete UTF-8 tail, emitted as U+FFFD). */
+/* The end of the sequence: what was held back, as tok_decode ends it (an open run of byte
+ * tokens decided, an incomplete character as U+FFFD). No push may follow. */
 int tok_stream_flush(struct tok_stream *s, char **out, size_t *len);
 void tok_stream_free(struct tok_stream *s);
 

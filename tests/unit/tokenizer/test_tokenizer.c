@@ -40,7 +40,7 @@ Test(tokenizer, llama2_known_ids)
     tt_assert_ids(tok, "Hello\nworld", true, IDS(1, 22557, 13, 9471));
     tt_assert_ids(tok, "Hi \xF0\x9F\x98\x80 \xE4\xB8\x96\xE7\x95\x8C", true, IDS(1, 15359, 28705, 30575, 28705, 30050, 29822));
     tt_assert_ids(tok, "", true, IDS(1));
-    tt_assert_ids(tok, " ", false, IDS(259));
+    tt_assert_ids(tok, " ", false, IDS(28705)); /* "▁", as transformers 5 (tokenizer.json alone: "▁▁") */
     cr_assert_eq(tok_vocab_size(tok), 32000);
     tok_free(tok);
 }
@@ -62,7 +62,8 @@ Test(tokenizer, byte_fallback_encode_and_decode)
 Test(tokenizer, special_tokens_in_text)
 {
     struct tokenizer *tok = tt_load("models/stories260K/hf");
-    tt_assert_ids(tok, "<s>hi</s> x", true, IDS(1, 1, 270, 417, 2, 410, 410, 444));
+    /* As transformers 5's LlamaTokenizer: the space after </s> is the one "▁" of " x". */
+    tt_assert_ids(tok, "<s>hi</s> x", true, IDS(1, 1, 270, 417, 2, 410, 444));
     cr_assert(tok_is_special(tok, 1));
     cr_assert(tok_is_special(tok, 2));
     cr_assert(!tok_is_special(tok, 270));
@@ -109,9 +110,14 @@ Test(tokenizer, token_piece)
     tok_free(tok);
 }
 
+static struct tokenizer *load_with_config(const char *config_json, const char *model_config, char *dir);
+
+/* The GGUF's SentencePiece pipeline is llama.cpp's, which is tokenizer.json's own (without
+ * the class transformers builds from tokenizer_config.json). */
 Test(tokenizer, gguf_vocab_equals_hf)
 {
-    struct tokenizer *hf = tt_load("models/stories260K/hf");
+    char dir[] = "/tmp/sluice_tokcfg_XXXXXX";
+    struct tokenizer *hf = load_with_config("{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\"}", NULL, dir);
     struct tokenizer *gg = tt_load("models/stories260K/stories260K.gguf");
     cr_assert_eq(tok_vocab_size(hf), tok_vocab_size(gg));
     cr_assert_eq(tok_bos_id(hf), tok_bos_id(gg));
@@ -252,8 +258,9 @@ Test(tokenizer, concurrent_encodes_agree)
     tok_free(tok);
 }
 
-/* A model directory with stories260K's tokenizer.json and a tokenizer_config.json of our own. */
-static struct tokenizer *load_with_config(const char *config_json, char *dir)
+/* A model directory with stories260K's tokenizer.json and, when given, a tokenizer_config.json
+ * and a config.json of our own. */
+static struct tokenizer *load_with_config(const char *config_json, const char *model_config, char *dir)
 {
     char src[1024], path[1100], err[512];
     snprintf(src, sizeof(src), "%s/models/stories260K/hf/tokenizer.json", tt_data_dir());
@@ -264,40 +271,69 @@ static struct tokenizer *load_with_config(const char *config_json, char *dir)
     snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
     cr_assert_eq(json_dump_file(root, path, 0), 0);
     json_decref(root);
-    snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fputs(config_json, f);
-    fclose(f);
+    const char *names[] = {"tokenizer_config.json", "config.json"}, *texts[] = {config_json, model_config};
+    for (int i = 0; i < 2; i++) {
+        if (!texts[i]) continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        FILE *f = fopen(path, "w");
+        cr_assert_not_null(f);
+        fputs(texts[i], f);
+        fclose(f);
+    }
     struct tokenizer *tok = NULL;
     int rc = tok_load(&tok, dir, err, sizeof(err));
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        unlink(path);
+    }
     snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-    unlink(path);
-    snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
     unlink(path);
     rmdir(dir);
     cr_assert_eq(rc, 0, "%s", err);
     return tok;
 }
 
-Test(tokenizer, config_add_bos_and_eos_flags)
+Test(tokenizer, config_class_flags)
 {
     char dir[] = "/tmp/sluice_tokcfg_XXXXXX";
+    /* add_bos_token and add_eos_token are not read when there is a tokenizer.json. */
     struct tokenizer *tok = load_with_config(
         "{\"tokenizer_class\": \"LlamaTokenizer\", \"bos_token\": \"<s>\", \"eos_token\": "
         "{\"content\": \"</s>\"}, \"add_bos_token\": false, \"add_eos_token\": true, "
         "\"chat_template\": \"{{ messages }}\", \"model_max_length\": 1000000000000000019884624838656}",
-        dir);
-    tt_assert_ids(tok, "hi", true, IDS(270, 417, 2));
+        NULL, dir);
+    tt_assert_ids(tok, "hi", true, IDS(1, 270, 417));
     tt_assert_ids(tok, "hi", false, IDS(270, 417));
+    /* no "legacy": only the text at the very start gets a "▁" */
+    tt_assert_ids(tok, "</s>hi", true, IDS(1, 2, 415, 417));
+    tt_assert_ids(tok, " hi", true, IDS(1, 270, 417));
+    tt_assert_ids(tok, "  hi", true, IDS(1, 410, 270, 417));
     cr_assert_str_eq(tok_chat_template(tok), "{{ messages }}");
     cr_assert_str_eq(tok_eos_text(tok), "</s>");
+    tok_free(tok);
+
+    char dir4[] = "/tmp/sluice_tokcfg_XXXXXX";
+    tok = load_with_config("{\"tokenizer_class\": \"LlamaTokenizerFast\", \"legacy\": true}", NULL, dir4);
+    tt_assert_ids(tok, "</s>hi", true, IDS(1, 2, 270, 417)); /* every stretch of text gets one */
+    tok_free(tok);
+
+    char dir5[] = "/tmp/sluice_tokcfg_XXXXXX";
+    tok = load_with_config("{\"tokenizer_class\": \"LlamaTokenizer\", \"add_prefix_space\": false}", NULL, dir5);
+    tt_assert_ids(tok, "hi", true, IDS(1, 415, 417));
+    assert_decode(tok, IDS(410, 270, 417), true, "  hi");
+    tok_free(tok);
+
+    /* A Mistral model's tokenizer is tokenizer.json as it is, class or not. */
+    char dir6[] = "/tmp/sluice_tokcfg_XXXXXX";
+    tok = load_with_config("{\"tokenizer_class\": \"LlamaTokenizer\", \"legacy\": true}",
+                           "{\"model_type\": \"mistral\"}", dir6);
+    tt_assert_ids(tok, " hi", true, IDS(1, 410, 270, 417));
     tok_free(tok);
 
     char dir2[] = "/tmp/sluice_tokcfg_XXXXXX";
     tok = load_with_config("{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, "
                            "{\"name\": \"default\", \"template\": \"D\"}]}",
-                           dir2);
+                           NULL, dir2);
     tt_assert_ids(tok, "hi", true, IDS(1, 270, 417)); /* the post-processor's BOS */
     cr_assert_str_eq(tok_chat_template(tok), "D");
     tok_free(tok);
