@@ -184,6 +184,7 @@ static void post_event(struct engine *e, const struct live_req *lr, uint64_t id,
     it->ev.prompt_tokens = n_prompt;
     it->ev.completion_tokens = n_completion;
     it->ev.first_token_ms = lr && lr->first_token_ms >= 0 ? lr->first_token_ms : 0.0;
+    it->ev.time_ms = now_ms();
     pthread_mutex_lock(&e->out_mu);
     if (e->out_tail) e->out_tail->next = it;
     else e->out_head = it;

@@ -64,6 +64,8 @@ struct engine_event {
     int32_t prompt_tokens;            /* usage, on every event */
     int32_t completion_tokens;
     double first_token_ms;            /* from submit to the first token, on the last event */
+    double time_ms;                   /* CLOCK_MONOTONIC, when the engine thread made the event:
+                                         the loop may take several steps' events in one pass */
 };
 
 typedef void (*engine_event_fn)(const struct engine_event *ev, void *user);
