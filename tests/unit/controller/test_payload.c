@@ -1,5 +1,6 @@
 /* Request bodies: what is accepted, and that each bad one names its field. Also the token check. */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "controller/auth.h"
@@ -165,4 +166,33 @@ Test(auth, bearer)
     cr_assert_not(ctl_auth_bearer_ok("Bearer S3cret", "s3cret"));
     cr_assert_not(ctl_auth_bearer_ok("Bearer ", "s3cret"));
     cr_assert_not(ctl_auth_bearer_ok("Basic s3cret", "s3cret"));
+}
+
+Test(payload, prefix_key_is_an_optional_short_string)
+{
+    struct json_field_error err = {{0}, {0}};
+    const char *key = "untouched";
+    json_t *j = parse("{\"model\":\"m\"}");
+    cr_assert_eq(ctl_payload_prefix_key(j, &key, &err), 0);
+    cr_assert_null(key);
+    json_decref(j);
+    j = parse("{\"model\":\"m\",\"prefix_key\":null}");
+    cr_assert_eq(ctl_payload_prefix_key(j, &key, &err), 0);
+    cr_assert_null(key);
+    json_decref(j);
+    j = parse("{\"model\":\"m\",\"prefix_key\":\"0123456789abcdef\"}");
+    cr_assert_eq(ctl_payload_prefix_key(j, &key, &err), 0);
+    cr_assert_str_eq(key, "0123456789abcdef");
+    json_decref(j);
+    j = parse("{\"model\":\"m\",\"prefix_key\":7}");
+    cr_assert_neq(ctl_payload_prefix_key(j, &key, &err), 0);
+    cr_assert_str_eq(err.param, "prefix_key");
+    json_decref(j);
+    char body[600];
+    snprintf(body, sizeof body, "{\"prefix_key\":\"%0300d\"}", 0);
+    j = parse(body);
+    cr_assert_neq(ctl_payload_prefix_key(j, &key, &err), 0);
+    cr_assert_null(key);
+    cr_assert(strstr(err.message, "256"), "%s", err.message);
+    json_decref(j);
 }
