@@ -124,26 +124,33 @@ static void seq_release(struct scheduler *s, struct sched_seq *q)
 struct lookup {
     int32_t n_hit;  /* leading blocks found, in s->hits */
     int32_t n_idle; /* of which nobody holds (they leave the LRU when mapped) */
-    bool wait;      /* the next block is being computed in this step */
+    bool wait;      /* better mapped next step than computed now (see seq_lookup) */
 };
 
 /* The longest cached prefix of a waiting sequence: O(its blocks) probes, no scan of the cache.
- * The last token is always left to compute: its logits are what the sequence samples from. */
+ * The last token is always left to compute: its logits are what the sequence samples from.
+ *
+ * Blocks another sequence is computing in this step are not readable yet. When they would
+ * give this sequence its whole prompt (it is a twin: the n choices of one request) or at least
+ * SCHED_WAIT_MIN_BLOCKS (a long shared system prompt), it waits one step to map them rather
+ * than compute them again; a short run (a chat template's first block, which every request
+ * shares) is not worth a step's delay. */
 static struct lookup seq_lookup(struct scheduler *s, struct sched_seq *q)
 {
     struct lookup r = {0, 0, false};
     if (!s->opt.prefix_caching) return r;
-    int32_t n = seq_hash_upto(q, (q->n_tokens - 1) / KV_BLOCK_SIZE);
+    int32_t n = seq_hash_upto(q, (q->n_tokens - 1) / KV_BLOCK_SIZE), pending = 0;
     for (int32_t i = 0; i < n; i++) {
         int32_t b = pc_find(&s->kv.pc, q->hashes[i], parent_hash(q, i), q->tokens + (size_t)i * KV_BLOCK_SIZE);
         if (b < 0) break;
-        if (s->kv.pc.ready_at[b] > s->step) {
-            r.wait = true;
-            break;
+        if (pending || s->kv.pc.ready_at[b] > s->step) {
+            pending++;
+            continue;
         }
         s->hits[r.n_hit++] = b;
         r.n_idle += s->kv.refcount[b] == 0;
     }
+    r.wait = pending > 0 && (pending >= SCHED_WAIT_MIN_BLOCKS || r.n_hit + pending == n);
     return r;
 }
 

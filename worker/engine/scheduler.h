@@ -14,9 +14,10 @@
  * mapped (shared, reference counted) and n_computed starting after them; it always computes
  * at least its last token, whose logits it samples from. Blocks are only indexed whole and
  * never written again, so sharing needs no copy. A block indexed in the step being planned is
- * not readable by another sequence in that same step: a waiting sequence whose next block is
- * being computed right now by another (the n choices of one request, arriving together) waits
- * one step and maps it then, instead of computing the same prefix n times. Freed blocks stay
+ * not readable by another sequence in that same step: a waiting sequence whose next blocks are
+ * being computed right now by another (the n choices of one request, arriving together; or at
+ * least SCHED_WAIT_MIN_BLOCKS of a shared system prompt) waits one step and maps them then,
+ * instead of computing the same prefix again. Freed blocks stay
  * indexed until their memory is needed, so a preempted sequence's recompute, the next turn of
  * a conversation or the next request with the same system prompt finds them. */
 #ifndef SLUICE_WORKER_SCHEDULER_H
@@ -29,6 +30,9 @@
 
 #define SCHED_ERR_NOMEM (-2)
 #define SCHED_ERR_TOO_LONG (-3) /* the prompt alone needs more blocks than the cache holds */
+
+/* A waiting sequence waits a step for at least this many blocks being computed (128 tokens). */
+#define SCHED_WAIT_MIN_BLOCKS 8
 
 enum sched_state { SCHED_WAITING, SCHED_RUNNING };
 

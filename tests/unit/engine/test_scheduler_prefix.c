@@ -298,3 +298,46 @@ Test(scheduler_prefix, blocks_with_placeholders_are_indexed_once_known)
     cr_assert_eq(step_find(&s, b)->start_pos, 32);
     sched_free(&s);
 }
+
+/* Two prompts that share a head, arriving together: a short head (a chat template's first
+ * block) is computed twice rather than delay the second by a step; a long one (a system
+ * prompt of SCHED_WAIT_MIN_BLOCKS blocks or more) is worth the wait. */
+static void shared_head(int32_t head_blocks, bool expect_wait)
+{
+    struct scheduler s;
+    init(&s, 64, 512, true);
+    const int32_t n = head_blocks * KV_BLOCK_SIZE + 40;
+    int32_t *p = tokens_of(n, 100), *q = tokens_of(n, 100);
+    for (int32_t i = head_blocks * KV_BLOCK_SIZE; i < n; i++) q[i] += 5000;
+    struct sched_seq *a = add_tokens(&s, 1, p, n), *b = add_tokens(&s, 2, q, n);
+    const struct sched_entry *e;
+    int32_t k;
+    schedule(&s, &e, &k);
+    cr_assert_eq(e[0].seq, a);
+    if (!expect_wait) {
+        cr_assert_eq(k, 2, "%d blocks in common: not worth a step", head_blocks);
+        cr_assert_eq(e[1].seq, b);
+        cr_assert_eq(e[1].start_pos, 0);
+        sched_free(&s);
+        return;
+    }
+    cr_assert_eq(k, 1, "%d blocks in common: b waits for them", head_blocks);
+    sample_all(e, k);
+    schedule(&s, &e, &k);
+    cr_assert_eq(k, 2);
+    cr_assert_eq(e[1].seq, b);
+    cr_assert_eq(e[1].start_pos, head_blocks * KV_BLOCK_SIZE);
+    sched_free(&s);
+}
+
+Test(scheduler_prefix, a_short_shared_head_is_not_worth_a_step)
+{
+    shared_head(1, false);
+    shared_head(SCHED_WAIT_MIN_BLOCKS - 1, false);
+}
+
+Test(scheduler_prefix, a_long_shared_head_is_worth_a_step)
+{
+    shared_head(SCHED_WAIT_MIN_BLOCKS, true);
+    shared_head(20, true);
+}
