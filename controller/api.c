@@ -158,14 +158,16 @@ static void on_get_worker_address(struct ctl *c, http_request *req)
     if (!body) return;
     const char *model;
     struct json_field_error err = {{0}, {0}};
-    const char *exclude[CTL_MAX_EXCLUDE];
+    const char *exclude[CTL_MAX_EXCLUDE], *prefix_key;
     size_t n_exclude = 0;
-    if (ctl_payload_model(body, &model, &err) != 0 || ctl_payload_exclude(body, exclude, &n_exclude, &err) != 0) {
+    if (ctl_payload_model(body, &model, &err) != 0 || ctl_payload_exclude(body, exclude, &n_exclude, &err) != 0 ||
+        ctl_payload_prefix_key(body, &prefix_key, &err) != 0) {
         respond_bad(req, &err);
         json_decref(body);
         return;
     }
-    struct ctl_worker *w = ctl_dispatch_pick_excluding(c->reg, model, c->cfg.method, &c->rng, exclude, n_exclude);
+    struct ctl_worker *w =
+        ctl_dispatch_pick_keyed(c->reg, model, c->cfg.method, &c->rng, exclude, n_exclude, prefix_key);
     struct ctl_dispatch_counts *dc = ctl_map_get(c->dispatch_counts, model);
     if (!dc) dc = &c->dispatch_unknown;
     if (w) {

@@ -1,5 +1,6 @@
 #include "controller/dispatch.h"
 
+#include <math.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -8,12 +9,17 @@ int ctl_dispatch_method_parse(const char *name)
     if (!name) return -1;
     if (strcmp(name, "shortest_queue") == 0) return CTL_DISPATCH_SHORTEST_QUEUE;
     if (strcmp(name, "lottery") == 0) return CTL_DISPATCH_LOTTERY;
+    if (strcmp(name, "cache_aware") == 0) return CTL_DISPATCH_CACHE_AWARE;
     return -1;
 }
 
 const char *ctl_dispatch_method_name(enum ctl_dispatch_method m)
 {
-    return m == CTL_DISPATCH_LOTTERY ? "lottery" : "shortest_queue";
+    switch (m) {
+    case CTL_DISPATCH_LOTTERY: return "lottery";
+    case CTL_DISPATCH_CACHE_AWARE: return "cache_aware";
+    default: return "shortest_queue";
+    }
 }
 
 void ctl_rng_seed(struct ctl_rng *rng, uint64_t seed)
@@ -94,20 +100,67 @@ static struct ctl_worker *pick_shortest_queue(const struct pick_filter *f, struc
     return best;
 }
 
-struct ctl_worker *ctl_dispatch_pick_excluding(ctl_registry *r, const char *model,
-                                               enum ctl_dispatch_method m, struct ctl_rng *rng,
-                                               const char *const *exclude, size_t n_exclude)
+double ctl_dispatch_rendezvous(const char *prefix_key, const char *worker_name)
+{
+    /* FNV-1a over key, a separator and name, then splitmix64's finalizer: stable across
+     * restarts, so a prefix keeps its worker when the controller restarts. */
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const unsigned char *c = (const unsigned char *)prefix_key; *c; c++) h = (h ^ *c) * 0x100000001b3ull;
+    h = (h ^ 0xff) * 0x100000001b3ull;
+    for (const unsigned char *c = (const unsigned char *)worker_name; *c; c++) h = (h ^ *c) * 0x100000001b3ull;
+    struct ctl_rng mix = {h};
+    return ((double)(ctl_rng_next(&mix) >> 11) + 0.5) * 0x1.0p-53;
+}
+
+static struct ctl_worker *pick_cache_aware(const struct pick_filter *f, struct ctl_worker *const *ws, size_t n,
+                                           struct ctl_rng *rng, const char *key)
+{
+    struct ctl_worker *best = NULL;
+    double best_score = 0, least_load = 0;
+    bool any = false;
+    for (size_t i = 0; i < n; i++) {
+        struct ctl_worker *w = ws[i];
+        if (!eligible(f, w)) continue;
+        /* Weighted rendezvous: -speed / ln(u) wins in proportion to speed. */
+        double score = -w->speed / log(ctl_dispatch_rendezvous(key, w->name));
+        double load = (double)w->queue_length / w->speed;
+        if (!best || score > best_score) {
+            best = w;
+            best_score = score;
+        }
+        if (!any || load < least_load) least_load = load;
+        any = true;
+    }
+    if (!best) return NULL;
+    double load = (double)best->queue_length / best->speed;
+    if (load > least_load + CTL_CACHE_AWARE_MAX_EXTRA && load > least_load * CTL_CACHE_AWARE_MAX_RATIO)
+        return pick_shortest_queue(f, ws, n, rng);
+    best->queue_length++;
+    return best;
+}
+
+struct ctl_worker *ctl_dispatch_pick_keyed(ctl_registry *r, const char *model, enum ctl_dispatch_method m,
+                                           struct ctl_rng *rng, const char *const *exclude, size_t n_exclude,
+                                           const char *prefix_key)
 {
     struct ctl_worker *const *ws;
     size_t n = ctl_registry_model_workers(r, model, &ws);
     if (n == 0) return NULL;
     struct pick_filter f = {.reg = r, .now = ctl_registry_now(r), .exclude = exclude, .n_exclude = n_exclude};
     if (m == CTL_DISPATCH_LOTTERY) return pick_lottery(&f, ws, n, rng);
+    if (m == CTL_DISPATCH_CACHE_AWARE && prefix_key && *prefix_key) return pick_cache_aware(&f, ws, n, rng, prefix_key);
     return pick_shortest_queue(&f, ws, n, rng);
+}
+
+struct ctl_worker *ctl_dispatch_pick_excluding(ctl_registry *r, const char *model,
+                                               enum ctl_dispatch_method m, struct ctl_rng *rng,
+                                               const char *const *exclude, size_t n_exclude)
+{
+    return ctl_dispatch_pick_keyed(r, model, m, rng, exclude, n_exclude, NULL);
 }
 
 struct ctl_worker *ctl_dispatch_pick(ctl_registry *r, const char *model, enum ctl_dispatch_method m,
                                      struct ctl_rng *rng)
 {
-    return ctl_dispatch_pick_excluding(r, model, m, rng, NULL, 0);
+    return ctl_dispatch_pick_keyed(r, model, m, rng, NULL, 0, NULL);
 }

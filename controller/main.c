@@ -49,7 +49,8 @@ int main(int argc, char **argv)
          "address to listen on (one other than loopback needs --internal-token or --allow-unauthenticated-workers)", 0, 0},
         {"port", FLAG_INT, &port, "SLUICE_CONTROLLER_PORT", "PORT", "port to listen on (0 picks one)", 0, 65535},
         {"dispatch-method", FLAG_STRING, &method, "SLUICE_DISPATCH_METHOD", "METHOD",
-         "shortest_queue (least queue_length/speed) or lottery (chance in proportion to speed)", 0, 0},
+         "shortest_queue (least queue_length/speed), lottery (chance in proportion to speed) or cache_aware "
+         "(requests whose prompts start alike to the same worker, by the gateway's prefix_key)", 0, 0},
         {"heartbeat-expiration", FLAG_DOUBLE, &expiration, "SLUICE_HEARTBEAT_EXPIRATION", "SECONDS",
          "a worker not heard from for this long is no longer dispatched to, and dropped", 0.05, 86400},
         {"internal-token", FLAG_STRING, &token, "SLUICE_INTERNAL_TOKEN", "TOKEN",
@@ -78,7 +79,7 @@ int main(int argc, char **argv)
     log_set_level((enum log_level)level);
     int m = ctl_dispatch_method_parse(method);
     if (m < 0) {
-        fprintf(stderr, "sluice-controller: unknown --dispatch-method '%s' (shortest_queue or lottery)\n", method);
+        fprintf(stderr, "sluice-controller: unknown --dispatch-method '%s' (shortest_queue, lottery or cache_aware)\n", method);
         return 2;
     }
     struct auth_internal policy = {.token = token, .allow_unauthenticated = allow_unauthenticated,

@@ -132,3 +132,16 @@ int ctl_payload_exclude(const json_t *body, const char *names[CTL_MAX_EXCLUDE], 
     }
     return 0;
 }
+
+int ctl_payload_prefix_key(const json_t *body, const char **key, struct json_field_error *err)
+{
+    *key = NULL;
+    int rc = json_get_string(body, "prefix_key", false, key, err);
+    if (rc == JSON_FIELD_INVALID) return -1;
+    if (rc == JSON_FIELD_OK && strlen(*key) > CTL_MAX_PREFIX_KEY) {
+        *key = NULL;
+        json_field_fail(err, "prefix_key", "'prefix_key' must be at most %d bytes", CTL_MAX_PREFIX_KEY);
+        return -1;
+    }
+    return 0;
+}

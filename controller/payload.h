@@ -41,5 +41,10 @@ int ctl_payload_model(const json_t *body, const char **model, struct json_field_
 #define CTL_MAX_EXCLUDE 8
 int ctl_payload_exclude(const json_t *body, const char *names[CTL_MAX_EXCLUDE], size_t *n,
                         struct json_field_error *err);
+/* /get_worker_address's optional "prefix_key" (cache_aware dispatch; the gateway sends 16 hex
+ * digits): a string of at most CTL_MAX_PREFIX_KEY bytes, borrowed from body; NULL when absent
+ * or null. */
+#define CTL_MAX_PREFIX_KEY 256
+int ctl_payload_prefix_key(const json_t *body, const char **key, struct json_field_error *err);
 
 #endif

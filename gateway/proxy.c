@@ -91,8 +91,10 @@ static void retry_lookup(struct gw_gen *gen)
 {
     gen->retry_asks++;
     struct gw *g = gen->g;
-    if (gw_route_start(g->client, g->cfg.controller_address, g->cfg.controller_timeout_ms,
-                       gen->p.model, gen->failed_address, on_retry_route, gen, &gen->lookup) != 0) {
+    char key[GW_PREFIX_KEY_SIZE];
+    if (gw_route_start(g->client, g->cfg.controller_address, g->cfg.controller_timeout_ms, gen->p.model,
+                       gen->failed_address, gw_route_prefix_key(&gen->p, key), on_retry_route, gen,
+                       &gen->lookup) != 0) {
         gen->lookup = NULL;
         gw_emit_error(gen, 503, NULL, "the controller could not be asked for another worker", "1");
     }
@@ -430,8 +432,9 @@ void gw_generate(struct gw *g, http_request *req, const char *route, int api)
     http_request_on_close(req, on_client_gone, gen);
 
     gen_enter(gen);
-    if (gw_route_start(g->client, g->cfg.controller_address, g->cfg.controller_timeout_ms, p.model,
-                       NULL, on_first_route, gen, &gen->lookup) != 0) {
+    char key[GW_PREFIX_KEY_SIZE];
+    if (gw_route_start(g->client, g->cfg.controller_address, g->cfg.controller_timeout_ms, p.model, NULL,
+                       gw_route_prefix_key(&p, key), on_first_route, gen, &gen->lookup) != 0) {
         gen->lookup = NULL;
         gw_emit_error(gen, 503, NULL, "the controller could not be reached", "1");
     }

@@ -11,8 +11,15 @@ json_t *worker_status_json(struct worker *w)
 {
     json_t *names = json_array();
     for (int i = 0; i < w->n_model_names; i++) json_array_append_new(names, json_string(w->model_names[i]));
-    return json_pack("{s:o, s:f, s:i}", "model_names", names, "speed", w->opt.speed, "queue_length",
-                     w->active);
+    /* The prefix cache's counters ride along (FastChat's controller ignores what it does not
+     * know): a controller may route by them. In tokens, as on /metrics. */
+    struct engine_stats st;
+    engine_get_stats(w->engine, &st);
+    json_t *pc = json_pack("{s:b, s:I, s:I, s:f, s:i}", "enabled", st.prefix_caching, "query_tokens",
+                           (json_int_t)st.prefix_query_tokens, "hit_tokens", (json_int_t)st.prefix_hit_tokens,
+                           "hit_rate", worker_prefix_hit_rate(&st), "cached_blocks", st.kv_blocks_cached);
+    return json_pack("{s:o, s:f, s:i, s:o}", "model_names", names, "speed", w->opt.speed, "queue_length",
+                     w->active, "prefix_cache", pc);
 }
 
 void api_worker_get_status(struct worker *w, http_request *req)

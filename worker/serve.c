@@ -186,14 +186,15 @@ static int load_everything(struct worker *w)
         .max_num_batched_tokens = (int32_t)w->opt.max_num_batched_tokens,
         .max_model_len = ctx,
         .seed = w->default_seed,
+        .no_prefix_caching = w->opt.no_prefix_caching,
     };
     if (engine_create(&w->engine, w->backend, w->tok, &eo, w->loop, api_on_engine_event, w) != 0) {
         log_error("cannot start the engine");
         return -1;
     }
-    log_info("model %s (%s, %d layers, vocab %d) on %s: context %d tokens, KV cache %ld tokens",
+    log_info("model %s (%s, %d layers, vocab %d) on %s: context %d tokens, KV cache %ld tokens, prefix caching %s",
              w->model_names[0], w->model->config.arch_name, w->model->config.n_layers,
-             w->model->config.vocab_size, w->backend->name, ctx, kv_tokens);
+             w->model->config.vocab_size, w->backend->name, ctx, kv_tokens, w->opt.no_prefix_caching ? "off" : "on");
     return 0;
 }
 
@@ -201,6 +202,7 @@ int worker_serve_main(int argc, char **argv)
 {
     static struct worker worker;
     struct worker *w = &worker;
+    bool prefix_caching_on = false; /* the default already: accepted for vLLM's command lines */
     struct worker_options *o = &w->opt;
     *o = (struct worker_options){
         .controller_address = "http://127.0.0.1:21001",
@@ -243,6 +245,8 @@ int worker_serve_main(int argc, char **argv)
         {"gpu-memory-utilization", FLAG_DOUBLE, &o->gpu_memory_utilization, NULL, "F", "CUDA: share of GPU memory to use", 0.05, 1.0},
         {"threads", FLAG_INT, &o->threads, NULL, "N", "CPU: threads (0: all cores)", 0, 1024},
         {"deterministic", FLAG_BOOL, &o->deterministic, NULL, NULL, "CUDA: a request's output does not depend on what shares its batch (greedy equals the request alone); slower prefill and large batches (README)", 0, 0},
+        {"enable-prefix-caching", FLAG_BOOL, &prefix_caching_on, NULL, NULL, "reuse the KV of prompt prefixes seen before (the default)", 0, 0},
+        {"no-enable-prefix-caching", FLAG_BOOL, &o->no_prefix_caching, NULL, NULL, "compute every prompt in full, sharing no KV between requests", 0, 0},
         {"heartbeat-interval", FLAG_DOUBLE, &o->heartbeat_interval, "SLUICE_HEARTBEAT_INTERVAL", "SECONDS", "seconds between heartbeats", 0.05, 3600},
         {"speed", FLAG_DOUBLE, &o->speed, NULL, "F", "relative speed reported to the controller", 0.001, 1e6},
         {"internal-token", FLAG_STRING, &o->internal_token, "SLUICE_INTERNAL_TOKEN", "TOKEN", "bearer token sent to the controller and required on every endpoint but /health and /metrics", 0, 0},
@@ -262,6 +266,10 @@ int worker_serve_main(int argc, char **argv)
         return 2;
     }
     log_set_level((enum log_level)level);
+    if (prefix_caching_on && o->no_prefix_caching) {
+        fprintf(stderr, "sluice-worker: --enable-prefix-caching and --no-enable-prefix-caching contradict each other\n");
+        return 2;
+    }
     if (!o->model_path) {
         fprintf(stderr, "sluice-worker: --model-path is required (see --help)\n");
         return 2;

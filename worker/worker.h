@@ -41,6 +41,7 @@ struct worker_options {
     long kv_cache_tokens;           /* CPU: KV cache size in tokens */
     double gpu_memory_utilization;
     bool deterministic;             /* CUDA: batch-invariant arithmetic */
+    bool no_prefix_caching;         /* --no-enable-prefix-caching */
     long threads;
     double heartbeat_interval;      /* seconds */
     double speed;

@@ -29,6 +29,14 @@ int worker_metrics_init(struct worker_metrics *wm)
     wm->generation_tokens = counter(m, "sluice_worker_generation_tokens_total", "Tokens generated.");
     wm->steps = counter(m, "sluice_worker_engine_steps_total", "Engine steps.");
     wm->preemptions = counter(m, "sluice_worker_preemptions_total", "Sequences preempted for KV space.");
+    /* As vLLM's prefix_cache_queries / prefix_cache_hits: in tokens, over every admission. */
+    wm->prefix_queries = counter(m, "sluice_worker_prefix_cache_queries_total",
+                                 "Prompt tokens looked up in the prefix cache (each admission of a sequence).");
+    wm->prefix_hits = counter(m, "sluice_worker_prefix_cache_hits_total",
+                              "Prompt tokens found in the prefix cache, not computed again.");
+    wm->prefix_hit_rate = gauge(m, "sluice_worker_prefix_cache_hit_rate",
+                                "Prefix cache hits over queries since the start, in tokens (0 before any query).");
+    wm->kv_cached = gauge(m, "sluice_worker_kv_blocks_cached", "KV cache blocks holding reusable prompt prefixes.");
     wm->time_to_first_token = metrics_series_get(
         metrics_histogram_new(m, "sluice_worker_time_to_first_token_seconds",
                               "From accepting a request to its first token.", NULL, NULL, 0),
@@ -57,5 +65,10 @@ char *worker_metrics_render(struct worker_metrics *wm, const struct engine_stats
     /* The engine counts steps and preemptions on its own thread: mirror the totals. */
     metrics_series_add(wm->steps, (double)st->steps - metrics_series_value(wm->steps));
     metrics_series_add(wm->preemptions, (double)st->preemptions - metrics_series_value(wm->preemptions));
+    metrics_series_add(wm->prefix_queries,
+                       (double)st->prefix_query_tokens - metrics_series_value(wm->prefix_queries));
+    metrics_series_add(wm->prefix_hits, (double)st->prefix_hit_tokens - metrics_series_value(wm->prefix_hits));
+    metrics_series_set(wm->prefix_hit_rate, worker_prefix_hit_rate(st));
+    metrics_series_set(wm->kv_cached, st->kv_blocks_cached);
     return metrics_render(wm->registry, len);
 }

@@ -364,6 +364,7 @@ static void accept_request(struct engine *e, struct engine_request *req, double 
               req->stop_ids, n_stop_ids, req->stop, n_stops, req->max_tokens, e->ctx);
     rc = sched_add(&e->sched, req->id, req->prompt, req->n_prompt, lr, &lr->seq);
     if (rc != 0) goto fail;
+    lr->seq->salt = req->cache_salt;
     req->prompt = NULL; /* the scheduler owns it now */
     lr->next = e->live;
     if (e->live) e->live->prev = lr;
@@ -537,6 +538,10 @@ static void publish_stats(struct engine *e)
     e->stats.preemptions = e->sched.preemptions;
     e->stats.tokens_generated = e->tokens_generated;
     e->stats.prompt_tokens = e->prompt_tokens;
+    e->stats.prefix_query_tokens = e->sched.prefix_query_tokens;
+    e->stats.prefix_hit_tokens = e->sched.prefix_hit_tokens;
+    e->stats.kv_blocks_cached = kv_cache_num_cached(&e->sched.kv);
+    e->stats.prefix_evictions = e->sched.kv.pc.evictions;
     if (e->failed && !e->stats.failed) {
         e->stats.failed = true;
         snprintf(e->stats.error, sizeof e->stats.error, "%s", e->error);
@@ -632,7 +637,8 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
     e->ctx = (int32_t)ctx;
 
     int rc = -ENOMEM;
-    struct sched_options so = {.max_num_seqs = max_seqs, .max_num_batched_tokens = max_tok};
+    struct sched_options so = {
+        .max_num_seqs = max_seqs, .max_num_batched_tokens = max_tok, .prefix_caching = !opt->no_prefix_caching};
     if (sched_init(&e->sched, backend->num_kv_blocks, &so) != 0) goto fail_sched;
     e->bseqs = calloc((size_t)max_seqs, sizeof *e->bseqs);
     e->btokens = calloc((size_t)max_tok, sizeof *e->btokens);
@@ -655,6 +661,7 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
     pthread_mutex_init(&e->out_mu, NULL);
     pthread_mutex_init(&e->stats_mu, NULL);
     e->stats.kv_blocks_total = e->stats.kv_blocks_free = backend->num_kv_blocks;
+    e->stats.prefix_caching = so.prefix_caching;
     if (uv_async_init(loop, e->async, on_async) != 0) {
         rc = -EIO;
         goto fail_sync;

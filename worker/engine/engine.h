@@ -41,6 +41,9 @@ struct engine_request {
     int32_t n_stop_ids;
     int32_t stop_ids[ENGINE_MAX_STOPS];
     bool skip_special;            /* in the streamed text (default true) */
+    /* Prefix caching: whatever besides the tokens changes their K/V (an adapter, images), so
+     * that only requests with the same salt share cached blocks. 0: nothing. */
+    uint64_t cache_salt;
 };
 
 struct engine_token {
@@ -79,6 +82,8 @@ struct engine_options {
      * backend's submit returns before the step has run. Tests set this to overlap them over
      * any backend. */
     bool overlap_always;
+    /* Prefix caching is on unless this is set (--no-enable-prefix-caching). */
+    bool no_prefix_caching;
 };
 
 struct engine_stats {
@@ -86,6 +91,12 @@ struct engine_stats {
     int32_t kv_blocks_total, kv_blocks_free;
     uint64_t steps, preemptions, tokens_generated, prompt_tokens;
     uint64_t overlapped_steps;      /* steps queued before the host took the previous one's tokens */
+    /* Prefix cache: on or off; tokens looked up at admission and found cached (a preempted
+     * sequence's recompute counts again); blocks holding reusable prefixes; blocks evicted. */
+    bool prefix_caching;
+    uint64_t prefix_query_tokens, prefix_hit_tokens;
+    int32_t kv_blocks_cached;
+    uint64_t prefix_evictions;
     bool failed;                    /* the backend reported an error; no more steps */
     char error[512];
 };

@@ -6,7 +6,20 @@
  * cache: one for a decode, or the next chunk of a prefill. It is sampled only in the step that
  * brings n_computed up to n_tokens. Preemption is by recompute: the sequence's blocks are freed,
  * n_computed drops to 0 and it goes back to the front of the queue; when admitted again it
- * prefills prompt and generated tokens together and sampling carries on where it stopped. */
+ * prefills prompt and generated tokens together and sampling carries on where it stopped.
+ *
+ * Prefix caching (sched_options.prefix_caching): a sequence's full blocks are indexed by the
+ * hash chain of their tokens (prefix_cache.h) once the step that computes them is scheduled,
+ * hashed once each. A waiting sequence is admitted with the longest indexed run of its blocks
+ * mapped (shared, reference counted) and n_computed starting after them; it always computes
+ * at least its last token, whose logits it samples from. Blocks are only indexed whole and
+ * never written again, so sharing needs no copy. A block indexed in the step being planned is
+ * not readable by another sequence in that same step: a waiting sequence whose next blocks are
+ * being computed right now by another (the n choices of one request, arriving together; or at
+ * least SCHED_WAIT_MIN_BLOCKS of a shared system prompt) waits one step and maps them then,
+ * instead of computing the same prefix again. Freed blocks stay
+ * indexed until their memory is needed, so a preempted sequence's recompute, the next turn of
+ * a conversation or the next request with the same system prompt finds them. */
 #ifndef SLUICE_WORKER_SCHEDULER_H
 #define SLUICE_WORKER_SCHEDULER_H
 
@@ -18,6 +31,9 @@
 #define SCHED_ERR_NOMEM (-2)
 #define SCHED_ERR_TOO_LONG (-3) /* the prompt alone needs more blocks than the cache holds */
 
+/* A waiting sequence waits a step for at least this many blocks being computed (128 tokens). */
+#define SCHED_WAIT_MIN_BLOCKS 8
+
 enum sched_state { SCHED_WAITING, SCHED_RUNNING };
 
 struct sched_seq {
@@ -28,6 +44,13 @@ struct sched_seq {
     int32_t n_prompt;      /* the original prompt; n_tokens - n_prompt were generated */
     int32_t n_computed;    /* tokens whose K/V are in the cache */
     struct kv_table table;
+    /* Prefix caching. salt: whatever else changes the K/V of these tokens (0: nothing), set
+     * before the sequence is first scheduled. hashes: the chain hashes of its first n_hashed
+     * full blocks, computed once each; n_registered: table blocks offered to the index. */
+    uint64_t salt;
+    uint64_t *hashes;
+    int32_t n_hashed, hashes_cap;
+    int32_t n_registered;
     void *user;            /* the caller's per-sequence state */
     struct sched_seq *prev, *next;
 };
@@ -48,6 +71,7 @@ struct sched_entry {
 struct sched_options {
     int32_t max_num_seqs;           /* running sequences at most */
     int32_t max_num_batched_tokens; /* tokens per step at most */
+    bool prefix_caching;            /* share full blocks between sequences with the same prefix */
 };
 
 struct scheduler {
@@ -56,7 +80,12 @@ struct scheduler {
     struct sched_list waiting;      /* FCFS; preempted sequences go back to the front */
     struct sched_list running;      /* in admission order: the tail is the newest */
     struct sched_entry *entries;
+    int32_t *hits;                  /* an admission's cached blocks (num_blocks) */
+    uint64_t step;                  /* sched_schedule calls so far */
     uint64_t preemptions;
+    /* Prefix cache: tokens of admitted sequences looked up, and how many of them were found
+     * (each admission counts, a preempted sequence's again). */
+    uint64_t prefix_query_tokens, prefix_hit_tokens;
 };
 
 int sched_init(struct scheduler *s, int32_t num_blocks, const struct sched_options *opt);

@@ -1,6 +1,7 @@
 /* Dispatch policies: lottery frequencies, shortest_queue's argmin, tie spreading and counting. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "controller/dispatch.h"
@@ -186,4 +187,135 @@ Test(dispatch, rng_is_seeded_and_uniform)
         sum += u;
     }
     cr_assert(fabs(sum / 10000 - 0.5) < 0.02);
+}
+
+/* ---- cache_aware ----------------------------------------------------------------------------- */
+
+static struct ctl_worker *pick_key(const char *key)
+{
+    return ctl_dispatch_pick_keyed(reg, "m", CTL_DISPATCH_CACHE_AWARE, &rng, NULL, 0, key);
+}
+
+static void reset_queues(const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++) ctl_registry_find(reg, names[i])->queue_length = 0;
+}
+
+Test(dispatch, cache_aware_name)
+{
+    cr_assert_eq(ctl_dispatch_method_parse("cache_aware"), CTL_DISPATCH_CACHE_AWARE);
+    cr_assert_str_eq(ctl_dispatch_method_name(CTL_DISPATCH_CACHE_AWARE), "cache_aware");
+}
+
+Test(dispatch, cache_aware_sends_a_key_to_the_same_worker)
+{
+    const char *names[] = {"http://a:1", "http://b:1", "http://c:1"};
+    for (int i = 0; i < 3; i++) add(names[i], "m", 1, 0);
+    const char *keys[] = {"0123456789abcdef", "fedcba9876543210", "x", "another key"};
+    for (int k = 0; k < 4; k++) {
+        struct ctl_worker *first = pick_key(keys[k]);
+        cr_assert_not_null(first);
+        /* Up to 16 requests more than an idle worker, the key stays put. */
+        for (int j = 0; j < 15; j++) cr_assert_eq(pick_key(keys[k]), first, "key %d, request %d", k, j + 2);
+        cr_assert_eq(first->queue_length, 16, "each dispatch counted until the next heartbeat");
+        reset_queues(names, 3);
+        cr_assert_eq(pick_key(keys[k]), first, "the choice depends on the key, not on history");
+        reset_queues(names, 3);
+    }
+}
+
+/* Keys spread over workers in proportion to speed, and a worker joining takes only the keys
+ * it now wins, from everyone, moving no other key. */
+Test(dispatch, cache_aware_spreads_keys_and_moves_few_when_a_worker_joins)
+{
+    const char *names[] = {"http://a:1", "http://b:1", "http://c:1", "http://d:1"};
+    const double speeds[] = {1, 1, 2, 2};
+    for (int i = 0; i < 3; i++) add(names[i], "m", speeds[i], 0);
+    enum { N = 4000 };
+    static int before[N];
+    int counts[4] = {0};
+    char key[32];
+    for (int k = 0; k < N; k++) {
+        snprintf(key, sizeof key, "%016x", (unsigned)k * 2654435761u);
+        before[k] = index_of(pick_key(key), names, 3);
+        counts[before[k]]++;
+        reset_queues(names, 3);
+    }
+    for (int i = 0; i < 3; i++) {
+        double p = speeds[i] / 4.0, mean = N * p, sd = sqrt(N * p * (1 - p));
+        cr_assert(fabs(counts[i] - mean) < 5 * sd, "worker %d: %d keys, expected %.0f", i, counts[i], mean);
+    }
+    add(names[3], "m", speeds[3], 0);
+    int moved = 0;
+    for (int k = 0; k < N; k++) {
+        snprintf(key, sizeof key, "%016x", (unsigned)k * 2654435761u);
+        int now = index_of(pick_key(key), names, 4);
+        reset_queues(names, 4);
+        if (now == before[k]) continue;
+        cr_assert_eq(now, 3, "key %d moved between old workers", k);
+        moved++;
+    }
+    double p = 2.0 / 6.0, sd = sqrt(N * p * (1 - p));
+    cr_assert(fabs(moved - N * p) < 5 * sd, "%d of %d keys moved to the new worker", moved, N);
+}
+
+Test(dispatch, cache_aware_goes_to_the_shortest_queue_when_far_out_of_balance)
+{
+    add("http://a:1", "m", 1, 0);
+    add("http://b:1", "m", 1, 0);
+    struct ctl_worker *home = pick_key("hot system prompt");
+    struct ctl_worker *other = strcmp(home->name, "http://a:1") ? ctl_registry_find(reg, "http://a:1")
+                                                                  : ctl_registry_find(reg, "http://b:1");
+    /* 16 more than the idle one: still home (the dispatch makes it 17). */
+    home->queue_length = 16;
+    cr_assert_eq(pick_key("hot system prompt"), home);
+    cr_assert_eq(home->queue_length, 17);
+    /* 17 more than idle: the shortest queue takes it. */
+    cr_assert_eq(pick_key("hot system prompt"), other);
+    cr_assert_eq(other->queue_length, 1);
+    /* Both busy: 60 against 40 is 20 more but only 1.5 times: home; 61 is past both bounds. */
+    home->queue_length = 60;
+    other->queue_length = 40;
+    cr_assert_eq(pick_key("hot system prompt"), home);
+    home->queue_length = 61;
+    cr_assert_eq(pick_key("hot system prompt"), other);
+    /* Without a key it is shortest_queue. */
+    home->queue_length = 0;
+    other->queue_length = 3;
+    cr_assert_eq(pick_key(NULL), home);
+    cr_assert_eq(pick_key(""), home);
+}
+
+/* A retry that excludes the failed worker gets the key's next choice; expired workers are
+ * never chosen; other policies ignore the key. */
+Test(dispatch, cache_aware_respects_exclude_and_expiry)
+{
+    const char *names[] = {"http://a:1", "http://b:1", "http://c:1"};
+    for (int i = 0; i < 3; i++) add(names[i], "m", 1, 0);
+    struct ctl_worker *first = pick_key("k");
+    const char *ex[] = {first->name};
+    struct ctl_worker *second = ctl_dispatch_pick_keyed(reg, "m", CTL_DISPATCH_CACHE_AWARE, &rng, ex, 1, "k");
+    cr_assert_not_null(second);
+    cr_assert_neq(second, first);
+    /* The second choice is the best score among the rest. */
+    double best = -1;
+    const char *want = NULL;
+    for (int i = 0; i < 3; i++) {
+        if (!strcmp(names[i], first->name)) continue;
+        double u = ctl_dispatch_rendezvous("k", names[i]);
+        cr_assert(u > 0 && u < 1);
+        if (u > best) best = u, want = names[i];
+    }
+    cr_assert_str_eq(second->name, want);
+    /* Every worker but the first one expires: re-registering refreshes only it. */
+    fake_now += 8;
+    cr_assert(ctl_registry_heartbeat(reg, first->name, 0));
+    fake_now += 5;
+    for (int k = 0; k < 20; k++) {
+        char key[16];
+        snprintf(key, sizeof key, "key%d", k);
+        cr_assert_str_eq(pick_key(key)->name, first->name);
+    }
+    cr_assert_null(ctl_dispatch_pick_keyed(reg, "m", CTL_DISPATCH_CACHE_AWARE, &rng, ex, 1, "k"));
+    cr_assert_null(ctl_dispatch_pick_keyed(reg, "other", CTL_DISPATCH_CACHE_AWARE, &rng, NULL, 0, "k"));
 }

@@ -1,5 +1,6 @@
 /* Request bodies: what is accepted, and that each bad one names its field. */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "controller/payload.h"
@@ -156,5 +157,34 @@ Test(payload, model)
     cr_assert_neq(ctl_payload_model(j, &model, &err), 0);
     cr_assert_str_eq(err.param, "model");
     cr_assert(strstr(err.message, "string") != NULL);
+    json_decref(j);
+}
+
+Test(payload, prefix_key_is_an_optional_short_string)
+{
+    struct json_field_error err = {{0}, {0}};
+    const char *key = "untouched";
+    json_t *j = parse("{\"model\":\"m\"}");
+    cr_assert_eq(ctl_payload_prefix_key(j, &key, &err), 0);
+    cr_assert_null(key);
+    json_decref(j);
+    j = parse("{\"model\":\"m\",\"prefix_key\":null}");
+    cr_assert_eq(ctl_payload_prefix_key(j, &key, &err), 0);
+    cr_assert_null(key);
+    json_decref(j);
+    j = parse("{\"model\":\"m\",\"prefix_key\":\"0123456789abcdef\"}");
+    cr_assert_eq(ctl_payload_prefix_key(j, &key, &err), 0);
+    cr_assert_str_eq(key, "0123456789abcdef");
+    json_decref(j);
+    j = parse("{\"model\":\"m\",\"prefix_key\":7}");
+    cr_assert_neq(ctl_payload_prefix_key(j, &key, &err), 0);
+    cr_assert_str_eq(err.param, "prefix_key");
+    json_decref(j);
+    char body[600];
+    snprintf(body, sizeof body, "{\"prefix_key\":\"%0300d\"}", 0);
+    j = parse(body);
+    cr_assert_neq(ctl_payload_prefix_key(j, &key, &err), 0);
+    cr_assert_null(key);
+    cr_assert(strstr(err.message, "256"), "%s", err.message);
     json_decref(j);
 }

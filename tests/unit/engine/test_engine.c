@@ -573,3 +573,105 @@ Test(engine, bad_requests_get_errors_and_free_stops_in_flight_overlapped)
 {
     check_bad_requests(true);
 }
+
+/* ---- prefix caching -------------------------------------------------------------------------- */
+
+#define PREFIX_N 12
+
+static struct engine_request *with_prompt(struct engine_request *r, const int32_t *p, int32_t n)
+{
+    free(r->prompt);
+    r->prompt = malloc((size_t)n * sizeof *r->prompt);
+    memcpy(r->prompt, p, (size_t)n * sizeof *p);
+    r->n_prompt = n;
+    return r;
+}
+
+/* Prompt i: the same 37 tokens (a system prompt of two full blocks and a bit), then a tail;
+ * requests 4k and 4k + 1 have the same tail (two choices of one request, seeds apart). */
+static int32_t prefix_prompt(int i, int32_t *p)
+{
+    int32_t n = 0;
+    p[n++] = 1;
+    while (n < 37) p[n] = 3 + (n * 11) % 400, n++;
+    const int group = i % 4 < 2 ? i / 4 : 100 + i;
+    const int32_t tail = i % 4 < 2 ? 20 : 5 + 3 * i;
+    for (int32_t j = 0; j < tail; j++) p[n++] = 3 + (group * 37 + j * 13) % 400;
+    return n;
+}
+
+/* Submits PREFIX_N requests (at once, or each after the last finished), then a second turn of
+ * each: its prompt and answer resent with three more tokens. */
+static void run_prefix_turns(struct harness *h, bool at_once)
+{
+    int32_t p[256];
+    for (int i = 0; i < PREFIX_N; i++) {
+        int32_t n = prefix_prompt(i, p);
+        cr_assert_eq(engine_submit(h->eng, with_prompt(make_request(i, 24), p, n)), 0);
+        if (!at_once) wait_done(h, i + 1);
+    }
+    wait_done(h, PREFIX_N);
+    for (int i = 0; i < PREFIX_N; i++) {
+        int32_t n = prefix_prompt(i, p);
+        const struct result *r = &h->res[i];
+        cr_assert(r->finish == FINISH_LENGTH || r->finish == FINISH_STOP, "request %d: %s", i, r->error);
+        memcpy(p + n, r->tokens, (size_t)r->n_tokens * sizeof *p);
+        n += r->n_tokens;
+        for (int32_t k = 0; k < 3; k++) p[n++] = 5 + k;
+        cr_assert_eq(engine_submit(h->eng, with_prompt(make_request(PREFIX_N + i, 16), p, n)), 0);
+        if (!at_once) wait_done(h, PREFIX_N + i + 1);
+    }
+    wait_done(h, 2 * PREFIX_N);
+}
+
+/* The cache changes what is computed, never the output: the same requests with it off, one at
+ * a time, and on, all at once (chunked, preempted, overlapped as asked). */
+static void check_prefix_caching(int32_t num_blocks, int32_t max_batched, bool overlap)
+{
+    struct engine_options eo = {.max_num_seqs = 16, .max_num_batched_tokens = 64, .seed = 9, .no_prefix_caching = true};
+    static struct harness off, on;
+    if (!setup(&off, 256, &eo)) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
+    run_prefix_turns(&off, false);
+    eo = (struct engine_options){.max_num_seqs = 16, .max_num_batched_tokens = max_batched, .seed = 9,
+                                 .overlap_always = overlap};
+    cr_assert(setup(&on, num_blocks, &eo));
+    run_prefix_turns(&on, true);
+    for (int i = 0; i < 2 * PREFIX_N; i++) {
+        const struct result *a = &off.res[i], *b = &on.res[i];
+        cr_assert_eq(a->finish, b->finish, "request %d: finish %d vs %d (%s)", i, a->finish, b->finish, b->error);
+        cr_assert_eq(a->n_tokens, b->n_tokens, "request %d", i);
+        cr_assert(memcmp(a->tokens, b->tokens, (size_t)a->n_tokens * sizeof a->tokens[0]) == 0,
+                  "request %d: the tokens differ with the prefix cache on", i);
+        cr_assert_eq(a->text_len, b->text_len);
+        cr_assert(memcmp(a->text, b->text, a->text_len) == 0);
+    }
+    struct engine_stats st_off, st_on;
+    engine_get_stats(off.eng, &st_off);
+    engine_get_stats(on.eng, &st_on);
+    cr_assert_not(st_off.prefix_caching);
+    cr_assert_eq(st_off.prefix_query_tokens, 0);
+    cr_assert_eq(st_off.kv_blocks_cached, 0);
+    cr_assert(st_on.prefix_caching);
+    cr_assert_geq(st_on.prefix_query_tokens, st_on.prompt_tokens);
+    /* At least: the system prompt's two blocks for the 22 requests after the first, and each
+     * second turn's first turn minus its last block or so. */
+    cr_assert_gt(st_on.prefix_hit_tokens, (uint64_t)(2 * PREFIX_N - 1) * 32, "%llu hit tokens",
+                 (unsigned long long)st_on.prefix_hit_tokens);
+    cr_assert_eq(st_on.kv_blocks_free, num_blocks, "every block is free (cached or not)");
+    cr_assert_gt(st_on.kv_blocks_cached, 0);
+    if (num_blocks < 64) cr_assert_gt(st_on.preemptions, 0, "the cache was meant to force preemption");
+    if (num_blocks < 64) cr_assert_gt(st_on.prefix_evictions, 0);
+    if (overlap) cr_assert_gt(st_on.overlapped_steps, 0);
+    teardown(&off);
+    teardown(&on);
+}
+
+Test(engine, prefix_cache_on_equals_off)
+{
+    check_prefix_caching(256, 64, false);
+}
+
+Test(engine, prefix_cache_on_equals_off_chunked_preempted_overlapped)
+{
+    check_prefix_caching(12, 16, true);
+}

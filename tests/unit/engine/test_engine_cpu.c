@@ -138,3 +138,90 @@ Test(engine_cpu, continuous_batching_matches_one_at_a_time)
     tok_free(tok);
     model_free(m);
 }
+
+/* Prefix caching over the real model: the K/V a request maps from the cache are exactly what
+ * it would have computed, so greedy and seeded outputs are the same with the cache off. Every
+ * prompt starts with the same story (three full blocks and more); requests 2k and 2k + 1 are
+ * the same prompt. */
+static struct engine_request *prefix_request(const struct tokenizer *tok, int i)
+{
+    static const char *story = "Once upon a time, there was a little girl named Lily. She loved to play outside in "
+                               "the park with her big red ball. Lily was very happy and she ran to find her friend Ben. One day, her "
+                               "mom said";
+    static const char *ends[] = {" that they would go to the beach.", " no.", " it was time to eat lunch with Ben",
+                                 " she could have a cookie"};
+    char text[512];
+    snprintf(text, sizeof text, "%s%s", story, ends[(i / 2) % 4]);
+    struct engine_request *q = request(tok, i);
+    free(q->prompt);
+    size_t n = 0;
+    cr_assert_eq(tok_encode(tok, text, strlen(text), true, &q->prompt, &n), 0);
+    cr_assert_gt(n, 3 * KV_BLOCK_SIZE);
+    q->n_prompt = (int32_t)n;
+    return q;
+}
+
+static void serve_prefix(struct run *r, const struct model *m, const struct tokenizer *tok, int32_t kv_blocks,
+                         int32_t max_batched, bool caching, bool at_once, struct engine_stats *st)
+{
+    char err[256];
+    struct backend *b = NULL;
+    struct backend_options bo = {.kv_blocks = kv_blocks, .max_batch_tokens = max_batched, .max_batch_seqs = N_REQ,
+                                 .n_threads = 2};
+    cr_assert_eq(backend_cpu_create(&b, m, &bo, err, sizeof err), 0, "%s", err);
+    memset(r, 0, sizeof *r);
+    cr_assert_eq(uv_loop_init(&r->loop), 0);
+    uv_timer_init(&r->loop, &r->timer);
+    r->timer.data = r;
+    struct engine_options eo = {.max_num_seqs = N_REQ, .max_num_batched_tokens = max_batched, .seed = 1,
+                                .overlap_always = at_once, .no_prefix_caching = !caching};
+    cr_assert_eq(engine_create(&r->eng, b, tok, &eo, &r->loop, on_event, r), 0);
+    for (int i = 0; i < N_REQ; i++) {
+        cr_assert_eq(engine_submit(r->eng, prefix_request(tok, i)), 0);
+        if (!at_once) wait_for(r, i + 1);
+    }
+    wait_for(r, N_REQ);
+    engine_get_stats(r->eng, st);
+    engine_free(r->eng);
+    uv_close((uv_handle_t *)&r->timer, NULL);
+    uv_run(&r->loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&r->loop), 0);
+    backend_free(b);
+}
+
+Test(engine_cpu, prefix_cache_gives_the_same_tokens)
+{
+    const char *data = getenv("SLUICE_TEST_DATA");
+    char path[1024], err[256];
+    snprintf(path, sizeof path, "%s/models/stories260K/hf", data && *data ? data : "../shared");
+    struct model *m = NULL;
+    struct tokenizer *tok = NULL;
+    if (model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err) != 0) cr_skip_test("stories260K: %s", err);
+    cr_assert_eq(tok_load(&tok, path, err, sizeof err), 0, "%s", err);
+
+    static struct run off, one, many;
+    struct engine_stats st_off, st_one, st_many;
+    serve_prefix(&off, m, tok, 64, 64, false, false, &st_off);
+    /* One at a time: each maps what the ones before left. All at once, in 16 blocks (256
+     * tokens for 8 requests of ~70 + 48) with 32-token steps: twins wait for each other's
+     * chunks, sequences are preempted and evicted, steps overlap. */
+    serve_prefix(&one, m, tok, 64, 64, true, false, &st_one);
+    serve_prefix(&many, m, tok, 16, 32, true, true, &st_many);
+    cr_assert_eq(st_off.prefix_hit_tokens, 0);
+    cr_assert_geq(st_one.prefix_hit_tokens, (N_REQ - 1) * 3 * KV_BLOCK_SIZE, "%llu",
+                  (unsigned long long)st_one.prefix_hit_tokens);
+    cr_assert_gt(st_many.prefix_hit_tokens, 0);
+    cr_assert_gt(st_many.preemptions, 0, "the small cache was meant to force preemption");
+    for (int i = 0; i < N_REQ; i++) {
+        cr_assert(off.res[i].finish == FINISH_LENGTH || off.res[i].finish == FINISH_STOP, "%d: %s", i, off.res[i].error);
+        const struct out *runs[2] = {&one.res[i], &many.res[i]};
+        for (int k = 0; k < 2; k++) {
+            cr_assert_eq(off.res[i].finish, runs[k]->finish, "request %d, run %d", i, k);
+            cr_assert_eq(off.res[i].n, runs[k]->n, "request %d, run %d", i, k);
+            cr_assert(memcmp(off.res[i].tokens, runs[k]->tokens, (size_t)off.res[i].n * sizeof(int32_t)) == 0,
+                      "request %d, run %d: tokens differ with the prefix cache", i, k);
+        }
+    }
+    tok_free(tok);
+    model_free(m);
+}
