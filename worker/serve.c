@@ -187,6 +187,8 @@ static int load_everything(struct worker *w)
         .max_model_len = ctx,
         .seed = w->default_seed,
         .no_prefix_caching = w->opt.no_prefix_caching,
+        /* Under --deterministic the CUDA backend's decode attention is not its prefill's. */
+        .prefix_cache_prompt_only = w->opt.deterministic && !strcmp(w->opt.device, "cuda"),
     };
     if (engine_create(&w->engine, w->backend, w->tok, &eo, w->loop, api_on_engine_event, w) != 0) {
         log_error("cannot start the engine");

@@ -638,7 +638,8 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
 
     int rc = -ENOMEM;
     struct sched_options so = {
-        .max_num_seqs = max_seqs, .max_num_batched_tokens = max_tok, .prefix_caching = !opt->no_prefix_caching};
+        .max_num_seqs = max_seqs, .max_num_batched_tokens = max_tok, .prefix_caching = !opt->no_prefix_caching,
+        .prefix_cache_prompt_only = opt->prefix_cache_prompt_only};
     if (sched_init(&e->sched, backend->num_kv_blocks, &so) != 0) goto fail_sched;
     e->bseqs = calloc((size_t)max_seqs, sizeof *e->bseqs);
     e->btokens = calloc((size_t)max_tok, sizeof *e->btokens);

@@ -84,6 +84,10 @@ struct engine_options {
     bool overlap_always;
     /* Prefix caching is on unless this is set (--no-enable-prefix-caching). */
     bool no_prefix_caching;
+    /* Cache only prompt blocks (sched_options.prefix_cache_prompt_only): for a backend whose
+     * decode steps compute K/V other than a prefill would, in the last bits, when outputs must
+     * not depend on what the cache holds (the CUDA backend under --deterministic). */
+    bool prefix_cache_prompt_only;
 };
 
 struct engine_stats {

@@ -92,6 +92,7 @@ static void seq_register(struct scheduler *s, struct sched_seq *q, int32_t n_tok
 {
     if (!s->opt.prefix_caching) return;
     int32_t full = n_tokens / KV_BLOCK_SIZE;
+    if (s->opt.prefix_cache_prompt_only && full > q->n_prompt / KV_BLOCK_SIZE) full = q->n_prompt / KV_BLOCK_SIZE;
     if (full > q->table.n_blocks) full = q->table.n_blocks;
     if (full <= q->n_registered) return;
     full = seq_hash_upto(q, full);

@@ -72,6 +72,10 @@ struct sched_options {
     int32_t max_num_seqs;           /* running sequences at most */
     int32_t max_num_batched_tokens; /* tokens per step at most */
     bool prefix_caching;            /* share full blocks between sequences with the same prefix */
+    /* Index only blocks that lie in their sequence's prompt: a generated token's K/V come from
+     * a decode step, and a later prompt mapping them would differ, in the last bits, from the
+     * same prompt computed (the next turn of a conversation cached its own prefill instead). */
+    bool prefix_cache_prompt_only;
 };
 
 struct scheduler {

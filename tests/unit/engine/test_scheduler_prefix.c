@@ -341,3 +341,33 @@ Test(scheduler_prefix, a_long_shared_head_is_worth_a_step)
     shared_head(SCHED_WAIT_MIN_BLOCKS, true);
     shared_head(20, true);
 }
+
+/* prefix_cache_prompt_only (the CUDA backend under --deterministic): a finished sequence's
+ * generated tokens leave no block behind, so the next turn maps its prompt blocks only and
+ * computes the answer's tokens itself; with the option off it maps them too. */
+static int32_t next_turn_hit(bool prompt_only)
+{
+    struct scheduler s;
+    struct sched_options o = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .prefix_caching = true,
+                              .prefix_cache_prompt_only = prompt_only};
+    cr_assert_eq(sched_init(&s, 32, &o), 0);
+    struct sched_seq *a = add(&s, 1, 20, 100);
+    while (a->n_tokens < 52) cr_assert_not_null(step_find(&s, a)); /* prompt 20, 32 generated */
+    int32_t *turn2 = malloc(60 * sizeof *turn2);
+    memcpy(turn2, a->tokens, 52 * sizeof *turn2);
+    for (int i = 52; i < 60; i++) turn2[i] = 900 + i;
+    sched_seq_remove(&s, a);
+    struct sched_seq *b = add_tokens(&s, 2, turn2, 60);
+    const struct sched_entry *e = step_find(&s, b);
+    cr_assert_not_null(e);
+    const int32_t hit = e->start_pos;
+    sched_seq_remove(&s, b);
+    sched_free(&s);
+    return hit;
+}
+
+Test(scheduler_prefix, prompt_only_caches_no_generated_block)
+{
+    cr_assert_eq(next_turn_hit(true), 16, "only the prompt's one full block is mapped");
+    cr_assert_eq(next_turn_hit(false), 48, "the answer's full blocks are mapped too");
+}

@@ -287,11 +287,14 @@ fail:
 }
 
 /* Whether a sequence's new tokens go to the prefill attention (tiles of SK_PREFILL_TILE queries)
- * rather than the decode attention: every chunk of two or more, and a prompt's chunk of one, so
- * that a prompt token is computed the same way however the prompt was cut into chunks. */
+ * rather than the decode attention: every chunk of two or more, and under --deterministic a
+ * prompt's chunk of one too, so that a prompt token is computed the same way however the prompt
+ * was cut into chunks (or mapped from the prefix cache). Otherwise a lone token takes the decode
+ * attention, whose key splits make a long context's last token fast (a repeated prompt's first
+ * token after a prefix-cache hit). */
 static bool takes_tiles(const struct cuda_backend *b, const struct batch_seq *q)
 {
-    return b->use_prefill_mma && (q->n_new >= 2 || (q->prompt && q->n_new == 1));
+    return b->use_prefill_mma && (q->n_new >= 2 || (b->deterministic && q->prompt && q->n_new == 1));
 }
 
 /* Replays the captured step for this batch shape, capturing it first when new. */
