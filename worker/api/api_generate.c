@@ -9,8 +9,8 @@
 #include "common/log.h"
 #include "common/strbuf.h"
 #include "common/utf8.h"
-#include "worker/request_parse.h"
-#include "worker/worker.h"
+#include "worker/api/request_parse.h"
+#include "worker/api/worker.h"
 
 /* FastChat's error codes (fastchat/constants.py), so its clients read our errors. */
 enum {
@@ -413,7 +413,7 @@ void api_generate(struct worker *w, http_request *req, int mode)
     struct json_field_error err = {{0}, {0}};
     char message[600];
     if (w->draining) {
-        /* worker/shutdown.c: what is running finishes, nothing new starts. */
+        /* worker/api/shutdown.c: what is running finishes, nothing new starts. */
         reject(req, mode, 503, NULL, "this worker is shutting down; retry on another worker", FASTCHAT_ENGINE_OVERLOADED);
         return;
     }

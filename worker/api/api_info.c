@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/request_parse.h"
-#include "worker/worker.h"
+#include "worker/api/request_parse.h"
+#include "worker/api/worker.h"
 
 json_t *worker_status_json(struct worker *w)
 {

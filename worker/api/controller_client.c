@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "common/log.h"
-#include "worker/worker.h"
+#include "worker/api/worker.h"
 
 static void send_register(struct worker *w);
 

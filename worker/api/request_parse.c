@@ -1,11 +1,11 @@
-#include "worker/request_parse.h"
+#include "worker/api/request_parse.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/worker.h"
+#include "worker/api/worker.h"
 
 /* A 400 naming the field. */
 static int invalid(struct json_field_error *err, const char *param, const char *msg)

@@ -11,7 +11,7 @@
 #include <stdio.h>
 
 #include "common/log.h"
-#include "worker/worker.h"
+#include "worker/api/worker.h"
 
 /* Aborted generations' last frames get this long to reach their clients. */
 enum { DRAIN_TICK_MS = 20, ABORT_GRACE_MS = 2000 };

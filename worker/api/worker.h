@@ -1,5 +1,5 @@
-/* State shared by the worker's HTTP side: the files worker/api_*.c, worker/serve.c and
- * worker/controller_client.c. Everything here lives on the loop thread, except the engine,
+/* State shared by the worker's HTTP side: the files worker/api/api_*.c, worker/cli/serve.c and
+ * worker/api/controller_client.c. Everything here lives on the loop thread, except the engine,
  * which has its own thread and is reached only through engine.h's thread-safe calls. */
 #ifndef SLUICE_WORKER_WORKER_H
 #define SLUICE_WORKER_WORKER_H
@@ -12,11 +12,11 @@
 #include "common/http_server.h"
 #include "common/net_addr.h"
 #include "common/signals.h"
-#include "worker/chat_format.h"
+#include "worker/api/worker_metrics.h"
 #include "worker/engine/engine.h"
 #include "worker/model/model.h"
+#include "worker/template/chat_format.h"
 #include "worker/tokenizer/tokenizer.h"
-#include "worker/worker_metrics.h"
 
 struct gen_stream;
 
@@ -80,7 +80,7 @@ struct worker {
     bool heartbeat_in_flight;
     bool unregister_in_flight;
 
-    /* The graceful stop (worker/shutdown.c): from the first SIGTERM or SIGINT on. */
+    /* The graceful stop (worker/api/shutdown.c): from the first SIGTERM or SIGINT on. */
     struct signals_watch signals;
     bool draining;
     uv_timer_t drain_timer;
@@ -90,12 +90,12 @@ struct worker {
     struct worker_metrics metrics;
 };
 
-/* worker/api_generate.c */
+/* worker/api/api_generate.c */
 void api_generate(struct worker *w, http_request *req, int mode);
 enum { GEN_MODE_NATIVE = 0, GEN_MODE_FASTCHAT_STREAM, GEN_MODE_FASTCHAT_BLOCKING };
 void api_on_engine_event(const struct engine_event *ev, void *user);
 
-/* worker/api_info.c */
+/* worker/api/api_info.c */
 void api_worker_get_status(struct worker *w, http_request *req);
 void api_count_token(struct worker *w, http_request *req);
 void api_model_details(struct worker *w, http_request *req);
@@ -106,7 +106,7 @@ void api_health(struct worker *w, http_request *req);
 void api_metrics(struct worker *w, http_request *req);
 json_t *worker_status_json(struct worker *w);
 
-/* worker/controller_client.c */
+/* worker/api/controller_client.c */
 int controller_client_start(struct worker *w);
 /* Stops the heartbeats (once, however often called). */
 void controller_client_stop(struct worker *w);
@@ -114,7 +114,7 @@ void controller_client_stop(struct worker *w);
  * w->unregister_in_flight. */
 void controller_client_unregister(struct worker *w);
 
-/* worker/shutdown.c: starts watching SIGINT and SIGTERM; closes that watch and the drain
+/* worker/api/shutdown.c: starts watching SIGINT and SIGTERM; closes that watch and the drain
  * timer (once, however often called). */
 int worker_shutdown_watch(struct worker *w);
 void worker_shutdown_close(struct worker *w);

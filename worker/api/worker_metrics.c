@@ -1,4 +1,4 @@
-#include "worker/worker_metrics.h"
+#include "worker/api/worker_metrics.h"
 
 #include <string.h>
 

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 
 /* The last two steps' results, by submit count modulo 2. */
 struct backend_stash {

@@ -12,7 +12,7 @@
 
 #include "common/flags.h"
 #include "common/log.h"
-#include "worker/cli.h"
+#include "worker/cli/cli.h"
 #include "worker/engine/engine.h"
 
 struct bench_run {

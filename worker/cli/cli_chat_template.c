@@ -14,8 +14,8 @@
 #include <string.h>
 
 #include "common/flags.h"
-#include "worker/cli.h"
-#include "worker/cli_lines.h"
+#include "worker/cli/cli.h"
+#include "worker/cli/cli_lines.h"
 #include "worker/template/chat_template.h"
 #include "worker/template/chat_template_source.h"
 

@@ -1,9 +1,9 @@
 /* sluice-worker's subcommands in one table, so that dispatch (worker/main.c) and the list in
- * --help (worker/serve.c) cannot disagree. */
+ * --help (worker/cli/serve.c) cannot disagree. */
 #include <stdio.h>
 #include <string.h>
 
-#include "worker/cli.h"
+#include "worker/cli/cli.h"
 
 struct cli_command {
     const char *name;

@@ -1,4 +1,4 @@
-#include "worker/cli_lines.h"
+#include "worker/cli/cli_lines.h"
 
 #include <jansson.h>
 #include <stdio.h>

@@ -7,8 +7,8 @@
 #include <string.h>
 
 #include "common/flags.h"
-#include "worker/cli.h"
-#include "worker/cli_lines.h"
+#include "worker/cli/cli.h"
+#include "worker/cli/cli_lines.h"
 #include "worker/tokenizer/tokenizer.h"
 
 static void tokenize_line(const struct tokenizer *tok, const char *line, size_t len, bool add_special)

@@ -15,8 +15,8 @@
 #include "common/log.h"
 #include "common/net_addr.h"
 #include "common/utf8.h"
-#include "worker/cli.h"
-#include "worker/worker.h"
+#include "worker/api/worker.h"
+#include "worker/cli/cli.h"
 
 static void route(http_request *req, void *user)
 {
@@ -306,7 +306,7 @@ int worker_serve_main(int argc, char **argv)
 
     uv_run(w->loop, UV_RUN_DEFAULT);
 
-    /* Here after a drain (worker/shutdown.c), the one way out. A signal now takes its default
+    /* Here after a drain (worker/api/shutdown.c), the one way out. A signal now takes its default
      * action: what follows is short. Requests still open (only when the drain ran out of time)
      * are closed first: their on_close callbacks abort their sequences, which needs the
      * engine; the engine thread stops next (its undelivered events are dropped), then the

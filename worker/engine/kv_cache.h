@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 
 struct kv_cache {
     int32_t num_blocks;

@@ -1,5 +1,5 @@
 /* The CPU reference sampler; sampler.h defines every step so the CUDA kernel can match it. */
-#include "worker/engine/sampler.h"
+#include "worker/sampler/sampler.h"
 
 #include <math.h>
 #include <stdbool.h>

@@ -39,7 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 
 #define SAMPLER_GREEDY_EPS 1e-5f
 

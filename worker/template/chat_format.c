@@ -1,4 +1,4 @@
-#include "worker/chat_format.h"
+#include "worker/template/chat_format.h"
 
 #include <stdbool.h>
 #include <stdio.h>

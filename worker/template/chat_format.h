@@ -54,7 +54,7 @@ int chat_format_render(const struct chat_format *f, const json_t *messages, cons
  * openai_api_server, which builds prompts itself from /worker_get_conv_template: a new JSON
  * object with every field of the dataclass (sep_style as its int value). tok (may be NULL)
  * decides whether the template's BOS text stays and which tokens end a turn. Defined in
- * worker/chat_format_fastchat.c, which says how close the result comes. */
+ * worker/template/chat_format_fastchat.c, which says how close the result comes. */
 json_t *chat_format_fastchat_conv(const struct chat_format *f, const struct tokenizer *tok);
 
 #endif

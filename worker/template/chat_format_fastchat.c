@@ -21,7 +21,7 @@
 
 #include "common/log.h"
 #include "common/strbuf.h"
-#include "worker/chat_format.h"
+#include "worker/template/chat_format.h"
 
 /* FastChat's SeparatorStyle values (an IntEnum of auto(), so counted from 1). */
 enum { FC_ADD_COLON_SINGLE = 1, FC_ADD_COLON_TWO = 2, FC_NO_COLON_TWO = 5 };

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 
 struct echo {
     struct backend b;

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/engine/sampler.h"
+#include "worker/sampler/sampler.h"
 
 static struct sampling_params params(void)
 {

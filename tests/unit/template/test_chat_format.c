@@ -4,7 +4,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "worker/chat_format.h"
+#include "worker/template/chat_format.h"
 
 static json_t *msgs(const char *s)
 {

@@ -5,11 +5,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "worker/backend/cpu_internal.h"
-#include "worker/backend/cpu_ops.h"
-#include "worker/backend/cpu_pool.h"
-#include "worker/engine/backend.h"
-#include "worker/engine/sampler.h"
+#include "worker/backend/backend.h"
+#include "worker/backend/cpu/cpu_internal.h"
+#include "worker/backend/cpu/cpu_ops.h"
+#include "worker/backend/cpu/cpu_pool.h"
+#include "worker/sampler/sampler.h"
 
 /* Converting weights in parallel matters for dummy models, whose every element is a hash. */
 struct convert_job {

@@ -9,11 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/backend/cpu_internal.h"
-#include "worker/backend/cpu_ops.h"
-#include "worker/backend/cpu_pool.h"
-#include "worker/engine/backend.h"
-#include "worker/engine/sampler.h"
+#include "worker/backend/backend.h"
+#include "worker/backend/cpu/cpu_internal.h"
+#include "worker/backend/cpu/cpu_ops.h"
+#include "worker/backend/cpu/cpu_pool.h"
+#include "worker/sampler/sampler.h"
 
 struct attn_job {
     struct cpu_backend *cb;

@@ -6,8 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "worker/backend/cpu_pool.h"
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
+#include "worker/backend/cpu/cpu_pool.h"
 
 struct cpu_layer {
     float *attn_norm, *wqkv, *bqkv, *q_norm, *k_norm, *wo, *ffn_norm, *w_gate_up, *w_down;

@@ -1,4 +1,4 @@
-#include "worker/backend/cpu_ops.h"
+#include "worker/backend/cpu/cpu_ops.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-#include "worker/backend/cpu_pool.h"
+#include "worker/backend/cpu/cpu_pool.h"
 #include "worker/model/model.h"
 
 /* out[t][o] = dot(x[t], w[o]) (+ bias[o]) for t < n_rows, o < n_out; x rows are n_in long. */

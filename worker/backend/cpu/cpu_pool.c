@@ -1,4 +1,4 @@
-#include "worker/backend/cpu_pool.h"
+#include "worker/backend/cpu/cpu_pool.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

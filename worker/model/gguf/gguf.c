@@ -1,6 +1,6 @@
 /* GGUF v3 (and v2, same layout) reader over a read-only mapping. Every length read from the
  * file is checked against what is left of it before it is used. */
-#include "worker/model/gguf.h"
+#include "worker/model/gguf/gguf.h"
 
 #include <errno.h>
 #include <fcntl.h>
