@@ -2,7 +2,8 @@
 #
 #   make            build bin/sluice-controller, bin/sluice-worker, bin/sluice-gateway
 #   make test       install what is missing, build, run every test that needs no GPU
-#                   (unit, integration, and interop: FastChat's own API server against ours)
+#                   (the layering check, unit, integration, and interop:
+#                   FastChat's own API server against ours)
 #   make asan       the same build and tests under AddressSanitizer and UBSan (build/asan/)
 #   make run        start controller, a worker and the gateway on a default model
 #   make test-gpu   GPU tests (on a machine with a GPU)
@@ -100,7 +101,9 @@ $(foreach a,$(filter-out kernels,$(LIB_AREAS)),$(eval $(call lib,$(a)): $(call o
 $(call lib,kernels): $(patsubst %.cu,$(BUILD)/obj/%.o,$(CU_kernels))
 
 # What each area links, most dependent first (static archives pull in only what is used). An
-# area is a library and what it links; the graph this draws has no cycle.
+# area is a library and what it links; the graph this draws has no cycle, and every symbol a
+# library takes from another is one it declares here (tests/repo/check_layering.py, run by
+# `make test`).
 AREA_common     := common
 AREA_controller := controller common
 AREA_gateway    := gateway common
@@ -130,7 +133,7 @@ CUPTI_LIB  := $(if $(filter 1,$(HAVE_CUDA)),$(firstword $(wildcard $(CUDA_HOME)/
 TRACE_LIB  := $(if $(CUPTI_LIB),$(BUILD)/lib/libsluice_kernel_trace.so)
 BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BINDIR)/sluice-$(p)))
 
-.PHONY: all deps test test-unit test-integration test-interop asan clean install run test-gpu bench \
+.PHONY: all deps test test-repo test-unit test-integration test-interop asan clean install run test-gpu bench \
         bench-controller bench-worker bench-gateway bench-tokenizer pyenv
 # Objects of test and bench programs are intermediates to make; keep them between runs.
 .SECONDARY:
@@ -210,7 +213,13 @@ export SLUICE_TEST_DATA
 test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory pyenv
-	@$(MAKE) --no-print-directory test-unit test-integration test-interop
+	@$(MAKE) --no-print-directory test-repo test-unit test-integration test-interop
+
+# The repository's own checks: the libraries link as the AREA_* lines say, in no cycle; and the
+# checker catches what it should (tests/repo/test_*.py).
+test-repo: $(foreach a,$(LIB_AREAS),$(call lib,$(a))) pyenv
+	$(PYTHON) tests/repo/check_layering.py $(BUILD)/lib $(foreach a,$(LIB_AREAS) worker,'$(a)=$(strip $(AREA_$(a)))')
+	$(VENV)/bin/python -m pytest -q tests/repo
 
 # Criterion counts a test that LeakSanitizer or UBSan complained about as passed, so their
 # reports in the output fail the run.
