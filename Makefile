@@ -2,7 +2,7 @@
 #
 #   make            build bin/sluice-controller, bin/sluice-worker, bin/sluice-gateway
 #   make test       install what is missing, build, run every test that needs no GPU
-#                   (the layering check, unit, integration, and interop:
+#                   (the layering and doc-link checks, unit, integration, and interop:
 #                   FastChat's own API server against ours)
 #   make asan       the same build and tests under AddressSanitizer and UBSan (build/asan/)
 #   make run        start controller, a worker and the gateway on a default model
@@ -215,10 +215,12 @@ test: deps
 	@$(MAKE) --no-print-directory pyenv
 	@$(MAKE) --no-print-directory test-repo test-unit test-integration test-interop
 
-# The repository's own checks: the libraries link as the AREA_* lines say, in no cycle; and the
-# checker catches what it should (tests/repo/test_*.py).
+# The repository's own checks: the libraries link as the AREA_* lines say, in no cycle; every
+# link and repository path in the Markdown resolves; and the two checkers catch what they
+# should (tests/repo/test_*.py).
 test-repo: $(foreach a,$(LIB_AREAS),$(call lib,$(a))) pyenv
 	$(PYTHON) tests/repo/check_layering.py $(BUILD)/lib $(foreach a,$(LIB_AREAS) worker,'$(a)=$(strip $(AREA_$(a)))')
+	$(PYTHON) tests/repo/check_docs.py $(CURDIR)
 	$(VENV)/bin/python -m pytest -q tests/repo
 
 # Criterion counts a test that LeakSanitizer or UBSan complained about as passed, so their
