@@ -20,6 +20,8 @@ import os
 import re
 import sys
 
+from report import report
+
 SKIPPED_DIRS = {"build", "bin", "node_modules", "__pycache__"}
 FENCE = re.compile(r"^\s*(```|~~~)")
 LINK = re.compile(r"!?\[(?:[^\]\\]|\\.)*\]\(\s*<?([^)\s>]+)>?(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)")
@@ -144,13 +146,7 @@ def check(root):
 
 def main(argv):
     root = argv[1] if len(argv) > 1 else "."
-    problems = check(root)
-    for p in problems:
-        print(p)
-    if problems:
-        print(f"{len(problems)} broken link(s) or path(s) in the docs", file=sys.stderr)
-        return 1
-    return 0
+    return report(check(root), "broken link(s) or path(s) in the docs")
 
 
 if __name__ == "__main__":

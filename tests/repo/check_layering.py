@@ -19,6 +19,8 @@ import os
 import subprocess
 import sys
 
+from report import report
+
 # nm's letters for a symbol an object defines (weak ones, W and V, are left out: a weak
 # definition is a fallback, not an edge) and for one it uses.
 DEFINED = set("ABCDGRSTiu")
@@ -122,13 +124,7 @@ def main(argv):
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
-    problems = check(argv[1], parse_areas(argv[2:]))
-    for p in problems:
-        print(p)
-    if problems:
-        print(f"{len(problems)} layering problem(s)", file=sys.stderr)
-        return 1
-    return 0
+    return report(check(argv[1], parse_areas(argv[2:])), "layering problem(s)")
 
 
 if __name__ == "__main__":
