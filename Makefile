@@ -2,15 +2,16 @@
 #
 #   make            build bin/sluice-controller, bin/sluice-worker, bin/sluice-gateway
 #   make test       install what is missing, build, run every test that needs no GPU
-#                   (unit, integration, and interop: FastChat's own API server against ours)
+#                   (the layering and doc-link checks, unit, integration, and interop:
+#                   FastChat's own API server against ours)
 #   make asan       the same build and tests under AddressSanitizer and UBSan (build/asan/)
 #   make run        start controller, a worker and the gateway on a default model
 #   make test-gpu   GPU tests (on a machine with a GPU)
 #   make bench      benchmarks
 #
 # Sources are found by folder, so a new .c file needs no edit here: common/ builds
-# libsluice_common.a, each program folder a library plus its main.c, tests/unit/test_*.c
-# one Criterion binary each.
+# libsluice_common.a, each program folder (or area of one: worker/engine/, ...) a library, a
+# program's main.c its binary, tests/unit/<area>/test_*.c one Criterion binary each.
 
 # Rules for libraries come before `all` below; a bare `make` still builds everything.
 .DEFAULT_GOAL := all
@@ -60,49 +61,66 @@ CUDA_LDLIBS :=
 endif
 
 # --- sources --------------------------------------------------------------------------
-# Each folder is one static library; a program or test links the libraries of its area, so
-# that work in progress in one folder never breaks the build of another's tests.
+# Each folder is one static library (the backend's takes its subfolders too); a program or test
+# links the libraries of its area, so that work in progress in one folder never breaks the
+# build of another's tests.
 LLHTTP_SRC := $(wildcard $(LLHTTP_DIR)/*.c)
 src_of = $(filter-out %/main.c,$(sort $(wildcard $(1)/*.c)))
 SRC_common     := $(call src_of,common)
 SRC_controller := $(call src_of,controller)
 SRC_gateway    := $(call src_of,gateway)
+SRC_gguf       := $(call src_of,worker/model/gguf)
 SRC_model      := $(call src_of,worker/model)
 SRC_tokenizer  := $(call src_of,worker/tokenizer)
-SRC_engine     := $(call src_of,worker/engine)
 SRC_template   := $(call src_of,worker/template)
-SRC_api        := $(call src_of,worker)
-# worker/backend/cuda/ is C that calls the CUDA runtime: built only with nvcc; otherwise
-# worker/backend/nocuda/ says clearly that this build has no CUDA.
+SRC_sampler    := $(call src_of,worker/sampler)
+SRC_engine     := $(call src_of,worker/engine)
+SRC_api        := $(call src_of,worker/api)
+SRC_cli        := $(call src_of,worker/cli)
+# worker/backend/ is the interface every backend implements, cpu/ the CPU backend. cuda/ is C
+# that calls the CUDA runtime: built only with nvcc; otherwise worker/backend/nocuda/ says
+# clearly that this build has no CUDA.
 ifeq ($(HAVE_CUDA),1)
-SRC_backend    := $(call src_of,worker/backend) $(call src_of,worker/backend/cuda)
+SRC_backend    := $(call src_of,worker/backend) $(call src_of,worker/backend/cpu) $(call src_of,worker/backend/cuda)
 CU_kernels     := $(sort $(wildcard kernels/*.cu))
 else
-SRC_backend    := $(call src_of,worker/backend) $(call src_of,worker/backend/nocuda)
+SRC_backend    := $(call src_of,worker/backend) $(call src_of,worker/backend/cpu) $(call src_of,worker/backend/nocuda)
 CU_kernels     :=
 endif
+
+# The libraries, one per area below.
+KERNELS_LIB := $(if $(CU_kernels),kernels)
+LIB_AREAS   := common controller gateway gguf model tokenizer template sampler $(KERNELS_LIB) backend engine api cli
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 lib = $(BUILD)/lib/libsluice_$(1).a
 
 LIB_LLHTTP := $(BUILD)/lib/libllhttp.a
 $(LIB_LLHTTP): $(patsubst $(LLHTTP_DIR)/%.c,$(BUILD)/obj/llhttp/%.o,$(LLHTTP_SRC))
-$(foreach a,common controller gateway model tokenizer template engine backend api,$(eval $(call lib,$(a)): $(call obj,$(SRC_$(a)))))
+$(foreach a,$(filter-out kernels,$(LIB_AREAS)),$(eval $(call lib,$(a)): $(call obj,$(SRC_$(a)))))
 $(call lib,kernels): $(patsubst %.cu,$(BUILD)/obj/%.o,$(CU_kernels))
 
-# What each area links, most dependent first (static archives pull in only what is used).
-KERNELS_LIB     := $(if $(CU_kernels),kernels)
+# What each area links, most dependent first (static archives pull in only what is used). An
+# area is a library and what it links; the graph this draws has no cycle, and every symbol a
+# library takes from another is one it declares here (tests/repo/check_layering.py, run by
+# `make test`).
 AREA_common     := common
 AREA_controller := controller common
 AREA_gateway    := gateway common
-AREA_model      := model common
-AREA_tokenizer  := tokenizer model common
-AREA_template   := template model common
-AREA_backend    := backend $(KERNELS_LIB) engine model common
-AREA_engine     := engine backend $(KERNELS_LIB) tokenizer model common
-AREA_worker     := api engine backend $(KERNELS_LIB) template tokenizer model common
+AREA_gguf       := gguf
+AREA_model      := model gguf common
+AREA_tokenizer  := tokenizer gguf common
+AREA_template   := template tokenizer gguf common
+AREA_sampler    := sampler
+AREA_kernels    := $(KERNELS_LIB)
+AREA_backend    := backend sampler $(KERNELS_LIB) model gguf common
+AREA_engine     := engine backend sampler $(KERNELS_LIB) tokenizer model gguf common
+AREA_api        := api engine backend sampler $(KERNELS_LIB) template tokenizer model gguf common
+AREA_cli        := cli api engine backend sampler $(KERNELS_LIB) template tokenizer model gguf common
+# The worker program: worker/main.c over cli (tests/gpu and the benchmarks link it too).
+AREA_worker     := $(AREA_cli)
 area_libs = $(foreach a,$(AREA_$(1)),$(call lib,$(a))) $(LIB_LLHTTP)
-area_ldlibs = $(if $(filter backend engine worker,$(1)),$(CUDA_LDLIBS))
+area_ldlibs = $(if $(filter backend kernels,$(AREA_$(1))),$(CUDA_LDLIBS))
 
 UNIT_AREAS := $(notdir $(wildcard tests/unit/*))
 UNIT_BINS  := $(foreach a,$(UNIT_AREAS),$(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/$(a)/test_*.c)))
@@ -115,7 +133,7 @@ CUPTI_LIB  := $(if $(filter 1,$(HAVE_CUDA)),$(firstword $(wildcard $(CUDA_HOME)/
 TRACE_LIB  := $(if $(CUPTI_LIB),$(BUILD)/lib/libsluice_kernel_trace.so)
 BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BINDIR)/sluice-$(p)))
 
-.PHONY: all deps test test-unit test-integration test-interop asan clean install run test-gpu bench \
+.PHONY: all deps test test-repo test-unit test-integration test-interop asan clean install run test-gpu bench \
         bench-controller bench-worker bench-gateway bench-tokenizer pyenv
 # Objects of test and bench programs are intermediates to make; keep them between runs.
 .SECONDARY:
@@ -195,7 +213,15 @@ export SLUICE_TEST_DATA
 test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory pyenv
-	@$(MAKE) --no-print-directory test-unit test-integration test-interop
+	@$(MAKE) --no-print-directory test-repo test-unit test-integration test-interop
+
+# The repository's own checks: the libraries link as the AREA_* lines say, in no cycle; every
+# link and repository path in the Markdown resolves; and the two checkers catch what they
+# should (tests/repo/test_*.py).
+test-repo: $(foreach a,$(LIB_AREAS),$(call lib,$(a))) pyenv
+	$(PYTHON) tests/repo/check_layering.py $(BUILD)/lib $(foreach a,$(LIB_AREAS) worker,'$(a)=$(strip $(AREA_$(a)))')
+	$(PYTHON) tests/repo/check_docs.py $(CURDIR)
+	$(VENV)/bin/python -m pytest -q tests/repo
 
 # Criterion counts a test that LeakSanitizer or UBSan complained about as passed, so their
 # reports in the output fail the run.

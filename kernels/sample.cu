@@ -1,4 +1,4 @@
-// Sampling on the GPU, following worker/engine/sampler.h step by step, one block per row.
+// Sampling on the GPU, following worker/sampler/sampler.h step by step, one block per row.
 #include "kernels/sluice_kernels.h"
 
 #include <cub/cub.cuh>

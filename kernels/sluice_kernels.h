@@ -218,7 +218,7 @@ cudaError_t sk_attention_prefill(const float *q, const uint16_t *k_cache, const 
                                  uint16_t *out, struct sk_attn_params p, cudaStream_t s);
 
 /* --- sampling ------------------------------------------------------------------------- */
-/* One sampled row's parameters, as worker/engine/sampler.h defines them. */
+/* One sampled row's parameters, as worker/sampler/sampler.h defines them. */
 struct sk_sample_row {
     float temperature, top_p, min_p;
     float rep_penalty, presence, frequency;

@@ -1,4 +1,4 @@
-#include "worker/cli.h"
+#include "worker/cli/cli.h"
 
 int main(int argc, char **argv)
 {

@@ -17,7 +17,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 #include "worker/model/model.h"
 
 #define PARITY_MAX_PROMPT 4096

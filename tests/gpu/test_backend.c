@@ -9,10 +9,10 @@
 #include <jansson.h>
 #include <sys/stat.h>
 
+#include "worker/backend/backend.h"
 #include "worker/backend/cuda/cuda_internal.h"
-#include "worker/engine/backend.h"
-#include "worker/engine/sampler.h"
 #include "worker/model/model.h"
+#include "worker/sampler/sampler.h"
 
 #define MAX_PROMPTS 4
 #define MAX_GEN 64

@@ -8,7 +8,7 @@
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 #include "worker/model/model.h"
 
 #define N_GEN 24

@@ -7,7 +7,7 @@
 
 #include <time.h>
 
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 #include "worker/model/model.h"
 
 static double now_s(void)

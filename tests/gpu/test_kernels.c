@@ -6,8 +6,8 @@
 
 #include "kernels/sluice_kernels.h"
 #include "worker/backend/cuda/cuda_internal.h"
-#include "worker/engine/sampler.h"
 #include "worker/model/model.h"
+#include "worker/sampler/sampler.h"
 
 #define BF_TOL 1e-2
 

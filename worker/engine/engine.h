@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 #include "worker/tokenizer/tokenizer.h"
 
 #define ENGINE_MAX_STOPS 16

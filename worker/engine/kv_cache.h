@@ -12,7 +12,7 @@
 
 #include <stdint.h>
 
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 #include "worker/engine/prefix_cache.h"
 
 struct kv_cache {

@@ -20,7 +20,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 
 /* The parent hash of a sequence's first block. */
 uint64_t pc_hash_root(uint64_t salt);

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/model/gguf.h"
+#include "worker/model/gguf/gguf.h"
 #include "worker/model/model.h"
 #include "worker/model/model_internal.h"
 

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "worker/model/gguf.h"
+#include "worker/model/gguf/gguf.h"
 #include "worker/model/model.h"
 
 struct model_source {

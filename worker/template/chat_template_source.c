@@ -6,7 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "worker/model/gguf.h"
+#include "worker/model/gguf/gguf.h"
 #include "worker/template/chat_template_source.h"
 
 void chat_template_source_free(struct chat_template_source *s)

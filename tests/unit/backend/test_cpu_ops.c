@@ -9,9 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "worker/backend/cpu_ops.h"
-#include "worker/backend/cpu_pool.h"
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
+#include "worker/backend/cpu/cpu_ops.h"
+#include "worker/backend/cpu/cpu_pool.h"
 #include "worker/model/model.h"
 
 static atomic_int hits[10000];

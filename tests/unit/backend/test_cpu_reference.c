@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 #include "worker/model/model.h"
 
 #define GEN 64

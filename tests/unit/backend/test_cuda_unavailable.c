@@ -2,7 +2,7 @@
 #include <criterion/criterion.h>
 #include <string.h>
 
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 
 Test(cuda_unavailable, says_the_build_has_no_cuda)
 {

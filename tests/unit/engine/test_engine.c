@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "worker/engine/engine.h"
-#include "worker/engine/sampler.h"
+#include "worker/sampler/sampler.h"
 
 /* ---- the toy backend ------------------------------------------------------------------- */
 

@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "worker/model/gguf.h"
+#include "worker/model/gguf/gguf.h"
 #include "worker/model/model.h"
 
 static char data_dir[4096];

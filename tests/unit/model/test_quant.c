@@ -7,7 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "worker/model/gguf.h"
+#include "worker/model/gguf/gguf.h"
 #include "worker/model/model.h"
 #include "worker/model/model_internal.h"
 

@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "kernels/sluice_kernels.h"
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 
 struct cuda_layer {
     uint16_t *wqkv, *wo, *wgu, *wd; /* bf16, fused [q;k;v] and [gate;up] rows */

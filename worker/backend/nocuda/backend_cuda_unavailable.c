@@ -2,7 +2,7 @@
  * link, so that the same worker binary still serves on the CPU. */
 #include <stdio.h>
 
-#include "worker/engine/backend.h"
+#include "worker/backend/backend.h"
 
 int backend_cuda_create(struct backend **out, const struct model *m, const struct backend_options *opt,
                         char *err, size_t errlen)

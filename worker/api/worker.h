@@ -1,0 +1,123 @@
+/* State shared by the worker's HTTP side: the files worker/api/api_*.c, worker/cli/serve.c and
+ * worker/api/controller_client.c. Everything here lives on the loop thread, except the engine,
+ * which has its own thread and is reached only through engine.h's thread-safe calls. */
+#ifndef SLUICE_WORKER_WORKER_H
+#define SLUICE_WORKER_WORKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "common/http_client.h"
+#include "common/http_server.h"
+#include "common/net_addr.h"
+#include "common/signals.h"
+#include "worker/api/worker_metrics.h"
+#include "worker/engine/engine.h"
+#include "worker/model/model.h"
+#include "worker/template/chat_format.h"
+#include "worker/tokenizer/tokenizer.h"
+
+struct gen_stream;
+
+struct worker_options {
+    const char *model_path;
+    const char *model_names;        /* comma-separated; default: the model folder's name */
+    const char *controller_address;
+    const char *worker_address;     /* how the controller reaches us */
+    const char *host;
+    long port;
+    long limit_worker_concurrency;
+    bool no_register;
+    const char *device;             /* "cpu" | "cuda" */
+    const char *seed;               /* "none" (a random seed per process) or an integer */
+    long stream_interval;           /* FastChat frames every N tokens */
+    const char *load_format;        /* "auto" | "dummy" */
+    const char *chat_template;      /* FILE */
+    const char *tokenizer;          /* default: model_path */
+    long max_num_seqs;
+    long max_num_batched_tokens;
+    long max_model_len;             /* 0: the model's */
+    long kv_cache_tokens;           /* CPU: KV cache size in tokens */
+    double gpu_memory_utilization;
+    bool deterministic;             /* CUDA: batch-invariant arithmetic */
+    bool no_prefix_caching;         /* --no-enable-prefix-caching */
+    long threads;
+    double heartbeat_interval;      /* seconds */
+    double speed;
+    const char *internal_token;
+    bool allow_unauthenticated;     /* no token: serve any caller, and allow a non-loopback --host */
+    const char *log_level;
+    double drain_timeout;           /* seconds generations may take to finish on SIGTERM */
+};
+
+struct worker {
+    struct worker_options opt;
+    uv_loop_t *loop;
+    http_server *server;
+    http_client *client;
+    struct model *model;
+    struct tokenizer *tok;
+    struct backend *backend;
+    struct engine *engine;
+    struct chat_format chat;
+    char model_names[16][128];
+    int n_model_names;
+    char address[NET_BASE_URL_MAX]; /* how the controller and gateways reach us */
+    int max_model_len;
+    uint64_t default_seed;          /* from --seed: unseeded requests get it plus their count */
+
+    /* Live generations by engine request id: a small open-addressing table would do, but
+     * the count is bounded by limit_worker_concurrency, so a linked list is enough. */
+    struct gen_stream *streams;
+    uint64_t next_request_id;
+    int active;                     /* requests accepted and not yet finished */
+
+    /* Controller registration. */
+    uv_timer_t heartbeat_timer;
+    bool heartbeat_timer_open;
+    bool registered;
+    bool register_in_flight;
+    bool heartbeat_in_flight;
+    bool unregister_in_flight;
+
+    /* The graceful stop (worker/api/shutdown.c): from the first SIGTERM or SIGINT on. */
+    struct signals_watch signals;
+    bool draining;
+    uv_timer_t drain_timer;
+    bool drain_timer_open;
+    uint64_t drain_started_ns, drain_aborted_ns; /* uv_hrtime; aborted 0 until the timeout */
+
+    struct worker_metrics metrics;
+};
+
+/* worker/api/api_generate.c */
+void api_generate(struct worker *w, http_request *req, int mode);
+enum { GEN_MODE_NATIVE = 0, GEN_MODE_FASTCHAT_STREAM, GEN_MODE_FASTCHAT_BLOCKING };
+void api_on_engine_event(const struct engine_event *ev, void *user);
+
+/* worker/api/api_info.c */
+void api_worker_get_status(struct worker *w, http_request *req);
+void api_count_token(struct worker *w, http_request *req);
+void api_model_details(struct worker *w, http_request *req);
+void api_conv_template(struct worker *w, http_request *req);
+void api_tokenize(struct worker *w, http_request *req);
+void api_detokenize(struct worker *w, http_request *req);
+void api_health(struct worker *w, http_request *req);
+void api_metrics(struct worker *w, http_request *req);
+json_t *worker_status_json(struct worker *w);
+
+/* worker/api/controller_client.c */
+int controller_client_start(struct worker *w);
+/* Stops the heartbeats (once, however often called). */
+void controller_client_stop(struct worker *w);
+/* Asks the controller to forget this worker now (POST /unregister_worker); the answer clears
+ * w->unregister_in_flight. */
+void controller_client_unregister(struct worker *w);
+
+/* worker/api/shutdown.c: starts watching SIGINT and SIGTERM; closes that watch and the drain
+ * timer (once, however often called). */
+int worker_shutdown_watch(struct worker *w);
+void worker_shutdown_close(struct worker *w);
+
+#endif

@@ -1,0 +1,267 @@
+/* The CPU forward pass over the engine's ragged batch: embedding, per layer RMSNorm, fused
+ * QKV (+bias), q/k norms, rope, K/V into the paged cache, causal grouped-query attention
+ * through each sequence's block table, output projection, SwiGLU MLP; then the final norm and
+ * lm_head for the rows that sample, and the sampler. Deterministic, and each row's arithmetic
+ * is the same whatever shares its batch: this is the reference the CUDA backend is checked
+ * against. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/backend/backend.h"
+#include "worker/backend/cpu/cpu_internal.h"
+#include "worker/backend/cpu/cpu_ops.h"
+#include "worker/backend/cpu/cpu_pool.h"
+#include "worker/sampler/sampler.h"
+
+struct attn_job {
+    struct cpu_backend *cb;
+    const struct batch *batch;
+    int layer;
+};
+
+static inline float *kv_at(struct cpu_backend *cb, int32_t block, int layer, int which, int kv_head, int slot)
+{
+    const struct model_config *c = &cb->c;
+    size_t off = (size_t)block * cb->block_floats +
+                 (((size_t)layer * 2 + (size_t)which) * (size_t)c->n_kv_heads + (size_t)kv_head) * KV_BLOCK_SIZE *
+                     (size_t)c->head_dim +
+                 (size_t)slot * (size_t)c->head_dim;
+    return cb->kv + off;
+}
+
+/* One (row, head) pair per item: causal attention of the row's query over its sequence's
+ * cached keys and values, positions 0 .. row_pos. */
+static void attn_range(void *arg, int64_t begin, int64_t end, int tid)
+{
+    const struct attn_job *j = arg;
+    struct cpu_backend *cb = j->cb;
+    const struct model_config *c = &cb->c;
+    int hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *scores = cb->scores[tid];
+    for (int64_t item = begin; item < end; item++) {
+        int64_t r = item / c->n_heads;
+        int head = (int)(item % c->n_heads), kvh = head / group;
+        const struct batch_seq *s = &j->batch->seqs[cb->row_seq[r]];
+        int32_t n_ctx = cb->row_pos[r] + 1;
+        const float *q = cb->qkv + r * cb->qkv_dim + head * hd;
+        float max = -INFINITY;
+        /* Block by block: a block's keys for one head are contiguous. */
+        for (int32_t p0 = 0; p0 < n_ctx; p0 += KV_BLOCK_SIZE) {
+            const float *k = kv_at(cb, s->block_table[p0 / KV_BLOCK_SIZE], j->layer, 0, kvh, 0);
+            int32_t n = n_ctx - p0 < KV_BLOCK_SIZE ? n_ctx - p0 : KV_BLOCK_SIZE;
+            for (int32_t t = 0; t < n; t++, k += hd) {
+                float d = 0.0f;
+                for (int i = 0; i < hd; i++) d += q[i] * k[i];
+                d *= scale;
+                scores[p0 + t] = d;
+                if (d > max) max = d;
+            }
+        }
+        float sum = 0.0f;
+        for (int32_t p = 0; p < n_ctx; p++) {
+            scores[p] = expf(scores[p] - max);
+            sum += scores[p];
+        }
+        float *o = cb->att + r * cb->q_dim + head * hd;
+        for (int d = 0; d < hd; d++) o[d] = 0.0f;
+        for (int32_t p0 = 0; p0 < n_ctx; p0 += KV_BLOCK_SIZE) {
+            const float *v = kv_at(cb, s->block_table[p0 / KV_BLOCK_SIZE], j->layer, 1, kvh, 0);
+            int32_t n = n_ctx - p0 < KV_BLOCK_SIZE ? n_ctx - p0 : KV_BLOCK_SIZE;
+            for (int32_t t = 0; t < n; t++, v += hd) {
+                float w = scores[p0 + t];
+                for (int d = 0; d < hd; d++) o[d] += w * v[d];
+            }
+        }
+        float inv = 1.0f / sum;
+        for (int d = 0; d < hd; d++) o[d] *= inv;
+    }
+}
+
+/* Per row: q/k norms (Qwen3), rope, and the new K and V into the cache. */
+struct qkv_job {
+    struct cpu_backend *cb;
+    const struct batch *batch;
+    int layer;
+};
+
+static void qkv_post_range(void *arg, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    const struct qkv_job *j = arg;
+    struct cpu_backend *cb = j->cb;
+    const struct model_config *c = &cb->c;
+    const struct cpu_layer *L = &cb->layers[j->layer];
+    int hd = c->head_dim, half = hd / 2;
+    for (int64_t r = begin; r < end; r++) {
+        float *q = cb->qkv + r * cb->qkv_dim, *k = q + cb->q_dim, *v = k + cb->kv_dim;
+        const float *cs = cb->rope_cos + r * half, *sn = cb->rope_sin + r * half;
+        for (int h = 0; h < c->n_heads; h++) {
+            if (L->q_norm) cpu_rmsnorm(q + h * hd, L->q_norm, hd, c->rms_eps, q + h * hd);
+            cpu_rope_apply(q + h * hd, hd, cs, sn);
+        }
+        const struct batch_seq *s = &j->batch->seqs[cb->row_seq[r]];
+        int32_t pos = cb->row_pos[r];
+        int32_t block = s->block_table[pos / KV_BLOCK_SIZE];
+        for (int h = 0; h < c->n_kv_heads; h++) {
+            if (L->k_norm) cpu_rmsnorm(k + h * hd, L->k_norm, hd, c->rms_eps, k + h * hd);
+            cpu_rope_apply(k + h * hd, hd, cs, sn);
+            memcpy(kv_at(cb, block, j->layer, 0, h, pos % KV_BLOCK_SIZE), k + h * hd, (size_t)hd * sizeof(float));
+            memcpy(kv_at(cb, block, j->layer, 1, h, pos % KV_BLOCK_SIZE), v + h * hd, (size_t)hd * sizeof(float));
+        }
+    }
+}
+
+struct rows_job {
+    struct cpu_backend *cb;
+    const float *norm;
+};
+
+static void rmsnorm_range(void *arg, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    const struct rows_job *j = arg;
+    int64_t h = j->cb->c.hidden_size;
+    for (int64_t r = begin; r < end; r++) cpu_rmsnorm(j->cb->x + r * h, j->norm, h, j->cb->c.rms_eps, j->cb->xb + r * h);
+}
+
+static void swiglu_range(void *arg, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    const struct rows_job *j = arg;
+    int64_t inter = j->cb->c.intermediate_size;
+    for (int64_t r = begin; r < end; r++) {
+        const float *g = j->cb->gate_up + r * 2 * inter, *u = g + inter;
+        float *o = j->cb->hidden + r * inter;
+        for (int64_t i = 0; i < inter; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+}
+
+static int check_batch(struct cpu_backend *cb, const struct batch *batch, int *n_sample, int32_t *max_ctx)
+{
+    struct backend *b = &cb->base;
+    if (batch->n_seqs < 1 || batch->n_seqs > b->max_batch_seqs || batch->n_tokens < 1 ||
+        batch->n_tokens > b->max_batch_tokens || !batch->seqs || !batch->tokens) {
+        snprintf(b->error, sizeof b->error, "batch of %d sequences and %d tokens exceeds this backend's %d and %d",
+                 batch->n_seqs, batch->n_tokens, b->max_batch_seqs, b->max_batch_tokens);
+        return -1;
+    }
+    int64_t total = 0;
+    *n_sample = 0;
+    *max_ctx = 0;
+    for (int s = 0; s < batch->n_seqs; s++) {
+        const struct batch_seq *q = &batch->seqs[s];
+        int64_t end = (int64_t)q->start_pos + q->n_new;
+        if (q->n_new < 1 || q->start_pos < 0 || !q->block_table || q->n_blocks < 0 ||
+            end > (int64_t)q->n_blocks * KV_BLOCK_SIZE) {
+            snprintf(b->error, sizeof b->error,
+                     "sequence %d: %d new tokens at position %d do not fit its %d KV blocks", s, q->n_new,
+                     q->start_pos, q->n_blocks);
+            return -1;
+        }
+        for (int32_t i = 0; i < (int32_t)((end + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE); i++) {
+            if (q->block_table[i] < 0 || q->block_table[i] >= b->num_kv_blocks) {
+                snprintf(b->error, sizeof b->error, "sequence %d: block %d is %d, outside the cache's %d blocks", s,
+                         i, q->block_table[i], b->num_kv_blocks);
+                return -1;
+            }
+        }
+        if (q->sample && !q->sampling) {
+            snprintf(b->error, sizeof b->error, "sequence %d samples without sampling parameters", s);
+            return -1;
+        }
+        total += q->n_new;
+        if (q->sample) (*n_sample)++;
+        if (end > *max_ctx) *max_ctx = (int32_t)end;
+    }
+    if (total != batch->n_tokens) {
+        snprintf(b->error, sizeof b->error, "batch n_tokens %d is not the sum of n_new %lld", batch->n_tokens,
+                 (long long)total);
+        return -1;
+    }
+    for (int32_t i = 0; i < batch->n_tokens; i++) {
+        if (batch->tokens[i] < 0 || batch->tokens[i] >= cb->c.vocab_size) {
+            snprintf(b->error, sizeof b->error, "token %d at row %d is outside the vocabulary of %d", batch->tokens[i],
+                     i, cb->c.vocab_size);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sample_result *results)
+{
+    struct cpu_backend *cb = (struct cpu_backend *)b;
+    const struct model_config *c = &cb->c;
+    int n_sample;
+    int32_t max_ctx;
+    if (check_batch(cb, batch, &n_sample, &max_ctx)) return -1;
+    if (max_ctx > cb->scores_cap) {
+        for (int i = 0; i < cpu_pool_size(cb->pool); i++) {
+            float *p = realloc(cb->scores[i], (size_t)max_ctx * sizeof(float));
+            if (!p) {
+                snprintf(b->error, sizeof b->error, "out of memory for a %d-token context", max_ctx);
+                return -1;
+            }
+            cb->scores[i] = p;
+        }
+        cb->scores_cap = max_ctx;
+    }
+    int64_t T = batch->n_tokens, h = c->hidden_size, inter = c->intermediate_size;
+    int half = c->head_dim / 2;
+    int32_t row = 0, ns = 0;
+    for (int s = 0; s < batch->n_seqs; s++) {
+        const struct batch_seq *q = &batch->seqs[s];
+        for (int32_t i = 0; i < q->n_new; i++, row++) {
+            cb->row_seq[row] = s;
+            cb->row_pos[row] = q->start_pos + i;
+            memcpy(cb->x + row * h, cb->tok_embed + (int64_t)batch->tokens[row] * h, (size_t)h * sizeof(float));
+            /* Angles as Hugging Face computes them: float32 position times float32 frequency. */
+            for (int k = 0; k < half; k++) {
+                float a = (float)cb->row_pos[row] * cb->inv_freq[k];
+                cb->rope_cos[(int64_t)row * half + k] = cosf(a);
+                cb->rope_sin[(int64_t)row * half + k] = sinf(a);
+            }
+        }
+        if (q->sample) cb->sample_rows[ns++] = row - 1;
+    }
+
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct cpu_layer *L = &cb->layers[l];
+        struct rows_job rj = {.cb = cb, .norm = L->attn_norm};
+        cpu_pool_run(cb->pool, T, 64, rmsnorm_range, &rj);
+        cpu_matmul(cb->pool, cb->xb, T, h, L->wqkv, L->bqkv, cb->qkv_dim, cb->qkv);
+        struct qkv_job qj = {.cb = cb, .batch = batch, .layer = l};
+        cpu_pool_run(cb->pool, T, 16, qkv_post_range, &qj);
+        struct attn_job aj = {.cb = cb, .batch = batch, .layer = l};
+        cpu_pool_run(cb->pool, T * c->n_heads, 4, attn_range, &aj);
+        cpu_matmul(cb->pool, cb->att, T, cb->q_dim, L->wo, NULL, h, cb->tmp);
+        for (int64_t i = 0; i < T * h; i++) cb->x[i] += cb->tmp[i];
+        rj.norm = L->ffn_norm;
+        cpu_pool_run(cb->pool, T, 64, rmsnorm_range, &rj);
+        cpu_matmul(cb->pool, cb->xb, T, h, L->w_gate_up, NULL, 2 * inter, cb->gate_up);
+        cpu_pool_run(cb->pool, T, 16, swiglu_range, &rj);
+        cpu_matmul(cb->pool, cb->hidden, T, inter, L->w_down, NULL, h, cb->tmp);
+        for (int64_t i = 0; i < T * h; i++) cb->x[i] += cb->tmp[i];
+    }
+    if (n_sample == 0) return 0;
+
+    for (int i = 0; i < n_sample; i++)
+        cpu_rmsnorm(cb->x + (int64_t)cb->sample_rows[i] * h, cb->final_norm, h, c->rms_eps, cb->xs + (int64_t)i * h);
+    cpu_matmul(cb->pool, cb->xs, n_sample, h, cb->lm_head, NULL, c->vocab_size, cb->logits);
+    if (batch->logits_out)
+        memcpy(batch->logits_out, cb->logits, (size_t)n_sample * (size_t)c->vocab_size * sizeof(float));
+    int k = 0;
+    for (int s = 0; s < batch->n_seqs; s++) {
+        if (!batch->seqs[s].sample) continue;
+        if (sampler_sample(cb->logits + (int64_t)k * c->vocab_size, c->vocab_size, &batch->seqs[s],
+                           cb->sampler_scratch, &results[k]) != 0) {
+            snprintf(b->error, sizeof b->error, "sampling failed for sequence %d", s);
+            return -1;
+        }
+        k++;
+    }
+    return 0;
+}

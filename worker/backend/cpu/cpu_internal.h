@@ -1,0 +1,41 @@
+/* The CPU backend's state, shared by its setup (cpu_backend.c) and its forward pass
+ * (cpu_forward.c). Private to worker/backend/. */
+#ifndef SLUICE_WORKER_CPU_INTERNAL_H
+#define SLUICE_WORKER_CPU_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "worker/backend/backend.h"
+#include "worker/backend/cpu/cpu_pool.h"
+
+struct cpu_layer {
+    float *attn_norm, *wqkv, *bqkv, *q_norm, *k_norm, *wo, *ffn_norm, *w_gate_up, *w_down;
+};
+
+struct cpu_backend {
+    struct backend base;
+    struct cpu_pool *pool;
+    struct model_config c;
+    int q_dim, kv_dim, qkv_dim;
+    float *tok_embed, *final_norm, *lm_head;
+    struct cpu_layer *layers;
+    float *inv_freq;
+    /* KV cache: block-major, [block][layer][k|v][kv_head][slot][head_dim]. */
+    float *kv;
+    size_t block_floats;
+    /* Activations, sized for max_batch_tokens rows. */
+    float *x, *xb, *qkv, *att, *gate_up, *hidden, *tmp, *rope_cos, *rope_sin;
+    int32_t *row_seq, *row_pos;
+    /* Per sampled row. */
+    float *xs, *logits;
+    int32_t *sample_rows;
+    float *sampler_scratch;
+    /* Attention scores, one buffer per pool thread, grown to the longest context seen. */
+    float **scores;
+    int64_t scores_cap;
+};
+
+int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sample_result *results);
+
+#endif

@@ -1,0 +1,204 @@
+#include "worker/backend/cpu/cpu_ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float v4f __attribute__((vector_size(16)));
+
+static inline v4f load4(const float *p)
+{
+    v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline float hsum(v4f a, v4f b, v4f c, v4f d)
+{
+    v4f s = (a + b) + (c + d);
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+/* Dot products of nx rows of x with one weight row. The weight is loaded once for all rows;
+ * each row's arithmetic is the same whatever nx is, which keeps results batch-invariant. */
+static inline __attribute__((always_inline)) void dot_rows(const float *const *x, int nx, const float *w,
+                                                           int64_t n, float *out)
+{
+    v4f acc[4][4];
+    for (int k = 0; k < nx; k++)
+        for (int j = 0; j < 4; j++) acc[k][j] = (v4f){0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        v4f w0 = load4(w + i), w1 = load4(w + i + 4), w2 = load4(w + i + 8), w3 = load4(w + i + 12);
+        for (int k = 0; k < nx; k++) {
+            acc[k][0] += load4(x[k] + i) * w0;
+            acc[k][1] += load4(x[k] + i + 4) * w1;
+            acc[k][2] += load4(x[k] + i + 8) * w2;
+            acc[k][3] += load4(x[k] + i + 12) * w3;
+        }
+    }
+    for (int k = 0; k < nx; k++) {
+        float s = hsum(acc[k][0], acc[k][1], acc[k][2], acc[k][3]);
+        for (int64_t j = i; j < n; j++) s += x[k][j] * w[j];
+        out[k] = s;
+    }
+}
+
+struct matmul_job {
+    const float *x, *w, *bias;
+    int64_t n_rows, n_in, n_out;
+    float *out;
+};
+
+#define MM_TILE 4
+
+/* Weight rows per block: about 64 KiB, so a block stays in L2 while every token tile of the
+ * batch passes over it. */
+static inline int64_t mm_row_block(int64_t n_in)
+{
+    int64_t rows = (64 * 1024 / 4) / (n_in > 0 ? n_in : 1);
+    return rows > 0 ? rows : 1;
+}
+
+typedef void dot_rows_fn(const float *const *x, int nx, const float *w, int64_t n, float *out);
+
+/* Output rows [begin, end) of one matmul: weight rows in cache-sized blocks, token rows in
+ * tiles of MM_TILE. Inlined into each caller with its dot product, so that constant row counts
+ * keep the accumulators in registers and the AVX2 twin is compiled for AVX2. */
+static inline __attribute__((always_inline)) void matmul_rows(const struct matmul_job *j, int64_t begin,
+                                                              int64_t end, dot_rows_fn *dot)
+{
+    int64_t ob = mm_row_block(j->n_in);
+    for (int64_t o0 = begin; o0 < end; o0 += ob) {
+        int64_t o1 = o0 + ob < end ? o0 + ob : end;
+        for (int64_t t0 = 0; t0 < j->n_rows; t0 += MM_TILE) {
+            int nx = j->n_rows - t0 < MM_TILE ? (int)(j->n_rows - t0) : MM_TILE;
+            const float *xs[MM_TILE];
+            for (int k = 0; k < nx; k++) xs[k] = j->x + (t0 + k) * j->n_in;
+            for (int64_t o = o0; o < o1; o++) {
+                const float *w = j->w + o * j->n_in;
+                float r[MM_TILE];
+                if (nx == MM_TILE) dot(xs, MM_TILE, w, j->n_in, r);
+                else
+                    for (int k = 0; k < nx; k++) dot(xs + k, 1, w, j->n_in, r + k);
+                for (int k = 0; k < nx; k++)
+                    j->out[(t0 + k) * j->n_out + o] = j->bias ? r[k] + j->bias[o] : r[k];
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* The AVX2+FMA twin of dot_rows: 32 floats per step in four 8-wide accumulators per row.
+ * Chosen once per process, so every row of every batch still takes the same arithmetic. */
+static inline __attribute__((always_inline, target("avx2,fma"))) void dot_rows_avx2(const float *const *x, int nx,
+                                                                                      const float *w, int64_t n,
+                                                                                      float *out)
+{
+    __m256 acc[MM_TILE][4];
+    for (int k = 0; k < nx; k++)
+        for (int j = 0; j < 4; j++) acc[k][j] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256 w0 = _mm256_loadu_ps(w + i), w1 = _mm256_loadu_ps(w + i + 8);
+        __m256 w2 = _mm256_loadu_ps(w + i + 16), w3 = _mm256_loadu_ps(w + i + 24);
+        for (int k = 0; k < nx; k++) {
+            acc[k][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x[k] + i), w0, acc[k][0]);
+            acc[k][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x[k] + i + 8), w1, acc[k][1]);
+            acc[k][2] = _mm256_fmadd_ps(_mm256_loadu_ps(x[k] + i + 16), w2, acc[k][2]);
+            acc[k][3] = _mm256_fmadd_ps(_mm256_loadu_ps(x[k] + i + 24), w3, acc[k][3]);
+        }
+    }
+    for (int k = 0; k < nx; k++) {
+        __m256 s8 = _mm256_add_ps(_mm256_add_ps(acc[k][0], acc[k][1]), _mm256_add_ps(acc[k][2], acc[k][3]));
+        __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+        float t[4];
+        _mm_storeu_ps(t, s4);
+        float s = (t[0] + t[1]) + (t[2] + t[3]);
+        for (int64_t j = i; j < n; j++) s += x[k][j] * w[j];
+        out[k] = s;
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void matmul_range_avx2(void *arg, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    matmul_rows(arg, begin, end, dot_rows_avx2);
+}
+#endif
+
+static void matmul_range(void *arg, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    matmul_rows(arg, begin, end, dot_rows);
+}
+
+static cpu_pool_fn matmul_kernel(void)
+{
+#if defined(__x86_64__)
+    static int have_avx2 = -1;
+    if (have_avx2 < 0) {
+        __builtin_cpu_init();
+        have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !getenv("SLUICE_CPU_NO_AVX2");
+    }
+    if (have_avx2) return matmul_range_avx2;
+#endif
+    return matmul_range;
+}
+
+void cpu_matmul(struct cpu_pool *pool, const float *x, int64_t n_rows, int64_t n_in, const float *w,
+                const float *bias, int64_t n_out, float *out)
+{
+    struct matmul_job j = {.x = x, .w = w, .bias = bias, .n_rows = n_rows, .n_in = n_in, .n_out = n_out, .out = out};
+    /* Chunks of weight rows big enough (about 32k multiply-adds) to be worth a thread, and
+     * small enough to stay in cache while every token tile passes over them. */
+    int64_t work = n_in * (n_rows < 8 ? n_rows : 8);
+    int64_t min_chunk = work > 0 ? (32768 + work - 1) / work : 1;
+    cpu_pool_run(pool, n_out, min_chunk, matmul_kernel(), &j);
+}
+
+void cpu_rmsnorm(const float *x, const float *weight, int64_t n, float eps, float *out)
+{
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = 1.0f / sqrtf((float)(ss / (double)n) + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = weight[i] * (x[i] * scale);
+}
+
+void cpu_rope_inv_freq(const struct model_config *c, float *inv_freq)
+{
+    int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float f = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
+        if (c->rope_scaling.type == ROPE_SCALING_LINEAR) {
+            f /= c->rope_scaling.factor;
+        } else if (c->rope_scaling.type == ROPE_SCALING_LLAMA3) {
+            /* Meta's Llama 3.1 scaling: long wavelengths slowed by factor, short ones kept,
+             * the band between blended smoothly. */
+            float factor = c->rope_scaling.factor;
+            float lo = c->rope_scaling.low_freq_factor, hi = c->rope_scaling.high_freq_factor;
+            float old_ctx = (float)c->rope_scaling.original_max_position;
+            float low_freq_wavelen = old_ctx / lo, high_freq_wavelen = old_ctx / hi;
+            float wavelen = 2.0f * (float)M_PI / f;
+            if (wavelen > low_freq_wavelen) {
+                f = f / factor;
+            } else if (wavelen >= high_freq_wavelen) {
+                float smooth = (old_ctx / wavelen - lo) / (hi - lo);
+                f = (1.0f - smooth) * f / factor + smooth * f;
+            }
+        }
+        inv_freq[i] = f;
+    }
+}
+
+void cpu_rope_apply(float *v, int head_dim, const float *cos_t, const float *sin_t)
+{
+    int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float x0 = v[i], x1 = v[i + half];
+        v[i] = x0 * cos_t[i] - x1 * sin_t[i];
+        v[i + half] = x1 * cos_t[i] + x0 * sin_t[i];
+    }
+}
