@@ -1,6 +1,7 @@
 /* The engine over the real CPU backend and stories260K: continuous batching (with chunked
  * prefill and preemption) gives exactly the tokens that one-at-a-time serving gives. */
 #include <criterion/criterion.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,8 +94,14 @@ static void serve(struct run *r, const struct model *m, const struct tokenizer *
         if (one_at_a_time) wait_for(r, i + 1);
     }
     wait_for(r, N_REQ);
+    /* The stats are a snapshot the engine thread publishes after each step, and the last event
+     * reaches the loop before the step that frees its blocks publishes: wait for it, bounded. */
     struct engine_stats st;
     engine_get_stats(r->eng, &st);
+    for (int tries = 0; st.kv_blocks_free != st.kv_blocks_total && tries < 500; tries++) {
+        usleep(10000);
+        engine_get_stats(r->eng, &st);
+    }
     *preemptions = st.preemptions;
     if (overlap) cr_assert_gt(st.overlapped_steps, st.steps / 2);
     cr_assert_eq(st.kv_blocks_free, st.kv_blocks_total);
