@@ -212,7 +212,7 @@ cudaError_t launch(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *
     attrs[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attrs[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attrs;
-    cfg.numAttrs = pdl_allowed(true) ? 2 : 1;
+    cfg.numAttrs = 2;
     cudaError_t e = cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<NT, SWIGLU>, mw, mx, y, (__nv_bfloat16 *)act, rows, n_out,
                                        k_blocks, per, part_stride, trigger ? 1 : 0);
     return e != cudaSuccess ? e : cudaGetLastError();

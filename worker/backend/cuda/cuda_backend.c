@@ -4,8 +4,7 @@
  * Environment switches, read at creation, for comparing paths (all on by default):
  * SLUICE_CUDA_GRAPHS=0 (no CUDA graphs for decode steps), SLUICE_CUDA_GEMV=0 (cuBLAS for
  * one-row products too), SLUICE_CUDA_PREFILL_MMA=0 (prefill attention on the general kernel),
- * SLUICE_CUDA_ATTN_GQA=0 (decode attention one block per query head, never per kv head; 1-9 pick
- * the grouped kernel's variant, see sk_attention_mode), SLUICE_CUDA_HOPPER=0 (cuBLAS for the
+ * SLUICE_CUDA_HOPPER=0 (cuBLAS for the
  * decode products on Hopper too, and gate/up not fused with the activation),
  * SLUICE_CUDA_SPLIT_PARTS=0 (the Hopper products add their split-K sums themselves, see
  * cuda_gemm_parts; also turns the next one off), SLUICE_CUDA_FUSED_MLP=0 (a decode batch's MLP in
@@ -256,7 +255,6 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     b->n_sms = prop.multiProcessorCount;
     b->use_gemv = !cuda_env_is("SLUICE_CUDA_GEMV", "0");
     b->use_prefill_mma = !cuda_env_is("SLUICE_CUDA_PREFILL_MMA", "0") && (c->head_dim == 64 || c->head_dim == 128);
-    b->gqa_mode = sk_attention_default_gqa();
     b->attn_early = !cuda_env_is("SLUICE_CUDA_ATTN_EARLY", "0");
     /* Without attn_early no step's keys are settled, which the fused kernel needs too. */
     b->fused_qkv_rows = cuda_env_is("SLUICE_CUDA_FUSED_QKV", "0")     ? -1

@@ -157,7 +157,7 @@ struct step_args {
     struct sk_attn_params ap;
     struct sk_qkv_params qp;
     bool any_cut;
-    int gqa_mode; /* decode attention variant for sk_attention_mode */
+    enum sk_attn_kernel attn_kernel; /* the decode attention's kernel */
     bool fused_qkv; /* the decode attention does qkv_post's work (sk_attention_decode_qkv) */
     float *logits_out;
 };
@@ -253,8 +253,8 @@ static int enqueue_step(struct cuda_backend *b, const struct step_args *a)
                 CUDA_CHECK(b, sk_attention_prefill(b->q, kc, vc, a->dm.bt, a->dm.tiles, a->n_tiles, a->dm.pos, b->y,
                                                    a->ap, b->stream));
             if (a->ap.n_tokens)
-                CUDA_CHECK(b, sk_attention_mode(b->q, kc, vc, a->dm.bt, a->dm.seq, a->dm.pos, b->part_o, b->part_ml,
-                                                b->y, a->ap, a->gqa_mode, b->stream));
+                CUDA_CHECK(b, sk_attention(b->q, kc, vc, a->dm.bt, a->dm.seq, a->dm.pos, b->part_o, b->part_ml, b->y,
+                                           a->ap, a->attn_kernel, b->stream));
         }
         prof_mark(b, P_ATTN);
         if ((rc = cuda_gemm_parts(b, w->wo, b->y, b->delta, a->T, H, qd, &delta_parts, false)) < 0) goto fail;
@@ -499,13 +499,10 @@ int cuda_submit(struct backend *base, const struct batch *batch)
                                     /* A sequence's earlier keys are written only by earlier steps
                                      * when it brings one token (shared blocks are full ones). */
                                     .settled_keys = b->attn_early && dec_single};
-    /* The streaming grouped-query kernels (one block per kv head and token, SLUICE_CUDA_ATTN_GQA
-     * 4-9) beat the per-query-head kernel at every batch measured (1-256); the register one (1-3)
-     * only when it alone fills the GPU. */
-    const bool stream = b->gqa_mode >= 4 && sk_attention_decode_fits(&sa.ap);
-    const bool gqa = b->gqa_mode > 0 && sk_attention_gqa_fits(&sa.ap) &&
-                     (stream || b->deterministic || (int64_t)n_dec * nkv >= b->n_sms);
-    sa.gqa_mode = gqa ? b->gqa_mode : 0;
+    /* The streaming kernel (one block per kv head and token) beat the per-query-head kernel at
+     * every batch measured (1-256), so it takes every shape it fits. */
+    const bool stream = sk_attention_decode_fits(&sa.ap);
+    sa.attn_kernel = stream ? SK_ATTN_DECODE_STREAM : SK_ATTN_PER_HEAD;
     /* Every token a decode token, its sequence's only one, and more than 32 of them
      * (fused_qkv_rows): no qkv_post, the decode attention does its work (a graph's batch size
      * decides, so graphs need no key for it). Same runs on an H200, ms per step against
@@ -531,7 +528,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
         }
         sa.ap.n_splits = n >= 2 ? (int)n : cap >= 2 ? 2 : 1;
     } else if (ctx_bound >= 256 && n_dec > 0) {
-        int64_t blocks = (int64_t)n_dec * (gqa ? nkv : nh), n;
+        int64_t blocks = (int64_t)n_dec * (stream ? nkv : nh), n;
         if (stream) {
             /* About 4 of its blocks are resident per SM: split only up to one full wave (a second
              * wave plus the merge costs more than it saves: batch 64 x 192 keys took 23.8 us per

@@ -73,7 +73,6 @@ struct cuda_backend {
     bool early_trigger;            /* gate/up, the fused MLP and qkv let their dependents launch
                                       at their start; SLUICE_CUDA_EARLY_TRIGGER=0: not */
     bool use_prefill_mma; /* tensor-core prefill attention (head_dim 64, 128) */
-    int gqa_mode;         /* grouped-query attention variant, 0 = off (sk_attention_mode) */
     bool attn_early;      /* decode attention may read settled keys before qkv_post ends */
     int fused_qkv_rows;   /* decode-only steps of more tokens than this: the decode attention
                              does qkv_post's work (sk_attention_decode_qkv); -1 never.
