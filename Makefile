@@ -82,6 +82,13 @@ else
 SRC_backend    := $(call src_of,worker/backend) $(call src_of,worker/backend/nocuda)
 CU_kernels     :=
 endif
+# The CUDA backend's plain C (no CUDA headers) builds without nvcc too: the worker's CUDA flags
+# (cuda_options.c) parse the same in every build, and the step planner (cuda_plan.c) has its unit
+# test in tests/unit/backend.
+CUDA_PLAIN_SRC := $(wildcard worker/backend/cuda/cuda_options.c worker/backend/cuda/cuda_plan.c)
+ifneq ($(HAVE_CUDA),1)
+SRC_backend    += $(CUDA_PLAIN_SRC)
+endif
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 lib = $(BUILD)/lib/libsluice_$(1).a

@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "common/net_addr.h"
 #include "common/utf8.h"
+#include "worker/backend/cuda/cuda_options.h"
 #include "worker/cli.h"
 #include "worker/worker.h"
 
@@ -157,6 +158,7 @@ static int load_everything(struct worker *w)
         .max_batch_seqs = (int32_t)w->opt.max_num_seqs,
         .n_threads = (int32_t)w->opt.threads,
         .deterministic = w->opt.deterministic,
+        .cuda = w->opt.cuda,
     };
     int rc;
     if (!strcmp(w->opt.device, "cpu")) {
@@ -186,6 +188,7 @@ static int load_everything(struct worker *w)
         .max_num_batched_tokens = (int32_t)w->opt.max_num_batched_tokens,
         .max_model_len = ctx,
         .seed = w->default_seed,
+        .overlap_never = w->opt.no_overlap_steps,
     };
     if (engine_create(&w->engine, w->backend, w->tok, &eo, w->loop, api_on_engine_event, w) != 0) {
         log_error("cannot start the engine");
@@ -219,6 +222,7 @@ int worker_serve_main(int argc, char **argv)
         .speed = 1,
         .log_level = "info",
         .drain_timeout = 30,
+        .cuda = {.step_timeout_s = CUDA_STEP_TIMEOUT_S},
     };
     struct http_server_flags http = HTTP_SERVER_FLAGS_DEFAULT;
     const struct flag_spec specs[] = {
@@ -243,6 +247,8 @@ int worker_serve_main(int argc, char **argv)
         {"gpu-memory-utilization", FLAG_DOUBLE, &o->gpu_memory_utilization, NULL, "F", "CUDA: share of GPU memory to use", 0.05, 1.0},
         {"threads", FLAG_INT, &o->threads, NULL, "N", "CPU: threads (0: all cores)", 0, 1024},
         {"deterministic", FLAG_BOOL, &o->deterministic, NULL, NULL, "CUDA: a request's output does not depend on what shares its batch (greedy equals the request alone); slower prefill and large batches (README)", 0, 0},
+        CUDA_OPTIONS_FLAG_SPECS(&o->cuda, &o->cuda_options),
+        {"no-overlap-steps", FLAG_BOOL, &o->no_overlap_steps, NULL, NULL, "take each step's tokens before queueing the next step (steps overlap by default where the device runs them on its own: CUDA)", 0, 0},
         {"heartbeat-interval", FLAG_DOUBLE, &o->heartbeat_interval, "SLUICE_HEARTBEAT_INTERVAL", "SECONDS", "seconds between heartbeats", 0.05, 3600},
         {"speed", FLAG_DOUBLE, &o->speed, NULL, "F", "relative speed reported to the controller", 0.001, 1e6},
         {"internal-token", FLAG_STRING, &o->internal_token, "SLUICE_INTERNAL_TOKEN", "TOKEN", "bearer token sent to the controller and required on every endpoint but /health and /metrics", 0, 0},
@@ -275,6 +281,11 @@ int worker_serve_main(int argc, char **argv)
             fprintf(stderr, "sluice-worker: --worker-address '%s' is not http://host:port: %s\n", o->worker_address, why);
             return 2;
         }
+    }
+    char opt_err[512];
+    if (cuda_options_parse(&o->cuda, o->cuda_options, opt_err, sizeof opt_err) != 0) {
+        fprintf(stderr, "sluice-worker: %s\n", opt_err);
+        return 2;
     }
     if (parse_seed(o->seed, &w->default_seed) != 0) {
         fprintf(stderr, "sluice-worker: --seed must be an integer or none, not '%s'\n", o->seed);

@@ -76,9 +76,11 @@ struct engine_options {
     int32_t max_model_len;          /* context length */
     uint64_t seed;                  /* seeds requests that bring none */
     /* Steps overlap (the next one is queued before the last one's tokens are taken) where the
-     * backend's submit returns before the step has run. Tests set this to overlap them over
-     * any backend. */
+     * backend's submit returns before the step has run. Tests set overlap_always to overlap them
+     * over any backend; overlap_never (--no-overlap-steps) turns overlapping off, to measure what
+     * it buys or to rule it out. */
     bool overlap_always;
+    bool overlap_never;
 };
 
 struct engine_stats {

@@ -1,26 +1,14 @@
 /* The CUDA backend's life cycle: device checks, weights, activation workspace, and the paged KV
  * cache sized from what memory is left (--gpu-memory-utilization).
  *
- * Environment switches, read at creation, for comparing paths (all on by default):
- * SLUICE_CUDA_GRAPHS=0 (no CUDA graphs for decode steps), SLUICE_CUDA_GEMV=0 (cuBLAS for
- * one-row products too), SLUICE_CUDA_PREFILL_MMA=0 (prefill attention on the general kernel),
- * SLUICE_CUDA_HOPPER=0 (cuBLAS for the
- * decode products on Hopper too, and gate/up not fused with the activation),
- * SLUICE_CUDA_SPLIT_PARTS=0 (the Hopper products add their split-K sums themselves, see
- * cuda_gemm_parts; also turns the next one off), SLUICE_CUDA_FUSED_MLP=0 (a decode batch's MLP in
- * two launches, gate/up then down, see cuda_mlp_fused), SLUICE_CUDA_ATTN_EARLY=0 (decode attention
- * reads no keys before qkv_post ends, see sk_attn_params.settled_keys; also turns the next one
- * off), SLUICE_CUDA_FUSED_QKV=0 (qkv_post always its own kernel; =all: the decode attention does its
- * work at every decode batch size, for tests; see cuda_submit), SLUICE_CUDA_EARLY_TRIGGER=0
- * (no product lets the next kernel launch before its blocks end, see cuda_gemm_parts and
- * enqueue_mlp; qkv of 33-64 rows then goes back to cuBLAS). Off by default:
- * SLUICE_CUDA_PROFILE=1 (per-phase device times of each step shape, printed when the backend is
- * freed; turns graphs off). */
+ * Options (struct cuda_options, from the worker's flags) are read here, at creation, and nowhere
+ * below: the choices they fix live in the backend's state. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/log.h"
 #include "worker/backend/cuda/cuda_internal.h"
+#include "worker/backend/cuda/cuda_options.h"
 
 
 void cuda_report(struct cuda_backend *b, const char *what, const char *msg, const char *file, int line)
@@ -136,7 +124,7 @@ fail:
  * any. CUDA loads kernel modules on first use (a cuBLAS kernel's ~40 ms) and a decode shape's
  * graph is captured on its first step; without this the first request paid both (time to first
  * token 161 ms against 26 ms warm, 1000-token prompt, H200). Whoever gets the blocks later
- * writes them before reading. SLUICE_CUDA_WARMUP=0 skips it. */
+ * writes them before reading. --no-cuda-warmup skips it. */
 static int warm_up(struct cuda_backend *b)
 {
     int n = 1024;
@@ -144,7 +132,7 @@ static int warm_up(struct cuda_backend *b)
     if (n > (b->base.num_kv_blocks - 1) * KV_BLOCK_SIZE) n = (b->base.num_kv_blocks - 1) * KV_BLOCK_SIZE;
     if (n > (b->bt_cap - 1) * KV_BLOCK_SIZE) n = (b->bt_cap - 1) * KV_BLOCK_SIZE;
     if (b->base.config.max_position > 1 && n > b->base.config.max_position - 1) n = b->base.config.max_position - 1;
-    if (n < 2 || cuda_env_is("SLUICE_CUDA_WARMUP", "0")) return 0;
+    if (n < 2 || b->opt.no_warmup) return 0;
     const int n_blocks = (n + 1 + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE;
     int32_t *mem = malloc((size_t)(n + n_blocks) * sizeof *mem);
     if (!mem) {
@@ -247,20 +235,21 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     b->base.max_batch_seqs = opt->max_batch_seqs > 0 ? opt->max_batch_seqs : 256;
     if (b->base.max_batch_tokens > 65535) b->base.max_batch_tokens = 65535;
     b->device = opt->device;
+    b->opt = opt->cuda;
     b->bt_cap = (c->max_position > 0 ? c->max_position : 4096) / KV_BLOCK_SIZE + 2;
 
     struct cudaDeviceProp prop;
     CUDA_CHECK(b, cudaSetDevice(b->device));
     CUDA_CHECK(b, cudaGetDeviceProperties(&prop, b->device));
     b->n_sms = prop.multiProcessorCount;
-    b->use_gemv = !cuda_env_is("SLUICE_CUDA_GEMV", "0");
-    b->use_prefill_mma = !cuda_env_is("SLUICE_CUDA_PREFILL_MMA", "0") && (c->head_dim == 64 || c->head_dim == 128);
-    b->attn_early = !cuda_env_is("SLUICE_CUDA_ATTN_EARLY", "0");
+    b->use_gemv = !b->opt.no_gemv;
+    b->use_prefill_mma = !b->opt.no_prefill_mma && (c->head_dim == 64 || c->head_dim == 128);
+    b->attn_early = !b->opt.no_attn_early;
     /* Without attn_early no step's keys are settled, which the fused kernel needs too. */
-    b->fused_qkv_rows = cuda_env_is("SLUICE_CUDA_FUSED_QKV", "0")     ? -1
-                        : cuda_env_is("SLUICE_CUDA_FUSED_QKV", "all") ? 0
-                                                                      : 32;
-    b->use_graphs = !cuda_env_is("SLUICE_CUDA_GRAPHS", "0");
+    b->fused_qkv_rows = b->opt.fused_qkv == CUDA_FUSED_QKV_OFF   ? -1
+                        : b->opt.fused_qkv == CUDA_FUSED_QKV_ALL ? 0
+                                                                 : 32;
+    b->use_graphs = !b->opt.enforce_eager;
     b->deterministic = opt->deterministic;
     if (b->deterministic) {
         /* The fused decode attention takes only pure decode steps: a token in a mixed step would
@@ -272,9 +261,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
         const int len = (ctx + CUDA_MAX_SPLITS - 1) / CUDA_MAX_SPLITS;
         b->det_split_len = len < 256 ? 256 : (len + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE * KV_BLOCK_SIZE;
     }
-    const char *limit = getenv("SLUICE_CUDA_STEP_TIMEOUT_S");
-    b->step_timeout_s = limit && *limit ? atof(limit) : 60.0;
-    if (!(b->step_timeout_s > 0.0)) b->step_timeout_s = 60.0;
+    b->step_timeout_s = b->opt.step_timeout_s > 0.0 ? b->opt.step_timeout_s : CUDA_STEP_TIMEOUT_S;
     CUDA_CHECK(b, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     CUBLAS_CHECK(b, cublasCreate(&b->cublas));
     CUBLAS_CHECK(b, cublasSetStream(b->cublas, b->stream));
@@ -283,7 +270,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     CUBLAS_CHECK(b, cublasSetWorkspace(b->cublas, b->cublas_ws, CUBLAS_WS_BYTES));
     CUBLAS_CHECK(b, cublasSetMathMode(b->cublas, CUBLAS_DEFAULT_MATH));
     if ((rc = cuda_gemm_init(b, c)) < 0) goto fail;
-    if (cuda_env_is("SLUICE_CUDA_PROFILE", "1")) {
+    if (b->opt.profile) {
         /* Timing each phase needs eager steps: graphs off. */
         b->use_graphs = false;
         b->prof = calloc(1, sizeof *b->prof);

@@ -506,7 +506,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     /* Every token a decode token, its sequence's only one, and more than 32 of them
      * (fused_qkv_rows): no qkv_post, the decode attention does its work (a graph's batch size
      * decides, so graphs need no key for it). Same runs on an H200, ms per step against
-     * SLUICE_CUDA_FUSED_QKV=0: batch 40 / 48 / 64 5.02 / 5.13 / 5.17 against 5.05 / 5.16 / 5.24,
+     * fused_qkv=off: batch 40 / 48 / 64 5.02 / 5.13 / 5.17 against 5.05 / 5.16 / 5.24,
      * 128 even; but batch 1 / 8 / 16 4.36 / 4.48 / 4.56 against 4.33 / 4.45 / 4.55, where the
      * attention's start no longer hides behind qkv_post's work, and 32 even. */
     sa.fused_qkv = b->fused_qkv_rows >= 0 && n_dec > b->fused_qkv_rows && all_dec &&

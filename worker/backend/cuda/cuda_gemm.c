@@ -21,9 +21,9 @@
 int cuda_gemm_init(struct cuda_backend *b, const struct model_config *c)
 {
     int rc = 0;
-    /* Hopper's own products unless SLUICE_CUDA_HOPPER=0; elsewhere the handle is refused and
+    /* Hopper's own products unless turned off (hopper=0); elsewhere the handle is refused and
      * cuBLAS takes every product. */
-    if (!cuda_env_is("SLUICE_CUDA_HOPPER", "0")) {
+    if (!b->opt.no_hopper) {
         cudaError_t e = sk_hopper_gemm_create(&b->hopper);
         if (e == cudaErrorNotSupported) {
             (void)cudaGetLastError();
@@ -32,9 +32,9 @@ int cuda_gemm_init(struct cuda_backend *b, const struct model_config *c)
             CUDA_CHECK(b, e);
         }
     }
-    b->split_parts = b->hopper && !cuda_env_is("SLUICE_CUDA_SPLIT_PARTS", "0");
-    b->fused_mlp = b->split_parts && !cuda_env_is("SLUICE_CUDA_FUSED_MLP", "0");
-    b->early_trigger = !cuda_env_is("SLUICE_CUDA_EARLY_TRIGGER", "0");
+    b->split_parts = b->hopper && !b->opt.no_split_parts;
+    b->fused_mlp = b->split_parts && !b->opt.no_fused_mlp;
+    b->early_trigger = !b->opt.no_early_trigger;
     if (b->deterministic) {
         const int qd = c->n_heads * c->head_dim;
         if (!b->hopper)

@@ -43,7 +43,7 @@ struct cuda_graph_entry {
 /* Rows that delta and big hold at least: every split part of a decode product (cuda_gemm_parts). */
 #define CUDA_PARTS_ROWS (SK_HOPPER_MAX_SPLITS * CUDA_HOPPER_MAX_ROWS)
 
-/* SLUICE_CUDA_PROFILE=1: per-phase device times of eager (graph-free) steps, logged at exit. */
+/* --cuda-profile: per-phase device times of eager (graph-free) steps, logged at exit. */
 #define CUDA_PROF_EVENTS 640
 #define CUDA_PROF_CATS 13
 #define CUDA_PROF_SHAPES 8
@@ -61,22 +61,23 @@ struct cuda_prof {
 struct cuda_backend {
     struct backend base;
     int device;
+    struct cuda_options opt; /* as created with (backend_options.cuda) */
     int n_sms;
     bool use_gemv;        /* own kernel for one-row products */
     struct sk_hopper_gemm *hopper; /* TMA + wgmma products of 2..CUDA_HOPPER_MAX_ROWS rows; NULL off
-                                      Hopper or with SLUICE_CUDA_HOPPER=0 */
+                                      Hopper or with hopper=0 */
     bool gu_interleaved;           /* wgu rows in sk_gate_up_interleave's layout (with hopper) */
     bool split_parts;              /* qkv, o and down leave split-K parts to their reader
-                                      (cuda_gemm_parts); SLUICE_CUDA_SPLIT_PARTS=0: not */
+                                      (cuda_gemm_parts); split_parts=0: not */
     bool fused_mlp;                /* with split_parts, a decode batch's MLP in one launch
-                                      (cuda_mlp_fused); SLUICE_CUDA_FUSED_MLP=0: not */
+                                      (cuda_mlp_fused); fused_mlp=0: not */
     bool early_trigger;            /* gate/up, the fused MLP and qkv let their dependents launch
-                                      at their start; SLUICE_CUDA_EARLY_TRIGGER=0: not */
+                                      at their start; early_trigger=0: not */
     bool use_prefill_mma; /* tensor-core prefill attention (head_dim 64, 128) */
     bool attn_early;      /* decode attention may read settled keys before qkv_post ends */
     int fused_qkv_rows;   /* decode-only steps of more tokens than this: the decode attention
                              does qkv_post's work (sk_attention_decode_qkv); -1 never.
-                             SLUICE_CUDA_FUSED_QKV=0: -1, =all: 0 (tests), else 32; it
+                             fused_qkv=off: -1, =all: 0 (tests), else 32; it
                              needs settled keys, so never without attn_early */
     uint64_t fused_qkv_steps; /* steps submitted that way */
     /* --deterministic (backend_options): every product on the Hopper kernel whatever its rows,
@@ -87,7 +88,7 @@ struct cuda_backend {
     cudaStream_t stream;
     cublasHandle_t cublas;
     void *cublas_ws;
-    struct cuda_prof *prof; /* NULL unless SLUICE_CUDA_PROFILE=1 */
+    struct cuda_prof *prof; /* NULL unless --cuda-profile */
 
     uint16_t *tok_embed, *lm_head; /* lm_head == tok_embed when tied */
     float *final_norm;
@@ -121,11 +122,11 @@ struct cuda_backend {
     cudaEvent_t step_done[2];
     int slot_rows[2];
     uint64_t submitted, collected;
-    /* A step not done after this long is a stuck GPU (SLUICE_CUDA_STEP_TIMEOUT_S, default 60). */
+    /* A step not done after this long is a stuck GPU (--cuda-step-timeout, default 60). */
     double step_timeout_s;
     bool stuck; /* then nothing more is asked of the device, not even at cleanup */
 
-    bool use_graphs; /* SLUICE_CUDA_GRAPHS=0 turns them off */
+    bool use_graphs; /* --enforce-eager turns them off */
     struct cuda_graph_entry graphs[CUDA_GRAPH_CACHE];
     int n_graphs;
     uint64_t graph_clock;
@@ -133,13 +134,6 @@ struct cuda_backend {
 };
 
 void cuda_report(struct cuda_backend *b, const char *what, const char *msg, const char *file, int line);
-
-/* Whether the environment variable name is set to value (the SLUICE_CUDA_* switches). */
-static inline bool cuda_env_is(const char *name, const char *value)
-{
-    const char *v = getenv(name);
-    return v && !strcmp(v, value);
-}
 
 #define CUDA_CHECK(b, stmt)                                                                                            \
     do {                                                                                                               \
