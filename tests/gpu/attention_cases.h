@@ -29,8 +29,7 @@ static inline cudaError_t attn_run_shipped(int v, const float *q, const uint16_t
                                            const int32_t *bt, const int32_t *seq, const int32_t *pos, float *po,
                                            float *pml, uint16_t *out, struct sk_attn_params p, cudaStream_t s)
 {
-    return sk_attention(q, k, vc, bt, seq, pos, po, pml, out, p, v == 9 ? SK_ATTN_DECODE_STREAM : SK_ATTN_PER_HEAD,
-                        s);
+    return sk_attention(q, k, vc, bt, seq, pos, po, pml, out, p, v == 9 ? SK_ATTN_DECODE_STREAM : SK_ATTN_PER_HEAD, s);
 }
 
 static inline int attn_fits_shipped(int v, const struct sk_attn_params *p)
@@ -45,8 +44,8 @@ struct attn_seq {
 /* Causal attention in double over the paged cache (16-key blocks), as every decode kernel
  * computes it: token t (sequence tseq[t]) attends to keys 0..tpos[t]. */
 static inline void attention_ref(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, int stride,
-                          const int32_t *tseq, const int32_t *tpos, int T, int nh, int nkv, int D, float scale,
-                          double *ref)
+                                 const int32_t *tseq, const int32_t *tpos, int T, int nh, int nkv, int D, float scale,
+                                 double *ref)
 {
     int max_ctx = 0;
     for (int t = 0; t < T; t++)
@@ -173,7 +172,8 @@ static inline void attention_seqs(const struct attn_runner *r, const struct attn
         if (!(errs[mi] < worst)) worst = errs[mi];
         at += snprintf(line + at, sizeof line - at, " %d:%.1e", r->variants[mi], errs[mi]);
     }
-    GT_CHECK(worst < ATTN_TOL, "attention%s nh=%d nkv=%d D=%d splits=%d/%d (S=%d, T=%d, contexts to %d): rel err by variant%s",
+    GT_CHECK(worst < ATTN_TOL,
+             "attention%s nh=%d nkv=%d D=%d splits=%d/%d (S=%d, T=%d, contexts to %d): rel err by variant%s",
              mixed ? " (tensor-core prefill + listed decode)" : "", nh, nkv, D, n_splits, split_len, S, T, max_ctx,
              line);
     cudaFree(dtiles);
@@ -363,11 +363,10 @@ static inline void bench_decode_batch(const struct attn_runner *r, int nh, int n
     free(seq);
 }
 
-
-#define BENCH_DECODE(r, nh, nkv, D, batch, ctx, splits, ...)                                                       \
+#define BENCH_DECODE(r, nh, nkv, D, batch, ctx, splits, ...)                                                           \
     do {                                                                                                               \
         const int v_[] = {__VA_ARGS__};                                                                                \
-        bench_decode_batch(r, nh, nkv, D, batch, ctx, splits, v_, (int)(sizeof v_ / sizeof v_[0]));                   \
+        bench_decode_batch(r, nh, nkv, D, batch, ctx, splits, v_, (int)(sizeof v_ / sizeof v_[0]));                    \
     } while (0)
 
 #endif

@@ -303,9 +303,9 @@ static void test_stories(const char *data)
 
     {
         const struct cuda_backend *cb = (const struct cuda_backend *)b;
-        GT_CHECK(cb->graph_replays > 100 && cb->graph_captures < 40,
+        GT_CHECK(cb->graphs.replays > 100 && cb->graphs.captures < 40,
                  "decode steps replayed as CUDA graphs (%llu captures, %llu replays)",
-                 (unsigned long long)cb->graph_captures, (unsigned long long)cb->graph_replays);
+                 (unsigned long long)cb->graphs.captures, (unsigned long long)cb->graphs.replays);
     }
     /* The same batch without graphs gives the same tokens. */
     {
@@ -325,7 +325,7 @@ static void test_stories(const char *data)
         int bad = 0;
         for (int p = 0; p < n_prompts; p++)
             for (int i = 0; i < MAX_GEN; i++) bad += gs[p].out[i] != alone[p][i];
-        GT_CHECK(rc == 0 && bad == 0 && ((struct cuda_backend *)b2)->graph_replays == 0,
+        GT_CHECK(rc == 0 && bad == 0 && ((struct cuda_backend *)b2)->graphs.replays == 0,
                  "without CUDA graphs: same tokens (%d differ) %s", bad, rc ? err : "");
         backend_free(b2);
     }
@@ -382,11 +382,11 @@ static void test_stories(const char *data)
         int rc = backend_cuda_create(&bw, m, &warm, err, sizeof err);
         const struct cuda_backend *cw = (const struct cuda_backend *)bw;
         const unsigned long long want_steps = off ? 0 : 2, want_graphs = off ? 0 : 1;
-        GT_CHECK(rc == 0 && cw->submitted == want_steps && cw->collected == want_steps &&
-                     cw->graph_captures == want_graphs,
+        GT_CHECK(rc == 0 && cw->steps.submitted == want_steps && cw->steps.collected == want_steps &&
+                     cw->graphs.captures == want_graphs,
                  "warm-up %s: %llu steps, %llu graphs at start %s", off ? "off" : "on",
-                 rc == 0 ? (unsigned long long)cw->submitted : 0ULL,
-                 rc == 0 ? (unsigned long long)cw->graph_captures : 0ULL, rc ? err : "");
+                 rc == 0 ? (unsigned long long)cw->steps.submitted : 0ULL,
+                 rc == 0 ? (unsigned long long)cw->graphs.captures : 0ULL, rc ? err : "");
         backend_free(bw);
     }
 
@@ -561,7 +561,7 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
     }
     GT_CHECK(worst < 3e-2, "%s: logits rel err vs CPU fp32 over %d steps: worst %.2e (bf16 weights)", name, steps,
              worst);
-    const uint64_t fq_steps = ((struct cuda_backend *)gpu_fq)->fused_qkv_steps;
+    const uint64_t fq_steps = ((struct cuda_backend *)gpu_fq)->steps.fused_qkv_steps;
     const int fq_expected = m->config.head_dim == 128;
     GT_CHECK(worst_fq < 3e-2 && (fq_steps > 0) == fq_expected,
              "%s: with the decode attention doing qkv_post's work (fused_qkv=all, %llu steps, expected %s): "
@@ -572,8 +572,8 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
     GT_CHECK(split_bad == 0,
              "%s: split-K parts added by their readers (%s) and the fused MLP (%s) give the logits of the products' "
              "own sums bit for bit (%d of %d steps differ)",
-             name, ((struct cuda_backend *)gpu)->split_parts ? "on" : "off: no Hopper products",
-             ((struct cuda_backend *)gpu)->fused_mlp ? "on" : "off", split_bad, steps);
+             name, ((struct cuda_backend *)gpu)->plan.split_parts ? "on" : "off: no Hopper products",
+             ((struct cuda_backend *)gpu)->plan.fused_mlp ? "on" : "off", split_bad, steps);
     free(lg);
     free(lc);
     free(ls);

@@ -857,7 +857,7 @@ static void test_gemm_case(struct cuda_backend *b, int M, int N, int K)
     for (size_t i = 0; i < (size_t)M * K; i++) x[i] = gt_f2bf(gt_normal());
     uint16_t *dw = gt_up(w, (size_t)N * K * 2), *dx = gt_up(x, (size_t)M * K * 2);
     float *dy = gt_dev((size_t)M * N * 4), *y = malloc((size_t)M * N * 4);
-    int rc = b->use_gemv && M > 1 && M <= SK_GEMV_MAX_ROWS && K % 8 == 0
+    int rc = b->plan.gemv && M > 1 && M <= SK_GEMV_MAX_ROWS && K % 8 == 0
                  ? (sk_gemv(dw, dx, dy, M, N, K, b->stream) == cudaSuccess ? 0 : -1)
                  : cuda_gemm(b, dw, dx, dy, M, N, K);
     gt_down(y, dy, (size_t)M * N * 4);
@@ -897,10 +897,10 @@ static void bench_gemm(struct cuda_backend *b, int rows, int N, int K)
     const int iters = 20;
     struct product_bench pb;
     product_bench_init(&pb, rows, N, K);
-    b->use_gemv = false;
+    b->plan.gemv = false;
     const float ms[2] = {product_bench_ms(&pb, b->stream, iters, run_cuda_gemm, b),
                          product_bench_ms(&pb, b->stream, iters, run_gemv, b)};
-    b->use_gemv = true;
+    b->plan.gemv = true;
     const size_t wn = pb.wn;
     printf("  bench gemm rows=%d N=%d K=%d: cublas %.1f us (%.0f GB/s), gemv %.1f us (%.0f GB/s)\n", rows, N, K,
            ms[0] * 1e3, wn * 2 / (ms[0] * 1e6), ms[1] * 1e3, wn * 2 / (ms[1] * 1e6));
@@ -917,7 +917,7 @@ static void test_gemm(void)
     test_gemm_case(&b, 5, 172, 64);
     test_gemm_case(&b, 130, 344, 8);
     printf("gemv (own kernel, rows <= 8)\n");
-    b.use_gemv = true;
+    b.plan.gemv = true;
     for (int m = 1; m <= 8; m++) test_gemm_case(&b, m, m < 4 ? 4096 : 1000, m < 4 ? 4096 : 768);
     test_gemm_case(&b, 3, 6144, 4096);
     test_gemm_case(&b, 2, 5, 64);

@@ -38,8 +38,8 @@ Test(cuda_options, each_key_turns_its_path_off_and_on)
 
 Test(cuda_options, bad_items_are_refused_by_name)
 {
-    const char *bad[] = {"graphs=0", "split_parts", "split_parts=2", "split_parts=", "fused_qkv=1", "=0",
-                         "gemv=0,fused_mlp=no"};
+    const char *bad[] = {
+        "graphs=0", "split_parts", "split_parts=2", "split_parts=", "fused_qkv=1", "=0", "gemv=0,fused_mlp=no"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct cuda_options o = {0};
         char err[512] = "";

@@ -22,8 +22,7 @@ static bool *switch_field(struct cuda_options *o, const char *key, size_t len)
         {"attn_early", offsetof(struct cuda_options, no_attn_early)},
     };
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-        if (strlen(keys[i].key) == len && !strncmp(keys[i].key, key, len))
-            return (bool *)((char *)o + keys[i].off);
+        if (strlen(keys[i].key) == len && !strncmp(keys[i].key, key, len)) return (bool *)((char *)o + keys[i].off);
     return NULL;
 }
 
