@@ -338,8 +338,8 @@ extern "C" int sk_hopper_gemm_splits(const struct sk_hopper_gemm *h, int n_out, 
 {
     const int tiles = (n_out + BM - 1) / BM, k_blocks = (k_in + BK - 1) / BK;
     // Pick the split count whose waves of clusters (one cluster per feature tile) take the least
-    // time: a block costs its K blocks plus a fixed part (launch, pipeline fill, the epilogue),
-    // measured on an H200 to be worth about 8 K blocks; the cluster reduction a few more.
+    // time: a block costs its K blocks plus a fixed part (launch, pipeline fill, the epilogue)
+    // worth about 8 K blocks in the timings; the cluster reduction a few more.
     int best = 1;
     double best_cost = 0;
     for (int sp = 1; sp <= k_blocks && sp <= SK_HOPPER_MAX_SPLITS; sp++) {

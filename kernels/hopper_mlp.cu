@@ -2,7 +2,7 @@
 // sk_hopper_gemm_swiglu does), then the down product of act, leaving its split parts in y (as
 // sk_hopper_gemm_parts does). Launched one after the other, the down product could not start
 // before the last gate/up block had ended: its blocks did not fit beside gate/up's, so every
-// layer paid a cold start (launch, pipeline fill) with memory idle in between (PERF_NOTES.md).
+// layer paid a cold start (launch, pipeline fill) with memory idle in between (docs/performance.md).
 //
 // Here a block takes its work by ticket (an atomic counter), all gate/up tiles first, then the
 // down tiles, split by split. A gate/up block counts its finished tile against the down split

@@ -1,8 +1,8 @@
 /* The decode-attention variants of kernels/dev/ beside the shipped kernels: each against the
  * double reference on test_kernels' cases, then timed at the shapes that decided between them
  * (docs/performance.md). Build with `make kernels-dev`, run on a GPU:
- *   build/kernels-dev/bench_attention_decode            tests, then the benches
- *   SLUICE_ATTN_PROFILE=1 build/kernels-dev/...          each variant launched once, for ncu
+ *   build/kernels-dev/bench_attention_decode             tests, then the benches
+ *   build/kernels-dev/bench_attention_decode --profile   each variant launched once, for ncu
  * Variants: 0 per query head and 9 tensor-core streaming (shipped, sk_attention); 1-3 the
  * register kernel (1 was the default before the streaming kernels), 4-7 the SIMT streaming kernel
  * (4 two ring slots + PDL, 5 two slots, 6 three slots, 7 three slots + PDL). */
@@ -51,13 +51,12 @@ static void bench(const struct attn_runner *r)
     BENCH_DECODE(r, 32, 8, 128, 1, 16384, 32, 0, 1, 4, 9);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     if (!gt_have_gpu()) return 0;
     static const int variants[] = {0, 1, 2, 3, 4, 5, 6, 7, 9};
     struct attn_runner r = {(int)(sizeof variants / sizeof variants[0]), variants, run_any, fits_any, 0};
-    const char *prof = getenv("SLUICE_ATTN_PROFILE");
-    if (prof && *prof && *prof != '0') {
+    if (argc > 1 && !strcmp(argv[1], "--profile")) {
         r.profile = 1;
         BENCH_DECODE(&r, 32, 8, 128, 64, 192, 1, 1, 4, 9);
         BENCH_DECODE(&r, 32, 8, 128, 1, 16384, 32, 1, 4, 9);
