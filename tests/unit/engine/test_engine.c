@@ -617,8 +617,8 @@ Test(engine, overlap_never_turns_overlapping_off)
         engine_get_stats(h[never].eng, &st);
         cr_assert_not(st.failed, "%s", st.error);
         if (never)
-            cr_assert_eq(st.overlapped_steps, 0, "%llu of %llu steps overlapped", (unsigned long long)st.overlapped_steps,
-                         (unsigned long long)st.steps);
+            cr_assert_eq(st.overlapped_steps, 0, "%llu of %llu steps overlapped",
+                         (unsigned long long)st.overlapped_steps, (unsigned long long)st.steps);
         else
             cr_assert_gt(st.overlapped_steps, st.steps / 2, "%llu of %llu steps overlapped",
                          (unsigned long long)st.overlapped_steps, (unsigned long long)st.steps);
