@@ -8,6 +8,7 @@
 #   make run        start controller, a worker and the gateway on a default model
 #   make test-gpu   GPU tests (on a machine with a GPU)
 #   make bench      benchmarks
+#   make kernels-dev  kernels/dev/: variants that lost a measurement, with their benchmarks
 #
 # Sources are found by folder, so a new .c file needs no edit here: common/ builds
 # libsluice_common.a, each program folder (or area of one: worker/engine/, ...) a library, a
@@ -87,6 +88,13 @@ else
 SRC_backend    := $(call src_of,worker/backend) $(call src_of,worker/backend/cpu) $(call src_of,worker/backend/nocuda)
 CU_kernels     :=
 endif
+# The CUDA backend's plain C (no CUDA headers) builds without nvcc too: the worker's CUDA flags
+# (cuda_options.c) parse the same in every build, and the step planner (cuda_plan.c) has its unit
+# test in tests/unit/backend.
+CUDA_PLAIN_SRC := $(wildcard worker/backend/cuda/cuda_options.c worker/backend/cuda/cuda_plan.c)
+ifneq ($(HAVE_CUDA),1)
+SRC_backend    += $(CUDA_PLAIN_SRC)
+endif
 
 # The libraries, one per area below.
 KERNELS_LIB := $(if $(CU_kernels),kernels)
@@ -134,7 +142,7 @@ TRACE_LIB  := $(if $(CUPTI_LIB),$(BUILD)/lib/libsluice_kernel_trace.so)
 BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BINDIR)/sluice-$(p)))
 
 .PHONY: all deps test test-repo test-unit test-integration test-interop asan clean install run test-gpu bench \
-        bench-controller bench-worker bench-gateway bench-tokenizer pyenv
+        bench-controller bench-worker bench-gateway bench-tokenizer pyenv kernels-dev
 # Objects of test and bench programs are intermediates to make; keep them between runs.
 .SECONDARY:
 
@@ -183,6 +191,21 @@ $(BUILD)/lib/libsluice_kernel_trace.so: tests/bench/kernel_trace.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -shared -fPIC -I$(CUDA_HOME)/include $< \
 	  -L$(dir $(CUPTI_LIB)) -Wl,-rpath,$(dir $(CUPTI_LIB)) -lcupti -lstdc++ -o $@
+
+# --- kernels/dev: variants that lost a measurement, beside their benchmarks --------------
+# Not in `all` and never linked into the worker: `make kernels-dev` builds
+# build/kernels-dev/bench_* (needs nvcc); they run on a GPU machine.
+DEV_CU    := $(sort $(wildcard kernels/dev/*.cu))
+DEV_BENCH := $(patsubst kernels/dev/%.c,$(BUILD)/kernels-dev/%,$(wildcard kernels/dev/bench_*.c))
+ifeq ($(HAVE_CUDA),1)
+kernels-dev: $(DEV_BENCH)
+else
+kernels-dev:
+	@echo "make kernels-dev: needs nvcc" >&2; exit 1
+endif
+$(BUILD)/kernels-dev/%: $(BUILD)/obj/kernels/dev/%.o $(patsubst %.cu,$(BUILD)/obj/%.o,$(DEV_CU)) $(call lib,kernels)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -lm $(CUDA_LDLIBS) -o $@
 
 # --- dependencies ---------------------------------------------------------------------
 DEB_PACKAGES := libuv1-dev libcurl4-openssl-dev libjansson-dev libpcre2-dev libcriterion-dev \

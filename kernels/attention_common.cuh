@@ -1,7 +1,8 @@
-// Pieces every paged decode-attention kernel shares (attention.cu, attention_decode_gqa.cu): the
-// key range of a block's split, its block-table entries (staged in shared memory when they fit),
-// and where a query head's result goes (normalized output, or a split's partial for
-// merge_splits_kernel). Internal to kernels/: the public entry points are in sluice_kernels.h.
+// Pieces every paged decode-attention kernel shares (attention.cu, attention_decode_gqa.cu and the
+// variants in kernels/dev/): the key range of a block's split, its block-table entries (staged in
+// shared memory when they fit), and where a query head's result goes (normalized output, or a
+// split's partial for attention_merge_splits). Internal to kernels/: the public entry points are
+// in sluice_kernels.h.
 #ifndef SLUICE_KERNELS_ATTENTION_COMMON_CUH
 #define SLUICE_KERNELS_ATTENTION_COMMON_CUH
 
@@ -65,7 +66,7 @@ __device__ __forceinline__ AttnRangeTable attn_stage_table(const int32_t *bt, in
 
 // Query head qh of token t (index ti in the launch), dimension di: o / l as bf16 without splits;
 // else the split's unnormalized o, and (m, l) from the thread with di == 0. m is in natural-log
-// units, as merge_splits_kernel expects.
+// units, as attention_merge_splits expects.
 __device__ __forceinline__ void attn_store_head(const sk_attn_params &p, __nv_bfloat16 *out, float *part_o,
                                                 float *part_ml, int t, int ti, int qh, int split, int di, float o,
                                                 float m, float l)
@@ -83,18 +84,20 @@ __device__ __forceinline__ void attn_store_head(const sk_attn_params &p, __nv_bf
     }
 }
 
-// The streaming decode kernels (attention_decode_gqa.cu), reached through sk_attention_mode:
-// head_dim 64 or 128 with 1, 2, 4 or 8 query heads per kv head (8 on the SIMT kernel only at
-// head_dim 64); stages (2 or 3) is each warp's ring depth, pdl launches it as a programmatic
-// dependent of the previous kernel in the stream, mma picks the tensor-core kernel over the SIMT one.
-bool attention_decode_fits(const sk_attn_params &p, bool mma);
+// The tensor-core streaming decode kernel (attention_decode_gqa.cu), reached through sk_attention
+// for the shapes sk_attention_decode_fits takes: 3 ring slots per warp, launched as a programmatic
+// dependent of the previous kernel in the stream.
 cudaError_t attention_decode_launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt,
                                     const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
-                                    const sk_attn_params &p, int stages, bool pdl, bool mma, cudaStream_t s);
-// The tensor-core kernel doing qkv_post's work for its token (sk_attention_decode_qkv, which
-// checks src and p): 3 stages, as a programmatic dependent.
+                                    const sk_attn_params &p, cudaStream_t s);
+// The same kernel doing qkv_post's work for its token (sk_attention_decode_qkv, which checks src
+// and p).
 cudaError_t attention_decode_qkv_launch(const sk_qkv_src &src, uint16_t *k, uint16_t *v, const int32_t *bt,
                                         const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
                                         const sk_attn_params &p, cudaStream_t s);
+// With p.n_splits > 1, the splits' partial results (part_o, part_ml) into out; nothing otherwise
+// (attention.cu).
+cudaError_t attention_merge_splits(const float *part_o, const float *part_ml, uint16_t *out, const sk_attn_params &p,
+                                   cudaStream_t s);
 
 #endif

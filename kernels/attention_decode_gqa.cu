@@ -6,17 +6,11 @@
 // ... through its own ring of NS slots, so each warp keeps NS chunks (NS * 4 KB at D = 128) in
 // flight and never waits for the other warps until the final merge. Softmax is online per warp
 // (log2 domain); the 4 warps' partial results are merged in shared memory at the end, or written
-// as split partials for merge_splits_kernel (attention.cu).
-//
-// Two kernels share that schedule (sk_attention_mode variants, see attention.cu):
-// - attention_decode_mma_kernel (default): tensor cores, cp.async copies, described above it;
-// - attention_decode_kernel: SIMT, one cp.async.bulk per chunk completing on an mbarrier. 8 lanes
-//   share a key for the scores and every lane owns D / 32 output dimensions per query head. At
-//   ~700 instructions per chunk and warp it is bound by issue and latency, not by memory (ncu at
-//   batch 64: 0.55 issued instructions per scheduler cycle, DRAM 53%); kept for comparison.
+// as split partials for attention_merge_splits (attention.cu). The arithmetic runs on the tensor
+// cores (attention_decode_mma_kernel, described above it); a SIMT kernel with the same schedule
+// lost to it and is in kernels/dev/ with its benchmark (docs/performance.md).
 #include "kernels/attention_common.cuh"
 #include "kernels/bf16.cuh"
-#include "kernels/mbarrier.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/pdl.cuh"
 #include "kernels/qkv_head.cuh"
@@ -29,18 +23,10 @@ namespace
 {
 
 constexpr int kWarps = 4;
-constexpr int kChunk = 8;       // keys per bulk copy and per warp step
+constexpr int kChunk = 8;       // keys per warp step
 constexpr int kBtCap = 1024;    // block-table entries staged in shared memory (16384 keys)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-
-__device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
-{
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                     smem_u32(dst)),
-                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
-                 : "memory");
-}
 
 // A block's keys [k_begin, k_end) go to its warps in chunks of kChunk, in turn: chunk `it` of
 // `warp` starts at key k_begin + (warp + kWarps * it) * kChunk.
@@ -59,218 +45,8 @@ struct WarpChunks {
     }
 };
 
-template <int D, int QG, int NS> struct DecodeSmem {
-    static constexpr int chunk_bytes = kChunk * D * 2;          // one chunk of K (or V)
-    static constexpr int ring_bytes = NS * 2 * chunk_bytes;     // one warp's ring of K+V slots
-    static constexpr int bars_at = kWarps * ring_bytes;         // kWarps * NS mbarriers
-    static constexpr int probs_at = bars_at + kWarps * NS * 8;  // per warp kChunk * QG floats
-    static constexpr int bt_at = probs_at + kWarps * kChunk * QG * 4;
-    static constexpr int bytes = bt_at + kBtCap * 4;
-    static_assert(QG * (D + 2) * 4 <= ring_bytes, "a warp's merge record must fit in its ring");
-};
-
-template <int D, int QG, int NS>
-__global__ void __launch_bounds__(kWarps * 32)
-    attention_decode_kernel(const float *q, const __nv_bfloat16 *k_cache, const __nv_bfloat16 *v_cache,
-                            const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos,
-                            float *part_o, float *part_ml, __nv_bfloat16 *out, sk_attn_params p)
-{
-    using L = DecodeSmem<D, QG, NS>;
-    constexpr int PIECES = D / 64; // 16-byte pieces of a key per lane (8 lanes per key)
-    constexpr int DL = PIECES * 8; // key elements per lane
-    constexpr int DV = D / 32;     // output elements per lane and query head
-    extern __shared__ __align__(128) unsigned char smem[];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int grp = lane >> 3, dp = lane & 7;
-    const int kvh = blockIdx.x, ti = blockIdx.y, split = blockIdx.z;
-    const AttnBlockKeys keys = attn_block_keys(p, pos, ti, split);
-    const int t = keys.t, k_begin = keys.k_begin, k_end = keys.k_end;
-    unsigned char *ring = smem + warp * L::ring_bytes;
-    uint64_t *bars = reinterpret_cast<uint64_t *>(smem + L::bars_at) + warp * NS;
-    float *probs = reinterpret_cast<float *>(smem + L::probs_at) + warp * kChunk * QG;
-    const AttnRangeTable table = attn_stage_table(block_tables + (int64_t)token_seq[t] * p.bt_stride,
-                                                  reinterpret_cast<int32_t *>(smem + L::bt_at), kBtCap, k_begin, k_end);
-    if (lane == 0) {
-        for (int s = 0; s < NS; s++) mbar_init(smem_u32(&bars[s]), 1);
-        // The copy engine (async proxy) must see the initialised barriers.
-        asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
-    }
-
-    const WarpChunks chunks(k_begin, k_end, warp);
-    // Lane 0 starts the copy of the warp's it-th chunk into slot it % NS.
-    auto issue = [&](int it) {
-        const int64_t off = WarpChunks::cache_offset(table, chunks.first_key(it), kvh, p.n_kv_heads, D);
-        unsigned char *slot = ring + (it % NS) * 2 * L::chunk_bytes;
-        uint64_t *bar = &bars[it % NS];
-        mbar_expect_tx(smem_u32(bar), 2 * L::chunk_bytes);
-        bulk_load(slot, k_cache + off, L::chunk_bytes, bar);
-        bulk_load(slot + L::chunk_bytes, v_cache + off, L::chunk_bytes, bar);
-    };
-    __syncthreads();
-    // Launched as a programmatic dependent (PDL), the block gets here while the previous kernel
-    // may still run: q and this step's keys (written by it) are read only after the wait.
-    pdl_wait();
-    if (lane == 0)
-        for (int it = 0; it < NS && it < chunks.count; it++) issue(it);
-    // The query rows, pre-scaled so that scores come out in log2 units (exp2 below).
-    float qv[QG][DL];
-    const float qs = p.scale * kLog2e;
-#pragma unroll
-    for (int h = 0; h < QG; h++) {
-        const float *qrow = q + ((int64_t)t * p.n_heads + kvh * QG + h) * D;
-#pragma unroll
-        for (int i = 0; i < PIECES; i++) {
-            const float4 *src = reinterpret_cast<const float4 *>(qrow + (dp + 8 * i) * 8);
-            float4 a = src[0], b = src[1];
-            qv[h][i * 8 + 0] = a.x * qs;
-            qv[h][i * 8 + 1] = a.y * qs;
-            qv[h][i * 8 + 2] = a.z * qs;
-            qv[h][i * 8 + 3] = a.w * qs;
-            qv[h][i * 8 + 4] = b.x * qs;
-            qv[h][i * 8 + 5] = b.y * qs;
-            qv[h][i * 8 + 6] = b.z * qs;
-            qv[h][i * 8 + 7] = b.w * qs;
-        }
-    }
-
-    float m[QG], lsum[QG], acc[QG][DV];
-#pragma unroll
-    for (int h = 0; h < QG; h++) {
-        m[h] = -INFINITY;
-        lsum[h] = 0.0f;
-#pragma unroll
-        for (int e = 0; e < DV; e++) acc[h][e] = 0.0f;
-    }
-
-    for (int it = 0; it < chunks.count; it++) {
-        const int j0 = chunks.first_key(it);
-        mbar_wait(smem_u32(&bars[it % NS]), (it / NS) & 1);
-        const unsigned char *ks = ring + (it % NS) * 2 * L::chunk_bytes;
-        const unsigned char *vs = ks + L::chunk_bytes;
-
-        // Scores of keys grp and grp + 4: 8 lanes each take 16-byte pieces dp, dp + 8, ... of the
-        // key (a quarter warp reads 128 contiguous bytes: no bank conflicts).
-        float s[2][QG];
-#pragma unroll
-        for (int sub = 0; sub < 2; sub++) {
-            const int kc = grp + 4 * sub;
-#pragma unroll
-            for (int h = 0; h < QG; h++) s[sub][h] = 0.0f;
-#pragma unroll
-            for (int i = 0; i < PIECES; i++) {
-                uint4 raw = *reinterpret_cast<const uint4 *>(ks + kc * D * 2 + (dp + 8 * i) * 16);
-                float kf[8];
-                bf16x8_to_f32(raw, kf);
-#pragma unroll
-                for (int h = 0; h < QG; h++)
-#pragma unroll
-                    for (int e = 0; e < 8; e++) s[sub][h] = fmaf(qv[h][i * 8 + e], kf[e], s[sub][h]);
-            }
-#pragma unroll
-            for (int o = 1; o < 8; o <<= 1)
-#pragma unroll
-                for (int h = 0; h < QG; h++) s[sub][h] += __shfl_xor_sync(0xffffffffu, s[sub][h], o);
-            if (j0 + kc >= k_end)
-#pragma unroll
-                for (int h = 0; h < QG; h++) s[sub][h] = -INFINITY;
-        }
-
-        // Online softmax over the chunk: the warp's running max moves to the chunk's max.
-        float corr[QG];
-#pragma unroll
-        for (int h = 0; h < QG; h++) {
-            float cm = fmaxf(s[0][h], s[1][h]);
-            cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 8));
-            cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 16));
-            const float mn = fmaxf(m[h], cm);
-            corr[h] = exp2f(m[h] - mn);
-            m[h] = mn;
-            s[0][h] = exp2f(s[0][h] - mn);
-            s[1][h] = exp2f(s[1][h] - mn);
-            lsum[h] = lsum[h] * corr[h] + s[0][h] + s[1][h]; // this lane group's keys only
-        }
-        if (dp == 0)
-#pragma unroll
-            for (int h = 0; h < QG; h++) {
-                probs[grp * QG + h] = s[0][h];
-                probs[(grp + 4) * QG + h] = s[1][h];
-            }
-        __syncwarp();
-
-#pragma unroll
-        for (int h = 0; h < QG; h++)
-#pragma unroll
-            for (int e = 0; e < DV; e++) acc[h][e] *= corr[h];
-        const int n_valid = k_end - j0;
-#pragma unroll
-        for (int kc = 0; kc < kChunk; kc++) {
-            if (kc < n_valid) { // a chunk's tail past the range may hold anything (NaN included)
-                float vf[DV];
-                if constexpr (DV == 4) {
-                    uint2 raw = *reinterpret_cast<const uint2 *>(vs + (kc * D + lane * DV) * 2);
-                    bf16x2_to_f32(raw.x, vf[0], vf[1]);
-                    bf16x2_to_f32(raw.y, vf[2], vf[3]);
-                } else {
-                    static_assert(DV == 2, "head_dim 64 or 128");
-                    uint32_t raw = *reinterpret_cast<const uint32_t *>(vs + (kc * D + lane * DV) * 2);
-                    bf16x2_to_f32(raw, vf[0], vf[1]);
-                }
-                float pk[QG];
-#pragma unroll
-                for (int h = 0; h < QG; h++) pk[h] = probs[kc * QG + h];
-#pragma unroll
-                for (int h = 0; h < QG; h++)
-#pragma unroll
-                    for (int e = 0; e < DV; e++) acc[h][e] = fmaf(pk[h], vf[e], acc[h][e]);
-            }
-        }
-        // Every lane is done with the slot and the probabilities: refill the slot.
-        __syncwarp();
-        if (lane == 0 && it + NS < chunks.count) issue(it + NS);
-    }
-
-    // All of this block's loads are done: the next kernel in the stream may start launching.
-    pdl_let_dependents_launch();
-    // Merge the warps: each writes (m, l, o) per query head into its own (drained) ring.
-    float *rec = reinterpret_cast<float *>(ring);
-    constexpr int stride = D + 2;
-#pragma unroll
-    for (int h = 0; h < QG; h++) {
-        float l = lsum[h] + __shfl_xor_sync(0xffffffffu, lsum[h], 8);
-        l += __shfl_xor_sync(0xffffffffu, l, 16);
-        if (lane == 0) {
-            rec[h * stride] = m[h];
-            rec[h * stride + 1] = l;
-        }
-#pragma unroll
-        for (int e = 0; e < DV; e++) rec[h * stride + 2 + lane * DV + e] = acc[h][e];
-    }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < QG * D; idx += blockDim.x) {
-        const int h = idx / D, di = idx % D;
-        float mw[kWarps], mx = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < kWarps; w++) {
-            mw[w] = reinterpret_cast<const float *>(smem + w * L::ring_bytes)[h * stride];
-            mx = fmaxf(mx, mw[w]);
-        }
-        float lt = 0.0f, o = 0.0f;
-#pragma unroll
-        for (int w = 0; w < kWarps; w++) {
-            if (mw[w] != -INFINITY) {
-                const float *r = reinterpret_cast<const float *>(smem + w * L::ring_bytes) + h * stride;
-                const float c = exp2f(mw[w] - mx);
-                lt += r[1] * c;
-                o += r[2 + di] * c;
-            }
-        }
-        // The running maxima are in log2 units; merge_splits_kernel works in natural-log ones.
-        attn_store_head(p, out, part_o, part_ml, t, ti, kvh * QG + h, split, di, o, mx * kLn2, lt);
-    }
-}
-
-// Tensor-core variant of the same schedule. The SIMT kernel above issues ~700 instructions per
-// 8-key chunk and warp and is bound by issue and latency, not by memory; here a chunk costs ~120:
+// The schedule on the tensor cores. A SIMT version (kernels/dev/) spent ~700 instructions per
+// 8-key chunk and warp and was bound by issue and latency, not by memory; here a chunk costs ~120:
 //   S[16 x 8 keys] = Q K^T with mma.m16n8k16: rows 0-7 hold the query heads' bf16 high parts,
 //     rows 8-15 their low parts (q - bf16(q)), so fp32-accurate scores come out of one product
 //     (row g + row g + 8) and no row of the m16 tile is wasted on padding;
@@ -431,7 +207,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
     [[maybe_unused]] OwnHeads<D, QG, NS> heads;
     if constexpr (FUSED) heads.load_inputs(own, t, kvh, own_key, has_own, p);
-    pdl_wait(); // see attention_decode_kernel
+    pdl_wait(); // q and this step's keys are written by the kernels before this one
     if constexpr (FUSED) heads.make(own, own_sh, t, has_own, p);
     for (int it = it0; it < NS; it++) {
         if (it < chunks.count) issue(it);
@@ -576,83 +352,52 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
 }
 
-// The kernel a launch takes: the SIMT one, the tensor-core one, or the tensor-core one doing
-// qkv_post's work for its token (FUSED, head_dim 128 only).
-enum class Variant { simt, mma, mma_qkv };
+// Ring slots per warp: three keep a chunk's copies far enough ahead of its use; two were a
+// little slower (docs/performance.md).
+constexpr int kStages = 3;
 
-template <int D, int QG, int NS, Variant V>
+// FUSED: the kernel doing qkv_post's work for its token (head_dim 128 only).
+template <int D, int QG, bool FUSED>
 cudaError_t launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *ts,
                    const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p, const OwnQkv &own,
-                   bool pdl, cudaStream_t s)
+                   cudaStream_t s)
 {
-    const dim3 grid(p.n_kv_heads, p.n_tokens, p.n_splits), block(kWarps * 32);
-    const auto kc = (const __nv_bfloat16 *)k, vc = (const __nv_bfloat16 *)v;
-    const auto o = (__nv_bfloat16 *)out;
-    if constexpr (V == Variant::simt) {
-        constexpr int sh = DecodeSmem<D, QG, NS>::bytes;
-        constexpr auto kernel = attention_decode_kernel<D, QG, NS>;
-        const cudaError_t e = raise_smem_limit_once<kernel>(sh);
-        if (e != cudaSuccess) return e;
-        return launch_maybe_pdl(pdl, kernel, grid, block, sh, s, q, kc, vc, bt, ts, pos, po, pml, o, p);
-    } else if constexpr (V == Variant::mma_qkv && D != 128) {
+    if constexpr (FUSED && D != 128) {
         return cudaErrorInvalidValue;
     } else {
-        constexpr bool fused = V == Variant::mma_qkv;
-        constexpr int sh = MmaSmem<D, QG, NS, fused>::bytes;
-        constexpr auto kernel = attention_decode_mma_kernel<D, QG, NS, fused>;
+        const dim3 grid(p.n_kv_heads, p.n_tokens, p.n_splits), block(kWarps * 32);
+        constexpr int sh = MmaSmem<D, QG, kStages, FUSED>::bytes;
+        constexpr auto kernel = attention_decode_mma_kernel<D, QG, kStages, FUSED>;
         const cudaError_t e = raise_smem_limit_once<kernel>(sh);
         if (e != cudaSuccess) return e;
-        return launch_maybe_pdl(pdl, kernel, grid, block, sh, s, q, kc, vc, bt, ts, pos, po, pml, o, p, own);
+        return launch_pdl(kernel, grid, block, sh, s, q, (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, bt, ts,
+                          pos, po, pml, (__nv_bfloat16 *)out, p, own);
     }
 }
 
-template <int D, int NS, Variant V>
+template <int D, bool FUSED>
 cudaError_t launch_q(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *ts,
                      const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p,
-                     const OwnQkv &own, bool pdl, cudaStream_t s)
+                     const OwnQkv &own, cudaStream_t s)
 {
     switch (p.n_heads / p.n_kv_heads) {
-    case 1: return launch<D, 1, NS, V>(q, k, v, bt, ts, pos, po, pml, out, p, own, pdl, s);
-    case 2: return launch<D, 2, NS, V>(q, k, v, bt, ts, pos, po, pml, out, p, own, pdl, s);
-    case 4: return launch<D, 4, NS, V>(q, k, v, bt, ts, pos, po, pml, out, p, own, pdl, s);
-    case 8:
-        if constexpr (V != Variant::simt || D == 64)
-            return launch<D, 8, NS, V>(q, k, v, bt, ts, pos, po, pml, out, p, own, pdl, s);
-        return cudaErrorInvalidValue;
+    case 1: return launch<D, 1, FUSED>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
+    case 2: return launch<D, 2, FUSED>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
+    case 4: return launch<D, 4, FUSED>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
+    case 8: return launch<D, 8, FUSED>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
     default: return cudaErrorInvalidValue;
     }
 }
 
 } // namespace
 
-bool attention_decode_fits(const sk_attn_params &p, bool mma)
-{
-    if (p.n_kv_heads < 1 || p.n_heads % p.n_kv_heads) return false;
-    const int qg = p.n_heads / p.n_kv_heads;
-    if (p.head_dim != 64 && p.head_dim != 128) return false;
-    // The SIMT kernel keeps QG * D / 8 query floats per lane: 8 heads only at head_dim 64.
-    return qg == 1 || qg == 2 || qg == 4 || (qg == 8 && (mma || p.head_dim == 64));
-}
-
 cudaError_t attention_decode_launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt,
                                     const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
-                                    const sk_attn_params &p, int stages, bool pdl, bool mma, cudaStream_t s)
+                                    const sk_attn_params &p, cudaStream_t s)
 {
     const OwnQkv none = {};
-    if (mma) {
-        if (p.head_dim == 64) {
-            if (stages == 3) return launch_q<64, 3, Variant::mma>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
-            return launch_q<64, 2, Variant::mma>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
-        }
-        if (stages == 3) return launch_q<128, 3, Variant::mma>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
-        return launch_q<128, 2, Variant::mma>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
-    }
-    if (p.head_dim == 64) {
-        if (stages == 3) return launch_q<64, 3, Variant::simt>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
-        return launch_q<64, 2, Variant::simt>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
-    }
-    if (stages == 3) return launch_q<128, 3, Variant::simt>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
-    return launch_q<128, 2, Variant::simt>(q, k, v, bt, ts, pos, po, pml, out, p, none, pdl, s);
+    if (p.head_dim == 64) return launch_q<64, false>(q, k, v, bt, ts, pos, po, pml, out, p, none, s);
+    return launch_q<128, false>(q, k, v, bt, ts, pos, po, pml, out, p, none, s);
 }
 
 cudaError_t attention_decode_qkv_launch(const sk_qkv_src &src, uint16_t *k, uint16_t *v, const int32_t *bt,
@@ -660,5 +405,5 @@ cudaError_t attention_decode_qkv_launch(const sk_qkv_src &src, uint16_t *k, uint
                                         const sk_attn_params &p, cudaStream_t s)
 {
     const OwnQkv own = {src, (__nv_bfloat16 *)k, (__nv_bfloat16 *)v};
-    return launch_q<128, 3, Variant::mma_qkv>(nullptr, k, v, bt, ts, pos, po, pml, out, p, own, true, s);
+    return launch_q<128, true>(nullptr, k, v, bt, ts, pos, po, pml, out, p, own, s);
 }

@@ -11,8 +11,8 @@
 //   P rounded to bf16 straight from the score accumulators, which are laid out as the A
 //     fragments of P V need (no trip through shared memory);
 //   O += P V with mma.m16n8k16 (V fragments by transposed ldmatrix).
-// The previous version (WMMA, with S, P and O kept in shared memory and plain loads) ran a
-// 4096-token chunk of Llama-3-8B at ~20 TFLOPS; PERF_NOTES.md has the comparison.
+// The previous version (WMMA, with S, P and O kept in shared memory and plain loads) was several
+// times slower; docs/performance.md has the comparison.
 #include "kernels/bf16.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/smem_limit.cuh"

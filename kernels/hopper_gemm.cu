@@ -212,7 +212,7 @@ cudaError_t launch(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *
     attrs[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attrs[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attrs;
-    cfg.numAttrs = pdl_allowed(true) ? 2 : 1;
+    cfg.numAttrs = 2;
     cudaError_t e = cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<NT, SWIGLU>, mw, mx, y, (__nv_bfloat16 *)act, rows, n_out,
                                        k_blocks, per, part_stride, trigger ? 1 : 0);
     return e != cudaSuccess ? e : cudaGetLastError();
@@ -338,8 +338,8 @@ extern "C" int sk_hopper_gemm_splits(const struct sk_hopper_gemm *h, int n_out, 
 {
     const int tiles = (n_out + BM - 1) / BM, k_blocks = (k_in + BK - 1) / BK;
     // Pick the split count whose waves of clusters (one cluster per feature tile) take the least
-    // time: a block costs its K blocks plus a fixed part (launch, pipeline fill, the epilogue),
-    // measured on an H200 to be worth about 8 K blocks; the cluster reduction a few more.
+    // time: a block costs its K blocks plus a fixed part (launch, pipeline fill, the epilogue)
+    // worth about 8 K blocks in the timings; the cluster reduction a few more.
     int best = 1;
     double best_cost = 0;
     for (int sp = 1; sp <= k_blocks && sp <= SK_HOPPER_MAX_SPLITS; sp++) {

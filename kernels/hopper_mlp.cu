@@ -2,7 +2,7 @@
 // sk_hopper_gemm_swiglu does), then the down product of act, leaving its split parts in y (as
 // sk_hopper_gemm_parts does). Launched one after the other, the down product could not start
 // before the last gate/up block had ended: its blocks did not fit beside gate/up's, so every
-// layer paid a cold start (launch, pipeline fill) with memory idle in between (PERF_NOTES.md).
+// layer paid a cold start (launch, pipeline fill) with memory idle in between (docs/performance.md).
 //
 // Here a block takes its work by ticket (an atomic counter), all gate/up tiles first, then the
 // down tiles, split by split. A gate/up block counts its finished tile against the down split
@@ -129,9 +129,8 @@ cudaError_t launch_mlp(struct sk_hopper_gemm *h, const uint16_t *w_gu, const uin
     const int k_blocks = inter / BK, per = (k_blocks + splits - 1) / splits; // as launch() in hopper_gemm.cu
     int *sync = h->mlp_sync + (h->mlp_launches++ % 2) * kMlpSync;
     const dim3 grid(2 * inter / BM + (hidden + BM - 1) / BM * splits);
-    return launch_maybe_pdl(pdl_allowed(true), hopper_mlp_kernel<NT>, grid, dim3(kThreads), smem_bytes<NT>(), s, m_gu,
-                            m_x, m_down, m_act, (__nv_bfloat16 *)act, y, sync, rows, hidden, inter, per,
-                            (int64_t)rows * hidden, trigger ? 1 : 0);
+    return launch_pdl(hopper_mlp_kernel<NT>, grid, dim3(kThreads), smem_bytes<NT>(), s, m_gu, m_x, m_down, m_act,
+                      (__nv_bfloat16 *)act, y, sync, rows, hidden, inter, per, (int64_t)rows * hidden, trigger ? 1 : 0);
 }
 
 template <int NT> cudaError_t allow_smem_mlp()

@@ -110,8 +110,8 @@ __global__ void add_rmsnorm_kernel(float *x, const float *delta, int n_parts, in
 // The same for hidden % 4 == 0 and at most kNormVec * 4 * 1024 columns: each thread holds its
 // kNormVec float4 of the row in registers, so x and delta take one trip to memory with all the
 // loads in flight at once, and the output needs no second read. During a decode step that trip
-// goes to L2 while the next product's weight stream loads it fully, so trips are slow; on an
-// H200 at batch 64 this kernel made the whole step ~2% shorter than add_rmsnorm_kernel.
+// goes to L2 while the next product's weight stream loads it fully, so trips are slow, and one
+// trip instead of two made whole decode steps shorter than add_rmsnorm_kernel did.
 constexpr int kNormVec = 4;
 
 // PARTS: delta in n_parts (<= SK_HOPPER_MAX_SPLITS) parts, added as sum_parts_at adds them, with
@@ -148,8 +148,8 @@ __global__ void __launch_bounds__(PARTS ? kPartsThreads : 1024)
     }
     if (PARTS && dr) {
         // Every part of every float4 in flight before the first add. Adding per float4 through a
-        // helper like sum_parts_at (102 registers instead of 184, fewer loads in flight) was
-        // measured slower on an H200: batch 64 steps 5.15 -> 5.19-5.29 ms, batch 8 4.51 -> 4.60.
+        // helper like sum_parts_at takes fewer registers but has fewer loads in flight, and made
+        // whole steps slower (docs/performance.md).
         float4 part[SK_HOPPER_MAX_SPLITS][kNormVec];
 #pragma unroll
         for (int p = 0; p < SK_HOPPER_MAX_SPLITS; p++)

@@ -1,6 +1,7 @@
 // Shared-memory addresses and mbarriers (sm_90), for kernels that move data with the copy engine
-// (bulk copies, TMA) and wait for it: hopper_gemm.cu, attention_decode_gqa.cu. Barriers are named
-// by their 32-bit shared-memory address, as the PTX instructions take them.
+// (bulk copies, TMA) and wait for it: the Hopper products (hopper_stream.cuh) and the SIMT decode
+// attention in kernels/dev/; mma.cuh takes its shared-memory addresses from here. Barriers are
+// named by their 32-bit shared-memory address, as the PTX instructions take them.
 #ifndef SLUICE_KERNELS_MBARRIER_CUH
 #define SLUICE_KERNELS_MBARRIER_CUH
 

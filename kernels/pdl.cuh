@@ -10,8 +10,6 @@
 #pragma once
 
 #include <cuda_runtime.h>
-#include <stdlib.h>
-#include <string.h>
 
 __device__ __forceinline__ void pdl_wait()
 {
@@ -25,18 +23,6 @@ __device__ __forceinline__ void pdl_let_dependents_launch()
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
-}
-
-// SLUICE_CUDA_PDL=0 launches every kernel the ordinary way; SLUICE_CUDA_PDL=products keeps it
-// off for the Hopper products only (bisecting a hang).
-inline bool pdl_allowed(bool product)
-{
-    static int mode = -1; // 0 off, 1 on, 2 off for products
-    if (mode < 0) {
-        const char *e = getenv("SLUICE_CUDA_PDL");
-        mode = !e ? 1 : !strcmp(e, "0") ? 0 : !strcmp(e, "products") ? 2 : 1;
-    }
-    return mode == 1 || (mode == 2 && !product);
 }
 
 // Launches kernel<<<grid, block, smem, s>>>(args...), as a programmatic dependent when pdl.
@@ -53,7 +39,7 @@ cudaError_t launch_maybe_pdl(bool pdl, void (*kernel)(Params...), dim3 grid, dim
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = pdl && pdl_allowed(false) ? 1 : 0;
+    cfg.numAttrs = pdl ? 1 : 0;
     cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
     return e != cudaSuccess ? e : cudaGetLastError();
 }

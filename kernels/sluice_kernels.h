@@ -12,13 +12,11 @@
 #include <stdint.h>
 #include <cuda_runtime.h>
 
+#include "kernels/sk_shapes.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-#define SK_KV_BLOCK 16
-#define SK_MAX_HEAD_DIM 256
-#define SK_MAX_TOP 20
 
 /* Source dtypes, the same numbering as enum dtype in worker/model/model.h. */
 enum { SK_F32 = 0, SK_F16 = 1, SK_BF16 = 2 };
@@ -53,9 +51,9 @@ cudaError_t sk_add_rmsnorm_parts(float *x, const float *delta, int n_parts, int6
                                  const float *w, uint16_t *y, int n_rows, int hidden, float eps, cudaStream_t s);
 /* out[t, i] = bf16(silu(gu[t, i]) * gu[t, inter + i]) for gu = [gate | up] rows of 2*inter. */
 cudaError_t sk_silu_mul(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s);
-/* The same over rows of gate and up interleaved in blocks of 64 (the layout of a gate/up weight
- * pair made by sk_gate_up_interleave, for sk_hopper_gemm_swiglu): needs inter % 64 == 0. */
-#define SK_GATE_UP_BLOCK 64
+/* The same over rows of gate and up interleaved in blocks of SK_GATE_UP_BLOCK (the layout of a
+ * gate/up weight pair made by sk_gate_up_interleave, for sk_hopper_gemm_swiglu): needs
+ * inter % SK_GATE_UP_BLOCK == 0. */
 cudaError_t sk_silu_mul_interleaved(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s);
 /* Either of the two from bf16 gate/up rows (a product written in bf16, as prefill's is). */
 cudaError_t sk_silu_mul_bf16(uint16_t *out, const uint16_t *gu, int n_tokens, int inter, int interleaved,
@@ -91,7 +89,6 @@ cudaError_t sk_qkv_post_parts(const float *qkv, int n_parts, int64_t part_stride
  * For decode, where cuBLAS's general kernels leave bandwidth unused: one warp per output
  * feature, 16-byte streaming loads of w, several in flight. Needs rows <= SK_GEMV_MAX_ROWS,
  * k_in % 8 == 0 and 16-byte aligned w and x; returns cudaErrorInvalidValue otherwise. */
-#define SK_GEMV_MAX_ROWS 8
 cudaError_t sk_gemv(const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in, cudaStream_t s);
 
 /* Decode products of 2..SK_HOPPER_MAX_ROWS rows on Hopper's own path (kernels/hopper_gemm.cu):
@@ -103,8 +100,6 @@ cudaError_t sk_gemv(const uint16_t *w, const uint16_t *x, float *y, int rows, in
  * count for the shape (sk_hopper_gemm_splits, which depends on n_out and k_in only, so a row's
  * result does not depend on the batch size). Needs k_in % 8 == 0, 16-byte aligned w and x and
  * splits <= SK_HOPPER_MAX_SPLITS; returns cudaErrorInvalidValue otherwise. */
-#define SK_HOPPER_MAX_ROWS 128
-#define SK_HOPPER_MAX_SPLITS 8
 struct sk_hopper_gemm;
 cudaError_t sk_hopper_gemm_create(struct sk_hopper_gemm **out);
 void sk_hopper_gemm_destroy(struct sk_hopper_gemm *h);
@@ -140,47 +135,18 @@ cudaError_t sk_hopper_gemm_swiglu(struct sk_hopper_gemm *h, const uint16_t *w, c
                                   int rows, int inter, int k_in, int early_dependents, cudaStream_t s);
 
 /* --- attention ------------------------------------------------------------------------ */
-struct sk_attn_params {
-    int n_tokens;
-    int n_heads;
-    int n_kv_heads;
-    int head_dim;  /* 1..SK_MAX_HEAD_DIM; 8, 16, 32, 64, 128, 256 take vector paths */
-    int bt_stride; /* ints per row of block_tables */
-    float scale;
-    int n_splits;              /* >= 1: keys split into n_splits ranges, merged after */
-    int split_len;             /* > 0: ranges of this many keys (a multiple of SK_KV_BLOCK); 0: each
-                           token's keys cut into n_splits equal ranges (rounded to 16) */
-    const int32_t *token_list; /* NULL: tokens 0..n_tokens-1; else the n_tokens query tokens */
-    int settled_keys;          /* 1: no kernel of this step writes a query token's keys before its own
-                                  position (every token is its sequence's only one in the step), so a
-                                  kernel launched as a programmatic dependent may read them before
-                                  the previous kernel ends */
-};
 /* Causal attention of each query token t (sequence token_seq[t], position pos[t]) over keys
- * 0..pos[t] of its sequence, read from the paged cache through block_tables[seq]. The current
+ * 0..pos[t] of its sequence, read from the paged cache through block_tables[seq], on the given
+ * kernel (struct sk_attn_params and enum sk_attn_kernel: kernels/sk_shapes.h). The current
  * chunk's keys must already be in the cache (sk_qkv_post puts them there). q: [T, n_heads, d]
  * fp32; out: [T, n_heads * d] bf16. part_o (T * n_heads * n_splits * d floats) and part_ml
- * (T * n_heads * n_splits * 2 floats) are scratch used when n_splits > 1. */
-/* Whether sk_attention takes the grouped-query kernel for p (head_dim 64 or 128, 1, 2, 4 or 8
- * query heads per kv head): one block per kv head serves its query heads, so keys and values are
- * read once per token. */
-int sk_attention_gqa_fits(const struct sk_attn_params *p);
+ * (T * n_heads * n_splits * 2 floats) are scratch used when n_splits > 1.
+ * SK_ATTN_DECODE_STREAM launches as a programmatic dependent of the previous kernel and pulls
+ * each warp's keys through a shared-memory ring (kernels/attention_decode_gqa.cu); it answers
+ * cudaErrorInvalidValue for a p that sk_attention_decode_fits refuses. */
 cudaError_t sk_attention(const float *q, const uint16_t *k_cache, const uint16_t *v_cache, const int32_t *block_tables,
                          const int32_t *token_seq, const int32_t *pos, float *part_o, float *part_ml, uint16_t *out,
-                         struct sk_attn_params p, cudaStream_t s);
-/* sk_attention with the grouped-query kernel's variant chosen: use_gqa 0 never takes it; 1-3 the
- * register kernel (1: two keys per lane group and step, 2: 1 with the block table staged in
- * shared memory, 3: 2 with four keys per step); 4-7 the streaming SIMT kernel and 8-9 the
- * streaming tensor-core kernel (kernels/attention_decode_gqa.cu), which pull each warp's keys
- * through a shared-memory ring. sk_attention uses sk_attention_default_gqa(): SLUICE_CUDA_ATTN_GQA
- * if set (0-9), else 9. */
-int sk_attention_default_gqa(void);
-/* Whether the default variant runs a streaming kernel (4-9) for p: then one block per kv head and
- * token already fills the GPU at moderate batches, and splitting keys pays only for long contexts. */
-int sk_attention_decode_fits(const struct sk_attn_params *p);
-cudaError_t sk_attention_mode(const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
-                              const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos, float *part_o,
-                              float *part_ml, uint16_t *out, struct sk_attn_params p, int use_gqa, cudaStream_t s);
+                         struct sk_attn_params p, enum sk_attn_kernel kernel, cudaStream_t s);
 
 /* sk_qkv_post_parts' inputs, for the decode attention that does its work. */
 struct sk_qkv_src {
@@ -192,10 +158,7 @@ struct sk_qkv_src {
     float eps;
     int interleaved;
 };
-/* Whether sk_attention_decode_qkv takes p: the default variant is the tensor-core streaming
- * kernel (8 or 9), head_dim is 128, and p.settled_keys is set. */
-int sk_attention_decode_qkv_fits(const struct sk_attn_params *p);
-/* sk_qkv_post_parts and sk_attention in one kernel, for query tokens that are each their
+/* sk_qkv_post_parts and sk_attention's streaming kernel in one, for query tokens that are each their
  * sequence's only one in the step (settled_keys): each block computes its query heads from the
  * qkv parts (row t of the product for token t), and the block holding the token's own key also
  * its k and v, which it writes to the caches at src->slot[t] and adds to its result itself
@@ -210,9 +173,8 @@ cudaError_t sk_attention_decode_qkv(const struct sk_qkv_src *src, uint16_t *k_ca
 /* Prefill attention on the tensor cores (mma.sync bf16, fp32 accumulation), FlashAttention-2
  * style: a block takes 64 consecutive query tokens of one sequence for one head and walks 64-key
  * tiles of the paged cache up to the causal limit with an online softmax. tiles holds n_tiles triples
- * (first token, count <= 64, sequence); other parameters as for sk_attention (n_splits and
- * token_list unused). head_dim 64 or 128 only: cudaErrorInvalidValue otherwise. */
-#define SK_PREFILL_TILE 64
+ * (first token, count <= SK_PREFILL_TILE, sequence); other parameters as for sk_attention (n_splits
+ * and token_list unused). head_dim 64 or 128 only: cudaErrorInvalidValue otherwise. */
 cudaError_t sk_attention_prefill(const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
                                  const int32_t *block_tables, const int32_t *tiles, int n_tiles, const int32_t *pos,
                                  uint16_t *out, struct sk_attn_params p, cudaStream_t s);

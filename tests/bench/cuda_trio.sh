@@ -35,14 +35,17 @@ trio_bg() {
 }
 
 # start_trio BIN CONFIG TOKENIZER [LOGDIR]: the controller on :21001, a CUDA worker serving
-# CONFIG's shape with random weights as llama-3-8b on :21002 and the gateway on :8000 (their
-# logs into LOGDIR when given), their pids appended to the caller's `pids`; returns once the
-# gateway lists the model, or fails after 2 minutes.
+# CONFIG's shape with random weights as llama-3-8b on :21002 (with WORKER_ARGS, more flags for
+# it, split at spaces) and the gateway on :8000 (their logs into LOGDIR when given), their pids
+# appended to the caller's `pids`; returns once the gateway lists the model, or fails after 2
+# minutes.
 start_trio() {
   local bin=$1 cfg=$2 tok=$3 logs=${4:-} _
+  local -a extra
+  read -r -a extra <<< "${WORKER_ARGS:-}"
   trio_bg "$logs" controller "$bin/sluice-controller" --port 21001 --log-level warn
   trio_bg "$logs" worker "$bin/sluice-worker" --model-path "$cfg" --load-format dummy --tokenizer "$tok" \
-    --device cuda --model-names llama-3-8b --port 21002 --heartbeat-interval 2 --log-level warn
+    --device cuda --model-names llama-3-8b --port 21002 --heartbeat-interval 2 --log-level warn "${extra[@]}"
   trio_bg "$logs" gateway "$bin/sluice-gateway" --port 8000 --log-level warn
   for _ in $(seq 1 600); do
     curl -s http://127.0.0.1:8000/v1/models | grep -q llama-3-8b && return 0

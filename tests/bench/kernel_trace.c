@@ -8,7 +8,7 @@
  * span it alone accounts for ("own" time: the part of its run that no earlier kernel of the
  * replay overlaps). Own times add up to the span minus the idle gaps, so they say where a step's
  * time goes with the overlap that programmatic dependent launches buy already taken out, which
- * per-kernel events (SLUICE_CUDA_PROFILE=1, eager) cannot show.
+ * per-kernel events (--cuda-profile, eager) cannot show.
  *
  * Why CUPTI and not Nsight Systems: the toolkit ships libcupti, the lent GPU machine has Nsight
  * Compute but not Nsight Systems, and this is all the timeline we need. */

@@ -3,9 +3,9 @@
 # gateway) over Llama-3-8B's shape: RUNS runs of serve_bench.py with 67, 74, ... prompts of
 # 261, 322, ... tokens, each bounded to 25 s. A stall (a run past its bound) prints the worker's
 # step counter twice and the GPU's use, then stops. This reproduced the Hopper products' hang
-# (worker/backend/cuda/PERF_NOTES.md, fourth session) in 1 run of 2 to 11.
-# Env: SLUICE_BIN (bin), TOKENIZER (.models/llama3_1), RUNS (14), OUT (/tmp), and any SLUICE_*
-# switch for the worker (SLUICE_CUDA_HOPPER=0, SLUICE_CUDA_PDL=0, SLUICE_OVERLAP_STEPS=0, ...).
+# (docs/performance.md, "A hang in serving tails") in 1 run of 2 to 11.
+# Env: SLUICE_BIN (bin), TOKENIZER (.models/llama3_1), RUNS (14), OUT (/tmp), and WORKER_ARGS,
+# more flags for the worker (e.g. "--cuda-options hopper=0 --no-overlap-steps" to bisect).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/bench/cuda_trio.sh

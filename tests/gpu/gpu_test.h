@@ -68,6 +68,17 @@ static inline int gt_int(int n)
     return (int)(gt_next() % (uint64_t)n);
 }
 
+/* a[0..n) = first, first + 1, ... in a random order. */
+static inline void gt_shuffled_ids(int32_t *a, int n, int first)
+{
+    for (int i = 0; i < n; i++) a[i] = first + i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = gt_int(i + 1), tmp = a[i];
+        a[i] = a[j];
+        a[j] = tmp;
+    }
+}
+
 static inline uint16_t gt_f2bf(float f)
 {
     uint32_t u;

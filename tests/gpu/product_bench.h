@@ -9,23 +9,24 @@
 #include "tests/gpu/gpu_test.h"
 #include "worker/backend/cuda/cuda_internal.h"
 
-/* A backend of a stream and a cuBLAS handle only, all that cuda_gemm needs (with b->use_gemv or
- * b->hopper set where the test wants those paths). False, with the check failed, without cuBLAS. */
+/* A backend of a stream and a cuBLAS handle only, all that cuda_gemm needs (with b->plan.gemv or
+ * b->plan.hopper and b->gemm.hopper set where the test wants those paths). False, with the check
+ * failed, without cuBLAS. */
 static inline bool bare_backend_open(struct cuda_backend *b)
 {
     memset(b, 0, sizeof *b);
     GT_CUDA(cudaStreamCreate(&b->stream));
-    if (cublasCreate(&b->cublas) != CUBLAS_STATUS_SUCCESS) {
+    if (cublasCreate(&b->gemm.cublas) != CUBLAS_STATUS_SUCCESS) {
         GT_CHECK(0, "cublasCreate");
         return false;
     }
-    cublasSetStream(b->cublas, b->stream);
+    cublasSetStream(b->gemm.cublas, b->stream);
     return true;
 }
 
 static inline void bare_backend_close(struct cuda_backend *b)
 {
-    cublasDestroy(b->cublas);
+    cublasDestroy(b->gemm.cublas);
     cudaStreamDestroy(b->stream);
 }
 

@@ -303,16 +303,16 @@ static void test_stories(const char *data)
 
     {
         const struct cuda_backend *cb = (const struct cuda_backend *)b;
-        GT_CHECK(cb->graph_replays > 100 && cb->graph_captures < 40,
+        GT_CHECK(cb->graphs.replays > 100 && cb->graphs.captures < 40,
                  "decode steps replayed as CUDA graphs (%llu captures, %llu replays)",
-                 (unsigned long long)cb->graph_captures, (unsigned long long)cb->graph_replays);
+                 (unsigned long long)cb->graphs.captures, (unsigned long long)cb->graphs.replays);
     }
     /* The same batch without graphs gives the same tokens. */
     {
-        setenv("SLUICE_CUDA_GRAPHS", "0", 1);
+        struct backend_options eager = bo;
+        eager.cuda.enforce_eager = true;
         struct backend *b2 = NULL;
-        int rc = backend_cuda_create(&b2, m, &bo, err, sizeof err);
-        unsetenv("SLUICE_CUDA_GRAPHS");
+        int rc = backend_cuda_create(&b2, m, &eager, err, sizeof err);
         struct gen_seq gs[MAX_PROMPTS];
         memset(gs, 0, sizeof gs);
         for (int p = 0; p < n_prompts; p++) {
@@ -325,7 +325,7 @@ static void test_stories(const char *data)
         int bad = 0;
         for (int p = 0; p < n_prompts; p++)
             for (int i = 0; i < MAX_GEN; i++) bad += gs[p].out[i] != alone[p][i];
-        GT_CHECK(rc == 0 && bad == 0 && ((struct cuda_backend *)b2)->graph_replays == 0,
+        GT_CHECK(rc == 0 && bad == 0 && ((struct cuda_backend *)b2)->graphs.replays == 0,
                  "without CUDA graphs: same tokens (%d differ) %s", bad, rc ? err : "");
         backend_free(b2);
     }
@@ -353,12 +353,11 @@ static void test_stories(const char *data)
     /* A step that does not finish in time (here: a limit far below a step's time) is a device
      * error, not a wait without end; the backend is then freed without touching the device. */
     {
-        setenv("SLUICE_CUDA_STEP_TIMEOUT_S", "1e-9", 1);
-        setenv("SLUICE_CUDA_WARMUP", "0", 1); /* the steps below, not the start's, are to time out */
+        struct backend_options quick = bo;
+        quick.cuda.step_timeout_s = 1e-9;
+        quick.cuda.no_warmup = true; /* the steps below, not the start's, are to time out */
         struct backend *bs = NULL;
-        int rc = backend_cuda_create(&bs, m, &bo, err, sizeof err);
-        unsetenv("SLUICE_CUDA_STEP_TIMEOUT_S");
-        unsetenv("SLUICE_CUDA_WARMUP");
+        int rc = backend_cuda_create(&bs, m, &quick, err, sizeof err);
         int timed_out = 0;
         for (int attempt = 0; rc == 0 && attempt < 10 && !timed_out; attempt++) {
             struct gen_seq g;
@@ -369,7 +368,7 @@ static void test_stories(const char *data)
             assign_blocks(&g, 1, 4 * BLOCKS_PER_SEQ);
             timed_out = run_batch(bs, &g, 1, 512, &greedy) < 0 && strstr(bs->error, "did not finish") != NULL;
         }
-        GT_CHECK(rc == 0 && timed_out, "a step past SLUICE_CUDA_STEP_TIMEOUT_S is reported: %s",
+        GT_CHECK(rc == 0 && timed_out, "a step past the step timeout (--cuda-step-timeout) is reported: %s",
                  rc == 0 ? bs->error : err);
         backend_free(bs);
         GT_CUDA(cudaDeviceSynchronize());
@@ -377,17 +376,17 @@ static void test_stories(const char *data)
 
     /* The warm-up at start: one prefill and one decode step (its graph captured), or none. */
     for (int off = 0; off < 2; off++) {
-        if (off) setenv("SLUICE_CUDA_WARMUP", "0", 1);
+        struct backend_options warm = bo;
+        warm.cuda.no_warmup = off;
         struct backend *bw = NULL;
-        int rc = backend_cuda_create(&bw, m, &bo, err, sizeof err);
-        unsetenv("SLUICE_CUDA_WARMUP");
+        int rc = backend_cuda_create(&bw, m, &warm, err, sizeof err);
         const struct cuda_backend *cw = (const struct cuda_backend *)bw;
         const unsigned long long want_steps = off ? 0 : 2, want_graphs = off ? 0 : 1;
-        GT_CHECK(rc == 0 && cw->submitted == want_steps && cw->collected == want_steps &&
-                     cw->graph_captures == want_graphs,
+        GT_CHECK(rc == 0 && cw->steps.submitted == want_steps && cw->steps.collected == want_steps &&
+                     cw->graphs.captures == want_graphs,
                  "warm-up %s: %llu steps, %llu graphs at start %s", off ? "off" : "on",
-                 rc == 0 ? (unsigned long long)cw->submitted : 0ULL,
-                 rc == 0 ? (unsigned long long)cw->graph_captures : 0ULL, rc ? err : "");
+                 rc == 0 ? (unsigned long long)cw->steps.submitted : 0ULL,
+                 rc == 0 ? (unsigned long long)cw->graphs.captures : 0ULL, rc ? err : "");
         backend_free(bw);
     }
 
@@ -415,19 +414,17 @@ static double logits_rel_err(const float *a, const float *ref, int n)
     return isfinite(num) ? sqrt(num / den) : INFINITY;
 }
 
-/* A CUDA backend for m created with var=value in the environment (none when var is NULL); NULL,
- * reported, when it cannot be made. */
-static struct backend *cuda_backend_with(const struct model *m, const struct backend_options *bo, const char *var,
-                                         const char *value)
+/* A CUDA backend for m with bo's options and co's CUDA options (what: how they differ from the
+ * default, for the message); NULL, reported, when it cannot be made. */
+static struct backend *cuda_backend_with(const struct model *m, const struct backend_options *bo,
+                                         const struct cuda_options *co, const char *what)
 {
     char err[512];
     struct backend *b = NULL;
-    if (var) setenv(var, value, 1);
-    const int rc = backend_cuda_create(&b, m, bo, err, sizeof err);
-    if (var) unsetenv(var);
-    if (rc < 0) {
-        GT_CHECK(0, "backend_cuda_create%s%s%s%s: %s", var ? " with " : "", var ? var : "", var ? "=" : "",
-                 var ? value : "", err);
+    struct backend_options o = *bo;
+    o.cuda = *co;
+    if (backend_cuda_create(&b, m, &o, err, sizeof err) < 0) {
+        GT_CHECK(0, "backend_cuda_create (%s): %s", what, err);
         return NULL;
     }
     return b;
@@ -448,14 +445,16 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
                                  .gpu_memory_utilization = 0.9};
     struct backend *cpu = NULL;
     if (backend_cpu_create(&cpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "backend_cpu_create: %s", err);
-    struct backend *gpu = cuda_backend_with(m, &bo, NULL, NULL);
+    struct backend *gpu = cuda_backend_with(m, &bo, &(struct cuda_options){0}, "default");
     /* The same device with the Hopper products adding their split-K sums themselves, instead of
      * leaving parts to their readers (norm, qkv_post), and so with the MLP in two launches
      * instead of one (sk_hopper_mlp): the logits must not change by a bit. */
-    struct backend *gpu_sum = cuda_backend_with(m, &bo, "SLUICE_CUDA_SPLIT_PARTS", "0");
+    struct backend *gpu_sum =
+        cuda_backend_with(m, &bo, &(struct cuda_options){.no_split_parts = true}, "split_parts=0");
     /* And with the decode attention doing qkv_post's work at every batch size, not only over 32
      * rows (head_dim 128 only): against the CPU as the others. */
-    struct backend *gpu_fq = cuda_backend_with(m, &bo, "SLUICE_CUDA_FUSED_QKV", "all");
+    struct backend *gpu_fq =
+        cuda_backend_with(m, &bo, &(struct cuda_options){.fused_qkv = CUDA_FUSED_QKV_ALL}, "fused_qkv=all");
     if (!cpu || !gpu || !gpu_sum || !gpu_fq) {
         backend_free(gpu_fq);
         backend_free(gpu_sum);
@@ -562,10 +561,10 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
     }
     GT_CHECK(worst < 3e-2, "%s: logits rel err vs CPU fp32 over %d steps: worst %.2e (bf16 weights)", name, steps,
              worst);
-    const uint64_t fq_steps = ((struct cuda_backend *)gpu_fq)->fused_qkv_steps;
+    const uint64_t fq_steps = ((struct cuda_backend *)gpu_fq)->steps.fused_qkv_steps;
     const int fq_expected = m->config.head_dim == 128;
     GT_CHECK(worst_fq < 3e-2 && (fq_steps > 0) == fq_expected,
-             "%s: with the decode attention doing qkv_post's work (SLUICE_CUDA_FUSED_QKV=all, %llu steps, expected %s): "
+             "%s: with the decode attention doing qkv_post's work (fused_qkv=all, %llu steps, expected %s): "
              "logits rel err vs CPU fp32 worst %.2e",
              name, (unsigned long long)fq_steps, fq_expected ? "some" : "none at head_dim != 128", worst_fq);
     GT_CHECK(sampler_bad == 0, "%s: device sampling equals sampler_sample on the same logits (%d differ)", name,
@@ -573,8 +572,8 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
     GT_CHECK(split_bad == 0,
              "%s: split-K parts added by their readers (%s) and the fused MLP (%s) give the logits of the products' "
              "own sums bit for bit (%d of %d steps differ)",
-             name, ((struct cuda_backend *)gpu)->split_parts ? "on" : "off: no Hopper products",
-             ((struct cuda_backend *)gpu)->fused_mlp ? "on" : "off", split_bad, steps);
+             name, ((struct cuda_backend *)gpu)->plan.split_parts ? "on" : "off: no Hopper products",
+             ((struct cuda_backend *)gpu)->plan.fused_mlp ? "on" : "off", split_bad, steps);
     free(lg);
     free(lc);
     free(ls);

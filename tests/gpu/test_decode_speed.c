@@ -40,12 +40,12 @@ int main(void)
     const int variants[][3] = {{1, 1, 1}, {1, 0, 0}, {0, 0, 1}};
     for (int v = 0; v < 3; v++) {
         int gemv = variants[v][0], graphs = variants[v][1], mma = variants[v][2];
-        setenv("SLUICE_CUDA_GEMV", gemv ? "1" : "0", 1);
-        setenv("SLUICE_CUDA_GRAPHS", graphs ? "1" : "0", 1);
-        setenv("SLUICE_CUDA_PREFILL_MMA", mma ? "1" : "0", 1);
         printf("  variant: one-row products by %s, CUDA graphs %s, prefill attention on %s\n",
                gemv ? "own gemv" : "cuBLAS", graphs ? "on" : "off", mma ? "tensor cores" : "the general kernel");
-        struct backend_options bo = {.gpu_memory_utilization = 0.9, .max_batch_tokens = 4096, .max_batch_seqs = 64};
+        struct backend_options bo = {.gpu_memory_utilization = 0.9,
+                                     .max_batch_tokens = 4096,
+                                     .max_batch_seqs = 64,
+                                     .cuda = {.no_gemv = !gemv, .enforce_eager = !graphs, .no_prefill_mma = !mma}};
         struct backend *b = NULL;
         double t0 = now_s();
         if (backend_cuda_create(&b, m, &bo, err, sizeof err) < 0) {

@@ -1,6 +1,7 @@
 /* Each kernel against a CPU reference on random inputs, outputs poisoned first. bf16 outputs
  * pass at ||out - ref|| / ||ref|| < 1e-2 (METHOD.md's bound for bf16 operands); exact kernels
  * (gathers, conversions, dummy weights, the sampler's choices) must match exactly. */
+#include "tests/gpu/attention_cases.h"
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/product_bench.h"
 
@@ -387,16 +388,6 @@ static void test_rmsnorm_parts(void)
 
 /* a[0..n) = first, first + 1, ... in a random order (Fisher-Yates): cache slots and blocks as a
  * live cache scatters them. */
-static void shuffled_ids(int32_t *a, int n, int first)
-{
-    for (int i = 0; i < n; i++) a[i] = first + i;
-    for (int i = n - 1; i > 0; i--) {
-        int j = gt_int(i + 1), tmp = a[i];
-        a[i] = a[j];
-        a[j] = tmp;
-    }
-}
-
 /* qkv epilogue: bias, q/k norm, rope (both layouts), cache writes at scattered slots; and the
  * same from qkv in split parts (sk_qkv_post_parts), bit for bit. */
 static void test_qkv_post_case(int nh, int nkv, int D, int interleaved, int bias, int qknorm)
@@ -423,7 +414,7 @@ static void test_qkv_post_case(int nh, int nkv, int D, int interleaved, int bias
     for (int i = 0; i < D / 2; i++) inv[i] = (float)(1.0 / pow(500000.0, 2.0 * i / D));
     /* Distinct slots in a permuted order. */
     int32_t perm[8 * 16];
-    shuffled_ids(perm, nblocks * 16, 0);
+    gt_shuffled_ids(perm, nblocks * 16, 0);
     for (int t = 0; t < T; t++) {
         pos[t] = gt_int(40000);
         slot[t] = perm[t];
@@ -538,186 +529,14 @@ static void test_qkv_post_case(int nh, int nkv, int D, int interleaved, int bias
     free(tmp);
 }
 
-struct attn_seq {
-    int start, n_new;
-};
+/* The shipped decode-attention kernels: the per-head kernel (variant 0) and the tensor-core
+ * streaming kernel (9). */
+static const int shipped_variants[] = {0, 9};
+static const struct attn_runner shipped = {2, shipped_variants, attn_run_shipped, attn_fits_shipped, 0};
 
-/* Decode-attention variants each case runs (sk_attention_mode's use_gqa): the per-query-head
- * kernel (0), attention_gqa_kernel (1-3), the SIMT streaming kernel (4-7) and the tensor-core
- * streaming kernel (8, 9). */
-static const int attn_modes[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
-#define N_ATTN_MODES ((int)(sizeof attn_modes / sizeof attn_modes[0]))
-
-/* Causal attention in double over the paged cache (16-key blocks), as every decode kernel
- * computes it: token t (sequence tseq[t]) attends to keys 0..tpos[t]. */
-static void attention_ref(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, int stride,
-                          const int32_t *tseq, const int32_t *tpos, int T, int nh, int nkv, int D, float scale,
-                          double *ref)
-{
-    int max_ctx = 0;
-    for (int t = 0; t < T; t++)
-        if (tpos[t] + 1 > max_ctx) max_ctx = tpos[t] + 1;
-    double *sc = malloc((size_t)max_ctx * 8);
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < nh; h++) {
-            int kvh = h / (nh / nkv), n = tpos[t] + 1;
-            const int32_t *tb = bt + (size_t)tseq[t] * stride;
-            double mx = -INFINITY;
-            for (int j = 0; j < n; j++) {
-                size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
-                double s = 0;
-                for (int i = 0; i < D; i++) s += (double)q[((size_t)t * nh + h) * D + i] * gt_bf2f(k[at + i]);
-                sc[j] = s * scale;
-                if (sc[j] > mx) mx = sc[j];
-            }
-            double sum = 0;
-            for (int j = 0; j < n; j++) sum += (sc[j] = exp(sc[j] - mx));
-            for (int i = 0; i < D; i++) {
-                double o = 0;
-                for (int j = 0; j < n; j++) {
-                    size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
-                    o += sc[j] * gt_bf2f(v[at + i]);
-                }
-                ref[((size_t)t * nh + h) * D + i] = o / sum;
-            }
-        }
-    free(sc);
-}
-
-/* Runs every variant over the sequences seqs[0..S) (start = cached tokens before, n_new = tokens
- * now) against a double reference. Outputs are poisoned before each run; unless mixed, the cache
- * slots past each sequence's last token hold NaN, as unwritten slots of a live cache may.
- * mixed: as the backend does with tensor-core prefill, sequences of 2+ new tokens go to
- * sk_attention_prefill in 64-token tiles and single tokens to sk_attention through a list. */
-static void test_attention_seqs(const struct attn_seq *seqs, int S, int nh, int nkv, int D, int n_splits,
-                                int split_len, int mixed)
-{
-    int T = 0, max_ctx = 0;
-    for (int s = 0; s < S; s++) {
-        T += seqs[s].n_new;
-        if (seqs[s].start + seqs[s].n_new > max_ctx) max_ctx = seqs[s].start + seqs[s].n_new;
-    }
-    const int stride = (max_ctx + 15) / 16, nblocks = S * stride + 3;
-    int32_t *bt = malloc((size_t)S * stride * 4), *tseq = malloc(T * 4), *tpos = malloc(T * 4);
-    int32_t *perm = malloc(nblocks * sizeof *perm);
-    shuffled_ids(perm, nblocks, 0);
-    for (int i = 0; i < S * stride; i++) bt[i] = perm[i];
-    for (int s = 0, t = 0; s < S; s++)
-        for (int i = 0; i < seqs[s].n_new; i++, t++) {
-            tseq[t] = s;
-            tpos[t] = seqs[s].start + i;
-        }
-    size_t cache_n = (size_t)nblocks * nkv * 16 * D;
-    uint16_t *k = malloc(cache_n * 2), *v = malloc(cache_n * 2);
-    for (size_t i = 0; i < cache_n; i++) {
-        k[i] = gt_f2bf(gt_normal());
-        v[i] = gt_f2bf(gt_normal());
-    }
-    if (!mixed)
-        for (int s = 0; s < S; s++) {
-            int end = seqs[s].start + seqs[s].n_new;
-            for (int j = end; j < (end + 15) / 16 * 16; j++)
-                for (int h = 0; h < nkv; h++)
-                    for (int i = 0; i < D; i++) {
-                        size_t at = ((size_t)(bt[(size_t)s * stride + j / 16] * nkv + h) * 16 + j % 16) * D + i;
-                        k[at] = v[at] = 0x7fc0;
-                    }
-        }
-    size_t qn = (size_t)T * nh * D;
-    float *q = malloc(qn * 4);
-    for (size_t i = 0; i < qn; i++) q[i] = gt_normal();
-    float scale = 1.0f / sqrtf((float)D);
-
-    uint16_t *dk = gt_up(k, cache_n * 2), *dv = gt_up(v, cache_n * 2), *dout = gt_dev(qn * 2);
-    float *dq = gt_up(q, qn * 4);
-    int32_t *dbt = gt_up(bt, (size_t)S * stride * 4), *dseq = gt_up(tseq, T * 4), *dpos = gt_up(tpos, T * 4);
-    float *dpo = gt_dev((size_t)T * nh * n_splits * D * 4), *dml = gt_dev((size_t)T * nh * n_splits * 2 * 4);
-    struct sk_attn_params p = {T, nh, nkv, D, stride, scale, n_splits, split_len, NULL, 0};
-    int32_t *dtiles = NULL, *dlist = NULL;
-    int nt = 0;
-    if (mixed) {
-        int32_t *tiles = malloc((size_t)(T / SK_PREFILL_TILE + S) * 12), *list = malloc((size_t)T * 4);
-        int nl = 0;
-        for (int s = 0, t = 0; s < S; t += seqs[s].n_new, s++) {
-            if (seqs[s].n_new >= 2) {
-                for (int i = 0; i < seqs[s].n_new; i += SK_PREFILL_TILE, nt++) {
-                    tiles[3 * nt] = t + i;
-                    tiles[3 * nt + 1] = seqs[s].n_new - i < SK_PREFILL_TILE ? seqs[s].n_new - i : SK_PREFILL_TILE;
-                    tiles[3 * nt + 2] = s;
-                }
-            } else {
-                list[nl++] = t;
-            }
-        }
-        dtiles = gt_up(tiles, (size_t)(nt ? nt : 1) * 12);
-        dlist = gt_up(list, (size_t)(nl ? nl : 1) * 4);
-        p.n_tokens = nl;
-        p.token_list = dlist;
-        free(tiles);
-        free(list);
-    }
-
-    double *ref = malloc(qn * 8);
-    attention_ref(q, k, v, bt, stride, tseq, tpos, T, nh, nkv, D, scale, ref);
-
-    uint16_t *out = malloc(qn * 2);
-    float *outf = malloc(qn * 4);
-    double errs[N_ATTN_MODES], worst = 0;
-    for (int mi = 0; mi < N_ATTN_MODES; mi++) {
-        GT_CUDA(cudaMemset(dout, 0xff, qn * 2));
-        GT_CUDA(cudaMemset(dpo, 0xff, (size_t)T * nh * n_splits * D * 4));
-        GT_CUDA(cudaMemset(dml, 0xff, (size_t)T * nh * n_splits * 2 * 4));
-        if (mixed) GT_CUDA(sk_attention_prefill(dq, dk, dv, dbt, dtiles, nt, dpos, dout, p, 0));
-        GT_CUDA(sk_attention_mode(dq, dk, dv, dbt, dseq, dpos, dpo, dml, dout, p, attn_modes[mi], 0));
-        GT_CUDA(cudaGetLastError());
-        gt_down(out, dout, qn * 2);
-        for (size_t i = 0; i < qn; i++) outf[i] = gt_bf2f(out[i]);
-        errs[mi] = gt_rel_err(outf, ref, qn);
-        if (!(errs[mi] < worst)) worst = errs[mi];
-    }
-    char line[256];
-    int at = 0;
-    for (int mi = 0; mi < N_ATTN_MODES; mi++)
-        at += snprintf(line + at, sizeof line - at, " %d:%.1e", attn_modes[mi], errs[mi]);
-    GT_CHECK(worst < BF_TOL, "attention%s nh=%d nkv=%d D=%d splits=%d/%d (S=%d, T=%d, contexts to %d): rel err by mode%s",
-             mixed ? " (tensor-core prefill + listed decode)" : "", nh, nkv, D, n_splits, split_len, S, T, max_ctx,
-             line);
-    cudaFree(dtiles);
-    cudaFree(dlist);
-    cudaFree(dk);
-    cudaFree(dv);
-    cudaFree(dout);
-    cudaFree(dq);
-    cudaFree(dbt);
-    cudaFree(dseq);
-    cudaFree(dpos);
-    cudaFree(dpo);
-    cudaFree(dml);
-    free(bt);
-    free(tseq);
-    free(tpos);
-    free(perm);
-    free(k);
-    free(v);
-    free(q);
-    free(out);
-    free(ref);
-    free(outf);
-}
-
-static void test_attention_case_m(int nh, int nkv, int D, int n_splits, int split_len, int mixed)
-{
-    const struct attn_seq seqs[] = {{0, 37}, {100, 1}, {700, 1}, {50, 20}, {0, 1}, {255, 3}, {130, 150}, {0, 64}};
-    test_attention_seqs(seqs, (int)(sizeof seqs / sizeof seqs[0]), nh, nkv, D, n_splits, split_len, mixed);
-}
-
-static void test_attention_case(int nh, int nkv, int D, int n_splits, int split_len)
-{
-    test_attention_case_m(nh, nkv, D, n_splits, split_len, 0);
-}
-
-/* Times prefill attention over one sequence of n tokens: tensor-core tiles against the general
- * kernel. */
+/* Times prefill attention over one sequence of n tokens: tensor-core tiles against the streaming
+ * decode kernel, which takes prefill tokens where the tiles are off (--cuda-options
+ * prefill_mma=0). */
 static void bench_prefill_attention(int nh, int nkv, int D, int n)
 {
     const int nblocks = (n + 15) / 16;
@@ -749,7 +568,7 @@ static void bench_prefill_attention(int nh, int nkv, int D, int n)
             if (v == 0)
                 GT_CUDA(sk_attention_prefill(dq, dk, dv, dbt, dtiles, nt, dpos, dout, p, 0));
             else
-                GT_CUDA(sk_attention(dq, dk, dv, dbt, dseq, dpos, NULL, NULL, dout, p, 0));
+                GT_CUDA(sk_attention(dq, dk, dv, dbt, dseq, dpos, NULL, NULL, dout, p, SK_ATTN_DECODE_STREAM, 0));
         }
         GT_CUDA(cudaEventRecord(b, 0));
         GT_CUDA(cudaEventSynchronize(b));
@@ -757,7 +576,8 @@ static void bench_prefill_attention(int nh, int nkv, int D, int n)
         ms[v] /= 3;
     }
     double flop = 4.0 * n * (n + 1) / 2.0 * D * nh;
-    printf("  bench prefill attention nh=%d nkv=%d D=%d n=%d: tensor cores %.2f ms (%.0f TFLOP/s), general %.2f ms\n",
+    printf("  bench prefill attention nh=%d nkv=%d D=%d n=%d: tensor cores %.2f ms (%.0f TFLOP/s), decode kernel %.2f "
+           "ms\n",
            nh, nkv, D, n, ms[0], flop / (ms[0] * 1e9), ms[1]);
     cudaEventDestroy(a);
     cudaEventDestroy(b);
@@ -775,126 +595,20 @@ static void bench_prefill_attention(int nh, int nkv, int D, int n)
     free(tiles);
 }
 
-/* A decode batch: one new token per sequence, contexts of random lengths plus the edges of the
- * copy-engine kernel's 8-key chunks and 16-key blocks. */
-static void test_attention_decode_batch(int nh, int nkv, int D, int n_splits)
-{
-    enum { S = 40 };
-    struct attn_seq seqs[S];
-    const int edges[] = {0, 1, 7, 8, 15, 16, 31, 32, 33, 63, 127, 128, 191, 255, 256, 383};
-    for (int s = 0; s < S; s++) {
-        seqs[s].start = s < (int)(sizeof edges / sizeof edges[0]) ? edges[s] : gt_int(600);
-        seqs[s].n_new = 1;
-    }
-    test_attention_seqs(seqs, S, nh, nkv, D, n_splits, 0, 0);
-}
-
-/* Times decode attention over a batch of sequences that each hold ctx keys (one new token each):
- * enough layers' caches to exceed L2 are cycled, block tables are shuffled as in a live cache,
- * and each variant's median over 9 samples of 4 passes over the layers is reported in
- * microseconds per layer and GB/s of K+V read. */
-/* SLUICE_ATTN_PROFILE=1: each bench row launches each variant once, eagerly, for a profiler. */
-static int attn_profile;
-
-static void bench_decode_batch(int nh, int nkv, int D, int batch, int ctx, int n_splits, const int *modes,
-                               int n_modes)
-{
-    const int nb = (ctx + 15) / 16, nblocks = batch * nb;
-    const size_t layer_n = (size_t)nblocks * nkv * 16 * D;
-    int layers = (int)((size_t)256 * 1024 * 1024 / (layer_n * 4)) + 1;
-    if (layers < 2) layers = 2;
-    if (layers > 64) layers = 64;
-    uint16_t *dk = gt_dev(layer_n * layers * 2), *dv = gt_dev(layer_n * layers * 2);
-    GT_CUDA(sk_fill_dummy_bf16(dk, 1, 1, 0, (int64_t)(layer_n * layers), 0, 0));
-    GT_CUDA(sk_fill_dummy_bf16(dv, 1, 2, 0, (int64_t)(layer_n * layers), 0, 0));
-    int32_t *bt = malloc((size_t)nblocks * 4), *pos = malloc((size_t)batch * 4), *seq = malloc((size_t)batch * 4);
-    shuffled_ids(bt, nblocks, 0);
-    for (int i = 0; i < batch; i++) {
-        pos[i] = ctx - 1;
-        seq[i] = i;
-    }
-    int32_t *dbt = gt_up(bt, (size_t)nblocks * 4), *dpos = gt_up(pos, (size_t)batch * 4),
-            *dseq = gt_up(seq, (size_t)batch * 4);
-    const size_t qn = (size_t)batch * nh * D;
-    float *dq = gt_dev(qn * 4);
-    GT_CUDA(sk_fill_dummy_f32(dq, 1, 3, 0, (int64_t)qn, 0, 0));
-    uint16_t *dout = gt_dev(qn * 2);
-    float *dpo = gt_dev(qn * n_splits * 4), *dml = gt_dev((size_t)batch * nh * n_splits * 8);
-    struct sk_attn_params p = {batch, nh, nkv, D, nb, 1.0f / sqrtf((float)D), n_splits, 0, NULL, 0};
-    cudaEvent_t a, b;
-    cudaStream_t st;
-    GT_CUDA(cudaEventCreate(&a));
-    GT_CUDA(cudaEventCreate(&b));
-    GT_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    const double kv_bytes = (double)batch * ctx * nkv * D * 4;
-    printf("  bench decode nh=%d nkv=%d D=%d batch=%d ctx=%d splits=%d (%.1f MB K+V, %d layers):", nh, nkv, D, batch,
-           ctx, n_splits, kv_bytes / 1e6, layers);
-    for (int mi = 0; mi < n_modes; mi++) {
-        /* One graph of 4 passes over the layers, replayed: launch gaps as in the backend's graphs. */
-        GT_CUDA(sk_attention_mode(dq, dk, dv, dbt, dseq, dpos, dpo, dml, dout, p, modes[mi], st));
-        GT_CUDA(cudaStreamSynchronize(st));
-        if (attn_profile) continue;
-        cudaGraph_t g;
-        cudaGraphExec_t ge;
-        GT_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        for (int i = 0; i < 4 * layers; i++) {
-            size_t off = (size_t)(i % layers) * layer_n;
-            GT_CUDA(sk_attention_mode(dq, dk + off, dv + off, dbt, dseq, dpos, dpo, dml, dout, p, modes[mi], st));
-        }
-        GT_CUDA(cudaStreamEndCapture(st, &g));
-        GT_CUDA(cudaGraphInstantiate(&ge, g, 0));
-        float samples[9];
-        for (int r = -1; r < 9; r++) {
-            GT_CUDA(cudaEventRecord(a, st));
-            GT_CUDA(cudaGraphLaunch(ge, st));
-            GT_CUDA(cudaEventRecord(b, st));
-            GT_CUDA(cudaEventSynchronize(b));
-            if (r >= 0) GT_CUDA(cudaEventElapsedTime(&samples[r], a, b));
-        }
-        GT_CUDA(cudaGraphExecDestroy(ge));
-        GT_CUDA(cudaGraphDestroy(g));
-        for (int i = 1; i < 9; i++)
-            for (int j = i; j > 0 && samples[j] < samples[j - 1]; j--) {
-                float tmp = samples[j];
-                samples[j] = samples[j - 1];
-                samples[j - 1] = tmp;
-            }
-        const double us = samples[4] * 1000.0 / (4 * layers);
-        printf(" | mode %d %.1f us %.0f GB/s", modes[mi], us, kv_bytes / (us * 1e3));
-    }
-    printf("\n");
-    fflush(stdout);
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    cudaStreamDestroy(st);
-    cudaFree(dk);
-    cudaFree(dv);
-    cudaFree(dbt);
-    cudaFree(dpos);
-    cudaFree(dseq);
-    cudaFree(dq);
-    cudaFree(dout);
-    cudaFree(dpo);
-    cudaFree(dml);
-    free(bt);
-    free(pos);
-    free(seq);
-}
-
 /* Decode attention launched as a programmatic dependent of a kernel that writes the cache late
  * (sk_test_late_copy, 300 us after it starts), as qkv_post writes each token's own key. With
  * settled_keys, the tensor-core kernel reads the keys before each token's own before its wait.
  * own: the late kernel rewrites each token's own key and value, which every variant must see
  * new. !own: it rewrites key 3 of each sequence, a settled one: with settled_keys the
- * tensor-core kernel (PDL modes 8, 9) must have read it early (old values: the early reads
- * happen), everything else must see it new. The rewritten values weigh enough that old and new
+ * streaming kernel (variant 9, a programmatic dependent) must have read it early (old values: the
+ * early reads happen), everything else must see it new. The rewritten values weigh enough that old and new
  * results differ far beyond the tolerance. */
 static void test_attention_settled(int nh, int nkv, int D, int n_splits, int own)
 {
     enum { S = 24 };
     const int stride = 4, nblocks = S * stride + 3;
     int32_t bt[S * stride], tseq[S], tpos[S];
-    shuffled_ids(bt, S * stride, 3);
+    gt_shuffled_ids(bt, S * stride, 3);
     const int edges[] = {8, 9, 15, 16, 23, 24, 31, 32, 63};
     for (int s = 0; s < S; s++) {
         tseq[s] = s;
@@ -927,31 +641,29 @@ static void test_attention_settled(int nh, int nkv, int D, int n_splits, int own
     uint16_t *out = malloc(qn * 2);
     cudaStream_t st;
     GT_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    const int modes[] = {4, 8, 9};
-    /* Kernels start early only as programmatic dependents: sm_90 and later, unless
-     * SLUICE_CUDA_PDL=0. */
-    const char *pdl_env = getenv("SLUICE_CUDA_PDL");
+    /* Kernels start early only as programmatic dependents: sm_90 and later. */
     int dev = 0, major = 0;
     GT_CUDA(cudaGetDevice(&dev));
     GT_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    const int pdl_on = major >= 9 && (!pdl_env || strcmp(pdl_env, "0"));
+    const int pdl_on = major >= 9;
     for (int settled = 0; settled < 2; settled++)
-        for (int mi = 0; mi < 3; mi++) {
+        for (int mi = 0; mi < shipped.n; mi++) {
+            const int v = shipped.variants[mi];
             struct sk_attn_params p = {S, nh, nkv, D, stride, scale, n_splits, 0, NULL, settled};
             GT_CUDA(cudaMemcpy(dkv, kv_old, cache_n * 4, cudaMemcpyHostToDevice));
             GT_CUDA(cudaMemset(dout, 0xff, qn * 2));
             GT_CUDA(sk_test_late_copy(dkv, dkv_new, cache_n * 4, 300, st));
-            GT_CUDA(sk_attention_mode(dq, dkv, dkv + cache_n, dbt, dseq, dpos, dpo, dml, dout, p, modes[mi], st));
+            GT_CUDA(attn_run_shipped(v, dq, dkv, dkv + cache_n, dbt, dseq, dpos, dpo, dml, dout, p, st));
             GT_CUDA(cudaStreamSynchronize(st));
             gt_down(out, dout, qn * 2);
             for (size_t i = 0; i < qn; i++) outf[i] = gt_bf2f(out[i]);
-            const int early = !own && settled && modes[mi] >= 8 && pdl_on;
+            const int early = !own && settled && v == 9 && pdl_on;
             const double err = gt_rel_err(outf, early ? ref_old : ref_new, qn);
             const double other = gt_rel_err(outf, early ? ref_new : ref_old, qn);
             GT_CHECK(err < BF_TOL && other > 10 * BF_TOL,
-                     "attention after a late cache write (%s rewritten), mode %d, settled_keys %d, nh=%d nkv=%d "
+                     "attention after a late cache write (%s rewritten), variant %d, settled_keys %d, nh=%d nkv=%d "
                      "D=%d splits=%d: sees the %s values (rel err %.1e, against the %s ones %.1e)",
-                     own ? "own keys" : "key 3", modes[mi], settled, nh, nkv, D, n_splits, early ? "old" : "new", err,
+                     own ? "own keys" : "key 3", v, settled, nh, nkv, D, n_splits, early ? "old" : "new", err,
                      early ? "new" : "old", other);
         }
     GT_CUDA(cudaStreamDestroy(st));
@@ -973,8 +685,8 @@ static void test_attention_settled(int nh, int nkv, int D, int n_splits, int own
     free(ref_new);
 }
 
-/* sk_attention_decode_qkv against sk_qkv_post_parts followed by sk_attention_mode's tensor-core
- * kernel (9): one decode token per sequence, contexts across chunk, block and split edges, the
+/* sk_attention_decode_qkv against sk_qkv_post_parts followed by sk_attention's streaming kernel
+ * (variant 9): one decode token per sequence, contexts across chunk, block and split edges, the
  * qkv product in n_parts parts. The caches must come out bit for bit as qkv_post leaves them (the
  * same arithmetic, and no other slot written), and the output within bf16 bounds of the double
  * reference over those caches. The own slots start as NaN, so a kernel that read its own key
@@ -988,7 +700,7 @@ static void test_attention_decode_qkv(int nh, int nkv, int n_splits, int n_parts
     const int nall = nh + 2 * nkv, stride = 40, nblocks = S * stride + 3;
     const int edges[] = {0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 127, 128, 191, 255, 256, 383};
     int32_t *bt = malloc((size_t)S * stride * 4), tseq[S], tpos[S], slot[S];
-    shuffled_ids(bt, S * stride, 3);
+    gt_shuffled_ids(bt, S * stride, 3);
     for (int s = 0; s < S; s++) {
         tseq[s] = s;
         tpos[s] = s < (int)(sizeof edges / sizeof edges[0]) ? edges[s] : gt_int(stride * 16);
@@ -1031,7 +743,7 @@ static void test_attention_decode_qkv(int nh, int nkv, int n_splits, int n_parts
     GT_CUDA(sk_qkv_post_parts(dparts, n_parts, part_stride, bias ? db : NULL, qknorm ? dqn : NULL, qknorm ? dkn : NULL,
                               dinv, dpos, dslot, dq, dkv, dkv + cache_n, qp, 0));
     GT_CUDA(cudaMemset(dout, 0xff, qsz * 2));
-    GT_CUDA(sk_attention_mode(dq, dkv, dkv + cache_n, dbt, dseq, dpos, dpo, dml, dout, p, 9, 0));
+    GT_CUDA(sk_attention(dq, dkv, dkv + cache_n, dbt, dseq, dpos, dpo, dml, dout, p, SK_ATTN_DECODE_STREAM, 0));
     uint16_t *kv_a = malloc(cache_n * 4), *out = malloc(qsz * 2);
     float *q = malloc(qsz * 4), *out_a = malloc(qsz * 4), *out_b = malloc(qsz * 4);
     gt_down(kv_a, dkv, cache_n * 4);
@@ -1094,48 +806,7 @@ static void test_attention_decode_qkv_shapes(void)
 static void test_attention(void)
 {
     printf("attention\n");
-    int dims[] = {8, 16, 32, 64, 128, 256, 80, 96, 24, 40, 160};
-    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
-        test_attention_case(8, 2, dims[i], 1, 0);
-        test_attention_case(8, 2, dims[i], 4, 208);
-    }
-    test_attention_case(32, 8, 128, 1, 0);
-    test_attention_case(32, 8, 128, 11, 64);
-    test_attention_case(4, 4, 64, 3, 240);
-    /* Per-token equal ranges (split_len 0), as the backend uses them. */
-    test_attention_case(8, 2, 128, 5, 0);
-    test_attention_case(32, 8, 128, 16, 0);
-    test_attention_case(8, 2, 80, 3, 0);
-    test_attention_case(8, 2, 8, 7, 0);
-    test_attention_case(8, 2, 64, 2, 0);
-    /* Tensor-core prefill tiles with listed decode tokens, as the backend runs them. */
-    test_attention_case_m(8, 2, 64, 1, 0, 1);
-    test_attention_case_m(8, 2, 128, 1, 0, 1);
-    test_attention_case_m(32, 8, 128, 4, 0, 1);
-    test_attention_case_m(12, 12, 64, 3, 0, 1);
-    test_attention_case_m(28, 4, 128, 1, 0, 1);
-    /* GQA groups of 16 and 7. */
-    test_attention_case(16, 1, 128, 1, 0);
-    test_attention_case(16, 1, 64, 9, 0);
-    test_attention_case(28, 4, 128, 1, 0);
-    test_attention_case(28, 4, 96, 32, 0);
-    /* Decode batches at every group size the copy-engine kernel takes (and 8 at head_dim 128,
-     * which falls back), with and without splits. */
-    test_attention_decode_batch(32, 8, 128, 1);
-    test_attention_decode_batch(32, 8, 128, 2);
-    test_attention_decode_batch(32, 8, 128, 5);
-    test_attention_decode_batch(16, 8, 128, 1);
-    test_attention_decode_batch(8, 8, 128, 3);
-    test_attention_decode_batch(16, 2, 128, 2);
-    test_attention_decode_batch(64, 8, 128, 2);
-    test_attention_decode_batch(16, 2, 64, 1);
-    test_attention_decode_batch(16, 4, 64, 4);
-    test_attention_decode_batch(8, 4, 64, 1);
-    test_attention_decode_batch(4, 4, 64, 2);
-    /* A range past the 1024 block-table entries the copy-engine kernel stages. */
-    const struct attn_seq longs[] = {{16500, 1}, {3000, 1}};
-    test_attention_seqs(longs, 2, 8, 2, 128, 1, 0, 0);
-    test_attention_seqs(longs, 2, 8, 2, 64, 2, 0, 0);
+    attention_cases(&shipped);
     /* Keys read before the previous kernel ends (settled_keys). */
     test_attention_settled(32, 8, 128, 1, 1);
     test_attention_settled(32, 8, 128, 1, 0);
@@ -1145,46 +816,37 @@ static void test_attention(void)
     test_attention_decode_qkv_shapes();
 }
 
-#define BENCH_DECODE(nh, nkv, D, batch, ctx, splits, ...)                                                          \
-    do {                                                                                                               \
-        const int modes_[] = {__VA_ARGS__};                                                                            \
-        bench_decode_batch(nh, nkv, D, batch, ctx, splits, modes_, (int)(sizeof modes_ / sizeof modes_[0]));          \
-    } while (0)
-
-static void bench_attention(void)
+/* The shipped kernels at the shapes the backend meets (Llama-3-8B unless noted); the variants that
+ * lost to them are timed beside them by kernels/dev/bench_attention_decode.c. */
+static void bench_attention(const struct attn_runner *r)
 {
-    printf("bench decode attention, graph replays (mode: 0 per query head, 1 attention_gqa_kernel (old default), "
-           "SIMT streaming: 4 2 slots/warp + PDL, 5 2 slots, 6 3 slots, 7 3 slots + PDL; tensor-core streaming: "
-           "8 2 slots + PDL, 9 3 slots + PDL)\n");
-    /* Llama-3-8B at batch 64 over the bench's contexts (128 in + 128 out): the forward picks 2
-     * splits for contexts 129..256 today. */
-    BENCH_DECODE(32, 8, 128, 64, 192, 2, 1, 4, 8);
-    BENCH_DECODE(32, 8, 128, 64, 192, 1, 1, 4, 5, 8, 9);
-    BENCH_DECODE(32, 8, 128, 64, 192, 1, 1, 4, 8); /* run-to-run spread */
-    BENCH_DECODE(32, 8, 128, 64, 16, 1, 1, 4, 8);  /* fixed cost: one 16-key block per kv head */
-    BENCH_DECODE(32, 8, 128, 64, 128, 1, 1, 4, 8);
-    BENCH_DECODE(32, 8, 128, 64, 256, 2, 1, 4, 8);
-    BENCH_DECODE(32, 8, 128, 64, 256, 1, 1, 4, 8);
-    BENCH_DECODE(32, 8, 128, 256, 192, 1, 1, 4, 8, 9);
-    BENCH_DECODE(32, 8, 128, 256, 256, 1, 1, 4, 8);
-    BENCH_DECODE(32, 8, 64, 64, 192, 1, 1, 4, 8);
-    BENCH_DECODE(32, 32, 128, 64, 192, 1, 0, 1, 4, 8); /* no grouping (32 kv heads) */
-    BENCH_DECODE(64, 8, 128, 64, 192, 1, 0, 1, 8);     /* 8 query heads per kv head */
-    /* Split choices at longer contexts (the forward picks 4 for batch 64 x 1024). */
-    BENCH_DECODE(32, 8, 128, 64, 1024, 4, 1, 4, 8);
-    BENCH_DECODE(32, 8, 128, 64, 1024, 2, 4, 8);
-    BENCH_DECODE(32, 8, 128, 64, 1024, 1, 4, 8);
-    /* Small batches: the forward takes the per-query-head kernel (mode 0) below 17 sequences. */
-    BENCH_DECODE(32, 8, 128, 1, 256, 2, 0, 4, 8);
-    BENCH_DECODE(32, 8, 128, 1, 256, 8, 4, 8);
-    BENCH_DECODE(32, 8, 128, 8, 256, 2, 0, 4, 8);
-    BENCH_DECODE(32, 8, 128, 8, 256, 4, 4, 8);
-    BENCH_DECODE(32, 8, 128, 16, 192, 2, 0, 4, 8);
-    BENCH_DECODE(32, 8, 128, 8, 4096, 16, 0, 1, 4, 8);
-    BENCH_DECODE(32, 8, 128, 8, 4096, 8, 4, 8);
-    BENCH_DECODE(32, 8, 128, 8, 4096, 4, 4, 8);
-    BENCH_DECODE(32, 8, 128, 1, 16384, 32, 0, 1, 4, 8, 9);
-    BENCH_DECODE(32, 8, 128, 1, 4096, 32, 0, 4, 8);
+    printf("bench decode attention, graph replays (variant 0: per query head; 9: tensor-core streaming)\n");
+    /* Batch 64 over the engine bench's contexts (128 in + 128 out). */
+    BENCH_DECODE(r, 32, 8, 128, 64, 192, 1, 0, 9);
+    BENCH_DECODE(r, 32, 8, 128, 64, 192, 2, 9);
+    BENCH_DECODE(r, 32, 8, 128, 64, 16, 1, 9); /* fixed cost: one 16-key block per kv head */
+    BENCH_DECODE(r, 32, 8, 128, 64, 128, 1, 9);
+    BENCH_DECODE(r, 32, 8, 128, 64, 256, 1, 9);
+    BENCH_DECODE(r, 32, 8, 128, 256, 192, 1, 9);
+    BENCH_DECODE(r, 32, 8, 128, 256, 256, 1, 9);
+    BENCH_DECODE(r, 32, 8, 64, 64, 192, 1, 9);
+    BENCH_DECODE(r, 32, 32, 128, 64, 192, 1, 0, 9); /* no grouping (32 kv heads) */
+    BENCH_DECODE(r, 64, 8, 128, 64, 192, 1, 0, 9);  /* 8 query heads per kv head */
+    /* Split choices at longer contexts. */
+    BENCH_DECODE(r, 32, 8, 128, 64, 1024, 4, 9);
+    BENCH_DECODE(r, 32, 8, 128, 64, 1024, 2, 9);
+    BENCH_DECODE(r, 32, 8, 128, 64, 1024, 1, 9);
+    /* Small batches. */
+    BENCH_DECODE(r, 32, 8, 128, 1, 256, 2, 0, 9);
+    BENCH_DECODE(r, 32, 8, 128, 1, 256, 8, 9);
+    BENCH_DECODE(r, 32, 8, 128, 8, 256, 2, 0, 9);
+    BENCH_DECODE(r, 32, 8, 128, 8, 256, 4, 9);
+    BENCH_DECODE(r, 32, 8, 128, 16, 192, 2, 0, 9);
+    BENCH_DECODE(r, 32, 8, 128, 8, 4096, 16, 0, 9);
+    BENCH_DECODE(r, 32, 8, 128, 8, 4096, 8, 9);
+    BENCH_DECODE(r, 32, 8, 128, 8, 4096, 4, 9);
+    BENCH_DECODE(r, 32, 8, 128, 1, 16384, 32, 0, 9);
+    BENCH_DECODE(r, 32, 8, 128, 1, 4096, 32, 0, 9);
 }
 
 /* cuda_gemm: bf16 operands, fp32 accumulation, against a double reference. */
@@ -1195,7 +857,7 @@ static void test_gemm_case(struct cuda_backend *b, int M, int N, int K)
     for (size_t i = 0; i < (size_t)M * K; i++) x[i] = gt_f2bf(gt_normal());
     uint16_t *dw = gt_up(w, (size_t)N * K * 2), *dx = gt_up(x, (size_t)M * K * 2);
     float *dy = gt_dev((size_t)M * N * 4), *y = malloc((size_t)M * N * 4);
-    int rc = b->use_gemv && M > 1 && M <= SK_GEMV_MAX_ROWS && K % 8 == 0
+    int rc = b->plan.gemv && M > 1 && M <= SK_GEMV_MAX_ROWS && K % 8 == 0
                  ? (sk_gemv(dw, dx, dy, M, N, K, b->stream) == cudaSuccess ? 0 : -1)
                  : cuda_gemm(b, dw, dx, dy, M, N, K);
     gt_down(y, dy, (size_t)M * N * 4);
@@ -1235,10 +897,10 @@ static void bench_gemm(struct cuda_backend *b, int rows, int N, int K)
     const int iters = 20;
     struct product_bench pb;
     product_bench_init(&pb, rows, N, K);
-    b->use_gemv = false;
+    b->plan.gemv = false;
     const float ms[2] = {product_bench_ms(&pb, b->stream, iters, run_cuda_gemm, b),
                          product_bench_ms(&pb, b->stream, iters, run_gemv, b)};
-    b->use_gemv = true;
+    b->plan.gemv = true;
     const size_t wn = pb.wn;
     printf("  bench gemm rows=%d N=%d K=%d: cublas %.1f us (%.0f GB/s), gemv %.1f us (%.0f GB/s)\n", rows, N, K,
            ms[0] * 1e3, wn * 2 / (ms[0] * 1e6), ms[1] * 1e3, wn * 2 / (ms[1] * 1e6));
@@ -1255,7 +917,7 @@ static void test_gemm(void)
     test_gemm_case(&b, 5, 172, 64);
     test_gemm_case(&b, 130, 344, 8);
     printf("gemv (own kernel, rows <= 8)\n");
-    b.use_gemv = true;
+    b.plan.gemv = true;
     for (int m = 1; m <= 8; m++) test_gemm_case(&b, m, m < 4 ? 4096 : 1000, m < 4 ? 4096 : 768);
     test_gemm_case(&b, 3, 6144, 4096);
     test_gemm_case(&b, 2, 5, 64);
@@ -1438,9 +1100,10 @@ int main(void)
     }
     const char *prof = getenv("SLUICE_ATTN_PROFILE");
     if (prof && *prof && *prof != '0') {
-        attn_profile = 1;
-        BENCH_DECODE(32, 8, 128, 64, 192, 1, 1, 4, 8);
-        BENCH_DECODE(32, 8, 128, 1, 16384, 32, 4, 8);
+        struct attn_runner once = shipped;
+        once.profile = 1;
+        BENCH_DECODE(&once, 32, 8, 128, 64, 192, 1, 0, 9);
+        BENCH_DECODE(&once, 32, 8, 128, 1, 16384, 32, 0, 9);
         return gt_finish();
     }
     if (all) {
@@ -1486,6 +1149,6 @@ int main(void)
         bench_prefill_attention(32, 8, 128, 8192);
         bench_prefill_attention(32, 8, 64, 2048);
     }
-    if (!getenv("SLUICE_ATTN_NOBENCH")) bench_attention(); /* e.g. under compute-sanitizer */
+    if (!getenv("SLUICE_ATTN_NOBENCH")) bench_attention(&shipped); /* e.g. under compute-sanitizer */
     return gt_finish();
 }

@@ -47,3 +47,21 @@ def test_bare_make_builds_the_programs(tmp_path):
     assert r.returncode == 0, r.stderr
     for program in ["sluice-controller", "sluice-worker", "sluice-gateway"]:
         assert f"-o {tmp_path}/build/bin/{program}" in r.stdout, program
+
+
+@pytest.mark.parametrize("args", [["sluice-worker"], ["sluice-worker", "bench"]])
+def test_cuda_options_are_flags_listed_and_checked(args):
+    """The CUDA backend's options are flags in --help (the --cuda-options keys named there), and
+    a bad --cuda-options item stops the program before it loads anything."""
+    text = help_text(binary(args[0]), *args[1:])
+    for flag in ["--enforce-eager", "--cuda-step-timeout", "--cuda-profile", "--no-cuda-warmup", "--no-overlap-steps"]:
+        assert flag in text, flag
+    line = next(l for l in text.splitlines() if "--cuda-options" in l)
+    for key in ["gemv", "prefill_mma", "hopper", "split_parts", "fused_mlp", "early_trigger", "attn_early",
+                "fused_qkv"]:
+        assert key in line, key
+    r = subprocess.run([binary(args[0])] + args[1:] + ["--model-path", "/nonexistent", "--cuda-options",
+                                                       "split_parts=0,graphs=0"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert "unknown key in 'graphs=0'" in r.stderr, r.stderr

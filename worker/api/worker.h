@@ -42,6 +42,9 @@ struct worker_options {
     double gpu_memory_utilization;
     bool deterministic;             /* CUDA: batch-invariant arithmetic */
     bool no_prefix_caching;         /* --no-enable-prefix-caching */
+    struct cuda_options cuda;       /* CUDA: --enforce-eager, --cuda-step-timeout, ... (cuda_options.h) */
+    const char *cuda_options;       /* --cuda-options KEY=VALUE,..., parsed into cuda */
+    bool no_overlap_steps;          /* each step's tokens reach the host before the next step is queued */
     long threads;
     double heartbeat_interval;      /* seconds */
     double speed;

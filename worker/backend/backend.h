@@ -107,6 +107,36 @@ struct backend {
     struct backend_stash *stash;  /* backend_submit's, for a backend without its own submit */
 };
 
+/* How the decode attention does qkv_post's work (sk_attention_decode_qkv) on decode-only steps
+ * of one token per sequence. */
+enum cuda_fused_qkv {
+    CUDA_FUSED_QKV_AUTO = 0, /* over CUDA_FUSED_QKV_ROWS rows (cuda_plan.h), where it wins */
+    CUDA_FUSED_QKV_OFF,      /* never: qkv_post is always its own kernel */
+    CUDA_FUSED_QKV_ALL,      /* at every batch size (tests compare it against the CPU backend) */
+};
+
+/* The CUDA backend's options; zero everywhere is the default. The first four are the worker's
+ * flags (--enforce-eager, --cuda-profile, --no-cuda-warmup, --cuda-step-timeout). The rest turn
+ * one shipped path off each, so that tests and benchmarks can compare against it (the worker's
+ * --cuda-options KEY=VALUE,...: worker/backend/cuda/cuda_options.h). */
+struct cuda_options {
+    bool enforce_eager;     /* no CUDA graphs: every step launched kernel by kernel */
+    bool profile;           /* per-phase device times of each step shape, printed at exit (eager) */
+    bool no_warmup;         /* no warm-up prefill and decode step at creation */
+    double step_timeout_s;  /* a step not done after this long is a stuck GPU; 0: 60 s */
+    bool no_gemv;           /* gemv=0: one-row products on cuBLAS too */
+    bool no_prefill_mma;    /* prefill_mma=0: prefill attention on the decode attention's kernels */
+    bool no_hopper;         /* hopper=0: cuBLAS for the decode products on Hopper too (so no parts,
+                               no fused MLP, gate/up not fused with its activation) */
+    bool no_split_parts;    /* split_parts=0: the Hopper products add their split-K sums in clusters
+                               themselves (so no fused MLP either) */
+    bool no_fused_mlp;      /* fused_mlp=0: a decode batch's MLP in two launches */
+    bool no_early_trigger;  /* early_trigger=0: no product lets the next kernel launch early */
+    bool no_attn_early;     /* attn_early=0: the decode attention reads no key before its wait (so
+                               no fused qkv either) */
+    enum cuda_fused_qkv fused_qkv; /* fused_qkv=auto|off|all */
+};
+
 struct backend_options {
     int32_t kv_blocks;            /* 0: size automatically (CUDA: gpu_memory_utilization) */
     double gpu_memory_utilization;
@@ -117,6 +147,7 @@ struct backend_options {
     /* --deterministic: a sequence's arithmetic does not depend on what else shares its steps
      * (batch size, chunking), so greedy output equals the sequence's output alone. */
     bool deterministic;
+    struct cuda_options cuda;
 };
 
 int backend_cpu_create(struct backend **out, const struct model *m,

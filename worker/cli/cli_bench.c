@@ -12,6 +12,7 @@
 
 #include "common/flags.h"
 #include "common/log.h"
+#include "worker/backend/cuda/cuda_options.h"
 #include "worker/cli/cli.h"
 #include "worker/engine/engine.h"
 
@@ -97,7 +98,9 @@ int cli_bench_main(int argc, char **argv)
                *log_level = "warn";
     long input_len = 128, output_len = 128, kv_tokens = 0, threads = 0, max_batched = 8192, warmup = 1;
     double gpu_util = 0.9;
-    bool deterministic = false;
+    bool deterministic = false, no_overlap = false;
+    struct cuda_options cuda = {.step_timeout_s = CUDA_STEP_TIMEOUT_S};
+    const char *cuda_text = NULL;
     const struct flag_spec specs[] = {
         {"model-path", FLAG_STRING, &model_path, NULL, "PATH", "model directory, .gguf, or config.json folder with --load-format dummy", 0, 0},
         {"tokenizer", FLAG_STRING, &tokenizer, NULL, "PATH", "tokenizer (default: the model's)", 0, 0},
@@ -112,6 +115,8 @@ int cli_bench_main(int argc, char **argv)
         {"gpu-memory-utilization", FLAG_DOUBLE, &gpu_util, NULL, "F", "CUDA memory share", 0.05, 1},
         {"threads", FLAG_INT, &threads, NULL, "N", "CPU threads", 0, 1024},
         {"deterministic", FLAG_BOOL, &deterministic, NULL, NULL, "CUDA: batch-invariant arithmetic (see the worker's flag)", 0, 0},
+        CUDA_OPTIONS_FLAG_SPECS(&cuda, &cuda_text),
+        {"no-overlap-steps", FLAG_BOOL, &no_overlap, NULL, NULL, "take each step's tokens before queueing the next step (see the worker's flag)", 0, 0},
         {"log-level", FLAG_STRING, &log_level, NULL, "LEVEL", "log level", 0, 0},
         {0},
     };
@@ -123,6 +128,11 @@ int cli_bench_main(int argc, char **argv)
     if (log_level_parse(log_level) >= 0) log_set_level((enum log_level)log_level_parse(log_level));
     if (!model_path) {
         fprintf(stderr, "sluice-worker bench: --model-path is required\n");
+        return 2;
+    }
+    char opt_err[512];
+    if (cuda_options_parse(&cuda, cuda_text, opt_err, sizeof opt_err) != 0) {
+        fprintf(stderr, "sluice-worker bench: %s\n", opt_err);
         return 2;
     }
     int sizes[32], n_sizes = 0, max_b = 0;
@@ -161,6 +171,7 @@ int cli_bench_main(int argc, char **argv)
         .max_batch_seqs = max_b,
         .n_threads = (int32_t)threads,
         .deterministic = deterministic,
+        .cuda = cuda,
         .kv_blocks = !strcmp(device, "cpu")
                          ? (int32_t)((kv_tokens ? kv_tokens : max_b * (seq_tokens + KV_BLOCK_SIZE)) / KV_BLOCK_SIZE + 1)
                          : 0,
@@ -173,7 +184,7 @@ int cli_bench_main(int argc, char **argv)
     }
     struct bench_run run;
     struct engine_options eo = {.max_num_seqs = max_b, .max_num_batched_tokens = (int32_t)max_batched,
-                                .max_model_len = (int32_t)(seq_tokens + 1), .seed = 1};
+                                .max_model_len = (int32_t)(seq_tokens + 1), .seed = 1, .overlap_never = no_overlap};
     if (engine_create(&e, b, tok, &eo, uv_default_loop(), on_event, &run) != 0) {
         fprintf(stderr, "sluice-worker bench: cannot start the engine\n");
         goto out;

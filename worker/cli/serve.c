@@ -16,6 +16,7 @@
 #include "common/net_addr.h"
 #include "common/utf8.h"
 #include "worker/api/worker.h"
+#include "worker/backend/cuda/cuda_options.h"
 #include "worker/cli/cli.h"
 
 static void route(http_request *req, void *user)
@@ -157,6 +158,7 @@ static int load_everything(struct worker *w)
         .max_batch_seqs = (int32_t)w->opt.max_num_seqs,
         .n_threads = (int32_t)w->opt.threads,
         .deterministic = w->opt.deterministic,
+        .cuda = w->opt.cuda,
     };
     int rc;
     if (!strcmp(w->opt.device, "cpu")) {
@@ -189,6 +191,7 @@ static int load_everything(struct worker *w)
         .no_prefix_caching = w->opt.no_prefix_caching,
         /* Under --deterministic the CUDA backend's decode attention is not its prefill's. */
         .prefix_cache_prompt_only = w->opt.deterministic && !strcmp(w->opt.device, "cuda"),
+        .overlap_never = w->opt.no_overlap_steps,
     };
     if (engine_create(&w->engine, w->backend, w->tok, &eo, w->loop, api_on_engine_event, w) != 0) {
         log_error("cannot start the engine");
@@ -223,6 +226,7 @@ int worker_serve_main(int argc, char **argv)
         .speed = 1,
         .log_level = "info",
         .drain_timeout = 30,
+        .cuda = {.step_timeout_s = CUDA_STEP_TIMEOUT_S},
     };
     struct http_server_flags http = HTTP_SERVER_FLAGS_DEFAULT;
     const struct flag_spec specs[] = {
@@ -249,6 +253,8 @@ int worker_serve_main(int argc, char **argv)
         {"deterministic", FLAG_BOOL, &o->deterministic, NULL, NULL, "CUDA: a request's output does not depend on what shares its batch (greedy equals the request alone); slower prefill and large batches (README)", 0, 0},
         {"enable-prefix-caching", FLAG_BOOL, &prefix_caching_on, NULL, NULL, "reuse the KV of prompt prefixes seen before (the default)", 0, 0},
         {"no-enable-prefix-caching", FLAG_BOOL, &o->no_prefix_caching, NULL, NULL, "compute every prompt in full, sharing no KV between requests", 0, 0},
+        CUDA_OPTIONS_FLAG_SPECS(&o->cuda, &o->cuda_options),
+        {"no-overlap-steps", FLAG_BOOL, &o->no_overlap_steps, NULL, NULL, "take each step's tokens before queueing the next step (steps overlap by default where the device runs them on its own: CUDA)", 0, 0},
         {"heartbeat-interval", FLAG_DOUBLE, &o->heartbeat_interval, "SLUICE_HEARTBEAT_INTERVAL", "SECONDS", "seconds between heartbeats", 0.05, 3600},
         {"speed", FLAG_DOUBLE, &o->speed, NULL, "F", "relative speed reported to the controller", 0.001, 1e6},
         {"internal-token", FLAG_STRING, &o->internal_token, "SLUICE_INTERNAL_TOKEN", "TOKEN", "bearer token sent to the controller and required on every endpoint but /health and /metrics", 0, 0},
@@ -285,6 +291,11 @@ int worker_serve_main(int argc, char **argv)
             fprintf(stderr, "sluice-worker: --worker-address '%s' is not http://host:port: %s\n", o->worker_address, why);
             return 2;
         }
+    }
+    char opt_err[512];
+    if (cuda_options_parse(&o->cuda, o->cuda_options, opt_err, sizeof opt_err) != 0) {
+        fprintf(stderr, "sluice-worker: %s\n", opt_err);
+        return 2;
     }
     if (parse_seed(o->seed, &w->default_seed) != 0) {
         fprintf(stderr, "sluice-worker: --seed must be an integer or none, not '%s'\n", o->seed);

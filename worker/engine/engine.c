@@ -652,11 +652,7 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
         sr->pos = calloc((size_t)max_seqs, sizeof *sr->pos);
         if (!sr->lr || !sr->pos) goto fail_mem;
     }
-    /* SLUICE_OVERLAP_STEPS=0 turns overlapping off (to measure what it buys, or to rule it out);
-     * =1 turns it on over any backend (tests of the real worker over the CPU backend). */
-    const char *ov = getenv("SLUICE_OVERLAP_STEPS");
-    e->overlap = opt->overlap_always || (ov && !strcmp(ov, "1")) ||
-                 (backend_submit_returns_early(backend) && !(ov && !strcmp(ov, "0")));
+    e->overlap = opt->overlap_always || (backend_submit_returns_early(backend) && !opt->overlap_never);
     pthread_mutex_init(&e->in_mu, NULL);
     pthread_cond_init(&e->in_cv, NULL);
     pthread_mutex_init(&e->out_mu, NULL);

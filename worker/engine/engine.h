@@ -79,8 +79,9 @@ struct engine_options {
     int32_t max_model_len;          /* context length */
     uint64_t seed;                  /* seeds requests that bring none */
     /* Steps overlap (the next one is queued before the last one's tokens are taken) where the
-     * backend's submit returns before the step has run. Tests set this to overlap them over
-     * any backend. */
+     * backend's submit returns before the step has run. Tests set overlap_always to overlap them
+     * over any backend; overlap_never (--no-overlap-steps) turns overlapping off, to measure what
+     * it buys or to rule it out. */
     bool overlap_always;
     /* Prefix caching is on unless this is set (--no-enable-prefix-caching). */
     bool no_prefix_caching;
@@ -88,6 +89,7 @@ struct engine_options {
      * decode steps compute K/V other than a prefill would, in the last bits, when outputs must
      * not depend on what the cache holds (the CUDA backend under --deterministic). */
     bool prefix_cache_prompt_only;
+    bool overlap_never;
 };
 
 struct engine_stats {

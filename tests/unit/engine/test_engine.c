@@ -92,13 +92,38 @@ static void toy_free(struct backend *b)
 
 static const struct backend_ops toy_ops = {.forward = toy_forward, .free = toy_free};
 
+/* The toy with steps in two halves of its own, as a GPU backend has them, so that the engine
+ * overlaps its steps unless told not to: submit and collect run the plain toy through
+ * backend_steps.c's stash. toy_new makes one when toy_async_next is set. */
+static const struct backend_ops toy_async_ops;
+static bool toy_async_next;
+
+static int toy_submit(struct backend *b, const struct batch *batch)
+{
+    b->ops = &toy_ops;
+    const int rc = backend_submit(b, batch);
+    b->ops = &toy_async_ops;
+    return rc;
+}
+
+static int toy_collect(struct backend *b, struct sample_result *results)
+{
+    b->ops = &toy_ops;
+    const int rc = backend_collect(b, results);
+    b->ops = &toy_async_ops;
+    return rc;
+}
+
+static const struct backend_ops toy_async_ops = {
+    .forward = toy_forward, .submit = toy_submit, .collect = toy_collect, .free = toy_free};
+
 /* Random byte tokens would make invalid UTF-8, for which streamed and decoded text may
  * legitimately differ; the toy model never produces them. */
 static struct toy *toy_new(const struct tokenizer *tok, int32_t num_blocks)
 {
     int vocab = tok_vocab_size(tok);
     struct toy *t = calloc(1, sizeof *t);
-    t->b.ops = &toy_ops;
+    t->b.ops = toy_async_next ? &toy_async_ops : &toy_ops;
     t->b.name = "toy";
     t->b.config.vocab_size = vocab;
     t->b.config.max_position = 4096;
@@ -674,4 +699,37 @@ Test(engine, prefix_cache_on_equals_off)
 Test(engine, prefix_cache_on_equals_off_chunked_preempted_overlapped)
 {
     check_prefix_caching(12, 16, true);
+}
+
+/* Over a backend whose submit returns before the step has run, steps overlap by default and not
+ * at all with overlap_never (the worker's --no-overlap-steps); the tokens are the same. */
+Test(engine, overlap_never_turns_overlapping_off)
+{
+    static struct harness h[2];
+    for (int never = 0; never < 2; never++) {
+        struct engine_options eo = {
+            .max_num_seqs = 8, .max_num_batched_tokens = 64, .seed = 5, .overlap_never = never};
+        toy_async_next = true;
+        const bool ok = setup(&h[never], 256, &eo);
+        toy_async_next = false;
+        if (!ok) cr_skip_test("stories260K tokenizer not found (SLUICE_TEST_DATA)");
+        for (int i = 0; i < 8; i++) cr_assert_eq(engine_submit(h[never].eng, invariance_request(i, true)), 0);
+        wait_done(&h[never], 8);
+        struct engine_stats st;
+        engine_get_stats(h[never].eng, &st);
+        cr_assert_not(st.failed, "%s", st.error);
+        if (never)
+            cr_assert_eq(st.overlapped_steps, 0, "%llu of %llu steps overlapped",
+                         (unsigned long long)st.overlapped_steps, (unsigned long long)st.steps);
+        else
+            cr_assert_gt(st.overlapped_steps, st.steps / 2, "%llu of %llu steps overlapped",
+                         (unsigned long long)st.overlapped_steps, (unsigned long long)st.steps);
+    }
+    for (int i = 0; i < 8; i++) {
+        cr_assert_eq(h[0].res[i].n_tokens, h[1].res[i].n_tokens, "request %d", i);
+        cr_assert(!memcmp(h[0].res[i].tokens, h[1].res[i].tokens, (size_t)h[0].res[i].n_tokens * sizeof(int32_t)),
+                  "request %d: tokens differ with and without overlapping", i);
+    }
+    teardown(&h[0]);
+    teardown(&h[1]);
 }

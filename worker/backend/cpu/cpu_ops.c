@@ -141,7 +141,7 @@ static cpu_pool_fn matmul_kernel(void)
     static int have_avx2 = -1;
     if (have_avx2 < 0) {
         __builtin_cpu_init();
-        have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !getenv("SLUICE_CPU_NO_AVX2");
+        have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
     if (have_avx2) return matmul_range_avx2;
 #endif

@@ -1,28 +1,14 @@
 /* The CUDA backend's life cycle: device checks, weights, activation workspace, and the paged KV
  * cache sized from what memory is left (--gpu-memory-utilization).
  *
- * Environment switches, read at creation, for comparing paths (all on by default):
- * SLUICE_CUDA_GRAPHS=0 (no CUDA graphs for decode steps), SLUICE_CUDA_GEMV=0 (cuBLAS for
- * one-row products too), SLUICE_CUDA_PREFILL_MMA=0 (prefill attention on the general kernel),
- * SLUICE_CUDA_ATTN_GQA=0 (decode attention one block per query head, never per kv head; 1-9 pick
- * the grouped kernel's variant, see sk_attention_mode), SLUICE_CUDA_HOPPER=0 (cuBLAS for the
- * decode products on Hopper too, and gate/up not fused with the activation),
- * SLUICE_CUDA_SPLIT_PARTS=0 (the Hopper products add their split-K sums themselves, see
- * cuda_gemm_parts; also turns the next one off), SLUICE_CUDA_FUSED_MLP=0 (a decode batch's MLP in
- * two launches, gate/up then down, see cuda_mlp_fused), SLUICE_CUDA_ATTN_EARLY=0 (decode attention
- * reads no keys before qkv_post ends, see sk_attn_params.settled_keys; also turns the next one
- * off), SLUICE_CUDA_FUSED_QKV=0 (qkv_post always its own kernel; =all: the decode attention does its
- * work at every decode batch size, for tests; see cuda_submit), SLUICE_CUDA_EARLY_TRIGGER=0
- * (no product lets the next kernel launch before its blocks end, see cuda_gemm_parts and
- * enqueue_mlp; qkv of 33-64 rows then goes back to cuBLAS). Off by default:
- * SLUICE_CUDA_PROFILE=1 (per-phase device times of each step shape, printed when the backend is
- * freed; turns graphs off). */
+ * Options (struct cuda_options, from the worker's flags) are read here, at creation, and nowhere
+ * below: the choices they fix live in the backend's state. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/log.h"
 #include "worker/backend/cuda/cuda_internal.h"
-
+#include "worker/backend/cuda/cuda_options.h"
 
 void cuda_report(struct cuda_backend *b, const char *what, const char *msg, const char *file, int line)
 {
@@ -33,36 +19,26 @@ static void cuda_free(struct backend *base)
 {
     struct cuda_backend *b = (struct cuda_backend *)base;
     if (!b) return;
-    if (b->stuck) {
+    if (b->watchdog.stuck) {
         /* Every call that waits for the device would wait forever: the process's exit frees the rest. */
-        free(b->prof);
-        free(b->layers);
+        cuda_prof_free(b);
+        free(b->w.layers);
         free(b);
         return;
     }
     cudaSetDevice(b->device);
     if (b->stream) cudaStreamSynchronize(b->stream);
-    for (int i = 0; i < b->n_graphs; i++) cudaGraphExecDestroy(b->graphs[i].exec);
-    if (b->prof) {
-        cuda_prof_report(b);
-        for (int i = 0; i < CUDA_PROF_EVENTS; i++)
-            if (b->prof->ev[i]) cudaEventDestroy(b->prof->ev[i]);
-        free(b->prof);
-    }
-    cuda_gemm_free(b);
+    cuda_graphs_free(b);
+    cuda_prof_free(b);
     cuda_weights_free(b);
-    void *devs[] = {b->kv,         b->x,         b->delta,    b->big,      b->q,       b->part_o,   b->part_ml,
-                    b->logits,     b->work,      b->sorted_w, b->y,        b->counts,  b->ids_in,   b->offsets,
-                    b->sorted_ids, b->sort_temp, b->meta_dev, b->hist_dev, b->out_dev, b->cublas_ws};
+    struct cuda_workspace *ws = &b->ws;
+    void *devs[] = {b->kv.cache, ws->x,       ws->delta,      ws->big,      ws->q, ws->part_o,
+                    ws->part_ml, ws->logits,  ws->work,       ws->sorted_w, ws->y, ws->counts,
+                    ws->ids_in,  ws->offsets, ws->sorted_ids, ws->sort_temp};
     for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
         if (devs[i]) cudaFree(devs[i]);
-    if (b->meta_host) cudaFreeHost(b->meta_host);
-    if (b->hist_host) cudaFreeHost(b->hist_host);
-    if (b->out_host) cudaFreeHost(b->out_host);
-    if (b->meta_sent) cudaEventDestroy(b->meta_sent);
-    for (int i = 0; i < 2; i++)
-        if (b->step_done[i]) cudaEventDestroy(b->step_done[i]);
-    if (b->cublas) cublasDestroy(b->cublas);
+    cuda_steps_free(b);
+    cuda_gemm_free(b);
     if (b->stream) cudaStreamDestroy(b->stream);
     free(b);
 }
@@ -74,21 +50,15 @@ static int alloc_ws(struct cuda_backend *b, void **p, size_t bytes)
     int rc = 0;
     if (bytes == 0) bytes = 16;
     CUDA_CHECK(b, cudaMalloc(p, bytes));
-    b->workspace_bytes += bytes;
+    b->ws.bytes += bytes;
 fail:
     return rc;
-}
-
-static size_t meta_size(const struct cuda_backend *b)
-{
-    size_t T = (size_t)b->base.max_batch_tokens, S = (size_t)b->base.max_batch_seqs;
-    return S * sizeof(struct sk_sample_row) + 5 * T * 4 + S * 4 + S * (size_t)b->bt_cap * 4 +
-           (T / SK_PREFILL_TILE + S + 1) * 3 * 4 + 8 * 16;
 }
 
 static int workspace_alloc(struct cuda_backend *b)
 {
     const struct model_config *c = &b->base.config;
+    struct cuda_workspace *ws = &b->ws;
     const size_t T = (size_t)b->base.max_batch_tokens, S = (size_t)b->base.max_batch_seqs;
     const size_t H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, D = (size_t)c->head_dim;
     const size_t qd = (size_t)c->n_heads * D, qkvd = qd + 2 * (size_t)c->n_kv_heads * D, V = (size_t)c->vocab_size;
@@ -97,55 +67,46 @@ static int workspace_alloc(struct cuda_backend *b)
     if (I > ywidth) ywidth = I;
     size_t bigw = qkvd > 2 * I ? qkvd : 2 * I;
 
-    if ((rc = alloc_ws(b, (void **)&b->x, T * H * 4)) < 0) goto fail;
-    /* delta and big also hold the split parts of a decode batch's products (cuda_gemm_parts). */
+    if ((rc = alloc_ws(b, (void **)&ws->x, T * H * 4)) < 0) goto fail;
+    /* delta and big also hold the split parts of a decode batch's products (cuda_plan.h). */
     const size_t T_parts = T > CUDA_PARTS_ROWS ? T : CUDA_PARTS_ROWS;
-    if ((rc = alloc_ws(b, (void **)&b->delta, T_parts * H * 4)) < 0) goto fail;
-    if ((rc = alloc_ws(b, (void **)&b->big, T_parts * bigw * 4)) < 0) goto fail;
-    if ((rc = alloc_ws(b, (void **)&b->q, T * qd * 4)) < 0) goto fail;
-    if ((rc = alloc_ws(b, (void **)&b->y, T * ywidth * 2)) < 0) goto fail;
-    b->part_rows = (int64_t)S * c->n_heads * CUDA_MAX_SPLITS;
-    if ((rc = alloc_ws(b, (void **)&b->part_o, (size_t)b->part_rows * D * 4)) < 0) goto fail;
-    if ((rc = alloc_ws(b, (void **)&b->part_ml, (size_t)b->part_rows * 2 * 4)) < 0) goto fail;
-    if ((rc = alloc_ws(b, (void **)&b->logits, S * V * 4)) < 0) goto fail;
-    if ((rc = alloc_ws(b, (void **)&b->work, S * V * 4)) < 0) goto fail;
-    if ((rc = alloc_ws(b, (void **)&b->sorted_w, S * V * 4)) < 0) goto fail;
-    if ((rc = alloc_ws(b, (void **)&b->counts, S * V * 4)) < 0) goto fail;
-    if ((rc = alloc_ws(b, (void **)&b->ids_in, S * V * 4)) < 0) goto fail;
-    if ((rc = alloc_ws(b, (void **)&b->sorted_ids, S * V * 4)) < 0) goto fail;
-    if ((rc = alloc_ws(b, (void **)&b->offsets, (S + 1) * 4)) < 0) goto fail;
-    CUDA_CHECK(b, sk_sort_temp_bytes((int)S, (int)V, &b->sort_temp_bytes));
-    if ((rc = alloc_ws(b, &b->sort_temp, b->sort_temp_bytes)) < 0) goto fail;
-    CUDA_CHECK(b, sk_fill_iota_rows(b->ids_in, (int)S, (int)V, b->stream));
-    CUDA_CHECK(b, sk_fill_row_offsets(b->offsets, (int)S, (int)V, b->stream));
-    CUDA_CHECK(b, cudaMemsetAsync(b->counts, 0, S * V * 4, b->stream));
-
-    b->meta_bytes = meta_size(b);
-    if ((rc = alloc_ws(b, (void **)&b->meta_dev, b->meta_bytes)) < 0) goto fail;
-    CUDA_CHECK(b, cudaHostAlloc((void **)&b->meta_host, b->meta_bytes, cudaHostAllocDefault));
-    if ((rc = alloc_ws(b, (void **)&b->out_dev, S * sizeof(struct sk_sample_out))) < 0) goto fail;
-    CUDA_CHECK(b, cudaHostAlloc((void **)&b->out_host, 2 * S * sizeof(struct sk_sample_out), cudaHostAllocDefault));
-    CUDA_CHECK(b, cudaEventCreateWithFlags(&b->meta_sent, cudaEventDisableTiming));
-    for (int i = 0; i < 2; i++) CUDA_CHECK(b, cudaEventCreateWithFlags(&b->step_done[i], cudaEventDisableTiming));
-    CUDA_CHECK(b, cudaEventRecord(b->meta_sent, b->stream));
+    if ((rc = alloc_ws(b, (void **)&ws->delta, T_parts * H * 4)) < 0) goto fail;
+    if ((rc = alloc_ws(b, (void **)&ws->big, T_parts * bigw * 4)) < 0) goto fail;
+    if ((rc = alloc_ws(b, (void **)&ws->q, T * qd * 4)) < 0) goto fail;
+    if ((rc = alloc_ws(b, (void **)&ws->y, T * ywidth * 2)) < 0) goto fail;
+    if ((rc = alloc_ws(b, (void **)&ws->part_o, (size_t)b->plan.part_rows * D * 4)) < 0) goto fail;
+    if ((rc = alloc_ws(b, (void **)&ws->part_ml, (size_t)b->plan.part_rows * 2 * 4)) < 0) goto fail;
+    if ((rc = alloc_ws(b, (void **)&ws->logits, S * V * 4)) < 0) goto fail;
+    if ((rc = alloc_ws(b, (void **)&ws->work, S * V * 4)) < 0) goto fail;
+    if ((rc = alloc_ws(b, (void **)&ws->sorted_w, S * V * 4)) < 0) goto fail;
+    if ((rc = alloc_ws(b, (void **)&ws->counts, S * V * 4)) < 0) goto fail;
+    if ((rc = alloc_ws(b, (void **)&ws->ids_in, S * V * 4)) < 0) goto fail;
+    if ((rc = alloc_ws(b, (void **)&ws->sorted_ids, S * V * 4)) < 0) goto fail;
+    if ((rc = alloc_ws(b, (void **)&ws->offsets, (S + 1) * 4)) < 0) goto fail;
+    CUDA_CHECK(b, sk_sort_temp_bytes((int)S, (int)V, &ws->sort_temp_bytes));
+    if ((rc = alloc_ws(b, &ws->sort_temp, ws->sort_temp_bytes)) < 0) goto fail;
+    CUDA_CHECK(b, sk_fill_iota_rows(ws->ids_in, (int)S, (int)V, b->stream));
+    CUDA_CHECK(b, sk_fill_row_offsets(ws->offsets, (int)S, (int)V, b->stream));
+    CUDA_CHECK(b, cudaMemsetAsync(ws->counts, 0, S * V * 4, b->stream));
+    if ((rc = cuda_steps_alloc(b)) < 0) goto fail;
     CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
 fail:
     return rc;
 }
 
 /* One prefill of up to 1024 tokens and one decode step on scratch KV blocks, before an engine owns
- * any. CUDA loads kernel modules on first use (a cuBLAS kernel's ~40 ms) and a decode shape's
- * graph is captured on its first step; without this the first request paid both (time to first
- * token 161 ms against 26 ms warm, 1000-token prompt, H200). Whoever gets the blocks later
- * writes them before reading. SLUICE_CUDA_WARMUP=0 skips it. */
+ * any. CUDA loads kernel modules on first use and a decode shape's graph is captured on its first
+ * step; without this the first request paid both, several times its warm time to first token
+ * (docs/performance.md). Whoever gets the blocks later writes them before reading.
+ * --no-cuda-warmup skips it. */
 static int warm_up(struct cuda_backend *b)
 {
     int n = 1024;
     if (n > b->base.max_batch_tokens) n = b->base.max_batch_tokens;
     if (n > (b->base.num_kv_blocks - 1) * KV_BLOCK_SIZE) n = (b->base.num_kv_blocks - 1) * KV_BLOCK_SIZE;
-    if (n > (b->bt_cap - 1) * KV_BLOCK_SIZE) n = (b->bt_cap - 1) * KV_BLOCK_SIZE;
+    if (n > (b->plan.bt_cap - 1) * KV_BLOCK_SIZE) n = (b->plan.bt_cap - 1) * KV_BLOCK_SIZE;
     if (b->base.config.max_position > 1 && n > b->base.config.max_position - 1) n = b->base.config.max_position - 1;
-    if (n < 2 || cuda_env_is("SLUICE_CUDA_WARMUP", "0")) return 0;
+    if (n < 2 || b->opt.no_warmup) return 0;
     const int n_blocks = (n + 1 + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE;
     int32_t *mem = malloc((size_t)(n + n_blocks) * sizeof *mem);
     if (!mem) {
@@ -195,19 +156,20 @@ static int kv_alloc(struct cuda_backend *b, const struct backend_options *opt)
                       "cuda: no memory left for the KV cache at --gpu-memory-utilization %.2f: %.2f GiB of %.2f GiB "
                       "in use after weights (%.2f GiB) and workspace (%.2f GiB)",
                       util, (double)(total_b - free_b) / (1 << 30), (double)total_b / (1 << 30),
-                      (double)b->weight_bytes / (1 << 30), (double)b->workspace_bytes / (1 << 30));
+                      (double)b->w.bytes / (1 << 30), (double)b->ws.bytes / (1 << 30));
     }
     if (blocks > INT32_MAX / KV_BLOCK_SIZE) blocks = INT32_MAX / KV_BLOCK_SIZE;
     if ((size_t)blocks * block_bytes > free_b)
         CUDA_FAIL(b, "cuda: %lld KV blocks need %.2f GiB, only %.2f GiB free", (long long)blocks,
                   (double)blocks * (double)block_bytes / (1 << 30), (double)free_b / (1 << 30));
-    b->kv_layer_elems = (size_t)blocks * block_elems;
-    CUDA_CHECK(b, cudaMalloc((void **)&b->kv, (size_t)blocks * block_bytes));
+    b->kv.layer_elems = (size_t)blocks * block_elems;
+    CUDA_CHECK(b, cudaMalloc((void **)&b->kv.cache, (size_t)blocks * block_bytes));
     b->base.num_kv_blocks = (int32_t)blocks;
+    b->plan.num_kv_blocks = b->base.num_kv_blocks;
     log_info("cuda: KV cache %lld blocks = %lld tokens (%.2f GiB); weights %.2f GiB, workspace %.2f GiB, "
              "%.2f of %.2f GiB free before the cache",
              (long long)blocks, (long long)blocks * KV_BLOCK_SIZE, (double)blocks * (double)block_bytes / (1 << 30),
-             (double)b->weight_bytes / (1 << 30), (double)b->workspace_bytes / (1 << 30), (double)free_b / (1 << 30),
+             (double)b->w.bytes / (1 << 30), (double)b->ws.bytes / (1 << 30), (double)free_b / (1 << 30),
              (double)total_b / (1 << 30));
 fail:
     return rc;
@@ -248,50 +210,28 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     b->base.max_batch_seqs = opt->max_batch_seqs > 0 ? opt->max_batch_seqs : 256;
     if (b->base.max_batch_tokens > 65535) b->base.max_batch_tokens = 65535;
     b->device = opt->device;
-    b->bt_cap = (c->max_position > 0 ? c->max_position : 4096) / KV_BLOCK_SIZE + 2;
+    b->opt = opt->cuda;
+    const int bt_cap = (c->max_position > 0 ? c->max_position : 4096) / KV_BLOCK_SIZE + 2;
+    b->watchdog.timeout_s = b->opt.step_timeout_s > 0.0 ? b->opt.step_timeout_s : CUDA_STEP_TIMEOUT_S;
 
     struct cudaDeviceProp prop;
     CUDA_CHECK(b, cudaSetDevice(b->device));
     CUDA_CHECK(b, cudaGetDeviceProperties(&prop, b->device));
-    b->n_sms = prop.multiProcessorCount;
-    b->use_gemv = !cuda_env_is("SLUICE_CUDA_GEMV", "0");
-    b->use_prefill_mma = !cuda_env_is("SLUICE_CUDA_PREFILL_MMA", "0") && (c->head_dim == 64 || c->head_dim == 128);
-    b->gqa_mode = sk_attention_default_gqa();
-    b->attn_early = !cuda_env_is("SLUICE_CUDA_ATTN_EARLY", "0");
-    /* Without attn_early no step's keys are settled, which the fused kernel needs too. */
-    b->fused_qkv_rows = cuda_env_is("SLUICE_CUDA_FUSED_QKV", "0")     ? -1
-                        : cuda_env_is("SLUICE_CUDA_FUSED_QKV", "all") ? 0
-                                                                      : 32;
-    b->use_graphs = !cuda_env_is("SLUICE_CUDA_GRAPHS", "0");
-    b->deterministic = opt->deterministic;
-    if (b->deterministic) {
-        /* The fused decode attention takes only pure decode steps: a token in a mixed step would
-         * take the other path, whose sums are not the same bits. */
-        b->fused_qkv_rows = -1;
-        /* Ranges of a fixed length, so a token's split depends on its own position alone; long
-         * enough that the longest context needs at most CUDA_MAX_SPLITS of them (part_o's rows). */
-        const int ctx = b->bt_cap * KV_BLOCK_SIZE; /* the longest block table a step may carry */
-        const int len = (ctx + CUDA_MAX_SPLITS - 1) / CUDA_MAX_SPLITS;
-        b->det_split_len = len < 256 ? 256 : (len + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE * KV_BLOCK_SIZE;
-    }
-    const char *limit = getenv("SLUICE_CUDA_STEP_TIMEOUT_S");
-    b->step_timeout_s = limit && *limit ? atof(limit) : 60.0;
-    if (!(b->step_timeout_s > 0.0)) b->step_timeout_s = 60.0;
     CUDA_CHECK(b, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
-    CUBLAS_CHECK(b, cublasCreate(&b->cublas));
-    CUBLAS_CHECK(b, cublasSetStream(b->cublas, b->stream));
-    /* A fixed workspace, so cuBLAS allocates nothing later (KV sizing, CUDA graphs). */
-    CUDA_CHECK(b, cudaMalloc(&b->cublas_ws, CUBLAS_WS_BYTES));
-    CUBLAS_CHECK(b, cublasSetWorkspace(b->cublas, b->cublas_ws, CUBLAS_WS_BYTES));
-    CUBLAS_CHECK(b, cublasSetMathMode(b->cublas, CUBLAS_DEFAULT_MATH));
-    if ((rc = cuda_gemm_init(b, c)) < 0) goto fail;
-    if (cuda_env_is("SLUICE_CUDA_PROFILE", "1")) {
-        /* Timing each phase needs eager steps: graphs off. */
-        b->use_graphs = false;
-        b->prof = calloc(1, sizeof *b->prof);
-        if (!b->prof) CUDA_FAIL(b, "cuda: out of host memory");
-        for (int i = 0; i < CUDA_PROF_EVENTS; i++) CUDA_CHECK(b, cudaEventCreate(&b->prof->ev[i]));
+    if ((rc = cuda_gemm_init(b)) < 0) goto fail;
+    cuda_plan_config_init(&b->plan, c, &b->opt, opt->deterministic, b->gemm.hopper != NULL, prop.multiProcessorCount,
+                          b->base.max_batch_tokens, b->base.max_batch_seqs, bt_cap);
+    if (opt->deterministic) {
+        const int qd = c->n_heads * c->head_dim;
+        if (!b->gemm.hopper)
+            CUDA_FAIL(b, "cuda: --deterministic needs the Hopper products (a compute capability 9.0 GPU and a build "
+                         "for sm_90); this GPU or build has none");
+        if (c->hidden_size % 8 || qd % 8 || c->intermediate_size % 8)
+            CUDA_FAIL(b, "cuda: --deterministic needs hidden_size, heads x head_dim and intermediate_size divisible "
+                         "by 8 (the Hopper products' rows); this model has %d, %d, %d",
+                      c->hidden_size, qd, c->intermediate_size);
     }
+    if (b->opt.profile && (rc = cuda_prof_create(b)) < 0) goto fail;
     log_info("cuda: %s (%d SMs, %.1f GiB), loading %s weights as bf16", prop.name, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1 << 30), dtype_name(c->dtype));
 

@@ -1,6 +1,13 @@
-/* Private parts of the CUDA backend: its state, and the checking macros that turn every failed
- * CUDA or cuBLAS call into a message (statement, file, line) in b->base.error and a jump to the
- * function's one cleanup label, `fail`, with rc set negative. */
+/* Private parts of the CUDA backend: its state, grouped by the file that owns each part, and the
+ * checking macros that turn every failed CUDA or cuBLAS call into a message (statement, file,
+ * line) in b->base.error and a jump to the function's one cleanup label, `fail`, with rc set
+ * negative.
+ *
+ * The files: cuda_backend.c (life cycle, workspace, KV cache, warm-up), cuda_weights.c,
+ * cuda_plan.c (every choice, plain C), cuda_gemm.c (the products as planned), cuda_step.c
+ * (submit and collect: the step's metadata, the steps in flight), cuda_forward.c (a step's kernels
+ * on the stream), cuda_graph.c (captured steps), cuda_prof.c (--cuda-profile) and
+ * cuda_watchdog.c (the bounded wait for a step). */
 #ifndef SLUICE_BACKEND_CUDA_INTERNAL_H
 #define SLUICE_BACKEND_CUDA_INTERNAL_H
 
@@ -15,15 +22,80 @@
 
 #include "kernels/sluice_kernels.h"
 #include "worker/backend/backend.h"
+#include "worker/backend/cuda/cuda_plan.h"
 
+/* cuda_weights.c: the model on the device. */
 struct cuda_layer {
     uint16_t *wqkv, *wo, *wgu, *wd; /* bf16, fused [q;k;v] and [gate;up] rows */
     float *attn_norm, *ffn_norm;
     float *q_norm, *k_norm; /* NULL unless Qwen3 */
     float *bqkv;            /* NULL unless Qwen2 */
 };
+struct cuda_weights {
+    uint16_t *tok_embed, *lm_head; /* lm_head == tok_embed when tied */
+    float *final_norm;
+    float *inv_freq; /* head_dim / 2 rotary frequencies, scaling applied */
+    struct cuda_layer *layers;
+    size_t bytes;
+};
 
-/* A captured decode step, replayed while the batch keeps its shape. */
+/* cuda_gemm.c: the libraries and kernels the products run on. */
+#define CUBLAS_WS_BYTES ((size_t)32 << 20)
+struct cuda_products {
+    cublasHandle_t cublas;
+    void *cublas_ws;
+    struct sk_hopper_gemm *hopper; /* TMA + wgmma products; NULL off Hopper or with hopper=0 */
+};
+
+/* cuda_backend.c: the paged KV cache, per layer K then V, each layer_elems. */
+struct cuda_kv {
+    uint16_t *cache;
+    size_t layer_elems;
+};
+
+/* cuda_backend.c: activations for up to max_batch_tokens tokens and max_batch_seqs sampled rows.
+ * delta and big also hold the split parts of a decode batch's products (CUDA_PARTS_ROWS rows). */
+struct cuda_workspace {
+    float *x, *delta, *big, *q, *part_o, *part_ml, *logits, *work, *sorted_w;
+    uint16_t *y;
+    int32_t *counts, *ids_in, *offsets, *sorted_ids;
+    void *sort_temp;
+    size_t sort_temp_bytes;
+    size_t bytes;
+};
+
+/* cuda_step.c: per-step metadata, built in pinned memory and sent in one copy, and the steps in
+ * flight. Two steps may be queued (backend_submit): each copies its sampled tokens into its half
+ * of out_host (max_batch_seqs rows each, by submit count modulo 2) and marks done. */
+struct cuda_steps {
+    size_t meta_bytes;
+    unsigned char *meta_host, *meta_dev;
+    cudaEvent_t meta_sent;
+    int32_t *hist_host, *hist_dev;
+    size_t hist_cap;
+    struct sk_sample_out *out_dev, *out_host;
+    cudaEvent_t done[2];
+    int rows[2];
+    uint64_t submitted, collected;
+    uint64_t fused_qkv_steps; /* steps whose decode attention did qkv_post's work */
+};
+
+/* A step's arrays in device memory (cuda_step.c lays them out). */
+struct cuda_step_meta {
+    struct sk_sample_row *rows;
+    int32_t *tokens, *pos, *seq, *slot, *sample_tok, *bt;
+    int32_t *tiles; /* prefill tiles: (first token, count, sequence) */
+    int32_t *dec;   /* tokens for the decode attention, when not all are */
+};
+
+/* What cuda_forward_enqueue runs: the plan (attention's token_list set) and the metadata. */
+struct cuda_step_args {
+    const struct cuda_step_plan *plan;
+    struct cuda_step_meta dev;
+    float *logits_out; /* tests: the sampled rows' logits are copied here */
+};
+
+/* cuda_graph.c: captured decode steps, replayed while the batch keeps its shape. */
 #define CUDA_GRAPH_CACHE 32
 struct cuda_graph_entry {
     int n_seqs, bt_stride;
@@ -32,115 +104,39 @@ struct cuda_graph_entry {
     cudaGraphExec_t exec;
     uint64_t last_used;
 };
-
-#define CUBLAS_WS_BYTES ((size_t)32 << 20)
-/* Products of up to this many rows go to the Hopper kernel: measured on an H200 at Llama-3-8B's
- * shapes, it beats cuBLAS through 64 rows and loses at 128 on the narrow products. */
-#define CUDA_HOPPER_MAX_ROWS 64
-/* Key ranges a decode attention splits a token's keys into at most (part_o holds that many rows
- * per query head and sampled row). */
-#define CUDA_MAX_SPLITS 32
-/* Rows that delta and big hold at least: every split part of a decode product (cuda_gemm_parts). */
-#define CUDA_PARTS_ROWS (SK_HOPPER_MAX_SPLITS * CUDA_HOPPER_MAX_ROWS)
-
-/* SLUICE_CUDA_PROFILE=1: per-phase device times of eager (graph-free) steps, logged at exit. */
-#define CUDA_PROF_EVENTS 640
-#define CUDA_PROF_CATS 13
-#define CUDA_PROF_SHAPES 8
-struct cuda_prof {
-    cudaEvent_t ev[CUDA_PROF_EVENTS];
-    int cat[CUDA_PROF_EVENTS];
-    int n_ev;
-    int shape[CUDA_PROF_SHAPES]; /* decode batch size; -T for other steps */
-    int steps[CUDA_PROF_SHAPES];
-    double ms[CUDA_PROF_SHAPES][CUDA_PROF_CATS];
-    double wall_ms[CUDA_PROF_SHAPES];
-    int n_shapes;
+struct cuda_graphs {
+    struct cuda_graph_entry entries[CUDA_GRAPH_CACHE];
+    int n;
+    uint64_t clock;
+    uint64_t captures, replays;
 };
+
+/* cuda_watchdog.c: a step not done after timeout_s is a stuck GPU; then nothing more is asked
+ * of the device, not even at cleanup. */
+struct cuda_watchdog {
+    double timeout_s;
+    bool stuck;
+};
+
+struct cuda_prof; /* cuda_prof.c: --cuda-profile */
 
 struct cuda_backend {
     struct backend base;
     int device;
-    int n_sms;
-    bool use_gemv;        /* own kernel for one-row products */
-    struct sk_hopper_gemm *hopper; /* TMA + wgmma products of 2..CUDA_HOPPER_MAX_ROWS rows; NULL off
-                                      Hopper or with SLUICE_CUDA_HOPPER=0 */
-    bool gu_interleaved;           /* wgu rows in sk_gate_up_interleave's layout (with hopper) */
-    bool split_parts;              /* qkv, o and down leave split-K parts to their reader
-                                      (cuda_gemm_parts); SLUICE_CUDA_SPLIT_PARTS=0: not */
-    bool fused_mlp;                /* with split_parts, a decode batch's MLP in one launch
-                                      (cuda_mlp_fused); SLUICE_CUDA_FUSED_MLP=0: not */
-    bool early_trigger;            /* gate/up, the fused MLP and qkv let their dependents launch
-                                      at their start; SLUICE_CUDA_EARLY_TRIGGER=0: not */
-    bool use_prefill_mma; /* tensor-core prefill attention (head_dim 64, 128) */
-    int gqa_mode;         /* grouped-query attention variant, 0 = off (sk_attention_mode) */
-    bool attn_early;      /* decode attention may read settled keys before qkv_post ends */
-    int fused_qkv_rows;   /* decode-only steps of more tokens than this: the decode attention
-                             does qkv_post's work (sk_attention_decode_qkv); -1 never.
-                             SLUICE_CUDA_FUSED_QKV=0: -1, =all: 0 (tests), else 32; it
-                             needs settled keys, so never without attn_early */
-    uint64_t fused_qkv_steps; /* steps submitted that way */
-    /* --deterministic (backend_options): every product on the Hopper kernel whatever its rows,
-     * the fused decode attention off, and decode attention split into ranges of a fixed
-     * det_split_len keys, merged even when one range holds them all (cuda_forward.c). */
-    bool deterministic;
-    int det_split_len;
+    struct cuda_options opt;      /* as created with (backend_options.cuda) */
+    struct cuda_plan_config plan; /* the choices fixed at creation */
     cudaStream_t stream;
-    cublasHandle_t cublas;
-    void *cublas_ws;
-    struct cuda_prof *prof; /* NULL unless SLUICE_CUDA_PROFILE=1 */
-
-    uint16_t *tok_embed, *lm_head; /* lm_head == tok_embed when tied */
-    float *final_norm;
-    float *inv_freq; /* head_dim / 2 rotary frequencies, scaling applied */
-    struct cuda_layer *layers;
-    size_t weight_bytes;
-
-    uint16_t *kv; /* per layer: K then V, each kv_layer_elems */
-    size_t kv_layer_elems;
-
-    /* Activations for up to max_batch_tokens tokens and max_batch_seqs sampled rows. */
-    float *x, *delta, *big, *q, *part_o, *part_ml, *logits, *work, *sorted_w;
-    uint16_t *y;
-    int32_t *counts, *ids_in, *offsets, *sorted_ids;
-    void *sort_temp;
-    size_t sort_temp_bytes;
-    int64_t part_rows; /* (token, head, split) rows part_o holds */
-    size_t workspace_bytes;
-
-    /* Per-step metadata: built in pinned memory, sent in one copy. */
-    int bt_cap; /* block-table ints per sequence */
-    size_t meta_bytes;
-    unsigned char *meta_host, *meta_dev;
-    cudaEvent_t meta_sent;
-    int32_t *hist_host, *hist_dev;
-    size_t hist_cap;
-    struct sk_sample_out *out_dev;
-    /* Two steps may be queued (backend_submit): each copies its sampled tokens into its half of
-     * out_host (max_batch_seqs rows each, by submit count modulo 2) and marks step_done. */
-    struct sk_sample_out *out_host;
-    cudaEvent_t step_done[2];
-    int slot_rows[2];
-    uint64_t submitted, collected;
-    /* A step not done after this long is a stuck GPU (SLUICE_CUDA_STEP_TIMEOUT_S, default 60). */
-    double step_timeout_s;
-    bool stuck; /* then nothing more is asked of the device, not even at cleanup */
-
-    bool use_graphs; /* SLUICE_CUDA_GRAPHS=0 turns them off */
-    struct cuda_graph_entry graphs[CUDA_GRAPH_CACHE];
-    int n_graphs;
-    uint64_t graph_clock;
-    uint64_t graph_captures, graph_replays;
+    struct cuda_products gemm;
+    struct cuda_weights w;
+    struct cuda_kv kv;
+    struct cuda_workspace ws;
+    struct cuda_steps steps;
+    struct cuda_graphs graphs;
+    struct cuda_watchdog watchdog;
+    struct cuda_prof *prof; /* NULL unless --cuda-profile */
 };
 
 void cuda_report(struct cuda_backend *b, const char *what, const char *msg, const char *file, int line);
-
-/* Whether the environment variable name is set to value (the SLUICE_CUDA_* switches). */
-static inline bool cuda_env_is(const char *name, const char *value)
-{
-    const char *v = getenv(name);
-    return v && !strcmp(v, value);
-}
 
 #define CUDA_CHECK(b, stmt)                                                                                            \
     do {                                                                                                               \
@@ -170,35 +166,78 @@ static inline bool cuda_env_is(const char *name, const char *value)
         goto fail;                                                                                                     \
     } while (0)
 
+/* cuda_weights.c */
 int cuda_weights_load(struct cuda_backend *b, const struct model *m);
 void cuda_weights_free(struct cuda_backend *b);
-int cuda_gemm_init(struct cuda_backend *b, const struct model_config *c);
+
+/* cuda_gemm.c. cuda_gemm_init makes the handles (the Hopper kernel's only where the device and
+ * the build have it, and not with hopper=0); cuda_plan_config_init needs to know that. */
+int cuda_gemm_init(struct cuda_backend *b);
 void cuda_gemm_free(struct cuda_backend *b);
-/* Whether a product of this many rows runs on the Hopper kernel (and the MLP's gate/up product
- * with its activation fused, when the weights are interleaved for it). */
-bool cuda_gemm_on_hopper(const struct cuda_backend *b, int rows);
-/* y[rows, n_out] (fp32) = x[rows, k_in] (bf16) * w[n_out, k_in]^T (bf16), fp32 accumulation. */
+/* y[rows, n_out] (fp32) = x[rows, k_in] (bf16) * w[n_out, k_in]^T (bf16), fp32 accumulation, on
+ * the kernel p names; *n_parts (may be NULL unless p is HOPPER_PARTS): the parts y was left in,
+ * rows * n_out floats apart (y then holds CUDA_PARTS_ROWS rows of n_out). */
+int cuda_product(struct cuda_backend *b, struct cuda_product_plan p, const uint16_t *w, const uint16_t *x, float *y,
+                 int rows, int n_out, int k_in, int *n_parts);
+/* The same with the kernel the planner gives such a product (cuda_plan_product), whole sums. */
 int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in);
 /* Gate/up with the activation fused, act[rows, inter] in bf16 (sk_hopper_gemm_swiglu), on the
- * Hopper kernel in slices of its rows at most: for every batch the Hopper path takes
- * (cuda_gemm_on_hopper) when the weights are interleaved (gu_interleaved). */
+ * Hopper kernel in slices of its rows at most; early: the next kernel may launch at the last
+ * slice's start. */
 int cuda_gemm_swiglu(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, uint16_t *act, int rows, int inter,
-                     int k_in, bool early_dependents);
-/* The same for a product whose one reader adds parts (o and down: the next RMSNorm; qkv:
- * qkv_post): its output may be left in *n_parts parts of rows * n_out floats (on the Hopper
- * kernel, the split-K sums; see sk_hopper_gemm_parts). y holds CUDA_PARTS_ROWS rows of n_out.
- * early_dependents: the next kernel may launch while this one runs (on the Hopper kernel). */
-int cuda_gemm_parts(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out,
-                    int k_in, int *n_parts, bool early_dependents);
-/* Whether a batch of rows takes its whole MLP in one launch (sk_hopper_mlp: gate/up with the
- * activation, then down's split parts, which the norm after it adds). */
-bool cuda_mlp_fused(const struct cuda_backend *b, int rows, int hidden, int inter);
+                     int k_in, bool early);
 /* The same product written in bf16, always by cuBLAS: for prefill's gate/up, whose fp32 rows
  * (2 x intermediate wide) would cost SiLU twice the reads. */
 int cuda_gemm_bf16(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, uint16_t *y, int rows, int n_out,
                    int k_in);
+
+/* cuda_step.c: the backend's submit and collect (backend_ops). */
 int cuda_submit(struct backend *base, const struct batch *batch);
 int cuda_collect(struct backend *base, struct sample_result *results);
-void cuda_prof_report(struct cuda_backend *b);
+/* The step buffers (metadata, sampled output, events) for the backend's sizes; freed by
+ * cuda_steps_free. */
+int cuda_steps_alloc(struct cuda_backend *b);
+void cuda_steps_free(struct cuda_backend *b);
+
+/* cuda_forward.c: the model and the sampler for one step, enqueued on b->stream (also while a
+ * graph is being captured). */
+int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a);
+
+/* cuda_graph.c: replays the captured step for a's shape, capturing it first when new. */
+int cuda_graph_run(struct cuda_backend *b, const struct cuda_step_args *a);
+void cuda_graphs_free(struct cuda_backend *b);
+
+/* cuda_watchdog.c: waits for ev at most watchdog.timeout_s; past it the GPU is stuck (the
+ * backend's error says so, and cleanup leaves the device alone). */
+int cuda_watchdog_wait(struct cuda_backend *b, cudaEvent_t ev);
+double cuda_now_s(void);
+
+/* cuda_prof.c: per-phase device times of eager steps, by step shape, printed when freed. */
+enum cuda_prof_phase {
+    CUDA_PROF_EMBED,
+    CUDA_PROF_NORM,
+    CUDA_PROF_QKV,
+    CUDA_PROF_QKV_POST,
+    CUDA_PROF_ATTN,
+    CUDA_PROF_O,
+    CUDA_PROF_GATE_UP,
+    CUDA_PROF_SILU,
+    CUDA_PROF_DOWN,
+    CUDA_PROF_MLP,
+    CUDA_PROF_LM_HEAD,
+    CUDA_PROF_SAMPLE,
+    CUDA_PROF_COPY,
+    CUDA_PROF_PHASES
+};
+int cuda_prof_create(struct cuda_backend *b);
+/* Prints the report and frees the profile. */
+void cuda_prof_free(struct cuda_backend *b);
+/* A step begins: its marks start over. */
+void cuda_prof_begin(struct cuda_backend *b);
+/* Marks the end of a phase on the stream; nothing without a profile. */
+void cuda_prof_mark(struct cuda_backend *b, enum cuda_prof_phase phase);
+/* After the step's synchronization: adds each phase's time to the step's shape (a decode batch
+ * of n: n; other steps of T tokens: -T). */
+void cuda_prof_collect(struct cuda_backend *b, int shape, double wall_ms);
 
 #endif

@@ -18,7 +18,7 @@ static int alloc_dev(struct cuda_backend *b, void **p, size_t bytes)
 {
     int rc = 0;
     CUDA_CHECK(b, cudaMalloc(p, bytes));
-    b->weight_bytes += bytes;
+    b->w.bytes += bytes;
 fail:
     return rc;
 }
@@ -114,26 +114,27 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
 
     CUDA_CHECK(b, cudaMalloc(&ld.staging, STAGING_BYTES));
     /* With the Hopper products, each layer's [gate; up] pair is loaded plain, then interleaved in
-     * blocks of 64 rows so that one launch yields silu(gate) * up (sk_hopper_gemm_swiglu). */
-    b->gu_interleaved = b->hopper && I % SK_GATE_UP_BLOCK == 0;
-    if (b->gu_interleaved) CUDA_CHECK(b, cudaMalloc((void **)&gu_plain, (size_t)(2 * I * H) * 2));
-    if ((rc = alloc_dev(b, (void **)&b->tok_embed, (size_t)(V * H) * 2)) < 0) goto fail;
-    if ((rc = put_matrix(&ld, b->tok_embed, &m->tok_embed, V * H, "tok_embed")) < 0) goto fail;
+     * blocks of SK_GATE_UP_BLOCK rows so that one launch yields silu(gate) * up
+     * (sk_hopper_gemm_swiglu; the planner decides, cuda_plan_config_init). */
+    const bool interleave = b->plan.gu_interleaved;
+    if (interleave) CUDA_CHECK(b, cudaMalloc((void **)&gu_plain, (size_t)(2 * I * H) * 2));
+    if ((rc = alloc_dev(b, (void **)&b->w.tok_embed, (size_t)(V * H) * 2)) < 0) goto fail;
+    if ((rc = put_matrix(&ld, b->w.tok_embed, &m->tok_embed, V * H, "tok_embed")) < 0) goto fail;
     bool tied = c->tie_embeddings || (m->lm_head.data && m->lm_head.data == m->tok_embed.data) ||
                 tensor_numel(&m->lm_head) == 0;
     if (tied) {
-        b->lm_head = b->tok_embed;
+        b->w.lm_head = b->w.tok_embed;
     } else {
-        if ((rc = alloc_dev(b, (void **)&b->lm_head, (size_t)(V * H) * 2)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, b->lm_head, &m->lm_head, V * H, "lm_head")) < 0) goto fail;
+        if ((rc = alloc_dev(b, (void **)&b->w.lm_head, (size_t)(V * H) * 2)) < 0) goto fail;
+        if ((rc = put_matrix(&ld, b->w.lm_head, &m->lm_head, V * H, "lm_head")) < 0) goto fail;
     }
-    if ((rc = put_vector(&ld, &b->final_norm, &m->final_norm, H, true, "final_norm")) < 0) goto fail;
+    if ((rc = put_vector(&ld, &b->w.final_norm, &m->final_norm, H, true, "final_norm")) < 0) goto fail;
 
-    b->layers = calloc((size_t)c->n_layers, sizeof *b->layers);
-    if (!b->layers) CUDA_FAIL(b, "cuda: out of host memory");
+    b->w.layers = calloc((size_t)c->n_layers, sizeof *b->w.layers);
+    if (!b->w.layers) CUDA_FAIL(b, "cuda: out of host memory");
     for (int l = 0; l < c->n_layers; l++) {
         const struct layer_weights *lw = &m->layers[l];
-        struct cuda_layer *cl = &b->layers[l];
+        struct cuda_layer *cl = &b->w.layers[l];
         char name[64];
         snprintf(name, sizeof name, "layer %d", l);
         if ((rc = alloc_dev(b, (void **)&cl->wqkv, (size_t)((qd + 2 * kvd) * H) * 2)) < 0) goto fail;
@@ -143,10 +144,10 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
         if ((rc = alloc_dev(b, (void **)&cl->wo, (size_t)(H * qd) * 2)) < 0) goto fail;
         if ((rc = put_matrix(&ld, cl->wo, &lw->wo, H * qd, name)) < 0) goto fail;
         if ((rc = alloc_dev(b, (void **)&cl->wgu, (size_t)(2 * I * H) * 2)) < 0) goto fail;
-        uint16_t *gu = b->gu_interleaved ? gu_plain : cl->wgu;
+        uint16_t *gu = interleave ? gu_plain : cl->wgu;
         if ((rc = put_matrix(&ld, gu, &lw->w_gate, I * H, name)) < 0) goto fail;
         if ((rc = put_matrix(&ld, gu + I * H, &lw->w_up, I * H, name)) < 0) goto fail;
-        if (b->gu_interleaved) CUDA_CHECK(b, sk_gate_up_interleave(cl->wgu, gu_plain, (int)I, (int)H, b->stream));
+        if (interleave) CUDA_CHECK(b, sk_gate_up_interleave(cl->wgu, gu_plain, (int)I, (int)H, b->stream));
         if ((rc = alloc_dev(b, (void **)&cl->wd, (size_t)(H * I) * 2)) < 0) goto fail;
         if ((rc = put_matrix(&ld, cl->wd, &lw->w_down, H * I, name)) < 0) goto fail;
         if ((rc = put_vector(&ld, &cl->attn_norm, &lw->attn_norm, H, true, name)) < 0) goto fail;
@@ -163,8 +164,8 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
         }
     }
     rope_frequencies(c, inv_freq);
-    if ((rc = alloc_dev(b, (void **)&b->inv_freq, (size_t)(D / 2) * sizeof(float))) < 0) goto fail;
-    CUDA_CHECK(b, cudaMemcpy(b->inv_freq, inv_freq, (size_t)(D / 2) * sizeof(float), cudaMemcpyHostToDevice));
+    if ((rc = alloc_dev(b, (void **)&b->w.inv_freq, (size_t)(D / 2) * sizeof(float))) < 0) goto fail;
+    CUDA_CHECK(b, cudaMemcpy(b->w.inv_freq, inv_freq, (size_t)(D / 2) * sizeof(float), cudaMemcpyHostToDevice));
     CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
 fail:
     if (ld.staging) cudaFree(ld.staging);
@@ -174,13 +175,13 @@ fail:
 
 void cuda_weights_free(struct cuda_backend *b)
 {
-    if (b->lm_head && b->lm_head != b->tok_embed) cudaFree(b->lm_head);
-    cudaFree(b->tok_embed);
-    cudaFree(b->final_norm);
-    cudaFree(b->inv_freq);
-    if (b->layers) {
+    if (b->w.lm_head && b->w.lm_head != b->w.tok_embed) cudaFree(b->w.lm_head);
+    cudaFree(b->w.tok_embed);
+    cudaFree(b->w.final_norm);
+    cudaFree(b->w.inv_freq);
+    if (b->w.layers) {
         for (int l = 0; l < b->base.config.n_layers; l++) {
-            struct cuda_layer *cl = &b->layers[l];
+            struct cuda_layer *cl = &b->w.layers[l];
             cudaFree(cl->wqkv);
             cudaFree(cl->wo);
             cudaFree(cl->wgu);
@@ -191,7 +192,7 @@ void cuda_weights_free(struct cuda_backend *b)
             cudaFree(cl->k_norm);
             cudaFree(cl->bqkv);
         }
-        free(b->layers);
+        free(b->w.layers);
     }
-    b->layers = NULL;
+    b->w.layers = NULL;
 }

@@ -1,0 +1,75 @@
+/* What the kernels take, in plain C (no CUDA headers): their limits, the attention's parameters,
+ * and which shapes each attention kernel serves. The CUDA backend's planner
+ * (worker/backend/cuda/cuda_plan.c) decides with these same rules, and its unit test runs them in
+ * a build without nvcc; sluice_kernels.h includes this header. */
+#ifndef SLUICE_KERNELS_SK_SHAPES_H
+#define SLUICE_KERNELS_SK_SHAPES_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SK_KV_BLOCK 16
+#define SK_MAX_HEAD_DIM 256
+#define SK_MAX_TOP 20
+/* sk_gemv's rows at most. */
+#define SK_GEMV_MAX_ROWS 8
+/* The Hopper products' rows per launch at most, and their split-K count at most. */
+#define SK_HOPPER_MAX_ROWS 128
+#define SK_HOPPER_MAX_SPLITS 8
+/* Rows of gate and of up interleaved together (sk_gate_up_interleave's layout). */
+#define SK_GATE_UP_BLOCK 64
+/* Query tokens of one sequence per prefill-attention tile. */
+#define SK_PREFILL_TILE 64
+
+struct sk_attn_params {
+    int n_tokens;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;  /* 1..SK_MAX_HEAD_DIM; 8, 16, 32, 64, 128, 256 take vector paths */
+    int bt_stride; /* ints per row of block_tables */
+    float scale;
+    int n_splits;              /* >= 1: keys split into n_splits ranges, merged after */
+    int split_len;             /* > 0: ranges of this many keys (a multiple of SK_KV_BLOCK); 0: each
+                           token's keys cut into n_splits equal ranges (rounded to 16) */
+    const int32_t *token_list; /* NULL: tokens 0..n_tokens-1; else the n_tokens query tokens */
+    int settled_keys;          /* 1: no kernel of this step writes a query token's keys before its own
+                                  position (every token is its sequence's only one in the step), so a
+                                  kernel launched as a programmatic dependent may read them before
+                                  the previous kernel ends */
+};
+
+/* The decode attention's kernels (sk_attention). */
+enum sk_attn_kernel {
+    /* One block per (query head, token, split): any head layout and head_dim, any number of
+     * query tokens per sequence. */
+    SK_ATTN_PER_HEAD = 0,
+    /* The tensor-core streaming kernel: one block per (kv head, token, split) serves the query
+     * heads of its kv head, so each key and value is read once per token; only for the shapes
+     * sk_attention_decode_fits takes. */
+    SK_ATTN_DECODE_STREAM = 1,
+};
+
+/* Whether the streaming kernel takes p: head_dim 64 or 128 and 1, 2, 4 or 8 query heads per kv
+ * head. */
+static inline int sk_attention_decode_fits(const struct sk_attn_params *p)
+{
+    if (p->n_kv_heads < 1 || p->n_heads % p->n_kv_heads) return 0;
+    const int qg = p->n_heads / p->n_kv_heads;
+    return (p->head_dim == 64 || p->head_dim == 128) && (qg == 1 || qg == 2 || qg == 4 || qg == 8);
+}
+
+/* Whether sk_attention_decode_qkv takes p: the streaming kernel's shapes at head_dim 128, with
+ * p->settled_keys set. */
+static inline int sk_attention_decode_qkv_fits(const struct sk_attn_params *p)
+{
+    return p->head_dim == 128 && p->settled_keys && sk_attention_decode_fits(p);
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,372 @@
+/* Decode attention against a double reference, and its timing, for any set of kernel variants:
+ * test_kernels runs the shipped ones (sk_attention), kernels/dev/bench_attention_decode.c those
+ * in kernels/dev/ beside them. Variant 0 is the per-head kernel, 9 the tensor-core streaming kernel
+ * (the numbers the variants had when they all shipped; 1-7 are in kernels/dev/). */
+#ifndef SLUICE_TESTS_GPU_ATTENTION_CASES_H
+#define SLUICE_TESTS_GPU_ATTENTION_CASES_H
+
+#include "kernels/sluice_kernels.h"
+#include "tests/gpu/gpu_test.h"
+
+/* bf16 outputs pass at ||out - ref|| / ||ref|| below this. */
+#define ATTN_TOL 1e-2
+#define ATTN_MAX_VARIANTS 16
+
+struct attn_runner {
+    int n;
+    const int *variants;
+    /* Runs variant v with sk_attention's arguments; whether v takes p. */
+    cudaError_t (*run)(int v, const float *q, const uint16_t *k, const uint16_t *v_cache, const int32_t *bt,
+                       const int32_t *seq, const int32_t *pos, float *part_o, float *part_ml, uint16_t *out,
+                       struct sk_attn_params p, cudaStream_t s);
+    int (*fits)(int v, const struct sk_attn_params *p);
+    /* Benches launch each variant once, eagerly, for a profiler (ncu), and time nothing. */
+    int profile;
+};
+
+/* The shipped kernels under their variant numbers. */
+static inline cudaError_t attn_run_shipped(int v, const float *q, const uint16_t *k, const uint16_t *vc,
+                                           const int32_t *bt, const int32_t *seq, const int32_t *pos, float *po,
+                                           float *pml, uint16_t *out, struct sk_attn_params p, cudaStream_t s)
+{
+    return sk_attention(q, k, vc, bt, seq, pos, po, pml, out, p, v == 9 ? SK_ATTN_DECODE_STREAM : SK_ATTN_PER_HEAD, s);
+}
+
+static inline int attn_fits_shipped(int v, const struct sk_attn_params *p)
+{
+    return v == 0 || (v == 9 && sk_attention_decode_fits(p));
+}
+
+struct attn_seq {
+    int start, n_new;
+};
+
+/* Causal attention in double over the paged cache (16-key blocks), as every decode kernel
+ * computes it: token t (sequence tseq[t]) attends to keys 0..tpos[t]. */
+static inline void attention_ref(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, int stride,
+                                 const int32_t *tseq, const int32_t *tpos, int T, int nh, int nkv, int D, float scale,
+                                 double *ref)
+{
+    int max_ctx = 0;
+    for (int t = 0; t < T; t++)
+        if (tpos[t] + 1 > max_ctx) max_ctx = tpos[t] + 1;
+    double *sc = malloc((size_t)max_ctx * 8);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nh; h++) {
+            int kvh = h / (nh / nkv), n = tpos[t] + 1;
+            const int32_t *tb = bt + (size_t)tseq[t] * stride;
+            double mx = -INFINITY;
+            for (int j = 0; j < n; j++) {
+                size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
+                double s = 0;
+                for (int i = 0; i < D; i++) s += (double)q[((size_t)t * nh + h) * D + i] * gt_bf2f(k[at + i]);
+                sc[j] = s * scale;
+                if (sc[j] > mx) mx = sc[j];
+            }
+            double sum = 0;
+            for (int j = 0; j < n; j++) sum += (sc[j] = exp(sc[j] - mx));
+            for (int i = 0; i < D; i++) {
+                double o = 0;
+                for (int j = 0; j < n; j++) {
+                    size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
+                    o += sc[j] * gt_bf2f(v[at + i]);
+                }
+                ref[((size_t)t * nh + h) * D + i] = o / sum;
+            }
+        }
+    free(sc);
+}
+
+/* Runs every variant of r that takes the shape over the sequences seqs[0..S) (start = cached
+ * tokens before, n_new = tokens now) against a double reference. Outputs are poisoned before each
+ * run; unless mixed, the cache slots past each sequence's last token hold NaN, as unwritten slots
+ * of a live cache may. mixed: as the backend does with tensor-core prefill, sequences of 2+ new tokens go to
+ * sk_attention_prefill in 64-token tiles and single tokens to sk_attention through a list. */
+static inline void attention_seqs(const struct attn_runner *r, const struct attn_seq *seqs, int S, int nh, int nkv,
+                                  int D, int n_splits, int split_len, int mixed)
+{
+    int T = 0, max_ctx = 0;
+    for (int s = 0; s < S; s++) {
+        T += seqs[s].n_new;
+        if (seqs[s].start + seqs[s].n_new > max_ctx) max_ctx = seqs[s].start + seqs[s].n_new;
+    }
+    const int stride = (max_ctx + 15) / 16, nblocks = S * stride + 3;
+    int32_t *bt = malloc((size_t)S * stride * 4), *tseq = malloc(T * 4), *tpos = malloc(T * 4);
+    int32_t *perm = malloc(nblocks * sizeof *perm);
+    gt_shuffled_ids(perm, nblocks, 0);
+    for (int i = 0; i < S * stride; i++) bt[i] = perm[i];
+    for (int s = 0, t = 0; s < S; s++)
+        for (int i = 0; i < seqs[s].n_new; i++, t++) {
+            tseq[t] = s;
+            tpos[t] = seqs[s].start + i;
+        }
+    size_t cache_n = (size_t)nblocks * nkv * 16 * D;
+    uint16_t *k = malloc(cache_n * 2), *v = malloc(cache_n * 2);
+    for (size_t i = 0; i < cache_n; i++) {
+        k[i] = gt_f2bf(gt_normal());
+        v[i] = gt_f2bf(gt_normal());
+    }
+    if (!mixed)
+        for (int s = 0; s < S; s++) {
+            int end = seqs[s].start + seqs[s].n_new;
+            for (int j = end; j < (end + 15) / 16 * 16; j++)
+                for (int h = 0; h < nkv; h++)
+                    for (int i = 0; i < D; i++) {
+                        size_t at = ((size_t)(bt[(size_t)s * stride + j / 16] * nkv + h) * 16 + j % 16) * D + i;
+                        k[at] = v[at] = 0x7fc0;
+                    }
+        }
+    size_t qn = (size_t)T * nh * D;
+    float *q = malloc(qn * 4);
+    for (size_t i = 0; i < qn; i++) q[i] = gt_normal();
+    float scale = 1.0f / sqrtf((float)D);
+
+    uint16_t *dk = gt_up(k, cache_n * 2), *dv = gt_up(v, cache_n * 2), *dout = gt_dev(qn * 2);
+    float *dq = gt_up(q, qn * 4);
+    int32_t *dbt = gt_up(bt, (size_t)S * stride * 4), *dseq = gt_up(tseq, T * 4), *dpos = gt_up(tpos, T * 4);
+    float *dpo = gt_dev((size_t)T * nh * n_splits * D * 4), *dml = gt_dev((size_t)T * nh * n_splits * 2 * 4);
+    struct sk_attn_params p = {T, nh, nkv, D, stride, scale, n_splits, split_len, NULL, 0};
+    int32_t *dtiles = NULL, *dlist = NULL;
+    int nt = 0;
+    if (mixed) {
+        int32_t *tiles = malloc((size_t)(T / SK_PREFILL_TILE + S) * 12), *list = malloc((size_t)T * 4);
+        int nl = 0;
+        for (int s = 0, t = 0; s < S; t += seqs[s].n_new, s++) {
+            if (seqs[s].n_new >= 2) {
+                for (int i = 0; i < seqs[s].n_new; i += SK_PREFILL_TILE, nt++) {
+                    tiles[3 * nt] = t + i;
+                    tiles[3 * nt + 1] = seqs[s].n_new - i < SK_PREFILL_TILE ? seqs[s].n_new - i : SK_PREFILL_TILE;
+                    tiles[3 * nt + 2] = s;
+                }
+            } else {
+                list[nl++] = t;
+            }
+        }
+        dtiles = gt_up(tiles, (size_t)(nt ? nt : 1) * 12);
+        dlist = gt_up(list, (size_t)(nl ? nl : 1) * 4);
+        p.n_tokens = nl;
+        p.token_list = dlist;
+        free(tiles);
+        free(list);
+    }
+
+    double *ref = malloc(qn * 8);
+    attention_ref(q, k, v, bt, stride, tseq, tpos, T, nh, nkv, D, scale, ref);
+
+    uint16_t *out = malloc(qn * 2);
+    float *outf = malloc(qn * 4);
+    double errs[ATTN_MAX_VARIANTS], worst = 0;
+    char line[256];
+    int at = 0;
+    for (int mi = 0; mi < r->n; mi++) {
+        if (!r->fits(r->variants[mi], &p)) continue;
+        GT_CUDA(cudaMemset(dout, 0xff, qn * 2));
+        GT_CUDA(cudaMemset(dpo, 0xff, (size_t)T * nh * n_splits * D * 4));
+        GT_CUDA(cudaMemset(dml, 0xff, (size_t)T * nh * n_splits * 2 * 4));
+        if (mixed) GT_CUDA(sk_attention_prefill(dq, dk, dv, dbt, dtiles, nt, dpos, dout, p, 0));
+        GT_CUDA(r->run(r->variants[mi], dq, dk, dv, dbt, dseq, dpos, dpo, dml, dout, p, 0));
+        GT_CUDA(cudaGetLastError());
+        gt_down(out, dout, qn * 2);
+        for (size_t i = 0; i < qn; i++) outf[i] = gt_bf2f(out[i]);
+        errs[mi] = gt_rel_err(outf, ref, qn);
+        if (!(errs[mi] < worst)) worst = errs[mi];
+        at += snprintf(line + at, sizeof line - at, " %d:%.1e", r->variants[mi], errs[mi]);
+    }
+    GT_CHECK(worst < ATTN_TOL,
+             "attention%s nh=%d nkv=%d D=%d splits=%d/%d (S=%d, T=%d, contexts to %d): rel err by variant%s",
+             mixed ? " (tensor-core prefill + listed decode)" : "", nh, nkv, D, n_splits, split_len, S, T, max_ctx,
+             line);
+    cudaFree(dtiles);
+    cudaFree(dlist);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dout);
+    cudaFree(dq);
+    cudaFree(dbt);
+    cudaFree(dseq);
+    cudaFree(dpos);
+    cudaFree(dpo);
+    cudaFree(dml);
+    free(bt);
+    free(tseq);
+    free(tpos);
+    free(perm);
+    free(k);
+    free(v);
+    free(q);
+    free(out);
+    free(ref);
+    free(outf);
+}
+
+/* The batches every runner is checked on: head dims 8..256 (the streaming kernel takes 64 and
+ * 128), 1 to 16 query heads per kv head, splits of fixed and per-token lengths, tensor-core
+ * prefill tiles with listed decode tokens, decode batches at chunk and block edges, and ranges
+ * past the 1024 block-table entries the streaming kernel stages. */
+static inline void attention_case_m(const struct attn_runner *r, int nh, int nkv, int D, int n_splits, int split_len,
+                                    int mixed)
+{
+    const struct attn_seq seqs[] = {{0, 37}, {100, 1}, {700, 1}, {50, 20}, {0, 1}, {255, 3}, {130, 150}, {0, 64}};
+    attention_seqs(r, seqs, (int)(sizeof seqs / sizeof seqs[0]), nh, nkv, D, n_splits, split_len, mixed);
+}
+
+/* A decode batch: one new token per sequence, contexts of random lengths plus the edges of the
+ * streaming kernels' 8-key chunks and 16-key blocks. */
+static inline void attention_decode_batch(const struct attn_runner *r, int nh, int nkv, int D, int n_splits)
+{
+    enum { S = 40 };
+    struct attn_seq seqs[S];
+    const int edges[] = {0, 1, 7, 8, 15, 16, 31, 32, 33, 63, 127, 128, 191, 255, 256, 383};
+    for (int s = 0; s < S; s++) {
+        seqs[s].start = s < (int)(sizeof edges / sizeof edges[0]) ? edges[s] : gt_int(600);
+        seqs[s].n_new = 1;
+    }
+    attention_seqs(r, seqs, S, nh, nkv, D, n_splits, 0, 0);
+}
+
+static inline void attention_cases(const struct attn_runner *r)
+{
+    int dims[] = {8, 16, 32, 64, 128, 256, 80, 96, 24, 40, 160};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
+        attention_case_m(r, 8, 2, dims[i], 1, 0, 0);
+        attention_case_m(r, 8, 2, dims[i], 4, 208, 0);
+    }
+    attention_case_m(r, 32, 8, 128, 1, 0, 0);
+    attention_case_m(r, 32, 8, 128, 11, 64, 0);
+    attention_case_m(r, 4, 4, 64, 3, 240, 0);
+    /* Per-token equal ranges (split_len 0), as the backend uses them. */
+    attention_case_m(r, 8, 2, 128, 5, 0, 0);
+    attention_case_m(r, 32, 8, 128, 16, 0, 0);
+    attention_case_m(r, 8, 2, 80, 3, 0, 0);
+    attention_case_m(r, 8, 2, 8, 7, 0, 0);
+    attention_case_m(r, 8, 2, 64, 2, 0, 0);
+    /* Tensor-core prefill tiles with listed decode tokens, as the backend runs them. */
+    attention_case_m(r, 8, 2, 64, 1, 0, 1);
+    attention_case_m(r, 8, 2, 128, 1, 0, 1);
+    attention_case_m(r, 32, 8, 128, 4, 0, 1);
+    attention_case_m(r, 12, 12, 64, 3, 0, 1);
+    attention_case_m(r, 28, 4, 128, 1, 0, 1);
+    /* GQA groups of 16 and 7. */
+    attention_case_m(r, 16, 1, 128, 1, 0, 0);
+    attention_case_m(r, 16, 1, 64, 9, 0, 0);
+    attention_case_m(r, 28, 4, 128, 1, 0, 0);
+    attention_case_m(r, 28, 4, 96, 32, 0, 0);
+    /* Decode batches at every group size the streaming kernels take (and 8 at head_dim 128,
+     * which the SIMT one does not), with and without splits. */
+    attention_decode_batch(r, 32, 8, 128, 1);
+    attention_decode_batch(r, 32, 8, 128, 2);
+    attention_decode_batch(r, 32, 8, 128, 5);
+    attention_decode_batch(r, 16, 8, 128, 1);
+    attention_decode_batch(r, 8, 8, 128, 3);
+    attention_decode_batch(r, 16, 2, 128, 2);
+    attention_decode_batch(r, 64, 8, 128, 2);
+    attention_decode_batch(r, 16, 2, 64, 1);
+    attention_decode_batch(r, 16, 4, 64, 4);
+    attention_decode_batch(r, 8, 4, 64, 1);
+    attention_decode_batch(r, 4, 4, 64, 2);
+    /* A range past the 1024 block-table entries the streaming kernels stage. */
+    const struct attn_seq longs[] = {{16500, 1}, {3000, 1}};
+    attention_seqs(r, longs, 2, 8, 2, 128, 1, 0, 0);
+    attention_seqs(r, longs, 2, 8, 2, 64, 2, 0, 0);
+}
+
+/* Times decode attention over a batch of sequences that each hold ctx keys (one new token each):
+ * enough layers' caches to exceed L2 are cycled, block tables are shuffled as in a live cache,
+ * and each variant's median over 9 samples of 4 passes over the layers is reported in
+ * microseconds per layer and GB/s of K+V read. */
+static inline void bench_decode_batch(const struct attn_runner *r, int nh, int nkv, int D, int batch, int ctx,
+                                      int n_splits, const int *modes, int n_modes)
+{
+    const int nb = (ctx + 15) / 16, nblocks = batch * nb;
+    const size_t layer_n = (size_t)nblocks * nkv * 16 * D;
+    int layers = (int)((size_t)256 * 1024 * 1024 / (layer_n * 4)) + 1;
+    if (layers < 2) layers = 2;
+    if (layers > 64) layers = 64;
+    uint16_t *dk = gt_dev(layer_n * layers * 2), *dv = gt_dev(layer_n * layers * 2);
+    GT_CUDA(sk_fill_dummy_bf16(dk, 1, 1, 0, (int64_t)(layer_n * layers), 0, 0));
+    GT_CUDA(sk_fill_dummy_bf16(dv, 1, 2, 0, (int64_t)(layer_n * layers), 0, 0));
+    int32_t *bt = malloc((size_t)nblocks * 4), *pos = malloc((size_t)batch * 4), *seq = malloc((size_t)batch * 4);
+    gt_shuffled_ids(bt, nblocks, 0);
+    for (int i = 0; i < batch; i++) {
+        pos[i] = ctx - 1;
+        seq[i] = i;
+    }
+    int32_t *dbt = gt_up(bt, (size_t)nblocks * 4), *dpos = gt_up(pos, (size_t)batch * 4),
+            *dseq = gt_up(seq, (size_t)batch * 4);
+    const size_t qn = (size_t)batch * nh * D;
+    float *dq = gt_dev(qn * 4);
+    GT_CUDA(sk_fill_dummy_f32(dq, 1, 3, 0, (int64_t)qn, 0, 0));
+    uint16_t *dout = gt_dev(qn * 2);
+    float *dpo = gt_dev(qn * n_splits * 4), *dml = gt_dev((size_t)batch * nh * n_splits * 8);
+    struct sk_attn_params p = {batch, nh, nkv, D, nb, 1.0f / sqrtf((float)D), n_splits, 0, NULL, 0};
+    cudaEvent_t a, b;
+    cudaStream_t st;
+    GT_CUDA(cudaEventCreate(&a));
+    GT_CUDA(cudaEventCreate(&b));
+    GT_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    const double kv_bytes = (double)batch * ctx * nkv * D * 4;
+    printf("  bench decode nh=%d nkv=%d D=%d batch=%d ctx=%d splits=%d (%.1f MB K+V, %d layers):", nh, nkv, D, batch,
+           ctx, n_splits, kv_bytes / 1e6, layers);
+    for (int mi = 0; mi < n_modes; mi++) {
+        if (!r->fits(modes[mi], &p)) {
+            printf(" | variant %d: shape not taken", modes[mi]);
+            continue;
+        }
+        /* One graph of 4 passes over the layers, replayed: launch gaps as in the backend's graphs. */
+        GT_CUDA(r->run(modes[mi], dq, dk, dv, dbt, dseq, dpos, dpo, dml, dout, p, st));
+        GT_CUDA(cudaStreamSynchronize(st));
+        if (r->profile) continue;
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        GT_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < 4 * layers; i++) {
+            size_t off = (size_t)(i % layers) * layer_n;
+            GT_CUDA(r->run(modes[mi], dq, dk + off, dv + off, dbt, dseq, dpos, dpo, dml, dout, p, st));
+        }
+        GT_CUDA(cudaStreamEndCapture(st, &g));
+        GT_CUDA(cudaGraphInstantiate(&ge, g, 0));
+        float samples[9];
+        for (int r = -1; r < 9; r++) {
+            GT_CUDA(cudaEventRecord(a, st));
+            GT_CUDA(cudaGraphLaunch(ge, st));
+            GT_CUDA(cudaEventRecord(b, st));
+            GT_CUDA(cudaEventSynchronize(b));
+            if (r >= 0) GT_CUDA(cudaEventElapsedTime(&samples[r], a, b));
+        }
+        GT_CUDA(cudaGraphExecDestroy(ge));
+        GT_CUDA(cudaGraphDestroy(g));
+        for (int i = 1; i < 9; i++)
+            for (int j = i; j > 0 && samples[j] < samples[j - 1]; j--) {
+                float tmp = samples[j];
+                samples[j] = samples[j - 1];
+                samples[j - 1] = tmp;
+            }
+        const double us = samples[4] * 1000.0 / (4 * layers);
+        printf(" | variant %d %.1f us %.0f GB/s", modes[mi], us, kv_bytes / (us * 1e3));
+    }
+    printf("\n");
+    fflush(stdout);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    cudaStreamDestroy(st);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dbt);
+    cudaFree(dpos);
+    cudaFree(dseq);
+    cudaFree(dq);
+    cudaFree(dout);
+    cudaFree(dpo);
+    cudaFree(dml);
+    free(bt);
+    free(pos);
+    free(seq);
+}
+
+#define BENCH_DECODE(r, nh, nkv, D, batch, ctx, splits, ...)                                                           \
+    do {                                                                                                               \
+        const int v_[] = {__VA_ARGS__};                                                                                \
+        bench_decode_batch(r, nh, nkv, D, batch, ctx, splits, v_, (int)(sizeof v_ / sizeof v_[0]));                    \
+    } while (0)
+
+#endif

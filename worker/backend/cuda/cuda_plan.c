@@ -1,0 +1,282 @@
+/* The CUDA backend's choices (cuda_plan.h). Plain C with no CUDA call: built without nvcc too,
+ * for its unit test. The reasons and the measurements behind each rule: docs/performance.md. */
+#include "worker/backend/cuda/cuda_plan.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+void cuda_plan_config_init(struct cuda_plan_config *c, const struct model_config *m, const struct cuda_options *o,
+                           bool deterministic, bool hopper, int n_sms, int max_batch_tokens, int max_batch_seqs,
+                           int bt_cap)
+{
+    memset(c, 0, sizeof *c);
+    c->hidden = m->hidden_size;
+    c->inter = m->intermediate_size;
+    c->n_heads = m->n_heads;
+    c->n_kv_heads = m->n_kv_heads;
+    c->head_dim = m->head_dim;
+    c->vocab = m->vocab_size;
+    c->max_batch_tokens = max_batch_tokens;
+    c->max_batch_seqs = max_batch_seqs;
+    c->bt_cap = bt_cap;
+    c->part_rows = (int64_t)max_batch_seqs * m->n_heads * CUDA_MAX_SPLITS;
+    c->n_sms = n_sms;
+    c->hopper = hopper;
+    c->gemv = !o->no_gemv;
+    c->prefill_mma = !o->no_prefill_mma && (m->head_dim == 64 || m->head_dim == 128);
+    /* Timing each phase (the profile) needs eager steps. */
+    c->graphs = !o->enforce_eager && !o->profile;
+    c->gu_interleaved = hopper && m->intermediate_size % SK_GATE_UP_BLOCK == 0;
+    c->split_parts = hopper && !o->no_split_parts;
+    c->fused_mlp = c->split_parts && !o->no_fused_mlp;
+    c->early_trigger = !o->no_early_trigger;
+    /* Without attn_early no step's keys are settled, which the fused qkv kernel needs too
+     * (sk_attention_decode_qkv_fits). */
+    c->attn_early = !o->no_attn_early;
+    c->fused_qkv_rows = o->fused_qkv == CUDA_FUSED_QKV_OFF   ? -1
+                        : o->fused_qkv == CUDA_FUSED_QKV_ALL ? 0
+                                                             : CUDA_FUSED_QKV_ROWS;
+    c->deterministic = deterministic;
+    if (deterministic) {
+        /* The fused decode attention takes only pure decode steps: a token in a mixed step would
+         * take the other path, whose sums are not the same bits. */
+        c->fused_qkv_rows = -1;
+        /* Ranges of a fixed length, so a token's split depends on its own position alone; long
+         * enough that the longest context needs at most CUDA_MAX_SPLITS of them (part_o's rows). */
+        const int ctx = bt_cap * KV_BLOCK_SIZE; /* the longest block table a step may carry */
+        const int len = (ctx + CUDA_MAX_SPLITS - 1) / CUDA_MAX_SPLITS;
+        c->det_split_len = len < 256 ? 256 : (len + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE * KV_BLOCK_SIZE;
+    }
+}
+
+bool cuda_plan_on_hopper(const struct cuda_plan_config *c, int rows)
+{
+    /* The deterministic mode gives every product to the Hopper kernel, in slices of
+     * SK_HOPPER_MAX_ROWS rows: its split count depends on the shape alone and a row's sums do not
+     * depend on the other rows of its tile, so a row's result is the same at every batch size. */
+    return c->hopper && (c->deterministic || (rows >= 2 && rows <= CUDA_HOPPER_MAX_ROWS));
+}
+
+/* Whether the Hopper kernel takes a product of more than one row; early: the product lets its
+ * dependents launch early. At 33-64 rows cuBLAS beats it on the narrow products (Llama-3-8B's qkv
+ * and o), unless the product letting its dependents launch early makes the whole step shorter
+ * (qkv, which cuBLAS cannot do that for). */
+static bool hopper_takes(const struct cuda_plan_config *c, int rows, int n_out, int k_in, bool early)
+{
+    const bool narrow = rows > 32 && (int64_t)n_out * k_in < CUDA_NARROW_WEIGHTS && !early && !c->deterministic;
+    return cuda_plan_on_hopper(c, rows) && k_in % 8 == 0 && !narrow;
+}
+
+struct cuda_product_plan cuda_plan_product(const struct cuda_plan_config *c, int rows, int n_out, int k_in)
+{
+    struct cuda_product_plan p = {.kernel = CUDA_PRODUCT_CUBLAS, .early = false};
+    if (c->deterministic)
+        p.kernel = CUDA_PRODUCT_HOPPER_SLICED;
+    else if (c->gemv && rows == 1 && k_in % 8 == 0) /* the own gemv beats cuBLAS at one row only */
+        p.kernel = CUDA_PRODUCT_GEMV;
+    else if (hopper_takes(c, rows, n_out, k_in, false))
+        p.kernel = CUDA_PRODUCT_HOPPER;
+    return p;
+}
+
+struct cuda_product_plan cuda_plan_product_parts(const struct cuda_plan_config *c, int rows, int n_out, int k_in,
+                                                 bool early_dependents)
+{
+    const bool early = early_dependents && c->early_trigger;
+    /* Parts of at most CUDA_HOPPER_MAX_ROWS rows (the room the workspace has for them); larger
+     * products (deterministic mode) add their parts within clusters, the same sums bit for bit. */
+    if (c->split_parts && hopper_takes(c, rows, n_out, k_in, early) && rows <= CUDA_HOPPER_MAX_ROWS)
+        return (struct cuda_product_plan){.kernel = CUDA_PRODUCT_HOPPER_PARTS, .early = early};
+    return cuda_plan_product(c, rows, n_out, k_in);
+}
+
+struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows)
+{
+    struct cuda_mlp_plan p = {.kind = CUDA_MLP_FP32};
+    p.down = cuda_plan_product_parts(c, rows, c->hidden, c->inter, false);
+    if (c->fused_mlp && c->gu_interleaved && rows <= CUDA_FUSED_MLP_ROWS &&
+        hopper_takes(c, rows, c->hidden, c->inter, false)) {
+        /* Over 32 rows the down work runs slower inside the fused kernel than as its own launch. */
+        p.kind = CUDA_MLP_FUSED;
+        p.early = c->early_trigger;
+    } else if (c->gu_interleaved && cuda_plan_on_hopper(c, rows)) {
+        /* Its only reader, the down product, streams its weights while it runs. */
+        p.kind = CUDA_MLP_SWIGLU;
+        p.early = c->early_trigger;
+    } else if (rows >= 2 && !c->deterministic) {
+        /* Prefill (and batches off Hopper): gate/up in bf16, as transformers keeps it, so SiLU
+         * reads half the bytes. */
+        p.kind = CUDA_MLP_BF16;
+    } else {
+        p.gate_up = cuda_plan_product(c, rows, 2 * c->inter, c->hidden);
+    }
+    return p;
+}
+
+bool cuda_plan_takes_tiles(const struct cuda_plan_config *c, const struct batch_seq *q)
+{
+    /* Every chunk of two or more, and under --deterministic a prompt's chunk of one too, so that a
+     * prompt token is computed the same way however the prompt was cut into chunks (or mapped
+     * from the prefix cache). Otherwise a lone token takes the decode attention, whose key splits
+     * make a long context's last token fast (a repeated prompt's first token after a cache hit). */
+    return c->prefill_mma && (q->n_new >= 2 || (c->deterministic && q->prompt && q->n_new == 1));
+}
+
+static int plan_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int plan_fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* The decode attention's key splits (flash-decoding), so that a few queries still fill the GPU;
+ * ctx_bound: the longest context the step's block-table width allows (graphs) or holds. */
+static void plan_splits(const struct cuda_plan_config *c, struct sk_attn_params *ap, bool stream, int64_t ctx_bound)
+{
+    const int64_t n_dec = ap->n_tokens;
+    if (n_dec <= 0) return;
+    const int64_t cap = c->part_rows / (n_dec * c->n_heads); /* part_o holds rows per query head */
+    if (c->deterministic) {
+        /* Ranges of det_split_len keys, so that a token's ranges follow from its own position,
+         * and always the merge, even where one range holds every key: the unsplit kernel's
+         * normalization is not the merge's, and which one a token got would depend on its batch. */
+        int64_t n = (ctx_bound + c->det_split_len - 1) / c->det_split_len;
+        ap->split_len = c->det_split_len;
+        if (n > cap) {
+            /* Only a prefill through the decode attention (head_dim not 64 or 128) of more
+             * tokens than --max-num-seqs gets here; its ranges then follow the batch. With no
+             * room for two ranges a token (cap 0) it keeps one. */
+            n = cap;
+            if (n > 0)
+                ap->split_len = (int)((ctx_bound + n - 1) / n + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE * KV_BLOCK_SIZE;
+        }
+        ap->n_splits = n >= 2 ? (int)n : cap >= 2 ? 2 : 1;
+        return;
+    }
+    if (ctx_bound < 256) return;
+    const int64_t blocks = n_dec * (stream ? c->n_kv_heads : c->n_heads);
+    int64_t n;
+    if (stream) {
+        /* About 4 of its blocks are resident per SM: split only up to one full wave (a second
+         * wave plus the merge costs more than it saves), and keep ranges under ~1024 keys so that
+         * one long context does not become the step's tail. */
+        const int64_t fill = 4 * (int64_t)c->n_sms / blocks, by_1024 = (ctx_bound + 1023) / 1024;
+        n = fill > by_1024 ? fill : by_1024;
+    } else {
+        /* Enough blocks to fill the GPU, and ranges of ~256 keys on the longest context. */
+        const int64_t fill = (8 * (int64_t)c->n_sms + blocks - 1) / blocks, by_256 = (ctx_bound + 255) / 256;
+        n = fill > by_256 ? fill : by_256;
+    }
+    /* Never ranges under ~128 keys. */
+    const int64_t by_128 = (ctx_bound + 127) / 128;
+    if (n > by_128) n = by_128;
+    if (n > cap) n = cap;
+    if (n > CUDA_MAX_SPLITS) n = CUDA_MAX_SPLITS;
+    if (n > 1) ap->n_splits = (int)n;
+}
+
+int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, int queued, int prev_rows,
+                   struct cuda_step_plan *p, char *err, size_t errlen)
+{
+    const int T = batch->n_tokens, S = batch->n_seqs, V = c->vocab;
+    int bt_stride = 1, max_ctx = 0, n_dec = 0, total = 0;
+    bool dec_single = true; /* every decode-attention token its sequence's only one */
+    memset(p, 0, sizeof *p);
+    if (S < 0 || S > c->max_batch_seqs || T < 0 || T > c->max_batch_tokens)
+        return plan_fail(err, errlen, "cuda: batch of %d tokens / %d sequences exceeds %d / %d", T, S,
+                         c->max_batch_tokens, c->max_batch_seqs);
+    for (int s = 0; s < S; s++) {
+        const struct batch_seq *q = &batch->seqs[s];
+        const int ctx = q->start_pos + q->n_new, need = (ctx + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE;
+        if (q->n_new < 0 || q->start_pos < 0 || need > q->n_blocks || need > c->bt_cap || (q->sample && !q->sampling) ||
+            (q->sample && q->n_new < 1))
+            return plan_fail(err, errlen,
+                             "cuda: sequence %d of the batch is inconsistent (start %d, %d new, %d blocks)", s,
+                             q->start_pos, q->n_new, q->n_blocks);
+        for (int i = 0; i < need; i++)
+            if (q->block_table[i] < 0 || q->block_table[i] >= c->num_kv_blocks)
+                return plan_fail(err, errlen, "cuda: block id %d out of range (%d blocks)", q->block_table[i],
+                                 c->num_kv_blocks);
+        if (need > bt_stride) bt_stride = need;
+        if (ctx > max_ctx) max_ctx = ctx;
+        if (cuda_plan_takes_tiles(c, q)) {
+            p->n_tiles += (q->n_new + SK_PREFILL_TILE - 1) / SK_PREFILL_TILE;
+        } else {
+            n_dec += q->n_new;
+            if (q->n_new > 1) dec_single = false;
+        }
+        total += q->n_new;
+        if (!q->sample) continue;
+        p->n_rows++;
+        const struct sampling_params *sp = q->sampling;
+        if (sampling_uses_history(sp) && q->history && q->n_history > 0) p->n_hist += (size_t)q->n_history;
+        if (sp->temperature > 1e-5f && ((sp->top_k > 0 && sp->top_k < V) || (sp->top_p > 0.0f && sp->top_p < 1.0f)))
+            p->any_cut = true;
+    }
+    if (total != T) return plan_fail(err, errlen, "cuda: sequences carry %d tokens, batch says %d", total, T);
+    if (queued >= 2) return plan_fail(err, errlen, "cuda: two steps are queued already");
+    /* What BACKEND_TOKEN_FROM_PREV may name: the rows the last submitted step sampled. */
+    for (int t = 0; t < T; t++) {
+        const int32_t tok = batch->tokens[t];
+        if (tok >= V || (tok < 0 && BACKEND_TOKEN_PREV_ROW(tok) >= prev_rows))
+            return plan_fail(err, errlen,
+                             "cuda: token %d at row %d is neither in the vocabulary (%d) nor one of the %d rows the "
+                             "previous step sampled",
+                             tok, t, V, prev_rows);
+    }
+    p->n_tokens = T;
+    p->n_seqs = S;
+    p->all_dec = n_dec == T;
+
+    /* A pure decode step (one token per sequence, every one sampled) is replayed from a CUDA
+     * graph of its shape; its block-table width is rounded up to a power of two so the shape
+     * changes rarely as contexts grow. */
+    p->graph = c->graphs && T > 0 && T == S && p->n_rows == S && p->n_tiles == 0 && !batch->logits_out;
+    if (p->graph) {
+        int w = 4;
+        while (w < bt_stride) w *= 2;
+        bt_stride = w < c->bt_cap ? w : c->bt_cap;
+    }
+    p->bt_stride = bt_stride;
+
+    p->attn = (struct sk_attn_params){.n_tokens = n_dec,
+                                      .n_heads = c->n_heads,
+                                      .n_kv_heads = c->n_kv_heads,
+                                      .head_dim = c->head_dim,
+                                      .bt_stride = bt_stride,
+                                      .scale = 1.0f / sqrtf((float)c->head_dim),
+                                      .n_splits = 1,
+                                      .split_len = 0,
+                                      .token_list = NULL,
+                                      /* A sequence's earlier keys are written only by earlier
+                                       * steps when it brings one token (shared blocks are full
+                                       * ones). */
+                                      .settled_keys = c->attn_early && dec_single};
+    /* The streaming kernel beat the per-query-head kernel at every batch size measured (1-256):
+     * it takes every shape it fits. */
+    const bool stream = sk_attention_decode_fits(&p->attn);
+    p->attn_kernel = stream ? SK_ATTN_DECODE_STREAM : SK_ATTN_PER_HEAD;
+    /* Every token a decode token, its sequence's only one, and more than fused_qkv_rows of them:
+     * no qkv_post, the decode attention does its work (a graph's batch size decides, so graphs
+     * need no key for it). At fewer rows the attention's start no longer hides behind
+     * qkv_post's work, and the two kernels win. */
+    p->fused_qkv =
+        c->fused_qkv_rows >= 0 && n_dec > c->fused_qkv_rows && p->all_dec && sk_attention_decode_qkv_fits(&p->attn);
+    /* The bound comes from the block-table width under a graph, so a captured step keeps its
+     * grid while the width holds. */
+    plan_splits(c, &p->attn, stream, p->graph ? (int64_t)bt_stride * KV_BLOCK_SIZE : max_ctx);
+
+    const int H = c->hidden, qd = c->n_heads * c->head_dim, qkvd = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
+    /* qkv_post and the decode attention launch while qkv streams, and the attention's settled keys
+     * with it; at up to CUDA_QKV_EARLY_ROWS rows that lost a little. */
+    p->qkv = cuda_plan_product_parts(c, T, qkvd, H, T > CUDA_QKV_EARLY_ROWS);
+    p->o = cuda_plan_product_parts(c, T, H, qd, false);
+    p->mlp = cuda_plan_mlp(c, T);
+    p->lm_head = cuda_plan_product(c, p->n_rows, V, H);
+    return 0;
+}

@@ -1,0 +1,133 @@
+/* The CUDA backend's choices, made in one place by plain functions of the batch, the model's
+ * shape, the device and the options, with no CUDA call: which kernel takes each matrix product
+ * (own gemv, the own Hopper kernel, cuBLAS) and the MLP, which decode-attention kernel and how
+ * many key splits, whether the decode attention does qkv_post's work, whether a step replays a
+ * CUDA graph, and the deterministic mode's versions of all of these. cuda_submit executes what
+ * cuda_plan_step returns; tests/unit/backend/test_cuda_plan.c checks the choices on the CPU.
+ * Why each choice is what it is, with the measurements: docs/performance.md. */
+#ifndef SLUICE_BACKEND_CUDA_PLAN_H
+#define SLUICE_BACKEND_CUDA_PLAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/sk_shapes.h"
+#include "worker/backend/backend.h"
+
+/* Decode products of up to this many rows go to the Hopper kernel (beyond, cuBLAS wins). */
+#define CUDA_HOPPER_MAX_ROWS 64
+/* Rows a split-K product leaves parts for at most: every split of CUDA_HOPPER_MAX_ROWS rows. */
+#define CUDA_PARTS_ROWS (SK_HOPPER_MAX_SPLITS * CUDA_HOPPER_MAX_ROWS)
+/* Between 33 and CUDA_HOPPER_MAX_ROWS rows, products of fewer weights than this are "narrow":
+ * cuBLAS beats the Hopper kernel on them, unless the product lets its dependents launch early. */
+#define CUDA_NARROW_WEIGHTS ((int64_t)48 << 20)
+/* Key ranges a decode attention splits a token's keys into at most. */
+#define CUDA_MAX_SPLITS 32
+/* The decode attention does qkv_post's work over this many rows (CUDA_FUSED_QKV_AUTO). */
+#define CUDA_FUSED_QKV_ROWS 32
+/* The qkv product lets qkv_post and the decode attention launch early over this many rows. */
+#define CUDA_QKV_EARLY_ROWS 8
+/* A decode batch of up to this many rows takes its whole MLP in one launch. */
+#define CUDA_FUSED_MLP_ROWS 32
+
+/* What the choices depend on besides the batch, fixed when the backend is made
+ * (cuda_plan_config_init). */
+struct cuda_plan_config {
+    /* The model. */
+    int hidden, inter, n_heads, n_kv_heads, head_dim, vocab;
+    /* The backend's sizes. */
+    int max_batch_tokens, max_batch_seqs;
+    int bt_cap;        /* block-table ints per sequence */
+    int num_kv_blocks; /* set once the KV cache is allocated */
+    int64_t part_rows; /* (token, query head, split) rows the split attention's scratch holds */
+    /* The device. */
+    int n_sms;
+    bool hopper; /* the own Hopper products are there (sm_90a, compute capability 9.0) */
+    /* The choices the options and the device fix. */
+    bool gemv;           /* own kernel for one-row products */
+    bool prefill_mma;    /* tensor-core prefill attention (head_dim 64 or 128) */
+    bool graphs;         /* decode steps replay CUDA graphs */
+    bool gu_interleaved; /* gate/up weights interleaved for the fused activation (with hopper) */
+    bool split_parts;    /* Hopper products leave split-K parts to their reader */
+    bool fused_mlp;      /* a small decode batch's MLP in one launch (with split_parts) */
+    bool early_trigger;  /* products may let their dependents launch at their start */
+    bool attn_early;     /* the decode attention may read settled keys before its wait */
+    int fused_qkv_rows;  /* decode-only steps of more rows: the attention does qkv_post's work;
+                            -1 never */
+    /* --deterministic: a row's arithmetic does not depend on the batch. */
+    bool deterministic;
+    int det_split_len; /* the decode attention's fixed key range */
+};
+
+void cuda_plan_config_init(struct cuda_plan_config *c, const struct model_config *m, const struct cuda_options *o,
+                           bool deterministic, bool hopper, int n_sms, int max_batch_tokens, int max_batch_seqs,
+                           int bt_cap);
+
+/* --- matrix products ------------------------------------------------------------------ */
+enum cuda_product {
+    CUDA_PRODUCT_CUBLAS,        /* cublasGemmEx's default algorithm, fp32 output */
+    CUDA_PRODUCT_GEMV,          /* sk_gemv: one row */
+    CUDA_PRODUCT_HOPPER,        /* sk_hopper_gemm: split-K sums added in clusters */
+    CUDA_PRODUCT_HOPPER_SLICED, /* the same in slices of SK_HOPPER_MAX_ROWS rows (deterministic) */
+    CUDA_PRODUCT_HOPPER_PARTS,  /* sk_hopper_gemm_parts: split-K sums left to the one reader */
+};
+struct cuda_product_plan {
+    enum cuda_product kernel;
+    bool early; /* HOPPER_PARTS: the next kernel may launch at this one's start */
+};
+
+/* Whether a product of this many rows runs on the Hopper kernel (and gate/up with its fused
+ * activation, where the weights are interleaved for it). */
+bool cuda_plan_on_hopper(const struct cuda_plan_config *c, int rows);
+/* y[rows, n_out] = x[rows, k_in] w^T, added up whole. */
+struct cuda_product_plan cuda_plan_product(const struct cuda_plan_config *c, int rows, int n_out, int k_in);
+/* The same for a product whose one reader adds parts (o, down: the next RMSNorm; qkv: qkv_post or
+ * the decode attention); early_dependents: the reader would launch at its start. */
+struct cuda_product_plan cuda_plan_product_parts(const struct cuda_plan_config *c, int rows, int n_out, int k_in,
+                                                 bool early_dependents);
+
+/* --- the MLP -------------------------------------------------------------------------- */
+enum cuda_mlp {
+    CUDA_MLP_FUSED,  /* sk_hopper_mlp: gate/up with its activation, then down's parts, one launch */
+    CUDA_MLP_SWIGLU, /* sk_hopper_gemm_swiglu (gate/up with its activation, bf16), then down */
+    CUDA_MLP_BF16,   /* cuBLAS gate/up in bf16, sk_silu_mul_bf16, then down */
+    CUDA_MLP_FP32,   /* gate/up as the gate_up plan says, in fp32, sk_silu_mul(_interleaved), then down */
+};
+struct cuda_mlp_plan {
+    enum cuda_mlp kind;
+    bool early;                       /* FUSED, SWIGLU: the next kernel may launch at its start */
+    struct cuda_product_plan gate_up; /* FP32 */
+    struct cuda_product_plan down;    /* all but FUSED */
+};
+struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows);
+
+/* --- a step --------------------------------------------------------------------------- */
+/* Whether a sequence's new tokens go to the prefill attention (tiles of SK_PREFILL_TILE
+ * queries) rather than the decode attention. */
+bool cuda_plan_takes_tiles(const struct cuda_plan_config *c, const struct batch_seq *q);
+
+struct cuda_step_plan {
+    int n_tokens, n_seqs, n_rows; /* T, S, and R sampled rows */
+    int n_tiles;                  /* prefill-attention tiles */
+    bool all_dec;                 /* every token goes to the decode attention (no token list) */
+    bool any_cut;                 /* a sampled row cuts by top-k or top-p: the logits get sorted */
+    size_t n_hist;                /* history ints the sampler reads (penalties) */
+    bool graph;                   /* replayed from (or captured as) a CUDA graph */
+    int bt_stride;                /* block-table ints per sequence in the step's metadata */
+    /* The decode attention: its parameters (token_list is the step's list when !all_dec, set by
+     * whoever lays the metadata out), its kernel, and whether it does qkv_post's work. */
+    struct sk_attn_params attn;
+    enum sk_attn_kernel attn_kernel;
+    bool fused_qkv;
+    struct cuda_product_plan qkv, o, lm_head;
+    struct cuda_mlp_plan mlp;
+};
+
+/* Checks the batch (sequences against the block tables and the KV cache, token ids against the
+ * vocabulary or the rows of the step before, which sampled prev_rows; at most two steps queued,
+ * queued of them already) and plans it. Returns 0, or -1 with the reason in err. */
+int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, int queued, int prev_rows,
+                   struct cuda_step_plan *p, char *err, size_t errlen);
+
+#endif
