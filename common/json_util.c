@@ -69,18 +69,25 @@ int json_get_int(const json_t *obj, const char *key, bool required, int64_t min,
     return JSON_FIELD_OK;
 }
 
-int json_get_number(const json_t *obj, const char *key, bool required, double min, double max,
-                    double *out, struct json_field_error *err)
+int json_get_number_range(const json_t *obj, const char *key, bool required, double min, double max, bool open_min,
+                          double *out, struct json_field_error *err)
 {
     json_t *v;
     int rc = field_lookup(obj, key, required, &v, err);
     if (rc != JSON_FIELD_OK) return rc;
     if (!json_is_number(v)) return json_field_fail(err, key, "'%s' must be a number", key);
     double d = json_number_value(v);
-    if (!(d >= min && d <= max))
-        return json_field_fail(err, key, "'%s' must be a number in [%g, %g], got %g", key, min, max, d);
+    if (!((open_min ? d > min : d >= min) && d <= max))
+        return json_field_fail(err, key, "'%s' must be a number in %c%g, %g], got %g", key, open_min ? '(' : '[', min,
+                               max, d);
     *out = d;
     return JSON_FIELD_OK;
+}
+
+int json_get_number(const json_t *obj, const char *key, bool required, double min, double max,
+                    double *out, struct json_field_error *err)
+{
+    return json_get_number_range(obj, key, required, min, max, false, out, err);
 }
 
 int json_check_token_ids(const json_t *obj, const char *key, size_t max, int64_t vocab,

@@ -33,6 +33,10 @@ int json_get_int(const json_t *obj, const char *key, bool required, int64_t min,
                  int64_t *out, struct json_field_error *err);
 int json_get_number(const json_t *obj, const char *key, bool required, double min, double max,
                     double *out, struct json_field_error *err);
+/* The same over (min, max] when open_min: for fields whose lower bound itself is refused
+ * (top_p, repetition_penalty). */
+int json_get_number_range(const json_t *obj, const char *key, bool required, double min, double max, bool open_min,
+                          double *out, struct json_field_error *err);
 int json_get_bool(const json_t *obj, const char *key, bool required, bool *out,
                   struct json_field_error *err);
 /* Objects and arrays are returned borrowed (no new reference). */

@@ -24,13 +24,9 @@ static int check_number(const json_t *body, const char *key, double lo, double h
                         json_t *base, struct json_field_error *err)
 {
     double d = 0;
-    int rc = json_get_number(body, key, false, -INFINITY, INFINITY, &d, err);
+    int rc = json_get_number_range(body, key, false, lo, hi, open_lo, &d, err);
     if (rc == JSON_FIELD_INVALID) return 400;
     if (rc != JSON_FIELD_OK) return 0;
-    if (open_lo ? !(d > lo && d <= hi) : !(d >= lo && d <= hi)) {
-        json_field_fail(err, key, "'%s' must be a number in %c%g, %g], got %g", key, open_lo ? '(' : '[', lo, hi, d);
-        return 400;
-    }
     pass(base, body, key, NULL);
     return 0;
 }

@@ -14,20 +14,11 @@ static int invalid(struct json_field_error *err, const char *param, const char *
     return 400;
 }
 
-/* A number in [lo, hi], or (lo, hi] with open_lo; returns 0 or 400. */
+/* A number in [lo, hi], or (lo, hi] with open_lo, when present; returns 0 or 400. */
 static int get_number(const json_t *body, const char *key, double lo, double hi, bool open_lo, double *out,
                       struct json_field_error *err)
 {
-    double d = *out;
-    int rc = json_get_number(body, key, false, -INFINITY, INFINITY, &d, err);
-    if (rc == JSON_FIELD_INVALID) return 400;
-    if (rc != JSON_FIELD_OK) return 0;
-    if (open_lo ? !(d > lo && d <= hi) : !(d >= lo && d <= hi)) {
-        json_field_fail(err, key, "'%s' must be a number in %c%g, %g], got %g", key, open_lo ? '(' : '[', lo, hi, d);
-        return 400;
-    }
-    *out = d;
-    return 0;
+    return json_get_number_range(body, key, false, lo, hi, open_lo, out, err) == JSON_FIELD_INVALID ? 400 : 0;
 }
 
 /* Exactly one of prompt, prompt_token_ids or messages. */
