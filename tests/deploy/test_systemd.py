@@ -52,6 +52,16 @@ def root(tmp_path):
     (root / "usr/local/bin").mkdir(parents=True)
     for program in UNITS.values():
         shutil.copy2(binary(program), root / "usr/local/bin" / program)
+    # Other commands the units run (ExecReload=/bin/kill, ...), from this machine: verify
+    # looks for every Exec*= program under the root.
+    for unit in UNITS:
+        for key, values in directives(unit).items():
+            for value in values if key.startswith("Exec") else []:
+                command = value.lstrip("-+!@:").split()[0]
+                if command.startswith("/") and not command.startswith("/usr/local/bin/sluice-") \
+                        and Path(command).exists():
+                    (root / command[1:]).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(Path(command).resolve(), root / command[1:])
     system = Path("/usr/lib/systemd/system")
     if system.is_dir():
         shutil.copytree(system, root / "usr/lib/systemd/system", symlinks=True)
