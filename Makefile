@@ -141,7 +141,7 @@ CUPTI_LIB  := $(if $(filter 1,$(HAVE_CUDA)),$(firstword $(wildcard $(CUDA_HOME)/
 TRACE_LIB  := $(if $(CUPTI_LIB),$(BUILD)/lib/libsluice_kernel_trace.so)
 BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BINDIR)/sluice-$(p)))
 
-.PHONY: all deps test test-repo test-unit test-integration test-interop asan clean install run test-gpu bench \
+.PHONY: all deps test test-repo test-unit test-integration test-interop test-deploy asan clean install run test-gpu bench \
         bench-controller bench-worker bench-gateway bench-tokenizer pyenv kernels-dev
 # Objects of test and bench programs are intermediates to make; keep them between runs.
 .SECONDARY:
@@ -210,6 +210,8 @@ $(BUILD)/kernels-dev/%: $(BUILD)/obj/kernels/dev/%.o $(patsubst %.cu,$(BUILD)/ob
 # --- dependencies ---------------------------------------------------------------------
 DEB_PACKAGES := libuv1-dev libcurl4-openssl-dev libjansson-dev libpcre2-dev libcriterion-dev \
                 node-llhttp pkg-config python3-venv wrk curl
+# systemd-analyze checks deploy/systemd's units (it needs no running systemd).
+DEB_PACKAGES += systemd
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -236,7 +238,7 @@ export SLUICE_TEST_DATA
 test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory pyenv
-	@$(MAKE) --no-print-directory test-repo test-unit test-integration test-interop
+	@$(MAKE) --no-print-directory test-repo test-unit test-integration test-interop test-deploy
 
 # The repository's own checks: the libraries link as the AREA_* lines say, in no cycle; every
 # link and repository path in the Markdown resolves; and the two checkers catch what they
@@ -260,6 +262,12 @@ test-integration: $(BINS) pyenv
 # Other projects' programs against ours: FastChat's openai_api_server on our controller and worker.
 test-interop: $(BINS) pyenv
 	SLUICE_BIN=$(abspath $(BINDIR)) $(VENV)/bin/python -m pytest -q -x --timeout=300 tests/interop
+
+# deploy/: systemd units, Dockerfiles and compose file, Kubernetes manifests, the Grafana
+# dashboard, checked with linters and schema validators from tests/requirements.txt, and the
+# flags and metrics they use against the real programs.
+test-deploy: $(BINS) pyenv
+	SLUICE_BIN=$(abspath $(BINDIR)) $(VENV)/bin/python -m pytest -q -x --timeout=300 tests/deploy
 
 asan:
 	@$(MAKE) --no-print-directory SANITIZE=1 test
