@@ -8,7 +8,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "common/json_util.h"
 #include "common/log.h"
 
 static int jl_fd = STDOUT_FILENO; /* -1: off */
@@ -80,7 +79,8 @@ void jsonlog_write(json_t *obj)
     json_t *line = json_pack("{s:s, s:s}", "ts", ts, "service", jl_service);
     if (line) json_object_update(line, obj);
     json_decref(obj);
-    char *text = line ? json_dump_compact(line) : NULL;
+    /* Durations in milliseconds need no 17 digits. */
+    char *text = line ? json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6)) : NULL;
     json_decref(line);
     if (!text) return;
     size_t n = strlen(text);

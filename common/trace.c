@@ -107,7 +107,7 @@ static void span_clock(struct trace_span *s)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    s->start_unix = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    s->start_unix_nano = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     s->start_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
@@ -177,10 +177,10 @@ void trace_span_log(const struct trace_span *s, const char *name, json_t *attrs)
         json_decref(attrs);
         return;
     }
-    json_t *line = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:f, s:f}", "type", "span", "name", name, "trace_id",
+    json_t *line = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:I, s:f}", "type", "span", "name", name, "trace_id",
                              s->trace_id, "span_id", s->span_id, "parent_span_id",
-                             s->parent_id[0] ? s->parent_id : NULL, "start", s->start_unix, "duration_ms",
-                             trace_span_elapsed_ms(s));
+                             s->parent_id[0] ? s->parent_id : NULL, "start_unix_nano", (json_int_t)s->start_unix_nano,
+                             "duration_ms", trace_span_elapsed_ms(s));
     if (line && attrs) json_object_update(line, attrs);
     json_decref(attrs);
     jsonlog_write(line);

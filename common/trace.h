@@ -34,7 +34,7 @@ struct trace_span {
     char span_id[17];   /* 16 lowercase hex digits */
     char parent_id[17]; /* "" for a trace's root */
     uint8_t flags;
-    double start_unix;  /* wall clock, seconds */
+    int64_t start_unix_nano; /* wall clock */
     uint64_t start_ns;  /* CLOCK_MONOTONIC, as uv_hrtime */
 };
 
@@ -61,7 +61,8 @@ void trace_span_header(const struct trace_span *s, char out[TRACE_TRACEPARENT_SI
 double trace_span_elapsed_ms(const struct trace_span *s);
 
 /* Writes the span's line when it is sampled: {"type":"span","name",trace_id,span_id,
- * parent_span_id,start,duration_ms, ...attrs} through jsonlog. attrs (may be NULL) is stolen. */
+ * parent_span_id,start_unix_nano,duration_ms, ...attrs} through jsonlog. attrs (may be NULL)
+ * is stolen. */
 void trace_span_log(const struct trace_span *s, const char *name, json_t *attrs);
 
 /* n random lowercase hex digits and a NUL (out has n + 1 bytes), never all zero. */
