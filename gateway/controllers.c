@@ -123,7 +123,7 @@ static void on_probe_done(http_call *call, const struct http_call_result *res, v
     (void)call;
     struct gw_ctl *c = user;
     c->probe = NULL;
-    if (res->error == HTTP_CALL_OK && res->status == 200) gw_ctls_report(c->owner, c->index, true);
+    gw_ctls_report(c->owner, c->index, res->error == HTTP_CALL_OK && res->status == 200);
 }
 
 static void on_probe_tick(uv_timer_t *t)
@@ -131,7 +131,7 @@ static void on_probe_tick(uv_timer_t *t)
     gw_ctls *s = t->data;
     for (size_t i = 0; i < s->n; i++) {
         struct gw_ctl *c = &s->ctl[i];
-        if (c->healthy || c->probe) continue;
+        if (c->probe) continue;
         struct http_call_opts opts = {
             .method = "GET", .url = c->url, .path = "/health", .connect_timeout_ms = s->probe_timeout_ms,
             .timeout_ms = s->probe_timeout_ms, .on_done = on_probe_done, .user = c,

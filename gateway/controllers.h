@@ -3,9 +3,10 @@
  * Each call goes to the first healthy controller in the order given; one that fails (cannot
  * be reached, times out, answers 5xx or nonsense) is marked failed and the call moves on to
  * the next, so a request is never lost to one controller while another answers. Failed
- * controllers are tried only after every healthy one, as a last resort, and a probe
- * (GET /health, every GW_CTLS_PROBE_MS) marks one healthy again once it answers: calls
- * prefer the healthy ones afterwards without paying a timeout to find out. Every call is
+ * controllers are tried only after every healthy one, as a last resort. A probe of each
+ * controller (GET /health, every GW_CTLS_PROBE_MS) marks it failed or healthy again, so that
+ * calls prefer the healthy ones without paying a timeout to find out, and
+ * sluice_gateway_controller_up tells the truth about one that no call goes to. Every call is
  * bounded: each controller is tried at most once, each try by the controller timeout. */
 #ifndef SLUICE_GATEWAY_CONTROLLERS_H
 #define SLUICE_GATEWAY_CONTROLLERS_H
@@ -38,7 +39,7 @@ void gw_ctls_report(gw_ctls *s, size_t i, bool ok);
 /* Calls that moved on to another controller because one failed. */
 uint64_t gw_ctls_failovers(const gw_ctls *s);
 
-/* Starts the probes of failed controllers on loop (calls through client, bounded by
+/* Starts the probes of the controllers on loop (calls through client, bounded by
  * timeout_ms); gw_ctls_free stops them. */
 int gw_ctls_start_probes(gw_ctls *s, uv_loop_t *loop, http_client *client, long timeout_ms);
 
