@@ -24,7 +24,16 @@ struct controller_link {
     bool register_in_flight;
     bool heartbeat_in_flight;
     bool unregister_wanted;   /* asked while a registration was on its way */
+    bool failing;             /* the last call failed: said once, not at every tick */
 };
+
+/* What went wrong with a call, for a log line: curl's words, or the HTTP status. */
+static const char *call_failure(const struct http_call_result *res, char *buf, size_t cap)
+{
+    if (res->error) return res->error_text;
+    snprintf(buf, cap, "HTTP %ld", res->status);
+    return buf;
+}
 
 static void send_register(struct controller_link *l);
 static void send_unregister(struct controller_link *l);
@@ -60,8 +69,12 @@ static void on_registered(http_call *call, const struct http_call_result *res, v
     if (res->error == HTTP_CALL_OK && res->status == 200) {
         if (!l->registered) log_info("registered with the controller at %s as %s", l->url, w->address);
         l->registered = true;
+        l->failing = false;
         return;
     }
+    char why[32];
+    bool first = !l->failing;
+    l->failing = true;
     if (res->status == 401)
         log_error("the controller at %s refused registration (401): check --internal-token", l->url);
     else if (res->status == 403)
@@ -70,9 +83,11 @@ static void on_registered(http_call *call, const struct http_call_result *res, v
     else if (res->status == 400)
         log_error("the controller at %s refused registration (400): %.*s", l->url, (int)res->body_len,
                   res->body ? res->body : "");
+    else if (first)
+        log_warn("registration with %s failed (%s); retrying every %g s", l->url, call_failure(res, why, sizeof why),
+                 w->opt.heartbeat_interval);
     else
-        log_warn("registration with %s failed (%s%ld); retrying every %.0f s", l->url,
-                 res->error ? res->error_text : "HTTP ", res->error ? 0 : res->status, w->opt.heartbeat_interval);
+        log_debug("registration with %s failed again (%s)", l->url, call_failure(res, why, sizeof why));
 }
 
 static void send_register(struct controller_link *l)
@@ -92,8 +107,9 @@ static void on_heartbeat(http_call *call, const struct http_call_result *res, vo
     struct worker *w = l->w;
     l->heartbeat_in_flight = false;
     if (res->error != HTTP_CALL_OK || res->status != 200) {
-        log_warn("heartbeat to %s failed (%s%ld)", l->url, res->error ? res->error_text : "HTTP ",
-                 res->error ? 0 : res->status);
+        char why[32];
+        log_warn("heartbeat to %s failed (%s)", l->url, call_failure(res, why, sizeof why));
+        l->failing = true;
         /* It may come back as a new process that knows nothing of us: the next tick registers
          * instead of beating, which saves the round trip of an {"exist": false}. */
         if (res->error != HTTP_CALL_OK) l->registered = false;
@@ -186,13 +202,14 @@ static void on_unregistered(http_call *call, const struct http_call_result *res,
 {
     (void)call;
     struct controller_link *l = user;
+    char why[32];
     l->w->unregister_in_flight--;
     if (res->error == HTTP_CALL_OK && res->status == 200)
         log_info("unregistered from the controller at %s", l->url);
     else
         /* An older controller has no such endpoint (404): it expires us by heartbeat instead. */
-        log_warn("could not unregister from %s (%s%ld): it stops dispatching here once the heartbeats expire",
-                 l->url, res->error ? res->error_text : "HTTP ", res->error ? 0 : res->status);
+        log_warn("could not unregister from %s (%s): it stops dispatching here once the heartbeats expire", l->url,
+                 call_failure(res, why, sizeof why));
 }
 
 static void send_unregister(struct controller_link *l)
