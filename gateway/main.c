@@ -75,7 +75,7 @@ int main(int argc, char **argv)
          "SLUICE_GATEWAY_MAX_CONCURRENT_REQUESTS", "N",
          "generation requests in flight before 429 (0: no limit)", 0, 1e9},
         {"controller-timeout-ms", FLAG_INT, &c->controller_timeout_ms, "SLUICE_CONTROLLER_TIMEOUT_MS", "MS",
-         "bound on one controller call (503 beyond)", 1, 600000},
+         "bound on one call to one controller (then the next is asked; 503 when none answers)", 1, 600000},
         {"worker-idle-timeout-ms", FLAG_INT, &c->worker_idle_timeout_ms, NULL, "MS",
          "a worker stream that sends nothing for this long is failed (a hung worker), 0: never", 0, 86400000},
         {"worker-connect-timeout-ms", FLAG_INT, &c->worker_connect_timeout_ms, NULL, "MS",
