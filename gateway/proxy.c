@@ -350,6 +350,7 @@ static void choice_start(struct gw_choice *c, const char *address)
     c->attempts++;
     c->got_frame = false;
     c->finished = false;
+    memset(&c->span, 0, sizeof c->span); /* this attempt's, set once it is sent */
     if (!valid) {
         log_warn("%s: the controller named '%.300s' for model %s, which is not a worker address (%s): not sending to it",
                  gw_gen_rid(gen), address, gen->p.model, why);
@@ -365,7 +366,6 @@ static void choice_start(struct gw_choice *c, const char *address)
     const char *headers[3] = {rid_header, NULL, NULL};
     snprintf(rid_header, sizeof rid_header, "X-Request-Id: %s", rid);
     if (gen->info) trace_span_child(&c->span, &gen->info->span);
-    else memset(&c->span, 0, sizeof c->span);
     if (trace_span_active(&c->span)) {
         trace_span_header(&c->span, tp);
         snprintf(tp_header, sizeof tp_header, "traceparent: %s", tp);
