@@ -133,7 +133,7 @@ void gw_models_get(gw_models *m, gw_models_cb cb, void *user, gw_models_wait **w
         .method = "POST",
         .path = "/list_models",
         .timeout_ms = m->timeout_ms,
-        .span_name = "gateway.list_models",
+        /* No span: one refresh serves every request waiting for it, so it has no one parent. */
         .judge = judge_list,
         .end = on_list_end,
         .user = m,
