@@ -221,6 +221,19 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@$(MAKE) --no-print-directory $(PROMTOOL)
+
+# promtool checks every program's /metrics in the tests (tests/integration/test_metrics_lint.py).
+# Debian ships it only in the prometheus package, whose installation also starts a Prometheus
+# server: only the promtool binary is unpacked from it, into build/tools/.
+PROMTOOL ?= $(or $(shell command -v promtool 2>/dev/null),$(abspath build/tools/promtool))
+$(abspath build/tools/promtool):
+	@echo "unpacking promtool from Debian's prometheus package"
+	@tmp=$$(mktemp -d) && cd $$tmp && \
+	  { apt-get download -q -o APT::Sandbox::User=root prometheus >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get download -q -o APT::Sandbox::User=root prometheus >/dev/null; }; } && \
+	  dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool && \
+	  mkdir -p $(dir $@) && mv usr/bin/promtool $@; rc=$$?; rm -rf $$tmp; exit $$rc
 
 # The Python side of the tests (pytest, the openai client, the tokenizers oracle, FastChat)
 # lives in .venv, made from tests/requirements*.txt and remade when they change.
@@ -257,7 +270,7 @@ test-unit: $(UNIT_BINS)
 	done; exit $$fail
 
 test-integration: $(BINS) pyenv
-	SLUICE_BIN=$(abspath $(BINDIR)) $(VENV)/bin/python -m pytest -q -x --timeout=300 tests/integration
+	SLUICE_BIN=$(abspath $(BINDIR)) PROMTOOL=$(PROMTOOL) $(VENV)/bin/python -m pytest -q -x --timeout=300 tests/integration
 
 # Other projects' programs against ours: FastChat's openai_api_server on our controller and worker.
 test-interop: $(BINS) pyenv

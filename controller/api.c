@@ -6,6 +6,7 @@
 #include "common/auth.h"
 #include "common/json_util.h"
 #include "common/log.h"
+#include "common/trace.h"
 #include "common/utf8.h"
 #include "controller/controller.h"
 #include "controller/payload.h"
@@ -83,10 +84,12 @@ static void on_heartbeat(struct ctl *c, http_request *req)
     if (!body) return;
     char name[NET_BASE_URL_MAX];
     int64_t q;
+    double wait;
     struct json_field_error err = {{0}, {0}};
-    if (ctl_payload_heartbeat(body, name, &q, &err) != 0) {
+    if (ctl_payload_heartbeat(body, name, &q, &err) != 0 || ctl_payload_queue_wait(body, &wait, &err) != 0) {
         respond_bad(req, &err);
     } else if (ctl_registry_heartbeat(c->reg, name, q)) {
+        ctl_registry_queue_wait(c->reg, name, wait);
         c->heartbeats++;
         respond_const(req, "{\"exist\":true}");
     } else {
@@ -152,8 +155,20 @@ static void on_list_multimodal_models(struct ctl *c, http_request *req)
     list_models_of(c, req, 1);
 }
 
+/* The dispatch's span, when the gateway traces the request (its traceparent names its call). */
+static void dispatch_span(http_request *req, const struct trace_span *span, const char *model, const char *worker)
+{
+    if (!trace_span_sampled(span)) return;
+    const char *rid = http_request_header(req, "X-Request-Id");
+    trace_span_log(span, "controller.get_worker_address",
+                   json_pack("{s:s?, s:s, s:s}", "request_id", trace_request_id_valid(rid) ? rid : NULL, "model", model,
+                             "worker", worker));
+}
+
 static void on_get_worker_address(struct ctl *c, http_request *req)
 {
+    struct trace_span span;
+    trace_span_continue(&span, http_request_header(req, "traceparent"));
     json_t *body = body_object(req);
     if (!body) return;
     const char *model;
@@ -173,10 +188,12 @@ static void on_get_worker_address(struct ctl *c, http_request *req)
     if (w) {
         dc->ok++;
         log_debug("dispatch %s -> %s", model, w->name);
+        dispatch_span(req, &span, model, w->name);
         http_respond(req, 200, "application/json", w->address_body, w->address_body_len);
     } else {
         dc->no_worker++;
         log_debug("dispatch %s: no live worker", model);
+        dispatch_span(req, &span, model, "");
         /* recently_served tells a gateway "retry soon" (503) from "no such model" (404). */
         respond_const(req, ctl_registry_recently_served(c->reg, model) ? "{\"address\":\"\",\"recently_served\":true}"
                                                                        : "{\"address\":\"\"}");

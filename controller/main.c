@@ -10,6 +10,7 @@
 #include "common/auth.h"
 #include "common/flags.h"
 #include "common/http_flags.h"
+#include "common/jsonlog.h"
 #include "common/log.h"
 #include "common/signals.h"
 #include "controller/controller.h"
@@ -40,6 +41,7 @@ static uint64_t random_seed(void)
 int main(int argc, char **argv)
 {
     const char *host = "127.0.0.1", *method = "shortest_queue", *token = NULL, *log_level = "info";
+    const char *access_log = "-";
     long port = 21001, status_timeout_ms = 3000;
     double expiration = 30;
     bool allow_unauthenticated = false;
@@ -62,6 +64,9 @@ int main(int argc, char **argv)
          "not only loopback, and allow a non-loopback --host (FastChat's behaviour; insecure)", 0, 0},
         {"worker-status-timeout-ms", FLAG_INT, &status_timeout_ms, "SLUICE_WORKER_STATUS_TIMEOUT_MS", "MS",
          "bound on one worker's /worker_get_status during register and refresh", 10, 600000},
+        {"access-log", FLAG_STRING, &access_log, "SLUICE_ACCESS_LOG", "DEST",
+         "one JSON line per trace span of a traced dispatch (a gateway's traceparent): '-' standard output, 'off', or "
+         "a file", 0, 0},
         HTTP_SERVER_FLAG_SPECS(&http),
         {"log-level", FLAG_STRING, &log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn, error", 0, 0},
         {0},
@@ -85,6 +90,7 @@ int main(int argc, char **argv)
     struct auth_internal policy = {.token = token, .allow_unauthenticated = allow_unauthenticated,
                                    .program = "sluice-controller"};
     if (auth_listen_check(&policy, host) != 0) return 2;
+    if (jsonlog_open(access_log, "controller") != 0) return 2;
     signal(SIGPIPE, SIG_IGN);
 
     struct ctl_config cfg = {
@@ -121,5 +127,6 @@ out:
     uv_run(loop, UV_RUN_DEFAULT);
     ctl_free(&c);
     uv_loop_close(loop);
+    jsonlog_close();
     return status;
 }

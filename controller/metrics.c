@@ -30,6 +30,47 @@ static void put_dispatch_cb(const char *key, void *value, void *arg)
     put_dispatch(arg, key, value);
 }
 
+/* The autoscaling signal, per model ever registered (0 once its workers are gone, so that an
+ * HPA sees the drop rather than no data). */
+struct load_ctx {
+    FILE *f;
+    struct ctl *c;
+    int which; /* 0 queue length, 1 workers, 2 queue wait */
+};
+
+static void put_load_cb(const char *model, void *value, void *arg)
+{
+    (void)value;
+    struct load_ctx *x = arg;
+    struct ctl_model_load load;
+    ctl_registry_model_load(x->c->reg, model, &load);
+    static const char *const names[] = {"sluice_controller_model_queue_length", "sluice_controller_model_workers",
+                                        "sluice_controller_model_queue_wait_seconds"};
+    fprintf(x->f, "%s{model=\"", names[x->which]);
+    put_label(x->f, model);
+    if (x->which == 0) fprintf(x->f, "\"} %lld\n", (long long)load.queue_length);
+    else if (x->which == 1) fprintf(x->f, "\"} %zu\n", load.workers);
+    else fprintf(x->f, "\"} %.3f\n", load.queue_wait_s);
+}
+
+static void put_load(FILE *f, struct ctl *c)
+{
+    static const char *const heads[] = {
+        "# HELP sluice_controller_model_queue_length Requests queued or running on the model's live workers (the sum "
+        "of their queue_length).\n# TYPE sluice_controller_model_queue_length gauge\n",
+        "# HELP sluice_controller_model_workers Live workers serving the model.\n"
+        "# TYPE sluice_controller_model_workers gauge\n",
+        "# HELP sluice_controller_model_queue_wait_seconds The longest time a request of the model has been waiting "
+        "for its first token, as the workers last reported it in heartbeats (0 when none reports it).\n"
+        "# TYPE sluice_controller_model_queue_wait_seconds gauge\n",
+    };
+    for (int which = 0; which < 3; which++) {
+        fputs(heads[which], f);
+        struct load_ctx x = {f, c, which};
+        ctl_map_each(c->dispatch_counts, put_load_cb, &x);
+    }
+}
+
 char *ctl_metrics_render(struct ctl *c, size_t *len)
 {
     char *buf = NULL;
@@ -53,6 +94,7 @@ char *ctl_metrics_render(struct ctl *c, size_t *len)
           f);
     ctl_map_each(c->dispatch_counts, put_dispatch_cb, f);
     put_dispatch(f, "_unknown", &c->dispatch_unknown);
+    put_load(f, c);
     fprintf(f, "# HELP sluice_controller_registrations_total Successful worker registrations.\n"
                "# TYPE sluice_controller_registrations_total counter\n"
                "sluice_controller_registrations_total %llu\n"

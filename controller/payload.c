@@ -104,6 +104,12 @@ int ctl_payload_heartbeat(const json_t *body, char worker_name[NET_BASE_URL_MAX]
     return 0;
 }
 
+int ctl_payload_queue_wait(const json_t *body, double *seconds, struct json_field_error *err)
+{
+    *seconds = -1;
+    return json_get_number(body, "queue_wait_s", false, 0, 1e9, seconds, err) == JSON_FIELD_INVALID ? -1 : 0;
+}
+
 int ctl_payload_model(const json_t *body, const char **model, struct json_field_error *err)
 {
     return json_get_string(body, "model", true, model, err) == JSON_FIELD_OK ? 0 : -1;

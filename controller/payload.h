@@ -35,6 +35,9 @@ int ctl_payload_register(const json_t *body, struct ctl_register_req *req, struc
 /* worker_name receives the normalised address, as registered. */
 int ctl_payload_heartbeat(const json_t *body, char worker_name[NET_BASE_URL_MAX], int64_t *queue_length,
                           struct json_field_error *err);
+/* The heartbeat's optional "queue_wait_s" (sluice's, not FastChat's): seconds >= 0 that the
+ * worker's oldest waiting request has waited; *seconds is -1 when absent or null. */
+int ctl_payload_queue_wait(const json_t *body, double *seconds, struct json_field_error *err);
 int ctl_payload_model(const json_t *body, const char **model, struct json_field_error *err);
 /* /get_worker_address's optional "exclude": addresses of workers not to choose (a gateway
  * retrying after one failed). At most CTL_MAX_EXCLUDE; the strings are borrowed from body. */

@@ -221,6 +221,7 @@ static struct ctl_worker *worker_new(const char *name, bool check_heart_beat, bo
     }
     w->speed = st->speed;
     w->queue_length = st->queue_length;
+    w->queue_wait_s = -1;
     w->check_heart_beat = check_heart_beat;
     w->multimodal = multimodal;
     w->last_heartbeat = now;
@@ -305,6 +306,26 @@ bool ctl_registry_heartbeat(ctl_registry *r, const char *name, int64_t queue_len
     w->queue_length = queue_length;
     w->last_heartbeat = now;
     return true;
+}
+
+void ctl_registry_queue_wait(ctl_registry *r, const char *name, double seconds)
+{
+    struct ctl_worker *w = ctl_map_get(r->by_name, name);
+    if (w) w->queue_wait_s = seconds;
+}
+
+void ctl_registry_model_load(const ctl_registry *r, const char *model, struct ctl_model_load *out)
+{
+    memset(out, 0, sizeof *out);
+    struct ctl_model *m = ctl_map_get(r->by_model, model);
+    double now = ctl_registry_now(r);
+    for (size_t i = 0; m && i < m->n; i++) {
+        const struct ctl_worker *w = m->workers[i];
+        if (!ctl_registry_is_live(r, w, now)) continue;
+        out->workers++;
+        out->queue_length += w->queue_length;
+        if (w->queue_wait_s > out->queue_wait_s) out->queue_wait_s = w->queue_wait_s;
+    }
 }
 
 size_t ctl_registry_sweep(ctl_registry *r)

@@ -33,6 +33,7 @@ struct ctl_worker {
     size_t n_models;
     double speed;
     int64_t queue_length;     /* last reported, plus dispatches since (shortest_queue) */
+    double queue_wait_s;      /* the oldest waiting request's age, last reported; -1: never */
     bool check_heart_beat;
     bool multimodal;
     double last_heartbeat;    /* clock seconds */
@@ -63,6 +64,20 @@ bool ctl_registry_recently_served(ctl_registry *r, const char *model);
 /* Records a heartbeat. Returns false for an unknown worker, and for an expired one (which is
  * removed), so that the worker registers again with fresh status. */
 bool ctl_registry_heartbeat(ctl_registry *r, const char *name, int64_t queue_length);
+/* A heartbeat's optional queue_wait_s (seconds the oldest waiting request has waited): kept
+ * with the worker, for the autoscaling signal. */
+void ctl_registry_queue_wait(ctl_registry *r, const char *name, double seconds);
+
+/* A model's load over its live workers, for autoscaling (an HPA on the controller's metrics):
+ * how many serve it, the sum of their queue lengths, and the longest queue wait any of them
+ * reported (0 when none reports one; FastChat's workers do not). */
+struct ctl_model_load {
+    size_t workers;
+    int64_t queue_length;
+    double queue_wait_s;
+};
+void ctl_registry_model_load(const ctl_registry *r, const char *model, struct ctl_model_load *out);
+
 /* Removes every expired worker; returns how many. */
 size_t ctl_registry_sweep(ctl_registry *r);
 /* Workers removed for missing heartbeats since init (by sweeps and by late heartbeats). */

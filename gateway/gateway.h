@@ -10,14 +10,17 @@
 #include "common/http_client.h"
 #include "common/http_server.h"
 #include "common/signals.h"
+#include "common/trace.h"
 #include "gateway/auth.h"
+#include "gateway/controllers.h"
 #include "gateway/metrics_gw.h"
 #include "gateway/models_cache.h"
+#include "gateway/ratelimit_gw.h"
 
 struct gw_config {
     const char *host;
     long port;
-    const char *controller_address;
+    const char *controller_address; /* one or more, comma-separated */
     const char *api_keys;
     const char *api_key_file;
     long max_body_bytes;
@@ -28,6 +31,9 @@ struct gw_config {
     long max_stream_buffer;
     long models_cache_ms;
     double drain_timeout_s;       /* SIGTERM: how long open requests may take to finish */
+    const char *rate_limit_file;  /* NULL: no rate limits */
+    const char *access_log;       /* "-", "off" or a file (common/jsonlog.h) */
+    bool log_requests;            /* access lines carry the prompt */
 };
 
 struct gw_gen;
@@ -38,6 +44,8 @@ struct gw {
     http_server *server;
     http_client *client;
     gw_auth *auth;
+    gw_ctls *ctls;    /* the controllers, with failover */
+    gw_rl *rl;        /* rate limits per API key */
     gw_models *models;
     gw_metrics *metrics;
     unsigned active;  /* generation requests in flight */
@@ -51,7 +59,35 @@ struct gw {
     uv_timer_t drain_timer;
     bool drain_timer_open;
     uint64_t drain_started_ns, drain_aborted_ns; /* uv_hrtime; aborted 0 until the timeout */
+
+    /* SIGHUP (reload.c): the API key file, the rate limits and the access log file again. */
+    uv_signal_t sighup;
+    bool sighup_open;
 };
+
+/* What the gateway knows of a request from its start (handlers.c), attached to it with
+ * http_request_set_data until it is answered: gw_respond_* log its access line and free it; a
+ * generation request takes it over (proxy.c) and logs the line at its end. */
+struct gw_reqinfo {
+    char request_id[TRACE_REQUEST_ID_SIZE]; /* the client's X-Request-Id, or a new one */
+    struct trace_span span;                 /* this request's span: the client's trace or a new one */
+    uint64_t start_ns;                      /* uv_hrtime */
+    char peer[64];
+    char method[16];
+    char path[128];
+    char *key;                              /* the API key it authenticated with (rate limits), or NULL */
+};
+
+void gw_reqinfo_free(struct gw_reqinfo *info);
+/* Writes the request's access line and its span's line; extra (stolen, may be NULL) adds
+ * fields. /health and /metrics are not logged: probes and scrapers would drown the rest. */
+void gw_access_log(struct gw *g, const struct gw_reqinfo *info, const char *route, int status, json_t *extra);
+
+/* reload.c: SIGHUP reloads the API key file and the rate limits (a file that cannot be read
+ * leaves them as they were) and opens the access log file again. */
+int gw_reload_watch(struct gw *g);
+void gw_reload_close(struct gw *g);
+void gw_reload(struct gw *g);
 
 /* The HTTP handler (http_handler_fn) with user = struct gw *. */
 void gw_handle(http_request *req, void *user);

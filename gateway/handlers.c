@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/auth.h"
 #include "common/json_util.h"
+#include "common/jsonlog.h"
 #include "common/log.h"
 #include "common/utf8.h"
 #include "gateway/chat_page.h"
@@ -16,6 +18,39 @@ double gw_now(void)
     return (double)uv_hrtime() / 1e9;
 }
 
+void gw_reqinfo_free(struct gw_reqinfo *info)
+{
+    if (!info) return;
+    free(info->key);
+    free(info);
+}
+
+void gw_access_log(struct gw *g, const struct gw_reqinfo *info, const char *route, int status, json_t *extra)
+{
+    (void)g;
+    if (!info || !strcmp(route, "/health") || !strcmp(route, "/metrics") || !jsonlog_enabled()) {
+        json_decref(extra);
+        return;
+    }
+    double ms = (double)(uv_hrtime() - info->start_ns) / 1e6;
+    json_t *line = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:s, s:s}", "type", "access", "request_id",
+                             info->request_id, "method", info->method, "path", info->path, "route", route, "status",
+                             status, "duration_ms", ms, "client", info->peer, "trace_id", info->span.trace_id);
+    if (line && extra) json_object_update(line, extra);
+    json_decref(extra);
+    jsonlog_write(line);
+    trace_span_log(&info->span, "gateway.request",
+                   json_pack("{s:s, s:s, s:i}", "request_id", info->request_id, "route", route, "status", status));
+}
+
+/* The request's info, detached (the request is about to be answered). */
+static struct gw_reqinfo *take_info(http_request *req)
+{
+    struct gw_reqinfo *info = http_request_get_data(req);
+    http_request_set_data(req, NULL);
+    return info;
+}
+
 void gw_respond_error(struct gw *g, http_request *req, const char *route, int status,
                       const char *param, const char *fmt, ...)
 {
@@ -25,13 +60,30 @@ void gw_respond_error(struct gw *g, http_request *req, const char *route, int st
     utf8_vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     gw_metrics_request(g->metrics, route, status);
+    struct gw_reqinfo *info = take_info(req);
     http_respond_error(req, status, param && *param ? param : NULL, "%s", msg);
+    gw_access_log(g, info, route, status, json_pack("{s:s}", "error", msg));
+    gw_reqinfo_free(info);
 }
 
 void gw_respond_json(struct gw *g, http_request *req, const char *route, int status, json_t *body)
 {
     gw_metrics_request(g->metrics, route, status);
+    struct gw_reqinfo *info = take_info(req);
     http_respond_json(req, status, body);
+    gw_access_log(g, info, route, status, NULL);
+    gw_reqinfo_free(info);
+}
+
+/* An answer sent with http_respond directly (the chat page, the metrics). */
+static void respond_raw(struct gw *g, http_request *req, const char *route, int status, const char *type,
+                        const char *body, size_t len)
+{
+    gw_metrics_request(g->metrics, route, status);
+    struct gw_reqinfo *info = take_info(req);
+    http_respond(req, status, type, body, len);
+    gw_access_log(g, info, route, status, NULL);
+    gw_reqinfo_free(info);
 }
 
 /* --- GET /v1/models and /v1/models/{id} ----------------------------------------------------- */
@@ -83,8 +135,10 @@ static void on_models(int rc, const json_t *names, void *user)
 
 static void on_models_client_gone(http_request *req, void *arg)
 {
-    (void)req;
     struct models_req *m = arg;
+    struct gw_reqinfo *info = take_info(req);
+    gw_access_log(m->g, info, "/v1/models", 499, NULL);
+    gw_reqinfo_free(info);
     if (m->wait) gw_models_wait_cancel(m->g->models, m->wait);
     free(m->id);
     free(m);
@@ -117,6 +171,32 @@ static const char *route_name(const char *path)
     return "other";
 }
 
+/* The request's id, trace and start, attached to it; the id goes back in X-Request-Id on
+ * whatever answer it gets. */
+static void begin_request(http_request *req, const char *method, const char *path)
+{
+    struct gw_reqinfo *info = calloc(1, sizeof *info);
+    http_request_set_data(req, info);
+    if (!info) return;
+    info->start_ns = uv_hrtime();
+    trace_request_id_take(http_request_header(req, "X-Request-Id"), info->request_id);
+    if (!trace_span_continue(&info->span, http_request_header(req, "traceparent"))) trace_span_root(&info->span);
+    snprintf(info->peer, sizeof info->peer, "%s", http_request_peer(req));
+    snprintf(info->method, sizeof info->method, "%s", method);
+    utf8_clip(info->path, sizeof info->path, path, strlen(path));
+    http_response_header(req, "X-Request-Id", info->request_id);
+}
+
+/* The API key a request authenticated with, for its rate limits; NULL without --api-keys
+ * (every client is then the same anonymous key). */
+static char *request_key(struct gw *g, http_request *req)
+{
+    size_t len = 0;
+    const char *key = gw_auth_key_count(g->auth) ? auth_bearer_credential(http_request_header(req, "Authorization"), &len)
+                                                 : NULL;
+    return key ? strndup(key, len) : NULL;
+}
+
 void gw_handle(http_request *req, void *user)
 {
     struct gw *g = user;
@@ -125,6 +205,7 @@ void gw_handle(http_request *req, void *user)
     const char *route = route_name(path);
     bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
     char shown[200]; /* the path as messages quote it: a client's bytes, cleaned and shortened */
+    begin_request(req, method, path);
 
     if (!strcmp(route, "/health")) {
         /* A draining gateway is alive but must not be sent more work. */
@@ -135,14 +216,15 @@ void gw_handle(http_request *req, void *user)
     if (get && (!strcmp(path, "/") || !strcmp(path, "/chat"))) {
         size_t n;
         const char *html = gw_chat_page(&n);
-        gw_metrics_request(g->metrics, "other", 200);
-        http_respond(req, 200, "text/html; charset=utf-8", html, n);
+        respond_raw(g, req, "other", 200, "text/html; charset=utf-8", html, n);
         return;
     }
     if (!strcmp(route, "/metrics")) {
+        for (size_t i = 0; i < gw_ctls_count(g->ctls); i++)
+            gw_metrics_controller(g->metrics, gw_ctls_url(g->ctls, i), gw_ctls_healthy(g->ctls, i));
+        gw_metrics_failovers(g->metrics, gw_ctls_failovers(g->ctls));
         char *text = gw_metrics_render(g->metrics, g->active);
-        gw_metrics_request(g->metrics, route, 200);
-        http_respond(req, 200, "text/plain; version=0.0.4", text, strlen(text));
+        respond_raw(g, req, route, 200, "text/plain; version=0.0.4", text, strlen(text));
         free(text);
         return;
     }
@@ -175,6 +257,8 @@ void gw_handle(http_request *req, void *user)
             gw_respond_error(g, req, route, 405, NULL, "use POST for %s", route);
             return;
         }
+        struct gw_reqinfo *info = http_request_get_data(req);
+        if (info) info->key = request_key(g, req);
         gw_generate(g, req, route, !strcmp(route, "/v1/chat/completions") ? GW_API_CHAT : GW_API_COMPLETION);
         return;
     }

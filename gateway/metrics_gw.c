@@ -18,8 +18,9 @@ enum { N_BOUNDS = sizeof bounds / sizeof bounds[0] };
 
 struct gw_metrics {
     metrics *reg;
-    metrics_family *requests, *active;
-    metrics_series *ttft, *itl, *e2e, *prompt, *completion, *retries;
+    metrics_family *requests, *active, *limited, *controller_up;
+    metrics_series *ttft, *itl, *e2e, *prompt, *completion, *retries, *failovers;
+    uint64_t failovers_seen;
 };
 
 static metrics_series *histogram(metrics *reg, const char *name, const char *help)
@@ -54,6 +55,17 @@ gw_metrics *gw_metrics_new(void)
     m->completion = counter(m->reg, "sluice_gateway_completion_tokens_total", "Tokens generated.");
     m->retries = counter(m->reg, "sluice_gateway_upstream_retries_total",
                          "Choices retried on another worker after failing before their first token.");
+    m->limited = metrics_counter_new(m->reg, "sluice_gateway_rate_limited_total",
+                                     "Requests refused 429 by a per-key rate limit, by the limit (requests or tokens).",
+                                     (const char *[]){"limit", NULL});
+    metrics_series_get(m->limited, (const char *[]){"requests"});
+    metrics_series_get(m->limited, (const char *[]){"tokens"});
+    m->controller_up = metrics_gauge_new(m->reg, "sluice_gateway_controller_up",
+                                         "1 while the controller answers, 0 once a call to it failed (until a probe "
+                                         "finds it back).",
+                                         (const char *[]){"controller", NULL});
+    m->failovers = counter(m->reg, "sluice_gateway_controller_failovers_total",
+                           "Controller calls that moved on to another controller after one failed.");
     return m;
 }
 
@@ -78,6 +90,22 @@ void gw_metrics_ttft(gw_metrics *m, double s) { metrics_series_observe(m->ttft, 
 void gw_metrics_itl(gw_metrics *m, double s) { metrics_series_observe(m->itl, s); }
 void gw_metrics_e2e(gw_metrics *m, double s) { metrics_series_observe(m->e2e, s); }
 void gw_metrics_retry(gw_metrics *m) { metrics_series_add(m->retries, 1); }
+
+void gw_metrics_rate_limited(gw_metrics *m, bool by_tokens)
+{
+    metrics_counter_add(m->limited, (const char *[]){by_tokens ? "tokens" : "requests"}, 1);
+}
+
+void gw_metrics_controller(gw_metrics *m, const char *url, bool up)
+{
+    metrics_gauge_set(m->controller_up, (const char *[]){url}, up ? 1 : 0);
+}
+
+void gw_metrics_failovers(gw_metrics *m, uint64_t total)
+{
+    if (total > m->failovers_seen) metrics_series_add(m->failovers, (double)(total - m->failovers_seen));
+    m->failovers_seen = total;
+}
 
 void gw_metrics_tokens(gw_metrics *m, int64_t prompt, int64_t completion)
 {

@@ -3,6 +3,7 @@
 #ifndef SLUICE_GATEWAY_METRICS_GW_H
 #define SLUICE_GATEWAY_METRICS_GW_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct gw_metrics gw_metrics;
@@ -16,6 +17,12 @@ void gw_metrics_itl(gw_metrics *m, double seconds);
 void gw_metrics_e2e(gw_metrics *m, double seconds);
 void gw_metrics_tokens(gw_metrics *m, int64_t prompt, int64_t completion);
 void gw_metrics_retry(gw_metrics *m);
+/* Requests refused 429 by a rate limit (by "requests" or "tokens"). */
+void gw_metrics_rate_limited(gw_metrics *m, bool by_tokens);
+/* A controller's health (1 up, 0 failed: asked only after the others), and the calls that
+ * moved on from a failed controller so far (gateway/controllers.h). */
+void gw_metrics_controller(gw_metrics *m, const char *url, bool up);
+void gw_metrics_failovers(gw_metrics *m, uint64_t total);
 /* Prometheus text exposition; malloc'd. */
 char *gw_metrics_render(const gw_metrics *m, unsigned active_requests);
 

@@ -16,12 +16,13 @@ struct gw_models_wait {
 
 struct gw_models {
     http_client *client;
-    char *url;
+    gw_ctls *ctls;
     long timeout_ms, ttl_ms;
     json_t *names;        /* cached list, NULL when none */
     uint64_t fetched_ms;  /* uv_hrtime of the cached list */
     json_t *seen;         /* name -> [unix time first seen, uv_hrtime ms last seen] */
-    http_call *call;      /* the refresh in flight */
+    gw_ctl_call *call;    /* the refresh in flight */
+    json_t *fetched;      /* what the refresh got, until it ends */
     gw_models_wait *waiters;
 };
 
@@ -30,12 +31,11 @@ static uint64_t now_ms(void)
     return uv_hrtime() / 1000000u;
 }
 
-int gw_models_init(gw_models **out, http_client *client, const char *controller_url,
-                   long timeout_ms, long ttl_ms)
+int gw_models_init(gw_models **out, http_client *client, gw_ctls *ctls, long timeout_ms, long ttl_ms)
 {
     gw_models *m = calloc(1, sizeof *m);
     m->client = client;
-    m->url = http_url_join(controller_url, "/list_models");
+    m->ctls = ctls;
     m->timeout_ms = timeout_ms;
     m->ttl_ms = ttl_ms;
     m->seen = json_object();
@@ -46,7 +46,8 @@ int gw_models_init(gw_models **out, http_client *client, const char *controller_
 void gw_models_free(gw_models *m)
 {
     if (!m) return;
-    if (m->call) http_call_cancel(m->call);
+    if (m->call) gw_ctl_call_cancel(m->call);
+    json_decref(m->fetched);
     while (m->waiters) {
         gw_models_wait *w = m->waiters;
         m->waiters = w->next;
@@ -54,7 +55,6 @@ void gw_models_free(gw_models *m)
     }
     json_decref(m->names);
     json_decref(m->seen);
-    free(m->url);
     free(m);
 }
 
@@ -76,12 +76,24 @@ static json_t *parse_names(const struct http_call_result *res)
     return names;
 }
 
-static void on_list_done(http_call *call, const struct http_call_result *res, void *user)
+static int judge_list(size_t ctl, const struct http_call_result *res, void *user)
 {
-    (void)call;
+    gw_models *m = user;
+    json_t *names = parse_names(res);
+    (void)ctl;
+    if (!names) return GW_CTL_FAILED; /* logged by the call */
+    json_decref(m->fetched);
+    m->fetched = names;
+    return GW_CTL_DONE;
+}
+
+static void on_list_end(bool done, void *user)
+{
+    (void)done;
     gw_models *m = user;
     m->call = NULL;
-    json_t *names = parse_names(res);
+    json_t *names = m->fetched;
+    m->fetched = NULL;
     if (names) {
         json_decref(m->names);
         m->names = names;
@@ -89,9 +101,6 @@ static void on_list_done(http_call *call, const struct http_call_result *res, vo
         size_t i;
         json_t *v;
         json_array_foreach(names, i, v) gw_models_note_served(m, json_string_value(v));
-    } else {
-        log_warn("controller %s: list_models failed: %s (status %ld)", m->url,
-                 res->error ? res->error_text : "bad answer", res->status);
     }
     /* Waiters are detached first: a callback may start a new get. */
     gw_models_wait *w = m->waiters;
@@ -120,21 +129,19 @@ void gw_models_get(gw_models *m, gw_models_cb cb, void *user, gw_models_wait **w
     m->waiters = w;
     *wait = w;
     if (m->call) return;
-    struct http_call_opts opts = {
+    struct gw_ctl_call_opts opts = {
         .method = "POST",
-        .url = m->url,
-        .body = "{}",
-        .body_len = 2,
-        .connect_timeout_ms = m->timeout_ms,
+        .path = "/list_models",
         .timeout_ms = m->timeout_ms,
-        .on_done = on_list_done,
+        /* No span: one refresh serves every request waiting for it, so it has no one parent. */
+        .judge = judge_list,
+        .end = on_list_end,
         .user = m,
     };
-    if (http_client_request(m->client, &opts, &m->call) != 0) {
+    if (gw_ctls_call(m->ctls, m->client, &opts, &m->call) != 0) {
         m->call = NULL;
-        struct http_call_result res = {.error = HTTP_CALL_INTERNAL, .error_text = "cannot start call"};
         *wait = NULL; /* answered below, before returning */
-        on_list_done(NULL, &res, m);
+        on_list_end(false, m);
     }
 }
 

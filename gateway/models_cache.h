@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "common/http_client.h"
+#include "gateway/controllers.h"
 
 typedef struct gw_models gw_models;
 typedef struct gw_models_wait gw_models_wait;
@@ -23,8 +24,8 @@ typedef struct gw_models_wait gw_models_wait;
  * rc < 0: the controller could not be reached or answered badly (names NULL). */
 typedef void (*gw_models_cb)(int rc, const json_t *names, void *user);
 
-int gw_models_init(gw_models **out, http_client *client, const char *controller_url,
-                   long timeout_ms, long ttl_ms);
+/* The list comes from the first controller of ctls that answers (gateway/controllers.h). */
+int gw_models_init(gw_models **out, http_client *client, gw_ctls *ctls, long timeout_ms, long ttl_ms);
 void gw_models_free(gw_models *m);
 /* Calls cb before returning when the cache is fresh (*wait set to NULL); otherwise the
  * caller waits and *wait is the handle to stop waiting with. */

@@ -19,8 +19,32 @@ enum { MAX_ERR_BODY = 64 * 1024, MAX_LINE = 16 * 1024 * 1024, MAX_RETRY_ASKS = 3
 
 static void choice_start(struct gw_choice *c, const char *address);
 
+/* The request's access line: what it asked, where it went, what came back. */
+static void gen_access_log(struct gw_gen *gen, int64_t prompt, int64_t completion)
+{
+    struct gw *g = gen->g;
+    const struct gw_choice *c0 = gen->n_choices ? &gen->choices[0] : NULL;
+    json_t *extra = json_pack("{s:s, s:b, s:I, s:s?, s:I, s:I, s:o, s:s?, s:s?}", "model", gen->p.model, "stream",
+                              gen->p.stream, "choices", (json_int_t)gen->n_choices, "worker",
+                              c0 && c0->address ? c0->address : NULL, "prompt_tokens", (json_int_t)prompt,
+                              "completion_tokens", (json_int_t)completion, "ttft_ms",
+                              gen->ttft_s >= 0 ? json_real(gen->ttft_s * 1000.0) : json_null(), "finish_reason",
+                              c0 && c0->finish[0] ? c0->finish : NULL, "error", gen->error[0] ? gen->error : NULL);
+    if (extra && g->cfg.log_requests) {
+        /* Only with --log-requests: prompts are the users' data. */
+        if (gen->p.api == GW_API_CHAT) json_object_set(extra, "messages", json_object_get(gen->p.base, "messages"));
+        else json_object_set(extra, "prompt", gen->p.prompts);
+    }
+    gw_access_log(g, gen->info, gen->route, gen->status, extra);
+}
+
 static void gen_destroy(struct gw_gen *gen)
 {
+    int64_t prompt, completion;
+    gw_gen_totals(gen, &prompt, &completion);
+    gw_rl_settle(gen->g->rl, &gen->rl, (double)(prompt + completion));
+    gen_access_log(gen, prompt, completion);
+    gw_reqinfo_free(gen->info);
     if (gen->prev) gen->prev->next = gen->next;
     else gen->g->gens = gen->next;
     if (gen->next) gen->next->prev = gen->prev;
@@ -76,9 +100,13 @@ static void on_client_gone(http_request *req, void *arg)
     struct gw_gen *gen = arg;
     gen_enter(gen);
     gen->req = NULL;
-    if (!gen->ended) log_debug("%s: client gone, cancelling upstream", gen->id);
+    if (!gen->ended) log_debug("%s: client gone, cancelling upstream", gw_gen_rid(gen));
     /* A stream was counted when it began; 499 is nginx's "client closed request". */
     if (!gen->ended && !gen->streaming) gw_metrics_request(gen->g->metrics, gen->route, 499);
+    if (!gen->ended) {
+        gen->status = 499;
+        snprintf(gen->error, sizeof gen->error, "the client went away");
+    }
     gw_gen_stop(gen);
     gen_leave(gen);
 }
@@ -87,14 +115,26 @@ static void on_client_gone(http_request *req, void *arg)
 
 static void on_retry_route(int rc, const char *address, void *user);
 
+/* The lookup's options: the request's id and span go to the controller too. */
+static struct gw_route_opts route_opts(struct gw_gen *gen, const char *exclude, char key[GW_PREFIX_KEY_SIZE])
+{
+    return (struct gw_route_opts){
+        .model = gen->p.model,
+        .exclude = exclude,
+        .prefix_key = gw_route_prefix_key(&gen->p, key),
+        .request_id = gen->info ? gen->info->request_id : NULL,
+        .parent = gen->info ? &gen->info->span : NULL,
+        .timeout_ms = gen->g->cfg.controller_timeout_ms,
+    };
+}
+
 static void retry_lookup(struct gw_gen *gen)
 {
     gen->retry_asks++;
     struct gw *g = gen->g;
     char key[GW_PREFIX_KEY_SIZE];
-    if (gw_route_start(g->client, g->cfg.controller_address, g->cfg.controller_timeout_ms, gen->p.model,
-                       gen->failed_address, gw_route_prefix_key(&gen->p, key), on_retry_route, gen,
-                       &gen->lookup) != 0) {
+    struct gw_route_opts o = route_opts(gen, gen->failed_address, key);
+    if (gw_route_start(g->ctls, g->client, &o, on_retry_route, gen, &gen->lookup) != 0) {
         gen->lookup = NULL;
         gw_emit_error(gen, 503, NULL, "the controller could not be asked for another worker", "1");
     }
@@ -132,7 +172,7 @@ static void choice_retry(struct gw_choice *c)
     struct gw_gen *gen = c->gen;
     gw_metrics_retry(gen->g->metrics);
     log_info("%s: choice %zu failed on %s before its first token%s%s; retrying on another worker",
-             gen->id, c->index, c->address ? c->address : "?", c->early_error ? ": " : "",
+             gw_gen_rid(gen), c->index, c->address ? c->address : "?", c->early_error ? ": " : "",
              c->early_error ? c->early_error : "");
     c->line_len = 0;
     c->err_len = 0;
@@ -177,7 +217,7 @@ static int process_line(struct gw_choice *c, const char *line, size_t len)
         /* Numbers no real worker sends: the worker is broken (or hostile), and what it said
          * is not passed on. Not retried: it answered, wrongly. */
         struct gw_gen *gen = c->gen;
-        log_warn("%s: worker %s sent an invalid frame: %s", gen->id, c->address ? c->address : "?", why);
+        log_warn("%s: worker %s sent an invalid frame: %s", gw_gen_rid(gen), c->address ? c->address : "?", why);
         char msg[320];
         snprintf(msg, sizeof msg, "the worker sent an invalid answer: %s", why);
         json_decref(frame);
@@ -251,6 +291,11 @@ static void on_upstream_done(http_call *call, const struct http_call_result *res
     struct gw_gen *gen = c->gen;
     gen_enter(gen);
     c->call = NULL;
+    trace_span_log(&c->span, "gateway.generate",
+                   json_pack("{s:s?, s:s?, s:I, s:I, s:I, s:s?}", "request_id", gen->info ? gen->info->request_id : NULL,
+                             "worker", c->address, "choice", (json_int_t)c->index, "attempt", (json_int_t)c->attempts,
+                             "status", (json_int_t)res->status,
+                             "error", res->error ? http_call_error_describe(res->error) : NULL));
     if (gen->ended) goto out;
 
     if (res->error == HTTP_CALL_OK && res->status != 200 && res->status != 0) {
@@ -261,7 +306,7 @@ static void on_upstream_done(http_call *call, const struct http_call_result *res
             error_from_body(c, msg, sizeof msg, param, sizeof param);
             int status = gw_frame_error_status(res->status);
             if (status != res->status)
-                log_warn("%s: worker %s answered HTTP %ld: passing it on as %d", gen->id, c->address, res->status,
+                log_warn("%s: worker %s answered HTTP %ld: passing it on as %d", gw_gen_rid(gen), c->address, res->status,
                          status);
             gw_emit_error(gen, status, param, msg, status == 503 || status == 429 ? "1" : NULL);
         }
@@ -305,20 +350,33 @@ static void choice_start(struct gw_choice *c, const char *address)
     c->attempts++;
     c->got_frame = false;
     c->finished = false;
+    memset(&c->span, 0, sizeof c->span); /* this attempt's, set once it is sent */
     if (!valid) {
         log_warn("%s: the controller named '%.300s' for model %s, which is not a worker address (%s): not sending to it",
-                 gen->id, address, gen->p.model, why);
+                 gw_gen_rid(gen), address, gen->p.model, why);
         struct http_call_result res = {.error = HTTP_CALL_INTERNAL, .error_text = "not a worker address"};
         on_upstream_done(NULL, &res, c);
         return;
     }
     json_t *body = gw_params_upstream_body(&gen->p, c->index);
-    json_object_set_new(body, "request_id", json_string(gen->id));
+    /* The worker logs its side under the same id, and its span under this call's. */
+    const char *rid = gw_gen_rid(gen);
+    json_object_set_new(body, "request_id", json_string(rid));
+    char rid_header[32 + TRACE_REQUEST_ID_SIZE], tp_header[32 + TRACE_TRACEPARENT_SIZE], tp[TRACE_TRACEPARENT_SIZE];
+    const char *headers[3] = {rid_header, NULL, NULL};
+    snprintf(rid_header, sizeof rid_header, "X-Request-Id: %s", rid);
+    if (gen->info) trace_span_child(&c->span, &gen->info->span);
+    if (trace_span_active(&c->span)) {
+        trace_span_header(&c->span, tp);
+        snprintf(tp_header, sizeof tp_header, "traceparent: %s", tp);
+        headers[1] = tp_header;
+    }
     struct http_call_opts opts = {
         .method = "POST",
         .url = url,
         .path = "/generate",
         .json = body,
+        .headers = headers,
         .connect_timeout_ms = g->cfg.worker_connect_timeout_ms,
         .timeout_ms = 0,
         .idle_timeout_ms = g->cfg.worker_idle_timeout_ms,
@@ -391,6 +449,7 @@ static void on_first_route(int rc, const char *address, void *user)
 
 void gw_generate(struct gw *g, http_request *req, const char *route, int api)
 {
+    struct gw_reqinfo *info = http_request_get_data(req);
     if (g->cfg.max_concurrent_requests > 0 && g->active >= (unsigned long)g->cfg.max_concurrent_requests) {
         http_response_header(req, "Retry-After", "1");
         gw_respond_error(g, req, route, 429, NULL,
@@ -410,8 +469,21 @@ void gw_generate(struct gw *g, http_request *req, const char *route, int api)
         gw_respond_error(g, req, route, 400, err.param, "%s", err.message);
         return;
     }
+    struct gw_rl_ticket ticket;
+    char why[320];
+    if (!gw_rl_admit(g->rl, info ? info->key : NULL, gw_rl_estimate(&p), req, &ticket, why, sizeof why)) {
+        gw_metrics_rate_limited(g->metrics, ticket.by_tokens);
+        gw_params_free(&p);
+        gw_respond_error(g, req, route, 429, NULL, "%s", why);
+        return;
+    }
 
     struct gw_gen *gen = calloc(1, sizeof *gen);
+    gen->info = info;
+    http_request_set_data(req, NULL); /* the gen logs the access line now */
+    gen->rl = ticket;
+    gen->ttft_s = -1;
+    gen->status = 500;
     gen->g = g;
     gen->req = req;
     gen->route = route;
@@ -433,8 +505,8 @@ void gw_generate(struct gw *g, http_request *req, const char *route, int api)
 
     gen_enter(gen);
     char key[GW_PREFIX_KEY_SIZE];
-    if (gw_route_start(g->client, g->cfg.controller_address, g->cfg.controller_timeout_ms, p.model, NULL,
-                       gw_route_prefix_key(&p, key), on_first_route, gen, &gen->lookup) != 0) {
+    struct gw_route_opts o = route_opts(gen, NULL, key);
+    if (gw_route_start(g->ctls, g->client, &o, on_first_route, gen, &gen->lookup) != 0) {
         gen->lookup = NULL;
         gw_emit_error(gen, 503, NULL, "the controller could not be reached", "1");
     }

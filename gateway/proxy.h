@@ -38,6 +38,7 @@ struct gw_choice {
     int64_t prompt_tokens, completion_tokens;
     bool role_sent;
     uint64_t last_token_ns;
+    struct trace_span span; /* the current attempt's call to its worker */
 };
 
 struct gw_gen {
@@ -60,7 +61,19 @@ struct gw_gen {
     bool streaming;       /* the SSE response has begun */
     bool ended;           /* answered, failed or gone: nothing more is sent */
     int depth;            /* callbacks on the stack; the gen is freed when it drops to 0 */
+    /* For the access line and the rate limits, written and settled when the gen is freed. */
+    struct gw_reqinfo *info;
+    struct gw_rl_ticket rl;
+    double ttft_s;        /* -1 until the first token */
+    int status;           /* what the client was answered (499: it left first) */
+    char error[256];      /* why it failed, "" when it did not */
 };
+
+/* What human log lines call the request: its request id (the X-Request-Id). */
+static inline const char *gw_gen_rid(const struct gw_gen *gen)
+{
+    return gen->info ? gen->info->request_id : gen->id;
+}
 
 /* proxy_emit.c: turning frames into what the client sees. */
 /* Handles one parsed frame of a choice. */
@@ -71,6 +84,9 @@ void gw_emit_success(struct gw_gen *gen);
  * error response with status. */
 void gw_emit_error(struct gw_gen *gen, int status, const char *param, const char *message,
                    const char *retry_after);
+
+/* Prompt and completion tokens over every choice, each prompt counted once. */
+void gw_gen_totals(const struct gw_gen *gen, int64_t *prompt, int64_t *completion);
 
 /* proxy.c */
 /* Cancels everything in flight and marks the gen ended. */

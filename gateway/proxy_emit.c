@@ -20,6 +20,7 @@ static void stream_begin(struct gw_gen *gen)
 {
     if (gen->streaming) return;
     gen->streaming = true;
+    gen->status = 200;
     http_response_header(gen->req, "Cache-Control", "no-cache");
     http_stream_begin(gen->req, 200, "text/event-stream");
     gw_metrics_request(gen->g->metrics, gen->route, 200);
@@ -34,7 +35,7 @@ static void stream_send(struct gw_gen *gen, json_t *payload)
     int rc = http_stream_sse(gen->req, text, strlen(text));
     free(text);
     if (rc != HTTP_STREAM_OK) {
-        log_warn("%s: client %s, dropping the stream", gen->id, rc == HTTP_STREAM_SLOW ? "too slow" : "gone");
+        log_warn("%s: client %s, dropping the stream", gw_gen_rid(gen), rc == HTTP_STREAM_SLOW ? "too slow" : "gone");
         gw_gen_stop(gen);
     }
 }
@@ -105,7 +106,8 @@ static void observe_tokens(struct gw_gen *gen, struct gw_choice *c, size_t n_tok
     uint64_t now = uv_hrtime();
     if (!gen->first_token) {
         gen->first_token = true;
-        gw_metrics_ttft(gen->g->metrics, (double)(now - gen->start_ns) / 1e9);
+        gen->ttft_s = (double)(now - gen->start_ns) / 1e9;
+        gw_metrics_ttft(gen->g->metrics, gen->ttft_s);
     }
     if (c->last_token_ns) {
         double per = (double)(now - c->last_token_ns) / 1e9 / (double)n_tokens;
@@ -150,7 +152,7 @@ void gw_emit_frame(struct gw_gen *gen, struct gw_choice *c, const json_t *frame)
     }
 }
 
-static void totals(const struct gw_gen *gen, int64_t *prompt, int64_t *completion)
+void gw_gen_totals(const struct gw_gen *gen, int64_t *prompt, int64_t *completion)
 {
     *prompt = *completion = 0;
     for (size_t i = 0; i < gen->n_choices; i++) {
@@ -164,11 +166,11 @@ void gw_emit_success(struct gw_gen *gen)
 {
     if (gen->ended) return;
     int64_t prompt, completion;
-    totals(gen, &prompt, &completion);
+    gw_gen_totals(gen, &prompt, &completion);
     /* Each count is at most INT32_MAX, so these int64 sums cannot overflow; a total that
      * would not fit a 32-bit int is still no real answer's. */
     if (prompt + completion > GW_FRAME_MAX_COUNT) {
-        log_warn("%s: the workers reported %lld prompt and %lld completion tokens", gen->id, (long long)prompt,
+        log_warn("%s: the workers reported %lld prompt and %lld completion tokens", gw_gen_rid(gen), (long long)prompt,
                  (long long)completion);
         gw_emit_error(gen, 502, NULL, "the workers reported more tokens than any answer can have", NULL);
         return;
@@ -199,6 +201,7 @@ void gw_emit_success(struct gw_gen *gen)
                                                               c->text.len, lp, c->finish));
         }
         json_object_set_new(r, "usage", gw_usage_json(prompt, completion));
+        gen->status = 200;
         gw_respond_json(gen->g, gen->req, gen->route, 200, r);
         gen->req = NULL;
     }
@@ -210,7 +213,9 @@ void gw_emit_error(struct gw_gen *gen, int status, const char *param, const char
                    const char *retry_after)
 {
     if (gen->ended) return;
-    log_info("%s: answering %d: %s", gen->id, status, message);
+    log_info("%s: answering %d: %s", gw_gen_rid(gen), status, message);
+    utf8_snprintf(gen->error, sizeof gen->error, "%s", message);
+    if (!gen->streaming) gen->status = status;
     if (gen->streaming) {
         char *body = openai_error_body(message, openai_error_type_for_status(status), param,
                                        NULL);

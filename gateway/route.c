@@ -9,59 +9,77 @@
 #include "common/log.h"
 
 struct gw_route {
-    http_call *call;
+    gw_ctl_call *call;
     gw_route_cb cb;
     void *user;
+    char *address;       /* the first worker named */
+    bool answered;       /* some controller answered */
+    bool recent;         /* some controller said the model was served lately */
 };
 
-static void on_route_done(http_call *call, const struct http_call_result *res, void *user)
+/* A controller that names no worker may be one that restarted and has not heard from every
+ * worker yet: another healthy one is asked before the answer stands. */
+static int judge_route(size_t ctl, const struct http_call_result *res, void *user)
 {
-    (void)call;
+    (void)ctl;
     gw_route *r = user;
-    int rc = -1;
-    char *address = NULL;
     if (res->error == HTTP_CALL_OK && res->status == 200) {
         json_t *root = json_loadb(res->body, res->body_len, 0, NULL);
         const char *a = json_string_value(json_object_get(root, "address"));
-        /* Checked and normalised where it is used (proxy.c's choice_start). */
+        int verdict = GW_CTL_FAILED;
         if (a) {
-            address = strdup(a);
-            rc = !*address && json_is_true(json_object_get(root, "recently_served")) ? GW_ROUTE_RECENT : 0;
+            r->answered = true;
+            /* Checked and normalised where it is used (proxy.c's choice_start). */
+            if (*a) {
+                r->address = strdup(a);
+                verdict = GW_CTL_DONE;
+            } else {
+                r->recent |= json_is_true(json_object_get(root, "recently_served"));
+                verdict = GW_CTL_NEXT;
+            }
         }
         json_decref(root);
+        if (verdict != GW_CTL_FAILED) return verdict;
     }
-    if (rc < 0 && (res->status == 401 || res->status == 403))
+    if (res->status == 401 || res->status == 403)
         log_error("controller: get_worker_address refused (HTTP %ld): start the gateway with the controller's "
                   "--internal-token", res->status);
-    else if (rc < 0)
-        log_warn("controller: get_worker_address failed: %s (status %ld)", res->error ? res->error_text : "bad answer",
-                 res->status);
-    r->cb(rc, address ? address : "", r->user);
-    free(address);
+    return GW_CTL_FAILED;
+}
+
+static void on_route_end(bool done, void *user)
+{
+    gw_route *r = user;
+    int rc = -1;
+    if (done && r->address) rc = 0;
+    else if (r->answered) rc = r->recent ? GW_ROUTE_RECENT : 0;
+    r->cb(rc, rc == 0 && r->address ? r->address : "", r->user);
+    free(r->address);
     free(r);
 }
 
-int gw_route_start(http_client *client, const char *controller_url, long timeout_ms,
-                   const char *model, const char *exclude, const char *prefix_key, gw_route_cb cb,
-                   void *user, gw_route **out)
+int gw_route_start(gw_ctls *ctls, http_client *client, const struct gw_route_opts *o, gw_route_cb cb, void *user,
+                   gw_route **out)
 {
     gw_route *r = calloc(1, sizeof *r);
     r->cb = cb;
     r->user = user;
-    json_t *body = json_pack("{s:s}", "model", model);
-    if (exclude && *exclude) json_object_set_new(body, "exclude", json_pack("[s]", exclude));
-    if (prefix_key && *prefix_key) json_object_set_new(body, "prefix_key", json_string(prefix_key));
-    struct http_call_opts opts = {
+    json_t *body = json_pack("{s:s}", "model", o->model);
+    if (o->exclude && *o->exclude) json_object_set_new(body, "exclude", json_pack("[s]", o->exclude));
+    if (o->prefix_key && *o->prefix_key) json_object_set_new(body, "prefix_key", json_string(o->prefix_key));
+    struct gw_ctl_call_opts opts = {
         .method = "POST",
-        .url = controller_url,
         .path = "/get_worker_address",
         .json = body,
-        .connect_timeout_ms = timeout_ms,
-        .timeout_ms = timeout_ms,
-        .on_done = on_route_done,
+        .timeout_ms = o->timeout_ms,
+        .request_id = o->request_id,
+        .parent = o->parent,
+        .span_name = "gateway.get_worker_address",
+        .judge = judge_route,
+        .end = on_route_end,
         .user = r,
     };
-    int rc = http_client_request(client, &opts, &r->call);
+    int rc = gw_ctls_call(ctls, client, &opts, &r->call);
     json_decref(body);
     if (rc != 0) {
         free(r);
@@ -75,7 +93,8 @@ int gw_route_start(http_client *client, const char *controller_url, long timeout
 void gw_route_cancel(gw_route *r)
 {
     if (!r) return;
-    http_call_cancel(r->call);
+    gw_ctl_call_cancel(r->call);
+    free(r->address);
     free(r);
 }
 

@@ -1,27 +1,41 @@
-/* Asking the controller which worker serves a model: POST /get_worker_address, bounded by
- * --controller-timeout-ms. */
+/* Asking the controllers which worker serves a model: POST /get_worker_address, bounded by
+ * --controller-timeout-ms per controller. */
 #ifndef SLUICE_GATEWAY_ROUTE_H
 #define SLUICE_GATEWAY_ROUTE_H
 
 #include "common/http_client.h"
+#include "common/trace.h"
+#include "gateway/controllers.h"
 #include "gateway/validate.h"
 
 typedef struct gw_route gw_route;
 
 /* rc 0: address is the worker's base URL, "" when no live worker serves the model;
- * rc GW_ROUTE_RECENT: address is "", but the controller says a worker served the model
+ * rc GW_ROUTE_RECENT: address is "", but a controller says a worker served the model
  * lately (it is restarting: a 503, not a 404);
- * rc < 0: the controller could not be reached in time or answered badly. */
+ * rc < 0: no controller could be reached in time or answered sensibly. */
 enum { GW_ROUTE_RECENT = 1 };
 typedef void (*gw_route_cb)(int rc, const char *address, void *user);
 
-/* Starts the lookup. exclude (may be NULL) names a worker that just failed: it is sent as an
- * extra "exclude" field that a controller may honour. prefix_key (may be NULL) is sent as
- * "prefix_key", which a controller dispatching cache_aware routes by (others ignore it). The route frees itself after calling
- * cb; before that, gw_route_cancel stops it (no callback) and frees it. */
-int gw_route_start(http_client *client, const char *controller_url, long timeout_ms,
-                   const char *model, const char *exclude, const char *prefix_key, gw_route_cb cb,
-                   void *user, gw_route **out);
+struct gw_route_opts {
+    const char *model;
+    /* A worker that just failed (may be NULL): sent as "exclude", which a controller may
+     * honour. */
+    const char *exclude;
+    /* Sent as "prefix_key" (may be NULL), which a controller dispatching cache_aware routes
+     * by (others ignore it). */
+    const char *prefix_key;
+    const char *request_id;          /* sent as X-Request-Id (may be NULL) */
+    const struct trace_span *parent; /* each controller call is a child span (may be NULL) */
+    long timeout_ms;                 /* each controller's bound */
+};
+
+/* Starts the lookup on the controllers, with failover (gateway/controllers.h): a controller
+ * that names no worker is not the last word while another healthy one may name one. The route
+ * frees itself after calling cb; before that, gw_route_cancel stops it (no callback) and
+ * frees it. */
+int gw_route_start(gw_ctls *ctls, http_client *client, const struct gw_route_opts *o, gw_route_cb cb, void *user,
+                   gw_route **out);
 void gw_route_cancel(gw_route *route);
 
 /* The request's prefix key: 16 hex digits hashing how the request starts, for a cache_aware

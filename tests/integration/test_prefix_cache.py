@@ -83,7 +83,7 @@ def test_cache_on_gives_the_outputs_of_cache_off_and_counts_hits(procs):
     assert queries >= metric(on.url, "sluice_worker_prompt_tokens_total")
     assert 0 < metric(on.url, "sluice_worker_prefix_cache_hit_rate") <= 1
     assert metric(on.url, "sluice_worker_kv_blocks_cached") > 0
-    assert metric(on.url, "sluice_worker_kv_blocks_free") == metric(on.url, "sluice_worker_kv_blocks_total")
+    assert metric(on.url, "sluice_worker_kv_blocks_free") == metric(on.url, "sluice_worker_kv_blocks_capacity")
 
     status = requests.post(on.url + "/worker_get_status", timeout=10).json()
     pc = status["prefix_cache"]
@@ -120,7 +120,7 @@ def test_a_small_cache_evicts_and_still_answers_the_same(procs):
             t.join(timeout=120)
         assert got == ref, f"round {rnd}"
     assert metric(on.url, "sluice_worker_prefix_cache_hits_total") > 0
-    assert metric(on.url, "sluice_worker_kv_blocks_free") == metric(on.url, "sluice_worker_kv_blocks_total")
+    assert metric(on.url, "sluice_worker_kv_blocks_free") == metric(on.url, "sluice_worker_kv_blocks_capacity")
 
 
 def test_contradicting_flags_are_refused():

@@ -152,7 +152,7 @@ def slow_dummy_model(tmp_path):
 
 def test_client_disconnect_frees_blocks(procs, tmp_path):
     w = start_worker(procs, slow_dummy_model(tmp_path), "--load-format", "dummy")
-    total = metric(w.url, "sluice_worker_kv_blocks_total")
+    total = metric(w.url, "sluice_worker_kv_blocks_capacity")
     s = socket.create_connection(("127.0.0.1", w.port), timeout=10)
     body = json.dumps({"prompt": "Once upon a time", "max_tokens": 900, "ignore_eos": True, "temperature": 0})
     s.sendall(f"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -6,8 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/jsonlog.h"
 #include "common/log.h"
 #include "common/strbuf.h"
+#include "common/trace.h"
 #include "common/utf8.h"
 #include "worker/api/request_parse.h"
 #include "worker/api/worker.h"
@@ -40,7 +42,41 @@ struct gen_stream {
     int64_t fastchat_offset;
     uint64_t accepted_ns;  /* for the latency histograms */
     bool got_first_token;
+    double ttft_s;
+    /* The caller's request id (the gateway's X-Request-Id) and trace: the request line and the
+     * span carry them. */
+    char request_id[TRACE_REQUEST_ID_SIZE];
+    struct trace_span span;
 };
+
+static const char *mode_endpoint(int mode)
+{
+    return mode == GEN_MODE_NATIVE ? "/generate" : mode == GEN_MODE_FASTCHAT_STREAM ? "/worker_generate_stream"
+                                                                                   : "/worker_generate";
+}
+
+/* One JSON line per generation request (--access-log), and its span when traced. */
+static void request_line(const char *request_id, const struct trace_span *span, int mode, int status,
+                         json_t *extra, double duration_s)
+{
+    json_t *line = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s?}", "type", "request", "request_id", request_id, "endpoint",
+                             mode_endpoint(mode), "status", status, "duration_ms", duration_s * 1000.0, "trace_id",
+                             trace_span_active(span) ? span->trace_id : NULL);
+    if (line && extra) json_object_update(line, extra);
+    trace_span_log(span, "worker.generate",
+                   json_pack("{s:s, s:s, s:i}", "request_id", request_id, "endpoint", mode_endpoint(mode), "status",
+                             status));
+    json_decref(extra);
+    jsonlog_write(line);
+}
+
+double api_queue_wait_s(struct worker *w)
+{
+    uint64_t now = uv_hrtime(), oldest = 0;
+    for (struct gen_stream *s = w->streams; s; s = s->next)
+        if (!s->got_first_token && now - s->accepted_ns > oldest) oldest = now - s->accepted_ns;
+    return (double)oldest / 1e9;
+}
 
 static double seconds_since(uint64_t ns)
 {
@@ -71,7 +107,7 @@ static void on_client_gone(http_request *req, void *arg)
     struct gen_stream *s = arg;
     s->req = NULL;
     metrics_series_add(s->w->metrics.aborted, 1);
-    log_debug("request %llu: client disconnected, aborting", (unsigned long long)s->id);
+    log_debug("request %s: client disconnected, aborting", s->request_id);
     engine_abort(s->w->engine, s->id);
 }
 
@@ -149,8 +185,8 @@ static const char *finish_text(enum finish_reason r)
 static void fail_frame(struct gen_stream *s, const struct engine_event *ev)
 {
     static const char msg[] = "the worker could not encode the next part of this answer (a bug); generation was stopped";
-    log_error("request %llu: could not build or encode a %s frame; ending the request with an error",
-              (unsigned long long)s->id, s->mode == GEN_MODE_NATIVE ? "native" : "FastChat");
+    log_error("request %s: could not build or encode a %s frame; ending the request with an error",
+              s->request_id, s->mode == GEN_MODE_NATIVE ? "native" : "FastChat");
     char frame[512];
     int n;
     if (s->mode == GEN_MODE_NATIVE)
@@ -261,7 +297,8 @@ void api_on_engine_event(const struct engine_event *ev, void *user)
     metrics_series_add(w->metrics.generation_tokens, ev->n_tokens);
     if (ev->n_tokens > 0 && !s->got_first_token) {
         s->got_first_token = true;
-        metrics_series_observe(w->metrics.time_to_first_token, seconds_since(s->accepted_ns));
+        s->ttft_s = seconds_since(s->accepted_ns);
+        metrics_series_observe(w->metrics.time_to_first_token, s->ttft_s);
     }
     if (s->req) {
         if (s->mode == GEN_MODE_NATIVE) {
@@ -286,6 +323,13 @@ void api_on_engine_event(const struct engine_event *ev, void *user)
     if (ev->finish == FINISH_NONE) return;
 
     metrics_series_observe(w->metrics.request_latency, seconds_since(s->accepted_ns));
+    const char *finish = finish_text(ev->finish);
+    request_line(s->request_id, &s->span, s->mode, 200,
+                 json_pack("{s:i, s:i, s:s?, s:o, s:b, s:s?}", "prompt_tokens", ev->prompt_tokens, "completion_tokens",
+                           ev->completion_tokens, "finish_reason", finish, "ttft_ms",
+                           s->got_first_token ? json_real(s->ttft_s * 1000.0) : json_null(), "client_gone", !s->req,
+                           "error", ev->finish == FINISH_ERROR ? (ev->error ? ev->error : "generation failed") : NULL),
+                 seconds_since(s->accepted_ns));
     if (s->req) {
         if (s->mode == GEN_MODE_FASTCHAT_BLOCKING) {
             json_t *frame = fastchat_frame(s, ev);
@@ -333,6 +377,9 @@ struct gen_job {
     struct worker *w;
     http_request *req; /* NULL once the client is gone */
     int mode;
+    char request_id[TRACE_REQUEST_ID_SIZE];
+    struct trace_span span;
+    uint64_t accepted_ns;
     json_t *body;
     struct gen_params params;
     struct json_field_error err;
@@ -351,14 +398,18 @@ static void job_parse(uv_work_t *work)
     job->status = gen_params_parse(job->w, job->body, &job->params, &job->err);
 }
 
-static void start_stream(struct worker *w, http_request *req, int mode, struct gen_params *p)
+static void start_stream(struct worker *w, struct gen_job *job, struct gen_params *p)
 {
+    http_request *req = job->req;
+    int mode = job->mode;
     struct gen_stream *s = calloc(1, sizeof *s);
     s->w = w;
     s->id = ++w->next_request_id;
     s->req = req;
     s->mode = mode;
-    s->accepted_ns = uv_hrtime();
+    s->accepted_ns = job->accepted_ns;
+    memcpy(s->request_id, job->request_id, sizeof s->request_id);
+    s->span = job->span;
     s->echo = p->echo;
     s->logprobs = p->logprobs;
     if (p->echo && mode != GEN_MODE_NATIVE) strbuf_append(&s->text, p->prompt_text, strlen(p->prompt_text));
@@ -398,11 +449,14 @@ static void job_parsed(uv_work_t *work, int cancelled)
         w->active--;
         metrics_series_add(w->metrics.rejected, 1);
         bool overflow = strstr(job->err.message, "context length") != NULL;
+        request_line(job->request_id, &job->span, job->mode, job->status,
+                     json_pack("{s:s, s:s?}", "error", job->err.message, "param", job->err.param[0] ? job->err.param : NULL),
+                     (double)(uv_hrtime() - job->accepted_ns) / 1e9);
         reject(job->req, job->mode, job->status, job->err.param, job->err.message,
                overflow ? FASTCHAT_CONTEXT_OVERFLOW : FASTCHAT_VALIDATION_ERROR);
     } else {
         http_request_on_close(job->req, NULL, NULL);
-        start_stream(w, job->req, job->mode, &job->params);
+        start_stream(w, job, &job->params);
     }
     gen_params_free(&job->params);
     free(job);
@@ -448,6 +502,14 @@ void api_generate(struct worker *w, http_request *req, int mode)
     job->req = req;
     job->mode = mode;
     job->body = root;
+    job->accepted_ns = uv_hrtime();
+    /* The gateway's id for the request ("request_id", or its X-Request-Id header), else one
+     * of our own, so that every line about the request names it. */
+    const char *rid = json_string_value(json_object_get(root, "request_id"));
+    if (!trace_request_id_valid(rid)) rid = http_request_header(req, "X-Request-Id");
+    trace_request_id_take(rid, job->request_id);
+    trace_span_continue(&job->span, http_request_header(req, "traceparent"));
+    http_response_header(req, "X-Request-Id", job->request_id);
     job->work.data = job;
     w->active++; /* counts against the limit from now on, parsed or not */
     http_request_on_close(req, job_client_gone, job);

@@ -1,6 +1,13 @@
-/* Registration with the controller and heartbeats, from the loop: a long generation never
+/* Registration with the controllers and heartbeats, from the loop: a long generation never
  * delays a heartbeat (the engine has its own thread), and a controller that is down only
- * means we retry at the next tick while serving on. */
+ * means we retry at the next tick while serving on.
+ *
+ * With several controllers (--controller-address a,b: high availability) the worker registers
+ * with each and beats to each on its own link, so one that hangs delays nobody else's
+ * heartbeats. A controller that restarted has an empty registry: the worker's next heartbeat
+ * gets {"exist": false} and registers again at once, and a heartbeat that could not reach the
+ * controller makes the next tick register rather than beat, so a restarted controller knows
+ * the worker within one heartbeat interval (plus a round trip) of coming back. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,79 +15,113 @@
 #include "common/log.h"
 #include "worker/api/worker.h"
 
-static void send_register(struct worker *w);
+enum { MAX_CONTROLLERS = 8 };
 
-static void post(struct worker *w, const char *path, json_t *body,
-                 void (*on_done)(http_call *, const struct http_call_result *, void *))
+struct controller_link {
+    struct worker *w;
+    char *url;
+    bool registered;
+    bool register_in_flight;
+    bool heartbeat_in_flight;
+    bool unregister_wanted;   /* asked while a registration was on its way */
+    bool failing;             /* the last call failed: said once, not at every tick */
+};
+
+/* What went wrong with a call, for a log line: curl's words, or the HTTP status. */
+static const char *call_failure(const struct http_call_result *res, char *buf, size_t cap)
 {
-    /* The client sends the internal token on every call (auth_client_token in serve.c). */
-    struct http_call_opts opts = {
-        .method = "POST", .url = w->opt.controller_address, .path = path, .json = body,
-        .connect_timeout_ms = 1000, .timeout_ms = 3000, .on_done = on_done, .user = w,
-    };
-    if (http_client_request(w->client, &opts, NULL) != 0) {
-        log_warn("could not start a request to the controller at %s%s", w->opt.controller_address, path);
-        w->register_in_flight = w->heartbeat_in_flight = w->unregister_in_flight = false;
-    }
-    json_decref(body);
+    if (res->error) return res->error_text;
+    snprintf(buf, cap, "HTTP %ld", res->status);
+    return buf;
 }
 
-static void send_unregister(struct worker *w);
+static void send_register(struct controller_link *l);
+static void send_unregister(struct controller_link *l);
+
+/* Returns 0, or -1 (logged) when the call could not start. */
+static int post(struct controller_link *l, const char *path, json_t *body,
+                void (*on_done)(http_call *, const struct http_call_result *, void *))
+{
+    struct worker *w = l->w;
+    /* The client sends the internal token on every call (auth_client_token in serve.c). */
+    struct http_call_opts opts = {
+        .method = "POST", .url = l->url, .path = path, .json = body,
+        .connect_timeout_ms = 1000, .timeout_ms = 3000, .on_done = on_done, .user = l,
+    };
+    int rc = http_client_request(w->client, &opts, NULL);
+    if (rc != 0) log_warn("could not start a request to the controller at %s%s", l->url, path);
+    json_decref(body);
+    return rc == 0 ? 0 : -1;
+}
 
 static void on_registered(http_call *call, const struct http_call_result *res, void *user)
 {
     (void)call;
-    struct worker *w = user;
-    w->register_in_flight = false;
-    if (w->unregister_in_flight) {
+    struct controller_link *l = user;
+    struct worker *w = l->w;
+    l->register_in_flight = false;
+    if (l->unregister_wanted) {
         /* The drain began while this was on its way: now the unregister cannot overtake it. */
-        send_unregister(w);
+        l->unregister_wanted = false;
+        send_unregister(l);
         return;
     }
     if (res->error == HTTP_CALL_OK && res->status == 200) {
-        if (!w->registered) log_info("registered with the controller at %s as %s", w->opt.controller_address, w->address);
-        w->registered = true;
+        if (!l->registered) log_info("registered with the controller at %s as %s", l->url, w->address);
+        l->registered = true;
+        l->failing = false;
         return;
     }
+    char why[32];
+    bool first = !l->failing;
+    l->failing = true;
     if (res->status == 401)
-        log_error("the controller refused registration (401): check --internal-token");
+        log_error("the controller at %s refused registration (401): check --internal-token", l->url);
     else if (res->status == 403)
-        log_error("the controller refused registration (403): it has no internal token and serves loopback callers "
-                  "only; give both --internal-token");
+        log_error("the controller at %s refused registration (403): it has no internal token and serves loopback "
+                  "callers only; give both --internal-token", l->url);
     else if (res->status == 400)
-        log_error("the controller refused registration (400): %.*s", (int)res->body_len, res->body ? res->body : "");
-    else
-        log_warn("registration with %s failed (%s%ld); retrying every %.0f s",
-                 w->opt.controller_address, res->error ? res->error_text : "HTTP ", res->error ? 0 : res->status,
+        log_error("the controller at %s refused registration (400): %.*s", l->url, (int)res->body_len,
+                  res->body ? res->body : "");
+    else if (first)
+        log_warn("registration with %s failed (%s); retrying every %g s", l->url, call_failure(res, why, sizeof why),
                  w->opt.heartbeat_interval);
+    else
+        log_debug("registration with %s failed again (%s)", l->url, call_failure(res, why, sizeof why));
 }
 
-static void send_register(struct worker *w)
+static void send_register(struct controller_link *l)
 {
-    if (w->register_in_flight || w->draining) return;
-    w->register_in_flight = true;
+    struct worker *w = l->w;
+    if (l->register_in_flight || w->draining) return;
+    l->register_in_flight = true;
     json_t *body = json_pack("{s:s, s:b, s:o}", "worker_name", w->address, "check_heart_beat", 1,
                              "worker_status", worker_status_json(w));
-    post(w, "/register_worker", body, on_registered);
+    if (post(l, "/register_worker", body, on_registered) != 0) l->register_in_flight = false;
 }
 
 static void on_heartbeat(http_call *call, const struct http_call_result *res, void *user)
 {
     (void)call;
-    struct worker *w = user;
-    w->heartbeat_in_flight = false;
+    struct controller_link *l = user;
+    struct worker *w = l->w;
+    l->heartbeat_in_flight = false;
     if (res->error != HTTP_CALL_OK || res->status != 200) {
-        log_warn("heartbeat to %s failed (%s%ld)", w->opt.controller_address,
-                 res->error ? res->error_text : "HTTP ", res->error ? 0 : res->status);
+        char why[32];
+        log_warn("heartbeat to %s failed (%s)", l->url, call_failure(res, why, sizeof why));
+        l->failing = true;
+        /* It may come back as a new process that knows nothing of us: the next tick registers
+         * instead of beating, which saves the round trip of an {"exist": false}. */
+        if (res->error != HTTP_CALL_OK) l->registered = false;
         return;
     }
     json_t *root = json_loadb(res->body, res->body_len, 0, NULL);
     json_t *exist = root ? json_object_get(root, "exist") : NULL;
     if (json_is_false(exist) && !w->draining) {
         /* The controller forgot us (it restarted, or expired us): register again now. */
-        log_info("the controller does not know this worker; registering again");
-        w->registered = false;
-        send_register(w);
+        log_info("the controller at %s does not know this worker; registering again", l->url);
+        l->registered = false;
+        send_register(l);
     }
     json_decref(root);
 }
@@ -92,28 +133,60 @@ static void on_tick(uv_timer_t *t)
     engine_get_stats(w->engine, &st);
     if (st.failed) {
         /* A worker that can only answer 503 must stop attracting requests: falling silent
-         * lets the controller expire it. */
+         * lets the controllers expire it. */
         return;
     }
-    if (!w->registered) {
-        send_register(w);
-        return;
+    double wait = api_queue_wait_s(w);
+    for (int i = 0; i < w->n_links; i++) {
+        struct controller_link *l = &w->links[i];
+        if (!l->registered) {
+            send_register(l);
+            continue;
+        }
+        if (l->heartbeat_in_flight) continue;
+        l->heartbeat_in_flight = true;
+        /* queue_wait_s is ours (the autoscaling signal); FastChat's controller ignores it. */
+        if (post(l, "/receive_heart_beat",
+                 json_pack("{s:s, s:i, s:f}", "worker_name", w->address, "queue_length", w->active, "queue_wait_s", wait),
+                 on_heartbeat) != 0)
+            l->heartbeat_in_flight = false;
     }
-    if (w->heartbeat_in_flight) return;
-    w->heartbeat_in_flight = true;
-    post(w, "/receive_heart_beat",
-         json_pack("{s:s, s:i}", "worker_name", w->address, "queue_length", w->active), on_heartbeat);
+}
+
+/* --controller-address: base URLs separated by commas; a trailing slash is dropped. */
+static int parse_links(struct worker *w)
+{
+    const char *p = w->opt.controller_address ? w->opt.controller_address : "";
+    w->links = calloc(MAX_CONTROLLERS, sizeof *w->links);
+    if (!w->links) return -1;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        while (len && (*p == ' ' || *p == '\t')) p++, len--;
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t' || p[len - 1] == '/')) len--;
+        if (!len || w->n_links == MAX_CONTROLLERS) {
+            log_error("--controller-address '%s': %s", w->opt.controller_address,
+                      len ? "at most 8 controllers" : "an empty address");
+            return -1;
+        }
+        struct controller_link *l = &w->links[w->n_links++];
+        l->w = w;
+        l->url = strndup(p, len);
+        if (!comma) return 0;
+        p = comma + 1;
+    }
 }
 
 int controller_client_start(struct worker *w)
 {
     if (w->opt.no_register) return 0;
+    if (parse_links(w) != 0) return -1;
     uv_timer_init(w->loop, &w->heartbeat_timer);
     w->heartbeat_timer_open = true;
     w->heartbeat_timer.data = w;
     uint64_t every = (uint64_t)(w->opt.heartbeat_interval * 1000.0);
     if (every < 50) every = 50;
-    send_register(w);
+    for (int i = 0; i < w->n_links; i++) send_register(&w->links[i]);
     return uv_timer_start(&w->heartbeat_timer, on_tick, every, every);
 }
 
@@ -128,27 +201,34 @@ void controller_client_stop(struct worker *w)
 static void on_unregistered(http_call *call, const struct http_call_result *res, void *user)
 {
     (void)call;
-    struct worker *w = user;
-    w->unregister_in_flight = false;
+    struct controller_link *l = user;
+    char why[32];
+    l->w->unregister_in_flight--;
     if (res->error == HTTP_CALL_OK && res->status == 200)
-        log_info("unregistered from the controller at %s", w->opt.controller_address);
+        log_info("unregistered from the controller at %s", l->url);
     else
         /* An older controller has no such endpoint (404): it expires us by heartbeat instead. */
-        log_warn("could not unregister from %s (%s%ld): it stops dispatching here once the heartbeats expire",
-                 w->opt.controller_address, res->error ? res->error_text : "HTTP ", res->error ? 0 : res->status);
+        log_warn("could not unregister from %s (%s): it stops dispatching here once the heartbeats expire", l->url,
+                 call_failure(res, why, sizeof why));
 }
 
-static void send_unregister(struct worker *w)
+static void send_unregister(struct controller_link *l)
 {
-    post(w, "/unregister_worker", json_pack("{s:s}", "worker_name", w->address), on_unregistered);
+    if (post(l, "/unregister_worker", json_pack("{s:s}", "worker_name", l->w->address), on_unregistered) != 0)
+        l->w->unregister_in_flight--;
 }
 
 void controller_client_unregister(struct worker *w)
 {
     if (w->opt.no_register || w->unregister_in_flight) return;
-    w->unregister_in_flight = true;
-    w->registered = false;
-    /* A registration still on its way could arrive after the unregister and undo it: then the
-     * unregister goes when its answer comes (on_registered). */
-    if (!w->register_in_flight) send_unregister(w);
+    for (int i = 0; i < w->n_links; i++) {
+        struct controller_link *l = &w->links[i];
+        if (l->unregister_wanted) continue;
+        l->registered = false;
+        w->unregister_in_flight++;
+        /* A registration still on its way could arrive after the unregister and undo it: then
+         * the unregister goes when its answer comes (on_registered). */
+        if (l->register_in_flight) l->unregister_wanted = true;
+        else send_unregister(l);
+    }
 }

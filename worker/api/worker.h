@@ -19,11 +19,12 @@
 #include "worker/tokenizer/tokenizer.h"
 
 struct gen_stream;
+struct controller_link;
 
 struct worker_options {
     const char *model_path;
     const char *model_names;        /* comma-separated; default: the model folder's name */
-    const char *controller_address;
+    const char *controller_address; /* one or more, comma-separated: registers with each */
     const char *worker_address;     /* how the controller reaches us */
     const char *host;
     long port;
@@ -52,6 +53,7 @@ struct worker_options {
     bool allow_unauthenticated;     /* no token: serve any caller, and allow a non-loopback --host */
     const char *log_level;
     double drain_timeout;           /* seconds generations may take to finish on SIGTERM */
+    const char *access_log;         /* JSON request lines and spans: "-", "off" or a file */
 };
 
 struct worker {
@@ -76,13 +78,12 @@ struct worker {
     uint64_t next_request_id;
     int active;                     /* requests accepted and not yet finished */
 
-    /* Controller registration. */
+    /* Controller registration: one link per controller (controller_client.c). */
     uv_timer_t heartbeat_timer;
     bool heartbeat_timer_open;
-    bool registered;
-    bool register_in_flight;
-    bool heartbeat_in_flight;
-    bool unregister_in_flight;
+    struct controller_link *links;
+    int n_links;
+    int unregister_in_flight;       /* unregisters not answered yet */
 
     /* The graceful stop (worker/api/shutdown.c): from the first SIGTERM or SIGINT on. */
     struct signals_watch signals;
@@ -110,12 +111,17 @@ void api_health(struct worker *w, http_request *req);
 void api_metrics(struct worker *w, http_request *req);
 json_t *worker_status_json(struct worker *w);
 
-/* worker/api/controller_client.c */
+/* Seconds the oldest accepted request has waited for its first token (0 when none waits): the
+ * queue wait the heartbeats report for autoscaling. */
+double api_queue_wait_s(struct worker *w);
+
+/* worker/api/controller_client.c: registers with every controller of --controller-address and
+ * beats to each; returns -1 (logged) when the list is malformed. */
 int controller_client_start(struct worker *w);
 /* Stops the heartbeats (once, however often called). */
 void controller_client_stop(struct worker *w);
-/* Asks the controller to forget this worker now (POST /unregister_worker); the answer clears
- * w->unregister_in_flight. */
+/* Asks every controller to forget this worker now (POST /unregister_worker); the answers
+ * bring w->unregister_in_flight back to 0. */
 void controller_client_unregister(struct worker *w);
 
 /* worker/api/shutdown.c: starts watching SIGINT and SIGTERM; closes that watch and the drain

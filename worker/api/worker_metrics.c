@@ -20,7 +20,7 @@ int worker_metrics_init(struct worker_metrics *wm)
     wm->running = gauge(m, "sluice_worker_requests_running", "Sequences the engine is generating.");
     wm->waiting = gauge(m, "sluice_worker_requests_waiting", "Sequences waiting for admission.");
     wm->active = gauge(m, "sluice_worker_requests_active", "Requests accepted and not finished.");
-    wm->kv_total = gauge(m, "sluice_worker_kv_blocks_total", "KV cache blocks.");
+    wm->kv_total = gauge(m, "sluice_worker_kv_blocks_capacity", "KV cache blocks in all.");
     wm->kv_free = gauge(m, "sluice_worker_kv_blocks_free", "KV cache blocks free.");
     wm->requests = counter(m, "sluice_worker_requests_total", "Generation requests accepted.");
     wm->rejected = counter(m, "sluice_worker_requests_rejected_total", "Generation requests rejected.");

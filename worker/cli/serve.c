@@ -12,6 +12,7 @@
 #include "common/auth.h"
 #include "common/flags.h"
 #include "common/http_flags.h"
+#include "common/jsonlog.h"
 #include "common/log.h"
 #include "common/net_addr.h"
 #include "common/utf8.h"
@@ -227,12 +228,13 @@ int worker_serve_main(int argc, char **argv)
         .log_level = "info",
         .drain_timeout = 30,
         .cuda = {.step_timeout_s = CUDA_STEP_TIMEOUT_S},
+        .access_log = "-",
     };
     struct http_server_flags http = HTTP_SERVER_FLAGS_DEFAULT;
     const struct flag_spec specs[] = {
         {"model-path", FLAG_STRING, &o->model_path, NULL, "PATH", "model directory (Hugging Face) or .gguf file", 0, 0},
         {"model-names", FLAG_STRING, &o->model_names, NULL, "A,B", "names to serve the model under (default: the folder's name)", 0, 0},
-        {"controller-address", FLAG_STRING, &o->controller_address, "SLUICE_CONTROLLER_ADDRESS", "URL", "the controller to register with", 0, 0},
+        {"controller-address", FLAG_STRING, &o->controller_address, "SLUICE_CONTROLLER_ADDRESS", "URL[,URL...]", "the controllers to register with (each of them: high availability)", 0, 0},
         {"worker-address", FLAG_STRING, &o->worker_address, NULL, "URL", "address the controller and gateway reach this worker at (default: http://HOST:PORT)", 0, 0},
         {"host", FLAG_STRING, &o->host, NULL, "ADDR", "address to listen on (one other than loopback needs --internal-token or --allow-unauthenticated-workers)", 0, 0},
         {"port", FLAG_INT, &o->port, NULL, "PORT", "port to listen on", 0, 65535},
@@ -260,6 +262,7 @@ int worker_serve_main(int argc, char **argv)
         {"internal-token", FLAG_STRING, &o->internal_token, "SLUICE_INTERNAL_TOKEN", "TOKEN", "bearer token sent to the controller and required on every endpoint but /health and /metrics", 0, 0},
         {"allow-unauthenticated-workers", FLAG_BOOL, &o->allow_unauthenticated, "SLUICE_ALLOW_UNAUTHENTICATED_WORKERS", NULL, "without --internal-token, serve generation and the other internal endpoints to any caller, not only loopback, and allow a non-loopback --host (FastChat's behaviour; insecure)", 0, 0},
         {"drain-timeout", FLAG_DOUBLE, &o->drain_timeout, "SLUICE_DRAIN_TIMEOUT", "SECONDS", "on SIGTERM/SIGINT, how long generations in flight may take to finish before they are ended", 0, 86400},
+        {"access-log", FLAG_STRING, &o->access_log, "SLUICE_ACCESS_LOG", "DEST", "one JSON line per generation request and per trace span: '-' standard output, 'off', or a file", 0, 0},
         HTTP_SERVER_FLAG_SPECS(&http),
         {"log-level", FLAG_STRING, &o->log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn or error", 0, 0},
         {0},
@@ -285,6 +288,7 @@ int worker_serve_main(int argc, char **argv)
     struct auth_internal policy = {.token = o->internal_token, .allow_unauthenticated = o->allow_unauthenticated,
                                    .program = "sluice-worker"};
     if (auth_listen_check(&policy, o->host) != 0) return 2;
+    if (jsonlog_open(o->access_log, "worker") != 0) return 2;
     if (o->worker_address && *o->worker_address) {
         const char *why = "";
         if (net_base_url_parse(o->worker_address, w->address, sizeof w->address, &why) != 0) {
@@ -318,7 +322,7 @@ int worker_serve_main(int argc, char **argv)
         log_error("cannot start the HTTP client");
         return 1;
     }
-    controller_client_start(w);
+    if (controller_client_start(w) != 0) return 2;
     log_info("serving %s at %s", w->model_names[0], w->address);
     if (worker_shutdown_watch(w) != 0) {
         log_error("cannot watch SIGINT and SIGTERM");

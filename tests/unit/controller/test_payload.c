@@ -141,6 +141,24 @@ Test(payload, heartbeat)
     }
 }
 
+Test(payload, heartbeat_queue_wait_is_optional)
+{
+    struct json_field_error err;
+    double wait = 7;
+    json_t *j = parse("{\"worker_name\":\"http://w:1\",\"queue_length\":4}");
+    cr_assert_eq(ctl_payload_queue_wait(j, &wait, &err), 0);
+    cr_assert_float_eq(wait, -1.0, 1e-12, "FastChat's heartbeat has none");
+    json_decref(j);
+    j = parse("{\"worker_name\":\"http://w:1\",\"queue_length\":4,\"queue_wait_s\":2.5}");
+    cr_assert_eq(ctl_payload_queue_wait(j, &wait, &err), 0);
+    cr_assert_float_eq(wait, 2.5, 1e-12);
+    json_decref(j);
+    j = parse("{\"worker_name\":\"http://w:1\",\"queue_length\":4,\"queue_wait_s\":-1}");
+    cr_assert_neq(ctl_payload_queue_wait(j, &wait, &err), 0);
+    cr_assert_str_eq(err.param, "queue_wait_s");
+    json_decref(j);
+}
+
 Test(payload, model)
 {
     struct json_field_error err;

@@ -249,3 +249,36 @@ Test(registry, recent_model_memory_is_bounded)
     snprintf(name, sizeof name, "model-%d", 60);
     cr_assert(ctl_registry_recently_served(reg, name));
 }
+
+Test(registry, model_load_sums_live_workers_and_takes_the_longest_wait)
+{
+    add("http://a:1", true, 1, 3, "m1", NULL);
+    add("http://b:1", true, 1, 4, "m1", "m2");
+    add("http://c:1", true, 1, 9, "m1", NULL);
+    struct ctl_model_load load;
+    ctl_registry_model_load(reg, "m1", &load);
+    cr_assert_eq(load.workers, 3);
+    cr_assert_eq(load.queue_length, 16);
+    cr_assert_float_eq(load.queue_wait_s, 0.0, 1e-12, "no worker reported a wait");
+
+    fake_now += 20;
+    cr_assert(ctl_registry_heartbeat(reg, "http://a:1", 5));
+    ctl_registry_queue_wait(reg, "http://a:1", 1.5);
+    cr_assert(ctl_registry_heartbeat(reg, "http://b:1", 2));
+    ctl_registry_queue_wait(reg, "http://b:1", 4.25);
+    ctl_registry_queue_wait(reg, "http://zz:1", 100); /* unknown: ignored */
+    ctl_registry_model_load(reg, "m1", &load);
+    cr_assert_eq(load.queue_length, 16);
+    cr_assert_float_eq(load.queue_wait_s, 4.25, 1e-12);
+
+    fake_now += 15; /* c has missed its heartbeats: it no longer counts */
+    ctl_registry_model_load(reg, "m1", &load);
+    cr_assert_eq(load.workers, 2);
+    cr_assert_eq(load.queue_length, 7);
+    ctl_registry_model_load(reg, "m2", &load);
+    cr_assert_eq(load.workers, 1);
+    cr_assert_eq(load.queue_length, 2);
+    ctl_registry_model_load(reg, "nope", &load);
+    cr_assert_eq(load.workers, 0);
+    cr_assert_eq(load.queue_length, 0);
+}

@@ -9,8 +9,11 @@
 Test(models_cache, remembers_served_models_within_bounds)
 {
     gw_models *m = NULL;
+    gw_ctls *ctls = NULL;
+    char err[128];
+    cr_assert_eq(gw_ctls_init(&ctls, "http://127.0.0.1:9", err, sizeof err), 0);
     /* No call goes out here: the client is never used. */
-    cr_assert_eq(gw_models_init(&m, NULL, "http://127.0.0.1:9", 100, 1000), 0);
+    cr_assert_eq(gw_models_init(&m, NULL, ctls, 100, 1000), 0);
     cr_assert_not(gw_models_recently_served(m, "a"));
     int64_t now = (int64_t)time(NULL);
     cr_assert_geq(gw_models_created(m, "a"), now, "an unknown model is created now");
@@ -34,4 +37,5 @@ Test(models_cache, remembers_served_models_within_bounds)
     snprintf(name, sizeof name, "m%d", 20);
     cr_assert(gw_models_recently_served(m, name));
     gw_models_free(m);
+    gw_ctls_free(ctls);
 }
