@@ -109,7 +109,11 @@ static struct cuda_mlp_plan old_mlp(const struct old_backend *b, int T)
 
 static bool old_takes_tiles(const struct old_backend *b, const struct batch_seq *q)
 {
-    return b->use_prefill_mma && (q->n_new >= 2 || (b->deterministic && q->prompt && q->n_new == 1));
+    /* 68a1383's rule, then two changes on purpose: a lone prompt token takes the tiles only under
+     * --deterministic, and a short chunk over a long context takes the decode attention. */
+    if (!b->use_prefill_mma) return false;
+    if (b->deterministic) return q->n_new >= 2 || (q->prompt && q->n_new == 1);
+    return q->n_new >= 2 && !(q->n_new <= 16 && q->start_pos >= 1024);
 }
 
 /* kernels/attention*.cu at 68a1383: the shape predicates and sk_attention_mode's choice. */
@@ -635,4 +639,26 @@ Test(cuda_plan, deterministic_prefill_without_room_for_a_range_keeps_one)
     cr_assert_eq(cuda_plan_step(&pc, &b, 0, 0, &p, err, sizeof err), 0, "%s", err);
     cr_assert_eq(p.attn.n_tokens, 100);
     cr_assert_eq(p.attn.n_splits, 1);
+}
+
+/* The rest of a prompt after a prefix-cache hit (at most a block, over thousands of keys) takes
+ * the decode attention, whose key splits fill the GPU; under --deterministic every prompt chunk
+ * keeps the tiles, and a chunk of 17 or a short context keeps them in every mode. */
+Test(cuda_plan, a_short_chunk_over_a_long_context_takes_the_decode_attention)
+{
+    const struct model_config m = shape(4096, 14336, 32, 8, 128, 128256, 8192);
+    const struct cuda_options o = {0};
+    struct cuda_plan_config pc, det;
+    cuda_plan_config_init(&pc, &m, &o, false, true, 132, 8192, 256, m.max_position / 16 + 2);
+    cuda_plan_config_init(&det, &m, &o, true, true, 132, 8192, 256, m.max_position / 16 + 2);
+    struct batch_seq q = {.n_new = 16, .start_pos = 3984, .prompt = true};
+    cr_assert_not(cuda_plan_takes_tiles(&pc, &q));
+    cr_assert(cuda_plan_takes_tiles(&det, &q));
+    q.n_new = 17;
+    cr_assert(cuda_plan_takes_tiles(&pc, &q));
+    q = (struct batch_seq){.n_new = 16, .start_pos = 1000, .prompt = true};
+    cr_assert(cuda_plan_takes_tiles(&pc, &q));
+    q = (struct batch_seq){.n_new = 1, .start_pos = 3999, .prompt = true};
+    cr_assert_not(cuda_plan_takes_tiles(&pc, &q));
+    cr_assert(cuda_plan_takes_tiles(&det, &q));
 }

@@ -117,11 +117,15 @@ struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows)
 
 bool cuda_plan_takes_tiles(const struct cuda_plan_config *c, const struct batch_seq *q)
 {
-    /* Every chunk of two or more, and under --deterministic a prompt's chunk of one too, so that a
-     * prompt token is computed the same way however the prompt was cut into chunks (or mapped
-     * from the prefix cache). Otherwise a lone token takes the decode attention, whose key splits
-     * make a long context's last token fast (a repeated prompt's first token after a cache hit). */
-    return c->prefill_mma && (q->n_new >= 2 || (c->deterministic && q->prompt && q->n_new == 1));
+    /* Under --deterministic every prompt chunk, even of one token, so that a prompt token is
+     * computed the same way however the prompt was cut into chunks (or mapped from the prefix
+     * cache), and every other chunk of two or more. Otherwise a short chunk over a long context
+     * (the rest of a prompt after a prefix-cache hit: at most a block) takes the decode attention:
+     * a tile of queries walks the keys in one block per head, where the decode attention splits
+     * them over the GPU (docs/performance.md). */
+    if (!c->prefill_mma) return false;
+    if (c->deterministic) return q->n_new >= 2 || (q->prompt && q->n_new == 1);
+    return q->n_new >= 2 && !(q->n_new <= CUDA_PLAN_SHORT_CHUNK && q->start_pos >= CUDA_PLAN_LONG_CONTEXT);
 }
 
 static int plan_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
