@@ -73,6 +73,7 @@ SRC_gguf       := $(call src_of,worker/model/gguf)
 SRC_model      := $(call src_of,worker/model)
 SRC_tokenizer  := $(call src_of,worker/tokenizer)
 SRC_template   := $(call src_of,worker/template)
+SRC_grammar    := $(call src_of,worker/grammar)
 SRC_sampler    := $(call src_of,worker/sampler)
 SRC_engine     := $(call src_of,worker/engine)
 SRC_api        := $(call src_of,worker/api)
@@ -90,7 +91,7 @@ endif
 
 # The libraries, one per area below.
 KERNELS_LIB := $(if $(CU_kernels),kernels)
-LIB_AREAS   := common controller gateway gguf model tokenizer template sampler $(KERNELS_LIB) backend engine api cli
+LIB_AREAS   := common controller gateway gguf model tokenizer template grammar sampler $(KERNELS_LIB) backend engine api cli
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 lib = $(BUILD)/lib/libsluice_$(1).a
@@ -111,6 +112,7 @@ AREA_gguf       := gguf
 AREA_model      := model gguf common
 AREA_tokenizer  := tokenizer gguf common
 AREA_template   := template tokenizer gguf common
+AREA_grammar    := grammar tokenizer gguf common
 AREA_sampler    := sampler
 AREA_kernels    := $(KERNELS_LIB)
 AREA_backend    := backend sampler $(KERNELS_LIB) model gguf common
@@ -175,9 +177,9 @@ $(foreach a,$(UNIT_AREAS),$(eval $(call unit_test_rule,$(a))))
 $(BUILD)/tests/gpu/%: $(BUILD)/obj/tests/gpu/%.o $(call area_libs,worker)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< -Wl,--start-group $(call area_libs,worker) -Wl,--end-group $(LDLIBS) $(CUDA_LDLIBS) -o $@
-$(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway)
+$(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway) $(call area_libs,grammar)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $< -Wl,--start-group $(sort $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway)) -Wl,--end-group $(LDLIBS) $(CUDA_LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $< -Wl,--start-group $(sort $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway) $(call area_libs,grammar)) -Wl,--end-group $(LDLIBS) $(CUDA_LDLIBS) -o $@
 
 $(BUILD)/lib/libsluice_kernel_trace.so: tests/bench/kernel_trace.c
 	@mkdir -p $(dir $@)
