@@ -675,17 +675,19 @@ static int cmp_u32(const void *a, const void *b)
 }
 
 /* Where each rule's frames return: after each non-tail reference, plus, through each tail
- * reference, wherever the referring rule returns. */
+ * reference, wherever the referring rule returns. Rules with the same places share a return
+ * class (the chain of rules x{0,n} makes, say), and the automaton's unknown contexts are kept
+ * per class (gram_pda.c). */
 static int compute_returns(struct grammar *g)
 {
     uint32_t nr = g->n_rules;
     struct u32vec *ret = calloc(nr, sizeof *ret);
-    g->ret_many = calloc(nr ? nr : 1, 1);
+    uint8_t *many = calloc(nr ? nr : 1, 1);
     uint32_t *tail_off = calloc((size_t)nr + 1, sizeof *tail_off);
-    uint32_t *tail = NULL, *queue = NULL;
+    uint32_t *tail = NULL, *queue = NULL, *ht = NULL, *rep = NULL;
     uint8_t *queued = calloc(nr ? nr : 1, 1);
     int rc = -1;
-    if (!ret || !g->ret_many || !tail_off || !queued) goto done;
+    if (!ret || !many || !tail_off || !queued) goto done;
     for (uint32_t q = 0; q < g->n_el; q++) {
         uint32_t e = g->el[q];
         if (GEL_KIND(e) != GEL_RULE) continue;
@@ -693,12 +695,12 @@ static int compute_returns(struct grammar *g)
             tail_off[g->el_rule[q] + 1]++;
         } else {
             struct u32vec one = {&(uint32_t){q + 1}, 1, 1};
-            if (union_into(&ret[GEL_VAL(e)], &g->ret_many[GEL_VAL(e)], &one, false) < 0) goto done;
+            if (union_into(&ret[GEL_VAL(e)], &many[GEL_VAL(e)], &one, false) < 0) goto done;
         }
     }
     {
         struct u32vec end = {&(uint32_t){GRAM_RET_END}, 1, 1};
-        if (union_into(&ret[g->root], &g->ret_many[g->root], &end, false) < 0) goto done;
+        if (union_into(&ret[g->root], &many[g->root], &end, false) < 0) goto done;
     }
     for (uint32_t r = 0; r < nr; r++) tail_off[r + 1] += tail_off[r];
     tail = malloc(((size_t)tail_off[nr] + 1) * sizeof *tail);
@@ -730,7 +732,7 @@ static int compute_returns(struct grammar *g)
         queued[s] = 0;
         for (uint32_t k = tail_off[s]; k < tail_off[s + 1]; k++) {
             uint32_t r = tail[k];
-            int ch = union_into(&ret[r], &g->ret_many[r], &ret[s], g->ret_many[s]);
+            int ch = union_into(&ret[r], &many[r], &ret[s], many[s]);
             if (ch < 0) goto done;
             if (ch && !queued[r]) {
                 queue[(qh + qn) % (nr + 1)] = r;
@@ -739,28 +741,57 @@ static int compute_returns(struct grammar *g)
             }
         }
     }
-    g->ret_off = malloc(((size_t)nr + 1) * sizeof *g->ret_off);
-    if (!g->ret_off) goto done;
-    uint32_t total = 0;
-    for (uint32_t r = 0; r < nr; r++) {
-        g->ret_off[r] = total;
-        total += ret[r].n;
-    }
-    g->ret_off[nr] = total;
-    g->ret = malloc(((size_t)total + 1) * sizeof *g->ret);
-    if (!g->ret) goto done;
+    /* Classes: rules with equal sets, found through a table keyed by the set. */
+    uint32_t size = 64;
+    while (size < nr * 2) size *= 2;
+    ht = calloc(size, sizeof *ht);        /* class + 1 */
+    rep = malloc(((size_t)nr + 1) * sizeof *rep); /* a rule of each class */
+    g->rule_class = malloc(((size_t)nr + 1) * sizeof *g->rule_class);
+    if (!ht || !rep || !g->rule_class) goto done;
+    uint32_t nc = 0, total = 0;
     for (uint32_t r = 0; r < nr; r++) {
         if (ret[r].n) qsort(ret[r].v, ret[r].n, sizeof(uint32_t), cmp_u32);
-        if (ret[r].n) memcpy(g->ret + g->ret_off[r], ret[r].v, ret[r].n * sizeof(uint32_t));
+        uint64_t h = gram_hash_bytes(gram_hash_bytes(0, &many[r], 1), ret[r].v ? (void *)ret[r].v : (void *)"",
+                                     ret[r].n * sizeof(uint32_t));
+        uint32_t i = (uint32_t)h & (size - 1);
+        for (; ht[i]; i = (i + 1) & (size - 1)) {
+            uint32_t o = rep[ht[i] - 1];
+            if (many[o] == many[r] && ret[o].n == ret[r].n &&
+                (ret[r].n == 0 || memcmp(ret[o].v, ret[r].v, ret[r].n * sizeof(uint32_t)) == 0))
+                break;
+        }
+        if (!ht[i]) {
+            rep[nc] = r;
+            ht[i] = ++nc;
+            total += ret[r].n;
+        }
+        g->rule_class[r] = ht[i] - 1;
     }
+    g->n_classes = nc;
+    g->ret_off = malloc(((size_t)nc + 1) * sizeof *g->ret_off);
+    g->ret = malloc(((size_t)total + 1) * sizeof *g->ret);
+    g->ret_many = malloc((size_t)nc + 1);
+    if (!g->ret_off || !g->ret || !g->ret_many) goto done;
+    total = 0;
+    for (uint32_t c = 0; c < nc; c++) {
+        uint32_t r = rep[c];
+        g->ret_off[c] = total;
+        g->ret_many[c] = many[r];
+        if (ret[r].n) memcpy(g->ret + total, ret[r].v, ret[r].n * sizeof(uint32_t));
+        total += ret[r].n;
+    }
+    g->ret_off[nc] = total;
     rc = 0;
 done:
     for (uint32_t r = 0; ret && r < nr; r++) free(ret[r].v);
     free(ret);
+    free(many);
     free(tail_off);
     free(tail);
     free(queue);
     free(queued);
+    free(ht);
+    free(rep);
     return rc;
 }
 

@@ -38,6 +38,7 @@ void grammar_compiled_unref(struct grammar_compiled *c)
     if (!c || atomic_fetch_sub(&c->refs, 1) != 1) return;
     for (uint32_t i = 0; i < c->g->n_el; i++) gram_mask_entry_free(atomic_load(&c->entries[i]));
     free(c->entries);
+    gram_memo_free(c->memo);
     pthread_mutex_destroy(&c->lock);
     grammar_free(c->g);
     free(c);
@@ -50,16 +51,9 @@ const struct grammar *grammar_compiled_grammar(const struct grammar_compiled *c)
 
 int grammar_compiled_precompute(struct grammar_compiled *c)
 {
-    struct gpda p;
-    if (gpda_init(&p, c->g) < 0) {
-        gpda_free(&p);
-        return -1;
-    }
-    int rc = 0;
-    for (uint32_t q = 0; q < c->g->n_el && rc == 0; q++)
-        if (GEL_KIND(c->g->el[q]) == GEL_BYTES && !gram_mask_entry(c, &p, q)) rc = -1;
-    gpda_free(&p);
-    return rc;
+    for (uint32_t q = 0; q < c->g->n_el; q++)
+        if (GEL_KIND(c->g->el[q]) == GEL_BYTES && !gram_mask_entry(c, q)) return -1;
+    return 0;
 }
 
 void grammar_compiled_stats(const struct grammar_compiled *c, size_t *positions, size_t *classified,

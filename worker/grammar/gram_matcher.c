@@ -212,7 +212,7 @@ int grammar_matcher_fill_mask(struct grammar_matcher *m, uint32_t *mask, size_t 
         bool seen = false;
         for (uint32_t j = 0; j < i && !seen; j++) seen = p->st[j].pos == pos;
         if (seen) continue;
-        const struct gmask_entry *E = gram_mask_entry(m->c, p, pos);
+        const struct gmask_entry *E = gram_mask_entry(m->c, pos);
         if (!E) goto fail;
         if (E->dense) {
             for (size_t w = 0; w < words; w++) mask[w] |= E->acc[w];
@@ -223,7 +223,7 @@ int grammar_matcher_fill_mask(struct grammar_matcher *m, uint32_t *mask, size_t 
     for (uint32_t i = 0; i < m->n_state; i++) {
         struct gentry e = p->st[i];
         if (e.pos >= GPOS_BOTTOM) continue;
-        const struct gmask_entry *E = gram_mask_entry(m->c, p, e.pos);
+        const struct gmask_entry *E = gram_mask_entry(m->c, e.pos);
         if (!E) goto fail;
         if (E->n_unc && check_uncertain(m, e, E, mask) < 0) goto fail;
     }

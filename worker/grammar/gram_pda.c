@@ -37,7 +37,6 @@ int gpda_init(struct gpda *p, const struct grammar *g)
 {
     memset(p, 0, sizeof *p);
     p->g = g;
-    p->hyp_rule = UINT32_MAX;
     p->ht = calloc(1024, sizeof *p->ht);
     if (!p->ht) return -1;
     p->ht_mask = 1023;
@@ -46,6 +45,7 @@ int gpda_init(struct gpda *p, const struct grammar *g)
 
 void gpda_free(struct gpda *p)
 {
+    free(p->pn);
     free(p->nodes);
     free(p->st);
     free(p->ht);
@@ -137,11 +137,43 @@ static bool visit(struct gpda *p, uint32_t pos, uint32_t parent)
     return true;
 }
 
-/* The frame (pos, parent), made once per step. */
+/* Persistent mode: frames are made once for the automaton's life, in a table of their own. */
+static uint32_t node_get_persistent(struct gpda *p, uint64_t key, uint32_t pos, uint32_t parent, uint32_t hyp)
+{
+    if ((p->pn_used + 1) * 2 > p->pn_mask + 1) {
+        uint32_t size = p->pn_mask ? (p->pn_mask + 1) * 2 : 1024;
+        struct gpda_pslot *n = calloc(size, sizeof *n);
+        if (!n) {
+            p->oom = true;
+            return 0;
+        }
+        for (uint32_t i = 0; p->pn && i <= p->pn_mask; i++) {
+            if (!p->pn[i].val) continue;
+            uint32_t j = slot_of(p->pn[i].key, size - 1);
+            while (n[j].val) j = (j + 1) & (size - 1);
+            n[j] = p->pn[i];
+        }
+        free(p->pn);
+        p->pn = n;
+        p->pn_mask = size - 1;
+    }
+    uint32_t i = slot_of(key, p->pn_mask);
+    for (; p->pn[i].val; i = (i + 1) & p->pn_mask)
+        if (p->pn[i].key == key) return p->pn[i].val - 1;
+    uint32_t nd = new_node(p, pos, parent, hyp);
+    if (p->oom) return 0;
+    p->pn[i].key = key;
+    p->pn[i].val = nd + 1;
+    p->pn_used++;
+    return nd;
+}
+
+/* The frame (pos, parent), made once per step (once for good in persistent mode). */
 static uint32_t node_get(struct gpda *p, uint32_t pos, uint32_t parent, uint32_t hyp)
 {
     bool found;
     uint64_t key = (uint64_t)(pos | NODE_FLAG) << 32 | parent;
+    if (p->persist) return node_get_persistent(p, key, pos, parent, hyp);
     struct gpda_slot *s = ht_find(p, key, &found);
     if (!s) return 0;
     if (found) return s->val;
@@ -155,9 +187,9 @@ static uint32_t node_get(struct gpda *p, uint32_t pos, uint32_t parent, uint32_t
     return n;
 }
 
-uint32_t gpda_ctx_node(struct gpda *p, uint32_t rule, uint32_t hyp)
+uint32_t gpda_ctx_node(struct gpda *p, uint32_t cls, uint32_t hyp)
 {
-    return node_get(p, GPOS_CTX, rule << 6 | hyp, hyp);
+    return node_get(p, GPOS_CTX, cls << 6 | hyp, hyp);
 }
 
 static void emit(struct gpda *p, uint32_t pos, uint32_t parent)
@@ -171,32 +203,35 @@ static void emit(struct gpda *p, uint32_t pos, uint32_t parent)
 
 static void norm(struct gpda *p, uint32_t q, uint32_t par, int depth);
 
-/* Popped into a classification's unknown context (rule rr, hypothesis h): see gram_mask.c. */
-static void ctx_pop(struct gpda *p, uint32_t ctx, uint32_t rr, uint32_t h, int depth)
+/* Popped into a classification's unknown context (return class cls, hypothesis h): see
+ * gram_mask.c. */
+static void ctx_pop(struct gpda *p, uint32_t ctx, uint32_t cls, uint32_t h, int depth)
 {
     const struct grammar *g = p->g;
-    uint32_t lo = g->ret_off[rr], n = g->ret_off[rr + 1] - lo;
-    if (!g->ret_many[rr] && n == 1) {
+    uint32_t lo = g->ret_off[cls], n = g->ret_off[cls + 1] - lo;
+    bool many = g->ret_many[cls];
+    if (!many && n == 1) {
         /* One place to return to: the context is known that far. */
         uint32_t q = g->ret[lo];
         if (q == GRAM_RET_END) {
             if (visit(p, GPOS_ACCEPT, ctx)) emit(p, GPOS_ACCEPT, ctx);
         } else {
-            uint32_t c = gpda_ctx_node(p, g->el_rule[q], h);
+            uint32_t c = gpda_ctx_node(p, g->rule_class[g->el_rule[q]], h);
             if (!p->oom) norm(p, q, c, depth + 1);
         }
         return;
     }
-    if (!g->ret_many[rr] && n == 0) return; /* never returns: no stack can be here */
-    if (h == 0 && !g->ret_many[rr] && rr == p->hyp_rule) {
-        /* Each return site is a hypothesis of its own. */
+    if (!many && n == 0) return; /* never returns: no stack can be here */
+    if (h == 0 && !many) {
+        /* The first place with several: each return site is a hypothesis of its own. (The
+         * exact part of a walk is one chain of single sites, so this is one class per walk.) */
         for (uint32_t i = 0; i < n && !p->oom; i++) {
             uint32_t q = g->ret[lo + i];
             if (q == GRAM_RET_END) {
-                uint32_t c = gpda_ctx_node(p, rr, i + 1);
+                uint32_t c = gpda_ctx_node(p, cls, i + 1);
                 if (!p->oom && visit(p, GPOS_ACCEPT, c)) emit(p, GPOS_ACCEPT, c);
             } else {
-                uint32_t c = gpda_ctx_node(p, g->el_rule[q], i + 1);
+                uint32_t c = gpda_ctx_node(p, g->rule_class[g->el_rule[q]], i + 1);
                 if (!p->oom) norm(p, q, c, depth + 1);
             }
         }

@@ -109,5 +109,6 @@ void grammar_free(struct grammar *g)
     free(g->ret_off);
     free(g->ret);
     free(g->ret_many);
+    free(g->rule_class);
     free(g);
 }

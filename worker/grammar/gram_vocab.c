@@ -32,6 +32,7 @@ void gram_trie_free(struct gtrie *t)
     free(t->tok_off);
     free(t->ids);
     free(t->path);
+    free(t->sub);
     memset(t, 0, sizeof *t);
 }
 
@@ -96,6 +97,28 @@ int gram_trie_build(struct gtrie *t, const char *pool, const uint32_t *off, cons
     t->tok_off[nn] = n_ids;
     t->n = nn;
     t->max_depth = (uint16_t)max_len;
+    /* The bytes below each node, children up: a walk takes a whole subtree at once where
+     * every byte in it leaves its state as it is (gram_mask.c). */
+    uint32_t *parent = malloc((size_t)nn * sizeof *parent);
+    t->sub = calloc(nn, sizeof *t->sub);
+    if (!parent || !t->sub) {
+        free(parent);
+        free(order);
+        free(stack);
+        gram_trie_free(t);
+        return -1;
+    }
+    stack[0] = 0;
+    for (uint32_t i = 1; i < nn; i++) {
+        parent[i] = stack[t->depth[i] - 1];
+        stack[t->depth[i]] = i;
+    }
+    for (uint32_t i = nn; i-- > 1;) {
+        struct gset *ps = &t->sub[parent[i]];
+        for (int w = 0; w < 4; w++) ps->w[w] |= t->sub[i].w[w];
+        ps->w[t->byte[i] >> 6] |= 1ull << (t->byte[i] & 63);
+    }
+    free(parent);
     free(order);
     free(stack);
     return 0;

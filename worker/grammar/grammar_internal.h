@@ -112,9 +112,14 @@ struct grammar {
     uint32_t *alt_pos;
     uint32_t n_sets;
     struct gset *sets;
-    uint32_t *ret_off;   /* where rule r's frames return: ret[ret_off[r] .. ret_off[r + 1]) */
-    uint32_t *ret;       /* positions, or GRAM_RET_END */
-    uint8_t *ret_many;   /* more than GRAM_MAX_HYP return sites: not listed */
+    /* Where frames return, per class of rules that return to the same places: class c's
+     * sites are ret[ret_off[c] .. ret_off[c + 1]) (positions, or GRAM_RET_END), unless
+     * ret_many[c] (more than GRAM_MAX_HYP of them: not listed). */
+    uint32_t *rule_class;
+    uint32_t n_classes;
+    uint32_t *ret_off;
+    uint32_t *ret;
+    uint8_t *ret_many;
     uint32_t root;
     uint64_t hash;
 };
@@ -129,6 +134,7 @@ struct gtrie {
     uint32_t *tok_off;   /* tokens ending at node i: ids[tok_off[i] .. tok_off[i + 1]) */
     int32_t *ids;
     uint32_t *path;      /* offset in the vocabulary's byte pool of node i's path */
+    struct gset *sub;    /* the bytes on the edges below node i */
     uint16_t max_depth;
 };
 
@@ -150,7 +156,7 @@ struct grammar_vocab {
 #define GPOS_ACCEPT 0x7FFFFFF2u  /* state entry: the grammar ended */
 #define GPOS_CTXPOP 0x7FFFFFF3u  /* state entry: popped into a context we cannot follow */
 
-/* A frame: a position and the frame under it. CTX frames keep (rule << 6 | hyp) in parent.
+/* A frame: a position and the frame under it. CTX frames keep (class << 6 | hyp) in parent.
  * hyp: 0 for real stacks and for the part of a classification that is exact; 1..63 for the
  * return site a classification is trying (gram_mask.c). */
 struct gnode {
@@ -173,8 +179,14 @@ struct gpda {
         uint32_t gen, val;
     } *ht;
     uint32_t ht_mask, ht_used, gen;
-    /* Classification: the rule whose return sites are the hypotheses (UINT32_MAX: none). */
-    uint32_t hyp_rule;
+    /* Persistent mode (the classification's memo, gram_mask.c): frames are made once and
+     * kept, so equal stacks are equal node ids across steps. */
+    bool persist;
+    struct gpda_pslot {
+        uint64_t key;
+        uint32_t val; /* node + 1; 0 empty */
+    } *pn;
+    uint32_t pn_mask, pn_used;
     bool oom;
 };
 
@@ -190,7 +202,8 @@ int64_t gpda_initial(struct gpda *p);
 int64_t gpda_advance(struct gpda *p, uint32_t from, uint32_t n, uint8_t byte);
 /* Appends to st the state of one stack: frame (pos, parent) normalized. */
 int64_t gpda_start(struct gpda *p, uint32_t pos, uint32_t parent);
-uint32_t gpda_ctx_node(struct gpda *p, uint32_t rule, uint32_t hyp);
+/* The CTX frame standing for the unknown stack under a frame of return class cls. */
+uint32_t gpda_ctx_node(struct gpda *p, uint32_t cls, uint32_t hyp);
 static inline uint32_t gpda_entry_hyp(const struct gpda *p, const struct gentry *e)
 {
     return p->nodes[e->parent].hyp;
@@ -208,18 +221,22 @@ struct gmask_entry {
     uint32_t *unc;         /* trie nodes (preorder) whose tokens are uncertain */
 };
 
+struct gmemo;
+void gram_memo_free(struct gmemo *m);
+
 struct grammar_compiled {
     struct grammar *g;
     const struct grammar_vocab *v;
     _Atomic(struct gmask_entry *) *entries; /* per position; NULL until classified */
-    pthread_mutex_t lock;
+    struct gmemo *memo;                     /* the classification's states (gram_mask.c) */
+    pthread_mutex_t lock;                   /* held while classifying */
     atomic_int refs;
     atomic_size_t n_classified;
     _Atomic uint64_t classify_ns;
 };
 
-/* The classification of BYTES position pos, made on first use (p is the caller's scratch). */
-const struct gmask_entry *gram_mask_entry(struct grammar_compiled *c, struct gpda *p, uint32_t pos);
+/* The classification of BYTES position pos, made on first use. */
+const struct gmask_entry *gram_mask_entry(struct grammar_compiled *c, uint32_t pos);
 void gram_mask_entry_free(struct gmask_entry *e);
 
 int gram_trie_build(struct gtrie *t, const char *pool, const uint32_t *off, const uint32_t *len, int32_t n);
