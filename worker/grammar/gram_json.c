@@ -22,7 +22,11 @@
 #include "worker/grammar/grammar_internal.h"
 
 #define WS "( \" \" | \"\\n\" [ \\t]{0,32} )?"
-#define CHAR_EXPR "( [^\"\\\\\\x00-\\x1F] | \"\\\\\" ( [\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4} ) )"
+/* A string's character: \u escapes of surrogates only in pairs, which strict parsers insist on. */
+#define HEX "[0-9a-fA-F]"
+#define CHAR_EXPR                                                                                  \
+    "( [^\"\\\\\\x00-\\x1F] | \"\\\\\" ( [\"\\\\/bfnrt] | \"u\" ( [0-9a-cA-CeEfF] " HEX "{3} | [dD] [0-7] " HEX  \
+    "{2} | [dD] [89abAB] " HEX "{2} \"\\\\u\" [dD] [c-fC-F] " HEX "{2} ) ) )"
 #define STRING_BODY "\"\\\"\" " CHAR_EXPR "* \"\\\"\""
 #define INT_BODY "\"-\"? ( \"0\" | [1-9] [0-9]{0,15} )"
 #define NUMBER_BODY INT_BODY " ( \".\" [0-9]{1,16} )? ( [eE] [-+]? [0-9]{1,2} )?"
