@@ -110,6 +110,11 @@ static int walk(struct tokenizer *tok, struct grammar_vocab *v, struct grammar_c
             goto done;
         }
         us[i] = (now_s() - t0) * 1e6;
+        if (getenv("BENCH_SLOW") && pass > 0 && us[i] > atof(getenv("BENCH_SLOW"))) {
+            char piece[64] = "";
+            if (i < n) tok_token_piece(tok, ids[i], piece, sizeof piece - 1);
+            fprintf(stderr, "step %zu: %.1f us before \"%s\"\n", i, us[i], piece);
+        }
         if (check) {
             if (grammar_matcher_fill_mask_slow(m, slow, words) < 0) goto done;
             for (size_t w = 0; w < words; w++) {

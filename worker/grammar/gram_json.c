@@ -46,15 +46,18 @@ int gram_gbnf_literal(struct strbuf *out, const char *s, size_t n)
     return strbuf_putc(out, '"');
 }
 
-/* The rules of any JSON value, named j-*: json_object's grammar and a schema's {}. */
+/* The rules of any JSON value, named j-*: json_object's grammar and a schema's {}. Keys have
+ * a string rule of their own: what follows a key (":") and a value ("," "}" "]") differ, so
+ * sharing one rule would leave the tokens that close a string uncertain (gram_mask.c). */
 static int any_json_rules(struct strbuf *o)
 {
     return gram_appendf(o,
                         "j-value ::= j-object | j-array | j-string | j-number | \"true\" | \"false\" | \"null\"\n"
-                        "j-object ::= \"{\" " WS " ( j-string " WS " \":\" " WS " j-value ( " WS " \",\" " WS
-                        " j-string " WS " \":\" " WS " j-value )* " WS " )? \"}\"\n"
+                        "j-object ::= \"{\" " WS " ( j-key " WS " \":\" " WS " j-value ( " WS " \",\" " WS
+                        " j-key " WS " \":\" " WS " j-value )* " WS " )? \"}\"\n"
                         "j-array ::= \"[\" " WS " ( j-value ( " WS " \",\" " WS " j-value )* " WS " )? \"]\"\n"
                         "j-string ::= " STRING_BODY "\n"
+                        "j-key ::= " STRING_BODY "\n"
                         "j-number ::= " NUMBER_BODY "\n");
 }
 
@@ -334,8 +337,8 @@ static int gen_object(struct js *j, const json_t *s, const char *ptr, struct str
             j->any_json = true;
             const char *V = strbuf_str(&v);
             rc = gram_appendf(&j->rules,
-                              "%s ::= \"{\" " WS " ( j-string " WS " \":\" " WS " %s ( " WS " \",\" " WS
-                              " j-string " WS " \":\" " WS " %s )* " WS " )? \"}\"\n",
+                              "%s ::= \"{\" " WS " ( j-key " WS " \":\" " WS " %s ( " WS " \",\" " WS
+                              " j-key " WS " \":\" " WS " %s )* " WS " )? \"}\"\n",
                               name, V, V) < 0
                      ? nomem(j)
                      : 0;

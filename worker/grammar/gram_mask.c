@@ -56,19 +56,6 @@ struct u32list {
     uint32_t n, cap;
 };
 
-static int list_push(struct u32list *l, uint32_t x)
-{
-    if (l->n == l->cap) {
-        uint32_t nc = l->cap ? l->cap * 2 : 64;
-        void *q = realloc(l->v, (size_t)nc * sizeof *l->v);
-        if (!q) return -1;
-        l->v = q;
-        l->cap = nc;
-    }
-    l->v[l->n++] = x;
-    return 0;
-}
-
 static int list_append(struct u32list *l, const int32_t *v, uint32_t n)
 {
     if (l->n + n > l->cap) {
@@ -293,12 +280,58 @@ static inline int class_of(uint64_t alive, uint64_t unknown, uint64_t all)
     return 0;
 }
 
-static int add_subtree(const struct gtrie *t, uint32_t i, int cls, struct u32list *acc, struct u32list *unc)
+struct unc_list {
+    struct gunc *v;
+    uint32_t n, cap;
+};
+
+static int unc_push(struct unc_list *l, uint32_t node, uint64_t alive, uint64_t unknown)
+{
+    if (l->n == l->cap) {
+        uint32_t nc = l->cap ? l->cap * 2 : 64;
+        void *q = realloc(l->v, (size_t)nc * sizeof *l->v);
+        if (!q) return -1;
+        l->v = q;
+        l->cap = nc;
+    }
+    l->v[l->n++] = (struct gunc){node, alive, unknown};
+    return 0;
+}
+
+/* The tokens below node i, all of one class. */
+static int add_subtree(const struct gtrie *t, uint32_t i, int cls, uint64_t alive, uint64_t unknown,
+                       struct u32list *acc, struct unc_list *unc)
 {
     if (cls == 1) return list_append(acc, t->ids + t->tok_off[i + 1], t->tok_off[t->end[i]] - t->tok_off[i + 1]);
     if (cls == 0)
         for (uint32_t j = i + 1; j < t->end[i]; j++)
-            if (t->tok_off[j] < t->tok_off[j + 1] && list_push(unc, j) < 0) return -1;
+            if (t->tok_off[j] < t->tok_off[j + 1] && unc_push(unc, j, alive, unknown) < 0) return -1;
+    return 0;
+}
+
+uint32_t gram_hypothesis(const struct gpda *p, uint32_t pos, uint32_t parent)
+{
+    const struct grammar *g = p->g;
+    uint32_t c = g->rule_class[g->el_rule[pos]], f = parent;
+    for (uint32_t steps = 0; steps <= g->n_classes; steps++) {
+        uint32_t lo = g->ret_off[c], n = g->ret_off[c + 1] - lo;
+        if (g->ret_many[c] || n == 0) return 0;
+        uint32_t at = p->nodes[f].pos == GPOS_BOTTOM ? GRAM_RET_END : p->nodes[f].pos;
+        if (n == 1) {
+            /* The frame under is at the one return site; the next class is its rule's. */
+            if (at != g->ret[lo] || at == GRAM_RET_END) return 0;
+            c = g->rule_class[g->el_rule[at]];
+            f = p->nodes[f].parent;
+            continue;
+        }
+        uint32_t a = 0, b = n; /* the sites are sorted */
+        while (a < b) {
+            uint32_t mid = (a + b) / 2;
+            if (g->ret[lo + mid] < at) a = mid + 1;
+            else b = mid;
+        }
+        return a < n && g->ret[lo + a] == at ? a + 1 : 0;
+    }
     return 0;
 }
 
@@ -306,7 +339,8 @@ static struct gmask_entry *classify(struct grammar_compiled *c, uint32_t pos)
 {
     const struct grammar *g = c->g;
     const struct gtrie *t = &c->v->trie;
-    struct u32list acc = {0}, unc = {0};
+    struct u32list acc = {0};
+    struct unc_list unc = {0};
     size_t depth = (size_t)t->max_depth + 2;
     uint32_t *lv_state = malloc(depth * sizeof *lv_state);
     uint64_t *lv_unknown = malloc(depth * sizeof *lv_unknown);
@@ -335,13 +369,13 @@ static struct gmask_entry *classify(struct grammar_compiled *c, uint32_t pos)
         int cls = class_of(st->alive, unknown, all);
         if (t->tok_off[i] < t->tok_off[i + 1]) {
             if (cls == 1 && list_append(&acc, t->ids + t->tok_off[i], t->tok_off[i + 1] - t->tok_off[i]) < 0) goto done;
-            if (cls == 0 && list_push(&unc, i) < 0) goto done;
+            if (cls == 0 && unc_push(&unc, i, st->alive, unknown) < 0) goto done;
         }
         uint64_t below = unknown | st->ctxpop;
         if (!st->tops) {
             /* Nothing can take another byte: the subtree is rejected, or uncertain where an
              * unknown context might go on. */
-            if (below && add_subtree(t, i, 0, &acc, &unc) < 0) goto done;
+            if (below && add_subtree(t, i, 0, 0, below, &acc, &unc) < 0) goto done;
             i = t->end[i];
             continue;
         }
@@ -350,7 +384,8 @@ static struct gmask_entry *classify(struct grammar_compiled *c, uint32_t pos)
             if (loops < 0) goto done;
             if (loops) {
                 /* Every node below has this state: one class for all their tokens. */
-                if (add_subtree(t, i, class_of(m->st[s].alive, below, all), &acc, &unc) < 0) goto done;
+                if (add_subtree(t, i, class_of(m->st[s].alive, below, all), m->st[s].alive, below, &acc, &unc) < 0)
+                    goto done;
                 i = t->end[i];
                 continue;
             }

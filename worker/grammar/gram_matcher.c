@@ -150,8 +150,16 @@ static int check_uncertain(struct grammar_matcher *m, struct gentry e, const str
     m->lv_nodes[0] = p->n_nodes;
     uint32_t D = 0, dead_at = UINT32_MAX, prev_len = 0;
     const char *prev = NULL;
+    /* Which return site the stack is at settles most uncertain tokens without a walk. */
+    uint32_t h = gram_hypothesis(p, e.pos, e.parent);
+    uint64_t hbit = h ? 1ull << h : 0;
     for (uint32_t k = 0; k < E->n_unc; k++) {
-        uint32_t u = E->unc[k];
+        uint32_t u = E->unc[k].node;
+        if (E->unc[k].alive & hbit) {
+            for (uint32_t j = t->tok_off[u]; j < t->tok_off[u + 1]; j++) mask[t->ids[j] >> 5] |= 1u << (t->ids[j] & 31);
+            continue;
+        }
+        if (hbit && !(E->unc[k].unknown & (hbit | 1))) continue;
         bool need = false;
         for (uint32_t j = t->tok_off[u]; j < t->tok_off[u + 1] && !need; j++)
             need = !(mask[t->ids[j] >> 5] >> (t->ids[j] & 31) & 1);

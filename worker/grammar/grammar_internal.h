@@ -213,12 +213,17 @@ int gpda_compact(struct gpda *p, uint32_t from, uint32_t n);
 
 /* ---- compiled grammars and masks ----------------------------------------------------------- */
 /* A position's classification (gram_mask.c). */
+struct gunc {
+    uint32_t node;         /* a trie node whose tokens are uncertain (in preorder) */
+    uint64_t alive;        /* the hypotheses under which they are accepted */
+    uint64_t unknown;      /* those under which they might be (bit 0: under all) */
+};
 struct gmask_entry {
-    bool dense;            /* accepted as a bitmap of mask words, else a sorted id list */
+    bool dense;            /* accepted as a bitmap of mask words, else an id list */
     uint32_t n_acc;
     uint32_t *acc;
     uint32_t n_unc;
-    uint32_t *unc;         /* trie nodes (preorder) whose tokens are uncertain */
+    struct gunc *unc;
 };
 
 struct gmemo;
@@ -237,6 +242,10 @@ struct grammar_compiled {
 
 /* The classification of BYTES position pos, made on first use. */
 const struct gmask_entry *gram_mask_entry(struct grammar_compiled *c, uint32_t pos);
+/* Which hypothesis of pos's classification the real stack under a top at pos is (its parent
+ * frame is parent): 1.. for a return site, 0 when the classification has none or the stack
+ * cannot tell. */
+uint32_t gram_hypothesis(const struct gpda *p, uint32_t pos, uint32_t parent);
 void gram_mask_entry_free(struct gmask_entry *e);
 
 int gram_trie_build(struct gtrie *t, const char *pool, const uint32_t *off, const uint32_t *len, int32_t n);
