@@ -136,7 +136,7 @@ TRACE_LIB  := $(if $(CUPTI_LIB),$(BUILD)/lib/libsluice_kernel_trace.so)
 BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BINDIR)/sluice-$(p)))
 
 .PHONY: all deps test test-repo test-unit test-integration test-interop asan clean install run test-gpu bench \
-        bench-controller bench-worker bench-gateway bench-tokenizer pyenv
+        bench-controller bench-worker bench-gateway bench-tokenizer bench-grammar pyenv
 # Objects of test and bench programs are intermediates to make; keep them between runs.
 .SECONDARY:
 
@@ -249,7 +249,7 @@ test-gpu: $(BINS) $(GPU_BINS) $(GPU_TOOLS)
 	  SLUICE_BIN=$(abspath $(BINDIR)) SLUICE_PARITY_TOOL=$(abspath $(BUILD)/tests/gpu/parity_tool) \
 	  $(PYTHON) -m pytest -q tests/gpu || fail=1; fi; exit $$fail
 
-bench: bench-controller bench-worker bench-gateway bench-tokenizer
+bench: bench-controller bench-worker bench-gateway bench-tokenizer bench-grammar
 
 # Controller, a worker and the gateway on MODEL (a directory or .gguf), else a tiny dummy model
 # (examples/models/tiny-dummy), on DEVICE, at PORT (gateway), CONTROLLER_PORT and WORKER_PORT.
@@ -293,3 +293,17 @@ bench-gpu: $(BINS) $(TRACE_LIB)
 # Tokenizer: encode tokens/s against the tokenizers package, one thread each, same text.
 bench-tokenizer: $(BUILD)/bench/tokenizer_bench pyenv
 	$(VENV)/bin/python tests/bench/bench_tokenizer.py --tool $(abspath $(BUILD)/bench/tokenizer_bench)
+
+# Structured output: token mask time per step, walking JSON documents token by token under
+# their schemas (and json_object) over the llama3, qwen3 and llama2 tokenizers; cold (the
+# first generation classifies positions as it meets them) and warm (later generations).
+GRAMMAR_FIXTURES := tests/fixtures/grammar
+bench-grammar: $(BUILD)/bench/grammar_bench
+	@for t in llama3_1 qwen3 llama2; do \
+	  for d in order tree; do \
+	    $(BUILD)/bench/grammar_bench walk $(SLUICE_TEST_DATA)/tokenizers/$$t json_schema \
+	      $(GRAMMAR_FIXTURES)/$${d}_schema.json $(GRAMMAR_FIXTURES)/$${d}_doc.json --passes 20 || exit 1; \
+	  done; \
+	  $(BUILD)/bench/grammar_bench walk $(SLUICE_TEST_DATA)/tokenizers/$$t json_object - \
+	    $(GRAMMAR_FIXTURES)/object_doc.json --passes 20 || exit 1; \
+	done

@@ -6,7 +6,8 @@
  *       timing grammar_matcher_fill_mask before each token and checking that the token is
  *       allowed, and the stop token at the end. The first pass classifies positions as it
  *       meets them (cold); later passes reuse the compiled grammar (warm). --check compares
- *       every mask with the exact walk of the whole vocabulary. Prints one JSON line.
+ *       every mask with the exact walk of the whole vocabulary. Prints one JSON line; with
+ *       BENCH_SLOW=US in the environment, also each warm step slower than US microseconds.
  *   grammar_bench sample TOKENIZER KIND SOURCE_FILE N SEED [MAX_TOKENS]
  *       N random walks that pick uniformly among the allowed tokens (the stop token, when
  *       allowed, half of the time) until a stop; prints each output's decoded text as a JSON
