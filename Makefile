@@ -116,9 +116,9 @@ AREA_grammar    := grammar tokenizer gguf common
 AREA_sampler    := sampler
 AREA_kernels    := $(KERNELS_LIB)
 AREA_backend    := backend sampler $(KERNELS_LIB) model gguf common
-AREA_engine     := engine backend sampler $(KERNELS_LIB) tokenizer model gguf common
-AREA_api        := api engine backend sampler $(KERNELS_LIB) template tokenizer model gguf common
-AREA_cli        := cli api engine backend sampler $(KERNELS_LIB) template tokenizer model gguf common
+AREA_engine     := engine backend sampler $(KERNELS_LIB) grammar tokenizer model gguf common
+AREA_api        := api engine backend sampler $(KERNELS_LIB) grammar template tokenizer model gguf common
+AREA_cli        := cli api engine backend sampler $(KERNELS_LIB) grammar template tokenizer model gguf common
 # The worker program: worker/main.c over cli (tests/gpu and the benchmarks link it too).
 AREA_worker     := $(AREA_cli)
 area_libs = $(foreach a,$(AREA_$(1)),$(call lib,$(a))) $(LIB_LLHTTP)

@@ -49,6 +49,11 @@ const struct grammar *grammar_compiled_grammar(const struct grammar_compiled *c)
     return c->g;
 }
 
+const struct grammar_vocab *grammar_compiled_vocab(const struct grammar_compiled *c)
+{
+    return c->v;
+}
+
 int grammar_compiled_precompute(struct grammar_compiled *c)
 {
     for (uint32_t q = 0; q < c->g->n_el; q++)

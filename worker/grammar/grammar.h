@@ -111,6 +111,7 @@ int grammar_compiled_new(struct grammar_compiled **out, struct grammar *g, const
 void grammar_compiled_ref(struct grammar_compiled *c);
 void grammar_compiled_unref(struct grammar_compiled *c);
 const struct grammar *grammar_compiled_grammar(const struct grammar_compiled *c);
+const struct grammar_vocab *grammar_compiled_vocab(const struct grammar_compiled *c);
 /* Classifies every position now instead of on first use (seconds for large schemas). */
 int grammar_compiled_precompute(struct grammar_compiled *c);
 /* Positions classified so far, and the time that took in total (for benchmarks). */
