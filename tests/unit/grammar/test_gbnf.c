@@ -154,3 +154,64 @@ Test(gbnf, equal_grammars_hash_equal)
     grammar_free(b);
     grammar_free(c);
 }
+
+/* Bad input is an error, never a crash: valid sources mutated at random (bytes replaced,
+ * inserted, deleted) either compile or say why, and what compiles runs. */
+static void mutate_and_compile(enum grammar_kind kind, const char *src, int rounds, uint64_t seed)
+{
+    static const char alphabet[] = "\"\\[]()|*+?{},:-^$.#\n ab09xu\xc3\xa9";
+    struct grammar_vocab *v = gt_byte_vocab();
+    size_t n = strlen(src);
+    char *buf = malloc(n + 64);
+    int compiled = 0;
+    for (int r = 0; r < rounds; r++) {
+        memcpy(buf, src, n);
+        size_t len = n;
+        for (int k = 1 + (int)(gt_rand(&seed) % 3); k > 0; k--) {
+            size_t at = len ? gt_rand(&seed) % len : 0;
+            char c = alphabet[gt_rand(&seed) % (sizeof alphabet - 1)];
+            switch (gt_rand(&seed) % 3) {
+            case 0: if (len) buf[at] = c; break;
+            case 1: memmove(buf + at + 1, buf + at, len - at); buf[at] = c; len++; break;
+            default: if (len) { memmove(buf + at, buf + at + 1, len - at - 1); len--; } break;
+            }
+        }
+        char err[256] = "";
+        struct grammar *g = NULL;
+        if (grammar_compile(&g, kind, buf, len, err, sizeof err) != 0) {
+            cr_assert_null(g);
+            cr_assert(err[0], "an error without a message for %.*s", (int)len, buf);
+            continue;
+        }
+        compiled++;
+        struct grammar_compiled *c = NULL;
+        cr_assert_eq(grammar_compiled_new(&c, g, v), 0);
+        struct grammar_matcher *m = NULL;
+        cr_assert_eq(grammar_matcher_new(&m, c), 0);
+        uint32_t mask[9];
+        for (int step = 0; step < 8; step++) {
+            cr_assert_eq(grammar_matcher_fill_mask(m, mask, 9), 0);
+            int32_t pick = -1;
+            for (int32_t t = (int32_t)(gt_rand(&seed) % 256), k = 0; k < 256 && pick < 0; k++, t = (t + 1) % 256)
+                if (gt_bit(mask, t)) pick = t;
+            if (pick < 0) break;
+            cr_assert_eq(grammar_matcher_accept_token(m, pick), 0);
+        }
+        grammar_matcher_free(m);
+        grammar_compiled_unref(c);
+    }
+    cr_assert_gt(compiled, 0, "no mutation of %s compiled: the test tests little", src);
+    free(buf);
+    grammar_vocab_free(v);
+}
+
+Test(gbnf, mutated_sources_fail_cleanly)
+{
+    mutate_and_compile(G, "root ::= item (\",\" item)*\nitem ::= [a-z]+ | \"(\" root \")\" | \"x\"{2,4}\n", 600, 1);
+    mutate_and_compile(GRAMMAR_REGEX, "(a|b[0-9]{1,3})*\\.[^x]+(?:yz)?", 600, 2);
+    mutate_and_compile(GRAMMAR_JSON_SCHEMA,
+                       "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"string\", \"maxLength\": 3}, "
+                       "\"b\": {\"enum\": [1, \"x\"]}, \"c\": {\"$ref\": \"#\"}}, \"required\": [\"a\"]}",
+                       600, 3);
+    mutate_and_compile(GRAMMAR_CHOICE, "[\"ab\", \"a\\u00e9\", \"b\"]", 300, 4);
+}
