@@ -568,69 +568,63 @@ static int vec_push(struct u32vec *v, uint32_t x)
 static int check_left_recursion(struct gbuild *b, const uint8_t *prod, const uint8_t *nullable)
 {
     uint32_t nr = b->n_rules;
-    uint8_t *color = calloc(nr, 1);
-    uint32_t *stack = malloc((size_t)nr * 2 * sizeof *stack); /* (rule, next alt*65536+el) pairs */
-    uint32_t *pos = malloc((size_t)nr * sizeof *pos);
+    uint8_t *color = calloc(nr, 1); /* 1: on the search path, 2: done */
+    uint32_t *stack = malloc((size_t)nr * sizeof *stack);
+    uint32_t *alt = malloc((size_t)nr * sizeof *alt), *el = malloc((size_t)nr * sizeof *el);
     int rc = 0;
-    if (!color || !stack || !pos) {
+    if (!color || !stack || !alt || !el) {
         rc = oom(b);
         goto done;
     }
-    /* Successors of r: rules at the start of a productive alternative, through nullable ones. */
+    /* Successors of r: the rules a productive alternative starts with, through nullable ones.
+     * Each frame of the search remembers where in r's alternatives it is. */
     for (uint32_t root = 0; root < nr && rc == 0; root++) {
         if (color[root] || !prod[root]) continue;
         uint32_t sp = 0;
         stack[sp] = root;
-        pos[sp] = 0;
+        alt[sp] = el[sp] = 0;
         sp++;
         color[root] = 1;
         while (sp > 0 && rc == 0) {
-            uint32_t r = stack[sp - 1];
-            /* pos encodes (alt index, element index) as a flat counter over the alternatives. */
-            uint32_t k = pos[sp - 1] >> 12, i = pos[sp - 1] & 0xFFF;
+            uint32_t r = stack[sp - 1], k = alt[sp - 1], i = el[sp - 1];
             uint32_t next = UINT32_MAX;
             while (k < b->rules[r].n_alts) {
                 const struct gb_alt *a = &b->alts[b->rules[r].alts[k]];
-                if (!alt_productive(b, a, prod) || i >= a->n || i > 0xFFE) {
+                if (!alt_productive(b, a, prod) || i >= a->n || GEL_KIND(a->el[i]) == GEL_BYTES) {
                     k++;
                     i = 0;
                     continue;
                 }
-                uint32_t e = a->el[i];
-                if (GEL_KIND(e) == GEL_BYTES) {
-                    k++;
-                    i = 0;
-                    continue;
-                }
-                uint32_t s = GEL_VAL(e);
-                if (nullable[s]) i++;
-                else {
+                next = GEL_VAL(a->el[i]);
+                if (nullable[next]) {
+                    i++;
+                } else {
                     k++;
                     i = 0;
                 }
-                next = s;
                 break;
             }
-            pos[sp - 1] = (k << 12) | i;
+            alt[sp - 1] = k;
+            el[sp - 1] = i;
             if (next == UINT32_MAX) {
                 color[r] = 2;
                 sp--;
                 continue;
             }
             if (color[next] == 1) {
+                /* Name next when it has a name, else the nearest named rule on the cycle. */
                 uint32_t named = next;
                 for (uint32_t j = sp; j-- > 0 && !b->rules[named].name;) {
                     if (b->rules[stack[j]].name) named = stack[j];
                     if (stack[j] == next) break;
                 }
-                /* (named is next when it has a name, else the nearest named rule on the cycle) */
                 gram_err(b->err, b->errlen, "left recursion through rule '%s' (a rule that can start with itself)",
                          rule_label(b, named));
                 rc = -1;
             } else if (color[next] == 0) {
                 color[next] = 1;
                 stack[sp] = next;
-                pos[sp] = 0;
+                alt[sp] = el[sp] = 0;
                 sp++;
             }
         }
@@ -638,7 +632,8 @@ static int check_left_recursion(struct gbuild *b, const uint8_t *prod, const uin
 done:
     free(color);
     free(stack);
-    free(pos);
+    free(alt);
+    free(el);
     return rc;
 }
 
