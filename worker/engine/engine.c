@@ -50,10 +50,10 @@ struct live_req {
     struct strbuf step_text; /* this step's new text, handed to the event */
     enum finish_reason finish;
     const char *error;       /* FINISH_ERROR: why (a static string) */
-    /* Structured output: the matcher of req->grammar, advanced token by token; mask_failed:
-     * this step's mask could not be made (the token it samples ends the request). */
+    /* Structured output: the matcher of req->grammar, advanced token by token; mask_error:
+     * why this step's mask could not be made (the token it samples then ends the request). */
     struct grammar_matcher *gm;
-    bool mask_failed;
+    const char *mask_error;
 };
 
 /* The sampled rows of a submitted step, kept until its tokens are taken. */
@@ -301,10 +301,9 @@ static void handle_token(struct engine *e, struct live_req *lr, const struct sam
     if (lr->gm) {
         /* The mask made the token one the grammar takes; anything else is the engine's bug or
          * a mask that could not be made, and ends the request rather than break its output. */
-        if (lr->mask_failed || grammar_matcher_accept_token(lr->gm, res->token) != 0) {
+        if (lr->mask_error || grammar_matcher_accept_token(lr->gm, res->token) != 0) {
             lr->finish = FINISH_ERROR;
-            lr->error = lr->mask_failed ? "structured output: the token mask could not be made (out of memory)"
-                                        : "structured output: the sampled token is outside the grammar";
+            lr->error = lr->mask_error ? lr->mask_error : "structured output: the sampled token is outside the grammar";
             return;
         }
         /* Nothing but the end can follow: done, without a step for the stop token. */
@@ -546,10 +545,21 @@ static int32_t run_step(struct engine *e)
             bs->allowed = NULL;
             history |= en->sample && sampling_uses_history(&lr->sp);
             if (en->sample && lr->gm) {
-                /* The sequence's steps are never overlapped, so its matcher has every token. */
+                /* The sequence's steps are never overlapped, so its matcher has every token. A
+                 * mask that allows nothing (no token of this vocabulary continues the grammar)
+                 * ends the request, not the backend: its row samples unmasked, and is dropped. */
                 uint32_t *mask = e->masks + (size_t)i * e->mask_words;
-                lr->mask_failed = grammar_matcher_fill_mask(lr->gm, mask, e->mask_words) != 0;
-                bs->allowed = lr->mask_failed ? NULL : mask;
+                lr->mask_error = NULL;
+                if (grammar_matcher_fill_mask(lr->gm, mask, e->mask_words) != 0) {
+                    lr->mask_error = "structured output: out of memory making the token mask";
+                } else {
+                    /* Only the model's rows count: a tokenizer may have more ids than it. */
+                    uint32_t vocab = (uint32_t)e->backend->config.vocab_size, any = 0;
+                    for (uint32_t w = 0; w < vocab / 32 && !any; w++) any = mask[w];
+                    if (!any && vocab % 32) any = mask[vocab / 32] & ((1u << (vocab % 32)) - 1);
+                    if (!any) lr->mask_error = "structured output: no token can continue the grammar";
+                }
+                bs->allowed = lr->mask_error ? NULL : mask;
                 constrained = true;
             }
             /* Placeholders among these are the previous step's tokens (BACKEND_TOKEN_FROM_PREV). */

@@ -237,3 +237,60 @@ Test(engine_grammar, refused_on_a_backend_without_masks)
     tok_free(tok);
     model_free(m);
 }
+
+Test(engine_grammar, a_grammar_no_token_can_follow_ends_its_request_only)
+{
+    /* A vocabulary (for the grammar) where only token 5 has bytes, "x": a grammar that wants
+     * "y" leaves no token, and that request ends with an error while the others are served. */
+    struct tokenizer *tok = NULL;
+    struct model *m = load(&tok);
+    const char *bytes[512] = {0};
+    uint32_t lens[512] = {0};
+    bytes[5] = "x";
+    lens[5] = 1;
+    char err[256];
+    struct grammar_vocab *v = NULL;
+    cr_assert_eq(grammar_vocab_from_bytes(&v, 512, bytes, lens, NULL, NULL, NULL, 0, err, sizeof err), 0, "%s", err);
+    struct grammar *g = NULL;
+    cr_assert_eq(grammar_compile(&g, GRAMMAR_GBNF, "root ::= \"y\"", 12, err, sizeof err), 0, "%s", err);
+    struct grammar_compiled *c = NULL;
+    cr_assert_eq(grammar_compiled_new(&c, g, v), 0);
+    struct backend *b = NULL;
+    struct backend_options bo = {.kv_blocks = 64, .max_batch_tokens = 64, .max_batch_seqs = 4, .n_threads = 2};
+    cr_assert_eq(backend_cpu_create(&b, m, &bo, err, sizeof err), 0, "%s", err);
+    static struct run r;
+    memset(&r, 0, sizeof r);
+    cr_assert_eq(uv_loop_init(&r.loop), 0);
+    uv_timer_init(&r.loop, &r.timer);
+    r.timer.data = &r;
+    struct engine_options eo = {.max_num_seqs = 4, .max_num_batched_tokens = 64, .seed = 1};
+    cr_assert_eq(engine_create(&r.eng, b, tok, &eo, &r.loop, on_event, &r), 0);
+    for (int i = 0; i < 3; i++) {
+        struct engine_request *q = request(tok, NULL, 4, false);
+        q->id = (uint64_t)i;
+        q->max_tokens = 8;
+        if (i == 1) {
+            grammar_compiled_ref(c);
+            q->grammar = c;
+        }
+        cr_assert_eq(engine_submit(r.eng, q), 0);
+    }
+    wait_for(&r, 3);
+    cr_assert_eq(r.res[1].finish, FINISH_ERROR);
+    cr_assert(strstr(r.res[1].error, "no token can continue the grammar"), "%s", r.res[1].error);
+    cr_assert_eq(r.res[0].finish, FINISH_LENGTH);
+    cr_assert_eq(r.res[2].finish, FINISH_LENGTH);
+    struct engine_stats st;
+    engine_get_stats(r.eng, &st);
+    cr_assert_not(st.failed, "the engine goes on serving");
+    engine_free(r.eng);
+    uv_close((uv_handle_t *)&r.timer, NULL);
+    uv_run(&r.loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&r.loop), 0);
+    backend_free(b);
+    for (int i = 0; i < 3; i++) strbuf_free(&r.res[i].text);
+    grammar_compiled_unref(c);
+    grammar_vocab_free(v);
+    tok_free(tok);
+    model_free(m);
+}
