@@ -306,8 +306,9 @@ static void handle_token(struct engine *e, struct live_req *lr, const struct sam
             lr->error = lr->mask_error ? lr->mask_error : "structured output: the sampled token is outside the grammar";
             return;
         }
-        /* Nothing but the end can follow: done, without a step for the stop token. */
-        if (finish == FINISH_NONE && grammar_matcher_is_done(lr->gm)) finish = FINISH_STOP;
+        /* Nothing but the end can follow: done, without a step for the stop token (and a
+         * stop, not a length, when the last token allowed is the one that completes it). */
+        if ((finish == FINISH_NONE || finish == FINISH_LENGTH) && grammar_matcher_is_done(lr->gm)) finish = FINISH_STOP;
     }
     bool matched = false;
     char *piece = NULL;
