@@ -74,6 +74,7 @@ SRC_gguf       := $(call src_of,worker/model/gguf)
 SRC_model      := $(call src_of,worker/model)
 SRC_tokenizer  := $(call src_of,worker/tokenizer)
 SRC_template   := $(call src_of,worker/template)
+SRC_grammar    := $(call src_of,worker/grammar)
 SRC_sampler    := $(call src_of,worker/sampler)
 SRC_engine     := $(call src_of,worker/engine)
 SRC_api        := $(call src_of,worker/api)
@@ -98,7 +99,7 @@ endif
 
 # The libraries, one per area below.
 KERNELS_LIB := $(if $(CU_kernels),kernels)
-LIB_AREAS   := common controller gateway gguf model tokenizer template sampler $(KERNELS_LIB) backend engine api cli
+LIB_AREAS   := common controller gateway gguf model tokenizer template grammar sampler $(KERNELS_LIB) backend engine api cli
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 lib = $(BUILD)/lib/libsluice_$(1).a
@@ -119,12 +120,13 @@ AREA_gguf       := gguf
 AREA_model      := model gguf common
 AREA_tokenizer  := tokenizer gguf common
 AREA_template   := template tokenizer gguf common
+AREA_grammar    := grammar tokenizer gguf common
 AREA_sampler    := sampler
 AREA_kernels    := $(KERNELS_LIB)
 AREA_backend    := backend sampler $(KERNELS_LIB) model gguf common
-AREA_engine     := engine backend sampler $(KERNELS_LIB) tokenizer model gguf common
-AREA_api        := api engine backend sampler $(KERNELS_LIB) template tokenizer model gguf common
-AREA_cli        := cli api engine backend sampler $(KERNELS_LIB) template tokenizer model gguf common
+AREA_engine     := engine backend sampler $(KERNELS_LIB) grammar tokenizer model gguf common
+AREA_api        := api engine backend sampler $(KERNELS_LIB) grammar template tokenizer model gguf common
+AREA_cli        := cli api engine backend sampler $(KERNELS_LIB) grammar template tokenizer model gguf common
 # The worker program: worker/main.c over cli (tests/gpu and the benchmarks link it too).
 AREA_worker     := $(AREA_cli)
 area_libs = $(foreach a,$(AREA_$(1)),$(call lib,$(a))) $(LIB_LLHTTP)
@@ -142,7 +144,7 @@ TRACE_LIB  := $(if $(CUPTI_LIB),$(BUILD)/lib/libsluice_kernel_trace.so)
 BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BINDIR)/sluice-$(p)))
 
 .PHONY: all deps test test-repo test-unit test-integration test-interop test-deploy asan clean install run test-gpu bench \
-        bench-controller bench-worker bench-gateway bench-tokenizer pyenv kernels-dev
+        bench-controller bench-worker bench-gateway bench-tokenizer bench-grammar pyenv kernels-dev
 # Objects of test and bench programs are intermediates to make; keep them between runs.
 .SECONDARY:
 
@@ -183,9 +185,9 @@ $(foreach a,$(UNIT_AREAS),$(eval $(call unit_test_rule,$(a))))
 $(BUILD)/tests/gpu/%: $(BUILD)/obj/tests/gpu/%.o $(call area_libs,worker)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< -Wl,--start-group $(call area_libs,worker) -Wl,--end-group $(LDLIBS) $(CUDA_LDLIBS) -o $@
-$(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway)
+$(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway) $(call area_libs,grammar)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $< -Wl,--start-group $(sort $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway)) -Wl,--end-group $(LDLIBS) $(CUDA_LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $< -Wl,--start-group $(sort $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway) $(call area_libs,grammar)) -Wl,--end-group $(LDLIBS) $(CUDA_LDLIBS) -o $@
 
 $(BUILD)/lib/libsluice_kernel_trace.so: tests/bench/kernel_trace.c
 	@mkdir -p $(dir $@)
@@ -291,7 +293,7 @@ test-gpu: $(BINS) $(GPU_BINS) $(GPU_TOOLS)
 	  SLUICE_BIN=$(abspath $(BINDIR)) SLUICE_PARITY_TOOL=$(abspath $(BUILD)/tests/gpu/parity_tool) \
 	  $(PYTHON) -m pytest -q tests/gpu || fail=1; fi; exit $$fail
 
-bench: bench-controller bench-worker bench-gateway bench-tokenizer
+bench: bench-controller bench-worker bench-gateway bench-tokenizer bench-grammar
 
 # Controller, a worker and the gateway on MODEL (a directory or .gguf), else a tiny dummy model
 # (examples/models/tiny-dummy), on DEVICE, at PORT (gateway), CONTROLLER_PORT and WORKER_PORT.
@@ -335,3 +337,17 @@ bench-gpu: $(BINS) $(TRACE_LIB)
 # Tokenizer: encode tokens/s against the tokenizers package, one thread each, same text.
 bench-tokenizer: $(BUILD)/bench/tokenizer_bench pyenv
 	$(VENV)/bin/python tests/bench/bench_tokenizer.py --tool $(abspath $(BUILD)/bench/tokenizer_bench)
+
+# Structured output: token mask time per step, walking JSON documents token by token under
+# their schemas (and json_object) over the llama3, qwen3 and llama2 tokenizers; cold (the
+# first generation classifies positions as it meets them) and warm (later generations).
+GRAMMAR_FIXTURES := tests/fixtures/grammar
+bench-grammar: $(BUILD)/bench/grammar_bench
+	@for t in llama3_1 qwen3 llama2; do \
+	  for d in order tree; do \
+	    $(BUILD)/bench/grammar_bench walk $(SLUICE_TEST_DATA)/tokenizers/$$t json_schema \
+	      $(GRAMMAR_FIXTURES)/$${d}_schema.json $(GRAMMAR_FIXTURES)/$${d}_doc.json --passes 20 || exit 1; \
+	  done; \
+	  $(BUILD)/bench/grammar_bench walk $(SLUICE_TEST_DATA)/tokenizers/$$t json_object - \
+	    $(GRAMMAR_FIXTURES)/object_doc.json --passes 20 || exit 1; \
+	done

@@ -55,6 +55,10 @@ struct batch_seq {
     const int32_t *history;
     int32_t n_history;
     int32_t n_output;
+    /* Structured output (worker/grammar/): when sample and not NULL, the tokens the sampler
+     * may draw, bit (id % 32) of word id / 32, (vocab + 31) / 32 words at least; the others are
+     * excluded as sampler.h says. Only on a backend with supports_token_mask. */
+    const uint32_t *allowed;
 };
 
 struct batch {
@@ -105,6 +109,9 @@ struct backend {
     int32_t max_batch_seqs;
     char error[512];
     struct backend_stash *stash;  /* backend_submit's, for a backend without its own submit */
+    /* The sampler applies batch_seq.allowed; the engine refuses constrained requests (a
+     * grammar) on a backend without it rather than sample unconstrained. */
+    bool supports_token_mask;
 };
 
 /* How the decode attention does qkv_post's work (sk_attention_decode_qkv) on decode-only steps

@@ -49,6 +49,11 @@ struct live_req {
     bool has_step_tok;
     struct strbuf step_text; /* this step's new text, handed to the event */
     enum finish_reason finish;
+    const char *error;       /* FINISH_ERROR: why (a static string) */
+    /* Structured output: the matcher of req->grammar, advanced token by token; mask_error:
+     * why this step's mask could not be made (the token it samples then ends the request). */
+    struct grammar_matcher *gm;
+    const char *mask_error;
 };
 
 /* The sampled rows of a submitted step, kept until its tokens are taken. */
@@ -88,6 +93,9 @@ struct engine {
     struct batch_seq *bseqs;
     int32_t *btokens;
     struct sample_result *results;
+    /* Structured output: per sampled row of a step, its mask of mask_words words. */
+    uint32_t *masks;
+    size_t mask_words;
     /* Submitted steps whose tokens are not taken yet, oldest first from flight_head: at most
      * the one just submitted and the one before it. */
     struct step_rows flight[2];
@@ -114,6 +122,7 @@ void engine_request_free(struct engine_request *req)
     if (!req) return;
     free(req->prompt);
     for (int i = 0; i < req->n_stop && i < ENGINE_MAX_STOPS; i++) free(req->stop[i]);
+    if (req->grammar) grammar_compiled_unref(req->grammar);
     free(req);
 }
 
@@ -214,6 +223,7 @@ static void live_destroy(struct engine *e, struct live_req *lr)
     if (lr->seq) sched_seq_remove(&e->sched, lr->seq);
     if (lr->ts) tok_stream_free(lr->ts);
     stop_free(&lr->stop);
+    grammar_matcher_free(lr->gm);
     engine_request_free(lr->req);
     strbuf_free(&lr->step_text);
     free(lr);
@@ -269,6 +279,7 @@ static void handle_token(struct engine *e, struct live_req *lr, const struct sam
         seq->tokens[pos] = res->token;
     } else if (sched_seq_append(seq, res->token) != 0) {
         lr->finish = FINISH_ERROR;
+        lr->error = "out of memory";
         return;
     }
     e->tokens_generated++;
@@ -287,6 +298,18 @@ static void handle_token(struct engine *e, struct live_req *lr, const struct sam
 
     bool emit;
     enum finish_reason finish = stop_check_token(&lr->stop, res->token, pos + 1 - seq->n_prompt, pos + 1, &emit);
+    if (lr->gm) {
+        /* The mask made the token one the grammar takes; anything else is the engine's bug or
+         * a mask that could not be made, and ends the request rather than break its output. */
+        if (lr->mask_error || grammar_matcher_accept_token(lr->gm, res->token) != 0) {
+            lr->finish = FINISH_ERROR;
+            lr->error = lr->mask_error ? lr->mask_error : "structured output: the sampled token is outside the grammar";
+            return;
+        }
+        /* Nothing but the end can follow: done, without a step for the stop token (and a
+         * stop, not a length, when the last token allowed is the one that completes it). */
+        if ((finish == FINISH_NONE || finish == FINISH_LENGTH) && grammar_matcher_is_done(lr->gm)) finish = FINISH_STOP;
+    }
     bool matched = false;
     char *piece = NULL;
     size_t len = 0;
@@ -353,6 +376,24 @@ static void accept_request(struct engine *e, struct engine_request *req, double 
     lr->t_submit_ms = t_submit_ms;
     lr->first_token_ms = -1.0;
     int rc = SCHED_ERR_NOMEM;
+    if (req->grammar) {
+        if (!e->backend->supports_token_mask) {
+            free(lr);
+            reject(e, req, "structured output is not supported on the %s backend", e->backend->name);
+            return;
+        }
+        /* Masks cover the model's rows and the grammar's vocabulary, whichever is wider. */
+        size_t words = ((size_t)e->backend->config.vocab_size + 31) / 32;
+        size_t gw = grammar_vocab_mask_words(grammar_compiled_vocab(req->grammar));
+        if (gw > words) words = gw;
+        if (words > e->mask_words) {
+            uint32_t *m = realloc(e->masks, (size_t)e->max_seqs_per_step * words * sizeof *m);
+            if (!m) goto fail;
+            e->masks = m;
+            e->mask_words = words;
+        }
+        if (grammar_matcher_new(&lr->gm, req->grammar) != 0) goto fail;
+    }
     if (e->tok) {
         lr->ts = tok_stream_new(e->tok, req->skip_special);
         if (!lr->ts) goto fail;
@@ -375,6 +416,7 @@ static void accept_request(struct engine *e, struct engine_request *req, double 
 fail:
     if (lr->ts) tok_stream_free(lr->ts);
     stop_free(&lr->stop);
+    grammar_matcher_free(lr->gm);
     free(lr);
     if (rc == SCHED_ERR_TOO_LONG)
         reject(e, req, "the prompt has %d tokens, more than the KV cache holds (%d blocks of %d)",
@@ -462,7 +504,7 @@ static int32_t collect_step(struct engine *e)
         size_t len = lr->step_text.len;
         lr->step_text = (struct strbuf){0};
         post_event(e, lr, lr->req->id, lr->req->n_prompt, live_generated(lr), text, len, lr->finish,
-                   lr->finish == FINISH_ERROR ? "out of memory" : NULL);
+                   lr->finish == FINISH_ERROR ? (lr->error ? lr->error : "out of memory") : NULL);
         lr->has_step_tok = false;
         if (lr->finish != FINISH_NONE) live_destroy(e, lr);
     }
@@ -484,7 +526,7 @@ static int32_t run_step(struct engine *e)
     int32_t done = n_ent, keep = 0;
     if (n_ent > 0) {
         int32_t n_tok = 0;
-        bool history = false;
+        bool history = false, constrained = false;
         for (int32_t i = 0; i < n_ent; i++) {
             const struct sched_entry *en = &ent[i];
             struct sched_seq *q = en->seq;
@@ -501,7 +543,26 @@ static int32_t run_step(struct engine *e)
             bs->history = q->tokens;
             bs->n_history = q->n_tokens;
             bs->n_output = sched_seq_generated(q);
+            bs->allowed = NULL;
             history |= en->sample && sampling_uses_history(&lr->sp);
+            if (en->sample && lr->gm) {
+                /* The sequence's steps are never overlapped, so its matcher has every token. A
+                 * mask that allows nothing (no token of this vocabulary continues the grammar)
+                 * ends the request, not the backend: its row samples unmasked, and is dropped. */
+                uint32_t *mask = e->masks + (size_t)i * e->mask_words;
+                lr->mask_error = NULL;
+                if (grammar_matcher_fill_mask(lr->gm, mask, e->mask_words) != 0) {
+                    lr->mask_error = "structured output: out of memory making the token mask";
+                } else {
+                    /* Only the model's rows count: a tokenizer may have more ids than it. */
+                    uint32_t vocab = (uint32_t)e->backend->config.vocab_size, any = 0;
+                    for (uint32_t w = 0; w < vocab / 32 && !any; w++) any = mask[w];
+                    if (!any && vocab % 32) any = mask[vocab / 32] & ((1u << (vocab % 32)) - 1);
+                    if (!any) lr->mask_error = "structured output: no token can continue the grammar";
+                }
+                bs->allowed = lr->mask_error ? NULL : mask;
+                constrained = true;
+            }
             /* Placeholders among these are the previous step's tokens (BACKEND_TOKEN_FROM_PREV). */
             memcpy(e->btokens + n_tok, q->tokens + en->start_pos, (size_t)en->n_new * sizeof *e->btokens);
             n_tok += en->n_new;
@@ -516,8 +577,9 @@ static int32_t run_step(struct engine *e)
             fail_all(e, e->backend->error);
             return n_ent;
         }
-        /* Penalties read every token of the sequence on the host: no guessing ahead for them. */
-        const bool overlap = e->overlap && !history;
+        /* Penalties read every token of the sequence on the host, and a grammar's mask needs the
+         * last one: no guessing ahead for them. */
+        const bool overlap = e->overlap && !history && !constrained;
         record_step(e, ent, n_ent, overlap);
         keep = overlap;
         e->overlapped_steps += overlap && e->n_flight == 2;
@@ -786,5 +848,6 @@ void engine_free(struct engine *e)
     free(e->bseqs);
     free(e->btokens);
     free(e->results);
+    free(e->masks);
     free(e);
 }

@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "worker/backend/backend.h"
+#include "worker/grammar/grammar.h"
 #include "worker/tokenizer/tokenizer.h"
 
 #define ENGINE_MAX_STOPS 16
@@ -44,6 +45,13 @@ struct engine_request {
     /* Prefix caching: whatever besides the tokens changes their K/V (an adapter, images), so
      * that only requests with the same salt share cached blocks. 0: nothing. */
     uint64_t cache_salt;
+    /* Structured output: the output follows this grammar (one reference, which the engine
+     * takes; NULL: none). Each step the engine asks the sequence's matcher for the mask of
+     * allowed tokens, which the backend's sampler applies (backend.h, batch_seq.allowed); a
+     * sequence ends (stop) as soon as nothing but the end can follow. Its steps are never
+     * overlapped: the mask needs the last token. Refused on a backend without
+     * supports_token_mask. */
+    struct grammar_compiled *grammar;
 };
 
 struct engine_token {

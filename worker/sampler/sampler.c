@@ -247,6 +247,25 @@ int sampler_sample(const float *logits, int vocab, const struct batch_seq *seq, 
     sampler_penalize(logits, vocab, seq, scratch);
 
     int32_t token;
+    if (seq->allowed) {
+        /* Step 2b: the disallowed are out; with no allowed finite logit, the lowest allowed. */
+        int32_t first = -1;
+        bool finite = false;
+        for (int32_t i = 0; i < vocab; i++) {
+            if (!((seq->allowed[i >> 5] >> (i & 31)) & 1)) {
+                work[i] = -INFINITY;
+                continue;
+            }
+            if (first < 0) first = i;
+            finite |= work[i] > -INFINITY;
+        }
+        if (first < 0) return -1;
+        if (!finite) {
+            out->token = first;
+            out->logprob = (float)((double)logits[first] - lse);
+            return 0;
+        }
+    }
     if (sp->temperature <= SAMPLER_GREEDY_EPS) {
         token = argmax(work, vocab);
     } else {

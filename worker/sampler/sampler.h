@@ -11,6 +11,10 @@
  *       Face: l = l > 0 ? l / p : l * p (applied once per distinct token);
  *     - presence and frequency over the output tokens (the last n_output of history), as
  *       OpenAI: l -= count * frequency + (count > 0) * presence.
+ *  2b. The mask (seq->allowed, structured output): tokens whose bit is clear get -inf in the
+ *     penalized copy, so steps 3-5 see only the allowed ones (logprobs stay those of step 1).
+ *     When no allowed token has a finite logit, the token is the lowest allowed id; when none
+ *     is allowed at all, sampling fails.
  *  3. temperature <= SAMPLER_GREEDY_EPS: greedy, argmax of the penalized logits, ties to the
  *     lowest id. No random number is used.
  *  4. Otherwise w[i] = expf(l[i] / T - max_j(l[j] / T)) (so the top weight is exactly 1), and

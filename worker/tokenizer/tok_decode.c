@@ -208,3 +208,18 @@ size_t tok_token_piece(const struct tokenizer *tok, int32_t id, char *buf, size_
     }
     return n;
 }
+
+size_t tok_token_piece_first(const struct tokenizer *tok, int32_t id, char *buf, size_t cap)
+{
+    struct strbuf b = {0};
+    size_t n = 0;
+    if (id >= 0 && id < tok->n_vocab && tok->text[id] && tok_decode_ex(tok, &id, 1, false, true, true, &b) == 0)
+        n = b.len;
+    if (cap) {
+        size_t c = n < cap ? n : cap;
+        if (c) memcpy(buf, b.p, c);
+        if (c < cap) buf[c] = '\0';
+    }
+    strbuf_free(&b);
+    return n;
+}

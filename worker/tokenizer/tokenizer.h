@@ -34,6 +34,10 @@ bool tok_is_special(const struct tokenizer *tok, int32_t id);
 /* Text of one token as it reads in decoded output (may be a partial UTF-8 sequence), for
  * logprobs; writes at most cap bytes, returns the full length. */
 size_t tok_token_piece(const struct tokenizer *tok, int32_t id, char *buf, size_t cap);
+/* The same for id as the first token of a decoded sequence, where decoders differ (Metaspace
+ * and Strip drop a leading space: Llama 2's "\u2581{" is "{" there, " {" later); raw bytes,
+ * for constrained decoding (worker/grammar/). Returns the full length, 0 on failure. */
+size_t tok_token_piece_first(const struct tokenizer *tok, int32_t id, char *buf, size_t cap);
 /* The chat template (Jinja source) that came with the tokenizer, or NULL. */
 const char *tok_chat_template(const struct tokenizer *tok);
 const char *tok_bos_text(const struct tokenizer *tok); /* "<s>", or "" */

@@ -276,3 +276,55 @@ Test(sampler, same_seed_and_position_same_draw)
     }
     cr_assert_gt(differ, 50, "successive positions draw different numbers");
 }
+
+static int32_t sample_masked(const float *logits, int vocab, struct sampling_params *sp, uint64_t n_gen,
+                             const uint32_t *allowed, struct sample_result *res)
+{
+    struct batch_seq seq = {.sample = true, .sampling = sp, .n_generated = n_gen, .allowed = allowed};
+    float *scratch = malloc(sampler_scratch_floats(vocab) * sizeof(float));
+    int rc = sampler_sample(logits, vocab, &seq, scratch, res);
+    free(scratch);
+    return rc < 0 ? rc : res->token;
+}
+
+Test(sampler, mask_draws_only_allowed_tokens)
+{
+    /* Structured output (step 2b): 70 tokens, three allowed, in three mask words. */
+    float logits[70];
+    for (int i = 0; i < 70; i++) logits[i] = (float)((i * 37) % 11) * 0.3f;
+    logits[3] = 0.0f;
+    logits[40] = 1.0f;
+    logits[65] = 0.5f;
+    uint32_t allowed[3] = {1u << 3, 1u << (40 - 32), 1u << (65 - 64)};
+    struct sampling_params sp = params();
+    struct sample_result r, raw;
+    sp.temperature = 0.0f;
+    sp.logprobs = 2;
+    cr_assert_eq(sample_masked(logits, 70, &sp, 0, allowed, &r), 40, "greedy: the best allowed");
+    sample(logits, 70, &sp, 0, NULL, 0, 0, &raw);
+    cr_assert_neq(raw.token, 40);
+    cr_assert_float_eq(r.logprob, raw.top_logprobs[0] - logits[raw.top_ids[0]] + 1.0f, 1e-5, "logprobs stay raw");
+    cr_assert_eq(r.top_ids[0], raw.top_ids[0], "top logprobs too");
+    /* Sampling: only the three, in proportion to their softmax among themselves. */
+    sp.temperature = 1.0f;
+    double freq[70] = {0};
+    for (int s = 0; s < 4000; s++) {
+        sp.seed = 500 + (uint64_t)s;
+        int32_t t = sample_masked(logits, 70, &sp, 0, allowed, &r);
+        cr_assert(t == 3 || t == 40 || t == 65, "drew %d", t);
+        freq[t] += 1.0 / 4000;
+    }
+    double z = exp(0.0) + exp(1.0) + exp(0.5);
+    cr_expect(fabs(freq[3] - 1.0 / z) < 0.03 && fabs(freq[40] - exp(1.0) / z) < 0.03, "%f %f", freq[3], freq[40]);
+    /* top_k counts only what the mask allows. */
+    sp.top_k = 1;
+    cr_assert_eq(sample_masked(logits, 70, &sp, 0, allowed, &r), 40);
+    sp.top_k = -1;
+    /* No allowed token with a finite logit: the lowest allowed; none allowed: an error. */
+    logits[3] = logits[40] = logits[65] = -INFINITY;
+    cr_assert_eq(sample_masked(logits, 70, &sp, 0, allowed, &r), 3);
+    sp.temperature = 0.0f;
+    cr_assert_eq(sample_masked(logits, 70, &sp, 0, allowed, &r), 3);
+    uint32_t none[3] = {0, 0, 0};
+    cr_assert_lt(sample_masked(logits, 70, &sp, 0, none, &r), 0);
+}
