@@ -38,7 +38,7 @@ template <int D> struct PrefillSmem {
 };
 
 // Resident blocks per SM: 3 at D = 128 (168 registers; 2 blocks at the 174 it would take
-// otherwise ran 16% slower), 4 at D = 64.
+// otherwise ran slower: docs/performance.md), 4 at D = 64.
 template <int D> constexpr int kMinBlocks = D == 64 ? 4 : 3;
 
 template <int D>

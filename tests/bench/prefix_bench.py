@@ -84,6 +84,15 @@ class Worker:
                     return float(line.split()[1])
         return 0.0
 
+    def hit_rate(self, run):
+        """run(), and the share of the prompt tokens it looked up that the cache held."""
+        hits0 = self.metric("sluice_worker_prefix_cache_hits_total")
+        q0 = self.metric("sluice_worker_prefix_cache_queries_total")
+        out = run()
+        hits = self.metric("sluice_worker_prefix_cache_hits_total") - hits0
+        q = self.metric("sluice_worker_prefix_cache_queries_total") - q0
+        return out, hits / q if q else 0.0
+
     def stop(self):
         if self.p.poll() is None:
             self.p.kill()
@@ -182,12 +191,9 @@ class Bench:
         return {"cold_ttft_ms": ms(cold), "repeat_ttft_ms": ms(warm)}
 
     def many(self, w, prompts):
-        hits0, q0 = w.metric("sluice_worker_prefix_cache_hits_total"), w.metric("sluice_worker_prefix_cache_queries_total")
-        dur, res = run(together(w.port, prompts, self.a.output_len))
-        hits = w.metric("sluice_worker_prefix_cache_hits_total") - hits0
-        q = w.metric("sluice_worker_prefix_cache_queries_total") - q0
+        (dur, res), hit_rate = w.hit_rate(lambda: run(together(w.port, prompts, self.a.output_len)))
         return {"duration_s": dur, "median_ttft_ms": ms([r[0] for r in res]),
-                "hit_rate": hits / q if q else 0.0, "outputs": [r[2] for r in res]}
+                "hit_rate": hit_rate, "outputs": [r[2] for r in res]}
 
     def multiturn(self, w):
         a = self.a
@@ -206,12 +212,9 @@ class Bench:
             r = await asyncio.gather(*(conversation(c) for c in range(a.conversations)))
             return time.perf_counter() - start, r
 
-        hits0, q0 = w.metric("sluice_worker_prefix_cache_hits_total"), w.metric("sluice_worker_prefix_cache_queries_total")
-        dur, res = run(all_of_them())
-        hits = w.metric("sluice_worker_prefix_cache_hits_total") - hits0
-        q = w.metric("sluice_worker_prefix_cache_queries_total") - q0
+        (dur, res), hit_rate = w.hit_rate(lambda: run(all_of_them()))
         return {"duration_s": dur, "median_ttft_ms": ms([t for r in res for t in r[0]]),
-                "hit_rate": hits / q if q else 0.0, "outputs": [r[1] for r in res]}
+                "hit_rate": hit_rate, "outputs": [r[1] for r in res]}
 
     def one_run(self, caching):
         w = Worker(self.a, caching)

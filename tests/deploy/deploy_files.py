@@ -18,11 +18,18 @@ PROGRAMS = ("sluice-controller", "sluice-worker", "sluice-gateway")
 
 
 @functools.lru_cache(maxsize=None)
-def program_help(program):
-    """(flags, env variables) that `program --help` lists."""
+def help_text(program):
+    """What `program --help` prints."""
     out = subprocess.run([binary(program), "--help"], capture_output=True, text=True, timeout=30)
     text = out.stdout + out.stderr
     assert out.returncode == 0, f"{program} --help failed:\n{text}"
+    return text
+
+
+@functools.lru_cache(maxsize=None)
+def program_help(program):
+    """(flags, env variables) that `program --help` lists."""
+    text = help_text(program)
     flags = set(re.findall(r"^\s+(--[a-z0-9][a-z0-9-]*)", text, re.M))
     env = set(re.findall(r"\[env (SLUICE_[A-Z0-9_]+)\]", text))
     assert "--help" in flags and len(flags) > 5, f"cannot read {program}'s flags from:\n{text}"
@@ -39,8 +46,7 @@ def env_of(program):
 
 def default_of(program, flag):
     """The default `program --help` shows for flag (a number), e.g. 30 for --drain-timeout."""
-    out = subprocess.run([binary(program), "--help"], capture_output=True, text=True, timeout=30).stdout
-    m = re.search(rf"^\s+{re.escape(flag)}\b.*\(default: ([0-9.]+)\)", out, re.M)
+    m = re.search(rf"^\s+{re.escape(flag)}\b.*\(default: ([0-9.]+)\)", help_text(program), re.M)
     assert m, f"{program} --help shows no default for {flag}"
     return float(m.group(1))
 

@@ -148,8 +148,9 @@ def sighup_survivor(procs, program):
 @pytest.mark.parametrize("unit", UNITS)
 def test_exec_reload_exactly_when_the_program_reloads_on_sighup(procs, unit):
     """`systemctl reload` sends what ExecReload= says: a unit offers it only when its program
-    survives a SIGHUP (today none does: SIGHUP's default action stops it). When one starts
-    reloading on SIGHUP, its unit gets ExecReload=/bin/kill -HUP $MAINPID."""
+    survives a SIGHUP. The gateway reloads its API keys and rate limits on SIGHUP and its unit
+    has ExecReload=/bin/kill -HUP $MAINPID; the controller and the worker keep SIGHUP's default
+    action (it stops them), so theirs have none."""
     reloads = "ExecReload" in directives(unit)
     survives = sighup_survivor(procs, UNITS[unit])
     assert reloads == survives, (

@@ -68,7 +68,8 @@ static inline int gt_int(int n)
     return (int)(gt_next() % (uint64_t)n);
 }
 
-/* a[0..n) = first, first + 1, ... in a random order. */
+/* a[0..n) = first, first + 1, ... in a random order (Fisher-Yates): cache slots and blocks as a
+ * live cache scatters them. */
 static inline void gt_shuffled_ids(int32_t *a, int n, int first)
 {
     for (int i = 0; i < n; i++) a[i] = first + i;

@@ -9,6 +9,14 @@
 #include "tests/gpu/gpu_test.h"
 #include "worker/backend/cuda/cuda_internal.h"
 
+/* The backend's product y[rows, n_out] = x w^T on the kernel the planner gives it
+ * (cuda_plan_product: whole sums, no parts), as the tests run and time it. */
+static inline int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows,
+                            int n_out, int k_in)
+{
+    return cuda_product(b, cuda_plan_product(&b->plan, rows, n_out, k_in), w, x, y, rows, n_out, k_in, NULL);
+}
+
 /* A backend of a stream and a cuBLAS handle only, all that cuda_gemm needs (with b->plan.gemv or
  * b->plan.hopper and b->gemm.hopper set where the test wants those paths). False, with the check
  * failed, without cuBLAS. */

@@ -6,102 +6,22 @@ products' kernels follow the batch size (see the README's "Deterministic mode").
 
 Needs a GPU, the worker binary (SLUICE_BIN, default bin/) and Llama 3.1's tokenizer
 ($SLUICE_TEST_DATA/tokenizers/llama3_1, or .models/llama3_1). Skips otherwise."""
-import http.client
-import json
-import os
 import random
-import socket
-import subprocess
-import threading
-import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("SLUICE_BIN", os.path.join(REPO, "bin"))
-DATA = os.environ.get("SLUICE_TEST_DATA", os.path.join(os.path.dirname(REPO), "shared"))
-CONFIG = os.path.join(REPO, "tests", "bench", "configs", "llama-3-8b")
+from serving import VOCAB, at_once, generate, have_gpu, tokenizer_dir, worker
+
 N_REQUESTS = 64
 MAX_TOKENS = 32
-VOCAB = 128256
-
-
-def tokenizer_dir():
-    for d in (os.path.join(DATA, "tokenizers", "llama3_1"), os.path.join(REPO, ".models", "llama3_1")):
-        if os.path.exists(os.path.join(d, "tokenizer.json")):
-            return d
-    pytest.skip("Llama 3.1's tokenizer not found (SLUICE_TEST_DATA/tokenizers/llama3_1)")
-
-
-def have_gpu():
-    try:
-        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def generate(port, prompt_ids):
-    """Token ids of one greedy generation over the worker's native stream."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    body = json.dumps({"prompt_token_ids": prompt_ids, "max_tokens": MAX_TOKENS, "temperature": 0,
-                       "ignore_eos": True})
-    conn.request("POST", "/generate", body, {"Content-Type": "application/json"})
-    r = conn.getresponse()
-    data = r.read().decode()
-    conn.close()
-    assert r.status == 200, data
-    ids = []
-    for line in data.splitlines():
-        if line.strip():
-            frame = json.loads(line)
-            assert frame.get("finish_reason") != "error", frame
-            ids += frame["token_ids"]
-    return ids
 
 
 def run_worker(tok, deterministic, prompts):
-    port = free_port()
-    args = [os.path.join(BIN, "sluice-worker"), "--model-path", CONFIG, "--load-format", "dummy", "--tokenizer", tok,
-            "--device", "cuda", "--port", str(port), "--no-register", "--max-num-seqs", str(N_REQUESTS),
-            "--log-level", "warn"]
-    if deterministic:
-        args.append("--deterministic")
-    log = open(f"/tmp/sluice-invariance-{port}.log", "wb")
-    p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 240
-        while True:
-            assert p.poll() is None, open(log.name).read()
-            assert time.time() < deadline, "the worker did not come up in 240 s"
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", "/health")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        alone = [generate(port, pr) for pr in prompts]
-        together = [None] * len(prompts)
-
-        def one(i):
-            together[i] = generate(port, prompts[i])
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(600)
+    """Each prompt's greedy answer sent alone (one after another), then all sent at once."""
+    with worker(tok, *(["--deterministic"] if deterministic else []), max_num_seqs=N_REQUESTS) as port:
+        alone = [generate(port, pr, MAX_TOKENS) for pr in prompts]
+        together = at_once([lambda pr=pr: generate(port, pr, MAX_TOKENS) for pr in prompts])
         return alone, together
-    finally:
-        p.kill()
-        p.wait()
 
 
 @pytest.mark.skipif(not have_gpu(), reason="no GPU")

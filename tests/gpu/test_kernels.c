@@ -386,8 +386,6 @@ static void test_rmsnorm_parts(void)
     cudaFree(dy);
 }
 
-/* a[0..n) = first, first + 1, ... in a random order (Fisher-Yates): cache slots and blocks as a
- * live cache scatters them. */
 /* qkv epilogue: bias, q/k norm, rope (both layouts), cache writes at scattered slots; and the
  * same from qkv in split parts (sk_qkv_post_parts), bit for bit. */
 static void test_qkv_post_case(int nh, int nkv, int D, int interleaved, int bias, int qknorm)

@@ -11,60 +11,13 @@ last bits from recomputed ones).
 
 Needs a GPU, the worker binary (SLUICE_BIN, default bin/) and Llama 3.1's tokenizer. Skips
 otherwise."""
-import http.client
-import json
-import os
 import random
-import subprocess
-import threading
-import time
 
 import pytest
 
-from test_batch_invariance_serving import BIN, CONFIG, VOCAB, free_port, have_gpu, tokenizer_dir
+from serving import VOCAB, at_once, generate, have_gpu, metric, tokenizer_dir, worker
 
 PREFIX = 1000
-
-
-def generate(port, ids, max_tokens, temperature=0.0, seed=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    body = {"prompt_token_ids": ids, "max_tokens": max_tokens, "temperature": temperature, "ignore_eos": True}
-    if seed is not None:
-        body["seed"] = seed
-    conn.request("POST", "/generate", json.dumps(body), {"Content-Type": "application/json"})
-    r = conn.getresponse()
-    data = r.read().decode()
-    conn.close()
-    assert r.status == 200, data
-    out = []
-    for line in data.splitlines():
-        if line.strip():
-            frame = json.loads(line)
-            assert frame.get("finish_reason") != "error", frame
-            out += frame["token_ids"]
-    return out
-
-
-def at_once(calls):
-    out = [None] * len(calls)
-
-    def one(i):
-        out[i] = calls[i]()
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    return out
-
-
-def metric(port, name):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    conn.close()
-    return float(next(l.split()[1] for l in text.splitlines() if l.startswith(name + " ")))
 
 
 def workload(port, rng_seed=3):
@@ -87,35 +40,12 @@ def workload(port, rng_seed=3):
 
 
 def run_worker(tok, caching, deterministic):
-    port = free_port()
-    args = [os.path.join(BIN, "sluice-worker"), "--model-path", CONFIG, "--load-format", "dummy", "--tokenizer", tok,
-            "--device", "cuda", "--port", str(port), "--no-register", "--max-num-seqs", "64", "--log-level", "warn"]
-    if deterministic:
-        args.append("--deterministic")
-    if not caching:
-        args.append("--no-enable-prefix-caching")
-    log = open(f"/tmp/sluice-prefix-{port}.log", "wb")
-    p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 240
-        while True:
-            assert p.poll() is None, open(log.name).read()
-            assert time.time() < deadline, "the worker did not come up in 240 s"
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", "/health")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
+    flags = (["--deterministic"] if deterministic else []) + ([] if caching else ["--no-enable-prefix-caching"])
+    with worker(tok, *flags) as port:
         outs = workload(port)
         hits = metric(port, "sluice_worker_prefix_cache_hits_total")
         queries = metric(port, "sluice_worker_prefix_cache_queries_total")
         return outs, hits, queries
-    finally:
-        p.kill()
-        p.wait()
 
 
 def same(a, b):

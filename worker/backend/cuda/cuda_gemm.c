@@ -92,11 +92,6 @@ fail:
     return rc;
 }
 
-int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in)
-{
-    return cuda_product(b, cuda_plan_product(&b->plan, rows, n_out, k_in), w, x, y, rows, n_out, k_in, NULL);
-}
-
 int cuda_gemm_swiglu(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, uint16_t *act, int rows, int inter,
                      int k_in, bool early)
 {

@@ -179,8 +179,6 @@ void cuda_gemm_free(struct cuda_backend *b);
  * rows * n_out floats apart (y then holds CUDA_PARTS_ROWS rows of n_out). */
 int cuda_product(struct cuda_backend *b, struct cuda_product_plan p, const uint16_t *w, const uint16_t *x, float *y,
                  int rows, int n_out, int k_in, int *n_parts);
-/* The same with the kernel the planner gives such a product (cuda_plan_product), whole sums. */
-int cuda_gemm(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, float *y, int rows, int n_out, int k_in);
 /* Gate/up with the activation fused, act[rows, inter] in bf16 (sk_hopper_gemm_swiglu), on the
  * Hopper kernel in slices of its rows at most; early: the next kernel may launch at the last
  * slice's start. */

@@ -103,12 +103,12 @@ struct cuda_mlp_plan {
 struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows);
 
 /* --- a step --------------------------------------------------------------------------- */
-/* Whether a sequence's new tokens go to the prefill attention (tiles of SK_PREFILL_TILE
- * queries) rather than the decode attention. */
 /* A chunk of at most this many tokens after at least this many keys takes the decode attention
  * (outside --deterministic). */
 #define CUDA_PLAN_SHORT_CHUNK 16
 #define CUDA_PLAN_LONG_CONTEXT 1024
+/* Whether a sequence's new tokens go to the prefill attention (tiles of SK_PREFILL_TILE
+ * queries) rather than the decode attention. */
 bool cuda_plan_takes_tiles(const struct cuda_plan_config *c, const struct batch_seq *q);
 
 struct cuda_step_plan {
