@@ -15,15 +15,7 @@
 
 static int grow(void **p, uint32_t *cap, uint64_t need, size_t elsize)
 {
-    if (need <= *cap) return 0;
-    if (need > UINT32_MAX / 2) return -1;
-    uint32_t nc = *cap ? *cap : 4;
-    while (nc < need) nc *= 2;
-    void *q = realloc(*p, (size_t)nc * elsize);
-    if (!q) return -1;
-    *p = q;
-    *cap = nc;
-    return 0;
+    return gram_grow(p, cap, need, elsize, 4);
 }
 
 static int oom(struct gbuild *b)

@@ -42,6 +42,19 @@ uint64_t gram_hash_bytes(uint64_t h, const void *p, size_t n)
     return h;
 }
 
+int gram_grow(void **p, uint32_t *cap, uint64_t need, size_t elsize, uint32_t first)
+{
+    if (need <= *cap) return 0;
+    if (need > UINT32_MAX / 2) return -1;
+    uint32_t nc = *cap ? *cap : first;
+    while (nc < need) nc *= 2;
+    void *q = realloc(*p, (size_t)nc * elsize);
+    if (!q) return -1;
+    *p = q;
+    *cap = nc;
+    return 0;
+}
+
 const char *grammar_kind_name(enum grammar_kind kind)
 {
     switch (kind) {

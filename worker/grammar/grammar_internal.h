@@ -42,6 +42,9 @@ void gram_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((for
 /* printf onto a strbuf; 0 or -1 when out of memory. */
 int gram_appendf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 uint64_t gram_hash_bytes(uint64_t h, const void *p, size_t n); /* FNV-1a, h = 0 to start */
+/* Makes room for need elements of elsize bytes in *p (capacity *cap, doubled from first):
+ * 0, or -1 when out of memory or past UINT32_MAX / 2 elements (*p unchanged). */
+int gram_grow(void **p, uint32_t *cap, uint64_t need, size_t elsize, uint32_t first);
 
 /* ---- the builder --------------------------------------------------------------------------- */
 struct gb_rule {
