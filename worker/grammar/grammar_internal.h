@@ -97,6 +97,9 @@ int gram_json_schema_to_gbnf(const char *src, size_t len, struct strbuf *out, ch
 int gram_json_object_gbnf(struct strbuf *out);
 int gram_regex_to_gbnf(const char *src, size_t len, struct strbuf *out, char *err, size_t errlen);
 int gram_choice_to_gbnf(const char *src, size_t len, struct strbuf *out, char *err, size_t errlen);
+/* A list of literal alternatives as one GBNF expression, factored on their common prefixes
+ * (gram_choice.c; a schema's enum uses it too). */
+int gram_choice_expr(struct strbuf *e, char **strs, size_t *lens, size_t n);
 /* Appends s as a GBNF string literal ("..." with escapes). */
 int gram_gbnf_literal(struct strbuf *out, const char *s, size_t n);
 /* Parses GBNF into a finished grammar. */
