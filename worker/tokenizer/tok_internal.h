@@ -198,6 +198,9 @@ int tok_set_text(struct tokenizer *t, int32_t id, const char *s, size_t len);
 /* After everything is loaded: byte ids, added-token index, per-token pieces. */
 int tok_finish(struct tokenizer *t, char *err, size_t errlen);
 void tok_release(struct tokenizer *t);
+/* Frees the normalizers, pre-tokenizers and decoders, leaving none (tok_load_class.c then
+ * builds its own). */
+void tok_pipeline_clear(struct tokenizer *t);
 
 int tok_load_json(struct tokenizer *t, const char *json_path, const char *config_path,
                   char *err, size_t errlen);
