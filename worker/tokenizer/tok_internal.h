@@ -222,6 +222,10 @@ int tok_bpe_encode(const struct tokenizer *t, const char *s, size_t n, int32_t *
  * to out; an empty pattern copies s. */
 int tok_replace_append(struct strbuf *out, const char *s, size_t n, const char *pat, size_t plen, const char *rep,
                        size_t rlen);
+/* The same for text that may go on (the streaming decoder's): a tail of s that could still
+ * begin a match is not appended, and *held gets its length. */
+int tok_replace_append_open(struct strbuf *out, const char *s, size_t n, const char *pat, size_t plen,
+                            const char *rep, size_t rlen, size_t *held);
 
 /* Decoder steps on one token string, shared by the one-shot decoder and the stream. */
 int tok_byte_token(const char *s, size_t n); /* "<0xNN>" to NN, else -1 */
