@@ -1,4 +1,4 @@
-/* Small helpers the grammar files share: error messages, formatted appends, hashing. */
+/* Small helpers the grammar files share: error messages, formatted appends, array growth. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,17 +29,6 @@ int gram_appendf(struct strbuf *b, const char *fmt, ...)
     va_end(ap);
     b->len += (size_t)n;
     return 0;
-}
-
-uint64_t gram_hash_bytes(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *s = p;
-    if (h == 0) h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= s[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
 }
 
 int gram_grow(void **p, uint32_t *cap, uint64_t need, size_t elsize, uint32_t first)

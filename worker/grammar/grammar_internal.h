@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/hash.h"
 #include "common/strbuf.h"
 #include "worker/grammar/grammar.h"
 
@@ -41,7 +42,6 @@ static inline void gset_add_range(struct gset *s, unsigned lo, unsigned hi)
 void gram_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* printf onto a strbuf; 0 or -1 when out of memory. */
 int gram_appendf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-uint64_t gram_hash_bytes(uint64_t h, const void *p, size_t n); /* FNV-1a, h = 0 to start */
 /* Makes room for need elements of elsize bytes in *p (capacity *cap, doubled from first):
  * 0, or -1 when out of memory or past UINT32_MAX / 2 elements (*p unchanged). */
 int gram_grow(void **p, uint32_t *cap, uint64_t need, size_t elsize, uint32_t first);
