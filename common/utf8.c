@@ -42,7 +42,7 @@ size_t utf8_char_len(const unsigned char *s, size_t len, size_t *skip)
 
 size_t utf8_decode(const unsigned char *s, size_t len, uint32_t *cp)
 {
-    size_t skip, n = utf8_char_len(s, len, &skip);
+    size_t skip, n = len ? utf8_char_len(s, len, &skip) : 0;
     if (n == 0) return 0;
     static const unsigned char lead_mask[5] = {0, 0x7F, 0x1F, 0x0F, 0x07};
     uint32_t v = s[0] & lead_mask[n];
