@@ -264,15 +264,19 @@ int grammar_vocab_from_tokenizer(struct grammar_vocab **out, const struct tokeni
         if (!bytes[i]) goto oom;
         tok_token_piece(tok, i, bytes[i], l + 1);
         lens[i] = (uint32_t)l;
-        size_t fl = tok_token_piece_first(tok, i, NULL, 0);
+        /* The first-token form is a decode of the token: made once, into buf, unless longer. */
+        char buf[256];
+        size_t fl = tok_token_piece_first(tok, i, buf, sizeof buf);
+        if (fl == l && fl <= sizeof buf && memcmp(buf, bytes[i], l) == 0) continue;
         first[i] = malloc(fl + 1);
         if (!first[i]) goto oom;
-        tok_token_piece_first(tok, i, first[i], fl + 1);
-        first_lens[i] = (uint32_t)fl;
-        if (fl == l && memcmp(first[i], bytes[i], l) == 0) {
-            free(first[i]);
-            first[i] = NULL;
+        if (fl <= sizeof buf) {
+            memcpy(first[i], buf, fl);
+            first[i][fl] = '\0';
+        } else {
+            tok_token_piece_first(tok, i, first[i], fl + 1);
         }
+        first_lens[i] = (uint32_t)fl;
     }
     if (n_stop == 0 && eos >= 0) {
         stop_ids = &eos;
