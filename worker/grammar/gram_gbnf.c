@@ -91,8 +91,7 @@ static int hexdigits(struct gp *p, int count, uint32_t *out)
 {
     uint32_t v = 0;
     for (int k = 0; k < count; k++) {
-        int c = peek(p);
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        int d = gram_hexval(peek(p));
         if (d < 0) return fail(p, "expected a hexadecimal digit");
         v = v * 16 + (uint32_t)d;
         p->i++;

@@ -79,16 +79,11 @@ static int shorthand(struct ranges *R, int c)
     return ranges_add(R, next, 0x10FFFF);
 }
 
-static int hexval(int c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
 static int read_hex(struct rx *r, int count, uint32_t *cp)
 {
     uint32_t v = 0;
     for (int k = 0; k < count; k++) {
-        int h = hexval(rx_peek(r));
+        int h = gram_hexval(rx_peek(r));
         if (h < 0) return rx_fail(r, "expected a hexadecimal digit");
         v = v * 16 + (uint32_t)h;
         r->i++;
@@ -125,8 +120,8 @@ static int read_escape(struct rx *r, uint32_t *cp, struct ranges *R)
             r->i++;
             uint32_t v = 0;
             int digits = 0;
-            while (hexval(rx_peek(r)) >= 0 && digits < 8) {
-                v = v * 16 + (uint32_t)hexval(rx_peek(r));
+            while (gram_hexval(rx_peek(r)) >= 0 && digits < 8) {
+                v = v * 16 + (uint32_t)gram_hexval(rx_peek(r));
                 r->i++;
                 digits++;
             }

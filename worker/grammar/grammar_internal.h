@@ -38,6 +38,12 @@ static inline void gset_add_range(struct gset *s, unsigned lo, unsigned hi)
     for (unsigned b = lo; b <= hi; b++) s->w[b >> 6] |= 1ull << (b & 63);
 }
 
+/* The value of hexadecimal digit c, or -1 (the front ends' \x, \u and \U escapes). */
+static inline int gram_hexval(int c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
 /* printf into a caller's error buffer (which may be NULL or 0 bytes). */
 void gram_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* printf onto a strbuf; 0 or -1 when out of memory. */
