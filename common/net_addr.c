@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -146,4 +147,33 @@ bool net_peer_is_loopback(const char *peer)
     memcpy(ip, peer, n);
     ip[n] = '\0';
     return net_ip_is_loopback(ip);
+}
+
+int net_url_list_parse(const char *csv, char **urls, size_t max, size_t *n, char *err, size_t cap)
+{
+    *n = 0;
+    for (const char *p = csv ? csv : "";;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        while (len && (*p == ' ' || *p == '\t')) p++, len--;
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t' || p[len - 1] == '/')) len--;
+        if (!len) {
+            snprintf(err, cap, "an empty address in '%.200s'", csv ? csv : "");
+            goto fail;
+        }
+        if (*n == max) {
+            snprintf(err, cap, "at most %zu addresses", max);
+            goto fail;
+        }
+        if (!(urls[*n] = strndup(p, len))) {
+            snprintf(err, cap, "out of memory");
+            goto fail;
+        }
+        (*n)++;
+        if (!comma) return 0;
+        p = comma + 1;
+    }
+fail:
+    while (*n > 0) free(urls[--*n]);
+    return -1;
 }

@@ -22,6 +22,12 @@ enum { NET_BASE_URL_MAX = 280 };
  * completes "... is not a worker address: <why>". */
 int net_base_url_parse(const char *s, char *out, size_t cap, const char **why);
 
+/* --controller-address (the gateway's and the worker's): base URLs separated by commas, with
+ * blanks around each and a trailing '/' dropped, otherwise as written. Fills urls[0..*n) with
+ * malloc'd copies. Returns 0, or -1 with err set (an empty address, more than max of them, out
+ * of memory) and nothing left allocated. */
+int net_url_list_parse(const char *csv, char **urls, size_t max, size_t *n, char *err, size_t cap);
+
 /* True for an IPv4 address in 127.0.0.0/8, ::1, and IPv4-mapped ::ffff:127.x.y.z, given as a
  * literal ("127.0.0.1", "::1", "[::1]"). False for anything else, hostnames included. */
 bool net_ip_is_loopback(const char *ip);

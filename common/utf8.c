@@ -40,6 +40,41 @@ size_t utf8_char_len(const unsigned char *s, size_t len, size_t *skip)
     return i == need ? need : 0;
 }
 
+size_t utf8_decode(const unsigned char *s, size_t len, uint32_t *cp)
+{
+    size_t skip, n = len ? utf8_char_len(s, len, &skip) : 0;
+    if (n == 0) return 0;
+    static const unsigned char lead_mask[5] = {0, 0x7F, 0x1F, 0x0F, 0x07};
+    uint32_t v = s[0] & lead_mask[n];
+    for (size_t i = 1; i < n; i++) v = (v << 6) | (s[i] & 0x3Fu);
+    *cp = v;
+    return n;
+}
+
+size_t utf8_encode(uint32_t cp, char out[4])
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
 bool utf8_is_clean(const char *s, size_t len)
 {
     const unsigned char *p = (const unsigned char *)s;

@@ -13,10 +13,18 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Length of the well-formed sequence at s[0..len), or 0 when s starts an ill-formed one;
  * *skip gets how many bytes the ill-formed subpart spans (at least 1). */
 size_t utf8_char_len(const unsigned char *s, size_t len, size_t *skip);
+
+/* The code point of the well-formed sequence at s[0..len) into *cp: returns its length, or 0
+ * (and *cp untouched) when s starts an ill-formed one. */
+size_t utf8_decode(const unsigned char *s, size_t len, uint32_t *cp);
+
+/* The UTF-8 bytes of code point cp (at most U+10FFFF) into out: returns how many (1 to 4). */
+size_t utf8_encode(uint32_t cp, char out[4]);
 
 /* True when s[0..len) is well-formed UTF-8 with no NUL. */
 bool utf8_is_clean(const char *s, size_t len);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/net_addr.h"
 
 struct gw_ctl {
     char *url;
@@ -29,32 +30,16 @@ int gw_ctls_init(gw_ctls **out, const char *csv, char *err, size_t cap)
     *out = NULL;
     gw_ctls *s = calloc(1, sizeof *s);
     if (!s) return snprintf(err, cap, "out of memory"), -1;
-    for (const char *p = csv ? csv : ""; ; ) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        while (len && (*p == ' ' || *p == '\t')) p++, len--;
-        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t' || p[len - 1] == '/')) len--;
-        if (!len) {
-            snprintf(err, cap, "--controller-address: an empty address in '%.200s'", csv ? csv : "");
-            goto fail;
-        }
-        if (s->n == GW_CTLS_MAX) {
-            snprintf(err, cap, "--controller-address: at most %d controllers", GW_CTLS_MAX);
-            goto fail;
-        }
-        s->ctl[s->n].url = strndup(p, len);
-        s->ctl[s->n].healthy = true;
-        s->ctl[s->n].owner = s;
-        s->ctl[s->n].index = s->n;
-        s->n++;
-        if (!comma) break;
-        p = comma + 1;
+    char *urls[GW_CTLS_MAX], why[300];
+    if (net_url_list_parse(csv, urls, GW_CTLS_MAX, &s->n, why, sizeof why) != 0) {
+        snprintf(err, cap, "--controller-address: %s", why);
+        gw_ctls_free(s);
+        return -1;
     }
+    for (size_t i = 0; i < s->n; i++)
+        s->ctl[i] = (struct gw_ctl){.url = urls[i], .healthy = true, .owner = s, .index = i};
     *out = s;
     return 0;
-fail:
-    gw_ctls_free(s);
-    return -1;
 }
 
 static void on_timer_closed(uv_handle_t *h)

@@ -178,6 +178,12 @@ static const char *finish_text(enum finish_reason r)
     return r == FINISH_NONE ? NULL : finish_reason_name(r);
 }
 
+/* Why a FINISH_ERROR event failed. */
+static const char *error_text(const struct engine_event *ev)
+{
+    return ev->error ? ev->error : "generation failed";
+}
+
 /* A frame that cannot be built or encoded is a bug (all text is whole UTF-8), so it is not
  * dropped in silence, which left the client a stream that just stopped: it is logged and the
  * request ends with an error frame, which always encodes, and its sequence is aborted (the
@@ -221,8 +227,7 @@ static void send_native_frame(struct gen_stream *s, const struct engine_event *e
         s->prompt_text = NULL;
     }
     if (ev->finish == FINISH_ERROR)
-        json_object_set_new(frame, "error", json_pack("{s:s, s:i}", "message",
-                                                      ev->error ? ev->error : "generation failed", "code", 500));
+        json_object_set_new(frame, "error", json_pack("{s:s, s:i}", "message", error_text(ev), "code", 500));
     char *line = frame ? json_dump_compact(frame) : NULL;
     json_decref(frame);
     if (!line) {
@@ -235,18 +240,19 @@ static void send_native_frame(struct gen_stream *s, const struct engine_event *e
     free(line);
 }
 
-static json_t *fastchat_frame(struct gen_stream *s, const struct engine_event *ev)
+/* The FastChat frame for ev, encoded (malloc'd), or NULL when it could not be (fail_frame). */
+static char *fastchat_frame(struct gen_stream *s, const struct engine_event *ev)
 {
     const char *finish = finish_text(ev->finish);
     bool failed = ev->finish == FINISH_ERROR;
-    json_t *frame = json_pack("{s:s%, s:i, s:o, s:o}", "text",
-                              failed ? (ev->error ? ev->error : "generation failed") : strbuf_str(&s->text),
-                              failed ? strlen(ev->error ? ev->error : "generation failed") : s->text.len,
-                              "error_code", failed ? FASTCHAT_INTERNAL_ERROR : FASTCHAT_OK, "usage",
-                              usage_json(ev), "finish_reason",
+    json_t *frame = json_pack("{s:s%, s:i, s:o, s:o}", "text", failed ? error_text(ev) : strbuf_str(&s->text),
+                              failed ? strlen(error_text(ev)) : s->text.len, "error_code",
+                              failed ? FASTCHAT_INTERNAL_ERROR : FASTCHAT_OK, "usage", usage_json(ev), "finish_reason",
                               finish && !failed ? json_string(finish) : json_null());
-    if (s->fastchat_logprobs) json_object_set(frame, "logprobs", s->fastchat_logprobs);
-    return frame;
+    if (frame && s->fastchat_logprobs) json_object_set(frame, "logprobs", s->fastchat_logprobs);
+    char *body = frame ? json_dump_compact(frame) : NULL;
+    json_decref(frame);
+    return body;
 }
 
 static int64_t utf8_chars(const char *s, size_t len)
@@ -310,9 +316,7 @@ void api_on_engine_event(const struct engine_event *ev, void *user)
             if (s->mode == GEN_MODE_FASTCHAT_STREAM &&
                 (ev->finish != FINISH_NONE || s->tokens_since_frame >= w->opt.stream_interval)) {
                 s->tokens_since_frame = 0;
-                json_t *frame = fastchat_frame(s, ev);
-                char *body = frame ? json_dump_compact(frame) : NULL;
-                json_decref(frame);
+                char *body = fastchat_frame(s, ev);
                 /* FastChat frames end in a NUL byte, the string's own terminator. */
                 if (body) http_stream_write(s->req, body, strlen(body) + 1);
                 else fail_frame(s, ev);
@@ -328,13 +332,11 @@ void api_on_engine_event(const struct engine_event *ev, void *user)
                  json_pack("{s:i, s:i, s:s?, s:o, s:b, s:s?}", "prompt_tokens", ev->prompt_tokens, "completion_tokens",
                            ev->completion_tokens, "finish_reason", finish, "ttft_ms",
                            s->got_first_token ? json_real(s->ttft_s * 1000.0) : json_null(), "client_gone", !s->req,
-                           "error", ev->finish == FINISH_ERROR ? (ev->error ? ev->error : "generation failed") : NULL),
+                           "error", ev->finish == FINISH_ERROR ? error_text(ev) : NULL),
                  seconds_since(s->accepted_ns));
     if (s->req) {
         if (s->mode == GEN_MODE_FASTCHAT_BLOCKING) {
-            json_t *frame = fastchat_frame(s, ev);
-            char *body = frame ? json_dump_compact(frame) : NULL;
-            json_decref(frame);
+            char *body = fastchat_frame(s, ev);
             if (body) http_respond(s->req, 200, "application/json", body, strlen(body));
             else fail_frame(s, ev);
             free(body);
@@ -451,7 +453,7 @@ static void job_parsed(uv_work_t *work, int cancelled)
         bool overflow = strstr(job->err.message, "context length") != NULL;
         request_line(job->request_id, &job->span, job->mode, job->status,
                      json_pack("{s:s, s:s?}", "error", job->err.message, "param", job->err.param[0] ? job->err.param : NULL),
-                     (double)(uv_hrtime() - job->accepted_ns) / 1e9);
+                     seconds_since(job->accepted_ns));
         reject(job->req, job->mode, job->status, job->err.param, job->err.message,
                overflow ? FASTCHAT_CONTEXT_OVERFLOW : FASTCHAT_VALIDATION_ERROR);
     } else {

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/net_addr.h"
 #include "worker/api/worker.h"
 
 enum { MAX_CONTROLLERS = 8 };
@@ -153,28 +154,23 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
-/* --controller-address: base URLs separated by commas; a trailing slash is dropped. */
 static int parse_links(struct worker *w)
 {
-    const char *p = w->opt.controller_address ? w->opt.controller_address : "";
-    w->links = calloc(MAX_CONTROLLERS, sizeof *w->links);
-    if (!w->links) return -1;
-    for (;;) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        while (len && (*p == ' ' || *p == '\t')) p++, len--;
-        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t' || p[len - 1] == '/')) len--;
-        if (!len || w->n_links == MAX_CONTROLLERS) {
-            log_error("--controller-address '%s': %s", w->opt.controller_address,
-                      len ? "at most 8 controllers" : "an empty address");
-            return -1;
-        }
-        struct controller_link *l = &w->links[w->n_links++];
-        l->w = w;
-        l->url = strndup(p, len);
-        if (!comma) return 0;
-        p = comma + 1;
+    char *urls[MAX_CONTROLLERS], err[300];
+    size_t n = 0;
+    if (net_url_list_parse(w->opt.controller_address, urls, MAX_CONTROLLERS, &n, err, sizeof err) != 0) {
+        log_error("--controller-address: %s", err);
+        return -1;
     }
+    w->links = calloc(n, sizeof *w->links);
+    if (!w->links) {
+        log_error("out of memory");
+        while (n > 0) free(urls[--n]);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) w->links[i] = (struct controller_link){.w = w, .url = urls[i]};
+    w->n_links = (int)n;
+    return 0;
 }
 
 int controller_client_start(struct worker *w)
@@ -196,6 +192,14 @@ void controller_client_stop(struct worker *w)
     w->heartbeat_timer_open = false;
     uv_timer_stop(&w->heartbeat_timer);
     uv_close((uv_handle_t *)&w->heartbeat_timer, NULL);
+}
+
+void controller_client_free(struct worker *w)
+{
+    for (int i = 0; i < w->n_links; i++) free(w->links[i].url);
+    free(w->links);
+    w->links = NULL;
+    w->n_links = 0;
 }
 
 static void on_unregistered(http_call *call, const struct http_call_result *res, void *user)

@@ -120,6 +120,8 @@ double api_queue_wait_s(struct worker *w);
 int controller_client_start(struct worker *w);
 /* Stops the heartbeats (once, however often called). */
 void controller_client_stop(struct worker *w);
+/* Frees the links, once no call of theirs can answer (after http_client_free). */
+void controller_client_free(struct worker *w);
 /* Asks every controller to forget this worker now (POST /unregister_worker); the answers
  * bring w->unregister_in_flight back to 0. */
 void controller_client_unregister(struct worker *w);

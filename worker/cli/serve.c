@@ -344,6 +344,7 @@ int worker_serve_main(int argc, char **argv)
     while (!server_closed) uv_run(w->loop, UV_RUN_ONCE);
     engine_free(w->engine);
     http_client_free(w->client);
+    controller_client_free(w);
     uv_walk(w->loop, close_walk, NULL);
     uv_run(w->loop, UV_RUN_DEFAULT);
     backend_free(w->backend);

@@ -756,6 +756,8 @@ fail_sched:
 static int push_input(struct engine *e, struct in_item *it)
 {
     pthread_mutex_lock(&e->in_mu);
+    /* Refused from an abort-all on, whether or not it can be queued itself. */
+    if (it->kind == IN_ABORT_ALL) e->refusing = true;
     if (e->stopping || (it->kind == IN_SUBMIT && e->refusing)) {
         pthread_mutex_unlock(&e->in_mu);
         return -1;
@@ -800,20 +802,16 @@ void engine_abort_all(struct engine *e, const char *message)
 {
     struct in_item *it = calloc(1, sizeof *it);
     char *msg = strdup(message ? message : "aborted");
-    pthread_mutex_lock(&e->in_mu);
-    /* Refused from now on whether or not the item could be queued. */
-    e->refusing = true;
-    if (it && msg && !e->stopping) {
+    if (it && msg) {
         it->kind = IN_ABORT_ALL;
         it->message = msg;
-        if (e->in_tail) e->in_tail->next = it;
-        else e->in_head = it;
-        e->in_tail = it;
-        pthread_cond_signal(&e->in_cv);
-        it = NULL;
-        msg = NULL;
+        if (push_input(e, it) == 0) return;
+    } else {
+        /* Out of memory: what runs is not ended, but nothing new starts. */
+        pthread_mutex_lock(&e->in_mu);
+        e->refusing = true;
+        pthread_mutex_unlock(&e->in_mu);
     }
-    pthread_mutex_unlock(&e->in_mu);
     free(it);
     free(msg);
 }

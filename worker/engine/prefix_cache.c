@@ -4,30 +4,25 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { PC_INDEXED = 1, PC_IN_LRU = 2 };
+#include "common/hash.h"
 
-static inline uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+enum { PC_INDEXED = 1, PC_IN_LRU = 2 };
 
 uint64_t pc_hash_root(uint64_t salt)
 {
-    return mix64(salt ^ 0x736c7569636521ull);
+    return hash_mix64(salt ^ 0x736c7569636521ull);
 }
 
 uint64_t pc_hash_block(uint64_t parent, const int32_t *tokens)
 {
     /* Two tokens per 64-bit word, each word folded in through a full avalanche: cheap next to
      * the step that computed the block, and sensitive to every bit and to the order. */
-    uint64_t h = mix64(parent + 0x9e3779b97f4a7c15ull);
+    uint64_t h = hash_mix64(parent + 0x9e3779b97f4a7c15ull);
     for (int i = 0; i < KV_BLOCK_SIZE; i += 2) {
         uint64_t w = (uint64_t)(uint32_t)tokens[i] | (uint64_t)(uint32_t)tokens[i + 1] << 32;
-        h = mix64(h ^ w) + 0x9e3779b97f4a7c15ull;
+        h = hash_mix64(h ^ w) + 0x9e3779b97f4a7c15ull;
     }
-    return mix64(h);
+    return hash_mix64(h);
 }
 
 int pc_init(struct prefix_cache *pc, int32_t num_blocks)

@@ -15,15 +15,7 @@
 
 static int grow(void **p, uint32_t *cap, uint64_t need, size_t elsize)
 {
-    if (need <= *cap) return 0;
-    if (need > UINT32_MAX / 2) return -1;
-    uint32_t nc = *cap ? *cap : 4;
-    while (nc < need) nc *= 2;
-    void *q = realloc(*p, (size_t)nc * elsize);
-    if (!q) return -1;
-    *p = q;
-    *cap = nc;
-    return 0;
+    return gram_grow(p, cap, need, elsize, 4);
 }
 
 static int oom(struct gbuild *b)
@@ -71,7 +63,7 @@ static int64_t new_rule(struct gbuild *b, char *name)
 
 static uint64_t name_hash(const char *s, size_t n)
 {
-    return gram_hash_bytes(0, s, n);
+    return hash_fnv1a(HASH_FNV1A_INIT, s, n);
 }
 
 static int name_ht_insert(struct gbuild *b, uint32_t rule)
@@ -150,7 +142,7 @@ int gb_push(struct gbuild *b, uint32_t alt, uint32_t el)
 
 static uint64_t set_hash(const struct gset *s)
 {
-    return gram_hash_bytes(0, s->w, sizeof s->w);
+    return hash_fnv1a(HASH_FNV1A_INIT, s->w, sizeof s->w);
 }
 
 static int64_t set_id(struct gbuild *b, const struct gset *s)
@@ -746,7 +738,7 @@ static int compute_returns(struct grammar *g)
     uint32_t nc = 0, total = 0;
     for (uint32_t r = 0; r < nr; r++) {
         if (ret[r].n) qsort(ret[r].v, ret[r].n, sizeof(uint32_t), cmp_u32);
-        uint64_t h = gram_hash_bytes(gram_hash_bytes(0, &many[r], 1), ret[r].v ? (void *)ret[r].v : (void *)"",
+        uint64_t h = hash_fnv1a(hash_fnv1a(HASH_FNV1A_INIT, &many[r], 1), ret[r].v ? (void *)ret[r].v : (void *)"",
                                      ret[r].n * sizeof(uint32_t));
         uint32_t i = (uint32_t)h & (size - 1);
         for (; ht[i]; i = (i + 1) & (size - 1)) {
@@ -906,11 +898,11 @@ int gb_finish(struct gbuild *b, uint32_t root, struct grammar **out)
     g->alt_off[order.n] = na;
     g->n_el = q;
     if (compute_returns(g) < 0) goto nomem;
-    uint64_t h = gram_hash_bytes(0, &g->n_el, sizeof g->n_el);
-    h = gram_hash_bytes(h, g->el, (size_t)g->n_el * sizeof *g->el);
-    h = gram_hash_bytes(h, g->alt_off, ((size_t)g->n_rules + 1) * sizeof *g->alt_off);
-    h = gram_hash_bytes(h, g->alt_pos, (size_t)na * sizeof *g->alt_pos);
-    h = gram_hash_bytes(h, g->sets, (size_t)g->n_sets * sizeof *g->sets);
+    uint64_t h = hash_fnv1a(HASH_FNV1A_INIT, &g->n_el, sizeof g->n_el);
+    h = hash_fnv1a(h, g->el, (size_t)g->n_el * sizeof *g->el);
+    h = hash_fnv1a(h, g->alt_off, ((size_t)g->n_rules + 1) * sizeof *g->alt_off);
+    h = hash_fnv1a(h, g->alt_pos, (size_t)na * sizeof *g->alt_pos);
+    h = hash_fnv1a(h, g->sets, (size_t)g->n_sets * sizeof *g->sets);
     g->hash = h;
     *out = g;
     g = NULL;

@@ -80,7 +80,7 @@ int grammar_cache_get(struct grammar_cache *c, enum grammar_kind kind, const cha
     *out = NULL;
     if (kind == GRAMMAR_JSON_OBJECT) len = 0; /* the source says nothing */
     if (!source) source = "";
-    uint64_t h = gram_hash_bytes(gram_hash_bytes(0, &kind, sizeof kind), source, len);
+    uint64_t h = hash_fnv1a(hash_fnv1a(HASH_FNV1A_INIT, &kind, sizeof kind), source, len);
     pthread_mutex_lock(&c->lock);
     struct cache_entry *e = find_source(c, kind, source, len, h);
     if (e) {

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/utf8.h"
 #include "worker/grammar/grammar_internal.h"
 
 struct gp {
@@ -90,8 +91,7 @@ static int hexdigits(struct gp *p, int count, uint32_t *out)
 {
     uint32_t v = 0;
     for (int k = 0; k < count; k++) {
-        int c = peek(p);
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        int d = gram_hexval(peek(p));
         if (d < 0) return fail(p, "expected a hexadecimal digit");
         v = v * 16 + (uint32_t)d;
         p->i++;
@@ -130,42 +130,10 @@ static int parse_char(struct gp *p, uint32_t *cp)
             return fail(p, "unknown escape");
         }
     }
-    const unsigned char *u = (const unsigned char *)p->s + p->i;
-    size_t left = p->n - p->i;
-    int len = u[0] < 0x80 ? 1 : u[0] >= 0xF0 ? 4 : u[0] >= 0xE0 ? 3 : u[0] >= 0xC2 ? 2 : 0;
-    if (len == 0 || (size_t)len > left) return fail(p, "invalid UTF-8");
-    uint32_t v = len == 1 ? u[0] : len == 2 ? (u[0] & 0x1Fu) : len == 3 ? (u[0] & 0x0Fu) : (u[0] & 0x07u);
-    for (int k = 1; k < len; k++) {
-        if ((u[k] & 0xC0) != 0x80) return fail(p, "invalid UTF-8");
-        v = (v << 6) | (u[k] & 0x3Fu);
-    }
-    p->i += (size_t)len;
-    *cp = v;
+    size_t len = utf8_decode((const unsigned char *)p->s + p->i, p->n - p->i, cp);
+    if (len == 0) return fail(p, "invalid UTF-8");
+    p->i += len;
     return 0;
-}
-
-static int utf8_put(uint32_t cp, char *out)
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xC0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
 }
 
 static int parse_literal(struct gp *p, uint32_t alt)
@@ -177,8 +145,7 @@ static int parse_literal(struct gp *p, uint32_t alt)
         if (parse_char(p, &cp) < 0) return -1;
         if (cp >= 0xD800 && cp <= 0xDFFF) return fail(p, "a surrogate code point in a literal");
         char buf[4];
-        int k = utf8_put(cp, buf);
-        if (gb_push_literal(p->b, alt, buf, (size_t)k) < 0) return fail_build(p);
+        if (gb_push_literal(p->b, alt, buf, utf8_encode(cp, buf)) < 0) return fail_build(p);
     }
     p->i++;
     return 0;

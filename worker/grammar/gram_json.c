@@ -145,9 +145,6 @@ static int shared_rule(struct js *j, struct strbuf *e, const char *base, int *us
     return gram_appendf(e, "%s-%d", base, copy) < 0 ? nomem(j) : 0;
 }
 
-/* A list of literal alternatives, factored on their common prefixes (gram_choice.c). */
-int gram_choice_expr(struct strbuf *e, char **strs, size_t *lens, size_t n);
-
 static int emit_literals(struct js *j, const json_t *values, const char *type_filter, const char *ptr,
                          struct strbuf *e)
 {

@@ -58,14 +58,7 @@ struct u32list {
 
 static int list_append(struct u32list *l, const int32_t *v, uint32_t n)
 {
-    if (l->n + n > l->cap) {
-        uint32_t nc = l->cap ? l->cap : 64;
-        while (nc < l->n + n) nc *= 2;
-        void *q = realloc(l->v, (size_t)nc * sizeof *l->v);
-        if (!q) return -1;
-        l->v = q;
-        l->cap = nc;
-    }
+    if (gram_grow((void **)&l->v, &l->cap, (uint64_t)l->n + n, sizeof *l->v, 64) < 0) return -1;
     memcpy(l->v + l->n, v, (size_t)n * sizeof *v);
     l->n += n;
     return 0;
@@ -135,22 +128,9 @@ static int64_t memo_intern(struct gmemo *m, uint32_t from, uint32_t n)
         const struct gmstate *s = &m->st[m->st_ht[i] - 1];
         if (s->len == n && memcmp(m->pool + s->off, e, n * sizeof *e) == 0) return m->st_ht[i] - 1;
     }
-    if (m->n_st == m->cap_st) {
-        uint32_t nc = m->cap_st ? m->cap_st * 2 : 256;
-        void *q = realloc(m->st, (size_t)nc * sizeof *m->st);
-        if (!q) return -1;
-        m->st = q;
-        m->cap_st = nc;
-    }
-    if (m->n_pool + n > m->cap_pool) {
-        uint32_t nc = m->cap_pool ? m->cap_pool : 1024;
-        while (nc < m->n_pool + n) nc *= 2;
-        void *q = realloc(m->pool, (size_t)nc * sizeof *m->pool);
-        if (!q) return -1;
-        m->pool = q;
-        m->cap_pool = nc;
-        e = m->p.st + from;
-    }
+    if (gram_grow((void **)&m->st, &m->cap_st, (uint64_t)m->n_st + 1, sizeof *m->st, 256) < 0 ||
+        gram_grow((void **)&m->pool, &m->cap_pool, (uint64_t)m->n_pool + n, sizeof *m->pool, 1024) < 0)
+        return -1;
     struct gmstate *s = &m->st[m->n_st];
     memset(s, 0, sizeof *s);
     s->off = m->n_pool;
@@ -194,12 +174,7 @@ static int64_t memo_next(struct gmemo *m, uint32_t s, uint8_t b)
     }
     struct gpda *p = &m->p;
     uint32_t len = m->st[s].len;
-    if (len > p->cap_st) {
-        void *q = realloc(p->st, (size_t)len * 2 * sizeof *p->st);
-        if (!q) return -1;
-        p->st = q;
-        p->cap_st = len * 2;
-    }
+    if (gram_grow((void **)&p->st, &p->cap_st, len, sizeof *p->st, 64) < 0) return -1;
     if (len) memcpy(p->st, m->pool + m->st[s].off, (size_t)len * sizeof *p->st);
     p->n_st = len;
     int64_t k = gpda_advance(p, 0, len, b);
@@ -244,12 +219,7 @@ static int64_t memo_root(struct gmemo *m, uint32_t pos)
         m->p.oom = false;
         return -1;
     }
-    if (m->p.cap_st < 1) {
-        void *q = realloc(m->p.st, 64 * sizeof *m->p.st);
-        if (!q) return -1;
-        m->p.st = q;
-        m->p.cap_st = 64;
-    }
+    if (gram_grow((void **)&m->p.st, &m->p.cap_st, 1, sizeof *m->p.st, 64) < 0) return -1;
     m->p.st[0] = (struct gentry){pos, ctx};
     m->p.n_st = 1;
     return memo_intern(m, 0, 1);
@@ -287,13 +257,7 @@ struct unc_list {
 
 static int unc_push(struct unc_list *l, uint32_t node, uint64_t alive, uint64_t unknown)
 {
-    if (l->n == l->cap) {
-        uint32_t nc = l->cap ? l->cap * 2 : 64;
-        void *q = realloc(l->v, (size_t)nc * sizeof *l->v);
-        if (!q) return -1;
-        l->v = q;
-        l->cap = nc;
-    }
+    if (gram_grow((void **)&l->v, &l->cap, (uint64_t)l->n + 1, sizeof *l->v, 64) < 0) return -1;
     l->v[l->n++] = (struct gunc){node, alive, unknown};
     return 0;
 }

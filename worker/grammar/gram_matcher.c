@@ -137,13 +137,7 @@ static int check_uncertain(struct grammar_matcher *m, struct gentry e, const str
     const char *pool = m->c->v->pool;
     uint32_t st0 = p->n_st, nodes0 = p->n_nodes;
     int rc = -1;
-    if (p->n_st + 1 > p->cap_st) {
-        uint32_t nc = p->cap_st ? p->cap_st * 2 : 64;
-        void *q = realloc(p->st, (size_t)nc * sizeof *p->st);
-        if (!q) return -1;
-        p->st = q;
-        p->cap_st = nc;
-    }
+    if (gram_grow((void **)&p->st, &p->cap_st, (uint64_t)p->n_st + 1, sizeof *p->st, 64) < 0) return -1;
     p->st[p->n_st++] = e;
     m->lv_off[0] = st0;
     m->lv_len[0] = 1;

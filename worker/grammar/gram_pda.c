@@ -22,15 +22,7 @@
 
 static int grow(void **ptr, uint32_t *cap, uint64_t need, size_t elsize)
 {
-    if (need <= *cap) return 0;
-    if (need > UINT32_MAX / 2) return -1;
-    uint32_t nc = *cap ? *cap : 64;
-    while (nc < need) nc *= 2;
-    void *q = realloc(*ptr, (size_t)nc * elsize);
-    if (!q) return -1;
-    *ptr = q;
-    *cap = nc;
-    return 0;
+    return gram_grow(ptr, cap, need, elsize, 64);
 }
 
 int gpda_init(struct gpda *p, const struct grammar *g)

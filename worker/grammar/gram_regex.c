@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/utf8.h"
 #include "worker/grammar/grammar_internal.h"
 
 struct rx {
@@ -78,16 +79,11 @@ static int shorthand(struct ranges *R, int c)
     return ranges_add(R, next, 0x10FFFF);
 }
 
-static int hexval(int c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
 static int read_hex(struct rx *r, int count, uint32_t *cp)
 {
     uint32_t v = 0;
     for (int k = 0; k < count; k++) {
-        int h = hexval(rx_peek(r));
+        int h = gram_hexval(rx_peek(r));
         if (h < 0) return rx_fail(r, "expected a hexadecimal digit");
         v = v * 16 + (uint32_t)h;
         r->i++;
@@ -99,17 +95,9 @@ static int read_hex(struct rx *r, int count, uint32_t *cp)
 /* A literal character (UTF-8) at r->i. */
 static int read_utf8(struct rx *r, uint32_t *cp)
 {
-    const unsigned char *u = (const unsigned char *)r->s + r->i;
-    size_t left = r->n - r->i;
-    int len = u[0] < 0x80 ? 1 : u[0] >= 0xF0 ? 4 : u[0] >= 0xE0 ? 3 : u[0] >= 0xC2 ? 2 : 0;
-    if (len == 0 || (size_t)len > left) return rx_fail(r, "invalid UTF-8");
-    uint32_t v = len == 1 ? u[0] : len == 2 ? (u[0] & 0x1Fu) : len == 3 ? (u[0] & 0x0Fu) : (u[0] & 0x07u);
-    for (int k = 1; k < len; k++) {
-        if ((u[k] & 0xC0) != 0x80) return rx_fail(r, "invalid UTF-8");
-        v = (v << 6) | (u[k] & 0x3Fu);
-    }
-    r->i += (size_t)len;
-    *cp = v;
+    size_t len = utf8_decode((const unsigned char *)r->s + r->i, r->n - r->i, cp);
+    if (len == 0) return rx_fail(r, "invalid UTF-8");
+    r->i += len;
     return 0;
 }
 
@@ -132,8 +120,8 @@ static int read_escape(struct rx *r, uint32_t *cp, struct ranges *R)
             r->i++;
             uint32_t v = 0;
             int digits = 0;
-            while (hexval(rx_peek(r)) >= 0 && digits < 8) {
-                v = v * 16 + (uint32_t)hexval(rx_peek(r));
+            while (gram_hexval(rx_peek(r)) >= 0 && digits < 8) {
+                v = v * 16 + (uint32_t)gram_hexval(rx_peek(r));
                 r->i++;
                 digits++;
             }
@@ -179,28 +167,8 @@ static int emit_class(struct rx *r, const struct ranges *R, bool negate)
 static int emit_char(struct rx *r, uint32_t cp)
 {
     char buf[4];
-    int n;
     if (cp >= 0xD800 && cp <= 0xDFFF) return rx_fail(r, "a surrogate code point");
-    if (cp < 0x80) {
-        buf[0] = (char)cp;
-        n = 1;
-    } else if (cp < 0x800) {
-        buf[0] = (char)(0xC0 | (cp >> 6));
-        buf[1] = (char)(0x80 | (cp & 0x3F));
-        n = 2;
-    } else if (cp < 0x10000) {
-        buf[0] = (char)(0xE0 | (cp >> 12));
-        buf[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        buf[2] = (char)(0x80 | (cp & 0x3F));
-        n = 3;
-    } else {
-        buf[0] = (char)(0xF0 | (cp >> 18));
-        buf[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-        buf[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        buf[3] = (char)(0x80 | (cp & 0x3F));
-        n = 4;
-    }
-    return gram_gbnf_literal(r->out, buf, (size_t)n) < 0 ? rx_fail(r, "out of memory") : 0;
+    return gram_gbnf_literal(r->out, buf, utf8_encode(cp, buf)) < 0 ? rx_fail(r, "out of memory") : 0;
 }
 
 static int parse_class(struct rx *r)

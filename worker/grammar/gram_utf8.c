@@ -4,31 +4,8 @@
  * bytes vary independently. */
 #include <stdlib.h>
 
+#include "common/utf8.h"
 #include "worker/grammar/grammar_internal.h"
-
-static int encode(uint32_t cp, uint8_t *out)
-{
-    if (cp < 0x80) {
-        out[0] = (uint8_t)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (uint8_t)(0xC0 | (cp >> 6));
-        out[1] = (uint8_t)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (uint8_t)(0xE0 | (cp >> 12));
-        out[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (uint8_t)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (uint8_t)(0xF0 | (cp >> 18));
-    out[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
-    out[3] = (uint8_t)(0x80 | (cp & 0x3F));
-    return 4;
-}
 
 int gram_utf8_sequences(const uint32_t *ranges, size_t n_ranges, uint8_t (*seqs)[8], int *lens, int cap)
 {
@@ -92,12 +69,12 @@ int gram_utf8_sequences(const uint32_t *ranges, size_t n_ranges, uint8_t (*seqs)
                     free(stack);
                     return -1;
                 }
-                uint8_t a[4], b[4];
-                int len = encode(lo, a);
-                encode(hi, b);
+                char a[4], b[4];
+                int len = (int)utf8_encode(lo, a);
+                utf8_encode(hi, b);
                 for (int i = 0; i < len; i++) {
-                    seqs[n_out][2 * i] = a[i];
-                    seqs[n_out][2 * i + 1] = b[i];
+                    seqs[n_out][2 * i] = (uint8_t)a[i];
+                    seqs[n_out][2 * i + 1] = (uint8_t)b[i];
                 }
                 lens[n_out++] = len;
                 break;

@@ -1,4 +1,4 @@
-/* Small helpers the grammar files share: error messages, formatted appends, hashing. */
+/* Small helpers the grammar files share: error messages, formatted appends, array growth. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,15 +31,17 @@ int gram_appendf(struct strbuf *b, const char *fmt, ...)
     return 0;
 }
 
-uint64_t gram_hash_bytes(uint64_t h, const void *p, size_t n)
+int gram_grow(void **p, uint32_t *cap, uint64_t need, size_t elsize, uint32_t first)
 {
-    const unsigned char *s = p;
-    if (h == 0) h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= s[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
+    if (need <= *cap) return 0;
+    if (need > UINT32_MAX / 2) return -1;
+    uint32_t nc = *cap ? *cap : first;
+    while (nc < need) nc *= 2;
+    void *q = realloc(*p, (size_t)nc * elsize);
+    if (!q) return -1;
+    *p = q;
+    *cap = nc;
+    return 0;
 }
 
 const char *grammar_kind_name(enum grammar_kind kind)

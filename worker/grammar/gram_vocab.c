@@ -206,13 +206,13 @@ int grammar_vocab_from_bytes(struct grammar_vocab **out, int32_t n_vocab, const 
     v->pool = malloc(total + 1);
     if (!v->pool) goto nomem;
     size_t at = 0;
-    uint64_t h = gram_hash_bytes(0, &n_vocab, sizeof n_vocab);
+    uint64_t h = hash_fnv1a(HASH_FNV1A_INIT, &n_vocab, sizeof n_vocab);
     for (int32_t i = 0; i < n_vocab; i++) {
         v->off[i] = (uint32_t)at;
         if (v->len[i]) memcpy(v->pool + at, bytes[i], v->len[i]);
         at += v->len[i];
-        h = gram_hash_bytes(h, &v->len[i], sizeof v->len[i]);
-        h = gram_hash_bytes(h, v->pool + v->off[i], v->len[i]);
+        h = hash_fnv1a(h, &v->len[i], sizeof v->len[i]);
+        h = hash_fnv1a(h, v->pool + v->off[i], v->len[i]);
     }
     if (differ) {
         v->first_off = calloc((size_t)n_vocab, sizeof *v->first_off);
@@ -228,11 +228,11 @@ int grammar_vocab_from_bytes(struct grammar_vocab **out, int32_t n_vocab, const 
             v->first_len[i] = first_lens[i];
             memcpy(v->pool + at, first_bytes[i], first_lens[i]);
             at += first_lens[i];
-            h = gram_hash_bytes(h, &v->first_len[i], sizeof v->first_len[i]);
-            h = gram_hash_bytes(h, v->pool + v->first_off[i], v->first_len[i]);
+            h = hash_fnv1a(h, &v->first_len[i], sizeof v->first_len[i]);
+            h = hash_fnv1a(h, v->pool + v->first_off[i], v->first_len[i]);
         }
     }
-    h = gram_hash_bytes(h, v->stop_ids, v->n_stop * sizeof *v->stop_ids);
+    h = hash_fnv1a(h, v->stop_ids, v->n_stop * sizeof *v->stop_ids);
     v->ident = h;
     if (gram_trie_build(&v->trie, v->pool, v->off, v->len, n_vocab) < 0) goto nomem;
     if (differ && gram_trie_build(&v->first_trie, v->pool, v->first_off, v->first_len, n_vocab) < 0) goto nomem;
@@ -264,15 +264,19 @@ int grammar_vocab_from_tokenizer(struct grammar_vocab **out, const struct tokeni
         if (!bytes[i]) goto oom;
         tok_token_piece(tok, i, bytes[i], l + 1);
         lens[i] = (uint32_t)l;
-        size_t fl = tok_token_piece_first(tok, i, NULL, 0);
+        /* The first-token form is a decode of the token: made once, into buf, unless longer. */
+        char buf[256];
+        size_t fl = tok_token_piece_first(tok, i, buf, sizeof buf);
+        if (fl == l && fl <= sizeof buf && memcmp(buf, bytes[i], l) == 0) continue;
         first[i] = malloc(fl + 1);
         if (!first[i]) goto oom;
-        tok_token_piece_first(tok, i, first[i], fl + 1);
-        first_lens[i] = (uint32_t)fl;
-        if (fl == l && memcmp(first[i], bytes[i], l) == 0) {
-            free(first[i]);
-            first[i] = NULL;
+        if (fl <= sizeof buf) {
+            memcpy(first[i], buf, fl);
+            first[i][fl] = '\0';
+        } else {
+            tok_token_piece_first(tok, i, first[i], fl + 1);
         }
+        first_lens[i] = (uint32_t)fl;
     }
     if (n_stop == 0 && eos >= 0) {
         stop_ids = &eos;

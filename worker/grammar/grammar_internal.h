@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/hash.h"
 #include "common/strbuf.h"
 #include "worker/grammar/grammar.h"
 
@@ -37,11 +38,19 @@ static inline void gset_add_range(struct gset *s, unsigned lo, unsigned hi)
     for (unsigned b = lo; b <= hi; b++) s->w[b >> 6] |= 1ull << (b & 63);
 }
 
+/* The value of hexadecimal digit c, or -1 (the front ends' \x, \u and \U escapes). */
+static inline int gram_hexval(int c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
 /* printf into a caller's error buffer (which may be NULL or 0 bytes). */
 void gram_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* printf onto a strbuf; 0 or -1 when out of memory. */
 int gram_appendf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-uint64_t gram_hash_bytes(uint64_t h, const void *p, size_t n); /* FNV-1a, h = 0 to start */
+/* Makes room for need elements of elsize bytes in *p (capacity *cap, doubled from first):
+ * 0, or -1 when out of memory or past UINT32_MAX / 2 elements (*p unchanged). */
+int gram_grow(void **p, uint32_t *cap, uint64_t need, size_t elsize, uint32_t first);
 
 /* ---- the builder --------------------------------------------------------------------------- */
 struct gb_rule {
@@ -94,6 +103,9 @@ int gram_json_schema_to_gbnf(const char *src, size_t len, struct strbuf *out, ch
 int gram_json_object_gbnf(struct strbuf *out);
 int gram_regex_to_gbnf(const char *src, size_t len, struct strbuf *out, char *err, size_t errlen);
 int gram_choice_to_gbnf(const char *src, size_t len, struct strbuf *out, char *err, size_t errlen);
+/* A list of literal alternatives as one GBNF expression, factored on their common prefixes
+ * (gram_choice.c; a schema's enum uses it too). */
+int gram_choice_expr(struct strbuf *e, char **strs, size_t *lens, size_t n);
 /* Appends s as a GBNF string literal ("..." with escapes). */
 int gram_gbnf_literal(struct strbuf *out, const char *s, size_t n);
 /* Parses GBNF into a finished grammar. */

@@ -198,6 +198,9 @@ int tok_set_text(struct tokenizer *t, int32_t id, const char *s, size_t len);
 /* After everything is loaded: byte ids, added-token index, per-token pieces. */
 int tok_finish(struct tokenizer *t, char *err, size_t errlen);
 void tok_release(struct tokenizer *t);
+/* Frees the normalizers, pre-tokenizers and decoders, leaving none (tok_load_class.c then
+ * builds its own). */
+void tok_pipeline_clear(struct tokenizer *t);
 
 int tok_load_json(struct tokenizer *t, const char *json_path, const char *config_path,
                   char *err, size_t errlen);
@@ -219,6 +222,10 @@ int tok_bpe_encode(const struct tokenizer *t, const char *s, size_t n, int32_t *
  * to out; an empty pattern copies s. */
 int tok_replace_append(struct strbuf *out, const char *s, size_t n, const char *pat, size_t plen, const char *rep,
                        size_t rlen);
+/* The same for text that may go on (the streaming decoder's): a tail of s that could still
+ * begin a match is not appended, and *held gets its length. */
+int tok_replace_append_open(struct strbuf *out, const char *s, size_t n, const char *pat, size_t plen,
+                            const char *rep, size_t rlen, size_t *held);
 
 /* Decoder steps on one token string, shared by the one-shot decoder and the stream. */
 int tok_byte_token(const char *s, size_t n); /* "<0xNN>" to NN, else -1 */

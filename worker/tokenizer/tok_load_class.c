@@ -51,24 +51,7 @@ bool tok_class_is_llama(const char *cls, const char *model_type)
 
 int tok_llama_pipeline(struct tokenizer *t, bool add_prefix_space, bool legacy)
 {
-    for (size_t i = 0; i < t->n_norm; i++) {
-        free(t->norm[i].a);
-        free(t->norm[i].b);
-        if (t->norm[i].re) pcre2_code_free(t->norm[i].re);
-    }
-    free(t->norm);
-    t->norm = NULL;
-    t->n_norm = 0;
-    for (size_t i = 0; i < t->n_pre; i++)
-        if (t->pre[i].re) pcre2_code_free(t->pre[i].re);
-    free(t->pre);
-    t->n_pre = 0;
-    for (size_t i = 0; i < t->n_dec; i++) {
-        free(t->dec[i].a);
-        free(t->dec[i].b);
-    }
-    free(t->dec);
-    t->n_dec = 0;
+    tok_pipeline_clear(t);
     t->pre = calloc(1, sizeof(*t->pre));
     t->dec = calloc(4, sizeof(*t->dec));
     if (!t->pre || !t->dec) return -1;

@@ -7,12 +7,11 @@
 
 #define is_space_cp tok_is_space_cp
 
-int tok_replace_append(struct strbuf *out, const char *s, size_t n, const char *pat, size_t plen, const char *rep,
-                       size_t rlen)
+int tok_replace_append_open(struct strbuf *out, const char *s, size_t n, const char *pat, size_t plen,
+                            const char *rep, size_t rlen, size_t *held)
 {
-    if (plen == 0) return strbuf_append(out, s, n);
-    size_t i = 0, run = 0;
-    while (i + plen <= n) {
+    size_t i = 0, run = 0, keep = n;
+    while (plen && i + plen <= n) {
         if (s[i] == pat[0] && memcmp(s + i, pat, plen) == 0) {
             if (strbuf_append(out, s + run, i - run) < 0 || strbuf_append(out, rep, rlen) < 0) return -1;
             i += plen;
@@ -20,7 +19,21 @@ int tok_replace_append(struct strbuf *out, const char *s, size_t n, const char *
         } else
             i++;
     }
-    return strbuf_append(out, s + run, n - run);
+    /* Past i no whole match fits: the first tail that begins the pattern waits for more. */
+    if (held && plen)
+        for (size_t j = i; j < n; j++)
+            if (memcmp(s + j, pat, n - j) == 0) {
+                keep = j;
+                break;
+            }
+    if (held) *held = n - keep;
+    return strbuf_append(out, s + run, keep - run);
+}
+
+int tok_replace_append(struct strbuf *out, const char *s, size_t n, const char *pat, size_t plen, const char *rep,
+                       size_t rlen)
+{
+    return tok_replace_append_open(out, s, n, pat, plen, rep, rlen, NULL);
 }
 
 /* Calls fn for each non-empty match of re in s[0..n), left to right, as Rust's find_iter. */

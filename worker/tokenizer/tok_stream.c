@@ -86,29 +86,13 @@ static int replace_stream(struct tok_stream *s, size_t k, const char *rep, size_
                           bool final)
 {
     struct stage *st = &s->st[k];
-    const char *pat = st->d->a;
-    size_t plen = st->d->a_len;
+    size_t held = 0;
     if (strbuf_append(&st->held, p, n) < 0) return -1;
-    const char *h = st->held.p;
-    size_t hn = st->held.len, i = 0, run = 0;
     st->work.len = 0;
-    while (plen && i + plen <= hn) {
-        if (memcmp(h + i, pat, plen) == 0) {
-            if (strbuf_append(&st->work, h + run, i - run) < 0 || strbuf_append(&st->work, rep, rlen) < 0) return -1;
-            i += plen;
-            run = i;
-        } else
-            i++;
-    }
-    size_t keep = hn;
-    if (!final && plen)
-        for (size_t j = i; j < hn; j++)
-            if (memcmp(h + j, pat, hn - j) == 0) {
-                keep = j;
-                break;
-            }
-    if (strbuf_append(&st->work, h + run, keep - run) < 0) return -1;
-    drop_front(&st->held, keep);
+    if (tok_replace_append_open(&st->work, st->held.p, st->held.len, st->d->a, st->d->a_len, rep, rlen,
+                                final ? NULL : &held) < 0)
+        return -1;
+    drop_front(&st->held, st->held.len - held);
     return pass_work(s, k);
 }
 

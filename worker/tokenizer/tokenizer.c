@@ -99,6 +99,28 @@ fail:
     return -1;
 }
 
+void tok_pipeline_clear(struct tokenizer *t)
+{
+    for (size_t i = 0; i < t->n_norm; i++) {
+        free(t->norm[i].a);
+        free(t->norm[i].b);
+        if (t->norm[i].re) pcre2_code_free(t->norm[i].re);
+    }
+    free(t->norm);
+    for (size_t i = 0; i < t->n_pre; i++)
+        if (t->pre[i].re) pcre2_code_free(t->pre[i].re);
+    free(t->pre);
+    for (size_t i = 0; i < t->n_dec; i++) {
+        free(t->dec[i].a);
+        free(t->dec[i].b);
+    }
+    free(t->dec);
+    t->norm = NULL;
+    t->pre = NULL;
+    t->dec = NULL;
+    t->n_norm = t->n_pre = t->n_dec = 0;
+}
+
 void tok_release(struct tokenizer *t)
 {
     for (int32_t i = 0; t->text && i < t->n_vocab; i++) free(t->text[i]);
@@ -115,20 +137,7 @@ void tok_release(struct tokenizer *t)
     for (size_t i = 0; i < t->n_added; i++) free(t->added[i].content);
     free(t->added);
     free(t->added_order);
-    for (size_t i = 0; i < t->n_norm; i++) {
-        free(t->norm[i].a);
-        free(t->norm[i].b);
-        if (t->norm[i].re) pcre2_code_free(t->norm[i].re);
-    }
-    free(t->norm);
-    for (size_t i = 0; i < t->n_pre; i++)
-        if (t->pre[i].re) pcre2_code_free(t->pre[i].re);
-    free(t->pre);
-    for (size_t i = 0; i < t->n_dec; i++) {
-        free(t->dec[i].a);
-        free(t->dec[i].b);
-    }
-    free(t->dec);
+    tok_pipeline_clear(t);
     free(t->prefix_ids);
     free(t->suffix_ids);
     free(t->bos_text);

@@ -1,5 +1,6 @@
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/net_addr.h"
@@ -192,4 +193,25 @@ Test(loopback, peers)
     cr_expect_not(net_peer_is_loopback("?"));
     cr_expect_not(net_peer_is_loopback(""));
     cr_expect_not(net_peer_is_loopback(NULL));
+}
+
+Test(url_list, controller_addresses_split_on_commas)
+{
+    char *urls[3], err[300] = "";
+    size_t n = 9;
+    cr_assert_eq(net_url_list_parse("http://a:1/, http://b:2 ,\thttp://c:3", urls, 3, &n, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(n, 3);
+    cr_assert_str_eq(urls[0], "http://a:1");
+    cr_assert_str_eq(urls[1], "http://b:2");
+    cr_assert_str_eq(urls[2], "http://c:3");
+    for (size_t i = 0; i < n; i++) free(urls[i]);
+    /* Refused whole, with nothing left allocated (ASan's leak check sees to that). */
+    cr_assert_eq(net_url_list_parse("http://a:1,,http://b:2", urls, 3, &n, err, sizeof err), -1);
+    cr_assert(strstr(err, "empty"), "%s", err);
+    cr_assert_eq(n, 0);
+    cr_assert_eq(net_url_list_parse("", urls, 3, &n, err, sizeof err), -1);
+    cr_assert_eq(net_url_list_parse(NULL, urls, 3, &n, err, sizeof err), -1);
+    cr_assert_eq(net_url_list_parse("a,b,c,d", urls, 3, &n, err, sizeof err), -1);
+    cr_assert(strstr(err, "at most 3"), "%s", err);
+    cr_assert_eq(n, 0);
 }

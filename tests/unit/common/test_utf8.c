@@ -44,6 +44,28 @@ Test(utf8, sequence_lengths_follow_unicode_table_3_7)
     }
 }
 
+Test(utf8, decode_and_encode_agree_on_every_scalar_value)
+{
+    for (uint32_t cp = 0; cp <= 0x10FFFF; cp++) {
+        if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+        char buf[4];
+        size_t n = utf8_encode(cp, buf);
+        cr_assert_eq(n, cp < 0x80 ? 1u : cp < 0x800 ? 2u : cp < 0x10000 ? 3u : 4u);
+        uint32_t back = 0;
+        cr_assert_eq(utf8_decode((const unsigned char *)buf, n, &back), n, "U+%04X", cp);
+        cr_assert_eq(back, cp);
+        /* One byte short is not a character. */
+        if (n > 1) cr_assert_eq(utf8_decode((const unsigned char *)buf, n - 1, &back), 0u);
+    }
+    /* Ill-formed sequences decode to nothing, as utf8_char_len says. */
+    static const char *const bad[] = {"\xC0\xAF", "\xE0\x80\xAF", "\xED\xA0\x80", "\xF4\x90\x80\x80", "\xF5\x80\x80\x80", "\x80"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint32_t cp = 7;
+        cr_assert_eq(utf8_decode((const unsigned char *)bad[i], strlen(bad[i]), &cp), 0u, "case %zu", i);
+        cr_assert_eq(cp, 7u);
+    }
+}
+
 Test(utf8, clean_replaces_ill_formed_bytes_and_nul)
 {
     char out[64];

@@ -108,6 +108,15 @@ Test(gbnf, layout_comments_and_newlines)
     gt_dead(G, g, "xz");
 }
 
+Test(gbnf, ill_formed_utf8_is_refused)
+{
+    /* An overlong form would be read as another character (E0 80 80 as NUL), a lead byte past
+     * F4 as a code point above U+10FFFF: the grammar is refused instead. */
+    cr_assert(strstr(gt_compile_error(G, "root ::= \"\xE0\x80\x80\""), "invalid UTF-8"));
+    cr_assert(strstr(gt_compile_error(G, "root ::= [\xF5\x80\x80\x80]"), "invalid UTF-8"));
+    cr_assert(strstr(gt_compile_error(G, "root ::= \"\xED\xA0\x80\""), "invalid UTF-8")); /* a surrogate */
+}
+
 Test(gbnf, errors_say_what_and_where)
 {
     cr_assert(strstr(gt_compile_error(G, "root ::= foo"), "undefined rule 'foo'"));

@@ -65,6 +65,13 @@ Test(regex, refusals_name_the_construct)
     cr_assert(strstr(e, "offset 3"), "%s", e);
 }
 
+Test(regex, ill_formed_utf8_is_refused)
+{
+    /* Not the NUL that the overlong E0 80 80 would decode to, nor a code point past U+10FFFF. */
+    cr_assert(strstr(gt_compile_error(R, "a\xE0\x80\x80"), "invalid UTF-8"));
+    cr_assert(strstr(gt_compile_error(R, "[\xF5\x80\x80\x80]"), "invalid UTF-8"));
+}
+
 Test(choice, one_of_the_strings)
 {
     const char *c = "[\"yes\", \"yellow\", \"no\", \"né\", \"nè\", \"\", \"yes\"]";
