@@ -66,17 +66,22 @@ void api_model_details(struct worker *w, http_request *req)
 }
 
 /* FastChat's openai_api_server asks this and builds prompts itself with the conversation;
- * chat_template (not FastChat's) carries the Jinja source for clients that can use it. */
+ * chat_template (not FastChat's) carries the Jinja source for clients that can use it. The
+ * answer renders the template several times and never changes: it is built once, on the first
+ * request. */
 void api_conv_template(struct worker *w, http_request *req)
 {
-    json_t *conv = chat_format_fastchat_conv(&w->chat, w->tok);
-    if (!conv) {
-        http_respond_error(req, 500, NULL, "the chat template could not be described as a FastChat conversation");
-        return;
+    if (!w->fastchat_conv) {
+        json_t *conv = chat_format_fastchat_conv(&w->chat, w->tok);
+        if (!conv) {
+            http_respond_error(req, 500, NULL, "the chat template could not be described as a FastChat conversation");
+            return;
+        }
+        const char *tmpl = tok_chat_template(w->tok);
+        json_object_set_new(conv, "chat_template", tmpl ? json_string(tmpl) : json_null());
+        w->fastchat_conv = conv;
     }
-    const char *tmpl = tok_chat_template(w->tok);
-    json_object_set_new(conv, "chat_template", tmpl ? json_string(tmpl) : json_null());
-    http_respond_json(req, 200, json_pack("{s:o}", "conv", conv));
+    http_respond_json(req, 200, json_pack("{s:O}", "conv", w->fastchat_conv));
 }
 
 void api_tokenize(struct worker *w, http_request *req)

@@ -66,6 +66,7 @@ struct worker {
     struct backend *backend;
     struct engine *engine;
     struct chat_format chat;
+    json_t *fastchat_conv;          /* /worker_get_conv_template's answer: fixed once the model loads */
     char model_names[16][128];
     int n_model_names;
     char address[NET_BASE_URL_MAX]; /* how the controller and gateways reach us */

@@ -348,6 +348,7 @@ int worker_serve_main(int argc, char **argv)
     uv_walk(w->loop, close_walk, NULL);
     uv_run(w->loop, UV_RUN_DEFAULT);
     backend_free(w->backend);
+    json_decref(w->fastchat_conv);
     chat_format_free(&w->chat);
     tok_free(w->tok);
     model_free(w->model);
