@@ -106,9 +106,9 @@ static void on_unregister(struct ctl *c, http_request *req)
 {
     json_t *body = body_object(req);
     if (!body) return;
-    const char *name;
+    char name[NET_BASE_URL_MAX];
     struct json_field_error err = {{0}, {0}};
-    if (json_get_string(body, "worker_name", true, &name, &err) != JSON_FIELD_OK) {
+    if (ctl_payload_worker_name(body, name, &err) != 0) {
         respond_bad(req, &err);
     } else {
         bool removed = ctl_registry_remove(c->reg, name);
