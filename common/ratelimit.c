@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
+
 /* --- buckets ------------------------------------------------------------------------------ */
 
 static void refill(struct rl_bucket *b, double now)
@@ -113,16 +115,9 @@ struct smap {
     size_t cap, n;
 };
 
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-    return h;
-}
-
 static size_t smap_slot(const struct smap *m, const char *key)
 {
-    size_t i = (size_t)hash_str(key) & (m->cap - 1);
+    size_t i = (size_t)hash_fnv1a_str(HASH_FNV1A_INIT, key) & (m->cap - 1);
     while (m->keys[i] && strcmp(m->keys[i], key) != 0) i = (i + 1) & (m->cap - 1);
     return i;
 }

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
+
 struct ctl_map_node {
     struct ctl_map_node *next;
     uint64_t hash;
@@ -19,12 +21,7 @@ struct ctl_map {
 
 static uint64_t map_hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return h;
+    return hash_fnv1a_str(HASH_FNV1A_INIT, s);
 }
 
 int ctl_map_init(ctl_map **out)
