@@ -7,6 +7,7 @@
 #include <jansson.h>
 
 #include "common/log.h"
+#include "common/recent.h"
 #include "common/strmap.h"
 
 /* The workers that serve one model. */
@@ -23,7 +24,7 @@ struct ctl_registry {
     size_t n_workers, cap_workers;
     strmap *by_name;  /* name -> struct ctl_worker */
     strmap *by_model; /* model -> struct ctl_model */
-    strmap *gone;     /* model whose last worker left -> double * (clock seconds when) */
+    recent *gone;     /* models whose last worker left, and when */
     uint64_t expired;  /* workers removed for missing heartbeats, ever */
 };
 
@@ -42,7 +43,7 @@ int ctl_registry_init(ctl_registry **out, double expiration_s, ctl_clock_fn cloc
     r->expiration = expiration_s;
     r->clock = clock ? clock : ctl_clock_monotonic;
     r->clock_arg = clock_arg;
-    if (strmap_init(&r->by_name) != 0 || strmap_init(&r->by_model) != 0 || strmap_init(&r->gone) != 0) {
+    if (strmap_init(&r->by_name) != 0 || strmap_init(&r->by_model) != 0 || recent_init(&r->gone, CTL_RECENT_MODEL_MAX, CTL_RECENT_MODEL_S) != 0) {
         ctl_registry_free(r);
         return -1;
     }
@@ -69,69 +70,6 @@ static void model_free_cb(const char *key, void *value, void *arg)
     free(m);
 }
 
-static void free_value_cb(const char *key, void *value, void *arg)
-{
-    (void)key;
-    (void)arg;
-    free(value);
-}
-
-/* --- models whose workers left recently -------------------------------------------------- */
-
-struct gone_scan {
-    double now, oldest_t;
-    const char *oldest;
-    const char *stale[64]; /* expired entries found by this scan (removed afterwards) */
-    size_t n_stale;
-};
-
-static void gone_scan_cb(const char *key, void *value, void *arg)
-{
-    struct gone_scan *g = arg;
-    double t = *(double *)value;
-    if (g->now - t > CTL_RECENT_MODEL_S && g->n_stale < sizeof g->stale / sizeof g->stale[0])
-        g->stale[g->n_stale++] = key;
-    if (!g->oldest || t < g->oldest_t) {
-        g->oldest = key;
-        g->oldest_t = t;
-    }
-}
-
-static void gone_drop(ctl_registry *r, const char *model)
-{
-    free(strmap_remove(r->gone, model));
-}
-
-/* Remembers that the model's last worker left now. The memory stays bounded: expired entries
- * go first, then the oldest. Out of memory only loses the memory, which is a hint. */
-static void gone_note(ctl_registry *r, const char *model)
-{
-    double now = ctl_registry_now(r);
-    double *t = strmap_get(r->gone, model);
-    if (t) {
-        *t = now;
-        return;
-    }
-    if (strmap_count(r->gone) >= CTL_RECENT_MODEL_MAX) {
-        struct gone_scan g = {.now = now};
-        strmap_each(r->gone, gone_scan_cb, &g);
-        /* Keys are removed after the walk: the map must not change during it. The oldest is
-         * copied first since removing the stale ones may free it. */
-        char *oldest = g.n_stale == 0 && g.oldest ? strdup(g.oldest) : NULL;
-        for (size_t i = 0; i < g.n_stale; i++) {
-            char *k = strdup(g.stale[i]);
-            if (k) gone_drop(r, k);
-            free(k);
-        }
-        if (oldest) gone_drop(r, oldest);
-        free(oldest);
-    }
-    t = malloc(sizeof *t);
-    if (!t) return;
-    *t = now;
-    if (strmap_put(r->gone, model, t) != 0) free(t);
-}
-
 void ctl_registry_free(ctl_registry *r)
 {
     if (!r) return;
@@ -140,8 +78,7 @@ void ctl_registry_free(ctl_registry *r)
     if (r->by_model) strmap_each(r->by_model, model_free_cb, NULL);
     strmap_free(r->by_model);
     strmap_free(r->by_name);
-    if (r->gone) strmap_each(r->gone, free_value_cb, NULL);
-    strmap_free(r->gone);
+    recent_free(r->gone);
     free(r);
 }
 
@@ -190,7 +127,8 @@ static void worker_unlink(ctl_registry *r, struct ctl_worker *w)
             strmap_remove(r->by_model, w->models[i]);
             free(m->workers);
             free(m);
-            gone_note(r, w->models[i]);
+            /* Out of memory only loses the memory, which is a hint. */
+            (void)recent_note(r->gone, w->models[i], ctl_registry_now(r));
         }
     }
     strmap_remove(r->by_name, w->name);
@@ -251,7 +189,7 @@ int ctl_registry_register(ctl_registry *r, const char *name, bool check_heart_be
     }
     r->workers[r->n_workers++] = w;
     for (size_t i = 0; i < w->n_models; i++) {
-        gone_drop(r, w->models[i]);
+        recent_forget(r->gone, w->models[i]);
         struct ctl_model *m = strmap_get(r->by_model, w->models[i]);
         if (!m) {
             m = calloc(1, sizeof *m);
@@ -280,15 +218,11 @@ bool ctl_registry_remove(ctl_registry *r, const char *name)
     return true;
 }
 
-bool ctl_registry_recently_served(ctl_registry *r, const char *model)
+bool ctl_registry_recently_served(const ctl_registry *r, const char *model)
 {
     struct ctl_model *m = strmap_get(r->by_model, model);
     if (m && m->n > 0) return true;
-    double *t = strmap_get(r->gone, model);
-    if (!t) return false;
-    if (ctl_registry_now(r) - *t <= CTL_RECENT_MODEL_S) return true;
-    gone_drop(r, model);
-    return false;
+    return recent_within(r->gone, model, ctl_registry_now(r));
 }
 
 bool ctl_registry_heartbeat(ctl_registry *r, const char *name, int64_t queue_length)
