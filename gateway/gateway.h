@@ -72,7 +72,6 @@ struct gw_reqinfo {
     char peer[64];
     char method[16];
     char path[128];
-    char *key;                              /* the API key it authenticated with (rate limits), or NULL */
 };
 
 void gw_reqinfo_free(struct gw_reqinfo *info);

@@ -471,7 +471,9 @@ void gw_generate(struct gw *g, http_request *req, const char *route, int api)
     }
     struct gw_rl_ticket ticket;
     char why[320];
-    if (!gw_rl_admit(g->rl, info ? info->key : NULL, gw_rl_estimate(&p), req, &ticket, why, sizeof why)) {
+    size_t api_key_len;
+    const char *api_key = gw_auth_key_of(g->auth, http_request_header(req, "Authorization"), &api_key_len);
+    if (!gw_rl_admit(g->rl, api_key, api_key_len, &p, req, &ticket, why, sizeof why)) {
         gw_metrics_rate_limited(g->metrics, ticket.by_tokens);
         gw_params_free(&p);
         gw_respond_error(g, req, route, 429, NULL, "%s", why);
