@@ -94,6 +94,8 @@ const char *http_request_query(const http_request *req);  /* after '?', or "" */
 const char *http_request_header(const http_request *req, const char *name);
 const char *http_request_body(const http_request *req, size_t *len); /* NUL-terminated */
 const char *http_request_peer(const http_request *req);              /* "127.0.0.1:53422" */
+/* Whether the client connected from 127.0.0.0/8 or ::1 (IPv4-mapped too), as read at accept. */
+bool http_request_from_loopback(const http_request *req);
 void http_request_set_data(http_request *req, void *data);
 void *http_request_get_data(const http_request *req);
 /* Called once if the connection closes before the request was answered (client gone,
