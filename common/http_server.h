@@ -47,6 +47,16 @@ typedef struct http_request http_request;
 
 #define HTTP_NO_LIMIT UINT_MAX /* for a count limit of http_server_config: none */
 
+/* What a 0 in http_server_config means, for the fields the programs' flags set too
+ * (common/http_flags.h). */
+enum {
+    HTTP_DEFAULT_HEADER_TIMEOUT_MS = 10 * 1000,
+    HTTP_DEFAULT_BODY_TIMEOUT_MS = 30 * 1000,
+    HTTP_DEFAULT_IDLE_TIMEOUT_MS = 60 * 1000,
+    HTTP_DEFAULT_MAX_CONNECTIONS_PER_IP = 256,
+    HTTP_DEFAULT_MAX_CONNECTIONS_PER_LOOPBACK = 2048,
+};
+
 struct http_server_config {
     const char *host;           /* "127.0.0.1" (default), "0.0.0.0", "::" */
     int port;                   /* 0 picks a free port: see http_server_port() */
