@@ -42,7 +42,10 @@ int gw_ctls_init(gw_ctls **out, const char *csv, char *err, size_t cap)
             snprintf(err, cap, "--controller-address: at most %d controllers", GW_CTLS_MAX);
             goto fail;
         }
-        s->ctl[s->n].url = strndup(p, len);
+        if (!(s->ctl[s->n].url = strndup(p, len))) {
+            snprintf(err, cap, "out of memory");
+            goto fail;
+        }
         s->ctl[s->n].healthy = true;
         s->ctl[s->n].owner = s;
         s->ctl[s->n].index = s->n;

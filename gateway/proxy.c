@@ -480,7 +480,18 @@ void gw_generate(struct gw *g, http_request *req, const char *route, int api)
         return;
     }
 
+    size_t n_choices = gw_params_choice_count(&p);
     struct gw_gen *gen = calloc(1, sizeof *gen);
+    struct gw_choice *choices = calloc(n_choices, sizeof *choices);
+    if (!gen || !choices) {
+        free(gen);
+        free(choices);
+        gw_rl_settle(g->rl, &ticket, 0); /* what it reserved goes back */
+        gw_params_free(&p);
+        http_response_header(req, "Retry-After", "1");
+        gw_respond_error(g, req, route, 503, NULL, "the gateway is out of memory; retry later");
+        return;
+    }
     gen->info = info;
     http_request_set_data(req, NULL); /* the gen logs the access line now */
     gen->rl = ticket;
@@ -493,8 +504,8 @@ void gw_generate(struct gw *g, http_request *req, const char *route, int api)
     gen->created = (int64_t)time(NULL);
     gen->start_ns = uv_hrtime();
     gw_format_id((enum gw_api)api, gen->id, sizeof gen->id);
-    gen->n_choices = gw_params_choice_count(&p);
-    gen->choices = calloc(gen->n_choices, sizeof *gen->choices);
+    gen->n_choices = n_choices;
+    gen->choices = choices;
     for (size_t i = 0; i < gen->n_choices; i++) {
         gen->choices[i].gen = gen;
         gen->choices[i].index = i;

@@ -62,10 +62,16 @@ static void on_route_end(bool done, void *user)
 int gw_route_start(gw_ctls *ctls, http_client *client, const struct gw_route_opts *o, gw_route_cb cb, void *user,
                    gw_route **out)
 {
+    *out = NULL;
     gw_route *r = calloc(1, sizeof *r);
+    json_t *body = json_pack("{s:s}", "model", o->model);
+    if (!r || !body) {
+        free(r);
+        json_decref(body);
+        return -1;
+    }
     r->cb = cb;
     r->user = user;
-    json_t *body = json_pack("{s:s}", "model", o->model);
     if (o->exclude && *o->exclude) json_object_set_new(body, "exclude", json_pack("[s]", o->exclude));
     if (o->prefix_key && *o->prefix_key) json_object_set_new(body, "prefix_key", json_string(o->prefix_key));
     struct gw_ctl_call_opts opts = {
@@ -84,7 +90,6 @@ int gw_route_start(gw_ctls *ctls, http_client *client, const struct gw_route_opt
     json_decref(body);
     if (rc != 0) {
         free(r);
-        *out = NULL;
         return rc;
     }
     *out = r;
