@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/utf8.h"
 #include "worker/tokenizer/tok_internal.h"
 
 char *tok_strndup(const char *s, size_t n)
@@ -190,30 +191,11 @@ const struct tok_pair_slot *tok_pairmap_get(const struct tok_pairmap *m, int32_t
 
 /* ---- UTF-8 -------------------------------------------------------------------------------- */
 /* Returns the length of a valid character at s, or -k where k >= 1 is the length of the
- * maximal invalid subpart (the bytes one U+FFFD replaces). */
+ * maximal invalid subpart (the bytes one U+FFFD replaces): common/utf8.h's reading. */
 static int utf8_scan(const unsigned char *s, size_t n)
 {
-    unsigned c = s[0];
-    if (c < 0x80) return 1;
-    int need;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) need = 1;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else
-        return -1;
-    for (int i = 1; i <= need; i++) {
-        if ((size_t)i >= n) return -i;
-        unsigned b = s[i];
-        if (i == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) return -i;
-    }
-    return need + 1;
+    size_t skip, k = utf8_char_len(s, n, &skip);
+    return k ? (int)k : -(int)skip;
 }
 
 int tok_utf8_valid_len(const unsigned char *s, size_t n)
