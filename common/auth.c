@@ -49,7 +49,7 @@ int auth_internal_check(http_request *req, const struct auth_internal *a)
                            "this %s was started with", path, a->program);
         return AUTH_NO_TOKEN;
     }
-    if (a->allow_unauthenticated || net_peer_is_loopback(http_request_peer(req))) return AUTH_OK;
+    if (a->allow_unauthenticated || http_request_from_loopback(req)) return AUTH_OK;
     log_warn("%s from %s refused: without an internal token only loopback callers are served", path,
              http_request_peer(req));
     http_respond_error(req, 403, NULL,

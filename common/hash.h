@@ -1,27 +1,49 @@
-/* Non-cryptographic hashes the programs share, for hash tables and cache keys. Where a client
- * chooses what is hashed, the tables compare the keys themselves too: a collision costs a
- * probe, never a wrong answer. */
+/* The two hashes the programs use, in one place so that every table and every draw computes
+ * them alike:
+ *
+ * - FNV-1a (64-bit) over bytes: cheap, byte at a time, for strings of modest length;
+ * - splitmix64's finalizer, which spreads every input bit over every output bit: applied to an
+ *   FNV value where the low bits pick a slot, to mix a keyed hash, and (after adding its
+ *   increment) as splitmix64, the generator of dispatch draws and trace ids.
+ *
+ * Neither is keyed: where clients choose the input (a per-address table), the caller mixes a
+ * random key in. */
 #ifndef SLUICE_COMMON_HASH_H
 #define SLUICE_COMMON_HASH_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-/* SplitMix64's finalizer: every bit of z reaches every bit of the result. */
-static inline uint64_t hash_mix64(uint64_t z)
+#define HASH_FNV1A_INIT 0xcbf29ce484222325ull
+#define HASH_SPLITMIX64_GAMMA 0x9e3779b97f4a7c15ull
+
+/* Continues an FNV-1a hash h (HASH_FNV1A_INIT to start) over n bytes. */
+static inline uint64_t hash_fnv1a(uint64_t h, const void *data, size_t n)
 {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
 }
 
-/* FNV-1a over p[0..n), going on from h: HASH_FNV1A_INIT to start. */
-#define HASH_FNV1A_INIT 0xcbf29ce484222325ull
-static inline uint64_t hash_fnv1a(uint64_t h, const void *p, size_t n)
+/* The same over a NUL-terminated string (its bytes, not the NUL). */
+static inline uint64_t hash_fnv1a_str(uint64_t h, const char *s)
 {
-    const unsigned char *s = p;
-    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 0x100000001b3ull;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) h = (h ^ *p) * 0x100000001b3ull;
     return h;
+}
+
+/* splitmix64's finalizer: a bijection on 64 bits with full avalanche. */
+static inline uint64_t hash_mix64(uint64_t x)
+{
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* splitmix64: the next value of the sequence whose state is *state. */
+static inline uint64_t hash_splitmix64(uint64_t *state)
+{
+    return hash_mix64(*state += HASH_SPLITMIX64_GAMMA);
 }
 
 #endif

@@ -760,16 +760,34 @@ static void conn_reject(http_server *srv)
     uv_close((uv_handle_t *)t, on_reject_closed);
 }
 
-/* Reads the peer's address and counts the connection as waiting for a request; false when its
- * address is over the cap, after the refusal was sent. */
+/* The peer as http_request_peer shows it: "127.0.0.1:53422", "[::1]:53422", "?" when unknown. */
+static void peer_format(struct http_conn *c, const struct sockaddr_storage *ss)
+{
+    char ip[INET6_ADDRSTRLEN] = "";
+    snprintf(c->peer, sizeof c->peer, "?");
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        uv_ip4_name(a, ip, sizeof ip);
+        snprintf(c->peer, sizeof c->peer, "%s:%u", ip, ntohs(a->sin_port));
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        uv_ip6_name(a, ip, sizeof ip);
+        snprintf(c->peer, sizeof c->peer, "[%s]:%u", ip, ntohs(a->sin6_port));
+    }
+}
+
+/* Reads the peer's address (once: what the logs show and what the cap and the loopback rule
+ * count by) and counts the connection as waiting for a request; false when its address is
+ * over the cap, after the refusal was sent. */
 static bool conn_admit(struct http_conn *c)
 {
     http_server *srv = c->srv;
     struct sockaddr_storage ss;
     int len = sizeof ss;
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0 ||
-        http_peer_addr_from_sockaddr((struct sockaddr *)&ss, &c->addr) != 0)
-        return true; /* not an IP peer: nothing to count by */
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) ss.ss_family = AF_UNSPEC;
+    peer_format(c, &ss);
+    if (http_peer_addr_from_sockaddr((struct sockaddr *)&ss, &c->addr) != 0)
+        return true; /* unknown, or not an IP peer: nothing to count by */
     c->has_addr = true;
     unsigned cap = peer_cap(srv, &c->addr);
     if (cap == HTTP_NO_LIMIT || http_peers_count(srv->peers, &c->addr) < cap) {
@@ -831,27 +849,12 @@ void http_conn_accept(http_server *srv)
     if (!c->reading) http_conn_close(c);
 }
 
-/* Peer address, formatted on first use: most handlers never ask. */
 const char *http_request_peer(const http_request *req)
 {
-    struct http_conn *c = req->conn;
-    if (!c->peer_known) {
-        struct sockaddr_storage ss;
-        int len = sizeof ss;
-        c->peer_known = true;
-        snprintf(c->peer, sizeof c->peer, "?");
-        if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
-            char ip[INET6_ADDRSTRLEN] = "";
-            if (ss.ss_family == AF_INET) {
-                const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
-                uv_ip4_name(a, ip, sizeof ip);
-                snprintf(c->peer, sizeof c->peer, "%s:%u", ip, ntohs(a->sin_port));
-            } else if (ss.ss_family == AF_INET6) {
-                const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
-                uv_ip6_name(a, ip, sizeof ip);
-                snprintf(c->peer, sizeof c->peer, "[%s]:%u", ip, ntohs(a->sin6_port));
-            }
-        }
-    }
-    return c->peer;
+    return req->conn->peer;
+}
+
+bool http_request_from_loopback(const http_request *req)
+{
+    return req->conn->has_addr && http_peer_addr_is_loopback(&req->conn->addr);
 }

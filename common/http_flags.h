@@ -14,7 +14,9 @@ struct http_server_flags {
 };
 
 /* The server's defaults, so that --help shows them. */
-#define HTTP_SERVER_FLAGS_DEFAULT {10000, 30000, 60000, 256, 2048}
+#define HTTP_SERVER_FLAGS_DEFAULT                                                                          \
+    {HTTP_DEFAULT_HEADER_TIMEOUT_MS, HTTP_DEFAULT_BODY_TIMEOUT_MS, HTTP_DEFAULT_IDLE_TIMEOUT_MS,           \
+     HTTP_DEFAULT_MAX_CONNECTIONS_PER_IP, HTTP_DEFAULT_MAX_CONNECTIONS_PER_LOOPBACK}
 
 #define HTTP_SERVER_FLAG_SPECS(f)                                                                          \
     {"header-timeout-ms", FLAG_INT, &(f)->header_timeout_ms, NULL, "MS",                                   \

@@ -66,7 +66,7 @@ struct http_conn {
     int handles_open; /* tcp and timer */
     enum http_conn_phase phase;
     enum http_timer_kind timer_kind;
-    bool closing, reading, processing, in_field, peer_known;
+    bool closing, reading, processing, in_field;
     bool has_addr;        /* addr is known (the peer's address could be read at accept) */
     bool counted;         /* in srv->peers: no request in flight (see the per-address cap) */
     unsigned long served; /* requests answered on this connection */
@@ -84,7 +84,7 @@ struct http_conn {
     size_t trailer_bytes;
     size_t body_expected; /* Content-Length of the current request, 0 when chunked */
     uint32_t field_start, value_start;
-    char peer[64];
+    char peer[64];        /* as http_request_peer shows it, read at accept */
     struct http_peer_addr addr;
     http_request req;
 };

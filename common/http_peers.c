@@ -13,6 +13,8 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "common/hash.h"
+
 struct slot {
     struct http_peer_addr addr;
     unsigned count; /* 0: empty */
@@ -70,21 +72,12 @@ void http_peer_addr_format(const struct http_peer_addr *a, char *buf, size_t cap
     }
 }
 
-static uint64_t mix(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 static size_t slot_of(const http_peers *p, const struct http_peer_addr *a)
 {
     uint64_t hi, lo;
     memcpy(&hi, a->b, 8);
     memcpy(&lo, a->b + 8, 8);
-    return (size_t)(mix(mix(hi ^ p->key[0]) ^ lo ^ p->key[1])) & (p->cap - 1);
+    return (size_t)(hash_mix64(hash_mix64(hi ^ p->key[0]) ^ lo ^ p->key[1])) & (p->cap - 1);
 }
 
 int http_peers_init(http_peers **out)
@@ -100,8 +93,8 @@ int http_peers_init(http_peers **out)
     if (getrandom(p->key, sizeof p->key, GRND_NONBLOCK) != (ssize_t)sizeof p->key) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        p->key[0] = mix((uint64_t)ts.tv_nsec ^ (uint64_t)(uintptr_t)p);
-        p->key[1] = mix(p->key[0] ^ (uint64_t)ts.tv_sec);
+        p->key[0] = hash_mix64((uint64_t)ts.tv_nsec ^ (uint64_t)(uintptr_t)p);
+        p->key[1] = hash_mix64(p->key[0] ^ (uint64_t)ts.tv_sec);
     }
     *out = p;
     return 0;

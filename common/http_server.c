@@ -12,12 +12,12 @@ static void config_defaults(struct http_server_config *c)
     if (!c->host || !*c->host) c->host = "127.0.0.1";
     if (!c->max_header_bytes) c->max_header_bytes = 16 * 1024;
     if (!c->max_body_bytes) c->max_body_bytes = 1024 * 1024;
-    if (!c->header_timeout_ms) c->header_timeout_ms = 10 * 1000;
-    if (!c->body_timeout_ms) c->body_timeout_ms = 30 * 1000;
-    if (!c->idle_timeout_ms) c->idle_timeout_ms = 60 * 1000;
+    if (!c->header_timeout_ms) c->header_timeout_ms = HTTP_DEFAULT_HEADER_TIMEOUT_MS;
+    if (!c->body_timeout_ms) c->body_timeout_ms = HTTP_DEFAULT_BODY_TIMEOUT_MS;
+    if (!c->idle_timeout_ms) c->idle_timeout_ms = HTTP_DEFAULT_IDLE_TIMEOUT_MS;
     if (!c->max_connections) c->max_connections = 4096;
-    if (!c->max_connections_per_ip) c->max_connections_per_ip = 256;
-    if (!c->max_connections_per_loopback) c->max_connections_per_loopback = 2048;
+    if (!c->max_connections_per_ip) c->max_connections_per_ip = HTTP_DEFAULT_MAX_CONNECTIONS_PER_IP;
+    if (!c->max_connections_per_loopback) c->max_connections_per_loopback = HTTP_DEFAULT_MAX_CONNECTIONS_PER_LOOPBACK;
     if (!c->max_stream_buffer) c->max_stream_buffer = 4 * 1024 * 1024;
 }
 

@@ -47,6 +47,16 @@ typedef struct http_request http_request;
 
 #define HTTP_NO_LIMIT UINT_MAX /* for a count limit of http_server_config: none */
 
+/* What a 0 in http_server_config means, for the fields the programs' flags set too
+ * (common/http_flags.h). */
+enum {
+    HTTP_DEFAULT_HEADER_TIMEOUT_MS = 10 * 1000,
+    HTTP_DEFAULT_BODY_TIMEOUT_MS = 30 * 1000,
+    HTTP_DEFAULT_IDLE_TIMEOUT_MS = 60 * 1000,
+    HTTP_DEFAULT_MAX_CONNECTIONS_PER_IP = 256,
+    HTTP_DEFAULT_MAX_CONNECTIONS_PER_LOOPBACK = 2048,
+};
+
 struct http_server_config {
     const char *host;           /* "127.0.0.1" (default), "0.0.0.0", "::" */
     int port;                   /* 0 picks a free port: see http_server_port() */
@@ -94,6 +104,8 @@ const char *http_request_query(const http_request *req);  /* after '?', or "" */
 const char *http_request_header(const http_request *req, const char *name);
 const char *http_request_body(const http_request *req, size_t *len); /* NUL-terminated */
 const char *http_request_peer(const http_request *req);              /* "127.0.0.1:53422" */
+/* Whether the client connected from 127.0.0.0/8 or ::1 (IPv4-mapped too), as read at accept. */
+bool http_request_from_loopback(const http_request *req);
 void http_request_set_data(http_request *req, void *data);
 void *http_request_get_data(const http_request *req);
 /* Called once if the connection closes before the request was answered (client gone,

@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+
+#include "common/http_peers.h"
 
 static int fail(const char **why, const char *reason)
 {
@@ -121,32 +124,15 @@ bool net_ip_is_loopback(const char *ip)
     if (n >= sizeof buf) return false;
     memcpy(buf, ip, n);
     buf[n] = '\0';
-    struct in_addr a4;
-    struct in6_addr a6;
-    if (inet_pton(AF_INET, buf, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
-    if (inet_pton(AF_INET6, buf, &a6) != 1) return false;
-    if (IN6_IS_ADDR_LOOPBACK(&a6)) return true;
-    return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
-}
-
-bool net_peer_is_loopback(const char *peer)
-{
-    if (!peer) return false;
-    char ip[64];
-    const char *end;
-    if (peer[0] == '[') {
-        end = strchr(peer, ']');
-        if (!end) return false;
-        end++;
-    } else {
-        end = strrchr(peer, ':');
-        if (!end) end = peer + strlen(peer);
-    }
-    size_t n = (size_t)(end - peer);
-    if (n == 0 || n >= sizeof ip) return false;
-    memcpy(ip, peer, n);
-    ip[n] = '\0';
-    return net_ip_is_loopback(ip);
+    /* Read as an address, then judged by the rule connections are judged by. */
+    struct sockaddr_storage ss = {0};
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, buf, &a4->sin_addr) == 1) ss.ss_family = AF_INET;
+    else if (inet_pton(AF_INET6, buf, &a6->sin6_addr) == 1) ss.ss_family = AF_INET6;
+    else return false;
+    struct http_peer_addr a;
+    return http_peer_addr_from_sockaddr((struct sockaddr *)&ss, &a) == 0 && http_peer_addr_is_loopback(&a);
 }
 
 int net_url_list_parse(const char *csv, char **urls, size_t max, size_t *n, char *err, size_t cap)

@@ -1,7 +1,6 @@
 /* Network addresses the programs trust or refuse: a worker's base URL (what the controller
  * stores and what the controller and gateway then fetch), and whether an IP is loopback
- * (who may call an internal endpoint when no token is set, and where a server may listen
- * without one). Pure functions, no I/O. */
+ * (where a server may listen without an internal token). Pure functions, no I/O. */
 #ifndef SLUICE_COMMON_NET_ADDR_H
 #define SLUICE_COMMON_NET_ADDR_H
 
@@ -29,11 +28,8 @@ int net_base_url_parse(const char *s, char *out, size_t cap, const char **why);
 int net_url_list_parse(const char *csv, char **urls, size_t max, size_t *n, char *err, size_t cap);
 
 /* True for an IPv4 address in 127.0.0.0/8, ::1, and IPv4-mapped ::ffff:127.x.y.z, given as a
- * literal ("127.0.0.1", "::1", "[::1]"). False for anything else, hostnames included. */
+ * literal ("127.0.0.1", "::1", "[::1]"): the rule http_request_from_loopback applies to a
+ * connection (common/http_peers.h). False for anything else, hostnames included. */
 bool net_ip_is_loopback(const char *ip);
-
-/* The same for a peer as http_request_peer writes it ("127.0.0.1:53422", "[::1]:53422");
- * false for "?" (unknown). */
-bool net_peer_is_loopback(const char *peer);
 
 #endif

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/strmap.h"
+
 /* --- buckets ------------------------------------------------------------------------------ */
 
 static void refill(struct rl_bucket *b, double now)
@@ -105,84 +107,26 @@ void rl_settle(struct rl_state *s, double reserved, double actual, double now)
     rl_bucket_take(&s->tokens, actual - reserved, now);
 }
 
-/* --- a string map (open addressing): keys to pointers ------------------------------------- */
-
-struct smap {
-    char **keys;
-    void **vals;
-    size_t cap, n;
-};
-
-static uint64_t hash_str(const char *s)
+/* Both maps below own their values, one malloc'd struct each. */
+static void free_value(const char *key, void *value, void *arg)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-    return h;
+    (void)key;
+    (void)arg;
+    free(value);
 }
 
-static size_t smap_slot(const struct smap *m, const char *key)
+static void map_free(strmap *m)
 {
-    size_t i = (size_t)hash_str(key) & (m->cap - 1);
-    while (m->keys[i] && strcmp(m->keys[i], key) != 0) i = (i + 1) & (m->cap - 1);
-    return i;
-}
-
-static void *smap_get(const struct smap *m, const char *key)
-{
-    if (!m->cap) return NULL;
-    size_t i = smap_slot(m, key);
-    return m->keys[i] ? m->vals[i] : NULL;
-}
-
-/* Adds a key that is not there yet; the map owns val afterwards. Returns 0 or -1. */
-static int smap_put(struct smap *m, const char *key, void *val)
-{
-    if ((m->n + 1) * 2 > m->cap) {
-        struct smap g = {0};
-        g.cap = m->cap ? m->cap * 2 : 16;
-        g.keys = calloc(g.cap, sizeof *g.keys);
-        g.vals = calloc(g.cap, sizeof *g.vals);
-        if (!g.keys || !g.vals) {
-            free(g.keys);
-            free(g.vals);
-            return -1;
-        }
-        for (size_t i = 0; i < m->cap; i++) {
-            if (!m->keys[i]) continue;
-            size_t j = smap_slot(&g, m->keys[i]);
-            g.keys[j] = m->keys[i];
-            g.vals[j] = m->vals[i];
-        }
-        g.n = m->n;
-        free(m->keys);
-        free(m->vals);
-        *m = g;
-    }
-    size_t i = smap_slot(m, key);
-    char *k = strdup(key);
-    if (!k) return -1;
-    m->keys[i] = k;
-    m->vals[i] = val;
-    m->n++;
-    return 0;
-}
-
-static void smap_free(struct smap *m)
-{
-    for (size_t i = 0; i < m->cap; i++) {
-        free(m->keys[i]);
-        free(m->vals[i]);
-    }
-    free(m->keys);
-    free(m->vals);
-    memset(m, 0, sizeof *m);
+    if (!m) return;
+    strmap_each(m, free_value, NULL);
+    strmap_free(m);
 }
 
 /* --- configuration ------------------------------------------------------------------------ */
 
 struct rl_config {
     struct rl_limits def;
-    struct smap keys; /* key -> struct rl_limits */
+    strmap *keys; /* key -> struct rl_limits */
 };
 
 static int fail(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -197,11 +141,11 @@ static int fail(char *err, size_t cap, const char *fmt, ...)
 
 static int put_limits(rl_config *c, const char *key, const struct rl_limits *lim, char *err, size_t cap)
 {
-    if (smap_get(&c->keys, key)) return fail(err, cap, "the key '%.40s...' is listed twice", key);
+    if (strmap_get(c->keys, key)) return fail(err, cap, "the key '%.40s...' is listed twice", key);
     struct rl_limits *v = malloc(sizeof *v);
     if (!v) return fail(err, cap, "out of memory");
     *v = *lim;
-    if (smap_put(&c->keys, key, v) != 0) {
+    if (strmap_put(c->keys, key, v) != 0) {
         free(v);
         return fail(err, cap, "out of memory");
     }
@@ -315,7 +259,10 @@ int rl_config_parse(const char *text, size_t len, rl_config **out, char *err, si
 {
     *out = NULL;
     rl_config *c = calloc(1, sizeof *c);
-    if (!c) return fail(err, err_cap, "out of memory");
+    if (!c || strmap_init(&c->keys) != 0) {
+        free(c);
+        return fail(err, err_cap, "out of memory");
+    }
     size_t i = 0;
     while (i < len && isspace((unsigned char)text[i])) i++;
     int rc = i < len && text[i] == '{' ? parse_json(c, text, len, err, err_cap) : parse_lines(c, text, len, err, err_cap);
@@ -330,64 +277,77 @@ int rl_config_parse(const char *text, size_t len, rl_config **out, char *err, si
 void rl_config_free(rl_config *c)
 {
     if (!c) return;
-    smap_free(&c->keys);
+    map_free(c->keys);
     free(c);
 }
 
 void rl_config_limits(const rl_config *c, const char *key, struct rl_limits *out)
 {
-    const struct rl_limits *lim = key && *key ? smap_get(&c->keys, key) : NULL;
+    const struct rl_limits *lim = key && *key ? strmap_get(c->keys, key) : NULL;
     *out = lim ? *lim : c->def;
 }
 
 size_t rl_config_key_count(const rl_config *c)
 {
-    return c->keys.n;
+    return strmap_count(c->keys);
 }
 
 /* --- every key's state -------------------------------------------------------------------- */
 
 struct rl_table {
     const rl_config *config;
-    struct smap states; /* key ("" for none) -> struct rl_state */
+    strmap *states; /* key ("" for none) -> struct rl_state */
 };
 
 rl_table *rl_table_new(const rl_config *config)
 {
     rl_table *t = calloc(1, sizeof *t);
-    if (t) t->config = config;
+    if (!t || strmap_init(&t->states) != 0) {
+        free(t);
+        return NULL;
+    }
+    t->config = config;
     return t;
 }
 
 void rl_table_free(rl_table *t)
 {
     if (!t) return;
-    smap_free(&t->states);
+    map_free(t->states);
     free(t);
+}
+
+struct reconfigure {
+    const rl_config *config;
+    double now;
+};
+
+static void reconfigure_state(const char *key, void *value, void *arg)
+{
+    const struct reconfigure *r = arg;
+    struct rl_limits lim;
+    rl_config_limits(r->config, key, &lim);
+    rl_state_set_limits(value, &lim, r->now);
 }
 
 void rl_table_configure(rl_table *t, const rl_config *config, double now)
 {
     t->config = config;
-    for (size_t i = 0; i < t->states.cap; i++) {
-        if (!t->states.keys[i]) continue;
-        struct rl_limits lim;
-        rl_config_limits(config, t->states.keys[i], &lim);
-        rl_state_set_limits(t->states.vals[i], &lim, now);
-    }
+    struct reconfigure r = {config, now};
+    strmap_each(t->states, reconfigure_state, &r);
 }
 
 struct rl_state *rl_table_get(rl_table *t, const char *key, double now)
 {
     if (!key) key = "";
-    struct rl_state *s = smap_get(&t->states, key);
+    struct rl_state *s = strmap_get(t->states, key);
     if (s) return s;
     s = malloc(sizeof *s);
     if (!s) return NULL;
     struct rl_limits lim;
     rl_config_limits(t->config, key, &lim);
     rl_state_init(s, &lim, now);
-    if (smap_put(&t->states, key, s) != 0) {
+    if (strmap_put(t->states, key, s) != 0) {
         free(s);
         return NULL;
     }
@@ -396,7 +356,7 @@ struct rl_state *rl_table_get(rl_table *t, const char *key, double now)
 
 size_t rl_table_count(const rl_table *t)
 {
-    return t->states.n;
+    return strmap_count(t->states);
 }
 
 void rl_format_duration(double s, char *out, size_t cap)

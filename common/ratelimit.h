@@ -81,7 +81,8 @@ void rl_table_free(rl_table *t);
 /* Installs a new configuration (the table does not own it): each known key's buckets take
  * their new limits, keeping what was used. */
 void rl_table_configure(rl_table *t, const rl_config *config, double now);
-/* The key's state, created when new; NULL when out of memory. */
+/* The key's state, created when new; NULL when out of memory. A state stays where it is
+ * until rl_table_free, so a caller may hold it across reconfigurations. */
 struct rl_state *rl_table_get(rl_table *t, const char *key, double now);
 size_t rl_table_count(const rl_table *t);
 

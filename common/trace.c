@@ -5,6 +5,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "common/hash.h"
 #include "common/jsonlog.h"
 
 /* splitmix64 per thread, seeded from the kernel: ids need to be unique, not secret, and a
@@ -22,10 +23,7 @@ static uint64_t rng_next(void)
         }
         rng_seeded = 1;
     }
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return hash_splitmix64(&rng_state);
 }
 
 static bool all_zero(const char *hex, size_t n)

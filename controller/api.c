@@ -37,9 +37,9 @@ static json_t *body_object(http_request *req)
 void ctl_count_models(struct ctl *c, const struct ctl_worker_status *st)
 {
     for (size_t i = 0; i < st->n_models; i++) {
-        if (ctl_map_get(c->dispatch_counts, st->model_names[i])) continue;
+        if (strmap_get(c->dispatch_counts, st->model_names[i])) continue;
         struct ctl_dispatch_counts *dc = calloc(1, sizeof *dc);
-        if (!dc || ctl_map_put(c->dispatch_counts, st->model_names[i], dc) != 0) free(dc);
+        if (!dc || strmap_put(c->dispatch_counts, st->model_names[i], dc) != 0) free(dc);
     }
 }
 
@@ -106,9 +106,9 @@ static void on_unregister(struct ctl *c, http_request *req)
 {
     json_t *body = body_object(req);
     if (!body) return;
-    const char *name;
+    char name[NET_BASE_URL_MAX];
     struct json_field_error err = {{0}, {0}};
-    if (json_get_string(body, "worker_name", true, &name, &err) != JSON_FIELD_OK) {
+    if (ctl_payload_worker_name(body, name, &err) != 0) {
         respond_bad(req, &err);
     } else {
         bool removed = ctl_registry_remove(c->reg, name);
@@ -183,7 +183,7 @@ static void on_get_worker_address(struct ctl *c, http_request *req)
     }
     struct ctl_worker *w =
         ctl_dispatch_pick_keyed(c->reg, model, c->cfg.method, &c->rng, exclude, n_exclude, prefix_key);
-    struct ctl_dispatch_counts *dc = ctl_map_get(c->dispatch_counts, model);
+    struct ctl_dispatch_counts *dc = strmap_get(c->dispatch_counts, model);
     if (!dc) dc = &c->dispatch_unknown;
     if (w) {
         dc->ok++;

@@ -12,7 +12,7 @@
 #include "common/http_server.h"
 #include "controller/dispatch.h"
 #include "controller/registry.h"
-#include "controller/strmap.h"
+#include "common/strmap.h"
 
 struct ctl_config {
     const char *host;
@@ -43,7 +43,7 @@ struct ctl {
     bool sweep_timer_started;
     /* Per model ever registered; requests for other names count in dispatch_unknown, so a
      * client cannot grow the label set without bound. */
-    ctl_map *dispatch_counts;
+    strmap *dispatch_counts;
     struct ctl_dispatch_counts dispatch_unknown;
     uint64_t registrations, heartbeats, heartbeats_unknown, refresh_removed, unauthorized;
     struct ctl_op *ops; /* status fetches in flight, freed at stop */

@@ -4,6 +4,8 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "common/hash.h"
+
 int ctl_dispatch_method_parse(const char *name)
 {
     if (!name) return -1;
@@ -29,10 +31,7 @@ void ctl_rng_seed(struct ctl_rng *rng, uint64_t seed)
 
 uint64_t ctl_rng_next(struct ctl_rng *rng)
 {
-    uint64_t z = (rng->state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return hash_splitmix64(&rng->state);
 }
 
 double ctl_rng_uniform(struct ctl_rng *rng)
@@ -104,12 +103,10 @@ double ctl_dispatch_rendezvous(const char *prefix_key, const char *worker_name)
 {
     /* FNV-1a over key, a separator and name, then splitmix64's finalizer: stable across
      * restarts, so a prefix keeps its worker when the controller restarts. */
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (const unsigned char *c = (const unsigned char *)prefix_key; *c; c++) h = (h ^ *c) * 0x100000001b3ull;
-    h = (h ^ 0xff) * 0x100000001b3ull;
-    for (const unsigned char *c = (const unsigned char *)worker_name; *c; c++) h = (h ^ *c) * 0x100000001b3ull;
-    struct ctl_rng mix = {h};
-    return ((double)(ctl_rng_next(&mix) >> 11) + 0.5) * 0x1.0p-53;
+    uint64_t h = hash_fnv1a_str(HASH_FNV1A_INIT, prefix_key);
+    h = hash_fnv1a(h, "\xff", 1);
+    h = hash_fnv1a_str(h, worker_name);
+    return ((double)(hash_splitmix64(&h) >> 11) + 0.5) * 0x1.0p-53;
 }
 
 static struct ctl_worker *pick_cache_aware(const struct pick_filter *f, struct ctl_worker *const *ws, size_t n,

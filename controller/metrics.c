@@ -67,7 +67,7 @@ static void put_load(FILE *f, struct ctl *c)
     for (int which = 0; which < 3; which++) {
         fputs(heads[which], f);
         struct load_ctx x = {f, c, which};
-        ctl_map_each(c->dispatch_counts, put_load_cb, &x);
+        strmap_each(c->dispatch_counts, put_load_cb, &x);
     }
 }
 
@@ -92,7 +92,7 @@ char *ctl_metrics_render(struct ctl *c, size_t *len)
           "(model \"_unknown\": names no worker ever registered).\n"
           "# TYPE sluice_controller_dispatch_total counter\n",
           f);
-    ctl_map_each(c->dispatch_counts, put_dispatch_cb, f);
+    strmap_each(c->dispatch_counts, put_dispatch_cb, f);
     put_dispatch(f, "_unknown", &c->dispatch_unknown);
     put_load(f, c);
     fprintf(f, "# HELP sluice_controller_registrations_total Successful worker registrations.\n"

@@ -16,12 +16,15 @@ static int prefixed(int rc, const char *prefix, struct json_field_error *err)
 
 /* The worker's name is the base URL the controller and gateways call: nothing but
  * scheme://host:port, so that a registration cannot point them at another URL. */
-static int check_worker_name(const char *name, char out[NET_BASE_URL_MAX], struct json_field_error *err)
+int ctl_payload_worker_name(const json_t *body, char out[NET_BASE_URL_MAX], struct json_field_error *err)
 {
+    const char *name;
+    if (json_get_string(body, "worker_name", true, &name, err) != JSON_FIELD_OK) return -1;
     const char *why = "";
     if (net_base_url_parse(name, out, NET_BASE_URL_MAX, &why) == 0) return 0;
-    return json_field_fail(err, "worker_name", "'worker_name' must be the worker's base URL, http://host:port or "
-                           "https://host:port: %s", why);
+    json_field_fail(err, "worker_name", "'worker_name' must be the worker's base URL, http://host:port or "
+                    "https://host:port: %s", why);
+    return -1;
 }
 
 void ctl_worker_status_clear(struct ctl_worker_status *st)
@@ -77,9 +80,7 @@ int ctl_payload_register(const json_t *body, struct ctl_register_req *req, struc
 {
     memset(req, 0, sizeof *req);
     req->check_heart_beat = true;
-    const char *name;
-    if (json_get_string(body, "worker_name", true, &name, err) != JSON_FIELD_OK) return -1;
-    if (check_worker_name(name, req->name, err) != 0) return -1;
+    if (ctl_payload_worker_name(body, req->name, err) != 0) return -1;
     req->worker_name = req->name;
     if (json_get_bool(body, "check_heart_beat", false, &req->check_heart_beat, err) == JSON_FIELD_INVALID) return -1;
     if (json_get_bool(body, "multimodal", false, &req->multimodal, err) == JSON_FIELD_INVALID) return -1;
@@ -96,9 +97,7 @@ int ctl_payload_register(const json_t *body, struct ctl_register_req *req, struc
 int ctl_payload_heartbeat(const json_t *body, char worker_name[NET_BASE_URL_MAX], int64_t *queue_length,
                           struct json_field_error *err)
 {
-    const char *name;
-    if (json_get_string(body, "worker_name", true, &name, err) != JSON_FIELD_OK) return -1;
-    if (check_worker_name(name, worker_name, err) != 0) return -1;
+    if (ctl_payload_worker_name(body, worker_name, err) != 0) return -1;
     *queue_length = 0;
     if (json_get_int(body, "queue_length", true, 0, INT32_MAX, queue_length, err) != JSON_FIELD_OK) return -1;
     return 0;

@@ -30,6 +30,10 @@ int ctl_payload_status(const json_t *obj, const char *prefix, struct ctl_worker_
                        struct json_field_error *err);
 void ctl_worker_status_clear(struct ctl_worker_status *st);
 
+/* "worker_name" (required), normalised (net_base_url_parse) into out: what every endpoint
+ * that names a worker keys the registry by, so that the spellings a worker may send of one
+ * address ("HTTP://host:1/") all find it. */
+int ctl_payload_worker_name(const json_t *body, char out[NET_BASE_URL_MAX], struct json_field_error *err);
 /* Release with ctl_worker_status_clear(&req->status). */
 int ctl_payload_register(const json_t *body, struct ctl_register_req *req, struct json_field_error *err);
 /* worker_name receives the normalised address, as registered. */

@@ -7,7 +7,8 @@
 #include <jansson.h>
 
 #include "common/log.h"
-#include "controller/strmap.h"
+#include "common/recent.h"
+#include "common/strmap.h"
 
 /* The workers that serve one model. */
 struct ctl_model {
@@ -21,9 +22,9 @@ struct ctl_registry {
     void *clock_arg;
     struct ctl_worker **workers; /* registration order */
     size_t n_workers, cap_workers;
-    ctl_map *by_name;  /* name -> struct ctl_worker */
-    ctl_map *by_model; /* model -> struct ctl_model */
-    ctl_map *gone;     /* model whose last worker left -> double * (clock seconds when) */
+    strmap *by_name;  /* name -> struct ctl_worker */
+    strmap *by_model; /* model -> struct ctl_model */
+    recent *gone;     /* models whose last worker left, and when */
     uint64_t expired;  /* workers removed for missing heartbeats, ever */
 };
 
@@ -42,7 +43,7 @@ int ctl_registry_init(ctl_registry **out, double expiration_s, ctl_clock_fn cloc
     r->expiration = expiration_s;
     r->clock = clock ? clock : ctl_clock_monotonic;
     r->clock_arg = clock_arg;
-    if (ctl_map_init(&r->by_name) != 0 || ctl_map_init(&r->by_model) != 0 || ctl_map_init(&r->gone) != 0) {
+    if (strmap_init(&r->by_name) != 0 || strmap_init(&r->by_model) != 0 || recent_init(&r->gone, CTL_RECENT_MODEL_MAX, CTL_RECENT_MODEL_S) != 0) {
         ctl_registry_free(r);
         return -1;
     }
@@ -69,79 +70,15 @@ static void model_free_cb(const char *key, void *value, void *arg)
     free(m);
 }
 
-static void free_value_cb(const char *key, void *value, void *arg)
-{
-    (void)key;
-    (void)arg;
-    free(value);
-}
-
-/* --- models whose workers left recently -------------------------------------------------- */
-
-struct gone_scan {
-    double now, oldest_t;
-    const char *oldest;
-    const char *stale[64]; /* expired entries found by this scan (removed afterwards) */
-    size_t n_stale;
-};
-
-static void gone_scan_cb(const char *key, void *value, void *arg)
-{
-    struct gone_scan *g = arg;
-    double t = *(double *)value;
-    if (g->now - t > CTL_RECENT_MODEL_S && g->n_stale < sizeof g->stale / sizeof g->stale[0])
-        g->stale[g->n_stale++] = key;
-    if (!g->oldest || t < g->oldest_t) {
-        g->oldest = key;
-        g->oldest_t = t;
-    }
-}
-
-static void gone_drop(ctl_registry *r, const char *model)
-{
-    free(ctl_map_remove(r->gone, model));
-}
-
-/* Remembers that the model's last worker left now. The memory stays bounded: expired entries
- * go first, then the oldest. Out of memory only loses the memory, which is a hint. */
-static void gone_note(ctl_registry *r, const char *model)
-{
-    double now = ctl_registry_now(r);
-    double *t = ctl_map_get(r->gone, model);
-    if (t) {
-        *t = now;
-        return;
-    }
-    if (ctl_map_count(r->gone) >= CTL_RECENT_MODEL_MAX) {
-        struct gone_scan g = {.now = now};
-        ctl_map_each(r->gone, gone_scan_cb, &g);
-        /* Keys are removed after the walk: the map must not change during it. The oldest is
-         * copied first since removing the stale ones may free it. */
-        char *oldest = g.n_stale == 0 && g.oldest ? strdup(g.oldest) : NULL;
-        for (size_t i = 0; i < g.n_stale; i++) {
-            char *k = strdup(g.stale[i]);
-            if (k) gone_drop(r, k);
-            free(k);
-        }
-        if (oldest) gone_drop(r, oldest);
-        free(oldest);
-    }
-    t = malloc(sizeof *t);
-    if (!t) return;
-    *t = now;
-    if (ctl_map_put(r->gone, model, t) != 0) free(t);
-}
-
 void ctl_registry_free(ctl_registry *r)
 {
     if (!r) return;
     for (size_t i = 0; i < r->n_workers; i++) worker_free(r->workers[i]);
     free(r->workers);
-    if (r->by_model) ctl_map_each(r->by_model, model_free_cb, NULL);
-    ctl_map_free(r->by_model);
-    ctl_map_free(r->by_name);
-    if (r->gone) ctl_map_each(r->gone, free_value_cb, NULL);
-    ctl_map_free(r->gone);
+    if (r->by_model) strmap_each(r->by_model, model_free_cb, NULL);
+    strmap_free(r->by_model);
+    strmap_free(r->by_name);
+    recent_free(r->gone);
     free(r);
 }
 
@@ -177,7 +114,7 @@ static int grow(void **arr, size_t *cap, size_t need, size_t elem)
 static void worker_unlink(ctl_registry *r, struct ctl_worker *w)
 {
     for (size_t i = 0; i < w->n_models; i++) {
-        struct ctl_model *m = ctl_map_get(r->by_model, w->models[i]);
+        struct ctl_model *m = strmap_get(r->by_model, w->models[i]);
         if (!m) continue;
         for (size_t j = 0; j < m->n; j++) {
             if (m->workers[j] == w) {
@@ -187,13 +124,14 @@ static void worker_unlink(ctl_registry *r, struct ctl_worker *w)
             }
         }
         if (m->n == 0) {
-            ctl_map_remove(r->by_model, w->models[i]);
+            strmap_remove(r->by_model, w->models[i]);
             free(m->workers);
             free(m);
-            gone_note(r, w->models[i]);
+            /* Out of memory only loses the memory, which is a hint. */
+            (void)recent_note(r->gone, w->models[i], ctl_registry_now(r));
         }
     }
-    ctl_map_remove(r->by_name, w->name);
+    strmap_remove(r->by_name, w->name);
     for (size_t i = 0; i < r->n_workers; i++) {
         if (r->workers[i] == w) {
             memmove(&r->workers[i], &r->workers[i + 1], (r->n_workers - i - 1) * sizeof *r->workers);
@@ -240,22 +178,22 @@ fail:
 int ctl_registry_register(ctl_registry *r, const char *name, bool check_heart_beat, bool multimodal,
                           const struct ctl_worker_status *st)
 {
-    struct ctl_worker *old = ctl_map_get(r->by_name, name);
+    struct ctl_worker *old = strmap_get(r->by_name, name);
     if (old) worker_unlink(r, old);
     struct ctl_worker *w = worker_new(name, check_heart_beat, multimodal, st, ctl_registry_now(r));
     if (!w) return -1;
     if (grow((void **)&r->workers, &r->cap_workers, r->n_workers + 1, sizeof *r->workers) != 0 ||
-        ctl_map_put(r->by_name, name, w) != 0) {
+        strmap_put(r->by_name, name, w) != 0) {
         worker_free(w);
         return -1;
     }
     r->workers[r->n_workers++] = w;
     for (size_t i = 0; i < w->n_models; i++) {
-        gone_drop(r, w->models[i]);
-        struct ctl_model *m = ctl_map_get(r->by_model, w->models[i]);
+        recent_forget(r->gone, w->models[i]);
+        struct ctl_model *m = strmap_get(r->by_model, w->models[i]);
         if (!m) {
             m = calloc(1, sizeof *m);
-            if (!m || ctl_map_put(r->by_model, w->models[i], m) != 0) {
+            if (!m || strmap_put(r->by_model, w->models[i], m) != 0) {
                 free(m);
                 goto fail;
             }
@@ -274,26 +212,22 @@ fail:
 
 bool ctl_registry_remove(ctl_registry *r, const char *name)
 {
-    struct ctl_worker *w = ctl_map_get(r->by_name, name);
+    struct ctl_worker *w = strmap_get(r->by_name, name);
     if (!w) return false;
     worker_unlink(r, w);
     return true;
 }
 
-bool ctl_registry_recently_served(ctl_registry *r, const char *model)
+bool ctl_registry_recently_served(const ctl_registry *r, const char *model)
 {
-    struct ctl_model *m = ctl_map_get(r->by_model, model);
+    struct ctl_model *m = strmap_get(r->by_model, model);
     if (m && m->n > 0) return true;
-    double *t = ctl_map_get(r->gone, model);
-    if (!t) return false;
-    if (ctl_registry_now(r) - *t <= CTL_RECENT_MODEL_S) return true;
-    gone_drop(r, model);
-    return false;
+    return recent_within(r->gone, model, ctl_registry_now(r));
 }
 
 bool ctl_registry_heartbeat(ctl_registry *r, const char *name, int64_t queue_length)
 {
-    struct ctl_worker *w = ctl_map_get(r->by_name, name);
+    struct ctl_worker *w = strmap_get(r->by_name, name);
     if (!w) return false;
     double now = ctl_registry_now(r);
     if (!ctl_registry_is_live(r, w, now)) {
@@ -310,14 +244,14 @@ bool ctl_registry_heartbeat(ctl_registry *r, const char *name, int64_t queue_len
 
 void ctl_registry_queue_wait(ctl_registry *r, const char *name, double seconds)
 {
-    struct ctl_worker *w = ctl_map_get(r->by_name, name);
+    struct ctl_worker *w = strmap_get(r->by_name, name);
     if (w) w->queue_wait_s = seconds;
 }
 
 void ctl_registry_model_load(const ctl_registry *r, const char *model, struct ctl_model_load *out)
 {
     memset(out, 0, sizeof *out);
-    struct ctl_model *m = ctl_map_get(r->by_model, model);
+    struct ctl_model *m = strmap_get(r->by_model, model);
     double now = ctl_registry_now(r);
     for (size_t i = 0; m && i < m->n; i++) {
         const struct ctl_worker *w = m->workers[i];
@@ -348,7 +282,7 @@ size_t ctl_registry_sweep(ctl_registry *r)
 
 struct ctl_worker *ctl_registry_find(const ctl_registry *r, const char *name)
 {
-    return ctl_map_get(r->by_name, name);
+    return strmap_get(r->by_name, name);
 }
 
 uint64_t ctl_registry_expired_total(const ctl_registry *r)
@@ -376,7 +310,7 @@ size_t ctl_registry_live_count(const ctl_registry *r)
 
 size_t ctl_registry_model_workers(const ctl_registry *r, const char *model, struct ctl_worker *const **out)
 {
-    struct ctl_model *m = ctl_map_get(r->by_model, model);
+    struct ctl_model *m = strmap_get(r->by_model, model);
     if (!m) {
         *out = NULL;
         return 0;
@@ -418,10 +352,10 @@ long ctl_registry_live_models(const ctl_registry *r, const char ***out)
 
 long ctl_registry_live_models_of(const ctl_registry *r, int which, const char ***out)
 {
-    size_t total = ctl_map_count(r->by_model);
+    size_t total = strmap_count(r->by_model);
     struct live_models_ctx c = {r, ctl_registry_now(r), malloc((total ? total : 1) * sizeof(char *)), 0, which};
     if (!c.names) return -1;
-    ctl_map_each(r->by_model, collect_live_model, &c);
+    strmap_each(r->by_model, collect_live_model, &c);
     qsort(c.names, c.n, sizeof *c.names, cmp_str);
     *out = c.names;
     return (long)c.n;

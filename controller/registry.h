@@ -60,7 +60,7 @@ int ctl_registry_register(ctl_registry *r, const char *name, bool check_heart_be
 bool ctl_registry_remove(ctl_registry *r, const char *name);
 /* Whether a worker serves the model now (live or not yet expired and swept), or the last one
  * left within CTL_RECENT_MODEL_S. */
-bool ctl_registry_recently_served(ctl_registry *r, const char *model);
+bool ctl_registry_recently_served(const ctl_registry *r, const char *model);
 /* Records a heartbeat. Returns false for an unknown worker, and for an expired one (which is
  * removed), so that the worker registers again with fresh status. */
 bool ctl_registry_heartbeat(ctl_registry *r, const char *name, int64_t queue_length);

@@ -28,7 +28,7 @@ int ctl_start(struct ctl *c, uv_loop_t *loop, const struct ctl_config *cfg)
     c->loop = loop;
     ctl_rng_seed(&c->rng, cfg->seed);
     if (ctl_registry_init(&c->reg, cfg->heartbeat_expiration, NULL, NULL) != 0 ||
-        ctl_map_init(&c->dispatch_counts) != 0) {
+        strmap_init(&c->dispatch_counts) != 0) {
         log_error("out of memory");
         goto fail;
     }
@@ -83,8 +83,8 @@ static void free_counts(const char *key, void *value, void *arg)
 
 void ctl_free(struct ctl *c)
 {
-    if (c->dispatch_counts) ctl_map_each(c->dispatch_counts, free_counts, NULL);
-    ctl_map_free(c->dispatch_counts);
+    if (c->dispatch_counts) strmap_each(c->dispatch_counts, free_counts, NULL);
+    strmap_free(c->dispatch_counts);
     c->dispatch_counts = NULL;
     ctl_registry_free(c->reg);
     c->reg = NULL;

@@ -95,3 +95,9 @@ bool gw_auth_check(const gw_auth *a, const char *authorization)
     for (size_t i = 0; i < a->n; i++) ok |= auth_equal(key, len, a->keys[i], a->lens[i]);
     return ok;
 }
+
+const char *gw_auth_key_of(const gw_auth *a, const char *authorization, size_t *len)
+{
+    *len = 0;
+    return gw_auth_key_count(a) ? auth_bearer_credential(authorization, len) : NULL;
+}

@@ -15,5 +15,8 @@ void gw_auth_free(gw_auth *auth);
 size_t gw_auth_key_count(const gw_auth *auth);
 /* The Authorization header's value (may be NULL): true when allowed. */
 bool gw_auth_check(const gw_auth *auth, const char *authorization);
+/* The API key an allowed request authenticated with (*len bytes, not NUL-terminated), for its
+ * rate limits; NULL when no keys are configured (every client is then one anonymous key). */
+const char *gw_auth_key_of(const gw_auth *auth, const char *authorization, size_t *len);
 
 #endif

@@ -7,9 +7,9 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "common/drain.h"
 #include "common/http_client.h"
 #include "common/http_server.h"
-#include "common/signals.h"
 #include "common/trace.h"
 #include "gateway/auth.h"
 #include "gateway/controllers.h"
@@ -54,11 +54,8 @@ struct gw {
 
     /* The graceful stop (shutdown.c): from the first SIGTERM or SIGINT on, no new connections,
      * 503 for new requests, open ones finish (bounded by drain_timeout_s), then the loop ends. */
-    struct signals_watch signals;
+    struct drain drain;
     bool draining;
-    uv_timer_t drain_timer;
-    bool drain_timer_open;
-    uint64_t drain_started_ns, drain_aborted_ns; /* uv_hrtime; aborted 0 until the timeout */
 
     /* SIGHUP (reload.c): the API key file, the rate limits and the access log file again. */
     uv_signal_t sighup;
@@ -75,7 +72,6 @@ struct gw_reqinfo {
     char peer[64];
     char method[16];
     char path[128];
-    char *key;                              /* the API key it authenticated with (rate limits), or NULL */
 };
 
 void gw_reqinfo_free(struct gw_reqinfo *info);
@@ -104,8 +100,8 @@ void gw_generate(struct gw *g, http_request *req, const char *route, int api);
  * stream, else a 503 answer). */
 void gw_generate_abort_all(struct gw *g, const char *message);
 
-/* shutdown.c: starts watching SIGINT and SIGTERM; closes that watch and the drain timer
- * (once, however often called). */
+/* shutdown.c: starts watching SIGINT and SIGTERM (common/drain.h); closes that watch and the
+ * drain's timer (once, however often called). */
 int gw_shutdown_watch(struct gw *g);
 void gw_shutdown_close(struct gw *g);
 

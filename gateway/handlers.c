@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/auth.h"
 #include "common/json_util.h"
 #include "common/jsonlog.h"
 #include "common/log.h"
@@ -20,8 +19,6 @@ double gw_now(void)
 
 void gw_reqinfo_free(struct gw_reqinfo *info)
 {
-    if (!info) return;
-    free(info->key);
     free(info);
 }
 
@@ -187,16 +184,6 @@ static void begin_request(http_request *req, const char *method, const char *pat
     http_response_header(req, "X-Request-Id", info->request_id);
 }
 
-/* The API key a request authenticated with, for its rate limits; NULL without --api-keys
- * (every client is then the same anonymous key). */
-static char *request_key(struct gw *g, http_request *req)
-{
-    size_t len = 0;
-    const char *key = gw_auth_key_count(g->auth) ? auth_bearer_credential(http_request_header(req, "Authorization"), &len)
-                                                 : NULL;
-    return key ? strndup(key, len) : NULL;
-}
-
 void gw_handle(http_request *req, void *user)
 {
     struct gw *g = user;
@@ -257,8 +244,6 @@ void gw_handle(http_request *req, void *user)
             gw_respond_error(g, req, route, 405, NULL, "use POST for %s", route);
             return;
         }
-        struct gw_reqinfo *info = http_request_get_data(req);
-        if (info) info->key = request_key(g, req);
         gw_generate(g, req, route, !strcmp(route, "/v1/chat/completions") ? GW_API_CHAT : GW_API_COMPLETION);
         return;
     }

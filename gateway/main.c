@@ -133,7 +133,10 @@ int main(int argc, char **argv)
     /* The client calls only the controller and workers, whose endpoints need the token. */
     if (auth_client_token(g.client, internal_token) != 0) goto out;
     if (gw_ctls_start_probes(g.ctls, loop, g.client, c->controller_timeout_ms) != 0) goto out;
-    gw_models_init(&g.models, g.client, g.ctls, c->controller_timeout_ms, c->models_cache_ms);
+    if (gw_models_init(&g.models, g.client, g.ctls, c->controller_timeout_ms, c->models_cache_ms) != 0) {
+        log_error("out of memory");
+        goto out;
+    }
     struct http_server_config scfg = {
         .host = c->host,
         .port = (int)c->port,

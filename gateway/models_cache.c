@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include "common/log.h"
+#include "common/recent.h"
 
 struct gw_models_wait {
     struct gw_models_wait *next;
@@ -20,7 +21,8 @@ struct gw_models {
     long timeout_ms, ttl_ms;
     json_t *names;        /* cached list, NULL when none */
     uint64_t fetched_ms;  /* uv_hrtime of the cached list */
-    json_t *seen;         /* name -> [unix time first seen, uv_hrtime ms last seen] */
+    recent *seen;         /* names listed or routed lately, on the now_s() clock */
+    double unix_offset;   /* wall clock minus now_s() at init: a first-seen time as unix time */
     gw_ctl_call *call;    /* the refresh in flight */
     json_t *fetched;      /* what the refresh got, until it ends */
     gw_models_wait *waiters;
@@ -31,14 +33,26 @@ static uint64_t now_ms(void)
     return uv_hrtime() / 1000000u;
 }
 
+static double now_s(void)
+{
+    return (double)uv_hrtime() / 1e9;
+}
+
 int gw_models_init(gw_models **out, http_client *client, gw_ctls *ctls, long timeout_ms, long ttl_ms)
 {
+    *out = NULL;
     gw_models *m = calloc(1, sizeof *m);
+    if (!m || recent_init(&m->seen, GW_MODELS_RECENT_MAX, GW_MODELS_RECENT_S) != 0) {
+        free(m);
+        return -1;
+    }
     m->client = client;
     m->ctls = ctls;
     m->timeout_ms = timeout_ms;
     m->ttl_ms = ttl_ms;
-    m->seen = json_object();
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    m->unix_offset = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 - now_s();
     *out = m;
     return 0;
 }
@@ -54,7 +68,7 @@ void gw_models_free(gw_models *m)
         free(w);
     }
     json_decref(m->names);
-    json_decref(m->seen);
+    recent_free(m->seen);
     free(m);
 }
 
@@ -156,48 +170,18 @@ void gw_models_wait_cancel(gw_models *m, gw_models_wait *wait)
     }
 }
 
-/* Makes room for one more name: names past the window go, and when none has, the one seen
- * longest ago. Each pass is linear, but it runs only when GW_MODELS_RECENT_MAX names are
- * remembered and a new one comes. */
-static void seen_make_room(gw_models *m, uint64_t now)
-{
-    if (json_object_size(m->seen) < GW_MODELS_RECENT_MAX) return;
-    const char *key, *oldest = NULL;
-    uint64_t oldest_ms = UINT64_MAX;
-    json_t *v;
-    void *tmp;
-    json_object_foreach_safe(m->seen, tmp, key, v) {
-        uint64_t last = (uint64_t)json_integer_value(json_array_get(v, 1));
-        if (now - last > GW_MODELS_RECENT_S * 1000ull) {
-            json_object_del(m->seen, key);
-        } else if (last < oldest_ms) {
-            oldest_ms = last;
-            oldest = key;
-        }
-    }
-    if (json_object_size(m->seen) >= GW_MODELS_RECENT_MAX && oldest) json_object_del(m->seen, oldest);
-}
-
 void gw_models_note_served(gw_models *m, const char *name)
 {
-    uint64_t now = now_ms();
-    json_t *v = json_object_get(m->seen, name);
-    if (v) {
-        json_array_set_new(v, 1, json_integer((json_int_t)now));
-        return;
-    }
-    seen_make_room(m, now);
-    json_object_set_new(m->seen, name, json_pack("[I, I]", (json_int_t)time(NULL), (json_int_t)now));
+    (void)recent_note(m->seen, name, now_s()); /* out of memory loses only the hint */
 }
 
 bool gw_models_recently_served(const gw_models *m, const char *name)
 {
-    json_t *v = json_object_get(m->seen, name);
-    return v && now_ms() - (uint64_t)json_integer_value(json_array_get(v, 1)) <= GW_MODELS_RECENT_S * 1000ull;
+    return recent_within(m->seen, name, now_s());
 }
 
 int64_t gw_models_created(const gw_models *m, const char *name)
 {
-    json_t *v = json_object_get(m->seen, name);
-    return v ? (int64_t)json_integer_value(json_array_get(v, 0)) : (int64_t)time(NULL);
+    double first;
+    return recent_first(m->seen, name, &first) ? (int64_t)(first + m->unix_offset) : (int64_t)time(NULL);
 }

@@ -471,14 +471,27 @@ void gw_generate(struct gw *g, http_request *req, const char *route, int api)
     }
     struct gw_rl_ticket ticket;
     char why[320];
-    if (!gw_rl_admit(g->rl, info ? info->key : NULL, gw_rl_estimate(&p), req, &ticket, why, sizeof why)) {
+    size_t api_key_len;
+    const char *api_key = gw_auth_key_of(g->auth, http_request_header(req, "Authorization"), &api_key_len);
+    if (!gw_rl_admit(g->rl, api_key, api_key_len, &p, req, &ticket, why, sizeof why)) {
         gw_metrics_rate_limited(g->metrics, ticket.by_tokens);
         gw_params_free(&p);
         gw_respond_error(g, req, route, 429, NULL, "%s", why);
         return;
     }
 
+    size_t n_choices = gw_params_choice_count(&p);
     struct gw_gen *gen = calloc(1, sizeof *gen);
+    struct gw_choice *choices = calloc(n_choices, sizeof *choices);
+    if (!gen || !choices) {
+        free(gen);
+        free(choices);
+        gw_rl_settle(g->rl, &ticket, 0); /* what it reserved goes back */
+        gw_params_free(&p);
+        http_response_header(req, "Retry-After", "1");
+        gw_respond_error(g, req, route, 503, NULL, "the gateway is out of memory; retry later");
+        return;
+    }
     gen->info = info;
     http_request_set_data(req, NULL); /* the gen logs the access line now */
     gen->rl = ticket;
@@ -491,8 +504,8 @@ void gw_generate(struct gw *g, http_request *req, const char *route, int api)
     gen->created = (int64_t)time(NULL);
     gen->start_ns = uv_hrtime();
     gw_format_id((enum gw_api)api, gen->id, sizeof gen->id);
-    gen->n_choices = gw_params_choice_count(&p);
-    gen->choices = calloc(gen->n_choices, sizeof *gen->choices);
+    gen->n_choices = n_choices;
+    gen->choices = choices;
     for (size_t i = 0; i < gen->n_choices; i++) {
         gen->choices[i].gen = gen;
         gen->choices[i].index = i;

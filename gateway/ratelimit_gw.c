@@ -133,13 +133,15 @@ static void put_reset(http_request *req, const char *name, double s)
     http_response_header(req, name, buf);
 }
 
-bool gw_rl_admit(gw_rl *rl, const char *key, double tokens, http_request *req, struct gw_rl_ticket *ticket,
-                 char *why, size_t why_cap)
+bool gw_rl_admit(gw_rl *rl, const char *key, size_t key_len, const struct gw_params *p, http_request *req,
+                 struct gw_rl_ticket *ticket, char *why, size_t why_cap)
 {
     memset(ticket, 0, sizeof *ticket);
     if (!gw_rl_enabled(rl)) return true;
-    double now = now_s();
-    struct rl_state *s = rl_table_get(rl->table, key ? key : "", now);
+    double now = now_s(), tokens = gw_rl_estimate(p);
+    char *k = key ? strndup(key, key_len) : NULL;
+    struct rl_state *s = !key || k ? rl_table_get(rl->table, k ? k : "", now) : NULL;
+    free(k);
     if (!s) return true; /* out of memory: a limit is not worth refusing service over */
     struct rl_decision d;
     rl_admit(s, tokens, now, &d);
@@ -170,19 +172,15 @@ bool gw_rl_admit(gw_rl *rl, const char *key, double tokens, http_request *req, s
                      d.limit_requests, in);
         return false;
     }
-    ticket->key = strdup(key ? key : "");
+    ticket->state = s;
     ticket->reserved = tokens;
     return true;
 }
 
 void gw_rl_settle(gw_rl *rl, struct gw_rl_ticket *t, double actual)
 {
-    if (!t->key) return;
-    if (gw_rl_enabled(rl)) {
-        double now = now_s();
-        struct rl_state *s = rl_table_get(rl->table, t->key, now);
-        if (s) rl_settle(s, t->reserved, actual, now);
-    }
-    free(t->key);
-    t->key = NULL;
+    (void)rl;
+    if (!t->state) return;
+    rl_settle(t->state, t->reserved, actual, now_s());
+    t->state = NULL;
 }

@@ -31,20 +31,22 @@ bool gw_rl_enabled(const gw_rl *rl);
  * max_tokens for every choice (nothing when it has none: the answer is charged at the end). */
 double gw_rl_estimate(const struct gw_params *p);
 
-/* What an admitted request holds until it is settled. */
+/* What an admitted request holds until it is settled: its key's buckets, which the limits
+ * keep for their whole life (a reload changes their limits in place). */
 struct gw_rl_ticket {
-    char *key;       /* NULL when nothing was taken */
+    struct rl_state *state; /* NULL when nothing was taken */
     double reserved;
-    bool by_tokens;  /* refused: by the token limit (else the request limit) */
+    bool by_tokens;         /* refused: by the token limit (else the request limit) */
 };
 
-/* Admits a request of key (NULL or "": anonymous) that may use tokens, adding the
- * x-ratelimit-* headers to req either way. Returns true when admitted (ticket filled);
- * false when over a limit: Retry-After is added too, why says which limit, and the caller
- * answers 429. */
-bool gw_rl_admit(gw_rl *rl, const char *key, double tokens, http_request *req, struct gw_rl_ticket *ticket,
-                 char *why, size_t why_cap);
-/* The request ended having used actual tokens; frees the ticket's key. */
+/* Admits request p of key (key_len bytes; NULL: anonymous) for its estimated tokens, adding
+ * the x-ratelimit-* headers to req either way; without limits, admits at once and computes
+ * nothing. Returns true when admitted (ticket filled); false when over a limit: Retry-After is
+ * added too, why says which limit, and the caller answers 429. */
+bool gw_rl_admit(gw_rl *rl, const char *key, size_t key_len, const struct gw_params *p, http_request *req,
+                 struct gw_rl_ticket *ticket, char *why, size_t why_cap);
+/* The request ended having used actual tokens: the difference from its reservation is
+ * settled. */
 void gw_rl_settle(gw_rl *rl, struct gw_rl_ticket *ticket, double actual);
 
 #endif

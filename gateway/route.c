@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
 #include "common/json_util.h"
 #include "common/log.h"
 
@@ -61,10 +62,16 @@ static void on_route_end(bool done, void *user)
 int gw_route_start(gw_ctls *ctls, http_client *client, const struct gw_route_opts *o, gw_route_cb cb, void *user,
                    gw_route **out)
 {
+    *out = NULL;
     gw_route *r = calloc(1, sizeof *r);
+    json_t *body = json_pack("{s:s}", "model", o->model);
+    if (!r || !body) {
+        free(r);
+        json_decref(body);
+        return -1;
+    }
     r->cb = cb;
     r->user = user;
-    json_t *body = json_pack("{s:s}", "model", o->model);
     if (o->exclude && *o->exclude) json_object_set_new(body, "exclude", json_pack("[s]", o->exclude));
     if (o->prefix_key && *o->prefix_key) json_object_set_new(body, "prefix_key", json_string(o->prefix_key));
     struct gw_ctl_call_opts opts = {
@@ -83,7 +90,6 @@ int gw_route_start(gw_ctls *ctls, http_client *client, const struct gw_route_opt
     json_decref(body);
     if (rc != 0) {
         free(r);
-        *out = NULL;
         return rc;
     }
     *out = r;
@@ -106,7 +112,7 @@ struct prefix_hash {
 static void prefix_hash_add(struct prefix_hash *ph, const char *s, size_t n)
 {
     if (n > ph->left) n = ph->left;
-    for (size_t i = 0; i < n; i++) ph->h = (ph->h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    ph->h = hash_fnv1a(ph->h, s, n);
     ph->left -= n;
 }
 
@@ -120,7 +126,7 @@ static int prefix_hash_sink(const char *buf, size_t size, void *data)
 
 const char *gw_route_prefix_key(const struct gw_params *p, char out[GW_PREFIX_KEY_SIZE])
 {
-    struct prefix_hash ph = {0xcbf29ce484222325ull, GW_PREFIX_KEY_PROMPT_BYTES};
+    struct prefix_hash ph = {HASH_FNV1A_INIT, GW_PREFIX_KEY_PROMPT_BYTES};
     if (p->api == GW_API_CHAT) {
         const json_t *messages = json_object_get(p->base, "messages");
         if (!json_array_size(messages)) return NULL;
@@ -139,10 +145,6 @@ const char *gw_route_prefix_key(const struct gw_params *p, char out[GW_PREFIX_KE
         if (json_is_string(prompt)) prefix_hash_add(&ph, json_string_value(prompt), json_string_length(prompt));
         else (void)json_dump_callback(prompt, prefix_hash_sink, &ph, JSON_COMPACT);
     }
-    uint64_t h = ph.h;
-    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
-    h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
-    h ^= h >> 31;
-    snprintf(out, GW_PREFIX_KEY_SIZE, "%016llx", (unsigned long long)h);
+    snprintf(out, GW_PREFIX_KEY_SIZE, "%016llx", (unsigned long long)hash_mix64(ph.h));
     return out;
 }

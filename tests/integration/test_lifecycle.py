@@ -298,3 +298,19 @@ def test_unregister_worker_endpoint(procs):
     r = requests.post(ctl.url + "/unregister_worker", headers=auth, timeout=5,
                       json={"worker_name": "http://127.0.0.1:9"})
     assert r.status_code == 200 and r.json() == {"removed": False}
+
+
+def test_unregister_finds_the_worker_under_any_spelling_of_its_address(procs):
+    # Registration and heartbeats key the registry by the normalised address: so must
+    # unregistering, or a worker that spells its address "HTTP://...:9/" stays dispatched to
+    # until its heartbeats expire.
+    ctl = start_controller(procs)
+    requests.post(ctl.url + "/register_worker", timeout=5, json={
+        "worker_name": "HTTP://127.0.0.1:9/", "check_heart_beat": True,
+        "worker_status": {"model_names": ["m"], "speed": 1, "queue_length": 0}}).raise_for_status()
+    assert listed(ctl) == ["http://127.0.0.1:9"]
+    r = requests.post(ctl.url + "/unregister_worker", timeout=5, json={"worker_name": "HTTP://127.0.0.1:9/"})
+    assert r.status_code == 200 and r.json() == {"removed": True}, r.text
+    assert listed(ctl) == []
+    r = requests.post(ctl.url + "/unregister_worker", timeout=5, json={"worker_name": "not a url"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "worker_name"

@@ -8,10 +8,10 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "common/drain.h"
 #include "common/http_client.h"
 #include "common/http_server.h"
 #include "common/net_addr.h"
-#include "common/signals.h"
 #include "worker/api/worker_metrics.h"
 #include "worker/engine/engine.h"
 #include "worker/model/model.h"
@@ -87,11 +87,8 @@ struct worker {
     int unregister_in_flight;       /* unregisters not answered yet */
 
     /* The graceful stop (worker/api/shutdown.c): from the first SIGTERM or SIGINT on. */
-    struct signals_watch signals;
+    struct drain drain;
     bool draining;
-    uv_timer_t drain_timer;
-    bool drain_timer_open;
-    uint64_t drain_started_ns, drain_aborted_ns; /* uv_hrtime; aborted 0 until the timeout */
 
     struct worker_metrics metrics;
 };

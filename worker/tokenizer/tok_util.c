@@ -191,7 +191,7 @@ const struct tok_pair_slot *tok_pairmap_get(const struct tok_pairmap *m, int32_t
 
 /* ---- UTF-8 -------------------------------------------------------------------------------- */
 /* Returns the length of a valid character at s, or -k where k >= 1 is the length of the
- * maximal invalid subpart (the bytes one U+FFFD replaces): common/utf8.c's reading of it. */
+ * maximal invalid subpart (the bytes one U+FFFD replaces): common/utf8.h's reading. */
 static int utf8_scan(const unsigned char *s, size_t n)
 {
     size_t skip, k = utf8_char_len(s, n, &skip);

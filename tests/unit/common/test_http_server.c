@@ -189,6 +189,9 @@ static void handler(http_request *req, void *user)
     } else if (!strcmp(path, "/peer")) {
         const char *peer = http_request_peer(req);
         http_respond(req, 200, "text/plain", peer, strlen(peer));
+    } else if (!strcmp(path, "/loopback")) {
+        bool yes = http_request_from_loopback(req);
+        http_respond(req, 200, "text/plain", yes ? "yes" : "no", yes ? 3 : 2);
     } else {
         http_respond_error(req, 404, NULL, "no route %s", path);
     }
@@ -472,6 +475,9 @@ Test(http_server, get_with_query_and_headers)
     resp_free(r);
     r = roundtrip(c, "GET /peer HTTP/1.1\r\nHost: t\r\n\r\n");
     cr_assert(!strncmp(r->body, "127.0.0.1:", 10), "peer %s", r->body);
+    resp_free(r);
+    r = roundtrip(c, "GET /loopback HTTP/1.1\r\nHost: t\r\n\r\n");
+    cr_assert_str_eq(r->body, "yes", "a client on 127.0.0.1 is loopback");
     resp_free(r);
     client_close(c);
     stop_server();

@@ -180,21 +180,6 @@ Test(loopback, ips)
     cr_expect_not(net_ip_is_loopback(NULL));
 }
 
-Test(loopback, peers)
-{
-    cr_expect(net_peer_is_loopback("127.0.0.1:53422"));
-    cr_expect(net_peer_is_loopback("127.0.0.2:1"));
-    cr_expect(net_peer_is_loopback("[::1]:53422"));
-    cr_expect(net_peer_is_loopback("[::ffff:127.0.0.1]:80"));
-    cr_expect_not(net_peer_is_loopback("192.168.1.5:53422"));
-    cr_expect_not(net_peer_is_loopback("[::ffff:192.168.1.5]:80"));
-    cr_expect_not(net_peer_is_loopback("[2001:db8::1]:80"));
-    cr_expect_not(net_peer_is_loopback("[::1:80"));
-    cr_expect_not(net_peer_is_loopback("?"));
-    cr_expect_not(net_peer_is_loopback(""));
-    cr_expect_not(net_peer_is_loopback(NULL));
-}
-
 Test(url_list, controller_addresses_split_on_commas)
 {
     char *urls[3], err[300] = "";

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "controller/registry.h"
-#include "controller/strmap.h"
+#include "common/strmap.h"
 
 static double fake_now;
 static double fake_clock(void *arg)
@@ -163,24 +163,24 @@ Test(registry, remove_many_keeps_order)
 
 Test(strmap, put_get_remove_grow)
 {
-    ctl_map *m;
-    cr_assert_eq(ctl_map_init(&m), 0);
+    strmap *m;
+    cr_assert_eq(strmap_init(&m), 0);
     static int vals[1000];
     char k[32];
     for (int i = 0; i < 1000; i++) {
         snprintf(k, sizeof k, "key%d", i);
-        cr_assert_eq(ctl_map_put(m, k, &vals[i]), 0);
+        cr_assert_eq(strmap_put(m, k, &vals[i]), 0);
     }
-    cr_assert_eq(ctl_map_count(m), 1000);
+    cr_assert_eq(strmap_count(m), 1000);
     for (int i = 0; i < 1000; i++) {
         snprintf(k, sizeof k, "key%d", i);
-        cr_assert_eq(ctl_map_get(m, k), &vals[i]);
+        cr_assert_eq(strmap_get(m, k), &vals[i]);
     }
-    cr_assert_eq(ctl_map_remove(m, "key5"), &vals[5]);
-    cr_assert_null(ctl_map_get(m, "key5"));
-    cr_assert_null(ctl_map_remove(m, "key5"));
-    cr_assert_eq(ctl_map_count(m), 999);
-    ctl_map_free(m);
+    cr_assert_eq(strmap_remove(m, "key5"), &vals[5]);
+    cr_assert_null(strmap_get(m, "key5"));
+    cr_assert_null(strmap_remove(m, "key5"));
+    cr_assert_eq(strmap_count(m), 999);
+    strmap_free(m);
 }
 
 Test(registry, models_by_modality)

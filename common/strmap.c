@@ -1,35 +1,32 @@
-#include "controller/strmap.h"
+#include "common/strmap.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct ctl_map_node {
-    struct ctl_map_node *next;
+#include "common/hash.h"
+
+struct strmap_node {
+    struct strmap_node *next;
     uint64_t hash;
     void *value;
     char key[]; /* NUL-terminated copy */
 };
 
-struct ctl_map {
-    struct ctl_map_node **buckets;
+struct strmap {
+    struct strmap_node **buckets;
     size_t n_buckets; /* a power of two */
     size_t count;
 };
 
 static uint64_t map_hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return h;
+    return hash_fnv1a_str(HASH_FNV1A_INIT, s);
 }
 
-int ctl_map_init(ctl_map **out)
+int strmap_init(strmap **out)
 {
-    ctl_map *m = calloc(1, sizeof *m);
+    strmap *m = calloc(1, sizeof *m);
     if (!m) return -1;
     m->n_buckets = 64;
     m->buckets = calloc(m->n_buckets, sizeof *m->buckets);
@@ -41,13 +38,13 @@ int ctl_map_init(ctl_map **out)
     return 0;
 }
 
-void ctl_map_free(ctl_map *m)
+void strmap_free(strmap *m)
 {
     if (!m) return;
     for (size_t i = 0; i < m->n_buckets; i++) {
-        struct ctl_map_node *n = m->buckets[i];
+        struct strmap_node *n = m->buckets[i];
         while (n) {
-            struct ctl_map_node *next = n->next;
+            struct strmap_node *next = n->next;
             free(n);
             n = next;
         }
@@ -56,29 +53,29 @@ void ctl_map_free(ctl_map *m)
     free(m);
 }
 
-static struct ctl_map_node **map_slot(const ctl_map *m, const char *key, uint64_t h)
+static struct strmap_node **map_slot(const strmap *m, const char *key, uint64_t h)
 {
-    struct ctl_map_node **p = &m->buckets[h & (m->n_buckets - 1)];
+    struct strmap_node **p = &m->buckets[h & (m->n_buckets - 1)];
     while (*p && ((*p)->hash != h || strcmp((*p)->key, key) != 0)) p = &(*p)->next;
     return p;
 }
 
-void *ctl_map_get(const ctl_map *m, const char *key)
+void *strmap_get(const strmap *m, const char *key)
 {
-    struct ctl_map_node **p = map_slot(m, key, map_hash(key));
+    struct strmap_node **p = map_slot(m, key, map_hash(key));
     return *p ? (*p)->value : NULL;
 }
 
 /* Doubles the bucket array; on allocation failure the map keeps working, only slower. */
-static void map_grow(ctl_map *m)
+static void map_grow(strmap *m)
 {
     size_t nb = m->n_buckets * 2;
-    struct ctl_map_node **b = calloc(nb, sizeof *b);
+    struct strmap_node **b = calloc(nb, sizeof *b);
     if (!b) return;
     for (size_t i = 0; i < m->n_buckets; i++) {
-        struct ctl_map_node *n = m->buckets[i];
+        struct strmap_node *n = m->buckets[i];
         while (n) {
-            struct ctl_map_node *next = n->next;
+            struct strmap_node *next = n->next;
             n->next = b[n->hash & (nb - 1)];
             b[n->hash & (nb - 1)] = n;
             n = next;
@@ -89,16 +86,16 @@ static void map_grow(ctl_map *m)
     m->n_buckets = nb;
 }
 
-int ctl_map_put(ctl_map *m, const char *key, void *value)
+int strmap_put(strmap *m, const char *key, void *value)
 {
     uint64_t h = map_hash(key);
-    struct ctl_map_node **p = map_slot(m, key, h);
+    struct strmap_node **p = map_slot(m, key, h);
     if (*p) {
         (*p)->value = value;
         return 0;
     }
     size_t len = strlen(key);
-    struct ctl_map_node *n = malloc(sizeof *n + len + 1);
+    struct strmap_node *n = malloc(sizeof *n + len + 1);
     if (!n) return -1;
     memcpy(n->key, key, len + 1);
     n->hash = h;
@@ -109,10 +106,10 @@ int ctl_map_put(ctl_map *m, const char *key, void *value)
     return 0;
 }
 
-void *ctl_map_remove(ctl_map *m, const char *key)
+void *strmap_remove(strmap *m, const char *key)
 {
-    struct ctl_map_node **p = map_slot(m, key, map_hash(key));
-    struct ctl_map_node *n = *p;
+    struct strmap_node **p = map_slot(m, key, map_hash(key));
+    struct strmap_node *n = *p;
     if (!n) return NULL;
     void *value = n->value;
     *p = n->next;
@@ -121,13 +118,13 @@ void *ctl_map_remove(ctl_map *m, const char *key)
     return value;
 }
 
-size_t ctl_map_count(const ctl_map *m)
+size_t strmap_count(const strmap *m)
 {
     return m->count;
 }
 
-void ctl_map_each(const ctl_map *m, void (*fn)(const char *key, void *value, void *arg), void *arg)
+void strmap_each(const strmap *m, void (*fn)(const char *key, void *value, void *arg), void *arg)
 {
     for (size_t i = 0; i < m->n_buckets; i++)
-        for (struct ctl_map_node *n = m->buckets[i]; n; n = n->next) fn(n->key, n->value, arg);
+        for (struct strmap_node *n = m->buckets[i]; n; n = n->next) fn(n->key, n->value, arg);
 }
