@@ -12,21 +12,30 @@ struct gw_auth {
     char **keys;
     size_t *lens;
     size_t n, cap;
+    /* Keys were configured (--api-keys or --api-key-file): then a key list that is empty, a key
+     * file emptied and reloaded say, refuses every request instead of opening the gateway. */
+    bool required;
 };
 
-static void key_add(gw_auth *a, const char *s, size_t len)
+static int key_add(gw_auth *a, const char *s, size_t len)
 {
     while (len && isspace((unsigned char)*s)) s++, len--;
     while (len && isspace((unsigned char)s[len - 1])) len--;
-    if (!len) return;
+    if (!len) return 0;
     if (a->n == a->cap) {
-        a->cap = a->cap ? a->cap * 2 : 4;
-        a->keys = realloc(a->keys, a->cap * sizeof *a->keys);
-        a->lens = realloc(a->lens, a->cap * sizeof *a->lens);
+        size_t cap = a->cap ? a->cap * 2 : 4;
+        char **keys = realloc(a->keys, cap * sizeof *keys);
+        if (!keys) return -1;
+        a->keys = keys;
+        size_t *lens = realloc(a->lens, cap * sizeof *lens);
+        if (!lens) return -1;
+        a->lens = lens;
+        a->cap = cap;
     }
-    a->keys[a->n] = strndup(s, len);
+    if (!(a->keys[a->n] = strndup(s, len))) return -1;
     a->lens[a->n] = len;
     a->n++;
+    return 0;
 }
 
 static int keys_from_file(gw_auth *a, const char *path)
@@ -39,29 +48,32 @@ static int keys_from_file(gw_auth *a, const char *path)
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
-    while ((n = getline(&line, &cap, f)) >= 0) {
+    int rc = 0;
+    while (rc == 0 && (n = getline(&line, &cap, f)) >= 0) {
         if (n > 0 && line[0] == '#') continue;
-        key_add(a, line, (size_t)n);
+        rc = key_add(a, line, (size_t)n);
     }
     free(line);
     fclose(f);
-    return 0;
+    if (rc < 0) log_error("out of memory reading --api-key-file %s", path);
+    return rc;
 }
 
 int gw_auth_init(gw_auth **out, const char *keys_csv, const char *key_file)
 {
     gw_auth *a = calloc(1, sizeof *a);
-    int rc = 0;
+    int rc = -1;
+    if (!a) goto fail;
+    a->required = (keys_csv && *keys_csv) || (key_file && *key_file);
     for (const char *p = keys_csv; p && *p;) {
         const char *comma = strchr(p, ',');
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        key_add(a, p, len);
+        if (key_add(a, p, len) < 0) goto fail;
         p = comma ? comma + 1 : p + len;
     }
-    if (key_file && *key_file && keys_from_file(a, key_file) < 0) {
-        rc = -1;
-        goto fail;
-    }
+    if (key_file && *key_file && keys_from_file(a, key_file) < 0) goto fail;
+    if (a->required && a->n == 0)
+        log_warn("API keys are configured but none was read: every request is refused (401) until there is one");
     *out = a;
     return 0;
 fail:
@@ -86,7 +98,7 @@ size_t gw_auth_key_count(const gw_auth *a)
 
 bool gw_auth_check(const gw_auth *a, const char *authorization)
 {
-    if (!a || a->n == 0) return true;
+    if (!a || !a->required) return true;
     size_t len = 0;
     const char *key = auth_bearer_credential(authorization, &len);
     if (!key) return false;
@@ -99,5 +111,5 @@ bool gw_auth_check(const gw_auth *a, const char *authorization)
 const char *gw_auth_key_of(const gw_auth *a, const char *authorization, size_t *len)
 {
     *len = 0;
-    return gw_auth_key_count(a) ? auth_bearer_credential(authorization, len) : NULL;
+    return a && a->required ? auth_bearer_credential(authorization, len) : NULL;
 }

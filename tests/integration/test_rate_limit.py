@@ -128,3 +128,20 @@ def test_a_bad_limits_file_stops_the_gateway_at_start(procs, tmp_path, backend):
                      "--rate-limit-file", str(limits)], port, "gateway")
     assert p.p.wait(timeout=10) != 0
     assert "line 1" in p.output()
+
+
+def test_an_emptied_key_file_refuses_everyone_instead_of_opening_the_gateway(procs, tmp_path, backend):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("sk-a\n")
+    gw = start_gateway(procs, backend.url, "--api-key-file", str(keys))
+    assert post(gw, "sk-a").status_code == 200
+    keys.write_text("# every key revoked\n")
+    gw.p.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while post(gw, "sk-a").status_code != 401:
+        assert time.time() < deadline, "SIGHUP did not reload the emptied key file"
+        time.sleep(0.05)
+    assert post(gw, "anything").status_code == 401
+    r = requests.post(gw.url + "/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1}, timeout=10)
+    assert r.status_code == 401, "no key at all is refused too, not let in"
+    assert "none was read" in gw.output()
