@@ -28,6 +28,12 @@ struct sampling_params {
     float frequency_penalty;  /* 0: off; over output tokens */
     uint64_t seed;            /* the engine fills one in when the request gave none */
     int logprobs;             /* -1: none; 0..20: the sampled token's logprob plus that many top */
+    /* OpenAI's logit_bias: bias_values[i] (in [-100, 100]) is added to the logit of token
+     * bias_ids[i] (ids in the vocabulary, distinct) before sampling (sampler.h, step 2). Only
+     * on a backend with supports_logit_bias. Borrowed: they live as long as the request. */
+    int32_t n_bias;
+    const int32_t *bias_ids;
+    const float *bias_values;
 };
 
 /* Whether sampling reads the sequence's tokens (penalties): then they must all be on the host. */
@@ -36,6 +42,16 @@ static inline bool sampling_uses_history(const struct sampling_params *sp)
     return (sp->repetition_penalty > 0.0f && sp->repetition_penalty != 1.0f) || sp->presence_penalty != 0.0f ||
            sp->frequency_penalty != 0.0f;
 }
+
+/* A prompt token's logprob: token is the prompt's token at the next position. */
+struct prompt_logprob {
+    int32_t token;
+    float logprob;                 /* log-softmax of the raw logits at token */
+    int32_t rank;                  /* 1 + the tokens whose raw logit is larger */
+    int32_t n_top;
+    int32_t top_ids[SAMPLER_MAX_TOP_LOGPROBS];
+    float top_logprobs[SAMPLER_MAX_TOP_LOGPROBS];
+};
 
 struct batch_seq {
     int32_t n_new;                 /* tokens of this step in batch.tokens, in order */
@@ -59,6 +75,25 @@ struct batch_seq {
      * may draw, bit (id % 32) of word id / 32, (vocab + 31) / 32 words at least; the others are
      * excluded as sampler.h says. Only on a backend with supports_token_mask. */
     const uint32_t *allowed;
+    /* min_tokens: when sample, tokens the sampler must not draw this step (the EOS and stop
+     * token ids while fewer than min_tokens are generated; sampler.h, step 2). Only on a
+     * backend with supports_suppress. */
+    const int32_t *suppress;
+    int32_t n_suppress;
+    /* Prompt logprobs (prompt_logprobs, and completions' echo with logprobs), only on a backend
+     * with supports_prompt_logprobs: for each new token i in [lp_first, lp_first + lp_rows), the
+     * logprob under its logits of the token that follows it, lp_targets[i - lp_first], with the
+     * lp_top (0..20) most likely alternatives, into lp_out[i - lp_first]. Written by the time the
+     * step is collected; the engine keeps lp_out until then. */
+    int32_t lp_first, lp_rows, lp_top;
+    const int32_t *lp_targets;
+    struct prompt_logprob *lp_out;
+    /* Embeddings, only on a backend with supports_hidden_states: the final hidden state (after
+     * the model's last norm, before lm_head; hidden_size floats) of each new token is added into
+     * hidden_sum when it is not NULL, and the last new token's is written to hidden_last when
+     * that is not NULL. */
+    float *hidden_sum;
+    float *hidden_last;
 };
 
 struct batch {
@@ -112,6 +147,14 @@ struct backend {
     /* The sampler applies batch_seq.allowed; the engine refuses constrained requests (a
      * grammar) on a backend without it rather than sample unconstrained. */
     bool supports_token_mask;
+    /* What else the backend does beyond sampling as the CUDA kernel does; the worker answers
+     * 400 naming the parameter, and the engine refuses the request, on a backend without it
+     * (the CUDA backend, for now), rather than ignore it: sampling_params' logit bias,
+     * batch_seq.suppress (min_tokens), prompt logprobs, hidden states (embeddings). */
+    bool supports_logit_bias;
+    bool supports_suppress;
+    bool supports_prompt_logprobs;
+    bool supports_hidden_states;
 };
 
 /* How the decode attention does qkv_post's work (sk_attention_decode_qkv) on decode-only steps

@@ -90,17 +90,20 @@ static void rank_sort(int32_t *idx, int32_t lo, int32_t hi, const float *w)
     }
 }
 
-static void fill_logprobs(const float *logits, int vocab, int n_top, struct sample_result *out,
-                          double *lse_out)
+/* log(sum(exp(logits))), with the largest logit factored out. */
+static double log_sum_exp(const float *logits, int vocab)
 {
     float mx = -INFINITY;
     for (int i = 0; i < vocab; i++)
         if (logits[i] > mx) mx = logits[i];
     double sum = 0.0;
     for (int i = 0; i < vocab; i++) sum += (double)expf(logits[i] - mx);
-    double lse = (double)mx + log(sum);
-    *lse_out = lse;
+    return (double)mx + log(sum);
+}
 
+/* The n_top largest raw logits, ties to the lower id, in descending order, as logprobs. */
+static int top_logprobs(const float *logits, int vocab, int n_top, double lse, int32_t *ids, float *lps)
+{
     if (n_top > SAMPLER_MAX_TOP_LOGPROBS) n_top = SAMPLER_MAX_TOP_LOGPROBS;
     if (n_top > vocab) n_top = vocab;
     int n = 0;
@@ -108,18 +111,39 @@ static void fill_logprobs(const float *logits, int vocab, int n_top, struct samp
      * earlier (lower) id. */
     for (int i = 0; i < vocab && n_top > 0; i++) {
         float v = logits[i];
-        if (n == n_top && !(v > out->top_logprobs[n - 1])) continue;
+        if (n == n_top && !(v > lps[n - 1])) continue;
         int j = n < n_top ? n++ : n - 1;
-        while (j > 0 && v > out->top_logprobs[j - 1]) {
-            out->top_logprobs[j] = out->top_logprobs[j - 1];
-            out->top_ids[j] = out->top_ids[j - 1];
+        while (j > 0 && v > lps[j - 1]) {
+            lps[j] = lps[j - 1];
+            ids[j] = ids[j - 1];
             j--;
         }
-        out->top_logprobs[j] = v;
-        out->top_ids[j] = i;
+        lps[j] = v;
+        ids[j] = i;
     }
-    for (int j = 0; j < n; j++) out->top_logprobs[j] = (float)((double)out->top_logprobs[j] - lse);
-    out->n_top = n;
+    for (int j = 0; j < n; j++) lps[j] = (float)((double)lps[j] - lse);
+    return n;
+}
+
+int sampler_prompt_logprob(const float *logits, int vocab, int32_t target, int n_top, struct prompt_logprob *out)
+{
+    if (!logits || !out || vocab < 1 || target < 0 || target >= vocab) return -1;
+    double lse = log_sum_exp(logits, vocab);
+    out->token = target;
+    out->logprob = (float)((double)logits[target] - lse);
+    int32_t above = 0;
+    for (int i = 0; i < vocab; i++) above += logits[i] > logits[target];
+    out->rank = above + 1;
+    out->n_top = n_top > 0 ? top_logprobs(logits, vocab, n_top, lse, out->top_ids, out->top_logprobs) : 0;
+    return 0;
+}
+
+static void fill_logprobs(const float *logits, int vocab, int n_top, struct sample_result *out,
+                          double *lse_out)
+{
+    double lse = log_sum_exp(logits, vocab);
+    *lse_out = lse;
+    out->n_top = n_top > 0 ? top_logprobs(logits, vocab, n_top, lse, out->top_ids, out->top_logprobs) : 0;
 }
 
 static void apply_penalties(const float *logits, int vocab, const struct batch_seq *seq,
@@ -155,7 +179,17 @@ static void apply_penalties(const float *logits, int vocab, const struct batch_s
 void sampler_penalize(const float *logits, int vocab, const struct batch_seq *seq, float *scratch)
 {
     memcpy(scratch, logits, (size_t)vocab * sizeof *scratch);
-    if (seq && seq->sampling) apply_penalties(logits, vocab, seq, seq->sampling, scratch, (int32_t *)(scratch + vocab));
+    if (!seq || !seq->sampling) return;
+    const struct sampling_params *sp = seq->sampling;
+    apply_penalties(logits, vocab, seq, sp, scratch, (int32_t *)(scratch + vocab));
+    for (int32_t i = 0; i < sp->n_bias && sp->bias_ids && sp->bias_values; i++) {
+        int32_t t = sp->bias_ids[i];
+        if (t >= 0 && t < vocab) scratch[t] += sp->bias_values[i];
+    }
+    for (int32_t i = 0; i < seq->n_suppress && seq->suppress; i++) {
+        int32_t t = seq->suppress[i];
+        if (t >= 0 && t < vocab) scratch[t] = -INFINITY;
+    }
 }
 
 static int32_t argmax(const float *v, int vocab)

@@ -10,7 +10,9 @@
  *     - repetition p (!= 1) over every distinct token of history (prompt + output), as Hugging
  *       Face: l = l > 0 ? l / p : l * p (applied once per distinct token);
  *     - presence and frequency over the output tokens (the last n_output of history), as
- *       OpenAI: l -= count * frequency + (count > 0) * presence.
+ *       OpenAI: l -= count * frequency + (count > 0) * presence;
+ *     - logit_bias (sampling->bias_ids / bias_values): l += bias, after the penalties;
+ *     - suppressed tokens (seq->suppress, min_tokens): l = -inf.
  *  2b. The mask (seq->allowed, structured output): tokens whose bit is clear get -inf in the
  *     penalized copy, so steps 3-5 see only the allowed ones (logprobs stay those of step 1).
  *     When no allowed token has a finite logit, the token is the lowest allowed id; when none
@@ -58,6 +60,11 @@ size_t sampler_scratch_floats(int vocab);
 /* Step 2 alone, for tests and as the CUDA kernel's reference: writes the penalized logits
  * into scratch[0 .. vocab) (scratch as for sampler_sample). */
 void sampler_penalize(const float *logits, int vocab, const struct batch_seq *seq, float *scratch);
+
+/* A prompt token's logprob (batch_seq.lp_*): step 1 alone, for the token target (in the
+ * vocabulary), with rank = 1 + the tokens whose raw logit is larger, and n_top (0..20)
+ * alternatives. Returns 0, or negative on bad arguments. */
+int sampler_prompt_logprob(const float *logits, int vocab, int32_t target, int n_top, struct prompt_logprob *out);
 
 /* Samples one token from logits (vocab floats, not modified) for seq (its sampling params,
  * n_generated and history). Returns 0, or negative when vocab < 1 or seq->sampling is NULL. */

@@ -271,6 +271,113 @@ Test(cpu_reference, rejects_bad_batches)
     model_free(m);
 }
 
+/* Prompt logprobs: for each prompt position, the log-softmax of that position's logits at the
+ * next prompt token, as a prompt fed one token per step (each step sampling, its logits copied
+ * out) shows them; whether the prompt goes in whole or in chunks. */
+Test(cpu_reference, prompt_logprobs_are_each_positions_log_softmax)
+{
+    struct model *m = load(false);
+    struct backend *b = make_backend(m, 2);
+    const struct ref_prompt *p = &refs[0];
+    int n = p->n_prompt;
+    cr_assert_gt(n, 3);
+    struct sampling_params greedy = {.temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.0f, .logprobs = -1};
+    int32_t table[BLOCKS_PER_SEQ];
+    for (int i = 0; i < BLOCKS_PER_SEQ; i++) table[i] = i;
+    /* One token per step: row i's logits. */
+    float(*logits)[VOCAB] = malloc((size_t)n * sizeof *logits);
+    for (int i = 0; i < n; i++) {
+        struct batch_seq s = {.n_new = 1, .start_pos = i, .block_table = table, .n_blocks = BLOCKS_PER_SEQ,
+                              .sample = true, .prompt = true, .sampling = &greedy};
+        struct batch batch = {.n_seqs = 1, .seqs = &s, .n_tokens = 1, .tokens = &p->prompt[i], .logits_out = logits[i]};
+        struct sample_result res;
+        cr_assert_eq(backend_forward(b, &batch, &res), 0, "%s", b->error);
+    }
+    struct prompt_logprob *lp = calloc((size_t)n, sizeof *lp);
+    for (int chunk = 1; chunk <= n; chunk += n - 1) {
+        memset(lp, 0, (size_t)n * sizeof *lp);
+        for (int at = 0; at < n; at += chunk) {
+            int take = n - at < chunk ? n - at : chunk;
+            /* Rows whose next token is a prompt token: all but the prompt's last. */
+            int rows = at + take < n ? take : take - 1;
+            struct batch_seq s = {.n_new = take, .start_pos = at, .block_table = table, .n_blocks = BLOCKS_PER_SEQ,
+                                  .sample = at + take == n, .prompt = true, .sampling = &greedy,
+                                  .lp_first = 0, .lp_rows = rows, .lp_top = 3, .lp_targets = p->prompt + at + 1,
+                                  .lp_out = lp + at};
+            struct batch batch = {.n_seqs = 1, .seqs = &s, .n_tokens = take, .tokens = p->prompt + at};
+            struct sample_result res;
+            cr_assert_eq(backend_forward(b, &batch, &res), 0, "%s", b->error);
+        }
+        for (int i = 0; i + 1 < n; i++) {
+            double mx = -INFINITY, sum = 0.0;
+            for (int v = 0; v < VOCAB; v++) mx = fmax(mx, logits[i][v]);
+            for (int v = 0; v < VOCAB; v++) sum += exp(logits[i][v] - mx);
+            int32_t t = p->prompt[i + 1];
+            double want = logits[i][t] - mx - log(sum);
+            int rank = 1;
+            for (int v = 0; v < VOCAB; v++) rank += logits[i][v] > logits[i][t];
+            cr_expect_eq(lp[i].token, t);
+            cr_expect(fabs(lp[i].logprob - want) < 1e-4, "chunk %d, row %d: %f, want %f", chunk, i,
+                      (double)lp[i].logprob, want);
+            cr_expect_eq(lp[i].rank, rank, "chunk %d, row %d", chunk, i);
+            cr_expect_eq(lp[i].n_top, 3);
+            cr_expect(lp[i].top_logprobs[0] >= lp[i].logprob);
+        }
+        cr_expect_eq(lp[n - 1].token, 0, "the last prompt row has no prompt token after it");
+    }
+    free(lp);
+    free(logits);
+    backend_free(b);
+    model_free(m);
+}
+
+/* Hidden states: the final norm's output, which lm_head turns into the logits; summed over a
+ * sequence's rows the same whether it comes whole or in chunks. */
+Test(cpu_reference, hidden_states_are_what_lm_head_reads)
+{
+    struct model *m = load(false);
+    struct backend *b = make_backend(m, 2);
+    const int h = m->config.hidden_size;
+    const struct ref_prompt *p = &refs[1];
+    int n = p->n_prompt;
+    struct sampling_params greedy = {.temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.0f, .logprobs = -1};
+    int32_t table[BLOCKS_PER_SEQ];
+    for (int i = 0; i < BLOCKS_PER_SEQ; i++) table[i] = i;
+    float *sum_whole = calloc((size_t)h, sizeof(float)), *sum_chunks = calloc((size_t)h, sizeof(float));
+    float *last = calloc((size_t)h, sizeof(float)), *logits = malloc(VOCAB * sizeof(float));
+    struct batch_seq s = {.n_new = n, .start_pos = 0, .block_table = table, .n_blocks = BLOCKS_PER_SEQ,
+                          .sample = true, .prompt = true, .sampling = &greedy, .hidden_sum = sum_whole,
+                          .hidden_last = last};
+    struct batch batch = {.n_seqs = 1, .seqs = &s, .n_tokens = n, .tokens = p->prompt, .logits_out = logits};
+    struct sample_result res;
+    cr_assert_eq(backend_forward(b, &batch, &res), 0, "%s", b->error);
+    /* As the backend picks it (cpu_backend.c). */
+    bool tied = m->config.tie_embeddings || (m->lm_head.data && m->lm_head.data == m->tok_embed.data) ||
+                (!m->lm_head.data && m->lm_head.dummy_id == m->tok_embed.dummy_id);
+    const struct tensor *head = tied ? &m->tok_embed : &m->lm_head;
+    for (int v = 0; v < VOCAB; v += 37) {
+        double dot = 0.0;
+        for (int k = 0; k < h; k++)
+            dot += (double)last[k] * tensor_get_f32(head, m->dummy_seed, false, (uint64_t)v * (uint64_t)h + (uint64_t)k);
+        cr_expect(fabs(dot - logits[v]) < 1e-3, "token %d: lm_head(hidden) %f, logits %f", v, dot, (double)logits[v]);
+    }
+    for (int at = 0; at < n; at += 2) {
+        int take = n - at < 2 ? n - at : 2;
+        struct batch_seq c = {.n_new = take, .start_pos = at, .block_table = table, .n_blocks = BLOCKS_PER_SEQ,
+                              .prompt = true, .hidden_sum = sum_chunks};
+        struct batch cb = {.n_seqs = 1, .seqs = &c, .n_tokens = take, .tokens = p->prompt + at};
+        cr_assert_eq(backend_forward(b, &cb, &res), 0, "%s", b->error);
+    }
+    for (int k = 0; k < h; k++)
+        cr_expect(fabsf(sum_whole[k] - sum_chunks[k]) <= 1e-5f * (1.0f + fabsf(sum_whole[k])), "element %d", k);
+    free(sum_whole);
+    free(sum_chunks);
+    free(last);
+    free(logits);
+    backend_free(b);
+    model_free(m);
+}
+
 Test(cpu_reference, decode_step_speed)
 {
     struct model *m = load(false);

@@ -662,3 +662,33 @@ Test(cuda_plan, a_short_chunk_over_a_long_context_takes_the_decode_attention)
     cr_assert_not(cuda_plan_takes_tiles(&pc, &q));
     cr_assert(cuda_plan_takes_tiles(&det, &q));
 }
+
+Test(cuda_plan, what_the_backend_does_not_compute_is_refused_not_ignored)
+{
+    const struct model_config m = shape(4096, 14336, 32, 8, 128, 128256, 8192);
+    const struct cuda_options o = {0};
+    struct cuda_plan_config pc;
+    cuda_plan_config_init(&pc, &m, &o, false, true, 132, 512, 8, m.max_position / 16 + 2);
+    pc.num_kv_blocks = 50;
+    int32_t bt[4] = {0, 1, 2, 3}, tok[4] = {5, 6, 7, 8}, ids[1] = {7};
+    float bias[1] = {100.0f}, hidden[4096];
+    struct prompt_logprob lp[1];
+    struct sampling_params biased = greedy;
+    biased.n_bias = 1, biased.bias_ids = ids, biased.bias_values = bias;
+    struct batch_seq ok = {
+        .n_new = 2, .start_pos = 10, .block_table = bt, .n_blocks = 4, .sample = true, .sampling = &greedy};
+    struct batch_seq bad[4] = {ok, ok, ok, ok};
+    bad[0].sampling = &biased;
+    bad[1].suppress = ids, bad[1].n_suppress = 1;
+    bad[2].lp_first = 0, bad[2].lp_rows = 1, bad[2].lp_targets = tok + 1, bad[2].lp_out = lp;
+    bad[3].hidden_sum = hidden;
+    char err[512];
+    struct cuda_step_plan p;
+    struct batch b = {.n_seqs = 1, .seqs = &ok, .n_tokens = 2, .tokens = tok};
+    cr_assert_eq(cuda_plan_step(&pc, &b, 0, 0, &p, err, sizeof err), 0, "%s", err);
+    for (int i = 0; i < 4; i++) {
+        b.seqs = &bad[i];
+        cr_assert_eq(cuda_plan_step(&pc, &b, 0, 0, &p, err, sizeof err), -1, "case %d", i);
+        cr_assert(strstr(err, "does not compute"), "%s", err);
+    }
+}

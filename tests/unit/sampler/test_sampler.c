@@ -328,3 +328,86 @@ Test(sampler, mask_draws_only_allowed_tokens)
     uint32_t none[3] = {0, 0, 0};
     cr_assert_lt(sample_masked(logits, 70, &sp, 0, none, &r), 0);
 }
+
+Test(sampler, logit_bias_adds_to_the_logits_after_penalties)
+{
+    float logits[8] = {2.0f, 1.0f, 0.5f, 3.0f, 0.0f, -1.0f, 0.25f, 1.5f};
+    struct sampling_params sp = params();
+    int32_t ids[2] = {5, 3};
+    float bias[2] = {100.0f, -100.0f};
+    sp.n_bias = 2;
+    sp.bias_ids = ids;
+    sp.bias_values = bias;
+    sp.logprobs = 1;
+    struct sample_result r;
+    /* +100 forces token 5 whatever the draw; -100 keeps token 3 (the argmax) out. */
+    for (uint64_t seed = 0; seed < 200; seed++) {
+        sp.seed = seed;
+        cr_assert_eq(sample(logits, 8, &sp, seed, NULL, 0, 0, &r), 5);
+    }
+    double lse = log(exp(2.0) + exp(1.0) + exp(0.5) + exp(3.0) + 1.0 + exp(-1.0) + exp(0.25) + exp(1.5));
+    cr_assert_float_eq(r.logprob, logits[5] - lse, 1e-5, "logprobs stay those of the raw logits");
+    cr_assert_eq(r.top_ids[0], 3);
+    sp.temperature = 0.0f;
+    cr_assert_eq(sample(logits, 8, &sp, 0, NULL, 0, 0, &r), 5);
+    bias[0] = 0.0f;
+    cr_assert_eq(sample(logits, 8, &sp, 0, NULL, 0, 0, &r), 0, "3 is biased away: the next best");
+    /* The bias comes after the penalties: a repetition penalty on 0 cannot undo a +1.5 bias. */
+    int32_t hist[1] = {0};
+    struct sampling_params pen = params();
+    pen.repetition_penalty = 2.0f;
+    int32_t one[1] = {0};
+    float plus[1] = {1.5f};
+    pen.n_bias = 1, pen.bias_ids = one, pen.bias_values = plus;
+    struct batch_seq seq = {.sample = true, .sampling = &pen, .history = hist, .n_history = 1, .n_output = 0};
+    float *s2 = malloc(sampler_scratch_floats(8) * sizeof(float));
+    sampler_penalize(logits, 8, &seq, s2);
+    cr_assert_float_eq(s2[0], 2.0f / 2.0f + 1.5f, 1e-6);
+    cr_assert_float_eq(s2[1], 1.0f, 1e-6);
+    free(s2);
+}
+
+Test(sampler, suppressed_tokens_are_never_drawn)
+{
+    float logits[6] = {0.0f, 5.0f, 0.0f, 4.0f, 0.0f, 0.0f};
+    struct sampling_params sp = params();
+    int32_t sup[2] = {1, 3};
+    struct batch_seq seq = {.sample = true, .sampling = &sp, .suppress = sup, .n_suppress = 2};
+    float *scratch = malloc(sampler_scratch_floats(6) * sizeof(float));
+    struct sample_result r;
+    for (uint64_t seed = 0; seed < 500; seed++) {
+        sp.seed = seed;
+        seq.n_generated = seed;
+        cr_assert_eq(sampler_sample(logits, 6, &seq, scratch, &r), 0);
+        cr_assert(r.token != 1 && r.token != 3, "drew suppressed token %d", r.token);
+    }
+    sp.temperature = 0.0f;
+    cr_assert_eq(sampler_sample(logits, 6, &seq, scratch, &r), 0);
+    cr_assert_eq(r.token, 0, "greedy: the best token left");
+    /* Even a +100 bias does not bring a suppressed token back. */
+    int32_t id[1] = {1};
+    float b[1] = {100.0f};
+    sp.n_bias = 1, sp.bias_ids = id, sp.bias_values = b;
+    cr_assert_eq(sampler_sample(logits, 6, &seq, scratch, &r), 0);
+    cr_assert_eq(r.token, 0);
+    free(scratch);
+}
+
+Test(sampler, prompt_logprob_is_log_softmax_with_rank_and_top)
+{
+    float logits[5] = {1.0f, 3.0f, 2.0f, 3.0f, -1.0f};
+    struct prompt_logprob p;
+    cr_assert_eq(sampler_prompt_logprob(logits, 5, 2, 2, &p), 0);
+    double lse = log(exp(1.0) + exp(3.0) + exp(2.0) + exp(3.0) + exp(-1.0));
+    cr_assert_eq(p.token, 2);
+    cr_assert_float_eq(p.logprob, 2.0 - lse, 1e-6);
+    cr_assert_eq(p.rank, 3, "two tokens are more likely");
+    cr_assert_eq(p.n_top, 2);
+    cr_assert_eq(p.top_ids[0], 1, "ties to the lower id");
+    cr_assert_eq(p.top_ids[1], 3);
+    cr_assert_float_eq(p.top_logprobs[1], 3.0 - lse, 1e-6);
+    cr_assert_eq(sampler_prompt_logprob(logits, 5, 1, 0, &p), 0);
+    cr_assert_eq(p.rank, 1);
+    cr_assert_eq(p.n_top, 0);
+    cr_assert_lt(sampler_prompt_logprob(logits, 5, 5, 0, &p), 0, "a target outside the vocabulary");
+}

@@ -173,7 +173,13 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
     if (max_seqs > max_tokens) max_seqs = max_tokens;
     cb->base.max_batch_tokens = max_tokens;
     cb->base.max_batch_seqs = max_seqs;
-    cb->base.supports_token_mask = true; /* the host sampler applies batch_seq.allowed */
+    /* The host sampler applies batch_seq.allowed, the logit bias and the suppressed tokens, and
+     * the forward pass hands out prompt logprobs and hidden states (cpu_forward.c). */
+    cb->base.supports_token_mask = true;
+    cb->base.supports_logit_bias = true;
+    cb->base.supports_suppress = true;
+    cb->base.supports_prompt_logprobs = true;
+    cb->base.supports_hidden_states = true;
 
     cb->block_floats = (size_t)c->n_layers * 2 * (size_t)cb->kv_dim * KV_BLOCK_SIZE;
     int64_t blocks = opt && opt->kv_blocks > 0 ? opt->kv_blocks : 0;

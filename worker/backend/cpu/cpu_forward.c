@@ -1,7 +1,8 @@
 /* The CPU forward pass over the engine's ragged batch: embedding, per layer RMSNorm, fused
  * QKV (+bias), q/k norms, rope, K/V into the paged cache, causal grouped-query attention
  * through each sequence's block table, output projection, SwiGLU MLP; then the final norm and
- * lm_head for the rows that sample, and the sampler. Deterministic, and each row's arithmetic
+ * lm_head for the rows that sample, and the sampler; then what a step asks besides (prompt
+ * logprobs, hidden states for embeddings). Deterministic, and each row's arithmetic
  * is the same whatever shares its batch: this is the reference the CUDA backend is checked
  * against. */
 #include <math.h>
@@ -172,6 +173,19 @@ static int check_batch(struct cpu_backend *cb, const struct batch *batch, int *n
             snprintf(b->error, sizeof b->error, "sequence %d samples without sampling parameters", s);
             return -1;
         }
+        if (q->lp_rows > 0 && (q->lp_first < 0 || q->lp_rows > q->n_new - q->lp_first || !q->lp_targets ||
+                               !q->lp_out || q->lp_top < 0 || q->lp_top > SAMPLER_MAX_TOP_LOGPROBS)) {
+            snprintf(b->error, sizeof b->error, "sequence %d: prompt logprobs for rows %d..+%d of its %d", s,
+                     q->lp_first, q->lp_rows, q->n_new);
+            return -1;
+        }
+        for (int32_t i = 0; i < q->lp_rows; i++) {
+            if (q->lp_targets[i] < 0 || q->lp_targets[i] >= cb->c.vocab_size) {
+                snprintf(b->error, sizeof b->error, "sequence %d: prompt logprob target %d is outside the vocabulary",
+                         s, q->lp_targets[i]);
+                return -1;
+            }
+        }
         total += q->n_new;
         if (q->sample) (*n_sample)++;
         if (end > *max_ctx) *max_ctx = (int32_t)end;
@@ -186,6 +200,64 @@ static int check_batch(struct cpu_backend *cb, const struct batch *batch, int *n
             snprintf(b->error, sizeof b->error, "token %d at row %d is outside the vocabulary of %d", batch->tokens[i],
                      i, cb->c.vocab_size);
             return -1;
+        }
+    }
+    return 0;
+}
+
+/* Prompt logprobs of rows already through lm_head: one row of logits each. */
+struct prompt_lp_job {
+    struct cpu_backend *cb;
+    const struct batch_seq *q;
+    int32_t done; /* rows of q before this chunk */
+    int bad;
+};
+
+static void prompt_lp_range(void *arg, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    struct prompt_lp_job *j = arg;
+    int vocab = j->cb->c.vocab_size;
+    for (int64_t r = begin; r < end; r++) {
+        int32_t i = j->done + (int32_t)r;
+        if (sampler_prompt_logprob(j->cb->logits + r * vocab, vocab, j->q->lp_targets[i], j->q->lp_top,
+                                   &j->q->lp_out[i]) != 0)
+            j->bad = 1;
+    }
+}
+
+/* What a step asks besides sampling, from the final hidden states in cb->x: the hidden states
+ * themselves (embeddings) and the logprobs of prompt tokens. Both go through xs and logits,
+ * max_batch_seqs rows at a time, after the sampled rows are done with them. */
+static int forward_extras(struct cpu_backend *cb, const struct batch *batch)
+{
+    const struct model_config *c = &cb->c;
+    const int64_t h = c->hidden_size, vocab = c->vocab_size;
+    const int32_t chunk = cb->base.max_batch_seqs;
+    int64_t row0 = 0;
+    for (int s = 0; s < batch->n_seqs; row0 += batch->seqs[s].n_new, s++) {
+        const struct batch_seq *q = &batch->seqs[s];
+        if (q->hidden_sum || q->hidden_last) {
+            for (int32_t i = q->hidden_sum ? 0 : q->n_new - 1; i < q->n_new; i++) {
+                cpu_rmsnorm(cb->x + (row0 + i) * h, cb->final_norm, h, c->rms_eps, cb->xs);
+                if (q->hidden_sum)
+                    for (int64_t k = 0; k < h; k++) q->hidden_sum[k] += cb->xs[k];
+                if (q->hidden_last && i == q->n_new - 1) memcpy(q->hidden_last, cb->xs, (size_t)h * sizeof(float));
+            }
+        }
+        for (int32_t done = 0; done < q->lp_rows;) {
+            int32_t n = q->lp_rows - done < chunk ? q->lp_rows - done : chunk;
+            for (int32_t j = 0; j < n; j++)
+                cpu_rmsnorm(cb->x + (row0 + q->lp_first + done + j) * h, cb->final_norm, h, c->rms_eps,
+                            cb->xs + (int64_t)j * h);
+            cpu_matmul(cb->pool, cb->xs, n, h, cb->lm_head, NULL, vocab, cb->logits);
+            struct prompt_lp_job job = {.cb = cb, .q = q, .done = done, .bad = 0};
+            cpu_pool_run(cb->pool, n, 4, prompt_lp_range, &job);
+            if (job.bad) {
+                snprintf(cb->base.error, sizeof cb->base.error, "prompt logprobs failed for sequence %d", s);
+                return -1;
+            }
+            done += n;
         }
     }
     return 0;
@@ -246,7 +318,7 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
         cpu_matmul(cb->pool, cb->hidden, T, inter, L->w_down, NULL, h, cb->tmp);
         for (int64_t i = 0; i < T * h; i++) cb->x[i] += cb->tmp[i];
     }
-    if (n_sample == 0) return 0;
+    if (n_sample == 0) return forward_extras(cb, batch);
 
     for (int i = 0; i < n_sample; i++)
         cpu_rmsnorm(cb->x + (int64_t)cb->sample_rows[i] * h, cb->final_norm, h, c->rms_eps, cb->xs + (int64_t)i * h);
@@ -263,5 +335,5 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
         }
         k++;
     }
-    return 0;
+    return forward_extras(cb, batch);
 }

@@ -202,6 +202,14 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
             return plan_fail(err, errlen,
                              "cuda: sequence %d of the batch is inconsistent (start %d, %d new, %d blocks)", s,
                              q->start_pos, q->n_new, q->n_blocks);
+        /* The engine never sends these here (backend.h's supports_* flags are off); a batch that
+         * asks them anyway fails rather than come back without them. */
+        if (q->lp_rows > 0 || q->hidden_sum || q->hidden_last ||
+            (q->sample && (q->n_suppress > 0 || q->sampling->n_bias > 0)))
+            return plan_fail(err, errlen,
+                             "cuda: sequence %d asks for a logit bias, suppressed tokens, prompt logprobs or hidden "
+                             "states, which this backend does not compute yet",
+                             s);
         for (int i = 0; i < need; i++)
             if (q->block_table[i] < 0 || q->block_table[i] >= c->num_kv_blocks)
                 return plan_fail(err, errlen, "cuda: block id %d out of range (%d blocks)", q->block_table[i],
