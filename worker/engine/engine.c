@@ -3,6 +3,7 @@
 #include "worker/engine/engine.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -32,6 +33,8 @@ struct out_item {
     struct engine_token *tokens;
     char *text;
     char *error;
+    struct prompt_logprob *prompt_logprobs;
+    float *embedding;
 };
 
 /* A request the engine thread is serving. */
@@ -54,6 +57,17 @@ struct live_req {
      * why this step's mask could not be made (the token it samples then ends the request). */
     struct grammar_matcher *gm;
     const char *mask_error;
+    /* min_tokens: what the sampler excludes until then (the stop token ids and, unless
+     * ignore_eos, the EOS ids). */
+    int32_t suppress[ENGINE_MAX_STOPS + STOP_MAX_EOS];
+    int32_t n_suppress;
+    /* prompt_logprobs: one entry per prompt position but the last, filled by the prefill steps,
+     * handed to the first event with a token (NULL from then on). */
+    struct prompt_logprob *plp;
+    /* Embedding requests: the pooled hidden state (a sum, or the last row's), and whether it is
+     * complete (the step computing the prompt's last token was taken). */
+    float *hidden;
+    bool embedded;
 };
 
 /* The sampled rows of a submitted step, kept until its tokens are taken. */
@@ -61,6 +75,9 @@ struct step_rows {
     int32_t n;
     struct live_req **lr; /* per row, in the step's order; NULL once the request ended */
     int32_t *pos;         /* where the row's token goes: a placeholder's place, or the end */
+    /* Embedding requests whose prompt this step completes (NULL once the request ended). */
+    int32_t n_embedded;
+    struct live_req **embedded;
 };
 
 struct engine {
@@ -121,6 +138,8 @@ void engine_request_free(struct engine_request *req)
 {
     if (!req) return;
     free(req->prompt);
+    free(req->bias_ids);
+    free(req->bias_values);
     for (int i = 0; i < req->n_stop && i < ENGINE_MAX_STOPS; i++) free(req->stop[i]);
     if (req->grammar) grammar_compiled_unref(req->grammar);
     free(req);
@@ -142,6 +161,8 @@ static void out_items_free(struct out_item *it)
         free(it->tokens);
         free(it->text);
         free(it->error);
+        free(it->prompt_logprobs);
+        free(it->embedding);
         free(it);
         it = next;
     }
@@ -164,8 +185,9 @@ static void on_async_closed(uv_handle_t *h)
     free(h);
 }
 
-/* Queues an event for lr. Takes text (malloc'd or NULL). */
-static void post_event(struct engine *e, const struct live_req *lr, uint64_t id, int32_t n_prompt,
+/* Queues an event for lr. Takes text (malloc'd or NULL), and from lr the prompt logprobs (on
+ * the first event with a token) and a finished embedding. */
+static void post_event(struct engine *e, struct live_req *lr, uint64_t id, int32_t n_prompt,
                        int32_t n_completion, char *text, size_t text_len, enum finish_reason finish,
                        const char *error)
 {
@@ -181,6 +203,18 @@ static void post_event(struct engine *e, const struct live_req *lr, uint64_t id,
             *it->tokens = lr->step_tok;
             it->ev.n_tokens = 1;
         }
+    }
+    if (lr && lr->plp && it->ev.n_tokens > 0) {
+        it->prompt_logprobs = lr->plp;
+        lr->plp = NULL;
+        it->ev.prompt_logprobs = it->prompt_logprobs;
+        it->ev.n_prompt_logprobs = lr->req->n_prompt - 1;
+    }
+    if (lr && lr->embedded && lr->hidden) {
+        it->embedding = lr->hidden;
+        lr->hidden = NULL;
+        it->ev.embedding = it->embedding;
+        it->ev.embedding_dim = e->backend->config.hidden_size;
     }
     it->text = text ? text : strdup("");
     if (error) it->error = strdup(error);
@@ -219,6 +253,8 @@ static void live_destroy(struct engine *e, struct live_req *lr)
         struct step_rows *sr = &e->flight[(e->flight_head + i) % 2];
         for (int32_t r = 0; r < sr->n; r++)
             if (sr->lr[r] == lr) sr->lr[r] = NULL;
+        for (int32_t r = 0; r < sr->n_embedded; r++)
+            if (sr->embedded[r] == lr) sr->embedded[r] = NULL;
     }
     if (lr->seq) sched_seq_remove(&e->sched, lr->seq);
     if (lr->ts) tok_stream_free(lr->ts);
@@ -226,6 +262,8 @@ static void live_destroy(struct engine *e, struct live_req *lr)
     grammar_matcher_free(lr->gm);
     engine_request_free(lr->req);
     strbuf_free(&lr->step_text);
+    free(lr->plp);
+    free(lr->hidden);
     free(lr);
 }
 
@@ -313,8 +351,12 @@ static void handle_token(struct engine *e, struct live_req *lr, const struct sam
     bool matched = false;
     char *piece = NULL;
     size_t len = 0;
+    /* Before min_tokens, stop strings are not looked for (vLLM's rule): the text goes out as
+     * it is, and the matcher starts with the min_tokens-th token's. */
+    const bool armed = pos + 1 - seq->n_prompt >= lr->req->min_tokens;
     if (emit && lr->ts && tok_stream_push(lr->ts, res->token, &piece, &len) == 0) {
-        matched = push_text(lr, piece, len);
+        if (armed) matched = push_text(lr, piece, len);
+        else step_text_append(lr, piece, len);
     }
     free(piece);
     piece = NULL;
@@ -323,8 +365,9 @@ static void handle_token(struct engine *e, struct live_req *lr, const struct sam
     } else if (finish != FINISH_NONE) {
         /* Ending for another reason: what the detokenizer and the stop matcher still hold
          * becomes final (a stop string can still complete in the detokenizer's tail). */
-        if (lr->ts && tok_stream_flush(lr->ts, &piece, &len) == 0 && push_text(lr, piece, len)) {
-            finish = FINISH_STOP;
+        if (lr->ts && tok_stream_flush(lr->ts, &piece, &len) == 0) {
+            if (!armed) step_text_append(lr, piece, len);
+            else if (push_text(lr, piece, len)) finish = FINISH_STOP;
         }
         free(piece);
         char *rest = NULL;
@@ -360,9 +403,23 @@ static void accept_request(struct engine *e, struct engine_request *req, double 
         reject(e, req, "the prompt is empty");
         return;
     }
-    if (req->n_prompt >= e->ctx) {
+    const bool embed = req->pooling != ENGINE_POOL_NONE;
+    if (embed ? req->n_prompt > e->ctx : req->n_prompt >= e->ctx) {
         reject(e, req, "the prompt has %d tokens, which leaves no room for the completion in a context of %d",
                req->n_prompt, e->ctx);
+        return;
+    }
+    /* What the backend cannot do is refused, never ignored (the worker says so with a 400
+     * first; this is for every other caller). */
+    const struct backend *be = e->backend;
+    const char *missing = req->n_bias > 0 && !be->supports_logit_bias                       ? "logit_bias"
+                        : req->min_tokens > 0 && !be->supports_suppress                     ? "min_tokens"
+                        : req->prompt_logprobs && !embed && !be->supports_prompt_logprobs ? "prompt logprobs"
+                        : embed && !be->supports_hidden_states                                ? "embeddings"
+                                                                                              : NULL;
+    if (missing) {
+        reject(e, req, "%s %s not supported on the %s backend yet", missing,
+               !strcmp(missing, "embeddings") || !strcmp(missing, "prompt logprobs") ? "are" : "is", be->name);
         return;
     }
     struct live_req *lr = calloc(1, sizeof *lr);
@@ -394,18 +451,38 @@ static void accept_request(struct engine *e, struct engine_request *req, double 
         }
         if (grammar_matcher_new(&lr->gm, req->grammar) != 0) goto fail;
     }
-    if (e->tok) {
+    if (e->tok && !embed) {
         lr->ts = tok_stream_new(e->tok, req->skip_special);
         if (!lr->ts) goto fail;
     }
+    if (embed && !(lr->hidden = calloc((size_t)be->config.hidden_size, sizeof *lr->hidden))) goto fail;
+    if (!embed && req->prompt_logprobs && req->n_prompt > 1 &&
+        !(lr->plp = calloc((size_t)req->n_prompt - 1, sizeof *lr->plp)))
+        goto fail;
     const struct model_config *cfg = &e->backend->config;
     int32_t n_stops = req->n_stop < ENGINE_MAX_STOPS ? req->n_stop : ENGINE_MAX_STOPS;
     int32_t n_stop_ids = req->n_stop_ids < ENGINE_MAX_STOPS ? req->n_stop_ids : ENGINE_MAX_STOPS;
     stop_init(&lr->stop, req->ignore_eos ? NULL : cfg->eos_ids, req->ignore_eos ? 0 : cfg->n_eos,
               req->stop_ids, n_stop_ids, req->stop, n_stops, req->max_tokens, e->ctx);
+    lr->stop.min_tokens = req->min_tokens;
+    lr->stop.include_stop = req->include_stop_str;
+    if (req->min_tokens > 0) {
+        for (int32_t i = 0; i < n_stop_ids; i++) lr->suppress[lr->n_suppress++] = req->stop_ids[i];
+        for (int32_t i = 0; i < lr->stop.n_eos; i++) lr->suppress[lr->n_suppress++] = lr->stop.eos[i];
+    }
+    if (req->n_bias > 0) {
+        lr->sp.n_bias = req->n_bias;
+        lr->sp.bias_ids = req->bias_ids;
+        lr->sp.bias_values = req->bias_values;
+    } else {
+        lr->sp.n_bias = 0;
+    }
     rc = sched_add(&e->sched, req->id, req->prompt, req->n_prompt, lr, &lr->seq);
     if (rc != 0) goto fail;
     lr->seq->salt = req->cache_salt;
+    /* Every prompt position's logits (prompt logprobs) or hidden state (a mean) is needed: none
+     * of them may come from the cache, where only K and V are kept. */
+    lr->seq->no_cached_prefix = lr->plp || req->pooling == ENGINE_POOL_MEAN;
     req->prompt = NULL; /* the scheduler owns it now */
     lr->next = e->live;
     if (e->live) e->live->prev = lr;
@@ -417,6 +494,8 @@ fail:
     if (lr->ts) tok_stream_free(lr->ts);
     stop_free(&lr->stop);
     grammar_matcher_free(lr->gm);
+    free(lr->plp);
+    free(lr->hidden);
     free(lr);
     if (rc == SCHED_ERR_TOO_LONG)
         reject(e, req, "the prompt has %d tokens, more than the KV cache holds (%d blocks of %d)",
@@ -466,8 +545,11 @@ static void record_step(struct engine *e, const struct sched_entry *ent, int32_t
     struct step_rows *sr = &e->flight[(e->flight_head + e->n_flight) % 2];
     e->n_flight++;
     sr->n = 0;
+    sr->n_embedded = 0;
     for (int32_t i = 0; i < n_ent; i++) {
-        if (!ent[i].sample) continue;
+        /* An embedding request's last prompt chunk: it is done once this step is taken. */
+        if (ent[i].sample && !e->bseqs[i].sample) sr->embedded[sr->n_embedded++] = ent[i].seq->user;
+        if (!e->bseqs[i].sample) continue;
         struct sched_seq *q = ent[i].seq;
         struct live_req *lr = q->user;
         const int32_t r = sr->n++;
@@ -497,6 +579,20 @@ static int32_t collect_step(struct engine *e)
         if (!lr) continue; /* ended while the step ran */
         handle_token(e, lr, &e->results[r], sr->pos[r]);
         touched[n_touched++] = lr;
+    }
+    for (int32_t k = 0; k < sr->n_embedded; k++) {
+        struct live_req *lr = sr->embedded[k];
+        if (!lr) continue;
+        /* L2-normalised: the mean's division by the token count cancels out. */
+        const int32_t h = e->backend->config.hidden_size;
+        double norm = 0.0;
+        for (int32_t j = 0; j < h; j++) norm += (double)lr->hidden[j] * lr->hidden[j];
+        float inv = norm > 0.0 ? (float)(1.0 / sqrt(norm)) : 0.0f;
+        for (int32_t j = 0; j < h; j++) lr->hidden[j] *= inv;
+        lr->embedded = true;
+        lr->first_token_ms = now_ms() - lr->t_submit_ms;
+        post_event(e, lr, lr->req->id, lr->req->n_prompt, 0, NULL, 0, FINISH_STOP, NULL);
+        live_destroy(e, lr);
     }
     for (int32_t i = 0; i < n_touched; i++) {
         struct live_req *lr = touched[i];
@@ -544,8 +640,35 @@ static int32_t run_step(struct engine *e)
             bs->n_history = q->n_tokens;
             bs->n_output = sched_seq_generated(q);
             bs->allowed = NULL;
-            history |= en->sample && sampling_uses_history(&lr->sp);
-            if (en->sample && lr->gm) {
+            bs->suppress = NULL;
+            bs->n_suppress = 0;
+            if (en->sample && lr->n_suppress > 0 && bs->n_generated < (uint64_t)lr->req->min_tokens) {
+                bs->suppress = lr->suppress;
+                bs->n_suppress = lr->n_suppress;
+            }
+            /* Prompt logprobs: every row whose next token is a prompt token (a recompute after a
+             * preemption writes the same numbers again). */
+            const int32_t chunk_end = en->start_pos + en->n_new;
+            const int32_t lp_end = chunk_end < q->n_prompt - 1 ? chunk_end : q->n_prompt - 1;
+            bs->lp_first = 0;
+            bs->lp_rows = lr->plp && lp_end > en->start_pos ? lp_end - en->start_pos : 0;
+            bs->lp_top = lr->req->prompt_top_logprobs;
+            bs->lp_targets = bs->lp_rows ? q->tokens + en->start_pos + 1 : NULL;
+            bs->lp_out = bs->lp_rows ? lr->plp + en->start_pos : NULL;
+            bs->hidden_sum = bs->hidden_last = NULL;
+            if (lr->hidden) {
+                /* An embedding: nothing is sampled; a mean restarts with the prompt (a recompute). */
+                bs->sample = false;
+                if (lr->req->pooling == ENGINE_POOL_MEAN) {
+                    if (en->start_pos == 0)
+                        memset(lr->hidden, 0, (size_t)e->backend->config.hidden_size * sizeof *lr->hidden);
+                    bs->hidden_sum = lr->hidden;
+                } else if (en->sample) {
+                    bs->hidden_last = lr->hidden;
+                }
+            }
+            history |= bs->sample && sampling_uses_history(&lr->sp);
+            if (bs->sample && lr->gm) {
                 /* The sequence's steps are never overlapped, so its matcher has every token. A
                  * mask that allows nothing (no token of this vocabulary continues the grammar)
                  * ends the request, not the backend: its row samples unmasked, and is dropped. */
@@ -669,6 +792,7 @@ static void step_rows_free(struct engine *e)
     for (int i = 0; i < 2; i++) {
         free(e->flight[i].lr);
         free(e->flight[i].pos);
+        free(e->flight[i].embedded);
     }
 }
 
@@ -712,7 +836,8 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
         struct step_rows *sr = &e->flight[i];
         sr->lr = calloc((size_t)max_seqs, sizeof *sr->lr);
         sr->pos = calloc((size_t)max_seqs, sizeof *sr->pos);
-        if (!sr->lr || !sr->pos) goto fail_mem;
+        sr->embedded = calloc((size_t)max_seqs, sizeof *sr->embedded);
+        if (!sr->lr || !sr->pos || !sr->embedded) goto fail_mem;
     }
     e->overlap = opt->overlap_always || (backend_submit_returns_early(backend) && !opt->overlap_never);
     pthread_mutex_init(&e->in_mu, NULL);

@@ -29,6 +29,14 @@ enum finish_reason {
 };
 const char *finish_reason_name(enum finish_reason r); /* "stop", "length", "abort", "error" */
 
+/* What a request asks: a generation (ENGINE_POOL_NONE), or an embedding of its prompt pooled
+ * from the final hidden states (prefill only, nothing sampled), L2-normalised. */
+enum engine_pooling {
+    ENGINE_POOL_NONE = 0,
+    ENGINE_POOL_LAST,  /* the last prompt token's hidden state */
+    ENGINE_POOL_MEAN,  /* the mean over every prompt token's */
+};
+
 struct engine_request {
     uint64_t id;                  /* chosen by the caller, unique among live requests */
     int32_t *prompt;              /* malloc'd; the engine takes ownership */
@@ -42,6 +50,28 @@ struct engine_request {
     int32_t n_stop_ids;
     int32_t stop_ids[ENGINE_MAX_STOPS];
     bool skip_special;            /* in the streamed text (default true) */
+    /* OpenAI's logit_bias: n_bias distinct ids in the vocabulary and their biases in [-100, 100]
+     * (malloc'd, owned). Refused on a backend without supports_logit_bias. */
+    int32_t n_bias;
+    int32_t *bias_ids;
+    float *bias_values;
+    /* EOS and stop token ids are not sampled while fewer than min_tokens tokens are generated
+     * (the sampler excludes them), and stop strings are matched from the min_tokens-th token's
+     * text on, as vLLM does. Refused on a backend without supports_suppress. */
+    int32_t min_tokens;
+    /* The stop string, stop token or EOS that ends the generation stays in its text (vLLM's
+     * include_stop_str_in_output; the EOS text is empty while skip_special holds). */
+    bool include_stop_str;
+    /* The first event with a token also carries every prompt token's logprob (from the second
+     * token on: n_prompt - 1 of them) with prompt_top_logprobs (0..20) alternatives each. The
+     * prompt is then computed whole, never mapped from the prefix cache. Refused on a backend
+     * without supports_prompt_logprobs. */
+    bool prompt_logprobs;
+    int32_t prompt_top_logprobs;
+    /* An embedding request (not ENGINE_POOL_NONE): the prompt is computed and pooled, nothing
+     * is generated; its one event has the embedding. Refused on a backend without
+     * supports_hidden_states. */
+    enum engine_pooling pooling;
     /* Prefix caching: whatever besides the tokens changes their K/V (an adapter, images), so
      * that only requests with the same salt share cached blocks. 0: nothing. */
     uint64_t cache_salt;
@@ -77,6 +107,13 @@ struct engine_event {
     double first_token_ms;            /* from submit to the first token, on the last event */
     double time_ms;                   /* CLOCK_MONOTONIC, when the engine thread made the event:
                                          the loop may take several steps' events in one pass */
+    /* prompt_logprobs: on the first event with a token, the logprobs of prompt tokens 1 ..
+     * n_prompt - 1 (the first token has none), n_prompt - 1 of them. */
+    int32_t n_prompt_logprobs;
+    const struct prompt_logprob *prompt_logprobs;
+    /* Embedding requests: on their last event (finish "stop"), the embedding, L2-normalised. */
+    int32_t embedding_dim;
+    const float *embedding;
 };
 
 typedef void (*engine_event_fn)(const struct engine_event *ev, void *user);

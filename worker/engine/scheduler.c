@@ -139,7 +139,7 @@ struct lookup {
 static struct lookup seq_lookup(struct scheduler *s, struct sched_seq *q)
 {
     struct lookup r = {0, 0, false};
-    if (!s->opt.prefix_caching) return r;
+    if (!s->opt.prefix_caching || q->no_cached_prefix) return r;
     int32_t n = seq_hash_upto(q, (q->n_tokens - 1) / KV_BLOCK_SIZE), pending = 0;
     for (int32_t i = 0; i < n; i++) {
         int32_t b = pc_find(&s->kv.pc, q->hashes[i], parent_hash(q, i), q->tokens + (size_t)i * KV_BLOCK_SIZE);

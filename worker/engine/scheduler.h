@@ -51,6 +51,9 @@ struct sched_seq {
     uint64_t *hashes;
     int32_t n_hashed, hashes_cap;
     int32_t n_registered;
+    /* Admitted without mapping cached blocks: every prompt position is computed (the caller
+     * needs what only a computation gives, such as each position's logits). */
+    bool no_cached_prefix;
     void *user;            /* the caller's per-sequence state */
     struct sched_seq *prev, *next;
 };

@@ -27,15 +27,15 @@ enum finish_reason stop_check_token(const struct stop_state *st, int32_t token, 
                                     int32_t n_total, bool *emit_text)
 {
     *emit_text = true;
-    for (int32_t i = 0; i < st->n_eos; i++) {
+    for (int32_t i = 0; i < st->n_eos && n_generated > st->min_tokens; i++) {
         if (st->eos[i] == token) {
-            *emit_text = false;
+            *emit_text = st->include_stop;
             return FINISH_STOP;
         }
     }
-    for (int32_t i = 0; i < st->n_stop_ids; i++) {
+    for (int32_t i = 0; i < st->n_stop_ids && n_generated > st->min_tokens; i++) {
         if (st->stop_ids[i] == token) {
-            *emit_text = false;
+            *emit_text = st->include_stop;
             return FINISH_STOP;
         }
     }
@@ -54,8 +54,9 @@ static int emit(const char *text, size_t len, char **out, size_t *out_len)
     return 0;
 }
 
-/* The earliest position where a stop string occurs in buf, or -1. */
-static long find_stop(const struct stop_state *st, const char *buf, size_t len)
+/* The earliest position where a stop string occurs in buf, or -1; *stop_len: its length (the
+ * first of the list among those starting there). */
+static long find_stop(const struct stop_state *st, const char *buf, size_t len, size_t *stop_len)
 {
     long best = -1;
     for (int32_t i = 0; i < st->n_stops; i++) {
@@ -63,7 +64,10 @@ static long find_stop(const struct stop_state *st, const char *buf, size_t len)
         size_t sl = s ? strlen(s) : 0;
         if (sl == 0 || sl > len) continue;
         const char *p = memmem(buf, len, s, sl);
-        if (p && (best < 0 || p - buf < best)) best = p - buf;
+        if (p && (best < 0 || p - buf < best)) {
+            best = p - buf;
+            *stop_len = sl;
+        }
     }
     return best;
 }
@@ -92,10 +96,11 @@ int stop_push_text(struct stop_state *st, const char *text, size_t len, char **o
     if (st->matched) return emit("", 0, out, out_len) ? -1 : 1;
     if (st->n_stops == 0) return emit(text, len, out, out_len);
     if (strbuf_append(&st->held, text, len)) return -1;
-    long at = find_stop(st, st->held.p, st->held.len);
+    size_t stop_len = 0;
+    long at = find_stop(st, st->held.p, st->held.len, &stop_len);
     if (at >= 0) {
         st->matched = true;
-        int rc = emit(st->held.p, (size_t)at, out, out_len);
+        int rc = emit(st->held.p, (size_t)at + (st->include_stop ? stop_len : 0), out, out_len);
         st->held.len = 0;
         return rc ? -1 : 1;
     }

@@ -1,12 +1,13 @@
 /* When a generation ends, and which text may be streamed before it does.
  *
  * Token checks: EOS ids (unless ignore_eos) and stop token ids end with FINISH_STOP (the
- * token is generated but its text is not part of the output); max_tokens and the context
- * length end with FINISH_LENGTH.
+ * token is generated but its text is not part of the output unless include_stop); max_tokens
+ * and the context length end with FINISH_LENGTH.
  *
  * Stop strings are matched on the detokenized text, across token boundaries: text that could
  * still be the start of a stop string is held back and released once it cannot be. On a match
- * the text before it is released and the generation ends with FINISH_STOP. */
+ * the text before it (and the stop string itself with include_stop) is released and the
+ * generation ends with FINISH_STOP. */
 #ifndef SLUICE_WORKER_STOP_H
 #define SLUICE_WORKER_STOP_H
 
@@ -33,6 +34,11 @@ struct stop_state {
     int32_t n_stops;
     struct strbuf held;
     bool matched;
+    /* Set after stop_init. min_tokens: EOS and stop token ids end nothing while n_generated
+     * is at most this (the sampler excludes them then anyway). include_stop: the text of what
+     * ended the generation (a stop string, a stop token, EOS) stays in the output. */
+    int32_t min_tokens;
+    bool include_stop;
 };
 
 /* stops/stop_ids are borrowed and must outlive the state; eos may be NULL. */

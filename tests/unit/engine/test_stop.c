@@ -119,3 +119,42 @@ Test(stop, token_conditions)
     cr_assert_eq(stop_check_token(&st, 2, 1000, 1000, &emit), FINISH_NONE);
     stop_free(&st);
 }
+
+Test(stop, include_stop_keeps_the_stop_string_and_token_text)
+{
+    char *stops[] = {"lo w", "xyz"};
+    int32_t ids[1] = {7};
+    int eos[1] = {2};
+    struct stop_state st;
+    stop_init(&st, eos, 1, ids, 1, stops, 2, 0, 0);
+    st.include_stop = true;
+    push(&st, "Hel", "He", 0);
+    push(&st, "lo wo", "llo w", 1);
+    bool emit = false;
+    cr_assert_eq(stop_check_token(&st, 7, 1, 10, &emit), FINISH_STOP);
+    cr_assert(emit, "a stop token's text stays with include_stop");
+    cr_assert_eq(stop_check_token(&st, 2, 1, 10, &emit), FINISH_STOP);
+    cr_assert(emit);
+    st.include_stop = false;
+    cr_assert_eq(stop_check_token(&st, 7, 1, 10, &emit), FINISH_STOP);
+    cr_assert_not(emit);
+    stop_free(&st);
+}
+
+Test(stop, min_tokens_defers_eos_and_stop_tokens)
+{
+    int32_t ids[1] = {7};
+    int eos[1] = {2};
+    struct stop_state st;
+    stop_init(&st, eos, 1, ids, 1, NULL, 0, 10, 0);
+    st.min_tokens = 3;
+    bool emit = false;
+    for (int32_t n = 1; n <= 3; n++) {
+        cr_assert_eq(stop_check_token(&st, 2, n, 20 + n, &emit), FINISH_NONE, "EOS as token %d", n);
+        cr_assert_eq(stop_check_token(&st, 7, n, 20 + n, &emit), FINISH_NONE, "stop token as token %d", n);
+    }
+    cr_assert_eq(stop_check_token(&st, 2, 4, 24, &emit), FINISH_STOP);
+    cr_assert_eq(stop_check_token(&st, 7, 4, 24, &emit), FINISH_STOP);
+    cr_assert_eq(stop_check_token(&st, 5, 10, 30, &emit), FINISH_LENGTH, "max_tokens still ends it");
+    stop_free(&st);
+}
