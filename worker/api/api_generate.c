@@ -32,6 +32,10 @@ struct gen_stream {
     bool echo;
     int logprobs;
     char *prompt_text;
+    /* The prompt tokens' logprobs go out on the first frame with a token (then this is false);
+     * the first prompt token, which has none, is named by first_prompt_id. */
+    bool prompt_logprobs;
+    int32_t first_prompt_id;
     /* FastChat modes send cumulative text: keep all of it. */
     struct strbuf text;
     int tokens_since_frame;
@@ -152,6 +156,28 @@ static json_t *token_logprob_json(struct worker *w, int32_t id, float logprob)
                      (double)logprob, "bytes", bytes);
 }
 
+/* The prompt's tokens with their logprobs: the first with "logprob": null (nothing comes
+ * before it), then each with its rank and alternatives. */
+static json_t *prompt_logprobs_json(struct worker *w, int32_t first_id, const struct engine_event *ev)
+{
+    json_t *arr = json_array();
+    json_t *first = token_logprob_json(w, first_id, 0.0f);
+    json_object_set_new(first, "logprob", json_null());
+    json_object_set_new(first, "top_logprobs", json_array());
+    json_array_append_new(arr, first);
+    for (int32_t i = 0; i < ev->n_prompt_logprobs; i++) {
+        const struct prompt_logprob *p = &ev->prompt_logprobs[i];
+        json_t *item = token_logprob_json(w, p->token, p->logprob);
+        json_object_set_new(item, "rank", json_integer(p->rank));
+        json_t *top = json_array();
+        for (int k = 0; k < p->n_top; k++)
+            json_array_append_new(top, token_logprob_json(w, p->top_ids[k], p->top_logprobs[k]));
+        json_object_set_new(item, "top_logprobs", top);
+        json_array_append_new(arr, item);
+    }
+    return arr;
+}
+
 static json_t *logprobs_json(struct worker *w, const struct engine_event *ev)
 {
     json_t *arr = json_array();
@@ -221,6 +247,10 @@ static void send_native_frame(struct gen_stream *s, const struct engine_event *e
                               ev->text_len, "token_ids", ids, "finish_reason",
                               finish ? json_string(finish) : json_null(), "usage", usage_json(ev));
     if (s->logprobs >= 0) json_object_set_new(frame, "logprobs", logprobs_json(s->w, ev));
+    if (s->prompt_logprobs && ev->n_tokens > 0) {
+        json_object_set_new(frame, "prompt_logprobs", prompt_logprobs_json(s->w, s->first_prompt_id, ev));
+        s->prompt_logprobs = false;
+    }
     if (s->echo && s->prompt_text) {
         json_object_set_new(frame, "prompt_text", json_string(s->prompt_text));
         free(s->prompt_text);
@@ -263,20 +293,14 @@ static int64_t utf8_chars(const char *s, size_t len)
     return n;
 }
 
-/* Adds the event's tokens to the stream's FastChat logprobs. The first call starts them after
- * the text already there (the prompt, when echoed), so the offsets index the frames' text. */
-static void fastchat_logprobs_add(struct gen_stream *s, const struct engine_event *ev)
+/* Appends logprob items (a frame's "logprobs" or "prompt_logprobs") to FastChat's dict,
+ * offsets counted from s->fastchat_offset. */
+static void fastchat_logprobs_append(struct gen_stream *s, json_t *items)
 {
-    if (!s->fastchat_logprobs) {
-        s->fastchat_logprobs = json_pack("{s:[], s:[], s:[], s:[]}", "text_offset", "tokens",
-                                         "token_logprobs", "top_logprobs");
-        s->fastchat_offset = utf8_chars(strbuf_str(&s->text), s->text.len);
-    }
     json_t *offsets = json_object_get(s->fastchat_logprobs, "text_offset");
     json_t *tokens = json_object_get(s->fastchat_logprobs, "tokens");
     json_t *lps = json_object_get(s->fastchat_logprobs, "token_logprobs");
     json_t *tops = json_object_get(s->fastchat_logprobs, "top_logprobs");
-    json_t *items = logprobs_json(s->w, ev);
     size_t i, k;
     json_t *item, *alt;
     json_array_foreach(items, i, item) {
@@ -284,8 +308,11 @@ static void fastchat_logprobs_add(struct gen_stream *s, const struct engine_even
         json_t *top = json_object();
         json_array_foreach(json_object_get(item, "top_logprobs"), k, alt)
             json_object_set(top, json_string_value(json_object_get(alt, "token")), json_object_get(alt, "logprob"));
-        /* With logprobs=0 the dict still names the sampled token, as vLLM's does. */
-        if (json_object_size(top) == 0) json_object_set(top, json_string_value(token), json_object_get(item, "logprob"));
+        /* With logprobs=0 the dict still names the sampled token, as vLLM's does (the first
+         * prompt token, whose logprob is null, gets an empty one, as FastChat gives it). */
+        bool none = json_is_null(json_object_get(item, "logprob"));
+        if (json_object_size(top) == 0 && !none)
+            json_object_set(top, json_string_value(token), json_object_get(item, "logprob"));
         json_array_append_new(offsets, json_integer(s->fastchat_offset));
         json_array_append(tokens, token);
         json_array_append(lps, json_object_get(item, "logprob"));
@@ -295,9 +322,28 @@ static void fastchat_logprobs_add(struct gen_stream *s, const struct engine_even
     json_decref(items);
 }
 
+/* Adds the event's tokens to the stream's FastChat logprobs. The first call starts them after
+ * the text already there (the prompt, when echoed), so the offsets index the frames' text;
+ * with echo the prompt's own tokens come first, from offset 0. */
+static void fastchat_logprobs_add(struct gen_stream *s, const struct engine_event *ev)
+{
+    if (!s->fastchat_logprobs) {
+        s->fastchat_logprobs = json_pack("{s:[], s:[], s:[], s:[]}", "text_offset", "tokens",
+                                         "token_logprobs", "top_logprobs");
+        s->fastchat_offset = 0;
+        if (s->prompt_logprobs && ev->n_tokens > 0) {
+            fastchat_logprobs_append(s, prompt_logprobs_json(s->w, s->first_prompt_id, ev));
+            s->prompt_logprobs = false;
+        }
+        s->fastchat_offset = utf8_chars(strbuf_str(&s->text), s->text.len);
+    }
+    fastchat_logprobs_append(s, logprobs_json(s->w, ev));
+}
+
 void api_on_engine_event(const struct engine_event *ev, void *user)
 {
     struct worker *w = user;
+    if (w->embeds && api_embed_on_event(w, ev)) return;
     struct gen_stream *s = *stream_slot(w, ev->id);
     if (!s) return;
     metrics_series_add(w->metrics.generation_tokens, ev->n_tokens);
@@ -414,6 +460,8 @@ static void start_stream(struct worker *w, struct gen_job *job, struct gen_param
     s->span = job->span;
     s->echo = p->echo;
     s->logprobs = p->logprobs;
+    s->prompt_logprobs = p->req->prompt_logprobs;
+    s->first_prompt_id = p->n_prompt_ids > 0 ? p->prompt_ids[0] : 0;
     if (p->echo && mode != GEN_MODE_NATIVE) strbuf_append(&s->text, p->prompt_text, strlen(p->prompt_text));
     s->prompt_text = p->echo ? p->prompt_text : NULL;
     if (!p->echo) free(p->prompt_text);

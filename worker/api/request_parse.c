@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
 #include "worker/api/worker.h"
 
 /* A 400 naming the field. */
@@ -91,6 +92,68 @@ int worker_tokenize_prompt(struct worker *w, const json_t *body, int32_t **ids, 
     return 0;
 }
 
+int worker_unsupported(struct worker *w, const char *param, const char *what, struct json_field_error *err)
+{
+    json_field_fail(err, param, "%s not supported on the %s backend yet", what, w->backend->name);
+    return 400;
+}
+
+int worker_truncate_prompt(struct worker *w, const json_t *body, int32_t *ids, size_t *n, char **prompt_text,
+                           struct json_field_error *err)
+{
+    int64_t keep = 0;
+    int rc = json_get_int(body, "truncate_prompt_tokens", false, -1, INT32_MAX, &keep, err);
+    if (rc == JSON_FIELD_INVALID) return 400;
+    if (rc != JSON_FIELD_OK) return 0;
+    if (keep == 0)
+        return invalid(err, "truncate_prompt_tokens", "'truncate_prompt_tokens' must be -1 (the context length) or >= 1");
+    if (keep > w->max_model_len) {
+        json_field_fail(err, "truncate_prompt_tokens", "'truncate_prompt_tokens' (%lld) is more than this model's "
+                        "context length (%d)", (long long)keep, w->max_model_len);
+        return 400;
+    }
+    if (keep < 0) keep = w->max_model_len;
+    if ((int64_t)*n <= keep) return 0;
+    /* The prompt's end is kept, as vLLM keeps it: the question comes last. */
+    memmove(ids, ids + (*n - (size_t)keep), (size_t)keep * sizeof *ids);
+    *n = (size_t)keep;
+    if (prompt_text) {
+        char *text = NULL;
+        size_t len = 0;
+        tok_decode(w->tok, ids, *n, false, &text, &len);
+        free(*prompt_text);
+        *prompt_text = text;
+    }
+    return 0;
+}
+
+/* OpenAI's logit_bias into the request: ids as decimal strings (the last of "7" and "07"
+ * wins), biases in [-100, 100]. */
+static int parse_logit_bias(struct worker *w, const json_t *body, int64_t vocab, struct engine_request *r,
+                            struct json_field_error *err)
+{
+    int rc = json_check_logit_bias(body, "logit_bias", vocab, err);
+    if (rc == JSON_FIELD_INVALID) return 400;
+    json_t *obj = json_object_get(body, "logit_bias");
+    if (rc != JSON_FIELD_OK || json_object_size(obj) == 0) return 0;
+    if (!w->backend->supports_logit_bias) return worker_unsupported(w, "logit_bias", "logit_bias is", err);
+    size_t n = json_object_size(obj);
+    r->bias_ids = malloc(n * sizeof *r->bias_ids);
+    r->bias_values = malloc(n * sizeof *r->bias_values);
+    if (!r->bias_ids || !r->bias_values) return invalid(err, "logit_bias", "out of memory reading 'logit_bias'");
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v) {
+        int32_t id = (int32_t)strtol(key, NULL, 10);
+        int32_t at = 0;
+        while (at < r->n_bias && r->bias_ids[at] != id) at++;
+        if (at == r->n_bias) r->n_bias++;
+        r->bias_ids[at] = id;
+        r->bias_values[at] = (float)json_number_value(v);
+    }
+    return 0;
+}
+
 static int parse_stops(const json_t *body, int64_t vocab, struct engine_request *r, struct json_field_error *err)
 {
     json_t *stop = json_object_get(body, "stop");
@@ -157,11 +220,33 @@ int gen_params_parse(struct worker *w, const json_t *body, struct gen_params *ou
     if (json_get_bool(body, "echo", false, &out->echo, err) == JSON_FIELD_INVALID) return 400;
     if (json_get_bool(body, "skip_special_tokens", false, &r->skip_special, err) == JSON_FIELD_INVALID)
         return 400;
+    /* Our detokenizer is Hugging Face's fast one, which puts no spaces between special tokens
+     * either way: so is vLLM's output with such tokenizers, whatever this says. */
+    bool spaces_between_special = true;
+    if (json_get_bool(body, "spaces_between_special_tokens", false, &spaces_between_special, err) ==
+        JSON_FIELD_INVALID)
+        return 400;
+    if (json_get_bool(body, "include_stop_str_in_output", false, &r->include_stop_str, err) == JSON_FIELD_INVALID)
+        return 400;
     int64_t vocab = w->model->config.vocab_size;
     if (parse_stops(body, vocab, r, err)) return 400;
-    /* logit_bias is checked (ids in the vocabulary, biases in [-100, 100]) so that a bad one
-     * is refused as OpenAI refuses it, but the sampler does not apply biases yet. */
-    if (json_check_logit_bias(body, "logit_bias", vocab, err) == JSON_FIELD_INVALID) return 400;
+    if (parse_logit_bias(w, body, vocab, r, err)) return 400;
+    int64_t min_tokens = 0;
+    if (json_get_int(body, "min_tokens", false, 0, INT32_MAX, &min_tokens, err) == JSON_FIELD_INVALID) return 400;
+    /* Only what min_tokens holds back needs the sampler's help: with ignore_eos and no stop
+     * token ids it changes nothing. */
+    if (min_tokens > 0 && !w->backend->supports_suppress && (!r->ignore_eos || r->n_stop_ids > 0))
+        return worker_unsupported(w, "min_tokens", "min_tokens is", err);
+    r->min_tokens = (int32_t)min_tokens;
+    int64_t prompt_top = -1;
+    if (json_get_int(body, "prompt_logprobs", false, 0, SAMPLER_MAX_TOP_LOGPROBS, &prompt_top, err) ==
+        JSON_FIELD_INVALID)
+        return 400;
+    const char *salt = NULL;
+    int rc_salt = json_get_string(body, "cache_salt", false, &salt, err);
+    if (rc_salt == JSON_FIELD_INVALID) return 400;
+    /* Only requests with the same salt share cached blocks (a tenant's prefixes stay its own). */
+    if (rc_salt == JSON_FIELD_OK && *salt) r->cache_salt = hash_mix64(hash_fnv1a_str(HASH_FNV1A_INIT, salt)) | 1;
 
     s->temperature = (float)temperature;
     s->top_p = (float)top_p;
@@ -173,9 +258,20 @@ int gen_params_parse(struct worker *w, const json_t *body, struct gen_params *ou
     s->seed = (uint64_t)seed;
     s->logprobs = (int)logprobs;
     out->logprobs = (int)logprobs;
+    /* Echo with logprobs gives the prompt's tokens their logprobs too (the first one null), as
+     * OpenAI's completions and FastChat's worker do; prompt_logprobs asks them outright. */
+    if (prompt_top >= 0 || (out->echo && logprobs >= 0)) {
+        if (!w->backend->supports_prompt_logprobs)
+            return prompt_top >= 0 ? worker_unsupported(w, "prompt_logprobs", "prompt_logprobs are", err)
+                                   : worker_unsupported(w, "echo", "echo with logprobs (the prompt's logprobs) is", err);
+        r->prompt_logprobs = true;
+        r->prompt_top_logprobs = (int32_t)(prompt_top > logprobs ? prompt_top : logprobs);
+    }
 
     size_t n = 0;
     int status = worker_tokenize_prompt(w, body, &r->prompt, &n, &out->prompt_text, err);
+    if (status) return status;
+    status = worker_truncate_prompt(w, body, r->prompt, &n, &out->prompt_text, err);
     if (status) return status;
     r->n_prompt = (int32_t)n;
     const char *prompt_param = json_object_get(body, "messages") ? "messages"
@@ -199,6 +295,17 @@ int gen_params_parse(struct worker *w, const json_t *body, struct gen_params *ou
         return 400;
     }
     r->max_tokens = (int32_t)max_tokens;
+    if (r->min_tokens > r->max_tokens) {
+        json_field_fail(err, "min_tokens", "'min_tokens' (%d) must not be more than max_tokens (%d)", r->min_tokens,
+                        r->max_tokens);
+        return 400;
+    }
+    if (r->prompt_logprobs) {
+        out->prompt_ids = malloc((size_t)r->n_prompt * sizeof *out->prompt_ids);
+        if (!out->prompt_ids) return invalid(err, NULL, "out of memory");
+        memcpy(out->prompt_ids, r->prompt, (size_t)r->n_prompt * sizeof *out->prompt_ids);
+        out->n_prompt_ids = r->n_prompt;
+    }
     return 0;
 }
 
@@ -206,5 +313,6 @@ void gen_params_free(struct gen_params *p)
 {
     if (p->req) engine_request_free(p->req);
     free(p->prompt_text);
+    free(p->prompt_ids);
     memset(p, 0, sizeof *p);
 }

@@ -19,6 +19,7 @@
 #include "worker/tokenizer/tokenizer.h"
 
 struct gen_stream;
+struct embed_job;
 struct controller_link;
 
 struct worker_options {
@@ -54,6 +55,7 @@ struct worker_options {
     const char *log_level;
     double drain_timeout;           /* seconds generations may take to finish on SIGTERM */
     const char *access_log;         /* JSON request lines and spans: "-", "off" or a file */
+    const char *pooling;            /* embeddings: "last" or "mean" */
 };
 
 struct worker {
@@ -76,6 +78,8 @@ struct worker {
     /* Live generations by engine request id: a small open-addressing table would do, but
      * the count is bounded by limit_worker_concurrency, so a linked list is enough. */
     struct gen_stream *streams;
+    struct embed_job *embeds;       /* embedding requests in flight (api_embed.c) */
+    enum engine_pooling pooling;    /* --pooling */
     uint64_t next_request_id;
     int active;                     /* requests accepted and not yet finished */
 
@@ -97,6 +101,12 @@ struct worker {
 void api_generate(struct worker *w, http_request *req, int mode);
 enum { GEN_MODE_NATIVE = 0, GEN_MODE_FASTCHAT_STREAM, GEN_MODE_FASTCHAT_BLOCKING };
 void api_on_engine_event(const struct engine_event *ev, void *user);
+
+/* worker/api/api_embed.c: FastChat's /worker_get_embeddings (fastchat true) and the native
+ * /embed. api_embed_on_event takes the engine events of embedding requests (true when ev was
+ * one). */
+void api_embed(struct worker *w, http_request *req, bool fastchat);
+bool api_embed_on_event(struct worker *w, const struct engine_event *ev);
 
 /* worker/api/api_info.c */
 void api_worker_get_status(struct worker *w, http_request *req);

@@ -44,6 +44,11 @@ static void route(http_request *req, void *user)
         {"/tokenize", false, api_tokenize},
         {"/detokenize", false, api_detokenize},
     };
+    if (!strcmp(path, "/embed") || !strcmp(path, "/worker_get_embeddings")) {
+        if (!post) goto method;
+        api_embed(w, req, path[1] == 'w');
+        return;
+    }
     if (!strcmp(path, "/generate") || !strcmp(path, "/worker_generate_stream") ||
         !strcmp(path, "/worker_generate")) {
         if (!post) goto method;
@@ -229,6 +234,7 @@ int worker_serve_main(int argc, char **argv)
         .drain_timeout = 30,
         .cuda = {.step_timeout_s = CUDA_STEP_TIMEOUT_S},
         .access_log = "-",
+        .pooling = "last",
     };
     struct http_server_flags http = HTTP_SERVER_FLAGS_DEFAULT;
     const struct flag_spec specs[] = {
@@ -263,6 +269,7 @@ int worker_serve_main(int argc, char **argv)
         {"allow-unauthenticated-workers", FLAG_BOOL, &o->allow_unauthenticated, "SLUICE_ALLOW_UNAUTHENTICATED_WORKERS", NULL, "without --internal-token, serve generation and the other internal endpoints to any caller, not only loopback, and allow a non-loopback --host (FastChat's behaviour; insecure)", 0, 0},
         {"drain-timeout", FLAG_DOUBLE, &o->drain_timeout, "SLUICE_DRAIN_TIMEOUT", "SECONDS", "on SIGTERM/SIGINT, how long generations in flight may take to finish before they are ended", 0, 86400},
         {"access-log", FLAG_STRING, &o->access_log, "SLUICE_ACCESS_LOG", "DEST", "one JSON line per generation request and per trace span: '-' standard output, 'off', or a file", 0, 0},
+        {"pooling", FLAG_STRING, &o->pooling, NULL, "last|mean", "embeddings (/v1/embeddings): the last token's final hidden state, or the mean over the input's tokens; L2-normalised either way", 0, 0},
         HTTP_SERVER_FLAG_SPECS(&http),
         {"log-level", FLAG_STRING, &o->log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn or error", 0, 0},
         {0},
@@ -299,6 +306,12 @@ int worker_serve_main(int argc, char **argv)
     char opt_err[512];
     if (cuda_options_parse(&o->cuda, o->cuda_options, opt_err, sizeof opt_err) != 0) {
         fprintf(stderr, "sluice-worker: %s\n", opt_err);
+        return 2;
+    }
+    if (!strcmp(o->pooling, "last") || !strcmp(o->pooling, "mean")) {
+        w->pooling = o->pooling[0] == 'l' ? ENGINE_POOL_LAST : ENGINE_POOL_MEAN;
+    } else {
+        fprintf(stderr, "sluice-worker: --pooling must be last or mean, not '%s'\n", o->pooling);
         return 2;
     }
     if (parse_seed(o->seed, &w->default_seed) != 0) {
