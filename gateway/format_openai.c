@@ -120,6 +120,14 @@ void gw_completion_logprobs_append(json_t *acc, const json_t *frame_logprobs, in
         const char *token = json_string_value(tok);
         json_t *lp = json_object_get(item, "logprob");
         json_array_append(json_object_get(acc, "tokens"), tok);
+        if (json_is_null(lp)) {
+            json_array_append_new(json_object_get(acc, "token_logprobs"), json_null());
+            json_array_append_new(json_object_get(acc, "top_logprobs"), json_null());
+            json_array_append_new(json_object_get(acc, "text_offset"), json_integer(*offset));
+            *offset += gw_utf8_length(token, json_string_length(tok));
+            json_decref(tok);
+            continue;
+        }
         json_array_append_new(json_object_get(acc, "token_logprobs"), json_real(json_number_value(lp)));
         json_t *top = json_object();
         json_array_foreach(json_object_get(item, "top_logprobs"), k, alt) {
@@ -133,6 +141,35 @@ void gw_completion_logprobs_append(json_t *acc, const json_t *frame_logprobs, in
         *offset += gw_utf8_length(token, json_string_length(tok));
         json_decref(tok);
     }
+}
+
+json_t *gw_prompt_logprobs(const json_t *frame_prompt_logprobs)
+{
+    json_t *out = json_array();
+    size_t i, k;
+    json_t *item, *alt;
+    char id[24];
+    json_array_foreach(frame_prompt_logprobs, i, item) {
+        json_t *lp = json_object_get(item, "logprob");
+        if (json_is_null(lp)) {
+            json_array_append_new(out, json_null());
+            continue;
+        }
+        json_t *entry = json_object();
+        json_array_foreach(json_object_get(item, "top_logprobs"), k, alt) {
+            snprintf(id, sizeof id, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(alt, "token_id")));
+            json_object_set_new(entry, id, json_pack("{s:f, s:I, s:o}", "logprob",
+                                                     json_number_value(json_object_get(alt, "logprob")), "rank",
+                                                     (json_int_t)(k + 1), "decoded_token", token_string(alt)));
+        }
+        /* The prompt's own token, with its rank among the whole vocabulary. */
+        snprintf(id, sizeof id, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(item, "token_id")));
+        json_object_set_new(entry, id, json_pack("{s:f, s:I, s:o}", "logprob", json_number_value(lp), "rank",
+                                                 json_integer_value(json_object_get(item, "rank")), "decoded_token",
+                                                 token_string(item)));
+        json_array_append_new(out, entry);
+    }
+    return out;
 }
 
 json_t *gw_response_new(enum gw_api api, const char *id, int64_t created, const char *model)

@@ -31,9 +31,15 @@ json_t *gw_usage_json(int64_t prompt_tokens, int64_t completion_tokens);
 json_t *gw_chat_logprobs(const json_t *frame_logprobs);
 
 /* Completions logprobs {"tokens","token_logprobs","top_logprobs","text_offset"}; *offset is the
- * running character offset of the choice's text and moves past each token. */
+ * running character offset of the choice's text and moves past each token. An entry whose
+ * logprob is null (an echoed prompt's first token) has null for its logprob and its top. */
 json_t *gw_completion_logprobs_new(void);
 void gw_completion_logprobs_append(json_t *acc, const json_t *frame_logprobs, int64_t *offset);
+
+/* vLLM's prompt_logprobs from a frame's "prompt_logprobs" array: null for the first token,
+ * then per token {"<id>": {"logprob", "rank", "decoded_token"}, ...} for it and its
+ * alternatives (ranked 1, 2, ... in order). */
+json_t *gw_prompt_logprobs(const json_t *frame_prompt_logprobs);
 
 /* Non-streamed response envelope with its choices array, and one of its choices (text and
  * logprobs stolen when non-NULL). */

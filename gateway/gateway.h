@@ -34,9 +34,11 @@ struct gw_config {
     const char *rate_limit_file;  /* NULL: no rate limits */
     const char *access_log;       /* "-", "off" or a file (common/jsonlog.h) */
     bool log_requests;            /* access lines carry the prompt */
+    const char *allowed_origins;  /* CORS: "*" or origins, comma-separated; NULL or "": off */
 };
 
 struct gw_gen;
+struct gw_fwd;
 
 struct gw {
     struct gw_config cfg;
@@ -50,6 +52,7 @@ struct gw {
     gw_metrics *metrics;
     unsigned active;  /* generation requests in flight */
     struct gw_gen *gens; /* those requests (proxy.c) */
+    struct gw_fwd *fwds; /* embeddings, tokenize and detokenize in flight (forward.c) */
     int64_t started;  /* unix seconds */
 
     /* The graceful stop (shutdown.c): from the first SIGTERM or SIGINT on, no new connections,
@@ -95,6 +98,19 @@ void gw_respond_json(struct gw *g, http_request *req, const char *route, int sta
 
 /* POST /v1/chat/completions and /v1/completions (proxy.c). */
 void gw_generate(struct gw *g, http_request *req, const char *route, int api);
+
+/* POST /v1/embeddings (embeddings.c), POST /tokenize and /detokenize (tokenize.c): one call to
+ * a worker serving the model each (forward.h). */
+void gw_embeddings(struct gw *g, http_request *req);
+void gw_tokenize(struct gw *g, http_request *req, bool detokenize);
+
+/* CORS (cors.c): whether origin is one of allowed ("*" or a comma-separated list of origins,
+ * compared exactly, scheme and port included; NULL or "": none is). */
+bool gw_cors_allowed(const char *allowed, const char *origin);
+/* Adds the Access-Control-* answer headers for the request's Origin when --allowed-origins
+ * lets it in. Returns true when the request was a preflight (OPTIONS with
+ * Access-Control-Request-Method), which it answered. */
+bool gw_cors_handle(struct gw *g, http_request *req, const char *route);
 
 /* Ends every generation request in flight with an error (an SSE error event then [DONE] on a
  * stream, else a 503 answer). */

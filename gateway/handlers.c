@@ -1,4 +1,5 @@
-/* Request dispatch: health, metrics, auth, the model list, and the two generation routes. */
+/* Request dispatch: CORS, health, metrics, auth, the model list, the two generation routes,
+ * embeddings, tokenize and detokenize. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,6 +163,9 @@ static const char *route_name(const char *path)
 {
     if (!strcmp(path, "/v1/chat/completions")) return "/v1/chat/completions";
     if (!strcmp(path, "/v1/completions")) return "/v1/completions";
+    if (!strcmp(path, "/v1/embeddings")) return "/v1/embeddings";
+    if (!strcmp(path, "/tokenize")) return "/tokenize";
+    if (!strcmp(path, "/detokenize")) return "/detokenize";
     if (!strncmp(path, "/v1/models", 10)) return "/v1/models";
     if (!strcmp(path, "/health")) return "/health";
     if (!strcmp(path, "/metrics")) return "/metrics";
@@ -193,6 +197,8 @@ void gw_handle(http_request *req, void *user)
     bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
     char shown[200]; /* the path as messages quote it: a client's bytes, cleaned and shortened */
     begin_request(req, method, path);
+    /* Before authentication: a browser's preflight carries no credentials. */
+    if (gw_cors_handle(g, req, route)) return;
 
     if (!strcmp(route, "/health")) {
         /* A draining gateway is alive but must not be sent more work. */
@@ -215,13 +221,15 @@ void gw_handle(http_request *req, void *user)
         free(text);
         return;
     }
-    if (!strncmp(path, "/v1/", 4) && !gw_auth_check(g->auth, http_request_header(req, "Authorization"))) {
+    /* The API: /v1/ and vLLM's /tokenize and /detokenize, which cost a worker's time too. */
+    bool api = !strncmp(path, "/v1/", 4) || !strcmp(route, "/tokenize") || !strcmp(route, "/detokenize");
+    if (api && !gw_auth_check(g->auth, http_request_header(req, "Authorization"))) {
         http_response_header(req, "WWW-Authenticate", "Bearer");
         gw_respond_error(g, req, route, 401, NULL,
                          "Incorrect or missing API key: send 'Authorization: Bearer <key>'");
         return;
     }
-    if (g->draining && !strncmp(path, "/v1/", 4)) {
+    if (g->draining && api) {
         /* Only requests that came before the signal are served now; a client retries
          * elsewhere (the listener is closed, so its next connection goes to another gateway). */
         http_response_header(req, "Retry-After", "1");
@@ -245,6 +253,17 @@ void gw_handle(http_request *req, void *user)
             return;
         }
         gw_generate(g, req, route, !strcmp(route, "/v1/chat/completions") ? GW_API_CHAT : GW_API_COMPLETION);
+        return;
+    }
+    if (!strcmp(route, "/v1/embeddings") || !strcmp(route, "/tokenize") || !strcmp(route, "/detokenize")) {
+        if (!post) {
+            http_response_header(req, "Allow", "POST");
+            gw_respond_error(g, req, route, 405, NULL, "use POST for %s", route);
+        } else if (route[1] == 'v') {
+            gw_embeddings(g, req);
+        } else {
+            gw_tokenize(g, req, route[1] == 'd');
+        }
         return;
     }
     gw_respond_error(g, req, route, 404, NULL, "no route for %s", utf8_clip(shown, sizeof shown, path, strlen(path)));

@@ -91,6 +91,9 @@ int main(int argc, char **argv)
          0, 0},
         {"log-requests", FLAG_BOOL, &c->log_requests, "SLUICE_LOG_REQUESTS", NULL,
          "access lines also carry the request's messages or prompt (users' data: off by default)", 0, 0},
+        {"allowed-origins", FLAG_STRING, &c->allowed_origins, "SLUICE_ALLOWED_ORIGINS", "ORIGINS",
+         "CORS: browser origins allowed to call the API, '*' or comma-separated (https://app.example.com); "
+         "preflights answered, Access-Control-* headers added (default: none, CORS off)", 0, 0},
         HTTP_SERVER_FLAG_SPECS(&http),
         {"log-level", FLAG_STRING, &log_level, "SLUICE_LOG_LEVEL", "LEVEL", "debug, info, warn, error", 0, 0},
         {0},

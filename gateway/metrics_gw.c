@@ -7,8 +7,8 @@
 
 #include "common/metrics.h"
 
-static const char *const routes[] = {"/v1/chat/completions", "/v1/completions", "/v1/models",
-                                     "/health", "/metrics", "other"};
+static const char *const routes[] = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
+                                     "/tokenize", "/detokenize", "/health", "/metrics", "other"};
 enum { N_ROUTES = sizeof routes / sizeof routes[0] };
 
 /* Seconds: from 1 ms (a cached token) to 2 minutes (a long generation). */

@@ -56,6 +56,7 @@ static void gen_destroy(struct gw_gen *gen)
         free(c->early_error);
         strbuf_free(&c->text);
         json_decref(c->logprobs);
+        json_decref(c->prompt_logprobs);
     }
     free(gen->choices);
     free(gen->retry_address);

@@ -33,6 +33,7 @@ struct gw_choice {
     /* What the choice produced (non-streamed answers keep the text). */
     struct strbuf text;
     json_t *logprobs;     /* chat: content items; completions: the logprobs object */
+    json_t *prompt_logprobs; /* vLLM's prompt_logprobs (non-streamed answers) */
     int64_t offset;       /* completions' text_offset so far */
     char finish[16];
     int64_t prompt_tokens, completion_tokens;

@@ -40,8 +40,14 @@ static void stream_send(struct gw_gen *gen, json_t *payload)
     }
 }
 
-static void send_choice(struct gw_gen *gen, json_t *choice)
+/* Sends one choice in a chunk; *extra (stolen, then NULL) is vLLM's prompt_logprobs, which
+ * ride on the choice's first chunk. */
+static void send_choice_with(struct gw_gen *gen, json_t *choice, json_t **extra)
 {
+    if (extra && *extra) {
+        json_object_set_new(choice, "prompt_logprobs", *extra);
+        *extra = NULL;
+    }
     if (gen->ended) {
         json_decref(choice);
         return;
@@ -51,21 +57,39 @@ static void send_choice(struct gw_gen *gen, json_t *choice)
     stream_send(gen, chunk);
 }
 
+static void send_choice(struct gw_gen *gen, json_t *choice)
+{
+    send_choice_with(gen, choice, NULL);
+}
+
+/* Completions' echo with logprobs: the prompt's tokens lead the logprobs, from offset 0. */
+static bool echo_logprobs(const struct gw_gen *gen, const json_t *prompt_lps)
+{
+    return gen->p.api == GW_API_COMPLETION && gen->p.echo && gen->p.logprobs >= 0 && json_is_array(prompt_lps);
+}
+
 static void stream_frame(struct gw_gen *gen, struct gw_choice *c, const char *text, size_t len,
-                         const json_t *lps, const char *prompt_text, const char *finish)
+                         const json_t *lps, const char *prompt_text, const json_t *prompt_lps, const char *finish)
 {
     enum gw_api api = gen->p.api;
     bool want_lp = gen->p.logprobs >= 0 && json_array_size(lps) > 0;
+    json_t *plp = gen->p.prompt_logprobs >= 0 && json_is_array(prompt_lps) ? gw_prompt_logprobs(prompt_lps) : NULL;
     if (api == GW_API_CHAT && !c->role_sent) {
         c->role_sent = true;
-        send_choice(gen, gw_chunk_choice(api, c->index, "assistant", "", 0, NULL, NULL));
+        send_choice_with(gen, gw_chunk_choice(api, c->index, "assistant", "", 0, NULL, NULL), &plp);
     }
     if (api == GW_API_COMPLETION && prompt_text) {
         size_t n = strlen(prompt_text);
+        json_t *lp = NULL;
+        if (echo_logprobs(gen, prompt_lps)) {
+            int64_t at = 0;
+            lp = gw_completion_logprobs_new();
+            gw_completion_logprobs_append(lp, prompt_lps, &at);
+        }
         c->offset += gw_utf8_length(prompt_text, n);
-        send_choice(gen, gw_chunk_choice(api, c->index, NULL, prompt_text, n, NULL, NULL));
+        send_choice_with(gen, gw_chunk_choice(api, c->index, NULL, prompt_text, n, lp, NULL), &plp);
     }
-    if (len > 0 || want_lp) {
+    if (len > 0 || want_lp || plp) {
         json_t *lp = NULL;
         if (want_lp && api == GW_API_CHAT) {
             lp = gw_chat_logprobs(lps);
@@ -74,14 +98,21 @@ static void stream_frame(struct gw_gen *gen, struct gw_choice *c, const char *te
             gw_completion_logprobs_append(lp, lps, &c->offset);
         }
         if (!want_lp || api == GW_API_CHAT) c->offset += gw_utf8_length(text, len);
-        send_choice(gen, gw_chunk_choice(api, c->index, NULL, text, len, lp, NULL));
+        send_choice_with(gen, gw_chunk_choice(api, c->index, NULL, text, len, lp, NULL), &plp);
     }
     if (finish) send_choice(gen, gw_chunk_choice(api, c->index, NULL, NULL, 0, NULL, finish));
 }
 
 static void collect_frame(struct gw_gen *gen, struct gw_choice *c, const char *text, size_t len,
-                          const json_t *lps, const char *prompt_text)
+                          const json_t *lps, const char *prompt_text, const json_t *prompt_lps)
 {
+    if (gen->p.prompt_logprobs >= 0 && json_is_array(prompt_lps) && !c->prompt_logprobs)
+        c->prompt_logprobs = gw_prompt_logprobs(prompt_lps);
+    if (echo_logprobs(gen, prompt_lps) && !c->logprobs) {
+        int64_t at = 0;
+        c->logprobs = gw_completion_logprobs_new();
+        gw_completion_logprobs_append(c->logprobs, prompt_lps, &at);
+    }
     if (prompt_text) {
         size_t n = strlen(prompt_text);
         strbuf_append(&c->text, prompt_text, n);
@@ -125,6 +156,7 @@ void gw_emit_frame(struct gw_gen *gen, struct gw_choice *c, const json_t *frame)
     const char *finish = json_string_value(json_object_get(frame, "finish_reason"));
     const char *prompt_text = json_string_value(json_object_get(frame, "prompt_text"));
     const json_t *lps = json_object_get(frame, "logprobs");
+    const json_t *prompt_lps = json_object_get(frame, "prompt_logprobs");
     /* Frames reach here checked (gw_frame_check): counts are integers in 0..INT32_MAX. */
     json_t *usage = json_object_get(frame, "usage");
     if (json_is_object(usage)) {
@@ -142,9 +174,9 @@ void gw_emit_frame(struct gw_gen *gen, struct gw_choice *c, const json_t *frame)
     }
     if (gen->p.stream) {
         stream_begin(gen);
-        stream_frame(gen, c, text, len, lps, prompt_text, finish);
+        stream_frame(gen, c, text, len, lps, prompt_text, prompt_lps, finish);
     } else {
-        collect_frame(gen, c, text, len, lps, prompt_text);
+        collect_frame(gen, c, text, len, lps, prompt_text, prompt_lps);
     }
     if (finish) {
         snprintf(c->finish, sizeof c->finish, "%s", finish);
@@ -197,8 +229,13 @@ void gw_emit_success(struct gw_gen *gen)
                 lp = json_pack("{s:O, s:n}", "content", c->logprobs, "refusal");
             else if (c->logprobs)
                 lp = json_incref(c->logprobs);
-            json_array_append_new(choices, gw_response_choice(gen->p.api, c->index, strbuf_str(&c->text),
-                                                              c->text.len, lp, c->finish));
+            json_t *choice = gw_response_choice(gen->p.api, c->index, strbuf_str(&c->text), c->text.len, lp, c->finish);
+            /* vLLM puts them on each completion choice, and on a chat response (one prompt). */
+            if (c->prompt_logprobs && gen->p.api == GW_API_COMPLETION)
+                json_object_set(choice, "prompt_logprobs", c->prompt_logprobs);
+            else if (c->prompt_logprobs && i == 0)
+                json_object_set(r, "prompt_logprobs", c->prompt_logprobs);
+            json_array_append_new(choices, choice);
         }
         json_object_set_new(r, "usage", gw_usage_json(prompt, completion));
         gen->status = 200;

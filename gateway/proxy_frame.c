@@ -51,8 +51,9 @@ static int check_token_ids(const json_t *ids, char *why, size_t cap)
     return 0;
 }
 
-/* One token's entry ({"token_id","token","bytes","logprob"}); path names it in messages. */
-static int check_token(const json_t *item, const char *path, char *why, size_t cap)
+/* One token's entry ({"token_id","token","bytes","logprob"}, "rank" in prompt logprobs);
+ * path names it in messages; null_logprob: the logprob may be null (the prompt's first token). */
+static int check_token(const json_t *item, const char *path, bool null_logprob, char *why, size_t cap)
 {
     if (!json_is_object(item)) return bad(why, cap, "'%s' must be an object", path);
     const json_t *id = json_object_get(item, "token_id");
@@ -60,8 +61,11 @@ static int check_token(const json_t *item, const char *path, char *why, size_t c
         return bad(why, cap, "'%s.token_id' must be an integer from 0 to %d", path, GW_FRAME_MAX_COUNT);
     /* A log-probability is at most 0; the JSON parser has already refused non-finite numbers. */
     const json_t *lp = json_object_get(item, "logprob");
-    if (!json_is_number(lp) || json_number_value(lp) > 0)
+    if (!(null_logprob && json_is_null(lp)) && (!json_is_number(lp) || json_number_value(lp) > 0))
         return bad(why, cap, "'%s.logprob' must be a number <= 0", path);
+    const json_t *rank = json_object_get(item, "rank");
+    if (rank && !int_in(rank, 1, GW_FRAME_MAX_COUNT))
+        return bad(why, cap, "'%s.rank' must be an integer from 1 to %d", path, GW_FRAME_MAX_COUNT);
     const json_t *t = json_object_get(item, "token");
     if (t && !json_is_string(t)) return bad(why, cap, "'%s.token' must be a string", path);
     const json_t *bytes = json_object_get(item, "bytes");
@@ -75,22 +79,25 @@ static int check_token(const json_t *item, const char *path, char *why, size_t c
     return 0;
 }
 
-static int check_logprobs(const json_t *lps, char *why, size_t cap)
+/* "logprobs", or "prompt_logprobs", whose first entry (the prompt's first token) has a null
+ * logprob. */
+static int check_logprobs(const json_t *lps, const char *key, char *why, size_t cap)
 {
     if (!lps || json_is_null(lps)) return 0;
-    if (!json_is_array(lps)) return bad(why, cap, "'logprobs' must be an array");
+    if (!json_is_array(lps)) return bad(why, cap, "'%s' must be an array", key);
+    const bool prompt = key[0] == 'p';
     size_t i, k;
     const json_t *item, *alt;
     char path[96];
     json_array_foreach(lps, i, item) {
-        snprintf(path, sizeof path, "logprobs[%zu]", i);
-        if (check_token(item, path, why, cap) != 0) return -1;
+        snprintf(path, sizeof path, "%s[%zu]", key, i);
+        if (check_token(item, path, prompt && i == 0, why, cap) != 0) return -1;
         const json_t *top = json_object_get(item, "top_logprobs");
         if (!top || json_is_null(top)) continue;
         if (!json_is_array(top)) return bad(why, cap, "'%s.top_logprobs' must be an array", path);
         json_array_foreach(top, k, alt) {
-            snprintf(path, sizeof path, "logprobs[%zu].top_logprobs[%zu]", i, k);
-            if (check_token(alt, path, why, cap) != 0) return -1;
+            snprintf(path, sizeof path, "%s[%zu].top_logprobs[%zu]", key, i, k);
+            if (check_token(alt, path, false, why, cap) != 0) return -1;
         }
     }
     return 0;
@@ -101,7 +108,8 @@ int gw_frame_check(const json_t *frame, char *why, size_t cap)
     if (!json_is_object(frame)) return bad(why, cap, "a frame must be a JSON object");
     if (check_usage(json_object_get(frame, "usage"), why, cap) != 0) return -1;
     if (check_token_ids(json_object_get(frame, "token_ids"), why, cap) != 0) return -1;
-    return check_logprobs(json_object_get(frame, "logprobs"), why, cap);
+    if (check_logprobs(json_object_get(frame, "logprobs"), "logprobs", why, cap) != 0) return -1;
+    return check_logprobs(json_object_get(frame, "prompt_logprobs"), "prompt_logprobs", why, cap);
 }
 
 int gw_frame_error_status(long worker_status)

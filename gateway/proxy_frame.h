@@ -15,7 +15,8 @@
 /* Checks every number an ndjson frame (docs/PROTOCOL.md) carries: usage.prompt_tokens and
  * usage.completion_tokens (integers, 0..GW_FRAME_MAX_COUNT, their sum too), token_ids and
  * each logprobs entry's token_id (integers, 0..GW_FRAME_MAX_COUNT), logprob values (numbers
- * <= 0), bytes (integers 0..255), and the shapes holding them. Absent optional fields are
+ * <= 0), bytes (integers 0..255), and the shapes holding them; prompt_logprobs alike (its first
+ * entry's logprob null, ranks integers >= 1). Absent optional fields are
  * fine. Returns 0, or -1 with why set to a sentence naming the field. */
 int gw_frame_check(const json_t *frame, char *why, size_t cap);
 

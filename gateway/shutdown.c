@@ -3,6 +3,7 @@
  * already open get 503 with Retry-After (handlers.c), and the requests in flight run to their
  * end: a stream still gets its last chunks and "data: [DONE]". Past --drain-timeout the
  * requests still open are ended with an error (streams with an error event and [DONE]). */
+#include "gateway/forward.h"
 #include "gateway/gateway.h"
 
 static void begin(void *arg)
@@ -19,7 +20,9 @@ static unsigned in_flight(void *arg)
 
 static void abort_open(void *arg)
 {
-    gw_generate_abort_all(arg, "the gateway is shutting down: the request did not finish within its drain timeout");
+    static const char msg[] = "the gateway is shutting down: the request did not finish within its drain timeout";
+    gw_generate_abort_all(arg, msg);
+    gw_forward_abort_all(arg, msg);
 }
 
 static const struct drain_ops ops = {begin, in_flight, abort_open};

@@ -103,7 +103,8 @@ int gw_validate_chat(const json_t *body, struct gw_params *out, struct json_fiel
     out->n_prompts = 1;
     out->logprobs = -1;
     out->base = json_object();
-    if (gw_validate_common(body, out, err) || check_messages(body, out->base, err) ||
+    if (gw_check_fields(body, GW_API_CHAT, err) || gw_validate_common(body, out, err) ||
+        check_messages(body, out->base, err) ||
         check_template_inputs(body, out->base, err) || check_logprobs(body, out, err)) {
         gw_params_free(out);
         return 400;

@@ -110,6 +110,36 @@ int gw_validate_common(const json_t *body, struct gw_params *out, struct json_fi
     const char *user;
     if (json_get_string(body, "user", false, &user, err) == JSON_FIELD_INVALID) return 400;
 
+    /* vLLM's: passed on when well-typed; the worker checks them against the model and its
+     * backend (a backend that cannot honour one answers 400 naming it). */
+    rc = json_get_int(body, "min_tokens", false, 0, INT32_MAX, &v, err);
+    if (rc == JSON_FIELD_INVALID) return 400;
+    if (rc == JSON_FIELD_OK) pass(base, body, "min_tokens", NULL);
+    rc = json_get_int(body, "truncate_prompt_tokens", false, -1, INT32_MAX, &v, err);
+    if (rc == JSON_FIELD_INVALID) return 400;
+    if (rc == JSON_FIELD_OK && v == 0)
+        return bad(err, "truncate_prompt_tokens", "'truncate_prompt_tokens' must be -1 (the context length) or >= 1");
+    if (rc == JSON_FIELD_OK) pass(base, body, "truncate_prompt_tokens", NULL);
+    rc = json_get_int(body, "prompt_logprobs", false, 0, GW_MAX_LOGPROBS, &v, err);
+    if (rc == JSON_FIELD_INVALID) return 400;
+    out->prompt_logprobs = rc == JSON_FIELD_OK ? (int)v : -1;
+    if (rc == JSON_FIELD_OK) pass(base, body, "prompt_logprobs", NULL);
+    static const char *const flags[] = {"include_stop_str_in_output", "skip_special_tokens",
+                                        "spaces_between_special_tokens", "add_special_tokens"};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        if (json_get_bool(body, flags[i], false, &b, err) == JSON_FIELD_INVALID) return 400;
+        pass(base, body, flags[i], NULL);
+    }
+    const char *salt;
+    if (json_get_string(body, "cache_salt", false, &salt, err) == JSON_FIELD_INVALID) return 400;
+    pass(base, body, "cache_salt", NULL);
+    int64_t best_of = 0;
+    rc = json_get_int(body, "best_of", false, 1, GW_MAX_N, &best_of, err);
+    if (rc == JSON_FIELD_INVALID) return 400;
+    if (rc == JSON_FIELD_OK && best_of != out->n)
+        return bad(err, "best_of", "'best_of' other than n is not supported (it needs the choices ranked by their "
+                   "logprobs, which is not done)");
+
     if (check_stop(body, base, err)) return 400;
     /* Token ids: the shape and sign here; whether an id is in the model's vocabulary only the
      * worker knows, and its 400 (naming the same field) comes back to the client as is. */

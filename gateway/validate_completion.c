@@ -79,20 +79,7 @@ static int check_extras(const json_t *body, struct gw_params *out, struct json_f
     if (out->logprobs >= 0) json_object_set_new(out->base, "logprobs", json_integer(out->logprobs));
     if (json_get_bool(body, "echo", false, &out->echo, err) == JSON_FIELD_INVALID) return 400;
     if (out->echo) json_object_set_new(out->base, "echo", json_true());
-    const char *suffix = NULL;
-    int rc = json_get_string(body, "suffix", false, &suffix, err);
-    if (rc == JSON_FIELD_INVALID) return 400;
-    if (rc == JSON_FIELD_OK && *suffix) {
-        json_field_fail(err, "suffix", "'suffix' is not supported");
-        return 400;
-    }
-    int64_t best_of = 0;
-    rc = json_get_int(body, "best_of", false, 1, GW_MAX_N, &best_of, err);
-    if (rc == JSON_FIELD_INVALID) return 400;
-    if (rc == JSON_FIELD_OK && best_of != out->n) {
-        json_field_fail(err, "best_of", "'best_of' other than n is not supported");
-        return 400;
-    }
+    /* suffix, best_of and the rest are refused in validate_fields.c and validate_common.c. */
     return 0;
 }
 
@@ -102,7 +89,8 @@ int gw_validate_completion(const json_t *body, struct gw_params *out, struct jso
     out->api = GW_API_COMPLETION;
     out->logprobs = -1;
     out->base = json_object();
-    if (gw_validate_common(body, out, err) || check_prompt(body, out, err) ||
+    if (gw_check_fields(body, GW_API_COMPLETION, err) || gw_validate_common(body, out, err) ||
+        check_prompt(body, out, err) ||
         check_extras(body, out, err)) {
         gw_params_free(out);
         return 400;

@@ -186,8 +186,10 @@ static int parse_input(struct worker *w, const json_t *body, const json_t *in, i
                        struct json_field_error *err)
 {
     int vocab = w->model->config.vocab_size;
+    bool add_special = true;
+    if (json_get_bool(body, "add_special_tokens", false, &add_special, err) == JSON_FIELD_INVALID) return 400;
     if (json_is_string(in)) {
-        if (tok_encode(w->tok, json_string_value(in), json_string_length(in), true, ids, n) != 0)
+        if (tok_encode(w->tok, json_string_value(in), json_string_length(in), add_special, ids, n) != 0)
             return json_field_fail(err, "input", "an input could not be tokenized"), 400;
     } else if (json_is_array(in) && json_array_size(in) > 0) {
         *n = json_array_size(in);

@@ -120,3 +120,24 @@ Test(format, utf8_length)
     cr_expect_eq(gw_utf8_length("\xc3\xa9\xe2\x82\xac", 5), 2);
     cr_expect_eq(gw_utf8_length("", 0), 0);
 }
+
+/* Echo with logprobs: the prompt's first token has no logprob, and no top either. */
+Test(format, completion_logprobs_of_an_echoed_prompt)
+{
+    json_t *lps = json_loads("[{\"token_id\":1,\"token\":\"<s>\",\"logprob\":null,\"top_logprobs\":[]},"
+                             "{\"token_id\":5,\"token\":\" a\",\"logprob\":-2.5,\"rank\":3,"
+                             "\"top_logprobs\":[{\"token_id\":9,\"token\":\" b\",\"logprob\":-0.5}]}]",
+                             0, NULL);
+    cr_assert(lps);
+    json_t *acc = gw_completion_logprobs_new();
+    int64_t offset = 0;
+    gw_completion_logprobs_append(acc, lps, &offset);
+    cr_expect_eq(offset, 5);
+    expect_json(acc, "{\"tokens\":[\"<s>\",\" a\"],\"token_logprobs\":[null,-2.5],"
+                     "\"top_logprobs\":[null,{\" b\":-0.5}],\"text_offset\":[0,3]}");
+    /* vLLM's prompt_logprobs: null, then the token (its own rank) and its alternatives. */
+    expect_json(gw_prompt_logprobs(lps),
+                "[null,{\"9\":{\"logprob\":-0.5,\"rank\":1,\"decoded_token\":\" b\"},"
+                "\"5\":{\"logprob\":-2.5,\"rank\":3,\"decoded_token\":\" a\"}}]");
+    json_decref(lps);
+}

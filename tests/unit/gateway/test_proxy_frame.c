@@ -107,3 +107,18 @@ Test(frame, worker_status_passed_on)
     cr_expect_eq(gw_frame_error_status(99999), 502);
     cr_expect_eq(gw_frame_error_status(-1), 502);
 }
+
+Test(frame, prompt_logprobs)
+{
+    expect_ok("{\"prompt_logprobs\":[{\"token_id\":1,\"token\":\"<s>\",\"logprob\":null,\"top_logprobs\":[]},"
+              "{\"token_id\":5,\"token\":\"a\",\"logprob\":-2,\"rank\":7,"
+              "\"top_logprobs\":[{\"token_id\":6,\"token\":\"b\",\"logprob\":-1}]}]}");
+    expect_bad("{\"prompt_logprobs\":{}}", "prompt_logprobs");
+    expect_bad("{\"prompt_logprobs\":[{\"token\":\"a\",\"logprob\":null},{\"token\":\"b\",\"logprob\":null}]}",
+               "prompt_logprobs[1].logprob");
+    expect_bad("{\"prompt_logprobs\":[{\"token\":\"a\",\"logprob\":null},{\"token\":\"b\",\"logprob\":-1,\"rank\":0}]}",
+               "prompt_logprobs[1].rank");
+    expect_bad("{\"prompt_logprobs\":[{\"token\":\"a\",\"logprob\":null,\"top_logprobs\":[{\"logprob\":null}]}]}",
+               "prompt_logprobs[0].top_logprobs[0].logprob");
+    expect_bad("{\"logprobs\":[{\"token\":\"a\",\"logprob\":null}]}", "logprobs[0].logprob");
+}

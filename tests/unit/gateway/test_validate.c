@@ -25,6 +25,12 @@ static int cmpl(const char *body, struct gw_params *p, struct json_field_error *
 
 #define MSGS "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]"
 
+static void expect_field_int(const json_t *obj, const char *key, json_int_t want)
+{
+    const json_t *v = json_object_get(obj, key);
+    cr_expect(json_is_integer(v) && json_integer_value(v) == want, "%s: want %lld", key, (long long)want);
+}
+
 struct bad_case {
     const char *body;
     const char *param;
@@ -265,4 +271,155 @@ Test(validate, boundaries_are_accepted)
     gw_params_free(&p);
     cr_expect_eq(cmpl("{\"model\":\"m\",\"prompt\":[\"a\",\"b\"],\"n\":64}", &p, &err), 0, "%s", err.message);
     gw_params_free(&p);
+}
+
+Test(validate, vllm_sampling_fields_pass_to_the_worker)
+{
+    struct gw_params p;
+    struct json_field_error err = {{0}, {0}};
+    cr_assert_eq(cmpl("{\"model\":\"m\",\"prompt\":\"x\",\"min_tokens\":3,\"include_stop_str_in_output\":true,"
+                      "\"skip_special_tokens\":false,\"spaces_between_special_tokens\":false,"
+                      "\"truncate_prompt_tokens\":-1,\"prompt_logprobs\":2,\"cache_salt\":\"t\","
+                      "\"add_special_tokens\":false,\"ignore_eos\":true}",
+                      &p, &err),
+                 0, "%s", err.message);
+    cr_expect_eq(p.prompt_logprobs, 2);
+    json_t *b = gw_params_upstream_body(&p, 0);
+    expect_field_int(b, "min_tokens", 3);
+    expect_field_int(b, "truncate_prompt_tokens", -1);
+    expect_field_int(b, "prompt_logprobs", 2);
+    cr_expect(json_is_true(json_object_get(b, "include_stop_str_in_output")));
+    cr_expect(json_is_false(json_object_get(b, "skip_special_tokens")));
+    cr_expect(json_is_false(json_object_get(b, "spaces_between_special_tokens")));
+    cr_expect(json_is_false(json_object_get(b, "add_special_tokens")));
+    cr_expect_str_eq(json_string_value(json_object_get(b, "cache_salt")), "t");
+    json_decref(b);
+    gw_params_free(&p);
+    cr_assert_eq(chat("{\"model\":\"m\"," MSGS "}", &p, &err), 0);
+    cr_expect_eq(p.prompt_logprobs, -1);
+    b = gw_params_upstream_body(&p, 0);
+    cr_expect_null(json_object_get(b, "min_tokens"));
+    cr_expect_null(json_object_get(b, "prompt_logprobs"));
+    json_decref(b);
+    gw_params_free(&p);
+}
+
+Test(validate, fields_known_but_not_honoured_are_refused_by_name)
+{
+    static const struct bad_case chat_cases[] = {
+        {"{\"model\":\"m\"," MSGS ",\"use_beam_search\":true}", "use_beam_search"},
+        {"{\"model\":\"m\"," MSGS ",\"best_of\":2}", "best_of"},
+        {"{\"model\":\"m\"," MSGS ",\"length_penalty\":0.5}", "length_penalty"},
+        {"{\"model\":\"m\"," MSGS ",\"echo\":true}", "echo"},
+        {"{\"model\":\"m\"," MSGS ",\"chat_template\":\"{{ x }}\"}", "chat_template"},
+        {"{\"model\":\"m\"," MSGS ",\"continue_final_message\":true}", "continue_final_message"},
+        {"{\"model\":\"m\"," MSGS ",\"modalities\":[\"text\",\"audio\"]}", "modalities"},
+        {"{\"model\":\"m\"," MSGS ",\"audio\":{\"voice\":\"x\"}}", "audio"},
+        {"{\"model\":\"m\"," MSGS ",\"allowed_token_ids\":[1,2]}", "allowed_token_ids"},
+        {"{\"model\":\"m\"," MSGS ",\"priority\":3}", "priority"},
+        {"{\"model\":\"m\"," MSGS ",\"logits_processors\":[\"x\"]}", "logits_processors"},
+        {"{\"model\":\"m\"," MSGS ",\"prediction\":{\"type\":\"content\",\"content\":\"x\"}}", "prediction"},
+        {"{\"model\":\"m\"," MSGS ",\"min_tokens\":-1}", "min_tokens"},
+        {"{\"model\":\"m\"," MSGS ",\"truncate_prompt_tokens\":0}", "truncate_prompt_tokens"},
+        {"{\"model\":\"m\"," MSGS ",\"prompt_logprobs\":21}", "prompt_logprobs"},
+        {"{\"model\":\"m\"," MSGS ",\"include_stop_str_in_output\":1}", "include_stop_str_in_output"},
+        {"{\"model\":\"m\"," MSGS ",\"skip_special_tokens\":\"no\"}", "skip_special_tokens"},
+        {"{\"model\":\"m\"," MSGS ",\"spaces_between_special_tokens\":0}", "spaces_between_special_tokens"},
+        {"{\"model\":\"m\"," MSGS ",\"cache_salt\":5}", "cache_salt"},
+    };
+    expect_bad(chat, chat_cases, sizeof chat_cases / sizeof chat_cases[0]);
+    static const struct bad_case cmpl_cases[] = {
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"use_beam_search\":true}", "use_beam_search"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"n\":2,\"best_of\":3}", "best_of"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"suffix\":\"y\"}", "suffix"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"prompt_embeds\":\"AAAA\"}", "prompt_embeds"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"bad_words\":[\"no\"]}", "bad_words"},
+    };
+    expect_bad(cmpl, cmpl_cases, sizeof cmpl_cases / sizeof cmpl_cases[0]);
+    /* Their defaults ask nothing, and bookkeeping fields change no output: accepted. */
+    static const char *const ok[] = {
+        "{\"model\":\"m\"," MSGS ",\"use_beam_search\":false,\"length_penalty\":1,\"priority\":0,\"best_of\":1,"
+        "\"modalities\":[\"text\"],\"audio\":null,\"echo\":false,\"store\":true,\"metadata\":{\"a\":\"b\"},"
+        "\"service_tier\":\"auto\",\"allowed_token_ids\":[],\"chat_template\":null}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"suffix\":\"\",\"n\":3,\"best_of\":3,\"use_beam_search\":false}",
+    };
+    for (size_t i = 0; i < 2; i++) {
+        struct gw_params p;
+        struct json_field_error err = {{0}, {0}};
+        cr_expect_eq((i ? cmpl : chat)(ok[i], &p, &err), 0, "rejected %s: %s", ok[i], err.message);
+        gw_params_free(&p);
+    }
+}
+
+Test(validate, unknown_fields_are_ignored_and_warned_once)
+{
+    struct gw_params p;
+    struct json_field_error err = {{0}, {0}};
+    cr_expect_not(gw_field_warned("tempreature"));
+    cr_assert_eq(chat("{\"model\":\"m\"," MSGS ",\"tempreature\":0.5}", &p, &err), 0, "%s", err.message);
+    cr_expect(gw_field_warned("tempreature"));
+    json_t *b = gw_params_upstream_body(&p, 0);
+    cr_expect_null(json_object_get(b, "tempreature"), "not passed on");
+    cr_expect_null(json_object_get(b, "temperature"));
+    json_decref(b);
+    gw_params_free(&p);
+    /* A chat-only field is unknown to completions. */
+    cr_expect_not(gw_field_warned("max_completion_tokens"));
+    cr_assert_eq(cmpl("{\"model\":\"m\",\"prompt\":\"x\",\"max_completion_tokens\":5}", &p, &err), 0);
+    cr_expect(gw_field_warned("max_completion_tokens"));
+    gw_params_free(&p);
+}
+
+static int embed(const char *body, json_t **up, struct json_field_error *err)
+{
+    json_t *root = json_loads(body, 0, NULL);
+    cr_assert(root, "test body is not JSON: %s", body);
+    char *model = NULL;
+    int rc = gw_validate_embeddings(root, &model, up, err);
+    json_decref(root);
+    if (rc == 0) cr_expect_str_eq(model, "m");
+    free(model);
+    return rc;
+}
+
+Test(validate, embeddings)
+{
+    static const struct bad_case cases[] = {
+        {"{\"input\":\"x\"}", "model"},
+        {"{\"model\":\"m\"}", "input"},
+        {"{\"model\":\"m\",\"input\":\"\"}", "input"},
+        {"{\"model\":\"m\",\"input\":[]}", "input"},
+        {"{\"model\":\"m\",\"input\":[\"a\",\"\"]}", "input"},
+        {"{\"model\":\"m\",\"input\":[\"a\",[1]]}", "input"},
+        {"{\"model\":\"m\",\"input\":[1,-2]}", "input"},
+        {"{\"model\":\"m\",\"input\":[[1],[]]}", "input"},
+        {"{\"model\":\"m\",\"input\":5}", "input"},
+        {"{\"model\":\"m\",\"input\":\"x\",\"encoding_format\":\"hex\"}", "encoding_format"},
+        {"{\"model\":\"m\",\"input\":\"x\",\"dimensions\":0}", "dimensions"},
+        {"{\"model\":\"m\",\"input\":\"x\",\"normalize\":false}", "normalize"},
+        {"{\"model\":\"m\",\"input\":\"x\",\"priority\":1}", "priority"},
+        {"{\"model\":\"m\",\"input\":\"x\",\"truncate_prompt_tokens\":0}", "truncate_prompt_tokens"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *up = NULL;
+        struct json_field_error err = {{0}, {0}};
+        cr_expect_eq(embed(cases[i].body, &up, &err), 400, "accepted: %s", cases[i].body);
+        cr_expect_str_eq(err.param, cases[i].param, "param for %s: '%s' (%s)", cases[i].body, err.param, err.message);
+        json_decref(up);
+    }
+    json_t *up = NULL;
+    struct json_field_error err = {{0}, {0}};
+    cr_assert_eq(embed("{\"model\":\"m\",\"input\":[[1,2],[3]],\"encoding_format\":\"base64\",\"dimensions\":8,"
+                       "\"user\":\"u\",\"truncate_prompt_tokens\":5}",
+                       &up, &err),
+                 0, "%s", err.message);
+    expect_field_int(up, "dimensions", 8);
+    expect_field_int(up, "truncate_prompt_tokens", 5);
+    cr_expect_str_eq(json_string_value(json_object_get(up, "encoding_format")), "base64");
+    cr_expect_eq(json_array_size(json_object_get(up, "input")), 2);
+    cr_expect_null(json_object_get(up, "user"));
+    json_decref(up);
+    cr_assert_eq(embed("{\"model\":\"m\",\"input\":\"hello\"}", &up, &err), 0, "%s", err.message);
+    cr_expect_str_eq(json_string_value(json_object_get(up, "encoding_format")), "float");
+    json_decref(up);
 }
