@@ -144,7 +144,8 @@ TRACE_LIB  := $(if $(CUPTI_LIB),$(BUILD)/lib/libsluice_kernel_trace.so)
 BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BINDIR)/sluice-$(p)))
 
 .PHONY: all deps test test-repo test-unit test-integration test-interop test-deploy asan clean install run test-gpu bench \
-        bench-controller bench-worker bench-gateway bench-tokenizer bench-grammar pyenv kernels-dev
+        bench-controller bench-worker bench-gateway bench-tokenizer bench-grammar pyenv kernels-dev \
+        fetch-test-models
 # Objects of test and bench programs are intermediates to make; keep them between runs.
 .SECONDARY:
 
@@ -250,6 +251,12 @@ pyenv: $(VENV)/.stamp
 # --- tests ----------------------------------------------------------------------------
 SLUICE_TEST_DATA ?= $(abspath ../shared)
 export SLUICE_TEST_DATA
+
+# A real chat model for the tests that need one (SmolLM2-135M-Instruct, Q4_1 GGUF, 98 MB) into
+# $SLUICE_MODEL_CACHE or ~/.cache/sluice, outside the repository; those tests fetch it themselves
+# too, and skip saying why when they cannot.
+fetch-test-models: pyenv
+	$(VENV)/bin/python tests/fetch_test_models.py
 test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory pyenv

@@ -103,11 +103,15 @@ def test_logprobs_and_echo(trio):
     c = client(gw)
     r = c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2, echo=True)
     ch = r.choices[0]
-    ref = reference()["prompts"][PROMPT]["greedy_text"]
-    assert ch.text.startswith(PROMPT) and ref.startswith(ch.text[len(PROMPT):])
-    assert len(ch.logprobs.tokens) == 6 and all(lp <= 0 for lp in ch.logprobs.token_logprobs)
-    assert all(len(t) == 2 for t in ch.logprobs.top_logprobs)
-    assert ch.logprobs.text_offset[0] == len(PROMPT)
+    ref = reference()["prompts"][PROMPT]
+    assert ch.text.startswith(PROMPT) and ref["greedy_text"].startswith(ch.text[len(PROMPT):])
+    # Echo with logprobs: the prompt's tokens lead (the first has none), then the 6 generated.
+    n_prompt = len(ref["prompt_ids"])
+    assert len(ch.logprobs.tokens) == n_prompt + 6
+    assert ch.logprobs.token_logprobs[0] is None and ch.logprobs.top_logprobs[0] is None
+    assert all(lp <= 0 for lp in ch.logprobs.token_logprobs[1:])
+    assert all(len(t) == 2 for t in ch.logprobs.top_logprobs[n_prompt:])
+    assert ch.logprobs.text_offset[0] == 0 and ch.logprobs.text_offset[n_prompt] == len(PROMPT)
     r = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
                                   temperature=0, logprobs=True, top_logprobs=3)
     content = r.choices[0].logprobs.content

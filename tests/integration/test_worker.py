@@ -205,15 +205,19 @@ def test_unseeded_requests_differ_and_seeds_reproduce(procs):
 
 
 def test_valid_token_id_fields_accepted(shared_worker):
-    """In-vocabulary stop_token_ids stop the generation; a valid logit_bias is accepted (the
-    sampler does not apply biases yet)."""
+    """In-vocabulary stop_token_ids stop the generation; a valid logit_bias is applied: +100 on
+    a stop token makes it the first token, which ends the generation."""
     ref = reference()["prompts"]["Once upon a time"]
     stop_id = ref["greedy_ids"][5]
     status, err, frames = generate(shared_worker, prompt="Once upon a time", max_tokens=64, temperature=0,
-                                   stop_token_ids=[stop_id, 511], logit_bias={"0": -100, "511": 100})
+                                   stop_token_ids=[stop_id, 511], logit_bias={"0": -100})
     assert status == 200, err
     ids, _, finish = joined(frames)
     assert finish == "stop" and ids == ref["greedy_ids"][:ref["greedy_ids"].index(stop_id) + 1]
+    status, err, frames = generate(shared_worker, prompt="Once upon a time", max_tokens=64, temperature=0,
+                                   stop_token_ids=[stop_id, 511], logit_bias={"0": -100, "511": 100})
+    assert status == 200, err
+    assert joined(frames)[0] == [511] and joined(frames)[2] == "stop"
 
 
 @pytest.mark.parametrize("body,param", [

@@ -125,7 +125,15 @@ def test_completion_with_logprobs(stack):
     check_logprobs(r.choices[0].logprobs, r.choices[0].text, 0, want["logprobs"], 2)
     r = c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2, echo=True)
     assert r.choices[0].text == PROMPT + want["text"]
-    check_logprobs(r.choices[0].logprobs, r.choices[0].text, len(PROMPT), want["logprobs"], 2)
+    # Echoed, the prompt's tokens lead, the first without a logprob, as FastChat's own worker
+    # gives them (fastchat/serve/inference.py); the generated ones follow as without echo.
+    lp, n_prompt = r.choices[0].logprobs, want["usage"]["prompt_tokens"]
+    assert len(lp.tokens) == n_prompt + 6 and lp.token_logprobs[0] is None
+    assert lp.top_logprobs[0] == {} and lp.text_offset[0] == 0
+    assert all(x <= 0 for x in lp.token_logprobs[1:n_prompt])
+    generated = type(lp)(tokens=lp.tokens[n_prompt:], token_logprobs=lp.token_logprobs[n_prompt:],
+                         top_logprobs=lp.top_logprobs[n_prompt:], text_offset=lp.text_offset[n_prompt:])
+    check_logprobs(generated, r.choices[0].text, len(PROMPT), want["logprobs"], 2)
 
 
 def test_streaming_completion_with_logprobs(stack):
@@ -136,6 +144,17 @@ def test_streaming_completion_with_logprobs(stack):
     text = "".join(c.choices[0].text for c in chunks)
     assert text == want["text"]
     check_logprobs(chunks[-1].choices[0].logprobs, text, 0, want["logprobs"], 1)
+
+
+def test_embeddings_through_fastchat(stack):
+    """FastChat's /v1/embeddings calls our worker's /worker_get_embeddings with its own shapes."""
+    texts = ["Once upon a time", "The dog ran to the park"]
+    r = stack["client"].embeddings.create(model=MODEL, input=texts, encoding_format="float")
+    want = requests.post(stack["worker"].url + "/embed", json={"input": texts}, timeout=60).json()
+    assert [d.index for d in r.data] == [0, 1]
+    for got, ref in zip(r.data, want["data"]):
+        assert got.embedding == pytest.approx(ref["embedding"], abs=1e-6)
+    assert r.usage.prompt_tokens == want["usage"]["prompt_tokens"]
 
 
 def fastchat(command, **args):
