@@ -53,16 +53,17 @@ static const struct field fields[] = {
     {"logit_bias", GEN, OK, NULL},
     {"logprobs", GEN, OK, NULL},
     {"user", GEN | EMB, OK, NULL},
-    /* Chat's. tools, tool_choice, response_format, functions and the reasoning fields belong to
-     * the chat template, structured output and tool calling, which read them. */
+    /* Chat's. tools, tool_choice, response_format and the reasoning fields belong to the chat
+     * template, structured output and tool calling, which read them. */
     {"messages", CHAT | TOK, OK, NULL},
     {"max_completion_tokens", CHAT, OK, NULL},
     {"top_logprobs", CHAT, OK, NULL},
     {"tools", CHAT | TOK, OK, NULL},
     {"tool_choice", CHAT, OK, NULL},
     {"parallel_tool_calls", CHAT, OK, NULL},
-    {"functions", CHAT, OK, NULL},
-    {"function_call", CHAT, OK, NULL},
+    /* OpenAI's deprecated form of tools: refused until tool calling maps it onto tools. */
+    {"functions", CHAT, UNLESS_EMPTY, "'functions' is not supported: use 'tools'"},
+    {"function_call", CHAT, UNLESS_EMPTY, "'function_call' is not supported: use 'tool_choice'"},
     {"response_format", GEN, OK, NULL},
     {"reasoning_effort", CHAT, OK, NULL},
     {"include_reasoning", CHAT, OK, NULL},
@@ -162,6 +163,9 @@ static void warn_unknown(const char *name, size_t len, const char *endpoint)
 {
     char shown[80];
     utf8_clip(shown, sizeof shown, name, len);
+    /* A client's bytes in the log: no control character may forge or break a line. */
+    for (char *p = shown; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
     if (warned_full || (!warned && strmap_init(&warned) != 0)) return;
     if (strmap_get(warned, shown)) return;
     if (strmap_count(warned) >= MAX_WARNED) {

@@ -393,6 +393,12 @@ static void reject(struct engine *e, struct engine_request *req, const char *fmt
     engine_request_free(req);
 }
 
+/* Whether min_tokens has tokens to keep the sampler from: stop token ids, or EOS ids. */
+static bool holds_back(const struct engine_request *req, const struct backend *be)
+{
+    return req->n_stop_ids > 0 || (!req->ignore_eos && be->config.n_eos > 0);
+}
+
 static void accept_request(struct engine *e, struct engine_request *req, double t_submit_ms)
 {
     if (e->failed) {
@@ -412,11 +418,11 @@ static void accept_request(struct engine *e, struct engine_request *req, double 
     /* What the backend cannot do is refused, never ignored (the worker says so with a 400
      * first; this is for every other caller). */
     const struct backend *be = e->backend;
-    const char *missing = req->n_bias > 0 && !be->supports_logit_bias                       ? "logit_bias"
-                        : req->min_tokens > 0 && !be->supports_suppress                     ? "min_tokens"
-                        : req->prompt_logprobs && !embed && !be->supports_prompt_logprobs ? "prompt logprobs"
-                        : embed && !be->supports_hidden_states                                ? "embeddings"
-                                                                                              : NULL;
+    const char *missing = NULL;
+    if (req->n_bias > 0 && !be->supports_logit_bias) missing = "logit_bias";
+    else if (req->min_tokens > 0 && !be->supports_suppress && holds_back(req, be)) missing = "min_tokens";
+    else if (req->prompt_logprobs && !embed && !be->supports_prompt_logprobs) missing = "prompt logprobs";
+    else if (embed && !be->supports_hidden_states) missing = "embeddings";
     if (missing) {
         reject(e, req, "%s %s not supported on the %s backend yet", missing,
                !strcmp(missing, "embeddings") || !strcmp(missing, "prompt logprobs") ? "are" : "is", be->name);

@@ -420,5 +420,10 @@ Test(engine_params, a_backend_without_them_refuses_each)
     for (int i = 0; i < 4; i++) cr_assert_eq(r.res[i].finish, FINISH_ERROR);
     struct out *fine = serve(&r, greedy(4, story, 4));
     cr_assert_eq(fine->finish, FINISH_LENGTH);
+    /* min_tokens with nothing to hold back (ignore_eos, no stop token ids) asks nothing of it. */
+    q = greedy(5, story, 4);
+    q->min_tokens = 2;
+    q->ignore_eos = true;
+    cr_assert_eq(serve(&r, q)->finish, FINISH_LENGTH);
     stop(&r);
 }

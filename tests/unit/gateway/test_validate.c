@@ -326,6 +326,8 @@ Test(validate, fields_known_but_not_honoured_are_refused_by_name)
         {"{\"model\":\"m\"," MSGS ",\"skip_special_tokens\":\"no\"}", "skip_special_tokens"},
         {"{\"model\":\"m\"," MSGS ",\"spaces_between_special_tokens\":0}", "spaces_between_special_tokens"},
         {"{\"model\":\"m\"," MSGS ",\"cache_salt\":5}", "cache_salt"},
+        {"{\"model\":\"m\"," MSGS ",\"functions\":[{\"name\":\"f\"}]}", "functions"},
+        {"{\"model\":\"m\"," MSGS ",\"function_call\":\"auto\"}", "function_call"},
     };
     expect_bad(chat, chat_cases, sizeof chat_cases / sizeof chat_cases[0]);
     static const struct bad_case cmpl_cases[] = {
