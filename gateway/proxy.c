@@ -56,6 +56,8 @@ static void gen_destroy(struct gw_gen *gen)
         free(c->early_error);
         strbuf_free(&c->text);
         json_decref(c->logprobs);
+        strbuf_free(&c->reasoning);
+        json_decref(c->tool_calls);
     }
     free(gen->choices);
     free(gen->retry_address);

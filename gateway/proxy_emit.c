@@ -51,8 +51,15 @@ static void send_choice(struct gw_gen *gen, json_t *choice)
     stream_send(gen, chunk);
 }
 
+/* What a chat frame carries besides content: reasoning and tool-call deltas. */
+struct frame_extras {
+    const char *reasoning;
+    size_t reasoning_len;
+    const json_t *tool_calls;
+};
+
 static void stream_frame(struct gw_gen *gen, struct gw_choice *c, const char *text, size_t len,
-                         const json_t *lps, const char *prompt_text, const char *finish)
+                         const json_t *lps, const char *prompt_text, const char *finish, const struct frame_extras *x)
 {
     enum gw_api api = gen->p.api;
     bool want_lp = gen->p.logprobs >= 0 && json_array_size(lps) > 0;
@@ -65,7 +72,8 @@ static void stream_frame(struct gw_gen *gen, struct gw_choice *c, const char *te
         c->offset += gw_utf8_length(prompt_text, n);
         send_choice(gen, gw_chunk_choice(api, c->index, NULL, prompt_text, n, NULL, NULL));
     }
-    if (len > 0 || want_lp) {
+    bool extras = api == GW_API_CHAT && (x->reasoning_len > 0 || json_array_size(x->tool_calls) > 0);
+    if (len > 0 || want_lp || extras) {
         json_t *lp = NULL;
         if (want_lp && api == GW_API_CHAT) {
             lp = gw_chat_logprobs(lps);
@@ -74,13 +82,15 @@ static void stream_frame(struct gw_gen *gen, struct gw_choice *c, const char *te
             gw_completion_logprobs_append(lp, lps, &c->offset);
         }
         if (!want_lp || api == GW_API_CHAT) c->offset += gw_utf8_length(text, len);
-        send_choice(gen, gw_chunk_choice(api, c->index, NULL, text, len, lp, NULL));
+        json_t *choice = gw_chunk_choice(api, c->index, NULL, len > 0 || want_lp ? text : NULL, len, lp, NULL);
+        if (extras) gw_chat_delta_extras(choice, x->reasoning, x->reasoning_len, x->tool_calls);
+        send_choice(gen, choice);
     }
     if (finish) send_choice(gen, gw_chunk_choice(api, c->index, NULL, NULL, 0, NULL, finish));
 }
 
 static void collect_frame(struct gw_gen *gen, struct gw_choice *c, const char *text, size_t len,
-                          const json_t *lps, const char *prompt_text)
+                          const json_t *lps, const char *prompt_text, const struct frame_extras *x)
 {
     if (prompt_text) {
         size_t n = strlen(prompt_text);
@@ -88,6 +98,13 @@ static void collect_frame(struct gw_gen *gen, struct gw_choice *c, const char *t
         c->offset += gw_utf8_length(prompt_text, n);
     }
     strbuf_append(&c->text, text, len);
+    if (gen->p.api == GW_API_CHAT) {
+        strbuf_append(&c->reasoning, x->reasoning, x->reasoning_len);
+        if (json_array_size(x->tool_calls) > 0) {
+            if (!c->tool_calls) c->tool_calls = json_array();
+            gw_tool_calls_merge(c->tool_calls, x->tool_calls);
+        }
+    }
     if (gen->p.logprobs < 0 || !json_is_array(lps)) return;
     if (gen->p.api == GW_API_CHAT) {
         if (!c->logprobs) c->logprobs = json_array();
@@ -125,6 +142,9 @@ void gw_emit_frame(struct gw_gen *gen, struct gw_choice *c, const json_t *frame)
     const char *finish = json_string_value(json_object_get(frame, "finish_reason"));
     const char *prompt_text = json_string_value(json_object_get(frame, "prompt_text"));
     const json_t *lps = json_object_get(frame, "logprobs");
+    json_t *r = json_object_get(frame, "reasoning_content");
+    struct frame_extras x = {.reasoning = json_string_value(r), .reasoning_len = json_string_length(r),
+                             .tool_calls = json_object_get(frame, "tool_calls")};
     /* Frames reach here checked (gw_frame_check): counts are integers in 0..INT32_MAX. */
     json_t *usage = json_object_get(frame, "usage");
     if (json_is_object(usage)) {
@@ -142,9 +162,9 @@ void gw_emit_frame(struct gw_gen *gen, struct gw_choice *c, const json_t *frame)
     }
     if (gen->p.stream) {
         stream_begin(gen);
-        stream_frame(gen, c, text, len, lps, prompt_text, finish);
+        stream_frame(gen, c, text, len, lps, prompt_text, finish, &x);
     } else {
-        collect_frame(gen, c, text, len, lps, prompt_text);
+        collect_frame(gen, c, text, len, lps, prompt_text, &x);
     }
     if (finish) {
         snprintf(c->finish, sizeof c->finish, "%s", finish);
@@ -197,8 +217,13 @@ void gw_emit_success(struct gw_gen *gen)
                 lp = json_pack("{s:O, s:n}", "content", c->logprobs, "refusal");
             else if (c->logprobs)
                 lp = json_incref(c->logprobs);
-            json_array_append_new(choices, gw_response_choice(gen->p.api, c->index, strbuf_str(&c->text),
-                                                              c->text.len, lp, c->finish));
+            if (gen->p.api == GW_API_CHAT)
+                json_array_append_new(choices, gw_chat_response_choice(c->index, strbuf_str(&c->text), c->text.len,
+                                                                       strbuf_str(&c->reasoning), c->reasoning.len,
+                                                                       gw_tool_calls_final(c->tool_calls), lp, c->finish));
+            else
+                json_array_append_new(choices, gw_response_choice(gen->p.api, c->index, strbuf_str(&c->text),
+                                                                  c->text.len, lp, c->finish));
         }
         json_object_set_new(r, "usage", gw_usage_json(prompt, completion));
         gen->status = 200;

@@ -40,6 +40,12 @@ void gw_params_free(struct gw_params *p);
 /* Fields shared by both APIs (sampling, stop, stream options); used by the two above. */
 int gw_validate_common(const json_t *body, struct gw_params *out, struct json_field_error *err);
 
+/* gateway/validate_tools.c: chat's tools, tool_choice and parallel_tool_calls; both APIs'
+ * response_format, guided_json, guided_regex, guided_choice, guided_grammar and
+ * structured_outputs (at most one of them). Checked, then copied into base. */
+int gw_validate_tools(const json_t *body, json_t *base, struct json_field_error *err);
+int gw_validate_structured(const json_t *body, json_t *base, struct json_field_error *err);
+
 size_t gw_params_choice_count(const struct gw_params *p);
 /* The POST /generate body for choice i (index = prompt * n + j): base fields, the prompt,
  * and seed + j when seeded. A new reference. */

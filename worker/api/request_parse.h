@@ -7,6 +7,7 @@
 #include <stdbool.h>
 
 #include "common/json_util.h"
+#include "worker/api/request_struct.h"
 #include "worker/engine/engine.h"
 
 struct worker;
@@ -16,6 +17,7 @@ struct gen_params {
     bool echo;
     int logprobs;               /* -1: none */
     char *prompt_text;          /* the prompt as text (for echo), malloc'd */
+    struct gen_output_opts output; /* tool calls and reasoning to read out of the text */
 };
 
 /* Returns 0, or an HTTP status (400) with err filled. */
