@@ -70,7 +70,7 @@ static size_t partial_tail(const char *s, size_t n, const char *m)
     return 0;
 }
 
-/* Decides as much of buf as can be; returns how many bytes were decided. */
+/* Decides as much of buf as can be: *used bytes of it. Returns 0, or -1 when out of memory. */
 static int run(struct reasoning_parser *p, bool eof, struct strbuf *reasoning, struct strbuf *content, size_t *used)
 {
     const char *s = strbuf_str(&p->buf);
