@@ -75,6 +75,7 @@ SRC_model      := $(call src_of,worker/model)
 SRC_tokenizer  := $(call src_of,worker/tokenizer)
 SRC_template   := $(call src_of,worker/template)
 SRC_grammar    := $(call src_of,worker/grammar)
+SRC_tools      := $(call src_of,worker/tools)
 SRC_sampler    := $(call src_of,worker/sampler)
 SRC_engine     := $(call src_of,worker/engine)
 SRC_api        := $(call src_of,worker/api)
@@ -99,7 +100,7 @@ endif
 
 # The libraries, one per area below.
 KERNELS_LIB := $(if $(CU_kernels),kernels)
-LIB_AREAS   := common controller gateway gguf model tokenizer template grammar sampler $(KERNELS_LIB) backend engine api cli
+LIB_AREAS   := common controller gateway gguf model tokenizer template grammar tools sampler $(KERNELS_LIB) backend engine api cli
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 lib = $(BUILD)/lib/libsluice_$(1).a
@@ -121,12 +122,13 @@ AREA_model      := model gguf common
 AREA_tokenizer  := tokenizer gguf common
 AREA_template   := template tokenizer gguf common
 AREA_grammar    := grammar tokenizer gguf common
+AREA_tools      := tools grammar tokenizer gguf common
 AREA_sampler    := sampler
 AREA_kernels    := $(KERNELS_LIB)
 AREA_backend    := backend sampler $(KERNELS_LIB) model gguf common
 AREA_engine     := engine backend sampler $(KERNELS_LIB) grammar tokenizer model gguf common
-AREA_api        := api engine backend sampler $(KERNELS_LIB) grammar template tokenizer model gguf common
-AREA_cli        := cli api engine backend sampler $(KERNELS_LIB) grammar template tokenizer model gguf common
+AREA_api        := api engine backend sampler $(KERNELS_LIB) tools grammar template tokenizer model gguf common
+AREA_cli        := cli api engine backend sampler $(KERNELS_LIB) tools grammar template tokenizer model gguf common
 # The worker program: worker/main.c over cli (tests/gpu and the benchmarks link it too).
 AREA_worker     := $(AREA_cli)
 area_libs = $(foreach a,$(AREA_$(1)),$(call lib,$(a))) $(LIB_LLHTTP)

@@ -1,6 +1,7 @@
 #include "gateway/format_openai.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -194,5 +195,103 @@ json_t *gw_response_choice(enum gw_api api, size_t index, const char *text, size
     }
     json_object_set_new(choice, "logprobs", logprobs ? logprobs : json_null());
     json_object_set_new(choice, "finish_reason", json_string(finish ? finish : "stop"));
+    return choice;
+}
+
+/* One tool-call delta with only the keys OpenAI's have. */
+static json_t *tool_call_delta(const json_t *d)
+{
+    json_t *out = json_pack("{s:O}", "index", json_object_get(d, "index"));
+    json_t *fn = json_object_get(d, "function");
+    static const char *const keys[] = {"id", "type"};
+    for (size_t k = 0; k < 2; k++) {
+        json_t *v = json_object_get(d, keys[k]);
+        if (json_is_string(v)) json_object_set(out, keys[k], v);
+    }
+    if (json_is_object(fn)) {
+        json_t *f = json_object();
+        json_t *name = json_object_get(fn, "name"), *args = json_object_get(fn, "arguments");
+        if (json_is_string(name)) json_object_set(f, "name", name);
+        if (json_is_string(args)) json_object_set(f, "arguments", args);
+        json_object_set_new(out, "function", f);
+    }
+    return out;
+}
+
+void gw_chat_delta_extras(json_t *choice, const char *reasoning, size_t reasoning_len, const json_t *tool_calls)
+{
+    json_t *delta = json_object_get(choice, "delta");
+    if (!delta) return;
+    if (reasoning && reasoning_len > 0)
+        json_object_set_new(delta, "reasoning_content", json_stringn(reasoning, reasoning_len));
+    if (json_array_size(tool_calls) > 0) {
+        json_t *calls = json_array();
+        size_t i;
+        json_t *d;
+        json_array_foreach(tool_calls, i, d) json_array_append_new(calls, tool_call_delta(d));
+        json_object_set_new(delta, "tool_calls", calls);
+    }
+}
+
+void gw_tool_calls_merge(json_t *acc, const json_t *deltas)
+{
+    size_t i, k;
+    json_t *d, *e;
+    json_array_foreach(deltas, i, d) {
+        json_int_t index = json_integer_value(json_object_get(d, "index"));
+        json_t *call = NULL;
+        json_array_foreach(acc, k, e) {
+            if (json_integer_value(json_object_get(e, "index")) == index) call = e;
+        }
+        json_t *fn = json_object_get(d, "function");
+        const char *id = json_string_value(json_object_get(d, "id"));
+        const char *name = json_string_value(json_object_get(fn, "name"));
+        const char *args = json_string_value(json_object_get(fn, "arguments"));
+        if (!call) {
+            const char *type = json_string_value(json_object_get(d, "type"));
+            call = json_pack("{s:I, s:s, s:s, s:s, s:s}", "index", index, "id", id ? id : "", "type",
+                             type ? type : "function", "name", name ? name : "", "arguments", "");
+            if (!call) continue;
+            json_array_append_new(acc, call);
+        } else if (name && !*json_string_value(json_object_get(call, "name"))) {
+            json_object_set_new(call, "name", json_string(name));
+        }
+        if (args && *args) {
+            json_t *old = json_object_get(call, "arguments");
+            size_t n = json_string_length(old), m = strlen(args);
+            char *joined = malloc(n + m + 1);
+            if (!joined) continue;
+            memcpy(joined, json_string_value(old), n);
+            memcpy(joined + n, args, m + 1);
+            json_object_set_new(call, "arguments", json_stringn_nocheck(joined, n + m));
+            free(joined);
+        }
+    }
+}
+
+json_t *gw_tool_calls_final(const json_t *acc)
+{
+    json_t *out = json_array();
+    size_t i;
+    json_t *e;
+    json_array_foreach(acc, i, e) {
+        json_array_append_new(out, json_pack("{s:O, s:O, s:{s:O, s:O}}", "id", json_object_get(e, "id"), "type",
+                                             json_object_get(e, "type"), "function", "name", json_object_get(e, "name"),
+                                             "arguments", json_object_get(e, "arguments")));
+    }
+    return out;
+}
+
+json_t *gw_chat_response_choice(size_t index, const char *text, size_t text_len, const char *reasoning,
+                                size_t reasoning_len, json_t *tool_calls, json_t *logprobs, const char *finish)
+{
+    bool calls = json_array_size(tool_calls) > 0;
+    json_t *choice = gw_response_choice(GW_API_CHAT, index, text, text_len, logprobs, finish);
+    json_t *message = json_object_get(choice, "message");
+    if (calls && text_len == 0) json_object_set_new(message, "content", json_null());
+    if (calls) json_object_set(message, "tool_calls", tool_calls);
+    if (reasoning && reasoning_len > 0)
+        json_object_set_new(message, "reasoning_content", json_stringn(reasoning, reasoning_len));
+    json_decref(tool_calls);
     return choice;
 }

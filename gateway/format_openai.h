@@ -24,6 +24,17 @@ json_t *gw_chunk_new(enum gw_api api, const char *id, int64_t created, const cha
 json_t *gw_chunk_choice(enum gw_api api, size_t index, const char *role, const char *text,
                         size_t text_len, json_t *logprobs, const char *finish);
 
+/* Adds to a chat chunk choice's delta what a frame had besides content: "reasoning_content"
+ * (when reasoning_len > 0) and "tool_calls" (the frame's deltas, when not NULL: each
+ * {"index", "id"?, "type"?, "function": {"name"?, "arguments"?}}, copied with only those keys). */
+void gw_chat_delta_extras(json_t *choice, const char *reasoning, size_t reasoning_len, const json_t *tool_calls);
+
+/* Tool calls of a non-streamed answer: frames' deltas merged by index (acc is an array this
+ * keeps, in order of first appearance: id, type and name from a call's first delta, its
+ * arguments concatenated), and the final "tool_calls" array made from it (a new reference). */
+void gw_tool_calls_merge(json_t *acc, const json_t *deltas);
+json_t *gw_tool_calls_final(const json_t *acc);
+
 json_t *gw_usage_json(int64_t prompt_tokens, int64_t completion_tokens);
 
 /* Chat logprobs {"content":[{"token","logprob","bytes","top_logprobs":[..]}],"refusal":null}
@@ -46,6 +57,11 @@ json_t *gw_prompt_logprobs(const json_t *frame_prompt_logprobs);
 json_t *gw_response_new(enum gw_api api, const char *id, int64_t created, const char *model);
 json_t *gw_response_choice(enum gw_api api, size_t index, const char *text, size_t text_len,
                            json_t *logprobs, const char *finish);
+/* Chat's choice with what the worker read out of the text: reasoning (reasoning_content,
+ * when reasoning_len > 0) and tool calls (when tool_calls, from gw_tool_calls_final, holds
+ * any; content is then null when empty, as OpenAI sends it). tool_calls is stolen. */
+json_t *gw_chat_response_choice(size_t index, const char *text, size_t text_len, const char *reasoning,
+                                size_t reasoning_len, json_t *tool_calls, json_t *logprobs, const char *finish);
 
 /* Characters (not bytes) in a UTF-8 string, as text_offset counts them. */
 int64_t gw_utf8_length(const char *s, size_t len);

@@ -57,6 +57,8 @@ static void gen_destroy(struct gw_gen *gen)
         strbuf_free(&c->text);
         json_decref(c->logprobs);
         json_decref(c->prompt_logprobs);
+        strbuf_free(&c->reasoning);
+        json_decref(c->tool_calls);
     }
     free(gen->choices);
     free(gen->retry_address);

@@ -34,6 +34,8 @@ struct gw_choice {
     struct strbuf text;
     json_t *logprobs;     /* chat: content items; completions: the logprobs object */
     json_t *prompt_logprobs; /* vLLM's prompt_logprobs (non-streamed answers) */
+    struct strbuf reasoning; /* chat: reasoning_content */
+    json_t *tool_calls;   /* chat: the tool calls so far (gw_tool_calls_merge) */
     int64_t offset;       /* completions' text_offset so far */
     char finish[16];
     int64_t prompt_tokens, completion_tokens;

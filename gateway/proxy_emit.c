@@ -68,11 +68,20 @@ static bool echo_logprobs(const struct gw_gen *gen, const json_t *prompt_lps)
     return gen->p.api == GW_API_COMPLETION && gen->p.echo && gen->p.logprobs >= 0 && json_is_array(prompt_lps);
 }
 
+/* What a chat frame carries besides content: reasoning and tool-call deltas. */
+struct frame_extras {
+    const char *reasoning;
+    size_t reasoning_len;
+    const json_t *tool_calls;
+    const json_t *prompt_logprobs; /* the prompt's, when asked (prompt_logprobs or echo) */
+};
+
 static void stream_frame(struct gw_gen *gen, struct gw_choice *c, const char *text, size_t len,
-                         const json_t *lps, const char *prompt_text, const json_t *prompt_lps, const char *finish)
+                         const json_t *lps, const char *prompt_text, const char *finish, const struct frame_extras *x)
 {
     enum gw_api api = gen->p.api;
     bool want_lp = gen->p.logprobs >= 0 && json_array_size(lps) > 0;
+    const json_t *prompt_lps = x->prompt_logprobs;
     json_t *plp = gen->p.prompt_logprobs >= 0 && json_is_array(prompt_lps) ? gw_prompt_logprobs(prompt_lps) : NULL;
     if (api == GW_API_CHAT && !c->role_sent) {
         c->role_sent = true;
@@ -89,7 +98,8 @@ static void stream_frame(struct gw_gen *gen, struct gw_choice *c, const char *te
         c->offset += gw_utf8_length(prompt_text, n);
         send_choice_with(gen, gw_chunk_choice(api, c->index, NULL, prompt_text, n, lp, NULL), &plp);
     }
-    if (len > 0 || want_lp || plp) {
+    bool extras = api == GW_API_CHAT && (x->reasoning_len > 0 || json_array_size(x->tool_calls) > 0);
+    if (len > 0 || want_lp || extras || plp) {
         json_t *lp = NULL;
         if (want_lp && api == GW_API_CHAT) {
             lp = gw_chat_logprobs(lps);
@@ -98,14 +108,17 @@ static void stream_frame(struct gw_gen *gen, struct gw_choice *c, const char *te
             gw_completion_logprobs_append(lp, lps, &c->offset);
         }
         if (!want_lp || api == GW_API_CHAT) c->offset += gw_utf8_length(text, len);
-        send_choice_with(gen, gw_chunk_choice(api, c->index, NULL, text, len, lp, NULL), &plp);
+        json_t *choice = gw_chunk_choice(api, c->index, NULL, len > 0 || want_lp ? text : NULL, len, lp, NULL);
+        if (extras) gw_chat_delta_extras(choice, x->reasoning, x->reasoning_len, x->tool_calls);
+        send_choice_with(gen, choice, &plp);
     }
     if (finish) send_choice(gen, gw_chunk_choice(api, c->index, NULL, NULL, 0, NULL, finish));
 }
 
 static void collect_frame(struct gw_gen *gen, struct gw_choice *c, const char *text, size_t len,
-                          const json_t *lps, const char *prompt_text, const json_t *prompt_lps)
+                          const json_t *lps, const char *prompt_text, const struct frame_extras *x)
 {
+    const json_t *prompt_lps = x->prompt_logprobs;
     if (gen->p.prompt_logprobs >= 0 && json_is_array(prompt_lps) && !c->prompt_logprobs)
         c->prompt_logprobs = gw_prompt_logprobs(prompt_lps);
     if (echo_logprobs(gen, prompt_lps) && !c->logprobs) {
@@ -119,6 +132,13 @@ static void collect_frame(struct gw_gen *gen, struct gw_choice *c, const char *t
         c->offset += gw_utf8_length(prompt_text, n);
     }
     strbuf_append(&c->text, text, len);
+    if (gen->p.api == GW_API_CHAT) {
+        strbuf_append(&c->reasoning, x->reasoning, x->reasoning_len);
+        if (json_array_size(x->tool_calls) > 0) {
+            if (!c->tool_calls) c->tool_calls = json_array();
+            gw_tool_calls_merge(c->tool_calls, x->tool_calls);
+        }
+    }
     if (gen->p.logprobs < 0 || !json_is_array(lps)) return;
     if (gen->p.api == GW_API_CHAT) {
         if (!c->logprobs) c->logprobs = json_array();
@@ -156,7 +176,10 @@ void gw_emit_frame(struct gw_gen *gen, struct gw_choice *c, const json_t *frame)
     const char *finish = json_string_value(json_object_get(frame, "finish_reason"));
     const char *prompt_text = json_string_value(json_object_get(frame, "prompt_text"));
     const json_t *lps = json_object_get(frame, "logprobs");
-    const json_t *prompt_lps = json_object_get(frame, "prompt_logprobs");
+    json_t *r = json_object_get(frame, "reasoning_content");
+    struct frame_extras x = {.reasoning = json_string_value(r), .reasoning_len = json_string_length(r),
+                             .tool_calls = json_object_get(frame, "tool_calls"),
+                             .prompt_logprobs = json_object_get(frame, "prompt_logprobs")};
     /* Frames reach here checked (gw_frame_check): counts are integers in 0..INT32_MAX. */
     json_t *usage = json_object_get(frame, "usage");
     if (json_is_object(usage)) {
@@ -174,9 +197,9 @@ void gw_emit_frame(struct gw_gen *gen, struct gw_choice *c, const json_t *frame)
     }
     if (gen->p.stream) {
         stream_begin(gen);
-        stream_frame(gen, c, text, len, lps, prompt_text, prompt_lps, finish);
+        stream_frame(gen, c, text, len, lps, prompt_text, finish, &x);
     } else {
-        collect_frame(gen, c, text, len, lps, prompt_text, prompt_lps);
+        collect_frame(gen, c, text, len, lps, prompt_text, &x);
     }
     if (finish) {
         snprintf(c->finish, sizeof c->finish, "%s", finish);
@@ -229,7 +252,12 @@ void gw_emit_success(struct gw_gen *gen)
                 lp = json_pack("{s:O, s:n}", "content", c->logprobs, "refusal");
             else if (c->logprobs)
                 lp = json_incref(c->logprobs);
-            json_t *choice = gw_response_choice(gen->p.api, c->index, strbuf_str(&c->text), c->text.len, lp, c->finish);
+            json_t *choice = gen->p.api == GW_API_CHAT
+                                 ? gw_chat_response_choice(c->index, strbuf_str(&c->text), c->text.len,
+                                                           strbuf_str(&c->reasoning), c->reasoning.len,
+                                                           gw_tool_calls_final(c->tool_calls), lp, c->finish)
+                                 : gw_response_choice(gen->p.api, c->index, strbuf_str(&c->text), c->text.len, lp,
+                                                      c->finish);
             /* vLLM puts them on each completion choice, and on a chat response (one prompt). */
             if (c->prompt_logprobs && gen->p.api == GW_API_COMPLETION)
                 json_object_set(choice, "prompt_logprobs", c->prompt_logprobs);

@@ -103,11 +103,39 @@ static int check_logprobs(const json_t *lps, const char *key, char *why, size_t 
     return 0;
 }
 
+/* A key of obj that must be a string when present. */
+static bool string_or_absent(const json_t *obj, const char *key)
+{
+    const json_t *v = json_object_get(obj, key);
+    return !v || json_is_string(v);
+}
+
+static int check_tool_calls(const json_t *calls, char *why, size_t cap)
+{
+    if (!calls || json_is_null(calls)) return 0;
+    if (!json_is_array(calls)) return bad(why, cap, "'tool_calls' must be an array");
+    size_t i;
+    const json_t *d;
+    json_array_foreach(calls, i, d) {
+        if (!json_is_object(d)) return bad(why, cap, "'tool_calls[%zu]' must be an object", i);
+        if (!int_in(json_object_get(d, "index"), 0, GW_FRAME_MAX_TOOL_CALLS - 1))
+            return bad(why, cap, "'tool_calls[%zu].index' must be an integer from 0 to %d", i, GW_FRAME_MAX_TOOL_CALLS - 1);
+        if (!string_or_absent(d, "id") || !string_or_absent(d, "type"))
+            return bad(why, cap, "'tool_calls[%zu]' must hold 'id' and 'type' as strings", i);
+        const json_t *fn = json_object_get(d, "function");
+        if (fn && (!json_is_object(fn) || !string_or_absent(fn, "name") || !string_or_absent(fn, "arguments")))
+            return bad(why, cap, "'tool_calls[%zu].function' must be an object with 'name' and 'arguments' strings", i);
+    }
+    return 0;
+}
+
 int gw_frame_check(const json_t *frame, char *why, size_t cap)
 {
     if (!json_is_object(frame)) return bad(why, cap, "a frame must be a JSON object");
     if (check_usage(json_object_get(frame, "usage"), why, cap) != 0) return -1;
     if (check_token_ids(json_object_get(frame, "token_ids"), why, cap) != 0) return -1;
+    if (!string_or_absent(frame, "reasoning_content")) return bad(why, cap, "'reasoning_content' must be a string");
+    if (check_tool_calls(json_object_get(frame, "tool_calls"), why, cap) != 0) return -1;
     if (check_logprobs(json_object_get(frame, "logprobs"), "logprobs", why, cap) != 0) return -1;
     return check_logprobs(json_object_get(frame, "prompt_logprobs"), "prompt_logprobs", why, cap);
 }

@@ -56,6 +56,12 @@ bool gw_field_warned(const char *name);
  * reference in *upstream) and the model name (malloc'd). Returns 0 or 400 with err filled. */
 int gw_validate_embeddings(const json_t *body, char **model, json_t **upstream, struct json_field_error *err);
 
+/* gateway/validate_tools.c: chat's tools, tool_choice and parallel_tool_calls; both APIs'
+ * response_format, guided_json, guided_regex, guided_choice, guided_grammar and
+ * structured_outputs (at most one of them). Checked, then copied into base. */
+int gw_validate_tools(const json_t *body, json_t *base, struct json_field_error *err);
+int gw_validate_structured(const json_t *body, json_t *base, struct json_field_error *err);
+
 size_t gw_params_choice_count(const struct gw_params *p);
 /* The POST /generate body for choice i (index = prompt * n + j): base fields, the prompt,
  * and seed + j when seeded. A new reference. */

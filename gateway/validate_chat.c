@@ -79,18 +79,16 @@ static int check_logprobs(const json_t *body, struct gw_params *out, struct json
     return 0;
 }
 
-/* What the worker's chat template takes besides messages: tools, vLLM's chat_template_kwargs
- * (enable_thinking...) and add_generation_prompt, passed through when well-typed. */
+/* What the worker's chat template takes besides messages: vLLM's chat_template_kwargs
+ * (enable_thinking...) and add_generation_prompt, passed through when well-typed; tools are
+ * gw_validate_tools's. */
 static int check_template_inputs(const json_t *body, json_t *base, struct json_field_error *err)
 {
-    json_t *tools = NULL, *kwargs = NULL;
+    json_t *kwargs = NULL;
     bool add_generation_prompt = true;
-    if (json_get_array(body, "tools", false, &tools, err) == JSON_FIELD_INVALID ||
-        json_get_object(body, "chat_template_kwargs", false, &kwargs, err) == JSON_FIELD_INVALID)
-        return 400;
+    if (json_get_object(body, "chat_template_kwargs", false, &kwargs, err) == JSON_FIELD_INVALID) return 400;
     int rc = json_get_bool(body, "add_generation_prompt", false, &add_generation_prompt, err);
     if (rc == JSON_FIELD_INVALID) return 400;
-    if (tools && json_array_size(tools) > 0) json_object_set(base, "tools", tools);
     if (kwargs) json_object_set(base, "chat_template_kwargs", kwargs);
     if (rc == JSON_FIELD_OK) json_object_set_new(base, "add_generation_prompt", json_boolean(add_generation_prompt));
     return 0;
@@ -104,8 +102,9 @@ int gw_validate_chat(const json_t *body, struct gw_params *out, struct json_fiel
     out->logprobs = -1;
     out->base = json_object();
     if (gw_check_fields(body, GW_API_CHAT, err) || gw_validate_common(body, out, err) ||
-        check_messages(body, out->base, err) ||
-        check_template_inputs(body, out->base, err) || check_logprobs(body, out, err)) {
+        check_messages(body, out->base, err) || check_template_inputs(body, out->base, err) ||
+        gw_validate_tools(body, out->base, err) || gw_validate_structured(body, out->base, err) ||
+        check_logprobs(body, out, err)) {
         gw_params_free(out);
         return 400;
     }

@@ -90,8 +90,8 @@ int gw_validate_completion(const json_t *body, struct gw_params *out, struct jso
     out->logprobs = -1;
     out->base = json_object();
     if (gw_check_fields(body, GW_API_COMPLETION, err) || gw_validate_common(body, out, err) ||
-        check_prompt(body, out, err) ||
-        check_extras(body, out, err)) {
+        check_prompt(body, out, err) || check_extras(body, out, err) ||
+        gw_validate_structured(body, out->base, err)) {
         gw_params_free(out);
         return 400;
     }

@@ -11,6 +11,7 @@
 #include "common/strbuf.h"
 #include "common/trace.h"
 #include "common/utf8.h"
+#include "worker/api/gen_output.h"
 #include "worker/api/request_parse.h"
 #include "worker/api/worker.h"
 
@@ -44,6 +45,8 @@ struct gen_stream {
      * "top_logprobs"}, offsets in characters of the cumulative text. */
     json_t *fastchat_logprobs;
     int64_t fastchat_offset;
+    /* Native mode: tool calls and reasoning read out of the text (NULL: it is all content). */
+    struct gen_output *output;
     uint64_t accepted_ns;  /* for the latency histograms */
     bool got_first_token;
     double ttft_s;
@@ -102,6 +105,7 @@ static void stream_free(struct gen_stream *s)
     free(s->prompt_text);
     strbuf_free(&s->text);
     json_decref(s->fastchat_logprobs);
+    gen_output_free(s->output);
     free(s);
 }
 
@@ -240,12 +244,35 @@ static void fail_frame(struct gen_stream *s, const struct engine_event *ev)
 
 static void send_native_frame(struct gen_stream *s, const struct engine_event *ev)
 {
+    const char *text = ev->text ? ev->text : "";
+    size_t text_len = ev->text_len;
+    const char *finish = finish_text(ev->finish);
+    struct gen_output_piece piece = {0};
+    if (s->output) {
+        /* The text becomes content, reasoning and tool-call deltas (gen_output.h). */
+        if (gen_output_push(s->output, text, text_len, ev->finish != FINISH_NONE, &piece) != 0) {
+            gen_output_piece_free(&piece);
+            fail_frame(s, ev);
+            return;
+        }
+        text = strbuf_str(&piece.content);
+        text_len = piece.content.len;
+        /* A model that called tools and stopped is waiting for their results. */
+        if (ev->finish == FINISH_STOP && gen_output_calls(s->output) > 0) finish = "tool_calls";
+    }
     json_t *ids = json_array();
     for (int i = 0; i < ev->n_tokens; i++) json_array_append_new(ids, json_integer(ev->tokens[i].id));
-    const char *finish = finish_text(ev->finish);
-    json_t *frame = json_pack("{s:s%, s:o, s:o, s:o}", "text", ev->text ? ev->text : "",
-                              ev->text_len, "token_ids", ids, "finish_reason",
+    json_t *frame = json_pack("{s:s%, s:o, s:o, s:o}", "text", text, text_len, "token_ids", ids, "finish_reason",
                               finish ? json_string(finish) : json_null(), "usage", usage_json(ev));
+    if (frame && piece.reasoning.len) {
+        json_t *r = json_stringn(piece.reasoning.p, piece.reasoning.len);
+        if (!r || json_object_set_new(frame, "reasoning_content", r) != 0) {
+            json_decref(frame);
+            frame = NULL;
+        }
+    }
+    if (frame && piece.tool_calls) json_object_set(frame, "tool_calls", piece.tool_calls);
+    gen_output_piece_free(&piece);
     if (s->logprobs >= 0) json_object_set_new(frame, "logprobs", logprobs_json(s->w, ev));
     if (s->prompt_logprobs && ev->n_tokens > 0) {
         json_object_set_new(frame, "prompt_logprobs", prompt_logprobs_json(s->w, s->first_prompt_id, ev));
@@ -446,7 +473,7 @@ static void job_parse(uv_work_t *work)
     job->status = gen_params_parse(job->w, job->body, &job->params, &job->err);
 }
 
-static void start_stream(struct worker *w, struct gen_job *job, struct gen_params *p)
+static void start_stream(struct worker *w, struct gen_job *job, struct gen_params *p, struct gen_output *output)
 {
     http_request *req = job->req;
     int mode = job->mode;
@@ -462,6 +489,7 @@ static void start_stream(struct worker *w, struct gen_job *job, struct gen_param
     s->logprobs = p->logprobs;
     s->prompt_logprobs = p->req->prompt_logprobs;
     s->first_prompt_id = p->n_prompt_ids > 0 ? p->prompt_ids[0] : 0;
+    s->output = output;
     if (p->echo && mode != GEN_MODE_NATIVE) strbuf_append(&s->text, p->prompt_text, strlen(p->prompt_text));
     s->prompt_text = p->echo ? p->prompt_text : NULL;
     if (!p->echo) free(p->prompt_text);
@@ -505,8 +533,15 @@ static void job_parsed(uv_work_t *work, int cancelled)
         reject(job->req, job->mode, job->status, job->err.param, job->err.message,
                overflow ? FASTCHAT_CONTEXT_OVERFLOW : FASTCHAT_VALIDATION_ERROR);
     } else {
-        http_request_on_close(job->req, NULL, NULL);
-        start_stream(w, job, &job->params);
+        bool failed = false;
+        struct gen_output *output = job->mode == GEN_MODE_NATIVE ? gen_output_new(&job->params.output, &failed) : NULL;
+        if (failed) {
+            w->active--;
+            reject(job->req, job->mode, 500, NULL, "out of memory", FASTCHAT_INTERNAL_ERROR);
+        } else {
+            http_request_on_close(job->req, NULL, NULL);
+            start_stream(w, job, &job->params, output);
+        }
     }
     gen_params_free(&job->params);
     free(job);

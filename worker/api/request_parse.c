@@ -268,6 +268,9 @@ int gen_params_parse(struct worker *w, const json_t *body, struct gen_params *ou
         r->prompt_top_logprobs = (int32_t)(prompt_top > logprobs ? prompt_top : logprobs);
     }
 
+    /* response_format, guided_*, tools: the grammar and how the output is read (request_struct.c). */
+    if (gen_struct_parse(&w->output_env, body, r, &out->output, err)) return 400;
+
     size_t n = 0;
     int status = worker_tokenize_prompt(w, body, &r->prompt, &n, &out->prompt_text, err);
     if (status) return status;
@@ -314,5 +317,6 @@ void gen_params_free(struct gen_params *p)
     if (p->req) engine_request_free(p->req);
     free(p->prompt_text);
     free(p->prompt_ids);
+    gen_output_opts_free(&p->output);
     memset(p, 0, sizeof *p);
 }

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 
 #include "common/json_util.h"
+#include "worker/api/request_struct.h"
 #include "worker/engine/engine.h"
 
 struct worker;
@@ -20,6 +21,7 @@ struct gen_params {
      * or by echo with logprobs (completions, FastChat), as req->prompt_logprobs says. */
     int32_t *prompt_ids;        /* the prompt's tokens, for those entries (malloc'd) */
     int32_t n_prompt_ids;
+    struct gen_output_opts output; /* tool calls and reasoning to read out of the text */
 };
 
 /* Returns 0, or an HTTP status (400) with err filled. */

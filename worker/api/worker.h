@@ -12,6 +12,7 @@
 #include "common/http_client.h"
 #include "common/http_server.h"
 #include "common/net_addr.h"
+#include "worker/api/request_struct.h"
 #include "worker/api/worker_metrics.h"
 #include "worker/engine/engine.h"
 #include "worker/model/model.h"
@@ -56,6 +57,8 @@ struct worker_options {
     double drain_timeout;           /* seconds generations may take to finish on SIGTERM */
     const char *access_log;         /* JSON request lines and spans: "-", "off" or a file */
     const char *pooling;            /* embeddings: "last" or "mean" */
+    const char *tool_call_parser;   /* "auto" (the chat template's family) or a family's name */
+    const char *reasoning_parser;   /* "qwen3", "deepseek_r1" or none */
 };
 
 struct worker {
@@ -68,6 +71,12 @@ struct worker {
     struct backend *backend;
     struct engine *engine;
     struct chat_format chat;
+    /* Structured output and output parsing (worker/api/output_setup.c): the grammar vocabulary
+     * and compile cache (NULL on a backend without token masks), read by the requests' parsing
+     * on libuv's thread pool (both are thread-safe). */
+    struct grammar_vocab *grammar_vocab;
+    struct grammar_cache *grammar_cache;
+    struct gen_struct_env output_env;
     json_t *fastchat_conv;          /* /worker_get_conv_template's answer: fixed once the model loads */
     char model_names[16][128];
     int n_model_names;

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/net_addr.h"
 #include "common/utf8.h"
+#include "worker/api/gen_output.h"
 #include "worker/api/worker.h"
 #include "worker/backend/cuda/cuda_options.h"
 #include "worker/cli/cli.h"
@@ -199,6 +200,10 @@ static int load_everything(struct worker *w)
         .prefix_cache_prompt_only = w->opt.deterministic && !strcmp(w->opt.device, "cuda"),
         .overlap_never = w->opt.no_overlap_steps,
     };
+    if (worker_output_setup(w, err, sizeof err) != 0) {
+        log_error("%s", err);
+        return -1;
+    }
     if (engine_create(&w->engine, w->backend, w->tok, &eo, w->loop, api_on_engine_event, w) != 0) {
         log_error("cannot start the engine");
         return -1;
@@ -214,6 +219,7 @@ int worker_serve_main(int argc, char **argv)
     static struct worker worker;
     struct worker *w = &worker;
     bool prefix_caching_on = false; /* the default already: accepted for vLLM's command lines */
+    bool auto_tool_choice = false;  /* likewise */
     struct worker_options *o = &w->opt;
     *o = (struct worker_options){
         .controller_address = "http://127.0.0.1:21001",
@@ -235,6 +241,8 @@ int worker_serve_main(int argc, char **argv)
         .cuda = {.step_timeout_s = CUDA_STEP_TIMEOUT_S},
         .access_log = "-",
         .pooling = "last",
+        .tool_call_parser = "auto",
+        .reasoning_parser = "none",
     };
     struct http_server_flags http = HTTP_SERVER_FLAGS_DEFAULT;
     const struct flag_spec specs[] = {
@@ -262,6 +270,9 @@ int worker_serve_main(int argc, char **argv)
         {"enable-prefix-caching", FLAG_BOOL, &prefix_caching_on, NULL, NULL, "reuse the KV of prompt prefixes seen before (the default)", 0, 0},
         {"no-enable-prefix-caching", FLAG_BOOL, &o->no_prefix_caching, NULL, NULL, "compute every prompt in full, sharing no KV between requests", 0, 0},
         CUDA_OPTIONS_FLAG_SPECS(&o->cuda, &o->cuda_options),
+        {"tool-call-parser", FLAG_STRING, &o->tool_call_parser, NULL, "NAME", "how tool calls are read from the output: auto (the syntax the chat template writes), json, llama3_json, hermes, mistral or deepseek_v3", 0, 0},
+        {"enable-auto-tool-choice", FLAG_BOOL, &auto_tool_choice, NULL, NULL, "accepted for vLLM's command lines: tool_choice auto is always on", 0, 0},
+        {"reasoning-parser", FLAG_STRING, &o->reasoning_parser, NULL, "NAME", "put a chat answer's <think> reasoning in reasoning_content: qwen3, deepseek_r1 or none", 0, 0},
         {"no-overlap-steps", FLAG_BOOL, &o->no_overlap_steps, NULL, NULL, "take each step's tokens before queueing the next step (steps overlap by default where the device runs them on its own: CUDA)", 0, 0},
         {"heartbeat-interval", FLAG_DOUBLE, &o->heartbeat_interval, "SLUICE_HEARTBEAT_INTERVAL", "SECONDS", "seconds between heartbeats", 0.05, 3600},
         {"speed", FLAG_DOUBLE, &o->speed, NULL, "F", "relative speed reported to the controller", 0.001, 1e6},
@@ -356,6 +367,7 @@ int worker_serve_main(int argc, char **argv)
     w->server = NULL;
     while (!server_closed) uv_run(w->loop, UV_RUN_ONCE);
     engine_free(w->engine);
+    worker_output_free(w); /* after the engine: its sequences held compiled grammars */
     http_client_free(w->client);
     controller_client_free(w);
     uv_walk(w->loop, close_walk, NULL);

@@ -194,6 +194,25 @@ static int append_content(struct strbuf *b, const json_t *content, struct json_f
     return 0;
 }
 
+/* A copy of messages whose assistant turns without content have "" instead, or NULL when
+ * there are none such. OpenAI's clients send an assistant turn that only called tools with
+ * content null; some templates test for exactly that (DeepSeek's), others read it as a
+ * string and fail on null (Qwen3's `'</think>' in message.content`). */
+static json_t *null_content_as_empty(const json_t *messages)
+{
+    json_t *copy = NULL;
+    size_t i;
+    json_t *m;
+    json_array_foreach(messages, i, m) {
+        json_t *c = json_object_get(m, "content");
+        if (strcmp(json_string_value(json_object_get(m, "role")) ?: "", "assistant") || (c && !json_is_null(c)))
+            continue;
+        if (!copy && !(copy = json_deep_copy(messages))) return NULL;
+        json_object_set_new(json_array_get(copy, i), "content", json_string(""));
+    }
+    return copy;
+}
+
 static int render_jinja(const struct chat_format *f, const json_t *messages, const json_t *tools,
                         const json_t *kwargs, bool add_generation_prompt, char **out,
                         struct json_field_error *err)
@@ -201,6 +220,14 @@ static int render_jinja(const struct chat_format *f, const json_t *messages, con
     char terr[200]; /* leaves room for the sentence around it in err->message */
     int rc = chat_template_render(f->jinja, messages, tools, add_generation_prompt, f->bos_token,
                                   f->eos_token, kwargs, out, NULL, terr, sizeof terr);
+    if (rc == CHAT_TEMPLATE_ERENDER) {
+        /* A template that cannot take a tool-calling turn's null content gets "" instead. */
+        json_t *retry = null_content_as_empty(messages);
+        if (retry && chat_template_render(f->jinja, retry, tools, add_generation_prompt, f->bos_token, f->eos_token,
+                                          kwargs, out, NULL, terr, sizeof terr) == 0)
+            rc = 0;
+        json_decref(retry);
+    }
     if (rc == 0) return 0;
     snprintf(err->param, sizeof err->param, "messages");
     if (rc == CHAT_TEMPLATE_ERAISED || rc == CHAT_TEMPLATE_EARG) {

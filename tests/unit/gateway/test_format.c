@@ -141,3 +141,41 @@ Test(format, completion_logprobs_of_an_echoed_prompt)
                 "\"5\":{\"logprob\":-2.5,\"rank\":3,\"decoded_token\":\" a\"}}]");
     json_decref(lps);
 }
+
+Test(format, tool_calls_and_reasoning_in_chunks_and_answers)
+{
+    json_t *deltas = json_loads("[{\"index\":0,\"id\":\"call_a\",\"type\":\"function\",\"function\":{\"name\":\"f\","
+                                "\"arguments\":\"\"},\"extra\":1},{\"index\":0,\"function\":{\"arguments\":\"{\\\"x\\\"\"}}]",
+                                0, NULL);
+    json_t *choice = gw_chunk_choice(GW_API_CHAT, 0, NULL, NULL, 0, NULL, NULL);
+    gw_chat_delta_extras(choice, "hmm", 3, deltas);
+    expect_json(choice, "{\"index\":0,\"delta\":{\"reasoning_content\":\"hmm\",\"tool_calls\":[{\"index\":0,\"id\":"
+                        "\"call_a\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"\"}},{\"index\":0,"
+                        "\"function\":{\"arguments\":\"{\\\"x\\\"\"}}]},\"logprobs\":null,\"finish_reason\":null}");
+
+    /* Non-streamed: deltas merged per call, in order, arguments joined. */
+    json_t *acc = json_array();
+    gw_tool_calls_merge(acc, deltas);
+    json_t *more = json_loads("[{\"index\":1,\"id\":\"call_b\",\"type\":\"function\",\"function\":{\"name\":\"g\","
+                              "\"arguments\":\"{}\"}},{\"index\":0,\"function\":{\"arguments\":\": 1}\"}}]",
+                              0, NULL);
+    gw_tool_calls_merge(acc, more);
+    json_t *r = gw_chat_response_choice(0, "", 0, "", 0, gw_tool_calls_final(acc), NULL, "tool_calls");
+    expect_json(r, "{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":null,\"refusal\":null,\"tool_calls\":["
+                   "{\"id\":\"call_a\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"x\\\": 1}\"}},"
+                   "{\"id\":\"call_b\",\"type\":\"function\",\"function\":{\"name\":\"g\",\"arguments\":\"{}\"}}]},"
+                   "\"logprobs\":null,\"finish_reason\":\"tool_calls\"}");
+    /* Content stays beside calls; reasoning has its own field; no calls, no tool_calls key. */
+    r = gw_chat_response_choice(1, "ok", 2, "why", 3, gw_tool_calls_final(acc), NULL, "tool_calls");
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(r, "message"), "content")), "ok");
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(r, "message"), "reasoning_content")), "why");
+    json_decref(r);
+    json_t *none = json_array();
+    expect_json(gw_chat_response_choice(0, "hi", 2, NULL, 0, gw_tool_calls_final(none), NULL, "stop"),
+                "{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\",\"refusal\":null},\"logprobs\":null,"
+                "\"finish_reason\":\"stop\"}");
+    json_decref(none);
+    json_decref(acc);
+    json_decref(more);
+    json_decref(deltas);
+}

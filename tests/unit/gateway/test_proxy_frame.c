@@ -122,3 +122,23 @@ Test(frame, prompt_logprobs)
                "prompt_logprobs[0].top_logprobs[0].logprob");
     expect_bad("{\"logprobs\":[{\"token\":\"a\",\"logprob\":null}]}", "logprobs[0].logprob");
 }
+
+Test(frame, tool_calls_and_reasoning)
+{
+    expect_ok("{\"text\":\"\",\"reasoning_content\":\"hmm\",\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":"
+              "\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"\"}},{\"index\":0,\"function\":{\"arguments\":"
+              "\"{}\"}}],\"finish_reason\":\"tool_calls\"}");
+    expect_ok("{\"tool_calls\":null,\"reasoning_content\":\"\"}");
+    expect_ok("{\"tool_calls\":[{\"index\":1023}]}");
+    expect_bad("{\"reasoning_content\":5}", "reasoning_content");
+    expect_bad("{\"tool_calls\":{}}", "tool_calls");
+    expect_bad("{\"tool_calls\":[5]}", "tool_calls[0]");
+    expect_bad("{\"tool_calls\":[{\"id\":\"x\"}]}", "tool_calls[0].index");
+    expect_bad("{\"tool_calls\":[{\"index\":1024}]}", "tool_calls[0].index");
+    expect_bad("{\"tool_calls\":[{\"index\":-1}]}", "tool_calls[0].index");
+    expect_bad("{\"tool_calls\":[{\"index\":0.5}]}", "tool_calls[0].index");
+    expect_bad("{\"tool_calls\":[{\"index\":0,\"id\":7}]}", "tool_calls[0]");
+    expect_bad("{\"tool_calls\":[{\"index\":0},{\"index\":0,\"function\":\"f\"}]}", "tool_calls[1].function");
+    expect_bad("{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":{}}}]}", "tool_calls[0].function");
+    expect_bad("{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":null}}]}", "tool_calls[0].function");
+}

@@ -425,3 +425,78 @@ Test(validate, embeddings)
     cr_expect_str_eq(json_string_value(json_object_get(up, "encoding_format")), "float");
     json_decref(up);
 }
+
+#define TOOLS "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":{\"type\":\"object\"}}}]"
+
+Test(validate, structured_output_and_tools_shapes)
+{
+    static const struct bad_case chat_cases[] = {
+        {"{\"model\":\"m\"," MSGS ",\"tools\":{}}", "tools"},
+        {"{\"model\":\"m\"," MSGS ",\"tools\":[5]}", "tools"},
+        {"{\"model\":\"m\"," MSGS ",\"tools\":[{\"type\":\"retrieval\"}]}", "tools"},
+        {"{\"model\":\"m\"," MSGS ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a b\"}}]}", "tools"},
+        {"{\"model\":\"m\"," MSGS ",\"tools\":[{\"type\":\"function\",\"function\":{}}]}", "tools"},
+        {"{\"model\":\"m\"," MSGS ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":[]}}]}",
+         "tools"},
+        {"{\"model\":\"m\"," MSGS ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"strict\":1}}]}", "tools"},
+        {"{\"model\":\"m\"," MSGS ",\"tool_choice\":\"required\"}", "tool_choice"},
+        {"{\"model\":\"m\"," MSGS "," TOOLS ",\"tool_choice\":\"always\"}", "tool_choice"},
+        {"{\"model\":\"m\"," MSGS "," TOOLS ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"x\"}}}",
+         "tool_choice"},
+        {"{\"model\":\"m\"," MSGS "," TOOLS ",\"tool_choice\":{\"type\":\"function\"}}", "tool_choice"},
+        {"{\"model\":\"m\"," MSGS "," TOOLS ",\"parallel_tool_calls\":\"yes\"}", "parallel_tool_calls"},
+        {"{\"model\":\"m\"," MSGS ",\"response_format\":\"json\"}", "response_format"},
+        {"{\"model\":\"m\"," MSGS ",\"response_format\":{\"type\":\"yaml\"}}", "response_format"},
+        {"{\"model\":\"m\"," MSGS ",\"response_format\":{\"type\":\"json_schema\"}}", "response_format"},
+        {"{\"model\":\"m\"," MSGS ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":5}}}",
+         "response_format"},
+        {"{\"model\":\"m\"," MSGS ",\"guided_json\":5}", "guided_json"},
+        {"{\"model\":\"m\"," MSGS ",\"guided_regex\":[\"a\"]}", "guided_regex"},
+        {"{\"model\":\"m\"," MSGS ",\"guided_choice\":[]}", "guided_choice"},
+        {"{\"model\":\"m\"," MSGS ",\"guided_choice\":[1]}", "guided_choice"},
+        {"{\"model\":\"m\"," MSGS ",\"guided_grammar\":{}}", "guided_grammar"},
+        {"{\"model\":\"m\"," MSGS ",\"structured_outputs\":\"json\"}", "structured_outputs"},
+        {"{\"model\":\"m\"," MSGS ",\"response_format\":{\"type\":\"json_object\"},\"guided_regex\":\"a\"}",
+         "guided_regex"},
+    };
+    expect_bad(chat, chat_cases, sizeof chat_cases / sizeof chat_cases[0]);
+    static const struct bad_case cmpl_cases[] = {
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"guided_choice\":\"a\"}", "guided_choice"},
+        {"{\"model\":\"m\",\"prompt\":\"x\",\"guided_json\":{},\"guided_grammar\":\"root ::= \\\"a\\\"\"}",
+         "guided_grammar"},
+    };
+    expect_bad(cmpl, cmpl_cases, sizeof cmpl_cases / sizeof cmpl_cases[0]);
+
+    /* Good ones reach the worker as they are: it compiles them (and answers 400 if it cannot). */
+    struct gw_params p;
+    struct json_field_error err = {{0}, {0}};
+    cr_assert_eq(chat("{\"model\":\"m\"," MSGS "," TOOLS ",\"tool_choice\":{\"type\":\"function\",\"function\":"
+                      "{\"name\":\"get_weather\"}},\"parallel_tool_calls\":false,\"response_format\":{\"type\":\"text\"}}",
+                      &p, &err),
+                 0, "%s", err.message);
+    json_t *b = gw_params_upstream_body(&p, 0);
+    cr_expect_eq(json_array_size(json_object_get(b, "tools")), 1);
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(json_object_get(b, "tool_choice"), "function"),
+                                                       "name")),
+                     "get_weather");
+    cr_expect(json_is_false(json_object_get(b, "parallel_tool_calls")));
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(b, "response_format"), "type")), "text");
+    json_decref(b);
+    gw_params_free(&p);
+    cr_assert_eq(chat("{\"model\":\"m\"," MSGS ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":"
+                      "\"n\",\"schema\":{\"type\":\"integer\"},\"strict\":true}}}",
+                      &p, &err),
+                 0, "%s", err.message);
+    b = gw_params_upstream_body(&p, 0);
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(json_object_get(json_object_get(b,
+                                                       "response_format"), "json_schema"), "schema"), "type")),
+                     "integer");
+    json_decref(b);
+    gw_params_free(&p);
+    cr_assert_eq(cmpl("{\"model\":\"m\",\"prompt\":\"x\",\"guided_choice\":[\"a\",\"b\"]}", &p, &err), 0, "%s",
+                 err.message);
+    b = gw_params_upstream_body(&p, 0);
+    cr_expect_eq(json_array_size(json_object_get(b, "guided_choice")), 2);
+    json_decref(b);
+    gw_params_free(&p);
+}

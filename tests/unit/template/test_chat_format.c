@@ -240,3 +240,33 @@ Test(chat_format, fastchat_conversation_of_the_plain_transcript)
     json_decref(conv);
     chat_format_free(&f);
 }
+
+/* An assistant turn that only called tools comes with content null (OpenAI's clients send it
+ * so). A template that tests for null sees null; one that reads content as a string and fails
+ * on null (Qwen3's) is given "" instead of answering 500. */
+Test(chat_format, tool_calling_turns_with_null_content)
+{
+    const char *calls = "[{\"role\":\"user\",\"content\":\"w?\"},{\"role\":\"assistant\",\"content\":null,"
+                        "\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},"
+                        "{\"role\":\"tool\",\"content\":\"sunny\"}]";
+    const char *strict = write_temp("{%- for m in messages %}{%- if '</think>' in m.content %}T{% endif %}"
+                                    "[{{ m.role }}:{{ m.content }}{% for c in m.tool_calls or [] %}"
+                                    "<{{ c.function.name }}>{% endfor %}]{% endfor %}");
+    struct chat_format f;
+    char err[256];
+    cr_assert_eq(chat_format_init(&f, NULL, NULL, strict, err, sizeof err), 0, "%s", err);
+    char *out = render(&f, calls, false);
+    cr_assert_str_eq(out, "[user:w?][assistant:<f>][tool:sunny]");
+    free(out);
+    chat_format_free(&f);
+    unlink(strict);
+
+    const char *tests_none = write_temp("{%- for m in messages %}{% if m.content is none %}(none){% else %}"
+                                        "{{ m.content }}{% endif %};{% endfor %}");
+    cr_assert_eq(chat_format_init(&f, NULL, NULL, tests_none, err, sizeof err), 0, "%s", err);
+    out = render(&f, calls, false);
+    cr_assert_str_eq(out, "w?;(none);sunny;");
+    free(out);
+    chat_format_free(&f);
+    unlink(tests_none);
+}
