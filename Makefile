@@ -161,6 +161,9 @@ $(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_ARCH) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 $(BUILD)/obj/kernels/hopper_%.o: NVCC_ARCH = $(NVCC_ARCH_HOPPER)
+# Dequantization must round each product and sum on its own, as the gguf package's reference
+# does: a contracted multiply-add would differ in the last bit (worker/model/quant.c).
+$(BUILD)/obj/worker/model/quant.o $(BUILD)/obj/worker/backend/cpu/cpu_dequant.o: CFLAGS += -ffp-contract=off
 $(BUILD)/lib/%.a:
 	@mkdir -p $(dir $@)
 	@rm -f $@

@@ -1,5 +1,7 @@
-/* Block dequantization on hand-made blocks, half/bfloat conversion, and a small GGUF file
- * written here with quantized, F16 and BF16 tensors, loaded end to end. */
+/* Block dequantization on hand-made blocks and, for every type, bit for bit against the gguf
+ * Python package's reference (tests/fixtures/quant/); half/bfloat conversion; and a small GGUF
+ * file written here with quantized, F16 and BF16 tensors, loaded end to end and kept in its
+ * block format. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -37,7 +39,7 @@ Test(quant, q8_0_block)
         b[36 + i] = (unsigned char)(int8_t)(i - 16);
     }
     float out[64];
-    model_dequant_q8_0(b, out, 64);
+    model_dequant(DTYPE_Q8_0, b, out, 64);
     for (int i = 0; i < 32; i++) {
         cr_expect_eq(out[i], (float)(i * 8 - 128) * 0.5f, "element %d", i);
         cr_expect_eq(out[32 + i], (float)(i - 16) * -2.0f, "element %d", 32 + i);
@@ -52,7 +54,7 @@ Test(quant, q4_0_block)
     /* Low nibble i, high nibble 15 - i. */
     for (int i = 0; i < 16; i++) b[2 + i] = (unsigned char)(i | ((15 - i) << 4));
     float out[32];
-    model_dequant_q4_0(b, out, 32);
+    model_dequant(DTYPE_Q4_0, b, out, 32);
     for (int i = 0; i < 16; i++) {
         cr_expect_eq(out[i], (float)(i - 8) * 2.0f, "element %d", i);
         cr_expect_eq(out[16 + i], (float)(15 - i - 8) * 2.0f, "element %d", 16 + i);
@@ -67,11 +69,80 @@ Test(quant, q4_1_block)
     memcpy(b + 2, &m, 2);
     for (int i = 0; i < 16; i++) b[4 + i] = (unsigned char)((15 - i) | (i << 4));
     float out[32];
-    model_dequant_q4_1(b, out, 32);
+    model_dequant(DTYPE_Q4_1, b, out, 32);
     for (int i = 0; i < 16; i++) {
         cr_expect_eq(out[i], (float)(15 - i) * 0.25f - 1.0f, "element %d", i);
         cr_expect_eq(out[16 + i], (float)i * 0.25f - 1.0f, "element %d", 16 + i);
     }
+}
+
+/* Every type against tests/fixtures/quant/<TYPE>.bin: blocks, then the gguf package's float32
+ * values for them (tests/fixtures/quant/README.md says how they were made). Compared as bits:
+ * -0.0 and 0.0 differ, as they would in the reference. */
+static const struct {
+    enum dtype dtype;
+    uint32_t ggml;
+} all_types[] = {
+    {DTYPE_Q4_0, GGML_TYPE_Q4_0}, {DTYPE_Q4_1, GGML_TYPE_Q4_1}, {DTYPE_Q5_0, GGML_TYPE_Q5_0},
+    {DTYPE_Q5_1, GGML_TYPE_Q5_1}, {DTYPE_Q8_0, GGML_TYPE_Q8_0}, {DTYPE_Q2_K, GGML_TYPE_Q2_K},
+    {DTYPE_Q3_K, GGML_TYPE_Q3_K}, {DTYPE_Q4_K, GGML_TYPE_Q4_K}, {DTYPE_Q5_K, GGML_TYPE_Q5_K},
+    {DTYPE_Q6_K, GGML_TYPE_Q6_K}, {DTYPE_IQ4_NL, GGML_TYPE_IQ4_NL}, {DTYPE_IQ4_XS, GGML_TYPE_IQ4_XS},
+};
+#define N_TYPES (sizeof all_types / sizeof *all_types)
+
+static unsigned char *read_fixture(const char *name, size_t *len)
+{
+    char path[256];
+    snprintf(path, sizeof path, "tests/fixtures/quant/%s.bin", name);
+    FILE *f = fopen(path, "rb");
+    cr_assert(f, "cannot open %s (run from the repository root)", path);
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *buf = malloc(*len);
+    cr_assert(buf);
+    cr_assert_eq(fread(buf, 1, *len, f), *len);
+    fclose(f);
+    return buf;
+}
+
+Test(quant, every_type_matches_the_gguf_reference_bit_for_bit)
+{
+    for (size_t t = 0; t < N_TYPES; t++) {
+        enum dtype dt = all_types[t].dtype;
+        enum dtype from_ggml;
+        cr_assert_eq(dtype_from_ggml(all_types[t].ggml, &from_ggml), 0, "%s", dtype_name(dt));
+        cr_assert_eq(from_ggml, dt);
+        cr_assert(dtype_is_quantized(dt));
+        size_t len, bb = dtype_block_bytes(dt);
+        int64_t be = dtype_block_elems(dt);
+        unsigned char *buf = read_fixture(dtype_name(dt), &len);
+        size_t per_block = bb + (size_t)be * 4;
+        cr_assert_eq(len % per_block, 0, "%s: %zu bytes is not a whole number of blocks and values", dtype_name(dt), len);
+        int64_t n_blocks = (int64_t)(len / per_block), n = n_blocks * be;
+        cr_assert_gt(n_blocks, 8);
+        float *got = malloc((size_t)n * sizeof(float));
+        model_dequant(dt, buf, got, n);
+        const unsigned char *want = buf + (size_t)n_blocks * bb;
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t g, w;
+            memcpy(&g, got + i, 4);
+            memcpy(&w, want + i * 4, 4);
+            float wf;
+            memcpy(&wf, &w, 4);
+            cr_assert_eq(g, w, "%s block %lld element %lld: %a, the reference has %a", dtype_name(dt),
+                         (long long)(i / be), (long long)(i % be), (double)got[i], (double)wf);
+        }
+        /* One element at a time through a tensor, as the tests and tools read weights. */
+        struct tensor ten = {.dtype = dt, .ndim = 2, .shape = {n_blocks, be}, .data = buf};
+        cr_assert_eq(tensor_row_bytes(&ten), bb);
+        for (int64_t i = 0; i < n; i += 37) cr_assert_eq(tensor_get_f32(&ten, 0, false, (uint64_t)i), got[i]);
+        free(got);
+        free(buf);
+    }
+    cr_expect(!dtype_is_quantized(DTYPE_F32) && !dtype_is_quantized(DTYPE_BF16));
+    enum dtype none;
+    cr_expect_eq(dtype_from_ggml(15 /* Q8_K: no model file holds it */, &none), -1);
 }
 
 /* --- a small GGUF file, written here ----------------------------------------------------- */
@@ -285,20 +356,14 @@ Test(quant, gguf_with_quantized_tensors_loads)
             cr_expect_eq(mine[i]->shape[1], (int64_t)tiny[i].d0, "%s cols", tiny[i].name);
         }
         float *want = malloc((size_t)n * sizeof(float));
-        switch (tiny[i].type) {
-        case GGML_TYPE_Q8_0: model_dequant_q8_0(ti->data, want, n); break;
-        case GGML_TYPE_Q4_0: model_dequant_q4_0(ti->data, want, n); break;
-        case GGML_TYPE_Q4_1: model_dequant_q4_1(ti->data, want, n); break;
-        default: {
-            struct tensor t = {.dtype = tiny[i].type == GGML_TYPE_F32 ? DTYPE_F32 :
-                                        tiny[i].type == GGML_TYPE_F16 ? DTYPE_F16 : DTYPE_BF16,
-                               .ndim = 1, .shape = {n, 0}, .data = ti->data};
-            tensor_to_f32(&t, 0, false, want);
-        }
-        }
-        bool quantized = tiny[i].type != GGML_TYPE_F32 && tiny[i].type != GGML_TYPE_F16 && tiny[i].type != GGML_TYPE_BF16;
-        cr_expect_eq(mine[i]->dtype, quantized ? DTYPE_F32 : (tiny[i].type == GGML_TYPE_F16 ? DTYPE_F16 :
-                                                              tiny[i].type == GGML_TYPE_BF16 ? DTYPE_BF16 : DTYPE_F32));
+        enum dtype dt;
+        cr_assert_eq(dtype_from_ggml(tiny[i].type, &dt), 0);
+        struct tensor t = {.dtype = dt, .ndim = 1, .shape = {n, 0}, .data = ti->data};
+        tensor_to_f32(&t, 0, false, want);
+        /* Every tensor keeps the file's type and bytes: quantized ones are not expanded. */
+        cr_expect_eq(mine[i]->dtype, dt, "%s is %s, the file has %s", tiny[i].name, dtype_name(mine[i]->dtype),
+                     dtype_name(dt));
+        cr_expect(memcmp(mine[i]->data, ti->data, ti->size) == 0, "%s: not the file's bytes", tiny[i].name);
         for (int64_t k = 0; k < n; k++) {
             float v = tensor_get_f32(mine[i], 0, false, (uint64_t)k);
             cr_assert_eq(v, want[k], "%s element %lld", tiny[i].name, (long long)k);
