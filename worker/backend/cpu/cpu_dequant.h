@@ -14,6 +14,13 @@ typedef void cpu_dequant_fn(const void *src, float *dst, int64_t n);
 /* The row dequantizer for quantized dtype d: n weights (a multiple of the block) from src. */
 cpu_dequant_fn *cpu_dequant_for(enum dtype d);
 
+/* Dot products of nx (1..4) float32 rows x[k] with one quantized weight row of n weights
+ * (wrow: its blocks), without writing the row out: bit for bit what cpu_ops.c's AVX2 dot
+ * computes over the row dequantized, the same fused multiply-adds in the same order. NULL for
+ * every type where the processor lacks AVX2, FMA or F16C. */
+typedef void cpu_qdot_fn(const float *const *x, int nx, const void *wrow, int64_t n, float *out);
+cpu_qdot_fn *cpu_qdot_for(enum dtype d);
+
 /* Whether cpu_dequant_for gives the vector kernels (for the tests and the log). */
 bool cpu_dequant_vectorized(void);
 

@@ -62,17 +62,24 @@ static inline int64_t mm_row_block(int64_t n_in)
     return rows > 0 ? rows : 1;
 }
 
-/* Row o of the weight as float32: in place for a float32 part, else (fill) dequantized into
- * slot, which then holds it for the later calls with fill false. */
-static inline const float *weight_row(const struct cpu_weight *w, int64_t o, float *slot, bool fill)
+/* Row o's part, and the stored row it reads. */
+static inline const struct cpu_weight_part *locate(const struct cpu_weight *w, int64_t o, const unsigned char **src)
 {
     const struct cpu_weight_part *p = w->parts;
     while (o >= p->n_rows) {
         o -= p->n_rows;
         p++;
     }
-    int64_t r = p->row_map ? p->row_map[o] : o;
-    const unsigned char *src = (const unsigned char *)p->data + (size_t)r * p->row_bytes;
+    *src = (const unsigned char *)p->data + (size_t)(p->row_map ? p->row_map[o] : o) * p->row_bytes;
+    return p;
+}
+
+/* Row o of the weight as float32: in place for a float32 part, else (fill) dequantized into
+ * slot, which then holds it for the later calls with fill false. */
+static inline const float *weight_row(const struct cpu_weight *w, int64_t o, float *slot, bool fill)
+{
+    const unsigned char *src;
+    const struct cpu_weight_part *p = locate(w, o, &src);
     if (!p->dequant) return (const float *)(const void *)src;
     if (fill) p->dequant(src, slot, w->n_in);
     return slot;
@@ -82,34 +89,46 @@ typedef void dot_rows_fn(const float *const *x, int nx, const float *w, int64_t 
 
 /* Output rows [begin, end) of one matmul: weight rows in cache-sized blocks, token rows in
  * tiles of MM_TILE. A block's quantized rows are dequantized once into slots on this thread's
- * stack, then every token tile passes over them; a decode step (one tile) takes blocks small
- * enough to stay in L1. Inlined into each caller with its dot product, so that constant row
+ * stack, then every token tile passes over them. With in_regs (the AVX2 kernel, whose quantized
+ * parts have a fused dot) a batch of one tile, as a decode step is, multiplies each quantized
+ * row in registers as it dequantizes it instead: the same arithmetic (cpu_dequant.h), without
+ * writing the row out. Inlined into each caller with its dot product, so that constant row
  * counts keep the accumulators in registers and the AVX2 twin is compiled for AVX2. */
 static inline __attribute__((always_inline)) void matmul_rows(const struct matmul_job *j, int64_t begin,
-                                                              int64_t end, dot_rows_fn *dot)
+                                                              int64_t end, dot_rows_fn *dot, bool fused)
 {
     const struct cpu_weight *w = j->w;
     const int64_t n_in = w->n_in;
+    const bool in_regs = fused && j->n_rows <= MM_TILE;
     float slots[CPU_MATMUL_MAX_QROW] __attribute__((aligned(64)));
-    int64_t ob = mm_row_block(n_in);
-    if (!j->direct && j->n_rows <= MM_TILE) {
-        ob = 4096 / n_in;
-        if (ob < 1) ob = 1;
-    }
+    int64_t ob = in_regs ? 64 : mm_row_block(n_in);
     for (int64_t o0 = begin; o0 < end; o0 += ob) {
         int64_t o1 = o0 + ob < end ? o0 + ob : end;
-        if (!j->direct)
+        if (!j->direct && !in_regs)
             for (int64_t o = o0; o < o1; o++) weight_row(w, o, slots + (o - o0) * n_in, true);
         for (int64_t t0 = 0; t0 < j->n_rows; t0 += MM_TILE) {
             int nx = j->n_rows - t0 < MM_TILE ? (int)(j->n_rows - t0) : MM_TILE;
             const float *xs[MM_TILE];
             for (int k = 0; k < nx; k++) xs[k] = j->x + (t0 + k) * n_in;
             for (int64_t o = o0; o < o1; o++) {
-                const float *wr = weight_row(w, o, slots + (o - o0) * n_in, false);
                 float r[MM_TILE];
-                if (nx == MM_TILE) dot(xs, MM_TILE, wr, n_in, r);
-                else
-                    for (int k = 0; k < nx; k++) dot(xs + k, 1, wr, n_in, r + k);
+                const unsigned char *src;
+                const struct cpu_weight_part *p = locate(w, o, &src);
+                if (in_regs && p->qdot) {
+                    p->qdot(xs, nx, src, n_in, r);
+                } else {
+                    const float *wr = (const float *)(const void *)src;
+                    if (p->dequant && in_regs) {
+                        /* One tile: the row is used once, so the first slot does. */
+                        p->dequant(src, slots, n_in);
+                        wr = slots;
+                    } else if (p->dequant) {
+                        wr = slots + (o - o0) * n_in;
+                    }
+                    if (nx == MM_TILE) dot(xs, MM_TILE, wr, n_in, r);
+                    else
+                        for (int k = 0; k < nx; k++) dot(xs + k, 1, wr, n_in, r + k);
+                }
                 for (int k = 0; k < nx; k++)
                     j->out[(t0 + k) * w->n_out + o] = j->bias ? r[k] + j->bias[o] : r[k];
             }
@@ -154,14 +173,14 @@ static inline __attribute__((always_inline, target("avx2,fma"))) void dot_rows_a
 __attribute__((target("avx2,fma"))) static void matmul_range_avx2(void *arg, int64_t begin, int64_t end, int tid)
 {
     (void)tid;
-    matmul_rows(arg, begin, end, dot_rows_avx2);
+    matmul_rows(arg, begin, end, dot_rows_avx2, true);
 }
 #endif
 
 static void matmul_range(void *arg, int64_t begin, int64_t end, int tid)
 {
     (void)tid;
-    matmul_rows(arg, begin, end, dot_rows);
+    matmul_rows(arg, begin, end, dot_rows, false);
 }
 
 static cpu_pool_fn matmul_kernel(void)
@@ -222,6 +241,7 @@ int cpu_weight_add(struct cpu_weight *w, enum dtype dtype, const void *data, int
         .row_map = row_map,
         .owned = owned,
         .dequant = quantized ? cpu_dequant_for(dtype) : NULL,
+        .qdot = quantized ? cpu_qdot_for(dtype) : NULL,
     };
     w->n_out += n_rows;
     return 0;

@@ -28,6 +28,7 @@ struct cpu_weight_part {
     const int32_t *row_map;    /* NULL, or the stored row each of the part's n_rows rows reads */
     void *owned;               /* freed by cpu_weight_free; NULL when data belongs to the model */
     cpu_dequant_fn *dequant;   /* quantized parts: this process's row dequantizer */
+    cpu_qdot_fn *qdot;         /* and its dot products in registers (AVX2), or NULL */
 };
 
 struct cpu_weight {
