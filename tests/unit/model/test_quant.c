@@ -190,12 +190,20 @@ struct tspec {
 static size_t tbytes(const struct tspec *t)
 {
     uint64_t n = t->d0 * (t->d1 ? t->d1 : 1);
-    switch (t->type) {
-    case GGML_TYPE_F32: return n * 4;
-    case GGML_TYPE_F16: case GGML_TYPE_BF16: return n * 2;
-    case GGML_TYPE_Q8_0: return n / 32 * 34;
-    case GGML_TYPE_Q4_0: return n / 32 * 18;
-    default: return n / 32 * 20;
+    enum dtype dt;
+    cr_assert_eq(dtype_from_ggml(t->type, &dt), 0);
+    return n / (uint64_t)dtype_block_elems(dt) * dtype_block_bytes(dt);
+}
+
+/* Byte offsets of a block type's f16 scales (and minimums). */
+static int scale_offsets(uint32_t type, int at[2])
+{
+    switch (type) {
+    case GGML_TYPE_Q4_1: case GGML_TYPE_Q5_1: case GGML_TYPE_Q4_K: case GGML_TYPE_Q5_K: at[0] = 0, at[1] = 2; return 2;
+    case GGML_TYPE_Q2_K: at[0] = 80, at[1] = 82; return 2;
+    case GGML_TYPE_Q3_K: at[0] = 108; return 1;
+    case GGML_TYPE_Q6_K: at[0] = 208; return 1;
+    default: at[0] = 0; return 1;
     }
 }
 
@@ -204,11 +212,14 @@ static void fill(const struct tspec *t, unsigned char *p, unsigned seed)
 {
     size_t n = tbytes(t);
     for (size_t i = 0; i < n; i++) p[i] = (unsigned char)((i * 131 + seed * 7919 + (i >> 5)) % 251);
-    size_t bb = t->type == GGML_TYPE_Q8_0 ? 34 : t->type == GGML_TYPE_Q4_0 ? 18 : t->type == GGML_TYPE_Q4_1 ? 20 : 0;
+    enum dtype dt;
+    cr_assert_eq(dtype_from_ggml(t->type, &dt), 0);
+    size_t bb = dtype_is_quantized(dt) ? dtype_block_bytes(dt) : 0;
     uint16_t scale = 0x2000 + (uint16_t)seed, minv = 0xa000;
+    int at[2], n_at = scale_offsets(t->type, at);
     for (size_t b = 0; bb && b < n; b += bb) {
-        memcpy(p + b, &scale, 2);
-        if (t->type == GGML_TYPE_Q4_1) memcpy(p + b + 2, &minv, 2);
+        memcpy(p + b + at[0], &scale, 2);
+        if (n_at == 2) memcpy(p + b + at[1], &minv, 2);
     }
     if (t->type == GGML_TYPE_F16 || t->type == GGML_TYPE_BF16)
         for (size_t i = 0; i < n; i += 2) {
@@ -238,6 +249,27 @@ static const struct tspec tiny[] = {
 };
 #define N_TINY (sizeof tiny / sizeof *tiny)
 
+/* The same model at widths K-quants need (rows of 256): every K-quant and IQ type. */
+static const struct tspec tiny_k[] = {
+    {"token_embd.weight", 256, 40, GGML_TYPE_Q6_K},
+    {"output_norm.weight", 256, 0, GGML_TYPE_F32},
+    {"output.weight", 256, 40, GGML_TYPE_Q2_K},
+    {"blk.0.attn_norm.weight", 256, 0, GGML_TYPE_F32},
+    {"blk.0.attn_q.weight", 256, 256, GGML_TYPE_Q4_K},
+    {"blk.0.attn_k.weight", 256, 128, GGML_TYPE_Q5_K},
+    {"blk.0.attn_v.weight", 256, 128, GGML_TYPE_Q3_K},
+    {"blk.0.attn_output.weight", 256, 256, GGML_TYPE_IQ4_XS},
+    {"blk.0.ffn_norm.weight", 256, 0, GGML_TYPE_F32},
+    {"blk.0.ffn_gate.weight", 256, 512, GGML_TYPE_IQ4_NL},
+    {"blk.0.ffn_up.weight", 256, 512, GGML_TYPE_Q5_0},
+    {"blk.0.ffn_down.weight", 512, 256, GGML_TYPE_Q5_1},
+};
+
+/* What write_tiny writes: tiny at hidden 32 unless a test switches to tiny_k at 256. */
+static const struct tspec *cur = tiny;
+static size_t n_cur = N_TINY;
+static uint32_t cur_hidden = 32;
+
 /* With rope_freqs: 2 heads of 16 and llama3 factors (factor 8, low 1, high 8, original context 32768) for rope_theta 500000,
  * as llama.cpp's converter writes them; r_override replaces them when non-NULL. */
 static void write_tiny(const char *path, unsigned char **data_out, bool rope_freqs, const float *r_override)
@@ -245,15 +277,15 @@ static void write_tiny(const char *path, unsigned char **data_out, bool rope_fre
     struct writer w = {0};
     put_u32(&w, 0x46554747);
     put_u32(&w, 3);
-    put_u64(&w, N_TINY + (rope_freqs ? 1 : 0));
+    put_u64(&w, n_cur + (rope_freqs ? 1 : 0));
     put_u64(&w, 11);
     put_str(&w, "general.architecture");
     put_u32(&w, GGUF_TYPE_STRING);
     put_str(&w, "llama");
     kv_u32(&w, "general.alignment", 64);
-    kv_u32(&w, "llama.embedding_length", 32);
+    kv_u32(&w, "llama.embedding_length", cur_hidden);
     kv_u32(&w, "llama.block_count", 1);
-    kv_u32(&w, "llama.feed_forward_length", 64);
+    kv_u32(&w, "llama.feed_forward_length", 2 * cur_hidden);
     kv_u32(&w, "llama.attention.head_count", rope_freqs ? 2 : 4);
     kv_u32(&w, "llama.attention.head_count_kv", rope_freqs ? 1 : 2);
     kv_f32(&w, "llama.attention.layer_norm_rms_epsilon", 1e-6f);
@@ -269,14 +301,14 @@ static void write_tiny(const char *path, unsigned char **data_out, bool rope_fre
         put_str(&w, s);
     }
     uint64_t off = 0;
-    for (size_t i = 0; i < N_TINY; i++) {
-        put_str(&w, tiny[i].name);
-        put_u32(&w, tiny[i].d1 ? 2 : 1);
-        put_u64(&w, tiny[i].d0);
-        if (tiny[i].d1) put_u64(&w, tiny[i].d1);
-        put_u32(&w, tiny[i].type);
+    for (size_t i = 0; i < n_cur; i++) {
+        put_str(&w, cur[i].name);
+        put_u32(&w, cur[i].d1 ? 2 : 1);
+        put_u64(&w, cur[i].d0);
+        if (cur[i].d1) put_u64(&w, cur[i].d1);
+        put_u32(&w, cur[i].type);
         put_u64(&w, off);
-        off += (tbytes(&tiny[i]) + 63) / 64 * 64;
+        off += (tbytes(&cur[i]) + 63) / 64 * 64;
     }
     if (rope_freqs) {
         put_str(&w, "rope_freqs.weight");
@@ -291,9 +323,9 @@ static void write_tiny(const char *path, unsigned char **data_out, bool rope_fre
     put(&w, zeros, off + 64);
     free(zeros);
     off = 0;
-    for (size_t i = 0; i < N_TINY; i++) {
-        fill(&tiny[i], w.buf + data_start + off, (unsigned)i);
-        off += (tbytes(&tiny[i]) + 63) / 64 * 64;
+    for (size_t i = 0; i < n_cur; i++) {
+        fill(&cur[i], w.buf + data_start + off, (unsigned)i);
+        off += (tbytes(&cur[i]) + 63) / 64 * 64;
     }
     if (rope_freqs) {
         float r[8];
@@ -316,8 +348,13 @@ static void write_tiny(const char *path, unsigned char **data_out, bool rope_fre
     (void)data_start;
 }
 
-Test(quant, gguf_with_quantized_tensors_loads)
+/* Writes specs (12 tensors in tiny's order) at hidden size `hidden`, loads the file and checks
+ * every tensor against the file: dims, type, bytes and values. */
+static void check_tiny_loads(const struct tspec *specs, uint32_t hidden)
 {
+    cur = specs;
+    n_cur = N_TINY;
+    cur_hidden = hidden;
     char dir[] = "/tmp/sluice-quant-XXXXXX";
     cr_assert(mkdtemp(dir));
     char path[64];
@@ -328,9 +365,9 @@ Test(quant, gguf_with_quantized_tensors_loads)
     struct model *m = NULL;
     char err[1024] = "";
     cr_assert_eq(model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err), 0, "%s", err);
-    cr_expect_eq(m->config.hidden_size, 32);
+    cr_expect_eq(m->config.hidden_size, (int)hidden);
     cr_expect_eq(m->config.vocab_size, 40);
-    cr_expect_eq(m->config.head_dim, 8);
+    cr_expect_eq(m->config.head_dim, (int)hidden / 4);
     cr_expect_eq(m->config.max_position, 2048, "default context length");
     cr_expect_float_eq(m->config.rope_theta, 500000.0f, 1e-2f);
     cr_expect_eq(m->config.n_eos, 1);
@@ -346,28 +383,28 @@ Test(quant, gguf_with_quantized_tensors_loads)
                                          &m->layers[0].ffn_norm, &m->layers[0].w_gate, &m->layers[0].w_up,
                                          &m->layers[0].w_down};
     for (size_t i = 0; i < N_TINY; i++) {
-        const struct gguf_tensor_info *ti = gguf_find_tensor(g, tiny[i].name);
-        cr_assert(ti, "%s", tiny[i].name);
-        cr_expect_eq(ti->size, tbytes(&tiny[i]), "%s", tiny[i].name);
+        const struct gguf_tensor_info *ti = gguf_find_tensor(g, cur[i].name);
+        cr_assert(ti, "%s", cur[i].name);
+        cr_expect_eq(ti->size, tbytes(&cur[i]), "%s", cur[i].name);
         int64_t n = tensor_numel(mine[i]);
-        cr_assert_eq(n, (int64_t)(tiny[i].d0 * (tiny[i].d1 ? tiny[i].d1 : 1)), "%s", tiny[i].name);
-        if (tiny[i].d1) {
-            cr_expect_eq(mine[i]->shape[0], (int64_t)tiny[i].d1, "%s rows", tiny[i].name);
-            cr_expect_eq(mine[i]->shape[1], (int64_t)tiny[i].d0, "%s cols", tiny[i].name);
+        cr_assert_eq(n, (int64_t)(cur[i].d0 * (cur[i].d1 ? cur[i].d1 : 1)), "%s", cur[i].name);
+        if (cur[i].d1) {
+            cr_expect_eq(mine[i]->shape[0], (int64_t)cur[i].d1, "%s rows", cur[i].name);
+            cr_expect_eq(mine[i]->shape[1], (int64_t)cur[i].d0, "%s cols", cur[i].name);
         }
         float *want = malloc((size_t)n * sizeof(float));
         enum dtype dt;
-        cr_assert_eq(dtype_from_ggml(tiny[i].type, &dt), 0);
+        cr_assert_eq(dtype_from_ggml(cur[i].type, &dt), 0);
         struct tensor t = {.dtype = dt, .ndim = 1, .shape = {n, 0}, .data = ti->data};
         tensor_to_f32(&t, 0, false, want);
         /* Every tensor keeps the file's type and bytes: quantized ones are not expanded. */
-        cr_expect_eq(mine[i]->dtype, dt, "%s is %s, the file has %s", tiny[i].name, dtype_name(mine[i]->dtype),
+        cr_expect_eq(mine[i]->dtype, dt, "%s is %s, the file has %s", cur[i].name, dtype_name(mine[i]->dtype),
                      dtype_name(dt));
-        cr_expect(memcmp(mine[i]->data, ti->data, ti->size) == 0, "%s: not the file's bytes", tiny[i].name);
+        cr_expect(memcmp(mine[i]->data, ti->data, ti->size) == 0, "%s: not the file's bytes", cur[i].name);
         for (int64_t k = 0; k < n; k++) {
             float v = tensor_get_f32(mine[i], 0, false, (uint64_t)k);
-            cr_assert_eq(v, want[k], "%s element %lld", tiny[i].name, (long long)k);
-            cr_assert(v == v && v > -1e4f && v < 1e4f, "%s element %lld = %g", tiny[i].name, (long long)k, (double)v);
+            cr_assert_eq(v, want[k], "%s element %lld", cur[i].name, (long long)k);
+            cr_assert(v == v && v > -1e4f && v < 1e4f, "%s element %lld = %g", cur[i].name, (long long)k, (double)v);
         }
         free(want);
     }
@@ -378,8 +415,19 @@ Test(quant, gguf_with_quantized_tensors_loads)
     rmdir(dir);
 }
 
+Test(quant, gguf_with_quantized_tensors_loads)
+{
+    check_tiny_loads(tiny, 32);
+}
+
+Test(quant, gguf_with_k_quants_loads)
+{
+    check_tiny_loads(tiny_k, 256);
+}
+
 Test(quant, gguf_rope_freqs_become_llama3_scaling)
 {
+    cur = tiny, n_cur = N_TINY, cur_hidden = 32;
     char dir[] = "/tmp/sluice-ropef-XXXXXX";
     cr_assert(mkdtemp(dir));
     char path[64];
