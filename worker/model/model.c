@@ -10,16 +10,6 @@
 
 #include "worker/model/model_internal.h"
 
-const char *dtype_name(enum dtype d)
-{
-    switch (d) {
-    case DTYPE_F32: return "F32";
-    case DTYPE_F16: return "F16";
-    case DTYPE_BF16: return "BF16";
-    }
-    return "?";
-}
-
 size_t dtype_size(enum dtype d)
 {
     return d == DTYPE_F32 ? 4 : 2;
@@ -83,6 +73,12 @@ float tensor_get_f32(const struct tensor *t, uint64_t seed, bool is_norm, uint64
     }
     /* memcpy: safetensors offsets need not be aligned for the element type. */
     const unsigned char *p = t->data;
+    if (dtype_is_quantized(t->dtype)) {
+        float block[256];
+        uint64_t be = (uint64_t)dtype_block_elems(t->dtype);
+        model_dequant(t->dtype, p + index / be * dtype_block_bytes(t->dtype), block, (int64_t)be);
+        return block[index % be];
+    }
     if (t->dtype == DTYPE_F32) {
         float f;
         memcpy(&f, p + index * 4, 4);
@@ -93,14 +89,25 @@ float tensor_get_f32(const struct tensor *t, uint64_t seed, bool is_norm, uint64
     return t->dtype == DTYPE_F16 ? model_f16_to_f32(h) : model_bf16_to_f32(h);
 }
 
-void tensor_to_f32(const struct tensor *t, uint64_t seed, bool is_norm, float *dst)
+void tensor_range_to_f32(const struct tensor *t, uint64_t seed, bool is_norm, int64_t begin, int64_t end,
+                         float *dst)
 {
-    int64_t n = tensor_numel(t);
     if (t->data && t->dtype == DTYPE_F32) {
-        memcpy(dst, t->data, (size_t)n * 4);
+        memcpy(dst, (const unsigned char *)t->data + (size_t)begin * 4, (size_t)(end - begin) * 4);
         return;
     }
-    for (int64_t i = 0; i < n; i++) dst[i] = tensor_get_f32(t, seed, is_norm, (uint64_t)i);
+    if (t->data && dtype_is_quantized(t->dtype)) {
+        int64_t be = dtype_block_elems(t->dtype);
+        model_dequant(t->dtype, (const unsigned char *)t->data + (size_t)(begin / be) * dtype_block_bytes(t->dtype),
+                      dst, end - begin);
+        return;
+    }
+    for (int64_t i = begin; i < end; i++) dst[i - begin] = tensor_get_f32(t, seed, is_norm, (uint64_t)i);
+}
+
+void tensor_to_f32(const struct tensor *t, uint64_t seed, bool is_norm, float *dst)
+{
+    tensor_range_to_f32(t, seed, is_norm, 0, tensor_numel(t), dst);
 }
 
 int model_source_add_map(struct model_source *src, void *addr, size_t len)

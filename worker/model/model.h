@@ -1,10 +1,13 @@
 /* A model as the engine sees it: its configuration and its weights, whatever file it came
  * from (Hugging Face directory, GGUF file, or random weights for a config.json).
  *
- * Weights stay in their source dtype (mmap'd when the file allows it, dequantized into owned
- * buffers for GGUF block quantizations); each backend converts them to what it computes in
- * (the CPU backend float32, the CUDA backend bf16). Every matrix is stored row-major as
- * [out_features, in_features], Hugging Face's nn.Linear layout. */
+ * Weights stay in their source dtype and in the file's mapping, never copied by the loader:
+ * F32/F16/BF16 as they are, GGUF block quantizations (Q4_0 .. Q8_0, the K-quants Q2_K .. Q6_K,
+ * IQ4_NL, IQ4_XS) in their block format. Each backend converts them to what it computes in:
+ * the CPU backend keeps quantized matrices in their blocks and dequantizes them as it
+ * multiplies (float32 otherwise), the CUDA backend converts everything to bf16. Every matrix
+ * is stored row-major as [out_features, in_features], Hugging Face's nn.Linear layout; a
+ * quantized row is a whole number of blocks. */
 #ifndef SLUICE_WORKER_MODEL_H
 #define SLUICE_WORKER_MODEL_H
 
@@ -16,7 +19,15 @@
 
 enum model_arch { MODEL_ARCH_LLAMA = 0, MODEL_ARCH_QWEN2, MODEL_ARCH_QWEN3 };
 
-enum dtype { DTYPE_F32 = 0, DTYPE_F16, DTYPE_BF16 };
+/* Element types of tensors. After the plain floats come ggml's block quantizations: a row is
+ * a run of blocks of dtype_block_elems() weights in dtype_block_bytes() bytes each. */
+enum dtype {
+    DTYPE_F32 = 0, DTYPE_F16, DTYPE_BF16,
+    DTYPE_Q4_0, DTYPE_Q4_1, DTYPE_Q5_0, DTYPE_Q5_1, DTYPE_Q8_0,
+    DTYPE_Q2_K, DTYPE_Q3_K, DTYPE_Q4_K, DTYPE_Q5_K, DTYPE_Q6_K,
+    DTYPE_IQ4_NL, DTYPE_IQ4_XS,
+    DTYPE_COUNT
+};
 
 enum rope_scaling_type { ROPE_SCALING_NONE = 0, ROPE_SCALING_LLAMA3, ROPE_SCALING_LINEAR };
 
@@ -51,7 +62,7 @@ struct model_config {
     int bos_id;               /* -1 when none */
     int eos_ids[MODEL_MAX_EOS];
     int n_eos;
-    enum dtype dtype;         /* the checkpoint's (or the dummy's) dtype */
+    enum dtype dtype;         /* the checkpoint's (or the dummy's) dtype; F32 for a quantized GGUF */
 };
 
 /* A tensor of the checkpoint. data is NULL for --load-format dummy: backends fill such a
@@ -106,12 +117,28 @@ int model_config_from_json(struct model_config *cfg, const char *json_path, char
  * filled with 1.0 + that value instead, so activations stay well scaled. */
 float model_dummy_value(uint64_t seed, uint64_t id, uint64_t index);
 
-/* Converts one element of a tensor to float32 (dummy tensors through model_dummy_value). */
+/* Converts one element of a tensor to float32 (dummy tensors through model_dummy_value; a
+ * quantized tensor dequantizes the element's block, so this is for tests, not loops). */
 float tensor_get_f32(const struct tensor *t, uint64_t seed, bool is_norm, uint64_t index);
 /* Converts a whole tensor (rows*cols or n elements) into dst. */
 void tensor_to_f32(const struct tensor *t, uint64_t seed, bool is_norm, float *dst);
+/* Converts elements [begin, end) into dst[0 .. end - begin); for a quantized tensor begin
+ * and end are multiples of its block (or end is the tensor's size). */
+void tensor_range_to_f32(const struct tensor *t, uint64_t seed, bool is_norm, int64_t begin, int64_t end,
+                         float *dst);
 int64_t tensor_numel(const struct tensor *t);
+/* Bytes of one row (of a vector: of the whole vector) in the tensor's dtype. */
+size_t tensor_row_bytes(const struct tensor *t);
 
 const char *dtype_name(enum dtype d);
+bool dtype_is_quantized(enum dtype d);
+/* Weights per block and bytes per block: 1 and the element size for F32/F16/BF16. */
+int64_t dtype_block_elems(enum dtype d);
+size_t dtype_block_bytes(enum dtype d);
+/* The dtype of a ggml tensor type; -1 for a type this project does not read. */
+int dtype_from_ggml(uint32_t ggml_type, enum dtype *out);
+/* Dequantizes n weights (a multiple of the block) of quantized dtype d from src into dst,
+ * bit for bit as the `gguf` Python package's gguf.quants.dequantize does (worker/model/quant.c). */
+void model_dequant(enum dtype d, const void *src, float *dst, int64_t n);
 
 #endif

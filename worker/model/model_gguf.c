@@ -1,5 +1,6 @@
-/* A model from a GGUF file: llama (and qwen2/qwen3) metadata into model_config, tensors
- * bound in place (F32/F16/BF16) or dequantized into owned float32 buffers. */
+/* A model from a GGUF file: llama (and qwen2/qwen3) metadata into model_config, every tensor
+ * bound in place in the file's mapping, block quantizations included (the backends decide
+ * what to convert). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -209,7 +210,7 @@ static int read_config(struct gguf_ctx *g, struct model_config *c)
     return model_config_validate(c, g->path, g->err, g->errlen);
 }
 
-static int bind(struct gguf_ctx *g, struct model_source *src, const char *name, struct tensor *t)
+static int bind(struct gguf_ctx *g, const char *name, struct tensor *t)
 {
     const struct gguf_tensor_info *ti = gguf_find_tensor(g->f, name);
     if (!ti) {
@@ -226,27 +227,14 @@ static int bind(struct gguf_ctx *g, struct model_source *src, const char *name, 
                  (long long)(t->ndim == 2 ? t->shape[1] : t->shape[0]), (long long)(t->ndim == 2 ? t->shape[0] : 1));
         return -1;
     }
-    int64_t n = tensor_numel(t);
-    switch (ti->type) {
-    case GGML_TYPE_F32: t->dtype = DTYPE_F32; t->data = ti->data; return 0;
-    case GGML_TYPE_F16: t->dtype = DTYPE_F16; t->data = ti->data; return 0;
-    case GGML_TYPE_BF16: t->dtype = DTYPE_BF16; t->data = ti->data; return 0;
-    case GGML_TYPE_Q8_0: case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: break;
-    default:
-        snprintf(g->err, g->errlen, "%s: tensor '%s' has ggml type %u, which is not supported "
-                 "(F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)", g->path, name, ti->type);
+    enum dtype dt;
+    if (dtype_from_ggml(ti->type, &dt) != 0) {
+        snprintf(g->err, g->errlen, "%s: tensor '%s' has ggml type %u, which is not supported (F32, F16, BF16, "
+                 "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS are)", g->path, name, ti->type);
         return -1;
     }
-    float *buf = malloc((size_t)n * sizeof(float));
-    if (!buf || model_source_add_owned(src, buf)) {
-        snprintf(g->err, g->errlen, "%s: out of memory dequantizing '%s'", g->path, name);
-        return -1;
-    }
-    if (ti->type == GGML_TYPE_Q8_0) model_dequant_q8_0(ti->data, buf, n);
-    else if (ti->type == GGML_TYPE_Q4_0) model_dequant_q4_0(ti->data, buf, n);
-    else model_dequant_q4_1(ti->data, buf, n);
-    t->dtype = DTYPE_F32;
-    t->data = buf;
+    t->dtype = dt;
+    t->data = ti->data;
     return 0;
 }
 
@@ -262,10 +250,10 @@ int model_load_gguf(struct model *m, const char *path, char *err, size_t errlen)
     struct gguf_ctx g = {.f = src->gguf, .path = path, .err = err, .errlen = errlen};
     if (read_config(&g, &m->config) || model_alloc_layers(m, err, errlen)) return -1;
     const struct model_config *c = &m->config;
-    if (bind(&g, src, "token_embd.weight", &m->tok_embed) || bind(&g, src, "output_norm.weight", &m->final_norm))
+    if (bind(&g, "token_embd.weight", &m->tok_embed) || bind(&g, "output_norm.weight", &m->final_norm))
         return -1;
     if (c->tie_embeddings) m->lm_head = m->tok_embed;
-    else if (bind(&g, src, "output.weight", &m->lm_head)) return -1;
+    else if (bind(&g, "output.weight", &m->lm_head)) return -1;
     for (int l = 0; l < c->n_layers; l++) {
         struct layer_weights *L = &m->layers[l];
         struct { const char *suffix; struct tensor *t; } names[] = {
@@ -288,7 +276,7 @@ int model_load_gguf(struct model *m, const char *path, char *err, size_t errlen)
             if (!names[i].t) continue;
             char name[128];
             snprintf(name, sizeof name, "blk.%d.%s", l, names[i].suffix);
-            if (bind(&g, src, name, names[i].t)) return -1;
+            if (bind(&g, name, names[i].t)) return -1;
         }
     }
     return 0;

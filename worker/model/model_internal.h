@@ -37,9 +37,4 @@ int model_alloc_layers(struct model *m, char *err, size_t errlen);
 int model_load_safetensors(struct model *m, const char *dir, char *err, size_t errlen);
 int model_load_gguf(struct model *m, const char *path, char *err, size_t errlen);
 
-/* Block dequantization (ggml formats), n a multiple of 32: dst gets n floats. */
-void model_dequant_q8_0(const void *src, float *dst, int64_t n);
-void model_dequant_q4_0(const void *src, float *dst, int64_t n);
-void model_dequant_q4_1(const void *src, float *dst, int64_t n);
-
 #endif

@@ -1,5 +1,7 @@
-/* Block dequantization on hand-made blocks, half/bfloat conversion, and a small GGUF file
- * written here with quantized, F16 and BF16 tensors, loaded end to end. */
+/* Block dequantization on hand-made blocks and, for every type, bit for bit against the gguf
+ * Python package's reference (tests/fixtures/quant/); half/bfloat conversion; and a small GGUF
+ * file written here with quantized, F16 and BF16 tensors, loaded end to end and kept in its
+ * block format. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -37,7 +39,7 @@ Test(quant, q8_0_block)
         b[36 + i] = (unsigned char)(int8_t)(i - 16);
     }
     float out[64];
-    model_dequant_q8_0(b, out, 64);
+    model_dequant(DTYPE_Q8_0, b, out, 64);
     for (int i = 0; i < 32; i++) {
         cr_expect_eq(out[i], (float)(i * 8 - 128) * 0.5f, "element %d", i);
         cr_expect_eq(out[32 + i], (float)(i - 16) * -2.0f, "element %d", 32 + i);
@@ -52,7 +54,7 @@ Test(quant, q4_0_block)
     /* Low nibble i, high nibble 15 - i. */
     for (int i = 0; i < 16; i++) b[2 + i] = (unsigned char)(i | ((15 - i) << 4));
     float out[32];
-    model_dequant_q4_0(b, out, 32);
+    model_dequant(DTYPE_Q4_0, b, out, 32);
     for (int i = 0; i < 16; i++) {
         cr_expect_eq(out[i], (float)(i - 8) * 2.0f, "element %d", i);
         cr_expect_eq(out[16 + i], (float)(15 - i - 8) * 2.0f, "element %d", 16 + i);
@@ -67,11 +69,80 @@ Test(quant, q4_1_block)
     memcpy(b + 2, &m, 2);
     for (int i = 0; i < 16; i++) b[4 + i] = (unsigned char)((15 - i) | (i << 4));
     float out[32];
-    model_dequant_q4_1(b, out, 32);
+    model_dequant(DTYPE_Q4_1, b, out, 32);
     for (int i = 0; i < 16; i++) {
         cr_expect_eq(out[i], (float)(15 - i) * 0.25f - 1.0f, "element %d", i);
         cr_expect_eq(out[16 + i], (float)i * 0.25f - 1.0f, "element %d", 16 + i);
     }
+}
+
+/* Every type against tests/fixtures/quant/<TYPE>.bin: blocks, then the gguf package's float32
+ * values for them (tests/fixtures/quant/README.md says how they were made). Compared as bits:
+ * -0.0 and 0.0 differ, as they would in the reference. */
+static const struct {
+    enum dtype dtype;
+    uint32_t ggml;
+} all_types[] = {
+    {DTYPE_Q4_0, GGML_TYPE_Q4_0}, {DTYPE_Q4_1, GGML_TYPE_Q4_1}, {DTYPE_Q5_0, GGML_TYPE_Q5_0},
+    {DTYPE_Q5_1, GGML_TYPE_Q5_1}, {DTYPE_Q8_0, GGML_TYPE_Q8_0}, {DTYPE_Q2_K, GGML_TYPE_Q2_K},
+    {DTYPE_Q3_K, GGML_TYPE_Q3_K}, {DTYPE_Q4_K, GGML_TYPE_Q4_K}, {DTYPE_Q5_K, GGML_TYPE_Q5_K},
+    {DTYPE_Q6_K, GGML_TYPE_Q6_K}, {DTYPE_IQ4_NL, GGML_TYPE_IQ4_NL}, {DTYPE_IQ4_XS, GGML_TYPE_IQ4_XS},
+};
+#define N_TYPES (sizeof all_types / sizeof *all_types)
+
+static unsigned char *read_fixture(const char *name, size_t *len)
+{
+    char path[256];
+    snprintf(path, sizeof path, "tests/fixtures/quant/%s.bin", name);
+    FILE *f = fopen(path, "rb");
+    cr_assert(f, "cannot open %s (run from the repository root)", path);
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *buf = malloc(*len);
+    cr_assert(buf);
+    cr_assert_eq(fread(buf, 1, *len, f), *len);
+    fclose(f);
+    return buf;
+}
+
+Test(quant, every_type_matches_the_gguf_reference_bit_for_bit)
+{
+    for (size_t t = 0; t < N_TYPES; t++) {
+        enum dtype dt = all_types[t].dtype;
+        enum dtype from_ggml;
+        cr_assert_eq(dtype_from_ggml(all_types[t].ggml, &from_ggml), 0, "%s", dtype_name(dt));
+        cr_assert_eq(from_ggml, dt);
+        cr_assert(dtype_is_quantized(dt));
+        size_t len, bb = dtype_block_bytes(dt);
+        int64_t be = dtype_block_elems(dt);
+        unsigned char *buf = read_fixture(dtype_name(dt), &len);
+        size_t per_block = bb + (size_t)be * 4;
+        cr_assert_eq(len % per_block, 0, "%s: %zu bytes is not a whole number of blocks and values", dtype_name(dt), len);
+        int64_t n_blocks = (int64_t)(len / per_block), n = n_blocks * be;
+        cr_assert_gt(n_blocks, 8);
+        float *got = malloc((size_t)n * sizeof(float));
+        model_dequant(dt, buf, got, n);
+        const unsigned char *want = buf + (size_t)n_blocks * bb;
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t g, w;
+            memcpy(&g, got + i, 4);
+            memcpy(&w, want + i * 4, 4);
+            float wf;
+            memcpy(&wf, &w, 4);
+            cr_assert_eq(g, w, "%s block %lld element %lld: %a, the reference has %a", dtype_name(dt),
+                         (long long)(i / be), (long long)(i % be), (double)got[i], (double)wf);
+        }
+        /* One element at a time through a tensor, as the tests and tools read weights. */
+        struct tensor ten = {.dtype = dt, .ndim = 2, .shape = {n_blocks, be}, .data = buf};
+        cr_assert_eq(tensor_row_bytes(&ten), bb);
+        for (int64_t i = 0; i < n; i += 37) cr_assert_eq(tensor_get_f32(&ten, 0, false, (uint64_t)i), got[i]);
+        free(got);
+        free(buf);
+    }
+    cr_expect(!dtype_is_quantized(DTYPE_F32) && !dtype_is_quantized(DTYPE_BF16));
+    enum dtype none;
+    cr_expect_eq(dtype_from_ggml(15 /* Q8_K: no model file holds it */, &none), -1);
 }
 
 /* --- a small GGUF file, written here ----------------------------------------------------- */
@@ -119,12 +190,20 @@ struct tspec {
 static size_t tbytes(const struct tspec *t)
 {
     uint64_t n = t->d0 * (t->d1 ? t->d1 : 1);
-    switch (t->type) {
-    case GGML_TYPE_F32: return n * 4;
-    case GGML_TYPE_F16: case GGML_TYPE_BF16: return n * 2;
-    case GGML_TYPE_Q8_0: return n / 32 * 34;
-    case GGML_TYPE_Q4_0: return n / 32 * 18;
-    default: return n / 32 * 20;
+    enum dtype dt;
+    cr_assert_eq(dtype_from_ggml(t->type, &dt), 0);
+    return n / (uint64_t)dtype_block_elems(dt) * dtype_block_bytes(dt);
+}
+
+/* Byte offsets of a block type's f16 scales (and minimums). */
+static int scale_offsets(uint32_t type, int at[2])
+{
+    switch (type) {
+    case GGML_TYPE_Q4_1: case GGML_TYPE_Q5_1: case GGML_TYPE_Q4_K: case GGML_TYPE_Q5_K: at[0] = 0, at[1] = 2; return 2;
+    case GGML_TYPE_Q2_K: at[0] = 80, at[1] = 82; return 2;
+    case GGML_TYPE_Q3_K: at[0] = 108; return 1;
+    case GGML_TYPE_Q6_K: at[0] = 208; return 1;
+    default: at[0] = 0; return 1;
     }
 }
 
@@ -133,11 +212,14 @@ static void fill(const struct tspec *t, unsigned char *p, unsigned seed)
 {
     size_t n = tbytes(t);
     for (size_t i = 0; i < n; i++) p[i] = (unsigned char)((i * 131 + seed * 7919 + (i >> 5)) % 251);
-    size_t bb = t->type == GGML_TYPE_Q8_0 ? 34 : t->type == GGML_TYPE_Q4_0 ? 18 : t->type == GGML_TYPE_Q4_1 ? 20 : 0;
+    enum dtype dt;
+    cr_assert_eq(dtype_from_ggml(t->type, &dt), 0);
+    size_t bb = dtype_is_quantized(dt) ? dtype_block_bytes(dt) : 0;
     uint16_t scale = 0x2000 + (uint16_t)seed, minv = 0xa000;
+    int at[2], n_at = scale_offsets(t->type, at);
     for (size_t b = 0; bb && b < n; b += bb) {
-        memcpy(p + b, &scale, 2);
-        if (t->type == GGML_TYPE_Q4_1) memcpy(p + b + 2, &minv, 2);
+        memcpy(p + b + at[0], &scale, 2);
+        if (n_at == 2) memcpy(p + b + at[1], &minv, 2);
     }
     if (t->type == GGML_TYPE_F16 || t->type == GGML_TYPE_BF16)
         for (size_t i = 0; i < n; i += 2) {
@@ -167,6 +249,27 @@ static const struct tspec tiny[] = {
 };
 #define N_TINY (sizeof tiny / sizeof *tiny)
 
+/* The same model at widths K-quants need (rows of 256): every K-quant and IQ type. */
+static const struct tspec tiny_k[] = {
+    {"token_embd.weight", 256, 40, GGML_TYPE_Q6_K},
+    {"output_norm.weight", 256, 0, GGML_TYPE_F32},
+    {"output.weight", 256, 40, GGML_TYPE_Q2_K},
+    {"blk.0.attn_norm.weight", 256, 0, GGML_TYPE_F32},
+    {"blk.0.attn_q.weight", 256, 256, GGML_TYPE_Q4_K},
+    {"blk.0.attn_k.weight", 256, 128, GGML_TYPE_Q5_K},
+    {"blk.0.attn_v.weight", 256, 128, GGML_TYPE_Q3_K},
+    {"blk.0.attn_output.weight", 256, 256, GGML_TYPE_IQ4_XS},
+    {"blk.0.ffn_norm.weight", 256, 0, GGML_TYPE_F32},
+    {"blk.0.ffn_gate.weight", 256, 512, GGML_TYPE_IQ4_NL},
+    {"blk.0.ffn_up.weight", 256, 512, GGML_TYPE_Q5_0},
+    {"blk.0.ffn_down.weight", 512, 256, GGML_TYPE_Q5_1},
+};
+
+/* What write_tiny writes: tiny at hidden 32 unless a test switches to tiny_k at 256. */
+static const struct tspec *cur = tiny;
+static size_t n_cur = N_TINY;
+static uint32_t cur_hidden = 32;
+
 /* With rope_freqs: 2 heads of 16 and llama3 factors (factor 8, low 1, high 8, original context 32768) for rope_theta 500000,
  * as llama.cpp's converter writes them; r_override replaces them when non-NULL. */
 static void write_tiny(const char *path, unsigned char **data_out, bool rope_freqs, const float *r_override)
@@ -174,15 +277,15 @@ static void write_tiny(const char *path, unsigned char **data_out, bool rope_fre
     struct writer w = {0};
     put_u32(&w, 0x46554747);
     put_u32(&w, 3);
-    put_u64(&w, N_TINY + (rope_freqs ? 1 : 0));
+    put_u64(&w, n_cur + (rope_freqs ? 1 : 0));
     put_u64(&w, 11);
     put_str(&w, "general.architecture");
     put_u32(&w, GGUF_TYPE_STRING);
     put_str(&w, "llama");
     kv_u32(&w, "general.alignment", 64);
-    kv_u32(&w, "llama.embedding_length", 32);
+    kv_u32(&w, "llama.embedding_length", cur_hidden);
     kv_u32(&w, "llama.block_count", 1);
-    kv_u32(&w, "llama.feed_forward_length", 64);
+    kv_u32(&w, "llama.feed_forward_length", 2 * cur_hidden);
     kv_u32(&w, "llama.attention.head_count", rope_freqs ? 2 : 4);
     kv_u32(&w, "llama.attention.head_count_kv", rope_freqs ? 1 : 2);
     kv_f32(&w, "llama.attention.layer_norm_rms_epsilon", 1e-6f);
@@ -198,14 +301,14 @@ static void write_tiny(const char *path, unsigned char **data_out, bool rope_fre
         put_str(&w, s);
     }
     uint64_t off = 0;
-    for (size_t i = 0; i < N_TINY; i++) {
-        put_str(&w, tiny[i].name);
-        put_u32(&w, tiny[i].d1 ? 2 : 1);
-        put_u64(&w, tiny[i].d0);
-        if (tiny[i].d1) put_u64(&w, tiny[i].d1);
-        put_u32(&w, tiny[i].type);
+    for (size_t i = 0; i < n_cur; i++) {
+        put_str(&w, cur[i].name);
+        put_u32(&w, cur[i].d1 ? 2 : 1);
+        put_u64(&w, cur[i].d0);
+        if (cur[i].d1) put_u64(&w, cur[i].d1);
+        put_u32(&w, cur[i].type);
         put_u64(&w, off);
-        off += (tbytes(&tiny[i]) + 63) / 64 * 64;
+        off += (tbytes(&cur[i]) + 63) / 64 * 64;
     }
     if (rope_freqs) {
         put_str(&w, "rope_freqs.weight");
@@ -220,9 +323,9 @@ static void write_tiny(const char *path, unsigned char **data_out, bool rope_fre
     put(&w, zeros, off + 64);
     free(zeros);
     off = 0;
-    for (size_t i = 0; i < N_TINY; i++) {
-        fill(&tiny[i], w.buf + data_start + off, (unsigned)i);
-        off += (tbytes(&tiny[i]) + 63) / 64 * 64;
+    for (size_t i = 0; i < n_cur; i++) {
+        fill(&cur[i], w.buf + data_start + off, (unsigned)i);
+        off += (tbytes(&cur[i]) + 63) / 64 * 64;
     }
     if (rope_freqs) {
         float r[8];
@@ -245,8 +348,13 @@ static void write_tiny(const char *path, unsigned char **data_out, bool rope_fre
     (void)data_start;
 }
 
-Test(quant, gguf_with_quantized_tensors_loads)
+/* Writes specs (12 tensors in tiny's order) at hidden size `hidden`, loads the file and checks
+ * every tensor against the file: dims, type, bytes and values. */
+static void check_tiny_loads(const struct tspec *specs, uint32_t hidden)
 {
+    cur = specs;
+    n_cur = N_TINY;
+    cur_hidden = hidden;
     char dir[] = "/tmp/sluice-quant-XXXXXX";
     cr_assert(mkdtemp(dir));
     char path[64];
@@ -257,9 +365,9 @@ Test(quant, gguf_with_quantized_tensors_loads)
     struct model *m = NULL;
     char err[1024] = "";
     cr_assert_eq(model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err), 0, "%s", err);
-    cr_expect_eq(m->config.hidden_size, 32);
+    cr_expect_eq(m->config.hidden_size, (int)hidden);
     cr_expect_eq(m->config.vocab_size, 40);
-    cr_expect_eq(m->config.head_dim, 8);
+    cr_expect_eq(m->config.head_dim, (int)hidden / 4);
     cr_expect_eq(m->config.max_position, 2048, "default context length");
     cr_expect_float_eq(m->config.rope_theta, 500000.0f, 1e-2f);
     cr_expect_eq(m->config.n_eos, 1);
@@ -275,34 +383,28 @@ Test(quant, gguf_with_quantized_tensors_loads)
                                          &m->layers[0].ffn_norm, &m->layers[0].w_gate, &m->layers[0].w_up,
                                          &m->layers[0].w_down};
     for (size_t i = 0; i < N_TINY; i++) {
-        const struct gguf_tensor_info *ti = gguf_find_tensor(g, tiny[i].name);
-        cr_assert(ti, "%s", tiny[i].name);
-        cr_expect_eq(ti->size, tbytes(&tiny[i]), "%s", tiny[i].name);
+        const struct gguf_tensor_info *ti = gguf_find_tensor(g, cur[i].name);
+        cr_assert(ti, "%s", cur[i].name);
+        cr_expect_eq(ti->size, tbytes(&cur[i]), "%s", cur[i].name);
         int64_t n = tensor_numel(mine[i]);
-        cr_assert_eq(n, (int64_t)(tiny[i].d0 * (tiny[i].d1 ? tiny[i].d1 : 1)), "%s", tiny[i].name);
-        if (tiny[i].d1) {
-            cr_expect_eq(mine[i]->shape[0], (int64_t)tiny[i].d1, "%s rows", tiny[i].name);
-            cr_expect_eq(mine[i]->shape[1], (int64_t)tiny[i].d0, "%s cols", tiny[i].name);
+        cr_assert_eq(n, (int64_t)(cur[i].d0 * (cur[i].d1 ? cur[i].d1 : 1)), "%s", cur[i].name);
+        if (cur[i].d1) {
+            cr_expect_eq(mine[i]->shape[0], (int64_t)cur[i].d1, "%s rows", cur[i].name);
+            cr_expect_eq(mine[i]->shape[1], (int64_t)cur[i].d0, "%s cols", cur[i].name);
         }
         float *want = malloc((size_t)n * sizeof(float));
-        switch (tiny[i].type) {
-        case GGML_TYPE_Q8_0: model_dequant_q8_0(ti->data, want, n); break;
-        case GGML_TYPE_Q4_0: model_dequant_q4_0(ti->data, want, n); break;
-        case GGML_TYPE_Q4_1: model_dequant_q4_1(ti->data, want, n); break;
-        default: {
-            struct tensor t = {.dtype = tiny[i].type == GGML_TYPE_F32 ? DTYPE_F32 :
-                                        tiny[i].type == GGML_TYPE_F16 ? DTYPE_F16 : DTYPE_BF16,
-                               .ndim = 1, .shape = {n, 0}, .data = ti->data};
-            tensor_to_f32(&t, 0, false, want);
-        }
-        }
-        bool quantized = tiny[i].type != GGML_TYPE_F32 && tiny[i].type != GGML_TYPE_F16 && tiny[i].type != GGML_TYPE_BF16;
-        cr_expect_eq(mine[i]->dtype, quantized ? DTYPE_F32 : (tiny[i].type == GGML_TYPE_F16 ? DTYPE_F16 :
-                                                              tiny[i].type == GGML_TYPE_BF16 ? DTYPE_BF16 : DTYPE_F32));
+        enum dtype dt;
+        cr_assert_eq(dtype_from_ggml(cur[i].type, &dt), 0);
+        struct tensor t = {.dtype = dt, .ndim = 1, .shape = {n, 0}, .data = ti->data};
+        tensor_to_f32(&t, 0, false, want);
+        /* Every tensor keeps the file's type and bytes: quantized ones are not expanded. */
+        cr_expect_eq(mine[i]->dtype, dt, "%s is %s, the file has %s", cur[i].name, dtype_name(mine[i]->dtype),
+                     dtype_name(dt));
+        cr_expect(memcmp(mine[i]->data, ti->data, ti->size) == 0, "%s: not the file's bytes", cur[i].name);
         for (int64_t k = 0; k < n; k++) {
             float v = tensor_get_f32(mine[i], 0, false, (uint64_t)k);
-            cr_assert_eq(v, want[k], "%s element %lld", tiny[i].name, (long long)k);
-            cr_assert(v == v && v > -1e4f && v < 1e4f, "%s element %lld = %g", tiny[i].name, (long long)k, (double)v);
+            cr_assert_eq(v, want[k], "%s element %lld", cur[i].name, (long long)k);
+            cr_assert(v == v && v > -1e4f && v < 1e4f, "%s element %lld = %g", cur[i].name, (long long)k, (double)v);
         }
         free(want);
     }
@@ -313,8 +415,19 @@ Test(quant, gguf_with_quantized_tensors_loads)
     rmdir(dir);
 }
 
+Test(quant, gguf_with_quantized_tensors_loads)
+{
+    check_tiny_loads(tiny, 32);
+}
+
+Test(quant, gguf_with_k_quants_loads)
+{
+    check_tiny_loads(tiny_k, 256);
+}
+
 Test(quant, gguf_rope_freqs_become_llama3_scaling)
 {
+    cur = tiny, n_cur = N_TINY, cur_hidden = 32;
     char dir[] = "/tmp/sluice-ropef-XXXXXX";
     cr_assert(mkdtemp(dir));
     char path[64];

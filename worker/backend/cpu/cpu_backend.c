@@ -1,21 +1,32 @@
-/* The CPU backend's setup: float32 weights (q/k/v and gate/up fused), the paged KV cache in
- * host memory, and buffers for the largest batch. The forward pass is in cpu_forward.c. */
+/* The CPU backend's setup: weights (q/k/v and gate/up fused) as float32 or, for a GGUF file's
+ * block quantizations, as the file's blocks read in place, dequantized row by row as the matmul
+ * reaches them (cpu_ops.h); the paged KV cache in host memory; and buffers for the largest
+ * batch. The forward pass is in cpu_forward.c.
+ *
+ * Why dequantize to float32 rather than quantize activations to 8 bits as llama.cpp does: a
+ * quantized row then computes exactly what its float32 twin (dequantized at load) computes, so
+ * a Q4 file's logits equal those of the dequantize-at-load path bit for bit, Hugging Face's
+ * (which dequantizes to float32) within float rounding, and stay batch-invariant; memory and
+ * bandwidth are the file's, and the float32 dot products stay the one tested kernel. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "worker/backend/backend.h"
 #include "worker/backend/cpu/cpu_internal.h"
 #include "worker/backend/cpu/cpu_ops.h"
 #include "worker/backend/cpu/cpu_pool.h"
 #include "worker/sampler/sampler.h"
 
-/* Converting weights in parallel matters for dummy models, whose every element is a hash. */
+/* Converting weights in parallel matters for dummy models, whose every element is a hash.
+ * Whole rows at a time, so that a quantized tensor splits on block boundaries. */
 struct convert_job {
     const struct tensor *t;
     uint64_t seed;
     bool is_norm;
+    int64_t cols;
     float *dst;
 };
 
@@ -23,19 +34,16 @@ static void convert_range(void *arg, int64_t begin, int64_t end, int tid)
 {
     (void)tid;
     const struct convert_job *j = arg;
-    const struct tensor *t = j->t;
-    if (t->data && t->dtype == DTYPE_F32) {
-        memcpy(j->dst + begin, (const float *)t->data + begin, (size_t)(end - begin) * sizeof(float));
-        return;
-    }
-    for (int64_t i = begin; i < end; i++) j->dst[i] = tensor_get_f32(t, j->seed, j->is_norm, (uint64_t)i);
+    tensor_range_to_f32(j->t, j->seed, j->is_norm, begin * j->cols, end * j->cols, j->dst + begin * j->cols);
 }
 
 static void convert_into(struct cpu_backend *cb, const struct model *m, const struct tensor *t, bool is_norm,
                          float *dst)
 {
-    struct convert_job j = {.t = t, .seed = m->dummy_seed, .is_norm = is_norm, .dst = dst};
-    cpu_pool_run(cb->pool, tensor_numel(t), 1 << 16, convert_range, &j);
+    int64_t cols = t->ndim == 2 ? t->shape[1] : tensor_numel(t), rows = t->ndim == 2 ? t->shape[0] : 1;
+    struct convert_job j = {.t = t, .seed = m->dummy_seed, .is_norm = is_norm, .cols = cols, .dst = dst};
+    int64_t chunk = (1 << 16) / (cols > 0 ? cols : 1);
+    cpu_pool_run(cb->pool, rows, chunk > 0 ? chunk : 1, convert_range, &j);
 }
 
 static float *convert(struct cpu_backend *cb, const struct model *m, const struct tensor *t, bool is_norm)
@@ -43,6 +51,14 @@ static float *convert(struct cpu_backend *cb, const struct model *m, const struc
     float *dst = malloc((size_t)tensor_numel(t) * sizeof(float));
     if (dst) convert_into(cb, m, t, is_norm, dst);
     return dst;
+}
+
+/* Whether a matrix stays in its GGUF blocks: quantized, read from a file, rows short enough
+ * for the matmul's buffer, and float32 weights not asked for. */
+static bool keep_quantized(const struct cpu_backend *cb, const struct tensor *t)
+{
+    return t->data && dtype_is_quantized(t->dtype) && !cb->f32_weights && t->ndim == 2 &&
+           t->shape[1] <= CPU_MATMUL_MAX_QROW;
 }
 
 /* Meta's interleaved rope layout rotates pairs (2i, 2i+1); reordering each head's rows to
@@ -75,13 +91,15 @@ static void cpu_free(struct backend *b)
     if (cb->layers) {
         for (int l = 0; l < cb->c.n_layers; l++) {
             struct cpu_layer *L = &cb->layers[l];
-            free(L->attn_norm), free(L->wqkv), free(L->bqkv), free(L->q_norm), free(L->k_norm);
-            free(L->wo), free(L->ffn_norm), free(L->w_gate_up), free(L->w_down);
+            free(L->attn_norm), free(L->bqkv), free(L->q_norm), free(L->k_norm), free(L->ffn_norm);
+            cpu_weight_free(&L->wqkv), cpu_weight_free(&L->wo), cpu_weight_free(&L->w_gate_up);
+            cpu_weight_free(&L->w_down);
         }
     }
     free(cb->layers);
-    if (cb->lm_head != cb->tok_embed) free(cb->lm_head);
-    free(cb->tok_embed), free(cb->final_norm), free(cb->inv_freq), free(cb->kv);
+    cpu_weight_free(&cb->lm_head);
+    cpu_weight_free(&cb->tok_embed);
+    free(cb->final_norm), free(cb->inv_freq), free(cb->kv), free(cb->rope_row_map);
     free(cb->x), free(cb->xb), free(cb->qkv), free(cb->att), free(cb->gate_up), free(cb->hidden), free(cb->tmp);
     free(cb->rope_cos), free(cb->rope_sin), free(cb->row_seq), free(cb->row_pos);
     free(cb->xs), free(cb->logits), free(cb->sample_rows), free(cb->sampler_scratch);
@@ -92,6 +110,56 @@ static void cpu_free(struct backend *b)
     free(cb);
 }
 
+/* Matrix parts that rope may need de-interleaved: which heads, or none. */
+struct part_spec {
+    const struct tensor *t;
+    int rope_heads; /* 0: not q or k */
+};
+
+/* One matrix of up to three stacked tensors (q/k/v, gate/up, or one). When any of them stays in
+ * its GGUF blocks, each part is its own: the quantized ones read in place, the others converted
+ * to float32, and q and k of an interleaved-rope model read through rope_row_map. Otherwise
+ * the parts are converted into one float32 buffer, q and k rows reordered in it. */
+static int load_matrix(struct cpu_backend *cb, const struct model *m, struct cpu_weight *w, int64_t n_in,
+                       const struct part_spec *parts, int n_parts)
+{
+    const struct model_config *c = &cb->c;
+    bool any_kept = false;
+    int64_t rows = 0;
+    for (int i = 0; i < n_parts; i++) {
+        any_kept |= keep_quantized(cb, parts[i].t);
+        rows += parts[i].t->shape[0];
+    }
+    cpu_weight_init(w, n_in);
+    if (!any_kept) {
+        float *buf = malloc((size_t)rows * (size_t)n_in * sizeof(float));
+        if (!buf) return -1;
+        if (cpu_weight_add(w, DTYPE_F32, buf, rows, NULL, buf)) return -1;
+        size_t at = 0;
+        for (int i = 0; i < n_parts; i++) {
+            convert_into(cb, m, parts[i].t, false, buf + at);
+            if (c->rope_interleaved && parts[i].rope_heads &&
+                deinterleave_rows(buf + at, parts[i].rope_heads, c->head_dim, n_in))
+                return -1;
+            at += (size_t)parts[i].t->shape[0] * (size_t)n_in;
+        }
+        return 0;
+    }
+    for (int i = 0; i < n_parts; i++) {
+        const struct tensor *t = parts[i].t;
+        const int32_t *map = c->rope_interleaved && parts[i].rope_heads ? cb->rope_row_map : NULL;
+        int rc;
+        if (keep_quantized(cb, t)) {
+            rc = cpu_weight_add(w, t->dtype, t->data, t->shape[0], map, NULL);
+        } else {
+            float *f = convert(cb, m, t, false);
+            rc = f ? cpu_weight_add(w, DTYPE_F32, f, t->shape[0], map, f) : -1;
+        }
+        if (rc) return -1;
+    }
+    return 0;
+}
+
 static int load_layer(struct cpu_backend *cb, const struct model *m, int l)
 {
     const struct layer_weights *W = &m->layers[l];
@@ -100,18 +168,14 @@ static int load_layer(struct cpu_backend *cb, const struct model *m, int l)
     int64_t h = c->hidden_size, inter = c->intermediate_size;
     L->attn_norm = convert(cb, m, &W->attn_norm, true);
     L->ffn_norm = convert(cb, m, &W->ffn_norm, true);
-    L->wo = convert(cb, m, &W->wo, false);
-    L->w_down = convert(cb, m, &W->w_down, false);
+    if (!L->attn_norm || !L->ffn_norm) return -1;
     /* q, k and v as one [q_dim + 2 kv_dim, hidden] matrix, gate and up as one
      * [2 intermediate, hidden]: one pass over the batch each instead of three and two. */
-    L->wqkv = malloc((size_t)cb->qkv_dim * (size_t)h * sizeof(float));
-    L->w_gate_up = malloc((size_t)(2 * inter * h) * sizeof(float));
-    if (!L->attn_norm || !L->ffn_norm || !L->wo || !L->w_down || !L->wqkv || !L->w_gate_up) return -1;
-    convert_into(cb, m, &W->wq, false, L->wqkv);
-    convert_into(cb, m, &W->wk, false, L->wqkv + (size_t)cb->q_dim * h);
-    convert_into(cb, m, &W->wv, false, L->wqkv + (size_t)(cb->q_dim + cb->kv_dim) * h);
-    convert_into(cb, m, &W->w_gate, false, L->w_gate_up);
-    convert_into(cb, m, &W->w_up, false, L->w_gate_up + (size_t)(inter * h));
+    struct part_spec qkv[3] = {{&W->wq, c->n_heads}, {&W->wk, c->n_kv_heads}, {&W->wv, 0}};
+    struct part_spec gu[2] = {{&W->w_gate, 0}, {&W->w_up, 0}}, wo = {&W->wo, 0}, down = {&W->w_down, 0};
+    if (load_matrix(cb, m, &L->wqkv, h, qkv, 3) || load_matrix(cb, m, &L->w_gate_up, h, gu, 2) ||
+        load_matrix(cb, m, &L->wo, cb->q_dim, &wo, 1) || load_matrix(cb, m, &L->w_down, inter, &down, 1))
+        return -1;
     if (c->qkv_bias) {
         L->bqkv = malloc((size_t)cb->qkv_dim * sizeof(float));
         if (!L->bqkv) return -1;
@@ -125,9 +189,6 @@ static int load_layer(struct cpu_backend *cb, const struct model *m, int l)
         if (!L->q_norm || !L->k_norm) return -1;
     }
     if (c->rope_interleaved) {
-        if (deinterleave_rows(L->wqkv, c->n_heads, c->head_dim, h) ||
-            deinterleave_rows(L->wqkv + (size_t)cb->q_dim * h, c->n_kv_heads, c->head_dim, h))
-            return -1;
         if (L->bqkv && (deinterleave_rows(L->bqkv, c->n_heads, c->head_dim, 1) ||
                         deinterleave_rows(L->bqkv + cb->q_dim, c->n_kv_heads, c->head_dim, 1)))
             return -1;
@@ -136,6 +197,30 @@ static int load_layer(struct cpu_backend *cb, const struct model *m, int l)
             return -1;
     }
     return 0;
+}
+
+/* Bytes of the weights as this backend holds them, and of those in GGUF blocks. */
+static size_t weight_bytes(const struct cpu_backend *cb, size_t *quantized)
+{
+    const struct model_config *c = &cb->c;
+    size_t q = 0, part, all = cpu_weight_bytes(&cb->tok_embed, &q);
+    if (cb->lm_head.parts[0].owned || cb->lm_head.parts[0].data != cb->tok_embed.parts[0].data) {
+        all += cpu_weight_bytes(&cb->lm_head, &part);
+        q += part;
+    }
+    size_t vec = (size_t)c->hidden_size * (2 * (size_t)c->n_layers + 1);
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct cpu_layer *L = &cb->layers[l];
+        const struct cpu_weight *ws[4] = {&L->wqkv, &L->wo, &L->w_gate_up, &L->w_down};
+        for (int i = 0; i < 4; i++) {
+            all += cpu_weight_bytes(ws[i], &part);
+            q += part;
+        }
+        if (L->bqkv) vec += (size_t)cb->qkv_dim;
+        if (L->q_norm) vec += 2 * (size_t)c->head_dim;
+    }
+    *quantized = q;
+    return all + vec * sizeof(float);
 }
 
 static const struct backend_ops cpu_ops = {.forward = cpu_backend_forward, .free = cpu_free};
@@ -198,14 +283,29 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
         goto fail;
     }
 
-    cb->tok_embed = convert(cb, m, &m->tok_embed, false);
-    cb->final_norm = convert(cb, m, &m->final_norm, true);
+    cb->f32_weights = opt && opt->cpu_f32_weights;
+    ALLOC(cb->rope_row_map, cb->q_dim);
+    if (!cb->rope_row_map) goto oom;
+    for (int hh = 0; hh < c->n_heads; hh++)
+        for (int i = 0; i < c->head_dim / 2; i++) {
+            cb->rope_row_map[hh * c->head_dim + i] = hh * c->head_dim + 2 * i;
+            cb->rope_row_map[hh * c->head_dim + c->head_dim / 2 + i] = hh * c->head_dim + 2 * i + 1;
+        }
+    struct part_spec emb = {&m->tok_embed, 0}, head = {&m->lm_head, 0};
+    if (load_matrix(cb, m, &cb->tok_embed, h, &emb, 1)) goto oom;
     bool tied = c->tie_embeddings || (m->lm_head.data && m->lm_head.data == m->tok_embed.data) ||
                 (!m->lm_head.data && m->lm_head.dummy_id == m->tok_embed.dummy_id);
-    cb->lm_head = tied ? cb->tok_embed : convert(cb, m, &m->lm_head, false);
+    if (tied) {
+        /* The same rows, owned by tok_embed alone. */
+        cb->lm_head = cb->tok_embed;
+        for (int i = 0; i < cb->lm_head.n_parts; i++) cb->lm_head.parts[i].owned = NULL;
+    } else if (load_matrix(cb, m, &cb->lm_head, h, &head, 1)) {
+        goto oom;
+    }
+    cb->final_norm = convert(cb, m, &m->final_norm, true);
     ALLOC(cb->layers, c->n_layers);
     ALLOC(cb->inv_freq, c->head_dim / 2);
-    if (!cb->tok_embed || !cb->final_norm || !cb->lm_head || !cb->layers || !cb->inv_freq) goto oom;
+    if (!cb->final_norm || !cb->layers || !cb->inv_freq) goto oom;
     for (int l = 0; l < c->n_layers; l++)
         if (load_layer(cb, m, l)) goto oom;
     cpu_rope_inv_freq(c, cb->inv_freq);
@@ -230,11 +330,17 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
         !cb->rope_sin || !cb->row_seq || !cb->row_pos || !cb->xs || !cb->logits || !cb->sample_rows ||
         !cb->sampler_scratch || !cb->scores)
         goto oom;
+    size_t quantized, weights = weight_bytes(cb, &quantized);
+    size_t kv_bytes = (size_t)blocks * cb->block_floats * sizeof(float);
+    log_info("cpu: weights %zu bytes (%.1f MiB, %.1f MiB of it GGUF blocks read in place from the file%s), "
+             "KV cache %zu bytes (%.1f MiB, %lld blocks of %d tokens)",
+             weights, (double)weights / (1 << 20), (double)quantized / (1 << 20),
+             quantized && !cpu_dequant_vectorized() ? ", dequantized without AVX2" : "", kv_bytes,
+             (double)kv_bytes / (1 << 20), (long long)blocks, KV_BLOCK_SIZE);
     *out = &cb->base;
     return 0;
 oom:
-    snprintf(err, errlen, "out of memory converting the weights to float32 (%lld-token batches)",
-             (long long)max_tokens);
+    snprintf(err, errlen, "out of memory loading the weights (%lld-token batches)", (long long)max_tokens);
 fail:
     cpu_free(&cb->base);
     return -1;

@@ -281,7 +281,7 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
         }
         cb->scores_cap = max_ctx;
     }
-    int64_t T = batch->n_tokens, h = c->hidden_size, inter = c->intermediate_size;
+    int64_t T = batch->n_tokens, h = c->hidden_size;
     int half = c->head_dim / 2;
     int32_t row = 0, ns = 0;
     for (int s = 0; s < batch->n_seqs; s++) {
@@ -289,7 +289,7 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
         for (int32_t i = 0; i < q->n_new; i++, row++) {
             cb->row_seq[row] = s;
             cb->row_pos[row] = q->start_pos + i;
-            memcpy(cb->x + row * h, cb->tok_embed + (int64_t)batch->tokens[row] * h, (size_t)h * sizeof(float));
+            cpu_weight_row(&cb->tok_embed, batch->tokens[row], cb->x + row * h);
             /* Angles as Hugging Face computes them: float32 position times float32 frequency. */
             for (int k = 0; k < half; k++) {
                 float a = (float)cb->row_pos[row] * cb->inv_freq[k];
@@ -304,25 +304,25 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
         const struct cpu_layer *L = &cb->layers[l];
         struct rows_job rj = {.cb = cb, .norm = L->attn_norm};
         cpu_pool_run(cb->pool, T, 64, rmsnorm_range, &rj);
-        cpu_matmul(cb->pool, cb->xb, T, h, L->wqkv, L->bqkv, cb->qkv_dim, cb->qkv);
+        cpu_matmul_w(cb->pool, cb->xb, T, &L->wqkv, L->bqkv, cb->qkv);
         struct qkv_job qj = {.cb = cb, .batch = batch, .layer = l};
         cpu_pool_run(cb->pool, T, 16, qkv_post_range, &qj);
         struct attn_job aj = {.cb = cb, .batch = batch, .layer = l};
         cpu_pool_run(cb->pool, T * c->n_heads, 4, attn_range, &aj);
-        cpu_matmul(cb->pool, cb->att, T, cb->q_dim, L->wo, NULL, h, cb->tmp);
+        cpu_matmul_w(cb->pool, cb->att, T, &L->wo, NULL, cb->tmp);
         for (int64_t i = 0; i < T * h; i++) cb->x[i] += cb->tmp[i];
         rj.norm = L->ffn_norm;
         cpu_pool_run(cb->pool, T, 64, rmsnorm_range, &rj);
-        cpu_matmul(cb->pool, cb->xb, T, h, L->w_gate_up, NULL, 2 * inter, cb->gate_up);
+        cpu_matmul_w(cb->pool, cb->xb, T, &L->w_gate_up, NULL, cb->gate_up);
         cpu_pool_run(cb->pool, T, 16, swiglu_range, &rj);
-        cpu_matmul(cb->pool, cb->hidden, T, inter, L->w_down, NULL, h, cb->tmp);
+        cpu_matmul_w(cb->pool, cb->hidden, T, &L->w_down, NULL, cb->tmp);
         for (int64_t i = 0; i < T * h; i++) cb->x[i] += cb->tmp[i];
     }
     if (n_sample == 0) return forward_extras(cb, batch);
 
     for (int i = 0; i < n_sample; i++)
         cpu_rmsnorm(cb->x + (int64_t)cb->sample_rows[i] * h, cb->final_norm, h, c->rms_eps, cb->xs + (int64_t)i * h);
-    cpu_matmul(cb->pool, cb->xs, n_sample, h, cb->lm_head, NULL, c->vocab_size, cb->logits);
+    cpu_matmul_w(cb->pool, cb->xs, n_sample, &cb->lm_head, NULL, cb->logits);
     if (batch->logits_out)
         memcpy(batch->logits_out, cb->logits, (size_t)n_sample * (size_t)c->vocab_size * sizeof(float));
     int k = 0;

@@ -3,14 +3,19 @@
 #ifndef SLUICE_WORKER_CPU_INTERNAL_H
 #define SLUICE_WORKER_CPU_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "worker/backend/backend.h"
+#include "worker/backend/cpu/cpu_ops.h"
 #include "worker/backend/cpu/cpu_pool.h"
 
+/* Matrices as cpu_weight: float32, or a GGUF file's blocks read in place (cpu_ops.h). Norms and
+ * biases are always float32. */
 struct cpu_layer {
-    float *attn_norm, *wqkv, *bqkv, *q_norm, *k_norm, *wo, *ffn_norm, *w_gate_up, *w_down;
+    float *attn_norm, *bqkv, *q_norm, *k_norm, *ffn_norm;
+    struct cpu_weight wqkv, wo, w_gate_up, w_down;
 };
 
 struct cpu_backend {
@@ -18,8 +23,12 @@ struct cpu_backend {
     struct cpu_pool *pool;
     struct model_config c;
     int q_dim, kv_dim, qkv_dim;
-    float *tok_embed, *final_norm, *lm_head;
+    struct cpu_weight tok_embed, lm_head;     /* lm_head owns nothing when tied to tok_embed */
+    float *final_norm;
     struct cpu_layer *layers;
+    /* Quantized q and k read through this map (rope de-interleaving, cpu_backend.c). */
+    int32_t *rope_row_map;
+    bool f32_weights;                         /* backend_options.cpu_f32_weights */
     float *inv_freq;
     /* KV cache: block-major, [block][layer][k|v][kv_head][slot][head_dim]. */
     float *kv;

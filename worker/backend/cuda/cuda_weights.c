@@ -1,5 +1,7 @@
-/* Weights onto the GPU: matrices as bf16 (F32/F16 converted on the device, dummy tensors filled
- * there with model_dummy_value's arithmetic), norms, biases and rotary frequencies as fp32. */
+/* Weights onto the GPU: matrices as bf16 (F32/F16 converted on the device, GGUF block
+ * quantizations dequantized to float32 on the host by worker/model/quant.c first, dummy tensors
+ * filled there with model_dummy_value's arithmetic), norms, biases and rotary frequencies as
+ * fp32. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +14,7 @@ struct loader {
     struct cuda_backend *b;
     const struct model *m;
     void *staging;
+    float *host;          /* STAGING_BYTES of host memory for dequantized chunks, made when needed */
 };
 
 static int alloc_dev(struct cuda_backend *b, void **p, size_t bytes)
@@ -35,6 +38,19 @@ static int put_matrix(struct loader *ld, uint16_t *dst, const struct tensor *t, 
         CUDA_CHECK(b, sk_fill_dummy_bf16(dst, ld->m->dummy_seed, t->dummy_id, 0, numel, 0, b->stream));
     } else if (t->dtype == DTYPE_BF16) {
         CUDA_CHECK(b, cudaMemcpyAsync(dst, t->data, (size_t)numel * 2, cudaMemcpyHostToDevice, b->stream));
+    } else if (dtype_is_quantized(t->dtype)) {
+        /* Whole blocks per chunk: float32 on the host, then converted as F32 tensors are. */
+        int64_t be = dtype_block_elems(t->dtype), per = (int64_t)(STAGING_BYTES / 4) / be * be;
+        if (!ld->host && !(ld->host = malloc(STAGING_BYTES))) CUDA_FAIL(b, "cuda: out of host memory for %s", name);
+        for (int64_t at = 0; at < numel; at += per) {
+            int64_t n = numel - at < per ? numel - at : per;
+            model_dequant(t->dtype, (const unsigned char *)t->data + (size_t)(at / be) * dtype_block_bytes(t->dtype),
+                          ld->host, n);
+            CUDA_CHECK(b, cudaMemcpyAsync(ld->staging, ld->host, (size_t)n * 4, cudaMemcpyHostToDevice, b->stream));
+            CUDA_CHECK(b, sk_convert_to_bf16(dst + at, ld->staging, SK_F32, n, b->stream));
+            /* The staging buffer and the host chunk are reused by the next chunk. */
+            CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
+        }
     } else {
         size_t esz = t->dtype == DTYPE_F32 ? 4 : 2;
         int64_t per = (int64_t)(STAGING_BYTES / esz);
@@ -105,7 +121,7 @@ static void rope_frequencies(const struct model_config *c, float *out)
 int cuda_weights_load(struct cuda_backend *b, const struct model *m)
 {
     const struct model_config *c = &m->config;
-    struct loader ld = {.b = b, .m = m, .staging = NULL};
+    struct loader ld = {.b = b, .m = m, .staging = NULL, .host = NULL};
     int rc = 0;
     const int64_t H = c->hidden_size, I = c->intermediate_size, D = c->head_dim;
     const int64_t qd = (int64_t)c->n_heads * D, kvd = (int64_t)c->n_kv_heads * D, V = c->vocab_size;
@@ -169,6 +185,7 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
     CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
 fail:
     if (ld.staging) cudaFree(ld.staging);
+    free(ld.host);
     if (gu_plain) cudaFree(gu_plain);
     return rc;
 }

@@ -178,6 +178,15 @@ static void type_layout(uint32_t type, uint64_t *block_bytes, uint64_t *block_el
     case GGML_TYPE_Q8_0: *block_bytes = 34, *block_elems = 32; return;
     case GGML_TYPE_Q4_0: *block_bytes = 18, *block_elems = 32; return;
     case GGML_TYPE_Q4_1: *block_bytes = 20, *block_elems = 32; return;
+    case GGML_TYPE_Q5_0: *block_bytes = 22, *block_elems = 32; return;
+    case GGML_TYPE_Q5_1: *block_bytes = 24, *block_elems = 32; return;
+    case GGML_TYPE_IQ4_NL: *block_bytes = 18, *block_elems = 32; return;
+    case GGML_TYPE_Q2_K: *block_bytes = 84, *block_elems = 256; return;
+    case GGML_TYPE_Q3_K: *block_bytes = 110, *block_elems = 256; return;
+    case GGML_TYPE_Q4_K: *block_bytes = 144, *block_elems = 256; return;
+    case GGML_TYPE_Q5_K: *block_bytes = 176, *block_elems = 256; return;
+    case GGML_TYPE_Q6_K: *block_bytes = 210, *block_elems = 256; return;
+    case GGML_TYPE_IQ4_XS: *block_bytes = 136, *block_elems = 256; return;
     default: *block_bytes = 0; return;
     }
 }

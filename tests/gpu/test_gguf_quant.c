@@ -1,0 +1,165 @@
+/* GGUF block quantizations on the CUDA backend, which dequantizes them to bf16 at load through
+ * worker/model/quant.c: a model whose matrices are every block type (K-quants included), CUDA
+ * against the CPU backend (which keeps them in their blocks) step by step; and, where it has been
+ * fetched (make fetch-smollm2), SmolLM2-135M-Instruct Q4_1 against Hugging Face's greedy tokens
+ * (tests/fixtures/smollm2/hf_reference.json). */
+#include "tests/gpu/dummy_model.h"
+#include "tests/gpu/gpu_test.h"
+
+#include <jansson.h>
+#include <sys/stat.h>
+
+#include "worker/backend/backend.h"
+#include "worker/model/model.h"
+
+#define BLOCKS 8
+
+/* Greedy logits and tokens of a prompt then n_gen decode steps on CUDA and on the CPU (fed the
+ * CUDA tokens); returns the worst relative error of the logits and writes the CUDA tokens. */
+static double cuda_vs_cpu(const struct model *m, const int32_t *prompt, int n_prompt, int n_gen, int32_t *out)
+{
+    const int V = m->config.vocab_size;
+    struct backend_options bo = {.kv_blocks = BLOCKS, .max_batch_tokens = 256, .max_batch_seqs = 2, .n_threads = 4,
+                                 .gpu_memory_utilization = 0.5};
+    char err[512];
+    struct backend *cpu = NULL, *gpu = NULL;
+    if (backend_cpu_create(&cpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "backend_cpu_create: %s", err);
+    if (backend_cuda_create(&gpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "backend_cuda_create: %s", err);
+    double worst = cpu && gpu ? 0 : INFINITY;
+    int32_t table[BLOCKS], hist[BLOCKS * KV_BLOCK_SIZE];
+    for (int i = 0; i < BLOCKS; i++) table[i] = i;
+    memcpy(hist, prompt, (size_t)n_prompt * 4);
+    float *lg = malloc((size_t)V * 4), *lc = malloc((size_t)V * 4);
+    struct sampling_params sp = {.temperature = 0, .top_p = 1, .repetition_penalty = 1, .logprobs = -1};
+    for (int pos = 0, step = 0; cpu && gpu && step <= n_gen; step++) {
+        int take = step == 0 ? n_prompt : 1;
+        struct batch_seq s = {.n_new = take, .start_pos = pos, .block_table = table, .n_blocks = BLOCKS,
+                              .sample = true, .sampling = &sp, .history = hist, .n_history = pos + take};
+        struct batch bg = {.n_seqs = 1, .seqs = &s, .n_tokens = take, .tokens = hist + pos, .logits_out = lg};
+        struct batch bc = bg;
+        bc.logits_out = lc;
+        struct sample_result rg, rc;
+        if (backend_forward(gpu, &bg, &rg) < 0 || backend_forward(cpu, &bc, &rc) < 0) {
+            GT_CHECK(0, "forward: gpu '%s' cpu '%s'", gpu->error, cpu->error);
+            worst = INFINITY;
+            break;
+        }
+        double num = 0, den = 0;
+        for (int i = 0; i < V; i++) {
+            num += ((double)lg[i] - lc[i]) * ((double)lg[i] - lc[i]);
+            den += (double)lc[i] * lc[i];
+        }
+        double e = isfinite(num) ? sqrt(num / den) : INFINITY;
+        if (e > worst) worst = e;
+        pos += take;
+        hist[pos] = rg.token;
+        if (step < n_gen) out[step] = rg.token;
+    }
+    free(lg);
+    free(lc);
+    backend_free(gpu);
+    backend_free(cpu);
+    return worst;
+}
+
+/* Random blocks of dtype dt for n weights, f16 scales at the given offsets small and finite. */
+static void *random_blocks(enum dtype dt, const int *scale_at, int n_scales, int64_t n)
+{
+    size_t bb = dtype_block_bytes(dt), nb = (size_t)(n / dtype_block_elems(dt));
+    unsigned char *p = malloc(nb * bb);
+    for (size_t i = 0; i < nb * bb; i++) p[i] = (unsigned char)gt_next();
+    for (size_t b = 0; b < nb; b++)
+        for (int s = 0; s < n_scales; s++) {
+            uint16_t h = (uint16_t)(0x1000 + gt_next() % 0x1800) | (uint16_t)((gt_next() & 1) << 15);
+            memcpy(p + b * bb + scale_at[s], &h, 2);
+        }
+    return p;
+}
+
+static void test_every_type(void)
+{
+    printf("every GGUF block type: CUDA (bf16 from quant.c) vs CPU (blocks)\n");
+    static const struct {
+        enum dtype dt;
+        int at[2], n;
+    } types[] = {
+        {DTYPE_Q4_0, {0}, 1},    {DTYPE_Q4_1, {0, 2}, 2},   {DTYPE_Q5_0, {0}, 1},   {DTYPE_Q5_1, {0, 2}, 2},
+        {DTYPE_Q8_0, {0}, 1},    {DTYPE_Q2_K, {80, 82}, 2}, {DTYPE_Q3_K, {108}, 1}, {DTYPE_Q4_K, {0, 2}, 2},
+        {DTYPE_Q5_K, {0, 2}, 2}, {DTYPE_Q6_K, {208}, 1},    {DTYPE_IQ4_NL, {0}, 1}, {DTYPE_IQ4_XS, {0}, 1},
+    };
+    struct model *m = gt_dummy_model(
+        "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":512,\"intermediate_size\":1024,"
+        "\"num_hidden_layers\":2,\"num_attention_heads\":8,\"num_key_value_heads\":2,\"head_dim\":64,"
+        "\"vocab_size\":1000,\"tie_word_embeddings\":false,\"rms_norm_eps\":1e-5}");
+    if (!m) return;
+    struct tensor *mats[16];
+    int k = 0;
+    mats[k++] = &m->tok_embed;
+    mats[k++] = &m->lm_head;
+    for (int l = 0; l < 2; l++) {
+        struct layer_weights *L = &m->layers[l];
+        mats[k++] = &L->wq, mats[k++] = &L->wk, mats[k++] = &L->wv, mats[k++] = &L->wo;
+        mats[k++] = &L->w_gate, mats[k++] = &L->w_up, mats[k++] = &L->w_down;
+    }
+    void *owned[16];
+    for (int i = 0; i < k; i++) {
+        int t = (i * 5) % 12;
+        mats[i]->dtype = types[t].dt;
+        mats[i]->data = owned[i] = random_blocks(types[t].dt, types[t].at, types[t].n, tensor_numel(mats[i]));
+    }
+    int32_t prompt[40], out[8];
+    for (int i = 0; i < 40; i++) prompt[i] = gt_int(1000);
+    double worst = cuda_vs_cpu(m, prompt, 40, 8, out);
+    GT_CHECK(worst < 3e-2, "logits rel err vs the CPU over a prefill and 8 steps: worst %.2e (bf16 weights)", worst);
+    model_free(m);
+    for (int i = 0; i < k; i++) free(owned[i]);
+}
+
+static void test_smollm2(void)
+{
+    printf("SmolLM2-135M-Instruct Q4_1 on CUDA vs Hugging Face\n");
+    const char *cache = getenv("SLUICE_MODEL_CACHE"), *home = getenv("HOME");
+    char path[4096], err[1024];
+    if (cache && *cache) snprintf(path, sizeof path, "%s/SmolLM2-135M-Instruct.Q4_1.gguf", cache);
+    else snprintf(path, sizeof path, "%s/.cache/sluice/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "/root");
+    struct stat st;
+    json_error_t jerr;
+    json_t *ref = json_load_file("tests/fixtures/smollm2/hf_reference.json", 0, &jerr);
+    if (stat(path, &st) != 0 || !ref) {
+        printf("  SKIP: %s (make fetch-smollm2) or tests/fixtures/smollm2/hf_reference.json (run from the "
+               "repository root) not found\n", path);
+        json_decref(ref);
+        return;
+    }
+    struct model *m = NULL;
+    if (model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err) != 0) {
+        GT_CHECK(0, "model_load: %s", err);
+        json_decref(ref);
+        return;
+    }
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(ref, "prompts"), i, p) {
+        json_t *ids = json_object_get(p, "prompt_ids"), *greedy = json_object_get(p, "greedy_ids");
+        int32_t prompt[64], out[8];
+        int n = (int)json_array_size(ids);
+        if (n > 64) n = 64;
+        for (int k = 0; k < n; k++) prompt[k] = (int32_t)json_integer_value(json_array_get(ids, k));
+        double worst = cuda_vs_cpu(m, prompt, n, 8, out);
+        int same = 0;
+        while (same < 8 && out[same] == (int32_t)json_integer_value(json_array_get(greedy, same))) same++;
+        GT_CHECK(worst < 3e-2 && same >= 1,
+                 "prompt %zu: logits rel err vs the CPU %.2e; %d of the first 8 greedy tokens equal Hugging Face's "
+                 "(the first must)", i, worst, same);
+    }
+    model_free(m);
+    json_decref(ref);
+}
+
+int main(void)
+{
+    if (!gt_have_gpu()) return 0;
+    test_every_type();
+    test_smollm2();
+    return gt_finish();
+}
