@@ -232,7 +232,7 @@ static void prompt_lp_range(void *arg, int64_t begin, int64_t end, int tid)
 static int forward_extras(struct cpu_backend *cb, const struct batch *batch)
 {
     const struct model_config *c = &cb->c;
-    const int64_t h = c->hidden_size, vocab = c->vocab_size;
+    const int64_t h = c->hidden_size;
     const int32_t chunk = cb->base.max_batch_seqs;
     int64_t row0 = 0;
     for (int s = 0; s < batch->n_seqs; row0 += batch->seqs[s].n_new, s++) {
@@ -250,7 +250,7 @@ static int forward_extras(struct cpu_backend *cb, const struct batch *batch)
             for (int32_t j = 0; j < n; j++)
                 cpu_rmsnorm(cb->x + (row0 + q->lp_first + done + j) * h, cb->final_norm, h, c->rms_eps,
                             cb->xs + (int64_t)j * h);
-            cpu_matmul(cb->pool, cb->xs, n, h, cb->lm_head, NULL, vocab, cb->logits);
+            cpu_matmul_w(cb->pool, cb->xs, n, &cb->lm_head, NULL, cb->logits);
             struct prompt_lp_job job = {.cb = cb, .q = q, .done = done, .bad = 0};
             cpu_pool_run(cb->pool, n, 4, prompt_lp_range, &job);
             if (job.bad) {
