@@ -96,7 +96,10 @@ int model_moe_config_from_json(struct json_t *root, struct model_config *cfg, co
         m->top_k = 2;
         m->norm_topk_prob = true;
         m->expert_intermediate = cfg->intermediate_size;
-        if (get_int(root, "num_local_experts", 1, &m->n_experts, file, err, errlen)) return -1;
+        /* transformers maps num_experts to num_local_experts for Mixtral and Qwen3-MoE. */
+        if (get_int(root, "num_experts", 1, &m->n_experts, file, err, errlen) ||
+            get_int(root, "num_local_experts", 1, &m->n_experts, file, err, errlen))
+            return -1;
         json_t *sw = json_object_get(root, "sliding_window");
         if (sw && !json_is_null(sw) &&
             (!json_is_integer(sw) || json_integer_value(sw) < cfg->max_position)) {
@@ -111,6 +114,7 @@ int model_moe_config_from_json(struct json_t *root, struct model_config *cfg, co
         m->expert_intermediate = qwen2 ? 1408 : 768;
         m->shared_intermediate = qwen2 ? 5632 : 0;
         if (get_int(root, "num_experts", 0, &m->n_experts, file, err, errlen) ||
+            (qwen3 && get_int(root, "num_local_experts", 0, &m->n_experts, file, err, errlen)) ||
             get_int(root, "moe_intermediate_size", 1, &m->expert_intermediate, file, err, errlen) ||
             get_int(root, "decoder_sparse_step", 1, &m->sparse_step, file, err, errlen) ||
             get_bool(root, "norm_topk_prob", &m->norm_topk_prob, file, err, errlen) ||
