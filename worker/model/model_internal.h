@@ -58,6 +58,11 @@ struct model_tensor_ref {
 /* 0 and *out when the file has the tensor, 1 when it has not, -1 (err set) when it is
  * unreadable (an unsupported dtype). */
 typedef int (*model_find_fn)(void *ctx, const char *name, struct model_tensor_ref *out, char *err, size_t errlen);
+/* The same for a GGUF file: qwen2moe and qwen3moe, and expert_count in any architecture's
+ * metadata (llama for Mixtral). */
+bool model_moe_gguf_arch(const char *arch, struct model_config *cfg);
+int model_moe_config_from_gguf(const struct gguf_file *f, const char *arch, struct model_config *cfg,
+                               const char *path, char *err, size_t errlen);
 /* Binds layer l's expert tensors from a Hugging Face directory: per-expert tensors (the Hub's
  * layout, which transformers also saves) or stacked [n_experts, ...] ones. */
 int model_moe_bind_hf(struct model *m, int layer, model_find_fn find, void *ctx, char *err, size_t errlen);

@@ -144,6 +144,82 @@ int model_moe_config_from_json(struct json_t *root, struct model_config *cfg, co
     return 0;
 }
 
+bool model_moe_gguf_arch(const char *arch, struct model_config *cfg)
+{
+    if (!strcmp(arch, "qwen2moe")) {
+        cfg->arch = MODEL_ARCH_QWEN2;
+        cfg->qkv_bias = true;
+    } else if (!strcmp(arch, "qwen3moe")) {
+        cfg->arch = MODEL_ARCH_QWEN3;
+        cfg->qk_norm = true;
+    } else {
+        return false;
+    }
+    return true;
+}
+
+/* "<arch>.<suffix>" as a positive integer; absent keeps *out. */
+static int gguf_arch_int(const struct gguf_file *f, const char *arch, const char *suffix, int *out, const char *path,
+                         char *err, size_t errlen)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int64_t v;
+    if (!gguf_has(f, key)) return 0;
+    if (gguf_get_int(f, key, &v) != 0 || v < 0 || v > (1 << 24)) {
+        snprintf(err, errlen, "%s: metadata '%s' is not an integer in range", path, key);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int model_moe_config_from_gguf(const struct gguf_file *f, const char *arch, struct model_config *cfg,
+                               const char *path, char *err, size_t errlen)
+{
+    struct moe_config *m = &cfg->moe;
+    memset(m, 0, sizeof *m);
+    bool qwen2 = !strcmp(arch, "qwen2moe"), qwen3 = !strcmp(arch, "qwen3moe");
+    if (gguf_arch_int(f, arch, "expert_count", &m->n_experts, path, err, errlen)) return -1;
+    if (m->n_experts == 0) {
+        if (!qwen2 && !qwen3) return 0;
+        snprintf(err, errlen, "%s: metadata '%s.expert_count' is missing", path, arch);
+        return -1;
+    }
+    m->sparse_step = 1; /* llama.cpp makes every layer of these architectures sparse */
+    m->top_k = 2;
+    m->expert_intermediate = cfg->intermediate_size; /* Mixtral's: feed_forward_length */
+    /* llama.cpp's graphs renormalise the top-k for llama (Mixtral) and qwen3moe, not for
+     * qwen2moe, unless the file says otherwise. */
+    m->norm_topk_prob = !qwen2;
+    if (gguf_arch_int(f, arch, "expert_used_count", &m->top_k, path, err, errlen) ||
+        gguf_arch_int(f, arch, "expert_feed_forward_length", &m->expert_intermediate, path, err, errlen) ||
+        gguf_arch_int(f, arch, "expert_shared_feed_forward_length", &m->shared_intermediate, path, err, errlen))
+        return -1;
+    char key[128];
+    snprintf(key, sizeof key, "%s.expert_weights_norm", arch);
+    if (gguf_has(f, key) && gguf_get_bool(f, key, &m->norm_topk_prob) != 0) {
+        snprintf(err, errlen, "%s: metadata '%s' is not a boolean", path, key);
+        return -1;
+    }
+    int64_t gating;
+    snprintf(key, sizeof key, "%s.expert_gating_func", arch);
+    if (gguf_has(f, key) && (gguf_get_int(f, key, &gating) != 0 || gating != 1)) {
+        snprintf(err, errlen, "%s: metadata '%s' is not softmax (1), the only router these models use", path, key);
+        return -1;
+    }
+    /* A shared expert without its width in the metadata: the tensor's rows say it. */
+    const struct gguf_tensor_info *sh = gguf_find_tensor(f, "blk.0.ffn_gate_shexp.weight");
+    if (qwen2 && m->shared_intermediate == 0 && sh && sh->n_dims == 2 && sh->dims[1] < (1u << 24))
+        m->shared_intermediate = (int)sh->dims[1];
+    if (m->top_k < 1 || m->top_k > m->n_experts || m->expert_intermediate < 1) {
+        snprintf(err, errlen, "%s: metadata '%s.expert_used_count' %d or the expert width %d does not fit %d experts",
+                 path, arch, m->top_k, m->expert_intermediate, m->n_experts);
+        return -1;
+    }
+    return 0;
+}
+
 static void set_shape(struct tensor *t, enum dtype dt, int64_t rows, int64_t cols, uint64_t *next_id)
 {
     t->dtype = dt;
@@ -357,11 +433,17 @@ int model_moe_bind_gguf(struct model *m, int layer, model_find_fn find, void *ct
     };
     for (int i = 0; i < 4; i++) {
         snprintf(name, sizeof name, "blk.%d.%s.weight", layer, shared[i].n);
-        /* llama.cpp stores the shared expert's gate as a vector of hidden_size. */
-        struct tensor vec = {.ndim = 1, .shape = {m->config.hidden_size}};
-        struct tensor *t = i == 3 ? &vec : shared[i].t;
-        if (bind_one(find, ctx, name, t, false, err, errlen)) return -1;
-        if (i == 3) shared[i].t->dtype = vec.dtype, shared[i].t->data = vec.data;
+        /* llama.cpp reads the shared expert's gate as a vector of hidden_size: [1, hidden] or
+         * [hidden] in the file. */
+        struct model_tensor_ref r;
+        if (i == 3 && find(ctx, name, &r, err, errlen) == 0 && r.ndim == 1) {
+            struct tensor vec = {.ndim = 1, .shape = {m->config.hidden_size}};
+            if (bind_one(find, ctx, name, &vec, false, err, errlen)) return -1;
+            shared[i].t->dtype = vec.dtype;
+            shared[i].t->data = vec.data;
+            continue;
+        }
+        if (bind_one(find, ctx, name, shared[i].t, false, err, errlen)) return -1;
     }
     return 0;
 }

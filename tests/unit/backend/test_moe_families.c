@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "worker/backend/backend.h"
 #include "worker/model/model.h"
@@ -58,14 +59,20 @@ static void load_expected(const char *name, struct expected *x)
     json_decref(root);
 }
 
-static struct model *load_fixture(const char *name)
+static struct model *load_path(const char *path)
 {
-    char path[512], err[1024] = "";
-    snprintf(path, sizeof path, "%s/%s", FIXTURES, name);
+    char err[1024] = "";
     struct model *m = NULL;
     cr_assert_eq(model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err), 0, "%s", err);
     cr_assert_eq(m->config.vocab_size, VOCAB);
     return m;
+}
+
+static struct model *load_fixture(const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", FIXTURES, name);
+    return load_path(path);
 }
 
 static struct backend *make_backend(const struct model *m)
@@ -156,11 +163,12 @@ static void run(const char *name, struct backend *b, const struct expected *x, i
     }
 }
 
-static void check_family(const char *name)
+/* name: the fixture whose expected.json applies; path: what to load (the fixture by default). */
+static void check_model(const char *name, const char *path)
 {
     struct expected *x = calloc(1, sizeof *x);
     load_expected(name, x);
-    struct model *m = load_fixture(name);
+    struct model *m = path ? load_path(path) : load_fixture(name);
     bool sparse = false;
     for (int l = 0; l < m->config.n_layers; l++) sparse |= model_layer_is_moe(&m->config, l);
     cr_assert(sparse, "%s: no sparse layer", name);
@@ -172,6 +180,11 @@ static void check_family(const char *name)
     backend_free(b);
     model_free(m);
     free(x);
+}
+
+static void check_family(const char *name)
+{
+    check_model(name, NULL);
 }
 
 Test(moe_families, mixtral) { check_family("mixtral"); }
@@ -244,4 +257,253 @@ Test(moe_families, dummy_weights_run)
     }
     backend_free(b);
     model_free(m);
+}
+
+/* ---- GGUF: a fixture rewritten as llama.cpp's converter writes it (the router as
+ * ffn_gate_inp, experts stacked in ffn_{gate,up,down}_exps, Mixtral as "llama" with q and k
+ * permuted into the interleaved rope layout) computes the same logits. */
+
+struct gguf_out {
+    unsigned char *buf;
+    size_t len, cap;
+};
+
+static void put(struct gguf_out *w, const void *p, size_t n)
+{
+    if (w->len + n > w->cap) {
+        w->cap = (w->len + n) * 2;
+        w->buf = realloc(w->buf, w->cap);
+        cr_assert(w->buf);
+    }
+    memcpy(w->buf + w->len, p, n);
+    w->len += n;
+}
+
+static void put_u32(struct gguf_out *w, uint32_t v) { put(w, &v, 4); }
+static void put_u64(struct gguf_out *w, uint64_t v) { put(w, &v, 8); }
+
+static void put_str(struct gguf_out *w, const char *s)
+{
+    put_u64(w, strlen(s));
+    put(w, s, strlen(s));
+}
+
+static void kv_u32(struct gguf_out *w, const char *arch, const char *key, uint32_t v)
+{
+    char k[128];
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    put_str(w, k);
+    put_u32(w, 4 /* GGUF_TYPE_UINT32 */);
+    put_u32(w, v);
+}
+
+static void kv_f32(struct gguf_out *w, const char *arch, const char *key, float v)
+{
+    char k[128];
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    put_str(w, k);
+    put_u32(w, 6 /* GGUF_TYPE_FLOAT32 */);
+    put(w, &v, 4);
+}
+
+struct gguf_tensor {
+    char name[64];
+    int ndim;
+    uint64_t rows[3]; /* row-major shape: [experts,] rows, cols */
+    float *data;
+};
+
+struct gguf_model {
+    struct gguf_tensor t[128];
+    int n;
+};
+
+/* Appends t's values (several tensors stacked when n > 1) under name. */
+static void add(struct gguf_model *g, const struct model *m, const char *name, const struct tensor *t, int n,
+                const struct tensor *stack)
+{
+    cr_assert(g->n < 128);
+    struct gguf_tensor *o = &g->t[g->n++];
+    snprintf(o->name, sizeof o->name, "%s", name);
+    const struct tensor *first = stack ? &stack[0] : t;
+    int64_t per = tensor_numel(first);
+    o->data = malloc((size_t)(per * (stack ? n : 1)) * sizeof(float));
+    if (stack) {
+        for (int e = 0; e < n; e++) tensor_to_f32(&stack[e], m->dummy_seed, false, o->data + e * per);
+        o->ndim = 3;
+        o->rows[0] = (uint64_t)n, o->rows[1] = (uint64_t)first->shape[0], o->rows[2] = (uint64_t)first->shape[1];
+    } else {
+        tensor_to_f32(t, m->dummy_seed, false, o->data);
+        o->ndim = t->ndim;
+        o->rows[0] = (uint64_t)t->shape[0], o->rows[1] = (uint64_t)t->shape[1];
+    }
+}
+
+/* llama.cpp's permute(): each head's rows (0..d/2 | d/2..d) into pairs (0, d/2), (1, d/2+1)... */
+static void permute_rows(struct gguf_tensor *o, int n_heads)
+{
+    int64_t rows = (int64_t)o->rows[0], cols = (int64_t)o->rows[1], hd = rows / n_heads;
+    float *src = malloc((size_t)(rows * cols) * sizeof(float));
+    memcpy(src, o->data, (size_t)(rows * cols) * sizeof(float));
+    for (int h = 0; h < n_heads; h++)
+        for (int64_t i = 0; i < hd / 2; i++)
+            for (int j = 0; j < 2; j++)
+                memcpy(o->data + (h * hd + 2 * i + j) * cols, src + (h * hd + j * hd / 2 + i) * cols,
+                       (size_t)cols * sizeof(float));
+    free(src);
+}
+
+static void write_gguf(const struct model *m, const char *arch, const char *path)
+{
+    const struct model_config *c = &m->config;
+    const struct moe_config *mc = &c->moe;
+    bool llama = !strcmp(arch, "llama");
+    struct gguf_model *g = calloc(1, sizeof *g);
+    add(g, m, "token_embd.weight", &m->tok_embed, 1, NULL);
+    add(g, m, "output_norm.weight", &m->final_norm, 1, NULL);
+    add(g, m, "output.weight", &m->lm_head, 1, NULL);
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct layer_weights *L = &m->layers[l];
+        const struct moe_weights *w = L->moe;
+        cr_assert(w, "llama.cpp's MoE architectures have no dense layer");
+        char n[64];
+#define ADD(suffix, t) (snprintf(n, sizeof n, "blk.%d.%s", l, suffix), add(g, m, n, t, 1, NULL))
+        ADD("attn_norm.weight", &L->attn_norm);
+        ADD("attn_q.weight", &L->wq);
+        if (llama) permute_rows(&g->t[g->n - 1], c->n_heads);
+        ADD("attn_k.weight", &L->wk);
+        if (llama) permute_rows(&g->t[g->n - 1], c->n_kv_heads);
+        ADD("attn_v.weight", &L->wv);
+        ADD("attn_output.weight", &L->wo);
+        if (c->qkv_bias) {
+            ADD("attn_q.bias", &L->bq);
+            ADD("attn_k.bias", &L->bk);
+            ADD("attn_v.bias", &L->bv);
+        }
+        if (c->qk_norm) {
+            ADD("attn_q_norm.weight", &L->q_norm);
+            ADD("attn_k_norm.weight", &L->k_norm);
+        }
+        ADD("ffn_norm.weight", &L->ffn_norm);
+        ADD("ffn_gate_inp.weight", &w->router);
+        snprintf(n, sizeof n, "blk.%d.ffn_gate_exps.weight", l);
+        add(g, m, n, NULL, mc->n_experts, w->gate);
+        snprintf(n, sizeof n, "blk.%d.ffn_up_exps.weight", l);
+        add(g, m, n, NULL, mc->n_experts, w->up);
+        snprintf(n, sizeof n, "blk.%d.ffn_down_exps.weight", l);
+        add(g, m, n, NULL, mc->n_experts, w->down);
+        if (w->shared_gate_proj.ndim) {
+            ADD("ffn_gate_shexp.weight", &w->shared_gate_proj);
+            ADD("ffn_up_shexp.weight", &w->shared_up);
+            ADD("ffn_down_shexp.weight", &w->shared_down);
+            ADD("ffn_gate_inp_shexp.weight", &w->shared_expert_gate);
+            g->t[g->n - 1].ndim = 1; /* llama.cpp's {n_embd} */
+            g->t[g->n - 1].rows[0] = (uint64_t)c->hidden_size;
+        }
+#undef ADD
+    }
+    struct gguf_out w = {0};
+    put_u32(&w, 0x46554747);
+    put_u32(&w, 3);
+    put_u64(&w, (uint64_t)g->n);
+    put_u64(&w, 12);
+    put_str(&w, "general.architecture");
+    put_u32(&w, 8 /* GGUF_TYPE_STRING */);
+    put_str(&w, arch);
+    kv_u32(&w, arch, "embedding_length", (uint32_t)c->hidden_size);
+    kv_u32(&w, arch, "block_count", (uint32_t)c->n_layers);
+    kv_u32(&w, arch, "feed_forward_length", (uint32_t)c->intermediate_size);
+    kv_u32(&w, arch, "attention.head_count", (uint32_t)c->n_heads);
+    kv_u32(&w, arch, "attention.head_count_kv", (uint32_t)c->n_kv_heads);
+    kv_u32(&w, arch, "attention.key_length", (uint32_t)c->head_dim);
+    kv_f32(&w, arch, "attention.layer_norm_rms_epsilon", c->rms_eps);
+    kv_f32(&w, arch, "rope.freq_base", c->rope_theta);
+    kv_u32(&w, arch, "expert_count", (uint32_t)mc->n_experts);
+    kv_u32(&w, arch, "expert_used_count", (uint32_t)mc->top_k);
+    kv_u32(&w, arch, llama ? "context_length" : "expert_feed_forward_length",
+           llama ? (uint32_t)c->max_position : (uint32_t)mc->expert_intermediate);
+    uint64_t off = 0;
+    for (int i = 0; i < g->n; i++) {
+        const struct gguf_tensor *t = &g->t[i];
+        put_str(&w, t->name);
+        put_u32(&w, (uint32_t)t->ndim);
+        for (int d = t->ndim - 1; d >= 0; d--) put_u64(&w, t->rows[d]); /* ggml: innermost first */
+        put_u32(&w, 0 /* GGML_TYPE_F32 */);
+        put_u64(&w, off);
+        uint64_t n = 1;
+        for (int d = 0; d < t->ndim; d++) n *= t->rows[d];
+        off += (n * 4 + 31) / 32 * 32;
+    }
+    while (w.len % 32) put(&w, "", 1);
+    for (int i = 0; i < g->n; i++) {
+        const struct gguf_tensor *t = &g->t[i];
+        uint64_t n = 1;
+        for (int d = 0; d < t->ndim; d++) n *= t->rows[d];
+        put(&w, t->data, n * 4);
+        while (w.len % 32) put(&w, "", 1);
+        free(t->data);
+    }
+    FILE *f = fopen(path, "wb");
+    cr_assert(f);
+    cr_assert_eq(fwrite(w.buf, 1, w.len, f), w.len);
+    fclose(f);
+    free(w.buf);
+    free(g);
+}
+
+static void check_gguf(const char *name, const char *arch)
+{
+    char dir[] = "/tmp/sluice-moe-gguf-XXXXXX", path[64];
+    cr_assert(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/%s.gguf", dir, name);
+    struct model *hf = load_fixture(name);
+    write_gguf(hf, arch, path);
+    struct model *m = load_path(path);
+    cr_assert_str_eq(m->config.arch_name, arch);
+    cr_assert_eq(m->config.moe.n_experts, hf->config.moe.n_experts);
+    cr_assert_eq(m->config.moe.top_k, hf->config.moe.top_k);
+    cr_assert_eq(m->config.moe.expert_intermediate, hf->config.moe.expert_intermediate);
+    cr_assert_eq(m->config.moe.norm_topk_prob, hf->config.moe.norm_topk_prob);
+    cr_assert_eq(m->config.moe.shared_intermediate, hf->config.moe.shared_intermediate);
+    model_free(m);
+    model_free(hf);
+    check_model(name, path);
+    unlink(path);
+    rmdir(dir);
+}
+
+Test(moe_families, gguf_mixtral_as_llama) { check_gguf("mixtral", "llama"); }
+Test(moe_families, gguf_qwen3moe) { check_gguf("qwen3_moe", "qwen3moe"); }
+
+/* qwen2moe: llama.cpp makes every layer sparse, so the fixture's first (sparse) layer alone:
+ * the shared expert and its vector gate bind to the same values as the Hugging Face tensors,
+ * and no top-k renormalisation. */
+Test(moe_families, gguf_qwen2moe_shared_expert)
+{
+    char dir[] = "/tmp/sluice-moe-gguf-XXXXXX", path[64];
+    cr_assert(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/qwen2moe.gguf", dir);
+    struct model *hf = load_fixture("qwen2_moe");
+    hf->config.n_layers = 1;
+    write_gguf(hf, "qwen2moe", path);
+    struct model *m = load_path(path);
+    cr_assert_eq(m->config.arch, MODEL_ARCH_QWEN2);
+    cr_assert(m->config.qkv_bias);
+    cr_assert_not(m->config.moe.norm_topk_prob);
+    cr_assert_eq(m->config.moe.shared_intermediate, hf->config.moe.shared_intermediate);
+    const struct moe_weights *a = hf->layers[0].moe, *b = m->layers[0].moe;
+    const struct tensor *pa[5] = {&a->shared_gate_proj, &a->shared_up, &a->shared_down, &a->shared_expert_gate,
+                                  &a->down[3]};
+    const struct tensor *pb[5] = {&b->shared_gate_proj, &b->shared_up, &b->shared_down, &b->shared_expert_gate,
+                                  &b->down[3]};
+    for (int i = 0; i < 5; i++) {
+        cr_assert(pb[i]->data);
+        cr_assert(!memcmp(pa[i]->data, pb[i]->data, (size_t)tensor_numel(pa[i]) * 4), "tensor %d", i);
+    }
+    struct backend *be = make_backend(m);
+    backend_free(be);
+    model_free(m);
+    model_free(hf);
+    unlink(path);
+    rmdir(dir);
 }
