@@ -297,18 +297,24 @@ static int check_shape(const struct model_tensor_ref *r, const char *name, int n
     return -1;
 }
 
+/* Finds the named tensor: 0, or 1 when absent and optional, or -1 with err set. */
+static int find_tensor(model_find_fn find, void *ctx, const char *name, bool optional, struct model_tensor_ref *r,
+                       char *err, size_t errlen)
+{
+    int rc = find(ctx, name, r, err, errlen);
+    if (rc <= 0) return rc;
+    if (optional) return 1;
+    snprintf(err, errlen, "%s: tensor '%s' is missing", r->file, name);
+    return -1;
+}
+
 /* Binds t (shape already set) to the named 2D tensor; 1 when absent and optional. */
 static int bind_one(model_find_fn find, void *ctx, const char *name, struct tensor *t, bool optional, char *err,
                     size_t errlen)
 {
     struct model_tensor_ref r;
-    int rc = find(ctx, name, &r, err, errlen);
-    if (rc < 0) return -1;
-    if (rc > 0) {
-        if (optional) return 1;
-        snprintf(err, errlen, "%s: tensor '%s' is missing", r.file, name);
-        return -1;
-    }
+    int rc = find_tensor(find, ctx, name, optional, &r, err, errlen);
+    if (rc) return rc;
     if (check_shape(&r, name, t->ndim, t->shape, err, errlen)) return -1;
     t->dtype = r.dtype;
     t->data = r.data;
@@ -322,13 +328,8 @@ static int bind_stacked(model_find_fn find, void *ctx, const char *name, struct 
                         int64_t stack_rows, int64_t row_off, bool optional, char *err, size_t errlen)
 {
     struct model_tensor_ref r;
-    int rc = find(ctx, name, &r, err, errlen);
-    if (rc < 0) return -1;
-    if (rc > 0) {
-        if (optional) return 1;
-        snprintf(err, errlen, "%s: tensor '%s' is missing", r.file, name);
-        return -1;
-    }
+    int rc = find_tensor(find, ctx, name, optional, &r, err, errlen);
+    if (rc) return rc;
     int64_t shape[3] = {n_experts, stack_rows, ts[0].shape[1]};
     if (check_shape(&r, name, 3, shape, err, errlen)) return -1;
     struct tensor probe = {.dtype = r.dtype, .ndim = 2, .shape = {1, shape[2]}};
