@@ -182,6 +182,18 @@ static void check_model(const char *name, const char *path)
     free(x);
 }
 
+/* The last position's logits of one prompt. */
+static void last_logits(struct backend *b, const int32_t *tokens, int n, float *out)
+{
+    struct sampling_params greedy = {.temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.0f};
+    int32_t table[BLOCKS_PER_SEQ] = {0, 1, 2, 3};
+    struct batch_seq q = {.n_new = n, .start_pos = 0, .block_table = table, .n_blocks = BLOCKS_PER_SEQ,
+                          .sample = true, .sampling = &greedy, .history = (int32_t *)tokens, .n_history = n};
+    struct batch batch = {.n_seqs = 1, .seqs = &q, .n_tokens = n, .tokens = (int32_t *)tokens, .logits_out = out};
+    struct sample_result res;
+    cr_assert_eq(backend_forward(b, &batch, &res), 0, "%s", b->error);
+}
+
 static void check_family(const char *name)
 {
     check_model(name, NULL);
@@ -241,16 +253,9 @@ Test(moe_families, dummy_weights_run)
     cr_assert_eq(model_load(&m, FIXTURES "/qwen2_moe/config.json", MODEL_LOAD_DUMMY, err, sizeof err), 0, "%s", err);
     cr_assert(m->layers[0].moe && !m->layers[0].moe->gate[0].data && m->layers[0].moe->gate[0].ndim == 2);
     struct backend *b = make_backend(m);
-    struct sampling_params greedy = {.temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.0f};
-    int32_t table[BLOCKS_PER_SEQ] = {0, 1, 2, 3}, tokens[4] = {1, 2, 3, 4};
+    int32_t tokens[4] = {1, 2, 3, 4};
     float logits[2][VOCAB];
-    for (int r = 0; r < 2; r++) {
-        struct batch_seq q = {.n_new = 4, .start_pos = 0, .block_table = table, .n_blocks = BLOCKS_PER_SEQ,
-                              .sample = true, .sampling = &greedy, .history = tokens, .n_history = 4};
-        struct batch batch = {.n_seqs = 1, .seqs = &q, .n_tokens = 4, .tokens = tokens, .logits_out = logits[r]};
-        struct sample_result res;
-        cr_assert_eq(backend_forward(b, &batch, &res), 0, "%s", b->error);
-    }
+    for (int r = 0; r < 2; r++) last_logits(b, tokens, 4, logits[r]);
     for (int v = 0; v < VOCAB; v++) {
         cr_assert(isfinite(logits[0][v]));
         cr_assert_eq(logits[0][v], logits[1][v]);
@@ -477,7 +482,8 @@ Test(moe_families, gguf_qwen3moe) { check_gguf("qwen3_moe", "qwen3moe"); }
 
 /* qwen2moe: llama.cpp makes every layer sparse, so the fixture's first (sparse) layer alone:
  * the shared expert and its vector gate bind to the same values as the Hugging Face tensors,
- * and no top-k renormalisation. */
+ * no top-k renormalisation, and the file computes what the Hugging Face directory cut to that
+ * layer computes (which the tests above hold to transformers). */
 Test(moe_families, gguf_qwen2moe_shared_expert)
 {
     char dir[] = "/tmp/sluice-moe-gguf-XXXXXX", path[64];
@@ -500,8 +506,14 @@ Test(moe_families, gguf_qwen2moe_shared_expert)
         cr_assert(pb[i]->data);
         cr_assert(!memcmp(pa[i]->data, pb[i]->data, (size_t)tensor_numel(pa[i]) * 4), "tensor %d", i);
     }
-    struct backend *be = make_backend(m);
-    backend_free(be);
+    struct backend *bg = make_backend(m), *bh = make_backend(hf);
+    int32_t prompt[6] = {1, 17, 200, 33, 95, 4};
+    float lg[VOCAB], lh[VOCAB];
+    last_logits(bg, prompt, 6, lg);
+    last_logits(bh, prompt, 6, lh);
+    for (int v = 0; v < VOCAB; v++) cr_assert_eq(lg[v], lh[v], "logit %d: GGUF %.9g, Hugging Face %.9g", v, lg[v], lh[v]);
+    backend_free(bg);
+    backend_free(bh);
     model_free(m);
     model_free(hf);
     unlink(path);
