@@ -119,6 +119,7 @@ struct cuda_watchdog {
 };
 
 struct cuda_prof; /* cuda_prof.c: --cuda-profile */
+struct cuda_moe;  /* cuda_moe.c: the experts and their scratch; NULL for a dense model */
 
 struct cuda_backend {
     struct backend base;
@@ -134,6 +135,7 @@ struct cuda_backend {
     struct cuda_graphs graphs;
     struct cuda_watchdog watchdog;
     struct cuda_prof *prof; /* NULL unless --cuda-profile */
+    struct cuda_moe *moe;
 };
 
 void cuda_report(struct cuda_backend *b, const char *what, const char *msg, const char *file, int line);
@@ -169,6 +171,22 @@ void cuda_report(struct cuda_backend *b, const char *what, const char *msg, cons
 /* cuda_weights.c */
 int cuda_weights_load(struct cuda_backend *b, const struct model *m);
 void cuda_weights_free(struct cuda_backend *b);
+
+/* cuda_weights.c's loader, for cuda_moe.c: writes tensor t (numel elements) as bf16 at dst. */
+struct loader;
+int cuda_weights_put_matrix(struct loader *ld, uint16_t *dst, const struct tensor *t, int64_t numel,
+                            const char *name);
+
+/* cuda_moe.c: the mixture-of-experts layers. cuda_moe_load_layer uploads sparse layer l's router,
+ * experts (stacked: [n_experts, 2 inter, hidden] gate then up rows, [n_experts, hidden, inter]
+ * down) and shared expert as bf16, making b->moe at the first; cuda_moe_workspace_alloc its
+ * scratch; cuda_moe_enqueue the layer's MLP over the T rows of b->ws.y into b->ws.delta (one
+ * part). */
+int cuda_moe_load_layer(struct cuda_backend *b, struct loader *ld, const struct model *m, int l);
+int cuda_moe_workspace_alloc(struct cuda_backend *b);
+bool cuda_moe_is_sparse(const struct cuda_backend *b, int l);
+int cuda_moe_enqueue(struct cuda_backend *b, int l, int T, int *delta_parts);
+void cuda_moe_free(struct cuda_backend *b);
 
 /* cuda_gemm.c. cuda_gemm_init makes the handles (the Hopper kernel's only where the device and
  * the build have it, and not with hopper=0); cuda_plan_config_init needs to know that. */

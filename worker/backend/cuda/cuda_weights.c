@@ -70,6 +70,12 @@ fail:
     return rc;
 }
 
+int cuda_weights_put_matrix(struct loader *ld, uint16_t *dst, const struct tensor *t, int64_t numel,
+                            const char *name)
+{
+    return put_matrix(ld, dst, t, numel, name);
+}
+
 /* Writes vector t (n floats) as fp32 at dst on the device. */
 static int put_vector_at(struct loader *ld, float *dst, const struct tensor *t, int64_t n, bool is_norm,
                          const char *name)
@@ -159,13 +165,18 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
         if ((rc = put_matrix(&ld, cl->wqkv + (qd + kvd) * H, &lw->wv, kvd * H, name)) < 0) goto fail;
         if ((rc = alloc_dev(b, (void **)&cl->wo, (size_t)(H * qd) * 2)) < 0) goto fail;
         if ((rc = put_matrix(&ld, cl->wo, &lw->wo, H * qd, name)) < 0) goto fail;
-        if ((rc = alloc_dev(b, (void **)&cl->wgu, (size_t)(2 * I * H) * 2)) < 0) goto fail;
-        uint16_t *gu = interleave ? gu_plain : cl->wgu;
-        if ((rc = put_matrix(&ld, gu, &lw->w_gate, I * H, name)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, gu + I * H, &lw->w_up, I * H, name)) < 0) goto fail;
-        if (interleave) CUDA_CHECK(b, sk_gate_up_interleave(cl->wgu, gu_plain, (int)I, (int)H, b->stream));
-        if ((rc = alloc_dev(b, (void **)&cl->wd, (size_t)(H * I) * 2)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, cl->wd, &lw->w_down, H * I, name)) < 0) goto fail;
+        if (lw->moe) {
+            /* A sparse layer: its experts instead of the dense MLP (cuda_moe.c). */
+            if ((rc = cuda_moe_load_layer(b, &ld, m, l)) < 0) goto fail;
+        } else {
+            if ((rc = alloc_dev(b, (void **)&cl->wgu, (size_t)(2 * I * H) * 2)) < 0) goto fail;
+            uint16_t *gu = interleave ? gu_plain : cl->wgu;
+            if ((rc = put_matrix(&ld, gu, &lw->w_gate, I * H, name)) < 0) goto fail;
+            if ((rc = put_matrix(&ld, gu + I * H, &lw->w_up, I * H, name)) < 0) goto fail;
+            if (interleave) CUDA_CHECK(b, sk_gate_up_interleave(cl->wgu, gu_plain, (int)I, (int)H, b->stream));
+            if ((rc = alloc_dev(b, (void **)&cl->wd, (size_t)(H * I) * 2)) < 0) goto fail;
+            if ((rc = put_matrix(&ld, cl->wd, &lw->w_down, H * I, name)) < 0) goto fail;
+        }
         if ((rc = put_vector(&ld, &cl->attn_norm, &lw->attn_norm, H, true, name)) < 0) goto fail;
         if ((rc = put_vector(&ld, &cl->ffn_norm, &lw->ffn_norm, H, true, name)) < 0) goto fail;
         if (c->qk_norm) {
