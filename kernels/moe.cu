@@ -14,9 +14,10 @@
 namespace
 {
 
-constexpr int kWarps = 8;     // output features per block in sk_moe_gemm
-constexpr int kRows = 16;     // rows a warp carries through one pass over its weight rows
-constexpr int kUnroll = 2;    // 16-byte weight loads in flight per lane and weight row
+constexpr int kWarps = 8; // output features per block in sk_moe_gemm
+// Rows a warp carries through one pass over its weight rows: 4 where the groups' rows are few
+// (decode: fewer registers, so more warps and more loads in flight), else 16.
+constexpr int kFewRows = 4, kManyRows = 16;
 constexpr int kSortThreads = 1024;
 
 __device__ __forceinline__ uint4 load_stream(const uint4 *p)
@@ -151,7 +152,8 @@ __global__ void __launch_bounds__(kSortThreads)
 // [gate (n_out rows); up (n_out rows)] and act gets bf16(silu(gate) * up); otherwise y gets the
 // fp32 product.
 
-template <bool kSwiglu>
+// kUnroll: 16-byte weight loads in flight per lane and weight row.
+template <bool kSwiglu, int kRows, int kUnroll = (kRows <= kFewRows ? 4 : 2)>
 __global__ void __launch_bounds__(kWarps * 32)
     grouped_kernel(const __nv_bfloat16 *__restrict__ w, const __nv_bfloat16 *__restrict__ x, sk_moe_rows rows,
                    float *__restrict__ y, __nv_bfloat16 *__restrict__ act, int n_out, int k_in)
@@ -171,13 +173,13 @@ __global__ void __launch_bounds__(kWarps * 32)
     const uint4 *wu = reinterpret_cast<const uint4 *>(w + ((int64_t)g * wrows + n_out + n) * k_in);
     for (int p0 = r0 + (int)blockIdx.z * kRows; p0 < r1; p0 += (int)gridDim.z * kRows) {
         const int cnt = r1 - p0 < kRows ? r1 - p0 : kRows;
-        const uint4 *xr[kRows];
+        int src[kRows]; // each row's input row
 #pragma unroll
         for (int m = 0; m < kRows; m++) {
             int r = p0 + (m < cnt ? m : 0);
-            int src = rows.order ? rows.order[r] / rows.top_k : r;
-            xr[m] = reinterpret_cast<const uint4 *>(x + (int64_t)src * k_in);
+            src[m] = rows.order ? rows.order[r] / rows.top_k : r;
         }
+        const uint4 *x4 = reinterpret_cast<const uint4 *>(x);
         float ag[kRows], au[kRows];
 #pragma unroll
         for (int m = 0; m < kRows; m++) ag[m] = au[m] = 0.0f;
@@ -200,7 +202,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                 for (int m = 0; m < kRows; m++) {
                     if (m >= cnt) break;
                     float xf[8];
-                    bf16x8_to_f32(__ldg(xr[m] + i), xf);
+                    bf16x8_to_f32(__ldg(x4 + (int64_t)src[m] * nvec + i), xf);
 #pragma unroll
                     for (int j = 0; j < 8; j++) {
                         ag[m] += fg[j] * xf[j];
@@ -290,19 +292,25 @@ extern "C" cudaError_t sk_moe_gemm(const uint16_t *w, const uint16_t *x, const s
         return cudaErrorInvalidValue;
     // Grouped: a block per active group at most (min(groups, rows) of them can be), and as many
     // row passes side by side as an even spread of the rows over them would fill four times.
-    // Dense: one pass of kRows rows per block. Both depend on the shape only.
+    // Dense: one pass per block. Everything here depends on the shape only, never on the counts.
     const int slots = rows->seg ? (rows->n_groups < rows->n_rows ? rows->n_groups : rows->n_rows) : 1;
-    const int per = rows->seg ? slots * kRows * 4 : kRows;
+    const bool few = rows->seg && rows->n_rows <= slots * kFewRows;
+    const int pass = few ? kFewRows : kManyRows;
+    const int per = rows->seg ? slots * pass * 4 : pass;
     int z = (rows->n_rows + per - 1) / per;
     if (z > 65535) z = 65535;
     const dim3 grid((n_out + kWarps - 1) / kWarps, slots, z);
     const auto *wb = reinterpret_cast<const __nv_bfloat16 *>(w);
     const auto *xb = reinterpret_cast<const __nv_bfloat16 *>(x);
-    if (act)
-        grouped_kernel<true><<<grid, kWarps * 32, 0, s>>>(wb, xb, *rows, nullptr,
-                                                          reinterpret_cast<__nv_bfloat16 *>(act), n_out, k_in);
+    auto *ab = reinterpret_cast<__nv_bfloat16 *>(act);
+    if (act && few)
+        grouped_kernel<true, kFewRows><<<grid, kWarps * 32, 0, s>>>(wb, xb, *rows, nullptr, ab, n_out, k_in);
+    else if (act)
+        grouped_kernel<true, kManyRows><<<grid, kWarps * 32, 0, s>>>(wb, xb, *rows, nullptr, ab, n_out, k_in);
+    else if (few)
+        grouped_kernel<false, kFewRows><<<grid, kWarps * 32, 0, s>>>(wb, xb, *rows, y, nullptr, n_out, k_in);
     else
-        grouped_kernel<false><<<grid, kWarps * 32, 0, s>>>(wb, xb, *rows, y, nullptr, n_out, k_in);
+        grouped_kernel<false, kManyRows><<<grid, kWarps * 32, 0, s>>>(wb, xb, *rows, y, nullptr, n_out, k_in);
     return cudaGetLastError();
 }
 
