@@ -12,6 +12,7 @@
  * of three sequences gives each one's logits alone bit for bit, and the decode steps replayed
  * from CUDA graphs give the tokens of eager steps. */
 #include "tests/gpu/gpu_test.h"
+#include "tests/gpu/moe_pipe.h"
 
 #include "kernels/sluice_kernels.h"
 #include "worker/backend/backend.h"
@@ -234,57 +235,25 @@ static void test_combine(int n_tokens, int E, int k, int H, bool shared)
     free(choice), free(order), free(pos), free(weight), free(y), free(sy), free(sg), free(out);
 }
 
-/* The pipeline cuda_moe_enqueue runs, on n tokens of x (bf16 [n, H]) into out [n, H]. */
-struct pipe {
-    int E, k, H, I;
-    uint16_t *router, *gu, *down;
-    float *logits, *weight, *y_exp;
-    int32_t *choice, *order, *pos, *seg, *active;
-    uint16_t *act;
-};
-
-static void pipe_run(const struct pipe *p, const uint16_t *x, int n, float *out)
-{
-    const struct sk_moe_rows dense = {.n_rows = n};
-    const struct sk_moe_rows by_token = {.seg = p->seg, .active = p->active, .order = p->order, .n_groups = p->E,
-                                         .n_rows = n * p->k, .top_k = p->k};
-    struct sk_moe_rows by_pair = by_token;
-    by_pair.order = NULL;
-    GT_CUDA(sk_moe_gemm(p->router, x, &dense, p->logits, NULL, p->E, p->H, 0));
-    GT_CUDA(sk_moe_route(p->logits, n, p->E, p->k, 1, p->choice, p->weight, 0));
-    GT_CUDA(sk_moe_sort(p->choice, n * p->k, p->E, p->order, p->pos, p->seg, p->active, 0));
-    GT_CUDA(sk_moe_gemm(p->gu, x, &by_token, NULL, p->act, p->I, p->H, 0));
-    GT_CUDA(sk_moe_gemm(p->down, p->act, &by_pair, p->y_exp, NULL, p->H, p->I, 0));
-    GT_CUDA(sk_moe_combine(p->y_exp, p->choice, p->weight, p->pos, p->k, NULL, NULL, out, n, p->H, 0));
-}
-
 static void test_pipeline_invariance(int E, int k, int H, int I, int n)
 {
-    struct pipe p = {.E = E, .k = k, .H = H, .I = I};
-    size_t rn = (size_t)E * H, gn = (size_t)E * 2 * I * H, dn = (size_t)E * H * I;
+    struct moe_pipe p;
+    moe_pipe_alloc(&p, E, k, H, I, n);
+    size_t gn = (size_t)E * 2 * I * H;
     uint16_t *w = malloc(gn * 2);
     for (size_t i = 0; i < gn; i++) w[i] = gt_f2bf(gt_uniform() * 0.05f);
-    p.router = gt_up(w, rn * 2);
-    p.gu = gt_up(w, gn * 2);
-    p.down = gt_up(w, dn * 2);
-    p.logits = gt_dev((size_t)n * E * 4);
-    p.weight = gt_dev((size_t)n * k * 4);
-    p.y_exp = gt_dev((size_t)n * k * H * 4);
-    p.choice = gt_dev((size_t)n * k * 4);
-    p.order = gt_dev((size_t)n * k * 4);
-    p.pos = gt_dev((size_t)n * k * 4);
-    p.seg = gt_dev((size_t)(E + 1) * 4);
-    p.active = gt_dev((size_t)(E + 1) * 4);
-    p.act = gt_dev((size_t)n * k * I * 2);
+    GT_CUDA(cudaMemcpy(p.router, w, (size_t)E * H * 2, cudaMemcpyHostToDevice));
+    GT_CUDA(cudaMemcpy(p.gu, w, gn * 2, cudaMemcpyHostToDevice));
+    GT_CUDA(cudaMemcpy(p.down, w, (size_t)E * H * I * 2, cudaMemcpyHostToDevice));
     uint16_t *x = malloc((size_t)n * H * 2);
     for (size_t i = 0; i < (size_t)n * H; i++) x[i] = gt_f2bf(gt_normal());
     uint16_t *d_x = gt_up(x, (size_t)n * H * 2);
     float *d_out = gt_dev((size_t)n * H * 4), *all = malloc((size_t)n * H * 4), *one = malloc((size_t)H * 4);
-    pipe_run(&p, d_x, n, d_out);
+    moe_pipe_run(&p, d_x, n, d_out, 0, 0);
     gt_down(all, d_out, (size_t)n * H * 4);
     int bad = 0, first = -1;
     for (int t = 0; t < n; t += 7) {
-        pipe_run(&p, d_x + (size_t)t * H, 1, d_out);
+        moe_pipe_run(&p, d_x + (size_t)t * H, 1, d_out, 0, 0);
         gt_down(one, d_out, (size_t)H * 4);
         if (memcmp(one, all + (size_t)t * H, (size_t)H * 4)) {
             bad++;
@@ -297,9 +266,8 @@ static void test_pipeline_invariance(int E, int k, int H, int I, int n)
              "MoE pipeline (%d experts, top %d, %d x %d): a token alone gives its row among %d bit for bit (%d "
              "differ, first token %d; all finite: %s)",
              E, k, H, I, n, bad, first, finite ? "yes" : "no");
-    void *d[] = {p.router, p.gu, p.down, p.logits, p.weight, p.y_exp, p.choice, p.order, p.pos, p.seg, p.active, p.act,
-                 d_x,      d_out};
-    for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) cudaFree(d[i]);
+    moe_pipe_free(&p);
+    cudaFree(d_x), cudaFree(d_out);
     free(w), free(x), free(all), free(one);
 }
 
