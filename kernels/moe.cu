@@ -89,6 +89,7 @@ __global__ void route_kernel(const float *__restrict__ logits, int n_tokens, int
 #pragma unroll
         for (int j = 0; j < kPerLane; j++)
             if (lane + 32 * j == be) v[j] = -1.0f;
+        if (be == INT32_MAX) be = r; // NaN logits: no order; any id keeps the later kernels in bounds
         wsel[r] = bv;
         esel[r] = be;
         top += bv; // in the chosen order, as the CPU router sums them
@@ -236,15 +237,17 @@ __global__ void combine_kernel(const float *__restrict__ y_exp, const int32_t *_
     __shared__ int32_t src[SK_MOE_MAX_TOP_K];
     __shared__ float wt[SK_MOE_MAX_TOP_K];
     if (threadIdx.x == 0) {
-        // The token's choices in ascending expert order (transformers adds its experts so).
-        int32_t last = -1;
+        // The token's choices in ascending expert order (transformers adds its experts so), by
+        // the key expert * top_k + slot, which stays a strict order even for a repeated expert.
+        int64_t last = -1;
         for (int r = 0; r < top_k; r++) {
-            int best = -1;
+            int best = 0;
+            int64_t best_key = INT64_MAX;
             for (int q = 0; q < top_k; q++) {
-                int32_t e = choice[(int64_t)t * top_k + q];
-                if (e > last && (best < 0 || e < choice[(int64_t)t * top_k + best])) best = q;
+                int64_t key = (int64_t)choice[(int64_t)t * top_k + q] * top_k + q;
+                if (key > last && key < best_key) best = q, best_key = key;
             }
-            last = choice[(int64_t)t * top_k + best];
+            last = best_key;
             src[r] = pos[(int64_t)t * top_k + best];
             wt[r] = weight[(int64_t)t * top_k + best];
         }
