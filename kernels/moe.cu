@@ -295,9 +295,11 @@ extern "C" cudaError_t sk_moe_gemm(const uint16_t *w, const uint16_t *x, const s
         return cudaErrorInvalidValue;
     // Grouped: a block per active group at most (min(groups, rows) of them can be), and as many
     // row passes side by side as an even spread of the rows over them would fill four times.
-    // Dense: one pass per block. Everything here depends on the shape only, never on the counts.
+    // Dense: one pass per block. Passes of 4 rows wherever an even spread gives at most that
+    // (both variants sum a row in the same order). Everything here depends on the shape only,
+    // never on the counts.
     const int slots = rows->seg ? (rows->n_groups < rows->n_rows ? rows->n_groups : rows->n_rows) : 1;
-    const bool few = rows->seg && rows->n_rows <= slots * kFewRows;
+    const bool few = rows->n_rows <= slots * kFewRows;
     const int pass = few ? kFewRows : kManyRows;
     const int per = rows->seg ? slots * pass * 4 : pass;
     int z = (rows->n_rows + per - 1) / per;
