@@ -7,6 +7,7 @@
 // K range summed in order, then the same shuffle tree), never by which block or chunk it falls
 // in, so a token's result does not depend on what shares its batch or its expert.
 #include "kernels/bf16.cuh"
+#include "kernels/load_stream.cuh"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda_bf16.h>
@@ -19,15 +20,6 @@ constexpr int kWarps = 8; // output features per block in sk_moe_gemm
 // (decode: fewer registers, so more warps and more loads in flight), else 16.
 constexpr int kFewRows = 4, kManyRows = 16;
 constexpr int kSortThreads = 1024;
-
-__device__ __forceinline__ uint4 load_stream(const uint4 *p)
-{
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
 
 __device__ __forceinline__ float warp_sum(float v)
 {

@@ -282,16 +282,12 @@ struct seq {
     int n_prompt, fed, n_out;
     int32_t out[N_GEN];
     int32_t blocks[BLOCKS];
-    int32_t history[128];
 };
 
-/* One step for the sequences of ss not yet done (prefill in chunks of `chunk`); tokens sampled
- * go to each; logits (rows * V) when not NULL. Returns the rows sampled, or -1. */
-static int step(struct backend *b, struct seq *ss, int n, int chunk, float *logits, int *map)
+/* The next step of the sequences of ss not yet done (prefill in chunks of `chunk`, greedy):
+ * q[S], tokens[T] and map[s] = the sequence of q[s]. Returns S. */
+static int next_step(struct seq *ss, int n, int chunk, struct batch_seq *q, int32_t *tokens, int *map, int *T_out)
 {
-    struct batch_seq q[MAX_SEQS];
-    int32_t tokens[256];
-    struct sample_result res[MAX_SEQS];
     static const struct sampling_params greedy = {.temperature = 0, .top_p = 1, .top_k = -1, .repetition_penalty = 1,
                                                   .logprobs = -1};
     int S = 0, T = 0;
@@ -318,13 +314,20 @@ static int step(struct backend *b, struct seq *ss, int n, int chunk, float *logi
         p->n_blocks = BLOCKS;
         p->sampling = &greedy;
         p->n_generated = (uint64_t)s->n_out;
-        memcpy(s->history, s->prompt, (size_t)s->n_prompt * 4);
-        memcpy(s->history + s->n_prompt, s->out, (size_t)s->n_out * 4);
-        p->history = s->history;
-        p->n_history = s->n_prompt + s->n_out;
-        p->n_output = s->n_out;
         map[S++] = i;
     }
+    *T_out = T;
+    return S;
+}
+
+/* One step for the sequences of ss not yet done; logits (rows * V) when not NULL, map[r] = the
+ * sequence of sampled row r. Stores no tokens. Returns the rows sampled, or -1. */
+static int step(struct backend *b, struct seq *ss, int n, int chunk, float *logits, int *map)
+{
+    struct batch_seq q[MAX_SEQS];
+    int32_t tokens[256];
+    struct sample_result res[MAX_SEQS];
+    int T, S = next_step(ss, n, chunk, q, tokens, map, &T);
     if (S == 0) return 0;
     struct batch batch = {.n_seqs = S, .seqs = q, .n_tokens = T, .tokens = tokens, .logits_out = logits};
     if (backend_forward(b, &batch, res) < 0) return -1;
@@ -356,15 +359,9 @@ static int argmax(const float *l, int V, float *margin)
     return a;
 }
 
-static void test_fixture_vs_cpu(const char *name)
+static void test_fixture_vs_cpu(const char *name, const struct model *m)
 {
-    char path[256], err[512];
-    snprintf(path, sizeof path, "tests/fixtures/families/%s", name);
-    struct model *m = NULL;
-    if (model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err) < 0) {
-        GT_CHECK(0, "%s: model_load: %s", name, err);
-        return;
-    }
+    char err[512];
     const int V = m->config.vocab_size;
     struct backend_options bo = {.kv_blocks = 2 * MAX_SEQS * BLOCKS + 1, .max_batch_tokens = 256, .max_batch_seqs = 4,
                                  .n_threads = 4, .gpu_memory_utilization = 0.9};
@@ -440,7 +437,6 @@ static void test_fixture_vs_cpu(const char *name)
 out:
     backend_free(gpu);
     backend_free(cpu);
-    model_free(m);
 }
 
 /* Runs seqs to N_GEN greedy tokens (the sampler's, through the backend's results), storing each
@@ -454,34 +450,7 @@ static int generate(struct backend *b, struct seq *ss, int n, int chunk, float *
         struct batch_seq q[MAX_SEQS];
         int32_t tokens[256];
         struct sample_result res[MAX_SEQS];
-        static const struct sampling_params greedy = {.temperature = 0, .top_p = 1, .top_k = -1,
-                                                      .repetition_penalty = 1, .logprobs = -1};
-        int S = 0, T = 0;
-        for (int i = 0; i < n; i++) {
-            struct seq *s = &ss[i];
-            if (s->n_out >= N_GEN) continue;
-            struct batch_seq *p = &q[S];
-            memset(p, 0, sizeof *p);
-            if (s->fed < s->n_prompt) {
-                int c = s->n_prompt - s->fed < chunk ? s->n_prompt - s->fed : chunk;
-                memcpy(tokens + T, s->prompt + s->fed, (size_t)c * 4);
-                p->start_pos = s->fed;
-                p->n_new = c;
-                s->fed += c;
-                p->sample = s->fed == s->n_prompt;
-            } else {
-                tokens[T] = s->out[s->n_out - 1];
-                p->start_pos = s->n_prompt + s->n_out - 1;
-                p->n_new = 1;
-                p->sample = true;
-            }
-            T += p->n_new;
-            p->block_table = s->blocks;
-            p->n_blocks = BLOCKS;
-            p->sampling = &greedy;
-            p->n_generated = (uint64_t)s->n_out;
-            map[S++] = i;
-        }
+        int T, S = next_step(ss, n, chunk, q, tokens, map, &T);
         if (S == 0) break;
         struct batch batch = {.n_seqs = S, .seqs = q, .n_tokens = T, .tokens = tokens, .logits_out = step_lg};
         if ((rc = backend_forward(b, &batch, res)) < 0) break;
@@ -497,15 +466,9 @@ static int generate(struct backend *b, struct seq *ss, int n, int chunk, float *
     return rc;
 }
 
-static void test_fixture_batch(const char *name)
+static void test_fixture_batch(const char *name, const struct model *m)
 {
-    char path[256], err[512];
-    snprintf(path, sizeof path, "tests/fixtures/families/%s", name);
-    struct model *m = NULL;
-    if (model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err) < 0) {
-        GT_CHECK(0, "%s: model_load: %s", name, err);
-        return;
-    }
+    char err[512];
     const int V = m->config.vocab_size;
     struct backend_options bo = {.kv_blocks = 2 * MAX_SEQS * BLOCKS + 1, .max_batch_tokens = 256, .max_batch_seqs = 4,
                                  .gpu_memory_utilization = 0.9, .deterministic = true};
@@ -556,7 +519,6 @@ static void test_fixture_batch(const char *name)
 out:
     backend_free(e);
     backend_free(b);
-    model_free(m);
 }
 
 int main(void)
@@ -586,9 +548,17 @@ int main(void)
 
     const char *fixtures[] = {"mixtral", "mixtral_stacked", "qwen2_moe", "qwen2_moe_step2", "qwen3_moe"};
     for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) {
+        char path[256], err[512];
+        snprintf(path, sizeof path, "tests/fixtures/families/%s", fixtures[i]);
+        struct model *m = NULL;
+        if (model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err) < 0) {
+            GT_CHECK(0, "%s: model_load: %s (run from the repository root)", path, err);
+            continue;
+        }
         printf("fixture %s: CUDA against the CPU backend\n", fixtures[i]);
-        test_fixture_vs_cpu(fixtures[i]);
-        test_fixture_batch(fixtures[i]);
+        test_fixture_vs_cpu(fixtures[i], m);
+        test_fixture_batch(fixtures[i], m);
+        model_free(m);
     }
     return gt_finish();
 }

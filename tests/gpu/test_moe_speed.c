@@ -10,18 +10,10 @@
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/moe_pipe.h"
 
-#include <time.h>
-
 #include "worker/backend/backend.h"
+#include "worker/backend/cuda/cuda_internal.h"
 #include "worker/backend/cuda/cuda_moe_plan.h"
 #include "worker/model/model.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Microseconds per replay of a graph of the pipeline (experts_only: the two products). */
 static double time_graph(const struct moe_pipe *p, const uint16_t *x, int n, float *out, int experts_only,
@@ -92,12 +84,12 @@ static void bench_decode(const char *name, struct model *m)
     const struct model_config *c = &m->config;
     struct backend_options bo = {.gpu_memory_utilization = 0.9, .max_batch_tokens = 2048, .max_batch_seqs = 64};
     struct backend *b = NULL;
-    double t0 = now_s();
+    double t0 = cuda_now_s();
     if (backend_cuda_create(&b, m, &bo, err, sizeof err) < 0) {
         GT_CHECK(0, "%s: backend_cuda_create: %s", name, err);
         return;
     }
-    printf("  %s: load (dummy fill on GPU) %.2f s\n", name, now_s() - t0);
+    printf("  %s: load (dummy fill on GPU) %.2f s\n", name, cuda_now_s() - t0);
     struct sampling_params sp = {.temperature = 0.0f, .top_p = 1, .top_k = -1, .repetition_penalty = 1,
                                  .logprobs = -1};
     const int prompt = 512, steps = 64, per_seq = 64;
@@ -109,9 +101,9 @@ static void bench_decode(const char *name, struct model *m)
     struct batch batch = {.n_seqs = 1, .seqs = &q, .n_tokens = prompt, .tokens = tokens};
     struct sample_result res[64];
     int rc = backend_forward(b, &batch, res);
-    t0 = now_s();
+    t0 = cuda_now_s();
     if (rc == 0) rc = backend_forward(b, &batch, res);
-    double pre = now_s() - t0;
+    double pre = cuda_now_s() - t0;
     GT_CHECK(rc == 0, "%s: prefill %d tokens: %.1f ms (%.0f tok/s) %s", name, prompt, pre * 1e3, prompt / pre,
              rc ? b->error : "");
     const int bs_list[] = {1, 64};
@@ -126,13 +118,13 @@ static void bench_decode(const char *name, struct model *m)
             tk[s] = (res[0].token + s) % c->vocab_size;
         }
         for (int i = 0; i < steps + 4 && rc == 0; i++) {
-            if (i == 4) t0 = now_s(); /* the first steps capture the graph */
+            if (i == 4) t0 = cuda_now_s(); /* the first steps capture the graph */
             for (int s = 0; s < bs; s++) seqs[s].start_pos = (s == 0 ? prompt : 0) + i;
             struct batch db = {.n_seqs = bs, .seqs = seqs, .n_tokens = bs, .tokens = tk};
             rc = backend_forward(b, &db, res);
             for (int s = 0; s < bs && rc == 0; s++) tk[s] = res[s].token;
         }
-        double dt = (now_s() - t0) / steps;
+        double dt = (cuda_now_s() - t0) / steps;
         GT_CHECK(rc == 0, "%s: decode batch %d: %.2f ms/step, %.0f tok/s %s", name, bs, dt * 1e3, bs / dt,
                  rc ? b->error : "");
     }
