@@ -140,10 +140,12 @@ __global__ void __launch_bounds__(kSortThreads)
 }
 
 // ---- the grouped product -------------------------------------------------------------------
-// Block (x, y, z): features x * kWarps .. + kWarps of group active[y] (of the one group when
-// dense), its rows in passes of kRows taken z, z + gridDim.z, ... Swiglu: the group's weights are
-// [gate (n_out rows); up (n_out rows)] and act gets bf16(silu(gate) * up); otherwise y gets the
-// fp32 product.
+// Block (x, y, z): of group active[y] (the one group when dense), its rows in passes of kRows
+// taken z, z + gridDim.z, ...; each warp streams two weight rows against the same loads of x.
+// Swiglu: the group's weights are [gate (n_out rows); up (n_out rows)], a warp takes feature n's
+// gate and up rows (kWarps features per block) and act gets bf16(silu(gate) * up). Otherwise a
+// warp takes features n and n + kWarps (2 kWarps per block) and y gets the fp32 products. Either
+// way every feature's sum runs in the same order.
 
 // kUnroll: 16-byte weight loads in flight per lane and weight row.
 template <bool kSwiglu, int kRows, int kUnroll = (kRows <= kFewRows ? 4 : 2)>
@@ -151,7 +153,10 @@ __global__ void __launch_bounds__(kWarps * 32)
     grouped_kernel(const __nv_bfloat16 *__restrict__ w, const __nv_bfloat16 *__restrict__ x, sk_moe_rows rows,
                    float *__restrict__ y, __nv_bfloat16 *__restrict__ act, int n_out, int k_in)
 {
-    const int n = blockIdx.x * kWarps + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n = blockIdx.x * (kSwiglu ? kWarps : 2 * kWarps) + warp;
+    const int n2 = kSwiglu ? n : n + kWarps; // plain: the warp's second feature
+    const bool has2 = kSwiglu || n2 < n_out;
     int g = 0, r0 = 0, r1 = rows.n_rows;
     if (rows.seg) {
         if ((int)blockIdx.y >= rows.active[rows.n_groups]) return;
@@ -163,7 +168,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int nvec = k_in / 8;
     const int64_t wrows = kSwiglu ? 2 * (int64_t)n_out : n_out;
     const uint4 *wg = reinterpret_cast<const uint4 *>(w + ((int64_t)g * wrows + n) * k_in);
-    const uint4 *wu = reinterpret_cast<const uint4 *>(w + ((int64_t)g * wrows + n_out + n) * k_in);
+    const int64_t row_u = kSwiglu ? n_out + n : (has2 ? n2 : n);
+    const uint4 *wu = reinterpret_cast<const uint4 *>(w + ((int64_t)g * wrows + row_u) * k_in);
     for (int p0 = r0 + (int)blockIdx.z * kRows; p0 < r1; p0 += (int)gridDim.z * kRows) {
         const int cnt = r1 - p0 < kRows ? r1 - p0 : kRows;
         int src[kRows]; // each row's input row
@@ -182,7 +188,7 @@ __global__ void __launch_bounds__(kWarps * 32)
             for (int u = 0; u < kUnroll; u++) {
                 int i = base + u * 32;
                 vg[u] = i < nvec ? load_stream(wg + i) : make_uint4(0, 0, 0, 0);
-                if (kSwiglu) vu[u] = i < nvec ? load_stream(wu + i) : make_uint4(0, 0, 0, 0);
+                vu[u] = i < nvec ? load_stream(wu + i) : make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
             for (int u = 0; u < kUnroll; u++) {
@@ -190,7 +196,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                 if (i >= nvec) break;
                 float fg[8], fu[8];
                 bf16x8_to_f32(vg[u], fg);
-                if (kSwiglu) bf16x8_to_f32(vu[u], fu);
+                bf16x8_to_f32(vu[u], fu);
 #pragma unroll
                 for (int m = 0; m < kRows; m++) {
                     if (m >= cnt) break;
@@ -199,7 +205,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
                     for (int j = 0; j < 8; j++) {
                         ag[m] += fg[j] * xf[j];
-                        if (kSwiglu) au[m] += fu[j] * xf[j];
+                        au[m] += fu[j] * xf[j];
                     }
                 }
             }
@@ -207,12 +213,13 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
         for (int m = 0; m < kRows; m++) {
             if (m >= cnt) break;
-            float a = warp_sum(ag[m]);
+            const float a = warp_sum(ag[m]), u = warp_sum(au[m]);
+            if (lane != 0) continue;
             if (kSwiglu) {
-                float u = warp_sum(au[m]);
-                if (lane == 0) act[(int64_t)(p0 + m) * n_out + n] = __float2bfloat16_rn(a / (1.0f + expf(-a)) * u);
-            } else if (lane == 0) {
+                act[(int64_t)(p0 + m) * n_out + n] = __float2bfloat16_rn(a / (1.0f + expf(-a)) * u);
+            } else {
                 y[(int64_t)(p0 + m) * n_out + n] = a;
+                if (has2) y[(int64_t)(p0 + m) * n_out + n2] = u;
             }
         }
     }
@@ -296,7 +303,8 @@ extern "C" cudaError_t sk_moe_gemm(const uint16_t *w, const uint16_t *x, const s
     const int per = rows->seg ? slots * pass * 4 : pass;
     int z = (rows->n_rows + per - 1) / per;
     if (z > 65535) z = 65535;
-    const dim3 grid((n_out + kWarps - 1) / kWarps, slots, z);
+    const int per_block = act ? kWarps : 2 * kWarps; // features
+    const dim3 grid((n_out + per_block - 1) / per_block, slots, z);
     const auto *wb = reinterpret_cast<const __nv_bfloat16 *>(w);
     const auto *xb = reinterpret_cast<const __nv_bfloat16 *>(x);
     auto *ab = reinterpret_cast<__nv_bfloat16 *>(act);
