@@ -234,13 +234,16 @@ cudaError_t sk_moe_sort(const int32_t *choice, int n_pairs, int n_experts, int32
 struct sk_moe_rows {
     const int32_t *seg, *active, *order;
     int n_groups, n_rows, top_k;
+    int invariant; /* 1: the CUDA-core product at every row count (--deterministic) */
 };
 /* For every row r of rows and feature n < n_out, over k_in (% 8 == 0; w and x 16-byte aligned):
  * with y: y[r, n] = x_r . w_g[n] (fp32); with act (bf16, y NULL): w_g is [gate (n_out rows); up
  * (n_out rows)] and act[r, n] = silu(x_r . gate_n) * (x_r . up_n). A warp streams two weight rows
  * (gate and up, or two features) once per pass over 4 of its group's rows (few rows per group, as
- * in decode) or 16; a row's sums do not depend on the other rows or the pass. The grid depends on
- * the shapes only (no counts from the host). */
+ * in decode) or 16; a row's sums do not depend on the other rows or the pass. Grouped products of
+ * more than 8 rows per group on an even spread (and k_in % 16 == 0) run on the tensor cores
+ * instead (mma.sync, fp32 sums), unless rows->invariant: their rows' sums differ from the CUDA
+ * cores' in the last bits. The grid depends on the shapes only (no counts from the host). */
 cudaError_t sk_moe_gemm(const uint16_t *w, const uint16_t *x, const struct sk_moe_rows *rows, float *y,
                         uint16_t *act, int n_out, int k_in, cudaStream_t s);
 /* out[t] = sum over t's choices in ascending expert order of weight * y_exp[pos[pair]], plus

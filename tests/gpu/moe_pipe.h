@@ -45,13 +45,14 @@ static inline void moe_pipe_free(struct moe_pipe *p)
 }
 
 /* out [n, H] fp32 = the layer's MoE MLP of x [n, H] bf16 (renormalised top-k), on s. experts_only:
- * only the two grouped products (after a full run has left the routing in place). */
+ * only the two grouped products (after a full run has left the routing in place); invariant as
+ * in struct sk_moe_rows. */
 static inline void moe_pipe_run(const struct moe_pipe *p, const uint16_t *x, int n, float *out, int experts_only,
-                                cudaStream_t s)
+                                int invariant, cudaStream_t s)
 {
     const struct sk_moe_rows dense = {.n_rows = n};
     const struct sk_moe_rows by_token = {.seg = p->seg, .active = p->active, .order = p->order, .n_groups = p->E,
-                                         .n_rows = n * p->k, .top_k = p->k};
+                                         .n_rows = n * p->k, .top_k = p->k, .invariant = invariant};
     struct sk_moe_rows by_pair = by_token;
     by_pair.order = NULL;
     if (!experts_only) {

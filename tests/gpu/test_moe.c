@@ -114,7 +114,8 @@ static float silu(float g)
 
 /* sk_moe_gemm: dense (groups 0) or grouped over E experts with top_k choices per token of
  * n_tokens, plain (fp32) or swiglu (bf16), against double sums of the same bf16 values. */
-static void test_gemm(const char *what, int n_tokens, int E, int top_k, bool swiglu, bool gather, int n_out, int k_in)
+static void test_gemm(const char *what, int n_tokens, int E, int top_k, bool swiglu, bool gather, int n_out, int k_in,
+                      int invariant)
 {
     const bool grouped = E > 0;
     const int groups = grouped ? E : 1, n_rows = grouped ? n_tokens * top_k : n_tokens;
@@ -149,7 +150,7 @@ static void test_gemm(const char *what, int n_tokens, int E, int top_k, bool swi
     int32_t *d_act_list = grouped ? gt_up(active, (size_t)(E + 1) * 4) : NULL;
     int32_t *d_order = grouped ? gt_up(order, (size_t)n_rows * 4) : NULL;
     struct sk_moe_rows rows = {.seg = d_seg, .active = d_act_list, .order = gather ? d_order : NULL,
-                               .n_groups = groups, .n_rows = n_rows, .top_k = top_k};
+                               .n_groups = groups, .n_rows = n_rows, .top_k = top_k, .invariant = invariant};
     GT_CUDA(sk_moe_gemm(d_w, d_x, &rows, swiglu ? NULL : d_y, swiglu ? d_act : NULL, n_out, k_in, 0));
     if (swiglu) gt_down(act, d_act, yn * 2);
     else gt_down(y, d_y, yn * 4);
@@ -176,15 +177,20 @@ static void test_gemm(const char *what, int n_tokens, int E, int top_k, bool swi
                 err = fabs(got - want) / (fabs(want) + 1e-3); /* bf16 output: ~4e-3 */
                 err /= 2e-3;                                   /* in units of the bound below */
             } else {
-                err = fabs((double)y[(size_t)r * n_out + n] - a) / (mag + 1e-30) / 1e-5;
+                err = fabs((double)y[(size_t)r * n_out + n] - a) / (mag + 1e-30) / 2.5e-5;
             }
             if (err > worst) worst = err, worst_row = r;
         }
     }
+    /* Which kernel sk_moe_gemm takes (its rule): tensor cores for groups of more than 8 rows on
+     * an even spread, unless invariant. */
+    const int slots = grouped ? (E < n_rows ? E : n_rows) : 1;
+    const bool mma = grouped && !invariant && n_rows > slots * 8 && k_in % 16 == 0;
     GT_CHECK(worst <= 4.0,
-             "sk_moe_gemm %s: %d rows, %d groups, %d x %d%s: worst error %.2f of its bound (row %d; bound: %s)", what,
-             n_rows, groups, n_out, k_in, swiglu ? ", silu(gate) * up in bf16" : "", worst / 4.0, worst_row,
-             swiglu ? "8e-3 relative, bf16 output" : "4e-5 of the sum of |products|");
+             "sk_moe_gemm %s (%s): %d rows, %d groups, %d x %d%s: worst error %.2f of its bound (row %d; bound: %s)",
+             what, mma ? "tensor cores" : "CUDA cores", n_rows, groups, n_out, k_in,
+             swiglu ? ", silu(gate) * up in bf16" : "", worst / 4.0, worst_row,
+             swiglu ? "8e-3 relative, bf16 output" : "1e-4 of the sum of |products|");
     cudaFree(d_w), cudaFree(d_x), cudaFree(d_act), cudaFree(d_y), cudaFree(d_seg), cudaFree(d_act_list),
         cudaFree(d_order);
     free(w), free(x), free(act), free(y), free(choice), free(order), free(pos);
@@ -235,7 +241,7 @@ static void test_combine(int n_tokens, int E, int k, int H, bool shared)
     free(choice), free(order), free(pos), free(weight), free(y), free(sy), free(sg), free(out);
 }
 
-static void test_pipeline_invariance(int E, int k, int H, int I, int n)
+static void test_pipeline_invariance(int E, int k, int H, int I, int n, int invariant)
 {
     struct moe_pipe p;
     moe_pipe_alloc(&p, E, k, H, I, n);
@@ -249,11 +255,11 @@ static void test_pipeline_invariance(int E, int k, int H, int I, int n)
     for (size_t i = 0; i < (size_t)n * H; i++) x[i] = gt_f2bf(gt_normal());
     uint16_t *d_x = gt_up(x, (size_t)n * H * 2);
     float *d_out = gt_dev((size_t)n * H * 4), *all = malloc((size_t)n * H * 4), *one = malloc((size_t)H * 4);
-    moe_pipe_run(&p, d_x, n, d_out, 0, 0);
+    moe_pipe_run(&p, d_x, n, d_out, 0, invariant, 0);
     gt_down(all, d_out, (size_t)n * H * 4);
     int bad = 0, first = -1;
     for (int t = 0; t < n; t += 7) {
-        moe_pipe_run(&p, d_x + (size_t)t * H, 1, d_out, 0, 0);
+        moe_pipe_run(&p, d_x + (size_t)t * H, 1, d_out, 0, invariant, 0);
         gt_down(one, d_out, (size_t)H * 4);
         if (memcmp(one, all + (size_t)t * H, (size_t)H * 4)) {
             bad++;
@@ -262,10 +268,17 @@ static void test_pipeline_invariance(int E, int k, int H, int I, int n)
     }
     bool finite = true;
     for (size_t i = 0; i < (size_t)n * H; i++) finite &= isfinite(all[i]);
-    GT_CHECK(bad == 0 && finite,
-             "MoE pipeline (%d experts, top %d, %d x %d): a token alone gives its row among %d bit for bit (%d "
-             "differ, first token %d; all finite: %s)",
-             E, k, H, I, n, bad, first, finite ? "yes" : "no");
+    /* Without invariant, a batch whose experts get many rows takes the tensor cores and a token
+     * alone the CUDA cores: the same only to rounding. */
+    if (invariant)
+        GT_CHECK(bad == 0 && finite,
+                 "MoE pipeline (%d experts, top %d, %d x %d), invariant: a token alone gives its row among %d bit "
+                 "for bit (%d differ, first token %d; all finite: %s)",
+                 E, k, H, I, n, bad, first, finite ? "yes" : "no");
+    else
+        printf("  info  MoE pipeline (%d experts, top %d), not invariant: %d of %d tokens alone differ in bits from "
+               "their rows among %d (all finite: %s)\n",
+               E, k, bad, (n + 6) / 7, n, finite ? "yes" : "no");
     moe_pipe_free(&p);
     cudaFree(d_x), cudaFree(d_out);
     free(w), free(x), free(all), free(one);
@@ -535,18 +548,24 @@ int main(void)
     test_sort(513, 128, 40);
     test_sort(8192, 128, 128);
     test_sort(2000, 8, 3);
-    test_gemm("dense", 37, 0, 1, false, false, 40, 64);
-    test_gemm("dense swiglu", 20, 0, 1, true, false, 24, 64);
-    test_gemm("router-like, one row", 1, 0, 1, false, false, 8, 4096);
-    test_gemm("gate/up by token", 300, 4, 2, true, true, 32, 64);
-    test_gemm("down by pair", 300, 4, 2, false, false, 64, 32);
-    test_gemm("gate/up, 60 experts", 64, 60, 4, true, true, 16, 128);
-    test_gemm("down, 128 experts", 9, 128, 8, false, false, 256, 768);
+    test_gemm("dense", 37, 0, 1, false, false, 40, 64, 0);
+    test_gemm("dense swiglu", 20, 0, 1, true, false, 24, 64, 0);
+    test_gemm("router-like, one row", 1, 0, 1, false, false, 8, 4096, 0);
+    for (int inv = 0; inv < 2; inv++) {
+        test_gemm("gate/up by token", 300, 4, 2, true, true, 32, 64, inv);
+        test_gemm("down by pair", 300, 4, 2, false, false, 64, 32, inv);
+        test_gemm("gate/up, partial tiles", 200, 3, 2, true, true, 40, 48, inv);
+        test_gemm("down, partial tiles", 200, 3, 2, false, false, 72, 48, inv);
+        test_gemm("gate/up, Mixtral-like", 64, 8, 2, true, true, 256, 4096, inv);
+        test_gemm("gate/up, 60 experts", 64, 60, 4, true, true, 16, 128, inv);
+        test_gemm("down, 128 experts", 9, 128, 8, false, false, 256, 768, inv);
+    }
     test_combine(33, 8, 2, 64, false);
     test_combine(17, 60, 4, 200, true);
     test_combine(5, 128, 8, 2048, false);
-    test_pipeline_invariance(8, 2, 256, 128, 50);
-    test_pipeline_invariance(128, 8, 512, 64, 50);
+    test_pipeline_invariance(8, 2, 256, 128, 50, 1);
+    test_pipeline_invariance(128, 8, 512, 64, 50, 1);
+    test_pipeline_invariance(8, 2, 256, 128, 50, 0);
 
     const char *fixtures[] = {"mixtral", "mixtral_stacked", "qwen2_moe", "qwen2_moe_step2", "qwen3_moe"};
     for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) {

@@ -23,7 +23,7 @@ static double time_graph(const struct moe_pipe *p, const uint16_t *x, int n, flo
     cudaGraphExec_t ge;
     cudaEvent_t a, b;
     GT_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    moe_pipe_run(p, x, n, out, experts_only, s);
+    moe_pipe_run(p, x, n, out, experts_only, 0, s);
     GT_CUDA(cudaStreamEndCapture(s, &g));
     GT_CUDA(cudaGraphInstantiate(&ge, g, 0));
     GT_CUDA(cudaEventCreate(&a));

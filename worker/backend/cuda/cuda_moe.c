@@ -7,12 +7,15 @@
  *   sort by expert     sk_moe_sort (counting sort, one block) order, pos, seg, active
  *   gate/up + SiLU     sk_moe_gemm over the active experts    act [pairs, inter] bf16
  *   down               sk_moe_gemm over the active experts    y_exp [pairs, hidden] fp32
+ *                      (CUDA cores where experts have few rows, as in decode; tensor cores where
+ *                      they have many, unless --deterministic)
  *   shared expert      sk_moe_gemm (dense) x3 (Qwen2-MoE)     shared_y, shared_g
  *   combine            sk_moe_combine: ascending expert order, then the sigmoid-gated shared expert
  *
  * One launch per projection per layer; the grids depend on the pass's token count and the
- * model's shape only (kernels/moe.cu). Every row's arithmetic is its own, so a token's result is
- * the same whatever shares its batch.
+ * model's shape only (kernels/moe.cu). Every row's arithmetic is its own; under --deterministic
+ * it is also the same kernel's at every batch size, so a token's result is the same whatever
+ * shares its batch.
  *
  * Ties: the CPU backend replays torch's CPU top-k tie order (cpu_router.c); sk_moe_route gives
  * equal probabilities to the lower expert id. Exactly equal float router probabilities need
@@ -142,10 +145,13 @@ int cuda_moe_enqueue(struct cuda_backend *b, int l, int T, int *delta_parts)
         const int n = T - t0 < moe->sz.chunk ? T - t0 : moe->sz.chunk, pairs = n * K;
         const uint16_t *x = b->ws.y + (int64_t)t0 * H;
         const struct sk_moe_rows dense = {.n_rows = n};
+        /* --deterministic: the CUDA-core product at every row count, so a token's bits do not
+         * depend on how many tokens share its experts. */
+        const int invariant = b->plan.deterministic;
         const struct sk_moe_rows by_token = {.seg = moe->seg, .active = moe->active, .order = moe->order,
-                                             .n_groups = E, .n_rows = pairs, .top_k = K};
+                                             .n_groups = E, .n_rows = pairs, .top_k = K, .invariant = invariant};
         const struct sk_moe_rows by_pair = {.seg = moe->seg, .active = moe->active, .order = NULL,
-                                            .n_groups = E, .n_rows = pairs, .top_k = K};
+                                            .n_groups = E, .n_rows = pairs, .top_k = K, .invariant = invariant};
         CUDA_CHECK(b, sk_moe_gemm(L->router, x, &dense, moe->logits, NULL, E, H, b->stream));
         CUDA_CHECK(b, sk_moe_route(moe->logits, n, E, K, moe->c.norm_topk_prob, moe->choice, moe->weight, b->stream));
         CUDA_CHECK(b, sk_moe_sort(moe->choice, pairs, E, moe->order, moe->pos, moe->seg, moe->active, b->stream));
