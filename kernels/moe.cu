@@ -141,6 +141,19 @@ __global__ void __launch_bounds__(kSortThreads)
 }
 
 // ---- the grouped product -------------------------------------------------------------------
+// Block y's group (active[y]; the one group when dense) and its rows r0..r1; false when y is past
+// the active groups.
+__device__ __forceinline__ bool block_group(const sk_moe_rows &rows, int &g, int &r0, int &r1)
+{
+    g = 0, r0 = 0, r1 = rows.n_rows;
+    if (!rows.seg) return true;
+    if ((int)blockIdx.y >= rows.active[rows.n_groups]) return false;
+    g = rows.active[blockIdx.y];
+    r0 = rows.seg[g];
+    r1 = rows.seg[g + 1];
+    return true;
+}
+
 // Block (x, y, z): of group active[y] (the one group when dense), its rows in passes of kRows
 // taken z, z + gridDim.z, ...; each warp streams two weight rows against the same loads of x.
 // Swiglu: the group's weights are [gate (n_out rows); up (n_out rows)], a warp takes feature n's
@@ -158,13 +171,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int n = blockIdx.x * (kSwiglu ? kWarps : 2 * kWarps) + warp;
     const int n2 = kSwiglu ? n : n + kWarps; // plain: the warp's second feature
     const bool has2 = kSwiglu || n2 < n_out;
-    int g = 0, r0 = 0, r1 = rows.n_rows;
-    if (rows.seg) {
-        if ((int)blockIdx.y >= rows.active[rows.n_groups]) return;
-        g = rows.active[blockIdx.y];
-        r0 = rows.seg[g];
-        r1 = rows.seg[g + 1];
-    }
+    int g, r0, r1;
+    if (!block_group(rows, g, r0, r1)) return;
     if (n >= n_out) return;
     const int nvec = k_in / 8;
     const int64_t wrows = kSwiglu ? 2 * (int64_t)n_out : n_out;
@@ -247,13 +255,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, t4 = lane & 3;
     const int f0 = (blockIdx.x * kMmaWarps + warp) * kFeat;
     if (f0 >= n_out) return;
-    int g = 0, r0 = 0, r1 = rows.n_rows;
-    if (rows.seg) {
-        if ((int)blockIdx.y >= rows.active[rows.n_groups]) return;
-        g = rows.active[blockIdx.y];
-        r0 = rows.seg[g];
-        r1 = rows.seg[g + 1];
-    }
+    int g, r0, r1;
+    if (!block_group(rows, g, r0, r1)) return;
     const int64_t wrows = kSwiglu ? 2 * (int64_t)n_out : n_out;
     // This lane's weight row in each n8 tile j (B's column g8), clamped into the matrix.
     const uint32_t *wr[4];
