@@ -389,8 +389,8 @@ extern "C" cudaError_t sk_moe_gemm(const uint16_t *w, const uint16_t *x, const s
     const auto *xb = reinterpret_cast<const __nv_bfloat16 *>(x);
     auto *ab = reinterpret_cast<__nv_bfloat16 *>(act);
     if (!few && rows->n_rows > slots * kManyRows / 2 && !rows->invariant && k_in % 16 == 0) {
-        // Groups of many rows: the tensor cores, passes of 16 rows, four side by side per group
-        // on an even spread.
+        // Groups of many rows (dense: more than 8): the tensor cores, passes of 16 rows, four side
+        // by side per group on an even spread.
         const int feat = (act ? 16 : 32) * kMmaWarps;
         int zm = (rows->n_rows + slots * 64 - 1) / (slots * 64);
         if (zm > 65535) zm = 65535;

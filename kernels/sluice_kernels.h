@@ -240,10 +240,11 @@ struct sk_moe_rows {
  * with y: y[r, n] = x_r . w_g[n] (fp32); with act (bf16, y NULL): w_g is [gate (n_out rows); up
  * (n_out rows)] and act[r, n] = silu(x_r . gate_n) * (x_r . up_n). A warp streams two weight rows
  * (gate and up, or two features) once per pass over 4 of its group's rows (few rows per group, as
- * in decode) or 16; a row's sums do not depend on the other rows or the pass. Grouped products of
- * more than 8 rows per group on an even spread (and k_in % 16 == 0) run on the tensor cores
- * instead (mma.sync, fp32 sums), unless rows->invariant: their rows' sums differ from the CUDA
- * cores' in the last bits. The grid depends on the shapes only (no counts from the host). */
+ * in decode) or 16; a row's sums do not depend on the other rows or the pass. Products of more
+ * than 8 rows per group on an even spread (dense: more than 8 rows; k_in % 16 == 0) run on the
+ * tensor cores instead (mma.sync, fp32 sums), unless rows->invariant: their rows' sums differ
+ * from the CUDA cores' in the last bits. The grid depends on the shapes only (no counts from the
+ * host). */
 cudaError_t sk_moe_gemm(const uint16_t *w, const uint16_t *x, const struct sk_moe_rows *rows, float *y,
                         uint16_t *act, int n_out, int k_in, cudaStream_t s);
 /* out[t] = sum over t's choices in ascending expert order of weight * y_exp[pos[pair]], plus

@@ -50,7 +50,7 @@ static inline void moe_pipe_free(struct moe_pipe *p)
 static inline void moe_pipe_run(const struct moe_pipe *p, const uint16_t *x, int n, float *out, int experts_only,
                                 int invariant, cudaStream_t s)
 {
-    const struct sk_moe_rows dense = {.n_rows = n};
+    const struct sk_moe_rows dense = {.n_rows = n, .invariant = invariant};
     const struct sk_moe_rows by_token = {.seg = p->seg, .active = p->active, .order = p->order, .n_groups = p->E,
                                          .n_rows = n * p->k, .top_k = p->k, .invariant = invariant};
     struct sk_moe_rows by_pair = by_token;

@@ -183,9 +183,9 @@ static void test_gemm(const char *what, int n_tokens, int E, int top_k, bool swi
         }
     }
     /* Which kernel sk_moe_gemm takes (its rule): tensor cores for groups of more than 8 rows on
-     * an even spread, unless invariant. */
+     * an even spread (dense: more than 8 rows), unless invariant. */
     const int slots = grouped ? (E < n_rows ? E : n_rows) : 1;
-    const bool mma = grouped && !invariant && n_rows > slots * 8 && k_in % 16 == 0;
+    const bool mma = !invariant && n_rows > slots * 8 && k_in % 16 == 0;
     GT_CHECK(worst <= 4.0,
              "sk_moe_gemm %s (%s): %d rows, %d groups, %d x %d%s: worst error %.2f of its bound (row %d; bound: %s)",
              what, mma ? "tensor cores" : "CUDA cores", n_rows, groups, n_out, k_in,
@@ -548,10 +548,11 @@ int main(void)
     test_sort(513, 128, 40);
     test_sort(8192, 128, 128);
     test_sort(2000, 8, 3);
-    test_gemm("dense", 37, 0, 1, false, false, 40, 64, 0);
-    test_gemm("dense swiglu", 20, 0, 1, true, false, 24, 64, 0);
     test_gemm("router-like, one row", 1, 0, 1, false, false, 8, 4096, 0);
     for (int inv = 0; inv < 2; inv++) {
+        test_gemm("dense", 37, 0, 1, false, false, 40, 64, inv);
+        test_gemm("dense swiglu", 20, 0, 1, true, false, 24, 64, inv);
+        test_gemm("dense, k 24", 20, 0, 1, false, false, 24, 24, inv);
         test_gemm("gate/up by token", 300, 4, 2, true, true, 32, 64, inv);
         test_gemm("down by pair", 300, 4, 2, false, false, 64, 32, inv);
         test_gemm("gate/up, partial tiles", 200, 3, 2, true, true, 40, 48, inv);

@@ -144,10 +144,10 @@ int cuda_moe_enqueue(struct cuda_backend *b, int l, int T, int *delta_parts)
     for (int t0 = 0; t0 < T; t0 += moe->sz.chunk) {
         const int n = T - t0 < moe->sz.chunk ? T - t0 : moe->sz.chunk, pairs = n * K;
         const uint16_t *x = b->ws.y + (int64_t)t0 * H;
-        const struct sk_moe_rows dense = {.n_rows = n};
         /* --deterministic: the CUDA-core product at every row count, so a token's bits do not
-         * depend on how many tokens share its experts. */
+         * depend on how many tokens share its step or its experts. */
         const int invariant = b->plan.deterministic;
+        const struct sk_moe_rows dense = {.n_rows = n, .invariant = invariant};
         const struct sk_moe_rows by_token = {.seg = moe->seg, .active = moe->active, .order = moe->order,
                                              .n_groups = E, .n_rows = pairs, .top_k = K, .invariant = invariant};
         const struct sk_moe_rows by_pair = {.seg = moe->seg, .active = moe->active, .order = NULL,
