@@ -3,6 +3,7 @@
 #ifndef SLUICE_WORKER_MODEL_INTERNAL_H
 #define SLUICE_WORKER_MODEL_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +34,19 @@ int model_config_validate(const struct model_config *cfg, const char *origin, ch
 /* Allocates m->layers and fills tensor shapes for cfg, leaving data NULL: the loaders then
  * fill data, and dummy loading keeps NULL. */
 int model_alloc_layers(struct model *m, char *err, size_t errlen);
+
+/* config.json's rope dict (rope_scaling or rope_parameters) into cfg (config.c); the variants
+ * dynamic, yarn and longrope, and the families of model_family.h (config_family.c). root is
+ * the whole config.json object. */
+struct json_t;
+int model_parse_rope_scaling(struct json_t *rs, struct json_t *root, struct model_config *cfg, const char *file,
+                             char *err, size_t errlen);
+int model_rope_parse_variant(struct json_t *rs, struct json_t *root, const char *type, struct model_config *cfg,
+                             const char *file, char *err, size_t errlen);
+int model_config_family(struct model_config *cfg, struct json_t *root, const char *file, char *err, size_t errlen);
+/* The architecture name of a family's model_type, or NULL; whether an architecture is one of them. */
+const char *model_family_arch_for_type(const char *model_type);
+bool model_family_arch_known(const char *arch);
 
 int model_load_safetensors(struct model *m, const char *dir, char *err, size_t errlen);
 int model_load_gguf(struct model *m, const char *path, char *err, size_t errlen);

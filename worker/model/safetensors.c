@@ -216,6 +216,27 @@ static int st_bind(const struct st_set *s, const char *dir, const char *name, st
     return 0;
 }
 
+/* Phi-3's qkv_proj and gate_up_proj: one tensor whose rows are the parts' rows stacked, bound
+ * as the parts (pointers into it, no copy). */
+static int st_bind_stacked(const struct st_set *s, const char *dir, int layer, const char *suffix,
+                           struct tensor **parts, int n, char *err, size_t errlen)
+{
+    struct tensor whole = *parts[0];
+    whole.shape[0] = 0;
+    for (int i = 0; i < n; i++) whole.shape[0] += parts[i]->shape[0];
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%d.%s", layer, suffix);
+    if (st_bind(s, dir, name, &whole, err, errlen)) return -1;
+    size_t row = dtype_size(whole.dtype) * (size_t)whole.shape[1];
+    const unsigned char *p = whole.data;
+    for (int i = 0; i < n; i++) {
+        parts[i]->dtype = whole.dtype;
+        parts[i]->data = p;
+        p += row * (size_t)parts[i]->shape[0];
+    }
+    return 0;
+}
+
 static int st_open_all(struct st_set *s, struct model_source *src, const char *dir, char *err, size_t errlen)
 {
     char path[4200];
@@ -276,24 +297,40 @@ int model_load_safetensors(struct model *m, const char *dir, char *err, size_t e
     if (c->tie_embeddings) m->lm_head = m->tok_embed;
     else if (st_bind(&s, dir, "lm_head.weight", &m->lm_head, err, errlen)) goto out;
     m->config.dtype = m->tok_embed.dtype;
+    const struct model_family *f = &c->fam;
     for (int l = 0; l < c->n_layers; l++) {
         struct layer_weights *L = &m->layers[l];
+        /* Norm names by where they sit (model_family.h): Llama's post_attention_layernorm is
+         * the MLP's pre-norm, Gemma's and OLMo 2's is the attention's post-norm. */
+        bool pre = f->norms == MODEL_NORMS_PRE, sandwich = f->norms == MODEL_NORMS_SANDWICH;
         struct { const char *suffix; struct tensor *t; } names[] = {
-            {"input_layernorm.weight", &L->attn_norm},
-            {"self_attn.q_proj.weight", &L->wq},
-            {"self_attn.k_proj.weight", &L->wk},
-            {"self_attn.v_proj.weight", &L->wv},
+            {"input_layernorm.weight", f->norms != MODEL_NORMS_POST ? &L->attn_norm : NULL},
+            {"self_attn.q_proj.weight", f->fused_qkv ? NULL : &L->wq},
+            {"self_attn.k_proj.weight", f->fused_qkv ? NULL : &L->wk},
+            {"self_attn.v_proj.weight", f->fused_qkv ? NULL : &L->wv},
             {"self_attn.o_proj.weight", &L->wo},
             {"self_attn.q_proj.bias", c->qkv_bias ? &L->bq : NULL},
             {"self_attn.k_proj.bias", c->qkv_bias ? &L->bk : NULL},
             {"self_attn.v_proj.bias", c->qkv_bias ? &L->bv : NULL},
+            {"self_attn.o_proj.bias", f->o_bias ? &L->bo : NULL},
             {"self_attn.q_norm.weight", c->qk_norm ? &L->q_norm : NULL},
             {"self_attn.k_norm.weight", c->qk_norm ? &L->k_norm : NULL},
-            {"post_attention_layernorm.weight", &L->ffn_norm},
-            {"mlp.gate_proj.weight", &L->w_gate},
-            {"mlp.up_proj.weight", &L->w_up},
+            {"post_attention_layernorm.weight", pre ? &L->ffn_norm : &L->post_attn_norm},
+            {"pre_feedforward_layernorm.weight", sandwich ? &L->ffn_norm : NULL},
+            {"post_feedforward_layernorm.weight", pre ? NULL : &L->post_ffn_norm},
+            {"mlp.gate_proj.weight", f->fused_qkv ? NULL : &L->w_gate},
+            {"mlp.up_proj.weight", f->fused_qkv ? NULL : &L->w_up},
             {"mlp.down_proj.weight", &L->w_down},
+            {"mlp.gate_proj.bias", f->mlp_bias ? &L->b_gate : NULL},
+            {"mlp.up_proj.bias", f->mlp_bias ? &L->b_up : NULL},
+            {"mlp.down_proj.bias", f->mlp_bias ? &L->b_down : NULL},
         };
+        if (f->fused_qkv) {
+            struct tensor *qkv[3] = {&L->wq, &L->wk, &L->wv}, *gu[2] = {&L->w_gate, &L->w_up};
+            if (st_bind_stacked(&s, dir, l, "self_attn.qkv_proj.weight", qkv, 3, err, errlen) ||
+                st_bind_stacked(&s, dir, l, "mlp.gate_up_proj.weight", gu, 2, err, errlen))
+                goto out;
+        }
         for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
             if (!names[i].t) continue;
             char name[256];

@@ -173,7 +173,10 @@ Test(config, refusals_name_the_file_and_field)
          "\"num_hidden_layers\":0,\"num_attention_heads\":4,\"vocab_size\":10}", "num_hidden_layers"},
         {"{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":8,"
          "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"vocab_size\":10,"
-         "\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}}", "rope_scaling"},
+         "\"rope_scaling\":{\"rope_type\":\"longrope\",\"factor\":4}}", "short_factor"},
+        {"{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":8,"
+         "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"vocab_size\":10,"
+         "\"rope_scaling\":{\"rope_type\":\"ntk-by-parts\",\"factor\":4}}", "rope_scaling"},
         {"{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":8,"
          "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"vocab_size\":10,"
          "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8}}", "rope_scaling"},
@@ -184,8 +187,9 @@ Test(config, refusals_name_the_file_and_field)
          "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"vocab_size\":10,\"torch_dtype\":\"int8\"}",
          "torch_dtype"},
         {"{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":8,"
-         "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"vocab_size\":10,\"attention_bias\":true}",
-         "attention_bias"},
+         "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"vocab_size\":10,\"partial_rotary_factor\":0.5}",
+         "partial_rotary_factor"},
+        {"{\"architectures\":[\"Gemma3ForConditionalGeneration\"],\"hidden_size\":64}", "Gemma2ForCausalLM"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         struct model_config c;
