@@ -98,6 +98,7 @@ static void seq_register(struct scheduler *s, struct sched_seq *q, int32_t n_tok
     full = seq_hash_upto(q, full);
     for (; q->n_registered < full; q->n_registered++) {
         const int32_t i = q->n_registered;
+        if (q->table.blocks[i] < 0) continue; /* freed out of the window before it was indexed */
         /* Refused when another block holds this prefix already: this one is then freed as
          * uncached, and the chain goes on through the hash. */
         (void)pc_insert(&s->kv.pc, q->table.blocks[i], q->hashes[i], parent_hash(q, i),
@@ -112,6 +113,7 @@ static void seq_release(struct scheduler *s, struct sched_seq *q)
 {
     struct kv_table *t = &q->table;
     for (int32_t i = t->n_blocks - 1; i >= 0; i--) {
+        if (t->blocks[i] < 0) continue; /* freed out of the sliding window already */
         if (i < q->n_registered && !pc_indexed(&s->kv.pc, t->blocks[i])) {
             int32_t same = pc_find(&s->kv.pc, q->hashes[i], parent_hash(q, i), q->tokens + (size_t)i * KV_BLOCK_SIZE);
             if (same >= 0) pc_lru_touch(&s->kv.pc, same);
@@ -120,6 +122,23 @@ static void seq_release(struct scheduler *s, struct sched_seq *q)
     }
     t->n_blocks = 0;
     q->n_registered = 0;
+    q->n_dropped = 0;
+}
+
+/* Frees the blocks wholly before the window of the sequence's next token (sched_options
+ * sliding_window), oldest first, as seq_release would release them. */
+static void seq_drop_out_of_window(struct scheduler *s, struct sched_seq *q)
+{
+    const int32_t w = s->opt.sliding_window;
+    if (w <= 0 || q->n_computed < w) return;
+    int32_t upto = (q->n_computed - w + 1) / KV_BLOCK_SIZE;
+    if (upto > q->table.n_blocks) upto = q->table.n_blocks;
+    for (; q->n_dropped < upto; q->n_dropped++) {
+        int32_t *b = &q->table.blocks[q->n_dropped];
+        if (*b < 0) continue;
+        kv_block_release(&s->kv, *b);
+        *b = -1;
+    }
 }
 
 struct lookup {
@@ -263,6 +282,7 @@ int sched_schedule(struct scheduler *s, const struct sched_entry **entries, int3
             q = q->next;
             continue;
         }
+        seq_drop_out_of_window(s, q);
         int32_t need = kv_table_blocks_needed(&q->table, q->n_computed + n_new);
         bool self_preempted = false;
         while (need > kv_cache_num_free(&s->kv)) {

@@ -1,0 +1,104 @@
+/* The engine over the CPU backend and a tiny Mistral with a 16-token sliding window
+ * (tests/fixtures/families/mistral_sliding): with a cache of 3 blocks (48 tokens), a 40-token
+ * prompt and 20 generated tokens only fit because the blocks behind the window go back to the
+ * pool (scheduler.h), and the tokens are still Hugging Face's greedy ones. */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "worker/engine/engine.h"
+#include "worker/model/model.h"
+#include "worker/tokenizer/tokenizer.h"
+
+#define FIX "tests/fixtures/families/mistral_sliding"
+#define GEN 20
+
+struct run {
+    uv_loop_t loop;
+    uv_timer_t timer;
+    int32_t tokens[GEN];
+    int n;
+    bool done, timed_out;
+    enum finish_reason finish;
+    char error[256];
+};
+
+static void on_event(const struct engine_event *ev, void *user)
+{
+    struct run *r = user;
+    for (int32_t i = 0; i < ev->n_tokens && r->n < GEN; i++) r->tokens[r->n++] = ev->tokens[i].id;
+    if (ev->finish != FINISH_NONE) {
+        r->finish = ev->finish;
+        if (ev->error) snprintf(r->error, sizeof r->error, "%s", ev->error);
+        r->done = true;
+    }
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    ((struct run *)t->data)->timed_out = true;
+}
+
+Test(engine_sliding, blocks_behind_the_window_are_reused, .timeout = 60)
+{
+    char err[512] = "";
+    json_error_t jerr;
+    json_t *root = json_load_file(FIX "/expected.json", 0, &jerr);
+    cr_assert(root, "%s/expected.json: %s (run tests/fixtures/families/make_fixtures.py)", FIX, jerr.text);
+    json_t *p0 = json_array_get(json_object_get(root, "prompts"), 0);
+    json_t *ids = json_object_get(p0, "prompt_ids"), *greedy = json_object_get(p0, "greedy_ids");
+    cr_assert_eq(json_array_size(ids), 40);
+    cr_assert_eq(json_array_size(greedy), GEN);
+
+    const char *data = getenv("SLUICE_TEST_DATA");
+    char tok_path[1024];
+    snprintf(tok_path, sizeof tok_path, "%s/models/stories260K/hf", data && *data ? data : "../shared");
+    struct tokenizer *tok = NULL;
+    /* Any tokenizer whose vocabulary covers the fixture's 256 ids: the engine detokenizes. */
+    if (tok_load(&tok, tok_path, err, sizeof err) != 0) cr_skip_test("tokenizer: %s", err);
+    struct model *m = NULL;
+    cr_assert_eq(model_load(&m, FIX, MODEL_LOAD_AUTO, err, sizeof err), 0, "%s", err);
+    struct backend *b = NULL;
+    struct backend_options bo = {.kv_blocks = 3, .max_batch_tokens = 16, .max_batch_seqs = 2, .n_threads = 2};
+    cr_assert_eq(backend_cpu_create(&b, m, &bo, err, sizeof err), 0, "%s", err);
+
+    static struct run r;
+    memset(&r, 0, sizeof r);
+    cr_assert_eq(uv_loop_init(&r.loop), 0);
+    uv_timer_init(&r.loop, &r.timer);
+    r.timer.data = &r;
+    struct engine *eng = NULL;
+    struct engine_options eo = {.max_num_seqs = 2, .max_num_batched_tokens = 64, .seed = 1};
+    cr_assert_eq(engine_create(&eng, b, tok, &eo, &r.loop, on_event, &r), 0);
+    struct engine_request *q = calloc(1, sizeof *q);
+    q->n_prompt = 40;
+    q->prompt = malloc(40 * sizeof(int32_t));
+    for (int i = 0; i < 40; i++) q->prompt[i] = (int32_t)json_integer_value(json_array_get(ids, (size_t)i));
+    q->max_tokens = GEN;
+    q->ignore_eos = true;
+    q->sampling = (struct sampling_params){.temperature = 0.0f, .top_p = 1.0f, .top_k = -1,
+                                           .repetition_penalty = 1.0f, .logprobs = -1};
+    cr_assert_eq(engine_submit(eng, q), 0);
+    uv_timer_start(&r.timer, on_timeout, 30000, 0);
+    while (!r.done && !r.timed_out) uv_run(&r.loop, UV_RUN_ONCE);
+    uv_timer_stop(&r.timer);
+    cr_assert_not(r.timed_out);
+    cr_assert_eq(r.finish, FINISH_LENGTH, "%s", r.error);
+    cr_assert_eq(r.n, GEN);
+    for (int i = 0; i < GEN; i++)
+        cr_expect_eq(r.tokens[i], json_integer_value(json_array_get(greedy, (size_t)i)), "token %d", i);
+    struct engine_stats st;
+    engine_get_stats(eng, &st);
+    cr_expect_eq(st.preemptions, 0);
+    engine_free(eng);
+    uv_close((uv_handle_t *)&r.timer, NULL);
+    uv_run(&r.loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&r.loop), 0);
+    backend_free(b);
+    model_free(m);
+    tok_free(tok);
+    json_decref(root);
+}
