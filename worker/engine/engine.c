@@ -826,8 +826,10 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
     int64_t cap_tokens = (int64_t)backend->num_kv_blocks * KV_BLOCK_SIZE;
     int64_t ctx = opt->max_model_len > 0 ? opt->max_model_len : backend->config.max_position;
     /* A model whose every layer slides holds only its window's blocks (scheduler.h), so its
-     * context is not bounded by the cache's size. */
-    bool windowed = backend->config.fam.all_sliding && backend->config.fam.sliding_window > 0;
+     * context is not bounded by the cache's size, as long as a lone sequence's window and
+     * largest step (positions p - window + 1 .. p + max_tok - 1) always fit. */
+    const int32_t window = backend->config.fam.all_sliding ? backend->config.fam.sliding_window : 0;
+    bool windowed = window > 0 && backend->num_kv_blocks >= (window + max_tok - 2) / KV_BLOCK_SIZE + 2;
     if (ctx <= 0 || (ctx > cap_tokens && !windowed)) ctx = cap_tokens;
     e->ctx = (int32_t)ctx;
 
@@ -835,7 +837,7 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
     struct sched_options so = {
         .max_num_seqs = max_seqs, .max_num_batched_tokens = max_tok, .prefix_caching = !opt->no_prefix_caching,
         .prefix_cache_prompt_only = opt->prefix_cache_prompt_only,
-        .sliding_window = windowed ? backend->config.fam.sliding_window : 0};
+        .sliding_window = window};
     if (sched_init(&e->sched, backend->num_kv_blocks, &so) != 0) goto fail_sched;
     e->bseqs = calloc((size_t)max_seqs, sizeof *e->bseqs);
     e->btokens = calloc((size_t)max_tok, sizeof *e->btokens);
