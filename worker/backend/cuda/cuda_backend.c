@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "worker/backend/cuda/cuda_features.h"
 #include "worker/backend/cuda/cuda_internal.h"
 #include "worker/backend/cuda/cuda_options.h"
 
@@ -198,6 +199,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
                  c->n_heads, c->n_kv_heads);
         return -1;
     }
+    if (cuda_config_supported(c, err, errlen)) return -1;
     b = calloc(1, sizeof *b);
     if (!b) {
         snprintf(err, errlen, "cuda: out of host memory");
