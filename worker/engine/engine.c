@@ -825,6 +825,9 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
 
     int64_t cap_tokens = (int64_t)backend->num_kv_blocks * KV_BLOCK_SIZE;
     int64_t ctx = opt->max_model_len > 0 ? opt->max_model_len : backend->config.max_position;
+    /* Dynamic NTK exists to run past max_position_embeddings: by factor, as vLLM assumes. */
+    if (opt->max_model_len <= 0 && backend->config.rope_scaling.type == ROPE_SCALING_DYNAMIC)
+        ctx = (int64_t)((double)ctx * backend->config.rope_scaling.factor);
     /* A model whose every layer slides holds only its window's blocks (scheduler.h), so its
      * context is not bounded by the cache's size, as long as a lone sequence's window and
      * largest step (positions p - window + 1 .. p + max_tok - 1) always fit. */
@@ -834,10 +837,15 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
     e->ctx = (int32_t)ctx;
 
     int rc = -ENOMEM;
+    const enum rope_scaling_type rope_t = backend->config.rope_scaling.type;
     struct sched_options so = {
         .max_num_seqs = max_seqs, .max_num_batched_tokens = max_tok, .prefix_caching = !opt->no_prefix_caching,
         .prefix_cache_prompt_only = opt->prefix_cache_prompt_only,
-        .sliding_window = window};
+        .sliding_window = window,
+        .recompute_past = rope_t == ROPE_SCALING_LONGROPE ? backend->config.rope_scaling.original_max_position : 0};
+    /* The K/V of dynamic NTK and LongRoPE depend on the sequence's length when computed, which
+     * a prefix hash of tokens does not capture: no prefix caching for them. */
+    if (rope_t == ROPE_SCALING_DYNAMIC || rope_t == ROPE_SCALING_LONGROPE) so.prefix_caching = false;
     if (sched_init(&e->sched, backend->num_kv_blocks, &so) != 0) goto fail_sched;
     e->bseqs = calloc((size_t)max_seqs, sizeof *e->bseqs);
     e->btokens = calloc((size_t)max_tok, sizeof *e->btokens);

@@ -258,6 +258,7 @@ static void add_entry(struct scheduler *s, int32_t *n, struct sched_seq *q, int3
     e->seq = q;
     e->start_pos = q->n_computed;
     e->n_new = n_new;
+    q->len_at_step = q->n_tokens;
     /* Blocks whose tokens became known since they were computed, then those this step fills:
      * readable by other sequences from the next step on. */
     seq_register(s, q, q->n_computed, 0);
@@ -281,6 +282,15 @@ int sched_schedule(struct scheduler *s, const struct sched_entry **entries, int3
         if (n_new <= 0) {
             q = q->next;
             continue;
+        }
+        if (s->opt.recompute_past > 0 && q->n_tokens > s->opt.recompute_past && q->n_computed > 0 &&
+            q->len_at_step <= s->opt.recompute_past) {
+            seq_register(s, q, q->n_computed, 0);
+            seq_release(s, q);
+            q->n_computed = 0;
+            q->no_cached_prefix = true;
+            pending = q->n_tokens;
+            n_new = pending < budget ? pending : budget;
         }
         seq_drop_out_of_window(s, q);
         int32_t need = kv_table_blocks_needed(&q->table, q->n_computed + n_new);

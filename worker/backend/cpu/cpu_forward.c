@@ -332,7 +332,10 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
     const float embed_scale = c->fam.embed_scale;
     for (int s = 0; s < batch->n_seqs; s++) {
         const struct batch_seq *q = &batch->seqs[s];
-        const float *freqs = cpu_rope_step_freqs(&cb->rope, q->start_pos + q->n_new, cb->rope_scratch);
+        /* The length transformers' forward would see: the whole known sequence (a prefill's
+         * whole prompt, however it is chunked). */
+        int32_t seq_len = q->start_pos + q->n_new > q->n_history ? q->start_pos + q->n_new : q->n_history;
+        const float *freqs = cpu_rope_step_freqs(&cb->rope, seq_len, cb->rope_scratch);
         for (int32_t i = 0; i < q->n_new; i++, row++) {
             cb->row_seq[row] = s;
             cb->row_pos[row] = q->start_pos + i;
