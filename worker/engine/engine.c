@@ -802,6 +802,22 @@ static void step_rows_free(struct engine *e)
     }
 }
 
+int64_t engine_model_context(const struct backend *backend)
+{
+    const struct model_config *c = &backend->config;
+    if (c->rope_scaling.type == ROPE_SCALING_DYNAMIC && c->rope_scaling.factor > 1.0f)
+        return (int64_t)((double)c->max_position * c->rope_scaling.factor);
+    return c->max_position;
+}
+
+bool engine_windowed(const struct backend *backend, int32_t step_tokens)
+{
+    /* A step's rows at positions p .. p + step_tokens - 1 read from p - window + 1 on. */
+    const struct model_family *f = &backend->config.fam;
+    return f->all_sliding && f->sliding_window > 0 &&
+           backend->num_kv_blocks >= (f->sliding_window + step_tokens - 2) / KV_BLOCK_SIZE + 2;
+}
+
 int engine_create(struct engine **out, struct backend *backend, const struct tokenizer *tok,
                   const struct engine_options *opt, uv_loop_t *loop, engine_event_fn on_event,
                   void *user)
@@ -824,16 +840,9 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
     e->max_seqs_per_step = max_seqs;
 
     int64_t cap_tokens = (int64_t)backend->num_kv_blocks * KV_BLOCK_SIZE;
-    int64_t ctx = opt->max_model_len > 0 ? opt->max_model_len : backend->config.max_position;
-    /* Dynamic NTK exists to run past max_position_embeddings: by factor, as vLLM assumes. */
-    if (opt->max_model_len <= 0 && backend->config.rope_scaling.type == ROPE_SCALING_DYNAMIC)
-        ctx = (int64_t)((double)ctx * backend->config.rope_scaling.factor);
-    /* A model whose every layer slides holds only its window's blocks (scheduler.h), so its
-     * context is not bounded by the cache's size, as long as a lone sequence's window and
-     * largest step (positions p - window + 1 .. p + max_tok - 1) always fit. */
+    int64_t ctx = opt->max_model_len > 0 ? opt->max_model_len : engine_model_context(backend);
     const int32_t window = backend->config.fam.all_sliding ? backend->config.fam.sliding_window : 0;
-    bool windowed = window > 0 && backend->num_kv_blocks >= (window + max_tok - 2) / KV_BLOCK_SIZE + 2;
-    if (ctx <= 0 || (ctx > cap_tokens && !windowed)) ctx = cap_tokens;
+    if (ctx <= 0 || (ctx > cap_tokens && !engine_windowed(backend, max_tok))) ctx = cap_tokens;
     e->ctx = (int32_t)ctx;
 
     int rc = -ENOMEM;
