@@ -83,13 +83,13 @@ static int get_factors(json_t *rs, const char *key, float *dst, int n, const cha
     return 0;
 }
 
-/* The original context of yarn and longrope: the rope dict's, else Phi-3's top-level field,
- * else max_position_embeddings (transformers' standardize_rope_params). */
+/* The original context of yarn and longrope: Phi-3's top-level field, else the rope dict's,
+ * else max_position_embeddings (transformers' standardize_rope_params, in that priority). */
 static int original_max(json_t *rs, json_t *root, struct model_config *c, const char *file, char *err, size_t errlen)
 {
     float v = 0;
-    if (get_num(root, "original_max_position_embeddings", &v, file, err, errlen) ||
-        get_num(rs, "original_max_position_embeddings", &v, file, err, errlen))
+    if (get_num(rs, "original_max_position_embeddings", &v, file, err, errlen) ||
+        get_num(root, "original_max_position_embeddings", &v, file, err, errlen))
         return -1;
     c->rope_scaling.original_max_position = v > 0 ? (int)v : c->max_position;
     return 0;
@@ -215,7 +215,7 @@ static int gemma3_rope(json_t *root, struct model_config *c, const char *file, c
     json_t *full = json_is_object(rp) ? json_object_get(rp, "full_attention") : NULL;
     json_t *local = json_is_object(rp) ? json_object_get(rp, "sliding_attention") : NULL;
     c->fam.local_rope_theta = 10000.0f;
-    if (!json_object_get(root, "rope_theta") && !full) c->rope_theta = 1000000.0f;
+    if (!json_object_get(root, "rope_theta")) c->rope_theta = 1000000.0f; /* full_attention's may say */
     if (get_num(root, "rope_local_base_freq", &c->fam.local_rope_theta, file, err, errlen)) return -1;
     if (json_is_object(full) && c->rope_scaling.type == ROPE_SCALING_NONE &&
         model_parse_rope_scaling(full, root, c, file, err, errlen))
