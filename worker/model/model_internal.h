@@ -48,6 +48,13 @@ int model_config_family(struct model_config *cfg, struct json_t *root, const cha
 const char *model_family_arch_for_type(const char *model_type);
 bool model_family_arch_known(const char *arch);
 
+/* GGUF architectures of those families (model_gguf_family.c): whether arch is one (then sets
+ * cfg's arch and rope layout), and their metadata into cfg once the common keys are read. */
+struct gguf_file;
+bool gguf_family_arch(const char *arch, struct model_config *cfg);
+int gguf_family_config(const struct gguf_file *f, const char *arch, struct model_config *cfg, const char *path,
+                       char *err, size_t errlen);
+
 int model_load_safetensors(struct model *m, const char *dir, char *err, size_t errlen);
 int model_load_gguf(struct model *m, const char *path, char *err, size_t errlen);
 

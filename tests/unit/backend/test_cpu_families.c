@@ -39,16 +39,19 @@ struct fixture {
     struct expected e[N_PROMPTS];
 };
 
-static void load_fixture(struct fixture *f, const char *name)
+/* The Hugging Face directory, or with gguf its model.gguf twin (as llama.cpp converts it). */
+static void load_fixture(struct fixture *f, const char *name, bool gguf)
 {
-    snprintf(f->dir, sizeof f->dir, FIX_DIR "/%s", name);
-    char path[600], err[1024] = "";
+    cr_assert_lt(snprintf(f->dir, sizeof f->dir, FIX_DIR "/%s", name), (int)sizeof f->dir);
+    char path[600], model_path[600], err[1024] = "";
     snprintf(path, sizeof path, "%s/expected.json", f->dir);
     json_error_t jerr;
     json_t *root = json_load_file(path, 0, &jerr);
     cr_assert(root, "fixture %s missing or unreadable (%s): run tests/fixtures/families/make_fixtures.py", path,
               jerr.text);
-    cr_assert_eq(model_load(&f->m, f->dir, MODEL_LOAD_AUTO, err, sizeof err), 0, "%s: %s", name, err);
+    snprintf(model_path, sizeof model_path, gguf ? "%s/model.gguf" : "%s", f->dir);
+    cr_assert_eq(model_load(&f->m, model_path, MODEL_LOAD_AUTO, err, sizeof err), 0, "%s: %s", name, err);
+    if (gguf) cr_assert_lt(snprintf(f->dir, sizeof f->dir, "%s", model_path), (int)sizeof f->dir);
     f->vocab = f->m->config.vocab_size;
     cr_assert_eq(json_integer_value(json_object_get(root, "gen")), GEN);
     json_t *prompts = json_object_get(root, "prompts");
@@ -167,11 +170,11 @@ static double expect_hf(const struct fixture *f, const struct gen_out *g, const 
     return worst_rel;
 }
 
-static void check_family(const char *name)
+static void check_family(const char *name, bool gguf)
 {
     struct fixture f;
     memset(&f, 0, sizeof f);
-    load_fixture(&f, name);
+    load_fixture(&f, name, gguf);
     struct backend_options opt = {.kv_blocks = N_PROMPTS * BLOCKS_PER_SEQ, .max_batch_tokens = 2 * MAX_PROMPT,
                                   .max_batch_seqs = N_PROMPTS, .n_threads = 2};
     struct backend *b = NULL;
@@ -201,7 +204,10 @@ static void check_family(const char *name)
 TestSuite(cpu_families, .timeout = 120);
 
 #define FAMILY(name) \
-    Test(cpu_families, name) { check_family(#name); }
+    Test(cpu_families, name) { check_family(#name, false); }
+/* The same model as a GGUF file: llama.cpp's names and conventions (make_fixtures.py). */
+#define FAMILY_GGUF(name) \
+    Test(cpu_families, name##_gguf) { check_family(#name, true); }
 
 FAMILY(llama_bias_linear)
 FAMILY(llama_dynamic)
@@ -214,6 +220,9 @@ FAMILY(gemma3)
 FAMILY(phi3_longrope)
 FAMILY(olmo2)
 FAMILY(granite)
+FAMILY_GGUF(gemma3)
+FAMILY_GGUF(phi3_longrope)
+FAMILY_GGUF(granite)
 
 /* What each fixture must have turned on, so that a config read wrongly cannot pass as Llama. */
 Test(cpu_families, configs_read_as_transformers_does)
