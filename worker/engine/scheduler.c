@@ -204,7 +204,11 @@ void sched_free(struct scheduler *s)
 int sched_add(struct scheduler *s, uint64_t id, int32_t *prompt, int32_t n_prompt, void *user,
               struct sched_seq **out)
 {
-    if (n_prompt < 1 || kv_blocks_for_tokens(n_prompt) > s->kv.num_blocks) return SCHED_ERR_TOO_LONG;
+    /* With a sliding window whose span and largest step fit the cache, a prompt of any length
+     * goes through it in chunks, the blocks behind the window freed as it goes. */
+    const int32_t w = s->opt.sliding_window, step = s->opt.max_num_batched_tokens;
+    bool windowed = w > 0 && step > 0 && s->kv.num_blocks >= (w + step - 2) / KV_BLOCK_SIZE + 2;
+    if (n_prompt < 1 || (kv_blocks_for_tokens(n_prompt) > s->kv.num_blocks && !windowed)) return SCHED_ERR_TOO_LONG;
     struct sched_seq *q = calloc(1, sizeof *q);
     if (!q) return SCHED_ERR_NOMEM;
     q->id = id;

@@ -288,3 +288,35 @@ Test(scheduler, sliding_window_frees_blocks_behind_the_window)
     cr_assert_eq(kv_cache_num_free(&s.kv), 6);
     sched_free(&s);
 }
+
+/* With the window and a step fitting the cache, a prompt longer than the whole cache is
+ * admitted and prefilled in chunks, the blocks behind the window freed as it goes. */
+Test(scheduler, sliding_window_prompt_longer_than_the_cache)
+{
+    struct scheduler s;
+    struct sched_options o = {.max_num_seqs = 1, .max_num_batched_tokens = 16, .sliding_window = 32};
+    cr_assert_eq(sched_init(&s, 4, &o), 0); /* 64 tokens of cache; window + step need 4 blocks */
+    struct sched_seq *q = add(&s, 1, 150);
+    const struct sched_entry *e;
+    int32_t n;
+    int steps = 0;
+    while (q->n_computed < 150) {
+        schedule(&s, &e, &n);
+        cr_assert_eq(n, 1);
+        steps++;
+    }
+    cr_assert(e[0].sample);
+    cr_assert_eq(steps, 10);
+    cr_assert_eq(s.preemptions, 0);
+    sched_seq_remove(&s, q);
+    cr_assert_eq(kv_cache_num_free(&s.kv), 4);
+    /* Without the window the same prompt is refused. */
+    struct scheduler t;
+    struct sched_options p = {.max_num_seqs = 1, .max_num_batched_tokens = 16};
+    cr_assert_eq(sched_init(&t, 4, &p), 0);
+    int32_t *prompt = prompt_of(150, 0);
+    cr_assert_eq(sched_add(&t, 1, prompt, 150, NULL, NULL), SCHED_ERR_TOO_LONG);
+    free(prompt);
+    sched_free(&t);
+    sched_free(&s);
+}
