@@ -127,6 +127,9 @@ static int parse_arch(json_t *root, struct model_config *cfg, const char *file, 
         else if (!strcmp(model_type, "mistral")) name = "MistralForCausalLM";
         else if (!strcmp(model_type, "qwen2")) name = "Qwen2ForCausalLM";
         else if (!strcmp(model_type, "qwen3")) name = "Qwen3ForCausalLM";
+        else if (!strcmp(model_type, "mixtral")) name = "MixtralForCausalLM";
+        else if (!strcmp(model_type, "qwen2_moe")) name = "Qwen2MoeForCausalLM";
+        else if (!strcmp(model_type, "qwen3_moe")) name = "Qwen3MoeForCausalLM";
         else name = model_family_arch_for_type(model_type);
     }
     if (!name) {
@@ -142,12 +145,13 @@ static int parse_arch(json_t *root, struct model_config *cfg, const char *file, 
     } else if (!strcmp(name, "Qwen3ForCausalLM")) {
         cfg->arch = MODEL_ARCH_QWEN3;
         cfg->qk_norm = true;
+    } else if (model_moe_arch(name, cfg)) { /* Mixtral, Qwen2-MoE, Qwen3-MoE: model_moe.c */
     } else {
         snprintf(err, errlen,
                  "%s: field 'architectures' names '%s', which is not supported "
                  "(LlamaForCausalLM, MistralForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, "
                  "Gemma3ForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, GraniteForCausalLM, Qwen2ForCausalLM, "
-                 "Qwen3ForCausalLM are)",
+                 "Qwen3ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM are)",
                  file, name);
         return -1;
     }
@@ -224,6 +228,7 @@ int model_config_from_json(struct model_config *cfg, const char *json_path, char
         goto out;
     if (model_config_family(cfg, root, json_path, err, errlen)) goto out;
     if (parse_dtype(root, cfg, json_path, err, errlen)) goto out;
+    if (model_moe_config_from_json(root, cfg, json_path, err, errlen)) goto out;
     if (get_eos(root, cfg, json_path, err, errlen)) goto out;
 
     /* generation_config.json decides what generation stops on in Hugging Face; its ids join

@@ -242,7 +242,7 @@ int model_alloc_layers(struct model *m, char *err, size_t errlen)
             set_shape(&L->post_ffn_norm, dt, h, 0, &id);
         }
     }
-    return 0;
+    return model_moe_alloc(m, &id, err, errlen);
 }
 
 static bool ends_with(const char *s, const char *suffix)
@@ -321,5 +321,6 @@ void model_free(struct model *m)
     if (!m) return;
     model_source_free(m->source);
     free(m->layers);
+    free(m->moe_alloc);
     free(m);
 }

@@ -13,6 +13,7 @@
 #include "worker/backend/backend.h"
 #include "worker/backend/cpu/cpu_family.h"
 #include "worker/backend/cpu/cpu_internal.h"
+#include "worker/backend/cpu/cpu_moe.h"
 #include "worker/backend/cpu/cpu_ops.h"
 #include "worker/backend/cpu/cpu_pool.h"
 #include "worker/sampler/sampler.h"
@@ -363,10 +364,14 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
         cpu_matmul_w(cb->pool, cb->att, T, &L->wo, L->bo, cb->tmp);
         residual_add(cb, L->post_attn_norm, cb->tmp, T);
         norm_rows(cb, L->ffn_norm, cb->x, cb->xb, T);
-        cpu_matmul_w(cb->pool, cb->xb, T, &L->w_gate_up, L->b_gate_up, cb->gate_up);
-        struct rows_job gj = {.cb = cb};
-        cpu_pool_run(cb->pool, T, 16, glu_range, &gj);
-        cpu_matmul_w(cb->pool, cb->hidden, T, &L->w_down, L->b_down, cb->tmp);
+        if (cpu_moe_is_sparse(cb->moe, l)) {
+            cpu_moe_forward(cb, l, T, cb->xb, cb->tmp);
+        } else {
+            cpu_matmul_w(cb->pool, cb->xb, T, &L->w_gate_up, L->b_gate_up, cb->gate_up);
+            struct rows_job gj = {.cb = cb};
+            cpu_pool_run(cb->pool, T, 16, glu_range, &gj);
+            cpu_matmul_w(cb->pool, cb->hidden, T, &L->w_down, L->b_down, cb->tmp);
+        }
         residual_add(cb, L->post_ffn_norm, cb->tmp, T);
     }
     if (n_sample == 0) return forward_extras(cb, batch);

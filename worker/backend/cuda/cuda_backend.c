@@ -183,6 +183,8 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     struct cuda_backend *b = NULL;
     const struct model_config *c = &m->config;
     *out = NULL;
+    if (cuda_plan_model_supported(c, err, errlen)) return -1;
+    if (cuda_config_supported(c, err, errlen)) return -1; /* the dense families' features */
     cudaError_t e = cudaGetDeviceCount(&n_dev);
     if (e != cudaSuccess || n_dev == 0) {
         snprintf(err, errlen, "cuda: no GPU visible (%s); use --device cpu",
@@ -199,7 +201,6 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
                  c->n_heads, c->n_kv_heads);
         return -1;
     }
-    if (cuda_config_supported(c, err, errlen)) return -1;
     b = calloc(1, sizeof *b);
     if (!b) {
         snprintf(err, errlen, "cuda: out of host memory");
