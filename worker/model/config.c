@@ -180,6 +180,11 @@ int model_config_from_json(struct model_config *cfg, const char *json_path, char
         snprintf(err, errlen, "%s: not a JSON object", json_path);
         goto out;
     }
+    json_t *text_root = model_family_text_root(root); /* Gemma 3's language model, config_family.c */
+    if (text_root) {
+        json_decref(root);
+        root = text_root;
+    }
     if (parse_arch(root, cfg, json_path, err, errlen)) goto out;
     cfg->n_heads = 0;
     cfg->max_position = 2048;

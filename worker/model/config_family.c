@@ -17,6 +17,7 @@ static const struct { const char *arch, *model_type; enum family fam; } families
     {"GemmaForCausalLM", "gemma", FAM_GEMMA},
     {"Gemma2ForCausalLM", "gemma2", FAM_GEMMA2},
     {"Gemma3ForCausalLM", "gemma3_text", FAM_GEMMA3},
+    {"Gemma3ForConditionalGeneration", "gemma3", FAM_GEMMA3}, /* its text_config, text only */
     {"Phi3ForCausalLM", "phi3", FAM_PHI3},
     {"Olmo2ForCausalLM", "olmo2", FAM_OLMO2},
     {"GraniteForCausalLM", "granite", FAM_GRANITE},
@@ -39,6 +40,32 @@ const char *model_family_arch_for_type(const char *model_type)
 bool model_family_arch_known(const char *arch)
 {
     return family_of(arch) != FAM_OTHER;
+}
+
+json_t *model_family_text_root(json_t *root)
+{
+    json_t *archs = json_object_get(root, "architectures"), *mt = json_object_get(root, "model_type");
+    const char *arch = json_is_string(json_array_get(archs, 0)) ? json_string_value(json_array_get(archs, 0)) : NULL;
+    bool g3 = arch ? !strcmp(arch, "Gemma3ForConditionalGeneration")
+                   : json_is_string(mt) && !strcmp(json_string_value(mt), "gemma3");
+    json_t *text = json_object_get(root, "text_config");
+    if (!g3 || !json_is_object(text)) return NULL;
+    json_t *t = json_deep_copy(text);
+    if (!t) return NULL;
+    json_object_set_new(t, "architectures", json_pack("[s]", "Gemma3ForConditionalGeneration"));
+    /* Gemma3TextConfig's defaults, which the Hub's text_config leaves out. */
+    static const struct { const char *key; long long v; } defaults[] = {
+        {"vocab_size", 262208}, {"hidden_size", 2304}, {"intermediate_size", 9216}, {"num_hidden_layers", 26},
+        {"num_attention_heads", 8}, {"num_key_value_heads", 4}, {"head_dim", 256},
+        {"max_position_embeddings", 131072}, {"query_pre_attn_scalar", 256}, {"sliding_window", 4096},
+    };
+    for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++)
+        if (!json_object_get(t, defaults[i].key)) json_object_set_new(t, defaults[i].key, json_integer(defaults[i].v));
+    static const char *from_root[] = {"eos_token_id", "bos_token_id", "torch_dtype", "dtype", "tie_word_embeddings"};
+    for (size_t i = 0; i < sizeof from_root / sizeof *from_root; i++)
+        if (!json_object_get(t, from_root[i]) && json_object_get(root, from_root[i]))
+            json_object_set(t, from_root[i], json_object_get(root, from_root[i]));
+    return t;
 }
 
 static int get_num(json_t *o, const char *key, float *out, const char *file, char *err, size_t errlen)

@@ -44,6 +44,10 @@ int model_parse_rope_scaling(struct json_t *rs, struct json_t *root, struct mode
 int model_rope_parse_variant(struct json_t *rs, struct json_t *root, const char *type, struct model_config *cfg,
                              const char *file, char *err, size_t errlen);
 int model_config_family(struct model_config *cfg, struct json_t *root, const char *file, char *err, size_t errlen);
+/* For a multimodal checkpoint whose language model is one of them (Gemma3ForConditionalGeneration),
+ * a new object to read instead of root: its text_config with the defaults the Hub leaves out;
+ * NULL otherwise. */
+struct json_t *model_family_text_root(struct json_t *root);
 /* The architecture name of a family's model_type, or NULL; whether an architecture is one of them. */
 const char *model_family_arch_for_type(const char *model_type);
 bool model_family_arch_known(const char *arch);

@@ -218,14 +218,14 @@ static int st_bind(const struct st_set *s, const char *dir, const char *name, st
 
 /* Phi-3's qkv_proj and gate_up_proj: one tensor whose rows are the parts' rows stacked, bound
  * as the parts (pointers into it, no copy). */
-static int st_bind_stacked(const struct st_set *s, const char *dir, int layer, const char *suffix,
+static int st_bind_stacked(const struct st_set *s, const char *dir, const char *pfx, int layer, const char *suffix,
                            struct tensor **parts, int n, char *err, size_t errlen)
 {
     struct tensor whole = *parts[0];
     whole.shape[0] = 0;
     for (int i = 0; i < n; i++) whole.shape[0] += parts[i]->shape[0];
     char name[256];
-    snprintf(name, sizeof name, "model.layers.%d.%s", layer, suffix);
+    snprintf(name, sizeof name, "%slayers.%d.%s", pfx, layer, suffix);
     if (st_bind(s, dir, name, &whole, err, errlen)) return -1;
     size_t row = dtype_size(whole.dtype) * (size_t)whole.shape[1];
     const unsigned char *p = whole.data;
@@ -315,11 +315,24 @@ int model_load_safetensors(struct model *m, const char *dir, char *err, size_t e
     if (st_open_all(&s, m->source, dir, err, errlen)) goto out;
 
     const struct model_config *c = &m->config;
-    if (st_bind(&s, dir, "model.embed_tokens.weight", &m->tok_embed, err, errlen) ||
-        st_bind(&s, dir, "model.norm.weight", &m->final_norm, err, errlen))
+    /* The language model of a multimodal checkpoint (Gemma3ForConditionalGeneration) sits
+     * under language_model.model. (as transformers saves it) or model.language_model. */
+    const char *pfx = "model.", *head = "lm_head.weight";
+    if (!st_find(&s, "model.embed_tokens.weight")) {
+        if (st_find(&s, "language_model.model.embed_tokens.weight")) {
+            pfx = "language_model.model.";
+            head = "language_model.lm_head.weight";
+        } else if (st_find(&s, "model.language_model.embed_tokens.weight")) {
+            pfx = "model.language_model.";
+        }
+    }
+    char emb_name[96], norm_name[96];
+    snprintf(emb_name, sizeof emb_name, "%sembed_tokens.weight", pfx);
+    snprintf(norm_name, sizeof norm_name, "%snorm.weight", pfx);
+    if (st_bind(&s, dir, emb_name, &m->tok_embed, err, errlen) || st_bind(&s, dir, norm_name, &m->final_norm, err, errlen))
         goto out;
     if (c->tie_embeddings) m->lm_head = m->tok_embed;
-    else if (st_bind(&s, dir, "lm_head.weight", &m->lm_head, err, errlen)) goto out;
+    else if (st_bind(&s, dir, st_find(&s, head) ? head : "lm_head.weight", &m->lm_head, err, errlen)) goto out;
     m->config.dtype = m->tok_embed.dtype;
     const struct model_family *f = &c->fam;
     for (int l = 0; l < c->n_layers; l++) {
@@ -351,14 +364,14 @@ int model_load_safetensors(struct model *m, const char *dir, char *err, size_t e
         };
         if (f->fused_qkv) {
             struct tensor *qkv[3] = {&L->wq, &L->wk, &L->wv}, *gu[2] = {&L->w_gate, &L->w_up};
-            if (st_bind_stacked(&s, dir, l, "self_attn.qkv_proj.weight", qkv, 3, err, errlen) ||
-                st_bind_stacked(&s, dir, l, "mlp.gate_up_proj.weight", gu, 2, err, errlen))
+            if (st_bind_stacked(&s, dir, pfx, l, "self_attn.qkv_proj.weight", qkv, 3, err, errlen) ||
+                st_bind_stacked(&s, dir, pfx, l, "mlp.gate_up_proj.weight", gu, 2, err, errlen))
                 goto out;
         }
         for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
             if (!names[i].t) continue;
             char name[256];
-            snprintf(name, sizeof name, "model.layers.%d.%s", l, names[i].suffix);
+            snprintf(name, sizeof name, "%slayers.%d.%s", pfx, l, names[i].suffix);
             if (st_bind(&s, dir, name, names[i].t, err, errlen)) goto out;
         }
         struct st_find_ctx fc = {.s = &s, .dir = dir};

@@ -189,7 +189,7 @@ Test(config, refusals_name_the_file_and_field)
         {"{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":8,"
          "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"vocab_size\":10,\"partial_rotary_factor\":0.5}",
          "partial_rotary_factor"},
-        {"{\"architectures\":[\"Gemma3ForConditionalGeneration\"],\"hidden_size\":64}", "Gemma2ForCausalLM"},
+        {"{\"architectures\":[\"PaliGemmaForConditionalGeneration\"],\"hidden_size\":64}", "Gemma2ForCausalLM"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         struct model_config c;
@@ -262,4 +262,31 @@ Test(config, family_defaults_of_older_configs)
     cr_expect_eq(c.rope_scaling.original_max_position, 4096);
     cr_expect_float_eq(c.fam.rope_attn_factor, 1.1902381f, 1e-6f); /* sqrt(1 + ln 32 / ln 4096) */
     cr_expect_float_eq(c.rms_eps, 1e-5f, 1e-12f);
+}
+
+/* Gemma 3 4B's config.json as the Hub has it: the language model's fields in text_config, most
+ * left to Gemma3TextConfig's defaults. */
+Test(config, gemma3_multimodal_checkpoint_as_text)
+{
+    struct model_config c;
+    char err[512] = "";
+    cr_assert_eq(parse("{\"architectures\":[\"Gemma3ForConditionalGeneration\"],\"eos_token_id\":[1,106],"
+                       "\"model_type\":\"gemma3\",\"text_config\":{\"hidden_size\":2560,\"intermediate_size\":10240,"
+                       "\"model_type\":\"gemma3_text\",\"num_hidden_layers\":34,\"rope_scaling\":{\"factor\":8.0,"
+                       "\"rope_type\":\"linear\"},\"sliding_window\":1024},\"vision_config\":{\"hidden_size\":1152}}",
+                       &c, err, sizeof err), 0, "%s", err);
+    cr_expect_str_eq(c.arch_name, "Gemma3ForConditionalGeneration");
+    cr_expect_eq(c.n_heads, 8);
+    cr_expect_eq(c.n_kv_heads, 4);
+    cr_expect_eq(c.head_dim, 256);
+    cr_expect_eq(c.vocab_size, 262208);
+    cr_expect_eq(c.hidden_size, 2560);
+    cr_expect(c.tie_embeddings && c.qk_norm && c.fam.norm_plus_one);
+    cr_expect_eq(c.rope_scaling.type, ROPE_SCALING_LINEAR);
+    cr_expect_float_eq(c.rope_scaling.factor, 8.0f, 1e-6f);
+    cr_expect_float_eq(c.rope_theta, 1e6f, 1.0f);
+    cr_expect_eq(c.fam.sliding_window, 1024);
+    for (int l = 0; l < 34; l++) cr_expect_eq(model_layer_sliding(&c.fam, l), (l + 1) % 6 != 0, "layer %d", l);
+    cr_expect_eq(c.n_eos, 2);
+    cr_expect_float_eq(c.fam.attn_scale, 1.0f / 16.0f, 1e-7f);
 }
