@@ -1,9 +1,10 @@
 /* The engine over the CPU backend and the tiny family models of tests/fixtures/families, against
  * transformers' greedy tokens, where the engine itself has a part: a Mistral whose 16-token
  * window lets a 60-token sequence run in a 48-token cache (the blocks behind the window go back
- * to the pool, scheduler.h, and stay in the prefix cache for the same prompt again); a Phi-3 whose generation crosses LongRoPE's original context (the
- * sequence is computed again with the long factors, as transformers does); long prompts of
- * the length-dependent ropes prefilled in chunks. */
+ * to the pool, scheduler.h, and stay in the prefix cache for the same prompt again); a Phi-3
+ * whose generation crosses LongRoPE's original context (the sequence is computed again with the
+ * long factors, as transformers does); long prompts of the length-dependent ropes prefilled in
+ * chunks. */
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <stdio.h>
