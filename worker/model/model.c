@@ -245,6 +245,25 @@ int model_alloc_layers(struct model *m, char *err, size_t errlen)
     return model_moe_alloc(m, &id, err, errlen);
 }
 
+struct tensor model_stacked_shape(struct tensor *const *parts, int n)
+{
+    struct tensor whole = *parts[0];
+    whole.shape[0] = 0;
+    for (int i = 0; i < n; i++) whole.shape[0] += parts[i]->shape[0];
+    return whole;
+}
+
+void model_split_rows(const struct tensor *whole, struct tensor *const *parts, int n)
+{
+    size_t row = tensor_row_bytes(whole);
+    const unsigned char *p = whole->data;
+    for (int i = 0; i < n; i++) {
+        parts[i]->dtype = whole->dtype;
+        parts[i]->data = p;
+        p += row * (size_t)parts[i]->shape[0];
+    }
+}
+
 static bool ends_with(const char *s, const char *suffix)
 {
     size_t n = strlen(s), k = strlen(suffix);

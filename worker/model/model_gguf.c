@@ -245,19 +245,11 @@ static int bind(struct gguf_ctx *g, const char *name, struct tensor *t)
 
 static int bind_stacked(struct gguf_ctx *g, int layer, const char *suffix, struct tensor **parts, int n)
 {
-    struct tensor whole = *parts[0];
-    whole.shape[0] = 0;
-    for (int i = 0; i < n; i++) whole.shape[0] += parts[i]->shape[0];
+    struct tensor whole = model_stacked_shape(parts, n);
     char name[128];
     snprintf(name, sizeof name, "blk.%d.%s", layer, suffix);
     if (bind(g, name, &whole)) return -1;
-    size_t row = tensor_row_bytes(&whole);
-    const unsigned char *p = whole.data;
-    for (int i = 0; i < n; i++) {
-        parts[i]->dtype = whole.dtype;
-        parts[i]->data = p;
-        p += row * (size_t)parts[i]->shape[0];
-    }
+    model_split_rows(&whole, parts, n);
     return 0;
 }
 

@@ -93,6 +93,11 @@ int model_moe_bind_hf(struct model *m, int layer, model_find_fn find, void *ctx,
 /* The same from a GGUF file: llama.cpp's ffn_gate_inp and stacked ffn_{gate,up,down}_exps. */
 int model_moe_bind_gguf(struct model *m, int layer, model_find_fn find, void *ctx, char *err, size_t errlen);
 
+/* A fused tensor (Phi-3's qkv_proj, gate_up_proj) bound as its parts: the shape of the parts'
+ * rows stacked, and, once whole is bound, each part pointed at its rows (no copy). */
+struct tensor model_stacked_shape(struct tensor *const *parts, int n);
+void model_split_rows(const struct tensor *whole, struct tensor *const *parts, int n);
+
 int model_load_safetensors(struct model *m, const char *dir, char *err, size_t errlen);
 int model_load_gguf(struct model *m, const char *path, char *err, size_t errlen);
 

@@ -221,19 +221,11 @@ static int st_bind(const struct st_set *s, const char *dir, const char *name, st
 static int st_bind_stacked(const struct st_set *s, const char *dir, const char *pfx, int layer, const char *suffix,
                            struct tensor **parts, int n, char *err, size_t errlen)
 {
-    struct tensor whole = *parts[0];
-    whole.shape[0] = 0;
-    for (int i = 0; i < n; i++) whole.shape[0] += parts[i]->shape[0];
+    struct tensor whole = model_stacked_shape(parts, n);
     char name[256];
     snprintf(name, sizeof name, "%slayers.%d.%s", pfx, layer, suffix);
     if (st_bind(s, dir, name, &whole, err, errlen)) return -1;
-    size_t row = dtype_size(whole.dtype) * (size_t)whole.shape[1];
-    const unsigned char *p = whole.data;
-    for (int i = 0; i < n; i++) {
-        parts[i]->dtype = whole.dtype;
-        parts[i]->data = p;
-        p += row * (size_t)parts[i]->shape[0];
-    }
+    model_split_rows(&whole, parts, n);
     return 0;
 }
 
