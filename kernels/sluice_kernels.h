@@ -186,22 +186,34 @@ struct sk_sample_row {
     float rep_penalty, presence, frequency;
     int32_t top_k, n_logprobs;
     uint64_t seed, n_generated;
-    int32_t hist_off, n_history, n_output, pad;
+    int32_t hist_off, n_history, n_output;
+    /* Structured output: the row's allowed-token bitmask starts at word mask_off of masks (bit
+     * id % 32 of word id / 32, (vocab + 31) / 32 words); -1: no mask. */
+    int32_t mask_off;
+    /* logit_bias: n_bias token ids at history[bias_off], their biases (float bits) right after
+     * them; min_tokens: n_supp suppressed ids at history[supp_off]. Offsets are from history's
+     * start, not hist_off. */
+    int32_t bias_off, n_bias, supp_off, n_supp;
 };
 struct sk_sample_out {
     int32_t token;
     float logprob;
     float lse; /* log-sum-exp of the raw logits, kept for sk_sample_finish */
     int32_t n_top;
+    /* Set by sk_sample_prepare when a mask leaves the token no choice (no allowed token with a
+     * finite logit: the lowest allowed id; none allowed at all: -1): sk_sample_finish keeps it. */
+    int32_t fixed;
     int32_t top_ids[SK_MAX_TOP];
     float top_logprobs[SK_MAX_TOP];
 };
 /* Step 1 of sampling for rows rows of logits [rows, vocab]: logprobs and top logprobs from the
- * raw logits, penalties into work, then greedy rows get their token; other rows get
- * work = expf(l/T - max) (the weights). counts: rows*vocab ints of scratch. */
+ * raw logits, penalties, logit bias, suppressed tokens and the mask (sampler.h steps 2 and 2b)
+ * into work, then greedy rows get their token; other rows get work = expf(l/T - max) (the
+ * weights). counts: rows*vocab ints of scratch. history (penalties, biases, suppressed ids) and
+ * masks may be NULL when no row uses them. */
 cudaError_t sk_sample_prepare(const float *logits, const struct sk_sample_row *rows, const int32_t *history,
-                              float *work, int32_t *counts, struct sk_sample_out *out, int n_rows, int vocab,
-                              cudaStream_t s);
+                              const uint32_t *masks, float *work, int32_t *counts, struct sk_sample_out *out,
+                              int n_rows, int vocab, cudaStream_t s);
 /* Sorts each row of work (descending, stable: equal weights keep ascending ids) into sorted_w and
  * sorted_ids, for top-k/top-p. ids_in: iota rows; offsets: n_rows + 1 row starts. */
 cudaError_t sk_sort_temp_bytes(int max_rows, int vocab, size_t *bytes);

@@ -205,6 +205,11 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     }
     b->base.ops = &cuda_ops;
     b->base.name = "cuda";
+    /* The device sampler applies token masks, the logit bias and suppressed tokens
+     * (kernels/sample.cu; the extras travel with the step's metadata, cuda_step.c). */
+    b->base.supports_token_mask = true;
+    b->base.supports_logit_bias = true;
+    b->base.supports_suppress = true;
     b->base.config = *c;
     b->base.max_batch_tokens = opt->max_batch_tokens > 0 ? opt->max_batch_tokens : 8192;
     b->base.max_batch_seqs = opt->max_batch_seqs > 0 ? opt->max_batch_seqs : 256;

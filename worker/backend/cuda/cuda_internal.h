@@ -73,6 +73,11 @@ struct cuda_steps {
     cudaEvent_t meta_sent;
     int32_t *hist_host, *hist_dev;
     size_t hist_cap;
+    /* Token masks of the step's constrained rows (batch_seq.allowed), mask_words each, packed in
+     * the order of those rows: only they are sent. The device buffer is fixed (max_batch_seqs
+     * rows), so a captured graph reads each step's masks from it. */
+    uint32_t *mask_host, *mask_dev;
+    int mask_words;
     struct sk_sample_out *out_dev, *out_host;
     cudaEvent_t done[2];
     int rows[2];

@@ -62,6 +62,10 @@ int cuda_steps_alloc(struct cuda_backend *b)
     CUDA_CHECK(b, cudaMalloc((void **)&st->out_dev, S * sizeof(struct sk_sample_out)));
     b->ws.bytes += S * sizeof(struct sk_sample_out);
     CUDA_CHECK(b, cudaHostAlloc((void **)&st->out_host, 2 * S * sizeof(struct sk_sample_out), cudaHostAllocDefault));
+    st->mask_words = (b->base.config.vocab_size + 31) / 32;
+    CUDA_CHECK(b, cudaMalloc((void **)&st->mask_dev, S * (size_t)st->mask_words * 4));
+    b->ws.bytes += S * (size_t)st->mask_words * 4;
+    CUDA_CHECK(b, cudaHostAlloc((void **)&st->mask_host, S * (size_t)st->mask_words * 4, cudaHostAllocDefault));
     CUDA_CHECK(b, cudaEventCreateWithFlags(&st->meta_sent, cudaEventDisableTiming));
     for (int i = 0; i < 2; i++) CUDA_CHECK(b, cudaEventCreateWithFlags(&st->done[i], cudaEventDisableTiming));
     CUDA_CHECK(b, cudaEventRecord(st->meta_sent, b->stream));
@@ -75,6 +79,8 @@ void cuda_steps_free(struct cuda_backend *b)
     if (st->meta_dev) cudaFree(st->meta_dev);
     if (st->hist_dev) cudaFree(st->hist_dev);
     if (st->out_dev) cudaFree(st->out_dev);
+    if (st->mask_dev) cudaFree(st->mask_dev);
+    if (st->mask_host) cudaFreeHost(st->mask_host);
     if (st->meta_host) cudaFreeHost(st->meta_host);
     if (st->hist_host) cudaFreeHost(st->hist_host);
     if (st->out_host) cudaFreeHost(st->out_host);
@@ -104,11 +110,43 @@ fail:
     return rc;
 }
 
+/* The sampler's extras for row of q into hist_host at *hist_at (the logit bias, the suppressed
+ * ids) and mask_host at row *n_masked (the token mask). */
+static void fill_row_extras(struct cuda_backend *b, const struct batch_seq *q, struct sk_sample_row *row,
+                            size_t *hist_at, int *n_masked)
+{
+    struct cuda_steps *st = &b->steps;
+    const struct sampling_params *sp = q->sampling;
+    row->mask_off = -1;
+    if (sp->n_bias > 0) {
+        row->bias_off = (int32_t)*hist_at;
+        row->n_bias = sp->n_bias;
+        memcpy(st->hist_host + *hist_at, sp->bias_ids, (size_t)sp->n_bias * 4);
+        /* The values travel as their bits; the kernel reads them back as floats. */
+        memcpy(st->hist_host + *hist_at + sp->n_bias, sp->bias_values, (size_t)sp->n_bias * 4);
+        *hist_at += 2 * (size_t)sp->n_bias;
+    }
+    if (q->n_suppress > 0) {
+        row->supp_off = (int32_t)*hist_at;
+        row->n_supp = q->n_suppress;
+        memcpy(st->hist_host + *hist_at, q->suppress, (size_t)q->n_suppress * 4);
+        *hist_at += (size_t)q->n_suppress;
+    }
+    if (q->allowed) {
+        /* The engine's masks may be wider (a grammar's vocabulary past the model's rows): the
+         * model's ids are all the sampler reads. */
+        row->mask_off = *n_masked * st->mask_words;
+        memcpy(st->mask_host + (size_t)row->mask_off, q->allowed, (size_t)st->mask_words * 4);
+        (*n_masked)++;
+    }
+}
+
 /* The step's metadata into hm (pinned), laid out as the plan sizes it; returns the history ints
- * written to hist_host. */
+ * written to hist_host (masks go to mask_host, p->n_masked rows). */
 static size_t fill_meta(struct cuda_backend *b, const struct batch *batch, const struct cuda_step_plan *p,
                         const struct cuda_step_meta *hm)
 {
+    int n_masked = 0;
     const int bt_stride = p->bt_stride;
     int tile_at = 0, dec_at = 0;
     size_t hist_at = 0;
@@ -153,6 +191,7 @@ static size_t fill_meta(struct cuda_backend *b, const struct batch *batch, const
             row->n_output = q->n_output;
             hist_at += (size_t)q->n_history;
         }
+        fill_row_extras(b, q, row, &hist_at, &n_masked);
         hm->sample_tok[r++] = t - 1;
     }
     return hist_at;
@@ -192,6 +231,9 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     CUDA_CHECK(b, cudaMemcpyAsync(st->meta_dev, st->meta_host, bytes, cudaMemcpyHostToDevice, b->stream));
     if (hist_at)
         CUDA_CHECK(b, cudaMemcpyAsync(st->hist_dev, st->hist_host, hist_at * 4, cudaMemcpyHostToDevice, b->stream));
+    if (plan.n_masked)
+        CUDA_CHECK(b, cudaMemcpyAsync(st->mask_dev, st->mask_host, (size_t)plan.n_masked * st->mask_words * 4,
+                                      cudaMemcpyHostToDevice, b->stream));
     CUDA_CHECK(b, cudaEventRecord(st->meta_sent, b->stream));
     cuda_prof_mark(b, CUDA_PROF_COPY);
 
@@ -233,7 +275,9 @@ int cuda_collect(struct backend *base, struct sample_result *results)
     for (int r = 0; r < st->rows[slot]; r++) {
         const struct sk_sample_out *o = &out[r];
         struct sample_result *res = &results[r];
-        if (o->token < 0 || o->token >= V) CUDA_FAIL(b, "cuda: sampler returned token %d", o->token);
+        if (o->token < 0 || o->token >= V)
+            CUDA_FAIL(b, "cuda: sampler returned token %d for row %d%s", o->token, r,
+                      o->fixed ? " (its token mask allows no token)" : "");
         res->token = o->token;
         res->logprob = o->logprob;
         res->n_top = o->n_top;
