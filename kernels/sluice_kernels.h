@@ -226,6 +226,31 @@ cudaError_t sk_sample_finish(const float *logits, const float *work, const float
                              int sorted, const struct sk_sample_row *rows, struct sk_sample_out *out, int n_rows,
                              int vocab, cudaStream_t s);
 
+/* --- prompt logprobs and hidden states (kernels/prompt_outputs.cu) ---------------------- */
+/* One prompt position's logprob, laid out as worker/backend/backend.h's struct prompt_logprob. */
+struct sk_prompt_lp {
+    int32_t token;
+    float logprob;
+    int32_t rank;
+    int32_t n_top;
+    int32_t top_ids[SK_MAX_TOP];
+    float top_logprobs[SK_MAX_TOP];
+};
+/* For rows rows of logits [rows, vocab]: out[r] = the logprob of targets[r] (in the vocabulary),
+ * 1 + the ids whose logit is larger, and the n_tops[r] (0..SK_MAX_TOP) largest logits as
+ * logprobs, ties to the lower id (worker/sampler/sampler.h, sampler_prompt_logprob). */
+cudaError_t sk_prompt_logprobs(const float *logits, const int32_t *targets, const int32_t *n_tops,
+                               struct sk_prompt_lp *out, int n_rows, int vocab, cudaStream_t s);
+/* out[r, :] = w * v * rsqrt(mean(v^2) + eps) in fp32, v = x[rows[r]] + delta's n_parts parts of
+ * that row (as sk_add_rmsnorm_parts adds them; delta may be NULL): the model's final norm for
+ * embeddings. */
+cudaError_t sk_final_hidden(const float *x, const float *delta, int n_parts, int64_t part_stride,
+                            const int32_t *rows, const float *w, float *out, int n_rows, int hidden, float eps,
+                            cudaStream_t s);
+/* For each sequence s with segs[3s] = its first row of h and segs[3s + 1] = its row count:
+ * out[2s, :] = the sum of those rows, out[2s + 1, :] = the last of them (zeros when none). */
+cudaError_t sk_pool_hidden(const float *h, const int32_t *segs, float *out, int n_seqs, int hidden, cudaStream_t s);
+
 /* --- test hooks ------------------------------------------------------------------------ */
 /* For tests only: copies bytes from src to dst delay_us after it starts, while letting the next
  * kernel on s, when launched as a programmatic dependent, start at once (kernels/test_hooks.cu). */

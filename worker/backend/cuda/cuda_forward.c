@@ -131,6 +131,7 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
                                        b->steps.out_dev, R, V, b->stream));
         cuda_prof_mark(b, CUDA_PROF_SAMPLE);
     }
+    if (p->n_lp || p->n_hid_seqs) rc = cuda_extras_enqueue(b, a, delta_parts, part_stride);
 fail:
     return rc;
 }

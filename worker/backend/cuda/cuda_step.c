@@ -16,17 +16,19 @@ static size_t align16(size_t n)
 }
 
 /* The most metadata a step may need: sampled rows, five ints a token, a sampled token's row,
- * the block tables, the prefill tiles, and alignment. */
+ * the block tables, the prefill tiles, prompt logprob rows (three ints) and hidden-state tokens
+ * (one int) of at most every token, three ints a pooled sequence, and alignment. */
 static size_t meta_size(const struct cuda_backend *b)
 {
     size_t T = (size_t)b->base.max_batch_tokens, S = (size_t)b->base.max_batch_seqs;
     return S * sizeof(struct sk_sample_row) + 5 * T * 4 + S * 4 + S * (size_t)b->plan.bt_cap * 4 +
-           (T / SK_PREFILL_TILE + S + 1) * 3 * 4 + 8 * 16;
+           (T / SK_PREFILL_TILE + S + 1) * 3 * 4 + 4 * T * 4 + 3 * S * 4 + 13 * 16;
 }
 
-/* Lays the step's arrays out in base (host or device) for T tokens, S sequences, R sampled rows. */
+/* Lays the step's arrays out in base (host or device) for T tokens, S sequences, R sampled rows
+ * and the plan's prompt logprob rows and hidden states. */
 static size_t meta_layout(unsigned char *base, int T, int S, int R, int bt_stride, int n_tiles, int n_dec,
-                          struct cuda_step_meta *m)
+                          const struct cuda_step_plan *p, struct cuda_step_meta *m)
 {
     size_t at = 0;
     m->rows = (struct sk_sample_row *)(base + at);
@@ -47,6 +49,16 @@ static size_t meta_layout(unsigned char *base, int T, int S, int R, int bt_strid
     at = align16(at + (size_t)n_tiles * 3 * 4);
     m->dec = (int32_t *)(base + at);
     at = align16(at + (size_t)n_dec * 4);
+    m->lp_tok = (int32_t *)(base + at);
+    at = align16(at + (size_t)p->n_lp * 4);
+    m->lp_target = (int32_t *)(base + at);
+    at = align16(at + (size_t)p->n_lp * 4);
+    m->lp_ntop = (int32_t *)(base + at);
+    at = align16(at + (size_t)p->n_lp * 4);
+    m->hid_tok = (int32_t *)(base + at);
+    at = align16(at + (size_t)p->n_hid_rows * 4);
+    m->hid_seg = (int32_t *)(base + at);
+    at = align16(at + (size_t)p->n_hid_seqs * 3 * 4);
     return at;
 }
 
@@ -221,11 +233,17 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     CUDA_CHECK(b, cudaEventSynchronize(st->meta_sent));
     /* The decode attention takes every token unless tiles took some (then it gets a list). */
     const int T = plan.n_tokens, S = plan.n_seqs, R = plan.n_rows, n_list = plan.all_dec ? 0 : plan.attn.n_tokens;
-    size_t bytes = meta_layout(st->meta_host, T, S, R, plan.bt_stride, plan.n_tiles, n_list, &hm);
+    size_t bytes = meta_layout(st->meta_host, T, S, R, plan.bt_stride, plan.n_tiles, n_list, &plan, &hm);
     if (bytes > st->meta_bytes) CUDA_FAIL(b, "cuda: step metadata of %zu bytes exceeds %zu", bytes, st->meta_bytes);
-    meta_layout(st->meta_dev, T, S, R, plan.bt_stride, plan.n_tiles, n_list, &dm);
+    meta_layout(st->meta_dev, T, S, R, plan.bt_stride, plan.n_tiles, n_list, &plan, &dm);
     plan.attn.token_list = plan.all_dec ? NULL : dm.dec;
     const size_t hist_at = fill_meta(b, batch, &plan, &hm);
+    const int slot = (int)(st->submitted % 2);
+    b->extras.n_dst[slot] = 0;
+    if (plan.n_lp || plan.n_hid_seqs) {
+        if ((rc = cuda_extras_ensure(b)) < 0) goto fail;
+        cuda_extras_fill(b, batch, &hm, slot);
+    }
     cuda_prof_begin(b);
     cuda_prof_mark(b, CUDA_PROF_COPY);
     CUDA_CHECK(b, cudaMemcpyAsync(st->meta_dev, st->meta_host, bytes, cudaMemcpyHostToDevice, b->stream));
@@ -244,7 +262,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     } else if (T > 0) {
         if ((rc = cuda_forward_enqueue(b, &args)) < 0) goto fail;
     }
-    const int slot = (int)(st->submitted % 2);
+    if ((rc = cuda_extras_copy(b, &plan, slot)) < 0) goto fail;
     if (R > 0)
         CUDA_CHECK(b, cudaMemcpyAsync(st->out_host + (size_t)slot * base->max_batch_seqs, st->out_dev,
                                       (size_t)R * sizeof *st->out_host, cudaMemcpyDeviceToHost, b->stream));
@@ -271,6 +289,7 @@ int cuda_collect(struct backend *base, struct sample_result *results)
     const int slot = (int)(st->collected % 2);
     st->collected++;
     if ((rc = cuda_watchdog_wait(b, st->done[slot])) < 0) goto fail;
+    cuda_extras_collect(b, slot);
     const struct sk_sample_out *out = st->out_host + (size_t)slot * base->max_batch_seqs;
     for (int r = 0; r < st->rows[slot]; r++) {
         const struct sk_sample_out *o = &out[r];
