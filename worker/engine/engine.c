@@ -148,6 +148,8 @@ struct engine {
     bool failed;
     char error[512];
     uint64_t tokens_generated, prompt_tokens, steps, overlapped_steps;
+    uint64_t grammar_masks;
+    double grammar_mask_ms;
 };
 
 const char *finish_reason_name(enum finish_reason r)
@@ -717,7 +719,11 @@ static int32_t run_step(struct engine *e)
                  * ends the request, not the backend: its row samples unmasked, and is dropped. */
                 uint32_t *mask = e->masks + (size_t)i * e->mask_words;
                 lr->mask_error = NULL;
-                if (grammar_matcher_fill_mask(lr->gm, mask, e->mask_words) != 0) {
+                const double t_mask = now_ms();
+                const int fill_rc = grammar_matcher_fill_mask(lr->gm, mask, e->mask_words);
+                e->grammar_mask_ms += now_ms() - t_mask;
+                e->grammar_masks++;
+                if (fill_rc != 0) {
                     lr->mask_error = "structured output: out of memory making the token mask";
                 } else {
                     /* Only the model's rows count: a tokenizer may have more ids than it. */
@@ -763,6 +769,8 @@ static void publish_stats(struct engine *e)
     e->stats.kv_blocks_free = kv_cache_num_free(&e->sched.kv);
     e->stats.steps = e->steps;
     e->stats.overlapped_steps = e->overlapped_steps;
+    e->stats.grammar_masks = e->grammar_masks;
+    e->stats.grammar_mask_seconds = e->grammar_mask_ms / 1e3;
     e->stats.preemptions = e->sched.preemptions;
     e->stats.tokens_generated = e->tokens_generated;
     e->stats.prompt_tokens = e->prompt_tokens;
