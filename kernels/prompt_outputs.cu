@@ -7,49 +7,23 @@
 #include <cub/cub.cuh>
 #include <math.h>
 
+#include "kernels/rank_reduce.cuh"
+
 namespace
 {
 
 constexpr int kThreads = 512;
 
-struct Best {
-    float v;
-    int32_t id;
-};
-
-// Higher value first, the lower id among equals; id -1 ranks last.
-__device__ __forceinline__ bool better(const Best &a, const Best &b)
-{
-    if (a.id < 0) return false;
-    if (b.id < 0) return true;
-    return a.v > b.v || (a.v == b.v && a.id < b.id);
-}
-struct BestOp {
-    __device__ __forceinline__ Best operator()(const Best &a, const Best &b) const { return better(a, b) ? a : b; }
-};
-struct MaxOp {
-    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-
 typedef cub::BlockReduce<float, kThreads> ReduceF;
 typedef cub::BlockReduce<double, kThreads> ReduceD;
 typedef cub::BlockReduce<int, kThreads> ReduceI;
-typedef cub::BlockReduce<Best, kThreads> ReduceB;
+typedef cub::BlockReduce<ArgBest, kThreads> ReduceB;
 union Temp {
     typename ReduceF::TempStorage f;
     typename ReduceD::TempStorage d;
     typename ReduceI::TempStorage i;
     typename ReduceB::TempStorage b;
 };
-
-template <typename T> __device__ T bcast(T v, T *slot)
-{
-    if (threadIdx.x == 0) *slot = v;
-    __syncthreads();
-    T r = *slot;
-    __syncthreads();
-    return r;
-}
 
 // One block per row: lse as sampler.c's log_sum_exp (the maximum factored out, expf summed in
 // double), the target's logprob and rank, then the top n one at a time (n <= SK_MAX_TOP).
@@ -61,7 +35,7 @@ __global__ void __launch_bounds__(kThreads)
     __shared__ float sf;
     __shared__ double sd;
     __shared__ int si;
-    __shared__ Best sb;
+    __shared__ ArgBest sb;
     const int r = blockIdx.x;
     const float *l = logits + (int64_t)r * vocab;
     sk_prompt_lp *out = outs + r;
@@ -81,27 +55,7 @@ __global__ void __launch_bounds__(kThreads)
     sum = bcast(ReduceD(tmp.d).Sum(sum), &sd);
     above = bcast(ReduceI(tmp.i).Sum(above), &si);
     const double lse = (double)mx + log(sum);
-    int n_top = n_tops[r] < 0 ? 0 : (n_tops[r] > SK_MAX_TOP ? SK_MAX_TOP : n_tops[r]);
-    if (n_top > vocab) n_top = vocab;
-    Best prev = {INFINITY, -1};
-    for (int k = 0; k < n_top; k++) {
-        Best best = {0.0f, -1};
-        for (int i = threadIdx.x; i < vocab; i += kThreads) {
-            Best c = {l[i], i};
-            const bool after = prev.id < 0 || c.v < prev.v || (c.v == prev.v && i > prev.id);
-            if (after && better(c, best)) best = c;
-        }
-        best = bcast(ReduceB(tmp.b).Reduce(best, BestOp()), &sb);
-        if (best.id < 0) {
-            n_top = k;
-            break;
-        }
-        if (threadIdx.x == 0) {
-            out->top_ids[k] = best.id;
-            out->top_logprobs[k] = (float)((double)best.v - lse);
-        }
-        prev = best;
-    }
+    const int n_top = top_logprobs<ReduceB>(l, vocab, n_tops[r], lse, out->top_ids, out->top_logprobs, tmp.b, &sb);
     if (threadIdx.x == 0) {
         out->token = target;
         out->logprob = (float)((double)lt - lse);

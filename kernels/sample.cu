@@ -4,41 +4,12 @@
 #include <cub/cub.cuh>
 #include <math.h>
 
+#include "kernels/rank_reduce.cuh"
+
 namespace
 {
 
 constexpr int kThreads = 1024;
-
-struct ArgBest {
-    float v;
-    int32_t id;
-};
-
-// Ranks higher value first, the lower id among equals; id -1 ranks last.
-__device__ __forceinline__ bool better(const ArgBest &a, const ArgBest &b)
-{
-    if (a.id < 0) return false;
-    if (b.id < 0) return true;
-    return a.v > b.v || (a.v == b.v && a.id < b.id);
-}
-
-struct ArgBestOp {
-    __device__ __forceinline__ ArgBest operator()(const ArgBest &a, const ArgBest &b) const
-    {
-        return better(a, b) ? a : b;
-    }
-};
-
-struct MaxOp {
-    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-
-struct MinIntOp {
-    __device__ __forceinline__ int operator()(int a, int b) const { return a < b ? a : b; }
-};
-struct MaxIntOp {
-    __device__ __forceinline__ int operator()(int a, int b) const { return a > b ? a : b; }
-};
 
 typedef cub::BlockReduce<float, kThreads> ReduceF;
 typedef cub::BlockReduce<double, kThreads> ReduceD;
@@ -71,16 +42,6 @@ __device__ __forceinline__ float uniform(uint64_t seed, uint64_t n)
 __device__ __forceinline__ bool is_greedy(const sk_sample_row &r)
 {
     return r.temperature <= 1e-5f;
-}
-
-// Broadcasts a value computed by thread 0 (cub's reductions leave the result there only).
-template <typename T> __device__ T bcast(T v, T *slot)
-{
-    if (threadIdx.x == 0) *slot = v;
-    __syncthreads();
-    T r = *slot;
-    __syncthreads();
-    return r;
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -168,27 +129,8 @@ __global__ void __launch_bounds__(kThreads)
     double sum = thread_mx == -INFINITY ? 0.0 : (double)part * exp((double)thread_mx - (double)mx);
     sum = bcast(ReduceD(tmp.d).Sum(sum), &sd);
     const double lse = (double)mx + log(sum);
-    int n_top = sp.n_logprobs < 0 ? 0 : (sp.n_logprobs > SK_MAX_TOP ? SK_MAX_TOP : sp.n_logprobs);
-    if (n_top > vocab) n_top = vocab;
-    ArgBest prev = {INFINITY, -1};
-    for (int k = 0; k < n_top; k++) {
-        ArgBest best = {0.0f, -1};
-        for (int i = threadIdx.x; i < vocab; i += kThreads) {
-            ArgBest c = {l[i], i};
-            bool after = prev.id < 0 || c.v < prev.v || (c.v == prev.v && i > prev.id);
-            if (after && better(c, best)) best = c;
-        }
-        best = bcast(ReduceArg(tmp.a).Reduce(best, ArgBestOp()), &sa);
-        if (best.id < 0) {
-            n_top = k;
-            break;
-        }
-        if (threadIdx.x == 0) {
-            out->top_ids[k] = best.id;
-            out->top_logprobs[k] = (float)((double)best.v - lse);
-        }
-        prev = best;
-    }
+    const int n_top =
+        top_logprobs<ReduceArg>(l, vocab, sp.n_logprobs, lse, out->top_ids, out->top_logprobs, tmp.a, &sa);
     if (threadIdx.x == 0) {
         out->n_top = n_top;
         out->lse = (float)lse;

@@ -82,15 +82,14 @@ static bool row_consistent(const struct prompt_logprob *p, int32_t target)
     return above <= p->rank - 1;
 }
 
+/* ||a - ref|| / ||ref|| over n floats (gt_rel_err on a double copy of ref). */
 static double rel_err(const float *a, const float *ref, int n)
 {
-    double num = 0, den = 0;
-    for (int i = 0; i < n; i++) {
-        double d = (double)a[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return isfinite(num) && den > 0 ? sqrt(num / den) : INFINITY;
+    double *r = malloc((size_t)n * sizeof *r);
+    for (int i = 0; i < n; i++) r[i] = ref[i];
+    const double e = gt_rel_err(a, r, (size_t)n);
+    free(r);
+    return e;
 }
 
 static void test_model(const char *name, const char *config_json)
