@@ -9,7 +9,8 @@
  *    with suppressed ids on some steps, one free), decode steps replayed from CUDA graphs (the
  *    masks change every step, so a graph that kept its first mask would fail) and eager steps
  *    with the logits copied back, whose tokens must equal sampler_sample on those logits; the
- *    same with --deterministic. */
+ *    same with --deterministic.
+ * With SLUICE_GPU_BENCH=1 it also times the sampler with and without masks (bench_masks). */
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
@@ -237,6 +238,67 @@ static void test_kernels(int V)
     free(work), free(scratch);
 }
 
+/* With SLUICE_GPU_BENCH=1: the sampler's device time for 64 drawn rows (top-p, as a chat
+ * request samples) of Llama 3's vocabulary, free, each with a JSON-like mask (about 2% of the
+ * tokens allowed), and masked with a 368-token logit bias: what the mask costs on the device. */
+static void bench_masks(void)
+{
+    const char *on = getenv("SLUICE_GPU_BENCH");
+    if (!on || !*on || *on == '0') return;
+    const int V = 128256, R = 64, W = (V + 31) / 32, NB = 368;
+    float *logits = malloc((size_t)R * V * 4);
+    for (size_t i = 0; i < (size_t)R * V; i++) logits[i] = gt_normal() * 3.0f;
+    uint32_t *masks = calloc((size_t)R * W, 4);
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < V; i++)
+            if (gt_int(50) == 0) set_bit(masks + (size_t)r * W, i);
+    int32_t *hist = malloc((size_t)2 * NB * 4);
+    for (int i = 0; i < NB; i++) {
+        const float v = -100.0f;
+        hist[i] = i * 300;
+        memcpy(&hist[NB + i], &v, 4);
+    }
+    struct sk_sample_row rows[3][64];
+    for (int m = 0; m < 3; m++)
+        for (int r = 0; r < R; r++)
+            rows[m][r] = (struct sk_sample_row){.temperature = 0.8f, .top_p = 0.9f, .rep_penalty = 1.0f,
+                                                .seed = (uint64_t)r, .n_logprobs = -1,
+                                                .mask_off = m > 0 ? r * W : -1, .n_bias = m == 2 ? NB : 0};
+    float *dlog = gt_up(logits, (size_t)R * V * 4), *dwork = gt_dev((size_t)R * V * 4), *dsw = gt_dev((size_t)R * V * 4);
+    int32_t *dcounts = gt_dev((size_t)R * V * 4), *dids = gt_dev((size_t)R * V * 4), *dsid = gt_dev((size_t)R * V * 4);
+    int32_t *doff = gt_dev((R + 1) * 4), *dhist = gt_up(hist, (size_t)2 * NB * 4);
+    uint32_t *dmask = gt_up(masks, (size_t)R * W * 4);
+    struct sk_sample_row *drows = gt_dev(sizeof rows);
+    GT_CUDA(cudaMemcpy(drows, rows, sizeof rows, cudaMemcpyHostToDevice));
+    struct sk_sample_out *dout = gt_dev(R * sizeof *dout);
+    size_t tb = 0;
+    GT_CUDA(sk_sort_temp_bytes(R, V, &tb));
+    void *dtemp = gt_dev(tb);
+    GT_CUDA(sk_fill_iota_rows(dids, R, V, 0));
+    GT_CUDA(sk_fill_row_offsets(doff, R, V, 0));
+    cudaEvent_t e0, e1;
+    GT_CUDA(cudaEventCreate(&e0));
+    GT_CUDA(cudaEventCreate(&e1));
+    const char *names[3] = {"free", "masked", "masked+bias"};
+    for (int m = 0; m < 3; m++) {
+        float ms = 0;
+        for (int it = 0; it < 21; it++) {
+            if (it == 1) GT_CUDA(cudaEventRecord(e0, 0));
+            GT_CUDA(sk_sample_prepare(dlog, drows + m * 64, dhist, dmask, dwork, dcounts, dout, R, V, 0));
+            GT_CUDA(sk_sample_sort(dtemp, tb, dwork, dids, doff, dsw, dsid, R, V, 0));
+            GT_CUDA(sk_sample_finish(dlog, dwork, dsw, dsid, 1, drows + m * 64, dout, R, V, 0));
+        }
+        GT_CUDA(cudaEventRecord(e1, 0));
+        GT_CUDA(cudaEventSynchronize(e1));
+        GT_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+        printf("  bench sampler %d rows V=%d top-p %s: %.1f us a step\n", R, V, names[m], 1e3 * ms / 20);
+    }
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    cudaFree(dlog), cudaFree(dwork), cudaFree(dsw), cudaFree(dcounts), cudaFree(dids), cudaFree(dsid);
+    cudaFree(doff), cudaFree(dhist), cudaFree(dmask), cudaFree(drows), cudaFree(dout), cudaFree(dtemp);
+    free(logits), free(masks), free(hist);
+}
+
 /* --- 2. the backend ------------------------------------------------------------------- */
 
 #define NSEQ 4
@@ -378,5 +440,6 @@ int main(void)
     test_kernels(1001); /* rows not a multiple of 4 floats */
     test_kernels(128256);
     test_backend_constraints();
+    bench_masks();
     return gt_finish();
 }
