@@ -31,6 +31,14 @@ float fp8_tensor_scale(const struct tensor *t, int64_t r, int64_t c);
 /* Elements [begin, end) of an FP8 tensor as float32 (a dummy one: whole rows only). */
 void fp8_range_to_f32(const struct tensor *t, uint64_t seed, int64_t begin, int64_t end, float *dst);
 
+/* The --quantization flag table entry (common/flags.h) both `sluice-worker` and `sluice-worker
+ * bench` take; text (a const char **) is then given to model_quantization_parse. */
+#define MODEL_QUANTIZATION_FLAG_SPEC(text)                                                                    \
+    {"quantization", FLAG_STRING, (text), NULL, "none|fp8",                                                   \
+     "fp8: quantize the layers' bf16/f16/f32 (or dummy) weights at load to e4m3 with a scale per output "      \
+     "channel (CUDA computes with them in FP8; CPU dequantizes them). FP8 checkpoints load as FP8 either way", \
+     0, 0}
+
 /* A checkpoint's quantization_config as far as FP8 weights go. */
 struct fp8_qconfig {
     bool fp8;             /* quant_method fp8, or compressed-tensors with float 8-bit weights */
