@@ -34,18 +34,20 @@ static int put_matrix(struct loader *ld, uint16_t *dst, const struct tensor *t, 
     if (tensor_numel(t) != numel)
         CUDA_FAIL(b, "cuda: tensor %s has %lld elements, expected %lld", name, (long long)tensor_numel(t),
                   (long long)numel);
-    if (!t->data) {
+    const bool fp8 = t->dtype == DTYPE_F8_E4M3 || t->dtype == DTYPE_F8_E5M2;
+    if (!t->data && !fp8) {
         CUDA_CHECK(b, sk_fill_dummy_bf16(dst, ld->m->dummy_seed, t->dummy_id, 0, numel, 0, b->stream));
     } else if (t->dtype == DTYPE_BF16) {
         CUDA_CHECK(b, cudaMemcpyAsync(dst, t->data, (size_t)numel * 2, cudaMemcpyHostToDevice, b->stream));
-    } else if (dtype_is_quantized(t->dtype)) {
-        /* Whole blocks per chunk: float32 on the host, then converted as F32 tensors are. */
-        int64_t be = dtype_block_elems(t->dtype), per = (int64_t)(STAGING_BYTES / 4) / be * be;
+    } else if (dtype_is_quantized(t->dtype) || fp8) {
+        /* Whole blocks (FP8: whole rows) per chunk: float32 on the host, then converted as F32
+         * tensors are. */
+        int64_t be = fp8 ? (t->ndim == 2 ? t->shape[1] : numel) : dtype_block_elems(t->dtype);
+        int64_t per = (int64_t)(STAGING_BYTES / 4) / be * be;
         if (!ld->host && !(ld->host = malloc(STAGING_BYTES))) CUDA_FAIL(b, "cuda: out of host memory for %s", name);
         for (int64_t at = 0; at < numel; at += per) {
             int64_t n = numel - at < per ? numel - at : per;
-            model_dequant(t->dtype, (const unsigned char *)t->data + (size_t)(at / be) * dtype_block_bytes(t->dtype),
-                          ld->host, n);
+            tensor_range_to_f32(t, ld->m->dummy_seed, false, at, at + n, ld->host);
             CUDA_CHECK(b, cudaMemcpyAsync(ld->staging, ld->host, (size_t)n * 4, cudaMemcpyHostToDevice, b->stream));
             CUDA_CHECK(b, sk_convert_to_bf16(dst + at, ld->staging, SK_F32, n, b->stream));
             /* The staging buffer and the host chunk are reused by the next chunk. */
@@ -153,6 +155,10 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
         struct cuda_layer *cl = &b->w.layers[l];
         char name[64];
         snprintf(name, sizeof name, "layer %d", l);
+        if (b->fp8) {
+            if ((rc = cuda_fp8_load_layer(b, m, l)) < 0) goto fail;
+            goto vectors;
+        }
         if ((rc = alloc_dev(b, (void **)&cl->wqkv, (size_t)((qd + 2 * kvd) * H) * 2)) < 0) goto fail;
         if ((rc = put_matrix(&ld, cl->wqkv, &lw->wq, qd * H, name)) < 0) goto fail;
         if ((rc = put_matrix(&ld, cl->wqkv + qd * H, &lw->wk, kvd * H, name)) < 0) goto fail;
@@ -166,6 +172,7 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
         if (interleave) CUDA_CHECK(b, sk_gate_up_interleave(cl->wgu, gu_plain, (int)I, (int)H, b->stream));
         if ((rc = alloc_dev(b, (void **)&cl->wd, (size_t)(H * I) * 2)) < 0) goto fail;
         if ((rc = put_matrix(&ld, cl->wd, &lw->w_down, H * I, name)) < 0) goto fail;
+    vectors:
         if ((rc = put_vector(&ld, &cl->attn_norm, &lw->attn_norm, H, true, name)) < 0) goto fail;
         if ((rc = put_vector(&ld, &cl->ffn_norm, &lw->ffn_norm, H, true, name)) < 0) goto fail;
         if (c->qk_norm) {
@@ -179,6 +186,7 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
             if ((rc = put_vector_at(&ld, cl->bqkv + qd + kvd, &lw->bv, kvd, false, name)) < 0) goto fail;
         }
     }
+    cuda_fp8_load_done(b);
     rope_frequencies(c, inv_freq);
     if ((rc = alloc_dev(b, (void **)&b->w.inv_freq, (size_t)(D / 2) * sizeof(float))) < 0) goto fail;
     CUDA_CHECK(b, cudaMemcpy(b->w.inv_freq, inv_freq, (size_t)(D / 2) * sizeof(float), cudaMemcpyHostToDevice));
@@ -192,6 +200,7 @@ fail:
 
 void cuda_weights_free(struct cuda_backend *b)
 {
+    cuda_fp8_free(b);
     if (b->w.lm_head && b->w.lm_head != b->w.tok_embed) cudaFree(b->w.lm_head);
     cudaFree(b->w.tok_embed);
     cudaFree(b->w.final_norm);

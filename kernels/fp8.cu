@@ -1,0 +1,232 @@
+// FP8 (e4m3) weights (sk_fp8.h): row quantization, dequantization, the decode gemv and the scales
+// of an FP8 GEMM's output. Conversions use the hardware's cvt (sm_89 and later) through
+// cuda_fp8.h; every rounding is to nearest even, as the CPU's fp8.c does.
+#include "kernels/bf16.cuh"
+#include "kernels/sk_fp8.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+namespace
+{
+
+constexpr float kE4m3Max = 448.0f;
+constexpr int kQuantThreads = 256;
+
+__device__ __forceinline__ float e4m3_to_f32(uint8_t b)
+{
+    __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), __NV_E4M3);
+    return __half2float(__half(h));
+}
+
+// Two e4m3 codes (low byte first) to two floats.
+__device__ __forceinline__ float2 e4m3x2_to_f32(uint16_t v)
+{
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(v), __NV_E4M3);
+    return __half22float2(__half2(h));
+}
+
+__device__ __forceinline__ float bf16_bits_to_f32(uint16_t v)
+{
+    return __uint_as_float(static_cast<uint32_t>(v) << 16);
+}
+
+__global__ void __launch_bounds__(kQuantThreads)
+    quantize_rows_kernel(uint8_t *__restrict__ q, float *__restrict__ scale, const uint16_t *__restrict__ x, int cols)
+{
+    const int r = blockIdx.x;
+    const uint16_t *row = x + (size_t)r * cols;
+    float amax = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) amax = fmaxf(amax, fabsf(bf16_bits_to_f32(row[c])));
+    __shared__ float warp_max[kQuantThreads / 32];
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = amax;
+    __syncthreads();
+    amax = 0.0f;
+    for (int w = 0; w < kQuantThreads / 32; w++) amax = fmaxf(amax, warp_max[w]);
+    // IEEE division (no fast math here), so the scale and the codes are the CPU's bit for bit.
+    const float s = amax > 0.0f ? __fdiv_rn(amax, kE4m3Max) : 1.0f;
+    if (threadIdx.x == 0) scale[r] = s;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        q[(size_t)r * cols + c] = __nv_cvt_float_to_fp8(__fdiv_rn(bf16_bits_to_f32(row[c]), s), __NV_SATFINITE,
+                                                        __NV_E4M3);
+}
+
+__global__ void dequant_kernel(uint16_t *__restrict__ dst, const uint8_t *__restrict__ q,
+                               const float *__restrict__ scale, int scale_rows, int scale_cols, int rows, int cols)
+{
+    const int64_t n = (int64_t)rows * cols;
+    const int per_row = (cols + scale_cols - 1) / scale_cols;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const int r = (int)(i / cols), c = (int)(i % cols);
+        const float v = e4m3_to_f32(q[i]) * scale[(size_t)(r / scale_rows) * per_row + c / scale_cols];
+        __nv_bfloat16 b = __float2bfloat16_rn(v);
+        dst[i] = *reinterpret_cast<uint16_t *>(&b);
+    }
+}
+
+constexpr int kUnroll = 4;
+constexpr int kWarpsPerBlock = 8;
+
+__device__ __forceinline__ uint4 load_stream(const uint4 *p)
+{
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+// Sixteen e4m3 codes of one 16-byte load, in order.
+__device__ __forceinline__ void e4m3x16_to_f32(const uint4 &raw, float *out)
+{
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 a = e4m3x2_to_f32(static_cast<uint16_t>(words[i] & 0xffffu));
+        float2 b = e4m3x2_to_f32(static_cast<uint16_t>(words[i] >> 16));
+        out[4 * i] = a.x;
+        out[4 * i + 1] = a.y;
+        out[4 * i + 2] = b.x;
+        out[4 * i + 3] = b.y;
+    }
+}
+
+// One warp per output feature n; each lane keeps kUnroll 16-byte loads (16 weights each) of the
+// row in flight. kBlocked: the scale changes every scale_cols columns (a 16-weight load lies
+// within one block), applied to each load's partial sum; otherwise one scale for the row, applied
+// once at the end.
+template <int M, bool kBlocked>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    fp8_gemv_kernel(const uint8_t *__restrict__ w, const float *__restrict__ scale, int scale_rows, int scale_cols,
+                    const __nv_bfloat16 *__restrict__ x, float *__restrict__ y, int n_out, int k_in)
+{
+    const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= n_out) return;
+    const int nvec = k_in / 16;
+    const uint4 *wr = reinterpret_cast<const uint4 *>(w + (size_t)n * k_in);
+    const float *srow = scale + (size_t)(n / scale_rows) * ((k_in + scale_cols - 1) / scale_cols);
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = 0.0f;
+    for (int base = lane; base < nvec; base += 32 * kUnroll) {
+        uint4 wv[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; u++) {
+            const int i = base + u * 32;
+            wv[u] = i < nvec ? load_stream(wr + i) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; u++) {
+            const int i = base + u * 32;
+            if (i >= nvec) break;
+            float wf[16];
+            e4m3x16_to_f32(wv[u], wf);
+            const float s = kBlocked ? __ldg(srow + (i * 16) / scale_cols) : 1.0f;
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                const uint4 *xr = reinterpret_cast<const uint4 *>(x + (size_t)m * k_in) + 2 * i;
+                float xf[16];
+                bf16x8_to_f32(__ldg(xr), xf);
+                bf16x8_to_f32(__ldg(xr + 1), xf + 8);
+                float part = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 16; j++) part += wf[j] * xf[j];
+                acc[m] += kBlocked ? part * s : part;
+            }
+        }
+    }
+    const float row_scale = kBlocked ? 1.0f : __ldg(srow);
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float v = acc[m];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) y[(size_t)m * n_out + n] = v * row_scale;
+    }
+}
+
+template <int M>
+cudaError_t launch_gemv(const uint8_t *w, const float *scale, int sr, int sc, const uint16_t *x, float *y, int n_out,
+                        int k_in, cudaStream_t s)
+{
+    const int blocks = (n_out + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    const __nv_bfloat16 *xb = reinterpret_cast<const __nv_bfloat16 *>(x);
+    if (sc >= k_in)
+        fp8_gemv_kernel<M, false><<<blocks, kWarpsPerBlock * 32, 0, s>>>(w, scale, sr, sc, xb, y, n_out, k_in);
+    else
+        fp8_gemv_kernel<M, true><<<blocks, kWarpsPerBlock * 32, 0, s>>>(w, scale, sr, sc, xb, y, n_out, k_in);
+    return cudaGetLastError();
+}
+
+template <typename Acc>
+__global__ void scale_output_kernel(float *y, const Acc *acc, const float *__restrict__ row_scale,
+                                    const float *__restrict__ col_scale, int rows, int n_out)
+{
+    const int64_t n = (int64_t)rows * n_out;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const int m = (int)(i / n_out), c = (int)(i % n_out);
+        float a;
+        if constexpr (sizeof(Acc) == 2) a = bf16_bits_to_f32(acc[i]);
+        else a = acc[i];
+        y[i] = a * (row_scale[m] * col_scale[c]);
+    }
+}
+
+int grid_for(int64_t n)
+{
+    int64_t g = (n + 255) / 256;
+    return (int)(g < 65536 ? (g > 0 ? g : 1) : 65536);
+}
+
+} // namespace
+
+extern "C" cudaError_t sk_fp8_quantize_rows(uint8_t *q, float *scale, const uint16_t *x, int rows, int cols,
+                                            cudaStream_t s)
+{
+    if (rows < 0 || cols < 1) return cudaErrorInvalidValue;
+    if (rows == 0) return cudaSuccess;
+    quantize_rows_kernel<<<rows, kQuantThreads, 0, s>>>(q, scale, x, cols);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_fp8_dequant_bf16(uint16_t *dst, const uint8_t *q, const float *scale, int scale_rows,
+                                           int scale_cols, int rows, int cols, cudaStream_t s)
+{
+    if (rows < 1 || cols < 1 || scale_rows < 1 || scale_cols < 1) return cudaErrorInvalidValue;
+    dequant_kernel<<<grid_for((int64_t)rows * cols), 256, 0, s>>>(dst, q, scale, scale_rows, scale_cols, rows, cols);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_fp8_gemv(const uint8_t *w, const float *scale, int scale_rows, int scale_cols,
+                                   const uint16_t *x, float *y, int rows, int n_out, int k_in, cudaStream_t s)
+{
+    if (rows < 1 || rows > SK_FP8_GEMV_MAX_ROWS || n_out < 1 || k_in < 16 || k_in % 16 || scale_rows < 1 ||
+        scale_cols < 1 || (scale_cols < k_in && scale_cols % 16) || ((uintptr_t)w & 15) || ((uintptr_t)x & 15))
+        return cudaErrorInvalidValue;
+    switch (rows) {
+    case 1: return launch_gemv<1>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
+    case 2: return launch_gemv<2>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
+    case 3: return launch_gemv<3>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
+    case 4: return launch_gemv<4>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
+    case 5: return launch_gemv<5>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
+    case 6: return launch_gemv<6>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
+    case 7: return launch_gemv<7>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
+    default: return launch_gemv<8>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
+    }
+}
+
+extern "C" cudaError_t sk_fp8_scale_output(float *y, const void *acc, int acc_bf16, const float *row_scale,
+                                           const float *col_scale, int rows, int n_out, cudaStream_t s)
+{
+    if (rows < 1 || n_out < 1) return cudaErrorInvalidValue;
+    const int g = grid_for((int64_t)rows * n_out);
+    if (acc_bf16)
+        scale_output_kernel<uint16_t>
+            <<<g, 256, 0, s>>>(y, static_cast<const uint16_t *>(acc), row_scale, col_scale, rows, n_out);
+    else
+        scale_output_kernel<float><<<g, 256, 0, s>>>(y, static_cast<const float *>(acc), row_scale, col_scale, rows,
+                                                     n_out);
+    return cudaGetLastError();
+}
