@@ -39,6 +39,7 @@ struct cuda_fp8 {
     int scale_rows, scale_cols; /* the GPU layout: 1 and 0 (each matrix's cols) per row, else blocks */
     cublasLtHandle_t lt;
     cudaDataType_t lt_out;      /* CUDA_R_32F, or CUDA_R_16BF where the device has no fp32 output */
+    bool lt_outer;              /* cuBLASLt applies the scales (outer vectors), no kernel after it */
     uint8_t *xq;                /* activations as e4m3, max_batch_tokens x the widest k_in */
     float *xs;                  /* their scales, one per token */
     uint16_t *lt_acc;           /* bf16 output of one slice (lt_out bf16) */
@@ -127,8 +128,8 @@ static void lt_free_descs(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t la, cu
  * w as a [k_in, n_out] column-major matrix, transposed (op T), and B = x as [k_in, rows]: the TN
  * layout FP8 products need. Makes the descriptors; with algo NULL only asks for an algorithm. */
 static cublasStatus_t lt_run(struct cuda_backend *b, struct cuda_fp8 *f, cudaDataType_t out, const uint8_t *w,
-                             const uint8_t *x, void *y, int rows, int n_out, int k_in, cublasLtMatmulAlgo_t *algo,
-                             bool run)
+                             const uint8_t *x, void *y, int rows, int n_out, int k_in, const float *w_scale,
+                             const float *x_scale, cublasLtMatmulAlgo_t *algo, bool run)
 {
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
@@ -139,6 +140,17 @@ static cublasStatus_t lt_run(struct cuda_backend *b, struct cuda_fp8 *f, cudaDat
     cublasStatus_t s = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
     if (!s) s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
     if (!s) s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    if (f->lt_outer) {
+        /* Element (i, j) of op(A) B times A's scale i (the weight row's) and B's scale j (the
+         * token's): exactly the per-row and per-token scales, inside the GEMM. */
+        const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+        if (!s) s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode);
+        if (!s) s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode);
+        if (!s && run)
+            s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale);
+        if (!s && run)
+            s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale, sizeof x_scale);
+    }
     if (!s) s = cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, (uint64_t)k_in, (uint64_t)n_out, k_in);
     if (!s) s = cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, (uint64_t)k_in, (uint64_t)rows, k_in);
     if (!s) s = cublasLtMatrixLayoutCreate(&ld, out, (uint64_t)n_out, (uint64_t)rows, n_out);
@@ -174,7 +186,7 @@ static cublasStatus_t lt_algo_for(struct cuda_backend *b, struct cuda_fp8 *f, in
     const int slot = f->n_algos < LT_CACHE ? f->n_algos++ : (f->next_algo++ % LT_CACHE);
     struct lt_algo *a = &f->algos[slot];
     a->rows = -1;
-    cublasStatus_t s = lt_run(b, f, f->lt_out, NULL, NULL, NULL, rows, n_out, k_in, &a->algo, false);
+    cublasStatus_t s = lt_run(b, f, f->lt_out, NULL, NULL, NULL, rows, n_out, k_in, NULL, NULL, &a->algo, false);
     if (s) return s;
     a->rows = rows, a->n_out = n_out, a->k_in = k_in;
     *out = &a->algo;
@@ -183,9 +195,11 @@ static cublasStatus_t lt_algo_for(struct cuda_backend *b, struct cuda_fp8 *f, in
 
 /* Whether cuBLASLt has FP8 algorithms for every product's shape at a few batch sizes, with
  * output dtype out. */
-static bool lt_probe(struct cuda_backend *b, struct cuda_fp8 *f, cudaDataType_t out, const int (*shapes)[2])
+static bool lt_probe(struct cuda_backend *b, struct cuda_fp8 *f, bool outer, cudaDataType_t out,
+                     const int (*shapes)[2])
 {
     const int sizes[] = {CUDA_FP8_GEMV_ROWS + 1, 64, LT_SLICE_ROWS};
+    f->lt_outer = outer;
     f->lt_out = out;
     f->n_algos = 0;
     for (int s = 0; s < 4; s++) {
@@ -223,7 +237,11 @@ int cuda_fp8_init(struct cuda_backend *b, const struct model *m)
     const int qkvd = qd + 2 * c->n_kv_heads * c->head_dim;
     const int shapes[4][2] = {{qkvd, H}, {H, qd}, {2 * I, H}, {H, I}};
     CUBLAS_CHECK(b, cublasLtCreate(&f->lt));
-    bool lt = !blocks && (lt_probe(b, f, CUDA_R_32F, shapes) || lt_probe(b, f, CUDA_R_16BF, shapes));
+    /* The scales inside the GEMM where this cuBLASLt and device have that (outer-vector scaling),
+     * else a kernel after it; fp32 output where there is, else bf16. */
+    bool lt = !blocks && !b->opt.no_fp8_lt &&
+              ((!b->opt.no_fp8_outer && lt_probe(b, f, true, CUDA_R_32F, shapes)) ||
+               lt_probe(b, f, false, CUDA_R_32F, shapes) || lt_probe(b, f, false, CUDA_R_16BF, shapes));
     cuda_plan_config_fp8(&b->plan, blocks, lt);
     if (b->plan.deterministic && (H % 16 || qd % 16 || I % 16))
         CUDA_FAIL(b, "cuda: --deterministic with FP8 weights needs hidden_size, heads x head_dim and "
@@ -250,10 +268,10 @@ int cuda_fp8_init(struct cuda_backend *b, const struct model *m)
             goto fail;
     }
     if (deq && (rc = alloc_counted(b, (void **)&f->deq, deq * 2)) < 0) goto fail;
-    log_info("cuda: FP8 weights (e4m3, scales per %s): gemv up to %d rows, then %s", blocks ? "block" : "row",
-             CUDA_FP8_GEMV_ROWS,
-             lt ? (f->lt_out == CUDA_R_32F ? "cuBLASLt FP8 GEMM (fp32 out)" : "cuBLASLt FP8 GEMM (bf16 out)")
-                : "weights dequantized to bf16 for cuBLAS");
+    log_info("cuda: FP8 weights (e4m3, scales per %s): gemv up to %d rows, then %s%s%s", blocks ? "block" : "row",
+             CUDA_FP8_GEMV_ROWS, lt ? "cuBLASLt FP8 GEMM, " : "weights dequantized to bf16 for cuBLAS",
+             lt ? (f->lt_out == CUDA_R_32F ? "fp32 out, " : "bf16 out, ") : "",
+             lt ? (f->lt_outer ? "scales inside it" : "scales by a kernel after it") : "");
 fail:
     return rc;
 }
@@ -347,8 +365,11 @@ static int lt_product(struct cuda_backend *b, const struct fp8_matrix *w, const 
         void *acc = f->lt_out == CUDA_R_32F ? (void *)ys : (void *)f->lt_acc;
         cublasLtMatmulAlgo_t *algo;
         CUBLAS_CHECK(b, lt_algo_for(b, f, n, n_out, k_in, &algo));
-        CUBLAS_CHECK(b, lt_run(b, f, f->lt_out, w->q, f->xq + (size_t)r0 * k_in, acc, n, n_out, k_in, algo, true));
-        CUDA_CHECK(b, sk_fp8_scale_output(ys, acc, f->lt_out == CUDA_R_16BF, f->xs + r0, w->scale, n, n_out, b->stream));
+        CUBLAS_CHECK(b, lt_run(b, f, f->lt_out, w->q, f->xq + (size_t)r0 * k_in, acc, n, n_out, k_in, w->scale,
+                               f->xs + r0, algo, true));
+        if (!f->lt_outer)
+            CUDA_CHECK(b, sk_fp8_scale_output(ys, acc, f->lt_out == CUDA_R_16BF, f->xs + r0, w->scale, n, n_out,
+                                              b->stream));
     }
 fail:
     return rc;
