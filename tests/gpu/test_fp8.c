@@ -226,6 +226,10 @@ static int run(struct backend *b, int V, int n, const int32_t *prompts, int P, i
 struct compare {
     double worst_err; /* the worst sampled row's ||a - ref|| / ||ref|| */
     int agree, total; /* rows whose argmax is the same */
+    /* Rows where ref's best logit leads its second by more than 6 times the row's RMS logit
+     * error, so that only an error far out of the row's spread could change the argmax; and of
+     * those, the rows whose argmax is the same. */
+    int decisive, decisive_agree;
 };
 
 static int argmax(const float *x, int n)
@@ -247,20 +251,29 @@ static struct compare compare_logits(const float *a, const float *ref, int rows,
         }
         double e = isfinite(num) ? sqrt(num / (den > 0 ? den : 1)) : INFINITY;
         if (e > c.worst_err) c.worst_err = e;
-        c.agree += argmax(a + (size_t)r * V, V) == argmax(ref + (size_t)r * V, V);
+        const float *rr = ref + (size_t)r * V;
+        const int best = argmax(rr, V);
+        float second = -INFINITY;
+        for (int i = 0; i < V; i++)
+            if (i != best && rr[i] > second) second = rr[i];
+        const bool same = argmax(a + (size_t)r * V, V) == best;
+        c.agree += same;
         c.total++;
+        if (rr[best] - second > 6.0 * sqrt(num / V)) c.decisive++, c.decisive_agree += same;
     }
     return c;
 }
 
 /* Runs model test (on CUDA) and ref (on ref_cpu ? the CPU : CUDA) on the same n prompts, test fed
  * ref's tokens. */
-static struct compare versus(const struct model *test, const struct model *ref, bool ref_cpu, int n, int P, int steps)
+static struct compare versus_with(const struct model *test, const struct model *ref, bool ref_cpu, int n, int P,
+                                  int steps, struct cuda_options co)
 {
-    struct compare bad = {INFINITY, 0, 1};
+    struct compare bad = {.worst_err = INFINITY, .total = 1};
     const int V = test->config.vocab_size;
     struct backend_options bo = {.kv_blocks = MAX_SEQS * BLOCKS_PER_SEQ, .max_batch_tokens = 1024,
-                                 .max_batch_seqs = MAX_SEQS, .n_threads = 8, .gpu_memory_utilization = 0.5};
+                                 .max_batch_seqs = MAX_SEQS, .n_threads = 8, .gpu_memory_utilization = 0.5,
+                                 .cuda = co};
     char err[512];
     struct backend *tb = NULL, *rb = NULL;
     if (backend_cuda_create(&tb, test, &bo, err, sizeof err) < 0) {
@@ -287,6 +300,11 @@ static struct compare versus(const struct model *test, const struct model *ref, 
     return c;
 }
 
+static struct compare versus(const struct model *test, const struct model *ref, bool ref_cpu, int n, int P, int steps)
+{
+    return versus_with(test, ref, ref_cpu, n, P, steps, (struct cuda_options){0});
+}
+
 /* The FP8 checkpoints, CUDA against the CPU backend on the same dequantized weights. At up to
  * CUDA_FP8_GEMV_ROWS rows the gemv keeps activations in bf16: the bf16 model's own bound against
  * the CPU (3e-2, test_backend.c). Over that, per-token e4m3 activations (cuBLASLt; block scales
@@ -310,21 +328,39 @@ static void test_checkpoints(void)
         c = versus(m, m, true, 12, 8, 4);
         GT_CHECK(c.worst_err < 0.1, "%s, batch 12 (cuBLASLt FP8 or dequantized): worst rel err %.2e (bound 0.1)",
                  variants[v], c.worst_err);
+        /* The other ways to the same product, where another device or library would take them:
+         * the scales by a kernel after cuBLASLt, and dequantized weights (bf16 activations: the
+         * tight bound). */
+        c = versus_with(m, m, true, 12, 8, 4, (struct cuda_options){.no_fp8_outer = true});
+        GT_CHECK(c.worst_err < 0.1, "%s, batch 12, fp8_outer=0: worst rel err %.2e (bound 0.1)", variants[v],
+                 c.worst_err);
+        c = versus_with(m, m, true, 12, 8, 4, (struct cuda_options){.no_fp8_lt = true});
+        GT_CHECK(c.worst_err < 3e-2, "%s, batch 12, fp8_lt=0 (dequantized): worst rel err %.2e (bound 3e-2)",
+                 variants[v], c.worst_err);
         model_free(m);
     }
 }
 
-/* --quantization fp8 against the bf16 model, both on CUDA. e4m3 keeps 3 mantissa bits: a weight
- * moves by up to 1/16 of itself (about 1/50 on average), a product by about that over the sum,
- * and the logits by a few percent: bound 0.1. Greedy tokens: the same at >= min_agree of the
- * steps with both fed the bf16 model's tokens (a trained model's top tokens stand apart; a random
- * one's are close, so its bound is looser). */
-static void quantized_vs_bf16(const char *name, struct model *bf, struct model *q, int n, int steps, double min_agree)
+/* --quantization fp8 against the bf16 model, both on CUDA, the FP8 one fed the bf16 one's greedy
+ * tokens. e4m3 keeps 3 mantissa bits: a weight moves by up to 1/16 of itself (about 1/40 on
+ * average), a product's output by about that relative to its size, plus as much again where
+ * cuBLASLt's product quantizes the activations too; a few such errors in a row make a few percent
+ * of the logits: bound max_err (0.1 for two layers, 0.15 for stories260K's five). Greedy tokens:
+ * at every row where the bf16 model's choice leads by more than 6x the row's RMS logit error the
+ * FP8 model must choose the same (95% of them, at least one such row); over all rows, the same
+ * at >= min_agree (a trained model's top tokens stand apart; a random model's 128k logits have
+ * top-2 gaps of a fraction of their spread, comparable to the FP8 error, so there the bound is
+ * loose and the decisive rows are the check). */
+static void quantized_vs_bf16(const char *name, struct model *bf, struct model *q, int n, int steps, double max_err,
+                              double min_agree)
 {
     struct compare c = versus(q, bf, false, n, 16, steps);
     const double rate = (double)c.agree / c.total;
-    GT_CHECK(c.worst_err < 0.1, "%s batch %d: --quantization fp8 vs bf16 logits worst rel err %.3f (bound 0.1)", name,
-             n, c.worst_err);
+    GT_CHECK(c.worst_err < max_err, "%s batch %d: --quantization fp8 vs bf16 logits worst rel err %.3f (bound %.2f)",
+             name, n, c.worst_err, max_err);
+    GT_CHECK(c.decisive > 0 && c.decisive_agree >= 0.95 * c.decisive,
+             "%s batch %d: greedy token the same at %d of the %d rows where bf16's leads by > 6x the error", name, n,
+             c.decisive_agree, c.decisive);
     GT_CHECK(rate >= min_agree, "%s batch %d: greedy token the same at %d of %d rows (%.0f%%, bound %.0f%%)", name, n,
              c.agree, c.total, 100 * rate, 100 * min_agree);
 }
@@ -344,8 +380,8 @@ static void test_stories(const char *data)
         model_quantize(q, MODEL_QUANT_FP8, err, sizeof err) < 0) {
         GT_CHECK(0, "stories260K: %s", err);
     } else {
-        quantized_vs_bf16("stories260K", bf, q, 1, 32, 0.9);
-        quantized_vs_bf16("stories260K", bf, q, 16, 16, 0.9);
+        quantized_vs_bf16("stories260K", bf, q, 1, 32, 0.15, 0.85);
+        quantized_vs_bf16("stories260K", bf, q, 16, 16, 0.15, 0.85);
         /* And CUDA's FP8 against the CPU's dequantized copy of the same codes (down's 172 columns take
          * the dequantized path, the others the gemv). */
         struct compare c = versus(q, q, true, 1, 16, 8);
@@ -369,8 +405,8 @@ static void test_llama8b_shape(void)
     if (bf && q) {
         if (model_quantize(q, MODEL_QUANT_FP8, err, sizeof err) < 0) GT_CHECK(0, "model_quantize: %s", err);
         else {
-            quantized_vs_bf16("8B-shape", bf, q, 1, 16, 0.75);
-            quantized_vs_bf16("8B-shape", bf, q, 64, 4, 0.75);
+            quantized_vs_bf16("8B-shape", bf, q, 1, 32, 0.1, 0.5);
+            quantized_vs_bf16("8B-shape", bf, q, 64, 4, 0.1, 0.5);
         }
     }
     model_free(bf);
