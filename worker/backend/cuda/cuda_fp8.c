@@ -11,6 +11,7 @@
  * scales, shapes not multiples of 16, no algorithm for this device) the weights are dequantized
  * to a bf16 scratch matrix and cuBLAS multiplies. */
 #include <cublasLt.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -193,8 +194,72 @@ static cublasStatus_t lt_algo_for(struct cuda_backend *b, struct cuda_fp8 *f, in
     return s;
 }
 
+static int lt_product(struct cuda_backend *b, const struct fp8_matrix *w, const uint16_t *x, float *y, int rows,
+                      int n_out, int k_in);
+
+/* One small product through lt_product as configured, checked on the host: cuBLASLt may offer an
+ * algorithm for a combination it then refuses to run, and a scale applied along the wrong side
+ * would go unnoticed by any status. Weights all 1 with row i's scale i + 1, activations of token j
+ * all j + 1 (so its e4m3 scale is (j + 1) / 448): y[j][i] = 128 (i + 1) (j + 1), up to the
+ * scales' rounding (and bf16's, with bf16 output). */
+static bool lt_selftest(struct cuda_backend *b, struct cuda_fp8 *f)
+{
+    enum { R = 16, N = 64, K = 128 };
+    uint8_t wq[N * K];
+    float ws[N], y[R * N];
+    uint16_t x[R * K];
+    memset(wq, 0x38, sizeof wq); /* e4m3 1.0 */
+    for (int i = 0; i < N; i++) ws[i] = (float)(i + 1);
+    for (int j = 0; j < R; j++) {
+        const float v = (float)(j + 1);
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        for (int k = 0; k < K; k++) x[j * K + k] = (uint16_t)(u >> 16); /* small integers: exact in bf16 */
+    }
+    struct fp8_matrix w = {0};
+    uint8_t *xq = f->xq;
+    float *xs = f->xs, *dy = NULL;
+    uint16_t *acc = f->lt_acc, *dx = NULL;
+    bool ok = false;
+    /* lt_product reads the activation buffers from f: small ones of the test's own meanwhile. */
+    f->xq = NULL, f->xs = NULL, f->lt_acc = NULL;
+    if (cudaMalloc((void **)&w.q, sizeof wq) || cudaMalloc((void **)&w.scale, sizeof ws) ||
+        cudaMalloc((void **)&dx, sizeof x) || cudaMalloc((void **)&dy, sizeof y) ||
+        cudaMalloc((void **)&f->xq, R * K) || cudaMalloc((void **)&f->xs, R * sizeof(float)) ||
+        cudaMalloc((void **)&f->lt_acc, R * N * 2))
+        goto out;
+    w.rows = N, w.cols = K;
+    if (cudaMemcpy(w.q, wq, sizeof wq, cudaMemcpyHostToDevice) ||
+        cudaMemcpy(w.scale, ws, sizeof ws, cudaMemcpyHostToDevice) || cudaMemcpy(dx, x, sizeof x, cudaMemcpyHostToDevice))
+        goto out;
+    if (lt_product(b, &w, dx, dy, R, N, K) < 0 || cudaStreamSynchronize(b->stream) ||
+        cudaMemcpy(y, dy, sizeof y, cudaMemcpyDeviceToHost))
+        goto out;
+    ok = true;
+    for (int j = 0; j < R; j++)
+        for (int i = 0; i < N; i++) {
+            const float want = (float)(K * (i + 1) * (j + 1));
+            if (!(fabsf(y[j * N + i] - want) <= 1e-2f * want)) {
+                if (ok)
+                    log_warn("cuda: cuBLASLt FP8 self-test (%s out, scales %s): y[%d][%d] = %g, expected %g",
+                             f->lt_out == CUDA_R_32F ? "fp32" : "bf16", f->lt_outer ? "inside" : "after", j, i,
+                             (double)y[j * N + i], (double)want);
+                ok = false;
+            }
+        }
+out:
+    if (!ok) {
+        (void)cudaGetLastError();
+        b->base.error[0] = '\0';
+    }
+    cudaFree(w.q), cudaFree(w.scale), cudaFree(dx), cudaFree(dy);
+    cudaFree(f->xq), cudaFree(f->xs), cudaFree(f->lt_acc);
+    f->xq = xq, f->xs = xs, f->lt_acc = acc;
+    return ok;
+}
+
 /* Whether cuBLASLt has FP8 algorithms for every product's shape at a few batch sizes, with
- * output dtype out. */
+ * output dtype out, and computes a small product right so. */
 static bool lt_probe(struct cuda_backend *b, struct cuda_fp8 *f, bool outer, cudaDataType_t out,
                      const int (*shapes)[2])
 {
@@ -209,7 +274,7 @@ static bool lt_probe(struct cuda_backend *b, struct cuda_fp8 *f, bool outer, cud
             if (lt_algo_for(b, f, sizes[i], shapes[s][0], shapes[s][1], &a)) return false;
         }
     }
-    return true;
+    return lt_selftest(b, f);
 }
 
 int cuda_fp8_init(struct cuda_backend *b, const struct model *m)
@@ -217,7 +282,8 @@ int cuda_fp8_init(struct cuda_backend *b, const struct model *m)
     const struct model_config *c = &m->config;
     int rc = 0;
     bool any = false;
-    for (int l = 0; l < c->n_layers && !any; l++) any = is_fp8(m->layers[l].wq.dtype) || is_fp8(m->layers[l].w_down.dtype);
+    for (int l = 0; l < c->n_layers && !any; l++)
+        any = is_fp8(m->layers[l].wq.dtype) || is_fp8(m->layers[l].w_down.dtype);
     if (!any) return 0;
     bool blocks;
     int64_t br, bc;
