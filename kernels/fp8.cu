@@ -2,6 +2,7 @@
 // of an FP8 GEMM's output. Conversions use the hardware's cvt (sm_89 and later) through
 // cuda_fp8.h; every rounding is to nearest even, as the CPU's fp8.c does.
 #include "kernels/bf16.cuh"
+#include "kernels/load_stream.cuh"
 #include "kernels/sk_fp8.h"
 
 #include <cuda_bf16.h>
@@ -68,15 +69,6 @@ __global__ void dequant_kernel(uint16_t *__restrict__ dst, const uint8_t *__rest
 
 constexpr int kUnroll = 4;
 constexpr int kWarpsPerBlock = 8;
-
-__device__ __forceinline__ uint4 load_stream(const uint4 *p)
-{
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
 
 // Sixteen e4m3 codes of one 16-byte load, in order.
 __device__ __forceinline__ void e4m3x16_to_f32(const uint4 &raw, float *out)

@@ -9,8 +9,6 @@
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
-#include <time.h>
-
 #include "worker/backend/backend.h"
 #include "worker/model/model.h"
 
@@ -18,21 +16,6 @@
 #define STEPS 64
 #define MAX_B 64
 #define BLOCKS_PER_SEQ ((PROMPT + STEPS + 8 + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE + 1)
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static const char *llama3_8b =
-    "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":4096,\"intermediate_size\":14336,"
-    "\"num_hidden_layers\":32,\"num_attention_heads\":32,\"num_key_value_heads\":8,\"vocab_size\":128256,"
-    "\"max_position_embeddings\":8192,\"rms_norm_eps\":1e-5,\"rope_theta\":500000.0,"
-    "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0,\"low_freq_factor\":1.0,\"high_freq_factor\":4.0,"
-    "\"original_max_position_embeddings\":8192},\"tie_word_embeddings\":false,\"bos_token_id\":128000,"
-    "\"eos_token_id\":128001,\"torch_dtype\":\"bfloat16\"}";
 
 struct speed {
     double ms, tok_s, roofline; /* per step, tokens/s, share of the bandwidth roofline */
@@ -71,14 +54,14 @@ static int measure(struct backend *b, const struct model_config *c, int bs, bool
     double t0 = 0;
     /* Two untimed steps first (graph capture), then STEPS timed ones. */
     for (int i = 0; i < STEPS + 2 && rc == 0; i++) {
-        if (i == 2) t0 = now_s();
+        if (i == 2) t0 = gt_now_s();
         for (int s = 0; s < bs; s++) seqs[s].start_pos = PROMPT + i;
         struct batch db = {.n_seqs = bs, .seqs = seqs, .n_tokens = bs, .tokens = tk};
         rc = backend_forward(b, &db, res);
         for (int s = 0; s < bs && rc == 0; s++) tk[s] = res[s].token;
     }
     if (rc) return rc;
-    const double dt = (now_s() - t0) / STEPS;
+    const double dt = (gt_now_s() - t0) / STEPS;
     /* Keys and values of the mean context over the timed steps, bf16. */
     const double ctx = PROMPT + 2 + STEPS / 2.0;
     const double kv = (double)bs * ctx * c->n_layers * 2.0 * c->n_kv_heads * c->head_dim * 2.0;
@@ -106,7 +89,7 @@ int main(void)
     const int sizes[2] = {1, 64};
     struct speed sp[2][2] = {0};
     for (int q = 0; q < 2; q++) {
-        struct model *m = gt_dummy_model(llama3_8b);
+        struct model *m = gt_dummy_model(GT_LLAMA3_8B_CONFIG);
         if (!m) return gt_finish();
         char err[512];
         if (q && model_quantize(m, MODEL_QUANT_FP8, err, sizeof err) < 0) {
@@ -117,13 +100,13 @@ int main(void)
         struct backend_options bo = {.kv_blocks = MAX_B * BLOCKS_PER_SEQ, .max_batch_tokens = 2048,
                                      .max_batch_seqs = MAX_B, .gpu_memory_utilization = 0.9};
         struct backend *b = NULL;
-        const double t0 = now_s();
+        const double t0 = gt_now_s();
         if (backend_cuda_create(&b, m, &bo, err, sizeof err) < 0) {
             GT_CHECK(0, "backend_cuda_create (%s): %s", q ? "fp8" : "bf16", err);
             model_free(m);
             return gt_finish();
         }
-        printf("  %s: load %.1f s\n", q ? "fp8" : "bf16", now_s() - t0);
+        printf("  %s: load %.1f s\n", q ? "fp8" : "bf16", gt_now_s() - t0);
         for (int i = 0; i < 2; i++) {
             int rc = measure(b, &m->config, sizes[i], q == 1, hbm, &sp[q][i]);
             GT_CHECK(rc == 0, "%s decode at batch %d ran%s%s", q ? "fp8" : "bf16", sizes[i], rc ? ": " : "",
