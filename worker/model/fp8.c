@@ -8,9 +8,11 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "worker/model/model_internal.h"
 
@@ -252,6 +254,34 @@ int model_quantization_parse(const char *text, enum model_quantization *out, cha
     return 0;
 }
 
+#define QUANT_MAX_THREADS 32
+
+/* Rows [r0, r1) of t quantized into q and s. */
+struct quant_job {
+    const struct tensor *t;
+    uint64_t seed;
+    uint8_t *q;
+    float *s;
+    int64_t cols, r0, r1;
+    bool failed;
+};
+
+static void *quant_rows(void *arg)
+{
+    struct quant_job *j = arg;
+    float *row = malloc((size_t)j->cols * sizeof *row);
+    if (!row) {
+        j->failed = true;
+        return NULL;
+    }
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        tensor_range_to_f32(j->t, j->seed, false, r * j->cols, (r + 1) * j->cols, row);
+        j->s[r] = fp8_quantize_row(row, j->cols, j->q + r * j->cols);
+    }
+    free(row);
+    return NULL;
+}
+
 static int quantize_matrix(struct model *m, struct tensor *t, const char *name, char *err, size_t errlen)
 {
     if (t->dtype == DTYPE_F8_E4M3 || t->dtype == DTYPE_F8_E5M2) return 0;
@@ -272,25 +302,40 @@ static int quantize_matrix(struct model *m, struct tensor *t, const char *name, 
         return -1;
     }
     uint8_t *q = malloc((size_t)(rows * cols));
-    float *s = malloc((size_t)rows * sizeof *s), *row = malloc((size_t)cols * sizeof *row);
-    if (!q || !s || !row) {
+    float *s = malloc((size_t)rows * sizeof *s);
+    if (!q || !s) {
         free(q);
         free(s);
-        free(row);
         snprintf(err, errlen, "--quantization fp8: out of memory for %s", name);
         return -1;
     }
     /* From here q and s belong to the model (add_owned frees what it cannot take). */
     if (model_source_add_owned(m->source, q) || model_source_add_owned(m->source, s)) {
-        free(row);
         snprintf(err, errlen, "--quantization fp8: out of memory for %s", name);
         return -1;
     }
-    for (int64_t r = 0; r < rows; r++) {
-        tensor_range_to_f32(t, m->dummy_seed, false, r * cols, (r + 1) * cols, row);
-        s[r] = fp8_quantize_row(row, cols, q + r * cols);
+    /* Rows in parallel: an 8B checkpoint has 7e9 weights to round at load. */
+    long n_cpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int n_threads = n_cpu < 1 ? 1 : n_cpu > QUANT_MAX_THREADS ? QUANT_MAX_THREADS : (int)n_cpu;
+    if (rows < 64 * n_threads) n_threads = 1;
+    pthread_t tids[QUANT_MAX_THREADS];
+    struct quant_job jobs[QUANT_MAX_THREADS];
+    bool started[QUANT_MAX_THREADS] = {0}, failed = false;
+    for (int i = 0; i < n_threads; i++) {
+        jobs[i] = (struct quant_job){.t = t, .seed = m->dummy_seed, .q = q, .s = s, .cols = cols,
+                                     .r0 = rows * i / n_threads, .r1 = rows * (i + 1) / n_threads};
+        /* The last share, and any a thread cannot be started for, on this thread. */
+        started[i] = i + 1 < n_threads && pthread_create(&tids[i], NULL, quant_rows, &jobs[i]) == 0;
+        if (!started[i]) quant_rows(&jobs[i]);
     }
-    free(row);
+    for (int i = 0; i < n_threads; i++) {
+        if (started[i]) pthread_join(tids[i], NULL);
+        failed |= jobs[i].failed;
+    }
+    if (failed) {
+        snprintf(err, errlen, "--quantization fp8: out of memory for %s", name);
+        return -1;
+    }
     t->dtype = DTYPE_F8_E4M3;
     t->data = q;
     t->scale = s;

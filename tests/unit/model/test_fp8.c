@@ -12,6 +12,7 @@
 #include "tests/unit/model/fp8_fixture.h"
 #include "worker/model/fp8.h"
 #include "worker/model/model.h"
+#include "worker/model/model_internal.h"
 
 static struct model *load(const char *variant)
 {
@@ -194,4 +195,29 @@ Test(fp8, quantization_flag_text)
     cr_expect_eq(q, MODEL_QUANT_NONE);
     cr_expect_neq(model_quantization_parse("int4", &q, err, sizeof err), 0);
     cr_expect(strstr(err, "int4"));
+}
+
+Test(fp8, quantization_of_a_tall_matrix_in_threads_equals_row_by_row)
+{
+    /* Enough rows for every thread's share (rows are split only from 64 a thread). */
+    enum { ROWS = 64 * 40 + 7, COLS = 48 };
+    float *w = malloc(sizeof(float) * ROWS * COLS), *row = malloc(sizeof(float) * COLS);
+    for (int i = 0; i < ROWS * COLS; i++) w[i] = model_dummy_value(7, 1, (uint64_t)i) * (float)(1 + i % 97);
+    struct layer_weights L = {0};
+    struct tensor tpl = {.dtype = DTYPE_F32, .ndim = 2, .shape = {ROWS, COLS}, .data = w};
+    L.wq = L.wk = L.wv = L.wo = L.w_gate = L.w_up = L.w_down = tpl;
+    struct model m = {.config = {.n_layers = 1}, .layers = &L, .source = calloc(1, sizeof(struct model_source))};
+    char err[256] = "";
+    cr_assert_eq(model_quantize(&m, MODEL_QUANT_FP8, err, sizeof err), 0, "%s", err);
+    uint8_t q[COLS];
+    int bad = 0;
+    for (int r = 0; r < ROWS; r++) {
+        memcpy(row, w + (size_t)r * COLS, sizeof(float) * COLS);
+        float s = fp8_quantize_row(row, COLS, q);
+        if (s != L.w_down.scale[r] || memcmp(q, (const uint8_t *)L.w_down.data + (size_t)r * COLS, COLS)) bad++;
+    }
+    cr_expect_eq(bad, 0, "%d of %d rows differ from fp8_quantize_row", bad, ROWS);
+    model_source_free(m.source);
+    free(w);
+    free(row);
 }
