@@ -52,20 +52,27 @@ Test(cuda_plan_fp8, llama3_8b_per_row_scales_with_cublaslt)
 {
     struct cuda_plan_config c = config(4096, 14336, false, false, true);
     cr_expect_not(c.gu_interleaved, "FP8 gate/up rows stay apart");
-    for (int n = 1; n <= CUDA_FP8_GEMV_ROWS; n++) expect_layer((struct cuda_step_plan[]){plan(&c, n)}, CUDA_PRODUCT_FP8_GEMV, n);
-    const int big[] = {9, 16, 64, 256};
-    for (int i = 0; i < 4; i++) expect_layer((struct cuda_step_plan[]){plan(&c, big[i])}, CUDA_PRODUCT_FP8_LT, big[i]);
+    cr_assert_eq(CUDA_FP8_GEMV_ROWS, 4, "the choices below assume the gemv up to 4 rows");
+    for (int n = 1; n <= 4; n++) expect_layer((struct cuda_step_plan[]){plan(&c, n)}, CUDA_PRODUCT_FP8_GEMV, n);
+    const int big[] = {5, 8, 9, 16, 64, 256};
+    for (int i = 0; i < 6; i++) expect_layer((struct cuda_step_plan[]){plan(&c, big[i])}, CUDA_PRODUCT_FP8_LT, big[i]);
     /* The bf16 lm_head keeps its own choices: the gemv at one row. */
     cr_expect_eq(plan(&c, 1).lm_head.kernel, CUDA_PRODUCT_GEMV);
 }
 
 Test(cuda_plan_fp8, without_cublaslt_or_with_blocks_large_batches_dequantize)
 {
+    /* The gemv, 8 rows a launch, up to 32 rows: 4 reads of a byte a weight still beat the 5
+     * bytes dequantizing moves. */
+    cr_assert_eq(CUDA_FP8_GEMV_ROWS_NO_LT, 32);
     struct cuda_plan_config c = config(4096, 14336, false, false, false);
     expect_layer((struct cuda_step_plan[]){plan(&c, 1)}, CUDA_PRODUCT_FP8_GEMV, 1);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 32)}, CUDA_PRODUCT_FP8_GEMV, 32);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 33)}, CUDA_PRODUCT_FP8_DEQUANT, 33);
     expect_layer((struct cuda_step_plan[]){plan(&c, 64)}, CUDA_PRODUCT_FP8_DEQUANT, 64);
     c = config(4096, 14336, false, true, true);
     expect_layer((struct cuda_step_plan[]){plan(&c, 8)}, CUDA_PRODUCT_FP8_GEMV, 8);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 32)}, CUDA_PRODUCT_FP8_GEMV, 32);
     expect_layer((struct cuda_step_plan[]){plan(&c, 64)}, CUDA_PRODUCT_FP8_DEQUANT, 64);
 }
 
@@ -77,6 +84,7 @@ Test(cuda_plan_fp8, shapes_cublaslt_cannot_take)
     cr_expect_eq(cuda_plan_fp8_product(&c, 1, 64, 172).kernel, CUDA_PRODUCT_FP8_DEQUANT);
     cr_expect_eq(cuda_plan_fp8_product(&c, 64, 64, 172).kernel, CUDA_PRODUCT_FP8_DEQUANT);
     cr_expect_eq(cuda_plan_fp8_product(&c, 1, 344, 64).kernel, CUDA_PRODUCT_FP8_GEMV);
+    cr_expect_eq(cuda_plan_fp8_product(&c, 32, 344, 64).kernel, CUDA_PRODUCT_FP8_GEMV, "no cuBLASLt: gemv to 32");
     cr_expect_eq(cuda_plan_fp8_product(&c, 64, 344, 64).kernel, CUDA_PRODUCT_FP8_DEQUANT);
     cr_expect_eq(cuda_plan_fp8_product(&c, 64, 352, 64).kernel, CUDA_PRODUCT_FP8_LT);
 }

@@ -335,7 +335,8 @@ int cuda_fp8_init(struct cuda_backend *b, const struct model *m)
     }
     if (deq && (rc = alloc_counted(b, (void **)&f->deq, deq * 2)) < 0) goto fail;
     log_info("cuda: FP8 weights (e4m3, scales per %s): gemv up to %d rows, then %s%s%s", blocks ? "block" : "row",
-             CUDA_FP8_GEMV_ROWS, lt ? "cuBLASLt FP8 GEMM, " : "weights dequantized to bf16 for cuBLAS",
+             lt ? CUDA_FP8_GEMV_ROWS : CUDA_FP8_GEMV_ROWS_NO_LT,
+             lt ? "cuBLASLt FP8 GEMM, " : "weights dequantized to bf16 for cuBLAS",
              lt ? (f->lt_out == CUDA_R_32F ? "fp32 out, " : "bf16 out, ") : "",
              lt ? (f->lt_outer ? "scales inside it" : "scales by a kernel after it") : "");
 fail:

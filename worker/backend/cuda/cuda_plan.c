@@ -103,10 +103,10 @@ void cuda_plan_config_fp8(struct cuda_plan_config *c, bool blocks, bool lt)
 struct cuda_product_plan cuda_plan_fp8_product(const struct cuda_plan_config *c, int rows, int n_out, int k_in)
 {
     struct cuda_product_plan p = {.kernel = CUDA_PRODUCT_FP8_DEQUANT, .early = false};
-    if (k_in % 16 == 0 && (c->deterministic || rows <= CUDA_FP8_GEMV_ROWS))
-        p.kernel = CUDA_PRODUCT_FP8_GEMV;
-    else if (c->fp8_lt && !c->fp8_blocks && n_out % 16 == 0 && k_in % 16 == 0)
-        p.kernel = CUDA_PRODUCT_FP8_LT;
+    const bool lt = c->fp8_lt && !c->fp8_blocks && n_out % 16 == 0 && k_in % 16 == 0;
+    const int gemv_rows = lt ? CUDA_FP8_GEMV_ROWS : CUDA_FP8_GEMV_ROWS_NO_LT;
+    if (k_in % 16 == 0 && (c->deterministic || rows <= gemv_rows)) p.kernel = CUDA_PRODUCT_FP8_GEMV;
+    else if (lt) p.kernel = CUDA_PRODUCT_FP8_LT;
     return p;
 }
 

@@ -98,12 +98,19 @@ struct cuda_product_plan cuda_plan_product_parts(const struct cuda_plan_config *
 /* FP8 weights: sets fp8, fp8_blocks and fp8_lt, and leaves gate and up apart (no interleaving
  * for the fused Hopper activation, which reads bf16 weights). */
 void cuda_plan_config_fp8(struct cuda_plan_config *c, bool blocks, bool lt);
-/* Rows of a decode batch up to which the FP8 gemv takes a product (beyond, cuBLASLt's FP8 GEMM
- * reads the weights once for all rows where the gemv would read them once per 8). */
-#define CUDA_FP8_GEMV_ROWS 8
-/* A product of FP8 weights: the gemv up to CUDA_FP8_GEMV_ROWS rows (at every size under
- * --deterministic: its rows do not depend on each other), cuBLASLt where it is there and the
- * shape suits it (per-row scales, n_out and k_in multiples of 16), else dequantized weights. */
+/* Rows up to which the FP8 gemv takes a product where cuBLASLt's FP8 GEMM could: per 16 weights
+ * the gemv loads 16 bytes of weights and 32 of activations per row, so past a few rows the
+ * activation loads, not the weights, bound it (an estimate from the load counts, not yet
+ * measured against cuBLASLt). */
+#define CUDA_FP8_GEMV_ROWS 4
+/* Rows up to which the gemv (8 rows a launch, so the weights read once per 8) still beats
+ * dequantizing the weights to bf16 for cuBLAS, which reads and writes 5 bytes a weight: where
+ * cuBLASLt cannot take the product (block scales, shapes, no algorithm). */
+#define CUDA_FP8_GEMV_ROWS_NO_LT 32
+/* A product of FP8 weights: the gemv up to CUDA_FP8_GEMV_ROWS rows (CUDA_FP8_GEMV_ROWS_NO_LT where
+ * cuBLASLt cannot take it; every size under --deterministic: its rows do not depend on each
+ * other), cuBLASLt where it is there and the shape suits it (per-row scales, n_out and k_in
+ * multiples of 16), else dequantized weights. */
 struct cuda_product_plan cuda_plan_fp8_product(const struct cuda_plan_config *c, int rows, int n_out, int k_in);
 bool cuda_plan_is_fp8(struct cuda_product_plan p);
 
