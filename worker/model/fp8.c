@@ -284,7 +284,9 @@ static void *quant_rows(void *arg)
 
 static int quantize_matrix(struct model *m, struct tensor *t, const char *name, char *err, size_t errlen)
 {
-    if (t->dtype == DTYPE_F8_E4M3 || t->dtype == DTYPE_F8_E5M2) return 0;
+    /* FP8 already; or absent (a mixture-of-experts layer's dense MLP: its experts stay as the
+     * checkpoint has them). */
+    if (t->dtype == DTYPE_F8_E4M3 || t->dtype == DTYPE_F8_E5M2 || t->ndim != 2) return 0;
     const int64_t rows = t->shape[0], cols = t->shape[1];
     if (!t->data) {
         t->dtype = DTYPE_F8_E4M3;
