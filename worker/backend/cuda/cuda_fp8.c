@@ -258,8 +258,8 @@ out:
     return ok;
 }
 
-/* Whether cuBLASLt has FP8 algorithms for every product's shape at a few batch sizes, with
- * output dtype out, and computes a small product right so. */
+/* Whether cuBLASLt has FP8 algorithms for every product's shape it could take (multiples of 16)
+ * at a few batch sizes, with output dtype out, and computes a small product right so. */
 static bool lt_probe(struct cuda_backend *b, struct cuda_fp8 *f, bool outer, cudaDataType_t out,
                      const int (*shapes)[2])
 {
@@ -268,7 +268,7 @@ static bool lt_probe(struct cuda_backend *b, struct cuda_fp8 *f, bool outer, cud
     f->lt_out = out;
     f->n_algos = 0;
     for (int s = 0; s < 4; s++) {
-        if (shapes[s][0] % 16 || shapes[s][1] % 16) return false;
+        if (shapes[s][0] % 16 || shapes[s][1] % 16) continue; /* the planner keeps these off cuBLASLt */
         for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
             cublasLtMatmulAlgo_t *a;
             if (lt_algo_for(b, f, sizes[i], shapes[s][0], shapes[s][1], &a)) return false;
