@@ -21,13 +21,6 @@ __device__ __forceinline__ float e4m3_to_f32(uint8_t b)
     return __half2float(__half(h));
 }
 
-// Two e4m3 codes (low byte first) to two floats.
-__device__ __forceinline__ float2 e4m3x2_to_f32(uint16_t v)
-{
-    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(v), __NV_E4M3);
-    return __half22float2(__half2(h));
-}
-
 __device__ __forceinline__ float bf16_bits_to_f32(uint16_t v)
 {
     return __uint_as_float(static_cast<uint32_t>(v) << 16);
@@ -70,20 +63,20 @@ __global__ void dequant_kernel(uint16_t *__restrict__ dst, const uint8_t *__rest
 constexpr int kUnroll = 4;
 constexpr int kWarpsPerBlock = 8;
 
-// Sixteen e4m3 codes of one 16-byte load, in order.
-__device__ __forceinline__ void e4m3x16_to_f32(const uint4 &raw, float *out)
+// Four e4m3 codes (low byte first) as float32 times 2^-120: the sign bit and the 7 bits of
+// exponent and mantissa moved into a float32's places, with no conversion instruction (the gemv
+// would otherwise spend more time converting than loading). Exact for every finite code: the
+// exponent biases differ by 120, and subnormal codes land on float32 subnormals of the same
+// value times 2^-120.
+__device__ __forceinline__ void e4m3x4_to_f32_scaled(uint32_t w, float *out)
 {
-    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 a = e4m3x2_to_f32(static_cast<uint16_t>(words[i] & 0xffffu));
-        float2 b = e4m3x2_to_f32(static_cast<uint16_t>(words[i] >> 16));
-        out[4 * i] = a.x;
-        out[4 * i + 1] = a.y;
-        out[4 * i + 2] = b.x;
-        out[4 * i + 3] = b.y;
-    }
+    out[0] = __uint_as_float(((w << 24) & 0x80000000u) | ((w << 20) & 0x07f00000u));
+    out[1] = __uint_as_float(((w << 16) & 0x80000000u) | ((w << 12) & 0x07f00000u));
+    out[2] = __uint_as_float(((w << 8) & 0x80000000u) | ((w << 4) & 0x07f00000u));
+    out[3] = __uint_as_float((w & 0x80000000u) | ((w >> 4) & 0x07f00000u));
 }
+constexpr float kE4m3Unscale = 0x1p120f; // undoes e4m3x4_to_f32_scaled's 2^-120
+constexpr float kE4m3UnscaleHalf = 0x1p60f;
 
 // One warp per output feature n; each lane keeps kUnroll 16-byte loads (16 weights each) of the
 // row in flight. kBlocked: the scale changes every scale_cols columns (a 16-weight load lies
@@ -114,8 +107,13 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
             const int i = base + u * 32;
             if (i >= nvec) break;
             float wf[16];
-            e4m3x16_to_f32(wv[u], wf);
-            const float s = kBlocked ? __ldg(srow + (i * 16) / scale_cols) : 1.0f;
+            e4m3x4_to_f32_scaled(wv[u].x, wf);
+            e4m3x4_to_f32_scaled(wv[u].y, wf + 4);
+            e4m3x4_to_f32_scaled(wv[u].z, wf + 8);
+            e4m3x4_to_f32_scaled(wv[u].w, wf + 12);
+            // Blocks: half of the 2^120 with the block's scale here, half at the end, so that
+            // neither product leaves float32's normal range.
+            const float s = kBlocked ? __ldg(srow + (i * 16) / scale_cols) * kE4m3UnscaleHalf : 1.0f;
 #pragma unroll
             for (int m = 0; m < M; m++) {
                 const uint4 *xr = reinterpret_cast<const uint4 *>(x + (size_t)m * k_in) + 2 * i;
@@ -129,13 +127,14 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
             }
         }
     }
-    const float row_scale = kBlocked ? 1.0f : __ldg(srow);
+    const float row_scale = kBlocked ? kE4m3UnscaleHalf : __ldg(srow);
 #pragma unroll
     for (int m = 0; m < M; m++) {
         float v = acc[m];
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) y[(size_t)m * n_out + n] = v * row_scale;
+        // Per row: the sum (its codes times 2^-120) back to scale first, then the row's scale.
+        if (lane == 0) y[(size_t)m * n_out + n] = kBlocked ? v * row_scale : v * kE4m3Unscale * row_scale;
     }
 }
 
