@@ -78,63 +78,89 @@ __device__ __forceinline__ void e4m3x4_to_f32_scaled(uint32_t w, float *out)
 constexpr float kE4m3Unscale = 0x1p120f; // undoes e4m3x4_to_f32_scaled's 2^-120
 constexpr float kE4m3UnscaleHalf = 0x1p60f;
 
-// One warp per output feature n; each lane keeps kUnroll 16-byte loads (16 weights each) of the
-// row in flight. kBlocked: the scale changes every scale_cols columns (a 16-weight load lies
-// within one block), applied to each load's partial sum; otherwise one scale for the row, applied
-// once at the end.
+// Each warp takes kRowsPerWarp output features, so that every activation load serves that many
+// weight loads (with one feature a warp, a batch of 4 or more rows would be bound by loading the
+// activations); each lane keeps kUnroll 16-byte loads (16 weights each) of each of its rows in
+// flight. kBlocked: the scale changes every scale_cols columns (a 16-weight load lies within one
+// block), applied to each load's partial sum; otherwise one scale for the row, applied once at
+// the end.
+constexpr int kRowsPerWarp = 2;
+
 template <int M, bool kBlocked>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     fp8_gemv_kernel(const uint8_t *__restrict__ w, const float *__restrict__ scale, int scale_rows, int scale_cols,
                     const __nv_bfloat16 *__restrict__ x, float *__restrict__ y, int n_out, int k_in)
 {
-    const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (n >= n_out) return;
-    const int nvec = k_in / 16;
-    const uint4 *wr = reinterpret_cast<const uint4 *>(w + (size_t)n * k_in);
-    const float *srow = scale + (size_t)(n / scale_rows) * ((k_in + scale_cols - 1) / scale_cols);
-    float acc[M];
+    const int n0 = (blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5)) * kRowsPerWarp, lane = threadIdx.x & 31;
+    if (n0 >= n_out) return;
+    const int nvec = k_in / 16, per_row = (k_in + scale_cols - 1) / scale_cols;
+    const uint4 *wr[kRowsPerWarp];
+    const float *srow[kRowsPerWarp];
+    bool valid[kRowsPerWarp];
 #pragma unroll
-    for (int m = 0; m < M; m++) acc[m] = 0.0f;
+    for (int r = 0; r < kRowsPerWarp; r++) {
+        valid[r] = n0 + r < n_out;
+        const int n = valid[r] ? n0 + r : n0;
+        wr[r] = reinterpret_cast<const uint4 *>(w + (size_t)n * k_in);
+        srow[r] = scale + (size_t)(n / scale_rows) * per_row;
+    }
+    float acc[kRowsPerWarp][M];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; r++)
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[r][m] = 0.0f;
     for (int base = lane; base < nvec; base += 32 * kUnroll) {
-        uint4 wv[kUnroll];
+        uint4 wv[kRowsPerWarp][kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; u++) {
             const int i = base + u * 32;
-            wv[u] = i < nvec ? load_stream(wr + i) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int r = 0; r < kRowsPerWarp; r++)
+                wv[r][u] = i < nvec && valid[r] ? load_stream(wr[r] + i) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; u++) {
             const int i = base + u * 32;
             if (i >= nvec) break;
-            float wf[16];
-            e4m3x4_to_f32_scaled(wv[u].x, wf);
-            e4m3x4_to_f32_scaled(wv[u].y, wf + 4);
-            e4m3x4_to_f32_scaled(wv[u].z, wf + 8);
-            e4m3x4_to_f32_scaled(wv[u].w, wf + 12);
-            // Blocks: half of the 2^120 with the block's scale here, half at the end, so that
-            // neither product leaves float32's normal range.
-            const float s = kBlocked ? __ldg(srow + (i * 16) / scale_cols) * kE4m3UnscaleHalf : 1.0f;
+            float wf[kRowsPerWarp][16], s[kRowsPerWarp];
+#pragma unroll
+            for (int r = 0; r < kRowsPerWarp; r++) {
+                e4m3x4_to_f32_scaled(wv[r][u].x, wf[r]);
+                e4m3x4_to_f32_scaled(wv[r][u].y, wf[r] + 4);
+                e4m3x4_to_f32_scaled(wv[r][u].z, wf[r] + 8);
+                e4m3x4_to_f32_scaled(wv[r][u].w, wf[r] + 12);
+                // Blocks: half of the 2^120 with the block's scale here, half at the end, so that
+                // neither product leaves float32's normal range.
+                s[r] = kBlocked ? __ldg(srow[r] + (i * 16) / scale_cols) * kE4m3UnscaleHalf : 1.0f;
+            }
 #pragma unroll
             for (int m = 0; m < M; m++) {
                 const uint4 *xr = reinterpret_cast<const uint4 *>(x + (size_t)m * k_in) + 2 * i;
                 float xf[16];
                 bf16x8_to_f32(__ldg(xr), xf);
                 bf16x8_to_f32(__ldg(xr + 1), xf + 8);
-                float part = 0.0f;
 #pragma unroll
-                for (int j = 0; j < 16; j++) part += wf[j] * xf[j];
-                acc[m] += kBlocked ? part * s : part;
+                for (int r = 0; r < kRowsPerWarp; r++) {
+                    float part = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < 16; j++) part += wf[r][j] * xf[j];
+                    acc[r][m] += kBlocked ? part * s[r] : part;
+                }
             }
         }
     }
-    const float row_scale = kBlocked ? kE4m3UnscaleHalf : __ldg(srow);
 #pragma unroll
-    for (int m = 0; m < M; m++) {
-        float v = acc[m];
+    for (int r = 0; r < kRowsPerWarp; r++) {
+        const float row_scale = kBlocked ? kE4m3UnscaleHalf : __ldg(srow[r]);
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        // Per row: the sum (its codes times 2^-120) back to scale first, then the row's scale.
-        if (lane == 0) y[(size_t)m * n_out + n] = kBlocked ? v * row_scale : v * kE4m3Unscale * row_scale;
+        for (int m = 0; m < M; m++) {
+            float v = acc[r][m];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            // Per row: the sum (its codes times 2^-120) back to scale first, then the row's scale.
+            if (lane == 0 && valid[r])
+                y[(size_t)m * n_out + n0 + r] = kBlocked ? v * row_scale : v * kE4m3Unscale * row_scale;
+        }
     }
 }
 
@@ -142,7 +168,7 @@ template <int M>
 cudaError_t launch_gemv(const uint8_t *w, const float *scale, int sr, int sc, const uint16_t *x, float *y, int n_out,
                         int k_in, cudaStream_t s)
 {
-    const int blocks = (n_out + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    const int warps = (n_out + kRowsPerWarp - 1) / kRowsPerWarp, blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
     const __nv_bfloat16 *xb = reinterpret_cast<const __nv_bfloat16 *>(x);
     if (sc >= k_in)
         fp8_gemv_kernel<M, false><<<blocks, kWarpsPerBlock * 32, 0, s>>>(w, scale, sr, sc, xb, y, n_out, k_in);

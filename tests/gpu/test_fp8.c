@@ -172,6 +172,8 @@ static void test_kernels(void)
     test_dequant(100, 200, 32, 48);
     test_dequant(256, 384, 128, 128);
     for (int m = 1; m <= SK_FP8_GEMV_MAX_ROWS; m++) test_gemv(m, 40, 96, 1, 96);
+    test_gemv(3, 41, 96, 1, 96);       /* an odd row count: a warp with one row of its two */
+    test_gemv(5, 300, 256, 100, 32);    /* blocks of rows that are no power of two */
     test_gemv(3, 64, 1040, 128, 128); /* a ragged last block of columns */
     test_gemv(1, 6144, 4096, 1, 4096); /* Llama-3-8B qkv */
     test_gemv(8, 4096, 14336, 1, 14336); /* down */

@@ -99,9 +99,9 @@ struct cuda_product_plan cuda_plan_product_parts(const struct cuda_plan_config *
  * for the fused Hopper activation, which reads bf16 weights). */
 void cuda_plan_config_fp8(struct cuda_plan_config *c, bool blocks, bool lt);
 /* Rows up to which the FP8 gemv takes a product where cuBLASLt's FP8 GEMM could: per 16 weights
- * the gemv loads 16 bytes of weights and 32 of activations per row, so past a few rows the
- * activation loads, not the weights, bound it (an estimate from the load counts, not yet
- * measured against cuBLASLt). */
+ * of each of its two output features a lane loads 32 bytes of activations per batch row, so past
+ * a few rows the activation loads, not the weights, bound it (an estimate from the load counts,
+ * not yet measured against cuBLASLt). */
 #define CUDA_FP8_GEMV_ROWS 4
 /* Rows up to which the gemv (8 rows a launch, so the weights read once per 8) still beats
  * dequantizing the weights to bf16 for cuBLAS, which reads and writes 5 bytes a weight: where
