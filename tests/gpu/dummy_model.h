@@ -27,6 +27,16 @@ static inline double gt_now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Whether a speed test should run (SLUICE_GPU_BENCH=1: they need large models and seconds);
+ * otherwise prints the skip and the empty summary. */
+static inline int gt_bench_wanted(void)
+{
+    const char *on = getenv("SLUICE_GPU_BENCH");
+    if (on && !strcmp(on, "1")) return 1;
+    printf("SKIP: set SLUICE_GPU_BENCH=1\n0 passed, 0 failed\n");
+    return 0;
+}
+
 /* The model, or NULL after a failed check that says why. model_load reads the config from a
  * directory, so the string goes through a temporary one, removed before returning. */
 static inline struct model *gt_dummy_model(const char *config_json)

@@ -78,12 +78,7 @@ static int measure(struct backend *b, const struct model_config *c, int bs, bool
 
 int main(void)
 {
-    if (!gt_have_gpu()) return 0;
-    const char *on = getenv("SLUICE_GPU_BENCH");
-    if (!on || strcmp(on, "1")) {
-        printf("SKIP: set SLUICE_GPU_BENCH=1\n0 passed, 0 failed\n");
-        return 0;
-    }
+    if (!gt_have_gpu() || !gt_bench_wanted()) return 0;
     const char *tb = getenv("SLUICE_HBM_TBPS");
     const double hbm = tb && atof(tb) > 0 ? atof(tb) : 3.35;
     const int sizes[2] = {1, 64};
