@@ -3,13 +3,16 @@
  * spread over the rows, which is exact) or per block (DeepSeek's weight_block_size). Embeddings,
  * lm_head, norms and biases stay as cuda_weights.c loads them.
  *
- * Products (the planner chooses, cuda_plan_fp8_product): the gemv for decode batches reads the
- * codes and converts them in registers, with bf16 activations and the scales fused; larger
- * batches quantize the activations per token to e4m3 (sk_fp8_quantize_rows) and run cuBLASLt's
- * FP8 GEMM (A = weights transposed, B = activations: the "TN" layout FP8 needs), then apply the
- * token's and the row's scales to its output (sk_fp8_scale_output); where cuBLASLt cannot (block
- * scales, shapes not multiples of 16, no algorithm for this device) the weights are dequantized
- * to a bf16 scratch matrix and cuBLAS multiplies. */
+ * Products (the planner chooses, cuda_plan_fp8_product): the gemv for small decode batches
+ * (sk_fp8_gemv) reads the codes and converts them in registers, with bf16 activations and the
+ * scales fused; larger batches quantize the activations per token to e4m3 (sk_fp8_quantize_rows)
+ * and run cuBLASLt's FP8 GEMM (A = weights transposed, B = activations: the "TN" layout FP8
+ * needs) with the row and token scales inside it (outer-vector scaling) or, where this
+ * cuBLASLt lacks that, applied to its output by sk_fp8_scale_output; where cuBLASLt cannot take
+ * a product at all (block scales, shapes not multiples of 16, no algorithm, a failed self-test)
+ * the gemv takes more rows and beyond them the weights are dequantized to a bf16 scratch matrix
+ * for cuBLAS. Each cuBLASLt configuration is tried on a small product at creation before it is
+ * used (lt_selftest). */
 #include <cublasLt.h>
 #include <math.h>
 #include <stdlib.h>
