@@ -221,3 +221,24 @@ Test(fp8, quantization_of_a_tall_matrix_in_threads_equals_row_by_row)
     free(w);
     free(row);
 }
+
+static void expect_refused(const char *variant, const char *needle1, const char *needle2)
+{
+    char path[256], err[1024] = "";
+    snprintf(path, sizeof path, FP8_FIXTURE_DIR "/%s", variant);
+    struct model *m = NULL;
+    cr_expect_neq(model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err), 0, "%s loaded", variant);
+    cr_expect(strstr(err, needle1) && strstr(err, needle2) && strstr(err, "model.safetensors"),
+              "%s: the message '%s' names neither '%s', '%s' nor the file", variant, err, needle1, needle2);
+    model_free(m);
+}
+
+Test(fp8, a_matrix_without_its_scale_is_refused_by_name)
+{
+    expect_refused("broken_missing_scale", "'model.layers.1.mlp.up_proj.weight'", "weight_scale_inv");
+}
+
+Test(fp8, a_scale_of_another_shape_is_refused_by_name)
+{
+    expect_refused("broken_scale_shape", "model.layers.0.self_attn.k_proj.weight_scale", "3 elements");
+}
