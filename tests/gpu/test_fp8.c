@@ -351,6 +351,31 @@ static void test_checkpoints(void)
     }
 }
 
+/* A model whose FP8 layout the FP8 products do not take (here: one matrix with scales per 2 x 16
+ * block among per-row ones) loads as bf16 through the dequantization kernel: CUDA against the
+ * CPU as for any bf16 model. */
+static void test_fallback_to_bf16(void)
+{
+    printf("FP8 layout the products do not take: bf16 at load\n");
+    char err[512];
+    struct model *m = NULL;
+    if (model_load(&m, FP8_FIXTURE_DIR "/channel", MODEL_LOAD_AUTO, err, sizeof err) < 0) {
+        GT_CHECK(0, "model_load: %s", err);
+        return;
+    }
+    struct tensor *t = &m->layers[1].w_up;
+    const int64_t rows = t->shape[0], cols = t->shape[1], per = (cols + 15) / 16;
+    float *s = malloc((size_t)(rows / 2 * per) * sizeof *s);
+    for (int64_t i = 0; i < rows / 2; i++)
+        for (int64_t j = 0; j < per; j++) s[i * per + j] = t->scale[2 * i] * (1.0f + 0.125f * (float)j);
+    t->scale = s, t->scale_rows = 2, t->scale_cols = 16;
+    struct compare c = versus(m, m, true, 4, 4, 4);
+    GT_CHECK(c.worst_err < 3e-2, "mixed FP8 layouts as bf16: CUDA vs CPU worst rel err %.2e (bound 3e-2)",
+             c.worst_err);
+    model_free(m);
+    free(s);
+}
+
 /* --quantization fp8 against the bf16 model, both on CUDA, the FP8 one fed the bf16 one's greedy
  * tokens. e4m3 keeps 3 mantissa bits: a weight moves by up to 1/16 of itself (about 1/40 on
  * average), a product's output by about that relative to its size, plus as much again where
@@ -430,6 +455,7 @@ int main(void)
     if (!data || !*data) data = "../shared";
     test_kernels();
     test_checkpoints();
+    test_fallback_to_bf16();
     test_stories(data);
     test_llama8b_shape();
     return gt_finish();

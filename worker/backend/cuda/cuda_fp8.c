@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "kernels/sk_fp8.h"
 #include "worker/backend/cuda/cuda_internal.h"
+#include "worker/model/fp8.h"
 
 /* cuBLASLt runs prefill in slices of this many rows, so its bf16 output scratch stays small. */
 #define LT_SLICE_ROWS 1024
@@ -472,6 +473,54 @@ int cuda_fp8_product(struct cuda_backend *b, struct cuda_product_plan p, int lay
     default: CUDA_FAIL(b, "cuda: product kernel %d is not an FP8 one", (int)p.kernel);
     }
 fail:
+    return rc;
+}
+
+int cuda_fp8_put_bf16(struct cuda_backend *b, uint16_t *dst, const struct tensor *t, uint64_t seed)
+{
+    const int64_t rows = t->ndim == 2 ? t->shape[0] : 1, cols = t->ndim == 2 ? t->shape[1] : tensor_numel(t);
+    const size_t numel = (size_t)(rows * cols);
+    int rc = 0;
+    uint8_t *q = NULL;
+    float *s = NULL, *host = NULL;
+    uint16_t *bits = NULL;
+    if (t->dtype == DTYPE_F8_E4M3) {
+        /* On the device: the codes and scales up (or a dummy's bf16 values quantized per row, as
+         * every backend does), then the dequantization kernel into dst. */
+        const int sr = t->data ? (int)t->scale_rows : 1, sc = t->data ? (int)t->scale_cols : (int)cols;
+        const size_t n_scales = (size_t)((rows + sr - 1) / sr) * (size_t)((cols + sc - 1) / sc);
+        CUDA_CHECK(b, cudaMalloc((void **)&q, numel));
+        CUDA_CHECK(b, cudaMalloc((void **)&s, n_scales * sizeof(float)));
+        if (t->data) {
+            CUDA_CHECK(b, cudaMemcpy(q, t->data, numel, cudaMemcpyHostToDevice));
+            CUDA_CHECK(b, cudaMemcpy(s, t->scale, n_scales * sizeof(float), cudaMemcpyHostToDevice));
+        } else {
+            CUDA_CHECK(b, sk_fill_dummy_bf16(dst, seed, t->dummy_id, 0, (int64_t)numel, 0, b->stream));
+            CUDA_CHECK(b, sk_fp8_quantize_rows(q, s, dst, (int)rows, (int)cols, b->stream));
+        }
+        CUDA_CHECK(b, sk_fp8_dequant_bf16(dst, q, s, sr, sc, (int)rows, (int)cols, b->stream));
+        CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
+    } else {
+        /* E5M2: on the host, a row at a time, rounded to bf16 as the device would. */
+        host = malloc((size_t)cols * sizeof *host);
+        bits = malloc((size_t)cols * sizeof *bits);
+        if (!host || !bits) CUDA_FAIL(b, "cuda: out of host memory for an FP8 tensor");
+        for (int64_t r = 0; r < rows; r++) {
+            tensor_range_to_f32(t, seed, false, r * cols, (r + 1) * cols, host);
+            for (int64_t c = 0; c < cols; c++) {
+                uint32_t u;
+                const float v = fp8_round_bf16(host[c]);
+                memcpy(&u, &v, 4);
+                bits[c] = (uint16_t)(u >> 16);
+            }
+            CUDA_CHECK(b, cudaMemcpy(dst + r * cols, bits, (size_t)cols * 2, cudaMemcpyHostToDevice));
+        }
+    }
+fail:
+    if (q) cudaFree(q);
+    if (s) cudaFree(s);
+    free(host);
+    free(bits);
     return rc;
 }
 

@@ -204,6 +204,9 @@ void cuda_fp8_load_done(struct cuda_backend *b);
 int cuda_fp8_product(struct cuda_backend *b, struct cuda_product_plan p, int layer, enum cuda_fp8_matrix which,
                      const uint16_t *x, float *y, int rows, int n_out, int k_in);
 void cuda_fp8_free(struct cuda_backend *b);
+/* An FP8 tensor (numel elements) written as bf16 at dst: for the FP8 tensors the FP8 products do
+ * not take (cuda_weights.c's put_matrix). */
+int cuda_fp8_put_bf16(struct cuda_backend *b, uint16_t *dst, const struct tensor *t, uint64_t seed);
 
 /* cuda_step.c: the backend's submit and collect (backend_ops). */
 int cuda_submit(struct backend *base, const struct batch *batch);

@@ -34,20 +34,21 @@ static int put_matrix(struct loader *ld, uint16_t *dst, const struct tensor *t, 
     if (tensor_numel(t) != numel)
         CUDA_FAIL(b, "cuda: tensor %s has %lld elements, expected %lld", name, (long long)tensor_numel(t),
                   (long long)numel);
-    const bool fp8 = t->dtype == DTYPE_F8_E4M3 || t->dtype == DTYPE_F8_E5M2;
-    if (!t->data && !fp8) {
+    /* FP8 outside the layers' FP8 products (embeddings, or a layout those do not take). */
+    if (t->dtype == DTYPE_F8_E4M3 || t->dtype == DTYPE_F8_E5M2)
+        return cuda_fp8_put_bf16(b, dst, t, ld->m->dummy_seed);
+    if (!t->data) {
         CUDA_CHECK(b, sk_fill_dummy_bf16(dst, ld->m->dummy_seed, t->dummy_id, 0, numel, 0, b->stream));
     } else if (t->dtype == DTYPE_BF16) {
         CUDA_CHECK(b, cudaMemcpyAsync(dst, t->data, (size_t)numel * 2, cudaMemcpyHostToDevice, b->stream));
-    } else if (dtype_is_quantized(t->dtype) || fp8) {
-        /* Whole blocks (FP8: whole rows) per chunk: float32 on the host, then converted as F32
-         * tensors are. */
-        int64_t be = fp8 ? (t->ndim == 2 ? t->shape[1] : numel) : dtype_block_elems(t->dtype);
-        int64_t per = (int64_t)(STAGING_BYTES / 4) / be * be;
+    } else if (dtype_is_quantized(t->dtype)) {
+        /* Whole blocks per chunk: float32 on the host, then converted as F32 tensors are. */
+        int64_t be = dtype_block_elems(t->dtype), per = (int64_t)(STAGING_BYTES / 4) / be * be;
         if (!ld->host && !(ld->host = malloc(STAGING_BYTES))) CUDA_FAIL(b, "cuda: out of host memory for %s", name);
         for (int64_t at = 0; at < numel; at += per) {
             int64_t n = numel - at < per ? numel - at : per;
-            tensor_range_to_f32(t, ld->m->dummy_seed, false, at, at + n, ld->host);
+            model_dequant(t->dtype, (const unsigned char *)t->data + (size_t)(at / be) * dtype_block_bytes(t->dtype),
+                          ld->host, n);
             CUDA_CHECK(b, cudaMemcpyAsync(ld->staging, ld->host, (size_t)n * 4, cudaMemcpyHostToDevice, b->stream));
             CUDA_CHECK(b, sk_convert_to_bf16(dst + at, ld->staging, SK_F32, n, b->stream));
             /* The staging buffer and the host chunk are reused by the next chunk. */
