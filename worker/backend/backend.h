@@ -188,6 +188,10 @@ struct cuda_options {
     bool no_attn_early;     /* attn_early=0: the decode attention reads no key before its wait (so
                                no fused qkv either) */
     enum cuda_fused_qkv fused_qkv; /* fused_qkv=auto|off|all */
+    bool no_fp8_lt;         /* fp8_lt=0: FP8 products over the gemv's rows on dequantized weights
+                               (cuBLAS) instead of cuBLASLt's FP8 GEMM */
+    bool no_fp8_outer;      /* fp8_outer=0: cuBLASLt's FP8 output scaled by an own kernel instead
+                               of its outer-vector scales */
 };
 
 struct backend_options {

@@ -8,11 +8,12 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include "worker/model/fp8.h"
 #include "worker/model/model_internal.h"
 
 size_t dtype_size(enum dtype d)
 {
-    return d == DTYPE_F32 ? 4 : 2;
+    return d == DTYPE_F32 ? 4 : d == DTYPE_F8_E4M3 || d == DTYPE_F8_E5M2 ? 1 : 2;
 }
 
 float model_f16_to_f32(uint16_t h)
@@ -67,6 +68,11 @@ float model_dummy_value(uint64_t seed, uint64_t id, uint64_t index)
 
 float tensor_get_f32(const struct tensor *t, uint64_t seed, bool is_norm, uint64_t index)
 {
+    if (t->dtype == DTYPE_F8_E4M3 || t->dtype == DTYPE_F8_E5M2) {
+        float v;
+        fp8_range_to_f32(t, seed, (int64_t)index, (int64_t)index + 1, &v);
+        return v;
+    }
     if (!t->data) {
         float v = model_dummy_value(seed, t->dummy_id, index);
         return is_norm ? 1.0f + v : v;
@@ -92,6 +98,10 @@ float tensor_get_f32(const struct tensor *t, uint64_t seed, bool is_norm, uint64
 void tensor_range_to_f32(const struct tensor *t, uint64_t seed, bool is_norm, int64_t begin, int64_t end,
                          float *dst)
 {
+    if (t->dtype == DTYPE_F8_E4M3 || t->dtype == DTYPE_F8_E5M2) {
+        fp8_range_to_f32(t, seed, begin, end, dst);
+        return;
+    }
     if (t->data && t->dtype == DTYPE_F32) {
         memcpy(dst, (const unsigned char *)t->data + (size_t)begin * 4, (size_t)(end - begin) * 4);
         return;
