@@ -1,0 +1,388 @@
+// GGUF block-quantized products and dequantization (kernels/sk_quant.h).
+//
+// A block is cut into units: the few bytes of quants one lane decodes at a time (4 bytes of
+// nibbles, 8 of Q8_0's bytes, ...), giving 8 or 16 weights in runs of 4 consecutive elements.
+// Lane l of a warp takes units l, l + 32, ... of its row, so a warp's loads of one step cover
+// whole consecutive blocks: the reads of a row are coalesced although the blocks (18, 22, 34,
+// 210 bytes) are not 16-byte aligned, which rules out 16-byte loads; each unit's quants are
+// one 4-byte load where the block layout keeps them 4-byte aligned (Q4_1, Q5_1, Q4_K, Q5_K),
+// else two 2-byte loads. Scales are re-read per unit from L1. Weights are formed with the
+// reference's rounding (__fmul_rn / __fadd_rn: no contraction), so sk_dequant_bf16 gives
+// exactly the bf16 of worker/model/quant.c's floats and the products differ from the CPU's
+// only in the order of their sums.
+#include "kernels/sk_quant.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/bf16.cuh"
+
+namespace
+{
+
+constexpr int kWarpsPerBlock = 4; // output features per thread block
+constexpr int kUnroll = 4;        // units in flight per lane
+constexpr int kMaxRows = 8;       // batch rows per launch
+
+__device__ __forceinline__ uint32_t ld16(const uint8_t *p)
+{
+    return __ldg(reinterpret_cast<const unsigned short *>(p));
+}
+// 4 bytes at a 2-byte aligned address.
+__device__ __forceinline__ uint32_t ld32_2(const uint8_t *p)
+{
+    return ld16(p) | ld16(p + 2) << 16;
+}
+__device__ __forceinline__ uint32_t ld32(const uint8_t *p)
+{
+    return __ldg(reinterpret_cast<const unsigned int *>(p));
+}
+__device__ __forceinline__ float h2f(uint32_t h)
+{
+    return __half2float(__ushort_as_half((unsigned short)(h & 0xffffu)));
+}
+__device__ __forceinline__ float mul(float a, float b)
+{
+    return __fmul_rn(a, b);
+}
+__device__ __forceinline__ float add(float a, float b)
+{
+    return __fadd_rn(a, b);
+}
+__device__ __forceinline__ float sub(float a, float b)
+{
+    return __fsub_rn(a, b);
+}
+__device__ __forceinline__ int nib(uint32_t q, int j, int hi)
+{
+    return (int)((q >> (8 * j + 4 * hi)) & 15u);
+}
+
+// Each type: block elements BE, block bytes BB, units per block UPB, runs of 4 per unit RUNS,
+// the alignment its loads need (ALIGN), and decode(block, unit, w, off): the unit's weights w[4r
+// + j] for elements off[r] + j of the block.
+struct Q4_0 {
+    static constexpr int BE = 32, BB = 18, UPB = 4, RUNS = 2, ALIGN = 2;
+    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
+    {
+        const float d = h2f(ld16(b));
+        const uint32_t q = ld32_2(b + 2 + 4 * u);
+        off[0] = 4 * u;
+        off[1] = 16 + 4 * u;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            w[j] = mul((float)(nib(q, j, 0) - 8), d);
+            w[4 + j] = mul((float)(nib(q, j, 1) - 8), d);
+        }
+    }
+};
+struct Q4_1 {
+    static constexpr int BE = 32, BB = 20, UPB = 4, RUNS = 2, ALIGN = 4;
+    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
+    {
+        const uint32_t dm = ld32(b);
+        const float d = h2f(dm), m = h2f(dm >> 16);
+        const uint32_t q = ld32(b + 4 + 4 * u);
+        off[0] = 4 * u;
+        off[1] = 16 + 4 * u;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            w[j] = add(mul(d, (float)nib(q, j, 0)), m);
+            w[4 + j] = add(mul(d, (float)nib(q, j, 1)), m);
+        }
+    }
+};
+struct Q5_0 {
+    static constexpr int BE = 32, BB = 22, UPB = 4, RUNS = 2, ALIGN = 2;
+    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
+    {
+        const float d = h2f(ld16(b));
+        const uint32_t qh = ld32_2(b + 2), q = ld32_2(b + 6 + 4 * u);
+        off[0] = 4 * u;
+        off[1] = 16 + 4 * u;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int i = 4 * u + j;
+            const int lo = nib(q, j, 0) | (int)((qh >> i) & 1u) << 4, hi = nib(q, j, 1) | (int)((qh >> (i + 16)) & 1u) << 4;
+            w[j] = mul(d, (float)(lo - 16));
+            w[4 + j] = mul(d, (float)(hi - 16));
+        }
+    }
+};
+struct Q5_1 {
+    static constexpr int BE = 32, BB = 24, UPB = 4, RUNS = 2, ALIGN = 4;
+    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
+    {
+        const uint32_t dm = ld32(b);
+        const float d = h2f(dm), m = h2f(dm >> 16);
+        const uint32_t qh = ld32(b + 4), q = ld32(b + 8 + 4 * u);
+        off[0] = 4 * u;
+        off[1] = 16 + 4 * u;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int i = 4 * u + j;
+            const int lo = nib(q, j, 0) | (int)((qh >> i) & 1u) << 4, hi = nib(q, j, 1) | (int)((qh >> (i + 16)) & 1u) << 4;
+            w[j] = add(mul(d, (float)lo), m);
+            w[4 + j] = add(mul(d, (float)hi), m);
+        }
+    }
+};
+struct Q8_0 {
+    static constexpr int BE = 32, BB = 34, UPB = 4, RUNS = 2, ALIGN = 2;
+    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
+    {
+        const float d = h2f(ld16(b));
+        const uint32_t q0 = ld32_2(b + 2 + 8 * u), q1 = ld32_2(b + 6 + 8 * u);
+        off[0] = 8 * u;
+        off[1] = 8 * u + 4;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            w[j] = mul((float)(int8_t)(q0 >> (8 * j)), d);
+            w[4 + j] = mul((float)(int8_t)(q1 >> (8 * j)), d);
+        }
+    }
+};
+
+// The 6-bit scale and minimum of sub-block j of Q4_K / Q5_K from the 12 scale bytes (three words).
+__device__ __forceinline__ void scale_min_k4(const uint32_t *s, int j, int &sc, int &m)
+{
+    auto byte = [&](int i) { return (int)((s[i >> 2] >> (8 * (i & 3))) & 0xffu); };
+    if (j < 4) {
+        sc = byte(j) & 63;
+        m = byte(j + 4) & 63;
+    } else {
+        sc = (byte(j + 4) & 0x0f) | ((byte(j - 4) >> 6) << 4);
+        m = (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4);
+    }
+}
+
+// Q4_K and Q5_K: unit u is 4 bytes of 32-byte chunk c = u / 8, at byte 4 (u % 8): elements
+// 4 (u % 8) + j of sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles).
+template <bool kFifthBit> struct QK45 {
+    static constexpr int BE = 256, BB = kFifthBit ? 176 : 144, UPB = 32, RUNS = 2, ALIGN = 4;
+    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
+    {
+        const int c = u >> 3, v = u & 7;
+        const uint32_t dd = ld32(b);
+        const float d = h2f(dd), dmin = h2f(dd >> 16);
+        const uint32_t s[3] = {ld32(b + 4), ld32(b + 8), ld32(b + 12)};
+        const uint32_t q = ld32(b + (kFifthBit ? 48 : 16) + 32 * c + 4 * v);
+        const uint32_t qh = kFifthBit ? ld32(b + 16 + 4 * v) : 0u;
+        off[0] = 64 * c + 4 * v;
+        off[1] = 64 * c + 32 + 4 * v;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int sb = 2 * c + h;
+            int sc, m;
+            scale_min_k4(s, sb, sc, m);
+            const float dl = mul(d, (float)sc), ml = mul(dmin, (float)m);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int qv = nib(q, j, h);
+                if (kFifthBit) qv |= (int)((qh >> (8 * j + sb)) & 1u) << 4;
+                w[4 * h + j] = sub(mul(dl, (float)qv), ml);
+            }
+        }
+    }
+};
+using Q4_K = QK45<false>;
+using Q5_K = QK45<true>;
+
+// Q6_K: unit u is elements 128 h + 32 k + 4 v + j (h = u / 8, v = u % 8, k and j < 4): low
+// nibbles from ql[64h + 4v..] (k = 0, 2) and ql[64h + 32 + 4v..] (k = 1, 3), high pairs from
+// qh[32h + 4v..] (bits 2k).
+struct Q6_K {
+    static constexpr int BE = 256, BB = 210, UPB = 16, RUNS = 4, ALIGN = 2;
+    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
+    {
+        const int h = u >> 3, v = u & 7;
+        const uint32_t ql0 = ld32_2(b + 64 * h + 4 * v), ql1 = ld32_2(b + 64 * h + 32 + 4 * v),
+                       qh = ld32_2(b + 128 + 32 * h + 4 * v);
+        const float d = h2f(ld16(b + 208));
+        const int8_t *sc = reinterpret_cast<const int8_t *>(b + 192);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            off[k] = 128 * h + 32 * k + 4 * v;
+            const float dl = mul(d, (float)__ldg(sc + 8 * h + 2 * k + (v >> 2)));
+            const uint32_t ql = (k & 1) ? ql1 : ql0;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int lo = nib(ql, j, k >> 1), hi = (int)((qh >> (8 * j + 2 * k)) & 3u);
+                w[4 * k + j] = mul(dl, (float)((lo | hi << 4) - 32));
+            }
+        }
+    }
+};
+
+template <class Q, int M>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    gemv_q_kernel(const uint8_t *__restrict__ w, const __nv_bfloat16 *__restrict__ x, int ldx, float *__restrict__ y,
+                  int ldy, int n_out, int k_in)
+{
+    const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= n_out) return;
+    const int nb = k_in / Q::BE, units = nb * Q::UPB;
+    const uint8_t *row = w + (size_t)n * nb * Q::BB;
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = 0.0f;
+    for (int base = lane; base < units; base += 32 * kUnroll) {
+#pragma unroll
+        for (int r = 0; r < kUnroll; r++) {
+            const int unit = base + 32 * r;
+            if (unit >= units) break;
+            const int blk = unit / Q::UPB;
+            float wv[4 * Q::RUNS];
+            int off[Q::RUNS];
+            Q::decode(row + (size_t)blk * Q::BB, unit - blk * Q::UPB, wv, off);
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                const __nv_bfloat16 *xm = x + (size_t)m * ldx + (size_t)blk * Q::BE;
+#pragma unroll
+                for (int g = 0; g < Q::RUNS; g++) {
+                    const uint2 xv = __ldg(reinterpret_cast<const uint2 *>(xm + off[g]));
+                    float x0, x1, x2, x3;
+                    bf16x2_to_f32(xv.x, x0, x1);
+                    bf16x2_to_f32(xv.y, x2, x3);
+                    acc[m] = fmaf(wv[4 * g], x0, acc[m]);
+                    acc[m] = fmaf(wv[4 * g + 1], x1, acc[m]);
+                    acc[m] = fmaf(wv[4 * g + 2], x2, acc[m]);
+                    acc[m] = fmaf(wv[4 * g + 3], x3, acc[m]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float v = acc[m];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) y[(size_t)m * ldy + n] = v;
+    }
+}
+
+template <class Q>
+__global__ void __launch_bounds__(256) dequant_kernel(const uint8_t *__restrict__ w, __nv_bfloat16 *__restrict__ dst,
+                                                      int64_t units)
+{
+    for (int64_t unit = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; unit < units;
+         unit += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t blk = unit / Q::UPB;
+        float wv[4 * Q::RUNS];
+        int off[Q::RUNS];
+        Q::decode(w + blk * Q::BB, (int)(unit - blk * Q::UPB), wv, off);
+#pragma unroll
+        for (int g = 0; g < Q::RUNS; g++) {
+            uint2 o;
+            o.x = pack_bf16(wv[4 * g], wv[4 * g + 1]);
+            o.y = pack_bf16(wv[4 * g + 2], wv[4 * g + 3]);
+            *reinterpret_cast<uint2 *>(dst + blk * Q::BE + off[g]) = o;
+        }
+    }
+}
+
+template <class Q> bool shape_ok(const void *w, int k_in)
+{
+    return k_in > 0 && k_in % Q::BE == 0 && (uintptr_t)w % Q::ALIGN == 0;
+}
+
+template <class Q>
+cudaError_t gemv_type(const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out, int k_in,
+                      cudaStream_t s)
+{
+    if (!shape_ok<Q>(w, k_in) || ldx % 4 || (uintptr_t)x % 8 || rows < 0 || n_out < 1 || ldx < k_in)
+        return cudaErrorInvalidValue;
+    const dim3 grid((n_out + kWarpsPerBlock - 1) / kWarpsPerBlock), block(kWarpsPerBlock * 32);
+    const uint8_t *wb = static_cast<const uint8_t *>(w);
+    for (int m0 = 0; m0 < rows; m0 += kMaxRows) {
+        const int m = rows - m0 < kMaxRows ? rows - m0 : kMaxRows;
+        const __nv_bfloat16 *xm = reinterpret_cast<const __nv_bfloat16 *>(x) + (size_t)m0 * ldx;
+        float *ym = y + (size_t)m0 * ldy;
+        if (m == 1)
+            gemv_q_kernel<Q, 1><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
+        else if (m == 2)
+            gemv_q_kernel<Q, 2><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
+        else if (m <= 4) {
+            // 3 rows run as 4 would read a row past x's end: split them.
+            if (m == 3) {
+                gemv_q_kernel<Q, 2><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
+                gemv_q_kernel<Q, 1><<<grid, block, 0, s>>>(wb, xm + (size_t)2 * ldx, ldx, ym + (size_t)2 * ldy, ldy,
+                                                           n_out, k_in);
+            } else {
+                gemv_q_kernel<Q, 4><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
+            }
+        } else if (m == 8) {
+            gemv_q_kernel<Q, 8><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
+        } else {
+            // 5..7 rows: 4 then the rest.
+            gemv_q_kernel<Q, 4><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
+            cudaError_t e = cudaGetLastError();
+            if (e != cudaSuccess) return e;
+            e = gemv_type<Q>(w, x + (size_t)(m0 + 4) * ldx, ldx, ym + (size_t)4 * ldy, ldy, m - 4, n_out, k_in, s);
+            if (e != cudaSuccess) return e;
+        }
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+}
+
+template <class Q> cudaError_t dequant_type(const void *w, uint16_t *dst, int n_rows, int k_in, cudaStream_t s)
+{
+    if (!shape_ok<Q>(w, k_in) || n_rows < 0 || (uintptr_t)dst % 8) return cudaErrorInvalidValue;
+    const int64_t units = (int64_t)n_rows * (k_in / Q::BE) * Q::UPB;
+    if (units == 0) return cudaSuccess;
+    const int64_t want = (units + 255) / 256;
+    const int grid = want < 65536 ? (int)want : 65536;
+    dequant_kernel<Q><<<grid, 256, 0, s>>>(static_cast<const uint8_t *>(w), reinterpret_cast<__nv_bfloat16 *>(dst),
+                                          units);
+    return cudaGetLastError();
+}
+
+} // namespace
+
+extern "C" int sk_quant_supported(int dtype)
+{
+    switch (dtype) {
+    case SK_Q4_0:
+    case SK_Q4_1:
+    case SK_Q5_0:
+    case SK_Q5_1:
+    case SK_Q8_0:
+    case SK_Q4_K:
+    case SK_Q5_K:
+    case SK_Q6_K: return 1;
+    default: return 0;
+    }
+}
+
+extern "C" cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows,
+                                 int n_out, int k_in, cudaStream_t s)
+{
+    switch (dtype) {
+    case SK_Q4_0: return gemv_type<Q4_0>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
+    case SK_Q4_1: return gemv_type<Q4_1>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
+    case SK_Q5_0: return gemv_type<Q5_0>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
+    case SK_Q5_1: return gemv_type<Q5_1>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
+    case SK_Q8_0: return gemv_type<Q8_0>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
+    case SK_Q4_K: return gemv_type<Q4_K>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
+    case SK_Q5_K: return gemv_type<Q5_K>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
+    case SK_Q6_K: return gemv_type<Q6_K>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+extern "C" cudaError_t sk_dequant_bf16(int dtype, const void *w, uint16_t *dst, int n_rows, int k_in, cudaStream_t s)
+{
+    switch (dtype) {
+    case SK_Q4_0: return dequant_type<Q4_0>(w, dst, n_rows, k_in, s);
+    case SK_Q4_1: return dequant_type<Q4_1>(w, dst, n_rows, k_in, s);
+    case SK_Q5_0: return dequant_type<Q5_0>(w, dst, n_rows, k_in, s);
+    case SK_Q5_1: return dequant_type<Q5_1>(w, dst, n_rows, k_in, s);
+    case SK_Q8_0: return dequant_type<Q8_0>(w, dst, n_rows, k_in, s);
+    case SK_Q4_K: return dequant_type<Q4_K>(w, dst, n_rows, k_in, s);
+    case SK_Q5_K: return dequant_type<Q5_K>(w, dst, n_rows, k_in, s);
+    case SK_Q6_K: return dequant_type<Q6_K>(w, dst, n_rows, k_in, s);
+    default: return cudaErrorInvalidValue;
+    }
+}
