@@ -79,7 +79,12 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, l ? ws->delta : NULL, delta_parts, part_stride, NULL, w->attn_norm,
                                            ws->y, T, H, c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
-        if ((rc = cuda_product(b, p->qkv, w->wqkv, ws->y, ws->big, T, qkvd, H, &qkv_parts)) < 0) goto fail;
+        if (w->q) {
+            qkv_parts = 1;
+            if ((rc = cuda_qlayer_qkv(b, w->q, ws->y, ws->big, T)) < 0) goto fail;
+        } else if ((rc = cuda_product(b, p->qkv, w->wqkv, ws->y, ws->big, T, qkvd, H, &qkv_parts)) < 0) {
+            goto fail;
+        }
         cuda_prof_mark(b, CUDA_PROF_QKV);
         if (p->fused_qkv) {
             const struct sk_qkv_src src = {.qkv = ws->big,
@@ -106,18 +111,32 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
                                            p->attn, p->attn_kernel, b->stream));
         }
         cuda_prof_mark(b, CUDA_PROF_ATTN);
-        if ((rc = cuda_product(b, p->o, w->wo, ws->y, ws->delta, T, H, qd, &delta_parts)) < 0) goto fail;
+        if (w->q) {
+            delta_parts = 1;
+            if ((rc = cuda_qproduct(b, &w->q->o, ws->y, ws->delta, H, T)) < 0) goto fail;
+        } else if ((rc = cuda_product(b, p->o, w->wo, ws->y, ws->delta, T, H, qd, &delta_parts)) < 0) {
+            goto fail;
+        }
         cuda_prof_mark(b, CUDA_PROF_O);
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, NULL, w->ffn_norm, ws->y, T, H,
                                            c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
-        if ((rc = enqueue_mlp(b, w, &p->mlp, T, &delta_parts)) < 0) goto fail;
+        if (w->q) {
+            delta_parts = 1;
+            if ((rc = cuda_qlayer_mlp(b, w->q, T)) < 0) goto fail;
+        } else if ((rc = enqueue_mlp(b, w, &p->mlp, T, &delta_parts)) < 0) {
+            goto fail;
+        }
     }
     if (R > 0) {
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, dm->sample_tok, b->w.final_norm,
                                            ws->y, R, H, c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
-        if ((rc = cuda_product(b, p->lm_head, b->w.lm_head, ws->y, ws->logits, R, V, H, NULL)) < 0) goto fail;
+        if (b->w.lm_head_q.w)
+            rc = cuda_qproduct(b, &b->w.lm_head_q, ws->y, ws->logits, V, R);
+        else
+            rc = cuda_product(b, p->lm_head, b->w.lm_head, ws->y, ws->logits, R, V, H, NULL);
+        if (rc < 0) goto fail;
         cuda_prof_mark(b, CUDA_PROF_LM_HEAD);
         if (a->logits_out)
             CUDA_CHECK(
