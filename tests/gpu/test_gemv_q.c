@@ -1,0 +1,126 @@
+/* The GGUF block kernels (kernels/gemv_q.cu) against worker/model/quant.c, the bit-exact
+ * reference, on random blocks of every type they take: sk_dequant_bf16 must give exactly the
+ * bf16 of quant.c's floats, and sk_gemv_q the fp32 product of quant.c's floats with x (sums in
+ * another order only) for 1 to 13 rows, written at a column offset inside wider rows of y
+ * without touching the columns around them. Shapes the kernels cannot take must be refused. */
+#include "tests/gpu/gpu_test.h"
+
+#include "kernels/sk_quant.h"
+#include "worker/model/model.h"
+
+/* Random blocks of dtype dt for n weights, the f16 scales at scale_at small and finite. */
+static unsigned char *random_blocks(enum dtype dt, const int *scale_at, int n_scales, int64_t n)
+{
+    size_t bb = dtype_block_bytes(dt), nb = (size_t)(n / dtype_block_elems(dt));
+    unsigned char *p = malloc(nb * bb);
+    for (size_t i = 0; i < nb * bb; i++) p[i] = (unsigned char)gt_next();
+    for (size_t b = 0; b < nb; b++)
+        for (int s = 0; s < n_scales; s++) {
+            uint16_t h = (uint16_t)(0x1000 + gt_next() % 0x1800) | (uint16_t)((gt_next() & 1) << 15);
+            memcpy(p + b * bb + scale_at[s], &h, 2);
+        }
+    return p;
+}
+
+static const struct {
+    enum dtype dt;
+    int at[2], n;
+} types[] = {
+    {DTYPE_Q4_0, {0}, 1}, {DTYPE_Q4_1, {0, 2}, 2}, {DTYPE_Q5_0, {0}, 1},    {DTYPE_Q5_1, {0, 2}, 2},
+    {DTYPE_Q8_0, {0}, 1}, {DTYPE_Q4_K, {0, 2}, 2}, {DTYPE_Q5_K, {0, 2}, 2}, {DTYPE_Q6_K, {208}, 1},
+};
+
+static void test_type(int t, int n_out, int k_in)
+{
+    const enum dtype dt = types[t].dt;
+    const char *name = dtype_name(dt);
+    const int64_t n = (int64_t)n_out * k_in;
+    printf("%s: %d x %d\n", name, n_out, k_in);
+    GT_CHECK(sk_quant_supported((int)dt), "%s is taken by the block kernels", name);
+    unsigned char *blocks = random_blocks(dt, types[t].at, types[t].n, n);
+    const size_t bytes = (size_t)(n / dtype_block_elems(dt)) * dtype_block_bytes(dt);
+    float *w = malloc((size_t)n * 4);
+    model_dequant(dt, blocks, w, n);
+    void *dw = gt_up(blocks, bytes);
+
+    /* Dequantization: bit for bit. */
+    uint16_t *dq = gt_dev((size_t)n * 2), *hq = malloc((size_t)n * 2);
+    GT_CUDA(sk_dequant_bf16((int)dt, dw, dq, n_out, k_in, 0));
+    gt_down(hq, dq, (size_t)n * 2);
+    int64_t bad = 0, first = -1;
+    for (int64_t i = 0; i < n; i++)
+        if (hq[i] != gt_f2bf(w[i]) && bad++ == 0) first = i;
+    GT_CHECK(bad == 0, "sk_dequant_bf16 equals bf16(quant.c) bit for bit: %lld of %lld differ", (long long)bad,
+             (long long)n);
+    if (first >= 0)
+        printf("        first at row %lld col %lld (block %lld, element %lld): got %a, want %a (%a before rounding)\n",
+               (long long)(first / k_in), (long long)(first % k_in), (long long)(first / dtype_block_elems(dt)),
+               (long long)(first % dtype_block_elems(dt)), gt_bf2f(hq[first]), gt_bf2f(gt_f2bf(w[first])), w[first]);
+
+    /* Products: y[r, col0 + j] in rows of ldy floats, the rest of each row left alone. */
+    static const int row_counts[] = {1, 2, 3, 4, 5, 8, 13};
+    const int col0 = 3, ldy = n_out + 7;
+    for (size_t rc = 0; rc < sizeof row_counts / sizeof row_counts[0]; rc++) {
+        const int rows = row_counts[rc];
+        uint16_t *x = malloc((size_t)rows * k_in * 2);
+        for (int64_t i = 0; i < (int64_t)rows * k_in; i++) x[i] = gt_f2bf(gt_normal());
+        double *ref = malloc((size_t)rows * n_out * sizeof *ref);
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < n_out; j++) {
+                double s = 0;
+                for (int k = 0; k < k_in; k++)
+                    s += (double)w[(int64_t)j * k_in + k] * gt_bf2f(x[(int64_t)r * k_in + k]);
+                ref[(size_t)r * n_out + j] = s;
+            }
+        uint16_t *dx = gt_up(x, (size_t)rows * k_in * 2);
+        float *dy = gt_dev((size_t)rows * ldy * 4); /* poisoned: NaN */
+        GT_CUDA(sk_gemv_q((int)dt, dw, dx, k_in, dy + col0, ldy, rows, n_out, k_in, 0));
+        float *hy = malloc((size_t)rows * ldy * 4), *got = malloc((size_t)rows * n_out * 4);
+        gt_down(hy, dy, (size_t)rows * ldy * 4);
+        int touched = 0;
+        for (int r = 0; r < rows; r++) {
+            for (int j = 0; j < ldy; j++) {
+                const float v = hy[(size_t)r * ldy + j];
+                if (j >= col0 && j < col0 + n_out)
+                    got[(size_t)r * n_out + j - col0] = v;
+                else if (!isnan(v))
+                    touched++;
+            }
+        }
+        double err = gt_rel_err(got, ref, (size_t)rows * n_out), worst_row = 0;
+        int worst_at = 0;
+        for (int r = 0; r < rows; r++) {
+            double e = gt_rel_err(got + (size_t)r * n_out, ref + (size_t)r * n_out, (size_t)n_out);
+            if (!(e <= worst_row)) worst_row = e, worst_at = r;
+        }
+        GT_CHECK(err < 5e-5 && worst_row < 5e-5 && touched == 0,
+                 "sk_gemv_q, %2d rows: rel err %.2e vs fp64 sums of quant.c's weights (worst row %d: %.2e); %d values "
+                 "written outside the output columns",
+                 rows, err, worst_at, worst_row, touched);
+        free(x), free(ref), free(hy), free(got);
+        cudaFree(dx), cudaFree(dy);
+    }
+
+    /* What the kernels cannot take. */
+    const int be = (int)dtype_block_elems(dt);
+    GT_CHECK(sk_gemv_q((int)dt, dw, dq, k_in, (float *)dq, n_out, 1, n_out, k_in + be / 2, 0) == cudaErrorInvalidValue,
+             "a row length not a whole number of blocks is refused");
+    GT_CHECK(sk_dequant_bf16((int)dt, (unsigned char *)dw + 1, dq, 1, be, 0) == cudaErrorInvalidValue,
+             "misaligned blocks are refused");
+    (void)cudaGetLastError();
+    free(blocks), free(w), free(hq);
+    cudaFree(dw), cudaFree(dq);
+}
+
+int main(void)
+{
+    if (!gt_have_gpu()) return 0;
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        test_type((int)t, 67, 512);  /* rows not a multiple of the warps per block */
+        test_type((int)t, 130, 768); /* three K-quant blocks a row */
+    }
+    printf("unsupported types\n");
+    GT_CHECK(!sk_quant_supported(DTYPE_Q2_K) && !sk_quant_supported(DTYPE_IQ4_XS) && !sk_quant_supported(DTYPE_BF16),
+             "Q2_K, IQ4_XS and BF16 are not taken by the block kernels (they load as bf16)");
+    return gt_finish();
+}
