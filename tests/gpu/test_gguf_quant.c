@@ -1,8 +1,10 @@
-/* GGUF block quantizations on the CUDA backend, which dequantizes them to bf16 at load through
- * worker/model/quant.c: a model whose matrices are every block type (K-quants included), CUDA
- * against the CPU backend (which keeps them in their blocks) step by step; and, where it has been
- * fetched (make fetch-smollm2), SmolLM2-135M-Instruct Q4_1 against Hugging Face's greedy tokens
- * (tests/fixtures/smollm2/hf_reference.json). */
+/* GGUF block quantizations on the CUDA backend against the CPU backend (which keeps them in their
+ * blocks), step by step: a model whose matrices are every block type (K-quants included; layers
+ * with a type the block kernels do not take are dequantized to bf16 at load through
+ * worker/model/quant.c), and one whose layers and lm_head are all of types the block kernels take
+ * (kept in blocks on the GPU: block GEMV for decode, dequantized tiles for prefill); and, where it
+ * has been fetched (make fetch-smollm2), SmolLM2-135M-Instruct Q4_1 against Hugging Face's greedy
+ * tokens (tests/fixtures/smollm2/hf_reference.json). */
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
@@ -115,6 +117,51 @@ static void test_every_type(void)
     for (int i = 0; i < k; i++) free(owned[i]);
 }
 
+/* Every layer matrix and lm_head in a type the block kernels take (cuda_qweights.c keeps them in
+ * blocks): a long prompt (prefill on dequantized tiles and cuBLAS) and a short one (the block
+ * GEMV throughout), then decode steps on the block GEMV. */
+static void test_kept_in_blocks(void)
+{
+    printf("layers kept in their GGUF blocks on CUDA vs CPU\n");
+    static const struct {
+        enum dtype dt;
+        int at[2], n;
+    } types[] = {
+        {DTYPE_Q4_0, {0}, 1},    {DTYPE_Q4_1, {0, 2}, 2}, {DTYPE_Q5_0, {0}, 1},    {DTYPE_Q5_1, {0, 2}, 2},
+        {DTYPE_Q8_0, {0}, 1},    {DTYPE_Q4_K, {0, 2}, 2}, {DTYPE_Q5_K, {0, 2}, 2}, {DTYPE_Q6_K, {208}, 1},
+    };
+    struct model *m = gt_dummy_model(
+        "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":512,\"intermediate_size\":1024,"
+        "\"num_hidden_layers\":3,\"num_attention_heads\":8,\"num_key_value_heads\":2,\"head_dim\":64,"
+        "\"vocab_size\":1000,\"tie_word_embeddings\":false,\"rms_norm_eps\":1e-5}");
+    if (!m) return;
+    struct tensor *mats[24];
+    int k = 0;
+    mats[k++] = &m->tok_embed;
+    mats[k++] = &m->lm_head;
+    for (int l = 0; l < 3; l++) {
+        struct layer_weights *L = &m->layers[l];
+        mats[k++] = &L->wq, mats[k++] = &L->wk, mats[k++] = &L->wv, mats[k++] = &L->wo;
+        mats[k++] = &L->w_gate, mats[k++] = &L->w_up, mats[k++] = &L->w_down;
+    }
+    void *owned[24];
+    for (int i = 0; i < k; i++) {
+        int t = (i * 3) % 8;
+        mats[i]->dtype = types[t].dt;
+        mats[i]->data = owned[i] = random_blocks(types[t].dt, types[t].at, types[t].n, tensor_numel(mats[i]));
+    }
+    int32_t prompt[40], out[8];
+    for (int i = 0; i < 40; i++) prompt[i] = gt_int(1000);
+    double worst = cuda_vs_cpu(m, prompt, 40, 8, out);
+    GT_CHECK(worst < 3e-2, "40-token prompt (dequantized tiles) and 8 steps (block GEMV): logits rel err vs the CPU, "
+                           "worst %.2e", worst);
+    worst = cuda_vs_cpu(m, prompt, 5, 8, out);
+    GT_CHECK(worst < 2e-2, "5-token prompt and 8 steps, all on the block GEMV (weights in fp32, as the CPU has them): logits "
+                           "rel err vs the CPU, worst %.2e", worst);
+    model_free(m);
+    for (int i = 0; i < k; i++) free(owned[i]);
+}
+
 static void test_smollm2(void)
 {
     printf("SmolLM2-135M-Instruct Q4_1 on CUDA vs Hugging Face\n");
@@ -160,6 +207,7 @@ int main(void)
 {
     if (!gt_have_gpu()) return 0;
     test_every_type();
+    test_kept_in_blocks();
     test_smollm2();
     return gt_finish();
 }
