@@ -109,7 +109,8 @@ struct Q5_0 {
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             const int i = 4 * u + j;
-            const int lo = nib(q, j, 0) | (int)((qh >> i) & 1u) << 4, hi = nib(q, j, 1) | (int)((qh >> (i + 16)) & 1u) << 4;
+            const int lo = nib(q, j, 0) | (int)((qh >> i) & 1u) << 4, hi = nib(q, j, 1) | (int)((qh >> (i + 16)) & 1u)
+                                                                                              << 4;
             w[j] = mul(d, i2f(lo - 16));
             w[4 + j] = mul(d, i2f(hi - 16));
         }
@@ -127,7 +128,8 @@ struct Q5_1 {
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             const int i = 4 * u + j;
-            const int lo = nib(q, j, 0) | (int)((qh >> i) & 1u) << 4, hi = nib(q, j, 1) | (int)((qh >> (i + 16)) & 1u) << 4;
+            const int lo = nib(q, j, 0) | (int)((qh >> i) & 1u) << 4, hi = nib(q, j, 1) | (int)((qh >> (i + 16)) & 1u)
+                                                                                              << 4;
             w[j] = add(mul(d, i2f(lo)), m);
             w[4 + j] = add(mul(d, i2f(hi)), m);
         }
@@ -268,8 +270,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 }
 
 template <class Q>
-__global__ void __launch_bounds__(256) dequant_kernel(const uint8_t *__restrict__ w, __nv_bfloat16 *__restrict__ dst,
-                                                      int64_t units)
+__global__ void __launch_bounds__(256)
+    dequant_kernel(const uint8_t *__restrict__ w, __nv_bfloat16 *__restrict__ dst, int64_t units)
 {
     for (int64_t unit = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; unit < units;
          unit += (int64_t)gridDim.x * blockDim.x) {
@@ -285,6 +287,132 @@ __global__ void __launch_bounds__(256) dequant_kernel(const uint8_t *__restrict_
             *reinterpret_cast<uint2 *>(dst + blk * Q::BE + off[g]) = o;
         }
     }
+}
+
+// --- Q4_K with int8 activations -------------------------------------------------------------
+// Converting Q4_K's nibbles to floats one by one costs more instructions than the memory time
+// of their bytes; with the activations in int8 (per 32 of them a scale sx = max|x| / 127 and
+// sx times the sum of their quants, as llama.cpp's q8_1) four nibbles times four activations are
+// one dp4a. A lane takes 16 bytes of a block's nibbles (one 16-byte load; Q4_K's 144-byte blocks
+// keep them aligned): 16 weights of sub-block 2c and 16 of 2c + 1; eight lanes cover a block, a
+// warp four consecutive blocks a step. A sub-block's minimum, times the sum of its 32
+// activations, is counted by the first of its two lanes.
+
+constexpr int kXBlock = 32; // activations per int8 scale
+
+__global__ void __launch_bounds__(256) quantize_x_kernel(const __nv_bfloat16 *__restrict__ x, int ldx, int k_in,
+                                                         int rows, int8_t *__restrict__ xq, float2 *__restrict__ xd)
+{
+    const int nxb = k_in / kXBlock, lane = threadIdx.x & 31;
+    const int64_t gb = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (gb >= (int64_t)rows * nxb) return;
+    const int r = (int)(gb / nxb), xb = (int)(gb - (int64_t)r * nxb);
+    const float v = __bfloat162float(x[(size_t)r * ldx + (size_t)xb * kXBlock + lane]);
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float sx = amax / 127.0f;
+    const int q = amax > 0.0f ? __float2int_rn(v / sx) : 0;
+    int sum = q;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    xq[(size_t)r * k_in + (size_t)xb * kXBlock + lane] = (int8_t)q;
+    if (lane == 0) xd[(size_t)r * nxb + xb] = make_float2(sx, sx * (float)sum);
+}
+
+template <int M>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    gemv_q4k_dp4a_kernel(const uint8_t *__restrict__ w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
+                         float *__restrict__ y, int ldy, int n_out, int k_in)
+{
+    const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= n_out) return;
+    const int nb = k_in / Q4_K::BE, nxb = k_in / kXBlock;
+    const int bi = lane >> 3, v = lane & 7, c = v >> 1, hf = v & 1;
+    const uint8_t *row = w + (size_t)n * nb * Q4_K::BB;
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = 0.0f;
+#pragma unroll 2
+    for (int blk = bi; blk < nb; blk += 4) {
+        const uint8_t *bp = row + (size_t)blk * Q4_K::BB;
+        const uint4 q = __ldg(reinterpret_cast<const uint4 *>(bp + 16 + 32 * c + 16 * hf));
+        const uint32_t dd = ld32(bp);
+        const uint32_t sw[3] = {ld32(bp + 4), ld32(bp + 8), ld32(bp + 12)};
+        int sc0, m0, sc1, m1;
+        scale_min_k4(sw, 2 * c, sc0, m0);
+        scale_min_k4(sw, 2 * c + 1, sc1, m1);
+        const float d = h2f(dd), dmin = h2f(dd >> 16);
+        const float dl0 = d * i2f(sc0), dl1 = d * i2f(sc1);
+        const float ml0 = hf ? 0.0f : dmin * i2f(m0), ml1 = hf ? 0.0f : dmin * i2f(m1);
+        const int lo[4] = {(int)(q.x & 0x0F0F0F0Fu), (int)(q.y & 0x0F0F0F0Fu), (int)(q.z & 0x0F0F0F0Fu),
+                           (int)(q.w & 0x0F0F0F0Fu)};
+        const int hi[4] = {(int)((q.x >> 4) & 0x0F0F0F0Fu), (int)((q.y >> 4) & 0x0F0F0F0Fu),
+                           (int)((q.z >> 4) & 0x0F0F0F0Fu), (int)((q.w >> 4) & 0x0F0F0F0Fu)};
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            const int8_t *xm = xq + (size_t)m * k_in + (size_t)blk * Q4_K::BE + 64 * c + 16 * hf;
+            const int4 xl = __ldg(reinterpret_cast<const int4 *>(xm)),
+                       xh = __ldg(reinterpret_cast<const int4 *>(xm + 32));
+            int s0 = __dp4a(lo[0], xl.x, 0);
+            s0 = __dp4a(lo[1], xl.y, s0);
+            s0 = __dp4a(lo[2], xl.z, s0);
+            s0 = __dp4a(lo[3], xl.w, s0);
+            int s1 = __dp4a(hi[0], xh.x, 0);
+            s1 = __dp4a(hi[1], xh.y, s1);
+            s1 = __dp4a(hi[2], xh.z, s1);
+            s1 = __dp4a(hi[3], xh.w, s1);
+            const float2 x0 = __ldg(xd + (size_t)m * nxb + blk * 8 + 2 * c),
+                         x1 = __ldg(xd + (size_t)m * nxb + blk * 8 + 2 * c + 1);
+            acc[m] += dl0 * x0.x * i2f(s0) + dl1 * x1.x * i2f(s1) - (ml0 * x0.y + ml1 * x1.y);
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float r = acc[m];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
+        if (lane == 0) y[(size_t)m * ldy + n] = r;
+    }
+}
+
+template <int M>
+void launch_q4k_dp4a(dim3 grid, dim3 block, cudaStream_t s, const uint8_t *w, const int8_t *xq, const float2 *xd,
+                     float *y, int ldy, int n_out, int k_in)
+{
+    gemv_q4k_dp4a_kernel<M><<<grid, block, 0, s>>>(w, xq, xd, y, ldy, n_out, k_in);
+}
+
+cudaError_t gemv_q4k_dp4a(const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out, int k_in,
+                          void *scratch, cudaStream_t s)
+{
+    if (k_in % Q4_K::BE || (uintptr_t)w % 16 || (uintptr_t)scratch % 16 || rows < 0 || n_out < 1 || ldx < k_in)
+        return cudaErrorInvalidValue;
+    int8_t *xq = static_cast<int8_t *>(scratch);
+    float2 *xd = reinterpret_cast<float2 *>(xq + (size_t)kMaxRows * k_in);
+    const dim3 grid((n_out + kWarpsPerBlock - 1) / kWarpsPerBlock), block(kWarpsPerBlock * 32);
+    const uint8_t *wb = static_cast<const uint8_t *>(w);
+    for (int m0 = 0; m0 < rows; m0 += kMaxRows) {
+        const int m = rows - m0 < kMaxRows ? rows - m0 : kMaxRows;
+        const int64_t xblocks = (int64_t)m * (k_in / kXBlock);
+        // The next chunk's quantization waits for this chunk's product: same stream.
+        quantize_x_kernel<<<(unsigned)((xblocks + 7) / 8), 256, 0, s>>>(
+            reinterpret_cast<const __nv_bfloat16 *>(x) + (size_t)m0 * ldx, ldx, k_in, m, xq, xd);
+        float *ym = y + (size_t)m0 * ldy;
+        switch (m) {
+        case 1: launch_q4k_dp4a<1>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        case 2: launch_q4k_dp4a<2>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        case 3: launch_q4k_dp4a<3>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        case 4: launch_q4k_dp4a<4>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        case 5: launch_q4k_dp4a<5>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        case 6: launch_q4k_dp4a<6>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        case 7: launch_q4k_dp4a<7>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        default: launch_q4k_dp4a<8>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        }
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
 }
 
 template <class Q> bool shape_ok(const void *w, int k_in)
@@ -312,8 +440,8 @@ cudaError_t gemv_type(const void *w, const uint16_t *x, int ldx, float *y, int l
             // 3 rows run as 4 would read a row past x's end: split them.
             if (m == 3) {
                 gemv_q_kernel<Q, 2><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
-                gemv_q_kernel<Q, 1><<<grid, block, 0, s>>>(wb, xm + (size_t)2 * ldx, ldx, ym + (size_t)2 * ldy, ldy,
-                                                           n_out, k_in);
+                gemv_q_kernel<Q, 1>
+                    <<<grid, block, 0, s>>>(wb, xm + (size_t)2 * ldx, ldx, ym + (size_t)2 * ldy, ldy, n_out, k_in);
             } else {
                 gemv_q_kernel<Q, 4><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
             }
@@ -340,8 +468,8 @@ template <class Q> cudaError_t dequant_type(const void *w, uint16_t *dst, int n_
     if (units == 0) return cudaSuccess;
     const int64_t want = (units + 255) / 256;
     const int grid = want < 65536 ? (int)want : 65536;
-    dequant_kernel<Q><<<grid, 256, 0, s>>>(static_cast<const uint8_t *>(w), reinterpret_cast<__nv_bfloat16 *>(dst),
-                                          units);
+    dequant_kernel<Q>
+        <<<grid, 256, 0, s>>>(static_cast<const uint8_t *>(w), reinterpret_cast<__nv_bfloat16 *>(dst), units);
     return cudaGetLastError();
 }
 
@@ -362,9 +490,15 @@ extern "C" int sk_quant_supported(int dtype)
     }
 }
 
-extern "C" cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows,
-                                 int n_out, int k_in, cudaStream_t s)
+extern "C" size_t sk_gemv_q_scratch_bytes(int k_in)
 {
+    return k_in > 0 ? (size_t)kMaxRows * ((size_t)k_in + (size_t)(k_in / kXBlock) * sizeof(float2)) : 0;
+}
+
+extern "C" cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows,
+                                 int n_out, int k_in, void *scratch, cudaStream_t s)
+{
+    if (dtype == SK_Q4_K && scratch) return gemv_q4k_dp4a(w, x, ldx, y, ldy, rows, n_out, k_in, scratch, s);
     switch (dtype) {
     case SK_Q4_0: return gemv_type<Q4_0>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
     case SK_Q4_1: return gemv_type<Q4_1>(w, x, ldx, y, ldy, rows, n_out, k_in, s);

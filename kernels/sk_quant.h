@@ -33,9 +33,13 @@ int sk_quant_supported(int dtype);
  * k_in / block_elems blocks of dtype, x bf16, fp32 accumulation and output. One warp per output
  * feature; any number of rows (taken 8 at a time, each weight byte read once per 8 rows).
  * Needs k_in a multiple of the block, ldx % 4 == 0 and w aligned as its blocks are in a
- * cudaMalloc'd buffer; returns cudaErrorInvalidValue otherwise. */
+ * cudaMalloc'd buffer; returns cudaErrorInvalidValue otherwise.
+ * scratch (16-byte aligned, sk_gemv_q_scratch_bytes(k_in) bytes, or NULL): with it, Q4_K takes x
+ * in int8 (per 32 values a scale max|x| / 127, llama.cpp's q8_1) into dp4a products, an error of
+ * a few 1e-3 relative for far fewer instructions a weight; the other types ignore it. */
 cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out,
-                      int k_in, cudaStream_t s);
+                      int k_in, void *scratch, cudaStream_t s);
+size_t sk_gemv_q_scratch_bytes(int k_in);
 
 /* dst[n * k_in + k] = bf16(w[n, k]) for n < n_rows: the same weights as sk_gemv_q's, rounded to
  * nearest even. Same requirements. */

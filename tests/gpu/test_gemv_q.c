@@ -1,8 +1,9 @@
 /* The GGUF block kernels (kernels/gemv_q.cu) against worker/model/quant.c, the bit-exact
  * reference, on random blocks of every type they take: sk_dequant_bf16 must give exactly the
  * bf16 of quant.c's floats, and sk_gemv_q the fp32 product of quant.c's floats with x (sums in
- * another order only) for 1 to 13 rows, written at a column offset inside wider rows of y
- * without touching the columns around them. Shapes the kernels cannot take must be refused. */
+ * another order only; for Q4_K's int8-activation path, with x as that path rounds it) for 1 to 13
+ * rows, written at a column offset inside wider rows of y without touching the columns around
+ * them. Shapes the kernels cannot take must be refused. */
 #include "tests/gpu/gpu_test.h"
 
 #include "kernels/sk_quant.h"
@@ -29,6 +30,77 @@ static const struct {
     {DTYPE_Q4_0, {0}, 1}, {DTYPE_Q4_1, {0, 2}, 2}, {DTYPE_Q5_0, {0}, 1},    {DTYPE_Q5_1, {0, 2}, 2},
     {DTYPE_Q8_0, {0}, 1}, {DTYPE_Q4_K, {0, 2}, 2}, {DTYPE_Q5_K, {0, 2}, 2}, {DTYPE_Q6_K, {208}, 1},
 };
+
+/* x in int8 as the Q4_K dp4a path has it (per 32 values, sx = max|x| / 127 and round(x / sx)),
+ * back in float: the activations that path multiplies. */
+static void int8_activations(const uint16_t *x, float *out, int64_t n)
+{
+    for (int64_t b = 0; b < n; b += 32) {
+        float amax = 0;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(gt_bf2f(x[b + i])));
+        const float sx = amax / 127.0f;
+        for (int i = 0; i < 32; i++) out[b + i] = amax > 0 ? sx * (float)lrintf(gt_bf2f(x[b + i]) / sx) : 0.0f;
+    }
+}
+
+/* ref[r, j] = sum_k w[j, k] xf[r, k] in fp64. */
+static void reference(const float *w, const float *xf, double *ref, int rows, int n_out, int k_in)
+{
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < n_out; j++) {
+            double s = 0;
+            for (int k = 0; k < k_in; k++) s += (double)w[(int64_t)j * k_in + k] * xf[(int64_t)r * k_in + k];
+            ref[(size_t)r * n_out + j] = s;
+        }
+}
+
+/* sk_gemv_q at several row counts, y[r, col0 + j] in rows of ldy floats, the rest of each row left
+ * alone; with scratch (Q4_K) the int8-activation path, checked against its own activations. */
+static void check_products(enum dtype dt, const float *w, const void *dw, int n_out, int k_in, void *scratch)
+{
+    static const int row_counts[] = {1, 2, 3, 4, 5, 8, 13};
+    const int col0 = 3, ldy = n_out + 7;
+    const char *path = scratch ? "int8 activations, dp4a" : "bf16 activations";
+    for (size_t rc = 0; rc < sizeof row_counts / sizeof row_counts[0]; rc++) {
+        const int rows = row_counts[rc];
+        const int64_t nx = (int64_t)rows * k_in;
+        uint16_t *x = malloc((size_t)nx * 2);
+        float *xf = malloc((size_t)nx * 4), *xi = malloc((size_t)nx * 4);
+        for (int64_t i = 0; i < nx; i++) x[i] = gt_f2bf(gt_normal()), xf[i] = gt_bf2f(x[i]);
+        int8_activations(x, xi, nx);
+        double *ref = malloc((size_t)rows * n_out * sizeof *ref), *ref_x = malloc((size_t)rows * n_out * sizeof *ref);
+        reference(w, scratch ? xi : xf, ref, rows, n_out, k_in);
+        reference(w, xf, ref_x, rows, n_out, k_in);
+        uint16_t *dx = gt_up(x, (size_t)nx * 2);
+        float *dy = gt_dev((size_t)rows * ldy * 4); /* poisoned: NaN */
+        GT_CUDA(sk_gemv_q((int)dt, dw, dx, k_in, dy + col0, ldy, rows, n_out, k_in, scratch, 0));
+        float *hy = malloc((size_t)rows * ldy * 4), *got = malloc((size_t)rows * n_out * 4);
+        gt_down(hy, dy, (size_t)rows * ldy * 4);
+        int touched = 0;
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < ldy; j++) {
+                const float v = hy[(size_t)r * ldy + j];
+                if (j >= col0 && j < col0 + n_out)
+                    got[(size_t)r * n_out + j - col0] = v;
+                else if (!isnan(v))
+                    touched++;
+            }
+        double err = gt_rel_err(got, ref, (size_t)rows * n_out), worst_row = 0;
+        int worst_at = 0;
+        for (int r = 0; r < rows; r++) {
+            double e = gt_rel_err(got + (size_t)r * n_out, ref + (size_t)r * n_out, (size_t)n_out);
+            if (!(e <= worst_row)) worst_row = e, worst_at = r;
+        }
+        const double err_x = gt_rel_err(got, ref_x, (size_t)rows * n_out);
+        GT_CHECK(err < 1e-4 && worst_row < 1e-4 && err_x < (scratch ? 2e-2 : 1e-4) && touched == 0,
+                 "sk_gemv_q (%s), %2d rows: rel err %.2e vs fp64 sums of quant.c's weights times the activations "
+                 "it multiplies (worst row %d: %.2e), %.2e vs the bf16 activations; %d values written outside the "
+                 "output columns",
+                 path, rows, err, worst_at, worst_row, err_x, touched);
+        free(x), free(xf), free(xi), free(ref), free(ref_x), free(hy), free(got);
+        cudaFree(dx), cudaFree(dy);
+    }
+}
 
 static void test_type(int t, int n_out, int k_in)
 {
@@ -57,53 +129,17 @@ static void test_type(int t, int n_out, int k_in)
                (long long)(first / k_in), (long long)(first % k_in), (long long)(first / dtype_block_elems(dt)),
                (long long)(first % dtype_block_elems(dt)), gt_bf2f(hq[first]), gt_bf2f(gt_f2bf(w[first])), w[first]);
 
-    /* Products: y[r, col0 + j] in rows of ldy floats, the rest of each row left alone. */
-    static const int row_counts[] = {1, 2, 3, 4, 5, 8, 13};
-    const int col0 = 3, ldy = n_out + 7;
-    for (size_t rc = 0; rc < sizeof row_counts / sizeof row_counts[0]; rc++) {
-        const int rows = row_counts[rc];
-        uint16_t *x = malloc((size_t)rows * k_in * 2);
-        for (int64_t i = 0; i < (int64_t)rows * k_in; i++) x[i] = gt_f2bf(gt_normal());
-        double *ref = malloc((size_t)rows * n_out * sizeof *ref);
-        for (int r = 0; r < rows; r++)
-            for (int j = 0; j < n_out; j++) {
-                double s = 0;
-                for (int k = 0; k < k_in; k++)
-                    s += (double)w[(int64_t)j * k_in + k] * gt_bf2f(x[(int64_t)r * k_in + k]);
-                ref[(size_t)r * n_out + j] = s;
-            }
-        uint16_t *dx = gt_up(x, (size_t)rows * k_in * 2);
-        float *dy = gt_dev((size_t)rows * ldy * 4); /* poisoned: NaN */
-        GT_CUDA(sk_gemv_q((int)dt, dw, dx, k_in, dy + col0, ldy, rows, n_out, k_in, 0));
-        float *hy = malloc((size_t)rows * ldy * 4), *got = malloc((size_t)rows * n_out * 4);
-        gt_down(hy, dy, (size_t)rows * ldy * 4);
-        int touched = 0;
-        for (int r = 0; r < rows; r++) {
-            for (int j = 0; j < ldy; j++) {
-                const float v = hy[(size_t)r * ldy + j];
-                if (j >= col0 && j < col0 + n_out)
-                    got[(size_t)r * n_out + j - col0] = v;
-                else if (!isnan(v))
-                    touched++;
-            }
-        }
-        double err = gt_rel_err(got, ref, (size_t)rows * n_out), worst_row = 0;
-        int worst_at = 0;
-        for (int r = 0; r < rows; r++) {
-            double e = gt_rel_err(got + (size_t)r * n_out, ref + (size_t)r * n_out, (size_t)n_out);
-            if (!(e <= worst_row)) worst_row = e, worst_at = r;
-        }
-        GT_CHECK(err < 5e-5 && worst_row < 5e-5 && touched == 0,
-                 "sk_gemv_q, %2d rows: rel err %.2e vs fp64 sums of quant.c's weights (worst row %d: %.2e); %d values "
-                 "written outside the output columns",
-                 rows, err, worst_at, worst_row, touched);
-        free(x), free(ref), free(hy), free(got);
-        cudaFree(dx), cudaFree(dy);
+    check_products(dt, w, dw, n_out, k_in, NULL);
+    if (dt == DTYPE_Q4_K) {
+        void *scratch = gt_dev(sk_gemv_q_scratch_bytes(k_in));
+        check_products(dt, w, dw, n_out, k_in, scratch);
+        cudaFree(scratch);
     }
 
     /* What the kernels cannot take. */
     const int be = (int)dtype_block_elems(dt);
-    GT_CHECK(sk_gemv_q((int)dt, dw, dq, k_in, (float *)dq, n_out, 1, n_out, k_in + be / 2, 0) == cudaErrorInvalidValue,
+    GT_CHECK(sk_gemv_q((int)dt, dw, dq, k_in, (float *)dq, n_out, 1, n_out, k_in + be / 2, NULL, 0) ==
+                 cudaErrorInvalidValue,
              "a row length not a whole number of blocks is refused");
     GT_CHECK(sk_dequant_bf16((int)dt, (unsigned char *)dw + 1, dq, 1, be, 0) == cudaErrorInvalidValue,
              "misaligned blocks are refused");

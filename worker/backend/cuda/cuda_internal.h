@@ -54,6 +54,7 @@ struct cuda_weights {
      * the layers kept in blocks. */
     struct cuda_qmat lm_head_q;
     uint16_t *q_scratch;
+    void *q_xscratch; /* the block GEMV's int8 activations (sk_gemv_q_scratch_bytes) */
     size_t q_bytes;
     int q_layers;
 };

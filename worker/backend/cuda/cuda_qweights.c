@@ -70,6 +70,12 @@ int cuda_qweights_finish(struct cuda_backend *b)
     if (!b->w.q_layers && !b->w.lm_head_q.w) return 0;
     CUDA_CHECK(b, cudaMalloc((void **)&b->w.q_scratch, CUDA_QUANT_SCRATCH_BYTES));
     b->w.bytes += CUDA_QUANT_SCRATCH_BYTES;
+    const struct model_config *c = &b->base.config;
+    int k_max = c->hidden_size > c->intermediate_size ? c->hidden_size : c->intermediate_size;
+    if (c->n_heads * c->head_dim > k_max) k_max = c->n_heads * c->head_dim;
+    const size_t xbytes = sk_gemv_q_scratch_bytes(k_max);
+    CUDA_CHECK(b, cudaMalloc(&b->w.q_xscratch, xbytes));
+    b->w.bytes += xbytes;
     log_info("cuda: %d of %d layers%s kept in their GGUF blocks: %.3f GiB of "
              "blocks, %.3f GiB of weights in all "
              "(%.0f MiB of it the bf16 scratch for large batches)",
@@ -101,6 +107,8 @@ void cuda_qweights_free(struct cuda_backend *b)
     free_qmat(&b->w.lm_head_q);
     if (b->w.q_scratch) cudaFree(b->w.q_scratch);
     b->w.q_scratch = NULL;
+    if (b->w.q_xscratch) cudaFree(b->w.q_xscratch);
+    b->w.q_xscratch = NULL;
 }
 
 int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows)
@@ -108,7 +116,8 @@ int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint1
     int rc = 0;
     if (rows <= 0) return 0;
     if (cuda_plan_quant_gemv(&b->plan, rows)) {
-        CUDA_CHECK(b, sk_gemv_q(m->dtype, m->w, x, m->k_in, y, ldy, rows, m->n_out, m->k_in, b->stream));
+        CUDA_CHECK(b,
+                   sk_gemv_q(m->dtype, m->w, x, m->k_in, y, ldy, rows, m->n_out, m->k_in, b->w.q_xscratch, b->stream));
         return 0;
     }
     /* Row-major y = x w^T is column-major y^T = w^T(op) x^T, a tile's columns at y + r0. The
