@@ -98,43 +98,35 @@ struct Q4_1 {
         }
     }
 };
-struct Q5_0 {
-    static constexpr int BE = 32, BB = 22, UPB = 4, RUNS = 2, ALIGN = 2;
+// Q5_0 / Q5_1: the 5-bit quants of elements i (byte j's low nibble) and i + 16 (its high one).
+__device__ __forceinline__ void q5_pair(uint32_t q, uint32_t qh, int i, int j, int &lo, int &hi)
+{
+    lo = nib(q, j, 0) | (int)((qh >> i) & 1u) << 4;
+    hi = nib(q, j, 1) | (int)((qh >> (i + 16)) & 1u) << 4;
+}
+// Q5_0 (d, high bits, nibbles: x = (q - 16) d) and Q5_1 (d, m, high bits, nibbles: x = q d + m).
+template <bool kMin> struct Q5 {
+    static constexpr int BE = 32, BB = kMin ? 24 : 22, UPB = 4, RUNS = 2, ALIGN = kMin ? 4 : 2;
     __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
     {
-        const float d = h2f(ld16(b));
-        const uint32_t qh = ld32_2(b + 2), q = ld32_2(b + 6 + 4 * u);
+        const uint32_t dm = kMin ? ld32(b) : ld16(b);
+        const float d = h2f(dm), m = kMin ? h2f(dm >> 16) : 0.0f;
+        const int at = kMin ? 4 : 2; // the high bits; the nibbles after them
+        const uint32_t qh = kMin ? ld32(b + at) : ld32_2(b + at),
+                       q = kMin ? ld32(b + at + 4 + 4 * u) : ld32_2(b + at + 4 + 4 * u);
         off[0] = 4 * u;
         off[1] = 16 + 4 * u;
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            const int i = 4 * u + j;
-            const int lo = nib(q, j, 0) | (int)((qh >> i) & 1u) << 4, hi = nib(q, j, 1) | (int)((qh >> (i + 16)) & 1u)
-                                                                                              << 4;
-            w[j] = mul(d, i2f(lo - 16));
-            w[4 + j] = mul(d, i2f(hi - 16));
+            int lo, hi;
+            q5_pair(q, qh, 4 * u + j, j, lo, hi);
+            w[j] = kMin ? add(mul(d, i2f(lo)), m) : mul(d, i2f(lo - 16));
+            w[4 + j] = kMin ? add(mul(d, i2f(hi)), m) : mul(d, i2f(hi - 16));
         }
     }
 };
-struct Q5_1 {
-    static constexpr int BE = 32, BB = 24, UPB = 4, RUNS = 2, ALIGN = 4;
-    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
-    {
-        const uint32_t dm = ld32(b);
-        const float d = h2f(dm), m = h2f(dm >> 16);
-        const uint32_t qh = ld32(b + 4), q = ld32(b + 8 + 4 * u);
-        off[0] = 4 * u;
-        off[1] = 16 + 4 * u;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const int i = 4 * u + j;
-            const int lo = nib(q, j, 0) | (int)((qh >> i) & 1u) << 4, hi = nib(q, j, 1) | (int)((qh >> (i + 16)) & 1u)
-                                                                                              << 4;
-            w[j] = add(mul(d, i2f(lo)), m);
-            w[4 + j] = add(mul(d, i2f(hi)), m);
-        }
-    }
-};
+using Q5_0 = Q5<false>;
+using Q5_1 = Q5<true>;
 struct Q8_0 {
     static constexpr int BE = 32, BB = 34, UPB = 4, RUNS = 2, ALIGN = 2;
     __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
@@ -222,6 +214,18 @@ struct Q6_K {
     }
 };
 
+// The warp's sums of each row into y[m * ldy + n].
+template <int M> __device__ __forceinline__ void store_rows(float *acc, float *y, int ldy, int n, int lane)
+{
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float r = acc[m];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
+        if (lane == 0) y[(size_t)m * ldy + n] = r;
+    }
+}
+
 template <class Q, int M>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     gemv_q_kernel(const uint8_t *__restrict__ w, const __nv_bfloat16 *__restrict__ x, int ldx, float *__restrict__ y,
@@ -260,13 +264,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
             }
         }
     }
-#pragma unroll
-    for (int m = 0; m < M; m++) {
-        float v = acc[m];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) y[(size_t)m * ldy + n] = v;
-    }
+    store_rows<M>(acc, y, ldy, n, lane);
 }
 
 template <class Q>
@@ -367,13 +365,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
             acc[m] += dl0 * x0.x * i2f(s0) + dl1 * x1.x * i2f(s1) - (ml0 * x0.y + ml1 * x1.y);
         }
     }
-#pragma unroll
-    for (int m = 0; m < M; m++) {
-        float r = acc[m];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
-        if (lane == 0) y[(size_t)m * ldy + n] = r;
-    }
+    store_rows<M>(acc, y, ldy, n, lane);
 }
 
 template <int M>

@@ -4,24 +4,11 @@
  * another order only; for Q4_K's int8-activation path, with x as that path rounds it) for 1 to 13
  * rows, written at a column offset inside wider rows of y without touching the columns around
  * them. Shapes the kernels cannot take must be refused. */
+#include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
 #include "kernels/sk_quant.h"
 #include "worker/model/model.h"
-
-/* Random blocks of dtype dt for n weights, the f16 scales at scale_at small and finite. */
-static unsigned char *random_blocks(enum dtype dt, const int *scale_at, int n_scales, int64_t n)
-{
-    size_t bb = dtype_block_bytes(dt), nb = (size_t)(n / dtype_block_elems(dt));
-    unsigned char *p = malloc(nb * bb);
-    for (size_t i = 0; i < nb * bb; i++) p[i] = (unsigned char)gt_next();
-    for (size_t b = 0; b < nb; b++)
-        for (int s = 0; s < n_scales; s++) {
-            uint16_t h = (uint16_t)(0x1000 + gt_next() % 0x1800) | (uint16_t)((gt_next() & 1) << 15);
-            memcpy(p + b * bb + scale_at[s], &h, 2);
-        }
-    return p;
-}
 
 static const struct {
     enum dtype dt;
@@ -109,7 +96,7 @@ static void test_type(int t, int n_out, int k_in)
     const int64_t n = (int64_t)n_out * k_in;
     printf("%s: %d x %d\n", name, n_out, k_in);
     GT_CHECK(sk_quant_supported((int)dt), "%s is taken by the block kernels", name);
-    unsigned char *blocks = random_blocks(dt, types[t].at, types[t].n, n);
+    void *blocks = gt_random_blocks(dt, types[t].at, types[t].n, n);
     const size_t bytes = (size_t)(n / dtype_block_elems(dt)) * dtype_block_bytes(dt);
     float *w = malloc((size_t)n * 4);
     model_dequant(dt, blocks, w, n);

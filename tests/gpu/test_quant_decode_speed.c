@@ -9,49 +9,12 @@
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
-#include <time.h>
-
 #include "worker/backend/backend.h"
 #include "worker/backend/cuda/cuda_plan.h"
 #include "worker/model/model.h"
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static const char *llama3_8b =
-    "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":4096,\"intermediate_size\":14336,"
-    "\"num_hidden_layers\":32,\"num_attention_heads\":32,\"num_key_value_heads\":8,\"vocab_size\":128256,"
-    "\"max_position_embeddings\":8192,\"rms_norm_eps\":1e-5,\"rope_theta\":500000.0,"
-    "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0,\"low_freq_factor\":1.0,\"high_freq_factor\":4.0,"
-    "\"original_max_position_embeddings\":8192},\"tie_word_embeddings\":false,\"bos_token_id\":128000,"
-    "\"eos_token_id\":128001,\"torch_dtype\":\"bfloat16\"}";
-
 #define N_BATCHES 4
 static const int batches[N_BATCHES] = {1, 8, 16, 64};
-
-/* Random blocks for n weights of dt, the f16 scales at scale_at small and finite; one buffer all
- * the matrices share (each is uploaded on its own). */
-static unsigned char *random_blocks(enum dtype dt, const int *scale_at, int n_scales, int64_t n)
-{
-    const size_t bb = dtype_block_bytes(dt), nb = (size_t)(n / dtype_block_elems(dt));
-    unsigned char *p = malloc(nb * bb);
-    if (!p) return NULL;
-    uint64_t s = 0x9E3779B97F4A7C15ull;
-    for (size_t i = 0; i + 8 <= nb * bb; i += 8) {
-        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
-        memcpy(p + i, &s, 8);
-    }
-    for (size_t b = 0; b < nb; b++)
-        for (int k = 0; k < n_scales; k++) {
-            uint16_t h = (uint16_t)(0x1000 + gt_next() % 0x800) | (uint16_t)((gt_next() & 1) << 15);
-            memcpy(p + b * bb + scale_at[k], &h, 2);
-        }
-    return p;
-}
 
 /* Sets every layer matrix and lm_head to dt blocks from buf (NULL: back to dummy bf16). */
 static void set_matrices(struct model *m, enum dtype dt, const void *buf)
@@ -85,13 +48,13 @@ static void decode_speed(struct model *m, enum dtype dt, double peak_bw, double 
     char err[512];
     struct backend_options bo = {.gpu_memory_utilization = 0.9, .max_batch_tokens = 2048, .max_batch_seqs = 64};
     struct backend *b = NULL;
-    double t0 = now_s();
+    double t0 = gt_now_s();
     for (int k = 0; k < N_BATCHES; k++) tok_s[k] = 0;
     if (backend_cuda_create(&b, m, &bo, err, sizeof err) < 0) {
         GT_CHECK(0, "%s: backend_cuda_create: %s", name, err);
         return;
     }
-    printf("  %s: loaded in %.1f s, %d KV blocks\n", name, now_s() - t0, b->num_kv_blocks);
+    printf("  %s: loaded in %.1f s, %d KV blocks\n", name, gt_now_s() - t0, b->num_kv_blocks);
     const struct model_config *c = &m->config;
     struct sampling_params sp = {.temperature = 0.0f, .top_p = 1, .repetition_penalty = 1, .logprobs = -1};
     const int prompt = 64, n_blocks = 16;
@@ -116,7 +79,7 @@ static void decode_speed(struct model *m, enum dtype dt, double peak_bw, double 
         }
         double dt_step = 0;
         for (int pass = 0; pass < 2 && rc == 0; pass++) { /* the first pass captures the graphs */
-            t0 = now_s();
+            t0 = gt_now_s();
             for (int i = 0; i < steps && rc == 0; i++) {
                 for (int s = 0; s < bs; s++) seqs[s].start_pos = (s == 0 ? prompt : 0) + (pass ? i : 0);
                 struct batch db = {.n_seqs = bs, .seqs = seqs, .n_tokens = bs, .tokens = tk};
@@ -124,7 +87,7 @@ static void decode_speed(struct model *m, enum dtype dt, double peak_bw, double 
                 for (int s = 0; s < bs && rc == 0; s++) tk[s] = res[s].token;
                 if (!pass) break;
             }
-            dt_step = (now_s() - t0) / steps;
+            dt_step = (gt_now_s() - t0) / steps;
         }
         int sane = 1;
         for (int s = 0; s < bs && rc == 0; s++) sane &= res[s].token >= 0 && res[s].token < c->vocab_size;
@@ -142,12 +105,7 @@ static void decode_speed(struct model *m, enum dtype dt, double peak_bw, double 
 
 int main(void)
 {
-    if (!gt_have_gpu()) return 0;
-    const char *on = getenv("SLUICE_GPU_BENCH");
-    if (!on || strcmp(on, "1")) {
-        printf("SKIP: set SLUICE_GPU_BENCH=1\n0 passed, 0 failed\n");
-        return 0;
-    }
+    if (!gt_have_gpu() || !gt_bench_wanted()) return 0;
     int dev = 0, clock_khz = 0, bus_bits = 0;
     GT_CUDA(cudaGetDevice(&dev));
     GT_CUDA(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, dev));
@@ -157,7 +115,7 @@ int main(void)
     GT_CUDA(cudaGetDeviceProperties(&prop, dev));
     printf("%s: memory bandwidth %.0f GB/s from its clock and bus\n", prop.name, peak_bw / 1e9);
 
-    struct model *m = gt_dummy_model(llama3_8b);
+    struct model *m = gt_dummy_model(gt_llama3_8b);
     if (!m) return gt_finish();
     const int64_t biggest = (int64_t)m->config.vocab_size * m->config.hidden_size;
     double bf16[N_BATCHES], q4k[N_BATCHES], q8[N_BATCHES];
@@ -165,7 +123,7 @@ int main(void)
     decode_speed(m, DTYPE_BF16, peak_bw, bf16);
 
     static const int q4k_scales[] = {0, 2}, q8_scales[] = {0};
-    unsigned char *buf = random_blocks(DTYPE_Q4_K, q4k_scales, 2, biggest);
+    void *buf = gt_random_blocks(DTYPE_Q4_K, q4k_scales, 2, biggest);
     GT_CHECK(buf != NULL, "host memory for random Q4_K blocks");
     if (buf) {
         set_matrices(m, DTYPE_Q4_K, buf);
@@ -173,7 +131,7 @@ int main(void)
         set_matrices(m, DTYPE_BF16, NULL);
         free(buf);
     }
-    buf = random_blocks(DTYPE_Q8_0, q8_scales, 1, biggest);
+    buf = gt_random_blocks(DTYPE_Q8_0, q8_scales, 1, biggest);
     if (buf) {
         set_matrices(m, DTYPE_Q8_0, buf);
         decode_speed(m, DTYPE_Q8_0, peak_bw, q8);
