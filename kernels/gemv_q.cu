@@ -368,17 +368,55 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     store_rows<M>(acc, y, ldy, n, lane);
 }
 
+// Q8_0 with int8 activations: its quants are int8 already and its blocks of 32 are the
+// activations' blocks. A lane takes 8 quant bytes (two 4-byte values from 2-byte aligned loads),
+// four lanes a block, a warp eight consecutive blocks a step.
 template <int M>
-void launch_q4k_dp4a(dim3 grid, dim3 block, cudaStream_t s, const uint8_t *w, const int8_t *xq, const float2 *xd,
-                     float *y, int ldy, int n_out, int k_in)
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    gemv_q8_0_dp4a_kernel(const uint8_t *__restrict__ w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
+                          float *__restrict__ y, int ldy, int n_out, int k_in)
 {
-    gemv_q4k_dp4a_kernel<M><<<grid, block, 0, s>>>(w, xq, xd, y, ldy, n_out, k_in);
+    const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= n_out) return;
+    const int nb = k_in / Q8_0::BE, bi = lane >> 2, v = lane & 3;
+    const uint8_t *row = w + (size_t)n * nb * Q8_0::BB;
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = 0.0f;
+#pragma unroll 2
+    for (int blk = bi; blk < nb; blk += 8) {
+        const uint8_t *bp = row + (size_t)blk * Q8_0::BB;
+        const float d = h2f(ld16(bp));
+        const int q0 = (int)ld32_2(bp + 2 + 8 * v), q1 = (int)ld32_2(bp + 6 + 8 * v);
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            const int2 xv =
+                __ldg(reinterpret_cast<const int2 *>(xq + (size_t)m * k_in + (size_t)blk * Q8_0::BE + 8 * v));
+            const int sum = __dp4a(q1, xv.y, __dp4a(q0, xv.x, 0));
+            acc[m] += d * __ldg(xd + (size_t)m * nb + blk).x * i2f(sum);
+        }
+    }
+    store_rows<M>(acc, y, ldy, n, lane);
 }
 
-cudaError_t gemv_q4k_dp4a(const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out, int k_in,
-                          void *scratch, cudaStream_t s)
+template <int M>
+void launch_dp4a(int dtype, dim3 grid, dim3 block, cudaStream_t s, const uint8_t *w, const int8_t *xq, const float2 *xd,
+                 float *y, int ldy, int n_out, int k_in)
 {
-    if (k_in % Q4_K::BE || (uintptr_t)w % 16 || (uintptr_t)scratch % 16 || rows < 0 || n_out < 1 || ldx < k_in)
+    if (dtype == SK_Q4_K)
+        gemv_q4k_dp4a_kernel<M><<<grid, block, 0, s>>>(w, xq, xd, y, ldy, n_out, k_in);
+    else
+        gemv_q8_0_dp4a_kernel<M><<<grid, block, 0, s>>>(w, xq, xd, y, ldy, n_out, k_in);
+}
+
+// Q4_K or Q8_0 with int8 activations, 8 rows at a time: quantize them into scratch, then the
+// product (the next chunk's quantization waits for it: same stream).
+cudaError_t gemv_dp4a(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out,
+                      int k_in, void *scratch, cudaStream_t s)
+{
+    const bool q4k = dtype == SK_Q4_K;
+    if (k_in < 1 || k_in % (q4k ? Q4_K::BE : Q8_0::BE) || (uintptr_t)w % (q4k ? 16 : Q8_0::ALIGN) ||
+        (uintptr_t)scratch % 16 || rows < 0 || n_out < 1 || ldx < k_in)
         return cudaErrorInvalidValue;
     int8_t *xq = static_cast<int8_t *>(scratch);
     float2 *xd = reinterpret_cast<float2 *>(xq + (size_t)kMaxRows * k_in);
@@ -387,19 +425,18 @@ cudaError_t gemv_q4k_dp4a(const void *w, const uint16_t *x, int ldx, float *y, i
     for (int m0 = 0; m0 < rows; m0 += kMaxRows) {
         const int m = rows - m0 < kMaxRows ? rows - m0 : kMaxRows;
         const int64_t xblocks = (int64_t)m * (k_in / kXBlock);
-        // The next chunk's quantization waits for this chunk's product: same stream.
         quantize_x_kernel<<<(unsigned)((xblocks + 7) / 8), 256, 0, s>>>(
             reinterpret_cast<const __nv_bfloat16 *>(x) + (size_t)m0 * ldx, ldx, k_in, m, xq, xd);
         float *ym = y + (size_t)m0 * ldy;
         switch (m) {
-        case 1: launch_q4k_dp4a<1>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        case 2: launch_q4k_dp4a<2>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        case 3: launch_q4k_dp4a<3>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        case 4: launch_q4k_dp4a<4>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        case 5: launch_q4k_dp4a<5>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        case 6: launch_q4k_dp4a<6>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        case 7: launch_q4k_dp4a<7>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        default: launch_q4k_dp4a<8>(grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        case 1: launch_dp4a<1>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        case 2: launch_dp4a<2>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        case 3: launch_dp4a<3>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        case 4: launch_dp4a<4>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        case 5: launch_dp4a<5>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        case 6: launch_dp4a<6>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        case 7: launch_dp4a<7>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        default: launch_dp4a<8>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
         }
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;
@@ -490,7 +527,8 @@ extern "C" size_t sk_gemv_q_scratch_bytes(int k_in)
 extern "C" cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows,
                                  int n_out, int k_in, void *scratch, cudaStream_t s)
 {
-    if (dtype == SK_Q4_K && scratch) return gemv_q4k_dp4a(w, x, ldx, y, ldy, rows, n_out, k_in, scratch, s);
+    if ((dtype == SK_Q4_K || dtype == SK_Q8_0) && scratch)
+        return gemv_dp4a(dtype, w, x, ldx, y, ldy, rows, n_out, k_in, scratch, s);
     switch (dtype) {
     case SK_Q4_0: return gemv_type<Q4_0>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
     case SK_Q4_1: return gemv_type<Q4_1>(w, x, ldx, y, ldy, rows, n_out, k_in, s);

@@ -34,9 +34,9 @@ int sk_quant_supported(int dtype);
  * feature; any number of rows (taken 8 at a time, each weight byte read once per 8 rows).
  * Needs k_in a multiple of the block, ldx % 4 == 0 and w aligned as its blocks are in a
  * cudaMalloc'd buffer; returns cudaErrorInvalidValue otherwise.
- * scratch (16-byte aligned, sk_gemv_q_scratch_bytes(k_in) bytes, or NULL): with it, Q4_K takes x
- * in int8 (per 32 values a scale max|x| / 127, llama.cpp's q8_1) into dp4a products, an error of
- * a few 1e-3 relative for far fewer instructions a weight; the other types ignore it. */
+ * scratch (16-byte aligned, sk_gemv_q_scratch_bytes(k_in) bytes, or NULL): with it, Q4_K and
+ * Q8_0 take x in int8 (per 32 values a scale max|x| / 127, llama.cpp's q8_1) into dp4a products,
+ * an error of a few 1e-3 relative for far fewer instructions a weight; other types ignore it. */
 cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out,
                       int k_in, void *scratch, cudaStream_t s);
 size_t sk_gemv_q_scratch_bytes(int k_in);

@@ -1,7 +1,7 @@
 /* The GGUF block kernels (kernels/gemv_q.cu) against worker/model/quant.c, the bit-exact
  * reference, on random blocks of every type they take: sk_dequant_bf16 must give exactly the
  * bf16 of quant.c's floats, and sk_gemv_q the fp32 product of quant.c's floats with x (sums in
- * another order only; for Q4_K's int8-activation path, with x as that path rounds it) for 1 to 13
+ * another order only; for the int8-activation path of Q4_K and Q8_0, with x as that path rounds it) for 1 to 13
  * rows, written at a column offset inside wider rows of y without touching the columns around
  * them. Shapes the kernels cannot take must be refused. */
 #include "tests/gpu/dummy_model.h"
@@ -42,7 +42,7 @@ static void reference(const float *w, const float *xf, double *ref, int rows, in
 }
 
 /* sk_gemv_q at several row counts, y[r, col0 + j] in rows of ldy floats, the rest of each row left
- * alone; with scratch (Q4_K) the int8-activation path, checked against its own activations. */
+ * alone; with scratch (Q4_K, Q8_0) the int8-activation path, checked against its own activations. */
 static void check_products(enum dtype dt, const float *w, const void *dw, int n_out, int k_in, void *scratch)
 {
     static const int row_counts[] = {1, 2, 3, 4, 5, 8, 13};
@@ -117,7 +117,7 @@ static void test_type(int t, int n_out, int k_in)
                (long long)(first % dtype_block_elems(dt)), gt_bf2f(hq[first]), gt_bf2f(gt_f2bf(w[first])), w[first]);
 
     check_products(dt, w, dw, n_out, k_in, NULL);
-    if (dt == DTYPE_Q4_K) {
+    if (dt == DTYPE_Q4_K || dt == DTYPE_Q8_0) {
         void *scratch = gt_dev(sk_gemv_q_scratch_bytes(k_in));
         check_products(dt, w, dw, n_out, k_in, scratch);
         cudaFree(scratch);
