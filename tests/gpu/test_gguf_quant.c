@@ -141,8 +141,8 @@ static void test_kept_in_blocks(void)
              worst);
     worst = cuda_vs_cpu(m, prompt, 5, 8, out);
     GT_CHECK(worst < 2e-2,
-             "5-token prompt and 8 steps, all on the block GEMV (Q4_K and Q8_0 with int8 activations): logits rel err vs the "
-             "CPU, worst %.2e",
+             "5-token prompt and 8 steps, all on the block GEMV (Q4_K and Q8_0 with int8 activations): logits "
+             "rel err vs the CPU, worst %.2e",
              worst);
     model_free(m);
     for (int i = 0; i < k; i++) free(owned[i]);
