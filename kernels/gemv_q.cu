@@ -412,7 +412,7 @@ void launch_dp4a(int dtype, dim3 grid, dim3 block, cudaStream_t s, const uint8_t
 // Q4_K or Q8_0 with int8 activations, 8 rows at a time: quantize them into scratch, then the
 // product (the next chunk's quantization waits for it: same stream).
 cudaError_t gemv_dp4a(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out,
-                      int k_in, void *scratch, cudaStream_t s)
+                      int k_in, void *scratch, bool x_ready, cudaStream_t s)
 {
     const bool q4k = dtype == SK_Q4_K;
     if (k_in < 1 || k_in % (q4k ? Q4_K::BE : Q8_0::BE) || (uintptr_t)w % (q4k ? 16 : Q8_0::ALIGN) ||
@@ -425,8 +425,9 @@ cudaError_t gemv_dp4a(int dtype, const void *w, const uint16_t *x, int ldx, floa
     for (int m0 = 0; m0 < rows; m0 += kMaxRows) {
         const int m = rows - m0 < kMaxRows ? rows - m0 : kMaxRows;
         const int64_t xblocks = (int64_t)m * (k_in / kXBlock);
-        quantize_x_kernel<<<(unsigned)((xblocks + 7) / 8), 256, 0, s>>>(
-            reinterpret_cast<const __nv_bfloat16 *>(x) + (size_t)m0 * ldx, ldx, k_in, m, xq, xd);
+        if (!x_ready || rows > kMaxRows)
+            quantize_x_kernel<<<(unsigned)((xblocks + 7) / 8), 256, 0, s>>>(
+                reinterpret_cast<const __nv_bfloat16 *>(x) + (size_t)m0 * ldx, ldx, k_in, m, xq, xd);
         float *ym = y + (size_t)m0 * ldy;
         switch (m) {
         case 1: launch_dp4a<1>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
@@ -524,11 +525,16 @@ extern "C" size_t sk_gemv_q_scratch_bytes(int k_in)
     return k_in > 0 ? (size_t)kMaxRows * ((size_t)k_in + (size_t)(k_in / kXBlock) * sizeof(float2)) : 0;
 }
 
-extern "C" cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows,
-                                 int n_out, int k_in, void *scratch, cudaStream_t s)
+extern "C" int sk_gemv_q_int8(int dtype)
 {
-    if ((dtype == SK_Q4_K || dtype == SK_Q8_0) && scratch)
-        return gemv_dp4a(dtype, w, x, ldx, y, ldy, rows, n_out, k_in, scratch, s);
+    return dtype == SK_Q4_K || dtype == SK_Q8_0;
+}
+
+extern "C" cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows,
+                                 int n_out, int k_in, void *scratch, int x_ready, cudaStream_t s)
+{
+    if (sk_gemv_q_int8(dtype) && scratch)
+        return gemv_dp4a(dtype, w, x, ldx, y, ldy, rows, n_out, k_in, scratch, x_ready != 0, s);
     switch (dtype) {
     case SK_Q4_0: return gemv_type<Q4_0>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
     case SK_Q4_1: return gemv_type<Q4_1>(w, x, ldx, y, ldy, rows, n_out, k_in, s);

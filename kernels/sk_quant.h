@@ -36,10 +36,14 @@ int sk_quant_supported(int dtype);
  * cudaMalloc'd buffer; returns cudaErrorInvalidValue otherwise.
  * scratch (16-byte aligned, sk_gemv_q_scratch_bytes(k_in) bytes, or NULL): with it, Q4_K and
  * Q8_0 take x in int8 (per 32 values a scale max|x| / 127, llama.cpp's q8_1) into dp4a products,
- * an error of a few 1e-3 relative for far fewer instructions a weight; other types ignore it. */
+ * an error of a few 1e-3 relative for far fewer instructions a weight; other types ignore it.
+ * x_ready: scratch already holds this x in int8, left by the call before on the same x (and
+ * rows); it is used as it is when rows <= 8 (more rows are quantized 8 at a time again). */
 cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out,
-                      int k_in, void *scratch, cudaStream_t s);
+                      int k_in, void *scratch, int x_ready, cudaStream_t s);
 size_t sk_gemv_q_scratch_bytes(int k_in);
+/* Whether sk_gemv_q with a scratch takes dtype's activations in int8 (and leaves them there). */
+int sk_gemv_q_int8(int dtype);
 
 /* dst[n * k_in + k] = bf16(w[n, k]) for n < n_rows: the same weights as sk_gemv_q's, rounded to
  * nearest even. Same requirements. */

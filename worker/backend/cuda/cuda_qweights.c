@@ -111,13 +111,17 @@ void cuda_qweights_free(struct cuda_backend *b)
     b->w.q_xscratch = NULL;
 }
 
-int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows)
+/* cuda_qproduct; *x_int8: the activation scratch already holds x in int8 (a product on the same x
+ * before this one left it there), updated for the next product on x. */
+static int qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows,
+                    bool *x_int8)
 {
     int rc = 0;
     if (rows <= 0) return 0;
     if (cuda_plan_quant_gemv(&b->plan, rows)) {
-        CUDA_CHECK(b,
-                   sk_gemv_q(m->dtype, m->w, x, m->k_in, y, ldy, rows, m->n_out, m->k_in, b->w.q_xscratch, b->stream));
+        CUDA_CHECK(b, sk_gemv_q(m->dtype, m->w, x, m->k_in, y, ldy, rows, m->n_out, m->k_in, b->w.q_xscratch, *x_int8,
+                                b->stream));
+        *x_int8 = *x_int8 || sk_gemv_q_int8(m->dtype);
         return 0;
     }
     /* Row-major y = x w^T is column-major y^T = w^T(op) x^T, a tile's columns at y + r0. The
@@ -138,13 +142,20 @@ fail:
     return rc;
 }
 
+int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows)
+{
+    bool x_int8 = false;
+    return qproduct(b, m, x, y, ldy, rows, &x_int8);
+}
+
 int cuda_qlayer_qkv(struct cuda_backend *b, const struct cuda_qlayer *q, const uint16_t *x, float *qkv, int rows)
 {
     const int width = q->q.n_out + q->k.n_out + q->v.n_out;
+    bool x_int8 = false; /* x is quantized once for the three */
     int rc;
-    if ((rc = cuda_qproduct(b, &q->q, x, qkv, width, rows)) < 0) return rc;
-    if ((rc = cuda_qproduct(b, &q->k, x, qkv + q->q.n_out, width, rows)) < 0) return rc;
-    return cuda_qproduct(b, &q->v, x, qkv + q->q.n_out + q->k.n_out, width, rows);
+    if ((rc = qproduct(b, &q->q, x, qkv, width, rows, &x_int8)) < 0) return rc;
+    if ((rc = qproduct(b, &q->k, x, qkv + q->q.n_out, width, rows, &x_int8)) < 0) return rc;
+    return qproduct(b, &q->v, x, qkv + q->q.n_out + q->k.n_out, width, rows, &x_int8);
 }
 
 int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, int rows)
@@ -153,8 +164,9 @@ int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, int row
     const int I = q->gate.n_out;
     int rc = 0;
     /* [gate | up] per row in big, as sk_silu_mul reads them; its output in y is down's input. */
-    if ((rc = cuda_qproduct(b, &q->gate, ws->y, ws->big, 2 * I, rows)) < 0) goto fail;
-    if ((rc = cuda_qproduct(b, &q->up, ws->y, ws->big + I, 2 * I, rows)) < 0) goto fail;
+    bool x_int8 = false; /* y is quantized once for the two */
+    if ((rc = qproduct(b, &q->gate, ws->y, ws->big, 2 * I, rows, &x_int8)) < 0) goto fail;
+    if ((rc = qproduct(b, &q->up, ws->y, ws->big + I, 2 * I, rows, &x_int8)) < 0) goto fail;
     cuda_prof_mark(b, CUDA_PROF_GATE_UP);
     CUDA_CHECK(b, sk_silu_mul(ws->y, ws->big, rows, I, b->stream));
     cuda_prof_mark(b, CUDA_PROF_SILU);
