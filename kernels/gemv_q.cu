@@ -214,6 +214,19 @@ struct Q6_K {
     }
 };
 
+// Up to three matrices of one type and row length whose rows follow each other in the output
+// (q, k, v; gate, up), so that one launch takes them all: matrix i has rows end[i - 1]..end[i].
+struct Mats {
+    const uint8_t *w[3];
+    int end[3];
+};
+__device__ __forceinline__ const uint8_t *mat_row(const Mats &m, int n, size_t row_bytes)
+{
+    if (n < m.end[0]) return m.w[0] + (size_t)n * row_bytes;
+    if (n < m.end[1]) return m.w[1] + (size_t)(n - m.end[0]) * row_bytes;
+    return m.w[2] + (size_t)(n - m.end[1]) * row_bytes;
+}
+
 // The warp's sums of each row into y[m * ldy + n].
 template <int M> __device__ __forceinline__ void store_rows(float *acc, float *y, int ldy, int n, int lane)
 {
@@ -228,13 +241,12 @@ template <int M> __device__ __forceinline__ void store_rows(float *acc, float *y
 
 template <class Q, int M>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    gemv_q_kernel(const uint8_t *__restrict__ w, const __nv_bfloat16 *__restrict__ x, int ldx, float *__restrict__ y,
-                  int ldy, int n_out, int k_in)
+    gemv_q_kernel(const Mats w, const __nv_bfloat16 *__restrict__ x, int ldx, float *__restrict__ y, int ldy, int k_in)
 {
     const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (n >= n_out) return;
+    if (n >= w.end[2]) return;
     const int nb = k_in / Q::BE, units = nb * Q::UPB;
-    const uint8_t *row = w + (size_t)n * nb * Q::BB;
+    const uint8_t *row = mat_row(w, n, (size_t)nb * Q::BB);
     float acc[M];
 #pragma unroll
     for (int m = 0; m < M; m++) acc[m] = 0.0f;
@@ -320,14 +332,14 @@ __global__ void __launch_bounds__(256) quantize_x_kernel(const __nv_bfloat16 *__
 
 template <int M>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    gemv_q4k_dp4a_kernel(const uint8_t *__restrict__ w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
-                         float *__restrict__ y, int ldy, int n_out, int k_in)
+    gemv_q4k_dp4a_kernel(const Mats w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
+                         float *__restrict__ y, int ldy, int k_in)
 {
     const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (n >= n_out) return;
+    if (n >= w.end[2]) return;
     const int nb = k_in / Q4_K::BE, nxb = k_in / kXBlock;
     const int bi = lane >> 3, v = lane & 7, c = v >> 1, hf = v & 1;
-    const uint8_t *row = w + (size_t)n * nb * Q4_K::BB;
+    const uint8_t *row = mat_row(w, n, (size_t)nb * Q4_K::BB);
     float acc[M];
 #pragma unroll
     for (int m = 0; m < M; m++) acc[m] = 0.0f;
@@ -373,13 +385,13 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // four lanes a block, a warp eight consecutive blocks a step.
 template <int M>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    gemv_q8_0_dp4a_kernel(const uint8_t *__restrict__ w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
-                          float *__restrict__ y, int ldy, int n_out, int k_in)
+    gemv_q8_0_dp4a_kernel(const Mats w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
+                          float *__restrict__ y, int ldy, int k_in)
 {
     const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (n >= n_out) return;
+    if (n >= w.end[2]) return;
     const int nb = k_in / Q8_0::BE, bi = lane >> 2, v = lane & 3;
-    const uint8_t *row = w + (size_t)n * nb * Q8_0::BB;
+    const uint8_t *row = mat_row(w, n, (size_t)nb * Q8_0::BB);
     float acc[M];
 #pragma unroll
     for (int m = 0; m < M; m++) acc[m] = 0.0f;
@@ -399,29 +411,34 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     store_rows<M>(acc, y, ldy, n, lane);
 }
 
-template <int M>
-void launch_dp4a(int dtype, dim3 grid, dim3 block, cudaStream_t s, const uint8_t *w, const int8_t *xq, const float2 *xd,
-                 float *y, int ldy, int n_out, int k_in)
-{
-    if (dtype == SK_Q4_K)
-        gemv_q4k_dp4a_kernel<M><<<grid, block, 0, s>>>(w, xq, xd, y, ldy, n_out, k_in);
-    else
-        gemv_q8_0_dp4a_kernel<M><<<grid, block, 0, s>>>(w, xq, xd, y, ldy, n_out, k_in);
-}
+// Launches KM(m) (a macro naming the kernel for m rows) for the chunk's m rows (1..8).
+#define SK_LAUNCH_ROWS(m, KM, ...)                                                                                     \
+    switch (m) {                                                                                                       \
+    case 1: KM(1)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    case 2: KM(2)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    case 3: KM(3)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    case 4: KM(4)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    case 5: KM(5)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    case 6: KM(6)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    case 7: KM(7)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    default: KM(8)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                         \
+    }
+#define SK_Q4K_DP4A(M) gemv_q4k_dp4a_kernel<M>
+#define SK_Q8_0_DP4A(M) gemv_q8_0_dp4a_kernel<M>
+#define SK_FP32(M) gemv_q_kernel<Q, M>
 
-// Q4_K or Q8_0 with int8 activations, 8 rows at a time: quantize them into scratch, then the
-// product (the next chunk's quantization waits for it: same stream).
-cudaError_t gemv_dp4a(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out,
-                      int k_in, void *scratch, bool x_ready, cudaStream_t s)
+// Q4_K or Q8_0 with int8 activations, 8 rows at a time: quantize them into scratch (unless x_ready),
+// then the product (the next chunk's quantization waits for it: same stream).
+cudaError_t gemv_dp4a(int dtype, const Mats &w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int k_in,
+                      void *scratch, bool x_ready, cudaStream_t s)
 {
     const bool q4k = dtype == SK_Q4_K;
-    if (k_in < 1 || k_in % (q4k ? Q4_K::BE : Q8_0::BE) || (uintptr_t)w % (q4k ? 16 : Q8_0::ALIGN) ||
-        (uintptr_t)scratch % 16 || rows < 0 || n_out < 1 || ldx < k_in)
-        return cudaErrorInvalidValue;
+    if (k_in % (q4k ? Q4_K::BE : Q8_0::BE) || (uintptr_t)scratch % 16 || ldx < k_in) return cudaErrorInvalidValue;
+    for (int i = 0; i < 3; i++)
+        if ((uintptr_t)w.w[i] % (q4k ? 16 : Q8_0::ALIGN)) return cudaErrorInvalidValue;
     int8_t *xq = static_cast<int8_t *>(scratch);
     float2 *xd = reinterpret_cast<float2 *>(xq + (size_t)kMaxRows * k_in);
-    const dim3 grid((n_out + kWarpsPerBlock - 1) / kWarpsPerBlock), block(kWarpsPerBlock * 32);
-    const uint8_t *wb = static_cast<const uint8_t *>(w);
+    const dim3 grid((w.end[2] + kWarpsPerBlock - 1) / kWarpsPerBlock), block(kWarpsPerBlock * 32);
     for (int m0 = 0; m0 < rows; m0 += kMaxRows) {
         const int m = rows - m0 < kMaxRows ? rows - m0 : kMaxRows;
         const int64_t xblocks = (int64_t)m * (k_in / kXBlock);
@@ -429,15 +446,10 @@ cudaError_t gemv_dp4a(int dtype, const void *w, const uint16_t *x, int ldx, floa
             quantize_x_kernel<<<(unsigned)((xblocks + 7) / 8), 256, 0, s>>>(
                 reinterpret_cast<const __nv_bfloat16 *>(x) + (size_t)m0 * ldx, ldx, k_in, m, xq, xd);
         float *ym = y + (size_t)m0 * ldy;
-        switch (m) {
-        case 1: launch_dp4a<1>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        case 2: launch_dp4a<2>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        case 3: launch_dp4a<3>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        case 4: launch_dp4a<4>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        case 5: launch_dp4a<5>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        case 6: launch_dp4a<6>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        case 7: launch_dp4a<7>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
-        default: launch_dp4a<8>(dtype, grid, block, s, wb, xq, xd, ym, ldy, n_out, k_in); break;
+        if (q4k) {
+            SK_LAUNCH_ROWS(m, SK_Q4K_DP4A, w, xq, xd, ym, ldy, k_in)
+        } else {
+            SK_LAUNCH_ROWS(m, SK_Q8_0_DP4A, w, xq, xd, ym, ldy, k_in)
         }
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;
@@ -450,41 +462,19 @@ template <class Q> bool shape_ok(const void *w, int k_in)
     return k_in > 0 && k_in % Q::BE == 0 && (uintptr_t)w % Q::ALIGN == 0;
 }
 
+// The other types (and these two without a scratch): weights dequantized to fp32 in registers.
 template <class Q>
-cudaError_t gemv_type(const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out, int k_in,
-                      cudaStream_t s)
+cudaError_t gemv_type(const Mats &w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int k_in, cudaStream_t s)
 {
-    if (!shape_ok<Q>(w, k_in) || ldx % 4 || (uintptr_t)x % 8 || rows < 0 || n_out < 1 || ldx < k_in)
-        return cudaErrorInvalidValue;
-    const dim3 grid((n_out + kWarpsPerBlock - 1) / kWarpsPerBlock), block(kWarpsPerBlock * 32);
-    const uint8_t *wb = static_cast<const uint8_t *>(w);
+    for (int i = 0; i < 3; i++)
+        if (!shape_ok<Q>(w.w[i], k_in)) return cudaErrorInvalidValue;
+    if (ldx % 4 || (uintptr_t)x % 8 || ldx < k_in) return cudaErrorInvalidValue;
+    const dim3 grid((w.end[2] + kWarpsPerBlock - 1) / kWarpsPerBlock), block(kWarpsPerBlock * 32);
     for (int m0 = 0; m0 < rows; m0 += kMaxRows) {
         const int m = rows - m0 < kMaxRows ? rows - m0 : kMaxRows;
         const __nv_bfloat16 *xm = reinterpret_cast<const __nv_bfloat16 *>(x) + (size_t)m0 * ldx;
         float *ym = y + (size_t)m0 * ldy;
-        if (m == 1)
-            gemv_q_kernel<Q, 1><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
-        else if (m == 2)
-            gemv_q_kernel<Q, 2><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
-        else if (m <= 4) {
-            // 3 rows run as 4 would read a row past x's end: split them.
-            if (m == 3) {
-                gemv_q_kernel<Q, 2><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
-                gemv_q_kernel<Q, 1>
-                    <<<grid, block, 0, s>>>(wb, xm + (size_t)2 * ldx, ldx, ym + (size_t)2 * ldy, ldy, n_out, k_in);
-            } else {
-                gemv_q_kernel<Q, 4><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
-            }
-        } else if (m == 8) {
-            gemv_q_kernel<Q, 8><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
-        } else {
-            // 5..7 rows: 4 then the rest.
-            gemv_q_kernel<Q, 4><<<grid, block, 0, s>>>(wb, xm, ldx, ym, ldy, n_out, k_in);
-            cudaError_t e = cudaGetLastError();
-            if (e != cudaSuccess) return e;
-            e = gemv_type<Q>(w, x + (size_t)(m0 + 4) * ldx, ldx, ym + (size_t)4 * ldy, ldy, m - 4, n_out, k_in, s);
-            if (e != cudaSuccess) return e;
-        }
+        SK_LAUNCH_ROWS(m, SK_FP32, w, xm, ldx, ym, ldy, k_in)
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;
     }
@@ -530,22 +520,41 @@ extern "C" int sk_gemv_q_int8(int dtype)
     return dtype == SK_Q4_K || dtype == SK_Q8_0;
 }
 
+extern "C" cudaError_t sk_gemv_q_n(int dtype, int n_mats, const void *const *w, const int *n_out, const uint16_t *x,
+                                   int ldx, float *y, int ldy, int rows, int k_in, void *scratch, int x_ready,
+                                   cudaStream_t s)
+{
+    if (n_mats < 1 || n_mats > 3 || rows < 0 || k_in < 1) return cudaErrorInvalidValue;
+    Mats m;
+    int end = 0;
+    for (int i = 0; i < 3; i++) {
+        const int k = i < n_mats ? i : n_mats - 1;
+        if (i < n_mats) {
+            if (n_out[i] < 1 || (int64_t)end + n_out[i] > INT32_MAX) return cudaErrorInvalidValue;
+            end += n_out[i];
+        }
+        m.w[i] = static_cast<const uint8_t *>(w[k]);
+        m.end[i] = end;
+    }
+    if (rows == 0) return cudaSuccess;
+    if (sk_gemv_q_int8(dtype) && scratch) return gemv_dp4a(dtype, m, x, ldx, y, ldy, rows, k_in, scratch, x_ready, s);
+    switch (dtype) {
+    case SK_Q4_0: return gemv_type<Q4_0>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q4_1: return gemv_type<Q4_1>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q5_0: return gemv_type<Q5_0>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q5_1: return gemv_type<Q5_1>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q8_0: return gemv_type<Q8_0>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q4_K: return gemv_type<Q4_K>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q5_K: return gemv_type<Q5_K>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q6_K: return gemv_type<Q6_K>(m, x, ldx, y, ldy, rows, k_in, s);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
 extern "C" cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows,
                                  int n_out, int k_in, void *scratch, int x_ready, cudaStream_t s)
 {
-    if (sk_gemv_q_int8(dtype) && scratch)
-        return gemv_dp4a(dtype, w, x, ldx, y, ldy, rows, n_out, k_in, scratch, x_ready != 0, s);
-    switch (dtype) {
-    case SK_Q4_0: return gemv_type<Q4_0>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
-    case SK_Q4_1: return gemv_type<Q4_1>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
-    case SK_Q5_0: return gemv_type<Q5_0>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
-    case SK_Q5_1: return gemv_type<Q5_1>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
-    case SK_Q8_0: return gemv_type<Q8_0>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
-    case SK_Q4_K: return gemv_type<Q4_K>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
-    case SK_Q5_K: return gemv_type<Q5_K>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
-    case SK_Q6_K: return gemv_type<Q6_K>(w, x, ldx, y, ldy, rows, n_out, k_in, s);
-    default: return cudaErrorInvalidValue;
-    }
+    return sk_gemv_q_n(dtype, 1, &w, &n_out, x, ldx, y, ldy, rows, k_in, scratch, x_ready, s);
 }
 
 extern "C" cudaError_t sk_dequant_bf16(int dtype, const void *w, uint16_t *dst, int n_rows, int k_in, cudaStream_t s)

@@ -41,6 +41,10 @@ int sk_quant_supported(int dtype);
  * rows); it is used as it is when rows <= 8 (more rows are quantized 8 at a time again). */
 cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out,
                       int k_in, void *scratch, int x_ready, cudaStream_t s);
+/* The same for n_mats (1 to 3) matrices of dtype and k_in columns in one launch: matrix i's
+ * n_out[i] rows give the next n_out[i] columns of y (q, k and v; gate and up). */
+cudaError_t sk_gemv_q_n(int dtype, int n_mats, const void *const *w, const int *n_out, const uint16_t *x, int ldx,
+                        float *y, int ldy, int rows, int k_in, void *scratch, int x_ready, cudaStream_t s);
 size_t sk_gemv_q_scratch_bytes(int k_in);
 /* Whether sk_gemv_q with a scratch takes dtype's activations in int8 (and leaves them there). */
 int sk_gemv_q_int8(int dtype);

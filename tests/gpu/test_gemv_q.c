@@ -101,6 +101,33 @@ static void check_products(enum dtype dt, const float *w, const void *dw, int n_
     }
 }
 
+/* Three parts of the matrix as three matrices in one sk_gemv_q_n launch: the same bits as the
+ * whole matrix in one sk_gemv_q. */
+static void check_parts(enum dtype dt, const void *dw, int n_out, int k_in, void *scratch)
+{
+    const int rows = 3;
+    const size_t row_bytes = (size_t)(k_in / dtype_block_elems(dt)) * dtype_block_bytes(dt);
+    uint16_t *x = malloc((size_t)rows * k_in * 2);
+    for (int64_t i = 0; i < (int64_t)rows * k_in; i++) x[i] = gt_f2bf(gt_normal());
+    uint16_t *dx = gt_up(x, (size_t)rows * k_in * 2);
+    float *whole = gt_dev((size_t)rows * n_out * 4), *parts = gt_dev((size_t)rows * n_out * 4);
+    const int n[3] = {20, 25, n_out - 45};
+    const void *w[3] = {dw, (const unsigned char *)dw + 20 * row_bytes, (const unsigned char *)dw + 45 * row_bytes};
+    GT_CUDA(sk_gemv_q((int)dt, dw, dx, k_in, whole, n_out, rows, n_out, k_in, scratch, 0, 0));
+    GT_CUDA(sk_gemv_q_n((int)dt, 3, w, n, dx, k_in, parts, n_out, rows, k_in, scratch, 0, 0));
+    float *a = malloc((size_t)rows * n_out * 4), *b = malloc((size_t)rows * n_out * 4);
+    gt_down(a, whole, (size_t)rows * n_out * 4);
+    gt_down(b, parts, (size_t)rows * n_out * 4);
+    int differ = 0;
+    for (int i = 0; i < rows * n_out; i++) differ += memcmp(a + i, b + i, 4) != 0;
+    GT_CHECK(differ == 0,
+             "sk_gemv_q_n (%s), rows of three matrices (20, 25, %d) in one launch: %d of %d values differ "
+             "from the whole matrix's",
+             scratch ? "int8 activations" : "bf16 activations", n_out - 45, differ, rows * n_out);
+    free(x), free(a), free(b);
+    cudaFree(dx), cudaFree(whole), cudaFree(parts);
+}
+
 static void test_type(int t, int n_out, int k_in)
 {
     const enum dtype dt = types[t].dt;
@@ -129,9 +156,11 @@ static void test_type(int t, int n_out, int k_in)
                (long long)(first % dtype_block_elems(dt)), gt_bf2f(hq[first]), gt_bf2f(gt_f2bf(w[first])), w[first]);
 
     check_products(dt, w, dw, n_out, k_in, NULL);
-    if (dt == DTYPE_Q4_K || dt == DTYPE_Q8_0) {
+    check_parts(dt, dw, n_out, k_in, NULL);
+    if (sk_gemv_q_int8((int)dt)) {
         void *scratch = gt_dev(sk_gemv_q_scratch_bytes(k_in));
         check_products(dt, w, dw, n_out, k_in, scratch);
+        check_parts(dt, dw, n_out, k_in, scratch);
         cudaFree(scratch);
     }
 

@@ -148,11 +148,34 @@ int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint1
     return qproduct(b, m, x, y, ldy, rows, &x_int8);
 }
 
+/* The n products of ms on the same x, whose outputs are adjacent columns of y, in one block GEMV
+ * launch when the batch takes the GEMV and the matrices share a type; 1 when done so. */
+static int one_launch(struct cuda_backend *b, const struct cuda_qmat *const *ms, int n, const uint16_t *x, float *y,
+                      int ldy, int rows)
+{
+    int rc = 0;
+    const void *w[3];
+    int n_out[3];
+    if (rows <= 0 || !cuda_plan_quant_gemv(&b->plan, rows)) return 0;
+    for (int i = 0; i < n; i++) {
+        if (ms[i]->dtype != ms[0]->dtype || ms[i]->k_in != ms[0]->k_in) return 0;
+        w[i] = ms[i]->w;
+        n_out[i] = ms[i]->n_out;
+    }
+    CUDA_CHECK(b, sk_gemv_q_n(ms[0]->dtype, n, w, n_out, x, ms[0]->k_in, y, ldy, rows, ms[0]->k_in, b->w.q_xscratch, 0,
+                              b->stream));
+    return 1;
+fail:
+    return rc;
+}
+
 int cuda_qlayer_qkv(struct cuda_backend *b, const struct cuda_qlayer *q, const uint16_t *x, float *qkv, int rows)
 {
     const int width = q->q.n_out + q->k.n_out + q->v.n_out;
+    const struct cuda_qmat *ms[3] = {&q->q, &q->k, &q->v};
     bool x_int8 = false; /* x is quantized once for the three */
-    int rc;
+    int rc = one_launch(b, ms, 3, x, qkv, width, rows);
+    if (rc != 0) return rc < 0 ? rc : 0;
     if ((rc = qproduct(b, &q->q, x, qkv, width, rows, &x_int8)) < 0) return rc;
     if ((rc = qproduct(b, &q->k, x, qkv + q->q.n_out, width, rows, &x_int8)) < 0) return rc;
     return qproduct(b, &q->v, x, qkv + q->q.n_out + q->k.n_out, width, rows, &x_int8);
@@ -164,9 +187,14 @@ int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, int row
     const int I = q->gate.n_out;
     int rc = 0;
     /* [gate | up] per row in big, as sk_silu_mul reads them; its output in y is down's input. */
+    const struct cuda_qmat *ms[2] = {&q->gate, &q->up};
     bool x_int8 = false; /* y is quantized once for the two */
-    if ((rc = qproduct(b, &q->gate, ws->y, ws->big, 2 * I, rows, &x_int8)) < 0) goto fail;
-    if ((rc = qproduct(b, &q->up, ws->y, ws->big + I, 2 * I, rows, &x_int8)) < 0) goto fail;
+    const int done = one_launch(b, ms, 2, ws->y, ws->big, 2 * I, rows);
+    if (done < 0) return done;
+    if (!done) {
+        if ((rc = qproduct(b, &q->gate, ws->y, ws->big, 2 * I, rows, &x_int8)) < 0) goto fail;
+        if ((rc = qproduct(b, &q->up, ws->y, ws->big + I, 2 * I, rows, &x_int8)) < 0) goto fail;
+    }
     cuda_prof_mark(b, CUDA_PROF_GATE_UP);
     CUDA_CHECK(b, sk_silu_mul(ws->y, ws->big, rows, I, b->stream));
     cuda_prof_mark(b, CUDA_PROF_SILU);
