@@ -130,7 +130,10 @@ struct cuda_step_plan {
     int n_tiles;                  /* prefill-attention tiles */
     bool all_dec;                 /* every token goes to the decode attention (no token list) */
     bool any_cut;                 /* a sampled row cuts by top-k or top-p: the logits get sorted */
-    size_t n_hist;                /* history ints the sampler reads (penalties) */
+    size_t n_hist;                /* history ints the sampler reads (penalties, logit bias, suppressed ids) */
+    int n_masked;                 /* sampled rows with a token mask (batch_seq.allowed) */
+    int n_lp;                     /* prompt logprob rows (batch_seq.lp_rows, all sequences) */
+    int n_hid_rows, n_hid_seqs;   /* hidden states: tokens normed, sequences pooled */
     bool graph;                   /* replayed from (or captured as) a CUDA graph */
     int bt_stride;                /* block-table ints per sequence in the step's metadata */
     /* The decode attention: its parameters (token_list is the step's list when !all_dec, set by
@@ -147,5 +150,10 @@ struct cuda_step_plan {
  * queued of them already) and plans it. Returns 0, or -1 with the reason in err. */
 int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, int queued, int prev_rows,
                    struct cuda_step_plan *p, char *err, size_t errlen);
+
+/* Whether the CUDA backend computes this model: 0, or -1 with a message naming the architecture
+ * and what it lacks (mixture-of-experts layers: the CPU backend computes them). Checked before
+ * anything else, so that no wrong numbers come out of a model it does not know. */
+int cuda_plan_model_supported(const struct model_config *m, char *err, size_t errlen);
 
 #endif
