@@ -23,6 +23,7 @@ namespace
 constexpr int kWarpsPerBlock = 4; // output features per thread block
 constexpr int kUnroll = 4;        // units in flight per lane
 constexpr int kMaxRows = 8;       // batch rows per launch
+constexpr int QK_K = 256;         // elements of a K-quant block
 
 __device__ __forceinline__ uint32_t ld16(const uint8_t *p)
 {
@@ -411,6 +412,52 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     store_rows<M>(acc, y, ldy, n, lane);
 }
 
+// Q6_K with int8 activations: a lane takes elements 128h + 32k + 4v + j of a block (k, j < 4:
+// four runs of four, h and v from the lane), its quants (0..63) packed four to a word from the
+// low nibbles and high pairs, each run one dp4a less 32 times the run's activation sum (another
+// dp4a); 2-byte aligned loads (210-byte blocks). Sixteen lanes a block, a warp two blocks a step.
+template <int M>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    gemv_q6k_dp4a_kernel(const Mats w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
+                         float *__restrict__ y, int ldy, int k_in)
+{
+    const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= w.end[2]) return;
+    const int nb = k_in / Q6_K::BE, nxb = k_in / kXBlock, bi = lane >> 4, h = (lane >> 3) & 1, v = lane & 7;
+    const uint8_t *row = mat_row(w, n, (size_t)nb * Q6_K::BB);
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = 0.0f;
+#pragma unroll 2
+    for (int blk = bi; blk < nb; blk += 2) {
+        const uint8_t *bp = row + (size_t)blk * Q6_K::BB;
+        const uint32_t ql0 = ld32_2(bp + 64 * h + 4 * v), ql1 = ld32_2(bp + 64 * h + 32 + 4 * v),
+                       qh = ld32_2(bp + 128 + 32 * h + 4 * v);
+        const float d = h2f(ld16(bp + 208));
+        const int8_t *sc = reinterpret_cast<const int8_t *>(bp + 192 + 8 * h + (v >> 2));
+        int q[4];
+        float dl[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            q[k] = (int)(((((k & 1) ? ql1 : ql0) >> (4 * (k >> 1))) & 0x0F0F0F0Fu) |
+                         (((qh >> (2 * k)) & 0x03030303u) << 4));
+            dl[k] = d * i2f(__ldg(sc + 2 * k));
+        }
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            const int8_t *xm = xq + (size_t)m * k_in + (size_t)blk * Q6_K::BE + 128 * h + 4 * v;
+            const float2 *xdm = xd + (size_t)m * nxb + (size_t)blk * 8 + 4 * h;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int xv = __ldg(reinterpret_cast<const int *>(xm + 32 * k));
+                const int s = __dp4a(q[k], xv, 0) - 32 * __dp4a(0x01010101, xv, 0);
+                acc[m] += dl[k] * __ldg(xdm + k).x * i2f(s);
+            }
+        }
+    }
+    store_rows<M>(acc, y, ldy, n, lane);
+}
+
 // Launches KM(m) (a macro naming the kernel for m rows) for the chunk's m rows (1..8).
 #define SK_LAUNCH_ROWS(m, KM, ...)                                                                                     \
     switch (m) {                                                                                                       \
@@ -425,17 +472,18 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     }
 #define SK_Q4K_DP4A(M) gemv_q4k_dp4a_kernel<M>
 #define SK_Q8_0_DP4A(M) gemv_q8_0_dp4a_kernel<M>
+#define SK_Q6K_DP4A(M) gemv_q6k_dp4a_kernel<M>
 #define SK_FP32(M) gemv_q_kernel<Q, M>
 
-// Q4_K or Q8_0 with int8 activations, 8 rows at a time: quantize them into scratch (unless x_ready),
+// Q4_K, Q6_K or Q8_0 with int8 activations, 8 rows at a time: quantize them into scratch (unless x_ready),
 // then the product (the next chunk's quantization waits for it: same stream).
 cudaError_t gemv_dp4a(int dtype, const Mats &w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int k_in,
                       void *scratch, bool x_ready, cudaStream_t s)
 {
-    const bool q4k = dtype == SK_Q4_K;
-    if (k_in % (q4k ? Q4_K::BE : Q8_0::BE) || (uintptr_t)scratch % 16 || ldx < k_in) return cudaErrorInvalidValue;
+    const bool q4k = dtype == SK_Q4_K, q6k = dtype == SK_Q6_K;
+    if (k_in % (q4k || q6k ? QK_K : Q8_0::BE) || (uintptr_t)scratch % 16 || ldx < k_in) return cudaErrorInvalidValue;
     for (int i = 0; i < 3; i++)
-        if ((uintptr_t)w.w[i] % (q4k ? 16 : Q8_0::ALIGN)) return cudaErrorInvalidValue;
+        if ((uintptr_t)w.w[i] % (q4k ? 16 : 2)) return cudaErrorInvalidValue;
     int8_t *xq = static_cast<int8_t *>(scratch);
     float2 *xd = reinterpret_cast<float2 *>(xq + (size_t)kMaxRows * k_in);
     const dim3 grid((w.end[2] + kWarpsPerBlock - 1) / kWarpsPerBlock), block(kWarpsPerBlock * 32);
@@ -448,6 +496,8 @@ cudaError_t gemv_dp4a(int dtype, const Mats &w, const uint16_t *x, int ldx, floa
         float *ym = y + (size_t)m0 * ldy;
         if (q4k) {
             SK_LAUNCH_ROWS(m, SK_Q4K_DP4A, w, xq, xd, ym, ldy, k_in)
+        } else if (q6k) {
+            SK_LAUNCH_ROWS(m, SK_Q6K_DP4A, w, xq, xd, ym, ldy, k_in)
         } else {
             SK_LAUNCH_ROWS(m, SK_Q8_0_DP4A, w, xq, xd, ym, ldy, k_in)
         }
@@ -517,7 +567,7 @@ extern "C" size_t sk_gemv_q_scratch_bytes(int k_in)
 
 extern "C" int sk_gemv_q_int8(int dtype)
 {
-    return dtype == SK_Q4_K || dtype == SK_Q8_0;
+    return dtype == SK_Q4_K || dtype == SK_Q6_K || dtype == SK_Q8_0;
 }
 
 extern "C" cudaError_t sk_gemv_q_n(int dtype, int n_mats, const void *const *w, const int *n_out, const uint16_t *x,

@@ -34,8 +34,8 @@ int sk_quant_supported(int dtype);
  * feature; any number of rows (taken 8 at a time, each weight byte read once per 8 rows).
  * Needs k_in a multiple of the block, ldx % 4 == 0 and w aligned as its blocks are in a
  * cudaMalloc'd buffer; returns cudaErrorInvalidValue otherwise.
- * scratch (16-byte aligned, sk_gemv_q_scratch_bytes(k_in) bytes, or NULL): with it, Q4_K and
- * Q8_0 take x in int8 (per 32 values a scale max|x| / 127, llama.cpp's q8_1) into dp4a products,
+ * scratch (16-byte aligned, sk_gemv_q_scratch_bytes(k_in) bytes, or NULL): with it, Q4_K, Q6_K
+ * and Q8_0 take x in int8 (per 32 values a scale max|x| / 127, llama.cpp's q8_1) into dp4a products,
  * an error of a few 1e-3 relative for far fewer instructions a weight; other types ignore it.
  * x_ready: scratch already holds this x in int8, left by the call before on the same x (and
  * rows); it is used as it is when rows <= 8 (more rows are quantized 8 at a time again). */

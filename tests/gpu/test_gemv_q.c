@@ -1,9 +1,10 @@
 /* The GGUF block kernels (kernels/gemv_q.cu) against worker/model/quant.c, the bit-exact
  * reference, on random blocks of every type they take: sk_dequant_bf16 must give exactly the
  * bf16 of quant.c's floats, and sk_gemv_q the fp32 product of quant.c's floats with x (sums in
- * another order only; for the int8-activation path of Q4_K and Q8_0, with x as that path rounds it) for 1 to 13
- * rows, written at a column offset inside wider rows of y without touching the columns around
- * them. Shapes the kernels cannot take must be refused. */
+ * another order only; on the int8-activation path of Q4_K, Q6_K and Q8_0, with x as that path
+ * rounds it) for 1 to 13 rows, written at a column offset inside wider rows of y without
+ * touching the columns around them; several matrices in one launch (sk_gemv_q_n) as one. Shapes
+ * the kernels cannot take must be refused. */
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
@@ -42,7 +43,7 @@ static void reference(const float *w, const float *xf, double *ref, int rows, in
 }
 
 /* sk_gemv_q at several row counts, y[r, col0 + j] in rows of ldy floats, the rest of each row left
- * alone; with scratch (Q4_K, Q8_0) the int8-activation path, checked against its own activations. */
+ * alone; with scratch (Q4_K, Q6_K, Q8_0) the int8-activation path, checked against its own activations. */
 static void check_products(enum dtype dt, const float *w, const void *dw, int n_out, int k_in, void *scratch)
 {
     static const int row_counts[] = {1, 2, 3, 4, 5, 8, 13};

@@ -141,7 +141,7 @@ static void test_kept_in_blocks(void)
              worst);
     worst = cuda_vs_cpu(m, prompt, 5, 8, out);
     GT_CHECK(worst < 2e-2,
-             "5-token prompt and 8 steps, all on the block GEMV (Q4_K and Q8_0 with int8 activations): logits "
+             "5-token prompt and 8 steps, all on the block GEMV (Q4_K, Q6_K, Q8_0 with int8 activations): logits "
              "rel err vs the CPU, worst %.2e",
              worst);
     model_free(m);
