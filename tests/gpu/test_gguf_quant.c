@@ -140,7 +140,7 @@ static void test_kept_in_blocks(void)
              "40-token prompt (dequantized tiles) and 8 steps (block GEMV): logits rel err vs the CPU, worst %.2e",
              worst);
     worst = cuda_vs_cpu(m, prompt, 5, 8, out);
-    GT_CHECK(worst < 2e-2,
+    GT_CHECK(worst < 3e-2,
              "5-token prompt and 8 steps, all on the block GEMV (Q4_K, Q6_K, Q8_0 with int8 activations): logits "
              "rel err vs the CPU, worst %.2e",
              worst);
