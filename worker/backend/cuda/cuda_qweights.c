@@ -76,8 +76,7 @@ int cuda_qweights_finish(struct cuda_backend *b)
     const size_t xbytes = sk_gemv_q_scratch_bytes(k_max);
     CUDA_CHECK(b, cudaMalloc(&b->w.q_xscratch, xbytes));
     b->w.bytes += xbytes;
-    log_info("cuda: %d of %d layers%s kept in their GGUF blocks: %.3f GiB of "
-             "blocks, %.3f GiB of weights in all "
+    log_info("cuda: %d of %d layers%s kept in their GGUF blocks: %.3f GiB of blocks, %.3f GiB of weights in all "
              "(%.0f MiB of it the bf16 scratch for large batches)",
              b->w.q_layers, b->base.config.n_layers, b->w.lm_head_q.w ? " and lm_head" : "",
              (double)b->w.q_bytes / (1 << 30), (double)b->w.bytes / (1 << 30),
