@@ -5,7 +5,7 @@
  * blocks; past CUDA_QUANT_GEMV_ROWS rows also the bf16 tiles written and read back) over the
  * step time, against the device's memory bandwidth (from its clock and bus width). Checks the
  * issue's target: Q4_K batch-1 decode at least 2.5x bf16. Runs only with SLUICE_GPU_BENCH=1 (it
- * needs ~20 GB of GPU memory, ~10 GB of host memory and a minute); otherwise it skips. */
+ * needs ~20 GB of GPU memory, ~1 GB of host memory and a minute); otherwise it skips. */
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
