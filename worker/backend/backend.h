@@ -56,7 +56,10 @@ struct prompt_logprob {
 struct batch_seq {
     int32_t n_new;                 /* tokens of this step in batch.tokens, in order */
     int32_t start_pos;             /* position of the first of them = tokens already in KV */
-    const int32_t *block_table;    /* physical block ids covering start_pos + n_new tokens */
+    /* Physical block ids covering start_pos + n_new tokens. When every layer of the model slides
+     * (model_family.h all_sliding), the blocks wholly before start_pos - sliding_window + 1 are
+     * never read and may be -1 (freed by the scheduler). */
+    const int32_t *block_table;
     int32_t n_blocks;
     bool sample;                   /* sample a token after the last new token */
     /* The new tokens are (or begin with) prompt tokens: a prefill chunk, whatever its length.

@@ -181,10 +181,11 @@ static int load_everything(struct worker *w)
         log_error("cannot start the %s backend: %s", w->opt.device, err);
         return -1;
     }
-    int ctx = w->model->config.max_position;
+    int ctx = (int)engine_model_context(w->backend);
     if (w->opt.max_model_len > 0 && w->opt.max_model_len < ctx) ctx = (int)w->opt.max_model_len;
     long kv_tokens = (long)w->backend->num_kv_blocks * KV_BLOCK_SIZE;
-    if (kv_tokens < ctx) {
+    /* A model whose every layer slides keeps only its window in the cache (engine.h). */
+    if (kv_tokens < ctx && !engine_windowed(w->backend, (int32_t)w->opt.max_num_batched_tokens)) {
         log_warn("the KV cache holds %ld tokens, fewer than the context length %d: limiting the context to it",
                  kv_tokens, ctx);
         ctx = (int)kv_tokens;

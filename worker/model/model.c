@@ -173,6 +173,10 @@ int model_config_validate(const struct model_config *c, const char *origin, char
               !(c->rope_scaling.high_freq_factor > c->rope_scaling.low_freq_factor) ||
               !(c->rope_scaling.low_freq_factor > 0.0f)))
         field = "rope_scaling (llama3 needs original_max_position_embeddings and high_freq_factor > low_freq_factor > 0)";
+    else if ((c->rope_scaling.type == ROPE_SCALING_YARN || c->rope_scaling.type == ROPE_SCALING_LONGROPE) &&
+             c->rope_scaling.original_max_position <= 0)
+        field = "rope_scaling.original_max_position_embeddings";
+    else if (c->fam.sliding_window < 0) field = "sliding_window";
     if (field) {
         snprintf(err, errlen, "%s: invalid or missing %s", origin, field);
         return -1;
@@ -208,7 +212,8 @@ int model_alloc_layers(struct model *m, char *err, size_t errlen)
     else set_shape(&m->lm_head, dt, c->vocab_size, h, &id);
     for (int l = 0; l < c->n_layers; l++) {
         struct layer_weights *L = &m->layers[l];
-        set_shape(&L->attn_norm, dt, h, 0, &id);
+        const struct model_family *f = &c->fam;
+        if (f->norms != MODEL_NORMS_POST) set_shape(&L->attn_norm, dt, h, 0, &id);
         set_shape(&L->wq, dt, qd, h, &id);
         set_shape(&L->wk, dt, kvd, h, &id);
         set_shape(&L->wv, dt, kvd, h, &id);
@@ -219,15 +224,44 @@ int model_alloc_layers(struct model *m, char *err, size_t errlen)
             set_shape(&L->bv, dt, kvd, 0, &id);
         }
         if (c->qk_norm) {
-            set_shape(&L->q_norm, dt, hd, 0, &id);
-            set_shape(&L->k_norm, dt, hd, 0, &id);
+            set_shape(&L->q_norm, dt, f->qk_norm_full ? qd : hd, 0, &id);
+            set_shape(&L->k_norm, dt, f->qk_norm_full ? kvd : hd, 0, &id);
         }
-        set_shape(&L->ffn_norm, dt, h, 0, &id);
+        if (f->norms != MODEL_NORMS_POST) set_shape(&L->ffn_norm, dt, h, 0, &id);
         set_shape(&L->w_gate, dt, c->intermediate_size, h, &id);
         set_shape(&L->w_up, dt, c->intermediate_size, h, &id);
         set_shape(&L->w_down, dt, h, c->intermediate_size, &id);
+        if (f->o_bias) set_shape(&L->bo, dt, h, 0, &id);
+        if (f->mlp_bias) {
+            set_shape(&L->b_gate, dt, c->intermediate_size, 0, &id);
+            set_shape(&L->b_up, dt, c->intermediate_size, 0, &id);
+            set_shape(&L->b_down, dt, h, 0, &id);
+        }
+        if (f->norms != MODEL_NORMS_PRE) {
+            set_shape(&L->post_attn_norm, dt, h, 0, &id);
+            set_shape(&L->post_ffn_norm, dt, h, 0, &id);
+        }
     }
     return model_moe_alloc(m, &id, err, errlen);
+}
+
+struct tensor model_stacked_shape(struct tensor *const *parts, int n)
+{
+    struct tensor whole = *parts[0];
+    whole.shape[0] = 0;
+    for (int i = 0; i < n; i++) whole.shape[0] += parts[i]->shape[0];
+    return whole;
+}
+
+void model_split_rows(const struct tensor *whole, struct tensor *const *parts, int n)
+{
+    size_t row = tensor_row_bytes(whole);
+    const unsigned char *p = whole->data;
+    for (int i = 0; i < n; i++) {
+        parts[i]->dtype = whole->dtype;
+        parts[i]->data = p;
+        p += row * (size_t)parts[i]->shape[0];
+    }
 }
 
 static bool ends_with(const char *s, const char *suffix)

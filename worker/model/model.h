@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "worker/model/dummy_hash.h"
+#include "worker/model/model_family.h"
 
 enum model_arch { MODEL_ARCH_LLAMA = 0, MODEL_ARCH_QWEN2, MODEL_ARCH_QWEN3 };
 
@@ -29,7 +30,10 @@ enum dtype {
     DTYPE_COUNT
 };
 
-enum rope_scaling_type { ROPE_SCALING_NONE = 0, ROPE_SCALING_LLAMA3, ROPE_SCALING_LINEAR };
+enum rope_scaling_type {
+    ROPE_SCALING_NONE = 0, ROPE_SCALING_LLAMA3, ROPE_SCALING_LINEAR,
+    ROPE_SCALING_DYNAMIC, ROPE_SCALING_YARN, ROPE_SCALING_LONGROPE /* worker/model/model_family.h */
+};
 
 #define MODEL_MAX_EOS 8
 #define MODEL_MAX_LAYERS 4096
@@ -65,7 +69,7 @@ struct model_config {
         float factor;
         float low_freq_factor;           /* llama3 */
         float high_freq_factor;          /* llama3 */
-        int original_max_position;       /* llama3 */
+        int original_max_position;       /* llama3, yarn, longrope */
     } rope_scaling;
     /* true when q/k weights as loaded rotate adjacent pairs (x0,x1),(x2,x3)... as Meta's and
      * GGUF's llama layout does; false for Hugging Face's rotate-half layout (x_i, x_{i+d/2}). */
@@ -77,6 +81,7 @@ struct model_config {
     int eos_ids[MODEL_MAX_EOS];
     int n_eos;
     enum dtype dtype;         /* the checkpoint's (or the dummy's) dtype; F32 for a quantized GGUF */
+    struct model_family fam;  /* Gemma, Phi-3, OLMo 2, Granite, sliding windows, rope variants */
     struct moe_config moe;
 };
 
@@ -98,6 +103,10 @@ struct layer_weights {
     struct tensor ffn_norm;                   /* [hidden] */
     struct tensor w_gate, w_up;               /* [intermediate, hidden] */
     struct tensor w_down;                     /* [hidden, intermediate] */
+    /* model_family.h: o and MLP biases, norms after attention and MLP; ndim 0 when absent
+     * (attn_norm and ffn_norm too, for OLMo 2). */
+    struct tensor bo, b_gate, b_up, b_down;
+    struct tensor post_attn_norm, post_ffn_norm;
     struct moe_weights *moe;                  /* a sparse layer's experts (model_moe.h), whose w_gate,
                                                * w_up, w_down then have ndim 0; NULL when dense */
 };
