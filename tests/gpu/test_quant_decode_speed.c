@@ -13,8 +13,8 @@
 #include "worker/backend/cuda/cuda_plan.h"
 #include "worker/model/model.h"
 
-#define N_BATCHES 4
-static const int batches[N_BATCHES] = {1, 8, 16, 64};
+#define N_BATCHES 5
+static const int batches[N_BATCHES] = {1, 8, 16, 32, 64};
 
 /* Sets every layer matrix and lm_head to dt blocks from buf (NULL: back to dummy bf16). */
 static void set_matrices(struct model *m, enum dtype dt, const void *buf)
