@@ -118,7 +118,7 @@ int main(void)
     struct model *m = gt_dummy_model(gt_llama3_8b);
     if (!m) return gt_finish();
     const int64_t biggest = (int64_t)m->config.vocab_size * m->config.hidden_size;
-    double bf16[N_BATCHES], q4k[N_BATCHES], q8[N_BATCHES];
+    double bf16[N_BATCHES] = {0}, q4k[N_BATCHES] = {0}, q8[N_BATCHES] = {0};
 
     decode_speed(m, DTYPE_BF16, peak_bw, bf16);
 
