@@ -3,12 +3,13 @@
  * bf16 of quant.c's floats, and sk_gemv_q the fp32 product of quant.c's floats with x (sums in
  * another order only; on the int8-activation path of Q4_K, Q6_K and Q8_0, with x as that path
  * rounds it) for 1 to 13 rows, written at a column offset inside wider rows of y without
- * touching the columns around them; several matrices in one launch (sk_gemv_q_n) as one. Shapes
- * the kernels cannot take must be refused. */
+ * touching the columns around them; several matrices in one launch (sk_gemv_q_n) as one;
+ * embedding rows (sk_embed_q) bit for bit. Shapes the kernels cannot take must be refused. */
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
 #include "kernels/sk_quant.h"
+#include "kernels/sluice_kernels.h"
 #include "worker/model/model.h"
 
 static const struct {
@@ -129,6 +130,29 @@ static void check_parts(enum dtype dt, const void *dw, int n_out, int k_in, void
     cudaFree(dx), cudaFree(whole), cudaFree(parts);
 }
 
+/* sk_embed_q: rows of the matrix as embeddings, bit for bit quant.c's floats; a negative token
+ * takes the sampled token of the step before. */
+static void check_embed(enum dtype dt, const float *w, const void *dw, int n_rows, int hidden)
+{
+    int32_t tokens[5] = {0, n_rows - 1, 7, -2, 3};
+    struct sk_sample_out prev[2];
+    memset(prev, 0, sizeof prev);
+    prev[1].token = 11; /* token -2 is row 1's sample */
+    const int want[5] = {0, n_rows - 1, 7, 11, 3};
+    int32_t *dt_tok = gt_up(tokens, sizeof tokens);
+    struct sk_sample_out *dprev = gt_up(prev, sizeof prev);
+    float *dx = gt_dev((size_t)5 * hidden * 4), *hx = malloc((size_t)5 * hidden * 4);
+    GT_CUDA(sk_embed_q(dx, (int)dt, dw, dt_tok, dprev, 5, hidden, 0));
+    gt_down(hx, dx, (size_t)5 * hidden * 4);
+    int bad = 0;
+    for (int t = 0; t < 5; t++)
+        bad += memcmp(hx + (size_t)t * hidden, w + (size_t)want[t] * hidden, (size_t)hidden * 4) != 0;
+    GT_CHECK(bad == 0,
+             "sk_embed_q: %d of 5 rows differ from quant.c's (a negative token takes the step before's sample)", bad);
+    free(hx);
+    cudaFree(dt_tok), cudaFree(dprev), cudaFree(dx);
+}
+
 static void test_type(int t, int n_out, int k_in)
 {
     const enum dtype dt = types[t].dt;
@@ -158,6 +182,7 @@ static void test_type(int t, int n_out, int k_in)
 
     check_products(dt, w, dw, n_out, k_in, NULL);
     check_parts(dt, dw, n_out, k_in, NULL);
+    check_embed(dt, w, dw, n_out, k_in);
     if (sk_gemv_q_int8((int)dt)) {
         void *scratch = gt_dev(sk_gemv_q_scratch_bytes(k_in));
         check_products(dt, w, dw, n_out, k_in, scratch);

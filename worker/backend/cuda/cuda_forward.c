@@ -3,6 +3,7 @@
  * runs eagerly and while a CUDA graph is being captured (cuda_graph.c). Kernels launch as
  * programmatic dependents of the one before them and fetch what does not depend on it (weights,
  * block tables) before they wait; the plan says which products let theirs launch early. */
+#include "kernels/sk_quant.h"
 #include "worker/backend/cuda/cuda_internal.h"
 
 /* The MLP of layer w over the T rows of b->ws.y (its input, normalized): delta, the residual's
@@ -71,7 +72,11 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
     const int64_t part_stride = (int64_t)T * H;
     int delta_parts = 1, qkv_parts = 1;
     int rc = 0;
-    CUDA_CHECK(b, sk_embed(ws->x, b->w.tok_embed, dm->tokens, b->steps.out_dev, T, H, b->stream));
+    if (b->w.tok_embed_q.w)
+        CUDA_CHECK(b, sk_embed_q(ws->x, b->w.tok_embed_q.dtype, b->w.tok_embed_q.w, dm->tokens, b->steps.out_dev, T, H,
+                                 b->stream));
+    else
+        CUDA_CHECK(b, sk_embed(ws->x, b->w.tok_embed, dm->tokens, b->steps.out_dev, T, H, b->stream));
     cuda_prof_mark(b, CUDA_PROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
         const struct cuda_layer *w = &b->w.layers[l];

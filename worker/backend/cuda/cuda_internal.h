@@ -49,10 +49,11 @@ struct cuda_weights {
     float *inv_freq; /* head_dim / 2 rotary frequencies, scaling applied */
     struct cuda_layer *layers;
     size_t bytes;
-    /* cuda_qweights.c: lm_head in GGUF blocks (w NULL unless; lm_head is then NULL), the bf16
+    /* cuda_qweights.c: tok_embed and lm_head in GGUF blocks (w NULL unless; tok_embed and lm_head
+     * are then NULL), the bf16
      * scratch the larger products dequantize tiles into, the bytes of blocks on the device and
      * the layers kept in blocks. */
-    struct cuda_qmat lm_head_q;
+    struct cuda_qmat tok_embed_q, lm_head_q; /* tied: the same blocks */
     uint16_t *q_scratch;
     void *q_xscratch; /* the block GEMV's int8 activations (sk_gemv_q_scratch_bytes) */
     size_t q_bytes;
@@ -219,8 +220,10 @@ void cuda_weights_free(struct cuda_backend *b);
 /* cuda_qweights.c. Keeps layer lw's matrices in their GGUF blocks when every one of them is of a
  * type the block kernels take (cl->q set; else cl->q stays NULL and nothing is allocated). */
 int cuda_qlayer_load(struct cuda_backend *b, const struct layer_weights *lw, struct cuda_layer *cl);
-/* The same for an untied lm_head (b->w.lm_head_q). */
+/* The same for an untied lm_head (b->w.lm_head_q), and for tok_embed (b->w.tok_embed_q; tied:
+ * lm_head_q too, the same blocks). */
 int cuda_qlm_head_load(struct cuda_backend *b, const struct tensor *t);
+int cuda_qembed_load(struct cuda_backend *b, const struct tensor *t, bool tied);
 /* The scratch buffer, once any matrix stayed in blocks; logs the bytes. */
 int cuda_qweights_finish(struct cuda_backend *b);
 void cuda_qweights_free(struct cuda_backend *b);

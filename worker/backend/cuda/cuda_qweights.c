@@ -5,7 +5,8 @@
  * shared by every matrix, and run cuBLAS on each tile (cuda_plan_quant_gemv and
  * cuda_plan_quant_tile_rows decide). A layer stays in blocks only when all of its seven matrices
  * are of types the kernels take; otherwise cuda_weights.c dequantizes it to bf16 at load, as before
- * (Q2_K, Q3_K, IQ4_NL, IQ4_XS). The token embedding is always bf16: sk_embed gathers rows of it. */
+ * (Q2_K, Q3_K, IQ4_NL, IQ4_XS). So do the token embedding (sk_embed_q dequantizes a step's rows)
+ * and lm_head. */
 #include "common/log.h"
 #include "kernels/sk_quant.h"
 #include "worker/backend/cuda/cuda_internal.h"
@@ -64,10 +65,20 @@ int cuda_qlm_head_load(struct cuda_backend *b, const struct tensor *t)
     return upload(b, &b->w.lm_head_q, t, "lm_head");
 }
 
+int cuda_qembed_load(struct cuda_backend *b, const struct tensor *t, bool tied)
+{
+    const struct model_config *c = &b->base.config;
+    int rc = 0;
+    if (!keeps_blocks(t, c->vocab_size, c->hidden_size)) return 0;
+    if ((rc = upload(b, &b->w.tok_embed_q, t, "tok_embed")) < 0) return rc;
+    if (tied) b->w.lm_head_q = b->w.tok_embed_q;
+    return 0;
+}
+
 int cuda_qweights_finish(struct cuda_backend *b)
 {
     int rc = 0;
-    if (!b->w.q_layers && !b->w.lm_head_q.w) return 0;
+    if (!b->w.q_layers && !b->w.lm_head_q.w && !b->w.tok_embed_q.w) return 0;
     CUDA_CHECK(b, cudaMalloc((void **)&b->w.q_scratch, CUDA_QUANT_SCRATCH_BYTES));
     b->w.bytes += CUDA_QUANT_SCRATCH_BYTES;
     const struct model_config *c = &b->base.config;
@@ -76,9 +87,10 @@ int cuda_qweights_finish(struct cuda_backend *b)
     const size_t xbytes = sk_gemv_q_scratch_bytes(k_max);
     CUDA_CHECK(b, cudaMalloc(&b->w.q_xscratch, xbytes));
     b->w.bytes += xbytes;
-    log_info("cuda: %d of %d layers%s kept in their GGUF blocks: %.3f GiB of blocks, %.3f GiB of weights in all "
+    log_info("cuda: %d of %d layers%s%s kept in their GGUF blocks: %.3f GiB of blocks, %.3f GiB of weights in all "
              "(%.0f MiB of it the bf16 scratch for large batches)",
-             b->w.q_layers, b->base.config.n_layers, b->w.lm_head_q.w ? " and lm_head" : "",
+             b->w.q_layers, b->base.config.n_layers, b->w.tok_embed_q.w ? ", tok_embed" : "",
+             b->w.lm_head_q.w ? (b->w.lm_head_q.w == b->w.tok_embed_q.w ? " (lm_head tied to it)" : ", lm_head") : "",
              (double)b->w.q_bytes / (1 << 30), (double)b->w.bytes / (1 << 30),
              (double)CUDA_QUANT_SCRATCH_BYTES / (1 << 20));
 fail:
@@ -103,7 +115,9 @@ void cuda_qweights_free(struct cuda_backend *b)
             b->w.layers[l].q = NULL;
         }
     }
+    if (b->w.lm_head_q.w == b->w.tok_embed_q.w) b->w.lm_head_q.w = NULL; /* tied: freed once */
     free_qmat(&b->w.lm_head_q);
+    free_qmat(&b->w.tok_embed_q);
     if (b->w.q_scratch) cudaFree(b->w.q_scratch);
     b->w.q_scratch = NULL;
     if (b->w.q_xscratch) cudaFree(b->w.q_xscratch);

@@ -162,14 +162,17 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
      * (sk_hopper_gemm_swiglu; the planner decides, cuda_plan_config_init). */
     const bool interleave = b->plan.gu_interleaved;
     if (interleave) CUDA_CHECK(b, cudaMalloc((void **)&gu_plain, (size_t)(2 * I * H) * 2));
-    if ((rc = alloc_dev(b, (void **)&b->w.tok_embed, (size_t)(V * H) * 2)) < 0) goto fail;
-    if ((rc = put_matrix(&ld, b->w.tok_embed, &m->tok_embed, V * H, "tok_embed")) < 0) goto fail;
     bool tied = c->tie_embeddings || (m->lm_head.data && m->lm_head.data == m->tok_embed.data) ||
                 tensor_numel(&m->lm_head) == 0;
+    /* Kept in its GGUF blocks where the block kernels take its type (cuda_qweights.c). */
+    if ((rc = cuda_qembed_load(b, &m->tok_embed, tied)) < 0) goto fail;
+    if (!b->w.tok_embed_q.w) {
+        if ((rc = alloc_dev(b, (void **)&b->w.tok_embed, (size_t)(V * H) * 2)) < 0) goto fail;
+        if ((rc = put_matrix(&ld, b->w.tok_embed, &m->tok_embed, V * H, "tok_embed")) < 0) goto fail;
+    }
     if (tied) {
         b->w.lm_head = b->w.tok_embed;
     } else {
-        /* Kept in its GGUF blocks where the block kernels take its type (cuda_qweights.c). */
         if ((rc = cuda_qlm_head_load(b, &m->lm_head)) < 0) goto fail;
         if (!b->w.lm_head_q.w) {
             if ((rc = alloc_dev(b, (void **)&b->w.lm_head, (size_t)(V * H) * 2)) < 0) goto fail;
