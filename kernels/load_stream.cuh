@@ -1,8 +1,9 @@
-// A 16-byte load of weights read once per kernel: through the non-coherent path, not kept in L1
-// (the activations that are reused stay there).
+// A 16-byte load of data read once (weights streaming through a gemv): through the read-only
+// path, not kept in L1, so it does not evict what is reused (the activations).
 #pragma once
 
 #include <cstdint>
+#include <cuda_runtime.h>
 
 __device__ __forceinline__ uint4 load_stream(const uint4 *p)
 {

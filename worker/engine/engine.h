@@ -148,9 +148,21 @@ struct engine_stats {
     uint64_t prefix_query_tokens, prefix_hit_tokens;
     int32_t kv_blocks_cached;
     uint64_t prefix_evictions;
+    /* Structured output: token masks made (one per constrained row a step) and the host time
+     * spent making them. */
+    uint64_t grammar_masks;
+    double grammar_mask_seconds;
     bool failed;                    /* the backend reported an error; no more steps */
     char error[512];
 };
+
+/* The model's own context on this backend: max_position_embeddings, times the factor for
+ * dynamic NTK (which exists to run past it, as vLLM assumes). */
+int64_t engine_model_context(const struct backend *backend);
+/* Whether every layer of the model slides and a lone sequence's window and largest step
+ * (step_tokens) always fit the KV cache: the scheduler then frees the blocks behind the
+ * window, and the context is not bounded by the cache's size. */
+bool engine_windowed(const struct backend *backend, int32_t step_tokens);
 
 /* Starts the engine thread. The engine uses but does not own backend and tokenizer. */
 int engine_create(struct engine **out, struct backend *backend, const struct tokenizer *tok,

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "worker/backend/cuda/cuda_features.h"
 #include "worker/backend/cuda/cuda_internal.h"
 #include "worker/backend/cuda/cuda_options.h"
 
@@ -39,6 +40,7 @@ static void cuda_free(struct backend *base)
     for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
         if (devs[i]) cudaFree(devs[i]);
     cuda_steps_free(b);
+    cuda_extras_free(b);
     cuda_gemm_free(b);
     if (b->stream) cudaStreamDestroy(b->stream);
     free(b);
@@ -73,6 +75,7 @@ static int workspace_alloc(struct cuda_backend *b)
     const size_t T_parts = T > CUDA_PARTS_ROWS ? T : CUDA_PARTS_ROWS;
     if ((rc = alloc_ws(b, (void **)&ws->delta, T_parts * H * 4)) < 0) goto fail;
     if ((rc = alloc_ws(b, (void **)&ws->big, T_parts * bigw * 4)) < 0) goto fail;
+    ws->big_floats = T_parts * bigw;
     if ((rc = alloc_ws(b, (void **)&ws->q, T * qd * 4)) < 0) goto fail;
     if ((rc = alloc_ws(b, (void **)&ws->y, T * ywidth * 2)) < 0) goto fail;
     if ((rc = alloc_ws(b, (void **)&ws->part_o, (size_t)b->plan.part_rows * D * 4)) < 0) goto fail;
@@ -185,6 +188,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     const struct model_config *c = &m->config;
     *out = NULL;
     if (cuda_plan_model_supported(c, err, errlen)) return -1;
+    if (cuda_config_supported(c, err, errlen)) return -1; /* the dense families' features */
     cudaError_t e = cudaGetDeviceCount(&n_dev);
     if (e != cudaSuccess || n_dev == 0) {
         snprintf(err, errlen, "cuda: no GPU visible (%s); use --device cpu",
@@ -208,6 +212,14 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     }
     b->base.ops = &cuda_ops;
     b->base.name = "cuda";
+    /* The device sampler applies token masks, the logit bias and suppressed tokens
+     * (kernels/sample.cu; the extras travel with the step's metadata, cuda_step.c). */
+    b->base.supports_token_mask = true;
+    b->base.supports_logit_bias = true;
+    b->base.supports_suppress = true;
+    /* Prompt logprobs and hidden states come out of eager steps (cuda_extras.c). */
+    b->base.supports_prompt_logprobs = true;
+    b->base.supports_hidden_states = true;
     b->base.config = *c;
     b->base.max_batch_tokens = opt->max_batch_tokens > 0 ? opt->max_batch_tokens : 8192;
     b->base.max_batch_seqs = opt->max_batch_seqs > 0 ? opt->max_batch_seqs : 256;
@@ -224,6 +236,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     if ((rc = cuda_gemm_init(b)) < 0) goto fail;
     cuda_plan_config_init(&b->plan, c, &b->opt, opt->deterministic, b->gemm.hopper != NULL, prop.multiProcessorCount,
                           b->base.max_batch_tokens, b->base.max_batch_seqs, bt_cap);
+    if ((rc = cuda_fp8_init(b, m)) < 0) goto fail;
     if (opt->deterministic) {
         const int qd = c->n_heads * c->head_dim;
         if (!b->gemm.hopper)
@@ -235,8 +248,8 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
                       c->hidden_size, qd, c->intermediate_size);
     }
     if (b->opt.profile && (rc = cuda_prof_create(b)) < 0) goto fail;
-    log_info("cuda: %s (%d SMs, %.1f GiB), loading %s weights as bf16", prop.name, prop.multiProcessorCount,
-             (double)prop.totalGlobalMem / (1 << 30), dtype_name(c->dtype));
+    log_info("cuda: %s (%d SMs, %.1f GiB), loading %s weights as %s", prop.name, prop.multiProcessorCount,
+             (double)prop.totalGlobalMem / (1 << 30), dtype_name(c->dtype), b->fp8 ? "FP8 (layers) and bf16" : "bf16");
 
     if ((rc = cuda_weights_load(b, m)) < 0) goto fail;
     if ((rc = workspace_alloc(b)) < 0) goto fail;

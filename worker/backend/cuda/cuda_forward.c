@@ -3,12 +3,23 @@
  * runs eagerly and while a CUDA graph is being captured (cuda_graph.c). Kernels launch as
  * programmatic dependents of the one before them and fetch what does not depend on it (weights,
  * block tables) before they wait; the plan says which products let theirs launch early. */
+#include "kernels/sk_quant.h"
 #include "worker/backend/cuda/cuda_internal.h"
+
+/* A product of layer l's weights w16 (bf16) or, when the plan names an FP8 kernel, of its FP8
+ * copy (cuda_fp8.c), which leaves y whole. */
+static int layer_product(struct cuda_backend *b, struct cuda_product_plan p, int l, enum cuda_fp8_matrix which,
+                         const uint16_t *w16, const uint16_t *x, float *y, int rows, int n_out, int k_in, int *n_parts)
+{
+    if (!cuda_plan_is_fp8(p)) return cuda_product(b, p, w16, x, y, rows, n_out, k_in, n_parts);
+    if (n_parts) *n_parts = 1;
+    return cuda_fp8_product(b, p, l, which, x, y, rows, n_out, k_in);
+}
 
 /* The MLP of layer w over the T rows of b->ws.y (its input, normalized): delta, the residual's
  * next addend, is left in *delta_parts parts. big's memory is idle by then and holds gate/up. */
-static int enqueue_mlp(struct cuda_backend *b, const struct cuda_layer *w, const struct cuda_mlp_plan *mp, int T,
-                       int *delta_parts)
+static int enqueue_mlp(struct cuda_backend *b, int l, const struct cuda_layer *w, const struct cuda_mlp_plan *mp,
+                       int T, int *delta_parts)
 {
     const int H = b->base.config.hidden_size, I = b->base.config.intermediate_size;
     struct cuda_workspace *ws = &b->ws;
@@ -36,7 +47,8 @@ static int enqueue_mlp(struct cuda_backend *b, const struct cuda_layer *w, const
         cuda_prof_mark(b, CUDA_PROF_SILU);
         break;
     case CUDA_MLP_FP32:
-        if ((rc = cuda_product(b, mp->gate_up, w->wgu, ws->y, ws->big, T, 2 * I, H, NULL)) < 0) goto fail;
+        if ((rc = layer_product(b, mp->gate_up, l, CUDA_FP8_GATE_UP, w->wgu, ws->y, ws->big, T, 2 * I, H, NULL)) < 0)
+            goto fail;
         cuda_prof_mark(b, CUDA_PROF_GATE_UP);
         if (b->plan.gu_interleaved)
             CUDA_CHECK(b, sk_silu_mul_interleaved(ws->y, ws->big, T, I, b->stream));
@@ -45,7 +57,8 @@ static int enqueue_mlp(struct cuda_backend *b, const struct cuda_layer *w, const
         cuda_prof_mark(b, CUDA_PROF_SILU);
         break;
     }
-    if ((rc = cuda_product(b, mp->down, w->wd, act, ws->delta, T, H, I, delta_parts)) < 0) goto fail;
+    if ((rc = layer_product(b, mp->down, l, CUDA_FP8_DOWN, w->wd, act, ws->delta, T, H, I, delta_parts)) < 0)
+        goto fail;
     cuda_prof_mark(b, CUDA_PROF_DOWN);
 fail:
     return rc;
@@ -71,7 +84,11 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
     const int64_t part_stride = (int64_t)T * H;
     int delta_parts = 1, qkv_parts = 1;
     int rc = 0;
-    CUDA_CHECK(b, sk_embed(ws->x, b->w.tok_embed, dm->tokens, b->steps.out_dev, T, H, b->stream));
+    if (b->w.tok_embed_q.w)
+        CUDA_CHECK(b, sk_embed_q(ws->x, b->w.tok_embed_q.dtype, b->w.tok_embed_q.w, dm->tokens, b->steps.out_dev, T, H,
+                                 b->stream));
+    else
+        CUDA_CHECK(b, sk_embed(ws->x, b->w.tok_embed, dm->tokens, b->steps.out_dev, T, H, b->stream));
     cuda_prof_mark(b, CUDA_PROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
         const struct cuda_layer *w = &b->w.layers[l];
@@ -79,7 +96,13 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, l ? ws->delta : NULL, delta_parts, part_stride, NULL, w->attn_norm,
                                            ws->y, T, H, c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
-        if ((rc = cuda_product(b, p->qkv, w->wqkv, ws->y, ws->big, T, qkvd, H, &qkv_parts)) < 0) goto fail;
+        if (w->q) {
+            qkv_parts = 1;
+            if ((rc = cuda_qlayer_qkv(b, w->q, ws->y, ws->big, T)) < 0) goto fail;
+        } else if ((rc = layer_product(b, p->qkv, l, CUDA_FP8_QKV, w->wqkv, ws->y, ws->big, T, qkvd, H, &qkv_parts)) <
+                   0) {
+            goto fail;
+        }
         cuda_prof_mark(b, CUDA_PROF_QKV);
         if (p->fused_qkv) {
             const struct sk_qkv_src src = {.qkv = ws->big,
@@ -106,14 +129,22 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
                                            p->attn, p->attn_kernel, b->stream));
         }
         cuda_prof_mark(b, CUDA_PROF_ATTN);
-        if ((rc = cuda_product(b, p->o, w->wo, ws->y, ws->delta, T, H, qd, &delta_parts)) < 0) goto fail;
+        if (w->q) {
+            delta_parts = 1;
+            if ((rc = cuda_qproduct(b, &w->q->o, ws->y, ws->delta, H, T)) < 0) goto fail;
+        } else if ((rc = layer_product(b, p->o, l, CUDA_FP8_O, w->wo, ws->y, ws->delta, T, H, qd, &delta_parts)) < 0) {
+            goto fail;
+        }
         cuda_prof_mark(b, CUDA_PROF_O);
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, NULL, w->ffn_norm, ws->y, T, H,
                                            c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
         if (cuda_moe_is_sparse(b, l)) {
             if ((rc = cuda_moe_enqueue(b, l, T, &delta_parts)) < 0) goto fail;
-        } else if ((rc = enqueue_mlp(b, w, &p->mlp, T, &delta_parts)) < 0) {
+        } else if (w->q) {
+            delta_parts = 1;
+            if ((rc = cuda_qlayer_mlp(b, w->q, T)) < 0) goto fail;
+        } else if ((rc = enqueue_mlp(b, l, w, &p->mlp, T, &delta_parts)) < 0) {
             goto fail;
         }
     }
@@ -121,13 +152,17 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, dm->sample_tok, b->w.final_norm,
                                            ws->y, R, H, c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
-        if ((rc = cuda_product(b, p->lm_head, b->w.lm_head, ws->y, ws->logits, R, V, H, NULL)) < 0) goto fail;
+        if (b->w.lm_head_q.w)
+            rc = cuda_qproduct(b, &b->w.lm_head_q, ws->y, ws->logits, V, R);
+        else
+            rc = cuda_product(b, p->lm_head, b->w.lm_head, ws->y, ws->logits, R, V, H, NULL);
+        if (rc < 0) goto fail;
         cuda_prof_mark(b, CUDA_PROF_LM_HEAD);
         if (a->logits_out)
             CUDA_CHECK(
                 b, cudaMemcpyAsync(a->logits_out, ws->logits, (size_t)R * V * 4, cudaMemcpyDeviceToHost, b->stream));
-        CUDA_CHECK(b, sk_sample_prepare(ws->logits, dm->rows, b->steps.hist_dev, ws->work, ws->counts, b->steps.out_dev,
-                                        R, V, b->stream));
+        CUDA_CHECK(b, sk_sample_prepare(ws->logits, dm->rows, b->steps.hist_dev, b->steps.mask_dev, ws->work,
+                                        ws->counts, b->steps.out_dev, R, V, b->stream));
         if (p->any_cut)
             CUDA_CHECK(b, sk_sample_sort(ws->sort_temp, ws->sort_temp_bytes, ws->work, ws->ids_in, ws->offsets,
                                          ws->sorted_w, ws->sorted_ids, R, V, b->stream));
@@ -135,6 +170,7 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
                                        b->steps.out_dev, R, V, b->stream));
         cuda_prof_mark(b, CUDA_PROF_SAMPLE);
     }
+    if (p->n_lp || p->n_hid_seqs) rc = cuda_extras_enqueue(b, a, delta_parts, part_stride);
 fail:
     return rc;
 }

@@ -24,9 +24,21 @@
 #include "worker/backend/backend.h"
 #include "worker/backend/cuda/cuda_plan.h"
 
+/* cuda_qweights.c: a matrix kept in its GGUF blocks (dtype an enum dtype that sk_quant_supported
+ * takes), n_out rows of k_in weights. */
+struct cuda_qmat {
+    int dtype;
+    void *w;
+    int n_out, k_in;
+};
+struct cuda_qlayer {
+    struct cuda_qmat q, k, v, o, gate, up, down;
+};
+
 /* cuda_weights.c: the model on the device. */
 struct cuda_layer {
-    uint16_t *wqkv, *wo, *wgu, *wd; /* bf16, fused [q;k;v] and [gate;up] rows */
+    uint16_t *wqkv, *wo, *wgu, *wd; /* bf16, fused [q;k;v] and [gate;up] rows; NULL when q is set */
+    struct cuda_qlayer *q;          /* NULL unless the layer's matrices stay in GGUF blocks */
     float *attn_norm, *ffn_norm;
     float *q_norm, *k_norm; /* NULL unless Qwen3 */
     float *bqkv;            /* NULL unless Qwen2 */
@@ -37,6 +49,15 @@ struct cuda_weights {
     float *inv_freq; /* head_dim / 2 rotary frequencies, scaling applied */
     struct cuda_layer *layers;
     size_t bytes;
+    /* cuda_qweights.c: tok_embed and lm_head in GGUF blocks (w NULL unless; tok_embed and lm_head
+     * are then NULL), the bf16
+     * scratch the larger products dequantize tiles into, the bytes of blocks on the device and
+     * the layers kept in blocks. */
+    struct cuda_qmat tok_embed_q, lm_head_q; /* tied: the same blocks */
+    uint16_t *q_scratch;
+    void *q_xscratch; /* the block GEMV's int8 activations (sk_gemv_q_scratch_bytes) */
+    size_t q_bytes;
+    int q_layers;
 };
 
 /* cuda_gemm.c: the libraries and kernels the products run on. */
@@ -57,6 +78,7 @@ struct cuda_kv {
  * delta and big also hold the split parts of a decode batch's products (CUDA_PARTS_ROWS rows). */
 struct cuda_workspace {
     float *x, *delta, *big, *q, *part_o, *part_ml, *logits, *work, *sorted_w;
+    size_t big_floats;
     uint16_t *y;
     int32_t *counts, *ids_in, *offsets, *sorted_ids;
     void *sort_temp;
@@ -73,6 +95,11 @@ struct cuda_steps {
     cudaEvent_t meta_sent;
     int32_t *hist_host, *hist_dev;
     size_t hist_cap;
+    /* Token masks of the step's constrained rows (batch_seq.allowed), mask_words each, packed in
+     * the order of those rows: only they are sent. The device buffer is fixed (max_batch_seqs
+     * rows), so a captured graph reads each step's masks from it. */
+    uint32_t *mask_host, *mask_dev;
+    int mask_words;
     struct sk_sample_out *out_dev, *out_host;
     cudaEvent_t done[2];
     int rows[2];
@@ -86,6 +113,25 @@ struct cuda_step_meta {
     int32_t *tokens, *pos, *seq, *slot, *sample_tok, *bt;
     int32_t *tiles; /* prefill tiles: (first token, count, sequence) */
     int32_t *dec;   /* tokens for the decode attention, when not all are */
+    /* cuda_extras.c: prompt logprob rows (token, next prompt token, top alternatives) and the
+     * tokens whose hidden states are pooled, with each pooled sequence's (first row, rows, 0). */
+    int32_t *lp_tok, *lp_target, *lp_ntop, *hid_tok, *hid_seg;
+};
+
+/* cuda_extras.c: prompt logprobs and hidden states (embeddings) of eager steps. The device
+ * writes them into lp_dev and hid_dev; submit copies them into the step's half of the pinned
+ * buffers, and collect hands them to where the batch said (dst, recorded per half). Allocated
+ * on first use. */
+struct cuda_extras_dst {
+    struct prompt_logprob *lp; /* n rows from row at of the half */
+    float *sum, *last;         /* pooled sequence at of the half */
+    int32_t n, at;
+};
+struct cuda_extras {
+    struct sk_prompt_lp *lp_dev, *lp_host; /* max_batch_tokens rows; host: two halves */
+    float *hid_dev, *hid_host;             /* max_batch_seqs x (sum, last) rows; host: two halves */
+    struct cuda_extras_dst *dst[2];        /* max_batch_seqs x 2 per half */
+    int n_dst[2];
 };
 
 /* What cuda_forward_enqueue runs: the plan (attention's token_list set) and the metadata. */
@@ -119,6 +165,7 @@ struct cuda_watchdog {
 };
 
 struct cuda_prof; /* cuda_prof.c: --cuda-profile */
+struct cuda_fp8;  /* cuda_fp8.c: FP8 weights */
 struct cuda_moe;  /* cuda_moe.c: the experts and their scratch; NULL for a dense model */
 
 struct cuda_backend {
@@ -133,8 +180,10 @@ struct cuda_backend {
     struct cuda_workspace ws;
     struct cuda_steps steps;
     struct cuda_graphs graphs;
+    struct cuda_extras extras;
     struct cuda_watchdog watchdog;
     struct cuda_prof *prof; /* NULL unless --cuda-profile */
+    struct cuda_fp8 *fp8;   /* NULL unless the layers' weights are FP8 on the device */
     struct cuda_moe *moe;
 };
 
@@ -172,6 +221,25 @@ void cuda_report(struct cuda_backend *b, const char *what, const char *msg, cons
 int cuda_weights_load(struct cuda_backend *b, const struct model *m);
 void cuda_weights_free(struct cuda_backend *b);
 
+/* cuda_qweights.c. Keeps layer lw's matrices in their GGUF blocks when every one of them is of a
+ * type the block kernels take (cl->q set; else cl->q stays NULL and nothing is allocated). */
+int cuda_qlayer_load(struct cuda_backend *b, const struct layer_weights *lw, struct cuda_layer *cl);
+/* The same for an untied lm_head (b->w.lm_head_q), and for tok_embed (b->w.tok_embed_q; tied:
+ * lm_head_q too, the same blocks). */
+int cuda_qlm_head_load(struct cuda_backend *b, const struct tensor *t);
+int cuda_qembed_load(struct cuda_backend *b, const struct tensor *t, bool tied);
+/* The scratch buffer, once any matrix stayed in blocks; logs the bytes. */
+int cuda_qweights_finish(struct cuda_backend *b);
+void cuda_qweights_free(struct cuda_backend *b);
+/* y[r * ldy + n] = x[r, :] m[n, :] for r < rows, n < m->n_out, fp32 out; x bf16 with m->k_in
+ * columns. Small batches on the block GEMV, larger ones on dequantized tiles and cuBLAS
+ * (cuda_plan_quant_gemv). */
+int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows);
+/* A layer's products in blocks: q, k, v side by side in qkv[rows, q + k + v]; the MLP from
+ * ws.y (normalized) to ws.delta. */
+int cuda_qlayer_qkv(struct cuda_backend *b, const struct cuda_qlayer *q, const uint16_t *x, float *qkv, int rows);
+int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, int rows);
+
 /* cuda_weights.c's loader, for cuda_moe.c: writes tensor t (numel elements) as bf16 at dst. */
 struct loader;
 int cuda_weights_put_matrix(struct loader *ld, uint16_t *dst, const struct tensor *t, int64_t numel,
@@ -207,6 +275,23 @@ int cuda_gemm_swiglu(struct cuda_backend *b, const uint16_t *w, const uint16_t *
 int cuda_gemm_bf16(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, uint16_t *y, int rows, int n_out,
                    int k_in);
 
+/* cuda_fp8.c: FP8 weights, a layer's four products kept in e4m3 with their scales.
+ * cuda_fp8_init (after the plan's config, before the weights) decides whether the model's
+ * layers are FP8 in a layout the device takes; if so it makes b->fp8 and tells the planner
+ * (cuda_plan_config_fp8). cuda_weights_load then loads each layer's matrices with
+ * cuda_fp8_load_layer instead of as bf16, and cuda_forward_enqueue runs the FP8 plans with
+ * cuda_fp8_product (y fp32, as cuda_product). */
+enum cuda_fp8_matrix { CUDA_FP8_QKV, CUDA_FP8_O, CUDA_FP8_GATE_UP, CUDA_FP8_DOWN, CUDA_FP8_MATRICES };
+int cuda_fp8_init(struct cuda_backend *b, const struct model *m);
+int cuda_fp8_load_layer(struct cuda_backend *b, const struct model *m, int layer);
+void cuda_fp8_load_done(struct cuda_backend *b);
+int cuda_fp8_product(struct cuda_backend *b, struct cuda_product_plan p, int layer, enum cuda_fp8_matrix which,
+                     const uint16_t *x, float *y, int rows, int n_out, int k_in);
+void cuda_fp8_free(struct cuda_backend *b);
+/* An FP8 tensor (numel elements) written as bf16 at dst: for the FP8 tensors the FP8 products do
+ * not take (cuda_weights.c's put_matrix). */
+int cuda_fp8_put_bf16(struct cuda_backend *b, uint16_t *dst, const struct tensor *t, uint64_t seed);
+
 /* cuda_step.c: the backend's submit and collect (backend_ops). */
 int cuda_submit(struct backend *base, const struct batch *batch);
 int cuda_collect(struct backend *base, struct sample_result *results);
@@ -218,6 +303,18 @@ void cuda_steps_free(struct cuda_backend *b);
 /* cuda_forward.c: the model and the sampler for one step, enqueued on b->stream (also while a
  * graph is being captured). */
 int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a);
+
+/* cuda_extras.c. ensure: the buffers, on the first step that needs them. fill: the step's rows
+ * into the pinned metadata hm, and where their results go, for the step in half slot. enqueue:
+ * after the model (its residual x + delta's delta_parts parts, part_stride apart), the final
+ * norm's hidden states pooled and the prompt positions' logprobs, then their copy into half
+ * slot. collect: hands half slot's results over once its step is done. */
+int cuda_extras_ensure(struct cuda_backend *b);
+void cuda_extras_fill(struct cuda_backend *b, const struct batch *batch, const struct cuda_step_meta *hm, int slot);
+int cuda_extras_enqueue(struct cuda_backend *b, const struct cuda_step_args *a, int delta_parts, int64_t part_stride);
+int cuda_extras_copy(struct cuda_backend *b, const struct cuda_step_plan *p, int slot);
+void cuda_extras_collect(struct cuda_backend *b, int slot);
+void cuda_extras_free(struct cuda_backend *b);
 
 /* cuda_graph.c: replays the captured step for a's shape, capturing it first when new. */
 int cuda_graph_run(struct cuda_backend *b, const struct cuda_step_args *a);

@@ -93,9 +93,38 @@ struct cuda_product_plan cuda_plan_product_parts(const struct cuda_plan_config *
     return cuda_plan_product(c, rows, n_out, k_in);
 }
 
+void cuda_plan_config_fp8(struct cuda_plan_config *c, bool blocks, bool lt)
+{
+    c->fp8 = true;
+    c->fp8_blocks = blocks;
+    c->fp8_lt = lt;
+    c->gu_interleaved = false;
+}
+
+struct cuda_product_plan cuda_plan_fp8_product(const struct cuda_plan_config *c, int rows, int n_out, int k_in)
+{
+    struct cuda_product_plan p = {.kernel = CUDA_PRODUCT_FP8_DEQUANT, .early = false};
+    const bool lt = c->fp8_lt && !c->fp8_blocks && n_out % 16 == 0 && k_in % 16 == 0;
+    const int gemv_rows = lt ? CUDA_FP8_GEMV_ROWS : CUDA_FP8_GEMV_ROWS_NO_LT;
+    if (k_in % 16 == 0 && (c->deterministic || rows <= gemv_rows)) p.kernel = CUDA_PRODUCT_FP8_GEMV;
+    else if (lt) p.kernel = CUDA_PRODUCT_FP8_LT;
+    return p;
+}
+
+bool cuda_plan_is_fp8(struct cuda_product_plan p)
+{
+    return p.kernel == CUDA_PRODUCT_FP8_GEMV || p.kernel == CUDA_PRODUCT_FP8_LT || p.kernel == CUDA_PRODUCT_FP8_DEQUANT;
+}
+
 struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows)
 {
     struct cuda_mlp_plan p = {.kind = CUDA_MLP_FP32};
+    if (c->fp8) {
+        /* gate/up in fp32 and its own activation: the fused kinds read bf16 weights. */
+        p.gate_up = cuda_plan_fp8_product(c, rows, 2 * c->inter, c->hidden);
+        p.down = cuda_plan_fp8_product(c, rows, c->hidden, c->inter);
+        return p;
+    }
     p.down = cuda_plan_product_parts(c, rows, c->hidden, c->inter, false);
     if (c->fused_mlp && c->gu_interleaved && rows <= CUDA_FUSED_MLP_ROWS &&
         hopper_takes(c, rows, c->hidden, c->inter, false)) {
@@ -114,6 +143,18 @@ struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows)
         p.gate_up = cuda_plan_product(c, rows, 2 * c->inter, c->hidden);
     }
     return p;
+}
+
+bool cuda_plan_quant_gemv(const struct cuda_plan_config *c, int rows)
+{
+    return c->deterministic || rows <= CUDA_QUANT_GEMV_ROWS;
+}
+
+int cuda_plan_quant_tile_rows(int n_out, int k_in)
+{
+    const int64_t fit = k_in > 0 ? (int64_t)(CUDA_QUANT_SCRATCH_BYTES / 2) / k_in : 1;
+    if (fit >= n_out) return n_out < 1 ? 1 : n_out;
+    return fit >= 64 ? (int)(fit / 64 * 64) : fit < 1 ? 1 : (int)fit;
 }
 
 bool cuda_plan_takes_tiles(const struct cuda_plan_config *c, const struct batch_seq *q)
@@ -203,14 +244,26 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
             return plan_fail(err, errlen,
                              "cuda: sequence %d of the batch is inconsistent (start %d, %d new, %d blocks)", s,
                              q->start_pos, q->n_new, q->n_blocks);
-        /* The engine never sends these here (backend.h's supports_* flags are off); a batch that
-         * asks them anyway fails rather than come back without them. */
-        if (q->lp_rows > 0 || q->hidden_sum || q->hidden_last ||
-            (q->sample && (q->n_suppress > 0 || q->sampling->n_bias > 0)))
-            return plan_fail(err, errlen,
-                             "cuda: sequence %d asks for a logit bias, suppressed tokens, prompt logprobs or hidden "
-                             "states, which this backend does not compute yet",
-                             s);
+        if (q->lp_rows > 0) {
+            if (q->lp_first < 0 || q->lp_first + q->lp_rows > q->n_new || !q->lp_targets || !q->lp_out ||
+                q->lp_top < 0 || q->lp_top > SAMPLER_MAX_TOP_LOGPROBS)
+                return plan_fail(err, errlen,
+                                 "cuda: sequence %d asks for prompt logprobs of rows %d..%d of its %d new tokens (top "
+                                 "%d)",
+                                 s, q->lp_first, q->lp_first + q->lp_rows, q->n_new, q->lp_top);
+            for (int i = 0; i < q->lp_rows; i++)
+                if (q->lp_targets[i] < 0 || q->lp_targets[i] >= V)
+                    return plan_fail(err, errlen, "cuda: prompt logprob target %d of sequence %d is not in the "
+                                     "vocabulary (%d)", q->lp_targets[i], s, V);
+            p->n_lp += q->lp_rows;
+        }
+        if ((q->hidden_sum || q->hidden_last) && q->n_new > 0) {
+            p->n_hid_rows += q->hidden_sum ? q->n_new : 1;
+            p->n_hid_seqs++;
+        }
+        if (q->sample && ((q->n_suppress > 0 && !q->suppress) ||
+                          (q->sampling->n_bias > 0 && (!q->sampling->bias_ids || !q->sampling->bias_values))))
+            return plan_fail(err, errlen, "cuda: sequence %d has suppressed tokens or a logit bias without ids", s);
         for (int i = 0; i < need; i++)
             if (q->block_table[i] < 0 || q->block_table[i] >= c->num_kv_blocks)
                 return plan_fail(err, errlen, "cuda: block id %d out of range (%d blocks)", q->block_table[i],
@@ -228,6 +281,10 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
         p->n_rows++;
         const struct sampling_params *sp = q->sampling;
         if (sampling_uses_history(sp) && q->history && q->n_history > 0) p->n_hist += (size_t)q->n_history;
+        /* The logit bias (ids, then the values' bits) and the suppressed ids ride with the history. */
+        if (sp->n_bias > 0) p->n_hist += 2 * (size_t)sp->n_bias;
+        if (q->n_suppress > 0) p->n_hist += (size_t)q->n_suppress;
+        if (q->allowed) p->n_masked++;
         if (sp->temperature > 1e-5f && ((sp->top_k > 0 && sp->top_k < V) || (sp->top_p > 0.0f && sp->top_p < 1.0f)))
             p->any_cut = true;
     }
@@ -249,7 +306,8 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
     /* A pure decode step (one token per sequence, every one sampled) is replayed from a CUDA
      * graph of its shape; its block-table width is rounded up to a power of two so the shape
      * changes rarely as contexts grow. */
-    p->graph = c->graphs && T > 0 && T == S && p->n_rows == S && p->n_tiles == 0 && !batch->logits_out;
+    p->graph = c->graphs && T > 0 && T == S && p->n_rows == S && p->n_tiles == 0 && !batch->logits_out &&
+               p->n_lp == 0 && p->n_hid_seqs == 0;
     if (p->graph) {
         int w = 4;
         while (w < bt_stride) w *= 2;
@@ -287,8 +345,9 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
     const int H = c->hidden, qd = c->n_heads * c->head_dim, qkvd = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
     /* qkv_post and the decode attention launch while qkv streams, and the attention's settled keys
      * with it; at up to CUDA_QKV_EARLY_ROWS rows that lost a little. */
-    p->qkv = cuda_plan_product_parts(c, T, qkvd, H, T > CUDA_QKV_EARLY_ROWS);
-    p->o = cuda_plan_product_parts(c, T, H, qd, false);
+    p->qkv = c->fp8 ? cuda_plan_fp8_product(c, T, qkvd, H)
+                    : cuda_plan_product_parts(c, T, qkvd, H, T > CUDA_QKV_EARLY_ROWS);
+    p->o = c->fp8 ? cuda_plan_fp8_product(c, T, H, qd) : cuda_plan_product_parts(c, T, H, qd, false);
     p->mlp = cuda_plan_mlp(c, T);
     p->lm_head = cuda_plan_product(c, p->n_rows, V, H);
     return 0;

@@ -34,6 +34,9 @@ static int put_matrix(struct loader *ld, uint16_t *dst, const struct tensor *t, 
     if (tensor_numel(t) != numel)
         CUDA_FAIL(b, "cuda: tensor %s has %lld elements, expected %lld", name, (long long)tensor_numel(t),
                   (long long)numel);
+    /* FP8 outside the layers' FP8 products (embeddings, or a layout those do not take). */
+    if (t->dtype == DTYPE_F8_E4M3 || t->dtype == DTYPE_F8_E5M2)
+        return cuda_fp8_put_bf16(b, dst, t, ld->m->dummy_seed);
     if (!t->data) {
         CUDA_CHECK(b, sk_fill_dummy_bf16(dst, ld->m->dummy_seed, t->dummy_id, 0, numel, 0, b->stream));
     } else if (t->dtype == DTYPE_BF16) {
@@ -74,6 +77,36 @@ int cuda_weights_put_matrix(struct loader *ld, uint16_t *dst, const struct tenso
                             const char *name)
 {
     return put_matrix(ld, dst, t, numel, name);
+}
+
+/* Layer lw's matrices as bf16: fused [q;k;v] and, with mlp, [gate;up] (interleaved through
+ * gu_plain when the planner wants it) and down; a sparse layer's experts load apart
+ * (cuda_moe.c). */
+static int put_layer_matrices(struct loader *ld, struct cuda_layer *cl, const struct layer_weights *lw,
+                              uint16_t *gu_plain, const char *name, bool mlp)
+{
+    struct cuda_backend *b = ld->b;
+    const struct model_config *c = &ld->m->config;
+    const int64_t H = c->hidden_size, I = c->intermediate_size, D = c->head_dim;
+    const int64_t qd = (int64_t)c->n_heads * D, kvd = (int64_t)c->n_kv_heads * D;
+    const bool interleave = b->plan.gu_interleaved;
+    int rc = 0;
+    if ((rc = alloc_dev(b, (void **)&cl->wqkv, (size_t)((qd + 2 * kvd) * H) * 2)) < 0) goto fail;
+    if ((rc = put_matrix(ld, cl->wqkv, &lw->wq, qd * H, name)) < 0) goto fail;
+    if ((rc = put_matrix(ld, cl->wqkv + qd * H, &lw->wk, kvd * H, name)) < 0) goto fail;
+    if ((rc = put_matrix(ld, cl->wqkv + (qd + kvd) * H, &lw->wv, kvd * H, name)) < 0) goto fail;
+    if ((rc = alloc_dev(b, (void **)&cl->wo, (size_t)(H * qd) * 2)) < 0) goto fail;
+    if ((rc = put_matrix(ld, cl->wo, &lw->wo, H * qd, name)) < 0) goto fail;
+    if (!mlp) return 0;
+    if ((rc = alloc_dev(b, (void **)&cl->wgu, (size_t)(2 * I * H) * 2)) < 0) goto fail;
+    uint16_t *gu = interleave ? gu_plain : cl->wgu;
+    if ((rc = put_matrix(ld, gu, &lw->w_gate, I * H, name)) < 0) goto fail;
+    if ((rc = put_matrix(ld, gu + I * H, &lw->w_up, I * H, name)) < 0) goto fail;
+    if (interleave) CUDA_CHECK(b, sk_gate_up_interleave(cl->wgu, gu_plain, (int)I, (int)H, b->stream));
+    if ((rc = alloc_dev(b, (void **)&cl->wd, (size_t)(H * I) * 2)) < 0) goto fail;
+    if ((rc = put_matrix(ld, cl->wd, &lw->w_down, H * I, name)) < 0) goto fail;
+fail:
+    return rc;
 }
 
 /* Writes vector t (n floats) as fp32 at dst on the device. */
@@ -140,15 +173,22 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
      * (sk_hopper_gemm_swiglu; the planner decides, cuda_plan_config_init). */
     const bool interleave = b->plan.gu_interleaved;
     if (interleave) CUDA_CHECK(b, cudaMalloc((void **)&gu_plain, (size_t)(2 * I * H) * 2));
-    if ((rc = alloc_dev(b, (void **)&b->w.tok_embed, (size_t)(V * H) * 2)) < 0) goto fail;
-    if ((rc = put_matrix(&ld, b->w.tok_embed, &m->tok_embed, V * H, "tok_embed")) < 0) goto fail;
     bool tied = c->tie_embeddings || (m->lm_head.data && m->lm_head.data == m->tok_embed.data) ||
                 tensor_numel(&m->lm_head) == 0;
+    /* Kept in its GGUF blocks where the block kernels take its type (cuda_qweights.c). */
+    if ((rc = cuda_qembed_load(b, &m->tok_embed, tied)) < 0) goto fail;
+    if (!b->w.tok_embed_q.w) {
+        if ((rc = alloc_dev(b, (void **)&b->w.tok_embed, (size_t)(V * H) * 2)) < 0) goto fail;
+        if ((rc = put_matrix(&ld, b->w.tok_embed, &m->tok_embed, V * H, "tok_embed")) < 0) goto fail;
+    }
     if (tied) {
         b->w.lm_head = b->w.tok_embed;
     } else {
-        if ((rc = alloc_dev(b, (void **)&b->w.lm_head, (size_t)(V * H) * 2)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, b->w.lm_head, &m->lm_head, V * H, "lm_head")) < 0) goto fail;
+        if ((rc = cuda_qlm_head_load(b, &m->lm_head)) < 0) goto fail;
+        if (!b->w.lm_head_q.w) {
+            if ((rc = alloc_dev(b, (void **)&b->w.lm_head, (size_t)(V * H) * 2)) < 0) goto fail;
+            if ((rc = put_matrix(&ld, b->w.lm_head, &m->lm_head, V * H, "lm_head")) < 0) goto fail;
+        }
     }
     if ((rc = put_vector(&ld, &b->w.final_norm, &m->final_norm, H, true, "final_norm")) < 0) goto fail;
 
@@ -159,24 +199,25 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
         struct cuda_layer *cl = &b->w.layers[l];
         char name[64];
         snprintf(name, sizeof name, "layer %d", l);
-        if ((rc = alloc_dev(b, (void **)&cl->wqkv, (size_t)((qd + 2 * kvd) * H) * 2)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, cl->wqkv, &lw->wq, qd * H, name)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, cl->wqkv + qd * H, &lw->wk, kvd * H, name)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, cl->wqkv + (qd + kvd) * H, &lw->wv, kvd * H, name)) < 0) goto fail;
-        if ((rc = alloc_dev(b, (void **)&cl->wo, (size_t)(H * qd) * 2)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, cl->wo, &lw->wo, H * qd, name)) < 0) goto fail;
-        if (lw->moe) {
-            /* A sparse layer: its experts instead of the dense MLP (cuda_moe.c). */
-            if ((rc = cuda_moe_load_layer(b, &ld, m, l)) < 0) goto fail;
-        } else {
-            if ((rc = alloc_dev(b, (void **)&cl->wgu, (size_t)(2 * I * H) * 2)) < 0) goto fail;
-            uint16_t *gu = interleave ? gu_plain : cl->wgu;
-            if ((rc = put_matrix(&ld, gu, &lw->w_gate, I * H, name)) < 0) goto fail;
-            if ((rc = put_matrix(&ld, gu + I * H, &lw->w_up, I * H, name)) < 0) goto fail;
-            if (interleave) CUDA_CHECK(b, sk_gate_up_interleave(cl->wgu, gu_plain, (int)I, (int)H, b->stream));
-            if ((rc = alloc_dev(b, (void **)&cl->wd, (size_t)(H * I) * 2)) < 0) goto fail;
-            if ((rc = put_matrix(&ld, cl->wd, &lw->w_down, H * I, name)) < 0) goto fail;
+        if (b->fp8) {
+            if (lw->moe)
+                CUDA_FAIL(b,
+                          "cuda: %s has FP8 weights and mixture-of-experts layers (layer %d); the GPU computes "
+                          "experts in bf16 only: use a bf16 checkpoint or --device cpu",
+                          c->arch_name, l);
+            if ((rc = cuda_fp8_load_layer(b, m, l)) < 0) goto fail;
+            goto vectors;
         }
+        if (lw->moe) {
+            /* A sparse layer: attention as bf16, the experts instead of the dense MLP (cuda_moe.c). */
+            if ((rc = put_layer_matrices(&ld, cl, lw, gu_plain, name, false)) < 0) goto fail;
+            if ((rc = cuda_moe_load_layer(b, &ld, m, l)) < 0) goto fail;
+            goto vectors;
+        }
+        /* GGUF blocks the block kernels take stay blocks (cuda_qweights.c); the rest is bf16. */
+        if ((rc = cuda_qlayer_load(b, lw, cl)) < 0) goto fail;
+        if (!cl->q && (rc = put_layer_matrices(&ld, cl, lw, gu_plain, name, true)) < 0) goto fail;
+    vectors:
         if ((rc = put_vector(&ld, &cl->attn_norm, &lw->attn_norm, H, true, name)) < 0) goto fail;
         if ((rc = put_vector(&ld, &cl->ffn_norm, &lw->ffn_norm, H, true, name)) < 0) goto fail;
         if (c->qk_norm) {
@@ -190,9 +231,11 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
             if ((rc = put_vector_at(&ld, cl->bqkv + qd + kvd, &lw->bv, kvd, false, name)) < 0) goto fail;
         }
     }
+    cuda_fp8_load_done(b);
     rope_frequencies(c, inv_freq);
     if ((rc = alloc_dev(b, (void **)&b->w.inv_freq, (size_t)(D / 2) * sizeof(float))) < 0) goto fail;
     CUDA_CHECK(b, cudaMemcpy(b->w.inv_freq, inv_freq, (size_t)(D / 2) * sizeof(float), cudaMemcpyHostToDevice));
+    if ((rc = cuda_qweights_finish(b)) < 0) goto fail;
     CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
 fail:
     if (ld.staging) cudaFree(ld.staging);
@@ -203,6 +246,8 @@ fail:
 
 void cuda_weights_free(struct cuda_backend *b)
 {
+    cuda_fp8_free(b);
+    cuda_qweights_free(b);
     if (b->w.lm_head && b->w.lm_head != b->w.tok_embed) cudaFree(b->w.lm_head);
     cudaFree(b->w.tok_embed);
     cudaFree(b->w.final_norm);
