@@ -53,9 +53,10 @@ static void test_route(int n_tokens, int E, int k, bool renorm)
         float w = renorm ? 1.0f / k : 1.0f / E;
         tie_bad += choice[t * k + r] != r || fabsf(weight[t * k + r] - w) > 1e-6f * w;
     }
-    GT_CHECK(bad_c == 0 && worst_w < 2e-6 && tie_bad == 0,
+    /* Weights: the softmax's sum runs in another order (a warp's tree), up to n_experts roundings. */
+    GT_CHECK(bad_c == 0 && worst_w < 1e-5 && tie_bad == 0,
              "sk_moe_route %d tokens, %d experts, top %d%s: choices equal cpu_router_route's (%d differ, first at "
-             "token %d), weights rel err %.2e; all-equal logits choose experts 0..%d with equal weights (%d wrong)",
+             "token %d), weights rel err %.2e (bound 1e-5); all-equal logits choose experts 0..%d with equal weights (%d wrong)",
              n_tokens, E, k, renorm ? ", renormalised" : "", bad_c, first_bad, worst_w, k - 1, tie_bad);
     cudaFree(d_logits), cudaFree(d_w), cudaFree(d_c);
     free(logits), free(probs), free(choice), free(want_c), free(weight), free(want_w);
@@ -235,7 +236,7 @@ static void test_combine(int n_tokens, int E, int k, int H, bool shared)
             double e = fabs(out[(size_t)t * H + i] - want) / (mag + 1e-30);
             if (e > worst) worst = e;
         }
-    GT_CHECK(worst < 1e-6, "sk_moe_combine %d tokens, top %d of %d, hidden %d%s: rel err %.2e (bound 1e-6)", n_tokens,
+    GT_CHECK(worst < 4e-6, "sk_moe_combine %d tokens, top %d of %d, hidden %d%s: rel err %.2e (bound 4e-6)", n_tokens,
              k, E, H, shared ? ", shared expert" : "", worst);
     cudaFree(d_y), cudaFree(d_w), cudaFree(d_sy), cudaFree(d_sg), cudaFree(d_out), cudaFree(d_c), cudaFree(d_p);
     free(choice), free(order), free(pos), free(weight), free(y), free(sy), free(sg), free(out);
