@@ -61,16 +61,18 @@ HAVE_CUDA   := 0
 CUDA_LDLIBS :=
 endif
 
-# --- NCCL: tensor parallelism over GPUs, built where CUDA is and NCCL's header and library are
-# found beside CUDA's or the system's; otherwise worker/parallel/nonccl/ says the build has none.
+# --- NCCL: tensor parallelism over GPUs, built where CUDA is and NCCL's header is found beside
+# CUDA's or the system's; otherwise worker/parallel/nonccl/ says the build has none.
 ifeq ($(HAVE_CUDA),1)
 NCCL_INCLUDE ?= $(firstword $(foreach d,$(CUDA_HOME)/include /usr/include /usr/local/include,$(if $(wildcard $(d)/nccl.h),$(d))))
 NCCL_LIB     ?= $(firstword $(foreach d,$(CUDA_HOME)/lib64 $(CUDA_HOME)/lib /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/lib,$(wildcard $(d)/libnccl.so $(d)/libnccl.so.2)))
 endif
-ifneq ($(and $(NCCL_INCLUDE),$(NCCL_LIB)),)
+ifneq ($(NCCL_INCLUDE),)
 HAVE_NCCL   := 1
 CPPFLAGS    += $(if $(filter $(CUDA_HOME)/include,$(NCCL_INCLUDE)),,-I$(NCCL_INCLUDE))
-CUDA_LDLIBS += -L$(dir $(NCCL_LIB)) -Wl,-rpath,$(dir $(NCCL_LIB)) -l:$(notdir $(NCCL_LIB))
+# Not linked: worker/parallel/nccl/comm_nccl.c opens the library when asked for NCCL, trying the
+# build machine's copy last.
+$(BUILD)/obj/worker/parallel/nccl/comm_nccl.o: CPPFLAGS += -DSLUICE_NCCL_LIBDIR='"$(dir $(NCCL_LIB))"'
 else
 HAVE_NCCL   := 0
 endif

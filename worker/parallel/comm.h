@@ -51,7 +51,8 @@ const char *comm_kind(const struct comm *c);
 
 /* buf[i] = sum over ranks of their buf[i], for i < count, in place. */
 int comm_all_reduce_sum(struct comm *c, void *buf, size_t count, enum comm_dtype dtype);
-/* recv = rank 0's send, then rank 1's, ...: n * count elements; send and recv do not overlap. */
+/* recv = rank 0's send, then rank 1's, ...: n * count elements. send and recv do not overlap,
+ * or send is recv + rank * count (in place). */
 int comm_all_gather(struct comm *c, const void *send, void *recv, size_t count, enum comm_dtype dtype);
 /* Returns once every rank has reached it (NCCL: and every rank's queued collectives are done). */
 int comm_barrier(struct comm *c);
@@ -60,7 +61,8 @@ int comm_sync(struct comm *c);
 /* Fails the group: every rank's pending and later calls return an error naming this rank and
  * why. Safe to call from any rank's thread at any time, more than once. */
 void comm_abort(struct comm *c, const char *why);
-/* Whether the group has failed. */
+/* Whether the group has failed (NCCL: also asks NCCL for this rank's asynchronous error, so
+ * call it from the rank's thread). */
 bool comm_failed(const struct comm *c);
 /* What the last failed call on this rank said ("" when none). */
 const char *comm_error(const struct comm *c);

@@ -163,8 +163,10 @@ static int cpu_all_gather(struct comm *c, const void *send, void *recv, size_t c
     g->posted[c->rank] = send;
     g->count[c->rank] = count;
     if (group_wait(cc, what) || check_counts(cc, what)) return -1;
-    for (int r = 0; r < g->n; r++)
-        if (count) memcpy((float *)recv + (size_t)r * count, g->posted[r], count * sizeof(float));
+    for (int r = 0; r < g->n; r++) {
+        float *to = (float *)recv + (size_t)r * count;
+        if (count && to != g->posted[r]) memcpy(to, g->posted[r], count * sizeof(float));
+    }
     /* No rank reuses its send buffer before every rank has copied it. */
     return group_wait(cc, what);
 }

@@ -4,9 +4,16 @@
  * peer failed or never came returns an error instead of waiting forever. On any failure the
  * rank aborts its NCCL communicator (ncclCommAbort, which also ends its kernels still
  * waiting on a peer) and fails the group; every other rank sees the group's failure at its
- * next call or while it syncs, and aborts its own. Built only where NCCL's header and library
- * are found (the Makefile's HAVE_NCCL). */
+ * next call or while it syncs, and aborts its own. Built only where NCCL's header is found (the
+ * Makefile's HAVE_NCCL).
+ *
+ * The library is opened at run time (dlopen), not linked: a worker that never asks for NCCL
+ * (the CPU backend, one GPU without --tensor-parallel-size) starts on a machine without it, and
+ * one that asks is told it is missing. Tried in order: $SLUICE_NCCL_LIBRARY, libnccl.so.2 where
+ * the dynamic loader looks (LD_LIBRARY_PATH, the program's run path), and the build machine's
+ * copy (SLUICE_NCCL_LIBDIR). */
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <nccl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -17,6 +24,67 @@
 
 #include "worker/parallel/comm.h"
 #include "worker/parallel/comm_internal.h"
+
+
+/* NCCL's entry points, from the library opened once. */
+static struct {
+    __typeof__(&ncclCommInitAll) CommInitAll;
+    __typeof__(&ncclAllReduce) AllReduce;
+    __typeof__(&ncclAllGather) AllGather;
+    __typeof__(&ncclCommAbort) CommAbort;
+    __typeof__(&ncclCommDestroy) CommDestroy;
+    __typeof__(&ncclCommGetAsyncError) CommGetAsyncError;
+    __typeof__(&ncclGetErrorString) GetErrorString;
+    __typeof__(&ncclGetLastError) GetLastError;
+    char error[512]; /* why it could not be opened; "" once it is */
+} nccl;
+static pthread_once_t nccl_once = PTHREAD_ONCE_INIT;
+
+#ifndef SLUICE_NCCL_LIBDIR
+#define SLUICE_NCCL_LIBDIR ""
+#endif
+
+static void nccl_open(void)
+{
+    const char *env = getenv("SLUICE_NCCL_LIBRARY");
+    char built[4096];
+    snprintf(built, sizeof built, "%slibnccl.so.2", SLUICE_NCCL_LIBDIR);
+    const char *tries[] = {env && *env ? env : NULL, "libnccl.so.2", SLUICE_NCCL_LIBDIR[0] ? built : NULL};
+    void *h = NULL;
+    char last[300] = "";
+    for (size_t i = 0; i < sizeof tries / sizeof tries[0] && !h; i++) {
+        if (!tries[i]) continue;
+        h = dlopen(tries[i], RTLD_NOW | RTLD_LOCAL);
+        if (!h) snprintf(last, sizeof last, "%s", dlerror());
+    }
+    if (!h) {
+        snprintf(nccl.error, sizeof nccl.error,
+                 "cannot open the NCCL library (%s); set SLUICE_NCCL_LIBRARY to its path", last);
+        return;
+    }
+    struct {
+        void **fn;
+        const char *name;
+    } syms[] = {
+        {(void **)&nccl.CommInitAll, "ncclCommInitAll"},
+        {(void **)&nccl.AllReduce, "ncclAllReduce"},
+        {(void **)&nccl.AllGather, "ncclAllGather"},
+        {(void **)&nccl.CommAbort, "ncclCommAbort"},
+        {(void **)&nccl.CommDestroy, "ncclCommDestroy"},
+        {(void **)&nccl.CommGetAsyncError, "ncclCommGetAsyncError"},
+        {(void **)&nccl.GetErrorString, "ncclGetErrorString"},
+        {(void **)&nccl.GetLastError, "ncclGetLastError"},
+    };
+    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
+        *syms[i].fn = dlsym(h, syms[i].name);
+        if (!*syms[i].fn) {
+            snprintf(nccl.error, sizeof nccl.error, "the NCCL library has no %s (too old?)", syms[i].name);
+            dlclose(h);
+            return;
+        }
+    }
+    nccl.error[0] = 0;
+}
 
 struct nccl_group;
 
@@ -59,7 +127,7 @@ static void group_fail(struct nccl_group *g, int rank, const char *why)
 static void abort_own(struct nccl_comm *nc)
 {
     if (!nc->nc) return;
-    ncclCommAbort(nc->nc);
+    nccl.CommAbort(nc->nc);
     nc->nc = NULL;
 }
 
@@ -82,7 +150,7 @@ static int fail_rank(struct nccl_comm *nc, const char *fmt, ...)
         ncclResult_t r_ = (stmt);                                                                               \
         if (r_ != ncclSuccess && r_ != ncclInProgress)                                                          \
             return fail_rank((nc), "%s failed at %s:%d: %s (%s)", #stmt, __FILE__, __LINE__,                     \
-                             ncclGetErrorString(r_), (nc)->nc ? ncclGetLastError((nc)->nc) : "");               \
+                             nccl.GetErrorString(r_), (nc)->nc ? nccl.GetLastError((nc)->nc) : "");               \
     } while (0)
 
 #define CUDA_CHECK(nc, stmt)                                                                                    \
@@ -124,7 +192,7 @@ static int nccl_all_reduce_sum(struct comm *c, void *buf, size_t count, enum com
     struct nccl_comm *nc = (struct nccl_comm *)c;
     ncclDataType_t t = ncclFloat32;
     if (ready(nc, "all_reduce_sum") || nccl_type(nc, dtype, &t)) return -1;
-    NCCL_CHECK(nc, ncclAllReduce(buf, buf, count, t, ncclSum, nc->nc, nc->stream));
+    NCCL_CHECK(nc, nccl.AllReduce(buf, buf, count, t, ncclSum, nc->nc, nc->stream));
     return 0;
 }
 
@@ -133,7 +201,7 @@ static int nccl_all_gather(struct comm *c, const void *send, void *recv, size_t 
     struct nccl_comm *nc = (struct nccl_comm *)c;
     ncclDataType_t t = ncclFloat32;
     if (ready(nc, "all_gather") || nccl_type(nc, dtype, &t)) return -1;
-    NCCL_CHECK(nc, ncclAllGather(send, recv, count, t, nc->nc, nc->stream));
+    NCCL_CHECK(nc, nccl.AllGather(send, recv, count, t, nc->nc, nc->stream));
     return 0;
 }
 
@@ -148,10 +216,10 @@ static int nccl_sync(struct comm *c)
         if (e != cudaErrorNotReady)
             return fail_rank(nc, "the rank's stream failed: %s", cudaGetErrorString(e));
         ncclResult_t async = ncclSuccess;
-        NCCL_CHECK(nc, ncclCommGetAsyncError(nc->nc, &async));
+        NCCL_CHECK(nc, nccl.CommGetAsyncError(nc->nc, &async));
         if (async != ncclSuccess && async != ncclInProgress)
-            return fail_rank(nc, "NCCL reported an asynchronous error: %s (%s)", ncclGetErrorString(async),
-                             ncclGetLastError(nc->nc));
+            return fail_rank(nc, "NCCL reported an asynchronous error: %s (%s)", nccl.GetErrorString(async),
+                             nccl.GetLastError(nc->nc));
         if (atomic_load(&nc->g->failed)) return ready(nc, "sync");
         if (now_s() > deadline)
             return fail_rank(nc, "its collectives were not done after %.3g s (a peer rank failed or never came)",
@@ -177,7 +245,19 @@ static void nccl_abort(struct comm *c, const char *why)
     abort_own(nc);
 }
 
-static bool nccl_failed(const struct comm *c) { return atomic_load(&((const struct nccl_comm *)c)->g->failed); }
+static bool nccl_failed(const struct comm *c)
+{
+    struct nccl_comm *nc = (struct nccl_comm *)c;
+    if (atomic_load(&nc->g->failed)) return true;
+    if (!nc->nc) return false;
+    ncclResult_t async = ncclSuccess, rc = nccl.CommGetAsyncError(nc->nc, &async);
+    if (rc == ncclSuccess && (async == ncclSuccess || async == ncclInProgress)) return false;
+    char msg[300];
+    snprintf(msg, sizeof msg, "NCCL reported an asynchronous error: %s",
+             nccl.GetErrorString(rc != ncclSuccess ? rc : async));
+    group_fail(nc->g, c->rank, msg);
+    return true;
+}
 
 static void nccl_destroy(struct comm **ranks, int n)
 {
@@ -185,7 +265,8 @@ static void nccl_destroy(struct comm **ranks, int n)
     for (int r = 0; r < g->n; r++) {
         struct nccl_comm *nc = &g->ranks[r];
         if (cudaSetDevice(nc->device) != cudaSuccess) continue;
-        if (nc->nc) ncclCommDestroy(nc->nc);
+        /* A failed group's peers may be gone: nothing may wait on them. */
+        if (nc->nc) atomic_load(&g->failed) ? nccl.CommAbort(nc->nc) : nccl.CommDestroy(nc->nc);
         if (nc->one) cudaFree(nc->one);
         if (nc->own_stream && nc->stream) cudaStreamDestroy(nc->stream);
     }
@@ -210,6 +291,11 @@ int comm_nccl_create(struct comm **ranks, int n, const int *devices, void *const
 {
     if (n < 1 || n > COMM_MAX_RANKS) {
         snprintf(err, errlen, "a communicator has 1 to %d ranks, not %d", COMM_MAX_RANKS, n);
+        return -1;
+    }
+    pthread_once(&nccl_once, nccl_open);
+    if (nccl.error[0]) {
+        snprintf(err, errlen, "%s", nccl.error);
         return -1;
     }
     int visible = 0;
@@ -237,10 +323,10 @@ int comm_nccl_create(struct comm **ranks, int n, const int *devices, void *const
     g->timeout_s = timeout_s > 0 ? timeout_s : COMM_DEFAULT_TIMEOUT_S;
     atomic_init(&g->failed, false);
     ncclComm_t comms[COMM_MAX_RANKS];
-    ncclResult_t nr = ncclCommInitAll(comms, n, devlist);
+    ncclResult_t nr = nccl.CommInitAll(comms, n, devlist);
     if (nr != ncclSuccess) {
-        snprintf(err, errlen, "ncclCommInitAll over %d GPU(s) failed: %s (%s)", n, ncclGetErrorString(nr),
-                 ncclGetLastError(NULL));
+        snprintf(err, errlen, "ncclCommInitAll over %d GPU(s) failed: %s (%s)", n, nccl.GetErrorString(nr),
+                 nccl.GetLastError(NULL));
         pthread_mutex_destroy(&g->mu);
         free(g);
         return -1;
