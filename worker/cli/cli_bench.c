@@ -3,8 +3,8 @@
  * prefill time, decode tokens/s and the time per decode step, one line per batch size, so
  * the same command measures the CPU and the CUDA backends. Each batch size first runs untimed
  * with 2 output tokens (--warmup), as the Hugging Face baseline does: the first use of a shape
- * loads its GPU kernels (CUDA loads modules lazily, ~40 ms for a cuBLAS kernel) and captures its
- * CUDA graph. */
+ * loads its GPU kernels (CUDA loads modules lazily, at their first launch) and captures its CUDA
+ * graph, neither of which a timed run should pay for. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -129,6 +129,9 @@ static int parse_arch(json_t *root, struct model_config *cfg, const char *file, 
         else if (!strcmp(model_type, "mistral")) name = "MistralForCausalLM";
         else if (!strcmp(model_type, "qwen2")) name = "Qwen2ForCausalLM";
         else if (!strcmp(model_type, "qwen3")) name = "Qwen3ForCausalLM";
+        else if (!strcmp(model_type, "mixtral")) name = "MixtralForCausalLM";
+        else if (!strcmp(model_type, "qwen2_moe")) name = "Qwen2MoeForCausalLM";
+        else if (!strcmp(model_type, "qwen3_moe")) name = "Qwen3MoeForCausalLM";
     }
     if (!name) {
         snprintf(err, errlen, "%s: field 'architectures' is missing (and no known 'model_type')", file);
@@ -143,10 +146,12 @@ static int parse_arch(json_t *root, struct model_config *cfg, const char *file, 
     } else if (!strcmp(name, "Qwen3ForCausalLM")) {
         cfg->arch = MODEL_ARCH_QWEN3;
         cfg->qk_norm = true;
+    } else if (model_moe_arch(name, cfg)) { /* Mixtral, Qwen2-MoE, Qwen3-MoE: model_moe.c */
     } else {
         snprintf(err, errlen,
                  "%s: field 'architectures' names '%s', which is not supported "
-                 "(LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM are)",
+                 "(LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
+                 "MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM are)",
                  file, name);
         return -1;
     }
@@ -227,6 +232,7 @@ int model_config_from_json(struct model_config *cfg, const char *json_path, char
         parse_rope_scaling(json_object_get(root, "rope_parameters"), cfg, json_path, err, errlen))
         goto out;
     if (parse_dtype(root, cfg, json_path, err, errlen)) goto out;
+    if (model_moe_config_from_json(root, cfg, json_path, err, errlen)) goto out;
     if (get_eos(root, cfg, json_path, err, errlen)) goto out;
 
     /* generation_config.json decides what generation stops on in Hugging Face; its ids join

@@ -227,7 +227,7 @@ int model_alloc_layers(struct model *m, char *err, size_t errlen)
         set_shape(&L->w_up, dt, c->intermediate_size, h, &id);
         set_shape(&L->w_down, dt, h, c->intermediate_size, &id);
     }
-    return 0;
+    return model_moe_alloc(m, &id, err, errlen);
 }
 
 static bool ends_with(const char *s, const char *suffix)
@@ -306,5 +306,6 @@ void model_free(struct model *m)
     if (!m) return;
     model_source_free(m->source);
     free(m->layers);
+    free(m->moe_alloc);
     free(m);
 }

@@ -32,6 +32,20 @@ enum dtype {
 enum rope_scaling_type { ROPE_SCALING_NONE = 0, ROPE_SCALING_LLAMA3, ROPE_SCALING_LINEAR };
 
 #define MODEL_MAX_EOS 8
+#define MODEL_MAX_LAYERS 4096
+
+/* Mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE; worker/model/model_moe.c): each sparse
+ * layer's MLP is n_experts SwiGLU experts of which a router picks top_k per token. The
+ * attention around it is the base architecture's (model_config.arch). n_experts 0: dense. */
+struct moe_config {
+    int n_experts;
+    int top_k;
+    int expert_intermediate;  /* Qwen's moe_intermediate_size; Mixtral's intermediate_size */
+    bool norm_topk_prob;      /* the top-k probabilities renormalised to sum to 1 (Mixtral: always) */
+    int shared_intermediate;  /* Qwen2-MoE's shared expert (sigmoid-gated); 0 when none */
+    int sparse_step;          /* decoder_sparse_step: layer l is sparse when (l + 1) % step == 0 */
+    uint64_t dense_layers[MODEL_MAX_LAYERS / 64]; /* mlp_only_layers, one bit per layer */
+};
 
 struct model_config {
     enum model_arch arch;
@@ -63,6 +77,7 @@ struct model_config {
     int eos_ids[MODEL_MAX_EOS];
     int n_eos;
     enum dtype dtype;         /* the checkpoint's (or the dummy's) dtype; F32 for a quantized GGUF */
+    struct moe_config moe;
 };
 
 /* A tensor of the checkpoint. data is NULL for --load-format dummy: backends fill such a
@@ -83,6 +98,8 @@ struct layer_weights {
     struct tensor ffn_norm;                   /* [hidden] */
     struct tensor w_gate, w_up;               /* [intermediate, hidden] */
     struct tensor w_down;                     /* [hidden, intermediate] */
+    struct moe_weights *moe;                  /* a sparse layer's experts (model_moe.h), whose w_gate,
+                                               * w_up, w_down then have ndim 0; NULL when dense */
 };
 
 struct model {
@@ -97,6 +114,7 @@ struct model {
     char path[4096];
     bool is_gguf;
     void *source;                             /* loader-private: mmaps, owned buffers */
+    void *moe_alloc;                          /* model_moe.c's tensors of every sparse layer */
 };
 
 enum model_load_format { MODEL_LOAD_AUTO = 0, MODEL_LOAD_DUMMY };

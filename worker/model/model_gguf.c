@@ -157,9 +157,11 @@ static int read_config(struct gguf_ctx *g, struct model_config *c)
     } else if (!strcmp(g->prefix, "qwen3")) {
         c->arch = MODEL_ARCH_QWEN3;
         c->qk_norm = true;
+    } else if (model_moe_gguf_arch(g->prefix, c)) { /* model_moe.c */
     } else {
         snprintf(g->err, g->errlen,
-                 "%s: general.architecture '%s' is not supported (llama, qwen2, qwen3 are)", g->path, g->prefix);
+                 "%s: general.architecture '%s' is not supported (llama, qwen2, qwen3, qwen2moe, qwen3moe are)",
+                 g->path, g->prefix);
         return -1;
     }
     if (arch_int(g, "embedding_length", true, 0, &c->hidden_size) ||
@@ -186,6 +188,7 @@ static int read_config(struct gguf_ctx *g, struct model_config *c)
         }
     }
     if (rope_freqs_to_llama3(g, c)) return -1;
+    if (model_moe_config_from_gguf(g->f, g->prefix, c, g->path, g->err, g->errlen)) return -1;
     /* The embedding's rows are the vocabulary the model computes over; the token list may
      * be shorter when a checkpoint pads its embedding. */
     const struct gguf_tensor_info *te = gguf_find_tensor(g->f, "token_embd.weight");
@@ -238,6 +241,25 @@ static int bind(struct gguf_ctx *g, const char *name, struct tensor *t)
     return 0;
 }
 
+/* model_find_fn over the file, for the expert tensors (model_moe.c): shapes row-major. */
+static int find_ref(void *arg, const char *name, struct model_tensor_ref *out, char *err, size_t errlen)
+{
+    struct gguf_ctx *g = arg;
+    const struct gguf_tensor_info *ti = gguf_find_tensor(g->f, name);
+    out->file = g->path;
+    if (!ti) return 1;
+    enum dtype dt;
+    if (dtype_from_ggml(ti->type, &dt) != 0) {
+        snprintf(err, errlen, "%s: tensor '%s' has ggml type %u, which is not supported", g->path, name, ti->type);
+        return -1;
+    }
+    out->dtype = dt;
+    out->ndim = (int)ti->n_dims;
+    for (uint32_t i = 0; i < ti->n_dims && i < 4; i++) out->shape[i] = (int64_t)ti->dims[ti->n_dims - 1 - i];
+    out->data = ti->data;
+    return 0;
+}
+
 int model_load_gguf(struct model *m, const char *path, char *err, size_t errlen)
 {
     struct model_source *src = calloc(1, sizeof *src);
@@ -268,9 +290,9 @@ int model_load_gguf(struct model *m, const char *path, char *err, size_t errlen)
             {"attn_q_norm.weight", c->qk_norm ? &L->q_norm : NULL},
             {"attn_k_norm.weight", c->qk_norm ? &L->k_norm : NULL},
             {"ffn_norm.weight", &L->ffn_norm},
-            {"ffn_gate.weight", &L->w_gate},
-            {"ffn_up.weight", &L->w_up},
-            {"ffn_down.weight", &L->w_down},
+            {"ffn_gate.weight", L->moe ? NULL : &L->w_gate},
+            {"ffn_up.weight", L->moe ? NULL : &L->w_up},
+            {"ffn_down.weight", L->moe ? NULL : &L->w_down},
         };
         for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
             if (!names[i].t) continue;
@@ -278,6 +300,7 @@ int model_load_gguf(struct model *m, const char *path, char *err, size_t errlen)
             snprintf(name, sizeof name, "blk.%d.%s", l, names[i].suffix);
             if (bind(&g, name, names[i].t)) return -1;
         }
+        if (model_moe_bind_gguf(m, l, find_ref, &g, err, errlen)) return -1;
     }
     return 0;
 }

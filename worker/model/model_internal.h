@@ -3,6 +3,7 @@
 #ifndef SLUICE_WORKER_MODEL_INTERNAL_H
 #define SLUICE_WORKER_MODEL_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +34,40 @@ int model_config_validate(const struct model_config *cfg, const char *origin, ch
 /* Allocates m->layers and fills tensor shapes for cfg, leaving data NULL: the loaders then
  * fill data, and dummy loading keeps NULL. */
 int model_alloc_layers(struct model *m, char *err, size_t errlen);
+
+/* Mixture of experts (model_moe.c). */
+struct json_t;
+/* For an MoE architecture name ("MixtralForCausalLM", ...) sets cfg's arch_name, base arch and
+ * attention options and returns true; false for any other name. */
+bool model_moe_arch(const char *name, struct model_config *cfg);
+/* Fills cfg->moe from config.json's object (its experts, top-k, normalisation, sparse layers)
+ * and refuses what the MoE path does not compute (sliding windows, Qwen3-MoE attention_bias). */
+int model_moe_config_from_json(struct json_t *root, struct model_config *cfg, const char *file, char *err,
+                               size_t errlen);
+/* Allocates every sparse layer's struct moe_weights with shapes set and data NULL (dummy ids
+ * from *next_id on), and clears those layers' dense w_gate, w_up, w_down. */
+int model_moe_alloc(struct model *m, uint64_t *next_id, char *err, size_t errlen);
+/* A tensor of a weight file as a loader finds it: its shape row-major (GGUF's dims reversed). */
+struct model_tensor_ref {
+    enum dtype dtype;
+    int ndim;
+    int64_t shape[4];
+    const void *data;
+    const char *file;
+};
+/* 0 and *out when the file has the tensor, 1 when it has not, -1 (err set) when it is
+ * unreadable (an unsupported dtype). */
+typedef int (*model_find_fn)(void *ctx, const char *name, struct model_tensor_ref *out, char *err, size_t errlen);
+/* The same for a GGUF file: qwen2moe and qwen3moe, and expert_count in any architecture's
+ * metadata (llama for Mixtral). */
+bool model_moe_gguf_arch(const char *arch, struct model_config *cfg);
+int model_moe_config_from_gguf(const struct gguf_file *f, const char *arch, struct model_config *cfg,
+                               const char *path, char *err, size_t errlen);
+/* Binds layer l's expert tensors from a Hugging Face directory: per-expert tensors (the Hub's
+ * layout, which transformers also saves) or stacked [n_experts, ...] ones. */
+int model_moe_bind_hf(struct model *m, int layer, model_find_fn find, void *ctx, char *err, size_t errlen);
+/* The same from a GGUF file: llama.cpp's ffn_gate_inp and stacked ffn_{gate,up,down}_exps. */
+int model_moe_bind_gguf(struct model *m, int layer, model_find_fn find, void *ctx, char *err, size_t errlen);
 
 int model_load_safetensors(struct model *m, const char *dir, char *err, size_t errlen);
 int model_load_gguf(struct model *m, const char *path, char *err, size_t errlen);

@@ -216,6 +216,30 @@ static int st_bind(const struct st_set *s, const char *dir, const char *name, st
     return 0;
 }
 
+/* model_find_fn over the directory's files, for the expert tensors (model_moe.c). */
+struct st_find_ctx {
+    const struct st_set *s;
+    const char *dir;
+};
+
+static int st_find_ref(void *arg, const char *name, struct model_tensor_ref *out, char *err, size_t errlen)
+{
+    const struct st_find_ctx *ctx = arg;
+    const struct st_entry *e = st_find(ctx->s, name);
+    out->file = e ? ctx->s->files[e->file] : ctx->dir;
+    if (!e) return 1;
+    if (e->dtype < 0) {
+        snprintf(err, errlen, "%s: tensor '%s' has dtype %s, which is not supported (F32, F16, BF16 are)", out->file,
+                 name, e->dtype_str);
+        return -1;
+    }
+    out->dtype = (enum dtype)e->dtype;
+    out->ndim = e->ndim;
+    memcpy(out->shape, e->shape, sizeof out->shape);
+    out->data = e->data;
+    return 0;
+}
+
 static int st_open_all(struct st_set *s, struct model_source *src, const char *dir, char *err, size_t errlen)
 {
     char path[4200];
@@ -290,9 +314,9 @@ int model_load_safetensors(struct model *m, const char *dir, char *err, size_t e
             {"self_attn.q_norm.weight", c->qk_norm ? &L->q_norm : NULL},
             {"self_attn.k_norm.weight", c->qk_norm ? &L->k_norm : NULL},
             {"post_attention_layernorm.weight", &L->ffn_norm},
-            {"mlp.gate_proj.weight", &L->w_gate},
-            {"mlp.up_proj.weight", &L->w_up},
-            {"mlp.down_proj.weight", &L->w_down},
+            {"mlp.gate_proj.weight", L->moe ? NULL : &L->w_gate},
+            {"mlp.up_proj.weight", L->moe ? NULL : &L->w_up},
+            {"mlp.down_proj.weight", L->moe ? NULL : &L->w_down},
         };
         for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
             if (!names[i].t) continue;
@@ -300,6 +324,8 @@ int model_load_safetensors(struct model *m, const char *dir, char *err, size_t e
             snprintf(name, sizeof name, "model.layers.%d.%s", l, names[i].suffix);
             if (st_bind(&s, dir, name, names[i].t, err, errlen)) goto out;
         }
+        struct st_find_ctx fc = {.s = &s, .dir = dir};
+        if (model_moe_bind_hf(m, l, st_find_ref, &fc, err, errlen)) goto out;
     }
     rc = 0;
 out:

@@ -20,6 +20,13 @@ int tp_plan_make(struct tp_plan *p, const struct model_config *c, int n, char *e
         snprintf(err, errlen, "tensor parallelism shards Llama, Qwen2 and Qwen3 models, not %s", c->arch_name);
         return -1;
     }
+    if (c->moe.n_experts > 0 && n > 1) {
+        /* Expert parallelism (whole experts per rank) is another plan; this one would copy the
+         * experts unsplit onto every rank and sum them N times. */
+        snprintf(err, errlen, "tensor parallelism does not shard mixture-of-experts models yet (%s has %d experts)",
+                 c->arch_name, c->moe.n_experts);
+        return -1;
+    }
     if (c->n_heads < 1 || c->n_kv_heads < 1 || c->n_heads % c->n_kv_heads != 0) {
         snprintf(err, errlen, "config: num_attention_heads %d is not a multiple of num_key_value_heads %d", c->n_heads,
                  c->n_kv_heads);

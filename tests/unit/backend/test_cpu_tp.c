@@ -210,6 +210,14 @@ Test(cpu_tp, sizes_that_do_not_shard_are_refused_by_name)
         cr_expect(strstr(err, cases[i].says), "size %d: '%s'", cases[i].n, err);
     }
     model_free(m);
+    /* Mixture of experts: not sharded by this plan (experts would be copied whole to every rank). */
+    m = load("tests/fixtures/families/mixtral", MODEL_LOAD_AUTO);
+    struct backend_options opt = {.kv_blocks = 8, .tensor_parallel_size = 2, .n_threads = 1};
+    struct backend *b = NULL;
+    char err[1024] = "";
+    cr_expect_neq(backend_cpu_create(&b, m, &opt, err, sizeof err), 0);
+    cr_expect(strstr(err, "does not shard mixture-of-experts models yet"), "%s", err);
+    model_free(m);
 }
 
 /* A random-weight model of config.json text, written to a temporary folder. */

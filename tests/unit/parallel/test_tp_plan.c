@@ -128,6 +128,11 @@ Test(tp_plan, vocabulary_shares_round_up_and_the_last_rank_takes_the_rest)
     c.vocab_size = 9; /* 3 + 3 + 3 + 0: the last rank would hold nothing */
     expect_refused(&c, 4, "vocab_size 9 is too small");
     c.vocab_size = 10;
+    c.moe.n_experts = 8;
+    c.moe.top_k = 2;
+    strcpy(c.arch_name, "MixtralForCausalLM");
+    expect_refused(&c, 2, "does not shard mixture-of-experts models yet (MixtralForCausalLM has 8 experts)");
+    c.moe.n_experts = 0;
     c.arch = 99;
     strcpy(c.arch_name, "MixtralForCausalLM");
     expect_refused(&c, 2, "not MixtralForCausalLM");

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "worker/backend/backend.h"
 #include "worker/backend/cpu/cpu_internal.h"
+#include "worker/backend/cpu/cpu_moe.h"
 #include "worker/backend/cpu/cpu_ops.h"
 #include "worker/backend/cpu/cpu_pool.h"
 #include "worker/backend/cpu/cpu_tp.h"
@@ -98,6 +99,7 @@ static void cpu_free(struct backend *b)
         }
     }
     free(cb->layers);
+    cpu_moe_free(cb->moe);
     cpu_weight_free(&cb->lm_head);
     cpu_weight_free(&cb->tok_embed);
     free(cb->final_norm), free(cb->inv_freq), free(cb->kv), free(cb->rope_row_map);
@@ -161,6 +163,15 @@ static int load_matrix(struct cpu_backend *cb, const struct model *m, struct cpu
     return 0;
 }
 
+int cpu_load_weight(struct cpu_backend *cb, const struct model *m, struct cpu_weight *w, int64_t n_in,
+                    const struct tensor *const *parts, int n_parts)
+{
+    struct part_spec specs[CPU_WEIGHT_MAX_PARTS];
+    if (n_parts < 1 || n_parts > CPU_WEIGHT_MAX_PARTS) return -1;
+    for (int i = 0; i < n_parts; i++) specs[i] = (struct part_spec){parts[i], 0};
+    return load_matrix(cb, m, w, n_in, specs, n_parts);
+}
+
 static int load_layer(struct cpu_backend *cb, const struct model *m, int l)
 {
     const struct layer_weights *W = &m->layers[l];
@@ -174,8 +185,10 @@ static int load_layer(struct cpu_backend *cb, const struct model *m, int l)
      * [2 intermediate, hidden]: one pass over the batch each instead of three and two. */
     struct part_spec qkv[3] = {{&W->wq, c->n_heads}, {&W->wk, c->n_kv_heads}, {&W->wv, 0}};
     struct part_spec gu[2] = {{&W->w_gate, 0}, {&W->w_up, 0}}, wo = {&W->wo, 0}, down = {&W->w_down, 0};
-    if (load_matrix(cb, m, &L->wqkv, h, qkv, 3) || load_matrix(cb, m, &L->w_gate_up, h, gu, 2) ||
-        load_matrix(cb, m, &L->wo, cb->q_dim, &wo, 1) || load_matrix(cb, m, &L->w_down, inter, &down, 1))
+    if (load_matrix(cb, m, &L->wqkv, h, qkv, 3) || load_matrix(cb, m, &L->wo, cb->q_dim, &wo, 1))
+        return -1;
+    /* A sparse layer's experts are cpu_moe.c's. */
+    if (!W->moe && (load_matrix(cb, m, &L->w_gate_up, h, gu, 2) || load_matrix(cb, m, &L->w_down, inter, &down, 1)))
         return -1;
     if (c->qkv_bias) {
         L->bqkv = malloc((size_t)cb->qkv_dim * sizeof(float));
@@ -220,7 +233,8 @@ static size_t weight_bytes(const struct cpu_backend *cb, size_t *quantized)
         if (L->bqkv) vec += (size_t)cb->qkv_dim;
         if (L->q_norm) vec += 2 * (size_t)c->head_dim;
     }
-    *quantized = q;
+    all += cpu_moe_bytes(cb->moe, &part);
+    *quantized = q + part;
     return all + vec * sizeof(float);
 }
 
@@ -310,6 +324,7 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
     if (!cb->final_norm || !cb->layers || !cb->inv_freq) goto oom;
     for (int l = 0; l < c->n_layers; l++)
         if (load_layer(cb, m, l)) goto oom;
+    if (cpu_moe_create(cb, m, err, errlen)) goto fail;
     cpu_rope_inv_freq(c, cb->inv_freq);
 
     ALLOC(cb->x, max_tokens * h);

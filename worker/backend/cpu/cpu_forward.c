@@ -13,6 +13,7 @@
 
 #include "worker/backend/backend.h"
 #include "worker/backend/cpu/cpu_internal.h"
+#include "worker/backend/cpu/cpu_moe.h"
 #include "worker/backend/cpu/cpu_ops.h"
 #include "worker/backend/cpu/cpu_pool.h"
 #include "worker/backend/cpu/cpu_tp.h"
@@ -317,9 +318,13 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
         for (int64_t i = 0; i < T * h; i++) cb->x[i] += cb->tmp[i];
         rj.norm = L->ffn_norm;
         cpu_pool_run(cb->pool, T, 64, rmsnorm_range, &rj);
-        cpu_matmul_w(cb->pool, cb->xb, T, &L->w_gate_up, NULL, cb->gate_up);
-        cpu_pool_run(cb->pool, T, 16, swiglu_range, &rj);
-        cpu_matmul_w(cb->pool, cb->hidden, T, &L->w_down, NULL, cb->tmp);
+        if (cpu_moe_is_sparse(cb->moe, l)) {
+            cpu_moe_forward(cb, l, T, cb->xb, cb->tmp);
+        } else {
+            cpu_matmul_w(cb->pool, cb->xb, T, &L->w_gate_up, NULL, cb->gate_up);
+            cpu_pool_run(cb->pool, T, 16, swiglu_range, &rj);
+            cpu_matmul_w(cb->pool, cb->hidden, T, &L->w_down, NULL, cb->tmp);
+        }
         if (cpu_tp_all_reduce(cb, cb->tmp, T * h)) return -1;
         for (int64_t i = 0; i < T * h; i++) cb->x[i] += cb->tmp[i];
     }

@@ -15,9 +15,10 @@
  * biases are always float32. */
 struct cpu_layer {
     float *attn_norm, *bqkv, *q_norm, *k_norm, *ffn_norm;
-    struct cpu_weight wqkv, wo, w_gate_up, w_down;
+    struct cpu_weight wqkv, wo, w_gate_up, w_down; /* w_gate_up, w_down empty in a sparse layer */
 };
 
+struct cpu_moe;
 struct cpu_tp_rank; /* cpu_tp.h */
 
 struct cpu_backend {
@@ -30,6 +31,7 @@ struct cpu_backend {
     struct cpu_weight tok_embed, lm_head;     /* lm_head owns nothing when tied to tok_embed */
     float *final_norm;
     struct cpu_layer *layers;
+    struct cpu_moe *moe;                      /* the sparse layers' experts (cpu_moe.c); NULL when dense */
     /* Quantized q and k read through this map (rope de-interleaving, cpu_backend.c). */
     int32_t *rope_row_map;
     bool f32_weights;                         /* backend_options.cpu_f32_weights */
@@ -48,6 +50,10 @@ struct cpu_backend {
     float **scores;
     int64_t scores_cap;
 };
+
+/* Loads n_parts tensors stacked by rows as one matrix of rows n_in long (cpu_backend.c). */
+int cpu_load_weight(struct cpu_backend *cb, const struct model *m, struct cpu_weight *w, int64_t n_in,
+                    const struct tensor *const *parts, int n_parts);
 
 int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sample_result *results);
 

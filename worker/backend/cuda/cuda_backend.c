@@ -183,6 +183,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     struct cuda_backend *b = NULL;
     const struct model_config *c = &m->config;
     *out = NULL;
+    if (cuda_plan_model_supported(c, err, errlen)) return -1;
     cudaError_t e = cudaGetDeviceCount(&n_dev);
     if (e != cudaSuccess || n_dev == 0) {
         snprintf(err, errlen, "cuda: no GPU visible (%s); use --device cpu",

@@ -292,3 +292,16 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
     p->lm_head = cuda_plan_product(c, p->n_rows, V, H);
     return 0;
 }
+
+int cuda_plan_model_supported(const struct model_config *m, char *err, size_t errlen)
+{
+    if (m->moe.n_experts > 0) {
+        snprintf(err, errlen,
+                 "cuda: %s is a mixture-of-experts model (%d experts, top %d), which the CUDA backend does not "
+                 "compute yet; use --device cpu (the CPU backend computes MixtralForCausalLM, Qwen2MoeForCausalLM "
+                 "and Qwen3MoeForCausalLM)",
+                 m->arch_name, m->moe.n_experts, m->moe.top_k);
+        return -1;
+    }
+    return 0;
+}
