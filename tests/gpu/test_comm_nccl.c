@@ -4,6 +4,7 @@
  * never comes makes the others time out, both within bounded time; a failed group stays failed.
  * Exits 0 with a SKIP line where no GPU is visible or the build has no NCCL. */
 #include <pthread.h>
+#include <stdbool.h>
 #include <time.h>
 
 #include "tests/gpu/gpu_test.h"
@@ -100,30 +101,12 @@ done:
     return NULL;
 }
 
-/* Rank 0 aborts instead of reducing; the others' reduce (queued) must fail at their sync. */
-static void *abort_one(void *arg)
-{
-    int r = (int)(intptr_t)arg;
-    struct rank_result *res = &results[r];
-    GT_CUDA(cudaSetDevice(r));
-    float *d;
-    GT_CUDA(cudaMalloc((void **)&d, COUNT * sizeof(float)));
-    double t0 = now_s();
-    if (r == 0) {
-        comm_abort(group[r], "test: rank 0 gives up");
-        res->rc = comm_sync(group[r]);
-    } else {
-        res->rc = comm_all_reduce_sum(group[r], d, COUNT, COMM_F32);
-        if (res->rc == 0) res->rc = comm_sync(group[r]);
-    }
-    res->seconds = now_s() - t0;
-    snprintf(res->error, sizeof res->error, "%s", comm_error(group[r]));
-    cudaFree(d);
-    return NULL;
-}
+/* The failure tests: every rank but `odd` all-reduces and waits; rank `odd` aborts the group
+ * (abort_rank) or never comes. */
+static int odd_rank;
+static bool odd_aborts;
 
-/* Rank 1 never comes; the others time out (the group's timeout is short here). */
-static void *one_missing(void *arg)
+static void *one_rank_fails(void *arg)
 {
     int r = (int)(intptr_t)arg;
     struct rank_result *res = &results[r];
@@ -131,7 +114,10 @@ static void *one_missing(void *arg)
     float *d;
     GT_CUDA(cudaMalloc((void **)&d, COUNT * sizeof(float)));
     double t0 = now_s();
-    if (r == 1) {
+    if (r == odd_rank && odd_aborts) {
+        comm_abort(group[r], "test: this rank gives up");
+        res->rc = comm_sync(group[r]);
+    } else if (r == odd_rank) {
         res->rc = 0;
     } else {
         res->rc = comm_all_reduce_sum(group[r], d, COUNT, COMM_F32);
@@ -188,7 +174,8 @@ int main(void)
     }
     GT_CHECK(!comm_failed(group[0]), "no asynchronous error after the collectives");
 
-    run_all(abort_one);
+    odd_rank = 0, odd_aborts = true;
+    run_all(one_rank_fails);
     for (int r = 0; r < n_ranks; r++)
         GT_CHECK(results[r].rc != 0 && results[r].seconds < 35, "rank %d fails after rank 0 aborts, in %.2f s: %s", r,
                  results[r].seconds, results[r].error);
@@ -197,7 +184,8 @@ int main(void)
 
     if (n_ranks >= 2) {
         if (make_group(2.0) != 0) return gt_finish();
-        run_all(one_missing);
+        odd_rank = 1, odd_aborts = false;
+        run_all(one_rank_fails);
         for (int r = 0; r < n_ranks; r++) {
             if (r == 1) continue;
             GT_CHECK(results[r].rc != 0 && results[r].seconds >= 1.9 && results[r].seconds < 20,
