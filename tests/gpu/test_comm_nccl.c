@@ -102,7 +102,7 @@ done:
 }
 
 /* The failure tests: every rank but `odd` all-reduces and waits; rank `odd` aborts the group
- * (abort_rank) or never comes. */
+ * (odd_aborts) or never comes. */
 static int odd_rank;
 static bool odd_aborts;
 

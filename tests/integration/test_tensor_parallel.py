@@ -1,6 +1,7 @@
 """The real sluice-worker with --tensor-parallel-size on the CPU: one worker of N rank threads,
 registered once, answering Hugging Face's greedy tokens through the gateway; --num-gpus as
-FastChat's alias; sizes that do not shard, and contradictions, refused with clear messages."""
+FastChat's alias; SmolLM2's Q4_1 GGUF over three ranks, in its blocks, answering as one rank does;
+sizes that do not shard, and contradictions, refused with clear messages."""
 import json
 import subprocess
 import time
@@ -9,6 +10,7 @@ import pytest
 import requests
 
 from conftest import binary, free_port, need_stories, reference, start_controller, start_gateway, start_worker
+from test_quant_smollm2 import smollm2  # noqa: F401 (the fixture)
 
 
 def generate(worker, **body):
@@ -73,3 +75,15 @@ def test_help_lists_both_names():
 def test_sizes_that_cannot_run_are_refused(extra, says):
     err = refused(*extra)
     assert says in err, err
+
+
+def test_quantized_gguf_in_its_blocks_over_three_ranks(procs, smollm2):
+    """SmolLM2's 9 heads, 3 KV heads and 1,536 channels split by 3; its Q4_1 rows stay in the
+    file's blocks on each rank (o_proj's and down's columns cut on block boundaries)."""
+    one = start_worker(procs, smollm2, "--threads", "2")
+    three = start_worker(procs, smollm2, "--tensor-parallel-size", "3", "--threads", "2")
+    for prompt in ("The capital of France is", "def fibonacci(n):"):
+        body = {"prompt": prompt, "max_tokens": 12, "temperature": 0}
+        assert generate(three, **body) == generate(one, **body), prompt
+    log = three.output()
+    assert "tensor parallel over 3 ranks" in log and "GGUF blocks read in place" in log
