@@ -67,7 +67,7 @@ ifeq ($(HAVE_CUDA),1)
 NCCL_INCLUDE ?= $(firstword $(foreach d,$(CUDA_HOME)/include /usr/include /usr/local/include,$(if $(wildcard $(d)/nccl.h),$(d))))
 NCCL_LIB     ?= $(firstword $(foreach d,$(CUDA_HOME)/lib64 $(CUDA_HOME)/lib /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/lib,$(wildcard $(d)/libnccl.so $(d)/libnccl.so.2)))
 endif
-ifneq ($(NCCL_INCLUDE),)
+ifneq ($(and $(filter 1,$(HAVE_CUDA)),$(NCCL_INCLUDE)),)
 HAVE_NCCL   := 1
 CPPFLAGS    += $(if $(filter $(CUDA_HOME)/include,$(NCCL_INCLUDE)),,-I$(NCCL_INCLUDE))
 # Not linked: worker/parallel/nccl/comm_nccl.c opens the library when asked for NCCL, trying the
