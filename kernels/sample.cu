@@ -4,41 +4,12 @@
 #include <cub/cub.cuh>
 #include <math.h>
 
+#include "kernels/rank_reduce.cuh"
+
 namespace
 {
 
 constexpr int kThreads = 1024;
-
-struct ArgBest {
-    float v;
-    int32_t id;
-};
-
-// Ranks higher value first, the lower id among equals; id -1 ranks last.
-__device__ __forceinline__ bool better(const ArgBest &a, const ArgBest &b)
-{
-    if (a.id < 0) return false;
-    if (b.id < 0) return true;
-    return a.v > b.v || (a.v == b.v && a.id < b.id);
-}
-
-struct ArgBestOp {
-    __device__ __forceinline__ ArgBest operator()(const ArgBest &a, const ArgBest &b) const
-    {
-        return better(a, b) ? a : b;
-    }
-};
-
-struct MaxOp {
-    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-
-struct MinIntOp {
-    __device__ __forceinline__ int operator()(int a, int b) const { return a < b ? a : b; }
-};
-struct MaxIntOp {
-    __device__ __forceinline__ int operator()(int a, int b) const { return a > b ? a : b; }
-};
 
 typedef cub::BlockReduce<float, kThreads> ReduceF;
 typedef cub::BlockReduce<double, kThreads> ReduceD;
@@ -73,24 +44,15 @@ __device__ __forceinline__ bool is_greedy(const sk_sample_row &r)
     return r.temperature <= 1e-5f;
 }
 
-// Broadcasts a value computed by thread 0 (cub's reductions leave the result there only).
-template <typename T> __device__ T bcast(T v, T *slot)
-{
-    if (threadIdx.x == 0) *slot = v;
-    __syncthreads();
-    T r = *slot;
-    __syncthreads();
-    return r;
-}
-
 __global__ void __launch_bounds__(kThreads)
-    prepare_kernel(const float *logits, const sk_sample_row *rows, const int32_t *history, float *work_all,
-                   int32_t *counts_all, sk_sample_out *outs, int vocab)
+    prepare_kernel(const float *logits, const sk_sample_row *rows, const int32_t *history, const uint32_t *masks,
+                   float *work_all, int32_t *counts_all, sk_sample_out *outs, int vocab)
 {
     __shared__ TempStorage tmp;
     __shared__ float sf;
     __shared__ double sd;
     __shared__ ArgBest sa;
+    __shared__ int si;
     const int r = blockIdx.x;
     const sk_sample_row sp = rows[r];
     const float *l = logits + (int64_t)r * vocab;
@@ -107,6 +69,10 @@ __global__ void __launch_bounds__(kThreads)
     const bool penalized = hist && sp.n_history > 0 &&
                            ((sp.rep_penalty > 0.0f && sp.rep_penalty != 1.0f) ||
                             ((sp.presence != 0.0f || sp.frequency != 0.0f) && n_out_pen > 0));
+    // Steps 2 (logit bias, suppressed tokens) and 2b (the mask) change work too.
+    const bool biased = history && sp.n_bias > 0, suppressed = history && sp.n_supp > 0;
+    const bool masked = masks && sp.mask_off >= 0;
+    const bool modified = penalized || biased || suppressed || masked;
     // One pass over the row: the running maximum, the sum of exponentials relative to it (an
     // online softmax: the sum is rescaled when the maximum grows), the greedy argmax, and the
     // copy into work (for the penalties). Single precision per thread is exact enough for
@@ -115,7 +81,7 @@ __global__ void __launch_bounds__(kThreads)
     ArgBest raw_best = {0.0f, -1};
     // A greedy row without penalties takes the raw argmax: it never reads work, so the copy
     // (as many bytes written as the row has) is skipped.
-    const bool copy = !greedy || penalized;
+    const bool copy = !greedy || modified;
     auto take = [&](float v, int id) {
         if (v > mx) {
             part = (mx == -INFINITY ? 0.0f : part * expf(mx - v)) + 1.0f;
@@ -159,34 +125,16 @@ __global__ void __launch_bounds__(kThreads)
     }
     const float thread_mx = mx;
     mx = bcast(ReduceF(tmp.f).Reduce(mx, MaxOp()), &sf);
-    if (greedy && !penalized) raw_best = bcast(ReduceArg(tmp.a).Reduce(raw_best, ArgBestOp()), &sa);
+    if (greedy && !modified) raw_best = bcast(ReduceArg(tmp.a).Reduce(raw_best, ArgBestOp()), &sa);
     double sum = thread_mx == -INFINITY ? 0.0 : (double)part * exp((double)thread_mx - (double)mx);
     sum = bcast(ReduceD(tmp.d).Sum(sum), &sd);
     const double lse = (double)mx + log(sum);
-    int n_top = sp.n_logprobs < 0 ? 0 : (sp.n_logprobs > SK_MAX_TOP ? SK_MAX_TOP : sp.n_logprobs);
-    if (n_top > vocab) n_top = vocab;
-    ArgBest prev = {INFINITY, -1};
-    for (int k = 0; k < n_top; k++) {
-        ArgBest best = {0.0f, -1};
-        for (int i = threadIdx.x; i < vocab; i += kThreads) {
-            ArgBest c = {l[i], i};
-            bool after = prev.id < 0 || c.v < prev.v || (c.v == prev.v && i > prev.id);
-            if (after && better(c, best)) best = c;
-        }
-        best = bcast(ReduceArg(tmp.a).Reduce(best, ArgBestOp()), &sa);
-        if (best.id < 0) {
-            n_top = k;
-            break;
-        }
-        if (threadIdx.x == 0) {
-            out->top_ids[k] = best.id;
-            out->top_logprobs[k] = (float)((double)best.v - lse);
-        }
-        prev = best;
-    }
+    const int n_top =
+        top_logprobs<ReduceArg>(l, vocab, sp.n_logprobs, lse, out->top_ids, out->top_logprobs, tmp.a, &sa);
     if (threadIdx.x == 0) {
         out->n_top = n_top;
         out->lse = (float)lse;
+        out->fixed = 0;
     }
 
     // 2. Penalties on the copy.
@@ -221,9 +169,49 @@ __global__ void __launch_bounds__(kThreads)
         }
     }
     __syncthreads();
+    // The logit bias after the penalties (ids are distinct: one thread per id), then the
+    // suppressed ids (repeats only write -inf twice).
+    if (biased) {
+        for (int i = threadIdx.x; i < sp.n_bias; i += kThreads) {
+            const int t = history[sp.bias_off + i];
+            if (t >= 0 && t < vocab) work[t] = __fadd_rn(work[t], __int_as_float(history[sp.bias_off + sp.n_bias + i]));
+        }
+        __syncthreads();
+    }
+    if (suppressed) {
+        for (int i = threadIdx.x; i < sp.n_supp; i += kThreads) {
+            const int t = history[sp.supp_off + i];
+            if (t >= 0 && t < vocab) work[t] = -INFINITY;
+        }
+        __syncthreads();
+    }
+    // 2b. The mask: disallowed tokens get -inf. With no allowed token of finite logit the token
+    // is the lowest allowed id; with none allowed, -1 (the backend reports it).
+    if (masked) {
+        const uint32_t *m = masks + sp.mask_off;
+        int first = INT_MAX, finite = 0;
+        for (int i = threadIdx.x; i < vocab; i += kThreads) {
+            if (!((m[i >> 5] >> (i & 31)) & 1u)) {
+                work[i] = -INFINITY;
+                continue;
+            }
+            if (i < first) first = i;
+            if (work[i] > -INFINITY) finite = 1;
+        }
+        first = bcast(ReduceI(tmp.i).Reduce(first, MinIntOp()), &si);
+        finite = bcast(ReduceI(tmp.i).Reduce(finite, MaxIntOp()), &si);
+        if (first == INT_MAX || !finite) {
+            if (threadIdx.x == 0) {
+                out->fixed = 1;
+                out->token = first == INT_MAX ? -1 : first;
+                out->logprob = first == INT_MAX ? 0.0f : (float)((double)l[first] - lse);
+            }
+            return;
+        }
+    }
 
     // 3. Greedy: argmax of the penalized logits, ties to the lowest id.
-    if (greedy && !penalized) {
+    if (greedy && !modified) {
         if (threadIdx.x == 0) {
             int tok = raw_best.id < 0 ? 0 : raw_best.id;
             out->token = tok;
@@ -275,6 +263,7 @@ __global__ void __launch_bounds__(kThreads)
     if (is_greedy(sp)) return;
     const float *w = work_all + (int64_t)r * vocab;
     sk_sample_out *out = outs + r;
+    if (out->fixed) return;
 
     int cut = -1;
     if (needs_cut(sp, vocab)) {
@@ -310,9 +299,11 @@ __global__ void __launch_bounds__(kThreads)
     }
     const float cut_w = cut >= 0 ? w[cut] : 0.0f;
     const float min_w = sp.min_p > 0.0f ? sp.min_p : 0.0f;
-#define KEPT(i) ((cut < 0 || w[i] > cut_w || (w[i] == cut_w && (i) <= cut)) && w[i] >= min_w)
+#define KEPT(i) ((cut < 0 || w[i] > cut_w || (w[i] == cut_w && (i) <= cut)) && w[i] >= min_w && w[i] > 0.0f)
 
     // 5. Draw over kept weights in ascending id order: each thread owns a contiguous range.
+    // Weights of 0 (masked, suppressed, underflowed) are never kept, so the rounding fallback
+    // (the highest kept id) is never a masked token.
     const int seg = (vocab + kThreads - 1) / kThreads;
     const int lo = threadIdx.x * seg, hi = min(vocab, lo + seg);
     double mine = 0.0;
@@ -351,11 +342,11 @@ __global__ void __launch_bounds__(kThreads)
 } // namespace
 
 extern "C" cudaError_t sk_sample_prepare(const float *logits, const struct sk_sample_row *rows, const int32_t *history,
-                                         float *work, int32_t *counts, struct sk_sample_out *out, int n_rows, int vocab,
-                                         cudaStream_t s)
+                                         const uint32_t *masks, float *work, int32_t *counts, struct sk_sample_out *out,
+                                         int n_rows, int vocab, cudaStream_t s)
 {
     if (n_rows <= 0) return cudaSuccess;
-    prepare_kernel<<<n_rows, kThreads, 0, s>>>(logits, rows, history, work, counts, out, vocab);
+    prepare_kernel<<<n_rows, kThreads, 0, s>>>(logits, rows, history, masks, work, counts, out, vocab);
     return cudaGetLastError();
 }
 

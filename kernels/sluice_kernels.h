@@ -186,22 +186,34 @@ struct sk_sample_row {
     float rep_penalty, presence, frequency;
     int32_t top_k, n_logprobs;
     uint64_t seed, n_generated;
-    int32_t hist_off, n_history, n_output, pad;
+    int32_t hist_off, n_history, n_output;
+    /* Structured output: the row's allowed-token bitmask starts at word mask_off of masks (bit
+     * id % 32 of word id / 32, (vocab + 31) / 32 words); -1: no mask. */
+    int32_t mask_off;
+    /* logit_bias: n_bias token ids at history[bias_off], their biases (float bits) right after
+     * them; min_tokens: n_supp suppressed ids at history[supp_off]. Offsets are from history's
+     * start, not hist_off. */
+    int32_t bias_off, n_bias, supp_off, n_supp;
 };
 struct sk_sample_out {
     int32_t token;
     float logprob;
     float lse; /* log-sum-exp of the raw logits, kept for sk_sample_finish */
     int32_t n_top;
+    /* Set by sk_sample_prepare when a mask leaves the token no choice (no allowed token with a
+     * finite logit: the lowest allowed id; none allowed at all: -1): sk_sample_finish keeps it. */
+    int32_t fixed;
     int32_t top_ids[SK_MAX_TOP];
     float top_logprobs[SK_MAX_TOP];
 };
 /* Step 1 of sampling for rows rows of logits [rows, vocab]: logprobs and top logprobs from the
- * raw logits, penalties into work, then greedy rows get their token; other rows get
- * work = expf(l/T - max) (the weights). counts: rows*vocab ints of scratch. */
+ * raw logits, penalties, logit bias, suppressed tokens and the mask (sampler.h steps 2 and 2b)
+ * into work, then greedy rows get their token; other rows get work = expf(l/T - max) (the
+ * weights). counts: rows*vocab ints of scratch. history (penalties, biases, suppressed ids) and
+ * masks may be NULL when no row uses them. */
 cudaError_t sk_sample_prepare(const float *logits, const struct sk_sample_row *rows, const int32_t *history,
-                              float *work, int32_t *counts, struct sk_sample_out *out, int n_rows, int vocab,
-                              cudaStream_t s);
+                              const uint32_t *masks, float *work, int32_t *counts, struct sk_sample_out *out,
+                              int n_rows, int vocab, cudaStream_t s);
 /* Sorts each row of work (descending, stable: equal weights keep ascending ids) into sorted_w and
  * sorted_ids, for top-k/top-p. ids_in: iota rows; offsets: n_rows + 1 row starts. */
 cudaError_t sk_sort_temp_bytes(int max_rows, int vocab, size_t *bytes);
@@ -213,6 +225,31 @@ cudaError_t sk_sample_sort(void *temp, size_t temp_bytes, const float *work, con
 cudaError_t sk_sample_finish(const float *logits, const float *work, const float *sorted_w, const int32_t *sorted_ids,
                              int sorted, const struct sk_sample_row *rows, struct sk_sample_out *out, int n_rows,
                              int vocab, cudaStream_t s);
+
+/* --- prompt logprobs and hidden states (kernels/prompt_outputs.cu) ---------------------- */
+/* One prompt position's logprob, laid out as worker/backend/backend.h's struct prompt_logprob. */
+struct sk_prompt_lp {
+    int32_t token;
+    float logprob;
+    int32_t rank;
+    int32_t n_top;
+    int32_t top_ids[SK_MAX_TOP];
+    float top_logprobs[SK_MAX_TOP];
+};
+/* For rows rows of logits [rows, vocab]: out[r] = the logprob of targets[r] (in the vocabulary),
+ * 1 + the ids whose logit is larger, and the n_tops[r] (0..SK_MAX_TOP) largest logits as
+ * logprobs, ties to the lower id (worker/sampler/sampler.h, sampler_prompt_logprob). */
+cudaError_t sk_prompt_logprobs(const float *logits, const int32_t *targets, const int32_t *n_tops,
+                               struct sk_prompt_lp *out, int n_rows, int vocab, cudaStream_t s);
+/* out[r, :] = w * v * rsqrt(mean(v^2) + eps) in fp32, v = x[rows[r]] + delta's n_parts parts of
+ * that row (as sk_add_rmsnorm_parts adds them; delta may be NULL): the model's final norm for
+ * embeddings. */
+cudaError_t sk_final_hidden(const float *x, const float *delta, int n_parts, int64_t part_stride,
+                            const int32_t *rows, const float *w, float *out, int n_rows, int hidden, float eps,
+                            cudaStream_t s);
+/* For each sequence s with segs[3s] = its first row of h and segs[3s + 1] = its row count:
+ * out[2s, :] = the sum of those rows, out[2s + 1, :] = the last of them (zeros when none). */
+cudaError_t sk_pool_hidden(const float *h, const int32_t *segs, float *out, int n_seqs, int hidden, cudaStream_t s);
 
 /* --- test hooks ------------------------------------------------------------------------ */
 /* For tests only: copies bytes from src to dst delay_us after it starts, while letting the next

@@ -1003,6 +1003,7 @@ static void test_sampling(int V)
         w->hist_off = r * NH;
         w->n_history = NH - r % 7;
         w->n_output = 100 + r % 50;
+        w->mask_off = -1;
         seqs[r].sample = true;
         seqs[r].sampling = &rsp[r];
         seqs[r].n_generated = w->n_generated;
@@ -1021,7 +1022,7 @@ static void test_sampling(int V)
     void *dtemp = gt_dev(tb);
     GT_CUDA(sk_fill_iota_rows(dids, R, V, 0));
     GT_CUDA(sk_fill_row_offsets(doff, R, V, 0));
-    GT_CUDA(sk_sample_prepare(dlog, drows, dhist, dwork, dcounts, dout, R, V, 0));
+    GT_CUDA(sk_sample_prepare(dlog, drows, dhist, NULL, dwork, dcounts, dout, R, V, 0));
     GT_CUDA(sk_sample_sort(dtemp, tb, dwork, dids, doff, dsw, dsid, R, V, 0));
     GT_CUDA(sk_sample_finish(dlog, dwork, dsw, dsid, 1, drows, dout, R, V, 0));
     gt_down(out, dout, R * sizeof *out);

@@ -37,6 +37,10 @@ int worker_metrics_init(struct worker_metrics *wm)
     wm->prefix_hit_rate = gauge(m, "sluice_worker_prefix_cache_hit_rate",
                                 "Prefix cache hits over queries since the start, in tokens (0 before any query).");
     wm->kv_cached = gauge(m, "sluice_worker_kv_blocks_cached", "KV cache blocks holding reusable prompt prefixes.");
+    wm->grammar_masks = counter(m, "sluice_worker_grammar_masks_total",
+                                "Structured output: token masks made (one per constrained sequence a step).");
+    wm->grammar_mask_seconds = counter(m, "sluice_worker_grammar_mask_seconds_total",
+                                       "Structured output: host time spent making token masks.");
     wm->time_to_first_token = metrics_series_get(
         metrics_histogram_new(m, "sluice_worker_time_to_first_token_seconds",
                               "From accepting a request to its first token.", NULL, NULL, 0),
@@ -70,5 +74,8 @@ char *worker_metrics_render(struct worker_metrics *wm, const struct engine_stats
     metrics_series_add(wm->prefix_hits, (double)st->prefix_hit_tokens - metrics_series_value(wm->prefix_hits));
     metrics_series_set(wm->prefix_hit_rate, worker_prefix_hit_rate(st));
     metrics_series_set(wm->kv_cached, st->kv_blocks_cached);
+    metrics_series_add(wm->grammar_masks, (double)st->grammar_masks - metrics_series_value(wm->grammar_masks));
+    metrics_series_add(wm->grammar_mask_seconds,
+                       st->grammar_mask_seconds - metrics_series_value(wm->grammar_mask_seconds));
     return metrics_render(wm->registry, len);
 }

@@ -14,6 +14,7 @@ struct worker_metrics {
     metrics_series *prompt_tokens, *generation_tokens, *steps, *preemptions;
     metrics_series *prefix_queries, *prefix_hits, *prefix_hit_rate, *kv_cached;
     metrics_series *time_to_first_token, *request_latency;
+    metrics_series *grammar_masks, *grammar_mask_seconds;
 };
 
 int worker_metrics_init(struct worker_metrics *wm);

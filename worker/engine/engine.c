@@ -78,7 +78,34 @@ struct step_rows {
     /* Embedding requests whose prompt this step completes (NULL once the request ended). */
     int32_t n_embedded;
     struct live_req **embedded;
+    /* Prompt logprob and hidden-state buffers of requests that ended while a queued step may
+     * still write them (a backend that writes them at collect, as CUDA does): freed once this
+     * step, the newest queued when they ended, is collected. */
+    int32_t n_parked, parked_cap;
+    void **parked;
 };
+
+/* Keeps p (malloc'd) until sr is collected; false when there is no room (then p must not be
+ * freed: leaking it is the safe choice). */
+static bool park_buffer(struct step_rows *sr, void *p)
+{
+    if (!p) return true;
+    if (sr->n_parked == sr->parked_cap) {
+        int32_t cap = sr->parked_cap ? 2 * sr->parked_cap : 8;
+        void **n = realloc(sr->parked, (size_t)cap * sizeof *n);
+        if (!n) return false;
+        sr->parked = n;
+        sr->parked_cap = cap;
+    }
+    sr->parked[sr->n_parked++] = p;
+    return true;
+}
+
+static void free_parked(struct step_rows *sr)
+{
+    for (int32_t i = 0; i < sr->n_parked; i++) free(sr->parked[i]);
+    sr->n_parked = 0;
+}
 
 struct engine {
     struct backend *backend;
@@ -121,6 +148,8 @@ struct engine {
     bool failed;
     char error[512];
     uint64_t tokens_generated, prompt_tokens, steps, overlapped_steps;
+    uint64_t grammar_masks;
+    double grammar_mask_ms;
 };
 
 const char *finish_reason_name(enum finish_reason r)
@@ -255,6 +284,14 @@ static void live_destroy(struct engine *e, struct live_req *lr)
             if (sr->lr[r] == lr) sr->lr[r] = NULL;
         for (int32_t r = 0; r < sr->n_embedded; r++)
             if (sr->embedded[r] == lr) sr->embedded[r] = NULL;
+    }
+    if (e->n_flight > 0) {
+        /* A queued step may write them when it is collected: they go when the newest does. */
+        struct step_rows *newest = &e->flight[(e->flight_head + e->n_flight - 1) % 2];
+        if (!park_buffer(newest, lr->plp)) log_warn("engine: out of memory; leaking a prompt logprob buffer");
+        if (!park_buffer(newest, lr->hidden)) log_warn("engine: out of memory; leaking a hidden-state buffer");
+        lr->plp = NULL;
+        lr->hidden = NULL;
     }
     if (lr->seq) sched_seq_remove(&e->sched, lr->seq);
     if (lr->ts) tok_stream_free(lr->ts);
@@ -573,7 +610,9 @@ static int32_t collect_step(struct engine *e)
     e->flight_head = (e->flight_head + 1) % 2;
     e->n_flight--;
     e->backend->error[0] = '\0';
-    if (backend_collect(e->backend, e->results) != 0) {
+    const int collect_rc = backend_collect(e->backend, e->results);
+    free_parked(sr);
+    if (collect_rc != 0) {
         fail_all(e, e->backend->error);
         return sr->n;
     }
@@ -680,7 +719,11 @@ static int32_t run_step(struct engine *e)
                  * ends the request, not the backend: its row samples unmasked, and is dropped. */
                 uint32_t *mask = e->masks + (size_t)i * e->mask_words;
                 lr->mask_error = NULL;
-                if (grammar_matcher_fill_mask(lr->gm, mask, e->mask_words) != 0) {
+                const double t_mask = now_ms();
+                const int fill_rc = grammar_matcher_fill_mask(lr->gm, mask, e->mask_words);
+                e->grammar_mask_ms += now_ms() - t_mask;
+                e->grammar_masks++;
+                if (fill_rc != 0) {
                     lr->mask_error = "structured output: out of memory making the token mask";
                 } else {
                     /* Only the model's rows count: a tokenizer may have more ids than it. */
@@ -726,6 +769,8 @@ static void publish_stats(struct engine *e)
     e->stats.kv_blocks_free = kv_cache_num_free(&e->sched.kv);
     e->stats.steps = e->steps;
     e->stats.overlapped_steps = e->overlapped_steps;
+    e->stats.grammar_masks = e->grammar_masks;
+    e->stats.grammar_mask_seconds = e->grammar_mask_ms / 1e3;
     e->stats.preemptions = e->sched.preemptions;
     e->stats.tokens_generated = e->tokens_generated;
     e->stats.prompt_tokens = e->prompt_tokens;
@@ -799,6 +844,8 @@ static void step_rows_free(struct engine *e)
         free(e->flight[i].lr);
         free(e->flight[i].pos);
         free(e->flight[i].embedded);
+        free_parked(&e->flight[i]);
+        free(e->flight[i].parked);
     }
 }
 

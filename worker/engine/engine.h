@@ -148,6 +148,10 @@ struct engine_stats {
     uint64_t prefix_query_tokens, prefix_hit_tokens;
     int32_t kv_blocks_cached;
     uint64_t prefix_evictions;
+    /* Structured output: token masks made (one per constrained row a step) and the host time
+     * spent making them. */
+    uint64_t grammar_masks;
+    double grammar_mask_seconds;
     bool failed;                    /* the backend reported an error; no more steps */
     char error[512];
 };

@@ -663,7 +663,7 @@ Test(cuda_plan, a_short_chunk_over_a_long_context_takes_the_decode_attention)
     cr_assert(cuda_plan_takes_tiles(&det, &q));
 }
 
-Test(cuda_plan, what_the_backend_does_not_compute_is_refused_not_ignored)
+Test(cuda_plan, sampler_extras_prompt_logprobs_and_hidden_states_are_checked_and_counted)
 {
     const struct model_config m = shape(4096, 14336, 32, 8, 128, 128256, 8192);
     const struct cuda_options o = {0};
@@ -677,18 +677,45 @@ Test(cuda_plan, what_the_backend_does_not_compute_is_refused_not_ignored)
     biased.n_bias = 1, biased.bias_ids = ids, biased.bias_values = bias;
     struct batch_seq ok = {
         .n_new = 2, .start_pos = 10, .block_table = bt, .n_blocks = 4, .sample = true, .sampling = &greedy};
-    struct batch_seq bad[4] = {ok, ok, ok, ok};
-    bad[0].sampling = &biased;
-    bad[1].suppress = ids, bad[1].n_suppress = 1;
-    bad[2].lp_first = 0, bad[2].lp_rows = 1, bad[2].lp_targets = tok + 1, bad[2].lp_out = lp;
-    bad[3].hidden_sum = hidden;
+    int32_t far[1] = {128256};
+    struct batch_seq bad[3] = {ok, ok, ok};
+    /* Prompt logprobs of more rows than the chunk has, of a target outside the vocabulary, and
+     * without a place to put them. */
+    bad[0].lp_first = 1, bad[0].lp_rows = 2, bad[0].lp_targets = tok + 1, bad[0].lp_out = lp;
+    bad[1].lp_first = 0, bad[1].lp_rows = 1, bad[1].lp_targets = far, bad[1].lp_out = lp;
+    bad[2].lp_first = 0, bad[2].lp_rows = 1, bad[2].lp_targets = tok + 1;
     char err[512];
     struct cuda_step_plan p;
     struct batch b = {.n_seqs = 1, .seqs = &ok, .n_tokens = 2, .tokens = tok};
     cr_assert_eq(cuda_plan_step(&pc, &b, 0, 0, &p, err, sizeof err), 0, "%s", err);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 3; i++) {
         b.seqs = &bad[i];
         cr_assert_eq(cuda_plan_step(&pc, &b, 0, 0, &p, err, sizeof err), -1, "case %d", i);
-        cr_assert(strstr(err, "does not compute"), "%s", err);
+        cr_assert(strstr(err, "prompt logprob"), "%s", err);
     }
+    /* Prompt logprobs and hidden states are counted, and keep the step out of graphs. */
+    struct batch_seq outs[2] = {ok, ok};
+    outs[0].n_new = outs[1].n_new = 1;
+    outs[0].lp_first = 0, outs[0].lp_rows = 1, outs[0].lp_targets = tok + 1, outs[0].lp_out = lp;
+    outs[1].hidden_sum = hidden;
+    b = (struct batch){.n_seqs = 2, .seqs = outs, .n_tokens = 2, .tokens = tok};
+    cr_assert_eq(cuda_plan_step(&pc, &b, 0, 0, &p, err, sizeof err), 0, "%s", err);
+    cr_assert(p.n_lp == 1 && p.n_hid_rows == 1 && p.n_hid_seqs == 1 && !p.graph);
+    /* The device sampler takes the logit bias, suppressed ids and token masks: they travel with
+     * the history ints (ids and value bits; ids) and in the mask rows. */
+    uint32_t mask[128256 / 32] = {0};
+    struct batch_seq extras[2] = {ok, ok};
+    extras[0].sampling = &biased;
+    extras[0].allowed = mask;
+    extras[1].suppress = ids, extras[1].n_suppress = 1;
+    b = (struct batch){.n_seqs = 2, .seqs = extras, .n_tokens = 2, .tokens = tok};
+    extras[0].n_new = extras[1].n_new = 1;
+    cr_assert_eq(cuda_plan_step(&pc, &b, 0, 0, &p, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(p.n_hist, 3);
+    cr_assert_eq(p.n_masked, 1);
+    /* A pure decode step with them still replays a graph: the masks' buffer is fixed and the
+     * history buffer is the graph's key. */
+    cr_assert(p.graph);
+    extras[1].suppress = NULL;
+    cr_assert_eq(cuda_plan_step(&pc, &b, 0, 0, &p, err, sizeof err), -1);
 }

@@ -427,3 +427,115 @@ Test(engine_params, a_backend_without_them_refuses_each)
     cr_assert_eq(serve(&r, q)->finish, FINISH_LENGTH);
     stop(&r);
 }
+
+/* A backend that writes prompt logprobs at collect, not during the step, as the CUDA backend
+ * does: the CPU backend's step into a buffer of its own, handed to the engine's lp_out when the
+ * step is collected. Its first step with prompt logprob rows also aborts abort_id (from the
+ * engine's own thread, as a client going away would through the loop): the request then ends
+ * while that step is queued, and the engine must keep its buffer until the collect. */
+#define DEFERRED_ROWS 256
+static struct {
+    const struct backend_ops *cpu;
+    struct engine *eng;
+    uint64_t abort_id;
+    bool aborted;
+    struct sample_result res[2][MAX_REQ];
+    struct prompt_logprob buf[2][DEFERRED_ROWS];
+    struct prompt_logprob *dst[2][MAX_REQ];
+    int32_t at[2][MAX_REQ], n[2][MAX_REQ], n_dst[2];
+    uint64_t submitted, collected;
+} deferred;
+
+static int deferred_submit(struct backend *b, const struct batch *batch)
+{
+    const int slot = (int)(deferred.submitted % 2);
+    struct batch_seq seqs[MAX_REQ];
+    struct batch copy = *batch;
+    int32_t used = 0;
+    bool any = false;
+    deferred.n_dst[slot] = 0;
+    cr_assert_leq(batch->n_seqs, MAX_REQ);
+    for (int s = 0; s < batch->n_seqs; s++) {
+        seqs[s] = batch->seqs[s];
+        if (seqs[s].lp_rows > 0) {
+            const int d = deferred.n_dst[slot]++;
+            cr_assert_leq(used + seqs[s].lp_rows, DEFERRED_ROWS);
+            deferred.dst[slot][d] = seqs[s].lp_out;
+            deferred.at[slot][d] = used;
+            deferred.n[slot][d] = seqs[s].lp_rows;
+            seqs[s].lp_out = deferred.buf[slot] + used;
+            used += seqs[s].lp_rows;
+            any = true;
+        }
+    }
+    copy.seqs = seqs;
+    /* Tokens the engine queued before it took them: the previous step's, known here already. */
+    int32_t tokens[64];
+    cr_assert_leq(batch->n_tokens, 64);
+    for (int t = 0; t < batch->n_tokens; t++)
+        tokens[t] = batch->tokens[t] >= 0 ? batch->tokens[t]
+                                          : deferred.res[1 - slot][BACKEND_TOKEN_PREV_ROW(batch->tokens[t])].token;
+    copy.tokens = tokens;
+    if (deferred.cpu->forward(b, &copy, deferred.res[slot]) != 0) return -1;
+    deferred.submitted++;
+    if (any && !deferred.aborted) {
+        deferred.aborted = true;
+        engine_abort(deferred.eng, deferred.abort_id);
+    }
+    return 0;
+}
+
+static int deferred_collect(struct backend *b, struct sample_result *results)
+{
+    (void)b;
+    const int slot = (int)(deferred.collected++ % 2);
+    for (int d = 0; d < deferred.n_dst[slot]; d++)
+        memcpy(deferred.dst[slot][d], deferred.buf[slot] + deferred.at[slot][d],
+               (size_t)deferred.n[slot][d] * sizeof(struct prompt_logprob));
+    memcpy(results, deferred.res[slot], sizeof deferred.res[slot]);
+    return 0;
+}
+
+static void deferred_free(struct backend *b)
+{
+    deferred.cpu->free(b);
+}
+
+Test(engine_params, prompt_logprobs_written_at_collect_survive_their_request_ending_while_queued)
+{
+    static struct run r, ref;
+    static struct backend_ops ops;
+    /* The reference: the CPU backend as it is. */
+    start(&ref, 16, false);
+    struct engine_request *q = greedy(1, story, 3);
+    q->prompt_logprobs = true;
+    q->prompt_top_logprobs = 2;
+    struct out *want = serve(&ref, q);
+    start(&r, 16, false);
+    memset(&deferred, 0, sizeof deferred);
+    deferred.cpu = r.b->ops;
+    deferred.abort_id = 0;
+    ops = (struct backend_ops){.submit = deferred_submit, .collect = deferred_collect, .free = deferred_free};
+    r.b->ops = &ops;
+    /* A new engine over it: the engine queues a step behind another only on a backend whose
+     * submit returns early, which it asks when made. */
+    engine_free(r.eng);
+    struct engine_options eo = {.max_num_seqs = MAX_REQ, .max_num_batched_tokens = 16, .seed = 1,
+                                .no_prefix_caching = true};
+    cr_assert_eq(engine_create(&r.eng, r.b, tok, &eo, &r.loop, on_event, &r), 0);
+    deferred.eng = r.eng;
+    /* Request 0 is ended by the backend's first step with prompt logprobs, its own (chunks of 16
+     * tokens: it has more to come); request 1 comes after and gets its logprobs at collect. */
+    q = greedy(0, "Once upon a time, there was a little girl named Lily. She liked to play with her toys in the "
+                  "garden. One day, she saw a big red ball.", 3);
+    q->prompt_logprobs = true;
+    struct out *gone = serve(&r, q);
+    cr_assert(deferred.aborted);
+    cr_assert_eq(gone->finish, FINISH_ABORT, "finish %d", gone->finish);
+    q = greedy(1, story, 3);
+    q->prompt_logprobs = true;
+    q->prompt_top_logprobs = 2;
+    expect_same_plp(serve(&r, q), want);
+    stop(&r);
+    stop(&ref);
+}

@@ -38,6 +38,7 @@ static void cuda_free(struct backend *base)
     for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
         if (devs[i]) cudaFree(devs[i]);
     cuda_steps_free(b);
+    cuda_extras_free(b);
     cuda_gemm_free(b);
     cuda_tp_free(b);
     if (b->stream) cudaStreamDestroy(b->stream);
@@ -73,6 +74,7 @@ static int workspace_alloc(struct cuda_backend *b)
     const size_t T_parts = T > CUDA_PARTS_ROWS ? T : CUDA_PARTS_ROWS;
     if ((rc = alloc_ws(b, (void **)&ws->delta, T_parts * H * 4)) < 0) goto fail;
     if ((rc = alloc_ws(b, (void **)&ws->big, T_parts * bigw * 4)) < 0) goto fail;
+    ws->big_floats = T_parts * bigw;
     if ((rc = alloc_ws(b, (void **)&ws->q, T * qd * 4)) < 0) goto fail;
     if ((rc = alloc_ws(b, (void **)&ws->y, T * ywidth * 2)) < 0) goto fail;
     if ((rc = alloc_ws(b, (void **)&ws->part_o, (size_t)b->plan.part_rows * D * 4)) < 0) goto fail;
@@ -207,6 +209,14 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     }
     b->base.ops = &cuda_ops;
     b->base.name = "cuda";
+    /* The device sampler applies token masks, the logit bias and suppressed tokens
+     * (kernels/sample.cu; the extras travel with the step's metadata, cuda_step.c). */
+    b->base.supports_token_mask = true;
+    b->base.supports_logit_bias = true;
+    b->base.supports_suppress = true;
+    /* Prompt logprobs and hidden states come out of eager steps (cuda_extras.c). */
+    b->base.supports_prompt_logprobs = true;
+    b->base.supports_hidden_states = true;
     b->base.config = *c;
     b->base.max_batch_tokens = opt->max_batch_tokens > 0 ? opt->max_batch_tokens : 8192;
     b->base.max_batch_seqs = opt->max_batch_seqs > 0 ? opt->max_batch_seqs : 256;

@@ -126,8 +126,8 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         if (a->logits_out)
             CUDA_CHECK(
                 b, cudaMemcpyAsync(a->logits_out, ws->logits, (size_t)R * V * 4, cudaMemcpyDeviceToHost, b->stream));
-        CUDA_CHECK(b, sk_sample_prepare(ws->logits, dm->rows, b->steps.hist_dev, ws->work, ws->counts, b->steps.out_dev,
-                                        R, V, b->stream));
+        CUDA_CHECK(b, sk_sample_prepare(ws->logits, dm->rows, b->steps.hist_dev, b->steps.mask_dev, ws->work,
+                                        ws->counts, b->steps.out_dev, R, V, b->stream));
         if (p->any_cut)
             CUDA_CHECK(b, sk_sample_sort(ws->sort_temp, ws->sort_temp_bytes, ws->work, ws->ids_in, ws->offsets,
                                          ws->sorted_w, ws->sorted_ids, R, V, b->stream));
@@ -135,6 +135,7 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
                                        b->steps.out_dev, R, V, b->stream));
         cuda_prof_mark(b, CUDA_PROF_SAMPLE);
     }
+    if (p->n_lp || p->n_hid_seqs) rc = cuda_extras_enqueue(b, a, delta_parts, part_stride);
 fail:
     return rc;
 }

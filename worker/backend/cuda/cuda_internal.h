@@ -57,6 +57,7 @@ struct cuda_kv {
  * delta and big also hold the split parts of a decode batch's products (CUDA_PARTS_ROWS rows). */
 struct cuda_workspace {
     float *x, *delta, *big, *q, *part_o, *part_ml, *logits, *work, *sorted_w;
+    size_t big_floats;
     uint16_t *y;
     int32_t *counts, *ids_in, *offsets, *sorted_ids;
     void *sort_temp;
@@ -73,6 +74,11 @@ struct cuda_steps {
     cudaEvent_t meta_sent;
     int32_t *hist_host, *hist_dev;
     size_t hist_cap;
+    /* Token masks of the step's constrained rows (batch_seq.allowed), mask_words each, packed in
+     * the order of those rows: only they are sent. The device buffer is fixed (max_batch_seqs
+     * rows), so a captured graph reads each step's masks from it. */
+    uint32_t *mask_host, *mask_dev;
+    int mask_words;
     struct sk_sample_out *out_dev, *out_host;
     cudaEvent_t done[2];
     int rows[2];
@@ -86,6 +92,25 @@ struct cuda_step_meta {
     int32_t *tokens, *pos, *seq, *slot, *sample_tok, *bt;
     int32_t *tiles; /* prefill tiles: (first token, count, sequence) */
     int32_t *dec;   /* tokens for the decode attention, when not all are */
+    /* cuda_extras.c: prompt logprob rows (token, next prompt token, top alternatives) and the
+     * tokens whose hidden states are pooled, with each pooled sequence's (first row, rows, 0). */
+    int32_t *lp_tok, *lp_target, *lp_ntop, *hid_tok, *hid_seg;
+};
+
+/* cuda_extras.c: prompt logprobs and hidden states (embeddings) of eager steps. The device
+ * writes them into lp_dev and hid_dev; submit copies them into the step's half of the pinned
+ * buffers, and collect hands them to where the batch said (dst, recorded per half). Allocated
+ * on first use. */
+struct cuda_extras_dst {
+    struct prompt_logprob *lp; /* n rows from row at of the half */
+    float *sum, *last;         /* pooled sequence at of the half */
+    int32_t n, at;
+};
+struct cuda_extras {
+    struct sk_prompt_lp *lp_dev, *lp_host; /* max_batch_tokens rows; host: two halves */
+    float *hid_dev, *hid_host;             /* max_batch_seqs x (sum, last) rows; host: two halves */
+    struct cuda_extras_dst *dst[2];        /* max_batch_seqs x 2 per half */
+    int n_dst[2];
 };
 
 /* What cuda_forward_enqueue runs: the plan (attention's token_list set) and the metadata. */
@@ -133,6 +158,7 @@ struct cuda_backend {
     struct cuda_workspace ws;
     struct cuda_steps steps;
     struct cuda_graphs graphs;
+    struct cuda_extras extras;
     struct cuda_watchdog watchdog;
     struct cuda_prof *prof; /* NULL unless --cuda-profile */
     struct comm *tp_comm;   /* NULL unless --tensor-parallel-size (cuda_tp.c) */
@@ -202,6 +228,18 @@ void cuda_steps_free(struct cuda_backend *b);
 /* cuda_forward.c: the model and the sampler for one step, enqueued on b->stream (also while a
  * graph is being captured). */
 int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a);
+
+/* cuda_extras.c. ensure: the buffers, on the first step that needs them. fill: the step's rows
+ * into the pinned metadata hm, and where their results go, for the step in half slot. enqueue:
+ * after the model (its residual x + delta's delta_parts parts, part_stride apart), the final
+ * norm's hidden states pooled and the prompt positions' logprobs, then their copy into half
+ * slot. collect: hands half slot's results over once its step is done. */
+int cuda_extras_ensure(struct cuda_backend *b);
+void cuda_extras_fill(struct cuda_backend *b, const struct batch *batch, const struct cuda_step_meta *hm, int slot);
+int cuda_extras_enqueue(struct cuda_backend *b, const struct cuda_step_args *a, int delta_parts, int64_t part_stride);
+int cuda_extras_copy(struct cuda_backend *b, const struct cuda_step_plan *p, int slot);
+void cuda_extras_collect(struct cuda_backend *b, int slot);
+void cuda_extras_free(struct cuda_backend *b);
 
 /* cuda_graph.c: replays the captured step for a's shape, capturing it first when new. */
 int cuda_graph_run(struct cuda_backend *b, const struct cuda_step_args *a);

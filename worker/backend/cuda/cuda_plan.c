@@ -202,14 +202,26 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
             return plan_fail(err, errlen,
                              "cuda: sequence %d of the batch is inconsistent (start %d, %d new, %d blocks)", s,
                              q->start_pos, q->n_new, q->n_blocks);
-        /* The engine never sends these here (backend.h's supports_* flags are off); a batch that
-         * asks them anyway fails rather than come back without them. */
-        if (q->lp_rows > 0 || q->hidden_sum || q->hidden_last ||
-            (q->sample && (q->n_suppress > 0 || q->sampling->n_bias > 0)))
-            return plan_fail(err, errlen,
-                             "cuda: sequence %d asks for a logit bias, suppressed tokens, prompt logprobs or hidden "
-                             "states, which this backend does not compute yet",
-                             s);
+        if (q->lp_rows > 0) {
+            if (q->lp_first < 0 || q->lp_first + q->lp_rows > q->n_new || !q->lp_targets || !q->lp_out ||
+                q->lp_top < 0 || q->lp_top > SAMPLER_MAX_TOP_LOGPROBS)
+                return plan_fail(err, errlen,
+                                 "cuda: sequence %d asks for prompt logprobs of rows %d..%d of its %d new tokens (top "
+                                 "%d)",
+                                 s, q->lp_first, q->lp_first + q->lp_rows, q->n_new, q->lp_top);
+            for (int i = 0; i < q->lp_rows; i++)
+                if (q->lp_targets[i] < 0 || q->lp_targets[i] >= V)
+                    return plan_fail(err, errlen, "cuda: prompt logprob target %d of sequence %d is not in the "
+                                     "vocabulary (%d)", q->lp_targets[i], s, V);
+            p->n_lp += q->lp_rows;
+        }
+        if ((q->hidden_sum || q->hidden_last) && q->n_new > 0) {
+            p->n_hid_rows += q->hidden_sum ? q->n_new : 1;
+            p->n_hid_seqs++;
+        }
+        if (q->sample && ((q->n_suppress > 0 && !q->suppress) ||
+                          (q->sampling->n_bias > 0 && (!q->sampling->bias_ids || !q->sampling->bias_values))))
+            return plan_fail(err, errlen, "cuda: sequence %d has suppressed tokens or a logit bias without ids", s);
         for (int i = 0; i < need; i++)
             if (q->block_table[i] < 0 || q->block_table[i] >= c->num_kv_blocks)
                 return plan_fail(err, errlen, "cuda: block id %d out of range (%d blocks)", q->block_table[i],
@@ -227,6 +239,10 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
         p->n_rows++;
         const struct sampling_params *sp = q->sampling;
         if (sampling_uses_history(sp) && q->history && q->n_history > 0) p->n_hist += (size_t)q->n_history;
+        /* The logit bias (ids, then the values' bits) and the suppressed ids ride with the history. */
+        if (sp->n_bias > 0) p->n_hist += 2 * (size_t)sp->n_bias;
+        if (q->n_suppress > 0) p->n_hist += (size_t)q->n_suppress;
+        if (q->allowed) p->n_masked++;
         if (sp->temperature > 1e-5f && ((sp->top_k > 0 && sp->top_k < V) || (sp->top_p > 0.0f && sp->top_p < 1.0f)))
             p->any_cut = true;
     }
@@ -248,7 +264,8 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
     /* A pure decode step (one token per sequence, every one sampled) is replayed from a CUDA
      * graph of its shape; its block-table width is rounded up to a power of two so the shape
      * changes rarely as contexts grow. */
-    p->graph = c->graphs && T > 0 && T == S && p->n_rows == S && p->n_tiles == 0 && !batch->logits_out;
+    p->graph = c->graphs && T > 0 && T == S && p->n_rows == S && p->n_tiles == 0 && !batch->logits_out &&
+               p->n_lp == 0 && p->n_hid_seqs == 0;
     if (p->graph) {
         int w = 4;
         while (w < bt_stride) w *= 2;

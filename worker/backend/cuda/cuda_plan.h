@@ -116,7 +116,10 @@ struct cuda_step_plan {
     int n_tiles;                  /* prefill-attention tiles */
     bool all_dec;                 /* every token goes to the decode attention (no token list) */
     bool any_cut;                 /* a sampled row cuts by top-k or top-p: the logits get sorted */
-    size_t n_hist;                /* history ints the sampler reads (penalties) */
+    size_t n_hist;                /* history ints the sampler reads (penalties, logit bias, suppressed ids) */
+    int n_masked;                 /* sampled rows with a token mask (batch_seq.allowed) */
+    int n_lp;                     /* prompt logprob rows (batch_seq.lp_rows, all sequences) */
+    int n_hid_rows, n_hid_seqs;   /* hidden states: tokens normed, sequences pooled */
     bool graph;                   /* replayed from (or captured as) a CUDA graph */
     int bt_stride;                /* block-table ints per sequence in the step's metadata */
     /* The decode attention: its parameters (token_list is the step's list when !all_dec, set by

@@ -16,17 +16,19 @@ static size_t align16(size_t n)
 }
 
 /* The most metadata a step may need: sampled rows, five ints a token, a sampled token's row,
- * the block tables, the prefill tiles, and alignment. */
+ * the block tables, the prefill tiles, prompt logprob rows (three ints) and hidden-state tokens
+ * (one int) of at most every token, three ints a pooled sequence, and alignment. */
 static size_t meta_size(const struct cuda_backend *b)
 {
     size_t T = (size_t)b->base.max_batch_tokens, S = (size_t)b->base.max_batch_seqs;
     return S * sizeof(struct sk_sample_row) + 5 * T * 4 + S * 4 + S * (size_t)b->plan.bt_cap * 4 +
-           (T / SK_PREFILL_TILE + S + 1) * 3 * 4 + 8 * 16;
+           (T / SK_PREFILL_TILE + S + 1) * 3 * 4 + 4 * T * 4 + 3 * S * 4 + 13 * 16;
 }
 
-/* Lays the step's arrays out in base (host or device) for T tokens, S sequences, R sampled rows. */
+/* Lays the step's arrays out in base (host or device) for T tokens, S sequences, R sampled rows
+ * and the plan's prompt logprob rows and hidden states. */
 static size_t meta_layout(unsigned char *base, int T, int S, int R, int bt_stride, int n_tiles, int n_dec,
-                          struct cuda_step_meta *m)
+                          const struct cuda_step_plan *p, struct cuda_step_meta *m)
 {
     size_t at = 0;
     m->rows = (struct sk_sample_row *)(base + at);
@@ -47,6 +49,16 @@ static size_t meta_layout(unsigned char *base, int T, int S, int R, int bt_strid
     at = align16(at + (size_t)n_tiles * 3 * 4);
     m->dec = (int32_t *)(base + at);
     at = align16(at + (size_t)n_dec * 4);
+    m->lp_tok = (int32_t *)(base + at);
+    at = align16(at + (size_t)p->n_lp * 4);
+    m->lp_target = (int32_t *)(base + at);
+    at = align16(at + (size_t)p->n_lp * 4);
+    m->lp_ntop = (int32_t *)(base + at);
+    at = align16(at + (size_t)p->n_lp * 4);
+    m->hid_tok = (int32_t *)(base + at);
+    at = align16(at + (size_t)p->n_hid_rows * 4);
+    m->hid_seg = (int32_t *)(base + at);
+    at = align16(at + (size_t)p->n_hid_seqs * 3 * 4);
     return at;
 }
 
@@ -62,6 +74,10 @@ int cuda_steps_alloc(struct cuda_backend *b)
     CUDA_CHECK(b, cudaMalloc((void **)&st->out_dev, S * sizeof(struct sk_sample_out)));
     b->ws.bytes += S * sizeof(struct sk_sample_out);
     CUDA_CHECK(b, cudaHostAlloc((void **)&st->out_host, 2 * S * sizeof(struct sk_sample_out), cudaHostAllocDefault));
+    st->mask_words = (b->base.config.vocab_size + 31) / 32;
+    CUDA_CHECK(b, cudaMalloc((void **)&st->mask_dev, S * (size_t)st->mask_words * 4));
+    b->ws.bytes += S * (size_t)st->mask_words * 4;
+    CUDA_CHECK(b, cudaHostAlloc((void **)&st->mask_host, S * (size_t)st->mask_words * 4, cudaHostAllocDefault));
     CUDA_CHECK(b, cudaEventCreateWithFlags(&st->meta_sent, cudaEventDisableTiming));
     for (int i = 0; i < 2; i++) CUDA_CHECK(b, cudaEventCreateWithFlags(&st->done[i], cudaEventDisableTiming));
     CUDA_CHECK(b, cudaEventRecord(st->meta_sent, b->stream));
@@ -75,6 +91,8 @@ void cuda_steps_free(struct cuda_backend *b)
     if (st->meta_dev) cudaFree(st->meta_dev);
     if (st->hist_dev) cudaFree(st->hist_dev);
     if (st->out_dev) cudaFree(st->out_dev);
+    if (st->mask_dev) cudaFree(st->mask_dev);
+    if (st->mask_host) cudaFreeHost(st->mask_host);
     if (st->meta_host) cudaFreeHost(st->meta_host);
     if (st->hist_host) cudaFreeHost(st->hist_host);
     if (st->out_host) cudaFreeHost(st->out_host);
@@ -104,11 +122,43 @@ fail:
     return rc;
 }
 
+/* The sampler's extras for row of q into hist_host at *hist_at (the logit bias, the suppressed
+ * ids) and mask_host at row *n_masked (the token mask). */
+static void fill_row_extras(struct cuda_backend *b, const struct batch_seq *q, struct sk_sample_row *row,
+                            size_t *hist_at, int *n_masked)
+{
+    struct cuda_steps *st = &b->steps;
+    const struct sampling_params *sp = q->sampling;
+    row->mask_off = -1;
+    if (sp->n_bias > 0) {
+        row->bias_off = (int32_t)*hist_at;
+        row->n_bias = sp->n_bias;
+        memcpy(st->hist_host + *hist_at, sp->bias_ids, (size_t)sp->n_bias * 4);
+        /* The values travel as their bits; the kernel reads them back as floats. */
+        memcpy(st->hist_host + *hist_at + sp->n_bias, sp->bias_values, (size_t)sp->n_bias * 4);
+        *hist_at += 2 * (size_t)sp->n_bias;
+    }
+    if (q->n_suppress > 0) {
+        row->supp_off = (int32_t)*hist_at;
+        row->n_supp = q->n_suppress;
+        memcpy(st->hist_host + *hist_at, q->suppress, (size_t)q->n_suppress * 4);
+        *hist_at += (size_t)q->n_suppress;
+    }
+    if (q->allowed) {
+        /* The engine's masks may be wider (a grammar's vocabulary past the model's rows): the
+         * model's ids are all the sampler reads. */
+        row->mask_off = *n_masked * st->mask_words;
+        memcpy(st->mask_host + (size_t)row->mask_off, q->allowed, (size_t)st->mask_words * 4);
+        (*n_masked)++;
+    }
+}
+
 /* The step's metadata into hm (pinned), laid out as the plan sizes it; returns the history ints
- * written to hist_host. */
+ * written to hist_host (masks go to mask_host, p->n_masked rows). */
 static size_t fill_meta(struct cuda_backend *b, const struct batch *batch, const struct cuda_step_plan *p,
                         const struct cuda_step_meta *hm)
 {
+    int n_masked = 0;
     const int bt_stride = p->bt_stride;
     int tile_at = 0, dec_at = 0;
     size_t hist_at = 0;
@@ -153,6 +203,7 @@ static size_t fill_meta(struct cuda_backend *b, const struct batch *batch, const
             row->n_output = q->n_output;
             hist_at += (size_t)q->n_history;
         }
+        fill_row_extras(b, q, row, &hist_at, &n_masked);
         hm->sample_tok[r++] = t - 1;
     }
     return hist_at;
@@ -182,16 +233,25 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     CUDA_CHECK(b, cudaEventSynchronize(st->meta_sent));
     /* The decode attention takes every token unless tiles took some (then it gets a list). */
     const int T = plan.n_tokens, S = plan.n_seqs, R = plan.n_rows, n_list = plan.all_dec ? 0 : plan.attn.n_tokens;
-    size_t bytes = meta_layout(st->meta_host, T, S, R, plan.bt_stride, plan.n_tiles, n_list, &hm);
+    size_t bytes = meta_layout(st->meta_host, T, S, R, plan.bt_stride, plan.n_tiles, n_list, &plan, &hm);
     if (bytes > st->meta_bytes) CUDA_FAIL(b, "cuda: step metadata of %zu bytes exceeds %zu", bytes, st->meta_bytes);
-    meta_layout(st->meta_dev, T, S, R, plan.bt_stride, plan.n_tiles, n_list, &dm);
+    meta_layout(st->meta_dev, T, S, R, plan.bt_stride, plan.n_tiles, n_list, &plan, &dm);
     plan.attn.token_list = plan.all_dec ? NULL : dm.dec;
     const size_t hist_at = fill_meta(b, batch, &plan, &hm);
+    const int slot = (int)(st->submitted % 2);
+    b->extras.n_dst[slot] = 0;
+    if (plan.n_lp || plan.n_hid_seqs) {
+        if ((rc = cuda_extras_ensure(b)) < 0) goto fail;
+        cuda_extras_fill(b, batch, &hm, slot);
+    }
     cuda_prof_begin(b);
     cuda_prof_mark(b, CUDA_PROF_COPY);
     CUDA_CHECK(b, cudaMemcpyAsync(st->meta_dev, st->meta_host, bytes, cudaMemcpyHostToDevice, b->stream));
     if (hist_at)
         CUDA_CHECK(b, cudaMemcpyAsync(st->hist_dev, st->hist_host, hist_at * 4, cudaMemcpyHostToDevice, b->stream));
+    if (plan.n_masked)
+        CUDA_CHECK(b, cudaMemcpyAsync(st->mask_dev, st->mask_host, (size_t)plan.n_masked * st->mask_words * 4,
+                                      cudaMemcpyHostToDevice, b->stream));
     CUDA_CHECK(b, cudaEventRecord(st->meta_sent, b->stream));
     cuda_prof_mark(b, CUDA_PROF_COPY);
 
@@ -202,7 +262,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     } else if (T > 0) {
         if ((rc = cuda_forward_enqueue(b, &args)) < 0) goto fail;
     }
-    const int slot = (int)(st->submitted % 2);
+    if ((rc = cuda_extras_copy(b, &plan, slot)) < 0) goto fail;
     if (R > 0)
         CUDA_CHECK(b, cudaMemcpyAsync(st->out_host + (size_t)slot * base->max_batch_seqs, st->out_dev,
                                       (size_t)R * sizeof *st->out_host, cudaMemcpyDeviceToHost, b->stream));
@@ -230,11 +290,14 @@ int cuda_collect(struct backend *base, struct sample_result *results)
     st->collected++;
     if ((rc = cuda_watchdog_wait(b, st->done[slot])) < 0) goto fail;
     if ((rc = cuda_tp_check(b)) < 0) goto fail;
+    cuda_extras_collect(b, slot);
     const struct sk_sample_out *out = st->out_host + (size_t)slot * base->max_batch_seqs;
     for (int r = 0; r < st->rows[slot]; r++) {
         const struct sk_sample_out *o = &out[r];
         struct sample_result *res = &results[r];
-        if (o->token < 0 || o->token >= V) CUDA_FAIL(b, "cuda: sampler returned token %d", o->token);
+        if (o->token < 0 || o->token >= V)
+            CUDA_FAIL(b, "cuda: sampler returned token %d for row %d%s", o->token, r,
+                      o->fixed ? " (its token mask allows no token)" : "");
         res->token = o->token;
         res->logprob = o->logprob;
         res->n_top = o->n_top;
