@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "worker/model/model_moe.h"
 #include "worker/parallel/tp_plan.h"
 
 static struct tp_range even_part(int64_t total, int n, int r)
@@ -18,13 +19,6 @@ int tp_plan_make(struct tp_plan *p, const struct model_config *c, int n, char *e
     }
     if (c->arch != MODEL_ARCH_LLAMA && c->arch != MODEL_ARCH_QWEN2 && c->arch != MODEL_ARCH_QWEN3) {
         snprintf(err, errlen, "tensor parallelism shards Llama, Qwen2 and Qwen3 models, not %s", c->arch_name);
-        return -1;
-    }
-    if (c->moe.n_experts > 0 && n > 1) {
-        /* Expert parallelism (whole experts per rank) is another plan; this one would copy the
-         * experts unsplit onto every rank and sum them N times. */
-        snprintf(err, errlen, "tensor parallelism does not shard mixture-of-experts models yet (%s has %d experts)",
-                 c->arch_name, c->moe.n_experts);
         return -1;
     }
     if (c->n_heads < 1 || c->n_kv_heads < 1 || c->n_heads % c->n_kv_heads != 0) {
@@ -49,6 +43,16 @@ int tp_plan_make(struct tp_plan *p, const struct model_config *c, int n, char *e
         snprintf(err, errlen, "tensor parallel size %d does not divide intermediate_size %d", n, c->intermediate_size);
         return -1;
     }
+    if (c->moe.n_experts > 0 && c->moe.expert_intermediate % n != 0) {
+        snprintf(err, errlen, "tensor parallel size %d does not divide the experts' intermediate size %d", n,
+                 c->moe.expert_intermediate);
+        return -1;
+    }
+    if (c->moe.n_experts > 0 && c->moe.shared_intermediate % n != 0) {
+        snprintf(err, errlen, "tensor parallel size %d does not divide shared_expert_intermediate_size %d", n,
+                 c->moe.shared_intermediate);
+        return -1;
+    }
     int vpr = (c->vocab_size + n - 1) / n;
     if ((int64_t)vpr * (n - 1) >= c->vocab_size) {
         snprintf(err, errlen, "vocab_size %d is too small to give each of %d ranks a share of it", c->vocab_size, n);
@@ -59,6 +63,8 @@ int tp_plan_make(struct tp_plan *p, const struct model_config *c, int n, char *e
     p->kv_heads_per_rank = c->n_kv_heads >= n ? c->n_kv_heads / n : 1;
     p->kv_replicas = c->n_kv_heads >= n ? 1 : n / c->n_kv_heads;
     p->inter_per_rank = c->intermediate_size / n;
+    p->expert_inter_per_rank = c->moe.n_experts > 0 ? c->moe.expert_intermediate / n : 0;
+    p->shared_inter_per_rank = c->moe.n_experts > 0 ? c->moe.shared_intermediate / n : 0;
     p->vocab_per_rank = vpr;
     int group = c->n_heads / c->n_kv_heads;
     for (int r = 0; r < n; r++) {
@@ -72,6 +78,8 @@ int tp_plan_make(struct tp_plan *p, const struct model_config *c, int n, char *e
             t->kv_heads = (struct tp_range){kvh, kvh + 1};
         }
         t->inter = even_part(c->intermediate_size, n, r);
+        t->expert_inter = even_part((int64_t)p->expert_inter_per_rank * n, n, r);
+        t->shared_inter = even_part((int64_t)p->shared_inter_per_rank * n, n, r);
         int64_t v0 = (int64_t)vpr * r, v1 = v0 + vpr < c->vocab_size ? v0 + vpr : c->vocab_size;
         t->vocab = (struct tp_range){v0, v1};
     }
@@ -109,7 +117,23 @@ enum tp_split tp_plan_part(const struct tp_plan *p, const struct model_config *c
     case TP_W_LM_HEAD:
         *range = t->vocab;
         return TP_ROWS;
+    case TP_W_EXPERT_GATE:
+    case TP_W_EXPERT_UP:
+        *range = t->expert_inter;
+        return TP_ROWS;
+    case TP_W_EXPERT_DOWN:
+        *range = t->expert_inter;
+        return TP_COLS;
+    case TP_W_SHARED_GATE:
+    case TP_W_SHARED_UP:
+        *range = t->shared_inter;
+        return TP_ROWS;
+    case TP_W_SHARED_DOWN:
+        *range = t->shared_inter;
+        return TP_COLS;
     case TP_W_NORM:
+    case TP_W_ROUTER:
+    case TP_W_SHARED_EXPERT_GATE:
     case TP_W_COUNT:
         break;
     }
@@ -123,6 +147,8 @@ void tp_plan_rank_config(const struct tp_plan *p, const struct model_config *c, 
     out->n_heads = p->heads_per_rank;
     out->n_kv_heads = p->kv_heads_per_rank;
     out->intermediate_size = p->inter_per_rank;
+    out->moe.expert_intermediate = p->expert_inter_per_rank;
+    out->moe.shared_intermediate = p->shared_inter_per_rank;
 }
 
 bool tp_lm_head_tied(const struct model *m)
@@ -178,6 +204,14 @@ size_t tp_plan_rank_bytes(const struct tp_plan *p, const struct model *m, int r)
             {&L->w_up, TP_W_UP},        {&L->w_down, TP_W_DOWN},
         };
         for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) b += part_bytes(p, c, parts[i].t, parts[i].w, r);
+        const struct moe_weights *E = L->moe;
+        if (!E) continue;
+        b += part_bytes(p, c, &E->router, TP_W_ROUTER, r) + part_bytes(p, c, &E->shared_gate_proj, TP_W_SHARED_GATE, r) +
+             part_bytes(p, c, &E->shared_up, TP_W_SHARED_UP, r) + part_bytes(p, c, &E->shared_down, TP_W_SHARED_DOWN, r) +
+             part_bytes(p, c, &E->shared_expert_gate, TP_W_SHARED_EXPERT_GATE, r);
+        for (int e = 0; e < c->moe.n_experts; e++)
+            b += part_bytes(p, c, &E->gate[e], TP_W_EXPERT_GATE, r) + part_bytes(p, c, &E->up[e], TP_W_EXPERT_UP, r) +
+                 part_bytes(p, c, &E->down[e], TP_W_EXPERT_DOWN, r);
     }
     return b;
 }

@@ -12,6 +12,11 @@
  *                                          and summed, the logits gathered
  *   norms, q/k norms                       replicated
  *
+ * Mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE) is sharded the same way inside each
+ * expert: every rank holds every expert's block of intermediate channels (gate/up rows, down
+ * columns), and of the shared expert's; the router and the shared expert's gate are replicated,
+ * so every rank routes every token alike and the MLP's one all-reduce sums the experts too.
+ *
  * KV heads are split like the query heads when there are at least as many as ranks; with
  * fewer (kv_heads < N) each rank holds the one KV head its query heads read, so each KV head
  * is replicated on N / kv_heads ranks. A configuration that does not split evenly (query heads,
@@ -37,6 +42,7 @@ struct tp_rank {
     struct tp_range kv_heads;  /* KV heads */
     struct tp_range inter;     /* intermediate (MLP) channels */
     struct tp_range vocab;     /* tokens: rows of the embedding and lm_head */
+    struct tp_range expert_inter, shared_inter; /* each expert's channels, the shared expert's */
 };
 
 /* What one weight is split along. */
@@ -47,12 +53,15 @@ enum tp_weight {
     TP_W_BQ, TP_W_BK, TP_W_BV,     /* Qwen2's q/k/v biases: vectors split like their rows */
     TP_W_EMBED, TP_W_LM_HEAD,
     TP_W_NORM,                     /* every norm: attention, MLP, final, q/k */
+    TP_W_ROUTER, TP_W_EXPERT_GATE, TP_W_EXPERT_UP, TP_W_EXPERT_DOWN,
+    TP_W_SHARED_GATE, TP_W_SHARED_UP, TP_W_SHARED_DOWN, TP_W_SHARED_EXPERT_GATE,
     TP_W_COUNT
 };
 
 struct tp_plan {
     int n_ranks;
     int heads_per_rank, kv_heads_per_rank, inter_per_rank;
+    int expert_inter_per_rank, shared_inter_per_rank; /* 0 for a dense model */
     /* Each rank's share of the vocabulary, rounded up: the last rank's may be shorter, and the
      * gathered logits are vocab_per_rank wide per rank. */
     int vocab_per_rank;
@@ -68,8 +77,8 @@ int tp_plan_make(struct tp_plan *p, const struct model_config *c, int n, char *e
 enum tp_split tp_plan_part(const struct tp_plan *p, const struct model_config *c, enum tp_weight w, int r,
                            struct tp_range *range);
 
-/* The configuration rank r computes with: its heads, KV heads and intermediate size; hidden
- * size, head_dim and vocab_size stay the whole model's. */
+/* The configuration rank r computes with: its heads, KV heads and intermediate sizes (dense,
+ * expert, shared expert); hidden size, head_dim, vocab_size and the experts stay the model's. */
 void tp_plan_rank_config(const struct tp_plan *p, const struct model_config *c, int r, struct model_config *out);
 
 /* Bytes of the weights rank r holds, in the checkpoint's dtypes (GGUF blocks as blocks);

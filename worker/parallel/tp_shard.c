@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "worker/model/model_moe.h"
 #include "worker/parallel/tp_shard.h"
 
 struct tp_shard {
@@ -104,6 +105,34 @@ static int part(struct tp_shard *s, const struct model *m, const struct tp_plan 
     return 0;
 }
 
+/* A sparse layer's experts: each expert's (and the shared expert's) channels split like a dense
+ * MLP's, the router and the shared expert's gate whole. */
+static int part_moe(struct tp_shard *s, const struct model *m, const struct tp_plan *p, int rank,
+                    const struct moe_weights *E, struct moe_weights **out)
+{
+    int n = m->config.moe.n_experts;
+    struct moe_weights *S = calloc(1, sizeof *S);
+    if (keep(s, S)) return -1;
+    *S = *E;
+    S->gate = calloc((size_t)n, sizeof *S->gate);
+    if (keep(s, S->gate)) return -1;
+    S->up = calloc((size_t)n, sizeof *S->up);
+    if (keep(s, S->up)) return -1;
+    S->down = calloc((size_t)n, sizeof *S->down);
+    if (keep(s, S->down)) return -1;
+    for (int e = 0; e < n; e++)
+        if (part(s, m, p, rank, TP_W_EXPERT_GATE, &E->gate[e], &S->gate[e]) ||
+            part(s, m, p, rank, TP_W_EXPERT_UP, &E->up[e], &S->up[e]) ||
+            part(s, m, p, rank, TP_W_EXPERT_DOWN, &E->down[e], &S->down[e]))
+            return -1;
+    if (part(s, m, p, rank, TP_W_SHARED_GATE, &E->shared_gate_proj, &S->shared_gate_proj) ||
+        part(s, m, p, rank, TP_W_SHARED_UP, &E->shared_up, &S->shared_up) ||
+        part(s, m, p, rank, TP_W_SHARED_DOWN, &E->shared_down, &S->shared_down))
+        return -1;
+    *out = S;
+    return 0;
+}
+
 void tp_shard_free(struct model *shard)
 {
     struct tp_shard *s = (struct tp_shard *)shard;
@@ -138,7 +167,8 @@ int tp_shard_make(struct model **out, const struct model *m, const struct tp_pla
             part(s, m, p, rank, TP_W_BQ, &L->bq, &S->bq) || part(s, m, p, rank, TP_W_BK, &L->bk, &S->bk) ||
             part(s, m, p, rank, TP_W_BV, &L->bv, &S->bv) || part(s, m, p, rank, TP_W_GATE, &L->w_gate, &S->w_gate) ||
             part(s, m, p, rank, TP_W_UP, &L->w_up, &S->w_up) ||
-            part(s, m, p, rank, TP_W_DOWN, &L->w_down, &S->w_down))
+            part(s, m, p, rank, TP_W_DOWN, &L->w_down, &S->w_down) ||
+            (L->moe && part_moe(s, m, p, rank, L->moe, &S->moe)))
             goto oom;
     }
     *out = &s->m;

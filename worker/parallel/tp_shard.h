@@ -7,8 +7,8 @@
  * cut inside its blocks is dequantized to float32 instead. Replicated tensors (norms) are the
  * model's own. --load-format dummy tensors have no data and their values depend on their
  * index in the whole tensor, so their parts are filled as float32 from the whole tensor's
- * indices (tensor_range_to_f32); dummy norms stay dummies. The shard borrows the model: free
- * the shard first. */
+ * indices (tensor_range_to_f32); dummy norms stay dummies. A sparse layer's experts are split
+ * inside each expert (tp_plan.h). The shard borrows the model: free the shard first. */
 #ifndef SLUICE_WORKER_PARALLEL_TP_SHARD_H
 #define SLUICE_WORKER_PARALLEL_TP_SHARD_H
 

@@ -2,7 +2,8 @@
  * its logits within float rounding (only the row-parallel sums are added in another order),
  * on stories260K (Hugging Face directory and GGUF file) and on tiny random models of each
  * family (Llama with KV heads replicated across ranks and a vocabulary that does not split
- * evenly, Qwen2's q/k/v biases, Qwen3's q/k norms); the same bits from run to run; prompt
+ * evenly, Qwen2's q/k/v biases, Qwen3's q/k norms) and on the mixture-of-experts fixtures; the
+ * same bits from run to run; prompt
  * logprobs and hidden states through the ranks; and sizes that do not shard refused. */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -210,14 +211,22 @@ Test(cpu_tp, sizes_that_do_not_shard_are_refused_by_name)
         cr_expect(strstr(err, cases[i].says), "size %d: '%s'", cases[i].n, err);
     }
     model_free(m);
-    /* Mixture of experts: not sharded by this plan (experts would be copied whole to every rank). */
-    m = load("tests/fixtures/families/mixtral", MODEL_LOAD_AUTO);
-    struct backend_options opt = {.kv_blocks = 8, .tensor_parallel_size = 2, .n_threads = 1};
-    struct backend *b = NULL;
-    char err[1024] = "";
-    cr_expect_neq(backend_cpu_create(&b, m, &opt, err, sizeof err), 0);
-    cr_expect(strstr(err, "does not shard mixture-of-experts models yet"), "%s", err);
-    model_free(m);
+}
+
+/* Mixture of experts: each expert's channels split across the ranks, the router on every rank
+ * (the fixtures of tests/fixtures/families/: Mixtral's experts one by one and stacked, Qwen2-MoE's
+ * shared expert and dense layers, Qwen3-MoE). */
+Test(cpu_tp, mixture_of_experts_families, .timeout = 120)
+{
+    const char *names[] = {"mixtral", "mixtral_stacked", "qwen2_moe", "qwen2_moe_step2", "qwen3_moe"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char path[256];
+        snprintf(path, sizeof path, "tests/fixtures/families/%s", names[i]);
+        struct model *m = load(path, MODEL_LOAD_AUTO);
+        cr_assert_gt(m->config.moe.n_experts, 0, "%s", names[i]);
+        expect_tp_equals_one(m, names[i]);
+        model_free(m);
+    }
 }
 
 /* A random-weight model of config.json text, written to a temporary folder. */

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "worker/model/model_moe.h"
 #include "worker/parallel/tp_plan.h"
 
 static struct model_config cfg(int hidden, int inter, int heads, int kv, int hd, int vocab)
@@ -130,8 +131,29 @@ Test(tp_plan, vocabulary_shares_round_up_and_the_last_rank_takes_the_rest)
     c.vocab_size = 10;
     c.moe.n_experts = 8;
     c.moe.top_k = 2;
-    strcpy(c.arch_name, "MixtralForCausalLM");
-    expect_refused(&c, 2, "does not shard mixture-of-experts models yet (MixtralForCausalLM has 8 experts)");
+    c.moe.expert_intermediate = 48;
+    c.moe.shared_intermediate = 20;
+    strcpy(c.arch_name, "Qwen2MoeForCausalLM");
+    make(&p, &c, 4);
+    cr_expect_eq(p.expert_inter_per_rank, 12);
+    cr_expect_eq(p.shared_inter_per_rank, 5);
+    expect_tiles(&p, &c, TP_W_EXPERT_GATE, 48, TP_ROWS);
+    expect_tiles(&p, &c, TP_W_EXPERT_DOWN, 48, TP_COLS);
+    expect_tiles(&p, &c, TP_W_SHARED_UP, 20, TP_ROWS);
+    expect_tiles(&p, &c, TP_W_SHARED_DOWN, 20, TP_COLS);
+    struct tp_range g;
+    cr_expect_eq(tp_plan_part(&p, &c, TP_W_ROUTER, 1, &g), TP_REPLICATED);
+    cr_expect_eq(tp_plan_part(&p, &c, TP_W_SHARED_EXPERT_GATE, 1, &g), TP_REPLICATED);
+    struct model_config rc;
+    tp_plan_rank_config(&p, &c, 2, &rc);
+    cr_expect_eq(rc.moe.expert_intermediate, 12);
+    cr_expect_eq(rc.moe.shared_intermediate, 5);
+    cr_expect_eq(rc.moe.n_experts, 8);
+    c.moe.expert_intermediate = 50;
+    expect_refused(&c, 4, "does not divide the experts' intermediate size 50");
+    c.moe.expert_intermediate = 48;
+    c.moe.shared_intermediate = 22;
+    expect_refused(&c, 4, "does not divide shared_expert_intermediate_size 22");
     c.moe.n_experts = 0;
     c.arch = 99;
     strcpy(c.arch_name, "MixtralForCausalLM");
@@ -197,6 +219,30 @@ Test(tp_plan, rank_bytes_add_up_to_the_model_plus_the_replicated_norms)
         }
         free_fake(m);
     }
+}
+
+Test(tp_plan, expert_bytes_split_and_the_router_is_on_every_rank)
+{
+    struct model_config c = cfg(64, 128, 4, 2, 16, 256);
+    c.moe = (struct moe_config){.n_experts = 3, .top_k = 2, .expert_intermediate = 32, .sparse_step = 1};
+    struct model *m = fake_model(&c, DTYPE_F32, true);
+    struct tensor gate[3], up[3], down[3];
+    struct moe_weights E = {.router = mat(DTYPE_F32, 3, 64), .gate = gate, .up = up, .down = down};
+    for (int e = 0; e < 3; e++) gate[e] = mat(DTYPE_F32, 32, 64), up[e] = mat(DTYPE_F32, 32, 64), down[e] = mat(DTYPE_F32, 64, 32);
+    for (int l = 0; l < c.n_layers; l++) {
+        m->layers[l].moe = &E;
+        m->layers[l].w_gate = m->layers[l].w_up = m->layers[l].w_down = (struct tensor){0};
+    }
+    struct tp_plan p;
+    make(&p, &c, 1);
+    size_t whole = tp_plan_rank_bytes(&p, m, 0), sum = 0;
+    make(&p, &c, 2);
+    for (int r = 0; r < 2; r++) sum += tp_plan_rank_bytes(&p, m, r);
+    size_t replicated = (64 + 2 * 2 * 64 + 2 * 3 * 64) * 4; /* norms, and each layer's router */
+    cr_expect_eq(sum, whole + replicated, "%zu vs %zu + %zu", sum, whole, replicated);
+    cr_expect_eq(whole, (256 * 64 + 64 + 2 * (2 * 64 + 64 * 64 + 2 * 32 * 64 + 64 * 64 +
+                                                                         3 * 64 + 3 * 3 * 32 * 64)) * 4);
+    free_fake(m);
 }
 
 Test(tp_plan, block_quantized_columns_cut_inside_a_block_count_as_float32)
