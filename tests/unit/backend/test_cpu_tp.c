@@ -245,38 +245,34 @@ static struct model *dummy(const char *json)
     return m;
 }
 
-Test(cpu_tp, llama_with_one_kv_head_and_an_uneven_vocabulary, .timeout = 60)
+/* Tiny random models of each dense family: Llama with one KV head (replicated on every rank)
+ * and 509 tokens (255 + 254, and 128 x 3 + 125), Qwen2 with its q/k/v biases, Qwen3 with its
+ * q/k norms and a head_dim of its own. */
+Test(cpu_tp, tiny_random_models_of_each_dense_family, .timeout = 60)
 {
-    /* One KV head: replicated on every rank. 509 tokens: 255 + 254, and 128 x 3 + 125. */
-    struct model *m = dummy("{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": 64,"
-                            "\"intermediate_size\": 96, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
-                            "\"num_key_value_heads\": 1, \"vocab_size\": 509, \"max_position_embeddings\": 256,"
-                            "\"rms_norm_eps\": 1e-5, \"rope_theta\": 10000.0, \"tie_word_embeddings\": false,"
-                            "\"torch_dtype\": \"bfloat16\"}");
-    expect_tp_equals_one(m, "llama, 1 KV head");
-    model_free(m);
-}
-
-Test(cpu_tp, qwen2_biases, .timeout = 60)
-{
-    struct model *m = dummy("{\"architectures\": [\"Qwen2ForCausalLM\"], \"model_type\": \"qwen2\", \"hidden_size\": 64,"
-                            "\"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 8,"
-                            "\"num_key_value_heads\": 4, \"vocab_size\": 400, \"max_position_embeddings\": 256,"
-                            "\"rms_norm_eps\": 1e-6, \"rope_theta\": 1000000.0, \"tie_word_embeddings\": true,"
-                            "\"torch_dtype\": \"float32\"}");
-    cr_assert(m->config.qkv_bias);
-    expect_tp_equals_one(m, "qwen2");
-    model_free(m);
-}
-
-Test(cpu_tp, qwen3_qk_norms, .timeout = 60)
-{
-    struct model *m = dummy("{\"architectures\": [\"Qwen3ForCausalLM\"], \"model_type\": \"qwen3\", \"hidden_size\": 64,"
-                            "\"intermediate_size\": 160, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
-                            "\"num_key_value_heads\": 2, \"head_dim\": 32, \"vocab_size\": 256,"
-                            "\"max_position_embeddings\": 256, \"rms_norm_eps\": 1e-6, \"rope_theta\": 1000000.0,"
-                            "\"tie_word_embeddings\": true, \"torch_dtype\": \"bfloat16\"}");
-    cr_assert(m->config.qk_norm);
-    expect_tp_equals_one(m, "qwen3");
-    model_free(m);
+    static const char *const configs[] = {
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": 64,"
+        "\"intermediate_size\": 96, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+        "\"num_key_value_heads\": 1, \"vocab_size\": 509, \"max_position_embeddings\": 256,"
+        "\"rms_norm_eps\": 1e-5, \"rope_theta\": 10000.0, \"tie_word_embeddings\": false,"
+        "\"torch_dtype\": \"bfloat16\"}",
+        "{\"architectures\": [\"Qwen2ForCausalLM\"], \"model_type\": \"qwen2\", \"hidden_size\": 64,"
+        "\"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 8,"
+        "\"num_key_value_heads\": 4, \"vocab_size\": 400, \"max_position_embeddings\": 256,"
+        "\"rms_norm_eps\": 1e-6, \"rope_theta\": 1000000.0, \"tie_word_embeddings\": true,"
+        "\"torch_dtype\": \"float32\"}",
+        "{\"architectures\": [\"Qwen3ForCausalLM\"], \"model_type\": \"qwen3\", \"hidden_size\": 64,"
+        "\"intermediate_size\": 160, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+        "\"num_key_value_heads\": 2, \"head_dim\": 32, \"vocab_size\": 256,"
+        "\"max_position_embeddings\": 256, \"rms_norm_eps\": 1e-6, \"rope_theta\": 1000000.0,"
+        "\"tie_word_embeddings\": true, \"torch_dtype\": \"bfloat16\"}",
+    };
+    static const char *const names[] = {"llama, 1 KV head", "qwen2", "qwen3"};
+    for (int i = 0; i < 3; i++) {
+        struct model *m = dummy(configs[i]);
+        cr_assert(i != 1 || m->config.qkv_bias);
+        cr_assert(i != 2 || m->config.qk_norm);
+        expect_tp_equals_one(m, names[i]);
+        model_free(m);
+    }
 }
