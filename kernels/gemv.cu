@@ -2,6 +2,7 @@
 // close to the memory rate. One warp per output feature; each lane keeps kUnroll 16-byte loads
 // of the weight row in flight before using them.
 #include "kernels/bf16.cuh"
+#include "kernels/load_stream.cuh"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda_bf16.h>
@@ -11,15 +12,6 @@ namespace
 
 constexpr int kUnroll = 4;
 constexpr int kWarpsPerBlock = 8;
-
-__device__ __forceinline__ uint4 load_stream(const uint4 *p)
-{
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
 
 template <int M>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)

@@ -5,9 +5,37 @@
 
 #include "tests/gpu/gpu_test.h"
 
+#include <time.h>
 #include <unistd.h>
 
 #include "worker/model/model.h"
+
+/* Llama-3-8B's config.json (bf16), for the speed tests at its shapes. */
+#define GT_LLAMA3_8B_CONFIG                                                                                       \
+    "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":4096,\"intermediate_size\":14336,"                 \
+    "\"num_hidden_layers\":32,\"num_attention_heads\":32,\"num_key_value_heads\":8,\"vocab_size\":128256,"        \
+    "\"max_position_embeddings\":8192,\"rms_norm_eps\":1e-5,\"rope_theta\":500000.0,"                            \
+    "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0,\"low_freq_factor\":1.0,\"high_freq_factor\":4.0,"  \
+    "\"original_max_position_embeddings\":8192},\"tie_word_embeddings\":false,\"bos_token_id\":128000,"          \
+    "\"eos_token_id\":128001,\"torch_dtype\":\"bfloat16\"}"
+
+/* Seconds on the monotonic clock. */
+static inline double gt_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Whether a speed test should run (SLUICE_GPU_BENCH=1: they need large models and seconds);
+ * otherwise prints the skip and the empty summary. */
+static inline int gt_bench_wanted(void)
+{
+    const char *on = getenv("SLUICE_GPU_BENCH");
+    if (on && !strcmp(on, "1")) return 1;
+    printf("SKIP: set SLUICE_GPU_BENCH=1\n0 passed, 0 failed\n");
+    return 0;
+}
 
 /* The model, or NULL after a failed check that says why. model_load reads the config from a
  * directory, so the string goes through a temporary one, removed before returning. */

@@ -5,35 +5,13 @@
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
-#include <time.h>
-
 #include "worker/backend/backend.h"
 #include "worker/model/model.h"
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static const char *llama3_8b =
-    "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":4096,\"intermediate_size\":14336,"
-    "\"num_hidden_layers\":32,\"num_attention_heads\":32,\"num_key_value_heads\":8,\"vocab_size\":128256,"
-    "\"max_position_embeddings\":8192,\"rms_norm_eps\":1e-5,\"rope_theta\":500000.0,"
-    "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0,\"low_freq_factor\":1.0,\"high_freq_factor\":4.0,"
-    "\"original_max_position_embeddings\":8192},\"tie_word_embeddings\":false,\"bos_token_id\":128000,"
-    "\"eos_token_id\":128001,\"torch_dtype\":\"bfloat16\"}";
-
 int main(void)
 {
-    if (!gt_have_gpu()) return 0;
-    const char *on = getenv("SLUICE_GPU_BENCH");
-    if (!on || strcmp(on, "1")) {
-        printf("SKIP: set SLUICE_GPU_BENCH=1\n0 passed, 0 failed\n");
-        return 0;
-    }
-    struct model *m = gt_dummy_model(llama3_8b);
+    if (!gt_have_gpu() || !gt_bench_wanted()) return 0;
+    struct model *m = gt_dummy_model(GT_LLAMA3_8B_CONFIG);
     if (!m) return gt_finish();
     char err[512];
     int rc = 0;
@@ -47,12 +25,12 @@ int main(void)
                                      .max_batch_seqs = 64,
                                      .cuda = {.no_gemv = !gemv, .enforce_eager = !graphs, .no_prefill_mma = !mma}};
         struct backend *b = NULL;
-        double t0 = now_s();
+        double t0 = gt_now_s();
         if (backend_cuda_create(&b, m, &bo, err, sizeof err) < 0) {
             GT_CHECK(0, "backend_cuda_create: %s", err);
             break;
         }
-        printf("  load (dummy fill on GPU) %.2f s, %d KV blocks\n", now_s() - t0, b->num_kv_blocks);
+        printf("  load (dummy fill on GPU) %.2f s, %d KV blocks\n", gt_now_s() - t0, b->num_kv_blocks);
         const struct model_config *c = &m->config;
         double weight_gb =
             2.0 *
@@ -73,9 +51,9 @@ int main(void)
         struct batch batch = {.n_seqs = 1, .seqs = &q, .n_tokens = prompt, .tokens = tokens};
         struct sample_result res[64];
         rc = backend_forward(b, &batch, res); /* warm-up */
-        t0 = now_s();
+        t0 = gt_now_s();
         if (rc == 0) rc = backend_forward(b, &batch, res);
-        double pre = now_s() - t0;
+        double pre = gt_now_s() - t0;
         GT_CHECK(rc == 0, "[mma %d] prefill %d tokens: %.1f ms (%.0f tok/s) %s", mma, prompt, pre * 1e3, prompt / pre,
                  rc ? b->error : "");
 
@@ -92,14 +70,14 @@ int main(void)
                 tk[s] = res[0].token;
             }
             double best = 0;
-            t0 = now_s();
+            t0 = gt_now_s();
             for (int i = 0; i < steps && rc == 0; i++) {
                 for (int s = 0; s < bs; s++) seqs[s].start_pos = (s == 0 ? prompt : 0) + i;
                 struct batch db = {.n_seqs = bs, .seqs = seqs, .n_tokens = bs, .tokens = tk};
                 rc = backend_forward(b, &db, res);
                 for (int s = 0; s < bs && rc == 0; s++) tk[s] = res[s].token;
             }
-            double dt = (now_s() - t0) / steps;
+            double dt = (gt_now_s() - t0) / steps;
             best = 1.0 / dt;
             GT_CHECK(rc == 0,
                      "[gemv %d graphs %d] decode batch %d: %.2f ms/step, %.0f tok/s (weights %.1f GB: %.0f GB/s "

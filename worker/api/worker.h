@@ -36,6 +36,7 @@ struct worker_options {
     const char *seed;               /* "none" (a random seed per process) or an integer */
     long stream_interval;           /* FastChat frames every N tokens */
     const char *load_format;        /* "auto" | "dummy" */
+    const char *quantization;       /* --quantization: "none" | "fp8" */
     const char *chat_template;      /* FILE */
     const char *tokenizer;          /* default: model_path */
     long max_num_seqs;

@@ -56,7 +56,10 @@ struct prompt_logprob {
 struct batch_seq {
     int32_t n_new;                 /* tokens of this step in batch.tokens, in order */
     int32_t start_pos;             /* position of the first of them = tokens already in KV */
-    const int32_t *block_table;    /* physical block ids covering start_pos + n_new tokens */
+    /* Physical block ids covering start_pos + n_new tokens. When every layer of the model slides
+     * (model_family.h all_sliding), the blocks wholly before start_pos - sliding_window + 1 are
+     * never read and may be -1 (freed by the scheduler). */
+    const int32_t *block_table;
     int32_t n_blocks;
     bool sample;                   /* sample a token after the last new token */
     /* The new tokens are (or begin with) prompt tokens: a prefill chunk, whatever its length.
@@ -185,6 +188,10 @@ struct cuda_options {
     bool no_attn_early;     /* attn_early=0: the decode attention reads no key before its wait (so
                                no fused qkv either) */
     enum cuda_fused_qkv fused_qkv; /* fused_qkv=auto|off|all */
+    bool no_fp8_lt;         /* fp8_lt=0: FP8 products over the gemv's rows on dequantized weights
+                               (cuBLAS) instead of cuBLASLt's FP8 GEMM */
+    bool no_fp8_outer;      /* fp8_outer=0: cuBLASLt's FP8 output scaled by an own kernel instead
+                               of its outer-vector scales */
 };
 
 struct backend_options {

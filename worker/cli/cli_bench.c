@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "common/flags.h"
+#include "worker/model/fp8.h"
 #include "common/log.h"
 #include "worker/backend/cuda/cuda_options.h"
 #include "worker/cli/cli.h"
@@ -94,7 +95,7 @@ static int bench_round(struct engine *e, struct bench_run *run, int B, long inpu
 
 int cli_bench_main(int argc, char **argv)
 {
-    const char *model_path = NULL, *tokenizer = NULL, *device = "cuda", *load_format = "auto", *batches = "1,8,64",
+    const char *model_path = NULL, *tokenizer = NULL, *device = "cuda", *load_format = "auto", *batches = "1,8,64", *quantization = "none",
                *log_level = "warn";
     long input_len = 128, output_len = 128, kv_tokens = 0, threads = 0, max_batched = 8192, warmup = 1;
     double gpu_util = 0.9;
@@ -107,6 +108,7 @@ int cli_bench_main(int argc, char **argv)
         {"tokenizer", FLAG_STRING, &tokenizer, NULL, "PATH", "tokenizer (default: the model's)", 0, 0},
         {"device", FLAG_STRING, &device, NULL, "cpu|cuda", "backend", 0, 0},
         {"load-format", FLAG_STRING, &load_format, NULL, "auto|dummy", "dummy: random weights", 0, 0},
+        MODEL_QUANTIZATION_FLAG_SPEC(&quantization),
         {"batch-sizes", FLAG_STRING, &batches, NULL, "B,B,..", "batch sizes to time", 0, 0},
         {"input-len", FLAG_INT, &input_len, NULL, "N", "prompt tokens per sequence", 1, 1 << 20},
         {"output-len", FLAG_INT, &output_len, NULL, "N", "generated tokens per sequence", 1, 1 << 20},
@@ -157,8 +159,11 @@ int cli_bench_main(int argc, char **argv)
     struct backend *b = NULL;
     struct engine *e = NULL;
     int status = 1;
-    if (model_load(&m, model_path, strcmp(load_format, "dummy") ? MODEL_LOAD_AUTO : MODEL_LOAD_DUMMY, err,
-                   sizeof err) != 0) {
+    enum model_quantization quant;
+    if (model_quantization_parse(quantization, &quant, err, sizeof err) != 0 ||
+        model_load(&m, model_path, strcmp(load_format, "dummy") ? MODEL_LOAD_AUTO : MODEL_LOAD_DUMMY, err,
+                   sizeof err) != 0 ||
+        model_quantize(m, quant, err, sizeof err) != 0) {
         fprintf(stderr, "sluice-worker bench: %s\n", err);
         goto out;
     }

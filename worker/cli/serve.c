@@ -12,6 +12,7 @@
 #include "common/auth.h"
 #include "common/flags.h"
 #include "common/http_flags.h"
+#include "worker/model/fp8.h"
 #include "common/jsonlog.h"
 #include "common/log.h"
 #include "common/net_addr.h"
@@ -145,7 +146,13 @@ static int load_everything(struct worker *w)
         log_error("--load-format must be auto or dummy, not '%s'", w->opt.load_format);
         return -1;
     }
-    if (model_load(&w->model, w->opt.model_path, fmt, err, sizeof err) != 0) {
+    enum model_quantization quant;
+    if (model_quantization_parse(w->opt.quantization, &quant, err, sizeof err) != 0) {
+        log_error("%s", err);
+        return -1;
+    }
+    if (model_load(&w->model, w->opt.model_path, fmt, err, sizeof err) != 0 ||
+        model_quantize(w->model, quant, err, sizeof err) != 0) {
         log_error("cannot load the model: %s", err);
         return -1;
     }
@@ -182,10 +189,11 @@ static int load_everything(struct worker *w)
         log_error("cannot start the %s backend: %s", w->opt.device, err);
         return -1;
     }
-    int ctx = w->model->config.max_position;
+    int ctx = (int)engine_model_context(w->backend);
     if (w->opt.max_model_len > 0 && w->opt.max_model_len < ctx) ctx = (int)w->opt.max_model_len;
     long kv_tokens = (long)w->backend->num_kv_blocks * KV_BLOCK_SIZE;
-    if (kv_tokens < ctx) {
+    /* A model whose every layer slides keeps only its window in the cache (engine.h). */
+    if (kv_tokens < ctx && !engine_windowed(w->backend, (int32_t)w->opt.max_num_batched_tokens)) {
         log_warn("the KV cache holds %ld tokens, fewer than the context length %d: limiting the context to it",
                  kv_tokens, ctx);
         ctx = (int)kv_tokens;
@@ -231,6 +239,7 @@ int worker_serve_main(int argc, char **argv)
         .seed = "none",
         .stream_interval = 2,
         .load_format = "auto",
+        .quantization = "none",
         .max_num_seqs = 256,
         .max_num_batched_tokens = 4096,
         .kv_cache_tokens = 16384,
@@ -261,6 +270,7 @@ int worker_serve_main(int argc, char **argv)
         {"seed", FLAG_STRING, &o->seed, NULL, "N|none", "default seed of requests that bring none (none: random, so they differ; N: reproducible)", 0, 0},
         {"stream-interval", FLAG_INT, &o->stream_interval, NULL, "N", "FastChat stream: a frame every N tokens", 1, 1e6},
         {"load-format", FLAG_STRING, &o->load_format, NULL, "auto|dummy", "dummy: random weights for the config.json", 0, 0},
+        MODEL_QUANTIZATION_FLAG_SPEC(&o->quantization),
         {"tokenizer", FLAG_STRING, &o->tokenizer, NULL, "PATH", "tokenizer directory, tokenizer.json or .gguf (default: the model's)", 0, 0},
         {"chat-template", FLAG_STRING, &o->chat_template, NULL, "FILE", "chat template: a Jinja file, as vLLM's, or a simple format as JSON (default: the model's own)", 0, 0},
         {"max-num-seqs", FLAG_INT, &o->max_num_seqs, NULL, "N", "sequences running at once at most", 1, 65536},

@@ -849,6 +849,22 @@ static void step_rows_free(struct engine *e)
     }
 }
 
+int64_t engine_model_context(const struct backend *backend)
+{
+    const struct model_config *c = &backend->config;
+    if (c->rope_scaling.type == ROPE_SCALING_DYNAMIC && c->rope_scaling.factor > 1.0f)
+        return (int64_t)((double)c->max_position * c->rope_scaling.factor);
+    return c->max_position;
+}
+
+bool engine_windowed(const struct backend *backend, int32_t step_tokens)
+{
+    /* A step's rows at positions p .. p + step_tokens - 1 read from p - window + 1 on. */
+    const struct model_family *f = &backend->config.fam;
+    return f->all_sliding && f->sliding_window > 0 &&
+           backend->num_kv_blocks >= (f->sliding_window + step_tokens - 2) / KV_BLOCK_SIZE + 2;
+}
+
 int engine_create(struct engine **out, struct backend *backend, const struct tokenizer *tok,
                   const struct engine_options *opt, uv_loop_t *loop, engine_event_fn on_event,
                   void *user)
@@ -871,14 +887,21 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
     e->max_seqs_per_step = max_seqs;
 
     int64_t cap_tokens = (int64_t)backend->num_kv_blocks * KV_BLOCK_SIZE;
-    int64_t ctx = opt->max_model_len > 0 ? opt->max_model_len : backend->config.max_position;
-    if (ctx <= 0 || ctx > cap_tokens) ctx = cap_tokens;
+    int64_t ctx = opt->max_model_len > 0 ? opt->max_model_len : engine_model_context(backend);
+    const int32_t window = backend->config.fam.all_sliding ? backend->config.fam.sliding_window : 0;
+    if (ctx <= 0 || (ctx > cap_tokens && !engine_windowed(backend, max_tok))) ctx = cap_tokens;
     e->ctx = (int32_t)ctx;
 
     int rc = -ENOMEM;
+    const enum rope_scaling_type rope_t = backend->config.rope_scaling.type;
     struct sched_options so = {
         .max_num_seqs = max_seqs, .max_num_batched_tokens = max_tok, .prefix_caching = !opt->no_prefix_caching,
-        .prefix_cache_prompt_only = opt->prefix_cache_prompt_only};
+        .prefix_cache_prompt_only = opt->prefix_cache_prompt_only,
+        .sliding_window = window,
+        .recompute_past = rope_t == ROPE_SCALING_LONGROPE ? backend->config.rope_scaling.original_max_position : 0};
+    /* The K/V of dynamic NTK and LongRoPE depend on the sequence's length when computed, which
+     * a prefix hash of tokens does not capture: no prefix caching for them. */
+    if (rope_t == ROPE_SCALING_DYNAMIC || rope_t == ROPE_SCALING_LONGROPE) so.prefix_caching = false;
     if (sched_init(&e->sched, backend->num_kv_blocks, &so) != 0) goto fail_sched;
     e->bseqs = calloc((size_t)max_seqs, sizeof *e->bseqs);
     e->btokens = calloc((size_t)max_tok, sizeof *e->btokens);

@@ -156,6 +156,14 @@ struct engine_stats {
     char error[512];
 };
 
+/* The model's own context on this backend: max_position_embeddings, times the factor for
+ * dynamic NTK (which exists to run past it, as vLLM assumes). */
+int64_t engine_model_context(const struct backend *backend);
+/* Whether every layer of the model slides and a lone sequence's window and largest step
+ * (step_tokens) always fit the KV cache: the scheduler then frees the blocks behind the
+ * window, and the context is not bounded by the cache's size. */
+bool engine_windowed(const struct backend *backend, int32_t step_tokens);
+
 /* Starts the engine thread. The engine uses but does not own backend and tokenizer. */
 int engine_create(struct engine **out, struct backend *backend, const struct tokenizer *tok,
                   const struct engine_options *opt, uv_loop_t *loop, engine_event_fn on_event,

@@ -87,7 +87,8 @@ void kv_table_release(struct kv_cache *kv, struct kv_table *t)
 {
     /* Last to first: a cached block then enters the LRU after the blocks that extend it, so
      * it is evicted after them. */
-    for (int32_t i = t->n_blocks - 1; i >= 0; i--) kv_block_release(kv, t->blocks[i]);
+    for (int32_t i = t->n_blocks - 1; i >= 0; i--)
+        if (t->blocks[i] >= 0) kv_block_release(kv, t->blocks[i]); /* -1: freed out of a sliding window */
     t->n_blocks = 0;
 }
 

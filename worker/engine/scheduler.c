@@ -98,6 +98,7 @@ static void seq_register(struct scheduler *s, struct sched_seq *q, int32_t n_tok
     full = seq_hash_upto(q, full);
     for (; q->n_registered < full; q->n_registered++) {
         const int32_t i = q->n_registered;
+        if (q->table.blocks[i] < 0) continue; /* freed out of the window before it was indexed */
         /* Refused when another block holds this prefix already: this one is then freed as
          * uncached, and the chain goes on through the hash. */
         (void)pc_insert(&s->kv.pc, q->table.blocks[i], q->hashes[i], parent_hash(q, i),
@@ -112,6 +113,7 @@ static void seq_release(struct scheduler *s, struct sched_seq *q)
 {
     struct kv_table *t = &q->table;
     for (int32_t i = t->n_blocks - 1; i >= 0; i--) {
+        if (t->blocks[i] < 0) continue; /* freed out of the sliding window already */
         if (i < q->n_registered && !pc_indexed(&s->kv.pc, t->blocks[i])) {
             int32_t same = pc_find(&s->kv.pc, q->hashes[i], parent_hash(q, i), q->tokens + (size_t)i * KV_BLOCK_SIZE);
             if (same >= 0) pc_lru_touch(&s->kv.pc, same);
@@ -120,6 +122,23 @@ static void seq_release(struct scheduler *s, struct sched_seq *q)
     }
     t->n_blocks = 0;
     q->n_registered = 0;
+    q->n_dropped = 0;
+}
+
+/* Frees the blocks wholly before the window of the sequence's next token (sched_options
+ * sliding_window), oldest first, as seq_release would release them. */
+static void seq_drop_out_of_window(struct scheduler *s, struct sched_seq *q)
+{
+    const int32_t w = s->opt.sliding_window;
+    if (w <= 0 || q->n_computed < w) return;
+    int32_t upto = (q->n_computed - w + 1) / KV_BLOCK_SIZE;
+    if (upto > q->table.n_blocks) upto = q->table.n_blocks;
+    for (; q->n_dropped < upto; q->n_dropped++) {
+        int32_t *b = &q->table.blocks[q->n_dropped];
+        if (*b < 0) continue;
+        kv_block_release(&s->kv, *b);
+        *b = -1;
+    }
 }
 
 struct lookup {
@@ -185,7 +204,11 @@ void sched_free(struct scheduler *s)
 int sched_add(struct scheduler *s, uint64_t id, int32_t *prompt, int32_t n_prompt, void *user,
               struct sched_seq **out)
 {
-    if (n_prompt < 1 || kv_blocks_for_tokens(n_prompt) > s->kv.num_blocks) return SCHED_ERR_TOO_LONG;
+    /* With a sliding window whose span and largest step fit the cache, a prompt of any length
+     * goes through it in chunks, the blocks behind the window freed as it goes. */
+    const int32_t w = s->opt.sliding_window, step = s->opt.max_num_batched_tokens;
+    bool windowed = w > 0 && step > 0 && s->kv.num_blocks >= (w + step - 2) / KV_BLOCK_SIZE + 2;
+    if (n_prompt < 1 || (kv_blocks_for_tokens(n_prompt) > s->kv.num_blocks && !windowed)) return SCHED_ERR_TOO_LONG;
     struct sched_seq *q = calloc(1, sizeof *q);
     if (!q) return SCHED_ERR_NOMEM;
     q->id = id;
@@ -239,6 +262,7 @@ static void add_entry(struct scheduler *s, int32_t *n, struct sched_seq *q, int3
     e->seq = q;
     e->start_pos = q->n_computed;
     e->n_new = n_new;
+    q->len_at_step = q->n_tokens;
     /* Blocks whose tokens became known since they were computed, then those this step fills:
      * readable by other sequences from the next step on. */
     seq_register(s, q, q->n_computed, 0);
@@ -263,6 +287,16 @@ int sched_schedule(struct scheduler *s, const struct sched_entry **entries, int3
             q = q->next;
             continue;
         }
+        if (s->opt.recompute_past > 0 && q->n_tokens > s->opt.recompute_past && q->n_computed > 0 &&
+            q->len_at_step <= s->opt.recompute_past) {
+            seq_register(s, q, q->n_computed, 0);
+            seq_release(s, q);
+            q->n_computed = 0;
+            q->no_cached_prefix = true;
+            pending = q->n_tokens;
+            n_new = pending < budget ? pending : budget;
+        }
+        seq_drop_out_of_window(s, q);
         int32_t need = kv_table_blocks_needed(&q->table, q->n_computed + n_new);
         bool self_preempted = false;
         while (need > kv_cache_num_free(&s->kv)) {

@@ -43,6 +43,8 @@ struct sched_seq {
     int32_t n_tokens, cap;
     int32_t n_prompt;      /* the original prompt; n_tokens - n_prompt were generated */
     int32_t n_computed;    /* tokens whose K/V are in the cache */
+    int32_t n_dropped;     /* leading blocks freed out of the sliding window (-1 in table) */
+    int32_t len_at_step;   /* n_tokens when its last step was planned (recompute_past) */
     struct kv_table table;
     /* Prefix caching. salt: whatever else changes the K/V of these tokens (0: nothing), set
      * before the sequence is first scheduled. hashes: the chain hashes of its first n_hashed
@@ -79,6 +81,18 @@ struct sched_options {
      * a decode step, and a later prompt mapping them would differ, in the last bits, from the
      * same prompt computed (the next turn of a conversation cached its own prefill instead). */
     bool prefix_cache_prompt_only;
+    /* > 0 when every layer of the model attends to the last sliding_window positions only
+     * (Mistral): a running sequence's blocks wholly before the window of the next token it
+     * computes are never read again, and go back to the pool (their table entries become -1)
+     * before its next step is planned. One whose content is indexed stays in the prefix
+     * cache's LRU like any released block, so another prompt can still map the whole chain;
+     * a chain whose first blocks were evicted meanwhile is simply not found (computed again). */
+    int32_t sliding_window;
+    /* > 0 for LongRoPE (Phi-3): K/V computed while the sequence was at most this long used the
+     * short factors. When it grows past it, it is computed again from its first token (as
+     * transformers drops its cache there), its blocks released as on a preemption, without
+     * mapping cached blocks. */
+    int32_t recompute_past;
 };
 
 struct scheduler {

@@ -62,8 +62,8 @@ bad:
     return -1;
 }
 
-static int parse_rope_scaling(json_t *rs, struct model_config *cfg, const char *file, char *err,
-                              size_t errlen)
+int model_parse_rope_scaling(json_t *rs, json_t *root, struct model_config *cfg, const char *file, char *err,
+                             size_t errlen)
 {
     if (!rs || json_is_null(rs)) return 0;
     if (!json_is_object(rs)) {
@@ -93,9 +93,7 @@ static int parse_rope_scaling(json_t *rs, struct model_config *cfg, const char *
         cfg->rope_scaling.type = ROPE_SCALING_LINEAR;
         return 0;
     }
-    snprintf(err, errlen, "%s: rope_scaling type '%s' is not supported (default, linear, llama3 are)",
-             file, type);
-    return -1;
+    return model_rope_parse_variant(rs, root, type, cfg, file, err, errlen);
 }
 
 static int parse_dtype(json_t *root, struct model_config *cfg, const char *file, char *err, size_t errlen)
@@ -132,13 +130,14 @@ static int parse_arch(json_t *root, struct model_config *cfg, const char *file, 
         else if (!strcmp(model_type, "mixtral")) name = "MixtralForCausalLM";
         else if (!strcmp(model_type, "qwen2_moe")) name = "Qwen2MoeForCausalLM";
         else if (!strcmp(model_type, "qwen3_moe")) name = "Qwen3MoeForCausalLM";
+        else name = model_family_arch_for_type(model_type);
     }
     if (!name) {
         snprintf(err, errlen, "%s: field 'architectures' is missing (and no known 'model_type')", file);
         return -1;
     }
     snprintf(cfg->arch_name, sizeof cfg->arch_name, "%s", name);
-    if (!strcmp(name, "LlamaForCausalLM") || !strcmp(name, "MistralForCausalLM")) {
+    if (model_family_arch_known(name)) {
         cfg->arch = MODEL_ARCH_LLAMA;
     } else if (!strcmp(name, "Qwen2ForCausalLM")) {
         cfg->arch = MODEL_ARCH_QWEN2;
@@ -150,8 +149,9 @@ static int parse_arch(json_t *root, struct model_config *cfg, const char *file, 
     } else {
         snprintf(err, errlen,
                  "%s: field 'architectures' names '%s', which is not supported "
-                 "(LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
-                 "MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM are)",
+                 "(LlamaForCausalLM, MistralForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, "
+                 "Gemma3ForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, GraniteForCausalLM, Qwen2ForCausalLM, "
+                 "Qwen3ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM are)",
                  file, name);
         return -1;
     }
@@ -179,6 +179,11 @@ int model_config_from_json(struct model_config *cfg, const char *json_path, char
     if (!json_is_object(root)) {
         snprintf(err, errlen, "%s: not a JSON object", json_path);
         goto out;
+    }
+    json_t *text_root = model_family_text_root(root); /* Gemma 3's language model, config_family.c */
+    if (text_root) {
+        json_decref(root);
+        root = text_root;
     }
     if (parse_arch(root, cfg, json_path, err, errlen)) goto out;
     cfg->n_heads = 0;
@@ -222,15 +227,11 @@ int model_config_from_json(struct model_config *cfg, const char *json_path, char
         }
         cfg->tie_embeddings = json_is_true(tie);
     }
-    if (cfg->arch == MODEL_ARCH_LLAMA && json_is_true(json_object_get(root, "attention_bias"))) {
-        snprintf(err, errlen, "%s: field 'attention_bias' true is not supported for %s", json_path,
-                 cfg->arch_name);
-        goto out;
-    }
-    if (parse_rope_scaling(json_object_get(root, "rope_scaling"), cfg, json_path, err, errlen)) goto out;
+    if (model_parse_rope_scaling(json_object_get(root, "rope_scaling"), root, cfg, json_path, err, errlen)) goto out;
     if (cfg->rope_scaling.type == ROPE_SCALING_NONE &&
-        parse_rope_scaling(json_object_get(root, "rope_parameters"), cfg, json_path, err, errlen))
+        model_parse_rope_scaling(json_object_get(root, "rope_parameters"), root, cfg, json_path, err, errlen))
         goto out;
+    if (model_config_family(cfg, root, json_path, err, errlen)) goto out;
     if (parse_dtype(root, cfg, json_path, err, errlen)) goto out;
     if (model_moe_config_from_json(root, cfg, json_path, err, errlen)) goto out;
     if (get_eos(root, cfg, json_path, err, errlen)) goto out;

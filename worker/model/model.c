@@ -8,11 +8,12 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include "worker/model/fp8.h"
 #include "worker/model/model_internal.h"
 
 size_t dtype_size(enum dtype d)
 {
-    return d == DTYPE_F32 ? 4 : 2;
+    return d == DTYPE_F32 ? 4 : d == DTYPE_F8_E4M3 || d == DTYPE_F8_E5M2 ? 1 : 2;
 }
 
 float model_f16_to_f32(uint16_t h)
@@ -67,6 +68,11 @@ float model_dummy_value(uint64_t seed, uint64_t id, uint64_t index)
 
 float tensor_get_f32(const struct tensor *t, uint64_t seed, bool is_norm, uint64_t index)
 {
+    if (t->dtype == DTYPE_F8_E4M3 || t->dtype == DTYPE_F8_E5M2) {
+        float v;
+        fp8_range_to_f32(t, seed, (int64_t)index, (int64_t)index + 1, &v);
+        return v;
+    }
     if (!t->data) {
         float v = model_dummy_value(seed, t->dummy_id, index);
         return is_norm ? 1.0f + v : v;
@@ -92,6 +98,10 @@ float tensor_get_f32(const struct tensor *t, uint64_t seed, bool is_norm, uint64
 void tensor_range_to_f32(const struct tensor *t, uint64_t seed, bool is_norm, int64_t begin, int64_t end,
                          float *dst)
 {
+    if (t->dtype == DTYPE_F8_E4M3 || t->dtype == DTYPE_F8_E5M2) {
+        fp8_range_to_f32(t, seed, begin, end, dst);
+        return;
+    }
     if (t->data && t->dtype == DTYPE_F32) {
         memcpy(dst, (const unsigned char *)t->data + (size_t)begin * 4, (size_t)(end - begin) * 4);
         return;
@@ -173,6 +183,10 @@ int model_config_validate(const struct model_config *c, const char *origin, char
               !(c->rope_scaling.high_freq_factor > c->rope_scaling.low_freq_factor) ||
               !(c->rope_scaling.low_freq_factor > 0.0f)))
         field = "rope_scaling (llama3 needs original_max_position_embeddings and high_freq_factor > low_freq_factor > 0)";
+    else if ((c->rope_scaling.type == ROPE_SCALING_YARN || c->rope_scaling.type == ROPE_SCALING_LONGROPE) &&
+             c->rope_scaling.original_max_position <= 0)
+        field = "rope_scaling.original_max_position_embeddings";
+    else if (c->fam.sliding_window < 0) field = "sliding_window";
     if (field) {
         snprintf(err, errlen, "%s: invalid or missing %s", origin, field);
         return -1;
@@ -208,7 +222,8 @@ int model_alloc_layers(struct model *m, char *err, size_t errlen)
     else set_shape(&m->lm_head, dt, c->vocab_size, h, &id);
     for (int l = 0; l < c->n_layers; l++) {
         struct layer_weights *L = &m->layers[l];
-        set_shape(&L->attn_norm, dt, h, 0, &id);
+        const struct model_family *f = &c->fam;
+        if (f->norms != MODEL_NORMS_POST) set_shape(&L->attn_norm, dt, h, 0, &id);
         set_shape(&L->wq, dt, qd, h, &id);
         set_shape(&L->wk, dt, kvd, h, &id);
         set_shape(&L->wv, dt, kvd, h, &id);
@@ -219,15 +234,44 @@ int model_alloc_layers(struct model *m, char *err, size_t errlen)
             set_shape(&L->bv, dt, kvd, 0, &id);
         }
         if (c->qk_norm) {
-            set_shape(&L->q_norm, dt, hd, 0, &id);
-            set_shape(&L->k_norm, dt, hd, 0, &id);
+            set_shape(&L->q_norm, dt, f->qk_norm_full ? qd : hd, 0, &id);
+            set_shape(&L->k_norm, dt, f->qk_norm_full ? kvd : hd, 0, &id);
         }
-        set_shape(&L->ffn_norm, dt, h, 0, &id);
+        if (f->norms != MODEL_NORMS_POST) set_shape(&L->ffn_norm, dt, h, 0, &id);
         set_shape(&L->w_gate, dt, c->intermediate_size, h, &id);
         set_shape(&L->w_up, dt, c->intermediate_size, h, &id);
         set_shape(&L->w_down, dt, h, c->intermediate_size, &id);
+        if (f->o_bias) set_shape(&L->bo, dt, h, 0, &id);
+        if (f->mlp_bias) {
+            set_shape(&L->b_gate, dt, c->intermediate_size, 0, &id);
+            set_shape(&L->b_up, dt, c->intermediate_size, 0, &id);
+            set_shape(&L->b_down, dt, h, 0, &id);
+        }
+        if (f->norms != MODEL_NORMS_PRE) {
+            set_shape(&L->post_attn_norm, dt, h, 0, &id);
+            set_shape(&L->post_ffn_norm, dt, h, 0, &id);
+        }
     }
     return model_moe_alloc(m, &id, err, errlen);
+}
+
+struct tensor model_stacked_shape(struct tensor *const *parts, int n)
+{
+    struct tensor whole = *parts[0];
+    whole.shape[0] = 0;
+    for (int i = 0; i < n; i++) whole.shape[0] += parts[i]->shape[0];
+    return whole;
+}
+
+void model_split_rows(const struct tensor *whole, struct tensor *const *parts, int n)
+{
+    size_t row = tensor_row_bytes(whole);
+    const unsigned char *p = whole->data;
+    for (int i = 0; i < n; i++) {
+        parts[i]->dtype = whole->dtype;
+        parts[i]->data = p;
+        p += row * (size_t)parts[i]->shape[0];
+    }
 }
 
 static bool ends_with(const char *s, const char *suffix)

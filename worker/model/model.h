@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "worker/model/dummy_hash.h"
+#include "worker/model/model_family.h"
 
 enum model_arch { MODEL_ARCH_LLAMA = 0, MODEL_ARCH_QWEN2, MODEL_ARCH_QWEN3 };
 
@@ -26,10 +27,16 @@ enum dtype {
     DTYPE_Q4_0, DTYPE_Q4_1, DTYPE_Q5_0, DTYPE_Q5_1, DTYPE_Q8_0,
     DTYPE_Q2_K, DTYPE_Q3_K, DTYPE_Q4_K, DTYPE_Q5_K, DTYPE_Q6_K,
     DTYPE_IQ4_NL, DTYPE_IQ4_XS,
+    /* One byte a weight with float32 scales beside it (struct tensor's scale): Hugging Face's
+     * FP8 checkpoints and --quantization fp8 (worker/model/fp8.c). */
+    DTYPE_F8_E4M3, DTYPE_F8_E5M2,
     DTYPE_COUNT
 };
 
-enum rope_scaling_type { ROPE_SCALING_NONE = 0, ROPE_SCALING_LLAMA3, ROPE_SCALING_LINEAR };
+enum rope_scaling_type {
+    ROPE_SCALING_NONE = 0, ROPE_SCALING_LLAMA3, ROPE_SCALING_LINEAR,
+    ROPE_SCALING_DYNAMIC, ROPE_SCALING_YARN, ROPE_SCALING_LONGROPE /* worker/model/model_family.h */
+};
 
 #define MODEL_MAX_EOS 8
 #define MODEL_MAX_LAYERS 4096
@@ -65,7 +72,7 @@ struct model_config {
         float factor;
         float low_freq_factor;           /* llama3 */
         float high_freq_factor;          /* llama3 */
-        int original_max_position;       /* llama3 */
+        int original_max_position;       /* llama3, yarn, longrope */
     } rope_scaling;
     /* true when q/k weights as loaded rotate adjacent pairs (x0,x1),(x2,x3)... as Meta's and
      * GGUF's llama layout does; false for Hugging Face's rotate-half layout (x_i, x_{i+d/2}). */
@@ -77,6 +84,7 @@ struct model_config {
     int eos_ids[MODEL_MAX_EOS];
     int n_eos;
     enum dtype dtype;         /* the checkpoint's (or the dummy's) dtype; F32 for a quantized GGUF */
+    struct model_family fam;  /* Gemma, Phi-3, OLMo 2, Granite, sliding windows, rope variants */
     struct moe_config moe;
 };
 
@@ -88,6 +96,13 @@ struct tensor {
     int64_t shape[2];         /* [rows, cols] for matrices, [n] for vectors */
     const void *data;
     uint64_t dummy_id;        /* distinct per tensor, seeds model_dummy_value() */
+    /* FP8 tensors only: element (r, c) is fp8 * scale[(r / scale_rows) * ceil(cols / scale_cols)
+     * + c / scale_cols] (per tensor: scale_rows = rows, scale_cols = cols; per output channel:
+     * 1, cols; DeepSeek's blocks: 128, 128). scale is float32, owned by the model. A dummy FP8
+     * tensor (--quantization fp8 of random weights) has no scale: each row is quantized from
+     * its random values with its own scale (fp8_quantize_row). */
+    const float *scale;
+    int64_t scale_rows, scale_cols;
 };
 
 struct layer_weights {
@@ -98,6 +113,10 @@ struct layer_weights {
     struct tensor ffn_norm;                   /* [hidden] */
     struct tensor w_gate, w_up;               /* [intermediate, hidden] */
     struct tensor w_down;                     /* [hidden, intermediate] */
+    /* model_family.h: o and MLP biases, norms after attention and MLP; ndim 0 when absent
+     * (attn_norm and ffn_norm too, for OLMo 2). */
+    struct tensor bo, b_gate, b_up, b_down;
+    struct tensor post_attn_norm, post_ffn_norm;
     struct moe_weights *moe;                  /* a sparse layer's experts (model_moe.h), whose w_gate,
                                                * w_up, w_down then have ndim 0; NULL when dense */
 };
@@ -126,6 +145,17 @@ enum model_load_format { MODEL_LOAD_AUTO = 0, MODEL_LOAD_DUMMY };
 int model_load(struct model **out, const char *path, enum model_load_format format,
                char *err, size_t errlen);
 void model_free(struct model *m);
+
+/* --quantization: none, or fp8 (e4m3 weights, a float32 scale per output channel). */
+enum model_quantization { MODEL_QUANT_NONE = 0, MODEL_QUANT_FP8 };
+/* Parses --quantization's text; -1 with a message in err for anything else. */
+int model_quantization_parse(const char *text, enum model_quantization *out, char *err, size_t errlen);
+/* Quantizes the layers' matrices (q, k, v, o, gate, up, down; not the embeddings, lm_head,
+ * norms or biases, as vLLM does; of a mixture-of-experts layer only its attention) of an
+ * F32/F16/BF16 or dummy model to e4m3 with one scale per output channel. Matrices that are FP8
+ * already stay as they are; GGUF block types are refused with a message in err.
+ * worker/model/fp8.c. */
+int model_quantize(struct model *m, enum model_quantization q, char *err, size_t errlen);
 
 /* Fills a config from a config.json object (Hugging Face); exposed for tests. */
 int model_config_from_json(struct model_config *cfg, const char *json_path, char *err, size_t errlen);

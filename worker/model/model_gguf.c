@@ -1,4 +1,5 @@
-/* A model from a GGUF file: llama (and qwen2/qwen3) metadata into model_config, every tensor
+/* A model from a GGUF file: llama, qwen2, qwen3 (and the families of model_gguf_family.c)
+ * metadata into model_config, every tensor
  * bound in place in the file's mapping, block quantizations included (the backends decide
  * what to convert). */
 #include <math.h>
@@ -158,10 +159,10 @@ static int read_config(struct gguf_ctx *g, struct model_config *c)
         c->arch = MODEL_ARCH_QWEN3;
         c->qk_norm = true;
     } else if (model_moe_gguf_arch(g->prefix, c)) { /* model_moe.c */
-    } else {
+    } else if (!gguf_family_arch(g->prefix, c)) { /* model_gguf_family.c */
         snprintf(g->err, g->errlen,
-                 "%s: general.architecture '%s' is not supported (llama, qwen2, qwen3, qwen2moe, qwen3moe are)",
-                 g->path, g->prefix);
+                 "%s: general.architecture '%s' is not supported (llama, qwen2, qwen3, qwen2moe, qwen3moe, gemma, "
+                 "gemma2, gemma3, phi3, olmo2, granite are)", g->path, g->prefix);
         return -1;
     }
     if (arch_int(g, "embedding_length", true, 0, &c->hidden_size) ||
@@ -188,6 +189,7 @@ static int read_config(struct gguf_ctx *g, struct model_config *c)
         }
     }
     if (rope_freqs_to_llama3(g, c)) return -1;
+    if (gguf_family_config(g->f, g->prefix, c, g->path, g->err, g->errlen)) return -1;
     if (model_moe_config_from_gguf(g->f, g->prefix, c, g->path, g->err, g->errlen)) return -1;
     /* The embedding's rows are the vocabulary the model computes over; the token list may
      * be shorter when a checkpoint pads its embedding. */
@@ -241,6 +243,16 @@ static int bind(struct gguf_ctx *g, const char *name, struct tensor *t)
     return 0;
 }
 
+static int bind_stacked(struct gguf_ctx *g, int layer, const char *suffix, struct tensor **parts, int n)
+{
+    struct tensor whole = model_stacked_shape(parts, n);
+    char name[128];
+    snprintf(name, sizeof name, "blk.%d.%s", layer, suffix);
+    if (bind(g, name, &whole)) return -1;
+    model_split_rows(&whole, parts, n);
+    return 0;
+}
+
 /* model_find_fn over the file, for the expert tensors (model_moe.c): shapes row-major. */
 static int find_ref(void *arg, const char *name, struct model_tensor_ref *out, char *err, size_t errlen)
 {
@@ -276,26 +288,40 @@ int model_load_gguf(struct model *m, const char *path, char *err, size_t errlen)
         return -1;
     if (c->tie_embeddings) m->lm_head = m->tok_embed;
     else if (bind(&g, "output.weight", &m->lm_head)) return -1;
+    const struct model_family *f = &c->fam;
     for (int l = 0; l < c->n_layers; l++) {
         struct layer_weights *L = &m->layers[l];
+        /* Tensors a family lacks have ndim 0 (model_alloc_layers) and are not looked for. */
         struct { const char *suffix; struct tensor *t; } names[] = {
             {"attn_norm.weight", &L->attn_norm},
-            {"attn_q.weight", &L->wq},
-            {"attn_k.weight", &L->wk},
-            {"attn_v.weight", &L->wv},
+            {"attn_q.weight", f->fused_qkv ? NULL : &L->wq},
+            {"attn_k.weight", f->fused_qkv ? NULL : &L->wk},
+            {"attn_v.weight", f->fused_qkv ? NULL : &L->wv},
             {"attn_output.weight", &L->wo},
             {"attn_q.bias", c->qkv_bias ? &L->bq : NULL},
             {"attn_k.bias", c->qkv_bias ? &L->bk : NULL},
             {"attn_v.bias", c->qkv_bias ? &L->bv : NULL},
+            {"attn_output.bias", &L->bo},
             {"attn_q_norm.weight", c->qk_norm ? &L->q_norm : NULL},
             {"attn_k_norm.weight", c->qk_norm ? &L->k_norm : NULL},
             {"ffn_norm.weight", &L->ffn_norm},
-            {"ffn_gate.weight", L->moe ? NULL : &L->w_gate},
-            {"ffn_up.weight", L->moe ? NULL : &L->w_up},
+            {"ffn_gate.weight", L->moe || f->fused_qkv ? NULL : &L->w_gate},
+            {"ffn_up.weight", L->moe || f->fused_qkv ? NULL : &L->w_up},
             {"ffn_down.weight", L->moe ? NULL : &L->w_down},
+            {"ffn_gate.bias", &L->b_gate},
+            {"ffn_up.bias", &L->b_up},
+            {"ffn_down.bias", &L->b_down},
+            {"post_attention_norm.weight", &L->post_attn_norm},
+            {"post_ffw_norm.weight", &L->post_ffn_norm},
         };
+        if (f->fused_qkv) {
+            /* Phi-3: attn_qkv and ffn_up (gate then up) as their parts, pointers into them. */
+            struct tensor *qkv[3] = {&L->wq, &L->wk, &L->wv}, *gu[2] = {&L->w_gate, &L->w_up};
+            if (bind_stacked(&g, l, "attn_qkv.weight", qkv, 3) || bind_stacked(&g, l, "ffn_up.weight", gu, 2))
+                return -1;
+        }
         for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
-            if (!names[i].t) continue;
+            if (!names[i].t || names[i].t->ndim == 0) continue;
             char name[128];
             snprintf(name, sizeof name, "blk.%d.%s", l, names[i].suffix);
             if (bind(&g, name, names[i].t)) return -1;

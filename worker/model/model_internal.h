@@ -35,6 +35,30 @@ int model_config_validate(const struct model_config *cfg, const char *origin, ch
  * fill data, and dummy loading keeps NULL. */
 int model_alloc_layers(struct model *m, char *err, size_t errlen);
 
+/* config.json's rope dict (rope_scaling or rope_parameters) into cfg (config.c); the variants
+ * dynamic, yarn and longrope, and the families of model_family.h (config_family.c). root is
+ * the whole config.json object. */
+struct json_t;
+int model_parse_rope_scaling(struct json_t *rs, struct json_t *root, struct model_config *cfg, const char *file,
+                             char *err, size_t errlen);
+int model_rope_parse_variant(struct json_t *rs, struct json_t *root, const char *type, struct model_config *cfg,
+                             const char *file, char *err, size_t errlen);
+int model_config_family(struct model_config *cfg, struct json_t *root, const char *file, char *err, size_t errlen);
+/* For a multimodal checkpoint whose language model is one of them (Gemma3ForConditionalGeneration),
+ * a new object to read instead of root: its text_config with the defaults the Hub leaves out;
+ * NULL otherwise. */
+struct json_t *model_family_text_root(struct json_t *root);
+/* The architecture name of a family's model_type, or NULL; whether an architecture is one of them. */
+const char *model_family_arch_for_type(const char *model_type);
+bool model_family_arch_known(const char *arch);
+
+/* GGUF architectures of those families (model_gguf_family.c): whether arch is one (then sets
+ * cfg's arch and rope layout), and their metadata into cfg once the common keys are read. */
+struct gguf_file;
+bool gguf_family_arch(const char *arch, struct model_config *cfg);
+int gguf_family_config(const struct gguf_file *f, const char *arch, struct model_config *cfg, const char *path,
+                       char *err, size_t errlen);
+
 /* Mixture of experts (model_moe.c). */
 struct json_t;
 /* For an MoE architecture name ("MixtralForCausalLM", ...) sets cfg's arch_name, base arch and
@@ -68,6 +92,11 @@ int model_moe_config_from_gguf(const struct gguf_file *f, const char *arch, stru
 int model_moe_bind_hf(struct model *m, int layer, model_find_fn find, void *ctx, char *err, size_t errlen);
 /* The same from a GGUF file: llama.cpp's ffn_gate_inp and stacked ffn_{gate,up,down}_exps. */
 int model_moe_bind_gguf(struct model *m, int layer, model_find_fn find, void *ctx, char *err, size_t errlen);
+
+/* A fused tensor (Phi-3's qkv_proj, gate_up_proj) bound as its parts: the shape of the parts'
+ * rows stacked, and, once whole is bound, each part pointed at its rows (no copy). */
+struct tensor model_stacked_shape(struct tensor *const *parts, int n);
+void model_split_rows(const struct tensor *whole, struct tensor *const *parts, int n);
 
 int model_load_safetensors(struct model *m, const char *dir, char *err, size_t errlen);
 int model_load_gguf(struct model *m, const char *path, char *err, size_t errlen);

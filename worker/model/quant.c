@@ -225,6 +225,9 @@ static const struct quant_layout layouts[DTYPE_COUNT] = {
     [DTYPE_Q6_K] = {"Q6_K", GGML_TYPE_Q6_K, QK_K, 210, dequant_q6_k},
     [DTYPE_IQ4_NL] = {"IQ4_NL", GGML_TYPE_IQ4_NL, 32, 18, dequant_iq4_nl},
     [DTYPE_IQ4_XS] = {"IQ4_XS", GGML_TYPE_IQ4_XS, QK_K, 136, dequant_iq4_xs},
+    /* Not ggml types; one byte a weight, scaled by struct tensor's scale (fp8.c). */
+    [DTYPE_F8_E4M3] = {"F8_E4M3", UINT32_MAX, 1, 1, NULL},
+    [DTYPE_F8_E5M2] = {"F8_E5M2", UINT32_MAX, 1, 1, NULL},
 };
 
 static const struct quant_layout *layout(enum dtype d)

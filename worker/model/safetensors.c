@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "worker/model/fp8.h"
 #include "worker/model/model.h"
 #include "worker/model/model_internal.h"
 
@@ -71,6 +72,8 @@ static int st_parse_entry(struct st_set *s, int file_idx, const char *path, cons
     if (!strcmp(e.dtype_str, "F32")) e.dtype = DTYPE_F32, esize = 4;
     else if (!strcmp(e.dtype_str, "F16")) e.dtype = DTYPE_F16, esize = 2;
     else if (!strcmp(e.dtype_str, "BF16")) e.dtype = DTYPE_BF16, esize = 2;
+    else if (!strcmp(e.dtype_str, "F8_E4M3")) e.dtype = DTYPE_F8_E4M3, esize = 1;
+    else if (!strcmp(e.dtype_str, "F8_E5M2")) e.dtype = DTYPE_F8_E5M2, esize = 1;
     e.ndim = (int)json_array_size(shape);
     uint64_t numel = 1;
     for (int i = 0; i < e.ndim; i++) {
@@ -198,7 +201,7 @@ static int st_bind(const struct st_set *s, const char *dir, const char *name, st
     }
     const char *file = s->files[e->file];
     if (e->dtype < 0) {
-        snprintf(err, errlen, "%s: tensor '%s' has dtype %s, which is not supported (F32, F16, BF16 are)", file,
+        snprintf(err, errlen, "%s: tensor '%s' has dtype %s, which is not supported (F32, F16, BF16, F8_E4M3, F8_E5M2 are)", file,
                  name, e->dtype_str);
         return -1;
     }
@@ -216,6 +219,49 @@ static int st_bind(const struct st_set *s, const char *dir, const char *name, st
     return 0;
 }
 
+/* Phi-3's qkv_proj and gate_up_proj: one tensor whose rows are the parts' rows stacked, bound
+ * as the parts (pointers into it, no copy). */
+static int st_bind_stacked(const struct st_set *s, const char *dir, const char *pfx, int layer, const char *suffix,
+                           struct tensor **parts, int n, char *err, size_t errlen)
+{
+    struct tensor whole = model_stacked_shape(parts, n);
+    char name[256];
+    snprintf(name, sizeof name, "%slayers.%d.%s", pfx, layer, suffix);
+    if (st_bind(s, dir, name, &whole, err, errlen)) return -1;
+    model_split_rows(&whole, parts, n);
+    return 0;
+}
+
+/* An FP8 tensor's scale: NAME_scale or NAME_scale_inv beside NAME (both multiply). */
+static int st_bind_fp8_scale(const struct st_set *s, struct model_source *src, const struct fp8_qconfig *q,
+                             const char *name, struct tensor *t, char *err, size_t errlen)
+{
+    char sname[300];
+    snprintf(sname, sizeof sname, "%s_scale", name);
+    const struct st_entry *e = st_find(s, sname);
+    if (!e) {
+        snprintf(sname, sizeof sname, "%s_scale_inv", name);
+        e = st_find(s, sname);
+    }
+    if (!e) {
+        snprintf(err, errlen, "%s: FP8 tensor '%s' has neither '%s_scale' nor '%s_scale_inv' beside it",
+                 s->files[st_find(s, name)->file], name, name, name);
+        return -1;
+    }
+    if (e->dtype < 0) {
+        snprintf(err, errlen, "%s: tensor '%s' has dtype %s (F32, BF16 or F16 expected)", s->files[e->file], sname,
+                 e->dtype_str);
+        return -1;
+    }
+    if (fp8_scale_attach(t, q, e->data, (enum dtype)e->dtype, e->ndim, e->shape, src, sname, err, errlen) == 0)
+        return 0;
+    /* The message names the tensor; say which file too. */
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", err);
+    snprintf(err, errlen, "%s: %s", s->files[e->file], msg);
+    return -1;
+}
+
 /* model_find_fn over the directory's files, for the expert tensors (model_moe.c). */
 struct st_find_ctx {
     const struct st_set *s;
@@ -228,9 +274,9 @@ static int st_find_ref(void *arg, const char *name, struct model_tensor_ref *out
     const struct st_entry *e = st_find(ctx->s, name);
     out->file = e ? ctx->s->files[e->file] : ctx->dir;
     if (!e) return 1;
-    if (e->dtype < 0) {
-        snprintf(err, errlen, "%s: tensor '%s' has dtype %s, which is not supported (F32, F16, BF16 are)", out->file,
-                 name, e->dtype_str);
+    if (e->dtype < 0 || e->dtype == DTYPE_F8_E4M3 || e->dtype == DTYPE_F8_E5M2) {
+        snprintf(err, errlen, "%s: tensor '%s' has dtype %s, which is not supported for expert tensors (F32, F16, "
+                 "BF16 are)", out->file, name, e->dtype_str);
         return -1;
     }
     out->dtype = (enum dtype)e->dtype;
@@ -289,40 +335,93 @@ int model_load_safetensors(struct model *m, const char *dir, char *err, size_t e
     int rc = -1;
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (model_config_from_json(&m->config, path, err, errlen)) return -1;
+    struct fp8_qconfig q;
+    if (fp8_qconfig_load(&q, path, err, errlen)) return -1;
     m->source = calloc(1, sizeof(struct model_source));
     if (!m->source || model_alloc_layers(m, err, errlen)) goto out;
     if (st_open_all(&s, m->source, dir, err, errlen)) goto out;
 
     const struct model_config *c = &m->config;
-    if (st_bind(&s, dir, "model.embed_tokens.weight", &m->tok_embed, err, errlen) ||
-        st_bind(&s, dir, "model.norm.weight", &m->final_norm, err, errlen))
+    /* The language model of a multimodal checkpoint (Gemma3ForConditionalGeneration) sits
+     * under language_model.model. (as transformers saves it) or model.language_model. */
+    const char *pfx = "model.", *head = "lm_head.weight";
+    if (!st_find(&s, "model.embed_tokens.weight")) {
+        if (st_find(&s, "language_model.model.embed_tokens.weight")) {
+            pfx = "language_model.model.";
+            head = "language_model.lm_head.weight";
+        } else if (st_find(&s, "model.language_model.embed_tokens.weight")) {
+            pfx = "model.language_model.";
+        }
+    }
+    char emb_name[96], norm_name[96];
+    snprintf(emb_name, sizeof emb_name, "%sembed_tokens.weight", pfx);
+    snprintf(norm_name, sizeof norm_name, "%snorm.weight", pfx);
+    if (st_bind(&s, dir, emb_name, &m->tok_embed, err, errlen) || st_bind(&s, dir, norm_name, &m->final_norm, err, errlen))
         goto out;
     if (c->tie_embeddings) m->lm_head = m->tok_embed;
-    else if (st_bind(&s, dir, "lm_head.weight", &m->lm_head, err, errlen)) goto out;
+    else if (st_bind(&s, dir, st_find(&s, head) ? head : "lm_head.weight", &m->lm_head, err, errlen)) goto out;
+    if ((m->tok_embed.dtype == DTYPE_F8_E4M3 || m->tok_embed.dtype == DTYPE_F8_E5M2) &&
+        st_bind_fp8_scale(&s, m->source, &q, emb_name, &m->tok_embed, err, errlen))
+        goto out;
+    if (c->tie_embeddings) m->lm_head = m->tok_embed;
+    else if ((m->lm_head.dtype == DTYPE_F8_E4M3 || m->lm_head.dtype == DTYPE_F8_E5M2) &&
+             st_bind_fp8_scale(&s, m->source, &q, st_find(&s, head) ? head : "lm_head.weight", &m->lm_head, err,
+                               errlen))
+        goto out;
+    if (m->final_norm.dtype == DTYPE_F8_E4M3 || m->final_norm.dtype == DTYPE_F8_E5M2) {
+        snprintf(err, errlen, "%s: %s is FP8; norms must be F32, F16 or BF16", dir, norm_name);
+        goto out;
+    }
     m->config.dtype = m->tok_embed.dtype;
+    const struct model_family *f = &c->fam;
     for (int l = 0; l < c->n_layers; l++) {
         struct layer_weights *L = &m->layers[l];
+        /* Norm names by where they sit (model_family.h): Llama's post_attention_layernorm is
+         * the MLP's pre-norm, Gemma's and OLMo 2's is the attention's post-norm. */
+        bool pre = f->norms == MODEL_NORMS_PRE, sandwich = f->norms == MODEL_NORMS_SANDWICH;
         struct { const char *suffix; struct tensor *t; } names[] = {
-            {"input_layernorm.weight", &L->attn_norm},
-            {"self_attn.q_proj.weight", &L->wq},
-            {"self_attn.k_proj.weight", &L->wk},
-            {"self_attn.v_proj.weight", &L->wv},
+            {"input_layernorm.weight", f->norms != MODEL_NORMS_POST ? &L->attn_norm : NULL},
+            {"self_attn.q_proj.weight", f->fused_qkv ? NULL : &L->wq},
+            {"self_attn.k_proj.weight", f->fused_qkv ? NULL : &L->wk},
+            {"self_attn.v_proj.weight", f->fused_qkv ? NULL : &L->wv},
             {"self_attn.o_proj.weight", &L->wo},
             {"self_attn.q_proj.bias", c->qkv_bias ? &L->bq : NULL},
             {"self_attn.k_proj.bias", c->qkv_bias ? &L->bk : NULL},
             {"self_attn.v_proj.bias", c->qkv_bias ? &L->bv : NULL},
+            {"self_attn.o_proj.bias", f->o_bias ? &L->bo : NULL},
             {"self_attn.q_norm.weight", c->qk_norm ? &L->q_norm : NULL},
             {"self_attn.k_norm.weight", c->qk_norm ? &L->k_norm : NULL},
-            {"post_attention_layernorm.weight", &L->ffn_norm},
-            {"mlp.gate_proj.weight", L->moe ? NULL : &L->w_gate},
-            {"mlp.up_proj.weight", L->moe ? NULL : &L->w_up},
+            {"post_attention_layernorm.weight", pre ? &L->ffn_norm : &L->post_attn_norm},
+            {"pre_feedforward_layernorm.weight", sandwich ? &L->ffn_norm : NULL},
+            {"post_feedforward_layernorm.weight", pre ? NULL : &L->post_ffn_norm},
+            {"mlp.gate_proj.weight", L->moe || f->fused_qkv ? NULL : &L->w_gate},
+            {"mlp.up_proj.weight", L->moe || f->fused_qkv ? NULL : &L->w_up},
             {"mlp.down_proj.weight", L->moe ? NULL : &L->w_down},
+            {"mlp.gate_proj.bias", f->mlp_bias ? &L->b_gate : NULL},
+            {"mlp.up_proj.bias", f->mlp_bias ? &L->b_up : NULL},
+            {"mlp.down_proj.bias", f->mlp_bias ? &L->b_down : NULL},
         };
+        if (f->fused_qkv) {
+            struct tensor *qkv[3] = {&L->wq, &L->wk, &L->wv}, *gu[2] = {&L->w_gate, &L->w_up};
+            if (st_bind_stacked(&s, dir, pfx, l, "self_attn.qkv_proj.weight", qkv, 3, err, errlen) ||
+                st_bind_stacked(&s, dir, pfx, l, "mlp.gate_up_proj.weight", gu, 2, err, errlen))
+                goto out;
+            if (L->wq.dtype == DTYPE_F8_E4M3 || L->wq.dtype == DTYPE_F8_E5M2 || L->w_gate.dtype == DTYPE_F8_E4M3 ||
+                L->w_gate.dtype == DTYPE_F8_E5M2) {
+                snprintf(err, errlen, "%s: layer %d's fused qkv_proj/gate_up_proj is FP8, which is not supported yet "
+                         "(FP8 checkpoints of separate projections are)", dir, l);
+                goto out;
+            }
+        }
         for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
             if (!names[i].t) continue;
             char name[256];
-            snprintf(name, sizeof name, "model.layers.%d.%s", l, names[i].suffix);
+            snprintf(name, sizeof name, "%slayers.%d.%s", pfx, l, names[i].suffix);
             if (st_bind(&s, dir, name, names[i].t, err, errlen)) goto out;
+            const enum dtype dt = names[i].t->dtype;
+            if ((dt == DTYPE_F8_E4M3 || dt == DTYPE_F8_E5M2) &&
+                st_bind_fp8_scale(&s, m->source, &q, name, names[i].t, err, errlen))
+                goto out;
         }
         struct st_find_ctx fc = {.s = &s, .dir = dir};
         if (model_moe_bind_hf(m, l, st_find_ref, &fc, err, errlen)) goto out;

@@ -21,6 +21,12 @@ int tp_plan_make(struct tp_plan *p, const struct model_config *c, int n, char *e
         snprintf(err, errlen, "tensor parallelism shards Llama, Qwen2 and Qwen3 models, not %s", c->arch_name);
         return -1;
     }
+    if (c->fam.qk_norm_full && n > 1) {
+        /* Its norm's mean runs over every head: each rank would need all of q and k. */
+        snprintf(err, errlen, "tensor parallelism does not shard %s's q/k norms over the whole projection (OLMo 2)",
+                 c->arch_name);
+        return -1;
+    }
     if (c->n_heads < 1 || c->n_kv_heads < 1 || c->n_heads % c->n_kv_heads != 0) {
         snprintf(err, errlen, "config: num_attention_heads %d is not a multiple of num_key_value_heads %d", c->n_heads,
                  c->n_kv_heads);
@@ -108,8 +114,13 @@ enum tp_split tp_plan_part(const struct tp_plan *p, const struct model_config *c
         return TP_COLS;
     case TP_W_GATE:
     case TP_W_UP:
+    case TP_W_B_GATE:
+    case TP_W_B_UP:
         *range = t->inter;
         return TP_ROWS;
+    case TP_W_BO:
+    case TP_W_B_DOWN:
+        return TP_FIRST_RANK;
     case TP_W_DOWN:
         *range = t->inter;
         return TP_COLS;
@@ -159,6 +170,7 @@ bool tp_lm_head_tied(const struct model *m)
 
 bool tp_cols_on_blocks(const struct tensor *t, struct tp_range cols)
 {
+    if (tp_is_fp8(t->dtype)) return false;
     int64_t be = dtype_block_elems(t->dtype);
     return cols.begin % be == 0 && (cols.end % be == 0 || cols.end == t->shape[1]);
 }
@@ -180,8 +192,10 @@ static size_t part_bytes(const struct tp_plan *p, const struct model_config *c, 
     struct tp_range range;
     enum tp_split s = tp_plan_part(p, c, w, r, &range);
     size_t row = tensor_row_bytes(t);
-    if (s == TP_REPLICATED) return t->ndim == 2 ? row * (size_t)t->shape[0] : row;
+    if (s == TP_FIRST_RANK && r != 0) return 0;
+    if (s == TP_REPLICATED || s == TP_FIRST_RANK) return t->ndim == 2 ? row * (size_t)t->shape[0] : row;
     if (s == TP_COLS) return tp_cols_bytes(t, range);
+    if (tp_is_fp8(t->dtype)) row = (size_t)(t->ndim == 2 ? t->shape[1] : t->shape[0]) * sizeof(float);
     if (t->ndim == 2) return row * (size_t)(range.end - range.begin);
     return row / (size_t)t->shape[0] * (size_t)(range.end - range.begin);
 }
@@ -201,7 +215,9 @@ size_t tp_plan_rank_bytes(const struct tp_plan *p, const struct model *m, int r)
             {&L->k_norm, TP_W_NORM},    {&L->wq, TP_W_Q},          {&L->wk, TP_W_K},
             {&L->wv, TP_W_V},           {&L->wo, TP_W_O},          {&L->bq, TP_W_BQ},
             {&L->bk, TP_W_BK},          {&L->bv, TP_W_BV},         {&L->w_gate, TP_W_GATE},
-            {&L->w_up, TP_W_UP},        {&L->w_down, TP_W_DOWN},
+            {&L->w_up, TP_W_UP},        {&L->w_down, TP_W_DOWN},   {&L->bo, TP_W_BO},
+            {&L->b_gate, TP_W_B_GATE},  {&L->b_up, TP_W_B_UP},     {&L->b_down, TP_W_B_DOWN},
+            {&L->post_attn_norm, TP_W_NORM}, {&L->post_ffn_norm, TP_W_NORM},
         };
         for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) b += part_bytes(p, c, parts[i].t, parts[i].w, r);
         const struct moe_weights *E = L->moe;

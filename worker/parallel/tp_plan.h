@@ -11,6 +11,8 @@
  *                                          (tokens); the embedding's rows elsewhere are zero
  *                                          and summed, the logits gathered
  *   norms, q/k norms                       replicated
+ *   o_proj's and down's biases             rank 0 only: added once to the sum
+ *   q/k/v, gate and up biases              split like their rows
  *
  * Mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE) is sharded the same way inside each
  * expert: every rank holds every expert's block of intermediate channels (gate/up rows, down
@@ -45,14 +47,16 @@ struct tp_rank {
     struct tp_range expert_inter, shared_inter; /* each expert's channels, the shared expert's */
 };
 
-/* What one weight is split along. */
-enum tp_split { TP_REPLICATED = 0, TP_ROWS, TP_COLS };
+/* What one weight is split along; TP_FIRST_RANK: rank 0 holds it whole, the others nothing. */
+enum tp_split { TP_REPLICATED = 0, TP_ROWS, TP_COLS, TP_FIRST_RANK };
 
 enum tp_weight {
     TP_W_Q, TP_W_K, TP_W_V, TP_W_O, TP_W_GATE, TP_W_UP, TP_W_DOWN,
     TP_W_BQ, TP_W_BK, TP_W_BV,     /* Qwen2's q/k/v biases: vectors split like their rows */
+    TP_W_BO, TP_W_B_DOWN,          /* row-parallel outputs' biases (model_family.h) */
+    TP_W_B_GATE, TP_W_B_UP,
     TP_W_EMBED, TP_W_LM_HEAD,
-    TP_W_NORM,                     /* every norm: attention, MLP, final, q/k */
+    TP_W_NORM,                     /* every norm: attention, MLP (before and after), final, q/k */
     TP_W_ROUTER, TP_W_EXPERT_GATE, TP_W_EXPERT_UP, TP_W_EXPERT_DOWN,
     TP_W_SHARED_GATE, TP_W_SHARED_UP, TP_W_SHARED_DOWN, TP_W_SHARED_EXPERT_GATE,
     TP_W_COUNT
@@ -73,7 +77,8 @@ struct tp_plan {
 int tp_plan_make(struct tp_plan *p, const struct model_config *c, int n, char *err, size_t errlen);
 
 /* How weight w is split, and which of its rows (TP_ROWS; elements of a vector) or columns
- * (TP_COLS) rank r holds; range is {0, 0} for TP_REPLICATED (the rank holds it all). */
+ * (TP_COLS) rank r holds; range is {0, 0} for TP_REPLICATED (the rank holds it all) and
+ * TP_FIRST_RANK. */
 enum tp_split tp_plan_part(const struct tp_plan *p, const struct model_config *c, enum tp_weight w, int r,
                            struct tp_range *range);
 
@@ -93,5 +98,7 @@ bool tp_lm_head_tied(const struct model *m);
 size_t tp_cols_bytes(const struct tensor *t, struct tp_range cols);
 /* Whether columns [begin, end) of a block-quantized matrix fall on block boundaries. */
 bool tp_cols_on_blocks(const struct tensor *t, struct tp_range cols);
+/* FP8 tensors' parts are held as float32: their scales index the whole tensor. */
+static inline bool tp_is_fp8(enum dtype d) { return d == DTYPE_F8_E4M3 || d == DTYPE_F8_E5M2; }
 
 #endif

@@ -28,7 +28,18 @@ static int keep(struct tp_shard *s, void *p)
     return 0;
 }
 
-/* Elements [begin, end) of a tensor without data (dummy) as float32. */
+/* t as a float32 tensor of its shape, no data yet. */
+static struct tensor as_f32(const struct tensor *t)
+{
+    struct tensor f = *t;
+    f.dtype = DTYPE_F32;
+    f.scale = NULL;
+    f.scale_rows = f.scale_cols = 0;
+    return f;
+}
+
+/* Elements [begin, end) of a tensor as float32: one without data (dummy), or FP8 (whose scales
+ * index the whole tensor's rows). */
 static float *fill_dummy(struct tp_shard *s, const struct tensor *t, int64_t begin, int64_t end)
 {
     float *f = malloc((size_t)(end - begin) * sizeof(float));
@@ -44,8 +55,8 @@ static int part_rows(struct tp_shard *s, const struct tensor *t, struct tp_range
     if (t->ndim == 0) return 0;
     int64_t n = g.end - g.begin, cols = t->ndim == 2 ? t->shape[1] : 1;
     out->shape[0] = n;
-    if (!t->data) {
-        out->dtype = DTYPE_F32;
+    if (!t->data || tp_is_fp8(t->dtype)) {
+        *out = as_f32(out);
         out->data = fill_dummy(s, t, g.begin * cols, g.end * cols);
         return out->data ? 0 : -1;
     }
@@ -61,7 +72,7 @@ static int part_cols(struct tp_shard *s, const struct tensor *t, struct tp_range
     if (t->ndim == 0) return 0;
     int64_t rows = t->shape[0], cols = t->shape[1], n = g.end - g.begin;
     out->shape[1] = n;
-    if (t->data && tp_cols_on_blocks(t, g)) {
+    if (t->data && !tp_is_fp8(t->dtype) && tp_cols_on_blocks(t, g)) {
         int64_t be = dtype_block_elems(t->dtype);
         size_t bb = dtype_block_bytes(t->dtype), row = tensor_row_bytes(t), part = (size_t)(n / be) * bb;
         char *buf = malloc((size_t)rows * part);
@@ -71,21 +82,18 @@ static int part_cols(struct tp_shard *s, const struct tensor *t, struct tp_range
         out->data = buf;
         return 0;
     }
-    out->dtype = DTYPE_F32;
+    *out = as_f32(out);
     float *f = malloc((size_t)rows * (size_t)n * sizeof(float));
-    float *whole = t->data ? malloc((size_t)cols * sizeof(float)) : NULL;
-    if (keep(s, f) || (t->data && !whole)) {
+    float *whole = malloc((size_t)cols * sizeof(float));
+    if (keep(s, f) || !whole) {
         free(whole);
         return -1;
     }
+    /* The whole row, then the part: a block type cut inside its blocks, and an FP8 row (or a
+     * dummy one quantized with --quantization fp8) whose scale belongs to the whole row. */
     for (int64_t r = 0; r < rows; r++) {
-        if (t->data) {
-            /* A block type cut inside its blocks: the whole row, then the part. */
-            tensor_range_to_f32(t, s->m.dummy_seed, false, r * cols, (r + 1) * cols, whole);
-            memcpy(f + r * n, whole + g.begin, (size_t)n * sizeof(float));
-        } else {
-            tensor_range_to_f32(t, s->m.dummy_seed, false, r * cols + g.begin, r * cols + g.end, f + r * n);
-        }
+        tensor_range_to_f32(t, s->m.dummy_seed, false, r * cols, (r + 1) * cols, whole);
+        memcpy(f + r * n, whole + g.begin, (size_t)n * sizeof(float));
     }
     free(whole);
     out->data = f;
@@ -99,6 +107,12 @@ static int part(struct tp_shard *s, const struct model *m, const struct tp_plan 
     switch (tp_plan_part(p, &m->config, w, rank, &g)) {
     case TP_ROWS: return part_rows(s, t, g, out);
     case TP_COLS: return part_cols(s, t, g, out);
+    case TP_FIRST_RANK:
+        if (rank != 0) {
+            *out = (struct tensor){0}; /* absent: the backend adds no bias */
+            return 0;
+        }
+        break;
     case TP_REPLICATED: break;
     }
     *out = *t;
@@ -167,7 +181,10 @@ int tp_shard_make(struct model **out, const struct model *m, const struct tp_pla
             part(s, m, p, rank, TP_W_BQ, &L->bq, &S->bq) || part(s, m, p, rank, TP_W_BK, &L->bk, &S->bk) ||
             part(s, m, p, rank, TP_W_BV, &L->bv, &S->bv) || part(s, m, p, rank, TP_W_GATE, &L->w_gate, &S->w_gate) ||
             part(s, m, p, rank, TP_W_UP, &L->w_up, &S->w_up) ||
-            part(s, m, p, rank, TP_W_DOWN, &L->w_down, &S->w_down) ||
+            part(s, m, p, rank, TP_W_DOWN, &L->w_down, &S->w_down) || part(s, m, p, rank, TP_W_BO, &L->bo, &S->bo) ||
+            part(s, m, p, rank, TP_W_B_GATE, &L->b_gate, &S->b_gate) ||
+            part(s, m, p, rank, TP_W_B_UP, &L->b_up, &S->b_up) ||
+            part(s, m, p, rank, TP_W_B_DOWN, &L->b_down, &S->b_down) ||
             (L->moe && part_moe(s, m, p, rank, L->moe, &S->moe)))
             goto oom;
     }

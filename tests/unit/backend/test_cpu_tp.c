@@ -6,6 +6,7 @@
  * same bits from run to run; prompt
  * logprobs and hidden states through the ranks; and sizes that do not shard refused. */
 #include <criterion/criterion.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -275,4 +276,44 @@ Test(cpu_tp, tiny_random_models_of_each_dense_family, .timeout = 60)
         expect_tp_equals_one(m, names[i]);
         model_free(m);
     }
+}
+
+/* The other dense families, as random weights at widths that split (4 heads, 2 KV heads, 64
+ * channels) from the configs of tests/fixtures/families/: Llama's o/MLP biases (added once,
+ * by rank 0), Gemma 2 and 3 (norms after attention and MLP applied to the summed output, soft
+ * caps, scaled embeddings, local rope), Granite's scales, Mistral's sliding window, Phi-3's fused
+ * projections and LongRoPE. OLMo 2's q/k norms over all heads are refused. */
+static struct model *family_at_split_widths(const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof path, "tests/fixtures/families/%s/config.json", name);
+    json_error_t jerr;
+    json_t *c = json_load_file(path, 0, &jerr);
+    cr_assert(c, "%s: %s", path, jerr.text);
+    json_object_set_new(c, "hidden_size", json_integer(64));
+    json_object_set_new(c, "num_attention_heads", json_integer(4));
+    json_object_set_new(c, "num_key_value_heads", json_integer(2));
+    json_object_set_new(c, "intermediate_size", json_integer(64));
+    char *text = json_dumps(c, 0);
+    json_decref(c);
+    struct model *m = dummy(text);
+    free(text);
+    return m;
+}
+
+Test(cpu_tp, the_other_dense_families, .timeout = 120)
+{
+    const char *names[] = {"llama_bias_linear", "gemma2", "gemma3", "granite", "mistral_sliding", "phi3_longrope"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        struct model *m = family_at_split_widths(names[i]);
+        expect_tp_equals_one(m, names[i]);
+        model_free(m);
+    }
+    struct model *m = family_at_split_widths("olmo2");
+    struct backend_options opt = {.kv_blocks = 8, .tensor_parallel_size = 2, .n_threads = 1};
+    struct backend *b = NULL;
+    char err[1024] = "";
+    cr_expect_neq(backend_cpu_create(&b, m, &opt, err, sizeof err), 0);
+    cr_expect(strstr(err, "q/k norms over the whole projection"), "%s", err);
+    model_free(m);
 }

@@ -248,3 +248,75 @@ Test(scheduler, impossible_prompt_is_refused)
     cr_assert_eq(n, 1);
     sched_free(&s);
 }
+
+/* A model whose every layer slides (Mistral): blocks behind the window of the next token go
+ * back to the pool, so a sequence longer than the whole cache runs without preemption, and
+ * its table always covers the window. */
+Test(scheduler, sliding_window_frees_blocks_behind_the_window)
+{
+    struct scheduler s;
+    struct sched_options o = {.max_num_seqs = 2, .max_num_batched_tokens = 64, .sliding_window = 32,
+                              .prefix_caching = true};
+    cr_assert_eq(sched_init(&s, 6, &o), 0); /* 96 tokens of cache */
+    struct sched_seq *q = add(&s, 1, 40);
+    const struct sched_entry *e;
+    int32_t n;
+    while (q->n_tokens < 200) {
+        schedule(&s, &e, &n);
+        cr_assert_eq(n, 1);
+        int32_t first = e[0].start_pos >= 32 ? (e[0].start_pos - 31) / KV_BLOCK_SIZE : 0;
+        for (int32_t i = 0; i < q->table.n_blocks; i++) {
+            if (i < first) cr_assert_eq(q->table.blocks[i], -1, "block %d kept behind the window at %d", i, e[0].start_pos);
+            else cr_assert_geq(q->table.blocks[i], 0, "block %d freed inside the window at %d", i, e[0].start_pos);
+        }
+        cr_assert_leq(q->table.n_blocks - first, 4);
+        sample_all(e, n);
+    }
+    cr_assert_eq(s.preemptions, 0);
+    /* The prompt's first two blocks were indexed before they were freed: a second sequence with
+     * the same prompt maps them if they are still cached, else computes them; either way its
+     * table covers its prompt. */
+    struct sched_seq *r = NULL;
+    cr_assert_eq(sched_add(&s, 2, prompt_of(40, 1000), 40, NULL, &r), 0);
+    sched_seq_remove(&s, q);
+    schedule(&s, &e, &n);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(e[0].seq, r);
+    cr_assert_eq(e[0].start_pos + e[0].n_new, 40);
+    for (int32_t i = 0; i < r->table.n_blocks; i++) cr_assert_geq(r->table.blocks[i], 0);
+    sched_seq_remove(&s, r);
+    cr_assert_eq(kv_cache_num_free(&s.kv), 6);
+    sched_free(&s);
+}
+
+/* With the window and a step fitting the cache, a prompt longer than the whole cache is
+ * admitted and prefilled in chunks, the blocks behind the window freed as it goes. */
+Test(scheduler, sliding_window_prompt_longer_than_the_cache)
+{
+    struct scheduler s;
+    struct sched_options o = {.max_num_seqs = 1, .max_num_batched_tokens = 16, .sliding_window = 32};
+    cr_assert_eq(sched_init(&s, 4, &o), 0); /* 64 tokens of cache; window + step need 4 blocks */
+    struct sched_seq *q = add(&s, 1, 150);
+    const struct sched_entry *e;
+    int32_t n;
+    int steps = 0;
+    while (q->n_computed < 150) {
+        schedule(&s, &e, &n);
+        cr_assert_eq(n, 1);
+        steps++;
+    }
+    cr_assert(e[0].sample);
+    cr_assert_eq(steps, 10);
+    cr_assert_eq(s.preemptions, 0);
+    sched_seq_remove(&s, q);
+    cr_assert_eq(kv_cache_num_free(&s.kv), 4);
+    /* Without the window the same prompt is refused. */
+    struct scheduler t;
+    struct sched_options p = {.max_num_seqs = 1, .max_num_batched_tokens = 16};
+    cr_assert_eq(sched_init(&t, 4, &p), 0);
+    int32_t *prompt = prompt_of(150, 0);
+    cr_assert_eq(sched_add(&t, 1, prompt, 150, NULL, NULL), SCHED_ERR_TOO_LONG);
+    free(prompt);
+    sched_free(&t);
+    sched_free(&s);
+}

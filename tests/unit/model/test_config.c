@@ -173,7 +173,10 @@ Test(config, refusals_name_the_file_and_field)
          "\"num_hidden_layers\":0,\"num_attention_heads\":4,\"vocab_size\":10}", "num_hidden_layers"},
         {"{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":8,"
          "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"vocab_size\":10,"
-         "\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}}", "rope_scaling"},
+         "\"rope_scaling\":{\"rope_type\":\"longrope\",\"factor\":4}}", "short_factor"},
+        {"{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":8,"
+         "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"vocab_size\":10,"
+         "\"rope_scaling\":{\"rope_type\":\"ntk-by-parts\",\"factor\":4}}", "rope_scaling"},
         {"{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":8,"
          "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"vocab_size\":10,"
          "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8}}", "rope_scaling"},
@@ -184,8 +187,9 @@ Test(config, refusals_name_the_file_and_field)
          "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"vocab_size\":10,\"torch_dtype\":\"int8\"}",
          "torch_dtype"},
         {"{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":8,"
-         "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"vocab_size\":10,\"attention_bias\":true}",
-         "attention_bias"},
+         "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"vocab_size\":10,\"partial_rotary_factor\":0.5}",
+         "partial_rotary_factor"},
+        {"{\"architectures\":[\"PaliGemmaForConditionalGeneration\"],\"hidden_size\":64}", "Gemma2ForCausalLM"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         struct model_config c;
@@ -216,4 +220,73 @@ Test(config, transformers5_rope_parameters)
     cr_expect_float_eq(c.rope_scaling.factor, 32.0f, 1e-6f);
     cr_expect_eq(c.head_dim, 64);
     cr_expect_eq(c.dtype, DTYPE_BF16);
+}
+
+/* Configs as the families' checkpoints on the Hub write them (transformers 4): the fields
+ * transformers 5 adds (layer_types, nested rope_parameters) absent, defaults from the classes. */
+Test(config, family_defaults_of_older_configs)
+{
+    struct model_config c;
+    char err[512] = "";
+    cr_assert_eq(parse("{\"architectures\":[\"Gemma2ForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":8,"
+                       "\"num_hidden_layers\":4,\"num_attention_heads\":4,\"vocab_size\":10}", &c, err, sizeof err), 0,
+                 "%s", err);
+    cr_expect_eq(c.head_dim, 256);
+    cr_expect(c.tie_embeddings);
+    cr_expect_float_eq(c.fam.attn_softcap, 50.0f, 1e-6f);
+    cr_expect_float_eq(c.fam.final_softcap, 30.0f, 1e-6f);
+    cr_expect_eq(c.fam.sliding_window, 4096);
+    cr_expect(model_layer_sliding(&c.fam, 0) && !model_layer_sliding(&c.fam, 1) && model_layer_sliding(&c.fam, 2));
+    cr_expect_float_eq(c.fam.attn_scale, 1.0f / 16.0f, 1e-7f);
+    cr_assert_eq(parse("{\"architectures\":[\"Gemma3ForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":8,"
+                       "\"num_hidden_layers\":12,\"num_attention_heads\":4,\"head_dim\":16,\"vocab_size\":10,"
+                       "\"sliding_window\":512,\"sliding_window_pattern\":6,\"rope_local_base_freq\":10000.0,"
+                       "\"rope_theta\":1000000.0,\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":8.0},"
+                       "\"final_logit_softcapping\":null,\"attn_logit_softcapping\":null}", &c, err, sizeof err), 0,
+                 "%s", err);
+    for (int l = 0; l < 12; l++) cr_expect_eq(model_layer_sliding(&c.fam, l), l != 5 && l != 11, "layer %d", l);
+    cr_expect(c.qk_norm && c.fam.norm_plus_one && c.fam.attn_softcap == 0 && c.fam.final_softcap == 0);
+    cr_expect_float_eq(c.rope_theta, 1e6f, 1.0f);
+    cr_expect_float_eq(c.fam.local_rope_theta, 1e4f, 1e-2f);
+    cr_expect_eq(c.rope_scaling.type, ROPE_SCALING_LINEAR);
+    cr_assert_eq(parse("{\"architectures\":[\"MistralForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":8,"
+                       "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":10,\"sliding_window\":null}",
+                       &c, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(c.fam.sliding_window, 0);
+    cr_assert_eq(parse("{\"architectures\":[\"Phi3ForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":8,"
+                       "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":10,"
+                       "\"max_position_embeddings\":131072,\"original_max_position_embeddings\":4096,"
+                       "\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1,1,1,1],"
+                       "\"long_factor\":[2,2,2,2,2,2,2,2]}}", &c, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(c.rope_scaling.type, ROPE_SCALING_LONGROPE);
+    cr_expect_eq(c.rope_scaling.original_max_position, 4096);
+    cr_expect_float_eq(c.fam.rope_attn_factor, 1.1902381f, 1e-6f); /* sqrt(1 + ln 32 / ln 4096) */
+    cr_expect_float_eq(c.rms_eps, 1e-5f, 1e-12f);
+}
+
+/* Gemma 3 4B's config.json as the Hub has it: the language model's fields in text_config, most
+ * left to Gemma3TextConfig's defaults. */
+Test(config, gemma3_multimodal_checkpoint_as_text)
+{
+    struct model_config c;
+    char err[512] = "";
+    cr_assert_eq(parse("{\"architectures\":[\"Gemma3ForConditionalGeneration\"],\"eos_token_id\":[1,106],"
+                       "\"model_type\":\"gemma3\",\"text_config\":{\"hidden_size\":2560,\"intermediate_size\":10240,"
+                       "\"model_type\":\"gemma3_text\",\"num_hidden_layers\":34,\"rope_scaling\":{\"factor\":8.0,"
+                       "\"rope_type\":\"linear\"},\"sliding_window\":1024},\"vision_config\":{\"hidden_size\":1152}}",
+                       &c, err, sizeof err), 0, "%s", err);
+    cr_expect_str_eq(c.arch_name, "Gemma3ForConditionalGeneration");
+    cr_expect_eq(c.n_heads, 8);
+    cr_expect_eq(c.n_kv_heads, 4);
+    cr_expect_eq(c.head_dim, 256);
+    cr_expect_eq(c.vocab_size, 262208);
+    cr_expect_eq(c.hidden_size, 2560);
+    cr_expect(c.tie_embeddings && c.qk_norm && c.fam.norm_plus_one);
+    cr_expect_eq(c.rope_scaling.type, ROPE_SCALING_LINEAR);
+    cr_expect_float_eq(c.rope_scaling.factor, 8.0f, 1e-6f);
+    cr_expect_float_eq(c.rope_theta, 1e6f, 1.0f);
+    cr_expect_eq(c.fam.sliding_window, 1024);
+    for (int l = 0; l < 34; l++) cr_expect_eq(model_layer_sliding(&c.fam, l), (l + 1) % 6 != 0, "layer %d", l);
+    cr_expect_eq(c.n_eos, 2);
+    cr_expect_float_eq(c.fam.attn_scale, 1.0f / 16.0f, 1e-7f);
 }

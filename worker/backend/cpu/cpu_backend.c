@@ -94,6 +94,7 @@ static void cpu_free(struct backend *b)
         for (int l = 0; l < cb->c.n_layers; l++) {
             struct cpu_layer *L = &cb->layers[l];
             free(L->attn_norm), free(L->bqkv), free(L->q_norm), free(L->k_norm), free(L->ffn_norm);
+            free(L->bo), free(L->b_gate_up), free(L->b_down), free(L->post_attn_norm), free(L->post_ffn_norm);
             cpu_weight_free(&L->wqkv), cpu_weight_free(&L->wo), cpu_weight_free(&L->w_gate_up);
             cpu_weight_free(&L->w_down);
         }
@@ -102,7 +103,9 @@ static void cpu_free(struct backend *b)
     cpu_moe_free(cb->moe);
     cpu_weight_free(&cb->lm_head);
     cpu_weight_free(&cb->tok_embed);
-    free(cb->final_norm), free(cb->inv_freq), free(cb->kv), free(cb->rope_row_map);
+    free(cb->final_norm), free(cb->kv), free(cb->rope_row_map);
+    cpu_rope_free(&cb->rope);
+    free(cb->rope_cos_local), free(cb->rope_sin_local), free(cb->rope_scratch);
     free(cb->x), free(cb->xb), free(cb->qkv), free(cb->att), free(cb->gate_up), free(cb->hidden), free(cb->tmp);
     free(cb->rope_cos), free(cb->rope_sin), free(cb->row_seq), free(cb->row_pos);
     free(cb->xs), free(cb->logits), free(cb->sample_rows), free(cb->sampler_scratch);
@@ -163,6 +166,44 @@ static int load_matrix(struct cpu_backend *cb, const struct model *m, struct cpu
     return 0;
 }
 
+/* A norm's weights as the forward multiplies by them: Gemma's (1 + w) added here, as
+ * transformers adds it in float32 before multiplying. NULL for an absent tensor. */
+static float *load_norm(struct cpu_backend *cb, const struct model *m, const struct tensor *t, bool *bad)
+{
+    if (t->ndim == 0) return NULL;
+    float *v = convert(cb, m, t, true);
+    if (!v) {
+        *bad = true;
+        return NULL;
+    }
+    if (cb->c.fam.norm_plus_one)
+        for (int64_t i = 0; i < tensor_numel(t); i++) v[i] = 1.0f + v[i];
+    return v;
+}
+
+/* Norms and the biases of model_family.h (absent ones stay NULL). */
+static int load_family_vectors(struct cpu_backend *cb, const struct model *m, const struct layer_weights *W,
+                               struct cpu_layer *L)
+{
+    bool bad = false;
+    L->attn_norm = load_norm(cb, m, &W->attn_norm, &bad);
+    L->ffn_norm = load_norm(cb, m, &W->ffn_norm, &bad);
+    L->post_attn_norm = load_norm(cb, m, &W->post_attn_norm, &bad);
+    L->post_ffn_norm = load_norm(cb, m, &W->post_ffn_norm, &bad);
+    L->q_norm = load_norm(cb, m, &W->q_norm, &bad);
+    L->k_norm = load_norm(cb, m, &W->k_norm, &bad);
+    if (bad) return -1;
+    int64_t inter = cb->c.intermediate_size;
+    if (W->bo.ndim && !(L->bo = convert(cb, m, &W->bo, false))) return -1;
+    if (W->b_down.ndim && !(L->b_down = convert(cb, m, &W->b_down, false))) return -1;
+    if (W->b_gate.ndim) {
+        if (!(L->b_gate_up = malloc((size_t)(2 * inter) * sizeof(float)))) return -1;
+        convert_into(cb, m, &W->b_gate, false, L->b_gate_up);
+        convert_into(cb, m, &W->b_up, false, L->b_gate_up + inter);
+    }
+    return 0;
+}
+
 int cpu_load_weight(struct cpu_backend *cb, const struct model *m, struct cpu_weight *w, int64_t n_in,
                     const struct tensor *const *parts, int n_parts)
 {
@@ -178,9 +219,7 @@ static int load_layer(struct cpu_backend *cb, const struct model *m, int l)
     struct cpu_layer *L = &cb->layers[l];
     const struct model_config *c = &cb->c;
     int64_t h = c->hidden_size, inter = c->intermediate_size;
-    L->attn_norm = convert(cb, m, &W->attn_norm, true);
-    L->ffn_norm = convert(cb, m, &W->ffn_norm, true);
-    if (!L->attn_norm || !L->ffn_norm) return -1;
+    if (load_family_vectors(cb, m, W, L)) return -1;
     /* q, k and v as one [q_dim + 2 kv_dim, hidden] matrix, gate and up as one
      * [2 intermediate, hidden]: one pass over the batch each instead of three and two. */
     struct part_spec qkv[3] = {{&W->wq, c->n_heads}, {&W->wk, c->n_kv_heads}, {&W->wv, 0}};
@@ -197,11 +236,7 @@ static int load_layer(struct cpu_backend *cb, const struct model *m, int l)
         convert_into(cb, m, &W->bk, false, L->bqkv + cb->q_dim);
         convert_into(cb, m, &W->bv, false, L->bqkv + cb->q_dim + cb->kv_dim);
     }
-    if (c->qk_norm) {
-        L->q_norm = convert(cb, m, &W->q_norm, true);
-        L->k_norm = convert(cb, m, &W->k_norm, true);
-        if (!L->q_norm || !L->k_norm) return -1;
-    }
+
     if (c->rope_interleaved) {
         if (L->bqkv && (deinterleave_rows(L->bqkv, c->n_heads, c->head_dim, 1) ||
                         deinterleave_rows(L->bqkv + cb->q_dim, c->n_kv_heads, c->head_dim, 1)))
@@ -231,7 +266,10 @@ static size_t weight_bytes(const struct cpu_backend *cb, size_t *quantized)
             q += part;
         }
         if (L->bqkv) vec += (size_t)cb->qkv_dim;
-        if (L->q_norm) vec += 2 * (size_t)c->head_dim;
+        if (L->q_norm) vec += (size_t)(c->fam.qk_norm_full ? cb->qkv_dim - cb->kv_dim : 2 * c->head_dim);
+        if (L->bo) vec += (size_t)c->hidden_size;
+        if (L->b_gate_up) vec += 2 * (size_t)c->intermediate_size + (size_t)c->hidden_size;
+        if (L->post_attn_norm) vec += 2 * (size_t)c->hidden_size;
     }
     all += cpu_moe_bytes(cb->moe, &part);
     *quantized = q + part;
@@ -318,14 +356,13 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
     } else if (load_matrix(cb, m, &cb->lm_head, h, &head, 1)) {
         goto oom;
     }
-    cb->final_norm = convert(cb, m, &m->final_norm, true);
+    bool bad_norm = false;
+    cb->final_norm = load_norm(cb, m, &m->final_norm, &bad_norm);
     ALLOC(cb->layers, c->n_layers);
-    ALLOC(cb->inv_freq, c->head_dim / 2);
-    if (!cb->final_norm || !cb->layers || !cb->inv_freq) goto oom;
+    if (!cb->final_norm || !cb->layers || cpu_rope_init(&cb->rope, c)) goto oom;
     for (int l = 0; l < c->n_layers; l++)
         if (load_layer(cb, m, l)) goto oom;
     if (cpu_moe_create(cb, m, err, errlen)) goto fail;
-    cpu_rope_inv_freq(c, cb->inv_freq);
 
     ALLOC(cb->x, max_tokens * h);
     ALLOC(cb->xb, max_tokens * h);
@@ -336,6 +373,12 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
     ALLOC(cb->hidden, (int64_t)max_tokens * c->intermediate_size);
     ALLOC(cb->rope_cos, (int64_t)max_tokens * (c->head_dim / 2));
     ALLOC(cb->rope_sin, (int64_t)max_tokens * (c->head_dim / 2));
+    ALLOC(cb->rope_scratch, c->head_dim / 2);
+    if (cb->rope.inv_freq_local) {
+        ALLOC(cb->rope_cos_local, (int64_t)max_tokens * (c->head_dim / 2));
+        ALLOC(cb->rope_sin_local, (int64_t)max_tokens * (c->head_dim / 2));
+        if (!cb->rope_cos_local || !cb->rope_sin_local) goto oom;
+    }
     ALLOC(cb->row_seq, max_tokens);
     ALLOC(cb->row_pos, max_tokens);
     ALLOC(cb->xs, (int64_t)max_seqs * h);
@@ -344,7 +387,7 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
     ALLOC(cb->sampler_scratch, sampler_scratch_floats(c->vocab_size));
     ALLOC(cb->scores, cpu_pool_size(cb->pool));
     if (!cb->x || !cb->xb || !cb->tmp || !cb->qkv || !cb->att || !cb->gate_up || !cb->hidden || !cb->rope_cos ||
-        !cb->rope_sin || !cb->row_seq || !cb->row_pos || !cb->xs || !cb->logits || !cb->sample_rows ||
+        !cb->rope_sin || !cb->rope_scratch || !cb->row_seq || !cb->row_pos || !cb->xs || !cb->logits || !cb->sample_rows ||
         !cb->sampler_scratch || !cb->scores)
         goto oom;
     size_t quantized, weights = weight_bytes(cb, &quantized);

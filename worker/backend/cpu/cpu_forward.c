@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "worker/backend/backend.h"
+#include "worker/backend/cpu/cpu_family.h"
 #include "worker/backend/cpu/cpu_internal.h"
 #include "worker/backend/cpu/cpu_moe.h"
 #include "worker/backend/cpu/cpu_ops.h"
@@ -43,38 +44,45 @@ static void attn_range(void *arg, int64_t begin, int64_t end, int tid)
     struct cpu_backend *cb = j->cb;
     const struct model_config *c = &cb->c;
     int hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
-    float scale = 1.0f / sqrtf((float)hd);
+    float scale = c->fam.attn_scale > 0 ? c->fam.attn_scale : 1.0f / sqrtf((float)hd);
+    float softcap = c->fam.attn_softcap;
+    int32_t window = model_layer_sliding(&c->fam, j->layer) ? c->fam.sliding_window : 0;
     float *scores = cb->scores[tid];
     for (int64_t item = begin; item < end; item++) {
         int64_t r = item / c->n_heads;
         int head = (int)(item % c->n_heads), kvh = head / group;
         const struct batch_seq *s = &j->batch->seqs[cb->row_seq[r]];
         int32_t n_ctx = cb->row_pos[r] + 1;
+        /* A sliding layer sees the last `window` positions, this one included. */
+        int32_t first = window && n_ctx > window ? n_ctx - window : 0;
         const float *q = cb->qkv + r * cb->qkv_dim + head * hd;
         float max = -INFINITY;
         /* Block by block: a block's keys for one head are contiguous. */
-        for (int32_t p0 = 0; p0 < n_ctx; p0 += KV_BLOCK_SIZE) {
+        for (int32_t p0 = first - first % KV_BLOCK_SIZE; p0 < n_ctx; p0 += KV_BLOCK_SIZE) {
             const float *k = kv_at(cb, s->block_table[p0 / KV_BLOCK_SIZE], j->layer, 0, kvh, 0);
             int32_t n = n_ctx - p0 < KV_BLOCK_SIZE ? n_ctx - p0 : KV_BLOCK_SIZE;
-            for (int32_t t = 0; t < n; t++, k += hd) {
+            int32_t t = p0 < first ? first - p0 : 0;
+            for (k += (size_t)t * hd; t < n; t++, k += hd) {
                 float d = 0.0f;
                 for (int i = 0; i < hd; i++) d += q[i] * k[i];
                 d *= scale;
+                if (softcap > 0) d = cpu_softcap(d, softcap);
                 scores[p0 + t] = d;
                 if (d > max) max = d;
             }
         }
         float sum = 0.0f;
-        for (int32_t p = 0; p < n_ctx; p++) {
+        for (int32_t p = first; p < n_ctx; p++) {
             scores[p] = expf(scores[p] - max);
             sum += scores[p];
         }
         float *o = cb->att + r * cb->q_dim + head * hd;
         for (int d = 0; d < hd; d++) o[d] = 0.0f;
-        for (int32_t p0 = 0; p0 < n_ctx; p0 += KV_BLOCK_SIZE) {
+        for (int32_t p0 = first - first % KV_BLOCK_SIZE; p0 < n_ctx; p0 += KV_BLOCK_SIZE) {
             const float *v = kv_at(cb, s->block_table[p0 / KV_BLOCK_SIZE], j->layer, 1, kvh, 0);
             int32_t n = n_ctx - p0 < KV_BLOCK_SIZE ? n_ctx - p0 : KV_BLOCK_SIZE;
-            for (int32_t t = 0; t < n; t++, v += hd) {
+            int32_t t = p0 < first ? first - p0 : 0;
+            for (v += (size_t)t * hd; t < n; t++, v += hd) {
                 float w = scores[p0 + t];
                 for (int d = 0; d < hd; d++) o[d] += w * v[d];
             }
@@ -99,18 +107,24 @@ static void qkv_post_range(void *arg, int64_t begin, int64_t end, int tid)
     const struct model_config *c = &cb->c;
     const struct cpu_layer *L = &cb->layers[j->layer];
     int hd = c->head_dim, half = hd / 2;
+    bool full_norm = c->fam.qk_norm_full, local = cb->rope_cos_local && model_layer_sliding(&c->fam, j->layer);
     for (int64_t r = begin; r < end; r++) {
         float *q = cb->qkv + r * cb->qkv_dim, *k = q + cb->q_dim, *v = k + cb->kv_dim;
-        const float *cs = cb->rope_cos + r * half, *sn = cb->rope_sin + r * half;
+        const float *cs = (local ? cb->rope_cos_local : cb->rope_cos) + r * half;
+        const float *sn = (local ? cb->rope_sin_local : cb->rope_sin) + r * half;
+        if (full_norm) { /* OLMo 2: over the whole projection, before the heads split */
+            cpu_rmsnorm(q, L->q_norm, cb->q_dim, c->rms_eps, q);
+            cpu_rmsnorm(k, L->k_norm, cb->kv_dim, c->rms_eps, k);
+        }
         for (int h = 0; h < c->n_heads; h++) {
-            if (L->q_norm) cpu_rmsnorm(q + h * hd, L->q_norm, hd, c->rms_eps, q + h * hd);
+            if (L->q_norm && !full_norm) cpu_rmsnorm(q + h * hd, L->q_norm, hd, c->rms_eps, q + h * hd);
             cpu_rope_apply(q + h * hd, hd, cs, sn);
         }
         const struct batch_seq *s = &j->batch->seqs[cb->row_seq[r]];
         int32_t pos = cb->row_pos[r];
         int32_t block = s->block_table[pos / KV_BLOCK_SIZE];
         for (int h = 0; h < c->n_kv_heads; h++) {
-            if (L->k_norm) cpu_rmsnorm(k + h * hd, L->k_norm, hd, c->rms_eps, k + h * hd);
+            if (L->k_norm && !full_norm) cpu_rmsnorm(k + h * hd, L->k_norm, hd, c->rms_eps, k + h * hd);
             cpu_rope_apply(k + h * hd, hd, cs, sn);
             memcpy(kv_at(cb, block, j->layer, 0, h, pos % KV_BLOCK_SIZE), k + h * hd, (size_t)hd * sizeof(float));
             memcpy(kv_at(cb, block, j->layer, 1, h, pos % KV_BLOCK_SIZE), v + h * hd, (size_t)hd * sizeof(float));
@@ -121,6 +135,8 @@ static void qkv_post_range(void *arg, int64_t begin, int64_t end, int tid)
 struct rows_job {
     struct cpu_backend *cb;
     const float *norm;
+    const float *src; /* rows of hidden_size: normalized into dst (which may be src) */
+    float *dst;
 };
 
 static void rmsnorm_range(void *arg, int64_t begin, int64_t end, int tid)
@@ -128,18 +144,41 @@ static void rmsnorm_range(void *arg, int64_t begin, int64_t end, int tid)
     (void)tid;
     const struct rows_job *j = arg;
     int64_t h = j->cb->c.hidden_size;
-    for (int64_t r = begin; r < end; r++) cpu_rmsnorm(j->cb->x + r * h, j->norm, h, j->cb->c.rms_eps, j->cb->xb + r * h);
+    for (int64_t r = begin; r < end; r++) cpu_rmsnorm(j->src + r * h, j->norm, h, j->cb->c.rms_eps, j->dst + r * h);
 }
 
-static void swiglu_range(void *arg, int64_t begin, int64_t end, int tid)
+/* dst = norm(src) over T rows, or a copy when the family has no such norm (OLMo 2). */
+static void norm_rows(struct cpu_backend *cb, const float *norm, const float *src, float *dst, int64_t T)
+{
+    if (!norm) {
+        if (src != dst) memcpy(dst, src, (size_t)(T * cb->c.hidden_size) * sizeof(float));
+        return;
+    }
+    struct rows_job rj = {.cb = cb, .norm = norm, .src = src, .dst = dst};
+    cpu_pool_run(cb->pool, T, 64, rmsnorm_range, &rj);
+}
+
+/* x += out (times Granite's residual_multiplier), out first through its post-norm (Gemma 2/3,
+ * OLMo 2). */
+static void residual_add(struct cpu_backend *cb, const float *post_norm, float *out, int64_t T)
+{
+    norm_rows(cb, post_norm, out, out, T);
+    float rs = cb->c.fam.residual_scale;
+    int64_t n = T * cb->c.hidden_size;
+    if (rs != 0)
+        for (int64_t i = 0; i < n; i++) cb->x[i] += out[i] * rs;
+    else
+        for (int64_t i = 0; i < n; i++) cb->x[i] += out[i];
+}
+
+static void glu_range(void *arg, int64_t begin, int64_t end, int tid)
 {
     (void)tid;
     const struct rows_job *j = arg;
     int64_t inter = j->cb->c.intermediate_size;
     for (int64_t r = begin; r < end; r++) {
-        const float *g = j->cb->gate_up + r * 2 * inter, *u = g + inter;
-        float *o = j->cb->hidden + r * inter;
-        for (int64_t i = 0; i < inter; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        const float *g = j->cb->gate_up + r * 2 * inter;
+        cpu_glu(j->cb->c.fam.act, g, g + inter, j->cb->hidden + r * inter, inter);
     }
 }
 
@@ -165,7 +204,12 @@ static int check_batch(struct cpu_backend *cb, const struct batch *batch, int *n
                      q->start_pos, q->n_blocks);
             return -1;
         }
-        for (int32_t i = 0; i < (int32_t)((end + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE); i++) {
+        /* A model whose every layer slides never reads blocks wholly before the window of the
+         * step's first row: the engine may have freed them (-1). */
+        const struct model_family *f = &cb->c.fam;
+        int32_t first_block = f->all_sliding && q->start_pos >= f->sliding_window
+                                  ? (q->start_pos - f->sliding_window + 1) / KV_BLOCK_SIZE : 0;
+        for (int32_t i = first_block; i < (int32_t)((end + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE); i++) {
             if (q->block_table[i] < 0 || q->block_table[i] >= b->num_kv_blocks) {
                 snprintf(b->error, sizeof b->error, "sequence %d: block %d is %d, outside the cache's %d blocks", s,
                          i, q->block_table[i], b->num_kv_blocks);
@@ -254,6 +298,7 @@ static int forward_extras(struct cpu_backend *cb, const struct batch *batch)
                 cpu_rmsnorm(cb->x + (row0 + q->lp_first + done + j) * h, cb->final_norm, h, c->rms_eps,
                             cb->xs + (int64_t)j * h);
             if (cpu_tp_lm_head(cb, cb->xs, n, cb->logits)) return -1;
+            cpu_logits_finish(&c->fam, cb->logits, (int64_t)n * c->vocab_size);
             struct prompt_lp_job job = {.cb = cb, .q = q, .done = done, .bad = 0};
             if (cpu_tp_leader(cb)) cpu_pool_run(cb->pool, n, 4, prompt_lp_range, &job);
             if (job.bad) {
@@ -287,18 +332,25 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
     int64_t T = batch->n_tokens, h = c->hidden_size;
     int half = c->head_dim / 2;
     int32_t row = 0, ns = 0;
+    const float embed_scale = c->fam.embed_scale;
     for (int s = 0; s < batch->n_seqs; s++) {
         const struct batch_seq *q = &batch->seqs[s];
+        /* The length transformers' forward would see: the whole known sequence (a prefill's
+         * whole prompt, however it is chunked). */
+        int32_t seq_len = q->start_pos + q->n_new > q->n_history ? q->start_pos + q->n_new : q->n_history;
+        const float *freqs = cpu_rope_step_freqs(&cb->rope, seq_len, cb->rope_scratch);
         for (int32_t i = 0; i < q->n_new; i++, row++) {
             cb->row_seq[row] = s;
             cb->row_pos[row] = q->start_pos + i;
-            cpu_tp_embed_row(cb, batch->tokens[row], cb->x + row * h);
-            /* Angles as Hugging Face computes them: float32 position times float32 frequency. */
-            for (int k = 0; k < half; k++) {
-                float a = (float)cb->row_pos[row] * cb->inv_freq[k];
-                cb->rope_cos[(int64_t)row * half + k] = cosf(a);
-                cb->rope_sin[(int64_t)row * half + k] = sinf(a);
-            }
+            float *xr = cb->x + row * h;
+            cpu_tp_embed_row(cb, batch->tokens[row], xr);
+            if (embed_scale != 0)
+                for (int64_t k = 0; k < h; k++) xr[k] *= embed_scale;
+            cpu_rope_angles(&cb->rope, freqs, cb->row_pos[row], cb->rope_cos + (int64_t)row * half,
+                            cb->rope_sin + (int64_t)row * half);
+            if (cb->rope_cos_local)
+                cpu_rope_angles(&cb->rope, cb->rope.inv_freq_local, cb->row_pos[row],
+                                cb->rope_cos_local + (int64_t)row * half, cb->rope_sin_local + (int64_t)row * half);
         }
         if (q->sample) cb->sample_rows[ns++] = row - 1;
     }
@@ -306,27 +358,26 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
 
     for (int l = 0; l < c->n_layers; l++) {
         const struct cpu_layer *L = &cb->layers[l];
-        struct rows_job rj = {.cb = cb, .norm = L->attn_norm};
-        cpu_pool_run(cb->pool, T, 64, rmsnorm_range, &rj);
+        norm_rows(cb, L->attn_norm, cb->x, cb->xb, T);
         cpu_matmul_w(cb->pool, cb->xb, T, &L->wqkv, L->bqkv, cb->qkv);
         struct qkv_job qj = {.cb = cb, .batch = batch, .layer = l};
         cpu_pool_run(cb->pool, T, 16, qkv_post_range, &qj);
         struct attn_job aj = {.cb = cb, .batch = batch, .layer = l};
         cpu_pool_run(cb->pool, T * c->n_heads, 4, attn_range, &aj);
-        cpu_matmul_w(cb->pool, cb->att, T, &L->wo, NULL, cb->tmp);
+        cpu_matmul_w(cb->pool, cb->att, T, &L->wo, L->bo, cb->tmp);
         if (cpu_tp_all_reduce(cb, cb->tmp, T * h)) return -1;
-        for (int64_t i = 0; i < T * h; i++) cb->x[i] += cb->tmp[i];
-        rj.norm = L->ffn_norm;
-        cpu_pool_run(cb->pool, T, 64, rmsnorm_range, &rj);
+        residual_add(cb, L->post_attn_norm, cb->tmp, T);
+        norm_rows(cb, L->ffn_norm, cb->x, cb->xb, T);
         if (cpu_moe_is_sparse(cb->moe, l)) {
             cpu_moe_forward(cb, l, T, cb->xb, cb->tmp);
         } else {
-            cpu_matmul_w(cb->pool, cb->xb, T, &L->w_gate_up, NULL, cb->gate_up);
-            cpu_pool_run(cb->pool, T, 16, swiglu_range, &rj);
-            cpu_matmul_w(cb->pool, cb->hidden, T, &L->w_down, NULL, cb->tmp);
+            cpu_matmul_w(cb->pool, cb->xb, T, &L->w_gate_up, L->b_gate_up, cb->gate_up);
+            struct rows_job gj = {.cb = cb};
+            cpu_pool_run(cb->pool, T, 16, glu_range, &gj);
+            cpu_matmul_w(cb->pool, cb->hidden, T, &L->w_down, L->b_down, cb->tmp);
         }
         if (cpu_tp_all_reduce(cb, cb->tmp, T * h)) return -1;
-        for (int64_t i = 0; i < T * h; i++) cb->x[i] += cb->tmp[i];
+        residual_add(cb, L->post_ffn_norm, cb->tmp, T);
     }
     if (n_sample == 0) return forward_extras(cb, batch);
 
@@ -335,6 +386,7 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
     if (cpu_tp_lm_head(cb, cb->xs, n_sample, cb->logits)) return -1;
     /* A tensor-parallel rank other than the first has done its share: the first samples. */
     if (!cpu_tp_leader(cb)) return forward_extras(cb, batch);
+    cpu_logits_finish(&c->fam, cb->logits, (int64_t)n_sample * c->vocab_size);
     if (batch->logits_out)
         memcpy(batch->logits_out, cb->logits, (size_t)n_sample * (size_t)c->vocab_size * sizeof(float));
     int k = 0;

@@ -10,12 +10,15 @@
 #include "worker/backend/backend.h"
 #include "worker/backend/cpu/cpu_ops.h"
 #include "worker/backend/cpu/cpu_pool.h"
+#include "worker/backend/cpu/cpu_rope.h"
 
 /* Matrices as cpu_weight: float32, or a GGUF file's blocks read in place (cpu_ops.h). Norms and
  * biases are always float32. */
 struct cpu_layer {
     float *attn_norm, *bqkv, *q_norm, *k_norm, *ffn_norm;
     struct cpu_weight wqkv, wo, w_gate_up, w_down; /* w_gate_up, w_down empty in a sparse layer */
+    /* model_family.h: NULL when the family has none (attn_norm and ffn_norm too, for OLMo 2). */
+    float *bo, *b_gate_up, *b_down, *post_attn_norm, *post_ffn_norm;
 };
 
 struct cpu_moe;
@@ -35,12 +38,14 @@ struct cpu_backend {
     /* Quantized q and k read through this map (rope de-interleaving, cpu_backend.c). */
     int32_t *rope_row_map;
     bool f32_weights;                         /* backend_options.cpu_f32_weights */
-    float *inv_freq;
+    struct cpu_rope rope;                     /* every rope variant (cpu_rope.h) */
     /* KV cache: block-major, [block][layer][k|v][kv_head][slot][head_dim]. */
     float *kv;
     size_t block_floats;
     /* Activations, sized for max_batch_tokens rows. */
     float *x, *xb, *qkv, *att, *gate_up, *hidden, *tmp, *rope_cos, *rope_sin;
+    float *rope_cos_local, *rope_sin_local;   /* Gemma 3's sliding layers; NULL otherwise */
+    float *rope_scratch;                      /* one sequence's dynamic frequencies */
     int32_t *row_seq, *row_pos;
     /* Per sampled row. */
     float *xs, *logits;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "worker/backend/cuda/cuda_features.h"
 #include "worker/backend/cuda/cuda_internal.h"
 #include "worker/backend/cuda/cuda_options.h"
 
@@ -186,6 +187,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     const struct model_config *c = &m->config;
     *out = NULL;
     if (cuda_plan_model_supported(c, err, errlen)) return -1;
+    if (cuda_config_supported(c, err, errlen)) return -1; /* the dense families' features */
     cudaError_t e = cudaGetDeviceCount(&n_dev);
     if (e != cudaSuccess || n_dev == 0) {
         snprintf(err, errlen, "cuda: no GPU visible (%s); use --device cpu",
@@ -234,6 +236,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     if ((rc = cuda_tp_init(b, opt)) < 0) goto fail;
     cuda_plan_config_init(&b->plan, c, &b->opt, opt->deterministic, b->gemm.hopper != NULL, prop.multiProcessorCount,
                           b->base.max_batch_tokens, b->base.max_batch_seqs, bt_cap);
+    if ((rc = cuda_fp8_init(b, m)) < 0) goto fail;
     if (opt->deterministic) {
         const int qd = c->n_heads * c->head_dim;
         if (!b->gemm.hopper)
@@ -245,8 +248,8 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
                       c->hidden_size, qd, c->intermediate_size);
     }
     if (b->opt.profile && (rc = cuda_prof_create(b)) < 0) goto fail;
-    log_info("cuda: %s (%d SMs, %.1f GiB), loading %s weights as bf16", prop.name, prop.multiProcessorCount,
-             (double)prop.totalGlobalMem / (1 << 30), dtype_name(c->dtype));
+    log_info("cuda: %s (%d SMs, %.1f GiB), loading %s weights as %s", prop.name, prop.multiProcessorCount,
+             (double)prop.totalGlobalMem / (1 << 30), dtype_name(c->dtype), b->fp8 ? "FP8 (layers) and bf16" : "bf16");
 
     if ((rc = cuda_weights_load(b, m)) < 0) goto fail;
     if ((rc = workspace_alloc(b)) < 0) goto fail;

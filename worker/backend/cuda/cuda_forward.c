@@ -5,10 +5,20 @@
  * block tables) before they wait; the plan says which products let theirs launch early. */
 #include "worker/backend/cuda/cuda_internal.h"
 
+/* A product of layer l's weights w16 (bf16) or, when the plan names an FP8 kernel, of its FP8
+ * copy (cuda_fp8.c), which leaves y whole. */
+static int layer_product(struct cuda_backend *b, struct cuda_product_plan p, int l, enum cuda_fp8_matrix which,
+                         const uint16_t *w16, const uint16_t *x, float *y, int rows, int n_out, int k_in, int *n_parts)
+{
+    if (!cuda_plan_is_fp8(p)) return cuda_product(b, p, w16, x, y, rows, n_out, k_in, n_parts);
+    if (n_parts) *n_parts = 1;
+    return cuda_fp8_product(b, p, l, which, x, y, rows, n_out, k_in);
+}
+
 /* The MLP of layer w over the T rows of b->ws.y (its input, normalized): delta, the residual's
  * next addend, is left in *delta_parts parts. big's memory is idle by then and holds gate/up. */
-static int enqueue_mlp(struct cuda_backend *b, const struct cuda_layer *w, const struct cuda_mlp_plan *mp, int T,
-                       int *delta_parts)
+static int enqueue_mlp(struct cuda_backend *b, int l, const struct cuda_layer *w, const struct cuda_mlp_plan *mp,
+                       int T, int *delta_parts)
 {
     const int H = b->base.config.hidden_size, I = b->base.config.intermediate_size;
     struct cuda_workspace *ws = &b->ws;
@@ -36,7 +46,8 @@ static int enqueue_mlp(struct cuda_backend *b, const struct cuda_layer *w, const
         cuda_prof_mark(b, CUDA_PROF_SILU);
         break;
     case CUDA_MLP_FP32:
-        if ((rc = cuda_product(b, mp->gate_up, w->wgu, ws->y, ws->big, T, 2 * I, H, NULL)) < 0) goto fail;
+        if ((rc = layer_product(b, mp->gate_up, l, CUDA_FP8_GATE_UP, w->wgu, ws->y, ws->big, T, 2 * I, H, NULL)) < 0)
+            goto fail;
         cuda_prof_mark(b, CUDA_PROF_GATE_UP);
         if (b->plan.gu_interleaved)
             CUDA_CHECK(b, sk_silu_mul_interleaved(ws->y, ws->big, T, I, b->stream));
@@ -45,7 +56,8 @@ static int enqueue_mlp(struct cuda_backend *b, const struct cuda_layer *w, const
         cuda_prof_mark(b, CUDA_PROF_SILU);
         break;
     }
-    if ((rc = cuda_product(b, mp->down, w->wd, act, ws->delta, T, H, I, delta_parts)) < 0) goto fail;
+    if ((rc = layer_product(b, mp->down, l, CUDA_FP8_DOWN, w->wd, act, ws->delta, T, H, I, delta_parts)) < 0)
+        goto fail;
     cuda_prof_mark(b, CUDA_PROF_DOWN);
 fail:
     return rc;
@@ -79,7 +91,8 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, l ? ws->delta : NULL, delta_parts, part_stride, NULL, w->attn_norm,
                                            ws->y, T, H, c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
-        if ((rc = cuda_product(b, p->qkv, w->wqkv, ws->y, ws->big, T, qkvd, H, &qkv_parts)) < 0) goto fail;
+        if ((rc = layer_product(b, p->qkv, l, CUDA_FP8_QKV, w->wqkv, ws->y, ws->big, T, qkvd, H, &qkv_parts)) < 0)
+            goto fail;
         cuda_prof_mark(b, CUDA_PROF_QKV);
         if (p->fused_qkv) {
             const struct sk_qkv_src src = {.qkv = ws->big,
@@ -106,14 +119,15 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
                                            p->attn, p->attn_kernel, b->stream));
         }
         cuda_prof_mark(b, CUDA_PROF_ATTN);
-        if ((rc = cuda_product(b, p->o, w->wo, ws->y, ws->delta, T, H, qd, &delta_parts)) < 0) goto fail;
+        if ((rc = layer_product(b, p->o, l, CUDA_FP8_O, w->wo, ws->y, ws->delta, T, H, qd, &delta_parts)) < 0)
+            goto fail;
         cuda_prof_mark(b, CUDA_PROF_O);
         /* Each part summed over the ranks is the sum's part: the norm adds them as before. */
         if ((rc = cuda_tp_all_reduce(b, ws->delta, (size_t)delta_parts * (size_t)part_stride)) < 0) goto fail;
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, NULL, w->ffn_norm, ws->y, T, H,
                                            c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
-        if ((rc = enqueue_mlp(b, w, &p->mlp, T, &delta_parts)) < 0) goto fail;
+        if ((rc = enqueue_mlp(b, l, w, &p->mlp, T, &delta_parts)) < 0) goto fail;
         if ((rc = cuda_tp_all_reduce(b, ws->delta, (size_t)delta_parts * (size_t)part_stride)) < 0) goto fail;
     }
     if (R > 0) {

@@ -87,6 +87,9 @@ int cuda_product(struct cuda_backend *b, struct cuda_product_plan p, const uint1
         CUDA_CHECK(b, sk_hopper_gemm_parts(b->gemm.hopper, w, x, y, rows, n_out, k_in, 0, n_parts, p.early, b->stream));
         break;
     case CUDA_PRODUCT_CUBLAS: return cublas_product(b, w, x, y, CUDA_R_32F, rows, n_out, k_in);
+    case CUDA_PRODUCT_FP8_GEMV:
+    case CUDA_PRODUCT_FP8_LT:
+    case CUDA_PRODUCT_FP8_DEQUANT: CUDA_FAIL(b, "cuda: an FP8 plan reached the bf16 products (cuda_fp8_product takes it)");
     }
 fail:
     return rc;

@@ -144,6 +144,7 @@ struct cuda_watchdog {
 };
 
 struct cuda_prof; /* cuda_prof.c: --cuda-profile */
+struct cuda_fp8;  /* cuda_fp8.c: FP8 weights */
 struct comm;      /* worker/parallel/comm.h */
 
 struct cuda_backend {
@@ -161,6 +162,7 @@ struct cuda_backend {
     struct cuda_extras extras;
     struct cuda_watchdog watchdog;
     struct cuda_prof *prof; /* NULL unless --cuda-profile */
+    struct cuda_fp8 *fp8;   /* NULL unless the layers' weights are FP8 on the device */
     struct comm *tp_comm;   /* NULL unless --tensor-parallel-size (cuda_tp.c) */
 };
 
@@ -216,6 +218,23 @@ int cuda_gemm_swiglu(struct cuda_backend *b, const uint16_t *w, const uint16_t *
  * (2 x intermediate wide) would cost SiLU twice the reads. */
 int cuda_gemm_bf16(struct cuda_backend *b, const uint16_t *w, const uint16_t *x, uint16_t *y, int rows, int n_out,
                    int k_in);
+
+/* cuda_fp8.c: FP8 weights, a layer's four products kept in e4m3 with their scales.
+ * cuda_fp8_init (after the plan's config, before the weights) decides whether the model's
+ * layers are FP8 in a layout the device takes; if so it makes b->fp8 and tells the planner
+ * (cuda_plan_config_fp8). cuda_weights_load then loads each layer's matrices with
+ * cuda_fp8_load_layer instead of as bf16, and cuda_forward_enqueue runs the FP8 plans with
+ * cuda_fp8_product (y fp32, as cuda_product). */
+enum cuda_fp8_matrix { CUDA_FP8_QKV, CUDA_FP8_O, CUDA_FP8_GATE_UP, CUDA_FP8_DOWN, CUDA_FP8_MATRICES };
+int cuda_fp8_init(struct cuda_backend *b, const struct model *m);
+int cuda_fp8_load_layer(struct cuda_backend *b, const struct model *m, int layer);
+void cuda_fp8_load_done(struct cuda_backend *b);
+int cuda_fp8_product(struct cuda_backend *b, struct cuda_product_plan p, int layer, enum cuda_fp8_matrix which,
+                     const uint16_t *x, float *y, int rows, int n_out, int k_in);
+void cuda_fp8_free(struct cuda_backend *b);
+/* An FP8 tensor (numel elements) written as bf16 at dst: for the FP8 tensors the FP8 products do
+ * not take (cuda_weights.c's put_matrix). */
+int cuda_fp8_put_bf16(struct cuda_backend *b, uint16_t *dst, const struct tensor *t, uint64_t seed);
 
 /* cuda_step.c: the backend's submit and collect (backend_ops). */
 int cuda_submit(struct backend *base, const struct batch *batch);

@@ -20,6 +20,8 @@ static bool *switch_field(struct cuda_options *o, const char *key, size_t len)
         {"fused_mlp", offsetof(struct cuda_options, no_fused_mlp)},
         {"early_trigger", offsetof(struct cuda_options, no_early_trigger)},
         {"attn_early", offsetof(struct cuda_options, no_attn_early)},
+        {"fp8_lt", offsetof(struct cuda_options, no_fp8_lt)},
+        {"fp8_outer", offsetof(struct cuda_options, no_fp8_outer)},
     };
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (strlen(keys[i].key) == len && !strncmp(keys[i].key, key, len)) return (bool *)((char *)o + keys[i].off);

@@ -92,9 +92,38 @@ struct cuda_product_plan cuda_plan_product_parts(const struct cuda_plan_config *
     return cuda_plan_product(c, rows, n_out, k_in);
 }
 
+void cuda_plan_config_fp8(struct cuda_plan_config *c, bool blocks, bool lt)
+{
+    c->fp8 = true;
+    c->fp8_blocks = blocks;
+    c->fp8_lt = lt;
+    c->gu_interleaved = false;
+}
+
+struct cuda_product_plan cuda_plan_fp8_product(const struct cuda_plan_config *c, int rows, int n_out, int k_in)
+{
+    struct cuda_product_plan p = {.kernel = CUDA_PRODUCT_FP8_DEQUANT, .early = false};
+    const bool lt = c->fp8_lt && !c->fp8_blocks && n_out % 16 == 0 && k_in % 16 == 0;
+    const int gemv_rows = lt ? CUDA_FP8_GEMV_ROWS : CUDA_FP8_GEMV_ROWS_NO_LT;
+    if (k_in % 16 == 0 && (c->deterministic || rows <= gemv_rows)) p.kernel = CUDA_PRODUCT_FP8_GEMV;
+    else if (lt) p.kernel = CUDA_PRODUCT_FP8_LT;
+    return p;
+}
+
+bool cuda_plan_is_fp8(struct cuda_product_plan p)
+{
+    return p.kernel == CUDA_PRODUCT_FP8_GEMV || p.kernel == CUDA_PRODUCT_FP8_LT || p.kernel == CUDA_PRODUCT_FP8_DEQUANT;
+}
+
 struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows)
 {
     struct cuda_mlp_plan p = {.kind = CUDA_MLP_FP32};
+    if (c->fp8) {
+        /* gate/up in fp32 and its own activation: the fused kinds read bf16 weights. */
+        p.gate_up = cuda_plan_fp8_product(c, rows, 2 * c->inter, c->hidden);
+        p.down = cuda_plan_fp8_product(c, rows, c->hidden, c->inter);
+        return p;
+    }
     p.down = cuda_plan_product_parts(c, rows, c->hidden, c->inter, false);
     if (c->fused_mlp && c->gu_interleaved && rows <= CUDA_FUSED_MLP_ROWS &&
         hopper_takes(c, rows, c->hidden, c->inter, false)) {
@@ -303,8 +332,9 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
     const int H = c->hidden, qd = c->n_heads * c->head_dim, qkvd = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
     /* qkv_post and the decode attention launch while qkv streams, and the attention's settled keys
      * with it; at up to CUDA_QKV_EARLY_ROWS rows that lost a little. */
-    p->qkv = cuda_plan_product_parts(c, T, qkvd, H, T > CUDA_QKV_EARLY_ROWS);
-    p->o = cuda_plan_product_parts(c, T, H, qd, false);
+    p->qkv = c->fp8 ? cuda_plan_fp8_product(c, T, qkvd, H)
+                    : cuda_plan_product_parts(c, T, qkvd, H, T > CUDA_QKV_EARLY_ROWS);
+    p->o = c->fp8 ? cuda_plan_fp8_product(c, T, H, qd) : cuda_plan_product_parts(c, T, H, qd, false);
     p->mlp = cuda_plan_mlp(c, T);
     p->lm_head = cuda_plan_product(c, p->n_rows, V, H);
     return 0;

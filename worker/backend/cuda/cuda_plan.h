@@ -55,6 +55,10 @@ struct cuda_plan_config {
     bool attn_early;     /* the decode attention may read settled keys before its wait */
     int fused_qkv_rows;  /* decode-only steps of more rows: the attention does qkv_post's work;
                             -1 never */
+    /* FP8 weights on the device (cuda_plan_config_fp8): the layers' products take the FP8
+     * kernels; fp8_blocks: their scales are per block, not per row; fp8_lt: cuBLASLt's FP8 GEMM
+     * is there for this device and these shapes. */
+    bool fp8, fp8_blocks, fp8_lt;
     /* --deterministic: a row's arithmetic does not depend on the batch. */
     bool deterministic;
     int det_split_len; /* the decode attention's fixed key range */
@@ -71,6 +75,10 @@ enum cuda_product {
     CUDA_PRODUCT_HOPPER,        /* sk_hopper_gemm: split-K sums added in clusters */
     CUDA_PRODUCT_HOPPER_SLICED, /* the same in slices of SK_HOPPER_MAX_ROWS rows (deterministic) */
     CUDA_PRODUCT_HOPPER_PARTS,  /* sk_hopper_gemm_parts: split-K sums left to the one reader */
+    /* FP8 weights (cuda_fp8.c; a layer's matrices only, with cuda_plan_config.fp8): */
+    CUDA_PRODUCT_FP8_GEMV,      /* sk_fp8_gemv, SK_FP8_GEMV_MAX_ROWS rows a launch */
+    CUDA_PRODUCT_FP8_LT,        /* activations quantized per token, cuBLASLt's FP8 GEMM, scales after */
+    CUDA_PRODUCT_FP8_DEQUANT,   /* the weights dequantized to bf16 scratch, then cuBLAS */
 };
 struct cuda_product_plan {
     enum cuda_product kernel;
@@ -86,6 +94,25 @@ struct cuda_product_plan cuda_plan_product(const struct cuda_plan_config *c, int
  * the decode attention); early_dependents: the reader would launch at its start. */
 struct cuda_product_plan cuda_plan_product_parts(const struct cuda_plan_config *c, int rows, int n_out, int k_in,
                                                  bool early_dependents);
+
+/* FP8 weights: sets fp8, fp8_blocks and fp8_lt, and leaves gate and up apart (no interleaving
+ * for the fused Hopper activation, which reads bf16 weights). */
+void cuda_plan_config_fp8(struct cuda_plan_config *c, bool blocks, bool lt);
+/* Rows up to which the FP8 gemv takes a product where cuBLASLt's FP8 GEMM could: per 16 weights
+ * of each of its two output features a lane loads 32 bytes of activations per batch row, so past
+ * a few rows the activation loads, not the weights, bound it (an estimate from the load counts,
+ * not yet measured against cuBLASLt). */
+#define CUDA_FP8_GEMV_ROWS 4
+/* Rows up to which the gemv (8 rows a launch, so the weights read once per 8) still beats
+ * dequantizing the weights to bf16 for cuBLAS, which reads and writes 5 bytes a weight: where
+ * cuBLASLt cannot take the product (block scales, shapes, no algorithm). */
+#define CUDA_FP8_GEMV_ROWS_NO_LT 32
+/* A product of FP8 weights: the gemv up to CUDA_FP8_GEMV_ROWS rows (CUDA_FP8_GEMV_ROWS_NO_LT where
+ * cuBLASLt cannot take it; every size under --deterministic: its rows do not depend on each
+ * other), cuBLASLt where it is there and the shape suits it (per-row scales, n_out and k_in
+ * multiples of 16), else dequantized weights. */
+struct cuda_product_plan cuda_plan_fp8_product(const struct cuda_plan_config *c, int rows, int n_out, int k_in);
+bool cuda_plan_is_fp8(struct cuda_product_plan p);
 
 /* --- the MLP -------------------------------------------------------------------------- */
 enum cuda_mlp {

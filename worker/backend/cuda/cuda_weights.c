@@ -34,6 +34,9 @@ static int put_matrix(struct loader *ld, uint16_t *dst, const struct tensor *t, 
     if (tensor_numel(t) != numel)
         CUDA_FAIL(b, "cuda: tensor %s has %lld elements, expected %lld", name, (long long)tensor_numel(t),
                   (long long)numel);
+    /* FP8 outside the layers' FP8 products (embeddings, or a layout those do not take). */
+    if (t->dtype == DTYPE_F8_E4M3 || t->dtype == DTYPE_F8_E5M2)
+        return cuda_fp8_put_bf16(b, dst, t, ld->m->dummy_seed);
     if (!t->data) {
         CUDA_CHECK(b, sk_fill_dummy_bf16(dst, ld->m->dummy_seed, t->dummy_id, 0, numel, 0, b->stream));
     } else if (t->dtype == DTYPE_BF16) {
@@ -153,6 +156,10 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
         struct cuda_layer *cl = &b->w.layers[l];
         char name[64];
         snprintf(name, sizeof name, "layer %d", l);
+        if (b->fp8) {
+            if ((rc = cuda_fp8_load_layer(b, m, l)) < 0) goto fail;
+            goto vectors;
+        }
         if ((rc = alloc_dev(b, (void **)&cl->wqkv, (size_t)((qd + 2 * kvd) * H) * 2)) < 0) goto fail;
         if ((rc = put_matrix(&ld, cl->wqkv, &lw->wq, qd * H, name)) < 0) goto fail;
         if ((rc = put_matrix(&ld, cl->wqkv + qd * H, &lw->wk, kvd * H, name)) < 0) goto fail;
@@ -166,6 +173,7 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
         if (interleave) CUDA_CHECK(b, sk_gate_up_interleave(cl->wgu, gu_plain, (int)I, (int)H, b->stream));
         if ((rc = alloc_dev(b, (void **)&cl->wd, (size_t)(H * I) * 2)) < 0) goto fail;
         if ((rc = put_matrix(&ld, cl->wd, &lw->w_down, H * I, name)) < 0) goto fail;
+    vectors:
         if ((rc = put_vector(&ld, &cl->attn_norm, &lw->attn_norm, H, true, name)) < 0) goto fail;
         if ((rc = put_vector(&ld, &cl->ffn_norm, &lw->ffn_norm, H, true, name)) < 0) goto fail;
         if (c->qk_norm) {
@@ -179,6 +187,7 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
             if ((rc = put_vector_at(&ld, cl->bqkv + qd + kvd, &lw->bv, kvd, false, name)) < 0) goto fail;
         }
     }
+    cuda_fp8_load_done(b);
     rope_frequencies(c, inv_freq);
     if ((rc = alloc_dev(b, (void **)&b->w.inv_freq, (size_t)(D / 2) * sizeof(float))) < 0) goto fail;
     CUDA_CHECK(b, cudaMemcpy(b->w.inv_freq, inv_freq, (size_t)(D / 2) * sizeof(float), cudaMemcpyHostToDevice));
@@ -192,6 +201,7 @@ fail:
 
 void cuda_weights_free(struct cuda_backend *b)
 {
+    cuda_fp8_free(b);
     if (b->w.lm_head && b->w.lm_head != b->w.tok_embed) cudaFree(b->w.lm_head);
     cudaFree(b->w.tok_embed);
     cudaFree(b->w.final_norm);

@@ -1,0 +1,41 @@
+/* FP8 (e4m3) weights on the GPU behind plain C launchers (kernels/fp8.cu): quantizing rows with
+ * one scale each, dequantizing to bf16, the decode gemv that reads one byte a weight, and the
+ * scales applied to an FP8 GEMM's output. A matrix is [rows, cols] row-major, e4m3 codes, with
+ * float32 scales: element (r, c) is e4m3(q) * scale[(r / scale_rows) * ceil(cols / scale_cols) +
+ * c / scale_cols] (per output row: scale_rows 1 and scale_cols cols; DeepSeek's blocks: 128,
+ * 128), as struct tensor describes it (worker/model/model.h). */
+#ifndef SLUICE_KERNELS_SK_FP8_H
+#define SLUICE_KERNELS_SK_FP8_H
+
+#include <stdint.h>
+#include <cuda_runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Each of rows rows of x (bf16, cols apart): scale[r] = amax / 448 (1 for a row of zeros), q =
+ * e4m3(x / scale[r]) rounded to nearest even, as fp8_quantize_row (worker/model/fp8.c). For
+ * --quantization fp8 of dummy weights and for activations before an FP8 GEMM (one scale per
+ * token). */
+cudaError_t sk_fp8_quantize_rows(uint8_t *q, float *scale, const uint16_t *x, int rows, int cols, cudaStream_t s);
+/* dst (bf16) = the matrix's values, rounded to nearest even. */
+cudaError_t sk_fp8_dequant_bf16(uint16_t *dst, const uint8_t *q, const float *scale, int scale_rows, int scale_cols,
+                                int rows, int cols, cudaStream_t s);
+/* y[m, n] (fp32, n_out apart) = sum_k x[m, k] (bf16, k_in apart) * w[n, k] for m < rows <=
+ * SK_FP8_GEMV_MAX_ROWS, fp32 accumulation. Needs k_in a multiple of 16, w and x 16-byte aligned,
+ * and scale_cols either k_in (per row) or a multiple of 16. */
+#define SK_FP8_GEMV_MAX_ROWS 8
+cudaError_t sk_fp8_gemv(const uint8_t *w, const float *scale, int scale_rows, int scale_cols, const uint16_t *x,
+                        float *y, int rows, int n_out, int k_in, cudaStream_t s);
+/* y[m, n] (fp32, n_out apart) = acc[m, n] * row_scale[m] * col_scale[n], acc fp32 (acc_bf16 0)
+ * or bf16 (1); y may be acc when both are fp32. The scales of a product of per-token quantized
+ * activations and per-row quantized weights. */
+cudaError_t sk_fp8_scale_output(float *y, const void *acc, int acc_bf16, const float *row_scale,
+                                const float *col_scale, int rows, int n_out, cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

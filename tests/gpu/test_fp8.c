@@ -1,0 +1,462 @@
+/* FP8 weights on CUDA (worker/backend/cuda/cuda_fp8.c, kernels/fp8.cu).
+ *
+ * Kernels against the CPU on the same e4m3 codes: row quantization and dequantization bit for
+ * bit (fp8.c's arithmetic), the decode gemv within fp32 summation error, per-row and per-block
+ * scales, at small and Llama-3-8B shapes. Models: the FP8 checkpoint fixtures (tests/fixtures/fp8)
+ * on CUDA against the CPU backend, which dequantizes the same codes exactly (bounds: the bf16
+ * backend's own against the CPU where activations stay bf16, the gemv; looser where cuBLASLt's
+ * FP8 GEMM also quantizes the activations per token); then --quantization fp8 against the bf16
+ * model on CUDA for stories260K and a two-layer Llama-3-8B-shaped dummy: logits close and the
+ * greedy token the same at most steps when both are fed the bf16 model's tokens. */
+#include "tests/gpu/dummy_model.h"
+#include "tests/gpu/gpu_test.h"
+
+#include <sys/stat.h>
+
+#include "kernels/sk_fp8.h"
+#include "tests/unit/model/fp8_fixture.h"
+#include "worker/backend/backend.h"
+#include "worker/model/fp8.h"
+#include "worker/model/model.h"
+
+/* ---- kernels ----------------------------------------------------------------------------- */
+
+/* Random bf16 rows of varied magnitude, one row all zeros. */
+static uint16_t *random_rows(int rows, int cols)
+{
+    uint16_t *x = malloc((size_t)rows * cols * 2);
+    for (int r = 0; r < rows; r++) {
+        const float mag = r == 1 ? 0.0f : ldexpf(1.0f, gt_int(20) - 10);
+        for (int c = 0; c < cols; c++) x[(size_t)r * cols + c] = gt_f2bf(mag * gt_normal());
+    }
+    return x;
+}
+
+static void test_quantize_rows(int rows, int cols)
+{
+    uint16_t *x = random_rows(rows, cols);
+    uint8_t *q = malloc((size_t)rows * cols), *qc = malloc((size_t)cols);
+    float *s = malloc((size_t)rows * 4), *row = malloc((size_t)cols * 4);
+    uint16_t *dx = gt_up(x, (size_t)rows * cols * 2);
+    uint8_t *dq = gt_dev((size_t)rows * cols);
+    float *ds = gt_dev((size_t)rows * 4);
+    GT_CUDA(sk_fp8_quantize_rows(dq, ds, dx, rows, cols, 0));
+    gt_down(q, dq, (size_t)rows * cols);
+    gt_down(s, ds, (size_t)rows * 4);
+    int bad_s = 0, bad_q = 0, first = -1;
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < cols; c++) row[c] = gt_bf2f(x[(size_t)r * cols + c]);
+        float sc = fp8_quantize_row(row, cols, qc);
+        if (sc != s[r]) bad_s++;
+        for (int c = 0; c < cols; c++)
+            if (qc[c] != q[(size_t)r * cols + c] && bad_q++ == 0) first = r * cols + c;
+    }
+    GT_CHECK(bad_s == 0 && bad_q == 0,
+             "sk_fp8_quantize_rows [%d x %d] equals fp8_quantize_row: %d scales, %d codes differ (first code at %d)",
+             rows, cols, bad_s, bad_q, first);
+    cudaFree(dx);
+    cudaFree(dq);
+    cudaFree(ds);
+    free(x), free(q), free(qc), free(s), free(row);
+}
+
+/* Random codes (no NaN) and scales for a [rows, cols] matrix with blocks of sr x sc. */
+static void random_fp8(int rows, int cols, int sr, int sc, uint8_t **q, float **s, int *n_scales)
+{
+    *q = malloc((size_t)rows * cols);
+    for (size_t i = 0; i < (size_t)rows * cols; i++) {
+        uint8_t b = (uint8_t)gt_next();
+        (*q)[i] = (b & 0x7f) == 0x7f ? 0x7e : b;
+    }
+    *n_scales = ((rows + sr - 1) / sr) * ((cols + sc - 1) / sc);
+    *s = malloc((size_t)*n_scales * 4);
+    for (int i = 0; i < *n_scales; i++) (*s)[i] = ldexpf(1.0f + 0.5f * gt_uniform(), -8 - gt_int(4));
+}
+
+static float ref_weight(const uint8_t *q, const float *s, int sr, int sc, int cols, int r, int c)
+{
+    const int per_row = (cols + sc - 1) / sc;
+    return fp8_e4m3_to_f32(q[(size_t)r * cols + c]) * s[(r / sr) * per_row + c / sc];
+}
+
+static void test_dequant(int rows, int cols, int sr, int sc)
+{
+    uint8_t *q;
+    float *s;
+    int ns;
+    random_fp8(rows, cols, sr, sc, &q, &s, &ns);
+    uint8_t *dq = gt_up(q, (size_t)rows * cols);
+    float *ds = gt_up(s, (size_t)ns * 4);
+    uint16_t *dd = gt_dev((size_t)rows * cols * 2), *d = malloc((size_t)rows * cols * 2);
+    GT_CUDA(sk_fp8_dequant_bf16(dd, dq, ds, sr, sc, rows, cols, 0));
+    gt_down(d, dd, (size_t)rows * cols * 2);
+    int bad = 0;
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            if (d[(size_t)r * cols + c] != gt_f2bf(ref_weight(q, s, sr, sc, cols, r, c))) bad++;
+    GT_CHECK(bad == 0, "sk_fp8_dequant_bf16 [%d x %d], scales per %d x %d: %d of %d elements differ from the CPU's",
+             rows, cols, sr, sc, bad, rows * cols);
+    cudaFree(dq), cudaFree(ds), cudaFree(dd);
+    free(q), free(s), free(d);
+}
+
+/* y = x w^T with the gemv against double sums of the same decoded weights; the bound is fp32
+ * summation error relative to the sum of |terms|. */
+static void test_gemv(int m, int n_out, int k_in, int sr, int sc)
+{
+    uint8_t *q;
+    float *s;
+    int ns;
+    random_fp8(n_out, k_in, sr, sc, &q, &s, &ns);
+    uint16_t *x = malloc((size_t)m * k_in * 2);
+    for (size_t i = 0; i < (size_t)m * k_in; i++) x[i] = gt_f2bf(gt_normal());
+    uint8_t *dq = gt_up(q, (size_t)n_out * k_in);
+    float *ds = gt_up(s, (size_t)ns * 4), *dy = gt_dev((size_t)m * n_out * 4), *y = malloc((size_t)m * n_out * 4);
+    uint16_t *dx = gt_up(x, (size_t)m * k_in * 2);
+    GT_CUDA(sk_fp8_gemv(dq, ds, sr, sc, dx, dy, m, n_out, k_in, 0));
+    gt_down(y, dy, (size_t)m * n_out * 4);
+    double worst = 0;
+    int at = -1;
+    float *xf = malloc((size_t)m * k_in * 4), *wrow = malloc((size_t)k_in * 4);
+    for (size_t i = 0; i < (size_t)m * k_in; i++) xf[i] = gt_bf2f(x[i]);
+    for (int n = 0; n < n_out; n++) {
+        for (int k = 0; k < k_in; k++) wrow[k] = ref_weight(q, s, sr, sc, k_in, n, k);
+        for (int r = 0; r < m; r++) {
+            double sum = 0, mag = 0;
+            for (int k = 0; k < k_in; k++) {
+                double t = (double)wrow[k] * xf[(size_t)r * k_in + k];
+                sum += t, mag += fabs(t);
+            }
+            double e = fabs(y[(size_t)r * n_out + n] - sum) / (mag + 1e-30);
+            if (!isfinite(y[(size_t)r * n_out + n])) e = INFINITY;
+            if (e > worst) worst = e, at = r * n_out + n;
+        }
+    }
+    free(xf), free(wrow);
+    GT_CHECK(worst < 1e-5, "sk_fp8_gemv %d x [%d, %d], scales per %d x %d: worst error %.2e of the sum of |terms| "
+             "(at %d)", m, n_out, k_in, sr, sc, worst, at);
+    cudaFree(dq), cudaFree(ds), cudaFree(dy), cudaFree(dx);
+    free(q), free(s), free(x), free(y);
+}
+
+static void test_scale_output(void)
+{
+    const int rows = 5, n = 40;
+    float acc[rows * n], rs[rows], cs[n], y[rows * n];
+    uint16_t accb[rows * n];
+    for (int i = 0; i < rows * n; i++) acc[i] = gt_normal(), accb[i] = gt_f2bf(acc[i]);
+    for (int i = 0; i < rows; i++) rs[i] = 1.0f + gt_uniform();
+    for (int i = 0; i < n; i++) cs[i] = 1.0f + gt_uniform();
+    float *da = gt_up(acc, sizeof acc), *dr = gt_up(rs, sizeof rs), *dc = gt_up(cs, sizeof cs);
+    uint16_t *db = gt_up(accb, sizeof accb);
+    float *dy = gt_dev(sizeof y);
+    for (int bf = 0; bf < 2; bf++) {
+        GT_CUDA(sk_fp8_scale_output(bf ? dy : da, bf ? (const void *)db : (const void *)da, bf, dr, dc, rows, n, 0));
+        gt_down(y, bf ? dy : da, sizeof y);
+        int bad = 0;
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < n; c++)
+                if (y[r * n + c] != (bf ? gt_bf2f(accb[r * n + c]) : acc[r * n + c]) * (rs[r] * cs[c])) bad++;
+        GT_CHECK(bad == 0, "sk_fp8_scale_output (%s accumulator%s): %d of %d differ", bf ? "bf16" : "fp32",
+                 bf ? "" : ", in place", bad, rows * n);
+    }
+    cudaFree(da), cudaFree(dr), cudaFree(dc), cudaFree(db), cudaFree(dy);
+}
+
+static void test_kernels(void)
+{
+    printf("kernels\n");
+    test_quantize_rows(7, 64);
+    test_quantize_rows(3, 14336);
+    test_dequant(64, 96, 1, 96);
+    test_dequant(100, 200, 32, 48);
+    test_dequant(256, 384, 128, 128);
+    for (int m = 1; m <= SK_FP8_GEMV_MAX_ROWS; m++) test_gemv(m, 40, 96, 1, 96);
+    test_gemv(3, 41, 96, 1, 96);       /* an odd row count: a warp with one row of its two */
+    test_gemv(5, 300, 256, 100, 32);    /* blocks of rows that are no power of two */
+    test_gemv(3, 64, 1040, 128, 128); /* a ragged last block of columns */
+    test_gemv(1, 6144, 4096, 1, 4096); /* Llama-3-8B qkv */
+    test_gemv(8, 4096, 14336, 1, 14336); /* down */
+    test_gemv(2, 4096, 14336, 128, 128);
+    test_scale_output();
+}
+
+/* ---- models ------------------------------------------------------------------------------ */
+
+#define MAX_SEQS 64
+#define BLOCKS_PER_SEQ 4
+
+/* n sequences of prompt P tokens (prompts[s * P ..]) prefilled in one step, then steps decode
+ * steps; each step's sampled logits (n x V) go to logits[step]. forced (n x steps, NULL: each
+ * backend's own greedy tokens) are the tokens fed after each step; tokens gets the greedy ones. */
+static int run(struct backend *b, int V, int n, const int32_t *prompts, int P, int steps, const int32_t *forced,
+               int32_t *tokens, float *logits)
+{
+    static int32_t tables[MAX_SEQS][BLOCKS_PER_SEQ], hist[MAX_SEQS][BLOCKS_PER_SEQ * KV_BLOCK_SIZE];
+    static int32_t in[MAX_SEQS * BLOCKS_PER_SEQ * KV_BLOCK_SIZE];
+    struct batch_seq seqs[MAX_SEQS];
+    struct sample_result res[MAX_SEQS];
+    const struct sampling_params sp = {.temperature = 0, .top_p = 1, .repetition_penalty = 1, .logprobs = -1};
+    for (int s = 0; s < n; s++) {
+        for (int k = 0; k < BLOCKS_PER_SEQ; k++) tables[s][k] = s * BLOCKS_PER_SEQ + k;
+        memcpy(hist[s], prompts + (size_t)s * P, (size_t)P * 4);
+    }
+    for (int step = 0; step <= steps; step++) {
+        int nt = 0;
+        for (int s = 0; s < n; s++) {
+            const int take = step == 0 ? P : 1, pos = step == 0 ? 0 : P + step - 1;
+            seqs[s] = (struct batch_seq){.n_new = take, .start_pos = pos, .block_table = tables[s],
+                                         .n_blocks = BLOCKS_PER_SEQ, .sample = true, .sampling = &sp,
+                                         .history = hist[s], .n_history = pos + take};
+            memcpy(in + nt, hist[s] + pos, (size_t)take * 4);
+            nt += take;
+        }
+        struct batch batch = {.n_seqs = n, .seqs = seqs, .n_tokens = nt, .tokens = in,
+                              .logits_out = logits + (size_t)step * n * V};
+        if (backend_forward(b, &batch, res) < 0) {
+            GT_CHECK(0, "%s backend forward: %s", b->name, b->error);
+            return -1;
+        }
+        for (int s = 0; s < n && step < steps; s++) {
+            tokens[s * steps + step] = res[s].token;
+            hist[s][P + step] = forced ? forced[s * steps + step] : res[s].token;
+        }
+    }
+    return 0;
+}
+
+struct compare {
+    double worst_err; /* the worst sampled row's ||a - ref|| / ||ref|| */
+    int agree, total; /* rows whose argmax is the same */
+    /* Rows where ref's best logit leads its second by more than 6 times the row's RMS logit
+     * error, so that only an error far out of the row's spread could change the argmax; and of
+     * those, the rows whose argmax is the same. */
+    int decisive, decisive_agree;
+};
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static struct compare compare_logits(const float *a, const float *ref, int rows, int V)
+{
+    struct compare c = {0};
+    for (int r = 0; r < rows; r++) {
+        double num = 0, den = 0;
+        for (int i = 0; i < V; i++) {
+            double d = (double)a[(size_t)r * V + i] - ref[(size_t)r * V + i];
+            num += d * d, den += (double)ref[(size_t)r * V + i] * ref[(size_t)r * V + i];
+        }
+        double e = isfinite(num) ? sqrt(num / (den > 0 ? den : 1)) : INFINITY;
+        if (e > c.worst_err) c.worst_err = e;
+        const float *rr = ref + (size_t)r * V;
+        const int best = argmax(rr, V);
+        float second = -INFINITY;
+        for (int i = 0; i < V; i++)
+            if (i != best && rr[i] > second) second = rr[i];
+        const bool same = argmax(a + (size_t)r * V, V) == best;
+        c.agree += same;
+        c.total++;
+        if (rr[best] - second > 6.0 * sqrt(num / V)) c.decisive++, c.decisive_agree += same;
+    }
+    return c;
+}
+
+/* Runs model test (on CUDA) and ref (on ref_cpu ? the CPU : CUDA) on the same n prompts, test fed
+ * ref's tokens. */
+static struct compare versus_with(const struct model *test, const struct model *ref, bool ref_cpu, int n, int P,
+                                  int steps, struct cuda_options co)
+{
+    struct compare bad = {.worst_err = INFINITY, .total = 1};
+    const int V = test->config.vocab_size;
+    struct backend_options bo = {.kv_blocks = MAX_SEQS * BLOCKS_PER_SEQ, .max_batch_tokens = 1024,
+                                 .max_batch_seqs = MAX_SEQS, .n_threads = 8, .gpu_memory_utilization = 0.5,
+                                 .cuda = co};
+    char err[512];
+    struct backend *tb = NULL, *rb = NULL;
+    if (backend_cuda_create(&tb, test, &bo, err, sizeof err) < 0) {
+        GT_CHECK(0, "backend_cuda_create: %s", err);
+        return bad;
+    }
+    int rc = ref_cpu ? backend_cpu_create(&rb, ref, &bo, err, sizeof err)
+                     : backend_cuda_create(&rb, ref, &bo, err, sizeof err);
+    if (rc < 0) {
+        GT_CHECK(0, "reference backend: %s", err);
+        backend_free(tb);
+        return bad;
+    }
+    int32_t *prompts = malloc((size_t)n * P * 4), *rt = malloc((size_t)n * steps * 4 + 4),
+            *tt = malloc((size_t)n * steps * 4 + 4);
+    for (int i = 0; i < n * P; i++) prompts[i] = gt_int(V);
+    float *rl = malloc((size_t)(steps + 1) * n * V * 4), *tl = malloc((size_t)(steps + 1) * n * V * 4);
+    struct compare c = bad;
+    if (run(rb, V, n, prompts, P, steps, NULL, rt, rl) == 0 && run(tb, V, n, prompts, P, steps, rt, tt, tl) == 0)
+        c = compare_logits(tl, rl, (steps + 1) * n, V);
+    free(prompts), free(rt), free(tt), free(rl), free(tl);
+    backend_free(rb);
+    backend_free(tb);
+    return c;
+}
+
+static struct compare versus(const struct model *test, const struct model *ref, bool ref_cpu, int n, int P, int steps)
+{
+    return versus_with(test, ref, ref_cpu, n, P, steps, (struct cuda_options){0});
+}
+
+/* The FP8 checkpoints, CUDA against the CPU backend on the same dequantized weights. Where every
+ * step has at most CUDA_FP8_GEMV_ROWS rows (2 sequences, prompts of 2) the gemv keeps activations
+ * in bf16: the bf16 model's own bound against the CPU (3e-2, test_backend.c); so do the gemv and
+ * the dequantized weights with cuBLASLt off (fp8_lt=0) at any size. Where cuBLASLt's product
+ * takes a step (12 or 40 sequences, their prompts of 8), per-token e4m3 activations add their
+ * rounding: up to 2^-4 of each activation, a few percent of a product; 0.1 over two layers.
+ * Block scales never take cuBLASLt (the gemv to 32 rows, then dequantized weights). */
+static void test_checkpoints(void)
+{
+    const char *variants[] = {"tensor", "channel", "block"};
+    for (int v = 0; v < 3; v++) {
+        char path[256], err[512];
+        snprintf(path, sizeof path, FP8_FIXTURE_DIR "/%s", variants[v]);
+        struct model *m = NULL;
+        if (model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err) < 0) {
+            GT_CHECK(0, "model_load %s: %s (run from the repository root)", path, err);
+            continue;
+        }
+        printf("checkpoint %s\n", variants[v]);
+        struct compare c = versus(m, m, true, 2, 2, 8);
+        GT_CHECK(c.worst_err < 3e-2, "%s, batch 2 (gemv): CUDA vs CPU logits worst rel err %.2e (bound 3e-2)",
+                 variants[v], c.worst_err);
+        c = versus_with(m, m, true, 12, 8, 4, (struct cuda_options){.no_fp8_lt = true});
+        GT_CHECK(c.worst_err < 3e-2, "%s, batch 12, fp8_lt=0 (gemv, dequantized for the prompts): worst rel err "
+                 "%.2e (bound 3e-2)", variants[v], c.worst_err);
+        c = versus(m, m, true, 12, 8, 4);
+        GT_CHECK(c.worst_err < 0.1, "%s, batch 12 (cuBLASLt FP8 or gemv): worst rel err %.2e (bound 0.1)",
+                 variants[v], c.worst_err);
+        c = versus(m, m, true, 40, 8, 2);
+        GT_CHECK(c.worst_err < 0.1, "%s, batch 40 (cuBLASLt FP8 or dequantized): worst rel err %.2e (bound 0.1)",
+                 variants[v], c.worst_err);
+        /* The other ways to the same product, where another device or library would take them:
+         * the scales by a kernel after cuBLASLt, and dequantized weights (bf16 activations: the
+         * tight bound). */
+        c = versus_with(m, m, true, 12, 8, 4, (struct cuda_options){.no_fp8_outer = true});
+        GT_CHECK(c.worst_err < 0.1, "%s, batch 12, fp8_outer=0: worst rel err %.2e (bound 0.1)", variants[v],
+                 c.worst_err);
+        c = versus_with(m, m, true, 40, 8, 2, (struct cuda_options){.no_fp8_lt = true});
+        GT_CHECK(c.worst_err < 3e-2, "%s, batch 40, fp8_lt=0 (dequantized): worst rel err %.2e (bound 3e-2)",
+                 variants[v], c.worst_err);
+        model_free(m);
+    }
+}
+
+/* A model whose FP8 layout the FP8 products do not take (here: one matrix with scales per 2 x 16
+ * block among per-row ones) loads as bf16 through the dequantization kernel: CUDA against the
+ * CPU as for any bf16 model. */
+static void test_fallback_to_bf16(void)
+{
+    printf("FP8 layout the products do not take: bf16 at load\n");
+    char err[512];
+    struct model *m = NULL;
+    if (model_load(&m, FP8_FIXTURE_DIR "/channel", MODEL_LOAD_AUTO, err, sizeof err) < 0) {
+        GT_CHECK(0, "model_load: %s", err);
+        return;
+    }
+    struct tensor *t = &m->layers[1].w_up;
+    const int64_t rows = t->shape[0], cols = t->shape[1], per = (cols + 15) / 16;
+    float *s = malloc((size_t)(rows / 2 * per) * sizeof *s);
+    for (int64_t i = 0; i < rows / 2; i++)
+        for (int64_t j = 0; j < per; j++) s[i * per + j] = t->scale[2 * i] * (1.0f + 0.125f * (float)j);
+    t->scale = s, t->scale_rows = 2, t->scale_cols = 16;
+    struct compare c = versus(m, m, true, 4, 4, 4);
+    GT_CHECK(c.worst_err < 3e-2, "mixed FP8 layouts as bf16: CUDA vs CPU worst rel err %.2e (bound 3e-2)",
+             c.worst_err);
+    model_free(m);
+    free(s);
+}
+
+/* --quantization fp8 against the bf16 model, both on CUDA, the FP8 one fed the bf16 one's greedy
+ * tokens. e4m3 keeps 3 mantissa bits: a weight moves by up to 1/16 of itself (about 1/40 on
+ * average), a product's output by about that relative to its size, plus as much again where
+ * cuBLASLt's product quantizes the activations too; a few such errors in a row make a few percent
+ * of the logits: bound max_err (0.1 for two layers, 0.15 for stories260K's five). Greedy tokens:
+ * at every row where the bf16 model's choice leads by more than 6x the row's RMS logit error the
+ * FP8 model must choose the same (95% of them, at least one such row); over all rows, the same
+ * at >= min_agree (a trained model's top tokens stand apart; a random model's 128k logits have
+ * top-2 gaps of a fraction of their spread, comparable to the FP8 error, so there the bound is
+ * loose and the decisive rows are the check). */
+static void quantized_vs_bf16(const char *name, struct model *bf, struct model *q, int n, int steps, double max_err,
+                              double min_agree)
+{
+    struct compare c = versus(q, bf, false, n, 16, steps);
+    const double rate = (double)c.agree / c.total;
+    GT_CHECK(c.worst_err < max_err, "%s batch %d: --quantization fp8 vs bf16 logits worst rel err %.3f (bound %.2f)",
+             name, n, c.worst_err, max_err);
+    GT_CHECK(c.decisive > 0 && c.decisive_agree >= 0.95 * c.decisive,
+             "%s batch %d: greedy token the same at %d of the %d rows where bf16's leads by > 6x the error", name, n,
+             c.decisive_agree, c.decisive);
+    GT_CHECK(rate >= min_agree, "%s batch %d: greedy token the same at %d of %d rows (%.0f%%, bound %.0f%%)", name, n,
+             c.agree, c.total, 100 * rate, 100 * min_agree);
+}
+
+static void test_stories(const char *data)
+{
+    char dir[4200], err[512];
+    snprintf(dir, sizeof dir, "%s/models/stories260K/hf", data);
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        printf("  SKIP: %s not found (set SLUICE_TEST_DATA)\n", dir);
+        return;
+    }
+    printf("stories260K --quantization fp8\n");
+    struct model *bf = NULL, *q = NULL;
+    if (model_load(&bf, dir, MODEL_LOAD_AUTO, err, sizeof err) < 0 || model_load(&q, dir, MODEL_LOAD_AUTO, err, sizeof err) < 0 ||
+        model_quantize(q, MODEL_QUANT_FP8, err, sizeof err) < 0) {
+        GT_CHECK(0, "stories260K: %s", err);
+    } else {
+        quantized_vs_bf16("stories260K", bf, q, 1, 32, 0.15, 0.85);
+        quantized_vs_bf16("stories260K", bf, q, 16, 16, 0.15, 0.85);
+        /* And CUDA's FP8 against the CPU's dequantized copy of the same codes, in bf16 activations
+         * (a prompt of 4, so the gemv; down's 172 columns take the dequantized weights). */
+        struct compare c = versus(q, q, true, 1, 4, 8);
+        GT_CHECK(c.worst_err < 3e-2, "stories260K fp8: CUDA vs CPU worst rel err %.2e (bound 3e-2)", c.worst_err);
+    }
+    model_free(bf);
+    model_free(q);
+}
+
+static const char *llama8b_2layers =
+    "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":4096,\"intermediate_size\":14336,"
+    "\"num_hidden_layers\":2,\"num_attention_heads\":32,\"num_key_value_heads\":8,\"vocab_size\":128256,"
+    "\"max_position_embeddings\":8192,\"rms_norm_eps\":1e-5,\"rope_theta\":500000.0,\"tie_word_embeddings\":false,"
+    "\"bos_token_id\":128000,\"eos_token_id\":128001,\"torch_dtype\":\"bfloat16\"}";
+
+static void test_llama8b_shape(void)
+{
+    printf("Llama-3-8B shape, 2 layers, dummy weights, --quantization fp8\n");
+    struct model *bf = gt_dummy_model(llama8b_2layers), *q = gt_dummy_model(llama8b_2layers);
+    char err[512];
+    if (bf && q) {
+        if (model_quantize(q, MODEL_QUANT_FP8, err, sizeof err) < 0) GT_CHECK(0, "model_quantize: %s", err);
+        else {
+            quantized_vs_bf16("8B-shape", bf, q, 1, 32, 0.1, 0.5);
+            quantized_vs_bf16("8B-shape", bf, q, 64, 4, 0.1, 0.5);
+        }
+    }
+    model_free(bf);
+    model_free(q);
+}
+
+int main(void)
+{
+    if (!gt_have_gpu()) return 0;
+    const char *data = getenv("SLUICE_TEST_DATA");
+    if (!data || !*data) data = "../shared";
+    test_kernels();
+    test_checkpoints();
+    test_fallback_to_bf16();
+    test_stories(data);
+    test_llama8b_shape();
+    return gt_finish();
+}

@@ -1,0 +1,113 @@
+/* The planner's FP8 choices (cuda_plan_fp8_product, cuda_plan_config_fp8), on the CPU: which
+ * kernel takes each of a layer's products at each batch size for FP8 weights with per-row or
+ * block scales, with and without cuBLASLt, and what stays as it was (lm_head in bf16). */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "worker/backend/cuda/cuda_plan.h"
+
+static struct cuda_plan_config config(int hidden, int inter, bool det, bool blocks, bool lt)
+{
+    const struct model_config m = {.hidden_size = hidden, .intermediate_size = inter, .n_heads = 32,
+                                   .n_kv_heads = 8, .head_dim = hidden / 32, .vocab_size = 128256,
+                                   .max_position = 8192, .n_layers = 2};
+    const struct cuda_options o = {0};
+    struct cuda_plan_config c;
+    cuda_plan_config_init(&c, &m, &o, det, true, 132, 8192, 256, m.max_position / 16 + 2);
+    cr_assert(c.gu_interleaved, "the bf16 model interleaves gate/up on Hopper");
+    cuda_plan_config_fp8(&c, blocks, lt);
+    c.num_kv_blocks = 100000;
+    return c;
+}
+
+static struct cuda_step_plan plan(const struct cuda_plan_config *c, int n)
+{
+    static struct batch_seq seqs[256];
+    static int32_t blocks[256][16], tokens[256];
+    static const struct sampling_params greedy = {.temperature = 0, .top_p = 1, .repetition_penalty = 1};
+    for (int s = 0; s < n; s++) {
+        seqs[s] = (struct batch_seq){.n_new = 1, .start_pos = 191, .block_table = blocks[s], .n_blocks = 12,
+                                     .sample = true, .sampling = &greedy};
+        for (int k = 0; k < 12; k++) blocks[s][k] = k;
+        tokens[s] = 1;
+    }
+    struct batch b = {.n_seqs = n, .seqs = seqs, .n_tokens = n, .tokens = tokens};
+    struct cuda_step_plan p;
+    char err[256];
+    cr_assert_eq(cuda_plan_step(c, &b, 0, 0, &p, err, sizeof err), 0, "%s", err);
+    return p;
+}
+
+static void expect_layer(const struct cuda_step_plan *p, enum cuda_product k, int n)
+{
+    cr_expect_eq(p->qkv.kernel, k, "batch %d: qkv takes kernel %d, expected %d", n, p->qkv.kernel, k);
+    cr_expect_eq(p->o.kernel, k, "batch %d: o takes kernel %d, expected %d", n, p->o.kernel, k);
+    cr_expect_eq(p->mlp.kind, CUDA_MLP_FP32, "batch %d: the MLP must be gate/up, SiLU, down (no fused kinds)", n);
+    cr_expect_eq(p->mlp.gate_up.kernel, k, "batch %d: gate/up takes kernel %d, expected %d", n, p->mlp.gate_up.kernel, k);
+    cr_expect_eq(p->mlp.down.kernel, k, "batch %d: down takes kernel %d, expected %d", n, p->mlp.down.kernel, k);
+    cr_expect(cuda_plan_is_fp8(p->qkv) && !cuda_plan_is_fp8(p->lm_head), "lm_head stays bf16");
+}
+
+Test(cuda_plan_fp8, llama3_8b_per_row_scales_with_cublaslt)
+{
+    struct cuda_plan_config c = config(4096, 14336, false, false, true);
+    cr_expect_not(c.gu_interleaved, "FP8 gate/up rows stay apart");
+    cr_assert_eq(CUDA_FP8_GEMV_ROWS, 4, "the choices below assume the gemv up to 4 rows");
+    for (int n = 1; n <= 4; n++) expect_layer((struct cuda_step_plan[]){plan(&c, n)}, CUDA_PRODUCT_FP8_GEMV, n);
+    const int big[] = {5, 8, 9, 16, 64, 256};
+    for (int i = 0; i < 6; i++) expect_layer((struct cuda_step_plan[]){plan(&c, big[i])}, CUDA_PRODUCT_FP8_LT, big[i]);
+    /* The bf16 lm_head keeps its own choices: the gemv at one row. */
+    cr_expect_eq(plan(&c, 1).lm_head.kernel, CUDA_PRODUCT_GEMV);
+}
+
+Test(cuda_plan_fp8, without_cublaslt_or_with_blocks_large_batches_dequantize)
+{
+    /* The gemv, 8 rows a launch, up to 32 rows: 4 reads of a byte a weight still beat the 5
+     * bytes dequantizing moves. */
+    cr_assert_eq(CUDA_FP8_GEMV_ROWS_NO_LT, 32);
+    struct cuda_plan_config c = config(4096, 14336, false, false, false);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 1)}, CUDA_PRODUCT_FP8_GEMV, 1);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 32)}, CUDA_PRODUCT_FP8_GEMV, 32);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 33)}, CUDA_PRODUCT_FP8_DEQUANT, 33);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 64)}, CUDA_PRODUCT_FP8_DEQUANT, 64);
+    c = config(4096, 14336, false, true, true);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 8)}, CUDA_PRODUCT_FP8_GEMV, 8);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 32)}, CUDA_PRODUCT_FP8_GEMV, 32);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 64)}, CUDA_PRODUCT_FP8_DEQUANT, 64);
+}
+
+Test(cuda_plan_fp8, shapes_cublaslt_cannot_take)
+{
+    /* k_in not a multiple of 16 (stories260K's 172): no gemv, no cuBLASLt for down; n_out not a
+     * multiple of 16: no cuBLASLt. */
+    struct cuda_plan_config c = config(4096, 14336, false, false, true);
+    cr_expect_eq(cuda_plan_fp8_product(&c, 1, 64, 172).kernel, CUDA_PRODUCT_FP8_DEQUANT);
+    cr_expect_eq(cuda_plan_fp8_product(&c, 64, 64, 172).kernel, CUDA_PRODUCT_FP8_DEQUANT);
+    cr_expect_eq(cuda_plan_fp8_product(&c, 1, 344, 64).kernel, CUDA_PRODUCT_FP8_GEMV);
+    cr_expect_eq(cuda_plan_fp8_product(&c, 32, 344, 64).kernel, CUDA_PRODUCT_FP8_GEMV, "no cuBLASLt: gemv to 32");
+    cr_expect_eq(cuda_plan_fp8_product(&c, 64, 344, 64).kernel, CUDA_PRODUCT_FP8_DEQUANT);
+    cr_expect_eq(cuda_plan_fp8_product(&c, 64, 352, 64).kernel, CUDA_PRODUCT_FP8_LT);
+}
+
+Test(cuda_plan_fp8, deterministic_takes_the_gemv_at_every_size)
+{
+    /* A row's sums in the gemv do not depend on the other rows: batch-invariant. */
+    struct cuda_plan_config c = config(4096, 14336, true, false, true);
+    const int sizes[] = {1, 8, 9, 64, 1024};
+    for (int i = 0; i < 5; i++)
+        cr_expect_eq(cuda_plan_fp8_product(&c, sizes[i], 6144, 4096).kernel, CUDA_PRODUCT_FP8_GEMV, "rows %d",
+                     sizes[i]);
+}
+
+Test(cuda_plan_fp8, bf16_models_are_untouched)
+{
+    const struct model_config m = {.hidden_size = 4096, .intermediate_size = 14336, .n_heads = 32, .n_kv_heads = 8,
+                                   .head_dim = 128, .vocab_size = 128256, .max_position = 8192, .n_layers = 2};
+    const struct cuda_options o = {0};
+    struct cuda_plan_config c;
+    cuda_plan_config_init(&c, &m, &o, false, true, 132, 8192, 256, 514);
+    c.num_kv_blocks = 100000;
+    cr_expect_not(c.fp8);
+    struct cuda_step_plan p = plan(&c, 1);
+    cr_expect_not(cuda_plan_is_fp8(p.qkv) || cuda_plan_is_fp8(p.o) || cuda_plan_is_fp8(p.mlp.down));
+}
