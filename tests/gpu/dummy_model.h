@@ -19,24 +19,6 @@
     "\"original_max_position_embeddings\":8192},\"tie_word_embeddings\":false,\"bos_token_id\":128000,"          \
     "\"eos_token_id\":128001,\"torch_dtype\":\"bfloat16\"}"
 
-/* Seconds on the monotonic clock. */
-static inline double gt_now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* Whether a speed test should run (SLUICE_GPU_BENCH=1: they need large models and seconds);
- * otherwise prints the skip and the empty summary. */
-static inline int gt_bench_wanted(void)
-{
-    const char *on = getenv("SLUICE_GPU_BENCH");
-    if (on && !strcmp(on, "1")) return 1;
-    printf("SKIP: set SLUICE_GPU_BENCH=1\n0 passed, 0 failed\n");
-    return 0;
-}
-
 /* The model, or NULL after a failed check that says why. model_load reads the config from a
  * directory, so the string goes through a temporary one, removed before returning. */
 static inline struct model *gt_dummy_model(const char *config_json)
@@ -57,6 +39,26 @@ static inline struct model *gt_dummy_model(const char *config_json)
     rmdir(dir);
     GT_CHECK(rc == 0, "dummy model from its config.json%s%s", rc ? ": " : "", rc ? err : "");
     return rc == 0 ? m : NULL;
+}
+
+/* Random blocks of dtype dt for n weights, the f16 scales at scale_at[0..n_scales) small and
+ * finite (malloc'd; NULL when out of memory). */
+static inline void *gt_random_blocks(enum dtype dt, const int *scale_at, int n_scales, int64_t n)
+{
+    size_t bb = dtype_block_bytes(dt), nb = (size_t)(n / dtype_block_elems(dt));
+    unsigned char *p = malloc(nb * bb);
+    if (!p) return NULL;
+    for (size_t i = 0; i + 8 <= nb * bb; i += 8) {
+        uint64_t r = gt_next();
+        memcpy(p + i, &r, 8);
+    }
+    for (size_t i = nb * bb / 8 * 8; i < nb * bb; i++) p[i] = (unsigned char)gt_next();
+    for (size_t b = 0; b < nb; b++)
+        for (int s = 0; s < n_scales; s++) {
+            uint16_t h = (uint16_t)(0x1000 + gt_next() % 0x1800) | (uint16_t)((gt_next() & 1) << 15);
+            memcpy(p + b * bb + scale_at[s], &h, 2);
+        }
+    return p;
 }
 
 #endif

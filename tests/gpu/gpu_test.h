@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static int gt_passed, gt_failed;
 
@@ -38,6 +39,23 @@ static int gt_passed, gt_failed;
             exit(1);                                                                                                   \
         }                                                                                                              \
     } while (0)
+
+/* Seconds on the monotonic clock. */
+static inline double gt_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Whether the speed runs are asked for (SLUICE_GPU_BENCH=1); otherwise says it skips. */
+static inline int gt_bench_wanted(void)
+{
+    const char *on = getenv("SLUICE_GPU_BENCH");
+    if (on && !strcmp(on, "1")) return 1;
+    printf("SKIP: set SLUICE_GPU_BENCH=1\n0 passed, 0 failed\n");
+    return 0;
+}
 
 static inline int gt_finish(void)
 {

@@ -1,8 +1,10 @@
-/* GGUF block quantizations on the CUDA backend, which dequantizes them to bf16 at load through
- * worker/model/quant.c: a model whose matrices are every block type (K-quants included), CUDA
- * against the CPU backend (which keeps them in their blocks) step by step; and, where it has been
- * fetched (make fetch-smollm2), SmolLM2-135M-Instruct Q4_1 against Hugging Face's greedy tokens
- * (tests/fixtures/smollm2/hf_reference.json). */
+/* GGUF block quantizations on the CUDA backend against the CPU backend (which keeps them in their
+ * blocks), step by step: a model whose matrices are every block type (K-quants included; layers
+ * with a type the block kernels do not take are dequantized to bf16 at load through
+ * worker/model/quant.c), and one whose layers and lm_head are all of types the block kernels take
+ * (kept in blocks on the GPU: block GEMV for decode, dequantized tiles for prefill); and, where it
+ * has been fetched (make fetch-smollm2), SmolLM2-135M-Instruct Q4_1 against Hugging Face's greedy
+ * tokens (tests/fixtures/smollm2/hf_reference.json). */
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
@@ -62,55 +64,86 @@ static double cuda_vs_cpu(const struct model *m, const int32_t *prompt, int n_pr
     return worst;
 }
 
-/* Random blocks of dtype dt for n weights, f16 scales at the given offsets small and finite. */
-static void *random_blocks(enum dtype dt, const int *scale_at, int n_scales, int64_t n)
-{
-    size_t bb = dtype_block_bytes(dt), nb = (size_t)(n / dtype_block_elems(dt));
-    unsigned char *p = malloc(nb * bb);
-    for (size_t i = 0; i < nb * bb; i++) p[i] = (unsigned char)gt_next();
-    for (size_t b = 0; b < nb; b++)
-        for (int s = 0; s < n_scales; s++) {
-            uint16_t h = (uint16_t)(0x1000 + gt_next() % 0x1800) | (uint16_t)((gt_next() & 1) << 15);
-            memcpy(p + b * bb + scale_at[s], &h, 2);
-        }
-    return p;
-}
+/* Every block type; the first N_KEPT are those the CUDA backend keeps in blocks. */
+#define N_KEPT 8
+static const struct {
+    enum dtype dt;
+    int at[2], n; /* where the f16 scales are */
+} types[] = {
+    {DTYPE_Q4_0, {0}, 1},   {DTYPE_Q4_1, {0, 2}, 2},   {DTYPE_Q5_0, {0}, 1},   {DTYPE_Q5_1, {0, 2}, 2},
+    {DTYPE_Q8_0, {0}, 1},   {DTYPE_Q4_K, {0, 2}, 2},   {DTYPE_Q5_K, {0, 2}, 2}, {DTYPE_Q6_K, {208}, 1},
+    {DTYPE_Q2_K, {80, 82}, 2}, {DTYPE_Q3_K, {108}, 1}, {DTYPE_IQ4_NL, {0}, 1}, {DTYPE_IQ4_XS, {0}, 1},
+};
+#define MAX_LAYERS 3
 
-static void test_every_type(void)
+/* A small Llama of n_layers whose matrix i (tok_embed, lm_head, then each layer's seven) is random
+ * blocks of types[(i * stride) % n_types]; owned[0..*n_owned) are the blocks, freed by the caller
+ * after model_free. */
+static struct model *blocks_model(int n_layers, int stride, int n_types, void **owned, int *n_owned)
 {
-    printf("every GGUF block type: CUDA (bf16 from quant.c) vs CPU (blocks)\n");
-    static const struct {
-        enum dtype dt;
-        int at[2], n;
-    } types[] = {
-        {DTYPE_Q4_0, {0}, 1},    {DTYPE_Q4_1, {0, 2}, 2},   {DTYPE_Q5_0, {0}, 1},   {DTYPE_Q5_1, {0, 2}, 2},
-        {DTYPE_Q8_0, {0}, 1},    {DTYPE_Q2_K, {80, 82}, 2}, {DTYPE_Q3_K, {108}, 1}, {DTYPE_Q4_K, {0, 2}, 2},
-        {DTYPE_Q5_K, {0, 2}, 2}, {DTYPE_Q6_K, {208}, 1},    {DTYPE_IQ4_NL, {0}, 1}, {DTYPE_IQ4_XS, {0}, 1},
-    };
-    struct model *m = gt_dummy_model(
-        "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":512,\"intermediate_size\":1024,"
-        "\"num_hidden_layers\":2,\"num_attention_heads\":8,\"num_key_value_heads\":2,\"head_dim\":64,"
-        "\"vocab_size\":1000,\"tie_word_embeddings\":false,\"rms_norm_eps\":1e-5}");
-    if (!m) return;
-    struct tensor *mats[16];
+    char config[512];
+    snprintf(config, sizeof config,
+             "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":512,\"intermediate_size\":1024,"
+             "\"num_hidden_layers\":%d,\"num_attention_heads\":8,\"num_key_value_heads\":2,\"head_dim\":64,"
+             "\"vocab_size\":1000,\"tie_word_embeddings\":false,\"rms_norm_eps\":1e-5}",
+             n_layers);
+    struct model *m = gt_dummy_model(config);
+    *n_owned = 0;
+    if (!m) return NULL;
+    struct tensor *mats[2 + 7 * MAX_LAYERS];
     int k = 0;
     mats[k++] = &m->tok_embed;
     mats[k++] = &m->lm_head;
-    for (int l = 0; l < 2; l++) {
+    for (int l = 0; l < n_layers; l++) {
         struct layer_weights *L = &m->layers[l];
         mats[k++] = &L->wq, mats[k++] = &L->wk, mats[k++] = &L->wv, mats[k++] = &L->wo;
         mats[k++] = &L->w_gate, mats[k++] = &L->w_up, mats[k++] = &L->w_down;
     }
-    void *owned[16];
     for (int i = 0; i < k; i++) {
-        int t = (i * 5) % 12;
+        int t = (i * stride) % n_types;
         mats[i]->dtype = types[t].dt;
-        mats[i]->data = owned[i] = random_blocks(types[t].dt, types[t].at, types[t].n, tensor_numel(mats[i]));
+        mats[i]->data = owned[i] = gt_random_blocks(types[t].dt, types[t].at, types[t].n, tensor_numel(mats[i]));
     }
+    *n_owned = k;
+    return m;
+}
+
+static void test_every_type(void)
+{
+    printf("every GGUF block type: CUDA (in blocks or bf16 from quant.c) vs CPU (blocks)\n");
+    void *owned[2 + 7 * MAX_LAYERS];
+    int k;
+    struct model *m = blocks_model(2, 5, (int)(sizeof types / sizeof types[0]), owned, &k);
+    if (!m) return;
     int32_t prompt[40], out[8];
     for (int i = 0; i < 40; i++) prompt[i] = gt_int(1000);
     double worst = cuda_vs_cpu(m, prompt, 40, 8, out);
     GT_CHECK(worst < 3e-2, "logits rel err vs the CPU over a prefill and 8 steps: worst %.2e (bf16 weights)", worst);
+    model_free(m);
+    for (int i = 0; i < k; i++) free(owned[i]);
+}
+
+/* Every layer matrix and lm_head in a type the block kernels take (cuda_qweights.c keeps them in
+ * blocks): a long prompt (prefill on dequantized tiles and cuBLAS) and a short one (the block
+ * GEMV throughout), then decode steps on the block GEMV. */
+static void test_kept_in_blocks(void)
+{
+    printf("layers kept in their GGUF blocks on CUDA vs CPU\n");
+    void *owned[2 + 7 * MAX_LAYERS];
+    int k;
+    struct model *m = blocks_model(3, 3, N_KEPT, owned, &k);
+    if (!m) return;
+    int32_t prompt[40], out[8];
+    for (int i = 0; i < 40; i++) prompt[i] = gt_int(1000);
+    double worst = cuda_vs_cpu(m, prompt, 40, 8, out);
+    GT_CHECK(worst < 3e-2,
+             "40-token prompt (dequantized tiles) and 8 steps (block GEMV): logits rel err vs the CPU, worst %.2e",
+             worst);
+    worst = cuda_vs_cpu(m, prompt, 5, 8, out);
+    GT_CHECK(worst < 3e-2,
+             "5-token prompt and 8 steps, all on the block GEMV (Q4_K, Q6_K, Q8_0 with int8 activations): logits "
+             "rel err vs the CPU, worst %.2e",
+             worst);
     model_free(m);
     for (int i = 0; i < k; i++) free(owned[i]);
 }
@@ -160,6 +193,7 @@ int main(void)
 {
     if (!gt_have_gpu()) return 0;
     test_every_type();
+    test_kept_in_blocks();
     test_smollm2();
     return gt_finish();
 }

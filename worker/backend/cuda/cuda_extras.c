@@ -86,9 +86,11 @@ int cuda_extras_enqueue(struct cuda_backend *b, const struct cuda_step_args *a, 
         const int n = p->n_lp - c0 < S ? p->n_lp - c0 : S;
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, dm->lp_tok + c0,
                                            b->w.final_norm, ws->y, n, H, c->rms_eps, b->stream));
-        if ((rc = cuda_product(b, cuda_plan_product(&b->plan, n, V, H), b->w.lm_head, ws->y, ws->logits, n, V, H,
-                               NULL)) < 0)
-            goto fail;
+        if (b->w.lm_head_q.w) /* kept in GGUF blocks (cuda_qweights.c) */
+            rc = cuda_qproduct(b, &b->w.lm_head_q, ws->y, ws->logits, V, n);
+        else
+            rc = cuda_product(b, cuda_plan_product(&b->plan, n, V, H), b->w.lm_head, ws->y, ws->logits, n, V, H, NULL);
+        if (rc < 0) goto fail;
         CUDA_CHECK(b, sk_prompt_logprobs(ws->logits, dm->lp_target + c0, dm->lp_ntop + c0, b->extras.lp_dev + c0, n,
                                          V, b->stream));
     }

@@ -3,6 +3,7 @@
  * runs eagerly and while a CUDA graph is being captured (cuda_graph.c). Kernels launch as
  * programmatic dependents of the one before them and fetch what does not depend on it (weights,
  * block tables) before they wait; the plan says which products let theirs launch early. */
+#include "kernels/sk_quant.h"
 #include "worker/backend/cuda/cuda_internal.h"
 
 /* A product of layer l's weights w16 (bf16) or, when the plan names an FP8 kernel, of its FP8
@@ -83,7 +84,11 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
     const int64_t part_stride = (int64_t)T * H;
     int delta_parts = 1, qkv_parts = 1;
     int rc = 0;
-    CUDA_CHECK(b, sk_embed(ws->x, b->w.tok_embed, dm->tokens, b->steps.out_dev, T, H, b->stream));
+    if (b->w.tok_embed_q.w)
+        CUDA_CHECK(b, sk_embed_q(ws->x, b->w.tok_embed_q.dtype, b->w.tok_embed_q.w, dm->tokens, b->steps.out_dev, T, H,
+                                 b->stream));
+    else
+        CUDA_CHECK(b, sk_embed(ws->x, b->w.tok_embed, dm->tokens, b->steps.out_dev, T, H, b->stream));
     cuda_prof_mark(b, CUDA_PROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
         const struct cuda_layer *w = &b->w.layers[l];
@@ -91,8 +96,13 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, l ? ws->delta : NULL, delta_parts, part_stride, NULL, w->attn_norm,
                                            ws->y, T, H, c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
-        if ((rc = layer_product(b, p->qkv, l, CUDA_FP8_QKV, w->wqkv, ws->y, ws->big, T, qkvd, H, &qkv_parts)) < 0)
+        if (w->q) {
+            qkv_parts = 1;
+            if ((rc = cuda_qlayer_qkv(b, w->q, ws->y, ws->big, T)) < 0) goto fail;
+        } else if ((rc = layer_product(b, p->qkv, l, CUDA_FP8_QKV, w->wqkv, ws->y, ws->big, T, qkvd, H, &qkv_parts)) <
+                   0) {
             goto fail;
+        }
         cuda_prof_mark(b, CUDA_PROF_QKV);
         if (p->fused_qkv) {
             const struct sk_qkv_src src = {.qkv = ws->big,
@@ -119,22 +129,35 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
                                            p->attn, p->attn_kernel, b->stream));
         }
         cuda_prof_mark(b, CUDA_PROF_ATTN);
-        if ((rc = layer_product(b, p->o, l, CUDA_FP8_O, w->wo, ws->y, ws->delta, T, H, qd, &delta_parts)) < 0)
+        if (w->q) {
+            delta_parts = 1;
+            if ((rc = cuda_qproduct(b, &w->q->o, ws->y, ws->delta, H, T)) < 0) goto fail;
+        } else if ((rc = layer_product(b, p->o, l, CUDA_FP8_O, w->wo, ws->y, ws->delta, T, H, qd, &delta_parts)) < 0) {
             goto fail;
+        }
         cuda_prof_mark(b, CUDA_PROF_O);
         /* Each part summed over the ranks is the sum's part: the norm adds them as before. */
         if ((rc = cuda_tp_all_reduce(b, ws->delta, (size_t)delta_parts * (size_t)part_stride)) < 0) goto fail;
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, NULL, w->ffn_norm, ws->y, T, H,
                                            c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
-        if ((rc = enqueue_mlp(b, l, w, &p->mlp, T, &delta_parts)) < 0) goto fail;
+        if (w->q) {
+            delta_parts = 1;
+            if ((rc = cuda_qlayer_mlp(b, w->q, T)) < 0) goto fail;
+        } else if ((rc = enqueue_mlp(b, l, w, &p->mlp, T, &delta_parts)) < 0) {
+            goto fail;
+        }
         if ((rc = cuda_tp_all_reduce(b, ws->delta, (size_t)delta_parts * (size_t)part_stride)) < 0) goto fail;
     }
     if (R > 0) {
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, dm->sample_tok, b->w.final_norm,
                                            ws->y, R, H, c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
-        if ((rc = cuda_product(b, p->lm_head, b->w.lm_head, ws->y, ws->logits, R, V, H, NULL)) < 0) goto fail;
+        if (b->w.lm_head_q.w)
+            rc = cuda_qproduct(b, &b->w.lm_head_q, ws->y, ws->logits, V, R);
+        else
+            rc = cuda_product(b, p->lm_head, b->w.lm_head, ws->y, ws->logits, R, V, H, NULL);
+        if (rc < 0) goto fail;
         cuda_prof_mark(b, CUDA_PROF_LM_HEAD);
         if ((rc = cuda_tp_gather_logits(b, ws->logits, (size_t)R * (size_t)V)) < 0) goto fail;
         if (a->logits_out)

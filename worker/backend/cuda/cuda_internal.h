@@ -24,9 +24,21 @@
 #include "worker/backend/backend.h"
 #include "worker/backend/cuda/cuda_plan.h"
 
+/* cuda_qweights.c: a matrix kept in its GGUF blocks (dtype an enum dtype that sk_quant_supported
+ * takes), n_out rows of k_in weights. */
+struct cuda_qmat {
+    int dtype;
+    void *w;
+    int n_out, k_in;
+};
+struct cuda_qlayer {
+    struct cuda_qmat q, k, v, o, gate, up, down;
+};
+
 /* cuda_weights.c: the model on the device. */
 struct cuda_layer {
-    uint16_t *wqkv, *wo, *wgu, *wd; /* bf16, fused [q;k;v] and [gate;up] rows */
+    uint16_t *wqkv, *wo, *wgu, *wd; /* bf16, fused [q;k;v] and [gate;up] rows; NULL when q is set */
+    struct cuda_qlayer *q;          /* NULL unless the layer's matrices stay in GGUF blocks */
     float *attn_norm, *ffn_norm;
     float *q_norm, *k_norm; /* NULL unless Qwen3 */
     float *bqkv;            /* NULL unless Qwen2 */
@@ -37,6 +49,15 @@ struct cuda_weights {
     float *inv_freq; /* head_dim / 2 rotary frequencies, scaling applied */
     struct cuda_layer *layers;
     size_t bytes;
+    /* cuda_qweights.c: tok_embed and lm_head in GGUF blocks (w NULL unless; tok_embed and lm_head
+     * are then NULL), the bf16
+     * scratch the larger products dequantize tiles into, the bytes of blocks on the device and
+     * the layers kept in blocks. */
+    struct cuda_qmat tok_embed_q, lm_head_q; /* tied: the same blocks */
+    uint16_t *q_scratch;
+    void *q_xscratch; /* the block GEMV's int8 activations (sk_gemv_q_scratch_bytes) */
+    size_t q_bytes;
+    int q_layers;
 };
 
 /* cuda_gemm.c: the libraries and kernels the products run on. */
@@ -199,6 +220,25 @@ void cuda_report(struct cuda_backend *b, const char *what, const char *msg, cons
 /* cuda_weights.c */
 int cuda_weights_load(struct cuda_backend *b, const struct model *m);
 void cuda_weights_free(struct cuda_backend *b);
+
+/* cuda_qweights.c. Keeps layer lw's matrices in their GGUF blocks when every one of them is of a
+ * type the block kernels take (cl->q set; else cl->q stays NULL and nothing is allocated). */
+int cuda_qlayer_load(struct cuda_backend *b, const struct layer_weights *lw, struct cuda_layer *cl);
+/* The same for an untied lm_head (b->w.lm_head_q), and for tok_embed (b->w.tok_embed_q; tied:
+ * lm_head_q too, the same blocks). */
+int cuda_qlm_head_load(struct cuda_backend *b, const struct tensor *t);
+int cuda_qembed_load(struct cuda_backend *b, const struct tensor *t, bool tied);
+/* The scratch buffer, once any matrix stayed in blocks; logs the bytes. */
+int cuda_qweights_finish(struct cuda_backend *b);
+void cuda_qweights_free(struct cuda_backend *b);
+/* y[r * ldy + n] = x[r, :] m[n, :] for r < rows, n < m->n_out, fp32 out; x bf16 with m->k_in
+ * columns. Small batches on the block GEMV, larger ones on dequantized tiles and cuBLAS
+ * (cuda_plan_quant_gemv). */
+int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows);
+/* A layer's products in blocks: q, k, v side by side in qkv[rows, q + k + v]; the MLP from
+ * ws.y (normalized) to ws.delta. */
+int cuda_qlayer_qkv(struct cuda_backend *b, const struct cuda_qlayer *q, const uint16_t *x, float *qkv, int rows);
+int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, int rows);
 
 /* cuda_gemm.c. cuda_gemm_init makes the handles (the Hopper kernel's only where the device and
  * the build have it, and not with hopper=0); cuda_plan_config_init needs to know that. */

@@ -144,6 +144,18 @@ struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows)
     return p;
 }
 
+bool cuda_plan_quant_gemv(const struct cuda_plan_config *c, int rows)
+{
+    return c->deterministic || rows <= CUDA_QUANT_GEMV_ROWS;
+}
+
+int cuda_plan_quant_tile_rows(int n_out, int k_in)
+{
+    const int64_t fit = k_in > 0 ? (int64_t)(CUDA_QUANT_SCRATCH_BYTES / 2) / k_in : 1;
+    if (fit >= n_out) return n_out < 1 ? 1 : n_out;
+    return fit >= 64 ? (int)(fit / 64 * 64) : fit < 1 ? 1 : (int)fit;
+}
+
 bool cuda_plan_takes_tiles(const struct cuda_plan_config *c, const struct batch_seq *q)
 {
     /* Under --deterministic every prompt chunk, even of one token, so that a prompt token is

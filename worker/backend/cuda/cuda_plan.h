@@ -129,6 +129,20 @@ struct cuda_mlp_plan {
 };
 struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows);
 
+/* --- GGUF block weights (cuda_qweights.c) --------------------------------------------- */
+/* Products on weights kept in GGUF blocks of up to this many rows run sk_gemv_q, which reads the
+ * blocks once per 8 rows; larger ones dequantize tiles of the weights into one bf16 scratch
+ * buffer for cuBLAS. */
+#define CUDA_QUANT_GEMV_ROWS 16
+/* The scratch buffer's size: tiles of whole rows, at most this many bytes of bf16. */
+#define CUDA_QUANT_SCRATCH_BYTES ((size_t)64 << 20)
+/* Whether a product of this many rows on block weights takes sk_gemv_q (always in the
+ * deterministic mode: a row's sums then do not depend on the batch). */
+bool cuda_plan_quant_gemv(const struct cuda_plan_config *c, int rows);
+/* Weight rows per dequantized tile of a product with k_in columns: as many as the scratch holds,
+ * a multiple of 64 unless the whole product fits; at least 1. */
+int cuda_plan_quant_tile_rows(int n_out, int k_in);
+
 /* --- a step --------------------------------------------------------------------------- */
 /* A chunk of at most this many tokens after at least this many keys takes the decode attention
  * (outside --deterministic). */

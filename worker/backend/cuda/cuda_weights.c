@@ -73,6 +73,34 @@ fail:
     return rc;
 }
 
+/* Layer lw's matrices as bf16: fused [q;k;v] and [gate;up] (interleaved through gu_plain when
+ * the planner wants it). */
+static int put_layer_matrices(struct loader *ld, struct cuda_layer *cl, const struct layer_weights *lw,
+                              uint16_t *gu_plain, const char *name)
+{
+    struct cuda_backend *b = ld->b;
+    const struct model_config *c = &ld->m->config;
+    const int64_t H = c->hidden_size, I = c->intermediate_size, D = c->head_dim;
+    const int64_t qd = (int64_t)c->n_heads * D, kvd = (int64_t)c->n_kv_heads * D;
+    const bool interleave = b->plan.gu_interleaved;
+    int rc = 0;
+    if ((rc = alloc_dev(b, (void **)&cl->wqkv, (size_t)((qd + 2 * kvd) * H) * 2)) < 0) goto fail;
+    if ((rc = put_matrix(ld, cl->wqkv, &lw->wq, qd * H, name)) < 0) goto fail;
+    if ((rc = put_matrix(ld, cl->wqkv + qd * H, &lw->wk, kvd * H, name)) < 0) goto fail;
+    if ((rc = put_matrix(ld, cl->wqkv + (qd + kvd) * H, &lw->wv, kvd * H, name)) < 0) goto fail;
+    if ((rc = alloc_dev(b, (void **)&cl->wo, (size_t)(H * qd) * 2)) < 0) goto fail;
+    if ((rc = put_matrix(ld, cl->wo, &lw->wo, H * qd, name)) < 0) goto fail;
+    if ((rc = alloc_dev(b, (void **)&cl->wgu, (size_t)(2 * I * H) * 2)) < 0) goto fail;
+    uint16_t *gu = interleave ? gu_plain : cl->wgu;
+    if ((rc = put_matrix(ld, gu, &lw->w_gate, I * H, name)) < 0) goto fail;
+    if ((rc = put_matrix(ld, gu + I * H, &lw->w_up, I * H, name)) < 0) goto fail;
+    if (interleave) CUDA_CHECK(b, sk_gate_up_interleave(cl->wgu, gu_plain, (int)I, (int)H, b->stream));
+    if ((rc = alloc_dev(b, (void **)&cl->wd, (size_t)(H * I) * 2)) < 0) goto fail;
+    if ((rc = put_matrix(ld, cl->wd, &lw->w_down, H * I, name)) < 0) goto fail;
+fail:
+    return rc;
+}
+
 /* Writes vector t (n floats) as fp32 at dst on the device. */
 static int put_vector_at(struct loader *ld, float *dst, const struct tensor *t, int64_t n, bool is_norm,
                          const char *name)
@@ -137,15 +165,22 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
      * (sk_hopper_gemm_swiglu; the planner decides, cuda_plan_config_init). */
     const bool interleave = b->plan.gu_interleaved;
     if (interleave) CUDA_CHECK(b, cudaMalloc((void **)&gu_plain, (size_t)(2 * I * H) * 2));
-    if ((rc = alloc_dev(b, (void **)&b->w.tok_embed, (size_t)(V * H) * 2)) < 0) goto fail;
-    if ((rc = put_matrix(&ld, b->w.tok_embed, &m->tok_embed, V * H, "tok_embed")) < 0) goto fail;
     bool tied = c->tie_embeddings || (m->lm_head.data && m->lm_head.data == m->tok_embed.data) ||
                 tensor_numel(&m->lm_head) == 0;
+    /* Kept in its GGUF blocks where the block kernels take its type (cuda_qweights.c). */
+    if ((rc = cuda_qembed_load(b, &m->tok_embed, tied)) < 0) goto fail;
+    if (!b->w.tok_embed_q.w) {
+        if ((rc = alloc_dev(b, (void **)&b->w.tok_embed, (size_t)(V * H) * 2)) < 0) goto fail;
+        if ((rc = put_matrix(&ld, b->w.tok_embed, &m->tok_embed, V * H, "tok_embed")) < 0) goto fail;
+    }
     if (tied) {
         b->w.lm_head = b->w.tok_embed;
     } else {
-        if ((rc = alloc_dev(b, (void **)&b->w.lm_head, (size_t)(V * H) * 2)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, b->w.lm_head, &m->lm_head, V * H, "lm_head")) < 0) goto fail;
+        if ((rc = cuda_qlm_head_load(b, &m->lm_head)) < 0) goto fail;
+        if (!b->w.lm_head_q.w) {
+            if ((rc = alloc_dev(b, (void **)&b->w.lm_head, (size_t)(V * H) * 2)) < 0) goto fail;
+            if ((rc = put_matrix(&ld, b->w.lm_head, &m->lm_head, V * H, "lm_head")) < 0) goto fail;
+        }
     }
     if ((rc = put_vector(&ld, &b->w.final_norm, &m->final_norm, H, true, "final_norm")) < 0) goto fail;
 
@@ -160,19 +195,9 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
             if ((rc = cuda_fp8_load_layer(b, m, l)) < 0) goto fail;
             goto vectors;
         }
-        if ((rc = alloc_dev(b, (void **)&cl->wqkv, (size_t)((qd + 2 * kvd) * H) * 2)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, cl->wqkv, &lw->wq, qd * H, name)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, cl->wqkv + qd * H, &lw->wk, kvd * H, name)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, cl->wqkv + (qd + kvd) * H, &lw->wv, kvd * H, name)) < 0) goto fail;
-        if ((rc = alloc_dev(b, (void **)&cl->wo, (size_t)(H * qd) * 2)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, cl->wo, &lw->wo, H * qd, name)) < 0) goto fail;
-        if ((rc = alloc_dev(b, (void **)&cl->wgu, (size_t)(2 * I * H) * 2)) < 0) goto fail;
-        uint16_t *gu = interleave ? gu_plain : cl->wgu;
-        if ((rc = put_matrix(&ld, gu, &lw->w_gate, I * H, name)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, gu + I * H, &lw->w_up, I * H, name)) < 0) goto fail;
-        if (interleave) CUDA_CHECK(b, sk_gate_up_interleave(cl->wgu, gu_plain, (int)I, (int)H, b->stream));
-        if ((rc = alloc_dev(b, (void **)&cl->wd, (size_t)(H * I) * 2)) < 0) goto fail;
-        if ((rc = put_matrix(&ld, cl->wd, &lw->w_down, H * I, name)) < 0) goto fail;
+        /* GGUF blocks the block kernels take stay blocks (cuda_qweights.c); the rest is bf16. */
+        if ((rc = cuda_qlayer_load(b, lw, cl)) < 0) goto fail;
+        if (!cl->q && (rc = put_layer_matrices(&ld, cl, lw, gu_plain, name)) < 0) goto fail;
     vectors:
         if ((rc = put_vector(&ld, &cl->attn_norm, &lw->attn_norm, H, true, name)) < 0) goto fail;
         if ((rc = put_vector(&ld, &cl->ffn_norm, &lw->ffn_norm, H, true, name)) < 0) goto fail;
@@ -191,6 +216,7 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
     rope_frequencies(c, inv_freq);
     if ((rc = alloc_dev(b, (void **)&b->w.inv_freq, (size_t)(D / 2) * sizeof(float))) < 0) goto fail;
     CUDA_CHECK(b, cudaMemcpy(b->w.inv_freq, inv_freq, (size_t)(D / 2) * sizeof(float), cudaMemcpyHostToDevice));
+    if ((rc = cuda_qweights_finish(b)) < 0) goto fail;
     CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
 fail:
     if (ld.staging) cudaFree(ld.staging);
@@ -202,6 +228,7 @@ fail:
 void cuda_weights_free(struct cuda_backend *b)
 {
     cuda_fp8_free(b);
+    cuda_qweights_free(b);
     if (b->w.lm_head && b->w.lm_head != b->w.tok_embed) cudaFree(b->w.lm_head);
     cudaFree(b->w.tok_embed);
     cudaFree(b->w.final_norm);

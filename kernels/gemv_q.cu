@@ -1,0 +1,674 @@
+// GGUF block-quantized products and dequantization (kernels/sk_quant.h).
+//
+// A block is cut into units: the few bytes of quants one lane decodes at a time (4 bytes of
+// nibbles, 8 of Q8_0's bytes, ...), giving 8 or 16 weights in runs of 4 consecutive elements.
+// Lane l of a warp takes units l, l + 32, ... of its row, so a warp's loads of one step cover
+// whole consecutive blocks: the reads of a row are coalesced although the blocks (18, 22, 34,
+// 210 bytes) are not 16-byte aligned, which rules out 16-byte loads; each unit's quants are
+// one 4-byte load where the block layout keeps them 4-byte aligned (Q4_1, Q5_1, Q4_K, Q5_K),
+// else two 2-byte loads. Scales are re-read per unit from L1. Weights are formed with the
+// reference's rounding (__fmul_rn / __fadd_rn: no contraction), so sk_dequant_bf16 gives
+// exactly the bf16 of worker/model/quant.c's floats and the products differ from the CPU's
+// only in the order of their sums.
+#include "kernels/sk_quant.h"
+#include "kernels/sluice_kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/bf16.cuh"
+
+namespace
+{
+
+constexpr int kWarpsPerBlock = 4; // output features per thread block
+constexpr int kUnroll = 4;        // units in flight per lane
+constexpr int kMaxRows = 8;       // batch rows per launch
+constexpr int QK_K = 256;         // elements of a K-quant block
+
+__device__ __forceinline__ uint32_t ld16(const uint8_t *p)
+{
+    return __ldg(reinterpret_cast<const unsigned short *>(p));
+}
+// 4 bytes at a 2-byte aligned address.
+__device__ __forceinline__ uint32_t ld32_2(const uint8_t *p)
+{
+    return ld16(p) | ld16(p + 2) << 16;
+}
+__device__ __forceinline__ uint32_t ld32(const uint8_t *p)
+{
+    return __ldg(reinterpret_cast<const unsigned int *>(p));
+}
+__device__ __forceinline__ float h2f(uint32_t h)
+{
+    return __half2float(__ushort_as_half((unsigned short)(h & 0xffffu)));
+}
+__device__ __forceinline__ float mul(float a, float b)
+{
+    return __fmul_rn(a, b);
+}
+__device__ __forceinline__ float add(float a, float b)
+{
+    return __fadd_rn(a, b);
+}
+__device__ __forceinline__ float sub(float a, float b)
+{
+    return __fsub_rn(a, b);
+}
+// (float)v for |v| < 2^22, exactly, without the conversion unit (a quarter of the float rate):
+// v added to the bits of 1.5 * 2^23, whose unit in the last place is 1, then 1.5 * 2^23 taken away.
+__device__ __forceinline__ float i2f(int v)
+{
+    return __int_as_float(0x4B400000 + v) - 12582912.0f;
+}
+__device__ __forceinline__ int nib(uint32_t q, int j, int hi)
+{
+    return (int)((q >> (8 * j + 4 * hi)) & 15u);
+}
+
+// Each type: block elements BE, block bytes BB, units per block UPB, runs of 4 per unit RUNS,
+// the alignment its loads need (ALIGN), and decode(block, unit, w, off): the unit's weights w[4r
+// + j] for elements off[r] + j of the block.
+struct Q4_0 {
+    static constexpr int BE = 32, BB = 18, UPB = 4, RUNS = 2, ALIGN = 2;
+    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
+    {
+        const float d = h2f(ld16(b));
+        const uint32_t q = ld32_2(b + 2 + 4 * u);
+        off[0] = 4 * u;
+        off[1] = 16 + 4 * u;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            w[j] = mul(i2f(nib(q, j, 0) - 8), d);
+            w[4 + j] = mul(i2f(nib(q, j, 1) - 8), d);
+        }
+    }
+};
+struct Q4_1 {
+    static constexpr int BE = 32, BB = 20, UPB = 4, RUNS = 2, ALIGN = 4;
+    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
+    {
+        const uint32_t dm = ld32(b);
+        const float d = h2f(dm), m = h2f(dm >> 16);
+        const uint32_t q = ld32(b + 4 + 4 * u);
+        off[0] = 4 * u;
+        off[1] = 16 + 4 * u;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            w[j] = add(mul(d, i2f(nib(q, j, 0))), m);
+            w[4 + j] = add(mul(d, i2f(nib(q, j, 1))), m);
+        }
+    }
+};
+// Q5_0 / Q5_1: the 5-bit quants of elements i (byte j's low nibble) and i + 16 (its high one).
+__device__ __forceinline__ void q5_pair(uint32_t q, uint32_t qh, int i, int j, int &lo, int &hi)
+{
+    lo = nib(q, j, 0) | (int)((qh >> i) & 1u) << 4;
+    hi = nib(q, j, 1) | (int)((qh >> (i + 16)) & 1u) << 4;
+}
+// Q5_0 (d, high bits, nibbles: x = (q - 16) d) and Q5_1 (d, m, high bits, nibbles: x = q d + m).
+template <bool kMin> struct Q5 {
+    static constexpr int BE = 32, BB = kMin ? 24 : 22, UPB = 4, RUNS = 2, ALIGN = kMin ? 4 : 2;
+    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
+    {
+        const uint32_t dm = kMin ? ld32(b) : ld16(b);
+        const float d = h2f(dm), m = kMin ? h2f(dm >> 16) : 0.0f;
+        const int at = kMin ? 4 : 2; // the high bits; the nibbles after them
+        const uint32_t qh = kMin ? ld32(b + at) : ld32_2(b + at),
+                       q = kMin ? ld32(b + at + 4 + 4 * u) : ld32_2(b + at + 4 + 4 * u);
+        off[0] = 4 * u;
+        off[1] = 16 + 4 * u;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int lo, hi;
+            q5_pair(q, qh, 4 * u + j, j, lo, hi);
+            w[j] = kMin ? add(mul(d, i2f(lo)), m) : mul(d, i2f(lo - 16));
+            w[4 + j] = kMin ? add(mul(d, i2f(hi)), m) : mul(d, i2f(hi - 16));
+        }
+    }
+};
+using Q5_0 = Q5<false>;
+using Q5_1 = Q5<true>;
+struct Q8_0 {
+    static constexpr int BE = 32, BB = 34, UPB = 4, RUNS = 2, ALIGN = 2;
+    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
+    {
+        const float d = h2f(ld16(b));
+        const uint32_t q0 = ld32_2(b + 2 + 8 * u), q1 = ld32_2(b + 6 + 8 * u);
+        off[0] = 8 * u;
+        off[1] = 8 * u + 4;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            w[j] = mul(i2f((int8_t)(q0 >> (8 * j))), d);
+            w[4 + j] = mul(i2f((int8_t)(q1 >> (8 * j))), d);
+        }
+    }
+};
+
+// The 6-bit scale and minimum of sub-block j of Q4_K / Q5_K from the 12 scale bytes (three words).
+__device__ __forceinline__ void scale_min_k4(const uint32_t *s, int j, int &sc, int &m)
+{
+    auto byte = [&](int i) { return (int)((s[i >> 2] >> (8 * (i & 3))) & 0xffu); };
+    if (j < 4) {
+        sc = byte(j) & 63;
+        m = byte(j + 4) & 63;
+    } else {
+        sc = (byte(j + 4) & 0x0f) | ((byte(j - 4) >> 6) << 4);
+        m = (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4);
+    }
+}
+
+// Q4_K and Q5_K: unit u is 4 bytes of 32-byte chunk c = u / 8, at byte 4 (u % 8): elements
+// 4 (u % 8) + j of sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles).
+template <bool kFifthBit> struct QK45 {
+    static constexpr int BE = 256, BB = kFifthBit ? 176 : 144, UPB = 32, RUNS = 2, ALIGN = 4;
+    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
+    {
+        const int c = u >> 3, v = u & 7;
+        const uint32_t dd = ld32(b);
+        const float d = h2f(dd), dmin = h2f(dd >> 16);
+        const uint32_t s[3] = {ld32(b + 4), ld32(b + 8), ld32(b + 12)};
+        const uint32_t q = ld32(b + (kFifthBit ? 48 : 16) + 32 * c + 4 * v);
+        const uint32_t qh = kFifthBit ? ld32(b + 16 + 4 * v) : 0u;
+        off[0] = 64 * c + 4 * v;
+        off[1] = 64 * c + 32 + 4 * v;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int sb = 2 * c + h;
+            int sc, m;
+            scale_min_k4(s, sb, sc, m);
+            const float dl = mul(d, i2f(sc)), ml = mul(dmin, i2f(m));
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int qv = nib(q, j, h);
+                if (kFifthBit) qv |= (int)((qh >> (8 * j + sb)) & 1u) << 4;
+                w[4 * h + j] = sub(mul(dl, i2f(qv)), ml);
+            }
+        }
+    }
+};
+using Q4_K = QK45<false>;
+using Q5_K = QK45<true>;
+
+// Q6_K: unit u is elements 128 h + 32 k + 4 v + j (h = u / 8, v = u % 8, k and j < 4): low
+// nibbles from ql[64h + 4v..] (k = 0, 2) and ql[64h + 32 + 4v..] (k = 1, 3), high pairs from
+// qh[32h + 4v..] (bits 2k).
+struct Q6_K {
+    static constexpr int BE = 256, BB = 210, UPB = 16, RUNS = 4, ALIGN = 2;
+    __device__ static void decode(const uint8_t *b, int u, float *w, int *off)
+    {
+        const int h = u >> 3, v = u & 7;
+        const uint32_t ql0 = ld32_2(b + 64 * h + 4 * v), ql1 = ld32_2(b + 64 * h + 32 + 4 * v),
+                       qh = ld32_2(b + 128 + 32 * h + 4 * v);
+        const float d = h2f(ld16(b + 208));
+        const int8_t *sc = reinterpret_cast<const int8_t *>(b + 192);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            off[k] = 128 * h + 32 * k + 4 * v;
+            const float dl = mul(d, i2f(__ldg(sc + 8 * h + 2 * k + (v >> 2))));
+            const uint32_t ql = (k & 1) ? ql1 : ql0;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int lo = nib(ql, j, k >> 1), hi = (int)((qh >> (8 * j + 2 * k)) & 3u);
+                w[4 * k + j] = mul(dl, i2f((lo | hi << 4) - 32));
+            }
+        }
+    }
+};
+
+// Up to three matrices of one type and row length whose rows follow each other in the output
+// (q, k, v; gate, up), so that one launch takes them all: matrix i has rows end[i - 1]..end[i].
+struct Mats {
+    const uint8_t *w[3];
+    int end[3];
+};
+__device__ __forceinline__ const uint8_t *mat_row(const Mats &m, int n, size_t row_bytes)
+{
+    if (n < m.end[0]) return m.w[0] + (size_t)n * row_bytes;
+    if (n < m.end[1]) return m.w[1] + (size_t)(n - m.end[0]) * row_bytes;
+    return m.w[2] + (size_t)(n - m.end[1]) * row_bytes;
+}
+
+// The warp's sums of each row into y[m * ldy + n].
+template <int M> __device__ __forceinline__ void store_rows(float *acc, float *y, int ldy, int n, int lane)
+{
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float r = acc[m];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
+        if (lane == 0) y[(size_t)m * ldy + n] = r;
+    }
+}
+
+template <class Q, int M>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    gemv_q_kernel(const Mats w, const __nv_bfloat16 *__restrict__ x, int ldx, float *__restrict__ y, int ldy, int k_in)
+{
+    const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= w.end[2]) return;
+    const int nb = k_in / Q::BE, units = nb * Q::UPB;
+    const uint8_t *row = mat_row(w, n, (size_t)nb * Q::BB);
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = 0.0f;
+    for (int base = lane; base < units; base += 32 * kUnroll) {
+#pragma unroll
+        for (int r = 0; r < kUnroll; r++) {
+            const int unit = base + 32 * r;
+            if (unit >= units) break;
+            const int blk = unit / Q::UPB;
+            float wv[4 * Q::RUNS];
+            int off[Q::RUNS];
+            Q::decode(row + (size_t)blk * Q::BB, unit - blk * Q::UPB, wv, off);
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                const __nv_bfloat16 *xm = x + (size_t)m * ldx + (size_t)blk * Q::BE;
+#pragma unroll
+                for (int g = 0; g < Q::RUNS; g++) {
+                    const uint2 xv = __ldg(reinterpret_cast<const uint2 *>(xm + off[g]));
+                    float x0, x1, x2, x3;
+                    bf16x2_to_f32(xv.x, x0, x1);
+                    bf16x2_to_f32(xv.y, x2, x3);
+                    acc[m] = fmaf(wv[4 * g], x0, acc[m]);
+                    acc[m] = fmaf(wv[4 * g + 1], x1, acc[m]);
+                    acc[m] = fmaf(wv[4 * g + 2], x2, acc[m]);
+                    acc[m] = fmaf(wv[4 * g + 3], x3, acc[m]);
+                }
+            }
+        }
+    }
+    store_rows<M>(acc, y, ldy, n, lane);
+}
+
+template <class Q>
+__global__ void __launch_bounds__(256)
+    dequant_kernel(const uint8_t *__restrict__ w, __nv_bfloat16 *__restrict__ dst, int64_t units)
+{
+    for (int64_t unit = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; unit < units;
+         unit += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t blk = unit / Q::UPB;
+        float wv[4 * Q::RUNS];
+        int off[Q::RUNS];
+        Q::decode(w + blk * Q::BB, (int)(unit - blk * Q::UPB), wv, off);
+#pragma unroll
+        for (int g = 0; g < Q::RUNS; g++) {
+            uint2 o;
+            o.x = pack_bf16(wv[4 * g], wv[4 * g + 1]);
+            o.y = pack_bf16(wv[4 * g + 2], wv[4 * g + 3]);
+            *reinterpret_cast<uint2 *>(dst + blk * Q::BE + off[g]) = o;
+        }
+    }
+}
+
+// --- Q4_K with int8 activations -------------------------------------------------------------
+// Converting Q4_K's nibbles to floats one by one costs more instructions than the memory time
+// of their bytes; with the activations in int8 (per 32 of them a scale sx = max|x| / 127 and
+// sx times the sum of their quants, as llama.cpp's q8_1) four nibbles times four activations are
+// one dp4a. A lane takes 16 bytes of a block's nibbles (one 16-byte load; Q4_K's 144-byte blocks
+// keep them aligned): 16 weights of sub-block 2c and 16 of 2c + 1; eight lanes cover a block, a
+// warp four consecutive blocks a step. A sub-block's minimum, times the sum of its 32
+// activations, is counted by the first of its two lanes.
+
+constexpr int kXBlock = 32; // activations per int8 scale
+
+__global__ void __launch_bounds__(256) quantize_x_kernel(const __nv_bfloat16 *__restrict__ x, int ldx, int k_in,
+                                                         int rows, int8_t *__restrict__ xq, float2 *__restrict__ xd)
+{
+    const int nxb = k_in / kXBlock, lane = threadIdx.x & 31;
+    const int64_t gb = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (gb >= (int64_t)rows * nxb) return;
+    const int r = (int)(gb / nxb), xb = (int)(gb - (int64_t)r * nxb);
+    const float v = __bfloat162float(x[(size_t)r * ldx + (size_t)xb * kXBlock + lane]);
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float sx = amax / 127.0f;
+    const int q = amax > 0.0f ? __float2int_rn(v / sx) : 0;
+    int sum = q;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    xq[(size_t)r * k_in + (size_t)xb * kXBlock + lane] = (int8_t)q;
+    if (lane == 0) xd[(size_t)r * nxb + xb] = make_float2(sx, sx * (float)sum);
+}
+
+template <int M>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    gemv_q4k_dp4a_kernel(const Mats w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
+                         float *__restrict__ y, int ldy, int k_in)
+{
+    const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= w.end[2]) return;
+    const int nb = k_in / Q4_K::BE, nxb = k_in / kXBlock;
+    const int bi = lane >> 3, v = lane & 7, c = v >> 1, hf = v & 1;
+    const uint8_t *row = mat_row(w, n, (size_t)nb * Q4_K::BB);
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = 0.0f;
+#pragma unroll 2
+    for (int blk = bi; blk < nb; blk += 4) {
+        const uint8_t *bp = row + (size_t)blk * Q4_K::BB;
+        const uint4 q = __ldg(reinterpret_cast<const uint4 *>(bp + 16 + 32 * c + 16 * hf));
+        const uint32_t dd = ld32(bp);
+        const uint32_t sw[3] = {ld32(bp + 4), ld32(bp + 8), ld32(bp + 12)};
+        int sc0, m0, sc1, m1;
+        scale_min_k4(sw, 2 * c, sc0, m0);
+        scale_min_k4(sw, 2 * c + 1, sc1, m1);
+        const float d = h2f(dd), dmin = h2f(dd >> 16);
+        const float dl0 = d * i2f(sc0), dl1 = d * i2f(sc1);
+        const float ml0 = hf ? 0.0f : dmin * i2f(m0), ml1 = hf ? 0.0f : dmin * i2f(m1);
+        const int lo[4] = {(int)(q.x & 0x0F0F0F0Fu), (int)(q.y & 0x0F0F0F0Fu), (int)(q.z & 0x0F0F0F0Fu),
+                           (int)(q.w & 0x0F0F0F0Fu)};
+        const int hi[4] = {(int)((q.x >> 4) & 0x0F0F0F0Fu), (int)((q.y >> 4) & 0x0F0F0F0Fu),
+                           (int)((q.z >> 4) & 0x0F0F0F0Fu), (int)((q.w >> 4) & 0x0F0F0F0Fu)};
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            const int8_t *xm = xq + (size_t)m * k_in + (size_t)blk * Q4_K::BE + 64 * c + 16 * hf;
+            const int4 xl = __ldg(reinterpret_cast<const int4 *>(xm)),
+                       xh = __ldg(reinterpret_cast<const int4 *>(xm + 32));
+            int s0 = __dp4a(lo[0], xl.x, 0);
+            s0 = __dp4a(lo[1], xl.y, s0);
+            s0 = __dp4a(lo[2], xl.z, s0);
+            s0 = __dp4a(lo[3], xl.w, s0);
+            int s1 = __dp4a(hi[0], xh.x, 0);
+            s1 = __dp4a(hi[1], xh.y, s1);
+            s1 = __dp4a(hi[2], xh.z, s1);
+            s1 = __dp4a(hi[3], xh.w, s1);
+            const float2 x0 = __ldg(xd + (size_t)m * nxb + blk * 8 + 2 * c),
+                         x1 = __ldg(xd + (size_t)m * nxb + blk * 8 + 2 * c + 1);
+            acc[m] += dl0 * x0.x * i2f(s0) + dl1 * x1.x * i2f(s1) - (ml0 * x0.y + ml1 * x1.y);
+        }
+    }
+    store_rows<M>(acc, y, ldy, n, lane);
+}
+
+// Q8_0 with int8 activations: its quants are int8 already and its blocks of 32 are the
+// activations' blocks. A lane takes 8 quant bytes (two 4-byte values from 2-byte aligned loads),
+// four lanes a block, a warp eight consecutive blocks a step.
+template <int M>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    gemv_q8_0_dp4a_kernel(const Mats w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
+                          float *__restrict__ y, int ldy, int k_in)
+{
+    const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= w.end[2]) return;
+    const int nb = k_in / Q8_0::BE, bi = lane >> 2, v = lane & 3;
+    const uint8_t *row = mat_row(w, n, (size_t)nb * Q8_0::BB);
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = 0.0f;
+#pragma unroll 2
+    for (int blk = bi; blk < nb; blk += 8) {
+        const uint8_t *bp = row + (size_t)blk * Q8_0::BB;
+        const float d = h2f(ld16(bp));
+        const int q0 = (int)ld32_2(bp + 2 + 8 * v), q1 = (int)ld32_2(bp + 6 + 8 * v);
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            const int2 xv =
+                __ldg(reinterpret_cast<const int2 *>(xq + (size_t)m * k_in + (size_t)blk * Q8_0::BE + 8 * v));
+            const int sum = __dp4a(q1, xv.y, __dp4a(q0, xv.x, 0));
+            acc[m] += d * __ldg(xd + (size_t)m * nb + blk).x * i2f(sum);
+        }
+    }
+    store_rows<M>(acc, y, ldy, n, lane);
+}
+
+// Q6_K with int8 activations: a lane takes elements 128h + 32k + 4v + j of a block (k, j < 4:
+// four runs of four, h and v from the lane), its quants (0..63) packed four to a word from the
+// low nibbles and high pairs, each run one dp4a less 32 times the run's activation sum (another
+// dp4a); 2-byte aligned loads (210-byte blocks). Sixteen lanes a block, a warp two blocks a step.
+template <int M>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    gemv_q6k_dp4a_kernel(const Mats w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
+                         float *__restrict__ y, int ldy, int k_in)
+{
+    const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= w.end[2]) return;
+    const int nb = k_in / Q6_K::BE, nxb = k_in / kXBlock, bi = lane >> 4, h = (lane >> 3) & 1, v = lane & 7;
+    const uint8_t *row = mat_row(w, n, (size_t)nb * Q6_K::BB);
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = 0.0f;
+#pragma unroll 2
+    for (int blk = bi; blk < nb; blk += 2) {
+        const uint8_t *bp = row + (size_t)blk * Q6_K::BB;
+        const uint32_t ql0 = ld32_2(bp + 64 * h + 4 * v), ql1 = ld32_2(bp + 64 * h + 32 + 4 * v),
+                       qh = ld32_2(bp + 128 + 32 * h + 4 * v);
+        const float d = h2f(ld16(bp + 208));
+        const int8_t *sc = reinterpret_cast<const int8_t *>(bp + 192 + 8 * h + (v >> 2));
+        int q[4];
+        float dl[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            q[k] = (int)(((((k & 1) ? ql1 : ql0) >> (4 * (k >> 1))) & 0x0F0F0F0Fu) |
+                         (((qh >> (2 * k)) & 0x03030303u) << 4));
+            dl[k] = d * i2f(__ldg(sc + 2 * k));
+        }
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            const int8_t *xm = xq + (size_t)m * k_in + (size_t)blk * Q6_K::BE + 128 * h + 4 * v;
+            const float2 *xdm = xd + (size_t)m * nxb + (size_t)blk * 8 + 4 * h;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int xv = __ldg(reinterpret_cast<const int *>(xm + 32 * k));
+                const int s = __dp4a(q[k], xv, 0) - 32 * __dp4a(0x01010101, xv, 0);
+                acc[m] += dl[k] * __ldg(xdm + k).x * i2f(s);
+            }
+        }
+    }
+    store_rows<M>(acc, y, ldy, n, lane);
+}
+
+// Launches KM(m) (a macro naming the kernel for m rows) for the chunk's m rows (1..8).
+#define SK_LAUNCH_ROWS(m, KM, ...)                                                                                     \
+    switch (m) {                                                                                                       \
+    case 1: KM(1)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    case 2: KM(2)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    case 3: KM(3)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    case 4: KM(4)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    case 5: KM(5)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    case 6: KM(6)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    case 7: KM(7)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
+    default: KM(8)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                         \
+    }
+#define SK_Q4K_DP4A(M) gemv_q4k_dp4a_kernel<M>
+#define SK_Q8_0_DP4A(M) gemv_q8_0_dp4a_kernel<M>
+#define SK_Q6K_DP4A(M) gemv_q6k_dp4a_kernel<M>
+#define SK_FP32(M) gemv_q_kernel<Q, M>
+
+// Q4_K, Q6_K or Q8_0 with int8 activations, 8 rows at a time: quantize them into scratch (unless x_ready),
+// then the product (the next chunk's quantization waits for it: same stream).
+cudaError_t gemv_dp4a(int dtype, const Mats &w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int k_in,
+                      void *scratch, bool x_ready, cudaStream_t s)
+{
+    const bool q4k = dtype == SK_Q4_K, q6k = dtype == SK_Q6_K;
+    if (k_in % (q4k || q6k ? QK_K : Q8_0::BE) || (uintptr_t)scratch % 16 || ldx < k_in) return cudaErrorInvalidValue;
+    for (int i = 0; i < 3; i++)
+        if ((uintptr_t)w.w[i] % (q4k ? 16 : 2)) return cudaErrorInvalidValue;
+    int8_t *xq = static_cast<int8_t *>(scratch);
+    float2 *xd = reinterpret_cast<float2 *>(xq + (size_t)kMaxRows * k_in);
+    const dim3 grid((w.end[2] + kWarpsPerBlock - 1) / kWarpsPerBlock), block(kWarpsPerBlock * 32);
+    for (int m0 = 0; m0 < rows; m0 += kMaxRows) {
+        const int m = rows - m0 < kMaxRows ? rows - m0 : kMaxRows;
+        const int64_t xblocks = (int64_t)m * (k_in / kXBlock);
+        if (!x_ready || rows > kMaxRows)
+            quantize_x_kernel<<<(unsigned)((xblocks + 7) / 8), 256, 0, s>>>(
+                reinterpret_cast<const __nv_bfloat16 *>(x) + (size_t)m0 * ldx, ldx, k_in, m, xq, xd);
+        float *ym = y + (size_t)m0 * ldy;
+        if (q4k) {
+            SK_LAUNCH_ROWS(m, SK_Q4K_DP4A, w, xq, xd, ym, ldy, k_in)
+        } else if (q6k) {
+            SK_LAUNCH_ROWS(m, SK_Q6K_DP4A, w, xq, xd, ym, ldy, k_in)
+        } else {
+            SK_LAUNCH_ROWS(m, SK_Q8_0_DP4A, w, xq, xd, ym, ldy, k_in)
+        }
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+}
+
+template <class Q> bool shape_ok(const void *w, int k_in)
+{
+    return k_in > 0 && k_in % Q::BE == 0 && (uintptr_t)w % Q::ALIGN == 0;
+}
+
+// The other types (and these two without a scratch): weights dequantized to fp32 in registers.
+template <class Q>
+cudaError_t gemv_type(const Mats &w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int k_in, cudaStream_t s)
+{
+    for (int i = 0; i < 3; i++)
+        if (!shape_ok<Q>(w.w[i], k_in)) return cudaErrorInvalidValue;
+    if (ldx % 4 || (uintptr_t)x % 8 || ldx < k_in) return cudaErrorInvalidValue;
+    const dim3 grid((w.end[2] + kWarpsPerBlock - 1) / kWarpsPerBlock), block(kWarpsPerBlock * 32);
+    for (int m0 = 0; m0 < rows; m0 += kMaxRows) {
+        const int m = rows - m0 < kMaxRows ? rows - m0 : kMaxRows;
+        const __nv_bfloat16 *xm = reinterpret_cast<const __nv_bfloat16 *>(x) + (size_t)m0 * ldx;
+        float *ym = y + (size_t)m0 * ldy;
+        SK_LAUNCH_ROWS(m, SK_FP32, w, xm, ldx, ym, ldy, k_in)
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+}
+
+template <class Q> cudaError_t dequant_type(const void *w, uint16_t *dst, int n_rows, int k_in, cudaStream_t s)
+{
+    if (!shape_ok<Q>(w, k_in) || n_rows < 0 || (uintptr_t)dst % 8) return cudaErrorInvalidValue;
+    const int64_t units = (int64_t)n_rows * (k_in / Q::BE) * Q::UPB;
+    if (units == 0) return cudaSuccess;
+    const int64_t want = (units + 255) / 256;
+    const int grid = want < 65536 ? (int)want : 65536;
+    dequant_kernel<Q>
+        <<<grid, 256, 0, s>>>(static_cast<const uint8_t *>(w), reinterpret_cast<__nv_bfloat16 *>(dst), units);
+    return cudaGetLastError();
+}
+
+// Token t's embedding row, dequantized into x[t]: the token id as sk_embed takes it (negative:
+// the sampled token of row -1 - id of the step before).
+template <class Q>
+__global__ void __launch_bounds__(256)
+    embed_q_kernel(float *__restrict__ x, const uint8_t *__restrict__ table, const int32_t *__restrict__ tokens,
+                   const sk_sample_out *__restrict__ prev, int hidden)
+{
+    const int t = blockIdx.x;
+    const int32_t id = tokens[t] < 0 ? prev[-1 - tokens[t]].token : tokens[t];
+    const int nb = hidden / Q::BE;
+    const uint8_t *row = table + (size_t)id * nb * Q::BB;
+    float *o = x + (size_t)t * hidden;
+    for (int unit = threadIdx.x; unit < nb * Q::UPB; unit += blockDim.x) {
+        const int blk = unit / Q::UPB;
+        float wv[4 * Q::RUNS];
+        int off[Q::RUNS];
+        Q::decode(row + (size_t)blk * Q::BB, unit - blk * Q::UPB, wv, off);
+#pragma unroll
+        for (int g = 0; g < Q::RUNS; g++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) o[blk * Q::BE + off[g] + j] = wv[4 * g + j];
+    }
+}
+
+template <class Q>
+cudaError_t embed_type(float *x, const void *table, const int32_t *tokens, const sk_sample_out *prev, int n_tokens,
+                       int hidden, cudaStream_t s)
+{
+    if (!shape_ok<Q>(table, hidden) || n_tokens < 0) return cudaErrorInvalidValue;
+    if (n_tokens == 0) return cudaSuccess;
+    embed_q_kernel<Q><<<n_tokens, 128, 0, s>>>(x, static_cast<const uint8_t *>(table), tokens, prev, hidden);
+    return cudaGetLastError();
+}
+
+} // namespace
+
+extern "C" int sk_quant_supported(int dtype)
+{
+    switch (dtype) {
+    case SK_Q4_0:
+    case SK_Q4_1:
+    case SK_Q5_0:
+    case SK_Q5_1:
+    case SK_Q8_0:
+    case SK_Q4_K:
+    case SK_Q5_K:
+    case SK_Q6_K: return 1;
+    default: return 0;
+    }
+}
+
+extern "C" size_t sk_gemv_q_scratch_bytes(int k_in)
+{
+    return k_in > 0 ? (size_t)kMaxRows * ((size_t)k_in + (size_t)(k_in / kXBlock) * sizeof(float2)) : 0;
+}
+
+extern "C" int sk_gemv_q_int8(int dtype)
+{
+    return dtype == SK_Q4_K || dtype == SK_Q6_K || dtype == SK_Q8_0;
+}
+
+extern "C" cudaError_t sk_gemv_q_n(int dtype, int n_mats, const void *const *w, const int *n_out, const uint16_t *x,
+                                   int ldx, float *y, int ldy, int rows, int k_in, void *scratch, int x_ready,
+                                   cudaStream_t s)
+{
+    if (n_mats < 1 || n_mats > 3 || rows < 0 || k_in < 1) return cudaErrorInvalidValue;
+    Mats m;
+    int end = 0;
+    for (int i = 0; i < 3; i++) {
+        const int k = i < n_mats ? i : n_mats - 1;
+        if (i < n_mats) {
+            if (n_out[i] < 1 || (int64_t)end + n_out[i] > INT32_MAX) return cudaErrorInvalidValue;
+            end += n_out[i];
+        }
+        m.w[i] = static_cast<const uint8_t *>(w[k]);
+        m.end[i] = end;
+    }
+    if (rows == 0) return cudaSuccess;
+    if (sk_gemv_q_int8(dtype) && scratch) return gemv_dp4a(dtype, m, x, ldx, y, ldy, rows, k_in, scratch, x_ready, s);
+    switch (dtype) {
+    case SK_Q4_0: return gemv_type<Q4_0>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q4_1: return gemv_type<Q4_1>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q5_0: return gemv_type<Q5_0>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q5_1: return gemv_type<Q5_1>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q8_0: return gemv_type<Q8_0>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q4_K: return gemv_type<Q4_K>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q5_K: return gemv_type<Q5_K>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q6_K: return gemv_type<Q6_K>(m, x, ldx, y, ldy, rows, k_in, s);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+extern "C" cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows,
+                                 int n_out, int k_in, void *scratch, int x_ready, cudaStream_t s)
+{
+    return sk_gemv_q_n(dtype, 1, &w, &n_out, x, ldx, y, ldy, rows, k_in, scratch, x_ready, s);
+}
+
+extern "C" cudaError_t sk_dequant_bf16(int dtype, const void *w, uint16_t *dst, int n_rows, int k_in, cudaStream_t s)
+{
+    switch (dtype) {
+    case SK_Q4_0: return dequant_type<Q4_0>(w, dst, n_rows, k_in, s);
+    case SK_Q4_1: return dequant_type<Q4_1>(w, dst, n_rows, k_in, s);
+    case SK_Q5_0: return dequant_type<Q5_0>(w, dst, n_rows, k_in, s);
+    case SK_Q5_1: return dequant_type<Q5_1>(w, dst, n_rows, k_in, s);
+    case SK_Q8_0: return dequant_type<Q8_0>(w, dst, n_rows, k_in, s);
+    case SK_Q4_K: return dequant_type<Q4_K>(w, dst, n_rows, k_in, s);
+    case SK_Q5_K: return dequant_type<Q5_K>(w, dst, n_rows, k_in, s);
+    case SK_Q6_K: return dequant_type<Q6_K>(w, dst, n_rows, k_in, s);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+extern "C" cudaError_t sk_embed_q(float *x, int dtype, const void *table, const int32_t *tokens,
+                                  const struct sk_sample_out *prev, int n_tokens, int hidden, cudaStream_t s)
+{
+    switch (dtype) {
+    case SK_Q4_0: return embed_type<Q4_0>(x, table, tokens, prev, n_tokens, hidden, s);
+    case SK_Q4_1: return embed_type<Q4_1>(x, table, tokens, prev, n_tokens, hidden, s);
+    case SK_Q5_0: return embed_type<Q5_0>(x, table, tokens, prev, n_tokens, hidden, s);
+    case SK_Q5_1: return embed_type<Q5_1>(x, table, tokens, prev, n_tokens, hidden, s);
+    case SK_Q8_0: return embed_type<Q8_0>(x, table, tokens, prev, n_tokens, hidden, s);
+    case SK_Q4_K: return embed_type<Q4_K>(x, table, tokens, prev, n_tokens, hidden, s);
+    case SK_Q5_K: return embed_type<Q5_K>(x, table, tokens, prev, n_tokens, hidden, s);
+    case SK_Q6_K: return embed_type<Q6_K>(x, table, tokens, prev, n_tokens, hidden, s);
+    default: return cudaErrorInvalidValue;
+    }
+}

@@ -1,0 +1,67 @@
+/* GGUF block-quantized weights on the device, kept in the file's blocks (kernels/gemv_q.cu):
+ * small-batch matrix-vector products that dequantize in registers, and the dequantization of
+ * rows into bf16 for the larger batches' bf16 products. Types are numbered as enum dtype in
+ * worker/model/model.h (the kernels area does not include it); each weight is computed exactly
+ * as worker/model/quant.c computes it (every product and sum rounded on its own). */
+#ifndef SLUICE_SK_QUANT_H
+#define SLUICE_SK_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* enum dtype's numbers for the types these kernels take. */
+enum {
+    SK_Q4_0 = 3,
+    SK_Q4_1 = 4,
+    SK_Q5_0 = 5,
+    SK_Q5_1 = 6,
+    SK_Q8_0 = 7,
+    SK_Q4_K = 10,
+    SK_Q5_K = 11,
+    SK_Q6_K = 12,
+};
+
+/* Whether the kernels take dtype (an enum dtype number). */
+int sk_quant_supported(int dtype);
+
+/* y[m * ldy + n] = sum_k x[m * ldx + k] * w[n, k] for m < rows, n < n_out: w is n_out rows of
+ * k_in / block_elems blocks of dtype, x bf16, fp32 accumulation and output. One warp per output
+ * feature; any number of rows (taken 8 at a time, each weight byte read once per 8 rows).
+ * Needs k_in a multiple of the block, ldx % 4 == 0 and w aligned as its blocks are in a
+ * cudaMalloc'd buffer; returns cudaErrorInvalidValue otherwise.
+ * scratch (16-byte aligned, sk_gemv_q_scratch_bytes(k_in) bytes, or NULL): with it, Q4_K, Q6_K
+ * and Q8_0 take x in int8 (per 32 values a scale max|x| / 127, llama.cpp's q8_1) into dp4a products,
+ * an error of a few 1e-3 relative for far fewer instructions a weight; other types ignore it.
+ * x_ready: scratch already holds this x in int8, left by the call before on the same x (and
+ * rows); it is used as it is when rows <= 8 (more rows are quantized 8 at a time again). */
+cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out,
+                      int k_in, void *scratch, int x_ready, cudaStream_t s);
+/* The same for n_mats (1 to 3) matrices of dtype and k_in columns in one launch: matrix i's
+ * n_out[i] rows give the next n_out[i] columns of y (q, k and v; gate and up). */
+cudaError_t sk_gemv_q_n(int dtype, int n_mats, const void *const *w, const int *n_out, const uint16_t *x, int ldx,
+                        float *y, int ldy, int rows, int k_in, void *scratch, int x_ready, cudaStream_t s);
+size_t sk_gemv_q_scratch_bytes(int k_in);
+/* Whether sk_gemv_q with a scratch takes dtype's activations in int8 (and leaves them there). */
+int sk_gemv_q_int8(int dtype);
+
+/* dst[n * k_in + k] = bf16(w[n, k]) for n < n_rows: the same weights as sk_gemv_q's, rounded to
+ * nearest even. Same requirements. */
+cudaError_t sk_dequant_bf16(int dtype, const void *w, uint16_t *dst, int n_rows, int k_in, cudaStream_t s);
+
+/* x[t, :] = the dequantized row of table (vocabulary rows of hidden weights in dtype's blocks)
+ * for token t, taken as sk_embed takes it (negative: the sampled token of row -1 - id of the
+ * step before, in prev). */
+struct sk_sample_out;
+cudaError_t sk_embed_q(float *x, int dtype, const void *table, const int32_t *tokens, const struct sk_sample_out *prev,
+                       int n_tokens, int hidden, cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
