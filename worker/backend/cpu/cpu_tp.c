@@ -148,13 +148,12 @@ static int tp_forward(struct backend *b, const struct batch *batch, struct sampl
             break;
         }
     }
-    int failed = rc0 != 0 ? 0 : -1;
+    int failed = rc0 != 0 ? 0 : -1, stuck = 1;
     for (int r = 1; r < t->n && failed < 0; r++)
         if (!t->threads[r].busy && t->threads[r].rc != 0) failed = r;
+    while (stuck < t->n && !t->threads[stuck].busy) stuck++;
     pthread_mutex_unlock(&t->mu);
     if (t->broken) {
-        int stuck = 1;
-        while (stuck < t->n && !t->threads[stuck].busy) stuck++;
         comm_abort(t->comms[0], "a rank never finished its step");
         snprintf(b->error, sizeof b->error, "tensor parallel rank %d did not finish its step within %.0f s of rank 0",
                  stuck, t->timeout_s + 1);
