@@ -317,3 +317,29 @@ Test(cpu_tp, the_other_dense_families, .timeout = 120)
     cr_expect(strstr(err, "q/k norms over the whole projection"), "%s", err);
     model_free(m);
 }
+
+/* A step that fails on a rank fails the step, at once, with the rank's message; the ranks' group
+ * has failed then, so every later step fails too (as after any device error, the worker stops
+ * serving) rather than run ranks that no longer agree. */
+Test(cpu_tp, a_failed_step_returns_its_error_and_later_steps_fail, .timeout = 30)
+{
+    if (!have_data()) cr_skip_test("stories260K not found under %s (set SLUICE_TEST_DATA)", data_dir);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/hf", data_dir);
+    struct model *m = load(path, MODEL_LOAD_AUTO);
+    struct backend *b = make_backend(m, 2);
+    struct sampling_params greedy = {.temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.0f, .logprobs = -1};
+    int32_t table[BLOCKS_PER_SEQ] = {0, 1, 2, 3, 4, 5, 6, 7}, bad[2] = {1, 9999}, good[2] = {1, 20};
+    struct batch_seq seq = {.n_new = 2, .block_table = table, .n_blocks = BLOCKS_PER_SEQ, .sample = true,
+                            .prompt = true, .sampling = &greedy};
+    struct batch batch = {.n_seqs = 1, .seqs = &seq, .n_tokens = 2, .tokens = bad};
+    struct sample_result res;
+    cr_expect_neq(backend_forward(b, &batch, &res), 0);
+    cr_expect(strstr(b->error, "tensor parallel rank 0") && strstr(b->error, "outside the vocabulary"), "%s",
+              b->error);
+    batch.tokens = good;
+    cr_expect_neq(backend_forward(b, &batch, &res), 0);
+    cr_expect(strstr(b->error, "the group has failed"), "%s", b->error);
+    backend_free(b);
+    model_free(m);
+}
