@@ -61,6 +61,22 @@ HAVE_CUDA   := 0
 CUDA_LDLIBS :=
 endif
 
+# --- NCCL: tensor parallelism over GPUs, built where CUDA is and NCCL's header is found beside
+# CUDA's or the system's; otherwise worker/parallel/nonccl/ says the build has none.
+ifeq ($(HAVE_CUDA),1)
+NCCL_INCLUDE ?= $(firstword $(foreach d,$(CUDA_HOME)/include /usr/include /usr/local/include,$(if $(wildcard $(d)/nccl.h),$(d))))
+NCCL_LIB     ?= $(firstword $(foreach d,$(CUDA_HOME)/lib64 $(CUDA_HOME)/lib /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/lib,$(wildcard $(d)/libnccl.so $(d)/libnccl.so.2)))
+endif
+ifneq ($(and $(filter 1,$(HAVE_CUDA)),$(NCCL_INCLUDE)),)
+HAVE_NCCL   := 1
+CPPFLAGS    += $(if $(filter $(CUDA_HOME)/include,$(NCCL_INCLUDE)),,-I$(NCCL_INCLUDE))
+# Not linked: worker/parallel/nccl/comm_nccl.c opens the library when asked for NCCL, trying the
+# build machine's copy last.
+$(BUILD)/obj/worker/parallel/nccl/comm_nccl.o: CPPFLAGS += -DSLUICE_NCCL_LIBDIR='"$(dir $(NCCL_LIB))"'
+else
+HAVE_NCCL   := 0
+endif
+
 # --- sources --------------------------------------------------------------------------
 # Each folder is one static library (the backend's takes its subfolders too); a program or test
 # links the libraries of its area, so that work in progress in one folder never breaks the
@@ -80,6 +96,9 @@ SRC_sampler    := $(call src_of,worker/sampler)
 SRC_engine     := $(call src_of,worker/engine)
 SRC_api        := $(call src_of,worker/api)
 SRC_cli        := $(call src_of,worker/cli)
+# worker/parallel/: the communicator (CPU; NCCL in nccl/ where found, else nonccl/) and the
+# tensor-parallel sharding plan.
+SRC_parallel   := $(call src_of,worker/parallel) $(call src_of,worker/parallel/$(if $(filter 1,$(HAVE_NCCL)),nccl,nonccl))
 # worker/backend/ is the interface every backend implements, cpu/ the CPU backend. cuda/ is C
 # that calls the CUDA runtime: built only with nvcc; otherwise worker/backend/nocuda/ says
 # clearly that this build has no CUDA.
@@ -102,7 +121,7 @@ endif
 
 # The libraries, one per area below.
 KERNELS_LIB := $(if $(CU_kernels),kernels)
-LIB_AREAS   := common controller gateway gguf model tokenizer template grammar tools sampler $(KERNELS_LIB) backend engine api cli
+LIB_AREAS   := common controller gateway gguf model tokenizer template grammar tools sampler parallel $(KERNELS_LIB) backend engine api cli
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 lib = $(BUILD)/lib/libsluice_$(1).a
@@ -126,15 +145,16 @@ AREA_template   := template tokenizer gguf common
 AREA_grammar    := grammar tokenizer gguf common
 AREA_tools      := tools grammar tokenizer gguf common
 AREA_sampler    := sampler
+AREA_parallel   := parallel model gguf common
 AREA_kernels    := $(KERNELS_LIB)
-AREA_backend    := backend sampler $(KERNELS_LIB) model gguf common
-AREA_engine     := engine backend sampler $(KERNELS_LIB) grammar tokenizer model gguf common
-AREA_api        := api engine backend sampler $(KERNELS_LIB) tools grammar template tokenizer model gguf common
-AREA_cli        := cli api engine backend sampler $(KERNELS_LIB) tools grammar template tokenizer model gguf common
+AREA_backend    := backend parallel sampler $(KERNELS_LIB) model gguf common
+AREA_engine     := engine backend parallel sampler $(KERNELS_LIB) grammar tokenizer model gguf common
+AREA_api        := api engine backend parallel sampler $(KERNELS_LIB) tools grammar template tokenizer model gguf common
+AREA_cli        := cli api engine backend parallel sampler $(KERNELS_LIB) tools grammar template tokenizer model gguf common
 # The worker program: worker/main.c over cli (tests/gpu and the benchmarks link it too).
 AREA_worker     := $(AREA_cli)
 area_libs = $(foreach a,$(AREA_$(1)),$(call lib,$(a))) $(LIB_LLHTTP)
-area_ldlibs = $(if $(filter backend kernels,$(AREA_$(1))),$(CUDA_LDLIBS))
+area_ldlibs = $(if $(filter backend kernels parallel,$(AREA_$(1))),$(CUDA_LDLIBS))
 
 UNIT_AREAS := $(notdir $(wildcard tests/unit/*))
 UNIT_BINS  := $(foreach a,$(UNIT_AREAS),$(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/$(a)/test_*.c)))

@@ -50,6 +50,8 @@ struct worker_options {
     const char *cuda_options;       /* --cuda-options KEY=VALUE,..., parsed into cuda */
     bool no_overlap_steps;          /* each step's tokens reach the host before the next step is queued */
     long threads;
+    long tensor_parallel_size;      /* ranks the model is sharded over, 0: not given (--num-gpus is its alias) */
+    long num_gpus;
     double heartbeat_interval;      /* seconds */
     double speed;
     const char *internal_token;

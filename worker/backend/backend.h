@@ -207,6 +207,10 @@ struct backend_options {
     /* CPU: dequantize GGUF block weights to float32 at load instead of keeping them in their
      * blocks: the same results, 4-8x the memory; for tests and benchmarks to compare against. */
     bool cpu_f32_weights;
+    /* --tensor-parallel-size: ranks the model is sharded over; 0: not asked. CPU: one thread per
+     * rank in this process (worker/backend/cpu/cpu_tp.c), 0 and 1 alike. CUDA: 1 (so far) makes
+     * an NCCL communicator of one GPU whose collectives are no-ops (cuda/cuda_tp.c), 0 none. */
+    int32_t tensor_parallel_size;
     struct cuda_options cuda;
 };
 

@@ -100,6 +100,7 @@ int cli_bench_main(int argc, char **argv)
     long input_len = 128, output_len = 128, kv_tokens = 0, threads = 0, max_batched = 8192, warmup = 1;
     double gpu_util = 0.9;
     bool deterministic = false, no_overlap = false;
+    long tp_size = 0;
     struct cuda_options cuda = {.step_timeout_s = CUDA_STEP_TIMEOUT_S};
     const char *cuda_text = NULL;
     const struct flag_spec specs[] = {
@@ -116,6 +117,7 @@ int cli_bench_main(int argc, char **argv)
         {"warmup", FLAG_INT, &warmup, NULL, "N", "untimed rounds of 2 output tokens before each batch size", 0, 100},
         {"gpu-memory-utilization", FLAG_DOUBLE, &gpu_util, NULL, "F", "CUDA memory share", 0.05, 1},
         {"threads", FLAG_INT, &threads, NULL, "N", "CPU threads", 0, 1024},
+        {"tensor-parallel-size", FLAG_INT, &tp_size, NULL, "N", "ranks to shard the model over (see the worker's flag) (default: none)", 1, 64},
         {"deterministic", FLAG_BOOL, &deterministic, NULL, NULL, "CUDA: batch-invariant arithmetic (see the worker's flag)", 0, 0},
         CUDA_OPTIONS_FLAG_SPECS(&cuda, &cuda_text),
         {"no-overlap-steps", FLAG_BOOL, &no_overlap, NULL, NULL, "take each step's tokens before queueing the next step (see the worker's flag)", 0, 0},
@@ -175,6 +177,7 @@ int cli_bench_main(int argc, char **argv)
         .max_batch_tokens = (int32_t)max_batched,
         .max_batch_seqs = max_b,
         .n_threads = (int32_t)threads,
+        .tensor_parallel_size = (int32_t)tp_size,
         .deterministic = deterministic,
         .cuda = cuda,
         .kv_blocks = !strcmp(device, "cpu")

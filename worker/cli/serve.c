@@ -171,6 +171,7 @@ static int load_everything(struct worker *w)
         .max_batch_tokens = (int32_t)w->opt.max_num_batched_tokens,
         .max_batch_seqs = (int32_t)w->opt.max_num_seqs,
         .n_threads = (int32_t)w->opt.threads,
+        .tensor_parallel_size = (int32_t)w->opt.tensor_parallel_size,
         .deterministic = w->opt.deterministic,
         .cuda = w->opt.cuda,
     };
@@ -242,6 +243,8 @@ int worker_serve_main(int argc, char **argv)
         .max_num_seqs = 256,
         .max_num_batched_tokens = 4096,
         .kv_cache_tokens = 16384,
+        .tensor_parallel_size = 0, /* not given: no communicator (as 1 on the CPU) */
+        .num_gpus = 0,
         .gpu_memory_utilization = 0.9,
         .heartbeat_interval = 10,
         .speed = 1,
@@ -276,6 +279,8 @@ int worker_serve_main(int argc, char **argv)
         {"kv-cache-tokens", FLAG_INT, &o->kv_cache_tokens, NULL, "N", "CPU: KV cache size in tokens", 16, 1 << 26},
         {"gpu-memory-utilization", FLAG_DOUBLE, &o->gpu_memory_utilization, NULL, "F", "CUDA: share of GPU memory to use", 0.05, 1.0},
         {"threads", FLAG_INT, &o->threads, NULL, "N", "CPU: threads (0: all cores)", 0, 1024},
+        {"tensor-parallel-size", FLAG_INT, &o->tensor_parallel_size, NULL, "N", "shard the model over N ranks (Megatron-style tensor parallelism: attention heads, MLP channels and the vocabulary split, two all-reduces per layer); one worker, registered once. CPU: N threads sharing --threads. CUDA: 1 for now, which runs the NCCL path on one GPU (its all-reduces are no-ops) (default: none, one rank without a communicator)", 1, 64},
+        {"num-gpus", FLAG_INT, &o->num_gpus, NULL, "N", "FastChat's name for --tensor-parallel-size (default: none)", 1, 64},
         {"deterministic", FLAG_BOOL, &o->deterministic, NULL, NULL, "CUDA: a request's output does not depend on what shares its batch (greedy equals the request alone); slower prefill and large batches (README)", 0, 0},
         {"enable-prefix-caching", FLAG_BOOL, &prefix_caching_on, NULL, NULL, "reuse the KV of prompt prefixes seen before (the default)", 0, 0},
         {"no-enable-prefix-caching", FLAG_BOOL, &o->no_prefix_caching, NULL, NULL, "compute every prompt in full, sharing no KV between requests", 0, 0},
@@ -307,6 +312,17 @@ int worker_serve_main(int argc, char **argv)
     log_set_level((enum log_level)level);
     if (prefix_caching_on && o->no_prefix_caching) {
         fprintf(stderr, "sluice-worker: --enable-prefix-caching and --no-enable-prefix-caching contradict each other\n");
+        return 2;
+    }
+    if (o->num_gpus && o->tensor_parallel_size && o->num_gpus != o->tensor_parallel_size) {
+        fprintf(stderr, "sluice-worker: --num-gpus %ld and --tensor-parallel-size %ld disagree (one is the other's alias)\n",
+                o->num_gpus, o->tensor_parallel_size);
+        return 2;
+    }
+    if (o->num_gpus) o->tensor_parallel_size = o->num_gpus;
+    if (o->tensor_parallel_size > 1 && strcmp(o->device, "cpu") != 0) {
+        fprintf(stderr, "sluice-worker: --tensor-parallel-size %ld: tensor parallelism runs on --device cpu only in this "
+                "build (CUDA takes 1)\n", o->tensor_parallel_size);
         return 2;
     }
     if (!o->model_path) {

@@ -19,6 +19,7 @@
 #include "worker/backend/cpu/cpu_moe.h"
 #include "worker/backend/cpu/cpu_ops.h"
 #include "worker/backend/cpu/cpu_pool.h"
+#include "worker/backend/cpu/cpu_tp.h"
 #include "worker/sampler/sampler.h"
 
 /* Converting weights in parallel matters for dummy models, whose every element is a hash.
@@ -283,6 +284,7 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
                        char *err, size_t errlen)
 {
     *out = NULL;
+    if (opt && opt->tensor_parallel_size > 1) return cpu_tp_create(out, m, opt, err, errlen);
     struct cpu_backend *cb = calloc(1, sizeof *cb);
     if (!cb) {
         snprintf(err, errlen, "out of memory");

@@ -4,7 +4,8 @@
  * lm_head for the rows that sample, and the sampler; then what a step asks besides (prompt
  * logprobs, hidden states for embeddings). Deterministic, and each row's arithmetic
  * is the same whatever shares its batch: this is the reference the CUDA backend is checked
- * against. */
+ * against. Under tensor parallelism each rank runs this pass with its shard's dimensions, and
+ * the cpu_tp_* steps sum and gather between the ranks (cpu_tp.h); alone they are plain steps. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include "worker/backend/cpu/cpu_moe.h"
 #include "worker/backend/cpu/cpu_ops.h"
 #include "worker/backend/cpu/cpu_pool.h"
+#include "worker/backend/cpu/cpu_tp.h"
 #include "worker/sampler/sampler.h"
 
 struct attn_job {
@@ -282,7 +284,7 @@ static int forward_extras(struct cpu_backend *cb, const struct batch *batch)
     int64_t row0 = 0;
     for (int s = 0; s < batch->n_seqs; row0 += batch->seqs[s].n_new, s++) {
         const struct batch_seq *q = &batch->seqs[s];
-        if (q->hidden_sum || q->hidden_last) {
+        if ((q->hidden_sum || q->hidden_last) && cpu_tp_leader(cb)) {
             for (int32_t i = q->hidden_sum ? 0 : q->n_new - 1; i < q->n_new; i++) {
                 cpu_rmsnorm(cb->x + (row0 + i) * h, cb->final_norm, h, c->rms_eps, cb->xs);
                 if (q->hidden_sum)
@@ -295,10 +297,10 @@ static int forward_extras(struct cpu_backend *cb, const struct batch *batch)
             for (int32_t j = 0; j < n; j++)
                 cpu_rmsnorm(cb->x + (row0 + q->lp_first + done + j) * h, cb->final_norm, h, c->rms_eps,
                             cb->xs + (int64_t)j * h);
-            cpu_matmul_w(cb->pool, cb->xs, n, &cb->lm_head, NULL, cb->logits);
+            if (cpu_tp_lm_head(cb, cb->xs, n, cb->logits)) return -1;
             cpu_logits_finish(&c->fam, cb->logits, (int64_t)n * c->vocab_size);
             struct prompt_lp_job job = {.cb = cb, .q = q, .done = done, .bad = 0};
-            cpu_pool_run(cb->pool, n, 4, prompt_lp_range, &job);
+            if (cpu_tp_leader(cb)) cpu_pool_run(cb->pool, n, 4, prompt_lp_range, &job);
             if (job.bad) {
                 snprintf(cb->base.error, sizeof cb->base.error, "prompt logprobs failed for sequence %d", s);
                 return -1;
@@ -341,7 +343,7 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
             cb->row_seq[row] = s;
             cb->row_pos[row] = q->start_pos + i;
             float *xr = cb->x + row * h;
-            cpu_weight_row(&cb->tok_embed, batch->tokens[row], xr);
+            cpu_tp_embed_row(cb, batch->tokens[row], xr);
             if (embed_scale != 0)
                 for (int64_t k = 0; k < h; k++) xr[k] *= embed_scale;
             cpu_rope_angles(&cb->rope, freqs, cb->row_pos[row], cb->rope_cos + (int64_t)row * half,
@@ -352,6 +354,7 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
         }
         if (q->sample) cb->sample_rows[ns++] = row - 1;
     }
+    if (cpu_tp_all_reduce(cb, cb->x, T * h)) return -1;
 
     for (int l = 0; l < c->n_layers; l++) {
         const struct cpu_layer *L = &cb->layers[l];
@@ -362,6 +365,7 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
         struct attn_job aj = {.cb = cb, .batch = batch, .layer = l};
         cpu_pool_run(cb->pool, T * c->n_heads, 4, attn_range, &aj);
         cpu_matmul_w(cb->pool, cb->att, T, &L->wo, L->bo, cb->tmp);
+        if (cpu_tp_all_reduce(cb, cb->tmp, T * h)) return -1;
         residual_add(cb, L->post_attn_norm, cb->tmp, T);
         norm_rows(cb, L->ffn_norm, cb->x, cb->xb, T);
         if (cpu_moe_is_sparse(cb->moe, l)) {
@@ -372,13 +376,16 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
             cpu_pool_run(cb->pool, T, 16, glu_range, &gj);
             cpu_matmul_w(cb->pool, cb->hidden, T, &L->w_down, L->b_down, cb->tmp);
         }
+        if (cpu_tp_all_reduce(cb, cb->tmp, T * h)) return -1;
         residual_add(cb, L->post_ffn_norm, cb->tmp, T);
     }
     if (n_sample == 0) return forward_extras(cb, batch);
 
     for (int i = 0; i < n_sample; i++)
         cpu_rmsnorm(cb->x + (int64_t)cb->sample_rows[i] * h, cb->final_norm, h, c->rms_eps, cb->xs + (int64_t)i * h);
-    cpu_matmul_w(cb->pool, cb->xs, n_sample, &cb->lm_head, NULL, cb->logits);
+    if (cpu_tp_lm_head(cb, cb->xs, n_sample, cb->logits)) return -1;
+    /* A tensor-parallel rank other than the first has done its share: the first samples. */
+    if (!cpu_tp_leader(cb)) return forward_extras(cb, batch);
     cpu_logits_finish(&c->fam, cb->logits, (int64_t)n_sample * c->vocab_size);
     if (batch->logits_out)
         memcpy(batch->logits_out, cb->logits, (size_t)n_sample * (size_t)c->vocab_size * sizeof(float));

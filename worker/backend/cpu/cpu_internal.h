@@ -22,9 +22,12 @@ struct cpu_layer {
 };
 
 struct cpu_moe;
+struct cpu_tp_rank; /* cpu_tp.h */
 
 struct cpu_backend {
     struct backend base;
+    /* A tensor-parallel rank's place in its group (cpu_tp.c); NULL on a backend of its own. */
+    struct cpu_tp_rank *tp;
     struct cpu_pool *pool;
     struct model_config c;
     int q_dim, kv_dim, qkv_dim;

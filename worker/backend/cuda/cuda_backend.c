@@ -42,6 +42,7 @@ static void cuda_free(struct backend *base)
     cuda_steps_free(b);
     cuda_extras_free(b);
     cuda_gemm_free(b);
+    cuda_tp_free(b);
     if (b->stream) cudaStreamDestroy(b->stream);
     free(b);
 }
@@ -234,6 +235,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     CUDA_CHECK(b, cudaGetDeviceProperties(&prop, b->device));
     CUDA_CHECK(b, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     if ((rc = cuda_gemm_init(b)) < 0) goto fail;
+    if ((rc = cuda_tp_init(b, opt)) < 0) goto fail;
     cuda_plan_config_init(&b->plan, c, &b->opt, opt->deterministic, b->gemm.hopper != NULL, prop.multiProcessorCount,
                           b->base.max_batch_tokens, b->base.max_batch_seqs, bt_cap);
     if ((rc = cuda_fp8_init(b, m)) < 0) goto fail;

@@ -136,6 +136,8 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
             goto fail;
         }
         cuda_prof_mark(b, CUDA_PROF_O);
+        /* Each part summed over the ranks is the sum's part: the norm adds them as before. */
+        if ((rc = cuda_tp_all_reduce(b, ws->delta, (size_t)delta_parts * (size_t)part_stride)) < 0) goto fail;
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, NULL, w->ffn_norm, ws->y, T, H,
                                            c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
@@ -147,6 +149,7 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         } else if ((rc = enqueue_mlp(b, l, w, &p->mlp, T, &delta_parts)) < 0) {
             goto fail;
         }
+        if ((rc = cuda_tp_all_reduce(b, ws->delta, (size_t)delta_parts * (size_t)part_stride)) < 0) goto fail;
     }
     if (R > 0) {
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, dm->sample_tok, b->w.final_norm,
@@ -158,6 +161,7 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
             rc = cuda_product(b, p->lm_head, b->w.lm_head, ws->y, ws->logits, R, V, H, NULL);
         if (rc < 0) goto fail;
         cuda_prof_mark(b, CUDA_PROF_LM_HEAD);
+        if ((rc = cuda_tp_gather_logits(b, ws->logits, (size_t)R * (size_t)V)) < 0) goto fail;
         if (a->logits_out)
             CUDA_CHECK(
                 b, cudaMemcpyAsync(a->logits_out, ws->logits, (size_t)R * V * 4, cudaMemcpyDeviceToHost, b->stream));

@@ -167,6 +167,7 @@ struct cuda_watchdog {
 struct cuda_prof; /* cuda_prof.c: --cuda-profile */
 struct cuda_fp8;  /* cuda_fp8.c: FP8 weights */
 struct cuda_moe;  /* cuda_moe.c: the experts and their scratch; NULL for a dense model */
+struct comm;      /* worker/parallel/comm.h */
 
 struct cuda_backend {
     struct backend base;
@@ -185,6 +186,7 @@ struct cuda_backend {
     struct cuda_prof *prof; /* NULL unless --cuda-profile */
     struct cuda_fp8 *fp8;   /* NULL unless the layers' weights are FP8 on the device */
     struct cuda_moe *moe;
+    struct comm *tp_comm;   /* NULL unless --tensor-parallel-size (cuda_tp.c) */
 };
 
 void cuda_report(struct cuda_backend *b, const char *what, const char *msg, const char *file, int line);
@@ -324,6 +326,15 @@ void cuda_graphs_free(struct cuda_backend *b);
  * backend's error says so, and cleanup leaves the device alone). */
 int cuda_watchdog_wait(struct cuda_backend *b, cudaEvent_t ev);
 double cuda_now_s(void);
+
+/* cuda_tp.c: the tensor-parallel communicator (one rank so far) and the step's collectives on
+ * b->stream; each does nothing without a communicator. cuda_tp_check reports an asynchronous
+ * NCCL error after a step. */
+int cuda_tp_init(struct cuda_backend *b, const struct backend_options *opt);
+void cuda_tp_free(struct cuda_backend *b);
+int cuda_tp_all_reduce(struct cuda_backend *b, float *x, size_t n);
+int cuda_tp_gather_logits(struct cuda_backend *b, float *logits, size_t n);
+int cuda_tp_check(struct cuda_backend *b);
 
 /* cuda_prof.c: per-phase device times of eager steps, by step shape, printed when freed. */
 enum cuda_prof_phase {

@@ -289,6 +289,7 @@ int cuda_collect(struct backend *base, struct sample_result *results)
     const int slot = (int)(st->collected % 2);
     st->collected++;
     if ((rc = cuda_watchdog_wait(b, st->done[slot])) < 0) goto fail;
+    if ((rc = cuda_tp_check(b)) < 0) goto fail;
     cuda_extras_collect(b, slot);
     const struct sk_sample_out *out = st->out_host + (size_t)slot * base->max_batch_seqs;
     for (int r = 0; r < st->rows[slot]; r++) {
