@@ -332,131 +332,251 @@ __global__ void __launch_bounds__(256) quantize_x_kernel(const __nv_bfloat16 *__
     if (lane == 0) xd[(size_t)r * nxb + xb] = make_float2(sx, sx * (float)sum);
 }
 
-template <int M>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    gemv_q4k_dp4a_kernel(const Mats w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
-                         float *__restrict__ y, int ldy, int k_in)
+// Output rows a warp of the dp4a kernels takes at m batch rows. Each row's step reads a few bytes
+// of its weights and, per batch row, the matching int8 activations and their scales from L1:
+// with one row a warp those reads are two to three times the weights' bytes per batch row, so
+// that at eight batch rows the L1 and the dp4a rather than the memory set the time. Four rows a
+// warp apply each activation load to four rows (a quarter of those reads); at batch 1 one row a
+// warp keeps the most warps for the short rows, whose reads are then all in flight at once.
+constexpr int dp4a_rows_per_warp(int m)
 {
-    const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (n >= w.end[2]) return;
-    const int nb = k_in / Q4_K::BE, nxb = k_in / kXBlock;
-    const int bi = lane >> 3, v = lane & 7, c = v >> 1, hf = v & 1;
-    const uint8_t *row = mat_row(w, n, (size_t)nb * Q4_K::BB);
-    float acc[M];
-#pragma unroll
-    for (int m = 0; m < M; m++) acc[m] = 0.0f;
-#pragma unroll 2
-    for (int blk = bi; blk < nb; blk += 4) {
-        const uint8_t *bp = row + (size_t)blk * Q4_K::BB;
-        const uint4 q = __ldg(reinterpret_cast<const uint4 *>(bp + 16 + 32 * c + 16 * hf));
-        const uint32_t dd = ld32(bp);
-        const uint32_t sw[3] = {ld32(bp + 4), ld32(bp + 8), ld32(bp + 12)};
-        int sc0, m0, sc1, m1;
-        scale_min_k4(sw, 2 * c, sc0, m0);
-        scale_min_k4(sw, 2 * c + 1, sc1, m1);
-        const float d = h2f(dd), dmin = h2f(dd >> 16);
-        const float dl0 = d * i2f(sc0), dl1 = d * i2f(sc1);
-        const float ml0 = hf ? 0.0f : dmin * i2f(m0), ml1 = hf ? 0.0f : dmin * i2f(m1);
-        const int lo[4] = {(int)(q.x & 0x0F0F0F0Fu), (int)(q.y & 0x0F0F0F0Fu), (int)(q.z & 0x0F0F0F0Fu),
-                           (int)(q.w & 0x0F0F0F0Fu)};
-        const int hi[4] = {(int)((q.x >> 4) & 0x0F0F0F0Fu), (int)((q.y >> 4) & 0x0F0F0F0Fu),
-                           (int)((q.z >> 4) & 0x0F0F0F0Fu), (int)((q.w >> 4) & 0x0F0F0F0Fu)};
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            const int8_t *xm = xq + (size_t)m * k_in + (size_t)blk * Q4_K::BE + 64 * c + 16 * hf;
-            const int4 xl = __ldg(reinterpret_cast<const int4 *>(xm)),
-                       xh = __ldg(reinterpret_cast<const int4 *>(xm + 32));
-            int s0 = __dp4a(lo[0], xl.x, 0);
-            s0 = __dp4a(lo[1], xl.y, s0);
-            s0 = __dp4a(lo[2], xl.z, s0);
-            s0 = __dp4a(lo[3], xl.w, s0);
-            int s1 = __dp4a(hi[0], xh.x, 0);
-            s1 = __dp4a(hi[1], xh.y, s1);
-            s1 = __dp4a(hi[2], xh.z, s1);
-            s1 = __dp4a(hi[3], xh.w, s1);
-            const float2 x0 = __ldg(xd + (size_t)m * nxb + blk * 8 + 2 * c),
-                         x1 = __ldg(xd + (size_t)m * nxb + blk * 8 + 2 * c + 1);
-            acc[m] += dl0 * x0.x * i2f(s0) + dl1 * x1.x * i2f(s1) - (ml0 * x0.y + ml1 * x1.y);
-        }
-    }
-    store_rows<M>(acc, y, ldy, n, lane);
+    return m == 1 ? 1 : m == 2 ? 2 : 4;
 }
 
+// The first of the R output rows of this warp, and each row's bytes at offset off of the row
+// (rows past the end read the last row, so that loads stay in bounds, and are not stored).
+template <int R>
+__device__ __forceinline__ int warp_rows(const Mats &w, size_t row_bytes, int off, const uint8_t **rows)
+{
+    const int n0 = (blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5)) * R;
+#pragma unroll
+    for (int r = 0; r < R; r++) rows[r] = mat_row(w, n0 + r < w.end[2] ? n0 + r : w.end[2] - 1, row_bytes) + off;
+    return n0;
+}
+
+// The warp's sums acc[m][r] into y[m * ldy + n0 + r] for the rows that exist.
+template <int M, int R>
+__device__ __forceinline__ void store_warp_rows(float (&acc)[M][R], float *y, int ldy, int n0, int end, int lane)
+{
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float col[M];
+#pragma unroll
+        for (int m = 0; m < M; m++) col[m] = acc[m][r];
+        if (n0 + r < end) store_rows<M>(col, y, ldy, n0 + r, lane);
+    }
+}
+
+// A lane's share of a Q4_K block: 16 bytes of nibbles (16 weights of sub-block 2c, low nibbles,
+// and 16 of 2c + 1, high) with their sub-blocks' scales (dl) and minimums (ml: 0 on the second
+// lane of a pair, whose first lane counts them).
+struct Q4kLane {
+    int lo[4], hi[4];
+    float dl0, dl1, ml0, ml1;
+};
+
+// The masks that take sub-blocks 2c and 2c + 1's 6-bit scales and minimums out of the scale
+// words (llama.cpp's way): for c < 2 the low 6 bits of bytes 2c, 2c + 1 (scales) and 4 + 2c, 5 + 2c
+// (minimums); for c >= 2 the nibbles of bytes 4 + 2c, 5 + 2c with the top 2 bits of bytes
+// 2c - 4, 2c - 3 (scales) and 2c, 2c + 1 (minimums). Lane constants, so that the decoding in the
+// loop is masks and shifts, without a branch or indexed registers.
+struct Q4kMasks {
+    int sh;          // 0 or 16: the half of each scale word holding the pair
+    uint32_t low6;   // 0x3f3f for c < 2
+    uint32_t top2;   // 0x3030 for c >= 2: bits 6-7 of a byte moved to 4-5
+    uint32_t nibble; // 0x0f0f for c >= 2
+};
+__device__ __forceinline__ Q4kMasks q4k_masks(int c)
+{
+    return Q4kMasks{16 * (c & 1), c < 2 ? 0x3f3fu : 0u, c < 2 ? 0u : 0x3030u, c < 2 ? 0u : 0x0f0fu};
+}
+
+// hdr: the block's first 16 bytes (d, dmin, 12 scale bytes), one load.
+__device__ __forceinline__ void q4k_lane(const uint4 hdr, const uint4 q, const Q4kMasks &k, int hf, Q4kLane &o)
+{
+    const uint32_t a = hdr.y >> k.sh, b = hdr.z >> k.sh, e = hdr.w >> k.sh;
+    // low byte: sub-block 2c, high byte: 2c + 1
+    const uint32_t scp = (a & k.low6) | ((a >> 2) & k.top2) | (e & k.nibble);
+    const uint32_t mp = (b & k.low6) | ((b >> 2) & k.top2) | ((e >> 4) & k.nibble);
+    const float d = h2f(hdr.x), dmin = h2f(hdr.x >> 16);
+    o.dl0 = d * i2f((int)(scp & 0xffu));
+    o.dl1 = d * i2f((int)(scp >> 8));
+    o.ml0 = hf ? 0.0f : dmin * i2f((int)(mp & 0xffu));
+    o.ml1 = hf ? 0.0f : dmin * i2f((int)(mp >> 8));
+    const uint32_t qs[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        o.lo[i] = (int)(qs[i] & 0x0F0F0F0Fu);
+        o.hi[i] = (int)((qs[i] >> 4) & 0x0F0F0F0Fu);
+    }
+}
+
+// R consecutive output rows per warp (dp4a_rows_per_warp), M batch rows. Eight lanes a block, a
+// warp four consecutive blocks of each of its rows a step; a step's weight loads (two 16-byte
+// loads a row) come first, then each batch row's activations once for the R rows.
+template <int M, int R>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    gemv_q4k_dp4a_kernel(const Mats w, const int8_t *__restrict__ xq, const float4 *__restrict__ xd4,
+                         float *__restrict__ y, int ldy, int k_in)
+{
+    const int lane = threadIdx.x & 31, nb = k_in / Q4_K::BE, nxb4 = k_in / (2 * kXBlock);
+    const int bi = lane >> 3, v = lane & 7, c = v >> 1, hf = v & 1;
+    const uint8_t *rows[R];
+    const int n0 = warp_rows<R>(w, (size_t)nb * Q4_K::BB, 16 + 32 * c + 16 * hf, rows);
+    if (n0 >= w.end[2]) return;
+    float acc[M][R];
+#pragma unroll
+    for (int m = 0; m < M; m++)
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[m][r] = 0.0f;
+    const int8_t *xl = xq + 64 * c + 16 * hf;
+    const Q4kMasks masks = q4k_masks(c);
+#pragma unroll(R == 1 ? 4 : 2)
+    for (int blk = bi; blk < nb; blk += 4) {
+        Q4kLane wl[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const uint8_t *qp = rows[r] + (size_t)blk * Q4_K::BB;
+            const uint4 q = __ldg(reinterpret_cast<const uint4 *>(qp));
+            const uint4 hdr = __ldg(reinterpret_cast<const uint4 *>(qp - (16 + 32 * c + 16 * hf)));
+            q4k_lane(hdr, q, masks, hf, wl[r]);
+        }
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            const int8_t *xm = xl + (size_t)m * k_in + (size_t)blk * Q4_K::BE;
+            const int4 x0 = __ldg(reinterpret_cast<const int4 *>(xm)), x1 = __ldg(reinterpret_cast<const int4 *>(xm + 32));
+            const float4 xs = __ldg(xd4 + (size_t)m * nxb4 + blk * 4 + c); // sub-blocks 2c, 2c + 1
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                int s0 = __dp4a(wl[r].lo[0], x0.x, 0);
+                s0 = __dp4a(wl[r].lo[1], x0.y, s0);
+                s0 = __dp4a(wl[r].lo[2], x0.z, s0);
+                s0 = __dp4a(wl[r].lo[3], x0.w, s0);
+                int s1 = __dp4a(wl[r].hi[0], x1.x, 0);
+                s1 = __dp4a(wl[r].hi[1], x1.y, s1);
+                s1 = __dp4a(wl[r].hi[2], x1.z, s1);
+                s1 = __dp4a(wl[r].hi[3], x1.w, s1);
+                acc[m][r] += wl[r].dl0 * xs.x * i2f(s0) + wl[r].dl1 * xs.z * i2f(s1) -
+                             (wl[r].ml0 * xs.y + wl[r].ml1 * xs.w);
+            }
+        }
+    }
+    store_warp_rows<M, R>(acc, y, ldy, n0, w.end[2], lane);
+}
+
+
 // Q8_0 with int8 activations: its quants are int8 already and its blocks of 32 are the
-// activations' blocks. A lane takes 8 quant bytes (two 4-byte values from 2-byte aligned loads),
-// four lanes a block, a warp eight consecutive blocks a step.
-template <int M>
+// activations' blocks. A lane takes 8 quant bytes of each of the warp's R rows (two 4-byte values
+// from 2-byte aligned loads), four lanes a block, a warp eight consecutive blocks a step; each
+// batch row's activations (8 bytes and a scale) are loaded once for the R rows.
+template <int M, int R>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     gemv_q8_0_dp4a_kernel(const Mats w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
                           float *__restrict__ y, int ldy, int k_in)
 {
-    const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (n >= w.end[2]) return;
-    const int nb = k_in / Q8_0::BE, bi = lane >> 2, v = lane & 3;
-    const uint8_t *row = mat_row(w, n, (size_t)nb * Q8_0::BB);
-    float acc[M];
+    const int lane = threadIdx.x & 31, nb = k_in / Q8_0::BE, bi = lane >> 2, v = lane & 3;
+    const uint8_t *rows[R];
+    const int n0 = warp_rows<R>(w, (size_t)nb * Q8_0::BB, 2 + 8 * v, rows);
+    if (n0 >= w.end[2]) return;
+    float acc[M][R];
 #pragma unroll
-    for (int m = 0; m < M; m++) acc[m] = 0.0f;
+    for (int m = 0; m < M; m++)
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[m][r] = 0.0f;
 #pragma unroll 2
     for (int blk = bi; blk < nb; blk += 8) {
-        const uint8_t *bp = row + (size_t)blk * Q8_0::BB;
-        const float d = h2f(ld16(bp));
-        const int q0 = (int)ld32_2(bp + 2 + 8 * v), q1 = (int)ld32_2(bp + 6 + 8 * v);
+        float d[R];
+        int q0[R], q1[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const uint8_t *qp = rows[r] + (size_t)blk * Q8_0::BB;
+            d[r] = h2f(ld16(qp - (2 + 8 * v)));
+            q0[r] = (int)ld32_2(qp);
+            q1[r] = (int)ld32_2(qp + 4);
+        }
 #pragma unroll
         for (int m = 0; m < M; m++) {
             const int2 xv =
                 __ldg(reinterpret_cast<const int2 *>(xq + (size_t)m * k_in + (size_t)blk * Q8_0::BE + 8 * v));
-            const int sum = __dp4a(q1, xv.y, __dp4a(q0, xv.x, 0));
-            acc[m] += d * __ldg(xd + (size_t)m * nb + blk).x * i2f(sum);
+            const float sx = __ldg(xd + (size_t)m * nb + blk).x;
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[m][r] += d[r] * sx * i2f(__dp4a(q1[r], xv.y, __dp4a(q0[r], xv.x, 0)));
         }
     }
-    store_rows<M>(acc, y, ldy, n, lane);
+    store_warp_rows<M, R>(acc, y, ldy, n0, w.end[2], lane);
 }
 
 // Q6_K with int8 activations: a lane takes elements 128h + 32k + 4v + j of a block (k, j < 4:
 // four runs of four, h and v from the lane), its quants (0..63) packed four to a word from the
 // low nibbles and high pairs, each run one dp4a less 32 times the run's activation sum (another
-// dp4a); 2-byte aligned loads (210-byte blocks). Sixteen lanes a block, a warp two blocks a step.
-template <int M>
+// dp4a, once for the R rows); 2-byte aligned loads (210-byte blocks). Sixteen lanes a block, a
+// warp two blocks of each of its R rows a step.
+template <int M, int R>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     gemv_q6k_dp4a_kernel(const Mats w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
                          float *__restrict__ y, int ldy, int k_in)
 {
-    const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (n >= w.end[2]) return;
-    const int nb = k_in / Q6_K::BE, nxb = k_in / kXBlock, bi = lane >> 4, h = (lane >> 3) & 1, v = lane & 7;
-    const uint8_t *row = mat_row(w, n, (size_t)nb * Q6_K::BB);
-    float acc[M];
+    const int lane = threadIdx.x & 31, nb = k_in / Q6_K::BE, nxb = k_in / kXBlock;
+    const int bi = lane >> 4, h = (lane >> 3) & 1, v = lane & 7;
+    const uint8_t *rows[R];
+    const int n0 = warp_rows<R>(w, (size_t)nb * Q6_K::BB, 0, rows);
+    if (n0 >= w.end[2]) return;
+    float acc[M][R];
 #pragma unroll
-    for (int m = 0; m < M; m++) acc[m] = 0.0f;
+    for (int m = 0; m < M; m++)
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[m][r] = 0.0f;
 #pragma unroll 2
     for (int blk = bi; blk < nb; blk += 2) {
-        const uint8_t *bp = row + (size_t)blk * Q6_K::BB;
-        const uint32_t ql0 = ld32_2(bp + 64 * h + 4 * v), ql1 = ld32_2(bp + 64 * h + 32 + 4 * v),
-                       qh = ld32_2(bp + 128 + 32 * h + 4 * v);
-        const float d = h2f(ld16(bp + 208));
-        const int8_t *sc = reinterpret_cast<const int8_t *>(bp + 192 + 8 * h + (v >> 2));
-        int q[4];
-        float dl[4];
+        int q[R][4];
+        float dl[R][4];
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            q[k] = (int)(((((k & 1) ? ql1 : ql0) >> (4 * (k >> 1))) & 0x0F0F0F0Fu) |
-                         (((qh >> (2 * k)) & 0x03030303u) << 4));
-            dl[k] = d * i2f(__ldg(sc + 2 * k));
+        for (int r = 0; r < R; r++) {
+            const uint8_t *bp = rows[r] + (size_t)blk * Q6_K::BB;
+            const uint32_t ql0 = ld32_2(bp + 64 * h + 4 * v), ql1 = ld32_2(bp + 64 * h + 32 + 4 * v),
+                           qh = ld32_2(bp + 128 + 32 * h + 4 * v);
+            const float d = h2f(ld16(bp + 208));
+            const int8_t *sc = reinterpret_cast<const int8_t *>(bp + 192 + 8 * h + (v >> 2));
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                q[r][k] = (int)(((((k & 1) ? ql1 : ql0) >> (4 * (k >> 1))) & 0x0F0F0F0Fu) |
+                                (((qh >> (2 * k)) & 0x03030303u) << 4));
+                dl[r][k] = d * i2f(__ldg(sc + 2 * k));
+            }
         }
 #pragma unroll
         for (int m = 0; m < M; m++) {
             const int8_t *xm = xq + (size_t)m * k_in + (size_t)blk * Q6_K::BE + 128 * h + 4 * v;
-            const float2 *xdm = xd + (size_t)m * nxb + (size_t)blk * 8 + 4 * h;
+            // the scales of sub-blocks 4h .. 4h + 3: two 16-byte loads
+            const float4 *xdm = reinterpret_cast<const float4 *>(xd + (size_t)m * nxb + (size_t)blk * 8 + 4 * h);
+            const float4 xs01 = __ldg(xdm), xs23 = __ldg(xdm + 1);
+            const float sx[4] = {xs01.x, xs01.z, xs23.x, xs23.z};
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 const int xv = __ldg(reinterpret_cast<const int *>(xm + 32 * k));
-                const int s = __dp4a(q[k], xv, 0) - 32 * __dp4a(0x01010101, xv, 0);
-                acc[m] += dl[k] * __ldg(xdm + k).x * i2f(s);
+                const int xsum32 = 32 * __dp4a(0x01010101, xv, 0);
+#pragma unroll
+                for (int r = 0; r < R; r++) acc[m][r] += dl[r][k] * sx[k] * i2f(__dp4a(q[r][k], xv, 0) - xsum32);
             }
         }
     }
-    store_rows<M>(acc, y, ldy, n, lane);
+    store_warp_rows<M, R>(acc, y, ldy, n0, w.end[2], lane);
+}
+
+// Q4_K, Q6_K or Q8_0 with int8 activations for M batch rows: the kernel and its grid for the rows
+// per warp.
+template <int M>
+void launch_dp4a(int dtype, const Mats &w, const int8_t *xq, const float2 *xd, float *y, int ldy, int k_in,
+                 cudaStream_t s)
+{
+    constexpr int R = dp4a_rows_per_warp(M);
+    const dim3 grid((w.end[2] + kWarpsPerBlock * R - 1) / (kWarpsPerBlock * R)), block(kWarpsPerBlock * 32);
+    if (dtype == SK_Q4_K)
+        gemv_q4k_dp4a_kernel<M, R><<<grid, block, 0, s>>>(w, xq, reinterpret_cast<const float4 *>(xd), y, ldy, k_in);
+    else if (dtype == SK_Q6_K)
+        gemv_q6k_dp4a_kernel<M, R><<<grid, block, 0, s>>>(w, xq, xd, y, ldy, k_in);
+    else
+        gemv_q8_0_dp4a_kernel<M, R><<<grid, block, 0, s>>>(w, xq, xd, y, ldy, k_in);
 }
 
 // Launches KM(m) (a macro naming the kernel for m rows) for the chunk's m rows (1..8).
@@ -471,9 +591,6 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     case 7: KM(7)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
     default: KM(8)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                         \
     }
-#define SK_Q4K_DP4A(M) gemv_q4k_dp4a_kernel<M>
-#define SK_Q8_0_DP4A(M) gemv_q8_0_dp4a_kernel<M>
-#define SK_Q6K_DP4A(M) gemv_q6k_dp4a_kernel<M>
 #define SK_FP32(M) gemv_q_kernel<Q, M>
 
 // Q4_K, Q6_K or Q8_0 with int8 activations, 8 rows at a time: quantize them into scratch (unless x_ready),
@@ -487,7 +604,6 @@ cudaError_t gemv_dp4a(int dtype, const Mats &w, const uint16_t *x, int ldx, floa
         if ((uintptr_t)w.w[i] % (q4k ? 16 : 2)) return cudaErrorInvalidValue;
     int8_t *xq = static_cast<int8_t *>(scratch);
     float2 *xd = reinterpret_cast<float2 *>(xq + (size_t)kMaxRows * k_in);
-    const dim3 grid((w.end[2] + kWarpsPerBlock - 1) / kWarpsPerBlock), block(kWarpsPerBlock * 32);
     for (int m0 = 0; m0 < rows; m0 += kMaxRows) {
         const int m = rows - m0 < kMaxRows ? rows - m0 : kMaxRows;
         const int64_t xblocks = (int64_t)m * (k_in / kXBlock);
@@ -495,12 +611,15 @@ cudaError_t gemv_dp4a(int dtype, const Mats &w, const uint16_t *x, int ldx, floa
             quantize_x_kernel<<<(unsigned)((xblocks + 7) / 8), 256, 0, s>>>(
                 reinterpret_cast<const __nv_bfloat16 *>(x) + (size_t)m0 * ldx, ldx, k_in, m, xq, xd);
         float *ym = y + (size_t)m0 * ldy;
-        if (q4k) {
-            SK_LAUNCH_ROWS(m, SK_Q4K_DP4A, w, xq, xd, ym, ldy, k_in)
-        } else if (q6k) {
-            SK_LAUNCH_ROWS(m, SK_Q6K_DP4A, w, xq, xd, ym, ldy, k_in)
-        } else {
-            SK_LAUNCH_ROWS(m, SK_Q8_0_DP4A, w, xq, xd, ym, ldy, k_in)
+        switch (m) {
+        case 1: launch_dp4a<1>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
+        case 2: launch_dp4a<2>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
+        case 3: launch_dp4a<3>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
+        case 4: launch_dp4a<4>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
+        case 5: launch_dp4a<5>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
+        case 6: launch_dp4a<6>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
+        case 7: launch_dp4a<7>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
+        default: launch_dp4a<8>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
         }
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;

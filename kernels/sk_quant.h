@@ -31,7 +31,8 @@ int sk_quant_supported(int dtype);
 
 /* y[m * ldy + n] = sum_k x[m * ldx + k] * w[n, k] for m < rows, n < n_out: w is n_out rows of
  * k_in / block_elems blocks of dtype, x bf16, fp32 accumulation and output. One warp per output
- * feature; any number of rows (taken 8 at a time, each weight byte read once per 8 rows).
+ * feature (the int8 paths below: up to four, sharing each activation load); any number of rows
+ * (taken 8 at a time, each weight byte read once per 8 rows).
  * Needs k_in a multiple of the block, ldx % 4 == 0 and w aligned as its blocks are in a
  * cudaMalloc'd buffer; returns cudaErrorInvalidValue otherwise.
  * scratch (16-byte aligned, sk_gemv_q_scratch_bytes(k_in) bytes, or NULL): with it, Q4_K, Q6_K

@@ -61,4 +61,35 @@ static inline void *gt_random_blocks(enum dtype dt, const int *scale_at, int n_s
     return p;
 }
 
+/* The f16 bits of v (|v| below 65504), rounded to nearest; subnormal below 2^-14. */
+static inline uint16_t gt_f2h(float v)
+{
+    const uint16_t sign = v < 0 ? 0x8000 : 0;
+    double a = fabs((double)v);
+    if (a < 0x1p-14) return sign | (uint16_t)lrint(a * 0x1p24);
+    int e;
+    double f = frexp(a, &e); /* a = f 2^e, f in [0.5, 1) */
+    long man = lrint((2 * f - 1) * 1024);
+    if (man == 1024) man = 0, e++;
+    return sign | (uint16_t)((e - 1 + 15) << 10) | (uint16_t)man;
+}
+
+/* gt_random_blocks with every f16 scale of magnitude in [scale_max / 4, scale_max] and a random
+ * sign: with scale_max = the weights' bound over the type's largest quant factor (its quants times
+ * its sub-block scales), the weights stay within that bound, as a trained model's do. */
+static inline void *gt_random_blocks_bounded(enum dtype dt, const int *scale_at, int n_scales, int64_t n,
+                                             float scale_max)
+{
+    unsigned char *p = gt_random_blocks(dt, scale_at, n_scales, n);
+    if (!p) return NULL;
+    size_t bb = dtype_block_bytes(dt), nb = (size_t)(n / dtype_block_elems(dt));
+    for (size_t b = 0; b < nb; b++)
+        for (int s = 0; s < n_scales; s++) {
+            float v = scale_max * (0.25f + 0.375f * (gt_uniform() + 1.0f)); /* gt_uniform: [-1, 1) */
+            uint16_t h = gt_f2h((gt_next() & 1) ? -v : v);
+            memcpy(p + b * bb + scale_at[s], &h, 2);
+        }
+    return p;
+}
+
 #endif

@@ -208,6 +208,7 @@ int main(void)
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         test_type((int)t, 67, 512);  /* rows not a multiple of the warps per block */
         test_type((int)t, 130, 768); /* three K-quant blocks a row */
+        test_type((int)t, 50, 5376); /* 21 K-quant blocks a row: the unrolled loops and their remainders */
     }
     printf("unsupported types\n");
     GT_CHECK(!sk_quant_supported(DTYPE_Q2_K) && !sk_quant_supported(DTYPE_IQ4_XS) && !sk_quant_supported(DTYPE_BF16),
