@@ -28,6 +28,13 @@ cudaError_t sk_fp8_dequant_bf16(uint16_t *dst, const uint8_t *q, const float *sc
 #define SK_FP8_GEMV_MAX_ROWS 8
 cudaError_t sk_fp8_gemv(const uint8_t *w, const float *scale, int scale_rows, int scale_cols, const uint16_t *x,
                         float *y, int rows, int n_out, int k_in, cudaStream_t s);
+/* The same product for rows <= SK_FP8_GEMM_SMALL_MAX_ROWS on the tensor cores (kernels/fp8_mma.cu):
+ * the weights converted to bf16 in registers (exactly), bf16 activations, fp32 sums, one scale
+ * per output row (scale[n]). Weights read once for all rows. Needs n_out a multiple of 32, k_in
+ * a multiple of 16, w and x 16-byte aligned. */
+#define SK_FP8_GEMM_SMALL_MAX_ROWS 64
+cudaError_t sk_fp8_gemm_small(const uint8_t *w, const float *scale, const uint16_t *x, float *y, int rows, int n_out,
+                              int k_in, cudaStream_t s);
 /* y[m, n] (fp32, n_out apart) = acc[m, n] * row_scale[m] * col_scale[n], acc fp32 (acc_bf16 0)
  * or bf16 (1); y may be acc when both are fp32. The scales of a product of per-token quantized
  * activations and per-row quantized weights. */
