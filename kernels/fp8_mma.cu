@@ -9,7 +9,7 @@
 // its 8 warps take interleaved chunks of 64 columns (the last one may be narrower) and add their sums in shared memory at the
 // end (a fixed tree, so each output's sum has the same order every run). Each lane loads 16
 // consecutive bytes of 4 weight rows a chunk (8 rows x 64 bytes a warp instruction, whole
-// sectors) and keeps the next chunk's loads in flight while it computes the current one.
+// sectors) and keeps the next two chunks' loads in flight while it computes the current one.
 //
 // The k order inside a chunk is permuted, the same for both operands (a dot product does not
 // care): lane (g = lane / 4, t = lane % 4) holds weight columns kc + 16t .. kc + 16t + 15 and, for
@@ -89,25 +89,29 @@ __global__ void __launch_bounds__(kWarps * 32)
     // A last chunk narrower than 64 columns (k_in a multiple of 16): the lanes past its end take
     // zero weights and activations.
     const int nchunks = (k_in + kChunk - 1) / kChunk;
-    int c = warp;
-    uint4 wn[4];
-    if (c < nchunks) {
-        const bool in = c * kChunk + 16 * t < k_in;
+    // Two chunks ahead in flight per warp (8 KB a block) besides the one being computed: the
+    // bytes in flight an SM needs to keep its share of the memory bandwidth busy.
+    uint4 wn[2][4];
+#pragma unroll
+    for (int d = 0; d < 2; d++) {
+        const int cd = warp + d * kWarps;
+        const bool in = cd < nchunks && cd * kChunk + 16 * t < k_in;
 #pragma unroll
         for (int r = 0; r < 4; r++)
-            wn[r] = in ? load_stream(reinterpret_cast<const uint4 *>(wr[r] + (size_t)c * kChunk)) : make_uint4(0, 0, 0, 0);
+            wn[d][r] = in ? load_stream(reinterpret_cast<const uint4 *>(wr[r] + (size_t)cd * kChunk))
+                          : make_uint4(0, 0, 0, 0);
     }
-    for (; c < nchunks; c += kWarps) {
+    for (int c = warp; c < nchunks; c += kWarps) {
         uint4 wc[4];
 #pragma unroll
-        for (int r = 0; r < 4; r++) wc[r] = wn[r];
-        const int cn = c + kWarps;
+        for (int r = 0; r < 4; r++) wc[r] = wn[0][r], wn[0][r] = wn[1][r];
+        const int cn = c + 2 * kWarps;
         if (cn < nchunks) {
             const bool in = cn * kChunk + 16 * t < k_in;
 #pragma unroll
             for (int r = 0; r < 4; r++)
-                wn[r] = in ? load_stream(reinterpret_cast<const uint4 *>(wr[r] + (size_t)cn * kChunk))
-                           : make_uint4(0, 0, 0, 0);
+                wn[1][r] = in ? load_stream(reinterpret_cast<const uint4 *>(wr[r] + (size_t)cn * kChunk))
+                              : make_uint4(0, 0, 0, 0);
         }
         const bool in = c * kChunk + 16 * t < k_in;
         // A fragments of the 4 k steps: a[s][mt][0..3] = {row g lo, row g+8 lo, row g hi, row g+8 hi}.
