@@ -17,6 +17,7 @@
 // 4s + 2, 4s + 3 as labels 2t + 8, 2t + 9; its activation fragment takes the same four columns,
 // so both are plain register reads with no shuffle.
 #include "kernels/load_stream.cuh"
+#include "kernels/prefetch_l2.cuh"
 #include "kernels/sk_fp8.h"
 
 #include <cuda_bf16.h>
@@ -64,7 +65,8 @@ __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b
 template <int NT>
 __global__ void __launch_bounds__(kWarps * 32)
     fp8_gemm_small_kernel(const uint8_t *__restrict__ w, const float *__restrict__ scale,
-                          const __nv_bfloat16 *__restrict__ x, float *__restrict__ y, int rows, int n_out, int k_in)
+                          const __nv_bfloat16 *__restrict__ x, float *__restrict__ y, int rows, int n_out, int k_in,
+                          const void *prefetch, size_t prefetch_bytes)
 {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int f0 = blockIdx.x * kFeatures;
@@ -138,6 +140,8 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
     }
 
+    prefetch_l2_share(prefetch, prefetch_bytes, kWarps);
+
     // The warps' sums added in a fixed tree: 4..7 into 0..3, 2..3 into 0..1, 1 into 0.
     constexpr int kVals = 2 * NT * 4;
     __shared__ float red[4][2 * kMaxTiles * 4][32];
@@ -176,28 +180,30 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 template <int NT>
 cudaError_t launch(const uint8_t *w, const float *scale, const uint16_t *x, float *y, int rows, int n_out, int k_in,
-                   cudaStream_t s)
+                   const void *pf, size_t pf_bytes, cudaStream_t s)
 {
     fp8_gemm_small_kernel<NT><<<n_out / kFeatures, kWarps * 32, 0, s>>>(
-        w, scale, reinterpret_cast<const __nv_bfloat16 *>(x), y, rows, n_out, k_in);
+        w, scale, reinterpret_cast<const __nv_bfloat16 *>(x), y, rows, n_out, k_in, pf, pf_bytes);
     return cudaGetLastError();
 }
 
 } // namespace
 
 extern "C" cudaError_t sk_fp8_gemm_small(const uint8_t *w, const float *scale, const uint16_t *x, float *y, int rows,
-                                         int n_out, int k_in, cudaStream_t s)
+                                         int n_out, int k_in, const void *prefetch, size_t prefetch_bytes,
+                                         cudaStream_t s)
 {
-    if (rows < 1 || rows > SK_FP8_GEMM_SMALL_MAX_ROWS || n_out < kFeatures || n_out % kFeatures || k_in < 16 || k_in % 16 || ((uintptr_t)w & 15) || ((uintptr_t)x & 15))
+    if (rows < 1 || rows > SK_FP8_GEMM_SMALL_MAX_ROWS || n_out < kFeatures || n_out % kFeatures || k_in < 16 || k_in % 16 || ((uintptr_t)w & 15) || ((uintptr_t)x & 15) ||
+        ((uintptr_t)prefetch & 15))
         return cudaErrorInvalidValue;
     switch ((rows + 7) / 8) {
-    case 1: return launch<1>(w, scale, x, y, rows, n_out, k_in, s);
-    case 2: return launch<2>(w, scale, x, y, rows, n_out, k_in, s);
-    case 3: return launch<3>(w, scale, x, y, rows, n_out, k_in, s);
-    case 4: return launch<4>(w, scale, x, y, rows, n_out, k_in, s);
-    case 5: return launch<5>(w, scale, x, y, rows, n_out, k_in, s);
-    case 6: return launch<6>(w, scale, x, y, rows, n_out, k_in, s);
-    case 7: return launch<7>(w, scale, x, y, rows, n_out, k_in, s);
-    default: return launch<8>(w, scale, x, y, rows, n_out, k_in, s);
+    case 1: return launch<1>(w, scale, x, y, rows, n_out, k_in, prefetch, prefetch_bytes, s);
+    case 2: return launch<2>(w, scale, x, y, rows, n_out, k_in, prefetch, prefetch_bytes, s);
+    case 3: return launch<3>(w, scale, x, y, rows, n_out, k_in, prefetch, prefetch_bytes, s);
+    case 4: return launch<4>(w, scale, x, y, rows, n_out, k_in, prefetch, prefetch_bytes, s);
+    case 5: return launch<5>(w, scale, x, y, rows, n_out, k_in, prefetch, prefetch_bytes, s);
+    case 6: return launch<6>(w, scale, x, y, rows, n_out, k_in, prefetch, prefetch_bytes, s);
+    case 7: return launch<7>(w, scale, x, y, rows, n_out, k_in, prefetch, prefetch_bytes, s);
+    default: return launch<8>(w, scale, x, y, rows, n_out, k_in, prefetch, prefetch_bytes, s);
     }
 }

@@ -116,7 +116,7 @@ static void test_gemv(int m, int n_out, int k_in, int sr, int sc)
     uint8_t *dq = gt_up(q, (size_t)n_out * k_in);
     float *ds = gt_up(s, (size_t)ns * 4), *dy = gt_dev((size_t)m * n_out * 4), *y = malloc((size_t)m * n_out * 4);
     uint16_t *dx = gt_up(x, (size_t)m * k_in * 2);
-    GT_CUDA(sk_fp8_gemv(dq, ds, sr, sc, dx, dy, m, n_out, k_in, 0));
+    GT_CUDA(sk_fp8_gemv(dq, ds, sr, sc, dx, dy, m, n_out, k_in, NULL, 0, 0));
     gt_down(y, dy, (size_t)m * n_out * 4);
     double worst = 0;
     int at = -1;
@@ -165,7 +165,7 @@ static void test_mma(int m, int n_out, int k_in, bool tiny)
     uint8_t *dq = gt_up(q, (size_t)n_out * k_in);
     float *ds = gt_up(s, (size_t)ns * 4), *dy = gt_dev((size_t)m * n_out * 4), *y = malloc((size_t)m * n_out * 4);
     uint16_t *dx = gt_up(x, (size_t)m * k_in * 2);
-    GT_CUDA(sk_fp8_gemm_small(dq, ds, dx, dy, m, n_out, k_in, 0));
+    GT_CUDA(sk_fp8_gemm_small(dq, ds, dx, dy, m, n_out, k_in, NULL, 0, 0));
     gt_down(y, dy, (size_t)m * n_out * 4);
     double worst = 0;
     int at = -1;

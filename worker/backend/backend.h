@@ -192,6 +192,8 @@ struct cuda_options {
                                (cuBLAS) instead of cuBLASLt's FP8 GEMM */
     bool no_fp8_outer;      /* fp8_outer=0: cuBLASLt's FP8 output scaled by an own kernel instead
                                of its outer-vector scales */
+    bool no_fp8_prefetch;   /* fp8_prefetch=0: an FP8 decode product does not bring the next
+                               product's first weights into L2 at its end */
 };
 
 struct backend_options {
