@@ -103,6 +103,31 @@ static void test_dequant(int rows, int cols, int sr, int sc)
     free(q), free(s), free(d);
 }
 
+/* The worst error of y = x w^T (m rows) against double sums of the decoded weights, relative to
+ * the sum of |terms| of each output; *at: where (row * n_out + feature). */
+static double worst_vs_double(const uint8_t *q, const float *s, int sr, int sc, const uint16_t *x, const float *y,
+                              int m, int n_out, int k_in, int *at)
+{
+    double worst = 0;
+    float *xf = malloc((size_t)m * k_in * 4), *wrow = malloc((size_t)k_in * 4);
+    for (size_t i = 0; i < (size_t)m * k_in; i++) xf[i] = gt_bf2f(x[i]);
+    for (int n = 0; n < n_out; n++) {
+        for (int k = 0; k < k_in; k++) wrow[k] = ref_weight(q, s, sr, sc, k_in, n, k);
+        for (int r = 0; r < m; r++) {
+            double sum = 0, mag = 0;
+            for (int k = 0; k < k_in; k++) {
+                double t = (double)wrow[k] * xf[(size_t)r * k_in + k];
+                sum += t, mag += fabs(t);
+            }
+            double e = fabs(y[(size_t)r * n_out + n] - sum) / (mag + 1e-30);
+            if (!isfinite(y[(size_t)r * n_out + n])) e = INFINITY;
+            if (e > worst) worst = e, *at = r * n_out + n;
+        }
+    }
+    free(xf), free(wrow);
+    return worst;
+}
+
 /* y = x w^T with the gemv against double sums of the same decoded weights; the bound is fp32
  * summation error relative to the sum of |terms|. */
 static void test_gemv(int m, int n_out, int k_in, int sr, int sc)
@@ -118,24 +143,8 @@ static void test_gemv(int m, int n_out, int k_in, int sr, int sc)
     uint16_t *dx = gt_up(x, (size_t)m * k_in * 2);
     GT_CUDA(sk_fp8_gemv(dq, ds, sr, sc, dx, dy, m, n_out, k_in, NULL, 0, 0));
     gt_down(y, dy, (size_t)m * n_out * 4);
-    double worst = 0;
     int at = -1;
-    float *xf = malloc((size_t)m * k_in * 4), *wrow = malloc((size_t)k_in * 4);
-    for (size_t i = 0; i < (size_t)m * k_in; i++) xf[i] = gt_bf2f(x[i]);
-    for (int n = 0; n < n_out; n++) {
-        for (int k = 0; k < k_in; k++) wrow[k] = ref_weight(q, s, sr, sc, k_in, n, k);
-        for (int r = 0; r < m; r++) {
-            double sum = 0, mag = 0;
-            for (int k = 0; k < k_in; k++) {
-                double t = (double)wrow[k] * xf[(size_t)r * k_in + k];
-                sum += t, mag += fabs(t);
-            }
-            double e = fabs(y[(size_t)r * n_out + n] - sum) / (mag + 1e-30);
-            if (!isfinite(y[(size_t)r * n_out + n])) e = INFINITY;
-            if (e > worst) worst = e, at = r * n_out + n;
-        }
-    }
-    free(xf), free(wrow);
+    const double worst = worst_vs_double(q, s, sr, sc, x, y, m, n_out, k_in, &at);
     GT_CHECK(worst < 1e-5, "sk_fp8_gemv %d x [%d, %d], scales per %d x %d: worst error %.2e of the sum of |terms| "
              "(at %d)", m, n_out, k_in, sr, sc, worst, at);
     cudaFree(dq), cudaFree(ds), cudaFree(dy), cudaFree(dx);
@@ -167,24 +176,8 @@ static void test_mma(int m, int n_out, int k_in, bool tiny)
     uint16_t *dx = gt_up(x, (size_t)m * k_in * 2);
     GT_CUDA(sk_fp8_gemm_small(dq, ds, dx, dy, m, n_out, k_in, NULL, 0, 0));
     gt_down(y, dy, (size_t)m * n_out * 4);
-    double worst = 0;
     int at = -1;
-    float *xf = malloc((size_t)m * k_in * 4), *wrow = malloc((size_t)k_in * 4);
-    for (size_t i = 0; i < (size_t)m * k_in; i++) xf[i] = gt_bf2f(x[i]);
-    for (int n = 0; n < n_out; n++) {
-        for (int k = 0; k < k_in; k++) wrow[k] = ref_weight(q, s, 1, k_in, k_in, n, k);
-        for (int r = 0; r < m; r++) {
-            double sum = 0, mag = 0;
-            for (int k = 0; k < k_in; k++) {
-                double t = (double)wrow[k] * xf[(size_t)r * k_in + k];
-                sum += t, mag += fabs(t);
-            }
-            double e = fabs(y[(size_t)r * n_out + n] - sum) / (mag + 1e-30);
-            if (!isfinite(y[(size_t)r * n_out + n])) e = INFINITY;
-            if (e > worst) worst = e, at = r * n_out + n;
-        }
-    }
-    free(xf), free(wrow);
+    const double worst = worst_vs_double(q, s, 1, k_in, x, y, m, n_out, k_in, &at);
     GT_CHECK(worst < 1e-4, "sk_fp8_gemm_small %d x [%d, %d]%s: worst error %.2e of the sum of |terms| (at row %d, "
              "feature %d)", m, n_out, k_in, tiny ? ", subnormal codes" : "", worst, at < 0 ? -1 : at / n_out,
              at < 0 ? -1 : at % n_out);
