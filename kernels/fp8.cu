@@ -3,6 +3,7 @@
 // cuda_fp8.h; every rounding is to nearest even, as the CPU's fp8.c does.
 #include "kernels/bf16.cuh"
 #include "kernels/load_stream.cuh"
+#include "kernels/prefetch_l2.cuh"
 #include "kernels/sk_fp8.h"
 
 #include <cuda_bf16.h>
@@ -89,10 +90,14 @@ constexpr int kRowsPerWarp = 2;
 template <int M, bool kBlocked>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     fp8_gemv_kernel(const uint8_t *__restrict__ w, const float *__restrict__ scale, int scale_rows, int scale_cols,
-                    const __nv_bfloat16 *__restrict__ x, float *__restrict__ y, int n_out, int k_in)
+                    const __nv_bfloat16 *__restrict__ x, float *__restrict__ y, int n_out, int k_in,
+                    const void *prefetch, size_t prefetch_bytes)
 {
     const int n0 = (blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5)) * kRowsPerWarp, lane = threadIdx.x & 31;
-    if (n0 >= n_out) return;
+    if (n0 >= n_out) {
+        prefetch_l2_share(prefetch, prefetch_bytes, kWarpsPerBlock);
+        return;
+    }
     const int nvec = k_in / 16, per_row = (k_in + scale_cols - 1) / scale_cols;
     const uint4 *wr[kRowsPerWarp];
     const float *srow[kRowsPerWarp];
@@ -149,6 +154,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
             }
         }
     }
+    prefetch_l2_share(prefetch, prefetch_bytes, kWarpsPerBlock);
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; r++) {
         const float row_scale = kBlocked ? kE4m3UnscaleHalf : __ldg(srow[r]);
@@ -166,14 +172,14 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 
 template <int M>
 cudaError_t launch_gemv(const uint8_t *w, const float *scale, int sr, int sc, const uint16_t *x, float *y, int n_out,
-                        int k_in, cudaStream_t s)
+                        int k_in, const void *pf, size_t pf_bytes, cudaStream_t s)
 {
     const int warps = (n_out + kRowsPerWarp - 1) / kRowsPerWarp, blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
     const __nv_bfloat16 *xb = reinterpret_cast<const __nv_bfloat16 *>(x);
     if (sc >= k_in)
-        fp8_gemv_kernel<M, false><<<blocks, kWarpsPerBlock * 32, 0, s>>>(w, scale, sr, sc, xb, y, n_out, k_in);
+        fp8_gemv_kernel<M, false><<<blocks, kWarpsPerBlock * 32, 0, s>>>(w, scale, sr, sc, xb, y, n_out, k_in, pf, pf_bytes);
     else
-        fp8_gemv_kernel<M, true><<<blocks, kWarpsPerBlock * 32, 0, s>>>(w, scale, sr, sc, xb, y, n_out, k_in);
+        fp8_gemv_kernel<M, true><<<blocks, kWarpsPerBlock * 32, 0, s>>>(w, scale, sr, sc, xb, y, n_out, k_in, pf, pf_bytes);
     return cudaGetLastError();
 }
 
@@ -217,20 +223,22 @@ extern "C" cudaError_t sk_fp8_dequant_bf16(uint16_t *dst, const uint8_t *q, cons
 }
 
 extern "C" cudaError_t sk_fp8_gemv(const uint8_t *w, const float *scale, int scale_rows, int scale_cols,
-                                   const uint16_t *x, float *y, int rows, int n_out, int k_in, cudaStream_t s)
+                                   const uint16_t *x, float *y, int rows, int n_out, int k_in, const void *prefetch,
+                                   size_t prefetch_bytes, cudaStream_t s)
 {
     if (rows < 1 || rows > SK_FP8_GEMV_MAX_ROWS || n_out < 1 || k_in < 16 || k_in % 16 || scale_rows < 1 ||
-        scale_cols < 1 || (scale_cols < k_in && scale_cols % 16) || ((uintptr_t)w & 15) || ((uintptr_t)x & 15))
+        scale_cols < 1 || (scale_cols < k_in && scale_cols % 16) || ((uintptr_t)w & 15) || ((uintptr_t)x & 15) ||
+        ((uintptr_t)prefetch & 15))
         return cudaErrorInvalidValue;
     switch (rows) {
-    case 1: return launch_gemv<1>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
-    case 2: return launch_gemv<2>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
-    case 3: return launch_gemv<3>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
-    case 4: return launch_gemv<4>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
-    case 5: return launch_gemv<5>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
-    case 6: return launch_gemv<6>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
-    case 7: return launch_gemv<7>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
-    default: return launch_gemv<8>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, s);
+    case 1: return launch_gemv<1>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, prefetch, prefetch_bytes, s);
+    case 2: return launch_gemv<2>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, prefetch, prefetch_bytes, s);
+    case 3: return launch_gemv<3>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, prefetch, prefetch_bytes, s);
+    case 4: return launch_gemv<4>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, prefetch, prefetch_bytes, s);
+    case 5: return launch_gemv<5>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, prefetch, prefetch_bytes, s);
+    case 6: return launch_gemv<6>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, prefetch, prefetch_bytes, s);
+    case 7: return launch_gemv<7>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, prefetch, prefetch_bytes, s);
+    default: return launch_gemv<8>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, prefetch, prefetch_bytes, s);
     }
 }
 

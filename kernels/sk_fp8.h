@@ -24,10 +24,20 @@ cudaError_t sk_fp8_dequant_bf16(uint16_t *dst, const uint8_t *q, const float *sc
                                 int rows, int cols, cudaStream_t s);
 /* y[m, n] (fp32, n_out apart) = sum_k x[m, k] (bf16, k_in apart) * w[n, k] for m < rows <=
  * SK_FP8_GEMV_MAX_ROWS, fp32 accumulation. Needs k_in a multiple of 16, w and x 16-byte aligned,
- * and scale_cols either k_in (per row) or a multiple of 16. */
+ * and scale_cols either k_in (per row) or a multiple of 16. prefetch (NULL: none; 16-byte
+ * aligned): the grid's last warps ask for its first prefetch_bytes to be brought into L2 once
+ * they are done (the next product's weights; kernels/prefetch_l2.cuh). */
 #define SK_FP8_GEMV_MAX_ROWS 8
 cudaError_t sk_fp8_gemv(const uint8_t *w, const float *scale, int scale_rows, int scale_cols, const uint16_t *x,
-                        float *y, int rows, int n_out, int k_in, cudaStream_t s);
+                        float *y, int rows, int n_out, int k_in, const void *prefetch, size_t prefetch_bytes,
+                        cudaStream_t s);
+/* The same product for rows <= SK_FP8_GEMM_SMALL_MAX_ROWS on the tensor cores (kernels/fp8_mma.cu):
+ * the weights converted to bf16 in registers (exactly), bf16 activations, fp32 sums, one scale
+ * per output row (scale[n]). Weights read once for all rows. Needs n_out a multiple of 32, k_in
+ * a multiple of 16, w and x 16-byte aligned; prefetch as sk_fp8_gemv's. */
+#define SK_FP8_GEMM_SMALL_MAX_ROWS 64
+cudaError_t sk_fp8_gemm_small(const uint8_t *w, const float *scale, const uint16_t *x, float *y, int rows, int n_out,
+                              int k_in, const void *prefetch, size_t prefetch_bytes, cudaStream_t s);
 /* y[m, n] (fp32, n_out apart) = acc[m, n] * row_scale[m] * col_scale[n], acc fp32 (acc_bf16 0)
  * or bf16 (1); y may be acc when both are fp32. The scales of a product of per-token quantized
  * activations and per-row quantized weights. */

@@ -1,13 +1,15 @@
-/* FP8 weights on CUDA (worker/backend/cuda/cuda_fp8.c, kernels/fp8.cu).
+/* FP8 weights on CUDA (worker/backend/cuda/cuda_fp8.c, kernels/fp8.cu, kernels/fp8_mma.cu).
  *
  * Kernels against the CPU on the same e4m3 codes: row quantization and dequantization bit for
- * bit (fp8.c's arithmetic), the decode gemv within fp32 summation error, per-row and per-block
- * scales, at small and Llama-3-8B shapes. Models: the FP8 checkpoint fixtures (tests/fixtures/fp8)
- * on CUDA against the CPU backend, which dequantizes the same codes exactly (bounds: the bf16
- * backend's own against the CPU where activations stay bf16, the gemv; looser where cuBLASLt's
- * FP8 GEMM also quantizes the activations per token); then --quantization fp8 against the bf16
- * model on CUDA for stories260K and a two-layer Llama-3-8B-shaped dummy: logits close and the
- * greedy token the same at most steps when both are fed the bf16 model's tokens. */
+ * bit (fp8.c's arithmetic), the decode gemv and the tensor-core kernel within fp32 summation
+ * error, per-row and per-block scales, at small and Llama-3-8B shapes. Models: the FP8
+ * checkpoint fixtures (tests/fixtures/fp8) on CUDA against the CPU backend, which dequantizes the
+ * same codes exactly (bound: the bf16 backend's own against the CPU where activations stay bf16;
+ * where cuBLASLt's FP8 GEMM quantizes them per token, against a CPU yardstick that rounds its
+ * activations the same way, backend_options.cpu_fp8_act_rows); then --quantization fp8 against
+ * the bf16 model on CUDA for stories260K and a two-layer Llama-3-8B-shaped dummy, bounded by the
+ * same comparison on the CPU: logits close and the greedy token the same where the bf16 model's
+ * choice is decisive (a trained model's rows; random weights have none, which the test says). */
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
@@ -16,6 +18,7 @@
 #include "kernels/sk_fp8.h"
 #include "tests/unit/model/fp8_fixture.h"
 #include "worker/backend/backend.h"
+#include "worker/backend/cuda/cuda_internal.h"
 #include "worker/model/fp8.h"
 #include "worker/model/model.h"
 
@@ -100,6 +103,31 @@ static void test_dequant(int rows, int cols, int sr, int sc)
     free(q), free(s), free(d);
 }
 
+/* The worst error of y = x w^T (m rows) against double sums of the decoded weights, relative to
+ * the sum of |terms| of each output; *at: where (row * n_out + feature). */
+static double worst_vs_double(const uint8_t *q, const float *s, int sr, int sc, const uint16_t *x, const float *y,
+                              int m, int n_out, int k_in, int *at)
+{
+    double worst = 0;
+    float *xf = malloc((size_t)m * k_in * 4), *wrow = malloc((size_t)k_in * 4);
+    for (size_t i = 0; i < (size_t)m * k_in; i++) xf[i] = gt_bf2f(x[i]);
+    for (int n = 0; n < n_out; n++) {
+        for (int k = 0; k < k_in; k++) wrow[k] = ref_weight(q, s, sr, sc, k_in, n, k);
+        for (int r = 0; r < m; r++) {
+            double sum = 0, mag = 0;
+            for (int k = 0; k < k_in; k++) {
+                double t = (double)wrow[k] * xf[(size_t)r * k_in + k];
+                sum += t, mag += fabs(t);
+            }
+            double e = fabs(y[(size_t)r * n_out + n] - sum) / (mag + 1e-30);
+            if (!isfinite(y[(size_t)r * n_out + n])) e = INFINITY;
+            if (e > worst) worst = e, *at = r * n_out + n;
+        }
+    }
+    free(xf), free(wrow);
+    return worst;
+}
+
 /* y = x w^T with the gemv against double sums of the same decoded weights; the bound is fp32
  * summation error relative to the sum of |terms|. */
 static void test_gemv(int m, int n_out, int k_in, int sr, int sc)
@@ -113,28 +141,46 @@ static void test_gemv(int m, int n_out, int k_in, int sr, int sc)
     uint8_t *dq = gt_up(q, (size_t)n_out * k_in);
     float *ds = gt_up(s, (size_t)ns * 4), *dy = gt_dev((size_t)m * n_out * 4), *y = malloc((size_t)m * n_out * 4);
     uint16_t *dx = gt_up(x, (size_t)m * k_in * 2);
-    GT_CUDA(sk_fp8_gemv(dq, ds, sr, sc, dx, dy, m, n_out, k_in, 0));
+    GT_CUDA(sk_fp8_gemv(dq, ds, sr, sc, dx, dy, m, n_out, k_in, NULL, 0, 0));
     gt_down(y, dy, (size_t)m * n_out * 4);
-    double worst = 0;
     int at = -1;
-    float *xf = malloc((size_t)m * k_in * 4), *wrow = malloc((size_t)k_in * 4);
-    for (size_t i = 0; i < (size_t)m * k_in; i++) xf[i] = gt_bf2f(x[i]);
-    for (int n = 0; n < n_out; n++) {
-        for (int k = 0; k < k_in; k++) wrow[k] = ref_weight(q, s, sr, sc, k_in, n, k);
-        for (int r = 0; r < m; r++) {
-            double sum = 0, mag = 0;
-            for (int k = 0; k < k_in; k++) {
-                double t = (double)wrow[k] * xf[(size_t)r * k_in + k];
-                sum += t, mag += fabs(t);
-            }
-            double e = fabs(y[(size_t)r * n_out + n] - sum) / (mag + 1e-30);
-            if (!isfinite(y[(size_t)r * n_out + n])) e = INFINITY;
-            if (e > worst) worst = e, at = r * n_out + n;
-        }
-    }
-    free(xf), free(wrow);
+    const double worst = worst_vs_double(q, s, sr, sc, x, y, m, n_out, k_in, &at);
     GT_CHECK(worst < 1e-5, "sk_fp8_gemv %d x [%d, %d], scales per %d x %d: worst error %.2e of the sum of |terms| "
              "(at %d)", m, n_out, k_in, sr, sc, worst, at);
+    cudaFree(dq), cudaFree(ds), cudaFree(dy), cudaFree(dx);
+    free(q), free(s), free(x), free(y);
+}
+
+/* y = x w^T with the tensor-core kernel (sk_fp8_gemm_small) against double sums of the same
+ * decoded weights and bf16 activations. The weights' conversion to bf16 is exact and so is each
+ * bf16 product in fp32; what is left is the tensor cores' fp32 accumulation, which truncates
+ * where fp32 FMAs round (biased, so it grows with k_in): 1e-4 of the sum of |terms| bounds it with
+ * room at 14336 columns, far under what a wrong column order, row or scale makes (order 1).
+ * tiny: every code subnormal or in the lowest normal binade, whose conversion goes through bf16
+ * subnormals (a flush to zero would lose them all). */
+static void test_mma(int m, int n_out, int k_in, bool tiny)
+{
+    uint8_t *q;
+    float *s;
+    int ns;
+    random_fp8(n_out, k_in, 1, k_in, &q, &s, &ns);
+    if (tiny)
+        for (size_t i = 0; i < (size_t)n_out * k_in; i++) q[i] &= 0x8f;
+    uint16_t *x = malloc((size_t)m * k_in * 2);
+    for (int r = 0; r < m; r++) {
+        const float mag = ldexpf(1.0f, gt_int(12) - 6);
+        for (int k = 0; k < k_in; k++) x[(size_t)r * k_in + k] = gt_f2bf(mag * gt_normal());
+    }
+    uint8_t *dq = gt_up(q, (size_t)n_out * k_in);
+    float *ds = gt_up(s, (size_t)ns * 4), *dy = gt_dev((size_t)m * n_out * 4), *y = malloc((size_t)m * n_out * 4);
+    uint16_t *dx = gt_up(x, (size_t)m * k_in * 2);
+    GT_CUDA(sk_fp8_gemm_small(dq, ds, dx, dy, m, n_out, k_in, NULL, 0, 0));
+    gt_down(y, dy, (size_t)m * n_out * 4);
+    int at = -1;
+    const double worst = worst_vs_double(q, s, 1, k_in, x, y, m, n_out, k_in, &at);
+    GT_CHECK(worst < 1e-4, "sk_fp8_gemm_small %d x [%d, %d]%s: worst error %.2e of the sum of |terms| (at row %d, "
+             "feature %d)", m, n_out, k_in, tiny ? ", subnormal codes" : "", worst, at < 0 ? -1 : at / n_out,
+             at < 0 ? -1 : at % n_out);
     cudaFree(dq), cudaFree(ds), cudaFree(dy), cudaFree(dx);
     free(q), free(s), free(x), free(y);
 }
@@ -178,6 +224,16 @@ static void test_kernels(void)
     test_gemv(1, 6144, 4096, 1, 4096); /* Llama-3-8B qkv */
     test_gemv(8, 4096, 14336, 1, 14336); /* down */
     test_gemv(2, 4096, 14336, 128, 128);
+    /* The tensor-core kernel: every tile count (8 rows each), partial tiles, a last chunk of
+     * columns narrower than 64 (k_in 96, 208), and the Llama-3-8B shapes at 12 and 64 rows. */
+    const int mma_rows[] = {1, 5, 8, 9, 16, 17, 24, 31, 40, 48, 56, 63, 64};
+    for (size_t i = 0; i < sizeof mma_rows / sizeof *mma_rows; i++) test_mma(mma_rows[i], 64, 96, false);
+    test_mma(7, 96, 208, false);
+    test_mma(33, 128, 64, true);
+    test_mma(12, 6144, 4096, false);  /* qkv */
+    test_mma(64, 4096, 4096, false);  /* o */
+    test_mma(64, 4096, 14336, false); /* down */
+    test_mma(5, 28672, 4096, true);   /* gate/up, subnormal codes */
     test_scale_output();
 }
 
@@ -266,54 +322,129 @@ static struct compare compare_logits(const float *a, const float *ref, int rows,
     return c;
 }
 
-/* Runs model test (on CUDA) and ref (on ref_cpu ? the CPU : CUDA) on the same n prompts, test fed
- * ref's tokens. */
-static struct compare versus_with(const struct model *test, const struct model *ref, bool ref_cpu, int n, int P,
-                                  int steps, struct cuda_options co)
+/* The CPU yardstick's steps (backend_options.cpu_fp8_act_rows): for each layer product, steps of
+ * at least rows[i] tokens have e4m3 activations (0: none). */
+struct act_rows {
+    int32_t rows[4];
+    bool any;  /* some product has them */
+    bool ok;   /* the CUDA plan is one the yardstick can mirror */
+};
+
+/* A backend for model m: the CPU (with a: the yardstick, NULL: plain) or CUDA. */
+static struct backend *make_backend(const struct model *m, bool cpu, struct cuda_options co, const struct act_rows *a)
 {
-    struct compare bad = {.worst_err = INFINITY, .total = 1};
-    const int V = test->config.vocab_size;
     struct backend_options bo = {.kv_blocks = MAX_SEQS * BLOCKS_PER_SEQ, .max_batch_tokens = 1024,
                                  .max_batch_seqs = MAX_SEQS, .n_threads = 8, .gpu_memory_utilization = 0.5,
                                  .cuda = co};
+    if (a) memcpy(bo.cpu_fp8_act_rows, a->rows, sizeof bo.cpu_fp8_act_rows);
     char err[512];
-    struct backend *tb = NULL, *rb = NULL;
-    if (backend_cuda_create(&tb, test, &bo, err, sizeof err) < 0) {
-        GT_CHECK(0, "backend_cuda_create: %s", err);
-        return bad;
+    struct backend *b = NULL;
+    const int rc = cpu ? backend_cpu_create(&b, m, &bo, err, sizeof err) : backend_cuda_create(&b, m, &bo, err, sizeof err);
+    GT_CHECK(rc == 0, "%s backend: %s", cpu ? "CPU" : "CUDA", rc == 0 ? "" : err);
+    return rc == 0 ? b : NULL;
+}
+
+/* Which steps the CUDA backend b gives cuBLASLt's FP8 GEMM, which quantizes the activations per
+ * token: for each layer product, every step of more than CUDA_FP8_MMA_ROWS tokens and none
+ * smaller, or none at all (cuBLASLt off or not there, a shape it does not take), up to the
+ * largest step (max_batch_tokens 1024); anything else the yardstick cannot mirror (not ok). */
+static struct act_rows lt_rows(const struct backend *b, const struct model_config *c)
+{
+    struct act_rows a = {.ok = true};
+    if (!b) return a;
+    const struct cuda_backend *cb = (const struct cuda_backend *)b;
+    const struct cuda_plan_config *p = &cb->plan;
+    if (!cb->fp8 || !p->fp8) return a;
+    const int H = c->hidden_size, I = c->intermediate_size, qd = c->n_heads * c->head_dim;
+    const int qkvd = qd + 2 * c->n_kv_heads * c->head_dim;
+    const int shapes[4][2] = {{qkvd, H}, {H, qd}, {2 * I, H}, {H, I}};
+    for (int i = 0; i < 4; i++) {
+        int small = 0, big = 0;
+        for (int t = 1; t <= 1024; t++) {
+            const bool lt = cuda_plan_fp8_product(p, t, shapes[i][0], shapes[i][1]).kernel == CUDA_PRODUCT_FP8_LT;
+            if (t <= CUDA_FP8_MMA_ROWS) small += lt;
+            else big += lt;
+        }
+        if (small || (big && big != 1024 - CUDA_FP8_MMA_ROWS)) a.ok = false;
+        else if (big) a.rows[i] = CUDA_FP8_MMA_ROWS + 1, a.any = true;
     }
-    int rc = ref_cpu ? backend_cpu_create(&rb, ref, &bo, err, sizeof err)
-                     : backend_cuda_create(&rb, ref, &bo, err, sizeof err);
-    if (rc < 0) {
-        GT_CHECK(0, "reference backend: %s", err);
-        backend_free(tb);
-        return bad;
-    }
-    int32_t *prompts = malloc((size_t)n * P * 4), *rt = malloc((size_t)n * steps * 4 + 4),
-            *tt = malloc((size_t)n * steps * 4 + 4);
-    for (int i = 0; i < n * P; i++) prompts[i] = gt_int(V);
+    return a;
+}
+
+/* Runs test and ref on the same n prompts (n x P tokens), test fed ref's tokens. */
+static struct compare versus_backends(struct backend *tb, struct backend *rb, int V, const int32_t *prompts, int n,
+                                      int P, int steps)
+{
+    struct compare c = {.worst_err = INFINITY, .total = 1};
+    int32_t *rt = malloc((size_t)n * steps * 4 + 4), *tt = malloc((size_t)n * steps * 4 + 4);
     float *rl = malloc((size_t)(steps + 1) * n * V * 4), *tl = malloc((size_t)(steps + 1) * n * V * 4);
-    struct compare c = bad;
-    if (run(rb, V, n, prompts, P, steps, NULL, rt, rl) == 0 && run(tb, V, n, prompts, P, steps, rt, tt, tl) == 0)
+    if (tb && rb && run(rb, V, n, prompts, P, steps, NULL, rt, rl) == 0 && run(tb, V, n, prompts, P, steps, rt, tt, tl) == 0)
         c = compare_logits(tl, rl, (steps + 1) * n, V);
-    free(prompts), free(rt), free(tt), free(rl), free(tl);
-    backend_free(rb);
-    backend_free(tb);
+    free(rt), free(tt), free(rl), free(tl);
     return c;
 }
 
-static struct compare versus(const struct model *test, const struct model *ref, bool ref_cpu, int n, int P, int steps)
+static int32_t *random_prompts(int n, int P, int V)
 {
-    return versus_with(test, ref, ref_cpu, n, P, steps, (struct cuda_options){0});
+    int32_t *p = malloc((size_t)n * P * 4);
+    for (int i = 0; i < n * P; i++) p[i] = gt_int(V);
+    return p;
 }
 
-/* The FP8 checkpoints, CUDA against the CPU backend on the same dequantized weights. Where every
- * step has at most CUDA_FP8_GEMV_ROWS rows (2 sequences, prompts of 2) the gemv keeps activations
- * in bf16: the bf16 model's own bound against the CPU (3e-2, test_backend.c); so do the gemv and
- * the dequantized weights with cuBLASLt off (fp8_lt=0) at any size. Where cuBLASLt's product
- * takes a step (12 or 40 sequences, their prompts of 8), per-token e4m3 activations add their
- * rounding: up to 2^-4 of each activation, a few percent of a product; 0.1 over two layers.
- * Block scales never take cuBLASLt (the gemv to 32 rows, then dequantized weights). */
+/* Model m on CUDA (options co) against the CPU on the same weights: worst relative logit error
+ * against the plain CPU (*plain) and against the CPU's yardstick (the return), which rounds its
+ * activations to e4m3 in the steps where CUDA's cuBLASLt FP8 GEMM does (the same as *plain where
+ * no step of this run does: *lt false). */
+static double cuda_vs_cpu(const struct model *m, struct cuda_options co, int n, int P, int steps, double *plain,
+                          bool *lt)
+{
+    const int V = m->config.vocab_size;
+    *plain = INFINITY;
+    *lt = false;
+    struct backend *tb = make_backend(m, false, co, NULL);
+    if (!tb) return INFINITY;
+    const struct act_rows a = lt_rows(tb, &m->config);
+    GT_CHECK(a.ok, "the CUDA backend's FP8 plan takes cuBLASLt at step sizes the CPU yardstick cannot mirror");
+    /* Only the prompts' step (n x P tokens) can reach cuBLASLt's sizes here. */
+    for (int i = 0; i < 4; i++) *lt = *lt || (a.rows[i] > 0 && n * P >= a.rows[i]);
+    int32_t *prompts = random_prompts(n, P, V);
+    struct backend *rb = make_backend(m, true, co, NULL);
+    *plain = versus_backends(tb, rb, V, prompts, n, P, steps).worst_err;
+    backend_free(rb);
+    double yard = *plain;
+    if (*lt) {
+        rb = make_backend(m, true, co, &a);
+        yard = versus_backends(tb, rb, V, prompts, n, P, steps).worst_err;
+        backend_free(rb);
+    }
+    free(prompts);
+    backend_free(tb);
+    return yard;
+}
+
+/* The FP8 checkpoints, CUDA against the CPU backend on the same dequantized weights. Where the
+ * activations stay bf16 (the gemv to 4 rows, the tensor-core kernel to 64, dequantized weights)
+ * the bound is the bf16 model's own against the CPU (3e-2, test_backend.c). Where cuBLASLt's FP8
+ * GEMM takes a step (here the prompts: 12 x 8 and 40 x 8 tokens, over 64) it quantizes the
+ * activations per token too, an error of its own (e4m3: up to 1/16 of each value, about 3% rms
+ * of a product), which the CPU's yardstick (cpu_fp8_act_rows) makes the same way: CUDA against
+ * that within 6e-2, the bf16 bound plus the codes that round the other way because CUDA's and
+ * the CPU's activations differ slightly (a code next to a rounding boundary moves by a whole
+ * e4m3 step, 1/16 to 1/8 of itself, where the inputs differed by much less; about as much again
+ * as the bf16 difference). The error against the plain CPU is printed beside it. */
+static void checkpoint_case(const struct model *m, const char *variant, const char *what, struct cuda_options co,
+                            int n, int P, int steps)
+{
+    double plain;
+    bool lt;
+    const double yard = cuda_vs_cpu(m, co, n, P, steps, &plain, &lt);
+    const double bound = lt ? 6e-2 : 3e-2;
+    printf("  %s, %s: CUDA vs CPU worst rel err %.2e%s", variant, what, plain, lt ? "" : "\n");
+    if (lt) printf(", vs the CPU with e4m3 activations where cuBLASLt has them %.2e\n", yard);
+    GT_CHECK(yard < bound, "%s, %s: CUDA vs CPU%s worst rel err %.2e (bound %.0e)", variant, what,
+             lt ? " with e4m3 activations (cuBLASLt's steps)" : "", yard, bound);
+}
+
 static void test_checkpoints(void)
 {
     const char *variants[] = {"tensor", "channel", "block"};
@@ -326,27 +457,19 @@ static void test_checkpoints(void)
             continue;
         }
         printf("checkpoint %s\n", variants[v]);
-        struct compare c = versus(m, m, true, 2, 2, 8);
-        GT_CHECK(c.worst_err < 3e-2, "%s, batch 2 (gemv): CUDA vs CPU logits worst rel err %.2e (bound 3e-2)",
-                 variants[v], c.worst_err);
-        c = versus_with(m, m, true, 12, 8, 4, (struct cuda_options){.no_fp8_lt = true});
-        GT_CHECK(c.worst_err < 3e-2, "%s, batch 12, fp8_lt=0 (gemv, dequantized for the prompts): worst rel err "
-                 "%.2e (bound 3e-2)", variants[v], c.worst_err);
-        c = versus(m, m, true, 12, 8, 4);
-        GT_CHECK(c.worst_err < 0.1, "%s, batch 12 (cuBLASLt FP8 or gemv): worst rel err %.2e (bound 0.1)",
-                 variants[v], c.worst_err);
-        c = versus(m, m, true, 40, 8, 2);
-        GT_CHECK(c.worst_err < 0.1, "%s, batch 40 (cuBLASLt FP8 or dequantized): worst rel err %.2e (bound 0.1)",
-                 variants[v], c.worst_err);
+        const struct cuda_options dflt = {0}, no_lt = {.no_fp8_lt = true}, no_outer = {.no_fp8_outer = true};
+        checkpoint_case(m, variants[v], "batch 2 (gemv)", dflt, 2, 2, 8);
+        checkpoint_case(m, variants[v], "batch 12, prompts of 4 (tensor-core kernel)", dflt, 12, 4, 4);
+        checkpoint_case(m, variants[v], "batch 12, fp8_lt=0 (tensor-core kernel)", no_lt, 12, 8, 4);
+        checkpoint_case(m, variants[v], "batch 12 (cuBLASLt FP8 prompts, then the tensor-core kernel)", dflt, 12, 8,
+                        4);
+        checkpoint_case(m, variants[v], "batch 40 (cuBLASLt FP8 prompts, then the tensor-core kernel)", dflt, 40, 8,
+                        2);
         /* The other ways to the same product, where another device or library would take them:
-         * the scales by a kernel after cuBLASLt, and dequantized weights (bf16 activations: the
-         * tight bound). */
-        c = versus_with(m, m, true, 12, 8, 4, (struct cuda_options){.no_fp8_outer = true});
-        GT_CHECK(c.worst_err < 0.1, "%s, batch 12, fp8_outer=0: worst rel err %.2e (bound 0.1)", variants[v],
-                 c.worst_err);
-        c = versus_with(m, m, true, 40, 8, 2, (struct cuda_options){.no_fp8_lt = true});
-        GT_CHECK(c.worst_err < 3e-2, "%s, batch 40, fp8_lt=0 (dequantized): worst rel err %.2e (bound 3e-2)",
-                 variants[v], c.worst_err);
+         * the scales by a kernel after cuBLASLt, and dequantized weights (320-token prompts
+         * without cuBLASLt: over the tensor-core kernel's 256 rows). */
+        checkpoint_case(m, variants[v], "batch 12, fp8_outer=0", no_outer, 12, 8, 4);
+        checkpoint_case(m, variants[v], "batch 40, fp8_lt=0 (dequantized prompts)", no_lt, 40, 8, 2);
         model_free(m);
     }
 }
@@ -369,33 +492,56 @@ static void test_fallback_to_bf16(void)
     for (int64_t i = 0; i < rows / 2; i++)
         for (int64_t j = 0; j < per; j++) s[i * per + j] = t->scale[2 * i] * (1.0f + 0.125f * (float)j);
     t->scale = s, t->scale_rows = 2, t->scale_cols = 16;
-    struct compare c = versus(m, m, true, 4, 4, 4);
-    GT_CHECK(c.worst_err < 3e-2, "mixed FP8 layouts as bf16: CUDA vs CPU worst rel err %.2e (bound 3e-2)",
-             c.worst_err);
+    double plain;
+    bool lt;
+    cuda_vs_cpu(m, (struct cuda_options){0}, 4, 4, 4, &plain, &lt);
+    GT_CHECK(plain < 3e-2, "mixed FP8 layouts as bf16: CUDA vs CPU worst rel err %.2e (bound 3e-2)", plain);
     model_free(m);
     free(s);
 }
 
-/* --quantization fp8 against the bf16 model, both on CUDA, the FP8 one fed the bf16 one's greedy
- * tokens. e4m3 keeps 3 mantissa bits: a weight moves by up to 1/16 of itself (about 1/40 on
- * average), a product's output by about that relative to its size, plus as much again where
- * cuBLASLt's product quantizes the activations too; a few such errors in a row make a few percent
- * of the logits: bound max_err (0.1 for two layers, 0.15 for stories260K's five). Greedy tokens:
- * at every row where the bf16 model's choice leads by more than 6x the row's RMS logit error the
- * FP8 model must choose the same (95% of them, at least one such row); over all rows, the same
- * at >= min_agree (a trained model's top tokens stand apart; a random model's 128k logits have
- * top-2 gaps of a fraction of their spread, comparable to the FP8 error, so there the bound is
- * loose and the decisive rows are the check). */
-static void quantized_vs_bf16(const char *name, struct model *bf, struct model *q, int n, int steps, double max_err,
-                              double min_agree)
+/* --quantization fp8 (q) against the bf16 model (bf), both on CUDA, q fed bf's greedy tokens,
+ * bounded by a yardstick: the same comparison on the CPU (q's weights dequantized exactly, its
+ * activations rounded to e4m3 in the steps where CUDA's cuBLASLt FP8 GEMM quantizes them), on
+ * the same prompts. CUDA's difference is the CPU's plus how far each CUDA model is from its
+ * CPU counterpart (a triangle): the bf16 model's bound 3e-2 and the FP8 model's (3e-2, 6e-2
+ * with cuBLASLt steps: test_checkpoints). Greedy tokens: at every row where the bf16 model's
+ * choice leads by more than 6x the row's RMS logit error the FP8 model must choose the same (95%
+ * of them). On random weights (the 8B-shaped dummy) the top two of 128k logits are closer than
+ * the error at every row, so there is no such row: the check is vacuous there and says so (it
+ * neither passes nor fails); require_decisive: a trained model (stories260K), where it must
+ * find some. min_agree: over all rows, the same at that share at least. */
+static void quantized_vs_bf16(const char *name, struct model *bf, struct model *q, int n, int steps, double min_agree,
+                              bool require_decisive)
 {
-    struct compare c = versus(q, bf, false, n, 16, steps);
+    const int V = bf->config.vocab_size, P = 16;
+    int32_t *prompts = random_prompts(n, P, V);
+    const struct cuda_options co = {0};
+    struct backend *qg = make_backend(q, false, co, NULL), *bg = make_backend(bf, false, co, NULL);
+    const struct act_rows a = lt_rows(qg, &q->config);
+    GT_CHECK(a.ok, "%s: the FP8 plan takes cuBLASLt at step sizes the CPU yardstick cannot mirror", name);
+    bool lt = false;
+    for (int i = 0; i < 4; i++) lt = lt || (a.rows[i] > 0 && n * P >= a.rows[i]);
+    struct compare c = versus_backends(qg, bg, V, prompts, n, P, steps);
+    backend_free(qg), backend_free(bg);
+    struct backend *qc = make_backend(q, true, co, &a), *bc = make_backend(bf, true, co, NULL);
+    const struct compare y = versus_backends(qc, bc, V, prompts, n, P, steps);
+    backend_free(qc), backend_free(bc);
+    free(prompts);
+    const double bound = y.worst_err + 3e-2 + (lt ? 6e-2 : 3e-2);
     const double rate = (double)c.agree / c.total;
-    GT_CHECK(c.worst_err < max_err, "%s batch %d: --quantization fp8 vs bf16 logits worst rel err %.3f (bound %.2f)",
-             name, n, c.worst_err, max_err);
-    GT_CHECK(c.decisive > 0 && c.decisive_agree >= 0.95 * c.decisive,
-             "%s batch %d: greedy token the same at %d of the %d rows where bf16's leads by > 6x the error", name, n,
-             c.decisive_agree, c.decisive);
+    printf("  %s batch %d: fp8 vs bf16 worst rel err on CUDA %.3f, on the CPU (yardstick) %.3f\n", name, n,
+           c.worst_err, y.worst_err);
+    GT_CHECK(c.worst_err < bound,
+             "%s batch %d: --quantization fp8 vs bf16 logits worst rel err %.3f (bound %.3f: the CPU's %.3f + %.2f + "
+             "%.2f)", name, n, c.worst_err, bound, y.worst_err, 3e-2, lt ? 6e-2 : 3e-2);
+    if (c.decisive == 0 && !require_decisive)
+        printf("  %s batch %d: greedy agreement where bf16's choice is decisive: vacuous (no row where bf16's top "
+               "logit leads by > 6x the error, as on random weights); not counted\n", name, n);
+    else
+        GT_CHECK(c.decisive > 0 && c.decisive_agree >= 0.95 * c.decisive,
+                 "%s batch %d: greedy token the same at %d of the %d rows where bf16's leads by > 6x the error", name,
+                 n, c.decisive_agree, c.decisive);
     GT_CHECK(rate >= min_agree, "%s batch %d: greedy token the same at %d of %d rows (%.0f%%, bound %.0f%%)", name, n,
              c.agree, c.total, 100 * rate, 100 * min_agree);
 }
@@ -415,12 +561,14 @@ static void test_stories(const char *data)
         model_quantize(q, MODEL_QUANT_FP8, err, sizeof err) < 0) {
         GT_CHECK(0, "stories260K: %s", err);
     } else {
-        quantized_vs_bf16("stories260K", bf, q, 1, 32, 0.15, 0.85);
-        quantized_vs_bf16("stories260K", bf, q, 16, 16, 0.15, 0.85);
+        quantized_vs_bf16("stories260K", bf, q, 1, 32, 0.85, true);
+        quantized_vs_bf16("stories260K", bf, q, 16, 16, 0.85, true);
         /* And CUDA's FP8 against the CPU's dequantized copy of the same codes, in bf16 activations
          * (a prompt of 4, so the gemv; down's 172 columns take the dequantized weights). */
-        struct compare c = versus(q, q, true, 1, 4, 8);
-        GT_CHECK(c.worst_err < 3e-2, "stories260K fp8: CUDA vs CPU worst rel err %.2e (bound 3e-2)", c.worst_err);
+        double plain;
+        bool lt;
+        cuda_vs_cpu(q, (struct cuda_options){0}, 1, 4, 8, &plain, &lt);
+        GT_CHECK(plain < 3e-2, "stories260K fp8: CUDA vs CPU worst rel err %.2e (bound 3e-2)", plain);
     }
     model_free(bf);
     model_free(q);
@@ -440,8 +588,9 @@ static void test_llama8b_shape(void)
     if (bf && q) {
         if (model_quantize(q, MODEL_QUANT_FP8, err, sizeof err) < 0) GT_CHECK(0, "model_quantize: %s", err);
         else {
-            quantized_vs_bf16("8B-shape", bf, q, 1, 32, 0.1, 0.5);
-            quantized_vs_bf16("8B-shape", bf, q, 64, 4, 0.1, 0.5);
+            quantized_vs_bf16("8B-shape", bf, q, 1, 32, 0.5, false);
+            quantized_vs_bf16("8B-shape", bf, q, 8, 4, 0.5, false);  /* prompts: 128 tokens, cuBLASLt */
+            quantized_vs_bf16("8B-shape", bf, q, 64, 2, 0.5, false); /* decode: the tensor-core kernel */
         }
     }
     model_free(bf);

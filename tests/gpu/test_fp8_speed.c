@@ -1,6 +1,8 @@
 /* FP8 against bf16 decode speed on a dummy Llama-3-8B (random weights at the real shapes; the
  * FP8 model is the bf16 one quantized with --quantization fp8). Runs only with
- * SLUICE_GPU_BENCH=1 (about 25 GB of GPU memory, a minute). For batch 1 and 64 it prints each
+ * SLUICE_GPU_BENCH=1 (about 25 GB of GPU memory, a minute or two). First each FP8 decode kernel
+ * alone at the layer shapes (its share of the bandwidth roofline); then whole steps of bf16, FP8
+ * and FP8 without the L2 prefetch between products (fp8_prefetch=0). For batch 1 and 64 it prints each
  * model's step time, tokens/s and its share of its own bandwidth roofline: the bytes a step must
  * read (every weight matrix once: layer matrices in bf16 or e4m3 plus their fp32 row scales,
  * lm_head in bf16 for both; every sequence's keys and values) over the step time, against
@@ -9,6 +11,7 @@
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
+#include "kernels/sk_fp8.h"
 #include "worker/backend/backend.h"
 #include "worker/model/model.h"
 
@@ -76,14 +79,59 @@ static int measure(struct backend *b, const struct model_config *c, int bs, bool
     return 0;
 }
 
+/* Each FP8 decode kernel alone at the Llama-3-8B layer shapes: microseconds a launch and the
+ * weight bytes over that time against the HBM rate (copies rotated past L2's 50 MB, no
+ * prefetch), so each kernel's share of its roofline shows apart from the step's other kernels:
+ * the gemv at 1 and 4 rows, the tensor-core kernel at 8 to 64. */
+static void kernel_table(double hbm)
+{
+    const int shapes[4][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
+    const char *names[4] = {"qkv", "o", "gate/up", "down"};
+    const int rows[] = {1, 4, 5, 8, 16, 32, 64};
+    printf("  kernels alone (weights only):\n");
+    for (int i = 0; i < 4; i++) {
+        const int n = shapes[i][0], k = shapes[i][1];
+        const size_t wb = (size_t)n * k;
+        const int copies = (int)((size_t)256 << 20) / wb + 2;
+        uint8_t *w = gt_dev(wb * copies);
+        float *sc = gt_dev((size_t)n * 4), *y = gt_dev((size_t)64 * n * 4);
+        uint16_t *x = gt_dev((size_t)64 * k * 2);
+        cudaMemset(w, 0x38, wb * copies), cudaMemset(x, 0, (size_t)64 * k * 2), cudaMemset(sc, 0, (size_t)n * 4);
+        for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+            const int m = rows[r], reps = 40;
+            cudaEvent_t e0, e1;
+            cudaEventCreate(&e0), cudaEventCreate(&e1);
+            float ms = 0;
+            cudaError_t err = cudaSuccess;
+            for (int it = -4; it < reps && !err; it++) {
+                if (it == 0) cudaEventRecord(e0, 0);
+                const uint8_t *wi = w + (size_t)((it + 4) % copies) * wb;
+                err = m <= 4 ? sk_fp8_gemv(wi, sc, 1, k, x, y, m, n, k, NULL, 0, 0)
+                             : sk_fp8_gemm_small(wi, sc, x, y, m, n, k, NULL, 0, 0);
+            }
+            cudaEventRecord(e1, 0);
+            cudaEventSynchronize(e1);
+            cudaEventElapsedTime(&ms, e0, e1);
+            GT_CHECK(err == cudaSuccess, "%s rows %d launch: %s", names[i], m, cudaGetErrorString(err));
+            const double us = ms * 1e3 / reps;
+            printf("    %-7s [%5d x %5d] rows %2d (%s): %7.1f us, %5.0f GB/s = %3.0f%% of %.2f TB/s\n", names[i], n, k,
+                   m, m <= 4 ? "gemv" : "tensor cores", us, wb / us / 1e3, 100 * wb / us / 1e6 / hbm, hbm);
+            cudaEventDestroy(e0), cudaEventDestroy(e1);
+        }
+        cudaFree(w), cudaFree(sc), cudaFree(y), cudaFree(x);
+    }
+}
+
 int main(void)
 {
     if (!gt_have_gpu() || !gt_bench_wanted()) return 0;
     const char *tb = getenv("SLUICE_HBM_TBPS");
     const double hbm = tb && atof(tb) > 0 ? atof(tb) : 3.35;
     const int sizes[2] = {1, 64};
-    struct speed sp[2][2] = {0};
-    for (int q = 0; q < 2; q++) {
+    kernel_table(hbm);
+    /* bf16, FP8, FP8 with fp8_prefetch=0 (the A/B of the L2 prefetch between products). */
+    struct speed sp[3][2] = {0};
+    for (int q = 0; q < 3; q++) {
         struct model *m = gt_dummy_model(GT_LLAMA3_8B_CONFIG);
         if (!m) return gt_finish();
         char err[512];
@@ -93,23 +141,27 @@ int main(void)
             return gt_finish();
         }
         struct backend_options bo = {.kv_blocks = MAX_B * BLOCKS_PER_SEQ, .max_batch_tokens = 2048,
-                                     .max_batch_seqs = MAX_B, .gpu_memory_utilization = 0.9};
+                                     .max_batch_seqs = MAX_B, .gpu_memory_utilization = 0.9,
+                                     .cuda = {.no_fp8_prefetch = q == 2}};
+        const char *what = q == 0 ? "bf16" : q == 1 ? "fp8" : "fp8, fp8_prefetch=0";
         struct backend *b = NULL;
         const double t0 = gt_now_s();
         if (backend_cuda_create(&b, m, &bo, err, sizeof err) < 0) {
-            GT_CHECK(0, "backend_cuda_create (%s): %s", q ? "fp8" : "bf16", err);
+            GT_CHECK(0, "backend_cuda_create (%s): %s", what, err);
             model_free(m);
             return gt_finish();
         }
-        printf("  %s: load %.1f s\n", q ? "fp8" : "bf16", gt_now_s() - t0);
+        printf("  %s: load %.1f s\n", what, gt_now_s() - t0);
         for (int i = 0; i < 2; i++) {
-            int rc = measure(b, &m->config, sizes[i], q == 1, hbm, &sp[q][i]);
-            GT_CHECK(rc == 0, "%s decode at batch %d ran%s%s", q ? "fp8" : "bf16", sizes[i], rc ? ": " : "",
-                     rc ? b->error : "");
+            int rc = measure(b, &m->config, sizes[i], q >= 1, hbm, &sp[q][i]);
+            GT_CHECK(rc == 0, "%s decode at batch %d ran%s%s", what, sizes[i], rc ? ": " : "", rc ? b->error : "");
         }
         backend_free(b);
         model_free(m);
     }
+    for (int i = 0; i < 2; i++)
+        printf("  batch %d: fp8 with the L2 prefetch %.3f ms/step, without %.3f ms/step\n", sizes[i], sp[1][i].ms,
+               sp[2][i].ms);
     const double target[2] = {1.8, 1.5};
     for (int i = 0; i < 2; i++) {
         const double ratio = sp[0][i].tok_s > 0 ? sp[1][i].tok_s / sp[0][i].tok_s : 0;

@@ -192,6 +192,8 @@ struct cuda_options {
                                (cuBLAS) instead of cuBLASLt's FP8 GEMM */
     bool no_fp8_outer;      /* fp8_outer=0: cuBLASLt's FP8 output scaled by an own kernel instead
                                of its outer-vector scales */
+    bool no_fp8_prefetch;   /* fp8_prefetch=0: an FP8 decode product does not bring the next
+                               product's first weights into L2 at its end */
 };
 
 struct backend_options {
@@ -207,6 +209,11 @@ struct backend_options {
     /* CPU: dequantize GGUF block weights to float32 at load instead of keeping them in their
      * blocks: the same results, 4-8x the memory; for tests and benchmarks to compare against. */
     bool cpu_f32_weights;
+    /* CPU, a yardstick for the CUDA backend's FP8 GEMM (cuBLASLt), which quantizes activations:
+     * for each layer product (qkv, o, gate/up, down), in steps of at least this many tokens (0:
+     * never), its input is rounded to bf16 and then to e4m3 with a scale per token
+     * (fp8_quantize_row), as the CUDA path does. For tests. */
+    int32_t cpu_fp8_act_rows[4];
     /* --tensor-parallel-size: ranks the model is sharded over; 0: not asked. CPU: one thread per
      * rank in this process (worker/backend/cpu/cpu_tp.c), 0 and 1 alike. CUDA: 1 (so far) makes
      * an NCCL communicator of one GPU whose collectives are no-ops (cuda/cuda_tp.c), 0 none. */

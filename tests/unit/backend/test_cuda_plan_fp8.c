@@ -1,6 +1,7 @@
 /* The planner's FP8 choices (cuda_plan_fp8_product, cuda_plan_config_fp8), on the CPU: which
- * kernel takes each of a layer's products at each batch size for FP8 weights with per-row or
- * block scales, with and without cuBLASLt, and what stays as it was (lm_head in bf16). */
+ * kernel (gemv, tensor-core kernel, cuBLASLt, dequantized weights) takes each of a layer's
+ * products at each batch size for FP8 weights with per-row or block scales, with and without
+ * cuBLASLt, and what stays as it was (lm_head in bf16). */
 #include <criterion/criterion.h>
 #include <string.h>
 
@@ -53,40 +54,51 @@ Test(cuda_plan_fp8, llama3_8b_per_row_scales_with_cublaslt)
     struct cuda_plan_config c = config(4096, 14336, false, false, true);
     cr_expect_not(c.gu_interleaved, "FP8 gate/up rows stay apart");
     cr_assert_eq(CUDA_FP8_GEMV_ROWS, 4, "the choices below assume the gemv up to 4 rows");
+    cr_assert_eq(CUDA_FP8_MMA_ROWS, 64, "and the tensor-core kernel up to 64");
     for (int n = 1; n <= 4; n++) expect_layer((struct cuda_step_plan[]){plan(&c, n)}, CUDA_PRODUCT_FP8_GEMV, n);
-    const int big[] = {5, 8, 9, 16, 64, 256};
-    for (int i = 0; i < 6; i++) expect_layer((struct cuda_step_plan[]){plan(&c, big[i])}, CUDA_PRODUCT_FP8_LT, big[i]);
+    /* Decode batches past the gemv: the tensor-core kernel, bf16 activations, weights read once. */
+    const int mid[] = {5, 8, 9, 16, 33, 64};
+    for (int i = 0; i < 6; i++) expect_layer((struct cuda_step_plan[]){plan(&c, mid[i])}, CUDA_PRODUCT_FP8_MMA, mid[i]);
+    const int big[] = {65, 128, 256};
+    for (int i = 0; i < 3; i++) expect_layer((struct cuda_step_plan[]){plan(&c, big[i])}, CUDA_PRODUCT_FP8_LT, big[i]);
     /* The bf16 lm_head keeps its own choices: the gemv at one row. */
     cr_expect_eq(plan(&c, 1).lm_head.kernel, CUDA_PRODUCT_GEMV);
 }
 
 Test(cuda_plan_fp8, without_cublaslt_or_with_blocks_large_batches_dequantize)
 {
-    /* The gemv, 8 rows a launch, up to 32 rows: 4 reads of a byte a weight still beat the 5
-     * bytes dequantizing moves. */
-    cr_assert_eq(CUDA_FP8_GEMV_ROWS_NO_LT, 32);
+    /* Per-row scales without cuBLASLt: the tensor-core kernel, 64 rows a launch, up to 256 rows
+     * (4 reads of a byte a weight still beat the 5 bytes dequantizing moves), then dequantized. */
+    cr_assert_eq(CUDA_FP8_MMA_ROWS_NO_LT, 256);
     struct cuda_plan_config c = config(4096, 14336, false, false, false);
     expect_layer((struct cuda_step_plan[]){plan(&c, 1)}, CUDA_PRODUCT_FP8_GEMV, 1);
-    expect_layer((struct cuda_step_plan[]){plan(&c, 32)}, CUDA_PRODUCT_FP8_GEMV, 32);
-    expect_layer((struct cuda_step_plan[]){plan(&c, 33)}, CUDA_PRODUCT_FP8_DEQUANT, 33);
-    expect_layer((struct cuda_step_plan[]){plan(&c, 64)}, CUDA_PRODUCT_FP8_DEQUANT, 64);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 5)}, CUDA_PRODUCT_FP8_MMA, 5);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 64)}, CUDA_PRODUCT_FP8_MMA, 64);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 256)}, CUDA_PRODUCT_FP8_MMA, 256);
+    cr_expect_eq(cuda_plan_fp8_product(&c, 257, 4096, 4096).kernel, CUDA_PRODUCT_FP8_DEQUANT);
+    /* Block scales (the tensor-core kernel takes one scale a row): the gemv, 8 rows a launch, up
+     * to 32 rows, then dequantized. */
+    cr_assert_eq(CUDA_FP8_GEMV_ROWS_NO_LT, 32);
     c = config(4096, 14336, false, true, true);
     expect_layer((struct cuda_step_plan[]){plan(&c, 8)}, CUDA_PRODUCT_FP8_GEMV, 8);
     expect_layer((struct cuda_step_plan[]){plan(&c, 32)}, CUDA_PRODUCT_FP8_GEMV, 32);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 33)}, CUDA_PRODUCT_FP8_DEQUANT, 33);
     expect_layer((struct cuda_step_plan[]){plan(&c, 64)}, CUDA_PRODUCT_FP8_DEQUANT, 64);
 }
 
-Test(cuda_plan_fp8, shapes_cublaslt_cannot_take)
+Test(cuda_plan_fp8, shapes_the_kernels_cannot_take)
 {
-    /* k_in not a multiple of 16 (stories260K's 172): no gemv, no cuBLASLt for down; n_out not a
-     * multiple of 16: no cuBLASLt. */
+    /* k_in not a multiple of 16 (stories260K's 172): no gemv, no tensor-core kernel, no cuBLASLt;
+     * n_out not a multiple of 32: no tensor-core kernel; nor of 16: no cuBLASLt. */
     struct cuda_plan_config c = config(4096, 14336, false, false, true);
     cr_expect_eq(cuda_plan_fp8_product(&c, 1, 64, 172).kernel, CUDA_PRODUCT_FP8_DEQUANT);
     cr_expect_eq(cuda_plan_fp8_product(&c, 64, 64, 172).kernel, CUDA_PRODUCT_FP8_DEQUANT);
     cr_expect_eq(cuda_plan_fp8_product(&c, 1, 344, 64).kernel, CUDA_PRODUCT_FP8_GEMV);
     cr_expect_eq(cuda_plan_fp8_product(&c, 32, 344, 64).kernel, CUDA_PRODUCT_FP8_GEMV, "no cuBLASLt: gemv to 32");
     cr_expect_eq(cuda_plan_fp8_product(&c, 64, 344, 64).kernel, CUDA_PRODUCT_FP8_DEQUANT);
-    cr_expect_eq(cuda_plan_fp8_product(&c, 64, 352, 64).kernel, CUDA_PRODUCT_FP8_LT);
+    cr_expect_eq(cuda_plan_fp8_product(&c, 64, 336, 64).kernel, CUDA_PRODUCT_FP8_LT, "336 = 16 x 21: cuBLASLt only");
+    cr_expect_eq(cuda_plan_fp8_product(&c, 64, 352, 96).kernel, CUDA_PRODUCT_FP8_MMA, "k_in 96: a narrower last chunk");
+    cr_expect_eq(cuda_plan_fp8_product(&c, 65, 352, 64).kernel, CUDA_PRODUCT_FP8_LT);
 }
 
 Test(cuda_plan_fp8, deterministic_takes_the_gemv_at_every_size)

@@ -338,6 +338,7 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
     }
 
     cb->f32_weights = opt && opt->cpu_f32_weights;
+    if (opt) memcpy(cb->fp8_act_rows, opt->cpu_fp8_act_rows, sizeof cb->fp8_act_rows);
     ALLOC(cb->rope_row_map, cb->q_dim);
     if (!cb->rope_row_map) goto oom;
     for (int hh = 0; hh < c->n_heads; hh++)

@@ -18,6 +18,7 @@
 #include "worker/backend/cpu/cpu_ops.h"
 #include "worker/backend/cpu/cpu_pool.h"
 #include "worker/backend/cpu/cpu_tp.h"
+#include "worker/model/fp8.h"
 #include "worker/sampler/sampler.h"
 
 struct attn_job {
@@ -311,6 +312,23 @@ static int forward_extras(struct cpu_backend *cb, const struct batch *batch)
     return 0;
 }
 
+/* backend_options.cpu_fp8_act_rows: product's (0 qkv, 1 o, 2 gate/up, 3 down) input rows
+ * rounded to bf16, then to e4m3 with a scale per row, as the CUDA backend's FP8 GEMM sees them (a
+ * test's yardstick). */
+static void fp8_round_activations(const struct cpu_backend *cb, int product, float *x, int64_t rows, int64_t n)
+{
+    if (cb->fp8_act_rows[product] <= 0 || rows < cb->fp8_act_rows[product]) return;
+    uint8_t *q = malloc((size_t)n);
+    if (!q) return;
+    for (int64_t r = 0; r < rows; r++) {
+        float *xr = x + r * n;
+        for (int64_t k = 0; k < n; k++) xr[k] = fp8_round_bf16(xr[k]);
+        const float s = fp8_quantize_row(xr, n, q);
+        for (int64_t k = 0; k < n; k++) xr[k] = fp8_e4m3_to_f32(q[k]) * s;
+    }
+    free(q);
+}
+
 int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sample_result *results)
 {
     struct cpu_backend *cb = (struct cpu_backend *)b;
@@ -359,11 +377,13 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
     for (int l = 0; l < c->n_layers; l++) {
         const struct cpu_layer *L = &cb->layers[l];
         norm_rows(cb, L->attn_norm, cb->x, cb->xb, T);
+        fp8_round_activations(cb, 0, cb->xb, T, h);
         cpu_matmul_w(cb->pool, cb->xb, T, &L->wqkv, L->bqkv, cb->qkv);
         struct qkv_job qj = {.cb = cb, .batch = batch, .layer = l};
         cpu_pool_run(cb->pool, T, 16, qkv_post_range, &qj);
         struct attn_job aj = {.cb = cb, .batch = batch, .layer = l};
         cpu_pool_run(cb->pool, T * c->n_heads, 4, attn_range, &aj);
+        fp8_round_activations(cb, 1, cb->att, T, cb->q_dim);
         cpu_matmul_w(cb->pool, cb->att, T, &L->wo, L->bo, cb->tmp);
         if (cpu_tp_all_reduce(cb, cb->tmp, T * h)) return -1;
         residual_add(cb, L->post_attn_norm, cb->tmp, T);
@@ -371,9 +391,11 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
         if (cpu_moe_is_sparse(cb->moe, l)) {
             cpu_moe_forward(cb, l, T, cb->xb, cb->tmp);
         } else {
+            fp8_round_activations(cb, 2, cb->xb, T, h);
             cpu_matmul_w(cb->pool, cb->xb, T, &L->w_gate_up, L->b_gate_up, cb->gate_up);
             struct rows_job gj = {.cb = cb};
             cpu_pool_run(cb->pool, T, 16, glu_range, &gj);
+            fp8_round_activations(cb, 3, cb->hidden, T, c->intermediate_size);
             cpu_matmul_w(cb->pool, cb->hidden, T, &L->w_down, L->b_down, cb->tmp);
         }
         if (cpu_tp_all_reduce(cb, cb->tmp, T * h)) return -1;

@@ -38,6 +38,7 @@ struct cpu_backend {
     /* Quantized q and k read through this map (rope de-interleaving, cpu_backend.c). */
     int32_t *rope_row_map;
     bool f32_weights;                         /* backend_options.cpu_f32_weights */
+    int32_t fp8_act_rows[4];                  /* backend_options.cpu_fp8_act_rows */
     struct cpu_rope rope;                     /* every rope variant (cpu_rope.h) */
     /* KV cache: block-major, [block][layer][k|v][kv_head][slot][head_dim]. */
     float *kv;

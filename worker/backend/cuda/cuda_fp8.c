@@ -5,7 +5,9 @@
  *
  * Products (the planner chooses, cuda_plan_fp8_product): the gemv for small decode batches
  * (sk_fp8_gemv) reads the codes and converts them in registers, with bf16 activations and the
- * scales fused; larger batches quantize the activations per token to e4m3 (sk_fp8_quantize_rows)
+ * scales fused; decode batches past a few rows (with per-row scales) take the tensor-core kernel
+ * (sk_fp8_gemm_small: the codes converted to bf16 in registers, bf16 activations, 64 rows a
+ * launch, the weights read once for all of them); prefill-sized batches quantize the activations per token to e4m3 (sk_fp8_quantize_rows)
  * and run cuBLASLt's FP8 GEMM (A = weights transposed, B = activations: the "TN" layout FP8
  * needs) with the row and token scales inside it (outer-vector scaling) or, where this
  * cuBLASLt lacks that, applied to its output by sk_fp8_scale_output; where cuBLASLt cannot take
@@ -26,6 +28,10 @@
 /* cuBLASLt runs prefill in slices of this many rows, so its bf16 output scratch stays small. */
 #define LT_SLICE_ROWS 1024
 #define LT_CACHE 64
+/* A decode product brings at most this much of the next product's weights into L2 at its end
+ * (kernels/prefetch_l2.cuh): about what the memory moves while the small kernels between two
+ * products run, and a third of an H100's L2. An estimate to tune (fp8_prefetch=0 turns it off). */
+#define PREFETCH_BYTES ((size_t)16 << 20)
 
 struct fp8_matrix {
     uint8_t *q;
@@ -267,7 +273,7 @@ out:
 static bool lt_probe(struct cuda_backend *b, struct cuda_fp8 *f, bool outer, cudaDataType_t out,
                      const int (*shapes)[2])
 {
-    const int sizes[] = {CUDA_FP8_GEMV_ROWS + 1, 64, LT_SLICE_ROWS};
+    const int sizes[] = {CUDA_FP8_MMA_ROWS + 1, 256, LT_SLICE_ROWS};
     f->lt_outer = outer;
     f->lt_out = out;
     f->n_algos = 0;
@@ -338,8 +344,9 @@ int cuda_fp8_init(struct cuda_backend *b, const struct model *m)
             goto fail;
     }
     if (deq && (rc = alloc_counted(b, (void **)&f->deq, deq * 2)) < 0) goto fail;
-    log_info("cuda: FP8 weights (e4m3, scales per %s): gemv up to %d rows, then %s%s%s", blocks ? "block" : "row",
-             lt ? CUDA_FP8_GEMV_ROWS : CUDA_FP8_GEMV_ROWS_NO_LT,
+    log_info("cuda: FP8 weights (e4m3, scales per %s): gemv up to %d rows, %s%s%s%s", blocks ? "block" : "row",
+             lt || !blocks ? CUDA_FP8_GEMV_ROWS : CUDA_FP8_GEMV_ROWS_NO_LT,
+             blocks ? "" : (lt ? "tensor-core kernel up to 64 rows, then " : "tensor-core kernel up to 256 rows, then "),
              lt ? "cuBLASLt FP8 GEMM, " : "weights dequantized to bf16 for cuBLAS",
              lt ? (f->lt_out == CUDA_R_32F ? "fp32 out, " : "bf16 out, ") : "",
              lt ? (f->lt_outer ? "scales inside it" : "scales by a kernel after it") : "");
@@ -456,12 +463,32 @@ int cuda_fp8_product(struct cuda_backend *b, struct cuda_product_plan p, int lay
         CUDA_FAIL(b, "cuda: FP8 product %d of layer %d is [%d, %d], the step asked for [%d, %d]", (int)which, layer,
                   w->rows, w->cols, n_out, k_in);
     const int sr = f->scale_rows, sc = f->scale_rows == 1 ? k_in : f->scale_cols;
+    /* The layer's next product (the next layer's qkv after down; none after the last layer). */
+    const void *pf = NULL;
+    size_t pf_bytes = 0;
+    if (!b->opt.no_fp8_prefetch && (which != CUDA_FP8_DOWN || layer + 1 < f->n_layers)) {
+        const struct fp8_matrix *nx = which == CUDA_FP8_DOWN ? &f->layers[layer + 1][CUDA_FP8_QKV]
+                                                             : &f->layers[layer][which + 1];
+        pf = nx->q;
+        pf_bytes = (size_t)nx->rows * nx->cols;
+        if (pf_bytes > PREFETCH_BYTES) pf_bytes = PREFETCH_BYTES;
+    }
     switch (p.kernel) {
     case CUDA_PRODUCT_FP8_GEMV:
         for (int r0 = 0; r0 < rows; r0 += SK_FP8_GEMV_MAX_ROWS) {
             const int n = rows - r0 < SK_FP8_GEMV_MAX_ROWS ? rows - r0 : SK_FP8_GEMV_MAX_ROWS;
+            const bool last = r0 + n >= rows;
             CUDA_CHECK(b, sk_fp8_gemv(w->q, w->scale, sr, sc, x + (size_t)r0 * k_in, y + (size_t)r0 * n_out, n, n_out,
-                                      k_in, b->stream));
+                                      k_in, last ? pf : NULL, last ? pf_bytes : 0, b->stream));
+        }
+        break;
+    case CUDA_PRODUCT_FP8_MMA:
+        if (f->scale_rows != 1) CUDA_FAIL(b, "cuda: FP8 tensor-core product planned for block scales");
+        for (int r0 = 0; r0 < rows; r0 += SK_FP8_GEMM_SMALL_MAX_ROWS) {
+            const int n = rows - r0 < SK_FP8_GEMM_SMALL_MAX_ROWS ? rows - r0 : SK_FP8_GEMM_SMALL_MAX_ROWS;
+            const bool last = r0 + n >= rows;
+            CUDA_CHECK(b, sk_fp8_gemm_small(w->q, w->scale, x + (size_t)r0 * k_in, y + (size_t)r0 * n_out, n, n_out,
+                                            k_in, last ? pf : NULL, last ? pf_bytes : 0, b->stream));
         }
         break;
     case CUDA_PRODUCT_FP8_LT: return lt_product(b, w, x, y, rows, n_out, k_in);

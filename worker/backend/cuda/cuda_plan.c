@@ -105,15 +105,19 @@ struct cuda_product_plan cuda_plan_fp8_product(const struct cuda_plan_config *c,
 {
     struct cuda_product_plan p = {.kernel = CUDA_PRODUCT_FP8_DEQUANT, .early = false};
     const bool lt = c->fp8_lt && !c->fp8_blocks && n_out % 16 == 0 && k_in % 16 == 0;
-    const int gemv_rows = lt ? CUDA_FP8_GEMV_ROWS : CUDA_FP8_GEMV_ROWS_NO_LT;
-    if (k_in % 16 == 0 && (c->deterministic || rows <= gemv_rows)) p.kernel = CUDA_PRODUCT_FP8_GEMV;
+    const bool mma = !c->fp8_blocks && n_out % 32 == 0 && k_in % 16 == 0;
+    const bool gemv = k_in % 16 == 0;
+    if (gemv && (c->deterministic || rows <= CUDA_FP8_GEMV_ROWS)) p.kernel = CUDA_PRODUCT_FP8_GEMV;
+    else if (mma && rows <= (lt ? CUDA_FP8_MMA_ROWS : CUDA_FP8_MMA_ROWS_NO_LT)) p.kernel = CUDA_PRODUCT_FP8_MMA;
     else if (lt) p.kernel = CUDA_PRODUCT_FP8_LT;
+    else if (gemv && rows <= CUDA_FP8_GEMV_ROWS_NO_LT) p.kernel = CUDA_PRODUCT_FP8_GEMV;
     return p;
 }
 
 bool cuda_plan_is_fp8(struct cuda_product_plan p)
 {
-    return p.kernel == CUDA_PRODUCT_FP8_GEMV || p.kernel == CUDA_PRODUCT_FP8_LT || p.kernel == CUDA_PRODUCT_FP8_DEQUANT;
+    return p.kernel == CUDA_PRODUCT_FP8_GEMV || p.kernel == CUDA_PRODUCT_FP8_MMA || p.kernel == CUDA_PRODUCT_FP8_LT ||
+           p.kernel == CUDA_PRODUCT_FP8_DEQUANT;
 }
 
 struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows)

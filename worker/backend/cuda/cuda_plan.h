@@ -77,6 +77,7 @@ enum cuda_product {
     CUDA_PRODUCT_HOPPER_PARTS,  /* sk_hopper_gemm_parts: split-K sums left to the one reader */
     /* FP8 weights (cuda_fp8.c; a layer's matrices only, with cuda_plan_config.fp8): */
     CUDA_PRODUCT_FP8_GEMV,      /* sk_fp8_gemv, SK_FP8_GEMV_MAX_ROWS rows a launch */
+    CUDA_PRODUCT_FP8_MMA,       /* sk_fp8_gemm_small: tensor cores, bf16 activations, 64 rows a launch */
     CUDA_PRODUCT_FP8_LT,        /* activations quantized per token, cuBLASLt's FP8 GEMM, scales after */
     CUDA_PRODUCT_FP8_DEQUANT,   /* the weights dequantized to bf16 scratch, then cuBLAS */
 };
@@ -98,19 +99,27 @@ struct cuda_product_plan cuda_plan_product_parts(const struct cuda_plan_config *
 /* FP8 weights: sets fp8, fp8_blocks and fp8_lt, and leaves gate and up apart (no interleaving
  * for the fused Hopper activation, which reads bf16 weights). */
 void cuda_plan_config_fp8(struct cuda_plan_config *c, bool blocks, bool lt);
-/* Rows up to which the FP8 gemv takes a product where cuBLASLt's FP8 GEMM could: per 16 weights
- * of each of its two output features a lane loads 32 bytes of activations per batch row, so past
- * a few rows the activation loads, not the weights, bound it (an estimate from the load counts,
- * not yet measured against cuBLASLt). */
+/* Rows up to which the FP8 gemv (CUDA cores, one FMA per weight and row) takes a product: past a
+ * few rows its multiply-adds, not the weight bytes, bound it (an estimate from instruction
+ * counts, not a measured crossover). */
 #define CUDA_FP8_GEMV_ROWS 4
-/* Rows up to which the gemv (8 rows a launch, so the weights read once per 8) still beats
- * dequantizing the weights to bf16 for cuBLAS, which reads and writes 5 bytes a weight: where
- * cuBLASLt cannot take the product (block scales, shapes, no algorithm). */
+/* Rows up to which the tensor-core FP8 kernel (sk_fp8_gemm_small, 64 rows a launch, bf16
+ * activations) takes a product with per-row scales, n_out a multiple of 32 and k_in of 16:
+ * where cuBLASLt's FP8 GEMM is there, one launch's worth (the weights read once per step);
+ * without it, up to 4 launches (4 reads of a byte a weight still beat the 5 bytes dequantizing
+ * to bf16 moves). Estimates, not measured crossovers. */
+#define CUDA_FP8_MMA_ROWS 64
+#define CUDA_FP8_MMA_ROWS_NO_LT 256
+/* Rows up to which the gemv (8 rows a launch) takes what neither cuBLASLt nor the tensor-core
+ * kernel can (block scales, other shapes), before the weights are dequantized to bf16 for
+ * cuBLAS (5 bytes a weight moved). */
 #define CUDA_FP8_GEMV_ROWS_NO_LT 32
-/* A product of FP8 weights: the gemv up to CUDA_FP8_GEMV_ROWS rows (CUDA_FP8_GEMV_ROWS_NO_LT where
- * cuBLASLt cannot take it; every size under --deterministic: its rows do not depend on each
- * other), cuBLASLt where it is there and the shape suits it (per-row scales, n_out and k_in
- * multiples of 16), else dequantized weights. */
+/* A product of FP8 weights: the gemv up to CUDA_FP8_GEMV_ROWS rows (every size under
+ * --deterministic: its rows do not depend on each other), then the tensor-core kernel where the
+ * scales and shape suit it (up to CUDA_FP8_MMA_ROWS, or CUDA_FP8_MMA_ROWS_NO_LT without
+ * cuBLASLt), then cuBLASLt where it is there and the shape suits it (per-row scales, n_out and
+ * k_in multiples of 16), else the gemv up to CUDA_FP8_GEMV_ROWS_NO_LT rows, else dequantized
+ * weights. */
 struct cuda_product_plan cuda_plan_fp8_product(const struct cuda_plan_config *c, int rows, int n_out, int k_in);
 bool cuda_plan_is_fp8(struct cuda_product_plan p);
 
