@@ -46,7 +46,8 @@ static void cuda_free(struct backend *base)
     free(b);
 }
 
-static const struct backend_ops cuda_ops = {.submit = cuda_submit, .collect = cuda_collect, .free = cuda_free};
+static const struct backend_ops cuda_ops = {
+    .submit = cuda_submit, .collect = cuda_collect, .sample = cuda_sample, .free = cuda_free};
 
 static int alloc_ws(struct cuda_backend *b, void **p, size_t bytes)
 {
