@@ -112,6 +112,11 @@ struct cuda_steps {
     uint32_t *mask_host, *mask_dev;
     int mask_words;
     cudaEvent_t mask_sent; /* after the last copy out of mask_host */
+    /* Late masks go over on a stream of their own while the model runs: after step_start (the
+     * step's first work on b->stream, so every sampler before it has read mask_dev), and the
+     * sampler waits for mask_sent. */
+    cudaStream_t mask_stream;
+    cudaEvent_t step_start;
     /* A step whose masks come after its submit (batch_seq.mask_later): submit enqueues its
      * model, cuda_sample its masks' copy, the sampler and the rest. Until then it is not counted
      * as submitted, and no other step may be submitted. later_at: the k-th late mask's row in

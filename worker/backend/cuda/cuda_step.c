@@ -86,6 +86,8 @@ int cuda_steps_alloc(struct cuda_backend *b)
     CUDA_CHECK(b, cudaHostAlloc((void **)&st->mask_host, S * (size_t)st->mask_words * 4, cudaHostAllocDefault));
     CUDA_CHECK(b, cudaEventCreateWithFlags(&st->meta_sent, cudaEventDisableTiming));
     CUDA_CHECK(b, cudaEventCreateWithFlags(&st->mask_sent, cudaEventDisableTiming));
+    CUDA_CHECK(b, cudaEventCreateWithFlags(&st->step_start, cudaEventDisableTiming));
+    CUDA_CHECK(b, cudaStreamCreateWithFlags(&st->mask_stream, cudaStreamNonBlocking));
     if (!(st->pend.later_at = calloc(S, sizeof *st->pend.later_at)))
         CUDA_FAIL(b, "cuda: out of memory for %zu late mask rows", S);
     for (int i = 0; i < 2; i++) CUDA_CHECK(b, cudaEventCreateWithFlags(&st->done[i], cudaEventDisableTiming));
@@ -108,6 +110,8 @@ void cuda_steps_free(struct cuda_backend *b)
     if (st->out_host) cudaFreeHost(st->out_host);
     if (st->meta_sent) cudaEventDestroy(st->meta_sent);
     if (st->mask_sent) cudaEventDestroy(st->mask_sent);
+    if (st->step_start) cudaEventDestroy(st->step_start);
+    if (st->mask_stream) cudaStreamDestroy(st->mask_stream);
     free(st->pend.later_at);
     for (int i = 0; i < 2; i++)
         if (st->done[i]) cudaEventDestroy(st->done[i]);
@@ -291,6 +295,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
         if ((rc = cuda_extras_ensure(b)) < 0) goto fail;
         cuda_extras_fill(b, batch, &hm, slot);
     }
+    if (plan.n_later) CUDA_CHECK(b, cudaEventRecord(st->step_start, b->stream));
     cuda_prof_begin(b);
     cuda_prof_mark(b, CUDA_PROF_COPY);
     CUDA_CHECK(b, cudaMemcpyAsync(st->meta_dev, st->meta_host, bytes, cudaMemcpyHostToDevice, b->stream));
@@ -328,7 +333,9 @@ fail:
 
 /* The rest of a step with late masks (backend_sample): masks[k] into the k-th late row of
  * mask_host, all the step's masks over, then the sampler and the end of the step. Runs while
- * the device is still on the step's model: the copy and the sampler queue behind it. */
+ * the device is still on the step's model: the copy goes on mask_stream meanwhile (mask_dev is
+ * free once the steps before are, step_start), and the sampler queues behind the model and
+ * the copy. */
 int cuda_sample(struct backend *base, const uint32_t *const *masks, int32_t n_masks)
 {
     struct cuda_backend *b = (struct cuda_backend *)base;
@@ -345,9 +352,11 @@ int cuda_sample(struct backend *base, const uint32_t *const *masks, int32_t n_ma
     CUDA_CHECK(b, cudaEventSynchronize(st->mask_sent));
     for (int k = 0; k < n_masks; k++)
         memcpy(st->mask_host + (size_t)st->pend.later_at[k] * st->mask_words, masks[k], (size_t)st->mask_words * 4);
+    CUDA_CHECK(b, cudaStreamWaitEvent(st->mask_stream, st->step_start, 0));
     CUDA_CHECK(b, cudaMemcpyAsync(st->mask_dev, st->mask_host, (size_t)plan->n_masked * st->mask_words * 4,
-                                  cudaMemcpyHostToDevice, b->stream));
-    CUDA_CHECK(b, cudaEventRecord(st->mask_sent, b->stream));
+                                  cudaMemcpyHostToDevice, st->mask_stream));
+    CUDA_CHECK(b, cudaEventRecord(st->mask_sent, st->mask_stream));
+    CUDA_CHECK(b, cudaStreamWaitEvent(b->stream, st->mask_sent, 0));
     const struct cuda_step_args args = {.plan = plan, .dev = st->pend.dev, .logits_out = st->pend.logits_out};
     if ((rc = cuda_sample_enqueue(b, &args, st->pend.delta_parts)) < 0) goto fail;
     rc = end_step(b, plan, (int)(st->submitted % 2), b->prof || st->pend.logits_out, st->pend.t_start);
