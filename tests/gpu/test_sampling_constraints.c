@@ -387,6 +387,7 @@ static int run_constrained(struct backend *b, const char *what, bool check_logit
                 if (backend_collect(b, res) < 0) {
                     printf("    %s: collecting step %d failed: %s\n", what, k - 1, b->error);
                     bad++;
+                    steps = k - 1;
                     break;
                 }
                 for (int s = 0; s < NSEQ; s++) out[s][k - 1] = res[s].token;
