@@ -199,6 +199,8 @@ struct cuda_options {
                                (cuBLAS) instead of cuBLASLt's FP8 GEMM */
     bool no_fp8_outer;      /* fp8_outer=0: cuBLASLt's FP8 output scaled by an own kernel instead
                                of its outer-vector scales */
+    bool no_late_masks;     /* late_masks=0: structured output's masks go with the step (no
+                               backend_sample), so constrained steps are not overlapped */
 };
 
 struct backend_options {

@@ -22,6 +22,7 @@ static bool *switch_field(struct cuda_options *o, const char *key, size_t len)
         {"attn_early", offsetof(struct cuda_options, no_attn_early)},
         {"fp8_lt", offsetof(struct cuda_options, no_fp8_lt)},
         {"fp8_outer", offsetof(struct cuda_options, no_fp8_outer)},
+        {"late_masks", offsetof(struct cuda_options, no_late_masks)},
     };
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (strlen(keys[i].key) == len && !strncmp(keys[i].key, key, len)) return (bool *)((char *)o + keys[i].off);
