@@ -110,11 +110,11 @@ SRC_backend    := $(call src_of,worker/backend) $(call src_of,worker/backend/cpu
 CU_kernels     :=
 endif
 # The CUDA backend's plain C (no CUDA headers) builds without nvcc too: the worker's CUDA flags
-# (cuda_options.c) parse the same in every build, and the step planner (cuda_plan.c) and the
-# refusal of model features the GPU does not compute (cuda_features.c) have their unit tests in
-# tests/unit/backend.
+# (cuda_options.c) parse the same in every build, and the step planner (cuda_plan.c), the
+# refusal of model features the GPU does not compute (cuda_features.c) and the MoE sizes
+# (cuda_moe_plan.c) have their unit tests in tests/unit/backend.
 CUDA_PLAIN_SRC := $(wildcard worker/backend/cuda/cuda_options.c worker/backend/cuda/cuda_plan.c \
-                    worker/backend/cuda/cuda_features.c)
+                    worker/backend/cuda/cuda_features.c worker/backend/cuda/cuda_moe_plan.c)
 ifneq ($(HAVE_CUDA),1)
 SRC_backend    += $(CUDA_PLAIN_SRC)
 endif

@@ -23,6 +23,10 @@ extern "C" {
 #define SK_GATE_UP_BLOCK 64
 /* Query tokens of one sequence per prefill-attention tile. */
 #define SK_PREFILL_TILE 64
+/* Mixture of experts (kernels/moe.cu): experts a router chooses among, and experts it chooses
+ * per token, at most. */
+#define SK_MOE_MAX_EXPERTS 256
+#define SK_MOE_MAX_TOP_K 16
 
 struct sk_attn_params {
     int n_tokens;

@@ -226,6 +226,45 @@ cudaError_t sk_sample_finish(const float *logits, const float *work, const float
                              int sorted, const struct sk_sample_row *rows, struct sk_sample_out *out, int n_rows,
                              int vocab, cudaStream_t s);
 
+/* --- mixture of experts (kernels/moe.cu) ----------------------------------------------- */
+/* Per token t < n_tokens, from its router logits [n_tokens, n_experts] fp32: the softmax, the
+ * top_k experts by probability (largest first; equal probabilities: the lower expert id first)
+ * into choice[t * top_k + r], and their probabilities into weight[...], divided by their sum when
+ * renormalise. n_experts <= SK_MOE_MAX_EXPERTS, top_k <= SK_MOE_MAX_TOP_K. */
+cudaError_t sk_moe_route(const float *logits, int n_tokens, int n_experts, int top_k, int renormalise,
+                         int32_t *choice, float *weight, cudaStream_t s);
+/* Counting sort of the n_pairs choices (pair i = token i / top_k) by expert, stable (pair order
+ * within an expert), in one block: order[p] = the pair at sorted position p, pos[i] = the sorted
+ * position of pair i, seg[e]..seg[e + 1] the positions of expert e (n_experts + 1 ints), active
+ * the experts with a pair in ascending order and active[n_experts] their count. */
+cudaError_t sk_moe_sort(const int32_t *choice, int n_pairs, int n_experts, int32_t *order, int32_t *pos,
+                        int32_t *seg, int32_t *active, cudaStream_t s);
+/* The rows of a grouped product. seg NULL: one group (weights w) of n_rows rows, row r's input
+ * x[r]. Otherwise group e = expert e (weights w + e * its rows * k_in) holds rows seg[e] ..
+ * seg[e + 1] of n_rows, active as sk_moe_sort leaves it, and row r's input is
+ * x[order[r] / top_k] (order NULL: x[r]). */
+struct sk_moe_rows {
+    const int32_t *seg, *active, *order;
+    int n_groups, n_rows, top_k;
+    int invariant; /* 1: the CUDA-core product at every row count (--deterministic) */
+};
+/* For every row r of rows and feature n < n_out, over k_in (% 8 == 0; w and x 16-byte aligned):
+ * with y: y[r, n] = x_r . w_g[n] (fp32); with act (bf16, y NULL): w_g is [gate (n_out rows); up
+ * (n_out rows)] and act[r, n] = silu(x_r . gate_n) * (x_r . up_n). A warp streams two weight rows
+ * (gate and up, or two features) once per pass over 4 of its group's rows (few rows per group, as
+ * in decode) or 16; a row's sums do not depend on the other rows or the pass. Products of more
+ * than 8 rows per group on an even spread (dense: more than 8 rows; k_in % 16 == 0) run on the
+ * tensor cores instead (mma.sync, fp32 sums), unless rows->invariant: their rows' sums differ
+ * from the CUDA cores' in the last bits. The grid depends on the shapes only (no counts from the
+ * host). */
+cudaError_t sk_moe_gemm(const uint16_t *w, const uint16_t *x, const struct sk_moe_rows *rows, float *y,
+                        uint16_t *act, int n_out, int k_in, cudaStream_t s);
+/* out[t] = sum over t's choices in ascending expert order of weight * y_exp[pos[pair]], plus
+ * sigmoid(shared_gate[t]) * shared_y[t] when shared_y is not NULL; rows of hidden floats. */
+cudaError_t sk_moe_combine(const float *y_exp, const int32_t *choice, const float *weight, const int32_t *pos,
+                           int top_k, const float *shared_y, const float *shared_gate, float *out, int n_tokens,
+                           int hidden, cudaStream_t s);
+
 /* --- prompt logprobs and hidden states (kernels/prompt_outputs.cu) ---------------------- */
 /* One prompt position's logprob, laid out as worker/backend/backend.h's struct prompt_logprob. */
 struct sk_prompt_lp {

@@ -6,8 +6,9 @@
 # test_hf_parity.py also needs BUILD_DIR/tests/gpu/parity_tool.
 # Usage: tests/gpu/run_on_device.sh [BUILD_DIR]   (logs go to $OUT when set)
 #        SLUICE_GPU_TESTS="test_hf_parity" tests/gpu/run_on_device.sh [BUILD_DIR]   (a subset)
-# test_decode_speed (an older speed run, ~17 GB of GPU memory) and test_fp8_speed (FP8 against
-# bf16 on Llama-3-8B's shape, ~25 GB) run only when named there.
+# test_decode_speed (an older speed run, ~17 GB of GPU memory), test_fp8_speed (FP8 against
+# bf16 on Llama-3-8B's shape, ~25 GB) and test_moe_speed (Mixtral 8x7B's and Qwen3-30B-A3B's MoE
+# shapes against the roofline, ~8 GB) run only when named there.
 BUILD=${1:-build}
 OUTDIR=${OUT:-/tmp/sluice_gpu_out}
 mkdir -p "$OUTDIR"
@@ -19,7 +20,7 @@ probe="$BUILD/tests/gpu/test_kernels"
 cuda_lib_path "$probe"
 summary=()
 # SLUICE_GPU_TESTS picks a subset, e.g. "test_hf_parity" for the transformers parity test alone.
-TESTS=${SLUICE_GPU_TESTS:-"test_kernels test_gemv_q test_hopper_gemm test_backend test_sampling_constraints test_prompt_outputs test_batch_invariance test_fp8 test_comm_nccl test_tp_cuda test_hf_parity"}
+TESTS=${SLUICE_GPU_TESTS:-"test_kernels test_gemv_q test_hopper_gemm test_backend test_sampling_constraints test_prompt_outputs test_batch_invariance test_fp8 test_moe test_comm_nccl test_tp_cuda test_hf_parity"}
 for t in $TESTS; do
     [ "$t" = test_hf_parity ] && continue
     bin="$BUILD/tests/gpu/$t"
@@ -46,6 +47,6 @@ fi
 echo
 echo "==== summary"
 grep -h "FAIL" "$OUTDIR"/*.log | head -40
-grep -h "bench\|tok/s\|stories260K greedy\|rel err vs" "$OUTDIR"/*.log | head -40
+grep -h "bench\|tok/s\|roofline\|stories260K greedy\|rel err vs" "$OUTDIR"/*.log | head -40
 grep -h "^hf parity" "$OUTDIR"/*.log | cut -c1-400 | head -12
 printf '%s\n' "${summary[@]}"

@@ -32,6 +32,7 @@ static void cuda_free(struct backend *base)
     cuda_graphs_free(b);
     cuda_prof_free(b);
     cuda_weights_free(b);
+    cuda_moe_free(b);
     struct cuda_workspace *ws = &b->ws;
     void *devs[] = {b->kv.cache, ws->x,       ws->delta,      ws->big,      ws->q, ws->part_o,
                     ws->part_ml, ws->logits,  ws->work,       ws->sorted_w, ws->y, ws->counts,
@@ -96,6 +97,7 @@ static int workspace_alloc(struct cuda_backend *b)
     CUDA_CHECK(b, sk_fill_iota_rows(ws->ids_in, (int)S, (int)V, b->stream));
     CUDA_CHECK(b, sk_fill_row_offsets(ws->offsets, (int)S, (int)V, b->stream));
     CUDA_CHECK(b, cudaMemsetAsync(ws->counts, 0, S * V * 4, b->stream));
+    if ((rc = cuda_moe_workspace_alloc(b)) < 0) goto fail;
     if ((rc = cuda_steps_alloc(b)) < 0) goto fail;
     CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
 fail:

@@ -141,7 +141,9 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, NULL, w->ffn_norm, ws->y, T, H,
                                            c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
-        if (w->q) {
+        if (cuda_moe_is_sparse(b, l)) {
+            if ((rc = cuda_moe_enqueue(b, l, T, &delta_parts)) < 0) goto fail;
+        } else if (w->q) {
             delta_parts = 1;
             if ((rc = cuda_qlayer_mlp(b, w->q, T)) < 0) goto fail;
         } else if ((rc = enqueue_mlp(b, l, w, &p->mlp, T, &delta_parts)) < 0) {

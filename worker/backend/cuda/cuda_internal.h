@@ -187,6 +187,7 @@ struct cuda_watchdog {
 
 struct cuda_prof; /* cuda_prof.c: --cuda-profile */
 struct cuda_fp8;  /* cuda_fp8.c: FP8 weights */
+struct cuda_moe;  /* cuda_moe.c: the experts and their scratch; NULL for a dense model */
 struct comm;      /* worker/parallel/comm.h */
 
 struct cuda_backend {
@@ -205,6 +206,7 @@ struct cuda_backend {
     struct cuda_watchdog watchdog;
     struct cuda_prof *prof; /* NULL unless --cuda-profile */
     struct cuda_fp8 *fp8;   /* NULL unless the layers' weights are FP8 on the device */
+    struct cuda_moe *moe;
     struct comm *tp_comm;   /* NULL unless --tensor-parallel-size (cuda_tp.c) */
 };
 
@@ -260,6 +262,22 @@ int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint1
  * ws.y (normalized) to ws.delta. */
 int cuda_qlayer_qkv(struct cuda_backend *b, const struct cuda_qlayer *q, const uint16_t *x, float *qkv, int rows);
 int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, int rows);
+
+/* cuda_weights.c's loader, for cuda_moe.c: writes tensor t (numel elements) as bf16 at dst. */
+struct loader;
+int cuda_weights_put_matrix(struct loader *ld, uint16_t *dst, const struct tensor *t, int64_t numel,
+                            const char *name);
+
+/* cuda_moe.c: the mixture-of-experts layers. cuda_moe_load_layer uploads sparse layer l's router,
+ * experts (stacked: [n_experts, 2 inter, hidden] gate then up rows, [n_experts, hidden, inter]
+ * down) and shared expert as bf16, making b->moe at the first; cuda_moe_workspace_alloc its
+ * scratch; cuda_moe_enqueue the layer's MLP over the T rows of b->ws.y into b->ws.delta (one
+ * part). */
+int cuda_moe_load_layer(struct cuda_backend *b, struct loader *ld, const struct model *m, int l);
+int cuda_moe_workspace_alloc(struct cuda_backend *b);
+bool cuda_moe_is_sparse(const struct cuda_backend *b, int l);
+int cuda_moe_enqueue(struct cuda_backend *b, int l, int T, int *delta_parts);
+void cuda_moe_free(struct cuda_backend *b);
 
 /* cuda_gemm.c. cuda_gemm_init makes the handles (the Hopper kernel's only where the device and
  * the build have it, and not with hopper=0); cuda_plan_config_init needs to know that. */

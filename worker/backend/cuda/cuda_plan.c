@@ -1,6 +1,7 @@
 /* The CUDA backend's choices (cuda_plan.h). Plain C with no CUDA call: built without nvcc too,
  * for its unit test. The reasons and the measurements behind each rule: docs/performance.md. */
 #include "worker/backend/cuda/cuda_plan.h"
+#include "worker/backend/cuda/cuda_moe_plan.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -355,13 +356,6 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
 
 int cuda_plan_model_supported(const struct model_config *m, char *err, size_t errlen)
 {
-    if (m->moe.n_experts > 0) {
-        snprintf(err, errlen,
-                 "cuda: %s is a mixture-of-experts model (%d experts, top %d), which the CUDA backend does not "
-                 "compute yet; use --device cpu (the CPU backend computes MixtralForCausalLM, Qwen2MoeForCausalLM "
-                 "and Qwen3MoeForCausalLM)",
-                 m->arch_name, m->moe.n_experts, m->moe.top_k);
-        return -1;
-    }
-    return 0;
+    /* Mixture-of-experts layers: cuda_moe.c computes them, within the kernels' limits. */
+    return cuda_moe_supported(m, err, errlen);
 }

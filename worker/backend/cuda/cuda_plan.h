@@ -180,8 +180,9 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
                    struct cuda_step_plan *p, char *err, size_t errlen);
 
 /* Whether the CUDA backend computes this model: 0, or -1 with a message naming the architecture
- * and what it lacks (mixture-of-experts layers: the CPU backend computes them). Checked before
- * anything else, so that no wrong numbers come out of a model it does not know. */
+ * and what it lacks (mixture-of-experts shapes beyond the expert kernels' limits,
+ * cuda_moe_supported). Checked before anything else, so that no wrong numbers come out of a model
+ * it does not know. */
 int cuda_plan_model_supported(const struct model_config *m, char *err, size_t errlen);
 
 #endif

@@ -73,10 +73,17 @@ fail:
     return rc;
 }
 
-/* Layer lw's matrices as bf16: fused [q;k;v] and [gate;up] (interleaved through gu_plain when
- * the planner wants it). */
+int cuda_weights_put_matrix(struct loader *ld, uint16_t *dst, const struct tensor *t, int64_t numel,
+                            const char *name)
+{
+    return put_matrix(ld, dst, t, numel, name);
+}
+
+/* Layer lw's matrices as bf16: fused [q;k;v] and, with mlp, [gate;up] (interleaved through
+ * gu_plain when the planner wants it) and down; a sparse layer's experts load apart
+ * (cuda_moe.c). */
 static int put_layer_matrices(struct loader *ld, struct cuda_layer *cl, const struct layer_weights *lw,
-                              uint16_t *gu_plain, const char *name)
+                              uint16_t *gu_plain, const char *name, bool mlp)
 {
     struct cuda_backend *b = ld->b;
     const struct model_config *c = &ld->m->config;
@@ -90,6 +97,7 @@ static int put_layer_matrices(struct loader *ld, struct cuda_layer *cl, const st
     if ((rc = put_matrix(ld, cl->wqkv + (qd + kvd) * H, &lw->wv, kvd * H, name)) < 0) goto fail;
     if ((rc = alloc_dev(b, (void **)&cl->wo, (size_t)(H * qd) * 2)) < 0) goto fail;
     if ((rc = put_matrix(ld, cl->wo, &lw->wo, H * qd, name)) < 0) goto fail;
+    if (!mlp) return 0;
     if ((rc = alloc_dev(b, (void **)&cl->wgu, (size_t)(2 * I * H) * 2)) < 0) goto fail;
     uint16_t *gu = interleave ? gu_plain : cl->wgu;
     if ((rc = put_matrix(ld, gu, &lw->w_gate, I * H, name)) < 0) goto fail;
@@ -192,12 +200,23 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
         char name[64];
         snprintf(name, sizeof name, "layer %d", l);
         if (b->fp8) {
+            if (lw->moe)
+                CUDA_FAIL(b,
+                          "cuda: %s has FP8 weights and mixture-of-experts layers (layer %d); the GPU computes "
+                          "experts in bf16 only: use a bf16 checkpoint or --device cpu",
+                          c->arch_name, l);
             if ((rc = cuda_fp8_load_layer(b, m, l)) < 0) goto fail;
+            goto vectors;
+        }
+        if (lw->moe) {
+            /* A sparse layer: attention as bf16, the experts instead of the dense MLP (cuda_moe.c). */
+            if ((rc = put_layer_matrices(&ld, cl, lw, gu_plain, name, false)) < 0) goto fail;
+            if ((rc = cuda_moe_load_layer(b, &ld, m, l)) < 0) goto fail;
             goto vectors;
         }
         /* GGUF blocks the block kernels take stay blocks (cuda_qweights.c); the rest is bf16. */
         if ((rc = cuda_qlayer_load(b, lw, cl)) < 0) goto fail;
-        if (!cl->q && (rc = put_layer_matrices(&ld, cl, lw, gu_plain, name)) < 0) goto fail;
+        if (!cl->q && (rc = put_layer_matrices(&ld, cl, lw, gu_plain, name, true)) < 0) goto fail;
     vectors:
         if ((rc = put_vector(&ld, &cl->attn_norm, &lw->attn_norm, H, true, name)) < 0) goto fail;
         if ((rc = put_vector(&ld, &cl->ffn_norm, &lw->ffn_norm, H, true, name)) < 0) goto fail;
