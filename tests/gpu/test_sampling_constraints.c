@@ -320,14 +320,18 @@ static void step_masks(uint32_t *m0, uint32_t *m1, int V, int k)
 
 /* Prefill, then STEPS decode steps of all four sequences. With check_logits, every step copies
  * the logits back (eager steps) and each row's token must equal sampler_sample's on them;
- * without, decode steps replay graphs. Checks the constraints on every token; returns the
+ * without, decode steps replay graphs. With late, as the engine runs structured output: the
+ * masked rows are mask_later, each step's tokens are the step before's rows (read on the
+ * device), and each step's masks are made only after it is submitted and the step before is
+ * collected, then given by backend_sample. Checks the constraints on every token; returns the
  * number of violations (printed). */
-static int run_constrained(struct backend *b, const char *what, bool check_logits)
+static int run_constrained(struct backend *b, const char *what, bool check_logits, bool late)
 {
     const int V = b->config.vocab_size, W = (V + 31) / 32;
     uint32_t *m0 = calloc(W, 4), *m1 = calloc(W, 4);
     float *logits = malloc((size_t)NSEQ * V * 4), *scratch = malloc(sampler_scratch_floats(V) * 4);
-    int32_t prompts[NSEQ][PROMPT], blocks[NSEQ][BLOCKS], out[NSEQ][STEPS + 1], tokens[NSEQ * PROMPT];
+    int32_t prompts[NSEQ][PROMPT], blocks[NSEQ][BLOCKS], out[NSEQ][STEPS + 1], ref[NSEQ][STEPS + 1];
+    int32_t tokens[NSEQ * PROMPT];
     const int32_t favoured = 11 % V;
     int32_t bias_ids[2] = {favoured, (favoured + 1) % V}, supp[1] = {favoured};
     float bias_vals[2] = {100.0f, 50.0f};
@@ -341,11 +345,11 @@ static int run_constrained(struct backend *b, const char *what, bool check_logit
         for (int i = 0; i < PROMPT; i++) prompts[s][i] = gt_int(V);
         for (int i = 0; i < BLOCKS; i++) blocks[s][i] = s * BLOCKS + (BLOCKS - 1 - i);
     }
-    int bad = 0, sampler_bad = 0;
+    int bad = 0, sampler_bad = 0, steps = 0;
+    struct sample_result res[NSEQ];
     for (int k = 0; k <= STEPS; k++) {
         struct batch_seq seqs[NSEQ];
         int T = 0;
-        step_masks(m0, m1, V, k);
         for (int s = 0; s < NSEQ; s++) {
             struct batch_seq *q = &seqs[s];
             *q = (struct batch_seq){.block_table = blocks[s], .n_blocks = BLOCKS, .sample = true,
@@ -354,34 +358,73 @@ static int run_constrained(struct backend *b, const char *what, bool check_logit
                 memcpy(tokens + T, prompts[s], sizeof prompts[s]);
                 q->n_new = PROMPT, q->prompt = true;
             } else {
-                tokens[T] = out[s][k - 1];
+                tokens[T] = late ? BACKEND_TOKEN_FROM_PREV(s) : out[s][k - 1];
                 q->n_new = 1, q->start_pos = PROMPT + k - 1;
             }
             T += q->n_new;
         }
-        seqs[0].allowed = m0;
-        seqs[1].allowed = m1;
+        if (late) {
+            /* What the buffers hold at the submit is not this step's masks. */
+            memset(m0, 0, (size_t)W * 4);
+            memset(m1, 0, (size_t)W * 4);
+            seqs[0].mask_later = seqs[1].mask_later = true;
+        } else {
+            step_masks(m0, m1, V, k);
+            seqs[0].allowed = m0;
+            seqs[1].allowed = m1;
+        }
         /* min_tokens-like: the favoured token is suppressed on even steps. */
         if (k % 2 == 0) seqs[2].suppress = supp, seqs[2].n_suppress = 1;
         struct batch batch = {.n_seqs = NSEQ, .seqs = seqs, .n_tokens = T, .tokens = tokens,
                               .logits_out = check_logits ? logits : NULL};
-        struct sample_result res[NSEQ];
-        if (backend_forward(b, &batch, res) < 0) {
+        if (backend_submit(b, &batch) < 0) {
             printf("    %s: step %d failed: %s\n", what, k, b->error);
             bad++;
             break;
         }
-        for (int s = 0; s < NSEQ; s++) {
-            out[s][k] = res[s].token;
-            if (check_logits) {
-                struct sample_result ref;
-                if (sampler_sample(logits + (size_t)s * V, V, &seqs[s], scratch, &ref) < 0 || ref.token != res[s].token) {
-                    printf("    %s: step %d seq %d: device %d, sampler_sample %d\n", what, k, s, res[s].token,
-                           ref.token);
-                    sampler_bad++;
+        if (late) {
+            if (k > 0) {
+                if (backend_collect(b, res) < 0) {
+                    printf("    %s: collecting step %d failed: %s\n", what, k - 1, b->error);
+                    bad++;
+                    steps = k - 1;
+                    break;
                 }
+                for (int s = 0; s < NSEQ; s++) out[s][k - 1] = res[s].token;
             }
+            step_masks(m0, m1, V, k);
+            const uint32_t *masks[2] = {m0, m1};
+            if (backend_sample(b, masks, 2) < 0) {
+                printf("    %s: sampling step %d failed: %s\n", what, k, b->error);
+                bad++;
+                break;
+            }
+            seqs[0].allowed = m0, seqs[0].mask_later = false;
+            seqs[1].allowed = m1, seqs[1].mask_later = false;
         }
+        steps = k + 1;
+        /* The step is done once submitted (logits_out), so its logits are there now. */
+        for (int s = 0; s < NSEQ && check_logits; s++) {
+            struct sample_result r;
+            ref[s][k] = sampler_sample(logits + (size_t)s * V, V, &seqs[s], scratch, &r) < 0 ? -1 : r.token;
+        }
+        if (!late || k == STEPS) {
+            if (backend_collect(b, res) < 0) {
+                printf("    %s: collecting step %d failed: %s\n", what, k, b->error);
+                bad++;
+                steps = k;
+                break;
+            }
+            for (int s = 0; s < NSEQ; s++) out[s][k] = res[s].token;
+        }
+    }
+    for (int k = 0; k < steps; k++) {
+        step_masks(m0, m1, V, k);
+        for (int s = 0; s < NSEQ && check_logits; s++)
+            if (ref[s][k] != out[s][k]) {
+                printf("    %s: step %d seq %d: device %d, sampler_sample %d\n", what, k, s, out[s][k], ref[s][k]);
+                sampler_bad++;
+            }
         if (!bit(m0, out[0][k])) printf("    %s: step %d: seq 0 drew %d outside its mask\n", what, k, out[0][k]), bad++;
         if (out[1][k] != (37 * k + 5) % V)
             printf("    %s: step %d: seq 1 drew %d, its mask allows only %d\n", what, k, out[1][k], (37 * k + 5) % V),
@@ -392,6 +435,7 @@ static int run_constrained(struct backend *b, const char *what, bool check_logit
                    k, favoured, bias_ids[1], favoured, out[2][k]),
                 bad++;
     }
+    if (steps <= STEPS) bad++;
     free(m0), free(m1), free(logits), free(scratch);
     return bad + sampler_bad;
 }
@@ -417,17 +461,21 @@ static void test_backend_constraints(void)
         GT_CHECK(b->supports_token_mask && b->supports_logit_bias && b->supports_suppress,
                  "the CUDA backend says it applies token masks, logit biases and suppressed ids");
         const char *mode = det ? "deterministic" : "default";
-        const uint64_t replays0 = ((struct cuda_backend *)b)->graphs.replays;
-        int bad = run_constrained(b, mode, false);
-        const uint64_t replays = ((struct cuda_backend *)b)->graphs.replays - replays0;
-        GT_CHECK(bad == 0 && replays >= STEPS,
-                 "%s: decode steps from CUDA graphs (%llu replays) keep every constraint, with masks that change "
-                 "every step (%d violations)",
-                 mode, (unsigned long long)replays, bad);
-        bad = run_constrained(b, mode, true);
-        GT_CHECK(bad == 0, "%s: eager steps: constraints kept and tokens equal sampler_sample on the device's logits "
-                           "(%d differ or violate)",
-                 mode, bad);
+        for (int late = 0; late < 2; late++) {
+            const char *how = late ? "masks given after the submit (pipelined)" : "masks given with the step";
+            const uint64_t replays0 = ((struct cuda_backend *)b)->graphs.replays;
+            int bad = run_constrained(b, mode, false, late);
+            const uint64_t replays = ((struct cuda_backend *)b)->graphs.replays - replays0;
+            GT_CHECK(bad == 0 && replays >= STEPS,
+                     "%s, %s: decode steps from CUDA graphs (%llu replays) keep every constraint, with masks that "
+                     "change every step (%d violations)",
+                     mode, how, (unsigned long long)replays, bad);
+            bad = run_constrained(b, mode, true, late);
+            GT_CHECK(bad == 0,
+                     "%s, %s: eager steps: constraints kept and tokens equal sampler_sample on the device's logits "
+                     "(%d differ or violate)",
+                     mode, how, bad);
+        }
         backend_free(b);
     }
     model_free(m);

@@ -28,6 +28,8 @@ int worker_metrics_init(struct worker_metrics *wm)
     wm->prompt_tokens = counter(m, "sluice_worker_prompt_tokens_total", "Prompt tokens accepted.");
     wm->generation_tokens = counter(m, "sluice_worker_generation_tokens_total", "Tokens generated.");
     wm->steps = counter(m, "sluice_worker_engine_steps_total", "Engine steps.");
+    wm->overlapped_steps = counter(m, "sluice_worker_engine_overlapped_steps_total",
+                                   "Engine steps queued on the device behind the step before it.");
     wm->preemptions = counter(m, "sluice_worker_preemptions_total", "Sequences preempted for KV space.");
     /* As vLLM's prefix_cache_queries / prefix_cache_hits: in tokens, over every admission. */
     wm->prefix_queries = counter(m, "sluice_worker_prefix_cache_queries_total",
@@ -68,6 +70,8 @@ char *worker_metrics_render(struct worker_metrics *wm, const struct engine_stats
     metrics_series_set(wm->kv_free, st->kv_blocks_free);
     /* The engine counts steps and preemptions on its own thread: mirror the totals. */
     metrics_series_add(wm->steps, (double)st->steps - metrics_series_value(wm->steps));
+    metrics_series_add(wm->overlapped_steps,
+                       (double)st->overlapped_steps - metrics_series_value(wm->overlapped_steps));
     metrics_series_add(wm->preemptions, (double)st->preemptions - metrics_series_value(wm->preemptions));
     metrics_series_add(wm->prefix_queries,
                        (double)st->prefix_query_tokens - metrics_series_value(wm->prefix_queries));

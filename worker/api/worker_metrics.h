@@ -11,7 +11,7 @@ struct worker_metrics {
     metrics *registry;
     metrics_series *running, *waiting, *active, *kv_total, *kv_free;
     metrics_series *requests, *rejected, *aborted;
-    metrics_series *prompt_tokens, *generation_tokens, *steps, *preemptions;
+    metrics_series *prompt_tokens, *generation_tokens, *steps, *overlapped_steps, *preemptions;
     metrics_series *prefix_queries, *prefix_hits, *prefix_hit_rate, *kv_cached;
     metrics_series *time_to_first_token, *request_latency;
     metrics_series *grammar_masks, *grammar_mask_seconds;

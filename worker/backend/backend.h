@@ -78,6 +78,10 @@ struct batch_seq {
      * may draw, bit (id % 32) of word id / 32, (vocab + 31) / 32 words at least; the others are
      * excluded as sampler.h says. Only on a backend with supports_token_mask. */
     const uint32_t *allowed;
+    /* Structured output on a backend with a sample op: when sample, the row's mask is not known
+     * at submit (it follows the token the step before samples) and comes with backend_sample
+     * instead of allowed (NULL then). See backend_sample. */
+    bool mask_later;
     /* min_tokens: when sample, tokens the sampler must not draw this step (the EOS and stop
      * token ids while fewer than min_tokens are generated; sampler.h, step 2). Only on a
      * backend with supports_suppress. */
@@ -135,6 +139,9 @@ struct backend_ops {
      * step on the device and returns; collect waits for the oldest queued step. */
     int (*submit)(struct backend *b, const struct batch *batch);
     int (*collect)(struct backend *b, struct sample_result *results);
+    /* Optional, with submit: the sampling of a submitted step that has mask_later rows (see
+     * backend_sample). */
+    int (*sample)(struct backend *b, const uint32_t *const *masks, int32_t n_masks);
     void (*free)(struct backend *b);
 };
 
@@ -194,6 +201,8 @@ struct cuda_options {
                                of its outer-vector scales */
     bool no_fp8_prefetch;   /* fp8_prefetch=0: an FP8 decode product does not bring the next
                                product's first weights into L2 at its end */
+    bool no_late_masks;     /* late_masks=0: structured output's masks go with the step (no
+                               backend_sample), so constrained steps are not overlapped */
 };
 
 struct backend_options {
@@ -238,6 +247,14 @@ int backend_submit(struct backend *b, const struct batch *batch);
 int backend_collect(struct backend *b, struct sample_result *results);
 /* Whether backend_submit returns before the step has run (only then does overlapping pay). */
 bool backend_submit_returns_early(const struct backend *b);
+/* Masks that follow the step before (structured output, overlapped): a step submitted with
+ * mask_later rows runs the model but waits to sample until backend_sample gives their masks,
+ * masks[k] for the k-th such row (as batch_seq.allowed; the backend copies them before it
+ * returns). The engine takes the previous step's tokens, advances its grammars and makes the
+ * masks while the device runs the model. No other step is submitted, and this one is not
+ * collected, before it. Only where backend_defers_masks. */
+bool backend_defers_masks(const struct backend *b);
+int backend_sample(struct backend *b, const uint32_t *const *masks, int32_t n_masks);
 /* One step to the end: submit, then collect. */
 int backend_forward(struct backend *b, const struct batch *batch, struct sample_result *results);
 void backend_free(struct backend *b);

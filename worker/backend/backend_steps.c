@@ -99,6 +99,17 @@ bool backend_submit_returns_early(const struct backend *b)
     return b->ops->submit != NULL;
 }
 
+bool backend_defers_masks(const struct backend *b)
+{
+    return b->ops->submit != NULL && b->ops->sample != NULL;
+}
+
+int backend_sample(struct backend *b, const uint32_t *const *masks, int32_t n_masks)
+{
+    if (!backend_defers_masks(b)) return fail(b, "this backend takes no masks after the step is submitted");
+    return b->ops->sample(b, masks, n_masks);
+}
+
 int backend_forward(struct backend *b, const struct batch *batch, struct sample_result *results)
 {
     int rc = backend_submit(b, batch);

@@ -140,6 +140,8 @@ struct engine {
     /* Structured output: per sampled row of a step, its mask of mask_words words. */
     uint32_t *masks;
     size_t mask_words;
+    /* The submitted step's mask_later rows (backend_sample), by their row in the step. */
+    int32_t *later_rows;
     /* Submitted steps whose tokens are not taken yet, oldest first from flight_head: at most
      * the one just submitted and the one before it. */
     struct step_rows flight[2];
@@ -652,6 +654,48 @@ static int32_t collect_step(struct engine *e)
     return sr->n;
 }
 
+/* lr's mask for its next token into mask (its matcher has every token before it). A mask that
+ * cannot be made, or allows nothing (no token of this vocabulary continues the grammar), ends the
+ * request, not the backend: lr->mask_error says why, and the token the row samples is dropped.
+ * Returns whether the mask is good. */
+static bool make_mask(struct engine *e, struct live_req *lr, uint32_t *mask)
+{
+    lr->mask_error = NULL;
+    const double t_mask = now_ms();
+    const int fill_rc = grammar_matcher_fill_mask(lr->gm, mask, e->mask_words);
+    e->grammar_mask_ms += now_ms() - t_mask;
+    e->grammar_masks++;
+    if (fill_rc != 0) {
+        lr->mask_error = "structured output: out of memory making the token mask";
+    } else {
+        /* Only the model's rows count: a tokenizer may have more ids than it. */
+        uint32_t vocab = (uint32_t)e->backend->config.vocab_size, any = 0;
+        for (uint32_t w = 0; w < vocab / 32 && !any; w++) any = mask[w];
+        if (!any && vocab % 32) any = mask[vocab / 32] & ((1u << (vocab % 32)) - 1);
+        if (!any) lr->mask_error = "structured output: no token can continue the grammar";
+    }
+    return lr->mask_error == NULL;
+}
+
+/* The masks of the newest submitted step's n_later mask_later rows (backend_sample), made once
+ * every step before it is taken: each matcher then has its sequence's every token but the one
+ * this step's input is. A row whose request ended meanwhile, or whose mask could not be made,
+ * samples unmasked (its token is dropped). */
+static int send_late_masks(struct engine *e, int32_t n_later)
+{
+    const struct step_rows *sr = &e->flight[(e->flight_head + e->n_flight - 1) % 2];
+    const uint32_t *masks[n_later];
+    for (int32_t k = 0; k < n_later; k++) {
+        const int32_t r = e->later_rows[k];
+        uint32_t *mask = e->masks + (size_t)r * e->mask_words;
+        struct live_req *lr = sr->lr[r];
+        if (!lr || !make_mask(e, lr, mask)) memset(mask, 0xff, e->mask_words * sizeof *mask);
+        masks[k] = mask;
+    }
+    e->backend->error[0] = '\0';
+    return backend_sample(e->backend, masks, n_later);
+}
+
 /* Runs one step: schedules and submits the next one, then takes the tokens of every step
  * before it, and of this one too unless it overlaps the next (the device then goes on to the
  * next step while the host detokenizes this one's tokens). Returns how many sequences it
@@ -668,6 +712,9 @@ static int32_t run_step(struct engine *e)
     if (n_ent > 0) {
         int32_t n_tok = 0;
         bool history = false, constrained = false;
+        /* Masks made while the device runs the model, on a backend that takes them late. */
+        const bool defer = backend_defers_masks(e->backend);
+        int32_t n_later = 0, n_rows = 0;
         for (int32_t i = 0; i < n_ent; i++) {
             const struct sched_entry *en = &ent[i];
             struct sched_seq *q = en->seq;
@@ -685,6 +732,7 @@ static int32_t run_step(struct engine *e)
             bs->n_history = q->n_tokens;
             bs->n_output = sched_seq_generated(q);
             bs->allowed = NULL;
+            bs->mask_later = false;
             bs->suppress = NULL;
             bs->n_suppress = 0;
             if (en->sample && lr->n_suppress > 0 && bs->n_generated < (uint64_t)lr->req->min_tokens) {
@@ -714,27 +762,19 @@ static int32_t run_step(struct engine *e)
             }
             history |= bs->sample && sampling_uses_history(&lr->sp);
             if (bs->sample && lr->gm) {
-                /* The sequence's steps are never overlapped, so its matcher has every token. A
-                 * mask that allows nothing (no token of this vocabulary continues the grammar)
-                 * ends the request, not the backend: its row samples unmasked, and is dropped. */
-                uint32_t *mask = e->masks + (size_t)i * e->mask_words;
-                lr->mask_error = NULL;
-                const double t_mask = now_ms();
-                const int fill_rc = grammar_matcher_fill_mask(lr->gm, mask, e->mask_words);
-                e->grammar_mask_ms += now_ms() - t_mask;
-                e->grammar_masks++;
-                if (fill_rc != 0) {
-                    lr->mask_error = "structured output: out of memory making the token mask";
+                if (defer) {
+                    /* Made after the submit (send_late_masks), when the step before is taken. */
+                    bs->mask_later = true;
+                    e->later_rows[n_later++] = n_rows;
                 } else {
-                    /* Only the model's rows count: a tokenizer may have more ids than it. */
-                    uint32_t vocab = (uint32_t)e->backend->config.vocab_size, any = 0;
-                    for (uint32_t w = 0; w < vocab / 32 && !any; w++) any = mask[w];
-                    if (!any && vocab % 32) any = mask[vocab / 32] & ((1u << (vocab % 32)) - 1);
-                    if (!any) lr->mask_error = "structured output: no token can continue the grammar";
+                    /* The sequence's steps are never overlapped here: its matcher has every
+                     * token. A mask that cannot be made leaves the row unmasked (make_mask). */
+                    uint32_t *mask = e->masks + (size_t)i * e->mask_words;
+                    bs->allowed = make_mask(e, lr, mask) ? mask : NULL;
                 }
-                bs->allowed = lr->mask_error ? NULL : mask;
                 constrained = true;
             }
+            n_rows += bs->sample;
             /* Placeholders among these are the previous step's tokens (BACKEND_TOKEN_FROM_PREV). */
             memcpy(e->btokens + n_tok, q->tokens + en->start_pos, (size_t)en->n_new * sizeof *e->btokens);
             n_tok += en->n_new;
@@ -749,12 +789,23 @@ static int32_t run_step(struct engine *e)
             fail_all(e, e->backend->error);
             return n_ent;
         }
-        /* Penalties read every token of the sequence on the host, and a grammar's mask needs the
-         * last one: no guessing ahead for them. */
-        const bool overlap = e->overlap && !history && !constrained;
+        /* Penalties read every token of the sequence on the host: no guessing ahead for them. A
+         * grammar's mask needs the last token: it is overlapped only when the mask can come
+         * after the submit. */
+        const bool overlap = e->overlap && !history && (!constrained || defer);
         record_step(e, ent, n_ent, overlap);
         keep = overlap;
         e->overlapped_steps += overlap && e->n_flight == 2;
+        if (n_later > 0) {
+            /* The device runs this step's model while the host takes the step before and makes
+             * the masks this step samples with. */
+            while (e->n_flight > 1 && !e->failed) done += collect_step(e);
+            if (e->failed) return done;
+            if (send_late_masks(e, n_later) != 0) {
+                fail_all(e, e->backend->error);
+                return done;
+            }
+        }
     }
     while (e->n_flight > keep && !e->failed) done += collect_step(e);
     return done;
@@ -906,8 +957,9 @@ int engine_create(struct engine **out, struct backend *backend, const struct tok
     e->bseqs = calloc((size_t)max_seqs, sizeof *e->bseqs);
     e->btokens = calloc((size_t)max_tok, sizeof *e->btokens);
     e->results = calloc((size_t)max_seqs, sizeof *e->results);
+    e->later_rows = calloc((size_t)max_seqs, sizeof *e->later_rows);
     e->async = calloc(1, sizeof *e->async);
-    if (!e->bseqs || !e->btokens || !e->results || !e->async) goto fail_mem;
+    if (!e->bseqs || !e->btokens || !e->results || !e->later_rows || !e->async) goto fail_mem;
     for (int i = 0; i < 2; i++) {
         struct step_rows *sr = &e->flight[i];
         sr->lr = calloc((size_t)max_seqs, sizeof *sr->lr);
@@ -947,6 +999,7 @@ fail_mem:
 fail_sched:
     step_rows_free(e);
     free(e->bseqs);
+    free(e->later_rows);
     free(e->btokens);
     free(e->results);
     free(e->async);
@@ -1045,6 +1098,7 @@ void engine_free(struct engine *e)
     pthread_mutex_destroy(&e->stats_mu);
     step_rows_free(e);
     free(e->bseqs);
+    free(e->later_rows);
     free(e->btokens);
     free(e->results);
     free(e->masks);

@@ -47,7 +47,11 @@ static void cuda_free(struct backend *base)
     free(b);
 }
 
-static const struct backend_ops cuda_ops = {.submit = cuda_submit, .collect = cuda_collect, .free = cuda_free};
+static const struct backend_ops cuda_ops = {
+    .submit = cuda_submit, .collect = cuda_collect, .sample = cuda_sample, .free = cuda_free};
+/* --cuda-options late_masks=0: masks only with the step (the engine then does not overlap
+ * constrained steps), to compare against. */
+static const struct backend_ops cuda_ops_masks_first = {.submit = cuda_submit, .collect = cuda_collect, .free = cuda_free};
 
 static int alloc_ws(struct cuda_backend *b, void **p, size_t bytes)
 {
@@ -227,6 +231,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     if (b->base.max_batch_tokens > 65535) b->base.max_batch_tokens = 65535;
     b->device = opt->device;
     b->opt = opt->cuda;
+    if (b->opt.no_late_masks) b->base.ops = &cuda_ops_masks_first;
     const int bt_cap = (c->max_position > 0 ? c->max_position : 4096) / KV_BLOCK_SIZE + 2;
     b->watchdog.timeout_s = b->opt.step_timeout_s > 0.0 ? b->opt.step_timeout_s : CUDA_STEP_TIMEOUT_S;
 

@@ -165,6 +165,22 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         if (a->logits_out)
             CUDA_CHECK(
                 b, cudaMemcpyAsync(a->logits_out, ws->logits, (size_t)R * V * 4, cudaMemcpyDeviceToHost, b->stream));
+    }
+    /* Kept for cuda_sample when the sampler waits: only eager steps have extras, and they set it. */
+    b->steps.pend.delta_parts = delta_parts;
+    if (!a->model_only) rc = cuda_sample_enqueue(b, a, delta_parts);
+fail:
+    return rc;
+}
+
+int cuda_sample_enqueue(struct cuda_backend *b, const struct cuda_step_args *a, int delta_parts)
+{
+    const struct cuda_step_plan *p = a->plan;
+    const struct cuda_step_meta *dm = &a->dev;
+    struct cuda_workspace *ws = &b->ws;
+    const int R = p->n_rows, V = b->base.config.vocab_size;
+    int rc = 0;
+    if (R > 0) {
         CUDA_CHECK(b, sk_sample_prepare(ws->logits, dm->rows, b->steps.hist_dev, b->steps.mask_dev, ws->work,
                                         ws->counts, b->steps.out_dev, R, V, b->stream));
         if (p->any_cut)
@@ -174,7 +190,8 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
                                        b->steps.out_dev, R, V, b->stream));
         cuda_prof_mark(b, CUDA_PROF_SAMPLE);
     }
-    if (p->n_lp || p->n_hid_seqs) rc = cuda_extras_enqueue(b, a, delta_parts, part_stride);
+    if (p->n_lp || p->n_hid_seqs)
+        rc = cuda_extras_enqueue(b, a, delta_parts, (int64_t)p->n_tokens * b->base.config.hidden_size);
 fail:
     return rc;
 }

@@ -16,7 +16,7 @@ int cuda_graph_run(struct cuda_backend *b, const struct cuda_step_args *a)
     for (int i = 0; i < gs->n; i++) {
         struct cuda_graph_entry *e = &gs->entries[i];
         if (e->n_seqs == p->n_seqs && e->bt_stride == p->bt_stride && e->any_cut == p->any_cut &&
-            e->hist == b->steps.hist_dev) {
+            e->model_only == a->model_only && e->hist == b->steps.hist_dev) {
             g = e;
             break;
         }
@@ -42,6 +42,7 @@ int cuda_graph_run(struct cuda_backend *b, const struct cuda_step_args *a)
         g->n_seqs = p->n_seqs;
         g->bt_stride = p->bt_stride;
         g->any_cut = p->any_cut;
+        g->model_only = a->model_only;
         g->hist = b->steps.hist_dev;
         gs->captures++;
     }

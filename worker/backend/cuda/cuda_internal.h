@@ -86,6 +86,17 @@ struct cuda_workspace {
     size_t bytes;
 };
 
+/* A step's arrays in device memory (cuda_step.c lays them out). */
+struct cuda_step_meta {
+    struct sk_sample_row *rows;
+    int32_t *tokens, *pos, *seq, *slot, *sample_tok, *bt;
+    int32_t *tiles; /* prefill tiles: (first token, count, sequence) */
+    int32_t *dec;   /* tokens for the decode attention, when not all are */
+    /* cuda_extras.c: prompt logprob rows (token, next prompt token, top alternatives) and the
+     * tokens whose hidden states are pooled, with each pooled sequence's (first row, rows, 0). */
+    int32_t *lp_tok, *lp_target, *lp_ntop, *hid_tok, *hid_seg;
+};
+
 /* cuda_step.c: per-step metadata, built in pinned memory and sent in one copy, and the steps in
  * flight. Two steps may be queued (backend_submit): each copies its sampled tokens into its half
  * of out_host (max_batch_seqs rows each, by submit count modulo 2) and marks done. */
@@ -100,22 +111,30 @@ struct cuda_steps {
      * rows), so a captured graph reads each step's masks from it. */
     uint32_t *mask_host, *mask_dev;
     int mask_words;
+    cudaEvent_t mask_sent; /* after the last copy out of mask_host */
+    /* Late masks go over on a stream of their own while the model runs: after step_start (the
+     * step's first work on b->stream, so every sampler before it has read mask_dev), and the
+     * sampler waits for mask_sent. */
+    cudaStream_t mask_stream;
+    cudaEvent_t step_start;
+    /* A step whose masks come after its submit (batch_seq.mask_later): submit enqueues its
+     * model, cuda_sample its masks' copy, the sampler and the rest. Until then it is not counted
+     * as submitted, and no other step may be submitted. later_at: the k-th late mask's row in
+     * mask_host; delta_parts: the model's last delta, for the extras after the sampler. */
+    struct {
+        bool waiting;
+        struct cuda_step_plan plan;
+        struct cuda_step_meta dev;
+        int *later_at;
+        int delta_parts;
+        float *logits_out;
+        double t_start;
+    } pend;
     struct sk_sample_out *out_dev, *out_host;
     cudaEvent_t done[2];
     int rows[2];
     uint64_t submitted, collected;
     uint64_t fused_qkv_steps; /* steps whose decode attention did qkv_post's work */
-};
-
-/* A step's arrays in device memory (cuda_step.c lays them out). */
-struct cuda_step_meta {
-    struct sk_sample_row *rows;
-    int32_t *tokens, *pos, *seq, *slot, *sample_tok, *bt;
-    int32_t *tiles; /* prefill tiles: (first token, count, sequence) */
-    int32_t *dec;   /* tokens for the decode attention, when not all are */
-    /* cuda_extras.c: prompt logprob rows (token, next prompt token, top alternatives) and the
-     * tokens whose hidden states are pooled, with each pooled sequence's (first row, rows, 0). */
-    int32_t *lp_tok, *lp_target, *lp_ntop, *hid_tok, *hid_seg;
 };
 
 /* cuda_extras.c: prompt logprobs and hidden states (embeddings) of eager steps. The device
@@ -139,6 +158,7 @@ struct cuda_step_args {
     const struct cuda_step_plan *plan;
     struct cuda_step_meta dev;
     float *logits_out; /* tests: the sampled rows' logits are copied here */
+    bool model_only;   /* the model up to the logits: the sampler waits for late masks */
 };
 
 /* cuda_graph.c: captured decode steps, replayed while the batch keeps its shape. */
@@ -146,6 +166,7 @@ struct cuda_step_args {
 struct cuda_graph_entry {
     int n_seqs, bt_stride;
     bool any_cut;
+    bool model_only; /* captured without the sampler (cuda_step_args.model_only) */
     const void *hist;
     cudaGraphExec_t exec;
     uint64_t last_used;
@@ -297,6 +318,7 @@ int cuda_fp8_put_bf16(struct cuda_backend *b, uint16_t *dst, const struct tensor
 /* cuda_step.c: the backend's submit and collect (backend_ops). */
 int cuda_submit(struct backend *base, const struct batch *batch);
 int cuda_collect(struct backend *base, struct sample_result *results);
+int cuda_sample(struct backend *base, const uint32_t *const *masks, int32_t n_masks);
 /* The step buffers (metadata, sampled output, events) for the backend's sizes; freed by
  * cuda_steps_free. */
 int cuda_steps_alloc(struct cuda_backend *b);
@@ -305,6 +327,9 @@ void cuda_steps_free(struct cuda_backend *b);
 /* cuda_forward.c: the model and the sampler for one step, enqueued on b->stream (also while a
  * graph is being captured). */
 int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a);
+/* The part of cuda_forward_enqueue after the logits: the sampler, then the extras (which read
+ * the model's last delta in delta_parts parts); enqueued by cuda_sample for a model_only step. */
+int cuda_sample_enqueue(struct cuda_backend *b, const struct cuda_step_args *a, int delta_parts);
 
 /* cuda_extras.c. ensure: the buffers, on the first step that needs them. fill: the step's rows
  * into the pinned metadata hm, and where their results go, for the step in half slot. enqueue:

@@ -288,7 +288,8 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
         /* The logit bias (ids, then the values' bits) and the suppressed ids ride with the history. */
         if (sp->n_bias > 0) p->n_hist += 2 * (size_t)sp->n_bias;
         if (q->n_suppress > 0) p->n_hist += (size_t)q->n_suppress;
-        if (q->allowed) p->n_masked++;
+        if (q->allowed || q->mask_later) p->n_masked++;
+        if (q->mask_later) p->n_later++;
         if (sp->temperature > 1e-5f && ((sp->top_k > 0 && sp->top_k < V) || (sp->top_p > 0.0f && sp->top_p < 1.0f)))
             p->any_cut = true;
     }

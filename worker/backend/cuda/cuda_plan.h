@@ -167,7 +167,8 @@ struct cuda_step_plan {
     bool all_dec;                 /* every token goes to the decode attention (no token list) */
     bool any_cut;                 /* a sampled row cuts by top-k or top-p: the logits get sorted */
     size_t n_hist;                /* history ints the sampler reads (penalties, logit bias, suppressed ids) */
-    int n_masked;                 /* sampled rows with a token mask (batch_seq.allowed) */
+    int n_masked;                 /* sampled rows with a token mask (batch_seq.allowed or mask_later) */
+    int n_later;                  /* of them, masks that come after the submit (cuda_sample) */
     int n_lp;                     /* prompt logprob rows (batch_seq.lp_rows, all sequences) */
     int n_hid_rows, n_hid_seqs;   /* hidden states: tokens normed, sequences pooled */
     bool graph;                   /* replayed from (or captured as) a CUDA graph */

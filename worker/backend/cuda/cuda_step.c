@@ -3,7 +3,13 @@
  * enqueues the step (replaying a CUDA graph where the plan says so) and the copy of its sampled
  * tokens; it returns without waiting, so the next step may be queued behind this one and the GPU
  * does not wait for the host in between. Collect waits for the oldest queued step, bounded by the
- * watchdog, and hands over its tokens. */
+ * watchdog, and hands over its tokens.
+ *
+ * A step with late masks (batch_seq.mask_later: structured output, whose masks follow the
+ * tokens the step before samples) is submitted in two parts: submit enqueues the model (its own
+ * graph, without the sampler), and cuda_sample, once the engine has the masks, their copy, the
+ * sampler and the rest. Everything is on one stream, so the next step's metadata copy and model
+ * come after this step's sampler, which reads the metadata, the masks and the logits. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,8 +85,14 @@ int cuda_steps_alloc(struct cuda_backend *b)
     b->ws.bytes += S * (size_t)st->mask_words * 4;
     CUDA_CHECK(b, cudaHostAlloc((void **)&st->mask_host, S * (size_t)st->mask_words * 4, cudaHostAllocDefault));
     CUDA_CHECK(b, cudaEventCreateWithFlags(&st->meta_sent, cudaEventDisableTiming));
+    CUDA_CHECK(b, cudaEventCreateWithFlags(&st->mask_sent, cudaEventDisableTiming));
+    CUDA_CHECK(b, cudaEventCreateWithFlags(&st->step_start, cudaEventDisableTiming));
+    CUDA_CHECK(b, cudaStreamCreateWithFlags(&st->mask_stream, cudaStreamNonBlocking));
+    if (!(st->pend.later_at = calloc(S, sizeof *st->pend.later_at)))
+        CUDA_FAIL(b, "cuda: out of memory for %zu late mask rows", S);
     for (int i = 0; i < 2; i++) CUDA_CHECK(b, cudaEventCreateWithFlags(&st->done[i], cudaEventDisableTiming));
     CUDA_CHECK(b, cudaEventRecord(st->meta_sent, b->stream));
+    CUDA_CHECK(b, cudaEventRecord(st->mask_sent, b->stream));
 fail:
     return rc;
 }
@@ -97,6 +109,10 @@ void cuda_steps_free(struct cuda_backend *b)
     if (st->hist_host) cudaFreeHost(st->hist_host);
     if (st->out_host) cudaFreeHost(st->out_host);
     if (st->meta_sent) cudaEventDestroy(st->meta_sent);
+    if (st->mask_sent) cudaEventDestroy(st->mask_sent);
+    if (st->step_start) cudaEventDestroy(st->step_start);
+    if (st->mask_stream) cudaStreamDestroy(st->mask_stream);
+    free(st->pend.later_at);
     for (int i = 0; i < 2; i++)
         if (st->done[i]) cudaEventDestroy(st->done[i]);
     memset(st, 0, sizeof *st);
@@ -123,9 +139,10 @@ fail:
 }
 
 /* The sampler's extras for row of q into hist_host at *hist_at (the logit bias, the suppressed
- * ids) and mask_host at row *n_masked (the token mask). */
+ * ids) and mask_host at row *n_masked (the token mask; a late one's row goes to pend.later_at
+ * at *n_later). */
 static void fill_row_extras(struct cuda_backend *b, const struct batch_seq *q, struct sk_sample_row *row,
-                            size_t *hist_at, int *n_masked)
+                            size_t *hist_at, int *n_masked, int *n_later)
 {
     struct cuda_steps *st = &b->steps;
     const struct sampling_params *sp = q->sampling;
@@ -144,7 +161,11 @@ static void fill_row_extras(struct cuda_backend *b, const struct batch_seq *q, s
         memcpy(st->hist_host + *hist_at, q->suppress, (size_t)q->n_suppress * 4);
         *hist_at += (size_t)q->n_suppress;
     }
-    if (q->allowed) {
+    if (q->mask_later) {
+        row->mask_off = *n_masked * st->mask_words;
+        st->pend.later_at[(*n_later)++] = *n_masked;
+        (*n_masked)++;
+    } else if (q->allowed) {
         /* The engine's masks may be wider (a grammar's vocabulary past the model's rows): the
          * model's ids are all the sampler reads. */
         row->mask_off = *n_masked * st->mask_words;
@@ -158,7 +179,7 @@ static void fill_row_extras(struct cuda_backend *b, const struct batch_seq *q, s
 static size_t fill_meta(struct cuda_backend *b, const struct batch *batch, const struct cuda_step_plan *p,
                         const struct cuda_step_meta *hm)
 {
-    int n_masked = 0;
+    int n_masked = 0, n_later = 0;
     const int bt_stride = p->bt_stride;
     int tile_at = 0, dec_at = 0;
     size_t hist_at = 0;
@@ -203,15 +224,42 @@ static size_t fill_meta(struct cuda_backend *b, const struct batch *batch, const
             row->n_output = q->n_output;
             hist_at += (size_t)q->n_history;
         }
-        fill_row_extras(b, q, row, &hist_at, &n_masked);
+        fill_row_extras(b, q, row, &hist_at, &n_masked, &n_later);
         hm->sample_tok[r++] = t - 1;
     }
     return hist_at;
 }
 
+/* The end of a step, from its sampler on: the extras' and the sampled tokens' copies into half
+ * slot, the event collect waits for; the step counts as submitted from here. */
+static int end_step(struct cuda_backend *b, const struct cuda_step_plan *plan, int slot, bool wait, double t_start)
+{
+    struct cuda_steps *st = &b->steps;
+    const int R = plan->n_rows;
+    int rc = 0;
+    if ((rc = cuda_extras_copy(b, plan, slot)) < 0) goto fail;
+    if (R > 0)
+        CUDA_CHECK(b, cudaMemcpyAsync(st->out_host + (size_t)slot * b->base.max_batch_seqs, st->out_dev,
+                                      (size_t)R * sizeof *st->out_host, cudaMemcpyDeviceToHost, b->stream));
+    CUDA_CHECK(b, cudaEventRecord(st->done[slot], b->stream));
+    st->rows[slot] = R;
+    st->submitted++;
+    /* The profile's events, and logits the caller reads, are only good once the step is done. */
+    if (wait) {
+        if ((rc = cuda_watchdog_wait(b, st->done[slot])) < 0) goto fail;
+        if (b->prof) {
+            const int T = plan->n_tokens, S = plan->n_seqs;
+            cuda_prof_collect(b, T == S ? S : -T, 1e3 * (cuda_now_s() - t_start));
+        }
+    }
+fail:
+    return rc;
+}
+
 /* Queues one step (backend_submit): its metadata goes over, then the model, the sampler and
  * the copy of the sampled tokens into this step's half of out_host. Tokens given as the previous
- * step's rows are read on the device from what its sampler left in out_dev. */
+ * step's rows are read on the device from what its sampler left in out_dev. A step with late
+ * masks stops after the model (see the top of this file). */
 int cuda_submit(struct backend *base, const struct batch *batch)
 {
     struct cuda_backend *b = (struct cuda_backend *)base;
@@ -220,6 +268,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     struct cuda_step_meta hm, dm;
     int rc = 0;
 
+    if (st->pend.waiting) CUDA_FAIL(b, "cuda: the step before waits for its token masks (backend_sample)");
     /* What BACKEND_TOKEN_FROM_PREV may name: the rows the last submitted step sampled. */
     const int prev_rows = st->submitted ? st->rows[(st->submitted - 1) % 2] : 0;
     if (cuda_plan_step(&b->plan, batch, (int)(st->submitted - st->collected), prev_rows, &plan, base->error,
@@ -229,8 +278,10 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     CUDA_CHECK(b, cudaSetDevice(b->device));
     if ((rc = ensure_history(b, plan.n_hist)) < 0) goto fail;
 
-    /* The previous step's metadata copy must be done before its pinned buffer is rewritten. */
+    /* The previous step's metadata copy must be done before its pinned buffer is rewritten, and
+     * so must the last mask copy when this step's masks are written now. */
     CUDA_CHECK(b, cudaEventSynchronize(st->meta_sent));
+    if (plan.n_masked > plan.n_later) CUDA_CHECK(b, cudaEventSynchronize(st->mask_sent));
     /* The decode attention takes every token unless tiles took some (then it gets a list). */
     const int T = plan.n_tokens, S = plan.n_seqs, R = plan.n_rows, n_list = plan.all_dec ? 0 : plan.attn.n_tokens;
     size_t bytes = meta_layout(st->meta_host, T, S, R, plan.bt_stride, plan.n_tiles, n_list, &plan, &hm);
@@ -244,36 +295,71 @@ int cuda_submit(struct backend *base, const struct batch *batch)
         if ((rc = cuda_extras_ensure(b)) < 0) goto fail;
         cuda_extras_fill(b, batch, &hm, slot);
     }
+    if (plan.n_later) CUDA_CHECK(b, cudaEventRecord(st->step_start, b->stream));
     cuda_prof_begin(b);
     cuda_prof_mark(b, CUDA_PROF_COPY);
     CUDA_CHECK(b, cudaMemcpyAsync(st->meta_dev, st->meta_host, bytes, cudaMemcpyHostToDevice, b->stream));
     if (hist_at)
         CUDA_CHECK(b, cudaMemcpyAsync(st->hist_dev, st->hist_host, hist_at * 4, cudaMemcpyHostToDevice, b->stream));
-    if (plan.n_masked)
+    CUDA_CHECK(b, cudaEventRecord(st->meta_sent, b->stream));
+    /* With late masks, all of the step's go over with them (cuda_sample). */
+    if (plan.n_masked && !plan.n_later) {
         CUDA_CHECK(b, cudaMemcpyAsync(st->mask_dev, st->mask_host, (size_t)plan.n_masked * st->mask_words * 4,
                                       cudaMemcpyHostToDevice, b->stream));
-    CUDA_CHECK(b, cudaEventRecord(st->meta_sent, b->stream));
+        CUDA_CHECK(b, cudaEventRecord(st->mask_sent, b->stream));
+    }
     cuda_prof_mark(b, CUDA_PROF_COPY);
 
     if (plan.fused_qkv) st->fused_qkv_steps++;
-    const struct cuda_step_args args = {.plan = &plan, .dev = dm, .logits_out = batch->logits_out};
+    const struct cuda_step_args args = {
+        .plan = &plan, .dev = dm, .logits_out = batch->logits_out, .model_only = plan.n_later > 0};
     if (plan.graph) {
         if ((rc = cuda_graph_run(b, &args)) < 0) goto fail;
     } else if (T > 0) {
         if ((rc = cuda_forward_enqueue(b, &args)) < 0) goto fail;
     }
-    if ((rc = cuda_extras_copy(b, &plan, slot)) < 0) goto fail;
-    if (R > 0)
-        CUDA_CHECK(b, cudaMemcpyAsync(st->out_host + (size_t)slot * base->max_batch_seqs, st->out_dev,
-                                      (size_t)R * sizeof *st->out_host, cudaMemcpyDeviceToHost, b->stream));
-    CUDA_CHECK(b, cudaEventRecord(st->done[slot], b->stream));
-    st->rows[slot] = R;
-    st->submitted++;
-    /* The profile's events, and logits the caller reads, are only good once the step is done. */
-    if (b->prof || batch->logits_out) {
-        if ((rc = cuda_watchdog_wait(b, st->done[slot])) < 0) goto fail;
-        if (b->prof) cuda_prof_collect(b, T == S ? S : -T, 1e3 * (cuda_now_s() - t_start));
+    if (plan.n_later) {
+        st->pend.waiting = true;
+        st->pend.plan = plan;
+        st->pend.dev = dm;
+        st->pend.logits_out = batch->logits_out;
+        st->pend.t_start = t_start;
+        return 0;
     }
+    rc = end_step(b, &plan, slot, b->prof || batch->logits_out, t_start);
+fail:
+    return rc;
+}
+
+/* The rest of a step with late masks (backend_sample): masks[k] into the k-th late row of
+ * mask_host, all the step's masks over, then the sampler and the end of the step. Runs while
+ * the device is still on the step's model: the copy goes on mask_stream meanwhile (mask_dev is
+ * free once the steps before are, step_start), and the sampler queues behind the model and
+ * the copy. */
+int cuda_sample(struct backend *base, const uint32_t *const *masks, int32_t n_masks)
+{
+    struct cuda_backend *b = (struct cuda_backend *)base;
+    struct cuda_steps *st = &b->steps;
+    const struct cuda_step_plan *plan = &st->pend.plan;
+    int rc = 0;
+    if (!st->pend.waiting) CUDA_FAIL(b, "cuda: no submitted step waits for token masks");
+    st->pend.waiting = false;
+    if (n_masks != plan->n_later)
+        CUDA_FAIL(b, "cuda: %d token masks given for a step with %d late ones", n_masks, plan->n_later);
+    CUDA_CHECK(b, cudaSetDevice(b->device));
+    /* The last copy out of mask_host (the step before's) must be done before it is rewritten;
+     * the engine has taken that step by now, so this does not wait. */
+    CUDA_CHECK(b, cudaEventSynchronize(st->mask_sent));
+    for (int k = 0; k < n_masks; k++)
+        memcpy(st->mask_host + (size_t)st->pend.later_at[k] * st->mask_words, masks[k], (size_t)st->mask_words * 4);
+    CUDA_CHECK(b, cudaStreamWaitEvent(st->mask_stream, st->step_start, 0));
+    CUDA_CHECK(b, cudaMemcpyAsync(st->mask_dev, st->mask_host, (size_t)plan->n_masked * st->mask_words * 4,
+                                  cudaMemcpyHostToDevice, st->mask_stream));
+    CUDA_CHECK(b, cudaEventRecord(st->mask_sent, st->mask_stream));
+    CUDA_CHECK(b, cudaStreamWaitEvent(b->stream, st->mask_sent, 0));
+    const struct cuda_step_args args = {.plan = plan, .dev = st->pend.dev, .logits_out = st->pend.logits_out};
+    if ((rc = cuda_sample_enqueue(b, &args, st->pend.delta_parts)) < 0) goto fail;
+    rc = end_step(b, plan, (int)(st->submitted % 2), b->prof || st->pend.logits_out, st->pend.t_start);
 fail:
     return rc;
 }
