@@ -63,6 +63,9 @@ static void bench_layer(const char *name, const struct model_config *c, double b
         GT_CUDA(cudaStreamSynchronize(s));
         gt_down(choice, p.choice, (size_t)n * k * 4);
         int distinct = cuda_moe_distinct(choice, (int64_t)n * k, E);
+        if (distinct < k) /* what the router chose, to see why */
+            printf("  %s, %d token%s: the first choices are %d %d %d %d\n", name, n, n > 1 ? "s" : "", choice[0],
+                   k > 1 ? choice[1] : -1, k > 2 ? choice[2] : -1, k > 3 ? choice[3] : -1);
         double us_exp = time_graph(&p, x, n, out, 1, s);
         double bytes = cuda_moe_layer_bytes(c, distinct), exp_bytes = bytes - 2.0 * E * H;
         double gbs = bytes / (us * 1e-6) / 1e9, gbs_exp = exp_bytes / (us_exp * 1e-6) / 1e9;
