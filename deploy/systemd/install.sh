@@ -44,8 +44,16 @@ while [ "$i" -lt "$gpus" ]; do
   rm -f "$tmp"
   i=$((i + 1))
 done
+# A key file that holds no key refuses every client (the gateway fails closed), so a new one
+# starts with one random key, which the administrator hands out or replaces.
+new_key=
 if [ ! -e "$root/etc/sluice/api-keys" ]; then
-  install -m 640 /dev/null "$root/etc/sluice/api-keys"
+  new_key="sk-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+  tmp=$(mktemp)
+  printf '# API keys, one a line (sluice-gateway --api-key-file); lines starting with # are skipped.\n%s\n' \
+    "$new_key" >"$tmp"
+  install -m 640 "$tmp" "$root/etc/sluice/api-keys"
+  rm -f "$tmp"
 fi
 
 if [ -z "$root" ]; then
@@ -53,5 +61,6 @@ if [ -z "$root" ]; then
   chgrp sluice /etc/sluice/api-keys
   systemctl daemon-reload
   echo "installed. Edit /etc/sluice/*.env, then:"
+  if [ -n "$new_key" ]; then echo "  (clients' API key, in /etc/sluice/api-keys: $new_key)"; fi
   echo "  systemctl enable --now sluice-controller sluice-gateway$(i=0; while [ "$i" -lt "$gpus" ]; do printf ' sluice-worker@%d' "$i"; i=$((i + 1)); done)"
 fi

@@ -176,6 +176,29 @@ def test_install_lays_out_one_env_file_per_gpu_and_keeps_edits(tmp_path):
     assert "/srv/models/mine" in (etc / "worker.env").read_text()
 
 
+def test_install_starts_the_key_file_with_a_key_the_real_gateway_takes(procs, tmp_path):
+    """A key file with no key refuses every client, so install.sh writes one random key: the
+    gateway started on that file refuses a request without it and takes one with it. A second
+    run keeps the file (and its key) as it is."""
+    root = tmp_path / "root"
+    assert install(root, "1").returncode == 0
+    path = root / "etc/sluice/api-keys"
+    assert oct(path.stat().st_mode & 0o777) == "0o640"
+    keys = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    assert len(keys) == 1 and re.fullmatch(r"sk-[0-9a-f]{48}", keys[0]), keys
+    assert install(root, "1").returncode == 0
+    assert keys[0] in path.read_text()
+    other = tmp_path / "other"
+    assert install(other, "1").returncode == 0
+    assert keys[0] not in (other / "etc/sluice/api-keys").read_text(), "two installs, one key"
+
+    controller = start_controller(procs)
+    gateway = start_gateway(procs, controller.url, "--api-key-file", str(path))
+    assert requests.get(gateway.url + "/v1/models", timeout=5).status_code == 401
+    r = requests.get(gateway.url + "/v1/models", headers={"Authorization": f"Bearer {keys[0]}"}, timeout=5)
+    assert r.status_code == 200, r.text
+
+
 def test_install_registers_workers_under_worker_host(tmp_path):
     root = tmp_path / "root"
     assert install(root, "2", env={"WORKER_HOST": "gpu-1.example.internal"}).returncode == 0

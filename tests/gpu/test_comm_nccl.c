@@ -140,7 +140,7 @@ static void run_all(void *(*fn)(void *))
 static int make_group(double timeout_s)
 {
     char err[512] = "";
-    if (comm_nccl_create(group, n_ranks, NULL, NULL, timeout_s, err, sizeof err) != 0) {
+    if (comm_nccl_create(group, n_ranks, NULL, NULL, timeout_s, NULL, err, sizeof err) != 0) {
         if (strstr(err, "without NCCL") || strstr(err, "cannot open the NCCL library")) {
             printf("SKIP: %s\n", err);
             return 1;

@@ -42,3 +42,16 @@ def test_more_ranks_than_cuda_shards_are_refused():
                        capture_output=True, timeout=120)
     assert p.returncode != 0
     assert "--device cpu only" in p.stderr.decode(), p.stderr.decode()
+
+
+@pytest.mark.skipif(not have_gpu(), reason="no GPU")
+def test_an_nccl_library_that_cannot_be_opened_is_named():
+    p = subprocess.run([os.path.join(BIN, "sluice-worker"), "--model-path", CONFIG, "--load-format", "dummy",
+                        "--tokenizer", tokenizer_dir(), "--device", "cuda", "--tensor-parallel-size", "1",
+                        "--nccl-library", "/nonexistent/libnccl.so.2", "--no-register", "--no-cuda-warmup"],
+                       capture_output=True, timeout=180)
+    err = p.stderr.decode()
+    if "without NCCL" in err:
+        pytest.skip("this worker was built without NCCL")
+    assert p.returncode != 0
+    assert "cannot open the NCCL library" in err and "/nonexistent/libnccl.so.2" in err, err

@@ -203,6 +203,7 @@ struct cuda_options {
                                product's first weights into L2 at its end */
     bool no_late_masks;     /* late_masks=0: structured output's masks go with the step (no
                                backend_sample), so constrained steps are not overlapped */
+    const char *nccl_library; /* the NCCL library to dlopen (NULL: the loader's libnccl.so.2) */
 };
 
 struct backend_options {

@@ -38,9 +38,10 @@ int comm_cpu_create(struct comm **ranks, int n, double timeout_s, char *err, siz
 /* devices[i] is rank i's CUDA device ordinal (NULL: 0 .. n-1). streams[i], when streams is not
  * NULL, is the cudaStream_t rank i's collectives go on (the caller's compute stream, so that
  * they order with its kernels and can be captured in its CUDA graphs); NULL makes one per
- * rank, owned by the group. */
+ * rank, owned by the group. library: the NCCL library to dlopen (NULL: libnccl.so.2 as the
+ * loader finds it); the first call's is the process's. */
 int comm_nccl_create(struct comm **ranks, int n, const int *devices, void *const *streams, double timeout_s,
-                     char *err, size_t errlen);
+                     const char *library, char *err, size_t errlen);
 /* Frees a whole group (after every rank's thread is done with it). */
 void comm_destroy(struct comm **ranks, int n);
 

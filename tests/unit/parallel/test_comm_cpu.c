@@ -201,7 +201,7 @@ Test(comm_cpu, bf16_and_bad_sizes_are_refused)
     cr_expect(strstr(err, "1 to 64 ranks, not 0"), "%s", err);
     char nerr[256] = "";
     struct comm *g[1];
-    int rc = comm_nccl_create(g, 1, NULL, NULL, 1, nerr, sizeof nerr);
+    int rc = comm_nccl_create(g, 1, NULL, NULL, 1, NULL, nerr, sizeof nerr);
     /* No GPU here: fails with a message whichever the build (no NCCL, or no device). */
     if (rc == 0) comm_destroy(g, 1);
     else cr_expect(nerr[0] != 0);

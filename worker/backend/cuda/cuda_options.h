@@ -33,7 +33,11 @@
      "and a graph capture)",                                                                                   \
      0, 0},                                                                                                    \
     {"cuda-options", FLAG_STRING, (text), NULL, "KEY=VALUE,...",                                               \
-     "CUDA: turn shipped paths off to compare against them (tests, benchmarks): " CUDA_OPTIONS_KEYS, 0, 0}
+     "CUDA: turn shipped paths off to compare against them (tests, benchmarks): " CUDA_OPTIONS_KEYS, 0, 0},    \
+    {"nccl-library", FLAG_STRING, &(o)->nccl_library, "SLUICE_NCCL_LIBRARY", "PATH",                           \
+     "CUDA, --tensor-parallel-size: the NCCL library to load where the loader would not find "                 \
+     "libnccl.so.2",                                                                                           \
+     0, 0}
 
 /* A step not done after this many seconds is a stuck GPU, unless cuda_options.step_timeout_s
  * says otherwise. */

@@ -20,7 +20,8 @@ int cuda_tp_init(struct cuda_backend *b, const struct backend_options *opt)
     char err[512];
     void *streams[1] = {b->stream};
     /* The step's own watchdog (cuda_watchdog.c) bounds the wait for its collectives. */
-    if (comm_nccl_create(&b->tp_comm, 1, &b->device, streams, b->watchdog.timeout_s, err, sizeof err) != 0)
+    if (comm_nccl_create(&b->tp_comm, 1, &b->device, streams, b->watchdog.timeout_s, b->opt.nccl_library, err,
+                         sizeof err) != 0)
         CUDA_FAIL(b, "cuda: --tensor-parallel-size 1: %.450s", err);
     log_info("cuda: tensor parallel over 1 rank: an NCCL communicator on GPU %d (its all-reduces are no-ops)",
              b->device);

@@ -39,6 +39,8 @@ static struct {
     char error[512]; /* why it could not be opened; "" once it is */
 } nccl;
 static pthread_once_t nccl_once = PTHREAD_ONCE_INIT;
+/* The library the first comm_nccl_create named (--nccl-library), for nccl_open. */
+static const char *nccl_library;
 
 #ifndef SLUICE_NCCL_LIBDIR
 #define SLUICE_NCCL_LIBDIR ""
@@ -46,10 +48,11 @@ static pthread_once_t nccl_once = PTHREAD_ONCE_INIT;
 
 static void nccl_open(void)
 {
-    const char *env = getenv("SLUICE_NCCL_LIBRARY");
     char built[4096];
     snprintf(built, sizeof built, "%slibnccl.so.2", SLUICE_NCCL_LIBDIR);
-    const char *tries[] = {env && *env ? env : NULL, "libnccl.so.2", SLUICE_NCCL_LIBDIR[0] ? built : NULL};
+    /* A library named on the command line is the only one tried: never another in its place. */
+    const bool named = nccl_library && *nccl_library;
+    const char *tries[] = {named ? nccl_library : "libnccl.so.2", named || !SLUICE_NCCL_LIBDIR[0] ? NULL : built};
     void *h = NULL;
     char last[300] = "";
     for (size_t i = 0; i < sizeof tries / sizeof tries[0] && !h; i++) {
@@ -59,7 +62,7 @@ static void nccl_open(void)
     }
     if (!h) {
         snprintf(nccl.error, sizeof nccl.error,
-                 "cannot open the NCCL library (%s); set SLUICE_NCCL_LIBRARY to its path", last);
+                 "cannot open the NCCL library (%s); --nccl-library (SLUICE_NCCL_LIBRARY) names its path", last);
         return;
     }
     struct {
@@ -287,12 +290,14 @@ static const struct comm_ops nccl_comm_ops = {
 };
 
 int comm_nccl_create(struct comm **ranks, int n, const int *devices, void *const *streams, double timeout_s,
-                     char *err, size_t errlen)
+                     const char *library, char *err, size_t errlen)
 {
     if (n < 1 || n > COMM_MAX_RANKS) {
         snprintf(err, errlen, "a communicator has 1 to %d ranks, not %d", COMM_MAX_RANKS, n);
         return -1;
     }
+    /* The library is opened once per process: a later call's library changes nothing. */
+    if (!nccl_library) nccl_library = library ? library : "";
     pthread_once(&nccl_once, nccl_open);
     if (nccl.error[0]) {
         snprintf(err, errlen, "%s", nccl.error);

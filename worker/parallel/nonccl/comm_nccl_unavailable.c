@@ -5,9 +5,9 @@
 #include "worker/parallel/comm.h"
 
 int comm_nccl_create(struct comm **ranks, int n, const int *devices, void *const *streams, double timeout_s,
-                     char *err, size_t errlen)
+                     const char *library, char *err, size_t errlen)
 {
-    (void)ranks, (void)n, (void)devices, (void)streams, (void)timeout_s;
+    (void)ranks, (void)n, (void)devices, (void)streams, (void)timeout_s, (void)library;
     snprintf(err, errlen, "this sluice-worker was built without NCCL (nccl.h or libnccl not found at build time)");
     return -1;
 }
