@@ -318,6 +318,8 @@ WORKER_INTERNAL = [
     ("GET", "/worker_get_status", None),
     ("POST", "/tokenize", {"prompt": "The cat"}),
     ("POST", "/detokenize", {"tokens": [1, 2]}),
+    ("POST", "/worker_get_embeddings", {"input": ["The cat"]}),
+    ("POST", "/embed", {"input": "The cat"}),
 ]
 
 
