@@ -1,5 +1,6 @@
 #include "common/signals.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -38,8 +39,17 @@ int signals_watch_start(struct signals_watch *s, uv_loop_t *loop, signals_fn on_
     s->open = true;
     rc = uv_signal_start(&s->sigint, on_signal, SIGINT);
     if (rc == 0) rc = uv_signal_start(&s->sigterm, on_signal, SIGTERM);
-    if (rc < 0) signals_watch_close(s);
-    return rc;
+    if (rc < 0) {
+        signals_watch_close(s);
+        return rc;
+    }
+    /* A blocked signal mask passes through fork and exec: a supervisor that left these blocked
+     * would leave the program deaf to the signals it drains on. */
+    sigset_t drain;
+    sigemptyset(&drain);
+    sigaddset(&drain, SIGINT);
+    sigaddset(&drain, SIGTERM);
+    return -pthread_sigmask(SIG_UNBLOCK, &drain, NULL);
 }
 
 void signals_watch_close(struct signals_watch *s)

@@ -129,13 +129,19 @@ def test_stop_timeout_outlasts_the_drain(unit):
 
 
 def sighup_survivor(procs, program):
-    """Whether program, started as the tests start it, is still serving 1 s after a SIGHUP."""
-    if program == "sluice-controller":
-        p = start_controller(procs)
-    elif program == "sluice-gateway":
-        p = start_gateway(procs, "http://127.0.0.1:9")
-    else:
-        p = start_worker(procs, need_stories() / "hf")
+    """Whether program, started as the tests start it, is still serving 1 s after a SIGHUP. It
+    starts with SIGHUP's default action, as systemd starts a service, whatever this test run
+    inherited (under nohup, say, an ignored SIGHUP would pass to the program)."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        if program == "sluice-controller":
+            p = start_controller(procs)
+        elif program == "sluice-gateway":
+            p = start_gateway(procs, "http://127.0.0.1:9")
+        else:
+            p = start_worker(procs, need_stories() / "hf")
+    finally:
+        signal.signal(signal.SIGHUP, before)
     p.p.send_signal(signal.SIGHUP)
     deadline = time.time() + 1.0
     while time.time() < deadline and p.p.poll() is None:

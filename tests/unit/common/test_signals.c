@@ -55,6 +55,28 @@ Test(signals, first_then_again_then_closed_once)
     cr_assert_eq(uv_loop_close(&loop), 0, "a handle was left open");
 }
 
+/* Started with SIGTERM blocked (a mask a supervisor left, which exec keeps), the watcher still
+ * hears it. */
+Test(signals, a_blocked_signal_is_unblocked)
+{
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    cr_assert_eq(sigprocmask(SIG_BLOCK, &term, NULL), 0);
+    uv_loop_t loop;
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    struct signals_watch w;
+    struct seen seen = {0};
+    cr_assert_eq(signals_watch_start(&w, &loop, on_first, on_again, &seen), 0);
+    raise(SIGTERM);
+    RUN_UNTIL(&loop, seen.first == 1);
+    cr_assert_eq(seen.first, 1, "SIGTERM stayed blocked");
+    cr_assert_eq(seen.last_signum, SIGTERM);
+    signals_watch_close(&w);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&loop), 0);
+}
+
 Test(signals, close_before_any_signal)
 {
     uv_loop_t loop;
