@@ -44,8 +44,8 @@ __device__ __forceinline__ float4 sum_parts_at4(const float *d, int n_parts, int
 // apart so that a caller can fetch what does not depend on the product (bias, norm weights, the
 // rotation's cos and sin) before it waits for the product, and have several heads' loads in
 // flight at once. The general loop in qkv_post_kernel takes elements lane, lane + 32, ... one pair
-// at a time, its next loads issued only after the last pair's math: at 8192 prefill tokens of
-// Llama-3-8B's shape it ran at ~30% of the copy rate (docs/performance.md). Element by element the
+// at a time, its next loads issued only after the last pair's math, so few loads were in flight
+// and long prefills ran it far below the copy rate (docs/performance.md). Element by element the
 // arithmetic here is the loop's; only the norm's sum of squares is taken in another order (its
 // last bit may differ).
 
