@@ -49,7 +49,9 @@ int signals_watch_start(struct signals_watch *s, uv_loop_t *loop, signals_fn on_
     sigemptyset(&drain);
     sigaddset(&drain, SIGINT);
     sigaddset(&drain, SIGTERM);
-    return -pthread_sigmask(SIG_UNBLOCK, &drain, NULL);
+    rc = -pthread_sigmask(SIG_UNBLOCK, &drain, NULL);
+    if (rc < 0) signals_watch_close(s);
+    return rc;
 }
 
 void signals_watch_close(struct signals_watch *s)

@@ -41,6 +41,7 @@ static struct {
 static pthread_once_t nccl_once = PTHREAD_ONCE_INIT;
 /* The library the first comm_nccl_create named (--nccl-library), for nccl_open. */
 static const char *nccl_library;
+static pthread_mutex_t nccl_library_lock = PTHREAD_MUTEX_INITIALIZER;
 
 #ifndef SLUICE_NCCL_LIBDIR
 #define SLUICE_NCCL_LIBDIR ""
@@ -297,7 +298,9 @@ int comm_nccl_create(struct comm **ranks, int n, const int *devices, void *const
         return -1;
     }
     /* The library is opened once per process: a later call's library changes nothing. */
+    pthread_mutex_lock(&nccl_library_lock);
     if (!nccl_library) nccl_library = library ? library : "";
+    pthread_mutex_unlock(&nccl_library_lock);
     pthread_once(&nccl_once, nccl_open);
     if (nccl.error[0]) {
         snprintf(err, errlen, "%s", nccl.error);
