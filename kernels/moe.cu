@@ -71,7 +71,9 @@ __global__ void route_kernel(const float *__restrict__ logits, int n_tokens, int
 #pragma unroll
         for (int j = 0; j < kPerLane; j++) {
             int e = lane + 32 * j;
-            if (v[j] > bv) bv = v[j], be = e; // ascending e per lane: the first of equals stays
+            // Ascending e per lane: the first of equals stays. Only real experts: where every
+            // probability is NaN no comparison holds, and no padding id may win instead.
+            if (e < n_experts && v[j] > bv) bv = v[j], be = e;
         }
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {

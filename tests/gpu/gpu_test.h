@@ -136,6 +136,9 @@ static inline void *gt_dev(size_t bytes)
     void *p = NULL;
     GT_CUDA(cudaMalloc(&p, bytes ? bytes : 16));
     GT_CUDA(cudaMemset(p, 0xff, bytes ? bytes : 16)); /* poison: NaN in float and bf16 */
+    /* The memset runs on the legacy stream, which a non-blocking stream does not wait for: done
+     * before anyone writes the buffer. */
+    GT_CUDA(cudaDeviceSynchronize());
     return p;
 }
 static inline void *gt_up(const void *host, size_t bytes)

@@ -62,6 +62,27 @@ static void test_route(int n_tokens, int E, int k, bool renorm)
     free(logits), free(probs), free(choice), free(want_c), free(weight), free(want_w);
 }
 
+/* A token whose router logits are all NaN (a broken model, or memory never written) still gets
+ * k distinct experts in range, so the sort, the products and the combine stay in bounds. */
+static void test_route_nan(int E, int k)
+{
+    float *logits = malloc((size_t)E * 4);
+    for (int e = 0; e < E; e++) logits[e] = NAN;
+    float *d_logits = gt_up(logits, (size_t)E * 4), *d_w = gt_dev((size_t)k * 4);
+    int32_t *d_c = gt_dev((size_t)k * 4), choice[SK_MOE_MAX_TOP_K];
+    GT_CUDA(sk_moe_route(d_logits, 1, E, k, 1, d_c, d_w, 0));
+    gt_down(choice, d_c, (size_t)k * 4);
+    int bad = 0;
+    for (int r = 0; r < k; r++) {
+        bad += choice[r] < 0 || choice[r] >= E;
+        for (int q = 0; q < r; q++) bad += choice[q] == choice[r];
+    }
+    GT_CHECK(bad == 0, "sk_moe_route, %d experts, top %d, NaN logits: %d choices out of range or repeated (first %d)", E,
+             k, bad, choice[0]);
+    cudaFree(d_logits), cudaFree(d_w), cudaFree(d_c);
+    free(logits);
+}
+
 /* The host's stable counting sort, as sk_moe_sort documents it. */
 static void host_sort(const int32_t *choice, int n, int E, int32_t *order, int32_t *pos, int32_t *seg,
                       int32_t *active)
@@ -553,6 +574,8 @@ int main(void)
     test_route(67, 60, 4, false);
     test_route(200, 128, 8, true);
     test_route(5, 256, 16, true);
+    test_route_nan(128, 8); /* padding lanes (ids 128-255) are where a NaN router used to land */
+    test_route_nan(8, 2);
     test_sort(1, 8, 8);
     test_sort(513, 128, 40);
     test_sort(8192, 128, 128);
