@@ -199,6 +199,8 @@ struct cuda_options {
                                (cuBLAS) instead of cuBLASLt's FP8 GEMM */
     bool no_fp8_outer;      /* fp8_outer=0: cuBLASLt's FP8 output scaled by an own kernel instead
                                of its outer-vector scales */
+    bool no_fp8_mma;        /* fp8_mma=0: no tensor-core FP8 kernel; cuBLASLt (or, without it, the
+                               gemv and dequantized weights) takes what it would */
     bool no_fp8_prefetch;   /* fp8_prefetch=0: an FP8 decode product does not bring the next
                                product's first weights into L2 at its end */
     bool no_late_masks;     /* late_masks=0: structured output's masks go with the step (no

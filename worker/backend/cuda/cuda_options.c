@@ -22,6 +22,7 @@ static bool *switch_field(struct cuda_options *o, const char *key, size_t len)
         {"attn_early", offsetof(struct cuda_options, no_attn_early)},
         {"fp8_lt", offsetof(struct cuda_options, no_fp8_lt)},
         {"fp8_outer", offsetof(struct cuda_options, no_fp8_outer)},
+        {"fp8_mma", offsetof(struct cuda_options, no_fp8_mma)},
         {"fp8_prefetch", offsetof(struct cuda_options, no_fp8_prefetch)},
         {"late_masks", offsetof(struct cuda_options, no_late_masks)},
     };

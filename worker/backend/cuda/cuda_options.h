@@ -11,7 +11,7 @@
 
 /* What --cuda-options takes, for --help. */
 #define CUDA_OPTIONS_KEYS                                                                                      \
-    "gemv, prefill_mma, hopper, split_parts, fused_mlp, early_trigger, attn_early, fp8_lt, fp8_outer, "        \
+    "gemv, prefill_mma, hopper, split_parts, fused_mlp, early_trigger, attn_early, fp8_lt, fp8_outer, fp8_mma, "        \
     "fp8_prefetch, late_masks (each 0: that path off; 1: the default), fused_qkv (auto, off or all)"
 
 /* The flag table entries for o (a struct cuda_options *); text (a const char **) receives
