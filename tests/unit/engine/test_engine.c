@@ -12,6 +12,7 @@
 
 #include "worker/engine/engine.h"
 #include "worker/sampler/sampler.h"
+#include "tests/unit/engine/settled_stats.h"
 
 /* ---- the toy backend ------------------------------------------------------------------- */
 
@@ -347,7 +348,7 @@ static void run_batch_invariance(int32_t num_blocks, int32_t max_batched, bool e
     cr_assert(memcmp(seq_h.res[0].tokens, seq_h.res[4].tokens, 10 * sizeof(int32_t)) != 0);
 
     struct engine_stats st;
-    engine_get_stats(par_h.eng, &st);
+    settled_stats(par_h.eng, &st);
     cr_assert_eq(st.kv_blocks_free, num_blocks, "every block is back");
     cr_assert_eq(st.running + st.waiting, 0);
     cr_assert_not(st.failed);
@@ -436,7 +437,7 @@ static void check_stops(bool overlap)
     cr_assert_eq(h.res[3].finish, FINISH_STOP);
     cr_assert_eq(h.res[3].n_tokens, k + 1, "the stop token is generated and ends the request");
     struct engine_stats st;
-    engine_get_stats(h.eng, &st);
+    settled_stats(h.eng, &st);
     if (overlap) cr_assert_gt(st.overlapped_steps, 0);
     cr_assert_eq(st.kv_blocks_free, 64, "every block is back");
     teardown(&h);
@@ -467,7 +468,7 @@ static void check_aborts(bool overlap)
     wait_done(&h, 6);
     for (int i = 0; i < 6; i++) cr_assert_eq(h.res[i].finish, FINISH_ABORT, "request %d", i);
     struct engine_stats st;
-    engine_get_stats(h.eng, &st);
+    settled_stats(h.eng, &st);
     cr_assert_eq(st.kv_blocks_free, 128);
     cr_assert_eq(st.running + st.waiting, 0);
     /* An abort for an unknown id is harmless. */
@@ -541,7 +542,7 @@ static void check_abort_all(bool overlap)
     }
     cr_assert_lt(engine_submit(h.eng, make_request(9, 10)), 0, "submits after abort_all are refused");
     struct engine_stats st;
-    engine_get_stats(h.eng, &st);
+    settled_stats(h.eng, &st);
     cr_assert_eq(st.kv_blocks_free, 128);
     cr_assert_eq(st.running + st.waiting, 0);
     cr_assert_not(st.failed, "an abort is not a backend failure");
@@ -671,8 +672,8 @@ static void check_prefix_caching(int32_t num_blocks, int32_t max_batched, bool o
         cr_assert(memcmp(a->text, b->text, a->text_len) == 0);
     }
     struct engine_stats st_off, st_on;
-    engine_get_stats(off.eng, &st_off);
-    engine_get_stats(on.eng, &st_on);
+    settled_stats(off.eng, &st_off);
+    settled_stats(on.eng, &st_on);
     cr_assert_not(st_off.prefix_caching);
     cr_assert_eq(st_off.prefix_query_tokens, 0);
     cr_assert_eq(st_off.kv_blocks_cached, 0);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "worker/engine/engine.h"
+#include "tests/unit/engine/settled_stats.h"
 #include "worker/model/model.h"
 #include "worker/tokenizer/tokenizer.h"
 
@@ -94,14 +95,8 @@ static void serve(struct run *r, const struct model *m, const struct tokenizer *
         if (one_at_a_time) wait_for(r, i + 1);
     }
     wait_for(r, N_REQ);
-    /* The stats are a snapshot the engine thread publishes after each step, and the last event
-     * reaches the loop before the step that frees its blocks publishes: wait for it, bounded. */
     struct engine_stats st;
-    engine_get_stats(r->eng, &st);
-    for (int tries = 0; st.kv_blocks_free != st.kv_blocks_total && tries < 500; tries++) {
-        usleep(10000);
-        engine_get_stats(r->eng, &st);
-    }
+    settled_stats(r->eng, &st);
     *preemptions = st.preemptions;
     if (overlap) cr_assert_gt(st.overlapped_steps, st.steps / 2);
     cr_assert_eq(st.kv_blocks_free, st.kv_blocks_total);

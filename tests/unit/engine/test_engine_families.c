@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "worker/engine/engine.h"
+#include "tests/unit/engine/settled_stats.h"
 #include "worker/model/model.h"
 #include "worker/tokenizer/tokenizer.h"
 
@@ -106,13 +107,8 @@ static struct engine_stats serve_n(const char *fixture, int which, int32_t kv_bl
             cr_expect_eq(r.tokens[i], json_integer_value(json_array_get(greedy, (size_t)i)),
                          "%s prompt %d run %d: token %d", fixture, which, run, i);
     }
-    /* The stats are published after each step; the last event may come first: wait, bounded. */
     struct engine_stats st;
-    engine_get_stats(eng, &st);
-    for (int tries = 0; st.kv_blocks_free != st.kv_blocks_total && tries < 500; tries++) {
-        usleep(10000);
-        engine_get_stats(eng, &st);
-    }
+    settled_stats(eng, &st);
     engine_free(eng);
     uv_close((uv_handle_t *)&r.timer, NULL);
     uv_run(&r.loop, UV_RUN_DEFAULT);

@@ -15,6 +15,7 @@
 #include "common/strbuf.h"
 #include "tests/unit/grammar/json_validate.h"
 #include "worker/engine/engine.h"
+#include "tests/unit/engine/settled_stats.h"
 #include "worker/grammar/grammar.h"
 #include "worker/model/model.h"
 #include "worker/tokenizer/tokenizer.h"
@@ -244,7 +245,7 @@ static void serve(struct run *r, const struct model *m, const struct tokenizer *
         n++;
     }
     wait_for(r, n);
-    engine_get_stats(r->eng, &r->stats);
+    settled_stats(r->eng, &r->stats);
     engine_free(r->eng);
     uv_close((uv_handle_t *)&r->timer, NULL);
     uv_run(&r->loop, UV_RUN_DEFAULT);

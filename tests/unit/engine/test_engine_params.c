@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "worker/engine/engine.h"
+#include "tests/unit/engine/settled_stats.h"
 #include "worker/model/model.h"
 #include "worker/tokenizer/tokenizer.h"
 
@@ -312,7 +313,7 @@ Test(engine_params, prompt_logprobs_come_on_the_first_token_and_never_from_the_c
     struct out *warm = serve(&r, greedy(0, text, 4));
     cr_assert_eq(warm->finish, FINISH_LENGTH);
     struct engine_stats st0, st1;
-    engine_get_stats(r.eng, &st0);
+    settled_stats(r.eng, &st0);
     struct engine_request *q = greedy(1, text, 4);
     int32_t n_prompt = q->n_prompt;
     cr_assert_gt(n_prompt, 3 * 16);
@@ -322,7 +323,7 @@ Test(engine_params, prompt_logprobs_come_on_the_first_token_and_never_from_the_c
     int32_t prompt[256];
     memcpy(prompt, q->prompt, (size_t)n_prompt * sizeof *prompt);
     struct out *a = serve(&r, q);
-    engine_get_stats(r.eng, &st1);
+    settled_stats(r.eng, &st1);
     cr_assert_eq(st1.prefix_hit_tokens, st0.prefix_hit_tokens, "nothing of it came from the cache");
     cr_assert_eq(a->plp_event, 1, "on the first event");
     cr_assert_eq(a->n_plp, n_prompt - 1);
@@ -391,11 +392,7 @@ Test(engine_params, embeddings_are_pooled_and_normalised)
     stop(&chunked);
     /* The KV blocks all came back. */
     struct engine_stats st;
-    engine_get_stats(r.eng, &st);
-    for (int tries = 0; st.kv_blocks_free != st.kv_blocks_total && tries < 500; tries++) {
-        usleep(10000);
-        engine_get_stats(r.eng, &st);
-    }
+    settled_stats(r.eng, &st);
     cr_assert_eq(st.kv_blocks_free, st.kv_blocks_total);
     stop(&r);
 }
