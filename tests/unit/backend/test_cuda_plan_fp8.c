@@ -129,13 +129,13 @@ Test(cuda_plan_fp8, bf16_models_are_untouched)
 Test(cuda_plan_fp8, without_the_tensor_core_kernel)
 {
     struct cuda_plan_config c = config(4096, 14336, false, false, true);
-    c.fp8_no_mma = true;
+    c.fp8_mma = false;
     expect_layer((struct cuda_step_plan[]){plan(&c, 4)}, CUDA_PRODUCT_FP8_GEMV, 4);
     const int past[] = {5, 16, 64, 65};
     for (size_t i = 0; i < sizeof past / sizeof past[0]; i++)
         expect_layer((struct cuda_step_plan[]){plan(&c, past[i])}, CUDA_PRODUCT_FP8_LT, past[i]);
     c = config(4096, 14336, false, false, false);
-    c.fp8_no_mma = true;
+    c.fp8_mma = false;
     expect_layer((struct cuda_step_plan[]){plan(&c, CUDA_FP8_GEMV_ROWS_NO_LT)}, CUDA_PRODUCT_FP8_GEMV,
                  CUDA_FP8_GEMV_ROWS_NO_LT);
     expect_layer((struct cuda_step_plan[]){plan(&c, CUDA_FP8_GEMV_ROWS_NO_LT + 1)}, CUDA_PRODUCT_FP8_DEQUANT,

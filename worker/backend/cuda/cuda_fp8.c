@@ -319,7 +319,6 @@ int cuda_fp8_init(struct cuda_backend *b, const struct model *m)
               ((!b->opt.no_fp8_outer && lt_probe(b, f, true, CUDA_R_32F, shapes)) ||
                lt_probe(b, f, false, CUDA_R_32F, shapes) || lt_probe(b, f, false, CUDA_R_16BF, shapes));
     cuda_plan_config_fp8(&b->plan, blocks, lt);
-    b->plan.fp8_no_mma = b->opt.no_fp8_mma;
     if (b->plan.deterministic && (H % 16 || qd % 16 || I % 16))
         CUDA_FAIL(b, "cuda: --deterministic with FP8 weights needs hidden_size, heads x head_dim and "
                      "intermediate_size divisible by 16 (the FP8 gemv's loads); this model has %d, %d, %d", H, qd, I);

@@ -26,6 +26,7 @@ void cuda_plan_config_init(struct cuda_plan_config *c, const struct model_config
     c->n_sms = n_sms;
     c->hopper = hopper;
     c->gemv = !o->no_gemv;
+    c->fp8_mma = !o->no_fp8_mma;
     c->prefill_mma = !o->no_prefill_mma && (m->head_dim == 64 || m->head_dim == 128);
     /* Timing each phase (the profile) needs eager steps. */
     c->graphs = !o->enforce_eager && !o->profile;
@@ -105,7 +106,7 @@ struct cuda_product_plan cuda_plan_fp8_product(const struct cuda_plan_config *c,
 {
     struct cuda_product_plan p = {.kernel = CUDA_PRODUCT_FP8_DEQUANT, .early = false};
     const bool lt = c->fp8_lt && !c->fp8_blocks && n_out % 16 == 0 && k_in % 16 == 0;
-    const bool mma = !c->fp8_blocks && !c->fp8_no_mma && n_out % 32 == 0 && k_in % 16 == 0;
+    const bool mma = !c->fp8_blocks && c->fp8_mma && n_out % 32 == 0 && k_in % 16 == 0;
     const bool gemv = k_in % 16 == 0;
     if (gemv && (c->deterministic || rows <= CUDA_FP8_GEMV_ROWS)) p.kernel = CUDA_PRODUCT_FP8_GEMV;
     else if (mma && rows <= (lt ? CUDA_FP8_MMA_ROWS : CUDA_FP8_MMA_ROWS_NO_LT)) p.kernel = CUDA_PRODUCT_FP8_MMA;

@@ -57,8 +57,9 @@ struct cuda_plan_config {
                             -1 never */
     /* FP8 weights on the device (cuda_plan_config_fp8): the layers' products take the FP8
      * kernels; fp8_blocks: their scales are per block, not per row; fp8_lt: cuBLASLt's FP8 GEMM
-     * is there for this device and these shapes; fp8_no_mma: --cuda-options fp8_mma=0. */
-    bool fp8, fp8_blocks, fp8_lt, fp8_no_mma;
+     * is there for this device and these shapes; fp8_mma: the tensor-core FP8 kernel may take
+     * products (--cuda-options fp8_mma=0 turns it off). */
+    bool fp8, fp8_blocks, fp8_lt, fp8_mma;
     /* --deterministic: a row's arithmetic does not depend on the batch. */
     bool deterministic;
     int det_split_len; /* the decode attention's fixed key range */

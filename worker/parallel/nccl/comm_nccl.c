@@ -38,22 +38,22 @@ static struct {
     __typeof__(&ncclGetLastError) GetLastError;
     char error[512]; /* why it could not be opened; "" once it is */
 } nccl;
-static pthread_once_t nccl_once = PTHREAD_ONCE_INIT;
-/* The library the first comm_nccl_create named (--nccl-library), for nccl_open. */
-static const char *nccl_library;
-static pthread_mutex_t nccl_library_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Held while the library is opened, once per process (nccl_opened). */
+static pthread_mutex_t nccl_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool nccl_opened;
 
 #ifndef SLUICE_NCCL_LIBDIR
 #define SLUICE_NCCL_LIBDIR ""
 #endif
 
-static void nccl_open(void)
+/* library: the one --nccl-library named, or NULL. */
+static void nccl_open(const char *library)
 {
     char built[4096];
     snprintf(built, sizeof built, "%slibnccl.so.2", SLUICE_NCCL_LIBDIR);
     /* A library named on the command line is the only one tried: never another in its place. */
-    const bool named = nccl_library && *nccl_library;
-    const char *tries[] = {named ? nccl_library : "libnccl.so.2", named || !SLUICE_NCCL_LIBDIR[0] ? NULL : built};
+    const bool named = library && *library;
+    const char *tries[] = {named ? library : "libnccl.so.2", named || !SLUICE_NCCL_LIBDIR[0] ? NULL : built};
     void *h = NULL;
     char last[300] = "";
     for (size_t i = 0; i < sizeof tries / sizeof tries[0] && !h; i++) {
@@ -298,10 +298,10 @@ int comm_nccl_create(struct comm **ranks, int n, const int *devices, void *const
         return -1;
     }
     /* The library is opened once per process: a later call's library changes nothing. */
-    pthread_mutex_lock(&nccl_library_lock);
-    if (!nccl_library) nccl_library = library ? library : "";
-    pthread_mutex_unlock(&nccl_library_lock);
-    pthread_once(&nccl_once, nccl_open);
+    pthread_mutex_lock(&nccl_lock);
+    if (!nccl_opened) nccl_open(library);
+    nccl_opened = true;
+    pthread_mutex_unlock(&nccl_lock);
     if (nccl.error[0]) {
         snprintf(err, errlen, "%s", nccl.error);
         return -1;
