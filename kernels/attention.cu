@@ -7,7 +7,10 @@
 // loads on the vector paths), so a key's dot product needs log2(G) shuffles. Each lane group keeps
 // its own online softmax (running max m, sum l, unnormalized output); the groups are merged in
 // shared memory at the end. With n_splits > 1 (long contexts, few queries: flash-decoding) each
-// split writes its partial (o, m, l) and a second kernel merges the splits.
+// split writes its partial (o, m, l) and a second kernel merges the splits. A sliding window only
+// moves the block's key range (attn_block_keys), so no key before it is read, nor its block-table
+// entry. Soft-capping is compiled into a second instance of the kernel (CAP), since in the loop
+// it costs registers.
 #include "kernels/attention_common.cuh"
 #include "kernels/bf16.cuh"
 
@@ -28,7 +31,8 @@ __device__ __forceinline__ void load8(const __nv_bfloat16 *p, float *out)
     bf16x8_to_f32(*reinterpret_cast<const uint4 *>(p), out);
 }
 
-template <int E, int G, bool VEC>
+// CAP: the scores are soft-capped (p.softcap > 0; otherwise it must be 0).
+template <int E, int G, bool VEC, bool CAP>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_kernel(const float *q, const __nv_bfloat16 *k_cache, const __nv_bfloat16 *v_cache,
                      const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos, float *part_o,
@@ -46,11 +50,13 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int32_t *bt = block_tables + (int64_t)token_seq[t] * p.bt_stride;
 
     float qv[E], acc[E];
+    // Scores in natural units; soft-capped, divided by the cap (attn_tanh's argument).
+    const float qs = CAP ? p.scale / p.softcap : p.scale;
     const float *qrow = q + ((int64_t)t * p.n_heads + h) * d;
 #pragma unroll
     for (int i = 0; i < E; i++) {
         int di = g * E + i;
-        qv[i] = (VEC || di < d) ? qrow[di] * p.scale : 0.0f;
+        qv[i] = (VEC || di < d) ? qrow[di] * qs : 0.0f;
         acc[i] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
@@ -91,6 +97,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
             for (int o = G / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
             if (valid) {
+                if (CAP) s = p.softcap * attn_tanh(s);
                 float m_new = fmaxf(m, s);
                 float corr = __expf(m - m_new), pj = __expf(s - m_new);
                 l = l * corr + pj;
@@ -131,6 +138,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
 }
 
+// Splits whose key range was empty (past a sliding window's keys) left m = -inf and add nothing;
+// the split holding the token's own key never is empty.
 __global__ void merge_splits_kernel(const float *part_o, const float *part_ml, __nv_bfloat16 *out, sk_attn_params p)
 {
     const int h = blockIdx.x, ti = blockIdx.y, d = p.head_dim;
@@ -150,20 +159,28 @@ __global__ void merge_splits_kernel(const float *part_o, const float *part_ml, _
     }
 }
 
-template <int E, int G, bool VEC>
-cudaError_t launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *ts,
-                   const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p, cudaStream_t s)
+template <int E, int G, bool VEC, bool CAP>
+cudaError_t launch_k(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *ts,
+                     const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p, cudaStream_t s)
 {
     dim3 grid(p.n_heads, p.n_tokens, p.n_splits);
     size_t sh = (size_t)kWarps * (32 / G) * (p.head_dim + 2) * sizeof(float);
     if (sh > 48 * 1024) {
-        cudaError_t e =
-            cudaFuncSetAttribute(attention_kernel<E, G, VEC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sh);
+        cudaError_t e = cudaFuncSetAttribute(attention_kernel<E, G, VEC, CAP>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sh);
         if (e != cudaSuccess) return e;
     }
-    attention_kernel<E, G, VEC><<<grid, kWarps * 32, sh, s>>>(q, (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, bt,
-                                                              ts, pos, po, pml, (__nv_bfloat16 *)out, p);
+    attention_kernel<E, G, VEC, CAP><<<grid, kWarps * 32, sh, s>>>(
+        q, (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, bt, ts, pos, po, pml, (__nv_bfloat16 *)out, p);
     return cudaGetLastError();
+}
+
+template <int E, int G, bool VEC>
+cudaError_t launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *ts,
+                   const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p, cudaStream_t s)
+{
+    if (p.softcap > 0) return launch_k<E, G, VEC, true>(q, k, v, bt, ts, pos, po, pml, out, p, s);
+    return launch_k<E, G, VEC, false>(q, k, v, bt, ts, pos, po, pml, out, p, s);
 }
 
 } // namespace

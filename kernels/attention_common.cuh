@@ -1,5 +1,6 @@
-// Pieces every paged decode-attention kernel shares (attention.cu, attention_decode_gqa.cu and the
-// variants in kernels/dev/): the key range of a block's split, its block-table entries (staged in
+// Pieces every paged attention kernel shares (attention.cu, attention_decode_gqa.cu,
+// attention_prefill.cu and the variants in kernels/dev/): the sliding window's first key and the
+// score soft-cap, the key range of a decode block's split, its block-table entries (staged in
 // shared memory when they fit), and where a query head's result goes (normalized output, or a
 // split's partial for attention_merge_splits). Internal to kernels/: the public entry points are
 // in sluice_kernels.h.
@@ -10,9 +11,27 @@
 
 #include <cuda_bf16.h>
 
+// The first key a query at position qpos sees: the start of its sliding window, or key 0.
+__device__ __forceinline__ int attn_first_key(const sk_attn_params &p, int qpos)
+{
+    return p.window > 0 ? max(0, qpos - p.window + 1) : 0;
+}
+
+// tanh(x) = 1 - 2 / (1 + e^2x), an ex2 and a fast reciprocal: soft-capping takes a score s to
+// cap * tanh(s / cap), so the softmax sees tanh's absolute error times cap (about cap * 1e-7).
+// +-inf give +-1 (so masks go on after the cap). The kernels scale q by scale / cap, so that the
+// product q.k is the argument itself.
+__device__ __forceinline__ float attn_tanh(float x)
+{
+    return fmaf(-2.0f, __fdividef(1.0f, 1.0f + exp2f(x * 2.8853900817779268f)), 1.0f); // 2 log2(e)
+}
+
 // What one block of a decode-attention launch works on: token t (launch index ti, or the ti-th
-// listed token) and keys [k_begin, k_end) of split `split`: all of the token's keys without
-// splits; else fixed ranges (split_len), or its keys cut into n_splits equal block-aligned ranges.
+// listed token) and keys [k_begin, k_end) of split `split`. The token sees keys first .. pos
+// (first > 0 with a sliding window): all of them without splits; else fixed ranges of split_len
+// keys from `first` on, or those keys cut into n_splits equal ranges (multiples of SK_KV_BLOCK
+// long). With a window k_begin need not be block-aligned, and the ranges of the last splits may be
+// empty (k_begin >= k_end): such a split adds nothing to the merge.
 struct AttnBlockKeys {
     int t, k_begin, k_end;
 };
@@ -21,14 +40,14 @@ __device__ __forceinline__ AttnBlockKeys attn_block_keys(const sk_attn_params &p
 {
     AttnBlockKeys r;
     r.t = p.token_list ? p.token_list[ti] : ti;
-    const int n_keys = pos[r.t] + 1;
-    r.k_begin = 0;
+    const int n_keys = pos[r.t] + 1, first = attn_first_key(p, n_keys - 1);
+    r.k_begin = first;
     r.k_end = n_keys;
     if (p.n_splits > 1) {
         const int len = p.split_len > 0 ? p.split_len
-                                        : ((n_keys + p.n_splits - 1) / p.n_splits + SK_KV_BLOCK - 1) / SK_KV_BLOCK *
-                                              SK_KV_BLOCK;
-        r.k_begin = split * len;
+                                        : ((n_keys - first + p.n_splits - 1) / p.n_splits + SK_KV_BLOCK - 1) /
+                                              SK_KV_BLOCK * SK_KV_BLOCK;
+        r.k_begin = first + split * len;
         r.k_end = min(r.k_begin + len, n_keys);
     }
     return r;

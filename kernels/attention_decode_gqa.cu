@@ -8,7 +8,11 @@
 // (log2 domain); the 4 warps' partial results are merged in shared memory at the end, or written
 // as split partials for attention_merge_splits (attention.cu). The arithmetic runs on the tensor
 // cores (attention_decode_mma_kernel, described above it); a SIMT kernel with the same schedule
-// lost to it and is in kernels/dev/ with its benchmark (docs/performance.md).
+// lost to it and is in kernels/dev/ with its benchmark (docs/performance.md). A sliding window
+// moves the block's key range (attn_block_keys) to start at or after the window's first key; the
+// chunks start at the 8-aligned key below it, inside the same cache block, and the keys before the
+// range are masked like those past its end. Soft-capping goes on the scores before the masks, in
+// a second instance of the kernel (CAP): in the loop it costs registers the common one keeps.
 #include "kernels/attention_common.cuh"
 #include "kernels/bf16.cuh"
 #include "kernels/mma.cuh"
@@ -29,7 +33,8 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // A block's keys [k_begin, k_end) go to its warps in chunks of kChunk, in turn: chunk `it` of
-// `warp` starts at key k_begin + (warp + kWarps * it) * kChunk.
+// `warp` starts at key k_begin + (warp + kWarps * it) * kChunk. k_begin is a multiple of kChunk, so
+// that a chunk lies in one cache block.
 struct WarpChunks {
     int k_begin, warp, count;
     __device__ WarpChunks(int k_begin_, int k_end, int warp_) : k_begin(k_begin_), warp(warp_)
@@ -116,7 +121,8 @@ template <int D, int QG, int NS> struct OwnHeads {
     }
 
     // After the wait: q into shared memory, k and v into the caches and shared memory (as the
-    // cache holds them), then the own key's scores in log2 units.
+    // cache holds them), then the own key's scores in log2 units (CAP: soft-capped).
+    template <bool CAP>
     __device__ __forceinline__ void make(const OwnQkv &own, float *sh, int t, bool has_own, const sk_attn_params &p)
     {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -152,12 +158,15 @@ template <int D, int QG, int NS> struct OwnHeads {
             const float4 a = reinterpret_cast<const float4 *>(sh + L::own_q + h * D)[lane];
             const float4 b = reinterpret_cast<const float4 *>(sh + L::own_k)[lane];
             const float dot = warp_sum(a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w);
-            if (lane == 0) sh[L::own_s + h] = dot * (p.scale * kLog2e); // read in the merge, after its barrier
+            const float s =
+                CAP ? p.softcap * kLog2e * attn_tanh(dot * (p.scale / p.softcap)) : dot * (p.scale * kLog2e);
+            if (lane == 0) sh[L::own_s + h] = s; // read in the merge, after its barrier
         }
     }
 };
 
-template <int D, int QG, int NS, bool FUSED>
+// CAP: the scores are soft-capped (p.softcap > 0; otherwise it must be 0).
+template <int D, int QG, int NS, bool FUSED, bool CAP>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_decode_mma_kernel(const float *q, const __nv_bfloat16 *k_cache, const __nv_bfloat16 *v_cache,
                                 const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos,
@@ -177,11 +186,16 @@ __global__ void __launch_bounds__(kWarps * 32)
     // FUSED: the own key is merged from shared memory, so the chunks stop before it.
     const bool has_own = FUSED && k_begin <= own_key && own_key < keys.k_end;
     const int k_end = has_own ? own_key : keys.k_end;
+    // The chunks start at the multiple of kChunk at or below k_begin (a sliding window's or a
+    // split's range may start anywhere): the keys before k_begin there are in k_begin's cache
+    // block, and masked. An empty range has no chunks.
+    const int c_begin = k_end > k_begin ? k_begin & ~(kChunk - 1) : k_end;
+    const int n_range = k_end - k_begin;
     unsigned char *ring = smem + warp * L::ring_bytes;
     float *own_sh = reinterpret_cast<float *>(smem + L::own_at);
     const AttnRangeTable table = attn_stage_table(block_tables + (int64_t)token_seq[t] * p.bt_stride,
-                                                  reinterpret_cast<int32_t *>(smem + L::bt_at), kBtCap, k_begin, k_end);
-    const WarpChunks chunks(k_begin, k_end, warp);
+                                                  reinterpret_cast<int32_t *>(smem + L::bt_at), kBtCap, c_begin, k_end);
+    const WarpChunks chunks(c_begin, k_end, warp);
     // Every lane copies its share of the warp's it-th chunk (K and V) into slot it % NS.
     auto issue = [&](int it) {
         const int64_t off = WarpChunks::cache_offset(table, chunks.first_key(it), kvh, p.n_kv_heads, D);
@@ -208,16 +222,17 @@ __global__ void __launch_bounds__(kWarps * 32)
     [[maybe_unused]] OwnHeads<D, QG, NS> heads;
     if constexpr (FUSED) heads.load_inputs(own, t, kvh, own_key, has_own, p);
     pdl_wait(); // q and this step's keys are written by the kernels before this one
-    if constexpr (FUSED) heads.make(own, own_sh, t, has_own, p);
+    if constexpr (FUSED) heads.template make<CAP>(own, own_sh, t, has_own, p);
     for (int it = it0; it < NS; it++) {
         if (it < chunks.count) issue(it);
         cp_async_commit();
     }
 
-    // Q fragments (rows g: bf16 high parts, rows g + 8: low parts), pre-scaled to log2 units.
+    // Q fragments (rows g: bf16 high parts, rows g + 8: low parts), pre-scaled to log2 units;
+    // CAP: divided by the cap instead, the scores then being attn_tanh's arguments.
     uint32_t qa[KS][4];
     {
-        const float qs = p.scale * kLog2e;
+        const float qs = CAP ? p.scale / p.softcap : p.scale * kLog2e;
         const float *qrow = FUSED ? own_sh + L::own_q + (g < QG ? g : 0) * D
                                   : q + ((int64_t)t * p.n_heads + kvh * QG + (g < QG ? g : 0)) * D;
 #pragma unroll
@@ -258,9 +273,16 @@ __global__ void __launch_bounds__(kWarps * 32)
             mma_k16(sc, qa[2 * j], b0, b1);
             mma_k16(sc, qa[2 * j + 1], b2, b3);
         }
-        const int n_valid = k_end - j0;
-        float s0 = 2 * tq < n_valid ? sc[0] + sc[2] : -INFINITY;
-        float s1 = 2 * tq + 1 < n_valid ? sc[1] + sc[3] : -INFINITY;
+        // Keys 2tq and 2tq + 1 of the chunk count if they lie in [k_begin, k_end).
+        const int rel = j0 + 2 * tq - k_begin;
+        const bool in0 = (unsigned)rel < (unsigned)n_range, in1 = (unsigned)(rel + 1) < (unsigned)n_range;
+        float s0 = sc[0] + sc[2], s1 = sc[1] + sc[3];
+        if (CAP) {
+            s0 = p.softcap * kLog2e * attn_tanh(s0);
+            s1 = p.softcap * kLog2e * attn_tanh(s1);
+        }
+        s0 = in0 ? s0 : -INFINITY;
+        s1 = in1 ? s1 : -INFINITY;
 
         // Online softmax of head g over the chunk (the quad's 4 lanes hold its 8 keys).
         float cm = fmaxf(s0, s1);
@@ -289,9 +311,8 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
 
         // O^T += V^T P^T: V^T fragments by transposed ldmatrix (keys 2tq, 2tq + 1 in each register).
-        // Keys past the range may hold anything (NaN included): their halves are zeroed.
-        const uint32_t vmask =
-            (2 * tq < n_valid ? 0x0000ffffu : 0u) | (2 * tq + 1 < n_valid ? 0xffff0000u : 0u);
+        // Keys outside the range may hold anything (NaN included): their halves are zeroed.
+        const uint32_t vmask = (in0 ? 0x0000ffffu : 0u) | (in1 ? 0xffff0000u : 0u);
 #pragma unroll
         for (int j = 0; j < KS / 2; j++) {
             uint32_t a0, a1, a2, a3;
@@ -357,7 +378,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 constexpr int kStages = 3;
 
 // FUSED: the kernel doing qkv_post's work for its token (head_dim 128 only).
-template <int D, int QG, bool FUSED>
+template <int D, int QG, bool FUSED, bool CAP>
 cudaError_t launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *ts,
                    const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p, const OwnQkv &own,
                    cudaStream_t s)
@@ -367,12 +388,21 @@ cudaError_t launch(const float *q, const uint16_t *k, const uint16_t *v, const i
     } else {
         const dim3 grid(p.n_kv_heads, p.n_tokens, p.n_splits), block(kWarps * 32);
         constexpr int sh = MmaSmem<D, QG, kStages, FUSED>::bytes;
-        constexpr auto kernel = attention_decode_mma_kernel<D, QG, kStages, FUSED>;
+        constexpr auto kernel = attention_decode_mma_kernel<D, QG, kStages, FUSED, CAP>;
         const cudaError_t e = raise_smem_limit_once<kernel>(sh);
         if (e != cudaSuccess) return e;
         return launch_pdl(kernel, grid, block, sh, s, q, (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, bt, ts,
                           pos, po, pml, (__nv_bfloat16 *)out, p, own);
     }
+}
+
+template <int D, int QG, bool FUSED>
+cudaError_t launch_cap(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *ts,
+                       const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p,
+                       const OwnQkv &own, cudaStream_t s)
+{
+    if (p.softcap > 0) return launch<D, QG, FUSED, true>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
+    return launch<D, QG, FUSED, false>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
 }
 
 template <int D, bool FUSED>
@@ -381,10 +411,10 @@ cudaError_t launch_q(const float *q, const uint16_t *k, const uint16_t *v, const
                      const OwnQkv &own, cudaStream_t s)
 {
     switch (p.n_heads / p.n_kv_heads) {
-    case 1: return launch<D, 1, FUSED>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
-    case 2: return launch<D, 2, FUSED>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
-    case 4: return launch<D, 4, FUSED>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
-    case 8: return launch<D, 8, FUSED>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
+    case 1: return launch_cap<D, 1, FUSED>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
+    case 2: return launch_cap<D, 2, FUSED>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
+    case 4: return launch_cap<D, 4, FUSED>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
+    case 8: return launch_cap<D, 8, FUSED>(q, k, v, bt, ts, pos, po, pml, out, p, own, s);
     default: return cudaErrorInvalidValue;
     }
 }

@@ -13,6 +13,11 @@
 //   O += P V with mma.m16n8k16 (V fragments by transposed ldmatrix).
 // The previous version (WMMA, with S, P and O kept in shared memory and plain loads) was several
 // times slower; docs/performance.md has the comparison.
+// Soft-capping and a sliding window are compiled into a second instance of the kernel (EXT), so
+// that the common one keeps its registers: with a window the key tiles start at the window of the
+// block's first query (no key or block-table entry before it is read), a warp skips the tiles
+// wholly before its rows' windows, and each row masks the keys before its own.
+#include "kernels/attention_common.cuh"
 #include "kernels/bf16.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/smem_limit.cuh"
@@ -41,7 +46,8 @@ template <int D> struct PrefillSmem {
 // otherwise ran slower: docs/performance.md), 4 at D = 64.
 template <int D> constexpr int kMinBlocks = D == 64 ? 4 : 3;
 
-template <int D>
+// EXT: p.softcap and p.window are honoured (otherwise both must be 0).
+template <int D, bool EXT>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks<D>)
     prefill_kernel(const float *q, const __nv_bfloat16 *k_cache, const __nv_bfloat16 *v_cache,
                    const int32_t *block_tables, const int32_t *tiles, const int32_t *pos, __nv_bfloat16 *out,
@@ -62,6 +68,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks<D>)
     const int g = lane >> 2, tq = lane & 3; // mma fragment coordinates
     const int p0 = pos[t0];
     const int n_keys = p0 + n; // keys 0 .. the last query's position
+    const int k0 = EXT ? attn_first_key(p, p0) : 0; // the first query's first key
     const int32_t *bt = block_tables + (int64_t)seq * p.bt_stride;
     const int64_t head_stride = (int64_t)SK_KV_BLOCK * D;
 
@@ -80,8 +87,8 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks<D>)
         }
         cp_async_commit();
     };
-    const int n_tiles = (n_keys + kBK - 1) / kBK;
-    load_tile(0, 0);
+    const int n_tiles = (n_keys + kBK - 1) / kBK; // the common kernel's tiles (k0 is 0 there)
+    load_tile(k0, 0);
 
     // This lane's two query rows; rows past n repeat the last one (computed, never written).
     const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
@@ -90,7 +97,8 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks<D>)
     const int warp_first = p0 + warp * 16, warp_last = p0 + min(warp * 16 + 15, n - 1);
     uint32_t qa[KS][4];
     {
-        const float qs = p.scale * 1.4426950408889634f; // scores in log2 units
+        // Scores in log2 units; soft-capped, divided by the cap (attn_tanh's argument).
+        const float qs = EXT && p.softcap > 0 ? p.scale / p.softcap : p.scale * 1.4426950408889634f;
         const float *qlo = q + ((int64_t)(t0 + min(r_lo, n - 1)) * p.n_heads + h) * D;
         const float *qhi = q + ((int64_t)(t0 + min(r_hi, n - 1)) * p.n_heads + h) * D;
 #pragma unroll
@@ -113,17 +121,20 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks<D>)
     // add theirs at the end; they apply the same corrections, so the shares stay consistent).
     float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
 
-    for (int it = 0; it < n_tiles; it++) {
-        const int kt = it * kBK;
-        if (it + 1 < n_tiles)
+    // Tile it holds keys kt = k0 + 64 it ... The common kernel counts tiles, EXT keys: each form is
+    // the one ptxas fits in its kernel's registers without spilling.
+    for (int it = 0, k_it = k0; EXT ? k_it < n_keys : it < n_tiles; it++, k_it += kBK) {
+        const int kt = EXT ? k_it : it * kBK;
+        if (EXT ? kt + kBK < n_keys : it + 1 < n_tiles)
             load_tile(kt + kBK, (it + 1) & 1);
         else
             cp_async_commit(); // an empty group keeps "all but the newest" meaning this tile
         cp_async_wait<1>();
         __syncthreads();
         const __nv_bfloat16 *ks = stages + 2 * (it & 1) * L::tile, *vs = ks + L::tile;
-        // A tile wholly past the warp's last query adds nothing to its rows.
-        if (warp_live && kt <= warp_last) {
+        // A tile wholly past the warp's last query adds nothing to its rows, nor one wholly before
+        // the window of its first.
+        if (warp_live && kt <= warp_last && !(EXT && p.window > 0 && kt + p.window + (kBK - 1) <= warp_first)) {
             float s[NT][4];
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
@@ -134,6 +145,24 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks<D>)
                     ldsm_x4(ks + (nt * 8 + (lane & 7)) * L::ld + k2 * 16 + (lane >> 3) * 8, b0, b1, b2, b3);
                     mma_k16(s[nt], qa[k2], b0, b1);
                     mma_k16(s[nt], qa[k2 + 1], b2, b3);
+                }
+            }
+            if (EXT && p.softcap > 0) {
+                const float cap = p.softcap * 1.4426950408889634f; // in log2 units
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) s[nt][i] = cap * attn_tanh(s[nt][i]);
+            }
+            // Keys before a row's window (where the tile starts before the last row's).
+            if (EXT && p.window > 0 && kt + p.window <= warp_last) {
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const int jw = kt + nt * 8 + 2 * tq + p.window; // key j is before row r's window
+                    if (jw <= qpos_lo) s[nt][0] = -INFINITY;     // where j + window <= r's position
+                    if (jw + 1 <= qpos_lo) s[nt][1] = -INFINITY;
+                    if (jw <= qpos_hi) s[nt][2] = -INFINITY;
+                    if (jw + 1 <= qpos_hi) s[nt][3] = -INFINITY;
                 }
             }
             // Keys past a row's position (the causal limit; zero-filled keys lie past every row).
@@ -147,8 +176,9 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks<D>)
                     if (j + 1 > qpos_hi) s[nt][3] = -INFINITY;
                 }
             }
-            // Key 0 is in the first tile and no row's limit is below it, so the maxima are
-            // finite from the first tile on.
+            // Without a window key 0 is in the first tile and no row's limit is below it, so the
+            // maxima are finite from the first tile on. With one, a row's window may start past
+            // the tile: its maximum stays -inf, and its weights (all 0) are taken against 0 (b_*).
             float mx_lo = m_lo, mx_hi = m_hi;
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
@@ -160,7 +190,9 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks<D>)
                 mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, x));
                 mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, x));
             }
-            const float corr_lo = exp2f(m_lo - mx_lo), corr_hi = exp2f(m_hi - mx_hi);
+            const float b_lo = EXT && mx_lo == -INFINITY ? 0.0f : mx_lo;
+            const float b_hi = EXT && mx_hi == -INFINITY ? 0.0f : mx_hi;
+            const float corr_lo = exp2f(m_lo - b_lo), corr_hi = exp2f(m_hi - b_hi);
             m_lo = mx_lo;
             m_hi = mx_hi;
             // P as bf16 A fragments: k-step kk covers column tiles 2kk (a0, a1) and 2kk + 1 (a2, a3).
@@ -169,8 +201,8 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks<D>)
             float sum_lo = 0.0f, sum_hi = 0.0f;
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
-                const uint32_t lo = pack_bf16(exp2f(s[nt][0] - m_lo), exp2f(s[nt][1] - m_lo));
-                const uint32_t hi = pack_bf16(exp2f(s[nt][2] - m_hi), exp2f(s[nt][3] - m_hi));
+                const uint32_t lo = pack_bf16(exp2f(s[nt][0] - b_lo), exp2f(s[nt][1] - b_lo));
+                const uint32_t hi = pack_bf16(exp2f(s[nt][2] - b_hi), exp2f(s[nt][3] - b_hi));
                 float a, b;
                 bf16x2_to_f32(lo, a, b);
                 sum_lo += a + b;
@@ -222,17 +254,25 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks<D>)
     }
 }
 
-template <int D>
+template <int D, bool EXT>
 cudaError_t launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *tiles,
                    int n_tiles, const int32_t *pos, uint16_t *out, const sk_attn_params &p, cudaStream_t s)
 {
     using L = PrefillSmem<D>;
-    const cudaError_t e = raise_smem_limit_once<prefill_kernel<D>>(L::bytes);
+    const cudaError_t e = raise_smem_limit_once<prefill_kernel<D, EXT>>(L::bytes);
     if (e != cudaSuccess) return e;
     dim3 grid(p.n_heads, n_tiles);
-    prefill_kernel<D><<<grid, kWarps * 32, L::bytes, s>>>(q, (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, bt,
-                                                          tiles, pos, (__nv_bfloat16 *)out, p);
+    prefill_kernel<D, EXT><<<grid, kWarps * 32, L::bytes, s>>>(q, (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v,
+                                                               bt, tiles, pos, (__nv_bfloat16 *)out, p);
     return cudaGetLastError();
+}
+
+template <int D>
+cudaError_t launch_d(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *tiles,
+                     int n_tiles, const int32_t *pos, uint16_t *out, const sk_attn_params &p, cudaStream_t s)
+{
+    if (p.softcap > 0 || p.window > 0) return launch<D, true>(q, k, v, bt, tiles, n_tiles, pos, out, p, s);
+    return launch<D, false>(q, k, v, bt, tiles, n_tiles, pos, out, p, s);
 }
 
 } // namespace
@@ -243,7 +283,7 @@ extern "C" cudaError_t sk_attention_prefill(const float *q, const uint16_t *k_ca
 {
     if (n_tiles <= 0) return cudaSuccess;
     if (p.n_kv_heads < 1 || p.n_heads % p.n_kv_heads || n_tiles > 65535) return cudaErrorInvalidValue;
-    if (p.head_dim == 64) return launch<64>(q, k_cache, v_cache, block_tables, tiles, n_tiles, pos, out, p, s);
-    if (p.head_dim == 128) return launch<128>(q, k_cache, v_cache, block_tables, tiles, n_tiles, pos, out, p, s);
+    if (p.head_dim == 64) return launch_d<64>(q, k_cache, v_cache, block_tables, tiles, n_tiles, pos, out, p, s);
+    if (p.head_dim == 128) return launch_d<128>(q, k_cache, v_cache, block_tables, tiles, n_tiles, pos, out, p, s);
     return cudaErrorInvalidValue;
 }

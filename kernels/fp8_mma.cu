@@ -1,9 +1,9 @@
 // FP8 (e4m3) weights times bf16 activations for decode batches of 5 to 64 rows on the tensor
 // cores (sk_fp8.h, sk_fp8_gemm_small): the weights stream through once, converted to bf16 in
 // registers, and mma.sync m16n8k16 applies each to every row of the batch; the activations stay
-// bf16 (no per-token quantization). The CUDA-core gemv (fp8.cu) is bound by its multiply-adds
-// beyond a few rows: each weight costs a conversion plus one FMA per row, while the tensor core
-// does 2048 multiply-adds an instruction.
+// bf16 (no per-token quantization). The CUDA-core gemv (fp8_gemv.cu) is bound by its
+// multiply-adds beyond a few rows: each weight costs a conversion plus one FMA per row, while
+// the tensor core does 2048 multiply-adds an instruction.
 //
 // Work split: a block owns 32 output features (two 16-row tiles of the weights) and all of k_in;
 // its 8 warps take interleaved chunks of 64 columns (the last one may be narrower) and add their sums in shared memory at the

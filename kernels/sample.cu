@@ -1,9 +1,11 @@
-// Sampling on the GPU, following worker/sampler/sampler.h step by step, one block per row.
+// Sampling on the GPU, following worker/sampler/sampler.h step by step, one block per row, and
+// the fixed inputs of its sort.
 #include "kernels/sluice_kernels.h"
 
 #include <cub/cub.cuh>
 #include <math.h>
 
+#include "kernels/launch_dims.cuh"
 #include "kernels/rank_reduce.cuh"
 
 namespace
@@ -339,6 +341,22 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// The sort's fixed inputs, filled once for the largest batch (sk_fill_iota_rows,
+// sk_fill_row_offsets): every row's ids 0..vocab-1 to carry along with the weights, and the
+// rows' bounds in the packed work array.
+__global__ void iota_rows_kernel(int32_t *dst, int rows, int n)
+{
+    int64_t total = (int64_t)rows * n;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = (int32_t)(i % n);
+}
+
+__global__ void row_offsets_kernel(int32_t *off, int rows, int n)
+{
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r <= rows) off[r] = r * n;
+}
+
 } // namespace
 
 extern "C" cudaError_t sk_sample_prepare(const float *logits, const struct sk_sample_row *rows, const int32_t *history,
@@ -347,6 +365,19 @@ extern "C" cudaError_t sk_sample_prepare(const float *logits, const struct sk_sa
 {
     if (n_rows <= 0) return cudaSuccess;
     prepare_kernel<<<n_rows, kThreads, 0, s>>>(logits, rows, history, masks, work, counts, out, vocab);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_fill_iota_rows(int32_t *dst, int rows, int n, cudaStream_t s)
+{
+    if ((int64_t)rows * n <= 0) return cudaSuccess;
+    iota_rows_kernel<<<grid_for((int64_t)rows * n, 256), 256, 0, s>>>(dst, rows, n);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t sk_fill_row_offsets(int32_t *offsets, int rows, int n, cudaStream_t s)
+{
+    row_offsets_kernel<<<(rows + 1 + 255) / 256, 256, 0, s>>>(offsets, rows, n);
     return cudaGetLastError();
 }
 

@@ -1,6 +1,7 @@
-/* FP8 (e4m3) weights on the GPU behind plain C launchers (kernels/fp8.cu): quantizing rows with
- * one scale each, dequantizing to bf16, the decode gemv that reads one byte a weight, and the
- * scales applied to an FP8 GEMM's output. A matrix is [rows, cols] row-major, e4m3 codes, with
+/* FP8 (e4m3) weights on the GPU behind plain C launchers (kernels/fp8_*.cu, one file each):
+ * quantizing rows with one scale each (fp8_quantize.cu), dequantizing to bf16 (fp8_dequant.cu),
+ * the decode gemv that reads one byte a weight (fp8_gemv.cu), and the scales applied to an FP8
+ * GEMM's output (fp8_scale_output.cu). A matrix is [rows, cols] row-major, e4m3 codes, with
  * float32 scales: element (r, c) is e4m3(q) * scale[(r / scale_rows) * ceil(cols / scale_cols) +
  * c / scale_cols] (per output row: scale_rows 1 and scale_cols cols; DeepSeek's blocks: 128,
  * 128), as struct tensor describes it (worker/model/model.h). */

@@ -1,8 +1,10 @@
-/* GGUF block-quantized weights on the device, kept in the file's blocks (kernels/gemv_q.cu):
- * small-batch matrix-vector products that dequantize in registers, and the dequantization of
- * rows into bf16 for the larger batches' bf16 products. Types are numbered as enum dtype in
- * worker/model/model.h (the kernels area does not include it); each weight is computed exactly
- * as worker/model/quant.c computes it (every product and sum rounded on its own). */
+/* GGUF block-quantized weights on the device, kept in the file's blocks (kernels/quant_*.cu):
+ * small-batch matrix-vector products that dequantize in registers (quant_gemv.cu), the
+ * dequantization of rows into bf16 for the larger batches' bf16 products (quant_dequant.cu) and
+ * embedding rows looked up in a table of blocks (quant_embed.cu), over the block decoders of
+ * quant_blocks.cuh. Types are numbered as enum dtype in worker/model/model.h (the kernels area
+ * does not include it); each weight is computed exactly as worker/model/quant.c computes it
+ * (every product and sum rounded on its own). */
 #ifndef SLUICE_SK_QUANT_H
 #define SLUICE_SK_QUANT_H
 

@@ -23,7 +23,7 @@ extern "C" {
 #define SK_GATE_UP_BLOCK 64
 /* Query tokens of one sequence per prefill-attention tile. */
 #define SK_PREFILL_TILE 64
-/* Mixture of experts (kernels/moe.cu): experts a router chooses among, and experts it chooses
+/* Mixture of experts (kernels/moe_*.cu): experts a router chooses among, and experts it chooses
  * per token, at most. */
 #define SK_MOE_MAX_EXPERTS 256
 #define SK_MOE_MAX_TOP_K 16
@@ -43,6 +43,13 @@ struct sk_attn_params {
                                   position (every token is its sequence's only one in the step), so a
                                   kernel launched as a programmatic dependent may read them before
                                   the previous kernel ends */
+    float softcap;             /* > 0: each score s (q.k * scale) becomes softcap * tanh(s / softcap)
+                                  before the softmax (Gemma 2); 0: none */
+    int window;                /* > 0: a query at position p sees keys max(0, p - window + 1) .. p
+                                  only (a sliding window, its own key included), and no kernel reads
+                                  a block-table entry, or the cache, of a block wholly before the
+                                  window of every query it serves (the engine frees those: -1);
+                                  0: keys 0 .. p */
 };
 
 /* The decode attention's kernels (sk_attention). */

@@ -21,18 +21,15 @@ extern "C" {
 /* Source dtypes, the same numbering as enum dtype in worker/model/model.h. */
 enum { SK_F32 = 0, SK_F16 = 1, SK_BF16 = 2 };
 
-/* --- weights ------------------------------------------------------------------------ */
+/* --- weights (kernels/convert.cu, kernels/dummy.cu) --------------------------------- */
 cudaError_t sk_convert_to_bf16(uint16_t *dst, const void *src, int src_dtype, int64_t n, cudaStream_t s);
 /* model_dummy_value(seed, id, index0 + i) for i < n (plus 1 when is_norm), as bf16. */
 cudaError_t sk_fill_dummy_bf16(uint16_t *dst, uint64_t seed, uint64_t id, uint64_t index0, int64_t n, int is_norm,
                                cudaStream_t s);
 cudaError_t sk_fill_dummy_f32(float *dst, uint64_t seed, uint64_t id, uint64_t index0, int64_t n, int is_norm,
                               cudaStream_t s);
-cudaError_t sk_fill_iota_rows(int32_t *dst, int rows, int n, cudaStream_t s);
-/* offsets[r] = r * n for r <= rows: the segment bounds of rows packed n apart. */
-cudaError_t sk_fill_row_offsets(int32_t *offsets, int rows, int n, cudaStream_t s);
 
-/* --- per-token layers ------------------------------------------------------------------ */
+/* --- per-token layers (kernels/<op>.cu: embed, add_rmsnorm, silu_mul, qkv_post, ...) --- */
 struct sk_sample_out;
 /* x[t, :] = float(table[id, :]) for id = tokens[t], or, where tokens[t] < 0, the token the
  * previous step sampled for row -1 - tokens[t]: prev[-1 - tokens[t]].token (the engine queues a
@@ -62,6 +59,24 @@ cudaError_t sk_silu_mul_bf16(uint16_t *out, const uint16_t *gu, int n_tokens, in
  * overlapping) in blocks of SK_GATE_UP_BLOCK rows: gate block j, then up block j. */
 cudaError_t sk_gate_up_interleave(uint16_t *dst, const uint16_t *src, int inter, int k_in, cudaStream_t s);
 
+/* The gated activations of sk_glu (model_family.h's enum model_act, in the same order). */
+enum { SK_ACT_SILU = 0, SK_ACT_GELU_TANH = 1 };
+/* out[t, i] = bf16(act(gate + bias[i]) * (up + bias[inter + i])) for gu = [gate | up] rows of
+ * 2 * inter fp32 (bias NULL: none): the MLP's activation where the fused SwiGLU paths do not
+ * apply (mlp_bias, GeGLU). */
+cudaError_t sk_glu(uint16_t *out, const float *gu, const float *bias, int act, int n_tokens, int inter,
+                   cudaStream_t s);
+/* A sublayer's output made ready for the residual add, per row t < n_rows of hidden floats:
+ * out[t] = scale * norm(v), v = delta's n_parts parts added in order (as sk_add_rmsnorm_parts
+ * adds them) plus bias; norm(v) = norm_w * v * rsqrt(mean(v^2) + eps), or v when norm_w is NULL;
+ * bias NULL: none; scale 0 counts as 1. out may be delta (its first part). With one part and
+ * neither bias nor norm, it scales rows in place (the families' scaled embeddings). */
+cudaError_t sk_residual_addend(float *out, const float *delta, int n_parts, int64_t part_stride, const float *bias,
+                               const float *norm_w, float scale, int n_rows, int hidden, float eps, cudaStream_t s);
+/* logits[i] /= divisor (0: not), then logits[i] = softcap * tanh(logits[i] / softcap) (0: not),
+ * for i < n. */
+cudaError_t sk_logits_finish(float *logits, int64_t n, float divisor, float softcap, cudaStream_t s);
+
 struct sk_qkv_params {
     int n_tokens;
     int n_heads;
@@ -69,6 +84,10 @@ struct sk_qkv_params {
     int head_dim;
     float eps;       /* q/k norm */
     int interleaved; /* rope pairs (2i, 2i+1) instead of (i, i + d/2) */
+    /* Rope frequencies that depend on the sequence's length (LongRoPE, dynamic NTK): token t
+     * rotates by seq_freqs[token_seq[t] * head_dim / 2 + i] instead of inv_freq[i]; NULL: not. */
+    const float *seq_freqs;
+    const int32_t *token_seq;
 };
 /* qkv: [T, (n_heads + 2 n_kv) * head_dim] fp32 (q heads, then k, then v). Adds bias (if not
  * NULL), applies the per-head RMSNorm of q and k (if q_norm/k_norm not NULL), rotates q and k
@@ -136,11 +155,13 @@ cudaError_t sk_hopper_gemm_swiglu(struct sk_hopper_gemm *h, const uint16_t *w, c
 
 /* --- attention ------------------------------------------------------------------------ */
 /* Causal attention of each query token t (sequence token_seq[t], position pos[t]) over keys
- * 0..pos[t] of its sequence, read from the paged cache through block_tables[seq], on the given
- * kernel (struct sk_attn_params and enum sk_attn_kernel: kernels/sk_shapes.h). The current
- * chunk's keys must already be in the cache (sk_qkv_post puts them there). q: [T, n_heads, d]
- * fp32; out: [T, n_heads * d] bf16. part_o (T * n_heads * n_splits * d floats) and part_ml
- * (T * n_heads * n_splits * 2 floats) are scratch used when n_splits > 1.
+ * 0..pos[t] of its sequence (with p.window, the last p.window of them: entries of block_tables
+ * wholly before every query's window are never read; with p.softcap, soft-capped scores), read
+ * from the paged cache through block_tables[seq], on the given kernel (struct sk_attn_params and
+ * enum sk_attn_kernel: kernels/sk_shapes.h). The current chunk's keys must already be in the
+ * cache (sk_qkv_post puts them there). q: [T, n_heads, d] fp32; out: [T, n_heads * d] bf16.
+ * part_o (T * n_heads * n_splits * d floats) and part_ml (T * n_heads * n_splits * 2 floats) are
+ * scratch used when n_splits > 1.
  * SK_ATTN_DECODE_STREAM launches as a programmatic dependent of the previous kernel and pulls
  * each warp's keys through a shared-memory ring (kernels/attention_decode_gqa.cu); it answers
  * cudaErrorInvalidValue for a p that sk_attention_decode_fits refuses. */
@@ -179,7 +200,7 @@ cudaError_t sk_attention_prefill(const float *q, const uint16_t *k_cache, const 
                                  const int32_t *block_tables, const int32_t *tiles, int n_tiles, const int32_t *pos,
                                  uint16_t *out, struct sk_attn_params p, cudaStream_t s);
 
-/* --- sampling ------------------------------------------------------------------------- */
+/* --- sampling (kernels/sample.cu) ----------------------------------------------------- */
 /* One sampled row's parameters, as worker/sampler/sampler.h defines them. */
 struct sk_sample_row {
     float temperature, top_p, min_p;
@@ -220,13 +241,17 @@ cudaError_t sk_sort_temp_bytes(int max_rows, int vocab, size_t *bytes);
 cudaError_t sk_sample_sort(void *temp, size_t temp_bytes, const float *work, const int32_t *ids_in,
                            const int32_t *offsets, float *sorted_w, int32_t *sorted_ids, int n_rows, int vocab,
                            cudaStream_t s);
+/* sk_sample_sort's fixed inputs for rows rows of n: dst[r * n + i] = i (ids_in, the iota rows). */
+cudaError_t sk_fill_iota_rows(int32_t *dst, int rows, int n, cudaStream_t s);
+/* offsets[r] = r * n for r <= rows: the segment bounds of rows packed n apart. */
+cudaError_t sk_fill_row_offsets(int32_t *offsets, int rows, int n, cudaStream_t s);
 /* Step 2: for non-greedy rows, top-k/top-p (through sorted_w/sorted_ids when sorted != 0), min-p
  * and the seeded draw; fills out->token and out->logprob. */
 cudaError_t sk_sample_finish(const float *logits, const float *work, const float *sorted_w, const int32_t *sorted_ids,
                              int sorted, const struct sk_sample_row *rows, struct sk_sample_out *out, int n_rows,
                              int vocab, cudaStream_t s);
 
-/* --- mixture of experts (kernels/moe.cu) ----------------------------------------------- */
+/* --- mixture of experts (kernels/moe_*.cu: one file per launcher) ---------------------- */
 /* Per token t < n_tokens, from its router logits [n_tokens, n_experts] fp32: the softmax, the
  * top_k experts by probability (largest first; equal probabilities: the lower expert id first)
  * into choice[t * top_k + r], and their probabilities into weight[...], divided by their sum when

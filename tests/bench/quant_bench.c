@@ -1,5 +1,5 @@
 /* The CPU backend on a quantized GGUF file: its weights kept in their blocks (the default)
- * against the same weights dequantized to float32 at load (backend_options.cpu_f32_weights),
+ * against the same weights dequantized to float32 at load (backend_options.cpu.f32_weights),
  * in one run, on the same prompt.
  *
  *   quant_bench MODEL.gguf [--threads N] [--prompt-len N] [--steps N] [--rounds N]
@@ -102,8 +102,8 @@ int main(int argc, char **argv)
     memset(t, 0, sizeof t);
     for (int k = 0; k < 2; k++) {
         struct backend_options opt = {.kv_blocks = (n + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE,
-                                      .max_batch_tokens = prompt_len, .max_batch_seqs = 1, .n_threads = threads,
-                                      .cpu_f32_weights = k == 1};
+                                      .max_batch_tokens = prompt_len, .max_batch_seqs = 1, .cpu.n_threads = threads,
+                                      .cpu.f32_weights = k == 1};
         if (backend_cpu_create(&b[k], m, &opt, err, sizeof err) != 0) {
             fprintf(stderr, "quant_bench: %s\n", err);
             goto out;

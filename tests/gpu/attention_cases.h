@@ -41,11 +41,27 @@ struct attn_seq {
     int start, n_new;
 };
 
+/* Soft-capping and a sliding window (sk_attn_params' softcap and window), and a factor on the
+ * scale: scores of a few units, which a cap of 50 changes by more than the tolerance. */
+struct attn_opts {
+    float softcap;
+    int window;
+    float scale_mult; /* 0: 1 */
+};
+
+/* The first key a query at position qpos sees (as attn_first_key in kernels/attention_common.cuh). */
+static inline int attention_first_key(int window, int qpos)
+{
+    return window > 0 && qpos >= window ? qpos - window + 1 : 0;
+}
+
 /* Causal attention in double over the paged cache (16-key blocks), as every decode kernel
- * computes it: token t (sequence tseq[t]) attends to keys 0..tpos[t]. */
-static inline void attention_ref(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, int stride,
-                                 const int32_t *tseq, const int32_t *tpos, int T, int nh, int nkv, int D, float scale,
-                                 double *ref)
+ * computes it: token t (sequence tseq[t]) attends to keys first..tpos[t] (first > 0 past a
+ * sliding window: no key or block-table entry before it is read), scores soft-capped where
+ * softcap > 0. */
+static inline void attention_ref_opt(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt,
+                                     int stride, const int32_t *tseq, const int32_t *tpos, int T, int nh, int nkv,
+                                     int D, float scale, float softcap, int window, double *ref)
 {
     int max_ctx = 0;
     for (int t = 0; t < T; t++)
@@ -53,21 +69,22 @@ static inline void attention_ref(const float *q, const uint16_t *k, const uint16
     double *sc = malloc((size_t)max_ctx * 8);
     for (int t = 0; t < T; t++)
         for (int h = 0; h < nh; h++) {
-            int kvh = h / (nh / nkv), n = tpos[t] + 1;
+            int kvh = h / (nh / nkv), n = tpos[t] + 1, first = attention_first_key(window, tpos[t]);
             const int32_t *tb = bt + (size_t)tseq[t] * stride;
             double mx = -INFINITY;
-            for (int j = 0; j < n; j++) {
+            for (int j = first; j < n; j++) {
                 size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
                 double s = 0;
                 for (int i = 0; i < D; i++) s += (double)q[((size_t)t * nh + h) * D + i] * gt_bf2f(k[at + i]);
                 sc[j] = s * scale;
+                if (softcap > 0) sc[j] = softcap * tanh(sc[j] / softcap);
                 if (sc[j] > mx) mx = sc[j];
             }
             double sum = 0;
-            for (int j = 0; j < n; j++) sum += (sc[j] = exp(sc[j] - mx));
+            for (int j = first; j < n; j++) sum += (sc[j] = exp(sc[j] - mx));
             for (int i = 0; i < D; i++) {
                 double o = 0;
-                for (int j = 0; j < n; j++) {
+                for (int j = first; j < n; j++) {
                     size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
                     o += sc[j] * gt_bf2f(v[at + i]);
                 }
@@ -77,14 +94,56 @@ static inline void attention_ref(const float *q, const uint16_t *k, const uint16
     free(sc);
 }
 
+static inline void attention_ref(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, int stride,
+                                 const int32_t *tseq, const int32_t *tpos, int T, int nh, int nkv, int D, float scale,
+                                 double *ref)
+{
+    attention_ref_opt(q, k, v, bt, stride, tseq, tpos, T, nh, nkv, D, scale, 0.0f, 0, ref);
+}
+
+/* ||a - b|| / ||b|| of two double arrays: how far apart two references are. */
+static inline double attention_ref_diff(const double *a, const double *b, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        num += (a[i] - b[i]) * (a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* With a sliding window, what the engine does to a sequence whose step starts at position start:
+ * the block-table entries of blocks wholly before that position's window are freed, -1 (or, on
+ * odd sequences, an id far past the cache, so that a read of one faults), and the keys and values
+ * of the first kept block before the window are NaN, so that a kernel which mixes one in, even
+ * with weight 0, gives NaN. */
+static inline void attention_drop_before_window(int32_t *tb, uint16_t *k, uint16_t *v, int s, int start, int window,
+                                                int nkv, int D)
+{
+    const int first = attention_first_key(window, start);
+    for (int b = 0; b < first / 16; b++) tb[b] = s % 2 ? 0x3fffffff : -1;
+    for (int j = first / 16 * 16; j < first; j++)
+        for (int h = 0; h < nkv; h++) {
+            const size_t at = ((size_t)(tb[j / 16] * nkv + h) * 16 + j % 16) * D;
+            for (int i = 0; i < D; i++) k[at + i] = v[at + i] = 0x7fc0;
+        }
+}
+
 /* Runs every variant of r that takes the shape over the sequences seqs[0..S) (start = cached
  * tokens before, n_new = tokens now) against a double reference. Outputs are poisoned before each
  * run; unless mixed, the cache slots past each sequence's last token hold NaN, as unwritten slots
  * of a live cache may. mixed: as the backend does with tensor-core prefill, sequences of 2+ new tokens go to
- * sk_attention_prefill in 64-token tiles and single tokens to sk_attention through a list. */
-static inline void attention_seqs(const struct attn_runner *r, const struct attn_seq *seqs, int S, int nh, int nkv,
-                                  int D, int n_splits, int split_len, int mixed)
+ * sk_attention_prefill in 64-token tiles and single tokens to sk_attention through a list.
+ * o (NULL: none) soft-caps and slides a window; then the blocks before each sequence's window are
+ * dropped (attention_drop_before_window), and a second check says that the case tells the
+ * options apart: the reference without the window, and the one without the cap, are each more
+ * than 3 tolerances away from the one with both, so a kernel that ignored either would fail. */
+static inline void attention_seqs_opt(const struct attn_runner *r, const struct attn_seq *seqs, int S, int nh,
+                                      int nkv, int D, int n_splits, int split_len, int mixed,
+                                      const struct attn_opts *o)
 {
+    const float softcap = o ? o->softcap : 0.0f;
+    const int window = o ? o->window : 0;
     int T = 0, max_ctx = 0;
     for (int s = 0; s < S; s++) {
         T += seqs[s].n_new;
@@ -119,13 +178,35 @@ static inline void attention_seqs(const struct attn_runner *r, const struct attn
     size_t qn = (size_t)T * nh * D;
     float *q = malloc(qn * 4);
     for (size_t i = 0; i < qn; i++) q[i] = gt_normal();
-    float scale = 1.0f / sqrtf((float)D);
+    float scale = (o && o->scale_mult > 0 ? o->scale_mult : 1.0f) / sqrtf((float)D);
+
+    double *ref = malloc(qn * 8), *ref_nowin = NULL, *ref_nocap = NULL;
+    if (window > 0) {
+        ref_nowin = malloc(qn * 8);
+        attention_ref_opt(q, k, v, bt, stride, tseq, tpos, T, nh, nkv, D, scale, softcap, 0, ref_nowin);
+        for (int s = 0; s < S; s++)
+            attention_drop_before_window(bt + (size_t)s * stride, k, v, s, seqs[s].start, window, nkv, D);
+    }
+    if (softcap > 0) {
+        ref_nocap = malloc(qn * 8);
+        attention_ref_opt(q, k, v, bt, stride, tseq, tpos, T, nh, nkv, D, scale, 0.0f, window, ref_nocap);
+    }
+    attention_ref_opt(q, k, v, bt, stride, tseq, tpos, T, nh, nkv, D, scale, softcap, window, ref);
 
     uint16_t *dk = gt_up(k, cache_n * 2), *dv = gt_up(v, cache_n * 2), *dout = gt_dev(qn * 2);
     float *dq = gt_up(q, qn * 4);
     int32_t *dbt = gt_up(bt, (size_t)S * stride * 4), *dseq = gt_up(tseq, T * 4), *dpos = gt_up(tpos, T * 4);
     float *dpo = gt_dev((size_t)T * nh * n_splits * D * 4), *dml = gt_dev((size_t)T * nh * n_splits * 2 * 4);
-    struct sk_attn_params p = {T, nh, nkv, D, stride, scale, n_splits, split_len, NULL, 0};
+    struct sk_attn_params p = {.n_tokens = T,
+                               .n_heads = nh,
+                               .n_kv_heads = nkv,
+                               .head_dim = D,
+                               .bt_stride = stride,
+                               .scale = scale,
+                               .n_splits = n_splits,
+                               .split_len = split_len,
+                               .softcap = softcap,
+                               .window = window};
     int32_t *dtiles = NULL, *dlist = NULL;
     int nt = 0;
     if (mixed) {
@@ -150,9 +231,6 @@ static inline void attention_seqs(const struct attn_runner *r, const struct attn
         free(list);
     }
 
-    double *ref = malloc(qn * 8);
-    attention_ref(q, k, v, bt, stride, tseq, tpos, T, nh, nkv, D, scale, ref);
-
     uint16_t *out = malloc(qn * 2);
     float *outf = malloc(qn * 4);
     double errs[ATTN_MAX_VARIANTS], worst = 0;
@@ -172,10 +250,22 @@ static inline void attention_seqs(const struct attn_runner *r, const struct attn
         if (!(errs[mi] < worst)) worst = errs[mi];
         at += snprintf(line + at, sizeof line - at, " %d:%.1e", r->variants[mi], errs[mi]);
     }
+    char opts[64] = "";
+    if (o) snprintf(opts, sizeof opts, " softcap=%g window=%d", softcap, window);
     GT_CHECK(worst < ATTN_TOL,
-             "attention%s nh=%d nkv=%d D=%d splits=%d/%d (S=%d, T=%d, contexts to %d): rel err by variant%s",
-             mixed ? " (tensor-core prefill + listed decode)" : "", nh, nkv, D, n_splits, split_len, S, T, max_ctx,
-             line);
+             "attention%s nh=%d nkv=%d D=%d splits=%d/%d%s (S=%d, T=%d, contexts to %d): rel err by variant%s",
+             mixed ? " (tensor-core prefill + listed decode)" : "", nh, nkv, D, n_splits, split_len, opts, S, T,
+             max_ctx, line);
+    if (o) {
+        const double dw = ref_nowin ? attention_ref_diff(ref_nowin, ref, qn) : INFINITY;
+        const double dc = ref_nocap ? attention_ref_diff(ref_nocap, ref, qn) : INFINITY;
+        GT_CHECK(dw > 3 * ATTN_TOL && dc > 3 * ATTN_TOL,
+                 "attention%s D=%d: the case tells the options apart (the reference without the window moves by "
+                 "%.1e, without the cap by %.1e)",
+                 opts, D, dw, dc);
+    }
+    free(ref_nowin);
+    free(ref_nocap);
     cudaFree(dtiles);
     cudaFree(dlist);
     cudaFree(dk);
@@ -199,6 +289,12 @@ static inline void attention_seqs(const struct attn_runner *r, const struct attn
     free(outf);
 }
 
+static inline void attention_seqs(const struct attn_runner *r, const struct attn_seq *seqs, int S, int nh, int nkv,
+                                  int D, int n_splits, int split_len, int mixed)
+{
+    attention_seqs_opt(r, seqs, S, nh, nkv, D, n_splits, split_len, mixed, NULL);
+}
+
 /* The batches every runner is checked on: head dims 8..256 (the streaming kernel takes 64 and
  * 128), 1 to 16 query heads per kv head, splits of fixed and per-token lengths, tensor-core
  * prefill tiles with listed decode tokens, decode batches at chunk and block edges, and ranges
@@ -211,8 +307,9 @@ static inline void attention_case_m(const struct attn_runner *r, int nh, int nkv
 }
 
 /* A decode batch: one new token per sequence, contexts of random lengths plus the edges of the
- * streaming kernels' 8-key chunks and 16-key blocks. */
-static inline void attention_decode_batch(const struct attn_runner *r, int nh, int nkv, int D, int n_splits)
+ * streaming kernels' 8-key chunks and 16-key blocks (o: as for attention_seqs_opt). */
+static inline void attention_decode_batch_opt(const struct attn_runner *r, int nh, int nkv, int D, int n_splits,
+                                              const struct attn_opts *o)
 {
     enum { S = 40 };
     struct attn_seq seqs[S];
@@ -221,7 +318,12 @@ static inline void attention_decode_batch(const struct attn_runner *r, int nh, i
         seqs[s].start = s < (int)(sizeof edges / sizeof edges[0]) ? edges[s] : gt_int(600);
         seqs[s].n_new = 1;
     }
-    attention_seqs(r, seqs, S, nh, nkv, D, n_splits, 0, 0);
+    attention_seqs_opt(r, seqs, S, nh, nkv, D, n_splits, 0, 0, o);
+}
+
+static inline void attention_decode_batch(const struct attn_runner *r, int nh, int nkv, int D, int n_splits)
+{
+    attention_decode_batch_opt(r, nh, nkv, D, n_splits, NULL);
 }
 
 static inline void attention_cases(const struct attn_runner *r)
@@ -270,6 +372,53 @@ static inline void attention_cases(const struct attn_runner *r)
     attention_seqs(r, longs, 2, 8, 2, 64, 2, 0, 0);
 }
 
+/* Soft-capping and sliding windows (kernels with no such options are not asked: run these on the
+ * shipped kernels alone). Queries up to hundreds of positions past windows of 16, 24 and 100 keys,
+ * the blocks before each sequence's window dropped (-1 or far out of range) and the keys before it
+ * in its first kept block NaN; caps of 50 (on scores scaled up 16 times, so that the cap matters)
+ * and 2; head dims 64 and 128 on every kernel and 16, 48 and 256 (Gemma 2's) on the per-head one;
+ * splits of per-token and of fixed lengths, some of them empty past the window; tensor-core
+ * prefill tiles whose chunks start past the window; decode batches of 1, 2, 4 and 8 query heads
+ * per kv head; and a window 16500 keys into a context. */
+static inline void attention_window_cases(const struct attn_runner *r)
+{
+    const struct attn_seq seqs[] = {{300, 1}, {517, 1}, {5, 1},    {0, 37},  {250, 150},
+                                    {700, 40}, {1000, 1}, {130, 70}, {64, 1}};
+    const int S = (int)(sizeof seqs / sizeof seqs[0]);
+    const struct attn_opts w16 = {0, 16, 0}, w100 = {0, 100, 0}, c50 = {50, 0, 16}, w24c50 = {50, 24, 16},
+                           w100c50 = {50, 100, 16}, w16c2 = {2, 16, 0}, w100c2 = {2, 100, 0};
+    /* Every token through the decode kernels. */
+    attention_seqs_opt(r, seqs, S, 8, 2, 128, 1, 0, 0, &w16);
+    attention_seqs_opt(r, seqs, S, 16, 4, 64, 3, 0, 0, &w24c50);
+    attention_seqs_opt(r, seqs, S, 32, 8, 128, 4, 32, 0, &w100c2); /* fixed ranges that just cover it */
+    attention_seqs_opt(r, seqs, S, 8, 2, 128, 8, 16, 0, &w100);    /* short contexts leave ranges empty */
+    attention_seqs_opt(r, seqs, S, 8, 2, 128, 5, 0, 0, &c50);
+    attention_seqs_opt(r, seqs, S, 8, 2, 64, 1, 0, 0, &w16c2);
+    /* The per-head kernel's other paths. */
+    attention_seqs_opt(r, seqs, S, 8, 2, 48, 2, 0, 0, &w24c50);
+    attention_seqs_opt(r, seqs, S, 8, 4, 16, 1, 0, 0, &w16c2);
+    attention_seqs_opt(r, seqs, S, 8, 4, 256, 1, 0, 0, &w100c50);
+    attention_seqs_opt(r, seqs, S, 8, 4, 256, 3, 0, 0, &w24c50);
+    /* Tensor-core prefill tiles with listed decode tokens. */
+    attention_seqs_opt(r, seqs, S, 8, 2, 128, 1, 0, 1, &w16);
+    attention_seqs_opt(r, seqs, S, 8, 2, 64, 2, 0, 1, &w24c50);
+    attention_seqs_opt(r, seqs, S, 32, 8, 128, 3, 0, 1, &w100c2);
+    attention_seqs_opt(r, seqs, S, 8, 2, 128, 1, 0, 1, &c50);
+    attention_seqs_opt(r, seqs, S, 12, 12, 64, 1, 0, 1, &w100);
+    attention_seqs_opt(r, seqs, S, 16, 8, 128, 2, 0, 1, &w100c50);
+    /* Decode batches. */
+    attention_decode_batch_opt(r, 32, 8, 128, 1, &w16);
+    attention_decode_batch_opt(r, 32, 8, 128, 2, &w24c50);
+    attention_decode_batch_opt(r, 64, 8, 128, 5, &w100c2);
+    attention_decode_batch_opt(r, 16, 8, 128, 3, &w100);
+    attention_decode_batch_opt(r, 16, 2, 64, 1, &w24c50);
+    attention_decode_batch_opt(r, 4, 4, 64, 3, &w16c2);
+    /* A window far into a long context: the streaming kernel stages the table from its block on. */
+    const struct attn_seq longs[] = {{16500, 1}, {3000, 1}};
+    const struct attn_opts w1000c50 = {50, 1000, 16};
+    attention_seqs_opt(r, longs, 2, 8, 2, 128, 2, 0, 0, &w1000c50);
+}
+
 /* Times decode attention over a batch of sequences that each hold ctx keys (one new token each):
  * enough layers' caches to exceed L2 are cycled, block tables are shuffled as in a live cache,
  * and each variant's median over 9 samples of 4 passes over the layers is reported in
@@ -298,7 +447,13 @@ static inline void bench_decode_batch(const struct attn_runner *r, int nh, int n
     GT_CUDA(sk_fill_dummy_f32(dq, 1, 3, 0, (int64_t)qn, 0, 0));
     uint16_t *dout = gt_dev(qn * 2);
     float *dpo = gt_dev(qn * n_splits * 4), *dml = gt_dev((size_t)batch * nh * n_splits * 8);
-    struct sk_attn_params p = {batch, nh, nkv, D, nb, 1.0f / sqrtf((float)D), n_splits, 0, NULL, 0};
+    struct sk_attn_params p = {.n_tokens = batch,
+                               .n_heads = nh,
+                               .n_kv_heads = nkv,
+                               .head_dim = D,
+                               .bt_stride = nb,
+                               .scale = 1.0f / sqrtf((float)D),
+                               .n_splits = n_splits};
     cudaEvent_t a, b;
     cudaStream_t st;
     GT_CUDA(cudaEventCreate(&a));

@@ -163,7 +163,7 @@ int main(int argc, char **argv)
                                  .gpu_memory_utilization = 0.9,
                                  .max_batch_tokens = a.n_prompt > 256 ? a.n_prompt : 256,
                                  .max_batch_seqs = 4,
-                                 .n_threads = a.threads,
+                                 .cpu.n_threads = a.threads,
                                  .device = 0};
     int crc = !strcmp(a.device, "cuda") ? backend_cuda_create(&b, m, &bo, err, sizeof err)
                                         : backend_cpu_create(&b, m, &bo, err, sizeof err);

@@ -20,7 +20,7 @@ probe="$BUILD/tests/gpu/test_kernels"
 cuda_lib_path "$probe"
 summary=()
 # SLUICE_GPU_TESTS picks a subset, e.g. "test_hf_parity" for the transformers parity test alone.
-TESTS=${SLUICE_GPU_TESTS:-"test_kernels test_gemv_q test_hopper_gemm test_backend test_sampling_constraints test_prompt_outputs test_batch_invariance test_fp8 test_moe test_comm_nccl test_tp_cuda test_hf_parity"}
+TESTS=${SLUICE_GPU_TESTS:-"test_kernels test_gemv_q test_hopper_gemm test_backend test_sampling_constraints test_prompt_outputs test_batch_invariance test_fp8 test_moe test_families test_family_kernels test_comm_nccl test_tp_cuda test_hf_parity"}
 for t in $TESTS; do
     [ "$t" = test_hf_parity ] && continue
     bin="$BUILD/tests/gpu/$t"

@@ -441,7 +441,7 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
     struct backend_options bo = {.kv_blocks = 4 * BLOCKS_PER_SEQ,
                                  .max_batch_tokens = 512,
                                  .max_batch_seqs = 8,
-                                 .n_threads = 4,
+                                 .cpu.n_threads = 4,
                                  .gpu_memory_utilization = 0.9};
     struct backend *cpu = NULL;
     if (backend_cpu_create(&cpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "backend_cpu_create: %s", err);

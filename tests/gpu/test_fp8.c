@@ -1,4 +1,4 @@
-/* FP8 weights on CUDA (worker/backend/cuda/cuda_fp8.c, kernels/fp8.cu, kernels/fp8_mma.cu).
+/* FP8 weights on CUDA (worker/backend/cuda/cuda_fp8.c, kernels/fp8_*.cu).
  *
  * Kernels against the CPU on the same e4m3 codes: row quantization and dequantization bit for
  * bit (fp8.c's arithmetic), the decode gemv and the tensor-core kernel within fp32 summation
@@ -6,7 +6,7 @@
  * checkpoint fixtures (tests/fixtures/fp8) on CUDA against the CPU backend, which dequantizes the
  * same codes exactly (bound: the bf16 backend's own against the CPU where activations stay bf16;
  * where cuBLASLt's FP8 GEMM quantizes them per token, against a CPU yardstick that rounds its
- * activations the same way, backend_options.cpu_fp8_act_rows); then --quantization fp8 against
+ * activations the same way, backend_options.cpu.fp8_act_rows); then --quantization fp8 against
  * the bf16 model on CUDA for stories260K and a two-layer Llama-3-8B-shaped dummy, bounded by the
  * same comparison on the CPU: logits close and the greedy token the same where the bf16 model's
  * choice is decisive (a trained model's rows; random weights have none, which the test says). */
@@ -322,7 +322,7 @@ static struct compare compare_logits(const float *a, const float *ref, int rows,
     return c;
 }
 
-/* The CPU yardstick's steps (backend_options.cpu_fp8_act_rows): for each layer product, steps of
+/* The CPU yardstick's steps (backend_options.cpu.fp8_act_rows): for each layer product, steps of
  * at least rows[i] tokens have e4m3 activations (0: none). */
 struct act_rows {
     int32_t rows[4];
@@ -334,9 +334,9 @@ struct act_rows {
 static struct backend *make_backend(const struct model *m, bool cpu, struct cuda_options co, const struct act_rows *a)
 {
     struct backend_options bo = {.kv_blocks = MAX_SEQS * BLOCKS_PER_SEQ, .max_batch_tokens = 1024,
-                                 .max_batch_seqs = MAX_SEQS, .n_threads = 8, .gpu_memory_utilization = 0.5,
+                                 .max_batch_seqs = MAX_SEQS, .cpu.n_threads = 8, .gpu_memory_utilization = 0.5,
                                  .cuda = co};
-    if (a) memcpy(bo.cpu_fp8_act_rows, a->rows, sizeof bo.cpu_fp8_act_rows);
+    if (a) memcpy(bo.cpu.fp8_act_rows, a->rows, sizeof bo.cpu.fp8_act_rows);
     char err[512];
     struct backend *b = NULL;
     const int rc = cpu ? backend_cpu_create(&b, m, &bo, err, sizeof err) : backend_cuda_create(&b, m, &bo, err, sizeof err);
@@ -427,7 +427,7 @@ static double cuda_vs_cpu(const struct model *m, struct cuda_options co, int n, 
  * the bound is the bf16 model's own against the CPU (3e-2, test_backend.c). Where cuBLASLt's FP8
  * GEMM takes a step (here the prompts: 12 x 8 and 40 x 8 tokens, over 64) it quantizes the
  * activations per token too, an error of its own (e4m3: up to 1/16 of each value, about 3% rms
- * of a product), which the CPU's yardstick (cpu_fp8_act_rows) makes the same way: CUDA against
+ * of a product), which the CPU's yardstick (cpu_options.fp8_act_rows) makes the same way: CUDA against
  * that within 6e-2, the bf16 bound plus the codes that round the other way because CUDA's and
  * the CPU's activations differ slightly (a code next to a rounding boundary moves by a whole
  * e4m3 step, 1/16 to 1/8 of itself, where the inputs differed by much less; about as much again

@@ -1,4 +1,4 @@
-/* The GGUF block kernels (kernels/gemv_q.cu) against worker/model/quant.c, the bit-exact
+/* The GGUF block kernels (kernels/quant_*.cu) against worker/model/quant.c, the bit-exact
  * reference, on random blocks of every type they take: sk_dequant_bf16 must give exactly the
  * bf16 of quant.c's floats, and sk_gemv_q the fp32 product of quant.c's floats with x (sums in
  * another order only; on the int8-activation path of Q4_K, Q6_K and Q8_0, with x as that path

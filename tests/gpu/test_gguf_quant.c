@@ -123,7 +123,7 @@ static double cuda_vs_cpu(struct model *m, const int32_t *prompt, int n_prompt, 
                           double *yardstick)
 {
     const int V = m->config.vocab_size;
-    struct backend_options bo = {.kv_blocks = BLOCKS, .max_batch_tokens = 256, .max_batch_seqs = 2, .n_threads = 4,
+    struct backend_options bo = {.kv_blocks = BLOCKS, .max_batch_tokens = 256, .max_batch_seqs = 2, .cpu.n_threads = 4,
                                  .gpu_memory_utilization = 0.5};
     char err[512];
     struct backend *cpu = NULL, *gpu = NULL;

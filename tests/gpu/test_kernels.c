@@ -423,7 +423,8 @@ static void test_qkv_post_case(int nh, int nkv, int D, int interleaved, int bias
     size_t cache_n = (size_t)nblocks * nkv * 16 * D;
     float *dq = gt_dev((size_t)T * nh * D * 4);
     uint16_t *dk = gt_dev(cache_n * 2), *dv = gt_dev(cache_n * 2);
-    struct sk_qkv_params p = {T, nh, nkv, D, eps, interleaved};
+    struct sk_qkv_params p = {
+        .n_tokens = T, .n_heads = nh, .n_kv_heads = nkv, .head_dim = D, .eps = eps, .interleaved = interleaved};
     GT_CUDA(cudaMemset(dk, 0, cache_n * 2));
     GT_CUDA(cudaMemset(dv, 0, cache_n * 2));
     GT_CUDA(sk_qkv_post(dqkv, bias ? db : NULL, qknorm ? dqn : NULL, qknorm ? dkn : NULL, dinv, dpos, dslot, dq, dk, dv,
@@ -534,8 +535,8 @@ static const struct attn_runner shipped = {2, shipped_variants, attn_run_shipped
 
 /* Times prefill attention over one sequence of n tokens: tensor-core tiles against the streaming
  * decode kernel, which takes prefill tokens where the tiles are off (--cuda-options
- * prefill_mma=0). */
-static void bench_prefill_attention(int nh, int nkv, int D, int n)
+ * prefill_mma=0). softcap and window as in sk_attn_params (the tiles' second kernel). */
+static void bench_prefill_attention(int nh, int nkv, int D, int n, float softcap, int window)
 {
     const int nblocks = (n + 15) / 16;
     size_t cache_n = (size_t)nblocks * nkv * 16 * D, qn = (size_t)n * nh * D;
@@ -555,7 +556,15 @@ static void bench_prefill_attention(int nh, int nkv, int D, int n)
     }
     int32_t *dbt = gt_up(bt, nblocks * 4), *dpos = gt_up(pos, n * 4), *dseq = gt_up(seq, n * 4),
             *dtiles = gt_up(tiles, nt * 12);
-    struct sk_attn_params p = {n, nh, nkv, D, nblocks, 0.08f, 1, 0, NULL, 0};
+    struct sk_attn_params p = {.n_tokens = n,
+                               .n_heads = nh,
+                               .n_kv_heads = nkv,
+                               .head_dim = D,
+                               .bt_stride = nblocks,
+                               .scale = 0.08f,
+                               .n_splits = 1,
+                               .softcap = softcap,
+                               .window = window};
     cudaEvent_t a, b;
     GT_CUDA(cudaEventCreate(&a));
     GT_CUDA(cudaEventCreate(&b));
@@ -573,10 +582,12 @@ static void bench_prefill_attention(int nh, int nkv, int D, int n)
         GT_CUDA(cudaEventElapsedTime(&ms[v], a, b));
         ms[v] /= 3;
     }
-    double flop = 4.0 * n * (n + 1) / 2.0 * D * nh;
-    printf("  bench prefill attention nh=%d nkv=%d D=%d n=%d: tensor cores %.2f ms (%.0f TFLOP/s), decode kernel %.2f "
-           "ms\n",
-           nh, nkv, D, n, ms[0], flop / (ms[0] * 1e9), ms[1]);
+    double keys = 0;
+    for (int i = 0; i < n; i++) keys += window > 0 && i + 1 > window ? window : i + 1;
+    double flop = 4.0 * keys * D * nh;
+    printf("  bench prefill attention nh=%d nkv=%d D=%d n=%d softcap=%g window=%d: tensor cores %.2f ms (%.0f "
+           "TFLOP/s), decode kernel %.2f ms\n",
+           nh, nkv, D, n, softcap, window, ms[0], flop / (ms[0] * 1e9), ms[1]);
     cudaEventDestroy(a);
     cudaEventDestroy(b);
     cudaFree(dk);
@@ -647,7 +658,14 @@ static void test_attention_settled(int nh, int nkv, int D, int n_splits, int own
     for (int settled = 0; settled < 2; settled++)
         for (int mi = 0; mi < shipped.n; mi++) {
             const int v = shipped.variants[mi];
-            struct sk_attn_params p = {S, nh, nkv, D, stride, scale, n_splits, 0, NULL, settled};
+            struct sk_attn_params p = {.n_tokens = S,
+                                       .n_heads = nh,
+                                       .n_kv_heads = nkv,
+                                       .head_dim = D,
+                                       .bt_stride = stride,
+                                       .scale = scale,
+                                       .n_splits = n_splits,
+                                       .settled_keys = settled};
             GT_CUDA(cudaMemcpy(dkv, kv_old, cache_n * 4, cudaMemcpyHostToDevice));
             GT_CUDA(cudaMemset(dout, 0xff, qn * 2));
             GT_CUDA(sk_test_late_copy(dkv, dkv_new, cache_n * 4, 300, st));
@@ -690,10 +708,13 @@ static void test_attention_settled(int nh, int nkv, int D, int n_splits, int own
  * reference over those caches. The own slots start as NaN, so a kernel that read its own key
  * from the cache instead of merging it itself would fail; the parts arrive through
  * sk_test_late_copy 300 us after the kernel may start, so one that read them before its wait
- * would see zeros. */
+ * would see zeros. o (NULL: none) soft-caps and slides a window as in attention_seqs_opt, blocks
+ * before each token's window dropped, and the case must tell the options apart. */
 static void test_attention_decode_qkv(int nh, int nkv, int n_splits, int n_parts, int bias, int qknorm,
-                                      int interleaved)
+                                      int interleaved, const struct attn_opts *o)
 {
+    const float softcap = o ? o->softcap : 0.0f;
+    const int window = o ? o->window : 0;
     enum { S = 40, D = 128 };
     const int nall = nh + 2 * nkv, stride = 40, nblocks = S * stride + 3;
     const int edges[] = {0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 127, 128, 191, 255, 256, 383};
@@ -714,6 +735,11 @@ static void test_attention_decode_qkv(int nh, int nkv, int n_splits, int n_parts
                 const size_t at = ((size_t)(bt[s * stride + j / 16] * nkv + h) * 16 + j % 16) * D;
                 for (int i = 0; i < D; i++) kv[at + i] = kv[cache_n + at + i] = 0x7fc0;
             }
+    int32_t *bt_full = malloc((size_t)S * stride * 4);
+    memcpy(bt_full, bt, (size_t)S * stride * 4);
+    if (window > 0)
+        for (int s = 0; s < S; s++)
+            attention_drop_before_window(bt + s * stride, kv, kv + cache_n, s, tpos[s], window, nkv, D);
     const int64_t width = (int64_t)nall * D, part_stride = S * width + 64;
     const size_t parts_n = (size_t)part_stride * n_parts;
     float *parts = malloc(parts_n * 4), *b = malloc((size_t)width * 4), *qn = malloc(D * 4), *kn = malloc(D * 4),
@@ -732,12 +758,22 @@ static void test_attention_decode_qkv(int nh, int nkv, int n_splits, int n_parts
     const size_t qsz = (size_t)S * nh * D;
     uint16_t *dkv = gt_up(kv, cache_n * 4), *dout = gt_dev(qsz * 2);
     float *dq = gt_dev(qsz * 4), *dpo = gt_dev(qsz * n_splits * 4), *dml = gt_dev((size_t)S * nh * n_splits * 8);
-    const float scale = 1.0f / sqrtf((float)D);
-    struct sk_attn_params p = {S, nh, nkv, D, stride, scale, n_splits, 0, NULL, 1};
+    const float scale = (o && o->scale_mult > 0 ? o->scale_mult : 1.0f) / sqrtf((float)D);
+    struct sk_attn_params p = {.n_tokens = S,
+                               .n_heads = nh,
+                               .n_kv_heads = nkv,
+                               .head_dim = D,
+                               .bt_stride = stride,
+                               .scale = scale,
+                               .n_splits = n_splits,
+                               .settled_keys = 1,
+                               .softcap = softcap,
+                               .window = window};
     GT_CHECK(sk_attention_decode_qkv_fits(&p), "sk_attention_decode_qkv takes nh=%d nkv=%d D=128 settled", nh, nkv);
 
     /* qkv_post, then the tensor-core decode attention. */
-    const struct sk_qkv_params qp = {S, nh, nkv, D, 1e-6f, interleaved};
+    const struct sk_qkv_params qp = {
+        .n_tokens = S, .n_heads = nh, .n_kv_heads = nkv, .head_dim = D, .eps = 1e-6f, .interleaved = interleaved};
     GT_CUDA(sk_qkv_post_parts(dparts, n_parts, part_stride, bias ? db : NULL, qknorm ? dqn : NULL, qknorm ? dkn : NULL,
                               dinv, dpos, dslot, dq, dkv, dkv + cache_n, qp, 0));
     GT_CUDA(cudaMemset(dout, 0xff, qsz * 2));
@@ -766,13 +802,36 @@ static void test_attention_decode_qkv(int nh, int nkv, int n_splits, int n_parts
     for (size_t i = 0; i < qsz; i++) out_b[i] = gt_bf2f(out[i]);
 
     double *ref = malloc(qsz * 8);
-    attention_ref(q, kv_a, kv_a + cache_n, bt, stride, tseq, tpos, S, nh, nkv, D, scale, ref);
+    attention_ref_opt(q, kv_a, kv_a + cache_n, bt, stride, tseq, tpos, S, nh, nkv, D, scale, softcap, window, ref);
     const double ea = gt_rel_err(out_a, ref, qsz), eb = gt_rel_err(out_b, ref, qsz);
+    char opts[64] = "";
+    if (o) snprintf(opts, sizeof opts, " softcap=%g window=%d", softcap, window);
     GT_CHECK(!memcmp(kv_a, kv_b, cache_n * 4) && eb < BF_TOL && ea < BF_TOL,
-             "attention with qkv_post's work nh=%d nkv=%d splits=%d parts=%d bias=%d qknorm=%d interleaved=%d: caches "
-             "%s qkv_post's, rel err %.1e (qkv_post + attention %.1e)",
-             nh, nkv, n_splits, n_parts, bias, qknorm, interleaved, memcmp(kv_a, kv_b, cache_n * 4) ? "differ from" : "equal",
-             eb, ea);
+             "attention with qkv_post's work nh=%d nkv=%d splits=%d parts=%d bias=%d qknorm=%d interleaved=%d%s: "
+             "caches %s qkv_post's, rel err %.1e (qkv_post + attention %.1e)",
+             nh, nkv, n_splits, n_parts, bias, qknorm, interleaved, opts,
+             memcmp(kv_a, kv_b, cache_n * 4) ? "differ from" : "equal", eb, ea);
+    if (o) {
+        /* Without the window over the whole table, the NaN keys before it read as 0. */
+        double *alt = malloc(qsz * 8), dw = INFINITY, dc = INFINITY;
+        if (window > 0) {
+            uint16_t *kv_z = malloc(cache_n * 4);
+            for (size_t i = 0; i < 2 * cache_n; i++) kv_z[i] = kv_a[i] == 0x7fc0 ? 0 : kv_a[i];
+            attention_ref_opt(q, kv_z, kv_z + cache_n, bt_full, stride, tseq, tpos, S, nh, nkv, D, scale, softcap, 0,
+                              alt);
+            dw = attention_ref_diff(alt, ref, qsz);
+            free(kv_z);
+        }
+        if (softcap > 0) {
+            attention_ref_opt(q, kv_a, kv_a + cache_n, bt, stride, tseq, tpos, S, nh, nkv, D, scale, 0.0f, window, alt);
+            dc = attention_ref_diff(alt, ref, qsz);
+        }
+        GT_CHECK(dw > 3 * BF_TOL && dc > 3 * BF_TOL,
+                 "attention with qkv_post's work%s: the case tells the options apart (the reference without the "
+                 "window moves by %.1e, without the cap by %.1e)",
+                 opts, dw, dc);
+        free(alt);
+    }
     /* Refusals: head_dim 64, keys not settled. */
     struct sk_attn_params p64 = p, unsettled = p;
     p64.head_dim = 64;
@@ -786,25 +845,41 @@ static void test_attention_decode_qkv(int nh, int nkv, int n_splits, int n_parts
     GT_CUDA(cudaStreamDestroy(st));
     void *dev[] = {dparts, dlive, db, dqn, dkn, dinv, dbt, dseq, dpos, dslot, dkv, dout, dq, dpo, dml};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
-    void *host[] = {bt, kv, parts, b, qn, kn, inv, kv_a, kv_b, out, q, out_a, out_b, ref};
+    void *host[] = {bt, bt_full, kv, parts, b, qn, kn, inv, kv_a, kv_b, out, q, out_a, out_b, ref};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
 }
 
 /* qkv_post's work inside the decode attention. */
 static void test_attention_decode_qkv_shapes(void)
 {
-    test_attention_decode_qkv(32, 8, 1, 3, 0, 0, 0);
-    test_attention_decode_qkv(32, 8, 2, 1, 1, 0, 0);
-    test_attention_decode_qkv(16, 8, 1, 7, 0, 1, 1);
-    test_attention_decode_qkv(64, 8, 3, 2, 1, 1, 0);
-    test_attention_decode_qkv(8, 8, 1, 1, 0, 0, 1);
-    test_attention_decode_qkv(16, 2, 2, 4, 1, 0, 1);
+    test_attention_decode_qkv(32, 8, 1, 3, 0, 0, 0, NULL);
+    test_attention_decode_qkv(32, 8, 2, 1, 1, 0, 0, NULL);
+    test_attention_decode_qkv(16, 8, 1, 7, 0, 1, 1, NULL);
+    test_attention_decode_qkv(64, 8, 3, 2, 1, 1, 0, NULL);
+    test_attention_decode_qkv(8, 8, 1, 1, 0, 0, 1, NULL);
+    test_attention_decode_qkv(16, 2, 2, 4, 1, 0, 1, NULL);
+}
+
+/* Soft-capping and sliding windows there: caps of 50 (on q-normed heads with the scale 16 times
+ * larger, so that the cap matters) and 2, windows of 16, 24 and 100, 1 to 8 query heads per kv
+ * head, with and without splits. */
+static void test_attention_decode_qkv_windows(void)
+{
+    const struct attn_opts w16 = {0, 16, 0}, w100 = {0, 100, 0}, c50 = {50, 0, 16}, w24c50 = {50, 24, 16},
+                           w16c2 = {2, 16, 0}, w100c2 = {2, 100, 0};
+    test_attention_decode_qkv(32, 8, 2, 3, 0, 1, 0, &w24c50);
+    test_attention_decode_qkv(64, 8, 3, 2, 1, 0, 0, &w100c2);
+    test_attention_decode_qkv(16, 8, 1, 1, 0, 1, 1, &w16);
+    test_attention_decode_qkv(8, 8, 4, 1, 0, 0, 1, &w16c2);
+    test_attention_decode_qkv(32, 8, 1, 2, 1, 1, 0, &c50);
+    test_attention_decode_qkv(16, 2, 2, 4, 1, 0, 1, &w100);
 }
 
 static void test_attention(void)
 {
     printf("attention\n");
     attention_cases(&shipped);
+    attention_window_cases(&shipped);
     /* Keys read before the previous kernel ends (settled_keys). */
     test_attention_settled(32, 8, 128, 1, 1);
     test_attention_settled(32, 8, 128, 1, 0);
@@ -812,6 +887,7 @@ static void test_attention(void)
     test_attention_settled(16, 8, 64, 1, 1);
     test_attention_settled(16, 8, 64, 2, 0);
     test_attention_decode_qkv_shapes();
+    test_attention_decode_qkv_windows();
 }
 
 /* The shipped kernels at the shapes the backend meets (Llama-3-8B unless noted); the variants that
@@ -1090,11 +1166,18 @@ int main(void)
 {
     if (!gt_have_gpu()) return 0;
     /* SLUICE_GPU_ONLY=attention: the attention tests and decode-attention benches alone;
-     * =attention_qkv: sk_attention_decode_qkv's tests alone (e.g. under compute-sanitizer). */
+     * =attention_qkv: sk_attention_decode_qkv's tests alone (e.g. under compute-sanitizer);
+     * =attention_window: the soft-capping and sliding-window cases alone (likewise). */
     const char *only = getenv("SLUICE_GPU_ONLY");
     const int all = !(only && !strcmp(only, "attention"));
     if (only && !strcmp(only, "attention_qkv")) {
         test_attention_decode_qkv_shapes();
+        test_attention_decode_qkv_windows();
+        return gt_finish();
+    }
+    if (only && !strcmp(only, "attention_window")) {
+        attention_window_cases(&shipped);
+        test_attention_decode_qkv_windows();
         return gt_finish();
     }
     const char *prof = getenv("SLUICE_ATTN_PROFILE");
@@ -1122,7 +1205,7 @@ int main(void)
         test_qkv_post_case(6, 2, 80, 1, 0, 1);
         test_qkv_post_case(4, 2, 128, 1, 1, 1);
         {
-            struct sk_qkv_params p = {1, 2, 1, 8, 1e-6f, 0};
+            struct sk_qkv_params p = {.n_tokens = 1, .n_heads = 2, .n_kv_heads = 1, .head_dim = 8, .eps = 1e-6f};
             float *d = gt_dev(1 << 12);
             GT_CHECK(sk_qkv_post_parts(d, 0, 32, NULL, NULL, NULL, d, NULL, NULL, d, NULL, NULL, p, 0) ==
                              cudaErrorInvalidValue &&
@@ -1144,9 +1227,11 @@ int main(void)
     }
     printf("bench\n");
     if (all) {
-        bench_prefill_attention(32, 8, 128, 2048);
-        bench_prefill_attention(32, 8, 128, 8192);
-        bench_prefill_attention(32, 8, 64, 2048);
+        bench_prefill_attention(32, 8, 128, 2048, 0, 0);
+        bench_prefill_attention(32, 8, 128, 8192, 0, 0);
+        bench_prefill_attention(32, 8, 64, 2048, 0, 0);
+        bench_prefill_attention(32, 8, 128, 8192, 0, 4096); /* Mistral's window */
+        bench_prefill_attention(32, 8, 128, 2048, 50, 0);   /* a cap alone */
     }
     if (!getenv("SLUICE_ATTN_NOBENCH")) bench_attention(&shipped); /* e.g. under compute-sanitizer */
     return gt_finish();

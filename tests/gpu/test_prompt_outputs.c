@@ -99,7 +99,7 @@ static void test_model(const char *name, const char *config_json)
     if (!m) return;
     const int V = m->config.vocab_size, H = m->config.hidden_size;
     struct backend_options bo = {.kv_blocks = 4 * BLOCKS + 2, .max_batch_tokens = 256, .max_batch_seqs = 8,
-                                 .n_threads = 4, .gpu_memory_utilization = 0.9};
+                                 .cpu.n_threads = 4, .gpu_memory_utilization = 0.9};
     char err[512];
     struct backend *cpu = NULL, *gpu = NULL;
     if (backend_cpu_create(&cpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "backend_cpu_create: %s", err);

@@ -49,7 +49,7 @@ struct worker_options {
     struct cuda_options cuda;       /* CUDA: --enforce-eager, --cuda-step-timeout, ... (cuda_options.h) */
     const char *cuda_options;       /* --cuda-options KEY=VALUE,..., parsed into cuda */
     bool no_overlap_steps;          /* each step's tokens reach the host before the next step is queued */
-    long threads;
+    struct cpu_options cpu;         /* CPU: --threads (cpu_options.h) */
     long tensor_parallel_size;      /* ranks the model is sharded over, 0: not given (--num-gpus is its alias) */
     long num_gpus;
     double heartbeat_interval;      /* seconds */

@@ -208,28 +208,36 @@ struct cuda_options {
     const char *nccl_library; /* the NCCL library to dlopen (NULL: the loader's libnccl.so.2) */
 };
 
+/* The CPU backend's options; zero everywhere is the default. n_threads is the worker's --threads
+ * (worker/backend/cpu/cpu_options.h); the rest are for tests and benchmarks to compare against.
+ * n_threads is a long because the flag table writes it there (FLAG_INT). */
+struct cpu_options {
+    long n_threads;         /* threads of the backend, its tensor-parallel ranks' together; 0: the cores
+                               online */
+    /* Dequantize GGUF block weights to float32 at load instead of keeping them in their blocks: the
+     * same results, 4-8x the memory. */
+    bool f32_weights;
+    /* A yardstick for the CUDA backend's FP8 GEMM (cuBLASLt), which quantizes activations: for each
+     * layer product (qkv, o, gate/up, down), in steps of at least this many tokens (0: never), its
+     * input is rounded to bf16 and then to e4m3 with a scale per token (fp8_quantize_row), as the
+     * CUDA path does. */
+    int32_t fp8_act_rows[4];
+};
+
 struct backend_options {
     int32_t kv_blocks;            /* 0: size automatically (CUDA: gpu_memory_utilization) */
     double gpu_memory_utilization;
     int32_t max_batch_tokens;     /* --max-num-batched-tokens */
     int32_t max_batch_seqs;       /* --max-num-seqs */
-    int32_t n_threads;            /* CPU: 0 = number of cores */
     int32_t device;               /* CUDA device ordinal */
     /* --deterministic: a sequence's arithmetic does not depend on what else shares its steps
      * (batch size, chunking), so greedy output equals the sequence's output alone. */
     bool deterministic;
-    /* CPU: dequantize GGUF block weights to float32 at load instead of keeping them in their
-     * blocks: the same results, 4-8x the memory; for tests and benchmarks to compare against. */
-    bool cpu_f32_weights;
-    /* CPU, a yardstick for the CUDA backend's FP8 GEMM (cuBLASLt), which quantizes activations:
-     * for each layer product (qkv, o, gate/up, down), in steps of at least this many tokens (0:
-     * never), its input is rounded to bf16 and then to e4m3 with a scale per token
-     * (fp8_quantize_row), as the CUDA path does. For tests. */
-    int32_t cpu_fp8_act_rows[4];
     /* --tensor-parallel-size: ranks the model is sharded over; 0: not asked. CPU: one thread per
      * rank in this process (worker/backend/cpu/cpu_tp.c), 0 and 1 alike. CUDA: 1 (so far) makes
      * an NCCL communicator of one GPU whose collectives are no-ops (cuda/cuda_tp.c), 0 none. */
     int32_t tensor_parallel_size;
+    struct cpu_options cpu;
     struct cuda_options cuda;
 };
 

@@ -13,6 +13,7 @@
 #include "common/flags.h"
 #include "worker/model/fp8.h"
 #include "common/log.h"
+#include "worker/backend/cpu/cpu_options.h"
 #include "worker/backend/cuda/cuda_options.h"
 #include "worker/cli/cli.h"
 #include "worker/engine/engine.h"
@@ -97,10 +98,11 @@ int cli_bench_main(int argc, char **argv)
 {
     const char *model_path = NULL, *tokenizer = NULL, *device = "cuda", *load_format = "auto", *batches = "1,8,64", *quantization = "none",
                *log_level = "warn";
-    long input_len = 128, output_len = 128, kv_tokens = 0, threads = 0, max_batched = 8192, warmup = 1;
+    long input_len = 128, output_len = 128, kv_tokens = 0, max_batched = 8192, warmup = 1;
     double gpu_util = 0.9;
     bool deterministic = false, no_overlap = false;
     long tp_size = 0;
+    struct cpu_options cpu = {0};
     struct cuda_options cuda = {.step_timeout_s = CUDA_STEP_TIMEOUT_S};
     const char *cuda_text = NULL;
     const struct flag_spec specs[] = {
@@ -116,7 +118,7 @@ int cli_bench_main(int argc, char **argv)
         {"max-num-batched-tokens", FLAG_INT, &max_batched, NULL, "N", "tokens per step", 16, 1 << 20},
         {"warmup", FLAG_INT, &warmup, NULL, "N", "untimed rounds of 2 output tokens before each batch size", 0, 100},
         {"gpu-memory-utilization", FLAG_DOUBLE, &gpu_util, NULL, "F", "CUDA memory share", 0.05, 1},
-        {"threads", FLAG_INT, &threads, NULL, "N", "CPU threads", 0, 1024},
+        CPU_OPTIONS_FLAG_SPECS(&cpu),
         {"tensor-parallel-size", FLAG_INT, &tp_size, NULL, "N", "ranks to shard the model over (see the worker's flag) (default: none)", 1, 64},
         {"deterministic", FLAG_BOOL, &deterministic, NULL, NULL, "CUDA: batch-invariant arithmetic (see the worker's flag)", 0, 0},
         CUDA_OPTIONS_FLAG_SPECS(&cuda, &cuda_text),
@@ -176,9 +178,9 @@ int cli_bench_main(int argc, char **argv)
         .gpu_memory_utilization = gpu_util,
         .max_batch_tokens = (int32_t)max_batched,
         .max_batch_seqs = max_b,
-        .n_threads = (int32_t)threads,
         .tensor_parallel_size = (int32_t)tp_size,
         .deterministic = deterministic,
+        .cpu = cpu,
         .cuda = cuda,
         .kv_blocks = !strcmp(device, "cpu")
                          ? (int32_t)((kv_tokens ? kv_tokens : max_b * (seq_tokens + KV_BLOCK_SIZE)) / KV_BLOCK_SIZE + 1)

@@ -19,6 +19,7 @@
 #include "common/utf8.h"
 #include "worker/api/gen_output.h"
 #include "worker/api/worker.h"
+#include "worker/backend/cpu/cpu_options.h"
 #include "worker/backend/cuda/cuda_options.h"
 #include "worker/cli/cli.h"
 
@@ -170,9 +171,9 @@ static int load_everything(struct worker *w)
         .gpu_memory_utilization = w->opt.gpu_memory_utilization,
         .max_batch_tokens = (int32_t)w->opt.max_num_batched_tokens,
         .max_batch_seqs = (int32_t)w->opt.max_num_seqs,
-        .n_threads = (int32_t)w->opt.threads,
         .tensor_parallel_size = (int32_t)w->opt.tensor_parallel_size,
         .deterministic = w->opt.deterministic,
+        .cpu = w->opt.cpu,
         .cuda = w->opt.cuda,
     };
     int rc;
@@ -278,7 +279,7 @@ int worker_serve_main(int argc, char **argv)
         {"max-model-len", FLAG_INT, &o->max_model_len, NULL, "N", "context length (default: the model's)", 0, 1 << 24},
         {"kv-cache-tokens", FLAG_INT, &o->kv_cache_tokens, NULL, "N", "CPU: KV cache size in tokens", 16, 1 << 26},
         {"gpu-memory-utilization", FLAG_DOUBLE, &o->gpu_memory_utilization, NULL, "F", "CUDA: share of GPU memory to use", 0.05, 1.0},
-        {"threads", FLAG_INT, &o->threads, NULL, "N", "CPU: threads (0: all cores)", 0, 1024},
+        CPU_OPTIONS_FLAG_SPECS(&o->cpu),
         {"tensor-parallel-size", FLAG_INT, &o->tensor_parallel_size, NULL, "N", "shard the model over N ranks (Megatron-style tensor parallelism: attention heads, MLP channels and the vocabulary split, two all-reduces per layer); one worker, registered once. CPU: N threads sharing --threads. CUDA: 1 for now, which runs the NCCL path on one GPU (its all-reduces are no-ops) (default: none, one rank without a communicator)", 1, 64},
         {"num-gpus", FLAG_INT, &o->num_gpus, NULL, "N", "FastChat's name for --tensor-parallel-size (default: none)", 1, 64},
         {"deterministic", FLAG_BOOL, &o->deterministic, NULL, NULL, "CUDA: a request's output does not depend on what shares its batch (greedy equals the request alone); slower prefill and large batches (README)", 0, 0},

@@ -176,7 +176,7 @@ static void check_family(const char *name, bool gguf)
     memset(&f, 0, sizeof f);
     load_fixture(&f, name, gguf);
     struct backend_options opt = {.kv_blocks = N_PROMPTS * BLOCKS_PER_SEQ, .max_batch_tokens = 2 * MAX_PROMPT,
-                                  .max_batch_seqs = N_PROMPTS, .n_threads = 2};
+                                  .max_batch_seqs = N_PROMPTS, .cpu.n_threads = 2};
     struct backend *b = NULL;
     char err[512] = "";
     cr_assert_eq(backend_cpu_create(&b, f.m, &opt, err, sizeof err), 0, "%s", err);

@@ -17,8 +17,8 @@
 /* The fixture prompt's last-position logits from the CPU backend. */
 static void last_logits_act(struct model *m, const int32_t *tokens, int n, float *out, int act_rows)
 {
-    struct backend_options opt = {.kv_blocks = 4, .max_batch_tokens = 64, .max_batch_seqs = 1, .n_threads = 1,
-                                  .cpu_fp8_act_rows = {act_rows, act_rows, act_rows, act_rows}};
+    struct backend_options opt = {.kv_blocks = 4, .max_batch_tokens = 64, .max_batch_seqs = 1, .cpu.n_threads = 1,
+                                  .cpu.fp8_act_rows = {act_rows, act_rows, act_rows, act_rows}};
     struct backend *b = NULL;
     char err[512] = "";
     cr_assert_eq(backend_cpu_create(&b, m, &opt, err, sizeof err), 0, "%s", err);
@@ -76,7 +76,7 @@ Test(cpu_fp8, block_checkpoint_matches_transformers) { expect_logits("block", fa
 Test(cpu_fp8, f32_checkpoint_matches_transformers) { expect_logits("ref", false, 1e-4f); }
 Test(cpu_fp8, f32_checkpoint_quantized_at_load_stays_close) { expect_logits("ref", true, 0.15f); }
 
-/* The yardstick for CUDA's cuBLASLt FP8 path (backend_options.cpu_fp8_act_rows): in a step of
+/* The yardstick for CUDA's cuBLASLt FP8 path (backend_options.cpu.fp8_act_rows): in a step of
  * at least that many tokens the products' inputs are rounded to e4m3 per token, which moves the
  * logits by about e4m3's relative rounding (a few percent, bound 0.15 as above) but not to zero;
  * in a smaller step nothing changes, bit for bit. */
@@ -96,7 +96,7 @@ Test(cpu_fp8, e4m3_activation_yardstick)
     for (int v = 0; v < VOCAB; v++) worst = fmaxf(worst, fabsf(rounded[v] - plain[v]));
     cr_expect(worst > 0.0f && worst <= 0.15f, "e4m3 activations move the logits by %g (expected (0, 0.15])",
               (double)worst);
-    cr_expect(memcmp(above, plain, sizeof plain) == 0, "a step under cpu_fp8_act_rows is untouched");
+    cr_expect(memcmp(above, plain, sizeof plain) == 0, "a step under cpu_options.fp8_act_rows is untouched");
     free(tokens);
     model_free(m);
 }

@@ -13,6 +13,7 @@
 #include "worker/backend/cpu/cpu_ops.h"
 #include "worker/backend/cpu/cpu_pool.h"
 #include "worker/model/model.h"
+#include "worker/model/rope.h"
 
 static atomic_int hits[10000];
 
@@ -73,16 +74,16 @@ Test(cpu_ops, rope_frequencies)
 {
     struct model_config c = {.head_dim = 128, .rope_theta = 500000.0f};
     float plain[64], scaled[64];
-    cpu_rope_inv_freq(&c, plain);
+    rope_static_freqs(&c, plain);
     for (int i = 0; i < 64; i++)
         cr_expect(fabs(plain[i] - pow(500000.0, -2.0 * i / 128)) < 1e-6 * pow(500000.0, -2.0 * i / 128) + 1e-12, "%d", i);
     c.rope_scaling.type = ROPE_SCALING_LINEAR;
     c.rope_scaling.factor = 4.0f;
-    cpu_rope_inv_freq(&c, scaled);
+    rope_static_freqs(&c, scaled);
     for (int i = 0; i < 64; i++) cr_expect_float_eq(scaled[i], plain[i] / 4.0f, 1e-6f * plain[i]);
     c.rope_scaling = (typeof(c.rope_scaling)){.type = ROPE_SCALING_LLAMA3, .factor = 8.0f, .low_freq_factor = 1.0f,
                                               .high_freq_factor = 4.0f, .original_max_position = 8192};
-    cpu_rope_inv_freq(&c, scaled);
+    rope_static_freqs(&c, scaled);
     int kept = 0, slowed = 0, blended = 0;
     for (int i = 0; i < 64; i++) {
         double f = plain[i], wavelen = 2 * M_PI / f, want;
@@ -137,7 +138,7 @@ static struct model *dummy_model(const char *json)
 /* Logits after each of the DN prompt tokens fed in chunks of chunk, on blocks 5, 3, 1. */
 static void run_prompt(const struct model *m, int threads, int chunk, float *logits)
 {
-    struct backend_options opt = {.kv_blocks = 6, .max_batch_tokens = 64, .max_batch_seqs = 4, .n_threads = threads};
+    struct backend_options opt = {.kv_blocks = 6, .max_batch_tokens = 64, .max_batch_seqs = 4, .cpu.n_threads = threads};
     struct backend *b;
     char err[512];
     cr_assert_eq(backend_cpu_create(&b, m, &opt, err, sizeof err), 0, "%s", err);

@@ -2,7 +2,7 @@
  * a matmul over quantized rows (several parts, a row map) equals the matmul over the same
  * rows dequantized to float32 bit for bit, row alone or in a batch; and a whole forward pass of
  * a model whose matrices are every quantized type, its q and k in the interleaved rope layout,
- * gives the logits of the same model dequantized at load (backend_options.cpu_f32_weights),
+ * gives the logits of the same model dequantized at load (backend_options.cpu.f32_weights),
  * bit for bit, in chunks or not, on 1 or 3 threads. */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -208,8 +208,8 @@ static struct model *quantized_model(void **owned, int *n_owned)
 /* Logits after each prompt token, fed in chunks of chunk. */
 static void run_prompt(const struct model *m, bool f32_weights, int threads, int chunk, float *logits)
 {
-    struct backend_options opt = {.kv_blocks = 4, .max_batch_tokens = 64, .max_batch_seqs = 2, .n_threads = threads,
-                                  .cpu_f32_weights = f32_weights};
+    struct backend_options opt = {.kv_blocks = 4, .max_batch_tokens = 64, .max_batch_seqs = 2, .cpu.n_threads = threads,
+                                  .cpu.f32_weights = f32_weights};
     struct backend *b;
     char err[512];
     cr_assert_eq(backend_cpu_create(&b, m, &opt, err, sizeof err), 0, "%s", err);

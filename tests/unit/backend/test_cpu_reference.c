@@ -84,7 +84,7 @@ static struct model *load(bool gguf)
 static struct backend *make_backend(const struct model *m, int threads)
 {
     struct backend_options opt = {.kv_blocks = MAX_SEQS * BLOCKS_PER_SEQ, .max_batch_tokens = 256,
-                                  .max_batch_seqs = 8, .n_threads = threads};
+                                  .max_batch_seqs = 8, .cpu.n_threads = threads};
     struct backend *b = NULL;
     char err[512] = "";
     cr_assert_eq(backend_cpu_create(&b, m, &opt, err, sizeof err), 0, "%s", err);

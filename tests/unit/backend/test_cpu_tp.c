@@ -43,7 +43,7 @@ static struct model *load(const char *path, enum model_load_format fmt)
 static struct backend *make_backend(const struct model *m, int tp)
 {
     struct backend_options opt = {.kv_blocks = MAX_SEQS * BLOCKS_PER_SEQ, .max_batch_tokens = 256,
-                                  .max_batch_seqs = 8, .n_threads = 2, .tensor_parallel_size = tp};
+                                  .max_batch_seqs = 8, .cpu.n_threads = 2, .tensor_parallel_size = tp};
     struct backend *b = NULL;
     char err[1024] = "";
     cr_assert_eq(backend_cpu_create(&b, m, &opt, err, sizeof err), 0, "tp %d: %s", tp, err);
@@ -208,7 +208,7 @@ Test(cpu_tp, sizes_that_do_not_shard_are_refused_by_name)
         const char *says;
     } cases[] = {{8, "does not divide intermediate_size 172"}, {3, "does not divide num_attention_heads 8"}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        struct backend_options opt = {.kv_blocks = 8, .tensor_parallel_size = cases[i].n, .n_threads = 1};
+        struct backend_options opt = {.kv_blocks = 8, .tensor_parallel_size = cases[i].n, .cpu.n_threads = 1};
         struct backend *b = NULL;
         char err[1024] = "";
         cr_expect_neq(backend_cpu_create(&b, m, &opt, err, sizeof err), 0);
@@ -314,7 +314,7 @@ Test(cpu_tp, the_other_dense_families)
         model_free(m);
     }
     struct model *m = family_at_split_widths("olmo2");
-    struct backend_options opt = {.kv_blocks = 8, .tensor_parallel_size = 2, .n_threads = 1};
+    struct backend_options opt = {.kv_blocks = 8, .tensor_parallel_size = 2, .cpu.n_threads = 1};
     struct backend *b = NULL;
     char err[1024] = "";
     cr_expect_neq(backend_cpu_create(&b, m, &opt, err, sizeof err), 0);

@@ -78,7 +78,7 @@ static struct model *load_fixture(const char *name)
 static struct backend *make_backend(const struct model *m)
 {
     struct backend_options opt = {.kv_blocks = 2 * BLOCKS_PER_SEQ, .max_batch_tokens = 64, .max_batch_seqs = 4,
-                                  .n_threads = 2};
+                                  .cpu.n_threads = 2};
     struct backend *b = NULL;
     char err[512] = "";
     cr_assert_eq(backend_cpu_create(&b, m, &opt, err, sizeof err), 0, "%s", err);

@@ -81,7 +81,7 @@ static void serve(struct run *r, const struct model *m, const struct tokenizer *
     char err[256];
     struct backend *b = NULL;
     struct backend_options bo = {.kv_blocks = kv_blocks, .max_batch_tokens = max_batched, .max_batch_seqs = N_REQ,
-                                 .n_threads = 2};
+                                 .cpu.n_threads = 2};
     cr_assert_eq(backend_cpu_create(&b, m, &bo, err, sizeof err), 0, "%s", err);
     memset(r, 0, sizeof *r);
     cr_assert_eq(uv_loop_init(&r->loop), 0);
@@ -169,7 +169,7 @@ static void serve_prefix(struct run *r, const struct model *m, const struct toke
     char err[256];
     struct backend *b = NULL;
     struct backend_options bo = {.kv_blocks = kv_blocks, .max_batch_tokens = max_batched, .max_batch_seqs = N_REQ,
-                                 .n_threads = 2};
+                                 .cpu.n_threads = 2};
     cr_assert_eq(backend_cpu_create(&b, m, &bo, err, sizeof err), 0, "%s", err);
     memset(r, 0, sizeof *r);
     cr_assert_eq(uv_loop_init(&r->loop), 0);

@@ -71,7 +71,7 @@ static struct engine_stats serve_n(const char *fixture, int which, int32_t kv_bl
     cr_assert_eq(model_load(&m, dir, MODEL_LOAD_AUTO, err, sizeof err), 0, "%s", err);
     struct backend *b = NULL;
     struct backend_options bo = {.kv_blocks = kv_blocks, .max_batch_tokens = step_tokens, .max_batch_seqs = 2,
-                                 .n_threads = 2};
+                                 .cpu.n_threads = 2};
     cr_assert_eq(backend_cpu_create(&b, m, &bo, err, sizeof err), 0, "%s", err);
 
     static struct run r;

@@ -227,7 +227,7 @@ static void serve(struct run *r, const struct model *m, const struct tokenizer *
 {
     char err[256];
     struct backend *b = NULL;
-    struct backend_options bo = {.kv_blocks = 128, .max_batch_tokens = 64, .max_batch_seqs = N_REQ, .n_threads = 2};
+    struct backend_options bo = {.kv_blocks = 128, .max_batch_tokens = 64, .max_batch_seqs = N_REQ, .cpu.n_threads = 2};
     cr_assert_eq(backend_cpu_create(&b, m, &bo, err, sizeof err), 0, "%s", err);
     b->supports_token_mask = mask_support;
     if (late_masks) take_masks_late(b);
@@ -431,7 +431,7 @@ Test(engine_grammar, a_grammar_no_token_can_follow_ends_its_request_only)
     /* With the mask made at the submit, then after it (a backend that takes masks late). */
     for (int late_masks = 0; late_masks < 2; late_masks++) {
         struct backend *b = NULL;
-        struct backend_options bo = {.kv_blocks = 64, .max_batch_tokens = 64, .max_batch_seqs = 4, .n_threads = 2};
+        struct backend_options bo = {.kv_blocks = 64, .max_batch_tokens = 64, .max_batch_seqs = 4, .cpu.n_threads = 2};
         cr_assert_eq(backend_cpu_create(&b, m, &bo, err, sizeof err), 0, "%s", err);
         if (late_masks) take_masks_late(b);
         static struct run r;

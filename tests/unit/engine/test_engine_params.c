@@ -111,7 +111,7 @@ static void start(struct run *r, int32_t max_batched, bool prefix_caching)
     char err[256];
     memset(r, 0, sizeof *r);
     struct backend_options bo = {.kv_blocks = 64, .max_batch_tokens = max_batched, .max_batch_seqs = MAX_REQ,
-                                 .n_threads = 2};
+                                 .cpu.n_threads = 2};
     cr_assert_eq(backend_cpu_create(&r->b, model, &bo, err, sizeof err), 0, "%s", err);
     cr_assert_eq(uv_loop_init(&r->loop), 0);
     uv_timer_init(&r->loop, &r->timer);

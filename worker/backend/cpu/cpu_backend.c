@@ -59,7 +59,7 @@ static float *convert(struct cpu_backend *cb, const struct model *m, const struc
  * for the matmul's buffer, and float32 weights not asked for. */
 static bool keep_quantized(const struct cpu_backend *cb, const struct tensor *t)
 {
-    return t->data && dtype_is_quantized(t->dtype) && !cb->f32_weights && t->ndim == 2 &&
+    return t->data && dtype_is_quantized(t->dtype) && !cb->opt.f32_weights && t->ndim == 2 &&
            t->shape[1] <= CPU_MATMUL_MAX_QROW;
 }
 
@@ -104,7 +104,7 @@ static void cpu_free(struct backend *b)
     cpu_weight_free(&cb->lm_head);
     cpu_weight_free(&cb->tok_embed);
     free(cb->final_norm), free(cb->kv), free(cb->rope_row_map);
-    cpu_rope_free(&cb->rope);
+    rope_free(&cb->rope);
     free(cb->rope_cos_local), free(cb->rope_sin_local), free(cb->rope_scratch);
     free(cb->x), free(cb->xb), free(cb->qkv), free(cb->att), free(cb->gate_up), free(cb->hidden), free(cb->tmp);
     free(cb->rope_cos), free(cb->rope_sin), free(cb->row_seq), free(cb->row_pos);
@@ -300,7 +300,7 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
     cb->qkv_dim = cb->q_dim + 2 * cb->kv_dim;
     int64_t h = c->hidden_size;
 
-    long n_threads = opt && opt->n_threads > 0 ? opt->n_threads : sysconf(_SC_NPROCESSORS_ONLN);
+    long n_threads = opt && opt->cpu.n_threads > 0 ? opt->cpu.n_threads : sysconf(_SC_NPROCESSORS_ONLN);
     if (n_threads < 1) n_threads = 1;
     if (n_threads > 256) n_threads = 256;
     if (cpu_pool_init(&cb->pool, (int)n_threads)) {
@@ -337,8 +337,7 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
         goto fail;
     }
 
-    cb->f32_weights = opt && opt->cpu_f32_weights;
-    if (opt) memcpy(cb->fp8_act_rows, opt->cpu_fp8_act_rows, sizeof cb->fp8_act_rows);
+    if (opt) cb->opt = opt->cpu;
     ALLOC(cb->rope_row_map, cb->q_dim);
     if (!cb->rope_row_map) goto oom;
     for (int hh = 0; hh < c->n_heads; hh++)
@@ -360,7 +359,7 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
     bool bad_norm = false;
     cb->final_norm = load_norm(cb, m, &m->final_norm, &bad_norm);
     ALLOC(cb->layers, c->n_layers);
-    if (!cb->final_norm || !cb->layers || cpu_rope_init(&cb->rope, c)) goto oom;
+    if (!cb->final_norm || !cb->layers || rope_init(&cb->rope, c)) goto oom;
     for (int l = 0; l < c->n_layers; l++)
         if (load_layer(cb, m, l)) goto oom;
     if (cpu_moe_create(cb, m, err, errlen)) goto fail;

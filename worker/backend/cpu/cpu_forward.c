@@ -312,12 +312,12 @@ static int forward_extras(struct cpu_backend *cb, const struct batch *batch)
     return 0;
 }
 
-/* backend_options.cpu_fp8_act_rows: product's (0 qkv, 1 o, 2 gate/up, 3 down) input rows
+/* cpu_options.fp8_act_rows: product's (0 qkv, 1 o, 2 gate/up, 3 down) input rows
  * rounded to bf16, then to e4m3 with a scale per row, as the CUDA backend's FP8 GEMM sees them (a
  * test's yardstick). */
 static void fp8_round_activations(const struct cpu_backend *cb, int product, float *x, int64_t rows, int64_t n)
 {
-    if (cb->fp8_act_rows[product] <= 0 || rows < cb->fp8_act_rows[product]) return;
+    if (cb->opt.fp8_act_rows[product] <= 0 || rows < cb->opt.fp8_act_rows[product]) return;
     uint8_t *q = malloc((size_t)n);
     if (!q) return;
     for (int64_t r = 0; r < rows; r++) {
@@ -356,7 +356,7 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
         /* The length transformers' forward would see: the whole known sequence (a prefill's
          * whole prompt, however it is chunked). */
         int32_t seq_len = q->start_pos + q->n_new > q->n_history ? q->start_pos + q->n_new : q->n_history;
-        const float *freqs = cpu_rope_step_freqs(&cb->rope, seq_len, cb->rope_scratch);
+        const float *freqs = rope_step_freqs(&cb->rope, seq_len, cb->rope_scratch);
         for (int32_t i = 0; i < q->n_new; i++, row++) {
             cb->row_seq[row] = s;
             cb->row_pos[row] = q->start_pos + i;
@@ -364,10 +364,10 @@ int cpu_backend_forward(struct backend *b, const struct batch *batch, struct sam
             cpu_tp_embed_row(cb, batch->tokens[row], xr);
             if (embed_scale != 0)
                 for (int64_t k = 0; k < h; k++) xr[k] *= embed_scale;
-            cpu_rope_angles(&cb->rope, freqs, cb->row_pos[row], cb->rope_cos + (int64_t)row * half,
+            rope_angles(&cb->rope, freqs, cb->row_pos[row], cb->rope_cos + (int64_t)row * half,
                             cb->rope_sin + (int64_t)row * half);
             if (cb->rope_cos_local)
-                cpu_rope_angles(&cb->rope, cb->rope.inv_freq_local, cb->row_pos[row],
+                rope_angles(&cb->rope, cb->rope.inv_freq_local, cb->row_pos[row],
                                 cb->rope_cos_local + (int64_t)row * half, cb->rope_sin_local + (int64_t)row * half);
         }
         if (q->sample) cb->sample_rows[ns++] = row - 1;

@@ -10,7 +10,7 @@
 #include "worker/backend/backend.h"
 #include "worker/backend/cpu/cpu_ops.h"
 #include "worker/backend/cpu/cpu_pool.h"
-#include "worker/backend/cpu/cpu_rope.h"
+#include "worker/model/rope.h"
 
 /* Matrices as cpu_weight: float32, or a GGUF file's blocks read in place (cpu_ops.h). Norms and
  * biases are always float32. */
@@ -37,9 +37,8 @@ struct cpu_backend {
     struct cpu_moe *moe;                      /* the sparse layers' experts (cpu_moe.c); NULL when dense */
     /* Quantized q and k read through this map (rope de-interleaving, cpu_backend.c). */
     int32_t *rope_row_map;
-    bool f32_weights;                         /* backend_options.cpu_f32_weights */
-    int32_t fp8_act_rows[4];                  /* backend_options.cpu_fp8_act_rows */
-    struct cpu_rope rope;                     /* every rope variant (cpu_rope.h) */
+    struct cpu_options opt;                   /* as created with (backend_options.cpu) */
+    struct rope rope;                         /* every rope variant (worker/model/rope.h) */
     /* KV cache: block-major, [block][layer][k|v][kv_head][slot][head_dim]. */
     float *kv;
     size_t block_floats;

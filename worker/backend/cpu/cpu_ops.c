@@ -279,32 +279,6 @@ void cpu_rmsnorm(const float *x, const float *weight, int64_t n, float eps, floa
     for (int64_t i = 0; i < n; i++) out[i] = weight[i] * (x[i] * scale);
 }
 
-void cpu_rope_inv_freq(const struct model_config *c, float *inv_freq)
-{
-    int half = c->head_dim / 2;
-    for (int i = 0; i < half; i++) {
-        float f = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
-        if (c->rope_scaling.type == ROPE_SCALING_LINEAR) {
-            f /= c->rope_scaling.factor;
-        } else if (c->rope_scaling.type == ROPE_SCALING_LLAMA3) {
-            /* Meta's Llama 3.1 scaling: long wavelengths slowed by factor, short ones kept,
-             * the band between blended smoothly. */
-            float factor = c->rope_scaling.factor;
-            float lo = c->rope_scaling.low_freq_factor, hi = c->rope_scaling.high_freq_factor;
-            float old_ctx = (float)c->rope_scaling.original_max_position;
-            float low_freq_wavelen = old_ctx / lo, high_freq_wavelen = old_ctx / hi;
-            float wavelen = 2.0f * (float)M_PI / f;
-            if (wavelen > low_freq_wavelen) {
-                f = f / factor;
-            } else if (wavelen >= high_freq_wavelen) {
-                float smooth = (old_ctx / wavelen - lo) / (hi - lo);
-                f = (1.0f - smooth) * f / factor + smooth * f;
-            }
-        }
-        inv_freq[i] = f;
-    }
-}
-
 void cpu_rope_apply(float *v, int head_dim, const float *cos_t, const float *sin_t)
 {
     int half = head_dim / 2;

@@ -61,9 +61,6 @@ void cpu_matmul(struct cpu_pool *pool, const float *x, int64_t n_rows, int64_t n
 /* out = x / rms(x) * weight over n elements (out may equal x). */
 void cpu_rmsnorm(const float *x, const float *weight, int64_t n, float eps, float *out);
 
-/* The rope's inverse frequencies (head_dim / 2 floats) with the config's scaling applied. */
-void cpu_rope_inv_freq(const struct model_config *c, float *inv_freq);
-
 /* Rotates one head of head_dim floats in Hugging Face's rotate-half layout with the angles'
  * cosines and sines (head_dim / 2 each). */
 void cpu_rope_apply(float *v, int head_dim, const float *cos_t, const float *sin_t);

@@ -226,8 +226,8 @@ int cpu_tp_create(struct backend **out, const struct model *m, const struct back
     /* The cores are shared among the ranks. */
     struct backend_options ro = *opt;
     ro.tensor_parallel_size = 1;
-    long cores = opt->n_threads > 0 ? opt->n_threads : sysconf(_SC_NPROCESSORS_ONLN);
-    ro.n_threads = cores / n > 0 ? (int32_t)(cores / n) : 1;
+    long cores = opt->cpu.n_threads > 0 ? opt->cpu.n_threads : sysconf(_SC_NPROCESSORS_ONLN);
+    ro.cpu.n_threads = cores / n > 0 ? cores / n : 1;
     for (int r = 0; r < n; r++) {
         char why[512] = "";
         if (tp_shard_make(&t->shards[r], m, &t->plan, r, why, sizeof why) != 0 ||
@@ -259,11 +259,11 @@ int cpu_tp_create(struct backend **out, const struct model *m, const struct back
         ((struct cpu_backend *)rb)->tp = tp;
         size_t bytes = tp_plan_rank_bytes(&t->plan, m, r);
         log_info("cpu: tensor parallel rank %d of %d: query heads %lld-%lld, KV heads %lld-%lld%s, intermediate "
-                 "%lld-%lld, vocabulary %lld-%lld; weights %zu bytes (%.1f MiB) in the checkpoint's dtypes, %d thread(s)",
+                 "%lld-%lld, vocabulary %lld-%lld; weights %zu bytes (%.1f MiB) in the checkpoint's dtypes, %ld thread(s)",
                  r, n, (long long)pr->q_heads.begin, (long long)pr->q_heads.end - 1, (long long)pr->kv_heads.begin,
                  (long long)pr->kv_heads.end - 1, t->plan.kv_replicas > 1 ? " (replicated)" : "",
                  (long long)pr->inter.begin, (long long)pr->inter.end - 1, (long long)pr->vocab.begin,
-                 (long long)pr->vocab.end - 1, bytes, (double)bytes / (1 << 20), ro.n_threads);
+                 (long long)pr->vocab.end - 1, bytes, (double)bytes / (1 << 20), ro.cpu.n_threads);
     }
     struct backend *r0 = t->ranks[0];
     t->base.num_kv_blocks = r0->num_kv_blocks;

@@ -90,7 +90,7 @@ int cuda_extras_enqueue(struct cuda_backend *b, const struct cuda_step_args *a, 
             rc = cuda_qproduct(b, &b->w.lm_head_q, ws->y, ws->logits, V, n);
         else
             rc = cuda_product(b, cuda_plan_product(&b->plan, n, V, H), b->w.lm_head, ws->y, ws->logits, n, V, H, NULL);
-        if (rc < 0) goto fail;
+        if (rc < 0 || (rc = cuda_logits_finish(b, ws->logits, n)) < 0) goto fail;
         CUDA_CHECK(b, sk_prompt_logprobs(ws->logits, dm->lp_target + c0, dm->lp_ntop + c0, b->extras.lp_dev + c0, n,
                                          V, b->stream));
     }

@@ -50,7 +50,9 @@ static int enqueue_mlp(struct cuda_backend *b, int l, const struct cuda_layer *w
         if ((rc = layer_product(b, mp->gate_up, l, CUDA_FP8_GATE_UP, w->wgu, ws->y, ws->big, T, 2 * I, H, NULL)) < 0)
             goto fail;
         cuda_prof_mark(b, CUDA_PROF_GATE_UP);
-        if (b->plan.gu_interleaved)
+        if (b->plan.plain_mlp)
+            CUDA_CHECK(b, sk_glu(ws->y, ws->big, w->b_gu, (int)b->base.config.fam.act, T, I, b->stream));
+        else if (b->plan.gu_interleaved)
             CUDA_CHECK(b, sk_silu_mul_interleaved(ws->y, ws->big, T, I, b->stream));
         else
             CUDA_CHECK(b, sk_silu_mul(ws->y, ws->big, T, I, b->stream));
@@ -60,6 +62,33 @@ static int enqueue_mlp(struct cuda_backend *b, int l, const struct cuda_layer *w
     if ((rc = layer_product(b, mp->down, l, CUDA_FP8_DOWN, w->wd, act, ws->delta, T, H, I, delta_parts)) < 0)
         goto fail;
     cuda_prof_mark(b, CUDA_PROF_DOWN);
+fail:
+    return rc;
+}
+
+/* What follows a sublayer's product before the residual add, where the family has any of it
+ * (sk_residual_addend): its bias, its own norm (Gemma 2/3), Granite's residual multiplier.
+ * Leaves delta whole (one part). */
+static int residual_addend(struct cuda_backend *b, const float *bias, const float *post_norm, int T,
+                           int *delta_parts)
+{
+    const struct model_config *c = &b->base.config;
+    int rc = 0;
+    if (!bias && !post_norm && c->fam.residual_scale == 0) return 0;
+    CUDA_CHECK(b, sk_residual_addend(b->ws.delta, b->ws.delta, *delta_parts, (int64_t)T * c->hidden_size, bias,
+                                     post_norm, c->fam.residual_scale, T, c->hidden_size, c->rms_eps, b->stream));
+    *delta_parts = 1;
+fail:
+    return rc;
+}
+
+/* The logits' last touch (Granite's divisor, Gemma 2's soft-capping), where the family has it. */
+int cuda_logits_finish(struct cuda_backend *b, float *logits, int rows)
+{
+    const struct model_family *f = &b->base.config.fam;
+    int rc = 0;
+    CUDA_CHECK(b, sk_logits_finish(logits, (int64_t)rows * b->base.config.vocab_size, f->logits_divisor,
+                                   f->final_softcap, b->stream));
 fail:
     return rc;
 }
@@ -78,7 +107,9 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
                                      .n_kv_heads = nkv,
                                      .head_dim = D,
                                      .eps = c->rms_eps,
-                                     .interleaved = c->rope_interleaved};
+                                     .interleaved = c->rope_interleaved,
+                                     .seq_freqs = p->seq_rope_half ? dm->seq_freqs : NULL,
+                                     .token_seq = dm->seq};
     /* delta, the residual's next addend, is left by the o and down products in delta_parts parts
      * of T rows each, which the norm after them adds; qkv in qkv_parts, which qkv_post adds. */
     const int64_t part_stride = (int64_t)T * H;
@@ -89,10 +120,18 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
                                  b->stream));
     else
         CUDA_CHECK(b, sk_embed(ws->x, b->w.tok_embed, dm->tokens, b->steps.out_dev, T, H, b->stream));
+    if (c->fam.embed_scale != 0)
+        CUDA_CHECK(b, sk_residual_addend(ws->x, ws->x, 1, 0, NULL, NULL, c->fam.embed_scale, T, H, c->rms_eps,
+                                         b->stream));
     cuda_prof_mark(b, CUDA_PROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
         const struct cuda_layer *w = &b->w.layers[l];
         uint16_t *kc = b->kv.cache + (size_t)l * 2 * b->kv.layer_elems, *vc = kc + b->kv.layer_elems;
+        /* A sliding layer sees its window only, and Gemma 3's rotate with their own theta. */
+        const bool sliding = model_layer_sliding(&c->fam, l);
+        struct sk_attn_params ap = p->attn;
+        ap.window = sliding ? c->fam.sliding_window : 0;
+        const float *inv_freq = sliding && b->w.inv_freq_local ? b->w.inv_freq_local : b->w.inv_freq;
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, l ? ws->delta : NULL, delta_parts, part_stride, NULL, w->attn_norm,
                                            ws->y, T, H, c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
@@ -111,22 +150,22 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
                                            .bias = w->bqkv,
                                            .q_norm = w->q_norm,
                                            .k_norm = w->k_norm,
-                                           .inv_freq = b->w.inv_freq,
+                                           .inv_freq = inv_freq,
                                            .slot = dm->slot,
                                            .eps = qp.eps,
                                            .interleaved = qp.interleaved};
             CUDA_CHECK(b, sk_attention_decode_qkv(&src, kc, vc, dm->bt, dm->seq, dm->pos, ws->part_o, ws->part_ml,
-                                                  ws->y, p->attn, b->stream));
+                                                  ws->y, ap, b->stream));
         } else {
             CUDA_CHECK(b, sk_qkv_post_parts(ws->big, qkv_parts, (int64_t)T * qkvd, w->bqkv, w->q_norm, w->k_norm,
-                                            b->w.inv_freq, dm->pos, dm->slot, ws->q, kc, vc, qp, b->stream));
+                                            inv_freq, dm->pos, dm->slot, ws->q, kc, vc, qp, b->stream));
             cuda_prof_mark(b, CUDA_PROF_QKV_POST);
             if (p->n_tiles)
-                CUDA_CHECK(b, sk_attention_prefill(ws->q, kc, vc, dm->bt, dm->tiles, p->n_tiles, dm->pos, ws->y,
-                                                   p->attn, b->stream));
+                CUDA_CHECK(b, sk_attention_prefill(ws->q, kc, vc, dm->bt, dm->tiles, p->n_tiles, dm->pos, ws->y, ap,
+                                                   b->stream));
             if (p->attn.n_tokens)
                 CUDA_CHECK(b, sk_attention(ws->q, kc, vc, dm->bt, dm->seq, dm->pos, ws->part_o, ws->part_ml, ws->y,
-                                           p->attn, p->attn_kernel, b->stream));
+                                           ap, p->attn_kernel, b->stream));
         }
         cuda_prof_mark(b, CUDA_PROF_ATTN);
         if (w->q) {
@@ -138,6 +177,7 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         cuda_prof_mark(b, CUDA_PROF_O);
         /* Each part summed over the ranks is the sum's part: the norm adds them as before. */
         if ((rc = cuda_tp_all_reduce(b, ws->delta, (size_t)delta_parts * (size_t)part_stride)) < 0) goto fail;
+        if ((rc = residual_addend(b, w->bo, w->post_attn_norm, T, &delta_parts)) < 0) goto fail;
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, NULL, w->ffn_norm, ws->y, T, H,
                                            c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
@@ -145,11 +185,12 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
             if ((rc = cuda_moe_enqueue(b, l, T, &delta_parts)) < 0) goto fail;
         } else if (w->q) {
             delta_parts = 1;
-            if ((rc = cuda_qlayer_mlp(b, w->q, T)) < 0) goto fail;
+            if ((rc = cuda_qlayer_mlp(b, w->q, w->b_gu, T)) < 0) goto fail;
         } else if ((rc = enqueue_mlp(b, l, w, &p->mlp, T, &delta_parts)) < 0) {
             goto fail;
         }
         if ((rc = cuda_tp_all_reduce(b, ws->delta, (size_t)delta_parts * (size_t)part_stride)) < 0) goto fail;
+        if ((rc = residual_addend(b, w->b_down, w->post_ffn_norm, T, &delta_parts)) < 0) goto fail;
     }
     if (R > 0) {
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, dm->sample_tok, b->w.final_norm,
@@ -162,6 +203,7 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         if (rc < 0) goto fail;
         cuda_prof_mark(b, CUDA_PROF_LM_HEAD);
         if ((rc = cuda_tp_gather_logits(b, ws->logits, (size_t)R * (size_t)V)) < 0) goto fail;
+        if ((rc = cuda_logits_finish(b, ws->logits, R)) < 0) goto fail;
         if (a->logits_out)
             CUDA_CHECK(
                 b, cudaMemcpyAsync(a->logits_out, ws->logits, (size_t)R * V * 4, cudaMemcpyDeviceToHost, b->stream));

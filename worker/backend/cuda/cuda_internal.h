@@ -23,6 +23,7 @@
 #include "kernels/sluice_kernels.h"
 #include "worker/backend/backend.h"
 #include "worker/backend/cuda/cuda_plan.h"
+#include "worker/model/rope.h"
 
 /* cuda_qweights.c: a matrix kept in its GGUF blocks (dtype an enum dtype that sk_quant_supported
  * takes), n_out rows of k_in weights. */
@@ -42,11 +43,17 @@ struct cuda_layer {
     float *attn_norm, *ffn_norm;
     float *q_norm, *k_norm; /* NULL unless Qwen3 */
     float *bqkv;            /* NULL unless Qwen2 */
+    /* model_family.h's additions, NULL where the family has none: the o and down biases, gate
+     * and up's ([gate | up]), and the norms after attention and the MLP (Gemma 2/3). */
+    float *bo, *b_gu, *b_down;
+    float *post_attn_norm, *post_ffn_norm;
 };
 struct cuda_weights {
     uint16_t *tok_embed, *lm_head; /* lm_head == tok_embed when tied */
     float *final_norm;
     float *inv_freq; /* head_dim / 2 rotary frequencies, scaling applied */
+    float *inv_freq_local; /* Gemma 3's sliding layers; NULL when they rotate as the others */
+    struct rope rope;      /* the host's tables, for frequencies chosen per sequence (cuda_step.c) */
     struct cuda_layer *layers;
     size_t bytes;
     /* cuda_qweights.c: tok_embed and lm_head in GGUF blocks (w NULL unless; tok_embed and lm_head
@@ -95,6 +102,8 @@ struct cuda_step_meta {
     /* cuda_extras.c: prompt logprob rows (token, next prompt token, top alternatives) and the
      * tokens whose hidden states are pooled, with each pooled sequence's (first row, rows, 0). */
     int32_t *lp_tok, *lp_target, *lp_ntop, *hid_tok, *hid_seg;
+    /* Each sequence's rope frequencies, where they depend on its length (plan.seq_rope_half). */
+    float *seq_freqs;
 };
 
 /* cuda_step.c: per-step metadata, built in pinned memory and sent in one copy, and the steps in
@@ -261,7 +270,7 @@ int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint1
 /* A layer's products in blocks: q, k, v side by side in qkv[rows, q + k + v]; the MLP from
  * ws.y (normalized) to ws.delta. */
 int cuda_qlayer_qkv(struct cuda_backend *b, const struct cuda_qlayer *q, const uint16_t *x, float *qkv, int rows);
-int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, int rows);
+int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, const float *b_gu, int rows);
 
 /* cuda_weights.c's loader, for cuda_moe.c: writes tensor t (numel elements) as bf16 at dst. */
 struct loader;
@@ -327,6 +336,9 @@ void cuda_steps_free(struct cuda_backend *b);
 /* cuda_forward.c: the model and the sampler for one step, enqueued on b->stream (also while a
  * graph is being captured). */
 int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a);
+/* The family's finish of rows rows of logits (Granite's divisor, Gemma 2's final soft-capping),
+ * before anything reads them; nothing for the others. */
+int cuda_logits_finish(struct cuda_backend *b, float *logits, int rows);
 /* The part of cuda_forward_enqueue after the logits: the sampler, then the extras (which read
  * the model's last delta in delta_parts parts); enqueued by cuda_sample for a model_only step. */
 int cuda_sample_enqueue(struct cuda_backend *b, const struct cuda_step_args *a, int delta_parts);

@@ -13,7 +13,7 @@
  *   combine            sk_moe_combine: ascending expert order, then the sigmoid-gated shared expert
  *
  * One launch per projection per layer; the grids depend on the pass's token count and the
- * model's shape only (kernels/moe.cu). Every row's arithmetic is its own; under --deterministic
+ * model's shape only (kernels/moe_*.cu). Every row's arithmetic is its own; under --deterministic
  * it is also the same kernel's at every batch size, so a token's result is the same whatever
  * shares its batch.
  *

@@ -1,8 +1,8 @@
 /* The CUDA backend's mixture-of-experts sizes, in plain C (no CUDA call; unit-tested without a
  * GPU in tests/unit/backend/test_cuda_moe_plan.c): which MoE shapes the kernels take, how many
  * tokens one pass of the MoE kernels handles, the scratch that pass needs, and the bytes of
- * expert weights a step reads (for the benchmark's roofline). The kernels: kernels/moe.cu; the
- * host side: cuda_moe.c. */
+ * expert weights a step reads (for the benchmark's roofline). The kernels: kernels/moe_*.cu;
+ * the host side: cuda_moe.c. */
 #ifndef SLUICE_BACKEND_CUDA_MOE_PLAN_H
 #define SLUICE_BACKEND_CUDA_MOE_PLAN_H
 

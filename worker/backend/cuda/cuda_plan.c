@@ -40,6 +40,16 @@ void cuda_plan_config_init(struct cuda_plan_config *c, const struct model_config
     c->fused_qkv_rows = o->fused_qkv == CUDA_FUSED_QKV_OFF   ? -1
                         : o->fused_qkv == CUDA_FUSED_QKV_ALL ? 0
                                                              : CUDA_FUSED_QKV_ROWS;
+    c->attn_scale = m->fam.attn_scale > 0 ? m->fam.attn_scale : 1.0f / sqrtf((float)m->head_dim);
+    /* YaRN's and LongRoPE's factor multiplies cos and sin, so q.k by its square: the scores take
+     * it here instead (the same softmax; the cache keeps unscaled keys). */
+    const float af = m->fam.rope_attn_factor > 0 ? m->fam.rope_attn_factor : 1.0f;
+    c->attn_scale *= af * af;
+    c->attn_softcap = m->fam.attn_softcap;
+    c->plain_mlp = m->fam.mlp_bias || m->fam.act != MODEL_ACT_SILU;
+    if (c->plain_mlp) c->gu_interleaved = false;
+    c->seq_rope = m->rope_scaling.type == ROPE_SCALING_LONGROPE || m->rope_scaling.type == ROPE_SCALING_DYNAMIC;
+    c->all_sliding_window = m->fam.all_sliding ? m->fam.sliding_window : 0;
     c->deterministic = deterministic;
     if (deterministic) {
         /* The fused decode attention takes only pure decode steps: a token in a mixed step would
@@ -128,6 +138,12 @@ struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows)
         /* gate/up in fp32 and its own activation: the fused kinds read bf16 weights. */
         p.gate_up = cuda_plan_fp8_product(c, rows, 2 * c->inter, c->hidden);
         p.down = cuda_plan_fp8_product(c, rows, c->hidden, c->inter);
+        return p;
+    }
+    if (c->plain_mlp) {
+        /* Biases and the activation apply between gate/up and down (sk_glu). */
+        p.gate_up = cuda_plan_product(c, rows, 2 * c->inter, c->hidden);
+        p.down = cuda_plan_product_parts(c, rows, c->hidden, c->inter, false);
         return p;
     }
     p.down = cuda_plan_product_parts(c, rows, c->hidden, c->inter, false);
@@ -269,7 +285,8 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
         if (q->sample && ((q->n_suppress > 0 && !q->suppress) ||
                           (q->sampling->n_bias > 0 && (!q->sampling->bias_ids || !q->sampling->bias_values))))
             return plan_fail(err, errlen, "cuda: sequence %d has suppressed tokens or a logit bias without ids", s);
-        for (int i = 0; i < need; i++)
+        const int W = c->all_sliding_window, first = W > 0 && q->start_pos >= W ? (q->start_pos - W + 1) / KV_BLOCK_SIZE : 0;
+        for (int i = first; i < need; i++)
             if (q->block_table[i] < 0 || q->block_table[i] >= c->num_kv_blocks)
                 return plan_fail(err, errlen, "cuda: block id %d out of range (%d blocks)", q->block_table[i],
                                  c->num_kv_blocks);
@@ -326,7 +343,8 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
                                       .n_kv_heads = c->n_kv_heads,
                                       .head_dim = c->head_dim,
                                       .bt_stride = bt_stride,
-                                      .scale = 1.0f / sqrtf((float)c->head_dim),
+                                      .scale = c->attn_scale,
+                                      .softcap = c->attn_softcap,
                                       .n_splits = 1,
                                       .split_len = 0,
                                       .token_list = NULL,
@@ -342,8 +360,9 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
      * no qkv_post, the decode attention does its work (a graph's batch size decides, so graphs
      * need no key for it). At fewer rows the attention's start no longer hides behind
      * qkv_post's work, and the two kernels win. */
-    p->fused_qkv =
-        c->fused_qkv_rows >= 0 && n_dec > c->fused_qkv_rows && p->all_dec && sk_attention_decode_qkv_fits(&p->attn);
+    p->fused_qkv = c->fused_qkv_rows >= 0 && n_dec > c->fused_qkv_rows && p->all_dec && !c->seq_rope &&
+                   sk_attention_decode_qkv_fits(&p->attn);
+    p->seq_rope_half = c->seq_rope ? c->head_dim / 2 : 0;
     /* The bound comes from the block-table width under a graph, so a captured step keeps its
      * grid while the width holds. */
     plan_splits(c, &p->attn, stream, p->graph ? (int64_t)bt_stride * KV_BLOCK_SIZE : max_ctx);

@@ -60,6 +60,14 @@ struct cuda_plan_config {
      * is there for this device and these shapes; fp8_mma: the tensor-core FP8 kernel may take
      * products (--cuda-options fp8_mma=0 turns it off). */
     bool fp8, fp8_blocks, fp8_lt, fp8_mma;
+    /* The family's layer (model_family.h). plain_mlp: gate/up biases or an activation other
+     * than SiLU, which only the fp32 gate/up product and sk_glu take; seq_rope: rope frequencies
+     * chosen per sequence and step (LongRoPE, dynamic NTK), which only qkv_post takes. */
+    float attn_scale, attn_softcap;
+    bool plain_mlp, seq_rope;
+    /* > 0: every layer slides over this many keys, so the blocks wholly before the window of a
+     * sequence's first token in the step are never read, and may be freed (-1) by the engine. */
+    int all_sliding_window;
     /* --deterministic: a row's arithmetic does not depend on the batch. */
     bool deterministic;
     int det_split_len; /* the decode attention's fixed key range */
@@ -129,7 +137,7 @@ enum cuda_mlp {
     CUDA_MLP_FUSED,  /* sk_hopper_mlp: gate/up with its activation, then down's parts, one launch */
     CUDA_MLP_SWIGLU, /* sk_hopper_gemm_swiglu (gate/up with its activation, bf16), then down */
     CUDA_MLP_BF16,   /* cuBLAS gate/up in bf16, sk_silu_mul_bf16, then down */
-    CUDA_MLP_FP32,   /* gate/up as the gate_up plan says, in fp32, sk_silu_mul(_interleaved), then down */
+    CUDA_MLP_FP32,   /* gate/up as the gate_up plan says, in fp32, sk_silu_mul(_interleaved) or sk_glu, then down */
 };
 struct cuda_mlp_plan {
     enum cuda_mlp kind;
@@ -179,6 +187,7 @@ struct cuda_step_plan {
     struct sk_attn_params attn;
     enum sk_attn_kernel attn_kernel;
     bool fused_qkv;
+    int seq_rope_half; /* > 0: each sequence's rope frequencies (this many floats) go with the metadata */
     struct cuda_product_plan qkv, o, lm_head;
     struct cuda_mlp_plan mlp;
 };

@@ -1,6 +1,6 @@
 /* GGUF block-quantized matrices kept in their blocks on the device (issue 21): uploaded as the file
  * has them, so a quantized model's weights take about the file's size. Decode-sized products run
- * the block GEMV (kernels/gemv_q.cu), which dequantizes in registers and reads each weight byte
+ * the block GEMV (kernels/quant_gemv.cu), which dequantizes in registers and reads each weight byte
  * once per 8 rows; larger ones (prefill) dequantize tiles of rows into one bf16 scratch buffer,
  * shared by every matrix, and run cuBLAS on each tile (cuda_plan_quant_gemv and
  * cuda_plan_quant_tile_rows decide). A layer stays in blocks only when all of its seven matrices
@@ -194,12 +194,13 @@ int cuda_qlayer_qkv(struct cuda_backend *b, const struct cuda_qlayer *q, const u
     return qproduct(b, &q->v, x, qkv + q->q.n_out + q->k.n_out, width, rows, &x_int8);
 }
 
-int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, int rows)
+int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, const float *b_gu, int rows)
 {
     struct cuda_workspace *ws = &b->ws;
     const int I = q->gate.n_out;
     int rc = 0;
-    /* [gate | up] per row in big, as sk_silu_mul reads them; its output in y is down's input. */
+    /* [gate | up] per row in big, as sk_silu_mul and sk_glu read them; their output in y is down's
+     * input. */
     const struct cuda_qmat *ms[2] = {&q->gate, &q->up};
     bool x_int8 = false; /* y is quantized once for the two */
     const int done = one_launch(b, ms, 2, ws->y, ws->big, 2 * I, rows);
@@ -209,7 +210,10 @@ int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, int row
         if ((rc = qproduct(b, &q->up, ws->y, ws->big + I, 2 * I, rows, &x_int8)) < 0) goto fail;
     }
     cuda_prof_mark(b, CUDA_PROF_GATE_UP);
-    CUDA_CHECK(b, sk_silu_mul(ws->y, ws->big, rows, I, b->stream));
+    if (b->plan.plain_mlp)
+        CUDA_CHECK(b, sk_glu(ws->y, ws->big, b_gu, (int)b->base.config.fam.act, rows, I, b->stream));
+    else
+        CUDA_CHECK(b, sk_silu_mul(ws->y, ws->big, rows, I, b->stream));
     cuda_prof_mark(b, CUDA_PROF_SILU);
     if ((rc = cuda_qproduct(b, &q->down, ws->y, ws->delta, q->down.n_out, rows)) < 0) goto fail;
     cuda_prof_mark(b, CUDA_PROF_DOWN);

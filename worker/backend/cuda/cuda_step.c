@@ -23,12 +23,14 @@ static size_t align16(size_t n)
 
 /* The most metadata a step may need: sampled rows, five ints a token, a sampled token's row,
  * the block tables, the prefill tiles, prompt logprob rows (three ints) and hidden-state tokens
- * (one int) of at most every token, three ints a pooled sequence, and alignment. */
+ * (one int) of at most every token, three ints a pooled sequence, each sequence's rope
+ * frequencies where they depend on its length, and alignment. */
 static size_t meta_size(const struct cuda_backend *b)
 {
     size_t T = (size_t)b->base.max_batch_tokens, S = (size_t)b->base.max_batch_seqs;
+    size_t freqs = b->plan.seq_rope ? S * (size_t)(b->base.config.head_dim / 2) * 4 : 0;
     return S * sizeof(struct sk_sample_row) + 5 * T * 4 + S * 4 + S * (size_t)b->plan.bt_cap * 4 +
-           (T / SK_PREFILL_TILE + S + 1) * 3 * 4 + 4 * T * 4 + 3 * S * 4 + 13 * 16;
+           (T / SK_PREFILL_TILE + S + 1) * 3 * 4 + 4 * T * 4 + 3 * S * 4 + freqs + 14 * 16;
 }
 
 /* Lays the step's arrays out in base (host or device) for T tokens, S sequences, R sampled rows
@@ -65,6 +67,8 @@ static size_t meta_layout(unsigned char *base, int T, int S, int R, int bt_strid
     at = align16(at + (size_t)p->n_hid_rows * 4);
     m->hid_seg = (int32_t *)(base + at);
     at = align16(at + (size_t)p->n_hid_seqs * 3 * 4);
+    m->seq_freqs = (float *)(base + at);
+    at = align16(at + (size_t)S * (size_t)p->seq_rope_half * 4);
     return at;
 }
 
@@ -202,6 +206,14 @@ static size_t fill_meta(struct cuda_backend *b, const struct batch *batch, const
             hm->pos[t] = pos;
             hm->seq[t] = s;
             hm->slot[t] = q->block_table[pos / KV_BLOCK_SIZE] * KV_BLOCK_SIZE + pos % KV_BLOCK_SIZE;
+        }
+        if (p->seq_rope_half) {
+            /* The length transformers' forward would see (as the CPU backend takes it): a
+             * prefill's whole prompt, however it is chunked. */
+            const int32_t end = q->start_pos + q->n_new, len = end > q->n_history ? end : q->n_history;
+            float *dst = hm->seq_freqs + (size_t)s * p->seq_rope_half;
+            const float *f = rope_step_freqs(&b->w.rope, len, dst);
+            if (f != dst) memcpy(dst, f, (size_t)p->seq_rope_half * sizeof *dst);
         }
         if (!q->sample) continue;
         const struct sampling_params *sp = q->sampling;

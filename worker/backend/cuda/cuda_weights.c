@@ -122,6 +122,9 @@ static int put_vector_at(struct loader *ld, float *dst, const struct tensor *t, 
     host = malloc((size_t)n * sizeof *host);
     if (!host) CUDA_FAIL(b, "cuda: out of host memory for %s", name);
     tensor_to_f32(t, ld->m->dummy_seed, is_norm, host);
+    /* Gemma's norms scale by (1 + w), which transformers adds in float32 as here. */
+    if (is_norm && ld->m->config.fam.norm_plus_one)
+        for (int64_t i = 0; i < n; i++) host[i] = 1.0f + host[i];
     CUDA_CHECK(b, cudaMemcpy(dst, host, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
 fail:
     free(host);
@@ -134,27 +137,45 @@ static int put_vector(struct loader *ld, float **dst, const struct tensor *t, in
     return rc < 0 ? rc : put_vector_at(ld, *dst, t, n, is_norm, name);
 }
 
-/* Hugging Face's rotary frequencies, including llama3 and linear scaling. */
-static void rope_frequencies(const struct model_config *c, float *out)
+/* A layer's vectors of model_family.h, where the family has them (absent tensors have ndim 0):
+ * the o, gate/up and down biases and the norms after attention and the MLP. */
+static int put_family_vectors(struct loader *ld, struct cuda_layer *cl, const struct layer_weights *lw,
+                              const char *name)
 {
-    int d = c->head_dim;
-    for (int i = 0; i < d / 2; i++) {
-        double f = 1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)d);
-        if (c->rope_scaling.type == ROPE_SCALING_LINEAR && c->rope_scaling.factor > 0) {
-            f /= c->rope_scaling.factor;
-        } else if (c->rope_scaling.type == ROPE_SCALING_LLAMA3) {
-            double factor = c->rope_scaling.factor, lo = c->rope_scaling.low_freq_factor,
-                   hi = c->rope_scaling.high_freq_factor, old = c->rope_scaling.original_max_position;
-            double lo_wl = old / lo, hi_wl = old / hi, wl = 2.0 * M_PI / f;
-            if (wl > lo_wl) {
-                f /= factor;
-            } else if (wl >= hi_wl) {
-                double smooth = (old / wl - lo) / (hi - lo);
-                f = (1.0 - smooth) * f / factor + smooth * f;
-            }
-        }
-        out[i] = (float)f;
+    const struct model_config *c = &ld->m->config;
+    const int64_t H = c->hidden_size, I = c->intermediate_size;
+    int rc = 0;
+    if (lw->bo.ndim && (rc = put_vector(ld, &cl->bo, &lw->bo, H, false, name)) < 0) goto fail;
+    if (lw->b_gate.ndim) {
+        if ((rc = alloc_dev(ld->b, (void **)&cl->b_gu, (size_t)(2 * I) * sizeof(float))) < 0) goto fail;
+        if ((rc = put_vector_at(ld, cl->b_gu, &lw->b_gate, I, false, name)) < 0) goto fail;
+        if ((rc = put_vector_at(ld, cl->b_gu + I, &lw->b_up, I, false, name)) < 0) goto fail;
     }
+    if (lw->b_down.ndim && (rc = put_vector(ld, &cl->b_down, &lw->b_down, H, false, name)) < 0) goto fail;
+    if (lw->post_attn_norm.ndim &&
+        (rc = put_vector(ld, &cl->post_attn_norm, &lw->post_attn_norm, H, true, name)) < 0)
+        goto fail;
+    if (lw->post_ffn_norm.ndim && (rc = put_vector(ld, &cl->post_ffn_norm, &lw->post_ffn_norm, H, true, name)) < 0)
+        goto fail;
+fail:
+    return rc;
+}
+
+/* The rope's tables (worker/model/rope.h): the static frequencies and Gemma 3's local ones on
+ * the device; those chosen per sequence go with each step's metadata (cuda_step.c). */
+static int put_rope(struct cuda_backend *b, const struct model_config *c)
+{
+    const size_t bytes = (size_t)(c->head_dim / 2) * sizeof(float);
+    int rc = 0;
+    if (rope_init(&b->w.rope, c) < 0) CUDA_FAIL(b, "cuda: out of host memory for the rope tables");
+    if ((rc = alloc_dev(b, (void **)&b->w.inv_freq, bytes)) < 0) goto fail;
+    CUDA_CHECK(b, cudaMemcpy(b->w.inv_freq, b->w.rope.inv_freq, bytes, cudaMemcpyHostToDevice));
+    if (b->w.rope.inv_freq_local) {
+        if ((rc = alloc_dev(b, (void **)&b->w.inv_freq_local, bytes)) < 0) goto fail;
+        CUDA_CHECK(b, cudaMemcpy(b->w.inv_freq_local, b->w.rope.inv_freq_local, bytes, cudaMemcpyHostToDevice));
+    }
+fail:
+    return rc;
 }
 
 int cuda_weights_load(struct cuda_backend *b, const struct model *m)
@@ -164,7 +185,6 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
     int rc = 0;
     const int64_t H = c->hidden_size, I = c->intermediate_size, D = c->head_dim;
     const int64_t qd = (int64_t)c->n_heads * D, kvd = (int64_t)c->n_kv_heads * D, V = c->vocab_size;
-    float inv_freq[SK_MAX_HEAD_DIM / 2];
     uint16_t *gu_plain = NULL;
 
     CUDA_CHECK(b, cudaMalloc(&ld.staging, STAGING_BYTES));
@@ -230,11 +250,10 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
             if ((rc = put_vector_at(&ld, cl->bqkv + qd, &lw->bk, kvd, false, name)) < 0) goto fail;
             if ((rc = put_vector_at(&ld, cl->bqkv + qd + kvd, &lw->bv, kvd, false, name)) < 0) goto fail;
         }
+        if ((rc = put_family_vectors(&ld, cl, lw, name)) < 0) goto fail;
     }
     cuda_fp8_load_done(b);
-    rope_frequencies(c, inv_freq);
-    if ((rc = alloc_dev(b, (void **)&b->w.inv_freq, (size_t)(D / 2) * sizeof(float))) < 0) goto fail;
-    CUDA_CHECK(b, cudaMemcpy(b->w.inv_freq, inv_freq, (size_t)(D / 2) * sizeof(float), cudaMemcpyHostToDevice));
+    if ((rc = put_rope(b, c)) < 0) goto fail;
     if ((rc = cuda_qweights_finish(b)) < 0) goto fail;
     CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
 fail:
@@ -252,6 +271,8 @@ void cuda_weights_free(struct cuda_backend *b)
     cudaFree(b->w.tok_embed);
     cudaFree(b->w.final_norm);
     cudaFree(b->w.inv_freq);
+    cudaFree(b->w.inv_freq_local);
+    rope_free(&b->w.rope);
     if (b->w.layers) {
         for (int l = 0; l < b->base.config.n_layers; l++) {
             struct cuda_layer *cl = &b->w.layers[l];
@@ -264,6 +285,11 @@ void cuda_weights_free(struct cuda_backend *b)
             cudaFree(cl->q_norm);
             cudaFree(cl->k_norm);
             cudaFree(cl->bqkv);
+            cudaFree(cl->bo);
+            cudaFree(cl->b_gu);
+            cudaFree(cl->b_down);
+            cudaFree(cl->post_attn_norm);
+            cudaFree(cl->post_ffn_norm);
         }
         free(b->w.layers);
     }

@@ -1,10 +1,35 @@
-/* Rope frequencies of every variant, as transformers computes them (cpu_rope.h). */
-#include "worker/backend/cpu/cpu_rope.h"
+/* Rope frequencies of every variant, as transformers computes them (rope.h). */
+#include "worker/model/rope.h"
 
 #include <math.h>
 #include <stdlib.h>
 
-#include "worker/backend/cpu/cpu_ops.h"
+void rope_static_freqs(const struct model_config *c, float *inv_freq)
+{
+    int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float f = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
+        if (c->rope_scaling.type == ROPE_SCALING_LINEAR) {
+            f /= c->rope_scaling.factor;
+        } else if (c->rope_scaling.type == ROPE_SCALING_LLAMA3) {
+            /* Meta's Llama 3.1 scaling: long wavelengths slowed by factor, short ones kept,
+             * the band between blended smoothly. */
+            float factor = c->rope_scaling.factor;
+            float lo = c->rope_scaling.low_freq_factor, hi = c->rope_scaling.high_freq_factor;
+            float old_ctx = (float)c->rope_scaling.original_max_position;
+            float low_freq_wavelen = old_ctx / lo, high_freq_wavelen = old_ctx / hi;
+            float wavelen = 2.0f * (float)M_PI / f;
+            if (wavelen > low_freq_wavelen) {
+                f = f / factor;
+            } else if (wavelen >= high_freq_wavelen) {
+                float smooth = (old_ctx / wavelen - lo) / (hi - lo);
+                f = (1.0f - smooth) * f / factor + smooth * f;
+            }
+        }
+        inv_freq[i] = f;
+    }
+}
+
 
 /* 1 / base^(2i / dim) in float32: transformers' `base ** (arange(0, dim, 2).float() / dim)`. */
 static void default_freqs(float base, int head_dim, float *out)
@@ -52,14 +77,14 @@ static void longrope_freqs(const struct model_config *c, const float *ext, float
 
 /* _compute_dynamic_ntk_parameters at seq_len (above max_position_embeddings), in float32 as
  * transformers computes it from the tensor seq_len. */
-static void dynamic_freqs(const struct cpu_rope *r, int head_dim, int32_t seq_len, float *out)
+static void dynamic_freqs(const struct rope *r, int head_dim, int32_t seq_len, float *out)
 {
     float ratio = r->factor * (float)seq_len / (float)r->threshold - (r->factor - 1.0f);
     float base = r->theta * powf(ratio, (float)((double)head_dim / (double)(head_dim - 2)));
     default_freqs(base, head_dim, out);
 }
 
-int cpu_rope_init(struct cpu_rope *r, const struct model_config *c)
+int rope_init(struct rope *r, const struct model_config *c)
 {
     int half = c->head_dim / 2;
     r->half = half;
@@ -91,7 +116,7 @@ int cpu_rope_init(struct cpu_rope *r, const struct model_config *c)
         break;
     }
     default:
-        cpu_rope_inv_freq(c, r->inv_freq);
+        rope_static_freqs(c, r->inv_freq);
         break;
     }
     if (c->fam.local_rope_theta > 0) {
@@ -102,7 +127,7 @@ int cpu_rope_init(struct cpu_rope *r, const struct model_config *c)
     return 0;
 }
 
-void cpu_rope_free(struct cpu_rope *r)
+void rope_free(struct rope *r)
 {
     free(r->inv_freq);
     free(r->inv_freq_long);
@@ -110,7 +135,7 @@ void cpu_rope_free(struct cpu_rope *r)
     r->inv_freq = r->inv_freq_long = r->inv_freq_local = NULL;
 }
 
-const float *cpu_rope_step_freqs(const struct cpu_rope *r, int32_t seq_len, float *scratch)
+const float *rope_step_freqs(const struct rope *r, int32_t seq_len, float *scratch)
 {
     if (r->type == ROPE_SCALING_LONGROPE) return seq_len > r->threshold ? r->inv_freq_long : r->inv_freq;
     if (r->type == ROPE_SCALING_DYNAMIC && seq_len > r->threshold) {
@@ -120,7 +145,7 @@ const float *cpu_rope_step_freqs(const struct cpu_rope *r, int32_t seq_len, floa
     return r->inv_freq;
 }
 
-void cpu_rope_angles(const struct cpu_rope *r, const float *inv_freq, int32_t pos, float *cos_t, float *sin_t)
+void rope_angles(const struct rope *r, const float *inv_freq, int32_t pos, float *cos_t, float *sin_t)
 {
     /* Angles as Hugging Face computes them: float32 position times float32 frequency. */
     for (int k = 0; k < r->half; k++) {

@@ -1,65 +1,16 @@
-// FP8 (e4m3) weights (sk_fp8.h): row quantization, dequantization, the decode gemv and the scales
-// of an FP8 GEMM's output. Conversions use the hardware's cvt (sm_89 and later) through
-// cuda_fp8.h; every rounding is to nearest even, as the CPU's fp8.c does.
+// sk_fp8_gemv (sk_fp8.h): the decode gemv on e4m3 weights, reading one byte a weight, bf16
+// activations and fp32 sums for up to SK_FP8_GEMV_MAX_ROWS rows. The codes become floats by
+// moving their bits (no conversion instruction), and the grid's last warps prefetch the next
+// product's weights into L2 (prefetch_l2.cuh).
 #include "kernels/bf16.cuh"
 #include "kernels/load_stream.cuh"
 #include "kernels/prefetch_l2.cuh"
 #include "kernels/sk_fp8.h"
 
 #include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
 
 namespace
 {
-
-constexpr float kE4m3Max = 448.0f;
-constexpr int kQuantThreads = 256;
-
-__device__ __forceinline__ float e4m3_to_f32(uint8_t b)
-{
-    __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), __NV_E4M3);
-    return __half2float(__half(h));
-}
-
-__device__ __forceinline__ float bf16_bits_to_f32(uint16_t v)
-{
-    return __uint_as_float(static_cast<uint32_t>(v) << 16);
-}
-
-__global__ void __launch_bounds__(kQuantThreads)
-    quantize_rows_kernel(uint8_t *__restrict__ q, float *__restrict__ scale, const uint16_t *__restrict__ x, int cols)
-{
-    const int r = blockIdx.x;
-    const uint16_t *row = x + (size_t)r * cols;
-    float amax = 0.0f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) amax = fmaxf(amax, fabsf(bf16_bits_to_f32(row[c])));
-    __shared__ float warp_max[kQuantThreads / 32];
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = amax;
-    __syncthreads();
-    amax = 0.0f;
-    for (int w = 0; w < kQuantThreads / 32; w++) amax = fmaxf(amax, warp_max[w]);
-    // IEEE division (no fast math here), so the scale and the codes are the CPU's bit for bit.
-    const float s = amax > 0.0f ? __fdiv_rn(amax, kE4m3Max) : 1.0f;
-    if (threadIdx.x == 0) scale[r] = s;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x)
-        q[(size_t)r * cols + c] = __nv_cvt_float_to_fp8(__fdiv_rn(bf16_bits_to_f32(row[c]), s), __NV_SATFINITE,
-                                                        __NV_E4M3);
-}
-
-__global__ void dequant_kernel(uint16_t *__restrict__ dst, const uint8_t *__restrict__ q,
-                               const float *__restrict__ scale, int scale_rows, int scale_cols, int rows, int cols)
-{
-    const int64_t n = (int64_t)rows * cols;
-    const int per_row = (cols + scale_cols - 1) / scale_cols;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        const int r = (int)(i / cols), c = (int)(i % cols);
-        const float v = e4m3_to_f32(q[i]) * scale[(size_t)(r / scale_rows) * per_row + c / scale_cols];
-        __nv_bfloat16 b = __float2bfloat16_rn(v);
-        dst[i] = *reinterpret_cast<uint16_t *>(&b);
-    }
-}
 
 constexpr int kUnroll = 4;
 constexpr int kWarpsPerBlock = 8;
@@ -183,44 +134,7 @@ cudaError_t launch_gemv(const uint8_t *w, const float *scale, int sr, int sc, co
     return cudaGetLastError();
 }
 
-template <typename Acc>
-__global__ void scale_output_kernel(float *y, const Acc *acc, const float *__restrict__ row_scale,
-                                    const float *__restrict__ col_scale, int rows, int n_out)
-{
-    const int64_t n = (int64_t)rows * n_out;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        const int m = (int)(i / n_out), c = (int)(i % n_out);
-        float a;
-        if constexpr (sizeof(Acc) == 2) a = bf16_bits_to_f32(acc[i]);
-        else a = acc[i];
-        y[i] = a * (row_scale[m] * col_scale[c]);
-    }
-}
-
-int grid_for(int64_t n)
-{
-    int64_t g = (n + 255) / 256;
-    return (int)(g < 65536 ? (g > 0 ? g : 1) : 65536);
-}
-
 } // namespace
-
-extern "C" cudaError_t sk_fp8_quantize_rows(uint8_t *q, float *scale, const uint16_t *x, int rows, int cols,
-                                            cudaStream_t s)
-{
-    if (rows < 0 || cols < 1) return cudaErrorInvalidValue;
-    if (rows == 0) return cudaSuccess;
-    quantize_rows_kernel<<<rows, kQuantThreads, 0, s>>>(q, scale, x, cols);
-    return cudaGetLastError();
-}
-
-extern "C" cudaError_t sk_fp8_dequant_bf16(uint16_t *dst, const uint8_t *q, const float *scale, int scale_rows,
-                                           int scale_cols, int rows, int cols, cudaStream_t s)
-{
-    if (rows < 1 || cols < 1 || scale_rows < 1 || scale_cols < 1) return cudaErrorInvalidValue;
-    dequant_kernel<<<grid_for((int64_t)rows * cols), 256, 0, s>>>(dst, q, scale, scale_rows, scale_cols, rows, cols);
-    return cudaGetLastError();
-}
 
 extern "C" cudaError_t sk_fp8_gemv(const uint8_t *w, const float *scale, int scale_rows, int scale_cols,
                                    const uint16_t *x, float *y, int rows, int n_out, int k_in, const void *prefetch,
@@ -240,18 +154,4 @@ extern "C" cudaError_t sk_fp8_gemv(const uint8_t *w, const float *scale, int sca
     case 7: return launch_gemv<7>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, prefetch, prefetch_bytes, s);
     default: return launch_gemv<8>(w, scale, scale_rows, scale_cols, x, y, n_out, k_in, prefetch, prefetch_bytes, s);
     }
-}
-
-extern "C" cudaError_t sk_fp8_scale_output(float *y, const void *acc, int acc_bf16, const float *row_scale,
-                                           const float *col_scale, int rows, int n_out, cudaStream_t s)
-{
-    if (rows < 1 || n_out < 1) return cudaErrorInvalidValue;
-    const int g = grid_for((int64_t)rows * n_out);
-    if (acc_bf16)
-        scale_output_kernel<uint16_t>
-            <<<g, 256, 0, s>>>(y, static_cast<const uint16_t *>(acc), row_scale, col_scale, rows, n_out);
-    else
-        scale_output_kernel<float><<<g, 256, 0, s>>>(y, static_cast<const float *>(acc), row_scale, col_scale, rows,
-                                                     n_out);
-    return cudaGetLastError();
 }

@@ -1,6 +1,6 @@
-// Mixture-of-experts kernels (sluice_kernels.h, "mixture of experts"): the router's top-k, the
-// counting sort of (token, choice) pairs by expert, the grouped expert products and the weighted
-// combination. Nothing here needs a count on the host: every grid is sized from the step's token
+// sk_moe_gemm (sluice_kernels.h, "mixture of experts"): the grouped expert products, on the CUDA
+// cores (any row count; the one kept under --deterministic) and on the tensor cores (groups of
+// many rows). Nothing here needs a count on the host: every grid is sized from the step's row
 // count and the model's shape, so a decode step that runs them can be captured in a CUDA graph.
 //
 // Every row's arithmetic is fixed by the row alone (one warp per output feature, each lane's
@@ -9,6 +9,7 @@
 #include "kernels/bf16.cuh"
 #include "kernels/load_stream.cuh"
 #include "kernels/mma.cuh"
+#include "kernels/moe_common.cuh"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda_bf16.h>
@@ -20,127 +21,6 @@ constexpr int kWarps = 8; // output features per block in sk_moe_gemm
 // Rows a warp carries through one pass over its weight rows: 4 where the groups' rows are few
 // (decode: fewer registers, so more warps and more loads in flight), else 16.
 constexpr int kFewRows = 4, kManyRows = 16;
-constexpr int kSortThreads = 1024;
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// ---- routing: one warp per token -------------------------------------------------------------
-
-constexpr int kPerLane = SK_MOE_MAX_EXPERTS / 32;
-
-__global__ void route_kernel(const float *__restrict__ logits, int n_tokens, int n_experts, int top_k,
-                             int renormalise, int32_t *__restrict__ choice, float *__restrict__ weight)
-{
-    const int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (t >= n_tokens) return;
-    const float *l = logits + (int64_t)t * n_experts;
-    float v[kPerLane];
-    float mx = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < kPerLane; j++) {
-        int e = lane + 32 * j;
-        v[j] = e < n_experts ? l[e] : -INFINITY;
-        mx = fmaxf(mx, v[j]);
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float sum = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kPerLane; j++) {
-        int e = lane + 32 * j;
-        v[j] = e < n_experts ? expf(v[j] - mx) : -1.0f; // -1: never chosen (probabilities are >= 0)
-        if (e < n_experts) sum += v[j];
-    }
-    sum = warp_sum(sum);
-    const float inv = 1.0f / sum;
-#pragma unroll
-    for (int j = 0; j < kPerLane; j++)
-        if (lane + 32 * j < n_experts) v[j] *= inv;
-    // k rounds of a warp arg-max over the probabilities; equal values go to the lower expert id.
-    float top = 0.0f;
-    float wsel[SK_MOE_MAX_TOP_K];
-    int32_t esel[SK_MOE_MAX_TOP_K];
-    for (int r = 0; r < top_k; r++) {
-        float bv = -2.0f;
-        int be = INT32_MAX;
-#pragma unroll
-        for (int j = 0; j < kPerLane; j++) {
-            int e = lane + 32 * j;
-            // Ascending e per lane: the first of equals stays. Only real experts: where every
-            // probability is NaN no comparison holds, and no padding id may win instead.
-            if (e < n_experts && v[j] > bv) bv = v[j], be = e;
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            int oe = __shfl_xor_sync(0xffffffffu, be, o);
-            if (ov > bv || (ov == bv && oe < be)) bv = ov, be = oe;
-        }
-#pragma unroll
-        for (int j = 0; j < kPerLane; j++)
-            if (lane + 32 * j == be) v[j] = -1.0f;
-        if (be == INT32_MAX) be = r; // NaN logits: no order; any id keeps the later kernels in bounds
-        wsel[r] = bv;
-        esel[r] = be;
-        top += bv; // in the chosen order, as the CPU router sums them
-    }
-    if (lane == 0) {
-        for (int r = 0; r < top_k; r++) {
-            choice[(int64_t)t * top_k + r] = esel[r];
-            weight[(int64_t)t * top_k + r] = renormalise ? wsel[r] / top : wsel[r];
-        }
-    }
-}
-
-// ---- the counting sort: one block ----------------------------------------------------------
-
-__global__ void __launch_bounds__(kSortThreads)
-    sort_kernel(const int32_t *__restrict__ choice, int n_pairs, int n_experts, int32_t *__restrict__ order,
-                int32_t *__restrict__ pos, int32_t *__restrict__ seg, int32_t *__restrict__ active)
-{
-    __shared__ int32_t count[SK_MOE_MAX_EXPERTS], start[SK_MOE_MAX_EXPERTS + 1];
-    for (int e = threadIdx.x; e < n_experts; e += blockDim.x) count[e] = 0;
-    __syncthreads();
-    for (int i = threadIdx.x; i < n_pairs; i += blockDim.x) atomicAdd(&count[choice[i]], 1);
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int s = 0, na = 0;
-        for (int e = 0; e < n_experts; e++) {
-            start[e] = s;
-            seg[e] = s;
-            if (count[e]) active[na++] = e;
-            s += count[e];
-        }
-        start[n_experts] = s;
-        seg[n_experts] = s;
-        active[n_experts] = na;
-    }
-    __syncthreads();
-    // Warp w places the pairs of experts w, w + 32, ... in pair order: a ballot per 32 pairs says
-    // which lanes hold the expert, and the lanes below a lane say where its pair goes.
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
-    const unsigned below = (1u << lane) - 1u;
-    for (int e = warp; e < n_experts; e += n_warps) {
-        if (!count[e]) continue;
-        int at = start[e];
-        for (int base = 0; base < n_pairs; base += 32) {
-            int i = base + lane;
-            bool mine = i < n_pairs && choice[i] == e;
-            unsigned m = __ballot_sync(0xffffffffu, mine);
-            if (mine) {
-                int p = at + __popc(m & below);
-                order[p] = i;
-                pos[i] = p;
-            }
-            at += __popc(m);
-        }
-    }
-}
 
 // ---- the grouped product -------------------------------------------------------------------
 // Block y's group (active[y]; the one group when dense) and its rows r0..r1; false when y is past
@@ -313,64 +193,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     }
 }
 
-// ---- the combination: one block per token ----------------------------------------------------
-
-__global__ void combine_kernel(const float *__restrict__ y_exp, const int32_t *__restrict__ choice,
-                               const float *__restrict__ weight, const int32_t *__restrict__ pos, int top_k,
-                               const float *__restrict__ shared_y, const float *__restrict__ shared_gate,
-                               float *__restrict__ out, int hidden)
-{
-    const int t = blockIdx.x;
-    __shared__ int32_t src[SK_MOE_MAX_TOP_K];
-    __shared__ float wt[SK_MOE_MAX_TOP_K];
-    if (threadIdx.x == 0) {
-        // The token's choices in ascending expert order (transformers adds its experts so), by
-        // the key expert * top_k + slot, which stays a strict order even for a repeated expert.
-        int64_t last = -1;
-        for (int r = 0; r < top_k; r++) {
-            int best = 0;
-            int64_t best_key = INT64_MAX;
-            for (int q = 0; q < top_k; q++) {
-                int64_t key = (int64_t)choice[(int64_t)t * top_k + q] * top_k + q;
-                if (key > last && key < best_key) best = q, best_key = key;
-            }
-            last = best_key;
-            src[r] = pos[(int64_t)t * top_k + best];
-            wt[r] = weight[(int64_t)t * top_k + best];
-        }
-    }
-    __syncthreads();
-    const float sg = shared_y ? 1.0f / (1.0f + expf(-shared_gate[t])) : 0.0f;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float o = 0.0f;
-        for (int r = 0; r < top_k; r++) o += y_exp[(int64_t)src[r] * hidden + i] * wt[r];
-        if (shared_y) o += sg * shared_y[(int64_t)t * hidden + i];
-        out[(int64_t)t * hidden + i] = o;
-    }
-}
-
 } // namespace
-
-extern "C" cudaError_t sk_moe_route(const float *logits, int n_tokens, int n_experts, int top_k, int renormalise,
-                                    int32_t *choice, float *weight, cudaStream_t s)
-{
-    if (n_tokens <= 0) return cudaSuccess;
-    if (n_experts < 1 || n_experts > SK_MOE_MAX_EXPERTS || top_k < 1 || top_k > SK_MOE_MAX_TOP_K ||
-        top_k > n_experts)
-        return cudaErrorInvalidValue;
-    const int per_block = 8;
-    route_kernel<<<(n_tokens + per_block - 1) / per_block, per_block * 32, 0, s>>>(logits, n_tokens, n_experts, top_k,
-                                                                                   renormalise, choice, weight);
-    return cudaGetLastError();
-}
-
-extern "C" cudaError_t sk_moe_sort(const int32_t *choice, int n_pairs, int n_experts, int32_t *order, int32_t *pos,
-                                   int32_t *seg, int32_t *active, cudaStream_t s)
-{
-    if (n_experts < 1 || n_experts > SK_MOE_MAX_EXPERTS || n_pairs < 0) return cudaErrorInvalidValue;
-    sort_kernel<<<1, kSortThreads, 0, s>>>(choice, n_pairs, n_experts, order, pos, seg, active);
-    return cudaGetLastError();
-}
 
 extern "C" cudaError_t sk_moe_gemm(const uint16_t *w, const uint16_t *x, const struct sk_moe_rows *rows, float *y,
                                    uint16_t *act, int n_out, int k_in, cudaStream_t s)
@@ -415,15 +238,5 @@ extern "C" cudaError_t sk_moe_gemm(const uint16_t *w, const uint16_t *x, const s
         grouped_kernel<false, kFewRows><<<grid, kWarps * 32, 0, s>>>(wb, xb, *rows, y, nullptr, n_out, k_in);
     else
         grouped_kernel<false, kManyRows><<<grid, kWarps * 32, 0, s>>>(wb, xb, *rows, y, nullptr, n_out, k_in);
-    return cudaGetLastError();
-}
-
-extern "C" cudaError_t sk_moe_combine(const float *y_exp, const int32_t *choice, const float *weight,
-                                      const int32_t *pos, int top_k, const float *shared_y, const float *shared_gate,
-                                      float *out, int n_tokens, int hidden, cudaStream_t s)
-{
-    if (n_tokens <= 0) return cudaSuccess;
-    if (top_k < 1 || top_k > SK_MOE_MAX_TOP_K) return cudaErrorInvalidValue;
-    combine_kernel<<<n_tokens, 256, 0, s>>>(y_exp, choice, weight, pos, top_k, shared_y, shared_gate, out, hidden);
     return cudaGetLastError();
 }

@@ -1,0 +1,153 @@
+// sk_add_rmsnorm and sk_add_rmsnorm_parts: the residual add and the RMSNorm ahead of every
+// sublayer and of lm_head (there over the rows that need logits only), in one pass over the row,
+// taking the delta as the product leaves it (whole, or in the split-K parts of
+// sk_hopper_gemm_parts).
+#include "kernels/sluice_kernels.h"
+
+#include <cuda_bf16.h>
+
+#include "kernels/bf16.cuh"
+#include "kernels/launch_dims.cuh"
+#include "kernels/pdl.cuh"
+#include "kernels/qkv_head.cuh"
+#include "kernels/row_sums.cuh"
+
+namespace
+{
+
+// Residual add and RMSNorm of one row per block. Any hidden size; add_rmsnorm_vec_kernel takes
+// the common ones faster.
+__global__ void add_rmsnorm_kernel(float *x, const float *delta, int n_parts, int64_t part_stride, const int32_t *rows,
+                                   const float *w, __nv_bfloat16 *y, int hidden, float eps)
+{
+    // The next kernel may start launching now (a Hopper product then streams its weights while
+    // this one runs); it still waits for this kernel's completion before reading its output.
+    pdl_let_dependents_launch();
+    pdl_wait();
+    __shared__ float sh[32];
+    int r = blockIdx.x;
+    int64_t t = rows ? rows[r] : r;
+    float *xr = x + t * hidden;
+    const float *dr = delta ? delta + t * hidden : nullptr;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        float v = xr[i] + (dr ? sum_parts_at(dr, n_parts, part_stride, i) : 0.0f);
+        if (!rows) xr[i] = v;
+        ss += v * v;
+    }
+    ss = block_sum(ss, sh);
+    float inv = rsqrtf(ss / (float)hidden + eps);
+    __nv_bfloat16 *yr = y + (int64_t)r * hidden;
+    // Each thread rereads only the elements it wrote itself, so no barrier is needed here.
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        float v = rows ? xr[i] + (dr ? sum_parts_at(dr, n_parts, part_stride, i) : 0.0f) : xr[i];
+        yr[i] = __float2bfloat16_rn(w[i] * (v * inv));
+    }
+}
+
+// The same for hidden % 4 == 0 and at most kNormVec * 4 * 1024 columns: each thread holds its
+// kNormVec float4 of the row in registers, so x and delta take one trip to memory with all the
+// loads in flight at once, and the output needs no second read. During a decode step that trip
+// goes to L2 while the next product's weight stream loads it fully, so trips are slow, and one
+// trip instead of two made whole decode steps shorter than add_rmsnorm_kernel did.
+constexpr int kNormVec = 4;
+
+// PARTS: delta in n_parts (<= SK_HOPPER_MAX_SPLITS) parts, added as sum_parts_at adds them, with
+// every part's loads in flight at once; the registers that takes allow at most kPartsThreads
+// threads (rows up to 4096 wide).
+constexpr int kPartsThreads = 256;
+template <bool PARTS>
+__global__ void __launch_bounds__(PARTS ? kPartsThreads : 1024)
+    add_rmsnorm_vec_kernel(float *__restrict__ x, const float *__restrict__ delta, int n_parts, int64_t part_stride,
+                           const int32_t *__restrict__ rows, const float *__restrict__ w, __nv_bfloat16 *__restrict__ y,
+                           int hidden, float eps)
+{
+    __shared__ float sh[32];
+    const int n4 = hidden / 4;
+    // The norm's weights do not come from the previous kernel: fetch them before waiting.
+    float4 wv[kNormVec];
+#pragma unroll
+    for (int j = 0; j < kNormVec; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        wv[j] = i < n4 ? reinterpret_cast<const float4 *>(w)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    const int r = blockIdx.x;
+    const int64_t t = rows ? rows[r] : r;
+    pdl_let_dependents_launch(); // as in add_rmsnorm_kernel
+    pdl_wait();
+    float4 *xr = reinterpret_cast<float4 *>(x + t * hidden);
+    const float4 *dr = delta ? reinterpret_cast<const float4 *>(delta + t * hidden) : nullptr;
+    float4 v[kNormVec];
+#pragma unroll
+    for (int j = 0; j < kNormVec; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        v[j] = i < n4 ? xr[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (!PARTS && dr && i < n4) add4(v[j], dr[i]);
+    }
+    if (PARTS && dr) {
+        // Every part of every float4 in flight before the first add. Adding per float4 through a
+        // helper like sum_parts_at takes fewer registers but has fewer loads in flight, and made
+        // whole steps slower (docs/performance.md).
+        float4 part[SK_HOPPER_MAX_SPLITS][kNormVec];
+#pragma unroll
+        for (int p = 0; p < SK_HOPPER_MAX_SPLITS; p++)
+#pragma unroll
+            for (int j = 0; j < kNormVec; j++) {
+                const int i = threadIdx.x + j * blockDim.x;
+                if (p < n_parts && i < n4) part[p][j] = dr[p * (part_stride / 4) + i];
+            }
+#pragma unroll
+        for (int j = 0; j < kNormVec; j++) {
+            // Past the row, v stays zero: it must not add to the sum of squares.
+            if (threadIdx.x + j * blockDim.x >= n4) continue;
+            float4 d = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+            for (int p = 0; p < SK_HOPPER_MAX_SPLITS; p++)
+                if (p < n_parts) add4(d, part[p][j]);
+            add4(v[j], d);
+        }
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kNormVec; j++) {
+        ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+        const int i = threadIdx.x + j * blockDim.x;
+        if (!rows && i < n4) xr[i] = v[j];
+    }
+    ss = block_sum(ss, sh);
+    const float inv = rsqrtf(ss / (float)hidden + eps);
+    uint2 *yr = reinterpret_cast<uint2 *>(y + (int64_t)r * hidden);
+#pragma unroll
+    for (int j = 0; j < kNormVec; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i >= n4) continue;
+        yr[i] = make_uint2(pack_bf16(wv[j].x * (v[j].x * inv), wv[j].y * (v[j].y * inv)),
+                           pack_bf16(wv[j].z * (v[j].z * inv), wv[j].w * (v[j].w * inv)));
+    }
+}
+
+} // namespace
+
+extern "C" cudaError_t sk_add_rmsnorm_parts(float *x, const float *delta, int n_parts, int64_t part_stride,
+                                            const int32_t *rows, const float *w, uint16_t *y, int n_rows, int hidden,
+                                            float eps, cudaStream_t s)
+{
+    if (n_rows <= 0) return cudaSuccess;
+    if (!delta) n_parts = 1;
+    if (n_parts < 1 || n_parts > SK_HOPPER_MAX_SPLITS || (n_parts > 1 && part_stride < (int64_t)hidden))
+        return cudaErrorInvalidValue;
+    const int n4 = hidden / 4, threads = ((n4 + kNormVec - 1) / kNormVec + 31) / 32 * 32;
+    if (hidden % 4 == 0 && threads <= (n_parts > 1 ? kPartsThreads : 1024) && part_stride % 4 == 0) {
+        return launch_pdl(n_parts > 1 ? add_rmsnorm_vec_kernel<true> : add_rmsnorm_vec_kernel<false>, dim3(n_rows),
+                          dim3(threads), 0, s, x, delta, n_parts, part_stride, rows, w, (__nv_bfloat16 *)y, hidden,
+                          eps);
+    }
+    return launch_pdl(add_rmsnorm_kernel, dim3(n_rows), dim3(threads_for_row(hidden)), 0, s, x, delta, n_parts,
+                      part_stride, rows, w, (__nv_bfloat16 *)y, hidden, eps);
+}
+
+extern "C" cudaError_t sk_add_rmsnorm(float *x, const float *delta, const int32_t *rows, const float *w, uint16_t *y,
+                                      int n_rows, int hidden, float eps, cudaStream_t s)
+{
+    return sk_add_rmsnorm_parts(x, delta, 1, 0, rows, w, y, n_rows, hidden, eps, s);
+}

@@ -1,0 +1,110 @@
+// The SwiGLU activation, out = bf16(silu(gate) * up) (sk_silu_mul, sk_silu_mul_interleaved,
+// sk_silu_mul_bf16), and the weight layout its interleaved form reads (sk_gate_up_interleave):
+// gate and up rows in alternating blocks of SK_GATE_UP_BLOCK, which the fused Hopper products
+// (sk_hopper_gemm_swiglu, sk_hopper_mlp) need to find a gate block beside its up block. Once a
+// model's weights are laid out so, the products that do not fuse leave their rows interleaved too.
+#include "kernels/sluice_kernels.h"
+
+#include <cuda_bf16.h>
+
+#include "kernels/bf16.cuh"
+#include "kernels/launch_dims.cuh"
+#include "kernels/pdl.cuh"
+
+namespace
+{
+
+// V consecutive gate (and up) values of a row from fp32 or bf16 gate/up products.
+template <int V> __device__ __forceinline__ void load_run(const float *p, float (&v)[V])
+{
+    if constexpr (V == 8) {
+        const float4 a = reinterpret_cast<const float4 *>(p)[0], b = reinterpret_cast<const float4 *>(p)[1];
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    } else {
+        for (int i = 0; i < V; i++) v[i] = p[i];
+    }
+}
+
+template <int V> __device__ __forceinline__ void load_run(const __nv_bfloat16 *p, float (&v)[V])
+{
+    if constexpr (V == 8) {
+        bf16x8_to_f32(*reinterpret_cast<const uint4 *>(p), v);
+    } else {
+        for (int i = 0; i < V; i++) v[i] = __bfloat162float(p[i]);
+    }
+}
+
+// out[t, j] = bf16(silu(gate[t, j]) * up[t, j]), V outputs per thread (8: 16-byte loads and
+// stores, when inter % 8 == 0). INTERLEAVED: a row holds gate and up in alternating blocks of
+// SK_GATE_UP_BLOCK, else gate then up. Tin: fp32 products, or bf16 ones (prefill), which halve
+// the bytes this kernel reads.
+template <bool INTERLEAVED, int V, typename Tin>
+__global__ void silu_mul_kernel(__nv_bfloat16 *out, const Tin *gu, int inter, int64_t n)
+{
+    pdl_let_dependents_launch();
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n / V; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t e = i * V, t = e / inter, j = e % inter;
+        const Tin *row = gu + t * 2 * inter;
+        const int64_t gi = INTERLEAVED ? 2 * (j / SK_GATE_UP_BLOCK) * SK_GATE_UP_BLOCK + j % SK_GATE_UP_BLOCK : j;
+        const int64_t ui = INTERLEAVED ? gi + SK_GATE_UP_BLOCK : inter + j;
+        float g[V], u[V];
+        load_run<V>(row + gi, g);
+        load_run<V>(row + ui, u);
+        if constexpr (V == 8) {
+            uint32_t w[4];
+            for (int k = 0; k < 4; k++)
+                w[k] = pack_bf16(g[2 * k] / (1.0f + expf(-g[2 * k])) * u[2 * k],
+                                 g[2 * k + 1] / (1.0f + expf(-g[2 * k + 1])) * u[2 * k + 1]);
+            *reinterpret_cast<uint4 *>(out + e) = make_uint4(w[0], w[1], w[2], w[3]);
+        } else {
+            for (int k = 0; k < V; k++) out[e + k] = __float2bfloat16_rn(g[k] / (1.0f + expf(-g[k])) * u[k]);
+        }
+    }
+}
+
+template <typename Tin>
+cudaError_t silu_mul(uint16_t *out, const Tin *gu, int n_tokens, int inter, bool interleaved, cudaStream_t s)
+{
+    const int64_t n = (int64_t)n_tokens * inter;
+    if (interleaved && inter % SK_GATE_UP_BLOCK) return cudaErrorInvalidValue;
+    if (n <= 0) return cudaSuccess;
+    __nv_bfloat16 *o = (__nv_bfloat16 *)out;
+    const bool vec = inter % 8 == 0;
+    const int grid = grid_for(vec ? n / 8 : n, 256);
+    if (interleaved)
+        silu_mul_kernel<true, 8, Tin><<<grid, 256, 0, s>>>(o, gu, inter, n); // inter % 64 == 0
+    else if (vec)
+        silu_mul_kernel<false, 8, Tin><<<grid, 256, 0, s>>>(o, gu, inter, n);
+    else
+        silu_mul_kernel<false, 1, Tin><<<grid, 256, 0, s>>>(o, gu, inter, n);
+    return cudaGetLastError();
+}
+
+} // namespace
+
+extern "C" cudaError_t sk_silu_mul(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s)
+{
+    return silu_mul(out, gu, n_tokens, inter, false, s);
+}
+
+extern "C" cudaError_t sk_silu_mul_interleaved(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s)
+{
+    return silu_mul(out, gu, n_tokens, inter, true, s);
+}
+
+extern "C" cudaError_t sk_silu_mul_bf16(uint16_t *out, const uint16_t *gu, int n_tokens, int inter, int interleaved,
+                                        cudaStream_t s)
+{
+    return silu_mul(out, (const __nv_bfloat16 *)gu, n_tokens, inter, interleaved != 0, s);
+}
+
+extern "C" cudaError_t sk_gate_up_interleave(uint16_t *dst, const uint16_t *src, int inter, int k_in, cudaStream_t s)
+{
+    if (inter % SK_GATE_UP_BLOCK || k_in < 1) return cudaErrorInvalidValue;
+    // Block j of gate goes to rows 2j*B.., block j of up to rows (2j+1)*B..: two strided copies.
+    const size_t block = (size_t)SK_GATE_UP_BLOCK * k_in * 2, n_blocks = (size_t)inter / SK_GATE_UP_BLOCK;
+    cudaError_t e = cudaMemcpy2DAsync(dst, 2 * block, src, block, block, n_blocks, cudaMemcpyDeviceToDevice, s);
+    if (e != cudaSuccess) return e;
+    return cudaMemcpy2DAsync((unsigned char *)dst + block, 2 * block, (const unsigned char *)src + n_blocks * block,
+                             block, block, n_blocks, cudaMemcpyDeviceToDevice, s);
+}
