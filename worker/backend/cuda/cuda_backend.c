@@ -193,7 +193,7 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     const struct model_config *c = &m->config;
     *out = NULL;
     if (cuda_plan_model_supported(c, err, errlen)) return -1;
-    if (cuda_config_supported(c, err, errlen)) return -1; /* the dense families' features */
+    if (cuda_config_supported(c, opt->cuda.families, err, errlen)) return -1; /* the dense families' features */
     cudaError_t e = cudaGetDeviceCount(&n_dev);
     if (e != cudaSuccess || n_dev == 0) {
         snprintf(err, errlen, "cuda: no GPU visible (%s); use --device cpu",
