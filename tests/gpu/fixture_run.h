@@ -53,8 +53,7 @@ static int next_step(struct seq *ss, int n, int chunk, struct batch_seq *q, int3
             p->n_new = 1;
             p->sample = true;
         }
-        if (s->window > 0 && p->start_pos >= s->window)
-            for (int j = 0; j < (p->start_pos - s->window + 1) / KV_BLOCK_SIZE; j++) s->blocks[j] = -1;
+        for (int j = 0; j < kv_blocks_before_window(s->window, p->start_pos); j++) s->blocks[j] = -1;
         T += p->n_new;
         p->block_table = s->blocks;
         p->n_blocks = BLOCKS;

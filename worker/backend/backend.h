@@ -16,6 +16,14 @@
 #include "worker/model/model.h"
 
 #define KV_BLOCK_SIZE 16
+
+/* Where every layer slides over `window` keys (0: none), the blocks a sequence's step never
+ * reads: those wholly before the window of its first token at start_pos. The engine frees them
+ * (their table entries become -1) and the backends skip them. */
+static inline int32_t kv_blocks_before_window(int32_t window, int32_t start_pos)
+{
+    return window > 0 && start_pos >= window ? (start_pos - window + 1) / KV_BLOCK_SIZE : 0;
+}
 #define SAMPLER_MAX_TOP_LOGPROBS 20
 
 struct sampling_params {

@@ -129,9 +129,7 @@ static void seq_release(struct scheduler *s, struct sched_seq *q)
  * sliding_window), oldest first, as seq_release would release them. */
 static void seq_drop_out_of_window(struct scheduler *s, struct sched_seq *q)
 {
-    const int32_t w = s->opt.sliding_window;
-    if (w <= 0 || q->n_computed < w) return;
-    int32_t upto = (q->n_computed - w + 1) / KV_BLOCK_SIZE;
+    int32_t upto = kv_blocks_before_window(s->opt.sliding_window, q->n_computed);
     if (upto > q->table.n_blocks) upto = q->table.n_blocks;
     for (; q->n_dropped < upto; q->n_dropped++) {
         int32_t *b = &q->table.blocks[q->n_dropped];

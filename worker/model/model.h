@@ -11,6 +11,7 @@
 #ifndef SLUICE_WORKER_MODEL_H
 #define SLUICE_WORKER_MODEL_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -87,6 +88,13 @@ struct model_config {
     struct model_family fam;  /* Gemma, Phi-3, OLMo 2, Granite, sliding windows, rope variants */
     struct moe_config moe;
 };
+
+/* The softmax scale of c's attention: the family's (query_pre_attn_scalar, attention_multiplier)
+ * or 1 / sqrt(head_dim). */
+static inline float model_attn_scale(const struct model_config *c)
+{
+    return c->fam.attn_scale > 0 ? c->fam.attn_scale : 1.0f / sqrtf((float)c->head_dim);
+}
 
 /* A tensor of the checkpoint. data is NULL for --load-format dummy: backends fill such a
  * tensor with model_dummy_value() so that every backend sees the same random weights. */

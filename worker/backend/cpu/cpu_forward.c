@@ -45,7 +45,7 @@ static void attn_range(void *arg, int64_t begin, int64_t end, int tid)
     struct cpu_backend *cb = j->cb;
     const struct model_config *c = &cb->c;
     int hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
-    float scale = c->fam.attn_scale > 0 ? c->fam.attn_scale : 1.0f / sqrtf((float)hd);
+    float scale = model_attn_scale(c);
     float softcap = c->fam.attn_softcap;
     int32_t window = model_layer_sliding(&c->fam, j->layer) ? c->fam.sliding_window : 0;
     float *scores = cb->scores[tid];
@@ -208,8 +208,7 @@ static int check_batch(struct cpu_backend *cb, const struct batch *batch, int *n
         /* A model whose every layer slides never reads blocks wholly before the window of the
          * step's first row: the engine may have freed them (-1). */
         const struct model_family *f = &cb->c.fam;
-        int32_t first_block = f->all_sliding && q->start_pos >= f->sliding_window
-                                  ? (q->start_pos - f->sliding_window + 1) / KV_BLOCK_SIZE : 0;
+        int32_t first_block = kv_blocks_before_window(f->all_sliding ? f->sliding_window : 0, q->start_pos);
         for (int32_t i = first_block; i < (int32_t)((end + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE); i++) {
             if (q->block_table[i] < 0 || q->block_table[i] >= b->num_kv_blocks) {
                 snprintf(b->error, sizeof b->error, "sequence %d: block %d is %d, outside the cache's %d blocks", s,

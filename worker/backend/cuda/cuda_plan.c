@@ -40,7 +40,7 @@ void cuda_plan_config_init(struct cuda_plan_config *c, const struct model_config
     c->fused_qkv_rows = o->fused_qkv == CUDA_FUSED_QKV_OFF   ? -1
                         : o->fused_qkv == CUDA_FUSED_QKV_ALL ? 0
                                                              : CUDA_FUSED_QKV_ROWS;
-    c->attn_scale = m->fam.attn_scale > 0 ? m->fam.attn_scale : 1.0f / sqrtf((float)m->head_dim);
+    c->attn_scale = model_attn_scale(m);
     /* YaRN's and LongRoPE's factor multiplies cos and sin, so q.k by its square: the scores take
      * it here instead (the same softmax; the cache keeps unscaled keys). */
     const float af = m->fam.rope_attn_factor > 0 ? m->fam.rope_attn_factor : 1.0f;
@@ -285,8 +285,7 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
         if (q->sample && ((q->n_suppress > 0 && !q->suppress) ||
                           (q->sampling->n_bias > 0 && (!q->sampling->bias_ids || !q->sampling->bias_values))))
             return plan_fail(err, errlen, "cuda: sequence %d has suppressed tokens or a logit bias without ids", s);
-        const int W = c->all_sliding_window, first = W > 0 && q->start_pos >= W ? (q->start_pos - W + 1) / KV_BLOCK_SIZE : 0;
-        for (int i = first; i < need; i++)
+        for (int i = kv_blocks_before_window(c->all_sliding_window, q->start_pos); i < need; i++)
             if (q->block_table[i] < 0 || q->block_table[i] >= c->num_kv_blocks)
                 return plan_fail(err, errlen, "cuda: block id %d out of range (%d blocks)", q->block_table[i],
                                  c->num_kv_blocks);
