@@ -110,11 +110,10 @@ SRC_backend    := $(call src_of,worker/backend) $(call src_of,worker/backend/cpu
 CU_kernels     :=
 endif
 # The CUDA backend's plain C (no CUDA headers) builds without nvcc too: the worker's CUDA flags
-# (cuda_options.c) parse the same in every build, and the step planner (cuda_plan.c), the
-# refusal of model features the GPU does not compute (cuda_features.c) and the MoE sizes
-# (cuda_moe_plan.c) have their unit tests in tests/unit/backend.
+# (cuda_options.c) parse the same in every build, and the step planner (cuda_plan.c) and the MoE
+# sizes (cuda_moe_plan.c) have their unit tests in tests/unit/backend.
 CUDA_PLAIN_SRC := $(wildcard worker/backend/cuda/cuda_options.c worker/backend/cuda/cuda_plan.c \
-                    worker/backend/cuda/cuda_features.c worker/backend/cuda/cuda_moe_plan.c)
+                    worker/backend/cuda/cuda_moe_plan.c)
 ifneq ($(HAVE_CUDA),1)
 SRC_backend    += $(CUDA_PLAIN_SRC)
 endif
@@ -158,7 +157,11 @@ area_ldlibs = $(if $(filter backend kernels parallel,$(AREA_$(1))),$(CUDA_LDLIBS
 
 UNIT_AREAS := $(notdir $(wildcard tests/unit/*))
 UNIT_BINS  := $(foreach a,$(UNIT_AREAS),$(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/$(a)/test_*.c)))
-GPU_BINS   := $(if $(filter 1,$(HAVE_CUDA)),$(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/test_*.c)))
+# Each kernel's test beside it (kernels/<op>_test.c) is a GPU test like those of tests/gpu, built
+# and run with them; the kernels library takes only kernels/*.cu.
+KERNEL_TEST_BINS := $(if $(filter 1,$(HAVE_CUDA)),$(patsubst kernels/%.c,$(BUILD)/tests/gpu/kernels/%,$(wildcard kernels/*_test.c)))
+GPU_BINS   := $(if $(filter 1,$(HAVE_CUDA)),$(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/test_*.c))) \
+              $(KERNEL_TEST_BINS)
 # Helpers the GPU pytest files drive (tests/gpu/test_hf_parity.py runs parity_tool).
 GPU_TOOLS  := $(if $(filter 1,$(HAVE_CUDA)),$(BUILD)/tests/gpu/parity_tool)
 BENCH_BINS := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*_bench.c))
@@ -210,9 +213,16 @@ $(BUILD)/tests/$(1)/%: $(BUILD)/obj/tests/unit/$(1)/%.o $(call area_libs,$(1))
 	$$(CC) $$(LDFLAGS) $$< -Wl,--start-group $(call area_libs,$(1)) -Wl,--end-group $$(LDLIBS) $(call area_ldlibs,$(1)) -lcriterion -o $$@
 endef
 $(foreach a,$(UNIT_AREAS),$(eval $(call unit_test_rule,$(a))))
-$(BUILD)/tests/gpu/%: $(BUILD)/obj/tests/gpu/%.o $(call area_libs,worker)
+# A GPU test links the worker's libraries: tests/gpu/test_*.c, and each kernel's test beside it
+# (kernels/<op>_test.c, into $(BUILD)/tests/gpu/kernels/<op>_test).
+define gpu_test_link
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< -Wl,--start-group $(call area_libs,worker) -Wl,--end-group $(LDLIBS) $(CUDA_LDLIBS) -o $@
+endef
+$(BUILD)/tests/gpu/%: $(BUILD)/obj/tests/gpu/%.o $(call area_libs,worker)
+	$(gpu_test_link)
+$(BUILD)/tests/gpu/kernels/%: $(BUILD)/obj/kernels/%.o $(call area_libs,worker)
+	$(gpu_test_link)
 $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway) $(call area_libs,grammar)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< -Wl,--start-group $(sort $(call area_libs,worker) $(call area_libs,controller) $(call area_libs,gateway) $(call area_libs,grammar)) -Wl,--end-group $(LDLIBS) $(CUDA_LDLIBS) -o $@

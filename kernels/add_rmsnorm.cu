@@ -16,7 +16,8 @@ namespace
 {
 
 // Residual add and RMSNorm of one row per block. Any hidden size; add_rmsnorm_vec_kernel takes
-// the common ones faster.
+// the common ones faster. w NULL: no norm, the sum only converted (OLMo 2's layers norm after each
+// sublayer, not before; rare enough that the fast kernel keeps no branch for it).
 __global__ void add_rmsnorm_kernel(float *x, const float *delta, int n_parts, int64_t part_stride, const int32_t *rows,
                                    const float *w, __nv_bfloat16 *y, int hidden, float eps)
 {
@@ -41,7 +42,7 @@ __global__ void add_rmsnorm_kernel(float *x, const float *delta, int n_parts, in
     // Each thread rereads only the elements it wrote itself, so no barrier is needed here.
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
         float v = rows ? xr[i] + (dr ? sum_parts_at(dr, n_parts, part_stride, i) : 0.0f) : xr[i];
-        yr[i] = __float2bfloat16_rn(w[i] * (v * inv));
+        yr[i] = __float2bfloat16_rn(w ? w[i] * (v * inv) : v);
     }
 }
 
@@ -137,7 +138,7 @@ extern "C" cudaError_t sk_add_rmsnorm_parts(float *x, const float *delta, int n_
     if (n_parts < 1 || n_parts > SK_HOPPER_MAX_SPLITS || (n_parts > 1 && part_stride < (int64_t)hidden))
         return cudaErrorInvalidValue;
     const int n4 = hidden / 4, threads = ((n4 + kNormVec - 1) / kNormVec + 31) / 32 * 32;
-    if (hidden % 4 == 0 && threads <= (n_parts > 1 ? kPartsThreads : 1024) && part_stride % 4 == 0) {
+    if (w && hidden % 4 == 0 && threads <= (n_parts > 1 ? kPartsThreads : 1024) && part_stride % 4 == 0) {
         return launch_pdl(n_parts > 1 ? add_rmsnorm_vec_kernel<true> : add_rmsnorm_vec_kernel<false>, dim3(n_rows),
                           dim3(threads), 0, s, x, delta, n_parts, part_stride, rows, w, (__nv_bfloat16 *)y, hidden,
                           eps);

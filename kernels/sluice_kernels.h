@@ -38,7 +38,7 @@ cudaError_t sk_embed(float *x, const uint16_t *table, const int32_t *tokens, con
                      int n_tokens, int hidden, cudaStream_t s);
 /* For each output row r (source row t = rows ? rows[r] : r): v = x[t] + (delta ? delta[t] : 0);
  * when rows is NULL x[t] = v is stored back (the residual stream); y[r] = bf16(w * v *
- * rsqrt(mean(v^2) + eps)). */
+ * rsqrt(mean(v^2) + eps)), or bf16(v) when w is NULL (OLMo 2's layers, which norm only after). */
 cudaError_t sk_add_rmsnorm(float *x, const float *delta, const int32_t *rows, const float *w, uint16_t *y, int n_rows,
                            int hidden, float eps, cudaStream_t s);
 /* The same with delta in n_parts parts (part j of row t at delta + j * part_stride + t * hidden),
@@ -102,6 +102,14 @@ cudaError_t sk_qkv_post_parts(const float *qkv, int n_parts, int64_t part_stride
                               const float *q_norm, const float *k_norm, const float *inv_freq, const int32_t *pos,
                               const int32_t *slot, float *q_out, uint16_t *k_cache, uint16_t *v_cache,
                               struct sk_qkv_params p, cudaStream_t s);
+
+/* OLMo 2's q/k norms over the whole projection, per token t < n_tokens of a row [q | k | v]
+ * (q_dim, kv_dim, kv_dim floats) in n_parts parts as sk_qkv_post_parts takes it: the parts are
+ * added in order plus bias (NULL: none) into the first part, then q = q_norm * q * rsqrt(mean(q^2)
+ * + eps) and k likewise with k_norm over kv_dim. sk_qkv_post then takes the first part alone, with
+ * no bias and no norms. */
+cudaError_t sk_qkv_norm_full(float *qkv, int n_parts, int64_t part_stride, const float *bias, const float *q_norm,
+                             const float *k_norm, int n_tokens, int q_dim, int kv_dim, float eps, cudaStream_t s);
 
 /* --- small-batch matrix-vector products --------------------------------------------- */
 /* y[m, n] = sum_k x[m, k] * w[n, k] for m < rows: bf16 operands, fp32 accumulation and output.

@@ -1,13 +1,14 @@
 /* The decode-attention variants of kernels/dev/ beside the shipped kernels: each against the
- * double reference on test_kernels' cases, then timed at the shapes that decided between them
- * (docs/performance.md). Build with `make kernels-dev`, run on a GPU:
+ * double reference on the cases of kernels/attention_ref.h (the shipped kernels' cases), then timed
+ * at the shapes that decided between them (docs/performance.md). Build with `make kernels-dev`, run
+ * on a GPU:
  *   build/kernels-dev/bench_attention_decode             tests, then the benches
  *   build/kernels-dev/bench_attention_decode --profile   each variant launched once, for ncu
  * Variants: 0 per query head and 9 tensor-core streaming (shipped, sk_attention); 1-3 the
  * register kernel (1 was the default before the streaming kernels), 4-7 the SIMT streaming kernel
  * (4 two ring slots + PDL, 5 two slots, 6 three slots, 7 three slots + PDL). */
+#include "kernels/attention_ref.h"
 #include "kernels/dev/dev_kernels.h"
-#include "tests/gpu/attention_cases.h"
 #include "tests/gpu/gpu_test.h"
 
 static cudaError_t run_any(int v, const float *q, const uint16_t *k, const uint16_t *vc, const int32_t *bt,

@@ -113,11 +113,9 @@ static int argmax(const float *l, int V, float *margin)
 
 /* How close the CUDA backend's logits must come to the CPU's (float32): every row's relative
  * error within row_bound, or at least min_within of the rows (a fraction) and the median within
- * median_bound. families: the CUDA backend computes the families' additions (--cuda-options
- * families=1). */
+ * median_bound. */
 struct fixture_bounds {
     double row_bound, min_within, median_bound;
-    bool families;
 };
 
 /* The backend on fixture m against the CPU backend, both fed the GPU's greedy tokens: logits
@@ -128,7 +126,7 @@ static void fixture_vs_cpu(const char *name, const struct model *m, struct fixtu
     char err[512];
     const int V = m->config.vocab_size;
     struct backend_options bo = {.kv_blocks = 2 * MAX_SEQS * BLOCKS + 1, .max_batch_tokens = 256, .max_batch_seqs = 4,
-                                 .cpu.n_threads = 4, .gpu_memory_utilization = 0.9, .cuda.families = bd.families};
+                                 .cpu.n_threads = 4, .gpu_memory_utilization = 0.9};
     struct backend *cpu = NULL, *gpu = NULL;
     if (backend_cpu_create(&cpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "%s: backend_cpu_create: %s", name, err);
     if (backend_cuda_create(&gpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "%s: backend_cuda_create: %s", name, err);
@@ -226,12 +224,12 @@ static int generate(struct backend *b, struct seq *ss, int n, int chunk, float *
 
 /* Under --deterministic a batch of three sequences gives each one's logits alone bit for bit,
  * and decode steps replayed from CUDA graphs give the tokens of eager steps. */
-static void fixture_batch(const char *name, const struct model *m, bool families)
+static void fixture_batch(const char *name, const struct model *m)
 {
     char err[512];
     const int V = m->config.vocab_size;
     struct backend_options bo = {.kv_blocks = 2 * MAX_SEQS * BLOCKS + 1, .max_batch_tokens = 256, .max_batch_seqs = 4,
-                                 .gpu_memory_utilization = 0.9, .deterministic = true, .cuda.families = families};
+                                 .gpu_memory_utilization = 0.9, .deterministic = true};
     struct backend_options eager = bo;
     eager.cuda.enforce_eager = true;
     struct backend *b = NULL, *e = NULL;
@@ -295,7 +293,7 @@ static void fixtures_run(const char *const *names, size_t n, struct fixture_boun
         }
         printf("fixture %s: CUDA against the CPU backend\n", names[i]);
         fixture_vs_cpu(names[i], m, bd);
-        fixture_batch(names[i], m, bd.families);
+        fixture_batch(names[i], m);
         model_free(m);
     }
 }

@@ -214,10 +214,6 @@ struct cuda_options {
     bool no_late_masks;     /* late_masks=0: structured output's masks go with the step (no
                                backend_sample), so constrained steps are not overlapped */
     const char *nccl_library; /* the NCCL library to dlopen (NULL: the loader's libnccl.so.2) */
-    /* families=1: compute the dense families' additions (Gemma, Phi-3, Granite, biases, rope
-     * variants, sliding windows) instead of refusing them at load; built and checked on the CPU
-     * against the CPU backend's arithmetic, not yet run on a GPU (tests/gpu/test_families.c). */
-    bool families;
 };
 
 /* The CPU backend's options; zero everywhere is the default. n_threads is the worker's --threads

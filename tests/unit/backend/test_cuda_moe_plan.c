@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "worker/backend/backend.h"
-#include "worker/backend/cuda/cuda_features.h"
 #include "worker/backend/cuda/cuda_moe_plan.h"
 #include "worker/backend/cuda/cuda_plan.h"
 #include "worker/model/model.h"
@@ -34,7 +33,6 @@ Test(cuda_moe_plan, takes_the_fixtures_and_the_bench_shapes)
         char err[512] = "";
         cr_assert_gt(c.moe.n_experts, 0, "%s", paths[i]);
         cr_assert_eq(cuda_plan_model_supported(&c, err, sizeof err), 0, "%s: %s", paths[i], err);
-        cr_assert_eq(cuda_config_supported(&c, false, err, sizeof err), 0, "%s: %s", paths[i], err);
     }
     struct model_config dense = {.hidden_size = 64};
     cr_assert_eq(cuda_plan_model_supported(&dense, NULL, 0), 0);

@@ -34,19 +34,13 @@ Test(cuda_options, each_key_turns_its_path_off_and_on)
     cr_assert_eq(o.fused_qkv, CUDA_FUSED_QKV_OFF);
     cr_assert_eq(cuda_options_parse(&o, "fused_qkv=auto", err, sizeof err), 0, "%s", err);
     cr_assert_eq(o.fused_qkv, CUDA_FUSED_QKV_AUTO);
-    /* families is an opt-in: 1 turns it on, 0 (the default) off. */
-    cr_assert(!o.families);
-    cr_assert_eq(cuda_options_parse(&o, "families=1", err, sizeof err), 0, "%s", err);
-    cr_assert(o.families);
-    cr_assert_eq(cuda_options_parse(&o, "families=0", err, sizeof err), 0, "%s", err);
-    cr_assert(!o.families);
 }
 
 Test(cuda_options, bad_items_are_refused_by_name)
 {
     const char *bad[] = {
         "graphs=0", "split_parts", "split_parts=2", "split_parts=", "fused_qkv=1", "=0", "gemv=0,fused_mlp=no",
-        "families=yes"};
+        "families=1"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct cuda_options o = {0};
         char err[512] = "";

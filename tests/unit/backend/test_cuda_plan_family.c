@@ -2,8 +2,8 @@
  * scale (query_pre_attn_scalar, YaRN's factor squared) and soft-capping; gate/up biases or GeGLU
  * keeping the MLP off the fused SwiGLU kinds; rope frequencies chosen per sequence (LongRoPE,
  * dynamic) keeping decode off the fused qkv attention and sending each sequence's frequencies
- * with the metadata; and a model whose every layer slides accepting freed blocks (-1) before a
- * sequence's window, but no other. */
+ * with the metadata; OLMo 2's whole-projection q/k norms keeping decode off it too; and a model
+ * whose every layer slides accepting freed blocks (-1) before a sequence's window, but no other. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <string.h>
@@ -111,6 +111,21 @@ Test(cuda_plan_family, per_sequence_rope_stays_off_the_fused_attention)
         cr_expect(!p.fused_qkv, "qkv_post reads each sequence's frequencies; the fused attention cannot");
         cr_expect_eq(p.seq_rope_half, 64);
     }
+}
+
+Test(cuda_plan_family, whole_projection_qk_norms_stay_off_the_fused_attention)
+{
+    struct model_config m = llama();
+    m.qk_norm = true;
+    m.fam.qk_norm_full = true;
+    struct cuda_plan_config c = config(&m);
+    cr_expect(c.qk_norm_full);
+    struct cuda_step_plan p = plan_ok(&c, 64);
+    cr_expect(!p.fused_qkv, "sk_qkv_norm_full runs before qkv_post; the fused attention would skip it");
+    m.fam.qk_norm_full = false;
+    c = config(&m);
+    p = plan_ok(&c, 64);
+    cr_expect(p.fused_qkv, "per-head q/k norms (Qwen3) keep the fused attention");
 }
 
 Test(cuda_plan_family, freed_blocks_only_before_an_all_sliding_window)

@@ -54,13 +54,14 @@ Test(cuda_plan_fp8, llama3_8b_per_row_scales_with_cublaslt)
     struct cuda_plan_config c = config(4096, 14336, false, false, true);
     cr_expect_not(c.gu_interleaved, "FP8 gate/up rows stay apart");
     cr_assert_eq(CUDA_FP8_GEMV_ROWS, 4, "the choices below assume the gemv up to 4 rows");
-    cr_assert_eq(CUDA_FP8_MMA_ROWS, 64, "and the tensor-core kernel up to 64");
+    cr_assert_eq(CUDA_FP8_MMA_ROWS, 16, "and the tensor-core kernel up to 16");
     for (int n = 1; n <= 4; n++) expect_layer((struct cuda_step_plan[]){plan(&c, n)}, CUDA_PRODUCT_FP8_GEMV, n);
-    /* Decode batches past the gemv: the tensor-core kernel, bf16 activations, weights read once. */
-    const int mid[] = {5, 8, 9, 16, 33, 64};
-    for (int i = 0; i < 6; i++) expect_layer((struct cuda_step_plan[]){plan(&c, mid[i])}, CUDA_PRODUCT_FP8_MMA, mid[i]);
-    const int big[] = {65, 128, 256};
-    for (int i = 0; i < 3; i++) expect_layer((struct cuda_step_plan[]){plan(&c, big[i])}, CUDA_PRODUCT_FP8_LT, big[i]);
+    /* Small decode batches past the gemv: the tensor-core kernel, bf16 activations, weights read
+     * once; from 17 rows cuBLASLt, which was faster there. */
+    const int mid[] = {5, 8, 9, 16};
+    for (int i = 0; i < 4; i++) expect_layer((struct cuda_step_plan[]){plan(&c, mid[i])}, CUDA_PRODUCT_FP8_MMA, mid[i]);
+    const int big[] = {17, 32, 33, 64, 65, 128, 256};
+    for (int i = 0; i < 7; i++) expect_layer((struct cuda_step_plan[]){plan(&c, big[i])}, CUDA_PRODUCT_FP8_LT, big[i]);
     /* The bf16 lm_head keeps its own choices: the gemv at one row. */
     cr_expect_eq(plan(&c, 1).lm_head.kernel, CUDA_PRODUCT_GEMV);
 }
@@ -97,8 +98,8 @@ Test(cuda_plan_fp8, shapes_the_kernels_cannot_take)
     cr_expect_eq(cuda_plan_fp8_product(&c, 32, 344, 64).kernel, CUDA_PRODUCT_FP8_GEMV, "no cuBLASLt: gemv to 32");
     cr_expect_eq(cuda_plan_fp8_product(&c, 64, 344, 64).kernel, CUDA_PRODUCT_FP8_DEQUANT);
     cr_expect_eq(cuda_plan_fp8_product(&c, 64, 336, 64).kernel, CUDA_PRODUCT_FP8_LT, "336 = 16 x 21: cuBLASLt only");
-    cr_expect_eq(cuda_plan_fp8_product(&c, 64, 352, 96).kernel, CUDA_PRODUCT_FP8_MMA, "k_in 96: a narrower last chunk");
-    cr_expect_eq(cuda_plan_fp8_product(&c, 65, 352, 64).kernel, CUDA_PRODUCT_FP8_LT);
+    cr_expect_eq(cuda_plan_fp8_product(&c, 16, 352, 96).kernel, CUDA_PRODUCT_FP8_MMA, "k_in 96: a narrower last chunk");
+    cr_expect_eq(cuda_plan_fp8_product(&c, 17, 352, 64).kernel, CUDA_PRODUCT_FP8_LT);
 }
 
 Test(cuda_plan_fp8, deterministic_takes_the_gemv_at_every_size)

@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "common/log.h"
-#include "worker/backend/cuda/cuda_features.h"
 #include "worker/backend/cuda/cuda_internal.h"
 #include "worker/backend/cuda/cuda_options.h"
 
@@ -193,7 +192,6 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     const struct model_config *c = &m->config;
     *out = NULL;
     if (cuda_plan_model_supported(c, err, errlen)) return -1;
-    if (cuda_config_supported(c, opt->cuda.families, err, errlen)) return -1; /* the dense families' features */
     cudaError_t e = cudaGetDeviceCount(&n_dev);
     if (e != cudaSuccess || n_dev == 0) {
         snprintf(err, errlen, "cuda: no GPU visible (%s); use --device cpu",

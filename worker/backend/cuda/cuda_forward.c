@@ -143,6 +143,13 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
             goto fail;
         }
         cuda_prof_mark(b, CUDA_PROF_QKV);
+        const float *bqkv = w->bqkv, *q_norm = w->q_norm, *k_norm = w->k_norm;
+        if (c->fam.qk_norm_full) { /* OLMo 2: normed whole, into the first part, before qkv_post */
+            CUDA_CHECK(b, sk_qkv_norm_full(ws->big, qkv_parts, (int64_t)T * qkvd, bqkv, q_norm, k_norm, T, qd,
+                                           nkv * D, c->rms_eps, b->stream));
+            qkv_parts = 1;
+            bqkv = q_norm = k_norm = NULL;
+        }
         if (p->fused_qkv) {
             const struct sk_qkv_src src = {.qkv = ws->big,
                                            .n_parts = qkv_parts,
@@ -157,8 +164,8 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
             CUDA_CHECK(b, sk_attention_decode_qkv(&src, kc, vc, dm->bt, dm->seq, dm->pos, ws->part_o, ws->part_ml,
                                                   ws->y, ap, b->stream));
         } else {
-            CUDA_CHECK(b, sk_qkv_post_parts(ws->big, qkv_parts, (int64_t)T * qkvd, w->bqkv, w->q_norm, w->k_norm,
-                                            inv_freq, dm->pos, dm->slot, ws->q, kc, vc, qp, b->stream));
+            CUDA_CHECK(b, sk_qkv_post_parts(ws->big, qkv_parts, (int64_t)T * qkvd, bqkv, q_norm, k_norm, inv_freq,
+                                            dm->pos, dm->slot, ws->q, kc, vc, qp, b->stream));
             cuda_prof_mark(b, CUDA_PROF_QKV_POST);
             if (p->n_tiles)
                 CUDA_CHECK(b, sk_attention_prefill(ws->q, kc, vc, dm->bt, dm->tiles, p->n_tiles, dm->pos, ws->y, ap,

@@ -55,8 +55,6 @@ int cuda_options_parse(struct cuda_options *o, const char *text, char *err, size
         bool *off = switch_field(o, p, klen);
         if (off && (value_is(v, vlen, "0") || value_is(v, vlen, "1"))) {
             *off = v[0] == '0';
-        } else if (value_is(p, klen, "families") && (value_is(v, vlen, "0") || value_is(v, vlen, "1"))) {
-            o->families = v[0] == '1';
         } else if (value_is(p, klen, "fused_qkv") && value_is(v, vlen, "auto")) {
             o->fused_qkv = CUDA_FUSED_QKV_AUTO;
         } else if (value_is(p, klen, "fused_qkv") && value_is(v, vlen, "off")) {
@@ -65,7 +63,7 @@ int cuda_options_parse(struct cuda_options *o, const char *text, char *err, size
             o->fused_qkv = CUDA_FUSED_QKV_ALL;
         } else {
             snprintf(err, errlen, "--cuda-options: %s '%.*s' (keys: %s)",
-                     off || value_is(p, klen, "fused_qkv") || value_is(p, klen, "families") ? "bad value in" : "unknown key in", (int)n, p,
+                     off || value_is(p, klen, "fused_qkv") ? "bad value in" : "unknown key in", (int)n, p,
                      CUDA_OPTIONS_KEYS);
             return -1;
         }

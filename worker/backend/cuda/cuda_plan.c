@@ -49,6 +49,7 @@ void cuda_plan_config_init(struct cuda_plan_config *c, const struct model_config
     c->plain_mlp = m->fam.mlp_bias || m->fam.act != MODEL_ACT_SILU;
     if (c->plain_mlp) c->gu_interleaved = false;
     c->seq_rope = m->rope_scaling.type == ROPE_SCALING_LONGROPE || m->rope_scaling.type == ROPE_SCALING_DYNAMIC;
+    c->qk_norm_full = m->fam.qk_norm_full;
     c->all_sliding_window = m->fam.all_sliding ? m->fam.sliding_window : 0;
     c->deterministic = deterministic;
     if (deterministic) {
@@ -359,7 +360,7 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
      * no qkv_post, the decode attention does its work (a graph's batch size decides, so graphs
      * need no key for it). At fewer rows the attention's start no longer hides behind
      * qkv_post's work, and the two kernels win. */
-    p->fused_qkv = c->fused_qkv_rows >= 0 && n_dec > c->fused_qkv_rows && p->all_dec && !c->seq_rope &&
+    p->fused_qkv = c->fused_qkv_rows >= 0 && n_dec > c->fused_qkv_rows && p->all_dec && !c->seq_rope && !c->qk_norm_full &&
                    sk_attention_decode_qkv_fits(&p->attn);
     p->seq_rope_half = c->seq_rope ? c->head_dim / 2 : 0;
     /* The bound comes from the block-table width under a graph, so a captured step keeps its

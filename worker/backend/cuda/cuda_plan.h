@@ -62,9 +62,11 @@ struct cuda_plan_config {
     bool fp8, fp8_blocks, fp8_lt, fp8_mma;
     /* The family's layer (model_family.h). plain_mlp: gate/up biases or an activation other
      * than SiLU, which only the fp32 gate/up product and sk_glu take; seq_rope: rope frequencies
-     * chosen per sequence and step (LongRoPE, dynamic NTK), which only qkv_post takes. */
+     * chosen per sequence and step (LongRoPE, dynamic NTK), which only qkv_post takes;
+     * qk_norm_full: q/k norms over the whole projection (OLMo 2), taken by sk_qkv_norm_full
+     * before qkv_post, so the decode attention cannot do qkv_post's work either. */
     float attn_scale, attn_softcap;
-    bool plain_mlp, seq_rope;
+    bool plain_mlp, seq_rope, qk_norm_full;
     /* > 0: every layer slides over this many keys, so the blocks wholly before the window of a
      * sequence's first token in the step are never read, and may be freed (-1) by the engine. */
     int all_sliding_window;
@@ -113,11 +115,13 @@ void cuda_plan_config_fp8(struct cuda_plan_config *c, bool blocks, bool lt);
  * counts, not a measured crossover). */
 #define CUDA_FP8_GEMV_ROWS 4
 /* Rows up to which the tensor-core FP8 kernel (sk_fp8_gemm_small, 64 rows a launch, bf16
- * activations) takes a product with per-row scales, n_out a multiple of 32 and k_in of 16:
- * where cuBLASLt's FP8 GEMM is there, one launch's worth (the weights read once per step);
- * without it, up to 4 launches (4 reads of a byte a weight still beat the 5 bytes dequantizing
- * to bf16 moves). Estimates, not measured crossovers. */
-#define CUDA_FP8_MMA_ROWS 64
+ * activations) takes a product with per-row scales, n_out a multiple of 32 and k_in of 16.
+ * Where cuBLASLt's FP8 GEMM is there: 16, measured on Llama-3-8B's shape, whole decode steps
+ * with and without --cuda-options fp8_mma=0 (docs/performance.md): the kernel wins at 8 and 16
+ * rows, cuBLASLt from 32 (its bandwidth per weight byte falls as rows grow while cuBLASLt's
+ * holds). Without cuBLASLt, up to 4 launches (4 reads of a byte a weight still beat the 5 bytes
+ * dequantizing to bf16 moves; an estimate). */
+#define CUDA_FP8_MMA_ROWS 16
 #define CUDA_FP8_MMA_ROWS_NO_LT 256
 /* Rows up to which the gemv (8 rows a launch) takes what neither cuBLASLt nor the tensor-core
  * kernel can (block scales, other shapes), before the weights are dequantized to bf16 for

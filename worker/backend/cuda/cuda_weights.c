@@ -238,11 +238,15 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
         if ((rc = cuda_qlayer_load(b, lw, cl)) < 0) goto fail;
         if (!cl->q && (rc = put_layer_matrices(&ld, cl, lw, gu_plain, name, true)) < 0) goto fail;
     vectors:
-        if ((rc = put_vector(&ld, &cl->attn_norm, &lw->attn_norm, H, true, name)) < 0) goto fail;
-        if ((rc = put_vector(&ld, &cl->ffn_norm, &lw->ffn_norm, H, true, name)) < 0) goto fail;
+        /* OLMo 2 has no norm before its sublayers (NULL: the norm kernel only adds) and norms q
+         * and k over the whole projection rather than per head. */
+        if (lw->attn_norm.ndim && (rc = put_vector(&ld, &cl->attn_norm, &lw->attn_norm, H, true, name)) < 0)
+            goto fail;
+        if (lw->ffn_norm.ndim && (rc = put_vector(&ld, &cl->ffn_norm, &lw->ffn_norm, H, true, name)) < 0) goto fail;
         if (c->qk_norm) {
-            if ((rc = put_vector(&ld, &cl->q_norm, &lw->q_norm, D, true, name)) < 0) goto fail;
-            if ((rc = put_vector(&ld, &cl->k_norm, &lw->k_norm, D, true, name)) < 0) goto fail;
+            const int64_t qn = c->fam.qk_norm_full ? qd : D, kn = c->fam.qk_norm_full ? kvd : D;
+            if ((rc = put_vector(&ld, &cl->q_norm, &lw->q_norm, qn, true, name)) < 0) goto fail;
+            if ((rc = put_vector(&ld, &cl->k_norm, &lw->k_norm, kn, true, name)) < 0) goto fail;
         }
         if (c->qkv_bias) {
             if ((rc = alloc_dev(b, (void **)&cl->bqkv, (size_t)(qd + 2 * kvd) * sizeof(float))) < 0) goto fail;

@@ -1,9 +1,11 @@
-/* sk_hopper_gemm (TMA + wgmma decode products, split-K within a cluster) against a double reference on random bf16 inputs
- * with poisoned outputs: ragged shapes (rows, features and K not multiples of the tiles), forced
- * and chosen split counts, the same bits on a repeat and at every batch size, split parts left
- * to the next kernel (sk_hopper_gemm_parts) adding up to the same bits, the fused MLP
- * (sk_hopper_mlp) equal to its two halves, refusals; then,
- * with SLUICE_GPU_BENCH=1, weight-streaming rates against cuBLAS at Llama-3-8B's decode shapes. */
+/* sk_hopper_gemm (kernels/hopper_gemm.cu: TMA + wgmma decode products, split-K within a cluster)
+ * against a double reference on random bf16 inputs with poisoned outputs: ragged shapes (rows,
+ * features and K not multiples of the tiles), forced and chosen split counts, the same bits on a
+ * repeat and at every batch size, split parts left to the next kernel (sk_hopper_gemm_parts)
+ * adding up to the same bits, the SwiGLU epilogue over weights that sk_gate_up_interleave
+ * (silu_mul.cu) lays out, the fused MLP (sk_hopper_mlp, hopper_mlp.cu: in this program because it
+ * is checked against the two products it fuses) equal to its two halves, refusals; then, with
+ * SLUICE_GPU_BENCH=1, weight-streaming rates against cuBLAS at Llama-3-8B's decode shapes. */
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/product_bench.h"
 
@@ -11,7 +13,6 @@
 #include "worker/backend/cuda/cuda_internal.h"
 
 #define BF_TOL 1e-2
-
 
 static void reference(const uint16_t *x, const uint16_t *w, double *ref, int M, int N, int K)
 {

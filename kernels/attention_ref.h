@@ -1,9 +1,11 @@
-/* Decode attention against a double reference, and its timing, for any set of kernel variants:
- * test_kernels runs the shipped ones (sk_attention), kernels/dev/bench_attention_decode.c those
- * in kernels/dev/ beside them. Variant 0 is the per-head kernel, 9 the tensor-core streaming kernel
- * (the numbers the variants had when they all shipped; 1-7 are in kernels/dev/). */
-#ifndef SLUICE_TESTS_GPU_ATTENTION_CASES_H
-#define SLUICE_TESTS_GPU_ATTENTION_CASES_H
+/* Attention's CPU reference (causal attention in double over the paged cache, with soft-capping
+ * and sliding windows), the cases that check any set of kernel variants against it, and their
+ * timing: kernels/attention_test.c runs the shipped ones (sk_attention), and
+ * kernels/dev/bench_attention_decode.c those in kernels/dev/ beside them, which is why the cases
+ * live in a header rather than in the test. Variant 0 is the per-head kernel, 9 the tensor-core
+ * streaming kernel (the numbers the variants had when they all shipped; 1-7 are in kernels/dev/). */
+#ifndef SLUICE_KERNELS_ATTENTION_REF_H
+#define SLUICE_KERNELS_ATTENTION_REF_H
 
 #include "kernels/sluice_kernels.h"
 #include "tests/gpu/gpu_test.h"

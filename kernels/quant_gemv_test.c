@@ -1,8 +1,9 @@
-/* The GGUF block kernels (kernels/quant_*.cu) against worker/model/quant.c, the bit-exact
- * reference, on random blocks of every type they take: sk_dequant_bf16 must give exactly the
- * bf16 of quant.c's floats, and sk_gemv_q the fp32 product of quant.c's floats with x (sums in
- * another order only; on the int8-activation path of Q4_K, Q6_K and Q8_0, with x as that path
- * rounds it) for 1 to 13 rows, written at a column offset inside wider rows of y without
+/* The GGUF block kernels (kernels/quant_dequant.cu, quant_gemv.cu and quant_embed.cu: one
+ * program, as each type's random blocks serve all three) against worker/model/quant.c, the
+ * bit-exact reference, on random blocks of every type they take: sk_dequant_bf16 must give
+ * exactly the bf16 of quant.c's floats, and sk_gemv_q the fp32 product of quant.c's floats with x
+ * (sums in another order only; on the int8-activation path of Q4_K, Q6_K and Q8_0, with x as that
+ * path rounds it) for 1 to 13 rows, written at a column offset inside wider rows of y without
  * touching the columns around them; several matrices in one launch (sk_gemv_q_n) as one;
  * embedding rows (sk_embed_q) bit for bit. Shapes the kernels cannot take must be refused. */
 #include "tests/gpu/dummy_model.h"
