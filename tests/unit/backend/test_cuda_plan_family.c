@@ -146,3 +146,21 @@ Test(cuda_plan_family, freed_blocks_only_before_an_all_sliding_window)
     c = config(&m);
     cr_expect_lt(plan(&c, 4, 191, 1, &p, err, sizeof err), 0, "block 0 is read by the global layers");
 }
+
+Test(cuda_plan_family, an_all_sliding_window_bounds_the_decode_splits)
+{
+    /* One token at position 1000 with a 256-key window reads 256 keys: ranges of at least ~128
+     * keys make 2 splits at most, where the whole context would take more. */
+    struct model_config m = llama();
+    m.fam.sliding_window = 256;
+    m.fam.all_sliding = true;
+    struct cuda_plan_config c = config(&m);
+    struct cuda_step_plan p;
+    char err[256] = "";
+    cr_assert_eq(plan(&c, 1, 1000, 0, &p, err, sizeof err), 0, "%s", err);
+    cr_expect_leq(p.attn.n_splits, 2, "a 256-key window: %d splits", p.attn.n_splits);
+    m.fam.all_sliding = false; /* the global layers read all 1001 keys */
+    c = config(&m);
+    cr_assert_eq(plan(&c, 1, 1000, 0, &p, err, sizeof err), 0, "%s", err);
+    cr_expect_gt(p.attn.n_splits, 2, "1001 keys: %d splits", p.attn.n_splits);
+}

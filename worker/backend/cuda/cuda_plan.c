@@ -364,8 +364,13 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
                    sk_attention_decode_qkv_fits(&p->attn);
     p->seq_rope_half = c->seq_rope ? c->head_dim / 2 : 0;
     /* The bound comes from the block-table width under a graph, so a captured step keeps its
-     * grid while the width holds. */
-    plan_splits(c, &p->attn, stream, p->graph ? (int64_t)bt_stride * KV_BLOCK_SIZE : max_ctx);
+     * grid while the width holds. Where every layer slides, a token reads at most the window's
+     * keys however long its context, and its splits divide those (attn_block_keys); the
+     * deterministic ranges keep their fixed length either way. */
+    int64_t ctx_bound = p->graph ? (int64_t)bt_stride * KV_BLOCK_SIZE : max_ctx;
+    if (c->all_sliding_window > 0 && !c->deterministic && ctx_bound > c->all_sliding_window)
+        ctx_bound = c->all_sliding_window;
+    plan_splits(c, &p->attn, stream, ctx_bound);
 
     const int H = c->hidden, qd = c->n_heads * c->head_dim, qkvd = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
     /* qkv_post and the decode attention launch while qkv streams, and the attention's settled keys
