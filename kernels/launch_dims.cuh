@@ -1,6 +1,6 @@
 // Launch shapes that several launchers share: the grid of a grid-stride loop over n elements
 // (convert.cu, silu_mul.cu, sample.cu's sort setup) and the block of a kernel that takes one
-// row per block (embed.cu, add_rmsnorm.cu).
+// row per block (embed.cu, add_rmsnorm.cu, qkv_norm_full.cu).
 //
 // In an anonymous namespace, as they were in the one file these launchers came from: each file
 // that includes this keeps internal copies (inline, so a file that calls only one of them has no

@@ -3,6 +3,7 @@
 // It runs between the qkv product and sk_qkv_post: the product's parts and bias are added into the
 // first part, q and k normalized there, and qkv_post then takes one part with no bias and no
 // norms. The common layer norms per head inside qkv_post and never launches this.
+#include "kernels/launch_dims.cuh"
 #include "kernels/row_sums.cuh"
 #include "kernels/sluice_kernels.h"
 
@@ -42,8 +43,7 @@ extern "C" cudaError_t sk_qkv_norm_full(float *qkv, int n_parts, int64_t part_st
     if (!q_norm || !k_norm || q_dim < 1 || kv_dim < 1 || n_parts < 1 || n_parts > SK_HOPPER_MAX_SPLITS ||
         (n_parts > 1 && part_stride < n_tokens * width))
         return cudaErrorInvalidValue;
-    const int threads = width >= 1024 ? 1024 : (int)(width + 31) / 32 * 32;
-    qkv_norm_full_kernel<<<n_tokens, threads, 0, s>>>(qkv, n_parts, part_stride, bias, q_norm, k_norm, q_dim, kv_dim,
+    qkv_norm_full_kernel<<<n_tokens, threads_for_row((int)width), 0, s>>>(qkv, n_parts, part_stride, bias, q_norm, k_norm, q_dim, kv_dim,
                                                       eps);
     return cudaGetLastError();
 }

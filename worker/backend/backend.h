@@ -24,6 +24,7 @@ static inline int32_t kv_blocks_before_window(int32_t window, int32_t start_pos)
 {
     return window > 0 && start_pos >= window ? (start_pos - window + 1) / KV_BLOCK_SIZE : 0;
 }
+
 #define SAMPLER_MAX_TOP_LOGPROBS 20
 
 struct sampling_params {

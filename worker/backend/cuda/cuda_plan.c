@@ -50,6 +50,9 @@ void cuda_plan_config_init(struct cuda_plan_config *c, const struct model_config
     if (c->plain_mlp) c->gu_interleaved = false;
     c->seq_rope = m->rope_scaling.type == ROPE_SCALING_LONGROPE || m->rope_scaling.type == ROPE_SCALING_DYNAMIC;
     c->qk_norm_full = m->fam.qk_norm_full;
+    /* The fused qkv decode attention reads the static rope table and norms per head: models with
+     * per-sequence frequencies or whole-projection norms never take it. */
+    if (c->seq_rope || c->qk_norm_full) c->fused_qkv_rows = -1;
     c->all_sliding_window = m->fam.all_sliding ? m->fam.sliding_window : 0;
     c->deterministic = deterministic;
     if (deterministic) {
@@ -360,8 +363,8 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
      * no qkv_post, the decode attention does its work (a graph's batch size decides, so graphs
      * need no key for it). At fewer rows the attention's start no longer hides behind
      * qkv_post's work, and the two kernels win. */
-    p->fused_qkv = c->fused_qkv_rows >= 0 && n_dec > c->fused_qkv_rows && p->all_dec && !c->seq_rope && !c->qk_norm_full &&
-                   sk_attention_decode_qkv_fits(&p->attn);
+    p->fused_qkv =
+        c->fused_qkv_rows >= 0 && n_dec > c->fused_qkv_rows && p->all_dec && sk_attention_decode_qkv_fits(&p->attn);
     p->seq_rope_half = c->seq_rope ? c->head_dim / 2 : 0;
     /* The bound comes from the block-table width under a graph, so a captured step keeps its
      * grid while the width holds. Where every layer slides, a token reads at most the window's
