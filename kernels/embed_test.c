@@ -30,9 +30,31 @@ static void test_embed_norm_silu(void)
     int32_t *dtok = gt_up(tok, sizeof tok);
     struct sk_sample_out *dprev = gt_up(prev, sizeof prev);
     float *dx = gt_dev((size_t)T * H * 4), *x = malloc((size_t)T * H * 4);
-    GT_CUDA(sk_embed(dx, dtable, dtok, dprev, T, H, 0));
-    gt_down(x, dx, (size_t)T * H * 4);
     long bad = 0;
+    /* A tensor-parallel rank's share of the rows: its ids' rows, zeros for the others', and the
+     * shares' sum is the whole table's rows. */
+    const int half = V / 2;
+    float *sum = calloc((size_t)T * H, 4);
+    for (int part = 0; part < 2; part++) {
+        const int row0 = part ? half : 0, n_rows = part ? V - half : half;
+        GT_CUDA(sk_embed(dx, dtable + (size_t)row0 * H, dtok, dprev, row0, n_rows, T, H, 0));
+        gt_down(x, dx, (size_t)T * H * 4);
+        for (int t = 0; t < T; t++) {
+            const int mine = id[t] >= row0 && id[t] < row0 + n_rows;
+            for (int i = 0; i < H; i++) {
+                bad += x[(size_t)t * H + i] != (mine ? gt_bf2f(table[(size_t)id[t] * H + i]) : 0.0f);
+                sum[(size_t)t * H + i] += x[(size_t)t * H + i];
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < H; i++) bad += sum[(size_t)t * H + i] != gt_bf2f(table[(size_t)id[t] * H + i]);
+    GT_CHECK(bad == 0, "a rank's share of the rows: its tokens' rows, zeros for the others', summing to the whole "
+                       "(%ld mismatches)", bad);
+    free(sum);
+    GT_CUDA(sk_embed(dx, dtable, dtok, dprev, 0, V, T, H, 0));
+    gt_down(x, dx, (size_t)T * H * 4);
+    bad = 0;
     for (int t = 0; t < T; t++)
         for (int i = 0; i < H; i++) bad += x[(size_t)t * H + i] != gt_bf2f(table[(size_t)id[t] * H + i]);
     GT_CHECK(bad == 0, "embedding gather exact, previous step's tokens included (%ld mismatches)", bad);

@@ -14,13 +14,17 @@ namespace
 template <class Q>
 __global__ void __launch_bounds__(256)
     embed_q_kernel(float *__restrict__ x, const uint8_t *__restrict__ table, const int32_t *__restrict__ tokens,
-                   const sk_sample_out *__restrict__ prev, int hidden)
+                   const sk_sample_out *__restrict__ prev, int row0, int n_rows, int hidden)
 {
     const int t = blockIdx.x;
-    const int32_t id = tokens[t] < 0 ? prev[-1 - tokens[t]].token : tokens[t];
+    const int32_t id = (tokens[t] < 0 ? prev[-1 - tokens[t]].token : tokens[t]) - row0;
     const int nb = hidden / Q::BE;
-    const uint8_t *row = table + (size_t)id * nb * Q::BB;
     float *o = x + (size_t)t * hidden;
+    if (id < 0 || id >= n_rows) { /* another rank's token (sk_embed) */
+        for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = 0.0f;
+        return;
+    }
+    const uint8_t *row = table + (size_t)id * nb * Q::BB;
     for (int unit = threadIdx.x; unit < nb * Q::UPB; unit += blockDim.x) {
         const int blk = unit / Q::UPB;
         float wv[4 * Q::RUNS];
@@ -34,29 +38,31 @@ __global__ void __launch_bounds__(256)
 }
 
 template <class Q>
-cudaError_t embed_type(float *x, const void *table, const int32_t *tokens, const sk_sample_out *prev, int n_tokens,
-                       int hidden, cudaStream_t s)
+cudaError_t embed_type(float *x, const void *table, const int32_t *tokens, const sk_sample_out *prev, int row0,
+                       int n_rows, int n_tokens, int hidden, cudaStream_t s)
 {
     if (!shape_ok<Q>(table, hidden) || n_tokens < 0) return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
-    embed_q_kernel<Q><<<n_tokens, 128, 0, s>>>(x, static_cast<const uint8_t *>(table), tokens, prev, hidden);
+    embed_q_kernel<Q><<<n_tokens, 128, 0, s>>>(x, static_cast<const uint8_t *>(table), tokens, prev, row0, n_rows,
+                                                     hidden);
     return cudaGetLastError();
 }
 
 } // namespace
 
 extern "C" cudaError_t sk_embed_q(float *x, int dtype, const void *table, const int32_t *tokens,
-                                  const struct sk_sample_out *prev, int n_tokens, int hidden, cudaStream_t s)
+                                  const struct sk_sample_out *prev, int row0, int n_rows, int n_tokens, int hidden,
+                                  cudaStream_t s)
 {
     switch (dtype) {
-    case SK_Q4_0: return embed_type<Q4_0>(x, table, tokens, prev, n_tokens, hidden, s);
-    case SK_Q4_1: return embed_type<Q4_1>(x, table, tokens, prev, n_tokens, hidden, s);
-    case SK_Q5_0: return embed_type<Q5_0>(x, table, tokens, prev, n_tokens, hidden, s);
-    case SK_Q5_1: return embed_type<Q5_1>(x, table, tokens, prev, n_tokens, hidden, s);
-    case SK_Q8_0: return embed_type<Q8_0>(x, table, tokens, prev, n_tokens, hidden, s);
-    case SK_Q4_K: return embed_type<Q4_K>(x, table, tokens, prev, n_tokens, hidden, s);
-    case SK_Q5_K: return embed_type<Q5_K>(x, table, tokens, prev, n_tokens, hidden, s);
-    case SK_Q6_K: return embed_type<Q6_K>(x, table, tokens, prev, n_tokens, hidden, s);
+    case SK_Q4_0: return embed_type<Q4_0>(x, table, tokens, prev, row0, n_rows, n_tokens, hidden, s);
+    case SK_Q4_1: return embed_type<Q4_1>(x, table, tokens, prev, row0, n_rows, n_tokens, hidden, s);
+    case SK_Q5_0: return embed_type<Q5_0>(x, table, tokens, prev, row0, n_rows, n_tokens, hidden, s);
+    case SK_Q5_1: return embed_type<Q5_1>(x, table, tokens, prev, row0, n_rows, n_tokens, hidden, s);
+    case SK_Q8_0: return embed_type<Q8_0>(x, table, tokens, prev, row0, n_rows, n_tokens, hidden, s);
+    case SK_Q4_K: return embed_type<Q4_K>(x, table, tokens, prev, row0, n_rows, n_tokens, hidden, s);
+    case SK_Q5_K: return embed_type<Q5_K>(x, table, tokens, prev, row0, n_rows, n_tokens, hidden, s);
+    case SK_Q6_K: return embed_type<Q6_K>(x, table, tokens, prev, row0, n_rows, n_tokens, hidden, s);
     default: return cudaErrorInvalidValue;
     }
 }

@@ -143,13 +143,22 @@ static void check_embed(enum dtype dt, const float *w, const void *dw, int n_row
     int32_t *dt_tok = gt_up(tokens, sizeof tokens);
     struct sk_sample_out *dprev = gt_up(prev, sizeof prev);
     float *dx = gt_dev((size_t)5 * hidden * 4), *hx = malloc((size_t)5 * hidden * 4);
-    GT_CUDA(sk_embed_q(dx, (int)dt, dw, dt_tok, dprev, 5, hidden, 0));
+    GT_CUDA(sk_embed_q(dx, (int)dt, dw, dt_tok, dprev, 0, n_rows, 5, hidden, 0));
     gt_down(hx, dx, (size_t)5 * hidden * 4);
     int bad = 0;
     for (int t = 0; t < 5; t++)
         bad += memcmp(hx + (size_t)t * hidden, w + (size_t)want[t] * hidden, (size_t)hidden * 4) != 0;
     GT_CHECK(bad == 0,
              "sk_embed_q: %d of 5 rows differ from quant.c's (a negative token takes the step before's sample)", bad);
+    /* A tensor-parallel rank holding rows 4 .. n_rows - 1: tokens 0 and 3 are another rank's. */
+    const size_t row_bytes = (size_t)(hidden / dtype_block_elems(dt)) * dtype_block_bytes(dt);
+    GT_CUDA(sk_embed_q(dx, (int)dt, (const uint8_t *)dw + 4 * row_bytes, dt_tok, dprev, 4, n_rows - 4, 5, hidden, 0));
+    gt_down(hx, dx, (size_t)5 * hidden * 4);
+    bad = 0;
+    for (int t = 0; t < 5; t++)
+        for (int i = 0; i < hidden; i++)
+            bad += hx[(size_t)t * hidden + i] != (want[t] >= 4 ? w[(size_t)want[t] * hidden + i] : 0.0f);
+    GT_CHECK(bad == 0, "sk_embed_q on a rank's rows: theirs exact, zeros for another rank's tokens (%d differ)", bad);
     free(hx);
     cudaFree(dt_tok), cudaFree(dprev), cudaFree(dx);
 }

@@ -58,10 +58,10 @@ cudaError_t sk_dequant_bf16(int dtype, const void *w, uint16_t *dst, int n_rows,
 
 /* x[t, :] = the dequantized row of table (vocabulary rows of hidden weights in dtype's blocks)
  * for token t, taken as sk_embed takes it (negative: the sampled token of row -1 - id of the
- * step before, in prev). */
+ * step before, in prev), table holding the rows of ids row0 .. row0 + n_rows - 1 as sk_embed's. */
 struct sk_sample_out;
 cudaError_t sk_embed_q(float *x, int dtype, const void *table, const int32_t *tokens, const struct sk_sample_out *prev,
-                       int n_tokens, int hidden, cudaStream_t s);
+                       int row0, int n_rows, int n_tokens, int hidden, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -33,9 +33,11 @@ cudaError_t sk_fill_dummy_f32(float *dst, uint64_t seed, uint64_t id, uint64_t i
 struct sk_sample_out;
 /* x[t, :] = float(table[id, :]) for id = tokens[t], or, where tokens[t] < 0, the token the
  * previous step sampled for row -1 - tokens[t]: prev[-1 - tokens[t]].token (the engine queues a
- * decode step before its input tokens reach the host; prev may be NULL when none is < 0). */
+ * decode step before its input tokens reach the host; prev may be NULL when none is < 0). table
+ * holds the rows of ids row0 .. row0 + n_rows - 1 (0 and the vocabulary, or a tensor-parallel
+ * rank's share of it); any other id's x[t] is zeros. */
 cudaError_t sk_embed(float *x, const uint16_t *table, const int32_t *tokens, const struct sk_sample_out *prev,
-                     int n_tokens, int hidden, cudaStream_t s);
+                     int row0, int n_rows, int n_tokens, int hidden, cudaStream_t s);
 /* For each output row r (source row t = rows ? rows[r] : r): v = x[t] + (delta ? delta[t] : 0);
  * when rows is NULL x[t] = v is stored back (the residual stream); y[r] = bf16(w * v *
  * rsqrt(mean(v^2) + eps)), or bf16(v) when w is NULL (OLMo 2's layers, which norm only after). */

@@ -41,6 +41,25 @@ static inline struct model *gt_dummy_model(const char *config_json)
     return rc == 0 ? m : NULL;
 }
 
+/* stories260K's Hugging Face directory under $SLUICE_TEST_DATA (default ../shared): the model,
+ * or NULL after a SKIP line (not there) or a failed check (not loadable). */
+static inline struct model *gt_stories_model(void)
+{
+    const char *data = getenv("SLUICE_TEST_DATA");
+    char dir[4096], err[1024];
+    snprintf(dir, sizeof dir, "%s/models/stories260K/hf", data && *data ? data : "../shared");
+    struct model *m = NULL;
+    if (access(dir, R_OK) != 0) {
+        printf("SKIP stories260K: %s not found (set SLUICE_TEST_DATA)\n", dir);
+        return NULL;
+    }
+    if (model_load(&m, dir, MODEL_LOAD_AUTO, err, sizeof err) != 0) {
+        GT_CHECK(0, "model_load %s: %s", dir, err);
+        return NULL;
+    }
+    return m;
+}
+
 /* Random blocks of dtype dt for n weights, the f16 scales at scale_at[0..n_scales) small and
  * finite (malloc'd; NULL when out of memory). */
 static inline void *gt_random_blocks(enum dtype dt, const int *scale_at, int n_scales, int64_t n)

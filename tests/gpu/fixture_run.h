@@ -118,10 +118,13 @@ struct fixture_bounds {
     double row_bound, min_within, median_bound;
 };
 
-/* The backend on fixture m against the CPU backend, both fed the GPU's greedy tokens: logits
- * within the bounds, greedy tokens equal wherever the CPU's top-two margin exceeds 5 x the
- * row's RMS logit error (the bf16 noise). */
-static void fixture_vs_cpu(const char *name, const struct model *m, struct fixture_bounds bd)
+/* The CUDA backend on fixture m, sharded over tp ranks when tp > 1 (through host memory when
+ * tp_host: --cuda-options tp_nccl=0, ranks sharing the GPUs there are; with CUDA graphs unless
+ * eager), against the CPU backend, both fed the GPU's greedy tokens: logits within the bounds,
+ * greedy tokens equal wherever the CPU's top-two margin exceeds 5 x the row's RMS logit error
+ * (the bf16 noise). */
+static void fixture_vs_cpu_tp(const char *name, const struct model *m, struct fixture_bounds bd, int tp, bool tp_host,
+                              bool eager)
 {
     char err[512];
     const int V = m->config.vocab_size;
@@ -129,6 +132,9 @@ static void fixture_vs_cpu(const char *name, const struct model *m, struct fixtu
                                  .cpu.n_threads = 4, .gpu_memory_utilization = 0.9};
     struct backend *cpu = NULL, *gpu = NULL;
     if (backend_cpu_create(&cpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "%s: backend_cpu_create: %s", name, err);
+    bo.tensor_parallel_size = tp;
+    bo.cuda.no_tp_nccl = tp_host;
+    bo.cuda.enforce_eager = eager;
     if (backend_cuda_create(&gpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "%s: backend_cuda_create: %s", name, err);
     if (!cpu || !gpu) goto out;
     {
@@ -193,6 +199,11 @@ static void fixture_vs_cpu(const char *name, const struct model *m, struct fixtu
 out:
     backend_free(gpu);
     backend_free(cpu);
+}
+
+static void fixture_vs_cpu(const char *name, const struct model *m, struct fixture_bounds bd)
+{
+    fixture_vs_cpu_tp(name, m, bd, 0, false, false);
 }
 
 /* Runs seqs to N_GEN greedy tokens (the sampler's, through the backend's results), storing each

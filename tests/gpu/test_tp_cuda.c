@@ -2,13 +2,13 @@
  * all-reduces (after attention and after the MLP) and logits gather run in every step, eagerly
  * and in CUDA graphs, and change nothing: greedy tokens and logits equal, bit for bit, those of
  * the backend without a communicator (where two of those equal each other), on stories260K and
- * on a random-weight model wide enough for the Hopper products' split parts. Also: sizes above
- * 1 are refused with a message. Exits 0 with a SKIP line without a GPU, or without NCCL in the
- * build or on the machine. */
+ * on a random-weight model wide enough for the Hopper products' split parts (test_tp_sharded
+ * checks sizes above 1). Exits 0 with a SKIP line without a GPU, or without NCCL in the build or
+ * on the machine. */
 #include <stdbool.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
+#include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 #include "worker/backend/backend.h"
 #include "worker/model/model.h"
@@ -140,44 +140,16 @@ static int compare(const char *name, const struct model *m)
     return skip;
 }
 
-static struct model *dummy(const char *json)
-{
-    char dir[] = "/tmp/sluice_tp_cuda_XXXXXX", path[64], err[512] = "";
-    if (!mkdtemp(dir)) return NULL;
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *f = fopen(path, "w");
-    if (!f) return NULL;
-    fputs(json, f);
-    fclose(f);
-    struct model *m = NULL;
-    if (model_load(&m, dir, MODEL_LOAD_DUMMY, err, sizeof err) != 0) GT_CHECK(0, "dummy model: %s", err);
-    unlink(path);
-    rmdir(dir);
-    return m;
-}
-
 int main(void)
 {
     if (!gt_have_gpu()) return 0;
-    const char *data = getenv("SLUICE_TEST_DATA");
-    if (!data || !*data) data = "../shared";
-    char dir[4096], err[1024];
-    snprintf(dir, sizeof dir, "%s/models/stories260K/hf", data);
-    struct stat st;
-    struct model *m = NULL;
-    if (stat(dir, &st) != 0) {
-        printf("SKIP stories260K: %s not found (set SLUICE_TEST_DATA)\n", dir);
-    } else if (model_load(&m, dir, MODEL_LOAD_AUTO, err, sizeof err) != 0) {
-        GT_CHECK(0, "model_load %s: %s", dir, err);
-    } else {
-        struct backend *b = make(m, 2, false, err, sizeof err);
-        GT_CHECK(!b && strstr(err, "shards over 1 GPU so far"), "--tensor-parallel-size 2 refused: %s", err);
-        backend_free(b);
+    struct model *m = gt_stories_model();
+    if (m) {
         int skip = compare("stories260K", m);
         model_free(m);
         if (skip) return gt_finish();
     }
-    m = dummy("{\"architectures\":[\"Qwen2ForCausalLM\"],\"hidden_size\":1024,\"intermediate_size\":2816,"
+    m = gt_dummy_model("{\"architectures\":[\"Qwen2ForCausalLM\"],\"hidden_size\":1024,\"intermediate_size\":2816,"
               "\"num_hidden_layers\":4,\"num_attention_heads\":8,\"num_key_value_heads\":2,\"head_dim\":128,"
               "\"vocab_size\":4096,\"max_position_embeddings\":4096,\"rms_norm_eps\":1e-6,\"rope_theta\":1000000.0,"
               "\"tie_word_embeddings\":false,\"bos_token_id\":1,\"eos_token_id\":2,\"torch_dtype\":\"bfloat16\"}");

@@ -214,6 +214,9 @@ struct cuda_options {
                                product's first weights into L2 at its end */
     bool no_late_masks;     /* late_masks=0: structured output's masks go with the step (no
                                backend_sample), so constrained steps are not overlapped */
+    bool no_tp_nccl;        /* tp_nccl=0: a tensor-parallel group's collectives go through host
+                               memory (the CPU communicator) instead of NCCL, its steps run eagerly,
+                               and its ranks may share a GPU: the sharding tested on one GPU */
     const char *nccl_library; /* the NCCL library to dlopen (NULL: the loader's libnccl.so.2) */
 };
 
@@ -243,8 +246,9 @@ struct backend_options {
      * (batch size, chunking), so greedy output equals the sequence's output alone. */
     bool deterministic;
     /* --tensor-parallel-size: ranks the model is sharded over; 0: not asked. CPU: one thread per
-     * rank in this process (worker/backend/cpu/cpu_tp.c), 0 and 1 alike. CUDA: 1 (so far) makes
-     * an NCCL communicator of one GPU whose collectives are no-ops (cuda/cuda_tp.c), 0 none. */
+     * rank in this process (worker/backend/cpu/cpu_tp.c), 0 and 1 alike. CUDA: one thread and GPU
+     * per rank from device on (cuda/cuda_tp_group.c), joined by NCCL; 1 makes an NCCL
+     * communicator of one GPU whose collectives are no-ops (cuda/cuda_tp.c), 0 none. */
     int32_t tensor_parallel_size;
     struct cpu_options cpu;
     struct cuda_options cuda;

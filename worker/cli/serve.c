@@ -280,7 +280,7 @@ int worker_serve_main(int argc, char **argv)
         {"kv-cache-tokens", FLAG_INT, &o->kv_cache_tokens, NULL, "N", "CPU: KV cache size in tokens", 16, 1 << 26},
         {"gpu-memory-utilization", FLAG_DOUBLE, &o->gpu_memory_utilization, NULL, "F", "CUDA: share of GPU memory to use", 0.05, 1.0},
         CPU_OPTIONS_FLAG_SPECS(&o->cpu),
-        {"tensor-parallel-size", FLAG_INT, &o->tensor_parallel_size, NULL, "N", "shard the model over N ranks (Megatron-style tensor parallelism: attention heads, MLP channels and the vocabulary split, two all-reduces per layer); one worker, registered once. CPU: N threads sharing --threads. CUDA: 1 for now, which runs the NCCL path on one GPU (its all-reduces are no-ops) (default: none, one rank without a communicator)", 1, 64},
+        {"tensor-parallel-size", FLAG_INT, &o->tensor_parallel_size, NULL, "N", "shard the model over N ranks (Megatron-style tensor parallelism: attention heads, MLP channels and the vocabulary split, two all-reduces per layer); one worker, registered once. CPU: N threads sharing --threads. CUDA: one GPU per rank, the first N that CUDA_VISIBLE_DEVICES shows, joined by NCCL; 1 runs the NCCL path on one GPU (its all-reduces are no-ops) (default: none, one rank without a communicator)", 1, 64},
         {"num-gpus", FLAG_INT, &o->num_gpus, NULL, "N", "FastChat's name for --tensor-parallel-size (default: none)", 1, 64},
         {"deterministic", FLAG_BOOL, &o->deterministic, NULL, NULL, "CUDA: a request's output does not depend on what shares its batch (greedy equals the request alone); slower prefill and large batches (README)", 0, 0},
         {"enable-prefix-caching", FLAG_BOOL, &prefix_caching_on, NULL, NULL, "reuse the KV of prompt prefixes seen before (the default)", 0, 0},
@@ -321,11 +321,6 @@ int worker_serve_main(int argc, char **argv)
         return 2;
     }
     if (o->num_gpus) o->tensor_parallel_size = o->num_gpus;
-    if (o->tensor_parallel_size > 1 && strcmp(o->device, "cpu") != 0) {
-        fprintf(stderr, "sluice-worker: --tensor-parallel-size %ld: tensor parallelism runs on --device cpu only in this "
-                "build (CUDA takes 1)\n", o->tensor_parallel_size);
-        return 2;
-    }
     if (!o->model_path) {
         fprintf(stderr, "sluice-worker: --model-path is required (see --help)\n");
         return 2;

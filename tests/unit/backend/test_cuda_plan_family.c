@@ -159,8 +159,36 @@ Test(cuda_plan_family, an_all_sliding_window_bounds_the_decode_splits)
     char err[256] = "";
     cr_assert_eq(plan(&c, 1, 1000, 0, &p, err, sizeof err), 0, "%s", err);
     cr_expect_leq(p.attn.n_splits, 2, "a 256-key window: %d splits", p.attn.n_splits);
+    cr_expect_eq(p.attn_sliding.n_splits, p.attn.n_splits);
     m.fam.all_sliding = false; /* the global layers read all 1001 keys */
     c = config(&m);
     cr_assert_eq(plan(&c, 1, 1000, 0, &p, err, sizeof err), 0, "%s", err);
     cr_expect_gt(p.attn.n_splits, 2, "1001 keys: %d splits", p.attn.n_splits);
+}
+
+Test(cuda_plan_family, alternating_windows_split_each_kind_of_layer_by_what_it_reads)
+{
+    /* Gemma 2: a 256-key window on every other layer. At position 1000 its sliding layers read
+     * 256 keys (2 splits at most), its global layers 1001 (more); under 256 keys both agree. */
+    struct model_config m = llama();
+    m.fam.sliding_window = 256;
+    m.fam.layer_sliding[0] = 0x55; /* layers 0, 2, 4, 6 */
+    struct cuda_plan_config c = config(&m);
+    cr_expect_eq(c.all_sliding_window, 0);
+    struct cuda_step_plan p;
+    char err[256] = "";
+    cr_assert_eq(plan(&c, 1, 1000, 0, &p, err, sizeof err), 0, "%s", err);
+    cr_expect_leq(p.attn_sliding.n_splits, 2, "sliding layers: %d splits", p.attn_sliding.n_splits);
+    cr_expect_gt(p.attn.n_splits, 2, "global layers: %d splits", p.attn.n_splits);
+    cr_expect_eq(p.attn_sliding.n_tokens, p.attn.n_tokens);
+    cr_expect_eq(p.attn_sliding.bt_stride, p.attn.bt_stride);
+    cr_assert_eq(plan(&c, 1, 100, 0, &p, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(p.attn_sliding.n_splits, p.attn.n_splits);
+    cr_expect_eq(p.attn_sliding.split_len, p.attn.split_len);
+    /* --deterministic keeps its fixed ranges in both. */
+    c.deterministic = true;
+    c.det_split_len = 256;
+    cr_assert_eq(plan(&c, 1, 1000, 0, &p, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(p.attn_sliding.n_splits, p.attn.n_splits);
+    cr_expect_eq(p.attn_sliding.split_len, p.attn.split_len);
 }

@@ -8,12 +8,9 @@
  * collective instead of waiting; a rank that never finishes is given the communicator's
  * timeout, after which the backend reports the failure and refuses further steps (the
  * worker then stops serving, as after any device error). */
-#include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -21,34 +18,16 @@
 #include "worker/backend/cpu/cpu_internal.h"
 #include "worker/backend/cpu/cpu_tp.h"
 #include "worker/parallel/comm.h"
+#include "worker/backend/tp_ranks.h"
 #include "worker/parallel/tp_plan.h"
 #include "worker/parallel/tp_shard.h"
 
 struct cpu_tp {
     struct backend base;
-    int n;
-    double timeout_s;
-    struct tp_plan plan;
-    struct comm *comms[COMM_MAX_RANKS];
-    struct model *shards[COMM_MAX_RANKS];
-    struct backend *ranks[COMM_MAX_RANKS];
+    struct tp_ranks t;
     struct cpu_tp_rank tp[COMM_MAX_RANKS];
-    struct rank_thread {
-        struct cpu_tp *t;
-        int rank;
-        pthread_t thread;
-        bool started;
-        bool busy; /* running a step */
-        int rc;
-    } threads[COMM_MAX_RANKS];
-    pthread_mutex_t mu;
-    pthread_cond_t work, done;
-    bool sync_ready;
-    unsigned long step; /* steps posted */
-    int n_done;         /* ranks 1..N-1 done with the current step */
-    const struct batch *batch;
-    bool stop;
-    bool broken; /* a rank never finished a step: no step may run again */
+    const struct batch *batch;     /* the step being run */
+    struct sample_result *results; /* rank 0's */
 };
 
 void cpu_tp_embed_row(struct cpu_backend *cb, int32_t token, float *dst)
@@ -97,110 +76,32 @@ int cpu_tp_lm_head(struct cpu_backend *cb, const float *xs, int64_t n_rows, floa
     return 0;
 }
 
-static void *rank_main(void *arg)
+/* One rank's part of a step (tp_group_run): rank 0 alone samples and writes what the step hands
+ * back. A rank that fails aborts the communicator, so that the others fail at their next
+ * collective instead of waiting. */
+static int rank_step(void *arg, int rank)
 {
-    struct rank_thread *rt = arg;
-    struct cpu_tp *t = rt->t;
-    unsigned long seen = 0;
-    pthread_mutex_lock(&t->mu);
-    for (;;) {
-        while (t->step == seen && !t->stop) pthread_cond_wait(&t->work, &t->mu);
-        if (t->stop) break;
-        seen = t->step;
-        const struct batch *batch = t->batch;
-        rt->busy = true;
-        pthread_mutex_unlock(&t->mu);
-        int rc = cpu_backend_forward(t->ranks[rt->rank], batch, NULL);
-        if (rc != 0) comm_abort(t->comms[rt->rank], t->ranks[rt->rank]->error);
-        pthread_mutex_lock(&t->mu);
-        rt->rc = rc;
-        rt->busy = false;
-        t->n_done++;
-        pthread_cond_signal(&t->done);
-    }
-    pthread_mutex_unlock(&t->mu);
-    return NULL;
+    struct cpu_tp *c = arg;
+    struct backend *rb = c->t.ranks[rank];
+    int rc = cpu_backend_forward(rb, c->batch, rank == 0 ? c->results : NULL);
+    if (rc != 0) comm_abort(c->t.comms[rank], rb->error);
+    return rc;
 }
 
 static int tp_forward(struct backend *b, const struct batch *batch, struct sample_result *results)
 {
-    struct cpu_tp *t = (struct cpu_tp *)b;
-    if (t->broken) return -1; /* b->error still says why */
-    pthread_mutex_lock(&t->mu);
-    t->batch = batch;
-    t->n_done = 0;
-    t->step++;
-    pthread_cond_broadcast(&t->work);
-    pthread_mutex_unlock(&t->mu);
-
-    int rc0 = cpu_backend_forward(t->ranks[0], batch, results);
-    if (rc0 != 0) comm_abort(t->comms[0], t->ranks[0]->error);
-
-    /* The others finish within the communicator's timeout of rank 0, unless one is stuck
-     * outside any collective. */
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += (time_t)t->timeout_s + 1;
-    pthread_mutex_lock(&t->mu);
-    while (t->n_done < t->n - 1) {
-        if (pthread_cond_timedwait(&t->done, &t->mu, &deadline) == ETIMEDOUT && t->n_done < t->n - 1) {
-            t->broken = true;
-            break;
-        }
-    }
-    int failed = rc0 != 0 ? 0 : -1, stuck = 1;
-    for (int r = 1; r < t->n && failed < 0; r++)
-        if (!t->threads[r].busy && t->threads[r].rc != 0) failed = r;
-    while (stuck < t->n && !t->threads[stuck].busy) stuck++;
-    pthread_mutex_unlock(&t->mu);
-    if (t->broken) {
-        comm_abort(t->comms[0], "a rank never finished its step");
-        snprintf(b->error, sizeof b->error, "tensor parallel rank %d did not finish its step within %.0f s of rank 0",
-                 stuck, t->timeout_s + 1);
-        return -1;
-    }
-    if (failed < 0) return 0;
-    snprintf(b->error, sizeof b->error, "tensor parallel rank %d: %.450s", failed, t->ranks[failed]->error);
-    return -1;
+    struct cpu_tp *c = (struct cpu_tp *)b;
+    c->batch = batch;
+    c->results = results;
+    return tp_ranks_run(&c->t, rank_step, c, b->error, sizeof b->error);
 }
 
 static void tp_free(struct backend *b)
 {
-    struct cpu_tp *t = (struct cpu_tp *)b;
-    if (!t) return;
-    bool leak = false;
-    if (t->sync_ready) {
-        pthread_mutex_lock(&t->mu);
-        t->stop = true;
-        pthread_cond_broadcast(&t->work);
-        pthread_mutex_unlock(&t->mu);
-        for (int r = 1; r < t->n; r++) {
-            if (!t->threads[r].started) continue;
-            if (t->threads[r].busy) {
-                /* Stuck in a step: its backend and shard cannot be freed under it. */
-                pthread_detach(t->threads[r].thread);
-                leak = true;
-            } else {
-                pthread_join(t->threads[r].thread, NULL);
-            }
-        }
-    }
-    if (leak) {
-        log_warn("cpu: a tensor-parallel rank is stuck in a step; its memory is left to the process's exit");
-        return;
-    }
-    for (int r = 0; r < t->n; r++) {
-        backend_free(t->ranks[r]);
-        tp_shard_free(t->shards[r]);
-        free(t->tp[r].local), free(t->tp[r].send), free(t->tp[r].gathered);
-    }
-    if (t->comms[0]) comm_destroy(t->comms, t->n);
-    if (t->sync_ready) {
-        pthread_cond_destroy(&t->work);
-        pthread_cond_destroy(&t->done);
-        pthread_mutex_destroy(&t->mu);
-    }
-    free(t);
+    struct cpu_tp *c = (struct cpu_tp *)b;
+    if (!c || !tp_ranks_free(&c->t, "cpu")) return;
+    for (int r = 0; r < c->t.n; r++) free(c->tp[r].local), free(c->tp[r].send), free(c->tp[r].gathered);
+    free(c);
 }
 
 static const struct backend_ops cpu_tp_ops = {.forward = tp_forward, .free = tp_free};
@@ -210,15 +111,16 @@ int cpu_tp_create(struct backend **out, const struct model *m, const struct back
 {
     *out = NULL;
     int n = opt->tensor_parallel_size;
-    struct cpu_tp *t = calloc(1, sizeof *t);
-    if (!t) {
+    struct cpu_tp *c = calloc(1, sizeof *c);
+    if (!c) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    struct tp_ranks *t = &c->t;
     t->n = n;
-    t->base.ops = &cpu_tp_ops;
-    t->base.name = "cpu";
-    t->base.config = m->config;
+    c->base.ops = &cpu_tp_ops;
+    c->base.name = "cpu";
+    c->base.config = m->config;
     t->timeout_s = COMM_DEFAULT_TIMEOUT_S;
     if (tp_plan_make(&t->plan, &m->config, n, err, errlen) != 0) goto fail;
     if (comm_cpu_create(t->comms, n, t->timeout_s, err, errlen) != 0) goto fail;
@@ -245,7 +147,7 @@ int cpu_tp_create(struct backend **out, const struct model *m, const struct back
             goto fail;
         }
         const struct tp_rank *pr = &t->plan.ranks[r];
-        struct cpu_tp_rank *tp = &t->tp[r];
+        struct cpu_tp_rank *tp = &c->tp[r];
         *tp = (struct cpu_tp_rank){.comm = t->comms[r], .rank = r, .size = n, .vocab_begin = pr->vocab.begin,
                                    .vocab_end = pr->vocab.end, .vocab_per_rank = t->plan.vocab_per_rank};
         size_t rows = (size_t)rb->max_batch_seqs, w = (size_t)tp->vocab_per_rank;
@@ -257,54 +159,18 @@ int cpu_tp_create(struct backend **out, const struct model *m, const struct back
             goto fail;
         }
         ((struct cpu_backend *)rb)->tp = tp;
-        size_t bytes = tp_plan_rank_bytes(&t->plan, m, r);
-        log_info("cpu: tensor parallel rank %d of %d: query heads %lld-%lld, KV heads %lld-%lld%s, intermediate "
-                 "%lld-%lld, vocabulary %lld-%lld; weights %zu bytes (%.1f MiB) in the checkpoint's dtypes, %ld thread(s)",
-                 r, n, (long long)pr->q_heads.begin, (long long)pr->q_heads.end - 1, (long long)pr->kv_heads.begin,
-                 (long long)pr->kv_heads.end - 1, t->plan.kv_replicas > 1 ? " (replicated)" : "",
-                 (long long)pr->inter.begin, (long long)pr->inter.end - 1, (long long)pr->vocab.begin,
-                 (long long)pr->vocab.end - 1, bytes, (double)bytes / (1 << 20), ro.cpu.n_threads);
+        char parts[256];
+        tp_ranks_describe_rank(t, m, r, parts, sizeof parts);
+        log_info("cpu: tensor parallel rank %d of %d: %s, %ld thread(s)", r, n, parts, ro.cpu.n_threads);
     }
-    struct backend *r0 = t->ranks[0];
-    t->base.num_kv_blocks = r0->num_kv_blocks;
-    t->base.max_batch_tokens = r0->max_batch_tokens;
-    t->base.max_batch_seqs = r0->max_batch_seqs;
-    t->base.supports_token_mask = r0->supports_token_mask;
-    t->base.supports_logit_bias = r0->supports_logit_bias;
-    t->base.supports_suppress = r0->supports_suppress;
-    t->base.supports_prompt_logprobs = r0->supports_prompt_logprobs;
-    t->base.supports_hidden_states = r0->supports_hidden_states;
-
-    if (pthread_mutex_init(&t->mu, NULL) != 0) goto threads;
-    if (pthread_cond_init(&t->work, NULL) != 0) {
-        pthread_mutex_destroy(&t->mu);
-        goto threads;
-    }
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* tp_forward's deadline */
-    int crc = pthread_cond_init(&t->done, &ca);
-    pthread_condattr_destroy(&ca);
-    if (crc != 0) {
-        pthread_cond_destroy(&t->work);
-        pthread_mutex_destroy(&t->mu);
-        goto threads;
-    }
-    t->sync_ready = true;
-    for (int r = 1; r < n; r++) {
-        t->threads[r] = (struct rank_thread){.t = t, .rank = r};
-        if (pthread_create(&t->threads[r].thread, NULL, rank_main, &t->threads[r]) != 0) goto threads;
-        t->threads[r].started = true;
-    }
-    log_info("cpu: tensor parallel over %d ranks (%d query heads, %d KV heads%s, %d intermediate channels and %d "
-             "tokens of the vocabulary each)",
-             n, t->plan.heads_per_rank, t->plan.kv_heads_per_rank,
-             t->plan.kv_replicas > 1 ? ", each on several ranks" : "", t->plan.inter_per_rank, t->plan.vocab_per_rank);
-    *out = &t->base;
+    tp_ranks_take_limits(&c->base, t->ranks[0]);
+    if (tp_group_start(&t->threads, n, t->timeout_s, err, errlen) != 0) goto fail;
+    char whole[256];
+    tp_ranks_describe(t, whole, sizeof whole);
+    log_info("cpu: %s", whole);
+    *out = &c->base;
     return 0;
-threads:
-    snprintf(err, errlen, "cannot start the tensor parallel ranks' threads");
 fail:
-    tp_free(&t->base);
+    tp_free(&c->base);
     return -1;
 }

@@ -107,23 +107,24 @@ fail:
  * any. CUDA loads kernel modules on first use and a decode shape's graph is captured on its first
  * step; without this the first request paid both, several times its warm time to first token
  * (docs/performance.md). Whoever gets the blocks later writes them before reading.
- * --no-cuda-warmup skips it. */
-static int warm_up(struct cuda_backend *b)
+ * --no-cuda-warmup skips it (the caller's test). base is the backend, or a tensor-parallel group
+ * whose ranks each have bt_cap block-table entries per sequence. */
+int cuda_warm_up(struct backend *base, int bt_cap)
 {
     int n = 1024;
-    if (n > b->base.max_batch_tokens) n = b->base.max_batch_tokens;
-    if (n > (b->base.num_kv_blocks - 1) * KV_BLOCK_SIZE) n = (b->base.num_kv_blocks - 1) * KV_BLOCK_SIZE;
-    if (n > (b->plan.bt_cap - 1) * KV_BLOCK_SIZE) n = (b->plan.bt_cap - 1) * KV_BLOCK_SIZE;
-    if (b->base.config.max_position > 1 && n > b->base.config.max_position - 1) n = b->base.config.max_position - 1;
-    if (n < 2 || b->opt.no_warmup) return 0;
+    if (n > base->max_batch_tokens) n = base->max_batch_tokens;
+    if (n > (base->num_kv_blocks - 1) * KV_BLOCK_SIZE) n = (base->num_kv_blocks - 1) * KV_BLOCK_SIZE;
+    if (n > (bt_cap - 1) * KV_BLOCK_SIZE) n = (bt_cap - 1) * KV_BLOCK_SIZE;
+    if (base->config.max_position > 1 && n > base->config.max_position - 1) n = base->config.max_position - 1;
+    if (n < 2) return 0;
     const int n_blocks = (n + 1 + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE;
     int32_t *mem = malloc((size_t)(n + n_blocks) * sizeof *mem);
     if (!mem) {
-        snprintf(b->base.error, sizeof b->base.error, "cuda: out of host memory");
+        snprintf(base->error, sizeof base->error, "cuda: out of host memory");
         return -1;
     }
     int32_t *tokens = mem, *blocks = mem + n;
-    for (int i = 0; i < n; i++) tokens[i] = i % b->base.config.vocab_size;
+    for (int i = 0; i < n; i++) tokens[i] = i % base->config.vocab_size;
     for (int i = 0; i < n_blocks; i++) blocks[i] = i;
     const struct sampling_params greedy = {.temperature = 0, .top_p = 1, .top_k = -1, .repetition_penalty = 1,
                                            .logprobs = -1};
@@ -131,14 +132,14 @@ static int warm_up(struct cuda_backend *b)
         .n_new = n, .start_pos = 0, .block_table = blocks, .n_blocks = n_blocks, .sample = true, .sampling = &greedy};
     struct batch batch = {.n_seqs = 1, .seqs = &seq, .n_tokens = n, .tokens = tokens};
     struct sample_result res;
-    int rc = backend_forward(&b->base, &batch, &res);
+    int rc = backend_forward(base, &batch, &res);
     if (rc == 0) {
         seq.n_new = 1;
         seq.start_pos = n;
         seq.n_generated = 1;
         batch.n_tokens = 1;
         tokens[0] = res.token;
-        rc = backend_forward(&b->base, &batch, &res);
+        rc = backend_forward(base, &batch, &res);
     }
     free(mem);
     return rc;
@@ -184,24 +185,31 @@ fail:
     return rc;
 }
 
-int backend_cuda_create(struct backend **out, const struct model *m, const struct backend_options *opt, char *err,
-                        size_t errlen)
+int cuda_visible_devices(int device, int *n_dev, char *err, size_t errlen)
+{
+    cudaError_t e = cudaGetDeviceCount(n_dev);
+    if (e != cudaSuccess || *n_dev == 0) {
+        snprintf(err, errlen, "cuda: no GPU visible (%s); use --device cpu",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found 0 devices");
+        return -1;
+    }
+    if (device < 0 || device >= *n_dev) {
+        snprintf(err, errlen, "cuda: device %d not found (%d visible)", device, *n_dev);
+        return -1;
+    }
+    return 0;
+}
+
+/* The backend on model m, alone (rank NULL) or as a rank of a tensor-parallel group on its shard. */
+static int create(struct backend **out, const struct model *m, const struct backend_options *opt,
+                  const struct cuda_tp *rank, char *err, size_t errlen)
 {
     int rc = 0, n_dev = 0;
     struct cuda_backend *b = NULL;
     const struct model_config *c = &m->config;
     *out = NULL;
     if (cuda_plan_model_supported(c, err, errlen)) return -1;
-    cudaError_t e = cudaGetDeviceCount(&n_dev);
-    if (e != cudaSuccess || n_dev == 0) {
-        snprintf(err, errlen, "cuda: no GPU visible (%s); use --device cpu",
-                 e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found 0 devices");
-        return -1;
-    }
-    if (opt->device < 0 || opt->device >= n_dev) {
-        snprintf(err, errlen, "cuda: device %d not found (%d visible)", opt->device, n_dev);
-        return -1;
-    }
+    if (cuda_visible_devices(opt->device, &n_dev, err, errlen)) return -1;
     if (c->head_dim < 2 || c->head_dim > SK_MAX_HEAD_DIM || c->head_dim % 2 || c->n_kv_heads < 1 ||
         c->n_heads % c->n_kv_heads) {
         snprintf(err, errlen, "cuda: unsupported head layout (head_dim %d, %d heads, %d kv heads)", c->head_dim,
@@ -238,9 +246,10 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     CUDA_CHECK(b, cudaGetDeviceProperties(&prop, b->device));
     CUDA_CHECK(b, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     if ((rc = cuda_gemm_init(b)) < 0) goto fail;
-    if ((rc = cuda_tp_init(b, opt)) < 0) goto fail;
+    if ((rc = cuda_tp_init(b, opt, rank)) < 0) goto fail;
     cuda_plan_config_init(&b->plan, c, &b->opt, opt->deterministic, b->gemm.hopper != NULL, prop.multiProcessorCount,
                           b->base.max_batch_tokens, b->base.max_batch_seqs, bt_cap);
+    b->plan.lm_rows = b->tp.vocab_rows;
     if ((rc = cuda_fp8_init(b, m)) < 0) goto fail;
     if (opt->deterministic) {
         const int qd = c->n_heads * c->head_dim;
@@ -259,11 +268,25 @@ int backend_cuda_create(struct backend **out, const struct model *m, const struc
     if ((rc = cuda_weights_load(b, m)) < 0) goto fail;
     if ((rc = workspace_alloc(b)) < 0) goto fail;
     if ((rc = kv_alloc(b, opt)) < 0) goto fail;
-    if ((rc = warm_up(b)) < 0) goto fail;
+    /* A group's ranks warm up together (their steps meet in collectives). */
+    if (!rank && !b->opt.no_warmup && (rc = cuda_warm_up(&b->base, b->plan.bt_cap)) < 0) goto fail;
     *out = &b->base;
     return 0;
 fail:
     snprintf(err, errlen, "%s", b->base.error);
     cuda_free(&b->base);
     return rc;
+}
+
+int backend_cuda_create(struct backend **out, const struct model *m, const struct backend_options *opt, char *err,
+                        size_t errlen)
+{
+    if (opt->tensor_parallel_size > 1) return cuda_tp_group_create(out, m, opt, err, errlen);
+    return create(out, m, opt, NULL, err, errlen);
+}
+
+int cuda_backend_create_rank(struct backend **out, const struct model *shard, const struct backend_options *opt,
+                             const struct cuda_tp *rank, char *err, size_t errlen)
+{
+    return create(out, shard, opt, rank, err, errlen);
 }

@@ -115,11 +115,14 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
     const int64_t part_stride = (int64_t)T * H;
     int delta_parts = 1, qkv_parts = 1;
     int rc = 0;
+    /* A tensor-parallel rank holds a share of the rows (zeros for the others' tokens), summed. */
+    const int row0 = b->tp.vocab_begin, n_rows = b->tp.vocab_rows;
     if (b->w.tok_embed_q.w)
-        CUDA_CHECK(b, sk_embed_q(ws->x, b->w.tok_embed_q.dtype, b->w.tok_embed_q.w, dm->tokens, b->steps.out_dev, T, H,
-                                 b->stream));
+        CUDA_CHECK(b, sk_embed_q(ws->x, b->w.tok_embed_q.dtype, b->w.tok_embed_q.w, dm->tokens, b->steps.out_dev, row0,
+                                 n_rows, T, H, b->stream));
     else
-        CUDA_CHECK(b, sk_embed(ws->x, b->w.tok_embed, dm->tokens, b->steps.out_dev, T, H, b->stream));
+        CUDA_CHECK(b, sk_embed(ws->x, b->w.tok_embed, dm->tokens, b->steps.out_dev, row0, n_rows, T, H, b->stream));
+    if ((rc = cuda_tp_all_reduce_embed(b, ws->x, (size_t)T * (size_t)H)) < 0) goto fail;
     if (c->fam.embed_scale != 0)
         CUDA_CHECK(b, sk_residual_addend(ws->x, ws->x, 1, 0, NULL, NULL, c->fam.embed_scale, T, H, c->rms_eps,
                                          b->stream));
@@ -129,7 +132,7 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         uint16_t *kc = b->kv.cache + (size_t)l * 2 * b->kv.layer_elems, *vc = kc + b->kv.layer_elems;
         /* A sliding layer sees its window only, and Gemma 3's rotate with their own theta. */
         const bool sliding = model_layer_sliding(&c->fam, l);
-        struct sk_attn_params ap = p->attn;
+        struct sk_attn_params ap = sliding ? p->attn_sliding : p->attn;
         ap.window = sliding ? c->fam.sliding_window : 0;
         const float *inv_freq = sliding && b->w.inv_freq_local ? b->w.inv_freq_local : b->w.inv_freq;
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, l ? ws->delta : NULL, delta_parts, part_stride, NULL, w->attn_norm,
@@ -203,13 +206,15 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, dm->sample_tok, b->w.final_norm,
                                            ws->y, R, H, c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
+        /* A tensor-parallel rank computes its share of the vocabulary, then gathers the rest. */
+        float *lm_out = cuda_tp_lm_head_out(b, ws->logits);
         if (b->w.lm_head_q.w)
-            rc = cuda_qproduct(b, &b->w.lm_head_q, ws->y, ws->logits, V, R);
+            rc = cuda_qproduct(b, &b->w.lm_head_q, ws->y, lm_out, b->tp.vocab_rows, R);
         else
-            rc = cuda_product(b, p->lm_head, b->w.lm_head, ws->y, ws->logits, R, V, H, NULL);
+            rc = cuda_product(b, p->lm_head, b->w.lm_head, ws->y, lm_out, R, b->tp.vocab_rows, H, NULL);
         if (rc < 0) goto fail;
         cuda_prof_mark(b, CUDA_PROF_LM_HEAD);
-        if ((rc = cuda_tp_gather_logits(b, ws->logits, (size_t)R * (size_t)V)) < 0) goto fail;
+        if ((rc = cuda_tp_gather_logits(b, lm_out, ws->logits, R)) < 0) goto fail;
         if ((rc = cuda_logits_finish(b, ws->logits, R)) < 0) goto fail;
         if (a->logits_out)
             CUDA_CHECK(

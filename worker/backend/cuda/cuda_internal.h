@@ -199,6 +199,22 @@ struct cuda_fp8;  /* cuda_fp8.c: FP8 weights */
 struct cuda_moe;  /* cuda_moe.c: the experts and their scratch; NULL for a dense model */
 struct comm;      /* worker/parallel/comm.h */
 
+/* cuda_tp.c: the backend's place in tensor parallelism. Alone (no flag) comm is NULL and the
+ * backend holds the whole vocabulary; --tensor-parallel-size 1 makes an NCCL communicator of
+ * one GPU; a rank of a larger group (cuda_tp_group.c) holds its shard and borrows the group's. */
+struct cuda_tp {
+    struct comm *comm;
+    bool owns_comm;
+    bool host;             /* the collectives go through host memory (the CPU communicator) */
+    int rank, size;
+    int vocab_begin;       /* this rank's rows of the embedding and lm_head: vocab_begin .. + vocab_rows - 1 */
+    int vocab_rows;
+    int vocab_per_rank;    /* every rank's share, padded: the logits gather's width */
+    float *gathered;       /* device: [size][max_batch_seqs][vocab_per_rank], ranks of a group only */
+    float *host_buf;       /* pinned staging for host collectives */
+    size_t host_floats;
+};
+
 struct cuda_backend {
     struct backend base;
     int device;
@@ -216,7 +232,7 @@ struct cuda_backend {
     struct cuda_prof *prof; /* NULL unless --cuda-profile */
     struct cuda_fp8 *fp8;   /* NULL unless the layers' weights are FP8 on the device */
     struct cuda_moe *moe;
-    struct comm *tp_comm;   /* NULL unless --tensor-parallel-size (cuda_tp.c) */
+    struct cuda_tp tp;
 };
 
 void cuda_report(struct cuda_backend *b, const char *what, const char *msg, const char *file, int line);
@@ -364,14 +380,35 @@ void cuda_graphs_free(struct cuda_backend *b);
 int cuda_watchdog_wait(struct cuda_backend *b, cudaEvent_t ev);
 double cuda_now_s(void);
 
-/* cuda_tp.c: the tensor-parallel communicator (one rank so far) and the step's collectives on
- * b->stream; each does nothing without a communicator. cuda_tp_check reports an asynchronous
- * NCCL error after a step. */
-int cuda_tp_init(struct cuda_backend *b, const struct backend_options *opt);
+/* cuda_tp.c: the tensor-parallel communicator and the step's collectives on b->stream; each
+ * does nothing without a communicator. cuda_tp_init: rank is NULL for a backend of its own
+ * (--tensor-parallel-size 1 makes its NCCL communicator of one GPU), or a group's rank, whose
+ * communicator comes later (cuda_tp_attach). cuda_tp_check reports an asynchronous NCCL error
+ * after a step. */
+int cuda_tp_init(struct cuda_backend *b, const struct backend_options *opt, const struct cuda_tp *rank);
+void cuda_tp_attach(struct cuda_backend *b, struct comm *comm);
 void cuda_tp_free(struct cuda_backend *b);
 int cuda_tp_all_reduce(struct cuda_backend *b, float *x, size_t n);
-int cuda_tp_gather_logits(struct cuda_backend *b, float *logits, size_t n);
+/* The embedding's all-reduce: the ranks' shares of the rows summed (nothing on one rank). */
+int cuda_tp_all_reduce_embed(struct cuda_backend *b, float *x, size_t n);
+/* Where lm_head writes its rows of the logits: logits itself alone, a staging buffer on a rank. */
+float *cuda_tp_lm_head_out(struct cuda_backend *b, float *logits);
+/* logits[r][0 .. vocab) for rows rows: on a rank, every rank's share (from lm_out) gathered. */
+int cuda_tp_gather_logits(struct cuda_backend *b, const float *lm_out, float *logits, int rows);
 int cuda_tp_check(struct cuda_backend *b);
+
+/* cuda_backend.c: the count of visible GPUs into n_dev; -1 with err set when there is none or
+ * device is not one of them. */
+int cuda_visible_devices(int device, int *n_dev, char *err, size_t errlen);
+/* cuda_backend.c: a rank of a tensor-parallel group (cuda_tp_group.c) on its shard; the group
+ * attaches the communicator and runs the warm-up. */
+int cuda_backend_create_rank(struct backend **out, const struct model *shard, const struct backend_options *opt,
+                             const struct cuda_tp *rank, char *err, size_t errlen);
+/* cuda_backend.c: the first prefill and decode step, through base (a backend or a group). */
+int cuda_warm_up(struct backend *base, int bt_cap);
+/* cuda_tp_group.c: the backend of --tensor-parallel-size N > 1. */
+int cuda_tp_group_create(struct backend **out, const struct model *m, const struct backend_options *opt, char *err,
+                         size_t errlen);
 
 /* cuda_prof.c: per-phase device times of eager steps, by step shape, printed when freed. */
 enum cuda_prof_phase {

@@ -25,6 +25,7 @@ static bool *switch_field(struct cuda_options *o, const char *key, size_t len)
         {"fp8_mma", offsetof(struct cuda_options, no_fp8_mma)},
         {"fp8_prefetch", offsetof(struct cuda_options, no_fp8_prefetch)},
         {"late_masks", offsetof(struct cuda_options, no_late_masks)},
+        {"tp_nccl", offsetof(struct cuda_options, no_tp_nccl)},
     };
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (strlen(keys[i].key) == len && !strncmp(keys[i].key, key, len)) return (bool *)((char *)o + keys[i].off);

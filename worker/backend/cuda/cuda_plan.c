@@ -19,6 +19,7 @@ void cuda_plan_config_init(struct cuda_plan_config *c, const struct model_config
     c->n_kv_heads = m->n_kv_heads;
     c->head_dim = m->head_dim;
     c->vocab = m->vocab_size;
+    c->lm_rows = m->vocab_size;
     c->max_batch_tokens = max_batch_tokens;
     c->max_batch_seqs = max_batch_seqs;
     c->bt_cap = bt_cap;
@@ -54,6 +55,7 @@ void cuda_plan_config_init(struct cuda_plan_config *c, const struct model_config
      * per-sequence frequencies or whole-projection norms never take it. */
     if (c->seq_rope || c->qk_norm_full) c->fused_qkv_rows = -1;
     c->all_sliding_window = m->fam.all_sliding ? m->fam.sliding_window : 0;
+    c->sliding_window = m->fam.sliding_window;
     c->deterministic = deterministic;
     if (deterministic) {
         /* The fused decode attention takes only pure decode steps: a token in a mixed step would
@@ -367,13 +369,17 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
         c->fused_qkv_rows >= 0 && n_dec > c->fused_qkv_rows && p->all_dec && sk_attention_decode_qkv_fits(&p->attn);
     p->seq_rope_half = c->seq_rope ? c->head_dim / 2 : 0;
     /* The bound comes from the block-table width under a graph, so a captured step keeps its
-     * grid while the width holds. Where every layer slides, a token reads at most the window's
-     * keys however long its context, and its splits divide those (attn_block_keys); the
+     * grid while the width holds. In a sliding layer a token reads at most the window's keys
+     * however long its context, and its splits divide those (attn_block_keys); the
      * deterministic ranges keep their fixed length either way. */
     int64_t ctx_bound = p->graph ? (int64_t)bt_stride * KV_BLOCK_SIZE : max_ctx;
-    if (c->all_sliding_window > 0 && !c->deterministic && ctx_bound > c->all_sliding_window)
-        ctx_bound = c->all_sliding_window;
-    plan_splits(c, &p->attn, stream, ctx_bound);
+    const bool window_bounds = c->sliding_window > 0 && !c->deterministic && ctx_bound > c->sliding_window;
+    p->attn_sliding = p->attn;
+    plan_splits(c, &p->attn_sliding, stream, window_bounds ? c->sliding_window : ctx_bound);
+    if (c->all_sliding_window > 0)
+        p->attn = p->attn_sliding;
+    else
+        plan_splits(c, &p->attn, stream, ctx_bound);
 
     const int H = c->hidden, qd = c->n_heads * c->head_dim, qkvd = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
     /* qkv_post and the decode attention launch while qkv streams, and the attention's settled keys
@@ -382,7 +388,7 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
                     : cuda_plan_product_parts(c, T, qkvd, H, T > CUDA_QKV_EARLY_ROWS);
     p->o = c->fp8 ? cuda_plan_fp8_product(c, T, H, qd) : cuda_plan_product_parts(c, T, H, qd, false);
     p->mlp = cuda_plan_mlp(c, T);
-    p->lm_head = cuda_plan_product(c, p->n_rows, V, H);
+    p->lm_head = cuda_plan_product(c, p->n_rows, c->lm_rows, H);
     return 0;
 }
 

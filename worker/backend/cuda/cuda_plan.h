@@ -36,6 +36,7 @@
 struct cuda_plan_config {
     /* The model. */
     int hidden, inter, n_heads, n_kv_heads, head_dim, vocab;
+    int lm_rows; /* lm_head's rows: the vocabulary, or a tensor-parallel rank's share of it */
     /* The backend's sizes. */
     int max_batch_tokens, max_batch_seqs;
     int bt_cap;        /* block-table ints per sequence */
@@ -70,6 +71,8 @@ struct cuda_plan_config {
     /* > 0: every layer slides over this many keys, so the blocks wholly before the window of a
      * sequence's first token in the step are never read, and may be freed (-1) by the engine. */
     int all_sliding_window;
+    /* > 0: some layers (all_sliding_window: every one) slide over this many keys. */
+    int sliding_window;
     /* --deterministic: a row's arithmetic does not depend on the batch. */
     bool deterministic;
     int det_split_len; /* the decode attention's fixed key range */
@@ -189,6 +192,9 @@ struct cuda_step_plan {
     /* The decode attention: its parameters (token_list is the step's list when !all_dec, set by
      * whoever lays the metadata out), its kernel, and whether it does qkv_post's work. */
     struct sk_attn_params attn;
+    /* The same for the sliding layers of a model that has both kinds (Gemma 2/3): a token there
+     * reads at most the window's keys, and its splits divide those. */
+    struct sk_attn_params attn_sliding;
     enum sk_attn_kernel attn_kernel;
     bool fused_qkv;
     int seq_rope_half; /* > 0: each sequence's rope frequencies (this many floats) go with the metadata */

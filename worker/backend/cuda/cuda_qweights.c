@@ -61,7 +61,7 @@ fail:
 int cuda_qlm_head_load(struct cuda_backend *b, const struct tensor *t)
 {
     const struct model_config *c = &b->base.config;
-    if (!keeps_blocks(t, c->vocab_size, c->hidden_size)) return 0;
+    if (!keeps_blocks(t, b->tp.vocab_rows, c->hidden_size)) return 0;
     return upload(b, &b->w.lm_head_q, t, "lm_head");
 }
 
@@ -69,7 +69,7 @@ int cuda_qembed_load(struct cuda_backend *b, const struct tensor *t, bool tied)
 {
     const struct model_config *c = &b->base.config;
     int rc = 0;
-    if (!keeps_blocks(t, c->vocab_size, c->hidden_size)) return 0;
+    if (!keeps_blocks(t, b->tp.vocab_rows, c->hidden_size)) return 0;
     if ((rc = upload(b, &b->w.tok_embed_q, t, "tok_embed")) < 0) return rc;
     if (tied) b->w.lm_head_q = b->w.tok_embed_q;
     return 0;

@@ -299,7 +299,7 @@ int cuda_submit(struct backend *base, const struct batch *batch)
     size_t bytes = meta_layout(st->meta_host, T, S, R, plan.bt_stride, plan.n_tiles, n_list, &plan, &hm);
     if (bytes > st->meta_bytes) CUDA_FAIL(b, "cuda: step metadata of %zu bytes exceeds %zu", bytes, st->meta_bytes);
     meta_layout(st->meta_dev, T, S, R, plan.bt_stride, plan.n_tiles, n_list, &plan, &dm);
-    plan.attn.token_list = plan.all_dec ? NULL : dm.dec;
+    plan.attn.token_list = plan.attn_sliding.token_list = plan.all_dec ? NULL : dm.dec;
     const size_t hist_at = fill_meta(b, batch, &plan, &hm);
     const int slot = (int)(st->submitted % 2);
     b->extras.n_dst[slot] = 0;

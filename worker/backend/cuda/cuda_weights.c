@@ -184,7 +184,8 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
     struct loader ld = {.b = b, .m = m, .staging = NULL, .host = NULL};
     int rc = 0;
     const int64_t H = c->hidden_size, I = c->intermediate_size, D = c->head_dim;
-    const int64_t qd = (int64_t)c->n_heads * D, kvd = (int64_t)c->n_kv_heads * D, V = c->vocab_size;
+    /* V: the embedding's and lm_head's rows (a tensor-parallel rank's share of the vocabulary). */
+    const int64_t qd = (int64_t)c->n_heads * D, kvd = (int64_t)c->n_kv_heads * D, V = b->tp.vocab_rows;
     uint16_t *gu_plain = NULL;
 
     CUDA_CHECK(b, cudaMalloc(&ld.staging, STAGING_BYTES));

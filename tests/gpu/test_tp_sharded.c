@@ -1,0 +1,91 @@
+/* The CUDA backend sharded over 2 and 4 tensor-parallel ranks (worker/backend/cuda/
+ * cuda_tp_group.c) against the CPU backend unsharded, as test_families checks one GPU: logits
+ * within bf16 bounds over prefill chunks and greedy decode, greedy tokens equal where the CPU's
+ * margin clears the bf16 noise. The models: stories260K (real weights), the mixture-of-experts
+ * fixtures (Mixtral, Qwen2-MoE with its shared expert, Qwen3-MoE; made with transformers), and
+ * random-weight models of Llama with attention and MLP biases (o_proj's and down's summed once)
+ * and of Gemma 2 (post-norms after the ranks' sum, soft-capping, alternating windows, a tied
+ * embedding), each with a vocabulary the ranks do not divide evenly.
+ *
+ * With one GPU the ranks share it and meet through host memory (--cuda-options tp_nccl=0,
+ * eager); with as many GPUs as ranks they also run through NCCL with CUDA graphs. And: NCCL with
+ * more ranks than GPUs is refused with a message naming both. */
+#include <stdio.h>
+#include <unistd.h>
+
+#include "tests/gpu/fixture_run.h"
+#include "tests/gpu/dummy_model.h"
+#include "tests/gpu/gpu_test.h"
+#include "worker/model/model.h"
+
+static const struct fixture_bounds dense_bounds = {.row_bound = 3e-2, .min_within = 1.0, .median_bound = 1e-2};
+/* As test_moe bounds the experts on one GPU: a near-tie in the router can pick another expert. */
+static const struct fixture_bounds moe_bounds = {.row_bound = 3e-2, .min_within = 0.75, .median_bound = 2e-2};
+
+static int n_gpus;
+
+static void check_sharded(const char *name, const struct model *m, struct fixture_bounds bd)
+{
+    for (int tp = 2; tp <= 4; tp += 2) {
+        char label[160];
+        snprintf(label, sizeof label, "%s, %d ranks through host memory", name, tp);
+        printf("%s\n", label);
+        fixture_vs_cpu_tp(label, m, bd, tp, true, true);
+        if (n_gpus >= tp) {
+            snprintf(label, sizeof label, "%s, %d ranks on %d GPUs through NCCL, CUDA graphs", name, tp, tp);
+            printf("%s\n", label);
+            fixture_vs_cpu_tp(label, m, bd, tp, false, false);
+        }
+    }
+}
+
+int main(void)
+{
+    if (!gt_have_gpu()) return 0;
+    cudaGetDeviceCount(&n_gpus);
+    char dir[4096], err[1024];
+    struct model *m = gt_stories_model();
+    if (m) {
+        if (n_gpus < 2) {
+            struct backend_options bo = {.kv_blocks = 64, .max_batch_tokens = 256, .max_batch_seqs = 4,
+                                         .tensor_parallel_size = 2};
+            struct backend *b = NULL;
+            GT_CHECK(backend_cuda_create(&b, m, &bo, err, sizeof err) != 0 && strstr(err, "needs 2 GPUs") &&
+                         strstr(err, "1 is visible"),
+                     "NCCL over 2 ranks on one GPU is refused, naming both counts: %s", err);
+            backend_free(b);
+        }
+        check_sharded("stories260K", m, dense_bounds);
+        model_free(m);
+    }
+    const char *moe[] = {"mixtral", "qwen2_moe", "qwen3_moe"};
+    for (size_t i = 0; i < sizeof moe / sizeof moe[0]; i++) {
+        snprintf(dir, sizeof dir, "tests/fixtures/families/%s", moe[i]);
+        if (model_load(&m, dir, MODEL_LOAD_AUTO, err, sizeof err) != 0) {
+            GT_CHECK(0, "model_load %s: %s (run from the repository root)", dir, err);
+            continue;
+        }
+        check_sharded(moe[i], m, moe_bounds);
+        model_free(m);
+    }
+    m = gt_dummy_model("{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":256,\"intermediate_size\":512,"
+              "\"num_hidden_layers\":2,\"num_attention_heads\":8,\"num_key_value_heads\":4,\"vocab_size\":1001,"
+              "\"max_position_embeddings\":1024,\"rms_norm_eps\":1e-5,\"rope_theta\":10000.0,\"attention_bias\":true,"
+              "\"mlp_bias\":true,\"tie_word_embeddings\":false,\"bos_token_id\":1,\"eos_token_id\":2,"
+              "\"torch_dtype\":\"bfloat16\"}");
+    if (m) {
+        check_sharded("llama with attention and MLP biases, random weights", m, dense_bounds);
+        model_free(m);
+    }
+    m = gt_dummy_model("{\"architectures\":[\"Gemma2ForCausalLM\"],\"model_type\":\"gemma2\",\"hidden_size\":256,"
+              "\"intermediate_size\":512,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
+              "\"head_dim\":64,\"vocab_size\":1001,\"max_position_embeddings\":1024,\"rms_norm_eps\":1e-6,"
+              "\"rope_theta\":10000.0,\"hidden_activation\":\"gelu_pytorch_tanh\",\"query_pre_attn_scalar\":64,"
+              "\"sliding_window\":32,\"attn_logit_softcapping\":50.0,\"final_logit_softcapping\":30.0,"
+              "\"tie_word_embeddings\":true,\"bos_token_id\":2,\"eos_token_id\":1,\"torch_dtype\":\"bfloat16\"}");
+    if (m) {
+        check_sharded("gemma2, random weights", m, dense_bounds);
+        model_free(m);
+    }
+    return gt_finish();
+}
