@@ -5,7 +5,8 @@
  * before it freed, Gemma's GeGLU, (1 + w) norms and scaled embeddings, Gemma 2's post norms,
  * soft-capping and alternating windows, Gemma 3's local rope theta and q/k norms, Granite's
  * multipliers, OLMo 2's post-only norms and whole-projection q/k norms; and the GGUF files of
- * three of them. Each against the CPU backend: logits within
+ * three of them; and GPTQ/AWQ checkpoints (tests/fixtures/int4), whose layers load as Q4_1
+ * blocks. Each against the CPU backend: logits within
  * bf16 bounds, greedy tokens equal wherever the CPU's margin is clear of the bf16 noise; and
  * under --deterministic a batch equal to each sequence alone, graphs equal to eager steps. */
 #include "tests/gpu/fixture_run.h"
@@ -23,7 +24,10 @@ int main(void)
     const char *fixtures[] = {"llama_bias_linear", "llama_llama3",       "llama_yarn",     "llama_dynamic",
                               "phi3_longrope",     "mistral_sliding",    "gemma",          "gemma2",
                               "gemma3",            "gemma3_mm",          "granite",        "olmo2",
-                              "gemma3/model.gguf", "granite/model.gguf", "phi3_longrope/model.gguf"};
+                              "gemma3/model.gguf", "granite/model.gguf", "phi3_longrope/model.gguf",
+                              /* GPTQ and AWQ checkpoints, repacked into Q4_1 blocks at load (tests/fixtures/int4) */
+                              "../int4/gptq_g32_asym", "../int4/gptq_g128_sym", "../int4/gptq_act_order",
+                              "../int4/awq_g32", "../int4/gptq_phi3_fused"};
     fixtures_run(fixtures, sizeof fixtures / sizeof fixtures[0], dense_bounds);
     return gt_finish();
 }

@@ -8,11 +8,9 @@
 
 #include <jansson.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "worker/model/model_internal.h"
 
@@ -189,9 +187,11 @@ int fp8_qconfig_load(struct fp8_qconfig *q, const char *config_path, char *err, 
         rc = read_block(json_object_get(qc, "weight_block_size"), q, config_path, "weight_block_size", err, errlen);
     } else if (!strcmp(m, "compressed-tensors")) {
         rc = read_compressed_tensors(qc, q, config_path, err, errlen);
+    } else if (!strcmp(m, "gptq") || !strcmp(m, "awq")) {
+        rc = 0; /* 4-bit weights, not FP8: int4_config.c reads them */
     } else {
-        snprintf(err, errlen, "%s: quantization_config.quant_method '%s' is not supported (fp8 and FP8 "
-                 "compressed-tensors are)", config_path, m);
+        snprintf(err, errlen, "%s: quantization_config.quant_method '%s' is not supported (fp8, FP8 "
+                 "compressed-tensors, gptq and awq are)", config_path, m);
     }
 out:
     json_decref(root);
@@ -254,32 +254,26 @@ int model_quantization_parse(const char *text, enum model_quantization *out, cha
     return 0;
 }
 
-#define QUANT_MAX_THREADS 32
-
-/* Rows [r0, r1) of t quantized into q and s. */
+/* Rows of t quantized into q and s. */
 struct quant_job {
     const struct tensor *t;
     uint64_t seed;
     uint8_t *q;
     float *s;
-    int64_t cols, r0, r1;
-    bool failed;
+    int64_t cols;
 };
 
-static void *quant_rows(void *arg)
+static int quant_rows(void *arg, int64_t r0, int64_t r1)
 {
-    struct quant_job *j = arg;
+    const struct quant_job *j = arg;
     float *row = malloc((size_t)j->cols * sizeof *row);
-    if (!row) {
-        j->failed = true;
-        return NULL;
-    }
-    for (int64_t r = j->r0; r < j->r1; r++) {
+    if (!row) return -1;
+    for (int64_t r = r0; r < r1; r++) {
         tensor_range_to_f32(j->t, j->seed, false, r * j->cols, (r + 1) * j->cols, row);
         j->s[r] = fp8_quantize_row(row, j->cols, j->q + r * j->cols);
     }
     free(row);
-    return NULL;
+    return 0;
 }
 
 static int quantize_matrix(struct model *m, struct tensor *t, const char *name, char *err, size_t errlen)
@@ -317,24 +311,8 @@ static int quantize_matrix(struct model *m, struct tensor *t, const char *name, 
         return -1;
     }
     /* Rows in parallel: an 8B checkpoint has 7e9 weights to round at load. */
-    long n_cpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int n_threads = n_cpu < 1 ? 1 : n_cpu > QUANT_MAX_THREADS ? QUANT_MAX_THREADS : (int)n_cpu;
-    if (rows < 64 * n_threads) n_threads = 1;
-    pthread_t tids[QUANT_MAX_THREADS];
-    struct quant_job jobs[QUANT_MAX_THREADS];
-    bool started[QUANT_MAX_THREADS] = {0}, failed = false;
-    for (int i = 0; i < n_threads; i++) {
-        jobs[i] = (struct quant_job){.t = t, .seed = m->dummy_seed, .q = q, .s = s, .cols = cols,
-                                     .r0 = rows * i / n_threads, .r1 = rows * (i + 1) / n_threads};
-        /* The last share, and any a thread cannot be started for, on this thread. */
-        started[i] = i + 1 < n_threads && pthread_create(&tids[i], NULL, quant_rows, &jobs[i]) == 0;
-        if (!started[i]) quant_rows(&jobs[i]);
-    }
-    for (int i = 0; i < n_threads; i++) {
-        if (started[i]) pthread_join(tids[i], NULL);
-        failed |= jobs[i].failed;
-    }
-    if (failed) {
+    struct quant_job job = {.t = t, .seed = m->dummy_seed, .q = q, .s = s, .cols = cols};
+    if (model_parallel_rows(rows, 64, quant_rows, &job)) {
         snprintf(err, errlen, "--quantization fp8: out of memory for %s", name);
         return -1;
     }

@@ -44,8 +44,9 @@ struct fp8_qconfig {
     bool fp8;             /* quant_method fp8, or compressed-tensors with float 8-bit weights */
     int64_t block[2];     /* weight_block_size / block_structure; 0 when none */
 };
-/* Reads config.json's quantization_config. A config without one is fine (fp8 false); one of a
- * kind this project does not read (awq, gptq, int8 compressed-tensors...) is an error naming it. */
+/* Reads config.json's quantization_config. A config without one, or of GPTQ or AWQ (which
+ * int4_checkpoint.h reads), is fine (fp8 false); one of a kind this project does not read
+ * (bitsandbytes, int8 compressed-tensors...) is an error naming it. */
 int fp8_qconfig_load(struct fp8_qconfig *q, const char *config_path, char *err, size_t errlen);
 /* Points t's scale at the float32 copy of a scale tensor (data of sdtype F32/BF16/F16, shape
  * sshape[0..sndim)) after checking that the shape is per tensor, per output channel or blocks

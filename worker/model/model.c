@@ -2,6 +2,7 @@
 #include "worker/model/model.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,12 +45,41 @@ float model_f16_to_f32(uint16_t h)
     return f;
 }
 
+uint16_t model_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint16_t sign = (uint16_t)(x >> 16 & 0x8000);
+    const uint32_t a = x & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00;  /* NaN */
+    if (a >= 0x47800000u) return sign | 0x7c00; /* 65536 and beyond, infinity */
+    if (a < 0x38800000u) {
+        /* Below the smallest normal half: steps of 2^-24, rounded to nearest even (rintf);
+         * 1024 steps is the smallest normal, whose code this also is. */
+        float v;
+        memcpy(&v, &a, 4);
+        return sign | (uint16_t)rintf(v * 16777216.0f);
+    }
+    uint32_t h = ((a >> 23) - 112) << 10 | (a >> 13 & 0x3ff), rest = a & 0x1fff;
+    /* Nearest, ties to even; a carry into the exponent is right, up to infinity at 65520. */
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+    return sign | (uint16_t)h;
+}
+
 float model_bf16_to_f32(uint16_t h)
 {
     uint32_t bits = (uint32_t)h << 16;
     float f;
     memcpy(&f, &bits, 4);
     return f;
+}
+
+void model_fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape)
+{
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (k < n) snprintf(buf + k, n - k, "]");
 }
 
 int64_t tensor_numel(const struct tensor *t)

@@ -26,6 +26,15 @@ void model_source_free(struct model_source *src);
 size_t dtype_size(enum dtype d);
 float model_f16_to_f32(uint16_t h);
 float model_bf16_to_f32(uint16_t h);
+/* Rounds to the nearest half (ties to even), overflowing to infinity as IEEE does. */
+uint16_t model_f32_to_f16(float f);
+/* A shape as "[2, 3]" for messages. */
+void model_fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape);
+
+/* Runs fn over rows [0, rows) in contiguous shares, one thread each (the last on the caller's),
+ * as many as there are processors (32 at most) but no share under min_rows rows; fn returns 0
+ * or -1. -1 when any share failed (model_threads.c). */
+int model_parallel_rows(int64_t rows, int64_t min_rows, int (*fn)(void *arg, int64_t r0, int64_t r1), void *arg);
 
 /* Checks the config's numbers make sense together (positive sizes, heads divide, even
  * head_dim); origin names the file in the message. */

@@ -275,14 +275,6 @@ int model_moe_alloc(struct model *m, uint64_t *next_id, char *err, size_t errlen
     return 0;
 }
 
-static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape)
-{
-    size_t k = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < ndim && k < n; i++)
-        k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (k < n) snprintf(buf + k, n - k, "]");
-}
-
 /* Checks a found tensor's shape against ndim dims; names the file and tensor when it differs. */
 static int check_shape(const struct model_tensor_ref *r, const char *name, int ndim, const int64_t *shape, char *err,
                        size_t errlen)
@@ -291,8 +283,8 @@ static int check_shape(const struct model_tensor_ref *r, const char *name, int n
     for (int i = 0; ok && i < ndim; i++) ok = r->shape[i] == shape[i];
     if (ok) return 0;
     char have[96], need[96];
-    fmt_shape(have, sizeof have, r->ndim, r->shape);
-    fmt_shape(need, sizeof need, ndim, shape);
+    model_fmt_shape(have, sizeof have, r->ndim, r->shape);
+    model_fmt_shape(need, sizeof need, ndim, shape);
     snprintf(err, errlen, "%s: tensor '%s' has shape %s, the config needs %s", r->file, name, have, need);
     return -1;
 }

@@ -1,5 +1,6 @@
 /* Hugging Face directories: config.json plus model.safetensors or the shards named by
- * model.safetensors.index.json, mapped read-only. */
+ * model.safetensors.index.json, mapped read-only. A GPTQ or AWQ checkpoint's quantized layers
+ * are repacked into Q4_1 blocks as they are bound (int4_checkpoint.h). */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include "worker/model/fp8.h"
+#include "worker/model/int4_checkpoint.h"
 #include "worker/model/model.h"
 #include "worker/model/model_internal.h"
 
@@ -26,11 +28,22 @@ struct st_entry {
     const void *data;
 };
 
+/* A GPTQ/AWQ checkpoint's config, the model state that owns the repacked tensors, and the last
+ * one repacked (model_moe.c probes expert 0's gate before it binds it: one repack, not two). */
+struct st_int4 {
+    struct int4_qconfig q;
+    struct model_source *src;
+    char last_name[256];
+    struct tensor last;
+    const char *last_file;
+};
+
 struct st_set {
     char **files;
     int n_files;
     struct st_entry *entries;
     size_t n_entries, cap_entries;
+    struct st_int4 *int4;
 };
 
 static void st_set_free(struct st_set *s)
@@ -74,6 +87,7 @@ static int st_parse_entry(struct st_set *s, int file_idx, const char *path, cons
     else if (!strcmp(e.dtype_str, "BF16")) e.dtype = DTYPE_BF16, esize = 2;
     else if (!strcmp(e.dtype_str, "F8_E4M3")) e.dtype = DTYPE_F8_E4M3, esize = 1;
     else if (!strcmp(e.dtype_str, "F8_E5M2")) e.dtype = DTYPE_F8_E5M2, esize = 1;
+    else if (!strcmp(e.dtype_str, "I32")) esize = 4; /* GPTQ/AWQ packed weights, read by int4_checkpoint.c */
     e.ndim = (int)json_array_size(shape);
     uint64_t numel = 1;
     for (int i = 0; i < e.ndim; i++) {
@@ -182,40 +196,102 @@ static const struct st_entry *st_find(const struct st_set *s, const char *name)
     return NULL;
 }
 
-static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape)
+/* A tensor as the loaders bind it: the file's own, or for a GPTQ/AWQ checkpoint without X.weight,
+ * the quantized layer X repacked. */
+struct st_view {
+    int dtype;             /* enum dtype, or -1 when the file's dtype is not one we read */
+    const char *dtype_str;
+    int ndim;
+    const int64_t *shape;
+    const void *data;
+    const char *file;
+};
+
+static int st_int4_find(void *ctx, const char *name, struct int4_source *out)
 {
-    size_t k = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < ndim && k < n; i++)
-        k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (k < n) snprintf(buf + k, n - k, "]");
+    const struct st_set *s = ctx;
+    const struct st_entry *e = st_find(s, name);
+    if (!e) return 1;
+    *out = (struct int4_source){.dtype = e->dtype_str, .ndim = e->ndim, .data = e->data, .file = s->files[e->file]};
+    memcpy(out->shape, e->shape, sizeof out->shape);
+    return 0;
+}
+
+/* 0 and *v, 1 when the checkpoint has neither the tensor nor a quantized form of it, -1 (err
+ * set) when its quantized form cannot be repacked. */
+static int st_lookup(const struct st_set *s, const char *name, struct st_view *v, char *err, size_t errlen)
+{
+    const struct st_entry *e = st_find(s, name);
+    if (e) {
+        *v = (struct st_view){.dtype = e->dtype, .dtype_str = e->dtype_str, .ndim = e->ndim, .shape = e->shape,
+                              .data = e->data, .file = s->files[e->file]};
+        return 0;
+    }
+    struct st_int4 *c = s->int4;
+    if (!c || c->q.method == INT4_NONE) return 1;
+    if (strcmp(c->last_name, name) != 0) {
+        struct tensor t = {0};
+        struct int4_source qw = {0};
+        int rc = int4_bind_linear(&c->q, name, st_int4_find, (void *)s, c->src, &t, err, errlen);
+        if (rc) return rc;
+        char qname[300];
+        snprintf(qname, sizeof qname, "%.*s.qweight", (int)(strlen(name) - strlen(".weight")), name);
+        st_int4_find((void *)s, qname, &qw);
+        snprintf(c->last_name, sizeof c->last_name, "%s", name);
+        c->last = t;
+        c->last_file = qw.file;
+    }
+    *v = (struct st_view){.dtype = (int)c->last.dtype, .dtype_str = dtype_name(c->last.dtype), .ndim = 2,
+                          .shape = c->last.shape, .data = c->last.data, .file = c->last_file};
+    return 0;
+}
+
+/* The message for a tensor neither the file nor its quantized form has. */
+static void st_missing(const struct st_set *s, const char *dir, const char *name, char *err, size_t errlen)
+{
+    size_t n = strlen(name), k = strlen(".weight");
+    char qname[300];
+    snprintf(qname, sizeof qname, "%.*s.qweight", (int)(n > k ? n - k : n), name);
+    const struct st_entry *q = n > k && !strcmp(name + n - k, ".weight") ? st_find(s, qname) : NULL;
+    if (q)
+        snprintf(err, errlen, "%s: tensor '%s' is missing; the checkpoint has '%s', a GPTQ or AWQ layer, but "
+                 "config.json has no quantization_config with quant_method gptq or awq", s->files[q->file], name,
+                 qname);
+    else if (s->int4 && s->int4->q.method != INT4_NONE && n > k && !strcmp(name + n - k, ".weight"))
+        snprintf(err, errlen, "%s: tensor '%s' is missing from the safetensors files, and so is its quantized form "
+                 "'%s'", dir, name, qname);
+    else
+        snprintf(err, errlen, "%s: tensor '%s' is missing from the safetensors files", dir, name);
 }
 
 /* Points t at the named tensor after checking that its dtype and shape are what t expects. */
 static int st_bind(const struct st_set *s, const char *dir, const char *name, struct tensor *t, char *err,
                    size_t errlen)
 {
-    const struct st_entry *e = st_find(s, name);
-    if (!e) {
-        snprintf(err, errlen, "%s: tensor '%s' is missing from the safetensors files", dir, name);
+    struct st_view e;
+    int rc = st_lookup(s, name, &e, err, errlen);
+    if (rc < 0) return -1;
+    if (rc > 0) {
+        st_missing(s, dir, name, err, errlen);
         return -1;
     }
-    const char *file = s->files[e->file];
-    if (e->dtype < 0) {
+    const char *file = e.file;
+    if (e.dtype < 0) {
         snprintf(err, errlen, "%s: tensor '%s' has dtype %s, which is not supported (F32, F16, BF16, F8_E4M3, F8_E5M2 are)", file,
-                 name, e->dtype_str);
+                 name, e.dtype_str);
         return -1;
     }
-    bool ok = e->ndim == t->ndim;
-    for (int i = 0; ok && i < t->ndim; i++) ok = e->shape[i] == t->shape[i];
+    bool ok = e.ndim == t->ndim;
+    for (int i = 0; ok && i < t->ndim; i++) ok = e.shape[i] == t->shape[i];
     if (!ok) {
         char have[96], need[96];
-        fmt_shape(have, sizeof have, e->ndim, e->shape);
-        fmt_shape(need, sizeof need, t->ndim, t->shape);
+        model_fmt_shape(have, sizeof have, e.ndim, e.shape);
+        model_fmt_shape(need, sizeof need, t->ndim, t->shape);
         snprintf(err, errlen, "%s: tensor '%s' has shape %s, the config needs %s", file, name, have, need);
         return -1;
     }
-    t->dtype = (enum dtype)e->dtype;
-    t->data = e->data;
+    t->dtype = (enum dtype)e.dtype;
+    t->data = e.data;
     return 0;
 }
 
@@ -271,18 +347,20 @@ struct st_find_ctx {
 static int st_find_ref(void *arg, const char *name, struct model_tensor_ref *out, char *err, size_t errlen)
 {
     const struct st_find_ctx *ctx = arg;
-    const struct st_entry *e = st_find(ctx->s, name);
-    out->file = e ? ctx->s->files[e->file] : ctx->dir;
-    if (!e) return 1;
-    if (e->dtype < 0 || e->dtype == DTYPE_F8_E4M3 || e->dtype == DTYPE_F8_E5M2) {
+    struct st_view e;
+    int rc = st_lookup(ctx->s, name, &e, err, errlen);
+    out->file = rc == 0 ? e.file : ctx->dir;
+    if (rc) return rc;
+    if (e.dtype < 0 || e.dtype == DTYPE_F8_E4M3 || e.dtype == DTYPE_F8_E5M2) {
         snprintf(err, errlen, "%s: tensor '%s' has dtype %s, which is not supported for expert tensors (F32, F16, "
-                 "BF16 are)", out->file, name, e->dtype_str);
+                 "BF16 and GPTQ/AWQ layers are)", out->file, name, e.dtype_str);
         return -1;
     }
-    out->dtype = (enum dtype)e->dtype;
-    out->ndim = e->ndim;
-    memcpy(out->shape, e->shape, sizeof out->shape);
-    out->data = e->data;
+    out->dtype = (enum dtype)e.dtype;
+    out->ndim = e.ndim;
+    memset(out->shape, 0, sizeof out->shape);
+    memcpy(out->shape, e.shape, (size_t)e.ndim * sizeof *out->shape);
+    out->data = e.data;
     return 0;
 }
 
@@ -336,9 +414,12 @@ int model_load_safetensors(struct model *m, const char *dir, char *err, size_t e
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (model_config_from_json(&m->config, path, err, errlen)) return -1;
     struct fp8_qconfig q;
-    if (fp8_qconfig_load(&q, path, err, errlen)) return -1;
+    struct st_int4 int4 = {0};
+    if (fp8_qconfig_load(&q, path, err, errlen) || int4_qconfig_load(&int4.q, path, err, errlen)) return -1;
     m->source = calloc(1, sizeof(struct model_source));
     if (!m->source || model_alloc_layers(m, err, errlen)) goto out;
+    int4.src = m->source;
+    s.int4 = &int4;
     if (st_open_all(&s, m->source, dir, err, errlen)) goto out;
 
     const struct model_config *c = &m->config;

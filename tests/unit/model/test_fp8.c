@@ -166,7 +166,7 @@ static void expect_config_refused(const char *qcfg, const char *needle)
 
 Test(fp8, other_quantization_configs_are_refused_by_name)
 {
-    expect_config_refused("{\"quant_method\": \"awq\", \"bits\": 4}", "awq");
+    expect_config_refused("{\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true}", "bitsandbytes");
     expect_config_refused("{\"quant_method\": \"fp8\", \"weight_block_size\": [128]}", "weight_block_size");
     expect_config_refused("{\"quant_method\": \"compressed-tensors\", \"format\": \"pack-quantized\"}",
                           "pack-quantized");
