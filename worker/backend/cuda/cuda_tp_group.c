@@ -19,8 +19,8 @@
 #include "common/log.h"
 #include "worker/backend/cuda/cuda_internal.h"
 #include "worker/backend/cuda/cuda_options.h"
-#include "worker/parallel/comm.h"
 #include "worker/backend/tp_ranks.h"
+#include "worker/parallel/comm.h"
 #include "worker/parallel/tp_plan.h"
 #include "worker/parallel/tp_shard.h"
 
