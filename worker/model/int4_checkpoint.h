@@ -23,7 +23,8 @@
 
 enum int4_method { INT4_NONE = 0, INT4_GPTQ, INT4_AWQ };
 
-/* What config.json's quantization_config says about GPTQ/AWQ weights (int4_config.c). */
+/* What config.json's quantization_config (or quantize_config.json) says about GPTQ/AWQ weights
+ * (int4_config.c). */
 struct int4_qconfig {
     enum int4_method method;
     int group_size;       /* input channels per group, a multiple of 32; 0 for -1: one group per row */
@@ -31,11 +32,14 @@ struct int4_qconfig {
     bool zeros_minus_one; /* GPTQ checkpoint_format "gptq" (v1): each zero stored as z - 1 */
 };
 
-/* Reads config.json's quantization_config: method INT4_NONE when it is absent or of another
- * method (fp8.c reads those and refuses unknown ones). A gptq or awq config this loader cannot
- * repack (bits other than 4, a group size that is not -1 or a multiple of 32, AWQ's gemv
- * packing, GPTQ's marlin format, per-module overrides ...) is an error naming the field and its
- * value. */
+/* Reads config.json's quantization_config, or where config.json has none, the settings file of
+ * an older checkpoint beside it: AutoGPTQ's quantize_config.json (gptq unless its quant_method
+ * or AWQ's zero_point says awq), else AutoAWQ's quant_config.json (awq), fields as
+ * quantization_config's. Method INT4_NONE when there are none or they are of another method
+ * (fp8.c reads those and refuses unknown ones). A gptq or awq config this loader cannot repack
+ * (bits other than 4, a group size that is not -1 or a multiple of 32, AWQ's gemv packing,
+ * GPTQ's marlin format, per-module overrides ...), or a settings file that is no JSON object, is
+ * an error naming the file, the field and its value. */
 int int4_qconfig_load(struct int4_qconfig *q, const char *config_path, char *err, size_t errlen);
 
 /* A tensor of the checkpoint as the loader found it. */

@@ -140,6 +140,10 @@ struct model {
     /* Where the tokenizer and chat template come from: the model directory or the GGUF file. */
     char path[4096];
     bool is_gguf;
+    /* "GPTQ" or "AWQ" when the checkpoint's linear layers were repacked at load into Q4_1 blocks
+     * (act-order ones: dequantized; int4_checkpoint.h), which live in memory, not in the file;
+     * NULL otherwise. */
+    const char *repacked_from;
     void *source;                             /* loader-private: mmaps, owned buffers */
     void *moe_alloc;                          /* model_moe.c's tensors of every sparse layer */
 };

@@ -36,6 +36,7 @@ struct st_int4 {
     char last_name[256];
     struct tensor last;
     const char *last_file;
+    bool repacked;        /* some layer was */
 };
 
 struct st_set {
@@ -240,6 +241,7 @@ static int st_lookup(const struct st_set *s, const char *name, struct st_view *v
         snprintf(c->last_name, sizeof c->last_name, "%s", name);
         c->last = t;
         c->last_file = qw.file;
+        c->repacked = true;
     }
     *v = (struct st_view){.dtype = (int)c->last.dtype, .dtype_str = dtype_name(c->last.dtype), .ndim = 2,
                           .shape = c->last.shape, .data = c->last.data, .file = c->last_file};
@@ -255,8 +257,8 @@ static void st_missing(const struct st_set *s, const char *dir, const char *name
     const struct st_entry *q = n > k && !strcmp(name + n - k, ".weight") ? st_find(s, qname) : NULL;
     if (q)
         snprintf(err, errlen, "%s: tensor '%s' is missing; the checkpoint has '%s', a GPTQ or AWQ layer, but "
-                 "config.json has no quantization_config with quant_method gptq or awq", s->files[q->file], name,
-                 qname);
+                 "config.json has no quantization_config with quant_method gptq or awq, and no quantize_config.json "
+                 "or quant_config.json was read beside it", s->files[q->file], name, qname);
     else if (s->int4 && s->int4->q.method != INT4_NONE && n > k && !strcmp(name + n - k, ".weight"))
         snprintf(err, errlen, "%s: tensor '%s' is missing from the safetensors files, and so is its quantized form "
                  "'%s'", dir, name, qname);
@@ -507,6 +509,7 @@ int model_load_safetensors(struct model *m, const char *dir, char *err, size_t e
         struct st_find_ctx fc = {.s = &s, .dir = dir};
         if (model_moe_bind_hf(m, l, st_find_ref, &fc, err, errlen)) goto out;
     }
+    if (int4.repacked) m->repacked_from = int4.q.method == INT4_AWQ ? "AWQ" : "GPTQ";
     rc = 0;
 out:
     st_set_free(&s);

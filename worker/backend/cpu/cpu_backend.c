@@ -392,9 +392,13 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
         goto oom;
     size_t quantized, weights = weight_bytes(cb, &quantized);
     size_t kv_bytes = (size_t)blocks * cb->block_floats * sizeof(float);
-    log_info("cpu: weights %zu bytes (%.1f MiB, %.1f MiB of it GGUF blocks read in place from the file%s), "
+    /* A GPTQ/AWQ checkpoint's blocks were made at load and live in memory (int4_checkpoint.h). */
+    char blocks_from[64] = "GGUF blocks read in place from the file";
+    if (m->repacked_from)
+        snprintf(blocks_from, sizeof blocks_from, "Q4_1 blocks repacked from %s at load", m->repacked_from);
+    log_info("cpu: weights %zu bytes (%.1f MiB, %.1f MiB of it %s%s), "
              "KV cache %zu bytes (%.1f MiB, %lld blocks of %d tokens)",
-             weights, (double)weights / (1 << 20), (double)quantized / (1 << 20),
+             weights, (double)weights / (1 << 20), (double)quantized / (1 << 20), blocks_from,
              quantized && !cpu_dequant_vectorized() ? ", dequantized without AVX2" : "", kv_bytes,
              (double)kv_bytes / (1 << 20), (long long)blocks, KV_BLOCK_SIZE);
     *out = &cb->base;
