@@ -26,7 +26,8 @@ struct tp_run_result {
     int stuck_rank;
 };
 
-/* Starts threads for ranks 1..n-1 (n >= 1; none for n = 1). timeout_s > 0. */
+/* Starts threads for ranks 1..n-1 (n >= 1; none for n = 1). timeout_s <= 0 takes
+ * COMM_DEFAULT_TIMEOUT_S. */
 int tp_group_start(struct tp_group **out, int n, double timeout_s, char *err, size_t errlen);
 /* fn(arg, r) on every rank r. 0 when every rank returned 0; -1 otherwise, with res saying who. */
 int tp_group_run(struct tp_group *g, tp_rank_fn fn, void *arg, struct tp_run_result *res);
