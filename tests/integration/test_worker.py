@@ -98,7 +98,12 @@ PROMPTS = ["Once upon a time", "The cat", "Lily and Tom went to the park", "A bi
 def run_concurrently(url, prompts, max_tokens):
     results = [None] * len(prompts)
 
+    # Every thread sends at the same moment, so that the requests overlap in the worker as much
+    # as this machine lets them (a thread started late could find the others finished).
+    start = threading.Barrier(len(prompts), timeout=60)
+
     def one(i):
+        start.wait()
         r = requests.post(url + "/generate", json={"prompt": prompts[i], "max_tokens": max_tokens,
                                                    "temperature": 0, "ignore_eos": True}, stream=True, timeout=120)
         frames = [json.loads(l) for l in r.iter_lines() if l]
@@ -121,10 +126,15 @@ def test_batch_invariance(procs, kv_tokens):
     for p in PROMPTS:
         _, _, frames = generate(w, prompt=p, max_tokens=40, temperature=0, ignore_eos=True)
         sequential.append(joined(frames)[0])
-    concurrent = run_concurrently(w.url, PROMPTS, 40)
-    assert concurrent == sequential
-    metrics = requests.get(w.url + "/metrics", timeout=5).text
-    preemptions = int(next(l.split()[1] for l in metrics.splitlines() if l.startswith("sluice_worker_preemptions_total")))
+    # On a loaded machine one burst may be served nearly one request at a time and never fill the
+    # small cache; every burst must equal the sequential outputs, and within five bursts the
+    # small cache must have forced a preemption.
+    for _ in range(5):
+        concurrent = run_concurrently(w.url, PROMPTS, 40)
+        assert concurrent == sequential
+        preemptions = metric(w.url, "sluice_worker_preemptions_total")
+        if kv_tokens != 320 or preemptions > 0:
+            break
     if kv_tokens == 320:
         assert preemptions > 0, "the small cache should have forced preemption"
 
