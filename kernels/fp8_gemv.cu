@@ -1,8 +1,9 @@
 // sk_fp8_gemv (sk_fp8.h): the decode gemv on e4m3 weights, reading one byte a weight, bf16
 // activations and fp32 sums for up to SK_FP8_GEMV_MAX_ROWS rows. The codes become floats by
 // moving their bits (no conversion instruction), and the grid's last warps prefetch the next
-// product's weights into L2 (prefetch_l2.cuh).
+// product's weights into L2 (prefetch_l2.cuh). The conversion: fp8_common.cuh.
 #include "kernels/bf16.cuh"
+#include "kernels/fp8_common.cuh"
 #include "kernels/load_stream.cuh"
 #include "kernels/prefetch_l2.cuh"
 #include "kernels/sk_fp8.h"
@@ -14,21 +15,6 @@ namespace
 
 constexpr int kUnroll = 4;
 constexpr int kWarpsPerBlock = 8;
-
-// Four e4m3 codes (low byte first) as float32 times 2^-120: the sign bit and the 7 bits of
-// exponent and mantissa moved into a float32's places, with no conversion instruction (the gemv
-// would otherwise spend more time converting than loading). Exact for every finite code: the
-// exponent biases differ by 120, and subnormal codes land on float32 subnormals of the same
-// value times 2^-120.
-__device__ __forceinline__ void e4m3x4_to_f32_scaled(uint32_t w, float *out)
-{
-    out[0] = __uint_as_float(((w << 24) & 0x80000000u) | ((w << 20) & 0x07f00000u));
-    out[1] = __uint_as_float(((w << 16) & 0x80000000u) | ((w << 12) & 0x07f00000u));
-    out[2] = __uint_as_float(((w << 8) & 0x80000000u) | ((w << 4) & 0x07f00000u));
-    out[3] = __uint_as_float((w & 0x80000000u) | ((w >> 4) & 0x07f00000u));
-}
-constexpr float kE4m3Unscale = 0x1p120f; // undoes e4m3x4_to_f32_scaled's 2^-120
-constexpr float kE4m3UnscaleHalf = 0x1p60f;
 
 // Each warp takes kRowsPerWarp output features, so that every activation load serves that many
 // weight loads (with one feature a warp, a batch of 4 or more rows would be bound by loading the
@@ -81,10 +67,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
             float wf[kRowsPerWarp][16], s[kRowsPerWarp];
 #pragma unroll
             for (int r = 0; r < kRowsPerWarp; r++) {
-                e4m3x4_to_f32_scaled(wv[r][u].x, wf[r]);
-                e4m3x4_to_f32_scaled(wv[r][u].y, wf[r] + 4);
-                e4m3x4_to_f32_scaled(wv[r][u].z, wf[r] + 8);
-                e4m3x4_to_f32_scaled(wv[r][u].w, wf[r] + 12);
+                e4m3x16_to_f32_scaled(wv[r][u], wf[r]);
                 // Blocks: half of the 2^120 with the block's scale here, half at the end, so that
                 // neither product leaves float32's normal range.
                 s[r] = kBlocked ? __ldg(srow[r] + (i * 16) / scale_cols) * kE4m3UnscaleHalf : 1.0f;

@@ -16,6 +16,7 @@
 // the mma's k step s, gives bytes 4s, 4s + 1 as its fragment's k labels 2t, 2t + 1 and bytes
 // 4s + 2, 4s + 3 as labels 2t + 8, 2t + 9; its activation fragment takes the same four columns,
 // so both are plain register reads with no shuffle.
+#include "kernels/fp8_common.cuh"
 #include "kernels/load_stream.cuh"
 #include "kernels/prefetch_l2.cuh"
 #include "kernels/sk_fp8.h"
@@ -29,28 +30,6 @@ constexpr int kWarps = 8;
 constexpr int kFeatures = 32; // per block: two m16 tiles
 constexpr int kChunk = 64;    // columns of one warp step: 4 mma k steps of 16
 constexpr int kMaxTiles = SK_FP8_GEMM_SMALL_MAX_ROWS / 8;
-
-// Four e4m3 codes (low byte first) as two bf16x2 registers {b0, b1} and {b2, b3}, exact: each
-// code's sign, exponent and mantissa moved into a bf16's places gives its value times 2^-120
-// (the exponent biases differ by 120; subnormal codes land on bf16 subnormals), and a bf16
-// multiplication by 2^120 (a power of two, so exact) restores it.
-__device__ __forceinline__ void e4m3x4_to_bf16x2(uint32_t q, uint32_t &lo, uint32_t &hi)
-{
-    const uint32_t u0 = __byte_perm(q, 0, 0x1404); // b1 << 24 | b0 << 8
-    const uint32_t u1 = __byte_perm(q, 0, 0x3424); // b3 << 24 | b2 << 8
-    const uint32_t v0 = (u0 & 0x80008000u) | ((u0 >> 4) & 0x07f007f0u);
-    const uint32_t v1 = (u1 & 0x80008000u) | ((u1 >> 4) & 0x07f007f0u);
-    const __nv_bfloat162 two120 = __halves2bfloat162(__ushort_as_bfloat16(0x7b80), __ushort_as_bfloat16(0x7b80));
-    const __nv_bfloat162 r0 = __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&v0), two120);
-    const __nv_bfloat162 r1 = __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&v1), two120);
-    lo = *reinterpret_cast<const uint32_t *>(&r0);
-    hi = *reinterpret_cast<const uint32_t *>(&r1);
-}
-
-__device__ __forceinline__ uint32_t word(const uint4 &v, int s)
-{
-    return s == 0 ? v.x : s == 1 ? v.y : s == 2 ? v.z : v.w;
-}
 
 __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1)
 {

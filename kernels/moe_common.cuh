@@ -1,6 +1,6 @@
 // What more than one mixture-of-experts kernel uses: the warp's sum, shared by moe_route.cu
-// (the softmax's denominator) and moe_gemm.cu (each row's product), so that both reduce in the
-// same shuffle tree.
+// (the softmax's denominator) and the grouped products (moe_grouped.cuh: each row's product), so
+// that they reduce in the same shuffle tree.
 //
 // In an anonymous namespace, as it was in the one file these kernels came from: each file that
 // includes it keeps an internal copy, apart from other kernels' warp_sum (qkv_head.cuh's).

@@ -27,6 +27,12 @@ extern "C" {
  * per token, at most. */
 #define SK_MOE_MAX_EXPERTS 256
 #define SK_MOE_MAX_TOP_K 16
+/* The one-shot all-reduce (kernels/allreduce_oneshot.cu, sk_allreduce.h): ranks of a group at
+ * most (the GPUs of one NVLink host; a GPU's peer mappings are limited too), and bytes of one
+ * rank's message at most. Past that its latency advantage is gone (every rank reads every
+ * peer's whole message) and the caller takes the communicator. */
+#define SK_ONESHOT_MAX_RANKS 8
+#define SK_ONESHOT_MAX_BYTES (512 * 1024)
 
 struct sk_attn_params {
     int n_tokens;

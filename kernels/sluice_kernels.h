@@ -294,6 +294,15 @@ struct sk_moe_rows {
  * host). */
 cudaError_t sk_moe_gemm(const uint16_t *w, const uint16_t *x, const struct sk_moe_rows *rows, float *y,
                         uint16_t *act, int n_out, int k_in, cudaStream_t s);
+/* The same products with e4m3 weights (kernels/moe_gemm_fp8.cu): w_g's rows are e4m3 codes (one
+ * byte a weight, the same rows as sk_moe_gemm's bf16), and weight row i of group g (gate and up
+ * rows counted as sk_moe_gemm stacks them) is worth its codes times scale[g * rows_per_group + i]
+ * (float32; a per-tensor scale is that scale on every row). The codes are converted in registers;
+ * fp32 sums, and the same rows, outputs and choice between CUDA cores and tensor cores as
+ * sk_moe_gemm (the tensor cores see the codes as bf16, exactly). Needs k_in % 16 == 0 and w and
+ * x 16-byte aligned; returns cudaErrorInvalidValue otherwise. */
+cudaError_t sk_moe_gemm_fp8(const uint8_t *w, const float *scale, const uint16_t *x, const struct sk_moe_rows *rows,
+                            float *y, uint16_t *act, int n_out, int k_in, cudaStream_t s);
 /* out[t] = sum over t's choices in ascending expert order of weight * y_exp[pos[pair]], plus
  * sigmoid(shared_gate[t]) * shared_y[t] when shared_y is not NULL; rows of hidden floats. */
 cudaError_t sk_moe_combine(const float *y_exp, const int32_t *choice, const float *weight, const int32_t *pos,

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/gpu/fp8_yardstick.h"
 #include "tests/gpu/gpu_test.h"
 #include "worker/backend/backend.h"
 #include "worker/backend/cuda/cuda_internal.h"
@@ -118,24 +119,42 @@ struct fixture_bounds {
     double row_bound, min_within, median_bound;
 };
 
-/* The CUDA backend on fixture m, sharded over tp ranks when tp > 1 (through host memory when
- * tp_host: --cuda-options tp_nccl=0, ranks sharing the GPUs there are; with CUDA graphs unless
- * eager), against the CPU backend, both fed the GPU's greedy tokens: logits within the bounds,
- * greedy tokens equal wherever the CPU's top-two margin exceeds 5 x the row's RMS logit error
- * (the bf16 noise). */
-static void fixture_vs_cpu_tp(const char *name, const struct model *m, struct fixture_bounds bd, int tp, bool tp_host,
-                              bool eager)
+/* How fixture_vs_cpu_opts runs CUDA: over tp ranks (> 1: sharded), with these options; and
+ * fp8_yardstick: for a model with FP8 weights, the CPU rounds its activations to e4m3 in the steps
+ * where CUDA's plan has cuBLASLt's FP8 GEMM quantize them (tests/gpu/fp8_yardstick.h; it reads one
+ * backend's plan, so tp 0 or 1 only). */
+struct fixture_opts {
+    int tp;
+    struct cuda_options cuda;
+    bool fp8_yardstick;
+};
+
+/* The CUDA backend on fixture m as o says, against the CPU backend, both fed the GPU's greedy
+ * tokens: logits within the bounds, greedy tokens equal wherever the CPU's top-two margin exceeds
+ * 5 x the row's RMS logit error (the bf16 noise). */
+static void fixture_vs_cpu_opts(const char *name, const struct model *m, struct fixture_bounds bd,
+                                const struct fixture_opts *o)
 {
     char err[512];
     const int V = m->config.vocab_size;
     struct backend_options bo = {.kv_blocks = 2 * MAX_SEQS * BLOCKS + 1, .max_batch_tokens = 256, .max_batch_seqs = 4,
-                                 .cpu.n_threads = 4, .gpu_memory_utilization = 0.9};
+                                 .cpu.n_threads = 4, .gpu_memory_utilization = 0.9, .tensor_parallel_size = o->tp,
+                                 .cuda = o->cuda};
     struct backend *cpu = NULL, *gpu = NULL;
-    if (backend_cpu_create(&cpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "%s: backend_cpu_create: %s", name, err);
-    bo.tensor_parallel_size = tp;
-    bo.cuda.no_tp_nccl = tp_host;
-    bo.cuda.enforce_eager = eager;
     if (backend_cuda_create(&gpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "%s: backend_cuda_create: %s", name, err);
+    if (gpu && o->fp8_yardstick) {
+        const struct act_rows a = lt_rows(gpu, &m->config);
+        GT_CHECK(a.ok, "%s: the CUDA backend's FP8 plan takes cuBLASLt at step sizes the CPU yardstick cannot mirror",
+                 name);
+        memcpy(bo.cpu.fp8_act_rows, a.rows, sizeof bo.cpu.fp8_act_rows);
+        if (a.any)
+            printf("  %s: the CPU's activations in e4m3 in steps of more than %d tokens, where CUDA's cuBLASLt FP8 "
+                   "GEMM has them\n", name, CUDA_FP8_MMA_ROWS);
+        else
+            printf("  %s: no step takes cuBLASLt's FP8 GEMM (the CPU's activations stay as they are)\n", name);
+    }
+    bo.tensor_parallel_size = 0;
+    if (backend_cpu_create(&cpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "%s: backend_cpu_create: %s", name, err);
     if (!cpu || !gpu) goto out;
     {
         struct seq sg[MAX_SEQS], sc[MAX_SEQS];
@@ -199,6 +218,15 @@ static void fixture_vs_cpu_tp(const char *name, const struct model *m, struct fi
 out:
     backend_free(gpu);
     backend_free(cpu);
+}
+
+/* fixture_vs_cpu_opts sharded over tp ranks when tp > 1 (through host memory when tp_host:
+ * --cuda-options tp_nccl=0, ranks sharing the GPUs there are; with CUDA graphs unless eager). */
+static void fixture_vs_cpu_tp(const char *name, const struct model *m, struct fixture_bounds bd, int tp, bool tp_host,
+                              bool eager)
+{
+    const struct fixture_opts o = {.tp = tp, .cuda = {.no_tp_nccl = tp_host, .enforce_eager = eager}};
+    fixture_vs_cpu_opts(name, m, bd, &o);
 }
 
 static void fixture_vs_cpu(const char *name, const struct model *m, struct fixture_bounds bd)

@@ -11,6 +11,7 @@
  * same comparison on the CPU: logits close and the greedy token the same where the bf16 model's
  * choice is decisive (a trained model's rows; random weights have none, which the test says). */
 #include "tests/gpu/dummy_model.h"
+#include "tests/gpu/fp8_yardstick.h"
 #include "tests/gpu/gpu_test.h"
 
 #include <sys/stat.h>
@@ -322,14 +323,6 @@ static struct compare compare_logits(const float *a, const float *ref, int rows,
     return c;
 }
 
-/* The CPU yardstick's steps (backend_options.cpu.fp8_act_rows): for each layer product, steps of
- * at least rows[i] tokens have e4m3 activations (0: none). */
-struct act_rows {
-    int32_t rows[4];
-    bool any;  /* some product has them */
-    bool ok;   /* the CUDA plan is one the yardstick can mirror */
-};
-
 /* A backend for model m: the CPU (with a: the yardstick, NULL: plain) or CUDA. */
 static struct backend *make_backend(const struct model *m, bool cpu, struct cuda_options co, const struct act_rows *a)
 {
@@ -342,33 +335,6 @@ static struct backend *make_backend(const struct model *m, bool cpu, struct cuda
     const int rc = cpu ? backend_cpu_create(&b, m, &bo, err, sizeof err) : backend_cuda_create(&b, m, &bo, err, sizeof err);
     GT_CHECK(rc == 0, "%s backend: %s", cpu ? "CPU" : "CUDA", rc == 0 ? "" : err);
     return rc == 0 ? b : NULL;
-}
-
-/* Which steps the CUDA backend b gives cuBLASLt's FP8 GEMM, which quantizes the activations per
- * token: for each layer product, every step of more than CUDA_FP8_MMA_ROWS tokens and none
- * smaller, or none at all (cuBLASLt off or not there, a shape it does not take), up to the
- * largest step (max_batch_tokens 1024); anything else the yardstick cannot mirror (not ok). */
-static struct act_rows lt_rows(const struct backend *b, const struct model_config *c)
-{
-    struct act_rows a = {.ok = true};
-    if (!b) return a;
-    const struct cuda_backend *cb = (const struct cuda_backend *)b;
-    const struct cuda_plan_config *p = &cb->plan;
-    if (!cb->fp8 || !p->fp8) return a;
-    const int H = c->hidden_size, I = c->intermediate_size, qd = c->n_heads * c->head_dim;
-    const int qkvd = qd + 2 * c->n_kv_heads * c->head_dim;
-    const int shapes[4][2] = {{qkvd, H}, {H, qd}, {2 * I, H}, {H, I}};
-    for (int i = 0; i < 4; i++) {
-        int small = 0, big = 0;
-        for (int t = 1; t <= 1024; t++) {
-            const bool lt = cuda_plan_fp8_product(p, t, shapes[i][0], shapes[i][1]).kernel == CUDA_PRODUCT_FP8_LT;
-            if (t <= CUDA_FP8_MMA_ROWS) small += lt;
-            else big += lt;
-        }
-        if (small || (big && big != 1024 - CUDA_FP8_MMA_ROWS)) a.ok = false;
-        else if (big) a.rows[i] = CUDA_FP8_MMA_ROWS + 1, a.any = true;
-    }
-    return a;
 }
 
 /* Runs test and ref on the same n prompts (n x P tokens), test fed ref's tokens. */

@@ -6,7 +6,10 @@
  *    experts actually read (router + the distinct experts chosen, cuda_moe_layer_bytes) and the
  *    share of the bandwidth roofline (SLUICE_GPU_BW_GBS, default 3350 GB/s: H100 SXM). The same
  *    for the two grouped products alone.
- * 2. The whole backend: decode tokens/s at batch 1 and 64 (decode steps replay CUDA graphs). */
+ *    Then the same with the experts in e4m3 (sk_moe_gemm_fp8, the bf16 weights quantized per row),
+ *    against the roofline of their bytes (a byte a weight, a scale a row).
+ * 2. The whole backend: decode tokens/s at batch 1 and 64 (decode steps replay CUDA graphs), with
+ *    bf16 weights and with --quantization fp8 (attention and experts in e4m3). */
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/moe_pipe.h"
 
@@ -56,8 +59,10 @@ static void bench_layer(const char *name, const struct model_config *c, double b
     float *out = gt_dev((size_t)64 * H * 4);
     GT_CUDA(sk_fill_dummy_bf16(x, 7, 4, 0, (int64_t)64 * H, 0, s));
     const int sizes[] = {1, 64};
-    for (int i = 0; i < 2; i++) {
-        int n = sizes[i];
+    for (int v = 0; v < 4; v++) {
+        const int n = sizes[v % 2];
+        const bool fp8 = v >= 2;
+        if (v == 2) moe_pipe_to_fp8(&p, s);
         double us = time_graph(&p, x, n, out, 0, s);
         int32_t *choice = malloc((size_t)n * k * 4);
         GT_CUDA(cudaStreamSynchronize(s));
@@ -67,12 +72,13 @@ static void bench_layer(const char *name, const struct model_config *c, double b
             printf("  %s, %d token%s: the first choices are %d %d %d %d\n", name, n, n > 1 ? "s" : "", choice[0],
                    k > 1 ? choice[1] : -1, k > 2 ? choice[2] : -1, k > 3 ? choice[3] : -1);
         double us_exp = time_graph(&p, x, n, out, 1, s);
-        double bytes = cuda_moe_layer_bytes(c, distinct), exp_bytes = bytes - 2.0 * E * H;
+        double bytes = cuda_moe_layer_bytes(c, distinct, fp8), exp_bytes = bytes - 2.0 * E * H;
         double gbs = bytes / (us * 1e-6) / 1e9, gbs_exp = exp_bytes / (us_exp * 1e-6) / 1e9;
         GT_CHECK(us > 0 && distinct >= k,
-                 "%s MoE layer, %d token%s: %.1f us, %d of %d experts read (%.1f MB): %.0f GB/s = %.0f%% of the "
-                 "%.0f GB/s roofline; the two expert products alone %.1f us, %.0f GB/s = %.0f%%",
-                 name, n, n > 1 ? "s" : "", us, distinct, E, bytes / 1e6, gbs, 100.0 * gbs / bw_gbs, bw_gbs, us_exp,
+                 "%s MoE layer, experts in %s, %d token%s: %.1f us, %d of %d experts read (%.1f MB): %.0f GB/s = "
+                 "%.0f%% of the %.0f GB/s roofline; the two expert products alone %.1f us, %.0f GB/s = %.0f%%",
+                 name, fp8 ? "e4m3" : "bf16", n, n > 1 ? "s" : "", us, distinct, E, bytes / 1e6, gbs,
+                 100.0 * gbs / bw_gbs, bw_gbs, us_exp,
                  gbs_exp, 100.0 * gbs_exp / bw_gbs);
         free(choice);
     }
@@ -147,16 +153,21 @@ int main(void)
     const double bw_gbs = bw && atof(bw) > 0 ? atof(bw) : 3350.0;
     const char *names[] = {"mixtral-8x7b-2layers", "qwen3-30b-a3b-4layers"};
     for (int i = 0; i < 2; i++) {
-        char path[256], err[512];
-        snprintf(path, sizeof path, "tests/bench/configs/%s", names[i]);
-        struct model *m = NULL;
-        if (model_load(&m, path, MODEL_LOAD_DUMMY, err, sizeof err) < 0) {
-            GT_CHECK(0, "%s: model_load: %s", path, err);
-            continue;
+        for (int fp8 = 0; fp8 < 2; fp8++) {
+            char path[256], err[512], label[96];
+            snprintf(path, sizeof path, "tests/bench/configs/%s", names[i]);
+            snprintf(label, sizeof label, "%s%s", names[i], fp8 ? " --quantization fp8" : "");
+            struct model *m = NULL;
+            if (model_load(&m, path, MODEL_LOAD_DUMMY, err, sizeof err) < 0 ||
+                (fp8 && model_quantize(m, MODEL_QUANT_FP8, err, sizeof err) < 0)) {
+                GT_CHECK(0, "%s: %s", label, err);
+                model_free(m);
+                continue;
+            }
+            if (!fp8) bench_layer(names[i], &m->config, bw_gbs);
+            bench_decode(label, m);
+            model_free(m);
         }
-        bench_layer(names[i], &m->config, bw_gbs);
-        bench_decode(names[i], m);
-        model_free(m);
     }
     return gt_finish();
 }

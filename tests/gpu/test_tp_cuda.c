@@ -3,8 +3,10 @@
  * and in CUDA graphs, and change nothing: greedy tokens and logits equal, bit for bit, those of
  * the backend without a communicator (where two of those equal each other), on stories260K and
  * on a random-weight model wide enough for the Hopper products' split parts (test_tp_sharded
- * checks sizes above 1). Exits 0 with a SKIP line without a GPU, or without NCCL in the build or
- * on the machine. */
+ * checks sizes above 1). The same with --cuda-options tp_oneshot=1, where the all-reduces take
+ * the one-shot kernel of one rank, which adds the products' split parts and the residual in the
+ * order the RMSNorm would, so that nothing changes either. Exits 0 with a SKIP line without a
+ * GPU, or without NCCL in the build or on the machine. */
 #include <stdbool.h>
 #include <unistd.h>
 
@@ -74,7 +76,7 @@ static int generate(struct backend *b, struct run_out *out)
     return rc;
 }
 
-static struct backend *make(const struct model *m, int tp, bool eager, char *err, size_t errlen)
+static struct backend *make(const struct model *m, int tp, bool oneshot, bool eager, char *err, size_t errlen)
 {
     struct backend_options bo = {.kv_blocks = N_SEQS * BLOCKS_PER_SEQ + 1,
                                  .gpu_memory_utilization = 0.9,
@@ -82,7 +84,7 @@ static struct backend *make(const struct model *m, int tp, bool eager, char *err
                                  .max_batch_seqs = 8,
                                  .device = 0,
                                  .tensor_parallel_size = tp,
-                                 .cuda = {.enforce_eager = eager}};
+                                 .cuda = {.enforce_eager = eager, .tp_oneshot = oneshot}};
     struct backend *b = NULL;
     return backend_cuda_create(&b, m, &bo, err, errlen) == 0 ? b : NULL;
 }
@@ -95,32 +97,38 @@ static size_t count_differ(const struct run_out *a, const struct run_out *b, siz
     return differ;
 }
 
+#define N_RUNS 4
+/* What each run of compare has: no communicator (twice), NCCL, NCCL with the one-shot kernel. */
+static const char *const run_how[N_RUNS] = {"without a communicator", "without a communicator", "through NCCL",
+                                            "through NCCL and the one-shot kernel"};
+
 /* Per mode (CUDA graphs, eager): two runs without a communicator (is the backend bit for bit
- * reproducible from one instance to the next?), then one through NCCL, which must equal them
- * bit for bit where they equal each other. Returns 1 when NCCL is missing (the test skips). */
+ * reproducible from one instance to the next?), then one through NCCL and one with tp_oneshot=1,
+ * which must equal them bit for bit where they equal each other. Returns 1 when NCCL is missing
+ * (the test skips). */
 static int compare(const char *name, const struct model *m)
 {
     const size_t n = (size_t)N_SEQS * N_GEN * m->config.vocab_size;
     char err[1024] = "";
     printf("%s\n", name);
-    struct run_out runs[3];
-    for (int i = 0; i < 3; i++) runs[i].logits = malloc(n * 4);
+    struct run_out runs[N_RUNS];
+    for (int i = 0; i < N_RUNS; i++) runs[i].logits = malloc(n * 4);
     int skip = 0;
     for (int eager = 0; eager < 2 && !skip; eager++) {
         const char *mode = eager ? "eager" : "CUDA graphs";
         bool ok = true;
-        for (int i = 0; i < 3 && ok; i++) {
-            struct backend *b = make(m, i == 2 ? 1 : 0, eager, err, sizeof err);
+        for (int i = 0; i < N_RUNS && ok; i++) {
+            struct backend *b = make(m, i >= 2 ? 1 : 0, i == 3, eager, err, sizeof err);
             if (!b && i == 2 && (strstr(err, "without NCCL") || strstr(err, "cannot open the NCCL library"))) {
                 printf("SKIP: %s\n", err);
                 skip = 1;
                 break;
             }
-            GT_CHECK(b != NULL, "%s: backend %s %s", mode, i == 2 ? "with --tensor-parallel-size 1" : "without", err);
+            GT_CHECK(b != NULL, "%s: backend %s %s", mode, run_how[i], err);
             if (!(ok = b != NULL)) break;
             memset(runs[i].ids, 0xff, sizeof runs[i].ids);
             int rc = generate(b, &runs[i]);
-            GT_CHECK(rc == 0, "%s: steps %s %s", mode, i == 2 ? "through NCCL" : "without a communicator", b->error);
+            GT_CHECK(rc == 0, "%s: steps %s %s", mode, run_how[i], b->error);
             ok = rc == 0;
             backend_free(b);
         }
@@ -128,15 +136,17 @@ static int compare(const char *name, const struct model *m)
         bool reproducible = memcmp(runs[0].ids, runs[1].ids, sizeof runs[0].ids) == 0 &&
                             count_differ(&runs[0], &runs[1], n, 0.0f) == 0;
         if (!reproducible)
-            printf("  note: %s: two backends without a communicator differ from each other; NCCL's run is compared "
-                   "within 1e-3 relative\n", mode);
-        GT_CHECK(memcmp(runs[0].ids, runs[2].ids, sizeof runs[0].ids) == 0, "%s: greedy tokens equal without NCCL",
-                 mode);
-        size_t differ = count_differ(&runs[0], &runs[2], n, reproducible ? 0.0f : 1e-3f);
-        GT_CHECK(differ == 0, "%s: logits equal %s (%zu of %zu differ)", mode,
-                 reproducible ? "bit for bit" : "within 1e-3 relative", differ, n);
+            printf("  note: %s: two backends without a communicator differ from each other; the runs through NCCL "
+                   "are compared within 1e-3 relative\n", mode);
+        for (int i = 2; i < N_RUNS; i++) {
+            GT_CHECK(memcmp(runs[0].ids, runs[i].ids, sizeof runs[0].ids) == 0,
+                     "%s: greedy tokens %s equal those without", mode, run_how[i]);
+            size_t differ = count_differ(&runs[0], &runs[i], n, reproducible ? 0.0f : 1e-3f);
+            GT_CHECK(differ == 0, "%s: logits %s equal %s (%zu of %zu differ)", mode, run_how[i],
+                     reproducible ? "bit for bit" : "within 1e-3 relative", differ, n);
+        }
     }
-    for (int i = 0; i < 3; i++) free(runs[i].logits);
+    for (int i = 0; i < N_RUNS; i++) free(runs[i].logits);
     return skip;
 }
 

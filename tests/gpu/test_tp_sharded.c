@@ -9,8 +9,12 @@
  * embedding), each with a vocabulary the ranks do not divide evenly.
  *
  * With one GPU the ranks share it and meet through host memory (--cuda-options tp_nccl=0,
- * eager); with as many GPUs as ranks they also run through NCCL with CUDA graphs. And: NCCL with
- * more ranks than GPUs is refused with a message naming both. */
+ * eager); with as many GPUs as ranks they also run through NCCL with CUDA graphs. Each way runs a
+ * second time with --cuda-options tp_oneshot=1, where the small all-reduces (here all but the
+ * logits gather) take the one-shot kernel instead, fused with the residual add where nothing comes
+ * between (stories260K, the MoE fixtures) and apart where a bias or post-norm does (the Llama
+ * with biases, Gemma 2); over GPUs without peer access that is refused, naming them. And: NCCL
+ * with more ranks than GPUs is refused with a message naming both. */
 #include <stdio.h>
 #include <unistd.h>
 
@@ -25,18 +29,54 @@ static const struct fixture_bounds moe_bounds = {.row_bound = 3e-2, .min_within 
 
 static int n_gpus;
 
+static void run_sharded(const char *name, const struct model *m, struct fixture_bounds bd, int tp, const char *how,
+                        struct cuda_options cuda)
+{
+    char label[200];
+    snprintf(label, sizeof label, "%s, %d ranks %s%s", name, tp, how,
+             cuda.tp_oneshot ? ", small all-reduces one-shot (tp_oneshot=1)" : "");
+    printf("%s\n", label);
+    const struct fixture_opts o = {.tp = tp, .cuda = cuda};
+    fixture_vs_cpu_opts(label, m, bd, &o);
+}
+
+/* Whether GPUs 0 .. n-1 can each access the others' memory; if not, a pair that cannot. */
+static bool peers_reach(int n, int *from, int *to)
+{
+    for (*from = 0; *from < n; ++*from)
+        for (*to = 0; *to < n; ++*to) {
+            int can = 1;
+            if (*from != *to && (cudaDeviceCanAccessPeer(&can, *from, *to) != cudaSuccess || !can)) return false;
+        }
+    return true;
+}
+
 static void check_sharded(const char *name, const struct model *m, struct fixture_bounds bd, int max_tp)
 {
     for (int tp = 2; tp <= max_tp; tp += 2) {
-        char label[160];
-        snprintf(label, sizeof label, "%s, %d ranks through host memory", name, tp);
-        printf("%s\n", label);
-        fixture_vs_cpu_tp(label, m, bd, tp, true, true);
-        if (n_gpus >= tp) {
-            snprintf(label, sizeof label, "%s, %d ranks on %d GPUs through NCCL, CUDA graphs", name, tp, tp);
-            printf("%s\n", label);
-            fixture_vs_cpu_tp(label, m, bd, tp, false, false);
+        const struct cuda_options host = {.no_tp_nccl = true, .enforce_eager = true},
+                                  host_oneshot = {.no_tp_nccl = true, .enforce_eager = true, .tp_oneshot = true};
+        run_sharded(name, m, bd, tp, "through host memory", host);
+        run_sharded(name, m, bd, tp, "through host memory", host_oneshot);
+        if (n_gpus < tp) continue;
+        char how[64];
+        snprintf(how, sizeof how, "on %d GPUs through NCCL, CUDA graphs", tp);
+        run_sharded(name, m, bd, tp, how, (struct cuda_options){0});
+        int from, to;
+        if (peers_reach(tp, &from, &to)) {
+            run_sharded(name, m, bd, tp, how, (struct cuda_options){.tp_oneshot = true});
+            continue;
         }
+        struct backend_options bo = {.kv_blocks = 64, .max_batch_tokens = 256, .max_batch_seqs = 4,
+                                     .tensor_parallel_size = tp, .cuda = {.tp_oneshot = true}};
+        struct backend *b = NULL;
+        char err[1024] = "", gpus[64];
+        snprintf(gpus, sizeof gpus, "GPU %d cannot access GPU %d's memory", from, to);
+        GT_CHECK(backend_cuda_create(&b, m, &bo, err, sizeof err) != 0 && strstr(err, "tp_oneshot=1") &&
+                     strstr(err, gpus) && strstr(err, "no peer access"),
+                 "%s, %d GPUs, GPU %d without peer access to GPU %d: tp_oneshot=1 refused, naming them: %s", name, tp,
+                 from, to, err);
+        backend_free(b);
     }
 }
 

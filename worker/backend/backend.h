@@ -217,6 +217,10 @@ struct cuda_options {
     bool no_tp_nccl;        /* tp_nccl=0: a tensor-parallel group's collectives go through host
                                memory (the CPU communicator) instead of NCCL, its steps run eagerly,
                                and its ranks may share a GPU: the sharding tested on one GPU */
+    bool tp_oneshot;        /* tp_oneshot=1: a tensor-parallel step's small all-reduces (decode) in
+                               one kernel that reads the other ranks' memory directly
+                               (kernels/sk_allreduce.h), fused with the residual add; off by default,
+                               NCCL (or host memory) being the reference */
     const char *nccl_library; /* the NCCL library to dlopen (NULL: the loader's libnccl.so.2) */
 };
 

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "worker/model/model_internal.h"
+#include "worker/model/model_moe.h"
 
 float fp8_e4m3_to_f32(uint8_t b)
 {
@@ -278,8 +279,8 @@ static int quant_rows(void *arg, int64_t r0, int64_t r1)
 
 static int quantize_matrix(struct model *m, struct tensor *t, const char *name, char *err, size_t errlen)
 {
-    /* FP8 already; or absent (a mixture-of-experts layer's dense MLP: its experts stay as the
-     * checkpoint has them). */
+    /* FP8 already; or absent (a mixture-of-experts layer's dense MLP, whose experts are quantized
+     * on their own: quantize_experts). */
     if (t->dtype == DTYPE_F8_E4M3 || t->dtype == DTYPE_F8_E5M2 || t->ndim != 2) return 0;
     const int64_t rows = t->shape[0], cols = t->shape[1];
     if (!t->data) {
@@ -323,6 +324,24 @@ static int quantize_matrix(struct model *m, struct tensor *t, const char *name, 
     return 0;
 }
 
+/* A sparse layer's experts and its shared expert, each matrix per output channel as a dense
+ * MLP's; the router and the shared expert's gate stay as they are (vLLM leaves both
+ * unquantized: they choose and weigh the experts, and are small). */
+static int quantize_experts(struct model *m, struct moe_weights *W, int l, char *err, size_t errlen)
+{
+    char name[64];
+    snprintf(name, sizeof name, "layer %d experts", l);
+    for (int e = 0; e < m->config.moe.n_experts; e++)
+        if (quantize_matrix(m, &W->gate[e], name, err, errlen) || quantize_matrix(m, &W->up[e], name, err, errlen) ||
+            quantize_matrix(m, &W->down[e], name, err, errlen))
+            return -1;
+    snprintf(name, sizeof name, "layer %d shared expert", l);
+    struct tensor *shared[] = {&W->shared_gate_proj, &W->shared_up, &W->shared_down}; /* ndim 0 when none */
+    for (size_t i = 0; i < sizeof shared / sizeof *shared; i++)
+        if (quantize_matrix(m, shared[i], name, err, errlen)) return -1;
+    return 0;
+}
+
 int model_quantize(struct model *m, enum model_quantization q, char *err, size_t errlen)
 {
     if (q == MODEL_QUANT_NONE) return 0;
@@ -333,6 +352,7 @@ int model_quantize(struct model *m, enum model_quantization q, char *err, size_t
         snprintf(name, sizeof name, "layer %d", l);
         for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
             if (quantize_matrix(m, ts[i], name, err, errlen)) return -1;
+        if (L->moe && quantize_experts(m, L->moe, l, err, errlen)) return -1;
     }
     return 0;
 }

@@ -162,11 +162,11 @@ void model_free(struct model *m);
 enum model_quantization { MODEL_QUANT_NONE = 0, MODEL_QUANT_FP8 };
 /* Parses --quantization's text; -1 with a message in err for anything else. */
 int model_quantization_parse(const char *text, enum model_quantization *out, char *err, size_t errlen);
-/* Quantizes the layers' matrices (q, k, v, o, gate, up, down; not the embeddings, lm_head,
- * norms or biases, as vLLM does; of a mixture-of-experts layer only its attention) of an
- * F32/F16/BF16 or dummy model to e4m3 with one scale per output channel. Matrices that are FP8
- * already stay as they are; GGUF block types are refused with a message in err.
- * worker/model/fp8.c. */
+/* Quantizes the layers' matrices (q, k, v, o, gate, up, down; a mixture-of-experts layer's
+ * experts and shared expert; not the embeddings, lm_head, norms, biases, routers or the shared
+ * expert's gate, as vLLM does) of an F32/F16/BF16 or dummy model to e4m3 with one scale per
+ * output channel. Matrices that are FP8 already stay as they are; GGUF block types are refused
+ * with a message in err. worker/model/fp8.c. */
 int model_quantize(struct model *m, enum model_quantization q, char *err, size_t errlen);
 
 /* Fills a config from a config.json object (Hugging Face); exposed for tests. */

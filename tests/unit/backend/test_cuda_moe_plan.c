@@ -91,14 +91,49 @@ Test(cuda_moe_plan, bytes_of_the_chosen_experts)
     struct model_config c = load("tests/bench/configs/mixtral-8x7b-2layers/config.json");
     /* Mixtral 8x7B: router 8 x 4096, experts 3 x 14336 x 4096, bf16. */
     double router = 2.0 * 8 * 4096, expert = 2.0 * 3 * 14336.0 * 4096;
-    cr_assert_float_eq(cuda_moe_layer_bytes(&c, 2), router + 2 * expert, 1.0);
-    cr_assert_float_eq(cuda_moe_layer_bytes(&c, 8), router + 8 * expert, 1.0);
+    cr_assert_float_eq(cuda_moe_layer_bytes(&c, 2, false), router + 2 * expert, 1.0);
+    cr_assert_float_eq(cuda_moe_layer_bytes(&c, 8, false), router + 8 * expert, 1.0);
+    /* In e4m3: a byte a weight and a float32 scale for each of an expert's 2 x 14336 + 4096 rows;
+     * the router stays bf16. */
+    double expert8 = 3 * 14336.0 * 4096 + 4.0 * (2 * 14336 + 4096);
+    cr_assert_float_eq(cuda_moe_layer_bytes(&c, 2, true), router + 2 * expert8, 1.0);
     struct model_config q = load("tests/fixtures/families/qwen2_moe/config.json");
     /* The shared expert (32) and its gate count every step. */
     double want = 2.0 * (8 * 64 + 3 * 3 * 16 * 64 + 3 * 32 * 64 + 64);
-    cr_assert_float_eq(cuda_moe_layer_bytes(&q, 3), want, 1e-6);
+    cr_assert_float_eq(cuda_moe_layer_bytes(&q, 3, false), want, 1e-6);
+    want = 2.0 * (8 * 64 + 64) + 3 * (3 * 16 * 64 + 4 * (2 * 16 + 64)) + 3 * 32 * 64 + 4 * (2 * 32 + 64);
+    cr_assert_float_eq(cuda_moe_layer_bytes(&q, 3, true), want, 1e-6);
     const int32_t choice[] = {3, 1, 3, 7, 1, 0, 3, 300, -1};
     cr_assert_eq(cuda_moe_distinct(choice, 7, 8), 4);
     cr_assert_eq(cuda_moe_distinct(choice, 9, 8), 4); /* out-of-range ids are not experts */
     cr_assert_eq(cuda_moe_distinct(choice, 0, 8), 0);
+}
+
+/* Which expert matrices the FP8 expert product takes (else they load as bf16): e4m3 with a scale
+ * per row or per tensor (or dummies, quantized per row at load), columns a multiple of 16. */
+Test(cuda_moe_plan, fp8_experts_the_kernel_takes)
+{
+    static const float s[1] = {1.0f};
+    struct tensor rows[3];
+    for (int i = 0; i < 3; i++)
+        rows[i] = (struct tensor){.dtype = DTYPE_F8_E4M3, .ndim = 2, .shape = {32, 64}, .data = "x", .scale = s,
+                                  .scale_rows = 1, .scale_cols = 64};
+    cr_expect(cuda_moe_fp8_takes(rows, 3, 64), "per-row scales");
+    cr_expect_not(cuda_moe_fp8_takes(rows, 3, 48), "a width other than the product's");
+    cr_expect_not(cuda_moe_fp8_takes(rows, 0, 64), "no tensors");
+    struct tensor t = rows[1];
+    t.scale_rows = 32, t.scale_cols = 64; /* one scale for the tensor */
+    rows[1] = t;
+    cr_expect(cuda_moe_fp8_takes(rows, 3, 64), "a per-tensor scale among per-row ones");
+    rows[1].data = NULL, rows[1].scale = NULL, rows[1].scale_rows = 1; /* a dummy, as --quantization fp8 leaves it */
+    cr_expect(cuda_moe_fp8_takes(rows, 3, 64), "a dummy");
+    rows[2].scale_rows = 16, rows[2].scale_cols = 16; /* blocks */
+    cr_expect_not(cuda_moe_fp8_takes(rows, 3, 64), "block scales");
+    cr_expect(cuda_moe_fp8_takes(rows, 2, 64), "the first two alone");
+    rows[0].dtype = DTYPE_BF16;
+    cr_expect_not(cuda_moe_fp8_takes(rows, 2, 64), "a bf16 tensor");
+    struct tensor e5 = {.dtype = DTYPE_F8_E5M2, .ndim = 2, .shape = {32, 64}, .scale_rows = 1, .scale_cols = 64};
+    cr_expect_not(cuda_moe_fp8_takes(&e5, 1, 64), "E5M2");
+    struct tensor narrow = {.dtype = DTYPE_F8_E4M3, .ndim = 2, .shape = {64, 24}, .scale_rows = 1, .scale_cols = 24};
+    cr_expect_not(cuda_moe_fp8_takes(&narrow, 1, 24), "24 columns: the kernel loads 16 codes at a time");
 }

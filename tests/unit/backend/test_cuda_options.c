@@ -36,6 +36,20 @@ Test(cuda_options, each_key_turns_its_path_off_and_on)
     cr_assert_eq(o.fused_qkv, CUDA_FUSED_QKV_AUTO);
 }
 
+Test(cuda_options, tp_oneshot_is_off_unless_turned_on)
+{
+    struct cuda_options o = {0};
+    char err[512] = "";
+    cr_assert_eq(cuda_options_parse(&o, "tp_nccl=0", err, sizeof err), 0, "%s", err);
+    cr_assert(!o.tp_oneshot, "NCCL, or host memory, stays the default");
+    cr_assert_eq(cuda_options_parse(&o, "tp_oneshot=1", err, sizeof err), 0, "%s", err);
+    cr_assert(o.tp_oneshot && o.no_tp_nccl);
+    cr_assert_eq(cuda_options_parse(&o, "tp_oneshot=0", err, sizeof err), 0, "%s", err);
+    cr_assert(!o.tp_oneshot);
+    cr_assert_eq(cuda_options_parse(&o, "tp_oneshot=on", err, sizeof err), -1);
+    cr_assert(strstr(err, "bad value in 'tp_oneshot=on'") && strstr(err, "tp_oneshot (1: small"), "%s", err);
+}
+
 Test(cuda_options, bad_items_are_refused_by_name)
 {
     const char *bad[] = {

@@ -142,3 +142,22 @@ Test(cuda_plan_fp8, without_the_tensor_core_kernel)
     expect_layer((struct cuda_step_plan[]){plan(&c, CUDA_FP8_GEMV_ROWS_NO_LT + 1)}, CUDA_PRODUCT_FP8_DEQUANT,
                  CUDA_FP8_GEMV_ROWS_NO_LT + 1);
 }
+
+/* The scales the per-row FP8 loaders take (cuda_fp8_put_rows: the dense products with per-row
+ * scales, and the experts' sk_moe_gemm_fp8): per output row, per tensor and dummies, not blocks
+ * nor E5M2. */
+Test(cuda_plan_fp8, row_scales)
+{
+    struct tensor t = {.dtype = DTYPE_F8_E4M3, .ndim = 2, .shape = {256, 512}, .scale_rows = 1, .scale_cols = 512};
+    cr_expect(cuda_plan_fp8_row_scales(&t), "per row");
+    t.scale_rows = 256;
+    cr_expect(cuda_plan_fp8_row_scales(&t), "per tensor");
+    t.scale_rows = 128, t.scale_cols = 128;
+    cr_expect_not(cuda_plan_fp8_row_scales(&t), "128 x 128 blocks");
+    t.scale_rows = 1, t.scale_cols = 128;
+    cr_expect_not(cuda_plan_fp8_row_scales(&t), "1 x 128 groups");
+    t.scale_cols = 512, t.dtype = DTYPE_F8_E5M2;
+    cr_expect_not(cuda_plan_fp8_row_scales(&t), "E5M2");
+    t.dtype = DTYPE_BF16;
+    cr_expect_not(cuda_plan_fp8_row_scales(&t), "bf16");
+}

@@ -13,6 +13,7 @@
 #include "worker/model/fp8.h"
 #include "worker/model/model.h"
 #include "worker/model/model_internal.h"
+#include "worker/model/model_moe.h"
 
 static struct model *load(const char *variant)
 {
@@ -147,6 +148,65 @@ Test(fp8, quantization_of_dummy_weights_is_per_row_of_their_bf16_values)
     free(got);
     free(q);
     model_free(m);
+}
+
+/* Every row of q (quantized by --quantization fp8) as fp8_quantize_row quantizes src's row. */
+static void expect_rows_quantized(const struct tensor *q, const struct tensor *src, uint64_t seed, const char *what)
+{
+    cr_assert_eq(q->dtype, DTYPE_F8_E4M3, "%s is %s", what, dtype_name(q->dtype));
+    cr_assert(q->scale_rows == 1 && q->scale_cols == q->shape[1], "%s: a scale per row", what);
+    const int64_t rows = q->shape[0], cols = q->shape[1];
+    float *row = malloc((size_t)cols * sizeof *row);
+    uint8_t *want = malloc((size_t)cols);
+    int bad = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        tensor_range_to_f32(src, seed, false, r * cols, (r + 1) * cols, row);
+        const float s = fp8_quantize_row(row, cols, want);
+        bad += s != q->scale[r] || memcmp(want, (const uint8_t *)q->data + r * cols, (size_t)cols) != 0;
+    }
+    cr_expect_eq(bad, 0, "%s: %d of %lld rows differ from fp8_quantize_row", what, bad, (long long)rows);
+    free(row);
+    free(want);
+}
+
+/* t (of a model quantized with --quantization fp8) as src (the same checkpoint, not quantized). */
+static void expect_kept(const struct tensor *t, const struct tensor *src, const char *what)
+{
+    cr_assert(t->dtype == src->dtype && t->dtype != DTYPE_F8_E4M3, "%s is %s", what, dtype_name(t->dtype));
+    cr_expect(memcmp(t->data, src->data, tensor_row_bytes(t) * (size_t)t->shape[0]) == 0, "%s changed", what);
+}
+
+/* A mixture-of-experts model: each expert's and the shared expert's matrices per row as a dense
+ * MLP's; the routers and the shared expert's gate stay as they were (vLLM leaves them). */
+Test(fp8, quantization_of_experts_per_row_routers_kept)
+{
+    const char *path = "tests/fixtures/families/qwen2_moe";
+    char err[512] = "";
+    struct model *m = NULL, *src = NULL;
+    cr_assert_eq(model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err), 0, "%s: %s (run from the repository root)",
+                 path, err);
+    cr_assert_eq(model_load(&src, path, MODEL_LOAD_AUTO, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(model_quantize(m, MODEL_QUANT_FP8, err, sizeof err), 0, "%s", err);
+    int sparse = 0;
+    for (int l = 0; l < m->config.n_layers; l++) {
+        const struct moe_weights *W = m->layers[l].moe, *S = src->layers[l].moe;
+        if (!W) continue;
+        sparse++;
+        expect_kept(&W->router, &S->router, "a router");
+        expect_kept(&W->shared_expert_gate, &S->shared_expert_gate, "the shared expert's gate");
+        for (int e = 0; e < m->config.moe.n_experts; e++) {
+            expect_rows_quantized(&W->gate[e], &S->gate[e], m->dummy_seed, "an expert's gate");
+            expect_rows_quantized(&W->up[e], &S->up[e], m->dummy_seed, "an expert's up");
+            expect_rows_quantized(&W->down[e], &S->down[e], m->dummy_seed, "an expert's down");
+        }
+        expect_rows_quantized(&W->shared_gate_proj, &S->shared_gate_proj, m->dummy_seed, "the shared gate_proj");
+        expect_rows_quantized(&W->shared_up, &S->shared_up, m->dummy_seed, "the shared up");
+        expect_rows_quantized(&W->shared_down, &S->shared_down, m->dummy_seed, "the shared down");
+    }
+    cr_expect_eq(sparse, 2, "qwen2_moe has two sparse layers (layer 1 is dense)");
+    expect_rows_quantized(&m->layers[1].w_up, &src->layers[1].w_up, m->dummy_seed, "the dense layer's up");
+    model_free(m);
+    model_free(src);
 }
 
 static void expect_config_refused(const char *qcfg, const char *needle)

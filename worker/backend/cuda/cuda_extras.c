@@ -72,20 +72,21 @@ int cuda_extras_enqueue(struct cuda_backend *b, const struct cuda_step_args *a, 
     const struct cuda_step_meta *dm = &a->dev;
     struct cuda_workspace *ws = &b->ws;
     const int H = c->hidden_size, V = c->vocab_size, S = b->base.max_batch_seqs;
+    const float *delta = cuda_delta(b, delta_parts);
     int rc = 0;
     if (p->n_hid_seqs) {
         /* big (gate/up's room) is idle once the layers are done. */
         if ((size_t)p->n_hid_rows * H > ws->big_floats)
             CUDA_FAIL(b, "cuda: %d hidden states of %d floats exceed the workspace", p->n_hid_rows, H);
-        CUDA_CHECK(b, sk_final_hidden(ws->x, ws->delta, delta_parts, part_stride, dm->hid_tok, b->w.final_norm,
-                                      ws->big, p->n_hid_rows, H, c->rms_eps, b->stream));
+        CUDA_CHECK(b, sk_final_hidden(ws->x, delta, delta_parts, part_stride, dm->hid_tok, b->w.final_norm, ws->big,
+                                      p->n_hid_rows, H, c->rms_eps, b->stream));
         CUDA_CHECK(b, sk_pool_hidden(ws->big, dm->hid_seg, b->extras.hid_dev, p->n_hid_seqs, H, b->stream));
     }
     /* The sampler is done with the logits (stream order): its rows are free for these. */
     for (int c0 = 0; c0 < p->n_lp; c0 += S) {
         const int n = p->n_lp - c0 < S ? p->n_lp - c0 : S;
-        CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, dm->lp_tok + c0,
-                                           b->w.final_norm, ws->y, n, H, c->rms_eps, b->stream));
+        CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, delta, delta_parts, part_stride, dm->lp_tok + c0, b->w.final_norm,
+                                           ws->y, n, H, c->rms_eps, b->stream));
         if (b->w.lm_head_q.w) /* kept in GGUF blocks (cuda_qweights.c) */
             rc = cuda_qproduct(b, &b->w.lm_head_q, ws->y, ws->logits, V, n);
         else

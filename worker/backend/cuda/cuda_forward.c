@@ -66,17 +66,26 @@ fail:
     return rc;
 }
 
-/* What follows a sublayer's product before the residual add, where the family has any of it
- * (sk_residual_addend): its bias, its own norm (Gemma 2/3), Granite's residual multiplier.
- * Leaves delta whole (one part). */
-static int residual_addend(struct cuda_backend *b, const float *bias, const float *post_norm, int T,
-                           int *delta_parts)
+/* Whether anything follows a sublayer's product before the residual add: its bias, its own norm
+ * (Gemma 2/3), Granite's residual multiplier. */
+static bool has_addend(const struct cuda_backend *b, const float *bias, const float *post_norm)
+{
+    return bias || post_norm || b->base.config.fam.residual_scale != 0;
+}
+
+/* The sublayer's output summed over the ranks, then what has_addend names, where the family has
+ * any of it (sk_residual_addend), which leaves delta whole (one part). With nothing between, the
+ * sum may go into the residual at once (cuda_tp_sum_delta; *delta_parts is then 0). */
+static int sublayer_out(struct cuda_backend *b, const float *bias, const float *post_norm, int T, int64_t part_stride,
+                        int *delta_parts)
 {
     const struct model_config *c = &b->base.config;
+    const bool addend = has_addend(b, bias, post_norm);
     int rc = 0;
-    if (!bias && !post_norm && c->fam.residual_scale == 0) return 0;
-    CUDA_CHECK(b, sk_residual_addend(b->ws.delta, b->ws.delta, *delta_parts, (int64_t)T * c->hidden_size, bias,
-                                     post_norm, c->fam.residual_scale, T, c->hidden_size, c->rms_eps, b->stream));
+    if ((rc = cuda_tp_sum_delta(b, delta_parts, part_stride, T, !addend)) < 0) goto fail;
+    if (!addend) return 0;
+    CUDA_CHECK(b, sk_residual_addend(b->ws.delta, b->ws.delta, *delta_parts, part_stride, bias, post_norm,
+                                     c->fam.residual_scale, T, c->hidden_size, c->rms_eps, b->stream));
     *delta_parts = 1;
 fail:
     return rc;
@@ -135,8 +144,8 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         struct sk_attn_params ap = sliding ? p->attn_sliding : p->attn;
         ap.window = sliding ? c->fam.sliding_window : 0;
         const float *inv_freq = sliding && b->w.inv_freq_local ? b->w.inv_freq_local : b->w.inv_freq;
-        CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, l ? ws->delta : NULL, delta_parts, part_stride, NULL, w->attn_norm,
-                                           ws->y, T, H, c->rms_eps, b->stream));
+        CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, l ? cuda_delta(b, delta_parts) : NULL, delta_parts, part_stride, NULL,
+                                           w->attn_norm, ws->y, T, H, c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
         if (w->q) {
             qkv_parts = 1;
@@ -185,11 +194,9 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
             goto fail;
         }
         cuda_prof_mark(b, CUDA_PROF_O);
-        /* Each part summed over the ranks is the sum's part: the norm adds them as before. */
-        if ((rc = cuda_tp_all_reduce(b, ws->delta, (size_t)delta_parts * (size_t)part_stride)) < 0) goto fail;
-        if ((rc = residual_addend(b, w->bo, w->post_attn_norm, T, &delta_parts)) < 0) goto fail;
-        CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, NULL, w->ffn_norm, ws->y, T, H,
-                                           c->rms_eps, b->stream));
+        if ((rc = sublayer_out(b, w->bo, w->post_attn_norm, T, part_stride, &delta_parts)) < 0) goto fail;
+        CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, cuda_delta(b, delta_parts), delta_parts, part_stride, NULL,
+                                           w->ffn_norm, ws->y, T, H, c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
         if (cuda_moe_is_sparse(b, l)) {
             if ((rc = cuda_moe_enqueue(b, l, T, &delta_parts)) < 0) goto fail;
@@ -199,12 +206,11 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         } else if ((rc = enqueue_mlp(b, l, w, &p->mlp, T, &delta_parts)) < 0) {
             goto fail;
         }
-        if ((rc = cuda_tp_all_reduce(b, ws->delta, (size_t)delta_parts * (size_t)part_stride)) < 0) goto fail;
-        if ((rc = residual_addend(b, w->b_down, w->post_ffn_norm, T, &delta_parts)) < 0) goto fail;
+        if ((rc = sublayer_out(b, w->b_down, w->post_ffn_norm, T, part_stride, &delta_parts)) < 0) goto fail;
     }
     if (R > 0) {
-        CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, ws->delta, delta_parts, part_stride, dm->sample_tok, b->w.final_norm,
-                                           ws->y, R, H, c->rms_eps, b->stream));
+        CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, cuda_delta(b, delta_parts), delta_parts, part_stride, dm->sample_tok,
+                                           b->w.final_norm, ws->y, R, H, c->rms_eps, b->stream));
         cuda_prof_mark(b, CUDA_PROF_NORM);
         /* A tensor-parallel rank computes its share of the vocabulary, then gathers the rest. */
         float *lm_out = cuda_tp_lm_head_out(b, ws->logits);

@@ -14,7 +14,10 @@
  * a product at all (block scales, shapes not multiples of 16, no algorithm, a failed self-test)
  * the gemv takes more rows and beyond them the weights are dequantized to a bf16 scratch matrix
  * for cuBLAS. Each cuBLASLt configuration is tried on a small product at creation before it is
- * used (lt_selftest). */
+ * used (lt_selftest).
+ *
+ * A mixture-of-experts layer has only its attention's two products here; its experts are
+ * cuda_moe.c's, which keeps FP8 ones in e4m3 too (cuda_fp8_put_rows, sk_moe_gemm_fp8). */
 #include <cublasLt.h>
 #include <math.h>
 #include <stdlib.h>
@@ -55,8 +58,6 @@ struct cuda_fp8 {
     float *xs;                  /* their scales, one per token */
     uint16_t *lt_acc;           /* bf16 output of one slice (lt_out bf16) */
     uint16_t *deq;              /* dequantized weights of one matrix (where DEQUANT may be planned) */
-    uint16_t *fill;             /* load time: a dummy matrix's bf16 values before quantization */
-    size_t fill_elems;
     struct lt_algo algos[LT_CACHE];
     int n_algos, next_algo;
 };
@@ -75,9 +76,11 @@ fail:
     return rc;
 }
 
-/* The tensors of each product, in the order their rows are stacked. */
+/* The tensors of each product, in the order their rows are stacked; none for a sparse layer's
+ * MLP (its experts are cuda_moe.c's). */
 static int parts_of(const struct layer_weights *L, enum cuda_fp8_matrix which, const struct tensor **out)
 {
+    if (L->moe && (which == CUDA_FP8_GATE_UP || which == CUDA_FP8_DOWN)) return 0;
     switch (which) {
     case CUDA_FP8_QKV: out[0] = &L->wq, out[1] = &L->wk, out[2] = &L->wv; return 3;
     case CUDA_FP8_O: out[0] = &L->wo; return 1;
@@ -105,7 +108,7 @@ static bool layout_fits(const struct model *m, bool *blocks, int64_t *br, int64_
                     return false;
                 }
                 /* Per tensor, per row and dummy (per row) all become a scale per row. */
-                const bool row = t->scale_cols >= t->shape[1] && (t->scale_rows == 1 || t->scale_rows >= t->shape[0]);
+                const bool row = cuda_plan_fp8_row_scales(t);
                 if (first) {
                     *blocks = !row;
                     if (!row) *br = t->scale_rows, *bc = t->scale_cols;
@@ -271,13 +274,13 @@ out:
 /* Whether cuBLASLt has FP8 algorithms for every product's shape it could take (multiples of 16)
  * at a few batch sizes, with output dtype out, and computes a small product right so. */
 static bool lt_probe(struct cuda_backend *b, struct cuda_fp8 *f, bool outer, cudaDataType_t out,
-                     const int (*shapes)[2])
+                     const int (*shapes)[2], int n_shapes)
 {
     const int sizes[] = {CUDA_FP8_MMA_ROWS + 1, 256, LT_SLICE_ROWS};
     f->lt_outer = outer;
     f->lt_out = out;
     f->n_algos = 0;
-    for (int s = 0; s < 4; s++) {
+    for (int s = 0; s < n_shapes; s++) {
         if (shapes[s][0] % 16 || shapes[s][1] % 16) continue; /* the planner keeps these off cuBLASLt */
         for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
             cublasLtMatmulAlgo_t *a;
@@ -309,25 +312,32 @@ int cuda_fp8_init(struct cuda_backend *b, const struct model *m)
     f->layers = calloc((size_t)c->n_layers, sizeof *f->layers);
     if (!f->layers) CUDA_FAIL(b, "cuda: out of host memory");
     f->scale_rows = (int)br, f->scale_cols = (int)bc;
-    const int H = c->hidden_size, I = c->intermediate_size, qd = c->n_heads * c->head_dim;
+    const int H = c->hidden_size, qd = c->n_heads * c->head_dim;
     const int qkvd = qd + 2 * c->n_kv_heads * c->head_dim;
+    /* intermediate_size is the dense MLP's: only where some layer has one (a model whose every
+     * layer is sparse has no FP8 MLP product here, and its shape would only constrain these). */
+    bool dense_mlp = false;
+    for (int l = 0; l < c->n_layers; l++) dense_mlp = dense_mlp || !m->layers[l].moe;
+    const int I = dense_mlp ? c->intermediate_size : 0, n_shapes = dense_mlp ? 4 : 2;
     const int shapes[4][2] = {{qkvd, H}, {H, qd}, {2 * I, H}, {H, I}};
     CUBLAS_CHECK(b, cublasLtCreate(&f->lt));
     /* The scales inside the GEMM where this cuBLASLt and device have that (outer-vector scaling),
      * else a kernel after it; fp32 output where there is, else bf16. */
     bool lt = !blocks && !b->opt.no_fp8_lt &&
-              ((!b->opt.no_fp8_outer && lt_probe(b, f, true, CUDA_R_32F, shapes)) ||
-               lt_probe(b, f, false, CUDA_R_32F, shapes) || lt_probe(b, f, false, CUDA_R_16BF, shapes));
+              ((!b->opt.no_fp8_outer && lt_probe(b, f, true, CUDA_R_32F, shapes, n_shapes)) ||
+               lt_probe(b, f, false, CUDA_R_32F, shapes, n_shapes) ||
+               lt_probe(b, f, false, CUDA_R_16BF, shapes, n_shapes));
     cuda_plan_config_fp8(&b->plan, blocks, lt);
     if (b->plan.deterministic && (H % 16 || qd % 16 || I % 16))
         CUDA_FAIL(b, "cuda: --deterministic with FP8 weights needs hidden_size, heads x head_dim and "
-                     "intermediate_size divisible by 16 (the FP8 gemv's loads); this model has %d, %d, %d", H, qd, I);
+                     "intermediate_size divisible by 16 (the FP8 gemv's loads); this model has %d, %d, %d", H, qd,
+                  c->intermediate_size);
 
     const int T = b->base.max_batch_tokens;
     int kmax = H > qd ? H : qd, nmax = 0;
     if (I > kmax) kmax = I;
     size_t deq = 0;
-    for (int s = 0; s < 4; s++) {
+    for (int s = 0; s < n_shapes; s++) {
         const int n_out = shapes[s][0], k_in = shapes[s][1];
         if (n_out > nmax) nmax = n_out;
         const int probe[2] = {1, T};
@@ -354,26 +364,53 @@ fail:
     return rc;
 }
 
-/* The scales of part t (rows r0 .. r0 + rows of the stacked matrix) in the GPU layout. */
-static int put_scales(struct cuda_backend *b, struct fp8_matrix *dst, const struct tensor *t, int r0)
+int cuda_fp8_put_rows(struct cuda_backend *b, uint8_t *q, float *scale, const struct tensor *t, uint64_t seed)
 {
-    struct cuda_fp8 *f = b->fp8;
     const int64_t rows = t->shape[0], cols = t->shape[1];
+    const size_t elems = (size_t)rows * (size_t)cols;
     int rc = 0;
     float *host = NULL;
-    if (f->scale_rows == 1) {
+    if (!cuda_plan_fp8_row_scales(t))
+        CUDA_FAIL(b, "cuda: an FP8 matrix of %lld x %lld has no scale per row (%s, scales per %lld x %lld)",
+                  (long long)rows, (long long)cols, dtype_name(t->dtype), (long long)t->scale_rows,
+                  (long long)t->scale_cols);
+    if (!t->data) {
+        /* Dummy weights: the bf16 values every backend fills, quantized per row on the device as
+         * fp8_range_to_f32 does on the host. The next dummy matrix reuses the fill buffer in
+         * stream order; growing it frees the old one with cudaFree, which waits for the device. */
+        if (b->w.fp8_fill_elems < elems) {
+            cudaFree(b->w.fp8_fill);
+            b->w.fp8_fill = NULL, b->w.fp8_fill_elems = 0;
+            CUDA_CHECK(b, cudaMalloc((void **)&b->w.fp8_fill, elems * 2));
+            b->w.fp8_fill_elems = elems;
+        }
+        CUDA_CHECK(b, sk_fill_dummy_bf16(b->w.fp8_fill, seed, t->dummy_id, 0, (int64_t)elems, 0, b->stream));
+        CUDA_CHECK(b, sk_fp8_quantize_rows(q, scale, b->w.fp8_fill, (int)rows, (int)cols, b->stream));
+    } else {
+        CUDA_CHECK(b, cudaMemcpy(q, t->data, elems, cudaMemcpyHostToDevice));
         host = malloc((size_t)rows * sizeof *host);
         if (!host) CUDA_FAIL(b, "cuda: out of host memory");
         /* Per tensor or per row: a scale for each row. */
         for (int64_t r = 0; r < rows; r++) host[r] = t->scale[t->scale_rows == 1 ? r : 0];
-        CUDA_CHECK(b, cudaMemcpy(dst->scale + r0, host, (size_t)rows * sizeof *host, cudaMemcpyHostToDevice));
-    } else {
-        const int64_t per_row = (cols + f->scale_cols - 1) / f->scale_cols, n = rows / f->scale_rows * per_row;
-        CUDA_CHECK(b, cudaMemcpy(dst->scale + (size_t)(r0 / f->scale_rows) * per_row, t->scale, (size_t)n * sizeof(float),
-                                 cudaMemcpyHostToDevice));
+        CUDA_CHECK(b, cudaMemcpy(scale, host, (size_t)rows * sizeof *host, cudaMemcpyHostToDevice));
     }
 fail:
     free(host);
+    return rc;
+}
+
+/* Part t's codes and block scales at rows r0 .. r0 + its rows of the stacked matrix. */
+static int put_blocks(struct cuda_backend *b, struct fp8_matrix *dst, const struct tensor *t, int r0)
+{
+    struct cuda_fp8 *f = b->fp8;
+    const int64_t rows = t->shape[0], cols = t->shape[1];
+    const int64_t per_row = (cols + f->scale_cols - 1) / f->scale_cols, n = rows / f->scale_rows * per_row;
+    int rc = 0;
+    if (!t->data) CUDA_FAIL(b, "cuda: dummy FP8 weights among block-scaled ones");
+    CUDA_CHECK(b, cudaMemcpy(dst->q + (size_t)r0 * cols, t->data, (size_t)(rows * cols), cudaMemcpyHostToDevice));
+    CUDA_CHECK(b, cudaMemcpy(dst->scale + (size_t)(r0 / f->scale_rows) * per_row, t->scale, (size_t)n * sizeof(float),
+                             cudaMemcpyHostToDevice));
+fail:
     return rc;
 }
 
@@ -384,6 +421,7 @@ int cuda_fp8_load_layer(struct cuda_backend *b, const struct model *m, int l)
     for (int w = 0; w < CUDA_FP8_MATRICES; w++) {
         const struct tensor *parts[3];
         const int n = parts_of(&m->layers[l], (enum cuda_fp8_matrix)w, parts);
+        if (n == 0) continue;
         struct fp8_matrix *d = &f->layers[l][w];
         d->cols = (int)parts[0]->shape[1];
         d->rows = 0;
@@ -396,26 +434,13 @@ int cuda_fp8_load_layer(struct cuda_backend *b, const struct model *m, int l)
         int r0 = 0;
         for (int i = 0; i < n; i++) {
             const struct tensor *t = parts[i];
-            const int rows = (int)t->shape[0];
-            const size_t elems = (size_t)rows * d->cols;
             if (t->shape[1] != d->cols) CUDA_FAIL(b, "cuda: layer %d: stacked FP8 matrices differ in width", l);
-            if (!t->data) {
-                /* Dummy weights: the bf16 values every backend fills, quantized per row on the device
-                 * as fp8_range_to_f32 does on the host. */
-                if (f->fill_elems < elems) {
-                    if (f->fill) cudaFree(f->fill);
-                    f->fill = NULL;
-                    CUDA_CHECK(b, cudaMalloc((void **)&f->fill, elems * 2));
-                    f->fill_elems = elems;
-                }
-                CUDA_CHECK(b, sk_fill_dummy_bf16(f->fill, m->dummy_seed, t->dummy_id, 0, (int64_t)elems, 0, b->stream));
-                CUDA_CHECK(b, sk_fp8_quantize_rows(d->q + (size_t)r0 * d->cols, d->scale + r0, f->fill, rows, d->cols,
-                                                   b->stream));
-            } else {
-                CUDA_CHECK(b, cudaMemcpy(d->q + (size_t)r0 * d->cols, t->data, elems, cudaMemcpyHostToDevice));
-                if ((rc = put_scales(b, d, t, r0)) < 0) goto fail;
-            }
-            r0 += rows;
+            if (f->scale_rows == 1)
+                rc = cuda_fp8_put_rows(b, d->q + (size_t)r0 * d->cols, d->scale + r0, t, m->dummy_seed);
+            else
+                rc = put_blocks(b, d, t, r0);
+            if (rc < 0) goto fail;
+            r0 += (int)t->shape[0];
         }
     }
     CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
@@ -425,10 +450,9 @@ fail:
 
 void cuda_fp8_load_done(struct cuda_backend *b)
 {
-    if (!b->fp8 || !b->fp8->fill) return;
-    cudaFree(b->fp8->fill);
-    b->fp8->fill = NULL;
-    b->fp8->fill_elems = 0;
+    cudaFree(b->w.fp8_fill);
+    b->w.fp8_fill = NULL;
+    b->w.fp8_fill_elems = 0;
 }
 
 static int lt_product(struct cuda_backend *b, const struct fp8_matrix *w, const uint16_t *x, float *y, int rows,
@@ -555,7 +579,6 @@ void cuda_fp8_free(struct cuda_backend *b)
 {
     struct cuda_fp8 *f = b->fp8;
     if (!f) return;
-    cuda_fp8_load_done(b);
     if (f->layers) {
         for (int l = 0; l < f->n_layers; l++) {
             for (int w = 0; w < CUDA_FP8_MATRICES; w++) {

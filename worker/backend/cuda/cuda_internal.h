@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/sk_allreduce.h"
 #include "kernels/sluice_kernels.h"
 #include "worker/backend/backend.h"
 #include "worker/backend/cuda/cuda_plan.h"
@@ -65,6 +66,10 @@ struct cuda_weights {
     void *q_xscratch; /* the block GEMV's int8 activations (sk_gemv_q_scratch_bytes) */
     size_t q_bytes;
     int q_layers;
+    /* Load time: a dummy FP8 matrix's bf16 values before they are quantized per row
+     * (cuda_fp8_put_rows), grown as needed; freed when the load ends (cuda_fp8_load_done). */
+    uint16_t *fp8_fill;
+    size_t fp8_fill_elems;
 };
 
 /* cuda_gemm.c: the libraries and kernels the products run on. */
@@ -213,6 +218,12 @@ struct cuda_tp {
     float *gathered;       /* device: [size][max_batch_seqs][vocab_per_rank], ranks of a group only */
     float *host_buf;       /* pinned staging for host collectives */
     size_t host_floats;
+    /* cuda_tp_oneshot.c, --cuda-options tp_oneshot=1: the one-shot all-reduce's group (NULL:
+     * none), owned by this backend with --tensor-parallel-size 1, else by the group's backend,
+     * and this rank's view of it. */
+    struct sk_oneshot_group *oneshot_group;
+    bool owns_oneshot;
+    struct sk_oneshot_peers oneshot;
 };
 
 struct cuda_backend {
@@ -295,10 +306,17 @@ int cuda_weights_put_matrix(struct loader *ld, uint16_t *dst, const struct tenso
 
 /* cuda_moe.c: the mixture-of-experts layers. cuda_moe_load_layer uploads sparse layer l's router,
  * experts (stacked: [n_experts, 2 inter, hidden] gate then up rows, [n_experts, hidden, inter]
- * down) and shared expert as bf16, making b->moe at the first; cuda_moe_workspace_alloc its
- * scratch; cuda_moe_enqueue the layer's MLP over the T rows of b->ws.y into b->ws.delta (one
- * part). */
+ * down) and shared expert, making b->moe at the first: the router and the shared expert's gate in
+ * bf16; each stack of experts (gate/up, down) and each shared-expert matrix in e4m3 with a scale
+ * a row where sk_moe_gemm_fp8 takes all of it (cuda_moe_fp8_takes), else in bf16 (FP8 tensors
+ * dequantized). cuda_moe_load_done logs what the experts weigh on the device;
+ * cuda_moe_workspace_alloc makes the scratch; cuda_moe_enqueue runs the layer's MLP over the T
+ * rows of b->ws.y into b->ws.delta (one part). cuda_moe_expert_bytes: the bytes of the experts and
+ * shared experts on the device (routers and shared gates not counted), *fp8 of them in e4m3 with
+ * their scales. */
 int cuda_moe_load_layer(struct cuda_backend *b, struct loader *ld, const struct model *m, int l);
+void cuda_moe_load_done(const struct cuda_backend *b);
+size_t cuda_moe_expert_bytes(const struct cuda_backend *b, size_t *fp8);
 int cuda_moe_workspace_alloc(struct cuda_backend *b);
 bool cuda_moe_is_sparse(const struct cuda_backend *b, int l);
 int cuda_moe_enqueue(struct cuda_backend *b, int l, int T, int *delta_parts);
@@ -331,8 +349,14 @@ int cuda_gemm_bf16(struct cuda_backend *b, const uint16_t *w, const uint16_t *x,
  * cuda_fp8_product (y fp32, as cuda_product). */
 enum cuda_fp8_matrix { CUDA_FP8_QKV, CUDA_FP8_O, CUDA_FP8_GATE_UP, CUDA_FP8_DOWN, CUDA_FP8_MATRICES };
 int cuda_fp8_init(struct cuda_backend *b, const struct model *m);
+/* A layer's products (a sparse layer's: qkv and o; its experts are cuda_moe.c's). */
 int cuda_fp8_load_layer(struct cuda_backend *b, const struct model *m, int layer);
+/* Frees the load's scratch (b->w.fp8_fill); for a model without FP8 weights too. */
 void cuda_fp8_load_done(struct cuda_backend *b);
+/* FP8 tensor t (2-D, e4m3 with a scale per row or per tensor, or a dummy: cuda_plan_fp8_row_scales)
+ * as its codes at q (rows x cols bytes) and a float32 scale per row at scale, on the device (a
+ * dummy's rows quantized there from model_dummy_value's bf16 values, as every backend does). */
+int cuda_fp8_put_rows(struct cuda_backend *b, uint8_t *q, float *scale, const struct tensor *t, uint64_t seed);
 int cuda_fp8_product(struct cuda_backend *b, struct cuda_product_plan p, int layer, enum cuda_fp8_matrix which,
                      const uint16_t *x, float *y, int rows, int n_out, int k_in);
 void cuda_fp8_free(struct cuda_backend *b);
@@ -382,20 +406,44 @@ double cuda_now_s(void);
 
 /* cuda_tp.c: the tensor-parallel communicator and the step's collectives on b->stream; each
  * does nothing without a communicator. cuda_tp_init: rank is NULL for a backend of its own
- * (--tensor-parallel-size 1 makes its NCCL communicator of one GPU), or a group's rank, whose
- * communicator comes later (cuda_tp_attach). cuda_tp_check reports an asynchronous NCCL error
- * after a step. */
+ * (--tensor-parallel-size 1 makes its NCCL communicator of one GPU, and with tp_oneshot=1 a
+ * one-shot group of one rank), or a group's rank, whose communicator and one-shot group (NULL:
+ * none) come later (cuda_tp_attach). cuda_tp_check reports an asynchronous NCCL error, or a
+ * one-shot all-reduce that gave up, after a step. */
 int cuda_tp_init(struct cuda_backend *b, const struct backend_options *opt, const struct cuda_tp *rank);
-void cuda_tp_attach(struct cuda_backend *b, struct comm *comm);
+void cuda_tp_attach(struct cuda_backend *b, struct comm *comm, struct sk_oneshot_group *oneshot);
 void cuda_tp_free(struct cuda_backend *b);
-int cuda_tp_all_reduce(struct cuda_backend *b, float *x, size_t n);
 /* The embedding's all-reduce: the ranks' shares of the rows summed (nothing on one rank). */
 int cuda_tp_all_reduce_embed(struct cuda_backend *b, float *x, size_t n);
+/* A sublayer's sum over the ranks: b->ws.delta, rows rows of the hidden size in *delta_parts
+ * parts part_stride floats apart, the o or down product's partial output. The communicator sums
+ * each part in place; the one-shot kernel (cuda_plan_all_reduce) adds the parts first and leaves
+ * the sum in one part (*delta_parts = 1), or, where residual_next (the residual add comes next,
+ * with nothing between), adds it into the residual b->ws.x itself: *delta_parts = 0, and the
+ * readers of x + delta take delta as NULL (cuda_delta). */
+int cuda_tp_sum_delta(struct cuda_backend *b, int *delta_parts, int64_t part_stride, int rows, bool residual_next);
 /* Where lm_head writes its rows of the logits: logits itself alone, a staging buffer on a rank. */
 float *cuda_tp_lm_head_out(struct cuda_backend *b, float *logits);
 /* logits[r][0 .. vocab) for rows rows: on a rank, every rank's share (from lm_out) gathered. */
 int cuda_tp_gather_logits(struct cuda_backend *b, const float *lm_out, float *logits, int rows);
 int cuda_tp_check(struct cuda_backend *b);
+/* The delta that the residual's readers add, in delta_parts parts: NULL once it is in the
+ * residual (cuda_tp_sum_delta). */
+static inline const float *cuda_delta(const struct cuda_backend *b, int delta_parts)
+{
+    return delta_parts ? b->ws.delta : NULL;
+}
+
+/* cuda_tp_oneshot.c: the one-shot all-reduce of tensor parallelism (kernels/sk_allreduce.h).
+ * create: the group of n ranks on devices (several ranks may share one), for tp_oneshot=1; -1
+ * with err naming why where it cannot be (two GPUs without peer access). launch: out = residual
+ * (NULL: none) + the ranks' sums of partial's n_parts parts, count floats, on b->stream. check:
+ * -1 with the backend's error set once the group has failed (a rank timed out or was aborted). */
+int cuda_tp_oneshot_create(struct sk_oneshot_group **out, int n, const int *devices, double step_timeout_s,
+                           char *err, size_t errlen);
+int cuda_tp_oneshot(struct cuda_backend *b, float *out, const float *residual, const float *partial, int n_parts,
+                    int64_t part_stride, size_t count);
+int cuda_tp_oneshot_check(struct cuda_backend *b);
 
 /* cuda_backend.c: the count of visible GPUs into n_dev; -1 with err set when there is none or
  * device is not one of them. */

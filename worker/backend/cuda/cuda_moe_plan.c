@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "kernels/sk_shapes.h"
+#include "worker/backend/cuda/cuda_plan.h"
 
 int cuda_moe_supported(const struct model_config *m, char *err, size_t errlen)
 {
@@ -49,12 +50,28 @@ struct cuda_moe_sizes cuda_moe_sizes(const struct model_config *m, int max_batch
     return s;
 }
 
-double cuda_moe_layer_bytes(const struct model_config *m, int n_distinct)
+bool cuda_moe_fp8_takes(const struct tensor *ts, int n, int64_t k_in)
+{
+    if (n < 1 || k_in % 16) return false;
+    for (int i = 0; i < n; i++)
+        if (!cuda_plan_fp8_row_scales(&ts[i]) || ts[i].shape[1] != k_in) return false;
+    return true;
+}
+
+/* Bytes of an expert (gate, up and down of inter channels over hidden): bf16, or e4m3 codes and
+ * a float32 scale for each of its 2 inter + hidden rows. */
+static double expert_bytes(double hidden, double inter, bool fp8)
+{
+    return fp8 ? 3.0 * inter * hidden + 4.0 * (2.0 * inter + hidden) : 2.0 * 3.0 * inter * hidden;
+}
+
+double cuda_moe_layer_bytes(const struct model_config *m, int n_distinct, bool fp8)
 {
     const struct moe_config *c = &m->moe;
     const double H = m->hidden_size;
-    return 2.0 * ((double)c->n_experts * H + (double)n_distinct * 3.0 * c->expert_intermediate * H +
-                  (c->shared_intermediate > 0 ? 3.0 * c->shared_intermediate * H + H : 0.0));
+    double b = 2.0 * (double)c->n_experts * H + n_distinct * expert_bytes(H, c->expert_intermediate, fp8);
+    if (c->shared_intermediate > 0) b += expert_bytes(H, c->shared_intermediate, fp8) + 2.0 * H;
+    return b;
 }
 
 int cuda_moe_distinct(const int32_t *choice, int64_t n, int n_experts)

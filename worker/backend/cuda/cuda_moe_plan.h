@@ -1,7 +1,8 @@
 /* The CUDA backend's mixture-of-experts sizes, in plain C (no CUDA call; unit-tested without a
- * GPU in tests/unit/backend/test_cuda_moe_plan.c): which MoE shapes the kernels take, how many
- * tokens one pass of the MoE kernels handles, the scratch that pass needs, and the bytes of
- * expert weights a step reads (for the benchmark's roofline). The kernels: kernels/moe_*.cu;
+ * GPU in tests/unit/backend/test_cuda_moe_plan.c): which MoE shapes the kernels take, which
+ * expert matrices the FP8 product takes, how many tokens one pass of the MoE kernels handles,
+ * the scratch that pass needs, and the bytes of expert weights a step reads (for the
+ * benchmark's roofline). The kernels: kernels/moe_*.cu;
  * the host side: cuda_moe.c. */
 #ifndef SLUICE_BACKEND_CUDA_MOE_PLAN_H
 #define SLUICE_BACKEND_CUDA_MOE_PLAN_H
@@ -32,9 +33,18 @@ struct cuda_moe_sizes {
 };
 struct cuda_moe_sizes cuda_moe_sizes(const struct model_config *m, int max_batch_tokens);
 
+/* Whether the FP8 expert product (sk_moe_gemm_fp8) takes the n tensors of ts (an array: the
+ * experts' gate, up or down, or one shared-expert matrix) as rows of a product of k_in columns:
+ * every one e4m3 with a scale per row or per tensor (cuda_plan_fp8_row_scales) and k_in a
+ * multiple of 16 (the kernel's 16-byte loads of codes). Otherwise the backend keeps them in bf16
+ * (FP8 ones dequantized at load). */
+bool cuda_moe_fp8_takes(const struct tensor *ts, int n, int64_t k_in);
+
 /* Bytes of weights one sparse layer reads in a step where n_distinct experts were chosen: the
- * router, the chosen experts' gate, up and down (bf16), and the shared expert and its gate. */
-double cuda_moe_layer_bytes(const struct model_config *m, int n_distinct);
+ * router (bf16), the chosen experts' gate, up and down, and the shared expert and its gate
+ * (bf16). fp8: the experts and the shared expert in e4m3, a byte a weight and a float32 scale a
+ * row; else bf16. */
+double cuda_moe_layer_bytes(const struct model_config *m, int n_distinct, bool fp8);
 /* The number of distinct values among n expert ids (each < n_experts <= SK_MOE_MAX_EXPERTS). */
 int cuda_moe_distinct(const int32_t *choice, int64_t n, int n_experts);
 

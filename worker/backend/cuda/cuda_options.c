@@ -1,6 +1,7 @@
 /* --cuda-options KEY=VALUE,...: the paths a test or benchmark turns off to compare against. Each
  * key names a shipped path and 0 turns it off (its field in struct cuda_options is the negation,
- * so that a zeroed struct is the default). */
+ * so that a zeroed struct is the default); tp_oneshot is the one path that is off unless 1 turns
+ * it on. */
 #include "worker/backend/cuda/cuda_options.h"
 
 #include <stdbool.h>
@@ -54,8 +55,11 @@ int cuda_options_parse(struct cuda_options *o, const char *text, char *err, size
         const size_t klen = (size_t)(eq - p), vlen = n - klen - 1;
         const char *v = eq + 1;
         bool *off = switch_field(o, p, klen);
-        if (off && (value_is(v, vlen, "0") || value_is(v, vlen, "1"))) {
+        const bool on_key = value_is(p, klen, "tp_oneshot"), bit = value_is(v, vlen, "0") || value_is(v, vlen, "1");
+        if (off && bit) {
             *off = v[0] == '0';
+        } else if (on_key && bit) {
+            o->tp_oneshot = v[0] == '1';
         } else if (value_is(p, klen, "fused_qkv") && value_is(v, vlen, "auto")) {
             o->fused_qkv = CUDA_FUSED_QKV_AUTO;
         } else if (value_is(p, klen, "fused_qkv") && value_is(v, vlen, "off")) {
@@ -64,7 +68,7 @@ int cuda_options_parse(struct cuda_options *o, const char *text, char *err, size
             o->fused_qkv = CUDA_FUSED_QKV_ALL;
         } else {
             snprintf(err, errlen, "--cuda-options: %s '%.*s' (keys: %s)",
-                     off || value_is(p, klen, "fused_qkv") ? "bad value in" : "unknown key in", (int)n, p,
+                     off || on_key || value_is(p, klen, "fused_qkv") ? "bad value in" : "unknown key in", (int)n, p,
                      CUDA_OPTIONS_KEYS);
             return -1;
         }

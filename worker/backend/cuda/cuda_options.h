@@ -12,7 +12,8 @@
 /* What --cuda-options takes, for --help. */
 #define CUDA_OPTIONS_KEYS                                                                                      \
     "gemv, prefill_mma, hopper, split_parts, fused_mlp, early_trigger, attn_early, fp8_lt, fp8_outer, fp8_mma, "        \
-    "fp8_prefetch, late_masks, tp_nccl (each 0: that path off; 1: the default), fused_qkv (auto, off or all)"
+    "fp8_prefetch, late_masks, tp_nccl (each 0: that path off; 1: the default), tp_oneshot (1: small "           \
+    "all-reduces in one kernel; 0: the default), fused_qkv (auto, off or all)"
 
 /* The flag table entries for o (a struct cuda_options *); text (a const char **) receives
  * --cuda-options, for cuda_options_parse once the flags are parsed. The step timeout's default
@@ -33,7 +34,8 @@
      "and a graph capture)",                                                                                   \
      0, 0},                                                                                                    \
     {"cuda-options", FLAG_STRING, (text), NULL, "KEY=VALUE,...",                                               \
-     "CUDA: turn shipped paths off to compare against them (tests, benchmarks): " CUDA_OPTIONS_KEYS, 0, 0},    \
+     "CUDA: turn shipped paths off to compare against them (tests, benchmarks), or optional ones on: "         \
+     CUDA_OPTIONS_KEYS, 0, 0},                                                                                 \
     {"nccl-library", FLAG_STRING, &(o)->nccl_library, "SLUICE_NCCL_LIBRARY", "PATH",                           \
      "CUDA, --tensor-parallel-size: the NCCL library to load where the loader would not find "                 \
      "libnccl.so.2",                                                                                           \

@@ -131,6 +131,12 @@ struct cuda_product_plan cuda_plan_fp8_product(const struct cuda_plan_config *c,
     return p;
 }
 
+bool cuda_plan_fp8_row_scales(const struct tensor *t)
+{
+    if (t->dtype != DTYPE_F8_E4M3 || t->ndim != 2) return false;
+    return t->scale_cols >= t->shape[1] && (t->scale_rows == 1 || t->scale_rows >= t->shape[0]);
+}
+
 bool cuda_plan_is_fp8(struct cuda_product_plan p)
 {
     return p.kernel == CUDA_PRODUCT_FP8_GEMV || p.kernel == CUDA_PRODUCT_FP8_MMA || p.kernel == CUDA_PRODUCT_FP8_LT ||
@@ -390,6 +396,14 @@ int cuda_plan_step(const struct cuda_plan_config *c, const struct batch *batch, 
     p->mlp = cuda_plan_mlp(c, T);
     p->lm_head = cuda_plan_product(c, p->n_rows, c->lm_rows, H);
     return 0;
+}
+
+enum cuda_all_reduce cuda_plan_all_reduce(bool oneshot, bool deterministic, int n_ranks, size_t bytes,
+                                          bool residual_next)
+{
+    if (!oneshot || deterministic || n_ranks < 1 || n_ranks > SK_ONESHOT_MAX_RANKS || bytes > SK_ONESHOT_MAX_BYTES)
+        return CUDA_ALL_REDUCE_COMM;
+    return residual_next ? CUDA_ALL_REDUCE_ONESHOT_FUSED : CUDA_ALL_REDUCE_ONESHOT;
 }
 
 int cuda_plan_model_supported(const struct model_config *m, char *err, size_t errlen)

@@ -138,6 +138,10 @@ void cuda_plan_config_fp8(struct cuda_plan_config *c, bool blocks, bool lt);
  * weights. */
 struct cuda_product_plan cuda_plan_fp8_product(const struct cuda_plan_config *c, int rows, int n_out, int k_in);
 bool cuda_plan_is_fp8(struct cuda_product_plan p);
+/* Whether FP8 tensor t is e4m3 with one scale per output row: per channel, or one per tensor
+ * (spread over the rows, which is exact), or a dummy (quantized per row at load). False for
+ * block scales and for E5M2, which the products read as bf16. */
+bool cuda_plan_fp8_row_scales(const struct tensor *t);
 
 /* --- the MLP -------------------------------------------------------------------------- */
 enum cuda_mlp {
@@ -167,6 +171,23 @@ bool cuda_plan_quant_gemv(const struct cuda_plan_config *c, int rows);
 /* Weight rows per dequantized tile of a product with k_in columns: as many as the scratch holds,
  * a multiple of 64 unless the whole product fits; at least 1. */
 int cuda_plan_quant_tile_rows(int n_out, int k_in);
+
+/* --- tensor parallelism's all-reduces (cuda_tp.c) ------------------------------------- */
+enum cuda_all_reduce {
+    CUDA_ALL_REDUCE_COMM,          /* the communicator: NCCL, or host memory (tp_nccl=0) */
+    CUDA_ALL_REDUCE_ONESHOT,       /* sk_allreduce_oneshot, its sum left where the parts were */
+    CUDA_ALL_REDUCE_ONESHOT_FUSED, /* sk_allreduce_oneshot, its sum added into the residual */
+};
+/* How an all-reduce of `bytes` (one rank's message, its parts added) over n_ranks goes: the
+ * one-shot kernel where the ranks have it (oneshot: --cuda-options tp_oneshot=1), the message is
+ * at most SK_ONESHOT_MAX_BYTES (a decode step's: 32 rows of a hidden size of 4096 in fp32) and
+ * the ranks at most SK_ONESHOT_MAX_RANKS, and not under --deterministic (it adds in another
+ * order than the communicator, and which of the two a step takes depends on its size, so a row's
+ * bits would depend on its batch); fused with the residual add where nothing comes between the
+ * sum and that add (residual_next: no bias, post-norm or residual multiplier on the sum). The
+ * communicator otherwise. */
+enum cuda_all_reduce cuda_plan_all_reduce(bool oneshot, bool deterministic, int n_ranks, size_t bytes,
+                                          bool residual_next);
 
 /* --- a step --------------------------------------------------------------------------- */
 /* A chunk of at most this many tokens after at least this many keys takes the decode attention

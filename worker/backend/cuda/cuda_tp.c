@@ -15,7 +15,9 @@
  * The collectives go through NCCL, or (host, a test of the sharding where the ranks share one
  * GPU, which NCCL refuses) through host memory and the CPU communicator: the stream is waited
  * for, the buffer copied out, summed or gathered, and copied back; such steps cannot be captured
- * in graphs, so the group runs them eagerly. */
+ * in graphs, so the group runs them eagerly. With --cuda-options tp_oneshot=1 the all-reduces of
+ * small steps (cuda_plan_all_reduce) take the one-shot kernel instead (cuda_tp_oneshot.c), which
+ * adds the sublayers' sums into the residual itself where nothing comes between. */
 #include "common/log.h"
 #include "worker/backend/cuda/cuda_internal.h"
 #include "worker/parallel/comm.h"
@@ -53,16 +55,28 @@ int cuda_tp_init(struct cuda_backend *b, const struct backend_options *opt, cons
                          sizeof err) != 0)
         CUDA_FAIL(b, "cuda: --tensor-parallel-size 1: %.450s", err);
     b->tp.owns_comm = true;
-    log_info("cuda: tensor parallel over 1 rank: an NCCL communicator on GPU %d (its all-reduces are no-ops)",
-             b->device);
+    if (opt->cuda.tp_oneshot) {
+        if (cuda_tp_oneshot_create(&b->tp.oneshot_group, 1, &b->device, b->watchdog.timeout_s, err, sizeof err) != 0)
+            CUDA_FAIL(b, "%.500s", err);
+        b->tp.owns_oneshot = true;
+        b->tp.oneshot = sk_oneshot_group_peers(b->tp.oneshot_group, 0);
+    }
+    log_info("cuda: tensor parallel over 1 rank: an NCCL communicator on GPU %d (its all-reduces are no-ops%s)",
+             b->device, b->tp.oneshot_group ? "; small ones through the one-shot kernel" : "");
 fail:
     return rc;
 }
 
-void cuda_tp_attach(struct cuda_backend *b, struct comm *comm) { b->tp.comm = comm; }
+void cuda_tp_attach(struct cuda_backend *b, struct comm *comm, struct sk_oneshot_group *oneshot)
+{
+    b->tp.comm = comm;
+    b->tp.oneshot_group = oneshot;
+    if (oneshot) b->tp.oneshot = sk_oneshot_group_peers(oneshot, b->tp.rank);
+}
 
 void cuda_tp_free(struct cuda_backend *b)
 {
+    if (b->tp.oneshot_group && b->tp.owns_oneshot) sk_oneshot_group_destroy(b->tp.oneshot_group);
     if (b->tp.comm && b->tp.owns_comm) comm_destroy(&b->tp.comm, 1);
     if (b->tp.gathered) cudaFree(b->tp.gathered);
     if (b->tp.host_buf) cudaFreeHost(b->tp.host_buf);
@@ -82,7 +96,8 @@ fail:
     return rc;
 }
 
-int cuda_tp_all_reduce(struct cuda_backend *b, float *x, size_t n)
+/* The communicator's all-reduce of x[0 .. n), in place. */
+static int comm_all_reduce(struct cuda_backend *b, float *x, size_t n)
 {
     int rc = 0;
     if (!b->tp.comm) return 0;
@@ -98,9 +113,40 @@ fail:
     return rc;
 }
 
+/* The path of an all-reduce of count floats (cuda_plan.h). */
+static enum cuda_all_reduce path(const struct cuda_backend *b, size_t count, bool residual_next)
+{
+    return cuda_plan_all_reduce(b->tp.oneshot_group != NULL, b->plan.deterministic, b->tp.size, count * 4,
+                                residual_next);
+}
+
 int cuda_tp_all_reduce_embed(struct cuda_backend *b, float *x, size_t n)
 {
-    return b->tp.size > 1 ? cuda_tp_all_reduce(b, x, n) : 0;
+    if (b->tp.size < 2) return 0;
+    if (path(b, n, false) == CUDA_ALL_REDUCE_COMM) return comm_all_reduce(b, x, n);
+    return cuda_tp_oneshot(b, x, NULL, x, 1, 0, n);
+}
+
+int cuda_tp_sum_delta(struct cuda_backend *b, int *delta_parts, int64_t part_stride, int rows, bool residual_next)
+{
+    int rc = 0;
+    float *delta = b->ws.delta, *x = b->ws.x;
+    const size_t count = (size_t)rows * (size_t)b->base.config.hidden_size;
+    if (!b->tp.comm) return 0;
+    switch (path(b, count, residual_next)) {
+    case CUDA_ALL_REDUCE_COMM:
+        /* Each part summed over the ranks is the sum's part: the norm adds them as before. */
+        return comm_all_reduce(b, delta, (size_t)*delta_parts * (size_t)part_stride);
+    case CUDA_ALL_REDUCE_ONESHOT:
+        rc = cuda_tp_oneshot(b, delta, NULL, delta, *delta_parts, part_stride, count);
+        *delta_parts = 1;
+        break;
+    case CUDA_ALL_REDUCE_ONESHOT_FUSED:
+        rc = cuda_tp_oneshot(b, x, x, delta, *delta_parts, part_stride, count);
+        *delta_parts = 0;
+        break;
+    }
+    return rc;
 }
 
 float *cuda_tp_lm_head_out(struct cuda_backend *b, float *logits)
@@ -148,6 +194,7 @@ fail:
 int cuda_tp_check(struct cuda_backend *b)
 {
     int rc = 0;
+    if ((rc = cuda_tp_oneshot_check(b)) < 0) goto fail;
     if (b->tp.comm && comm_failed(b->tp.comm))
         CUDA_FAIL(b, "cuda: the tensor parallel communicator failed: %.450s", comm_error(b->tp.comm));
 fail:

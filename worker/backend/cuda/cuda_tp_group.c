@@ -15,7 +15,10 @@
  * instead of waiting, and the group reports the rank and its error; a rank that never finishes
  * is given the step timeout, after which every step fails (the worker stops serving, as after
  * any device error). --cuda-options tp_nccl=0 joins the ranks through host memory instead,
- * eagerly, and lets them share a GPU: how the sharding is tested on a machine with one. */
+ * eagerly, and lets them share a GPU: how the sharding is tested on a machine with one.
+ * --cuda-options tp_oneshot=1 gives the ranks a one-shot all-reduce group (cuda_tp_oneshot.c)
+ * for their small all-reduces, through NCCL's path or host memory's alike; a failed rank aborts
+ * it too. */
 #include "common/log.h"
 #include "worker/backend/cuda/cuda_internal.h"
 #include "worker/backend/cuda/cuda_options.h"
@@ -34,6 +37,7 @@ struct cuda_tp_group {
     struct batch_seq *rest_seqs;   /* [max_batch_seqs] */
     struct sample_result *results; /* rank 0's: the caller's */
     struct sample_result *discard; /* [N][max_batch_seqs]: the other ranks' */
+    struct sk_oneshot_group *oneshot; /* tp_oneshot=1; NULL otherwise */
 };
 
 /* A step's half on rank r, on the rank's thread (whose current GPU it sets). A rank that fails
@@ -48,12 +52,24 @@ static int rank_step(struct cuda_tp_group *g, int r, bool submit)
         rc = backend_submit(rb, r ? &g->rest : g->batch);
     else
         rc = backend_collect(rb, r ? g->discard + (size_t)r * g->base.max_batch_seqs : g->results);
-    if (rc != 0) comm_abort(g->t.comms[r], rb->error);
+    if (rc != 0) {
+        comm_abort(g->t.comms[r], rb->error);
+        if (g->oneshot) sk_oneshot_group_abort(g->oneshot);
+    }
     return rc;
 }
 
 static int rank_submit(void *arg, int r) { return rank_step(arg, r, true); }
 static int rank_collect(void *arg, int r) { return rank_step(arg, r, false); }
+
+/* A step's half on every rank. A rank that never finished leaves the others' one-shot kernels
+ * waiting for it: the abort ends those waits. */
+static int run_ranks(struct cuda_tp_group *g, tp_rank_fn fn)
+{
+    const int rc = tp_ranks_run(&g->t, fn, g, g->base.error, sizeof g->base.error);
+    if (rc != 0 && g->oneshot) sk_oneshot_group_abort(g->oneshot);
+    return rc;
+}
 
 static int group_submit(struct backend *b, const struct batch *batch)
 {
@@ -72,20 +88,21 @@ static int group_submit(struct backend *b, const struct batch *batch)
         q->hidden_sum = q->hidden_last = NULL;
     }
     g->rest.seqs = g->rest_seqs;
-    return tp_ranks_run(&g->t, rank_submit, g, b->error, sizeof b->error);
+    return run_ranks(g, rank_submit);
 }
 
 static int group_collect(struct backend *b, struct sample_result *results)
 {
     struct cuda_tp_group *g = (struct cuda_tp_group *)b;
     g->results = results;
-    return tp_ranks_run(&g->t, rank_collect, g, b->error, sizeof b->error);
+    return run_ranks(g, rank_collect);
 }
 
 static void group_free(struct backend *b)
 {
     struct cuda_tp_group *g = (struct cuda_tp_group *)b;
     if (!g || !tp_ranks_free(&g->t, "cuda")) return; /* each rank's free selects its GPU */
+    sk_oneshot_group_destroy(g->oneshot); /* after the ranks: their frees wait for their streams */
     free(g->rest_seqs);
     free(g->discard);
     free(g);
@@ -213,7 +230,10 @@ int cuda_tp_group_create(struct backend **out, const struct model *m, const stru
             goto fail;
         }
     }
-    for (int r = 0; r < g->t.n; r++) cuda_tp_attach((struct cuda_backend *)g->t.ranks[r], g->t.comms[r]);
+    if (opt->cuda.tp_oneshot && cuda_tp_oneshot_create(&g->oneshot, g->t.n, g->devices, g->t.timeout_s, err, errlen))
+        goto fail;
+    for (int r = 0; r < g->t.n; r++)
+        cuda_tp_attach((struct cuda_backend *)g->t.ranks[r], g->t.comms[r], g->oneshot);
 
     struct backend *r0 = g->t.ranks[0];
     tp_ranks_take_limits(&g->base, r0);
@@ -227,7 +247,8 @@ int cuda_tp_group_create(struct backend **out, const struct model *m, const stru
     if (tp_group_start(&g->t.threads, g->t.n, g->t.timeout_s, err, errlen) != 0) goto fail;
     char whole[256];
     tp_ranks_describe(&g->t, whole, sizeof whole);
-    log_info("cuda: %s, collectives through %s", whole, host ? "host memory (tp_nccl=0)" : "NCCL");
+    log_info("cuda: %s, collectives through %s%s", whole, host ? "host memory (tp_nccl=0)" : "NCCL",
+             g->oneshot ? "; small all-reduces through the one-shot kernel (tp_oneshot=1)" : "");
     if (!opt->cuda.no_warmup && cuda_warm_up(&g->base, ((struct cuda_backend *)r0)->plan.bt_cap) != 0) {
         snprintf(err, errlen, "%s", g->base.error);
         goto fail;

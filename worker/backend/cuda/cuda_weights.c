@@ -1,7 +1,9 @@
 /* Weights onto the GPU: matrices as bf16 (F32/F16 converted on the device, GGUF block
  * quantizations dequantized to float32 on the host by worker/model/quant.c first, dummy tensors
  * filled there with model_dummy_value's arithmetic), norms, biases and rotary frequencies as
- * fp32. */
+ * fp32. Matrices that stay in another form load through their own files: FP8 layers' in e4m3
+ * (cuda_fp8.c), GGUF blocks the block kernels take (cuda_qweights.c), mixture-of-experts
+ * layers' experts (cuda_moe.c, FP8 ones in e4m3 too). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,25 +222,18 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
         struct cuda_layer *cl = &b->w.layers[l];
         char name[64];
         snprintf(name, sizeof name, "layer %d", l);
+        /* The layer's products: FP8 ones in e4m3 (cuda_fp8.c; a sparse layer's attention only);
+         * else GGUF blocks the block kernels take stay blocks (cuda_qweights.c), the rest bf16. A
+         * sparse layer's experts replace its dense MLP (cuda_moe.c, e4m3 where they are FP8). */
         if (b->fp8) {
-            if (lw->moe)
-                CUDA_FAIL(b,
-                          "cuda: %s has FP8 weights and mixture-of-experts layers (layer %d); the GPU computes "
-                          "experts in bf16 only: use a bf16 checkpoint or --device cpu",
-                          c->arch_name, l);
             if ((rc = cuda_fp8_load_layer(b, m, l)) < 0) goto fail;
-            goto vectors;
-        }
-        if (lw->moe) {
-            /* A sparse layer: attention as bf16, the experts instead of the dense MLP (cuda_moe.c). */
+        } else if (lw->moe) {
             if ((rc = put_layer_matrices(&ld, cl, lw, gu_plain, name, false)) < 0) goto fail;
-            if ((rc = cuda_moe_load_layer(b, &ld, m, l)) < 0) goto fail;
-            goto vectors;
+        } else {
+            if ((rc = cuda_qlayer_load(b, lw, cl)) < 0) goto fail;
+            if (!cl->q && (rc = put_layer_matrices(&ld, cl, lw, gu_plain, name, true)) < 0) goto fail;
         }
-        /* GGUF blocks the block kernels take stay blocks (cuda_qweights.c); the rest is bf16. */
-        if ((rc = cuda_qlayer_load(b, lw, cl)) < 0) goto fail;
-        if (!cl->q && (rc = put_layer_matrices(&ld, cl, lw, gu_plain, name, true)) < 0) goto fail;
-    vectors:
+        if (lw->moe && (rc = cuda_moe_load_layer(b, &ld, m, l)) < 0) goto fail;
         /* OLMo 2 has no norm before its sublayers (NULL: the norm kernel only adds) and norms q
          * and k over the whole projection rather than per head. */
         if (lw->attn_norm.ndim && (rc = put_vector(&ld, &cl->attn_norm, &lw->attn_norm, H, true, name)) < 0)
@@ -257,11 +252,12 @@ int cuda_weights_load(struct cuda_backend *b, const struct model *m)
         }
         if ((rc = put_family_vectors(&ld, cl, lw, name)) < 0) goto fail;
     }
-    cuda_fp8_load_done(b);
+    cuda_moe_load_done(b);
     if ((rc = put_rope(b, c)) < 0) goto fail;
     if ((rc = cuda_qweights_finish(b)) < 0) goto fail;
     CUDA_CHECK(b, cudaStreamSynchronize(b->stream));
 fail:
+    cuda_fp8_load_done(b);
     if (ld.staging) cudaFree(ld.staging);
     free(ld.host);
     if (gu_plain) cudaFree(gu_plain);
