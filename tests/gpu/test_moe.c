@@ -12,7 +12,8 @@
  * of three sequences gives each one's logits alone bit for bit, and the decode steps replayed
  * from CUDA graphs give the tokens of eager steps. The same fixtures with --quantization fp8
  * (experts in e4m3 on the device, sk_moe_gemm_fp8, whose own test is kernels/moe_gemm_fp8_test.c)
- * against the CPU backend with the same quantization: fp8_fixture. */
+ * against the CPU backend with the same quantization, and FP8 checkpoints whose experts are FP8
+ * (tests/fixtures/fp8_moe) likewise: fp8_fixture. */
 #include "tests/gpu/fixture_run.h"
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/moe_pipe.h"
@@ -23,6 +24,7 @@
 #include "worker/backend/cpu/cpu_router.h"
 #include "worker/backend/cuda/cuda_internal.h"
 #include "worker/model/model.h"
+#include "worker/model/model_moe.h"
 
 /* ---- kernels ---------------------------------------------------------------------------------- */
 
@@ -236,8 +238,16 @@ static const struct fixture_bounds moe_bounds = {.row_bound = 3e-2, .min_within 
 
 /* ---- --quantization fp8 ---------------------------------------------------------------------- */
 
+/* Whether an FP8 tensor's scales are blocks (DeepSeek's, Qwen3-FP8's weight_scale_inv), which
+ * the FP8 expert kernel does not take: those experts go to bf16. */
+static bool block_scaled(const struct tensor *t)
+{
+    return t->scale && t->scale_cols < t->shape[1];
+}
+
 /* The bytes of the experts CUDA keeps in bf16 for FP8 model m: the products whose columns the
- * FP8 expert kernel cannot load 16 at a time (here Qwen2-MoE step 2's shared down, 24 columns). */
+ * FP8 expert kernel cannot load 16 at a time (here Qwen2-MoE step 2's shared down, 24 columns),
+ * and every expert of a layer an FP8 checkpoint scales by blocks. */
 static size_t bf16_expert_bytes(const struct model *m)
 {
     const struct model_config *c = &m->config;
@@ -246,6 +256,10 @@ static size_t bf16_expert_bytes(const struct model *m)
     size_t n = 0;
     for (int l = 0; l < c->n_layers; l++) {
         if (!m->layers[l].moe) continue;
+        if (block_scaled(&m->layers[l].moe->gate[0])) {
+            n += 2 * 3 * (E * I + SI) * H;
+            continue;
+        }
         if (H % 16) n += 2 * E * 2 * I * H + 2 * 2 * SI * H; /* gate/up, the experts' and the shared one */
         if (I % 16) n += 2 * E * H * I;
         if (SI % 16) n += 2 * H * SI;
@@ -267,7 +281,7 @@ static void check_experts_kept(const char *name, const struct model *m)
     }
     size_t fp8;
     const size_t all = cuda_moe_expert_bytes((const struct cuda_backend *)b, &fp8), want = bf16_expert_bytes(m);
-    GT_CHECK(fp8 > 0 && all - fp8 == want,
+    GT_CHECK((fp8 > 0) == (want < all) && all - fp8 == want,
              "%s: the experts on the device take %zu bytes, %zu of them e4m3 codes and scales, %zu bf16 (expected %zu "
              "bf16)", name, all, fp8, all - fp8, want);
     backend_free(b);
@@ -283,32 +297,42 @@ static void check_experts_kept(const char *name, const struct model *m)
 static const struct fixture_bounds moe_fp8_lt_bounds = {.row_bound = 1.2e-1, .min_within = 0.75,
                                                         .median_bound = 4e-2};
 
-/* --quantization fp8 of fixture `name`: attention, experts and shared expert in e4m3 with a scale
- * per output row (routers and the shared expert's gate stay bf16), CUDA against the CPU backend
- * with the same quantization, which decodes the same codes exactly and computes in float32. With
- * --cuda-options fp8_lt=0 every product keeps bf16 activations, so the difference is the bf16
- * model's own (moe_bounds, greedy tokens where the margin is clear); with the default plan,
- * against the yardstick within moe_fp8_lt_bounds; and under --deterministic a batch gives each
- * sequence's logits alone bit for bit and graphs the eager tokens (fixture_batch). */
-static void fp8_fixture(const char *name)
+/* FP8 model m (`label`) against the CPU backend, which decodes the same codes exactly and computes
+ * in float32. With --cuda-options fp8_lt=0 every product keeps bf16 activations, so the difference
+ * is the bf16 model's own (moe_bounds, greedy tokens where the margin is clear); with the default
+ * plan, against the yardstick within moe_fp8_lt_bounds; and under --deterministic a batch gives
+ * each sequence's logits alone bit for bit and graphs the eager tokens (fixture_batch). */
+static void fp8_model_vs_cpu(const char *label, const struct model *m)
 {
-    char path[256], err[512], label[96];
-    snprintf(path, sizeof path, "tests/fixtures/families/%s", name);
-    struct model *m = NULL;
-    if (model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err) < 0 ||
-        model_quantize(m, MODEL_QUANT_FP8, err, sizeof err) < 0) {
-        GT_CHECK(0, "%s --quantization fp8: %s (run from the repository root)", path, err);
-        model_free(m);
-        return;
-    }
-    printf("fixture %s --quantization fp8: CUDA against the CPU backend\n", name);
-    snprintf(label, sizeof label, "%s fp8", name);
+    char no_lt_label[128];
     check_experts_kept(label, m);
     const struct fixture_opts no_lt = {.cuda = {.no_fp8_lt = true}}, yardstick = {.fp8_yardstick = true};
     fixture_vs_cpu_opts(label, m, moe_fp8_lt_bounds, &yardstick);
     fixture_batch(label, m);
-    snprintf(label, sizeof label, "%s fp8, fp8_lt=0", name);
-    fixture_vs_cpu_opts(label, m, moe_bounds, &no_lt);
+    snprintf(no_lt_label, sizeof no_lt_label, "%s, fp8_lt=0", label);
+    fixture_vs_cpu_opts(no_lt_label, m, moe_bounds, &no_lt);
+}
+
+/* Fixture `name` under dir with FP8 experts, CUDA against the CPU backend (fp8_model_vs_cpu):
+ * quantize, tests/fixtures/families with --quantization fp8 (attention, experts and shared expert
+ * in e4m3 with a scale per output row; routers and the shared expert's gate stay bf16); else an
+ * FP8 checkpoint's own experts (tests/fixtures/fp8_moe, make_fp8_moe_fixtures.py): Mixtral with a
+ * scale per tensor, Qwen2-MoE per channel with its shared expert, both kept in e4m3 on the
+ * device; Qwen3-MoE with block scales, whose experts CUDA dequantizes to bf16. */
+static void fp8_fixture(const char *dir, const char *name, bool quantize)
+{
+    char path[256], err[512], label[96];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    struct model *m = NULL;
+    if (model_load(&m, path, MODEL_LOAD_AUTO, err, sizeof err) < 0 ||
+        (quantize && model_quantize(m, MODEL_QUANT_FP8, err, sizeof err) < 0)) {
+        GT_CHECK(0, "%s%s: %s (run from the repository root)", path, quantize ? " --quantization fp8" : "", err);
+        model_free(m);
+        return;
+    }
+    snprintf(label, sizeof label, "%s %s", name, quantize ? "fp8" : "FP8 checkpoint");
+    printf("%s: CUDA against the CPU backend\n", label);
+    fp8_model_vs_cpu(label, m);
     model_free(m);
 }
 
@@ -348,6 +372,10 @@ int main(void)
 
     const char *fixtures[] = {"mixtral", "mixtral_stacked", "qwen2_moe", "qwen2_moe_step2", "qwen3_moe"};
     fixtures_run(fixtures, sizeof fixtures / sizeof fixtures[0], moe_bounds);
-    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) fp8_fixture(fixtures[i]);
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++)
+        fp8_fixture("tests/fixtures/families", fixtures[i], true);
+    const char *checkpoints[] = {"mixtral", "qwen2_moe", "qwen3_moe"};
+    for (size_t i = 0; i < sizeof checkpoints / sizeof checkpoints[0]; i++)
+        fp8_fixture("tests/fixtures/fp8_moe", checkpoints[i], false);
     return gt_finish();
 }

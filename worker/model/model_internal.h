@@ -80,13 +80,16 @@ int model_moe_config_from_json(struct json_t *root, struct model_config *cfg, co
 /* Allocates every sparse layer's struct moe_weights with shapes set and data NULL (dummy ids
  * from *next_id on), and clears those layers' dense w_gate, w_up, w_down. */
 int model_moe_alloc(struct model *m, uint64_t *next_id, char *err, size_t errlen);
-/* A tensor of a weight file as a loader finds it: its shape row-major (GGUF's dims reversed). */
+/* A tensor of a weight file as a loader finds it: its shape row-major (GGUF's dims reversed);
+ * an FP8 one with its scale as struct tensor holds it (NULL for other dtypes). */
 struct model_tensor_ref {
     enum dtype dtype;
     int ndim;
     int64_t shape[4];
     const void *data;
     const char *file;
+    const float *scale;
+    int64_t scale_rows, scale_cols;
 };
 /* 0 and *out when the file has the tensor, 1 when it has not, -1 (err set) when it is
  * unreadable (an unsupported dtype). */

@@ -293,6 +293,7 @@ static int check_shape(const struct model_tensor_ref *r, const char *name, int n
 static int find_tensor(model_find_fn find, void *ctx, const char *name, bool optional, struct model_tensor_ref *r,
                        char *err, size_t errlen)
 {
+    memset(r, 0, sizeof *r); /* no scale unless the finder gives one */
     int rc = find(ctx, name, r, err, errlen);
     if (rc <= 0) return rc;
     if (optional) return 1;
@@ -310,6 +311,9 @@ static int bind_one(model_find_fn find, void *ctx, const char *name, struct tens
     if (check_shape(&r, name, t->ndim, t->shape, err, errlen)) return -1;
     t->dtype = r.dtype;
     t->data = r.data;
+    t->scale = r.scale;
+    t->scale_rows = r.scale_rows;
+    t->scale_cols = r.scale_cols;
     return 0;
 }
 
@@ -373,7 +377,7 @@ int model_moe_bind_hf(struct model *m, int layer, model_find_fn find, void *ctx,
                *down = mixtral ? "w2" : "down_proj";
     snprintf(name, sizeof name, "%sexperts.0.%s.weight", pre, gate);
     struct model_tensor_ref probe;
-    rc = find(ctx, name, &probe, err, errlen);
+    rc = find_tensor(find, ctx, name, true, &probe, err, errlen);
     if (rc < 0) return -1;
     if (rc == 0) {
         for (int e = 0; e < mc->n_experts; e++) {

@@ -340,10 +340,13 @@ static int st_bind_fp8_scale(const struct st_set *s, struct model_source *src, c
     return -1;
 }
 
-/* model_find_fn over the directory's files, for the expert tensors (model_moe.c). */
+/* model_find_fn over the directory's files, for the expert tensors (model_moe.c); an FP8 one
+ * with its scale, read as the dense layers' are (st_bind_fp8_scale). */
 struct st_find_ctx {
     const struct st_set *s;
     const char *dir;
+    struct model_source *src;
+    const struct fp8_qconfig *q;
 };
 
 static int st_find_ref(void *arg, const char *name, struct model_tensor_ref *out, char *err, size_t errlen)
@@ -353,9 +356,17 @@ static int st_find_ref(void *arg, const char *name, struct model_tensor_ref *out
     int rc = st_lookup(ctx->s, name, &e, err, errlen);
     out->file = rc == 0 ? e.file : ctx->dir;
     if (rc) return rc;
-    if (e.dtype < 0 || e.dtype == DTYPE_F8_E4M3 || e.dtype == DTYPE_F8_E5M2) {
+    if (e.dtype < 0) {
         snprintf(err, errlen, "%s: tensor '%s' has dtype %s, which is not supported for expert tensors (F32, F16, "
-                 "BF16 and GPTQ/AWQ layers are)", out->file, name, e.dtype_str);
+                 "BF16, F8_E4M3, F8_E5M2 and GPTQ/AWQ layers are)", out->file, name, e.dtype_str);
+        return -1;
+    }
+    const bool fp8 = e.dtype == DTYPE_F8_E4M3 || e.dtype == DTYPE_F8_E5M2;
+    /* A stacked [n_experts, rows, cols] tensor's scale would have to be cut per expert; the
+     * Hub's FP8 checkpoints store one tensor per expert. */
+    if (fp8 && e.ndim != 2) {
+        snprintf(err, errlen, "%s: FP8 tensor '%s' has %d dimensions; FP8 experts are read one matrix per expert, "
+                 "not stacked", out->file, name, e.ndim);
         return -1;
     }
     out->dtype = (enum dtype)e.dtype;
@@ -363,6 +374,12 @@ static int st_find_ref(void *arg, const char *name, struct model_tensor_ref *out
     memset(out->shape, 0, sizeof out->shape);
     memcpy(out->shape, e.shape, (size_t)e.ndim * sizeof *out->shape);
     out->data = e.data;
+    if (!fp8) return 0;
+    struct tensor t = {.dtype = out->dtype, .ndim = 2, .shape = {e.shape[0], e.shape[1]}, .data = e.data};
+    if (st_bind_fp8_scale(ctx->s, ctx->src, ctx->q, name, &t, err, errlen)) return -1;
+    out->scale = t.scale;
+    out->scale_rows = t.scale_rows;
+    out->scale_cols = t.scale_cols;
     return 0;
 }
 
@@ -506,7 +523,7 @@ int model_load_safetensors(struct model *m, const char *dir, char *err, size_t e
                 st_bind_fp8_scale(&s, m->source, &q, name, names[i].t, err, errlen))
                 goto out;
         }
-        struct st_find_ctx fc = {.s = &s, .dir = dir};
+        struct st_find_ctx fc = {.s = &s, .dir = dir, .src = m->source, .q = &q};
         if (model_moe_bind_hf(m, l, st_find_ref, &fc, err, errlen)) goto out;
     }
     if (int4.repacked) m->repacked_from = int4.q.method == INT4_AWQ ? "AWQ" : "GPTQ";

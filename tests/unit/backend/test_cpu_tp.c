@@ -218,20 +218,34 @@ Test(cpu_tp, sizes_that_do_not_shard_are_refused_by_name)
     model_free(m);
 }
 
+/* expect_tp_equals_one on each named fixture under dir. */
+static void each_fixture(const char *dir, const char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char path[256];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        struct model *m = load(path, MODEL_LOAD_AUTO);
+        cr_assert_gt(m->config.moe.n_experts, 0, "%s", names[i]);
+        expect_tp_equals_one(m, path);
+        model_free(m);
+    }
+}
+
 /* Mixture of experts: each expert's channels split across the ranks, the router on every rank
  * (the fixtures of tests/fixtures/families/: Mixtral's experts one by one and stacked, Qwen2-MoE's
  * shared expert and dense layers, Qwen3-MoE). */
 Test(cpu_tp, mixture_of_experts_families)
 {
     const char *names[] = {"mixtral", "mixtral_stacked", "qwen2_moe", "qwen2_moe_step2", "qwen3_moe"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        char path[256];
-        snprintf(path, sizeof path, "tests/fixtures/families/%s", names[i]);
-        struct model *m = load(path, MODEL_LOAD_AUTO);
-        cr_assert_gt(m->config.moe.n_experts, 0, "%s", names[i]);
-        expect_tp_equals_one(m, names[i]);
-        model_free(m);
-    }
+    each_fixture("tests/fixtures/families", names, sizeof names / sizeof names[0]);
+}
+
+/* FP8 checkpoints whose experts are FP8 (tests/fixtures/fp8_moe/: scales per tensor, per channel
+ * and per block), each rank's share of every expert dequantized from whole rows. */
+Test(cpu_tp, fp8_expert_checkpoints)
+{
+    const char *names[] = {"mixtral", "qwen2_moe", "qwen3_moe"};
+    each_fixture("tests/fixtures/fp8_moe", names, sizeof names / sizeof names[0]);
 }
 
 /* A random-weight model of config.json text, written to a temporary folder. */
