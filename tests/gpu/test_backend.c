@@ -414,6 +414,25 @@ static double logits_rel_err(const float *a, const float *ref, int n)
     return isfinite(num) ? sqrt(num / den) : INFINITY;
 }
 
+/* Appends to out which step's logits differ between a and b (n of them), the step's shape, how
+ * many differ and by how much at most: what a failed bit-equality check needs to say where to look. */
+static void note_step(char *out, size_t size, int step, int n_tokens, int n_seqs, const float *a, const float *b,
+                      size_t n)
+{
+    size_t differ = 0;
+    double most = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (a[i] == b[i]) continue;
+        differ++;
+        const double d = fabs((double)a[i] - b[i]);
+        if (d > most) most = d;
+    }
+    const size_t used = strlen(out);
+    if (used + 1 < size)
+        snprintf(out + used, size - used, "; step %d (%d tokens, %d sequences): %zu of %zu logits, by up to %.2e",
+                 step, n_tokens, n_seqs, differ, n, most);
+}
+
 /* A CUDA backend for m with bo's options and co's CUDA options (what: how they differ from the
  * default, for the message); NULL, reported, when it cannot be made. */
 static struct backend *cuda_backend_with(const struct model *m, const struct backend_options *bo,
@@ -455,7 +474,12 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
      * rows (head_dim 128 only): against the CPU as the others. */
     struct backend *gpu_fq =
         cuda_backend_with(m, &bo, &(struct cuda_options){.fused_qkv = CUDA_FUSED_QKV_ALL}, "fused_qkv=all");
-    if (!cpu || !gpu || !gpu_sum || !gpu_fq) {
+    /* Split parts with the MLP in two launches: between the two above, so that a difference says
+     * whether the parts' readers or the fused MLP gave it. */
+    struct backend *gpu_nofm =
+        cuda_backend_with(m, &bo, &(struct cuda_options){.no_fused_mlp = true}, "fused_mlp=0");
+    if (!cpu || !gpu || !gpu_sum || !gpu_fq || !gpu_nofm) {
+        backend_free(gpu_nofm);
         backend_free(gpu_fq);
         backend_free(gpu_sum);
         backend_free(gpu);
@@ -489,9 +513,10 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
     }
     /* Step by step: both backends get the same batch. */
     double worst = 0, worst_fq = 0;
-    int sampler_bad = 0, steps = 0, split_bad = 0;
+    int sampler_bad = 0, steps = 0, split_bad = 0, fused_mlp_bad = 0;
+    char split_steps[256] = "", fused_mlp_steps[256] = ""; /* which steps differ, and their shapes */
     float *lg = malloc((size_t)2 * V * 4), *lc = malloc((size_t)2 * V * 4), *ls = malloc((size_t)2 * V * 4),
-          *lf = malloc((size_t)2 * V * 4);
+          *lf = malloc((size_t)2 * V * 4), *ln = malloc((size_t)2 * V * 4);
     float *scratch = malloc(sampler_scratch_floats(V) * 4);
     for (;;) {
         struct batch_seq seqs[2];
@@ -528,21 +553,33 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
         }
         if (S == 0) break;
         struct batch bg = {.n_seqs = S, .seqs = seqs, .n_tokens = T, .tokens = tokens, .logits_out = lg};
-        struct batch bc = bg, bs = bg, bf = bg;
+        struct batch bc = bg, bs = bg, bf = bg, bn = bg;
         bc.logits_out = lc;
         bs.logits_out = ls;
         bf.logits_out = lf;
-        struct sample_result rg[2], rcpu[2], rsum[2], rfq[2];
+        bn.logits_out = ln;
+        struct sample_result rg[2], rcpu[2], rsum[2], rfq[2], rn[2];
         if (backend_forward(gpu, &bg, rg) < 0 || backend_forward(cpu, &bc, rcpu) < 0 ||
-            backend_forward(gpu_sum, &bs, rsum) < 0 || backend_forward(gpu_fq, &bf, rfq) < 0) {
-            GT_CHECK(0, "forward: gpu '%s' cpu '%s' gpu without split parts '%s' gpu with qkv in attention '%s'",
-                     gpu->error, cpu->error, gpu_sum->error, gpu_fq->error);
+            backend_forward(gpu_sum, &bs, rsum) < 0 || backend_forward(gpu_fq, &bf, rfq) < 0 ||
+            backend_forward(gpu_nofm, &bn, rn) < 0) {
+            GT_CHECK(0,
+                     "forward: gpu '%s' cpu '%s' gpu without split parts '%s' gpu with qkv in attention '%s' gpu "
+                     "without the fused MLP '%s'",
+                     gpu->error, cpu->error, gpu_sum->error, gpu_fq->error, gpu_nofm->error);
             break;
         }
         steps++;
         int rows = 0;
         for (int s = 0; s < S; s++) rows += seqs[s].sample;
-        split_bad += memcmp(lg, ls, (size_t)rows * V * 4) != 0;
+        const size_t n_logits = (size_t)rows * V;
+        if (memcmp(lg, ls, n_logits * 4) != 0) {
+            split_bad++;
+            note_step(split_steps, sizeof split_steps, steps, T, S, lg, ls, n_logits);
+        }
+        if (memcmp(lg, ln, n_logits * 4) != 0) {
+            fused_mlp_bad++;
+            note_step(fused_mlp_steps, sizeof fused_mlp_steps, steps, T, S, lg, ln, n_logits);
+        }
         for (int s = 0, r = 0; s < S; s++) {
             int gi = map[s];
             if (!seqs[s].sample) continue;
@@ -571,14 +608,21 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
              sampler_bad);
     GT_CHECK(split_bad == 0,
              "%s: split-K parts added by their readers (%s) and the fused MLP (%s) give the logits of the products' "
-             "own sums bit for bit (%d of %d steps differ)",
+             "own sums bit for bit (%d of %d steps differ%s)",
              name, ((struct cuda_backend *)gpu)->plan.split_parts ? "on" : "off: no Hopper products",
-             ((struct cuda_backend *)gpu)->plan.fused_mlp ? "on" : "off", split_bad, steps);
+             ((struct cuda_backend *)gpu)->plan.fused_mlp ? "on" : "off", split_bad, steps, split_steps);
+    GT_CHECK(fused_mlp_bad == 0,
+             "%s: the fused MLP (%s) gives the logits of the MLP in two launches bit for bit, split parts on "
+             "(%d of %d steps differ%s)",
+             name, ((struct cuda_backend *)gpu)->plan.fused_mlp ? "on" : "off", fused_mlp_bad, steps,
+             fused_mlp_steps);
     free(lg);
     free(lc);
     free(ls);
     free(lf);
+    free(ln);
     free(scratch);
+    backend_free(gpu_nofm);
     backend_free(gpu_fq);
     backend_free(gpu_sum);
     backend_free(gpu);
