@@ -88,9 +88,10 @@ static int put_stack(struct cuda_backend *b, struct loader *ld, const struct mod
                  name, (long long)k_in);
         b->moe->warned_fp8 = true;
     }
-    m->bytes = (size_t)(rows * k_in) * (fp8 ? 1 : 2) + (fp8 ? (size_t)rows * sizeof(float) : 0);
-    if ((rc = alloc_weights(b, &m->w, (size_t)(rows * k_in) * (fp8 ? 1 : 2))) < 0) goto fail;
-    if (fp8 && (rc = alloc_weights(b, (void **)&m->scale, (size_t)rows * sizeof(float))) < 0) goto fail;
+    const size_t w_bytes = (size_t)(rows * k_in) * (fp8 ? 1 : 2), s_bytes = fp8 ? (size_t)rows * sizeof(float) : 0;
+    m->bytes = w_bytes + s_bytes;
+    if ((rc = alloc_weights(b, &m->w, w_bytes)) < 0) goto fail;
+    if (fp8 && (rc = alloc_weights(b, (void **)&m->scale, s_bytes)) < 0) goto fail;
     for (int i = 0; i < n; i++) {
         const struct tensor *t = parts[i];
         if (!fp8) {
