@@ -243,9 +243,11 @@ else
 kernels-dev:
 	@echo "make kernels-dev: needs nvcc" >&2; exit 1
 endif
-$(BUILD)/kernels-dev/%: $(BUILD)/obj/kernels/dev/%.o $(patsubst %.cu,$(BUILD)/obj/%.o,$(DEV_CU)) $(call lib,kernels)
+# The model library too: the shared attention reference reads FP8 caches with worker/model/fp8.c.
+$(BUILD)/kernels-dev/%: $(BUILD)/obj/kernels/dev/%.o $(patsubst %.cu,$(BUILD)/obj/%.o,$(DEV_CU)) $(call lib,kernels) \
+                        $(call area_libs,model)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ -lm $(CUDA_LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $(filter %.o,$^) -Wl,--start-group $(filter %.a,$^) -Wl,--end-group $(LDLIBS) $(CUDA_LDLIBS) -o $@
 
 # --- dependencies ---------------------------------------------------------------------
 DEB_PACKAGES := libuv1-dev libcurl4-openssl-dev libjansson-dev libpcre2-dev libcriterion-dev \

@@ -10,9 +10,12 @@
 // split writes its partial (o, m, l) and a second kernel merges the splits. A sliding window only
 // moves the block's key range (attn_block_keys), so no key before it is read, nor its block-table
 // entry. Soft-capping is compiled into a second instance of the kernel (CAP), since in the loop
-// it costs registers.
+// it costs registers. An FP8 cache (--kv-cache-dtype fp8) is a third parameter (FP8): its codes
+// are loaded 8 to a lane (an 8-byte load) where bf16 takes 16 bytes, K's scale folded into q's
+// and V's applied to the output (kernels/kv_cache.cuh).
 #include "kernels/attention_common.cuh"
 #include "kernels/bf16.cuh"
+#include "kernels/kv_cache.cuh"
 
 #include <cuda_bf16.h>
 #include <math.h>
@@ -31,10 +34,26 @@ __device__ __forceinline__ void load8(const __nv_bfloat16 *p, float *out)
     bf16x8_to_f32(*reinterpret_cast<const uint4 *>(p), out);
 }
 
-// CAP: the scores are soft-capped (p.softcap > 0; otherwise it must be 0).
-template <int E, int G, bool VEC, bool CAP>
+__device__ __forceinline__ void load8(const uint8_t *p, float *out)
+{
+    kv_e4m3x8_to_f32(*reinterpret_cast<const uint2 *>(p), out);
+}
+
+__device__ __forceinline__ float load1(const __nv_bfloat16 *p)
+{
+    return __bfloat162float(*p);
+}
+
+__device__ __forceinline__ float load1(const uint8_t *p)
+{
+    return kv_e4m3_to_f32(*p);
+}
+
+// CAP: the scores are soft-capped (p.softcap > 0; otherwise it must be 0). FP8: the caches hold
+// e4m3 codes.
+template <int E, int G, bool VEC, bool CAP, bool FP8>
 __global__ void __launch_bounds__(kWarps * 32)
-    attention_kernel(const float *q, const __nv_bfloat16 *k_cache, const __nv_bfloat16 *v_cache,
+    attention_kernel(const float *q, const kv_elem_t<FP8> *k_cache, const kv_elem_t<FP8> *v_cache,
                      const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos, float *part_o,
                      float *part_ml, __nv_bfloat16 *out, sk_attn_params p)
 {
@@ -51,7 +70,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 
     float qv[E], acc[E];
     // Scores in natural units; soft-capped, divided by the cap (attn_tanh's argument).
-    const float qs = CAP ? p.scale / p.softcap : p.scale;
+    const float kscale = FP8 ? p.scale * p.k_scale : p.scale;
+    const float qs = CAP ? kscale / p.softcap : kscale;
     const float *qrow = q + ((int64_t)t * p.n_heads + h) * d;
 #pragma unroll
     for (int i = 0; i < E; i++) {
@@ -79,8 +99,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
                     for (int i = 0; i < E; i++) {
                         bool in = g * E + i < d;
-                        kf[u][i] = in ? __bfloat162float(k_cache[off + i]) : 0.0f;
-                        vf[u][i] = in ? __bfloat162float(v_cache[off + i]) : 0.0f;
+                        kf[u][i] = in ? load1(k_cache + off + i) : 0.0f;
+                        vf[u][i] = in ? load1(v_cache + off + i) : 0.0f;
                     }
                 }
             }
@@ -134,7 +154,7 @@ __global__ void __launch_bounds__(kWarps * 32)
             float mk = smem[k * stride];
             if (mk != -INFINITY) o += smem[k * stride + 2 + di] * __expf(mk - mx);
         }
-        attn_store_head(p, out, part_o, part_ml, t, ti, h, split, di, o, mx, lt);
+        attn_store_head(p, out, part_o, part_ml, t, ti, h, split, di, FP8 ? o * p.v_scale : o, mx, lt);
     }
 }
 
@@ -159,28 +179,37 @@ __global__ void merge_splits_kernel(const float *part_o, const float *part_ml, _
     }
 }
 
-template <int E, int G, bool VEC, bool CAP>
-cudaError_t launch_k(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *ts,
+template <int E, int G, bool VEC, bool CAP, bool FP8>
+cudaError_t launch_k(const float *q, const void *k, const void *v, const int32_t *bt, const int32_t *ts,
                      const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p, cudaStream_t s)
 {
     dim3 grid(p.n_heads, p.n_tokens, p.n_splits);
     size_t sh = (size_t)kWarps * (32 / G) * (p.head_dim + 2) * sizeof(float);
     if (sh > 48 * 1024) {
-        cudaError_t e = cudaFuncSetAttribute(attention_kernel<E, G, VEC, CAP>,
+        cudaError_t e = cudaFuncSetAttribute(attention_kernel<E, G, VEC, CAP, FP8>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sh);
         if (e != cudaSuccess) return e;
     }
-    attention_kernel<E, G, VEC, CAP><<<grid, kWarps * 32, sh, s>>>(
-        q, (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, bt, ts, pos, po, pml, (__nv_bfloat16 *)out, p);
+    attention_kernel<E, G, VEC, CAP, FP8><<<grid, kWarps * 32, sh, s>>>(
+        q, (const kv_elem_t<FP8> *)k, (const kv_elem_t<FP8> *)v, bt, ts, pos, po, pml, (__nv_bfloat16 *)out, p);
     return cudaGetLastError();
 }
 
+template <int E, int G, bool VEC, bool FP8>
+cudaError_t launch_cap(const float *q, const void *k, const void *v, const int32_t *bt, const int32_t *ts,
+                       const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p,
+                       cudaStream_t s)
+{
+    if (p.softcap > 0) return launch_k<E, G, VEC, true, FP8>(q, k, v, bt, ts, pos, po, pml, out, p, s);
+    return launch_k<E, G, VEC, false, FP8>(q, k, v, bt, ts, pos, po, pml, out, p, s);
+}
+
 template <int E, int G, bool VEC>
-cudaError_t launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, const int32_t *ts,
+cudaError_t launch(const float *q, const void *k, const void *v, const int32_t *bt, const int32_t *ts,
                    const int32_t *pos, float *po, float *pml, uint16_t *out, const sk_attn_params &p, cudaStream_t s)
 {
-    if (p.softcap > 0) return launch_k<E, G, VEC, true>(q, k, v, bt, ts, pos, po, pml, out, p, s);
-    return launch_k<E, G, VEC, false>(q, k, v, bt, ts, pos, po, pml, out, p, s);
+    if (p.kv_fp8) return launch_cap<E, G, VEC, true>(q, k, v, bt, ts, pos, po, pml, out, p, s);
+    return launch_cap<E, G, VEC, false>(q, k, v, bt, ts, pos, po, pml, out, p, s);
 }
 
 } // namespace
@@ -195,7 +224,7 @@ cudaError_t attention_merge_splits(const float *part_o, const float *part_ml, ui
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t sk_attention(const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
+extern "C" cudaError_t sk_attention(const float *q, const void *k_cache, const void *v_cache,
                                     const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos,
                                     float *part_o, float *part_ml, uint16_t *out, struct sk_attn_params p,
                                     enum sk_attn_kernel kernel, cudaStream_t s)
@@ -203,7 +232,8 @@ extern "C" cudaError_t sk_attention(const float *q, const uint16_t *k_cache, con
     if (p.n_tokens <= 0) return cudaSuccess;
     if (p.head_dim < 1 || p.head_dim > SK_MAX_HEAD_DIM || p.n_kv_heads < 1 || p.n_heads % p.n_kv_heads ||
         p.n_splits < 1 || p.n_tokens > 65535 || p.n_splits > 65535 ||
-        (p.n_splits > 1 && (p.split_len < 0 || !part_o || !part_ml)))
+        (p.n_splits > 1 && (p.split_len < 0 || !part_o || !part_ml)) ||
+        (p.kv_fp8 && !(p.k_scale > 0.0f && p.v_scale > 0.0f)))
         return cudaErrorInvalidValue;
     cudaError_t e;
     if (kernel == SK_ATTN_DECODE_STREAM) {
@@ -245,14 +275,15 @@ extern "C" cudaError_t sk_attention(const float *q, const uint16_t *k_cache, con
     return e != cudaSuccess ? e : attention_merge_splits(part_o, part_ml, out, p, s);
 }
 
-extern "C" cudaError_t sk_attention_decode_qkv(const struct sk_qkv_src *src, uint16_t *k_cache, uint16_t *v_cache,
+extern "C" cudaError_t sk_attention_decode_qkv(const struct sk_qkv_src *src, void *k_cache, void *v_cache,
                                                const int32_t *block_tables, const int32_t *token_seq,
                                                const int32_t *pos, float *part_o, float *part_ml, uint16_t *out,
                                                struct sk_attn_params p, cudaStream_t s)
 {
     if (p.n_tokens <= 0) return cudaSuccess;
     if (!sk_attention_decode_qkv_fits(&p) || p.n_tokens > 65535 || p.n_splits < 1 || p.n_splits > 65535 ||
-        (p.n_splits > 1 && (p.split_len < 0 || !part_o || !part_ml)))
+        (p.n_splits > 1 && (p.split_len < 0 || !part_o || !part_ml)) ||
+        (p.kv_fp8 && !(p.k_scale > 0.0f && p.v_scale > 0.0f)))
         return cudaErrorInvalidValue;
     // The qkv product's rows as qkv_head128 reads them: 16-byte accesses, parts of whole rows.
     const int64_t width = (int64_t)(p.n_heads + 2 * p.n_kv_heads) * p.head_dim;

@@ -106,12 +106,12 @@ __device__ __forceinline__ void attn_store_head(const sk_attn_params &p, __nv_bf
 // The tensor-core streaming decode kernel (attention_decode_gqa.cu), reached through sk_attention
 // for the shapes sk_attention_decode_fits takes: 3 ring slots per warp, launched as a programmatic
 // dependent of the previous kernel in the stream.
-cudaError_t attention_decode_launch(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt,
+cudaError_t attention_decode_launch(const float *q, const void *k, const void *v, const int32_t *bt,
                                     const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
                                     const sk_attn_params &p, cudaStream_t s);
 // The same kernel doing qkv_post's work for its token (sk_attention_decode_qkv, which checks src
 // and p).
-cudaError_t attention_decode_qkv_launch(const sk_qkv_src &src, uint16_t *k, uint16_t *v, const int32_t *bt,
+cudaError_t attention_decode_qkv_launch(const sk_qkv_src &src, void *k, void *v, const int32_t *bt,
                                         const int32_t *ts, const int32_t *pos, float *po, float *pml, uint16_t *out,
                                         const sk_attn_params &p, cudaStream_t s);
 // With p.n_splits > 1, the splits' partial results (part_o, part_ml) into out; nothing otherwise

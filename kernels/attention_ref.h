@@ -7,8 +7,12 @@
 #ifndef SLUICE_KERNELS_ATTENTION_REF_H
 #define SLUICE_KERNELS_ATTENTION_REF_H
 
+#include <pthread.h>
+#include <unistd.h>
+
 #include "kernels/sluice_kernels.h"
 #include "tests/gpu/gpu_test.h"
+#include "worker/model/fp8.h"
 
 /* bf16 outputs pass at ||out - ref|| / ||ref|| below this. */
 #define ATTN_TOL 1e-2
@@ -18,7 +22,7 @@ struct attn_runner {
     int n;
     const int *variants;
     /* Runs variant v with sk_attention's arguments; whether v takes p. */
-    cudaError_t (*run)(int v, const float *q, const uint16_t *k, const uint16_t *v_cache, const int32_t *bt,
+    cudaError_t (*run)(int v, const float *q, const void *k, const void *v_cache, const int32_t *bt,
                        const int32_t *seq, const int32_t *pos, float *part_o, float *part_ml, uint16_t *out,
                        struct sk_attn_params p, cudaStream_t s);
     int (*fits)(int v, const struct sk_attn_params *p);
@@ -27,7 +31,7 @@ struct attn_runner {
 };
 
 /* The shipped kernels under their variant numbers. */
-static inline cudaError_t attn_run_shipped(int v, const float *q, const uint16_t *k, const uint16_t *vc,
+static inline cudaError_t attn_run_shipped(int v, const float *q, const void *k, const void *vc,
                                            const int32_t *bt, const int32_t *seq, const int32_t *pos, float *po,
                                            float *pml, uint16_t *out, struct sk_attn_params p, cudaStream_t s)
 {
@@ -43,13 +47,39 @@ struct attn_seq {
     int start, n_new;
 };
 
-/* Soft-capping and a sliding window (sk_attn_params' softcap and window), and a factor on the
- * scale: scores of a few units, which a cap of 50 changes by more than the tolerance. */
+/* Soft-capping and a sliding window (sk_attn_params' softcap and window), a factor on the
+ * scale: scores of a few units, which a cap of 50 changes by more than the tolerance; and an FP8
+ * cache (kv_fp8): the values are stored as e4m3 codes of value / ATTN_FP8_K_SCALE (K) and value /
+ * ATTN_FP8_V_SCALE (V), and the reference reads the codes' values times the scales. */
 struct attn_opts {
     float softcap;
     int window;
     float scale_mult; /* 0: 1 */
+    int kv_fp8;
 };
+
+/* Scales far from 1 and from each other, so that a kernel that left either out, or swapped them,
+ * misses the reference by far more than the tolerance; N(0, 1) values then take codes up to
+ * about +-200, inside e4m3's +-448. */
+#define ATTN_FP8_K_SCALE 0.02f
+#define ATTN_FP8_V_SCALE 0.03125f
+
+/* A cache's element i as a double: bf16, or (fp8) an e4m3 code's value times scale. */
+static inline double attn_kv_value(const void *cache, size_t i, int fp8, float scale)
+{
+    return fp8 ? (double)fp8_e4m3_to_f32(((const uint8_t *)cache)[i]) * scale
+               : (double)gt_bf2f(((const uint16_t *)cache)[i]);
+}
+
+/* The bf16 caches k and v (n values each) as e4m3 codes of value / the scale, as the kernels store
+ * them (fp8_e4m3_from_f32; NaN stays NaN, 0x7f). */
+static inline void attn_kv_encode_fp8(const uint16_t *k, const uint16_t *v, uint8_t *k8, uint8_t *v8, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        k8[i] = fp8_e4m3_from_f32(gt_bf2f(k[i]) / ATTN_FP8_K_SCALE);
+        v8[i] = fp8_e4m3_from_f32(gt_bf2f(v[i]) / ATTN_FP8_V_SCALE);
+    }
+}
 
 /* The first key a query at position qpos sees (as attn_first_key in kernels/attention_common.cuh). */
 static inline int attention_first_key(int window, int qpos)
@@ -60,40 +90,89 @@ static inline int attention_first_key(int window, int qpos)
 /* Causal attention in double over the paged cache (16-key blocks), as every decode kernel
  * computes it: token t (sequence tseq[t]) attends to keys first..tpos[t] (first > 0 past a
  * sliding window: no key or block-table entry before it is read), scores soft-capped where
- * softcap > 0. */
+ * softcap > 0. The (token, head) pairs are shared among threads: the long-context and head_dim
+ * 256 cases would otherwise spend minutes here, on one core of a many-core machine. */
+struct attn_ref_job {
+    const float *q;
+    const void *k, *v;
+    int fp8;
+    const int32_t *bt, *tseq, *tpos;
+    int stride, T, nh, nkv, D, window, max_ctx;
+    float scale, softcap;
+    double *ref;
+    int first_pair, n_pairs; /* pairs t * nh + h of this thread */
+};
+
+static inline void *attention_ref_pairs(void *arg)
+{
+    const struct attn_ref_job *a = arg;
+    const int D = a->D, nh = a->nh, nkv = a->nkv;
+    double *sc = malloc((size_t)a->max_ctx * 8), *o = malloc((size_t)D * 8);
+    for (int pair = a->first_pair; pair < a->first_pair + a->n_pairs; pair++) {
+        const int t = pair / nh, h = pair % nh;
+        const int kvh = h / (nh / nkv), n = a->tpos[t] + 1, first = attention_first_key(a->window, a->tpos[t]);
+        const int32_t *tb = a->bt + (size_t)a->tseq[t] * a->stride;
+        const float *qh = a->q + ((size_t)t * nh + h) * D;
+        double mx = -INFINITY;
+        for (int j = first; j < n; j++) {
+            const size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
+            double s = 0;
+            for (int i = 0; i < D; i++) s += (double)qh[i] * attn_kv_value(a->k, at + i, a->fp8, ATTN_FP8_K_SCALE);
+            sc[j] = s * a->scale;
+            if (a->softcap > 0) sc[j] = a->softcap * tanh(sc[j] / a->softcap);
+            if (sc[j] > mx) mx = sc[j];
+        }
+        double sum = 0;
+        for (int j = first; j < n; j++) sum += (sc[j] = exp(sc[j] - mx));
+        for (int i = 0; i < D; i++) o[i] = 0;
+        for (int j = first; j < n; j++) { /* key by key: each key's row is read once, in order */
+            const size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
+            for (int i = 0; i < D; i++) o[i] += sc[j] * attn_kv_value(a->v, at + i, a->fp8, ATTN_FP8_V_SCALE);
+        }
+        for (int i = 0; i < D; i++) a->ref[((size_t)t * nh + h) * D + i] = o[i] / sum;
+    }
+    free(o);
+    free(sc);
+    return NULL;
+}
+
+static inline void attention_ref_kv(const float *q, const void *k, const void *v, int fp8, const int32_t *bt,
+                                    int stride, const int32_t *tseq, const int32_t *tpos, int T, int nh, int nkv,
+                                    int D, float scale, float softcap, int window, double *ref)
+{
+    enum { MAX_THREADS = 32 };
+    int max_ctx = 1;
+    for (int t = 0; t < T; t++)
+        if (tpos[t] + 1 > max_ctx) max_ctx = tpos[t] + 1;
+    const int pairs = T * nh;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = cores < 1 ? 1 : cores > MAX_THREADS ? MAX_THREADS : (int)cores;
+    if (n > pairs) n = pairs > 0 ? pairs : 1;
+    struct attn_ref_job jobs[MAX_THREADS];
+    pthread_t th[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int i = 0, at = 0; i < n; i++) {
+        const int share = pairs / n + (i < pairs % n);
+        jobs[i] = (struct attn_ref_job){.q = q, .k = k, .v = v, .fp8 = fp8, .bt = bt, .tseq = tseq, .tpos = tpos,
+                                        .stride = stride, .T = T, .nh = nh, .nkv = nkv, .D = D, .window = window,
+                                        .max_ctx = max_ctx, .scale = scale, .softcap = softcap, .ref = ref,
+                                        .first_pair = at, .n_pairs = share};
+        at += share;
+        /* The first share runs on this thread; a thread that cannot start runs its share here too. */
+        started[i] = i > 0 && pthread_create(&th[i], NULL, attention_ref_pairs, &jobs[i]) == 0;
+        if (i > 0 && !started[i]) attention_ref_pairs(&jobs[i]);
+    }
+    attention_ref_pairs(&jobs[0]);
+    for (int i = 1; i < n; i++)
+        if (started[i]) pthread_join(th[i], NULL);
+}
+
+/* The same over bf16 caches. */
 static inline void attention_ref_opt(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt,
                                      int stride, const int32_t *tseq, const int32_t *tpos, int T, int nh, int nkv,
                                      int D, float scale, float softcap, int window, double *ref)
 {
-    int max_ctx = 0;
-    for (int t = 0; t < T; t++)
-        if (tpos[t] + 1 > max_ctx) max_ctx = tpos[t] + 1;
-    double *sc = malloc((size_t)max_ctx * 8);
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < nh; h++) {
-            int kvh = h / (nh / nkv), n = tpos[t] + 1, first = attention_first_key(window, tpos[t]);
-            const int32_t *tb = bt + (size_t)tseq[t] * stride;
-            double mx = -INFINITY;
-            for (int j = first; j < n; j++) {
-                size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
-                double s = 0;
-                for (int i = 0; i < D; i++) s += (double)q[((size_t)t * nh + h) * D + i] * gt_bf2f(k[at + i]);
-                sc[j] = s * scale;
-                if (softcap > 0) sc[j] = softcap * tanh(sc[j] / softcap);
-                if (sc[j] > mx) mx = sc[j];
-            }
-            double sum = 0;
-            for (int j = first; j < n; j++) sum += (sc[j] = exp(sc[j] - mx));
-            for (int i = 0; i < D; i++) {
-                double o = 0;
-                for (int j = first; j < n; j++) {
-                    size_t at = ((size_t)(tb[j / 16] * nkv + kvh) * 16 + j % 16) * D;
-                    o += sc[j] * gt_bf2f(v[at + i]);
-                }
-                ref[((size_t)t * nh + h) * D + i] = o / sum;
-            }
-        }
-    free(sc);
+    attention_ref_kv(q, k, v, 0, bt, stride, tseq, tpos, T, nh, nkv, D, scale, softcap, window, ref);
 }
 
 static inline void attention_ref(const float *q, const uint16_t *k, const uint16_t *v, const int32_t *bt, int stride,
@@ -139,13 +218,16 @@ static inline void attention_drop_before_window(int32_t *tb, uint16_t *k, uint16
  * o (NULL: none) soft-caps and slides a window; then the blocks before each sequence's window are
  * dropped (attention_drop_before_window), and a second check says that the case tells the
  * options apart: the reference without the window, and the one without the cap, are each more
- * than 3 tolerances away from the one with both, so a kernel that ignored either would fail. */
+ * than 3 tolerances away from the one with both, so a kernel that ignored either would fail.
+ * With o->kv_fp8 the caches go to the kernels as e4m3 codes (attn_kv_encode_fp8, after every
+ * change to the bf16 values), and the references read the codes. */
 static inline void attention_seqs_opt(const struct attn_runner *r, const struct attn_seq *seqs, int S, int nh,
                                       int nkv, int D, int n_splits, int split_len, int mixed,
                                       const struct attn_opts *o)
 {
     const float softcap = o ? o->softcap : 0.0f;
     const int window = o ? o->window : 0;
+    const int fp8 = o && o->kv_fp8;
     int T = 0, max_ctx = 0;
     for (int s = 0; s < S; s++) {
         T += seqs[s].n_new;
@@ -181,21 +263,28 @@ static inline void attention_seqs_opt(const struct attn_runner *r, const struct 
     float *q = malloc(qn * 4);
     for (size_t i = 0; i < qn; i++) q[i] = gt_normal();
     float scale = (o && o->scale_mult > 0 ? o->scale_mult : 1.0f) / sqrtf((float)D);
+    /* What the kernels and references read: the bf16 caches, or their codes. */
+    uint8_t *k8 = fp8 ? malloc(cache_n) : NULL, *v8 = fp8 ? malloc(cache_n) : NULL;
+    const void *kr = fp8 ? (const void *)k8 : (const void *)k, *vr = fp8 ? (const void *)v8 : (const void *)v;
+    if (fp8) attn_kv_encode_fp8(k, v, k8, v8, cache_n);
 
     double *ref = malloc(qn * 8), *ref_nowin = NULL, *ref_nocap = NULL;
     if (window > 0) {
         ref_nowin = malloc(qn * 8);
-        attention_ref_opt(q, k, v, bt, stride, tseq, tpos, T, nh, nkv, D, scale, softcap, 0, ref_nowin);
+        attention_ref_kv(q, kr, vr, fp8, bt, stride, tseq, tpos, T, nh, nkv, D, scale, softcap, 0, ref_nowin);
         for (int s = 0; s < S; s++)
             attention_drop_before_window(bt + (size_t)s * stride, k, v, s, seqs[s].start, window, nkv, D);
+        if (fp8) attn_kv_encode_fp8(k, v, k8, v8, cache_n);
     }
     if (softcap > 0) {
         ref_nocap = malloc(qn * 8);
-        attention_ref_opt(q, k, v, bt, stride, tseq, tpos, T, nh, nkv, D, scale, 0.0f, window, ref_nocap);
+        attention_ref_kv(q, kr, vr, fp8, bt, stride, tseq, tpos, T, nh, nkv, D, scale, 0.0f, window, ref_nocap);
     }
-    attention_ref_opt(q, k, v, bt, stride, tseq, tpos, T, nh, nkv, D, scale, softcap, window, ref);
+    attention_ref_kv(q, kr, vr, fp8, bt, stride, tseq, tpos, T, nh, nkv, D, scale, softcap, window, ref);
 
-    uint16_t *dk = gt_up(k, cache_n * 2), *dv = gt_up(v, cache_n * 2), *dout = gt_dev(qn * 2);
+    const size_t elem = fp8 ? 1 : 2;
+    void *dk = gt_up(kr, cache_n * elem), *dv = gt_up(vr, cache_n * elem);
+    uint16_t *dout = gt_dev(qn * 2);
     float *dq = gt_up(q, qn * 4);
     int32_t *dbt = gt_up(bt, (size_t)S * stride * 4), *dseq = gt_up(tseq, T * 4), *dpos = gt_up(tpos, T * 4);
     float *dpo = gt_dev((size_t)T * nh * n_splits * D * 4), *dml = gt_dev((size_t)T * nh * n_splits * 2 * 4);
@@ -208,7 +297,10 @@ static inline void attention_seqs_opt(const struct attn_runner *r, const struct 
                                .n_splits = n_splits,
                                .split_len = split_len,
                                .softcap = softcap,
-                               .window = window};
+                               .window = window,
+                               .kv_fp8 = fp8,
+                               .k_scale = ATTN_FP8_K_SCALE,
+                               .v_scale = ATTN_FP8_V_SCALE};
     int32_t *dtiles = NULL, *dlist = NULL;
     int nt = 0;
     if (mixed) {
@@ -253,7 +345,7 @@ static inline void attention_seqs_opt(const struct attn_runner *r, const struct 
         at += snprintf(line + at, sizeof line - at, " %d:%.1e", r->variants[mi], errs[mi]);
     }
     char opts[64] = "";
-    if (o) snprintf(opts, sizeof opts, " softcap=%g window=%d", softcap, window);
+    if (o) snprintf(opts, sizeof opts, " softcap=%g window=%d%s", softcap, window, fp8 ? " kv=fp8" : "");
     GT_CHECK(worst < ATTN_TOL,
              "attention%s nh=%d nkv=%d D=%d splits=%d/%d%s (S=%d, T=%d, contexts to %d): rel err by variant%s",
              mixed ? " (tensor-core prefill + listed decode)" : "", nh, nkv, D, n_splits, split_len, opts, S, T,
@@ -285,6 +377,8 @@ static inline void attention_seqs_opt(const struct attn_runner *r, const struct 
     free(perm);
     free(k);
     free(v);
+    free(k8);
+    free(v8);
     free(q);
     free(out);
     free(ref);
@@ -297,8 +391,8 @@ static inline void attention_seqs(const struct attn_runner *r, const struct attn
     attention_seqs_opt(r, seqs, S, nh, nkv, D, n_splits, split_len, mixed, NULL);
 }
 
-/* The batches every runner is checked on: head dims 8..256 (the streaming kernel takes 64 and
- * 128), 1 to 16 query heads per kv head, splits of fixed and per-token lengths, tensor-core
+/* The batches every runner is checked on: head dims 8..256 (the streaming kernel takes 64, 128
+ * and 256), 1 to 16 query heads per kv head, splits of fixed and per-token lengths, tensor-core
  * prefill tiles with listed decode tokens, decode batches at chunk and block edges, and ranges
  * past the 1024 block-table entries the streaming kernel stages. */
 static inline void attention_case_m(const struct attn_runner *r, int nh, int nkv, int D, int n_splits, int split_len,
@@ -378,7 +472,7 @@ static inline void attention_cases(const struct attn_runner *r)
  * shipped kernels alone). Queries up to hundreds of positions past windows of 16, 24 and 100 keys,
  * the blocks before each sequence's window dropped (-1 or far out of range) and the keys before it
  * in its first kept block NaN; caps of 50 (on scores scaled up 16 times, so that the cap matters)
- * and 2; head dims 64 and 128 on every kernel and 16, 48 and 256 (Gemma 2's) on the per-head one;
+ * and 2; head dims 64, 128 and 256 (Gemma 2's) on every kernel and 16 and 48 on the per-head one;
  * splits of per-token and of fixed lengths, some of them empty past the window; tensor-core
  * prefill tiles whose chunks start past the window; decode batches of 1, 2, 4 and 8 query heads
  * per kv head; and a window 16500 keys into a context. */
@@ -387,8 +481,8 @@ static inline void attention_window_cases(const struct attn_runner *r)
     const struct attn_seq seqs[] = {{300, 1}, {517, 1}, {5, 1},    {0, 37},  {250, 150},
                                     {700, 40}, {1000, 1}, {130, 70}, {64, 1}};
     const int S = (int)(sizeof seqs / sizeof seqs[0]);
-    const struct attn_opts w16 = {0, 16, 0}, w100 = {0, 100, 0}, c50 = {50, 0, 16}, w24c50 = {50, 24, 16},
-                           w100c50 = {50, 100, 16}, w16c2 = {2, 16, 0}, w100c2 = {2, 100, 0};
+    const struct attn_opts w16 = {0, 16, 0, 0}, w100 = {0, 100, 0, 0}, c50 = {50, 0, 16, 0}, w24c50 = {50, 24, 16, 0},
+                           w100c50 = {50, 100, 16, 0}, w16c2 = {2, 16, 0, 0}, w100c2 = {2, 100, 0, 0};
     /* Every token through the decode kernels. */
     attention_seqs_opt(r, seqs, S, 8, 2, 128, 1, 0, 0, &w16);
     attention_seqs_opt(r, seqs, S, 16, 4, 64, 3, 0, 0, &w24c50);
@@ -417,7 +511,7 @@ static inline void attention_window_cases(const struct attn_runner *r)
     attention_decode_batch_opt(r, 4, 4, 64, 3, &w16c2);
     /* A window far into a long context: the streaming kernel stages the table from its block on. */
     const struct attn_seq longs[] = {{16500, 1}, {3000, 1}};
-    const struct attn_opts w1000c50 = {50, 1000, 16};
+    const struct attn_opts w1000c50 = {50, 1000, 16, 0};
     attention_seqs_opt(r, longs, 2, 8, 2, 128, 2, 0, 0, &w1000c50);
 }
 

@@ -3,7 +3,8 @@
  * scattered slots (q within 1e-3, the bf16 caches within 1e-2 relative error); the same from qkv in
  * split parts bit for bit; the refusals of part counts and strides it cannot take; and rope
  * frequencies chosen per sequence, which must give each token exactly what the static path gives
- * it with its sequence's table. */
+ * it with its sequence's table; and an FP8 cache's codes (--kv-cache-dtype fp8), which must be the
+ * CPU's fp8_e4m3_from_f32(value / scale) bit for bit on every kind of value. */
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 
 #include "kernels/sluice_kernels.h"
 #include "tests/gpu/gpu_test.h"
+#include "worker/model/fp8.h"
 
 #define BF_TOL 1e-2
 
@@ -216,6 +218,73 @@ static void test_qkv_post_seq_freqs(int D)
     cudaFree(dv);
 }
 
+/* The FP8 cache's codes: k and v written through qkv_post at position 0 (no rotation, no norm, no
+ * bias: k and v reach the cache as given) must be fp8_e4m3_from_f32(x / scale) bit for bit, the
+ * CPU's rounding (tests/unit/backend/test_cpu_kv_fp8.c checks it against a search over the
+ * codes), over every code's value, the midpoints between neighbours (ties to even) and a step
+ * either side of them, subnormals, values past 448 and, in v, infinities and NaN. head_dim 128
+ * takes the 16-byte path, 8 and 80 the scalar one; a scale of 1 and one that is no power of two. */
+static void test_qkv_post_fp8_codes(int D, float scale)
+{
+    float vals[2048];
+    int n = 0;
+    for (int c = 0; c < 127; c++) {
+        const float a = fp8_e4m3_to_f32((uint8_t)c), b = c < 126 ? fp8_e4m3_to_f32((uint8_t)(c + 1)) : 480.0f;
+        const float mid = (float)(((double)a + (double)b) / 2);
+        const float xs[] = {a, mid, nextafterf(mid, 0.0f), nextafterf(mid, INFINITY)};
+        for (int i = 0; i < 4; i++) {
+            vals[n++] = xs[i] * scale;
+            vals[n++] = -xs[i] * scale;
+        }
+    }
+    const float far[] = {449.0f, 464.0f, 1e6f, 3e38f, 1e-30f, -1e-30f, 0.0f, -0.0f};
+    for (int i = 0; i < 8; i++) vals[n++] = far[i];
+    const int nh = 1, nkv = 1, nall = nh + 2 * nkv, T = (n + D - 1) / D, nblocks = (T + 15) / 16;
+    const size_t qkvn = (size_t)T * nall * D, cache_n = (size_t)nblocks * nkv * 16 * D;
+    float *qkv = calloc(qkvn, 4), *inv = malloc(D / 2 * 4);
+    int32_t *pos = calloc(T, 4), *slot = malloc((size_t)T * 4);
+    for (int i = 0; i < D / 2; i++) inv[i] = 0.5f;
+    for (int t = 0; t < T; t++) slot[t] = t;
+    /* Token t's k and v hold values t D .. t D + D - 1 (zeros past n); v also infinities and NaN.
+     * k's -0 becomes +0 (its rotation by angle 0 adds a +0 product: -0 + +0 is +0). */
+    for (int i = 0; i < T * D; i++) {
+        const float x = i < n ? vals[i] : 0.0f;
+        qkv[(size_t)(i / D) * nall * D + (size_t)nh * D + i % D] = x == 0.0f ? 0.0f : x;
+        qkv[(size_t)(i / D) * nall * D + (size_t)(nh + nkv) * D + i % D] =
+            i % 97 == 1 ? INFINITY : i % 97 == 2 ? -INFINITY : i % 97 == 3 ? NAN : x;
+    }
+    float *dqkv = gt_up(qkv, qkvn * 4), *dinv = gt_up(inv, D / 2 * 4), *dq = gt_dev((size_t)T * nh * D * 4);
+    int32_t *dpos = gt_up(pos, (size_t)T * 4), *dslot = gt_up(slot, (size_t)T * 4);
+    uint8_t *dk = gt_dev(cache_n), *dv = gt_dev(cache_n), *k = malloc(cache_n), *v = malloc(cache_n);
+    struct sk_qkv_params p = {.n_tokens = T, .n_heads = nh, .n_kv_heads = nkv, .head_dim = D, .eps = 1e-6f,
+                              .kv_fp8 = 1, .k_scale = scale, .v_scale = scale};
+    GT_CUDA(sk_qkv_post(dqkv, NULL, NULL, NULL, dinv, dpos, dslot, dq, dk, dv, p, 0));
+    gt_down(k, dk, cache_n);
+    gt_down(v, dv, cache_n);
+    int bad = 0;
+    char first[160] = "";
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < D; i++) {
+            const size_t src = (size_t)t * nall * D, at = (size_t)t * D + i; /* slot t of block 0.. */
+            const float xk = qkv[src + (size_t)nh * D + i], xv = qkv[src + (size_t)(nh + nkv) * D + i];
+            /* v is its sum plus the bias or +0, as the kernel adds it: -0 is stored as +0. */
+            const uint8_t wk = fp8_e4m3_from_f32(xk / scale), wv = fp8_e4m3_from_f32((xv + 0.0f) / scale);
+            if (k[at] != wk || v[at] != wv) {
+                if (!bad++)
+                    snprintf(first, sizeof first, "; first: k %.9g -> 0x%02x (CPU 0x%02x), v %.9g -> 0x%02x (CPU 0x%02x)",
+                             (double)xk, k[at], wk, (double)xv, v[at], wv);
+            }
+        }
+    GT_CHECK(bad == 0, "qkv_post D=%d into an FP8 cache, scale %g: %d of %d codes differ from the CPU's rounding%s", D,
+             (double)scale, bad, 2 * T * D, first);
+    struct sk_qkv_params no_scale = p;
+    no_scale.v_scale = 0.0f;
+    GT_CHECK(sk_qkv_post(dqkv, NULL, NULL, NULL, dinv, dpos, dslot, dq, dk, dv, no_scale, 0) == cudaErrorInvalidValue,
+             "qkv_post refuses an FP8 cache without a positive scale");
+    free(qkv), free(inv), free(pos), free(slot), free(k), free(v);
+    cudaFree(dqkv), cudaFree(dinv), cudaFree(dq), cudaFree(dpos), cudaFree(dslot), cudaFree(dk), cudaFree(dv);
+}
+
 int main(void)
 {
     if (!gt_have_gpu()) return 0;
@@ -229,5 +298,9 @@ int main(void)
     test_qkv_post_parts_refusals();
     test_qkv_post_seq_freqs(64);
     test_qkv_post_seq_freqs(128);
+    test_qkv_post_fp8_codes(128, 1.0f);
+    test_qkv_post_fp8_codes(128, 0.3f);
+    test_qkv_post_fp8_codes(8, 1.0f);
+    test_qkv_post_fp8_codes(80, 0.3f);
     return gt_finish();
 }

@@ -13,13 +13,6 @@
 #include "kernels/sluice_kernels.h"
 #include "worker/model/model.h"
 
-static const struct {
-    enum dtype dt;
-    int at[2], n;
-} types[] = {
-    {DTYPE_Q4_0, {0}, 1}, {DTYPE_Q4_1, {0, 2}, 2}, {DTYPE_Q5_0, {0}, 1},    {DTYPE_Q5_1, {0, 2}, 2},
-    {DTYPE_Q8_0, {0}, 1}, {DTYPE_Q4_K, {0, 2}, 2}, {DTYPE_Q5_K, {0, 2}, 2}, {DTYPE_Q6_K, {208}, 1},
-};
 
 /* x in int8 as the Q4_K dp4a path has it (per 32 values, sx = max|x| / 127 and round(x / sx)),
  * back in float: the activations that path multiplies. */
@@ -163,14 +156,14 @@ static void check_embed(enum dtype dt, const float *w, const void *dw, int n_row
     cudaFree(dt_tok), cudaFree(dprev), cudaFree(dx);
 }
 
-static void test_type(int t, int n_out, int k_in)
+static void test_type(const struct gt_block_type *ty, int n_out, int k_in)
 {
-    const enum dtype dt = types[t].dt;
+    const enum dtype dt = ty->dt;
     const char *name = dtype_name(dt);
     const int64_t n = (int64_t)n_out * k_in;
     printf("%s: %d x %d\n", name, n_out, k_in);
     GT_CHECK(sk_quant_supported((int)dt), "%s is taken by the block kernels", name);
-    void *blocks = gt_random_blocks(dt, types[t].at, types[t].n, n);
+    void *blocks = gt_random_blocks(dt, ty->at, ty->n, n);
     const size_t bytes = (size_t)(n / dtype_block_elems(dt)) * dtype_block_bytes(dt);
     float *w = malloc((size_t)n * 4);
     model_dequant(dt, blocks, w, n);
@@ -215,10 +208,12 @@ static void test_type(int t, int n_out, int k_in)
 int main(void)
 {
     if (!gt_have_gpu()) return 0;
-    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
-        test_type((int)t, 67, 512);  /* rows not a multiple of the warps per block */
-        test_type((int)t, 130, 768); /* three K-quant blocks a row */
-        test_type((int)t, 50, 5376); /* 21 K-quant blocks a row: the unrolled loops and their remainders */
+    int n_types;
+    const struct gt_block_type *types = gt_block_types(&n_types);
+    for (int t = 0; t < n_types; t++) {
+        test_type(&types[t], 67, 512);  /* rows not a multiple of the warps per block */
+        test_type(&types[t], 130, 768); /* three K-quant blocks a row */
+        test_type(&types[t], 50, 5376); /* 21 K-quant blocks a row: the unrolled loops and their remainders */
     }
     printf("unsupported types\n");
     GT_CHECK(!sk_quant_supported(DTYPE_Q2_K) && !sk_quant_supported(DTYPE_IQ4_XS) && !sk_quant_supported(DTYPE_BF16),

@@ -1,10 +1,11 @@
 /* GGUF block-quantized weights on the device, kept in the file's blocks (kernels/quant_*.cu):
- * small-batch matrix-vector products that dequantize in registers (quant_gemv.cu), the
- * dequantization of rows into bf16 for the larger batches' bf16 products (quant_dequant.cu) and
- * embedding rows looked up in a table of blocks (quant_embed.cu), over the block decoders of
- * quant_blocks.cuh. Types are numbered as enum dtype in worker/model/model.h (the kernels area
- * does not include it); each weight is computed exactly as worker/model/quant.c computes it
- * (every product and sum rounded on its own). */
+ * small-batch matrix-vector products that dequantize in registers (quant_gemv.cu), tensor-core
+ * products for larger batches that do too (quant_mma.cu), the dequantization of rows into bf16
+ * for the largest batches' cuBLAS products (quant_dequant.cu) and embedding rows looked up in a
+ * table of blocks (quant_embed.cu), over the block decoders of quant_blocks.cuh. Types are
+ * numbered as enum dtype in worker/model/model.h (the kernels area does not include it); each
+ * weight is computed exactly as worker/model/quant.c computes it (every product and sum rounded
+ * on its own). */
 #ifndef SLUICE_SK_QUANT_H
 #define SLUICE_SK_QUANT_H
 
@@ -55,6 +56,22 @@ int sk_gemv_q_int8(int dtype);
 /* dst[n * k_in + k] = bf16(w[n, k]) for n < n_rows: the same weights as sk_gemv_q's, rounded to
  * nearest even. Same requirements. */
 cudaError_t sk_dequant_bf16(int dtype, const void *w, uint16_t *dst, int n_rows, int k_in, cudaStream_t s);
+
+/* The same product on the tensor cores for batches past a few rows (quant_mma.cu): mma.sync
+ * m16n8k16 on bf16, each weight dequantized in registers to exactly sk_dequant_bf16's bf16, fp32
+ * sums; the blocks stream through shared memory once per SK_QUANT_MMA_ROWS rows. Every type
+ * sk_quant_supported takes; any rows, n_out and k_in a whole number of blocks.
+ * splits: k cut into that many ranges of whole stages (SK_QUANT_MMA_STAGE_K weights; fewer when
+ * k_in has fewer stages), 1 to SK_QUANT_MMA_MAX_SPLITS. With more than one, work holds the
+ * ranges' sums (splits * rows * n_out floats) and counters (sk_quant_mma_counters(rows, n_out)
+ * of them, zero before the launch and left zero after) says which block of a tile finishes
+ * last: that block adds the ranges in their order, so the result does not depend on timing.
+ * Needs w and x 16-byte aligned (w as cudaMalloc gives it: the blocks may have any size),
+ * ldx % 8 == 0 and ldx >= k_in; returns cudaErrorInvalidValue otherwise. */
+int sk_quant_mma_supported(int dtype);
+cudaError_t sk_quant_mma(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out,
+                         int k_in, int splits, float *work, unsigned *counters, cudaStream_t s);
+size_t sk_quant_mma_counters(int rows, int n_out);
 
 /* x[t, :] = the dequantized row of table (vocabulary rows of hidden weights in dtype's blocks)
  * for token t, taken as sk_embed takes it (negative: the sampled token of row -1 - id of the

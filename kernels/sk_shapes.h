@@ -19,6 +19,14 @@ extern "C" {
 /* The Hopper products' rows per launch at most, and their split-K count at most. */
 #define SK_HOPPER_MAX_ROWS 128
 #define SK_HOPPER_MAX_SPLITS 8
+/* The tensor-core product of GGUF block weights (kernels/quant_mma.cu, sk_quant_mma): output
+ * features a block, batch rows a block (more rows take more blocks side by side), weights a
+ * pipeline stage along k, and split-K ranges at most. The planner's split count
+ * (cuda_plan_quant) is made from these. */
+#define SK_QUANT_MMA_FEATURES 64
+#define SK_QUANT_MMA_ROWS 64
+#define SK_QUANT_MMA_STAGE_K 256
+#define SK_QUANT_MMA_MAX_SPLITS 16
 /* Rows of gate and of up interleaved together (sk_gate_up_interleave's layout). */
 #define SK_GATE_UP_BLOCK 64
 /* Query tokens of one sequence per prefill-attention tile. */
@@ -56,6 +64,9 @@ struct sk_attn_params {
                                   a block-table entry, or the cache, of a block wholly before the
                                   window of every query it serves (the engine frees those: -1);
                                   0: keys 0 .. p */
+    int kv_fp8;                /* 1: the caches hold e4m3 codes (one byte a value) of K / k_scale and
+                                  V / v_scale (--kv-cache-dtype fp8); 0: bf16 */
+    float k_scale, v_scale;    /* kv_fp8: the layer's scales */
 };
 
 /* The decode attention's kernels (sk_attention). */
@@ -69,13 +80,28 @@ enum sk_attn_kernel {
     SK_ATTN_DECODE_STREAM = 1,
 };
 
-/* Whether the streaming kernel takes p: head_dim 64 or 128 and 1, 2, 4 or 8 query heads per kv
- * head. */
+/* Whether the streaming kernel takes p: head_dim 64, 128 or 256 and 1, 2, 4 or 8 query heads per
+ * kv head. */
 static inline int sk_attention_decode_fits(const struct sk_attn_params *p)
 {
     if (p->n_kv_heads < 1 || p->n_heads % p->n_kv_heads) return 0;
     const int qg = p->n_heads / p->n_kv_heads;
-    return (p->head_dim == 64 || p->head_dim == 128) && (qg == 1 || qg == 2 || qg == 4 || qg == 8);
+    return (p->head_dim == 64 || p->head_dim == 128 || p->head_dim == 256) &&
+           (qg == 1 || qg == 2 || qg == 4 || qg == 8);
+}
+
+/* The streaming kernel's blocks resident on one SM, about: two at head_dim 256 (a block's rings
+ * take 96 KB of shared memory over bf16 caches, and ~190 registers a thread allow two either way),
+ * about four below (the number the planner's split rule was measured with). */
+static inline int sk_attention_decode_blocks_per_sm(int head_dim)
+{
+    return head_dim > 128 ? 2 : 4;
+}
+
+/* Whether sk_attention_prefill takes head_dim. */
+static inline int sk_attention_prefill_fits(int head_dim)
+{
+    return head_dim == 64 || head_dim == 128 || head_dim == 256;
 }
 
 /* Whether sk_attention_decode_qkv takes p: the streaming kernel's shapes at head_dim 128, with

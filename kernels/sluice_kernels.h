@@ -3,8 +3,9 @@
  * caller checks every launch. bf16 data travel as uint16_t (the raw bits) on the C side.
  *
  * Paged KV cache layout, per layer and for K and V alike: [block][kv_head][KV_BLOCK_SIZE][head_dim]
- * bf16, so one block of one head is a contiguous run that a warp reads in one sweep. A token's
- * slot is block_id * 16 + (position % 16). */
+ * bf16, or with kv_fp8 (--kv-cache-dtype fp8) e4m3 codes of value / the layer's k_scale or v_scale,
+ * so one block of one head is a contiguous run that a warp reads in one sweep. A token's slot is
+ * block_id * 16 + (position % 16). The launchers take the caches as void pointers for that. */
 #ifndef SLUICE_KERNELS_H
 #define SLUICE_KERNELS_H
 
@@ -90,19 +91,21 @@ struct sk_qkv_params {
      * rotates by seq_freqs[token_seq[t] * head_dim / 2 + i] instead of inv_freq[i]; NULL: not. */
     const float *seq_freqs;
     const int32_t *token_seq;
+    int kv_fp8;              /* the caches are e4m3 (sk_attn_params' kv_fp8), k and v written as */
+    float k_scale, v_scale;  /* e4m3(k / k_scale), e4m3(v / v_scale): kernels/kv_cache.cuh */
 };
 /* qkv: [T, (n_heads + 2 n_kv) * head_dim] fp32 (q heads, then k, then v). Adds bias (if not
  * NULL), applies the per-head RMSNorm of q and k (if q_norm/k_norm not NULL), rotates q and k
  * by pos[t] * inv_freq[i] (head_dim/2 frequencies), writes q to q_out [T, n_heads, head_dim]
- * fp32 and k, v as bf16 into the caches at slot[t]. */
+ * fp32 and k, v into the caches at slot[t] (bf16, or e4m3 with p.kv_fp8). */
 cudaError_t sk_qkv_post(const float *qkv, const float *bias, const float *q_norm, const float *k_norm,
-                        const float *inv_freq, const int32_t *pos, const int32_t *slot, float *q_out, uint16_t *k_cache,
-                        uint16_t *v_cache, struct sk_qkv_params p, cudaStream_t s);
+                        const float *inv_freq, const int32_t *pos, const int32_t *slot, float *q_out, void *k_cache,
+                        void *v_cache, struct sk_qkv_params p, cudaStream_t s);
 /* The same with qkv in n_parts parts (part j of token t at qkv + j * part_stride + t * width),
  * added in order j = 0, 1, ...: the qkv product's split-K sums (sk_hopper_gemm_parts). */
 cudaError_t sk_qkv_post_parts(const float *qkv, int n_parts, int64_t part_stride, const float *bias,
                               const float *q_norm, const float *k_norm, const float *inv_freq, const int32_t *pos,
-                              const int32_t *slot, float *q_out, uint16_t *k_cache, uint16_t *v_cache,
+                              const int32_t *slot, float *q_out, void *k_cache, void *v_cache,
                               struct sk_qkv_params p, cudaStream_t s);
 
 /* OLMo 2's q/k norms over the whole projection, per token t < n_tokens of a row [q | k | v]
@@ -175,7 +178,7 @@ cudaError_t sk_hopper_gemm_swiglu(struct sk_hopper_gemm *h, const uint16_t *w, c
  * SK_ATTN_DECODE_STREAM launches as a programmatic dependent of the previous kernel and pulls
  * each warp's keys through a shared-memory ring (kernels/attention_decode_gqa.cu); it answers
  * cudaErrorInvalidValue for a p that sk_attention_decode_fits refuses. */
-cudaError_t sk_attention(const float *q, const uint16_t *k_cache, const uint16_t *v_cache, const int32_t *block_tables,
+cudaError_t sk_attention(const float *q, const void *k_cache, const void *v_cache, const int32_t *block_tables,
                          const int32_t *token_seq, const int32_t *pos, float *part_o, float *part_ml, uint16_t *out,
                          struct sk_attn_params p, enum sk_attn_kernel kernel, cudaStream_t s);
 
@@ -196,7 +199,7 @@ struct sk_qkv_src {
  * instead of reading them back. Every other key comes from the cache, and all of those may be
  * read before the previous kernel (the qkv product) ends. Only the listed tokens' k and v are
  * written. cudaErrorInvalidValue where sk_attention_decode_qkv_fits refuses p. */
-cudaError_t sk_attention_decode_qkv(const struct sk_qkv_src *src, uint16_t *k_cache, uint16_t *v_cache,
+cudaError_t sk_attention_decode_qkv(const struct sk_qkv_src *src, void *k_cache, void *v_cache,
                                     const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos,
                                     float *part_o, float *part_ml, uint16_t *out, struct sk_attn_params p,
                                     cudaStream_t s);
@@ -205,8 +208,9 @@ cudaError_t sk_attention_decode_qkv(const struct sk_qkv_src *src, uint16_t *k_ca
  * style: a block takes 64 consecutive query tokens of one sequence for one head and walks 64-key
  * tiles of the paged cache up to the causal limit with an online softmax. tiles holds n_tiles triples
  * (first token, count <= SK_PREFILL_TILE, sequence); other parameters as for sk_attention (n_splits
- * and token_list unused). head_dim 64 or 128 only: cudaErrorInvalidValue otherwise. */
-cudaError_t sk_attention_prefill(const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
+ * and token_list unused). head_dim 64, 128 or 256 only (sk_attention_prefill_fits):
+ * cudaErrorInvalidValue otherwise. */
+cudaError_t sk_attention_prefill(const float *q, const void *k_cache, const void *v_cache,
                                  const int32_t *block_tables, const int32_t *tiles, int n_tiles, const int32_t *pos,
                                  uint16_t *out, struct sk_attn_params p, cudaStream_t s);
 

@@ -475,7 +475,9 @@ cudaError_t launch_simt_q(const float *q, const uint16_t *k, const uint16_t *v, 
 
 extern "C" int skdev_attention_decode_fits(const struct sk_attn_params *p, int variant)
 {
-    if (p->n_kv_heads < 1 || p->n_heads % p->n_kv_heads || (p->head_dim != 64 && p->head_dim != 128)) return 0;
+    // Lab variants read bf16 caches only: an FP8 cache (kv_fp8) is refused.
+    if (p->kv_fp8 || p->n_kv_heads < 1 || p->n_heads % p->n_kv_heads || (p->head_dim != 64 && p->head_dim != 128))
+        return 0;
     const int qg = p->n_heads / p->n_kv_heads;
     if (variant >= 1 && variant <= 3) return qg == 1 || qg == 2 || qg == 4 || qg == 8;
     // The SIMT kernel keeps QG * D / 8 query floats per lane: 8 heads only at head_dim 64.

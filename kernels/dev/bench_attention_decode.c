@@ -11,7 +11,7 @@
 #include "kernels/dev/dev_kernels.h"
 #include "tests/gpu/gpu_test.h"
 
-static cudaError_t run_any(int v, const float *q, const uint16_t *k, const uint16_t *vc, const int32_t *bt,
+static cudaError_t run_any(int v, const float *q, const void *k, const void *vc, const int32_t *bt,
                            const int32_t *seq, const int32_t *pos, float *po, float *pml, uint16_t *out,
                            struct sk_attn_params p, cudaStream_t s)
 {

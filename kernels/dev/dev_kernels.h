@@ -10,7 +10,8 @@ extern "C" {
 #endif
 
 /* Decode attention on variant 1-7 (kernels/dev/attention_decode_variants.cu), with sk_attention's
- * parameters and results; cudaErrorInvalidValue where skdev_attention_decode_fits refuses. */
+ * parameters and results, over bf16 caches only; cudaErrorInvalidValue where
+ * skdev_attention_decode_fits refuses (an FP8 cache among them). */
 int skdev_attention_decode_fits(const struct sk_attn_params *p, int variant);
 cudaError_t skdev_attention_decode(const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
                                    const int32_t *block_tables, const int32_t *token_seq, const int32_t *pos,

@@ -80,6 +80,22 @@ static inline void *gt_random_blocks(enum dtype dt, const int *scale_at, int n_s
     return p;
 }
 
+/* The GGUF block types the block kernels take (kernels/sk_quant.h), in enum dtype's order, with
+ * where their f16 scales are for gt_random_blocks; *n of them. */
+struct gt_block_type {
+    enum dtype dt;
+    int at[2], n;
+};
+static inline const struct gt_block_type *gt_block_types(int *n)
+{
+    static const struct gt_block_type types[] = {
+        {DTYPE_Q4_0, {0}, 1}, {DTYPE_Q4_1, {0, 2}, 2}, {DTYPE_Q5_0, {0}, 1},    {DTYPE_Q5_1, {0, 2}, 2},
+        {DTYPE_Q8_0, {0}, 1}, {DTYPE_Q4_K, {0, 2}, 2}, {DTYPE_Q5_K, {0, 2}, 2}, {DTYPE_Q6_K, {208}, 1},
+    };
+    *n = (int)(sizeof types / sizeof types[0]);
+    return types;
+}
+
 /* The f16 bits of v (|v| below 65504), rounded to nearest; subnormal below 2^-14. */
 static inline uint16_t gt_f2h(float v)
 {

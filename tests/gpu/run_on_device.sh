@@ -27,7 +27,7 @@ summary=()
 # SLUICE_GPU_TESTS picks a subset, e.g. "test_hf_parity" for the transformers parity test alone.
 kernel_tests=""
 for f in "$(dirname "$0")"/../../kernels/*_test.c; do kernel_tests+="kernels/$(basename "$f" .c) "; done
-TESTS=${SLUICE_GPU_TESTS:-"${kernel_tests}test_gemm test_backend test_sampling_constraints test_prompt_outputs test_batch_invariance test_fp8 test_moe test_families test_comm_nccl test_tp_cuda test_tp_sharded test_hf_parity"}
+TESTS=${SLUICE_GPU_TESTS:-"${kernel_tests}test_gemm test_backend test_kv_fp8 test_sampling_constraints test_prompt_outputs test_batch_invariance test_fp8 test_moe test_families test_comm_nccl test_tp_cuda test_tp_sharded test_hf_parity"}
 for t in $TESTS; do
     [ "$t" = test_hf_parity ] && continue
     bin="$BUILD/tests/gpu/$t"

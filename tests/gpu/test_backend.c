@@ -1,7 +1,7 @@
 /* The whole CUDA backend: stories260K against Hugging Face's reference (reference.json: greedy
  * ids and the last prompt position's logits), alone, batched and with chunked prefill; then
  * small dummy models of each family (Llama GQA with llama3 rope scaling, Qwen2 with QKV bias,
- * Qwen3 with q/k norm) against the CPU backend, and the on-device sampler against
+ * Qwen3 with q/k norm, Gemma 2 at head_dim 256) against the CPU backend, and the on-device sampler against
  * sampler_sample on the logits the GPU produced. */
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
@@ -465,11 +465,17 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
     struct backend *cpu = NULL;
     if (backend_cpu_create(&cpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "backend_cpu_create: %s", err);
     struct backend *gpu = cuda_backend_with(m, &bo, &(struct cuda_options){0}, "default");
-    /* The same device with the Hopper products adding their split-K sums themselves, instead of
-     * leaving parts to their readers (norm, qkv_post), and so with the MLP in two launches
-     * instead of one (sk_hopper_mlp): the logits must not change by a bit. */
-    struct backend *gpu_sum =
-        cuda_backend_with(m, &bo, &(struct cuda_options){.no_split_parts = true}, "split_parts=0");
+    /* The Hopper products adding their split-K sums themselves, instead of leaving parts to their
+     * readers (norm, qkv_post), and so with the MLP in two launches instead of one
+     * (sk_hopper_mlp): the logits must not change by a bit. Both without the early trigger,
+     * which only a product left in parts has: with it the planner keeps 33-64-row narrow
+     * products (this model's prefill qkv) on the Hopper kernel that it otherwise gives to cuBLAS
+     * (hopper_takes in cuda_plan.c), whose sums are its own. */
+    struct backend *gpu_parts =
+        cuda_backend_with(m, &bo, &(struct cuda_options){.no_early_trigger = true}, "early_trigger=0");
+    struct backend *gpu_sum = cuda_backend_with(
+        m, &bo, &(struct cuda_options){.no_split_parts = true, .no_early_trigger = true},
+        "split_parts=0,early_trigger=0");
     /* And with the decode attention doing qkv_post's work at every batch size, not only over 32
      * rows (head_dim 128 only): against the CPU as the others. */
     struct backend *gpu_fq =
@@ -478,7 +484,8 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
      * whether the parts' readers or the fused MLP gave it. */
     struct backend *gpu_nofm =
         cuda_backend_with(m, &bo, &(struct cuda_options){.no_fused_mlp = true}, "fused_mlp=0");
-    if (!cpu || !gpu || !gpu_sum || !gpu_fq || !gpu_nofm) {
+    if (!cpu || !gpu || !gpu_parts || !gpu_sum || !gpu_fq || !gpu_nofm) {
+        backend_free(gpu_parts);
         backend_free(gpu_nofm);
         backend_free(gpu_fq);
         backend_free(gpu_sum);
@@ -516,7 +523,7 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
     int sampler_bad = 0, steps = 0, split_bad = 0, fused_mlp_bad = 0;
     char split_steps[256] = "", fused_mlp_steps[256] = ""; /* which steps differ, and their shapes */
     float *lg = malloc((size_t)2 * V * 4), *lc = malloc((size_t)2 * V * 4), *ls = malloc((size_t)2 * V * 4),
-          *lf = malloc((size_t)2 * V * 4), *ln = malloc((size_t)2 * V * 4);
+          *lf = malloc((size_t)2 * V * 4), *ln = malloc((size_t)2 * V * 4), *lp = malloc((size_t)2 * V * 4);
     float *scratch = malloc(sampler_scratch_floats(V) * 4);
     for (;;) {
         struct batch_seq seqs[2];
@@ -553,28 +560,29 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
         }
         if (S == 0) break;
         struct batch bg = {.n_seqs = S, .seqs = seqs, .n_tokens = T, .tokens = tokens, .logits_out = lg};
-        struct batch bc = bg, bs = bg, bf = bg, bn = bg;
+        struct batch bc = bg, bs = bg, bf = bg, bn = bg, bp = bg;
         bc.logits_out = lc;
         bs.logits_out = ls;
         bf.logits_out = lf;
         bn.logits_out = ln;
-        struct sample_result rg[2], rcpu[2], rsum[2], rfq[2], rn[2];
+        bp.logits_out = lp;
+        struct sample_result rg[2], rcpu[2], rsum[2], rfq[2], rn[2], rp[2];
         if (backend_forward(gpu, &bg, rg) < 0 || backend_forward(cpu, &bc, rcpu) < 0 ||
             backend_forward(gpu_sum, &bs, rsum) < 0 || backend_forward(gpu_fq, &bf, rfq) < 0 ||
-            backend_forward(gpu_nofm, &bn, rn) < 0) {
+            backend_forward(gpu_nofm, &bn, rn) < 0 || backend_forward(gpu_parts, &bp, rp) < 0) {
             GT_CHECK(0,
                      "forward: gpu '%s' cpu '%s' gpu without split parts '%s' gpu with qkv in attention '%s' gpu "
-                     "without the fused MLP '%s'",
-                     gpu->error, cpu->error, gpu_sum->error, gpu_fq->error, gpu_nofm->error);
+                     "without the fused MLP '%s' gpu without the early trigger '%s'",
+                     gpu->error, cpu->error, gpu_sum->error, gpu_fq->error, gpu_nofm->error, gpu_parts->error);
             break;
         }
         steps++;
         int rows = 0;
         for (int s = 0; s < S; s++) rows += seqs[s].sample;
         const size_t n_logits = (size_t)rows * V;
-        if (memcmp(lg, ls, n_logits * 4) != 0) {
+        if (memcmp(lp, ls, n_logits * 4) != 0) {
             split_bad++;
-            note_step(split_steps, sizeof split_steps, steps, T, S, lg, ls, n_logits);
+            note_step(split_steps, sizeof split_steps, steps, T, S, lp, ls, n_logits);
         }
         if (memcmp(lg, ln, n_logits * 4) != 0) {
             fused_mlp_bad++;
@@ -608,9 +616,9 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
              sampler_bad);
     GT_CHECK(split_bad == 0,
              "%s: split-K parts added by their readers (%s) and the fused MLP (%s) give the logits of the products' "
-             "own sums bit for bit (%d of %d steps differ%s)",
-             name, ((struct cuda_backend *)gpu)->plan.split_parts ? "on" : "off: no Hopper products",
-             ((struct cuda_backend *)gpu)->plan.fused_mlp ? "on" : "off", split_bad, steps, split_steps);
+             "own sums bit for bit, both without the early trigger (%d of %d steps differ%s)",
+             name, ((struct cuda_backend *)gpu_parts)->plan.split_parts ? "on" : "off: no Hopper products",
+             ((struct cuda_backend *)gpu_parts)->plan.fused_mlp ? "on" : "off", split_bad, steps, split_steps);
     GT_CHECK(fused_mlp_bad == 0,
              "%s: the fused MLP (%s) gives the logits of the MLP in two launches bit for bit, split parts on "
              "(%d of %d steps differ%s)",
@@ -621,7 +629,9 @@ static void test_dummy_vs_cpu(const char *name, const char *config_json)
     free(ls);
     free(lf);
     free(ln);
+    free(lp);
     free(scratch);
+    backend_free(gpu_parts);
     backend_free(gpu_nofm);
     backend_free(gpu_fq);
     backend_free(gpu_sum);
@@ -663,5 +673,17 @@ int main(void)
         "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"num_key_value_heads\":1,\"head_dim\":128,"
         "\"vocab_size\":900,\"max_position_embeddings\":4096,\"rms_norm_eps\":1e-6,\"rope_theta\":1000000.0,"
         "\"tie_word_embeddings\":false,\"bos_token_id\":1,\"eos_token_id\":2,\"torch_dtype\":\"bfloat16\"}");
+    /* head_dim 256 (Gemma 2 9B's, 2 query heads per kv head): prompt chunks take the tensor-core
+     * prefill tiles' soft-capping and window instance (a 64-key window on every other layer, which
+     * the 300-token prompt passes), decode steps the streaming kernel at head_dim 256. */
+    test_dummy_vs_cpu(
+        "gemma2-headdim256",
+        "{\"architectures\":[\"Gemma2ForCausalLM\"],\"model_type\":\"gemma2\",\"hidden_size\":512,"
+        "\"intermediate_size\":1024,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
+        "\"head_dim\":256,\"vocab_size\":1000,\"max_position_embeddings\":4096,\"rms_norm_eps\":1e-6,"
+        "\"rope_theta\":10000.0,\"hidden_activation\":\"gelu_pytorch_tanh\",\"query_pre_attn_scalar\":256,"
+        "\"sliding_window\":64,\"layer_types\":[\"sliding_attention\",\"full_attention\"],"
+        "\"attn_logit_softcapping\":10.0,\"final_logit_softcapping\":30.0,\"tie_word_embeddings\":true,"
+        "\"bos_token_id\":2,\"eos_token_id\":1,\"torch_dtype\":\"bfloat16\"}");
     return gt_finish();
 }

@@ -2,9 +2,10 @@
  * blocks), step by step: a model whose matrices are every block type (K-quants included; layers
  * with a type the block kernels do not take are dequantized to bf16 at load through
  * worker/model/quant.c), and one whose layers and lm_head are all of types the block kernels take
- * (kept in blocks on the GPU: block GEMV for decode, dequantized tiles for prefill); and, where it
- * has been fetched (make fetch-smollm2), SmolLM2-135M-Instruct Q4_1 against Hugging Face's greedy
- * tokens (tests/fixtures/smollm2/hf_reference.json). */
+ * (kept in blocks on the GPU: block GEMV for decode, the tensor-core kernel or dequantized tiles
+ * for prefill); that model and GPTQ/AWQ fixtures with the tensor-core kernel on and off; and,
+ * where it has been fetched (make fetch-smollm2), SmolLM2-135M-Instruct Q4_1 against Hugging
+ * Face's greedy tokens (tests/fixtures/smollm2/hf_reference.json). */
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
@@ -12,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "worker/backend/backend.h"
+#include "worker/backend/cuda/cuda_internal.h"
 #include "worker/model/model.h"
 
 #define BLOCKS 8
@@ -244,6 +246,75 @@ static void test_kept_in_blocks(void)
     for (int i = 0; i < k; i++) free(owned[i]);
 }
 
+/* The tensor-core kernel for block weights (kernels/quant_mma.cu) against the paths it replaced
+ * (--cuda-options quant_mma=0: dequantized tiles and cuBLAS past 16 rows), on the whole backend:
+ * prompts of n_prompt[i] tokens (prefill on the kernel, which the plan must say) then decode
+ * steps, both fed the same tokens. The weights are the same bf16 on both paths and only the
+ * order of the fp32 sums differs, so the logits must agree within bf16 noise. */
+static void cuda_mma_on_off(const char *name, struct model *m, const int *n_prompt, int n_prompts, int dtype)
+{
+    const int V = m->config.vocab_size, n_gen = 4;
+    struct backend_options on = {.kv_blocks = BLOCKS, .max_batch_tokens = 256, .max_batch_seqs = 2,
+                                 .gpu_memory_utilization = 0.5},
+                           off = on;
+    off.cuda.no_quant_mma = true;
+    char err[512];
+    struct backend *a = NULL, *b = NULL;
+    if (backend_cuda_create(&a, m, &on, err, sizeof err) < 0) GT_CHECK(0, "%s: backend_cuda_create: %s", name, err);
+    if (backend_cuda_create(&b, m, &off, err, sizeof err) < 0)
+        GT_CHECK(0, "%s: backend_cuda_create (quant_mma=0): %s", name, err);
+    const size_t n = (size_t)(n_gen + 1) * V;
+    float *la = malloc(n * 4), *lb = malloc(n * 4);
+    for (int i = 0; a && b && i < n_prompts; i++) {
+        int32_t prompt[BLOCKS * KV_BLOCK_SIZE], out[8];
+        for (int j = 0; j < n_prompt[i]; j++) prompt[j] = gt_int(V);
+        const struct cuda_plan_config *pc = &((struct cuda_backend *)a)->plan;
+        const struct cuda_quant_plan pa = cuda_plan_quant(pc, dtype, n_prompt[i], m->config.hidden_size,
+                                                          m->config.hidden_size);
+        const struct cuda_quant_plan pb = cuda_plan_quant(&((struct cuda_backend *)b)->plan, dtype, n_prompt[i],
+                                                          m->config.hidden_size, m->config.hidden_size);
+        if (run_steps(a, prompt, n_prompt[i], n_gen, NULL, out, la) < 0 ||
+            run_steps(b, prompt, n_prompt[i], n_gen, out, NULL, lb) < 0)
+            break;
+        const double e = worst_logits_err(la, lb, n_gen + 1, V);
+        GT_CHECK(pa.path == CUDA_QUANT_PATH_MMA && pb.path == CUDA_QUANT_PATH_TILES && e < 1e-2,
+                 "%s: %d-token prompt (%s prefill products on the tensor-core kernel, %s with quant_mma=0) and %d "
+                 "steps: logits rel err between the two %.2e (bf16 noise: < 1e-2)",
+                 name, n_prompt[i], dtype_name((enum dtype)dtype), pb.path == CUDA_QUANT_PATH_TILES ? "tiles" : "?",
+                 n_gen, e);
+    }
+    free(la), free(lb);
+    backend_free(a);
+    backend_free(b);
+}
+
+static void test_mma_on_off(void)
+{
+    printf("the tensor-core kernel for block weights on and off (quant_mma=0)\n");
+    static const int prompts[] = {20, 100};
+    void *owned[2 + 7 * MAX_LAYERS];
+    int k;
+    struct model *m = blocks_model(3, 3, N_KEPT, owned, &k);
+    if (m) {
+        cuda_mma_on_off("every kept block type", m, prompts, 2, (int)m->layers[0].wq.dtype);
+        model_free(m);
+        for (int i = 0; i < k; i++) free(owned[i]);
+    }
+    /* GPTQ and AWQ int4 (Q4_1 blocks at load): a 64-wide model, so rows of 2 and 4 blocks, k and v
+     * of 32 rows, every product short of the kernel's tiles. */
+    const char *int4[] = {"tests/fixtures/int4/gptq_g128_sym", "tests/fixtures/int4/awq_g32"};
+    for (int i = 0; i < 2; i++) {
+        char err[512];
+        struct model *q = NULL;
+        if (model_load(&q, int4[i], MODEL_LOAD_AUTO, err, sizeof err) != 0) {
+            GT_CHECK(0, "model_load %s: %s (run from the repository root)", int4[i], err);
+            continue;
+        }
+        cuda_mma_on_off(int4[i], q, prompts, 2, DTYPE_Q4_1);
+        model_free(q);
+    }
+}
+
 static void test_smollm2(void)
 {
     printf("SmolLM2-135M-Instruct Q4_1 on CUDA vs Hugging Face\n");
@@ -290,6 +361,7 @@ int main(void)
     if (!gt_have_gpu()) return 0;
     test_every_type();
     test_kept_in_blocks();
+    test_mma_on_off();
     test_smollm2();
     return gt_finish();
 }

@@ -43,6 +43,7 @@ struct worker_options {
     long max_num_batched_tokens;
     long max_model_len;             /* 0: the model's */
     long kv_cache_tokens;           /* CPU: KV cache size in tokens */
+    const char *kv_cache_dtype;     /* --kv-cache-dtype: "auto" | "fp8" | "fp8_e4m3" (kv_dtype.h) */
     double gpu_memory_utilization;
     bool deterministic;             /* CUDA: batch-invariant arithmetic */
     bool no_prefix_caching;         /* --no-enable-prefix-caching */

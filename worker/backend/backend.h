@@ -212,6 +212,8 @@ struct cuda_options {
                                gemv and dequantized weights) takes what it would */
     bool no_fp8_prefetch;   /* fp8_prefetch=0: an FP8 decode product does not bring the next
                                product's first weights into L2 at its end */
+    bool no_quant_mma;      /* quant_mma=0: no tensor-core kernel for GGUF block weights; the block
+                               GEMV (up to 16 rows) and dequantized tiles (cuBLAS) take its products */
     bool no_late_masks;     /* late_masks=0: structured output's masks go with the step (no
                                backend_sample), so constrained steps are not overlapped */
     bool no_tp_nccl;        /* tp_nccl=0: a tensor-parallel group's collectives go through host
@@ -240,8 +242,15 @@ struct cpu_options {
     int32_t fp8_act_rows[4];
 };
 
+/* --kv-cache-dtype (worker/backend/kv_dtype.h): the paged KV cache's elements. AUTO: the
+ * backend's own (CPU float32, CUDA bf16); FP8_E4M3: e4m3 codes of value / scale, one float scale
+ * per layer for K and one for V (the checkpoint's k_scale / v_scale, else 1), half the bytes of
+ * bf16 a token. */
+enum kv_cache_dtype { KV_CACHE_AUTO = 0, KV_CACHE_FP8_E4M3 };
+
 struct backend_options {
     int32_t kv_blocks;            /* 0: size automatically (CUDA: gpu_memory_utilization) */
+    enum kv_cache_dtype kv_dtype; /* --kv-cache-dtype */
     double gpu_memory_utilization;
     int32_t max_batch_tokens;     /* --max-num-batched-tokens */
     int32_t max_batch_seqs;       /* --max-num-seqs */

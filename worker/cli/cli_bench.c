@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "worker/backend/cpu/cpu_options.h"
 #include "worker/backend/cuda/cuda_options.h"
+#include "worker/backend/kv_dtype.h"
 #include "worker/cli/cli.h"
 #include "worker/engine/engine.h"
 
@@ -97,7 +98,7 @@ static int bench_round(struct engine *e, struct bench_run *run, int B, long inpu
 int cli_bench_main(int argc, char **argv)
 {
     const char *model_path = NULL, *tokenizer = NULL, *device = "cuda", *load_format = "auto", *batches = "1,8,64", *quantization = "none",
-               *log_level = "warn";
+               *kv_cache_dtype = "auto", *log_level = "warn";
     long input_len = 128, output_len = 128, kv_tokens = 0, max_batched = 8192, warmup = 1;
     double gpu_util = 0.9;
     bool deterministic = false, no_overlap = false;
@@ -115,6 +116,7 @@ int cli_bench_main(int argc, char **argv)
         {"input-len", FLAG_INT, &input_len, NULL, "N", "prompt tokens per sequence", 1, 1 << 20},
         {"output-len", FLAG_INT, &output_len, NULL, "N", "generated tokens per sequence", 1, 1 << 20},
         {"kv-cache-tokens", FLAG_INT, &kv_tokens, NULL, "N", "CPU KV cache (default: enough for the largest batch)", 0, 1 << 28},
+        KV_CACHE_DTYPE_FLAG_SPEC(&kv_cache_dtype),
         {"max-num-batched-tokens", FLAG_INT, &max_batched, NULL, "N", "tokens per step", 16, 1 << 20},
         {"warmup", FLAG_INT, &warmup, NULL, "N", "untimed rounds of 2 output tokens before each batch size", 0, 100},
         {"gpu-memory-utilization", FLAG_DOUBLE, &gpu_util, NULL, "F", "CUDA memory share", 0.05, 1},
@@ -162,7 +164,9 @@ int cli_bench_main(int argc, char **argv)
     struct engine *e = NULL;
     int status = 1;
     enum model_quantization quant;
+    enum kv_cache_dtype kv_dtype;
     if (model_quantization_parse(quantization, &quant, err, sizeof err) != 0 ||
+        kv_cache_dtype_parse(kv_cache_dtype, &kv_dtype, err, sizeof err) != 0 ||
         model_load(&m, model_path, strcmp(load_format, "dummy") ? MODEL_LOAD_AUTO : MODEL_LOAD_DUMMY, err,
                    sizeof err) != 0 ||
         model_quantize(m, quant, err, sizeof err) != 0) {
@@ -176,6 +180,7 @@ int cli_bench_main(int argc, char **argv)
     long seq_tokens = input_len + output_len;
     struct backend_options bo = {
         .gpu_memory_utilization = gpu_util,
+        .kv_dtype = kv_dtype,
         .max_batch_tokens = (int32_t)max_batched,
         .max_batch_seqs = max_b,
         .tensor_parallel_size = (int32_t)tp_size,

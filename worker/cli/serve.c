@@ -21,6 +21,7 @@
 #include "worker/api/worker.h"
 #include "worker/backend/cpu/cpu_options.h"
 #include "worker/backend/cuda/cuda_options.h"
+#include "worker/backend/kv_dtype.h"
 #include "worker/cli/cli.h"
 
 static void route(http_request *req, void *user)
@@ -148,7 +149,9 @@ static int load_everything(struct worker *w)
         return -1;
     }
     enum model_quantization quant;
-    if (model_quantization_parse(w->opt.quantization, &quant, err, sizeof err) != 0) {
+    enum kv_cache_dtype kv_dtype;
+    if (model_quantization_parse(w->opt.quantization, &quant, err, sizeof err) != 0 ||
+        kv_cache_dtype_parse(w->opt.kv_cache_dtype, &kv_dtype, err, sizeof err) != 0) {
         log_error("%s", err);
         return -1;
     }
@@ -168,6 +171,7 @@ static int load_everything(struct worker *w)
     }
     struct backend_options bo = {
         .kv_blocks = 0,
+        .kv_dtype = kv_dtype,
         .gpu_memory_utilization = w->opt.gpu_memory_utilization,
         .max_batch_tokens = (int32_t)w->opt.max_num_batched_tokens,
         .max_batch_seqs = (int32_t)w->opt.max_num_seqs,
@@ -244,6 +248,7 @@ int worker_serve_main(int argc, char **argv)
         .max_num_seqs = 256,
         .max_num_batched_tokens = 4096,
         .kv_cache_tokens = 16384,
+        .kv_cache_dtype = "auto",
         .tensor_parallel_size = 0, /* not given: no communicator (as 1 on the CPU) */
         .num_gpus = 0,
         .gpu_memory_utilization = 0.9,
@@ -278,6 +283,7 @@ int worker_serve_main(int argc, char **argv)
         {"max-num-batched-tokens", FLAG_INT, &o->max_num_batched_tokens, NULL, "N", "tokens per engine step at most (prefill is chunked)", 16, 1 << 20},
         {"max-model-len", FLAG_INT, &o->max_model_len, NULL, "N", "context length (default: the model's)", 0, 1 << 24},
         {"kv-cache-tokens", FLAG_INT, &o->kv_cache_tokens, NULL, "N", "CPU: KV cache size in tokens", 16, 1 << 26},
+        KV_CACHE_DTYPE_FLAG_SPEC(&o->kv_cache_dtype),
         {"gpu-memory-utilization", FLAG_DOUBLE, &o->gpu_memory_utilization, NULL, "F", "CUDA: share of GPU memory to use", 0.05, 1.0},
         CPU_OPTIONS_FLAG_SPECS(&o->cpu),
         {"tensor-parallel-size", FLAG_INT, &o->tensor_parallel_size, NULL, "N", "shard the model over N ranks (Megatron-style tensor parallelism: attention heads, MLP channels and the vocabulary split, two all-reduces per layer); one worker, registered once. CPU: N threads sharing --threads. CUDA: one GPU per rank, the first N that CUDA_VISIBLE_DEVICES shows, joined by NCCL; 1 runs the NCCL path on one GPU (its all-reduces are no-ops) (default: none, one rank without a communicator)", 1, 64},
@@ -321,6 +327,12 @@ int worker_serve_main(int argc, char **argv)
         return 2;
     }
     if (o->num_gpus) o->tensor_parallel_size = o->num_gpus;
+    enum kv_cache_dtype kv_dtype;
+    char kv_err[256];
+    if (kv_cache_dtype_parse(o->kv_cache_dtype, &kv_dtype, kv_err, sizeof kv_err) != 0) {
+        fprintf(stderr, "sluice-worker: %s\n", kv_err);
+        return 2;
+    }
     if (!o->model_path) {
         fprintf(stderr, "sluice-worker: --model-path is required (see --help)\n");
         return 2;

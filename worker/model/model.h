@@ -125,6 +125,10 @@ struct layer_weights {
      * (attn_norm and ffn_norm too, for OLMo 2). */
     struct tensor bo, b_gate, b_up, b_down;
     struct tensor post_attn_norm, post_ffn_norm;
+    /* The checkpoint's scales for an FP8 KV cache (self_attn.k_scale and v_scale, or the older
+     * self_attn.kv_scale for both; worker/backend/kv_dtype.h): K and V are stored as value / scale.
+     * 0 when the checkpoint has none. */
+    float k_scale, v_scale;
     struct moe_weights *moe;                  /* a sparse layer's experts (model_moe.h), whose w_gate,
                                                * w_up, w_down then have ndim 0; NULL when dense */
 };

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -340,6 +341,53 @@ static int st_bind_fp8_scale(const struct st_set *s, struct model_source *src, c
     return -1;
 }
 
+/* One of an FP8 KV cache's per-tensor scales (worker/backend/kv_dtype.h) into *out, 0 when the
+ * checkpoint has no tensor name: a positive finite scalar (shape [] or [1]) of F32, BF16 or F16. */
+static int st_kv_scale(const struct st_set *s, const char *name, float *out, char *err, size_t errlen)
+{
+    *out = 0.0f;
+    const struct st_entry *e = st_find(s, name);
+    if (!e) return 0;
+    int64_t n = 1;
+    for (int i = 0; i < e->ndim; i++) n *= e->shape[i];
+    if (n != 1 || (e->dtype != DTYPE_F32 && e->dtype != DTYPE_BF16 && e->dtype != DTYPE_F16)) {
+        snprintf(err, errlen, "%s: KV cache scale '%s' must be one F32, BF16 or F16 value (it is %s of %lld)",
+                 s->files[e->file], name, e->dtype_str, (long long)n);
+        return -1;
+    }
+    struct tensor t = {.dtype = (enum dtype)e->dtype, .ndim = 1, .shape = {1, 0}, .data = e->data};
+    tensor_to_f32(&t, 0, false, out);
+    if (!(*out > 0.0f) || isinf(*out)) {
+        snprintf(err, errlen, "%s: KV cache scale '%s' is %g, not a positive finite number", s->files[e->file], name,
+                 (double)*out);
+        return -1;
+    }
+    return 0;
+}
+
+/* Layer l's KV cache scales, as vLLM names them: self_attn.k_scale and v_scale (compressed-tensors,
+ * vLLM's own FP8 checkpoints), or the older self_attn.kv_scale for both (AutoFP8). Where only one
+ * of K and V has one, the other's is 1. Only an FP8 cache reads them. */
+static int st_kv_scales(const struct st_set *s, const char *pfx, int l, struct layer_weights *L, char *err,
+                        size_t errlen)
+{
+    char name[256];
+    float kv = 0.0f;
+    snprintf(name, sizeof name, "%slayers.%d.self_attn.k_scale", pfx, l);
+    if (st_kv_scale(s, name, &L->k_scale, err, errlen)) return -1;
+    snprintf(name, sizeof name, "%slayers.%d.self_attn.v_scale", pfx, l);
+    if (st_kv_scale(s, name, &L->v_scale, err, errlen)) return -1;
+    snprintf(name, sizeof name, "%slayers.%d.self_attn.kv_scale", pfx, l);
+    if (st_kv_scale(s, name, &kv, err, errlen)) return -1;
+    if (L->k_scale == 0.0f) L->k_scale = kv;
+    if (L->v_scale == 0.0f) L->v_scale = kv;
+    if ((L->k_scale > 0.0f) != (L->v_scale > 0.0f)) {
+        if (L->k_scale == 0.0f) L->k_scale = 1.0f;
+        if (L->v_scale == 0.0f) L->v_scale = 1.0f;
+    }
+    return 0;
+}
+
 /* model_find_fn over the directory's files, for the expert tensors (model_moe.c); an FP8 one
  * with its scale, read as the dense layers' are (st_bind_fp8_scale). */
 struct st_find_ctx {
@@ -523,6 +571,7 @@ int model_load_safetensors(struct model *m, const char *dir, char *err, size_t e
                 st_bind_fp8_scale(&s, m->source, &q, name, names[i].t, err, errlen))
                 goto out;
         }
+        if (st_kv_scales(&s, pfx, l, L, err, errlen)) goto out;
         struct st_find_ctx fc = {.s = &s, .dir = dir, .src = m->source, .q = &q};
         if (model_moe_bind_hf(m, l, st_find_ref, &fc, err, errlen)) goto out;
     }

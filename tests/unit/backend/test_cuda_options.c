@@ -22,11 +22,11 @@ Test(cuda_options, each_key_turns_its_path_off_and_on)
     char err[256] = "";
     cr_assert_eq(cuda_options_parse(&o,
                                     "gemv=0,prefill_mma=0,hopper=0,split_parts=0,fused_mlp=0,early_trigger=0,"
-                                    "attn_early=0,late_masks=0,fused_qkv=all",
+                                    "attn_early=0,late_masks=0,quant_mma=0,fused_qkv=all",
                                     err, sizeof err),
                  0, "%s", err);
     cr_assert(o.no_gemv && o.no_prefill_mma && o.no_hopper && o.no_split_parts && o.no_fused_mlp &&
-              o.no_early_trigger && o.no_attn_early && o.no_late_masks);
+              o.no_early_trigger && o.no_attn_early && o.no_late_masks && o.no_quant_mma);
     cr_assert_eq(o.fused_qkv, CUDA_FUSED_QKV_ALL);
     cr_assert(!o.enforce_eager && !o.profile && !o.no_warmup && o.step_timeout_s == 0.0, "flags are not keys");
     cr_assert_eq(cuda_options_parse(&o, "split_parts=1,fused_qkv=off", err, sizeof err), 0, "%s", err);

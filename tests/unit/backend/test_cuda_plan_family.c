@@ -3,7 +3,8 @@
  * keeping the MLP off the fused SwiGLU kinds; rope frequencies chosen per sequence (LongRoPE,
  * dynamic) keeping decode off the fused qkv attention and sending each sequence's frequencies
  * with the metadata; OLMo 2's whole-projection q/k norms keeping decode off it too; and a model
- * whose every layer slides accepting freed blocks (-1) before a sequence's window, but no other. */
+ * whose every layer slides accepting freed blocks (-1) before a sequence's window, but no other;
+ * and head_dim 256 (Gemma 2 and 3) on the tensor-core attention kernels. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <string.h>
@@ -191,4 +192,55 @@ Test(cuda_plan_family, alternating_windows_split_each_kind_of_layer_by_what_it_r
     cr_assert_eq(plan(&c, 1, 1000, 0, &p, err, sizeof err), 0, "%s", err);
     cr_expect_eq(p.attn_sliding.n_splits, p.attn.n_splits);
     cr_expect_eq(p.attn_sliding.split_len, p.attn.split_len);
+}
+
+Test(cuda_plan_family, head_dim_256_takes_the_tensor_core_attention)
+{
+    /* Gemma 2 9B's attention (16 query heads, 8 kv heads, head_dim 256, soft-capped, a window on
+     * every other layer): prompts take the tensor-core tiles and decode the streaming kernel,
+     * which has about 2 blocks an SM at this head_dim (4 at 128), so batch 16 at 1024 keys splits
+     * its 128 blocks in 2 where head_dim 128 splits them in 4. The fused qkv attention stays at
+     * head_dim 128. prefill_mma=0 sends prompts to the streaming kernel. */
+    struct model_config m = llama();
+    m.hidden_size = 3584;
+    m.n_heads = 16;
+    m.n_kv_heads = 8;
+    m.head_dim = 256;
+    m.vocab_size = 256000;
+    m.fam.attn_scale = 0.0625f;
+    m.fam.attn_softcap = 50.0f;
+    m.fam.sliding_window = 4096;
+    m.fam.layer_sliding[0] = 0x55;
+    struct cuda_plan_config c = config(&m);
+    cr_expect(c.prefill_mma);
+    struct batch_seq chunk = {.n_new = 100, .start_pos = 0, .prompt = true};
+    cr_expect(cuda_plan_takes_tiles(&c, &chunk));
+    struct cuda_step_plan p;
+    char err[256] = "";
+    cr_assert_eq(plan(&c, 16, 1023, 0, &p, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(p.attn_kernel, SK_ATTN_DECODE_STREAM);
+    cr_expect_eq(p.attn.n_splits, 2, "head_dim 256, batch 16 x 1024 keys: %d splits", p.attn.n_splits);
+    cr_expect_eq(p.attn_sliding.n_splits, 2);
+    cr_expect(!p.fused_qkv);
+    p = plan_ok(&c, 64);
+    cr_expect(!p.fused_qkv, "64 decode tokens at head_dim 256 keep qkv_post");
+    /* The same at head_dim 128 (Gemma's 16 heads otherwise): 4 splits. */
+    struct model_config m128 = m;
+    m128.head_dim = 128;
+    struct cuda_plan_config c128 = config(&m128);
+    cr_assert_eq(plan(&c128, 16, 1023, 0, &p, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(p.attn.n_splits, 4, "head_dim 128, batch 16 x 1024 keys: %d splits", p.attn.n_splits);
+    /* GQA groups of 1, 4 and 8 take the streaming kernel too; 16 does not. */
+    const int kv[] = {16, 4, 2, 1};
+    for (int i = 0; i < 4; i++) {
+        struct model_config g = m;
+        g.n_kv_heads = kv[i];
+        struct cuda_plan_config cg = config(&g);
+        cr_assert_eq(plan(&cg, 4, 500, 0, &p, err, sizeof err), 0, "%s", err);
+        cr_expect_eq(p.attn_kernel, kv[i] > 1 ? SK_ATTN_DECODE_STREAM : SK_ATTN_PER_HEAD, "%d kv heads", kv[i]);
+    }
+    const struct cuda_options off = {.no_prefill_mma = true};
+    cuda_plan_config_init(&c, &m, &off, false, true, 132, 8192, 256, m.max_position / 16 + 2);
+    c.num_kv_blocks = 100000;
+    cr_expect(!c.prefill_mma && !cuda_plan_takes_tiles(&c, &chunk));
 }

@@ -103,7 +103,8 @@ static void cpu_free(struct backend *b)
     cpu_moe_free(cb->moe);
     cpu_weight_free(&cb->lm_head);
     cpu_weight_free(&cb->tok_embed);
-    free(cb->final_norm), free(cb->kv), free(cb->rope_row_map);
+    free(cb->final_norm), free(cb->rope_row_map);
+    cpu_kv_free(&cb->kv);
     rope_free(&cb->rope);
     free(cb->rope_cos_local), free(cb->rope_sin_local), free(cb->rope_scratch);
     free(cb->x), free(cb->xb), free(cb->qkv), free(cb->att), free(cb->gate_up), free(cb->hidden), free(cb->tmp);
@@ -320,22 +321,11 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
     cb->base.supports_prompt_logprobs = true;
     cb->base.supports_hidden_states = true;
 
-    cb->block_floats = (size_t)c->n_layers * 2 * (size_t)cb->kv_dim * KV_BLOCK_SIZE;
     int64_t blocks = opt && opt->kv_blocks > 0 ? opt->kv_blocks : 0;
-    if (!blocks) {
-        /* Room for four full contexts, within 4 GiB of host memory. */
-        blocks = ((int64_t)c->max_position * 4 + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE;
-        int64_t cap = (int64_t)(4ull << 30) / (int64_t)(cb->block_floats * sizeof(float));
-        if (blocks > cap) blocks = cap > 0 ? cap : 1;
-    }
-    if (blocks > INT32_MAX) blocks = INT32_MAX;
-    cb->base.num_kv_blocks = (int32_t)blocks;
-    cb->kv = calloc((size_t)blocks * cb->block_floats, sizeof(float));
-    if (!cb->kv) {
-        snprintf(err, errlen, "cannot allocate the KV cache: %lld blocks of %zu bytes", (long long)blocks,
-                 cb->block_floats * sizeof(float));
+    if (cpu_kv_init(&cb->kv, m, c, opt ? opt->kv_dtype : KV_CACHE_AUTO, &blocks, cpu_pool_size(cb->pool), err,
+                    errlen))
         goto fail;
-    }
+    cb->base.num_kv_blocks = (int32_t)blocks;
 
     if (opt) cb->opt = opt->cpu;
     ALLOC(cb->rope_row_map, cb->q_dim);
@@ -391,16 +381,16 @@ int backend_cpu_create(struct backend **out, const struct model *m, const struct
         !cb->sampler_scratch || !cb->scores)
         goto oom;
     size_t quantized, weights = weight_bytes(cb, &quantized);
-    size_t kv_bytes = (size_t)blocks * cb->block_floats * sizeof(float);
+    size_t kv_bytes = (size_t)blocks * cb->kv.block_bytes;
     /* A GPTQ/AWQ checkpoint's blocks were made at load and live in memory (int4_checkpoint.h). */
     char blocks_from[64] = "GGUF blocks read in place from the file";
     if (m->repacked_from)
         snprintf(blocks_from, sizeof blocks_from, "Q4_1 blocks repacked from %s at load", m->repacked_from);
     log_info("cpu: weights %zu bytes (%.1f MiB, %.1f MiB of it %s%s), "
-             "KV cache %zu bytes (%.1f MiB, %lld blocks of %d tokens)",
+             "KV cache %s %zu bytes (%.1f MiB, %lld blocks of %d tokens)",
              weights, (double)weights / (1 << 20), (double)quantized / (1 << 20), blocks_from,
-             quantized && !cpu_dequant_vectorized() ? ", dequantized without AVX2" : "", kv_bytes,
-             (double)kv_bytes / (1 << 20), (long long)blocks, KV_BLOCK_SIZE);
+             quantized && !cpu_dequant_vectorized() ? ", dequantized without AVX2" : "", cpu_kv_dtype_name(&cb->kv),
+             kv_bytes, (double)kv_bytes / (1 << 20), (long long)blocks, KV_BLOCK_SIZE);
     *out = &cb->base;
     return 0;
 oom:

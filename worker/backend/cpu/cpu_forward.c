@@ -27,16 +27,6 @@ struct attn_job {
     int layer;
 };
 
-static inline float *kv_at(struct cpu_backend *cb, int32_t block, int layer, int which, int kv_head, int slot)
-{
-    const struct model_config *c = &cb->c;
-    size_t off = (size_t)block * cb->block_floats +
-                 (((size_t)layer * 2 + (size_t)which) * (size_t)c->n_kv_heads + (size_t)kv_head) * KV_BLOCK_SIZE *
-                     (size_t)c->head_dim +
-                 (size_t)slot * (size_t)c->head_dim;
-    return cb->kv + off;
-}
-
 /* One (row, head) pair per item: causal attention of the row's query over its sequence's
  * cached keys and values, positions 0 .. row_pos. */
 static void attn_range(void *arg, int64_t begin, int64_t end, int tid)
@@ -60,7 +50,7 @@ static void attn_range(void *arg, int64_t begin, int64_t end, int tid)
         float max = -INFINITY;
         /* Block by block: a block's keys for one head are contiguous. */
         for (int32_t p0 = first - first % KV_BLOCK_SIZE; p0 < n_ctx; p0 += KV_BLOCK_SIZE) {
-            const float *k = kv_at(cb, s->block_table[p0 / KV_BLOCK_SIZE], j->layer, 0, kvh, 0);
+            const float *k = cpu_kv_block(&cb->kv, c, s->block_table[p0 / KV_BLOCK_SIZE], j->layer, 0, kvh, tid);
             int32_t n = n_ctx - p0 < KV_BLOCK_SIZE ? n_ctx - p0 : KV_BLOCK_SIZE;
             int32_t t = p0 < first ? first - p0 : 0;
             for (k += (size_t)t * hd; t < n; t++, k += hd) {
@@ -80,7 +70,7 @@ static void attn_range(void *arg, int64_t begin, int64_t end, int tid)
         float *o = cb->att + r * cb->q_dim + head * hd;
         for (int d = 0; d < hd; d++) o[d] = 0.0f;
         for (int32_t p0 = first - first % KV_BLOCK_SIZE; p0 < n_ctx; p0 += KV_BLOCK_SIZE) {
-            const float *v = kv_at(cb, s->block_table[p0 / KV_BLOCK_SIZE], j->layer, 1, kvh, 0);
+            const float *v = cpu_kv_block(&cb->kv, c, s->block_table[p0 / KV_BLOCK_SIZE], j->layer, 1, kvh, tid);
             int32_t n = n_ctx - p0 < KV_BLOCK_SIZE ? n_ctx - p0 : KV_BLOCK_SIZE;
             int32_t t = p0 < first ? first - p0 : 0;
             for (v += (size_t)t * hd; t < n; t++, v += hd) {
@@ -127,8 +117,8 @@ static void qkv_post_range(void *arg, int64_t begin, int64_t end, int tid)
         for (int h = 0; h < c->n_kv_heads; h++) {
             if (L->k_norm && !full_norm) cpu_rmsnorm(k + h * hd, L->k_norm, hd, c->rms_eps, k + h * hd);
             cpu_rope_apply(k + h * hd, hd, cs, sn);
-            memcpy(kv_at(cb, block, j->layer, 0, h, pos % KV_BLOCK_SIZE), k + h * hd, (size_t)hd * sizeof(float));
-            memcpy(kv_at(cb, block, j->layer, 1, h, pos % KV_BLOCK_SIZE), v + h * hd, (size_t)hd * sizeof(float));
+            cpu_kv_put(&cb->kv, c, block, j->layer, 0, h, pos % KV_BLOCK_SIZE, k + h * hd);
+            cpu_kv_put(&cb->kv, c, block, j->layer, 1, h, pos % KV_BLOCK_SIZE, v + h * hd);
         }
     }
 }

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "worker/backend/backend.h"
+#include "worker/backend/cpu/cpu_kv.h"
 #include "worker/backend/cpu/cpu_ops.h"
 #include "worker/backend/cpu/cpu_pool.h"
 #include "worker/model/rope.h"
@@ -39,9 +40,7 @@ struct cpu_backend {
     int32_t *rope_row_map;
     struct cpu_options opt;                   /* as created with (backend_options.cpu) */
     struct rope rope;                         /* every rope variant (worker/model/rope.h) */
-    /* KV cache: block-major, [block][layer][k|v][kv_head][slot][head_dim]. */
-    float *kv;
-    size_t block_floats;
+    struct cpu_kv kv;                         /* the paged KV cache (cpu_kv.h) */
     /* Activations, sized for max_batch_tokens rows. */
     float *x, *xb, *qkv, *att, *gate_up, *hidden, *tmp, *rope_cos, *rope_sin;
     float *rope_cos_local, *rope_sin_local;   /* Gemma 3's sliding layers; NULL otherwise */

@@ -9,6 +9,7 @@
 #include "common/log.h"
 #include "worker/backend/cuda/cuda_internal.h"
 #include "worker/backend/cuda/cuda_options.h"
+#include "worker/backend/kv_dtype.h"
 
 void cuda_report(struct cuda_backend *b, const char *what, const char *msg, const char *file, int line)
 {
@@ -23,6 +24,7 @@ static void cuda_free(struct backend *base)
         /* Every call that waits for the device would wait forever: the process's exit frees the rest. */
         cuda_prof_free(b);
         free(b->w.layers);
+        free(b->kv.scales);
         free(b);
         return;
     }
@@ -33,6 +35,7 @@ static void cuda_free(struct backend *base)
     cuda_weights_free(b);
     cuda_moe_free(b);
     struct cuda_workspace *ws = &b->ws;
+    free(b->kv.scales);
     void *devs[] = {b->kv.cache, ws->x,       ws->delta,      ws->big,      ws->q, ws->part_o,
                     ws->part_ml, ws->logits,  ws->work,       ws->sorted_w, ws->y, ws->counts,
                     ws->ids_in,  ws->offsets, ws->sorted_ids, ws->sort_temp};
@@ -145,13 +148,23 @@ int cuda_warm_up(struct backend *base, int bt_cap)
     return rc;
 }
 
-static int kv_alloc(struct cuda_backend *b, const struct backend_options *opt)
+/* The paged KV cache in what memory is left, bf16 or (--kv-cache-dtype fp8) e4m3 with the
+ * layers' scales, m's (kv_dtype.h): an FP8 block is half a bf16 one, so the same share of the
+ * GPU holds twice the tokens. */
+static int kv_alloc(struct cuda_backend *b, const struct model *m, const struct backend_options *opt)
 {
     const struct model_config *c = &b->base.config;
     int rc = 0;
     size_t free_b = 0, total_b = 0;
+    char scales[256] = "";
+    b->kv.fp8 = opt->kv_dtype == KV_CACHE_FP8_E4M3;
+    if (b->kv.fp8) {
+        if (!(b->kv.scales = malloc((size_t)c->n_layers * 2 * sizeof *b->kv.scales)))
+            CUDA_FAIL(b, "cuda: out of host memory");
+        kv_cache_scales(m, b->kv.scales, scales, sizeof scales);
+    }
     const size_t block_elems = (size_t)c->n_kv_heads * KV_BLOCK_SIZE * (size_t)c->head_dim;
-    const size_t block_bytes = 2 * (size_t)c->n_layers * block_elems * 2;
+    const size_t block_bytes = 2 * (size_t)c->n_layers * block_elems * (b->kv.fp8 ? 1 : 2);
     int64_t blocks;
     CUDA_CHECK(b, cudaMemGetInfo(&free_b, &total_b));
     if (opt->kv_blocks > 0) {
@@ -176,11 +189,12 @@ static int kv_alloc(struct cuda_backend *b, const struct backend_options *opt)
     CUDA_CHECK(b, cudaMalloc((void **)&b->kv.cache, (size_t)blocks * block_bytes));
     b->base.num_kv_blocks = (int32_t)blocks;
     b->plan.num_kv_blocks = b->base.num_kv_blocks;
-    log_info("cuda: KV cache %lld blocks = %lld tokens (%.2f GiB); weights %.2f GiB, workspace %.2f GiB, "
-             "%.2f of %.2f GiB free before the cache",
-             (long long)blocks, (long long)blocks * KV_BLOCK_SIZE, (double)blocks * (double)block_bytes / (1 << 30),
+    log_info("cuda: KV cache %s, %lld blocks = %lld tokens (%.2f GiB, %zu bytes a token); weights %.2f GiB, "
+             "workspace %.2f GiB, %.2f of %.2f GiB free before the cache%s%s",
+             b->kv.fp8 ? "fp8_e4m3" : "bf16", (long long)blocks, (long long)blocks * KV_BLOCK_SIZE,
+             (double)blocks * (double)block_bytes / (1 << 30), block_bytes / KV_BLOCK_SIZE,
              (double)b->w.bytes / (1 << 30), (double)b->ws.bytes / (1 << 30), (double)free_b / (1 << 30),
-             (double)total_b / (1 << 30));
+             (double)total_b / (1 << 30), b->kv.fp8 ? "; " : "", scales);
 fail:
     return rc;
 }
@@ -267,7 +281,7 @@ static int create(struct backend **out, const struct model *m, const struct back
 
     if ((rc = cuda_weights_load(b, m)) < 0) goto fail;
     if ((rc = workspace_alloc(b)) < 0) goto fail;
-    if ((rc = kv_alloc(b, opt)) < 0) goto fail;
+    if ((rc = kv_alloc(b, m, opt)) < 0) goto fail;
     /* A group's ranks warm up together (their steps meet in collectives). */
     if (!rank && !b->opt.no_warmup && (rc = cuda_warm_up(&b->base, b->plan.bt_cap)) < 0) goto fail;
     *out = &b->base;

@@ -138,11 +138,19 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
     cuda_prof_mark(b, CUDA_PROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
         const struct cuda_layer *w = &b->w.layers[l];
-        uint16_t *kc = b->kv.cache + (size_t)l * 2 * b->kv.layer_elems, *vc = kc + b->kv.layer_elems;
+        const size_t kv_layer = cuda_kv_layer_bytes(&b->kv);
+        unsigned char *kc = b->kv.cache + (size_t)l * 2 * kv_layer, *vc = kc + kv_layer;
         /* A sliding layer sees its window only, and Gemma 3's rotate with their own theta. */
         const bool sliding = model_layer_sliding(&c->fam, l);
         struct sk_attn_params ap = sliding ? p->attn_sliding : p->attn;
         ap.window = sliding ? c->fam.sliding_window : 0;
+        /* An FP8 cache's layer scales go to every kernel that writes or reads it. */
+        struct sk_qkv_params qpl = qp;
+        if (b->kv.fp8) {
+            ap.kv_fp8 = qpl.kv_fp8 = 1;
+            ap.k_scale = qpl.k_scale = b->kv.scales[2 * l];
+            ap.v_scale = qpl.v_scale = b->kv.scales[2 * l + 1];
+        }
         const float *inv_freq = sliding && b->w.inv_freq_local ? b->w.inv_freq_local : b->w.inv_freq;
         CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, l ? cuda_delta(b, delta_parts) : NULL, delta_parts, part_stride, NULL,
                                            w->attn_norm, ws->y, T, H, c->rms_eps, b->stream));
@@ -177,7 +185,7 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
                                                   ws->y, ap, b->stream));
         } else {
             CUDA_CHECK(b, sk_qkv_post_parts(ws->big, qkv_parts, (int64_t)T * qkvd, bqkv, q_norm, k_norm, inv_freq,
-                                            dm->pos, dm->slot, ws->q, kc, vc, qp, b->stream));
+                                            dm->pos, dm->slot, ws->q, kc, vc, qpl, b->stream));
             cuda_prof_mark(b, CUDA_PROF_QKV_POST);
             if (p->n_tiles)
                 CUDA_CHECK(b, sk_attention_prefill(ws->q, kc, vc, dm->bt, dm->tiles, p->n_tiles, dm->pos, ws->y, ap,

@@ -64,6 +64,7 @@ struct cuda_weights {
     struct cuda_qmat tok_embed_q, lm_head_q; /* tied: the same blocks */
     uint16_t *q_scratch;
     void *q_xscratch; /* the block GEMV's int8 activations (sk_gemv_q_scratch_bytes) */
+    unsigned *q_counters; /* sk_quant_mma's split-K counters, zero between launches */
     size_t q_bytes;
     int q_layers;
     /* Load time: a dummy FP8 matrix's bf16 values before they are quantized per row
@@ -80,11 +81,20 @@ struct cuda_products {
     struct sk_hopper_gemm *hopper; /* TMA + wgmma products; NULL off Hopper or with hopper=0 */
 };
 
-/* cuda_backend.c: the paged KV cache, per layer K then V, each layer_elems. */
+/* cuda_backend.c: the paged KV cache, per layer K then V, each layer_elems values: bf16, or with
+ * --kv-cache-dtype fp8 e4m3 codes (one byte) of value / the layer's scale, scales[2 l] for K and
+ * scales[2 l + 1] for V (host memory: they go to the kernels as parameters). */
 struct cuda_kv {
-    uint16_t *cache;
+    unsigned char *cache;
     size_t layer_elems;
+    bool fp8;
+    float *scales;
 };
+/* The bytes of one layer's K (or V) cache. */
+static inline size_t cuda_kv_layer_bytes(const struct cuda_kv *kv)
+{
+    return kv->layer_elems * (kv->fp8 ? 1 : 2);
+}
 
 /* cuda_backend.c: activations for up to max_batch_tokens tokens and max_batch_seqs sampled rows.
  * delta and big also hold the split parts of a decode batch's products (CUDA_PARTS_ROWS rows). */
@@ -291,9 +301,13 @@ int cuda_qembed_load(struct cuda_backend *b, const struct tensor *t, bool tied);
 int cuda_qweights_finish(struct cuda_backend *b);
 void cuda_qweights_free(struct cuda_backend *b);
 /* y[r * ldy + n] = x[r, :] m[n, :] for r < rows, n < m->n_out, fp32 out; x bf16 with m->k_in
- * columns. Small batches on the block GEMV, larger ones on dequantized tiles and cuBLAS
- * (cuda_plan_quant_gemv). */
+ * columns. Small batches on the block GEMV, larger ones on the tensor-core kernel, the largest on
+ * dequantized tiles and cuBLAS (cuda_plan_quant). */
 int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows);
+/* The same on the path p says, whatever the planner would choose (tests and benchmarks compare
+ * the paths with it). */
+int cuda_qproduct_on(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows,
+                     struct cuda_quant_plan p);
 /* A layer's products in blocks: q, k, v side by side in qkv[rows, q + k + v]; the MLP from
  * ws.y (normalized) to ws.delta. */
 int cuda_qlayer_qkv(struct cuda_backend *b, const struct cuda_qlayer *q, const uint16_t *x, float *qkv, int rows);

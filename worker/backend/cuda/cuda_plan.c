@@ -28,7 +28,9 @@ void cuda_plan_config_init(struct cuda_plan_config *c, const struct model_config
     c->hopper = hopper;
     c->gemv = !o->no_gemv;
     c->fp8_mma = !o->no_fp8_mma;
-    c->prefill_mma = !o->no_prefill_mma && (m->head_dim == 64 || m->head_dim == 128);
+    c->quant_mma = !o->no_quant_mma;
+    /* An FP8 cache takes the same instances (their FP8 parameter), head_dim 256 included. */
+    c->prefill_mma = !o->no_prefill_mma && sk_attention_prefill_fits(m->head_dim);
     /* Timing each phase (the profile) needs eager steps. */
     c->graphs = !o->enforce_eager && !o->profile;
     c->gu_interleaved = hopper && m->intermediate_size % SK_GATE_UP_BLOCK == 0;
@@ -178,9 +180,77 @@ struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows)
     return p;
 }
 
-bool cuda_plan_quant_gemv(const struct cuda_plan_config *c, int rows)
+/* Whether the tensor-core kernel (sk_quant_mma_supported) takes dtype. The kernels' header needs
+ * CUDA's; this says the same in plain C. */
+static bool quant_mma_type(int dtype)
 {
-    return c->deterministic || rows <= CUDA_QUANT_GEMV_ROWS;
+    switch (dtype) {
+    case DTYPE_Q4_0:
+    case DTYPE_Q4_1:
+    case DTYPE_Q5_0:
+    case DTYPE_Q5_1:
+    case DTYPE_Q8_0:
+    case DTYPE_Q4_K:
+    case DTYPE_Q5_K:
+    case DTYPE_Q6_K: return true;
+    default: return false;
+    }
+}
+
+int cuda_plan_quant_gemv_rows(int dtype)
+{
+    switch (dtype) {
+    /* The GEMV takes these with int8 activations and dp4a: a few instructions a weight, so its
+     * pass of 8 rows costs about its bytes. */
+    case DTYPE_Q4_K:
+    case DTYPE_Q8_0: return 8;
+    case DTYPE_Q6_K: return 4; /* the tensor-core kernel won from 8 rows */
+    /* Dequantized to fp32 in the GEMV: a multiply-add a weight and row on top of about the
+     * tensor-core kernel's dequantization, which won from 4 rows. */
+    case DTYPE_Q5_K: return 1; /* and from 2 rows (at 1 row the two were even) */
+    default: return 2;
+    }
+}
+
+/* Split-K ranges for the tensor-core kernel: none while its tiles (rows of SK_QUANT_MMA_ROWS by
+ * SK_QUANT_MMA_FEATURES features) fill every SM; otherwise enough for about two blocks an SM,
+ * each range at least CUDA_QUANT_MMA_SPLIT_STAGES stages, their sums within the scratch. Then
+ * evened out as the kernel cuts them (ceil(stages / per-range)), so the count is the launch's. */
+static int quant_mma_splits(const struct cuda_plan_config *c, int rows, int n_out, int k_in)
+{
+    const int64_t tiles = (int64_t)((rows + SK_QUANT_MMA_ROWS - 1) / SK_QUANT_MMA_ROWS) *
+                          ((n_out + SK_QUANT_MMA_FEATURES - 1) / SK_QUANT_MMA_FEATURES);
+    const int stages = (k_in + SK_QUANT_MMA_STAGE_K - 1) / SK_QUANT_MMA_STAGE_K;
+    if (c->n_sms <= 0 || tiles >= c->n_sms) return 1;
+    int64_t splits = (2 * (int64_t)c->n_sms + tiles - 1) / tiles;
+    const int64_t by_stages = stages / CUDA_QUANT_MMA_SPLIT_STAGES,
+                  by_scratch = (int64_t)(CUDA_QUANT_SCRATCH_BYTES / 4) / ((int64_t)rows * n_out);
+    if (splits > by_stages) splits = by_stages;
+    if (splits > by_scratch) splits = by_scratch;
+    if (splits > SK_QUANT_MMA_MAX_SPLITS) splits = SK_QUANT_MMA_MAX_SPLITS;
+    if (splits < 2) return 1;
+    const int per = (int)((stages + splits - 1) / splits);
+    return (stages + per - 1) / per;
+}
+
+struct cuda_quant_plan cuda_plan_quant(const struct cuda_plan_config *c, int dtype, int rows, int n_out, int k_in)
+{
+    struct cuda_quant_plan p = {.path = CUDA_QUANT_PATH_GEMV, .splits = 1};
+    if (c->deterministic || rows <= 0) return p;
+    const bool mma = c->quant_mma && quant_mma_type(dtype) && n_out > 0 && k_in > 0 &&
+                     k_in % dtype_block_elems((enum dtype)dtype) == 0;
+    if (!mma) {
+        if (rows > CUDA_QUANT_GEMV_ROWS) p.path = CUDA_QUANT_PATH_TILES;
+        return p;
+    }
+    if (rows <= cuda_plan_quant_gemv_rows(dtype)) return p;
+    if (rows > CUDA_QUANT_MMA_ROWS) {
+        p.path = CUDA_QUANT_PATH_TILES;
+        return p;
+    }
+    p.path = CUDA_QUANT_PATH_MMA;
+    p.splits = quant_mma_splits(c, rows, n_out, k_in);
+    return p;
 }
 
 int cuda_plan_quant_tile_rows(int n_out, int k_in)
@@ -227,7 +297,7 @@ static void plan_splits(const struct cuda_plan_config *c, struct sk_attn_params 
         int64_t n = (ctx_bound + c->det_split_len - 1) / c->det_split_len;
         ap->split_len = c->det_split_len;
         if (n > cap) {
-            /* Only a prefill through the decode attention (head_dim not 64 or 128) of more
+            /* Only a prefill through the decode attention (head_dim not 64, 128 or 256) of more
              * tokens than --max-num-seqs gets here; its ranges then follow the batch. With no
              * room for two ranges a token (cap 0) it keeps one. */
             n = cap;
@@ -241,10 +311,11 @@ static void plan_splits(const struct cuda_plan_config *c, struct sk_attn_params 
     const int64_t blocks = n_dec * (stream ? c->n_kv_heads : c->n_heads);
     int64_t n;
     if (stream) {
-        /* About 4 of its blocks are resident per SM: split only up to one full wave (a second
-         * wave plus the merge costs more than it saves), and keep ranges under ~1024 keys so that
-         * one long context does not become the step's tail. */
-        const int64_t fill = 4 * (int64_t)c->n_sms / blocks, by_1024 = (ctx_bound + 1023) / 1024;
+        /* About 4 of its blocks are resident per SM (2 at head_dim 256): split only up to one full
+         * wave (a second wave plus the merge costs more than it saves), and keep ranges under ~1024
+         * keys so that one long context does not become the step's tail. */
+        const int64_t fill = sk_attention_decode_blocks_per_sm(c->head_dim) * (int64_t)c->n_sms / blocks,
+                      by_1024 = (ctx_bound + 1023) / 1024;
         n = fill > by_1024 ? fill : by_1024;
     } else {
         /* Enough blocks to fill the GPU, and ranges of ~256 keys on the longest context. */

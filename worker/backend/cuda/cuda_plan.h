@@ -47,7 +47,7 @@ struct cuda_plan_config {
     bool hopper; /* the own Hopper products are there (sm_90a, compute capability 9.0) */
     /* The choices the options and the device fix. */
     bool gemv;           /* own kernel for one-row products */
-    bool prefill_mma;    /* tensor-core prefill attention (head_dim 64 or 128) */
+    bool prefill_mma;    /* tensor-core prefill attention (head_dim 64, 128 or 256) */
     bool graphs;         /* decode steps replay CUDA graphs */
     bool gu_interleaved; /* gate/up weights interleaved for the fused activation (with hopper) */
     bool split_parts;    /* Hopper products leave split-K parts to their reader */
@@ -61,6 +61,9 @@ struct cuda_plan_config {
      * is there for this device and these shapes; fp8_mma: the tensor-core FP8 kernel may take
      * products (--cuda-options fp8_mma=0 turns it off). */
     bool fp8, fp8_blocks, fp8_lt, fp8_mma;
+    /* GGUF block weights: the tensor-core kernel may take products (--cuda-options quant_mma=0
+     * turns it off). */
+    bool quant_mma;
     /* The family's layer (model_family.h). plain_mlp: gate/up biases or an activation other
      * than SiLU, which only the fp32 gate/up product and sk_glu take; seq_rope: rope frequencies
      * chosen per sequence and step (LongRoPE, dynamic NTK), which only qkv_post takes;
@@ -159,15 +162,43 @@ struct cuda_mlp_plan {
 struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows);
 
 /* --- GGUF block weights (cuda_qweights.c) --------------------------------------------- */
-/* Products on weights kept in GGUF blocks of up to this many rows run sk_gemv_q, which reads the
- * blocks once per 8 rows; larger ones dequantize tiles of the weights into one bf16 scratch
- * buffer for cuBLAS. */
+/* Where a product on weights kept in GGUF blocks goes, by its type and rows: the block GEMV
+ * (sk_gemv_q: each weight byte read once per 8 rows, one CUDA-core multiply-add a weight and row)
+ * for the fewest rows, the tensor-core kernel (sk_quant_mma: read once per 64 rows, dequantized
+ * in registers) past them, and dequantized bf16 tiles with cuBLAS (4 more bytes a weight moved,
+ * but Hopper's fastest GEMM) for prefill-sized batches. The crossovers are measured
+ * (SLUICE_GPU_BENCH=1 build/tests/gpu/test_quant_mma_speed, Llama-3-8B's seven products of a
+ * layer at 1 to 1024 rows; docs/performance.md has the table): cuda_plan_quant_gemv_rows gives
+ * the GEMV's last row count by type, and: */
+/* Rows up to which the tensor-core kernel takes a product; tiles and cuBLAS beyond (every type:
+ * the kernel won at 64 rows, the tiles at 128). */
+#define CUDA_QUANT_MMA_ROWS 64
+/* Without the tensor-core kernel (--cuda-options quant_mma=0): the GEMV up to this many rows,
+ * tiles beyond. */
 #define CUDA_QUANT_GEMV_ROWS 16
-/* The scratch buffer's size: tiles of whole rows, at most this many bytes of bf16. */
+/* A split-K range of the tensor-core kernel is at least this many stages of SK_QUANT_MMA_STAGE_K
+ * weights; splits are made only while the tiles fill fewer than every SM, up to about two
+ * blocks an SM. */
+#define CUDA_QUANT_MMA_SPLIT_STAGES 2
+/* The scratch buffer's size: tiles of whole rows, at most this many bytes of bf16; the
+ * tensor-core kernel's split-K sums use it too (never both in one product). */
 #define CUDA_QUANT_SCRATCH_BYTES ((size_t)64 << 20)
-/* Whether a product of this many rows on block weights takes sk_gemv_q (always in the
- * deterministic mode: a row's sums then do not depend on the batch). */
-bool cuda_plan_quant_gemv(const struct cuda_plan_config *c, int rows);
+enum cuda_quant_path {
+    CUDA_QUANT_PATH_GEMV,  /* sk_gemv_q (with the int8 scratch where the type has that path) */
+    CUDA_QUANT_PATH_MMA,   /* sk_quant_mma with `splits` k ranges, their sums in the scratch */
+    CUDA_QUANT_PATH_TILES, /* sk_dequant_bf16 tiles of cuda_plan_quant_tile_rows rows, cuBLAS */
+};
+struct cuda_quant_plan {
+    enum cuda_quant_path path;
+    int splits; /* MMA */
+};
+/* The path of a product of `rows` rows on an n_out x k_in matrix of GGUF type dtype (enum
+ * dtype): the GEMV always in the deterministic mode (a row's sums then do not depend on the
+ * batch); the tensor-core kernel only for the types it takes (all the block kernels'), with
+ * k_in a whole number of blocks, and with quant_mma on. */
+/* Rows up to which the block GEMV keeps a product of dtype (with the tensor-core kernel on). */
+int cuda_plan_quant_gemv_rows(int dtype);
+struct cuda_quant_plan cuda_plan_quant(const struct cuda_plan_config *c, int dtype, int rows, int n_out, int k_in);
 /* Weight rows per dequantized tile of a product with k_in columns: as many as the scratch holds,
  * a multiple of 64 unless the whole product fits; at least 1. */
 int cuda_plan_quant_tile_rows(int n_out, int k_in);

@@ -1,12 +1,15 @@
 /* GGUF block-quantized matrices kept in their blocks on the device (issue 21): uploaded as the file
- * has them, so a quantized model's weights take about the file's size. Decode-sized products run
- * the block GEMV (kernels/quant_gemv.cu), which dequantizes in registers and reads each weight byte
- * once per 8 rows; larger ones (prefill) dequantize tiles of rows into one bf16 scratch buffer,
- * shared by every matrix, and run cuBLAS on each tile (cuda_plan_quant_gemv and
- * cuda_plan_quant_tile_rows decide). A layer stays in blocks only when all of its seven matrices
- * are of types the kernels take; otherwise cuda_weights.c dequantizes it to bf16 at load, as before
- * (Q2_K, Q3_K, IQ4_NL, IQ4_XS). So do the token embedding (sk_embed_q dequantizes a step's rows)
- * and lm_head. */
+ * has them, so a quantized model's weights take about the file's size. The planner
+ * (cuda_plan_quant) sends each product by its type and rows to the block GEMV
+ * (kernels/quant_gemv.cu: dequantizes in registers, reads each weight byte once per 8 rows) for
+ * the fewest rows, to the tensor-core kernel (kernels/quant_mma.cu: dequantizes in registers into
+ * mma.sync, reads each weight byte once per 64 rows) up to a few hundred, and beyond (prefill) to
+ * dequantized tiles of rows in one bf16 scratch buffer, shared by every matrix, with cuBLAS on
+ * each tile (cuda_plan_quant_tile_rows). GPTQ and AWQ int4 checkpoints take the same paths: they
+ * are Q4_1 blocks by then (worker/model/int4_checkpoint.c). A layer stays in blocks only when all
+ * of its seven matrices are of types the kernels take; otherwise cuda_weights.c dequantizes it to
+ * bf16 at load, as before (Q2_K, Q3_K, IQ4_NL, IQ4_XS). So do the token embedding (sk_embed_q
+ * dequantizes a step's rows) and lm_head. */
 #include "common/log.h"
 #include "kernels/sk_quant.h"
 #include "worker/backend/cuda/cuda_internal.h"
@@ -87,6 +90,12 @@ int cuda_qweights_finish(struct cuda_backend *b)
     const size_t xbytes = sk_gemv_q_scratch_bytes(k_max);
     CUDA_CHECK(b, cudaMalloc(&b->w.q_xscratch, xbytes));
     b->w.bytes += xbytes;
+    /* sk_quant_mma's counters: one per tile of the largest product it may take. */
+    int n_max = b->tp.vocab_rows > k_max ? b->tp.vocab_rows : k_max;
+    if (c->intermediate_size > n_max) n_max = c->intermediate_size;
+    const size_t counters = sk_quant_mma_counters(CUDA_QUANT_MMA_ROWS, n_max) * sizeof(unsigned);
+    CUDA_CHECK(b, cudaMalloc((void **)&b->w.q_counters, counters));
+    CUDA_CHECK(b, cudaMemset(b->w.q_counters, 0, counters));
     log_info("cuda: %d of %d layers%s%s kept in their GGUF blocks: %.3f GiB of blocks, %.3f GiB of weights in all "
              "(%.0f MiB of it the bf16 scratch for large batches)",
              b->w.q_layers, b->base.config.n_layers, b->w.tok_embed_q.w ? ", tok_embed" : "",
@@ -122,19 +131,27 @@ void cuda_qweights_free(struct cuda_backend *b)
     b->w.q_scratch = NULL;
     if (b->w.q_xscratch) cudaFree(b->w.q_xscratch);
     b->w.q_xscratch = NULL;
+    if (b->w.q_counters) cudaFree(b->w.q_counters);
+    b->w.q_counters = NULL;
 }
 
-/* cuda_qproduct; *x_int8: the activation scratch already holds x in int8 (a product on the same x
- * before this one left it there), updated for the next product on x. */
+/* cuda_qproduct_on; *x_int8: the activation scratch already holds x in int8 (a product on the same
+ * x before this one left it there), updated for the next product on x. */
 static int qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows,
-                    bool *x_int8)
+                    struct cuda_quant_plan p, bool *x_int8)
 {
     int rc = 0;
     if (rows <= 0) return 0;
-    if (cuda_plan_quant_gemv(&b->plan, rows)) {
+    if (p.path == CUDA_QUANT_PATH_GEMV) {
         CUDA_CHECK(b, sk_gemv_q(m->dtype, m->w, x, m->k_in, y, ldy, rows, m->n_out, m->k_in, b->w.q_xscratch, *x_int8,
                                 b->stream));
         *x_int8 = *x_int8 || sk_gemv_q_int8(m->dtype);
+        return 0;
+    }
+    if (p.path == CUDA_QUANT_PATH_MMA) {
+        /* Split-K sums in the tile path's scratch (the planner keeps them within it). */
+        CUDA_CHECK(b, sk_quant_mma(m->dtype, m->w, x, m->k_in, y, ldy, rows, m->n_out, m->k_in, p.splits,
+                                   (float *)b->w.q_scratch, b->w.q_counters, b->stream));
         return 0;
     }
     /* Row-major y = x w^T is column-major y^T = w^T(op) x^T, a tile's columns at y + r0. The
@@ -155,10 +172,21 @@ fail:
     return rc;
 }
 
-int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows)
+static struct cuda_quant_plan plan_of(const struct cuda_backend *b, const struct cuda_qmat *m, int rows)
+{
+    return cuda_plan_quant(&b->plan, m->dtype, rows, m->n_out, m->k_in);
+}
+
+int cuda_qproduct_on(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows,
+                     struct cuda_quant_plan p)
 {
     bool x_int8 = false;
-    return qproduct(b, m, x, y, ldy, rows, &x_int8);
+    return qproduct(b, m, x, y, ldy, rows, p, &x_int8);
+}
+
+int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows)
+{
+    return cuda_qproduct_on(b, m, x, y, ldy, rows, plan_of(b, m, rows));
 }
 
 /* The n products of ms on the same x, whose outputs are adjacent columns of y, in one block GEMV
@@ -169,9 +197,11 @@ static int one_launch(struct cuda_backend *b, const struct cuda_qmat *const *ms,
     int rc = 0;
     const void *w[3];
     int n_out[3];
-    if (rows <= 0 || !cuda_plan_quant_gemv(&b->plan, rows)) return 0;
+    if (rows <= 0) return 0;
     for (int i = 0; i < n; i++) {
-        if (ms[i]->dtype != ms[0]->dtype || ms[i]->k_in != ms[0]->k_in) return 0;
+        if (ms[i]->dtype != ms[0]->dtype || ms[i]->k_in != ms[0]->k_in ||
+            plan_of(b, ms[i], rows).path != CUDA_QUANT_PATH_GEMV)
+            return 0;
         w[i] = ms[i]->w;
         n_out[i] = ms[i]->n_out;
     }
@@ -189,9 +219,9 @@ int cuda_qlayer_qkv(struct cuda_backend *b, const struct cuda_qlayer *q, const u
     bool x_int8 = false; /* x is quantized once for the three */
     int rc = one_launch(b, ms, 3, x, qkv, width, rows);
     if (rc != 0) return rc < 0 ? rc : 0;
-    if ((rc = qproduct(b, &q->q, x, qkv, width, rows, &x_int8)) < 0) return rc;
-    if ((rc = qproduct(b, &q->k, x, qkv + q->q.n_out, width, rows, &x_int8)) < 0) return rc;
-    return qproduct(b, &q->v, x, qkv + q->q.n_out + q->k.n_out, width, rows, &x_int8);
+    if ((rc = qproduct(b, &q->q, x, qkv, width, rows, plan_of(b, &q->q, rows), &x_int8)) < 0) return rc;
+    if ((rc = qproduct(b, &q->k, x, qkv + q->q.n_out, width, rows, plan_of(b, &q->k, rows), &x_int8)) < 0) return rc;
+    return qproduct(b, &q->v, x, qkv + q->q.n_out + q->k.n_out, width, rows, plan_of(b, &q->v, rows), &x_int8);
 }
 
 int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, const float *b_gu, int rows)
@@ -206,8 +236,10 @@ int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, const f
     const int done = one_launch(b, ms, 2, ws->y, ws->big, 2 * I, rows);
     if (done < 0) return done;
     if (!done) {
-        if ((rc = qproduct(b, &q->gate, ws->y, ws->big, 2 * I, rows, &x_int8)) < 0) goto fail;
-        if ((rc = qproduct(b, &q->up, ws->y, ws->big + I, 2 * I, rows, &x_int8)) < 0) goto fail;
+        if ((rc = qproduct(b, &q->gate, ws->y, ws->big, 2 * I, rows, plan_of(b, &q->gate, rows), &x_int8)) < 0)
+            goto fail;
+        if ((rc = qproduct(b, &q->up, ws->y, ws->big + I, 2 * I, rows, plan_of(b, &q->up, rows), &x_int8)) < 0)
+            goto fail;
     }
     cuda_prof_mark(b, CUDA_PROF_GATE_UP);
     if (b->plan.plain_mlp)
