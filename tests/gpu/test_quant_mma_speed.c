@@ -110,9 +110,10 @@ static void bench_type(struct bench *bn, const struct gt_block_type *ty, double 
             const int rows = kRows[r];
             if (!kShapes[s].per_layer && rows > LM_MAX_ROWS) continue;
             const struct cuda_quant_plan plan = cuda_plan_quant(&bn->b.plan, (int)dt, rows, n_out, k_in);
-            struct cuda_quant_plan mma = cuda_plan_quant(&bn->b.plan, (int)dt, rows <= 256 ? rows : 256, n_out, k_in);
-            mma.path = CUDA_QUANT_PATH_MMA;
-            if (rows > 256) mma.splits = 1;
+            /* The kernel with the splits the planner gives it at these rows, also where the plan
+             * is the GEMV or the tiles: a crossover is between the paths as each would run. */
+            const struct cuda_quant_plan mma = {CUDA_QUANT_PATH_MMA,
+                                                cuda_plan_quant_mma_splits(&bn->b.plan, rows, n_out, k_in)};
             const struct cuda_quant_plan ps[N_PATHS] = {
                 {CUDA_QUANT_PATH_GEMV, 1}, mma, {CUDA_QUANT_PATH_MMA, 1}, {CUDA_QUANT_PATH_TILES, 1}};
             char line[512];
@@ -200,7 +201,7 @@ int main(void)
     cuda_plan_config_init(&b->plan, &mc, &o, false, true, n_sms, 2048, 256, 64);
     b->w.q_scratch = gt_dev(CUDA_QUANT_SCRATCH_BYTES);
     b->w.q_xscratch = gt_dev(sk_gemv_q_scratch_bytes(14336));
-    const size_t counters = sk_quant_mma_counters(CUDA_QUANT_MMA_ROWS, 128256) * sizeof(unsigned);
+    const size_t counters = sk_quant_mma_counters(1024, 128256) * sizeof(unsigned); /* the most rows timed */
     b->w.q_counters = gt_dev(counters);
     GT_CUDA(cudaMemset(b->w.q_counters, 0, counters));
     bn.x = gt_dev((size_t)1024 * 14336 * 2);

@@ -49,7 +49,8 @@ def generate(worker, body):
 
 
 def logged_bytes(worker, what):
-    m = re.search(what + r" (\d+) bytes", worker.output())
+    # "KV cache float32 11796480 bytes": the cache's dtype may stand before its bytes.
+    m = re.search(what + r"(?: [a-z0-9_]+)? (\d+) bytes", worker.output())
     assert m, f"the worker's log does not say its {what} bytes:\n{worker.output()}"
     return int(m.group(1))
 

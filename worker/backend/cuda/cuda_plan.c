@@ -216,7 +216,7 @@ int cuda_plan_quant_gemv_rows(int dtype)
  * SK_QUANT_MMA_FEATURES features) fill every SM; otherwise enough for about two blocks an SM,
  * each range at least CUDA_QUANT_MMA_SPLIT_STAGES stages, their sums within the scratch. Then
  * evened out as the kernel cuts them (ceil(stages / per-range)), so the count is the launch's. */
-static int quant_mma_splits(const struct cuda_plan_config *c, int rows, int n_out, int k_in)
+int cuda_plan_quant_mma_splits(const struct cuda_plan_config *c, int rows, int n_out, int k_in)
 {
     const int64_t tiles = (int64_t)((rows + SK_QUANT_MMA_ROWS - 1) / SK_QUANT_MMA_ROWS) *
                           ((n_out + SK_QUANT_MMA_FEATURES - 1) / SK_QUANT_MMA_FEATURES);
@@ -249,7 +249,7 @@ struct cuda_quant_plan cuda_plan_quant(const struct cuda_plan_config *c, int dty
         return p;
     }
     p.path = CUDA_QUANT_PATH_MMA;
-    p.splits = quant_mma_splits(c, rows, n_out, k_in);
+    p.splits = cuda_plan_quant_mma_splits(c, rows, n_out, k_in);
     return p;
 }
 

@@ -198,6 +198,8 @@ struct cuda_quant_plan {
  * k_in a whole number of blocks, and with quant_mma on. */
 /* Rows up to which the block GEMV keeps a product of dtype (with the tensor-core kernel on). */
 int cuda_plan_quant_gemv_rows(int dtype);
+/* The split-K ranges the tensor-core kernel takes for a product of this shape (1: none). */
+int cuda_plan_quant_mma_splits(const struct cuda_plan_config *c, int rows, int n_out, int k_in);
 struct cuda_quant_plan cuda_plan_quant(const struct cuda_plan_config *c, int dtype, int rows, int n_out, int k_in);
 /* Weight rows per dequantized tile of a product with k_in columns: as many as the scratch holds,
  * a multiple of 64 unless the whole product fits; at least 1. */
