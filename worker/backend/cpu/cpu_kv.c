@@ -76,7 +76,7 @@ void cpu_kv_put(struct cpu_kv *kv, const struct model_config *c, int32_t block, 
         memcpy(dst + (size_t)slot * hd * sizeof(float), src, (size_t)hd * sizeof(float));
         return;
     }
-    /* value / scale, as vLLM stores it (and CUDA's kernels: kernels/kv_fp8.cuh). */
+    /* value / scale, as vLLM stores it (and CUDA's kernels: kernels/kv_cache.cuh). */
     const float scale = kv->scales[2 * layer + which];
     uint8_t *q = dst + (size_t)slot * hd;
     for (int i = 0; i < hd; i++) q[i] = fp8_e4m3_from_f32(src[i] / scale);
