@@ -136,9 +136,9 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         CUDA_CHECK(b, sk_residual_addend(ws->x, ws->x, 1, 0, NULL, NULL, c->fam.embed_scale, T, H, c->rms_eps,
                                          b->stream));
     cuda_prof_mark(b, CUDA_PROF_EMBED);
+    const size_t kv_layer = cuda_kv_layer_bytes(&b->kv);
     for (int l = 0; l < c->n_layers; l++) {
         const struct cuda_layer *w = &b->w.layers[l];
-        const size_t kv_layer = cuda_kv_layer_bytes(&b->kv);
         unsigned char *kc = b->kv.cache + (size_t)l * 2 * kv_layer, *vc = kc + kv_layer;
         /* A sliding layer sees its window only, and Gemma 3's rotate with their own theta. */
         const bool sliding = model_layer_sliding(&c->fam, l);
