@@ -1,7 +1,10 @@
 // sk_fp8_quantize_rows (sk_fp8.h): rows of bf16 quantized to e4m3 with one scale each (amax /
 // 448), one block per row. Conversions use the hardware's cvt (sm_89 and later) through
-// cuda_fp8.h; every rounding is to nearest even, as the CPU's fp8.c does.
+// cuda_fp8.h; every rounding is to nearest even, as the CPU's fp8.c does. A programmatic
+// dependent (pdl.cuh) that lets its reader launch at once: the product after it streams its
+// weights meanwhile.
 #include "kernels/fp8_common.cuh"
+#include "kernels/pdl.cuh"
 #include "kernels/sk_fp8.h"
 
 #include <cuda_fp8.h>
@@ -15,6 +18,8 @@ constexpr int kQuantThreads = 256;
 __global__ void __launch_bounds__(kQuantThreads)
     quantize_rows_kernel(uint8_t *__restrict__ q, float *__restrict__ scale, const uint16_t *__restrict__ x, int cols)
 {
+    pdl_let_dependents_launch();
+    pdl_wait();
     const int r = blockIdx.x;
     const uint16_t *row = x + (size_t)r * cols;
     float amax = 0.0f;
@@ -40,6 +45,5 @@ extern "C" cudaError_t sk_fp8_quantize_rows(uint8_t *q, float *scale, const uint
 {
     if (rows < 0 || cols < 1) return cudaErrorInvalidValue;
     if (rows == 0) return cudaSuccess;
-    quantize_rows_kernel<<<rows, kQuantThreads, 0, s>>>(q, scale, x, cols);
-    return cudaGetLastError();
+    return launch_pdl(quantize_rows_kernel, dim3(rows), dim3(kQuantThreads), 0, s, q, scale, x, cols);
 }

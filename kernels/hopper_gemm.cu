@@ -29,6 +29,25 @@ namespace
 {
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Each consumer fragment value (stage_out_tile's map) times its weight row's and its token's scale;
+// rows and features past the matrix keep their zeros and read no scale.
+template <int NT>
+__device__ __forceinline__ void scale_fragments(float (&acc)[2][NT / 2], const float *w_scale, const float *x_scale,
+                                                int rows, int n_out, int tile)
+{
+    // x_scale comes from the kernel before, like x (long finished by now: x's stages came after it).
+    pdl_wait();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int f_frag = tile * BM + 16 * warp + lane / 4, t_frag = 2 * (lane % 4);
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int r = 0; r < NT / 2; r++) {
+            const int f = f_frag + h * 64 + 8 * ((r / 2) % 2), t = t_frag + 8 * (r / 4) + r % 2;
+            if (f < n_out && t < rows) acc[h][r] *= __ldg(w_scale + f) * __ldg(x_scale + t);
+        }
+}
+
 __device__ __forceinline__ void cluster_sync()
 {
     asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
@@ -36,11 +55,13 @@ __device__ __forceinline__ void cluster_sync()
 
 // With SWIGLU the weights are a gate/up pair interleaved in blocks of 64 rows, splits is 1, and
 // the block writes silu(gate) * up in bf16 to act[rows][n_out / 2] instead of y (store_act_tile).
-template <int NT, bool SWIGLU>
-__global__ void __launch_bounds__(kThreads) hopper_gemm_kernel(const __grid_constant__ CUtensorMap tw,
-                                                               const __grid_constant__ CUtensorMap tx, float *y,
-                                                               __nv_bfloat16 *act, int rows, int n_out, int k_blocks,
-                                                               int per_split, int64_t part_stride, int trigger)
+// With FP8 both operands are e4m3 (sk_hopper_fp8_gemm) and each sum is multiplied by its weight
+// row's scale w_scale[f] and its token's x_scale[t] before the split-K reduction.
+template <int NT, bool SWIGLU, bool FP8>
+__global__ void __launch_bounds__(kThreads)
+    hopper_gemm_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx, float *y,
+                       __nv_bfloat16 *act, int rows, int n_out, int k_blocks, int per_split, int64_t part_stride,
+                       int trigger, const float *w_scale, const float *x_scale)
 {
     // With trigger, the next kernel (a programmatic dependent) may launch once every block of this
     // one runs, and do what precedes its wait while this one streams: the down product after
@@ -69,12 +90,17 @@ __global__ void __launch_bounds__(kThreads) hopper_gemm_kernel(const __grid_cons
             // on the way already; x is its output, read only after the wait.
             const bool weights = warp == 4;
             if (!weights) pdl_wait();
-            produce<NT>(g, weights, weights ? &tw : &tx, kb0, n_kb, weights ? tile * BM : 0);
+            produce<NT>(g, weights, weights ? &tw : &tx, kb0, n_kb, weights ? tile * BM : 0, FP8 ? 2 * BK : BK);
         }
         __syncwarp();
         if (!reduce_in_cluster) return;
     } else {
-        consume<NT>(g, acc, n_kb);
+        if constexpr (FP8) {
+            consume<NT, wgmma_e4m3_op<NT>>(g, acc, n_kb);
+            scale_fragments<NT>(acc, w_scale, x_scale, rows, n_out, tile);
+        } else {
+            consume<NT>(g, acc, n_kb);
+        }
         consumers_sync(); // the ring is read: the epilogue may stage its tile there
     }
 
@@ -136,9 +162,9 @@ __global__ void __launch_bounds__(kThreads) hopper_gemm_kernel(const __grid_cons
 }
 #else
 // Built without sm_90a: never launched (sk_hopper_gemm_create refuses).
-template <int NT, bool SWIGLU>
+template <int NT, bool SWIGLU, bool FP8>
 __global__ void hopper_gemm_kernel(const __grid_constant__ CUtensorMap, const __grid_constant__ CUtensorMap, float *,
-                                   __nv_bfloat16 *, int, int, int, int, int64_t, int)
+                                   __nv_bfloat16 *, int, int, int, int, int64_t, int, const float *, const float *)
 {
 }
 #endif
@@ -154,21 +180,23 @@ namespace hopper
 // cache would then give the kernel x's map for the weights too (its weight stages would wait
 // forever for bytes that never come: the GPU hangs).
 bool tensor_map(struct sk_hopper_gemm *h, const void *ptr, uint64_t inner, uint64_t outer, uint32_t box_rows,
-                CUtensorMap *out)
+                CUtensorMap *out, bool bytes)
 {
     uint64_t key = (uint64_t)(uintptr_t)ptr ^ (inner * 0x9E3779B97F4A7C15ull) ^ (outer * 0xBF58476D1CE4E5B9ull) ^
-                   ((uint64_t)box_rows << 40);
+                   ((uint64_t)box_rows << 40) ^ ((uint64_t)bytes << 63);
     key ^= key >> 29;
     map_slot *e = &h->maps[key % (uint64_t)h->n_slots];
-    if (e->used && e->ptr == ptr && e->inner == inner && e->outer == outer && e->box_rows == box_rows) {
+    if (e->used && e->ptr == ptr && e->inner == inner && e->outer == outer && e->box_rows == box_rows &&
+        e->bytes == bytes) {
         *out = e->map;
         return true;
     }
-    const cuuint64_t dims[2] = {inner, outer}, strides[1] = {inner * 2};
-    const cuuint32_t box[2] = {BK, box_rows}, elem[2] = {1, 1};
-    CUresult r = h->encode(&e->map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void *>(ptr), dims, strides, box,
-                           elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                           CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    const cuuint64_t dims[2] = {inner, outer}, strides[1] = {inner * (bytes ? 1 : 2)};
+    const cuuint32_t box[2] = {(cuuint32_t)(bytes ? 2 * BK : BK), box_rows}, elem[2] = {1, 1};
+    CUresult r = h->encode(&e->map, bytes ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                           const_cast<void *>(ptr), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                           CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS) {
         e->used = false;
         return false;
@@ -177,6 +205,7 @@ bool tensor_map(struct sk_hopper_gemm *h, const void *ptr, uint64_t inner, uint6
     e->inner = inner;
     e->outer = outer;
     e->box_rows = box_rows;
+    e->bytes = bytes;
     e->used = true;
     *out = e->map;
     return true;
@@ -190,15 +219,17 @@ namespace
 // splits: as launch_splits gives it. part_stride 0: split-K sums added within clusters; else part s
 // of the sums at y + s * part_stride. trigger: let the next kernel launch early (see
 // hopper_gemm_kernel).
-template <int NT, bool SWIGLU>
-cudaError_t launch(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, uint16_t *act, int rows,
-                   int n_out, int k_in, int splits, int64_t part_stride, bool trigger, cudaStream_t s)
+// FP8: w and x are e4m3 bytes (k_in of them a row) with the scales of sk_hopper_fp8_gemm.
+template <int NT, bool SWIGLU, bool FP8 = false>
+cudaError_t launch(struct sk_hopper_gemm *h, const void *w, const void *x, float *y, uint16_t *act, int rows,
+                   int n_out, int k_in, int splits, int64_t part_stride, bool trigger, cudaStream_t s,
+                   const float *w_scale = NULL, const float *x_scale = NULL)
 {
     CUtensorMap mw, mx;
-    if (!tensor_map(h, w, (uint64_t)k_in, (uint64_t)n_out, BM, &mw) ||
-        !tensor_map(h, x, (uint64_t)k_in, (uint64_t)rows, NT, &mx))
+    if (!tensor_map(h, w, (uint64_t)k_in, (uint64_t)n_out, BM, &mw, FP8) ||
+        !tensor_map(h, x, (uint64_t)k_in, (uint64_t)rows, NT, &mx, FP8))
         return cudaErrorInvalidValue;
-    const int k_blocks = (k_in + BK - 1) / BK, per = (k_blocks + splits - 1) / splits;
+    const int stage = FP8 ? 2 * BK : BK, k_blocks = (k_in + stage - 1) / stage, per = (k_blocks + splits - 1) / splits;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((n_out + BM - 1) / BM, splits);
     cfg.blockDim = dim3(kThreads);
@@ -213,17 +244,20 @@ cudaError_t launch(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *
     attrs[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attrs;
     cfg.numAttrs = 2;
-    cudaError_t e = cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<NT, SWIGLU>, mw, mx, y, (__nv_bfloat16 *)act, rows, n_out,
-                                       k_blocks, per, part_stride, trigger ? 1 : 0);
+    cudaError_t e = cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<NT, SWIGLU, FP8>, mw, mx, y, (__nv_bfloat16 *)act, rows,
+                                       n_out, k_blocks, per, part_stride, trigger ? 1 : 0, w_scale, x_scale);
     return e != cudaSuccess ? e : cudaGetLastError();
 }
 
 template <int NT> cudaError_t allow_smem()
 {
-    cudaError_t e = cudaFuncSetAttribute(hopper_gemm_kernel<NT, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)smem_bytes<NT>());
+    cudaError_t e = cudaFuncSetAttribute(hopper_gemm_kernel<NT, false, false>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes<NT>());
     if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(hopper_gemm_kernel<NT, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        e = cudaFuncSetAttribute(hopper_gemm_kernel<NT, true, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)smem_bytes<NT>());
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(hopper_gemm_kernel<NT, false, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)smem_bytes<NT>());
     return e;
 }
@@ -308,7 +342,7 @@ extern "C" cudaError_t sk_hopper_gemm_create(struct sk_hopper_gemm **out)
         a.val.clusterDim.z = 1;
         cfg.attrs = &a;
         cfg.numAttrs = 1;
-        e = cudaOccupancyMaxActiveClusters(&h->clusters[sp], hopper_gemm_kernel<64, false>, &cfg);
+        e = cudaOccupancyMaxActiveClusters(&h->clusters[sp], hopper_gemm_kernel<64, false, false>, &cfg);
         if (e == cudaSuccess && h->clusters[sp] < 1) e = cudaErrorNotSupported;
     }
     if (e != cudaSuccess) {
@@ -382,4 +416,20 @@ extern "C" cudaError_t sk_hopper_gemm_swiglu(struct sk_hopper_gemm *h, const uin
 {
     if (!shape_ok(h, w, x, rows, k_in) || inter < 64 || inter % 64 || ((uintptr_t)act & 15)) return cudaErrorInvalidValue;
     return launch_rows<true>(h, w, x, NULL, act, rows, 2 * inter, k_in, 1, 0, early_dependents != 0, s);
+}
+
+extern "C" cudaError_t sk_hopper_fp8_gemm(struct sk_hopper_gemm *h, const uint8_t *w, const float *w_scale,
+                                          const uint8_t *x, const float *x_scale, float *y, int rows, int n_out,
+                                          int k_in, int splits, cudaStream_t s)
+{
+    if (!h || rows < 1 || rows > SK_HOPPER_MAX_ROWS || n_out < 1 || k_in < 16 || k_in % 16 || !w_scale || !x_scale ||
+        ((uintptr_t)w & 15) || ((uintptr_t)x & 15))
+        return cudaErrorInvalidValue;
+    // A stage is 128 bytes of a row either way, so the bf16 product of half the width has the
+    // same stages and takes the same split count.
+    if (!(splits = launch_splits(h, n_out, k_in / 2, splits))) return cudaErrorInvalidValue;
+    if (rows <= 16) return launch<16, false, true>(h, w, x, y, NULL, rows, n_out, k_in, splits, 0, true, s, w_scale, x_scale);
+    if (rows <= 32) return launch<32, false, true>(h, w, x, y, NULL, rows, n_out, k_in, splits, 0, true, s, w_scale, x_scale);
+    if (rows <= 64) return launch<64, false, true>(h, w, x, y, NULL, rows, n_out, k_in, splits, 0, true, s, w_scale, x_scale);
+    return launch<128, false, true>(h, w, x, y, NULL, rows, n_out, k_in, splits, 0, true, s, w_scale, x_scale);
 }

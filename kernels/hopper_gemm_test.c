@@ -4,13 +4,15 @@
  * repeat and at every batch size, split parts left to the next kernel (sk_hopper_gemm_parts)
  * adding up to the same bits, the SwiGLU epilogue over weights that sk_gate_up_interleave
  * (silu_mul.cu) lays out, the fused MLP (sk_hopper_mlp, hopper_mlp.cu: in this program because it
- * is checked against the two products it fuses) equal to its two halves, refusals; then, with
+ * is checked against the two products it fuses) equal to its two halves, the same stream on e4m3
+ * operands (sk_hopper_fp8_gemm) against a double reference, refusals; then, with
  * SLUICE_GPU_BENCH=1, weight-streaming rates against cuBLAS at Llama-3-8B's decode shapes. */
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/product_bench.h"
 
 #include "kernels/sluice_kernels.h"
 #include "worker/backend/cuda/cuda_internal.h"
+#include "worker/model/fp8.h"
 
 #define BF_TOL 1e-2
 
@@ -53,6 +55,65 @@ static void test_case(struct sk_hopper_gemm *h, int M, int N, int K, int splits)
     free(y);
     free(y2);
     free(ref);
+}
+
+/* Random e4m3 codes, never NaN (0x7f, 0xff). */
+static void fp8_codes(uint8_t *q, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint8_t b = (uint8_t)gt_int(256);
+        q[i] = (b & 0x7f) == 0x7f ? (uint8_t)(b ^ 1) : b;
+    }
+}
+
+/* sk_hopper_fp8_gemm against a double reference on the same codes and scales: every code times
+ * code is exact in fp32, so what remains is the accumulation's rounding (Hopper's FP8 wgmma adds
+ * with fewer bits than fp32, hence the looser bound than test_case's). Also: the same bits on a
+ * repeat, and each row's bits the same when it is computed alone (batch invariance: a decode
+ * step's rows must not depend on the batch). */
+static void test_fp8_case(struct sk_hopper_gemm *h, int M, int N, int K, int splits)
+{
+    uint8_t *w = malloc((size_t)N * K), *x = malloc((size_t)M * K);
+    float *ws = malloc((size_t)N * 4), *xs = malloc((size_t)M * 4);
+    fp8_codes(w, (size_t)N * K);
+    fp8_codes(x, (size_t)M * K);
+    for (int n = 0; n < N; n++) ws[n] = ldexpf(1.0f + gt_uniform(), -8 + gt_int(6));
+    for (int m = 0; m < M; m++) xs[m] = ldexpf(1.0f + gt_uniform(), -4 + gt_int(6));
+    /* The codes' values once (the reference's inner loop would otherwise decode 2 M N K times). */
+    float *wf = malloc((size_t)N * K * 4), *xf = malloc((size_t)M * K * 4);
+    for (size_t i = 0; i < (size_t)N * K; i++) wf[i] = fp8_e4m3_to_f32(w[i]);
+    for (size_t i = 0; i < (size_t)M * K; i++) xf[i] = fp8_e4m3_to_f32(x[i]);
+    double *ref = malloc((size_t)M * N * 8);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double acc = 0;
+            const float *wr = wf + (size_t)n * K, *xr = xf + (size_t)m * K;
+            for (int k = 0; k < K; k++) acc += (double)wr[k] * xr[k];
+            ref[(size_t)m * N + n] = acc * ws[n] * xs[m];
+        }
+    free(wf), free(xf);
+    uint8_t *dw = gt_up(w, (size_t)N * K), *dx = gt_up(x, (size_t)M * K);
+    float *dws = gt_up(ws, (size_t)N * 4), *dxs = gt_up(xs, (size_t)M * 4);
+    float *dy = gt_dev((size_t)M * N * 4), *y = malloc((size_t)M * N * 4), *y2 = malloc((size_t)M * N * 4);
+    GT_CUDA(cudaMemset(dy, 0xff, (size_t)M * N * 4));
+    cudaError_t e1 = sk_hopper_fp8_gemm(h, dw, dws, dx, dxs, dy, M, N, K, splits, 0);
+    gt_down(y, dy, (size_t)M * N * 4);
+    GT_CUDA(cudaMemset(dy, 0xff, (size_t)M * N * 4));
+    cudaError_t e2 = sk_hopper_fp8_gemm(h, dw, dws, dx, dxs, dy, M, N, K, splits, 0);
+    gt_down(y2, dy, (size_t)M * N * 4);
+    const double e = gt_rel_err(y, ref, (size_t)M * N);
+    const int same = !memcmp(y, y2, (size_t)M * N * 4);
+    /* The last row alone (a 16-row tile where the batch took a wider one). */
+    GT_CUDA(cudaMemset(dy, 0xff, (size_t)N * 4));
+    cudaError_t e3 = sk_hopper_fp8_gemm(h, dw, dws, dx + (size_t)(M - 1) * K, dxs + M - 1, dy, 1, N, K, splits, 0);
+    gt_down(y2, dy, (size_t)N * 4);
+    const int alone = !memcmp(y + (size_t)(M - 1) * N, y2, (size_t)N * 4);
+    GT_CHECK(e1 == cudaSuccess && e2 == cudaSuccess && e3 == cudaSuccess && e < 2e-3 && same && alone,
+             "hopper fp8 M=%d N=%d K=%d splits=%d: rel err %.1e, repeat %s, last row alone %s (%s)", M, N, K, splits,
+             e, same ? "identical" : "differs", alone ? "identical" : "differs",
+             cudaGetErrorString(e1 != cudaSuccess ? e1 : e2 != cudaSuccess ? e2 : e3));
+    cudaFree(dw), cudaFree(dx), cudaFree(dws), cudaFree(dxs), cudaFree(dy);
+    free(w), free(x), free(ws), free(xs), free(ref), free(y), free(y2);
 }
 
 /* sk_hopper_gemm_parts: as many parts as sk_hopper_gemm's splits, whose sum in split order from
@@ -364,6 +425,20 @@ int main(void)
     test_mlp(h, 33, 256, 1344, 1);
     test_mlp(h, 128, 512, 128, 2);
     test_mlp(h, 5, 64, 64, 1);
+    printf("hopper gemm on e4m3 operands (FP8 weights, activations quantized per token)\n");
+    test_fp8_case(h, 64, 512, 1024, 1);
+    test_fp8_case(h, 64, 512, 1024, 4);
+    test_fp8_case(h, 5, 256, 512, 1);
+    test_fp8_case(h, 7, 300, 528, 3);
+    test_fp8_case(h, 17, 1000, 768, 2);
+    test_fp8_case(h, 33, 172, 64, 1);
+    test_fp8_case(h, 63, 200, 2048, 5);
+    test_fp8_case(h, 40, 96, 4112, 7);
+    test_fp8_case(h, 100, 384, 1024, 0);
+    test_fp8_case(h, 128, 1000, 1024, 3);
+    test_fp8_case(h, 64, 6144, 4096, 0);
+    test_fp8_case(h, 64, 4096, 14336, 0);
+    test_fp8_case(h, 16, 28672, 4096, 0);
     /* With one cache slot the weights' and x's maps of every launch share it: each launch must
      * still get both (a shared map made the weight stages wait forever: the serving hang). */
     sk_hopper_gemm_set_map_slots(h, 1);
@@ -372,6 +447,7 @@ int main(void)
     test_case(h, 64, 4096, 4096, 0);
     test_swiglu(h, 5, 192, 256);
     test_mlp(h, 17, 1000, 640, 2);
+    test_fp8_case(h, 17, 1000, 768, 2);
     sk_hopper_gemm_set_map_slots(h, 4096);
     printf("hopper gemm batch invariance and refusals\n");
     test_batch_invariance(h, 4096, 4096);
@@ -385,6 +461,18 @@ int main(void)
              "hopper refuses unaligned weights");
     GT_CHECK(sk_hopper_gemm(h, d, d, f, 8, 64, 1024, SK_HOPPER_MAX_SPLITS + 1, 0) == cudaErrorInvalidValue,
              "hopper refuses %d splits", SK_HOPPER_MAX_SPLITS + 1);
+    GT_CHECK(sk_hopper_fp8_gemm(h, (uint8_t *)d, f, (uint8_t *)d, f, f, 8, 64, 72, 0, 0) == cudaErrorInvalidValue,
+             "hopper fp8 refuses K %% 16 != 0");
+    GT_CHECK(sk_hopper_fp8_gemm(h, (uint8_t *)d, NULL, (uint8_t *)d, f, f, 8, 64, 64, 0, 0) == cudaErrorInvalidValue,
+             "hopper fp8 refuses no weight scales");
+    GT_CHECK(sk_hopper_fp8_gemm(h, (uint8_t *)d + 8, f, (uint8_t *)d, f, f, 8, 64, 64, 0, 0) == cudaErrorInvalidValue,
+             "hopper fp8 refuses unaligned weights");
+    GT_CHECK(sk_hopper_fp8_gemm(h, (uint8_t *)d, f, (uint8_t *)d, f, f, 8, 64, 72, 0, 0) == cudaErrorInvalidValue,
+             "hopper fp8 refuses K %% 16 != 0");
+    GT_CHECK(sk_hopper_fp8_gemm(h, (uint8_t *)d, NULL, (uint8_t *)d, f, f, 8, 64, 64, 0, 0) == cudaErrorInvalidValue,
+             "hopper fp8 refuses no weight scales");
+    GT_CHECK(sk_hopper_fp8_gemm(h, (uint8_t *)d + 8, f, (uint8_t *)d, f, f, 8, 64, 64, 0, 0) == cudaErrorInvalidValue,
+             "hopper fp8 refuses unaligned weights");
     int n_parts = -1;
     GT_CHECK(sk_hopper_mlp(h, d, d, d, d, f, 8, 64, 96, &n_parts, 0, 0) == cudaErrorInvalidValue && n_parts == 0,
              "hopper mlp refuses an intermediate size that is not a multiple of 64");

@@ -87,7 +87,7 @@ template <int N> __device__ __forceinline__ void fence_regs(float *r)
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
 }
 
-template <int NT> struct wgmma_op;
+template <int NT> struct wgmma_op; // bf16 operands, k16
 template <> struct wgmma_op<16> {
     static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b)
     {
@@ -127,6 +127,54 @@ template <> struct wgmma_op<128> {
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
                      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
                      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                     : "l"(a), "l"(b), "r"(1));
+    }
+};
+
+// The same products on e4m3 operands (FP8 weights and per-token quantized activations): k32
+// per instruction, so that a 32-byte step along a 128-byte swizzle row is one instruction, as for
+// bf16; FP8 wgmma takes K-major operands only (no transpose flags).
+template <int NT> struct wgmma_e4m3_op;
+template <> struct wgmma_e4m3_op<16> {
+    static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b)
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1;\n}"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                     : "l"(a), "l"(b), "r"(1));
+    }
+};
+
+template <> struct wgmma_e4m3_op<32> {
+    static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b)
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1;\n}"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     : "l"(a), "l"(b), "r"(1));
+    }
+};
+
+template <> struct wgmma_e4m3_op<64> {
+    static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b)
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1;\n}"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                     : "l"(a), "l"(b), "r"(1));
+    }
+};
+
+template <> struct wgmma_e4m3_op<128> {
+    static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b)
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}"
                      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
                      : "l"(a), "l"(b), "r"(1));
     }
@@ -187,11 +235,13 @@ template <int NT> __device__ __forceinline__ ring ring_init(unsigned char *smem_
     return g;
 }
 
-// One producer's stream (its warp's lane 0): K blocks kb0 .. kb0 + n_kb of rows row0.. of map into
+// One producer's stream (its warp's lane 0): K blocks kb0 .. kb0 + n_kb (stage_elems elements
+// each: BK bf16, or 2 * BK e4m3 bytes) of rows row0.. of map into
 // the weight ring (weights) or the x ring. The weights are read once, so they should not push
 // anything out of L2; the slice of x is read by every feature tile, so it should stay.
 template <int NT>
-__device__ __forceinline__ void produce(const ring &g, bool weights, const CUtensorMap *map, int kb0, int n_kb, int row0)
+__device__ __forceinline__ void produce(const ring &g, bool weights, const CUtensorMap *map, int kb0, int n_kb, int row0,
+                                        int stage_elems = BK)
 {
     const int S = weights ? w_stages<NT>() : x_stages<NT>(), bytes = weights ? W_BYTES : x_bytes<NT>();
     const uint32_t ring = weights ? g.sw : g.sx, full = weights ? g.full_w : g.full_x;
@@ -205,13 +255,15 @@ __device__ __forceinline__ void produce(const ring &g, bool weights, const CUten
         const int s = i % S;
         if (i >= S) mbar_wait(empty + 8 * s, (i / S - 1) & 1);
         mbar_expect_tx(full + 8 * s, bytes);
-        tma_load_2d(ring + s * bytes, map, (kb0 + i) * BK, row0, full + 8 * s, policy);
+        tma_load_2d(ring + s * bytes, map, (kb0 + i) * stage_elems, row0, full + 8 * s, policy);
     }
 }
 
 // The consumer warpgroup's products over n_kb stages: acc[h] holds features h*64 + 16*warp +
-// lane/4 (+8) of the tile, every token.
-template <int NT> __device__ __forceinline__ void consume(const ring &g, float (&acc)[2][NT / 2], int n_kb)
+// lane/4 (+8) of the tile, every token. A stage is 128 bytes of K: 64 bf16 or 128 e4m3 (Op),
+// four 32-byte instructions either way.
+template <int NT, class Op = wgmma_op<NT>>
+__device__ __forceinline__ void consume(const ring &g, float (&acc)[2][NT / 2], int n_kb)
 {
     constexpr int SW = w_stages<NT>(), SX = x_stages<NT>(), XB = x_bytes<NT>(), R = NT / 2;
     const int lane = threadIdx.x % 32;
@@ -229,8 +281,8 @@ template <int NT> __device__ __forceinline__ void consume(const ring &g, float (
         asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
         for (int k = 0; k < BK / 16; k++) {
-            wgmma_op<NT>::run(acc[0], da + 2 * k, db + 2 * k);
-            wgmma_op<NT>::run(acc[1], da + (64 * 128 >> 4) + 2 * k, db + 2 * k);
+            Op::run(acc[0], da + 2 * k, db + 2 * k);
+            Op::run(acc[1], da + (64 * 128 >> 4) + 2 * k, db + 2 * k);
         }
         asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
         // Keep this stage's products in flight; the previous stage's are done, so its buffers go back.
@@ -312,14 +364,16 @@ struct map_slot {
     const void *ptr;
     uint64_t inner, outer;
     uint32_t box_rows;
+    bool bytes; // e4m3 (boxes of 128 bytes), else bf16
     bool used;
     CUtensorMap map;
 };
 
-// The tensor map of a row-major bf16 matrix [outer][inner] read in boxes of 64 x box_rows, from
-// the handle's cache (hopper_gemm.cu).
+// The tensor map of a row-major bf16 matrix [outer][inner] read in boxes of 64 x box_rows (bytes:
+// of e4m3 bytes, boxes of 128 x box_rows: the same 128-byte rows), from the handle's cache
+// (hopper_gemm.cu).
 bool tensor_map(struct sk_hopper_gemm *h, const void *ptr, uint64_t inner, uint64_t outer, uint32_t box_rows,
-                CUtensorMap *out);
+                CUtensorMap *out, bool bytes = false);
 
 // The fused MLP's counters per launch (hopper_mlp.cu): ticket, blocks done, one count per split.
 constexpr int kMlpSync = 2 + SK_HOPPER_MAX_SPLITS;

@@ -165,6 +165,16 @@ cudaError_t sk_hopper_mlp(struct sk_hopper_gemm *h, const uint16_t *w_gu, const 
  * early_dependents as for sk_hopper_gemm_parts. */
 cudaError_t sk_hopper_gemm_swiglu(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, uint16_t *act,
                                   int rows, int inter, int k_in, int early_dependents, cudaStream_t s);
+/* The same weight stream on FP8 operands: y[m, n] = w_scale[n] * x_scale[m] * sum_k w[n, k] x[m, k]
+ * with w [n_out, k_in] and x [rows, k_in] e4m3 codes (x quantized per token, sk_fp8_quantize_rows),
+ * each code times code exact in fp32 and the sums fp32, for 1..SK_HOPPER_MAX_ROWS rows; split-K
+ * sums added within clusters (splits <= 0: sk_hopper_gemm_splits's count for the bf16 product of
+ * k_in / 2, which streams the same bytes). Needs k_in % 16 == 0 and 16-byte aligned w and x. A
+ * programmatic dependent: reads x and x_scale only after the kernel before it, and lets the
+ * kernel after it launch at once. */
+cudaError_t sk_hopper_fp8_gemm(struct sk_hopper_gemm *h, const uint8_t *w, const float *w_scale, const uint8_t *x,
+                               const float *x_scale, float *y, int rows, int n_out, int k_in, int splits,
+                               cudaStream_t s);
 
 /* --- attention ------------------------------------------------------------------------ */
 /* Causal attention of each query token t (sequence token_seq[t], position pos[t]) over keys

@@ -1,6 +1,7 @@
 /* The CPU yardstick for the CUDA backend's FP8 products (tests/gpu/test_fp8.c, and the MoE
  * fixtures with --quantization fp8 in tests/gpu/test_moe.c): where CUDA's plan gives a step to
- * cuBLASLt's FP8 GEMM, which quantizes the activations per token to e4m3, the CPU backend can
+ * cuBLASLt's FP8 GEMM or the Hopper stream on e4m3, which quantize the activations per token to
+ * e4m3, the CPU backend can
  * round its own activations the same way in the same steps (backend_options.cpu.fp8_act_rows),
  * so that the two compute the same thing up to float rounding. */
 #ifndef SLUICE_TESTS_GPU_FP8_YARDSTICK_H
@@ -20,12 +21,17 @@ struct act_rows {
     bool ok;  /* the CUDA plan is one the yardstick can mirror */
 };
 
-/* Which steps the CUDA backend b gives cuBLASLt's FP8 GEMM, which quantizes the activations per
- * token: for each layer product, every step of more than CUDA_FP8_MMA_ROWS tokens and none
- * smaller, or none at all (cuBLASLt off or not there, a shape it does not take), up to 1024
- * tokens; anything else the yardstick cannot mirror (not ok). A mixture-of-experts layer's
- * experts never quantize their activations (sk_moe_gemm_fp8 takes bf16 ones), and the CPU
- * rounds only a dense MLP's (products 2 and 3). */
+/* Which steps the CUDA backend b gives a kernel that quantizes the activations per token
+ * (cuBLASLt's FP8 GEMM, the Hopper stream on e4m3): for each layer product, every step from some
+ * number of tokens on and none smaller, or none at all (those kernels off or not there, a shape
+ * they do not take), up to 1024 tokens; anything else the yardstick cannot mirror (not ok). A
+ * mixture-of-experts layer's experts never quantize their activations (sk_moe_gemm_fp8 takes
+ * bf16 ones), and the CPU rounds only a dense MLP's (products 2 and 3). */
+static inline bool quantizes_activations(struct cuda_product_plan p)
+{
+    return p.kernel == CUDA_PRODUCT_FP8_LT || p.kernel == CUDA_PRODUCT_FP8_HOPPER;
+}
+
 static inline struct act_rows lt_rows(const struct backend *b, const struct model_config *c)
 {
     struct act_rows a = {.ok = true};
@@ -37,14 +43,13 @@ static inline struct act_rows lt_rows(const struct backend *b, const struct mode
     const int qkvd = qd + 2 * c->n_kv_heads * c->head_dim;
     const int shapes[4][2] = {{qkvd, H}, {H, qd}, {2 * I, H}, {H, I}};
     for (int i = 0; i < 4; i++) {
-        int small = 0, big = 0;
+        int first = 0;
         for (int t = 1; t <= 1024; t++) {
-            const bool lt = cuda_plan_fp8_product(p, t, shapes[i][0], shapes[i][1]).kernel == CUDA_PRODUCT_FP8_LT;
-            if (t <= CUDA_FP8_MMA_ROWS) small += lt;
-            else big += lt;
+            const bool q = quantizes_activations(cuda_plan_fp8_product(p, t, shapes[i][0], shapes[i][1]));
+            if (q && !first) first = t;
+            else if (!q && first) a.ok = false;
         }
-        if (small || (big && big != 1024 - CUDA_FP8_MMA_ROWS)) a.ok = false;
-        else if (big) a.rows[i] = CUDA_FP8_MMA_ROWS + 1, a.any = true;
+        if (first) a.rows[i] = first, a.any = true;
     }
     return a;
 }

@@ -5,7 +5,8 @@
  * error, per-row and per-block scales, at small and Llama-3-8B shapes. Models: the FP8
  * checkpoint fixtures (tests/fixtures/fp8) on CUDA against the CPU backend, which dequantizes the
  * same codes exactly (bound: the bf16 backend's own against the CPU where activations stay bf16;
- * where cuBLASLt's FP8 GEMM quantizes them per token, against a CPU yardstick that rounds its
+ * where cuBLASLt's FP8 GEMM or the Hopper stream on e4m3 (sk_hopper_fp8_gemm) quantizes them per
+ * token, against a CPU yardstick that rounds its
  * activations the same way, backend_options.cpu.fp8_act_rows); then --quantization fp8 against
  * the bf16 model on CUDA for stories260K and a two-layer Llama-3-8B-shaped dummy, bounded by the
  * same comparison on the CPU: logits close and the greedy token the same where the bf16 model's
@@ -389,10 +390,10 @@ static double cuda_vs_cpu(const struct model *m, struct cuda_options co, int n, 
 }
 
 /* The FP8 checkpoints, CUDA against the CPU backend on the same dequantized weights. Where the
- * activations stay bf16 (the gemv to 4 rows, the tensor-core kernel to 16, dequantized weights)
- * the bound is the bf16 model's own against the CPU (3e-2, test_backend.c). Where cuBLASLt's FP8
- * GEMM takes a step (here the prompts, 12 x 8 and 40 x 8 tokens, and batch 40's decode steps) it
- * quantizes the activations per token too, an error of its own (e4m3: up to 1/16 of each value,
+ * activations stay bf16 (the gemv to 4 rows, the tensor-core kernel, dequantized weights) the
+ * bound is the bf16 model's own against the CPU (3e-2, test_backend.c). Where cuBLASLt's FP8
+ * GEMM or the Hopper stream on e4m3 takes a step (by default every step of 5 or more tokens with
+ * per-row scales) it quantizes the activations per token too, an error of its own (e4m3: up to 1/16 of each value,
  * about 3% rms of a product), which the CPU's yardstick (cpu_options.fp8_act_rows) makes the same way: CUDA against
  * that within 6e-2, the bf16 bound plus the codes that round the other way because CUDA's and
  * the CPU's activations differ slightly (a code next to a rounding boundary moves by a whole
@@ -423,16 +424,22 @@ static void test_checkpoints(void)
             continue;
         }
         printf("checkpoint %s\n", variants[v]);
-        const struct cuda_options dflt = {0}, no_lt = {.no_fp8_lt = true}, no_outer = {.no_fp8_outer = true};
+        const struct cuda_options dflt = {0}, no_hop = {.no_fp8_hopper = true},
+                                  no_lt = {.no_fp8_lt = true, .no_fp8_hopper = true},
+                                  no_outer = {.no_fp8_outer = true, .no_fp8_hopper = true};
         checkpoint_case(m, variants[v], "batch 2 (gemv)", dflt, 2, 2, 8);
-        checkpoint_case(m, variants[v], "batch 12, prompts of 1 (tensor-core kernel)", dflt, 12, 1, 4);
-        checkpoint_case(m, variants[v], "batch 12, fp8_lt=0 (tensor-core kernel)", no_lt, 12, 8, 4);
-        checkpoint_case(m, variants[v], "batch 12 (cuBLASLt FP8 prompts, then the tensor-core kernel)", dflt, 12, 8,
-                        4);
-        checkpoint_case(m, variants[v], "batch 40 (cuBLASLt FP8 prompts and decode steps)", dflt, 40, 8, 2);
+        /* Block scales never take the Hopper stream nor cuBLASLt (the gemv, then dequantized). */
+        checkpoint_case(m, variants[v], "batch 12, prompts of 1 (Hopper stream on e4m3)", dflt, 12, 1, 4);
+        checkpoint_case(m, variants[v], "batch 12 (cuBLASLt FP8 prompts, then the Hopper stream)", dflt, 12, 16, 4);
+        checkpoint_case(m, variants[v], "batch 40 (cuBLASLt FP8 prompts, Hopper decode steps)", dflt, 40, 8, 2);
         /* The other ways to the same product, where another device or library would take them:
-         * the scales by a kernel after cuBLASLt, and dequantized weights (320-token prompts
-         * without cuBLASLt: over the tensor-core kernel's 256 rows). */
+         * the tensor-core kernel with bf16 activations, cuBLASLt's decode steps, the scales by a
+         * kernel after cuBLASLt, and dequantized weights (320-token prompts without cuBLASLt:
+         * over the tensor-core kernel's 256 rows). */
+        checkpoint_case(m, variants[v], "batch 12, prompts of 1, fp8_hopper=0 (tensor-core kernel)", no_hop, 12, 1, 4);
+        checkpoint_case(m, variants[v], "batch 12, fp8_lt=0 fp8_hopper=0 (tensor-core kernel)", no_lt, 12, 8, 4);
+        checkpoint_case(m, variants[v], "batch 40, fp8_hopper=0 (cuBLASLt prompts and decode steps)", no_hop, 40, 8,
+                        2);
         checkpoint_case(m, variants[v], "batch 12, fp8_outer=0", no_outer, 12, 8, 4);
         checkpoint_case(m, variants[v], "batch 40, fp8_lt=0 (dequantized prompts)", no_lt, 40, 8, 2);
         model_free(m);

@@ -12,6 +12,7 @@
 #include "tests/gpu/gpu_test.h"
 
 #include "kernels/sk_fp8.h"
+#include "kernels/sluice_kernels.h"
 #include "worker/backend/backend.h"
 #include "worker/model/model.h"
 
@@ -82,9 +83,12 @@ static int measure(struct backend *b, const struct model_config *c, int bs, bool
 /* Each FP8 decode kernel alone at the Llama-3-8B layer shapes: microseconds a launch and the
  * weight bytes over that time against the HBM rate (copies rotated past L2's 50 MB, no
  * prefetch), so each kernel's share of its roofline shows apart from the step's other kernels:
- * the gemv at 1 and 4 rows, the tensor-core kernel at 8 to 64. */
+ * the gemv at 1 and 4 rows, the tensor-core kernel at 5 to 64, then the Hopper weight stream on
+ * e4m3 operands at every row count (where the device has it). */
 static void kernel_table(double hbm)
 {
+    struct sk_hopper_gemm *h = NULL;
+    if (sk_hopper_gemm_create(&h) != cudaSuccess) h = NULL;
     const int shapes[4][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
     const char *names[4] = {"qkv", "o", "gate/up", "down"};
     const int rows[] = {1, 4, 5, 8, 16, 32, 64};
@@ -97,8 +101,11 @@ static void kernel_table(double hbm)
         float *sc = gt_dev((size_t)n * 4), *y = gt_dev((size_t)64 * n * 4);
         uint16_t *x = gt_dev((size_t)64 * k * 2);
         cudaMemset(w, 0x38, wb * copies), cudaMemset(x, 0, (size_t)64 * k * 2), cudaMemset(sc, 0, (size_t)n * 4);
-        for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
-            const int m = rows[r], reps = 40;
+        for (size_t r = 0; r < 2 * sizeof rows / sizeof *rows; r++) {
+            /* The second pass: the Hopper weight stream on e4m3 (x as codes, zero here). */
+            const bool hop = r >= sizeof rows / sizeof *rows;
+            const int m = rows[hop ? r - sizeof rows / sizeof *rows : r], reps = 40;
+            if (hop && !h) continue;
             cudaEvent_t e0, e1;
             cudaEventCreate(&e0), cudaEventCreate(&e1);
             float ms = 0;
@@ -106,8 +113,9 @@ static void kernel_table(double hbm)
             for (int it = -4; it < reps && !err; it++) {
                 if (it == 0) cudaEventRecord(e0, 0);
                 const uint8_t *wi = w + (size_t)((it + 4) % copies) * wb;
-                err = m <= 4 ? sk_fp8_gemv(wi, sc, 1, k, x, y, m, n, k, NULL, 0, 0)
-                             : sk_fp8_gemm_small(wi, sc, x, y, m, n, k, NULL, 0, 0);
+                err = hop      ? sk_hopper_fp8_gemm(h, wi, sc, (const uint8_t *)x, sc, y, m, n, k, 0, 0)
+                      : m <= 4 ? sk_fp8_gemv(wi, sc, 1, k, x, y, m, n, k, NULL, 0, 0)
+                               : sk_fp8_gemm_small(wi, sc, x, y, m, n, k, NULL, 0, 0);
             }
             cudaEventRecord(e1, 0);
             cudaEventSynchronize(e1);
@@ -115,11 +123,13 @@ static void kernel_table(double hbm)
             GT_CHECK(err == cudaSuccess, "%s rows %d launch: %s", names[i], m, cudaGetErrorString(err));
             const double us = ms * 1e3 / reps;
             printf("    %-7s [%5d x %5d] rows %2d (%s): %7.1f us, %5.0f GB/s = %3.0f%% of %.2f TB/s\n", names[i], n, k,
-                   m, m <= 4 ? "gemv" : "tensor cores", us, wb / us / 1e3, 100 * wb / us / 1e6 / hbm, hbm);
+                   m, hop ? "hopper e4m3" : m <= 4 ? "gemv" : "tensor cores", us, wb / us / 1e3,
+                   100 * wb / us / 1e6 / hbm, hbm);
             cudaEventDestroy(e0), cudaEventDestroy(e1);
         }
         cudaFree(w), cudaFree(sc), cudaFree(y), cudaFree(x);
     }
+    sk_hopper_gemm_destroy(h);
 }
 
 int main(void)

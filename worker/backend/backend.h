@@ -210,6 +210,8 @@ struct cuda_options {
                                of its outer-vector scales */
     bool no_fp8_mma;        /* fp8_mma=0: no tensor-core FP8 kernel; cuBLASLt (or, without it, the
                                gemv and dequantized weights) takes what it would */
+    bool no_fp8_hopper;     /* fp8_hopper=0: no FP8 product on the Hopper weight stream (wgmma on
+                               e4m3); the tensor-core FP8 kernel and cuBLASLt take its batches */
     bool no_fp8_prefetch;   /* fp8_prefetch=0: an FP8 decode product does not bring the next
                                product's first weights into L2 at its end */
     bool no_quant_mma;      /* quant_mma=0: no tensor-core kernel for GGUF block weights; the block

@@ -1,5 +1,5 @@
 /* The planner's FP8 choices (cuda_plan_fp8_product, cuda_plan_config_fp8), on the CPU: which
- * kernel (gemv, tensor-core kernel, cuBLASLt, dequantized weights) takes each of a layer's
+ * kernel (gemv, Hopper stream, tensor-core kernel, cuBLASLt, dequantized weights) takes each of a layer's
  * products at each batch size for FP8 weights with per-row or block scales, with and without
  * cuBLASLt, and what stays as it was (lm_head in bf16). */
 #include <criterion/criterion.h>
@@ -56,14 +56,38 @@ Test(cuda_plan_fp8, llama3_8b_per_row_scales_with_cublaslt)
     cr_assert_eq(CUDA_FP8_GEMV_ROWS, 4, "the choices below assume the gemv up to 4 rows");
     cr_assert_eq(CUDA_FP8_MMA_ROWS, 16, "and the tensor-core kernel up to 16");
     for (int n = 1; n <= 4; n++) expect_layer((struct cuda_step_plan[]){plan(&c, n)}, CUDA_PRODUCT_FP8_GEMV, n);
-    /* Small decode batches past the gemv: the tensor-core kernel, bf16 activations, weights read
-     * once; from 17 rows cuBLASLt, which was faster there. */
+    /* Decode batches past the gemv: the Hopper weight stream on e4m3, weights read once, up to
+     * its 128 rows; cuBLASLt beyond. */
+    cr_assert_eq(CUDA_FP8_HOPPER_MIN_ROWS, 5, "and the Hopper stream from 5");
+    const int mid[] = {5, 8, 9, 16, 17, 64, 65, 128};
+    for (int i = 0; i < 8; i++)
+        expect_layer((struct cuda_step_plan[]){plan(&c, mid[i])}, CUDA_PRODUCT_FP8_HOPPER, mid[i]);
+    cr_expect_eq(cuda_plan_fp8_product(&c, 129, 4096, 4096).kernel, CUDA_PRODUCT_FP8_LT);
+    cr_expect_eq(cuda_plan_fp8_product(&c, 1024, 4096, 14336).kernel, CUDA_PRODUCT_FP8_LT);
+    /* The bf16 lm_head keeps its own choices: the gemv at one row. */
+    cr_expect_eq(plan(&c, 1).lm_head.kernel, CUDA_PRODUCT_GEMV);
+}
+
+/* --cuda-options fp8_hopper=0 (or a GPU without the Hopper products): the tensor-core kernel up to
+ * 16 rows, bf16 activations, weights read once; from 17 rows cuBLASLt, which was faster there. */
+Test(cuda_plan_fp8, without_the_hopper_stream)
+{
+    struct cuda_plan_config c = config(4096, 14336, false, false, true);
+    c.fp8_hopper = false;
+    cr_assert_eq(CUDA_FP8_MMA_ROWS, 16, "the tensor-core kernel up to 16 rows");
     const int mid[] = {5, 8, 9, 16};
     for (int i = 0; i < 4; i++) expect_layer((struct cuda_step_plan[]){plan(&c, mid[i])}, CUDA_PRODUCT_FP8_MMA, mid[i]);
     const int big[] = {17, 32, 33, 64, 65, 128, 256};
     for (int i = 0; i < 7; i++) expect_layer((struct cuda_step_plan[]){plan(&c, big[i])}, CUDA_PRODUCT_FP8_LT, big[i]);
-    /* The bf16 lm_head keeps its own choices: the gemv at one row. */
-    cr_expect_eq(plan(&c, 1).lm_head.kernel, CUDA_PRODUCT_GEMV);
+    /* The option's own switch: off Hopper the config never has the stream. */
+    const struct model_config m = {.hidden_size = 4096, .intermediate_size = 14336, .n_heads = 32, .n_kv_heads = 8,
+                                   .head_dim = 128, .vocab_size = 128256, .max_position = 8192, .n_layers = 2};
+    struct cuda_options o = {0};
+    cuda_plan_config_init(&c, &m, &o, false, false, 132, 8192, 256, 514);
+    cr_expect_not(c.fp8_hopper, "no Hopper products, no FP8 stream");
+    o.no_fp8_hopper = true;
+    cuda_plan_config_init(&c, &m, &o, false, true, 132, 8192, 256, 514);
+    cr_expect_not(c.fp8_hopper, "fp8_hopper=0 turns it off");
 }
 
 Test(cuda_plan_fp8, without_cublaslt_or_with_blocks_large_batches_dequantize)
@@ -73,9 +97,13 @@ Test(cuda_plan_fp8, without_cublaslt_or_with_blocks_large_batches_dequantize)
     cr_assert_eq(CUDA_FP8_MMA_ROWS_NO_LT, 256);
     struct cuda_plan_config c = config(4096, 14336, false, false, false);
     expect_layer((struct cuda_step_plan[]){plan(&c, 1)}, CUDA_PRODUCT_FP8_GEMV, 1);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 5)}, CUDA_PRODUCT_FP8_HOPPER, 5);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 128)}, CUDA_PRODUCT_FP8_HOPPER, 128);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 129)}, CUDA_PRODUCT_FP8_MMA, 129);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 256)}, CUDA_PRODUCT_FP8_MMA, 256);
+    c.fp8_hopper = false;
     expect_layer((struct cuda_step_plan[]){plan(&c, 5)}, CUDA_PRODUCT_FP8_MMA, 5);
     expect_layer((struct cuda_step_plan[]){plan(&c, 64)}, CUDA_PRODUCT_FP8_MMA, 64);
-    expect_layer((struct cuda_step_plan[]){plan(&c, 256)}, CUDA_PRODUCT_FP8_MMA, 256);
     cr_expect_eq(cuda_plan_fp8_product(&c, 257, 4096, 4096).kernel, CUDA_PRODUCT_FP8_DEQUANT);
     /* Block scales (the tensor-core kernel takes one scale a row): the gemv, 8 rows a launch, up
      * to 32 rows, then dequantized. */
@@ -89,12 +117,17 @@ Test(cuda_plan_fp8, without_cublaslt_or_with_blocks_large_batches_dequantize)
 
 Test(cuda_plan_fp8, shapes_the_kernels_cannot_take)
 {
-    /* k_in not a multiple of 16 (stories260K's 172): no gemv, no tensor-core kernel, no cuBLASLt;
-     * n_out not a multiple of 32: no tensor-core kernel; nor of 16: no cuBLASLt. */
+    /* k_in not a multiple of 16 (stories260K's 172): no gemv, no Hopper stream, no tensor-core
+     * kernel, no cuBLASLt; n_out not a multiple of 32: no tensor-core kernel; nor of 16: no
+     * cuBLASLt; the Hopper stream takes any n_out. */
     struct cuda_plan_config c = config(4096, 14336, false, false, true);
     cr_expect_eq(cuda_plan_fp8_product(&c, 1, 64, 172).kernel, CUDA_PRODUCT_FP8_DEQUANT);
     cr_expect_eq(cuda_plan_fp8_product(&c, 64, 64, 172).kernel, CUDA_PRODUCT_FP8_DEQUANT);
     cr_expect_eq(cuda_plan_fp8_product(&c, 1, 344, 64).kernel, CUDA_PRODUCT_FP8_GEMV);
+    cr_expect_eq(cuda_plan_fp8_product(&c, 64, 344, 64).kernel, CUDA_PRODUCT_FP8_HOPPER, "any n_out: the Hopper stream");
+    cr_expect_eq(cuda_plan_fp8_product(&c, 200, 336, 64).kernel, CUDA_PRODUCT_FP8_LT, "336 = 16 x 21: cuBLASLt");
+    cr_expect_eq(cuda_plan_fp8_product(&c, 129, 344, 64).kernel, CUDA_PRODUCT_FP8_DEQUANT);
+    c.fp8_hopper = false;
     cr_expect_eq(cuda_plan_fp8_product(&c, 32, 344, 64).kernel, CUDA_PRODUCT_FP8_GEMV, "no cuBLASLt: gemv to 32");
     cr_expect_eq(cuda_plan_fp8_product(&c, 64, 344, 64).kernel, CUDA_PRODUCT_FP8_DEQUANT);
     cr_expect_eq(cuda_plan_fp8_product(&c, 64, 336, 64).kernel, CUDA_PRODUCT_FP8_LT, "336 = 16 x 21: cuBLASLt only");
@@ -131,12 +164,14 @@ Test(cuda_plan_fp8, without_the_tensor_core_kernel)
 {
     struct cuda_plan_config c = config(4096, 14336, false, false, true);
     c.fp8_mma = false;
+    c.fp8_hopper = false;
     expect_layer((struct cuda_step_plan[]){plan(&c, 4)}, CUDA_PRODUCT_FP8_GEMV, 4);
     const int past[] = {5, 16, 64, 65};
     for (size_t i = 0; i < sizeof past / sizeof past[0]; i++)
         expect_layer((struct cuda_step_plan[]){plan(&c, past[i])}, CUDA_PRODUCT_FP8_LT, past[i]);
     c = config(4096, 14336, false, false, false);
     c.fp8_mma = false;
+    c.fp8_hopper = false;
     expect_layer((struct cuda_step_plan[]){plan(&c, CUDA_FP8_GEMV_ROWS_NO_LT)}, CUDA_PRODUCT_FP8_GEMV,
                  CUDA_FP8_GEMV_ROWS_NO_LT);
     expect_layer((struct cuda_step_plan[]){plan(&c, CUDA_FP8_GEMV_ROWS_NO_LT + 1)}, CUDA_PRODUCT_FP8_DEQUANT,

@@ -290,6 +290,29 @@ static bool lt_probe(struct cuda_backend *b, struct cuda_fp8 *f, bool outer, cud
     return lt_selftest(b, f);
 }
 
+/* The planner's kernels for a product of n_out x k_in by rows, 1 to max_rows, as ranges ("1-4
+ * gemv, 5-128 Hopper stream, ..."), for the log. */
+static void describe_plan(const struct cuda_plan_config *c, int n_out, int k_in, int max_rows, char *out, size_t len)
+{
+    static const char *const names[] = {
+        [CUDA_PRODUCT_FP8_GEMV] = "gemv",
+        [CUDA_PRODUCT_FP8_MMA] = "tensor-core kernel",
+        [CUDA_PRODUCT_FP8_HOPPER] = "Hopper stream (e4m3 wgmma)",
+        [CUDA_PRODUCT_FP8_LT] = "cuBLASLt FP8 GEMM",
+        [CUDA_PRODUCT_FP8_DEQUANT] = "dequantized to bf16 for cuBLAS",
+    };
+    size_t at = 0;
+    out[0] = 0;
+    for (int r0 = 1; r0 <= max_rows && at < len;) {
+        const enum cuda_product k = cuda_plan_fp8_product(c, r0, n_out, k_in).kernel;
+        int r1 = r0;
+        while (r1 < max_rows && cuda_plan_fp8_product(c, r1 + 1, n_out, k_in).kernel == k) r1++;
+        const char *name = (size_t)k < sizeof names / sizeof names[0] && names[k] ? names[k] : "?";
+        at += (size_t)snprintf(out + at, len - at, "%s%d-%d %s", r0 > 1 ? ", " : "", r0, r1, name);
+        r0 = r1 + 1;
+    }
+}
+
 int cuda_fp8_init(struct cuda_backend *b, const struct model *m)
 {
     const struct model_config *c = &m->config;
@@ -346,19 +369,21 @@ int cuda_fp8_init(struct cuda_backend *b, const struct model *m)
                 (size_t)n_out * k_in > deq)
                 deq = (size_t)n_out * k_in;
     }
-    if (lt) {
+    /* The activations quantized per token, for cuBLASLt and the Hopper weight stream. */
+    if (lt || (b->plan.fp8_hopper && !blocks)) {
         if ((rc = alloc_counted(b, (void **)&f->xq, (size_t)T * kmax)) < 0) goto fail;
         if ((rc = alloc_counted(b, (void **)&f->xs, (size_t)T * sizeof(float))) < 0) goto fail;
+    }
+    if (lt) {
         if (f->lt_out == CUDA_R_16BF &&
             (rc = alloc_counted(b, (void **)&f->lt_acc, (size_t)LT_SLICE_ROWS * nmax * 2)) < 0)
             goto fail;
     }
     if (deq && (rc = alloc_counted(b, (void **)&f->deq, deq * 2)) < 0) goto fail;
-    log_info("cuda: FP8 weights (e4m3, scales per %s): gemv up to %d rows, %s%s%s%s", blocks ? "block" : "row",
-             lt || !blocks ? CUDA_FP8_GEMV_ROWS : CUDA_FP8_GEMV_ROWS_NO_LT,
-             blocks ? "" : (lt ? "tensor-core kernel up to 64 rows, then " : "tensor-core kernel up to 256 rows, then "),
-             lt ? "cuBLASLt FP8 GEMM, " : "weights dequantized to bf16 for cuBLAS",
-             lt ? (f->lt_out == CUDA_R_32F ? "fp32 out, " : "bf16 out, ") : "",
+    char plan[256];
+    describe_plan(&b->plan, shapes[0][0], shapes[0][1], T, plan, sizeof plan);
+    log_info("cuda: FP8 weights (e4m3, scales per %s), products by rows: %s%s%s", blocks ? "block" : "row", plan,
+             lt ? (f->lt_out == CUDA_R_32F ? "; cuBLASLt with fp32 out, " : "; cuBLASLt with bf16 out, ") : "",
              lt ? (f->lt_outer ? "scales inside it" : "scales by a kernel after it") : "");
 fail:
     return rc;
@@ -514,6 +539,12 @@ int cuda_fp8_product(struct cuda_backend *b, struct cuda_product_plan p, int lay
             CUDA_CHECK(b, sk_fp8_gemm_small(w->q, w->scale, x + (size_t)r0 * k_in, y + (size_t)r0 * n_out, n, n_out,
                                             k_in, last ? pf : NULL, last ? pf_bytes : 0, b->stream));
         }
+        break;
+    case CUDA_PRODUCT_FP8_HOPPER:
+        if (f->scale_rows != 1 || !b->gemm.hopper) CUDA_FAIL(b, "cuda: FP8 Hopper product planned without its kernel");
+        CUDA_CHECK(b, sk_fp8_quantize_rows(f->xq, f->xs, x, rows, k_in, b->stream));
+        CUDA_CHECK(b, sk_hopper_fp8_gemm(b->gemm.hopper, w->q, w->scale, f->xq, f->xs, y, rows, n_out, k_in, 0,
+                                         b->stream));
         break;
     case CUDA_PRODUCT_FP8_LT: return lt_product(b, w, x, y, rows, n_out, k_in);
     case CUDA_PRODUCT_FP8_DEQUANT:

@@ -89,6 +89,7 @@ int cuda_product(struct cuda_backend *b, struct cuda_product_plan p, const uint1
     case CUDA_PRODUCT_CUBLAS: return cublas_product(b, w, x, y, CUDA_R_32F, rows, n_out, k_in);
     case CUDA_PRODUCT_FP8_GEMV:
     case CUDA_PRODUCT_FP8_MMA:
+    case CUDA_PRODUCT_FP8_HOPPER:
     case CUDA_PRODUCT_FP8_LT:
     case CUDA_PRODUCT_FP8_DEQUANT: CUDA_FAIL(b, "cuda: an FP8 plan reached the bf16 products (cuda_fp8_product takes it)");
     }

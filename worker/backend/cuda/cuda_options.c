@@ -24,6 +24,7 @@ static bool *switch_field(struct cuda_options *o, const char *key, size_t len)
         {"fp8_lt", offsetof(struct cuda_options, no_fp8_lt)},
         {"fp8_outer", offsetof(struct cuda_options, no_fp8_outer)},
         {"fp8_mma", offsetof(struct cuda_options, no_fp8_mma)},
+        {"fp8_hopper", offsetof(struct cuda_options, no_fp8_hopper)},
         {"fp8_prefetch", offsetof(struct cuda_options, no_fp8_prefetch)},
         {"quant_mma", offsetof(struct cuda_options, no_quant_mma)},
         {"late_masks", offsetof(struct cuda_options, no_late_masks)},

@@ -28,6 +28,7 @@ void cuda_plan_config_init(struct cuda_plan_config *c, const struct model_config
     c->hopper = hopper;
     c->gemv = !o->no_gemv;
     c->fp8_mma = !o->no_fp8_mma;
+    c->fp8_hopper = hopper && !o->no_fp8_hopper;
     c->quant_mma = !o->no_quant_mma;
     /* An FP8 cache takes the same instances (their FP8 parameter), head_dim 256 included. */
     c->prefill_mma = !o->no_prefill_mma && sk_attention_prefill_fits(m->head_dim);
@@ -126,7 +127,10 @@ struct cuda_product_plan cuda_plan_fp8_product(const struct cuda_plan_config *c,
     const bool lt = c->fp8_lt && !c->fp8_blocks && n_out % 16 == 0 && k_in % 16 == 0;
     const bool mma = !c->fp8_blocks && c->fp8_mma && n_out % 32 == 0 && k_in % 16 == 0;
     const bool gemv = k_in % 16 == 0;
+    const bool hopper = c->fp8_hopper && !c->fp8_blocks && k_in % 16 == 0 && rows >= CUDA_FP8_HOPPER_MIN_ROWS &&
+                        rows <= SK_HOPPER_MAX_ROWS;
     if (gemv && (c->deterministic || rows <= CUDA_FP8_GEMV_ROWS)) p.kernel = CUDA_PRODUCT_FP8_GEMV;
+    else if (hopper) p.kernel = CUDA_PRODUCT_FP8_HOPPER;
     else if (mma && rows <= (lt ? CUDA_FP8_MMA_ROWS : CUDA_FP8_MMA_ROWS_NO_LT)) p.kernel = CUDA_PRODUCT_FP8_MMA;
     else if (lt) p.kernel = CUDA_PRODUCT_FP8_LT;
     else if (gemv && rows <= CUDA_FP8_GEMV_ROWS_NO_LT) p.kernel = CUDA_PRODUCT_FP8_GEMV;
@@ -141,8 +145,8 @@ bool cuda_plan_fp8_row_scales(const struct tensor *t)
 
 bool cuda_plan_is_fp8(struct cuda_product_plan p)
 {
-    return p.kernel == CUDA_PRODUCT_FP8_GEMV || p.kernel == CUDA_PRODUCT_FP8_MMA || p.kernel == CUDA_PRODUCT_FP8_LT ||
-           p.kernel == CUDA_PRODUCT_FP8_DEQUANT;
+    return p.kernel == CUDA_PRODUCT_FP8_GEMV || p.kernel == CUDA_PRODUCT_FP8_MMA ||
+           p.kernel == CUDA_PRODUCT_FP8_HOPPER || p.kernel == CUDA_PRODUCT_FP8_LT || p.kernel == CUDA_PRODUCT_FP8_DEQUANT;
 }
 
 struct cuda_mlp_plan cuda_plan_mlp(const struct cuda_plan_config *c, int rows)

@@ -59,8 +59,9 @@ struct cuda_plan_config {
     /* FP8 weights on the device (cuda_plan_config_fp8): the layers' products take the FP8
      * kernels; fp8_blocks: their scales are per block, not per row; fp8_lt: cuBLASLt's FP8 GEMM
      * is there for this device and these shapes; fp8_mma: the tensor-core FP8 kernel may take
-     * products (--cuda-options fp8_mma=0 turns it off). */
-    bool fp8, fp8_blocks, fp8_lt, fp8_mma;
+     * products (--cuda-options fp8_mma=0 turns it off); fp8_hopper: the Hopper weight stream
+     * on e4m3 operands may (with hopper; fp8_hopper=0 turns it off). */
+    bool fp8, fp8_blocks, fp8_lt, fp8_mma, fp8_hopper;
     /* GGUF block weights: the tensor-core kernel may take products (--cuda-options quant_mma=0
      * turns it off). */
     bool quant_mma;
@@ -95,6 +96,7 @@ enum cuda_product {
     /* FP8 weights (cuda_fp8.c; a layer's matrices only, with cuda_plan_config.fp8): */
     CUDA_PRODUCT_FP8_GEMV,      /* sk_fp8_gemv, SK_FP8_GEMV_MAX_ROWS rows a launch */
     CUDA_PRODUCT_FP8_MMA,       /* sk_fp8_gemm_small: tensor cores, bf16 activations, 64 rows a launch */
+    CUDA_PRODUCT_FP8_HOPPER,    /* activations quantized per token, sk_hopper_fp8_gemm (wgmma on e4m3) */
     CUDA_PRODUCT_FP8_LT,        /* activations quantized per token, cuBLASLt's FP8 GEMM, scales after */
     CUDA_PRODUCT_FP8_DEQUANT,   /* the weights dequantized to bf16 scratch, then cuBLAS */
 };
@@ -129,12 +131,22 @@ void cuda_plan_config_fp8(struct cuda_plan_config *c, bool blocks, bool lt);
  * dequantizing to bf16 moves; an estimate). */
 #define CUDA_FP8_MMA_ROWS 16
 #define CUDA_FP8_MMA_ROWS_NO_LT 256
+/* Rows from which the Hopper weight stream on e4m3 operands (sk_hopper_fp8_gemm: the activations
+ * quantized per token first, wgmma, scales in its epilogue) takes a product with per-row scales
+ * and k_in a multiple of 16, up to SK_HOPPER_MAX_ROWS: past the gemv. Measured on an H200
+ * (docs/performance.md, "FP8 weights"): each product alone faster than the tensor-core kernel at
+ * 8, 16 and 64 rows (0.3 to 0.6x its time for gate/up and down), and a 64-row step 1.05x faster
+ * than with cuBLASLt. Whole steps at 5-16 rows, where the quantization's launch weighs more, are
+ * not measured yet. */
+#define CUDA_FP8_HOPPER_MIN_ROWS 5
 /* Rows up to which the gemv (8 rows a launch) takes what neither cuBLASLt nor the tensor-core
  * kernel can (block scales, other shapes), before the weights are dequantized to bf16 for
  * cuBLAS (5 bytes a weight moved). */
 #define CUDA_FP8_GEMV_ROWS_NO_LT 32
 /* A product of FP8 weights: the gemv up to CUDA_FP8_GEMV_ROWS rows (every size under
- * --deterministic: its rows do not depend on each other), then the tensor-core kernel where the
+ * --deterministic: its rows do not depend on each other), then the Hopper weight stream from
+ * CUDA_FP8_HOPPER_MIN_ROWS to SK_HOPPER_MAX_ROWS rows where it is there and the scales and shape
+ * suit it (per-row scales, k_in a multiple of 16), then the tensor-core kernel where the
  * scales and shape suit it (up to CUDA_FP8_MMA_ROWS, or CUDA_FP8_MMA_ROWS_NO_LT without
  * cuBLASLt), then cuBLASLt where it is there and the shape suits it (per-row scales, n_out and
  * k_in multiples of 16), else the gemv up to CUDA_FP8_GEMV_ROWS_NO_LT rows, else dequantized
