@@ -1,5 +1,7 @@
 // Decode products on Hopper's own path: y[M, N] = x[M, K] w[N, K]^T for 2..128 rows, bf16 operands,
-// fp32 accumulation and output. A decode product is bound by reading the weights once, so the
+// fp32 accumulation and output; or e4m3 operands with a scale per weight row and per token
+// (sk_hopper_fp8_gemm: FP8 weights, activations quantized per token), the same stream over the
+// same 128-byte stages. A decode product is bound by reading the weights once, so the
 // kernel is a weight stream (hopper_stream.cuh): each block owns BM = 128 output features and a
 // range of K (split-K when the feature tiles alone would leave SMs idle), weights many stages deep
 // in its ring (they come from device memory), x a few (it comes from L2).

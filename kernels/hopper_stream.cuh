@@ -1,8 +1,9 @@
 // The parts of Hopper's decode products that the plain product (hopper_gemm.cu) and the fused MLP
 // (hopper_mlp.cu) share. A block streams the weights of one tile of BM = 128 output features over
 // a range of K through a ring of shared-memory stages: one producer warp moves 128 x 64 weight
-// tiles, another the matching 64-column slices of x, with the bulk tensor copy engine (TMA,
-// 128-byte swizzle), each stage completing on an mbarrier; one consumer warpgroup multiplies with
+// tiles (128 x 128 for e4m3 weights: a stage is 128-byte rows either way), another the matching
+// slices of x, with the bulk tensor copy engine (TMA, 128-byte swizzle), each stage completing
+// on an mbarrier; one consumer warpgroup multiplies with
 // wgmma, the weights as its A operand (two m64 halves) and the tokens as its N dimension (16, 32,
 // 64 or 128, padded by the copy engine's zero fill), so small batches waste no weight traffic.
 // The results leave through the ring's shared memory (an epilogue stage), so that device memory
