@@ -31,23 +31,32 @@ namespace
 {
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// Each consumer fragment value (stage_out_tile's map) times its weight row's and its token's scale;
-// rows and features past the matrix keep their zeros and read no scale.
+// Each consumer fragment value (frag_feature, frag_token) times its weight row's and its token's
+// scale; rows and features past the matrix keep their zeros and read no scale. A thread's
+// fragments span 4 weight rows (h, (r/2)%2), whose scales it reads once.
 template <int NT>
 __device__ __forceinline__ void scale_fragments(float (&acc)[2][NT / 2], const float *w_scale, const float *x_scale,
                                                 int rows, int n_out, int tile)
 {
     // x_scale comes from the kernel before, like x (long finished by now: x's stages came after it).
     pdl_wait();
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int f_frag = tile * BM + 16 * warp + lane / 4, t_frag = 2 * (lane % 4);
+    float ws[2][2];
 #pragma unroll
     for (int h = 0; h < 2; h++)
 #pragma unroll
-        for (int r = 0; r < NT / 2; r++) {
-            const int f = f_frag + h * 64 + 8 * ((r / 2) % 2), t = t_frag + 8 * (r / 4) + r % 2;
-            if (f < n_out && t < rows) acc[h][r] *= __ldg(w_scale + f) * __ldg(x_scale + t);
+        for (int j = 0; j < 2; j++) {
+            const int f = tile * BM + frag_feature(h, 2 * j);
+            ws[h][j] = f < n_out ? __ldg(w_scale + f) : 0.0f;
         }
+#pragma unroll
+    for (int r = 0; r < NT / 2; r++) {
+        const int t = frag_token(r);
+        if (t >= rows) continue;
+        const float xs = __ldg(x_scale + t);
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            if (tile * BM + frag_feature(h, r) < n_out) acc[h][r] *= ws[h][(r / 2) % 2] * xs;
+    }
 }
 
 __device__ __forceinline__ void cluster_sync()
@@ -92,7 +101,7 @@ __global__ void __launch_bounds__(kThreads)
             // on the way already; x is its output, read only after the wait.
             const bool weights = warp == 4;
             if (!weights) pdl_wait();
-            produce<NT>(g, weights, weights ? &tw : &tx, kb0, n_kb, weights ? tile * BM : 0, FP8 ? 2 * BK : BK);
+            produce<NT>(g, weights, weights ? &tw : &tx, kb0, n_kb, weights ? tile * BM : 0, FP8);
         }
         __syncwarp();
         if (!reduce_in_cluster) return;
@@ -194,7 +203,7 @@ bool tensor_map(struct sk_hopper_gemm *h, const void *ptr, uint64_t inner, uint6
         return true;
     }
     const cuuint64_t dims[2] = {inner, outer}, strides[1] = {inner * (bytes ? 1 : 2)};
-    const cuuint32_t box[2] = {(cuuint32_t)(bytes ? 2 * BK : BK), box_rows}, elem[2] = {1, 1};
+    const cuuint32_t box[2] = {(cuuint32_t)stage_elems(bytes), box_rows}, elem[2] = {1, 1};
     CUresult r = h->encode(&e->map, bytes ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
                            const_cast<void *>(ptr), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
@@ -222,16 +231,16 @@ namespace
 // of the sums at y + s * part_stride. trigger: let the next kernel launch early (see
 // hopper_gemm_kernel).
 // FP8: w and x are e4m3 bytes (k_in of them a row) with the scales of sk_hopper_fp8_gemm.
-template <int NT, bool SWIGLU, bool FP8 = false>
+template <int NT, bool SWIGLU, bool FP8>
 cudaError_t launch(struct sk_hopper_gemm *h, const void *w, const void *x, float *y, uint16_t *act, int rows,
                    int n_out, int k_in, int splits, int64_t part_stride, bool trigger, cudaStream_t s,
-                   const float *w_scale = NULL, const float *x_scale = NULL)
+                   const float *w_scale, const float *x_scale)
 {
     CUtensorMap mw, mx;
     if (!tensor_map(h, w, (uint64_t)k_in, (uint64_t)n_out, BM, &mw, FP8) ||
         !tensor_map(h, x, (uint64_t)k_in, (uint64_t)rows, NT, &mx, FP8))
         return cudaErrorInvalidValue;
-    const int stage = FP8 ? 2 * BK : BK, k_blocks = (k_in + stage - 1) / stage, per = (k_blocks + splits - 1) / splits;
+    const int k_blocks = (k_in + stage_elems(FP8) - 1) / stage_elems(FP8), per = (k_blocks + splits - 1) / splits;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((n_out + BM - 1) / BM, splits);
     cfg.blockDim = dim3(kThreads);
@@ -279,14 +288,22 @@ int launch_splits(const struct sk_hopper_gemm *h, int n_out, int k_in, int split
 }
 
 // The launch for the token tile that holds `rows` (16, 32, 64 or 128 wide).
-template <bool SWIGLU>
-cudaError_t launch_rows(struct sk_hopper_gemm *h, const uint16_t *w, const uint16_t *x, float *y, uint16_t *act,
-                        int rows, int n_out, int k_in, int splits, int64_t part_stride, bool trigger, cudaStream_t s)
+template <bool SWIGLU, bool FP8 = false>
+cudaError_t launch_rows(struct sk_hopper_gemm *h, const void *w, const void *x, float *y, uint16_t *act, int rows,
+                        int n_out, int k_in, int splits, int64_t part_stride, bool trigger, cudaStream_t s,
+                        const float *w_scale = NULL, const float *x_scale = NULL)
 {
-    if (rows <= 16) return launch<16, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, part_stride, trigger, s);
-    if (rows <= 32) return launch<32, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, part_stride, trigger, s);
-    if (rows <= 64) return launch<64, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, part_stride, trigger, s);
-    return launch<128, SWIGLU>(h, w, x, y, act, rows, n_out, k_in, splits, part_stride, trigger, s);
+    if (rows <= 16)
+        return launch<16, SWIGLU, FP8>(h, w, x, y, act, rows, n_out, k_in, splits, part_stride, trigger, s, w_scale,
+                                       x_scale);
+    if (rows <= 32)
+        return launch<32, SWIGLU, FP8>(h, w, x, y, act, rows, n_out, k_in, splits, part_stride, trigger, s, w_scale,
+                                       x_scale);
+    if (rows <= 64)
+        return launch<64, SWIGLU, FP8>(h, w, x, y, act, rows, n_out, k_in, splits, part_stride, trigger, s, w_scale,
+                                       x_scale);
+    return launch<128, SWIGLU, FP8>(h, w, x, y, act, rows, n_out, k_in, splits, part_stride, trigger, s, w_scale,
+                                    x_scale);
 }
 
 } // namespace
@@ -430,8 +447,5 @@ extern "C" cudaError_t sk_hopper_fp8_gemm(struct sk_hopper_gemm *h, const uint8_
     // A stage is 128 bytes of a row either way, so the bf16 product of half the width has the
     // same stages and takes the same split count.
     if (!(splits = launch_splits(h, n_out, k_in / 2, splits))) return cudaErrorInvalidValue;
-    if (rows <= 16) return launch<16, false, true>(h, w, x, y, NULL, rows, n_out, k_in, splits, 0, true, s, w_scale, x_scale);
-    if (rows <= 32) return launch<32, false, true>(h, w, x, y, NULL, rows, n_out, k_in, splits, 0, true, s, w_scale, x_scale);
-    if (rows <= 64) return launch<64, false, true>(h, w, x, y, NULL, rows, n_out, k_in, splits, 0, true, s, w_scale, x_scale);
-    return launch<128, false, true>(h, w, x, y, NULL, rows, n_out, k_in, splits, 0, true, s, w_scale, x_scale);
+    return launch_rows<false, true>(h, w, x, y, NULL, rows, n_out, k_in, splits, 0, true, s, w_scale, x_scale);
 }

@@ -26,6 +26,11 @@ namespace hopper
 
 constexpr int BM = 128;                 // output features per block (two wgmma m64 halves)
 constexpr int BK = 64;                  // K per stage: 64 bf16 = one 128-byte swizzle row
+// Elements of K a stage holds: BK bf16, or twice as many e4m3 bytes (the same 128-byte rows).
+__host__ __device__ constexpr int stage_elems(bool e4m3)
+{
+    return e4m3 ? 2 * BK : BK;
+}
 constexpr int W_BYTES = BM * BK * 2;    // 16 KB of weights per stage
 constexpr int kConsumers = 128;         // the warpgroup that issues wgmma
 constexpr int kThreads = kConsumers + 64; // + a producer warp for the weights, one for x
@@ -236,13 +241,13 @@ template <int NT> __device__ __forceinline__ ring ring_init(unsigned char *smem_
     return g;
 }
 
-// One producer's stream (its warp's lane 0): K blocks kb0 .. kb0 + n_kb (stage_elems elements
-// each: BK bf16, or 2 * BK e4m3 bytes) of rows row0.. of map into
+// One producer's stream (its warp's lane 0): K blocks kb0 .. kb0 + n_kb (stage_elems(e4m3)
+// elements each) of rows row0.. of map into
 // the weight ring (weights) or the x ring. The weights are read once, so they should not push
 // anything out of L2; the slice of x is read by every feature tile, so it should stay.
 template <int NT>
 __device__ __forceinline__ void produce(const ring &g, bool weights, const CUtensorMap *map, int kb0, int n_kb, int row0,
-                                        int stage_elems = BK)
+                                        bool e4m3 = false)
 {
     const int S = weights ? w_stages<NT>() : x_stages<NT>(), bytes = weights ? W_BYTES : x_bytes<NT>();
     const uint32_t ring = weights ? g.sw : g.sx, full = weights ? g.full_w : g.full_x;
@@ -256,7 +261,7 @@ __device__ __forceinline__ void produce(const ring &g, bool weights, const CUten
         const int s = i % S;
         if (i >= S) mbar_wait(empty + 8 * s, (i / S - 1) & 1);
         mbar_expect_tx(full + 8 * s, bytes);
-        tma_load_2d(ring + s * bytes, map, (kb0 + i) * stage_elems, row0, full + 8 * s, policy);
+        tma_load_2d(ring + s * bytes, map, (kb0 + i) * stage_elems(e4m3), row0, full + 8 * s, policy);
     }
 }
 
@@ -308,7 +313,16 @@ __device__ __forceinline__ void consumers_sync()
 
 // The epilogues, run by the consumer warpgroup once every stage is read (consumers_sync after
 // consume). Fragment value (h, r) of consumer thread c: feature h*64 + 16*(c/32) + (c%32)/4 +
-// 8*((r/2)%2), token 8*(r/4) + 2*(c%4) + r%2.
+// 8*((r/2)%2) of the tile, token 8*(r/4) + 2*(c%4) + r%2.
+__device__ __forceinline__ int frag_feature(int h, int r)
+{
+    return h * 64 + 16 * (threadIdx.x / 32) + (threadIdx.x % 32) / 4 + 8 * ((r / 2) % 2);
+}
+__device__ __forceinline__ int frag_token(int r)
+{
+    return 8 * (r / 4) + 2 * (threadIdx.x % 4) + r % 2;
+}
+
 //
 // With the weights a gate/up pair interleaved in blocks of 64 rows (tile j: gate rows 64j.., then
 // up rows 64j..), silu(gate) * up in bf16 to act[rows][inter], outputs 64 * tile ..: the MLP's
@@ -317,14 +331,11 @@ template <int NT>
 __device__ __forceinline__ void store_act_tile(const ring &g, const float (&acc)[2][NT / 2], __nv_bfloat16 *act,
                                                int rows, int inter, int tile)
 {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int f_frag = 16 * warp + lane / 4, t_frag = 2 * (lane % 4);
     __nv_bfloat16 *sa = reinterpret_cast<__nv_bfloat16 *>(g.stage);
 #pragma unroll
     for (int r = 0; r < NT / 2; r++) {
         const float gate = acc[0][r], up = acc[1][r];
-        sa[(t_frag + 8 * (r / 4) + r % 2) * kActStride + f_frag + 8 * ((r / 2) % 2)] =
-            __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
+        sa[frag_token(r) * kActStride + frag_feature(0, r)] = __float2bfloat16_rn(gate / (1.0f + __expf(-gate)) * up);
     }
     consumers_sync();
     // 8 pieces of 16 bytes per token row.
@@ -338,14 +349,11 @@ __device__ __forceinline__ void store_act_tile(const ring &g, const float (&acc)
 // The fp32 tile into the ring, token rows of kOutStride floats; read after a consumers_sync.
 template <int NT> __device__ __forceinline__ float *stage_out_tile(const ring &g, const float (&acc)[2][NT / 2])
 {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int f_frag = 16 * warp + lane / 4, t_frag = 2 * (lane % 4);
     float *sy = reinterpret_cast<float *>(g.stage);
 #pragma unroll
     for (int h = 0; h < 2; h++)
 #pragma unroll
-        for (int r = 0; r < NT / 2; r++)
-            sy[(t_frag + 8 * (r / 4) + r % 2) * kOutStride + h * 64 + f_frag + 8 * ((r / 2) % 2)] = acc[h][r];
+        for (int r = 0; r < NT / 2; r++) sy[frag_token(r) * kOutStride + frag_feature(h, r)] = acc[h][r];
     return sy;
 }
 

@@ -32,7 +32,7 @@ static inline bool quantizes_activations(struct cuda_product_plan p)
     return p.kernel == CUDA_PRODUCT_FP8_LT || p.kernel == CUDA_PRODUCT_FP8_HOPPER;
 }
 
-static inline struct act_rows lt_rows(const struct backend *b, const struct model_config *c)
+static inline struct act_rows quantized_act_rows(const struct backend *b, const struct model_config *c)
 {
     struct act_rows a = {.ok = true};
     if (!b) return a;

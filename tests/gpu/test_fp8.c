@@ -370,7 +370,7 @@ static double cuda_vs_cpu(const struct model *m, struct cuda_options co, int n, 
     *lt = false;
     struct backend *tb = make_backend(m, false, co, NULL);
     if (!tb) return INFINITY;
-    const struct act_rows a = lt_rows(tb, &m->config);
+    const struct act_rows a = quantized_act_rows(tb, &m->config);
     GT_CHECK(a.ok, "the CUDA backend's FP8 plan takes cuBLASLt at step sizes the CPU yardstick cannot mirror");
     /* The prompts' step (n x P tokens) is the largest: cuBLASLt takes some step if it takes that. */
     for (int i = 0; i < 4; i++) *lt = *lt || (a.rows[i] > 0 && n * P >= a.rows[i]);
@@ -490,7 +490,7 @@ static void quantized_vs_bf16(const char *name, struct model *bf, struct model *
     int32_t *prompts = random_prompts(n, P, V);
     const struct cuda_options co = {0};
     struct backend *qg = make_backend(q, false, co, NULL), *bg = make_backend(bf, false, co, NULL);
-    const struct act_rows a = lt_rows(qg, &q->config);
+    const struct act_rows a = quantized_act_rows(qg, &q->config);
     GT_CHECK(a.ok, "%s: the FP8 plan takes cuBLASLt at step sizes the CPU yardstick cannot mirror", name);
     bool lt = false;
     for (int i = 0; i < 4; i++) lt = lt || (a.rows[i] > 0 && n * P >= a.rows[i]);

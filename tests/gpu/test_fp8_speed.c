@@ -101,11 +101,11 @@ static void kernel_table(double hbm)
         float *sc = gt_dev((size_t)n * 4), *y = gt_dev((size_t)64 * n * 4);
         uint16_t *x = gt_dev((size_t)64 * k * 2);
         cudaMemset(w, 0x38, wb * copies), cudaMemset(x, 0, (size_t)64 * k * 2), cudaMemset(sc, 0, (size_t)n * 4);
-        for (size_t r = 0; r < 2 * sizeof rows / sizeof *rows; r++) {
-            /* The second pass: the Hopper weight stream on e4m3 (x as codes, zero here). */
-            const bool hop = r >= sizeof rows / sizeof *rows;
-            const int m = rows[hop ? r - sizeof rows / sizeof *rows : r], reps = 40;
-            if (hop && !h) continue;
+        /* The second pass: the Hopper weight stream on e4m3 (x as codes, zero here). */
+        for (int pass = 0; pass < (h ? 2 : 1); pass++)
+        for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+            const bool hop = pass == 1;
+            const int m = rows[r], reps = 40;
             cudaEvent_t e0, e1;
             cudaEventCreate(&e0), cudaEventCreate(&e1);
             float ms = 0;
