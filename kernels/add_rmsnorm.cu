@@ -1,12 +1,15 @@
 // sk_add_rmsnorm and sk_add_rmsnorm_parts: the residual add and the RMSNorm ahead of every
 // sublayer and of lm_head (there over the rows that need logits only), in one pass over the row,
 // taking the delta as the product leaves it (whole, or in the split-K parts of
-// sk_hopper_gemm_parts).
+// sk_hopper_gemm_parts). sk_add_rmsnorm_parts_fp8 (sk_fp8.h) also quantizes each output row for
+// an FP8 product in that pass.
+#include "kernels/sk_fp8.h"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda_bf16.h>
 
 #include "kernels/bf16.cuh"
+#include "kernels/fp8_row.cuh"
 #include "kernels/launch_dims.cuh"
 #include "kernels/pdl.cuh"
 #include "kernels/qkv_head.cuh"
@@ -55,13 +58,14 @@ constexpr int kNormVec = 4;
 
 // PARTS: delta in n_parts (<= SK_HOPPER_MAX_SPLITS) parts, added as sum_parts_at adds them, with
 // every part's loads in flight at once; the registers that takes allow at most kPartsThreads
-// threads (rows up to 4096 wide).
+// threads (rows up to 4096 wide). QUANT: each output row also goes to q and q_scale as e4m3
+// codes and its scale (fp8_row.cuh), from the bf16 values in registers.
 constexpr int kPartsThreads = 256;
-template <bool PARTS>
+template <bool PARTS, bool QUANT>
 __global__ void __launch_bounds__(PARTS ? kPartsThreads : 1024)
     add_rmsnorm_vec_kernel(float *__restrict__ x, const float *__restrict__ delta, int n_parts, int64_t part_stride,
                            const int32_t *__restrict__ rows, const float *__restrict__ w, __nv_bfloat16 *__restrict__ y,
-                           int hidden, float eps)
+                           int hidden, float eps, uint8_t *__restrict__ q, float *__restrict__ q_scale)
 {
     __shared__ float sh[32];
     const int n4 = hidden / 4;
@@ -118,13 +122,54 @@ __global__ void __launch_bounds__(PARTS ? kPartsThreads : 1024)
     ss = block_sum(ss, sh);
     const float inv = rsqrtf(ss / (float)hidden + eps);
     uint2 *yr = reinterpret_cast<uint2 *>(y + (int64_t)r * hidden);
+    uint2 out[kNormVec];
+    float amax = 0.0f;
 #pragma unroll
     for (int j = 0; j < kNormVec; j++) {
         const int i = threadIdx.x + j * blockDim.x;
         if (i >= n4) continue;
-        yr[i] = make_uint2(pack_bf16(wv[j].x * (v[j].x * inv), wv[j].y * (v[j].y * inv)),
-                           pack_bf16(wv[j].z * (v[j].z * inv), wv[j].w * (v[j].w * inv)));
+        out[j] = make_uint2(pack_bf16(wv[j].x * (v[j].x * inv), wv[j].y * (v[j].y * inv)),
+                            pack_bf16(wv[j].z * (v[j].z * inv), wv[j].w * (v[j].w * inv)));
+        yr[i] = out[j];
+        if (QUANT) amax = fmaxf(amax, fmaxf(bf16_pair_amax(out[j].x), bf16_pair_amax(out[j].y)));
     }
+    if constexpr (QUANT) {
+        const float sc = fp8_row_scale(block_amax(amax, sh));
+        if (threadIdx.x == 0) q_scale[r] = sc;
+        uint32_t *qr = reinterpret_cast<uint32_t *>(q + (int64_t)r * hidden);
+#pragma unroll
+        for (int j = 0; j < kNormVec; j++) {
+            const int i = threadIdx.x + j * blockDim.x;
+            if (i < n4) qr[i] = e4m3_codes4(out[j].x, out[j].y, sc);
+        }
+    }
+}
+
+// The fast kernel's instance for these parts and codes.
+template <bool QUANT> auto vec_kernel(int n_parts)
+{
+    return n_parts > 1 ? add_rmsnorm_vec_kernel<true, QUANT> : add_rmsnorm_vec_kernel<false, QUANT>;
+}
+
+cudaError_t add_rmsnorm(float *x, const float *delta, int n_parts, int64_t part_stride, const int32_t *rows,
+                        const float *w, uint16_t *y, uint8_t *q, float *q_scale, int n_rows, int hidden, float eps,
+                        cudaStream_t s)
+{
+    if (n_rows <= 0) return cudaSuccess;
+    if (!delta) n_parts = 1;
+    if (n_parts < 1 || n_parts > SK_HOPPER_MAX_SPLITS || (n_parts > 1 && part_stride < (int64_t)hidden))
+        return cudaErrorInvalidValue;
+    const int n4 = hidden / 4, threads = ((n4 + kNormVec - 1) / kNormVec + 31) / 32 * 32;
+    __nv_bfloat16 *yb = (__nv_bfloat16 *)y;
+    if (w && hidden % 4 == 0 && threads <= (n_parts > 1 ? kPartsThreads : 1024) && part_stride % 4 == 0 &&
+        !((uintptr_t)q & 3)) {
+        return launch_pdl(q ? vec_kernel<true>(n_parts) : vec_kernel<false>(n_parts), dim3(n_rows), dim3(threads), 0,
+                          s, x, delta, n_parts, part_stride, rows, w, yb, hidden, eps, q, q_scale);
+    }
+    cudaError_t e = launch_pdl(add_rmsnorm_kernel, dim3(n_rows), dim3(threads_for_row(hidden)), 0, s, x, delta,
+                               n_parts, part_stride, rows, w, yb, hidden, eps);
+    // Rows the fast kernel does not take: their codes from y, by the quantizer.
+    return e == cudaSuccess && q ? sk_fp8_quantize_rows(q, q_scale, y, n_rows, hidden, s) : e;
 }
 
 } // namespace
@@ -133,18 +178,15 @@ extern "C" cudaError_t sk_add_rmsnorm_parts(float *x, const float *delta, int n_
                                             const int32_t *rows, const float *w, uint16_t *y, int n_rows, int hidden,
                                             float eps, cudaStream_t s)
 {
-    if (n_rows <= 0) return cudaSuccess;
-    if (!delta) n_parts = 1;
-    if (n_parts < 1 || n_parts > SK_HOPPER_MAX_SPLITS || (n_parts > 1 && part_stride < (int64_t)hidden))
-        return cudaErrorInvalidValue;
-    const int n4 = hidden / 4, threads = ((n4 + kNormVec - 1) / kNormVec + 31) / 32 * 32;
-    if (w && hidden % 4 == 0 && threads <= (n_parts > 1 ? kPartsThreads : 1024) && part_stride % 4 == 0) {
-        return launch_pdl(n_parts > 1 ? add_rmsnorm_vec_kernel<true> : add_rmsnorm_vec_kernel<false>, dim3(n_rows),
-                          dim3(threads), 0, s, x, delta, n_parts, part_stride, rows, w, (__nv_bfloat16 *)y, hidden,
-                          eps);
-    }
-    return launch_pdl(add_rmsnorm_kernel, dim3(n_rows), dim3(threads_for_row(hidden)), 0, s, x, delta, n_parts,
-                      part_stride, rows, w, (__nv_bfloat16 *)y, hidden, eps);
+    return add_rmsnorm(x, delta, n_parts, part_stride, rows, w, y, NULL, NULL, n_rows, hidden, eps, s);
+}
+
+extern "C" cudaError_t sk_add_rmsnorm_parts_fp8(float *x, const float *delta, int n_parts, int64_t part_stride,
+                                                const float *w, uint16_t *y, uint8_t *q, float *q_scale, int n_rows,
+                                                int hidden, float eps, cudaStream_t s)
+{
+    if (!q || !q_scale) return cudaErrorInvalidValue;
+    return add_rmsnorm(x, delta, n_parts, part_stride, NULL, w, y, q, q_scale, n_rows, hidden, eps, s);
 }
 
 extern "C" cudaError_t sk_add_rmsnorm(float *x, const float *delta, const int32_t *rows, const float *w, uint16_t *y,

@@ -429,6 +429,12 @@ int main(void)
     test_fp8_case(h, 64, 512, 1024, 1);
     test_fp8_case(h, 64, 512, 1024, 4);
     test_fp8_case(h, 5, 256, 512, 1);
+    /* From 2 rows the planner gives the stream every FP8 decode product (one row too, where the
+     * gemv is off); the last row alone then is a one-row launch. */
+    test_fp8_case(h, 1, 256, 512, 2);
+    test_fp8_case(h, 2, 300, 528, 3);
+    test_fp8_case(h, 3, 6144, 4096, 0);
+    test_fp8_case(h, 4, 4096, 14336, 0);
     test_fp8_case(h, 7, 300, 528, 3);
     test_fp8_case(h, 17, 1000, 768, 2);
     test_fp8_case(h, 33, 172, 64, 1);

@@ -3,11 +3,13 @@
 // gate and up rows in alternating blocks of SK_GATE_UP_BLOCK, which the fused Hopper products
 // (sk_hopper_gemm_swiglu, sk_hopper_mlp) need to find a gate block beside its up block. Once a
 // model's weights are laid out so, the products that do not fuse leave their rows interleaved too.
+#include "kernels/sk_fp8.h"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda_bf16.h>
 
 #include "kernels/bf16.cuh"
+#include "kernels/fp8_row.cuh"
 #include "kernels/launch_dims.cuh"
 #include "kernels/pdl.cuh"
 
@@ -80,7 +82,81 @@ cudaError_t silu_mul(uint16_t *out, const Tin *gu, int n_tokens, int inter, bool
     return cudaGetLastError();
 }
 
+// silu_mul_kernel's rows (plain layout, fp32 gate/up, inter % 8 == 0) one block each, VECS runs
+// of 8 a thread kept in registers as bf16, then quantized per token for the FP8 product that
+// reads them (fp8_row.cuh): the same bf16 values and codes as silu_mul_kernel then
+// sk_fp8_quantize_rows, with one launch and one trip to memory.
+constexpr int kQuantThreads = 256;
+constexpr int kQuantMaxVecs = 8; // rows of up to 16384
+template <int VECS>
+__global__ void __launch_bounds__(kQuantThreads)
+    silu_mul_quant_kernel(__nv_bfloat16 *__restrict__ out, uint8_t *__restrict__ q, float *__restrict__ q_scale,
+                          const float *__restrict__ gu, int inter)
+{
+    pdl_let_dependents_launch();
+    pdl_wait(); // gate/up is the kernel before's output
+    __shared__ float sh[32];
+    const int t = blockIdx.x, n_vec = inter / 8;
+    const float *row = gu + (int64_t)t * 2 * inter;
+    uint4 act[VECS];
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < VECS; i++) {
+        const int c = threadIdx.x + i * kQuantThreads;
+        act[i] = make_uint4(0, 0, 0, 0);
+        if (c >= n_vec) continue;
+        float g[8], u[8];
+        load_run<8>(row + 8 * c, g);
+        load_run<8>(row + inter + 8 * c, u);
+        uint32_t w[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            w[k] = pack_bf16(g[2 * k] / (1.0f + expf(-g[2 * k])) * u[2 * k],
+                             g[2 * k + 1] / (1.0f + expf(-g[2 * k + 1])) * u[2 * k + 1]);
+            amax = fmaxf(amax, bf16_pair_amax(w[k]));
+        }
+        act[i] = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+    const float sc = fp8_row_scale(block_amax(amax, sh));
+    if (threadIdx.x == 0) q_scale[t] = sc;
+    uint4 *o = reinterpret_cast<uint4 *>(out + (int64_t)t * inter);
+    uint2 *qr = reinterpret_cast<uint2 *>(q + (int64_t)t * inter);
+#pragma unroll
+    for (int i = 0; i < VECS; i++) {
+        const int c = threadIdx.x + i * kQuantThreads;
+        if (c >= n_vec) break;
+        o[c] = act[i];
+        qr[c] = make_uint2(e4m3_codes4(act[i].x, act[i].y, sc), e4m3_codes4(act[i].z, act[i].w, sc));
+    }
+}
+
+template <int VECS>
+cudaError_t silu_mul_quant(uint16_t *out, uint8_t *q, float *q_scale, const float *gu, int n_tokens, int inter,
+                           cudaStream_t s)
+{
+    return launch_pdl(silu_mul_quant_kernel<VECS>, dim3(n_tokens), dim3(kQuantThreads), 0, s, (__nv_bfloat16 *)out, q,
+                      q_scale, gu, inter);
+}
+
 } // namespace
+
+extern "C" cudaError_t sk_silu_mul_fp8(uint16_t *out, uint8_t *q, float *q_scale, const float *gu, int n_tokens,
+                                       int inter, int interleaved, cudaStream_t s)
+{
+    if (!q || !q_scale || n_tokens < 0 || inter < 1) return cudaErrorInvalidValue;
+    if (n_tokens == 0) return cudaSuccess;
+    const int per_thread = (inter / 8 + kQuantThreads - 1) / kQuantThreads;
+    if (!interleaved && inter % 8 == 0 && per_thread <= kQuantMaxVecs && !((uintptr_t)gu & 15) &&
+        !((uintptr_t)out & 15) && !((uintptr_t)q & 7)) {
+        if (per_thread <= 1) return silu_mul_quant<1>(out, q, q_scale, gu, n_tokens, inter, s);
+        if (per_thread <= 2) return silu_mul_quant<2>(out, q, q_scale, gu, n_tokens, inter, s);
+        if (per_thread <= 4) return silu_mul_quant<4>(out, q, q_scale, gu, n_tokens, inter, s);
+        return silu_mul_quant<kQuantMaxVecs>(out, q, q_scale, gu, n_tokens, inter, s);
+    }
+    // Other rows: the activation, then its codes from it.
+    cudaError_t e = silu_mul(out, gu, n_tokens, inter, interleaved != 0, s);
+    return e == cudaSuccess ? sk_fp8_quantize_rows(q, q_scale, out, n_tokens, inter, s) : e;
+}
 
 extern "C" cudaError_t sk_silu_mul(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s)
 {

@@ -20,6 +20,17 @@ extern "C" {
  * --quantization fp8 of dummy weights and for activations before an FP8 GEMM (one scale per
  * token). */
 cudaError_t sk_fp8_quantize_rows(uint8_t *q, float *scale, const uint16_t *x, int rows, int cols, cudaStream_t s);
+/* The kernels that write an FP8 product's activations, quantizing each row in the same pass into
+ * q (codes, cols apart) and q_scale, with sk_fp8_quantize_rows' bits; the bf16 rows are written
+ * too. Where a row does not suit the single pass, sk_fp8_quantize_rows runs after.
+ * sk_add_rmsnorm_parts_fp8: sk_add_rmsnorm_parts (sluice_kernels.h) with rows NULL, y quantized
+ * (kernels/add_rmsnorm.cu). sk_silu_mul_fp8: sk_silu_mul or, interleaved, sk_silu_mul_interleaved,
+ * out quantized (kernels/silu_mul.cu). */
+cudaError_t sk_add_rmsnorm_parts_fp8(float *x, const float *delta, int n_parts, int64_t part_stride, const float *w,
+                                     uint16_t *y, uint8_t *q, float *q_scale, int n_rows, int hidden, float eps,
+                                     cudaStream_t s);
+cudaError_t sk_silu_mul_fp8(uint16_t *out, uint8_t *q, float *q_scale, const float *gu, int n_tokens, int inter,
+                            int interleaved, cudaStream_t s);
 /* dst (bf16) = the matrix's values, rounded to nearest even. */
 cudaError_t sk_fp8_dequant_bf16(uint16_t *dst, const uint8_t *q, const float *scale, int scale_rows, int scale_cols,
                                 int rows, int cols, cudaStream_t s);

@@ -143,7 +143,7 @@ static void fixture_vs_cpu_opts(const char *name, const struct model *m, struct 
     struct backend *cpu = NULL, *gpu = NULL;
     if (backend_cuda_create(&gpu, m, &bo, err, sizeof err) < 0) GT_CHECK(0, "%s: backend_cuda_create: %s", name, err);
     if (gpu && o->fp8_yardstick) {
-        const struct act_rows a = quantized_act_rows(gpu, &m->config);
+        const struct act_rows a = quantized_act_rows(gpu, &m->config, bo.max_batch_tokens);
         GT_CHECK(a.ok, "%s: the CUDA backend's FP8 plan takes cuBLASLt at step sizes the CPU yardstick cannot mirror",
                  name);
         memcpy(bo.cpu.fp8_act_rows, a.rows, sizeof bo.cpu.fp8_act_rows);

@@ -24,7 +24,9 @@ struct act_rows {
 /* Which steps the CUDA backend b gives a kernel that quantizes the activations per token
  * (cuBLASLt's FP8 GEMM, the Hopper stream on e4m3): for each layer product, every step from some
  * number of tokens on and none smaller, or none at all (those kernels off or not there, a shape
- * they do not take), up to 1024 tokens; anything else the yardstick cannot mirror (not ok). A
+ * they do not take), up to max_tokens (the largest step the caller runs); anything else the
+ * yardstick cannot mirror (not ok): a shape that only the Hopper stream takes quantizes up to
+ * its 128 rows and is dequantized past them, which a run of larger steps would meet. A
  * mixture-of-experts layer's experts never quantize their activations (sk_moe_gemm_fp8 takes
  * bf16 ones), and the CPU rounds only a dense MLP's (products 2 and 3). */
 static inline bool quantizes_activations(struct cuda_product_plan p)
@@ -32,7 +34,8 @@ static inline bool quantizes_activations(struct cuda_product_plan p)
     return p.kernel == CUDA_PRODUCT_FP8_LT || p.kernel == CUDA_PRODUCT_FP8_HOPPER;
 }
 
-static inline struct act_rows quantized_act_rows(const struct backend *b, const struct model_config *c)
+static inline struct act_rows quantized_act_rows(const struct backend *b, const struct model_config *c,
+                                                 int max_tokens)
 {
     struct act_rows a = {.ok = true};
     if (!b) return a;
@@ -44,7 +47,7 @@ static inline struct act_rows quantized_act_rows(const struct backend *b, const 
     const int shapes[4][2] = {{qkvd, H}, {H, qd}, {2 * I, H}, {H, I}};
     for (int i = 0; i < 4; i++) {
         int first = 0;
-        for (int t = 1; t <= 1024; t++) {
+        for (int t = 1; t <= max_tokens; t++) {
             const bool q = quantizes_activations(cuda_plan_fp8_product(p, t, shapes[i][0], shapes[i][1]));
             if (q && !first) first = t;
             else if (!q && first) a.ok = false;

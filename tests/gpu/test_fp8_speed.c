@@ -132,6 +132,39 @@ static void kernel_table(double hbm)
     sk_hopper_gemm_destroy(h);
 }
 
+/* The per-token quantization that runs before each product on the Hopper stream, alone: us a
+ * launch at the widths it meets in a step (hidden, intermediate). */
+static void quantize_table(void)
+{
+    const int widths[2] = {4096, 14336}, rows[] = {1, 8, 64};
+    printf("  the activations quantized per token (sk_fp8_quantize_rows), alone:\n");
+    for (int i = 0; i < 2; i++) {
+        const int k = widths[i];
+        uint16_t *x = gt_dev((size_t)64 * k * 2);
+        uint8_t *q = gt_dev((size_t)64 * k);
+        float *s = gt_dev(64 * 4);
+        GT_CUDA(sk_fill_dummy_bf16(x, 1, 3, 0, (int64_t)64 * k, 0, 0));
+        for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+            const int reps = 100;
+            cudaEvent_t e0, e1;
+            cudaEventCreate(&e0), cudaEventCreate(&e1);
+            cudaError_t err = cudaSuccess;
+            for (int it = -4; it < reps && !err; it++) {
+                if (it == 0) cudaEventRecord(e0, 0);
+                err = sk_fp8_quantize_rows(q, s, x, rows[r], k, 0);
+            }
+            cudaEventRecord(e1, 0);
+            cudaEventSynchronize(e1);
+            float ms = 0;
+            cudaEventElapsedTime(&ms, e0, e1);
+            GT_CHECK(err == cudaSuccess, "quantize rows %d launch: %s", rows[r], cudaGetErrorString(err));
+            printf("    [%2d x %5d]: %5.1f us\n", rows[r], k, ms * 1e3 / reps);
+            cudaEventDestroy(e0), cudaEventDestroy(e1);
+        }
+        cudaFree(x), cudaFree(q), cudaFree(s);
+    }
+}
+
 int main(void)
 {
     if (!gt_have_gpu() || !gt_bench_wanted()) return 0;
@@ -139,6 +172,7 @@ int main(void)
     const double hbm = tb && atof(tb) > 0 ? atof(tb) : 3.35;
     const int sizes[2] = {1, 64};
     kernel_table(hbm);
+    quantize_table();
     /* bf16, FP8, FP8 with fp8_prefetch=0 (the A/B of the L2 prefetch between products). */
     struct speed sp[3][2] = {0};
     for (int q = 0; q < 3; q++) {

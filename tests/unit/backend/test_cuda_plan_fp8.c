@@ -53,14 +53,14 @@ Test(cuda_plan_fp8, llama3_8b_per_row_scales_with_cublaslt)
 {
     struct cuda_plan_config c = config(4096, 14336, false, false, true);
     cr_expect_not(c.gu_interleaved, "FP8 gate/up rows stay apart");
-    cr_assert_eq(CUDA_FP8_GEMV_ROWS, 4, "the choices below assume the gemv up to 4 rows");
+    cr_assert_eq(CUDA_FP8_GEMV_ROWS, 4, "without the stream, the gemv up to 4 rows");
     cr_assert_eq(CUDA_FP8_MMA_ROWS, 16, "and the tensor-core kernel up to 16");
-    for (int n = 1; n <= 4; n++) expect_layer((struct cuda_step_plan[]){plan(&c, n)}, CUDA_PRODUCT_FP8_GEMV, n);
-    /* Decode batches past the gemv: the Hopper weight stream on e4m3, weights read once, up to
-     * its 128 rows; cuBLASLt beyond. */
-    cr_assert_eq(CUDA_FP8_HOPPER_MIN_ROWS, 5, "and the Hopper stream from 5");
-    const int mid[] = {5, 8, 9, 16, 17, 64, 65, 128};
-    for (int i = 0; i < 8; i++)
+    /* One row: the gemv. Decode batches past it: the Hopper weight stream on e4m3, weights read
+     * once, up to its 128 rows; cuBLASLt beyond. */
+    cr_assert_eq(CUDA_FP8_HOPPER_MIN_ROWS, 2, "the Hopper stream from 2 rows");
+    expect_layer((struct cuda_step_plan[]){plan(&c, 1)}, CUDA_PRODUCT_FP8_GEMV, 1);
+    const int mid[] = {2, 4, 5, 8, 9, 16, 17, 64, 65, 128};
+    for (size_t i = 0; i < sizeof mid / sizeof mid[0]; i++)
         expect_layer((struct cuda_step_plan[]){plan(&c, mid[i])}, CUDA_PRODUCT_FP8_HOPPER, mid[i]);
     cr_expect_eq(cuda_plan_fp8_product(&c, 129, 4096, 4096).kernel, CUDA_PRODUCT_FP8_LT);
     cr_expect_eq(cuda_plan_fp8_product(&c, 1024, 4096, 14336).kernel, CUDA_PRODUCT_FP8_LT);
@@ -75,6 +75,7 @@ Test(cuda_plan_fp8, without_the_hopper_stream)
     struct cuda_plan_config c = config(4096, 14336, false, false, true);
     c.fp8_hopper = false;
     cr_assert_eq(CUDA_FP8_MMA_ROWS, 16, "the tensor-core kernel up to 16 rows");
+    for (int n = 1; n <= 4; n++) expect_layer((struct cuda_step_plan[]){plan(&c, n)}, CUDA_PRODUCT_FP8_GEMV, n);
     const int mid[] = {5, 8, 9, 16};
     for (int i = 0; i < 4; i++) expect_layer((struct cuda_step_plan[]){plan(&c, mid[i])}, CUDA_PRODUCT_FP8_MMA, mid[i]);
     const int big[] = {17, 32, 33, 64, 65, 128, 256};
@@ -88,6 +89,7 @@ Test(cuda_plan_fp8, without_the_hopper_stream)
     o.no_fp8_hopper = true;
     cuda_plan_config_init(&c, &m, &o, false, true, 132, 8192, 256, 514);
     cr_expect_not(c.fp8_hopper, "fp8_hopper=0 turns it off");
+
 }
 
 Test(cuda_plan_fp8, without_cublaslt_or_with_blocks_large_batches_dequantize)
@@ -97,6 +99,7 @@ Test(cuda_plan_fp8, without_cublaslt_or_with_blocks_large_batches_dequantize)
     cr_assert_eq(CUDA_FP8_MMA_ROWS_NO_LT, 256);
     struct cuda_plan_config c = config(4096, 14336, false, false, false);
     expect_layer((struct cuda_step_plan[]){plan(&c, 1)}, CUDA_PRODUCT_FP8_GEMV, 1);
+    expect_layer((struct cuda_step_plan[]){plan(&c, 2)}, CUDA_PRODUCT_FP8_HOPPER, 2);
     expect_layer((struct cuda_step_plan[]){plan(&c, 5)}, CUDA_PRODUCT_FP8_HOPPER, 5);
     expect_layer((struct cuda_step_plan[]){plan(&c, 128)}, CUDA_PRODUCT_FP8_HOPPER, 128);
     expect_layer((struct cuda_step_plan[]){plan(&c, 129)}, CUDA_PRODUCT_FP8_MMA, 129);
@@ -140,9 +143,12 @@ Test(cuda_plan_fp8, deterministic_takes_the_gemv_at_every_size)
     /* A row's sums in the gemv do not depend on the other rows: batch-invariant. */
     struct cuda_plan_config c = config(4096, 14336, true, false, true);
     const int sizes[] = {1, 8, 9, 64, 1024};
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 5; i++) {
         cr_expect_eq(cuda_plan_fp8_product(&c, sizes[i], 6144, 4096).kernel, CUDA_PRODUCT_FP8_GEMV, "rows %d",
                      sizes[i]);
+        cr_expect_eq(cuda_plan_fp8_product(&c, sizes[i], 28672, 4096).kernel, CUDA_PRODUCT_FP8_GEMV,
+                     "gate/up, rows %d", sizes[i]);
+    }
 }
 
 Test(cuda_plan_fp8, bf16_models_are_untouched)

@@ -3,28 +3,58 @@
  * runs eagerly and while a CUDA graph is being captured (cuda_graph.c). Kernels launch as
  * programmatic dependents of the one before them and fetch what does not depend on it (weights,
  * block tables) before they wait; the plan says which products let theirs launch early. */
+#include "kernels/sk_fp8.h"
 #include "kernels/sk_quant.h"
 #include "worker/backend/cuda/cuda_internal.h"
 
 /* A product of layer l's weights w16 (bf16) or, when the plan names an FP8 kernel, of its FP8
- * copy (cuda_fp8.c), which leaves y whole. */
+ * copy (cuda_fp8.c), which leaves y whole; x_coded: the kernel before it left x's FP8 codes too
+ * (cuda_fp8_codes_for). */
 static int layer_product(struct cuda_backend *b, struct cuda_product_plan p, int l, enum cuda_fp8_matrix which,
-                         const uint16_t *w16, const uint16_t *x, float *y, int rows, int n_out, int k_in, int *n_parts)
+                         const uint16_t *w16, const uint16_t *x, bool x_coded, float *y, int rows, int n_out,
+                         int k_in, int *n_parts)
 {
     if (!cuda_plan_is_fp8(p)) return cuda_product(b, p, w16, x, y, rows, n_out, k_in, n_parts);
     if (n_parts) *n_parts = 1;
-    return cuda_fp8_product(b, p, l, which, x, y, rows, n_out, k_in);
+    return cuda_fp8_product(b, p, l, which, x, x_coded, y, rows, n_out, k_in);
 }
 
-/* The MLP of layer w over the T rows of b->ws.y (its input, normalized): delta, the residual's
- * next addend, is left in *delta_parts parts. big's memory is idle by then and holds gate/up. */
+/* The residual add and the norm into ws->y ahead of a sublayer whose first product reads codes
+ * (codes.q; cuda_fp8_codes_for) or not: with codes, y is quantized in the same pass. */
+static int add_norm(struct cuda_backend *b, const float *delta, int n_parts, int64_t part_stride, const float *w,
+                    int T, struct cuda_fp8_codes codes)
+{
+    const struct model_config *c = &b->base.config;
+    int rc = 0;
+    if (codes.q)
+        CUDA_CHECK(b, sk_add_rmsnorm_parts_fp8(b->ws.x, delta, n_parts, part_stride, w, b->ws.y, codes.q, codes.scale,
+                                               T, c->hidden_size, c->rms_eps, b->stream));
+    else
+        CUDA_CHECK(b, sk_add_rmsnorm_parts(b->ws.x, delta, n_parts, part_stride, NULL, w, b->ws.y, T, c->hidden_size,
+                                           c->rms_eps, b->stream));
+    cuda_prof_mark(b, CUDA_PROF_NORM);
+fail:
+    return rc;
+}
+
+/* The codes the MLP's first product reads (an FP8 gate/up on the Hopper stream or cuBLASLt),
+ * which the norm before it may write. */
+static struct cuda_fp8_codes mlp_input_codes(const struct cuda_backend *b, const struct cuda_mlp_plan *mp)
+{
+    return mp->kind == CUDA_MLP_FP32 ? cuda_fp8_codes_for(b, mp->gate_up) : (struct cuda_fp8_codes){0};
+}
+
+/* The MLP of layer w over the T rows of b->ws.y (its input, normalized; x_coded: with its codes,
+ * mlp_input_codes): delta, the residual's next addend, is left in *delta_parts parts. big's
+ * memory is idle by then and holds gate/up. */
 static int enqueue_mlp(struct cuda_backend *b, int l, const struct cuda_layer *w, const struct cuda_mlp_plan *mp,
-                       int T, int *delta_parts)
+                       int T, bool x_coded, int *delta_parts)
 {
     const int H = b->base.config.hidden_size, I = b->base.config.intermediate_size;
     struct cuda_workspace *ws = &b->ws;
     int rc = 0;
     const uint16_t *act = ws->y;
+    struct cuda_fp8_codes act_codes = {0};
     switch (mp->kind) {
     case CUDA_MLP_FUSED:
         /* Gate/up, the activation and down's parts, in one launch; the norm after it launches
@@ -47,11 +77,16 @@ static int enqueue_mlp(struct cuda_backend *b, int l, const struct cuda_layer *w
         cuda_prof_mark(b, CUDA_PROF_SILU);
         break;
     case CUDA_MLP_FP32:
-        if ((rc = layer_product(b, mp->gate_up, l, CUDA_FP8_GATE_UP, w->wgu, ws->y, ws->big, T, 2 * I, H, NULL)) < 0)
+        if ((rc = layer_product(b, mp->gate_up, l, CUDA_FP8_GATE_UP, w->wgu, ws->y, x_coded, ws->big, T, 2 * I, H,
+                                NULL)) < 0)
             goto fail;
         cuda_prof_mark(b, CUDA_PROF_GATE_UP);
+        if (!b->plan.plain_mlp) act_codes = cuda_fp8_codes_for(b, mp->down);
         if (b->plan.plain_mlp)
             CUDA_CHECK(b, sk_glu(ws->y, ws->big, w->b_gu, (int)b->base.config.fam.act, T, I, b->stream));
+        else if (act_codes.q) /* SwiGLU and the down product's codes in one pass */
+            CUDA_CHECK(b, sk_silu_mul_fp8(ws->y, act_codes.q, act_codes.scale, ws->big, T, I, b->plan.gu_interleaved,
+                                          b->stream));
         else if (b->plan.gu_interleaved)
             CUDA_CHECK(b, sk_silu_mul_interleaved(ws->y, ws->big, T, I, b->stream));
         else
@@ -59,7 +94,8 @@ static int enqueue_mlp(struct cuda_backend *b, int l, const struct cuda_layer *w
         cuda_prof_mark(b, CUDA_PROF_SILU);
         break;
     }
-    if ((rc = layer_product(b, mp->down, l, CUDA_FP8_DOWN, w->wd, act, ws->delta, T, H, I, delta_parts)) < 0)
+    if ((rc = layer_product(b, mp->down, l, CUDA_FP8_DOWN, w->wd, act, act_codes.q != NULL, ws->delta, T, H, I,
+                            delta_parts)) < 0)
         goto fail;
     cuda_prof_mark(b, CUDA_PROF_DOWN);
 fail:
@@ -152,14 +188,16 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
             ap.v_scale = qpl.v_scale = b->kv.scales[2 * l + 1];
         }
         const float *inv_freq = sliding && b->w.inv_freq_local ? b->w.inv_freq_local : b->w.inv_freq;
-        CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, l ? cuda_delta(b, delta_parts) : NULL, delta_parts, part_stride, NULL,
-                                           w->attn_norm, ws->y, T, H, c->rms_eps, b->stream));
-        cuda_prof_mark(b, CUDA_PROF_NORM);
+        /* Where the layer's first product reads FP8 codes, the norm writes them. */
+        const struct cuda_fp8_codes qkv_codes = w->q ? (struct cuda_fp8_codes){0} : cuda_fp8_codes_for(b, p->qkv);
+        if ((rc = add_norm(b, l ? cuda_delta(b, delta_parts) : NULL, delta_parts, part_stride, w->attn_norm, T,
+                           qkv_codes)) < 0)
+            goto fail;
         if (w->q) {
             qkv_parts = 1;
             if ((rc = cuda_qlayer_qkv(b, w->q, ws->y, ws->big, T)) < 0) goto fail;
-        } else if ((rc = layer_product(b, p->qkv, l, CUDA_FP8_QKV, w->wqkv, ws->y, ws->big, T, qkvd, H, &qkv_parts)) <
-                   0) {
+        } else if ((rc = layer_product(b, p->qkv, l, CUDA_FP8_QKV, w->wqkv, ws->y, qkv_codes.q != NULL, ws->big, T,
+                                       qkvd, H, &qkv_parts)) < 0) {
             goto fail;
         }
         cuda_prof_mark(b, CUDA_PROF_QKV);
@@ -198,20 +236,23 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         if (w->q) {
             delta_parts = 1;
             if ((rc = cuda_qproduct(b, &w->q->o, ws->y, ws->delta, H, T)) < 0) goto fail;
-        } else if ((rc = layer_product(b, p->o, l, CUDA_FP8_O, w->wo, ws->y, ws->delta, T, H, qd, &delta_parts)) < 0) {
+        } else if ((rc = layer_product(b, p->o, l, CUDA_FP8_O, w->wo, ws->y, false, ws->delta, T, H, qd,
+                                       &delta_parts)) < 0) {
             goto fail;
         }
         cuda_prof_mark(b, CUDA_PROF_O);
         if ((rc = sublayer_out(b, w->bo, w->post_attn_norm, T, part_stride, &delta_parts)) < 0) goto fail;
-        CUDA_CHECK(b, sk_add_rmsnorm_parts(ws->x, cuda_delta(b, delta_parts), delta_parts, part_stride, NULL,
-                                           w->ffn_norm, ws->y, T, H, c->rms_eps, b->stream));
-        cuda_prof_mark(b, CUDA_PROF_NORM);
-        if (cuda_moe_is_sparse(b, l)) {
+        const bool sparse = cuda_moe_is_sparse(b, l);
+        const struct cuda_fp8_codes mlp_codes =
+            sparse || w->q ? (struct cuda_fp8_codes){0} : mlp_input_codes(b, &p->mlp);
+        if ((rc = add_norm(b, cuda_delta(b, delta_parts), delta_parts, part_stride, w->ffn_norm, T, mlp_codes)) < 0)
+            goto fail;
+        if (sparse) {
             if ((rc = cuda_moe_enqueue(b, l, T, &delta_parts)) < 0) goto fail;
         } else if (w->q) {
             delta_parts = 1;
             if ((rc = cuda_qlayer_mlp(b, w->q, w->b_gu, T)) < 0) goto fail;
-        } else if ((rc = enqueue_mlp(b, l, w, &p->mlp, T, &delta_parts)) < 0) {
+        } else if ((rc = enqueue_mlp(b, l, w, &p->mlp, T, mlp_codes.q != NULL, &delta_parts)) < 0) {
             goto fail;
         }
         if ((rc = sublayer_out(b, w->b_down, w->post_ffn_norm, T, part_stride, &delta_parts)) < 0) goto fail;

@@ -207,8 +207,8 @@ static cublasStatus_t lt_algo_for(struct cuda_backend *b, struct cuda_fp8 *f, in
     return s;
 }
 
-static int lt_product(struct cuda_backend *b, const struct fp8_matrix *w, const uint16_t *x, float *y, int rows,
-                      int n_out, int k_in);
+static int lt_product(struct cuda_backend *b, const struct fp8_matrix *w, const uint16_t *x, bool x_coded, float *y,
+                      int rows, int n_out, int k_in);
 
 /* One small product through lt_product as configured, checked on the host: cuBLASLt may offer an
  * algorithm for a combination it then refuses to run, and a scale applied along the wrong side
@@ -245,7 +245,7 @@ static bool lt_selftest(struct cuda_backend *b, struct cuda_fp8 *f)
     if (cudaMemcpy(w.q, wq, sizeof wq, cudaMemcpyHostToDevice) ||
         cudaMemcpy(w.scale, ws, sizeof ws, cudaMemcpyHostToDevice) || cudaMemcpy(dx, x, sizeof x, cudaMemcpyHostToDevice))
         goto out;
-    if (lt_product(b, &w, dx, dy, R, N, K) < 0 || cudaStreamSynchronize(b->stream) ||
+    if (lt_product(b, &w, dx, false, dy, R, N, K) < 0 || cudaStreamSynchronize(b->stream) ||
         cudaMemcpy(y, dy, sizeof y, cudaMemcpyDeviceToHost))
         goto out;
     ok = true;
@@ -380,8 +380,16 @@ int cuda_fp8_init(struct cuda_backend *b, const struct model *m)
             goto fail;
     }
     if (deq && (rc = alloc_counted(b, (void **)&f->deq, deq * 2)) < 0) goto fail;
-    char plan[256];
-    describe_plan(&b->plan, shapes[0][0], shapes[0][1], T, plan, sizeof plan);
+    /* The plan by rows for each product (they differ where the Hopper stream takes large
+     * products of few rows). */
+    static const char *const shape_names[4] = {"qkv", "o", "gate/up", "down"};
+    char plan[1024];
+    size_t at = 0;
+    for (int s = 0; s < n_shapes && at < sizeof plan; s++) {
+        at += (size_t)snprintf(plan + at, sizeof plan - at, "%s%s ", s ? "; " : "", shape_names[s]);
+        if (at < sizeof plan) describe_plan(&b->plan, shapes[s][0], shapes[s][1], T, plan + at, sizeof plan - at);
+        at += strlen(plan + at);
+    }
     log_info("cuda: FP8 weights (e4m3, scales per %s), products by rows: %s%s%s", blocks ? "block" : "row", plan,
              lt ? (f->lt_out == CUDA_R_32F ? "; cuBLASLt with fp32 out, " : "; cuBLASLt with bf16 out, ") : "",
              lt ? (f->lt_outer ? "scales inside it" : "scales by a kernel after it") : "");
@@ -480,12 +488,19 @@ void cuda_fp8_load_done(struct cuda_backend *b)
     b->w.fp8_fill_elems = 0;
 }
 
-static int lt_product(struct cuda_backend *b, const struct fp8_matrix *w, const uint16_t *x, float *y, int rows,
-                      int n_out, int k_in)
+struct cuda_fp8_codes cuda_fp8_codes_for(const struct cuda_backend *b, struct cuda_product_plan p)
+{
+    const bool reads_codes = p.kernel == CUDA_PRODUCT_FP8_HOPPER || p.kernel == CUDA_PRODUCT_FP8_LT;
+    if (!b->fp8 || !b->fp8->xq || !reads_codes) return (struct cuda_fp8_codes){0};
+    return (struct cuda_fp8_codes){.q = b->fp8->xq, .scale = b->fp8->xs};
+}
+
+static int lt_product(struct cuda_backend *b, const struct fp8_matrix *w, const uint16_t *x, bool x_coded, float *y,
+                      int rows, int n_out, int k_in)
 {
     struct cuda_fp8 *f = b->fp8;
     int rc = 0;
-    CUDA_CHECK(b, sk_fp8_quantize_rows(f->xq, f->xs, x, rows, k_in, b->stream));
+    if (!x_coded) CUDA_CHECK(b, sk_fp8_quantize_rows(f->xq, f->xs, x, rows, k_in, b->stream));
     for (int r0 = 0; r0 < rows; r0 += LT_SLICE_ROWS) {
         const int n = rows - r0 < LT_SLICE_ROWS ? rows - r0 : LT_SLICE_ROWS;
         float *ys = y + (size_t)r0 * n_out;
@@ -503,7 +518,7 @@ fail:
 }
 
 int cuda_fp8_product(struct cuda_backend *b, struct cuda_product_plan p, int layer, enum cuda_fp8_matrix which,
-                     const uint16_t *x, float *y, int rows, int n_out, int k_in)
+                     const uint16_t *x, bool x_coded, float *y, int rows, int n_out, int k_in)
 {
     struct cuda_fp8 *f = b->fp8;
     int rc = 0;
@@ -542,11 +557,11 @@ int cuda_fp8_product(struct cuda_backend *b, struct cuda_product_plan p, int lay
         break;
     case CUDA_PRODUCT_FP8_HOPPER:
         if (f->scale_rows != 1 || !b->gemm.hopper) CUDA_FAIL(b, "cuda: FP8 Hopper product planned without its kernel");
-        CUDA_CHECK(b, sk_fp8_quantize_rows(f->xq, f->xs, x, rows, k_in, b->stream));
+        if (!x_coded) CUDA_CHECK(b, sk_fp8_quantize_rows(f->xq, f->xs, x, rows, k_in, b->stream));
         CUDA_CHECK(b, sk_hopper_fp8_gemm(b->gemm.hopper, w->q, w->scale, f->xq, f->xs, y, rows, n_out, k_in, 0,
                                          b->stream));
         break;
-    case CUDA_PRODUCT_FP8_LT: return lt_product(b, w, x, y, rows, n_out, k_in);
+    case CUDA_PRODUCT_FP8_LT: return lt_product(b, w, x, x_coded, y, rows, n_out, k_in);
     case CUDA_PRODUCT_FP8_DEQUANT:
         if (!f->deq) CUDA_FAIL(b, "cuda: FP8 product planned dequantized with no scratch for it");
         CUDA_CHECK(b, sk_fp8_dequant_bf16(f->deq, w->q, w->scale, sr, sc, n_out, k_in, b->stream));

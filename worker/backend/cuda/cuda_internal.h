@@ -371,8 +371,17 @@ void cuda_fp8_load_done(struct cuda_backend *b);
  * as its codes at q (rows x cols bytes) and a float32 scale per row at scale, on the device (a
  * dummy's rows quantized there from model_dummy_value's bf16 values, as every backend does). */
 int cuda_fp8_put_rows(struct cuda_backend *b, uint8_t *q, float *scale, const struct tensor *t, uint64_t seed);
+/* The per-token e4m3 codes and scales of a product's activations, where its FP8 plan reads them
+ * (the Hopper stream, cuBLASLt; q NULL for other plans): the kernel that writes the activations
+ * may quantize them into these in the same pass (sk_add_rmsnorm_parts_fp8, sk_silu_mul_fp8),
+ * and cuda_fp8_product is then told x_coded, so it does not quantize x again. */
+struct cuda_fp8_codes {
+    uint8_t *q;
+    float *scale;
+};
+struct cuda_fp8_codes cuda_fp8_codes_for(const struct cuda_backend *b, struct cuda_product_plan p);
 int cuda_fp8_product(struct cuda_backend *b, struct cuda_product_plan p, int layer, enum cuda_fp8_matrix which,
-                     const uint16_t *x, float *y, int rows, int n_out, int k_in);
+                     const uint16_t *x, bool x_coded, float *y, int rows, int n_out, int k_in);
 void cuda_fp8_free(struct cuda_backend *b);
 /* An FP8 tensor (numel elements) written as bf16 at dst: for the FP8 tensors the FP8 products do
  * not take (cuda_weights.c's put_matrix). */

@@ -129,7 +129,7 @@ struct cuda_product_plan cuda_plan_fp8_product(const struct cuda_plan_config *c,
     const bool gemv = k_in % 16 == 0;
     const bool hopper = c->fp8_hopper && !c->fp8_blocks && k_in % 16 == 0 && rows >= CUDA_FP8_HOPPER_MIN_ROWS &&
                         rows <= SK_HOPPER_MAX_ROWS;
-    if (gemv && (c->deterministic || rows <= CUDA_FP8_GEMV_ROWS)) p.kernel = CUDA_PRODUCT_FP8_GEMV;
+    if (gemv && (c->deterministic || (rows <= CUDA_FP8_GEMV_ROWS && !hopper))) p.kernel = CUDA_PRODUCT_FP8_GEMV;
     else if (hopper) p.kernel = CUDA_PRODUCT_FP8_HOPPER;
     else if (mma && rows <= (lt ? CUDA_FP8_MMA_ROWS : CUDA_FP8_MMA_ROWS_NO_LT)) p.kernel = CUDA_PRODUCT_FP8_MMA;
     else if (lt) p.kernel = CUDA_PRODUCT_FP8_LT;

@@ -132,25 +132,25 @@ void cuda_plan_config_fp8(struct cuda_plan_config *c, bool blocks, bool lt);
 #define CUDA_FP8_MMA_ROWS 16
 #define CUDA_FP8_MMA_ROWS_NO_LT 256
 /* Rows from which the Hopper weight stream on e4m3 operands (sk_hopper_fp8_gemm: the activations
- * quantized per token first, wgmma, scales in its epilogue) takes a product with per-row scales
- * and k_in a multiple of 16, up to SK_HOPPER_MAX_ROWS: past the gemv. Measured on an H200
- * (docs/performance.md, "FP8 weights"): each product alone faster than the tensor-core kernel at
- * 8, 16 and 64 rows (0.3 to 0.6x its time for gate/up and down), and a 64-row step 1.05x faster
- * than with cuBLASLt. Whole steps at 5-16 rows, where the quantization's launch weighs more, are
- * not measured yet. */
-#define CUDA_FP8_HOPPER_MIN_ROWS 5
+ * quantized per token, by the kernel that writes them where it can, wgmma, scales in its
+ * epilogue) takes a product with per-row scales and k_in a multiple of 16, up to
+ * SK_HOPPER_MAX_ROWS. Whole decode steps of Llama-3-8B's shape on one H100 (docs/performance.md,
+ * "FP8 weights"): at 4 rows 3.89 ms on the stream against 5.22 on the gemv; at 1 row the gemv
+ * wins, 3.67 against 3.78. 2 and 3 rows are not measured (the gemv's time grows ~0.5 ms a row,
+ * the stream's hardly). */
+#define CUDA_FP8_HOPPER_MIN_ROWS 2
 /* Rows up to which the gemv (8 rows a launch) takes what neither cuBLASLt nor the tensor-core
  * kernel can (block scales, other shapes), before the weights are dequantized to bf16 for
  * cuBLAS (5 bytes a weight moved). */
 #define CUDA_FP8_GEMV_ROWS_NO_LT 32
-/* A product of FP8 weights: the gemv up to CUDA_FP8_GEMV_ROWS rows (every size under
- * --deterministic: its rows do not depend on each other), then the Hopper weight stream from
- * CUDA_FP8_HOPPER_MIN_ROWS to SK_HOPPER_MAX_ROWS rows where it is there and the scales and shape
- * suit it (per-row scales, k_in a multiple of 16), then the tensor-core kernel where the
- * scales and shape suit it (up to CUDA_FP8_MMA_ROWS, or CUDA_FP8_MMA_ROWS_NO_LT without
- * cuBLASLt), then cuBLASLt where it is there and the shape suits it (per-row scales, n_out and
- * k_in multiples of 16), else the gemv up to CUDA_FP8_GEMV_ROWS_NO_LT rows, else dequantized
- * weights. */
+/* A product of FP8 weights: under --deterministic the gemv at every size (its rows do not depend
+ * on each other); else the Hopper weight stream from CUDA_FP8_HOPPER_MIN_ROWS to
+ * SK_HOPPER_MAX_ROWS rows where it is there and the scales and shape suit it (per-row scales,
+ * k_in a multiple of 16); below it, or without it up to CUDA_FP8_GEMV_ROWS rows, the gemv; then
+ * the tensor-core kernel where the scales and shape suit it (up to CUDA_FP8_MMA_ROWS, or
+ * CUDA_FP8_MMA_ROWS_NO_LT without cuBLASLt), then cuBLASLt where it is there and the shape suits
+ * it (per-row scales, n_out and k_in multiples of 16), else the gemv up to
+ * CUDA_FP8_GEMV_ROWS_NO_LT rows, else dequantized weights. */
 struct cuda_product_plan cuda_plan_fp8_product(const struct cuda_plan_config *c, int rows, int n_out, int k_in);
 bool cuda_plan_is_fp8(struct cuda_product_plan p);
 /* Whether FP8 tensor t is e4m3 with one scale per output row: per channel, or one per tensor
