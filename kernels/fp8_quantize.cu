@@ -3,9 +3,9 @@
 // dependent (pdl.cuh) that lets its reader launch at once: the product after it streams its
 // weights meanwhile.
 //
-// It runs before FP8 decode products on the Hopper stream (where the kernel that wrote the row
-// did not quantize it already), while that product's weights stream in, so its time is the
-// step's: a row is read once, in 16-byte vectors that every thread issues at once and keeps in
+// It runs before the FP8 products that read codes (the Hopper stream, cuBLASLt) where the kernel
+// that wrote the row did not quantize it already (the attention output before o), while that
+// product's weights stream in, so its time is the step's: a row is read once, in 16-byte vectors that every thread issues at once and keeps in
 // registers, then written from them (rows of up to kQuantThreads * 8 * kMaxVectors values whose
 // width is a multiple of 8). Other rows take the plain loop, which reads a row twice.
 #include "kernels/fp8_row.cuh"

@@ -3,18 +3,21 @@
  * spread over the rows, which is exact) or per block (DeepSeek's weight_block_size). Embeddings,
  * lm_head, norms and biases stay as cuda_weights.c loads them.
  *
- * Products (the planner chooses, cuda_plan_fp8_product): the gemv for small decode batches
- * (sk_fp8_gemv) reads the codes and converts them in registers, with bf16 activations and the
- * scales fused; decode batches past a few rows (with per-row scales) take the tensor-core kernel
- * (sk_fp8_gemm_small: the codes converted to bf16 in registers, bf16 activations, 64 rows a
- * launch, the weights read once for all of them); prefill-sized batches quantize the activations per token to e4m3 (sk_fp8_quantize_rows)
- * and run cuBLASLt's FP8 GEMM (A = weights transposed, B = activations: the "TN" layout FP8
+ * Products (the planner chooses, cuda_plan_fp8_product): the gemv for one-row steps, or small
+ * decode batches off Hopper (sk_fp8_gemv), reads the codes and converts them in registers, with
+ * bf16 activations and the scales fused; decode batches of 2 to 128 rows (with per-row scales)
+ * take the Hopper weight stream on e4m3 operands (sk_hopper_fp8_gemm), off Hopper past a few
+ * rows the tensor-core kernel (sk_fp8_gemm_small: the codes converted to bf16 in registers, bf16
+ * activations, 64 rows a launch, the weights read once for all of them); prefill-sized batches
+ * run cuBLASLt's FP8 GEMM (A = weights transposed, B = activations: the "TN" layout FP8
  * needs) with the row and token scales inside it (outer-vector scaling) or, where this
  * cuBLASLt lacks that, applied to its output by sk_fp8_scale_output; where cuBLASLt cannot take
  * a product at all (block scales, shapes not multiples of 16, no algorithm, a failed self-test)
  * the gemv takes more rows and beyond them the weights are dequantized to a bf16 scratch matrix
  * for cuBLAS. Each cuBLASLt configuration is tried on a small product at creation before it is
- * used (lt_selftest).
+ * used (lt_selftest). The stream and cuBLASLt read the activations as e4m3 codes with a scale
+ * per token: the kernel that writes them quantizes them where it can (cuda_fp8_codes_for: the
+ * norms, SwiGLU; the product is then told x_coded), else the product runs sk_fp8_quantize_rows.
  *
  * A mixture-of-experts layer has only its attention's two products here; its experts are
  * cuda_moe.c's, which keeps FP8 ones in e4m3 too (cuda_fp8_put_rows, sk_moe_gemm_fp8). */
@@ -380,8 +383,8 @@ int cuda_fp8_init(struct cuda_backend *b, const struct model *m)
             goto fail;
     }
     if (deq && (rc = alloc_counted(b, (void **)&f->deq, deq * 2)) < 0) goto fail;
-    /* The plan by rows for each product (they differ where the Hopper stream takes large
-     * products of few rows). */
+    /* The plan by rows for each product (they differ by shape: each kernel's conditions on n_out
+     * and k_in). */
     static const char *const shape_names[4] = {"qkv", "o", "gate/up", "down"};
     char plan[1024];
     size_t at = 0;
