@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(PARTS ? kPartsThreads : 1024)
         if (QUANT) amax = fmaxf(amax, fmaxf(bf16_pair_amax(out[j].x), bf16_pair_amax(out[j].y)));
     }
     if constexpr (QUANT) {
-        const float sc = fp8_row_scale(block_amax(amax, sh));
+        const float sc = fp8_row_scale(block_max(amax, sh));
         if (threadIdx.x == 0) q_scale[r] = sc;
         uint32_t *qr = reinterpret_cast<uint32_t *>(q + (int64_t)r * hidden);
 #pragma unroll

@@ -8,8 +8,10 @@
 // product's weights stream in, so its time is the step's: a row is read once, in 16-byte vectors that every thread issues at once and keeps in
 // registers, then written from them (rows of up to kQuantThreads * 8 * kMaxVectors values whose
 // width is a multiple of 8). Other rows take the plain loop, which reads a row twice.
+#include "kernels/fp8_common.cuh"
 #include "kernels/fp8_row.cuh"
 #include "kernels/pdl.cuh"
+#include "kernels/row_sums.cuh"
 #include "kernels/sk_fp8.h"
 
 namespace
@@ -27,10 +29,10 @@ __global__ void __launch_bounds__(kQuantThreads)
     const int r = blockIdx.x;
     const uint16_t *row = x + (size_t)r * cols;
     float amax = 0.0f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) amax = fmaxf(amax, fabsf(bf16_lo(row[c])));
-    const float s = fp8_row_scale(block_amax(amax, sh));
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) amax = fmaxf(amax, fabsf(bf16_bits_to_f32(row[c])));
+    const float s = fp8_row_scale(block_max(amax, sh));
     if (threadIdx.x == 0) scale[r] = s;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) q[(size_t)r * cols + c] = (uint8_t)e4m3_code(bf16_lo(row[c]), s);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) q[(size_t)r * cols + c] = (uint8_t)e4m3_code(bf16_bits_to_f32(row[c]), s);
 }
 
 // VECS vectors of 8 values a thread; cols % 8 == 0, x 16-byte and q 8-byte aligned.
@@ -55,7 +57,7 @@ __global__ void __launch_bounds__(kQuantThreads)
     for (int i = 0; i < VECS; i++)
         amax = fmaxf(fmaxf(bf16_pair_amax(v[i].x), bf16_pair_amax(v[i].y)),
                      fmaxf(fmaxf(bf16_pair_amax(v[i].z), bf16_pair_amax(v[i].w)), amax));
-    const float s = fp8_row_scale(block_amax(amax, sh));
+    const float s = fp8_row_scale(block_max(amax, sh));
     if (threadIdx.x == 0) scale[r] = s;
     uint2 *out = reinterpret_cast<uint2 *>(q + (size_t)r * cols);
 #pragma unroll

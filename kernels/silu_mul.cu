@@ -12,6 +12,7 @@
 #include "kernels/fp8_row.cuh"
 #include "kernels/launch_dims.cuh"
 #include "kernels/pdl.cuh"
+#include "kernels/row_sums.cuh"
 
 namespace
 {
@@ -36,6 +37,18 @@ template <int V> __device__ __forceinline__ void load_run(const __nv_bfloat16 *p
     }
 }
 
+// bf16(silu(g) * u) of 8 gates and ups, packed for one 16-byte store: the one expression both
+// kernels below use, so the fused kernel's activations are silu_mul_kernel's bit for bit.
+__device__ __forceinline__ uint4 swiglu8(const float (&g)[8], const float (&u)[8])
+{
+    uint32_t w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+        w[k] = pack_bf16(g[2 * k] / (1.0f + expf(-g[2 * k])) * u[2 * k],
+                         g[2 * k + 1] / (1.0f + expf(-g[2 * k + 1])) * u[2 * k + 1]);
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 // out[t, j] = bf16(silu(gate[t, j]) * up[t, j]), V outputs per thread (8: 16-byte loads and
 // stores, when inter % 8 == 0). INTERLEAVED: a row holds gate and up in alternating blocks of
 // SK_GATE_UP_BLOCK, else gate then up. Tin: fp32 products, or bf16 ones (prefill), which halve
@@ -53,11 +66,7 @@ __global__ void silu_mul_kernel(__nv_bfloat16 *out, const Tin *gu, int inter, in
         load_run<V>(row + gi, g);
         load_run<V>(row + ui, u);
         if constexpr (V == 8) {
-            uint32_t w[4];
-            for (int k = 0; k < 4; k++)
-                w[k] = pack_bf16(g[2 * k] / (1.0f + expf(-g[2 * k])) * u[2 * k],
-                                 g[2 * k + 1] / (1.0f + expf(-g[2 * k + 1])) * u[2 * k + 1]);
-            *reinterpret_cast<uint4 *>(out + e) = make_uint4(w[0], w[1], w[2], w[3]);
+            *reinterpret_cast<uint4 *>(out + e) = swiglu8(g, u);
         } else {
             for (int k = 0; k < V; k++) out[e + k] = __float2bfloat16_rn(g[k] / (1.0f + expf(-g[k])) * u[k]);
         }
@@ -108,16 +117,12 @@ __global__ void __launch_bounds__(kQuantThreads)
         float g[8], u[8];
         load_run<8>(row + 8 * c, g);
         load_run<8>(row + inter + 8 * c, u);
-        uint32_t w[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            w[k] = pack_bf16(g[2 * k] / (1.0f + expf(-g[2 * k])) * u[2 * k],
-                             g[2 * k + 1] / (1.0f + expf(-g[2 * k + 1])) * u[2 * k + 1]);
-            amax = fmaxf(amax, bf16_pair_amax(w[k]));
-        }
-        act[i] = make_uint4(w[0], w[1], w[2], w[3]);
+        act[i] = swiglu8(g, u);
+        amax = fmaxf(fmaxf(fmaxf(bf16_pair_amax(act[i].x), bf16_pair_amax(act[i].y)),
+                           fmaxf(bf16_pair_amax(act[i].z), bf16_pair_amax(act[i].w))),
+                     amax);
     }
-    const float sc = fp8_row_scale(block_amax(amax, sh));
+    const float sc = fp8_row_scale(block_max(amax, sh));
     if (threadIdx.x == 0) q_scale[t] = sc;
     uint4 *o = reinterpret_cast<uint4 *>(out + (int64_t)t * inter);
     uint2 *qr = reinterpret_cast<uint2 *>(q + (int64_t)t * inter);

@@ -80,6 +80,46 @@ static int measure(struct backend *b, const struct model_config *c, int bs, bool
     return 0;
 }
 
+/* Microseconds a launch of launch(it, ctx) on the default stream, over reps launches after 4
+ * untimed ones (it counts from 0 through them all); *err is the first launch's error, which
+ * ends the loop. */
+static double launch_us(cudaError_t (*launch)(int it, void *ctx), void *ctx, int reps, cudaError_t *err)
+{
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0), cudaEventCreate(&e1);
+    *err = cudaSuccess;
+    for (int it = 0; it < reps + 4 && !*err; it++) {
+        if (it == 4) cudaEventRecord(e0, 0);
+        *err = launch(it, ctx);
+    }
+    cudaEventRecord(e1, 0);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    return ms * 1e3 / reps;
+}
+
+/* One layer product of kernel_table's: copies of the weights rotated past L2. */
+struct table_product {
+    struct sk_hopper_gemm *h; /* non-NULL: the Hopper stream on e4m3 */
+    const uint8_t *w;
+    const float *sc;
+    const uint16_t *x;
+    float *y;
+    size_t wb;
+    int copies, m, n, k;
+};
+
+static cudaError_t table_launch(int it, void *ctx)
+{
+    const struct table_product *t = ctx;
+    const uint8_t *wi = t->w + (size_t)(it % t->copies) * t->wb;
+    if (t->h) return sk_hopper_fp8_gemm(t->h, wi, t->sc, (const uint8_t *)t->x, t->sc, t->y, t->m, t->n, t->k, 0, 0);
+    if (t->m <= 4) return sk_fp8_gemv(wi, t->sc, 1, t->k, t->x, t->y, t->m, t->n, t->k, NULL, 0, 0);
+    return sk_fp8_gemm_small(wi, t->sc, t->x, t->y, t->m, t->n, t->k, NULL, 0, 0);
+}
+
 /* Each FP8 decode kernel alone at the Llama-3-8B layer shapes: microseconds a launch and the
  * weight bytes over that time against the HBM rate (copies rotated past L2's 50 MB, no
  * prefetch), so each kernel's share of its roofline shows apart from the step's other kernels:
@@ -105,35 +145,37 @@ static void kernel_table(double hbm)
         for (int pass = 0; pass < (h ? 2 : 1); pass++)
         for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
             const bool hop = pass == 1;
-            const int m = rows[r], reps = 40;
-            cudaEvent_t e0, e1;
-            cudaEventCreate(&e0), cudaEventCreate(&e1);
-            float ms = 0;
-            cudaError_t err = cudaSuccess;
-            for (int it = -4; it < reps && !err; it++) {
-                if (it == 0) cudaEventRecord(e0, 0);
-                const uint8_t *wi = w + (size_t)((it + 4) % copies) * wb;
-                err = hop      ? sk_hopper_fp8_gemm(h, wi, sc, (const uint8_t *)x, sc, y, m, n, k, 0, 0)
-                      : m <= 4 ? sk_fp8_gemv(wi, sc, 1, k, x, y, m, n, k, NULL, 0, 0)
-                               : sk_fp8_gemm_small(wi, sc, x, y, m, n, k, NULL, 0, 0);
-            }
-            cudaEventRecord(e1, 0);
-            cudaEventSynchronize(e1);
-            cudaEventElapsedTime(&ms, e0, e1);
+            const int m = rows[r];
+            struct table_product t = {.h = hop ? h : NULL, .w = w, .sc = sc, .x = x, .y = y, .wb = wb,
+                                      .copies = copies, .m = m, .n = n, .k = k};
+            cudaError_t err;
+            const double us = launch_us(table_launch, &t, 40, &err);
             GT_CHECK(err == cudaSuccess, "%s rows %d launch: %s", names[i], m, cudaGetErrorString(err));
-            const double us = ms * 1e3 / reps;
             printf("    %-7s [%5d x %5d] rows %2d (%s): %7.1f us, %5.0f GB/s = %3.0f%% of %.2f TB/s\n", names[i], n, k,
                    m, hop ? "hopper e4m3" : m <= 4 ? "gemv" : "tensor cores", us, wb / us / 1e3,
                    100 * wb / us / 1e6 / hbm, hbm);
-            cudaEventDestroy(e0), cudaEventDestroy(e1);
         }
         cudaFree(w), cudaFree(sc), cudaFree(y), cudaFree(x);
     }
     sk_hopper_gemm_destroy(h);
 }
 
-/* The per-token quantization that runs before each product on the Hopper stream, alone: us a
- * launch at the widths it meets in a step (hidden, intermediate). */
+struct quantize_args {
+    uint8_t *q;
+    float *s;
+    const uint16_t *x;
+    int rows, k;
+};
+
+static cudaError_t quantize_launch(int it, void *ctx)
+{
+    (void)it;
+    const struct quantize_args *a = ctx;
+    return sk_fp8_quantize_rows(a->q, a->s, a->x, a->rows, a->k, 0);
+}
+
+/* The per-token quantization where the kernel that writes the activations does not do it (o's
+ * input), alone: us a launch at the widths it meets in a step (hidden, intermediate). */
 static void quantize_table(void)
 {
     const int widths[2] = {4096, 14336}, rows[] = {1, 8, 64};
@@ -145,21 +187,11 @@ static void quantize_table(void)
         float *s = gt_dev(64 * 4);
         GT_CUDA(sk_fill_dummy_bf16(x, 1, 3, 0, (int64_t)64 * k, 0, 0));
         for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
-            const int reps = 100;
-            cudaEvent_t e0, e1;
-            cudaEventCreate(&e0), cudaEventCreate(&e1);
-            cudaError_t err = cudaSuccess;
-            for (int it = -4; it < reps && !err; it++) {
-                if (it == 0) cudaEventRecord(e0, 0);
-                err = sk_fp8_quantize_rows(q, s, x, rows[r], k, 0);
-            }
-            cudaEventRecord(e1, 0);
-            cudaEventSynchronize(e1);
-            float ms = 0;
-            cudaEventElapsedTime(&ms, e0, e1);
+            struct quantize_args a = {.q = q, .s = s, .x = x, .rows = rows[r], .k = k};
+            cudaError_t err;
+            const double us = launch_us(quantize_launch, &a, 100, &err);
             GT_CHECK(err == cudaSuccess, "quantize rows %d launch: %s", rows[r], cudaGetErrorString(err));
-            printf("    [%2d x %5d]: %5.1f us\n", rows[r], k, ms * 1e3 / reps);
-            cudaEventDestroy(e0), cudaEventDestroy(e1);
+            printf("    [%2d x %5d]: %5.1f us\n", rows[r], k, us);
         }
         cudaFree(x), cudaFree(q), cudaFree(s);
     }

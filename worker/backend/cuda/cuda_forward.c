@@ -81,7 +81,7 @@ static int enqueue_mlp(struct cuda_backend *b, int l, const struct cuda_layer *w
                                 NULL)) < 0)
             goto fail;
         cuda_prof_mark(b, CUDA_PROF_GATE_UP);
-        if (!b->plan.plain_mlp) act_codes = cuda_fp8_codes_for(b, mp->down);
+        if (!b->plan.plain_mlp) act_codes = cuda_fp8_codes_for(b, mp->down); /* sk_glu writes no codes */
         if (b->plan.plain_mlp)
             CUDA_CHECK(b, sk_glu(ws->y, ws->big, w->b_gu, (int)b->base.config.fam.act, T, I, b->stream));
         else if (act_codes.q) /* SwiGLU and the down product's codes in one pass */
@@ -173,6 +173,10 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
                                          b->stream));
     cuda_prof_mark(b, CUDA_PROF_EMBED);
     const size_t kv_layer = cuda_kv_layer_bytes(&b->kv);
+    /* Where the layers' first products read FP8 codes, the norms before them write them (the
+     * plans are the step's, so these are too). */
+    const struct cuda_fp8_codes qkv_codes_step = cuda_fp8_codes_for(b, p->qkv);
+    const struct cuda_fp8_codes mlp_codes_step = mlp_input_codes(b, &p->mlp);
     for (int l = 0; l < c->n_layers; l++) {
         const struct cuda_layer *w = &b->w.layers[l];
         unsigned char *kc = b->kv.cache + (size_t)l * 2 * kv_layer, *vc = kc + kv_layer;
@@ -188,8 +192,7 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
             ap.v_scale = qpl.v_scale = b->kv.scales[2 * l + 1];
         }
         const float *inv_freq = sliding && b->w.inv_freq_local ? b->w.inv_freq_local : b->w.inv_freq;
-        /* Where the layer's first product reads FP8 codes, the norm writes them. */
-        const struct cuda_fp8_codes qkv_codes = w->q ? (struct cuda_fp8_codes){0} : cuda_fp8_codes_for(b, p->qkv);
+        const struct cuda_fp8_codes qkv_codes = w->q ? (struct cuda_fp8_codes){0} : qkv_codes_step;
         if ((rc = add_norm(b, l ? cuda_delta(b, delta_parts) : NULL, delta_parts, part_stride, w->attn_norm, T,
                            qkv_codes)) < 0)
             goto fail;
@@ -243,8 +246,7 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         cuda_prof_mark(b, CUDA_PROF_O);
         if ((rc = sublayer_out(b, w->bo, w->post_attn_norm, T, part_stride, &delta_parts)) < 0) goto fail;
         const bool sparse = cuda_moe_is_sparse(b, l);
-        const struct cuda_fp8_codes mlp_codes =
-            sparse || w->q ? (struct cuda_fp8_codes){0} : mlp_input_codes(b, &p->mlp);
+        const struct cuda_fp8_codes mlp_codes = sparse || w->q ? (struct cuda_fp8_codes){0} : mlp_codes_step;
         if ((rc = add_norm(b, cuda_delta(b, delta_parts), delta_parts, part_stride, w->ffn_norm, T, mlp_codes)) < 0)
             goto fail;
         if (sparse) {
