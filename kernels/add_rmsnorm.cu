@@ -2,8 +2,10 @@
 // sublayer and of lm_head (there over the rows that need logits only), in one pass over the row,
 // taking the delta as the product leaves it (whole, or in the split-K parts of
 // sk_hopper_gemm_parts). sk_add_rmsnorm_parts_fp8 (sk_fp8.h) also quantizes each output row for
-// an FP8 product in that pass.
+// an FP8 product in that pass, sk_add_rmsnorm_parts_q8 (sk_quant.h) for the block GEMV's int8
+// products.
 #include "kernels/sk_fp8.h"
+#include "kernels/sk_quant.h"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda_bf16.h>
@@ -12,6 +14,7 @@
 #include "kernels/fp8_row.cuh"
 #include "kernels/launch_dims.cuh"
 #include "kernels/pdl.cuh"
+#include "kernels/q8_act.cuh"
 #include "kernels/qkv_head.cuh"
 #include "kernels/row_sums.cuh"
 
@@ -58,10 +61,12 @@ constexpr int kNormVec = 4;
 
 // PARTS: delta in n_parts (<= SK_HOPPER_MAX_SPLITS) parts, added as sum_parts_at adds them, with
 // every part's loads in flight at once; the registers that takes allow at most kPartsThreads
-// threads (rows up to 4096 wide). QUANT: each output row also goes to q and q_scale as e4m3
-// codes and its scale (fp8_row.cuh), from the bf16 values in registers.
+// threads (rows up to 4096 wide). CODES: each output row also goes to q and q_scale, from the
+// bf16 values in registers: as e4m3 codes and the row's scale (fp8_row.cuh), or as the block
+// GEMV's int8 quants and a (scale, scale * sum) pair per 32 (q8_act.cuh; q_scale holds the pairs).
 constexpr int kPartsThreads = 256;
-template <bool PARTS, bool QUANT>
+enum class codes { none, e4m3_row, q8 };
+template <bool PARTS, codes CODES>
 __global__ void __launch_bounds__(PARTS ? kPartsThreads : 1024)
     add_rmsnorm_vec_kernel(float *__restrict__ x, const float *__restrict__ delta, int n_parts, int64_t part_stride,
                            const int32_t *__restrict__ rows, const float *__restrict__ w, __nv_bfloat16 *__restrict__ y,
@@ -131,9 +136,34 @@ __global__ void __launch_bounds__(PARTS ? kPartsThreads : 1024)
         out[j] = make_uint2(pack_bf16(wv[j].x * (v[j].x * inv), wv[j].y * (v[j].y * inv)),
                             pack_bf16(wv[j].z * (v[j].z * inv), wv[j].w * (v[j].w * inv)));
         yr[i] = out[j];
-        if (QUANT) amax = fmaxf(amax, fmaxf(bf16_pair_amax(out[j].x), bf16_pair_amax(out[j].y)));
+        if (CODES == codes::e4m3_row) amax = fmaxf(amax, fmaxf(bf16_pair_amax(out[j].x), bf16_pair_amax(out[j].y)));
     }
-    if constexpr (QUANT) {
+    if constexpr (CODES == codes::q8) {
+        // A group of 32 is 8 neighbouring lanes' 4 values (blockDim.x is whole warps, hidden a
+        // multiple of 32), so every lane of a warp takes part in the shuffles or none does.
+        float2 *pairs = reinterpret_cast<float2 *>(q_scale) + (int64_t)r * (hidden / kQ8Group);
+#pragma unroll
+        for (int j = 0; j < kNormVec; j++) {
+            const int i = threadIdx.x + j * blockDim.x;
+            if (i - (int)(threadIdx.x & 31) >= n4) break; // the whole warp is past the row
+            float f[4];
+            bf16x2_to_f32(i < n4 ? out[j].x : 0u, f[0], f[1]);
+            bf16x2_to_f32(i < n4 ? out[j].y : 0u, f[2], f[3]);
+            const float amax = group_max<8>(fmaxf(fmaxf(fabsf(f[0]), fabsf(f[1])), fmaxf(fabsf(f[2]), fabsf(f[3]))));
+            const float sx = q8_scale(amax);
+            int qv[4], qs = 0;
+#pragma unroll
+            for (int e = 0; e < 4; e++) qs += qv[e] = q8_quant(f[e], amax, sx);
+            qs = group_sum<8>(qs);
+            if (i < n4) {
+                reinterpret_cast<uint32_t *>(q + (int64_t)r * hidden)[i] =
+                    (uint32_t)(uint8_t)qv[0] | (uint32_t)(uint8_t)qv[1] << 8 | (uint32_t)(uint8_t)qv[2] << 16 |
+                    (uint32_t)(uint8_t)qv[3] << 24;
+                if (i % 8 == 0) pairs[i / 8] = make_float2(sx, sx * (float)qs);
+            }
+        }
+    }
+    if constexpr (CODES == codes::e4m3_row) {
         const float sc = fp8_row_scale(block_max(amax, sh));
         if (threadIdx.x == 0) q_scale[r] = sc;
         uint32_t *qr = reinterpret_cast<uint32_t *>(q + (int64_t)r * hidden);
@@ -146,14 +176,15 @@ __global__ void __launch_bounds__(PARTS ? kPartsThreads : 1024)
 }
 
 // The fast kernel's instance for these parts and codes.
-template <bool QUANT> auto vec_kernel(int n_parts)
+template <codes CODES> auto vec_kernel(int n_parts)
 {
-    return n_parts > 1 ? add_rmsnorm_vec_kernel<true, QUANT> : add_rmsnorm_vec_kernel<false, QUANT>;
+    return n_parts > 1 ? add_rmsnorm_vec_kernel<true, CODES> : add_rmsnorm_vec_kernel<false, CODES>;
 }
 
+// kind says what q and q_scale receive (none: both NULL).
 cudaError_t add_rmsnorm(float *x, const float *delta, int n_parts, int64_t part_stride, const int32_t *rows,
-                        const float *w, uint16_t *y, uint8_t *q, float *q_scale, int n_rows, int hidden, float eps,
-                        cudaStream_t s)
+                        const float *w, uint16_t *y, codes kind, uint8_t *q, float *q_scale, int n_rows, int hidden,
+                        float eps, cudaStream_t s)
 {
     if (n_rows <= 0) return cudaSuccess;
     if (!delta) n_parts = 1;
@@ -163,13 +194,18 @@ cudaError_t add_rmsnorm(float *x, const float *delta, int n_parts, int64_t part_
     __nv_bfloat16 *yb = (__nv_bfloat16 *)y;
     if (w && hidden % 4 == 0 && threads <= (n_parts > 1 ? kPartsThreads : 1024) && part_stride % 4 == 0 &&
         !((uintptr_t)q & 3)) {
-        return launch_pdl(q ? vec_kernel<true>(n_parts) : vec_kernel<false>(n_parts), dim3(n_rows), dim3(threads), 0,
-                          s, x, delta, n_parts, part_stride, rows, w, yb, hidden, eps, q, q_scale);
+        auto kernel = kind == codes::q8         ? vec_kernel<codes::q8>(n_parts)
+                      : kind == codes::e4m3_row ? vec_kernel<codes::e4m3_row>(n_parts)
+                                                : vec_kernel<codes::none>(n_parts);
+        return launch_pdl(kernel, dim3(n_rows), dim3(threads), 0, s, x, delta, n_parts, part_stride, rows, w, yb,
+                          hidden, eps, q, q_scale);
     }
     cudaError_t e = launch_pdl(add_rmsnorm_kernel, dim3(n_rows), dim3(threads_for_row(hidden)), 0, s, x, delta,
                                n_parts, part_stride, rows, w, yb, hidden, eps);
-    // Rows the fast kernel does not take: their codes from y, by the quantizer.
-    return e == cudaSuccess && q ? sk_fp8_quantize_rows(q, q_scale, y, n_rows, hidden, s) : e;
+    // Rows the fast kernel does not take: their codes from y, by the quantizers.
+    if (e != cudaSuccess || kind == codes::none) return e;
+    return kind == codes::q8 ? sk_gemv_q_quantize_x(y, hidden, n_rows, hidden, q, s)
+                             : sk_fp8_quantize_rows(q, q_scale, y, n_rows, hidden, s);
 }
 
 } // namespace
@@ -178,7 +214,7 @@ extern "C" cudaError_t sk_add_rmsnorm_parts(float *x, const float *delta, int n_
                                             const int32_t *rows, const float *w, uint16_t *y, int n_rows, int hidden,
                                             float eps, cudaStream_t s)
 {
-    return add_rmsnorm(x, delta, n_parts, part_stride, rows, w, y, NULL, NULL, n_rows, hidden, eps, s);
+    return add_rmsnorm(x, delta, n_parts, part_stride, rows, w, y, codes::none, NULL, NULL, n_rows, hidden, eps, s);
 }
 
 extern "C" cudaError_t sk_add_rmsnorm_parts_fp8(float *x, const float *delta, int n_parts, int64_t part_stride,
@@ -186,7 +222,16 @@ extern "C" cudaError_t sk_add_rmsnorm_parts_fp8(float *x, const float *delta, in
                                                 int hidden, float eps, cudaStream_t s)
 {
     if (!q || !q_scale) return cudaErrorInvalidValue;
-    return add_rmsnorm(x, delta, n_parts, part_stride, NULL, w, y, q, q_scale, n_rows, hidden, eps, s);
+    return add_rmsnorm(x, delta, n_parts, part_stride, NULL, w, y, codes::e4m3_row, q, q_scale, n_rows, hidden, eps, s);
+}
+
+extern "C" cudaError_t sk_add_rmsnorm_parts_q8(float *x, const float *delta, int n_parts, int64_t part_stride,
+                                               const float *w, uint16_t *y, void *scratch, int n_rows, int hidden,
+                                               float eps, cudaStream_t s)
+{
+    if (!scratch || (uintptr_t)scratch % 16 || hidden % kQ8Group || n_rows > kQ8MaxRows) return cudaErrorInvalidValue;
+    return add_rmsnorm(x, delta, n_parts, part_stride, NULL, w, y, codes::q8, (uint8_t *)q8_quants(scratch),
+                       (float *)q8_pairs(scratch, hidden), n_rows, hidden, eps, s);
 }
 
 extern "C" cudaError_t sk_add_rmsnorm(float *x, const float *delta, const int32_t *rows, const float *w, uint16_t *y,

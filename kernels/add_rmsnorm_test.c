@@ -3,12 +3,15 @@
  * without a residual, all rows or gathered ones (bf16 output within 1e-2 relative error, the
  * residual stored back exactly); a split product's parts added by the norm, bit for bit the norm
  * of their sum; the refusals of part counts and strides it cannot take; and the parts added
- * without a norm (OLMo 2's layers), x their exact sum and y its bf16. */
+ * without a norm (OLMo 2's layers), x their exact sum and y its bf16; the norm that also leaves y
+ * in the block GEMV's int8 (sk_add_rmsnorm_parts_q8) against the plain norm and a CPU
+ * quantization of its y, bit for bit, and the GEMV's own quantizer against the same. */
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/sk_quant.h"
 #include "kernels/sluice_kernels.h"
 #include "tests/gpu/gpu_test.h"
 
@@ -180,6 +183,80 @@ static void test_add_no_norm(int n_parts, int T, int H)
     cudaFree(dx), cudaFree(dp), cudaFree(dy);
 }
 
+/* The block GEMV's int8 form of bf16 rows (kernels/q8_act.cuh) computed here: per 32 values
+ * sx = max|v| / 127, quants round-half-even of v / sx, and the pair (sx, sx * their sum). */
+static void cpu_q8(const uint16_t *y, int rows, int H, int8_t *q, float *pairs)
+{
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < H / 32; g++) {
+            const uint16_t *v = y + (size_t)r * H + 32 * g;
+            float amax = 0.0f;
+            for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(gt_bf2f(v[i])));
+            const float sx = amax / 127.0f;
+            int sum = 0;
+            for (int i = 0; i < 32; i++) {
+                const int qi = amax > 0.0f ? (int)nearbyintf(gt_bf2f(v[i]) / sx) : 0;
+                q[(size_t)r * H + 32 * g + i] = (int8_t)qi;
+                sum += qi;
+            }
+            pairs[2 * ((size_t)r * (H / 32) + g)] = sx;
+            pairs[2 * ((size_t)r * (H / 32) + g) + 1] = sx * (float)sum;
+        }
+}
+
+/* sk_add_rmsnorm_parts_q8 over T rows of H in P parts: x and y as the plain norm leaves them, the
+ * scratch's quants and pairs as cpu_q8 gives them from that y and as sk_gemv_q_quantize_x leaves
+ * them. Rows held in registers, in parts, and the wide or many-part rows of the generic kernel. */
+static void test_norm_q8(int T, int H, int P)
+{
+    const size_t n = (size_t)T * H, nq = (size_t)T * H, np = (size_t)T * (H / 32) * 2;
+    float *x = malloc(n * 4), *parts = malloc(n * P * 4), *w = malloc(H * 4);
+    float *xa = malloc(n * 4), *xb = malloc(n * 4), *pa = malloc(np * 4), *pb = malloc(np * 4), *pc = malloc(np * 4);
+    uint16_t *ya = malloc(n * 2), *yb = malloc(n * 2);
+    int8_t *qa = malloc(nq), *qb = malloc(nq), *qc = malloc(nq);
+    for (size_t i = 0; i < n; i++) x[i] = gt_normal();
+    for (size_t i = 0; i < n * P; i++) parts[i] = gt_normal();
+    for (int i = 0; i < H; i++) w[i] = 1.0f + 0.1f * gt_normal();
+    if (H >= 64) /* a group of zeros: its scale 0 and its quants 0 */
+        for (int i = 0; i < 32; i++) x[32 + i] = 0.0f, w[32 + i] = 0.0f;
+    const size_t sbytes = sk_gemv_q_scratch_bytes(H);
+    float *dx = gt_dev(n * 4), *dparts = gt_up(parts, n * P * 4), *dw = gt_up(w, H * 4);
+    uint16_t *dy = gt_dev(n * 2);
+    unsigned char *ds = gt_dev(sbytes);
+    const size_t pairs_at = (size_t)SK_GEMV_Q_X_ROWS * H;
+    /* The plain norm, then the GEMV's quantizer on its y. */
+    GT_CUDA(cudaMemcpy(dx, x, n * 4, cudaMemcpyHostToDevice));
+    GT_CUDA(sk_add_rmsnorm_parts(dx, dparts, P, (int64_t)n, NULL, dw, dy, T, H, 1e-6f, 0));
+    GT_CUDA(cudaMemset(ds, 0x5a, sbytes));
+    GT_CUDA(sk_gemv_q_quantize_x(dy, H, T, H, ds, 0));
+    gt_down(xa, dx, n * 4);
+    gt_down(ya, dy, n * 2);
+    gt_down(qa, ds, nq);
+    gt_down(pa, ds + pairs_at, np * 4);
+    /* The fused norm, outputs poisoned first. */
+    GT_CUDA(cudaMemcpy(dx, x, n * 4, cudaMemcpyHostToDevice));
+    GT_CUDA(cudaMemset(dy, 0xff, n * 2));
+    GT_CUDA(cudaMemset(ds, 0x5a, sbytes));
+    GT_CUDA(sk_add_rmsnorm_parts_q8(dx, dparts, P, (int64_t)n, dw, dy, ds, T, H, 1e-6f, 0));
+    gt_down(xb, dx, n * 4);
+    gt_down(yb, dy, n * 2);
+    gt_down(qb, ds, nq);
+    gt_down(pb, ds + pairs_at, np * 4);
+    cpu_q8(ya, T, H, qc, pc);
+    int nonzero = 0;
+    for (size_t i = 0; i < nq; i++) nonzero += qc[i] != 0;
+    GT_CHECK(!memcmp(xa, xb, n * 4) && !memcmp(ya, yb, n * 2),
+             "q8 norm [%d x %d], %d part(s): x and y as the plain norm's, bit for bit", T, H, P);
+    GT_CHECK(!memcmp(qb, qc, nq) && !memcmp(pb, pc, np * 4) && nonzero > (int)(nq / 2),
+             "q8 norm [%d x %d], %d part(s): quants and pairs as the CPU's from y, bit for bit (%d of %zu nonzero)",
+             T, H, P, nonzero, nq);
+    GT_CHECK(!memcmp(qa, qc, nq) && !memcmp(pa, pc, np * 4),
+             "sk_gemv_q_quantize_x [%d x %d]: quants and pairs as the CPU's, bit for bit", T, H);
+    free(x), free(parts), free(w), free(xa), free(xb), free(pa), free(pb), free(pc);
+    free(ya), free(yb), free(qa), free(qb), free(qc);
+    cudaFree(dx), cudaFree(dparts), cudaFree(dw), cudaFree(dy), cudaFree(ds);
+}
+
 int main(void)
 {
     if (!gt_have_gpu()) return 0;
@@ -187,5 +264,25 @@ int main(void)
     test_rmsnorm_parts();
     test_add_no_norm(1, 5, 96);
     test_add_no_norm(4, 7, 4096);
+    printf("add_rmsnorm with the block GEMV's int8 x\n");
+    test_norm_q8(1, 4096, 1);
+    test_norm_q8(8, 4096, 1);
+    test_norm_q8(1, 4096, 3);   /* parts, in registers */
+    test_norm_q8(3, 5120, 2);   /* parts too wide for registers: the generic kernel and the quantizer */
+    test_norm_q8(2, 32, 1);     /* one group, one warp */
+    test_norm_q8(2, 16384, 1);  /* 1024 threads */
+    test_norm_q8(2, 20480, 1);  /* past the registers: the generic kernel and the quantizer */
+    {
+        float *d = gt_dev(1 << 20);
+        uint16_t *dy = gt_dev(1 << 16);
+        GT_CHECK(sk_add_rmsnorm_parts_q8(d, d, 1, 64, d, dy, (char *)d + 8, 2, 64, 1e-6f, 0) == cudaErrorInvalidValue &&
+                     sk_add_rmsnorm_parts_q8(d, d, 1, 48, d, dy, d, 2, 48, 1e-6f, 0) == cudaErrorInvalidValue &&
+                     sk_add_rmsnorm_parts_q8(d, d, 1, 64, d, dy, d, SK_GEMV_Q_X_ROWS + 1, 64, 1e-6f, 0) ==
+                         cudaErrorInvalidValue,
+                 "sk_add_rmsnorm_parts_q8 refuses a misaligned scratch, a width not a multiple of 32, more than "
+                 "%d rows",
+                 SK_GEMV_Q_X_ROWS);
+        cudaFree(d), cudaFree(dy);
+    }
     return gt_finish();
 }

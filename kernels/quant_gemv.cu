@@ -6,12 +6,21 @@
 // Lane l of a warp takes units l, l + 32, ... of its row, so a warp's loads of one step cover
 // whole consecutive blocks: the reads of a row are coalesced although the blocks are not
 // 16-byte aligned.
+//
+// Every kernel here may launch as a programmatic dependent of the one before it (pdl.cuh; the
+// callers' pdl) and lets its own dependent launch at once. Before it waits for the activations,
+// each warp asks L2 for the first bytes of its weight rows (warp_prefetch_rows): at batch 1 a
+// product of a Q4 layer takes a few microseconds, about what its launch and its first loads'
+// latency cost after the norm or the activation before it ends, and both then overlap that
+// kernel. Launched the ordinary way, the wait returns at once.
 #include "kernels/sk_quant.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "kernels/bf16.cuh"
+#include "kernels/pdl.cuh"
+#include "kernels/q8_act.cuh"
 #include "kernels/quant_blocks.cuh"
 
 namespace
@@ -19,7 +28,7 @@ namespace
 
 constexpr int kWarpsPerBlock = 4; // output features per thread block
 constexpr int kUnroll = 4;        // units in flight per lane
-constexpr int kMaxRows = 8;       // batch rows per launch
+constexpr int kMaxRows = kQ8MaxRows; // batch rows per launch (the int8 scratch's)
 constexpr int QK_K = 256;         // elements of a K-quant block
 
 // Up to three matrices of one type and row length whose rows follow each other in the output
@@ -33,6 +42,24 @@ __device__ __forceinline__ const uint8_t *mat_row(const Mats &m, int n, size_t r
     if (n < m.end[0]) return m.w[0] + (size_t)n * row_bytes;
     if (n < m.end[1]) return m.w[1] + (size_t)(n - m.end[0]) * row_bytes;
     return m.w[2] + (size_t)(n - m.end[1]) * row_bytes;
+}
+
+// Bytes of each weight row a warp asks L2 for before its wait: 32 lines of 128 bytes, one a lane
+// (a whole row of 4096 Q4_K weights is 18 of them).
+constexpr int kPrefetchRowBytes = 32 * 128;
+
+// Lane l prefetches line l of the first kPrefetchRowBytes of each of the R rows into L2 (no
+// register waits for it), then the warp waits for the kernel before it.
+template <int R>
+__device__ __forceinline__ void warp_prefetch_rows_then_wait(const uint8_t *const (&rows)[R], size_t row_bytes,
+                                                             int lane)
+{
+    const size_t off = (size_t)lane * 128;
+    if (off < row_bytes && off < (size_t)kPrefetchRowBytes) {
+#pragma unroll
+        for (int r = 0; r < R; r++) asm volatile("prefetch.global.L2 [%0];" ::"l"(rows[r] + off));
+    }
+    pdl_wait();
 }
 
 // The warp's sums of each row into y[m * ldy + n].
@@ -51,10 +78,13 @@ template <class Q, int M>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     gemv_q_kernel(const Mats w, const __nv_bfloat16 *__restrict__ x, int ldx, float *__restrict__ y, int ldy, int k_in)
 {
+    pdl_let_dependents_launch();
     const int n = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (n >= w.end[2]) return;
     const int nb = k_in / Q::BE, units = nb * Q::UPB;
-    const uint8_t *row = mat_row(w, n, (size_t)nb * Q::BB);
+    const uint8_t *const rows[1] = {mat_row(w, n, (size_t)nb * Q::BB)};
+    const uint8_t *row = rows[0];
+    warp_prefetch_rows_then_wait<1>(rows, (size_t)nb * Q::BB, lane);
     float acc[M];
 #pragma unroll
     for (int m = 0; m < M; m++) acc[m] = 0.0f;
@@ -96,24 +126,21 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // warp four consecutive blocks a step. A sub-block's minimum, times the sum of its 32
 // activations, is counted by the first of its two lanes.
 
-constexpr int kXBlock = 32; // activations per int8 scale
+constexpr int kXBlock = kQ8Group; // activations per int8 scale (q8_act.cuh)
 
+// One warp a group of 32 (one value a lane).
 __global__ void __launch_bounds__(256) quantize_x_kernel(const __nv_bfloat16 *__restrict__ x, int ldx, int k_in,
                                                          int rows, int8_t *__restrict__ xq, float2 *__restrict__ xd)
 {
+    pdl_let_dependents_launch();
+    pdl_wait();
     const int nxb = k_in / kXBlock, lane = threadIdx.x & 31;
     const int64_t gb = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
     if (gb >= (int64_t)rows * nxb) return;
     const int r = (int)(gb / nxb), xb = (int)(gb - (int64_t)r * nxb);
     const float v = __bfloat162float(x[(size_t)r * ldx + (size_t)xb * kXBlock + lane]);
-    float amax = fabsf(v);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float sx = amax / 127.0f;
-    const int q = amax > 0.0f ? __float2int_rn(v / sx) : 0;
-    int sum = q;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const float amax = group_max<32>(fabsf(v)), sx = q8_scale(amax);
+    const int q = q8_quant(v, amax, sx), sum = group_sum<32>(q);
     xq[(size_t)r * k_in + (size_t)xb * kXBlock + lane] = (int8_t)q;
     if (lane == 0) xd[(size_t)r * nxb + xb] = make_float2(sx, sx * (float)sum);
 }
@@ -130,13 +157,17 @@ constexpr int dp4a_rows_per_warp(int m)
 }
 
 // The first of the R output rows of this warp, and each row's bytes at offset off of the row
-// (rows past the end read the last row, so that loads stay in bounds, and are not stored).
+// (rows past the end read the last row, so that loads stay in bounds, and are not stored). Asks
+// L2 for the rows' first bytes and returns once the kernel before this one has finished.
 template <int R>
-__device__ __forceinline__ int warp_rows(const Mats &w, size_t row_bytes, int off, const uint8_t **rows)
+__device__ __forceinline__ int warp_rows(const Mats &w, size_t row_bytes, int off, const uint8_t *(&rows)[R])
 {
     const int n0 = (blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5)) * R;
 #pragma unroll
-    for (int r = 0; r < R; r++) rows[r] = mat_row(w, n0 + r < w.end[2] ? n0 + r : w.end[2] - 1, row_bytes) + off;
+    for (int r = 0; r < R; r++) rows[r] = mat_row(w, n0 + r < w.end[2] ? n0 + r : w.end[2] - 1, row_bytes);
+    warp_prefetch_rows_then_wait<R>(rows, row_bytes, threadIdx.x & 31);
+#pragma unroll
+    for (int r = 0; r < R; r++) rows[r] += off;
     return n0;
 }
 
@@ -205,6 +236,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     gemv_q4k_dp4a_kernel(const Mats w, const int8_t *__restrict__ xq, const float4 *__restrict__ xd4,
                          float *__restrict__ y, int ldy, int k_in)
 {
+    pdl_let_dependents_launch();
     const int lane = threadIdx.x & 31, nb = k_in / Q4_K::BE, nxb4 = k_in / (2 * kXBlock);
     const int bi = lane >> 3, v = lane & 7, c = v >> 1, hf = v & 1;
     const uint8_t *rows[R];
@@ -260,6 +292,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     gemv_q8_0_dp4a_kernel(const Mats w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
                           float *__restrict__ y, int ldy, int k_in)
 {
+    pdl_let_dependents_launch();
     const int lane = threadIdx.x & 31, nb = k_in / Q8_0::BE, bi = lane >> 2, v = lane & 3;
     const uint8_t *rows[R];
     const int n0 = warp_rows<R>(w, (size_t)nb * Q8_0::BB, 2 + 8 * v, rows);
@@ -302,6 +335,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     gemv_q6k_dp4a_kernel(const Mats w, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
                          float *__restrict__ y, int ldy, int k_in)
 {
+    pdl_let_dependents_launch();
     const int lane = threadIdx.x & 31, nb = k_in / Q6_K::BE, nxb = k_in / kXBlock;
     const int bi = lane >> 4, h = (lane >> 3) & 1, v = lane & 7;
     const uint8_t *rows[R];
@@ -352,62 +386,54 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // Q4_K, Q6_K or Q8_0 with int8 activations for M batch rows: the kernel and its grid for the rows
 // per warp.
 template <int M>
-void launch_dp4a(int dtype, const Mats &w, const int8_t *xq, const float2 *xd, float *y, int ldy, int k_in,
-                 cudaStream_t s)
+cudaError_t launch_dp4a(int dtype, const Mats &w, const int8_t *xq, const float2 *xd, float *y, int ldy, int k_in,
+                        bool pdl, cudaStream_t s)
 {
     constexpr int R = dp4a_rows_per_warp(M);
     const dim3 grid((w.end[2] + kWarpsPerBlock * R - 1) / (kWarpsPerBlock * R)), block(kWarpsPerBlock * 32);
     if (dtype == SK_Q4_K)
-        gemv_q4k_dp4a_kernel<M, R><<<grid, block, 0, s>>>(w, xq, reinterpret_cast<const float4 *>(xd), y, ldy, k_in);
-    else if (dtype == SK_Q6_K)
-        gemv_q6k_dp4a_kernel<M, R><<<grid, block, 0, s>>>(w, xq, xd, y, ldy, k_in);
-    else
-        gemv_q8_0_dp4a_kernel<M, R><<<grid, block, 0, s>>>(w, xq, xd, y, ldy, k_in);
+        return launch_maybe_pdl(pdl, gemv_q4k_dp4a_kernel<M, R>, grid, block, 0, s, w, xq,
+                                reinterpret_cast<const float4 *>(xd), y, ldy, k_in);
+    if (dtype == SK_Q6_K)
+        return launch_maybe_pdl(pdl, gemv_q6k_dp4a_kernel<M, R>, grid, block, 0, s, w, xq, xd, y, ldy, k_in);
+    return launch_maybe_pdl(pdl, gemv_q8_0_dp4a_kernel<M, R>, grid, block, 0, s, w, xq, xd, y, ldy, k_in);
 }
 
-// Launches KM(m) (a macro naming the kernel for m rows) for the chunk's m rows (1..8).
-#define SK_LAUNCH_ROWS(m, KM, ...)                                                                                     \
-    switch (m) {                                                                                                       \
-    case 1: KM(1)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
-    case 2: KM(2)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
-    case 3: KM(3)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
-    case 4: KM(4)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
-    case 5: KM(5)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
-    case 6: KM(6)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
-    case 7: KM(7)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                          \
-    default: KM(8)<<<grid, block, 0, s>>>(__VA_ARGS__); break;                                                         \
-    }
-#define SK_FP32(M) gemv_q_kernel<Q, M>
+// m (<= kMaxRows) rows of x in int8 into xq, xd.
+cudaError_t quantize_x(const uint16_t *x, int ldx, int m, int k_in, int8_t *xq, float2 *xd, bool pdl, cudaStream_t s)
+{
+    const int64_t xblocks = (int64_t)m * (k_in / kXBlock);
+    return launch_maybe_pdl(pdl, quantize_x_kernel, dim3((unsigned)((xblocks + 7) / 8)), dim3(256), 0, s,
+                            reinterpret_cast<const __nv_bfloat16 *>(x), ldx, k_in, m, xq, xd);
+}
 
 // Q4_K, Q6_K or Q8_0 with int8 activations, 8 rows at a time: quantize them into scratch (unless x_ready),
 // then the product (the next chunk's quantization waits for it: same stream).
 cudaError_t gemv_dp4a(int dtype, const Mats &w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int k_in,
-                      void *scratch, bool x_ready, cudaStream_t s)
+                      void *scratch, bool x_ready, bool pdl, cudaStream_t s)
 {
     const bool q4k = dtype == SK_Q4_K, q6k = dtype == SK_Q6_K;
     if (k_in % (q4k || q6k ? QK_K : Q8_0::BE) || (uintptr_t)scratch % 16 || ldx < k_in) return cudaErrorInvalidValue;
     for (int i = 0; i < 3; i++)
         if ((uintptr_t)w.w[i] % (q4k ? 16 : 2)) return cudaErrorInvalidValue;
-    int8_t *xq = static_cast<int8_t *>(scratch);
-    float2 *xd = reinterpret_cast<float2 *>(xq + (size_t)kMaxRows * k_in);
+    int8_t *xq = q8_quants(scratch);
+    float2 *xd = q8_pairs(scratch, k_in);
     for (int m0 = 0; m0 < rows; m0 += kMaxRows) {
         const int m = rows - m0 < kMaxRows ? rows - m0 : kMaxRows;
-        const int64_t xblocks = (int64_t)m * (k_in / kXBlock);
-        if (!x_ready || rows > kMaxRows)
-            quantize_x_kernel<<<(unsigned)((xblocks + 7) / 8), 256, 0, s>>>(
-                reinterpret_cast<const __nv_bfloat16 *>(x) + (size_t)m0 * ldx, ldx, k_in, m, xq, xd);
+        cudaError_t e = cudaSuccess;
+        if (!x_ready || rows > kMaxRows) e = quantize_x(x + (size_t)m0 * ldx, ldx, m, k_in, xq, xd, pdl, s);
+        if (e != cudaSuccess) return e;
         float *ym = y + (size_t)m0 * ldy;
         switch (m) {
-        case 1: launch_dp4a<1>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
-        case 2: launch_dp4a<2>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
-        case 3: launch_dp4a<3>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
-        case 4: launch_dp4a<4>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
-        case 5: launch_dp4a<5>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
-        case 6: launch_dp4a<6>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
-        case 7: launch_dp4a<7>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
-        default: launch_dp4a<8>(dtype, w, xq, xd, ym, ldy, k_in, s); break;
+        case 1: e = launch_dp4a<1>(dtype, w, xq, xd, ym, ldy, k_in, pdl, s); break;
+        case 2: e = launch_dp4a<2>(dtype, w, xq, xd, ym, ldy, k_in, pdl, s); break;
+        case 3: e = launch_dp4a<3>(dtype, w, xq, xd, ym, ldy, k_in, pdl, s); break;
+        case 4: e = launch_dp4a<4>(dtype, w, xq, xd, ym, ldy, k_in, pdl, s); break;
+        case 5: e = launch_dp4a<5>(dtype, w, xq, xd, ym, ldy, k_in, pdl, s); break;
+        case 6: e = launch_dp4a<6>(dtype, w, xq, xd, ym, ldy, k_in, pdl, s); break;
+        case 7: e = launch_dp4a<7>(dtype, w, xq, xd, ym, ldy, k_in, pdl, s); break;
+        default: e = launch_dp4a<8>(dtype, w, xq, xd, ym, ldy, k_in, pdl, s); break;
         }
-        cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;
     }
     return cudaSuccess;
@@ -415,7 +441,8 @@ cudaError_t gemv_dp4a(int dtype, const Mats &w, const uint16_t *x, int ldx, floa
 
 // The other types (and these two without a scratch): weights dequantized to fp32 in registers.
 template <class Q>
-cudaError_t gemv_type(const Mats &w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int k_in, cudaStream_t s)
+cudaError_t gemv_type(const Mats &w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int k_in, bool pdl,
+                      cudaStream_t s)
 {
     for (int i = 0; i < 3; i++)
         if (!shape_ok<Q>(w.w[i], k_in)) return cudaErrorInvalidValue;
@@ -425,8 +452,18 @@ cudaError_t gemv_type(const Mats &w, const uint16_t *x, int ldx, float *y, int l
         const int m = rows - m0 < kMaxRows ? rows - m0 : kMaxRows;
         const __nv_bfloat16 *xm = reinterpret_cast<const __nv_bfloat16 *>(x) + (size_t)m0 * ldx;
         float *ym = y + (size_t)m0 * ldy;
-        SK_LAUNCH_ROWS(m, SK_FP32, w, xm, ldx, ym, ldy, k_in)
-        cudaError_t e = cudaGetLastError();
+        void (*kernel)(const Mats, const __nv_bfloat16 *, int, float *, int, int);
+        switch (m) {
+        case 1: kernel = gemv_q_kernel<Q, 1>; break;
+        case 2: kernel = gemv_q_kernel<Q, 2>; break;
+        case 3: kernel = gemv_q_kernel<Q, 3>; break;
+        case 4: kernel = gemv_q_kernel<Q, 4>; break;
+        case 5: kernel = gemv_q_kernel<Q, 5>; break;
+        case 6: kernel = gemv_q_kernel<Q, 6>; break;
+        case 7: kernel = gemv_q_kernel<Q, 7>; break;
+        default: kernel = gemv_q_kernel<Q, 8>; break;
+        }
+        cudaError_t e = launch_maybe_pdl(pdl, kernel, grid, block, 0, s, w, xm, ldx, ym, ldy, k_in);
         if (e != cudaSuccess) return e;
     }
     return cudaSuccess;
@@ -456,6 +493,14 @@ extern "C" size_t sk_gemv_q_scratch_bytes(int k_in)
     return k_in > 0 ? (size_t)kMaxRows * ((size_t)k_in + (size_t)(k_in / kXBlock) * sizeof(float2)) : 0;
 }
 
+extern "C" cudaError_t sk_gemv_q_quantize_x(const uint16_t *x, int ldx, int rows, int k_in, void *scratch,
+                                            cudaStream_t s)
+{
+    if (rows < 1 || rows > kMaxRows || k_in < kXBlock || k_in % kXBlock || ldx < k_in || (uintptr_t)scratch % 16)
+        return cudaErrorInvalidValue;
+    return quantize_x(x, ldx, rows, k_in, q8_quants(scratch), q8_pairs(scratch, k_in), true, s);
+}
+
 extern "C" int sk_gemv_q_int8(int dtype)
 {
     return dtype == SK_Q4_K || dtype == SK_Q6_K || dtype == SK_Q8_0;
@@ -463,7 +508,7 @@ extern "C" int sk_gemv_q_int8(int dtype)
 
 extern "C" cudaError_t sk_gemv_q_n(int dtype, int n_mats, const void *const *w, const int *n_out, const uint16_t *x,
                                    int ldx, float *y, int ldy, int rows, int k_in, void *scratch, int x_ready,
-                                   cudaStream_t s)
+                                   int pdl, cudaStream_t s)
 {
     if (n_mats < 1 || n_mats > 3 || rows < 0 || k_in < 1) return cudaErrorInvalidValue;
     Mats m;
@@ -478,22 +523,23 @@ extern "C" cudaError_t sk_gemv_q_n(int dtype, int n_mats, const void *const *w, 
         m.end[i] = end;
     }
     if (rows == 0) return cudaSuccess;
-    if (sk_gemv_q_int8(dtype) && scratch) return gemv_dp4a(dtype, m, x, ldx, y, ldy, rows, k_in, scratch, x_ready, s);
+    if (sk_gemv_q_int8(dtype) && scratch)
+        return gemv_dp4a(dtype, m, x, ldx, y, ldy, rows, k_in, scratch, x_ready, pdl != 0, s);
     switch (dtype) {
-    case SK_Q4_0: return gemv_type<Q4_0>(m, x, ldx, y, ldy, rows, k_in, s);
-    case SK_Q4_1: return gemv_type<Q4_1>(m, x, ldx, y, ldy, rows, k_in, s);
-    case SK_Q5_0: return gemv_type<Q5_0>(m, x, ldx, y, ldy, rows, k_in, s);
-    case SK_Q5_1: return gemv_type<Q5_1>(m, x, ldx, y, ldy, rows, k_in, s);
-    case SK_Q8_0: return gemv_type<Q8_0>(m, x, ldx, y, ldy, rows, k_in, s);
-    case SK_Q4_K: return gemv_type<Q4_K>(m, x, ldx, y, ldy, rows, k_in, s);
-    case SK_Q5_K: return gemv_type<Q5_K>(m, x, ldx, y, ldy, rows, k_in, s);
-    case SK_Q6_K: return gemv_type<Q6_K>(m, x, ldx, y, ldy, rows, k_in, s);
+    case SK_Q4_0: return gemv_type<Q4_0>(m, x, ldx, y, ldy, rows, k_in, pdl != 0, s);
+    case SK_Q4_1: return gemv_type<Q4_1>(m, x, ldx, y, ldy, rows, k_in, pdl != 0, s);
+    case SK_Q5_0: return gemv_type<Q5_0>(m, x, ldx, y, ldy, rows, k_in, pdl != 0, s);
+    case SK_Q5_1: return gemv_type<Q5_1>(m, x, ldx, y, ldy, rows, k_in, pdl != 0, s);
+    case SK_Q8_0: return gemv_type<Q8_0>(m, x, ldx, y, ldy, rows, k_in, pdl != 0, s);
+    case SK_Q4_K: return gemv_type<Q4_K>(m, x, ldx, y, ldy, rows, k_in, pdl != 0, s);
+    case SK_Q5_K: return gemv_type<Q5_K>(m, x, ldx, y, ldy, rows, k_in, pdl != 0, s);
+    case SK_Q6_K: return gemv_type<Q6_K>(m, x, ldx, y, ldy, rows, k_in, pdl != 0, s);
     default: return cudaErrorInvalidValue;
     }
 }
 
 extern "C" cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows,
-                                 int n_out, int k_in, void *scratch, int x_ready, cudaStream_t s)
+                                 int n_out, int k_in, void *scratch, int x_ready, int pdl, cudaStream_t s)
 {
-    return sk_gemv_q_n(dtype, 1, &w, &n_out, x, ldx, y, ldy, rows, k_in, scratch, x_ready, s);
+    return sk_gemv_q_n(dtype, 1, &w, &n_out, x, ldx, y, ldy, rows, k_in, scratch, x_ready, pdl, s);
 }

@@ -56,7 +56,7 @@ static void check_products(enum dtype dt, const float *w, const void *dw, int n_
         reference(w, xf, ref_x, rows, n_out, k_in);
         uint16_t *dx = gt_up(x, (size_t)nx * 2);
         float *dy = gt_dev((size_t)rows * ldy * 4); /* poisoned: NaN */
-        GT_CUDA(sk_gemv_q((int)dt, dw, dx, k_in, dy + col0, ldy, rows, n_out, k_in, scratch, 0, 0));
+        GT_CUDA(sk_gemv_q((int)dt, dw, dx, k_in, dy + col0, ldy, rows, n_out, k_in, scratch, 0, 1, 0));
         float *hy = malloc((size_t)rows * ldy * 4), *got = malloc((size_t)rows * n_out * 4);
         gt_down(hy, dy, (size_t)rows * ldy * 4);
         int touched = 0;
@@ -79,7 +79,7 @@ static void check_products(enum dtype dt, const float *w, const void *dw, int n_
         if (scratch && rows <= 8) {
             /* Again with x taken as already in the scratch (x_ready): the same bits. */
             float *dy2 = gt_dev((size_t)rows * ldy * 4), *hy2 = malloc((size_t)rows * ldy * 4);
-            GT_CUDA(sk_gemv_q((int)dt, dw, dx, k_in, dy2 + col0, ldy, rows, n_out, k_in, scratch, 1, 0));
+            GT_CUDA(sk_gemv_q((int)dt, dw, dx, k_in, dy2 + col0, ldy, rows, n_out, k_in, scratch, 1, 1, 0));
             gt_down(hy2, dy2, (size_t)rows * ldy * 4);
             for (int r = 0; r < rows; r++)
                 reuse_differs +=
@@ -109,8 +109,8 @@ static void check_parts(enum dtype dt, const void *dw, int n_out, int k_in, void
     float *whole = gt_dev((size_t)rows * n_out * 4), *parts = gt_dev((size_t)rows * n_out * 4);
     const int n[3] = {20, 25, n_out - 45};
     const void *w[3] = {dw, (const unsigned char *)dw + 20 * row_bytes, (const unsigned char *)dw + 45 * row_bytes};
-    GT_CUDA(sk_gemv_q((int)dt, dw, dx, k_in, whole, n_out, rows, n_out, k_in, scratch, 0, 0));
-    GT_CUDA(sk_gemv_q_n((int)dt, 3, w, n, dx, k_in, parts, n_out, rows, k_in, scratch, 0, 0));
+    GT_CUDA(sk_gemv_q((int)dt, dw, dx, k_in, whole, n_out, rows, n_out, k_in, scratch, 0, 1, 0));
+    GT_CUDA(sk_gemv_q_n((int)dt, 3, w, n, dx, k_in, parts, n_out, rows, k_in, scratch, 0, 1, 0));
     float *a = malloc((size_t)rows * n_out * 4), *b = malloc((size_t)rows * n_out * 4);
     gt_down(a, whole, (size_t)rows * n_out * 4);
     gt_down(b, parts, (size_t)rows * n_out * 4);
@@ -195,7 +195,7 @@ static void test_type(const struct gt_block_type *ty, int n_out, int k_in)
 
     /* What the kernels cannot take. */
     const int be = (int)dtype_block_elems(dt);
-    GT_CHECK(sk_gemv_q((int)dt, dw, dq, k_in, (float *)dq, n_out, 1, n_out, k_in + be / 2, NULL, 0, 0) ==
+    GT_CHECK(sk_gemv_q((int)dt, dw, dq, k_in, (float *)dq, n_out, 1, n_out, k_in + be / 2, NULL, 0, 0, 0) ==
                  cudaErrorInvalidValue,
              "a row length not a whole number of blocks is refused");
     GT_CHECK(sk_dequant_bf16((int)dt, (unsigned char *)dw + 1, dq, 1, be, 0) == cudaErrorInvalidValue,

@@ -37,6 +37,9 @@
 // into a float's mantissa (bytes_f32), which is exact. Sums are fp32 (the tensor cores'), so a
 // product differs from the tile path's cuBLAS only in the order of its sums.
 //
+// Launch. A programmatic dependent of the kernel before it (pdl.cuh): the first stages' weights
+// stream in before the wait for x, and its own dependent may launch at once.
+//
 // Split-K. With several k ranges, each block writes its sums to a workspace and counts itself
 // done on its tile's counter; the last block of a tile adds the ranges' sums in range order and
 // resets the counter. One launch (a graph node like any), and bits that do not depend on which
@@ -49,6 +52,7 @@
 
 #include "kernels/bf16.cuh"
 #include "kernels/mma.cuh"
+#include "kernels/pdl.cuh"
 #include "kernels/quant_blocks.cuh"
 #include "kernels/smem_limit.cuh"
 
@@ -248,6 +252,7 @@ __global__ void __launch_bounds__(kThreads)
                      float *__restrict__ y, int ldy, int rows, int n_out, int k_in, int per_split,
                      float *__restrict__ work, unsigned *__restrict__ counters)
 {
+    pdl_let_dependents_launch();
     extern __shared__ __align__(16) uint8_t smem[];
     using L = Layout<Q, NT>;
     constexpr int kBps = kStageK / Q::BE, kWRow = L::kWRow, kWWords = kWRow / 16;
@@ -260,8 +265,8 @@ __global__ void __launch_bounds__(kThreads)
     const int st0 = blockIdx.z * per_split, my = min(st0 + per_split, n_stages) - st0;
 
     // Stage st into slot: the words covering each weight row's bytes, and x's rows of the tile.
-    auto load = [&](int st, int slot) {
-        uint8_t *sw = smem + slot * kSlot, *sx = sw + kFeat * kWRow;
+    auto load_w = [&](int st, int slot) {
+        uint8_t *sw = smem + slot * kSlot;
         const int blk0 = st * kBps, nblk = min(kBps, nb - blk0);
         const size_t len = (size_t)nblk * Q::BB;
         for (int i = tid; i < kFeat * kWWords; i += kThreads) {
@@ -272,6 +277,10 @@ __global__ void __launch_bounds__(kThreads)
             const size_t left = w_bytes - at;
             cp_async16_n(sw + r * kWRow + 16 * c, w + at, left < 16 ? (int)left : 16);
         }
+    };
+    auto load_x = [&](int st, int slot) {
+        uint8_t *sx = smem + slot * kSlot + kFeat * kWRow;
+        const int blk0 = st * kBps, nblk = min(kBps, nb - blk0);
         const int k0 = blk0 * Q::BE, kl = nblk * Q::BE;
         for (int i = tid; i < kTileRows * (kStageK / 8); i += kThreads) {
             const int r = i / (kStageK / 8), c = i % (kStageK / 8);
@@ -287,15 +296,25 @@ __global__ void __launch_bounds__(kThreads)
     const int fa = f0 + 16 * mt + g;
     const int off_a = (int)(((size_t)fa * row_bytes) & 15), off_b = (int)(((size_t)(fa + 8) * row_bytes) & 15);
 
+    // The first stages' weights go out before the wait for the kernel that writes x (a
+    // programmatic dependent, pdl.cuh); they join the first stage's group, so every wait below
+    // still covers its stage's weights.
+#pragma unroll
+    for (int i = 0; i < kStages - 1; i++)
+        if (i < my) load_w(st0 + i, i);
+    pdl_wait();
 #pragma unroll
     for (int i = 0; i < kStages - 1; i++) {
-        if (i < my) load(st0 + i, i);
+        if (i < my) load_x(st0 + i, i);
         cp_async_commit();
     }
     for (int it = 0; it < my; it++) {
         cp_async_wait<kStages - 2>();
         __syncthreads(); // the slot loaded; and every warp done with the one the next load takes
-        if (it + kStages - 1 < my) load(st0 + it + kStages - 1, (it + kStages - 1) % kStages);
+        if (it + kStages - 1 < my) {
+            load_w(st0 + it + kStages - 1, (it + kStages - 1) % kStages);
+            load_x(st0 + it + kStages - 1, (it + kStages - 1) % kStages);
+        }
         cp_async_commit();
         const int st = st0 + it, nblk = min(kBps, nb - st * kBps);
         const int so = (st * kBps * Q::BB) & 15;
@@ -356,7 +375,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <class Q, int NT>
 cudaError_t launch(const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out, int k_in,
-                   int splits, float *work, unsigned *counters, cudaStream_t s)
+                   int splits, float *work, unsigned *counters, bool pdl, cudaStream_t s)
 {
     constexpr int kBytes = Layout<Q, NT>::kBytes;
     cudaError_t e = raise_smem_limit_once<quant_mma_kernel<Q, NT>>(kBytes);
@@ -365,24 +384,24 @@ cudaError_t launch(const void *w, const uint16_t *x, int ldx, float *y, int ldy,
     const int per = (n_stages + splits - 1) / splits;
     const dim3 grid((rows + NT * 8 - 1) / (NT * 8), (n_out + kFeat - 1) / kFeat, (n_stages + per - 1) / per);
     if (grid.y > 65535) return cudaErrorInvalidValue;
-    quant_mma_kernel<Q, NT><<<grid, kThreads, kBytes, s>>>(
-        static_cast<const uint8_t *>(w), (size_t)n_out * nb * Q::BB, reinterpret_cast<const __nv_bfloat16 *>(x), ldx,
-        y, ldy, rows, n_out, k_in, per, work, counters);
-    return cudaGetLastError();
+    return launch_maybe_pdl(pdl, quant_mma_kernel<Q, NT>, grid, dim3(kThreads), kBytes, s,
+                            static_cast<const uint8_t *>(w), (size_t)n_out * nb * Q::BB,
+                            reinterpret_cast<const __nv_bfloat16 *>(x), ldx, y, ldy, rows, n_out, k_in, per, work,
+                            counters);
 }
 
 template <class Q>
 cudaError_t mma_type(const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out, int k_in,
-                     int splits, float *work, unsigned *counters, cudaStream_t s)
+                     int splits, float *work, unsigned *counters, bool pdl, cudaStream_t s)
 {
     if (k_in <= 0 || k_in % Q::BE || ldx < k_in || ldx % 8 || n_out < 1 || ldy < 1 || rows < 0 || splits < 1 ||
         splits > SK_QUANT_MMA_MAX_SPLITS || ((uintptr_t)w | (uintptr_t)x) % 16 || (splits > 1 && (!work || !counters)))
         return cudaErrorInvalidValue;
     if (rows == 0) return cudaSuccess;
-    if (rows <= 8) return launch<Q, 1>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, s);
-    if (rows <= 16) return launch<Q, 2>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, s);
-    if (rows <= 32) return launch<Q, 4>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, s);
-    return launch<Q, 8>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, s);
+    if (rows <= 8) return launch<Q, 1>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, pdl, s);
+    if (rows <= 16) return launch<Q, 2>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, pdl, s);
+    if (rows <= 32) return launch<Q, 4>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, pdl, s);
+    return launch<Q, 8>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, pdl, s);
 }
 
 } // namespace
@@ -399,17 +418,19 @@ extern "C" size_t sk_quant_mma_counters(int rows, int n_out)
 }
 
 extern "C" cudaError_t sk_quant_mma(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows,
-                                    int n_out, int k_in, int splits, float *work, unsigned *counters, cudaStream_t s)
+                                    int n_out, int k_in, int splits, float *work, unsigned *counters, int pdl,
+                                    cudaStream_t s)
 {
+    const bool p = pdl != 0;
     switch (dtype) {
-    case SK_Q4_0: return mma_type<M4_0>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, s);
-    case SK_Q4_1: return mma_type<M4_1>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, s);
-    case SK_Q5_0: return mma_type<M5<false>>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, s);
-    case SK_Q5_1: return mma_type<M5<true>>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, s);
-    case SK_Q8_0: return mma_type<M8_0>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, s);
-    case SK_Q4_K: return mma_type<MK45<false>>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, s);
-    case SK_Q5_K: return mma_type<MK45<true>>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, s);
-    case SK_Q6_K: return mma_type<M6_K>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, s);
+    case SK_Q4_0: return mma_type<M4_0>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, p, s);
+    case SK_Q4_1: return mma_type<M4_1>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, p, s);
+    case SK_Q5_0: return mma_type<M5<false>>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, p, s);
+    case SK_Q5_1: return mma_type<M5<true>>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, p, s);
+    case SK_Q8_0: return mma_type<M8_0>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, p, s);
+    case SK_Q4_K: return mma_type<MK45<false>>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, p, s);
+    case SK_Q5_K: return mma_type<MK45<true>>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, p, s);
+    case SK_Q6_K: return mma_type<M6_K>(w, x, ldx, y, ldy, rows, n_out, k_in, splits, work, counters, p, s);
     default: return cudaErrorInvalidValue;
     }
 }

@@ -63,7 +63,7 @@ static void check_identity(const struct mat *m, int splits)
     for (int i = 0; i < k; i++) x[(size_t)i * k + i] = 0x3f80; /* 1.0 */
     uint16_t *dx = gt_up(x, (size_t)k * k * 2), *dq = gt_dev((size_t)n_out * k * 2);
     float *dy = gt_dev((size_t)k * n_out * 4);
-    GT_CUDA(sk_quant_mma((int)m->dt, m->dw, dx, k, dy, n_out, k, n_out, k, splits, g_work, g_counters, 0));
+    GT_CUDA(sk_quant_mma((int)m->dt, m->dw, dx, k, dy, n_out, k, n_out, k, splits, g_work, g_counters, 1, 0));
     GT_CUDA(sk_dequant_bf16((int)m->dt, m->dw, dq, n_out, k, 0));
     float *hy = malloc((size_t)k * n_out * 4);
     uint16_t *hq = malloc((size_t)n_out * k * 2);
@@ -103,7 +103,7 @@ static float *check_rows(const struct mat *m, int rows, int splits)
     for (int64_t i = 0; i < nx; i++) x[i] = gt_f2bf(gt_normal()), xf[i] = gt_bf2f(x[i]);
     uint16_t *dx = gt_up(x, (size_t)nx * 2);
     float *dy = gt_dev((size_t)rows * ldy * 4); /* poisoned: NaN */
-    GT_CUDA(sk_quant_mma((int)m->dt, m->dw, dx, k, dy + col0, ldy, rows, n_out, k, splits, g_work, g_counters, 0));
+    GT_CUDA(sk_quant_mma((int)m->dt, m->dw, dx, k, dy + col0, ldy, rows, n_out, k, splits, g_work, g_counters, 1, 0));
     float *hy = malloc((size_t)rows * ldy * 4), *got = malloc((size_t)rows * n_out * 4);
     gt_down(hy, dy, (size_t)rows * ldy * 4);
     int64_t touched = 0, outside = 0;
@@ -191,21 +191,21 @@ static void test_type(const struct gt_block_type *ty)
     mat_init(&m, ty, 16, 2 * be);
     uint16_t *dx = gt_dev((size_t)16 * 4 * be * 2);
     float *dy = gt_dev((size_t)16 * 16 * 4);
-    GT_CHECK(sk_quant_mma((int)dt, m.dw, dx, 2 * be, dy, 16, 16, 16, 2 * be - 16, 1, NULL, NULL, 0) ==
+    GT_CHECK(sk_quant_mma((int)dt, m.dw, dx, 2 * be, dy, 16, 16, 16, 2 * be - 16, 1, NULL, NULL, 0, 0) ==
                  cudaErrorInvalidValue,
              "%s: a row length not a whole number of blocks is refused", dtype_name(dt));
-    GT_CHECK(sk_quant_mma((int)dt, (char *)m.dw + 2, dx, 2 * be, dy, 16, 16, 16, 2 * be, 1, NULL, NULL, 0) ==
+    GT_CHECK(sk_quant_mma((int)dt, (char *)m.dw + 2, dx, 2 * be, dy, 16, 16, 16, 2 * be, 1, NULL, NULL, 0, 0) ==
                  cudaErrorInvalidValue,
              "%s: weights not 16-byte aligned are refused", dtype_name(dt));
-    GT_CHECK(sk_quant_mma((int)dt, m.dw, dx + 4, 2 * be, dy, 16, 16, 16, 2 * be, 1, NULL, NULL, 0) ==
+    GT_CHECK(sk_quant_mma((int)dt, m.dw, dx + 4, 2 * be, dy, 16, 16, 16, 2 * be, 1, NULL, NULL, 0, 0) ==
                  cudaErrorInvalidValue,
              "%s: activations not 16-byte aligned are refused", dtype_name(dt));
-    GT_CHECK(sk_quant_mma((int)dt, m.dw, dx, 2 * be, dy, 16, 16, 16, 2 * be, 2, NULL, NULL, 0) ==
+    GT_CHECK(sk_quant_mma((int)dt, m.dw, dx, 2 * be, dy, 16, 16, 16, 2 * be, 2, NULL, NULL, 0, 0) ==
                      cudaErrorInvalidValue &&
                  sk_quant_mma((int)dt, m.dw, dx, 2 * be, dy, 16, 16, 16, 2 * be, SK_QUANT_MMA_MAX_SPLITS + 1, g_work,
-                              g_counters, 0) == cudaErrorInvalidValue,
+                              g_counters, 0, 0) == cudaErrorInvalidValue,
              "%s: split-K without its scratch, or past its maximum, is refused", dtype_name(dt));
-    GT_CHECK(sk_quant_mma((int)dt, m.dw, dx, 2 * be, dy, 16, 0, 16, 2 * be, 1, NULL, NULL, 0) == cudaSuccess,
+    GT_CHECK(sk_quant_mma((int)dt, m.dw, dx, 2 * be, dy, 16, 0, 16, 2 * be, 1, NULL, NULL, 0, 0) == cudaSuccess,
              "%s: no rows, nothing to do", dtype_name(dt));
     (void)cudaGetLastError();
     cudaFree(dx), cudaFree(dy);
@@ -234,7 +234,7 @@ int main(void)
              "Q2_K, IQ4_XS and BF16 are not taken by the tensor-core kernel");
     uint16_t *dx = gt_dev(64 * 256 * 2);
     float *dy = gt_dev(64 * 64 * 4);
-    GT_CHECK(sk_quant_mma(DTYPE_Q2_K, dx, dx, 256, dy, 64, 16, 16, 256, 1, NULL, NULL, 0) == cudaErrorInvalidValue,
+    GT_CHECK(sk_quant_mma(DTYPE_Q2_K, dx, dx, 256, dy, 64, 16, 16, 256, 1, NULL, NULL, 0, 0) == cudaErrorInvalidValue,
              "a Q2_K product is refused");
     cudaFree(dx), cudaFree(dy);
     cudaFree(g_work), cudaFree(g_counters);

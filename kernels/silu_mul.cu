@@ -4,6 +4,7 @@
 // (sk_hopper_gemm_swiglu, sk_hopper_mlp) need to find a gate block beside its up block. Once a
 // model's weights are laid out so, the products that do not fuse leave their rows interleaved too.
 #include "kernels/sk_fp8.h"
+#include "kernels/sk_quant.h"
 #include "kernels/sluice_kernels.h"
 
 #include <cuda_bf16.h>
@@ -12,6 +13,7 @@
 #include "kernels/fp8_row.cuh"
 #include "kernels/launch_dims.cuh"
 #include "kernels/pdl.cuh"
+#include "kernels/q8_act.cuh"
 #include "kernels/row_sums.cuh"
 
 namespace
@@ -91,6 +93,45 @@ cudaError_t silu_mul(uint16_t *out, const Tin *gu, int n_tokens, int inter, bool
     return cudaGetLastError();
 }
 
+// silu_mul_kernel's activation (plain layout, fp32 gate/up, inter % 32 == 0) that also leaves its
+// rows in the block GEMV's int8 (q8_act.cuh) for the down product after it: a group of 32 is
+// four neighbouring threads' runs of 8 (the grid's stride keeps them in one iteration together),
+// so its max and sum are shuffles among them. Groups need no row-wide value, so the rows spread
+// over every block as silu_mul_kernel's do.
+__global__ void silu_mul_q8_kernel(__nv_bfloat16 *__restrict__ out, int8_t *__restrict__ xq, float2 *__restrict__ pairs,
+                                   const float *__restrict__ gu, int inter, int64_t n)
+{
+    pdl_let_dependents_launch();
+    pdl_wait(); // gate/up is the kernel before's output
+    const unsigned group = 0xfu << (threadIdx.x & 28);
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n / 8; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t e = i * 8, t = e / inter, j = e % inter;
+        float g[8], u[8];
+        load_run<8>(gu + t * 2 * inter + j, g);
+        load_run<8>(gu + t * 2 * inter + inter + j, u);
+        const uint4 a = swiglu8(g, u);
+        *reinterpret_cast<uint4 *>(out + e) = a;
+        float f[8];
+        bf16x8_to_f32(a, f);
+        float amax = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(f[k]));
+        amax = group_max<4>(amax, group);
+        const float sx = q8_scale(amax);
+        uint32_t w[2] = {0, 0};
+        int qs = 0;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const int qk = q8_quant(f[k], amax, sx);
+            qs += qk;
+            w[k / 4] |= (uint32_t)(uint8_t)qk << (8 * (k % 4));
+        }
+        qs = group_sum<4>(qs, group);
+        *reinterpret_cast<uint2 *>(xq + e) = make_uint2(w[0], w[1]);
+        if (i % 4 == 0) pairs[t * (inter / kQ8Group) + j / kQ8Group] = make_float2(sx, sx * (float)qs);
+    }
+}
+
 // silu_mul_kernel's rows (plain layout, fp32 gate/up, inter % 8 == 0) one block each, VECS runs
 // of 8 a thread kept in registers as bf16, then quantized per token for the FP8 product that
 // reads them (fp8_row.cuh): the same bf16 values and codes as silu_mul_kernel then
@@ -161,6 +202,18 @@ extern "C" cudaError_t sk_silu_mul_fp8(uint16_t *out, uint8_t *q, float *q_scale
     // Other rows: the activation, then its codes from it.
     cudaError_t e = silu_mul(out, gu, n_tokens, inter, interleaved != 0, s);
     return e == cudaSuccess ? sk_fp8_quantize_rows(q, q_scale, out, n_tokens, inter, s) : e;
+}
+
+extern "C" cudaError_t sk_silu_mul_q8(uint16_t *out, void *scratch, const float *gu, int n_tokens, int inter,
+                                      cudaStream_t s)
+{
+    if (!scratch || (uintptr_t)scratch % 16 || n_tokens < 0 || n_tokens > kQ8MaxRows || inter < kQ8Group ||
+        inter % kQ8Group || ((uintptr_t)gu & 15) || ((uintptr_t)out & 15))
+        return cudaErrorInvalidValue;
+    if (n_tokens == 0) return cudaSuccess;
+    const int64_t n = (int64_t)n_tokens * inter;
+    return launch_pdl(silu_mul_q8_kernel, dim3(grid_for(n / 8, 256)), dim3(256), 0, s, (__nv_bfloat16 *)out,
+                      q8_quants(scratch), q8_pairs(scratch, inter), gu, inter, n);
 }
 
 extern "C" cudaError_t sk_silu_mul(uint16_t *out, const float *gu, int n_tokens, int inter, cudaStream_t s)

@@ -2,10 +2,13 @@
  * double reference on random inputs, outputs poisoned first: bf16 outputs within 1e-2 relative
  * error over every input kind and layout. sk_gate_up_interleave, which lays out the weights that
  * the interleaved form reads, is checked with the Hopper products that read them
- * (hopper_gemm_test.c). */
+ * (hopper_gemm_test.c). sk_silu_mul_q8 against sk_silu_mul then sk_gemv_q_quantize_x, bit for bit. */
 #include "tests/gpu/gpu_test.h"
 
+#include "kernels/sk_quant.h"
 #include "kernels/sluice_kernels.h"
+
+#include <string.h>
 
 #define BF_TOL 1e-2
 
@@ -56,6 +59,38 @@ static void test_silu_variants(int T, int I)
     free(got);
 }
 
+/* SwiGLU that also leaves its rows in the block GEMV's int8 (the down product's x): the same
+ * activation as sk_silu_mul and the same scratch bytes as the GEMV's own quantizer on it; the
+ * quants not all zero, and the refusals. */
+static void test_silu_q8(int T, int I)
+{
+    const size_t n = (size_t)T * 2 * I, sb = sk_gemv_q_scratch_bytes(I);
+    float *gu = malloc(n * 4);
+    for (size_t i = 0; i < n; i++) gu[i] = gt_normal() * 2.0f;
+    float *dgu = gt_up(gu, n * 4);
+    uint16_t *d1 = gt_dev((size_t)T * I * 2), *d2 = gt_dev((size_t)T * I * 2);
+    unsigned char *s1 = gt_dev(sb), *s2 = gt_dev(sb);
+    uint16_t *a1 = malloc((size_t)T * I * 2), *a2 = malloc((size_t)T * I * 2);
+    unsigned char *h1 = malloc(sb), *h2 = malloc(sb);
+    GT_CUDA(cudaMemset(s1, 0x5a, sb));
+    GT_CUDA(cudaMemset(s2, 0x5a, sb));
+    GT_CUDA(cudaMemset(d2, 0xff, (size_t)T * I * 2));
+    GT_CUDA(sk_silu_mul(d1, dgu, T, I, 0));
+    GT_CUDA(sk_gemv_q_quantize_x(d1, I, T, I, s1, 0));
+    GT_CUDA(sk_silu_mul_q8(d2, s2, dgu, T, I, 0));
+    gt_down(a1, d1, (size_t)T * I * 2);
+    gt_down(a2, d2, (size_t)T * I * 2);
+    gt_down(h1, s1, sb);
+    gt_down(h2, s2, sb);
+    int nonzero = 0;
+    for (size_t i = 0; i < (size_t)T * I; i++) nonzero += h2[i] != 0;
+    GT_CHECK(!memcmp(a1, a2, (size_t)T * I * 2) && !memcmp(h1, h2, sb) && nonzero > T * I / 2,
+             "silu_mul_q8 T=%d I=%d: activation and int8 scratch as sk_silu_mul then the GEMV's quantizer (%d nonzero)",
+             T, I, nonzero);
+    free(gu), free(a1), free(a2), free(h1), free(h2);
+    cudaFree(dgu), cudaFree(d1), cudaFree(d2), cudaFree(s1), cudaFree(s2);
+}
+
 int main(void)
 {
     if (!gt_have_gpu()) return 0;
@@ -63,5 +98,17 @@ int main(void)
     test_silu_variants(37, 11008);
     test_silu_variants(5, 172);
     test_silu_variants(3, 640);
+    test_silu_q8(1, 14336);
+    test_silu_q8(8, 14336);
+    test_silu_q8(3, 96); /* fewer threads than a warp's worth of groups */
+    {
+        float *d = gt_dev(1 << 20);
+        GT_CHECK(sk_silu_mul_q8((uint16_t *)d, d, d, 9, 64, 0) == cudaErrorInvalidValue &&
+                     sk_silu_mul_q8((uint16_t *)d, d, d, 2, 48, 0) == cudaErrorInvalidValue &&
+                     sk_silu_mul_q8((uint16_t *)d, (char *)d + 8, d, 2, 64, 0) == cudaErrorInvalidValue,
+                 "silu_mul_q8 refuses more than %d rows, a width not a multiple of 32, a misaligned scratch",
+                 SK_GEMV_Q_X_ROWS);
+        cudaFree(d);
+    }
     return gt_finish();
 }

@@ -29,6 +29,9 @@ enum {
     SK_Q6_K = 12,
 };
 
+/* Rows of x the block GEMV's scratch holds in int8 (sk_gemv_q, x_ready). */
+#define SK_GEMV_Q_X_ROWS 8
+
 /* Whether the kernels take dtype (an enum dtype number). */
 int sk_quant_supported(int dtype);
 
@@ -42,14 +45,31 @@ int sk_quant_supported(int dtype);
  * and Q8_0 take x in int8 (per 32 values a scale max|x| / 127, llama.cpp's q8_1) into dp4a products,
  * an error of a few 1e-3 relative for far fewer instructions a weight; other types ignore it.
  * x_ready: scratch already holds this x in int8, left by the call before on the same x (and
- * rows); it is used as it is when rows <= 8 (more rows are quantized 8 at a time again). */
+ * rows) or by sk_add_rmsnorm_parts_q8; it is used as it is when rows <= SK_GEMV_Q_X_ROWS (more
+ * rows are quantized 8 at a time again).
+ * pdl: launched as programmatic dependents (kernels/pdl.cuh): each kernel asks L2 for its first
+ * weights and waits for the kernel before it only then (not yet measured on a GPU: the CUDA
+ * backend's --cuda-options quant_overlap=1). Either way each kernel lets the one after it
+ * launch early. */
 cudaError_t sk_gemv_q(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out,
-                      int k_in, void *scratch, int x_ready, cudaStream_t s);
+                      int k_in, void *scratch, int x_ready, int pdl, cudaStream_t s);
 /* The same for n_mats (1 to 3) matrices of dtype and k_in columns in one launch: matrix i's
  * n_out[i] rows give the next n_out[i] columns of y (q, k and v; gate and up). */
 cudaError_t sk_gemv_q_n(int dtype, int n_mats, const void *const *w, const int *n_out, const uint16_t *x, int ldx,
-                        float *y, int ldy, int rows, int k_in, void *scratch, int x_ready, cudaStream_t s);
+                        float *y, int ldy, int rows, int k_in, void *scratch, int x_ready, int pdl, cudaStream_t s);
 size_t sk_gemv_q_scratch_bytes(int k_in);
+/* x's rows (1..8, ldx apart) in int8 into scratch as sk_gemv_q leaves them, for a call with
+ * x_ready; a programmatic dependent. Needs k_in % 32 == 0 and scratch 16-byte aligned. */
+cudaError_t sk_gemv_q_quantize_x(const uint16_t *x, int ldx, int rows, int k_in, void *scratch, cudaStream_t s);
+/* sk_silu_mul (sluice_kernels.h) that also leaves its output rows (1..8) in int8 in scratch, bit
+ * for bit as sk_gemv_q_quantize_x would: the down product after it takes x_ready. Needs inter %
+ * 32 == 0, gu and out 16-byte aligned, scratch 16-byte aligned. */
+cudaError_t sk_silu_mul_q8(uint16_t *out, void *scratch, const float *gu, int n_tokens, int inter, cudaStream_t s);
+/* sk_add_rmsnorm_parts (sluice_kernels.h; rows NULL) that also leaves y's rows (1..8) in int8 in
+ * scratch, bit for bit as sk_gemv_q_quantize_x would, in the same pass: the block GEMV after it
+ * takes x_ready. Needs hidden % 32 == 0 and scratch 16-byte aligned. */
+cudaError_t sk_add_rmsnorm_parts_q8(float *x, const float *delta, int n_parts, int64_t part_stride, const float *w,
+                                    uint16_t *y, void *scratch, int n_rows, int hidden, float eps, cudaStream_t s);
 /* Whether sk_gemv_q with a scratch takes dtype's activations in int8 (and leaves them there). */
 int sk_gemv_q_int8(int dtype);
 
@@ -67,10 +87,11 @@ cudaError_t sk_dequant_bf16(int dtype, const void *w, uint16_t *dst, int n_rows,
  * of them, zero before the launch and left zero after) says which block of a tile finishes
  * last: that block adds the ranges in their order, so the result does not depend on timing.
  * Needs w and x 16-byte aligned (w as cudaMalloc gives it: the blocks may have any size),
- * ldx % 8 == 0 and ldx >= k_in; returns cudaErrorInvalidValue otherwise. */
+ * ldx % 8 == 0 and ldx >= k_in; returns cudaErrorInvalidValue otherwise. pdl: as sk_gemv_q's (the
+ * first stages' weights on their way before the wait). */
 int sk_quant_mma_supported(int dtype);
 cudaError_t sk_quant_mma(int dtype, const void *w, const uint16_t *x, int ldx, float *y, int ldy, int rows, int n_out,
-                         int k_in, int splits, float *work, unsigned *counters, cudaStream_t s);
+                         int k_in, int splits, float *work, unsigned *counters, int pdl, cudaStream_t s);
 size_t sk_quant_mma_counters(int rows, int n_out);
 
 /* x[t, :] = the dequantized row of table (vocabulary rows of hidden weights in dtype's blocks)

@@ -109,13 +109,15 @@ struct table_product {
     float *y;
     size_t wb;
     int copies, m, n, k;
+    int splits; /* the stream's split-K count, 0: the planner's */
 };
 
 static cudaError_t table_launch(int it, void *ctx)
 {
     const struct table_product *t = ctx;
     const uint8_t *wi = t->w + (size_t)(it % t->copies) * t->wb;
-    if (t->h) return sk_hopper_fp8_gemm(t->h, wi, t->sc, (const uint8_t *)t->x, t->sc, t->y, t->m, t->n, t->k, 0, 0);
+    if (t->h)
+        return sk_hopper_fp8_gemm(t->h, wi, t->sc, (const uint8_t *)t->x, t->sc, t->y, t->m, t->n, t->k, t->splits, 0);
     if (t->m <= 4) return sk_fp8_gemv(wi, t->sc, 1, t->k, t->x, t->y, t->m, t->n, t->k, NULL, 0, 0);
     return sk_fp8_gemm_small(wi, t->sc, t->x, t->y, t->m, t->n, t->k, NULL, 0, 0);
 }
@@ -155,6 +157,21 @@ static void kernel_table(double hbm)
                    m, hop ? "hopper e4m3" : m <= 4 ? "gemv" : "tensor cores", us, wb / us / 1e3,
                    100 * wb / us / 1e6 / hbm, hbm);
         }
+        /* The stream's split-K counts against the planner's pick (sk_hopper_gemm_splits, on the
+         * bf16 product of half the width: the same 128-byte stages). */
+        static const int split_rows[3] = {2, 8, 64};
+        for (int ri = 0; h && ri < 3; ri++)
+            for (int sp = 1, m = split_rows[ri]; sp <= SK_HOPPER_MAX_SPLITS; sp *= 2) {
+                struct table_product t = {.h = h, .w = w, .sc = sc, .x = x, .y = y, .wb = wb,
+                                          .copies = copies, .m = m, .n = n, .k = k, .splits = sp};
+                cudaError_t err;
+                const double us = launch_us(table_launch, &t, 40, &err);
+                GT_CHECK(err == cudaSuccess, "%s rows %d splits %d launch: %s", names[i], m, sp,
+                         cudaGetErrorString(err));
+                printf("    %-7s rows %2d, %d splits%s: %7.1f us (%3.0f%%)\n", names[i], m, sp,
+                       sp == sk_hopper_gemm_splits(h, n, k / 2) ? " (the planner's)" : "", us,
+                       100 * wb / us / 1e6 / hbm);
+            }
         cudaFree(w), cudaFree(sc), cudaFree(y), cudaFree(x);
     }
     sk_hopper_gemm_destroy(h);

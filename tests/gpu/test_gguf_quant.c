@@ -3,7 +3,8 @@
  * with a type the block kernels do not take are dequantized to bf16 at load through
  * worker/model/quant.c), and one whose layers and lm_head are all of types the block kernels take
  * (kept in blocks on the GPU: block GEMV for decode, the tensor-core kernel or dequantized tiles
- * for prefill); that model and GPTQ/AWQ fixtures with the tensor-core kernel on and off; and,
+ * for prefill); that model and GPTQ/AWQ fixtures with the tensor-core kernel on and off; the
+ * block kernels' overlap (quant_overlap=1) against the default, bit for bit; and,
  * where it has been fetched (make fetch-smollm2), SmolLM2-135M-Instruct Q4_1 against Hugging
  * Face's greedy tokens (tests/fixtures/smollm2/hf_reference.json). */
 #include "tests/gpu/dummy_model.h"
@@ -177,9 +178,9 @@ static const struct {
 static const float kMaxWeight = 0.05f;
 
 /* A small Llama of n_layers whose matrix i (tok_embed, lm_head, then each layer's seven) is random
- * blocks of types[(i * stride) % n_types]; owned[0..*n_owned) are the blocks, freed by the caller
- * after model_free. */
-static struct model *blocks_model(int n_layers, int stride, int n_types, void **owned, int *n_owned)
+ * blocks of types[(first + i * stride) % n_types]; owned[0..*n_owned) are the blocks, freed by the
+ * caller after model_free. */
+static struct model *blocks_model(int n_layers, int first, int stride, int n_types, void **owned, int *n_owned)
 {
     char config[512];
     snprintf(config, sizeof config,
@@ -193,7 +194,7 @@ static struct model *blocks_model(int n_layers, int stride, int n_types, void **
     int k;
     struct tensor **mats = model_mats(m, &k);
     for (int i = 0; i < k; i++) {
-        int t = (i * stride) % n_types;
+        int t = (first + i * stride) % n_types;
         mats[i]->dtype = types[t].dt;
         mats[i]->data = owned[i] = gt_random_blocks_bounded(types[t].dt, types[t].at, types[t].n,
                                                             tensor_numel(mats[i]), kMaxWeight / types[t].factor);
@@ -207,7 +208,7 @@ static void test_every_type(void)
     printf("every GGUF block type: CUDA (in blocks or bf16 from quant.c) vs CPU (blocks)\n");
     void *owned[2 + 7 * MAX_LAYERS];
     int k;
-    struct model *m = blocks_model(2, 5, (int)(sizeof types / sizeof types[0]), owned, &k);
+    struct model *m = blocks_model(2, 0, 5, (int)(sizeof types / sizeof types[0]), owned, &k);
     if (!m) return;
     int32_t prompt[40], out[8];
     for (int i = 0; i < 40; i++) prompt[i] = gt_int(1000);
@@ -228,7 +229,7 @@ static void test_kept_in_blocks(void)
     printf("layers kept in their GGUF blocks on CUDA vs CPU\n");
     void *owned[2 + 7 * MAX_LAYERS];
     int k;
-    struct model *m = blocks_model(3, 3, N_KEPT, owned, &k);
+    struct model *m = blocks_model(3, 0, 3, N_KEPT, owned, &k);
     if (!m) return;
     int32_t prompt[40], out[8];
     for (int i = 0; i < 40; i++) prompt[i] = gt_int(1000);
@@ -294,7 +295,7 @@ static void test_mma_on_off(void)
     static const int prompts[] = {20, 100};
     void *owned[2 + 7 * MAX_LAYERS];
     int k;
-    struct model *m = blocks_model(3, 3, N_KEPT, owned, &k);
+    struct model *m = blocks_model(3, 0, 3, N_KEPT, owned, &k);
     if (m) {
         cuda_mma_on_off("every kept block type", m, prompts, 2, (int)m->layers[0].wq.dtype);
         model_free(m);
@@ -312,6 +313,71 @@ static void test_mma_on_off(void)
         }
         cuda_mma_on_off(int4[i], q, prompts, 2, DTYPE_Q4_1);
         model_free(q);
+    }
+}
+
+/* --cuda-options quant_overlap=1 against the default on the whole backend: the block kernels
+ * launched as programmatic dependents and the int8 x of a block GEMV written by the norm or
+ * SwiGLU before it compute the same values in the same order, so a 5-token prompt (the GEMV), a
+ * 20-token one (the tensor-core kernel) and their decode steps give the same logits bit for bit.
+ * And the norm or SwiGLU does write some product's x (cuda_qlayer_int8_input) at one row. */
+static void overlap_on_off(const char *name, struct model *m)
+{
+    const int V = m->config.vocab_size, n_gen = 4;
+    struct backend_options off = {.kv_blocks = BLOCKS, .max_batch_tokens = 256, .max_batch_seqs = 2,
+                                  .gpu_memory_utilization = 0.5},
+                           on = off;
+    on.cuda.quant_overlap = true;
+    char err[512];
+    struct backend *a = NULL, *b = NULL;
+    if (backend_cuda_create(&a, m, &on, err, sizeof err) < 0)
+        GT_CHECK(0, "%s: backend_cuda_create (quant_overlap=1): %s", name, err);
+    if (backend_cuda_create(&b, m, &off, err, sizeof err) < 0) GT_CHECK(0, "%s: backend_cuda_create: %s", name, err);
+    int fused = 0;
+    for (int l = 0; a && l < m->config.n_layers; l++) {
+        const struct cuda_qlayer *q = ((struct cuda_backend *)a)->w.layers[l].q;
+        if (q)
+            fused += cuda_qlayer_int8_input((struct cuda_backend *)a, &q->q, 1) +
+                     cuda_qlayer_int8_input((struct cuda_backend *)a, &q->gate, 1) +
+                     cuda_qlayer_int8_input((struct cuda_backend *)a, &q->down, 1);
+    }
+    GT_CHECK(a && fused > 0, "%s: with quant_overlap=1 the norm or SwiGLU writes %d products' int8 x a step", name,
+             fused);
+    const size_t n = (size_t)(n_gen + 1) * V;
+    float *la = malloc(n * 4), *lb = malloc(n * 4);
+    static const int prompts[] = {5, 20};
+    for (int i = 0; a && b && i < 2; i++) {
+        int32_t prompt[BLOCKS * KV_BLOCK_SIZE], out[8];
+        for (int j = 0; j < prompts[i]; j++) prompt[j] = gt_int(V);
+        if (run_steps(a, prompt, prompts[i], n_gen, NULL, out, la) < 0 ||
+            run_steps(b, prompt, prompts[i], n_gen, out, NULL, lb) < 0)
+            break;
+        GT_CHECK(!memcmp(la, lb, n * 4),
+                 "%s: %d-token prompt and %d steps: the same logits with quant_overlap=1 as without, bit for bit",
+                 name, prompts[i], n_gen);
+    }
+    free(la), free(lb);
+    backend_free(a);
+    backend_free(b);
+}
+
+static void test_overlap_on_off(void)
+{
+    printf("block kernels as programmatic dependents, int8 x from the norm and SwiGLU (quant_overlap=1)\n");
+    void *owned[2 + 7 * MAX_LAYERS];
+    int k;
+    struct model *m = blocks_model(3, 0, 3, N_KEPT, owned, &k);
+    if (m) {
+        overlap_on_off("every kept block type", m);
+        model_free(m);
+        for (int i = 0; i < k; i++) free(owned[i]);
+    }
+    /* All Q4_K (types[5]): q/k/v and gate/up one launch each, every product on the int8 GEMV. */
+    m = blocks_model(2, 5, 0, N_KEPT, owned, &k);
+    if (m) {
+        overlap_on_off("all Q4_K", m);
+        model_free(m);
+        for (int i = 0; i < k; i++) free(owned[i]);
     }
 }
 
@@ -362,6 +428,7 @@ int main(void)
     test_every_type();
     test_kept_in_blocks();
     test_mma_on_off();
+    test_overlap_on_off();
     test_smollm2();
     return gt_finish();
 }

@@ -4,10 +4,12 @@
  * each as a percentage of its bandwidth roofline: the weight bytes a step actually reads (the
  * blocks; past CUDA_QUANT_MMA_ROWS rows also the bf16 tiles written and read back) over the
  * step time, against the device's memory bandwidth (from its clock and bus width). Checks the
- * issue's target: Q4_K batch-1 decode at least 2.5x bf16. Q4_K runs twice: as planned, and with
- * --cuda-options quant_mma=0 (no tensor-core kernel: the block GEMV to 16 rows, dequantized tiles
- * past them), the whole-step effect of kernels/quant_mma.cu. Runs only with SLUICE_GPU_BENCH=1 (it
- * needs ~20 GB of GPU memory, ~1 GB of host memory and a minute); otherwise it skips. */
+ * issue's target: Q4_K batch-1 decode at least 2.5x bf16. Q4_K runs three times: as planned;
+ * with --cuda-options quant_mma=0 (no tensor-core kernel: the block GEMV to 16 rows, dequantized
+ * tiles past them), the whole-step effect of kernels/quant_mma.cu; and with quant_overlap=1 (the
+ * block kernels as programmatic dependents, their int8 x from the norm and SwiGLU). Runs only
+ * with SLUICE_GPU_BENCH=1 (it needs ~20 GB of GPU memory, ~1 GB of host memory and a minute);
+ * otherwise it skips. */
 #include "tests/gpu/dummy_model.h"
 #include "tests/gpu/gpu_test.h"
 
@@ -45,13 +47,15 @@ static double step_bytes(const struct model_config *c, enum dtype dt, int rows, 
 }
 
 /* Decode tokens/s at each batch size after a short prompt; 0 where a step failed. */
-static void decode_speed(struct model *m, enum dtype dt, bool no_mma, double peak_bw, double *tok_s)
+static void decode_speed(struct model *m, enum dtype dt, const char *variant, struct cuda_options co, double peak_bw,
+                         double *tok_s)
 {
     char name[64];
-    snprintf(name, sizeof name, "%s%s", dt == DTYPE_BF16 ? "bf16" : dtype_name(dt), no_mma ? " quant_mma=0" : "");
+    snprintf(name, sizeof name, "%s%s%s", dt == DTYPE_BF16 ? "bf16" : dtype_name(dt), variant ? " " : "",
+             variant ? variant : "");
     char err[512];
     struct backend_options bo = {.gpu_memory_utilization = 0.9, .max_batch_tokens = 2048, .max_batch_seqs = 64,
-                                 .cuda = {.no_quant_mma = no_mma}};
+                                 .cuda = co};
     struct backend *b = NULL;
     double t0 = gt_now_s();
     for (int k = 0; k < N_BATCHES; k++) tok_s[k] = 0;
@@ -96,7 +100,7 @@ static void decode_speed(struct model *m, enum dtype dt, bool no_mma, double pea
         }
         int sane = 1;
         for (int s = 0; s < bs && rc == 0; s++) sane &= res[s].token >= 0 && res[s].token < c->vocab_size;
-        const double bytes = step_bytes(c, dt, bs, !no_mma);
+        const double bytes = step_bytes(c, dt, bs, !co.no_quant_mma);
         tok_s[k] = rc == 0 ? bs / dt_step : 0;
         GT_CHECK(rc == 0 && sane,
                  "%-17s decode batch %2d: %7.2f ms/step, %7.0f tok/s; %.2f GB of weights read a step: %.0f GB/s, "
@@ -123,31 +127,34 @@ int main(void)
     struct model *m = gt_dummy_model(GT_LLAMA3_8B_CONFIG);
     if (!m) return gt_finish();
     const int64_t biggest = (int64_t)m->config.vocab_size * m->config.hidden_size;
-    double bf16[N_BATCHES] = {0}, q4k[N_BATCHES] = {0}, q4k_old[N_BATCHES] = {0}, q8[N_BATCHES] = {0};
+    double bf16[N_BATCHES] = {0}, q4k[N_BATCHES] = {0}, q4k_old[N_BATCHES] = {0}, q4k_ov[N_BATCHES] = {0},
+           q8[N_BATCHES] = {0};
+    const struct cuda_options plain = {0}, no_mma = {.no_quant_mma = true}, overlap = {.quant_overlap = true};
 
-    decode_speed(m, DTYPE_BF16, false, peak_bw, bf16);
+    decode_speed(m, DTYPE_BF16, NULL, plain, peak_bw, bf16);
 
     static const int q4k_scales[] = {0, 2}, q8_scales[] = {0};
     void *buf = gt_random_blocks(DTYPE_Q4_K, q4k_scales, 2, biggest);
     GT_CHECK(buf != NULL, "host memory for random Q4_K blocks");
     if (buf) {
         set_matrices(m, DTYPE_Q4_K, buf);
-        decode_speed(m, DTYPE_Q4_K, false, peak_bw, q4k);
-        decode_speed(m, DTYPE_Q4_K, true, peak_bw, q4k_old);
+        decode_speed(m, DTYPE_Q4_K, NULL, plain, peak_bw, q4k);
+        decode_speed(m, DTYPE_Q4_K, "quant_mma=0", no_mma, peak_bw, q4k_old);
+        decode_speed(m, DTYPE_Q4_K, "quant_overlap=1", overlap, peak_bw, q4k_ov);
         set_matrices(m, DTYPE_BF16, NULL);
         free(buf);
     }
     buf = gt_random_blocks(DTYPE_Q8_0, q8_scales, 1, biggest);
     if (buf) {
         set_matrices(m, DTYPE_Q8_0, buf);
-        decode_speed(m, DTYPE_Q8_0, false, peak_bw, q8);
+        decode_speed(m, DTYPE_Q8_0, NULL, plain, peak_bw, q8);
         set_matrices(m, DTYPE_BF16, NULL);
         free(buf);
     }
     for (int k = 0; k < N_BATCHES; k++)
-        printf("  batch %2d: Q4_K %.2fx bf16 (%.2fx with quant_mma=0), Q8_0 %.2fx bf16\n", batches[k],
-               bf16[k] > 0 ? q4k[k] / bf16[k] : 0, bf16[k] > 0 ? q4k_old[k] / bf16[k] : 0,
-               bf16[k] > 0 ? q8[k] / bf16[k] : 0);
+        printf("  batch %2d: Q4_K %.2fx bf16 (%.2fx with quant_mma=0, %.2fx with quant_overlap=1), Q8_0 %.2fx bf16\n",
+               batches[k], bf16[k] > 0 ? q4k[k] / bf16[k] : 0, bf16[k] > 0 ? q4k_old[k] / bf16[k] : 0,
+               bf16[k] > 0 ? q4k_ov[k] / bf16[k] : 0, bf16[k] > 0 ? q8[k] / bf16[k] : 0);
     GT_CHECK(bf16[0] > 0 && q4k[0] >= 2.5 * bf16[0], "Q4_K batch-1 decode at least 2.5x bf16 (issue 21): %.2fx",
              bf16[0] > 0 ? q4k[0] / bf16[0] : 0);
     model_free(m);

@@ -225,6 +225,10 @@ struct cuda_options {
                                one kernel that reads the other ranks' memory directly
                                (kernels/sk_allreduce.h), fused with the residual add; off by default,
                                NCCL (or host memory) being the reference */
+    bool quant_overlap;     /* quant_overlap=1: GGUF block kernels (GEMV, x quantizer, tensor-core
+                               kernel) launched as programmatic dependents, and the norm and SwiGLU
+                               before a block GEMV that takes int8 x leave it so (one launch fewer);
+                               off by default until it has run on a GPU (docs/performance.md) */
     const char *nccl_library; /* the NCCL library to dlopen (NULL: the loader's libnccl.so.2) */
 };
 

@@ -50,6 +50,20 @@ Test(cuda_options, tp_oneshot_is_off_unless_turned_on)
     cr_assert(strstr(err, "bad value in 'tp_oneshot=on'") && strstr(err, "tp_oneshot (1: small"), "%s", err);
 }
 
+Test(cuda_options, quant_overlap_is_off_unless_turned_on)
+{
+    struct cuda_options o = {0};
+    char err[512] = "";
+    cr_assert_eq(cuda_options_parse(&o, "quant_mma=0", err, sizeof err), 0, "%s", err);
+    cr_assert(!o.quant_overlap, "the block kernels launch the ordinary way by default");
+    cr_assert_eq(cuda_options_parse(&o, "quant_overlap=1", err, sizeof err), 0, "%s", err);
+    cr_assert(o.quant_overlap && o.no_quant_mma && !o.tp_oneshot, "only the named key changes");
+    cr_assert_eq(cuda_options_parse(&o, "quant_overlap=0", err, sizeof err), 0, "%s", err);
+    cr_assert(!o.quant_overlap);
+    cr_assert_eq(cuda_options_parse(&o, "quant_overlap=yes", err, sizeof err), -1);
+    cr_assert(strstr(err, "bad value in 'quant_overlap=yes'") && strstr(err, "quant_overlap (1: GGUF"), "%s", err);
+}
+
 Test(cuda_options, bad_items_are_refused_by_name)
 {
     const char *bad[] = {

@@ -20,15 +20,19 @@ static int layer_product(struct cuda_backend *b, struct cuda_product_plan p, int
 }
 
 /* The residual add and the norm into ws->y ahead of a sublayer whose first product reads codes
- * (codes.q; cuda_fp8_codes_for) or not: with codes, y is quantized in the same pass. */
+ * (codes.q; cuda_fp8_codes_for), or the block GEMV's int8 x (q8; cuda_qlayer_int8_input), or
+ * neither: y is quantized so in the same pass. */
 static int add_norm(struct cuda_backend *b, const float *delta, int n_parts, int64_t part_stride, const float *w,
-                    int T, struct cuda_fp8_codes codes)
+                    int T, struct cuda_fp8_codes codes, bool q8)
 {
     const struct model_config *c = &b->base.config;
     int rc = 0;
     if (codes.q)
         CUDA_CHECK(b, sk_add_rmsnorm_parts_fp8(b->ws.x, delta, n_parts, part_stride, w, b->ws.y, codes.q, codes.scale,
                                                T, c->hidden_size, c->rms_eps, b->stream));
+    else if (q8)
+        CUDA_CHECK(b, sk_add_rmsnorm_parts_q8(b->ws.x, delta, n_parts, part_stride, w, b->ws.y, b->w.q_xscratch, T,
+                                              c->hidden_size, c->rms_eps, b->stream));
     else
         CUDA_CHECK(b, sk_add_rmsnorm_parts(b->ws.x, delta, n_parts, part_stride, NULL, w, b->ws.y, T, c->hidden_size,
                                            c->rms_eps, b->stream));
@@ -193,12 +197,13 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         }
         const float *inv_freq = sliding && b->w.inv_freq_local ? b->w.inv_freq_local : b->w.inv_freq;
         const struct cuda_fp8_codes qkv_codes = w->q ? (struct cuda_fp8_codes){0} : qkv_codes_step;
+        const bool qkv_q8 = w->q && cuda_qlayer_int8_input(b, &w->q->q, T);
         if ((rc = add_norm(b, l ? cuda_delta(b, delta_parts) : NULL, delta_parts, part_stride, w->attn_norm, T,
-                           qkv_codes)) < 0)
+                           qkv_codes, qkv_q8)) < 0)
             goto fail;
         if (w->q) {
             qkv_parts = 1;
-            if ((rc = cuda_qlayer_qkv(b, w->q, ws->y, ws->big, T)) < 0) goto fail;
+            if ((rc = cuda_qlayer_qkv(b, w->q, ws->y, ws->big, T, qkv_q8)) < 0) goto fail;
         } else if ((rc = layer_product(b, p->qkv, l, CUDA_FP8_QKV, w->wqkv, ws->y, qkv_codes.q != NULL, ws->big, T,
                                        qkvd, H, &qkv_parts)) < 0) {
             goto fail;
@@ -247,13 +252,15 @@ int cuda_forward_enqueue(struct cuda_backend *b, const struct cuda_step_args *a)
         if ((rc = sublayer_out(b, w->bo, w->post_attn_norm, T, part_stride, &delta_parts)) < 0) goto fail;
         const bool sparse = cuda_moe_is_sparse(b, l);
         const struct cuda_fp8_codes mlp_codes = sparse || w->q ? (struct cuda_fp8_codes){0} : mlp_codes_step;
-        if ((rc = add_norm(b, cuda_delta(b, delta_parts), delta_parts, part_stride, w->ffn_norm, T, mlp_codes)) < 0)
+        const bool mlp_q8 = !sparse && w->q && cuda_qlayer_int8_input(b, &w->q->gate, T);
+        if ((rc = add_norm(b, cuda_delta(b, delta_parts), delta_parts, part_stride, w->ffn_norm, T, mlp_codes,
+                           mlp_q8)) < 0)
             goto fail;
         if (sparse) {
             if ((rc = cuda_moe_enqueue(b, l, T, &delta_parts)) < 0) goto fail;
         } else if (w->q) {
             delta_parts = 1;
-            if ((rc = cuda_qlayer_mlp(b, w->q, w->b_gu, T)) < 0) goto fail;
+            if ((rc = cuda_qlayer_mlp(b, w->q, w->b_gu, T, mlp_q8)) < 0) goto fail;
         } else if ((rc = enqueue_mlp(b, l, w, &p->mlp, T, mlp_codes.q != NULL, &delta_parts)) < 0) {
             goto fail;
         }

@@ -309,9 +309,16 @@ int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint1
 int cuda_qproduct_on(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows,
                      struct cuda_quant_plan p);
 /* A layer's products in blocks: q, k, v side by side in qkv[rows, q + k + v]; the MLP from
- * ws.y (normalized) to ws.delta. */
-int cuda_qlayer_qkv(struct cuda_backend *b, const struct cuda_qlayer *q, const uint16_t *x, float *qkv, int rows);
-int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, const float *b_gu, int rows);
+ * ws.y (normalized) to ws.delta. x_int8: the block GEMV's scratch holds x (ws.y) in int8
+ * already, left there by the norm (cuda_qlayer_int8_input said it may). */
+int cuda_qlayer_qkv(struct cuda_backend *b, const struct cuda_qlayer *q, const uint16_t *x, float *qkv, int rows,
+                    bool x_int8);
+int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, const float *b_gu, int rows, bool x_int8);
+/* Whether the products on one x that begin with m (q; gate) begin with the block GEMV reading x
+ * in int8 from its scratch, at this many rows, with --cuda-options quant_overlap=1: then the
+ * kernel that writes x leaves it there too (sk_add_rmsnorm_parts_q8, sk_silu_mul_q8), one launch
+ * fewer. */
+bool cuda_qlayer_int8_input(const struct cuda_backend *b, const struct cuda_qmat *m, int rows);
 
 /* cuda_weights.c's loader, for cuda_moe.c: writes tensor t (numel elements) as bf16 at dst. */
 struct loader;

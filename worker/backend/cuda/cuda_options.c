@@ -1,7 +1,7 @@
 /* --cuda-options KEY=VALUE,...: the paths a test or benchmark turns off to compare against. Each
  * key names a shipped path and 0 turns it off (its field in struct cuda_options is the negation,
- * so that a zeroed struct is the default); tp_oneshot is the one path that is off unless 1 turns
- * it on. */
+ * so that a zeroed struct is the default); tp_oneshot and quant_overlap are the paths that are
+ * off unless 1 turns them on. */
 #include "worker/backend/cuda/cuda_options.h"
 
 #include <stdbool.h>
@@ -35,6 +35,14 @@ static bool *switch_field(struct cuda_options *o, const char *key, size_t len)
     return NULL;
 }
 
+/* The paths that are off unless KEY=1 turns them on. */
+static bool *opt_in_field(struct cuda_options *o, const char *key, size_t len)
+{
+    if (len == strlen("tp_oneshot") && !strncmp(key, "tp_oneshot", len)) return &o->tp_oneshot;
+    if (len == strlen("quant_overlap") && !strncmp(key, "quant_overlap", len)) return &o->quant_overlap;
+    return NULL;
+}
+
 static bool value_is(const char *v, size_t len, const char *word)
 {
     return strlen(word) == len && !strncmp(v, word, len);
@@ -56,12 +64,12 @@ int cuda_options_parse(struct cuda_options *o, const char *text, char *err, size
         }
         const size_t klen = (size_t)(eq - p), vlen = n - klen - 1;
         const char *v = eq + 1;
-        bool *off = switch_field(o, p, klen);
-        const bool on_key = value_is(p, klen, "tp_oneshot"), bit = value_is(v, vlen, "0") || value_is(v, vlen, "1");
+        bool *off = switch_field(o, p, klen), *on = opt_in_field(o, p, klen);
+        const bool bit = value_is(v, vlen, "0") || value_is(v, vlen, "1");
         if (off && bit) {
             *off = v[0] == '0';
-        } else if (on_key && bit) {
-            o->tp_oneshot = v[0] == '1';
+        } else if (on && bit) {
+            *on = v[0] == '1';
         } else if (value_is(p, klen, "fused_qkv") && value_is(v, vlen, "auto")) {
             o->fused_qkv = CUDA_FUSED_QKV_AUTO;
         } else if (value_is(p, klen, "fused_qkv") && value_is(v, vlen, "off")) {
@@ -70,7 +78,7 @@ int cuda_options_parse(struct cuda_options *o, const char *text, char *err, size
             o->fused_qkv = CUDA_FUSED_QKV_ALL;
         } else {
             snprintf(err, errlen, "--cuda-options: %s '%.*s' (keys: %s)",
-                     off || on_key || value_is(p, klen, "fused_qkv") ? "bad value in" : "unknown key in", (int)n, p,
+                     off || on || value_is(p, klen, "fused_qkv") ? "bad value in" : "unknown key in", (int)n, p,
                      CUDA_OPTIONS_KEYS);
             return -1;
         }

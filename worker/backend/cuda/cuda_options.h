@@ -11,9 +11,11 @@
 
 /* What --cuda-options takes, for --help. */
 #define CUDA_OPTIONS_KEYS                                                                                      \
-    "gemv, prefill_mma, hopper, split_parts, fused_mlp, early_trigger, attn_early, fp8_lt, fp8_outer, fp8_mma, "        \
-    "fp8_hopper, fp8_prefetch, quant_mma, late_masks, tp_nccl (each 0: that path off; 1: the default), tp_oneshot (1: "     \
-    "small all-reduces in one kernel; 0: the default), fused_qkv (auto, off or all)"
+    "gemv, prefill_mma, hopper, split_parts, fused_mlp, early_trigger, attn_early, fp8_lt, fp8_outer, "            \
+    "fp8_mma, fp8_hopper, fp8_prefetch, quant_mma, late_masks, tp_nccl (each 0: that path off; 1: the default), "   \
+    "tp_oneshot (1: small all-reduces in one kernel; 0: the default), quant_overlap (1: GGUF block kernels "       \
+    "launched as programmatic dependents, their int8 x written by the norm and SwiGLU; 0: the default), "          \
+    "fused_qkv (auto, off or all)"
 
 /* The flag table entries for o (a struct cuda_options *); text (a const char **) receives
  * --cuda-options, for cuda_options_parse once the flags are parsed. The step timeout's default

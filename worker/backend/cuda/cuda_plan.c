@@ -30,6 +30,7 @@ void cuda_plan_config_init(struct cuda_plan_config *c, const struct model_config
     c->fp8_mma = !o->no_fp8_mma;
     c->fp8_hopper = hopper && !o->no_fp8_hopper;
     c->quant_mma = !o->no_quant_mma;
+    c->quant_overlap = o->quant_overlap;
     /* An FP8 cache takes the same instances (their FP8 parameter), head_dim 256 included. */
     c->prefill_mma = !o->no_prefill_mma && sk_attention_prefill_fits(m->head_dim);
     /* Timing each phase (the profile) needs eager steps. */

@@ -63,8 +63,9 @@ struct cuda_plan_config {
      * on e4m3 operands may (with hopper; fp8_hopper=0 turns it off). */
     bool fp8, fp8_blocks, fp8_lt, fp8_mma, fp8_hopper;
     /* GGUF block weights: the tensor-core kernel may take products (--cuda-options quant_mma=0
-     * turns it off). */
-    bool quant_mma;
+     * turns it off); quant_overlap: the block kernels launch as programmatic dependents and the
+     * norm and SwiGLU write a block GEMV's int8 x (--cuda-options quant_overlap=1 turns it on). */
+    bool quant_mma, quant_overlap;
     /* The family's layer (model_family.h). plain_mlp: gate/up biases or an activation other
      * than SiLU, which only the fp32 gate/up product and sk_glu take; seq_rope: rope frequencies
      * chosen per sequence and step (LongRoPE, dynamic NTK), which only qkv_post takes;

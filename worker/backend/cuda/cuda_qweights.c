@@ -144,14 +144,14 @@ static int qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uin
     if (rows <= 0) return 0;
     if (p.path == CUDA_QUANT_PATH_GEMV) {
         CUDA_CHECK(b, sk_gemv_q(m->dtype, m->w, x, m->k_in, y, ldy, rows, m->n_out, m->k_in, b->w.q_xscratch, *x_int8,
-                                b->stream));
+                                b->plan.quant_overlap, b->stream));
         *x_int8 = *x_int8 || sk_gemv_q_int8(m->dtype);
         return 0;
     }
     if (p.path == CUDA_QUANT_PATH_MMA) {
         /* Split-K sums in the tile path's scratch (the planner keeps them within it). */
         CUDA_CHECK(b, sk_quant_mma(m->dtype, m->w, x, m->k_in, y, ldy, rows, m->n_out, m->k_in, p.splits,
-                                   (float *)b->w.q_scratch, b->w.q_counters, b->stream));
+                                   (float *)b->w.q_scratch, b->w.q_counters, b->plan.quant_overlap, b->stream));
         return 0;
     }
     /* Row-major y = x w^T is column-major y^T = w^T(op) x^T, a tile's columns at y + r0. The
@@ -177,6 +177,12 @@ static struct cuda_quant_plan plan_of(const struct cuda_backend *b, const struct
     return cuda_plan_quant(&b->plan, m->dtype, rows, m->n_out, m->k_in);
 }
 
+bool cuda_qlayer_int8_input(const struct cuda_backend *b, const struct cuda_qmat *m, int rows)
+{
+    return b->plan.quant_overlap && b->w.q_xscratch && rows >= 1 && rows <= SK_GEMV_Q_X_ROWS &&
+           sk_gemv_q_int8(m->dtype) && plan_of(b, m, rows).path == CUDA_QUANT_PATH_GEMV;
+}
+
 int cuda_qproduct_on(struct cuda_backend *b, const struct cuda_qmat *m, const uint16_t *x, float *y, int ldy, int rows,
                      struct cuda_quant_plan p)
 {
@@ -190,9 +196,10 @@ int cuda_qproduct(struct cuda_backend *b, const struct cuda_qmat *m, const uint1
 }
 
 /* The n products of ms on the same x, whose outputs are adjacent columns of y, in one block GEMV
- * launch when the batch takes the GEMV and the matrices share a type; 1 when done so. */
+ * launch when the batch takes the GEMV and the matrices share a type; 1 when done so. x_int8: as
+ * qproduct's. */
 static int one_launch(struct cuda_backend *b, const struct cuda_qmat *const *ms, int n, const uint16_t *x, float *y,
-                      int ldy, int rows)
+                      int ldy, int rows, bool x_int8)
 {
     int rc = 0;
     const void *w[3];
@@ -205,26 +212,27 @@ static int one_launch(struct cuda_backend *b, const struct cuda_qmat *const *ms,
         w[i] = ms[i]->w;
         n_out[i] = ms[i]->n_out;
     }
-    CUDA_CHECK(b, sk_gemv_q_n(ms[0]->dtype, n, w, n_out, x, ms[0]->k_in, y, ldy, rows, ms[0]->k_in, b->w.q_xscratch, 0,
-                              b->stream));
+    CUDA_CHECK(b, sk_gemv_q_n(ms[0]->dtype, n, w, n_out, x, ms[0]->k_in, y, ldy, rows, ms[0]->k_in, b->w.q_xscratch,
+                              x_int8, b->plan.quant_overlap, b->stream));
     return 1;
 fail:
     return rc;
 }
 
-int cuda_qlayer_qkv(struct cuda_backend *b, const struct cuda_qlayer *q, const uint16_t *x, float *qkv, int rows)
+int cuda_qlayer_qkv(struct cuda_backend *b, const struct cuda_qlayer *q, const uint16_t *x, float *qkv, int rows,
+                    bool x_int8)
 {
     const int width = q->q.n_out + q->k.n_out + q->v.n_out;
     const struct cuda_qmat *ms[3] = {&q->q, &q->k, &q->v};
-    bool x_int8 = false; /* x is quantized once for the three */
-    int rc = one_launch(b, ms, 3, x, qkv, width, rows);
+    /* x is quantized once for the three (or was by the norm) */
+    int rc = one_launch(b, ms, 3, x, qkv, width, rows, x_int8);
     if (rc != 0) return rc < 0 ? rc : 0;
     if ((rc = qproduct(b, &q->q, x, qkv, width, rows, plan_of(b, &q->q, rows), &x_int8)) < 0) return rc;
     if ((rc = qproduct(b, &q->k, x, qkv + q->q.n_out, width, rows, plan_of(b, &q->k, rows), &x_int8)) < 0) return rc;
     return qproduct(b, &q->v, x, qkv + q->q.n_out + q->k.n_out, width, rows, plan_of(b, &q->v, rows), &x_int8);
 }
 
-int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, const float *b_gu, int rows)
+int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, const float *b_gu, int rows, bool x_int8)
 {
     struct cuda_workspace *ws = &b->ws;
     const int I = q->gate.n_out;
@@ -232,8 +240,8 @@ int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, const f
     /* [gate | up] per row in big, as sk_silu_mul and sk_glu read them; their output in y is down's
      * input. */
     const struct cuda_qmat *ms[2] = {&q->gate, &q->up};
-    bool x_int8 = false; /* y is quantized once for the two */
-    const int done = one_launch(b, ms, 2, ws->y, ws->big, 2 * I, rows);
+    /* y is quantized once for the two (or was by the norm) */
+    const int done = one_launch(b, ms, 2, ws->y, ws->big, 2 * I, rows, x_int8);
     if (done < 0) return done;
     if (!done) {
         if ((rc = qproduct(b, &q->gate, ws->y, ws->big, 2 * I, rows, plan_of(b, &q->gate, rows), &x_int8)) < 0)
@@ -242,12 +250,17 @@ int cuda_qlayer_mlp(struct cuda_backend *b, const struct cuda_qlayer *q, const f
             goto fail;
     }
     cuda_prof_mark(b, CUDA_PROF_GATE_UP);
+    /* Where down takes its x in int8, SwiGLU leaves it so too. */
+    bool act_int8 = !b->plan.plain_mlp && cuda_qlayer_int8_input(b, &q->down, rows);
     if (b->plan.plain_mlp)
         CUDA_CHECK(b, sk_glu(ws->y, ws->big, b_gu, (int)b->base.config.fam.act, rows, I, b->stream));
+    else if (act_int8)
+        CUDA_CHECK(b, sk_silu_mul_q8(ws->y, b->w.q_xscratch, ws->big, rows, I, b->stream));
     else
         CUDA_CHECK(b, sk_silu_mul(ws->y, ws->big, rows, I, b->stream));
     cuda_prof_mark(b, CUDA_PROF_SILU);
-    if ((rc = cuda_qproduct(b, &q->down, ws->y, ws->delta, q->down.n_out, rows)) < 0) goto fail;
+    if ((rc = qproduct(b, &q->down, ws->y, ws->delta, q->down.n_out, rows, plan_of(b, &q->down, rows), &act_int8)) < 0)
+        goto fail;
     cuda_prof_mark(b, CUDA_PROF_DOWN);
 fail:
     return rc;
