@@ -1,12 +1,10 @@
 // The block GEMV's activations in int8 (quant_gemv.cu's dp4a kernels; llama.cpp's q8_1): per 32
 // values of a row a scale sx = max|x| / 127, the values as round(x / sx), and sx times the sum of
 // those quants (the K-quants' minimums need it). Kept in the GEMV's scratch: kQ8MaxRows rows of
-// k_in quants, then each row's (sx, sx * sum) pairs. The GEMV's own quantizer and the kernels
-// that write a row and quantize it in the same pass (add_rmsnorm.cu) take the arithmetic from
-// here, so their bytes are the same.
-//
-// (add_rmsnorm.cu's and silu_mul.cu's fused forms hold 4 or 8 values a lane, so a group spans 8
-// or 4 lanes.)
+// k_in quants, then each row's (sx, sx * sum) pairs. The GEMV's own quantizer (one value a lane)
+// and the kernels that write a row and quantize it in the same pass (add_rmsnorm.cu: 4 values a
+// lane, so a group spans 8 lanes; silu_mul.cu: 8 a lane, 4 lanes) take the arithmetic from here,
+// so their bytes are the same.
 #ifndef SLUICE_KERNELS_Q8_ACT_CUH
 #define SLUICE_KERNELS_Q8_ACT_CUH
 
@@ -17,7 +15,7 @@
 namespace
 {
 
-constexpr int kQ8Group = 32;  // activations per int8 scale
+constexpr int kQ8Group = 32;                 // activations per int8 scale
 constexpr int kQ8MaxRows = SK_GEMV_Q_X_ROWS; // rows the scratch holds: the GEMV takes batch rows 8 at a time
 
 // The scratch's quants and pairs for rows of k_in.
