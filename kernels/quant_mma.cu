@@ -37,8 +37,9 @@
 // into a float's mantissa (bytes_f32), which is exact. Sums are fp32 (the tensor cores'), so a
 // product differs from the tile path's cuBLAS only in the order of its sums.
 //
-// Launch. A programmatic dependent of the kernel before it (pdl.cuh): the first stages' weights
-// stream in before the wait for x, and its own dependent may launch at once.
+// Launch. As a programmatic dependent of the kernel before it where the caller asks (pdl.cuh:
+// sk_quant_mma's pdl), the first stages' weights streaming in before the wait for x; either way
+// its own dependent may launch at once.
 //
 // Split-K. With several k ranges, each block writes its sums to a workspace and counts itself
 // done on its tile's counter; the last block of a tile adds the ranges' sums in range order and
