@@ -35,17 +35,17 @@ static bool *switch_field(struct cuda_options *o, const char *key, size_t len)
     return NULL;
 }
 
-/* The paths that are off unless KEY=1 turns them on. */
-static bool *opt_in_field(struct cuda_options *o, const char *key, size_t len)
-{
-    if (len == strlen("tp_oneshot") && !strncmp(key, "tp_oneshot", len)) return &o->tp_oneshot;
-    if (len == strlen("quant_overlap") && !strncmp(key, "quant_overlap", len)) return &o->quant_overlap;
-    return NULL;
-}
-
 static bool value_is(const char *v, size_t len, const char *word)
 {
     return strlen(word) == len && !strncmp(v, word, len);
+}
+
+/* The paths that are off unless KEY=1 turns them on. */
+static bool *opt_in_field(struct cuda_options *o, const char *key, size_t len)
+{
+    if (value_is(key, len, "tp_oneshot")) return &o->tp_oneshot;
+    if (value_is(key, len, "quant_overlap")) return &o->quant_overlap;
+    return NULL;
 }
 
 int cuda_options_parse(struct cuda_options *o, const char *text, char *err, size_t errlen)
