@@ -149,17 +149,10 @@ __global__ void __launch_bounds__(PARTS ? kPartsThreads : 1024)
             float f[4];
             bf16x2_to_f32(i < n4 ? out[j].x : 0u, f[0], f[1]);
             bf16x2_to_f32(i < n4 ? out[j].y : 0u, f[2], f[3]);
-            const float amax = group_max<8>(fmaxf(fmaxf(fabsf(f[0]), fabsf(f[1])), fmaxf(fabsf(f[2]), fabsf(f[3]))));
-            const float sx = q8_scale(amax);
-            int qv[4], qs = 0;
-#pragma unroll
-            for (int e = 0; e < 4; e++) qs += qv[e] = q8_quant(f[e], amax, sx);
-            qs = group_sum<8>(qs);
+            const q8_run<4> g = q8_quantize<8>(f);
             if (i < n4) {
-                reinterpret_cast<uint32_t *>(q + (int64_t)r * hidden)[i] =
-                    (uint32_t)(uint8_t)qv[0] | (uint32_t)(uint8_t)qv[1] << 8 | (uint32_t)(uint8_t)qv[2] << 16 |
-                    (uint32_t)(uint8_t)qv[3] << 24;
-                if (i % 8 == 0) pairs[i / 8] = make_float2(sx, sx * (float)qs);
+                reinterpret_cast<uint32_t *>(q + (int64_t)r * hidden)[i] = g.q[0];
+                if (i % 8 == 0) pairs[i / 8] = g.pair;
             }
         }
     }

@@ -4,7 +4,7 @@
 // k_in quants, then each row's (sx, sx * sum) pairs. The GEMV's own quantizer (one value a lane)
 // and the kernels that write a row and quantize it in the same pass (add_rmsnorm.cu: 4 values a
 // lane, so a group spans 8 lanes; silu_mul.cu: 8 a lane, 4 lanes) take the arithmetic from here,
-// so their bytes are the same.
+// so their bytes are the same (q8_quantize).
 #ifndef SLUICE_KERNELS_Q8_ACT_CUH
 #define SLUICE_KERNELS_Q8_ACT_CUH
 
@@ -51,6 +51,36 @@ template <int WIDTH> __device__ __forceinline__ int group_sum(int v, unsigned ma
 #pragma unroll
     for (int o = WIDTH / 2; o > 0; o >>= 1) v += __shfl_xor_sync(mask, v, o);
     return v;
+}
+
+// A lane's share of a group in int8: its N quants, 4 a word (the first in the low byte), and the
+// group's (sx, sx * sum of its quants).
+template <int N> struct q8_run {
+    uint32_t q[(N + 3) / 4];
+    float2 pair;
+};
+
+// The int8 form of a group of 32 held N values a lane by WIDTH lanes (32 / N); every lane of
+// mask calls it together. The one quantization every writer of the format goes through.
+template <int WIDTH, int N>
+__device__ __forceinline__ q8_run<N> q8_quantize(const float (&f)[N], unsigned mask = 0xffffffffu)
+{
+    static_assert(WIDTH * N == kQ8Group, "a group is 32 values");
+    float amax = fabsf(f[0]);
+#pragma unroll
+    for (int k = 1; k < N; k++) amax = fmaxf(amax, fabsf(f[k]));
+    amax = group_max<WIDTH>(amax, mask);
+    const float sx = q8_scale(amax);
+    q8_run<N> r = {};
+    int sum = 0;
+#pragma unroll
+    for (int k = 0; k < N; k++) {
+        const int qk = q8_quant(f[k], amax, sx);
+        sum += qk;
+        r.q[k / 4] |= (uint32_t)(uint8_t)qk << (8 * (k % 4));
+    }
+    r.pair = make_float2(sx, sx * (float)group_sum<WIDTH>(sum, mask));
+    return r;
 }
 
 } // namespace

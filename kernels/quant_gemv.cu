@@ -138,11 +138,10 @@ __global__ void __launch_bounds__(256) quantize_x_kernel(const __nv_bfloat16 *__
     const int64_t gb = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
     if (gb >= (int64_t)rows * nxb) return;
     const int r = (int)(gb / nxb), xb = (int)(gb - (int64_t)r * nxb);
-    const float v = __bfloat162float(x[(size_t)r * ldx + (size_t)xb * kXBlock + lane]);
-    const float amax = group_max<32>(fabsf(v)), sx = q8_scale(amax);
-    const int q = q8_quant(v, amax, sx), sum = group_sum<32>(q);
-    xq[(size_t)r * k_in + (size_t)xb * kXBlock + lane] = (int8_t)q;
-    if (lane == 0) xd[(size_t)r * nxb + xb] = make_float2(sx, sx * (float)sum);
+    const float v[1] = {__bfloat162float(x[(size_t)r * ldx + (size_t)xb * kXBlock + lane])};
+    const q8_run<1> q = q8_quantize<32>(v);
+    xq[(size_t)r * k_in + (size_t)xb * kXBlock + lane] = (int8_t)(q.q[0] & 0xffu);
+    if (lane == 0) xd[(size_t)r * nxb + xb] = q.pair;
 }
 
 // Output rows a warp of the dp4a kernels takes at m batch rows. Each row's step reads a few bytes

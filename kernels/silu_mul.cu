@@ -113,22 +113,9 @@ __global__ void silu_mul_q8_kernel(__nv_bfloat16 *__restrict__ out, int8_t *__re
         *reinterpret_cast<uint4 *>(out + e) = a;
         float f[8];
         bf16x8_to_f32(a, f);
-        float amax = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(f[k]));
-        amax = group_max<4>(amax, group);
-        const float sx = q8_scale(amax);
-        uint32_t w[2] = {0, 0};
-        int qs = 0;
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            const int qk = q8_quant(f[k], amax, sx);
-            qs += qk;
-            w[k / 4] |= (uint32_t)(uint8_t)qk << (8 * (k % 4));
-        }
-        qs = group_sum<4>(qs, group);
-        *reinterpret_cast<uint2 *>(xq + e) = make_uint2(w[0], w[1]);
-        if (i % 4 == 0) pairs[t * (inter / kQ8Group) + j / kQ8Group] = make_float2(sx, sx * (float)qs);
+        const q8_run<8> qa = q8_quantize<4>(f, group);
+        *reinterpret_cast<uint2 *>(xq + e) = make_uint2(qa.q[0], qa.q[1]);
+        if (i % 4 == 0) pairs[t * (inter / kQ8Group) + j / kQ8Group] = qa.pair;
     }
 }
 
